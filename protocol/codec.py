@@ -1,0 +1,84 @@
+"""JSON helpers shared by every wire document: canonical bytes and typed field access.
+
+Canonical JSON = UTF-8, sorted keys, no insignificant whitespace, no NaN/Infinity. Signed
+payloads are these bytes; they are shipped unchanged and verified before they are parsed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from .errors import BadPayload
+
+T = TypeVar("T")
+
+MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
+def load_object(data: bytes | str, what: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> dict[str, Any]:
+    """Parse bytes as a JSON object, or raise :class:`BadPayload` naming ``what``."""
+    if len(data) > max_bytes:
+        raise BadPayload(what, f"{len(data)} bytes exceeds the limit of {max_bytes}")
+    try:
+        obj = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadPayload(what, f"not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise BadPayload(what, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def field(obj: dict[str, Any], key: str, kind: type[T] | tuple[type, ...], what: str,
+          default: Any = ..., allow_none: bool = False) -> T:
+    """Typed access: ``obj[key]`` must be of ``kind``; missing uses ``default`` or raises."""
+    if key not in obj:
+        if default is ...:
+            raise BadPayload(what, f"missing field {key!r}")
+        return default  # type: ignore[no-any-return]
+    value = obj[key]
+    if value is None and allow_none:
+        return value  # type: ignore[no-any-return]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int subclass; never accept it where a number is expected
+    if isinstance(value, bool) and bool not in kinds:
+        raise BadPayload(what, f"field {key!r} must be {_names(kinds)}, got {value!r}")
+    if float in kinds and isinstance(value, int):
+        return value  # type: ignore[return-value]
+    if not isinstance(value, kinds):
+        raise BadPayload(what, f"field {key!r} must be {_names(kinds)}, got {value!r:.80}")
+    return value  # type: ignore[return-value]
+
+
+def nonneg_int(obj: dict[str, Any], key: str, what: str, default: Any = ...) -> int:
+    value = field(obj, key, int, what, default)
+    if value < 0:
+        raise BadPayload(what, f"field {key!r} must be >= 0, got {value}")
+    return value
+
+
+def int_list(obj: dict[str, Any], key: str, what: str, default: Any = ...) -> list[int]:
+    values = field(obj, key, list, what, default)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise BadPayload(what, f"field {key!r} must hold ints >= 0, found {v!r:.40}")
+    return values
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def extra_fields(obj: dict[str, Any], known: set[str]) -> dict[str, Any]:
+    """Fields a newer peer sent that this version does not know: kept, never dropped."""
+    return {k: v for k, v in obj.items() if k not in known}

@@ -1,0 +1,371 @@
+"""Message schemas of protocol v1 (JSON, ``"v": 1``), parsed once at the edge.
+
+Every ``parse_*`` takes the raw payload bytes and returns a frozen dataclass or raises
+:class:`BadPayload` naming the field. Unknown fields sent by a newer peer are kept in
+``extra`` and written back by ``to_bytes`` so nothing a newer peer said is lost.
+
+The desired-state document is *signed* (payload type ``desired``): the agent verifies the
+envelope bytes against its pinned root (targets role) before it parses anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field as dc_field, fields, replace
+from typing import Any
+
+from .bundle import ChunkPlan, Requirements
+from .codec import canonical, extra_fields, field, int_list, load_object, nonneg_int
+from .errors import BadPayload, Reason, VerificationError
+from .signing import Envelope, Root, SigningKey, seal
+from .topics import check_device_id, check_digest
+
+SCHEMA = 1
+MAX_MESSAGE_BYTES = 256 * 1024
+
+STAGES = ("verify", "download", "stage", "selftest", "switch", "commit", "rollback", "shadow", "idle")
+STATUSES = ("progress", "ok", "failed")
+ACTIONS = ("install", "rollback", "idle")
+
+
+def _head(data: bytes, what: str) -> dict[str, Any]:
+    obj = load_object(data, what, MAX_MESSAGE_BYTES)
+    v = field(obj, "v", int, what)
+    if v < 1:
+        raise BadPayload(what, f"schema version {v} is invalid")
+    return obj
+
+
+def _encode(obj: Any, extra: dict[str, Any]) -> bytes:
+    doc = dict(extra)
+    for f in fields(obj):
+        if f.name == "extra":
+            continue
+        value = getattr(obj, f.name)
+        doc[f.name] = value.to_dict() if hasattr(value, "to_dict") else value
+    doc["v"] = SCHEMA
+    return canonical(doc)
+
+
+@dataclass(frozen=True)
+class BundleRef:
+    """Which bundle, and how its archive is cut for transfer."""
+
+    digest: str
+    name: str
+    version: str
+    archive: ChunkPlan
+    requirements: Requirements = Requirements()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"digest": self.digest, "name": self.name, "version": self.version,
+                "size": self.archive.size, "sha256": self.archive.sha256,
+                "chunk_size": self.archive.chunk_size, "chunks": list(self.archive.chunks),
+                "requirements": self.requirements.to_dict()}
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> "BundleRef":
+        what = "bundle reference"
+        chunks = field(obj, "chunks", list, what)
+        size = nonneg_int(obj, "size", what)
+        chunk_size = nonneg_int(obj, "chunk_size", what)
+        if chunk_size < 1024:
+            raise BadPayload(what, f"chunk_size {chunk_size} is below 1024")
+        if len(chunks) != -(-size // chunk_size):
+            raise BadPayload(what, f"{len(chunks)} chunk hashes for {size} bytes at {chunk_size}")
+        for c in chunks:
+            check_digest(c)
+        plan = ChunkPlan(size, check_digest(field(obj, "sha256", str, what)), chunk_size, tuple(chunks))
+        return cls(check_digest(field(obj, "digest", str, what)), field(obj, "name", str, what),
+                   field(obj, "version", str, what), plan,
+                   Requirements.from_dict(field(obj, "requirements", dict, what, {})))
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Signed "what you should run" for one device.
+
+    ``seq`` grows with every document the hub issues for the device; the agent persists the
+    highest it accepted and refuses anything not above it (replays, downgrades). A rollback is
+    a *new* document with a higher ``seq`` naming the older bundle.
+    """
+
+    device: str
+    seq: int
+    issued: int
+    expires: int
+    action: str
+    bundle: BundleRef | None
+    rollout: str | None = None
+    shadow: BundleRef | None = None
+    shadow_sample: float = 0.0
+    extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
+
+    def signed_dict(self) -> dict[str, Any]:
+        doc = dict(self.extra)
+        doc.update({
+            "_type": "desired", "v": SCHEMA, "device": self.device, "seq": self.seq,
+            "issued": self.issued, "expires": self.expires, "action": self.action,
+            "bundle": self.bundle.to_dict() if self.bundle else None, "rollout": self.rollout,
+            "shadow": self.shadow.to_dict() if self.shadow else None,
+            "shadow_sample": self.shadow_sample,
+        })
+        return doc
+
+    def seal(self, keys: list[SigningKey]) -> bytes:
+        return seal("desired", self.signed_dict(), keys).to_bytes()
+
+
+_DESIRED_KNOWN = {"_type", "v", "device", "seq", "issued", "expires", "action", "bundle",
+                  "rollout", "shadow", "shadow_sample"}
+
+
+def parse_desired_payload(payload: bytes) -> Desired:
+    what = "desired"
+    obj = _head(payload, what)
+    if obj.get("_type") != "desired":
+        raise BadPayload(what, f"_type must be 'desired', got {obj.get('_type')!r}")
+    action = field(obj, "action", str, what)
+    if action not in ACTIONS:
+        raise BadPayload(what, f"action must be one of {ACTIONS}, got {action!r}")
+    raw_bundle = field(obj, "bundle", dict, what, None, allow_none=True)
+    bundle = BundleRef.from_dict(raw_bundle) if raw_bundle is not None else None
+    if action != "idle" and bundle is None:
+        raise BadPayload(what, f"action {action!r} needs a bundle")
+    raw_shadow = field(obj, "shadow", dict, what, None, allow_none=True)
+    sample = float(field(obj, "shadow_sample", float, what, 0.0))
+    if not 0.0 <= sample <= 1.0:
+        raise BadPayload(what, f"shadow_sample must be within 0..1, got {sample}")
+    return Desired(
+        device=check_device_id(field(obj, "device", str, what)),
+        seq=nonneg_int(obj, "seq", what), issued=nonneg_int(obj, "issued", what),
+        expires=nonneg_int(obj, "expires", what), action=action, bundle=bundle,
+        rollout=field(obj, "rollout", str, what, None, allow_none=True),
+        shadow=BundleRef.from_dict(raw_shadow) if raw_shadow is not None else None,
+        shadow_sample=sample, extra=extra_fields(obj, _DESIRED_KNOWN))
+
+
+def verify_desired(env_bytes: bytes, root: Root, device: str, trusted_seq: int, now: int) -> Desired:
+    """Gatekeeper for the agent: signature, then parse, then device, freshness and expiry.
+
+    Equal ``seq`` raises ``REPLAYED`` (the caller treats it as "nothing new"); lower raises
+    ``DOWNGRADE``; a past ``expires`` raises ``EXPIRED``.
+    """
+    env = Envelope.parse(env_bytes, "desired envelope")
+    desired = parse_desired_payload(root.verify(env, "targets", "desired"))
+    if desired.device != device:
+        raise VerificationError(Reason.WRONG_DEVICE, f"document is for {desired.device!r}, this is {device!r}")
+    if desired.seq == trusted_seq:
+        raise VerificationError(Reason.REPLAYED, f"seq {desired.seq} was already accepted")
+    if desired.seq < trusted_seq:
+        raise VerificationError(Reason.DOWNGRADE, f"expected seq > {trusted_seq}, got {desired.seq}")
+    if desired.expires <= now:
+        raise VerificationError(Reason.EXPIRED, f"expired at {desired.expires}, now {now}")
+    return desired
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    digest: str
+    name: str
+    version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"digest": self.digest, "name": self.name, "version": self.version}
+
+    @classmethod
+    def from_dict(cls, obj: Any, what: str) -> "BundleInfo | None":
+        if obj is None:
+            return None
+        if not isinstance(obj, dict):
+            raise BadPayload(what, f"bundle info must be an object, got {obj!r:.60}")
+        return cls(check_digest(field(obj, "digest", str, what)), field(obj, "name", str, what),
+                   field(obj, "version", str, what))
+
+
+@dataclass(frozen=True)
+class Status:
+    """Retained per device. The last will is the same message with ``online=False``."""
+
+    device: str
+    online: bool
+    ts: int
+    agent_version: str = ""
+    inventory: dict[str, Any] = dc_field(default_factory=dict, hash=False)
+    active: BundleInfo | None = None
+    staged: BundleInfo | None = None
+    state: str = "idle"
+    desired_seq: int = 0
+    extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
+
+    def to_bytes(self) -> bytes:
+        return _encode(self, self.extra)
+
+
+def parse_status(data: bytes) -> Status:
+    what = "status"
+    obj = _head(data, what)
+    known = {"v", "device", "online", "ts", "agent_version", "inventory", "active", "staged",
+             "state", "desired_seq"}
+    return Status(
+        device=check_device_id(field(obj, "device", str, what)),
+        online=field(obj, "online", bool, what), ts=nonneg_int(obj, "ts", what),
+        agent_version=field(obj, "agent_version", str, what, ""),
+        inventory=field(obj, "inventory", dict, what, {}),
+        active=BundleInfo.from_dict(obj.get("active"), what),
+        staged=BundleInfo.from_dict(obj.get("staged"), what),
+        state=field(obj, "state", str, what, "idle"),
+        desired_seq=nonneg_int(obj, "desired_seq", what, 0),
+        extra=extra_fields(obj, known))
+
+
+@dataclass(frozen=True)
+class Report:
+    """Install progress or result. ``seq`` is per device and lets the hub drop replays."""
+
+    device: str
+    seq: int
+    ts: int
+    stage: str
+    status: str
+    reason: str = Reason.OK.value
+    detail: str = ""
+    desired_seq: int = 0
+    bundle: str | None = None
+    progress: float | None = None
+    metrics: dict[str, Any] = dc_field(default_factory=dict, hash=False)
+    extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
+
+    def to_bytes(self) -> bytes:
+        return _encode(self, self.extra)
+
+
+def parse_report(data: bytes) -> Report:
+    what = "report"
+    obj = _head(data, what)
+    stage = field(obj, "stage", str, what)
+    if stage not in STAGES:
+        raise BadPayload(what, f"stage must be one of {STAGES}, got {stage!r}")
+    status = field(obj, "status", str, what)
+    if status not in STATUSES:
+        raise BadPayload(what, f"status must be one of {STATUSES}, got {status!r}")
+    reason = field(obj, "reason", str, what, Reason.OK.value)
+    if reason not in {r.value for r in Reason}:
+        raise BadPayload(what, f"unknown reason code {reason!r}")
+    bundle = field(obj, "bundle", str, what, None, allow_none=True)
+    progress = field(obj, "progress", float, what, None, allow_none=True)
+    known = {"v", "device", "seq", "ts", "stage", "status", "reason", "detail", "desired_seq",
+             "bundle", "progress", "metrics"}
+    return Report(
+        device=check_device_id(field(obj, "device", str, what)), seq=nonneg_int(obj, "seq", what),
+        ts=nonneg_int(obj, "ts", what), stage=stage, status=status, reason=reason,
+        detail=field(obj, "detail", str, what, "")[:2000],
+        desired_seq=nonneg_int(obj, "desired_seq", what, 0),
+        bundle=check_digest(bundle) if bundle is not None else None,
+        progress=float(progress) if progress is not None else None,
+        metrics=field(obj, "metrics", dict, what, {}), extra=extra_fields(obj, known))
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """One telemetry window. ``latency`` is a :class:`protocol.sketch.LatencySketch` dict,
+    ``drift`` maps ``"inputs"``/``"outputs"`` to ``{feature: [bin counts]}`` on the bundle's
+    baseline edges, ``counts`` has inferences/errors/tpu/cpu/cloud."""
+
+    device: str
+    seq: int
+    window_start: int
+    window_end: int
+    bundle: str | None = None
+    counts: dict[str, int] = dc_field(default_factory=dict, hash=False)
+    latency: dict[str, Any] = dc_field(default_factory=dict, hash=False)
+    drift: dict[str, dict[str, list[int]]] = dc_field(default_factory=dict, hash=False)
+    shadow: dict[str, Any] | None = dc_field(default=None, hash=False)
+    health: dict[str, Any] = dc_field(default_factory=dict, hash=False)
+    backlog: dict[str, Any] = dc_field(default_factory=dict, hash=False)
+    extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
+
+    def to_bytes(self) -> bytes:
+        return _encode(self, self.extra)
+
+
+COUNT_KEYS = ("inferences", "errors", "tpu", "cpu", "cloud")
+
+
+def parse_telemetry(data: bytes) -> Telemetry:
+    what = "telemetry"
+    obj = _head(data, what)
+    start = nonneg_int(obj, "window_start", what)
+    end = nonneg_int(obj, "window_end", what)
+    if end < start:
+        raise BadPayload(what, f"window_end {end} is before window_start {start}")
+    counts = field(obj, "counts", dict, what, {})
+    for k, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise BadPayload(what, f"count {k!r} must be an int >= 0, got {v!r:.40}")
+    drift = field(obj, "drift", dict, what, {})
+    for side, feats in drift.items():
+        if not isinstance(feats, dict):
+            raise BadPayload(what, f"drift[{side!r}] must be an object")
+        for name in feats:
+            int_list(feats, name, f"telemetry drift[{side}]")
+    bundle = field(obj, "bundle", str, what, None, allow_none=True)
+    known = {"v", "device", "seq", "window_start", "window_end", "bundle", "counts", "latency",
+             "drift", "shadow", "health", "backlog"}
+    return Telemetry(
+        device=check_device_id(field(obj, "device", str, what)), seq=nonneg_int(obj, "seq", what),
+        window_start=start, window_end=end,
+        bundle=check_digest(bundle) if bundle is not None else None, counts=counts,
+        latency=field(obj, "latency", dict, what, {}), drift=drift,
+        shadow=field(obj, "shadow", dict, what, None, allow_none=True),
+        health=field(obj, "health", dict, what, {}), backlog=field(obj, "backlog", dict, what, {}),
+        extra=extra_fields(obj, known))
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Hub -> agent: these report/telemetry sequence numbers are stored; drop them."""
+
+    kind: str
+    seqs: tuple[int, ...]
+
+    def to_bytes(self) -> bytes:
+        return canonical({"v": SCHEMA, "kind": self.kind, "seqs": list(self.seqs)})
+
+
+def parse_ack(data: bytes) -> Ack:
+    what = "ack"
+    obj = _head(data, what)
+    kind = field(obj, "kind", str, what)
+    if kind not in ("telemetry", "report"):
+        raise BadPayload(what, f"kind must be telemetry or report, got {kind!r}")
+    return Ack(kind, tuple(int_list(obj, "seqs", what)))
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """Agent -> hub: chunks of an archive it has not received; the hub re-publishes them."""
+
+    device: str
+    archive: str
+    missing: tuple[int, ...]
+
+    def to_bytes(self) -> bytes:
+        return canonical({"v": SCHEMA, "device": self.device, "archive": self.archive,
+                          "missing": list(self.missing)})
+
+
+def parse_fetch(data: bytes) -> FetchRequest:
+    what = "fetch request"
+    obj = _head(data, what)
+    missing = int_list(obj, "missing", what)
+    if len(missing) > 100_000:
+        raise BadPayload(what, f"{len(missing)} missing chunks exceeds 100000")
+    return FetchRequest(check_device_id(field(obj, "device", str, what)),
+                        check_digest(field(obj, "archive", str, what)), tuple(missing))
+
+
+__all__ = [
+    "Ack", "BundleInfo", "BundleRef", "Desired", "FetchRequest", "Report", "Status", "Telemetry",
+    "parse_ack", "parse_desired_payload", "parse_fetch", "parse_report", "parse_status",
+    "parse_telemetry", "verify_desired", "replace", "STAGES", "STATUSES", "ACTIONS", "COUNT_KEYS",
+]

@@ -1,0 +1,116 @@
+"""MQTT topics of protocol v1, as value objects.
+
+Layout (prefix ``ef/v1``)::
+
+    ef/v1/dev/{device}/status      agent -> hub   retained; last will says offline
+    ef/v1/dev/{device}/desired     hub -> agent   retained; signed "what you should run"
+    ef/v1/dev/{device}/report      agent -> hub   install progress / results with reason codes
+    ef/v1/dev/{device}/telemetry   agent -> hub   periodic window: latency sketch, drift, counts
+    ef/v1/dev/{device}/ack         hub -> agent   application acks of telemetry sequence numbers
+    ef/v1/dev/{device}/fetch       agent -> hub   "these chunks of bundle B never arrived"
+    ef/v1/bundle/{digest}/chunk/{i} hub -> agents retained; one copy per bundle fans out to all
+    ef/v1/root                     hub -> agents  retained; newest signed trust root (rotation)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from .errors import BadPayload
+
+PREFIX = "ef/v1"
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Kind(str, Enum):
+    STATUS = "status"
+    DESIRED = "desired"
+    REPORT = "report"
+    TELEMETRY = "telemetry"
+    ACK = "ack"
+    FETCH = "fetch"
+    CHUNK = "chunk"
+    ROOT = "root"
+
+
+DEVICE_KINDS = (Kind.STATUS, Kind.DESIRED, Kind.REPORT, Kind.TELEMETRY, Kind.ACK, Kind.FETCH)
+
+
+def check_device_id(device: str) -> str:
+    """Return ``device`` if it is a valid device id (it becomes a topic level), else raise."""
+    if not isinstance(device, str) or not _DEVICE_ID.match(device):
+        raise BadPayload("device id", f"{device!r} must be 1-64 chars of [A-Za-z0-9_.-]")
+    return device
+
+
+def check_digest(digest: str) -> str:
+    if not isinstance(digest, str) or not _DIGEST.match(digest):
+        raise BadPayload("bundle digest", f"{digest!r} is not 64 lowercase hex chars")
+    return digest
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A parsed protocol topic. Build with the class methods; parse with :meth:`parse`."""
+
+    kind: Kind
+    device: str | None = None
+    digest: str | None = None
+    index: int | None = None
+
+    def __str__(self) -> str:
+        if self.kind in DEVICE_KINDS:
+            return f"{PREFIX}/dev/{self.device}/{self.kind.value}"
+        if self.kind is Kind.CHUNK:
+            return f"{PREFIX}/bundle/{self.digest}/chunk/{self.index}"
+        return f"{PREFIX}/root"
+
+    @classmethod
+    def for_device(cls, kind: Kind, device: str) -> "Topic":
+        if kind not in DEVICE_KINDS:
+            raise BadPayload("topic kind", f"{kind.value!r} is not a per-device topic")
+        return cls(kind, device=check_device_id(device))
+
+    @classmethod
+    def chunk(cls, digest: str, index: int) -> "Topic":
+        if not isinstance(index, int) or index < 0:
+            raise BadPayload("chunk index", f"{index!r} must be an int >= 0")
+        return cls(Kind.CHUNK, digest=check_digest(digest), index=index)
+
+    @classmethod
+    def root(cls) -> "Topic":
+        return cls(Kind.ROOT)
+
+    @classmethod
+    def parse(cls, topic: str) -> "Topic":
+        parts = topic.split("/")
+        if parts[:2] != PREFIX.split("/"):
+            raise BadPayload("topic", f"{topic!r} does not start with {PREFIX}/")
+        rest = parts[2:]
+        if len(rest) == 3 and rest[0] == "dev":
+            try:
+                kind = Kind(rest[2])
+            except ValueError:
+                raise BadPayload("topic", f"{topic!r}: unknown kind {rest[2]!r}") from None
+            if kind not in DEVICE_KINDS:
+                raise BadPayload("topic", f"{topic!r}: {kind.value!r} is not a device topic")
+            return cls(kind, device=check_device_id(rest[1]))
+        if len(rest) == 4 and rest[0] == "bundle" and rest[2] == "chunk":
+            if not rest[3].isdigit():
+                raise BadPayload("topic", f"{topic!r}: chunk index {rest[3]!r} is not a number")
+            return cls.chunk(rest[1], int(rest[3]))
+        if rest == ["root"]:
+            return cls.root()
+        raise BadPayload("topic", f"{topic!r} matches no protocol v1 topic")
+
+
+def device_filter(kind: Kind, device: str = "+") -> str:
+    """Subscription filter for one kind, for one device or (default) all devices."""
+    return f"{PREFIX}/dev/{device}/{kind.value}"
+
+
+def chunk_filter(digest: str) -> str:
+    return f"{PREFIX}/bundle/{check_digest(digest)}/chunk/+"
