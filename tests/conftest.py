@@ -1,0 +1,158 @@
+"""Fixtures shared by every test package.
+
+* ``trust``: a fresh trust root (3 root keys, threshold 2) and an online targets key.
+* ``digits_bundle``: a real compiler build of the digits CNN (TensorFlow conversion), built once
+  per source version of ``compiler/`` and cached under ``.pytest_cache/edgefleet`` so the
+  suite pays for TensorFlow once.
+* ``coral_models``: the real Coral test models and images in ``../shared/models/coral``.
+* ``mosquitto``: a private Mosquitto broker on a free loopback port, stopped afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from protocol.bundle import MANIFEST_FILE, pack_archive
+from protocol.signing import Envelope, Root, SigningKey, load_root_unverified, root_document, seal
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".pytest_cache" / "edgefleet"
+
+
+def _find_coral() -> Path | None:
+    env = os.environ.get("EDGEFLEET_CORAL_MODELS")
+    candidates = [Path(env)] if env else []
+    candidates += [REPO.parent / "shared" / "models" / "coral",
+                   REPO.parent.parent / "shared" / "models" / "coral"]
+    for c in candidates:
+        if (c / "mobilenet_v2_1.0_224_quant.tflite").exists():
+            return c
+    return None
+
+
+@dataclass(frozen=True)
+class Trust:
+    root_keys: tuple[SigningKey, ...]
+    targets_key: SigningKey
+    root: Root
+    root_bytes: bytes
+
+    def sign_dir(self, bundle_dir: Path, keys: list[SigningKey] | None = None) -> tuple[Envelope, dict[str, bytes], bytes]:
+        """Sign a compiler output directory; return (envelope, artifacts, archive bytes)."""
+        env = Envelope.parse((bundle_dir / MANIFEST_FILE).read_bytes())
+        env = Envelope(env.payload_type, env.payload, ())
+        for k in keys if keys is not None else [self.targets_key]:
+            env = env.add_signature(k)
+        arts = {p.name: p.read_bytes() for p in bundle_dir.iterdir() if p.name != MANIFEST_FILE}
+        return env, arts, pack_archive(env, arts)
+
+
+@pytest.fixture(scope="session")
+def trust() -> Trust:
+    rks = tuple(SigningKey.generate() for _ in range(3))
+    tk = SigningKey.generate()
+    raw = seal("root", root_document(1, int(time.time()) + 365 * 86400, rks, 2, [tk]), rks[:2]).to_bytes()
+    return Trust(rks, tk, load_root_unverified(raw), raw)
+
+
+@pytest.fixture(scope="session")
+def coral_models() -> Path:
+    path = _find_coral()
+    if path is None:
+        pytest.skip("Coral test models not found (set EDGEFLEET_CORAL_MODELS to ../shared/models/coral)")
+    return path
+
+
+def _source_hash(*dirs: str) -> str:
+    h = hashlib.sha256()
+    for d in dirs:
+        for p in sorted((REPO / d).rglob("*.py")):
+            h.update(p.relative_to(REPO).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def digits_bundle() -> Path:
+    """A real digits build (unsigned bundle directory). Cached across runs by compiler source."""
+    out = CACHE / f"digits-{_source_hash('compiler', 'protocol')}"
+    if not (out / MANIFEST_FILE).exists():
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, "-m", "compiler", "digits", "--out", str(tmp), "--quiet"],
+                              cwd=REPO, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"digits build failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@dataclass
+class Broker:
+    port: int
+    proc: subprocess.Popen[bytes]
+    conf: Path
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc.poll() is None:
+            (self.proc.kill if kill else self.proc.terminate)()
+            self.proc.wait(10)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+
+def start_mosquitto(directory: Path, extra_conf: str = "") -> Broker:
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto binary not on PATH")
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    conf = directory / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        f"persistence_location {directory}/\nautosave_interval 1\n" + extra_conf)
+    broker = Broker(port, None, conf)  # type: ignore[arg-type]
+    broker.start()
+    return broker
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path):
+    broker = start_mosquitto(tmp_path / "broker")
+    yield broker
+    broker.stop()
