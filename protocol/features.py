@@ -1,0 +1,53 @@
+"""Drift features and the model I/O spec, shared by the compiler (baseline) and the agent
+(telemetry) so both compute exactly the same numbers.
+
+Functions here are duck-typed over numpy arrays (``.reshape``, ``.mean``, ``.std``, ``.max``,
+``.argmax``) but never import numpy, so :mod:`protocol` stays dependency-free.
+
+**Preprocess spec** (``manifest.model["preprocess"]``)::
+
+    {"kind": "image", "height": H, "width": W, "channels": 1|3,
+     "scale": s, "offset": o}            # float input = pixel(0..255) * s + o
+    {"kind": "tensor"}                    # callers send the float tensor themselves
+
+The float tensor then goes to the model: a float model takes it as is; an int8/uint8 model's
+input is quantized with the input tensor's own (scale, zero_point): ``q = round(f / scale) + zp``.
+
+**Input features** (``input_features``), on the float input tensor of one sample:
+
+* image: ``mean_c{i}`` and ``std_c{i}`` per channel, ``brightness`` (mean over all pixels);
+* tensor: ``f{i}`` for each of the first 32 flattened values.
+
+**Output features** (``output_features``), on the dequantized score vector of one sample:
+``top1_confidence`` (max score) and ``top1_class`` (argmax, as a float so it bins like any
+other feature; baseline edges for it are ``0.5, 1.5, ...``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_TENSOR_FEATURES = 32
+
+
+def input_features(x: Any, preprocess: dict[str, Any]) -> dict[str, float]:
+    if preprocess.get("kind") == "image":
+        channels = int(preprocess.get("channels", x.shape[-1]))
+        flat = x.reshape(-1, channels)
+        means = flat.mean(axis=0)
+        stds = flat.std(axis=0)
+        out = {f"mean_c{i}": float(means[i]) for i in range(channels)}
+        out.update({f"std_c{i}": float(stds[i]) for i in range(channels)})
+        out["brightness"] = float(flat.mean())
+        return out
+    flat = x.reshape(-1)
+    return {f"f{i}": float(flat[i]) for i in range(min(MAX_TENSOR_FEATURES, flat.shape[0]))}
+
+
+def output_features(scores: Any) -> dict[str, float]:
+    flat = scores.reshape(-1)
+    return {"top1_confidence": float(flat.max()), "top1_class": float(flat.argmax())}
+
+
+def class_edges(num_classes: int) -> list[float]:
+    return [i + 0.5 for i in range(num_classes - 1)]
