@@ -1,0 +1,40 @@
+"""Stage 7: the drift baseline (``baseline.json``, format in docs/protocol.md).
+
+Features come from :mod:`protocol.features` so the agent computes exactly the same numbers:
+input features on each sample's float input tensor, output features on the dequantized scores
+of the artifact the device serves (int8). Edges are reference quantiles (10 bins by default);
+``top1_class`` uses the fixed class edges ``0.5, 1.5, ...``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from protocol.features import class_edges, input_features, output_features
+from protocol.sketch import DriftThresholds, bin_counts, quantile_edges
+
+SCHEMA = 1
+
+
+def build(x: np.ndarray, scores: np.ndarray, preprocess: dict[str, Any], num_classes: int,
+          bins: int = 10, thresholds: DriftThresholds = DriftThresholds()) -> dict[str, Any]:
+    if len(x) == 0 or len(x) != len(scores):
+        raise ValueError(f"baseline needs as many inputs as scores, got {len(x)} and {len(scores)}")
+    ins = _columns([input_features(x[i], preprocess) for i in range(len(x))])
+    outs = _columns([output_features(scores[i]) for i in range(len(scores))])
+    inputs = {name: _hist(vals, quantile_edges(vals, bins)) for name, vals in ins.items()}
+    outputs = {"top1_confidence": _hist(outs["top1_confidence"], quantile_edges(outs["top1_confidence"], bins)),
+               "top1_class": _hist(outs["top1_class"], class_edges(num_classes))}
+    return {"schema": SCHEMA, "samples": len(x), "inputs": inputs, "outputs": outputs,
+            "thresholds": {"psi_warn": thresholds.psi_warn, "psi_alert": thresholds.psi_alert,
+                           "min_samples": thresholds.min_samples}}
+
+
+def _columns(rows: list[dict[str, float]]) -> dict[str, list[float]]:
+    return {k: [r[k] for r in rows] for k in rows[0]}
+
+
+def _hist(values: list[float], edges: list[float]) -> dict[str, list[float] | list[int]]:
+    return {"edges": [float(e) for e in edges], "ref": bin_counts(edges, values)}

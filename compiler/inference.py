@@ -1,0 +1,119 @@
+"""Run artifacts on this machine: TFLite (ai_edge_litert) and ONNX (onnxruntime).
+
+Batch-1 TFLite models are run one sample at a time. Quantized I/O follows the protocol's rule
+(``protocol.features``): ``q = round(f / scale) + zero_point`` clipped to the dtype's range;
+scores are dequantized as ``scale * (q - zero_point)``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import BadInput
+
+
+@dataclass(frozen=True)
+class IoSpec:
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    scale: float
+    zero_point: int
+
+    @property
+    def quantized(self) -> bool:
+        return self.dtype in (np.dtype(np.int8), np.dtype(np.uint8))
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        if not self.quantized:
+            return x.astype(self.dtype)
+        info = np.iinfo(self.dtype)
+        q = np.round(x / self.scale) + self.zero_point
+        return np.clip(q, info.min, info.max).astype(self.dtype)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        if not self.quantized:
+            return q.astype(np.float32)
+        return (self.scale * (q.astype(np.float32) - self.zero_point)).astype(np.float32)
+
+
+class TfliteRunner:
+    """One TFLite model on the CPU. Raises :class:`BadInput` if LiteRT cannot load it."""
+
+    def __init__(self, data: bytes, what: object = "model", threads: int = 1) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            self.interp = Interpreter(model_content=data, num_threads=threads)
+            self.interp.allocate_tensors()
+        except (RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BadInput(what, f"LiteRT cannot load it ({first})") from None
+        i = self.interp.get_input_details()[0]
+        o = self.interp.get_output_details()[0]
+        self.input = IoSpec(tuple(int(d) for d in i["shape"]), np.dtype(i["dtype"]),
+                            float(i["quantization"][0]), int(i["quantization"][1]))
+        self.output = IoSpec(tuple(int(d) for d in o["shape"]), np.dtype(o["dtype"]),
+                             float(o["quantization"][0]), int(o["quantization"][1]))
+        self._in = int(i["index"])
+        self._out = int(o["index"])
+
+    def run_raw(self, raw: np.ndarray) -> np.ndarray:
+        """One raw input tensor (already in the model's dtype and shape) -> raw output tensor."""
+        self.interp.set_tensor(self._in, raw.reshape(self.input.shape).astype(self.input.dtype))
+        self.interp.invoke()
+        return np.array(self.interp.get_tensor(self._out))
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Float inputs (N, ...) -> dequantized float outputs (N, ...)."""
+        outs = [self.output.dequantize(self.run_raw(self.input.quantize(x[i:i + 1])))
+                for i in range(len(x))]
+        return np.concatenate(outs, axis=0) if outs else np.zeros((0,) + self.output.shape[1:])
+
+    def latency_ms(self, x: np.ndarray, runs: int = 50, warmup: int = 5) -> float:
+        """Median wall time of one invoke, in ms, on the first sample of ``x``."""
+        raw = self.input.quantize(x[:1]).reshape(self.input.shape)
+        for _ in range(warmup):
+            self.run_raw(raw)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            self.run_raw(raw)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e3
+
+
+class OnnxRunner:
+    def __init__(self, data: bytes, what: object = "model.onnx", threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(data, sess_options=opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception classes
+            raise BadInput(what, f"onnxruntime cannot load it ({str(exc)[:200]})") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def scores(self, x: np.ndarray, batch: int = 64) -> np.ndarray:
+        outs = [self.session.run(None, {self.input_name: x[i:i + batch].astype(np.float32)})[0]
+                for i in range(0, len(x), batch)]
+        return np.concatenate(outs, axis=0)
+
+    def latency_ms(self, x: np.ndarray, runs: int = 50, warmup: int = 5) -> float:
+        one = x[:1].astype(np.float32)
+        for _ in range(warmup):
+            self.session.run(None, {self.input_name: one})
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            self.session.run(None, {self.input_name: one})
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e3

@@ -1,0 +1,278 @@
+"""The build: stages in order, from a trained model (or the digits recipe) to a bundle.
+
+``build(request, config, progress) -> BuildResult``. Stages: convert (child process: train?,
+load, float, int8, onnx) -> inspect (ops, float ops, static shapes) -> evaluate (metrics, gate)
+-> edgetpu (pre-check, compiler if present) -> baseline -> selftest -> report -> bundle.
+A failed gate raises :class:`GateFailed` carrying the report, and nothing is written to ``out``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protocol.bundle import Requirements
+from protocol.signing import SigningKey
+
+from . import baseline, convert, selftest
+from .bundle import BundleFile, BundleSpec, refuse_existing, write_bundle
+from .config import CompilerConfig
+from .errors import BadInput, GateFailed, NotEdgeTpuReady
+from .evaluate import GatePolicy, gate, metrics
+from .graph import Graph, read_graph
+from .inference import OnnxRunner, TfliteRunner
+from .progress import Progress
+from .report import SCHEMA, machine, model_card
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    out: Path
+    name: str
+    version: str
+    calibration: np.ndarray             # float model inputs (N, ...)
+    validation_x: np.ndarray            # float model inputs (N, ...)
+    validation_y: np.ndarray | None
+    labels: tuple[str, ...]
+    preprocess: dict[str, Any]
+    model: Path | None = None           # .keras or SavedModel dir
+    train_digits: dict[str, Any] | None = None
+    io_type: str = "int8"
+    target: str = "cpu"                 # cpu | edgetpu
+    policy: GatePolicy = GatePolicy()
+    sign_key: SigningKey | None = None
+    lineage: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    selftest_cases: int = 5
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out: Path
+    digest: str
+    report: dict[str, Any]
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def array_sha256(*arrays: np.ndarray | None) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is not None:
+            h.update(str(a.dtype).encode() + str(a.shape).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def check_request(req: BuildRequest) -> None:
+    """Bad-input checks that need no model: run before any expensive work."""
+    refuse_existing(req.out)
+    if len(req.calibration) == 0:
+        raise BadInput("calibration data", "is empty")
+    if len(req.validation_x) == 0:
+        raise BadInput("validation data", "is empty")
+    for what, arr in (("calibration data", req.calibration), ("validation data", req.validation_x)):
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise BadInput(what, f"x must be float model inputs here, got dtype {arr.dtype}")
+        if not np.isfinite(arr).all():
+            raise BadInput(what, "x contains NaN or infinite values")
+    if req.calibration.shape[1:] != req.validation_x.shape[1:]:
+        raise BadInput("validation data", f"samples have shape {list(req.validation_x.shape[1:])}, "
+                       f"calibration has {list(req.calibration.shape[1:])}")
+    y = req.validation_y
+    if y is not None:
+        if len(y) != len(req.validation_x):
+            raise BadInput("validation data", f"{len(req.validation_x)} samples but {len(y)} labels")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise BadInput("validation data", f"y must be integer class ids, got dtype {y.dtype}")
+        bad = y[(y < 0) | (y >= len(req.labels))]
+        if len(bad):
+            raise BadInput("validation data", f"label {int(bad[0])} is out of range 0..{len(req.labels) - 1} "
+                           f"({len(req.labels)} labels)")
+    if req.io_type not in ("int8", "uint8"):
+        raise BadInput("--io-type", f"must be int8 or uint8, got {req.io_type!r}")
+    if req.target not in ("cpu", "edgetpu"):
+        raise BadInput("--target", f"must be cpu or edgetpu, got {req.target!r}")
+
+
+def build(req: BuildRequest, cfg: CompilerConfig, progress: Progress | None = None) -> BuildResult:
+    progress = progress or Progress()
+    check_request(req)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-build-") as work_s:
+        work = Path(work_s)
+        converted = _convert(req, cfg, work, progress)
+        return _finish(req, cfg, converted, progress)
+
+
+def _convert(req: BuildRequest, cfg: CompilerConfig, work: Path, progress: Progress) -> convert.Converted:
+    cal = convert.save_calibration(req.calibration, work / "calibration.npy")
+    job = convert.ConvertJob(calibration=cal, out_dir=work / "convert", io_type=req.io_type,
+                             model=req.model, train_digits=req.train_digits)
+
+    def on_event(ev: dict[str, Any]) -> None:
+        if ev.get("event") != "stage":
+            return
+        if ev["status"] == "start":
+            progress.start(ev["stage"], _STAGE_TEXT.get(ev["stage"], ""))
+        else:
+            progress.done(ev["stage"], f"{_STAGE_TEXT.get(ev['stage'], '')} ({ev['seconds']:.1f} s)")
+
+    return convert.run(job, cfg.convert_timeout_s, on_event)
+
+
+_STAGE_TEXT = {"train": "training the digits CNN", "load": "loading the model",
+               "float": "float TFLite", "int8": "full-int8 TFLite (calibrating)",
+               "onnx": "ONNX twin (tf2onnx, opset 17)"}
+
+
+def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progress: Progress) -> BuildResult:
+    progress.start("inspect", "reading the int8 graph")
+    g = read_graph(c.int8_tflite, "model_int8.tflite")
+    float_ops = [op.name for op in g.float_ops()]
+    if req.target == "edgetpu":
+        if float_ops:
+            raise NotEdgeTpuReady("model_int8.tflite", f"ops left in float: {sorted(set(float_ops))}")
+        dyn = [t.name for t in g.tensors if t.dynamic]
+        if dyn:
+            raise NotEdgeTpuReady("model_int8.tflite", f"dynamic shapes in tensors {dyn[:3]}")
+    progress.done("inspect", f"{len(g.ops)} ops, {len(float_ops)} in float")
+
+    progress.start("evaluate", "float / int8 / ONNX on the validation set")
+    x, y = req.validation_x, req.validation_y
+    float_run = TfliteRunner(c.float_tflite, "model_float.tflite")
+    int8_run = TfliteRunner(c.int8_tflite, "model_int8.tflite")
+    f_scores = float_run.scores(x)
+    q_scores = int8_run.scores(x)
+    num_classes = int(np.prod(f_scores.shape[1:]))
+    if num_classes != len(req.labels):
+        raise BadInput("labels", f"{len(req.labels)} labels but the model has {num_classes} outputs")
+    onnx_run = OnnxRunner(c.onnx) if c.onnx is not None else None
+    o_scores = onnx_run.scores(x) if onnx_run is not None else None
+    artifacts: dict[str, dict[str, Any]] = {}
+    gate_doc = None
+    if y is not None:
+        mf = metrics(f_scores, y)
+        mq = metrics(q_scores, y, f_scores)
+        mo = metrics(o_scores, y, f_scores) if o_scores is not None else None
+        result = gate(mf, mq, mo, req.policy)
+        gate_doc = result.to_dict()
+        per = {"model_float.tflite": mf, "model_int8.tflite": mq, "model.onnx": mo}
+    else:
+        result = None
+        per = {}
+    for name, data, runner in (("model_int8.tflite", c.int8_tflite, int8_run),
+                               ("model_float.tflite", c.float_tflite, float_run),
+                               ("model.onnx", c.onnx, onnx_run)):
+        if data is None or runner is None:
+            continue
+        m = per.get(name)
+        artifacts[name] = {"size": len(data), "sha256": _sha(data),
+                           "metrics": m.to_dict() if m is not None else None,
+                           "latency_ms": {"1": round(runner.latency_ms(x), 4)}}
+    progress.done("evaluate", _gate_line(gate_doc))
+
+    progress.start("edgetpu", "Edge TPU pre-check / compiler")
+    et_doc, et_files, edgetpu_policy, min_rt = _edgetpu(req, cfg, g, c.int8_tflite)
+    progress.done("edgetpu", et_doc.get("note", ""))
+
+    progress.start("baseline", "drift baseline")
+    base = baseline.build(x, q_scores, req.preprocess, num_classes)
+    progress.done("baseline", f"{len(base['inputs']) + len(base['outputs'])} features, {base['samples']} samples")
+    progress.start("selftest", "self-test vectors")
+    st = selftest.build(int8_run, "model_int8.tflite", x, y, req.selftest_cases)
+    progress.done("selftest", f"{len(st['cases'])} cases")
+
+    report: dict[str, Any] = {
+        "schema": SCHEMA, "name": req.name, "version": req.version, "task": "classification",
+        "num_classes": num_classes, "labels": list(req.labels), "target": req.target,
+        "io_type": req.io_type, "description": req.description,
+        "lineage": dict(req.lineage, **{f"tool:{k}": v for k, v in sorted(c.versions.items())},
+                        **_runtime_versions()),
+        "model": {"input": g.input.to_dict(), "output": g.output.to_dict(),
+                  "float_input_shape": list(c.input_shape), "ops": g.op_counts(),
+                  "float_ops": float_ops, "rewrapped_static_batch": c.rewrapped_static_batch,
+                  "onnx": {"input": c.onnx_input, "output": c.onnx_output}},
+        "artifacts": artifacts, "gate": gate_doc, "edgetpu": et_doc,
+        "validation_samples": len(x), "calibration_samples": len(req.calibration),
+        "machine": machine(), "stage_seconds": dict(c.seconds, **progress.seconds),
+    }
+    if result is not None and not result.passed:
+        raise GateFailed("; ".join(f"{ch.name} {ch.value} exceeds limit {ch.limit} ({ch.detail})"
+                                   for ch in result.failures()), report)
+
+    progress.start("bundle", "writing the bundle")
+    model_doc = {
+        "task": "classification", "num_classes": num_classes, "preprocess": req.preprocess,
+        "input": {"shape": list(g.input.shape), "dtype": "float32"},
+        "output": {"shape": list(g.output.shape)}, "labels": "labels.txt",
+        "onnx": {"input": c.onnx_input, "output": c.onnx_output},
+        "quality": _quality(gate_doc, artifacts),
+        "edgetpu": {k: et_doc.get(k) for k in ("compiled", "ops_on_tpu", "ops_on_cpu", "note")},
+    }
+    files = [BundleFile("model_int8.tflite", "tflite_int8", c.int8_tflite),
+             BundleFile("model_float.tflite", "tflite_float", c.float_tflite)]
+    files += et_files
+    if c.onnx is not None:
+        files.append(BundleFile("model.onnx", "onnx", c.onnx))
+    files += [BundleFile("baseline.json", "baseline", _json(base)),
+              BundleFile("selftest.json", "selftest", _json(st)),
+              BundleFile("report.json", "report", _json(report)),
+              BundleFile("model_card.md", "model_card", model_card(report).encode()),
+              BundleFile("labels.txt", "labels", ("\n".join(req.labels) + "\n").encode())]
+    spec = BundleSpec(req.name, req.version, cfg.created, model_doc,
+                      Requirements(edgetpu=edgetpu_policy, min_edgetpu_runtime=min_rt))
+    digest = write_bundle(req.out, spec, files, req.sign_key)
+    progress.done("bundle", f"digest {digest[:16]}…")
+    return BuildResult(req.out, digest, report)
+
+
+def _edgetpu(req: BuildRequest, cfg: CompilerConfig, g: Graph,
+             int8: bytes) -> tuple[dict[str, Any], list[BundleFile], str, int | None]:
+    """Edge TPU stage: (report section, extra bundle files, requirements.edgetpu, min runtime)."""
+    if cfg.edgetpu_compiler is None:
+        note = "edgetpu_compiler not found on PATH; bundle carries the CPU int8 artifact only"
+        if req.target == "edgetpu":
+            raise NotEdgeTpuReady("edgetpu_compiler", "not found on PATH (install Coral's edgetpu-compiler "
+                                  "or set EDGEFLEET_EDGETPU_COMPILER), so no Edge TPU artifact can be made")
+        return {"compiled": False, "note": note}, [], "optional", None
+    from . import edgetpu
+
+    return edgetpu.stage(cfg, g, int8, req.target)
+
+
+def _quality(gate_doc: dict[str, Any] | None, artifacts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"gate_passed": None if gate_doc is None else gate_doc["passed"]}
+    for name, a in artifacts.items():
+        m = a.get("metrics")
+        if m:
+            out[name] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+    return out
+
+
+def _gate_line(gate_doc: dict[str, Any] | None) -> str:
+    if gate_doc is None:
+        return "no labels: metrics and gate skipped"
+    return "gate " + ("passed" if gate_doc["passed"] else "FAILED")
+
+
+def _json(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def _runtime_versions() -> dict[str, str]:
+    out = {}
+    for dist in ("ai-edge-litert", "onnxruntime", "numpy", "edgefleet"):
+        try:
+            out[f"tool:{dist}"] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return out
