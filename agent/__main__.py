@@ -1,0 +1,161 @@
+"""edgefleet-agent: the device daemon and its operator commands.
+
+Exit codes: 0 success; 1 the command ran and failed (agent not reachable, self-test failed,
+start-up error); 2 bad usage or configuration (the message names the key and value);
+3 not implemented yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Sequence
+
+from . import AGENT_VERSION
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_YET = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgefleet-agent",
+        description="edgefleet device agent: verifies, installs and serves signed model bundles.",
+        epilog="exit codes: 0 ok, 1 failed, 2 bad usage/config, 3 not implemented yet")
+    p.add_argument("--version", action="version", version=f"edgefleet-agent {AGENT_VERSION}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--config", "-c", type=Path, required=True, help="path to agent.toml")
+        sp.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        return sp
+
+    add("run", "run the daemon (MQTT, installs, local inference API, telemetry)")
+    add("status", "print the running agent's status (from its local API) as JSON")
+    add("selftest", "run the active bundle's self-test vectors now (no daemon needed)")
+    add("rollback", "switch back to the previous slot (daemon must be stopped)")
+    add("enroll", "provision this device (pin the root, write credentials)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .config import ConfigError, load
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        print(f"edgefleet-agent: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "run":
+        return _run(cfg)
+    if args.command == "status":
+        return _status(cfg)
+    if args.command == "selftest":
+        return _selftest(cfg)
+    if args.command == "rollback":
+        return _rollback(cfg)
+    print(f"edgefleet-agent {args.command}: not implemented yet", file=sys.stderr)
+    return EXIT_NOT_YET
+
+
+def _run(cfg: "object") -> int:
+    from .daemon import Agent, StartupError
+    try:
+        agent = Agent(cfg)  # type: ignore[arg-type]
+    except StartupError as exc:
+        print(f"edgefleet-agent: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+    def stop(signum: int, frame: object) -> None:
+        agent.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        agent.run()
+    except StartupError as exc:
+        print(f"edgefleet-agent: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _status(cfg: "object") -> int:
+    from .config import AgentConfig
+    assert isinstance(cfg, AgentConfig)
+    try:
+        port = int(cfg.http_port_file.read_text().strip()) if cfg.http_port == 0 else cfg.http_port
+        with urllib.request.urlopen(f"http://{cfg.http_host}:{port}/v1/status", timeout=5) as r:
+            print(json.dumps(json.loads(r.read()), indent=2))
+    except (OSError, ValueError, urllib.error.URLError) as exc:
+        print(f"edgefleet-agent status: agent not reachable ({exc})", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _selftest(cfg: "object") -> int:
+    from protocol.errors import ProtocolError
+    from .config import AgentConfig
+    from .daemon import StartupError, load_root
+    from .slots import Slots
+    from .updater import Updater
+    assert isinstance(cfg, AgentConfig)
+    try:
+        root = load_root(cfg)
+    except StartupError as exc:
+        print(f"edgefleet-agent selftest: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    slots = Slots(cfg.state_dir)
+    st = slots.load()
+    if st.active is None:
+        print("edgefleet-agent selftest: no active bundle", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        manifest = slots.check(st.active.digest, root)
+    except (ProtocolError, OSError) as exc:
+        print(f"edgefleet-agent selftest: active slot damaged: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    upd = Updater.__new__(Updater)
+    upd.slots, upd.cfg = slots, cfg
+    model, res = Updater.selftest_slot(upd, st.active, manifest)
+    print(json.dumps({"bundle": st.active.to_dict(), "ok": res.ok, "reason": res.reason.value,
+                      "detail": res.detail, **res.metrics()}, indent=2))
+    if model is not None:
+        model.close()
+    return EXIT_OK if res.ok else EXIT_FAILED
+
+
+def _rollback(cfg: "object") -> int:
+    from .config import AgentConfig
+    from .slots import Slots, SlotsState
+    assert isinstance(cfg, AgentConfig)
+    slots = Slots(cfg.state_dir)
+    st = slots.load()
+    if st.previous is None:
+        print("edgefleet-agent rollback: no previous slot kept", file=sys.stderr)
+        return EXIT_FAILED
+    if cfg.http_port_file.exists():
+        try:
+            port = int(cfg.http_port_file.read_text().strip())
+            urllib.request.urlopen(f"http://{cfg.http_host}:{port}/healthz", timeout=2)
+            print("edgefleet-agent rollback: the daemon is running; stop it first", file=sys.stderr)
+            return EXIT_FAILED
+        except urllib.error.HTTPError:
+            print("edgefleet-agent rollback: the daemon is running; stop it first", file=sys.stderr)
+            return EXIT_FAILED
+        except (OSError, ValueError):
+            pass
+    slots.save(SlotsState(active=st.previous, previous=st.active, trial=True))
+    print(f"rolled back to {st.previous.name} {st.previous.version}; it is self-tested at the next start")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

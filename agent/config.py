@@ -1,0 +1,220 @@
+"""The agent's one typed configuration, read from TOML (and a few environment hooks).
+
+Only this module reads the environment. Every value is validated at start; a bad value raises
+:class:`ConfigError` naming the key, the value and what was expected.
+
+Example ``agent.toml``::
+
+    device_id = "pi-kitchen-01"
+    broker = "mqtt://127.0.0.1:1883"       # mqtts://host:8883 for TLS
+    state_dir = "/var/lib/edgefleet-agent"
+    root = "/etc/edgefleet/root.json"       # pinned trust root (hub `keys init`)
+    board = "rpi4"
+    http_host = "127.0.0.1"
+    http_port = 8780                        # 0 = pick a free port, written to state_dir/http.port
+    telemetry_interval_s = 10
+    cloud_url = "https://fallback.example.com"
+    cloud_api_key = "..."
+    edgetpu = "auto"                        # auto | off
+
+Environment hooks (tests and operators): ``EDGEFLEET_AGENT_CRASH_AT=<stage>`` makes the agent
+``os._exit(137)`` when it reaches that install stage (download, verify, stage, switch, commit);
+``EDGEFLEET_AGENT_FREE_DISK=<bytes>`` overrides the free-disk probe.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from protocol.errors import BadPayload
+from protocol.topics import check_device_id
+
+CRASH_STAGES = ("download", "verify", "stage", "switch", "commit")
+EDGETPU_MODES = ("auto", "off")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names key and value."""
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> "BrokerAddress":
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ConfigError(f"broker: expected mqtt://host:port or mqtts://host:port, got {url!r}")
+        try:
+            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        except ValueError:
+            raise ConfigError(f"broker: port in {url!r} is not a number 1..65535") from None
+        return cls(parts.hostname, port, parts.scheme == "mqtts")
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    device_id: str
+    broker: BrokerAddress
+    state_dir: Path
+    root: Path
+    board: str = "rpi4"
+    http_host: str = "127.0.0.1"
+    http_port: int = 0
+    telemetry_interval_s: float = 10.0
+    cloud_url: str | None = None
+    cloud_api_key: str | None = None
+    cloud_timeout_s: float = 10.0
+    edgetpu: str = "auto"
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: int = 30
+    fetch_repair_s: float = 3.0        # ask the hub for chunks missing after this long idle
+    resend_after_s: float = 15.0       # resend unacked telemetry/reports after this long
+    probation_inferences: int = 20     # a freshly switched model is on probation this long
+    probation_max_errors: int = 3      # errors within probation that trigger a rollback
+    disk_reserve_bytes: int = 16 * 1024 * 1024
+    backlog_max_rows: int = 5000
+    latency_budget_ms: float | None = None
+    shadow_max_per_s: float = 20.0
+    threads: int | None = None
+    crash_at: str | None = None
+    free_disk_override: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def http_port_file(self) -> Path:
+        return self.state_dir / "http.port"
+
+
+_KNOWN = {f for f in AgentConfig.__dataclass_fields__} - {"crash_at", "free_disk_override", "extra"}
+
+
+def _get(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    if key not in doc:
+        if default is ...:
+            raise ConfigError(f"{key}: missing (required)")
+        return default
+    value = doc[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigError(f"{key}: expected {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+    if float in kinds and isinstance(value, int):
+        return float(value)
+    if not isinstance(value, kinds):
+        raise ConfigError(f"{key}: expected {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+    return value
+
+
+def _path(doc: Mapping[str, Any], key: str, base: Path, default: Any = ...) -> Path | None:
+    value = _get(doc, key, str, default)
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> float:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}: expected a number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return value
+
+
+def from_dict(doc: Mapping[str, Any], base: Path = Path("."),
+              env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Build and validate a config from a parsed TOML table (relative paths from ``base``)."""
+    env = os.environ if env is None else env
+    try:
+        device_id = check_device_id(_get(doc, "device_id", str))
+    except BadPayload as exc:
+        raise ConfigError(f"device_id: {exc.problem}") from None
+    broker = BrokerAddress.parse(_get(doc, "broker", str))
+    state_dir = _path(doc, "state_dir", base)
+    root = _path(doc, "root", base)
+    assert state_dir is not None and root is not None
+    if not root.is_file():
+        raise ConfigError(f"root: pinned trust root {str(root)!r} does not exist or is not a file")
+    board = _get(doc, "board", str, "rpi4")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", board):
+        raise ConfigError(f"board: expected 1-64 chars of [A-Za-z0-9_.-], got {board!r}")
+    http_port = _get(doc, "http_port", int, 0)
+    if not 0 <= http_port <= 65535:
+        raise ConfigError(f"http_port: expected 0..65535, got {http_port!r}")
+    edgetpu = _get(doc, "edgetpu", str, "auto")
+    if edgetpu not in EDGETPU_MODES:
+        raise ConfigError(f"edgetpu: expected one of {EDGETPU_MODES}, got {edgetpu!r}")
+    cloud_url = _get(doc, "cloud_url", str, None) or None
+    if cloud_url is not None and urlsplit(cloud_url).scheme not in ("http", "https"):
+        raise ConfigError(f"cloud_url: expected an http(s):// URL, got {cloud_url!r}")
+    crash_at = env.get("EDGEFLEET_AGENT_CRASH_AT") or None
+    if crash_at is not None and crash_at not in CRASH_STAGES:
+        raise ConfigError(f"EDGEFLEET_AGENT_CRASH_AT: expected one of {CRASH_STAGES}, got {crash_at!r}")
+    free_disk: int | None = None
+    if env.get("EDGEFLEET_AGENT_FREE_DISK"):
+        raw = env["EDGEFLEET_AGENT_FREE_DISK"]
+        if not raw.isdigit():
+            raise ConfigError(f"EDGEFLEET_AGENT_FREE_DISK: expected a byte count, got {raw!r}")
+        free_disk = int(raw)
+    budget = _get(doc, "latency_budget_ms", float, None)
+    threads = _get(doc, "threads", int, None)
+    if threads is not None and not 1 <= threads <= 64:
+        raise ConfigError(f"threads: expected 1..64, got {threads!r}")
+    files = {k: _path(doc, k, base, None) for k in ("ca_file", "cert_file", "key_file")}
+    for k, p in files.items():
+        if p is not None and not p.is_file():
+            raise ConfigError(f"{k}: {str(p)!r} does not exist")
+    cfg = AgentConfig(
+        device_id=device_id, broker=broker, state_dir=state_dir, root=root, board=board,
+        http_host=_get(doc, "http_host", str, "127.0.0.1"), http_port=http_port,
+        telemetry_interval_s=_positive("telemetry_interval_s", _get(doc, "telemetry_interval_s", float, 10.0)),
+        cloud_url=cloud_url.rstrip("/") if cloud_url else None,
+        cloud_api_key=_get(doc, "cloud_api_key", str, None),
+        cloud_timeout_s=_positive("cloud_timeout_s", _get(doc, "cloud_timeout_s", float, 10.0)),
+        edgetpu=edgetpu,
+        username=_get(doc, "username", str, None), password=_get(doc, "password", str, None),
+        ca_file=files["ca_file"], cert_file=files["cert_file"], key_file=files["key_file"],
+        keepalive_s=int(_positive("keepalive_s", _get(doc, "keepalive_s", int, 30))),
+        fetch_repair_s=_positive("fetch_repair_s", _get(doc, "fetch_repair_s", float, 3.0)),
+        resend_after_s=_positive("resend_after_s", _get(doc, "resend_after_s", float, 15.0)),
+        probation_inferences=int(_positive("probation_inferences", _get(doc, "probation_inferences", int, 20), True)),
+        probation_max_errors=int(_positive("probation_max_errors", _get(doc, "probation_max_errors", int, 3))),
+        disk_reserve_bytes=int(_positive("disk_reserve_bytes", _get(doc, "disk_reserve_bytes", int, 16 << 20), True)),
+        backlog_max_rows=int(_positive("backlog_max_rows", _get(doc, "backlog_max_rows", int, 5000))),
+        latency_budget_ms=_positive("latency_budget_ms", budget) if budget is not None else None,
+        shadow_max_per_s=_positive("shadow_max_per_s", _get(doc, "shadow_max_per_s", float, 20.0)),
+        threads=threads, crash_at=crash_at, free_disk_override=free_disk,
+        extra={k: v for k, v in doc.items() if k not in _KNOWN},
+    )
+    if (cfg.username is None) != (cfg.password is None):
+        raise ConfigError("username/password: set both or neither")
+    if (cfg.cert_file is None) != (cfg.key_file is None):
+        raise ConfigError("cert_file/key_file: set both or neither")
+    return cfg
+
+
+def load(path: Path, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read ``path`` (TOML) and validate it. Relative paths are relative to the file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r}: cannot read ({exc.strerror})") from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r}: not valid TOML ({exc})") from None
+    return from_dict(doc, path.resolve().parent, env)

@@ -1,0 +1,379 @@
+"""The agent daemon: one event loop that owns all state; threads only feed it.
+
+Threads:
+* network (this module): connects with jittered exponential backoff, reconnects after any
+  drop, and queues ``connected`` / ``disconnected`` events; paho's own thread queues messages;
+* HTTP (``agent/serve.py``): serves predictions, records telemetry, may queue a rollback;
+* main: everything else, in order: desired documents, chunks, acks, timers (telemetry window,
+  fetch repair, backlog resend, status).
+
+Start-up: read the pinned root (or a newer rotated one), recover the slots (``install.recover``),
+load the active model, start HTTP, then the network; resume an unfinished install job.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from typing import Any
+
+from protocol.errors import BadPayload, ProtocolError, Reason, VerificationError
+from protocol.messages import (Report, Status, Telemetry, parse_ack, parse_desired_payload,
+                               verify_desired)
+from protocol.signing import Envelope, Root, load_root_unverified, rotate_root
+from protocol.topics import Kind, Topic
+
+from . import AGENT_VERSION, inventory
+from .backlog import Backlog
+from .config import AgentConfig
+from .durable import read_json, write_atomic, write_json
+from .install import recover
+from .serve import CloudClient, Serving, make_server
+from .slots import Slots, SlotsState
+from .telemetry import Recorder, health
+from .transport import ConnectError, Incoming, Transport
+from .updater import Updater, open_model
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The agent cannot start (bad root, unwritable state dir, port in use...)."""
+
+
+def load_root(cfg: AgentConfig) -> Root:
+    try:
+        pinned = load_root_unverified(cfg.root.read_bytes())
+    except (OSError, ProtocolError) as exc:
+        raise StartupError(f"root {str(cfg.root)!r}: {exc}") from None
+    rotated = cfg.state_dir / "root.json"
+    if rotated.exists():
+        try:
+            newer = load_root_unverified(rotated.read_bytes())
+            if newer.version > pinned.version:
+                return newer
+        except (OSError, ProtocolError) as exc:
+            log.warning("ignoring rotated root %s: %s", rotated, exc)
+    return pinned
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        try:
+            cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"state_dir {str(cfg.state_dir)!r}: {exc.strerror}") from None
+        self.root = load_root(cfg)
+        self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.stop_event = threading.Event()
+        self.backlog = Backlog(cfg.state_dir / "backlog.sqlite", cfg.backlog_max_rows)
+        self.slots = Slots(cfg.state_dir)
+        self.recorder = Recorder()
+        self.probed = inventory.probe(cfg)
+        cloud = CloudClient(cfg.cloud_url, cfg.cloud_api_key, cfg.cloud_timeout_s) if cfg.cloud_url else None
+        self.serving = Serving(self.recorder, cloud, cfg.latency_budget_ms,
+                               lambda digest, why: self.events.put(("probation_failed", digest, why)))
+        topic = str(Topic.for_device(Kind.STATUS, cfg.device_id))
+        self.transport = Transport(cfg, topic, self._status(False).to_bytes(), self.events.put)
+        self.trust_file = cfg.state_dir / "trust.json"
+        self.trusted_seq = int((read_json(self.trust_file, {}) or {}).get("desired_seq", 0))
+        self.updater = Updater(cfg, lambda: self.root, self.slots, self.serving,
+                               lambda: inventory.current(cfg, self.probed), self.report, self.transport,
+                               self._changed)
+        self._dirty = True
+        self._window_start = int(time.time())
+        self.http_port = 0
+        self._server: Any = None
+
+    # reports, status, telemetry --------------------------------------------------------------
+    def report(self, stage: str, status: str, reason: Reason = Reason.OK, detail: str = "",
+               desired_seq: int = 0, bundle: str | None = None, progress: float | None = None,
+               metrics: dict[str, Any] | None = None) -> None:
+        seq = self.backlog.next_seq("report")
+        msg = Report(self.cfg.device_id, seq, int(time.time()), stage, status, reason.value, detail[:2000],
+                     desired_seq or self.trusted_seq, bundle, progress, metrics or {})
+        log.log(logging.WARNING if status == "failed" else logging.INFO,
+                "report %s %s %s %s", stage, status, reason.value, detail)
+        self.backlog.add("report", seq, msg.to_bytes(), time.time())
+        self._flush()
+
+    def _status(self, online: bool) -> Status:
+        st = self.slots.load() if hasattr(self, "slots") else SlotsState()
+        active = self.serving.model.info if getattr(self, "serving", None) and self.serving.model else None
+        if active is None and st.active is not None and online:
+            active = None  # a slot record without a loaded model is not "active"
+        upd = getattr(self, "updater", None)
+        state = upd.state if upd and upd.job else ("serving" if active else "idle")
+        inv = inventory.describe(self.cfg, self.probed) if hasattr(self, "probed") else {"board": self.cfg.board}
+        if online:
+            inv["http_port"] = self.http_port
+            inv["mqtt"] = self.transport.protocol
+            if self.serving.model is not None:
+                inv["served_by"] = self.serving.model.served_by
+        return Status(self.cfg.device_id, online, int(time.time()), AGENT_VERSION, inv, active,
+                      upd.staged if upd else None, state, getattr(self, "trusted_seq", 0))
+
+    def _changed(self) -> None:
+        self._dirty = True
+
+    def _publish_status(self) -> None:
+        if self.transport.alive():
+            topic = str(Topic.for_device(Kind.STATUS, self.cfg.device_id))
+            if self.transport.publish(topic, self._status(True).to_bytes(), qos=1, retain=True):
+                self._dirty = False
+
+    def _telemetry(self) -> None:
+        now = int(time.time())
+        fields = self.recorder.rotate()
+        seq = self.backlog.next_seq("telemetry")
+        msg = Telemetry(self.cfg.device_id, seq, self._window_start, now, fields["bundle"], fields["counts"],
+                        fields["latency"], fields["drift"], fields["shadow"], health(self.cfg.state_dir),
+                        self.backlog.stats(now))
+        self._window_start = now
+        self.backlog.add("telemetry", seq, msg.to_bytes(), time.time())
+        self._flush()
+
+    def _flush(self, force: bool = False) -> None:
+        if not self.transport.alive():
+            return
+        now = time.time()
+        due = self.backlog.due(now, 0.0 if force else self.cfg.resend_after_s, limit=200)
+        sent = []
+        for kind, seq, payload in due:
+            topic = str(Topic.for_device(Kind.REPORT if kind == "report" else Kind.TELEMETRY, self.cfg.device_id))
+            if not self.transport.publish(topic, payload, qos=1):
+                break
+            sent.append((kind, seq))
+        if sent:
+            self.backlog.mark_sent(sent, now)
+
+    def status_doc(self) -> dict[str, Any]:
+        st = self._status(True)
+        return {"device": st.device, "state": st.state, "agent_version": st.agent_version,
+                "active": st.active.to_dict() if st.active else None,
+                "staged": st.staged.to_dict() if st.staged else None,
+                "desired_seq": st.desired_seq, "inventory": st.inventory,
+                "connected": self.transport.alive(), "backlog": self.backlog.stats(time.time())}
+
+    # start-up ------------------------------------------------------------------------------------
+    def recover_slots(self) -> None:
+        st = self.slots.load()
+        for tmp in self.slots.dir.glob("*.tmp"):
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+
+        def check(rec: Any, run_selftest: bool) -> tuple[bool | None, Any]:
+            if rec is None:
+                return None, None
+            try:
+                manifest = self.slots.check(rec.digest, self.root)
+                if run_selftest:
+                    model, res = self.updater.selftest_slot(rec, manifest)
+                    return (model is not None and res.ok), model
+                return True, open_model(self.slots, rec, manifest, self.cfg.threads)
+            except (ProtocolError, OSError, Exception) as exc:  # any failure means "not usable"
+                log.warning("slot %s unusable: %s", rec.digest[:12], exc)
+                return False, None
+
+        active_ok, model = check(st.active, st.trial)
+        decision = recover(st.active.digest if st.active else None, st.trial, active_ok,
+                           st.previous.digest if st.previous else None,
+                           None if active_ok else check(st.previous, False)[0])
+        log.info("start-up recovery: %s %s", decision.action, decision.detail)
+        if decision.action in ("keep", "commit"):
+            self.serving.swap(model)
+            if decision.action == "commit":
+                assert st.active is not None
+                self.slots.save(SlotsState(st.active, st.previous, False))
+                self.report("commit", "ok", Reason.OK,
+                            f"{st.active.name} {st.active.version} passed its self-test again after a restart; committed",
+                            st.active.desired_seq, st.active.digest)
+        elif decision.action == "rollback":
+            if model is not None:
+                model.close()
+            self.updater.rollback(decision.reason, decision.detail)
+        elif decision.action == "broken":
+            self.report("rollback", "failed", decision.reason, decision.detail,
+                        bundle=st.active.digest if st.active else None)
+        if self.serving.model is not None:
+            log.info("serving %s %s on %s", self.serving.model.info.name, self.serving.model.info.version,
+                     self.serving.model.served_by)
+
+    def start_http(self) -> None:
+        try:
+            self._server = make_server(self.cfg.http_host, self.cfg.http_port, self.serving, self.status_doc)
+        except OSError as exc:
+            raise StartupError(f"http {self.cfg.http_host}:{self.cfg.http_port}: {exc.strerror}") from None
+        self.http_port = int(self._server.server_address[1])
+        write_atomic(self.cfg.http_port_file, f"{self.http_port}\n".encode())
+        threading.Thread(target=self._server.serve_forever, name="http", daemon=True).start()
+        log.info("local API on http://%s:%d", self.cfg.http_host, self.http_port)
+
+    def resume_job(self) -> None:
+        pending = self.updater.pending_envelope()
+        if pending is None:
+            return
+        seq, env = pending
+        try:
+            desired = verify_desired(env, self.root, self.cfg.device_id, seq - 1, int(time.time()))
+        except ProtocolError as exc:
+            reason = exc.reason
+            self.updater._save_job(env, seq, True, f"failed:{reason.value}")
+            self.report("verify", "failed", reason, f"resuming seq {seq}: {exc}", seq)
+            return
+        log.info("resuming the install job for desired seq %d", seq)
+        self.updater.accept(desired, env, int(time.time()))
+
+    # network thread ----------------------------------------------------------------------------
+    def _network(self) -> None:
+        delay = 0.5
+        up = False
+        while not self.stop_event.is_set():
+            if self.transport.alive():
+                time.sleep(0.1)
+                continue
+            if up:
+                up = False
+                self.events.put(("disconnected",))
+            try:
+                self.transport.connect()
+            except ConnectError as exc:
+                wait = delay / 2 + random.uniform(0, delay / 2)  # equal jitter
+                log.warning("%s; retrying in %.1fs", exc, wait)
+                self.stop_event.wait(wait)
+                delay = min(delay * 2, self.cfg.extra.get("reconnect_max_s", 30.0))
+                continue
+            delay = 0.5
+            up = True
+            self.events.put(("connected",))
+
+    # event handling ---------------------------------------------------------------------------
+    def _on_connected(self) -> None:
+        dev = self.cfg.device_id
+        for kind in (Kind.DESIRED, Kind.ACK):
+            self.transport.subscribe(str(Topic.for_device(kind, dev)), qos=1)
+        self.transport.subscribe(str(Topic.root()), qos=1)
+        self.updater.resubscribe()
+        self._publish_status()
+        self._flush(force=True)
+
+    def _on_message(self, msg: Incoming) -> None:
+        try:
+            topic = Topic.parse(msg.topic)
+        except BadPayload as exc:
+            log.warning("ignoring message: %s", exc)
+            return
+        if topic.kind is Kind.CHUNK:
+            self.updater.on_chunk(topic, msg.payload)
+        elif topic.kind is Kind.DESIRED and topic.device == self.cfg.device_id:
+            if msg.payload:
+                self._on_desired(msg.payload)
+        elif topic.kind is Kind.ACK and topic.device == self.cfg.device_id:
+            try:
+                ack = parse_ack(msg.payload)
+            except BadPayload as exc:
+                log.warning("ignoring ack: %s", exc)
+                return
+            self.backlog.ack(ack.kind, ack.seqs)
+        elif topic.kind is Kind.ROOT and msg.payload:
+            self._on_root(msg.payload)
+
+    def _on_desired(self, payload: bytes) -> None:
+        now = int(time.time())
+        try:
+            desired = verify_desired(payload, self.root, self.cfg.device_id, self.trusted_seq, now)
+        except (VerificationError, BadPayload) as exc:
+            if exc.reason is Reason.REPLAYED:
+                return  # the retained document we already accepted (its job was resumed at start)
+            seq, digest = _unverified_hint(payload)
+            self.report("verify", "failed", exc.reason, f"desired document rejected: {exc}",
+                        seq, digest)
+            return
+        self.trusted_seq = desired.seq
+        write_json(self.trust_file, {"desired_seq": desired.seq})
+        self._dirty = True
+        self.updater.accept(desired, payload, now)
+        if desired.shadow is not None:
+            log.info("shadow mode requested for %s (sample %.2f)", desired.shadow.digest[:12], desired.shadow_sample)
+
+    def _on_root(self, payload: bytes) -> None:
+        try:
+            new = rotate_root(self.root, payload, int(time.time()))
+        except ProtocolError as exc:
+            if exc.reason not in (Reason.REPLAYED, Reason.DOWNGRADE):
+                log.warning("root rotation refused: %s", exc)
+            return
+        write_atomic(self.cfg.state_dir / "root.json", payload)
+        self.root = new
+        log.info("trust root rotated to version %d", new.version)
+
+    def _on_probation_failed(self, digest: str, why: str) -> None:
+        model = self.serving.model
+        if model is None or model.info.digest != digest:
+            return
+        self.updater.rollback(Reason.INFERENCE_FAILED, f"{digest[:12]} on probation: {why}")
+
+    # main loop --------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.recover_slots()
+        self.start_http()
+        net = threading.Thread(target=self._network, name="network", daemon=True)
+        net.start()
+        self.resume_job()
+        next_tel = time.monotonic() + self.cfg.telemetry_interval_s
+        next_resend = time.monotonic() + 1.0
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    ev = self.events.get(timeout=0.2)
+                except queue.Empty:
+                    ev = None
+                if ev is not None:
+                    self._dispatch(ev)
+                now = time.monotonic()
+                self.updater.tick(now)
+                if now >= next_tel:
+                    next_tel = now + self.cfg.telemetry_interval_s
+                    self._telemetry()
+                    self._dirty = True
+                if now >= next_resend:
+                    next_resend = now + 1.0
+                    self._flush()
+                if self._dirty:
+                    self._publish_status()
+        finally:
+            self.shutdown()
+
+    def _dispatch(self, ev: Any) -> None:
+        try:
+            if isinstance(ev, Incoming):
+                self._on_message(ev)
+            elif ev[0] == "connected":
+                self._on_connected()
+            elif ev[0] == "disconnected":
+                log.warning("disconnected from the broker; reconnecting")
+            elif ev[0] == "probation_failed":
+                self._on_probation_failed(ev[1], ev[2])
+        except Exception:  # one bad event must never stop the daemon
+            log.exception("error handling %r", ev if not isinstance(ev, Incoming) else ev.topic)
+
+    def shutdown(self) -> None:
+        self.stop_event.set()
+        if self._server is not None:
+            self._server.shutdown()
+        topic = str(Topic.for_device(Kind.STATUS, self.cfg.device_id))
+        self.transport.disconnect(topic, self._status(False).to_bytes())
+        self.backlog.close()
+
+
+def _unverified_hint(payload: bytes) -> tuple[int, str | None]:
+    """For the rejection report only: the seq and bundle a (rejected) document claims."""
+    try:
+        d = parse_desired_payload(Envelope.parse(payload).payload)
+        return d.seq, d.bundle.digest if d.bundle else None
+    except ProtocolError:
+        return 0, None

@@ -1,0 +1,149 @@
+"""One archive being fetched in chunks, resumable across restarts and broker outages.
+
+On disk under ``state_dir/downloads``::
+
+    <archive_sha>.part     preallocated to the signed size; chunk i lives at i * chunk_size
+    <archive_sha>.bitmap   one byte per chunk: 1 = chunk written, fsynced and hash-checked
+
+A chunk is checked against the hash in the signed desired document *before* it is written, the
+data is fsynced before its bitmap byte is set, and on reopen every claimed chunk is hashed again
+(a torn write after a power cut is simply fetched again). Nothing past the signed size is ever
+written: each chunk must have exactly its signed length.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+from protocol.bundle import ChunkPlan
+from protocol.errors import Reason, VerificationError
+
+
+class DiskFull(Exception):
+    def __init__(self, detail: str) -> None:
+        self.reason = Reason.DISK_FULL
+        super().__init__(detail)
+
+
+class Download:
+    def __init__(self, directory: Path, plan: ChunkPlan) -> None:
+        self.plan = plan
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"{plan.sha256}.part"
+        self.bitmap_path = directory / f"{plan.sha256}.bitmap"
+        n = len(plan.chunks)
+        fresh = not (self.path.exists() and self.bitmap_path.exists())
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._bfd = os.open(self.bitmap_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(self._fd).st_size != plan.size:
+                os.ftruncate(self._fd, 0)
+                fresh = True
+            if plan.size:
+                os.posix_fallocate(self._fd, 0, plan.size)
+        except OSError as exc:
+            self.close()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(f"cannot reserve {plan.size} bytes for archive {plan.sha256[:12]}: {exc.strerror}") from None
+            raise
+        bits = bytearray(n) if fresh else bytearray(os.pread(self._bfd, n, 0).ljust(n, b"\0"))
+        self.rechecked = 0
+        if not fresh:  # trust nothing: re-hash what the bitmap claims
+            for i in range(n):
+                if bits[i]:
+                    data = os.pread(self._fd, plan.chunk_length(i), i * plan.chunk_size)
+                    if hashlib.sha256(data).hexdigest() != plan.chunks[i]:
+                        bits[i] = 0
+                    else:
+                        self.rechecked += 1
+        self._bits = bits
+        os.ftruncate(self._bfd, 0)
+        os.pwrite(self._bfd, bytes(bits), 0)
+        os.fsync(self._bfd)
+
+    @property
+    def total(self) -> int:
+        return len(self._bits)
+
+    def have(self, index: int) -> bool:
+        return 0 <= index < len(self._bits) and bool(self._bits[index])
+
+    def put(self, index: int, data: bytes) -> bool:
+        """Store chunk ``index`` if it is new and matches its signed hash (else raise).
+
+        Returns False for a duplicate of a chunk already held.
+        """
+        self.plan.check_chunk(index, data)  # raises VerificationError (length/hash) or bad index
+        if self._bits[index]:
+            return False
+        try:
+            os.pwrite(self._fd, data, index * self.plan.chunk_size)
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(f"writing chunk {index}: {exc.strerror}") from None
+            raise
+        self._bits[index] = 1
+        os.pwrite(self._bfd, b"\1", index)
+        os.fdatasync(self._bfd)
+        return True
+
+    def missing(self) -> list[int]:
+        return [i for i, b in enumerate(self._bits) if not b]
+
+    @property
+    def received(self) -> int:
+        return sum(self.plan.chunk_length(i) for i, b in enumerate(self._bits) if b)
+
+    @property
+    def complete(self) -> bool:
+        return all(self._bits)
+
+    def verify(self) -> None:
+        """Hash the whole archive against the signed sha256 (raises HASH_MISMATCH)."""
+        h = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            left = self.plan.size
+            while left:
+                block = f.read(min(1 << 20, left))
+                if not block:
+                    break
+                h.update(block)
+                left -= len(block)
+        if h.hexdigest() != self.plan.sha256:
+            # every chunk matched yet the whole does not: start over rather than loop forever
+            self._bits = bytearray(len(self._bits))
+            os.pwrite(self._bfd, bytes(self._bits), 0)
+            os.fsync(self._bfd)
+            raise VerificationError(Reason.HASH_MISMATCH,
+                                    f"archive sha256 {h.hexdigest()} != signed {self.plan.sha256}")
+
+    def close(self) -> None:
+        for fd in (getattr(self, "_fd", None), getattr(self, "_bfd", None)):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._fd = self._bfd = None  # type: ignore[assignment]
+
+    def remove(self) -> None:
+        self.close()
+        for p in (self.path, self.bitmap_path):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def bytes_on_disk(directory: Path, archive_sha: str) -> int:
+    """Rough count of bytes already downloaded for an archive (for the free-disk check)."""
+    bitmap = directory / f"{archive_sha}.bitmap"
+    part = directory / f"{archive_sha}.part"
+    try:
+        return part.stat().st_size if bitmap.exists() else 0
+    except OSError:
+        return 0

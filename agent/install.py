@@ -1,0 +1,197 @@
+"""Install decisions: pure functions over data, no I/O, no clock reads.
+
+The updater (``agent/updater.py``) is the I/O shell that executes what these functions decide.
+
+Install pipeline (one job per accepted ``Desired``; every arrow is reported on the report topic
+with the stage name and a :class:`protocol.errors.Reason`)::
+
+    desired --verify_desired--> plan() --Rejection--> report(verify, failed, reason)  [active untouched]
+                                   |
+                                   +--Plan(noop)-----> report(commit, ok)            [already running it]
+                                   +--Plan(switch_back) -> switch to the kept slot -> commit
+                                   +--Plan(install)--> download (chunks, bitmap, repair requests)
+                                                     -> verify (archive sha, manifest signature)
+                                                     -> choose_artifact() --Rejection--> failed
+                                                     -> stage (extract into slots/<digest>.tmp, rename)
+                                                     -> selftest (vectors on the artifact to serve)
+                                                     -> switch (slots.json rename + fsync; trial)
+                                                     -> commit (slots.json: trial=false)
+
+After a crash, :func:`recover` decides from the persisted slot record what the agent runs:
+a trial (switched, uncommitted) model that passes its self-test again is committed, one that
+fails is rolled back to the kept slot; an active model whose files are damaged is replaced by
+the kept slot; a download resumes from its bitmap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.bundle import Artifact, Manifest
+from protocol.errors import Reason
+from protocol.messages import BundleRef, Desired
+
+RUNTIMES = ("edgetpu", "cpu", "onnx")
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What this device can do, as probed at start (see ``agent/inventory.py``)."""
+
+    board: str
+    edgetpu: bool = False
+    edgetpu_runtime: int | None = None
+    onnx: bool = False
+    free_disk: int = 0
+    agent_version: str = ""
+
+
+@dataclass(frozen=True)
+class Current:
+    """What the device runs and keeps: digests of the active and the kept (previous) slot."""
+
+    active: str | None = None
+    previous: str | None = None
+    downloaded: int = 0  # bytes of the wanted archive already verified on disk (resume)
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: str  # install | switch_back | noop | idle
+    desired_seq: int
+    bundle: BundleRef | None = None
+    need_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: Reason
+    detail: str
+    stage: str = "verify"
+
+    def __str__(self) -> str:
+        return f"{self.reason.value}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    artifact: Artifact
+    runtime: str  # one of RUNTIMES
+
+
+def disk_needed(ref: BundleRef, already: int, reserve: int) -> int:
+    """Bytes of free disk an install needs: the rest of the archive plus its extracted copy."""
+    return max(0, ref.archive.size - already) + ref.archive.size + reserve
+
+
+def plan(current: Current, desired: Desired, inventory: Inventory, now: int,
+         reserve: int = 0) -> Plan | Rejection:
+    """Decide what to do with a verified desired document. Never raises."""
+    if desired.expires <= now:
+        return Rejection(Reason.EXPIRED, f"desired seq {desired.seq} expired at {desired.expires}, now {now}")
+    if desired.action == "idle" or desired.bundle is None:
+        return Plan("idle", desired.seq)
+    ref = desired.bundle
+    if ref.digest == current.active:
+        return Plan("noop", desired.seq, ref)
+    req = ref.requirements
+    if req.boards and inventory.board not in req.boards:
+        return Rejection(Reason.WRONG_HARDWARE,
+                         f"bundle {ref.name} {ref.version} is for boards {list(req.boards)}, this is {inventory.board!r}")
+    if req.edgetpu == "required" and not inventory.edgetpu:
+        return Rejection(Reason.UNSUPPORTED_RUNTIME,
+                         f"bundle {ref.name} {ref.version} requires an Edge TPU; none present")
+    if (req.edgetpu == "required" and req.min_edgetpu_runtime is not None
+            and (inventory.edgetpu_runtime or 0) < req.min_edgetpu_runtime):
+        return Rejection(Reason.UNSUPPORTED_RUNTIME,
+                         f"bundle needs Edge TPU runtime >= {req.min_edgetpu_runtime}, device has {inventory.edgetpu_runtime}")
+    if req.min_agent is not None and _version_tuple(inventory.agent_version) < _version_tuple(req.min_agent):
+        return Rejection(Reason.UNSUPPORTED_RUNTIME,
+                         f"bundle needs agent >= {req.min_agent}, this is {inventory.agent_version}")
+    if ref.digest == current.previous:
+        return Plan("switch_back", desired.seq, ref)
+    need = disk_needed(ref, current.downloaded, reserve)
+    if inventory.free_disk < need:
+        return Rejection(Reason.DISK_FULL,
+                         f"need {need} bytes free for a {ref.archive.size}-byte bundle, have {inventory.free_disk}")
+    return Plan("install", desired.seq, ref, need)
+
+
+def choose_artifact(manifest: Manifest, inventory: Inventory) -> Choice | Rejection:
+    """Pick the model artifact this device will serve: Edge TPU, else CPU int8/float, else ONNX.
+
+    Never hands an Edge-TPU-compiled model to a CPU interpreter.
+    """
+    req = manifest.requirements
+    if req.boards and inventory.board not in req.boards:
+        return Rejection(Reason.WRONG_HARDWARE,
+                         f"manifest is for boards {list(req.boards)}, this is {inventory.board!r}", "verify")
+    tpu = manifest.artifact("tflite_edgetpu")
+    rt_ok = req.min_edgetpu_runtime is None or (inventory.edgetpu_runtime or 0) >= req.min_edgetpu_runtime
+    if tpu is not None and inventory.edgetpu and rt_ok:
+        return Choice(tpu, "edgetpu")
+    if req.edgetpu == "required":
+        return Rejection(Reason.UNSUPPORTED_RUNTIME,
+                         f"{manifest.name} {manifest.version} requires an Edge TPU"
+                         + ("" if inventory.edgetpu else "; none present"), "verify")
+    for role in ("tflite_int8", "tflite_float"):
+        art = manifest.artifact(role)
+        if art is not None:
+            return Choice(art, "cpu")
+    onnx = manifest.artifact("onnx")
+    if onnx is not None and inventory.onnx:
+        return Choice(onnx, "onnx")
+    if tpu is not None:
+        return Rejection(Reason.UNSUPPORTED_RUNTIME,
+                         f"{manifest.name} {manifest.version} has only an Edge TPU model and this device has no Edge TPU",
+                         "verify")
+    return Rejection(Reason.MISSING_ARTIFACT,
+                     f"{manifest.name} {manifest.version} has no model this device can run", "verify")
+
+
+@dataclass(frozen=True)
+class Recovery:
+    action: str  # empty | keep | commit | rollback | broken
+    reason: Reason = Reason.OK
+    detail: str = ""
+
+
+def recover(active: str | None, trial: bool, active_ok: bool | None, previous: str | None,
+            previous_ok: bool | None) -> Recovery:
+    """What to run after a (re)start, given the slot record and health checks of both slots.
+
+    ``active_ok`` is the integrity check for a committed model and the self-test for a trial one.
+    """
+    if active is None:
+        return Recovery("empty")
+    if active_ok:
+        return Recovery("commit" if trial else "keep")
+    why = Reason.SELFTEST_FAILED if trial else Reason.HASH_MISMATCH
+    if previous is not None and previous_ok:
+        return Recovery("rollback", why, f"active {active[:12]} failed its check; back to {previous[:12]}")
+    return Recovery("broken", why, f"active {active[:12]} failed its check and no working slot is kept")
+
+
+def probation_verdict(inferences: int, errors: int, window: int, max_errors: int) -> str:
+    """During the first ``window`` inferences after a switch: ``rollback`` once ``errors``
+    reach ``max_errors``, ``pass`` when the window ends, else ``watch``."""
+    if errors >= max_errors:
+        return "rollback"
+    if inferences >= window:
+        return "pass"
+    return "watch"
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    out = []
+    for part in v.split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+def describe(result: Plan | Rejection) -> dict[str, Any]:
+    if isinstance(result, Rejection):
+        return {"rejected": result.reason.value, "detail": result.detail}
+    return {"action": result.action, "bundle": result.bundle.digest if result.bundle else None}

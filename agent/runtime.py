@@ -1,0 +1,312 @@
+"""Inference backends behind one small interface, and the loaded model around them.
+
+Backends (all take and return *raw* tensors, i.e. quantized where the model is quantized):
+
+* ``edgetpu``: LiteRT with the libedgetpu delegate, for ``*_edgetpu.tflite`` artifacts only;
+* ``cpu``: LiteRT (``ai_edge_litert``, ``tflite_runtime`` as a fallback import) on the CPU;
+* ``onnx``: ONNX Runtime, optional (only when ``onnxruntime`` is importable).
+
+The Edge TPU delegate is probed in a *child process* first (:func:`probe_edgetpu`): a
+libedgetpu built for another TFLite version can segfault the whole process, and a missing
+library raises ``OSError`` rather than the documented ``ValueError``.
+
+:class:`Model` adds what the manifest says: preprocess (image -> float tensor), quantize with
+the input tensor's own (scale, zero_point), dequantize the output, labels.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import logging
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from protocol.messages import BundleInfo
+
+log = logging.getLogger(__name__)
+
+EDGETPU_LIB = "libedgetpu.so.1"
+EDGETPU_OP = b"edgetpu-custom-op"
+
+
+class ModelError(Exception):
+    """A model could not be loaded or run; the message names the model and the problem."""
+
+
+class InputError(ValueError):
+    """A request's input cannot be turned into the model's input tensor."""
+
+
+def _interpreter_module() -> Any:
+    try:
+        from ai_edge_litert import interpreter as mod
+    except ImportError:  # pragma: no cover - exercised only on devices without ai-edge-litert
+        from tflite_runtime import interpreter as mod  # type: ignore[no-redef]
+    return mod
+
+
+def litert_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    for dist in ("ai-edge-litert", "tflite-runtime"):
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    return "none"
+
+
+def onnx_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+@dataclass(frozen=True)
+class EdgeTpuProbe:
+    present: bool
+    detail: str
+    runtime: int | None = None
+
+
+_PROBE = (
+    "import sys\n"
+    "try:\n"
+    "    from ai_edge_litert.interpreter import load_delegate\n"
+    "except ImportError:\n"
+    "    from tflite_runtime.interpreter import load_delegate\n"
+    "try:\n"
+    f"    load_delegate({EDGETPU_LIB!r})\n"
+    "except (OSError, ValueError, RuntimeError) as exc:\n"
+    "    print(type(exc).__name__ + ': ' + str(exc).splitlines()[0]); sys.exit(3)\n"
+    "rt = None\n"
+    "try:\n"
+    "    from pycoral.utils.edgetpu import get_runtime_version\n"
+    "    v = get_runtime_version(); rt = int(v.split('RuntimeVersion(')[1].split(')')[0])\n"
+    "except Exception:\n"
+    "    pass\n"
+    "print('ok', rt if rt is not None else '')\n"
+)
+
+
+def probe_edgetpu(timeout: float = 20.0) -> EdgeTpuProbe:
+    """Try to load the Edge TPU delegate in a child process; never crashes this process."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return EdgeTpuProbe(False, f"delegate probe timed out after {timeout}s")
+    out = (proc.stdout.strip().splitlines() or [""])[-1]
+    if proc.returncode == 0 and out.startswith("ok"):
+        rest = out[2:].strip()
+        return EdgeTpuProbe(True, "libedgetpu delegate loaded", int(rest) if rest.isdigit() else None)
+    if proc.returncode < 0:
+        return EdgeTpuProbe(False, f"delegate probe crashed with signal {-proc.returncode}")
+    return EdgeTpuProbe(False, out or (proc.stderr.strip().splitlines() or ["unknown error"])[-1])
+
+
+def is_edgetpu_model(data: bytes) -> bool:
+    """True if a .tflite holds the Edge TPU custom op (it must never go to a CPU interpreter)."""
+    return EDGETPU_OP in data
+
+
+class Backend(Protocol):
+    name: str
+    input_shape: tuple[int, ...]
+    input_dtype: Any
+    input_quant: tuple[float, int]   # (scale, zero_point); (0.0, 0) when not quantized
+    output_quant: tuple[float, int]
+
+    def invoke_raw(self, x: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+class LiteRTBackend:
+    def __init__(self, path: Path, edgetpu: bool = False, threads: int | None = None) -> None:
+        mod = _interpreter_module()
+        data = path.read_bytes()
+        if is_edgetpu_model(data) and not edgetpu:
+            raise ModelError(f"{path.name} is compiled for the Edge TPU; refusing to run it on the CPU")
+        self.name = "edgetpu" if edgetpu else "cpu"
+        delegates = [mod.load_delegate(EDGETPU_LIB)] if edgetpu else None
+        try:
+            self._it = mod.Interpreter(model_content=data, experimental_delegates=delegates, num_threads=threads)
+            self._it.allocate_tensors()
+        except (RuntimeError, ValueError) as exc:
+            raise ModelError(f"{path.name}: cannot load ({str(exc).splitlines()[0]})") from None
+        inp = self._it.get_input_details()[0]
+        out = self._it.get_output_details()[0]
+        self._in, self._out = inp["index"], out["index"]
+        self.input_shape = tuple(int(d) for d in inp["shape"])
+        self.input_dtype = inp["dtype"]
+        self.input_quant = (float(inp["quantization"][0]), int(inp["quantization"][1]))
+        self.output_quant = (float(out["quantization"][0]), int(out["quantization"][1]))
+
+    def invoke_raw(self, x: np.ndarray) -> np.ndarray:
+        try:
+            self._it.set_tensor(self._in, x)
+            self._it.invoke()
+            return np.array(self._it.get_tensor(self._out))
+        except (RuntimeError, ValueError) as exc:
+            raise ModelError(f"invoke failed: {str(exc).splitlines()[0]}") from None
+
+    def close(self) -> None:
+        self._it = None
+
+
+class OnnxBackend:
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort  # optional dependency
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self._s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"{path.name}: cannot load ({str(exc).splitlines()[0]})") from None
+        i = self._s.get_inputs()[0]
+        self.name = "onnx"
+        self._in_name = i.name
+        self.input_shape = tuple(int(d) if isinstance(d, int) else 1 for d in i.shape)
+        self.input_dtype = np.float32
+        self.input_quant = (0.0, 0)
+        self.output_quant = (0.0, 0)
+
+    def invoke_raw(self, x: np.ndarray) -> np.ndarray:
+        try:
+            return np.asarray(self._s.run(None, {self._in_name: x.astype(np.float32)})[0])
+        except Exception as exc:
+            raise ModelError(f"invoke failed: {str(exc).splitlines()[0]}") from None
+
+    def close(self) -> None:
+        self._s = None
+
+
+def load_backend(path: Path, runtime: str, threads: int | None = None) -> Backend:
+    if runtime == "onnx":
+        return OnnxBackend(path, threads)
+    return LiteRTBackend(path, edgetpu=(runtime == "edgetpu"), threads=threads)
+
+
+@dataclass
+class Model:
+    """A loaded bundle: one backend plus the manifest's preprocess spec, labels and baseline."""
+
+    backend: Backend
+    info: BundleInfo
+    preprocess: dict[str, Any]
+    labels: list[str] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None
+    selftest: dict[str, Any] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def open(cls, slot_dir: Path, artifact: str, runtime: str, info: BundleInfo,
+             model_spec: dict[str, Any], roles: dict[str, str], threads: int | None = None) -> "Model":
+        backend = load_backend(slot_dir / artifact, runtime, threads)
+        labels: list[str] = []
+        if "labels" in roles:
+            labels = (slot_dir / roles["labels"]).read_text(errors="replace").splitlines()
+        baseline = _json_or_none(slot_dir / roles["baseline"]) if "baseline" in roles else None
+        selftest = _json_or_none(slot_dir / roles["selftest"]) if "selftest" in roles else None
+        pre = model_spec.get("preprocess") if isinstance(model_spec.get("preprocess"), dict) else None
+        return cls(backend, info, pre or default_preprocess(backend), labels, baseline, selftest)
+
+    @property
+    def served_by(self) -> str:
+        return self.backend.name
+
+    def image_to_input(self, data: bytes) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+        p = self.preprocess
+        if p.get("kind") != "image":
+            raise InputError("this model takes tensors, not images; send JSON {\"inputs\": [...]}")
+        h, w, c = int(p["height"]), int(p["width"]), int(p.get("channels", 3))
+        try:
+            img = Image.open(io.BytesIO(data))
+            img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise InputError(f"file is not a readable image ({exc})") from None
+        arr = np.asarray(img, dtype=np.float32).reshape(1, h, w, c)
+        return arr * float(p.get("scale", 1.0)) + float(p.get("offset", 0.0))
+
+    def tensor_to_input(self, inputs: Any) -> np.ndarray:
+        try:
+            arr = np.asarray(inputs, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"inputs is not a nested list of numbers ({exc})") from None
+        want = self.backend.input_shape
+        if arr.size != int(np.prod(want)):
+            raise InputError(f"inputs has {arr.size} values, model input {list(want)} needs {int(np.prod(want))}")
+        if not np.all(np.isfinite(arr)):
+            raise InputError("inputs holds NaN or infinite values")
+        return arr.reshape(want)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        dtype = np.dtype(self.backend.input_dtype)
+        scale, zp = self.backend.input_quant
+        if dtype.kind == "f":
+            return x.astype(dtype).reshape(self.backend.input_shape)
+        info = np.iinfo(dtype)
+        q = np.round(x / scale) + zp if scale else np.round(x)
+        return np.clip(q, info.min, info.max).astype(dtype).reshape(self.backend.input_shape)
+
+    def dequantize(self, raw: np.ndarray) -> np.ndarray:
+        scale, zp = self.backend.output_quant
+        if np.dtype(raw.dtype).kind in "iu" and scale:
+            return (raw.astype(np.float32) - zp) * scale
+        return raw.astype(np.float32)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Float input tensor -> float scores (1-D). Raises ModelError."""
+        raw = self.quantize(x)
+        with self._lock:
+            out = self.backend.invoke_raw(raw)
+        return self.dequantize(out).reshape(-1)
+
+    def invoke_raw(self, raw: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self.backend.invoke_raw(raw)
+
+    def top(self, scores: np.ndarray, k: int = 5) -> list[dict[str, Any]]:
+        k = min(k, scores.shape[0])
+        idx = np.argsort(-scores, kind="stable")[:k]
+        return [{"index": int(i), "label": self.labels[i] if i < len(self.labels) else str(int(i)),
+                 "score": float(scores[i])} for i in idx]
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def default_preprocess(backend: Backend) -> dict[str, Any]:
+    """Preprocess for a bundle that does not say: image of the input's H×W×C so that the
+    quantized tensor equals the pixel values (scale/offset undo the input quantization)."""
+    shape = backend.input_shape
+    if len(shape) != 4 or shape[-1] not in (1, 3):
+        return {"kind": "tensor"}
+    scale, zp = backend.input_quant
+    if np.dtype(backend.input_dtype).kind == "f" or not scale:
+        return {"kind": "image", "height": shape[1], "width": shape[2], "channels": shape[3],
+                "scale": 1 / 255.0, "offset": 0.0}
+    return {"kind": "image", "height": shape[1], "width": shape[2], "channels": shape[3],
+            "scale": scale, "offset": -zp * scale}
+
+
+def _json_or_none(path: Path) -> Any:
+    import json
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        log.warning("cannot read %s; ignoring it", path.name)
+        return None
+
+
+def timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0

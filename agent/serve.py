@@ -1,0 +1,313 @@
+"""Serving apps on the device: routing (Edge TPU -> CPU -> cloud) and the local HTTP API.
+
+Routes::
+
+    POST /v1/predict   multipart field ``file`` = image, or JSON {"inputs": nested floats},
+                       or a raw image body (Content-Type image/*)
+    POST /predict      the same (alias compatible with the seed's API)
+    GET  /v1/status    what the agent runs and its counters
+    GET  /healthz      200 when a request could be served (local model or cloud), else 503
+
+Answer: ``{"predictions": [scores], "top": [{"index","label","score"}], "served_by":
+"edgetpu"|"cpu"|"onnx"|"cloud", "bundle": {"digest","name","version"}, "latency_ms"}``.
+
+Routing: the active model serves unless it is missing, raises, or its recent latency is over
+``latency_budget_ms``; then the cloud fallback (configured URL + API key) serves, and the answer
+says so. While a freshly switched model is on probation, its errors are counted and the daemon
+is told when they reach the limit (it rolls back). Shadow mode runs a candidate on a sample of
+requests after the answer is computed and records agreement and latency delta, never serving it.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import json
+import logging
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+import numpy as np
+
+from .install import probation_verdict
+from .runtime import InputError, Model, ModelError
+from .telemetry import Recorder
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 32 * 1024 * 1024
+
+
+class Unavailable(Exception):
+    """No path could serve the request; the message says why."""
+
+
+@dataclass(frozen=True)
+class Request:
+    image: bytes | None = None
+    inputs: Any = None
+    filename: str = "image"
+
+
+class CloudClient:
+    def __init__(self, url: str, api_key: str | None, timeout: float) -> None:
+        self.url, self.api_key, self.timeout = url, api_key, timeout
+
+    def predict(self, req: Request) -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
+        if self.api_key:
+            headers["X-API-Key"] = self.api_key
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        if req.image is not None:
+            boundary = uuid.uuid4().hex
+            body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{req.filename}\"\r\n"
+                    f"Content-Type: application/octet-stream\r\n\r\n").encode() + req.image + f"\r\n--{boundary}--\r\n".encode()
+            headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+            url = f"{self.url}/predict"
+        else:
+            body = json.dumps({"inputs": req.inputs}).encode()
+            headers["Content-Type"] = "application/json"
+            url = f"{self.url}/v1/predict"
+        r = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(r, timeout=self.timeout) as resp:
+                doc = json.loads(resp.read(MAX_BODY))
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise Unavailable(f"cloud fallback {url}: {exc}") from None
+        if not isinstance(doc, dict) or "predictions" not in doc:
+            raise Unavailable(f"cloud fallback {url}: answer has no 'predictions'")
+        return doc
+
+
+class Serving:
+    """Holds the active (and shadow) model; thread-safe swap; routes each request."""
+
+    def __init__(self, recorder: Recorder, cloud: CloudClient | None, latency_budget_ms: float | None,
+                 on_probation_failed: Callable[[str, str], None]) -> None:
+        self.recorder = recorder
+        self.cloud = cloud
+        self.budget_s = latency_budget_ms / 1000 if latency_budget_ms else None
+        self.on_probation_failed = on_probation_failed
+        self._lock = threading.Lock()
+        self.model: Model | None = None
+        self.shadow: Model | None = None
+        self.shadow_sample = 0.0
+        self._probation: dict[str, int] | None = None
+        self._ewma_s: float | None = None
+        self._since_local = 0
+
+    # model management (daemon thread) ---------------------------------------------------
+    def swap(self, model: Model | None, probation: tuple[int, int] | None = None) -> Model | None:
+        """Make ``model`` active; return the one it replaces (the caller closes it)."""
+        with self._lock:
+            old, self.model = self.model, model
+            self._probation = ({"window": probation[0], "max": probation[1], "n": 0, "errors": 0}
+                               if probation and probation[0] > 0 and model is not None else None)
+            self._ewma_s = None
+        if model is not None:
+            self.recorder.set_bundle(model.info.digest, model.baseline, model.preprocess)
+        else:
+            self.recorder.set_bundle(None, None, {})
+        return old
+
+    def set_shadow(self, model: Model | None, sample: float) -> Model | None:
+        with self._lock:
+            old, self.shadow, self.shadow_sample = self.shadow, model, sample
+        return old
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None or self.cloud is not None
+
+    # request path (HTTP threads) --------------------------------------------------------
+    def predict(self, req: Request) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        model = self.model
+        errors: list[str] = []
+        x = None
+        if model is not None and self._use_local():
+            try:
+                x = model.image_to_input(req.image) if req.image is not None else model.tensor_to_input(req.inputs)
+            except InputError:
+                raise
+            try:
+                t1 = time.perf_counter()
+                scores = model.predict(x)
+                took = time.perf_counter() - t1
+            except ModelError as exc:
+                errors.append(f"{model.served_by}: {exc}")
+                self.recorder.record(model.served_by, 0.0, False)
+                self._probation_tick(model, ok=False)
+            else:
+                self._observe_local(took)
+                self.recorder.record(model.served_by, time.perf_counter() - t0, True, x, scores)
+                self._probation_tick(model, ok=True)
+                self._maybe_shadow(x, scores, took)
+                return self._answer(scores, model, model.served_by, t0)
+        elif model is None:
+            errors.append("no local model installed")
+        else:
+            errors.append("local latency over budget")
+        if self.cloud is None:
+            raise Unavailable("; ".join(errors + ["no cloud fallback configured"]))
+        try:
+            doc = self.cloud.predict(req)
+        except Unavailable as exc:
+            self.recorder.record("cloud", 0.0, False)
+            raise Unavailable("; ".join(errors + [str(exc)])) from None
+        scores = np.asarray(doc["predictions"], dtype=np.float32).reshape(-1)
+        self.recorder.record("cloud", time.perf_counter() - t0, True)
+        out = self._answer(scores, model, "cloud", t0)
+        if isinstance(doc.get("top"), list):
+            out["top"] = doc["top"]
+        return out
+
+    def _answer(self, scores: np.ndarray, model: Model | None, path: str, t0: float) -> dict[str, Any]:
+        top = model.top(scores) if model is not None else [
+            {"index": int(i), "label": str(int(i)), "score": float(scores[i])} for i in np.argsort(-scores)[:5]]
+        return {"predictions": [float(s) for s in scores], "top": top, "served_by": path,
+                "bundle": model.info.to_dict() if model is not None else None,
+                "latency_ms": round((time.perf_counter() - t0) * 1000, 3)}
+
+    def _use_local(self) -> bool:
+        if self.budget_s is None or self.cloud is None or self._ewma_s is None:
+            return True
+        if self._ewma_s <= self.budget_s:
+            return True
+        self._since_local += 1
+        if self._since_local >= 20:  # probe the local path now and then so it can recover
+            self._since_local = 0
+            return True
+        return False
+
+    def _observe_local(self, seconds: float) -> None:
+        self._ewma_s = seconds if self._ewma_s is None else 0.8 * self._ewma_s + 0.2 * seconds
+
+    def _probation_tick(self, model: Model, ok: bool) -> None:
+        with self._lock:
+            p = self._probation
+            if p is None or self.model is not model:
+                return
+            p["n"] += 1
+            p["errors"] += 0 if ok else 1
+            verdict = probation_verdict(p["n"], p["errors"], p["window"], p["max"])
+            if verdict != "watch":
+                self._probation = None
+        if verdict == "rollback":
+            self.on_probation_failed(model.info.digest, f"{p['errors']} of the first {p['n']} inferences failed")
+
+    def _maybe_shadow(self, x: np.ndarray, scores: np.ndarray, took: float) -> None:
+        shadow = self.shadow
+        if shadow is None or random.random() >= self.shadow_sample:
+            return
+        try:
+            t1 = time.perf_counter()
+            s2 = shadow.predict(x) if shadow.backend.input_shape == x.shape else None
+            delta = time.perf_counter() - t1 - took
+        except ModelError:
+            self.recorder.record_shadow(None, 0.0)
+            return
+        if s2 is None or s2.shape != scores.shape:
+            self.recorder.record_shadow(None, 0.0)
+            return
+        self.recorder.record_shadow(int(np.argmax(s2)) == int(np.argmax(scores)), delta)
+
+
+def parse_request(content_type: str, body: bytes) -> Request:
+    """Turn an HTTP body into a :class:`Request`; raise InputError naming the problem."""
+    ctype = content_type.split(";")[0].strip().lower()
+    if ctype == "application/json":
+        try:
+            doc = json.loads(body)
+        except ValueError as exc:
+            raise InputError(f"body is not valid JSON ({exc})") from None
+        if not isinstance(doc, dict) or "inputs" not in doc:
+            raise InputError("JSON body must be an object with an 'inputs' field")
+        return Request(inputs=doc["inputs"])
+    if ctype == "multipart/form-data":
+        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+        if not msg.is_multipart():
+            raise InputError("multipart body could not be parsed (check the boundary)")
+        for part in msg.iter_parts():
+            if part.get_param("name", header="content-disposition") == "file":
+                data = part.get_payload(decode=True) or b""
+                if not data:
+                    raise InputError("multipart field 'file' is empty")
+                return Request(image=data, filename=part.get_filename() or "image")
+        raise InputError("multipart body has no field named 'file'")
+    if ctype.startswith("image/") or ctype == "application/octet-stream":
+        if not body:
+            raise InputError("empty image body")
+        return Request(image=body)
+    raise InputError(f"unsupported Content-Type {content_type!r}; send multipart/form-data (file) or application/json")
+
+
+def make_server(host: str, port: int, serving: Serving, status: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "edgefleet-agent"
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            log.debug("http %s", fmt % args)
+
+        def _send(self, code: int, doc: Any) -> None:
+            body = json.dumps(doc).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _error(self, code: HTTPStatus, detail: str) -> None:
+            self._send(code, {"error": code.phrase.lower(), "detail": detail})
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+            path = self.path.split("?")[0]
+            if path == "/healthz":
+                ok = serving.ready
+                self._send(200 if ok else 503, {"ok": ok, "model": serving.model is not None})
+            elif path == "/v1/status":
+                self._send(200, status())
+            else:
+                self._error(HTTPStatus.NOT_FOUND, f"no route GET {path}")
+
+        def do_POST(self) -> None:  # noqa: N802
+            path = self.path.split("?")[0]
+            if path not in ("/v1/predict", "/predict"):
+                self._error(HTTPStatus.NOT_FOUND, f"no route POST {path}")
+                return
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+            except ValueError:
+                self._error(HTTPStatus.BAD_REQUEST, "Content-Length is not a number")
+                return
+            if length > MAX_BODY:
+                self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes exceeds {MAX_BODY}")
+                self.close_connection = True
+                return
+            body = self.rfile.read(length) if length > 0 else b""
+            try:
+                req = parse_request(self.headers.get("Content-Type", ""), body)
+                out = serving.predict(req)
+            except InputError as exc:
+                self._error(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc))
+            except Unavailable as exc:
+                self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+            except Exception as exc:  # the server keeps serving whatever one request does
+                log.exception("predict failed")
+                self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
+            else:
+                self._send(200, out)
+
+    srv = ThreadingHTTPServer((host, port), Handler)
+    srv.daemon_threads = True
+    return srv

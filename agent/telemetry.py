@@ -1,0 +1,142 @@
+"""Per-window telemetry recorded by the serving path, rotated by the daemon every interval.
+
+A window holds a :class:`protocol.sketch.LatencySketch`, counts (inferences, errors, tpu, cpu,
+cloud), drift bin counts of the input and output features (:mod:`protocol.features`) on the
+active bundle's baseline edges, and shadow stats. Thread-safe: HTTP handler threads record,
+the daemon rotates.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+from protocol.features import input_features, output_features
+from protocol.messages import COUNT_KEYS
+from protocol.sketch import LatencySketch, bin_index
+
+
+def _edges(baseline: dict[str, Any] | None, side: str) -> dict[str, list[float]]:
+    if not isinstance(baseline, dict) or not isinstance(baseline.get(side), dict):
+        return {}
+    out = {}
+    for name, spec in baseline[side].items():
+        if isinstance(spec, dict) and isinstance(spec.get("edges"), list):
+            out[name] = [float(e) for e in spec["edges"]]
+    return out
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bundle: str | None = None
+        self._edges: dict[str, dict[str, list[float]]] = {"inputs": {}, "outputs": {}}
+        self._preprocess: dict[str, Any] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._sketch = LatencySketch()
+        self._counts = {k: 0 for k in COUNT_KEYS}
+        self._drift = {side: {n: [0] * (len(e) + 1) for n, e in feats.items()} for side, feats in self._edges.items()}
+        self._shadow: dict[str, Any] = {"n": 0, "agree": 0, "errors": 0, "delta_sum_s": 0.0}
+
+    def set_bundle(self, digest: str | None, baseline: dict[str, Any] | None, preprocess: dict[str, Any]) -> None:
+        """Start recording drift for a new active bundle (the open window's drift restarts)."""
+        with self._lock:
+            self._bundle = digest
+            self._edges = {"inputs": _edges(baseline, "inputs"), "outputs": _edges(baseline, "outputs")}
+            self._preprocess = preprocess
+            self._drift = {side: {n: [0] * (len(e) + 1) for n, e in feats.items()} for side, feats in self._edges.items()}
+
+    def record(self, path: str, seconds: float, ok: bool, x: Any = None, scores: Any = None) -> None:
+        feats_in = input_features(x, self._preprocess) if (ok and x is not None and self._edges["inputs"]) else {}
+        feats_out = output_features(scores) if (ok and scores is not None and self._edges["outputs"]) else {}
+        with self._lock:
+            self._counts["inferences"] += 1
+            if not ok:
+                self._counts["errors"] += 1
+                return
+            key = {"edgetpu": "tpu"}.get(path, path)
+            if key in self._counts:
+                self._counts[key] += 1
+            self._sketch.add(max(0.0, seconds))
+            for side, feats in (("inputs", feats_in), ("outputs", feats_out)):
+                for name, value in feats.items():
+                    edges = self._edges[side].get(name)
+                    if edges is not None:
+                        self._drift[side][name][bin_index(edges, value)] += 1
+
+    def record_shadow(self, agree: bool | None, delta_s: float) -> None:
+        with self._lock:
+            if agree is None:
+                self._shadow["errors"] += 1
+                return
+            self._shadow["n"] += 1
+            self._shadow["agree"] += int(agree)
+            self._shadow["delta_sum_s"] += delta_s
+
+    def rotate(self) -> dict[str, Any]:
+        """Return the finished window's fields and start a new window."""
+        with self._lock:
+            sh = self._shadow
+            shadow = None
+            if sh["n"] or sh["errors"]:
+                shadow = {"samples": sh["n"], "errors": sh["errors"],
+                          "agreement": sh["agree"] / sh["n"] if sh["n"] else None,
+                          "latency_delta_ms": 1000 * sh["delta_sum_s"] / sh["n"] if sh["n"] else None}
+            out = {"bundle": self._bundle, "counts": dict(self._counts), "latency": self._sketch.to_dict(),
+                   "drift": {s: {n: list(c) for n, c in f.items()} for s, f in self._drift.items() if f},
+                   "shadow": shadow}
+            self._reset()
+            return out
+
+
+def health(state_dir: Path) -> dict[str, Any]:
+    """CPU temperature where readable, load, memory and disk. Never raises."""
+    out: dict[str, Any] = {}
+    try:
+        out["load1"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*/temp"))[:1]:
+        try:
+            out["cpu_temp_c"] = int(zone.read_text().strip()) / 1000
+        except (OSError, ValueError):
+            pass
+    mem = meminfo()
+    if mem:
+        out["mem_available_mb"] = mem.get("MemAvailable", 0) // 1024
+        out["mem_total_mb"] = mem.get("MemTotal", 0) // 1024
+    try:
+        out["rss_mb"] = round(_rss_bytes() / 2**20, 1)
+    except OSError:
+        pass
+    try:
+        du = shutil.disk_usage(state_dir)
+        out["disk_free_mb"] = du.free // 2**20
+    except OSError:
+        pass
+    return out
+
+
+def meminfo() -> dict[str, int]:
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            out[parts[0].rstrip(":")] = int(parts[1])  # kB
+    return out
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0

@@ -1,0 +1,201 @@
+"""Thin MQTT shell over paho-mqtt 2.x: connect once, pump the network, publish, subscribe.
+
+No reconnect logic here: the daemon owns reconnect and backoff. Incoming messages and
+connection changes are handed to a callback that must not block (the daemon queues them).
+MQTT v5 is tried first; if the broker refuses it (or drops the connection before CONNACK),
+the next attempt uses v3.1.1, and the choice sticks once a connection succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .config import AgentConfig
+
+log = logging.getLogger(__name__)
+
+
+class ConnectError(Exception):
+    """A connection attempt failed; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Incoming:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class Transport:
+    def __init__(self, cfg: AgentConfig, will_topic: str, will_payload: bytes,
+                 on_message: Callable[[Incoming], None]) -> None:
+        self.cfg = cfg
+        self._will = (will_topic, will_payload)
+        self._on_message = on_message
+        self._v5 = True
+        self._v5_confirmed = False
+        self._client: mqtt.Client | None = None
+        self._connack: tuple[bool, str] | None = None
+        self._connected = threading.Event()
+        self.protocol = "v5"
+
+    def _build(self) -> mqtt.Client:
+        proto = mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ef-agent-{self.cfg.device_id}",
+                        protocol=proto, clean_session=None if self._v5 else False,
+                        reconnect_on_failure=False)
+        props = None
+        if self._v5:
+            props = Properties(PacketTypes.WILLMESSAGE)
+        c.will_set(self._will[0], self._will[1], qos=1, retain=True, properties=props)
+        if self.cfg.username is not None:
+            c.username_pw_set(self.cfg.username, self.cfg.password)
+        if self.cfg.broker.tls or self.cfg.ca_file:
+            c.tls_set(ca_certs=str(self.cfg.ca_file) if self.cfg.ca_file else None,
+                      certfile=str(self.cfg.cert_file) if self.cfg.cert_file else None,
+                      keyfile=str(self.cfg.key_file) if self.cfg.key_file else None,
+                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        c.max_inflight_messages_set(64)
+        c.on_connect = self._handle_connect
+        c.on_disconnect = self._handle_disconnect
+        c.on_message = self._handle_message
+        return c
+
+    # paho callbacks (network thread) -------------------------------------------------------
+    def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object, rc: object,
+                        properties: object = None) -> None:
+        failed = getattr(rc, "is_failure", False)
+        self._connack = (not failed, str(rc))
+        if not failed:
+            self._connected.set()
+
+    def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: object, rc: object,
+                           properties: object = None) -> None:
+        self._connected.clear()
+
+    def _handle_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        self._on_message(Incoming(msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    # used by the daemon ------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def connect(self, timeout: float = 10.0) -> None:
+        """One attempt: TCP connect, CONNECT, wait for CONNACK. Raises ConnectError.
+
+        On success paho's network thread runs until the connection drops (it does not
+        reconnect by itself: ``reconnect_on_failure=False``); the daemon then calls this again.
+        """
+        self.close()
+        self._client = self._build()
+        self._connack = None
+        self._connected.clear()
+        self.protocol = "v5" if self._v5 else "v3.1.1"
+        b = self.cfg.broker
+        props = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 24 * 3600
+        try:
+            kwargs = {"clean_start": False, "properties": props} if self._v5 else {}
+            self._client.connect(b.host, b.port, keepalive=self.cfg.keepalive_s, **kwargs)  # type: ignore[arg-type]
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectError(f"broker {b}: {exc}") from None
+        self._client.loop_start()
+        deadline = time.monotonic() + timeout
+        while self._connack is None and time.monotonic() < deadline:
+            if not self._thread_alive():
+                break
+            time.sleep(0.02)
+        if self._connack is None:
+            self.close()
+            self._maybe_downgrade()
+            raise ConnectError(f"broker {b}: connection closed or no CONNACK within {timeout}s")
+        ok, why = self._connack
+        if not ok:
+            self.close()
+            if "protocol" in why.lower():
+                self._maybe_downgrade()
+            raise ConnectError(f"broker {b} refused the connection: {why}")
+        self._v5_confirmed = True
+        log.info("connected to %s with MQTT %s", b, self.protocol)
+
+    def _thread_alive(self) -> bool:
+        t = getattr(self._client, "_thread", None)
+        return t is not None and t.is_alive()
+
+    def _maybe_downgrade(self) -> None:
+        if self._v5 and not self._v5_confirmed:
+            log.info("broker did not accept MQTT v5; next attempt uses v3.1.1")
+            self._v5 = False
+        elif not self._v5 and not self._v5_confirmed:
+            self._v5 = True  # alternate until one works
+
+    def alive(self) -> bool:
+        """True while connected and paho's network thread runs."""
+        return self._connected.is_set() and self._thread_alive()
+
+    def close(self) -> None:
+        """Stop the network thread of the current client (no DISCONNECT: the will stays armed)."""
+        c = self._client
+        if c is None:
+            return
+        try:
+            c.loop_stop()
+        except Exception:  # never let cleanup of a dead client stop a reconnect
+            pass
+        try:
+            c.socket() and c.socket().close()  # type: ignore[func-returns-value]
+        except Exception:
+            pass
+        self._connected.clear()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        c = self._client
+        if c is None or not self.connected:
+            return False
+        info = c.publish(topic, payload, qos=qos, retain=retain)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> bool:
+        c = self._client
+        if c is None or not self.connected:
+            return False
+        rc, _ = c.subscribe(topic_filter, qos)
+        return rc == mqtt.MQTT_ERR_SUCCESS
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        c = self._client
+        if c is not None and self.connected:
+            c.unsubscribe(topic_filter)
+
+    def disconnect(self, final_topic: str | None = None, final_payload: bytes | None = None) -> None:
+        """Publish a last retained message (e.g. offline status) and disconnect cleanly."""
+        c = self._client
+        if c is None:
+            return
+        if final_topic is not None and final_payload is not None and self.alive():
+            info = c.publish(final_topic, final_payload, qos=1, retain=True)
+            try:
+                info.wait_for_publish(2.0)
+            except (RuntimeError, ValueError):
+                pass
+        try:
+            c.disconnect()
+        except Exception:
+            pass
+        try:
+            c.loop_stop()
+        except Exception:
+            pass
+        self._connected.clear()

@@ -1,0 +1,426 @@
+"""The install job: the I/O shell that carries out what :mod:`agent.install` decides.
+
+One job at a time, for the newest accepted ``Desired``. Its envelope is persisted in
+``state_dir/job.json`` until the job ends, so a restart resumes it (a download from its
+bitmap). Stages and their reports are listed in :mod:`agent.install`. The active model is
+touched only at ``switch``, after the new one passed verification and its self-test.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from protocol.bundle import MANIFEST_FILE, Manifest
+from protocol.errors import BadPayload, ProtocolError, Reason, VerificationError
+from protocol.messages import BundleInfo, Desired, FetchRequest
+from protocol.signing import Root
+from protocol.topics import Kind, Topic, chunk_filter
+
+from . import selftest
+from .config import AgentConfig
+from .download import DiskFull, Download, bytes_on_disk
+from .durable import read_json, write_json
+from .install import Choice, Current, Inventory, Plan, Rejection, choose_artifact, plan
+from .runtime import Model, ModelError
+from .serve import Serving
+from .slots import SlotRecord, Slots, SlotsState
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool: ...
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> bool: ...
+
+    def unsubscribe(self, topic_filter: str) -> None: ...
+
+
+class ReportFn(Protocol):
+    def __call__(self, stage: str, status: str, reason: Reason = Reason.OK, detail: str = "",
+                 desired_seq: int = 0, bundle: str | None = None, progress: float | None = None,
+                 metrics: dict[str, Any] | None = None) -> None: ...
+
+
+@dataclass
+class Job:
+    desired: Desired
+    plan: Plan
+    download: Download | None = None
+    stage: str = "verify"
+    last_chunk: float = 0.0
+    last_fetch: float = 0.0
+    fetch_rounds: int = 0
+    reported_decile: int = -1
+    bad_chunks: int = 0
+
+
+def model_roles(manifest: Manifest) -> dict[str, str]:
+    return {a.role: a.name for a in manifest.artifacts}
+
+
+def open_model(slots: Slots, rec: SlotRecord, manifest: Manifest, threads: int | None) -> Model:
+    return Model.open(slots.path(rec.digest), rec.artifact, rec.runtime,
+                      BundleInfo(rec.digest, rec.name, rec.version), manifest.model,
+                      model_roles(manifest), threads)
+
+
+class Updater:
+    def __init__(self, cfg: AgentConfig, root: Callable[[], Root], slots: Slots, serving: Serving,
+                 inventory: Callable[[], Inventory], report: ReportFn, mqtt: Publisher,
+                 on_change: Callable[[], None]) -> None:
+        self.cfg = cfg
+        self.root = root
+        self.slots = slots
+        self.serving = serving
+        self.inventory = inventory
+        self.report = report
+        self.mqtt = mqtt
+        self.on_change = on_change
+        self.job: Job | None = None
+        self.job_file = cfg.state_dir / "job.json"
+        self.downloads = cfg.state_dir / "downloads"
+
+    # persistence ---------------------------------------------------------------------------
+    def _save_job(self, env: bytes, seq: int, done: bool, outcome: str) -> None:
+        write_json(self.job_file, {"seq": seq, "envelope": base64.b64encode(env).decode(),
+                                   "done": done, "outcome": outcome})
+
+    def _finish_job(self, outcome: str) -> None:
+        raw = read_json(self.job_file, {}) or {}
+        raw.update({"done": True, "outcome": outcome})
+        write_json(self.job_file, raw)
+        if self.job and self.job.download:
+            self.job.download.close()
+            self.mqtt.unsubscribe(chunk_filter(self.job.plan.bundle.archive.sha256))  # type: ignore[union-attr]
+        self.job = None
+        self.on_change()
+
+    def pending_envelope(self) -> tuple[int, bytes] | None:
+        """The persisted desired envelope of an unfinished job (to resume after a restart)."""
+        raw = read_json(self.job_file, None)
+        if not isinstance(raw, dict) or raw.get("done") or "envelope" not in raw:
+            return None
+        try:
+            return int(raw["seq"]), base64.b64decode(raw["envelope"])
+        except (ValueError, TypeError):
+            return None
+
+    def job_done(self, seq: int) -> bool:
+        raw = read_json(self.job_file, None)
+        return isinstance(raw, dict) and int(raw.get("seq", -1)) == seq and bool(raw.get("done"))
+
+    def _crash_point(self, stage: str) -> None:
+        if self.cfg.crash_at == stage:
+            log.warning("EDGEFLEET_AGENT_CRASH_AT=%s: exiting hard now", stage)
+            os._exit(137)
+
+    # entry ---------------------------------------------------------------------------------
+    def current(self, ref_sha: str | None = None) -> Current:
+        st = self.slots.load()
+        return Current(st.active.digest if st.active else None, st.previous.digest if st.previous else None,
+                       bytes_on_disk(self.downloads, ref_sha) if ref_sha else 0)
+
+    def accept(self, desired: Desired, env: bytes, now: int) -> None:
+        """Start (or restart) the job for a verified desired document."""
+        if self.job is not None:
+            log.info("desired seq %d supersedes the job for seq %d", desired.seq, self.job.desired.seq)
+            self._abandon()
+        sha = desired.bundle.archive.sha256 if desired.bundle else None
+        result = plan(self.current(sha), desired, self.inventory(), now, self.cfg.disk_reserve_bytes)
+        digest = desired.bundle.digest if desired.bundle else None
+        if isinstance(result, Rejection):
+            self._save_job(env, desired.seq, True, f"rejected:{result.reason.value}")
+            self.report(result.stage, "failed", result.reason, result.detail, desired.seq, digest)
+            self.on_change()
+            return
+        self._save_job(env, desired.seq, False, "running")
+        self.job = Job(desired, result)
+        log.info("desired seq %d: %s %s", desired.seq, result.action, digest[:12] if digest else "")
+        if result.action == "idle":
+            self.report("idle", "ok", Reason.OK, "nothing to install", desired.seq)
+            self._finish_job("idle")
+        elif result.action == "noop":
+            self.report("commit", "ok", Reason.OK, "already active", desired.seq, digest)
+            self._finish_job("noop")
+        elif result.action == "switch_back":
+            self._switch_back(desired)
+        else:
+            self._start_download(now)
+
+    def _abandon(self) -> None:
+        job = self.job
+        if job and job.download:
+            job.download.close()
+            self.mqtt.unsubscribe(chunk_filter(job.plan.bundle.archive.sha256))  # type: ignore[union-attr]
+        self.job = None
+
+    # download ------------------------------------------------------------------------------
+    def _start_download(self, now: float) -> None:
+        job = self.job
+        assert job is not None and job.plan.bundle is not None
+        ref = job.plan.bundle
+        job.stage = "download"
+        self.on_change()
+        try:
+            job.download = Download(self.downloads, ref.archive)
+        except DiskFull as exc:
+            self._fail("download", Reason.DISK_FULL, str(exc))
+            return
+        except OSError as exc:
+            self._fail("download", Reason.INTERNAL, f"cannot open download file: {exc}")
+            return
+        dl = job.download
+        job.last_chunk = job.last_fetch = time.monotonic()
+        self.report("download", "progress", Reason.OK,
+                    f"{len(dl.missing())} of {dl.total} chunks to fetch", job.desired.seq, ref.digest,
+                    progress=dl.received / max(1, ref.archive.size))
+        if dl.complete:
+            self._finish_download()
+            return
+        self.mqtt.subscribe(chunk_filter(ref.archive.sha256), qos=1)
+
+    def resubscribe(self) -> None:
+        """After a reconnect: ask the broker again for the retained chunks still missing."""
+        job = self.job
+        if job and job.stage == "download" and job.plan.bundle is not None:
+            self.mqtt.subscribe(chunk_filter(job.plan.bundle.archive.sha256), qos=1)
+            job.last_chunk = time.monotonic()
+
+    def on_chunk(self, topic: Topic, payload: bytes) -> None:
+        job = self.job
+        if job is None or job.stage != "download" or job.download is None or job.plan.bundle is None:
+            return
+        ref = job.plan.bundle
+        if topic.digest != ref.archive.sha256 or topic.index is None:
+            return
+        dl = job.download
+        job.last_chunk = time.monotonic()
+        try:
+            new = dl.put(topic.index, payload)
+        except VerificationError as exc:
+            job.bad_chunks += 1
+            log.warning("chunk %s rejected: %s", topic.index, exc)
+            self.report("download", "progress", exc.reason, f"chunk {topic.index} rejected and re-requested: {exc.detail}",
+                        job.desired.seq, ref.digest, progress=dl.received / max(1, ref.archive.size))
+            self._request([topic.index])
+            return
+        except DiskFull as exc:
+            self._fail("download", Reason.DISK_FULL, str(exc))
+            return
+        if not new:
+            return
+        decile = int(10 * dl.received / max(1, ref.archive.size))
+        if decile != job.reported_decile and not dl.complete:
+            job.reported_decile = decile
+            self.report("download", "progress", Reason.OK, f"{dl.total - len(dl.missing())}/{dl.total} chunks",
+                        job.desired.seq, ref.digest, progress=dl.received / max(1, ref.archive.size))
+        if 2 * dl.received >= ref.archive.size and not dl.complete:
+            self._crash_point("download")
+        if dl.complete:
+            self.mqtt.unsubscribe(chunk_filter(ref.archive.sha256))
+            self._finish_download()
+
+    def tick(self, now_mono: float) -> None:
+        """Ask the hub for chunks missing after ``fetch_repair_s`` without progress (backing off)."""
+        job = self.job
+        if job is None or job.stage != "download" or job.download is None:
+            return
+        wait = self.cfg.fetch_repair_s * min(8, 2 ** job.fetch_rounds)
+        if now_mono - max(job.last_chunk, job.last_fetch) < wait:
+            return
+        missing = job.download.missing()
+        if missing:
+            self._request(missing)
+            job.fetch_rounds += 1
+
+    def _request(self, missing: list[int]) -> None:
+        job = self.job
+        assert job is not None and job.plan.bundle is not None
+        job.last_fetch = time.monotonic()
+        req = FetchRequest(self.cfg.device_id, job.plan.bundle.archive.sha256, tuple(missing[:4096]))
+        self.mqtt.publish(str(Topic.for_device(Kind.FETCH, self.cfg.device_id)), req.to_bytes(), qos=1)
+        log.info("requested %d missing chunk(s) of %s", len(req.missing), req.archive[:12])
+
+    # verify, stage, self-test, switch, commit ----------------------------------------------
+    def _finish_download(self) -> None:
+        job = self.job
+        assert job is not None and job.download is not None and job.plan.bundle is not None
+        ref, dl, seq = job.plan.bundle, job.download, job.desired.seq
+        self.report("download", "ok", Reason.OK, f"{ref.archive.size} bytes in {dl.total} chunks", seq, ref.digest,
+                    progress=1.0, metrics={"bad_chunks": job.bad_chunks})
+        job.stage = "verify"
+        self.on_change()
+        try:
+            dl.verify()
+        except VerificationError as exc:
+            self.report("verify", "failed", exc.reason, f"{exc.detail}; fetching again", seq, ref.digest)
+            job.stage = "download"
+            self.mqtt.subscribe(chunk_filter(ref.archive.sha256), qos=1)
+            return
+        self._crash_point("verify")
+        job.stage = "stage"
+        self.on_change()
+        try:
+            manifest, digest, slot_dir = self.slots.stage(dl.path, ref.archive.size, self.root())
+        except ProtocolError as exc:
+            self._fail("verify", exc.reason, str(exc), remove_download=True)
+            return
+        except OSError as exc:
+            reason = Reason.DISK_FULL if exc.errno == 28 else Reason.INTERNAL
+            self._fail("stage", reason, f"cannot write the staged slot: {exc}")
+            return
+        if digest != ref.digest:
+            shutil.rmtree(slot_dir, ignore_errors=True)
+            self._fail("verify", Reason.HASH_MISMATCH,
+                       f"archive holds bundle {digest[:12]}, desired names {ref.digest[:12]}", remove_download=True)
+            return
+        self.report("verify", "ok", Reason.OK, f"{manifest.name} {manifest.version} signature and hashes verified",
+                    seq, digest)
+        choice = choose_artifact(manifest, self.inventory())
+        if isinstance(choice, Rejection):
+            shutil.rmtree(slot_dir, ignore_errors=True)
+            self._fail(choice.stage, choice.reason, choice.detail, remove_download=True)
+            return
+        self.report("stage", "ok", Reason.OK, f"staged; will serve {choice.artifact.name} on {choice.runtime}",
+                    seq, digest)
+        self._crash_point("stage")
+        rec = SlotRecord(digest, manifest.name, manifest.version, choice.artifact.name, choice.runtime, seq)
+        self._selftest_and_switch(rec, manifest, choice)
+
+    def _selftest_and_switch(self, rec: SlotRecord, manifest: Manifest, choice: Choice) -> None:
+        job = self.job
+        assert job is not None
+        seq = job.desired.seq
+        job.stage = "selftest"
+        self.on_change()
+        model, result = self.selftest_slot(rec, manifest)
+        if model is None or not result.ok:
+            shutil.rmtree(self.slots.path(rec.digest), ignore_errors=True)
+            self.report("selftest", "failed", result.reason, result.detail, seq, rec.digest, metrics=result.metrics())
+            active = self.serving.model
+            self.report("rollback", "ok", result.reason,
+                        f"staged bundle discarded; still serving {active.info.digest[:12] if active else 'nothing'}",
+                        seq, rec.digest)
+            if model is not None:
+                model.close()
+            self._remove_download()
+            self._finish_job(f"failed:{result.reason.value}")
+            return
+        self.report("selftest", "ok", Reason.OK, result.detail, seq, rec.digest, metrics=result.metrics())
+        job.stage = "switch"
+        before = self.slots.load()
+        self.slots.save(SlotsState(active=rec, previous=before.active, trial=True))
+        old = self.serving.swap(model, (self.cfg.probation_inferences, self.cfg.probation_max_errors))
+        if old is not None:
+            old.close()
+        self.report("switch", "ok", Reason.OK, f"now serving {rec.name} {rec.version} on {rec.runtime}", seq, rec.digest)
+        self._crash_point("switch")
+        self.commit(rec, seq)
+
+    def commit(self, rec: SlotRecord, seq: int) -> None:
+        st = self.slots.load()
+        self.slots.save(SlotsState(active=st.active, previous=st.previous, trial=False))
+        self._crash_point("commit")
+        self.slots.gc(self.slots.load())
+        self._remove_download()
+        self.report("commit", "ok", Reason.OK, f"{rec.name} {rec.version} committed", seq, rec.digest)
+        if self.job is not None:
+            self._finish_job("installed")
+        self.on_change()
+
+    def selftest_slot(self, rec: SlotRecord, manifest: Manifest) -> tuple[Model | None, selftest.SelftestResult]:
+        try:
+            model = open_model(self.slots, rec, manifest, self.cfg.threads)
+        except (ModelError, OSError) as exc:
+            return None, selftest.SelftestResult(False, Reason.SELFTEST_FAILED, str(exc))
+        if model.selftest is None:
+            return model, selftest.SelftestResult(False, Reason.MISSING_ARTIFACT, "bundle has no selftest vectors")
+        return model, selftest.run(model.backend, model.selftest)
+
+    def _switch_back(self, desired: Desired) -> None:
+        """The hub asked for the bundle kept in the previous slot: self-test it, then switch."""
+        st = self.slots.load()
+        prev = st.previous
+        assert prev is not None and desired.bundle is not None
+        try:
+            manifest = self.slots.check(prev.digest, self.root())
+        except (ProtocolError, OSError) as exc:
+            # the kept copy is gone or damaged: fetch it like any other bundle
+            log.warning("kept slot %s unusable (%s); downloading it", prev.digest[:12], exc)
+            assert self.job is not None
+            self.job.plan = Plan("install", desired.seq, desired.bundle)
+            self._start_download(time.time())
+            return
+        rec = SlotRecord(prev.digest, prev.name, prev.version, prev.artifact, prev.runtime, desired.seq)
+        self.report("stage", "ok", Reason.OK, f"using the kept slot for {prev.name} {prev.version}", desired.seq, prev.digest)
+        choice = choose_artifact(manifest, self.inventory())
+        if isinstance(choice, Rejection):
+            self._fail(choice.stage, choice.reason, choice.detail)
+            return
+        self._selftest_and_switch(rec, manifest, choice)
+
+    def rollback(self, reason: Reason, detail: str) -> bool:
+        """Switch back to the previous slot (probation failure, operator command)."""
+        st = self.slots.load()
+        if st.previous is None:
+            self.report("rollback", "failed", reason, f"{detail}; no previous slot to roll back to",
+                        bundle=st.active.digest if st.active else None)
+            return False
+        prev = st.previous
+        try:
+            manifest = self.slots.check(prev.digest, self.root())
+            model = open_model(self.slots, prev, manifest, self.cfg.threads)
+        except (ProtocolError, ModelError, OSError) as exc:
+            self.report("rollback", "failed", reason, f"{detail}; previous slot unusable: {exc}", bundle=prev.digest)
+            return False
+        self.slots.save(SlotsState(active=prev, previous=None, trial=False))
+        old = self.serving.swap(model)
+        if old is not None:
+            old.close()
+        self.slots.gc(self.slots.load())
+        self.report("rollback", "ok", reason, f"{detail}; back to {prev.name} {prev.version}",
+                    desired_seq=prev.desired_seq, bundle=prev.digest)
+        self.on_change()
+        return True
+
+    # failure ---------------------------------------------------------------------------------
+    def _fail(self, stage: str, reason: Reason, detail: str, remove_download: bool = False) -> None:
+        job = self.job
+        seq = job.desired.seq if job else 0
+        digest = job.plan.bundle.digest if job and job.plan.bundle else None
+        log.warning("install of %s failed at %s: %s: %s", digest[:12] if digest else "-", stage, reason.value, detail)
+        self.report(stage, "failed", reason, detail, seq, digest)
+        if remove_download:
+            self._remove_download()
+        self._finish_job(f"failed:{reason.value}")
+
+    def _remove_download(self) -> None:
+        job = self.job
+        if job and job.download:
+            job.download.remove()
+
+    @property
+    def state(self) -> str:
+        return self.job.stage if self.job else "idle"
+
+    @property
+    def staged(self) -> BundleInfo | None:
+        if self.job and self.job.plan.bundle:
+            b = self.job.plan.bundle
+            return BundleInfo(b.digest, b.name, b.version)
+        return None
+
+
+def slot_files(slot_dir: Path) -> list[str]:
+    return sorted(p.name for p in slot_dir.iterdir() if p.name != MANIFEST_FILE)
+
+
+__all__ = ["Updater", "Job", "open_model", "BadPayload"]
