@@ -1,0 +1,305 @@
+"""``edgefleet-hub``: serve the hub, manage keys, push models, drive rollouts.
+
+Exit codes: 0 ok · 1 runtime failure (hub unreachable, server error) · 2 usage or bad input
+(argparse, invalid config, bad bundle directory, 4xx from the hub).
+
+Client commands (``models``, ``rollouts``, ``devices``) talk to a running hub over HTTP:
+``--hub URL`` (env ``EDGEFLEET_HUB_URL``, default http://127.0.0.1:8000) and ``--token``
+(env ``EDGEFLEET_HUB_TOKEN``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import DEFAULTS, HubConfig, client_env
+from .errors import HubError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("hub")
+
+
+class ClientError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---- HTTP client for the CLI --------------------------------------------------------------
+def call(args: argparse.Namespace, method: str, path: str, body: Any = None, raw: bytes | None = None) -> Any:
+    url = args.hub.rstrip("/") + path
+    headers = {"Authorization": f"Bearer {args.token}"}
+    data = raw
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    elif raw is not None:
+        headers["Content-Type"] = "application/octet-stream"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        text = exc.read()[:2000].decode("utf-8", "replace")
+        try:
+            text = json.loads(text).get("error", text)
+        except (ValueError, AttributeError):
+            pass
+        raise ClientError(f"hub {method} {path}: HTTP {exc.code}: {text}",
+                          EXIT_USAGE if 400 <= exc.code < 500 else EXIT_FAIL) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ClientError(f"hub {url} unreachable: {getattr(exc, 'reason', exc)}", EXIT_FAIL) from None
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hub", default=client_env("url") or "http://127.0.0.1:8000",
+                   help="hub base URL (env EDGEFLEET_HUB_URL; default %(default)s)")
+    p.add_argument("--token", default=client_env("token"),
+                   help="API bearer token (env EDGEFLEET_HUB_TOKEN)")
+    p.add_argument("--timeout", type=float, default=120, help="HTTP timeout in seconds (default %(default)s)")
+
+
+# ---- commands -------------------------------------------------------------------------------
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    from . import keys
+    res = keys.init(Path(args.dir), args.root_keys, args.threshold)
+    print(f"wrote trust root v{res.version}: {res.root_path}  (pin this on every device)")
+    print(f"wrote online signing key: {res.online_path}  (stays with the hub)")
+    for p in res.root_key_paths:
+        print(f"wrote offline root key: {p}")
+    print(f"MOVE the {len(res.root_key_paths)} root-*.pem files OFFLINE now: "
+          f"{args.threshold} of them are needed only to rotate keys (`edgefleet-hub keys rotate`).")
+    return EXIT_OK
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from protocol.signing import SigningKey
+    from . import keys
+    old = [SigningKey.from_pem(Path(p).read_bytes(), p) for p in args.root_key]
+    root, written = keys.rotate(Path(args.dir), old, args.root_keys, args.threshold, not args.keep_online)
+    print(f"wrote trust root v{root.version}: {Path(args.dir) / keys.ROOT_FILE}")
+    for p in written:
+        print(f"wrote offline root key: {p}  (move it OFFLINE)")
+    print("restart the hub (or it publishes the new root on ef/v1/root at start) so devices rotate")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from .server import build
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    given = {k: getattr(args, k) for k in ("db", "broker", "keys", "store", "host", "port", "token",
+                                             "tokens", "chunk_size", "batch_max", "tick")}
+    given["dev"] = True if args.dev else None
+    config = HubConfig.load(given)
+    hub = build(config)
+    hub.start()
+    log.info("hub on http://%s:%d (db %s, broker %s)", config.host, config.port, config.db.split("://")[0],
+             config.broker)
+    try:
+        uvicorn.run(hub.app, host=config.host, port=config.port, log_level=args.log_level.lower(),
+                    access_log=False)
+    finally:
+        hub.stop()
+    return EXIT_OK
+
+
+def cmd_models_push(args: argparse.Namespace) -> int:
+    from protocol.bundle import pack_archive
+    from protocol.errors import ProtocolError
+    from .store import read_bundle_dir
+    env, arts = read_bundle_dir(Path(args.dir))
+    try:
+        archive = pack_archive(env, arts)
+    except ProtocolError as exc:
+        raise HubError(f"bundle directory {args.dir}: {exc}") from None
+    print(f"uploading {len(archive)} bytes from {args.dir} ...", file=sys.stderr)
+    out = call(args, "POST", "/api/v1/bundles", raw=archive)
+    print(json.dumps(out))
+    return EXIT_OK
+
+
+def _target(args: argparse.Namespace) -> dict[str, Any]:
+    if args.all:
+        return {"all": True}
+    if args.device:
+        return {"devices": args.device}
+    if args.group:
+        return {"group": args.group}
+    return {"tag": args.tag}
+
+
+def cmd_rollouts_create(args: argparse.Namespace) -> int:
+    policy: dict[str, Any] = json.loads(args.policy) if args.policy else {}
+    out = call(args, "POST", "/api/v1/rollouts", {"bundle": args.bundle, "target": _target(args), "policy": policy})
+    print(out["id"])
+    return EXIT_OK
+
+
+def _render_status(st: dict[str, Any]) -> str:
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(st["counts"].items()))
+    return f"rollout {st['id']} {st['phase']} cohort {st.get('cohort', 0)}: {counts or 'no devices'}"
+
+
+def cmd_rollouts_status(args: argparse.Namespace) -> int:
+    st = call(args, "GET", f"/api/v1/rollouts/{args.id}")
+    if args.json:
+        print(json.dumps(st))
+        return EXIT_OK
+    if not args.watch:
+        print(_render_status(st))
+        for d in st["devices"]:
+            print(f"  {d['device_id']:<24} {d['state']:<14} seq {d['seq']:<4} {d['reason']}")
+        return EXIT_OK
+    last = ""
+    while True:
+        line = _render_status(st)
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if st["phase"] not in ("running",):
+            return EXIT_OK
+        time.sleep(args.interval)
+        st = call(args, "GET", f"/api/v1/rollouts/{args.id}")
+
+
+def cmd_rollouts_action(args: argparse.Namespace) -> int:
+    st = call(args, "POST", f"/api/v1/rollouts/{args.id}/{args.action}")
+    print(_render_status(st))
+    return EXIT_OK
+
+
+def cmd_devices_ls(args: argparse.Namespace) -> int:
+    q = f"?limit={args.limit}&offset={args.offset}" + (f"&q={args.q}" if args.q else "")
+    if args.online is not None:
+        q += f"&online={'true' if args.online else 'false'}"
+    page = call(args, "GET", f"/api/v1/devices{q}")
+    print(f"{'device':<24} {'online':<7} {'state':<12} {'bundle':<28} {'inferences':>10} {'p95 ms':>8}")
+    for d in page["items"]:
+        b = d["active_bundle"]
+        p95 = d["telemetry"]["p95_ms"]
+        print(f"{d['device_id']:<24} {'yes' if d['online'] else 'no':<7} {d['state']:<12} "
+              f"{(b['name'] + '@' + b['version']) if b else '-':<28} {d['telemetry']['inferences']:>10} "
+              f"{'-' if p95 is None else f'{p95:.2f}':>8}")
+    print(f"({len(page['items'])} of {page['total']})")
+    return EXIT_OK
+
+
+def cmd_devices_show(args: argparse.Namespace) -> int:
+    print(json.dumps(call(args, "GET", f"/api/v1/devices/{args.id}"), indent=2))
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edgefleet-hub", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    keys = sub.add_parser("keys", help="trust root and signing keys").add_subparsers(dest="sub", required=True)
+    p = keys.add_parser("init", help="create root keys (offline), the online key and root.json")
+    p.add_argument("--dir", required=True, help="directory to write keys into (must not hold keys)")
+    p.add_argument("--root-keys", type=int, default=3, help="number of root keys (default %(default)s)")
+    p.add_argument("--threshold", type=int, default=2, help="root signatures needed (default %(default)s)")
+    p.set_defaults(func=cmd_keys_init)
+    p = keys.add_parser("rotate", help="issue root v(N+1) with new root keys and a new online key")
+    p.add_argument("--dir", required=True, help="the hub's keys directory")
+    p.add_argument("--root-key", action="append", required=True,
+                   help="a current root key PEM (repeat until the threshold is met)")
+    p.add_argument("--root-keys", type=int, default=None, help="number of new root keys (default: same)")
+    p.add_argument("--threshold", type=int, default=None, help="new root threshold (default: same)")
+    p.add_argument("--keep-online", action="store_true", help="keep the current online key")
+    p.set_defaults(func=cmd_keys_rotate)
+
+    p = sub.add_parser("serve", help="run the hub (API, dashboard, MQTT bridge)",
+                       description="Run the hub. Every flag also reads EDGEFLEET_HUB_<FLAG> from the environment.")
+    p.add_argument("--db", help=f"SQLAlchemy URL (default {DEFAULTS['db']})")
+    p.add_argument("--broker", help=f"MQTT broker URL mqtt://[user:pass@]host:port (default {DEFAULTS['broker']})")
+    p.add_argument("--keys", help="keys directory from `keys init` (default ./keys)")
+    p.add_argument("--store", help="bundle store directory (default ./store)")
+    p.add_argument("--host", help=f"listen address (default {DEFAULTS['host']})")
+    p.add_argument("--port", type=int, help=f"listen port (default {DEFAULTS['port']})")
+    p.add_argument("--token", help="admin API token (required unless --dev)")
+    p.add_argument("--tokens", help="more tokens: role:token,role:token (roles viewer, operator, admin)")
+    p.add_argument("--chunk-size", type=int, help="bundle chunk size in bytes (default 65536)")
+    p.add_argument("--batch-max", type=int, help="max messages per ingest transaction (default 500)")
+    p.add_argument("--tick", type=float, help="rollout engine period in seconds (default 2)")
+    p.add_argument("--dev", action="store_true", help="allow a default token (local development only)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+    models = sub.add_parser("models", help="bundles").add_subparsers(dest="sub", required=True)
+    p = models.add_parser("push", help="upload a compiler build directory; the hub checks and signs it")
+    p.add_argument("dir", help="bundle directory (manifest.json + artifacts)")
+    _client_args(p)
+    p.set_defaults(func=cmd_models_push)
+
+    ro = sub.add_parser("rollouts", help="create and drive rollouts").add_subparsers(dest="sub", required=True)
+    p = ro.add_parser("create", help="start a rollout; prints its id")
+    p.add_argument("--bundle", required=True, help="bundle digest")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--all", action="store_true", help="every device (also ones that join later)")
+    g.add_argument("--device", action="append", help="a device id (repeatable)")
+    g.add_argument("--group", help="devices in this group")
+    g.add_argument("--tag", help="devices with this tag")
+    p.add_argument("--policy", help="JSON rollout policy (cohorts, soak_s, gates; see docs)")
+    _client_args(p)
+    p.set_defaults(func=cmd_rollouts_create)
+    p = ro.add_parser("status", help="show a rollout (--watch: live until it stops running)")
+    p.add_argument("id")
+    p.add_argument("--watch", action="store_true", help="refresh until the rollout is no longer running")
+    p.add_argument("--interval", type=float, default=1.0, help="--watch refresh seconds")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    _client_args(p)
+    p.set_defaults(func=cmd_rollouts_status)
+    for action in ("pause", "resume", "approve", "cancel", "rollback"):
+        p = ro.add_parser(action, help=f"{action} a rollout")
+        p.add_argument("id")
+        _client_args(p)
+        p.set_defaults(func=cmd_rollouts_action, action=action)
+
+    dv = sub.add_parser("devices", help="list and inspect devices").add_subparsers(dest="sub", required=True)
+    p = dv.add_parser("ls", help="list devices")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--q", help="filter by id or model name")
+    p.add_argument("--online", action=argparse.BooleanOptionalAction, default=None)
+    _client_args(p)
+    p.set_defaults(func=cmd_devices_ls)
+    p = dv.add_parser("show", help="one device with its telemetry summary")
+    p.add_argument("id")
+    _client_args(p)
+    p.set_defaults(func=cmd_devices_show)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = parser()
+    args = ap.parse_args(argv)
+    if getattr(args, "token", "x") is None and hasattr(args, "hub"):
+        ap.error("--token (or EDGEFLEET_HUB_TOKEN) is required")
+    try:
+        return int(args.func(args))
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except HubError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

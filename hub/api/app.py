@@ -1,0 +1,207 @@
+"""FastAPI app factory and routes.
+
+Errors are JSON ``{"error": "<one line naming the thing and the problem>"}`` with 400 (bad
+input), 401/403 (auth), 404 (unknown id), 409 (state conflict), 413 (body too large),
+422 (schema validation, FastAPI's detail kept under ``detail``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from protocol.topics import check_device_id
+from protocol.errors import BadPayload
+
+from ..errors import Conflict, HubError, Invalid, NotFound
+from ..fleet import Fleet
+from .deps import Admin, FleetDep, Operator, Viewer, caller_of
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "web" / "templates"))
+MAX_BUNDLE_BYTES = 1024 * 1024 * 1024
+Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+Offset = Annotated[int, Query(ge=0, le=10_000_000, description="rows to skip")]
+DIGEST_RE = r"^[0-9a-f]{64}$"
+
+
+class BundleOut(BaseModel):
+    digest: str
+    name: str
+    version: str
+    archive_sha256: str
+    size: int
+    revision: int
+
+
+class RolloutIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bundle: str = Field(pattern=DIGEST_RE, description="bundle digest (64 hex)")
+    target: dict[str, Any] = Field(description='{"all": true} | {"devices": [...]} | {"group": g} | {"tag": t}')
+    policy: dict[str, Any] = Field(default_factory=dict, description="cohorts, soak, gates (see hub.rollout)")
+
+
+class DevicePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    group: str | None = Field(default=None, max_length=64)
+    tags: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=64)
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def create_app(fleet: Fleet, connected: Any = None) -> FastAPI:
+    """``connected``: optional object with ``is_set()`` (the bridge's connected event)."""
+    app = FastAPI(title="edgefleet hub", version="1",
+                  description="Registry, signing, rollouts and telemetry for an edge-ML fleet. "
+                              "Authenticate with `Authorization: Bearer <token>`.")
+    app.state.fleet = fleet
+    app.state.tokens = dict(fleet.config.tokens)
+    metrics = fleet.metrics
+
+    @app.exception_handler(HubError)
+    async def hub_error(_r: Request, exc: HubError) -> JSONResponse:
+        status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
+        metrics.http_errors.labels(str(status)).inc()
+        return _error(status, str(exc))
+
+    @app.exception_handler(BadPayload)
+    async def bad_payload(_r: Request, exc: BadPayload) -> JSONResponse:
+        metrics.http_errors.labels("400").inc()
+        return _error(400, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_r: Request, exc: StarletteHTTPException) -> Response:
+        metrics.http_errors.labels(str(exc.status_code)).inc()
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.http_errors.labels("422").inc()
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return _error(422, f"invalid {where}: {first.get('msg', 'validation failed')}",
+                      detail=[{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in errs])
+
+    # ---- health, metrics, page ----------------------------------------------------------
+    @app.get("/healthz", tags=["ops"])
+    def healthz(f: FleetDep) -> dict[str, Any]:
+        with f.session() as s:
+            s.exec(text("SELECT 1"))  # type: ignore[call-overload]
+        mqtt = connected.is_set() if connected is not None else None
+        return {"status": "ok", "db": "ok", "mqtt": mqtt}
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def prometheus(f: FleetDep) -> Response:
+        f.refresh_gauges()
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index(request: Request, f: FleetDep, token: str | None = None,
+              offset: Offset = 0, q: str | None = None) -> Response:
+        if token:
+            resp = RedirectResponse("/", status_code=303)
+            resp.set_cookie("ef_token", token, httponly=True, samesite="strict")
+            return resp
+        if caller_of(request) is None:
+            return TEMPLATES.TemplateResponse(request, "login.html", {}, status_code=401)
+        page = f.list_devices(limit=200, offset=offset, q=q)
+        rollouts = f.list_rollouts(limit=10)
+        return TEMPLATES.TemplateResponse(request, "devices.html", {
+            "devices": page["items"], "total": page["total"], "offset": offset, "limit": 200, "q": q or "",
+            "rollouts": rollouts["items"]})
+
+    # ---- bundles -------------------------------------------------------------------------
+    @app.post("/api/v1/bundles", tags=["bundles"], response_model=BundleOut,
+              openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
+                  "schema": {"type": "string", "format": "binary"}}},
+                  "description": "a bundle archive as written by protocol.bundle.pack_archive"}})
+    async def push_bundle(request: Request, caller: Operator, f: FleetDep) -> dict[str, Any]:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_BUNDLE_BYTES:
+            raise HTTPException(413, f"bundle of {declared} bytes exceeds {MAX_BUNDLE_BYTES}")
+        chunks, size = [], 0
+        async for part in request.stream():
+            size += len(part)
+            if size > MAX_BUNDLE_BYTES:
+                raise HTTPException(413, f"bundle exceeds {MAX_BUNDLE_BYTES} bytes")
+            chunks.append(part)
+        data = b"".join(chunks)
+        from starlette.concurrency import run_in_threadpool
+        return await run_in_threadpool(f.push_archive, data, caller.actor)
+
+    @app.get("/api/v1/bundles", tags=["bundles"])
+    def list_bundles(_c: Viewer, f: FleetDep, limit: Limit = 50, offset: Offset = 0,
+                     name: str | None = None) -> dict[str, Any]:
+        return f.list_bundles(limit, offset, name)
+
+    @app.get("/api/v1/bundles/{digest}", tags=["bundles"])
+    def get_bundle(_c: Viewer, f: FleetDep, digest: Annotated[str, Field(pattern=DIGEST_RE)]) -> dict[str, Any]:
+        return f.get_bundle(digest)
+
+    @app.get("/api/v1/bundles/{digest}/archive", tags=["bundles"], response_class=FileResponse)
+    def get_archive(_c: Viewer, f: FleetDep, digest: Annotated[str, Field(pattern=DIGEST_RE)]) -> FileResponse:
+        b = f.get_bundle(digest)
+        path = f.store.archive_path(b["archive_sha256"])
+        if not path.exists():
+            raise NotFound("archive", b["archive_sha256"])
+        return FileResponse(path, media_type="application/octet-stream", filename=f"{digest}.efb")
+
+    # ---- devices -------------------------------------------------------------------------
+    @app.get("/api/v1/devices", tags=["devices"])
+    def list_devices(_c: Viewer, f: FleetDep, limit: Limit = 50, offset: Offset = 0,
+                     online: bool | None = None, q: Annotated[str | None, Query(max_length=64)] = None,
+                     group: str | None = None, tag: str | None = None,
+                     bundle: Annotated[str | None, Query(pattern=DIGEST_RE)] = None) -> dict[str, Any]:
+        return f.list_devices(limit, offset, online, q, group, tag, bundle)
+
+    @app.get("/api/v1/devices/{device_id}", tags=["devices"])
+    def get_device(_c: Viewer, f: FleetDep, device_id: str) -> dict[str, Any]:
+        check_device_id(device_id)
+        return f.get_device(device_id)
+
+    @app.patch("/api/v1/devices/{device_id}", tags=["devices"])
+    def patch_device(caller: Operator, f: FleetDep, device_id: str, body: DevicePatch) -> dict[str, Any]:
+        check_device_id(device_id)
+        return f.set_device_meta(device_id, body.group, body.tags, caller.actor)
+
+    # ---- rollouts ------------------------------------------------------------------------
+    @app.post("/api/v1/rollouts", tags=["rollouts"], status_code=201)
+    def create_rollout(caller: Operator, f: FleetDep, body: RolloutIn) -> dict[str, Any]:
+        return f.create_rollout(body.bundle, body.target, body.policy, caller.actor)
+
+    @app.get("/api/v1/rollouts", tags=["rollouts"])
+    def list_rollouts(_c: Viewer, f: FleetDep, limit: Limit = 50, offset: Offset = 0,
+                      phase: str | None = None) -> dict[str, Any]:
+        return f.list_rollouts(limit, offset, phase)
+
+    @app.get("/api/v1/rollouts/{rid}", tags=["rollouts"])
+    def get_rollout(_c: Viewer, f: FleetDep, rid: Annotated[str, Field(max_length=32)], limit: Limit = 1000,
+                    offset: Offset = 0, state: str | None = None) -> dict[str, Any]:
+        return f.rollout_status(rid, limit, offset, state)
+
+    @app.post("/api/v1/rollouts/{rid}/{command}", tags=["rollouts"])
+    def rollout_command(caller: Operator, f: FleetDep, rid: Annotated[str, Field(max_length=32)],
+                        command: Literal["pause", "resume", "cancel", "approve", "rollback"]) -> dict[str, Any]:
+        return f.rollout_command(rid, command, caller.actor)
+
+    # ---- trust ---------------------------------------------------------------------------
+    @app.get("/api/v1/root", tags=["trust"], response_class=Response)
+    def root(_c: Viewer, f: FleetDep) -> Response:
+        return Response(f.keys.root_bytes, media_type="application/json")
+
+    return app

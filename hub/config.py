@@ -1,0 +1,156 @@
+"""The hub's one typed configuration. Only this module reads the environment.
+
+Every setting has a CLI flag (``edgefleet-hub serve --help``) and an ``EDGEFLEET_HUB_<NAME>``
+variable; a flag wins over the variable, the variable over the default. Built once in
+``main``, validated there, passed down.
+
+Tokens: ``--token`` is the admin token. ``EDGEFLEET_HUB_TOKENS`` adds more as
+``role:token,role:token`` with roles ``viewer``, ``operator``, ``admin``. A default or empty
+admin token is refused unless ``--dev``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import unquote, urlparse
+
+from .errors import ConfigError
+
+ENV_PREFIX = "EDGEFLEET_HUB_"
+ROLES = ("viewer", "operator", "admin")
+DEV_TOKEN = "dev-token"
+_WEAK_TOKENS = {"", "changeme", "token", "secret", DEV_TOKEN}
+
+DEFAULTS: dict[str, Any] = {
+    "db": "sqlite:///hub.db",
+    "broker": "mqtt://127.0.0.1:1883",
+    "keys": "keys",
+    "store": "store",
+    "host": "127.0.0.1",
+    "port": 8000,
+    "token": "",
+    "tokens": "",
+    "dev": False,
+    "chunk_size": 64 * 1024,
+    "desired_ttl": 7 * 86400,
+    "batch_max": 500,
+    "batch_wait": 0.05,
+    "tick": 2.0,
+    "offline_after": 300,
+}
+
+
+def env_value(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The raw ``EDGEFLEET_HUB_<NAME>`` value, or None."""
+    env = os.environ if environ is None else environ
+    return env.get(ENV_PREFIX + name.upper())
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> "BrokerUrl":
+        u = urlparse(url)
+        if u.scheme not in ("mqtt", "tcp"):
+            raise ConfigError("broker", f"{url!r} must look like mqtt://host:port")
+        if not u.hostname:
+            raise ConfigError("broker", f"{url!r} has no host")
+        try:
+            port = u.port or 1883
+        except ValueError:
+            raise ConfigError("broker", f"{url!r} has an invalid port") from None
+        return cls(u.hostname, port, unquote(u.username) if u.username else None,
+                   unquote(u.password) if u.password else None)
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    db: str = DEFAULTS["db"]
+    broker: str = DEFAULTS["broker"]
+    keys: Path = Path(DEFAULTS["keys"])
+    store: Path = Path(DEFAULTS["store"])
+    host: str = DEFAULTS["host"]
+    port: int = DEFAULTS["port"]
+    tokens: dict[str, str] = field(default_factory=dict, hash=False)  # token -> role
+    dev: bool = False
+    chunk_size: int = DEFAULTS["chunk_size"]
+    desired_ttl: int = DEFAULTS["desired_ttl"]
+    batch_max: int = DEFAULTS["batch_max"]
+    batch_wait: float = DEFAULTS["batch_wait"]
+    tick: float = DEFAULTS["tick"]
+    offline_after: int = DEFAULTS["offline_after"]
+
+    @property
+    def broker_url(self) -> BrokerUrl:
+        return BrokerUrl.parse(self.broker)
+
+    @classmethod
+    def load(cls, given: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> "HubConfig":
+        """Merge CLI values (None = not given) over ``EDGEFLEET_HUB_*`` over defaults; validate."""
+
+        def pick(name: str) -> Any:
+            if given.get(name) is not None:
+                return given[name]
+            raw = env_value(name, environ)
+            return raw if raw is not None else DEFAULTS[name]
+
+        def as_int(name: str, lo: int, hi: int) -> int:
+            raw = pick(name)
+            try:
+                value = int(raw)
+            except (TypeError, ValueError):
+                raise ConfigError(name, f"{raw!r} is not an integer") from None
+            if not lo <= value <= hi:
+                raise ConfigError(name, f"{value} must be within {lo}..{hi}")
+            return value
+
+        def as_float(name: str, lo: float, hi: float) -> float:
+            raw = pick(name)
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                raise ConfigError(name, f"{raw!r} is not a number") from None
+            if not lo <= value <= hi:
+                raise ConfigError(name, f"{value} must be within {lo}..{hi}")
+            return value
+
+        dev_raw = pick("dev")
+        dev = dev_raw if isinstance(dev_raw, bool) else str(dev_raw).lower() in ("1", "true", "yes")
+        token = str(pick("token"))
+        if token in _WEAK_TOKENS:
+            if not dev:
+                raise ConfigError("token", "a strong --token (or EDGEFLEET_HUB_TOKEN) is required; "
+                                           f"{token!r} is a default (use --dev for local runs)")
+            token = token or DEV_TOKEN
+        tokens = {token: "admin"}
+        for item in filter(None, (s.strip() for s in str(pick("tokens")).split(","))):
+            role, sep, tok = item.partition(":")
+            if not sep or role not in ROLES or not tok:
+                raise ConfigError("tokens", f"{item!r} must be role:token with role in {ROLES}")
+            if tok in _WEAK_TOKENS and not dev:
+                raise ConfigError("tokens", f"token for role {role} is a default value")
+            tokens[tok] = role
+        BrokerUrl.parse(str(pick("broker")))
+        db = str(pick("db"))
+        if "://" not in db:
+            raise ConfigError("db", f"{db!r} must be a SQLAlchemy URL like sqlite:///hub.db")
+        return cls(
+            db=db, broker=str(pick("broker")), keys=Path(pick("keys")), store=Path(pick("store")),
+            host=str(pick("host")), port=as_int("port", 0, 65535), tokens=tokens, dev=dev,
+            chunk_size=as_int("chunk_size", 1024, 8 * 1024 * 1024),
+            desired_ttl=as_int("desired_ttl", 60, 366 * 86400),
+            batch_max=as_int("batch_max", 1, 100_000), batch_wait=as_float("batch_wait", 0.0, 10.0),
+            tick=as_float("tick", 0.05, 3600.0), offline_after=as_int("offline_after", 5, 86400 * 30))
+
+
+def client_env(name: str) -> str | None:
+    """For CLI client commands (``models push`` etc.): ``EDGEFLEET_HUB_URL`` / ``_TOKEN``."""
+    return env_value(name)

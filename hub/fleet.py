@@ -1,0 +1,443 @@
+"""The hub's operations over the registry: bundles, devices, desired documents, rollouts.
+
+:class:`Fleet` is what the API, the ingest worker and the CLI-run server share. It owns no
+thread; callers (API request threads, the ingest worker, the ticker) call it and it does its
+I/O (database, bundle store, publisher) inline. Decisions live in pure modules
+(:mod:`hub.compat`, :mod:`hub.rollout`).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+from sqlalchemy import func, or_
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from protocol.bundle import ChunkPlan, Requirements, parse_manifest
+from protocol.messages import BundleRef, Desired
+from protocol.signing import Envelope
+from protocol.sketch import DriftThresholds, LatencySketch, drift_verdict, merge_counts
+from protocol.topics import Kind, Topic, check_device_id, check_digest
+from protocol.errors import BadPayload
+
+from . import compat
+from .config import HubConfig
+from .db import session
+from .errors import Conflict, Invalid, NotFound
+from .keys import HubKeys
+from .metrics import HubMetrics
+from .models import AuditEntry, Build, Bundle, Device, ModelName, Rollout, RolloutDevice, TelemetryWindow
+from .store import BundleStore, split_archive
+from .transport import Outgoing, Publisher
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("installed", "failed", "timed_out", "incompatible", "rolled_back", "cancelled", "skipped")
+ACTIVE_PHASES = ("running", "paused")
+
+
+def now_s() -> int:
+    return int(time.time())
+
+
+def bundle_ref(b: Bundle) -> BundleRef:
+    plan = ChunkPlan(b.size, b.archive_sha256, b.chunk_size, tuple(b.chunks))
+    return BundleRef(b.digest, b.name, b.version, plan, Requirements.from_dict(b.requirements))
+
+
+def bundle_public(b: Bundle) -> dict[str, Any]:
+    return {"digest": b.digest, "name": b.name, "version": b.version, "revision": b.revision,
+            "archive_sha256": b.archive_sha256, "size": b.size, "chunk_size": b.chunk_size,
+            "chunks": len(b.chunks), "created": b.created, "uploaded": b.uploaded,
+            "requirements": b.requirements, "model": b.model, "artifacts": b.artifacts}
+
+
+def latency_summary(sketch: dict[str, Any]) -> dict[str, float | None]:
+    try:
+        s = LatencySketch.from_dict(sketch or {})
+    except BadPayload:
+        return {"p50_ms": None, "p95_ms": None, "mean_ms": None}
+    p50, p95 = s.quantile(0.5), s.quantile(0.95)
+    return {"p50_ms": p50 * 1000 if p50 is not None else None,
+            "p95_ms": p95 * 1000 if p95 is not None else None,
+            "mean_ms": s.mean * 1000 if s.mean is not None else None}
+
+
+def device_public(d: Device, rollout_state: str | None = None) -> dict[str, Any]:
+    active = ({"digest": d.active_digest, "name": d.active_name, "version": d.active_version}
+              if d.active_digest else None)
+    lat = latency_summary(d.latency) if d.latency_bundle and d.latency_bundle == d.active_digest else \
+        latency_summary(d.latency)
+    return {
+        "device_id": d.id, "online": d.online, "last_seen": d.last_seen, "state": d.state,
+        "agent_version": d.agent_version, "group": d.group, "tags": list(d.tags or []),
+        "inventory": d.inventory, "active_bundle": active,
+        "staged_bundle": d.staged_digest,
+        "desired": {"seq": d.desired_seq, "bundle": d.desired_bundle, "action": d.desired_action},
+        "reported_desired_seq": d.reported_desired_seq,
+        "rollout_state": rollout_state,
+        "telemetry": {"windows": d.windows, "inferences": d.inferences, "errors": d.errors,
+                      "tpu": d.tpu, "cpu": d.cpu, "cloud": d.cloud, **lat},
+    }
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which devices a rollout names. Exactly one of the fields is set."""
+
+    all: bool = False
+    devices: tuple[str, ...] = ()
+    group: str | None = None
+    tag: str | None = None
+
+    @classmethod
+    def parse(cls, obj: Any) -> "Target":
+        if not isinstance(obj, dict):
+            raise Invalid("target", f"must be an object like {{\"all\": true}}, got {obj!r:.80}")
+        keys = {k for k, v in obj.items() if v not in (None, False, [], "")}
+        if len(keys) != 1 or not keys <= {"all", "devices", "group", "tag"}:
+            raise Invalid("target", f"needs exactly one of all/devices/group/tag, got {sorted(obj)}")
+        if obj.get("all") is True:
+            return cls(all=True)
+        if "devices" in keys:
+            devs = obj["devices"]
+            if not isinstance(devs, list) or not all(isinstance(x, str) for x in devs):
+                raise Invalid("target", "devices must be a list of device ids")
+            try:
+                return cls(devices=tuple(dict.fromkeys(check_device_id(x) for x in devs)))
+            except BadPayload as exc:
+                raise Invalid("target", str(exc)) from None
+        if "group" in keys and isinstance(obj["group"], str):
+            return cls(group=obj["group"])
+        if "tag" in keys and isinstance(obj["tag"], str):
+            return cls(tag=obj["tag"])
+        raise Invalid("target", f"{obj!r:.80} is not a valid target")
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.all:
+            return {"all": True}
+        if self.devices:
+            return {"devices": list(self.devices)}
+        if self.group is not None:
+            return {"group": self.group}
+        return {"tag": self.tag}
+
+    def matches(self, d: Device) -> bool:
+        if self.all:
+            return True
+        if self.devices:
+            return d.id in self.devices
+        if self.group is not None:
+            return d.group == self.group
+        return self.tag in (d.tags or [])
+
+
+class Fleet:
+    def __init__(self, config: HubConfig, engine: Engine, keys: HubKeys, store: BundleStore,
+                 publisher: Publisher, metrics: HubMetrics, clock: Callable[[], int] = now_s) -> None:
+        self.config = config
+        self.engine = engine
+        self.keys = keys
+        self.store = store
+        self.publisher = publisher
+        self.metrics = metrics
+        self.clock = clock
+        self._issue_lock = threading.Lock()  # seq allocation is read-modify-write
+
+    def session(self) -> Session:
+        return session(self.engine)
+
+    # ---- audit ---------------------------------------------------------------------------
+    def audit(self, s: Session, actor: str, action: str, target: str, **detail: Any) -> None:
+        s.add(AuditEntry(ts=self.clock(), actor=actor, action=action, target=target, detail=detail))
+
+    # ---- bundles -------------------------------------------------------------------------
+    def push_archive(self, data: bytes, actor: str = "api") -> dict[str, Any]:
+        env, arts = split_archive(data)
+        return self.push_bundle(env, arts, actor)
+
+    def push_bundle(self, env: Envelope, arts: dict[str, bytes], actor: str = "api") -> dict[str, Any]:
+        stored = self.store.put(env, arts, self.keys.online)
+        m = stored.manifest
+        with self.session() as s:
+            row = s.get(Bundle, stored.digest)
+            if row is None:
+                model = s.get(ModelName, m.name)
+                if model is None:
+                    model = ModelName(name=m.name, latest_revision=0, created=self.clock())
+                model.latest_revision += 1
+                row = Bundle(digest=stored.digest, name=m.name, version=m.version,
+                             revision=model.latest_revision, created=m.created, uploaded=self.clock(),
+                             archive_sha256=stored.plan.sha256, size=stored.plan.size,
+                             chunk_size=stored.plan.chunk_size, chunks=list(stored.plan.chunks),
+                             requirements=m.requirements.to_dict(), model=m.model,
+                             artifacts=[a.to_dict() for a in m.artifacts])
+                s.add(model)
+                s.add(row)
+                s.add(Build(digest=stored.digest, report=self._json_artifact(stored.digest, m, "report"),
+                            model_card=(self._artifact_text(stored.digest, m, "model_card") or "")[:200_000]))
+                self.audit(s, actor, "bundle.push", stored.digest, name=m.name, version=m.version)
+                s.commit()
+                log.info("stored bundle %s@%s %s (%d bytes, %d chunks)", m.name, m.version,
+                         stored.digest[:12], stored.plan.size, len(stored.plan.chunks))
+            return {"digest": row.digest, "name": row.name, "version": row.version,
+                    "archive_sha256": row.archive_sha256, "size": row.size, "revision": row.revision}
+
+    def _artifact_text(self, digest: str, m: Any, role: str) -> str | None:
+        a = m.artifact(role)
+        data = self.store.artifact(digest, a.name) if a else None
+        return data.decode("utf-8", "replace") if data is not None else None
+
+    def _json_artifact(self, digest: str, m: Any, role: str) -> dict[str, Any]:
+        import json
+        text = self._artifact_text(digest, m, role)
+        try:
+            obj = json.loads(text) if text else {}
+        except ValueError:
+            return {}
+        return obj if isinstance(obj, dict) else {}
+
+    def bundle_row(self, s: Session, digest: str) -> Bundle:
+        row = s.get(Bundle, digest)
+        if row is None:
+            raise NotFound("bundle", digest)
+        return row
+
+    def list_bundles(self, limit: int = 50, offset: int = 0, name: str | None = None) -> dict[str, Any]:
+        with self.session() as s:
+            q = select(Bundle)
+            if name:
+                q = q.where(Bundle.name == name)
+            total = s.exec(select(func.count()).select_from(q.subquery())).one()
+            rows = s.exec(q.order_by(col(Bundle.uploaded).desc(), col(Bundle.digest))
+                          .offset(offset).limit(limit)).all()
+            return {"items": [bundle_public(b) for b in rows], "total": total, "limit": limit, "offset": offset}
+
+    def get_bundle(self, digest: str) -> dict[str, Any]:
+        with self.session() as s:
+            b = self.bundle_row(s, digest)
+            out = bundle_public(b)
+            build = s.get(Build, digest)
+            out["report"] = build.report if build else {}
+            out["model_card"] = build.model_card if build else ""
+            return out
+
+    def chunk_messages(self, b: Bundle, indexes: Iterable[int] | None = None) -> list[Outgoing]:
+        out = []
+        idx = range(len(b.chunks)) if indexes is None else sorted(set(indexes))
+        for i in idx:
+            if not 0 <= i < len(b.chunks):
+                continue
+            data = self.store.chunk(b.archive_sha256, i, b.chunk_size)
+            out.append(Outgoing(str(Topic.chunk(b.archive_sha256, i)), data, retain=True, qos=1, kind="chunk"))
+        return out
+
+    # ---- devices -------------------------------------------------------------------------
+    def list_devices(self, limit: int = 50, offset: int = 0, online: bool | None = None,
+                     q: str | None = None, group: str | None = None, tag: str | None = None,
+                     bundle: str | None = None) -> dict[str, Any]:
+        with self.session() as s:
+            query = select(Device)
+            if online is not None:
+                query = query.where(Device.online == online)
+            if q:
+                like = f"%{q}%"
+                query = query.where(or_(col(Device.id).like(like), col(Device.active_name).like(like)))
+            if group is not None:
+                query = query.where(Device.group == group)
+            if bundle:
+                query = query.where(Device.active_digest == bundle)
+            rows: Sequence[Device]
+            if tag:
+                # JSON list membership differs per backend; filter in Python (tags are few)
+                allrows = [d for d in s.exec(query.order_by(col(Device.id))).all() if tag in (d.tags or [])]
+                total, rows = len(allrows), allrows[offset:offset + limit]
+            else:
+                total = s.exec(select(func.count()).select_from(query.subquery())).one()
+                rows = s.exec(query.order_by(col(Device.id)).offset(offset).limit(limit)).all()
+            states = self._rollout_states(s, [d.id for d in rows])
+            return {"items": [device_public(d, states.get(d.id)) for d in rows], "total": total,
+                    "limit": limit, "offset": offset}
+
+    def _rollout_states(self, s: Session, ids: list[str]) -> dict[str, str]:
+        if not ids:
+            return {}
+        q = (select(RolloutDevice.device_id, RolloutDevice.state, Rollout.created)
+             .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
+             .where(col(RolloutDevice.device_id).in_(ids)).order_by(col(Rollout.created)))
+        return {dev: state for dev, state, _ in s.exec(q).all()}
+
+    def get_device(self, device_id: str, windows: int = 30) -> dict[str, Any]:
+        with self.session() as s:
+            d = s.get(Device, device_id)
+            if d is None:
+                raise NotFound("device", device_id)
+            out = device_public(d, self._rollout_states(s, [d.id]).get(d.id))
+            rows = s.exec(select(TelemetryWindow).where(TelemetryWindow.device == device_id)
+                          .order_by(col(TelemetryWindow.window_end).desc()).limit(windows)).all()
+            out["recent"] = self.summarise(s, rows, d.active_digest)
+            out["rollouts"] = [
+                {"rollout": r.rollout_id, "state": r.state, "seq": r.seq, "attempts": r.attempts,
+                 "reason": r.reason, "cohort": r.cohort}
+                for r in s.exec(select(RolloutDevice).where(RolloutDevice.device_id == device_id)).all()]
+            return out
+
+    def summarise(self, s: Session, rows: Sequence[TelemetryWindow], bundle: str | None) -> dict[str, Any]:
+        """Merge telemetry windows of one bundle: counts, latency quantiles, drift verdicts."""
+        rows = [r for r in rows if bundle is None or r.bundle == bundle]
+        sketch = LatencySketch()
+        counts = {"inferences": 0, "errors": 0, "tpu": 0, "cpu": 0, "cloud": 0}
+        drift: dict[str, dict[str, list[list[int]]]] = {}
+        for r in rows:
+            try:
+                sketch = sketch.merge(LatencySketch.from_dict(r.latency or {}))
+            except BadPayload:
+                pass
+            for k in counts:
+                counts[k] += getattr(r, k)
+            for side, feats in (r.drift or {}).items():
+                for name, bins in feats.items():
+                    drift.setdefault(side, {}).setdefault(name, []).append(bins)
+        out: dict[str, Any] = {"windows": len(rows), **counts,
+                               **latency_summary(sketch.to_dict()), "drift": {}}
+        if bundle:
+            out["drift"] = self.drift_verdicts(s, bundle, drift)
+        return out
+
+    def drift_verdicts(self, s: Session, digest: str,
+                       windows: dict[str, dict[str, list[list[int]]]]) -> dict[str, Any]:
+        b = s.get(Bundle, digest)
+        if b is None:
+            return {}
+        try:
+            baseline = self.store.baseline(digest, parse_manifest(Envelope.parse(
+                (self.store.root / "bundles" / digest / "manifest.json").read_bytes()).payload))
+        except (OSError, BadPayload):
+            baseline = None
+        if not baseline:
+            return {}
+        th = baseline.get("thresholds") or {}
+        thresholds = DriftThresholds(float(th.get("psi_warn", 0.1)), float(th.get("psi_alert", 0.25)),
+                                     int(th.get("min_samples", 100)))
+        out: dict[str, Any] = {}
+        for side, feats in windows.items():
+            ref_side = baseline.get(side) or {}
+            for name, wins in feats.items():
+                ref = (ref_side.get(name) or {}).get("ref")
+                if not isinstance(ref, list):
+                    continue
+                try:
+                    cur = merge_counts(*wins)
+                    out[f"{side}.{name}"] = drift_verdict(ref, cur, thresholds).to_dict()
+                except (BadPayload, ValueError) as exc:
+                    out[f"{side}.{name}"] = {"status": "invalid", "detail": str(exc)}
+        return out
+
+    def set_device_meta(self, device_id: str, group: str | None, tags: list[str] | None,
+                        actor: str) -> dict[str, Any]:
+        with self.session() as s:
+            d = s.get(Device, device_id)
+            if d is None:
+                raise NotFound("device", device_id)
+            if group is not None:
+                d.group = group
+            if tags is not None:
+                d.tags = list(dict.fromkeys(tags))
+            s.add(d)
+            self.audit(s, actor, "device.update", device_id, group=group, tags=tags)
+            s.commit()
+        self.converge([device_id])
+        return self.get_device(device_id)
+
+    # ---- desired documents ---------------------------------------------------------------
+    def issue(self, s: Session, d: Device, b: Bundle | None, action: str,
+              rollout: str | None) -> Outgoing:
+        """Allocate the next seq for ``d``, sign a Desired, record it; caller commits then
+        publishes the returned message (retained)."""
+        now = self.clock()
+        seq = max(d.desired_seq, d.reported_desired_seq) + 1
+        desired = Desired(device=d.id, seq=seq, issued=now, expires=now + self.config.desired_ttl,
+                          action=action, bundle=bundle_ref(b) if b is not None else None, rollout=rollout)
+        payload = desired.seal([self.keys.online])
+        d.desired_seq = seq
+        d.desired_bundle = b.digest if b is not None else None
+        d.desired_action = action
+        s.add(d)
+        return Outgoing(str(Topic.for_device(Kind.DESIRED, d.id)), payload, retain=True, qos=1, kind="desired")
+
+    def publish(self, messages: Sequence[Outgoing]) -> None:
+        if messages:
+            self.publisher.publish(messages)
+            for m in messages:
+                self.metrics.published.labels(m.kind or "other").inc()
+
+    def ensure_published(self, s: Session, b: Bundle) -> list[Outgoing]:
+        """Chunks of ``b`` retained on the broker, once per bundle (repairs use FetchRequest)."""
+        if b.published:
+            return []
+        b.published = True
+        s.add(b)
+        return self.chunk_messages(b)
+
+    # ---- rollouts ------------------------------------------------------------------------
+    def create_rollout(self, bundle: str, target: Any, policy: dict[str, Any] | None = None,
+                       actor: str = "api") -> dict[str, Any]:
+        from . import rollouts
+        try:
+            check_digest(bundle)
+        except BadPayload as exc:
+            raise Invalid("bundle", str(exc)) from None
+        tgt = Target.parse(target)
+        return rollouts.create(self, bundle, tgt, policy or {}, actor)
+
+    def rollout_status(self, rid: str, limit: int = 1000, offset: int = 0,
+                       state: str | None = None) -> dict[str, Any]:
+        from . import rollouts
+        return rollouts.status(self, rid, limit, offset, state)
+
+    def list_rollouts(self, limit: int = 50, offset: int = 0, phase: str | None = None) -> dict[str, Any]:
+        from . import rollouts
+        return rollouts.listing(self, limit, offset, phase)
+
+    def rollout_command(self, rid: str, command: str, actor: str) -> dict[str, Any]:
+        from . import rollouts
+        return rollouts.command(self, rid, command, actor)
+
+    def converge(self, device_ids: Sequence[str]) -> None:
+        from . import rollouts
+        rollouts.converge(self, device_ids)
+
+    def tick(self) -> None:
+        from . import rollouts
+        rollouts.tick(self)
+
+    def refresh_gauges(self) -> None:
+        _refresh_gauges(self)
+
+
+def new_id() -> str:
+    return secrets.token_hex(6)
+
+
+def conflict(msg: str) -> Conflict:
+    return Conflict(msg)
+
+
+def _refresh_gauges(fleet: Fleet) -> None:
+    with fleet.session() as s:
+        for online, n in s.exec(select(Device.online, func.count()).group_by(Device.online)).all():
+            fleet.metrics.devices.labels("true" if online else "false").set(n)
+        fleet.metrics.rollout_devices.clear()
+        q = (select(RolloutDevice.rollout_id, RolloutDevice.state, func.count())
+             .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
+             .where(col(Rollout.phase).in_(ACTIVE_PHASES))
+             .group_by(RolloutDevice.rollout_id, RolloutDevice.state))
+        for rid, state, n in s.exec(q).all():
+            fleet.metrics.rollout_devices.labels(rid, state).set(n)
+

@@ -1,0 +1,237 @@
+"""MQTT messages -> registry rows, in batches.
+
+Every message is parsed once, here, with :mod:`protocol.messages` (the payload's device must
+match the topic's). Anything malformed is counted (``edgefleet_hub_messages_total{outcome=
+"malformed"}``) and dropped; the batch goes on. Telemetry and reports are deduplicated by
+``(device, seq)``: a replay is counted as ``duplicate``, not stored again, and acked again (the
+agent resends until it sees an ack). One transaction per batch; if it fails the batch is
+retried message by message so one poison message cannot block the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col, select
+
+from protocol.errors import BadPayload, ProtocolError
+from protocol.messages import (Ack, FetchRequest, Report, Status, Telemetry, parse_fetch, parse_report,
+                               parse_status, parse_telemetry)
+from protocol.sketch import LatencySketch
+from protocol.topics import Kind, Topic
+
+from . import rollouts
+from .fleet import Fleet
+from .models import Bundle, Device, ReportRecord, TelemetryWindow
+from .transport import Outgoing
+
+log = logging.getLogger(__name__)
+
+Message = Union[Status, Report, Telemetry, FetchRequest]
+MAX_REPAIR_CHUNKS = 2048
+
+
+@dataclass(frozen=True)
+class Parsed:
+    kind: Kind
+    device: str
+    message: Message
+
+
+def parse(topic: str, payload: bytes) -> Parsed:
+    """Bytes off the wire -> one typed message, or :class:`BadPayload` naming the problem."""
+    t = Topic.parse(topic)
+    msg: Message
+    if t.kind is Kind.STATUS:
+        msg = parse_status(payload)
+    elif t.kind is Kind.REPORT:
+        msg = parse_report(payload)
+    elif t.kind is Kind.TELEMETRY:
+        msg = parse_telemetry(payload)
+        LatencySketch.from_dict(msg.latency)  # validate the sketch at the edge too
+    elif t.kind is Kind.FETCH:
+        msg = parse_fetch(payload)
+    else:
+        raise BadPayload("topic", f"{topic!r}: the hub does not consume {t.kind.value!r} messages")
+    if msg.device != t.device:
+        raise BadPayload(t.kind.value, f"payload device {msg.device!r} does not match topic device {t.device!r}")
+    return Parsed(t.kind, msg.device, msg)
+
+
+class Ingest:
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.metrics = fleet.metrics
+        self._last_warning = 0.0
+        self._suppressed = 0
+
+    def _warn(self, topic: str, exc: Exception) -> None:
+        # one line per bad message, but never a log flood from a misbehaving device
+        now = time.monotonic()
+        if now - self._last_warning >= 1.0:
+            extra = f" ({self._suppressed} more suppressed)" if self._suppressed else ""
+            log.warning("dropped message on %s: %s%s", topic, exc, extra)
+            self._last_warning, self._suppressed = now, 0
+        else:
+            self._suppressed += 1
+
+    def handle(self, batch: Sequence[tuple[str, bytes]]) -> None:
+        parsed: list[Parsed] = []
+        for topic, payload in batch:
+            try:
+                parsed.append(parse(topic, payload))
+            except ProtocolError as exc:
+                kind = topic.rsplit("/", 1)[-1] if topic.startswith("ef/v1/dev/") else "unknown"
+                self.metrics.messages.labels(kind if kind in {k.value for k in Kind} else "unknown",
+                                             "malformed").inc()
+                self._warn(topic, exc)
+        if not parsed:
+            return
+        self.metrics.batch_size.observe(len(parsed))
+        with self.metrics.batch_seconds.time():
+            try:
+                out, touched = self._store(parsed)
+            except SQLAlchemyError as exc:
+                log.error("batch of %d failed (%s); retrying one by one", len(parsed), exc.__class__.__name__)
+                out, touched = [], set()
+                for p in parsed:
+                    try:
+                        o, t = self._store([p])
+                        out += o
+                        touched |= t
+                    except SQLAlchemyError as exc2:
+                        self.metrics.messages.labels(p.kind.value, "error").inc()
+                        log.error("could not store %s from %s: %s", p.kind.value, p.device, exc2)
+        self.fleet.publish(out)
+        if touched:
+            self.fleet.converge(sorted(touched))
+
+    def _store(self, parsed: Sequence[Parsed]) -> tuple[list[Outgoing], set[str]]:
+        now = self.fleet.clock()
+        out: list[Outgoing] = []
+        touched: set[str] = set()
+        acks: dict[tuple[str, str], list[int]] = {}
+        counted: list[tuple[str, str]] = []
+        with self.fleet.session() as s:
+            ids = sorted({p.device for p in parsed})
+            devices = {d.id: d for d in s.exec(select(Device).where(col(Device.id).in_(ids))).all()}
+
+            def device(did: str) -> Device:
+                d = devices.get(did)
+                if d is None:
+                    d = devices[did] = Device(id=did, created=now)
+                    s.add(d)
+                    touched.add(did)
+                return d
+
+            seen_t = self._existing(s, TelemetryWindow, [p for p in parsed if p.kind is Kind.TELEMETRY])
+            seen_r = self._existing(s, ReportRecord, [p for p in parsed if p.kind is Kind.REPORT])
+            for p in parsed:
+                m = p.message
+                if isinstance(m, Status):
+                    d = device(p.device)
+                    was_online = d.online
+                    self._apply_status(d, m, now)
+                    if m.online and not was_online:
+                        touched.add(d.id)
+                    rollouts.apply_status(s, d, now)
+                    counted.append(("status", "stored"))
+                elif isinstance(m, Telemetry):
+                    d = device(p.device)
+                    d.last_seen = now
+                    acks.setdefault((d.id, "telemetry"), []).append(m.seq)
+                    if (d.id, m.seq) in seen_t:
+                        counted.append(("telemetry", "duplicate"))
+                        continue
+                    seen_t.add((d.id, m.seq))
+                    self._apply_telemetry(s, d, m, now)
+                    counted.append(("telemetry", "stored"))
+                elif isinstance(m, Report):
+                    d = device(p.device)
+                    d.last_seen = now
+                    acks.setdefault((d.id, "report"), []).append(m.seq)
+                    if (d.id, m.seq) in seen_r:
+                        counted.append(("report", "duplicate"))
+                        continue
+                    seen_r.add((d.id, m.seq))
+                    s.add(ReportRecord(device=d.id, seq=m.seq, ts=m.ts, stage=m.stage, status=m.status,
+                                       reason=m.reason, detail=m.detail, desired_seq=m.desired_seq,
+                                       bundle=m.bundle, progress=m.progress, metrics=m.metrics, received=now))
+                    if m.desired_seq > d.reported_desired_seq and m.status == "ok":
+                        d.reported_desired_seq = m.desired_seq
+                    rollouts.apply_report(s, d, m, now)
+                    counted.append(("report", "stored"))
+                elif isinstance(m, FetchRequest):
+                    b = s.exec(select(Bundle).where(Bundle.archive_sha256 == m.archive)).first()
+                    if b is None:
+                        counted.append(("fetch", "rejected"))
+                        self._warn(f"ef/v1/dev/{m.device}/fetch", ValueError(f"unknown archive {m.archive}"))
+                        continue
+                    out.extend(self.fleet.chunk_messages(b, m.missing[:MAX_REPAIR_CHUNKS]))
+                    counted.append(("fetch", "stored"))
+            for d in devices.values():
+                s.add(d)
+            s.commit()
+        for kind, outcome in counted:
+            self.metrics.messages.labels(kind, outcome).inc()
+        for (did, kind), seqs in acks.items():
+            out.append(Outgoing(str(Topic.for_device(Kind.ACK, did)), Ack(kind, tuple(sorted(set(seqs)))).to_bytes(),
+                                retain=False, qos=1, kind="ack"))
+        return out, touched
+
+    @staticmethod
+    def _existing(s: Session, table: type[TelemetryWindow] | type[ReportRecord],
+                  items: Sequence[Parsed]) -> set[tuple[str, int]]:
+        by_dev: dict[str, list[int]] = {}
+        for p in items:
+            by_dev.setdefault(p.device, []).append(p.message.seq)  # type: ignore[union-attr]
+        found: set[tuple[str, int]] = set()
+        for did, seqs in by_dev.items():
+            q = select(table.device, table.seq).where(table.device == did, col(table.seq).in_(seqs))
+            found.update((dv, sq) for dv, sq in s.exec(q).all())
+        return found
+
+    @staticmethod
+    def _apply_status(d: Device, m: Status, now: int) -> None:
+        d.online = m.online
+        d.last_seen = now
+        d.status_ts = max(d.status_ts, m.ts)
+        if m.agent_version:
+            d.agent_version = m.agent_version
+        if m.inventory:
+            d.inventory = m.inventory
+        if m.online or m.active is not None:
+            d.active_digest = m.active.digest if m.active else None
+            d.active_name = m.active.name if m.active else None
+            d.active_version = m.active.version if m.active else None
+            d.staged_digest = m.staged.digest if m.staged else None
+        d.state = m.state if m.online else "offline"
+        if m.desired_seq > d.reported_desired_seq:
+            d.reported_desired_seq = m.desired_seq
+
+    def _apply_telemetry(self, s: Session, d: Device, m: Telemetry, now: int) -> None:
+        c = {k: int(m.counts.get(k, 0)) for k in ("inferences", "errors", "tpu", "cpu", "cloud")}
+        s.add(TelemetryWindow(device=d.id, seq=m.seq, window_start=m.window_start, window_end=m.window_end,
+                              bundle=m.bundle, latency=m.latency, drift=m.drift, shadow=m.shadow,
+                              health=m.health, received=now, **c))
+        d.windows += 1
+        d.inferences += c["inferences"]
+        d.errors += c["errors"]
+        d.tpu += c["tpu"]
+        d.cpu += c["cpu"]
+        d.cloud += c["cloud"]
+        sketch = LatencySketch.from_dict(m.latency)
+        if m.bundle != d.latency_bundle or not d.latency:
+            d.latency_bundle = m.bundle
+            d.latency = sketch.to_dict()
+        else:
+            d.latency = LatencySketch.from_dict(d.latency).merge(sketch).to_dict()
+        for path in ("tpu", "cpu", "cloud"):
+            if c[path]:
+                self.metrics.inferences.labels(path).inc(c[path])
+        if c["errors"]:
+            self.metrics.device_errors.inc(c["errors"])

@@ -1,0 +1,178 @@
+"""Registry tables (SQLModel). Tables never go on the wire: the API maps them to its own
+response models and MQTT speaks :mod:`protocol` messages.
+
+Times are unix seconds (int) so SQLite and PostgreSQL agree without time-zone surprises.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Device(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=64)
+    online: bool = Field(default=False, index=True)
+    last_seen: int = Field(default=0, index=True)
+    status_ts: int = 0
+    agent_version: str = ""
+    inventory: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    active_digest: Optional[str] = Field(default=None, max_length=64, index=True)
+    active_name: Optional[str] = None
+    active_version: Optional[str] = None
+    staged_digest: Optional[str] = Field(default=None, max_length=64)
+    state: str = "idle"
+    reported_desired_seq: int = 0
+    desired_seq: int = 0            # highest seq the hub has issued to this device
+    desired_bundle: Optional[str] = Field(default=None, max_length=64)
+    desired_action: Optional[str] = None
+    group: str = Field(default="", index=True, max_length=64)
+    tags: list[str] = Field(default_factory=list, sa_type=JSON)
+    enrolled: bool = False
+    mqtt_username: Optional[str] = None
+    created: int = 0
+    # running telemetry totals, so the device list needs no join over windows
+    windows: int = 0
+    inferences: int = Field(default=0, sa_type=BigInteger)
+    errors: int = Field(default=0, sa_type=BigInteger)
+    tpu: int = Field(default=0, sa_type=BigInteger)
+    cpu: int = Field(default=0, sa_type=BigInteger)
+    cloud: int = Field(default=0, sa_type=BigInteger)
+    latency_bundle: Optional[str] = Field(default=None, max_length=64)
+    latency: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)  # merged sketch for latency_bundle
+
+
+class ModelName(SQLModel, table=True):
+    """One row per model name; bundles of the same name are its revisions."""
+
+    __tablename__ = "model"
+    name: str = Field(primary_key=True, max_length=128)
+    latest_revision: int = 0
+    created: int = 0
+
+
+class Bundle(SQLModel, table=True):
+    digest: str = Field(primary_key=True, max_length=64)
+    name: str = Field(index=True, max_length=128)
+    version: str = Field(max_length=64)
+    revision: int = 1               # hub-assigned: same name + new bytes = next revision
+    created: int = 0                # manifest's created
+    uploaded: int = 0
+    archive_sha256: str = Field(max_length=64, index=True)
+    size: int = Field(default=0, sa_type=BigInteger)
+    chunk_size: int = 65536
+    chunks: list[str] = Field(default_factory=list, sa_type=JSON)
+    requirements: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    model: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    artifacts: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    published: bool = False         # chunks published retained at least once
+
+
+class Build(SQLModel, table=True):
+    """What the compiler said about a bundle: eval report and model card."""
+
+    digest: str = Field(primary_key=True, max_length=64)
+    report: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    model_card: str = ""
+
+
+class Rollout(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=32)
+    bundle: str = Field(max_length=64, index=True)
+    target: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    policy: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    phase: str = Field(default="running", index=True)
+    cohort: int = 0
+    cohort_started: int = 0
+    reason: str = ""
+    created: int = 0
+    updated: int = 0
+    created_by: str = ""
+
+
+class RolloutDevice(SQLModel, table=True):
+    __tablename__ = "rollout_device"
+    rollout_id: str = Field(primary_key=True, max_length=32)
+    device_id: str = Field(primary_key=True, max_length=64)
+    cohort: int = 0
+    state: str = Field(default="pending", index=True)
+    attempts: int = 0
+    seq: int = 0                    # desired seq issued for this rollout
+    issued_at: int = 0
+    updated: int = 0
+    reason: str = ""
+    from_bundle: Optional[str] = Field(default=None, max_length=64)
+
+
+class TelemetryWindow(SQLModel, table=True):
+    __tablename__ = "telemetry_window"
+    __table_args__ = (UniqueConstraint("device", "seq", name="uq_telemetry_device_seq"),
+                      Index("ix_telemetry_device_end", "device", "window_end"))
+    id: Optional[int] = Field(default=None, primary_key=True)
+    device: str = Field(max_length=64)
+    seq: int = Field(sa_type=BigInteger)
+    window_start: int = 0
+    window_end: int = 0
+    bundle: Optional[str] = Field(default=None, max_length=64, index=True)
+    inferences: int = 0
+    errors: int = 0
+    tpu: int = 0
+    cpu: int = 0
+    cloud: int = 0
+    latency: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    drift: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    shadow: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON, nullable=True))
+    health: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    received: int = 0
+
+
+class ReportRecord(SQLModel, table=True):
+    __tablename__ = "report"
+    __table_args__ = (UniqueConstraint("device", "seq", name="uq_report_device_seq"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    device: str = Field(max_length=64, index=True)
+    seq: int = Field(sa_type=BigInteger)
+    ts: int = 0
+    stage: str = ""
+    status: str = ""
+    reason: str = ""
+    detail: str = ""
+    desired_seq: int = 0
+    bundle: Optional[str] = Field(default=None, max_length=64)
+    progress: Optional[float] = None
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    received: int = 0
+
+
+class Alert(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    kind: str = Field(index=True)     # drift | offline | latency_regression | rollout_gate
+    severity: str = "warn"            # warn | alert
+    device: Optional[str] = Field(default=None, max_length=64, index=True)
+    bundle: Optional[str] = Field(default=None, max_length=64)
+    rollout: Optional[str] = Field(default=None, max_length=32)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    message: str = ""
+    created: int = Field(default=0, index=True)
+    resolved: int = 0
+
+
+class AuditEntry(SQLModel, table=True):
+    __tablename__ = "audit"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    ts: int = Field(default=0, index=True)
+    actor: str = ""                   # role:token-prefix or "cli" / "hub"
+    action: str = ""
+    target: str = ""
+    detail: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class EnrollToken(SQLModel, table=True):
+    __tablename__ = "enroll_token"
+    token_hash: str = Field(primary_key=True, max_length=64)
+    device: str = Field(max_length=64, index=True)
+    created: int = 0
+    expires: int = 0
+    used: int = 0

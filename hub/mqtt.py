@@ -1,0 +1,136 @@
+"""The MQTT bridge: paho-mqtt 2.x (callback API v2, MQTT v5), network loop in paho's thread.
+
+``on_message`` never blocks: it only puts ``(topic, payload)`` on a bounded queue. One worker
+thread drains the queue in batches (up to ``batch_max`` messages or ``batch_wait`` seconds)
+and hands each batch to :class:`hub.ingest.Ingest`, which commits it in one transaction and
+returns the acks / chunk repairs to publish. If the queue is full the message is counted and
+dropped: agents resend telemetry and reports until acked, and status is retained.
+
+Reconnects: paho's own loop reconnects with backoff (1..30 s); on every (re)connect the bridge
+subscribes again and the retained status of every device is delivered anew.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import threading
+import time
+from typing import Callable, Sequence
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from protocol.topics import Kind, device_filter
+
+from .config import BrokerUrl
+from .metrics import HubMetrics
+from .transport import Outgoing
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTIONS = [device_filter(k) for k in (Kind.STATUS, Kind.REPORT, Kind.TELEMETRY, Kind.FETCH)]
+_STOP = ("", b"")
+
+
+class Bridge:
+    def __init__(self, broker: BrokerUrl, metrics: HubMetrics, batch_max: int = 500,
+                 batch_wait: float = 0.05, queue_max: int = 100_000, client_id: str | None = None,
+                 shared_group: str | None = None) -> None:
+        self.broker = broker
+        self.metrics = metrics
+        self.batch_max = batch_max
+        self.batch_wait = batch_wait
+        self.shared_group = shared_group
+        self.queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=queue_max)
+        self.handler: Callable[[Sequence[tuple[str, bytes]]], None] | None = None
+        self.connected = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=client_id or f"edgefleet-hub-{secrets.token_hex(4)}",
+                                  protocol=mqtt.MQTTv5)
+        if broker.username:
+            self.client.username_pw_set(broker.username, broker.password)
+        self.client.reconnect_delay_set(1, 30)
+        self.client.max_queued_messages_set(0)
+        self.client.max_inflight_messages_set(100)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    # ---- paho callbacks (network thread: no blocking) --------------------------------------
+    def _on_connect(self, client: mqtt.Client, _u: object, _flags: object, rc: ReasonCode,
+                    _props: Properties | None) -> None:
+        if rc.is_failure:
+            log.error("broker %s:%d refused the hub: %s", self.broker.host, self.broker.port, rc)
+            return
+        subs = [(f"$share/{self.shared_group}/{t}" if self.shared_group else t, 1) for t in SUBSCRIPTIONS]
+        client.subscribe(subs)
+        self.connected.set()
+        self.metrics.mqtt_connected.set(1)
+        log.info("connected to broker %s:%d", self.broker.host, self.broker.port)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: object, _flags: object, rc: ReasonCode,
+                       _props: Properties | None) -> None:
+        self.connected.clear()
+        self.metrics.mqtt_connected.set(0)
+        log.warning("disconnected from broker (%s); paho reconnects", rc)
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self.queue.put_nowait((msg.topic, bytes(msg.payload)))
+        except queue.Full:
+            self.metrics.queue_dropped.inc()
+
+    # ---- worker ----------------------------------------------------------------------------
+    def _drain(self) -> None:
+        assert self.handler is not None
+        while True:
+            first = self.queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self.batch_wait
+            stop = False
+            while len(batch) < self.batch_max:
+                left = deadline - time.monotonic()
+                try:
+                    item = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            self.metrics.queue_depth.set(self.queue.qsize())
+            try:
+                self.handler(batch)
+            except Exception:  # the worker must outlive any one bad batch
+                log.exception("ingest batch of %d failed", len(batch))
+            if stop:
+                return
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def start(self, handler: Callable[[Sequence[tuple[str, bytes]]], None]) -> None:
+        self.handler = handler
+        self._worker = threading.Thread(target=self._drain, name="hub-ingest", daemon=True)
+        self._worker.start()
+        self.client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.queue.put(_STOP)
+        if self._worker is not None:
+            self._worker.join(timeout=10)
+
+    def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Queue messages with paho (thread-safe); paho sends them once connected."""
+        for m in messages:
+            info = self.client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                log.error("publish to %s failed: %s", m.topic, mqtt.error_string(info.rc))

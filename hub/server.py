@@ -1,0 +1,72 @@
+"""Wire the running hub together: config -> engine, keys, store, bridge, fleet, app, ticker.
+
+``build`` is used by ``edgefleet-hub serve`` and by tests (with a MemoryPublisher instead of
+a broker). The ticker calls ``fleet.tick()`` every ``config.tick`` seconds (rollout timeouts,
+soak, offline detection).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+
+from .api import create_app
+from .config import HubConfig
+from .db import make_engine
+from .fleet import Fleet
+from .ingest import Ingest
+from .keys import HubKeys
+from .metrics import HubMetrics
+from .mqtt import Bridge
+from .store import BundleStore
+from .transport import MemoryPublisher, Publisher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Hub:
+    config: HubConfig
+    fleet: Fleet
+    ingest: Ingest
+    app: FastAPI
+    bridge: Bridge | None
+    _stop: threading.Event
+    _ticker: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.bridge is not None:
+            self.bridge.start(self.ingest.handle)
+        self._ticker = threading.Thread(target=self._tick_loop, name="hub-ticker", daemon=True)
+        self._ticker.start()
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.config.tick):
+            try:
+                self.fleet.tick()
+            except Exception:
+                log.exception("rollout tick failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.bridge is not None:
+            self.bridge.stop()
+        if self._ticker is not None:
+            self._ticker.join(timeout=10)
+
+
+def build(config: HubConfig, publisher: Publisher | None = None, with_broker: bool = True,
+          **engine_kwargs: Any) -> Hub:
+    keys = HubKeys.load(config.keys)
+    store = BundleStore(config.store, config.chunk_size)
+    metrics = HubMetrics()
+    engine = make_engine(config.db, **engine_kwargs)
+    bridge = Bridge(config.broker_url, metrics, config.batch_max, config.batch_wait) if with_broker else None
+    pub: Publisher = publisher or bridge or MemoryPublisher()
+    fleet = Fleet(config, engine, keys, store, pub, metrics)
+    app = create_app(fleet, bridge.connected if bridge else None)
+    return Hub(config, fleet, Ingest(fleet), app, bridge, threading.Event())

@@ -1,0 +1,33 @@
+"""Protocol messages a device would send, for hub tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protocol.messages import BundleInfo, Report, Status, Telemetry
+from protocol.sketch import LatencySketch
+
+
+def status(device: str, online: bool = True, board: str = "rpi4", active: tuple[str, str, str] | None = None,
+           ts: int = 1000, **inv: Any) -> bytes:
+    inventory = {"board": board, "edgetpu": False, **inv}
+    act = BundleInfo(*active) if active else None
+    return Status(device=device, online=online, ts=ts, agent_version="0.1.0", inventory=inventory,
+                  active=act, state="idle" if online else "offline").to_bytes()
+
+
+def telemetry(device: str, seq: int, bundle: str | None = None, latencies_s: tuple[float, ...] = (0.01,) * 10,
+              errors: int = 0, drift: dict[str, dict[str, list[int]]] | None = None, cloud: int = 0) -> bytes:
+    sk = LatencySketch()
+    for x in latencies_s:
+        sk.add(x)
+    n = len(latencies_s)
+    return Telemetry(device=device, seq=seq, window_start=seq * 10, window_end=seq * 10 + 10, bundle=bundle,
+                     counts={"inferences": n, "errors": errors, "tpu": 0, "cpu": n - cloud, "cloud": cloud},
+                     latency=sk.to_dict(), drift=drift or {}).to_bytes()
+
+
+def report(device: str, seq: int, desired_seq: int, stage: str = "commit", status: str = "ok",
+           reason: str = "ok", bundle: str | None = None) -> bytes:
+    return Report(device=device, seq=seq, ts=1000 + seq, stage=stage, status=status, reason=reason,
+                  desired_seq=desired_seq, bundle=bundle).to_bytes()

@@ -1,0 +1,246 @@
+"""REST API over a real SQLite file, with the MQTT side replaced by an in-memory publisher.
+
+Device traffic is fed through the same ingest entry point the MQTT bridge uses."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+from protocol.bundle import MANIFEST_FILE, ChunkPlan, pack_archive, read_archive, verify_manifest
+from protocol.messages import FetchRequest, parse_ack, verify_desired
+from protocol.signing import Envelope, SigningKey
+from hub.keys import HubKeys
+from hub.store import read_bundle_dir
+
+from .conftest import OPERATOR, TOKEN, VIEWER
+from .helpers import report, status, telemetry
+
+
+def archive_of(directory: Path) -> bytes:
+    env, arts = read_bundle_dir(directory)
+    return pack_archive(env, arts)
+
+
+def push(client, directory: Path) -> dict:
+    r = client.post("/api/v1/bundles", content=archive_of(directory),
+                    headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_pushed_bundle_is_signed_by_online_key_and_stored_content_addressed(client, memhub, bundle_dir, keys_dir):
+    hub, _ = memhub
+    out = push(client, bundle_dir())
+    assert set(out) >= {"digest", "name", "version", "archive_sha256", "size"}
+    root = HubKeys.load(keys_dir).root
+    folder = hub.config.store / "bundles" / out["digest"]
+    manifest, digest = verify_manifest((folder / MANIFEST_FILE).read_bytes(), root)
+    assert digest == out["digest"] and manifest.name == "digits"
+    archive = (hub.config.store / "archives" / f"{out['archive_sha256']}.efb").read_bytes()
+    assert len(archive) == out["size"]
+    got: dict[str, bytes] = {}
+    read_archive(io.BytesIO(archive), root, len(archive), lambda a, b: got.__setitem__(a.name, got.get(a.name, b"") + b))
+    assert got["labels.txt"] == b"zero\none\ntwo\n"
+    assert client.get(f"/api/v1/bundles/{out['digest']}/archive").content == archive
+    detail = client.get(f"/api/v1/bundles/{out['digest']}").json()
+    assert detail["report"] == {"accuracy": {"int8": 0.97}} and detail["model_card"].startswith("# digits")
+
+
+def test_repushing_same_bytes_is_a_no_op_and_new_bytes_are_a_new_revision(client, bundle_dir):
+    d = bundle_dir(model_bytes=b"\x01" * 2000)
+    a, b = push(client, d), push(client, d)
+    assert a == b
+    c = push(client, bundle_dir(model_bytes=b"\x02" * 2000))
+    assert c["digest"] != a["digest"] and (a["revision"], c["revision"]) == (1, 2)
+    page = client.get("/api/v1/bundles?limit=1").json()
+    assert page["total"] == 2 and len(page["items"]) == 1
+
+
+def test_tampered_artifact_is_rejected_with_hash_mismatch(client, bundle_dir):
+    d = bundle_dir()
+    env, arts = read_bundle_dir(d)
+    good = pack_archive(env, arts)
+    bad = bytearray(good)
+    bad[-100] ^= 0xFF  # inside the last artifact
+    r = client.post("/api/v1/bundles", content=bytes(bad), headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 400 and "hash_mismatch" in r.json()["error"]
+    r = client.post("/api/v1/bundles", content=b"not an archive")
+    assert r.status_code == 400 and "EFB1" in r.json()["error"]
+    assert client.get("/api/v1/bundles").json()["total"] == 0
+
+
+def test_tokens_are_required_and_roles_limit_what_callers_do(client, bundle_dir):
+    assert client.get("/api/v1/devices", headers={"Authorization": ""}).status_code == 401
+    assert client.get("/api/v1/devices", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.get("/api/v1/devices", headers={"Authorization": f"Bearer {VIEWER}"}).status_code == 200
+    r = client.post("/api/v1/bundles", content=archive_of(bundle_dir()),
+                    headers={"Authorization": f"Bearer {VIEWER}"})
+    assert r.status_code == 403 and "viewer" in r.json()["error"]
+    r = client.post("/api/v1/bundles", content=archive_of(bundle_dir()),
+                    headers={"Authorization": f"Bearer {OPERATOR}"})
+    assert r.status_code == 200
+
+
+def test_device_list_paginates_and_filters(client, memhub):
+    hub, _ = memhub
+    hub.ingest.handle([(f"ef/v1/dev/cam-{i}/status", status(f"cam-{i}", online=i % 2 == 0)) for i in range(5)]
+                      + [("ef/v1/dev/door-1/status", status("door-1"))])
+    page = client.get("/api/v1/devices?limit=2&offset=1").json()
+    assert page["total"] == 6 and [d["device_id"] for d in page["items"]] == ["cam-1", "cam-2"]
+    assert client.get("/api/v1/devices?online=false").json()["total"] == 2
+    assert [d["device_id"] for d in client.get("/api/v1/devices?q=door").json()["items"]] == ["door-1"]
+    assert client.get("/api/v1/devices?limit=0").status_code == 422
+    assert client.get("/api/v1/devices/nope").status_code == 404
+    assert client.get("/api/v1/devices/bad%20id").status_code == 400
+
+
+def test_rollout_to_all_sends_each_device_a_signed_desired_with_its_chunks(client, memhub, bundle_dir, keys_dir):
+    hub, pub = memhub
+    hub.ingest.handle([(f"ef/v1/dev/d{i}/status", status(f"d{i}")) for i in range(3)])
+    b = push(client, bundle_dir())
+    r = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True}})
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    root = HubKeys.load(keys_dir).root
+    now = int(time.time())
+    for i in range(3):
+        doc = pub.retained[f"ef/v1/dev/d{i}/desired"]
+        desired = verify_desired(doc, root, f"d{i}", 0, now)
+        assert desired.action == "install" and desired.bundle.digest == b["digest"] and desired.rollout == rid
+        assert desired.expires > now + 86400
+    plan = desired.bundle.archive
+    for i, h in enumerate(plan.chunks):
+        plan.check_chunk(i, pub.retained[f"ef/v1/bundle/{plan.sha256}/chunk/{i}"])
+    st = client.get(f"/api/v1/rollouts/{rid}").json()
+    assert st["counts"] == {"issued": 3} and st["phase"] == "running"
+
+    # a second rollout gets a higher seq for the same device (never a replay)
+    b2 = push(client, bundle_dir(version="1.0.1"))
+    client.post("/api/v1/rollouts", json={"bundle": b2["digest"], "target": {"devices": ["d0"]}})
+    d2 = verify_desired(pub.retained["ef/v1/dev/d0/desired"], root, "d0", desired.seq, now)
+    assert d2.seq > desired.seq and d2.bundle.digest == b2["digest"]
+    assert client.get(f"/api/v1/rollouts/{rid}").json()["counts"] == {"issued": 2, "cancelled": 1}
+
+
+def test_commit_report_and_failure_report_settle_rollout_rows(client, memhub, bundle_dir):
+    hub, pub = memhub
+    hub.ingest.handle([("ef/v1/dev/a/status", status("a")), ("ef/v1/dev/b/status", status("b"))])
+    b = push(client, bundle_dir())
+    rid = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True}}).json()["id"]
+    hub.ingest.handle([("ef/v1/dev/a/report", report("a", 1, 1, stage="download", status="progress")),
+                       ("ef/v1/dev/b/report", report("b", 1, 1, stage="selftest", status="failed",
+                                                     reason="selftest_failed"))])
+    st = client.get(f"/api/v1/rollouts/{rid}").json()
+    assert st["counts"] == {"installing": 1, "failed": 1}
+    assert "selftest_failed" in [d for d in st["devices"] if d["device_id"] == "b"][0]["reason"]
+    hub.ingest.handle([("ef/v1/dev/a/report", report("a", 2, 1, stage="commit", bundle=b["digest"]))])
+    st = client.get(f"/api/v1/rollouts/{rid}").json()
+    assert st["counts"] == {"installed": 1, "failed": 1}
+    hub.fleet.tick()
+    assert client.get(f"/api/v1/rollouts/{rid}").json()["phase"] == "completed"
+    acks = [parse_ack(m.payload) for m in pub.sent if m.topic == "ef/v1/dev/a/ack"]
+    assert [a.seqs for a in acks] == [(1,), (2,)] and acks[0].kind == "report"
+
+
+def test_incompatible_board_is_never_sent_the_bundle(client, memhub, bundle_dir):
+    from protocol.bundle import Requirements
+    hub, pub = memhub
+    hub.ingest.handle([("ef/v1/dev/pi/status", status("pi", board="rpi4")),
+                       ("ef/v1/dev/dev/status", status("dev", board="coral-devboard"))])
+    b = push(client, bundle_dir(requirements=Requirements(edgetpu="optional", boards=("coral-devboard",))))
+    rid = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True}}).json()["id"]
+    st = client.get(f"/api/v1/rollouts/{rid}").json()
+    states = {d["device_id"]: (d["state"], d["reason"]) for d in st["devices"]}
+    assert states["pi"][0] == "incompatible" and "wrong_hardware" in states["pi"][1]
+    assert states["dev"][0] == "issued"
+    assert "ef/v1/dev/pi/desired" not in pub.retained
+
+
+def test_device_that_appears_after_the_rollout_converges_to_its_target(client, memhub, bundle_dir, keys_dir):
+    hub, pub = memhub
+    hub.ingest.handle([("ef/v1/dev/early/status", status("early"))])
+    b = push(client, bundle_dir())
+    rid = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True}}).json()["id"]
+    hub.ingest.handle([("ef/v1/dev/early/report", report("early", 1, 1, bundle=b["digest"]))])
+    hub.fleet.tick()
+    assert client.get(f"/api/v1/rollouts/{rid}").json()["phase"] == "completed"
+    hub.ingest.handle([("ef/v1/dev/late/status", status("late"))])
+    desired = verify_desired(pub.retained["ef/v1/dev/late/desired"], HubKeys.load(keys_dir).root, "late", 0,
+                             int(time.time()))
+    assert desired.bundle.digest == b["digest"]
+    st = client.get(f"/api/v1/rollouts/{rid}").json()
+    assert st["counts"] == {"installed": 1, "issued": 1} and st["phase"] == "running"
+
+
+def test_telemetry_is_stored_once_acked_every_time_and_summarised(client, memhub, bundle_dir):
+    hub, pub = memhub
+    b = push(client, bundle_dir())
+    hub.ingest.handle([("ef/v1/dev/t/status", status("t", active=(b["digest"], b["name"], b["version"])))])
+    drift = {"inputs": {"brightness": [10, 10, 10, 170]}, "outputs": {"top1_class": [70, 70, 60]}}
+    msg = telemetry("t", 1, b["digest"], latencies_s=tuple([0.010] * 90 + [0.050] * 10) * 2, drift=drift)
+    hub.ingest.handle([("ef/v1/dev/t/telemetry", msg), ("ef/v1/dev/t/telemetry", msg)])
+    hub.ingest.handle([("ef/v1/dev/t/telemetry", msg)])
+    dev = client.get("/api/v1/devices/t").json()
+    assert dev["telemetry"]["inferences"] == 200 and dev["telemetry"]["windows"] == 1
+    assert 9 < dev["telemetry"]["p50_ms"] < 11 and 45 < dev["telemetry"]["p95_ms"] < 55
+    assert dev["recent"]["drift"]["inputs.brightness"]["status"] == "alert"
+    assert dev["recent"]["drift"]["outputs.top1_class"]["status"] == "ok"
+    acks = [parse_ack(m.payload).seqs for m in pub.sent if m.topic == "ef/v1/dev/t/ack"]
+    assert acks == [(1,), (1,)]
+    dup = hub.fleet.metrics.messages.labels("telemetry", "duplicate")._value.get()
+    assert dup == 2
+
+
+def test_malformed_and_mismatched_messages_are_counted_and_dropped(client, memhub):
+    hub, _ = memhub
+    m = hub.fleet.metrics.messages
+    hub.ingest.handle([("ef/v1/dev/x/telemetry", b"{not json"),
+                       ("ef/v1/dev/x/status", status("someone-else")),
+                       ("ef/v1/dev/x/report", json.dumps({"v": 1, "device": "x"}).encode()),
+                       ("ef/v1/dev/x/status", status("x"))])
+    assert m.labels("telemetry", "malformed")._value.get() == 1
+    assert m.labels("status", "malformed")._value.get() == 1
+    assert m.labels("report", "malformed")._value.get() == 1
+    assert [d["device_id"] for d in client.get("/api/v1/devices").json()["items"]] == ["x"]
+    text = client.get("/metrics").text
+    assert 'edgefleet_hub_messages_total{kind="telemetry",outcome="malformed"} 1.0' in text
+
+
+def test_fetch_request_republishes_exactly_the_missing_chunks(client, memhub, bundle_dir):
+    hub, pub = memhub
+    b = push(client, bundle_dir(model_bytes=bytes(range(256)) * 1000))  # > 3 chunks of 64 KiB
+    plan = ChunkPlan.of(client.get(f"/api/v1/bundles/{b['digest']}/archive").content, 64 * 1024)
+    assert len(plan.chunks) >= 4
+    req = FetchRequest("f", b["archive_sha256"], (1, 3, 999)).to_bytes()
+    hub.ingest.handle([("ef/v1/dev/f/fetch", req)])
+    sent = [m for m in pub.sent if m.kind == "chunk"]
+    assert [m.topic.rsplit("/", 1)[1] for m in sent] == ["1", "3"]
+    for m in sent:
+        plan.check_chunk(int(m.topic.rsplit("/", 1)[1]), m.payload)
+
+
+def test_healthz_metrics_and_the_device_page(client, memhub):
+    hub, _ = memhub
+    hub.ingest.handle([("ef/v1/dev/page-dev/status", status("page-dev"))])
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert "edgefleet_hub_devices" in client.get("/metrics").text
+    anon = client.get("/", headers={"Authorization": ""})
+    assert anon.status_code == 401 and "token" in anon.text
+    page = client.get("/")
+    assert page.status_code == 200 and 'data-device="page-dev"' in page.text
+
+
+def test_bad_rollout_requests_get_clear_4xx(client, bundle_dir):
+    r = client.post("/api/v1/rollouts", json={"bundle": "0" * 64, "target": {"all": True}})
+    assert r.status_code == 404 and "0000" in r.json()["error"]
+    r = client.post("/api/v1/rollouts", json={"bundle": "xyz", "target": {"all": True}})
+    assert r.status_code == 422 and "bundle" in r.json()["error"]
+    b = push(client, bundle_dir())
+    r = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True, "group": "g"}})
+    assert r.status_code == 400 and "exactly one" in r.json()["error"]
+    assert client.get("/api/v1/rollouts/nope").status_code == 404
+    rid = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"devices": []  or ["zz"]}}).json()["id"]
+    assert client.post(f"/api/v1/rollouts/{rid}/explode").status_code == 422
