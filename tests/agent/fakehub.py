@@ -1,0 +1,142 @@
+"""A small hub stand-in for agent tests: real paho client, real broker, protocol messages only.
+
+It publishes retained chunks and signed desired documents, re-publishes chunks the agent asks
+for, acks telemetry and reports (switchable), and records everything the agent sends.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+
+from protocol.bundle import ChunkPlan, digest_of, parse_manifest
+from protocol.messages import (Ack, BundleRef, Desired, Report, Status, Telemetry, parse_fetch,
+                               parse_report, parse_status, parse_telemetry)
+from protocol.signing import Envelope, SigningKey
+from protocol.topics import Kind, Topic, device_filter
+
+
+@dataclass
+class Published:
+    env: Envelope
+    archive: bytes
+    plan: ChunkPlan
+    ref: BundleRef
+
+
+@dataclass
+class FakeHub:
+    url: str
+    targets_key: SigningKey
+    chunk_size: int = 16 * 1024
+    auto_ack: bool = True
+    serve_fetch: bool = True
+    reports: list[Report] = field(default_factory=list)
+    telemetry: list[Telemetry] = field(default_factory=list)
+    status: dict[str, Status] = field(default_factory=dict)
+    fetches: list[Any] = field(default_factory=list)
+    chunks: dict[str, list[bytes]] = field(default_factory=dict)
+    seqs: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        host, port = self.url.removeprefix("mqtt://").split(":")
+        self._lock = threading.Lock()
+        self._c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fakehub-{id(self)}",
+                              protocol=mqtt.MQTTv5)
+        self._c.on_message = self._on_message
+        self._c.on_connect = self._on_connect
+        self._c.connect(host, int(port))
+        self._c.loop_start()
+        self.wait(lambda: self._c.is_connected(), 10, "fake hub connected")
+
+    def _on_connect(self, c: mqtt.Client, *a: Any) -> None:
+        for kind in (Kind.REPORT, Kind.TELEMETRY, Kind.STATUS, Kind.FETCH):
+            c.subscribe(device_filter(kind), qos=1)
+
+    def _on_message(self, c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        t = Topic.parse(msg.topic)
+        dev = t.device or ""
+        with self._lock:
+            if t.kind is Kind.REPORT:
+                r = parse_report(msg.payload)
+                self.reports.append(r)
+                if self.auto_ack:
+                    c.publish(str(Topic.for_device(Kind.ACK, dev)), Ack("report", (r.seq,)).to_bytes(), qos=1)
+            elif t.kind is Kind.TELEMETRY:
+                tm = parse_telemetry(msg.payload)
+                self.telemetry.append(tm)
+                if self.auto_ack:
+                    c.publish(str(Topic.for_device(Kind.ACK, dev)), Ack("telemetry", (tm.seq,)).to_bytes(), qos=1)
+            elif t.kind is Kind.STATUS and msg.payload:
+                self.status[dev] = parse_status(msg.payload)
+            elif t.kind is Kind.FETCH:
+                req = parse_fetch(msg.payload)
+                self.fetches.append(req)
+                if self.serve_fetch and req.archive in self.chunks:
+                    for i in req.missing:
+                        if i < len(self.chunks[req.archive]):
+                            c.publish(str(Topic.chunk(req.archive, i)), self.chunks[req.archive][i], qos=1, retain=True)
+
+    # publishing ---------------------------------------------------------------------------------
+    def publish_bundle(self, env: Envelope, archive: bytes, tamper: dict[int, bytes] | None = None,
+                       skip: set[int] | frozenset[int] = frozenset()) -> Published:
+        plan = ChunkPlan.of(archive, self.chunk_size)
+        parts = [archive[i:i + self.chunk_size] for i in range(0, len(archive), self.chunk_size)]
+        self.chunks[plan.sha256] = parts
+        infos = []
+        for i, data in enumerate(parts):
+            if i in skip:
+                continue
+            data = (tamper or {}).get(i, data)
+            infos.append(self._c.publish(str(Topic.chunk(plan.sha256, i)), data, qos=1, retain=True))
+        for info in infos:
+            info.wait_for_publish(10)
+        m = parse_manifest(env.payload)
+        ref = BundleRef(digest_of(env), m.name, m.version, plan, m.requirements)
+        return Published(env, archive, plan, ref)
+
+    def desire(self, device: str, pub: Published | None, *, seq: int | None = None, expires_in: int = 3600,
+               keys: list[SigningKey] | None = None, action: str = "install",
+               ref: BundleRef | None = None) -> Desired:
+        if seq is None:
+            seq = self.seqs.get(device, 0) + 1
+        self.seqs[device] = max(seq, self.seqs.get(device, 0))
+        now = int(time.time())
+        d = Desired(device, seq, now, now + expires_in, action, ref or (pub.ref if pub else None))
+        info = self._c.publish(str(Topic.for_device(Kind.DESIRED, device)),
+                               d.seal(keys if keys is not None else [self.targets_key]), qos=1, retain=True)
+        info.wait_for_publish(10)
+        return d
+
+    # waiting ------------------------------------------------------------------------------------
+    def wait(self, pred: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                got = pred()
+            if got:
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; reports: "
+                             + "; ".join(f"{r.stage}/{r.status}/{r.reason}" for r in self.reports[-15:]))
+
+    def report(self, device: str, stage: str, status: str, bundle: str | None = None,
+               timeout: float = 60) -> Report:
+        def find() -> Report | None:
+            for r in self.reports:
+                if r.device == device and r.stage == stage and r.status == status and (bundle is None or r.bundle == bundle):
+                    return r
+            return None
+        return self.wait(find, timeout, f"report {stage}/{status} from {device}")
+
+    def failures(self, device: str) -> list[Report]:
+        with self._lock:
+            return [r for r in self.reports if r.device == device and r.status == "failed"]
+
+    def close(self) -> None:
+        self._c.loop_stop()
+        self._c.disconnect()

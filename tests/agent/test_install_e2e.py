@@ -1,0 +1,49 @@
+"""Install over a real broker with real agent processes: the walking-skeleton path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from protocol.errors import Reason
+from protocol.signing import SigningKey
+
+from .bundles import coral_bundle
+
+pytestmark = pytest.mark.integration
+
+
+def test_signed_bundle_is_fetched_installed_and_serves_a_cat(tmp_path: Path, coral_models, trust, hub, make_agent):
+    env, arts, archive = trust.sign_dir(coral_bundle(tmp_path / "b1", coral_models))
+    pub = hub.publish_bundle(env, archive)
+    agent = make_agent("dev1").start()
+    hub.wait(lambda: "dev1" in hub.status and hub.status["dev1"].online, 30, "online status")
+    hub.desire("dev1", pub)
+    done = hub.report("dev1", "commit", "ok", pub.ref.digest)
+    assert done.desired_seq == 1
+    code, out = agent.predict_image((coral_models / "cat_720p.jpg").read_bytes())
+    assert code == 200, out
+    assert "cat" in out["top"][0]["label"]
+    assert out["served_by"] == "cpu" and out["bundle"]["digest"] == pub.ref.digest
+    st = hub.wait(lambda: hub.status["dev1"].active and hub.status["dev1"], 30, "status with active bundle")
+    assert st.active.digest == pub.ref.digest and st.inventory["edgetpu"] is False
+    tm = hub.wait(lambda: [t for t in hub.telemetry if t.counts.get("inferences")], 30, "telemetry with an inference")
+    assert tm[0].counts["cpu"] >= 1 and tm[0].latency["n"] >= 1 and tm[0].bundle == pub.ref.digest
+
+
+def test_bundle_signed_by_unknown_key_is_rejected_and_agent_keeps_serving(tmp_path: Path, coral_models, trust, hub, make_agent):
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "b1", coral_models))
+    good = hub.publish_bundle(env, archive)
+    agent = make_agent("dev1").start()
+    hub.desire("dev1", good)
+    hub.report("dev1", "commit", "ok", good.ref.digest)
+    rogue = SigningKey.generate()
+    env2, _, archive2 = trust.sign_dir(coral_bundle(tmp_path / "b2", coral_models, version="2"), keys=[rogue])
+    bad = hub.publish_bundle(env2, archive2)
+    hub.desire("dev1", bad, keys=[rogue])
+    rej = hub.report("dev1", "verify", "failed")
+    assert rej.reason == Reason.UNKNOWN_KEY.value
+    code, out = agent.predict_image((coral_models / "cat_720p.jpg").read_bytes())
+    assert code == 200 and out["bundle"]["digest"] == good.ref.digest
+    assert agent.proc.poll() is None
