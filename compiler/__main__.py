@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--scale", type=float, help="image preprocess: float = pixel*scale+offset "
                    "(used when x is uint8 pixels; default 1/255)")
     b.add_argument("--offset", type=float, default=0.0, help="image preprocess offset (default 0)")
+    b.add_argument("--image-size", metavar="HxW", help="resize image folders to HxW (default: the .keras input)")
+    b.add_argument("--channels", type=int, choices=(1, 3), help="image folders: 1 = grayscale, 3 = RGB")
     _common(b, name=None)
 
     i = sub.add_parser("inspect", help="print the report of a bundle directory")
@@ -91,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "digits":
             return _digits(args)
         if args.command == "build":
-            from .cli_build import run_build
+            from .commands import run_build
             return run_build(args)
         if args.command == "inspect":
             return _inspect(args)

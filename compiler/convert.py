@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import BadInput, ToolFailed
+from .errors import BadInput, NotEdgeTpuReady, ToolFailed
 
 STAGES = ("train", "load", "float", "int8", "onnx")
 Event = dict[str, Any]
@@ -40,6 +40,7 @@ class ConvertJob:
     model: Path | None = None    # .keras file or SavedModel directory
     train_digits: dict[str, Any] | None = None  # {"data": npz, "epochs": n, "seed": s}
     onnx: bool = True
+    target: str = "cpu"
 
     def to_json(self) -> str:
         doc = asdict(self)
@@ -101,6 +102,10 @@ def run(job: ConvertJob, timeout_s: float, on_event: Callable[[Event], None] | N
         if ev.get("event") == "error":
             if ev.get("kind") == "bad_input":
                 raise BadInput(ev.get("what", "model"), str(ev.get("problem")))
+            if ev.get("kind") == "dynamic":
+                if job.target == "edgetpu":
+                    raise NotEdgeTpuReady(ev.get("what", "model"), str(ev.get("problem")))
+                raise BadInput(ev.get("what", "model"), f"{ev.get('problem')}; fixed input shapes are required")
             raise ToolFailed(f"TensorFlow conversion ({ev.get('stage', '?')})", str(ev.get("problem")))
     result = next((ev for ev in events if ev.get("event") == "result"), None)
     if rc != 0 or result is None:
@@ -181,6 +186,11 @@ def _child(job: dict[str, Any]) -> int:
                     model = quantize.load_keras(model_path)
             except quantize.LoadError as exc:
                 _emit(event="error", kind="bad_input", what=str(model_path), problem=str(exc))
+                return 2
+            raw_shape = quantize.input_shape(model)
+            if any(d is None for d in raw_shape[1:]):
+                _emit(event="error", kind="dynamic", what=str(model_path),
+                      problem=f"input shape {raw_shape} has dynamic dimensions besides the batch")
                 return 2
             model, rewrapped = quantize.static_batch(model)
             in_shape = quantize.input_shape(model)

@@ -40,7 +40,7 @@ class BuildRequest:
     calibration: np.ndarray             # float model inputs (N, ...)
     validation_x: np.ndarray            # float model inputs (N, ...)
     validation_y: np.ndarray | None
-    labels: tuple[str, ...]
+    labels: tuple[str, ...] | None      # None: class ids "0".."K-1"
     preprocess: dict[str, Any]
     model: Path | None = None           # .keras or SavedModel dir
     train_digits: dict[str, Any] | None = None
@@ -94,14 +94,18 @@ def check_request(req: BuildRequest) -> None:
             raise BadInput("validation data", f"{len(req.validation_x)} samples but {len(y)} labels")
         if not np.issubdtype(y.dtype, np.integer):
             raise BadInput("validation data", f"y must be integer class ids, got dtype {y.dtype}")
-        bad = y[(y < 0) | (y >= len(req.labels))]
-        if len(bad):
-            raise BadInput("validation data", f"label {int(bad[0])} is out of range 0..{len(req.labels) - 1} "
-                           f"({len(req.labels)} labels)")
+        if req.labels is not None:
+            _check_y_range(y, len(req.labels), f"{len(req.labels)} labels")
     if req.io_type not in ("int8", "uint8"):
         raise BadInput("--io-type", f"must be int8 or uint8, got {req.io_type!r}")
     if req.target not in ("cpu", "edgetpu"):
         raise BadInput("--target", f"must be cpu or edgetpu, got {req.target!r}")
+
+
+def _check_y_range(y: np.ndarray, n: int, why: str) -> None:
+    bad = y[(y < 0) | (y >= n)]
+    if len(bad):
+        raise BadInput("validation data", f"label {int(bad[0])} is out of range 0..{n - 1} ({why})")
 
 
 def build(req: BuildRequest, cfg: CompilerConfig, progress: Progress | None = None) -> BuildResult:
@@ -116,7 +120,7 @@ def build(req: BuildRequest, cfg: CompilerConfig, progress: Progress | None = No
 def _convert(req: BuildRequest, cfg: CompilerConfig, work: Path, progress: Progress) -> convert.Converted:
     cal = convert.save_calibration(req.calibration, work / "calibration.npy")
     job = convert.ConvertJob(calibration=cal, out_dir=work / "convert", io_type=req.io_type,
-                             model=req.model, train_digits=req.train_digits)
+                             model=req.model, train_digits=req.train_digits, target=req.target)
 
     def on_event(ev: dict[str, Any]) -> None:
         if ev.get("event") != "stage":
@@ -153,8 +157,11 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
     f_scores = float_run.scores(x)
     q_scores = int8_run.scores(x)
     num_classes = int(np.prod(f_scores.shape[1:]))
-    if num_classes != len(req.labels):
-        raise BadInput("labels", f"{len(req.labels)} labels but the model has {num_classes} outputs")
+    labels = req.labels if req.labels is not None else tuple(str(i) for i in range(num_classes))
+    if num_classes != len(labels):
+        raise BadInput("labels", f"{len(labels)} labels but the model has {num_classes} outputs")
+    if y is not None:
+        _check_y_range(y, num_classes, f"the model has {num_classes} outputs")
     onnx_run = OnnxRunner(c.onnx) if c.onnx is not None else None
     o_scores = onnx_run.scores(x) if onnx_run is not None else None
     artifacts: dict[str, dict[str, Any]] = {}
@@ -193,7 +200,7 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
 
     report: dict[str, Any] = {
         "schema": SCHEMA, "name": req.name, "version": req.version, "task": "classification",
-        "num_classes": num_classes, "labels": list(req.labels), "target": req.target,
+        "num_classes": num_classes, "labels": list(labels), "target": req.target,
         "io_type": req.io_type, "description": req.description,
         "lineage": dict(req.lineage, **{f"tool:{k}": v for k, v in sorted(c.versions.items())},
                         **_runtime_versions()),
@@ -227,7 +234,7 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
               BundleFile("selftest.json", "selftest", _json(st)),
               BundleFile("report.json", "report", _json(report)),
               BundleFile("model_card.md", "model_card", model_card(report).encode()),
-              BundleFile("labels.txt", "labels", ("\n".join(req.labels) + "\n").encode())]
+              BundleFile("labels.txt", "labels", ("\n".join(labels) + "\n").encode())]
     spec = BundleSpec(req.name, req.version, cfg.created, model_doc,
                       Requirements(edgetpu=edgetpu_policy, min_edgetpu_runtime=min_rt))
     digest = write_bundle(req.out, spec, files, req.sign_key)

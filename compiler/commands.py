@@ -1,0 +1,67 @@
+"""Handlers of the ``build`` and ``import`` sub-commands: turn CLI arguments into a request,
+run it, print the table. Parsing lives in :mod:`compiler.__main__`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import dataset
+from .config import CompilerConfig
+from .errors import BadInput
+from .evaluate import GatePolicy
+
+
+def _image_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise BadInput("--image-size", f"expected HxW like 224x224, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise BadInput("--image-size", f"sizes must be >= 1, got {text!r}")
+    return h, w
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from .__main__ import load_sign_key, make_progress
+    from .pipeline import BuildRequest, build
+    from .table import print_summary
+
+    model: Path = args.model
+    if not model.exists():
+        raise BadInput(model, "model not found")
+    if model.is_dir() and not (model / "saved_model.pb").exists():
+        raise BadInput(model, "directory is not a SavedModel (no saved_model.pb)")
+    if model.is_file() and model.suffix != ".keras":
+        raise BadInput(model, f"expected a .keras file or a SavedModel directory, got {model.suffix or 'no suffix'!r}"
+                       " (use 'import' for .tflite files)")
+    from .bundle import refuse_existing
+    refuse_existing(args.out)
+    cfg = CompilerConfig.from_env()
+    key = load_sign_key(args.sign_key)
+    labels = dataset.read_labels(args.labels) if args.labels else None
+    spec = dataset.keras_input_spec(model)
+    hw = _image_size(args.image_size) or (spec[0] if spec else None)
+    channels = args.channels or (spec[1] if spec else None)
+    cal = dataset.load(args.calibration, "calibration data", False, args.scale, args.offset, hw, channels, labels)
+    val = dataset.load(args.validation, "validation data", True, args.scale, args.offset, hw, channels, labels)
+    if cal.preprocess != val.preprocess:
+        raise BadInput(args.validation, f"validation data is {val.preprocess.get('kind')} "
+                       f"{val.preprocess}, calibration is {cal.preprocess}; give both in the same form")
+    req = BuildRequest(
+        out=args.out, name=args.name or model.stem.replace(" ", "_") or "model", version=args.version,
+        calibration=cal.x, validation_x=val.x, validation_y=val.y, labels=labels,
+        preprocess=cal.preprocess, model=model, io_type=args.io_type, target=args.target,
+        policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop), sign_key=key,
+        lineage={"model": str(model.name), "model_sha256": dataset.sha256_path(model),
+                 "calibration_sha256": cal.sha256, "validation_sha256": val.sha256})
+    progress = make_progress(args.quiet)
+    try:
+        result = build(req, cfg, progress)
+    finally:
+        progress.close()
+    if not args.quiet:
+        print_summary(result.report, result.out, result.digest)
+    return 0

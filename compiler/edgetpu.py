@@ -1,0 +1,256 @@
+"""Stage 4: Coral's ``edgetpu_compiler``, when it is installed, and a typed report of what it did.
+
+``parse(stdout, log)`` turns the compiler's text (stdout, and the ``.log`` operator table) into
+a :class:`CompileReport`; :func:`run` calls the binary (``-s -o DIR [-m N] [-n N] -t T``) and
+checks its output; :func:`stage` is the pipeline step.
+
+Rules, from real outputs (``tests/compiler/data/edgetpu/README.md`` cites each):
+
+* exit status 0 does **not** mean fully mapped: ``ops_on_cpu`` comes from "Number of operations
+  that will run on CPU"; when those lines are absent after a success without the "not all
+  operations" paragraph, everything mapped (``ops_on_tpu = total``, flagged ``inferred``);
+* the counts may not add up to the total (seen in the wild); they are reported as printed;
+* a success needs "Model compiled successfully" (and, on v16, no timer expiry), an output file
+  that parses as TFLite and contains ``edgetpu-custom-op`` (a failed compile can leave a ~1 KB
+  stub), and at least one Edge TPU subgraph (``-m`` too low gives 0 and still "succeeds");
+* the minimum Edge TPU runtime is ``-m`` when given, else the compiler version's default
+  (16 -> 14, 15 -> 13, 14.1 -> 13, 2.1 -> 13, 2.0 -> 12, 1.0 -> 10).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInput, NotEdgeTpuReady
+
+MIN_OUTPUT_BYTES = 2048
+_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3}
+_RUNTIME_FOR = {"16.0": 14, "15.0": 13, "14.1": 13, "2.1": 13, "2.0": 12, "1.0": 10}
+_ROW = re.compile(r"^([A-Z][A-Z0-9_]*)\s+(\d+)\s{2,}(\S.*?)\s*$")
+_MEM = re.compile(r"^(On-chip memory used|On-chip memory remaining|On-chip memory available|Off-chip memory used)"
+                  r"[^:]*:\s*([\d.]+)\s*(B|KiB|MiB|GiB)\s*$")
+
+
+@dataclass(frozen=True)
+class OpRow:
+    op: str
+    count: int
+    status: str
+
+    @property
+    def mapped(self) -> bool:
+        return self.status == "Mapped to Edge TPU"
+
+
+@dataclass(frozen=True)
+class CompileReport:
+    version: str | None = None
+    compiled: bool = False             # "Model compiled successfully"
+    error: str | None = None           # first error line (internal error, parse failure, timeout)
+    input_model: str | None = None
+    output_model: str | None = None
+    input_bytes: int | None = None
+    output_bytes: int | None = None
+    on_chip_used: int | None = None
+    on_chip_remaining: int | None = None
+    off_chip_used: int | None = None
+    subgraphs: int | None = None
+    total_ops: int | None = None
+    ops_on_tpu: int | None = None
+    ops_on_cpu: int | None = None
+    counts_inferred: bool = False
+    rows: tuple[OpRow, ...] = ()
+    log_file: str | None = None
+    delegate_search: bool = False
+
+    @property
+    def fully_mapped(self) -> bool:
+        return self.compiled and self.error is None and bool(self.subgraphs) and self.ops_on_cpu == 0
+
+    @property
+    def min_runtime(self) -> int | None:
+        if self.version is None:
+            return None
+        major_minor = ".".join(self.version.split(".")[:2])
+        return _RUNTIME_FOR.get(major_minor)
+
+    def unmapped(self) -> list[OpRow]:
+        return [r for r in self.rows if not r.mapped]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["rows"] = [asdict(r) for r in self.rows]
+        d["fully_mapped"] = self.fully_mapped
+        return d
+
+
+def _bytes(value: str, unit: str) -> int:
+    return int(round(float(value) * _UNITS[unit]))
+
+
+def parse(stdout: str, log: str | None = None) -> CompileReport:
+    """Parse compiler stdout (and optionally its ``.log``). Never raises on odd text."""
+    f: dict[str, Any] = {}
+    rows: list[OpRow] = []
+    errors: list[str] = []
+    timer = completed_in_time = False
+    not_all = False
+    for text in (stdout, log or ""):
+        table_rows: list[OpRow] = []
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line:
+                continue
+            if m := re.match(r"^Edge TPU Compiler version (\S+)", line):
+                f.setdefault("version", m.group(1))
+            elif line.startswith("Model compiled successfully"):
+                f["compiled"] = True
+            elif line.startswith(("Internal compiler error", "ERROR:", "Invalid model", "Model could not be parsed",
+                                  "Compilation failed")):
+                errors.append(line)
+            elif line.startswith("Started a compilation timeout timer"):
+                timer = True
+            elif line.startswith("Compilation child process completed within timeout"):
+                completed_in_time = True
+            elif line.startswith(("Searching for valid delegate", "Try to compile segment")):
+                f["delegate_search"] = True
+            elif m := re.match(r"^Input model:\s*(.+)$", line):
+                f["input_model"] = m.group(1)
+            elif m := re.match(r"^Output model:\s*(.+)$", line):
+                f["output_model"] = m.group(1)
+            elif m := re.match(r"^Input size:\s*([\d.]+)\s*(B|KiB|MiB|GiB)$", line):
+                f["input_bytes"] = _bytes(m.group(1), m.group(2))
+            elif m := re.match(r"^Output size:\s*([\d.]+)\s*(B|KiB|MiB|GiB)$", line):
+                f["output_bytes"] = _bytes(m.group(1), m.group(2))
+            elif m := _MEM.match(line):
+                key = {"On-chip memory used": "on_chip_used", "On-chip memory remaining": "on_chip_remaining",
+                       "On-chip memory available": "on_chip_remaining",
+                       "Off-chip memory used": "off_chip_used"}[m.group(1)]
+                f[key] = _bytes(m.group(2), m.group(3))
+            elif m := re.match(r"^Number of Edge TPU subgraphs:\s*(\d+)$", line):
+                f["subgraphs"] = int(m.group(1))
+            elif m := re.match(r"^Total number of operations:\s*(\d+)$", line):
+                f["total_ops"] = int(m.group(1))
+            elif m := re.match(r"^Number of operations that will run on (Edge TPU|CPU):\s*(\d+)$", line):
+                f["ops_on_tpu" if m.group(1) == "Edge TPU" else "ops_on_cpu"] = int(m.group(2))
+            elif m := re.match(r"^Operation log:\s*(.+)$", line):
+                f["log_file"] = m.group(1)
+            elif line.startswith("Model successfully compiled but not all operations"):
+                not_all = True
+            elif line.startswith(("Operator ", "Input:", "Output:")):
+                continue
+            elif m := _ROW.match(line):
+                table_rows.append(OpRow(m.group(1), int(m.group(2)), m.group(3)))
+        if table_rows and not rows:  # stdout's -s table and the .log hold the same rows
+            rows = table_rows
+    if timer and not completed_in_time and not f.get("compiled") and not errors:
+        errors.append("compilation did not complete within its timeout")
+    if f.get("compiled") and "ops_on_tpu" not in f and "ops_on_cpu" not in f and not not_all \
+            and f.get("total_ops") is not None:
+        if rows and any(not r.mapped for r in rows):
+            f["ops_on_cpu"] = sum(r.count for r in rows if not r.mapped)
+            f["ops_on_tpu"] = f["total_ops"] - f["ops_on_cpu"]
+        else:
+            f["ops_on_tpu"], f["ops_on_cpu"] = f["total_ops"], 0
+        f["counts_inferred"] = True
+    if errors:
+        f["error"] = errors[0]
+    return CompileReport(rows=tuple(rows), **f)
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    report: CompileReport
+    returncode: int
+    output: bytes | None       # the *_edgetpu.tflite, when it is a real compiled model
+    problem: str | None        # why the output is not usable (None = usable)
+    command: tuple[str, ...]
+
+
+def run(compiler: str, model: bytes, timeout_s: float, min_runtime: int | None = None,
+        segments: int | None = None, stem: str = "model_int8") -> CompileResult:
+    """Run ``edgetpu_compiler`` on ``model`` in a scratch directory and check what it made."""
+    from .graph import read_graph
+
+    with tempfile.TemporaryDirectory(prefix="edgefleet-edgetpu-") as tmp_s:
+        tmp = Path(tmp_s)
+        src = tmp / f"{stem}.tflite"
+        src.write_bytes(model)
+        out_dir = tmp / "out"
+        out_dir.mkdir()
+        cmd = [compiler, "-s", "-o", str(out_dir), "-t", str(int(timeout_s))]
+        if min_runtime is not None:
+            cmd += ["-m", str(min_runtime)]
+        if segments is not None and segments > 1:
+            cmd += ["-n", str(segments)]
+        cmd.append(str(src))
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30, cwd=tmp)
+        except FileNotFoundError:
+            raise BadInput(compiler, "edgetpu_compiler not found or not executable") from None
+        except PermissionError:
+            raise BadInput(compiler, "edgetpu_compiler is not executable") from None
+        except subprocess.TimeoutExpired:
+            rep = CompileReport(error=f"edgetpu_compiler did not finish in {timeout_s + 30:g} s")
+            return CompileResult(rep, -1, None, rep.error, tuple(cmd))
+        log_path = out_dir / f"{stem}_edgetpu.log"
+        log = log_path.read_text(errors="replace") if log_path.exists() else None
+        report = parse(proc.stdout + "\n" + proc.stderr, log)
+        out_path = out_dir / f"{stem}_edgetpu.tflite"
+        output = out_path.read_bytes() if out_path.exists() else None
+    problem = None
+    if proc.returncode != 0:
+        problem = f"exit code {proc.returncode}" + (f": {report.error}" if report.error else "")
+    elif report.error:
+        problem = report.error
+    elif not report.compiled:
+        problem = "no 'Model compiled successfully' line in its output"
+    elif output is None:
+        problem = f"no {stem}_edgetpu.tflite was written"
+    elif len(output) < MIN_OUTPUT_BYTES:
+        problem = f"{stem}_edgetpu.tflite is a {len(output)}-byte stub"
+    elif not report.subgraphs:
+        problem = "0 Edge TPU subgraphs: nothing runs on the Edge TPU (is -m too low?)"
+    else:
+        try:
+            if not read_graph(output, f"{stem}_edgetpu.tflite").edgetpu_compiled:
+                problem = f"{stem}_edgetpu.tflite holds no edgetpu-custom-op (not a compiled model)"
+        except BadInput as exc:
+            problem = str(exc)
+    return CompileResult(report, proc.returncode, output if problem is None else None, problem, tuple(cmd))
+
+
+def stage(cfg: Any, graph: Any, int8: bytes, target: str,
+          min_runtime: int | None = None) -> tuple[dict[str, Any], list[Any], str, int | None]:
+    """Pipeline step: (report section, bundle files, requirements.edgetpu, min runtime)."""
+    from .bundle import BundleFile
+    from .precheck import predict
+
+    pre = predict(graph).to_dict()
+    assert cfg.edgetpu_compiler is not None
+    res = run(cfg.edgetpu_compiler, int8, cfg.edgetpu_timeout_s, min_runtime)
+    rep = res.report
+    doc: dict[str, Any] = {"compiled": res.problem is None, "compiler": rep.version,
+                           "command": list(res.command), "ops_on_tpu": rep.ops_on_tpu,
+                           "ops_on_cpu": rep.ops_on_cpu, "report": rep.to_dict(), "precheck": pre}
+    if res.problem is not None:
+        doc["note"] = f"edgetpu_compiler failed: {res.problem}; bundle carries the CPU int8 artifact only"
+        if target == "edgetpu":
+            raise NotEdgeTpuReady("model_int8.tflite", f"edgetpu_compiler failed: {res.problem}")
+        return doc, [], "optional", None
+    if not rep.fully_mapped:
+        msg = f"{rep.ops_on_cpu} of {rep.total_ops} ops stay on the CPU: " + ", ".join(
+            f"{r.op} x{r.count} ({r.status})" for r in rep.unmapped()[:5])
+        if target == "edgetpu":
+            raise NotEdgeTpuReady("model_int8.tflite", f"partial mapping, {msg}")
+        doc["note"] = f"partially mapped; {msg}"
+    else:
+        doc["note"] = f"all {rep.total_ops} ops on the Edge TPU ({rep.version})"
+    runtime = min_runtime if min_runtime is not None else rep.min_runtime
+    assert res.output is not None
+    return doc, [BundleFile("model_edgetpu.tflite", "tflite_edgetpu", res.output)], "optional", runtime
