@@ -190,6 +190,7 @@ def apply_report(s: Session, d: Device, rep: Report, now: int) -> None:
         row.reason = f"{rep.reason}: {rep.stage}: {rep.detail}"[:500]
     elif rep.status == "ok" and rep.stage in ("commit", "switch"):
         row.state = "installed" if row.state != "rolling_back" else "rolled_back"
+        row.reason = ""
     elif rep.status == "ok" and rep.stage == "rollback":
         row.state = "rolled_back"
     elif rep.status == "progress" or rep.status == "ok":
