@@ -32,8 +32,9 @@ class AgentProc:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, **env: str) -> "AgentProc":
-        full = dict(os.environ, **self.env, **env)
-        full.pop("EDGEFLEET_AGENT_CRASH_AT", None) if "EDGEFLEET_AGENT_CRASH_AT" not in env else None
+        full = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_AGENT_")}
+        full.update(self.env)
+        full.update(env)
         (self.state_dir / "http.port").unlink(missing_ok=True)
         with open(self.log, "ab") as logf:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(self.config)],

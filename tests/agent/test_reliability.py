@@ -1,0 +1,100 @@
+"""Never without a working model: bad bundles, crashes at every install stage, broker restarts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from protocol.errors import Reason
+
+from .bundles import BROKEN, MNV1, MNV2, coral_bundle
+
+pytestmark = pytest.mark.integration
+
+
+def _install_first(tmp_path: Path, coral_models, trust, hub, agent, version: str = "1"):
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / f"v{version}", coral_models, MNV1, version=version))
+    pub = hub.publish_bundle(env, archive)
+    hub.desire(agent.device, pub)
+    hub.report(agent.device, "commit", "ok", pub.ref.digest)
+    return pub
+
+
+def _active(agent) -> str | None:
+    doc = json.loads((agent.state_dir / "slots.json").read_text())
+    return doc["active"]["digest"] if doc.get("active") else None
+
+
+def _serves(agent, coral_models, digest: str) -> None:
+    code, out = agent.predict_image((coral_models / "cat_720p.jpg").read_bytes())
+    assert code == 200, out
+    assert out["bundle"]["digest"] == digest and "cat" in out["top"][0]["label"]
+
+
+def test_validly_signed_bundle_failing_its_selftest_is_rolled_back(tmp_path, coral_models, trust, hub, make_agent):
+    agent = make_agent().start()
+    good = _install_first(tmp_path, coral_models, trust, hub, agent)
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "broken", coral_models, BROKEN, name="broken", version="2"))
+    bad = hub.publish_bundle(env, archive)
+    hub.desire(agent.device, bad)
+    failed = hub.report(agent.device, "selftest", "failed", bad.ref.digest)
+    assert failed.reason == Reason.SELFTEST_FAILED.value and "fake-op-double" in failed.detail
+    rb = hub.report(agent.device, "rollback", "ok", bad.ref.digest)
+    assert good.ref.digest[:12] in rb.detail
+    assert _active(agent) == good.ref.digest
+    _serves(agent, coral_models, good.ref.digest)
+    assert not (agent.state_dir / "slots" / bad.ref.digest).exists()
+
+
+@pytest.mark.parametrize("stage", ["download", "verify", "stage", "switch", "commit"])
+def test_kill_at_install_stage_then_restart_leaves_a_working_model(stage, tmp_path, coral_models, trust, hub, make_agent):
+    agent = make_agent().start()
+    first = _install_first(tmp_path, coral_models, trust, hub, agent)
+    agent.stop()
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "v2", coral_models, MNV2, name="mnv2", version="2"))
+    second = hub.publish_bundle(env, archive)
+    hub.desire(agent.device, second)
+    agent.start(EDGEFLEET_AGENT_CRASH_AT=stage)
+    assert agent.wait_exit(120) == 137, agent.log_text()
+    # whatever the crash point, the slot record names a complete, verified bundle
+    assert _active(agent) in (first.ref.digest, second.ref.digest)
+    assert (agent.state_dir / "slots" / _active(agent) / "manifest.json").exists()
+    agent.start()
+    hub.wait(lambda: [r for r in hub.reports if r.stage == "commit" and r.status == "ok"
+                      and r.bundle == second.ref.digest], 120, f"commit of v2 after a crash at {stage}")
+    st = hub.wait(lambda: (s := hub.status.get(agent.device)) and s.active and s.active.digest == second.ref.digest
+                  and s.state == "serving" and s, 60, "status naming v2 as active")
+    assert st.online
+    assert _active(agent) == second.ref.digest
+    _serves(agent, coral_models, second.ref.digest)
+    assert not hub.failures(agent.device)
+
+
+def test_broker_restart_mid_transfer_resumes_from_the_bitmap(tmp_path, coral_models, trust, hub, mosquitto, make_agent):
+    agent = make_agent().start()
+    hub.wait(lambda: agent.device in hub.status, 30, "agent online")
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "v2", coral_models, MNV2, name="mnv2"))
+    n = -(-len(archive) // hub.chunk_size)
+    first_half = set(range(n // 2, n))
+    hub.serve_fetch = False
+    pub = hub.publish_bundle(env, archive, skip=first_half)  # only the first half is on the broker
+    hub.desire(agent.device, pub)
+    hub.wait(lambda: [f for f in hub.fetches if f.archive == pub.plan.sha256], 60, "a fetch request for the rest")
+    asked = [f for f in hub.fetches if f.archive == pub.plan.sha256][-1]
+    assert set(asked.missing) == first_half
+    hub.close()
+    mosquitto.stop()
+    mosquitto.start()
+    from .fakehub import FakeHub
+    hub2 = FakeHub(mosquitto.url, trust.targets_key)
+    try:
+        hub2.chunks[pub.plan.sha256] = [archive[i:i + hub.chunk_size] for i in range(0, len(archive), hub.chunk_size)]
+        hub2.wait(lambda: [f for f in hub2.fetches if f.archive == pub.plan.sha256], 60, "fetch after broker restart")
+        again = [f for f in hub2.fetches if f.archive == pub.plan.sha256][-1]
+        assert set(again.missing) == first_half  # nothing already held is asked for again
+        hub2.report(agent.device, "commit", "ok", pub.ref.digest, timeout=120)
+        _serves(agent, coral_models, pub.ref.digest)
+    finally:
+        hub2.close()
