@@ -1,0 +1,124 @@
+"""``edgefleet-cloud``: the cloud fallback service.
+
+    edgefleet-cloud serve --bundles DIR --root ROOT.json [--host 127.0.0.1 --port 8100]
+                          [--api-key NAME:SECRET ...] [--max-batch 32 --max-wait-ms 2 ...]
+
+Exit codes: 0 stopped cleanly; 2 bad usage or configuration (the message names the option);
+3 the trust root file is not a valid self-signed root, or has expired.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+
+from protocol.errors import ProtocolError
+from protocol.signing import Root, load_root_unverified
+
+from . import config as cfg
+from .errors import ConfigError
+
+EXIT_OK, EXIT_USAGE, EXIT_TRUST = 0, 2, 3
+log = logging.getLogger("cloud")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgefleet-cloud",
+        description="Serve verified edgefleet bundles (their ONNX twins) over HTTP.",
+        epilog="Exit codes: 0 clean stop, 2 bad usage/configuration, 3 bad or expired trust root.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the HTTP service",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Load every signed *.efb archive in --bundles that verifies "
+                                   "against --root, serve them, and pick up new ones as they appear.")
+    s.add_argument("--bundles", required=True, metavar="DIR",
+                   help="folder of signed bundle archives (*.efb), e.g. the hub's STORE/archives")
+    s.add_argument("--root", required=True, metavar="ROOT.json", help="pinned trust root (envelope JSON)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8100)
+    s.add_argument("--api-key", action="append", default=[], metavar="NAME:SECRET",
+                   help=f"accept this key (repeatable; also {cfg.ENV_API_KEYS}=k1,k2); none = no auth")
+    s.add_argument("--insecure-no-auth", action="store_true",
+                   help="allow serving without API keys on a non-loopback --host")
+    s.add_argument("--default-model", metavar="NAME", help="model used by POST /predict without ?model=")
+    s.add_argument("--poll", type=float, default=2.0, metavar="S",
+                   help="seconds between scans of --bundles for new versions (0: never)")
+    b = s.add_argument_group("micro-batching")
+    b.add_argument("--max-batch", type=int, default=32, help="samples per onnxruntime run")
+    b.add_argument("--max-wait-ms", type=float, default=2.0,
+                   help="how long the first queued sample waits for others")
+    b.add_argument("--max-queue", type=int, default=256, help="queued samples per model before 429")
+    b.add_argument("--queue-timeout", type=float, default=5.0, metavar="S",
+                   help="a sample queued longer than this is answered 503")
+    b.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="request body limit (413)")
+    o = s.add_argument_group("onnxruntime")
+    o.add_argument("--intra-threads", type=int, default=0, help="intra-op threads (0: one per core)")
+    o.add_argument("--inter-threads", type=int, default=1, help="inter-op threads")
+    o.add_argument("--spinning", action="store_true", help="let idle ORT threads spin (burns CPU)")
+    o.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"])
+    h = s.add_argument_group("hub registry (optional)")
+    h.add_argument("--hub", metavar="URL", help="also pull signed archives from this hub")
+    h.add_argument("--token", help=f"hub bearer token (or {cfg.ENV_HUB_TOKEN})")
+    h.add_argument("--hub-poll", type=float, default=30.0, metavar="S", help="seconds between hub polls")
+    s.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    s.add_argument("--log-level", default="INFO")
+    return p
+
+
+def load_root(path: str) -> Root:
+    with open(path, "rb") as f:
+        root = load_root_unverified(f.read())
+    if root.expires <= time.time():
+        raise ProtocolError(f"trust root v{root.version} expired at {root.expires}")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        config = cfg.build(
+            bundles=args.bundles, root=args.root, host=args.host, port=args.port,
+            api_keys=args.api_key, default_model=args.default_model, poll_s=args.poll,
+            max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+            queue_timeout_s=args.queue_timeout, intra_threads=args.intra_threads,
+            inter_threads=args.inter_threads, spinning=args.spinning,
+            optimization=args.graph_optimization, max_body_bytes=args.max_body_bytes,
+            hub=args.hub, token=args.token, hub_poll_s=args.hub_poll,
+            insecure_no_auth=args.insecure_no_auth, access_log=args.access_log,
+            log_level=args.log_level)
+    except ConfigError as exc:
+        print(f"edgefleet-cloud: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=config.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        root = load_root(str(config.root))
+    except (OSError, ProtocolError) as exc:
+        print(f"edgefleet-cloud: trust root {config.root}: {exc}", file=sys.stderr)
+        return EXIT_TRUST
+
+    import uvicorn
+
+    from .api import create_app
+
+    app = create_app(config, root)
+    log.info("edgefleet-cloud on http://%s:%d (bundles %s, root v%d, %s)", config.host, config.port,
+             config.bundles, root.version,
+             f"{len(config.api_keys)} API key(s)" if config.auth_required else "no API keys")
+    stopped: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # uvicorn shuts down gracefully on these, then re-raises them to the previous handler;
+        # ours records it so a clean stop exits 0 instead of dying by the signal.
+        signal.signal(sig, lambda signum, frame: stopped.append(signum))
+    uvicorn.run(app, host=config.host, port=config.port, log_config=None,
+                access_log=config.access_log, log_level=config.log_level.lower())
+    log.info("stopped%s", f" by signal {stopped[-1]}" if stopped else "")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""HTTP layer: routes, API keys, body limits, error -> status mapping. Nothing else decides here.
+
+Routes (see docs/cloud.md for examples):
+
+* ``POST /predict`` - the seed's contract: multipart ``file`` image -> ``{"predictions": [[...]],
+  "model": {"name", "version", "digest"}, "top": [{"index", "label", "score"}...]}``.
+  Serves ``?model=NAME`` or the default model (``--default-model``, or the only one loaded).
+* ``POST /v1/models/{name}/predict`` and ``POST /v1/models/{name}/versions/{version}/predict`` -
+  ``application/json`` ``{"inputs": nested list, batch first}`` or ``application/octet-stream``
+  raw little-endian bytes with ``X-Tensor-Shape: 1,8,8,1`` and optional ``X-Tensor-Dtype``.
+  JSON answers ``{"model", "outputs": {name: nested list}}``; with ``Accept:
+  application/octet-stream`` the first output comes back raw with the same two headers.
+* ``GET /v1/models``, ``GET /healthz`` (alive), ``GET /readyz`` (a model is loaded),
+  ``GET /metrics`` (Prometheus). Health, readiness and metrics need no key.
+
+Errors are ``{"detail": "<one line naming the thing and the problem>", "code": "<tag>"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, AsyncIterator
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, Header, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from protocol.signing import Root
+
+from .config import ApiKey, CloudConfig
+from .errors import (BadInput, CloudError, InferenceFailed, NotFound, Overloaded, TooLarge,
+                     Unavailable)
+from .folder import Folder
+from .metrics import Metrics
+from .models import Catalog, LoadOptions, ServedModel, describe
+from .tensors import image_tensor, tensor_from_bytes, tensor_from_json, tensor_to_bytes
+
+log = logging.getLogger(__name__)
+
+TOP_K = 5
+HUB_STARTUP_S = 10.0
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+class AuthError(CloudError):
+    code = "unauthorized"
+
+
+def status_of(exc: CloudError) -> int:
+    if isinstance(exc, TooLarge):
+        return 413
+    if isinstance(exc, BadInput):
+        return 400
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, AuthError):
+        return 401
+    if isinstance(exc, Overloaded):
+        return 429 if exc.queue_full else 503
+    if isinstance(exc, Unavailable):
+        return 503
+    if isinstance(exc, InferenceFailed):
+        return 500
+    return 500
+
+
+def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
+
+
+class Guard:
+    """Pure ASGI middleware: bounds request bodies (buffered, at most ``limit`` bytes) and
+    records latency per route and status. Runs before FastAPI parses anything."""
+
+    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics) -> None:
+        self.app = app
+        self.limit = limit
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                body = await self._read_body(scope, receive)
+                if body is None:
+                    status["code"] = 413
+                    resp = error_response(413, TooLarge.code, f"bad request body: larger than the "
+                                          f"limit of {self.limit} bytes")
+                    self.metrics.errors.labels(TooLarge.code).inc()
+                    await resp(scope, receive, send)
+                    return
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send_wrapped)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.request_seconds.labels(path, str(status["code"])).observe(
+                time.perf_counter() - start)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        for key, value in scope.get("headers", []):
+            if key == b"content-length":
+                try:
+                    if int(value) > self.limit:
+                        return None
+                except ValueError:
+                    pass
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+
+def _replay(body: bytes, downstream: Receive) -> Receive:
+    """Hand the buffered body to the app once, then pass through (for disconnect events)."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await downstream()
+
+    return receive
+
+
+class Service:
+    """What the routes need: config, catalog, folder, metrics. One per app."""
+
+    def __init__(self, config: CloudConfig, root: Root, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.catalog = Catalog(self.metrics)
+        self.folder = Folder(config.bundles, root, self.catalog,
+                             LoadOptions(config.session, config.batch), self.metrics)
+        self.ready = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.folder.sync()
+        if self.config.poll_s > 0:
+            self._tasks.append(asyncio.create_task(self.folder.watch(self.config.poll_s)))
+        if self.config.hub is not None:
+            from .hub import HubPuller
+            puller = HubPuller(self.config.hub, self.config.bundles, self.folder)
+            try:  # one pull before declaring ready, bounded so a dead hub cannot hold startup
+                await asyncio.wait_for(puller.poll(), HUB_STARTUP_S)
+            except asyncio.TimeoutError:
+                log.warning("hub %s: no answer within %ss at startup; serving the folder",
+                            self.config.hub.url, HUB_STARTUP_S)
+            self._tasks.append(asyncio.create_task(puller.run()))
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        await asyncio.to_thread(self.catalog.close)
+
+    def model_for_predict(self, name: str | None) -> ServedModel:
+        if name:
+            return self.catalog.get(name)
+        if self.config.default_model:
+            return self.catalog.get(self.config.default_model)
+        names = self.catalog.names()
+        if not names:
+            raise Unavailable("no model is loaded yet")
+        if len(names) > 1:
+            raise BadInput("model", f"several models are served ({', '.join(names)}); pass ?model=NAME")
+        return self.catalog.default(names[0])
+
+    def authenticate(self, presented: str | None) -> ApiKey | None:
+        if not self.config.auth_required:
+            return None
+        if not presented:
+            raise AuthError("missing API key: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'")
+        for key in self.config.api_keys:
+            if hmac.compare_digest(key.secret.encode(), presented.encode()):
+                self.metrics.requests_by_key.labels(key.name).inc()
+                return key
+        raise AuthError("API key not recognised")
+
+
+async def require_key(request: Request, x_api_key: Annotated[str | None, Header()] = None,
+                      authorization: Annotated[str | None, Header()] = None) -> ApiKey | None:
+    presented = x_api_key
+    if presented is None and authorization and authorization.lower().startswith("bearer "):
+        presented = authorization[7:].strip()
+    service: Service = request.app.state.service
+    return service.authenticate(presented)
+
+
+Key = Annotated[ApiKey | None, Depends(require_key)]
+
+
+def _result(model: ServedModel, outputs: list[np.ndarray]) -> dict[str, Any]:
+    return {"model": model.spec.ref,
+            "outputs": {name: out.tolist() for name, out in zip(model.spec.outputs, outputs)}}
+
+
+def _top(model: ServedModel, scores: np.ndarray, k: int = TOP_K) -> list[dict[str, Any]]:
+    row = scores.reshape(scores.shape[0], -1)[0]
+    labels = model.spec.labels
+    idx = np.argsort(-row, kind="stable")[:k]
+    return [{"index": int(i), "label": labels[i] if i < len(labels) else str(int(i)),
+             "score": float(row[i])} for i in idx]
+
+
+def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) -> FastAPI:
+    service = Service(config, root, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        log.info("ready: %d model version(s) from %s", len(service.catalog), config.bundles)
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="edgefleet cloud fallback", version="1", lifespan=lifespan,
+                  description="Serves the ONNX twins of verified edgefleet bundles.")
+    app.state.service = service
+    app.add_middleware(Guard, limit=config.limits.max_body_bytes, metrics=service.metrics)
+
+    @app.exception_handler(CloudError)
+    async def on_cloud_error(request: Request, exc: CloudError) -> JSONResponse:
+        status = status_of(exc)
+        service.metrics.errors.labels(exc.code).inc()
+        headers: dict[str, str] = {}
+        if isinstance(exc, Overloaded):
+            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        if isinstance(exc, AuthError):
+            headers["WWW-Authenticate"] = "Bearer"
+        if status >= 500:
+            log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc)
+        return error_response(status, exc.code, str(exc), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        service.metrics.errors.labels(BadInput.code).inc()
+        parts = []
+        for err in exc.errors()[:3]:
+            loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "request"
+            parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+        detail = "bad request: " + "; ".join(parts)
+        if request.url.path == "/predict":
+            detail += " (send multipart/form-data with the image in field 'file')"
+        return error_response(400, BadInput.code, detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        service.metrics.errors.labels(f"http_{exc.status_code}").inc()
+        return error_response(exc.status_code, f"http_{exc.status_code}",
+                              f"{request.method} {request.url.path}: {exc.detail}")
+
+    @app.post("/predict", summary="Seed-compatible image prediction")
+    async def predict(file: Annotated[UploadFile, File()], _key: Key,
+                      model: str | None = None) -> JSONResponse:
+        served = service.model_for_predict(model)
+        spec = served.spec
+        if spec.image is None:
+            raise BadInput("model", f"{spec.name} takes tensors, not images; use /v1/models/{spec.name}/predict")
+        data = await file.read()
+        x = image_tensor(data, spec.image, spec.input.dtype, config.limits.max_image_pixels)
+        outputs = await served.predict(x)
+        scores = outputs[0]
+        return JSONResponse({"predictions": scores.tolist(), "model": spec.ref,
+                             "top": _top(served, scores)})
+
+    async def tensor_predict(served: ServedModel, request: Request) -> Response:
+        spec = served.spec
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body = await request.body()
+        max_rows = config.limits.max_batch_rows
+        if ctype == "application/json":
+            x = tensor_from_json(body, spec.input, max_rows)
+        elif ctype == "application/octet-stream":
+            x = tensor_from_bytes(body, request.headers.get("x-tensor-shape"),
+                                  request.headers.get("x-tensor-dtype"), spec.input, max_rows)
+        else:
+            service.metrics.errors.labels("unsupported_media_type").inc()
+            return error_response(415, "unsupported_media_type",
+                                  f"bad Content-Type {ctype or '(none)'!r}: send application/json "
+                                  "or application/octet-stream")
+        outputs = await served.predict(x)
+        if "application/octet-stream" in request.headers.get("accept", ""):
+            data, shape, dtype = tensor_to_bytes(outputs[0])
+            return Response(data, media_type="application/octet-stream", headers={
+                "X-Tensor-Shape": shape, "X-Tensor-Dtype": dtype, "X-Model-Name": spec.name,
+                "X-Model-Version": spec.version, "X-Model-Digest": spec.digest})
+        return JSONResponse(_result(served, outputs))
+
+    @app.post("/v1/models/{name}/predict", summary="Tensor prediction, default version")
+    async def predict_tensor(name: str, request: Request, _key: Key) -> Response:
+        return await tensor_predict(service.catalog.get(name), request)
+
+    @app.post("/v1/models/{name}/versions/{version}/predict", summary="Tensor prediction, one version")
+    async def predict_tensor_version(name: str, version: str, request: Request, _key: Key) -> Response:
+        return await tensor_predict(service.catalog.get(name, version), request)
+
+    @app.post("/v1/models/{name}/versions/{version}/predict/image",
+              summary="Image prediction on one version")
+    async def predict_image_version(name: str, version: str, file: Annotated[UploadFile, File()],
+                                    _key: Key) -> JSONResponse:
+        served = service.catalog.get(name, version)
+        spec = served.spec
+        if spec.image is None:
+            raise BadInput("model", f"{spec.name} {spec.version} takes tensors, not images")
+        x = image_tensor(await file.read(), spec.image, spec.input.dtype, config.limits.max_image_pixels)
+        outputs = await served.predict(x)
+        return JSONResponse({"predictions": outputs[0].tolist(), "model": spec.ref,
+                             "top": _top(served, outputs[0])})
+
+    @app.get("/v1/models", summary="Served models and versions")
+    async def list_models(_key: Key) -> dict[str, Any]:
+        cat = service.catalog
+        defaults = {n: cat.default(n).spec.digest for n in cat.names()}
+        return {"models": [describe(m, defaults[m.spec.name] == m.spec.digest) for m in cat.models()],
+                "refused": [{"source": r.source, "reason": r.reason, "detail": r.detail}
+                            for r in service.folder.refusals.values()]}
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: at least one verified model is loaded")
+    async def readyz() -> JSONResponse:
+        n = len(service.catalog)
+        if service.ready and n:
+            return JSONResponse({"status": "ready", "models": n})
+        return error_response(503, Unavailable.code,
+                              "not ready: " + ("no verified model loaded" if service.ready else "starting"))
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics_route() -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

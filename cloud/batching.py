@@ -1,0 +1,212 @@
+"""Dynamic micro-batching: many concurrent requests, one ``session.run`` per batch.
+
+Rules (the worker thread applies them; :func:`take` is the pure part):
+
+* a request carries ``rows`` samples of one sample shape; requests queue in arrival order;
+* the queue holds at most ``max_queue`` samples; a request that would overflow it is refused at
+  once with :class:`Overloaded` (429: come back later) - never queued unboundedly;
+* when the worker is free it takes the first request, then waits until ``max_batch`` samples are
+  queued or ``max_wait_s`` has passed since the first one arrived, whichever comes first;
+* it then runs the longest prefix of the queue with the same sample shape whose rows fit in
+  ``max_batch`` (a single request larger than ``max_batch`` runs alone);
+* a request that waited more than ``queue_timeout_s`` is answered with :class:`Overloaded`
+  (503: the service is behind) instead of being run late; a cancelled request is skipped;
+* models with a static batch dimension of 1 are run one sample at a time (``batchable=False``);
+* if a batch fails, each request in it is re-run alone so one bad input fails only itself;
+* :meth:`Batcher.close` stops new submissions; the worker finishes everything queued, then
+  exits - that is how a replaced model version drains without dropping requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .config import BatchPolicy
+from .errors import CloudError, Overloaded, Unavailable
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[[np.ndarray], list[np.ndarray]]
+BatchHook = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class Pending:
+    """What :func:`take` needs to know about a queued request."""
+
+    rows: int
+    shape: tuple[int, ...]
+
+
+def take(queue: Sequence[Pending], max_batch: int, batchable: bool) -> int:
+    """How many requests from the head of ``queue`` to run in one batch (>= 1 if non-empty)."""
+    if not queue:
+        return 0
+    if not batchable:
+        return 1
+    first = queue[0]
+    rows = first.rows
+    count = 1
+    for p in queue[1:]:
+        if p.shape != first.shape or rows + p.rows > max_batch:
+            break
+        rows += p.rows
+        count += 1
+    return count
+
+
+@dataclass
+class _Item:
+    x: np.ndarray
+    future: asyncio.Future[list[np.ndarray]]
+    loop: asyncio.AbstractEventLoop
+    enqueued: float
+
+    @property
+    def pending(self) -> Pending:
+        return Pending(int(self.x.shape[0]), tuple(self.x.shape[1:]))
+
+
+def _resolve(fut: asyncio.Future[list[np.ndarray]], result: list[np.ndarray] | None,
+             exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)  # type: ignore[arg-type]
+
+
+class Batcher:
+    """One worker thread per served model version. Thread-safe ``submit`` from any event loop."""
+
+    def __init__(self, name: str, run: Runner, policy: BatchPolicy, batchable: bool = True,
+                 on_batch: BatchHook | None = None, fail: Callable[[Exception], CloudError] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self._run = run
+        self.policy = policy
+        self.batchable = batchable
+        self._on_batch = on_batch
+        self._fail = fail
+        self._clock = clock
+        self._queue: deque[_Item] = deque()
+        self._rows = 0
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Samples waiting (not counting the batch being run)."""
+        return self._rows
+
+    async def submit(self, x: np.ndarray) -> list[np.ndarray]:
+        """Queue ``x`` (shape ``(rows, *sample)``) and wait for its outputs (rows first)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[np.ndarray]] = loop.create_future()
+        rows = int(x.shape[0])
+        with self._cond:
+            if self._closed:
+                raise Unavailable(f"model {self.name} is being unloaded; retry")
+            if self._rows + rows > self.policy.max_queue:
+                raise Overloaded(f"model {self.name}: queue full ({self._rows} of "
+                                 f"{self.policy.max_queue} samples waiting)", retry_after=1.0)
+            self._queue.append(_Item(x, fut, loop, self._clock()))
+            self._rows += rows
+            self._cond.notify()
+        return await fut
+
+    def close(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Refuse new work, let the worker finish what is queued, then stop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if wait:
+            self._thread.join(timeout)
+
+    # -- worker thread -------------------------------------------------------------------
+    def _next_batch(self) -> list[_Item] | None:
+        p = self.policy
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            deadline = self._queue[0].enqueued + p.max_wait_s
+            while self.batchable and self._rows < p.max_batch and not self._closed:
+                left = deadline - self._clock()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            now = self._clock()
+            expired: list[_Item] = []
+            while self._queue and (now - self._queue[0].enqueued > p.queue_timeout_s
+                                   or self._queue[0].future.cancelled()):
+                item = self._queue.popleft()
+                self._rows -= item.pending.rows
+                expired.append(item)
+            n = take([i.pending for i in self._queue], p.max_batch, self.batchable)
+            batch = [self._queue.popleft() for _ in range(n)]
+            self._rows -= sum(i.pending.rows for i in batch)
+        for item in expired:
+            if not item.future.cancelled():
+                waited = now - item.enqueued
+                self._answer(item, None, Overloaded(
+                    f"model {self.name}: request waited {waited:.2f}s in the queue "
+                    f"(limit {p.queue_timeout_s}s)", retry_after=1.0, queue_full=False))
+        return batch
+
+    def _answer(self, item: _Item, result: list[np.ndarray] | None, exc: BaseException | None) -> None:
+        try:
+            item.loop.call_soon_threadsafe(_resolve, item.future, result, exc)
+        except RuntimeError:
+            pass  # the caller's event loop is gone: nobody is waiting for this answer
+
+    def _run_items(self, items: list[_Item]) -> None:
+        x = items[0].x if len(items) == 1 else np.concatenate([i.x for i in items])
+        start = self._clock()
+        outputs = self._run(x)
+        if self._on_batch is not None:
+            self._on_batch(int(x.shape[0]), self._clock() - start)
+        at = 0
+        for item in items:
+            rows = item.pending.rows
+            self._answer(item, [o[at:at + rows] for o in outputs], None)
+            at += rows
+
+    def _work(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            try:
+                self._run_items(batch)
+            except Exception as exc:  # noqa: BLE001 - a model error must not kill the worker
+                if len(batch) > 1:
+                    for item in batch:   # isolate the request that broke the batch
+                        try:
+                            self._run_items([item])
+                        except Exception as one:  # noqa: BLE001
+                            self._answer(item, None, self._error(one))
+                else:
+                    self._answer(batch[0], None, self._error(exc))
+
+    def _error(self, exc: Exception) -> BaseException:
+        if isinstance(exc, CloudError):
+            return exc
+        if self._fail is not None:
+            return self._fail(exc)
+        log.exception("model %s failed", self.name)
+        return exc

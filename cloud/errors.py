@@ -1,0 +1,79 @@
+"""The cloud service's few error types. Each message names the bad thing and the problem.
+
+HTTP status codes are chosen in :mod:`cloud.api` only; here errors say *what* went wrong.
+"""
+
+from __future__ import annotations
+
+
+class CloudError(Exception):
+    """Base of every error raised by :mod:`cloud`. ``code`` is a stable machine-readable tag."""
+
+    code = "internal"
+
+
+class BadInput(CloudError):
+    """A request carried something we cannot serve: not an image, wrong shape or dtype..."""
+
+    code = "bad_input"
+
+    def __init__(self, what: str, problem: str) -> None:
+        self.what = what
+        self.problem = problem
+        super().__init__(f"bad {what}: {problem}")
+
+
+class TooLarge(BadInput):
+    """A body, image or tensor bigger than the configured limit."""
+
+    code = "too_large"
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(what, f"{size} exceeds the limit of {limit}")
+
+
+class NotFound(CloudError):
+    """An unknown model name or version."""
+
+    code = "not_found"
+
+
+class Overloaded(CloudError):
+    """The batch queue is full (``retry_after`` seconds is a hint) or a request waited too long."""
+
+    code = "overloaded"
+
+    def __init__(self, problem: str, retry_after: float = 1.0, queue_full: bool = True) -> None:
+        self.retry_after = retry_after
+        self.queue_full = queue_full
+        super().__init__(problem)
+
+
+class Unavailable(CloudError):
+    """Nothing to serve (no model loaded yet) or the model is being unloaded."""
+
+    code = "unavailable"
+
+
+class BundleRefused(CloudError):
+    """A bundle archive that will not be served; ``reason`` is a protocol reason code value."""
+
+    code = "bundle_refused"
+
+    def __init__(self, source: str, reason: str, detail: str) -> None:
+        self.source = source
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{source}: refused ({reason}): {detail}")
+
+
+class ConfigError(CloudError):
+    """A bad command-line option or environment variable, named with its value."""
+
+    code = "config"
+
+
+class InferenceFailed(CloudError):
+    """onnxruntime failed on an input that passed validation (a model defect, not the client's)."""
+
+    code = "inference_failed"

@@ -1,0 +1,225 @@
+"""Served models: an onnxruntime session + its spec + its batcher, and the catalog of them.
+
+Catalog rules (mutated only from the event loop; read from request handlers):
+
+* a model version is keyed by bundle digest; the same digest twice is served once;
+* a second bundle with the same name *and* version but another digest is refused (two different
+  models must not answer to one name);
+* several versions of one name are served side by side; the **default** version of a name (what
+  ``/predict`` and ``/v1/models/{name}/predict`` use) is the newest by manifest ``created``,
+  then by load order;
+* removing a version closes its batcher, which drains what is queued before stopping.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+from protocol.errors import Reason
+
+from .batching import Batcher
+from .bundles import VerifiedBundle
+from .config import BatchPolicy, SessionTuning
+from .errors import BadInput, BundleRefused, CloudError, InferenceFailed, NotFound
+from .metrics import Metrics
+from .spec import ModelSpec, model_spec
+
+log = logging.getLogger(__name__)
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def session_options(t: SessionTuning) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = _OPT_LEVELS[t.optimization]
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = t.intra_threads
+    so.inter_op_num_threads = t.inter_threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if t.spinning else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if t.spinning else "0")
+    so.log_severity_level = 3  # errors only: ORT's warnings go to stderr, not our logs
+    return so
+
+
+def _ort_error(exc: Exception) -> CloudError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, ort_state.InvalidArgument):
+        return BadInput("input", f"the model rejected it: {first[:300]}")
+    log.error("onnxruntime failed: %s", first)
+    return InferenceFailed(f"inference failed: {first[:300]}")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    tuning: SessionTuning = SessionTuning()
+    policy: BatchPolicy = BatchPolicy()
+
+
+class ServedModel:
+    def __init__(self, spec: ModelSpec, session: ort.InferenceSession, policy: BatchPolicy,
+                 metrics: Metrics | None = None) -> None:
+        self.spec = spec
+        self.session = session
+        self._input = spec.input.name
+        self._metrics = metrics
+        hook = None
+        if metrics is not None:
+            sizes = metrics.batch_size.labels(spec.name)
+            secs = metrics.batch_seconds.labels(spec.name)
+
+            def hook(rows: int, seconds: float) -> None:
+                sizes.observe(rows)
+                secs.observe(seconds)
+
+        self.batcher = Batcher(f"{spec.name}@{spec.version}", self._run, policy,
+                               batchable=spec.input.batchable, on_batch=hook, fail=_ort_error)
+        if metrics is not None:
+            metrics.track_queue(spec.name, spec.version, lambda: float(self.batcher.depth))
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        if self.spec.input.batch == 1 and x.shape[0] > 1:  # static batch of 1: one row per run
+            runs = [self.session.run(None, {self._input: x[i:i + 1]}) for i in range(x.shape[0])]
+            return [np.concatenate(parts) for parts in zip(*runs)]
+        return list(self.session.run(None, {self._input: x}))
+
+    async def predict(self, x: np.ndarray) -> list[np.ndarray]:
+        outputs = await self.batcher.submit(x)
+        if self._metrics is not None:
+            self._metrics.predictions.labels(self.spec.name, self.spec.version).inc(int(x.shape[0]))
+        return outputs
+
+    def close(self) -> None:
+        self.batcher.close(wait=True, timeout=30)
+        if self._metrics is not None:
+            self._metrics.forget_model(self.spec.name, self.spec.version)
+
+
+def _warmup_input(spec: ModelSpec) -> np.ndarray:
+    batch = spec.input.batch or 1
+    dims = [d if d is not None else 1 for d in spec.input.sample]
+    if spec.image is not None:
+        dims = list(spec.image.sample_shape)
+    return np.zeros([batch, *dims], dtype=spec.input.dtype)
+
+
+def load_model(bundle: VerifiedBundle, opts: LoadOptions, metrics: Metrics | None = None) -> ServedModel:
+    """Open the bundle's ONNX twin, derive its spec, run one warm-up inference; or BundleRefused."""
+    src = bundle.source
+    try:
+        session = ort.InferenceSession(bundle.onnx, sess_options=session_options(opts.tuning),
+                                       providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises many unrelated types
+        raise BundleRefused(src, Reason.UNSUPPORTED_RUNTIME.value,
+                            f"onnxruntime cannot load the ONNX artifact: {str(exc)[:300]}") from None
+    m = bundle.manifest
+    spec = model_spec(m.name, m.version, bundle.digest, m.created, m.model,
+                      [(i.name, i.type, i.shape) for i in session.get_inputs()],
+                      [o.name for o in session.get_outputs()], bundle.labels, src)
+    try:
+        session.run(None, {spec.input.name: _warmup_input(spec)})
+    except Exception as exc:  # noqa: BLE001
+        raise BundleRefused(src, Reason.INFERENCE_FAILED.value,
+                            f"warm-up inference failed: {str(exc)[:300]}") from None
+    return ServedModel(spec, session, opts.policy, metrics)
+
+
+class Catalog:
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self._by_digest: dict[str, ServedModel] = {}
+        self._order: dict[str, int] = {}
+        self._seq = 0
+        self._metrics = metrics
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+    def has(self, digest: str) -> bool:
+        return digest in self._by_digest
+
+    def check_new(self, name: str, version: str, digest: str, source: str) -> None:
+        """Raise BundleRefused if a bundle with this identity must not be added."""
+        for m in self._by_digest.values():
+            if m.spec.name == name and m.spec.version == version and m.spec.digest != digest:
+                raise BundleRefused(source, Reason.REPLAYED.value,
+                                    f"{name} version {version} is already served from digest "
+                                    f"{m.spec.digest[:12]}; a new model needs a new version")
+
+    def add(self, model: ServedModel) -> None:
+        s = model.spec
+        self.check_new(s.name, s.version, s.digest, s.name)
+        if s.digest in self._by_digest:
+            model.close()
+            return
+        self._seq += 1
+        self._by_digest[s.digest] = model
+        self._order[s.digest] = self._seq
+        self._gauge()
+
+    def remove(self, digest: str) -> ServedModel | None:
+        """Take a version out of the catalog; the caller closes it (drains its queue)."""
+        model = self._by_digest.pop(digest, None)
+        self._order.pop(digest, None)
+        self._gauge()
+        return model
+
+    def _gauge(self) -> None:
+        if self._metrics is not None:
+            self._metrics.models_loaded.set(len(self._by_digest))
+
+    def models(self) -> list[ServedModel]:
+        return sorted(self._by_digest.values(),
+                      key=lambda m: (m.spec.name, -m.spec.created, -self._order[m.spec.digest]))
+
+    def names(self) -> list[str]:
+        return sorted({m.spec.name for m in self._by_digest.values()})
+
+    def default(self, name: str) -> ServedModel:
+        versions = [m for m in self._by_digest.values() if m.spec.name == name]
+        if not versions:
+            raise NotFound(f"no model named {name!r}; serving {self.names()}")
+        return max(versions, key=lambda m: (m.spec.created, self._order[m.spec.digest]))
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        if version is None:
+            return self.default(name)
+        for m in self._by_digest.values():
+            if m.spec.name == name and m.spec.version == version:
+                return m
+        have = sorted(m.spec.version for m in self._by_digest.values() if m.spec.name == name)
+        if not have:
+            raise NotFound(f"no model named {name!r}; serving {self.names()}")
+        raise NotFound(f"model {name!r} has no version {version!r}; serving versions {have}")
+
+    def close(self) -> None:
+        for digest in list(self._by_digest):
+            model = self.remove(digest)
+            if model is not None:
+                model.close()
+
+
+def describe(model: ServedModel, default: bool) -> dict[str, Any]:
+    s = model.spec
+    out: dict[str, Any] = {
+        "name": s.name, "version": s.version, "digest": s.digest, "created": s.created,
+        "default": default, "task": s.task,
+        "input": {"name": s.input.name, "dtype": s.input.dtype,
+                  "shape": [s.input.batch] + list(s.input.sample), "batchable": s.input.batchable},
+        "outputs": list(s.outputs), "labels": len(s.labels),
+        "queue_depth": model.batcher.depth,
+    }
+    if s.image is not None:
+        i = s.image
+        out["image"] = {"height": i.height, "width": i.width, "channels": i.channels,
+                        "scale": i.scale, "offset": i.offset, "layout": i.layout}
+    return out

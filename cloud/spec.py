@@ -1,0 +1,147 @@
+"""What a served model expects and answers, derived (purely) from its manifest and ONNX graph.
+
+``manifest.model.preprocess`` (docs/protocol.md) says how an image becomes the float tensor;
+the ONNX input says the layout, dtype and which dimensions are fixed. The layout is inferred:
+an image spec ``H x W x C`` fits an input ``[N, H, W, C]`` (NHWC, what Keras/tf2onnx emit) or
+``[N, C, H, W]`` (NCHW, what PyTorch exports and the seed assumes). A spec that fits neither is
+refused when the bundle loads, not when a request arrives.
+
+The batch dimension: symbolic (``"unk__6"``, ``"N"``, ``None``) means any number of rows and the
+model can be micro-batched; a fixed ``1`` means one row per ``session.run`` (rows are run one at a
+time); another fixed ``B`` means requests must carry exactly ``B`` rows and are never merged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from protocol.errors import Reason
+
+from .errors import BundleRefused
+
+ORT_DTYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+    "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+}
+FLOAT_DTYPES = ("float32", "float16", "float64")
+
+Dim = int | None  # None: dynamic
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    height: int
+    width: int
+    channels: int
+    scale: float
+    offset: float
+    layout: str  # "nhwc" | "nchw"
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        if self.layout == "nchw":
+            return (self.channels, self.height, self.width)
+        return (self.height, self.width, self.channels)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: str
+    batch: Dim                  # None: dynamic
+    sample: tuple[Dim, ...]     # dims after the batch dim
+
+    @property
+    def batchable(self) -> bool:
+        return self.batch is None
+
+    def describe(self) -> str:
+        dims = ["N" if self.batch is None else str(self.batch)]
+        dims += ["?" if d is None else str(d) for d in self.sample]
+        return f"{self.dtype}[{', '.join(dims)}]"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: str
+    digest: str
+    created: int
+    task: str
+    input: InputSpec
+    outputs: tuple[str, ...]
+    image: ImageSpec | None
+    labels: tuple[str, ...]
+
+    @property
+    def ref(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "digest": self.digest}
+
+
+def _dim(value: Any) -> Dim:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def input_spec(name: str, ort_type: str, shape: Sequence[Any], source: str) -> InputSpec:
+    dtype = ORT_DTYPES.get(ort_type)
+    if dtype is None:
+        raise BundleRefused(source, Reason.UNSUPPORTED_RUNTIME.value,
+                            f"ONNX input {name!r} has type {ort_type}; supported: {sorted(ORT_DTYPES)}")
+    if not shape:
+        raise BundleRefused(source, Reason.UNSUPPORTED_RUNTIME.value,
+                            f"ONNX input {name!r} is a scalar; need a batch dimension")
+    return InputSpec(name, dtype, _dim(shape[0]), tuple(_dim(d) for d in shape[1:]))
+
+
+def _fits(dims: tuple[Dim, ...], want: tuple[int, ...]) -> bool:
+    return len(dims) == len(want) and all(d is None or d == w for d, w in zip(dims, want))
+
+
+def image_spec(preprocess: dict[str, Any], inp: InputSpec, source: str) -> ImageSpec | None:
+    """The image spec of a bundle, or None for ``{"kind": "tensor"}`` (tensor API only)."""
+    kind = preprocess.get("kind", "tensor")
+    if kind == "tensor":
+        return None
+    if kind != "image":
+        raise BundleRefused(source, Reason.MALFORMED.value,
+                            f"preprocess kind {kind!r} is not 'image' or 'tensor'")
+    try:
+        h, w, c = (int(preprocess[k]) for k in ("height", "width", "channels"))
+        scale = float(preprocess.get("scale", 1.0))
+        offset = float(preprocess.get("offset", 0.0))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleRefused(source, Reason.MALFORMED.value,
+                            f"preprocess {preprocess!r:.120} needs integer height/width/channels ({exc})") from None
+    if c not in (1, 3) or h < 1 or w < 1:
+        raise BundleRefused(source, Reason.MALFORMED.value,
+                            f"preprocess {h}x{w}x{c}: channels must be 1 or 3, sizes >= 1")
+    if inp.dtype not in FLOAT_DTYPES:
+        raise BundleRefused(source, Reason.UNSUPPORTED_RUNTIME.value,
+                            f"image preprocessing needs a float ONNX input, {inp.name!r} is {inp.dtype}")
+    if _fits(inp.sample, (h, w, c)):
+        layout = "nhwc"
+    elif _fits(inp.sample, (c, h, w)):
+        layout = "nchw"
+    else:
+        raise BundleRefused(source, Reason.MALFORMED.value,
+                            f"preprocess {h}x{w}x{c} fits neither NHWC nor NCHW of ONNX input "
+                            f"{inp.name!r} {inp.describe()}")
+    return ImageSpec(h, w, c, scale, offset, layout)
+
+
+def model_spec(manifest_name: str, version: str, digest: str, created: int, model: dict[str, Any],
+               inputs: Sequence[tuple[str, str, Sequence[Any]]], outputs: Sequence[str],
+               labels: tuple[str, ...], source: str) -> ModelSpec:
+    """Everything the service needs to know about one bundle's ONNX twin, or BundleRefused."""
+    if len(inputs) != 1:
+        raise BundleRefused(source, Reason.UNSUPPORTED_RUNTIME.value,
+                            f"ONNX model has {len(inputs)} inputs; the cloud serves single-input models")
+    inp = input_spec(*inputs[0], source=source)
+    pre = model.get("preprocess", {"kind": "tensor"})
+    if not isinstance(pre, dict):
+        raise BundleRefused(source, Reason.MALFORMED.value, f"model.preprocess {pre!r:.80} is not an object")
+    task = model.get("task", "unknown")
+    return ModelSpec(manifest_name, version, digest, created, str(task), inp, tuple(outputs),
+                     image_spec(pre, inp, source), labels)

@@ -1,0 +1,126 @@
+"""Request bodies -> input tensors, validated against the model's :class:`InputSpec`.
+
+Three ways in, every failure a :class:`BadInput` naming the part of the request that is wrong:
+
+* an image (``POST /predict`` multipart ``file``): decoded with Pillow, converted to L or RGB,
+  resized to the spec's size (Pillow's default filter, as the seed does), ``pixel * scale +
+  offset``, laid out NHWC or NCHW, one row;
+* JSON ``{"inputs": [...]}``: a nested list *including the batch dimension*;
+* raw bytes: C-order, little-endian; ``X-Tensor-Shape: 2,8,8,1`` (required) and
+  ``X-Tensor-Dtype: float32`` (optional, defaults to the model's dtype; must equal it).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import BadInput, TooLarge
+from .spec import ImageSpec, InputSpec
+
+DTYPE_NAMES = ("float32", "float16", "float64", "uint8", "int8", "int32", "int64")
+
+
+def image_tensor(data: bytes, spec: ImageSpec, dtype: str, max_pixels: int) -> np.ndarray:
+    if not data:
+        raise BadInput("file", "is empty")
+    try:
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w * h > max_pixels:
+            raise TooLarge("image", w * h, max_pixels)  # checked from the header: nothing decoded yet
+        img = img.convert("L" if spec.channels == 1 else "RGB")
+        img = img.resize((spec.width, spec.height))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadInput("image", f"too many pixels ({exc})") from None
+    except UnidentifiedImageError:
+        raise BadInput("file", "is not an image Pillow can read (expected JPEG, PNG, BMP, ...)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise BadInput("image", f"cannot be decoded ({exc})") from None
+    arr = np.asarray(img, dtype=np.float32)
+    if spec.channels == 1:
+        arr = arr[:, :, None]
+    arr = arr * np.float32(spec.scale) + np.float32(spec.offset)
+    if spec.layout == "nchw":
+        arr = arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(arr[None], dtype=dtype)
+
+
+def check_shape(x: np.ndarray, spec: InputSpec, max_rows: int, what: str) -> np.ndarray:
+    want = len(spec.sample) + 1
+    if x.ndim != want:
+        raise BadInput(what, f"shape {list(x.shape)} has {x.ndim} dims, model input "
+                             f"{spec.name!r} is {spec.describe()} ({want} dims, batch first)")
+    rows = int(x.shape[0])
+    if rows < 1:
+        raise BadInput(what, "has no rows")
+    if rows > max_rows:
+        raise TooLarge(f"{what} rows", rows, max_rows)
+    if spec.batch not in (None, 1) and rows != spec.batch:
+        raise BadInput(what, f"model has a fixed batch of {spec.batch}, got {rows} rows")
+    for i, (got, fixed) in enumerate(zip(x.shape[1:], spec.sample), 1):
+        if fixed is not None and got != fixed:
+            raise BadInput(what, f"shape {list(x.shape)} does not fit {spec.describe()} (dim {i})")
+        if got == 0:
+            raise BadInput(what, f"shape {list(x.shape)} has an empty dim {i}")
+    return x
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def tensor_from_json(body: bytes, spec: InputSpec, max_rows: int) -> np.ndarray:
+    try:
+        obj = json.loads(body, parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInput("JSON body", f"not valid JSON ({exc})") from None
+    if not isinstance(obj, dict) or "inputs" not in obj:
+        raise BadInput("JSON body", 'expected an object {"inputs": [...nested list, batch first...]}')
+    inputs = obj["inputs"]
+    if not isinstance(inputs, list):
+        raise BadInput("inputs", f"expected a nested list, got {type(inputs).__name__}")
+    try:
+        x = np.array(inputs, dtype=spec.dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadInput("inputs", f"not a rectangular list of {spec.dtype} numbers ({exc})") from None
+    return check_shape(x, spec, max_rows, "inputs")
+
+
+def parse_shape(text: str | None) -> tuple[int, ...]:
+    if not text:
+        raise BadInput("X-Tensor-Shape header", "is required for a binary tensor body, e.g. '1,8,8,1'")
+    try:
+        dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise BadInput("X-Tensor-Shape header", f"{text!r:.60} is not comma-separated integers") from None
+    if not dims or any(d < 0 for d in dims):
+        raise BadInput("X-Tensor-Shape header", f"{text!r:.60} must be non-negative integers")
+    return dims
+
+
+def tensor_from_bytes(body: bytes, shape_header: str | None, dtype_header: str | None,
+                      spec: InputSpec, max_rows: int) -> np.ndarray:
+    shape = parse_shape(shape_header)
+    dtype = (dtype_header or spec.dtype).strip().lower()
+    if dtype not in DTYPE_NAMES:
+        raise BadInput("X-Tensor-Dtype header", f"{dtype!r:.40} is not one of {', '.join(DTYPE_NAMES)}")
+    if dtype != spec.dtype:
+        raise BadInput("X-Tensor-Dtype header", f"model input {spec.name!r} takes {spec.dtype}, got {dtype}")
+    dt = np.dtype(dtype).newbyteorder("<")
+    want = math.prod(shape) * dt.itemsize
+    if len(body) != want:
+        raise BadInput("tensor body", f"{len(body)} bytes, shape {list(shape)} of {dtype} needs {want}")
+    x = np.frombuffer(body, dtype=dt).reshape(shape).astype(spec.dtype, copy=False)
+    return check_shape(x, spec, max_rows, "tensor body")
+
+
+def tensor_to_bytes(x: np.ndarray) -> tuple[bytes, str, str]:
+    """Raw little-endian bytes of ``x`` plus the shape and dtype header values."""
+    le = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
+    return le.tobytes(), ",".join(str(d) for d in x.shape), x.dtype.name

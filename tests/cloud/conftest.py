@@ -1,0 +1,151 @@
+"""Fixtures for the cloud tests: real (tiny) ONNX models built with onnx.helper, signed bundle
+archives made with the shared ``trust`` fixture, and a running app behind FastAPI's TestClient.
+
+The tiny model is a real softmax classifier (Reshape -> MatMul -> Add -> Softmax) with known
+weights, so tests can compute the exact expected answer with numpy.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from cloud import config as cfg
+from cloud.api import create_app
+from protocol.bundle import Artifact, Manifest, pack_archive, sha256_hex
+from protocol.signing import SigningKey, seal
+
+with warnings.catch_warnings():
+    # starlette warns at import that it prefers httpx2 over httpx; the client works the same
+    warnings.simplefilter("ignore", UserWarning)
+    from fastapi.testclient import TestClient
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Tiny:
+    """A tiny classifier: ``softmax(x.reshape(n, -1) @ w + b)``."""
+
+    onnx: bytes
+    w: np.ndarray
+    b: np.ndarray
+    shape: tuple[Any, ...]
+
+    def expected(self, x: np.ndarray) -> np.ndarray:
+        z = x.reshape(x.shape[0], -1).astype(np.float64) @ self.w + self.b
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def tiny_model(shape: tuple[Any, ...] = ("N", 8, 8, 1), classes: int = 10, seed: int = 0,
+               dtype: int = TensorProto.FLOAT) -> Tiny:
+    rng = np.random.default_rng(seed)
+    features = int(np.prod([d for d in shape[1:]]))
+    w = (rng.standard_normal((features, classes)) * 0.05).astype(np.float32)
+    b = rng.standard_normal(classes).astype(np.float32) * 0.1
+    nodes = []
+    inp = "image"
+    if dtype != TensorProto.FLOAT:
+        nodes.append(helper.make_node("Cast", ["image"], ["xf"], to=TensorProto.FLOAT))
+        inp = "xf"
+    nodes += [
+        helper.make_node("Reshape", [inp, "flat_shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["z0"]),
+        helper.make_node("Add", ["z0", "b"], ["z"]),
+        helper.make_node("Softmax", ["z"], ["scores"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("image", dtype, list(shape))],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [shape[0], classes])],
+        initializer=[numpy_helper.from_array(np.array([-1, features], dtype=np.int64), "flat_shape"),
+                     numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return Tiny(model.SerializeToString(), w, b, shape)
+
+
+IMAGE_8x8 = {"kind": "image", "height": 8, "width": 8, "channels": 1,
+             "scale": 1 / 255.0, "offset": 0.0}
+
+
+def make_archive(signer: SigningKey | None, name: str, version: str, onnx_bytes: bytes,
+                 preprocess: dict[str, Any] | None = None, labels: list[str] | None = None,
+                 created: int | None = None, keys: list[SigningKey] | None = None,
+                 extra: dict[str, bytes] | None = None) -> bytes:
+    """A signed bundle archive with an ``onnx`` and a ``labels`` artifact (and ``extra``)."""
+    labels = labels if labels is not None else [f"class{i}" for i in range(10)]
+    files = {"model.onnx": ("onnx", onnx_bytes),
+             "labels.txt": ("labels", ("\n".join(labels) + "\n").encode())}
+    for fname, data in (extra or {}).items():
+        files[fname] = ("report", data)
+    arts = tuple(Artifact.of(n, role, data) for n, (role, data) in files.items())
+    manifest = Manifest(name, version, created if created is not None else int(time.time()), arts,
+                        model={"task": "classification", "num_classes": len(labels),
+                               "preprocess": preprocess if preprocess is not None else IMAGE_8x8,
+                               "labels": "labels.txt"})
+    signers = keys if keys is not None else ([signer] if signer is not None else [])
+    env = seal("manifest", manifest.to_dict(), signers)
+    return pack_archive(env, {n: data for n, (_, data) in files.items()})
+
+
+def drop(folder: Path, archive: bytes) -> Path:
+    """Write an archive into a bundle folder the way the hub does: ``<sha256>.efb``, atomically."""
+    path = folder / f"{sha256_hex(archive)}.efb"
+    tmp = folder / f".{path.name}.tmp"
+    tmp.write_bytes(archive)
+    tmp.rename(path)
+    return path
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class Setup:
+    bundles: Path
+    root: Path
+
+
+@pytest.fixture
+def setup(tmp_path: Path, trust: Any) -> Setup:
+    bundles = tmp_path / "bundles"
+    bundles.mkdir()
+    root = tmp_path / "root.json"
+    root.write_bytes(trust.root_bytes)
+    return Setup(bundles, root)
+
+
+def client_for(s: Setup, trust: Any, **options: Any) -> TestClient:
+    options.setdefault("poll_s", 0)
+    config = cfg.build(bundles=str(s.bundles), root=str(s.root), environ={}, **options)
+    return TestClient(create_app(config, trust.root))
+
+
+@pytest.fixture
+def tiny() -> Tiny:
+    return tiny_model()
+
+
+@pytest.fixture
+def served(setup: Setup, trust: Any, tiny: Tiny) -> Iterator[TestClient]:
+    """The tiny 8x8 grayscale classifier, signed and served as ``tiny`` version 1."""
+    drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx))
+    with client_for(setup, trust) as client:
+        yield client

@@ -1,0 +1,224 @@
+"""The HTTP contract: the seed's /predict, the tensor API, and every kind of bad input -> 4xx."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .conftest import Setup, Tiny, client_for, drop, make_archive, png, tiny_model
+
+
+def gradient() -> np.ndarray:
+    return (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
+
+
+def test_predict_answers_the_seed_contract_with_the_exact_model_output(served: Any, tiny: Tiny) -> None:
+    px = gradient()
+    r = served.post("/predict", files={"file": ("digit.png", png(px), "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = tiny.expected(px[None, :, :, None] / 255.0)
+    assert np.allclose(np.array(body["predictions"]), expected, atol=1e-5)
+    assert body["model"]["name"] == "tiny" and body["model"]["version"] == "1"
+    assert len(body["model"]["digest"]) == 64
+    best = int(expected[0].argmax())
+    assert body["top"][0] == {"index": best, "label": f"class{best}", "score": body["top"][0]["score"]}
+    assert [t["score"] for t in body["top"]] == sorted((t["score"] for t in body["top"]), reverse=True)
+
+
+def test_larger_colour_jpeg_is_converted_and_resized_like_the_spec_says(served: Any, tiny: Tiny) -> None:
+    rgb = np.zeros((32, 48, 3), dtype=np.uint8)
+    rgb[:, :24] = (200, 10, 10)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=95)
+    r = served.post("/predict", files={"file": ("x.jpg", buf.getvalue(), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    img = Image.open(io.BytesIO(buf.getvalue())).convert("L").resize((8, 8))
+    x = np.asarray(img, dtype=np.float32)[None, :, :, None] / 255.0
+    assert np.allclose(np.array(r.json()["predictions"]), tiny.expected(x), atol=1e-5)
+
+
+def test_not_an_image_is_a_400_and_the_service_keeps_serving(served: Any) -> None:
+    r = served.post("/predict", files={"file": ("x.png", b"definitely not a png", "image/png")})
+    assert r.status_code == 400
+    assert r.json()["code"] == "bad_input" and "not an image" in r.json()["detail"]
+    truncated = png(gradient())[:40]
+    r = served.post("/predict", files={"file": ("t.png", truncated, "image/png")})
+    assert r.status_code == 400, r.text
+    r = served.post("/predict", files={"file": ("ok.png", png(gradient()), "image/png")})
+    assert r.status_code == 200
+
+
+def test_missing_file_field_or_wrong_encoding_is_a_400_naming_the_field(served: Any) -> None:
+    r = served.post("/predict", data={"image": "x"})
+    assert r.status_code == 400 and "file" in r.json()["detail"]
+    r = served.post("/predict", content=b"raw", headers={"content-type": "image/png"})
+    assert r.status_code == 400 and "multipart" in r.json()["detail"]
+
+
+def test_json_tensor_predict_returns_every_row(served: Any, tiny: Tiny) -> None:
+    x = np.random.default_rng(1).random((3, 8, 8, 1)).astype(np.float32)
+    r = served.post("/v1/models/tiny/predict", json={"inputs": x.tolist()})
+    assert r.status_code == 200, r.text
+    out = np.array(r.json()["outputs"]["scores"])
+    assert out.shape == (3, 10)
+    assert np.allclose(out, tiny.expected(x), atol=1e-5)
+
+
+def test_binary_tensor_round_trip_with_shape_and_dtype_headers(served: Any, tiny: Tiny) -> None:
+    x = np.random.default_rng(2).random((2, 8, 8, 1)).astype("<f4")
+    r = served.post("/v1/models/tiny/predict", content=x.tobytes(), headers={
+        "content-type": "application/octet-stream", "x-tensor-shape": "2,8,8,1",
+        "x-tensor-dtype": "float32", "accept": "application/octet-stream"})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-tensor-shape"] == "2,10" and r.headers["x-tensor-dtype"] == "float32"
+    assert r.headers["x-model-name"] == "tiny"
+    out = np.frombuffer(r.content, dtype="<f4").reshape(2, 10)
+    assert np.allclose(out, tiny.expected(x), atol=1e-5)
+
+
+def test_wrong_shape_dtype_or_length_is_a_400_naming_the_problem(served: Any) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"json": {"inputs": np.zeros((1, 8, 8)).tolist()}}, "3 dims"),
+        ({"json": {"inputs": np.zeros((1, 8, 7, 1)).tolist()}}, "does not fit"),
+        ({"json": {"inputs": [[1, 2], [3]]}}, "rectangular"),
+        ({"json": {"inputs": [["a"]]}}, "rectangular"),
+        ({"json": {"values": []}}, '"inputs"'),
+        ({"content": b'{"inputs": [NaN]}', "headers": {"content-type": "application/json"}}, "finite"),
+        ({"content": b"{nope", "headers": {"content-type": "application/json"}}, "not valid JSON"),
+        ({"content": np.zeros((1, 8, 8, 1), "<f8").tobytes(),
+          "headers": {"content-type": "application/octet-stream", "x-tensor-shape": "1,8,8,1",
+                      "x-tensor-dtype": "float64"}}, "takes float32"),
+        ({"content": b"\0" * 10, "headers": {"content-type": "application/octet-stream",
+                                             "x-tensor-shape": "1,8,8,1"}}, "needs 256"),
+        ({"content": b"\0" * 256, "headers": {"content-type": "application/octet-stream"}},
+         "X-Tensor-Shape"),
+        ({"content": b"\0" * 256, "headers": {"content-type": "application/octet-stream",
+                                              "x-tensor-shape": "one,8"}}, "integers"),
+    ]
+    for kwargs, needle in cases:
+        r = served.post("/v1/models/tiny/predict", **kwargs)
+        assert r.status_code == 400, (kwargs, r.text)
+        assert needle in r.json()["detail"], (needle, r.json())
+    r = served.post("/v1/models/tiny/predict", content=b"x", headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "application/json" in r.json()["detail"]
+    assert served.get("/healthz").status_code == 200
+
+
+def test_unknown_model_or_version_is_a_404_listing_what_is_served(served: Any) -> None:
+    r = served.post("/v1/models/nope/predict", json={"inputs": []})
+    assert r.status_code == 404 and "'tiny'" in r.json()["detail"]
+    r = served.post("/v1/models/tiny/versions/9/predict", json={"inputs": []})
+    assert r.status_code == 404 and "['1']" in r.json()["detail"]
+    r = served.post("/predict?model=nope", files={"file": ("a.png", png(gradient()), "image/png")})
+    assert r.status_code == 404
+    assert served.get("/v2/unknown").status_code == 404
+
+
+def test_oversized_body_is_a_413_before_anything_parses_it(setup: Setup, trust: Any, tiny: Tiny) -> None:
+    drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx))
+    with client_for(setup, trust, max_body_bytes=3000) as client:
+        big = np.zeros((4, 8, 8, 1), np.float32)  # 1 KiB as bytes
+        r = client.post("/v1/models/tiny/predict", json={"inputs": np.zeros((8, 8, 8, 1)).tolist()})
+        assert r.status_code == 413 and "3000" in r.json()["detail"]
+        r = client.post("/predict", files={"file": ("a.png", b"\0" * 5000, "image/png")})
+        assert r.status_code == 413
+        r = client.post("/v1/models/tiny/predict", content=big.tobytes(), headers={
+            "content-type": "application/octet-stream", "x-tensor-shape": "4,8,8,1"})
+        assert r.status_code == 200
+
+
+def test_image_with_too_many_pixels_is_refused_from_its_header(served: Any) -> None:
+    huge = Image.new("L", (5000, 4000))  # 20 MP > 16 MP limit; compresses to a few KB
+    buf = io.BytesIO()
+    huge.save(buf, format="PNG")
+    r = served.post("/predict", files={"file": ("big.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 413 and "20000000" in r.json()["detail"]
+
+
+def test_tensor_model_refuses_images_and_image_model_serves_tensors(setup: Setup, trust: Any) -> None:
+    model = tiny_model(("N", 4))
+    drop(setup.bundles, make_archive(trust.targets_key, "vec", "1", model.onnx, preprocess={"kind": "tensor"}))
+    with client_for(setup, trust) as client:
+        r = client.post("/predict", files={"file": ("a.png", png(gradient()), "image/png")})
+        assert r.status_code == 400 and "takes tensors" in r.json()["detail"]
+        r = client.post("/v1/models/vec/predict", json={"inputs": [[1, 2, 3, 4]]})
+        assert r.status_code == 200
+        assert np.allclose(r.json()["outputs"]["scores"], model.expected(np.array([[1, 2, 3, 4.0]])), atol=1e-5)
+
+
+def test_nchw_rgb_model_gets_channels_first_input(setup: Setup, trust: Any) -> None:
+    model = tiny_model(("N", 3, 8, 8))
+    pre = {"kind": "image", "height": 8, "width": 8, "channels": 3, "scale": 1 / 255.0, "offset": -0.5}
+    drop(setup.bundles, make_archive(trust.targets_key, "rgb", "1", model.onnx, preprocess=pre))
+    rgb = np.random.default_rng(3).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    with client_for(setup, trust) as client:
+        r = client.post("/predict", files={"file": ("a.png", png(rgb), "image/png")})
+        assert r.status_code == 200, r.text
+        x = (rgb.astype(np.float32) / 255.0 - 0.5).transpose(2, 0, 1)[None]
+        assert np.allclose(r.json()["predictions"], model.expected(x), atol=1e-5)
+        info = client.get("/v1/models").json()["models"][0]
+        assert info["image"]["layout"] == "nchw"
+
+
+def test_several_models_need_a_model_query_on_predict(setup: Setup, trust: Any, tiny: Tiny) -> None:
+    drop(setup.bundles, make_archive(trust.targets_key, "a", "1", tiny.onnx))
+    drop(setup.bundles, make_archive(trust.targets_key, "b", "1", tiny_model(seed=5).onnx))
+    with client_for(setup, trust) as client:
+        img = {"file": ("a.png", png(gradient()), "image/png")}
+        r = client.post("/predict", files=img)
+        assert r.status_code == 400 and "?model=" in r.json()["detail"]
+        r = client.post("/predict?model=b", files=img)
+        assert r.status_code == 200 and r.json()["model"]["name"] == "b"
+    with client_for(setup, trust, default_model="a") as client:
+        assert client.post("/predict", files=img).json()["model"]["name"] == "a"
+
+
+def test_health_is_always_up_and_ready_needs_a_verified_model(setup: Setup, trust: Any, tiny: Tiny) -> None:
+    with client_for(setup, trust) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        r = client.get("/readyz")
+        assert r.status_code == 503 and "no verified model" in r.json()["detail"]
+        r = client.post("/predict", files={"file": ("a.png", png(gradient()), "image/png")})
+        assert r.status_code == 503
+    drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx))
+    with client_for(setup, trust) as client:
+        assert client.get("/readyz").status_code == 200
+
+
+def test_api_keys_are_required_per_key_and_counted_by_name(setup: Setup, trust: Any, tiny: Tiny) -> None:
+    drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx))
+    keys = ["alice:" + "a" * 20, "bob:" + "b" * 20]
+    with client_for(setup, trust, api_keys=keys) as client:
+        x = {"inputs": np.zeros((1, 8, 8, 1)).tolist()}
+        r = client.post("/v1/models/tiny/predict", json=x)
+        assert r.status_code == 401 and "X-API-Key" in r.json()["detail"]
+        r = client.post("/v1/models/tiny/predict", json=x, headers={"x-api-key": "c" * 20})
+        assert r.status_code == 401 and "not recognised" in r.json()["detail"]
+        assert client.post("/v1/models/tiny/predict", json=x, headers={"x-api-key": "a" * 20}).status_code == 200
+        r = client.post("/v1/models/tiny/predict", json=x, headers={"authorization": "Bearer " + "b" * 20})
+        assert r.status_code == 200
+        assert client.get("/v1/models").status_code == 401
+        for open_path in ("/healthz", "/readyz", "/metrics"):
+            assert client.get(open_path).status_code == 200
+        metrics = client.get("/metrics").text
+        assert 'edgefleet_cloud_key_requests_total{key="alice"} 1.0' in metrics
+        assert 'edgefleet_cloud_key_requests_total{key="bob"} 1.0' in metrics
+        assert "a" * 20 not in metrics
+
+
+def test_metrics_show_latency_batches_queue_counts_and_errors(served: Any) -> None:
+    served.post("/predict", files={"file": ("a.png", png(gradient()), "image/png")})
+    served.post("/v1/models/tiny/predict", json={"inputs": np.zeros((3, 8, 8, 1)).tolist()})
+    served.post("/predict", files={"file": ("a.png", b"junk", "image/png")})
+    text = served.get("/metrics").text
+    assert 'edgefleet_cloud_request_seconds_count{route="/predict",status="200"} 1.0' in text
+    assert 'edgefleet_cloud_request_seconds_count{route="/predict",status="400"} 1.0' in text
+    assert 'edgefleet_cloud_batch_size_sum{model="tiny"} 4.0' in text
+    assert 'edgefleet_cloud_queue_depth{model="tiny",version="1"} 0.0' in text
+    assert 'edgefleet_cloud_predictions_total{model="tiny",version="1"} 4.0' in text
+    assert 'edgefleet_cloud_errors_total{code="bad_input"} 1.0' in text
+    assert "edgefleet_cloud_models_loaded 1.0" in text

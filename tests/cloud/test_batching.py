@@ -1,0 +1,163 @@
+"""Micro-batching rules: merge, bound, expire, isolate failures, drain on close."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cloud.batching import Batcher, Pending, take
+from cloud.config import BatchPolicy
+from cloud.errors import BadInput, Overloaded, Unavailable
+
+from .conftest import Setup, client_for, drop, make_archive, tiny_model
+
+S = (8, 8, 1)
+
+
+def test_take_merges_the_longest_same_shape_prefix_that_fits() -> None:
+    cases = [
+        ([], 4, True, 0),
+        ([Pending(1, S)], 4, True, 1),
+        ([Pending(1, S)] * 6, 4, True, 4),
+        ([Pending(3, S), Pending(2, S)], 4, True, 1),        # 3 + 2 > 4
+        ([Pending(9, S), Pending(1, S)], 4, True, 1),        # oversized request runs alone
+        ([Pending(1, S), Pending(1, (4, 4, 1)), Pending(1, S)], 8, True, 1),  # shape change stops
+        ([Pending(1, S)] * 6, 4, False, 1),                  # static batch: one at a time
+    ]
+    for queue, max_batch, batchable, want in cases:
+        assert take(queue, max_batch, batchable) == want, (queue, max_batch, batchable)
+
+
+class Recorder:
+    """A runner that records batch sizes and can be held until released."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.sizes: list[int] = []
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        if not hold:
+            self.gate.set()
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        self.entered.set()
+        self.gate.wait(30)
+        if np.isnan(x).any():
+            raise BadInput("input", "NaN")
+        self.sizes.append(int(x.shape[0]))
+        return [x.reshape(x.shape[0], -1).sum(axis=1, keepdims=True)]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def rows(n: int, value: float = 1.0) -> np.ndarray:
+    return np.full((n, *S), value, np.float32)
+
+
+def test_concurrent_requests_run_as_one_batch_and_get_their_own_rows() -> None:
+    rec = Recorder()
+    b = Batcher("m", rec, BatchPolicy(max_batch=16, max_wait_s=30.0, max_queue=64))
+
+    async def go() -> list[list[np.ndarray]]:
+        return await asyncio.gather(*(b.submit(rows(1, float(i))) for i in range(16)))
+
+    outs = run(go())
+    b.close()
+    assert rec.sizes == [16]  # the batch filled up long before the (huge) max wait
+    assert [float(o[0][0, 0]) for o in outs] == [64.0 * i for i in range(16)]
+
+
+def test_full_queue_is_refused_at_once_not_queued() -> None:
+    rec = Recorder(hold=True)
+    b = Batcher("m", rec, BatchPolicy(max_batch=2, max_wait_s=0, max_queue=4))
+
+    async def go() -> tuple[list[Any], Overloaded]:
+        first = asyncio.ensure_future(b.submit(rows(1)))
+        await asyncio.to_thread(rec.entered.wait, 30)       # worker is busy with the first
+        queued = [asyncio.ensure_future(b.submit(rows(2))) for _ in range(2)]  # 4 rows: full
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded) as info:
+            await b.submit(rows(1))
+        rec.gate.set()
+        return await asyncio.gather(first, *queued), info.value
+
+    done, exc = run(go())
+    b.close()
+    assert exc.queue_full and "4 of 4" in str(exc)
+    assert len(done) == 3
+
+
+def test_request_that_waited_past_the_timeout_is_answered_not_run() -> None:
+    now = [0.0]
+    rec = Recorder(hold=True)
+    b = Batcher("m", rec, BatchPolicy(max_batch=4, max_wait_s=0, max_queue=8, queue_timeout_s=5.0),
+                clock=lambda: now[0])
+
+    async def go() -> tuple[Any, BaseException | None]:
+        first = asyncio.ensure_future(b.submit(rows(1)))
+        await asyncio.to_thread(rec.entered.wait, 30)
+        late = asyncio.ensure_future(b.submit(rows(1)))
+        await asyncio.sleep(0)
+        now[0] = 6.0            # the queued request is now 6 s old
+        rec.gate.set()
+        await first
+        try:
+            await late
+        except Overloaded as exc:
+            return rec.sizes, exc
+        return rec.sizes, None
+
+    sizes, exc = run(go())
+    b.close()
+    assert sizes == [1] and isinstance(exc, Overloaded) and not exc.queue_full
+    assert "waited 6.00s" in str(exc)
+
+
+def test_one_bad_request_fails_alone_and_its_batch_mates_succeed() -> None:
+    rec = Recorder()
+    b = Batcher("m", rec, BatchPolicy(max_batch=8, max_wait_s=30.0, max_queue=8))
+
+    async def go() -> list[Any]:
+        subs = [b.submit(rows(1, np.nan if i == 3 else 1.0)) for i in range(8)]
+        return await asyncio.gather(*subs, return_exceptions=True)
+
+    outs = run(go())
+    b.close()
+    assert isinstance(outs[3], BadInput)
+    assert all(float(o[0][0, 0]) == 64.0 for i, o in enumerate(outs) if i != 3)
+
+
+def test_close_drains_queued_requests_then_refuses_new_ones() -> None:
+    rec = Recorder(hold=True)
+    b = Batcher("m", rec, BatchPolicy(max_batch=1, max_wait_s=0, max_queue=8))
+
+    async def go() -> list[Any]:
+        subs = [asyncio.ensure_future(b.submit(rows(1))) for _ in range(5)]
+        await asyncio.to_thread(rec.entered.wait, 30)
+        b.close(wait=False)     # 4 still queued, 1 running
+        with pytest.raises(Unavailable):
+            await b.submit(rows(1))
+        rec.gate.set()
+        await asyncio.to_thread(b.close)   # returns once the worker drained the queue
+        return await asyncio.gather(*subs)
+
+    outs = run(go())
+    assert len(outs) == 5 and rec.sizes == [1] * 5
+
+
+def test_static_batch_of_one_model_runs_rows_one_by_one(setup: Setup, trust: Any) -> None:
+    model = tiny_model((1, 8, 8, 1))
+    drop(setup.bundles, make_archive(trust.targets_key, "static", "1", model.onnx))
+    x = np.random.default_rng(4).random((3, 8, 8, 1)).astype(np.float32)
+    with client_for(setup, trust) as client:
+        info = client.get("/v1/models").json()["models"][0]
+        assert info["input"]["shape"] == [1, 8, 8, 1] and info["input"]["batchable"] is False
+        r = client.post("/v1/models/static/predict", json={"inputs": x.tolist()})
+        assert r.status_code == 200, r.text
+        assert np.allclose(r.json()["outputs"]["scores"], model.expected(x), atol=1e-5)
+        assert 'edgefleet_cloud_batch_size_sum{model="static"} 3.0' in client.get("/metrics").text

@@ -1,0 +1,76 @@
+"""The real CLI: exit codes, and a real uvicorn process serving over HTTP."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import free_port, wait_port
+
+from .conftest import REPO, Setup, Tiny, drop, make_archive, png, tiny_model
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cloud", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_exit_codes_name_the_bad_option_or_root(setup: Setup, tmp_path: Path) -> None:
+    r = cli("serve", "--bundles", str(tmp_path / "missing"), "--root", str(setup.root))
+    assert r.returncode == 2 and "--bundles" in r.stderr and "missing" in r.stderr
+    bad_root = tmp_path / "bad.json"
+    bad_root.write_text('{"payload_type": "x"}')
+    r = cli("serve", "--bundles", str(setup.bundles), "--root", str(bad_root))
+    assert r.returncode == 3 and "trust root" in r.stderr
+    r = cli("serve", "--bundles", str(setup.bundles), "--root", str(setup.root), "--host", "0.0.0.0")
+    assert r.returncode == 2 and "--insecure-no-auth" in r.stderr
+    r = cli("serve", "--help")
+    assert r.returncode == 0 and "--max-batch" in r.stdout and "Exit codes" in cli("--help").stdout
+
+
+@pytest.mark.integration
+def test_real_server_serves_refuses_unknown_signer_and_hot_loads(setup: Setup, trust: Any, tiny: Tiny) -> None:
+    from protocol.signing import SigningKey
+    drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx, created=1000))
+    drop(setup.bundles, make_archive(SigningKey.generate(), "evil", "1", tiny.onnx))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloud", "serve", "--bundles", str(setup.bundles), "--root", str(setup.root),
+         "--port", str(port), "--poll", "0.2", "--api-key", "test:" + "k" * 20],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_port(port, 60)
+        base = f"http://127.0.0.1:{port}"
+        h = {"x-api-key": "k" * 20}
+        px = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
+        r = httpx.post(f"{base}/predict", files={"file": ("a.png", png(px), "image/png")}, headers=h)
+        assert r.status_code == 200, r.text
+        assert np.allclose(r.json()["predictions"], tiny.expected(px[None, :, :, None] / 255.0), atol=1e-5)
+        listing = httpx.get(f"{base}/v1/models", headers=h).json()
+        assert [m["name"] for m in listing["models"]] == ["tiny"]
+        assert listing["refused"][0]["reason"] == "unknown_key"
+        assert httpx.post(f"{base}/predict", files={"file": ("a.png", b"nope", "image/png")},
+                          headers=h).status_code == 400
+        drop(setup.bundles, make_archive(trust.targets_key, "tiny", "2", tiny_model(seed=7).onnx, created=2000))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            names = {m["version"] for m in httpx.get(f"{base}/v1/models", headers=h).json()["models"]}
+            if names == {"1", "2"}:
+                break
+            time.sleep(0.1)
+        assert names == {"1", "2"}
+        r = httpx.post(f"{base}/predict", files={"file": ("a.png", png(px), "image/png")}, headers=h)
+        assert r.json()["model"]["version"] == "2"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "refused (unknown_key)" in out and "serving tiny version 2" in out
