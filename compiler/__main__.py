@@ -63,6 +63,22 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--channels", type=int, choices=(1, 3), help="image folders: 1 = grayscale, 3 = RGB")
     _common(b, name=None)
 
+    m = sub.add_parser("import", help="wrap an existing int8 / Edge TPU .tflite into a bundle",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("model", type=Path, help="the CPU .tflite (int8/uint8 or float), or an *_edgetpu.tflite alone")
+    m.add_argument("--edgetpu", type=Path, help="the same model compiled by edgetpu_compiler")
+    m.add_argument("--labels", required=True, type=Path, help="labels file, one per line, index = output index")
+    m.add_argument("--validation", type=Path, help=".npz (x uint8 pixels or float, y) or image folder with labels.csv")
+    m.add_argument("--calibration", type=Path, help="unlabelled samples for the baseline when there is no validation set")
+    m.add_argument("--out", required=True, type=Path, help="bundle directory to create (must not exist)")
+    m.add_argument("--scale", type=float, help="float = pixel*scale+offset (default: identity on the "
+                   "model's quantized input)")
+    m.add_argument("--offset", type=float, help="see --scale")
+    m.add_argument("--name", help="bundle name (default: model file stem)")
+    m.add_argument("--version", default="1.0.0", help="bundle version (default 1.0.0)")
+    m.add_argument("--sign-key", type=Path, help="Ed25519 PEM key to sign the manifest (standalone use)")
+    m.add_argument("--quiet", action="store_true", help="no progress or table, errors only")
+
     i = sub.add_parser("inspect", help="print the report of a bundle directory")
     i.add_argument("bundle", type=Path, help="a bundle directory written by this tool")
     i.add_argument("--json", action="store_true", help="print the raw report.json")
@@ -95,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "build":
             from .commands import run_build
             return run_build(args)
+        if args.command == "import":
+            from .commands import run_import
+            return run_import(args)
         if args.command == "inspect":
             return _inspect(args)
     except GateFailed as exc:

@@ -65,3 +65,54 @@ def run_build(args: argparse.Namespace) -> int:
     if not args.quiet:
         print_summary(result.report, result.out, result.digest)
     return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from .__main__ import load_sign_key, make_progress
+    from .graph import read_graph
+    from .importer import ImportRequest, default_preprocess, run_import as do_import
+    from .table import print_summary
+    from .bundle import refuse_existing
+
+    refuse_existing(args.out)
+    model = _read(args.model)
+    et = _read(args.edgetpu) if args.edgetpu else None
+    cfg = CompilerConfig.from_env()
+    labels = dataset.read_labels(args.labels)
+    g = read_graph(model, args.model)
+    pre = default_preprocess(g, args.scale, args.offset)
+    hw = (pre["height"], pre["width"]) if pre["kind"] == "image" else None
+    ch = pre.get("channels")
+    scale, offset = (pre["scale"], pre["offset"]) if pre["kind"] == "image" else (args.scale, args.offset or 0.0)
+    val = (dataset.load(args.validation, "validation data", True, scale, offset, hw, ch, labels)
+           if args.validation else None)
+    cal = (dataset.load(args.calibration, "calibration data", False, scale, offset, hw, ch, labels)
+           if args.calibration else None)
+    lineage = {"model": args.model.name, "model_sha256": dataset.sha256_path(args.model)}
+    if args.edgetpu:
+        lineage.update(edgetpu_model=args.edgetpu.name, edgetpu_sha256=dataset.sha256_path(args.edgetpu))
+    if val is not None:
+        lineage["validation_sha256"] = val.sha256
+    req = ImportRequest(out=args.out, name=args.name or args.model.stem, version=args.version,
+                        model=model, model_name=str(args.model), labels=labels, edgetpu=et,
+                        edgetpu_name=str(args.edgetpu) if args.edgetpu else None, validation=val,
+                        calibration=cal, sign_key=load_sign_key(args.sign_key), lineage=lineage)
+    progress = make_progress(args.quiet)
+    try:
+        result = do_import(req, cfg, progress)
+    finally:
+        progress.close()
+    if not args.quiet:
+        print_summary(result.report, result.out, result.digest)
+    return 0
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise BadInput(path, "file not found") from None
+    except IsADirectoryError:
+        raise BadInput(path, "is a directory, expected a .tflite file") from None
+    except OSError as exc:
+        raise BadInput(path, f"cannot read ({exc.strerror})") from None

@@ -31,7 +31,7 @@ def print_summary(report: dict[str, Any], out: Path | None, digest: str | None,
             mark = "[green]ok[/]" if c["passed"] else "[red]FAIL[/]"
             con.print(f"  gate {mark} {c['name']} = {c['value']} (limit {c['limit']}): {c['detail']}")
     else:
-        con.print("  gate: skipped (no validation labels)")
+        con.print(f"  gate: {report.get('gate_note') or 'skipped (no validation labels)'}")
     et = report.get("edgetpu") or {}
     line = "compiled" if et.get("compiled") else "not compiled"
     if et.get("ops_on_tpu") is not None:

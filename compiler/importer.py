@@ -1,0 +1,197 @@
+"""``import``: wrap an existing int8 / Edge-TPU-compiled ``.tflite`` (e.g. Coral's model zoo)
+into the same kind of bundle a build makes: inspection, Edge TPU pre-check, metrics when
+validation data is given, drift baseline, self-test vectors, report, model card.
+
+Rules:
+
+* MODEL compiled for the Edge TPU (has ``edgetpu-custom-op``) and no CPU model: the bundle holds
+  only ``model_edgetpu.tflite`` and ``requirements.edgetpu = "required"``; nothing can be run
+  here (the op needs the delegate), so metrics, baseline outputs and self-test cases are empty
+  and the report says so.
+* MODEL a CPU model (int8/uint8, or float) plus ``--edgetpu X``: X must be compiled and have the
+  same input/output shapes and types; ``requirements.edgetpu = "optional"``.
+* Default preprocess for a quantized image input is the identity on pixels
+  (``scale = s_in``, ``offset = -(zp - zp_pixel) * s_in``), which is how Coral's models are fed;
+  ``--scale/--offset`` override it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protocol.bundle import Requirements
+from protocol.signing import SigningKey
+
+from . import baseline, selftest
+from .bundle import BundleFile, BundleSpec, refuse_existing, write_bundle
+from .config import CompilerConfig
+from .dataset import Samples
+from .errors import BadInput
+from .evaluate import metrics
+from .graph import Graph, read_graph
+from .inference import TfliteRunner
+from .pipeline import BuildResult, _json, _runtime_versions
+from .precheck import predict
+from .progress import Progress
+from .report import SCHEMA, machine, model_card
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    out: Path
+    name: str
+    version: str
+    model: bytes
+    model_name: str
+    labels: tuple[str, ...]
+    edgetpu: bytes | None = None
+    edgetpu_name: str | None = None
+    validation: Samples | None = None
+    calibration: Samples | None = None
+    sign_key: SigningKey | None = None
+    lineage: dict[str, Any] | None = None
+    selftest_cases: int = 5
+
+
+def default_preprocess(g: Graph, scale: float | None, offset: float | None) -> dict[str, Any]:
+    t = g.input
+    if len(t.shape) == 4 and t.shape[-1] in (1, 3):
+        if scale is None:
+            if t.dtype in ("UINT8", "INT8") and t.scale:
+                s, zp = t.scale[0], t.zero_point[0] if t.zero_point else 0
+                pixel_zp = 0 if t.dtype == "UINT8" else -128
+                scale, offset = s, -(zp - pixel_zp) * s
+            else:
+                scale, offset = 1.0 / 255.0, 0.0
+        return {"kind": "image", "height": t.shape[1], "width": t.shape[2], "channels": t.shape[3],
+                "scale": float(scale), "offset": float(offset or 0.0)}
+    return {"kind": "tensor"}
+
+
+def _same_io(a: Graph, b: Graph) -> str | None:
+    for what, x, y in (("input", a.input, b.input), ("output", a.output, b.output)):
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return f"{what} {x.dtype}{list(x.shape)} differs from the CPU model's {y.dtype}{list(y.shape)}"
+    return None
+
+
+def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | None = None) -> BuildResult:
+    progress = progress or Progress()
+    refuse_existing(req.out)
+    progress.start("inspect", "reading the model")
+    g = read_graph(req.model, req.model_name)
+    et_graph = read_graph(req.edgetpu, req.edgetpu_name) if req.edgetpu is not None else None
+    if et_graph is not None:
+        if not et_graph.edgetpu_compiled:
+            raise BadInput(req.edgetpu_name, "holds no edgetpu-custom-op: not an edgetpu_compiler output")
+        if g.edgetpu_compiled:
+            raise BadInput(req.model_name, "is itself compiled for the Edge TPU; pass the CPU model as MODEL")
+        if (why := _same_io(et_graph, g)) is not None:
+            raise BadInput(req.edgetpu_name, why)
+    num_classes = int(np.prod(g.output.shape[1:]))
+    if len(req.labels) != num_classes:
+        raise BadInput("labels", f"{len(req.labels)} labels but the model has {num_classes} outputs")
+    tpu_only = g.edgetpu_compiled
+    quantized = g.input.dtype in ("INT8", "UINT8") and not g.float_ops()
+    pre = predict(g)
+    progress.done("inspect", f"{len(g.ops)} ops; " + ("Edge TPU model" if tpu_only else
+                                                     "int8" if quantized else "float"))
+
+    val, cal = req.validation, req.calibration
+    if val is not None and val.y is not None:
+        bad = val.y[(val.y < 0) | (val.y >= num_classes)]
+        if len(bad):
+            raise BadInput("validation data", f"label {int(bad[0])} is out of range 0..{num_classes - 1}")
+    for what, s in (("validation data", val), ("calibration data", cal)):
+        if s is not None and tuple(s.x.shape[1:]) != tuple(g.input.shape[1:]):
+            raise BadInput(what, f"samples have shape {list(s.x.shape[1:])}, the model input is {list(g.input.shape)}")
+
+    cpu_name = "model_int8.tflite" if quantized else "model_float.tflite"
+    artifacts: dict[str, dict[str, Any]] = {}
+    scores = None
+    data = val or cal
+    runner = None
+    progress.start("evaluate", "metrics on the validation set")
+    if not tpu_only:
+        runner = TfliteRunner(req.model, req.model_name)
+        m = None
+        if data is not None:
+            scores = runner.scores(data.x)
+            if val is not None and val.y is not None:
+                m = metrics(scores, val.y)
+        lat = {"1": round(runner.latency_ms(data.x if data is not None else
+                                             np.zeros((1,) + tuple(g.input.shape[1:]), np.float32)), 4)}
+        artifacts[cpu_name] = {"size": len(req.model), "sha256": _sha(req.model),
+                               "metrics": m.to_dict() if m else None, "latency_ms": lat}
+    et_bytes = req.model if tpu_only else req.edgetpu
+    if et_bytes is not None:
+        artifacts["model_edgetpu.tflite"] = {"size": len(et_bytes), "sha256": _sha(et_bytes), "metrics": None,
+                                             "latency_ms": None,
+                                             "note": "needs the Edge TPU delegate; not run on this machine"}
+    progress.done("evaluate", "no data: metrics skipped" if data is None else f"{len(data.x)} samples")
+
+    progress.start("baseline", "drift baseline and self-test vectors")
+    preprocess = (data.preprocess if data is not None and data.preprocess.get("kind") == "image"
+                  else default_preprocess(g, None, None))
+    files: list[BundleFile] = []
+    if not tpu_only:
+        files.append(BundleFile(cpu_name, "tflite_int8" if quantized else "tflite_float", req.model))
+    if et_bytes is not None:
+        files.append(BundleFile("model_edgetpu.tflite", "tflite_edgetpu", et_bytes))
+    if data is not None and scores is not None:
+        files.append(BundleFile("baseline.json", "baseline", _json(baseline.build(data.x, scores, preprocess, num_classes))))
+    if runner is not None and data is not None:
+        st = selftest.build(runner, cpu_name, data.x, val.y if val is not None else None, req.selftest_cases)
+    else:
+        st = {"schema": selftest.SCHEMA, "artifact": "model_edgetpu.tflite" if tpu_only else cpu_name,
+              "tolerance": selftest.DEFAULT_TOLERANCE, "max_latency_ms": selftest.DEFAULT_MAX_LATENCY_MS,
+              "cases": [], "note": "no cases: " + ("the only artifact needs an Edge TPU" if tpu_only
+                                                   else "no validation or calibration data given")}
+    files.append(BundleFile("selftest.json", "selftest", _json(st)))
+    progress.done("baseline", f"{len(st['cases'])} self-test cases")
+
+    min_rt = None
+    et_doc: dict[str, Any] = {"compiled": et_bytes is not None, "imported": et_bytes is not None,
+                              "precheck": pre.to_dict(), "ops_on_tpu": None, "ops_on_cpu": None}
+    if et_bytes is not None:
+        eg = et_graph or g
+        cpu_ops = [op.name for op in eg.ops if op.custom != "edgetpu-custom-op"]
+        et_doc.update(ops_on_cpu=len(cpu_ops), note="imported Edge TPU model" + (
+            f"; CPU ops left: {sorted(set(cpu_ops))}" if cpu_ops else "; every op inside edgetpu-custom-op"))
+    else:
+        et_doc["note"] = "no Edge TPU artifact imported; " + pre.summary()
+    report: dict[str, Any] = {
+        "schema": SCHEMA, "name": req.name, "version": req.version, "task": "classification",
+        "num_classes": num_classes, "labels": list(req.labels), "target": "edgetpu" if et_bytes else "cpu",
+        "io_type": g.input.dtype.lower(), "description": f"Imported from {req.model_name}",
+        "lineage": dict(req.lineage or {}, **_runtime_versions()),
+        "model": {"input": g.input.to_dict(), "output": g.output.to_dict(), "ops": g.op_counts(),
+                  "float_ops": [op.name for op in g.float_ops()] if not tpu_only else []},
+        "artifacts": artifacts, "gate": None, "edgetpu": et_doc,
+        "gate_note": "none: an import has no float reference to compare against",
+        "validation_samples": len(val.x) if val is not None else 0, "machine": machine(),
+    }
+    files += [BundleFile("report.json", "report", _json(report)),
+              BundleFile("model_card.md", "model_card", model_card(report).encode()),
+              BundleFile("labels.txt", "labels", ("\n".join(req.labels) + "\n").encode())]
+    model_doc = {"task": "classification", "num_classes": num_classes, "preprocess": preprocess,
+                 "input": {"shape": list(g.input.shape), "dtype": "float32"},
+                 "output": {"shape": list(g.output.shape)}, "labels": "labels.txt",
+                 "imported": True, "edgetpu": {k: et_doc.get(k) for k in ("compiled", "ops_on_cpu", "note")}}
+    policy = "required" if tpu_only else "optional"
+    progress.start("bundle", "writing the bundle")
+    digest = write_bundle(req.out, BundleSpec(req.name, req.version, cfg.created, model_doc,
+                                              Requirements(edgetpu=policy, min_edgetpu_runtime=min_rt)),
+                          files, req.sign_key)
+    progress.done("bundle", f"digest {digest[:16]}…")
+    return BuildResult(req.out, digest, report)
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()

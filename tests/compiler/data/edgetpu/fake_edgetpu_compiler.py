@@ -1,0 +1,51 @@
+"""TEST-ONLY stand-in for Coral's edgetpu_compiler. It never invents output: it prints a
+recorded real stdout and writes what the test asks for.
+
+Environment:
+  FAKE_EDGETPU_STDOUT  recorded stdout file to print (required)
+  FAKE_EDGETPU_LOG     recorded .log to write as <stem>_edgetpu.log (optional)
+  FAKE_EDGETPU_OUTPUT  "copy" (default: copy the input model), "none", "stub" (1 KiB), or a path
+                       to a real compiled model to copy as <stem>_edgetpu.tflite
+  FAKE_EDGETPU_RC      exit code (default 0)
+  FAKE_EDGETPU_ARGV    file to write the received argv to, as JSON (optional)
+"""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    if os.environ.get("FAKE_EDGETPU_ARGV"):
+        Path(os.environ["FAKE_EDGETPU_ARGV"]).write_text(json.dumps(argv))
+    out_dir = Path(".")
+    models = []
+    it = iter(argv)
+    for a in it:
+        if a in ("-o", "--out_dir"):
+            out_dir = Path(next(it))
+        elif a in ("-m", "--min_runtime_version", "-n", "--num_segments", "-t", "--timeout_sec",
+                   "-k", "--delegate_search_step", "-i", "--intermediate_tensors"):
+            next(it)
+        elif not a.startswith("-"):
+            models.append(Path(a))
+    sys.stdout.write(Path(os.environ["FAKE_EDGETPU_STDOUT"]).read_text())
+    for model in models:
+        stem = model.name[:-len(".tflite")] if model.name.endswith(".tflite") else model.name
+        target = out_dir / f"{stem}_edgetpu.tflite"
+        mode = os.environ.get("FAKE_EDGETPU_OUTPUT", "copy")
+        if mode == "copy":
+            shutil.copyfile(model, target)
+        elif mode == "stub":
+            target.write_bytes(model.read_bytes()[:1024])
+        elif mode != "none":
+            shutil.copyfile(mode, target)
+        if os.environ.get("FAKE_EDGETPU_LOG"):
+            shutil.copyfile(os.environ["FAKE_EDGETPU_LOG"], out_dir / f"{stem}_edgetpu.log")
+    return int(os.environ.get("FAKE_EDGETPU_RC", "0"))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
