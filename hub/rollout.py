@@ -1,0 +1,598 @@
+"""The rollout state machine. Pure: no clock, no I/O. ``advance(state, events, now, policy)``
+returns the next state and the actions the shell (:mod:`hub.rollouts`) must carry out.
+
+Rollout phases (``RolloutState.phase``)::
+
+    running ──breach(on_breach=pause)──▶ paused ──resume/approve──▶ running
+       │  └──cohort soaked, approve_each_cohort──▶ awaiting_approval ──approve──▶ running
+       ├──breach(on_breach=abort)──▶ aborted          (terminal; nobody new is issued)
+       ├──breach(on_breach=rollback) / rollback cmd──▶ rolled_back   (terminal)
+       ├──cancel cmd──▶ cancelled                      (terminal)
+       └──last cohort soaked and gates pass──▶ completed ──device joins──▶ running
+
+Device states (``DeviceState.state``)::
+
+    pending ─(its cohort opens; compatible)─▶ issued ─progress─▶ installing ─ok─▶ installed
+    pending ─(incompatible inventory)─▶ incompatible
+    issued/installing ─failed(retryable) or timeout, attempts < 1 + max_retries─▶ issued (re-issued)
+    issued/installing ─failed(other reason)─▶ failed
+    issued/installing ─timeout, retries spent─▶ timed_out ─comes back online─▶ issued (re-issued)
+    any issued-or-later ─rollback─▶ rolling_back ─ok / status shows previous bundle─▶ rolled_back
+    pending ─cancel/abort/rollback─▶ cancelled
+
+Rules, in the order ``advance`` applies them:
+
+1. **Operator commands** (``Command``; triggered by the API/CLI) come first. ``pause`` stops
+   issuance; ``resume`` restarts it; ``approve`` opens the next cohort from ``awaiting_approval``
+   or lifts a gate pause (the breach is acknowledged, gates are re-armed for the next cohort);
+   ``cancel`` stops the rollout and cancels devices not yet issued (devices keep what they run);
+   ``rollback`` issues every issued-or-later device a NEW document naming the bundle it ran
+   before (or ``idle`` if none). Commands on a terminal rollout are ignored.
+2. **Device observations** (``DeviceSeen``; from retained status): a device new to the rollout
+   is added as ``pending`` (the shell sends only devices that match the target); a status
+   whose active bundle is the target settles an issued/installing device as ``installed``;
+   one whose active bundle is the previous bundle settles a ``rolling_back`` device; a
+   ``timed_out`` device that comes back online is re-issued the rollout's *current* target
+   (or, in a rolled-back rollout, its previous bundle), never an intermediate one.
+3. **Install reports** (``InstallReport``; the shell matched ``desired_seq`` to this
+   rollout): progress moves ``issued`` to ``installing``; ``commit``/``switch`` ok installs;
+   ``failed`` re-issues when the reason is retryable (timeout, hash/length mismatch,
+   malformed, internal) and attempts remain, else the device is ``failed``.
+4. **Timeouts**: an ``issued``/``installing`` device older than ``install_timeout_s`` is
+   re-issued while attempts remain (``1 + max_retries`` in all), else ``timed_out``.
+5. **Cohorts** (only while ``running``): cohort sizes are cumulative (``"1"``, ``"10%"``,
+   ``"50%"``, ``"100%"`` of the devices in the rollout, at least one more than the previous
+   cohort, the last always everything). Opening a cohort assigns the next pending devices (in
+   id order) and issues the compatible ones; incompatible ones are marked and never issued.
+6. **Gates**, over every device assigned so far, evaluated on each ``advance``:
+   install failure rate (failed + timed_out over settled), p95 latency vs the previous model on
+   the same devices (merged sketches), error rate, cloud-fallback rate, drift (PSI verdict on
+   merged bin counts vs the bundle's baseline; JS over ``max_js``), shadow agreement. A gate
+   without enough samples is ``insufficient_data``: it never breaches; with
+   ``require_samples`` it also holds the cohort open. A breach triggers ``on_breach`` once
+   (``pause`` | ``abort`` | ``rollback``) and emits an ``Alert``.
+7. **Soak**: when every assigned device is settled (installed / failed / timed_out /
+   incompatible), ``soak_started`` is set; after ``soak_s`` with no breach the next cohort opens
+   (or ``awaiting_approval`` if ``approve_each_cohort``), or after the last cohort the rollout
+   is ``completed``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence, Union
+
+from protocol.bundle import Requirements
+from protocol.sketch import DriftThresholds, LatencySketch, drift_verdict, js_divergence, merge_counts
+
+from . import compat
+
+PHASES = ("running", "paused", "awaiting_approval", "completed", "aborted", "rolled_back", "cancelled")
+TERMINAL_PHASES = ("aborted", "rolled_back", "cancelled")
+SETTLED = ("installed", "failed", "timed_out", "incompatible")
+ISSUED = ("issued", "installing")
+RETRYABLE = ("timeout", "hash_mismatch", "length_mismatch", "malformed", "internal")
+BREACH_ACTIONS = ("pause", "abort", "rollback")
+COMMANDS = ("approve", "pause", "resume", "cancel", "rollback")
+
+
+class PolicyError(ValueError):
+    """A rollout policy field is invalid; the message names it and the value."""
+
+
+@dataclass(frozen=True)
+class Gates:
+    max_install_failure_rate: float = 0.0
+    max_p95_ratio: float | None = 1.5      # new p95 / previous model's p95 on the same devices
+    max_error_rate: float | None = 0.05    # errors / (inferences + errors)
+    max_cloud_rate: float | None = None    # cloud fallbacks / inferences
+    drift: bool = True                     # PSI alert on any baseline feature breaches
+    max_js: float | None = None
+    min_shadow_agreement: float | None = None
+    min_samples: int = 50                  # inferences (or shadow comparisons) before a gate judges
+
+
+@dataclass(frozen=True)
+class Policy:
+    cohorts: tuple[str, ...] = ("1", "10%", "50%", "100%")
+    soak_s: int = 60
+    install_timeout_s: int = 600
+    max_retries: int = 2
+    on_breach: str = "rollback"
+    approve_each_cohort: bool = False
+    require_samples: bool = False
+    gates: Gates = Gates()
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> "Policy":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(obj) - known
+        if unknown:
+            raise PolicyError(f"unknown policy fields {sorted(unknown)}; known: {sorted(known)}")
+        g = obj.get("gates", {})
+        if not isinstance(g, Mapping):
+            raise PolicyError(f"gates must be an object, got {g!r:.60}")
+        gknown = set(Gates.__dataclass_fields__)
+        if set(g) - gknown:
+            raise PolicyError(f"unknown gates {sorted(set(g) - gknown)}; known: {sorted(gknown)}")
+        try:
+            gates = Gates(**{k: _num(k, v) for k, v in g.items()})
+            kw = {k: v for k, v in obj.items() if k != "gates"}
+            if "cohorts" in kw:
+                kw["cohorts"] = tuple(str(c) for c in kw["cohorts"])
+            p = cls(**kw, gates=gates)
+        except TypeError as exc:
+            raise PolicyError(str(exc)) from None
+        p.validate()
+        return p
+
+    def validate(self) -> None:
+        if not self.cohorts:
+            raise PolicyError("cohorts must name at least one cohort")
+        for c in self.cohorts:
+            _parse_size(c)
+        if self.on_breach not in BREACH_ACTIONS:
+            raise PolicyError(f"on_breach must be one of {BREACH_ACTIONS}, got {self.on_breach!r}")
+        for name in ("soak_s", "install_timeout_s", "max_retries"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise PolicyError(f"{name} must be an int >= 0, got {v!r}")
+        if self.install_timeout_s < 1:
+            raise PolicyError(f"install_timeout_s must be >= 1, got {self.install_timeout_s}")
+        if self.gates.min_samples < 1:
+            raise PolicyError(f"gates.min_samples must be >= 1, got {self.gates.min_samples}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cohorts": list(self.cohorts), "soak_s": self.soak_s, "install_timeout_s": self.install_timeout_s,
+                "max_retries": self.max_retries, "on_breach": self.on_breach,
+                "approve_each_cohort": self.approve_each_cohort, "require_samples": self.require_samples,
+                "gates": dict(self.gates.__dict__)}
+
+
+def _num(name: str, v: Any) -> Any:
+    if name == "drift":
+        if not isinstance(v, bool):
+            raise PolicyError(f"gates.drift must be true/false, got {v!r}")
+        return v
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise PolicyError(f"gates.{name} must be a number >= 0 or null, got {v!r}")
+    return int(v) if name == "min_samples" else float(v)
+
+
+def _parse_size(spec: str) -> tuple[str, float]:
+    s = str(spec).strip()
+    try:
+        if s.endswith("%"):
+            pct = float(s[:-1])
+            if not 0 < pct <= 100:
+                raise ValueError
+            return "pct", pct
+        n = int(s)
+        if n < 1:
+            raise ValueError
+        return "count", float(n)
+    except ValueError:
+        raise PolicyError(f"cohort size {spec!r} must be a count >= 1 or a percentage like '10%'") from None
+
+
+def cohort_sizes(cohorts: Sequence[str], total: int) -> list[int]:
+    """Cumulative device counts per cohort: strictly growing while devices remain, last = total."""
+    out: list[int] = []
+    for i, spec in enumerate(cohorts):
+        kind, value = _parse_size(spec)
+        want = int(value) if kind == "count" else math.ceil(value * total / 100)
+        prev = out[-1] if out else 0
+        want = max(want, prev + 1)
+        if i == len(cohorts) - 1:
+            want = total
+        out.append(min(want, total))
+    while len(out) > 1 and out[-2] >= total:  # cohorts that would add nobody are dropped
+        out.pop()
+    return out
+
+
+# ---- state -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeviceState:
+    id: str
+    state: str = "pending"
+    cohort: int | None = None
+    attempts: int = 0
+    issued_at: int = 0
+    from_bundle: str | None = None
+    reason: str = ""
+    online: bool = True
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    status: str          # pass | breach | insufficient_data
+    value: float | None = None
+    limit: float | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "value": self.value, "limit": self.limit,
+                "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    bundle: str
+    requirements: Requirements = Requirements()
+    phase: str = "running"
+    cohort: int = -1                 # index of the highest opened cohort; -1 = none yet
+    cohort_started: int = 0
+    soak_started: int | None = None
+    devices: tuple[DeviceState, ...] = ()
+    reason: str = ""
+    gates: tuple[GateResult, ...] = ()
+    gate_floor: int = 0              # gates judge cohorts >= this (raised when a breach is approved)
+    baseline: Mapping[str, Sequence[int]] = field(default_factory=dict, hash=False, compare=False)
+    drift_thresholds: DriftThresholds = DriftThresholds()
+
+    def device(self, did: str) -> DeviceState | None:
+        for d in self.devices:
+            if d.id == did:
+                return d
+        return None
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for d in self.devices:
+            out[d.state] = out.get(d.state, 0) + 1
+        return out
+
+
+# ---- inputs ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    op: str
+    actor: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceSeen:
+    device: str
+    online: bool
+    active: str | None = None
+    inventory: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    agent_version: str = ""
+
+
+@dataclass(frozen=True)
+class InstallReport:
+    device: str
+    stage: str
+    status: str          # progress | ok | failed
+    reason: str = "ok"
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Health:
+    """One device's telemetry summary for the gates: the target bundle vs its previous one."""
+
+    device: str
+    inferences: int = 0
+    errors: int = 0
+    cloud: int = 0
+    latency: Mapping[str, Any] = field(default_factory=dict, hash=False)       # sketch dict, target bundle
+    prev_latency: Mapping[str, Any] = field(default_factory=dict, hash=False)  # sketch dict, previous bundle
+    drift: Mapping[str, Sequence[int]] = field(default_factory=dict, hash=False)  # "side.feature" -> counts
+    shadow_agree: int = 0
+    shadow_total: int = 0
+
+
+Event = Union[Command, DeviceSeen, InstallReport, Health]
+
+
+# ---- outputs ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Issue:
+    """Sign and publish a new desired document for ``device``: install ``bundle``, or roll back
+    to it (``action='rollback'``), or ``idle`` when there is nothing to go back to."""
+
+    device: str
+    action: str
+    bundle: str | None
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: str
+    severity: str
+    message: str
+    detail: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+
+Action = Union[Issue, Alert]
+
+
+# ---- the machine -----------------------------------------------------------------------------
+def advance(state: RolloutState, events: Sequence[Event], now: int,
+            policy: Policy) -> tuple[RolloutState, list[Action]]:
+    devs = {d.id: d for d in state.devices}
+    actions: list[Action] = []
+    st = state
+    health: dict[str, Health] = {}
+
+    def put(d: DeviceState) -> None:
+        devs[d.id] = d
+
+    def issue(d: DeviceState, reason: str = "") -> DeviceState:
+        if st.phase == "rolled_back":
+            actions.append(Issue(d.id, "rollback" if d.from_bundle else "idle", d.from_bundle))
+            return replace(d, state="rolling_back", attempts=d.attempts + 1, issued_at=now, reason=reason)
+        actions.append(Issue(d.id, "install", st.bundle))
+        return replace(d, state="issued", attempts=d.attempts + 1, issued_at=now, reason=reason)
+
+    def roll_back_all(reason: str) -> None:
+        for d in list(devs.values()):
+            if d.state in ("issued", "installing", "installed", "failed", "timed_out"):
+                actions.append(Issue(d.id, "rollback" if d.from_bundle else "idle", d.from_bundle))
+                put(replace(d, state="rolling_back", issued_at=now, reason=reason))
+            elif d.state == "pending":
+                put(replace(d, state="cancelled", reason=reason))
+
+    def cancel_pending(reason: str) -> None:
+        for d in list(devs.values()):
+            if d.state == "pending":
+                put(replace(d, state="cancelled", reason=reason))
+
+    # 1. operator commands
+    for ev in events:
+        if not isinstance(ev, Command) or st.phase in TERMINAL_PHASES:
+            continue
+        who = f" by {ev.actor}" if ev.actor else ""
+        if ev.op == "pause" and st.phase in ("running", "awaiting_approval", "completed"):
+            st = replace(st, phase="paused", reason=f"paused{who}")
+        elif ev.op == "resume" and st.phase == "paused":
+            st = replace(st, phase="running", reason=f"resumed{who}")
+        elif ev.op == "approve" and st.phase == "awaiting_approval":
+            st = replace(st, phase="running", reason=f"approved{who}")
+            st = _open_next(st, devs, now, policy, issue, put)
+        elif ev.op == "approve" and st.phase == "paused":
+            breach = st.reason.startswith("gate breach")
+            st = replace(st, phase="running", reason=f"approved{who}")
+            if breach:  # the operator accepts what the gates saw; judge only new cohorts from here
+                st = replace(st, gate_floor=st.cohort + 1)
+                st = _open_next(st, devs, now, policy, issue, put)
+        elif ev.op == "cancel":
+            cancel_pending(f"cancelled{who}")
+            st = replace(st, phase="cancelled", reason=f"cancelled{who}")
+        elif ev.op == "rollback":
+            st = replace(st, phase="rolled_back", reason=f"rolled back{who}")
+            roll_back_all(f"rollback{who}")
+
+    # 2./3. observations and reports
+    for ev in events:
+        if isinstance(ev, DeviceSeen):
+            d = devs.get(ev.device)
+            if d is None:
+                if st.phase in TERMINAL_PHASES:
+                    continue
+                d = DeviceState(ev.device, from_bundle=ev.active if ev.active != st.bundle else None,
+                                online=ev.online)
+                verdict = compat.check(st.requirements, dict(ev.inventory), ev.agent_version)
+                if not verdict.ok:
+                    d = replace(d, state="incompatible", reason=f"{verdict.reason.value}: {verdict.detail}")
+                elif ev.active == st.bundle:
+                    d = replace(d, state="installed", reason="already running the bundle")
+                if st.phase == "completed" and d.state == "pending":
+                    st = replace(st, phase="running", reason=f"device {ev.device} joined")
+                put(d)
+                continue
+            came_back = ev.online and not d.online
+            d = replace(d, online=ev.online)
+            if came_back and d.state in ISSUED:
+                d = replace(d, issued_at=now)  # its timeout runs while it can act
+            if d.state == "pending" and d.cohort is None and ev.active is not None and ev.active != st.bundle:
+                d = replace(d, from_bundle=ev.active)
+            if d.state in ISSUED and ev.active == st.bundle and st.phase != "rolled_back":
+                d = replace(d, state="installed", reason="")
+            elif d.state == "rolling_back" and ev.active == d.from_bundle:
+                d = replace(d, state="rolled_back", reason="")
+            elif d.state == "timed_out" and came_back and st.phase not in ("aborted", "cancelled"):
+                d = issue(d, "re-issued: device came back online")
+            elif d.state == "pending" and d.cohort is None and ev.active == st.bundle:
+                d = replace(d, state="installed", reason="already running the bundle")
+            put(d)
+        elif isinstance(ev, InstallReport):
+            d = devs.get(ev.device)
+            if d is None:
+                continue
+            if d.state == "rolling_back":
+                if ev.status == "ok" and ev.stage in ("commit", "switch", "rollback"):
+                    put(replace(d, state="rolled_back", reason=""))
+                elif ev.status == "failed":
+                    put(replace(d, reason=f"rollback failed: {ev.reason}: {ev.detail}"[:300]))
+                continue
+            if d.state not in ISSUED:
+                continue
+            if ev.status == "failed":
+                why = f"{ev.reason}: {ev.stage}: {ev.detail}"[:300]
+                if ev.reason in RETRYABLE and d.attempts < 1 + policy.max_retries and st.phase == "running":
+                    put(issue(d, f"retry after {why}"))
+                else:
+                    put(replace(d, state="failed", reason=why))
+            elif ev.status == "ok" and ev.stage in ("commit", "switch"):
+                put(replace(d, state="installed", reason=""))
+            else:
+                put(replace(d, state="installing", reason=ev.stage))
+        elif isinstance(ev, Health):
+            health[ev.device] = ev
+
+    # 4. timeouts
+    for d in list(devs.values()):
+        # offline devices do not time out: their retained desired doc waits for them
+        if d.state in ISSUED and d.online and now - d.issued_at >= policy.install_timeout_s:
+            if d.attempts < 1 + policy.max_retries and st.phase == "running":
+                put(issue(d, f"retry after timeout ({policy.install_timeout_s}s)"))
+            else:
+                put(replace(d, state="timed_out", reason=f"no result within {policy.install_timeout_s}s"))
+
+    # 5.-7. cohorts, gates, soak
+    if st.phase in ("running", "completed") and st.cohort < 0:
+        st = _open_next(st, devs, now, policy, issue, put)
+    elif st.phase == "running" and st.cohort >= 0:
+        # devices that joined after their cohort size was computed go to the open cohort
+        sizes = cohort_sizes(policy.cohorts, _eligible(devs))
+        if sizes:
+            _assign(devs, sizes[min(st.cohort, len(sizes) - 1)], st.cohort, issue, put)
+
+    gates = evaluate_gates(st, [d for d in devs.values() if (d.cohort or 0) >= st.gate_floor], health, policy)
+    st = replace(st, gates=tuple(gates))
+    breached = [g for g in gates if g.status == "breach"]
+    if breached and st.phase == "running":
+        msg = "; ".join(f"{g.name} {g.detail}" for g in breached)
+        actions.append(Alert("rollout_gate", "alert", f"cohort {st.cohort} breached: {msg}",
+                             {"gates": [g.to_dict() for g in breached], "cohort": st.cohort,
+                              "on_breach": policy.on_breach}))
+        if policy.on_breach == "pause":
+            st = replace(st, phase="paused", reason=f"gate breach: {msg}")
+        elif policy.on_breach == "abort":
+            cancel_pending(f"aborted: {msg}")
+            st = replace(st, phase="aborted", reason=f"gate breach: {msg}")
+        else:
+            st = replace(st, phase="rolled_back", reason=f"gate breach: {msg}")
+            roll_back_all(f"automatic rollback: {msg}")
+
+    if st.phase == "running":
+        assigned = [d for d in devs.values() if d.cohort is not None]
+        settled = all(d.state in SETTLED or not d.online for d in assigned)
+        if settled and st.soak_started is None:
+            st = replace(st, soak_started=now)
+        waiting_data = policy.require_samples and any(g.status == "insufficient_data" for g in gates
+                                                      if g.name != "install_failure_rate")
+        if settled and st.soak_started is not None and now - st.soak_started >= policy.soak_s and not waiting_data:
+            sizes = cohort_sizes(policy.cohorts, _eligible(devs))
+            if st.cohort >= len(sizes) - 1 and all(d.cohort is not None or d.state in SETTLED for d in devs.values()):
+                st = replace(st, phase="completed", reason="every cohort passed its gates")
+            elif policy.approve_each_cohort:
+                st = replace(st, phase="awaiting_approval", reason=f"cohort {st.cohort} passed; waiting for approve")
+            else:
+                st = _open_next(st, devs, now, policy, issue, put)
+
+    ordered = tuple(sorted(devs.values(), key=lambda d: d.id))
+    return replace(st, devices=ordered), actions
+
+
+def _eligible(devs: Mapping[str, DeviceState]) -> int:
+    """Devices cohort sizes are computed over: everyone who could be issued the bundle."""
+    return sum(1 for d in devs.values() if d.state != "incompatible")
+
+
+def _assign(devs: dict[str, DeviceState], upto: int, cohort: int, issue: Any, put: Any) -> None:
+    """Give the next unassigned devices (online first, then by id) to ``cohort`` until ``upto``
+    eligible devices are assigned. Incompatible ones are marked with the cohort but not counted."""
+    assigned = sum(1 for d in devs.values() if d.cohort is not None and d.state != "incompatible")
+    for d in sorted(devs.values(), key=lambda x: (not x.online, x.id)):
+        if d.cohort is not None:
+            continue
+        if d.state == "incompatible":
+            put(replace(d, cohort=cohort))
+            continue
+        if assigned >= upto:
+            continue
+        put(issue(replace(d, cohort=cohort)) if d.state == "pending" else replace(d, cohort=cohort))
+        assigned += 1
+
+
+def _open_next(st: RolloutState, devs: dict[str, DeviceState], now: int, policy: Policy, issue: Any,
+               put: Any) -> RolloutState:
+    sizes = cohort_sizes(policy.cohorts, _eligible(devs))
+    if not sizes:
+        return replace(st, cohort=max(st.cohort, 0), soak_started=None)
+    nxt = min(st.cohort + 1, len(sizes) - 1)
+    st = replace(st, cohort=nxt, cohort_started=now, soak_started=None)
+    _assign(devs, sizes[nxt], nxt, issue, put)
+    return st
+
+
+def evaluate_gates(st: RolloutState, devices: Sequence[DeviceState], health: Mapping[str, Health],
+                   policy: Policy) -> list[GateResult]:
+    """Gate results over every device assigned so far (cumulative cohorts)."""
+    g = policy.gates
+    out: list[GateResult] = []
+    assigned = [d for d in devices if d.cohort is not None and d.state != "incompatible"]
+    bad = sum(1 for d in assigned if d.state in ("failed", "timed_out"))
+    settled = sum(1 for d in assigned if d.state in SETTLED)
+    # breach early: even if every unsettled device succeeds the rate is already too high
+    rate = bad / len(assigned) if assigned else 0.0
+    if assigned and (bad / len(assigned) > g.max_install_failure_rate):
+        out.append(GateResult("install_failure_rate", "breach", rate, g.max_install_failure_rate,
+                              f"{bad}/{len(assigned)} failed or timed out"))
+    else:
+        out.append(GateResult("install_failure_rate", "pass" if settled else "insufficient_data", rate,
+                              g.max_install_failure_rate, f"{bad}/{len(assigned)}"))
+    hs = [health[d.id] for d in assigned if d.id in health and d.state == "installed"]
+    inferences = sum(h.inferences for h in hs)
+    errors = sum(h.errors for h in hs)
+
+    def ratio_gate(name: str, num: int, den: int, limit: float | None, what: str) -> None:
+        if limit is None:
+            return
+        if den < g.min_samples:
+            out.append(GateResult(name, "insufficient_data", None, limit, f"{den} < {g.min_samples} {what}"))
+            return
+        v = num / den
+        out.append(GateResult(name, "breach" if v > limit else "pass", v, limit, f"{num}/{den}"))
+
+    ratio_gate("error_rate", errors, inferences + errors, g.max_error_rate, "requests")
+    ratio_gate("cloud_fallback_rate", sum(h.cloud for h in hs), inferences, g.max_cloud_rate, "inferences")
+
+    if g.max_p95_ratio is not None:
+        new, old = LatencySketch(), LatencySketch()
+        for h in hs:
+            if h.latency and h.prev_latency:  # same devices on both sides, or it is no comparison
+                new = new.merge(LatencySketch.from_dict(dict(h.latency)))
+                old = old.merge(LatencySketch.from_dict(dict(h.prev_latency)))
+        if new.count < g.min_samples or old.count < g.min_samples:
+            out.append(GateResult("p95_latency_ratio", "insufficient_data", None, g.max_p95_ratio,
+                                  f"{new.count} new / {old.count} previous samples < {g.min_samples}"))
+        else:
+            n95, o95 = new.quantile(0.95) or 0.0, old.quantile(0.95) or 0.0
+            v = n95 / o95 if o95 > 0 else math.inf
+            out.append(GateResult("p95_latency_ratio", "breach" if v > g.max_p95_ratio else "pass",
+                                  v if math.isfinite(v) else None, g.max_p95_ratio,
+                                  f"p95 {n95 * 1000:.2f} ms vs {o95 * 1000:.2f} ms before"))
+
+    if (g.drift or g.max_js is not None) and st.baseline:
+        th = replace(st.drift_thresholds, min_samples=max(st.drift_thresholds.min_samples, 1))
+        worst: GateResult | None = None
+        any_data = False
+        for feat, ref in sorted(st.baseline.items()):
+            wins = [list(h.drift[feat]) for h in hs if feat in h.drift and len(h.drift[feat]) == len(ref)]
+            if not wins:
+                continue
+            cur = merge_counts(*wins)
+            verdict = drift_verdict(list(ref), cur, th)
+            if verdict.status == "insufficient_data":
+                continue
+            any_data = True
+            js = js_divergence(list(ref), cur)
+            breach = (g.drift and verdict.status == "alert") or (g.max_js is not None and js > g.max_js)
+            res = GateResult("drift", "breach" if breach else "pass", verdict.psi, th.psi_alert,
+                             f"{feat}: PSI {verdict.psi:.3f}, JS {js:.3f} over {verdict.samples} samples")
+            if worst is None or (res.status == "breach" and worst.status != "breach") or \
+                    (res.status == worst.status and (res.value or 0) > (worst.value or 0)):
+                worst = res
+        out.append(worst if worst is not None and any_data else
+                   GateResult("drift", "insufficient_data", None, th.psi_alert,
+                              f"fewer than {th.min_samples} samples per feature"))
+
+    if g.min_shadow_agreement is not None:
+        agree, total = sum(h.shadow_agree for h in hs), sum(h.shadow_total for h in hs)
+        if total < g.min_samples:
+            out.append(GateResult("shadow_agreement", "insufficient_data", None, g.min_shadow_agreement,
+                                  f"{total} < {g.min_samples} comparisons"))
+        else:
+            v = agree / total
+            out.append(GateResult("shadow_agreement", "breach" if v < g.min_shadow_agreement else "pass", v,
+                                  g.min_shadow_agreement, f"{agree}/{total} agree"))
+    return out

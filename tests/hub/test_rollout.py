@@ -1,0 +1,314 @@
+"""The pure rollout state machine, table-tested: every rule in ``hub.rollout``'s docstring has
+a scenario here. No clock, no I/O: time is an argument."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub.rollout import (Alert, Command, DeviceSeen, Gates, Health, InstallReport, Issue, Policy, PolicyError,
+                         RolloutState, advance, cohort_sizes)
+from protocol.bundle import Requirements
+from protocol.sketch import LatencySketch
+
+NEW, OLD = "b" * 64, "a" * 64
+FAST = {"board": "rpi4", "edgetpu": False}
+
+
+def seen(n: int, online: bool = True, active: str | None = OLD, prefix: str = "d", **inv) -> list[DeviceSeen]:
+    return [DeviceSeen(f"{prefix}{i:02}", online, active, {**FAST, **inv}) for i in range(n)]
+
+
+def issued(actions) -> list[str]:
+    return sorted(a.device for a in actions if isinstance(a, Issue) and a.action == "install")
+
+
+def rollbacks(actions) -> list[Issue]:
+    return [a for a in actions if isinstance(a, Issue) and a.action in ("rollback", "idle")]
+
+
+def sketch(ms: float, n: int = 200) -> dict:
+    s = LatencySketch()
+    s.add(ms / 1000, n)
+    return s.to_dict()
+
+
+def install_all(st: RolloutState, now: int, policy: Policy):
+    evs = [InstallReport(d.id, "commit", "ok") for d in st.devices if d.state in ("issued", "installing")]
+    return advance(st, evs, now, policy)
+
+
+P = Policy(cohorts=("1", "10%", "50%", "100%"), soak_s=10, install_timeout_s=100, max_retries=1)
+
+
+@pytest.mark.parametrize("cohorts,total,sizes", [
+    (("1", "10%", "50%", "100%"), 20, [1, 2, 10, 20]),
+    (("1", "10%", "50%", "100%"), 200, [1, 20, 100, 200]),
+    (("1", "10%", "50%", "100%"), 3, [1, 2, 3]),
+    (("1", "10%", "50%", "100%"), 1, [1]),
+    (("1", "10%", "50%", "100%"), 0, [0]),
+    (("5", "100%"), 3, [3]),
+    (("25%", "25%", "100%"), 8, [2, 3, 8]),
+    (("100%",), 7, [7]),
+    (("2", "4"), 10, [2, 10]),
+])
+def test_cohort_sizes_are_cumulative_growing_and_end_with_everyone(cohorts, total, sizes):
+    assert cohort_sizes(cohorts, total) == sizes
+
+
+@pytest.mark.parametrize("bad,needle", [
+    ({"cohorts": []}, "at least one"),
+    ({"cohorts": ["0"]}, "cohort size '0'"),
+    ({"cohorts": ["150%"]}, "150%"),
+    ({"on_breach": "explode"}, "on_breach"),
+    ({"soak_s": -1}, "soak_s"),
+    ({"install_timeout_s": 0}, "install_timeout_s"),
+    ({"gates": {"max_p95_ratio": "fast"}}, "max_p95_ratio"),
+    ({"gates": {"nope": 1}}, "unknown gates"),
+    ({"speed": 1}, "unknown policy fields"),
+    ({"gates": {"drift": 1}}, "gates.drift"),
+])
+def test_invalid_policy_is_refused_naming_the_field(bad, needle):
+    with pytest.raises(PolicyError, match=needle):
+        Policy.from_dict(bad)
+
+
+def test_policy_round_trips_through_its_dict():
+    p = Policy.from_dict({"cohorts": ["1", "100%"], "soak_s": 5, "gates": {"max_p95_ratio": 2, "min_samples": 10}})
+    assert Policy.from_dict(p.to_dict()) == p
+
+
+def test_canary_goes_first_then_cohorts_open_after_soak_until_completed():
+    st, acts = advance(RolloutState(NEW), seen(20), 0, P)
+    assert issued(acts) == ["d00"] and st.cohort == 0
+    st, acts = install_all(st, 1, P)
+    assert acts == [] and st.soak_started == 1
+    st, acts = advance(st, [], 10, P)  # soak not over
+    assert acts == [] and st.cohort == 0
+    st, acts = advance(st, [], 11, P)
+    assert issued(acts) == ["d01"] and st.cohort == 1
+    sizes_seen = []
+    now = 12
+    while st.phase == "running":
+        st, acts = install_all(st, now, P)
+        st, acts = advance(st, [], now + 10, P)
+        sizes_seen.append(st.counts().get("installed", 0))
+        now += 20
+    assert st.phase == "completed" and st.counts() == {"installed": 20}
+    assert sizes_seen[:2] == [2, 10]
+
+
+def test_canary_install_failure_rolls_back_by_default_with_a_new_instruction():
+    policy = Policy(cohorts=("1", "100%"), soak_s=0)
+    st, _ = advance(RolloutState(NEW), seen(5), 0, policy)
+    st, acts = advance(st, [InstallReport("d00", "selftest", "failed", "selftest_failed", "output off")], 1, policy)
+    assert st.phase == "rolled_back" and "install_failure_rate" in st.reason
+    assert [(a.device, a.action, a.bundle) for a in rollbacks(acts)] == [("d00", "rollback", OLD)]
+    assert any(isinstance(a, Alert) and a.kind == "rollout_gate" for a in acts)
+    assert st.counts() == {"rolling_back": 1, "cancelled": 4}
+    st, acts = advance(st, [InstallReport("d00", "rollback", "ok")], 2, policy)
+    assert st.device("d00").state == "rolled_back" and acts == [] or all(isinstance(a, Alert) for a in acts)
+
+
+@pytest.mark.parametrize("on_breach,phase,counts", [
+    ("pause", "paused", {"failed": 1, "pending": 4}),
+    ("abort", "aborted", {"failed": 1, "cancelled": 4}),
+    ("rollback", "rolled_back", {"rolling_back": 1, "cancelled": 4}),
+])
+def test_breach_action_follows_policy(on_breach, phase, counts):
+    policy = Policy(cohorts=("1", "100%"), soak_s=0, on_breach=on_breach)
+    st, _ = advance(RolloutState(NEW), seen(5), 0, policy)
+    st, acts = advance(st, [InstallReport("d00", "verify", "failed", "bad_signature")], 1, policy)
+    assert st.phase == phase and st.counts() == counts
+    assert len([a for a in acts if isinstance(a, Alert)]) == 1
+    # no further issuance while stopped
+    st, acts = advance(st, [], 100, policy)
+    assert issued(acts) == []
+
+
+def test_approving_a_paused_breach_rearms_gates_for_the_next_cohort():
+    policy = Policy(cohorts=("1", "100%"), soak_s=0, on_breach="pause")
+    st, _ = advance(RolloutState(NEW), seen(3), 0, policy)
+    st, _ = advance(st, [InstallReport("d00", "download", "failed", "disk_full")], 1, policy)
+    assert st.phase == "paused"
+    st, acts = advance(st, [Command("approve", "ops")], 2, policy)
+    assert st.phase == "running" and issued(acts) == ["d01", "d02"] and st.gate_floor == 1
+    st, _ = install_all(st, 3, policy)
+    st, _ = advance(st, [], 4, policy)
+    assert st.phase == "completed"
+
+
+def _health(dev: str, new_ms: float, old_ms: float = 10.0, n: int = 200, errors: int = 0, cloud: int = 0,
+            drift=None, agree: int = 0, total: int = 0) -> Health:
+    return Health(dev, inferences=n, errors=errors, cloud=cloud, latency=sketch(new_ms, n),
+                  prev_latency=sketch(old_ms, n), drift=drift or {}, shadow_agree=agree, shadow_total=total)
+
+
+@pytest.mark.parametrize("health,gates,breached", [
+    (_health("d00", 30.0), Gates(max_p95_ratio=1.5), "p95_latency_ratio"),
+    (_health("d00", 12.0), Gates(max_p95_ratio=1.5), None),
+    (_health("d00", 10.0, errors=50), Gates(max_error_rate=0.05), "error_rate"),
+    (_health("d00", 10.0, errors=5), Gates(max_error_rate=0.05), None),
+    (_health("d00", 10.0, cloud=100), Gates(max_cloud_rate=0.2), "cloud_fallback_rate"),
+    (_health("d00", 10.0, cloud=10), Gates(max_cloud_rate=0.2), None),
+    (_health("d00", 10.0, agree=150, total=200), Gates(min_shadow_agreement=0.9), "shadow_agreement"),
+    (_health("d00", 10.0, agree=195, total=200), Gates(min_shadow_agreement=0.9), None),
+    (_health("d00", 10.0, drift={"outputs.top1_class": [10, 10, 180]}), Gates(), "drift"),
+    (_health("d00", 10.0, drift={"outputs.top1_class": [66, 67, 67]}), Gates(), None),
+    (_health("d00", 10.0, drift={"outputs.top1_class": [60, 60, 80]}), Gates(max_js=0.001), "drift"),
+    # too few samples: never a breach, whatever the numbers say
+    (_health("d00", 90.0, n=20, errors=19), Gates(max_p95_ratio=1.5, max_error_rate=0.05), None),
+    (_health("d00", 10.0, drift={"outputs.top1_class": [0, 0, 20]}), Gates(), None),
+])
+def test_health_gates_breach_only_on_real_regressions(health, gates, breached):
+    policy = Policy(cohorts=("1", "100%"), soak_s=60, on_breach="pause", gates=gates)
+    st = RolloutState(NEW, baseline={"outputs.top1_class": [333, 333, 334]})
+    st, _ = advance(st, seen(4), 0, policy)
+    st, _ = install_all(st, 1, policy)
+    st, acts = advance(st, [health], 5, policy)
+    got = [g.name for g in st.gates if g.status == "breach"]
+    if breached is None:
+        assert got == [] and st.phase == "running"
+    else:
+        assert got == [breached] and st.phase == "paused"
+        assert any(isinstance(a, Alert) for a in acts)
+
+
+def test_require_samples_holds_the_cohort_open_until_telemetry_arrives():
+    policy = Policy(cohorts=("1", "100%"), soak_s=5, require_samples=True, gates=Gates(max_p95_ratio=1.5))
+    st, _ = advance(RolloutState(NEW), seen(3), 0, policy)
+    st, _ = install_all(st, 1, policy)
+    st, acts = advance(st, [], 100, policy)
+    assert st.cohort == 0 and issued(acts) == []
+    st, acts = advance(st, [_health("d00", 11.0)], 101, policy)
+    assert st.cohort == 1 and issued(acts) == ["d01", "d02"]
+
+
+def test_retryable_failures_are_reissued_until_attempts_run_out():
+    policy = Policy(cohorts=("100%",), max_retries=1, gates=Gates(max_install_failure_rate=1.0))
+    st, _ = advance(RolloutState(NEW), seen(1), 0, policy)
+    st, acts = advance(st, [InstallReport("d00", "download", "failed", "hash_mismatch")], 1, policy)
+    assert issued(acts) == ["d00"] and st.device("d00").attempts == 2
+    st, acts = advance(st, [InstallReport("d00", "download", "failed", "hash_mismatch")], 2, policy)
+    assert issued(acts) == [] and st.device("d00").state == "failed"
+
+
+def test_non_retryable_failure_is_final_at_once():
+    policy = Policy(cohorts=("100%",), max_retries=5, gates=Gates(max_install_failure_rate=1.0))
+    st, _ = advance(RolloutState(NEW), seen(1), 0, policy)
+    st, acts = advance(st, [InstallReport("d00", "verify", "failed", "unknown_key")], 1, policy)
+    assert issued(acts) == [] and st.device("d00").state == "failed" and "unknown_key" in st.device("d00").reason
+
+
+def test_timeouts_retry_then_give_up_and_a_returning_device_gets_the_current_target():
+    policy = Policy(cohorts=("100%",), install_timeout_s=100, max_retries=1,
+                    gates=Gates(max_install_failure_rate=1.0))
+    st, _ = advance(RolloutState(NEW), seen(1), 0, policy)
+    st, acts = advance(st, [], 100, policy)
+    assert issued(acts) == ["d00"] and st.device("d00").attempts == 2
+    st, acts = advance(st, [], 200, policy)
+    assert issued(acts) == [] and st.device("d00").state == "timed_out"
+    st, acts = advance(st, [DeviceSeen("d00", False, OLD)], 300, policy)
+    st, acts = advance(st, [DeviceSeen("d00", True, OLD)], 400, policy)
+    assert issued(acts) == ["d00"] and st.device("d00").state == "issued"
+
+
+def test_offline_device_never_times_out_or_blocks_the_rollout_and_installs_when_back():
+    policy = Policy(cohorts=("100%",), soak_s=0, install_timeout_s=10)
+    evs = seen(2) + [DeviceSeen("d02", False, OLD, FAST)]
+    st, acts = advance(RolloutState(NEW), evs, 0, policy)
+    assert issued(acts) == ["d00", "d01", "d02"]  # its retained doc waits for it
+    st, _ = advance(st, [InstallReport("d00", "commit", "ok"), InstallReport("d01", "commit", "ok")], 1, policy)
+    st, _ = advance(st, [], 1000, policy)
+    assert st.phase == "completed" and st.device("d02").state == "issued"
+    st, acts = advance(st, [DeviceSeen("d02", True, NEW)], 2000, policy)
+    assert st.device("d02").state == "installed" and issued(acts) == []
+
+
+def test_offline_device_during_a_rollback_converges_to_the_previous_bundle_not_the_canary():
+    policy = Policy(cohorts=("100%",), soak_s=0)
+    st, _ = advance(RolloutState(NEW), seen(1) + [DeviceSeen("d01", False, OLD, FAST)], 0, policy)
+    st, acts = advance(st, [Command("rollback", "ops")], 1, policy)
+    assert sorted((a.device, a.bundle) for a in rollbacks(acts)) == [("d00", OLD), ("d01", OLD)]
+    st, _ = advance(st, [DeviceSeen("d01", True, OLD)], 50, policy)
+    assert st.device("d01").state == "rolled_back"
+
+
+def test_incompatible_devices_are_never_issued_and_never_the_canary():
+    req = Requirements(edgetpu="required")
+    policy = Policy(cohorts=("1", "100%"), soak_s=0)
+    evs = [DeviceSeen("a-cpu", True, OLD, {"board": "rpi4", "edgetpu": False}),
+           DeviceSeen("b-tpu", True, OLD, {"board": "rpi4", "edgetpu": True}),
+           DeviceSeen("c-tpu", True, OLD, {"board": "rpi4", "edgetpu": True})]
+    st, acts = advance(RolloutState(NEW, requirements=req), evs, 0, policy)
+    assert issued(acts) == ["b-tpu"] and st.device("a-cpu").state == "incompatible"
+    assert "wrong_hardware" in st.device("a-cpu").reason
+    st, acts = install_all(st, 1, policy)  # soak 0: the next cohort opens at once
+    assert issued(acts) == ["c-tpu"]
+    st, _ = install_all(st, 3, policy)
+    st, _ = advance(st, [], 4, policy)
+    assert st.phase == "completed" and st.counts() == {"installed": 2, "incompatible": 1}
+
+
+@pytest.mark.parametrize("inventory,req,ok", [
+    ({"board": "rpi4"}, Requirements(boards=("rpi5",)), False),
+    ({"board": "rpi5"}, Requirements(boards=("rpi5",)), True),
+    ({"edgetpu": True, "edgetpu_runtime": 13}, Requirements(edgetpu="required", min_edgetpu_runtime=14), False),
+    ({"edgetpu": True, "edgetpu_runtime": 14}, Requirements(edgetpu="required", min_edgetpu_runtime=14), True),
+    ({"edgetpu": False}, Requirements(edgetpu="optional"), True),
+    ({"agent_version": "0.1.0"}, Requirements(min_agent="0.2"), False),
+    ({}, Requirements(boards=("rpi5",), edgetpu="required"), True),  # unknown inventory: the agent decides
+])
+def test_compatibility_is_checked_from_inventory(inventory, req, ok):
+    st, acts = advance(RolloutState(NEW, requirements=req), [DeviceSeen("x", True, OLD, inventory)], 0,
+                       Policy(cohorts=("100%",)))
+    assert (issued(acts) == ["x"]) is ok
+
+
+def test_device_joining_a_completed_rollout_reopens_it_and_converges():
+    policy = Policy(cohorts=("1", "100%"), soak_s=0)
+    st, _ = advance(RolloutState(NEW), seen(2), 0, policy)
+    for now in range(1, 6):
+        st, _ = install_all(st, now, policy)
+    assert st.phase == "completed"
+    st, acts = advance(st, [DeviceSeen("late", True, OLD, FAST)], 10, policy)
+    assert st.phase == "running" and issued(acts) == ["late"]
+    st, acts = advance(st, [DeviceSeen("already", True, NEW, FAST)], 11, policy)
+    assert issued(acts) == [] and st.device("already").state == "installed"
+
+
+def test_manual_pause_resume_cancel_and_commands_on_finished_rollouts():
+    policy = Policy(cohorts=("1", "100%"), soak_s=0)
+    st, _ = advance(RolloutState(NEW), seen(3), 0, policy)
+    st, _ = advance(st, [Command("pause", "ops")], 1, policy)
+    st, acts = install_all(st, 2, policy)
+    assert st.phase == "paused" and issued(acts) == []
+    st, acts = advance(st, [Command("resume", "ops")], 3, policy)
+    assert st.phase == "running" and issued(acts) == ["d01", "d02"]
+    st, acts = advance(st, [Command("cancel", "ops")], 4, policy)
+    assert st.phase == "cancelled"
+    for op in ("resume", "approve", "rollback", "pause"):
+        after, acts = advance(st, [Command(op)], 5, policy)
+        assert after.phase == "cancelled" and acts == []
+
+
+def test_approve_each_cohort_waits_for_an_operator():
+    policy = Policy(cohorts=("1", "100%"), soak_s=0, approve_each_cohort=True)
+    st, _ = advance(RolloutState(NEW), seen(3), 0, policy)
+    st, _ = install_all(st, 1, policy)
+    st, acts = advance(st, [], 2, policy)
+    assert st.phase == "awaiting_approval" and issued(acts) == []
+    st, acts = advance(st, [Command("approve", "ops")], 3, policy)
+    assert st.phase == "running" and issued(acts) == ["d01", "d02"]
+
+
+def test_rollback_of_a_device_with_no_previous_bundle_sends_idle():
+    policy = Policy(cohorts=("100%",))
+    st, _ = advance(RolloutState(NEW), seen(1, active=None), 0, policy)
+    st, acts = advance(st, [Command("rollback")], 1, policy)
+    assert [(a.action, a.bundle) for a in rollbacks(acts)] == [("idle", None)]
+
+
+def test_install_report_progress_moves_issued_to_installing():
+    st, _ = advance(RolloutState(NEW), seen(1), 0, P)
+    st, _ = advance(st, [InstallReport("d00", "download", "progress")], 1, P)
+    assert st.device("d00").state == "installing" and st.device("d00").reason == "download"
