@@ -28,6 +28,7 @@ import random
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -61,27 +62,36 @@ class CloudClient:
     def __init__(self, url: str, api_key: str | None, timeout: float) -> None:
         self.url, self.api_key, self.timeout = url, api_key, timeout
 
-    def predict(self, req: Request) -> dict[str, Any]:
+    def predict(self, req: Request, model_name: str | None) -> dict[str, Any]:
+        """Ask the cloud fallback (edgefleet-cloud): images to ``POST /predict?model=NAME``
+        (the seed's route), tensors to ``POST /v1/models/NAME/predict``."""
         headers = {"Accept": "application/json"}
         if self.api_key:
             headers["X-API-Key"] = self.api_key
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        query = f"?{urllib.parse.urlencode({'model': model_name})}" if model_name else ""
         if req.image is not None:
             boundary = uuid.uuid4().hex
             body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{req.filename}\"\r\n"
                     f"Content-Type: application/octet-stream\r\n\r\n").encode() + req.image + f"\r\n--{boundary}--\r\n".encode()
             headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
-            url = f"{self.url}/predict"
+            url = f"{self.url}/predict{query}"
         else:
+            if not model_name:
+                raise Unavailable("cloud fallback: a tensor request needs a model name and no bundle is known")
             body = json.dumps({"inputs": req.inputs}).encode()
             headers["Content-Type"] = "application/json"
-            url = f"{self.url}/v1/predict"
+            url = f"{self.url}/v1/models/{urllib.parse.quote(model_name)}/predict"
         r = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(r, timeout=self.timeout) as resp:
                 doc = json.loads(resp.read(MAX_BODY))
+        except urllib.error.HTTPError as exc:
+            detail = exc.read(2000).decode("utf-8", "replace")
+            raise Unavailable(f"cloud fallback {url}: HTTP {exc.code} {detail}") from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise Unavailable(f"cloud fallback {url}: {exc}") from None
+        if isinstance(doc, dict) and "predictions" not in doc and isinstance(doc.get("outputs"), dict) and doc["outputs"]:
+            doc["predictions"] = next(iter(doc["outputs"].values()))
         if not isinstance(doc, dict) or "predictions" not in doc:
             raise Unavailable(f"cloud fallback {url}: answer has no 'predictions'")
         return doc
@@ -103,6 +113,7 @@ class Serving:
         self._probation: dict[str, int] | None = None
         self._ewma_s: float | None = None
         self._since_local = 0
+        self.last_name: str | None = None  # bundle name last served, for cloud routing
 
     # model management (daemon thread) ---------------------------------------------------
     def swap(self, model: Model | None, probation: tuple[int, int] | None = None) -> Model | None:
@@ -113,6 +124,7 @@ class Serving:
                                if probation and probation[0] > 0 and model is not None else None)
             self._ewma_s = None
         if model is not None:
+            self.last_name = model.info.name
             self.recorder.set_bundle(model.info.digest, model.baseline, model.preprocess)
         else:
             self.recorder.set_bundle(None, None, {})
@@ -159,7 +171,7 @@ class Serving:
         if self.cloud is None:
             raise Unavailable("; ".join(errors + ["no cloud fallback configured"]))
         try:
-            doc = self.cloud.predict(req)
+            doc = self.cloud.predict(req, model.info.name if model is not None else self.last_name)
         except Unavailable as exc:
             self.recorder.record("cloud", 0.0, False)
             raise Unavailable("; ".join(errors + [str(exc)])) from None
@@ -168,6 +180,8 @@ class Serving:
         out = self._answer(scores, model, "cloud", t0)
         if isinstance(doc.get("top"), list):
             out["top"] = doc["top"]
+        if isinstance(doc.get("model"), dict):
+            out["cloud_model"] = doc["model"]
         return out
 
     def _answer(self, scores: np.ndarray, model: Model | None, path: str, t0: float) -> dict[str, Any]:

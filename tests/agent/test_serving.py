@@ -1,0 +1,129 @@
+"""The local inference API: real models, real images, bad input answered clearly, cloud fallback."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO, free_port, wait_port
+
+from .bundles import MNV1_TPU, coral_bundle
+
+pytestmark = pytest.mark.integration
+
+
+def _digit_png(value: int = 255) -> bytes:
+    img = Image.new("L", (8, 8), 0)
+    for y in range(1, 7):
+        img.putpixel((4, y), value)  # a vertical stroke, roughly a "1"
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def digits_agent(trust, hub, make_agent, digits_bundle):
+    env, _, archive = trust.sign_dir(digits_bundle)
+    pub = hub.publish_bundle(env, archive)
+    agent = make_agent("digits").start()
+    hub.desire(agent.device, pub)
+    hub.report(agent.device, "commit", "ok", pub.ref.digest)
+    return agent, pub
+
+
+def test_digits_bundle_from_the_compiler_serves_tensors_and_images(digits_agent):
+    agent, pub = digits_agent
+    code, out = agent.http("POST", "/v1/predict", json.dumps({"inputs": np.zeros((1, 8, 8, 1)).tolist()}).encode(),
+                           {"Content-Type": "application/json"})
+    assert code == 200, out
+    assert len(out["predictions"]) == 10 and abs(sum(out["predictions"]) - 1) < 0.05
+    assert out["bundle"] == {"digest": pub.ref.digest, "name": pub.ref.name, "version": pub.ref.version}
+    code, out = agent.predict_image(_digit_png(), path="/predict")  # the seed-compatible alias
+    assert code == 200 and out["served_by"] == "cpu" and out["top"][0]["label"] in [str(i) for i in range(10)]
+    code, st = agent.http("GET", "/v1/status")
+    assert code == 200 and st["active"]["digest"] == pub.ref.digest and st["state"] == "serving"
+
+
+@pytest.mark.parametrize("ctype, body, needle", [
+    ("application/json", b"{not json", "not valid JSON"),
+    ("application/json", b'{"x": 1}', "'inputs' field"),
+    ("application/json", b'{"inputs": [1, 2, 3]}', "needs 64"),
+    ("application/json", b'{"inputs": "cat"}', "nested list"),
+    ("multipart/form-data; boundary=zz", b"--zz\r\nContent-Disposition: form-data; name=\"img\"\r\n\r\nxx\r\n--zz--\r\n",
+     "no field named 'file'"),
+    ("image/png", b"this is not a png", "not a readable image"),
+    ("text/plain", b"hello", "unsupported Content-Type"),
+])
+def test_bad_request_gets_a_clear_error_and_the_agent_keeps_serving(digits_agent, ctype, body, needle):
+    agent, pub = digits_agent
+    code, out = agent.http("POST", "/v1/predict", body, {"Content-Type": ctype})
+    assert code == 422 and needle in out["detail"], out
+    code, out = agent.predict_image(_digit_png())
+    assert code == 200
+
+
+def test_unknown_route_and_no_model_are_reported_not_crashed(make_agent, hub):
+    agent = make_agent("empty").start()
+    code, out = agent.http("GET", "/v2/nothing")
+    assert code == 404 and "no route" in out["detail"]
+    code, out = agent.http("GET", "/healthz")
+    assert code == 503 and out["model"] is False
+    code, out = agent.predict_image(_digit_png())
+    assert code == 503 and "no local model installed" in out["detail"] and "no cloud fallback" in out["detail"]
+
+
+@pytest.fixture
+def cloud(tmp_path, trust, digits_bundle):
+    bundles = tmp_path / "cloud-bundles"
+    bundles.mkdir()
+    _, _, archive = trust.sign_dir(digits_bundle)
+    (bundles / "digits.efb").write_bytes(archive)
+    (tmp_path / "cloud-root.json").write_bytes(trust.root_bytes)
+    port = free_port()
+    with open(tmp_path / "cloud.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cloud", "serve", "--bundles", str(bundles),
+                                 "--root", str(tmp_path / "cloud-root.json"), "--port", str(port),
+                                 "--api-key", "agents:s3cret-s3cret-s3cret", "--poll", "0"],
+                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, 60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+@pytest.mark.slow
+def test_device_without_a_usable_model_routes_to_the_cloud_fallback(tmp_path, coral_models, trust, hub, make_agent,
+                                                                     cloud, digits_bundle):
+    agent = make_agent("fallback", cloud_url=cloud, cloud_api_key="s3cret-s3cret-s3cret").start()
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "tpu", coral_models, MNV1_TPU, role="tflite_edgetpu"))
+    tpu_only = hub.publish_bundle(env, archive)
+    hub.desire(agent.device, tpu_only)
+    hub.report(agent.device, "verify", "failed", tpu_only.ref.digest)  # refused: no Edge TPU here
+    code, out = agent.predict_image(_digit_png())
+    assert code == 200, out
+    assert out["served_by"] == "cloud" and len(out["predictions"]) == 10
+    code, _ = agent.http("GET", "/healthz")
+    assert code == 200
+    tm = hub.wait(lambda: [t for t in hub.telemetry if t.device == "fallback" and t.counts.get("cloud")], 30,
+                  "telemetry counting a cloud fallback")
+    assert tm[0].counts["cloud"] >= 1
+    env, _, archive = trust.sign_dir(digits_bundle)
+    pub = hub.publish_bundle(env, archive)
+    hub.desire(agent.device, pub)
+    hub.report(agent.device, "commit", "ok", pub.ref.digest)
+    code, out = agent.predict_image(_digit_png())
+    assert code == 200 and out["served_by"] == "cpu"
+    local = out["predictions"]
+    code, out = agent.http("POST", "/v1/predict", json.dumps({"inputs": np.zeros((1, 8, 8, 1)).tolist()}).encode(),
+                           {"Content-Type": "application/json"})
+    assert code == 200 and out["served_by"] == "cpu"
+    assert len(local) == 10
