@@ -38,8 +38,7 @@ from .transport import Outgoing, Publisher
 
 log = logging.getLogger(__name__)
 
-TERMINAL = ("installed", "failed", "timed_out", "incompatible", "rolled_back", "cancelled", "skipped")
-ACTIVE_PHASES = ("running", "paused")
+ACTIVE_PHASES = ("running", "paused", "awaiting_approval")
 
 
 def now_s() -> int:
@@ -148,7 +147,7 @@ class Fleet:
         self.publisher = publisher
         self.metrics = metrics
         self.clock = clock
-        self._issue_lock = threading.Lock()  # seq allocation is read-modify-write
+        self.rollout_lock = threading.RLock()  # seq allocation and rollout state are read-modify-write
 
     def session(self) -> Session:
         return session(self.engine)
@@ -268,9 +267,9 @@ class Fleet:
     def _rollout_states(self, s: Session, ids: list[str]) -> dict[str, str]:
         if not ids:
             return {}
-        q = (select(RolloutDevice.device_id, RolloutDevice.state, Rollout.created)
+        q = (select(RolloutDevice.device_id, RolloutDevice.state, Rollout.serial)
              .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
-             .where(col(RolloutDevice.device_id).in_(ids)).order_by(col(Rollout.created)))
+             .where(col(RolloutDevice.device_id).in_(ids)).order_by(col(Rollout.serial)))
         return {dev: state for dev, state, _ in s.exec(q).all()}
 
     def get_device(self, device_id: str, windows: int = 30) -> dict[str, Any]:
@@ -423,10 +422,6 @@ class Fleet:
 
 def new_id() -> str:
     return secrets.token_hex(6)
-
-
-def conflict(msg: str) -> Conflict:
-    return Conflict(msg)
 
 
 def _refresh_gauges(fleet: Fleet) -> None:

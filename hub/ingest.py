@@ -94,28 +94,32 @@ class Ingest:
         self.metrics.batch_size.observe(len(parsed))
         with self.metrics.batch_seconds.time():
             try:
-                out, touched = self._store(parsed)
+                out, touched, reports = self._store(parsed)
             except SQLAlchemyError as exc:
                 log.error("batch of %d failed (%s); retrying one by one", len(parsed), exc.__class__.__name__)
-                out, touched = [], set()
+                out, touched, reports = [], set(), []
                 for p in parsed:
                     try:
-                        o, t = self._store([p])
+                        o, t, r = self._store([p])
                         out += o
                         touched |= t
+                        reports += r
                     except SQLAlchemyError as exc2:
                         self.metrics.messages.labels(p.kind.value, "error").inc()
                         log.error("could not store %s from %s: %s", p.kind.value, p.device, exc2)
-        self.fleet.publish(out)
+        self.fleet.publish(out)  # acks only after the commit: an acked message is stored
+        if reports:
+            rollouts.on_reports(self.fleet, reports)
         if touched:
             self.fleet.converge(sorted(touched))
 
-    def _store(self, parsed: Sequence[Parsed]) -> tuple[list[Outgoing], set[str]]:
+    def _store(self, parsed: Sequence[Parsed]) -> tuple[list[Outgoing], set[str], list[Report]]:
         now = self.fleet.clock()
         out: list[Outgoing] = []
         touched: set[str] = set()
         acks: dict[tuple[str, str], list[int]] = {}
         counted: list[tuple[str, str]] = []
+        reports: list[Report] = []
         with self.fleet.session() as s:
             ids = sorted({p.device for p in parsed})
             devices = {d.id: d for d in s.exec(select(Device).where(col(Device.id).in_(ids))).all()}
@@ -134,11 +138,10 @@ class Ingest:
                 m = p.message
                 if isinstance(m, Status):
                     d = device(p.device)
-                    was_online = d.online
+                    before = (d.online, d.active_digest, d.inventory)
                     self._apply_status(d, m, now)
-                    if m.online and not was_online:
+                    if (d.online, d.active_digest, d.inventory) != before:
                         touched.add(d.id)
-                    rollouts.apply_status(s, d, now)
                     counted.append(("status", "stored"))
                 elif isinstance(m, Telemetry):
                     d = device(p.device)
@@ -163,7 +166,7 @@ class Ingest:
                                        bundle=m.bundle, progress=m.progress, metrics=m.metrics, received=now))
                     if m.desired_seq > d.reported_desired_seq and m.status == "ok":
                         d.reported_desired_seq = m.desired_seq
-                    rollouts.apply_report(s, d, m, now)
+                    reports.append(m)
                     counted.append(("report", "stored"))
                 elif isinstance(m, FetchRequest):
                     b = s.exec(select(Bundle).where(Bundle.archive_sha256 == m.archive)).first()
@@ -181,7 +184,7 @@ class Ingest:
         for (did, kind), seqs in acks.items():
             out.append(Outgoing(str(Topic.for_device(Kind.ACK, did)), Ack(kind, tuple(sorted(set(seqs)))).to_bytes(),
                                 retain=False, qos=1, kind="ack"))
-        return out, touched
+        return out, touched, reports
 
     @staticmethod
     def _existing(s: Session, table: type[TelemetryWindow] | type[ReportRecord],

@@ -80,12 +80,16 @@ class Build(SQLModel, table=True):
 
 class Rollout(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=32)
+    serial: int = Field(default=0, index=True)   # creation order (newest rollout owns a device)
     bundle: str = Field(max_length=64, index=True)
     target: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     policy: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     phase: str = Field(default="running", index=True)
-    cohort: int = 0
+    cohort: int = -1
     cohort_started: int = 0
+    soak_started: Optional[int] = None
+    gate_floor: int = 0
+    gates: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
     reason: str = ""
     created: int = 0
     updated: int = 0
@@ -96,8 +100,9 @@ class RolloutDevice(SQLModel, table=True):
     __tablename__ = "rollout_device"
     rollout_id: str = Field(primary_key=True, max_length=32)
     device_id: str = Field(primary_key=True, max_length=64)
-    cohort: int = 0
+    cohort: Optional[int] = None
     state: str = Field(default="pending", index=True)
+    online: bool = True
     attempts: int = 0
     seq: int = 0                    # desired seq issued for this rollout
     issued_at: int = 0

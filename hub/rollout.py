@@ -95,17 +95,27 @@ class Gates:
 
 @dataclass(frozen=True)
 class Policy:
-    cohorts: tuple[str, ...] = ("1", "10%", "50%", "100%")
-    soak_s: int = 60
+    """Defaults are the *simple* rollout (everyone at once, pause on a breach). The ``staged``
+    preset is the canary path: 1 → 10 % → 50 % → 100 %, 60 s soak, automatic rollback."""
+
+    cohorts: tuple[str, ...] = ("100%",)
+    soak_s: int = 0
     install_timeout_s: int = 600
     max_retries: int = 2
-    on_breach: str = "rollback"
+    on_breach: str = "pause"
     approve_each_cohort: bool = False
     require_samples: bool = False
     gates: Gates = Gates()
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "Policy":
+        """Fields as in :meth:`to_dict`; ``"preset": "simple" | "staged"`` sets the defaults
+        the other fields override."""
+        obj = dict(obj)
+        preset = obj.pop("preset", "simple")
+        if preset not in PRESETS:
+            raise PolicyError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        obj = {**PRESETS[preset], **obj, "gates": {**PRESETS[preset].get("gates", {}), **(obj.get("gates") or {})}}
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(obj) - known
         if unknown:
@@ -148,6 +158,12 @@ class Policy:
                 "max_retries": self.max_retries, "on_breach": self.on_breach,
                 "approve_each_cohort": self.approve_each_cohort, "require_samples": self.require_samples,
                 "gates": dict(self.gates.__dict__)}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "simple": {},
+    "staged": {"cohorts": ["1", "10%", "50%", "100%"], "soak_s": 60, "on_breach": "rollback"},
+}
 
 
 def _num(name: str, v: Any) -> Any:

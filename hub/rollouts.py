@@ -1,17 +1,21 @@
-"""The thin shell around rollouts: loads rows, applies reports, issues signed desired docs.
+"""The thin shell around :mod:`hub.rollout`: load state from the registry, gather events,
+call ``advance``, carry out its actions (sign + publish desired docs, raise alerts), save.
 
-Phase-1 behaviour (one cohort, every targeted device at once):
+When it runs:
 
-* ``create``: every device the target matches gets a row; incompatible ones are marked
-  ``incompatible`` (board / TPU / runtime from inventory vs bundle requirements); the others
-  get a signed ``Desired(action=install)`` (retained) and the bundle's chunks are published
-  retained once. Devices in an older active rollout are moved to this one (``superseded``).
-* reports with ``desired_seq`` equal to the row's seq move it: progress -> ``installing``,
-  ``commit``/``switch`` ok -> ``installed``, any ``failed`` -> ``failed`` with the reason; a
-  status whose active bundle is the target also means ``installed``.
-* ``converge``: a device that appears (or changes group/tags) and matches an active rollout's
-  target is added and issued the rollout's *current* target.
-* the rollout is ``completed`` when every row is terminal; a newcomer re-opens it.
+* ``create`` (API/CLI): a new rollout row, then a full run (opens the canary cohort);
+* ``on_reports`` (ingest worker, after a batch commits): install reports whose
+  ``desired_seq`` matches a rollout row, as ``InstallReport`` events;
+* ``converge`` (ingest worker): devices that appeared, came online or changed group/tags, as
+  ``DeviceSeen`` events for the newest rollout whose target matches them;
+* ``tick`` (ticker thread, every ``config.tick`` s): every non-terminal rollout with
+  ``DeviceSeen`` for all its devices and ``Health`` for its installed devices (timeouts,
+  soak, gates);
+* ``command`` (API/CLI): approve / pause / resume / cancel / rollback.
+
+All runs hold ``fleet.rollout_lock`` so seq allocation and state writes never interleave.
+A device follows one rollout at a time: the newest non-terminal one that targets it; creating
+a rollout cancels the device's row in older ones (``superseded``).
 """
 
 from __future__ import annotations
@@ -24,81 +28,303 @@ from sqlmodel import Session, col, select
 
 from protocol.bundle import Requirements
 from protocol.messages import Report
+from protocol.sketch import DriftThresholds, LatencySketch
+from protocol.errors import BadPayload
 
-from . import compat
 from .errors import Conflict, Invalid, NotFound
-from .fleet import ACTIVE_PHASES, TERMINAL, Fleet, Target, new_id
-from .models import Bundle, Device, Rollout, RolloutDevice
+from .fleet import Fleet, Target, new_id
+from .models import Alert, Bundle, Device, Rollout, RolloutDevice, TelemetryWindow
+from .rollout import (TERMINAL_PHASES, Command, DeviceSeen, DeviceState, Event, GateResult, Health,
+                      InstallReport, Issue, Policy, PolicyError, RolloutState, advance, cohort_sizes)
+from .rollout import Alert as AlertAction
 from .transport import Outgoing
 
 log = logging.getLogger(__name__)
 
 COMMANDS = ("pause", "resume", "cancel", "approve", "rollback")
+_ALLOWED = {"pause": ("running", "awaiting_approval", "completed"), "resume": ("paused",),
+            "approve": ("awaiting_approval", "paused"),
+            "cancel": ("running", "paused", "awaiting_approval", "completed"),
+            "rollback": ("running", "paused", "awaiting_approval", "completed", "aborted")}
+HEALTH_WINDOWS = 200
 
 
-def _add_device(fleet: Fleet, s: Session, r: Rollout, b: Bundle, d: Device, out: list[Outgoing]) -> RolloutDevice:
+# ---- state <-> rows ----------------------------------------------------------------------------
+def _baseline(fleet: Fleet, digest: str) -> tuple[dict[str, list[int]], DriftThresholds]:
+    cache: dict[str, Any] = fleet.__dict__.setdefault("_baseline_cache", {})
+    if digest not in cache:
+        refs: dict[str, list[int]] = {}
+        th = DriftThresholds()
+        try:
+            stored = fleet.store.get(digest)
+            obj = fleet.store.baseline(digest, stored.manifest) or {}
+        except Exception:  # a missing or odd baseline only disables the drift gate
+            obj = {}
+        for side in ("inputs", "outputs"):
+            for name, spec in (obj.get(side) or {}).items():
+                if isinstance(spec, dict) and isinstance(spec.get("ref"), list):
+                    refs[f"{side}.{name}"] = [int(x) for x in spec["ref"]]
+        t = obj.get("thresholds") or {}
+        try:
+            th = DriftThresholds(float(t.get("psi_warn", 0.1)), float(t.get("psi_alert", 0.25)),
+                                 int(t.get("min_samples", 100)))
+        except (TypeError, ValueError):
+            pass
+        cache[digest] = (refs, th)
+    return cache[digest]  # type: ignore[no-any-return]
+
+
+def _load(fleet: Fleet, s: Session, r: Rollout) -> tuple[RolloutState, dict[str, RolloutDevice]]:
+    rows = {x.device_id: x for x in s.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id)).all()}
+    b = s.get(Bundle, r.bundle)
+    req = Requirements.from_dict(b.requirements) if b else Requirements()
+    refs, th = _baseline(fleet, r.bundle)
+    devices = tuple(DeviceState(x.device_id, x.state, x.cohort, x.attempts, x.issued_at, x.from_bundle, x.reason,
+                                x.online) for x in sorted(rows.values(), key=lambda x: x.device_id))
+    gates = tuple(GateResult(g["name"], g["status"], g.get("value"), g.get("limit"), g.get("detail", ""))
+                  for g in (r.gates or []))
+    st = RolloutState(r.bundle, req, r.phase, r.cohort, r.cohort_started, r.soak_started, devices, r.reason,
+                      gates, r.gate_floor, refs, th)
+    return st, rows
+
+
+def _save(s: Session, r: Rollout, rows: dict[str, RolloutDevice], st: RolloutState, now: int) -> None:
+    r.phase, r.cohort, r.cohort_started, r.soak_started = st.phase, st.cohort, st.cohort_started, st.soak_started
+    r.reason, r.gate_floor = st.reason[:1000], st.gate_floor
+    r.gates = [g.to_dict() for g in st.gates]
+    r.updated = now
+    s.add(r)
+    for d in st.devices:
+        row = rows.get(d.id)
+        if row is None:
+            row = rows[d.id] = RolloutDevice(rollout_id=r.id, device_id=d.id)
+        changed = (row.state, row.cohort, row.attempts, row.reason, row.online, row.from_bundle) != \
+            (d.state, d.cohort, d.attempts, d.reason, d.online, d.from_bundle)
+        if changed or row.issued_at != d.issued_at:
+            row.state, row.cohort, row.attempts, row.issued_at = d.state, d.cohort, d.attempts, d.issued_at
+            row.from_bundle, row.reason, row.online = d.from_bundle, d.reason[:500], d.online
+            if changed:
+                row.updated = now
+            s.add(row)
+
+
+# ---- observations --------------------------------------------------------------------------------
+def _seen(d: Device) -> DeviceSeen:
+    return DeviceSeen(d.id, d.online, d.active_digest, dict(d.inventory or {}), d.agent_version)
+
+
+def _owners(s: Session) -> list[tuple[Rollout, Target]]:
+    """Non-terminal rollouts, newest first (the first whose target matches owns a device)."""
+    rs = s.exec(select(Rollout).where(col(Rollout.phase).notin_(TERMINAL_PHASES))
+                .order_by(col(Rollout.serial).desc())).all()
+    return [(r, Target.parse(r.target)) for r in rs]
+
+
+def _health(s: Session, st: RolloutState, rows: dict[str, RolloutDevice]) -> list[Health]:
+    ids = [d.id for d in st.devices if d.state == "installed" and (d.cohort or 0) >= st.gate_floor
+           and d.cohort is not None]
+    if not ids:
+        return []
+    out = []
+    for did in ids:
+        prev = rows[did].from_bundle
+        wins = s.exec(select(TelemetryWindow).where(TelemetryWindow.device == did,
+                                                    col(TelemetryWindow.bundle).in_([st.bundle, prev] if prev else [st.bundle]))
+                      .order_by(col(TelemetryWindow.window_end).desc()).limit(HEALTH_WINDOWS)).all()
+        new, old = LatencySketch(), LatencySketch()
+        inf = err = cloud = agree = total = 0
+        drift: dict[str, list[int]] = {}
+        for w in wins:
+            try:
+                sk = LatencySketch.from_dict(w.latency or {})
+            except BadPayload:
+                continue
+            if w.bundle == st.bundle:
+                new = new.merge(sk)
+                inf, err, cloud = inf + w.inferences, err + w.errors, cloud + w.cloud
+                for side, feats in (w.drift or {}).items():
+                    for name, counts in feats.items():
+                        key = f"{side}.{name}"
+                        if key in drift and len(drift[key]) == len(counts):
+                            drift[key] = [a + b for a, b in zip(drift[key], counts)]
+                        elif key not in drift:
+                            drift[key] = list(counts)
+                sh = w.shadow or {}
+                if isinstance(sh.get("agree"), int) and isinstance(sh.get("total"), int):
+                    agree, total = agree + sh["agree"], total + sh["total"]
+            else:
+                old = old.merge(sk)
+        out.append(Health(did, inf, err, cloud, new.to_dict() if new.count else {},
+                          old.to_dict() if old.count else {}, drift, agree, total))
+    return out
+
+
+# ---- the run -----------------------------------------------------------------------------------
+def _run(fleet: Fleet, s: Session, r: Rollout, events: Sequence[Event], out: list[Outgoing],
+         observe: bool, owners: list[tuple[Rollout, Target]] | None = None) -> RolloutState:
     now = fleet.clock()
-    # a device follows one rollout at a time: the newest
-    for other in s.exec(select(RolloutDevice).where(RolloutDevice.device_id == d.id,
-                                                    col(RolloutDevice.rollout_id) != r.id)).all():
-        if other.state not in TERMINAL:
-            other.state, other.reason, other.updated = "cancelled", f"superseded by rollout {r.id}", now
-            s.add(other)
-    row = RolloutDevice(rollout_id=r.id, device_id=d.id, state="pending", updated=now,
-                        from_bundle=d.active_digest)
-    verdict = compat.check(Requirements.from_dict(b.requirements), d.inventory or {}, d.agent_version)
-    if not verdict.ok:
-        row.state, row.reason = "incompatible", f"{verdict.reason.value}: {verdict.detail}"
-    elif d.active_digest == b.digest:
-        row.state, row.reason = "installed", "already running the bundle"
-    else:
-        out.extend(fleet.ensure_published(s, b))
-        msg = fleet.issue(s, d, b, "install", r.id)
-        out.append(msg)
-        row.state, row.seq, row.issued_at, row.attempts = "issued", d.desired_seq, now, 1
-    s.add(row)
-    return row
+    policy = Policy.from_dict(r.policy)
+    st, rows = _load(fleet, s, r)
+    evs: list[Event] = list(events)
+    if observe:
+        owners = owners if owners is not None else _owners(s)
+        tgt = Target.parse(r.target)
+        for d in s.exec(select(Device)).all():
+            if d.id in rows:
+                evs.append(_seen(d))
+            elif r.phase not in TERMINAL_PHASES and tgt.matches(d) and \
+                    next((o for o, t in owners if t.matches(d)), None) is r:
+                evs.append(_seen(d))
+        if r.phase == "running":
+            evs.extend(_health(s, st, rows))
+    new, actions = advance(st, evs, now, policy)
+    for a in actions:
+        if isinstance(a, Issue):
+            d = s.get(Device, a.device)
+            if d is None:
+                continue
+            b = s.get(Bundle, a.bundle) if a.bundle else None
+            action = a.action if b is not None or a.action == "idle" else "idle"
+            if b is not None:
+                out.extend(fleet.ensure_published(s, b))
+            out.append(fleet.issue(s, d, b, action, r.id))
+            rows.setdefault(a.device, RolloutDevice(rollout_id=r.id, device_id=a.device)).seq = d.desired_seq
+        elif isinstance(a, AlertAction):
+            s.add(Alert(kind=a.kind, severity=a.severity, rollout=r.id, bundle=r.bundle, message=a.message[:1000],
+                        detail=dict(a.detail), created=now))
+            fleet.metrics.alerts.labels(a.kind).inc()
+            log.warning("rollout %s: %s", r.id, a.message)
+    _save(s, r, rows, new, now)
+    return new
 
 
 def create(fleet: Fleet, digest: str, target: Target, policy: dict[str, Any], actor: str) -> dict[str, Any]:
+    try:
+        pol = Policy.from_dict(policy)
+    except PolicyError as exc:
+        raise Invalid("policy", str(exc)) from None
     out: list[Outgoing] = []
-    with fleet._issue_lock, fleet.session() as s:
-        b = fleet.bundle_row(s, digest)
+    with fleet.rollout_lock, fleet.session() as s:
+        fleet.bundle_row(s, digest)
         now = fleet.clock()
-        r = Rollout(id=new_id(), bundle=digest, target=target.to_dict(), policy=policy, phase="running",
-                    created=now, updated=now, created_by=actor, cohort_started=now)
+        serial = (s.exec(select(func.max(Rollout.serial))).one() or 0) + 1
+        r = Rollout(id=new_id(), serial=serial, bundle=digest, target=target.to_dict(), policy=pol.to_dict(), phase="running",
+                    cohort=-1, created=now, updated=now, created_by=actor, cohort_started=now)
         s.add(r)
-        devices = s.exec(select(Device).order_by(col(Device.id))).all()
-        for d in devices:
-            if target.matches(d):
-                _add_device(fleet, s, r, b, d, out)
-        _finish_if_done(s, r, now)
-        fleet.audit(s, actor, "rollout.create", r.id, bundle=digest, devices=target.to_dict())
+        for d in s.exec(select(Device)).all():
+            if not target.matches(d):
+                continue
+            for other in s.exec(select(RolloutDevice).where(RolloutDevice.device_id == d.id)).all():
+                if other.state not in ("installed", "failed", "timed_out", "incompatible", "rolled_back", "cancelled"):
+                    other.state, other.reason, other.updated = "cancelled", f"superseded by rollout {r.id}", now
+                    s.add(other)
+        s.flush()
+        fleet.audit(s, actor, "rollout.create", r.id, bundle=digest, devices=target.to_dict(), policy=pol.to_dict())
+        _run(fleet, s, r, [], out, observe=True)
         s.commit()
         rid = r.id
     fleet.publish(out)
-    log.info("rollout %s of %s: issued %d messages", rid, digest[:12], len(out))
+    log.info("rollout %s of %s created by %s: %d messages", rid, digest[:12], actor, len(out))
     return status(fleet, rid)
 
 
-def _finish_if_done(s: Session, r: Rollout, now: int) -> None:
-    if r.phase != "running":
+def command(fleet: Fleet, rid: str, cmd: str, actor: str) -> dict[str, Any]:
+    if cmd not in COMMANDS:
+        raise Invalid("command", f"{cmd!r} is not one of {COMMANDS}")
+    out: list[Outgoing] = []
+    with fleet.rollout_lock, fleet.session() as s:
+        r = s.get(Rollout, rid)
+        if r is None:
+            raise NotFound("rollout", rid)
+        if r.phase not in _ALLOWED[cmd]:
+            raise Conflict(f"rollout {rid} is {r.phase}; {cmd} needs one of {_ALLOWED[cmd]}")
+        fleet.audit(s, actor, f"rollout.{cmd}", rid)
+        _run(fleet, s, r, [Command(cmd, actor)], out, observe=False)
+        s.commit()
+    fleet.publish(out)
+    return status(fleet, rid)
+
+
+def on_reports(fleet: Fleet, reports: Sequence[Report]) -> None:
+    """Install reports matched to the rollout row that issued their ``desired_seq``."""
+    if not reports:
         return
-    rows = s.exec(select(RolloutDevice.state).where(RolloutDevice.rollout_id == r.id)).all()
-    if rows and all(st in TERMINAL for st in rows):
-        r.phase, r.updated = "completed", now
-        s.add(r)
+    out: list[Outgoing] = []
+    with fleet.rollout_lock, fleet.session() as s:
+        by_rollout: dict[str, list[Event]] = {}
+        for rep in reports:
+            if rep.desired_seq <= 0:
+                continue
+            row = s.exec(select(RolloutDevice).where(RolloutDevice.device_id == rep.device,
+                                                     RolloutDevice.seq == rep.desired_seq)).first()
+            if row is None:
+                continue
+            by_rollout.setdefault(row.rollout_id, []).append(
+                InstallReport(rep.device, rep.stage, rep.status, rep.reason, rep.detail))
+        for rid, evs in by_rollout.items():
+            r = s.get(Rollout, rid)
+            if r is not None:
+                _run(fleet, s, r, evs, out, observe=False)
+        s.commit()
+    fleet.publish(out)
 
 
+def converge(fleet: Fleet, device_ids: Sequence[str]) -> None:
+    """Devices that appeared, came back or changed group/tags: tell the rollout that owns them."""
+    if not device_ids:
+        return
+    out: list[Outgoing] = []
+    with fleet.rollout_lock, fleet.session() as s:
+        owners = _owners(s)
+        if not owners:
+            return
+        per: dict[str, list[Event]] = {}
+        for did in device_ids:
+            d = s.get(Device, did)
+            if d is None:
+                continue
+            for r, tgt in owners:
+                member = s.get(RolloutDevice, (r.id, d.id)) is not None
+                if member or tgt.matches(d):
+                    per.setdefault(r.id, []).append(_seen(d))
+                if tgt.matches(d):
+                    break
+        for r, _ in owners:
+            if r.id in per:
+                _run(fleet, s, r, per[r.id], out, observe=False)
+        s.commit()
+    fleet.publish(out)
+
+
+def tick(fleet: Fleet) -> None:
+    out: list[Outgoing] = []
+    with fleet.rollout_lock, fleet.session() as s:
+        owners = _owners(s)
+        for r, _ in owners:
+            # completed rollouts wake up through converge() when a device joins or returns
+            if r.phase in ("running", "paused", "awaiting_approval"):
+                _run(fleet, s, r, [], out, observe=True, owners=owners)
+        s.commit()
+    fleet.publish(out)
+
+
+# ---- read side -----------------------------------------------------------------------------------
 def counts(s: Session, rid: str) -> dict[str, int]:
     q = select(RolloutDevice.state, func.count()).where(RolloutDevice.rollout_id == rid).group_by(RolloutDevice.state)
     return {state: n for state, n in s.exec(q).all()}
 
 
 def _public(r: Rollout, c: dict[str, int]) -> dict[str, Any]:
-    return {"id": r.id, "bundle": r.bundle, "target": r.target, "policy": r.policy, "phase": r.phase,
-            "cohort": r.cohort, "reason": r.reason, "created": r.created, "updated": r.updated,
-            "created_by": r.created_by, "counts": c, "total": sum(c.values())}
+    policy = r.policy or {}
+    eligible = sum(n for k, n in c.items() if k != "incompatible")
+    try:
+        sizes = cohort_sizes(policy.get("cohorts") or ["100%"], eligible)
+    except PolicyError:
+        sizes = []
+    return {"id": r.id, "bundle": r.bundle, "target": r.target, "policy": policy, "phase": r.phase,
+            "cohort": r.cohort, "cohort_sizes": sizes, "soak_started": r.soak_started, "gates": r.gates,
+            "reason": r.reason, "created": r.created, "updated": r.updated, "created_by": r.created_by,
+            "counts": c, "total": sum(c.values())}
 
 
 def status(fleet: Fleet, rid: str, limit: int = 1000, offset: int = 0, state: str | None = None) -> dict[str, Any]:
@@ -112,7 +338,7 @@ def status(fleet: Fleet, rid: str, limit: int = 1000, offset: int = 0, state: st
         rows = s.exec(q.order_by(col(RolloutDevice.device_id)).offset(offset).limit(limit)).all()
         out = _public(r, counts(s, rid))
         out["devices"] = [{"device_id": x.device_id, "state": x.state, "cohort": x.cohort, "seq": x.seq,
-                           "attempts": x.attempts, "reason": x.reason, "updated": x.updated,
+                           "attempts": x.attempts, "reason": x.reason, "updated": x.updated, "online": x.online,
                            "from_bundle": x.from_bundle} for x in rows]
         out["limit"], out["offset"] = limit, offset
         return out
@@ -124,133 +350,6 @@ def listing(fleet: Fleet, limit: int, offset: int, phase: str | None) -> dict[st
         if phase:
             q = q.where(Rollout.phase == phase)
         total = s.exec(select(func.count()).select_from(q.subquery())).one()
-        rows = s.exec(q.order_by(col(Rollout.created).desc(), col(Rollout.id)).offset(offset).limit(limit)).all()
+        rows = s.exec(q.order_by(col(Rollout.serial).desc()).offset(offset).limit(limit)).all()
         return {"items": [_public(r, counts(s, r.id)) for r in rows], "total": total, "limit": limit,
                 "offset": offset}
-
-
-def command(fleet: Fleet, rid: str, cmd: str, actor: str) -> dict[str, Any]:
-    if cmd not in COMMANDS:
-        raise Invalid("command", f"{cmd!r} is not one of {COMMANDS}")
-    out: list[Outgoing] = []
-    with fleet._issue_lock, fleet.session() as s:
-        r = s.get(Rollout, rid)
-        if r is None:
-            raise NotFound("rollout", rid)
-        now = fleet.clock()
-        if cmd == "pause":
-            if r.phase != "running":
-                raise Conflict(f"rollout {rid} is {r.phase}; only a running rollout can be paused")
-            r.phase = "paused"
-        elif cmd in ("resume", "approve"):
-            if r.phase not in ("paused", "running"):
-                raise Conflict(f"rollout {rid} is {r.phase}; cannot {cmd}")
-            r.phase = "running"
-        elif cmd == "cancel":
-            if r.phase not in ACTIVE_PHASES:
-                raise Conflict(f"rollout {rid} is {r.phase}; cannot cancel")
-            r.phase = "cancelled"
-            for row in s.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rid)).all():
-                if row.state not in TERMINAL:
-                    row.state, row.updated, row.reason = "cancelled", now, "rollout cancelled"
-                    s.add(row)
-        elif cmd == "rollback":
-            r.phase = "rolled_back"
-            for row in s.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rid)).all():
-                d = s.get(Device, row.device_id)
-                if d is None or row.state in ("incompatible", "rolled_back"):
-                    continue
-                prev = s.get(Bundle, row.from_bundle) if row.from_bundle else None
-                if row.state in ("pending", "cancelled") and d.desired_bundle != r.bundle:
-                    continue
-                out.append(fleet.issue(s, d, prev, "rollback" if prev else "idle", rid))
-                if prev is not None:
-                    out.extend(fleet.ensure_published(s, prev))
-                row.state, row.seq, row.updated, row.reason = "rolling_back", d.desired_seq, now, "operator rollback"
-                s.add(row)
-        r.updated = now
-        r.reason = f"{cmd} by {actor}"
-        s.add(r)
-        fleet.audit(s, actor, f"rollout.{cmd}", rid)
-        s.commit()
-    fleet.publish(out)
-    return status(fleet, rid)
-
-
-def apply_report(s: Session, d: Device, rep: Report, now: int) -> None:
-    """Move the device's row in the rollout that issued ``rep.desired_seq``."""
-    row = s.exec(select(RolloutDevice).where(RolloutDevice.device_id == d.id,
-                                             RolloutDevice.seq == rep.desired_seq)).first()
-    if row is None or rep.desired_seq == 0:
-        return
-    if row.state in ("installed", "rolled_back", "cancelled", "incompatible"):
-        return
-    if rep.status == "failed":
-        row.state = "failed"
-        row.reason = f"{rep.reason}: {rep.stage}: {rep.detail}"[:500]
-    elif rep.status == "ok" and rep.stage in ("commit", "switch"):
-        row.state = "installed" if row.state != "rolling_back" else "rolled_back"
-        row.reason = ""
-    elif rep.status == "ok" and rep.stage == "rollback":
-        row.state = "rolled_back"
-    elif rep.status == "progress" or rep.status == "ok":
-        if row.state not in ("rolling_back",):
-            row.state = "installing"
-        row.reason = f"{rep.stage}" + (f" {rep.progress:.0%}" if rep.progress is not None else "")
-    row.updated = now
-    s.add(row)
-
-
-def apply_status(s: Session, d: Device, now: int) -> None:
-    """A status naming the target bundle as active settles the device's row."""
-    if not d.active_digest:
-        return
-    for row in s.exec(select(RolloutDevice).where(RolloutDevice.device_id == d.id,
-                                                  col(RolloutDevice.state).in_(("issued", "installing", "pending", "rolling_back")))).all():
-        r = s.get(Rollout, row.rollout_id)
-        if r is None:
-            continue
-        if row.state == "rolling_back" and d.active_digest == row.from_bundle:
-            row.state, row.updated = "rolled_back", now
-            s.add(row)
-        elif row.state != "rolling_back" and d.active_digest == r.bundle and d.desired_seq == row.seq:
-            row.state, row.updated = "installed", now
-            s.add(row)
-
-
-def converge(fleet: Fleet, device_ids: Sequence[str]) -> None:
-    """Add devices that match an active rollout's target but are not in it yet."""
-    if not device_ids:
-        return
-    out: list[Outgoing] = []
-    with fleet._issue_lock, fleet.session() as s:
-        # completed rollouts with a dynamic target (all/group/tag) still own newcomers
-        active = s.exec(select(Rollout).where(col(Rollout.phase).in_(("running", "completed")))
-                        .order_by(col(Rollout.created).desc())).all()
-        if not active:
-            return
-        for did in device_ids:
-            d = s.get(Device, did)
-            if d is None:
-                continue
-            for r in active:
-                tgt = Target.parse(r.target)
-                if not tgt.matches(d):
-                    continue
-                exists = s.get(RolloutDevice, (r.id, d.id))
-                if exists is None:
-                    _add_device(fleet, s, r, fleet.bundle_row(s, r.bundle), d, out)
-                    if r.phase == "completed" and out:
-                        r.phase = "running"
-                        s.add(r)
-                break  # only the newest matching rollout applies
-        s.commit()
-    fleet.publish(out)
-
-
-def tick(fleet: Fleet) -> None:
-    with fleet.session() as s:
-        now = fleet.clock()
-        for r in s.exec(select(Rollout).where(Rollout.phase == "running")).all():
-            _finish_if_done(s, r, now)
-        s.commit()

@@ -97,8 +97,8 @@ def test_canary_goes_first_then_cohorts_open_after_soak_until_completed():
     assert sizes_seen[:2] == [2, 10]
 
 
-def test_canary_install_failure_rolls_back_by_default_with_a_new_instruction():
-    policy = Policy(cohorts=("1", "100%"), soak_s=0)
+def test_canary_install_failure_rolls_back_the_staged_preset_with_a_new_instruction():
+    policy = Policy.from_dict({"preset": "staged", "cohorts": ["1", "100%"], "soak_s": 0})
     st, _ = advance(RolloutState(NEW), seen(5), 0, policy)
     st, acts = advance(st, [InstallReport("d00", "selftest", "failed", "selftest_failed", "output off")], 1, policy)
     assert st.phase == "rolled_back" and "install_failure_rate" in st.reason
@@ -312,3 +312,11 @@ def test_install_report_progress_moves_issued_to_installing():
     st, _ = advance(RolloutState(NEW), seen(1), 0, P)
     st, _ = advance(st, [InstallReport("d00", "download", "progress")], 1, P)
     assert st.device("d00").state == "installing" and st.device("d00").reason == "download"
+
+
+def test_presets_simple_is_everyone_at_once_and_staged_is_the_canary_path():
+    assert Policy.from_dict({}).cohorts == ("100%",)
+    staged = Policy.from_dict({"preset": "staged", "soak_s": 5})
+    assert staged.cohorts == ("1", "10%", "50%", "100%") and staged.soak_s == 5 and staged.on_breach == "rollback"
+    with pytest.raises(PolicyError, match="preset"):
+        Policy.from_dict({"preset": "yolo"})
