@@ -246,11 +246,15 @@ def _edgetpu(req: BuildRequest, cfg: CompilerConfig, g: Graph,
              int8: bytes) -> tuple[dict[str, Any], list[BundleFile], str, int | None]:
     """Edge TPU stage: (report section, extra bundle files, requirements.edgetpu, min runtime)."""
     if cfg.edgetpu_compiler is None:
-        note = "edgetpu_compiler not found on PATH; bundle carries the CPU int8 artifact only"
-        if req.target == "edgetpu":
-            raise NotEdgeTpuReady("edgetpu_compiler", "not found on PATH (install Coral's edgetpu-compiler "
-                                  "or set EDGEFLEET_EDGETPU_COMPILER), so no Edge TPU artifact can be made")
-        return {"compiled": False, "note": note}, [], "optional", None
+        from .precheck import predict
+
+        pre = predict(g)
+        if req.target == "edgetpu" and not pre.fully_mapped:
+            raise NotEdgeTpuReady("model_int8.tflite", f"pre-check: {pre.summary()}")
+        note = ("edgetpu_compiler not found on PATH; bundle carries the CPU int8 artifact only; "
+                f"pre-check: {pre.summary()}")
+        return {"compiled": False, "note": note, "precheck": pre.to_dict(),
+                "ops_on_tpu": None, "ops_on_cpu": None}, [], "optional", None
     from . import edgetpu
 
     return edgetpu.stage(cfg, g, int8, req.target)

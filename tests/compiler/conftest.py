@@ -28,3 +28,18 @@ def digits_variant(tmp_path_factory: pytest.TempPathFactory, trust) -> Path:
                    "--name", "digits-u8", "--version", "2.0.0")
     assert proc.returncode == 0, proc.stderr
     return d
+
+
+@pytest.fixture(scope="session")
+def keras_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Small real Keras models and digits data (see data/make_models.py), made once."""
+    import numpy as np
+
+    d = tmp_path_factory.mktemp("keras-models")
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "data" / "make_models.py"), str(d)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    z = np.load(d / "digits.npz")
+    np.savez(d / "cal.npz", x=z["cal_x"])
+    np.savez(d / "val.npz", x=z["val_x"], y=z["val_y"])
+    return d
