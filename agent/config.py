@@ -91,7 +91,6 @@ class AgentConfig:
     disk_reserve_bytes: int = 16 * 1024 * 1024
     backlog_max_rows: int = 5000
     latency_budget_ms: float | None = None
-    shadow_max_per_s: float = 20.0
     threads: int | None = None
     crash_at: str | None = None
     free_disk_override: int | None = None
@@ -196,7 +195,6 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."),
         disk_reserve_bytes=int(_positive("disk_reserve_bytes", _get(doc, "disk_reserve_bytes", int, 16 << 20), True)),
         backlog_max_rows=int(_positive("backlog_max_rows", _get(doc, "backlog_max_rows", int, 5000))),
         latency_budget_ms=_positive("latency_budget_ms", budget) if budget is not None else None,
-        shadow_max_per_s=_positive("shadow_max_per_s", _get(doc, "shadow_max_per_s", float, 20.0)),
         threads=threads, crash_at=crash_at, free_disk_override=free_disk,
         extra={k: v for k, v in doc.items() if k not in _KNOWN},
     )

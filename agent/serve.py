@@ -31,6 +31,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -114,6 +115,8 @@ class Serving:
         self._ewma_s: float | None = None
         self._since_local = 0
         self.last_name: str | None = None  # bundle name last served, for cloud routing
+        self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow")
+        self._shadow_busy = threading.Lock()
 
     # model management (daemon thread) ---------------------------------------------------
     def swap(self, model: Model | None, probation: tuple[int, int] | None = None) -> Model | None:
@@ -162,7 +165,7 @@ class Serving:
                 self._observe_local(took)
                 self.recorder.record(model.served_by, time.perf_counter() - t0, True, x, scores)
                 self._probation_tick(model, ok=True)
-                self._maybe_shadow(x, scores, took)
+                self._offer_shadow(req, scores, took)
                 return self._answer(scores, model, model.served_by, t0)
         elif model is None:
             errors.append("no local model installed")
@@ -218,18 +221,32 @@ class Serving:
         if verdict == "rollback":
             self.on_probation_failed(model.info.digest, f"{p['errors']} of the first {p['n']} inferences failed")
 
-    def _maybe_shadow(self, x: np.ndarray, scores: np.ndarray, took: float) -> None:
+    def _offer_shadow(self, req: Request, scores: np.ndarray, took: float) -> None:
+        """Sampled requests also go to the shadow candidate, off the request path; one at a
+        time (a request arriving while the candidate is busy is simply not sampled)."""
         shadow = self.shadow
         if shadow is None or random.random() >= self.shadow_sample:
             return
+        if not self._shadow_busy.acquire(blocking=False):
+            return
+        self._shadow_pool.submit(self._run_shadow, shadow, req, scores, took)
+
+    def _run_shadow(self, shadow: Model, req: Request, scores: np.ndarray, took: float) -> None:
         try:
+            self._shadow_once(shadow, req, scores, took)
+        finally:
+            self._shadow_busy.release()
+
+    def _shadow_once(self, shadow: Model, req: Request, scores: np.ndarray, took: float) -> None:
+        try:
+            x2 = shadow.image_to_input(req.image) if req.image is not None else shadow.tensor_to_input(req.inputs)
             t1 = time.perf_counter()
-            s2 = shadow.predict(x) if shadow.backend.input_shape == x.shape else None
-            delta = time.perf_counter() - t1 - took
-        except ModelError:
+            s2 = shadow.predict(x2)
+            delta = (time.perf_counter() - t1) - took
+        except Exception:  # a candidate that breaks (or is swapped out mid-run) is an error, not a crash
             self.recorder.record_shadow(None, 0.0)
             return
-        if s2 is None or s2.shape != scores.shape:
+        if s2.shape != scores.shape:
             self.recorder.record_shadow(None, 0.0)
             return
         self.recorder.record_shadow(int(np.argmax(s2)) == int(np.argmax(scores)), delta)

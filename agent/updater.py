@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -60,6 +60,7 @@ class Job:
     fetch_rounds: int = 0
     reported_decile: int = -1
     bad_chunks: int = 0
+    shadow: bool = False  # a candidate to run beside the active model, never switched to
 
 
 def model_roles(manifest: Manifest) -> dict[str, str]:
@@ -94,14 +95,65 @@ class Updater:
                                    "done": done, "outcome": outcome})
 
     def _finish_job(self, outcome: str) -> None:
+        job = self.job
+        if job and job.download:
+            job.download.close()
+            self.mqtt.unsubscribe(chunk_filter(job.plan.bundle.archive.sha256))  # type: ignore[union-attr]
+        self.job = None
+        if job is not None and not job.shadow and job.desired.shadow is not None and not outcome.startswith("rejected"):
+            self.on_change()
+            self._start_shadow(job.desired)
+            return
         raw = read_json(self.job_file, {}) or {}
         raw.update({"done": True, "outcome": outcome})
         write_json(self.job_file, raw)
-        if self.job and self.job.download:
-            self.job.download.close()
-            self.mqtt.unsubscribe(chunk_filter(self.job.plan.bundle.archive.sha256))  # type: ignore[union-attr]
-        self.job = None
         self.on_change()
+
+    # shadow ------------------------------------------------------------------------------------
+    def _start_shadow(self, desired: Desired) -> None:
+        """Fetch, verify and self-test ``desired.shadow``, then run it beside the active model."""
+        ref = desired.shadow
+        assert ref is not None
+        active = self.serving.model
+        if active is not None and active.info.digest == ref.digest:
+            self._drop_shadow()
+            self.report("shadow", "failed", Reason.MALFORMED, "shadow candidate is the active bundle", desired.seq, ref.digest)
+            self._finish_job("shadow:same")
+            return
+        cur = self.serving.shadow
+        if cur is not None and cur.info.digest == ref.digest:
+            self.serving.set_shadow(cur, desired.shadow_sample)
+            self.report("shadow", "ok", Reason.OK, f"shadow sample now {desired.shadow_sample:g}", desired.seq, ref.digest)
+            self._finish_job("shadow:running")
+            return
+        result = plan(self.current(ref.archive.sha256), replace(desired, bundle=ref, action="install"),
+                      self.inventory(), int(time.time()), self.cfg.disk_reserve_bytes)
+        if isinstance(result, Rejection):
+            self.report("shadow", "failed", result.reason, result.detail, desired.seq, ref.digest)
+            self.job = None
+            self._finish_job(f"shadow:{result.reason.value}")
+            return
+        self.job = Job(desired, Plan("install", desired.seq, ref, result.need_bytes), shadow=True)
+        self.report("shadow", "progress", Reason.OK, f"fetching shadow candidate {ref.name} {ref.version}",
+                    desired.seq, ref.digest)
+        if self.slots.has(ref.digest):
+            try:
+                manifest = self.slots.check(ref.digest, self.root())
+            except (ProtocolError, OSError):
+                pass
+            else:
+                choice = choose_artifact(manifest, self.inventory())
+                if not isinstance(choice, Rejection):
+                    rec = SlotRecord(ref.digest, manifest.name, manifest.version, choice.artifact.name, choice.runtime,
+                                     desired.seq)
+                    self._selftest_and_switch(rec, manifest, choice)
+                    return
+        self._start_download(time.time())
+
+    def _drop_shadow(self) -> None:
+        old = self.serving.set_shadow(None, 0.0)
+        if old is not None:
+            old.close()
 
     def pending_envelope(self) -> tuple[int, bytes] | None:
         """The persisted desired envelope of an unfinished job (to resume after a restart)."""
@@ -142,6 +194,9 @@ class Updater:
             self.on_change()
             return
         self._save_job(env, desired.seq, False, "running")
+        if desired.shadow is None and self.serving.shadow is not None:
+            self._drop_shadow()
+            self.report("shadow", "ok", Reason.OK, "shadow mode ended", desired.seq)
         self.job = Job(desired, result)
         log.info("desired seq %d: %s %s", desired.seq, result.action, digest[:12] if digest else "")
         if result.action == "idle":
@@ -306,15 +361,29 @@ class Updater:
             shutil.rmtree(self.slots.path(rec.digest), ignore_errors=True)
             self.report("selftest", "failed", result.reason, result.detail, seq, rec.digest, metrics=result.metrics())
             active = self.serving.model
-            self.report("rollback", "ok", result.reason,
-                        f"staged bundle discarded; still serving {active.info.digest[:12] if active else 'nothing'}",
-                        seq, rec.digest)
+            if job.shadow:
+                self.report("shadow", "failed", result.reason, "shadow candidate failed its self-test", seq, rec.digest)
+            else:
+                self.report("rollback", "ok", result.reason,
+                            f"staged bundle discarded; still serving {active.info.digest[:12] if active else 'nothing'}",
+                            seq, rec.digest)
             if model is not None:
                 model.close()
             self._remove_download()
             self._finish_job(f"failed:{result.reason.value}")
             return
         self.report("selftest", "ok", Reason.OK, result.detail, seq, rec.digest, metrics=result.metrics())
+        if job.shadow:
+            assert model is not None
+            old_shadow = self.serving.set_shadow(model, job.desired.shadow_sample)
+            if old_shadow is not None:
+                old_shadow.close()
+            self.report("shadow", "ok", Reason.OK,
+                        f"running {rec.name} {rec.version} beside the active model on {job.desired.shadow_sample:.0%} of requests",
+                        seq, rec.digest)
+            self._remove_download()
+            self._finish_job("shadow:running")
+            return
         job.stage = "switch"
         before = self.slots.load()
         self.slots.save(SlotsState(active=rec, previous=before.active, trial=True))
@@ -329,7 +398,7 @@ class Updater:
         st = self.slots.load()
         self.slots.save(SlotsState(active=st.active, previous=st.previous, trial=False))
         self._crash_point("commit")
-        self.slots.gc(self.slots.load())
+        self.slots.gc(self.slots.load(), self._keep())
         self._remove_download()
         self.report("commit", "ok", Reason.OK, f"{rec.name} {rec.version} committed", seq, rec.digest)
         if self.job is not None:
@@ -385,11 +454,15 @@ class Updater:
         old = self.serving.swap(model)
         if old is not None:
             old.close()
-        self.slots.gc(self.slots.load())
+        self.slots.gc(self.slots.load(), self._keep())
         self.report("rollback", "ok", reason, f"{detail}; back to {prev.name} {prev.version}",
                     desired_seq=prev.desired_seq, bundle=prev.digest)
         self.on_change()
         return True
+
+    def _keep(self) -> set[str]:
+        sh = self.serving.shadow
+        return {sh.info.digest} if sh is not None else set()
 
     # failure ---------------------------------------------------------------------------------
     def _fail(self, stage: str, reason: Reason, detail: str, remove_download: bool = False) -> None:

@@ -101,12 +101,14 @@ class FakeHub:
 
     def desire(self, device: str, pub: Published | None, *, seq: int | None = None, expires_in: int = 3600,
                keys: list[SigningKey] | None = None, action: str = "install",
-               ref: BundleRef | None = None) -> Desired:
+               ref: BundleRef | None = None, shadow: Published | None = None,
+               shadow_sample: float = 0.0) -> Desired:
         if seq is None:
             seq = self.seqs.get(device, 0) + 1
         self.seqs[device] = max(seq, self.seqs.get(device, 0))
         now = int(time.time())
-        d = Desired(device, seq, now, now + expires_in, action, ref or (pub.ref if pub else None))
+        d = Desired(device, seq, now, now + expires_in, action, ref or (pub.ref if pub else None),
+                    shadow=shadow.ref if shadow else None, shadow_sample=shadow_sample)
         info = self._c.publish(str(Topic.for_device(Kind.DESIRED, device)),
                                d.seal(keys if keys is not None else [self.targets_key]), qos=1, retain=True)
         info.wait_for_publish(10)

@@ -1,0 +1,107 @@
+"""Telemetry: disk backlog across restarts and outages, acks, shadow stats."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .bundles import MNV1, MNV2, coral_bundle
+from .fakehub import FakeHub
+
+pytestmark = pytest.mark.integration
+
+
+def _pending(agent) -> set[int]:
+    path = agent.state_dir / "backlog.sqlite"
+    if not path.exists():
+        return set()
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {s for (s,) in db.execute("SELECT seq FROM outbox WHERE kind='telemetry'")}
+    except sqlite3.OperationalError:  # the agent has not created its tables yet
+        return set()
+    finally:
+        db.close()
+
+
+def test_backlog_survives_a_restart_with_the_broker_down_and_drains_when_it_returns(
+        tmp_path, trust, hub, mosquitto, make_agent):
+    agent = make_agent().start()
+    hub.wait(lambda: [t for t in hub.telemetry if t.device == agent.device], 30, "first telemetry")
+    hub.close()
+    mosquitto.stop()
+    hub.wait(lambda: len(_pending(agent)) >= 2, 30, "windows piling up while the broker is down")
+    agent.stop()
+    before = _pending(agent)
+    assert before
+    agent.start()
+    hub.wait(lambda: len(_pending(agent) - before) >= 2, 30, "more windows after the restart, broker still down")
+    assert before <= _pending(agent)  # nothing written before the restart was lost
+    mosquitto.start()
+    hub2 = FakeHub(mosquitto.url, trust.targets_key)
+    try:
+        hub2.wait(lambda: before <= {t.seq for t in hub2.telemetry if t.device == agent.device}, 60,
+                  "every window written while offline")
+        hub2.wait(lambda: not (before & _pending(agent)), 30, "acked windows removed from the backlog")
+        latest = hub2.wait(lambda: [t for t in hub2.telemetry if t.backlog.get("size", 99) <= 2], 30,
+                           "a window reporting a drained backlog")
+        assert set(latest[-1].backlog) >= {"size", "oldest_age_s", "dropped"} and latest[-1].backlog["dropped"] == 0
+        seqs = sorted({t.seq for t in hub2.telemetry if t.device == agent.device})
+        assert seqs == list(range(seqs[0], seqs[-1] + 1))  # contiguous: nothing lost in between
+    finally:
+        hub2.close()
+
+
+def test_backlog_is_bounded_and_counts_what_it_dropped(tmp_path, mosquitto, make_agent, hub):
+    agent = make_agent(backlog_max_rows=3)
+    mosquitto.stop()
+    agent.start()
+    hub.wait(lambda: len(_pending(agent)) == 3 and max(_pending(agent)) >= 6, 60, "backlog at its bound")
+    agent.stop()
+    db = sqlite3.connect(str(agent.state_dir / "backlog.sqlite"))
+    try:
+        (dropped,) = db.execute("SELECT value FROM meta WHERE key='dropped'").fetchone()
+        (rows,) = db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+    finally:
+        db.close()
+    assert rows == 3 and dropped >= 3
+
+
+def _top1(model: str, coral_models, size: int) -> int:
+    from ai_edge_litert.interpreter import Interpreter
+    it = Interpreter(model_path=str(coral_models / model))
+    it.allocate_tensors()
+    img = Image.open(coral_models / "cat_720p.jpg").convert("RGB").resize((size, size), Image.BILINEAR)
+    it.set_tensor(it.get_input_details()[0]["index"], np.asarray(img, dtype=np.uint8)[None])
+    it.invoke()
+    return int(np.argmax(it.get_tensor(it.get_output_details()[0]["index"])))
+
+
+def test_shadow_candidate_runs_beside_the_active_model_and_reports_agreement(tmp_path, coral_models, trust, hub, make_agent):
+    agent = make_agent().start()
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "a", coral_models, MNV1))
+    active = hub.publish_bundle(env, archive)
+    hub.desire(agent.device, active)
+    hub.report(agent.device, "commit", "ok", active.ref.digest)
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "b", coral_models, MNV2, name="mnv2", version="2"))
+    cand = hub.publish_bundle(env, archive)
+    hub.desire(agent.device, active, shadow=cand, shadow_sample=1.0)
+    hub.report(agent.device, "shadow", "ok", cand.ref.digest)
+    n = 0
+    for _ in range(6):
+        code, out = agent.predict_image((coral_models / "cat_720p.jpg").read_bytes())
+        assert code == 200 and out["bundle"]["digest"] == active.ref.digest  # never served by the candidate
+        n += 1
+    tm = hub.wait(lambda: [t for t in hub.telemetry if t.shadow and t.shadow["samples"]], 30, "shadow stats")
+    samples = sum(t.shadow["samples"] for t in hub.telemetry if t.shadow)
+    agree = _top1(MNV1, coral_models, 128) == _top1(MNV2, coral_models, 224)
+    assert 1 <= samples <= n
+    assert tm[0].shadow["agreement"] == (1.0 if agree else 0.0)
+    assert isinstance(tm[0].shadow["latency_delta_ms"], float)
+    hub.desire(agent.device, active)  # no shadow any more
+    hub.report(agent.device, "shadow", "ok")
+    st = hub.wait(lambda: [r for r in hub.reports if r.stage == "shadow" and "ended" in r.detail], 30, "shadow ended")
+    assert st
