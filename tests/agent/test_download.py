@@ -1,0 +1,67 @@
+"""The chunk store: signed hashes checked on arrival, bitmap resume, torn writes re-fetched."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from agent.download import Download
+from protocol.bundle import ChunkPlan
+from protocol.errors import Reason, VerificationError
+
+DATA = os.urandom(10 * 1024 + 123)
+PLAN = ChunkPlan.of(DATA, 1024)
+
+
+def chunk(i: int) -> bytes:
+    return DATA[i * 1024:(i + 1) * 1024]
+
+
+def test_chunks_in_any_order_with_duplicates_assemble_the_signed_archive(tmp_path):
+    d = Download(tmp_path, PLAN)
+    order = list(range(len(PLAN.chunks)))[::-1] + [0, 3]
+    new = [d.put(i, chunk(i)) for i in order]
+    assert new.count(False) == 2 and d.complete and not d.missing()
+    d.verify()
+    assert d.path.read_bytes() == DATA
+
+
+def test_tampered_chunk_is_refused_and_not_marked(tmp_path):
+    d = Download(tmp_path, PLAN)
+    bad = bytearray(chunk(4))
+    bad[0] ^= 1
+    with pytest.raises(VerificationError) as e:
+        d.put(4, bytes(bad))
+    assert e.value.reason is Reason.HASH_MISMATCH and 4 in d.missing()
+
+
+@pytest.mark.parametrize("data, index", [(b"x" * 2000, 1), (b"", 0), (chunk(0), 99)])
+def test_oversized_short_or_out_of_range_chunk_is_refused(tmp_path, data, index):
+    d = Download(tmp_path, PLAN)
+    with pytest.raises(VerificationError):
+        d.put(index, data)
+    assert os.path.getsize(d.path) == PLAN.size  # never more than the signed length
+
+
+def test_reopen_resumes_from_the_bitmap_and_rehashes_claimed_chunks(tmp_path):
+    d = Download(tmp_path, PLAN)
+    for i in (0, 1, 2, 5):
+        d.put(i, chunk(i))
+    d.close()
+    with open(d.path, "r+b") as f:  # a torn write: chunk 5's bytes are damaged, its bit is set
+        f.seek(5 * 1024)
+        f.write(b"\0" * 10)
+    again = Download(tmp_path, PLAN)
+    assert again.rechecked == 3
+    assert again.missing() == [3, 4, 5, 6, 7, 8, 9, 10]
+
+
+def test_whole_archive_mismatch_clears_the_bitmap(tmp_path):
+    other = ChunkPlan(PLAN.size, "0" * 64, PLAN.chunk_size, PLAN.chunks)  # chunks fine, whole hash not
+    d = Download(tmp_path, other)
+    for i in range(len(PLAN.chunks)):
+        d.put(i, chunk(i))
+    with pytest.raises(VerificationError) as e:
+        d.verify()
+    assert e.value.reason is Reason.HASH_MISMATCH and len(d.missing()) == len(PLAN.chunks)

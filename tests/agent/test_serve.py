@@ -1,0 +1,83 @@
+"""Serving decisions with real LiteRT models: probation rollback signal, request parsing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.runtime import InputError, LiteRTBackend, Model, ModelError
+from agent.serve import Request, Serving, Unavailable, parse_request
+from agent.telemetry import Recorder
+from protocol.messages import BundleInfo
+
+from .bundles import MNV1, MNV1_TPU
+
+
+class FailingAfter(LiteRTBackend):
+    """A real MobileNet whose invokes start failing: the failure mode a self-test cannot see."""
+
+    def __init__(self, path, ok_calls: int) -> None:
+        super().__init__(path)
+        self.ok_calls = ok_calls
+
+    def invoke_raw(self, x: np.ndarray) -> np.ndarray:
+        self.ok_calls -= 1
+        if self.ok_calls < 0:
+            raise ModelError("invoke failed: device lost")
+        return super().invoke_raw(x)
+
+
+def _model(backend) -> Model:
+    return Model(backend, BundleInfo("a" * 64, "mnv1", "1"),
+                 {"kind": "image", "height": 128, "width": 128, "channels": 3, "scale": 1 / 128, "offset": -1.0},
+                 labels=[f"c{i}" for i in range(1001)])
+
+
+def test_errors_during_probation_ask_for_a_rollback_once(coral_models):
+    calls = []
+    s = Serving(Recorder(), None, None, lambda digest, why: calls.append((digest, why)))
+    s.swap(_model(FailingAfter(coral_models / MNV1, ok_calls=2)), probation=(10, 3))
+    img = (coral_models / "cat_720p.jpg").read_bytes()
+    results = []
+    for _ in range(6):
+        try:
+            results.append(s.predict(Request(image=img))["served_by"])
+        except Unavailable:
+            results.append("unavailable")
+    assert results == ["cpu", "cpu", "unavailable", "unavailable", "unavailable", "unavailable"]
+    assert len(calls) == 1 and calls[0][0] == "a" * 64 and "3 of the first 5" in calls[0][1]
+
+
+def test_a_model_that_keeps_working_passes_probation(coral_models):
+    calls = []
+    s = Serving(Recorder(), None, None, lambda d, w: calls.append(d))
+    s.swap(_model(LiteRTBackend(coral_models / MNV1)), probation=(3, 1))
+    img = (coral_models / "cat_720p.jpg").read_bytes()
+    for _ in range(5):
+        assert s.predict(Request(image=img))["served_by"] == "cpu"
+    assert calls == []
+
+
+def test_edgetpu_model_is_never_given_to_the_cpu_interpreter(coral_models):
+    with pytest.raises(ModelError, match="compiled for the Edge TPU"):
+        LiteRTBackend(coral_models / MNV1_TPU)
+
+
+def test_tensor_input_is_quantized_with_the_tensor_scale_and_zero_point(coral_models):
+    m = _model(LiteRTBackend(coral_models / MNV1))
+    x = m.tensor_to_input(np.full((1, 128, 128, 3), -1.0).tolist())
+    raw = m.quantize(x)
+    assert raw.dtype == np.uint8 and int(raw.min()) == 0  # -1.0 / 0.0078125 + 128 = 0
+    assert m.quantize(np.full((1, 128, 128, 3), 5.0)).max() == 255  # clipped, not wrapped
+    with pytest.raises(InputError, match="needs 49152"):
+        m.tensor_to_input([1.0, 2.0])
+
+
+def test_multipart_json_and_raw_image_bodies_parse():
+    r = parse_request("multipart/form-data; boundary=b",
+                      b'--b\r\nContent-Disposition: form-data; name="file"; filename="c.jpg"\r\n\r\nJPEG\r\n--b--\r\n')
+    assert r.image == b"JPEG" and r.filename == "c.jpg"
+    assert parse_request("application/json", b'{"inputs": [[1]]}').inputs == [[1]]
+    assert parse_request("image/jpeg", b"raw").image == b"raw"
+    with pytest.raises(InputError, match="unsupported Content-Type"):
+        parse_request("text/csv", b"a,b")
