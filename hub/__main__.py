@@ -139,7 +139,14 @@ def _target(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_rollouts_create(args: argparse.Namespace) -> int:
-    policy: dict[str, Any] = json.loads(args.policy) if args.policy else {}
+    try:
+        policy: dict[str, Any] = json.loads(args.policy) if args.policy else {}
+    except ValueError as exc:
+        raise ClientError(f"--policy is not valid JSON: {exc}", EXIT_USAGE) from None
+    if not isinstance(policy, dict):
+        raise ClientError("--policy must be a JSON object", EXIT_USAGE)
+    if args.staged:
+        policy.setdefault("preset", "staged")
     out = call(args, "POST", "/api/v1/rollouts", {"bundle": args.bundle, "target": _target(args), "policy": policy})
     print(out["id"])
     return EXIT_OK
@@ -250,7 +257,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--device", action="append", help="a device id (repeatable)")
     g.add_argument("--group", help="devices in this group")
     g.add_argument("--tag", help="devices with this tag")
-    p.add_argument("--policy", help="JSON rollout policy (cohorts, soak_s, gates; see docs)")
+    p.add_argument("--staged", action="store_true",
+                   help="canary path: 1 -> 10%% -> 50%% -> 100%%, 60 s soak, gates, automatic rollback")
+    p.add_argument("--policy", help='JSON policy overrides, e.g. \'{"soak_s": 300, "gates": {"max_p95_ratio": 1.3}}\' '
+                                    "(fields: see hub/rollout.py)")
     _client_args(p)
     p.set_defaults(func=cmd_rollouts_create)
     p = ro.add_parser("status", help="show a rollout (--watch: live until it stops running)")

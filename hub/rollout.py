@@ -49,7 +49,8 @@ Rules, in the order ``advance`` applies them:
    the same devices (merged sketches), error rate, cloud-fallback rate, drift (PSI verdict on
    merged bin counts vs the bundle's baseline; JS over ``max_js``), shadow agreement. A gate
    without enough samples is ``insufficient_data``: it never breaches; with
-   ``require_samples`` it also holds the cohort open. A breach triggers ``on_breach`` once
+   ``require_samples`` the inference-fed gates (error rate, p95, cloud rate) hold the cohort
+   open until they have data. A breach triggers ``on_breach`` once
    (``pause`` | ``abort`` | ``rollback``) and emits an ``Alert``.
 7. **Soak**: when every assigned device is settled (installed / failed / timed_out /
    incompatible), ``soak_started`` is set; after ``soak_s`` with no breach the next cohort opens
@@ -74,6 +75,9 @@ SETTLED = ("installed", "failed", "timed_out", "incompatible")
 ISSUED = ("issued", "installing")
 RETRYABLE = ("timeout", "hash_mismatch", "length_mismatch", "malformed", "internal")
 BREACH_ACTIONS = ("pause", "abort", "rollback")
+# gates fed by inference counts; ``require_samples`` waits for these (drift and shadow data ride
+# in the same telemetry windows, so they are judged by then if the device sends them at all)
+SAMPLE_GATES = ("error_rate", "p95_latency_ratio", "cloud_fallback_rate")
 COMMANDS = ("approve", "pause", "resume", "cancel", "rollback")
 
 
@@ -484,7 +488,7 @@ def advance(state: RolloutState, events: Sequence[Event], now: int,
         if settled and st.soak_started is None:
             st = replace(st, soak_started=now)
         waiting_data = policy.require_samples and any(g.status == "insufficient_data" for g in gates
-                                                      if g.name != "install_failure_rate")
+                                                      if g.name in SAMPLE_GATES)
         if settled and st.soak_started is not None and now - st.soak_started >= policy.soak_s and not waiting_data:
             sizes = cohort_sizes(policy.cohorts, _eligible(devs))
             if st.cohort >= len(sizes) - 1 and all(d.cohort is not None or d.state in SETTLED for d in devs.values()):

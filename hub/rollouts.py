@@ -46,7 +46,8 @@ _ALLOWED = {"pause": ("running", "awaiting_approval", "completed"), "resume": ("
             "approve": ("awaiting_approval", "paused"),
             "cancel": ("running", "paused", "awaiting_approval", "completed"),
             "rollback": ("running", "paused", "awaiting_approval", "completed", "aborted")}
-HEALTH_WINDOWS = 200
+HEALTH_WINDOWS = 500
+PREVIOUS_WINDOW_S = 3600
 
 
 # ---- state <-> rows ----------------------------------------------------------------------------
@@ -120,43 +121,54 @@ def _owners(s: Session) -> list[tuple[Rollout, Target]]:
     return [(r, Target.parse(r.target)) for r in rs]
 
 
-def _health(s: Session, st: RolloutState, rows: dict[str, RolloutDevice]) -> list[Health]:
-    ids = [d.id for d in st.devices if d.state == "installed" and (d.cohort or 0) >= st.gate_floor
-           and d.cohort is not None]
+def _health(s: Session, r: Rollout, st: RolloutState, rows: dict[str, RolloutDevice]) -> list[Health]:
+    """Per installed device: merged telemetry of the target bundle since the rollout began, and
+    of the bundle it ran before (the last hour before the rollout) for the latency comparison."""
+    # issued ones too: a report in this very run may install them before the gates are judged
+    ids = [d.id for d in st.devices if d.state in ("installed", "issued", "installing") and d.cohort is not None
+           and d.cohort >= st.gate_floor]
     if not ids:
         return []
-    out = []
-    for did in ids:
-        prev = rows[did].from_bundle
-        wins = s.exec(select(TelemetryWindow).where(TelemetryWindow.device == did,
-                                                    col(TelemetryWindow.bundle).in_([st.bundle, prev] if prev else [st.bundle]))
-                      .order_by(col(TelemetryWindow.window_end).desc()).limit(HEALTH_WINDOWS)).all()
-        new, old = LatencySketch(), LatencySketch()
-        inf = err = cloud = agree = total = 0
-        drift: dict[str, list[int]] = {}
-        for w in wins:
-            try:
-                sk = LatencySketch.from_dict(w.latency or {})
-            except BadPayload:
-                continue
-            if w.bundle == st.bundle:
-                new = new.merge(sk)
-                inf, err, cloud = inf + w.inferences, err + w.errors, cloud + w.cloud
-                for side, feats in (w.drift or {}).items():
-                    for name, counts in feats.items():
-                        key = f"{side}.{name}"
-                        if key in drift and len(drift[key]) == len(counts):
-                            drift[key] = [a + b for a, b in zip(drift[key], counts)]
-                        elif key not in drift:
-                            drift[key] = list(counts)
-                sh = w.shadow or {}
-                if isinstance(sh.get("agree"), int) and isinstance(sh.get("total"), int):
-                    agree, total = agree + sh["agree"], total + sh["total"]
-            else:
-                old = old.merge(sk)
-        out.append(Health(did, inf, err, cloud, new.to_dict() if new.count else {},
-                          old.to_dict() if old.count else {}, drift, agree, total))
-    return out
+    prevs = {rows[i].from_bundle for i in ids if rows[i].from_bundle}
+    q = (select(TelemetryWindow).where(col(TelemetryWindow.device).in_(ids),
+                                       col(TelemetryWindow.bundle).in_([st.bundle, *prevs]),
+                                       TelemetryWindow.received >= r.created - PREVIOUS_WINDOW_S)
+         .order_by(col(TelemetryWindow.window_end).desc()))
+    acc: dict[str, dict[str, Any]] = {i: {"new": LatencySketch(), "old": LatencySketch(), "inf": 0, "err": 0,
+                                          "cloud": 0, "agree": 0, "total": 0, "drift": {}, "n": 0} for i in ids}
+    for w in s.exec(q).all():
+        a = acc[w.device]
+        is_new = w.bundle == st.bundle
+        if not is_new and w.bundle != rows[w.device].from_bundle:
+            continue
+        if a["n"] >= HEALTH_WINDOWS:
+            continue
+        a["n"] += 1
+        try:
+            sk = LatencySketch.from_dict(w.latency or {})
+        except BadPayload:
+            continue
+        if not is_new:
+            a["old"] = a["old"].merge(sk)
+            continue
+        a["new"] = a["new"].merge(sk)
+        a["inf"] += w.inferences
+        a["err"] += w.errors
+        a["cloud"] += w.cloud
+        for side, feats in (w.drift or {}).items():
+            for name, counts in (feats or {}).items():
+                key, cur = f"{side}.{name}", a["drift"].get(f"{side}.{name}")
+                if cur is None:
+                    a["drift"][key] = list(counts)
+                elif len(cur) == len(counts):
+                    a["drift"][key] = [x + y for x, y in zip(cur, counts)]
+        sh = w.shadow or {}
+        if isinstance(sh.get("agree"), int) and isinstance(sh.get("total"), int):
+            a["agree"] += sh["agree"]
+            a["total"] += sh["total"]
+    return [Health(i, a["inf"], a["err"], a["cloud"], a["new"].to_dict() if a["new"].count else {},
+                   a["old"].to_dict() if a["old"].count else {}, a["drift"], a["agree"], a["total"])
+            for i, a in acc.items()]
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -175,8 +187,9 @@ def _run(fleet: Fleet, s: Session, r: Rollout, events: Sequence[Event], out: lis
             elif r.phase not in TERMINAL_PHASES and tgt.matches(d) and \
                     next((o for o, t in owners if t.matches(d)), None) is r:
                 evs.append(_seen(d))
-        if r.phase == "running":
-            evs.extend(_health(s, st, rows))
+    if r.phase == "running" or any(isinstance(e, Command) for e in evs):
+        # every decision that can open a cohort sees the gates' evidence
+        evs.extend(_health(s, r, st, rows))
     new, actions = advance(st, evs, now, policy)
     for a in actions:
         if isinstance(a, Issue):
@@ -276,8 +289,6 @@ def converge(fleet: Fleet, device_ids: Sequence[str]) -> None:
     out: list[Outgoing] = []
     with fleet.rollout_lock, fleet.session() as s:
         owners = _owners(s)
-        if not owners:
-            return
         per: dict[str, list[Event]] = {}
         for did in device_ids:
             d = s.get(Device, did)
@@ -289,9 +300,16 @@ def converge(fleet: Fleet, device_ids: Sequence[str]) -> None:
                     per.setdefault(r.id, []).append(_seen(d))
                 if tgt.matches(d):
                     break
-        for r, _ in owners:
-            if r.id in per:
-                _run(fleet, s, r, per[r.id], out, observe=False)
+            # a finished (rolled back) rollout still settles the devices it is rolling back
+            for row in s.exec(select(RolloutDevice).where(RolloutDevice.device_id == did,
+                                                          RolloutDevice.state == "rolling_back")).all():
+                evs = per.setdefault(row.rollout_id, [])
+                if not any(isinstance(e, DeviceSeen) and e.device == did for e in evs):
+                    evs.append(_seen(d))
+        for rid, evs in per.items():
+            r = s.get(Rollout, rid)
+            if r is not None:
+                _run(fleet, s, r, evs, out, observe=False)
         s.commit()
     fleet.publish(out)
 

@@ -1,0 +1,116 @@
+"""The rollout shell over a real SQLite registry: staged rollouts gated on device telemetry,
+rollback as a new signed instruction, operator commands, alerts."""
+
+from __future__ import annotations
+
+import time
+
+from sqlmodel import select
+
+from hub.keys import HubKeys
+from hub.models import Alert, AuditEntry
+from protocol.messages import verify_desired
+
+from .helpers import report, status, telemetry
+from .test_api import push
+
+OLD_MS, SLOW_MS = 0.010, 0.045
+
+
+def desired_of(pub, keys_dir, dev: str, trusted: int = 0):
+    return verify_desired(pub.retained[f"ef/v1/dev/{dev}/desired"], HubKeys.load(keys_dir).root, dev, trusted,
+                          int(time.time()))
+
+
+def fleet_on(hub, client, pub, bundle_dir, n: int):
+    """n devices running bundle v1 with a telemetry history of ~10 ms p95."""
+    v1 = push(client, bundle_dir(version="1.0.0"))
+    hub.ingest.handle([(f"ef/v1/dev/d{i}/status", status(f"d{i}", active=(v1["digest"], "digits", "1.0.0")))
+                       for i in range(n)])
+    hub.ingest.handle([(f"ef/v1/dev/d{i}/telemetry", telemetry(f"d{i}", 1, v1["digest"], (OLD_MS,) * 200))
+                       for i in range(n)])
+    return v1
+
+
+STAGED = {"preset": "staged", "soak_s": 0, "require_samples": True,
+          "gates": {"max_p95_ratio": 1.5, "min_samples": 100}}
+
+
+def test_slow_canary_is_rolled_back_and_the_rest_of_the_fleet_never_sees_it(client, memhub, bundle_dir, keys_dir):
+    hub, pub = memhub
+    v1 = fleet_on(hub, client, pub, bundle_dir, 10)
+    v2 = push(client, bundle_dir(version="2.0.0-slow"))
+    rid = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True},
+                                                "policy": STAGED}).json()["id"]
+    st = client.get(f"/api/v1/rollouts/{rid}").json()
+    assert st["counts"] == {"issued": 1, "pending": 9} and st["cohort_sizes"] == [1, 2, 5, 10]
+    canary = [d["device_id"] for d in st["devices"] if d["state"] == "issued"][0]
+    first = desired_of(pub, keys_dir, canary)
+    assert first.bundle.digest == v2["digest"]
+    hub.ingest.handle([(f"ef/v1/dev/{canary}/report", report(canary, 1, first.seq, bundle=v2["digest"])),
+                       (f"ef/v1/dev/{canary}/status", status(canary, active=(v2["digest"], "digits", "2.0.0-slow")))])
+    hub.ingest.handle([(f"ef/v1/dev/{canary}/telemetry", telemetry(canary, 2, v2["digest"], (SLOW_MS,) * 200))])
+    hub.fleet.tick()
+    st = client.get(f"/api/v1/rollouts/{rid}").json()
+    assert st["phase"] == "rolled_back" and "p95_latency_ratio" in st["reason"]
+    back = desired_of(pub, keys_dir, canary, first.seq)  # a NEW document, higher seq, previous bundle
+    assert back.action == "rollback" and back.bundle.digest == v1["digest"] and back.seq > first.seq
+    others = [f"d{i}" for i in range(10) if f"d{i}" != canary]
+    assert all(f"ef/v1/dev/{d}/desired" not in pub.retained for d in others)
+    with hub.fleet.session() as s:
+        alert = s.exec(select(Alert).where(Alert.rollout == rid)).one()
+    assert alert.kind == "rollout_gate" and "p95" in alert.message
+    hub.ingest.handle([(f"ef/v1/dev/{canary}/status", status(canary, active=(v1["digest"], "digits", "1.0.0")))])
+    assert client.get(f"/api/v1/rollouts/{rid}").json()["counts"] == {"rolled_back": 1, "cancelled": 9}
+
+
+def test_good_model_walks_every_cohort_to_completion(client, memhub, bundle_dir, keys_dir):
+    hub, pub = memhub
+    fleet_on(hub, client, pub, bundle_dir, 10)
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    rid = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True},
+                                                "policy": STAGED}).json()["id"]
+    seq = 10
+    for _ in range(10):
+        st = client.get(f"/api/v1/rollouts/{rid}").json()
+        if st["phase"] != "running":
+            break
+        batch = []
+        for d in st["devices"]:
+            if d["state"] == "issued":
+                seq += 1
+                dev = d["device_id"]
+                batch += [(f"ef/v1/dev/{dev}/report", report(dev, seq, d["seq"], bundle=v2["digest"])),
+                          (f"ef/v1/dev/{dev}/telemetry", telemetry(dev, seq, v2["digest"], (OLD_MS,) * 200))]
+        hub.ingest.handle(batch)
+        hub.fleet.tick()
+    st = client.get(f"/api/v1/rollouts/{rid}").json()
+    assert st["phase"] == "completed" and st["counts"] == {"installed": 10}
+    assert {g["name"]: g["status"] for g in st["gates"]}["p95_latency_ratio"] == "pass"
+
+
+def test_operator_commands_are_audited_and_illegal_ones_are_409(client, memhub, bundle_dir, keys_dir):
+    hub, pub = memhub
+    v1 = fleet_on(hub, client, pub, bundle_dir, 3)
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    rid = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True},
+                                                "policy": {"preset": "staged"}}).json()["id"]
+    assert client.post(f"/api/v1/rollouts/{rid}/resume").status_code == 409
+    assert client.post(f"/api/v1/rollouts/{rid}/pause").json()["phase"] == "paused"
+    assert client.post(f"/api/v1/rollouts/{rid}/resume").json()["phase"] == "running"
+    r = client.post(f"/api/v1/rollouts/{rid}/rollback")
+    assert r.json()["phase"] == "rolled_back"
+    canary = [d for d in r.json()["devices"] if d["state"] == "rolling_back"][0]["device_id"]
+    assert desired_of(pub, keys_dir, canary, 1).bundle.digest == v1["digest"]
+    r = client.post(f"/api/v1/rollouts/{rid}/pause")
+    assert r.status_code == 409 and "rolled_back" in r.json()["error"]
+    with hub.fleet.session() as s:
+        actions = [a.action for a in s.exec(select(AuditEntry).order_by(AuditEntry.id)).all()]
+    assert actions[-4:] == ["rollout.create", "rollout.pause", "rollout.resume", "rollout.rollback"]
+
+
+def test_bad_policy_is_a_400_naming_the_field(client, bundle_dir):
+    b = push(client, bundle_dir())
+    r = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True},
+                                              "policy": {"cohorts": ["1", "200%"]}})
+    assert r.status_code == 400 and "200%" in r.json()["error"]
