@@ -247,7 +247,25 @@ class Model:
             raise InputError("inputs holds NaN or infinite values")
         return arr.reshape(want)
 
+    def preprocess_problem(self) -> str | None:
+        """Why the manifest's preprocess cannot feed this model's input, or None."""
+        p = self.preprocess
+        if p.get("kind") != "image":
+            return None
+        try:
+            n = int(p["height"]) * int(p["width"]) * int(p.get("channels", 3))
+        except (KeyError, TypeError, ValueError):
+            return f"preprocess {p!r:.120} needs integer height, width and channels"
+        want = int(np.prod(self.backend.input_shape))
+        if n != want:
+            return (f"preprocess {p.get('height')}x{p.get('width')}x{p.get('channels', 3)} gives {n} values, "
+                    f"model input {list(self.backend.input_shape)} needs {want}")
+        return None
+
     def quantize(self, x: np.ndarray) -> np.ndarray:
+        if x.size != int(np.prod(self.backend.input_shape)):
+            raise ModelError(f"input has {x.size} values, model input {list(self.backend.input_shape)} "
+                             f"needs {int(np.prod(self.backend.input_shape))}")
         dtype = np.dtype(self.backend.input_dtype)
         scale, zp = self.backend.input_quant
         if dtype.kind == "f":

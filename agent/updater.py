@@ -412,6 +412,9 @@ class Updater:
             return None, selftest.SelftestResult(False, Reason.SELFTEST_FAILED, str(exc))
         if model.selftest is None:
             return model, selftest.SelftestResult(False, Reason.MISSING_ARTIFACT, "bundle has no selftest vectors")
+        problem = model.preprocess_problem()
+        if problem is not None:
+            return model, selftest.SelftestResult(False, Reason.SELFTEST_FAILED, problem)
         return model, selftest.run(model.backend, model.selftest)
 
     def _switch_back(self, desired: Desired) -> None:

@@ -46,7 +46,8 @@ def selftest_doc(model_path: Path, coral: Path, size: int) -> dict:
 
 def coral_bundle(out: Path, coral: Path, model: str = MNV1, *, name: str = "mnv1", version: str = "1",
                  role: str = "tflite_int8", boards: tuple[str, ...] = (), edgetpu: str = "none",
-                 cpu_twin: str | None = None, truncate: str | None = None) -> Path:
+                 cpu_twin: str | None = None, truncate: str | None = None,
+                 preprocess_size: int | None = None) -> Path:
     """Write an unsigned bundle directory; sign it with ``trust.sign_dir``.
 
     ``cpu_twin``: also ship this CPU model as ``tflite_int8`` (for Edge TPU bundles).
@@ -75,7 +76,8 @@ def coral_bundle(out: Path, coral: Path, model: str = MNV1, *, name: str = "mnv1
     arts = tuple(Artifact.of(n, r, (out / n).read_bytes()) for n, r in files.items())
     manifest = Manifest(name, version, int(time.time()), arts, Requirements(edgetpu, boards),
                         model={"task": "classification", "num_classes": 1001, "labels": "labels.txt",
-                               "preprocess": {"kind": "image", "height": size, "width": size, "channels": 3,
+                               "preprocess": {"kind": "image", "height": preprocess_size or size,
+                                              "width": preprocess_size or size, "channels": 3,
                                               "scale": 1 / 128, "offset": -1.0},
                                "input": {"shape": [1, size, size, 3]}})
     (out / MANIFEST_FILE).write_bytes(seal("manifest", manifest.to_dict(), []).to_bytes())

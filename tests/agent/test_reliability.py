@@ -98,3 +98,38 @@ def test_broker_restart_mid_transfer_resumes_from_the_bitmap(tmp_path, coral_mod
         _serves(agent, coral_models, pub.ref.digest)
     finally:
         hub2.close()
+
+
+def test_bundle_whose_preprocess_cannot_feed_its_model_fails_selftest(tmp_path, coral_models, trust, hub, make_agent):
+    agent = make_agent().start()
+    good = _install_first(tmp_path, coral_models, trust, hub, agent)
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "odd", coral_models, MNV1, version="2", preprocess_size=100))
+    bad = hub.publish_bundle(env, archive)
+    hub.desire(agent.device, bad)
+    r = hub.report(agent.device, "selftest", "failed", bad.ref.digest)
+    assert r.reason == Reason.SELFTEST_FAILED.value and "preprocess 100x100x3" in r.detail
+    _serves(agent, coral_models, good.ref.digest)
+
+
+def test_operator_rollback_command_switches_to_the_kept_slot_after_a_selftest(tmp_path, coral_models, trust, hub, make_agent):
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    agent = make_agent().start()
+    first = _install_first(tmp_path, coral_models, trust, hub, agent)
+    second = _install_first(tmp_path, coral_models, trust, hub, agent, version="2")
+    refused = subprocess.run([sys.executable, "-m", "agent", "rollback", "--config", str(agent.config)],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "daemon is running" in refused.stderr
+    agent.stop()
+    done = subprocess.run([sys.executable, "-m", "agent", "rollback", "--config", str(agent.config)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    test = subprocess.run([sys.executable, "-m", "agent", "selftest", "--config", str(agent.config)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert test.returncode == 0 and json.loads(test.stdout)["bundle"]["digest"] == first.ref.digest
+    agent.start()
+    hub.wait(lambda: [r for r in hub.reports if r.stage == "commit" and r.bundle == first.ref.digest
+                      and "after a restart" in r.detail], 60, "v1 committed again after the rollback")
+    _serves(agent, coral_models, first.ref.digest)
+    assert second.ref.digest != first.ref.digest
