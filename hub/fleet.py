@@ -26,7 +26,7 @@ from protocol.sketch import DriftThresholds, LatencySketch, drift_verdict, merge
 from protocol.topics import Kind, Topic, check_device_id, check_digest
 from protocol.errors import BadPayload
 
-from . import compat
+from . import compat, drift
 from .config import HubConfig
 from .db import session
 from .errors import Conflict, Invalid, NotFound
@@ -311,32 +311,21 @@ class Fleet:
 
     def drift_verdicts(self, s: Session, digest: str,
                        windows: dict[str, dict[str, list[list[int]]]]) -> dict[str, Any]:
-        b = s.get(Bundle, digest)
-        if b is None:
-            return {}
+        """Per-feature verdicts (:mod:`hub.drift`) of merged windows vs the bundle's baseline."""
         try:
-            baseline = self.store.baseline(digest, parse_manifest(Envelope.parse(
-                (self.store.root / "bundles" / digest / "manifest.json").read_bytes()).payload))
-        except (OSError, BadPayload):
+            baseline = self.store.baseline(digest, self.store.manifest(digest))
+        except (NotFound, OSError, BadPayload):
             baseline = None
         if not baseline:
             return {}
-        th = baseline.get("thresholds") or {}
-        thresholds = DriftThresholds(float(th.get("psi_warn", 0.1)), float(th.get("psi_alert", 0.25)),
-                                     int(th.get("min_samples", 100)))
-        out: dict[str, Any] = {}
-        for side, feats in windows.items():
-            ref_side = baseline.get(side) or {}
-            for name, wins in feats.items():
-                ref = (ref_side.get(name) or {}).get("ref")
-                if not isinstance(ref, list):
-                    continue
-                try:
-                    cur = merge_counts(*wins)
-                    out[f"{side}.{name}"] = drift_verdict(ref, cur, thresholds).to_dict()
-                except (BadPayload, ValueError) as exc:
-                    out[f"{side}.{name}"] = {"status": "invalid", "detail": str(exc)}
-        return out
+        merged = [{side: {name: merge_counts(*wins) for name, wins in feats.items()
+                          if len({len(w) for w in wins}) == 1}
+                   for side, feats in windows.items()}]
+        try:
+            report = drift.assess(baseline, merged)
+        except BadPayload as exc:
+            return {"error": str(exc)}
+        return {k: v for k, v in report.to_dict()["features"].items()}
 
     def set_device_meta(self, device_id: str, group: str | None, tags: list[str] | None,
                         actor: str) -> dict[str, Any]:

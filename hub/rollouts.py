@@ -57,8 +57,7 @@ def _baseline(fleet: Fleet, digest: str) -> tuple[dict[str, list[int]], DriftThr
         refs: dict[str, list[int]] = {}
         th = DriftThresholds()
         try:
-            stored = fleet.store.get(digest)
-            obj = fleet.store.baseline(digest, stored.manifest) or {}
+            obj = fleet.store.baseline(digest, fleet.store.manifest(digest)) or {}
         except Exception:  # a missing or odd baseline only disables the drift gate
             obj = {}
         for side in ("inputs", "outputs"):

@@ -132,6 +132,13 @@ class BundleStore:
         archive = pack_archive(env, arts)
         return StoredBundle(digest, manifest, env_bytes, ChunkPlan.of(archive, self.chunk_size))
 
+    def manifest(self, digest: str) -> Manifest:
+        """The stored manifest (signature already checked when it was stored by this hub)."""
+        mf = self.root / "bundles" / digest / MANIFEST_FILE
+        if not mf.exists():
+            raise NotFound("bundle", digest)
+        return parse_manifest(Envelope.parse(mf.read_bytes()).payload)
+
     def archive_path(self, archive_sha: str) -> Path:
         return self.root / "archives" / f"{archive_sha}.efb"
 

@@ -1,0 +1,124 @@
+"""Drift verdicts at the hub: device bin counts vs the bundle's baseline. Pure.
+
+The math (bin counts, PSI, Jensen-Shannon, binned-KS bound) is :mod:`protocol.sketch`; this
+module decides per feature, with thresholds per model (``baseline.json``'s ``thresholds``),
+per feature (``baseline.json``'s ``inputs.<f>.thresholds``) and hub overrides, in that order:
+
+* fewer than ``min_samples`` in the window -> ``insufficient_data`` (never "drift");
+* PSI >= ``psi_alert`` -> ``alert``;
+* PSI >= ``psi_warn``, or the binned KS bound above its critical value at ``ks_alpha``
+  (two-sample, ``c(a) * sqrt((n + m) / (n m))``) -> ``warn`` (small but real shifts that PSI's
+  fixed thresholds miss at this sample size);
+* else ``ok``.
+
+Windows merge by adding counts, so a device, a cohort or a fleet is judged the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from protocol.errors import BadPayload
+from protocol.sketch import js_divergence, ks_bound, merge_counts, psi
+
+STATUSES = ("insufficient_data", "ok", "warn", "alert")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    psi_warn: float = 0.1
+    psi_alert: float = 0.25
+    min_samples: int = 100
+    ks_alpha: float = 0.001
+
+    def merged(self, obj: Mapping[str, Any] | None) -> "Thresholds":
+        if not obj:
+            return self
+        kw: dict[str, Any] = {}
+        for k in ("psi_warn", "psi_alert", "ks_alpha"):
+            if isinstance(obj.get(k), (int, float)) and not isinstance(obj.get(k), bool):
+                kw[k] = float(obj[k])
+        if isinstance(obj.get("min_samples"), int) and not isinstance(obj.get("min_samples"), bool):
+            kw["min_samples"] = int(obj["min_samples"])
+        return Thresholds(**{**self.__dict__, **kw})
+
+
+@dataclass(frozen=True)
+class FeatureVerdict:
+    feature: str
+    status: str
+    samples: int
+    psi: float | None = None
+    js: float | None = None
+    ks: float | None = None
+    ks_critical: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "samples": self.samples, "psi": self.psi, "js": self.js, "ks": self.ks,
+                "ks_critical": self.ks_critical}
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    features: tuple[FeatureVerdict, ...] = field(default_factory=tuple)
+
+    @property
+    def status(self) -> str:
+        """The worst feature status; ``insufficient_data`` only if no feature had data."""
+        ranked = [f.status for f in self.features if f.status != "insufficient_data"]
+        if not ranked:
+            return "insufficient_data"
+        return max(ranked, key=STATUSES.index)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "features": {f.feature: f.to_dict() for f in self.features}}
+
+
+def ks_critical(alpha: float, n: int, m: int) -> float:
+    """Two-sample KS critical value (asymptotic): c(a) * sqrt((n + m) / (n m))."""
+    c = math.sqrt(-0.5 * math.log(alpha / 2))
+    return c * math.sqrt((n + m) / (n * m))
+
+
+def verdict(feature: str, ref: Sequence[int], cur: Sequence[int], th: Thresholds = Thresholds()) -> FeatureVerdict:
+    if len(ref) != len(cur):
+        raise BadPayload("drift counts", f"{feature}: window has {len(cur)} bins, baseline has {len(ref)}")
+    n, m = sum(cur), sum(ref)
+    if n < th.min_samples or m == 0:
+        return FeatureVerdict(feature, "insufficient_data", n)
+    p, j, k = psi(ref, cur), js_divergence(ref, cur), ks_bound(ref, cur)
+    crit = ks_critical(th.ks_alpha, n, m)
+    status = "alert" if p >= th.psi_alert else "warn" if (p >= th.psi_warn or k > crit) else "ok"
+    return FeatureVerdict(feature, status, n, p, j, k, crit)
+
+
+def baseline_refs(baseline: Mapping[str, Any]) -> dict[str, tuple[list[int], Mapping[str, Any] | None]]:
+    """``{"inputs.brightness": (ref counts, per-feature thresholds or None), ...}``."""
+    out: dict[str, tuple[list[int], Mapping[str, Any] | None]] = {}
+    for side in ("inputs", "outputs"):
+        for name, spec in (baseline.get(side) or {}).items():
+            if isinstance(spec, Mapping) and isinstance(spec.get("ref"), list):
+                out[f"{side}.{name}"] = ([int(x) for x in spec["ref"]], spec.get("thresholds"))
+    return out
+
+
+def assess(baseline: Mapping[str, Any], windows: Sequence[Mapping[str, Mapping[str, Sequence[int]]]],
+           overrides: Mapping[str, Any] | None = None) -> DriftReport:
+    """Merge telemetry ``drift`` dicts (``{"inputs": {feature: counts}}``) and judge each
+    baseline feature. ``overrides``: hub thresholds for this model, ``{"*": {...}, feature: {...}}``."""
+    base = Thresholds().merged(baseline.get("thresholds"))
+    over = overrides or {}
+    base = base.merged(over.get("*"))
+    out = []
+    for key, (ref, feat_th) in sorted(baseline_refs(baseline).items()):
+        side, name = key.split(".", 1)
+        wins = [list(w[side][name]) for w in windows if name in (w.get(side) or {})]
+        wins = [w for w in wins if len(w) == len(ref)]
+        th = base.merged(feat_th).merged(over.get(key))
+        if not wins:
+            out.append(FeatureVerdict(key, "insufficient_data", 0))
+            continue
+        out.append(verdict(key, ref, merge_counts(*wins), th))
+    return DriftReport(tuple(out))
