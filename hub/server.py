@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from . import migrations
 from .api import create_app
 from .config import HubConfig
 from .db import make_engine
@@ -64,7 +65,8 @@ def build(config: HubConfig, publisher: Publisher | None = None, with_broker: bo
     keys = HubKeys.load(config.keys)
     store = BundleStore(config.store, config.chunk_size)
     metrics = HubMetrics()
-    engine = make_engine(config.db, **engine_kwargs)
+    engine = make_engine(config.db, create=False, **engine_kwargs)
+    migrations.upgrade(engine)  # the registry schema is whatever Alembic says it is
     bridge = Bridge(config.broker_url, metrics, config.batch_max, config.batch_wait) if with_broker else None
     pub: Publisher = publisher or bridge or MemoryPublisher()
     fleet = Fleet(config, engine, keys, store, pub, metrics)

@@ -84,10 +84,40 @@ def hub_config(tmp_path: Path, keys_dir: Path, db: str | None = None, broker: st
     return HubConfig(**base)
 
 
+def _pg_reachable() -> str | None:
+    try:
+        import psycopg
+        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=3):
+            return None
+    except Exception as exc:  # any failure means: skip, and say why
+        return f"PostgreSQL at {PG_URL} unreachable: {exc.__class__.__name__}: {str(exc)[:120]}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The registry database: a SQLite file, and the machine's PostgreSQL in a throwaway schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hub.db'}"
+        return
+    why = _pg_reachable()
+    if why:
+        pytest.skip(why)
+    import psycopg
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    dsn = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
 @pytest.fixture
-def memhub(tmp_path: Path, keys_dir: Path) -> Iterator[tuple[Hub, MemoryPublisher]]:
+def memhub(tmp_path: Path, keys_dir: Path, db_url: str) -> Iterator[tuple[Hub, MemoryPublisher]]:
     pub = MemoryPublisher()
-    hub = build(hub_config(tmp_path, keys_dir), publisher=pub, with_broker=False)
+    hub = build(hub_config(tmp_path, keys_dir, db=db_url), publisher=pub, with_broker=False)
     yield hub, pub
     hub.fleet.engine.dispose()
 
