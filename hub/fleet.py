@@ -26,19 +26,21 @@ from protocol.sketch import DriftThresholds, LatencySketch, drift_verdict, merge
 from protocol.topics import Kind, Topic, check_device_id, check_digest
 from protocol.errors import BadPayload
 
-from . import compat, drift
+from . import alerts, compat, drift
 from .config import HubConfig
 from .db import session
 from .errors import Conflict, Invalid, NotFound
 from .keys import HubKeys
 from .metrics import HubMetrics
-from .models import AuditEntry, Build, Bundle, Device, ModelName, Rollout, RolloutDevice, TelemetryWindow
+from .models import Alert, AuditEntry, Build, Bundle, Device, ModelName, Rollout, RolloutDevice, TelemetryWindow
 from .store import BundleStore, split_archive
 from .transport import Outgoing, Publisher
 
 log = logging.getLogger(__name__)
 
 ACTIVE_PHASES = ("running", "paused", "awaiting_approval")
+ALERT_SCAN_S = 30      # how often the ticker scans for offline / latency / drift alerts
+RECENT_S = 900         # "recent" telemetry for alerts
 
 
 def now_s() -> int:
@@ -147,6 +149,7 @@ class Fleet:
         self.publisher = publisher
         self.metrics = metrics
         self.clock = clock
+        self._last_scan = 0
         self.rollout_lock = threading.RLock()  # seq allocation and rollout state are read-modify-write
 
     def session(self) -> Session:
@@ -404,6 +407,94 @@ class Fleet:
     def tick(self) -> None:
         from . import rollouts
         rollouts.tick(self)
+        now = self.clock()
+        if now - self._last_scan >= ALERT_SCAN_S:
+            self._last_scan = now
+            self.scan_alerts()
+
+    def scan_alerts(self, rules: alerts.AlertRules | None = None) -> list[alerts.Raise | alerts.Resolve]:
+        """Offline / latency-regression / drift alerts over recent telemetry (see hub.alerts)."""
+        rules = rules or alerts.AlertRules(offline_after=self.config.offline_after)
+        now = self.clock()
+        with self.session() as s:
+            devices = s.exec(select(Device)).all()
+            recent: dict[str, list[TelemetryWindow]] = {}
+            for w in s.exec(select(TelemetryWindow).where(TelemetryWindow.received >= now - RECENT_S)).all():
+                recent.setdefault(w.device, []).append(w)
+            open_rows = s.exec(select(Alert).where(Alert.resolved == 0, col(Alert.device).is_not(None))).all()
+            open_keys = {(a.kind, a.device or "") for a in open_rows}
+            facts = []
+            for d in devices:
+                wins = [w for w in recent.get(d.id, []) if w.bundle == d.active_digest]
+                sk = LatencySketch()
+                drift_wins: dict[str, dict[str, list[list[int]]]] = {}
+                for w in wins:
+                    try:
+                        sk = sk.merge(LatencySketch.from_dict(w.latency or {}))
+                    except BadPayload:
+                        continue
+                    for side, feats in (w.drift or {}).items():
+                        for name, counts in (feats or {}).items():
+                            drift_wins.setdefault(side, {}).setdefault(name, []).append(counts)
+                trailing = latency_summary(d.latency) if d.latency_bundle == d.active_digest else {}
+                verdicts = self.drift_verdicts(s, d.active_digest, drift_wins) if d.active_digest and drift_wins else {}
+                worst = max((v.get("status", "insufficient_data") for v in verdicts.values()),
+                            key=lambda x: ("insufficient_data", "invalid", "ok", "warn", "alert").index(x)
+                            if x in ("insufficient_data", "invalid", "ok", "warn", "alert") else 0,
+                            default="insufficient_data")
+                p95 = sk.quantile(0.95)
+                facts.append(alerts.DeviceFacts(
+                    d.id, d.online, d.last_seen, d.active_digest, p95 * 1000 if p95 is not None else None, sk.count,
+                    trailing.get("p95_ms"), int((d.latency or {}).get("n", 0)), worst,
+                    {k: v for k, v in verdicts.items() if v.get("status") == "alert"}))
+            decisions = alerts.evaluate(facts, open_keys, now, rules)
+            for dec in decisions:
+                if isinstance(dec, alerts.Raise):
+                    s.add(Alert(kind=dec.kind, severity=dec.severity, device=dec.device, bundle=dec.bundle,
+                                message=dec.message[:1000], detail=dict(dec.detail), created=now))
+                    self.metrics.alerts.labels(dec.kind).inc()
+                else:
+                    for a in open_rows:
+                        if a.kind == dec.kind and a.device == dec.device:
+                            a.resolved = now
+                            s.add(a)
+            s.commit()
+        return decisions
+
+    def list_alerts(self, limit: int = 50, offset: int = 0, kind: str | None = None,
+                    device: str | None = None, open_only: bool = False) -> dict[str, Any]:
+        with self.session() as s:
+            q = select(Alert)
+            if kind:
+                q = q.where(Alert.kind == kind)
+            if device:
+                q = q.where(Alert.device == device)
+            if open_only:
+                q = q.where(Alert.resolved == 0)
+            total = s.exec(select(func.count()).select_from(q.subquery())).one()
+            rows = s.exec(q.order_by(col(Alert.id).desc()).offset(offset).limit(limit)).all()
+            return {"items": [a.model_dump() for a in rows], "total": total, "limit": limit, "offset": offset}
+
+    def list_audit(self, limit: int = 50, offset: int = 0, action: str | None = None) -> dict[str, Any]:
+        with self.session() as s:
+            q = select(AuditEntry)
+            if action:
+                q = q.where(AuditEntry.action == action)
+            total = s.exec(select(func.count()).select_from(q.subquery())).one()
+            rows = s.exec(q.order_by(col(AuditEntry.id).desc()).offset(offset).limit(limit)).all()
+            return {"items": [a.model_dump() for a in rows], "total": total, "limit": limit, "offset": offset}
+
+    def list_models(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        with self.session() as s:
+            total = s.exec(select(func.count()).select_from(ModelName)).one()
+            rows = s.exec(select(ModelName).order_by(col(ModelName.name)).offset(offset).limit(limit)).all()
+            items = []
+            for m in rows:
+                latest = s.exec(select(Bundle).where(Bundle.name == m.name)
+                                .order_by(col(Bundle.revision).desc())).first()
+                items.append({"name": m.name, "revisions": m.latest_revision, "created": m.created,
+                              "latest": bundle_public(latest) if latest else None})
+            return {"items": items, "total": total, "limit": limit, "offset": offset}
 
     def refresh_gauges(self) -> None:
         _refresh_gauges(self)

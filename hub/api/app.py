@@ -199,6 +199,23 @@ def create_app(fleet: Fleet, connected: Any = None) -> FastAPI:
                         command: Literal["pause", "resume", "cancel", "approve", "rollback"]) -> dict[str, Any]:
         return f.rollout_command(rid, command, caller.actor)
 
+    # ---- registry: models, alerts, audit ---------------------------------------------------
+    @app.get("/api/v1/models", tags=["bundles"])
+    def list_models(_c: Viewer, f: FleetDep, limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
+        return f.list_models(limit, offset)
+
+    @app.get("/api/v1/alerts", tags=["alerts"])
+    def list_alerts(_c: Viewer, f: FleetDep, limit: Limit = 50, offset: Offset = 0,
+                    kind: Literal["offline", "latency_regression", "drift", "rollout_gate"] | None = None,
+                    device: Annotated[str | None, Query(max_length=64)] = None,
+                    open: bool = False) -> dict[str, Any]:
+        return f.list_alerts(limit, offset, kind, device, open)
+
+    @app.get("/api/v1/audit", tags=["alerts"])
+    def list_audit(_c: Operator, f: FleetDep, limit: Limit = 50, offset: Offset = 0,
+                   action: Annotated[str | None, Query(max_length=64)] = None) -> dict[str, Any]:
+        return f.list_audit(limit, offset, action)
+
     # ---- trust ---------------------------------------------------------------------------
     @app.get("/api/v1/root", tags=["trust"], response_class=Response)
     def root(_c: Viewer, f: FleetDep) -> Response:

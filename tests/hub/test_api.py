@@ -244,3 +244,20 @@ def test_bad_rollout_requests_get_clear_4xx(client, bundle_dir):
     assert client.get("/api/v1/rollouts/nope").status_code == 404
     rid = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"devices": []  or ["zz"]}}).json()["id"]
     assert client.post(f"/api/v1/rollouts/{rid}/explode").status_code == 422
+
+
+def test_device_moved_into_a_targeted_group_converges_to_that_rollout(client, memhub, bundle_dir, keys_dir):
+    hub, pub = memhub
+    hub.ingest.handle([("ef/v1/dev/g1/status", status("g1")), ("ef/v1/dev/g2/status", status("g2"))])
+    assert client.patch("/api/v1/devices/g1", json={"group": "lab", "tags": ["cam", "cam"]}).json()["tags"] == ["cam"]
+    b = push(client, bundle_dir())
+    rid = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"group": "lab"}}).json()["id"]
+    assert [d["device_id"] for d in client.get(f"/api/v1/rollouts/{rid}").json()["devices"]] == ["g1"]
+    assert "ef/v1/dev/g2/desired" not in pub.retained
+    client.patch("/api/v1/devices/g2", json={"group": "lab"})
+    assert verify_desired(pub.retained["ef/v1/dev/g2/desired"], HubKeys.load(keys_dir).root, "g2", 0,
+                          int(time.time())).bundle.digest == b["digest"]
+    assert client.get("/api/v1/devices?group=lab").json()["total"] == 2
+    assert client.get("/api/v1/devices?tag=cam").json()["total"] == 1
+    assert client.patch("/api/v1/devices/g2", json={"colour": "red"}).status_code == 422
+    assert client.patch("/api/v1/devices/g2", json={"group": "x"}, headers={"Authorization": f"Bearer {VIEWER}"}).status_code == 403

@@ -1,0 +1,64 @@
+"""Fleet alerts: offline, latency regression and drift are raised once and resolved when clear."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub.alerts import AlertRules, DeviceFacts, Raise, Resolve, evaluate
+
+from .helpers import status, telemetry
+from .test_api import push
+
+NOW = 10_000
+
+
+@pytest.mark.parametrize("facts,open_,want", [
+    (DeviceFacts("d", True, NOW - 10), set(), []),
+    (DeviceFacts("d", False, NOW - 10), set(), [("raise", "offline")]),
+    (DeviceFacts("d", True, NOW - 400), set(), [("raise", "offline")]),
+    (DeviceFacts("d", True, NOW - 400), {("offline", "d")}, []),
+    (DeviceFacts("d", True, NOW - 1), {("offline", "d")}, [("resolve", "offline")]),
+    (DeviceFacts("d", True, NOW, None, 30.0, 200, 10.0, 5000), set(), [("raise", "latency_regression")]),
+    (DeviceFacts("d", True, NOW, None, 12.0, 200, 10.0, 5000), set(), []),
+    (DeviceFacts("d", True, NOW, None, 90.0, 20, 10.0, 5000), set(), []),  # too few samples
+    (DeviceFacts("d", True, NOW, None, 12.0, 200, 10.0, 5000), {("latency_regression", "d")},
+     [("resolve", "latency_regression")]),
+    (DeviceFacts("d", True, NOW, drift_status="alert"), set(), [("raise", "drift")]),
+    (DeviceFacts("d", True, NOW, drift_status="insufficient_data"), {("drift", "d")}, []),  # no data: keep open
+    (DeviceFacts("d", True, NOW, drift_status="ok"), {("drift", "d")}, [("resolve", "drift")]),
+])
+def test_alert_rules(facts, open_, want):
+    got = evaluate([facts], open_, NOW, AlertRules(offline_after=300))
+    assert [("raise" if isinstance(x, Raise) else "resolve", x.kind) for x in got] == want
+
+
+def test_scan_raises_drift_and_offline_alerts_from_real_rows_and_serves_them(client, memhub, bundle_dir):
+    hub, _ = memhub
+    b = push(client, bundle_dir())
+    active = (b["digest"], b["name"], b["version"])
+    hub.ingest.handle([("ef/v1/dev/ok/status", status("ok", active=active)),
+                       ("ef/v1/dev/drifty/status", status("drifty", active=active)),
+                       ("ef/v1/dev/gone/status", status("gone", online=False, active=active))])
+    shifted = {"inputs": {"brightness": [0, 0, 0, 300]}, "outputs": {"top1_class": [100, 100, 100]}}
+    same = {"inputs": {"brightness": [75, 75, 75, 75]}, "outputs": {"top1_class": [100, 100, 100]}}
+    hub.ingest.handle([("ef/v1/dev/drifty/telemetry", telemetry("drifty", 1, b["digest"], drift=shifted)),
+                       ("ef/v1/dev/ok/telemetry", telemetry("ok", 1, b["digest"], drift=same))])
+    hub.fleet.scan_alerts()
+    hub.fleet.scan_alerts()  # idempotent: still one open alert each
+    items = client.get("/api/v1/alerts?open=true").json()["items"]
+    assert sorted((a["kind"], a["device"]) for a in items) == [("drift", "drifty"), ("offline", "gone")]
+    assert "inputs.brightness" in [a for a in items if a["kind"] == "drift"][0]["detail"]
+    hub.ingest.handle([("ef/v1/dev/gone/status", status("gone", active=active))])
+    hub.fleet.scan_alerts()
+    assert [a["device"] for a in client.get("/api/v1/alerts?open=true&kind=offline").json()["items"]] == []
+    assert client.get("/api/v1/alerts?kind=offline").json()["items"][0]["resolved"] > 0
+    assert client.get("/api/v1/alerts?kind=bogus").status_code == 422
+
+
+def test_models_and_audit_are_listed(client, bundle_dir):
+    push(client, bundle_dir(model_bytes=b"\x01" * 1500))
+    push(client, bundle_dir(model_bytes=b"\x02" * 1500))
+    models = client.get("/api/v1/models").json()
+    assert models["items"][0]["name"] == "digits" and models["items"][0]["revisions"] == 2
+    audit = client.get("/api/v1/audit?action=bundle.push").json()
+    assert audit["total"] == 2 and audit["items"][0]["actor"].startswith("admin:")
