@@ -404,8 +404,27 @@ class Fleet:
         from . import rollouts
         rollouts.converge(self, device_ids)
 
+    def root_message(self) -> Outgoing:
+        return Outgoing(str(Topic.root()), self.keys.root_bytes, retain=True, qos=1, kind="root")
+
+    def reload_keys(self) -> bool:
+        """Pick up a root rotated by ``edgefleet-hub keys rotate`` and publish it (retained on
+        ``ef/v1/root``) so devices walk to it with ``protocol.signing.rotate_root``."""
+        fresh = HubKeys.load(self.config.keys)
+        if fresh.root.version == self.keys.root.version and fresh.online.keyid == self.keys.online.keyid:
+            return False
+        with self.rollout_lock:
+            self.keys = fresh
+        log.info("trust root v%d loaded (online key %s); publishing it", fresh.root.version, fresh.online.keyid[:8])
+        self.publish([self.root_message()])
+        return True
+
     def tick(self) -> None:
         from . import rollouts
+        try:
+            self.reload_keys()
+        except Exception as exc:  # a half-written keys dir must not stop rollouts
+            log.error("could not reload keys from %s: %s", self.config.keys, exc)
         rollouts.tick(self)
         now = self.clock()
         if now - self._last_scan >= ALERT_SCAN_S:

@@ -42,6 +42,7 @@ class Hub:
     def start(self) -> None:
         if self.bridge is not None:
             self.bridge.start(self.ingest.handle)
+        self.fleet.publish([self.fleet.root_message()])  # paho queues it until connected
         self._ticker = threading.Thread(target=self._tick_loop, name="hub-ticker", daemon=True)
         self._ticker.start()
 
