@@ -1,0 +1,61 @@
+"""compiler.evaluate: metrics and the accuracy gate (pure)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compiler.evaluate import GatePolicy, Metrics, auc_ovr, gate, macro_f1, metrics
+
+
+def test_perfect_ranking_has_auc_one_and_reversed_has_zero() -> None:
+    y = np.array([0, 0, 1, 1])
+    s = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]])
+    assert auc_ovr(s, y) == 1.0
+    assert auc_ovr(s[:, ::-1], y) == 0.0
+
+
+def test_auc_counts_ties_as_half() -> None:
+    y = np.array([0, 1])
+    assert auc_ovr(np.array([[0.5, 0.5], [0.5, 0.5]]), y) == 0.5
+
+
+def test_auc_skips_classes_without_positives() -> None:
+    y = np.array([0, 0, 1, 1])
+    s = np.array([[0.9, 0.1, 0.0], [0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.9, 0.0]])
+    assert auc_ovr(s, y) == 1.0  # class 2 never occurs: not averaged in
+
+
+def test_macro_f1_weighs_classes_equally() -> None:
+    y = np.array([0, 0, 0, 1])
+    pred = np.array([0, 0, 0, 0])
+    # class 0: tp 3, fp 1 -> F1 6/7; class 1: tp 0, fn 1 -> 0
+    assert macro_f1(pred, y, 2) == pytest.approx(3 / 7)
+
+
+def test_agreement_and_max_diff_are_against_the_reference() -> None:
+    ref = np.array([[0.9, 0.1], [0.4, 0.6]])
+    other = np.array([[0.7, 0.3], [0.6, 0.4]])
+    m = metrics(other, np.array([0, 1]), ref)
+    assert m.agreement == 0.5 and m.max_abs_diff == pytest.approx(0.2) and m.accuracy == 0.5
+
+
+def _m(acc: float, agreement: float | None = None, diff: float | None = None) -> Metrics:
+    return Metrics(100, acc, acc, None, agreement, diff)
+
+
+@pytest.mark.parametrize("float_acc,int8_acc,limit,passed", [
+    (0.95, 0.94, 1.0, True),     # exactly 1 point: allowed
+    (0.95, 0.9399, 1.0, False),
+    (0.95, 0.96, 1.0, True),     # int8 better than float
+    (0.95, 0.90, 5.0, True),
+])
+def test_int8_drop_gate_boundary(float_acc: float, int8_acc: float, limit: float, passed: bool) -> None:
+    res = gate(_m(float_acc), _m(int8_acc), None, GatePolicy(max_accuracy_drop=limit))
+    assert res.passed is passed and [c.name for c in res.checks] == ["int8_accuracy_drop"]
+
+
+def test_onnx_twin_that_drifts_from_float_fails_parity_and_agreement() -> None:
+    res = gate(_m(0.9), _m(0.9), _m(0.9, agreement=0.95, diff=0.01))
+    assert {c.name for c in res.failures()} == {"onnx_parity", "onnx_agreement"}
+    assert res.to_dict()["passed"] is False
