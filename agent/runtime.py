@@ -204,6 +204,7 @@ class Model:
     baseline: dict[str, Any] | None = None
     selftest: dict[str, Any] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _direct: bool | None = None
 
     @classmethod
     def open(cls, slot_dir: Path, artifact: str, runtime: str, info: BundleInfo,
@@ -221,19 +222,53 @@ class Model:
     def served_by(self) -> str:
         return self.backend.name
 
-    def image_to_input(self, data: bytes) -> np.ndarray:
+    def _decode(self, data: bytes) -> np.ndarray:
+        """Image bytes -> uint8 array (1, H, W, C) at the preprocess size."""
         from PIL import Image, UnidentifiedImageError
         p = self.preprocess
         if p.get("kind") != "image":
             raise InputError("this model takes tensors, not images; send JSON {\"inputs\": [...]}")
         h, w, c = int(p["height"]), int(p["width"]), int(p.get("channels", 3))
+        mode = "L" if c == 1 else "RGB"
         try:
             img = Image.open(io.BytesIO(data))
-            img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+            if img.format == "JPEG":
+                img.draft(mode, (w, h))  # let the JPEG decoder downscale by 1/2..1/8 first
+            img = img.convert(mode)
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8).reshape(1, h, w, c)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise InputError(f"file is not a readable image ({exc})") from None
-        arr = np.asarray(img, dtype=np.float32).reshape(1, h, w, c)
-        return arr * float(p.get("scale", 1.0)) + float(p.get("offset", 0.0))
+
+    @property
+    def direct(self) -> bool:
+        """True when preprocess + input quantization map each pixel to itself (uint8 models
+        such as Coral's): the decoded image is the input tensor, no float round trip."""
+        if self._direct is None:
+            p, (scale, zp) = self.preprocess, self.backend.input_quant
+            self._direct = bool(
+                p.get("kind") == "image" and np.dtype(self.backend.input_dtype) == np.uint8 and scale
+                and abs(float(p.get("scale", 1.0)) / scale - 1) < 1e-6
+                and abs(float(p.get("offset", 0.0)) / scale + zp) < 1e-3)
+        return self._direct
+
+    def image_to_input(self, data: bytes) -> np.ndarray:
+        """Image bytes -> the float input tensor (preprocess scale/offset applied)."""
+        p = self.preprocess
+        px = self._decode(data).astype(np.float32)
+        return px * float(p.get("scale", 1.0)) + float(p.get("offset", 0.0))
+
+    def image_to_raw(self, data: bytes) -> np.ndarray:
+        """Image bytes -> the raw input tensor, skipping floats when :attr:`direct`."""
+        if self.direct:
+            return self._decode(data).reshape(self.backend.input_shape)
+        return self.quantize(self.image_to_input(data))
+
+    def predict_raw(self, raw: np.ndarray) -> np.ndarray:
+        with self._lock:
+            out = self.backend.invoke_raw(raw)
+        return self.dequantize(out).reshape(-1)
 
     def tensor_to_input(self, inputs: Any) -> np.ndarray:
         try:

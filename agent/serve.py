@@ -20,11 +20,11 @@ requests after the answer is computed and records agreement and latency delta, n
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import json
 import logging
 import random
+import re
+import socket
 import threading
 import time
 import urllib.error
@@ -149,13 +149,16 @@ class Serving:
         errors: list[str] = []
         x = None
         if model is not None and self._use_local():
+            affine = None
             try:
-                x = model.image_to_input(req.image) if req.image is not None else model.tensor_to_input(req.inputs)
-            except InputError:
-                raise
-            try:
+                if req.image is not None and model.direct:
+                    x = raw = model.image_to_raw(req.image)  # drift floats are made off the request path
+                    affine = (float(model.preprocess.get("scale", 1.0)), float(model.preprocess.get("offset", 0.0)))
+                else:
+                    x = model.image_to_input(req.image) if req.image is not None else model.tensor_to_input(req.inputs)
+                    raw = model.quantize(x)  # ModelError if the bundle's preprocess cannot feed its model
                 t1 = time.perf_counter()
-                scores = model.predict(x)
+                scores = model.predict_raw(raw)
                 took = time.perf_counter() - t1
             except ModelError as exc:
                 errors.append(f"{model.served_by}: {exc}")
@@ -163,7 +166,7 @@ class Serving:
                 self._probation_tick(model, ok=False)
             else:
                 self._observe_local(took)
-                self.recorder.record(model.served_by, time.perf_counter() - t0, True, x, scores)
+                self.recorder.record(model.served_by, time.perf_counter() - t0, True, x, scores, affine)
                 self._probation_tick(model, ok=True)
                 self._offer_shadow(req, scores, took)
                 return self._answer(scores, model, model.served_by, t0)
@@ -264,17 +267,7 @@ def parse_request(content_type: str, body: bytes) -> Request:
             raise InputError("JSON body must be an object with an 'inputs' field")
         return Request(inputs=doc["inputs"])
     if ctype == "multipart/form-data":
-        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
-        if not msg.is_multipart():
-            raise InputError("multipart body could not be parsed (check the boundary)")
-        for part in msg.iter_parts():
-            if part.get_param("name", header="content-disposition") == "file":
-                data = part.get_payload(decode=True) or b""
-                if not data:
-                    raise InputError("multipart field 'file' is empty")
-                return Request(image=data, filename=part.get_filename() or "image")
-        raise InputError("multipart body has no field named 'file'")
+        return _multipart_file(content_type, body)
     if ctype.startswith("image/") or ctype == "application/octet-stream":
         if not body:
             raise InputError("empty image body")
@@ -282,10 +275,44 @@ def parse_request(content_type: str, body: bytes) -> Request:
     raise InputError(f"unsupported Content-Type {content_type!r}; send multipart/form-data (file) or application/json")
 
 
+_DISPOSITION_NAME = re.compile(rb'(?i)content-disposition:[^\r\n]*;\s*name="?([^";\r\n]+)"?')
+_FILENAME = re.compile(rb'(?i)filename="([^"\r\n]*)"')
+
+
+def _multipart_file(content_type: str, body: bytes) -> Request:
+    """The ``file`` field of a multipart/form-data body (a direct split: the email parser
+    costs more than a small model's inference)."""
+    m = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not m:
+        raise InputError("multipart Content-Type has no boundary")
+    delim = b"--" + m.group(1).strip().encode("latin-1")
+    parts = body.split(delim)
+    if len(parts) < 3:
+        raise InputError("multipart body could not be parsed (check the boundary)")
+    for part in parts[1:-1]:
+        head, sep, data = part.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        name = _DISPOSITION_NAME.search(head)
+        if name and name.group(1) == b"file":
+            data = data[:-2] if data.endswith(b"\r\n") else data
+            if not data:
+                raise InputError("multipart field 'file' is empty")
+            fn = _FILENAME.search(head)
+            return Request(image=data, filename=fn.group(1).decode("utf-8", "replace") if fn else "image")
+    raise InputError("multipart body has no field named 'file'")
+
+
 def make_server(host: str, port: int, serving: Serving, status: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         server_version = "edgefleet-agent"
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            # headers and body go out in separate writes; without this, Nagle + delayed ACK
+            # add ~40 ms to every keep-alive request
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("http %s", fmt % args)

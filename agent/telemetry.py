@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,10 @@ class Recorder:
         self._bundle: str | None = None
         self._edges: dict[str, dict[str, list[float]]] = {"inputs": {}, "outputs": {}}
         self._preprocess: dict[str, Any] = {}
+        self._drift_q: queue.Queue[tuple[Any, Any, Any, Any]] = queue.Queue(maxsize=256)
+        self._drift_skipped = 0  # samples not binned because the worker fell behind
         self._reset()
+        threading.Thread(target=self._drift_worker, name="drift", daemon=True).start()
 
     def _reset(self) -> None:
         self._sketch = LatencySketch()
@@ -51,9 +56,16 @@ class Recorder:
             self._preprocess = preprocess
             self._drift = {side: {n: [0] * (len(e) + 1) for n, e in feats.items()} for side, feats in self._edges.items()}
 
-    def record(self, path: str, seconds: float, ok: bool, x: Any = None, scores: Any = None) -> None:
-        feats_in = input_features(x, self._preprocess) if (ok and x is not None and self._edges["inputs"]) else {}
-        feats_out = output_features(scores) if (ok and scores is not None and self._edges["outputs"]) else {}
+    def record(self, path: str, seconds: float, ok: bool, x: Any = None, scores: Any = None,
+               affine: tuple[float, float] | None = None) -> None:
+        """Count one request now; its drift features are computed off the request path.
+
+        ``affine`` = (scale, offset) when ``x`` is raw pixels still to be mapped to floats."""
+        if ok and (x is not None or scores is not None) and (self._edges["inputs"] or self._edges["outputs"]):
+            try:
+                self._drift_q.put_nowait((self._bundle, x, scores, affine))
+            except queue.Full:
+                self._drift_skipped += 1
         with self._lock:
             self._counts["inferences"] += 1
             if not ok:
@@ -63,11 +75,32 @@ class Recorder:
             if key in self._counts:
                 self._counts[key] += 1
             self._sketch.add(max(0.0, seconds))
-            for side, feats in (("inputs", feats_in), ("outputs", feats_out)):
-                for name, value in feats.items():
-                    edges = self._edges[side].get(name)
-                    if edges is not None:
-                        self._drift[side][name][bin_index(edges, value)] += 1
+
+    def _drift_worker(self) -> None:
+        while True:
+            bundle, x, scores, affine = self._drift_q.get()
+            try:
+                if x is not None and affine is not None:
+                    x = x.astype("float32") * affine[0] + affine[1]
+                feats_in = input_features(x, self._preprocess) if (x is not None and self._edges["inputs"]) else {}
+                feats_out = output_features(scores) if (scores is not None and self._edges["outputs"]) else {}
+            except (ValueError, TypeError, IndexError):
+                self._drift_skipped += 1
+                continue
+            with self._lock:
+                if bundle != self._bundle:
+                    continue  # the bundle changed: these edges no longer apply
+                for side, feats in (("inputs", feats_in), ("outputs", feats_out)):
+                    for name, value in feats.items():
+                        edges = self._edges[side].get(name)
+                        if edges is not None:
+                            self._drift[side][name][bin_index(edges, value)] += 1
+
+    def drain(self, timeout: float = 2.0) -> None:
+        """Wait until queued drift samples are binned (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while not self._drift_q.empty() and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def record_shadow(self, agree: bool | None, delta_s: float) -> None:
         with self._lock:
@@ -87,7 +120,10 @@ class Recorder:
                 shadow = {"samples": sh["n"], "errors": sh["errors"],
                           "agreement": sh["agree"] / sh["n"] if sh["n"] else None,
                           "latency_delta_ms": 1000 * sh["delta_sum_s"] / sh["n"] if sh["n"] else None}
-            out = {"bundle": self._bundle, "counts": dict(self._counts), "latency": self._sketch.to_dict(),
+            counts = dict(self._counts)
+            if self._drift_skipped:
+                counts["drift_skipped"], self._drift_skipped = self._drift_skipped, 0
+            out = {"bundle": self._bundle, "counts": counts, "latency": self._sketch.to_dict(),
                    "drift": {s: {n: list(c) for n, c in f.items()} for s, f in self._drift.items() if f},
                    "shadow": shadow}
             self._reset()

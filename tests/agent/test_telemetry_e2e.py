@@ -6,7 +6,6 @@ import sqlite3
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from .bundles import MNV1, MNV2, coral_bundle
 from .fakehub import FakeHub
@@ -71,13 +70,12 @@ def test_backlog_is_bounded_and_counts_what_it_dropped(tmp_path, mosquitto, make
 
 
 def _top1(model: str, coral_models, size: int) -> int:
-    from ai_edge_litert.interpreter import Interpreter
-    it = Interpreter(model_path=str(coral_models / model))
-    it.allocate_tensors()
-    img = Image.open(coral_models / "cat_720p.jpg").convert("RGB").resize((size, size), Image.BILINEAR)
-    it.set_tensor(it.get_input_details()[0]["index"], np.asarray(img, dtype=np.uint8)[None])
-    it.invoke()
-    return int(np.argmax(it.get_tensor(it.get_output_details()[0]["index"])))
+    """Top-1 of a model on the cat image, preprocessed the way the agent decodes uploads."""
+    from agent.runtime import LiteRTBackend, Model
+    from protocol.messages import BundleInfo
+    m = Model(LiteRTBackend(coral_models / model), BundleInfo("0" * 64, "ref", "1"),
+              {"kind": "image", "height": size, "width": size, "channels": 3, "scale": 1 / 128, "offset": -1.0})
+    return int(np.argmax(m.predict_raw(m.image_to_raw((coral_models / "cat_720p.jpg").read_bytes()))))
 
 
 def test_shadow_candidate_runs_beside_the_active_model_and_reports_agreement(tmp_path, coral_models, trust, hub, make_agent):

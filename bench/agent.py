@@ -1,0 +1,321 @@
+"""`python -m bench agent [--quick]`: the agent's local inference API vs a bare LiteRT invoke.
+
+For the real Coral MobileNetV2-224 (uint8) and the compiler's digits CNN, in one run:
+
+* **limit** - bare ``interpreter.invoke()`` in this process (input already set, same LiteRT,
+  same thread setting as the agent): the floor for any serving path;
+* **ours** - ``POST /v1/predict`` on a running ``edgefleet-agent`` (a real daemon process with
+  the bundle installed through its own verify/stage/self-test code), one keep-alive client,
+  uploading an image already at the model's input size (JPEG 224x224 for MobileNetV2, PNG 8x8
+  for digits): HTTP + multipart + decode + preprocess + quantize + invoke + JSON answer;
+* a second case per model uploads the full 720p camera JPEG (decode and resize included).
+
+Also: the agent's RSS with the model loaded and its idle CPU (no requests, telemetry on).
+Goal (issue 4): API latency within 10 % of bare invoke on MobileNetV2-224.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import report
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".edgefleet" / "bench-cache"
+CORAL = Path(os.environ.get("EDGEFLEET_CORAL_MODELS", REPO.parent / "shared" / "models" / "coral"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _trust(tmp: Path) -> tuple[Any, Path]:
+    from protocol.signing import SigningKey, root_document, seal
+    rk, tk = SigningKey.generate(), SigningKey.generate()
+    root = seal("root", root_document(1, int(time.time()) + 86400, [rk], 1, [tk]), [rk]).to_bytes()
+    (tmp / "root.json").write_bytes(root)
+    return tk, tmp / "root.json"
+
+
+def _coral_bundle(out: Path) -> Path:
+    """MobileNetV2-224 as a bundle directory, with self-test vectors computed here."""
+    from ai_edge_litert.interpreter import Interpreter
+    from PIL import Image
+
+    from protocol.bundle import MANIFEST_FILE, Artifact, Manifest, Requirements
+    from protocol.signing import seal
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(CORAL / "mobilenet_v2_1.0_224_quant.tflite", out / "model_int8.tflite")
+    shutil.copyfile(CORAL / "imagenet_labels.txt", out / "labels.txt")
+    img = Image.open(CORAL / "cat_720p.jpg").convert("RGB").resize((224, 224), Image.BILINEAR)
+    x = np.asarray(img, dtype=np.uint8)[None]
+    it = Interpreter(model_path=str(out / "model_int8.tflite"))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    y = it.get_tensor(it.get_output_details()[0]["index"])
+    (out / "selftest.json").write_text(json.dumps({"schema": 1, "artifact": "model_int8.tflite", "tolerance": 2,
+                                                   "max_latency_ms": 5000,
+                                                   "cases": [{"input": x.tolist(), "expected": y.tolist()}]}))
+    files = {"model_int8.tflite": "tflite_int8", "labels.txt": "labels", "selftest.json": "selftest"}
+    arts = tuple(Artifact.of(n, r, (out / n).read_bytes()) for n, r in files.items())
+    m = Manifest("mobilenet_v2", "1", int(time.time()), arts, Requirements("none"),
+                 model={"task": "classification", "labels": "labels.txt",
+                        "preprocess": {"kind": "image", "height": 224, "width": 224, "channels": 3,
+                                       "scale": 1 / 128, "offset": -1.0}})
+    (out / MANIFEST_FILE).write_bytes(seal("manifest", m.to_dict(), []).to_bytes())
+    return out
+
+
+def _digits_bundle() -> Path | None:
+    src = CACHE / "digits-build"
+    if not (src / "manifest.json").exists():
+        print("building the digits bundle with the compiler in a child process...", flush=True)
+        shutil.rmtree(src, ignore_errors=True)
+        proc = subprocess.run([sys.executable, "-m", "compiler", "digits", "--out", str(src), "--quiet"],
+                              cwd=REPO, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"digits build failed; skipping digits:\n{proc.stderr[-1500:]}", file=sys.stderr)
+            return None
+    return src
+
+
+def _install(bundle_dir: Path, key: Any, root_path: Path, state: Path) -> str:
+    """Sign the bundle and stage it into the agent's state dir with the agent's own code."""
+    from agent.install import Inventory, choose_artifact
+    from agent.slots import SlotRecord, Slots, SlotsState
+    from protocol.bundle import MANIFEST_FILE, pack_archive
+    from protocol.signing import Envelope, load_root_unverified
+    env = Envelope.parse((bundle_dir / MANIFEST_FILE).read_bytes())
+    env = Envelope(env.payload_type, env.payload, ()).add_signature(key)
+    arts = {p.name: p.read_bytes() for p in bundle_dir.iterdir() if p.name != MANIFEST_FILE}
+    archive = state / "bundle.efb"
+    state.mkdir(parents=True, exist_ok=True)
+    archive.write_bytes(pack_archive(env, arts))
+    slots = Slots(state)
+    manifest, digest, _ = slots.stage(archive, archive.stat().st_size, load_root_unverified(root_path.read_bytes()))
+    choice = choose_artifact(manifest, Inventory("bench"))
+    assert not hasattr(choice, "reason"), choice
+    slots.save(SlotsState(SlotRecord(digest, manifest.name, manifest.version, choice.artifact.name,  # type: ignore[union-attr]
+                                     choice.runtime, 0), None, False))  # type: ignore[union-attr]
+    archive.unlink()
+    return digest
+
+
+class Bare:
+    """A bare LiteRT interpreter with its input set once: ``run(k)`` times ``k`` invokes."""
+
+    def __init__(self, model: Path, x: np.ndarray) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+        self.it = Interpreter(model_path=str(model))
+        self.it.allocate_tensors()
+        d = self.it.get_input_details()[0]
+        self.it.set_tensor(d["index"], x.astype(d["dtype"]).reshape(d["shape"]))
+        for _ in range(10):
+            self.it.invoke()
+
+    def run(self, k: int) -> list[float]:
+        out = []
+        for _ in range(k):
+            t0 = time.perf_counter()
+            self.it.invoke()
+            out.append((time.perf_counter() - t0) * 1000)
+        return out
+
+
+def _multipart(data: bytes, name: str) -> tuple[bytes, str]:
+    b = uuid.uuid4().hex
+    body = (f"--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{b}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={b}"
+
+
+class Client:
+    """One keep-alive HTTP client posting the same multipart upload."""
+
+    def __init__(self, port: int, data: bytes, name: str) -> None:
+        self.body, self.ctype = _multipart(data, name)
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.last: dict[str, Any] = {}
+        self.run(10)
+
+    def run(self, k: int) -> list[float]:
+        times = []
+        for _ in range(k):
+            t0 = time.perf_counter()
+            self.conn.request("POST", "/v1/predict", self.body, {"Content-Type": self.ctype})
+            resp = self.conn.getresponse()
+            raw = resp.read()
+            times.append((time.perf_counter() - t0) * 1000)
+            if resp.status != 200:
+                raise RuntimeError(f"agent answered {resp.status}: {raw[:300]!r}")
+            self.last = json.loads(raw)
+        return times
+
+
+def interleaved(bare: Bare, client: Client, n: int, block: int = 20) -> tuple[list[float], list[float]]:
+    """Alternate blocks of bare invokes and API requests so machine load hits both alike."""
+    b: list[float] = []
+    a: list[float] = []
+    while len(a) < n:
+        k = min(block, n - len(a))
+        b += bare.run(k)
+        a += client.run(k)
+    return b, a
+
+
+def _proc_stat(pid: int) -> tuple[float, int]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    rss = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) * 1024
+    return cpu, rss
+
+
+def _start_agent(tmp: Path, name: str, root_path: Path, state: Path, broker: str) -> tuple[subprocess.Popen[bytes], int]:
+    conf = tmp / f"{name}.toml"
+    conf.write_text(f'device_id = "bench-{name}"\nbroker = "{broker}"\nstate_dir = "{state}"\n'
+                    f'root = "{root_path}"\nhttp_port = 0\ntelemetry_interval_s = 10\nedgetpu = "auto"\n')
+    log = open(tmp / f"{name}.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(conf), "--log-level", "WARNING"],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    deadline = time.monotonic() + 60
+    port_file = state / "http.port"
+    while time.monotonic() < deadline:
+        if port_file.exists() and port_file.read_text().strip():
+            port = int(port_file.read_text())
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    return proc, port
+            except OSError:
+                pass
+            finally:
+                conn.close()
+        if proc.poll() is not None:
+            raise RuntimeError(f"agent exited: {(tmp / f'{name}.log').read_text()[-2000:]}")
+        time.sleep(0.1)
+    raise RuntimeError("agent did not become healthy in 60 s")
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench agent", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer requests, shorter idle window")
+    p.add_argument("--requests", type=int, help="timed requests per case (default 300, quick 60)")
+    args = p.parse_args(argv)
+    n = args.requests or (60 if args.quick else 300)
+    idle_s = 3.0 if args.quick else 10.0
+    if not (CORAL / "mobilenet_v2_1.0_224_quant.tflite").exists():
+        print(f"Coral models not found at {CORAL} (set EDGEFLEET_CORAL_MODELS)", file=sys.stderr)
+        return 2
+    from PIL import Image
+    tmp = Path(tempfile.mkdtemp(prefix="bench-agent-"))
+    broker_proc = None
+    broker = "mqtt://127.0.0.1:9"  # nothing listens: the agent keeps serving while it retries
+    if shutil.which("mosquitto"):
+        port = _free_port()
+        (tmp / "mq.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+        broker_proc = subprocess.Popen(["mosquitto", "-c", str(tmp / "mq.conf")],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        broker = f"mqtt://127.0.0.1:{port}"
+    cases: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"requests": n, "clients": 1, "threads": "LiteRT default (agent and bare)"}
+    try:
+        key, root_path = _trust(tmp)
+        models: list[tuple[str, Path]] = [("mobilenet_v2_224", _coral_bundle(tmp / "mnv2"))]
+        digits = _digits_bundle()
+        if digits is not None:
+            models.append(("digits", digits))
+        cat = (CORAL / "cat_720p.jpg").read_bytes()
+        for name, bdir in models:
+            state = tmp / f"state-{name}"
+            _install(bdir, key, root_path, state)
+            if name == "digits":
+                from ai_edge_litert.interpreter import Interpreter
+                d = Interpreter(model_path=str(bdir / "model_int8.tflite")).get_input_details()[0]
+                bare = Bare(bdir / "model_int8.tflite", np.zeros(d["shape"], d["dtype"]))
+                img = Image.new("L", (8, 8), 0)
+                buf = io.BytesIO()
+                img.save(buf, "PNG")
+                uploads = [("png_8x8", buf.getvalue(), "d.png")]
+            else:
+                img = Image.open(CORAL / "cat_720p.jpg").convert("RGB").resize((224, 224), Image.BILINEAR)
+                bare = Bare(bdir / "model_int8.tflite", np.asarray(img, dtype=np.uint8)[None])
+                buf = io.BytesIO()
+                img.save(buf, "JPEG", quality=90)
+                uploads = [("jpeg_224", buf.getvalue(), "cat224.jpg"), ("jpeg_720p", cat, "cat_720p.jpg")]
+            proc, port = _start_agent(tmp, name, root_path, state, broker)
+            try:
+                cpu0, _ = _proc_stat(proc.pid)
+                time.sleep(idle_s)
+                cpu1, rss_idle = _proc_stat(proc.pid)
+                idle_pct = 100 * (cpu1 - cpu0) / idle_s
+                for label, data, fname in uploads:
+                    print(f"[{name}] {label}: {n} API requests interleaved with {n} bare invokes...", flush=True)
+                    client = Client(port, data, fname)
+                    bare_t, api = interleaved(bare, client, n)
+                    server = client.last.get("latency_ms")
+                    _, rss = _proc_stat(proc.pid)
+                    b50, a50 = statistics.median(bare_t), statistics.median(api)
+                    cases.append({"model": name, "upload": label, "api_p50_ms": a50, "api_p95_ms": _pct(api, 95),
+                                  "bare_p50_ms": b50, "bare_p95_ms": _pct(bare_t, 95),
+                                  "overhead_ms": a50 - b50, "overhead_pct": 100 * (a50 / b50 - 1),
+                                  "server_latency_ms_last": server,
+                                  "rss_mb": round(rss / 2**20, 1), "idle_rss_mb": round(rss_idle / 2**20, 1),
+                                  "idle_cpu_pct": round(idle_pct, 2), "served_by": client.last.get("served_by"),
+                                  "top1": client.last["top"][0]["label"]})
+                    client.conn.close()
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    finally:
+        if broker_proc is not None:
+            broker_proc.terminate()
+            broker_proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    head = next(c for c in cases if c["model"] == "mobilenet_v2_224" and c["upload"] == "jpeg_224")
+    params.update({"rss_mb": head["rss_mb"], "idle_cpu_pct": head["idle_cpu_pct"],
+                   "overhead_pct_mobilenet_v2_224": round(head["overhead_pct"], 1), "goal_overhead_pct": 10,
+                   "broker": "mosquitto" if broker_proc else "none"})
+    path = report.write("agent", "ms", False, head["api_p50_ms"], None, head["bare_p50_ms"], params, cases)
+    print(f"\n{'model':<18}{'upload':<11}{'API p50':>9}{'p95':>8}{'bare p50':>10}{'overhead':>10}{'RSS MB':>8}{'idle CPU':>9}")
+    for c in cases:
+        print(f"{c['model']:<18}{c['upload']:<11}{c['api_p50_ms']:>8.2f} {c['api_p95_ms']:>7.2f} {c['bare_p50_ms']:>9.3f} "
+              f"{c['overhead_pct']:>8.1f}% {c['rss_mb']:>7.1f} {c['idle_cpu_pct']:>7.2f}%")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
