@@ -98,7 +98,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     given = {k: getattr(args, k) for k in ("db", "broker", "keys", "store", "host", "port", "token",
-                                             "tokens", "chunk_size", "batch_max", "tick")}
+                                             "tokens", "chunk_size", "batch_max", "tick", "mqtt_auth_dir",
+                                             "broker_pid_file", "broker_public")}
     given["dev"] = True if args.dev else None
     config = HubConfig.load(given)
     hub = build(config)
@@ -201,6 +202,15 @@ def cmd_devices_ls(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_devices_enroll(args: argparse.Namespace) -> int:
+    out = call(args, "POST", "/api/v1/devices/enroll", {"device": args.id, "group": args.group or "",
+                                                        "tags": args.tag or []})
+    print(json.dumps(out))
+    print(f"one-time token for {out['device_id']} (expires {time.strftime('%Y-%m-%d %H:%M', time.gmtime(out['expires']))} UTC);"
+          f" the device trades it at POST {args.hub.rstrip('/')}/api/v1/enroll", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_devices_show(args: argparse.Namespace) -> int:
     print(json.dumps(call(args, "GET", f"/api/v1/devices/{args.id}"), indent=2))
     return EXIT_OK
@@ -239,6 +249,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, help="bundle chunk size in bytes (default 65536)")
     p.add_argument("--batch-max", type=int, help="max messages per ingest transaction (default 500)")
     p.add_argument("--tick", type=float, help="rollout engine period in seconds (default 2)")
+    p.add_argument("--mqtt-auth-dir", help="write Mosquitto passwd + acl files here (per-device credentials)")
+    p.add_argument("--broker-pid-file", help="SIGHUP this broker after rewriting the auth files")
+    p.add_argument("--broker-public", help="broker URL handed to enrolling devices (default: --broker)")
     p.add_argument("--dev", action="store_true", help="allow a default token (local development only)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
@@ -284,6 +297,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--online", action=argparse.BooleanOptionalAction, default=None)
     _client_args(p)
     p.set_defaults(func=cmd_devices_ls)
+    p = dv.add_parser("enroll", help="issue a one-time enrollment token for a device")
+    p.add_argument("id", help="device id (becomes its MQTT username)")
+    p.add_argument("--group", help="put the device in this group")
+    p.add_argument("--tag", action="append", help="tag the device (repeatable)")
+    _client_args(p)
+    p.set_defaults(func=cmd_devices_enroll)
     p = dv.add_parser("show", help="one device with its telemetry summary")
     p.add_argument("id")
     _client_args(p)

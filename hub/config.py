@@ -40,6 +40,10 @@ DEFAULTS: dict[str, Any] = {
     "batch_wait": 0.05,
     "tick": 2.0,
     "offline_after": 300,
+    "mqtt_auth_dir": "",
+    "broker_pid_file": "",
+    "enroll_ttl": 86400,
+    "broker_public": "",
 }
 
 
@@ -87,6 +91,10 @@ class HubConfig:
     batch_wait: float = DEFAULTS["batch_wait"]
     tick: float = DEFAULTS["tick"]
     offline_after: int = DEFAULTS["offline_after"]
+    mqtt_auth_dir: Path | None = None     # where passwd + acl are written (None: no broker auth)
+    broker_pid_file: Path | None = None   # SIGHUP target after rewriting them
+    enroll_ttl: int = DEFAULTS["enroll_ttl"]
+    broker_public: str = ""               # broker URL handed to enrolling devices (default: broker)
 
     @property
     def broker_url(self) -> BrokerUrl:
@@ -148,7 +156,10 @@ class HubConfig:
             chunk_size=as_int("chunk_size", 1024, 8 * 1024 * 1024),
             desired_ttl=as_int("desired_ttl", 60, 366 * 86400),
             batch_max=as_int("batch_max", 1, 100_000), batch_wait=as_float("batch_wait", 0.0, 10.0),
-            tick=as_float("tick", 0.05, 3600.0), offline_after=as_int("offline_after", 5, 86400 * 30))
+            tick=as_float("tick", 0.05, 3600.0), offline_after=as_int("offline_after", 5, 86400 * 30),
+            mqtt_auth_dir=Path(pick("mqtt_auth_dir")) if pick("mqtt_auth_dir") else None,
+            broker_pid_file=Path(pick("broker_pid_file")) if pick("broker_pid_file") else None,
+            enroll_ttl=as_int("enroll_ttl", 60, 366 * 86400), broker_public=str(pick("broker_public") or ""))
 
 
 def client_env(name: str) -> str | None:

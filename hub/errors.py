@@ -35,3 +35,7 @@ class Invalid(HubError):
 
 class Conflict(HubError):
     """The request contradicts the current state (e.g. pausing a finished rollout)."""
+
+
+class Denied(HubError):
+    """A credential (enrollment token) is unknown, used or expired."""

@@ -26,13 +26,14 @@ from protocol.sketch import DriftThresholds, LatencySketch, drift_verdict, merge
 from protocol.topics import Kind, Topic, check_device_id, check_digest
 from protocol.errors import BadPayload
 
-from . import alerts, compat, drift
+from . import alerts, compat, credentials, drift
 from .config import HubConfig
 from .db import session
-from .errors import Conflict, Invalid, NotFound
+from .errors import Conflict, Denied, Invalid, NotFound
 from .keys import HubKeys
 from .metrics import HubMetrics
-from .models import Alert, AuditEntry, Build, Bundle, Device, ModelName, Rollout, RolloutDevice, TelemetryWindow
+from .models import (Alert, AuditEntry, Build, Bundle, Device, EnrollToken, ModelName, Rollout, RolloutDevice,
+                     TelemetryWindow)
 from .store import BundleStore, split_archive
 from .transport import Outgoing, Publisher
 
@@ -345,6 +346,68 @@ class Fleet:
             s.commit()
         self.converge([device_id])
         return self.get_device(device_id)
+
+    # ---- enrollment and broker credentials --------------------------------------------------
+    def create_enrollment(self, device_id: str, group: str = "", tags: Sequence[str] = (),
+                          actor: str = "api") -> dict[str, Any]:
+        """A one-time token the device trades for its identity (see hub.credentials)."""
+        try:
+            check_device_id(device_id)
+        except BadPayload as exc:
+            raise Invalid("device id", str(exc)) from None
+        token = credentials.new_secret()
+        now = self.clock()
+        with self.session() as s:
+            s.add(EnrollToken(token_hash=credentials.token_hash(token), device=device_id, group=group,
+                              tags=list(dict.fromkeys(tags)), created=now, expires=now + self.config.enroll_ttl,
+                              created_by=actor))
+            self.audit(s, actor, "device.enroll", device_id, group=group, tags=list(tags))
+            s.commit()
+        return {"device_id": device_id, "token": token, "expires": now + self.config.enroll_ttl}
+
+    def redeem_enrollment(self, token: str) -> dict[str, Any]:
+        now = self.clock()
+        password = credentials.new_secret()
+        with self.session() as s:
+            row = s.get(EnrollToken, credentials.token_hash(token))
+            if row is None or row.used or row.expires <= now:
+                raise Denied("enrollment token is unknown, already used or expired")
+            row.used = now
+            d = s.get(Device, row.device) or Device(id=row.device, created=now)
+            d.enrolled = True
+            d.mqtt_username = row.device
+            d.mqtt_password_hash = credentials.password_hash(password)
+            if row.group:
+                d.group = row.group
+            if row.tags:
+                d.tags = list(row.tags)
+            s.add(row)
+            s.add(d)
+            self.audit(s, f"device:{row.device}", "device.enrolled", row.device)
+            s.commit()
+            device_id = row.device
+        self.write_broker_auth()
+        broker = self.config.broker_public or self.config.broker
+        return {"device_id": device_id, "broker": broker,
+                "mqtt": {"username": device_id, "password": password},
+                "root": self.keys.root_bytes.decode()}
+
+    def write_broker_auth(self) -> bool:
+        """Rewrite passwd + acl from the registry and SIGHUP the broker. False if not configured."""
+        if self.config.mqtt_auth_dir is None:
+            return False
+        url = self.config.broker_url
+        with self.session() as s:
+            users = [(d.mqtt_username, d.mqtt_password_hash) for d in
+                     s.exec(select(Device).where(col(Device.mqtt_password_hash).is_not(None))).all()
+                     if d.mqtt_username and d.mqtt_password_hash]
+        if url.username and url.password:
+            users.append((url.username, credentials.password_hash(url.password)))
+        credentials.write_files(self.config.mqtt_auth_dir, credentials.render_passwd(users),
+                                credentials.render_acl(url.username))
+        reloaded = credentials.reload_broker(self.config.broker_pid_file)
+        log.info("broker credentials written for %d users%s", len(users), " (broker reloaded)" if reloaded else "")
+        return True
 
     # ---- desired documents ---------------------------------------------------------------
     def issue(self, s: Session, d: Device, b: Bundle | None, action: str,

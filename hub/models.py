@@ -32,6 +32,7 @@ class Device(SQLModel, table=True):
     tags: list[str] = Field(default_factory=list, sa_type=JSON)
     enrolled: bool = False
     mqtt_username: Optional[str] = None
+    mqtt_password_hash: Optional[str] = None
     created: int = 0
     # running telemetry totals, so the device list needs no join over windows
     windows: int = 0
@@ -178,6 +179,9 @@ class EnrollToken(SQLModel, table=True):
     __tablename__ = "enroll_token"
     token_hash: str = Field(primary_key=True, max_length=64)
     device: str = Field(max_length=64, index=True)
+    group: str = ""
+    tags: list[str] = Field(default_factory=list, sa_type=JSON)
     created: int = 0
     expires: int = 0
     used: int = 0
+    created_by: str = ""

@@ -43,6 +43,7 @@ class Hub:
         if self.bridge is not None:
             self.bridge.start(self.ingest.handle)
         self.fleet.publish([self.fleet.root_message()])  # paho queues it until connected
+        self.fleet.write_broker_auth()
         self._ticker = threading.Thread(target=self._tick_loop, name="hub-ticker", daemon=True)
         self._ticker.start()
 

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from protocol.topics import check_device_id
 from protocol.errors import BadPayload
 
-from ..errors import Conflict, HubError, Invalid, NotFound
+from ..errors import Conflict, Denied, HubError, Invalid, NotFound
 from ..fleet import Fleet
 from .deps import Admin, FleetDep, Operator, Viewer, caller_of
 
@@ -52,6 +52,18 @@ class RolloutIn(BaseModel):
     policy: dict[str, Any] = Field(default_factory=dict, description="cohorts, soak, gates (see hub.rollout)")
 
 
+class EnrollIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    device: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="device id to enroll")
+    group: str = Field(default="", max_length=64)
+    tags: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=64)
+
+
+class RedeemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: str = Field(min_length=8, max_length=200)
+
+
 class DevicePatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     group: str | None = Field(default=None, max_length=64)
@@ -73,7 +85,8 @@ def create_app(fleet: Fleet, connected: Any = None) -> FastAPI:
 
     @app.exception_handler(HubError)
     async def hub_error(_r: Request, exc: HubError) -> JSONResponse:
-        status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
+        status = (404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict)
+                  else 403 if isinstance(exc, Denied) else 400)
         metrics.http_errors.labels(str(status)).inc()
         return _error(status, str(exc))
 
@@ -178,6 +191,17 @@ def create_app(fleet: Fleet, connected: Any = None) -> FastAPI:
     def patch_device(caller: Operator, f: FleetDep, device_id: str, body: DevicePatch) -> dict[str, Any]:
         check_device_id(device_id)
         return f.set_device_meta(device_id, body.group, body.tags, caller.actor)
+
+    @app.post("/api/v1/devices/enroll", tags=["devices"], status_code=201)
+    def enroll(caller: Operator, f: FleetDep, body: EnrollIn) -> dict[str, Any]:
+        """A one-time enrollment token for a device (valid ``enroll_ttl`` seconds)."""
+        return f.create_enrollment(body.device, body.group, body.tags, caller.actor)
+
+    @app.post("/api/v1/enroll", tags=["devices"])
+    def redeem(f: FleetDep, body: RedeemIn) -> dict[str, Any]:
+        """Device side, no bearer token: trade the one-time token for MQTT credentials and the
+        pinned trust root (``root`` is the root envelope JSON text)."""
+        return f.redeem_enrollment(body.token)
 
     # ---- rollouts ------------------------------------------------------------------------
     @app.post("/api/v1/rollouts", tags=["rollouts"], status_code=201)

@@ -1,0 +1,105 @@
+"""Per-device broker credentials: Mosquitto password and ACL files, and enrollment tokens.
+
+Enrollment: an operator asks for a one-time token for a device id (``edgefleet-hub devices
+enroll``); the device trades it once at ``POST /api/v1/enroll`` for its MQTT username and
+password and the pinned trust root. Only the token's SHA-256 is stored.
+
+The hub renders the whole password file (Mosquitto ``$7$`` PBKDF2-SHA512 lines, as
+``mosquitto_passwd`` writes them) and the ACL file from the registry, writes them atomically
+and sends the broker SIGHUP (it re-reads both). ACL (``%u`` = the authenticated username,
+which is the device id; the client-chosen client id is never trusted)::
+
+    user <hub>                      topic readwrite ef/v1/#
+    pattern write ef/v1/dev/%u/{status,report,telemetry,fetch}
+    pattern read  ef/v1/dev/%u/{desired,ack}
+    pattern read  ef/v1/bundle/+/chunk/+   and   ef/v1/root
+
+so a device can publish only on its own topics (MQTT v5 PUBACK 135 otherwise) and read only
+its own desired state and acks, bundle chunks and the root.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+import signal
+from pathlib import Path
+from typing import Iterable
+
+PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes
+DEVICE_WRITE = ("status", "report", "telemetry", "fetch")
+DEVICE_READ = ("desired", "ack")
+
+
+def new_secret(nbytes: int = 24) -> str:
+    return secrets.token_urlsafe(nbytes)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    salt = salt if salt is not None else os.urandom(12)
+    dig = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS, 64)
+    return f"$7${PBKDF2_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(dig).decode()}"
+
+
+def check_password(password: str, hashed: str) -> bool:
+    _, alg, it, salt, dig = hashed.split("$")
+    got = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt), int(it), 64)
+    return alg == "7" and secrets.compare_digest(base64.b64encode(got).decode(), dig)
+
+
+def render_passwd(users: Iterable[tuple[str, str]]) -> str:
+    """``(username, $7$ hash)`` pairs -> password file text."""
+    return "".join(f"{u}:{h}\n" for u, h in sorted(users))
+
+
+def render_acl(hub_user: str | None) -> str:
+    lines = ["# written by the edgefleet hub; edits are overwritten", ""]
+    if hub_user:
+        lines += [f"user {hub_user}", "topic readwrite ef/v1/#", ""]
+    lines += ["# every other user is a device; %u is its authenticated username (= device id)"]
+    lines += [f"pattern write ef/v1/dev/%u/{k}" for k in DEVICE_WRITE]
+    lines += [f"pattern read ef/v1/dev/%u/{k}" for k in DEVICE_READ]
+    lines += ["pattern read ef/v1/bundle/+/chunk/+", "pattern read ef/v1/root", ""]
+    return "\n".join(lines)
+
+
+def write_files(directory: Path, passwd: str, acl: str) -> tuple[Path, Path]:
+    """Atomic rewrite. New files are 0640; an existing file keeps its mode and group, so an
+    operator can ``chgrp mosquitto`` them once (the broker reads them after dropping root)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, text in (("passwd", passwd), ("acl", acl)):
+        path = directory / name
+        tmp = path.with_name(name + ".tmp")
+        tmp.write_text(text)
+        if path.exists():
+            st = path.stat()
+            os.chmod(tmp, st.st_mode & 0o777)
+            if st.st_gid != tmp.stat().st_gid:
+                try:
+                    os.chown(tmp, -1, st.st_gid)
+                except PermissionError:
+                    pass
+        else:
+            os.chmod(tmp, 0o640)
+        os.replace(tmp, path)
+        out.append(path)
+    return out[0], out[1]
+
+
+def reload_broker(pid_file: Path | None) -> bool:
+    """SIGHUP the broker whose pid is in ``pid_file``; False if there is none to signal."""
+    if pid_file is None or not pid_file.exists():
+        return False
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (ValueError, ProcessLookupError, PermissionError):
+        return False
+    return True

@@ -1,0 +1,117 @@
+"""Enrollment and broker credentials over a real Mosquitto running the hub-written passwd/ACL:
+a device can publish only on its own topics (MQTT v5 PUBACK 135 elsewhere)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from fastapi.testclient import TestClient
+
+from hub import credentials
+from hub.server import build
+from hub.transport import MemoryPublisher
+from protocol.signing import load_root_unverified
+
+from ..conftest import start_mosquitto
+from .conftest import TOKEN, hub_config
+
+
+def test_password_hash_is_the_mosquitto_passwd_format():
+    h = credentials.password_hash("secret", b"\x97Y^\x02:\x94\xae\xb8\xbcM\xeb\x12")
+    assert h == ("$7$101$l1leAjqUrri8TesS$AhkPJ7MYAnNZvTZ96SLMKbMdubrKyUKDjP+OrKPABkFF7G9pGzgiVxuh85zytVGj2XON6kP1aRXH9"
+                 "IvJQC/O5Q==")  # what `mosquitto_passwd -b` wrote for this salt
+    assert credentials.check_password("secret", h) and not credentials.check_password("Secret", h)
+
+
+class Client:
+    """paho v5 client that records PUBACK reason codes."""
+
+    def __init__(self, port: int, user: str, password: str) -> None:
+        self.acks: dict[int, int] = {}
+        self.connected = threading.Event()
+        self.rc: int | None = None
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"c-{user}", protocol=mqtt.MQTTv5)
+        c.username_pw_set(user, password)
+        c.on_connect = self._on_connect
+        c.on_publish = lambda _c, _u, mid, rc, _p: self.acks.__setitem__(mid, rc.value)
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        self.c = c
+
+    def _on_connect(self, _c, _u, _f, rc, _p) -> None:
+        self.rc = rc.value
+        self.connected.set()
+
+    def publish_rc(self, topic: str) -> int:
+        info = self.c.publish(topic, b"{}", qos=1)
+        info.wait_for_publish(10)
+        return self.acks[info.mid]
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.mark.integration
+def test_enrolled_device_may_publish_only_on_its_own_topics(tmp_path: Path, keys_dir: Path):
+    auth = tmp_path / "auth"
+    pid_file = tmp_path / "broker.pid"
+    cfg = hub_config(tmp_path, keys_dir, broker="mqtt://hub:hub-secret@127.0.0.1:1", mqtt_auth_dir=auth,
+                     broker_pid_file=pid_file)
+    hub = build(cfg, publisher=MemoryPublisher(), with_broker=False)
+    api = TestClient(hub.app, headers={"Authorization": f"Bearer {TOKEN}"})
+    creds = {}
+    for dev in ("dev-a", "dev-b"):
+        tok = api.post("/api/v1/devices/enroll", json={"device": dev, "group": "lab"}).json()["token"]
+        got = TestClient(hub.app).post("/api/v1/enroll", json={"token": tok})
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert load_root_unverified(body["root"].encode()).version == 1 and body["mqtt"]["username"] == dev
+        creds[dev] = body["mqtt"]["password"]
+        again = TestClient(hub.app).post("/api/v1/enroll", json={"token": tok})
+        assert again.status_code == 403 and "already used" in again.json()["error"]
+    assert "pattern write ef/v1/dev/%u/telemetry" in (auth / "acl").read_text()
+    # `user root`: the test's files live under pytest's root-only tmp dir (mosquitto drops to
+    # its own user otherwise and could not read them)
+    broker = start_mosquitto(tmp_path / "broker", f"allow_anonymous false\npassword_file {auth / 'passwd'}\n"
+                                                  f"acl_file {auth / 'acl'}\nuser root\n")
+    clients = []
+    try:
+        pid_file.write_text(str(broker.proc.pid))
+        a = Client(broker.port, "dev-a", creds["dev-a"])
+        clients.append(a)
+        assert a.connected.wait(10) and a.rc == 0
+        assert a.publish_rc("ef/v1/dev/dev-b/telemetry") == 135   # someone else's topic: not authorized
+        assert a.publish_rc("ef/v1/dev/dev-a/desired") == 135     # its own desired is hub-only
+        assert a.publish_rc("ef/v1/bundle/" + "0" * 64 + "/chunk/0") == 135
+        assert a.publish_rc("ef/v1/dev/dev-a/telemetry") in (0, 16)  # ok / no subscribers
+        wrong = Client(broker.port, "dev-b", "not-the-password")
+        clients.append(wrong)
+        assert wrong.connected.wait(10) and wrong.rc in (134, 135)
+        hubc = Client(broker.port, "hub", "hub-secret")
+        clients.append(hubc)
+        assert hubc.connected.wait(10) and hubc.rc == 0 and hubc.publish_rc("ef/v1/dev/dev-a/desired") in (0, 16)
+        # a device enrolled while the broker runs gets in after the hub's SIGHUP
+        tok = api.post("/api/v1/devices/enroll", json={"device": "dev-c"}).json()["token"]
+        pw = TestClient(hub.app).post("/api/v1/enroll", json={"token": tok}).json()["mqtt"]["password"]
+        import time
+        deadline = time.monotonic() + 10
+        while True:
+            c = Client(broker.port, "dev-c", pw)
+            clients.append(c)
+            assert c.connected.wait(10)
+            if c.rc == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert c.rc == 0 and c.publish_rc("ef/v1/dev/dev-c/status") in (0, 16)
+    finally:
+        for c in clients:
+            c.close()
+        broker.stop()
+        hub.fleet.engine.dispose()
+    devs = api.get("/api/v1/devices?group=lab").json()
+    assert sorted(d["device_id"] for d in devs["items"]) == ["dev-a", "dev-b"]
