@@ -1,0 +1,36 @@
+"""`make demo ARGS=--once`: the README's main command runs the whole fleet and exits 0."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_once_rolls_out_serves_and_exits_zero(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "demo", "--once", "--agents", "2", "--samples", "15",
+         "--state", str(tmp_path / "state")],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "2 agents running" in out
+    assert "cloud fallback" in out and "answered" in out
+    # every process the demo started is gone
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", leftovers.stdout
+
+
+def test_demo_rejects_bad_arguments_with_a_clear_message(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "demo", "--agents", "0", "--state", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--agents must be within 1..50, got 0" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "demo", "--broker", "localhost:1883"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--broker must look like mqtt://host:port" in proc.stderr
