@@ -41,12 +41,13 @@ class FakeHub:
     fetches: list[Any] = field(default_factory=list)
     chunks: dict[str, list[bytes]] = field(default_factory=dict)
     seqs: dict[str, int] = field(default_factory=dict)
+    mqtt_v5: bool = True
 
     def __post_init__(self) -> None:
         host, port = self.url.removeprefix("mqtt://").split(":")
         self._lock = threading.Lock()
         self._c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fakehub-{id(self)}",
-                              protocol=mqtt.MQTTv5)
+                              protocol=mqtt.MQTTv5 if self.mqtt_v5 else mqtt.MQTTv311)
         self._c.on_message = self._on_message
         self._c.on_connect = self._on_connect
         self._c.connect(host, int(port))

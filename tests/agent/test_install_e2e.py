@@ -47,3 +47,43 @@ def test_bundle_signed_by_unknown_key_is_rejected_and_agent_keeps_serving(tmp_pa
     code, out = agent.predict_image((coral_models / "cat_720p.jpg").read_bytes())
     assert code == 200 and out["bundle"]["digest"] == good.ref.digest
     assert agent.proc.poll() is None
+
+
+@pytest.fixture
+def amqtt_broker(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from tests.conftest import free_port, wait_port
+    exe = shutil.which("amqtt", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("amqtt (the embedded MQTT 3.1.1 broker) is not installed")
+    port = free_port()
+    conf = tmp_path / "amqtt.yaml"
+    conf.write_text(f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
+                    "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n")
+    with open(tmp_path / "amqtt.log", "wb") as log:
+        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, 30)
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_agent_falls_back_to_mqtt_311_on_the_embedded_broker(tmp_path: Path, coral_models, trust, make_agent, amqtt_broker):
+    from .fakehub import FakeHub
+    hub = FakeHub(amqtt_broker, trust.targets_key, mqtt_v5=False)
+    try:
+        agent = make_agent("old", broker=amqtt_broker).start()
+        st = hub.wait(lambda: hub.status.get("old") and hub.status["old"].online and hub.status["old"], 60, "online")
+        assert st.inventory["mqtt"] == "v3.1.1"
+        env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "b1", coral_models))
+        pub = hub.publish_bundle(env, archive)
+        hub.desire("old", pub)
+        hub.report("old", "commit", "ok", pub.ref.digest)
+        code, out = agent.predict_image((coral_models / "cat_720p.jpg").read_bytes())
+        assert code == 200 and "cat" in out["top"][0]["label"]
+    finally:
+        hub.close()

@@ -127,3 +127,16 @@ def test_device_without_a_usable_model_routes_to_the_cloud_fallback(tmp_path, co
                            {"Content-Type": "application/json"})
     assert code == 200 and out["served_by"] == "cpu"
     assert len(local) == 10
+
+
+@pytest.mark.slow
+def test_local_path_over_its_latency_budget_routes_to_the_cloud(trust, hub, make_agent, cloud, digits_bundle):
+    agent = make_agent("budget", cloud_url=cloud, cloud_api_key="s3cret-s3cret-s3cret", latency_budget_ms=0.000001).start()
+    env, _, archive = trust.sign_dir(digits_bundle)
+    pub = hub.publish_bundle(env, archive)
+    hub.desire(agent.device, pub)
+    hub.report(agent.device, "commit", "ok", pub.ref.digest)
+    paths = [agent.predict_image(_digit_png())[1]["served_by"] for _ in range(25)]
+    assert paths[0] == "cpu"  # measured once locally...
+    assert paths[1:20] == ["cloud"] * 19  # ...over budget, so the cloud serves...
+    assert "cpu" in paths[20:]  # ...and the local path is probed again now and then
