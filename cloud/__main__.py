@@ -48,15 +48,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--poll", type=float, default=2.0, metavar="S",
                    help="seconds between scans of --bundles for new versions (0: never)")
     b = s.add_argument_group("micro-batching")
-    b.add_argument("--max-batch", type=int, default=32, help="samples per onnxruntime run")
-    b.add_argument("--max-wait-ms", type=float, default=2.0,
-                   help="how long the first queued sample waits for others")
+    b.add_argument("--max-batch", type=int, default=8, help="samples per onnxruntime run")
+    b.add_argument("--max-wait-ms", type=float, default=0.0,
+                   help="how long the first queued sample waits for others (0: run what is queued)")
+    b.add_argument("--workers", type=int, default=0,
+                   help="concurrent onnxruntime runs per model version (0: one per CPU)")
     b.add_argument("--max-queue", type=int, default=256, help="queued samples per model before 429")
     b.add_argument("--queue-timeout", type=float, default=5.0, metavar="S",
                    help="a sample queued longer than this is answered 503")
     b.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="request body limit (413)")
     o = s.add_argument_group("onnxruntime")
-    o.add_argument("--intra-threads", type=int, default=0, help="intra-op threads (0: one per core)")
+    o.add_argument("--intra-threads", type=int, default=1,
+                   help="intra-op threads per run (0: one per core; see docs/cloud.md)")
     o.add_argument("--inter-threads", type=int, default=1, help="inter-op threads")
     o.add_argument("--spinning", action="store_true", help="let idle ORT threads spin (burns CPU)")
     o.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"])
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             bundles=args.bundles, root=args.root, host=args.host, port=args.port,
             api_keys=args.api_key, default_model=args.default_model, poll_s=args.poll,
             max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-            queue_timeout_s=args.queue_timeout, intra_threads=args.intra_threads,
+            queue_timeout_s=args.queue_timeout, workers=args.workers, intra_threads=args.intra_threads,
             inter_threads=args.inter_threads, spinning=args.spinning,
             optimization=args.graph_optimization, max_body_bytes=args.max_body_bytes,
             hub=args.hub, token=args.token, hub_poll_s=args.hub_poll,

@@ -23,13 +23,14 @@ import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, AsyncIterator
+from typing import Any, AsyncIterator
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, Header, Request, UploadFile
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -47,7 +48,17 @@ log = logging.getLogger(__name__)
 
 TOP_K = 5
 HUB_STARTUP_S = 10.0
-OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+IMAGE_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary",
+                            "description": "an image (JPEG, PNG, BMP...)"}}}}}}}
+TENSOR_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
+        "inputs": {"type": "array", "description": "nested list, batch dimension first"}}}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                            "description": "C-order little-endian tensor; headers "
+                                            "X-Tensor-Shape (required), X-Tensor-Dtype"}}}}}
 
 
 class AuthError(CloudError):
@@ -77,13 +88,16 @@ def error_response(status: int, code: str, detail: str, headers: dict[str, str] 
 
 
 class Guard:
-    """Pure ASGI middleware: bounds request bodies (buffered, at most ``limit`` bytes) and
-    records latency per route and status. Runs before FastAPI parses anything."""
+    """Pure ASGI middleware, before FastAPI parses anything: checks the API key (except on
+    ``OPEN_PATHS``), bounds request bodies (buffered, at most ``limit`` bytes) and records
+    latency per route and status. Doing this here rather than in per-route dependencies keeps
+    the per-request cost of the hot path low (see docs/cloud.md)."""
 
-    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics, service: "Service") -> None:
         self.app = app
         self.limit = limit
         self.metrics = metrics
+        self.service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,6 +112,15 @@ class Guard:
             await send(message)
 
         try:
+            if self.service.config.auth_required and scope["path"] not in OPEN_PATHS:
+                try:
+                    self.service.authenticate(_presented_key(scope))
+                except AuthError as exc:
+                    status["code"] = 401
+                    self.metrics.errors.labels(exc.code).inc()
+                    await error_response(401, exc.code, str(exc), {"WWW-Authenticate": "Bearer"})(
+                        scope, receive, send)
+                    return
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 body = await self._read_body(scope, receive)
                 if body is None:
@@ -137,6 +160,16 @@ class Guard:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+def _presented_key(scope: Scope) -> str | None:
+    bearer = None
+    for key, value in scope.get("headers", []):
+        if key == b"x-api-key":
+            return value.decode("latin-1")
+        if key == b"authorization" and value[:7].lower() == b"bearer ":
+            bearer = value[7:].decode("latin-1").strip()
+    return bearer
 
 
 def _replay(body: bytes, downstream: Receive) -> Receive:
@@ -215,18 +248,6 @@ class Service:
         raise AuthError("API key not recognised")
 
 
-async def require_key(request: Request, x_api_key: Annotated[str | None, Header()] = None,
-                      authorization: Annotated[str | None, Header()] = None) -> ApiKey | None:
-    presented = x_api_key
-    if presented is None and authorization and authorization.lower().startswith("bearer "):
-        presented = authorization[7:].strip()
-    service: Service = request.app.state.service
-    return service.authenticate(presented)
-
-
-Key = Annotated[ApiKey | None, Depends(require_key)]
-
-
 def _result(model: ServedModel, outputs: list[np.ndarray]) -> dict[str, Any]:
     return {"model": model.spec.ref,
             "outputs": {name: out.tolist() for name, out in zip(model.spec.outputs, outputs)}}
@@ -255,7 +276,7 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
     app = FastAPI(title="edgefleet cloud fallback", version="1", lifespan=lifespan,
                   description="Serves the ONNX twins of verified edgefleet bundles.")
     app.state.service = service
-    app.add_middleware(Guard, limit=config.limits.max_body_bytes, metrics=service.metrics)
+    app.add_middleware(Guard, limit=config.limits.max_body_bytes, metrics=service.metrics, service=service)
 
     @app.exception_handler(CloudError)
     async def on_cloud_error(request: Request, exc: CloudError) -> JSONResponse:
@@ -278,8 +299,6 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
             loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "request"
             parts.append(f"{loc}: {err.get('msg', 'invalid')}")
         detail = "bad request: " + "; ".join(parts)
-        if request.url.path == "/predict":
-            detail += " (send multipart/form-data with the image in field 'file')"
         return error_response(400, BadInput.code, detail)
 
     @app.exception_handler(StarletteHTTPException)
@@ -288,19 +307,28 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
         return error_response(exc.status_code, f"http_{exc.status_code}",
                               f"{request.method} {request.url.path}: {exc.detail}")
 
-    @app.post("/predict", summary="Seed-compatible image prediction")
-    async def predict(file: Annotated[UploadFile, File()], _key: Key,
-                      model: str | None = None) -> JSONResponse:
-        served = service.model_for_predict(model)
+    async def image_predict(served: ServedModel, request: Request) -> JSONResponse:
         spec = served.spec
         if spec.image is None:
-            raise BadInput("model", f"{spec.name} takes tensors, not images; use /v1/models/{spec.name}/predict")
-        data = await file.read()
-        x = image_tensor(data, spec.image, spec.input.dtype, config.limits.max_image_pixels)
-        outputs = await served.predict(x)
+            raise BadInput("model", f"{spec.name} {spec.version} takes tensors, not images; "
+                                    f"use /v1/models/{spec.name}/predict")
+        async with request.form() as form:  # closes the spooled upload files on exit
+            upload = form.get("file")
+            if not isinstance(upload, StarletteUploadFile):
+                raise BadInput("request", "send multipart/form-data with the image in field 'file'")
+            data = await upload.read()
+        if not data:
+            raise BadInput("file", "is empty")
+        image, dtype, max_pixels = spec.image, spec.input.dtype, config.limits.max_image_pixels
+        outputs = await served.predict_lazy(lambda: image_tensor(data, image, dtype, max_pixels),
+                                            (1, *image.sample_shape))
         scores = outputs[0]
         return JSONResponse({"predictions": scores.tolist(), "model": spec.ref,
                              "top": _top(served, scores)})
+
+    @app.post("/predict", summary="Seed-compatible image prediction", openapi_extra=IMAGE_BODY)
+    async def predict(request: Request, model: str | None = None) -> JSONResponse:
+        return await image_predict(service.model_for_predict(model), request)
 
     async def tensor_predict(served: ServedModel, request: Request) -> Response:
         spec = served.spec
@@ -325,29 +353,28 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
                 "X-Model-Version": spec.version, "X-Model-Digest": spec.digest})
         return JSONResponse(_result(served, outputs))
 
-    @app.post("/v1/models/{name}/predict", summary="Tensor prediction, default version")
-    async def predict_tensor(name: str, request: Request, _key: Key) -> Response:
+    @app.post("/v1/models/{name}/predict", summary="Tensor prediction, default version",
+              openapi_extra=TENSOR_BODY)
+    async def predict_tensor(name: str, request: Request) -> Response:
         return await tensor_predict(service.catalog.get(name), request)
 
-    @app.post("/v1/models/{name}/versions/{version}/predict", summary="Tensor prediction, one version")
-    async def predict_tensor_version(name: str, version: str, request: Request, _key: Key) -> Response:
+    @app.post("/v1/models/{name}/versions/{version}/predict", summary="Tensor prediction, one version",
+              openapi_extra=TENSOR_BODY)
+    async def predict_tensor_version(name: str, version: str, request: Request) -> Response:
         return await tensor_predict(service.catalog.get(name, version), request)
 
+    @app.post("/v1/models/{name}/predict/image", summary="Image prediction, default version",
+              openapi_extra=IMAGE_BODY)
+    async def predict_image(name: str, request: Request) -> JSONResponse:
+        return await image_predict(service.catalog.get(name), request)
+
     @app.post("/v1/models/{name}/versions/{version}/predict/image",
-              summary="Image prediction on one version")
-    async def predict_image_version(name: str, version: str, file: Annotated[UploadFile, File()],
-                                    _key: Key) -> JSONResponse:
-        served = service.catalog.get(name, version)
-        spec = served.spec
-        if spec.image is None:
-            raise BadInput("model", f"{spec.name} {spec.version} takes tensors, not images")
-        x = image_tensor(await file.read(), spec.image, spec.input.dtype, config.limits.max_image_pixels)
-        outputs = await served.predict(x)
-        return JSONResponse({"predictions": outputs[0].tolist(), "model": spec.ref,
-                             "top": _top(served, outputs[0])})
+              summary="Image prediction on one version", openapi_extra=IMAGE_BODY)
+    async def predict_image_version(name: str, version: str, request: Request) -> JSONResponse:
+        return await image_predict(service.catalog.get(name, version), request)
 
     @app.get("/v1/models", summary="Served models and versions")
-    async def list_models(_key: Key) -> dict[str, Any]:
+    async def list_models() -> dict[str, Any]:
         cat = service.catalog
         defaults = {n: cat.default(n).spec.digest for n in cat.names()}
         return {"models": [describe(m, defaults[m.spec.name] == m.spec.digest) for m in cat.models()],

@@ -5,16 +5,21 @@ Rules (the worker thread applies them; :func:`take` is the pure part):
 * a request carries ``rows`` samples of one sample shape; requests queue in arrival order;
 * the queue holds at most ``max_queue`` samples; a request that would overflow it is refused at
   once with :class:`Overloaded` (429: come back later) - never queued unboundedly;
-* when the worker is free it takes the first request, then waits until ``max_batch`` samples are
-  queued or ``max_wait_s`` has passed since the first one arrived, whichever comes first;
+* ``workers`` threads share the queue; a free worker takes the first request, then waits until
+  ``max_batch`` samples are queued or ``max_wait_s`` has passed since the first one arrived,
+  whichever comes first (``max_wait_s = 0``: run what is queued now - batches still form from
+  the requests that arrive while the workers are busy);
 * it then runs the longest prefix of the queue with the same sample shape whose rows fit in
   ``max_batch`` (a single request larger than ``max_batch`` runs alone);
 * a request that waited more than ``queue_timeout_s`` is answered with :class:`Overloaded`
   (503: the service is behind) instead of being run late; a cancelled request is skipped;
 * models with a static batch dimension of 1 are run one sample at a time (``batchable=False``);
 * if a batch fails, each request in it is re-run alone so one bad input fails only itself;
-* :meth:`Batcher.close` stops new submissions; the worker finishes everything queued, then
-  exits - that is how a replaced model version drains without dropping requests.
+* a request may hand over a ``prepare`` callable instead of a tensor (:meth:`Batcher.submit_lazy`):
+  the worker builds the input (decodes the image) just before the run, so decoding uses the
+  worker threads' cores instead of the single event-loop thread;
+* :meth:`Batcher.close` stops new submissions; the workers finish everything queued, then
+  exit - that is how a replaced model version drains without dropping requests.
 """
 
 from __future__ import annotations
@@ -65,14 +70,12 @@ def take(queue: Sequence[Pending], max_batch: int, batchable: bool) -> int:
 
 @dataclass
 class _Item:
-    x: np.ndarray
+    x: np.ndarray | None                              # None until ``prepare`` ran
+    prepare: Callable[[], np.ndarray] | None          # decoding done by the worker, off the event loop
+    pending: Pending
     future: asyncio.Future[list[np.ndarray]]
     loop: asyncio.AbstractEventLoop
     enqueued: float
-
-    @property
-    def pending(self) -> Pending:
-        return Pending(int(self.x.shape[0]), tuple(self.x.shape[1:]))
 
 
 def _resolve(fut: asyncio.Future[list[np.ndarray]], result: list[np.ndarray] | None,
@@ -86,11 +89,11 @@ def _resolve(fut: asyncio.Future[list[np.ndarray]], result: list[np.ndarray] | N
 
 
 class Batcher:
-    """One worker thread per served model version. Thread-safe ``submit`` from any event loop."""
+    """``workers`` threads per served model version. Thread-safe ``submit`` from any event loop."""
 
     def __init__(self, name: str, run: Runner, policy: BatchPolicy, batchable: bool = True,
                  on_batch: BatchHook | None = None, fail: Callable[[Exception], CloudError] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, workers: int = 1) -> None:
         self.name = name
         self._run = run
         self.policy = policy
@@ -102,8 +105,10 @@ class Batcher:
         self._rows = 0
         self._closed = False
         self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._work, name=f"batcher-{name}-{i}", daemon=True)
+                         for i in range(max(1, workers))]
+        for t in self._threads:
+            t.start()
 
     @property
     def depth(self) -> int:
@@ -112,27 +117,38 @@ class Batcher:
 
     async def submit(self, x: np.ndarray) -> list[np.ndarray]:
         """Queue ``x`` (shape ``(rows, *sample)``) and wait for its outputs (rows first)."""
+        return await self._enqueue(x, None, Pending(int(x.shape[0]), tuple(x.shape[1:])))
+
+    async def submit_lazy(self, prepare: Callable[[], np.ndarray], shape: tuple[int, ...]) -> list[np.ndarray]:
+        """Queue work whose input a worker thread builds with ``prepare()`` (e.g. decoding an
+        image), so the event loop only does HTTP. ``shape`` is what ``prepare`` will return;
+        an exception from it fails this request only."""
+        return await self._enqueue(None, prepare, Pending(int(shape[0]), tuple(shape[1:])))
+
+    async def _enqueue(self, x: np.ndarray | None, prepare: Callable[[], np.ndarray] | None,
+                       pending: Pending) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[np.ndarray]] = loop.create_future()
-        rows = int(x.shape[0])
+        rows = pending.rows
         with self._cond:
             if self._closed:
                 raise Unavailable(f"model {self.name} is being unloaded; retry")
             if self._rows + rows > self.policy.max_queue:
                 raise Overloaded(f"model {self.name}: queue full ({self._rows} of "
                                  f"{self.policy.max_queue} samples waiting)", retry_after=1.0)
-            self._queue.append(_Item(x, fut, loop, self._clock()))
+            self._queue.append(_Item(x, prepare, pending, fut, loop, self._clock()))
             self._rows += rows
             self._cond.notify()
         return await fut
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
-        """Refuse new work, let the worker finish what is queued, then stop."""
+        """Refuse new work, let the workers finish what is queued, then stop."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         if wait:
-            self._thread.join(timeout)
+            for t in self._threads:
+                t.join(timeout)
 
     # -- worker thread -------------------------------------------------------------------
     def _next_batch(self) -> list[_Item] | None:
@@ -172,8 +188,27 @@ class Batcher:
         except RuntimeError:
             pass  # the caller's event loop is gone: nobody is waiting for this answer
 
+    def _prepared(self, items: list[_Item]) -> list[_Item]:
+        """Build lazy inputs; a request whose input fails to build is answered and dropped."""
+        ready = []
+        for item in items:
+            if item.x is None and item.prepare is not None:
+                try:
+                    x = item.prepare()
+                except Exception as exc:  # noqa: BLE001 - reported to that request only
+                    self._answer(item, None, self._error(exc))
+                    continue
+                if (int(x.shape[0]), tuple(x.shape[1:])) != (item.pending.rows, item.pending.shape):
+                    self._answer(item, None, RuntimeError(
+                        f"prepared input {x.shape} differs from the announced {item.pending}"))
+                    continue
+                item.x = x
+            ready.append(item)
+        return ready
+
     def _run_items(self, items: list[_Item]) -> None:
-        x = items[0].x if len(items) == 1 else np.concatenate([i.x for i in items])
+        arrays = [i.x for i in items if i.x is not None]
+        x = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         start = self._clock()
         outputs = self._run(x)
         if self._on_batch is not None:
@@ -189,6 +224,7 @@ class Batcher:
             batch = self._next_batch()
             if batch is None:
                 return
+            batch = self._prepared(batch)
             if not batch:
                 continue
             try:

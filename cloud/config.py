@@ -36,17 +36,18 @@ class BatchPolicy:
     after the first one; at most ``max_queue`` samples wait per model (more gets 429) and a
     sample that waited ``queue_timeout_s`` is answered 503 instead of being run late."""
 
-    max_batch: int = 32
-    max_wait_s: float = 0.002
+    max_batch: int = 8
+    max_wait_s: float = 0.0
     max_queue: int = 256
     queue_timeout_s: float = 5.0
+    workers: int = 2
 
 
 @dataclass(frozen=True)
 class SessionTuning:
     """onnxruntime session options (see docs/cloud.md for why these defaults)."""
 
-    intra_threads: int = 0          # 0: onnxruntime picks (one per physical core)
+    intra_threads: int = 1          # per run; parallelism comes from BatchPolicy.workers
     inter_threads: int = 1          # graphs here are sequential; parallel executor only adds overhead
     spinning: bool = False          # spin-waiting workers steal the CPU the HTTP loop needs
     optimization: str = "all"       # disable | basic | extended | all
@@ -115,8 +116,8 @@ def _positive(value: float, what: str) -> None:
 
 def build(*, bundles: str, root: str, host: str = "127.0.0.1", port: int = 8100,
           api_keys: list[str] | None = None, default_model: str | None = None, poll_s: float = 2.0,
-          max_batch: int = 32, max_wait_ms: float = 2.0, max_queue: int = 256,
-          queue_timeout_s: float = 5.0, intra_threads: int = 0, inter_threads: int = 1,
+          max_batch: int = 8, max_wait_ms: float = 0.0, max_queue: int = 256,
+          queue_timeout_s: float = 5.0, workers: int = 0, intra_threads: int = 1, inter_threads: int = 1,
           spinning: bool = False, optimization: str = "all", max_body_bytes: int = 8 * 1024 * 1024,
           hub: str | None = None, token: str | None = None, hub_poll_s: float = 30.0,
           insecure_no_auth: bool = False, access_log: bool = False, log_level: str = "INFO",
@@ -147,6 +148,9 @@ def build(*, bundles: str, root: str, host: str = "127.0.0.1", port: int = 8100,
     if max_queue < max_batch:
         raise ConfigError(f"--max-queue ({max_queue}) must be >= --max-batch ({max_batch})")
     _positive(queue_timeout_s, "--queue-timeout")
+    if workers < 0:
+        raise ConfigError(f"--workers must be >= 0 (0: one per CPU), got {workers}")
+    n_workers = workers or max(1, os.cpu_count() or 1)
     if intra_threads < 0 or inter_threads < 0:
         raise ConfigError(f"thread counts must be >= 0, got {intra_threads}/{inter_threads}")
     if optimization not in ("disable", "basic", "extended", "all"):
@@ -169,7 +173,7 @@ def build(*, bundles: str, root: str, host: str = "127.0.0.1", port: int = 8100,
     return CloudConfig(
         bundles=bundle_dir, root=root_path, host=host, port=port, api_keys=keys,
         default_model=default_model, poll_s=poll_s,
-        batch=BatchPolicy(max_batch, max_wait_ms / 1000.0, max_queue, queue_timeout_s),
+        batch=BatchPolicy(max_batch, max_wait_ms / 1000.0, max_queue, queue_timeout_s, n_workers),
         session=SessionTuning(intra_threads, inter_threads, spinning, optimization),
         limits=Limits(max_body_bytes=max_body_bytes), hub=source,
         access_log=access_log, log_level=level)

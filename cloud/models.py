@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -83,7 +83,8 @@ class ServedModel:
                 secs.observe(seconds)
 
         self.batcher = Batcher(f"{spec.name}@{spec.version}", self._run, policy,
-                               batchable=spec.input.batchable, on_batch=hook, fail=_ort_error)
+                               batchable=spec.input.batchable, on_batch=hook, fail=_ort_error,
+                               workers=policy.workers)
         if metrics is not None:
             metrics.track_queue(spec.name, spec.version, lambda: float(self.batcher.depth))
 
@@ -95,9 +96,18 @@ class ServedModel:
 
     async def predict(self, x: np.ndarray) -> list[np.ndarray]:
         outputs = await self.batcher.submit(x)
-        if self._metrics is not None:
-            self._metrics.predictions.labels(self.spec.name, self.spec.version).inc(int(x.shape[0]))
+        self._count(int(x.shape[0]))
         return outputs
+
+    async def predict_lazy(self, prepare: Callable[[], np.ndarray], shape: tuple[int, ...]) -> list[np.ndarray]:
+        """Like :meth:`predict`, but a worker thread builds the input (see Batcher.submit_lazy)."""
+        outputs = await self.batcher.submit_lazy(prepare, shape)
+        self._count(shape[0])
+        return outputs
+
+    def _count(self, rows: int) -> None:
+        if self._metrics is not None:
+            self._metrics.predictions.labels(self.spec.name, self.spec.version).inc(rows)
 
     def close(self) -> None:
         self.batcher.close(wait=True, timeout=30)

@@ -42,13 +42,17 @@ def image_tensor(data: bytes, spec: ImageSpec, dtype: str, max_pixels: int) -> n
         raise BadInput("file", "is not an image Pillow can read (expected JPEG, PNG, BMP, ...)") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadInput("image", f"cannot be decoded ({exc})") from None
-    arr = np.asarray(img, dtype=np.float32)
+    pixels = np.asarray(img)
     if spec.channels == 1:
-        arr = arr[:, :, None]
-    arr = arr * np.float32(spec.scale) + np.float32(spec.offset)
+        pixels = pixels[:, :, None]
     if spec.layout == "nchw":
-        arr = arr.transpose(2, 0, 1)
-    return np.ascontiguousarray(arr[None], dtype=dtype)
+        pixels = pixels.transpose(2, 0, 1)
+    # one pass: uint8 -> float32, scaled, in the target layout, contiguous
+    out = np.empty((1, *pixels.shape), dtype=np.float32)
+    np.multiply(pixels, np.float32(spec.scale), out=out[0], dtype=np.float32)
+    if spec.offset:
+        out += np.float32(spec.offset)
+    return out if dtype == "float32" else out.astype(dtype)
 
 
 def check_shape(x: np.ndarray, spec: InputSpec, max_rows: int, what: str) -> np.ndarray:

@@ -1,0 +1,460 @@
+"""`python -m bench fallback [--quick]`: the cloud fallback vs the seed's naive endpoint.
+
+In one run, for each model (the digits CNN from the compiler, MobileNetV2 weights=None 224) and
+each concurrency level (1, 8, 32, 64 clients):
+
+* **baseline** - the seed's ``api.py`` exactly as written (``bench/seed_api.py``) under uvicorn;
+* **ours** - ``edgefleet-cloud serve`` loading the same ONNX from a signed bundle;
+* **limit** - in-process loops of batched ``session.run`` calls, no HTTP and no image decoding:
+  the best of one run at a time on every core (batch = min(clients, 32)) and one
+  single-threaded run per core (batch = clients / cores, capped at max batch, or 1).
+
+Both servers get the same async load generator (httpx on uvloop, one AsyncClient with one
+keep-alive connection per client, the same pre-encoded multipart upload) in this process; both servers are up at once but only
+one is driven at a time, alternating per level so background load hits both alike; all of it
+shares the machine's cores with the load generator. Throughput counts 200 answers completed in the measuring
+window; latency is per request as the client sees it.
+
+The seed hard-codes an NCHW 224x224 RGB input, so both models are served in that form: the
+MobileNetV2 ONNX is converted with ``inputs_as_nchw``, and the digits ONNX gets a small front
+(channel mean, 28x28 average pool, NHWC transpose) so that a 224x224 image reaches the 8x8
+network. Baseline and ours serve byte-identical ONNX files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import report
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".edgefleet" / "bench-cache"
+CORAL = REPO.parent / "shared" / "models" / "coral"
+
+MOBILENET_SRC = r'''
+import sys, os
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import tensorflow as tf, tf2onnx, keras
+out = sys.argv[1]
+model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3), classes=1000)
+spec = (tf.TensorSpec((None, 224, 224, 3), tf.float32, name="image"),)
+proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17, inputs_as_nchw=["image"])
+open(out + ".tmp", "wb").write(proto.SerializeToString())
+os.replace(out + ".tmp", out)
+'''
+
+
+# ---- models -------------------------------------------------------------------------------
+
+def build_mobilenet(cache: Path) -> Path:
+    out = cache / "mobilenet_v2_224_nchw.onnx"
+    if not out.exists():
+        print("building MobileNetV2 (weights=None, 224, NCHW) with tf2onnx in a child process...", flush=True)
+        subprocess.run([sys.executable, "-c", MOBILENET_SRC, str(out)], check=True, cwd=REPO)
+    return out
+
+
+def build_digits(cache: Path) -> tuple[Path, list[str]]:
+    """The compiler's digits ONNX behind a 224x224 NCHW RGB front, and its labels."""
+    src = cache / "digits-build"
+    if not (src / "model.onnx").exists():
+        print("building the digits bundle with the compiler in a child process...", flush=True)
+        shutil.rmtree(src, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "compiler", "digits", "--out", str(src), "--quiet"],
+                       check=True, cwd=REPO)
+    out = cache / "digits_224_nchw.onnx"
+    labels = (src / "labels.txt").read_text().split()
+    if not out.exists() or out.stat().st_mtime < (src / "model.onnx").stat().st_mtime:
+        import onnx
+        from onnx import TensorProto, compose, helper
+        digits = onnx.load(str(src / "model.onnx"))
+        din = digits.graph.input[0].name
+        front = helper.make_graph(
+            [helper.make_node("ReduceMean", ["image224"], ["gray"], axes=[1], keepdims=1),
+             helper.make_node("AveragePool", ["gray"], ["small"], kernel_shape=[28, 28], strides=[28, 28]),
+             helper.make_node("Transpose", ["small"], ["front_out"], perm=[0, 2, 3, 1])],
+            "front",
+            [helper.make_tensor_value_info("image224", TensorProto.FLOAT, ["N", 3, 224, 224])],
+            [helper.make_tensor_value_info("front_out", TensorProto.FLOAT, ["N", 8, 8, 1])])
+        opset = next(o.version for o in digits.opset_import if o.domain in ("", "ai.onnx"))
+        fm = helper.make_model(front, opset_imports=[helper.make_opsetid("", opset)])
+        fm.ir_version = digits.ir_version
+        merged = compose.merge_models(fm, digits, io_map=[("front_out", din)])
+        onnx.checker.check_model(merged)
+        onnx.save(merged, str(out))
+    return out, labels
+
+
+def signed_folder(work: Path, models: dict[str, tuple[Path, list[str]]]) -> tuple[Path, Path]:
+    """Sign each model as a bundle (throwaway root + targets key); return (bundles dir, root)."""
+    from protocol.bundle import Artifact, Manifest, pack_archive, sha256_hex
+    from protocol.signing import SigningKey, root_document, seal
+    rk, tk = SigningKey.generate(), SigningKey.generate()
+    root = work / "root.json"
+    root.write_bytes(seal("root", root_document(1, int(time.time()) + 86400, [rk], 1, [tk]), [rk]).to_bytes())
+    bundles = work / "bundles"
+    bundles.mkdir()
+    for name, (path, labels) in models.items():
+        files = {"model.onnx": ("onnx", path.read_bytes()),
+                 "labels.txt": ("labels", ("\n".join(labels) + "\n").encode())}
+        arts = tuple(Artifact.of(n, role, d) for n, (role, d) in files.items())
+        m = Manifest(name, "1", int(time.time()), arts, model={
+            "task": "classification", "num_classes": len(labels), "labels": "labels.txt",
+            "preprocess": {"kind": "image", "height": 224, "width": 224, "channels": 3,
+                           "scale": 1 / 255.0, "offset": 0.0}})
+        archive = pack_archive(seal("manifest", m.to_dict(), [tk]), {n: d for n, (_, d) in files.items()})
+        (bundles / f"{sha256_hex(archive)}.efb").write_bytes(archive)
+    return bundles, root
+
+
+def upload_images() -> dict[str, bytes]:
+    """What clients upload: a 224x224 JPEG photo for MobileNetV2, a 32x32 PNG digit for digits."""
+    from PIL import Image
+    out: dict[str, bytes] = {}
+    cat = CORAL / "cat_720p.jpg"
+    img = Image.open(cat).convert("RGB").resize((224, 224)) if cat.exists() else \
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    out["mobilenet_v2"] = buf.getvalue()
+    from sklearn.datasets import load_digits
+    px = (load_digits().images[0] * 255 / 16).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(px).resize((32, 32), Image.Resampling.NEAREST).save(buf, format="PNG")
+    out["digits"] = buf.getvalue()
+    return out
+
+
+def multipart(data: bytes, filename: str) -> tuple[bytes, str]:
+    boundary = "edgefleetbenchboundary0123456789"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+# ---- servers ------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def wait_ready(server: Server, body: bytes, ctype: str, path: str, timeout: float = 120.0) -> None:
+    import httpx
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.proc.returncode}; see {server.log}")
+        try:
+            r = httpx.post(server.url + path, content=body, headers={"content-type": ctype}, timeout=30)
+            if r.status_code == 200:
+                return
+            last = f"HTTP {r.status_code} {r.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise RuntimeError(f"{server.name} not ready after {timeout}s: {last}; see {server.log}")
+
+
+def start_seed(model: Path, work: Path) -> Server:
+    port = free_port()
+    log = work / f"seed-{model.stem}.log"
+    env = dict(os.environ, SEED_MODEL=str(model))
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.seed_api:app", "--host", "127.0.0.1",
+                             "--port", str(port), "--no-access-log", "--log-level", "warning"],
+                            cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    return Server("seed", proc, f"http://127.0.0.1:{port}", log)
+
+
+def start_ours(bundles: Path, root: Path, work: Path, extra: list[str]) -> Server:
+    port = free_port()
+    log = work / "ours.log"
+    proc = subprocess.Popen([sys.executable, "-m", "cloud", "serve", "--bundles", str(bundles), "--root",
+                             str(root), "--port", str(port), "--poll", "0", "--log-level", "WARNING", *extra],
+                            cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    return Server("ours", proc, f"http://127.0.0.1:{port}", log)
+
+
+# ---- load ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Result:
+    model: str
+    system: str
+    clients: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    ok: int
+    errors: int
+    mean_batch: float | None = None
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values), q))
+
+
+async def _drive(url: str, body: bytes, ctype: str, clients: int, warmup: float, duration: float
+                 ) -> tuple[list[float], int, float]:
+    import httpx
+    lat: list[float] = []
+    errors = 0
+    headers = {"content-type": ctype}
+    start = time.perf_counter()
+    t0, t1 = start + warmup, start + warmup + duration
+
+    async def one() -> None:
+        # one client = one AsyncClient with one keep-alive connection: a single shared pool
+        # serialises on its own bookkeeping past ~16 concurrent requests (measured: GET /healthz
+        # fell from ~700 to ~150 req/s at 32 clients), which would measure httpx, not the server
+        nonlocal errors
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=1), timeout=120.0) as client:
+            while True:
+                s = time.perf_counter()
+                if s >= t1:
+                    return
+                try:
+                    r = await client.post(url, content=body, headers=headers)
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                e = time.perf_counter()
+                if t0 <= e <= t1:
+                    if ok:
+                        lat.append(e - s)
+                    else:
+                        errors += 1
+
+    await asyncio.gather(*(one() for _ in range(clients)))
+    return lat, errors, duration
+
+
+def _run(coro: Any) -> Any:
+    """uvloop when installed (less load-generator CPU on a 2-core box), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def drive(model: str, system: str, url: str, body: bytes, ctype: str, clients: int,
+          warmup: float, duration: float) -> Result:
+    lat, errors, dur = _run(_drive(url, body, ctype, clients, warmup, duration))
+    return Result(model, system, clients, len(lat) / dur, pct(lat, 50) * 1e3, pct(lat, 99) * 1e3, len(lat), errors)
+
+
+def batch_stats(url: str, model: str) -> tuple[float, float]:
+    """(sum, count) of our batch-size histogram, read from /metrics."""
+    import httpx
+    text = httpx.get(url + "/metrics", timeout=10).text
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith(f'edgefleet_cloud_batch_size_sum{{model="{model}"}}'):
+            total = float(line.split()[-1])
+        if line.startswith(f'edgefleet_cloud_batch_size_count{{model="{model}"}}'):
+            count = float(line.split()[-1])
+    return total, count
+
+
+def _limit_run(path: Path, batch: int, threads: int, intra: int, duration: float) -> tuple[float, list[float]]:
+    import threading
+
+    import onnxruntime as ort
+    from cloud.config import SessionTuning
+    from cloud.models import session_options
+    sess = ort.InferenceSession(str(path), sess_options=session_options(SessionTuning(intra_threads=intra)),
+                                providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)
+    for _ in range(2):
+        sess.run(None, {name: x})
+    times: list[list[float]] = [[] for _ in range(threads)]
+    start = time.perf_counter()
+    end = start + duration
+
+    def loop(out: list[float]) -> None:
+        while time.perf_counter() < end:
+            s = time.perf_counter()
+            sess.run(None, {name: x})
+            out.append(time.perf_counter() - s)
+
+    ts = [threading.Thread(target=loop, args=(t,)) for t in times]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    elapsed = time.perf_counter() - start
+    flat = [v for t in times for v in t]
+    return batch * len(flat) / elapsed, flat
+
+
+def limit_loop(model: str, path: Path, clients: int, max_batch: int, duration: float) -> Result:
+    """The best of a few in-process configurations (no HTTP, no decoding) at this concurrency:
+    one run at a time using every core, or one single-threaded run per core."""
+    cores = os.cpu_count() or 1
+    candidates = {(min(clients, 32), 1, 0)}                       # batch, threads, intra (0: all cores)
+    if clients >= cores:
+        candidates.add((min(-(-clients // cores), max_batch), cores, 1))
+        candidates.add((1, cores, 1))
+    best: tuple[float, list[float], tuple[int, int, int]] | None = None
+    for cand in sorted(candidates):
+        rps, times = _limit_run(path, *cand, duration=duration)
+        if best is None or rps > best[0]:
+            best = (rps, times, cand)
+    assert best is not None
+    rps, times, (b, threads, intra) = best
+    r = Result(model, "limit", clients, rps, pct(times, 50) * 1e3, pct(times, 99) * 1e3, len(times) * b, 0, float(b))
+    print(f"   {clients:>3} clients: {rps:8.1f} req/s (batch {b}, {threads} thread(s), intra {intra or 'all'})",
+          flush=True)
+    return r
+
+
+# ---- main ---------------------------------------------------------------------------------
+
+def table(rows: list[Result], model: str, levels: list[int]) -> str:
+    by = {(r.system, r.clients): r for r in rows if r.model == model}
+    out = [f"\n{model}: requests/s, p50 / p99 ms (limit: batched session.run, no HTTP)",
+           f"{'clients':>7} | {'seed rps':>9} {'p50':>7} {'p99':>7} | {'ours rps':>9} {'p50':>7} {'p99':>7}"
+           f" {'batch':>5} | {'limit rps':>9} | {'ours/seed':>9} {'of limit':>8}"]
+    for c in levels:
+        s, o, lim = by.get(("seed", c)), by.get(("ours", c)), by.get(("limit", c))
+        if not (s and o and lim):
+            continue
+        out.append(f"{c:>7} | {s.rps:>9.1f} {s.p50_ms:>7.1f} {s.p99_ms:>7.1f} | {o.rps:>9.1f} {o.p50_ms:>7.1f}"
+                   f" {o.p99_ms:>7.1f} {o.mean_batch or 0:>5.1f} | {lim.rps:>9.1f} | {o.rps / s.rps:>8.2f}x"
+                   f" {o.rps / lim.rps:>7.0%}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench fallback", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="2 s per case instead of 8, clients 1,32")
+    p.add_argument("--duration", type=float, help="seconds measured per case")
+    p.add_argument("--clients", help="comma-separated concurrency levels (default 1,8,32,64)")
+    p.add_argument("--models", default="digits,mobilenet_v2", help="digits and/or mobilenet_v2")
+    p.add_argument("--cache", type=Path, default=CACHE, help="where built models are kept")
+    p.add_argument("--ours-args", default="", help="extra options for edgefleet-cloud serve")
+    args = p.parse_args(argv)
+    levels = [int(c) for c in (args.clients or ("1,32" if args.quick else "1,8,32,64")).split(",")]
+    duration = args.duration or (2.0 if args.quick else 8.0)
+    warmup = 0.5 if args.quick else 1.5
+    wanted = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.cache.mkdir(parents=True, exist_ok=True)
+
+    models: dict[str, tuple[Path, list[str]]] = {}
+    if "digits" in wanted:
+        models["digits"] = build_digits(args.cache)
+    if "mobilenet_v2" in wanted:
+        labels_file = CORAL / "imagenet_labels.txt"
+        labels = labels_file.read_text().splitlines()[:1000] if labels_file.exists() else []
+        models["mobilenet_v2"] = (build_mobilenet(args.cache), labels or [str(i) for i in range(1000)])
+    images = upload_images()
+    extra = args.ours_args.split()
+    max_batch = 8
+    if "--max-batch" in extra:
+        max_batch = int(extra[extra.index("--max-batch") + 1])
+
+    rows: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="bench-fallback-") as tmp:
+        work = Path(tmp)
+        bundles, root = signed_folder(work, models)
+        for name, (path, _) in models.items():
+            body, ctype = multipart(images[name], "upload.jpg" if name != "digits" else "digit.png")
+            print(f"== {name}: seed (bench/seed_api.py) and ours (edgefleet-cloud serve), alternating",
+                  flush=True)
+            seed = start_seed(path, work)
+            ours = start_ours(bundles, root, work, extra)
+            try:
+                wait_ready(seed, body, ctype, "/predict")
+                wait_ready(ours, body, ctype, f"/predict?model={name}")
+                for i, c in enumerate(levels):
+                    order = ("seed", "ours") if i % 2 == 0 else ("ours", "seed")
+                    for system in order:
+                        if system == "seed":
+                            rows.append(drive(name, "seed", seed.url + "/predict", body, ctype, c, warmup, duration))
+                        else:
+                            s0, n0 = batch_stats(ours.url, name)
+                            r = drive(name, "ours", f"{ours.url}/predict?model={name}", body, ctype, c,
+                                      warmup, duration)
+                            s1, n1 = batch_stats(ours.url, name)
+                            rows.append(Result(**{**asdict(r), "mean_batch": (s1 - s0) / (n1 - n0)
+                                                  if n1 > n0 else None}))
+                        print(f"   {c:>3} clients {system}: {rows[-1].rps:8.1f} req/s "
+                              f"p99 {rows[-1].p99_ms:.1f} ms", flush=True)
+            finally:
+                seed.stop()
+                ours.stop()
+            print(f"== {name}: limit (in-process session.run, servers stopped)", flush=True)
+            for c in levels:
+                rows.append(limit_loop(name, path, c, max_batch, max(1.0, duration / 2)))
+
+    for name in models:
+        print(table(rows, name, levels))
+    by = {(r.model, r.system, r.clients): r for r in rows}
+    head_model = "mobilenet_v2" if "mobilenet_v2" in models else next(iter(models))
+    head_c = 32 if 32 in levels else levels[-1]
+    ours, seed, lim = (by[(head_model, s, head_c)] for s in ("ours", "seed", "limit"))
+    cases = [asdict(r) for r in rows]
+    for name in models:
+        for c in levels:
+            o, s, lim_c = by[(name, "ours", c)], by[(name, "seed", c)], by[(name, "limit", c)]
+            cases.append({"model": name, "clients": c, "summary": True,
+                          "ratio_vs_seed": o.rps / s.rps if s.rps else None,
+                          "fraction_of_limit": o.rps / lim_c.rps if lim_c.rps else None,
+                          "p99_not_worse": o.p99_ms <= s.p99_ms})
+    path = report.write(
+        "fallback", "req/s", True, ours.rps, seed.rps, lim.rps,
+        params={"headline": f"{head_model} at {head_c} clients", "clients": levels, "duration_s": duration,
+                "warmup_s": warmup, "models": list(models), "max_batch": max_batch, "ours_args": extra,
+                "goal": ">=3x seed throughput, p99 no worse, >=70% of limit at 32 clients",
+                "p99_ms": {"ours": ours.p99_ms, "seed": seed.p99_ms}},
+        cases=cases)
+    print(f"\nheadline ({head_model}, {head_c} clients): ours {ours.rps:.1f} req/s vs seed {seed.rps:.1f} "
+          f"({ours.rps / seed.rps:.2f}x), p99 {ours.p99_ms:.1f} vs {seed.p99_ms:.1f} ms, "
+          f"{ours.rps / lim.rps:.0%} of the in-process limit ({lim.rps:.1f})")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
