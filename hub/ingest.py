@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
+from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
@@ -120,6 +121,8 @@ class Ingest:
         acks: dict[tuple[str, str], list[int]] = {}
         counted: list[tuple[str, str]] = []
         reports: list[Report] = []
+        windows: list[dict[str, Any]] = []
+        sketches: dict[str, LatencySketch] = {}
         with self.fleet.session() as s:
             ids = sorted({p.device for p in parsed})
             devices = {d.id: d for d in s.exec(select(Device).where(col(Device.id).in_(ids))).all()}
@@ -151,7 +154,7 @@ class Ingest:
                         counted.append(("telemetry", "duplicate"))
                         continue
                     seen_t.add((d.id, m.seq))
-                    self._apply_telemetry(s, d, m, now)
+                    self._apply_telemetry(windows, sketches, d, m, now)
                     counted.append(("telemetry", "stored"))
                 elif isinstance(m, Report):
                     d = device(p.device)
@@ -176,8 +179,13 @@ class Ingest:
                         continue
                     out.extend(self.fleet.chunk_messages(b, m.missing[:MAX_REPAIR_CHUNKS]))
                     counted.append(("fetch", "stored"))
+            for did, sk in sketches.items():
+                devices[did].latency = sk.to_dict()
             for d in devices.values():
                 s.add(d)
+            s.flush()
+            if windows:  # one executemany: ORM objects cost more than the database here
+                s.execute(insert(TelemetryWindow), windows)
             s.commit()
         for kind, outcome in counted:
             self.metrics.messages.labels(kind, outcome).inc()
@@ -189,14 +197,14 @@ class Ingest:
     @staticmethod
     def _existing(s: Session, table: type[TelemetryWindow] | type[ReportRecord],
                   items: Sequence[Parsed]) -> set[tuple[str, int]]:
-        by_dev: dict[str, list[int]] = {}
-        for p in items:
-            by_dev.setdefault(p.device, []).append(p.message.seq)  # type: ignore[union-attr]
-        found: set[tuple[str, int]] = set()
-        for did, seqs in by_dev.items():
-            q = select(table.device, table.seq).where(table.device == did, col(table.seq).in_(seqs))
-            found.update((dv, sq) for dv, sq in s.exec(q).all())
-        return found
+        """(device, seq) pairs of ``items`` already stored: one query per batch."""
+        pairs = {(p.device, p.message.seq) for p in items}  # type: ignore[union-attr]
+        if not pairs:
+            return set()
+        devs = sorted({d for d, _ in pairs})
+        seqs = sorted({q for _, q in pairs})
+        q = select(table.device, table.seq).where(col(table.device).in_(devs), col(table.seq).in_(seqs))
+        return {(dv, sq) for dv, sq in s.exec(q).all() if (dv, sq) in pairs}
 
     @staticmethod
     def _apply_status(d: Device, m: Status, now: int) -> None:
@@ -216,11 +224,13 @@ class Ingest:
         if m.desired_seq > d.reported_desired_seq:
             d.reported_desired_seq = m.desired_seq
 
-    def _apply_telemetry(self, s: Session, d: Device, m: Telemetry, now: int) -> None:
+    def _apply_telemetry(self, rows: list[dict[str, Any]], sketches: dict[str, LatencySketch], d: Device,
+                         m: Telemetry, now: int) -> None:
+        """Queue the window row (bulk-inserted per batch) and fold it into the device totals."""
         c = {k: int(m.counts.get(k, 0)) for k in ("inferences", "errors", "tpu", "cpu", "cloud")}
-        s.add(TelemetryWindow(device=d.id, seq=m.seq, window_start=m.window_start, window_end=m.window_end,
-                              bundle=m.bundle, latency=m.latency, drift=m.drift, shadow=m.shadow,
-                              health=m.health, received=now, **c))
+        rows.append({"device": d.id, "seq": m.seq, "window_start": m.window_start, "window_end": m.window_end,
+                     "bundle": m.bundle, "latency": m.latency, "drift": m.drift, "shadow": m.shadow,
+                     "health": m.health, "received": now, **c})
         d.windows += 1
         d.inferences += c["inferences"]
         d.errors += c["errors"]
@@ -228,11 +238,12 @@ class Ingest:
         d.cpu += c["cpu"]
         d.cloud += c["cloud"]
         sketch = LatencySketch.from_dict(m.latency)
-        if m.bundle != d.latency_bundle or not d.latency:
+        if m.bundle != d.latency_bundle or not (d.latency or d.id in sketches):
             d.latency_bundle = m.bundle
-            d.latency = sketch.to_dict()
+            sketches[d.id] = sketch
         else:
-            d.latency = LatencySketch.from_dict(d.latency).merge(sketch).to_dict()
+            base = sketches.get(d.id) or LatencySketch.from_dict(d.latency)
+            sketches[d.id] = base.merge(sketch)
         for path in ("tpu", "cpu", "cloud"):
             if c[path]:
                 self.metrics.inferences.labels(path).inc(c[path])

@@ -49,6 +49,7 @@ class Bridge:
         self.handler: Callable[[Sequence[tuple[str, bytes]]], None] | None = None
         self.connected = threading.Event()
         self._worker: threading.Thread | None = None
+        self._stopping = False
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
                                   client_id=client_id or f"edgefleet-hub-{secrets.token_hex(4)}",
                                   protocol=mqtt.MQTTv5)
@@ -77,7 +78,8 @@ class Bridge:
                        _props: Properties | None) -> None:
         self.connected.clear()
         self.metrics.mqtt_connected.set(0)
-        log.warning("disconnected from broker (%s); paho reconnects", rc)
+        if not self._stopping:
+            log.warning("disconnected from broker (%s); paho reconnects", rc)
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -122,6 +124,7 @@ class Bridge:
         self.client.loop_start()
 
     def stop(self) -> None:
+        self._stopping = True
         self.client.disconnect()
         self.client.loop_stop()
         self.queue.put(_STOP)

@@ -1,0 +1,218 @@
+"""`python -m bench ingest [--quick]`: telemetry messages/s the hub stores, with zero loss.
+
+One private Mosquitto, one publisher (paho, QoS 1, MQTT v5) sending N real ``Telemetry``
+messages from D devices as fast as the broker takes them. In the same run:
+
+* **limit** - a raw paho subscriber that only counts messages (no parsing, no database): the
+  rate this broker + client stack can deliver to one consumer;
+* **ours** - the hub's MQTT bridge + ingest (parse once, dedupe by (device, seq), one SQLite
+  transaction per batch of up to 500, acks after commit);
+* **baseline** - the same hub code with ``batch_max=1``: one transaction (and one fsync-bound
+  commit) per message, the usual "handle each message" subscriber.
+
+Rate = N / (time from the first publish to the moment the N-th row is committed). Zero loss is
+checked (rows == N, every seq acked); a run that loses messages reports it and fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import func
+from sqlmodel import select
+
+from bench import report
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"broker did not listen on {port}")
+
+
+def _payloads(devices: int, per_device: int) -> list[tuple[str, bytes]]:
+    from protocol.messages import Telemetry
+    from protocol.sketch import LatencySketch
+    out = []
+    sk = LatencySketch()
+    for ms in (3, 4, 4, 5, 5, 5, 6, 8, 12, 30):
+        sk.add(ms / 1000, 10)
+    lat = sk.to_dict()
+    drift = {"inputs": {"brightness": [5, 20, 40, 25, 10]}, "outputs": {"top1_class": [10] * 10}}
+    for seq in range(1, per_device + 1):
+        for d in range(devices):
+            dev = f"bench-{d:04d}"
+            t = Telemetry(device=dev, seq=seq, window_start=seq * 10, window_end=seq * 10 + 10, bundle="a" * 64,
+                          counts={"inferences": 100, "errors": 0, "tpu": 0, "cpu": 100, "cloud": 0},
+                          latency=lat, drift=drift, health={"cpu": 0.2})
+            out.append((f"ef/v1/dev/{dev}/telemetry", t.to_bytes()))
+    return out
+
+
+def _publish(port: int, msgs: list[tuple[str, bytes]]) -> float:
+    """Publish everything at QoS 1; returns the monotonic time of the first publish."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub", protocol=mqtt.MQTTv5)
+    c.max_inflight_messages_set(1000)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    t0 = time.monotonic()
+    infos = [c.publish(t, p, qos=1) for t, p in msgs]
+    for i in infos:
+        i.wait_for_publish(60)
+    c.disconnect()
+    c.loop_stop()
+    return t0
+
+
+def _raw(port: int, msgs: list[tuple[str, bytes]]) -> dict[str, Any]:
+    n = len(msgs)
+    got = 0
+    done = threading.Event()
+    last = [0.0]
+
+    def on_message(_c: Any, _u: Any, _m: mqtt.MQTTMessage) -> None:
+        nonlocal got
+        got += 1
+        if got == n:
+            last[0] = time.monotonic()
+            done.set()
+
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw", protocol=mqtt.MQTTv5)
+    sub.on_message = on_message
+    ready = threading.Event()
+    sub.on_subscribe = lambda *a: ready.set()
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    sub.subscribe("ef/v1/dev/+/telemetry", qos=1)
+    ready.wait(10)
+    t0 = _publish(port, msgs)
+    done.wait(120)
+    sub.disconnect()
+    sub.loop_stop()
+    elapsed = (last[0] or time.monotonic()) - t0
+    return {"case": "raw subscriber (limit)", "messages": n, "received": got, "seconds": elapsed,
+            "msgs_per_s": got / elapsed, "lost": n - got}
+
+
+def _hub(port: int, msgs: list[tuple[str, bytes]], work: Path, batch_max: int, label: str) -> dict[str, Any]:
+    from hub import keys
+    from hub.config import HubConfig
+    from hub.models import TelemetryWindow
+    from hub.server import build
+    if not (work / "keys" / "root.json").exists():
+        keys.init(work / "keys")
+    db = work / f"hub-{batch_max}.db"
+    cfg = HubConfig(db=f"sqlite:///{db}", broker=f"mqtt://127.0.0.1:{port}", keys=work / "keys",
+                    store=work / "store", tokens={"bench-token-0123456789": "admin"}, batch_max=batch_max,
+                    batch_wait=0.02, tick=3600)
+    hub = build(cfg)
+    acked: set[tuple[str, int]] = set()
+    ack_lock = threading.Lock()
+    from protocol.messages import parse_ack
+
+    def on_ack(_c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
+        dev = m.topic.split("/")[3]
+        a = parse_ack(m.payload)
+        with ack_lock:
+            acked.update((dev, s) for s in a.seqs)
+
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-acks-{batch_max}", protocol=mqtt.MQTTv5)
+    watcher.on_message = on_ack
+    watcher.connect("127.0.0.1", port)
+    watcher.loop_start()
+    watcher.subscribe("ef/v1/dev/+/ack", qos=1)
+    hub.start()
+    assert hub.bridge is not None and hub.bridge.connected.wait(10)
+    time.sleep(0.5)
+    n = len(msgs)
+    t0 = _publish(port, msgs)
+    stored = 0
+    deadline = time.monotonic() + 600
+    t_end = time.monotonic()
+    while time.monotonic() < deadline:
+        with hub.fleet.session() as s:
+            stored = s.exec(select(func.count()).select_from(TelemetryWindow)).one()
+        t_end = time.monotonic()
+        if stored >= n:
+            break
+        time.sleep(0.02)
+    elapsed = t_end - t0
+    time.sleep(1.0)  # let the last acks arrive
+    hub.stop()
+    watcher.disconnect()
+    watcher.loop_stop()
+    hub.fleet.engine.dispose()
+    dropped = hub.fleet.metrics.queue_dropped._value.get()
+    return {"case": label, "batch_max": batch_max, "messages": n, "stored": stored, "seconds": elapsed,
+            "msgs_per_s": stored / elapsed, "lost": n - stored, "acked": len(acked), "queue_dropped": dropped}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench ingest", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="2,000 messages instead of 10,000")
+    p.add_argument("--devices", type=int, default=100, help="distinct devices (default 100)")
+    args = p.parse_args(argv)
+    if shutil.which("mosquitto") is None:
+        print("mosquitto is not on PATH; install it (apt-get install mosquitto)", file=sys.stderr)
+        return 2
+    n = 2_000 if args.quick else 10_000
+    per_device = max(1, n // args.devices)
+    msgs = _payloads(args.devices, per_device)
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    port = _free_port()
+    conf = work / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n"
+                    f"max_inflight_messages 1000\n")
+    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port)
+        cases = [_raw(port, msgs)]
+        print(f"{cases[-1]['case']:<34} {cases[-1]['msgs_per_s']:>9.0f} msg/s  lost {cases[-1]['lost']}", flush=True)
+        for batch_max, label in ((500, "hub, batched commits (ours)"), (1, "hub, commit per message (baseline)")):
+            cases.append(_hub(port, msgs, work, batch_max, label))
+            c = cases[-1]
+            print(f"{c['case']:<34} {c['msgs_per_s']:>9.0f} msg/s  lost {c['lost']}  acked {c['acked']}/{c['messages']}",
+                  flush=True)
+    finally:
+        broker.terminate()
+        broker.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    raw, ours, base = cases
+    path = report.write("ingest", "msgs/s", True, ours["msgs_per_s"], base["msgs_per_s"], raw["msgs_per_s"],
+                        {"messages": len(msgs), "devices": args.devices, "qos": 1, "db": "sqlite (WAL)",
+                         "batch_max": 500, "quick": args.quick}, cases)
+    print(f"\n{'':<34} {'msgs/s':>9}\n{'limit (raw subscriber)':<34} {raw['msgs_per_s']:>9.0f}\n"
+          f"{'ours (batched)':<34} {ours['msgs_per_s']:>9.0f}\n{'baseline (commit per message)':<34} "
+          f"{base['msgs_per_s']:>9.0f}\nours/baseline {ours['msgs_per_s'] / base['msgs_per_s']:.1f}x, "
+          f"ours/limit {ours['msgs_per_s'] / raw['msgs_per_s']:.0%}; wrote {path}")
+    lost = ours["lost"] + base["lost"] + (ours["messages"] - ours["acked"])
+    if lost:
+        print(f"LOSS: {lost} messages not stored or not acked", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
