@@ -192,7 +192,7 @@ def _print(cases: list[dict[str, Any]], ratios: dict[str, float | None]) -> None
         acc = "-" if c["accuracy"] is None else f"{100 * c['accuracy']:.1f}%"
         t.add_row(c["model"], c["artifact"], c["runtime"], str(c["threads"]), f"{c['median_ms']:.3f}",
                   f"{c['p90_ms']:.3f}", f"{c['size_bytes']:,}", acc)
-    con = Console()
+    con = Console(width=None if sys.stdout.isatty() else 130)
     con.print(t)
     for k, v in ratios.items():
         con.print(f"  int8/float latency {k}: {v}")

@@ -3,6 +3,7 @@ the gate's checks, the Edge TPU status and the digest. Printed with rich on stdo
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,7 +15,7 @@ def print_summary(report: dict[str, Any], out: Path | None, digest: str | None,
     from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    con = Console(width=None if sys.stdout.isatty() else 120)
     t = Table(title=f"{report.get('name')} {report.get('version')} ({report.get('task')}, "
                     f"{report.get('num_classes')} classes, target {report.get('target')})")
     for col in ("artifact", "size", "top-1", "macro-F1", "AUC", "agree vs float", "ms (1 thr)"):
