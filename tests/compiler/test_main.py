@@ -176,3 +176,12 @@ def test_dynamic_batch_keras_and_savedmodel_build_to_static_int8_bundles(keras_m
     assert report["model"]["float_ops"] == [] and report["gate"]["passed"]
     assert report["edgetpu"]["precheck"]["fully_mapped"] is True
     assert len(report["lineage"]["model_sha256"]) == 64
+
+
+def test_truncated_tflite_import_is_named_and_writes_nothing(data: Path, coral_models: Path) -> None:
+    whole = (coral_models / "mobilenet_v1_0.25_128_quant.tflite").read_bytes()
+    (data / "half.tflite").write_bytes(whole[: len(whole) // 2])
+    proc = run_cli("import", str(data / "half.tflite"), "--labels", str(coral_models / "imagenet_labels.txt"),
+                   "--out", str(data / "o"))
+    assert proc.returncode == 2 and "half.tflite: corrupt TFLite flatbuffer" in error_line(proc)
+    assert not (data / "o").exists() and leftovers(data) == []
