@@ -93,6 +93,8 @@ def _common(p: argparse.ArgumentParser, name: str | None) -> None:
                    help="edgetpu: fail unless the model fully maps (default cpu)")
     p.add_argument("--io-type", choices=("int8", "uint8"), default="int8",
                    help="int8 model input/output type (default int8)")
+    p.add_argument("--min-runtime", type=int, metavar="N",
+                   help="edgetpu_compiler -m: oldest Edge TPU runtime to support (default: the compiler's newest)")
     p.add_argument("--max-accuracy-drop", type=float, default=1.0,
                    help="largest allowed float->int8 top-1 drop in percentage points (default 1.0)")
     p.add_argument("--sign-key", type=Path, help="Ed25519 PEM key to sign the manifest (standalone use; "
@@ -184,7 +186,7 @@ def _digits(args: argparse.Namespace) -> int:
             validation_x=val_x, validation_y=split.test_y, labels=digits.LABELS,
             preprocess=digits.PREPROCESS,
             train_digits={"data": str(train_npz), "epochs": args.epochs, "seed": args.seed},
-            io_type=args.io_type, target=args.target,
+            io_type=args.io_type, target=args.target, min_runtime=args.min_runtime,
             policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop), sign_key=key,
             lineage={"recipe": f"digits CNN, sklearn load_digits, seed {args.seed}, {args.epochs} epochs",
                      "train_sha256": array_sha256(split.train_pixels, split.train_y),

@@ -54,6 +54,7 @@ def run_build(args: argparse.Namespace) -> int:
         out=args.out, name=args.name or model.stem.replace(" ", "_") or "model", version=args.version,
         calibration=cal.x, validation_x=val.x, validation_y=val.y, labels=labels,
         preprocess=cal.preprocess, model=model, io_type=args.io_type, target=args.target,
+        min_runtime=args.min_runtime,
         policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop), sign_key=key,
         lineage={"model": str(model.name), "model_sha256": dataset.sha256_path(model),
                  "calibration_sha256": cal.sha256, "validation_sha256": val.sha256})

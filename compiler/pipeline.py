@@ -46,6 +46,7 @@ class BuildRequest:
     train_digits: dict[str, Any] | None = None
     io_type: str = "int8"
     target: str = "cpu"                 # cpu | edgetpu
+    min_runtime: int | None = None      # edgetpu_compiler -m
     policy: GatePolicy = GatePolicy()
     sign_key: SigningKey | None = None
     lineage: dict[str, Any] = field(default_factory=dict)
@@ -98,6 +99,8 @@ def check_request(req: BuildRequest) -> None:
             _check_y_range(y, len(req.labels), f"{len(req.labels)} labels")
     if req.io_type not in ("int8", "uint8"):
         raise BadInput("--io-type", f"must be int8 or uint8, got {req.io_type!r}")
+    if req.min_runtime is not None and not 10 <= req.min_runtime <= 99:
+        raise BadInput("--min-runtime", f"Edge TPU runtime versions are 10 and up, got {req.min_runtime}")
     if req.target not in ("cpu", "edgetpu"):
         raise BadInput("--target", f"must be cpu or edgetpu, got {req.target!r}")
 
@@ -257,7 +260,7 @@ def _edgetpu(req: BuildRequest, cfg: CompilerConfig, g: Graph,
                 "ops_on_tpu": None, "ops_on_cpu": None}, [], "optional", None
     from . import edgetpu
 
-    return edgetpu.stage(cfg, g, int8, req.target)
+    return edgetpu.stage(cfg, g, int8, req.target, req.min_runtime)
 
 
 def _quality(gate_doc: dict[str, Any] | None, artifacts: dict[str, dict[str, Any]]) -> dict[str, Any]:

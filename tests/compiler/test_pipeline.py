@@ -26,17 +26,19 @@ def test_fully_mapped_compile_adds_the_edgetpu_artifact_and_its_runtime(tmp_path
     env = dict(os.environ, EDGEFLEET_EDGETPU_COMPILER=str(shim),
                FAKE_EDGETPU_STDOUT=str(DATA / "v16_search_delegate_partial.stdout"),
                FAKE_EDGETPU_OUTPUT=str(coral_models / "mobilenet_v1_0.25_128_quant_edgetpu.tflite"),
-               SOURCE_DATE_EPOCH="1700000000")
+               SOURCE_DATE_EPOCH="1700000000", FAKE_EDGETPU_ARGV=str(tmp_path / "argv.json"))
     out = tmp_path / "b"
     proc = subprocess.run([sys.executable, "-m", "compiler", "digits", "--out", str(out), "--quiet",
-                           "--epochs", "2", "--target", "edgetpu"], cwd=REPO, env=env,
+                           "--epochs", "2", "--target", "edgetpu", "--min-runtime", "13"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     arts = {p.name: p.read_bytes() for p in out.iterdir() if p.name != MANIFEST_FILE}
     assert check_bundle((out / MANIFEST_FILE).read_bytes(), arts, None).ok
     m = parse_manifest(Envelope.parse((out / MANIFEST_FILE).read_bytes()).payload)
     assert m.artifact("tflite_edgetpu").name == "model_edgetpu.tflite"
-    assert m.requirements.edgetpu == "optional" and m.requirements.min_edgetpu_runtime == 14
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert argv[:2] == ["-s", "-o"] and argv[argv.index("-m") + 1] == "13"
+    assert m.requirements.edgetpu == "optional" and m.requirements.min_edgetpu_runtime == 13
     assert m.created == 1700000000
     report = json.loads((out / "report.json").read_text())
     assert report["edgetpu"]["compiled"] and report["edgetpu"]["compiler"] == "16.0.384591198"
