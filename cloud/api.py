@@ -1,6 +1,6 @@
 """HTTP layer: routes, API keys, body limits, error -> status mapping. Nothing else decides here.
 
-Routes (see docs/cloud.md for examples):
+Routes (docs/cloud.md has the full contract):
 
 * ``POST /predict`` - the seed's contract: multipart ``file`` image -> ``{"predictions": [[...]],
   "model": {"name", "version", "digest"}, "top": [{"index", "label", "score"}...]}``.
@@ -10,8 +10,9 @@ Routes (see docs/cloud.md for examples):
   raw little-endian bytes with ``X-Tensor-Shape: 1,8,8,1`` and optional ``X-Tensor-Dtype``.
   JSON answers ``{"model", "outputs": {name: nested list}}``; with ``Accept:
   application/octet-stream`` the first output comes back raw with the same two headers.
+* ``POST /v1/models/{name}[/versions/{version}]/predict/image`` - an image to a given model.
 * ``GET /v1/models``, ``GET /healthz`` (alive), ``GET /readyz`` (a model is loaded),
-  ``GET /metrics`` (Prometheus). Health, readiness and metrics need no key.
+  ``GET /metrics`` (Prometheus). Health, readiness, metrics and the OpenAPI docs need no key.
 
 Errors are ``{"detail": "<one line naming the thing and the problem>", "code": "<tag>"}``.
 """
