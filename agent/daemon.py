@@ -68,7 +68,7 @@ class Agent:
         except OSError as exc:
             raise StartupError(f"state_dir {str(cfg.state_dir)!r}: {exc.strerror}") from None
         self.root = load_root(cfg)
-        self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.events: queue.Queue[Any] = queue.Queue()  # Incoming messages or (name, *args) tuples
         self.stop_event = threading.Event()
         self.backlog = Backlog(cfg.state_dir / "backlog.sqlite", cfg.backlog_max_rows)
         self.slots = Slots(cfg.state_dir)
@@ -78,7 +78,9 @@ class Agent:
         self.serving = Serving(self.recorder, cloud, cfg.latency_budget_ms,
                                lambda digest, why: self.events.put(("probation_failed", digest, why)))
         topic = str(Topic.for_device(Kind.STATUS, cfg.device_id))
-        self.transport = Transport(cfg, topic, self._status(False).to_bytes(), self.events.put)
+        # the last will: the broker publishes it (retained) if this process dies or the link drops
+        will = Status(cfg.device_id, False, int(time.time()), AGENT_VERSION, {"board": cfg.board})
+        self.transport = Transport(cfg, topic, will.to_bytes(), lambda m: self.events.put(m))
         self.trust_file = cfg.state_dir / "trust.json"
         self.trusted_seq = int((read_json(self.trust_file, {}) or {}).get("desired_seq", 0))
         self.updater = Updater(cfg, lambda: self.root, self.slots, self.serving,
@@ -102,20 +104,15 @@ class Agent:
         self._flush()
 
     def _status(self, online: bool) -> Status:
-        st = self.slots.load() if hasattr(self, "slots") else SlotsState()
-        active = self.serving.model.info if getattr(self, "serving", None) and self.serving.model else None
-        if active is None and st.active is not None and online:
-            active = None  # a slot record without a loaded model is not "active"
-        upd = getattr(self, "updater", None)
-        state = upd.state if upd and upd.job else ("serving" if active else "idle")
-        inv = inventory.describe(self.cfg, self.probed) if hasattr(self, "probed") else {"board": self.cfg.board}
-        if online:
-            inv["http_port"] = self.http_port
-            inv["mqtt"] = self.transport.protocol
-            if self.serving.model is not None:
-                inv["served_by"] = self.serving.model.served_by
-        return Status(self.cfg.device_id, online, int(time.time()), AGENT_VERSION, inv, active,
-                      upd.staged if upd else None, state, getattr(self, "trusted_seq", 0))
+        model = self.serving.model
+        upd = self.updater
+        state = upd.state if upd.job else ("serving" if model else "idle")
+        inv: dict[str, Any] = inventory.describe(self.cfg, self.probed)
+        inv.update({"http_port": self.http_port, "mqtt": self.transport.protocol})
+        if model is not None:
+            inv["served_by"] = model.served_by
+        return Status(self.cfg.device_id, online, int(time.time()), AGENT_VERSION, inv,
+                      model.info if model else None, upd.staged, state, self.trusted_seq)
 
     def _changed(self) -> None:
         self._dirty = True

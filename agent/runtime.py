@@ -231,12 +231,12 @@ class Model:
         h, w, c = int(p["height"]), int(p["width"]), int(p.get("channels", 3))
         mode = "L" if c == 1 else "RGB"
         try:
-            img = Image.open(io.BytesIO(data))
-            if img.format == "JPEG":
-                img.draft(mode, (w, h))  # let the JPEG decoder downscale by 1/2..1/8 first
-            img = img.convert(mode)
+            src = Image.open(io.BytesIO(data))
+            if src.format == "JPEG":
+                src.draft(mode, (w, h))  # let the JPEG decoder downscale by 1/2..1/8 first
+            img = src.convert(mode)
             if img.size != (w, h):
-                img = img.resize((w, h), Image.BILINEAR)
+                img = img.resize((w, h), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8).reshape(1, h, w, c)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise InputError(f"file is not a readable image ({exc})") from None

@@ -154,10 +154,12 @@ class Transport:
             c.loop_stop()
         except Exception:  # never let cleanup of a dead client stop a reconnect
             pass
-        try:
-            c.socket() and c.socket().close()  # type: ignore[func-returns-value]
-        except Exception:
-            pass
+        sock = c.socket()
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
         self._connected.clear()
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
