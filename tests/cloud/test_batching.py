@@ -161,3 +161,72 @@ def test_static_batch_of_one_model_runs_rows_one_by_one(setup: Setup, trust: Any
         assert r.status_code == 200, r.text
         assert np.allclose(r.json()["outputs"]["scores"], model.expected(x), atol=1e-5)
         assert 'edgefleet_cloud_batch_size_sum{model="static"} 3.0' in client.get("/metrics").text
+
+
+def test_two_workers_run_two_batches_at_once() -> None:
+    both = threading.Barrier(2, timeout=30)
+    sizes: list[int] = []
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        both.wait()          # returns only if a second run is in flight at the same time
+        sizes.append(int(x.shape[0]))
+        return [x[:, :1, 0, 0]]
+
+    b = Batcher("m", run, BatchPolicy(max_batch=1, max_wait_s=0, max_queue=8, workers=2), workers=2)
+
+    async def go() -> list[Any]:
+        return await asyncio.gather(*(b.submit(rows(1)) for _ in range(4)))
+
+    assert len(asyncio.run(go())) == 4
+    b.close()
+    assert sizes == [1, 1, 1, 1]
+
+
+def test_lazy_input_is_built_by_the_worker_and_a_failing_one_fails_alone() -> None:
+    rec = Recorder()
+    b = Batcher("m", rec, BatchPolicy(max_batch=8, max_wait_s=30.0, max_queue=8))
+    loop_thread = threading.get_ident()
+    built_on: list[int] = []
+
+    def good() -> np.ndarray:
+        built_on.append(threading.get_ident())
+        return rows(1, 2.0)
+
+    def bad() -> np.ndarray:
+        raise BadInput("file", "is not an image")
+
+    async def go() -> list[Any]:
+        subs = [b.submit_lazy(bad if i == 2 else good, (1, *S)) for i in range(8)]
+        return await asyncio.gather(*subs, return_exceptions=True)
+
+    outs = asyncio.run(go())
+    b.close()
+    assert isinstance(outs[2], BadInput)
+    assert [float(o[0][0, 0]) for i, o in enumerate(outs) if i != 2] == [128.0] * 7
+    assert rec.sizes == [7] and loop_thread not in built_on
+
+
+def test_full_queue_answers_429_with_retry_after_over_http(setup: Setup, trust: Any) -> None:
+    drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny_model().onnx))
+    gate, started = threading.Event(), threading.Event()
+
+    def held() -> np.ndarray:
+        started.set()
+        gate.wait(30)
+        return np.zeros((1, 8, 8, 1), np.float32)
+
+    with client_for(setup, trust, workers=1, max_batch=8, max_queue=8) as client:
+        batcher = client.app.state.service.catalog.default("tiny").batcher
+        pending = [client.portal.start_task_soon(batcher.submit_lazy, held, (1, 8, 8, 1))]
+        assert started.wait(30)       # the only worker is stuck building that input
+        pending += [client.portal.start_task_soon(batcher.submit_lazy, held, (1, 8, 8, 1)) for _ in range(8)]
+        while batcher.depth < 8:      # eight queued samples fill the queue
+            gate.wait(0.01)
+        r = client.post("/v1/models/tiny/predict", json={"inputs": np.zeros((1, 8, 8, 1)).tolist()})
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert "queue full (8 of 8" in r.json()["detail"]
+        gate.set()
+        assert all(len(p.result(30)) == 1 for p in pending)
+        r = client.post("/v1/models/tiny/predict", json={"inputs": np.zeros((1, 8, 8, 1)).tolist()})
+        assert r.status_code == 200
+        assert 'edgefleet_cloud_errors_total{code="overloaded"} 1.0' in client.get("/metrics").text
