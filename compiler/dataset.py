@@ -132,8 +132,8 @@ def _load_folder(path: Path, what: str, need_y: bool, scale: float | None, offse
         data = f.read_bytes()
         h.update(f.name.encode() + b"\0" + data)
         try:
-            with Image.open(f) as im:
-                im = im.convert("L" if channels == 1 else "RGB").resize((image_hw[1], image_hw[0]))
+            with Image.open(f) as opened:
+                im = opened.convert("L" if channels == 1 else "RGB").resize((image_hw[1], image_hw[0]))
                 arr = np.asarray(im, dtype=np.uint8)
         except (UnidentifiedImageError, OSError) as exc:
             raise BadInput(f, f"not a readable image ({exc})") from None
