@@ -158,6 +158,19 @@ def _render_status(st: dict[str, Any]) -> str:
     return f"rollout {st['id']} {st['phase']} cohort {st.get('cohort', 0)}: {counts or 'no devices'}"
 
 
+def _progress(st: dict[str, Any], width: int = 30) -> str:
+    c, total = st["counts"], max(1, st["total"])
+    done = c.get("installed", 0)
+    bad = sum(c.get(k, 0) for k in ("failed", "timed_out"))
+    fill = int(width * done / total)
+    failw = min(width - fill, int(width * bad / total + 0.999) if bad else 0)
+    bar = "#" * fill + "x" * failw + "." * (width - fill - failw)
+    sizes = st.get("cohort_sizes") or []
+    cohort = f"cohort {st['cohort'] + 1}/{len(sizes)}" if sizes and st["cohort"] >= 0 else "cohort -"
+    return (f"[{bar}] {done}/{st['total']} installed, {bad} failed | {st['phase']} | {cohort}"
+            + (f" | {st['reason']}" if st.get("reason") else ""))
+
+
 def cmd_rollouts_status(args: argparse.Namespace) -> int:
     st = call(args, "GET", f"/api/v1/rollouts/{args.id}")
     if args.json:
@@ -165,17 +178,25 @@ def cmd_rollouts_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.watch:
         print(_render_status(st))
+        print(_progress(st))
+        for g in st.get("gates") or []:
+            print(f"  gate {g['name']:<22} {g['status']:<18} {g.get('detail', '')}")
         for d in st["devices"]:
             print(f"  {d['device_id']:<24} {d['state']:<14} seq {d['seq']:<4} {d['reason']}")
         return EXIT_OK
+    tty = sys.stdout.isatty()
     last = ""
     while True:
-        line = _render_status(st)
-        if line != last:
+        line = _progress(st)
+        if tty:
+            print("\r" + line[:200].ljust(120), end="", flush=True)
+        elif line != last:
             print(line, flush=True)
-            last = line
+        last = line
         if st["phase"] not in ("running",):
-            return EXIT_OK
+            if tty:
+                print()
+            return EXIT_OK if st["phase"] == "completed" else EXIT_FAIL
         time.sleep(args.interval)
         st = call(args, "GET", f"/api/v1/rollouts/{args.id}")
 
@@ -276,7 +297,8 @@ def parser() -> argparse.ArgumentParser:
                                     "(fields: see hub/rollout.py)")
     _client_args(p)
     p.set_defaults(func=cmd_rollouts_create)
-    p = ro.add_parser("status", help="show a rollout (--watch: live until it stops running)")
+    p = ro.add_parser("status", help="show a rollout (--watch: live progress until it stops running; "
+                                     "exit 0 if it completed, 1 if it paused/aborted/rolled back)")
     p.add_argument("id")
     p.add_argument("--watch", action="store_true", help="refresh until the rollout is no longer running")
     p.add_argument("--interval", type=float, default=1.0, help="--watch refresh seconds")

@@ -1,0 +1,87 @@
+"""The `edgefleet-hub` CLI as the lead's demo uses it: a real `serve` process over a real
+broker, `models push`, `rollouts create/status`, `devices ls/show/enroll`, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ..conftest import REPO, free_port, wait_port
+from .conftest import FakeDevice
+from .helpers import report, status
+
+pytestmark = pytest.mark.integration
+TOKEN = "cli-test-token-0123456789"
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "hub", *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=120)
+    if check:
+        assert proc.returncode == 0, f"{args}: rc {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture
+def served(tmp_path: Path, mosquitto):
+    cli("keys", "init", "--dir", str(tmp_path / "keys"))
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = open(tmp_path / "hub.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "hub", "serve", "--db", f"sqlite:///{tmp_path / 'hub.db'}",
+                             "--broker", mosquitto.url, "--keys", str(tmp_path / "keys"), "--store",
+                             str(tmp_path / "store"), "--port", str(port), "--token", TOKEN, "--tick", "0.2"],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, 30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
+
+
+def test_push_rollout_and_watch_it_complete_through_the_cli(served, mosquitto, bundle_dir, tmp_path):
+    hub = ["--hub", served, "--token", TOKEN]
+    dev = FakeDevice("cli-dev", mosquitto.port).connect()
+    try:
+        dev.send("status", status("cli-dev"), retain=True)
+        pushed = json.loads(cli("models", "push", str(bundle_dir()), *hub).stdout.strip().splitlines()[-1])
+        assert set(pushed) >= {"digest", "name", "version", "archive_sha256", "size"}
+        rid = cli("rollouts", "create", "--bundle", pushed["digest"], "--all", *hub).stdout.strip()
+        deadline = time.monotonic() + 20
+        while not dev.got("desired") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        st = json.loads(cli("rollouts", "status", rid, "--json", *hub).stdout)
+        dev.send("report", report("cli-dev", 1, st["devices"][0]["seq"], bundle=pushed["digest"]))
+        watched = cli("rollouts", "status", rid, "--watch", "--interval", "0.2", *hub)
+        assert "1/1 installed" in watched.stdout and "completed" in watched.stdout
+        listing = cli("devices", "ls", *hub).stdout
+        assert "cli-dev" in listing and "(1 of 1)" in listing
+        assert json.loads(cli("devices", "show", "cli-dev", *hub).stdout)["device_id"] == "cli-dev"
+        enrolled = json.loads(cli("devices", "enroll", "cam-9", "--group", "lab", *hub).stdout.splitlines()[0])
+        assert enrolled["device_id"] == "cam-9" and len(enrolled["token"]) > 20
+    finally:
+        dev.close()
+
+
+def test_cli_errors_are_one_line_with_documented_exit_codes(served, tmp_path):
+    hub = ["--hub", served, "--token", TOKEN]
+    bad = cli("rollouts", "status", "nope", *hub, check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not found" in bad.stderr
+    assert cli("devices", "ls", "--hub", served, "--token", "wrong", check=False).returncode == 2
+    down = cli("devices", "ls", "--hub", f"http://127.0.0.1:{free_port()}", "--token", TOKEN, check=False)
+    assert down.returncode == 1 and "unreachable" in down.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nodir = cli("models", "push", str(empty), *hub, check=False)
+    assert nodir.returncode == 2 and "manifest.json" in nodir.stderr
+    weak = cli("serve", "--keys", str(tmp_path), "--port", "1", check=False)
+    assert weak.returncode == 2 and "token" in weak.stderr
