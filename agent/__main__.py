@@ -40,7 +40,19 @@ def _parser() -> argparse.ArgumentParser:
     add("status", "print the running agent's status (from its local API) as JSON")
     add("selftest", "run the active bundle's self-test vectors now (no daemon needed)")
     add("rollback", "switch back to the previous slot (daemon must be stopped)")
-    add("enroll", "provision this device (pin the root, write credentials)")
+    en = sub.add_parser("enroll", help="trade a hub enrollment token for credentials; write agent.toml + root.json",
+                        description="Trade a one-time enrollment token (edgefleet-hub devices enroll) for this "
+                                    "device's MQTT credentials and the trust root; write agent.toml and root.json "
+                                    "(mode 0600) next to it.")
+    en.add_argument("--hub", required=True, help="hub base URL, e.g. https://hub.example.com")
+    en.add_argument("--token", required=True, help="the one-time enrollment token")
+    en.add_argument("--config", "-c", type=Path, required=True, help="agent.toml to write")
+    en.add_argument("--state-dir", type=Path, default=Path("/var/lib/edgefleet-agent"))
+    en.add_argument("--board", default="rpi4")
+    en.add_argument("--http-port", type=int, default=8780)
+    en.add_argument("--root-sha256", help="expected SHA-256 of root.json (from the operator); refuse any other")
+    en.add_argument("--force", action="store_true", help="replace existing files")
+    en.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
 
@@ -48,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "enroll":
+        return _enroll(args)
     from .config import ConfigError, load
     try:
         cfg = load(args.config)
@@ -64,6 +78,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _rollback(cfg)
     print(f"edgefleet-agent {args.command}: not implemented yet", file=sys.stderr)
     return EXIT_NOT_YET
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from .enrollment import EnrollError, enroll
+    if not 0 <= args.http_port <= 65535:
+        print(f"edgefleet-agent enroll: --http-port must be 0..65535 (0 = any free port), got {args.http_port}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        e = enroll(args.hub, args.token, args.config, args.state_dir, args.board, args.http_port,
+                   args.root_sha256, args.force)
+    except EnrollError as exc:
+        print(f"edgefleet-agent enroll: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    hint = "" if args.root_sha256 else " (compare it with sha256sum of the hub's root.json)"
+    print(f"enrolled {e.device_id}: broker {e.broker}; root sha256 {e.root_sha256}{hint}; wrote {args.config}")
+    return EXIT_OK
 
 
 def _run(cfg: "object") -> int:

@@ -1,0 +1,85 @@
+"""Enrollment: the hub's answer is checked (root self-signed, fingerprint pinned), then written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.config import load
+from agent.enrollment import EnrollError, parse_answer, render_config
+from tests.conftest import REPO
+
+
+def _answer(trust, **over):
+    doc = {"device_id": "pi-7", "broker": "mqtt://10.0.0.2:1883",
+           "mqtt": {"username": "pi-7", "password": "p\"w\\d"}, "root": trust.root_bytes.decode()}
+    doc.update(over)
+    return doc
+
+
+def test_answer_with_a_self_signed_root_and_matching_fingerprint_is_accepted(trust, tmp_path: Path):
+    fp = hashlib.sha256(trust.root_bytes).hexdigest()
+    e = parse_answer(_answer(trust), fp)
+    assert e.device_id == "pi-7" and e.root_sha256 == fp
+    (tmp_path / "root.json").write_bytes(e.root)
+    (tmp_path / "agent.toml").write_text(render_config(e, tmp_path / "root.json", tmp_path / "st", "rpi5", 8780))
+    cfg = load(tmp_path / "agent.toml", env={})  # the written file is a valid config, quotes escaped
+    assert (cfg.device_id, cfg.username, cfg.password, cfg.board) == ("pi-7", "pi-7", 'p"w\\d', "rpi5")
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"root": "{}"}, "does not verify"),
+    ({"device_id": "a/b"}, "device id"),
+    ({"mqtt": None}, "lacks field"),
+])
+def test_bad_answer_is_refused_with_the_reason(trust, over, needle):
+    with pytest.raises(EnrollError, match=needle):
+        parse_answer(_answer(trust, **over), None)
+
+
+def test_root_with_another_fingerprint_is_refused(trust):
+    with pytest.raises(EnrollError, match="does not match the expected"):
+        parse_answer(_answer(trust), "0" * 64)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_device_enrolls_at_the_real_hub_and_comes_online(tmp_path: Path):
+    from demo.launcher import Fleet
+    fleet = Fleet(tmp_path / "fleet")
+    agent = None
+    try:
+        fleet.start_broker()
+        root = fleet.init_keys()
+        fleet.start_hub()
+        token = fleet.api("POST", "/api/v1/devices/enroll", {"device": "pi-enrolled"})["token"]
+        conf = tmp_path / "dev" / "agent.toml"
+        argv = [sys.executable, "-m", "agent", "enroll", "--hub", fleet.hub_url, "--token", token,
+                "--config", str(conf), "--state-dir", str(tmp_path / "dev" / "state"), "--http-port", "0",
+                "--root-sha256", hashlib.sha256(root.read_bytes()).hexdigest()]
+        out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1 and "exists" in again.stderr
+        assert oct(conf.stat().st_mode & 0o777) == "0o600"
+        agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(conf)], cwd=REPO,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        dev = {}
+        while time.monotonic() < deadline:
+            dev = fleet.api("GET", "/api/v1/devices/pi-enrolled")
+            if dev.get("online"):
+                break
+            time.sleep(0.5)
+        assert dev.get("online"), json.dumps(dev)[:500]
+    finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(15)
+        fleet.stop_all()
