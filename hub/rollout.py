@@ -44,7 +44,8 @@ Rules, in the order ``advance`` applies them:
    ``"50%"``, ``"100%"`` of the devices in the rollout, at least one more than the previous
    cohort, the last always everything). Opening a cohort assigns the next pending devices (in
    id order) and issues the compatible ones; incompatible ones are marked and never issued.
-6. **Gates**, over every device assigned so far, evaluated on each ``advance``:
+6. **Gates**, over every device assigned so far, evaluated on each ``advance`` while
+   ``running`` (a stopped or completed rollout keeps its last results):
    install failure rate (failed + timed_out over settled), p95 latency vs the previous model on
    the same devices (merged sketches), error rate, cloud-fallback rate, drift (PSI verdict on
    merged bin counts vs the bundle's baseline; JS over ``max_js``), shadow agreement. A gate
@@ -465,7 +466,9 @@ def advance(state: RolloutState, events: Sequence[Event], now: int,
         if sizes:
             _assign(devs, sizes[min(st.cohort, len(sizes) - 1)], st.cohort, issue, put)
 
-    gates = evaluate_gates(st, [d for d in devs.values() if (d.cohort or 0) >= st.gate_floor], health, policy)
+    # gates judge a running rollout; once it stops or completes, its last judgement stands
+    gates = (evaluate_gates(st, [d for d in devs.values() if (d.cohort or 0) >= st.gate_floor], health, policy)
+             if st.phase == "running" else list(st.gates))
     st = replace(st, gates=tuple(gates))
     breached = [g for g in gates if g.status == "breach"]
     if breached and st.phase == "running":

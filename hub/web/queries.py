@@ -1,0 +1,442 @@
+"""Read-only queries behind the dashboard pages. Nothing here writes: every operator action
+goes through the REST API (role-checked and audited there).
+
+Aggregations run in SQL where the row count grows with the fleet (device counts, the
+paginated device list); time series merge at most ``MAX_WINDOWS`` telemetry rows in Python
+because latency sketches and drift bins merge by addition, not by SQL aggregates.
+Functions take a ``Session`` and plain values; drift needs the bundle's baseline, which the
+caller supplies as ``baselines(digest) -> {feature: ref_counts} | None`` (the store reads
+files; this module does not).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+from sqlalchemy import String, and_, cast, func, or_
+from sqlmodel import Session, col, select
+
+from protocol.bundle import Requirements
+from protocol.errors import BadPayload
+from protocol.sketch import LatencySketch, psi
+
+from ..compat import check as compat_check
+from ..fleet import ACTIVE_PHASES, Target, bundle_public, device_public, latency_summary
+from ..models import (Alert, AuditEntry, Build, Bundle, Device, ReportRecord, Rollout, RolloutDevice,
+                      TelemetryWindow)
+from ..rollout import PolicyError, cohort_sizes
+
+MAX_WINDOWS = 20_000      # telemetry rows merged for one fleet chart
+DEVICE_WINDOWS = 120      # points in a device's charts
+MIN_DRIFT_SAMPLES = 100   # below this a window's PSI is not plotted (it would be noise)
+PAGE_SIZES = (25, 50, 100, 200)
+
+Baselines = Callable[[str], Mapping[str, Sequence[int]] | None]
+
+
+class QueryError(ValueError):
+    """A dashboard filter or form value is invalid; the message names it and the value."""
+
+
+# ---- the fleet page ---------------------------------------------------------------------------
+def _inv(key: str) -> Any:
+    return col(Device.inventory)[key]  # type: ignore[index]
+
+
+def _board_expr() -> Any:
+    return func.coalesce(_inv("board").as_string(), "unknown")
+
+
+def _tpu_expr() -> Any:
+    # inventory.edgetpu is a bool (agent) or {"present": bool}; as text both backends say true/false
+    return func.coalesce(_inv("edgetpu").as_string(), cast(_inv("edgetpu"), String), "")
+
+
+def fleet_overview(s: Session, now: int) -> dict[str, Any]:
+    online = dict(s.exec(select(Device.online, func.count()).group_by(Device.online)).all())
+    by_version = [
+        {"name": n or "(none)", "version": v or "", "digest": dg, "devices": c}
+        for n, v, dg, c in s.exec(select(Device.active_name, Device.active_version, Device.active_digest,
+                                         func.count()).group_by(Device.active_name, Device.active_version,
+                                                                Device.active_digest)
+                                  .order_by(func.count().desc()).limit(20)).all()]
+    by_board: dict[tuple[str, str], int] = {}
+    for board, tpu, n in s.exec(select(_board_expr(), _tpu_expr(), func.count())
+                                .group_by(_board_expr(), _tpu_expr())).all():
+        key = (str(board or "unknown"), _tpu_label(tpu))
+        by_board[key] = by_board.get(key, 0) + int(n)
+    alerts_open = s.exec(select(func.count()).select_from(Alert).where(Alert.resolved == 0)).one()
+    recent_alerts = s.exec(select(Alert).where(Alert.resolved == 0).order_by(col(Alert.id).desc()).limit(8)).all()
+    active = s.exec(select(Rollout).where(col(Rollout.phase).in_(ACTIVE_PHASES))
+                    .order_by(col(Rollout.serial).desc()).limit(10)).all()
+    return {
+        "now": now, "online": int(online.get(True, 0)), "offline": int(online.get(False, 0)),
+        "total": int(sum(online.values())), "by_version": by_version,
+        "by_board": [{"board": b, "tpu": t, "devices": n} for (b, t), n in sorted(by_board.items(),
+                                                                                   key=lambda kv: -kv[1])],
+        "alerts_open": int(alerts_open),
+        "alerts": [_alert_public(a) for a in recent_alerts],
+        "rollouts": [rollout_brief(s, r) for r in active],
+    }
+
+
+def _tpu_label(v: Any) -> str:
+    text = str(v).lower() if v is not None else ""
+    if "true" in text or text == "1":
+        return "Edge TPU"
+    if "false" in text or text == "0":
+        return "no TPU"
+    return "unknown"
+
+
+def _alert_public(a: Alert) -> dict[str, Any]:
+    return {"id": a.id, "kind": a.kind, "severity": a.severity, "device": a.device, "rollout": a.rollout,
+            "bundle": a.bundle, "message": a.message, "created": a.created, "resolved": a.resolved}
+
+
+def rollout_brief(s: Session, r: Rollout) -> dict[str, Any]:
+    counts = dict(s.exec(select(RolloutDevice.state, func.count()).where(RolloutDevice.rollout_id == r.id)
+                         .group_by(RolloutDevice.state)).all())
+    total = int(sum(counts.values()))
+    b = s.get(Bundle, r.bundle)
+    return {"id": r.id, "phase": r.phase, "cohort": r.cohort, "bundle": r.bundle,
+            "bundle_name": f"{b.name}@{b.version}" if b else r.bundle[:12], "counts": counts, "total": total,
+            "installed": int(counts.get("installed", 0)), "reason": r.reason, "created": r.created,
+            "updated": r.updated, "created_by": r.created_by, "target": r.target}
+
+
+def fleet_series(s: Session, now: int, baselines: Baselines, span_s: int = 3600,
+                 buckets: int = 30) -> dict[str, Any]:
+    """Fleet latency p50/p95 (ms) and drift score (worst feature PSI) per time bucket, by the
+    hub's receive time. A bucket with no telemetry is ``None`` (a gap in the chart)."""
+    if span_s < 60 or buckets < 1:
+        raise QueryError(f"span must be >= 60 s and buckets >= 1, got span {span_s}, buckets {buckets}")
+    start = now - span_s
+    step = span_s / buckets
+    rows = s.exec(select(TelemetryWindow.received, TelemetryWindow.bundle, TelemetryWindow.latency,
+                         TelemetryWindow.drift, TelemetryWindow.inferences)
+                  .where(TelemetryWindow.received > start)
+                  .order_by(col(TelemetryWindow.received).desc()).limit(MAX_WINDOWS)).all()
+    sketches = [LatencySketch() for _ in range(buckets)]
+    drift: list[dict[tuple[str, str], list[int]]] = [{} for _ in range(buckets)]
+    inferences = [0] * buckets
+    for received, bundle, latency, dr, inf in rows:
+        i = min(buckets - 1, max(0, int((received - start) / step)))
+        try:
+            sketches[i] = sketches[i].merge(LatencySketch.from_dict(latency or {}))
+        except BadPayload:
+            pass
+        inferences[i] += int(inf or 0)
+        if bundle:
+            _fold_drift(drift[i], bundle, dr)
+    x = [int(start + step * (i + 1)) for i in range(buckets)]
+    p50, p95 = [], []
+    for sk in sketches:
+        lat = latency_summary(sk.to_dict()) if sk.count else {"p50_ms": None, "p95_ms": None}
+        p50.append(_round(lat["p50_ms"]))
+        p95.append(_round(lat["p95_ms"]))
+    score = [_worst_psi(d, baselines) for d in drift]
+    return {"x": x, "p50_ms": p50, "p95_ms": p95, "drift_psi": score, "inferences": inferences,
+            "windows": len(rows), "span_s": span_s}
+
+
+def _fold_drift(acc: dict[tuple[str, str], list[int]], bundle: str, dr: Any) -> None:
+    for side, feats in (dr or {}).items():
+        if not isinstance(feats, dict):
+            continue
+        for name, counts in feats.items():
+            if not isinstance(counts, list):
+                continue
+            key = (bundle, f"{side}.{name}")
+            cur = acc.get(key)
+            if cur is None:
+                acc[key] = [int(c) for c in counts]
+            elif len(cur) == len(counts):
+                acc[key] = [a + int(b) for a, b in zip(cur, counts)]
+
+
+def _feature_psi(ref: Sequence[int] | None, cur: Sequence[int]) -> float | None:
+    if not ref or len(ref) != len(cur) or sum(cur) < MIN_DRIFT_SAMPLES or sum(ref) == 0:
+        return None
+    try:
+        return round(psi(ref, cur), 4)
+    except BadPayload:
+        return None
+
+
+def _worst_psi(acc: dict[tuple[str, str], list[int]], baselines: Baselines) -> float | None:
+    worst: float | None = None
+    for (bundle, feature), counts in acc.items():
+        value = _feature_psi((baselines(bundle) or {}).get(feature), counts)
+        if value is not None and (worst is None or value > worst):
+            worst = value
+    return worst
+
+
+def _round(v: float | None, nd: int = 3) -> float | None:
+    return round(v, nd) if v is not None else None
+
+
+# ---- devices ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeviceFilter:
+    q: str = ""
+    online: bool | None = None
+    group: str = ""
+    board: str = ""
+    tpu: bool | None = None
+    bundle: str = ""
+    limit: int = 50
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.limit not in PAGE_SIZES:
+            raise QueryError(f"page size must be one of {PAGE_SIZES}, got {self.limit}")
+        if self.offset < 0:
+            raise QueryError(f"offset must be >= 0, got {self.offset}")
+        if len(self.q) > 64:
+            raise QueryError(f"search text must be at most 64 characters, got {len(self.q)}")
+
+    def params(self, **override: Any) -> dict[str, Any]:
+        """Query-string values for links (pagination keeps the filters)."""
+        out = {"q": self.q, "online": "" if self.online is None else str(self.online).lower(),
+               "group": self.group, "board": self.board,
+               "tpu": "" if self.tpu is None else str(self.tpu).lower(), "bundle": self.bundle,
+               "limit": self.limit, "offset": self.offset}
+        out.update(override)
+        return {k: v for k, v in out.items() if v not in ("", None)}
+
+
+def device_page(s: Session, f: DeviceFilter) -> dict[str, Any]:
+    """One page of devices, filtered and counted in SQL (indexed columns; JSON inventory for
+    board/TPU), ordered by id."""
+    conds = []
+    if f.online is not None:
+        conds.append(Device.online == f.online)
+    if f.q:
+        like = f"%{f.q}%"
+        conds.append(or_(col(Device.id).like(like), col(Device.active_name).like(like),
+                         col(Device.group).like(like)))
+    if f.group:
+        conds.append(Device.group == f.group)
+    if f.board:
+        conds.append(_board_expr() == f.board)
+    if f.tpu is not None:
+        conds.append(func.lower(_tpu_expr()).like("%true%") if f.tpu
+                     else ~func.lower(_tpu_expr()).like("%true%"))
+    if f.bundle:
+        conds.append(Device.active_digest == f.bundle)
+    where = and_(*conds) if conds else None
+    count_q = select(func.count()).select_from(Device)
+    rows_q = select(Device)
+    if where is not None:
+        count_q, rows_q = count_q.where(where), rows_q.where(where)
+    total = int(s.exec(count_q).one())
+    rows = s.exec(rows_q.order_by(col(Device.id)).offset(f.offset).limit(f.limit)).all()
+    states = _rollout_states(s, [d.id for d in rows])
+    items = []
+    for d in rows:
+        pub = device_public(d, states.get(d.id))
+        pub["board"] = str((d.inventory or {}).get("board") or "unknown")
+        pub["tpu"] = _tpu_label((d.inventory or {}).get("edgetpu"))
+        items.append(pub)
+    return {"items": items, "total": total, "limit": f.limit, "offset": f.offset,
+            "page": f.offset // f.limit + 1, "pages": max(1, -(-total // f.limit))}
+
+
+def _rollout_states(s: Session, ids: list[str]) -> dict[str, str]:
+    if not ids:
+        return {}
+    q = (select(RolloutDevice.device_id, RolloutDevice.state, Rollout.serial)
+         .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
+         .where(col(RolloutDevice.device_id).in_(ids)).order_by(col(Rollout.serial)))
+    return {dev: state for dev, state, _ in s.exec(q).all()}
+
+
+def device_facets(s: Session) -> dict[str, list[str]]:
+    """Values for the filter selects (groups, boards); bounded."""
+    groups = [g for (g,) in s.exec(select(Device.group).distinct().order_by(Device.group).limit(200)).all() if g]
+    boards = sorted({str(b) for (b,) in s.exec(select(_board_expr()).distinct().limit(200)).all() if b})
+    return {"groups": groups, "boards": boards}
+
+
+def device_history(s: Session, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    rows = s.exec(select(ReportRecord).where(ReportRecord.device == device_id)
+                  .order_by(col(ReportRecord.ts).desc(), col(ReportRecord.seq).desc()).limit(limit)).all()
+    return [{"ts": r.ts, "seq": r.seq, "stage": r.stage, "status": r.status, "reason": r.reason,
+             "detail": r.detail, "bundle": r.bundle, "desired_seq": r.desired_seq, "progress": r.progress}
+            for r in rows]
+
+
+def device_series(s: Session, device_id: str, baselines: Baselines, limit: int = DEVICE_WINDOWS) -> dict[str, Any]:
+    """Per telemetry window (oldest first): p50/p95 ms and each drift feature's PSI against the
+    baseline of the bundle that window ran; plus the newest window's health."""
+    rows = list(reversed(s.exec(select(TelemetryWindow).where(TelemetryWindow.device == device_id)
+                                .order_by(col(TelemetryWindow.window_end).desc()).limit(limit)).all()))
+    x, p50, p95 = [], [], []
+    features: dict[str, list[float | None]] = {}
+    for i, w in enumerate(rows):
+        x.append(w.window_end or w.received)
+        try:
+            lat = latency_summary(LatencySketch.from_dict(w.latency or {}).to_dict())
+        except BadPayload:
+            lat = {"p50_ms": None, "p95_ms": None}
+        p50.append(_round(lat["p50_ms"]))
+        p95.append(_round(lat["p95_ms"]))
+        refs = baselines(w.bundle) if w.bundle else None
+        acc: dict[tuple[str, str], list[int]] = {}
+        _fold_drift(acc, w.bundle or "", w.drift)
+        for (_b, feat), counts in acc.items():
+            features.setdefault(feat, [None] * i)
+            features[feat].append(_feature_psi((refs or {}).get(feat), counts))
+        for feat, vals in features.items():
+            if len(vals) < i + 1:
+                vals.append(None)
+    health = rows[-1].health if rows else {}
+    return {"x": x, "p50_ms": p50, "p95_ms": p95, "drift_psi": features, "health": health or {}}
+
+
+# ---- models -----------------------------------------------------------------------------------
+def running_counts(s: Session) -> dict[str, int]:
+    return {dg: int(n) for dg, n in s.exec(select(Device.active_digest, func.count())
+                                           .where(col(Device.active_digest).is_not(None))
+                                           .group_by(Device.active_digest)).all()}
+
+
+def report_summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The compiler's report.json, flattened for a table: one row per artifact (float / int8 /
+    ONNX / Edge TPU) with accuracy, F1, size and latency; the accuracy gate; the Edge TPU
+    op mapping. Unknown shapes give empty sections, never an error."""
+    arts = report.get("artifacts") if isinstance(report.get("artifacts"), dict) else {}
+    rows = []
+    for name, a in (arts or {}).items():
+        if not isinstance(a, dict):
+            continue
+        m = a.get("metrics") if isinstance(a.get("metrics"), dict) else {}
+        lat = a.get("latency_ms") if isinstance(a.get("latency_ms"), dict) else {}
+        kind = ("ONNX" if name.endswith(".onnx") else "Edge TPU" if "edgetpu" in name
+                else "int8" if "int8" in name or "quant" in name else "float" if "float" in name else name)
+        rows.append({"artifact": name, "kind": kind, "accuracy": m.get("accuracy"), "macro_f1": m.get("macro_f1"),
+                     "agreement": m.get("agreement"), "max_abs_diff": m.get("max_abs_diff"),
+                     "samples": m.get("samples"), "size": a.get("size"),
+                     "latency_ms": {str(k): v for k, v in lat.items()}})
+    gate = report.get("gate") if isinstance(report.get("gate"), dict) else {}
+    et = report.get("edgetpu") if isinstance(report.get("edgetpu"), dict) else {}
+    pre = et.get("precheck") if isinstance(et.get("precheck"), dict) else {}
+    ops = et.get("ops") or et.get("table") or pre.get("table") or []
+    return {"artifacts": rows, "gate": gate or {}, "edgetpu": et or {}, "precheck": pre or {},
+            "ops": [o for o in ops if isinstance(o, dict)], "description": report.get("description", ""),
+            "lineage": report.get("lineage") if isinstance(report.get("lineage"), dict) else {}}
+
+
+def model_list(s: Session, limit: int = 100) -> list[dict[str, Any]]:
+    running = running_counts(s)
+    out = []
+    for b in s.exec(select(Bundle).order_by(col(Bundle.name), col(Bundle.revision).desc()).limit(limit)).all():
+        build = s.get(Build, b.digest)
+        summ = report_summary(build.report if build else {})
+        best = next((r for r in summ["artifacts"] if r["kind"] in ("int8", "Edge TPU")), None)
+        out.append({**bundle_public(b), "running": running.get(b.digest, 0),
+                    "accuracy": best["accuracy"] if best else None,
+                    "gate_passed": summ["gate"].get("passed"),
+                    "edgetpu_compiled": summ["edgetpu"].get("compiled")})
+    return out
+
+
+def bundle_detail(s: Session, digest: str) -> dict[str, Any] | None:
+    b = s.get(Bundle, digest)
+    if b is None:
+        return None
+    build = s.get(Build, digest)
+    report = build.report if build else {}
+    running = s.exec(select(Device.id, Device.online).where(Device.active_digest == digest)
+                     .order_by(col(Device.id)).limit(100)).all()
+    n_running = running_counts(s).get(digest, 0)
+    by_group = [{"group": g or "(none)", "devices": int(n)} for g, n in
+                s.exec(select(Device.group, func.count()).where(Device.active_digest == digest)
+                       .group_by(Device.group)).all()]
+    rollouts = [rollout_brief(s, r) for r in s.exec(select(Rollout).where(Rollout.bundle == digest)
+                                                     .order_by(col(Rollout.serial).desc()).limit(20)).all()]
+    return {**bundle_public(b), "report": report, "summary": report_summary(report),
+            "model_card": build.model_card if build else "", "running": n_running,
+            "running_devices": [{"device_id": d, "online": o} for d, o in running], "by_group": by_group,
+            "rollouts": rollouts}
+
+
+# ---- rollouts ---------------------------------------------------------------------------------
+def parse_target(kind: str, value: str) -> Target:
+    """The create form's target (kind + text) as the API's ``Target``."""
+    value = value.strip()
+    if kind == "all":
+        return Target(all=True)
+    if not value:
+        raise QueryError(f"target {kind} needs a value")
+    if kind == "group":
+        return Target(group=value)
+    if kind == "tag":
+        return Target(tag=value)
+    if kind == "devices":
+        ids = [x.strip() for x in value.replace("\n", ",").split(",") if x.strip()]
+        return Target.parse({"devices": ids})
+    raise QueryError(f"target kind must be all, group, tag or devices, got {kind!r}")
+
+
+def parse_cohorts(text: str) -> list[str]:
+    items = [c.strip() for c in text.split(",") if c.strip()]
+    if not items:
+        raise QueryError("cohorts must list at least one size, e.g. 1, 10%, 100%")
+    try:
+        cohort_sizes(items, 100)
+    except PolicyError as exc:
+        raise QueryError(str(exc)) from None
+    return items
+
+
+def rollout_preview(s: Session, digest: str, target: Target, cohorts: Sequence[str],
+                    sample: int = 12) -> dict[str, Any]:
+    """Which devices a rollout would touch: matched by the target, split by compatibility
+    (the same check the rollout applies), and how the cohorts would size."""
+    b = s.get(Bundle, digest)
+    if b is None:
+        raise QueryError(f"bundle {digest[:16]!r} is not in the registry")
+    req = Requirements.from_dict(b.requirements)
+    q = select(Device)
+    if target.group is not None:
+        q = q.where(Device.group == target.group)
+    elif target.devices:
+        q = q.where(col(Device.id).in_(list(target.devices)))
+    matched, compatible, already = 0, 0, 0
+    examples: list[dict[str, Any]] = []
+    incompatible: list[dict[str, Any]] = []
+    for d in s.exec(q.order_by(col(Device.id))).all():
+        if not target.matches(d):
+            continue
+        matched += 1
+        v = compat_check(req, dict(d.inventory or {}), d.agent_version)
+        if v.ok:
+            compatible += 1
+            already += d.active_digest == digest
+            if len(examples) < sample:
+                examples.append({"device_id": d.id, "online": d.online, "group": d.group,
+                                 "active": f"{d.active_name}@{d.active_version}" if d.active_digest else "-"})
+        elif len(incompatible) < sample:
+            incompatible.append({"device_id": d.id, "reason": v.reason.value, "detail": v.detail})
+    missing = [x for x in target.devices if s.get(Device, x) is None][:sample] if target.devices else []
+    try:
+        sizes = cohort_sizes(list(cohorts), compatible) if compatible else []
+    except PolicyError as exc:
+        raise QueryError(str(exc)) from None
+    return {"bundle": f"{b.name}@{b.version}", "matched": matched, "compatible": compatible,
+            "incompatible_count": matched - compatible, "already_running": already, "cohort_sizes": sizes,
+            "cohorts": list(cohorts), "examples": examples, "incompatible": incompatible, "unknown": missing}
+
+
+def audit_page(s: Session, limit: int = 50, offset: int = 0, action: str = "") -> dict[str, Any]:
+    q = select(AuditEntry)
+    if action:
+        q = q.where(col(AuditEntry.action).like(f"{action}%"))
+    total = int(s.exec(select(func.count()).select_from(q.subquery())).one())
+    rows = s.exec(q.order_by(col(AuditEntry.id).desc()).offset(offset).limit(limit)).all()
+    return {"items": [{"id": a.id, "ts": a.ts, "actor": a.actor, "action": a.action, "target": a.target,
+                       "detail": a.detail} for a in rows], "total": total, "limit": limit, "offset": offset}
