@@ -90,9 +90,12 @@ def tensor_from_json(body: bytes, spec: InputSpec, max_rows: int) -> np.ndarray:
     if not isinstance(inputs, list):
         raise BadInput("inputs", f"expected a nested list, got {type(inputs).__name__}")
     try:
-        x = np.array(inputs, dtype=spec.dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
+        with np.errstate(over="raise", invalid="raise"):
+            x = np.array(inputs, dtype=spec.dtype)
+    except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
         raise BadInput("inputs", f"not a rectangular list of {spec.dtype} numbers ({exc})") from None
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise BadInput("inputs", f"values out of range for {spec.dtype}")
     return check_shape(x, spec, max_rows, "inputs")
 
 
@@ -121,6 +124,8 @@ def tensor_from_bytes(body: bytes, shape_header: str | None, dtype_header: str |
     if len(body) != want:
         raise BadInput("tensor body", f"{len(body)} bytes, shape {list(shape)} of {dtype} needs {want}")
     x = np.frombuffer(body, dtype=dt).reshape(shape).astype(spec.dtype, copy=False)
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise BadInput("tensor body", "holds NaN or infinite values")
     return check_shape(x, spec, max_rows, "tensor body")
 
 
