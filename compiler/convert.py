@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -133,9 +134,13 @@ def _last_stage(events: list[Event]) -> str:
     return stages[-1] if stages else "startup"
 
 
+_NOISE = re.compile(r"^([IW]\d{4} |.*UserWarning|\s*warnings\.warn\(|WARNING: All log messages)")
+
+
 def _tail(text: str, lines: int = 3) -> str:
-    kept = [ln.strip() for ln in text.strip().splitlines() if ln.strip()][-lines:]
-    return " | ".join(kept)[-600:] or "(empty)"
+    """The last few lines of the child's stderr that are not TensorFlow's routine chatter."""
+    kept = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and not _NOISE.match(ln)][-lines:]
+    return " | ".join(kept)[-600:] or "(nothing but TensorFlow's routine log lines)"
 
 
 # ----------------------------------------------------------------------------- child side
@@ -179,9 +184,7 @@ def _child(job: dict[str, Any]) -> int:
         with _Stage("load"):
             try:
                 if saved_model is not None:
-                    import keras
-                    layer = keras.layers.TFSMLayer(str(saved_model), call_endpoint="serving_default")
-                    model = _wrap_savedmodel(layer, saved_model)
+                    model = _load_savedmodel(saved_model)
                 else:
                     model = quantize.load_keras(model_path)
             except quantize.LoadError as exc:
@@ -221,21 +224,28 @@ def _child(job: dict[str, Any]) -> int:
     return 0
 
 
-def _wrap_savedmodel(layer: Any, path: Path) -> Any:
+def _load_savedmodel(path: Path) -> Any:
     """A SavedModel as a Keras model with a static batch of 1 (from its serving signature)."""
     import keras
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(path))
-    sig = loaded.signatures["serving_default"]
+    from .quantize import LoadError
+
+    try:
+        layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+        loaded = tf.saved_model.load(str(path))
+        sig = loaded.signatures["serving_default"]
+    except Exception as exc:  # TF raises many types for a bad SavedModel
+        raise LoadError(f"cannot load as a SavedModel with a serving_default signature "
+                        f"({type(exc).__name__}: {str(exc)[:200]})") from None
     specs = list(sig.structured_input_signature[1].values())
     if len(specs) != 1:
-        raise RuntimeError(f"SavedModel {path} has {len(specs)} inputs; one is supported")
+        raise LoadError(f"has {len(specs)} inputs; one is supported")
     inp = keras.Input(tuple(specs[0].shape[1:]), batch_size=1, name=specs[0].name or "input")
     out = layer(inp)
     if isinstance(out, dict):
         if len(out) != 1:
-            raise RuntimeError(f"SavedModel {path} has {len(out)} outputs; one is supported")
+            raise LoadError(f"has {len(out)} outputs; one is supported")
         out = next(iter(out.values()))
     return keras.Model(inp, out)
 

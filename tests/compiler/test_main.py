@@ -185,3 +185,26 @@ def test_truncated_tflite_import_is_named_and_writes_nothing(data: Path, coral_m
                    "--out", str(data / "o"))
     assert proc.returncode == 2 and "half.tflite: corrupt TFLite flatbuffer" in error_line(proc)
     assert not (data / "o").exists() and leftovers(data) == []
+
+
+@pytest.mark.slow
+def test_converter_segfault_is_a_toolchain_failure_naming_the_stage(keras_models: Path, tmp_path: Path) -> None:
+    """A real crash: TensorFlow's int8 converter segfaults on an LSTM; the CLI survives it."""
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).random((10, 8, 8)).astype(np.float32))
+    np.savez(tmp_path / "v.npz", x=np.zeros((4, 8, 8), np.float32), y=np.zeros(4, np.int64))
+    proc = build(tmp_path, "--out", str(tmp_path / "o"), model=str(keras_models / "lstm.keras"),
+                 cal="c.npz", val="v.npz")
+    assert proc.returncode == 5
+    assert "TensorFlow conversion failed: child killed by signal 11 in stage int8" in error_line(proc)
+    assert not (tmp_path / "o").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_corrupt_savedmodel_is_bad_input(tmp_path: Path) -> None:
+    sm = tmp_path / "sm"
+    sm.mkdir()
+    (sm / "saved_model.pb").write_bytes(b"junk")
+    np.savez(tmp_path / "c.npz", x=np.zeros((2, 8, 8), np.uint8))
+    np.savez(tmp_path / "v.npz", x=np.zeros((2, 8, 8), np.uint8), y=np.zeros(2, np.int64))
+    proc = build(tmp_path, "--out", str(tmp_path / "o"), model=str(sm), cal="c.npz", val="v.npz")
+    assert proc.returncode == 2 and "sm: cannot load as a SavedModel" in error_line(proc)

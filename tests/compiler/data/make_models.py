@@ -3,7 +3,7 @@
     python make_models.py OUT_DIR
 
 writes ``digits_dyn.keras`` (the digits CNN with a *dynamic* batch, 3 epochs), ``saved_model/``
-(the same model exported as a SavedModel), ``spatial_dyn.keras`` (dynamic H and W), ``leaky.keras``
+(the same model exported as a SavedModel), ``spatial_dyn.keras`` (dynamic H and W), ``lstm.keras`` (its int8 conversion crashes TensorFlow), ``leaky.keras``
 (a LeakyReLU CNN: int8 but not Edge TPU mappable) and ``digits.npz`` (cal / val splits as uint8
 pixels: ``cal_x``, ``val_x``, ``val_y``).
 """
@@ -49,6 +49,8 @@ def main(out: Path) -> None:
     h = keras.layers.Conv2D(8, 3, activation="relu")(inp)
     h = keras.layers.GlobalAveragePooling2D()(h)
     keras.Model(inp, keras.layers.Dense(10, activation="softmax")(h)).save(out / "spatial_dyn.keras")
+    inp = keras.Input((8, 8), batch_size=1, name="seq")  # int8 LSTM conversion segfaults TF 2.21
+    keras.Model(inp, keras.layers.Dense(10, activation="softmax")(keras.layers.LSTM(8)(inp))).save(out / "lstm.keras")
     np.savez(out / "digits.npz", cal_x=split.train_pixels[:200], val_x=split.test_pixels, val_y=split.test_y)
 
 
