@@ -208,3 +208,20 @@ def test_corrupt_savedmodel_is_bad_input(tmp_path: Path) -> None:
     np.savez(tmp_path / "v.npz", x=np.zeros((2, 8, 8), np.uint8), y=np.zeros(2, np.int64))
     proc = build(tmp_path, "--out", str(tmp_path / "o"), model=str(sm), cal="c.npz", val="v.npz")
     assert proc.returncode == 2 and "sm: cannot load as a SavedModel" in error_line(proc)
+
+
+def test_conversion_timeout_kills_the_child_and_names_the_stage(data: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    env = dict(os.environ, EDGEFLEET_CONVERT_TIMEOUT="0.5")
+    proc = subprocess.run([sys.executable, "-m", "compiler", "build", str(data / "model.keras"),
+                           "--calibration", str(data / "cal.npz"), "--validation", str(data / "val.npz"),
+                           "--out", str(data / "o")], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 5
+    assert "TensorFlow conversion failed: timed out after 0.5 s in stage" in error_line(proc)
+    assert not (data / "o").exists() and leftovers(data) == []
