@@ -38,5 +38,11 @@ class HubMetrics:
         self.alerts = Counter("edgefleet_hub_alerts_total", "Alerts raised by kind", ["kind"], registry=r)
         self.http_errors = Counter("edgefleet_hub_http_errors_total", "4xx/5xx API responses by status",
                                    ["status"], registry=r)
+        self.fleet_latency = Gauge("edgefleet_fleet_latency_seconds",
+                                   "Inference latency quantiles merged over devices, by active bundle",
+                                   ["bundle", "quantile"], registry=r)
+        self.fleet_devices_on_bundle = Gauge("edgefleet_fleet_devices_on_bundle", "Devices running each bundle",
+                                             ["bundle"], registry=r)
+        self.alerts_open = Gauge("edgefleet_hub_alerts_open", "Unresolved alerts by kind", ["kind"], registry=r)
         self.mqtt_connected = Gauge("edgefleet_hub_mqtt_connected", "1 while the bridge is connected",
                                     registry=r)
