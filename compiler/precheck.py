@@ -104,10 +104,6 @@ def _strided_slice(op: OpInfo, g: Graph) -> str | None:
     return None
 
 
-def _squeeze(op: OpInfo, g: Graph) -> str | None:
-    return None
-
-
 RULES: dict[str, Rule] = {
     "ADD": Rule(), "SUB": Rule(), "MUL": Rule(), "MAXIMUM": Rule(), "MINIMUM": Rule(),
     "LOGISTIC": Rule(), "RELU": Rule(), "RELU6": Rule(), "RELU_N1_TO_1": Rule(), "TANH": Rule(),
@@ -118,7 +114,7 @@ RULES: dict[str, Rule] = {
     "L2_NORMALIZATION": Rule(), "MEAN": Rule(check=_xy_axes), "PAD": Rule(check=_xy_axes),
     "RESHAPE": Rule(), "SLICE": Rule(), "SPLIT": Rule(),
     "RESIZE_BILINEAR": Rule(max_version=2), "RESIZE_NEAREST_NEIGHBOR": Rule(),
-    "SOFTMAX": Rule(check=_softmax), "SPACE_TO_DEPTH": Rule(), "SQUEEZE": Rule(check=_squeeze),
+    "SOFTMAX": Rule(check=_softmax), "SPACE_TO_DEPTH": Rule(), "SQUEEZE": Rule(),  # "leading-1 dims only" is not checked
     "STRIDED_SLICE": Rule(check=_strided_slice),
     # runtime 13 (compiler 2.1+)
     "EXPAND_DIMS": Rule(min_runtime=13), "PACK": Rule(min_runtime=13), "QUANTIZE": Rule(min_runtime=13),
