@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from protocol.topics import check_device_id
@@ -253,5 +254,10 @@ def create_app(fleet: Fleet, connected: Any = None) -> FastAPI:
         if not path.is_file():
             raise NotFound("root version", str(version))
         return Response(path.read_bytes(), media_type="application/json")
+
+    # ---- operator dashboard (hub/web) ---------------------------------------------------------
+    from ..web.dashboard import STATIC_DIR, dashboard_router  # here: hub.web imports hub.api.deps
+    app.include_router(dashboard_router())
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
 
     return app
