@@ -1,0 +1,183 @@
+/* edgefleet dashboard: live regions, charts (uPlot), the rollout form and action buttons.
+   No build step, no dependencies besides the vendored uPlot. Writes go to the REST API; the
+   session cookie authorises them and the API checks the role and audits the action. */
+(function () {
+  "use strict";
+  var POLL = parseInt(document.body.dataset.poll || "3000", 10);
+  var liveStatus = document.getElementById("live-status");
+
+  function toast(msg, bad) {
+    var t = document.getElementById("toast");
+    if (!t) return;
+    t.textContent = msg; t.className = "toast" + (bad ? " bad" : ""); t.hidden = false;
+    clearTimeout(t._timer); t._timer = setTimeout(function () { t.hidden = true; }, 6000);
+  }
+  function setLive(ok) {
+    if (!liveStatus) return;
+    liveStatus.textContent = ok ? "live" : "reconnecting…";
+    liveStatus.classList.toggle("stale", !ok);
+  }
+  function withParam(url, key, value) {
+    var u = new URL(url, location.href); u.searchParams.set(key, value); return u.pathname + u.search;
+  }
+
+  /* ---- live regions: re-fetch the page's partial and swap it in -------------------------- */
+  function refreshRegion(el) {
+    var part = el.dataset.live;
+    return fetch(withParam(location.href, "part", part), {credentials: "same-origin", headers: {"Accept": "text/html"}})
+      .then(function (r) {
+        if (r.status === 401) { location.href = "/ui/login?next=" + encodeURIComponent(location.pathname + location.search); return null; }
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        return r.text();
+      })
+      .then(function (html) {
+        if (html === null || html === el._last) return;
+        var active = document.activeElement, focusId = active && el.contains(active) ? active.id : null;
+        el.innerHTML = html; el._last = html;
+        if (focusId) { var again = document.getElementById(focusId); if (again) again.focus(); }
+        bindCommands(el);
+        el.dispatchEvent(new CustomEvent("ef:updated", {bubbles: true}));
+      });
+  }
+  function pollRegions() {
+    var regions = Array.prototype.slice.call(document.querySelectorAll("[data-live]"));
+    if (!regions.length || document.hidden) return Promise.resolve();
+    return Promise.all(regions.map(refreshRegion)).then(function () { setLive(true); }, function () { setLive(false); });
+  }
+
+  /* ---- charts ---------------------------------------------------------------------------- */
+  var charts = [];
+  function seriesOf(el, data) {
+    if (el.dataset.seriesMap) {
+      var m = data[el.dataset.seriesMap] || {}, palette = ["#2563eb", "#d97706", "#7c3aed", "#059669", "#dc2626", "#0891b2"];
+      return Object.keys(m).sort().map(function (k, i) { return {key: k, label: k, color: palette[i % palette.length], values: m[k]}; });
+    }
+    return JSON.parse(el.dataset.series).map(function (s) { s.values = data[s.key] || []; return s; });
+  }
+  function drawChart(el, data) {
+    var ss = seriesOf(el, data), xs = data[el.dataset.x] || [];
+    var points = 0;
+    ss.forEach(function (s) { s.values.forEach(function (v) { if (v !== null && v !== undefined) points++; }); });
+    el.dataset.points = String(points);
+    if (!points) {
+      if (el._plot) { el._plot.destroy(); el._plot = null; }
+      el.innerHTML = '<p class="nodata">No data in this window yet.</p>';
+      return;
+    }
+    var payload = [xs].concat(ss.map(function (s) { return s.values; }));
+    var key = ss.map(function (s) { return s.label; }).join("|");
+    if (el._plot && el._key === key) { el._plot.setData(payload); return; }
+    if (el._plot) el._plot.destroy();
+    el.innerHTML = "";
+    var opts = {
+      width: Math.max(300, el.clientWidth), height: 240,
+      scales: {x: {time: true}},
+      series: [{}].concat(ss.map(function (s) {
+        return {label: s.label, stroke: s.color, width: 2, spanGaps: false, points: {size: 5}, value: function (u, v) { return v == null ? "–" : v.toFixed(3); }};
+      })),
+      axes: [{}, {size: 56}],
+      legend: {live: true}
+    };
+    el._plot = new uPlot(opts, payload, el); el._key = key;
+  }
+  function loadChart(el) {
+    return fetch(el.dataset.chart, {credentials: "same-origin"})
+      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
+      .then(function (data) { drawChart(el, data); })
+      .catch(function () { setLive(false); });
+  }
+  function pollCharts() { if (!document.hidden) charts.forEach(loadChart); }
+  if (window.uPlot) {
+    charts = Array.prototype.slice.call(document.querySelectorAll("[data-chart]"));
+    charts.forEach(loadChart);
+    window.addEventListener("resize", function () {
+      charts.forEach(function (el) { if (el._plot) el._plot.setSize({width: Math.max(300, el.clientWidth), height: 240}); });
+    });
+  }
+
+  /* ---- rollout action buttons -> REST API ------------------------------------------------- */
+  function bindCommands(root) {
+    Array.prototype.forEach.call(root.querySelectorAll("button[data-command]"), function (btn) {
+      if (btn._bound) return; btn._bound = true;
+      btn.addEventListener("click", function () {
+        var cmd = btn.dataset.command, rid = btn.dataset.rollout;
+        btn.disabled = true;
+        fetch("/api/v1/rollouts/" + encodeURIComponent(rid) + "/" + cmd, {method: "POST", credentials: "same-origin",
+              headers: {"Accept": "application/json"}})
+          .then(function (r) { return r.json().then(function (body) { return {ok: r.ok, body: body}; }); })
+          .then(function (res) {
+            if (!res.ok) { toast(cmd + " refused: " + (res.body.error || "unknown error"), true); btn.disabled = false; return; }
+            toast("Rollout " + rid + ": " + cmd + " sent; phase is now " + res.body.phase.replace("_", " "));
+            return pollRegions();
+          })
+          .catch(function (e) { toast(cmd + " failed: " + e.message, true); btn.disabled = false; });
+      });
+    });
+  }
+  bindCommands(document);
+
+  /* ---- auto-submitting selects (chart window) --------------------------------------------- */
+  Array.prototype.forEach.call(document.querySelectorAll("form[data-autosubmit] select"), function (s) {
+    s.addEventListener("change", function () { s.form.submit(); });
+  });
+
+  /* ---- the rollout create form: preview + submit ------------------------------------------ */
+  var form = document.getElementById("rollout-form");
+  if (form) {
+    var preview = document.getElementById("preview"), errBox = document.getElementById("form-error");
+    var previewTimer = null;
+    function targetKind() { var c = form.querySelector("input[name=target_kind]:checked"); return c ? c.value : "all"; }
+    function refreshPreview() {
+      var q = new URLSearchParams({bundle: form.bundle.value, target_kind: targetKind(),
+                                   target_value: form.target_value.value, cohorts: form.cohorts.value});
+      fetch("/ui/rollouts/preview?" + q.toString(), {credentials: "same-origin"})
+        .then(function (r) { return r.text(); })
+        .then(function (html) { preview.innerHTML = html; });
+    }
+    function schedulePreview() { clearTimeout(previewTimer); previewTimer = setTimeout(refreshPreview, 250); }
+    form.addEventListener("input", schedulePreview);
+    form.addEventListener("change", schedulePreview);
+    form.preset.addEventListener("change", function () {
+      var staged = form.preset.value === "staged";
+      form.cohorts.value = staged ? "1, 10%, 50%, 100%" : "100%";
+      form.soak_s.value = staged ? "60" : "0";
+      form.on_breach.value = staged ? "rollback" : "pause";
+    });
+    function num(name) { var v = form[name].value.trim(); return v === "" ? null : Number(v); }
+    function showError(msg) { errBox.textContent = msg; errBox.hidden = !msg; if (msg) errBox.focus(); }
+    errBox.tabIndex = -1;
+    form.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      showError("");
+      var kind = targetKind(), value = form.target_value.value.trim(), target = {};
+      if (kind === "all") target.all = true;
+      else if (!value) { showError("Target " + kind + " needs a value."); form.target_value.focus(); return; }
+      else if (kind === "devices") target.devices = value.split(/[\s,]+/).filter(Boolean);
+      else target[kind] = value;
+      var soak = Number(form.soak_s.value);
+      if (!Number.isInteger(soak) || soak < 0) { showError("Soak must be a whole number of seconds ≥ 0, got " + form.soak_s.value + "."); form.soak_s.focus(); return; }
+      var gates = {max_p95_ratio: num("max_p95_ratio"), max_error_rate: num("max_error_rate"),
+                   max_install_failure_rate: num("max_install_failure_rate") || 0, max_cloud_rate: num("max_cloud_rate"),
+                   min_shadow_agreement: num("min_shadow_agreement"), min_samples: num("min_samples") || 50,
+                   drift: form.drift.checked};
+      var body = {bundle: form.bundle.value, target: target, policy: {
+        cohorts: form.cohorts.value.split(",").map(function (s) { return s.trim(); }).filter(Boolean),
+        soak_s: soak, on_breach: form.on_breach.value, approve_each_cohort: form.approve_each_cohort.checked, gates: gates}};
+      var submit = document.getElementById("r-submit"); submit.disabled = true;
+      fetch("/api/v1/rollouts", {method: "POST", credentials: "same-origin",
+            headers: {"Content-Type": "application/json", "Accept": "application/json"}, body: JSON.stringify(body)})
+        .then(function (r) { return r.json().then(function (b) { return {ok: r.ok, body: b}; }); })
+        .then(function (res) {
+          submit.disabled = false;
+          if (!res.ok) { showError("The hub refused the rollout: " + (res.body.error || "unknown error")); return; }
+          location.href = "/ui/rollouts/" + encodeURIComponent(res.body.id);
+        })
+        .catch(function (e) { submit.disabled = false; showError("Could not reach the hub: " + e.message); });
+    });
+    refreshPreview();
+  }
+
+  setInterval(pollRegions, POLL);
+  setInterval(pollCharts, Math.max(POLL * 2, 5000));
+  document.addEventListener("visibilitychange", function () { if (!document.hidden) { pollRegions(); pollCharts(); } });
+})();
