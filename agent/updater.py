@@ -193,6 +193,7 @@ class Updater:
             self.report(result.stage, "failed", result.reason, result.detail, desired.seq, digest)
             self.on_change()
             return
+        self._gc_downloads(desired.bundle.archive.sha256 if desired.bundle else None)
         self._save_job(env, desired.seq, False, "running")
         if desired.shadow is None and self.serving.shadow is not None:
             self._drop_shadow()
@@ -209,6 +210,15 @@ class Updater:
             self._switch_back(desired)
         else:
             self._start_download(now)
+
+    def _gc_downloads(self, keep: str | None) -> None:
+        """Partial downloads of superseded jobs are never resumed: free their space."""
+        if not self.downloads.is_dir():
+            return
+        for p in self.downloads.iterdir():
+            if keep is None or not p.name.startswith(keep):
+                log.info("removing stale partial download %s", p.name)
+                p.unlink(missing_ok=True)
 
     def _abandon(self) -> None:
         job = self.job

@@ -140,3 +140,40 @@ def test_local_path_over_its_latency_budget_routes_to_the_cloud(trust, hub, make
     assert paths[0] == "cpu"  # measured once locally...
     assert paths[1:20] == ["cloud"] * 19  # ...over budget, so the cloud serves...
     assert "cpu" in paths[20:]  # ...and the local path is probed again now and then
+
+
+def test_onnx_only_bundle_is_served_by_onnxruntime(tmp_path, trust, hub, make_agent, digits_bundle):
+    import shutil
+    import time as _time
+
+    import onnxruntime as ort
+
+    from protocol.bundle import MANIFEST_FILE, Artifact, Manifest, Requirements
+    from protocol.signing import Envelope, seal
+    from protocol.bundle import parse_manifest
+    src = parse_manifest(Envelope.parse((digits_bundle / MANIFEST_FILE).read_bytes()).payload)
+    out = tmp_path / "onnx-only"
+    out.mkdir()
+    for name in ("model.onnx", "labels.txt"):
+        shutil.copyfile(digits_bundle / name, out / name)
+    x = np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    (out / "selftest.json").write_text(json.dumps({"schema": 1, "artifact": "model.onnx", "tolerance": 1e-4,
+                                                   "max_latency_ms": 1000,
+                                                   "cases": [{"input": x.tolist(), "expected": y.tolist()}]}))
+    roles = {"model.onnx": "onnx", "labels.txt": "labels", "selftest.json": "selftest"}
+    arts = tuple(Artifact.of(n, r, (out / n).read_bytes()) for n, r in roles.items())
+    m = Manifest("digits-onnx", "1", int(_time.time()), arts, Requirements(), model=src.model)
+    (out / MANIFEST_FILE).write_bytes(seal("manifest", m.to_dict(), []).to_bytes())
+    env, _, archive = trust.sign_dir(out)
+    pub = hub.publish_bundle(env, archive)
+    agent = make_agent("onnx").start()
+    hub.desire(agent.device, pub)
+    staged = hub.report(agent.device, "stage", "ok", pub.ref.digest)
+    assert "model.onnx on onnx" in staged.detail
+    hub.report(agent.device, "commit", "ok", pub.ref.digest)
+    code, res = agent.http("POST", "/v1/predict", json.dumps({"inputs": x.tolist()}).encode(),
+                           {"Content-Type": "application/json"})
+    assert code == 200 and res["served_by"] == "onnx"
+    assert np.allclose(res["predictions"], y.reshape(-1), atol=1e-5)
