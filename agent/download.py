@@ -45,7 +45,7 @@ class Download:
             if plan.size:
                 os.posix_fallocate(self._fd, 0, plan.size)
         except OSError as exc:
-            self.close()
+            self.remove()  # a half-reserved file would only hold on to the space we lack
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFull(f"cannot reserve {plan.size} bytes for archive {plan.sha256[:12]}: {exc.strerror}") from None
             raise

@@ -278,7 +278,7 @@ class Updater:
             self._request([topic.index])
             return
         except DiskFull as exc:
-            self._fail("download", Reason.DISK_FULL, str(exc))
+            self._fail("download", Reason.DISK_FULL, str(exc), remove_download=True)
             return
         if not new:
             return

@@ -155,3 +155,24 @@ def test_bundle_larger_than_free_disk_is_refused_with_disk_full(tmp_path, coral_
     r = hub.report(agent.device, "verify", "failed", big.ref.digest)
     assert r.reason == Reason.DISK_FULL.value and f"{len(archive)}-byte bundle" in r.detail
     _untouched(agent, good, coral_models)
+
+
+def test_disk_filling_up_during_download_fails_cleanly_with_disk_full(tmp_path, coral_models, trust, hub, make_agent,
+                                                                      small_disk):
+    # the free-disk probe is told there is plenty (EDGEFLEET_AGENT_FREE_DISK), the tmpfs knows better:
+    # the agent must survive the real ENOSPC when it reserves space for the archive
+    agent = make_agent("liar", state_dir=str(small_disk / "state"), disk_reserve_bytes=0)
+    agent.state_dir = small_disk / "state"
+    agent.start(EDGEFLEET_AGENT_FREE_DISK=str(1 << 30))
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "good", coral_models, MNV1))
+    good = hub.publish_bundle(env, archive)
+    hub.desire(agent.device, good)
+    hub.report(agent.device, "commit", "ok", good.ref.digest)
+    big_dir = coral_bundle(tmp_path / "big", coral_models, MNV2, name="mnv2", version="2")
+    env, _, archive = trust.sign_dir(big_dir)
+    big = hub.publish_bundle(env, archive)
+    hub.desire(agent.device, big)
+    r = hub.report(agent.device, "download", "failed", big.ref.digest)
+    assert r.reason == Reason.DISK_FULL.value
+    _untouched(agent, good, coral_models)
+    assert not list((small_disk / "state" / "downloads").glob("*.part"))  # the partial file is gone
