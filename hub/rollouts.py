@@ -8,9 +8,8 @@ When it runs:
   ``desired_seq`` matches a rollout row, as ``InstallReport`` events;
 * ``converge`` (ingest worker): devices that appeared, came online or changed group/tags, as
   ``DeviceSeen`` events for the newest rollout whose target matches them;
-* ``tick`` (ticker thread, every ``config.tick`` s): every non-terminal rollout with
-  ``DeviceSeen`` for all its devices and ``Health`` for its installed devices (timeouts,
-  soak, gates);
+* ``tick`` (ticker thread, every ``config.tick`` s): every running/paused rollout with
+  ``Health`` for its issued and installed devices (timeouts, soak, gates);
 * ``command`` (API/CLI): approve / pause / resume / cancel / rollback.
 
 All runs hold ``fleet.rollout_lock`` so seq allocation and state writes never interleave.
@@ -120,48 +119,50 @@ def _owners(s: Session) -> list[tuple[Rollout, Target]]:
     return [(r, Target.parse(r.target)) for r in rs]
 
 
-def _health(s: Session, r: Rollout, st: RolloutState, rows: dict[str, RolloutDevice]) -> list[Health]:
-    """Per installed device: merged telemetry of the target bundle since the rollout began, and
-    of the bundle it ran before (the last hour before the rollout) for the latency comparison."""
-    # issued ones too: a report in this very run may install them before the gates are judged
-    ids = [d.id for d in st.devices if d.state in ("installed", "issued", "installing") and d.cohort is not None
-           and d.cohort >= st.gate_floor]
+def _health(s: Session, r: Rollout, st: RolloutState, rows: dict[str, RolloutDevice],
+            reporting: set[str]) -> list[Health]:
+    """Per installed device (and any device reporting in this run, which the run may install
+    before the gates are judged): merged telemetry of the target bundle since the rollout
+    began, and of the bundle it ran before (the hour before) for the latency comparison."""
+    ids = [d.id for d in st.devices if d.cohort is not None and d.cohort >= st.gate_floor
+           and (d.state == "installed" or (d.id in reporting and d.state in ("issued", "installing")))]
     if not ids:
         return []
     prevs = {rows[i].from_bundle for i in ids if rows[i].from_bundle}
-    q = (select(TelemetryWindow).where(col(TelemetryWindow.device).in_(ids),
-                                       col(TelemetryWindow.bundle).in_([st.bundle, *prevs]),
-                                       TelemetryWindow.received >= r.created - PREVIOUS_WINDOW_S)
-         .order_by(col(TelemetryWindow.window_end).desc()))
+    t = TelemetryWindow
+    q = (select(t.device, t.bundle, t.latency, t.inferences, t.errors, t.cloud, t.drift, t.shadow)
+         .where(col(t.device).in_(ids), col(t.bundle).in_([st.bundle, *prevs]),
+                t.received >= r.created - PREVIOUS_WINDOW_S)
+         .order_by(col(t.window_end).desc()))
     acc: dict[str, dict[str, Any]] = {i: {"new": LatencySketch(), "old": LatencySketch(), "inf": 0, "err": 0,
                                           "cloud": 0, "agree": 0, "total": 0, "drift": {}, "n": 0} for i in ids}
-    for w in s.exec(q).all():
-        a = acc[w.device]
-        is_new = w.bundle == st.bundle
-        if not is_new and w.bundle != rows[w.device].from_bundle:
+    for device, bundle, latency, inferences, errors, cloud, drift, shadow in s.exec(q).all():
+        a = acc[device]
+        is_new = bundle == st.bundle
+        if not is_new and bundle != rows[device].from_bundle:
             continue
         if a["n"] >= HEALTH_WINDOWS:
             continue
         a["n"] += 1
         try:
-            sk = LatencySketch.from_dict(w.latency or {})
+            sk = LatencySketch.from_dict(latency or {})
         except BadPayload:
             continue
         if not is_new:
             a["old"] = a["old"].merge(sk)
             continue
         a["new"] = a["new"].merge(sk)
-        a["inf"] += w.inferences
-        a["err"] += w.errors
-        a["cloud"] += w.cloud
-        for side, feats in (w.drift or {}).items():
+        a["inf"] += inferences
+        a["err"] += errors
+        a["cloud"] += cloud
+        for side, feats in (drift or {}).items():
             for name, counts in (feats or {}).items():
                 key, cur = f"{side}.{name}", a["drift"].get(f"{side}.{name}")
                 if cur is None:
                     a["drift"][key] = list(counts)
                 elif len(cur) == len(counts):
                     a["drift"][key] = [x + y for x, y in zip(cur, counts)]
-        sh = w.shadow or {}
+        sh = shadow or {}
         if isinstance(sh.get("agree"), int) and isinstance(sh.get("total"), int):
             a["agree"] += sh["agree"]
             a["total"] += sh["total"]
@@ -188,7 +189,8 @@ def _run(fleet: Fleet, s: Session, r: Rollout, events: Sequence[Event], out: lis
                 evs.append(_seen(d))
     if r.phase == "running" or any(isinstance(e, Command) for e in evs):
         # every decision that can open a cohort sees the gates' evidence
-        evs.extend(_health(s, r, st, rows))
+        reporting = {e.device for e in evs if isinstance(e, InstallReport)}
+        evs.extend(_health(s, r, st, rows, reporting))
     new, actions = advance(st, evs, now, policy)
     for a in actions:
         if isinstance(a, Issue):
@@ -318,9 +320,10 @@ def tick(fleet: Fleet) -> None:
     with fleet.rollout_lock, fleet.session() as s:
         owners = _owners(s)
         for r, _ in owners:
-            # completed rollouts wake up through converge() when a device joins or returns
+            # device changes arrive through converge() (status, group/tag edits) as they happen;
+            # the tick only drives time (timeouts, soak) and the gates' evidence
             if r.phase in ("running", "paused", "awaiting_approval"):
-                _run(fleet, s, r, [], out, observe=True, owners=owners)
+                _run(fleet, s, r, [], out, observe=False, owners=owners)
         s.commit()
     fleet.publish(out)
 
