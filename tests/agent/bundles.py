@@ -85,3 +85,27 @@ def coral_bundle(out: Path, coral: Path, model: str = MNV1, *, name: str = "mnv1
         p = out / truncate
         p.write_bytes(p.read_bytes()[:-100])
     return out
+
+
+DATA = Path(__file__).with_name("data")
+
+
+def gather_bundle(out: Path, version: str = "2") -> Path:
+    """A validly signed bundle whose model passes its (dark-image) self-test but fails at invoke
+    on bright images: see ``data/make_gather_oob.py``."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    shutil.copyfile(DATA / "gather_oob.tflite", out / "model_float.tflite")
+    (out / "labels.txt").write_text("".join(f"{i}\n" for i in range(10)))
+    expected = [[1.0] + [0.0] * 9]
+    (out / "selftest.json").write_text(json.dumps({
+        "schema": 1, "artifact": "model_float.tflite", "tolerance": 0, "max_latency_ms": 1000,
+        "cases": [{"input": np.zeros((1, 8, 8, 1)).tolist(), "expected": expected}]}))
+    roles = {"model_float.tflite": "tflite_float", "labels.txt": "labels", "selftest.json": "selftest"}
+    arts = tuple(Artifact.of(n, r, (out / n).read_bytes()) for n, r in roles.items())
+    manifest = Manifest("gather", version, int(time.time()), arts, Requirements(),
+                        model={"task": "classification", "num_classes": 10, "labels": "labels.txt",
+                               "preprocess": {"kind": "image", "height": 8, "width": 8, "channels": 1,
+                                              "scale": 1 / 255, "offset": 0.0}})
+    (out / MANIFEST_FILE).write_bytes(seal("manifest", manifest.to_dict(), []).to_bytes())
+    return out

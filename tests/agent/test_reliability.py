@@ -133,3 +133,28 @@ def test_operator_rollback_command_switches_to_the_kept_slot_after_a_selftest(tm
                       and "after a restart" in r.detail], 60, "v1 committed again after the rollback")
     _serves(agent, coral_models, first.ref.digest)
     assert second.ref.digest != first.ref.digest
+
+
+def test_model_whose_first_live_inferences_fail_is_rolled_back(tmp_path, coral_models, trust, hub, make_agent):
+    import io
+
+    from PIL import Image
+
+    from .bundles import gather_bundle
+    agent = make_agent(probation_inferences=10, probation_max_errors=3).start()
+    good = _install_first(tmp_path, coral_models, trust, hub, agent)
+    env, _, archive = trust.sign_dir(gather_bundle(tmp_path / "gather"))
+    fragile = hub.publish_bundle(env, archive)
+    hub.desire(agent.device, fragile)
+    hub.report(agent.device, "commit", "ok", fragile.ref.digest)  # its self-test passed
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), 255).save(buf, "PNG")
+    codes = [agent.predict_image(buf.getvalue())[0] for _ in range(3)]
+    assert codes == [503, 503, 503]  # no cloud fallback configured: the errors reach the app
+    rb = hub.report(agent.device, "rollback", "ok", good.ref.digest)
+    assert rb.reason == Reason.INFERENCE_FAILED.value and "3 of the first 3" in rb.detail
+    assert _active(agent) == good.ref.digest
+    _serves(agent, coral_models, good.ref.digest)
+    st = hub.wait(lambda: (s := hub.status.get(agent.device)) and s.active and s.active.digest == good.ref.digest
+                  and s, 30, "status back on v1")
+    assert st.state == "serving"
