@@ -14,11 +14,10 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from protocol.bundle import MANIFEST_FILE, Manifest
-from protocol.errors import BadPayload, ProtocolError, Reason, VerificationError
+from protocol.bundle import Manifest
+from protocol.errors import ProtocolError, Reason, VerificationError
 from protocol.messages import BundleInfo, Desired, FetchRequest
 from protocol.signing import Root
 from protocol.topics import Kind, Topic, chunk_filter
@@ -504,9 +503,3 @@ class Updater:
             return BundleInfo(b.digest, b.name, b.version)
         return None
 
-
-def slot_files(slot_dir: Path) -> list[str]:
-    return sorted(p.name for p in slot_dir.iterdir() if p.name != MANIFEST_FILE)
-
-
-__all__ = ["Updater", "Job", "open_model", "BadPayload"]

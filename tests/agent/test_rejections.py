@@ -6,11 +6,10 @@ import json
 import shutil
 import struct
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from protocol.bundle import ARCHIVE_MAGIC, MANIFEST_FILE, parse_manifest
+from protocol.bundle import ARCHIVE_MAGIC, parse_manifest
 from protocol.errors import Reason
 
 from .bundles import MNV1, MNV1_TPU, MNV2, coral_bundle
