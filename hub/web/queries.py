@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from sqlalchemy import String, and_, cast, func, or_
+from sqlalchemy import and_, func, or_
 from sqlmodel import Session, col, select
 
 from protocol.bundle import Requirements
@@ -49,8 +49,14 @@ def _board_expr() -> Any:
 
 
 def _tpu_expr() -> Any:
-    # inventory.edgetpu is a bool (agent) or {"present": bool}; as text both backends say true/false
-    return func.coalesce(_inv("edgetpu").as_string(), cast(_inv("edgetpu"), String), "")
+    # inventory.edgetpu is a bool (agent) or {"present": bool}; as text SQLite says 1/0 and
+    # PostgreSQL true/false; the dict form comes back as its JSON text
+    return func.lower(func.coalesce(_inv("edgetpu").as_string(), ""))
+
+
+def _tpu_true() -> Any:
+    x = _tpu_expr()
+    return or_(x.in_(("true", "1")), x.like('%"present":%true%'))
 
 
 def fleet_overview(s: Session, now: int) -> dict[str, Any]:
@@ -82,10 +88,12 @@ def fleet_overview(s: Session, now: int) -> dict[str, Any]:
 
 
 def _tpu_label(v: Any) -> str:
+    if isinstance(v, dict):
+        v = v.get("present")
     text = str(v).lower() if v is not None else ""
-    if "true" in text or text == "1":
+    if text in ("true", "1") or ('"present"' in text and "true" in text):
         return "Edge TPU"
-    if "false" in text or text == "0":
+    if text in ("false", "0") or '"present"' in text:
         return "no TPU"
     return "unknown"
 
@@ -223,8 +231,7 @@ def device_page(s: Session, f: DeviceFilter) -> dict[str, Any]:
     if f.board:
         conds.append(_board_expr() == f.board)
     if f.tpu is not None:
-        conds.append(func.lower(_tpu_expr()).like("%true%") if f.tpu
-                     else ~func.lower(_tpu_expr()).like("%true%"))
+        conds.append(_tpu_true() if f.tpu else ~_tpu_true())
     if f.bundle:
         conds.append(Device.active_digest == f.bundle)
     where = and_(*conds) if conds else None
@@ -256,8 +263,8 @@ def _rollout_states(s: Session, ids: list[str]) -> dict[str, str]:
 
 def device_facets(s: Session) -> dict[str, list[str]]:
     """Values for the filter selects (groups, boards); bounded."""
-    groups = [g for (g,) in s.exec(select(Device.group).distinct().order_by(Device.group).limit(200)).all() if g]
-    boards = sorted({str(b) for (b,) in s.exec(select(_board_expr()).distinct().limit(200)).all() if b})
+    groups = [g for g in s.exec(select(Device.group).distinct().order_by(Device.group).limit(200)).all() if g]
+    boards = sorted({str(b) for b in s.exec(select(_board_expr()).distinct().limit(200)).all() if b})
     return {"groups": groups, "boards": boards}
 
 

@@ -1,0 +1,146 @@
+"""The dashboard in a real browser (Debian's headless Chromium driven by Playwright) against
+the real hub process, a private mosquitto and simulated devices (see conftest).
+
+One operator journey, in order: keyboard login, devices appear live, the model's eval report,
+a rollout created from the form (preview first, submitted with Enter), watched until the canary
+installs, paused, rolled back, audited; then a viewer who sees no action controls. Screenshots
+of every page land in ``test-artifacts/dashboard/``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from .conftest import OPERATOR, VIEWER, Stack, read_baseline
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
+
+WAIT_MS = 30_000
+
+
+def login(page: Any, base: str, token: str) -> None:
+    page.goto(f"{base}/ui")
+    assert "/ui/login" in page.url, "an anonymous visit must land on the login page"
+    page.get_by_label("API token").fill(token)
+    page.get_by_label("API token").press("Enter")   # keyboard submit
+    page.wait_for_url(re.compile(r".*/ui$"))
+
+
+def nav(page: Any, name: str, role: str = "link", **kw: Any) -> None:
+    with page.expect_navigation():
+        page.get_by_role(role, name=name, **kw).first.click()
+
+
+def text(page: Any, selector: str) -> str:
+    return str(page.locator(selector).inner_text()).strip()
+
+
+def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
+        stack: Stack, browser: Any, digits_bundle: Path, artifacts: Path) -> None:
+    pushed = stack.fleet.push(digits_bundle)
+    digest = pushed["digest"]
+    base = read_baseline(digits_bundle)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    # a wrong token is refused with a message and the form stays usable
+    page.goto(f"{stack.url}/ui/login")
+    page.get_by_label("API token").fill("not-a-token")
+    page.get_by_role("button", name="Sign in").click()
+    assert "not valid" in text(page, "#login-error")
+    page.screenshot(path=str(artifacts / "00-login.png"))
+
+    login(page, stack.url, OPERATOR)
+    assert text(page, "#stat-total") == "0"
+    # devices come online after the page is open: the live region picks them up without a reload
+    for i, (board, tpu) in enumerate([("rpi4", False), ("rpi5", True), ("rpi4", False), ("coral-devboard", True)]):
+        stack.add_device(f"sim-{i}", board=board, tpu=tpu, baselines={digest: base})
+    page.wait_for_function("document.getElementById('stat-online').textContent.trim() === '4'")
+    # the fleet latency chart fills from telemetry
+    page.wait_for_function("Number(document.getElementById('chart-latency').dataset.points || 0) > 0")
+    assert page.locator("#chart-latency canvas").count() == 1
+    page.screenshot(path=str(artifacts / "01-fleet.png"), full_page=True)
+
+    # devices: list, filter by TPU, detail
+    nav(page, "Devices", exact=True)
+    expect(page.locator("#device-table tbody tr[data-device]")).to_have_count(4)
+    page.get_by_label("Edge TPU").select_option("true")
+    nav(page, "Filter", role="button")
+    assert "tpu=true" in page.url
+    assert sorted(page.locator("#device-table tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.device)")) == ["sim-1", "sim-3"]
+    page.screenshot(path=str(artifacts / "02-devices.png"), full_page=True)
+    nav(page, "sim-1", exact=True)
+    page.wait_for_function("Number(document.getElementById('chart-device-latency').dataset.points || 0) > 0")
+    assert "coral" not in text(page, "main")  # sim-1 is the rpi5 with a TPU
+    assert "rpi5" in text(page, "main")
+
+    # models: the compiler's eval report and op mapping
+    nav(page, "Models", exact=True)
+    nav(page, re.compile(r"^digits@"))
+    kinds = page.locator("#eval-table tbody tr td:nth-child(2)").all_inner_texts()
+    assert {"float", "int8", "ONNX"} <= set(kinds)
+    assert page.locator("#ops-table tbody tr").count() > 0
+    page.screenshot(path=str(artifacts / "03-model.png"), full_page=True)
+
+    # rollouts: the form previews the devices, then is submitted from the keyboard
+    nav(page, "Rollouts", exact=True)
+    page.get_by_label("Bundle").select_option(digest)
+    page.get_by_label("Cohorts (cumulative)").fill("1, 100%")
+    page.get_by_label("On gate breach").select_option("pause")
+    expect(page.locator("#preview")).to_contain_text("Cohort 2: 3 devices", timeout=WAIT_MS)
+    assert "4 devices match; 4 can run digits@" in text(page, "#preview-summary")
+    assert "Cohort 1: 1 device" in text(page, "#preview")
+    page.get_by_label("Soak per cohort (s)").fill("600")   # long soak: the canary waits for us
+    page.screenshot(path=str(artifacts / "04-rollout-form.png"), full_page=True)
+    page.get_by_label("Soak per cohort (s)").press("Enter")
+    page.wait_for_url(re.compile(r".*/ui/rollouts/[0-9a-f]+$"))
+    rid = page.url.rsplit("/", 1)[1]
+
+    # watch it progress: the canary (cohort 1) installs, live
+    page.wait_for_function("document.querySelectorAll('#rollout-devices tr[data-state=installed]').length === 1")
+    assert page.locator("#rollout-phase").get_attribute("data-phase") == "running"
+    page.screenshot(path=str(artifacts / "05-rollout-canary.png"), full_page=True)
+
+    page.locator("#cmd-pause").click()
+    page.wait_for_function("document.getElementById('rollout-phase').dataset.phase === 'paused'")
+    assert page.locator("#cmd-resume").count() == 1
+    page.locator("#cmd-rollback").click()
+    page.wait_for_function("document.getElementById('rollout-phase').dataset.phase === 'rolled_back'")
+    page.wait_for_function("document.querySelectorAll('#rollout-devices tr[data-state=rolled_back]').length === 1")
+    assert page.locator("button[data-command]").count() == 0  # nothing left to do on a rolled-back rollout
+    page.screenshot(path=str(artifacts / "06-rollout-rolled-back.png"), full_page=True)
+
+    # every action is in the audit log, attributed to the operator token
+    nav(page, "Audit log")
+    actions = page.locator("#audit-table tbody tr td:nth-child(3)").all_inner_texts()
+    assert {"rollout.create", "rollout.pause", "rollout.rollback"} <= set(actions)
+    assert any(rid in t for t in page.locator("#audit-table tbody tr td:nth-child(4)").all_inner_texts())
+    page.screenshot(path=str(artifacts / "07-audit.png"), full_page=True)
+    assert not errors, f"JavaScript errors on the pages: {errors}"
+
+    # a viewer sees everything read-only: no form, no buttons, no audit
+    viewer = browser.new_page(viewport={"width": 1400, "height": 1000})
+    viewer.set_default_timeout(WAIT_MS)
+    login(viewer, stack.url, VIEWER)
+    viewer.goto(f"{stack.url}/ui/rollouts/{rid}")
+    assert viewer.locator("#rollout-phase").get_attribute("data-phase") == "rolled_back"
+    assert viewer.locator("button[data-command]").count() == 0
+    viewer.goto(f"{stack.url}/ui/rollouts")
+    assert viewer.locator("#rollout-form").count() == 0
+    assert viewer.locator("#rollouts-table tbody tr").count() == 1
+    viewer.goto(f"{stack.url}/ui/models")
+    assert viewer.get_by_role("link", name="Roll out").count() == 0
+    viewer.screenshot(path=str(artifacts / "08-viewer-models.png"), full_page=True)
+    resp = viewer.goto(f"{stack.url}/ui/audit")
+    assert resp is not None and resp.status == 403
+    # and the API refuses a viewer's command even if one were crafted by hand
+    status = viewer.evaluate(f"fetch('/api/v1/rollouts/{rid}/resume', {{method: 'POST'}}).then(r => r.status)")
+    assert status == 403
