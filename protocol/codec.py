@@ -48,7 +48,7 @@ def field(obj: dict[str, Any], key: str, kind: type[T] | tuple[type, ...], what:
         return default  # type: ignore[no-any-return]
     value = obj[key]
     if value is None and allow_none:
-        return value  # type: ignore[no-any-return]
+        return value  # type: ignore[return-value]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     # bool is an int subclass; never accept it where a number is expected
     if isinstance(value, bool) and bool not in kinds:
