@@ -28,7 +28,7 @@ import hashlib
 import re
 import struct
 from dataclasses import dataclass, field as dc_field
-from typing import IO, Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from .codec import extra_fields, field, load_object, nonneg_int
 from .errors import BadPayload, Reason, VerificationError
@@ -242,7 +242,11 @@ def pack_archive(env: Envelope, artifacts: Mapping[str, bytes]) -> bytes:
     return b"".join(parts)
 
 
-def read_archive(stream: IO[bytes], root: Root, length: int,
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+def read_archive(stream: Readable, root: Root, length: int,
                  sink: Callable[[Artifact, bytes], None], block: int = 1 << 20) -> tuple[Manifest, str]:
     """Verify and split an archive read from ``stream`` (``length`` bytes, already hash-checked
     against the signed desired document by the caller).
