@@ -395,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         max_batch = int(extra[extra.index("--max-batch") + 1])
 
     rows: list[Result] = []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-fallback-") as tmp:
         work = Path(tmp)
         bundles, root = signed_folder(work, models)
@@ -447,11 +448,15 @@ def main(argv: list[str] | None = None) -> int:
         params={"headline": f"{head_model} at {head_c} clients", "clients": levels, "duration_s": duration,
                 "warmup_s": warmup, "models": list(models), "max_batch": max_batch, "ours_args": extra,
                 "goal": ">=3x seed throughput, p99 no worse, >=70% of limit at 32 clients",
-                "p99_ms": {"ours": ours.p99_ms, "seed": seed.p99_ms}},
+                "p99_ms": {"ours": ours.p99_ms, "seed": seed.p99_ms},
+                # other work on the machine skews every figure: record it next to them
+                "loadavg_1m": {"before": load_before[0], "after": os.getloadavg()[0]}},
         cases=cases)
     print(f"\nheadline ({head_model}, {head_c} clients): ours {ours.rps:.1f} req/s vs seed {seed.rps:.1f} "
           f"({ours.rps / seed.rps:.2f}x), p99 {ours.p99_ms:.1f} vs {seed.p99_ms:.1f} ms, "
           f"{ours.rps / lim.rps:.0%} of the in-process limit ({lim.rps:.1f})")
+    print(f"load average (1 min) before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
+          f"on {os.cpu_count()} CPUs: other processes share these cores")
     print(f"wrote {path}")
     return 0
 

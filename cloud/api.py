@@ -292,6 +292,14 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
             log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc)
         return error_response(status, exc.code, str(exc), headers)
 
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        # a defect, not bad input: keep the one-line JSON contract (Starlette re-raises the
+        # exception afterwards, so uvicorn logs the traceback once)
+        log.error("%s %s failed: %r", request.method, request.url.path, exc)
+        service.metrics.errors.labels("internal").inc()
+        return error_response(500, "internal", f"internal error ({type(exc).__name__}); see the server log")
+
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         service.metrics.errors.labels(BadInput.code).inc()

@@ -138,10 +138,13 @@ class HubPuller:
             raise HubError(f"archive of {item.name} {item.version}: {len(data)} bytes sha256 {got[:12]}, "
                            f"listed {item.size} bytes sha256 {item.archive_sha256[:12]}")
         path = self.directory / f"{item.archive_sha256}{SUFFIX}"
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".part")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".part")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise HubError(f"cannot write {path}: {exc.strerror} (is --bundles writable?)") from None
         return path
 
     def have(self) -> set[str]:
