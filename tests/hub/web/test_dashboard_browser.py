@@ -109,6 +109,17 @@ def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
     assert page.locator("#rollout-phase").get_attribute("data-phase") == "running"
     page.screenshot(path=str(artifacts / "05-rollout-canary.png"), full_page=True)
 
+    # the canary's device page: install history with reason codes, per-feature drift chart
+    nav(page, "sim-0", exact=True)
+    expect(page.locator("#install-history")).to_contain_text("commit")
+    expect(page.locator("#install-history")).to_contain_text("ok")
+    page.wait_for_function("Number(document.getElementById('chart-device-drift').dataset.points || 0) > 0")
+    legend = page.locator("#chart-device-drift .u-legend").inner_text()
+    assert "inputs.brightness" in legend and "outputs.top1_class" in legend
+    page.screenshot(path=str(artifacts / "05b-device-canary.png"), full_page=True)
+    page.go_back()
+    page.wait_for_url(re.compile(r".*/ui/rollouts/[0-9a-f]+$"))
+
     page.locator("#cmd-pause").click()
     page.wait_for_function("document.getElementById('rollout-phase').dataset.phase === 'paused'")
     assert page.locator("#cmd-resume").count() == 1
