@@ -42,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8100)
     s.add_argument("--api-key", action="append", default=[], metavar="NAME:SECRET",
                    help=f"accept this key (repeatable; also {cfg.ENV_API_KEYS}=k1,k2); none = no auth")
+    s.add_argument("--per-key-inflight", type=int, default=0, metavar="N",
+                   help="at most N concurrent requests per API key, more get 429 (0: unlimited)")
     s.add_argument("--insecure-no-auth", action="store_true",
                    help="allow serving without API keys on a non-loopback --host")
     s.add_argument("--default-model", metavar="NAME", help="model used by POST /predict without ?model=")
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             inter_threads=args.inter_threads, spinning=args.spinning,
             optimization=args.graph_optimization, max_body_bytes=args.max_body_bytes,
             hub=args.hub, token=args.token, hub_poll_s=args.hub_poll,
+            per_key_inflight=args.per_key_inflight,
             insecure_no_auth=args.insecure_no_auth, access_log=args.access_log,
             log_level=args.log_level)
     except ConfigError as exc:

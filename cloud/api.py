@@ -112,15 +112,25 @@ class Guard:
                 status["code"] = message["status"]
             await send(message)
 
+        key: ApiKey | None = None
         try:
             if self.service.config.auth_required and scope["path"] not in OPEN_PATHS:
                 try:
-                    self.service.authenticate(_presented_key(scope))
+                    key = self.service.authenticate(_presented_key(scope))
                 except AuthError as exc:
                     status["code"] = 401
                     self.metrics.errors.labels(exc.code).inc()
                     await error_response(401, exc.code, str(exc), {"WWW-Authenticate": "Bearer"})(
                         scope, receive, send)
+                    return
+                if key is not None and not self.service.admit(key):
+                    status["code"] = 429
+                    self.metrics.errors.labels(Overloaded.code).inc()
+                    await error_response(
+                        429, Overloaded.code, f"API key {key.name!r} already has "
+                        f"{self.service.config.limits.per_key_inflight} requests in flight",
+                        {"Retry-After": "1"})(scope, receive, send)
+                    key = None  # not admitted: nothing to release
                     return
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 body = await self._read_body(scope, receive)
@@ -134,6 +144,8 @@ class Guard:
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_wrapped)
         finally:
+            if key is not None:
+                self.service.release(key)
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             self.metrics.request_seconds.labels(path, str(status["code"])).observe(
@@ -198,6 +210,7 @@ class Service:
                              LoadOptions(config.session, config.batch), self.metrics)
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: dict[str, int] = {}  # per API key name; touched only on the event loop
 
     async def start(self) -> None:
         await self.folder.sync()
@@ -236,6 +249,18 @@ class Service:
         if len(names) > 1:
             raise BadInput("model", f"several models are served ({', '.join(names)}); pass ?model=NAME")
         return self.catalog.default(names[0])
+
+    def admit(self, key: ApiKey) -> bool:
+        """Per-key fairness: at most ``limits.per_key_inflight`` concurrent requests per key."""
+        limit = self.config.limits.per_key_inflight
+        n = self._inflight.get(key.name, 0)
+        if limit and n >= limit:
+            return False
+        self._inflight[key.name] = n + 1
+        return True
+
+    def release(self, key: ApiKey) -> None:
+        self._inflight[key.name] -= 1
 
     def authenticate(self, presented: str | None) -> ApiKey | None:
         if not self.config.auth_required:

@@ -58,6 +58,7 @@ class Limits:
     max_body_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 16_000_000   # checked from the header, before decoding
     max_batch_rows: int = 256            # rows in one tensor request
+    per_key_inflight: int = 0            # concurrent requests per API key (0: unlimited)
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,8 @@ def build(*, bundles: str, root: str, host: str = "127.0.0.1", port: int = 8100,
           queue_timeout_s: float = 5.0, workers: int = 0, intra_threads: int = 1, inter_threads: int = 1,
           spinning: bool = False, optimization: str = "all", max_body_bytes: int = 8 * 1024 * 1024,
           hub: str | None = None, token: str | None = None, hub_poll_s: float = 30.0,
-          insecure_no_auth: bool = False, access_log: bool = False, log_level: str = "INFO",
+          per_key_inflight: int = 0, insecure_no_auth: bool = False, access_log: bool = False,
+          log_level: str = "INFO",
           environ: Mapping[str, str] | None = None) -> CloudConfig:
     """Validate everything once; raise :class:`ConfigError` naming the bad option and value."""
     env = os.environ if environ is None else environ
@@ -156,6 +158,8 @@ def build(*, bundles: str, root: str, host: str = "127.0.0.1", port: int = 8100,
     if optimization not in ("disable", "basic", "extended", "all"):
         raise ConfigError(f"--graph-optimization must be disable|basic|extended|all, got {optimization!r}")
     _positive(max_body_bytes, "--max-body-bytes")
+    if per_key_inflight < 0:
+        raise ConfigError(f"--per-key-inflight must be >= 0 (0: unlimited), got {per_key_inflight}")
     if poll_s < 0:
         raise ConfigError(f"--poll must be >= 0 seconds, got {poll_s}")
     source = None
@@ -175,5 +179,5 @@ def build(*, bundles: str, root: str, host: str = "127.0.0.1", port: int = 8100,
         default_model=default_model, poll_s=poll_s,
         batch=BatchPolicy(max_batch, max_wait_ms / 1000.0, max_queue, queue_timeout_s, n_workers),
         session=SessionTuning(intra_threads, inter_threads, spinning, optimization),
-        limits=Limits(max_body_bytes=max_body_bytes), hub=source,
+        limits=Limits(max_body_bytes=max_body_bytes, per_key_inflight=per_key_inflight), hub=source,
         access_log=access_log, log_level=level)

@@ -225,3 +225,41 @@ def test_metrics_show_latency_batches_queue_counts_and_errors(served: Any) -> No
     assert 'edgefleet_cloud_predictions_total{model="tiny",version="1"} 4.0' in text
     assert 'edgefleet_cloud_errors_total{code="bad_input"} 1.0' in text
     assert "edgefleet_cloud_models_loaded 1.0" in text
+
+
+def test_one_key_cannot_take_all_the_capacity(setup: Setup, trust: Any, tiny: Tiny) -> None:
+    import threading
+    drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx))
+    alice, bob = {"x-api-key": "a" * 20}, {"x-api-key": "b" * 20}
+    gate, started = threading.Event(), threading.Event()
+
+    def held() -> np.ndarray:
+        started.set()
+        gate.wait(30)
+        return np.zeros((1, 8, 8, 1), np.float32)
+
+    body = {"inputs": np.zeros((1, 8, 8, 1)).tolist()}
+    with client_for(setup, trust, api_keys=["alice:" + "a" * 20, "bob:" + "b" * 20],
+                    per_key_inflight=1, workers=1) as client:
+        batcher = client.app.state.service.catalog.default("tiny").batcher
+        blocker = client.portal.start_task_soon(batcher.submit_lazy, held, (1, 8, 8, 1))
+        assert started.wait(30)
+        answers: dict[str, int] = {}
+        first = threading.Thread(target=lambda: answers.__setitem__(
+            "alice1", client.post("/v1/models/tiny/predict", json=body, headers=alice).status_code))
+        first.start()
+        while batcher.depth < 1:   # alice's first request is queued behind the blocker
+            gate.wait(0.01)
+        r = client.post("/v1/models/tiny/predict", json=body, headers=alice)
+        assert r.status_code == 429 and "'alice' already has 1 requests in flight" in r.json()["detail"]
+        other = threading.Thread(target=lambda: answers.__setitem__(
+            "bob", client.post("/v1/models/tiny/predict", json=body, headers=bob).status_code))
+        other.start()
+        while batcher.depth < 2:   # bob is admitted and queued
+            gate.wait(0.01)
+        gate.set()
+        first.join(30)
+        other.join(30)
+        blocker.result(30)
+        assert answers == {"alice1": 200, "bob": 200}
+        assert client.post("/v1/models/tiny/predict", json=body, headers=alice).status_code == 200
