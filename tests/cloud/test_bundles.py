@@ -120,6 +120,7 @@ def test_model_whose_inference_fails_is_refused_by_the_warm_up(setup: Setup, tru
         assert client.get("/readyz").status_code == 503
 
 
+@pytest.mark.slow  # the first run builds the digits bundle with TensorFlow (cached afterwards)
 def test_the_real_digits_bundle_is_served_and_reads_real_digits(setup: Setup, trust: Any,
                                                                  request: pytest.FixtureRequest) -> None:
     """The compiler's real build (TensorFlow -> tf2onnx) through the seed's /predict."""

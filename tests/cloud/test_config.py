@@ -30,6 +30,9 @@ def test_bad_options_are_named_with_their_values(setup: Setup, tmp_path: Path) -
         ({"api_keys": ["alice:short"]}, "need >= 16"),
         ({"api_keys": ["a" * 20, "key1:" + "b" * 20]}, "unique"),
         ({"log_level": "LOUD"}, "LOUD"),
+        ({"per_key_inflight": -1}, "--per-key-inflight"),
+        ({"workers": -2}, "--workers"),
+        ({"poll_s": -1}, "--poll"),
     ]
     for kw, needle in cases:
         args = {"bundles": str(setup.bundles), "root": str(setup.root), "environ": {}}
