@@ -513,8 +513,11 @@ def _eligible(devs: Mapping[str, DeviceState]) -> int:
 def _assign(devs: dict[str, DeviceState], upto: int, cohort: int, issue: Any, put: Any) -> None:
     """Give the next unassigned devices (online first, then by id) to ``cohort`` until ``upto``
     eligible devices are assigned. Incompatible ones are marked with the cohort but not counted."""
+    waiting = [d for d in devs.values() if d.cohort is None]
+    if not waiting:
+        return
     assigned = sum(1 for d in devs.values() if d.cohort is not None and d.state != "incompatible")
-    for d in sorted(devs.values(), key=lambda x: (not x.online, x.id)):
+    for d in sorted(waiting, key=lambda x: (not x.online, x.id)):
         if d.cohort is not None:
             continue
         if d.state == "incompatible":

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from sqlalchemy import func
+from sqlalchemy import and_, bindparam, func, insert, update
 from sqlmodel import Session, col, select
 
 from protocol.bundle import Requirements
@@ -73,13 +73,21 @@ def _baseline(fleet: Fleet, digest: str) -> tuple[dict[str, list[int]], DriftThr
     return cache[digest]  # type: ignore[no-any-return]
 
 
-def _load(fleet: Fleet, s: Session, r: Rollout) -> tuple[RolloutState, dict[str, RolloutDevice]]:
-    rows = {x.device_id: x for x in s.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id)).all()}
+_ROW_FIELDS = ("device_id", "state", "cohort", "attempts", "issued_at", "from_bundle", "reason", "online", "seq",
+               "updated")
+Rows = dict[str, dict[str, Any]]
+
+
+def _load(fleet: Fleet, s: Session, r: Rollout) -> tuple[RolloutState, Rows]:
+    """Rollout rows as plain dicts (a 10,000-device rollout is loaded every tick)."""
+    t = RolloutDevice
+    q = select(*(getattr(t, f) for f in _ROW_FIELDS)).where(t.rollout_id == r.id).order_by(col(t.device_id))
+    rows: Rows = {x[0]: dict(zip(_ROW_FIELDS, x)) for x in s.exec(q).all()}  # type: ignore[call-overload]
     b = s.get(Bundle, r.bundle)
     req = Requirements.from_dict(b.requirements) if b else Requirements()
     refs, th = _baseline(fleet, r.bundle)
-    devices = tuple(DeviceState(x.device_id, x.state, x.cohort, x.attempts, x.issued_at, x.from_bundle, x.reason,
-                                x.online) for x in sorted(rows.values(), key=lambda x: x.device_id))
+    devices = tuple(DeviceState(x["device_id"], x["state"], x["cohort"], x["attempts"], x["issued_at"],
+                                x["from_bundle"], x["reason"], x["online"]) for x in rows.values())
     gates = tuple(GateResult(g["name"], g["status"], g.get("value"), g.get("limit"), g.get("detail", ""))
                   for g in (r.gates or []))
     st = RolloutState(r.bundle, req, r.phase, r.cohort, r.cohort_started, r.soak_started, devices, r.reason,
@@ -87,24 +95,34 @@ def _load(fleet: Fleet, s: Session, r: Rollout) -> tuple[RolloutState, dict[str,
     return st, rows
 
 
-def _save(s: Session, r: Rollout, rows: dict[str, RolloutDevice], st: RolloutState, now: int) -> None:
+def _save(s: Session, r: Rollout, rows: Rows, st: RolloutState, seqs: dict[str, int], now: int) -> None:
     r.phase, r.cohort, r.cohort_started, r.soak_started = st.phase, st.cohort, st.cohort_started, st.soak_started
     r.reason, r.gate_floor = st.reason[:1000], st.gate_floor
     r.gates = [g.to_dict() for g in st.gates]
     r.updated = now
     s.add(r)
+    inserts, updates = [], []
     for d in st.devices:
-        row = rows.get(d.id)
-        if row is None:
-            row = rows[d.id] = RolloutDevice(rollout_id=r.id, device_id=d.id)
-        changed = (row.state, row.cohort, row.attempts, row.reason, row.online, row.from_bundle) != \
-            (d.state, d.cohort, d.attempts, d.reason, d.online, d.from_bundle)
-        if changed or row.issued_at != d.issued_at:
-            row.state, row.cohort, row.attempts, row.issued_at = d.state, d.cohort, d.attempts, d.issued_at
-            row.from_bundle, row.reason, row.online = d.from_bundle, d.reason[:500], d.online
-            if changed:
-                row.updated = now
-            s.add(row)
+        new = {"state": d.state, "cohort": d.cohort, "attempts": d.attempts, "issued_at": d.issued_at,
+               "from_bundle": d.from_bundle, "reason": d.reason[:500], "online": d.online}
+        if d.id in seqs:
+            new["seq"] = seqs[d.id]
+        old = rows.get(d.id)
+        if old is None:
+            inserts.append({"rollout_id": r.id, "device_id": d.id, "seq": 0, **new, "updated": now})
+            continue
+        if any(old[k] != v for k, v in new.items()):
+            moved = any(old[k] != new[k] for k in ("state", "cohort", "attempts", "reason"))
+            updates.append({"b_rid": r.id, "b_dev": d.id, **{k: old.get(k) for k in ("seq",)}, **new,
+                            "updated": now if moved else old["updated"]})
+    t = RolloutDevice.__table__  # type: ignore[attr-defined]
+    if inserts:
+        s.execute(insert(t), inserts)
+    if updates:
+        stmt = (update(t).where(and_(t.c.rollout_id == bindparam("b_rid"), t.c.device_id == bindparam("b_dev")))
+                .values({k: bindparam(k) for k in ("state", "cohort", "attempts", "issued_at", "from_bundle",
+                                                   "reason", "online", "seq", "updated")}))
+        s.connection().execute(stmt, updates)
 
 
 # ---- observations --------------------------------------------------------------------------------
@@ -119,8 +137,7 @@ def _owners(s: Session) -> list[tuple[Rollout, Target]]:
     return [(r, Target.parse(r.target)) for r in rs]
 
 
-def _health(s: Session, r: Rollout, st: RolloutState, rows: dict[str, RolloutDevice],
-            reporting: set[str]) -> list[Health]:
+def _health(s: Session, r: Rollout, st: RolloutState, rows: Rows, reporting: set[str]) -> list[Health]:
     """Per installed device (and any device reporting in this run, which the run may install
     before the gates are judged): merged telemetry of the target bundle since the rollout
     began, and of the bundle it ran before (the hour before) for the latency comparison."""
@@ -128,7 +145,7 @@ def _health(s: Session, r: Rollout, st: RolloutState, rows: dict[str, RolloutDev
            and (d.state == "installed" or (d.id in reporting and d.state in ("issued", "installing")))]
     if not ids:
         return []
-    prevs = {rows[i].from_bundle for i in ids if rows[i].from_bundle}
+    prevs = {rows[i]["from_bundle"] for i in ids if rows[i]["from_bundle"]}
     t = TelemetryWindow
     q = (select(t.device, t.bundle, t.latency, t.inferences, t.errors, t.cloud, t.drift, t.shadow)
          .where(col(t.device).in_(ids), col(t.bundle).in_([st.bundle, *prevs]),
@@ -139,7 +156,7 @@ def _health(s: Session, r: Rollout, st: RolloutState, rows: dict[str, RolloutDev
     for device, bundle, latency, inferences, errors, cloud, drift, shadow in s.exec(q).all():
         a = acc[device]
         is_new = bundle == st.bundle
-        if not is_new and bundle != rows[device].from_bundle:
+        if not is_new and bundle != rows[device]["from_bundle"]:
             continue
         if a["n"] >= HEALTH_WINDOWS:
             continue
@@ -192,23 +209,31 @@ def _run(fleet: Fleet, s: Session, r: Rollout, events: Sequence[Event], out: lis
         reporting = {e.device for e in evs if isinstance(e, InstallReport)}
         evs.extend(_health(s, r, st, rows, reporting))
     new, actions = advance(st, evs, now, policy)
+    seqs: dict[str, int] = {}
+    targets = [a.device for a in actions if isinstance(a, Issue)]
+    devices = {d.id: d for i in range(0, len(targets), 5000)
+               for d in s.exec(select(Device).where(col(Device.id).in_(targets[i:i + 5000]))).all()}
+    bundles: dict[str, Bundle | None] = {}
     for a in actions:
         if isinstance(a, Issue):
-            d = s.get(Device, a.device)
+            d = devices.get(a.device)
             if d is None:
                 continue
-            b = s.get(Bundle, a.bundle) if a.bundle else None
+            if a.bundle and a.bundle not in bundles:
+                bundles[a.bundle] = s.get(Bundle, a.bundle)
+            b = bundles.get(a.bundle) if a.bundle else None
             action = a.action if b is not None or a.action == "idle" else "idle"
             if b is not None:
                 out.extend(fleet.ensure_published(s, b))
             out.append(fleet.issue(s, d, b, action, r.id))
-            rows.setdefault(a.device, RolloutDevice(rollout_id=r.id, device_id=a.device)).seq = d.desired_seq
+            seqs[a.device] = d.desired_seq
         elif isinstance(a, AlertAction):
             s.add(Alert(kind=a.kind, severity=a.severity, rollout=r.id, bundle=r.bundle, message=a.message[:1000],
                         detail=dict(a.detail), created=now))
             fleet.metrics.alerts.labels(a.kind).inc()
             log.warning("rollout %s: %s", r.id, a.message)
-    _save(s, r, rows, new, now)
+    s.flush()  # device rows (seq) before the bulk rollout-row writes
+    _save(s, r, rows, new, seqs, now)
     return new
 
 
@@ -225,13 +250,13 @@ def create(fleet: Fleet, digest: str, target: Target, policy: dict[str, Any], ac
         r = Rollout(id=new_id(), serial=serial, bundle=digest, target=target.to_dict(), policy=pol.to_dict(), phase="running",
                     cohort=-1, created=now, updated=now, created_by=actor, cohort_started=now)
         s.add(r)
-        for d in s.exec(select(Device)).all():
-            if not target.matches(d):
-                continue
-            for other in s.exec(select(RolloutDevice).where(RolloutDevice.device_id == d.id)).all():
-                if other.state not in ("installed", "failed", "timed_out", "incompatible", "rolled_back", "cancelled"):
-                    other.state, other.reason, other.updated = "cancelled", f"superseded by rollout {r.id}", now
-                    s.add(other)
+        ids = [d.id for d in s.exec(select(Device)).all() if target.matches(d)]
+        t = RolloutDevice.__table__  # type: ignore[attr-defined]
+        for i in range(0, len(ids), 5000):  # a device follows the newest rollout: older rows stop here
+            s.connection().execute(
+                update(t).where(t.c.device_id.in_(ids[i:i + 5000]), t.c.rollout_id != r.id,
+                                t.c.state.in_(("pending", "issued", "installing")))
+                .values(state="cancelled", reason=f"superseded by rollout {r.id}", updated=now))
         s.flush()
         fleet.audit(s, actor, "rollout.create", r.id, bundle=digest, devices=target.to_dict(), policy=pol.to_dict())
         _run(fleet, s, r, [], out, observe=True)
