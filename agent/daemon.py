@@ -285,7 +285,15 @@ class Agent:
             desired = verify_desired(payload, self.root, self.cfg.device_id, self.trusted_seq, now)
         except (VerificationError, BadPayload) as exc:
             if exc.reason is Reason.REPLAYED:
-                return  # the retained document we already accepted (its job was resumed at start)
+                # the retained document we already accepted: normally its job is running or done;
+                # if a crash fell between persisting its seq and its job, start the job now
+                if self.updater.job is None and not self.updater.job_done(self.trusted_seq):
+                    try:
+                        desired = verify_desired(payload, self.root, self.cfg.device_id, self.trusted_seq - 1, now)
+                    except (VerificationError, BadPayload):
+                        return
+                    self.updater.accept(desired, payload, now)
+                return
             seq, digest = _unverified_hint(payload)
             self.report("verify", "failed", exc.reason, f"desired document rejected: {exc}",
                         seq, digest)

@@ -193,7 +193,7 @@ class Serving:
     def _answer(self, scores: np.ndarray, model: Model | None, path: str, t0: float) -> dict[str, Any]:
         top = model.top(scores) if model is not None else [
             {"index": int(i), "label": str(int(i)), "score": float(scores[i])} for i in np.argsort(-scores)[:5]]
-        return {"predictions": [float(s) for s in scores], "top": top, "served_by": path,
+        return {"predictions": scores.astype(float).tolist(), "top": top, "served_by": path,
                 "bundle": model.info.to_dict() if model is not None else None,
                 "latency_ms": round((time.perf_counter() - t0) * 1000, 3)}
 

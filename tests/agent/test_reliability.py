@@ -158,3 +158,14 @@ def test_model_whose_first_live_inferences_fail_is_rolled_back(tmp_path, coral_m
     st = hub.wait(lambda: (s := hub.status.get(agent.device)) and s.active and s.active.digest == good.ref.digest
                   and s, 30, "status back on v1")
     assert st.state == "serving"
+
+
+def test_crash_between_trusting_a_seq_and_saving_its_job_still_installs(tmp_path, coral_models, trust, hub, make_agent):
+    agent = make_agent()
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "v1", coral_models, MNV1))
+    pub = hub.publish_bundle(env, archive)
+    hub.desire(agent.device, pub, seq=1)
+    (agent.state_dir / "trust.json").write_text(json.dumps({"desired_seq": 1}))  # seq persisted, no job.json
+    agent.start()
+    hub.report(agent.device, "commit", "ok", pub.ref.digest)
+    _serves(agent, coral_models, pub.ref.digest)
