@@ -68,8 +68,10 @@ def fleet_overview(s: Session, now: int) -> dict[str, Any]:
                                                                 Device.active_digest)
                                   .order_by(func.count().desc()).limit(20)).all()]
     by_board: dict[tuple[str, str], int] = {}
-    for board, tpu, n in s.exec(select(_board_expr(), _tpu_expr(), func.count())
-                                .group_by(_board_expr(), _tpu_expr())).all():
+    # via a subquery: PostgreSQL will not match bound JSON-path parameters in GROUP BY
+    inv = select(_board_expr().label("board"), _tpu_expr().label("tpu")).subquery()
+    for board, tpu, n in s.exec(select(inv.c.board, inv.c.tpu, func.count())
+                                .group_by(inv.c.board, inv.c.tpu)).all():
         key = (str(board or "unknown"), _tpu_label(tpu))
         by_board[key] = by_board.get(key, 0) + int(n)
     alerts_open = s.exec(select(func.count()).select_from(Alert).where(Alert.resolved == 0)).one()

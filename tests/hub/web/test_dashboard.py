@@ -1,0 +1,182 @@
+"""The dashboard's pages and feeds over HTTP (no browser): sessions and roles, bad input, and a
+10,000-device registry paginated and filtered in SQL, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import insert
+
+from hub.models import Device
+from hub.server import Hub
+from hub.store import read_bundle_dir
+from hub.transport import MemoryPublisher
+from hub.web.dashboard import _cohort_progress
+
+from ..conftest import OPERATOR, TOKEN, VIEWER
+
+N_DEVICES = 10_000
+BOARDS = ("rpi4", "rpi5", "coral-devboard")
+
+
+def session_for(hub: Hub, token: str) -> TestClient:
+    c = TestClient(hub.app)
+    r = c.post("/ui/login", data={"token": token, "next": "/ui"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/ui"
+    return c
+
+
+def seeded_row(i: int) -> dict[str, Any]:
+    # the TPU comes in both inventory shapes agents send: a bool, or {"present": bool}
+    tpu: Any = (i % 4 == 0) if i % 2 == 0 else {"present": i % 4 == 1}
+    return {"id": f"dev-{i:05d}", "online": i % 3 != 0, "last_seen": 1_700_000_000 + i,
+            "inventory": {"board": BOARDS[i % 3], "edgetpu": tpu}, "group": f"site-{i % 10}", "tags": [],
+            "state": "serving", "windows": 0, "inferences": 0, "errors": 0, "tpu": 0, "cpu": 0, "cloud": 0,
+            "latency": {}, "created": 1}
+
+
+@pytest.fixture
+def big_fleet(memhub: tuple[Hub, MemoryPublisher]) -> Iterator[Hub]:
+    hub, _ = memhub
+    with hub.fleet.session() as s:
+        s.execute(insert(Device), [seeded_row(i) for i in range(N_DEVICES)])  # type: ignore[call-overload]
+        s.commit()
+    yield hub
+
+
+def ids_on(html: str) -> list[str]:
+    return re.findall(r'<tr data-device="([^"]+)"', html)
+
+
+def has_tpu(i: int) -> bool:
+    return (i % 4 == 0) if i % 2 == 0 else (i % 4 == 1)
+
+
+def test_ten_thousand_devices_page_through_in_id_order(big_fleet: Hub) -> None:
+    c = session_for(big_fleet, VIEWER)
+    first = c.get("/ui/devices")
+    assert first.status_code == 200
+    assert ids_on(first.text) == [f"dev-{i:05d}" for i in range(50)]
+    assert "Page 1 of 200" in first.text and 'rel="next"' in first.text and 'rel="prev"' not in first.text
+    last = c.get("/ui/devices", params={"offset": N_DEVICES - 200, "limit": 200})
+    assert ids_on(last.text) == [f"dev-{i:05d}" for i in range(N_DEVICES - 200, N_DEVICES)]
+    assert "Page 50 of 50" in last.text and 'rel="next"' not in last.text
+    # the live part re-renders the same page
+    part = c.get("/ui/devices", params={"offset": 100, "part": "device_table"})
+    assert part.status_code == 200 and "<html" not in part.text
+    assert ids_on(part.text)[0] == "dev-00100"
+
+
+def test_ten_thousand_devices_filter_in_sql_by_status_board_tpu_and_search(big_fleet: Hub) -> None:
+    c = session_for(big_fleet, VIEWER)
+    offline = c.get("/ui/feed/devices", params={"online": "false", "limit": 100}).json()
+    assert offline["total"] == sum(1 for i in range(N_DEVICES) if i % 3 == 0)
+    assert len(offline["items"]) == 100 and not any(d["online"] for d in offline["items"])
+
+    tpu = c.get("/ui/feed/devices", params={"tpu": "true", "limit": 25}).json()
+    assert tpu["total"] == sum(1 for i in range(N_DEVICES) if has_tpu(i))
+    assert all(d["tpu"] == "Edge TPU" for d in tpu["items"])
+
+    combo = c.get("/ui/feed/devices", params={"board": "coral-devboard", "tpu": "false", "online": "true"}).json()
+    want = [i for i in range(N_DEVICES) if i % 3 == 2 and not has_tpu(i) and i % 3 != 0]
+    assert combo["total"] == len(want)
+    assert [d["device_id"] for d in combo["items"]] == [f"dev-{i:05d}" for i in want[:50]]
+
+    search = c.get("/ui/feed/devices", params={"q": "dev-0999"}).json()
+    assert [d["device_id"] for d in search["items"]] == [f"dev-0999{i}" for i in range(10)]
+    group = c.get("/ui/feed/devices", params={"group": "site-3", "limit": 25, "offset": 975}).json()
+    assert group["total"] == 1000 and group["items"][-1]["device_id"] == "dev-09993"
+
+
+def test_fleet_page_counts_ten_thousand_devices_by_status_and_board(big_fleet: Hub) -> None:
+    c = session_for(big_fleet, VIEWER)
+    html = c.get("/ui", params={"part": "fleet_cards"}).text
+    assert re.search(r'id="stat-total">10000<', html)
+    assert re.search(rf'id="stat-offline">{sum(1 for i in range(N_DEVICES) if i % 3 == 0)}<', html)
+    n_coral_tpu = sum(1 for i in range(N_DEVICES) if i % 3 == 2 and has_tpu(i))
+    assert re.search(r'coral-devboard</a></td><td><span class="pill pill-tpu">Edge TPU</span></td>'
+                     rf'<td class="num">{n_coral_tpu}</td>', html)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"limit": "33"}, "page size must be one of (25, 50, 100, 200), got 33"),
+    ({"online": "maybe"}, "online must be true or false, got 'maybe'"),
+    ({"offset": "ten"}, "offset must be an integer, got 'ten'"),
+    ({"q": "x" * 65}, "search text must be at most 64 characters, got 65"),
+])
+def test_bad_device_filters_get_a_one_line_400_naming_the_value(client: TestClient, params: dict[str, str],
+                                                               message: str) -> None:
+    page = client.get("/ui/devices", params=params)
+    assert page.status_code == 400 and message in page.text.replace("&#39;", "'")
+    feed = client.get("/ui/feed/devices", params=params)
+    assert feed.status_code == 400 and feed.json() == {"error": message}
+
+
+def test_anonymous_visits_go_to_login_and_live_parts_say_the_session_expired(
+        memhub: tuple[Hub, MemoryPublisher]) -> None:
+    c = TestClient(memhub[0].app)
+    r = c.get("/ui/devices?online=true", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/ui/login?next=%2Fui%2Fdevices%3Fonline%3Dtrue"
+    assert c.get("/ui?part=fleet_cards").status_code == 401
+    assert c.get("/ui/feed/fleet-series").json() == {"error": "session expired; log in again"}
+
+
+def test_wrong_token_is_refused_and_login_never_redirects_off_site(memhub: tuple[Hub, MemoryPublisher]) -> None:
+    c = TestClient(memhub[0].app)
+    bad = c.post("/ui/login", data={"token": "guess", "next": "/ui"}, follow_redirects=False)
+    assert bad.status_code == 401 and "not valid for this hub" in bad.text and "ef_token" not in bad.headers.get(
+        "set-cookie", "")
+    off = c.post("/ui/login", data={"token": TOKEN, "next": "//evil.example/ui"}, follow_redirects=False)
+    assert off.status_code == 303 and off.headers["location"] == "/ui"
+    assert "HttpOnly" in off.headers["set-cookie"] and "SameSite=strict" in off.headers["set-cookie"]
+    out = c.post("/ui/logout", follow_redirects=False)
+    assert out.status_code == 303 and c.get("/ui", follow_redirects=False).status_code == 303
+
+
+def test_viewer_gets_no_action_controls_and_no_audit_log(memhub: tuple[Hub, MemoryPublisher],
+                                                         bundle_dir: Any) -> None:
+    hub, _ = memhub
+    op = session_for(hub, OPERATOR)
+    digest = _push(hub, bundle_dir())
+    rid = op.post("/api/v1/rollouts", json={"bundle": digest, "target": {"all": True}}).json()["id"]
+    assert 'id="rollout-form"' in op.get("/ui/rollouts").text
+    assert 'data-command="pause"' in op.get(f"/ui/rollouts/{rid}").text
+    assert op.get("/ui/audit").status_code == 200
+
+    viewer = session_for(hub, VIEWER)
+    assert 'id="rollout-form"' not in viewer.get("/ui/rollouts").text
+    assert "data-command" not in viewer.get(f"/ui/rollouts/{rid}").text
+    assert "Roll out" not in viewer.get("/ui/models").text
+    denied = viewer.get("/ui/audit")
+    assert denied.status_code == 403 and "needs operator" in denied.text
+
+
+def test_unknown_ids_and_parts_are_clear_errors(client: TestClient) -> None:
+    client.post("/ui/login", data={"token": TOKEN})
+    ghost = client.get("/ui/devices/ghost")
+    assert ghost.status_code == 404 and "ghost" in ghost.text
+    assert client.get("/ui/rollouts/nope").status_code == 404
+    assert client.get("/ui/models/" + "0" * 64).status_code == 404
+    r = client.get("/ui?part=nosuch")
+    assert r.status_code == 404 and r.json()["error"].startswith("page has no live part 'nosuch'")
+    assert client.get("/ui/feed/fleet-series?span=2y").json() == {
+        "error": "span must be one of ['15m', '1h', '6h', '24h'], got '2y'"}
+
+
+def test_cohort_progress_splits_cumulative_sizes_into_cohorts() -> None:
+    r = {"cohort_sizes": [1, 3, 10], "cohort": 1, "policy": {"cohorts": ["1", "30%", "100%"]},
+         "devices": [{"cohort": 0, "state": "installed"}, {"cohort": 1, "state": "installed"},
+                     {"cohort": 1, "state": "failed"}]}
+    out = _cohort_progress(r)
+    assert [(c["spec"], c["size"], c["opened"], c["done"], c["bad"], c["pct"]) for c in out] == [
+        ("1", 1, True, 1, 0, 100), ("30%", 2, True, 1, 1, 50), ("100%", 7, False, 0, 0, 0)]
+
+
+def _push(hub: Hub, directory: Path) -> str:
+    env, arts = read_bundle_dir(directory)
+    return str(hub.fleet.push_bundle(env, arts, "test")["digest"])
