@@ -12,6 +12,7 @@ Example ``agent.toml``::
     board = "rpi4"
     http_host = "127.0.0.1"
     http_port = 8780                        # 0 = pick a free port, written to state_dir/http.port
+    http_socket = "/run/edgefleet/agent.sock"  # optional: the same API on a Unix socket
     telemetry_interval_s = 10
     cloud_url = "https://fallback.example.com"
     cloud_api_key = "..."
@@ -73,6 +74,7 @@ class AgentConfig:
     board: str = "rpi4"
     http_host: str = "127.0.0.1"
     http_port: int = 0
+    http_socket: Path | None = None    # also serve the API on this Unix socket
     telemetry_interval_s: float = 10.0
     cloud_url: str | None = None
     cloud_api_key: str | None = None
@@ -180,6 +182,7 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."),
     cfg = AgentConfig(
         device_id=device_id, broker=broker, state_dir=state_dir, root=root, board=board,
         http_host=_get(doc, "http_host", str, "127.0.0.1"), http_port=http_port,
+        http_socket=_path(doc, "http_socket", base, None),
         telemetry_interval_s=_positive("telemetry_interval_s", _get(doc, "telemetry_interval_s", float, 10.0)),
         cloud_url=cloud_url.rstrip("/") if cloud_url else None,
         cloud_api_key=_get(doc, "cloud_api_key", str, None),

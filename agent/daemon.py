@@ -31,7 +31,7 @@ from .backlog import Backlog
 from .config import AgentConfig
 from .durable import read_json, write_atomic, write_json
 from .install import recover
-from .serve import CloudClient, Serving, make_server
+from .serve import CloudClient, Serving, make_server, make_unix_server
 from .slots import Slots, SlotsState
 from .telemetry import Recorder, health
 from .transport import ConnectError, Incoming, Transport
@@ -90,6 +90,7 @@ class Agent:
         self._window_start = int(time.time())
         self.http_port = 0
         self._server: Any = None
+        self._unix: Any = None
 
     # reports, status, telemetry --------------------------------------------------------------
     def report(self, stage: str, status: str, reason: Reason = Reason.OK, detail: str = "",
@@ -209,6 +210,13 @@ class Agent:
         write_atomic(self.cfg.http_port_file, f"{self.http_port}\n".encode())
         threading.Thread(target=self._server.serve_forever, name="http", daemon=True).start()
         log.info("local API on http://%s:%d", self.cfg.http_host, self.http_port)
+        if self.cfg.http_socket is not None:
+            try:
+                self._unix = make_unix_server(self.cfg.http_socket, self.serving, self.status_doc)
+            except OSError as exc:
+                raise StartupError(f"http_socket {str(self.cfg.http_socket)!r}: {exc.strerror}") from None
+            threading.Thread(target=self._unix.serve_forever, name="http-unix", daemon=True).start()
+            log.info("local API on unix:%s", self.cfg.http_socket)
 
     def resume_job(self) -> None:
         pending = self.updater.pending_envelope()
@@ -368,8 +376,9 @@ class Agent:
 
     def shutdown(self) -> None:
         self.stop_event.set()
-        if self._server is not None:
-            self._server.shutdown()
+        for srv in (self._server, self._unix):
+            if srv is not None:
+                srv.shutdown()
         topic = str(Topic.for_device(Kind.STATUS, self.cfg.device_id))
         self.transport.disconnect(topic, self._status(False).to_bytes())
         self.backlog.close()

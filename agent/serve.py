@@ -24,7 +24,9 @@ import json
 import logging
 import random
 import re
+import os
 import socket
+import socketserver
 import threading
 import time
 import urllib.error
@@ -35,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -303,7 +306,7 @@ def _multipart_file(content_type: str, body: bytes) -> Request:
     raise InputError("multipart body has no field named 'file'")
 
 
-def make_server(host: str, port: int, serving: Serving, status: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
+def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "edgefleet-agent"
         protocol_version = "HTTP/1.1"
@@ -312,7 +315,11 @@ def make_server(host: str, port: int, serving: Serving, status: Callable[[], dic
             super().setup()
             # headers and body go out in separate writes; without this, Nagle + delayed ACK
             # add ~40 ms to every keep-alive request
-            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.request.family in (socket.AF_INET, socket.AF_INET6):
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def address_string(self) -> str:
+            return str(self.client_address[0]) if self.client_address else "unix"
 
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("http %s", fmt % args)
@@ -366,6 +373,28 @@ def make_server(host: str, port: int, serving: Serving, status: Callable[[], dic
             else:
                 self._send(200, out)
 
-    srv = ThreadingHTTPServer((host, port), Handler)
+    return Handler
+
+
+def make_server(host: str, port: int, serving: Serving, status: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
+    srv = ThreadingHTTPServer((host, port), _handler(serving, status))
     srv.daemon_threads = True
+    return srv
+
+
+class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, _ = super().get_request()
+        return sock, ("unix", 0)  # http.server expects a (host, port) pair
+
+
+def make_unix_server(path: Path, serving: Serving, status: Callable[[], dict[str, Any]]) -> UnixHTTPServer:
+    """The same API on a Unix socket (mode 0660): local apps without a TCP port."""
+    if path.is_socket():
+        path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    srv = UnixHTTPServer(str(path), _handler(serving, status))
+    os.chmod(path, 0o660)
     return srv

@@ -176,3 +176,28 @@ def test_onnx_only_bundle_is_served_by_onnxruntime(tmp_path, trust, hub, make_ag
                            {"Content-Type": "application/json"})
     assert code == 200 and res["served_by"] == "onnx"
     assert np.allclose(res["predictions"], y.reshape(-1), atol=1e-5)
+
+
+def test_local_api_is_also_served_on_a_unix_socket(tmp_path, make_agent, hub):
+    import http.client
+    import socket
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.connect(str(sock_path))
+
+    sock_path = tmp_path / "agent.sock"
+    agent = make_agent("unix", http_socket=str(sock_path)).start()
+    agent.port  # wait until the API is up
+    assert oct(sock_path.stat().st_mode & 0o777) == "0o660"
+    conn = UnixConnection("localhost")
+    try:
+        conn.request("GET", "/v1/status")
+        resp = conn.getresponse()
+        assert resp.status == 200 and json.loads(resp.read())["device"] == "unix"
+        conn.request("POST", "/v1/predict", b"{}", {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 422 and "'inputs'" in json.loads(resp.read())["detail"]
+    finally:
+        conn.close()
