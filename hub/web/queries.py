@@ -60,12 +60,12 @@ def _tpu_true() -> Any:
 
 
 def fleet_overview(s: Session, now: int) -> dict[str, Any]:
-    online = dict(s.exec(select(Device.online, func.count()).group_by(Device.online)).all())
+    online = dict(s.exec(select(Device.online, func.count()).group_by(col(Device.online))).all())
     by_version = [
         {"name": n or "(none)", "version": v or "", "digest": dg, "devices": c}
         for n, v, dg, c in s.exec(select(Device.active_name, Device.active_version, Device.active_digest,
-                                         func.count()).group_by(Device.active_name, Device.active_version,
-                                                                Device.active_digest)
+                                         func.count()).group_by(col(Device.active_name), col(Device.active_version),
+                                                                col(Device.active_digest))
                                   .order_by(func.count().desc()).limit(20)).all()]
     by_board: dict[tuple[str, str], int] = {}
     # via a subquery: PostgreSQL will not match bound JSON-path parameters in GROUP BY
@@ -124,8 +124,8 @@ def fleet_series(s: Session, now: int, baselines: Baselines, span_s: int = 3600,
         raise QueryError(f"span must be >= 60 s and buckets >= 1, got span {span_s}, buckets {buckets}")
     start = now - span_s
     step = span_s / buckets
-    rows = s.exec(select(TelemetryWindow.received, TelemetryWindow.bundle, TelemetryWindow.latency,
-                         TelemetryWindow.drift, TelemetryWindow.inferences)
+    rows = s.exec(select(col(TelemetryWindow.received), col(TelemetryWindow.bundle), col(TelemetryWindow.latency),  # type: ignore[call-overload]
+                         col(TelemetryWindow.drift), col(TelemetryWindow.inferences))
                   .where(TelemetryWindow.received > start)
                   .order_by(col(TelemetryWindow.received).desc()).limit(MAX_WINDOWS)).all()
     sketches = [LatencySketch() for _ in range(buckets)]
@@ -221,7 +221,7 @@ class DeviceFilter:
 def device_page(s: Session, f: DeviceFilter) -> dict[str, Any]:
     """One page of devices, filtered and counted in SQL (indexed columns; JSON inventory for
     board/TPU), ordered by id."""
-    conds = []
+    conds: list[Any] = []
     if f.online is not None:
         conds.append(Device.online == f.online)
     if f.q:
@@ -308,7 +308,7 @@ def device_series(s: Session, device_id: str, baselines: Baselines, limit: int =
 
 # ---- models -----------------------------------------------------------------------------------
 def running_counts(s: Session) -> dict[str, int]:
-    return {dg: int(n) for dg, n in s.exec(select(Device.active_digest, func.count())
+    return {str(dg): int(n) for dg, n in s.exec(select(Device.active_digest, func.count())
                                            .where(col(Device.active_digest).is_not(None))
                                            .group_by(Device.active_digest)).all()}
 
@@ -317,26 +317,29 @@ def report_summary(report: Mapping[str, Any]) -> dict[str, Any]:
     """The compiler's report.json, flattened for a table: one row per artifact (float / int8 /
     ONNX / Edge TPU) with accuracy, F1, size and latency; the accuracy gate; the Edge TPU
     op mapping. Unknown shapes give empty sections, never an error."""
-    arts = report.get("artifacts") if isinstance(report.get("artifacts"), dict) else {}
+    arts = _dict(report.get("artifacts"))
     rows = []
     for name, a in (arts or {}).items():
         if not isinstance(a, dict):
             continue
-        m = a.get("metrics") if isinstance(a.get("metrics"), dict) else {}
-        lat = a.get("latency_ms") if isinstance(a.get("latency_ms"), dict) else {}
+        m, lat = _dict(a.get("metrics")), _dict(a.get("latency_ms"))
         kind = ("ONNX" if name.endswith(".onnx") else "Edge TPU" if "edgetpu" in name
                 else "int8" if "int8" in name or "quant" in name else "float" if "float" in name else name)
         rows.append({"artifact": name, "kind": kind, "accuracy": m.get("accuracy"), "macro_f1": m.get("macro_f1"),
                      "agreement": m.get("agreement"), "max_abs_diff": m.get("max_abs_diff"),
                      "samples": m.get("samples"), "size": a.get("size"),
                      "latency_ms": {str(k): v for k, v in lat.items()}})
-    gate = report.get("gate") if isinstance(report.get("gate"), dict) else {}
-    et = report.get("edgetpu") if isinstance(report.get("edgetpu"), dict) else {}
-    pre = et.get("precheck") if isinstance(et.get("precheck"), dict) else {}
+    gate = _dict(report.get("gate"))
+    et = _dict(report.get("edgetpu"))
+    pre = _dict(et.get("precheck"))
     ops = et.get("ops") or et.get("table") or pre.get("table") or []
     return {"artifacts": rows, "gate": gate or {}, "edgetpu": et or {}, "precheck": pre or {},
             "ops": [o for o in ops if isinstance(o, dict)], "description": report.get("description", ""),
             "lineage": report.get("lineage") if isinstance(report.get("lineage"), dict) else {}}
+
+
+def _dict(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
 
 
 def model_list(s: Session, limit: int = 100) -> list[dict[str, Any]]:
