@@ -37,7 +37,7 @@ Rules, in the order ``advance`` applies them:
 3. **Install reports** (``InstallReport``; the shell matched ``desired_seq`` to this
    rollout): progress moves ``issued`` to ``installing``; ``commit``/``switch`` ok installs;
    ``failed`` re-issues when the reason is retryable (timeout, hash/length mismatch,
-   malformed, internal) and attempts remain, else the device is ``failed``.
+   malformed, internal, expired) and attempts remain, else the device is ``failed``.
 4. **Timeouts**: an ``issued``/``installing`` device older than ``install_timeout_s`` is
    re-issued while attempts remain (``1 + max_retries`` in all), else ``timed_out``.
 5. **Cohorts** (only while ``running``): cohort sizes are cumulative (``"1"``, ``"10%"``,
@@ -74,7 +74,9 @@ PHASES = ("running", "paused", "awaiting_approval", "completed", "aborted", "rol
 TERMINAL_PHASES = ("aborted", "rolled_back", "cancelled")
 SETTLED = ("installed", "failed", "timed_out", "incompatible")
 ISSUED = ("issued", "installing")
-RETRYABLE = ("timeout", "hash_mismatch", "length_mismatch", "malformed", "internal")
+# "expired": the device read a desired doc after its expiry (it was offline for longer than
+# the doc's lifetime); a retry is a fresh doc with a new seq and expiry
+RETRYABLE = ("timeout", "hash_mismatch", "length_mismatch", "malformed", "internal", "expired")
 BREACH_ACTIONS = ("pause", "abort", "rollback")
 # gates fed by inference counts; ``require_samples`` waits for these (drift and shadow data ride
 # in the same telemetry windows, so they are judged by then if the device sends them at all)

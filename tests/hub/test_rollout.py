@@ -320,3 +320,11 @@ def test_presets_simple_is_everyone_at_once_and_staged_is_the_canary_path():
     assert staged.cohorts == ("1", "10%", "50%", "100%") and staged.soak_s == 5 and staged.on_breach == "rollback"
     with pytest.raises(PolicyError, match="preset"):
         Policy.from_dict({"preset": "yolo"})
+
+
+def test_a_desired_doc_that_expired_while_the_device_was_away_is_reissued_fresh():
+    policy = Policy(cohorts=("100%",), max_retries=1)
+    st, _ = advance(RolloutState(NEW), seen(1), 0, policy)
+    st, acts = advance(st, [InstallReport("d00", "verify", "failed", "expired", "expired at 604800")], 700_000,
+                       policy)
+    assert issued(acts) == ["d00"] and st.device("d00").issued_at == 700_000
