@@ -280,7 +280,7 @@ def _result(model: ServedModel, outputs: list[np.ndarray]) -> dict[str, Any]:
 
 
 def _top(model: ServedModel, scores: np.ndarray, k: int = TOP_K) -> list[dict[str, Any]]:
-    row = scores.reshape(scores.shape[0], -1)[0]
+    row = scores.reshape(scores.shape[0], -1)[0].astype(np.float64)  # uint8 scores must not wrap on negation
     labels = model.spec.labels
     idx = np.argsort(-row, kind="stable")[:k]
     return [{"index": int(i), "label": labels[i] if i < len(labels) else str(int(i)),

@@ -38,6 +38,7 @@ class ImageSpec:
     scale: float
     offset: float
     layout: str  # "nhwc" | "nchw"
+    quant: tuple[float, int] | None = None  # integer inputs: q = round(f / scale) + zero_point
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -117,9 +118,7 @@ def image_spec(preprocess: dict[str, Any], inp: InputSpec, source: str) -> Image
     if c not in (1, 3) or h < 1 or w < 1:
         raise BundleRefused(source, Reason.MALFORMED.value,
                             f"preprocess {h}x{w}x{c}: channels must be 1 or 3, sizes >= 1")
-    if inp.dtype not in FLOAT_DTYPES:
-        raise BundleRefused(source, Reason.UNSUPPORTED_RUNTIME.value,
-                            f"image preprocessing needs a float ONNX input, {inp.name!r} is {inp.dtype}")
+    quant = _quantization(preprocess, inp, source)
     if _fits(inp.sample, (h, w, c)):
         layout = "nhwc"
     elif _fits(inp.sample, (c, h, w)):
@@ -128,7 +127,31 @@ def image_spec(preprocess: dict[str, Any], inp: InputSpec, source: str) -> Image
         raise BundleRefused(source, Reason.MALFORMED.value,
                             f"preprocess {h}x{w}x{c} fits neither NHWC nor NCHW of ONNX input "
                             f"{inp.name!r} {inp.describe()}")
-    return ImageSpec(h, w, c, scale, offset, layout)
+    return ImageSpec(h, w, c, scale, offset, layout, quant)
+
+
+def _quantization(preprocess: dict[str, Any], inp: InputSpec, source: str) -> tuple[float, int] | None:
+    """Float inputs: none. Integer inputs (TFLite-derived ONNX, e.g. Coral's models): the
+    optional ``preprocess.input_quantization`` ``{"scale", "zero_point"}``; without it a uint8
+    input takes the raw 0..255 pixels (what Coral's image classifiers expect)."""
+    if inp.dtype in FLOAT_DTYPES:
+        return None
+    q = preprocess.get("input_quantization")
+    if q is None:
+        if inp.dtype == "uint8":
+            return None
+        raise BundleRefused(source, Reason.UNSUPPORTED_RUNTIME.value,
+                            f"ONNX input {inp.name!r} is {inp.dtype}: images need a float or uint8 input, "
+                            "or preprocess.input_quantization {scale, zero_point}")
+    try:
+        qs, zp = float(q["scale"]), int(q["zero_point"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleRefused(source, Reason.MALFORMED.value,
+                            f"preprocess.input_quantization {q!r:.80} needs scale and zero_point ({exc})") from None
+    if qs <= 0 or inp.dtype not in ("uint8", "int8"):
+        raise BundleRefused(source, Reason.UNSUPPORTED_RUNTIME.value,
+                            f"input_quantization scale {qs} on a {inp.dtype} input is not supported")
+    return (qs, zp)
 
 
 def model_spec(manifest_name: str, version: str, digest: str, created: int, model: dict[str, Any],

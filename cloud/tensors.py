@@ -4,7 +4,8 @@ Three ways in, every failure a :class:`BadInput` naming the part of the request 
 
 * an image (``POST /predict`` multipart ``file``): decoded with Pillow, converted to L or RGB,
   resized to the spec's size (Pillow's default filter, as the seed does), ``pixel * scale +
-  offset``, laid out NHWC or NCHW, one row;
+  offset``, laid out NHWC or NCHW, one row; integer inputs get the quantized value (or, uint8
+  without ``input_quantization``, the raw pixels);
 * JSON ``{"inputs": [...]}``: a nested list *including the batch dimension*;
 * raw bytes: C-order, little-endian; ``X-Tensor-Shape: 2,8,8,1`` (required) and
   ``X-Tensor-Dtype: float32`` (optional, defaults to the model's dtype; must equal it).
@@ -47,6 +48,14 @@ def image_tensor(data: bytes, spec: ImageSpec, dtype: str, max_pixels: int) -> n
         pixels = pixels[:, :, None]
     if spec.layout == "nchw":
         pixels = pixels.transpose(2, 0, 1)
+    if dtype == "uint8" and spec.quant is None:   # raw pixels (e.g. Coral's uint8 classifiers)
+        return np.ascontiguousarray(pixels[None])
+    if spec.quant is not None:                    # q = round((pixel * scale + offset) / qs) + zp
+        qs, zp = spec.quant
+        info = np.iinfo(np.dtype(dtype))
+        f = pixels.astype(np.float32) * np.float32(spec.scale) + np.float32(spec.offset)
+        q = np.clip(np.rint(f / np.float32(qs)) + zp, info.min, info.max)
+        return np.ascontiguousarray(q[None], dtype=dtype)
     # one pass: uint8 -> float32, scaled, in the target layout, contiguous
     out = np.empty((1, *pixels.shape), dtype=np.float32)
     np.multiply(pixels, np.float32(spec.scale), out=out[0], dtype=np.float32)

@@ -149,3 +149,30 @@ def served(setup: Setup, trust: Any, tiny: Tiny) -> Iterator[TestClient]:
     drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx))
     with client_for(setup, trust) as client:
         yield client
+
+
+CONVERT_TFLITE = r'''
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import tf2onnx
+proto, _ = tf2onnx.convert.from_tflite(sys.argv[1], opset=17)
+open(sys.argv[2] + ".tmp", "wb").write(proto.SerializeToString())
+os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+'''
+
+
+@pytest.fixture(scope="session")
+def coral_mobilenet_onnx(coral_models: Path) -> Path:
+    """Coral's real quantized MobileNetV2 (uint8 in/out, static batch 1) as ONNX, via
+    tf2onnx.from_tflite in a child process; cached."""
+    import subprocess
+    import sys
+    out = REPO / ".pytest_cache" / "edgefleet" / "coral-mobilenet_v2_1.0_224_quant.onnx"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, "-c", CONVERT_TFLITE,
+                               str(coral_models / "mobilenet_v2_1.0_224_quant.tflite"), str(out)],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"tf2onnx from_tflite failed:\n{proc.stderr[-3000:]}")
+    return out

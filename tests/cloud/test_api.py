@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .conftest import Setup, Tiny, client_for, drop, make_archive, png, tiny_model
+from .conftest import IMAGE_8x8, Setup, Tiny, client_for, drop, make_archive, png, tiny_model
 
 
 def gradient() -> np.ndarray:
@@ -263,3 +263,29 @@ def test_one_key_cannot_take_all_the_capacity(setup: Setup, trust: Any, tiny: Ti
         blocker.result(30)
         assert answers == {"alice1": 200, "bob": 200}
         assert client.post("/v1/models/tiny/predict", json=body, headers=alice).status_code == 200
+
+
+def test_integer_input_models_get_raw_or_quantized_pixels(setup: Setup, trust: Any) -> None:
+    from onnx import TensorProto
+    u8 = tiny_model(("N", 8, 8, 1), dtype=TensorProto.UINT8, seed=11)
+    i8 = tiny_model(("N", 8, 8, 1), dtype=TensorProto.INT8, seed=12)
+    pre = dict(IMAGE_8x8, scale=1 / 127.5, offset=-1.0)
+    drop(setup.bundles, make_archive(trust.targets_key, "raw", "1", u8.onnx, preprocess=pre))
+    drop(setup.bundles, make_archive(trust.targets_key, "quant", "1", i8.onnx, preprocess=dict(
+        pre, input_quantization={"scale": 1 / 128, "zero_point": 0})))
+    drop(setup.bundles, make_archive(trust.targets_key, "guess", "1", i8.onnx, preprocess=pre))
+    px = gradient()
+    with client_for(setup, trust) as client:
+        refused = client.get("/v1/models").json()["refused"]
+        assert [r["reason"] for r in refused] == ["unsupported_runtime"] and "int8" in refused[0]["detail"]
+        img = {"file": ("a.png", png(px), "image/png")}
+        r = client.post("/predict?model=raw", files=img)
+        assert r.status_code == 200, r.text
+        assert np.allclose(r.json()["predictions"], u8.expected(px[None, :, :, None].astype(float)), atol=1e-5)
+        r = client.post("/predict?model=quant", files=img)
+        q = np.clip(np.rint((px / 127.5 - 1.0) * 128), -128, 127)[None, :, :, None]
+        assert np.allclose(r.json()["predictions"], i8.expected(q), atol=1e-5)
+        x = np.full((1, 8, 8, 1), 7, np.uint8)
+        r = client.post("/v1/models/raw/predict", content=x.tobytes(), headers={
+            "content-type": "application/octet-stream", "x-tensor-shape": "1,8,8,1", "x-tensor-dtype": "uint8"})
+        assert np.allclose(r.json()["outputs"]["scores"], u8.expected(x.astype(float)), atol=1e-5)

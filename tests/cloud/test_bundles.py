@@ -148,3 +148,31 @@ def test_the_real_digits_bundle_is_served_and_reads_real_digits(setup: Setup, tr
         assert r.status_code == 200, r.text
         scores = np.array(next(iter(r.json()["outputs"].values())))
         assert scores.shape[0] == 4 and (scores.argmax(1) == data.target[:4]).sum() >= 3
+
+
+@pytest.mark.slow  # converts Coral's TFLite model to ONNX once (TensorFlow import), then cached
+def test_coral_quantized_mobilenet_reads_real_photos(setup: Setup, trust: Any, coral_models: Path,
+                                                     coral_mobilenet_onnx: Path) -> None:
+    """A real model nobody on the project trained: uint8 input, static batch of 1."""
+    labels = (coral_models / "imagenet_labels.txt").read_text().splitlines()
+    pre = {"kind": "image", "height": 224, "width": 224, "channels": 3, "scale": 1 / 127.5, "offset": -1.0}
+    drop(setup.bundles, make_archive(trust.targets_key, "mobilenet_v2_quant", "1",
+                                     coral_mobilenet_onnx.read_bytes(), preprocess=pre, labels=labels))
+    with client_for(setup, trust) as client:
+        info = client.get("/v1/models").json()["models"][0]
+        assert info["input"] == {"name": info["input"]["name"], "dtype": "uint8",
+                                 "shape": [1, 224, 224, 3], "batchable": False}
+        for image, want in (("cat_720p.jpg", "Egyptian cat"), ("grace_hopper.bmp", "military uniform")):
+            r = client.post("/predict", files={"file": (image, (coral_models / image).read_bytes(), "image/*")})
+            assert r.status_code == 200, r.text
+            assert r.json()["top"][0]["label"] == want, r.json()["top"]
+        # three rows through a static-batch-1 model: run one at a time, answered together
+        from PIL import Image
+        cat = np.asarray(Image.open(coral_models / "cat_720p.jpg").convert("RGB").resize((224, 224)), np.uint8)
+        x = np.stack([cat, cat, np.zeros_like(cat)])
+        r = client.post("/v1/models/mobilenet_v2_quant/predict", content=x.tobytes(), headers={
+            "content-type": "application/octet-stream", "x-tensor-shape": "3,224,224,3", "x-tensor-dtype": "uint8"})
+        assert r.status_code == 200, r.text
+        scores = np.array(next(iter(r.json()["outputs"].values())))
+        assert scores.shape == (3, 1001) and labels[int(scores[0].argmax())] == "Egyptian cat"
+        assert (scores[0] == scores[1]).all()
