@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             ("rollout status", lambda: f"/api/v1/rollouts/{rid}?limit=50&offset={rng.randrange(0, max(1, n - 50))}"),
             ("device detail", lambda: f"/api/v1/devices/dev-{rng.randrange(n):05d}"),
         ]
-        cases = []
+        cases: list[dict[str, Any]] = []
         print(f"{'case':<26}{'p50 ms':>9}{'p99 ms':>9}{'mean':>9}   ({reqs} sequential requests)")
         for name, path in cases_def:
             for _ in range(10):
@@ -161,12 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         server.should_exit = True
         th.join(10)
         hub.fleet.engine.dispose()
-        by = {c["case"]: c for c in cases}
-        path = report.write("hub_api", "ms (p99)", False, by["device list page"]["p99_ms"], None,
-                            by["healthz (limit)"]["p99_ms"],
+        by: dict[str, dict[str, Any]] = {str(c["case"]): c for c in cases}
+        out = report.write("hub_api", "ms (p99)", False, float(by["device list page"]["p99_ms"]), None,
+                           float(by["healthz (limit)"]["p99_ms"]),
                             {"devices": n, "requests_per_case": reqs, "db": "sqlite (WAL)", "client": "1 keep-alive",
                              "rollout_status_p99_ms": by["rollout status"]["p99_ms"], "quick": args.quick}, cases)
-        print(f"wrote {path}")
+        print(f"wrote {out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

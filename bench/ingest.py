@@ -134,7 +134,7 @@ def _hub(port: int, msgs: list[tuple[str, bytes]], work: Path, batch_max: int, l
 
     def on_ack(_c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
         dev = m.topic.split("/")[3]
-        a = parse_ack(m.payload)
+        a = parse_ack(bytes(m.payload))
         with ack_lock:
             acked.update((dev, s) for s in a.seqs)
 

@@ -588,7 +588,7 @@ def new_id() -> str:
 
 def _refresh_gauges(fleet: Fleet) -> None:
     with fleet.session() as s:
-        for online, n in s.exec(select(Device.online, func.count()).group_by(Device.online)).all():
+        for online, n in s.exec(select(Device.online, func.count()).group_by(col(Device.online))).all():
             fleet.metrics.devices.labels("true" if online else "false").set(n)
         fleet.metrics.rollout_devices.clear()
         q = (select(RolloutDevice.rollout_id, RolloutDevice.state, func.count())
@@ -602,10 +602,12 @@ def _refresh_gauges(fleet: Fleet) -> None:
         counts: dict[str, int] = {}
         for digest, sketch, lat_bundle in s.exec(select(Device.active_digest, Device.latency, Device.latency_bundle)
                                                  .where(col(Device.active_digest).is_not(None))).all():
+            if digest is None:
+                continue
             counts[digest] = counts.get(digest, 0) + 1
             if sketch and lat_bundle == digest:
                 try:
-                    per[digest] = per.get(digest, LatencySketch()).merge(LatencySketch.from_dict(sketch))
+                    per[digest] = per.get(digest, LatencySketch()).merge(LatencySketch.from_dict(dict(sketch)))
                 except BadPayload:
                     continue
         fleet.metrics.fleet_latency.clear()

@@ -147,7 +147,7 @@ def _health(s: Session, r: Rollout, st: RolloutState, rows: Rows, reporting: set
         return []
     prevs = {rows[i]["from_bundle"] for i in ids if rows[i]["from_bundle"]}
     t = TelemetryWindow
-    q = (select(t.device, t.bundle, t.latency, t.inferences, t.errors, t.cloud, t.drift, t.shadow)
+    q = (select(t.device, t.bundle, t.latency, t.inferences, t.errors, t.cloud, t.drift, t.shadow)  # type: ignore[call-overload]
          .where(col(t.device).in_(ids), col(t.bundle).in_([st.bundle, *prevs]),
                 t.received >= r.created - PREVIOUS_WINDOW_S)
          .order_by(col(t.window_end).desc()))
@@ -216,8 +216,8 @@ def _run(fleet: Fleet, s: Session, r: Rollout, events: Sequence[Event], out: lis
     bundles: dict[str, Bundle | None] = {}
     for a in actions:
         if isinstance(a, Issue):
-            d = devices.get(a.device)
-            if d is None:
+            dev = devices.get(a.device)
+            if dev is None:
                 continue
             if a.bundle and a.bundle not in bundles:
                 bundles[a.bundle] = s.get(Bundle, a.bundle)
@@ -225,8 +225,8 @@ def _run(fleet: Fleet, s: Session, r: Rollout, events: Sequence[Event], out: lis
             action = a.action if b is not None or a.action == "idle" else "idle"
             if b is not None:
                 out.extend(fleet.ensure_published(s, b))
-            out.append(fleet.issue(s, d, b, action, r.id))
-            seqs[a.device] = d.desired_seq
+            out.append(fleet.issue(s, dev, b, action, r.id))
+            seqs[a.device] = dev.desired_seq
         elif isinstance(a, AlertAction):
             s.add(Alert(kind=a.kind, severity=a.severity, rollout=r.id, bundle=r.bundle, message=a.message[:1000],
                         detail=dict(a.detail), created=now))
@@ -333,9 +333,9 @@ def converge(fleet: Fleet, device_ids: Sequence[str]) -> None:
                 if not any(isinstance(e, DeviceSeen) and e.device == did for e in evs):
                     evs.append(_seen(d))
         for rid, evs in per.items():
-            r = s.get(Rollout, rid)
-            if r is not None:
-                _run(fleet, s, r, evs, out, observe=False)
+            ro = s.get(Rollout, rid)
+            if ro is not None:
+                _run(fleet, s, ro, evs, out, observe=False)
         s.commit()
     fleet.publish(out)
 

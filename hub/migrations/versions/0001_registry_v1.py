@@ -7,7 +7,7 @@ Create Date: 2026-11-25 12:25:36.690125
 from __future__ import annotations
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 
