@@ -40,6 +40,7 @@ STATIC_DIR = HERE / "static"
 COOKIE = "ef_token"
 POLL_MS = 3000
 SPANS = {"15m": 900, "1h": 3600, "6h": 21600, "24h": 86400}
+SERIES_TTL_S = 4.0
 
 
 # ---- template helpers --------------------------------------------------------------------------
@@ -143,6 +144,8 @@ def dashboard_router() -> APIRouter:
     router = APIRouter(prefix="/ui", include_in_schema=False)
     templates = make_templates()
     caches: dict[int, Baselines] = {}
+    # every open fleet page polls the same series; merging 20k sketches is the costly part
+    series_cache: dict[tuple[int, str], tuple[float, dict[str, Any]]] = {}
 
     def fleet_of(request: Request) -> Fleet:
         return request.app.state.fleet  # type: ignore[no-any-return]
@@ -227,8 +230,13 @@ def dashboard_router() -> APIRouter:
         if span not in SPANS:
             return JSONResponse({"error": f"span must be one of {list(SPANS)}, got {span!r}"}, 400)
         f = fleet_of(request)
-        with f.session() as s:
-            return JSONResponse(queries.fleet_series(s, int(time.time()), baselines(f), SPANS[span]))
+        now = time.monotonic()
+        hit = series_cache.get((id(f), span))
+        if hit is None or now - hit[0] > SERIES_TTL_S:
+            with f.session() as s:
+                hit = series_cache[(id(f), span)] = (now, queries.fleet_series(s, int(time.time()), baselines(f),
+                                                                              SPANS[span]))
+        return JSONResponse(hit[1])
 
     # ---- devices -------------------------------------------------------------------------
     @router.get("/devices", response_class=HTMLResponse)

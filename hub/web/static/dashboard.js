@@ -80,11 +80,15 @@
     };
     el._plot = new uPlot(opts, payload, el); el._key = key;
   }
+  var inflight = {};   // charts sharing a feed share one request per cycle
   function loadChart(el) {
-    return fetch(el.dataset.chart, {credentials: "same-origin"})
-      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
-      .then(function (data) { drawChart(el, data); })
-      .catch(function () { setLive(false); });
+    var url = el.dataset.chart;
+    if (!inflight[url]) {
+      inflight[url] = fetch(url, {credentials: "same-origin"})
+        .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); });
+      inflight[url].then(function () { delete inflight[url]; }, function () { delete inflight[url]; });
+    }
+    return inflight[url].then(function (data) { drawChart(el, data); }).catch(function () { setLive(false); });
   }
   function pollCharts() { if (!document.hidden) charts.forEach(loadChart); }
   if (window.uPlot) {
