@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 Message = Union[Status, Report, Telemetry, FetchRequest]
 MAX_REPAIR_CHUNKS = 2048
+REPAIR_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Ingest:
         self.metrics = fleet.metrics
         self._last_warning = 0.0
         self._suppressed = 0
+        self._repaired: dict[tuple[str, int], float] = {}
 
     def _warn(self, topic: str, exc: Exception) -> None:
         # one line per bad message, but never a log flood from a misbehaving device
@@ -79,6 +81,19 @@ class Ingest:
             self._last_warning, self._suppressed = now, 0
         else:
             self._suppressed += 1
+
+    def _throttle(self, archive: str, missing: Sequence[int]) -> list[int]:
+        """A re-published chunk is retained and fans out to every subscriber, so one chunk is
+        repaired at most once per ``REPAIR_INTERVAL_S`` however many devices ask for it."""
+        now = time.monotonic()
+        if len(self._repaired) > 100_000:
+            self._repaired = {k: t for k, t in self._repaired.items() if now - t < REPAIR_INTERVAL_S}
+        out = []
+        for i in sorted(set(missing)):
+            if now - self._repaired.get((archive, i), -1e9) >= REPAIR_INTERVAL_S:
+                self._repaired[(archive, i)] = now
+                out.append(i)
+        return out
 
     def handle(self, batch: Sequence[tuple[str, bytes]]) -> None:
         parsed: list[Parsed] = []
@@ -177,8 +192,9 @@ class Ingest:
                         counted.append(("fetch", "rejected"))
                         self._warn(f"ef/v1/dev/{m.device}/fetch", ValueError(f"unknown archive {m.archive}"))
                         continue
-                    out.extend(self.fleet.chunk_messages(b, m.missing[:MAX_REPAIR_CHUNKS]))
-                    counted.append(("fetch", "stored"))
+                    wanted = self._throttle(m.archive, m.missing[:MAX_REPAIR_CHUNKS])
+                    out.extend(self.fleet.chunk_messages(b, wanted))
+                    counted.append(("fetch", "stored" if wanted or not m.missing else "throttled"))
             for did, sk in sketches.items():
                 devices[did].latency = sk.to_dict()
             for d in devices.values():

@@ -212,7 +212,7 @@ def test_malformed_and_mismatched_messages_are_counted_and_dropped(client, memhu
     assert 'edgefleet_hub_messages_total{kind="telemetry",outcome="malformed"} 1.0' in text
 
 
-def test_fetch_request_republishes_exactly_the_missing_chunks(client, memhub, bundle_dir):
+def test_fetch_request_republishes_exactly_the_missing_chunks_and_storms_are_throttled(client, memhub, bundle_dir):
     hub, pub = memhub
     b = push(client, bundle_dir(model_bytes=bytes(range(256)) * 1000))  # > 3 chunks of 64 KiB
     plan = ChunkPlan.of(client.get(f"/api/v1/bundles/{b['digest']}/archive").content, 64 * 1024)
@@ -223,6 +223,10 @@ def test_fetch_request_republishes_exactly_the_missing_chunks(client, memhub, bu
     assert [m.topic.rsplit("/", 1)[1] for m in sent] == ["1", "3"]
     for m in sent:
         plan.check_chunk(int(m.topic.rsplit("/", 1)[1]), m.payload)
+    # a storm of requests for the same chunks is not amplified: each chunk once per interval
+    hub.ingest.handle([("ef/v1/dev/f/fetch", req)] * 20 + [("ef/v1/dev/g/fetch", FetchRequest(
+        "g", b["archive_sha256"], (1, 2)).to_bytes())])
+    assert [m.topic.rsplit("/", 1)[1] for m in pub.sent if m.kind == "chunk"][2:] == ["2"]
 
 
 def test_healthz_metrics_and_the_device_page(client, memhub):
