@@ -224,6 +224,13 @@ class Result:
     ok: int
     errors: int
     mean_batch: float | None = None
+    cpu_ms_per_req: float | None = None   # server process CPU (all threads) per answered request
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -278,9 +285,17 @@ def _run(coro: Any) -> Any:
 
 
 def drive(model: str, system: str, url: str, body: bytes, ctype: str, clients: int,
-          warmup: float, duration: float) -> Result:
+          warmup: float, duration: float, pid: int | None = None) -> Result:
+    c0 = cpu_seconds(pid) if pid else 0.0
+    t0 = time.perf_counter()
     lat, errors, dur = _run(_drive(url, body, ctype, clients, warmup, duration))
-    return Result(model, system, clients, len(lat) / dur, pct(lat, 50) * 1e3, pct(lat, 99) * 1e3, len(lat), errors)
+    total = time.perf_counter() - t0
+    cpu = None
+    if pid and lat:
+        # whole run (warm-up included) over the requests it answered, estimated from the window rate
+        cpu = (cpu_seconds(pid) - c0) * 1e3 / (len(lat) / dur * total)
+    return Result(model, system, clients, len(lat) / dur, pct(lat, 50) * 1e3, pct(lat, 99) * 1e3, len(lat),
+                  errors, cpu_ms_per_req=cpu)
 
 
 def batch_stats(url: str, model: str) -> tuple[float, float]:
@@ -353,16 +368,16 @@ def limit_loop(model: str, path: Path, clients: int, max_batch: int, duration: f
 
 def table(rows: list[Result], model: str, levels: list[int]) -> str:
     by = {(r.system, r.clients): r for r in rows if r.model == model}
-    out = [f"\n{model}: requests/s, p50 / p99 ms (limit: batched session.run, no HTTP)",
-           f"{'clients':>7} | {'seed rps':>9} {'p50':>7} {'p99':>7} | {'ours rps':>9} {'p50':>7} {'p99':>7}"
-           f" {'batch':>5} | {'limit rps':>9} | {'ours/seed':>9} {'of limit':>8}"]
+    out = [f"\n{model}: requests/s, p50 / p99 ms, server CPU ms per request (limit: session.run, no HTTP)",
+           f"{'clients':>7} | {'seed rps':>9} {'p50':>7} {'p99':>7} {'cpu':>5} | {'ours rps':>9} {'p50':>7}"
+           f" {'p99':>7} {'cpu':>5} {'batch':>5} | {'limit rps':>9} | {'ours/seed':>9} {'of limit':>8}"]
     for c in levels:
         s, o, lim = by.get(("seed", c)), by.get(("ours", c)), by.get(("limit", c))
         if not (s and o and lim):
             continue
-        out.append(f"{c:>7} | {s.rps:>9.1f} {s.p50_ms:>7.1f} {s.p99_ms:>7.1f} | {o.rps:>9.1f} {o.p50_ms:>7.1f}"
-                   f" {o.p99_ms:>7.1f} {o.mean_batch or 0:>5.1f} | {lim.rps:>9.1f} | {o.rps / s.rps:>8.2f}x"
-                   f" {o.rps / lim.rps:>7.0%}")
+        out.append(f"{c:>7} | {s.rps:>9.1f} {s.p50_ms:>7.1f} {s.p99_ms:>7.1f} {s.cpu_ms_per_req or 0:>5.2f} | "
+                   f"{o.rps:>9.1f} {o.p50_ms:>7.1f} {o.p99_ms:>7.1f} {o.cpu_ms_per_req or 0:>5.2f}"
+                   f" {o.mean_batch or 0:>5.1f} | {lim.rps:>9.1f} | {o.rps / s.rps:>8.2f}x {o.rps / lim.rps:>7.0%}")
     return "\n".join(out)
 
 
@@ -412,16 +427,18 @@ def main(argv: list[str] | None = None) -> int:
                     order = ("seed", "ours") if i % 2 == 0 else ("ours", "seed")
                     for system in order:
                         if system == "seed":
-                            rows.append(drive(name, "seed", seed.url + "/predict", body, ctype, c, warmup, duration))
+                            rows.append(drive(name, "seed", seed.url + "/predict", body, ctype, c, warmup, duration,
+                                              seed.proc.pid))
                         else:
                             s0, n0 = batch_stats(ours.url, name)
                             r = drive(name, "ours", f"{ours.url}/predict?model={name}", body, ctype, c,
-                                      warmup, duration)
+                                      warmup, duration, ours.proc.pid)
                             s1, n1 = batch_stats(ours.url, name)
                             rows.append(Result(**{**asdict(r), "mean_batch": (s1 - s0) / (n1 - n0)
                                                   if n1 > n0 else None}))
                         print(f"   {c:>3} clients {system}: {rows[-1].rps:8.1f} req/s "
-                              f"p99 {rows[-1].p99_ms:.1f} ms", flush=True)
+                              f"p99 {rows[-1].p99_ms:.1f} ms, server CPU {rows[-1].cpu_ms_per_req or 0:.2f} "
+                              "ms/request", flush=True)
             finally:
                 seed.stop()
                 ours.stop()
