@@ -24,6 +24,7 @@ def test_agent_and_protocol_import_without_server_or_training_packages():
     code = BLOCKER + textwrap.dedent("""
         import protocol, protocol.messages, protocol.bundle, protocol.sketch, protocol.features
         import agent.daemon, agent.__main__, agent.runtime, agent.serve, agent.updater, agent.install
+        import agent.enrollment, agent.config, agent.backlog, agent.telemetry, agent.transport
         from agent.runtime import LiteRTBackend
         loaded = [m for m in sys.modules if m.split(".")[0] in BLOCKED]
         assert not loaded, loaded
