@@ -31,6 +31,14 @@ def test_signed_bundle_is_fetched_installed_and_serves_a_cat(tmp_path: Path, cor
     tm = hub.wait(lambda: [t for t in hub.telemetry if t.counts.get("inferences")], 30, "telemetry with an inference")
     assert tm[0].counts["cpu"] >= 1 and tm[0].latency["n"] >= 1 and tm[0].bundle == pub.ref.digest
 
+    def binned(side: str, feature: str) -> int:
+        return sum(sum(t.drift.get(side, {}).get(feature, [])) for t in hub.telemetry)
+
+    # every served request lands in the drift histograms on the bundle's baseline edges
+    hub.wait(lambda: binned("inputs", "brightness") == 1 and binned("outputs", "top1_confidence") == 1, 30,
+             "the request binned for drift")
+    assert all(len(t.drift["inputs"]["brightness"]) == 4 for t in hub.telemetry if t.drift)
+
 
 def test_bundle_signed_by_unknown_key_is_rejected_and_agent_keeps_serving(tmp_path: Path, coral_models, trust, hub, make_agent):
     env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "b1", coral_models))
