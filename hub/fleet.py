@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import func, or_
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -167,6 +168,10 @@ class Fleet:
 
     def push_bundle(self, env: Envelope, arts: dict[str, bytes], actor: str = "api") -> dict[str, Any]:
         stored = self.store.put(env, arts, self.keys.online)
+        with self.rollout_lock:  # two pushes of the same new bundle must not race for its row
+            return self._register(stored, actor)
+
+    def _register(self, stored: Any, actor: str) -> dict[str, Any]:
         m = stored.manifest
         with self.session() as s:
             row = s.get(Bundle, stored.digest)
@@ -186,9 +191,14 @@ class Fleet:
                 s.add(Build(digest=stored.digest, report=self._json_artifact(stored.digest, m, "report"),
                             model_card=(self._artifact_text(stored.digest, m, "model_card") or "")[:200_000]))
                 self.audit(s, actor, "bundle.push", stored.digest, name=m.name, version=m.version)
-                s.commit()
-                log.info("stored bundle %s@%s %s (%d bytes, %d chunks)", m.name, m.version,
-                         stored.digest[:12], stored.plan.size, len(stored.plan.chunks))
+                try:
+                    s.commit()
+                except IntegrityError:  # another hub replica registered it first: same content
+                    s.rollback()
+                    row = self.bundle_row(s, stored.digest)
+                else:
+                    log.info("stored bundle %s@%s %s (%d bytes, %d chunks)", m.name, m.version,
+                             stored.digest[:12], stored.plan.size, len(stored.plan.chunks))
             return {"digest": row.digest, "name": row.name, "version": row.version,
                     "archive_sha256": row.archive_sha256, "size": row.size, "revision": row.revision}
 
