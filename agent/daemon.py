@@ -82,7 +82,11 @@ class Agent:
         will = Status(cfg.device_id, False, int(time.time()), AGENT_VERSION, {"board": cfg.board})
         self.transport = Transport(cfg, topic, will.to_bytes(), lambda m: self.events.put(m))
         self.trust_file = cfg.state_dir / "trust.json"
-        self.trusted_seq = int((read_json(self.trust_file, {}) or {}).get("desired_seq", 0))
+        trusted = read_json(self.trust_file, {}) or {}
+        self.trusted_seq = int(trusted.get("desired_seq", 0))
+        # never believe a clock earlier than the newest document accepted (a device without an
+        # RTC boots in 1970; expired documents must not become fresh again)
+        self.clock_floor = int(trusted.get("issued_max", 0))
         self.updater = Updater(cfg, lambda: self.root, self.slots, self.serving,
                                lambda: inventory.current(cfg, self.probed), self.report, self.transport,
                                self._changed)
@@ -224,14 +228,14 @@ class Agent:
             return
         seq, env = pending
         try:
-            desired = verify_desired(env, self.root, self.cfg.device_id, seq - 1, int(time.time()))
+            desired = verify_desired(env, self.root, self.cfg.device_id, seq - 1, self._now())
         except ProtocolError as exc:
             reason = exc.reason
             self.updater._save_job(env, seq, True, f"failed:{reason.value}")
             self.report("verify", "failed", reason, f"resuming seq {seq}: {exc}", seq)
             return
         log.info("resuming the install job for desired seq %d", seq)
-        self.updater.accept(desired, env, int(time.time()))
+        self.updater.accept(desired, env, self._now())
 
     # network thread ----------------------------------------------------------------------------
     def _network(self) -> None:
@@ -287,8 +291,11 @@ class Agent:
         elif topic.kind is Kind.ROOT and msg.payload:
             self._on_root(msg.payload)
 
+    def _now(self) -> int:
+        return max(int(time.time()), self.clock_floor)
+
     def _on_desired(self, payload: bytes) -> None:
-        now = int(time.time())
+        now = self._now()
         try:
             desired = verify_desired(payload, self.root, self.cfg.device_id, self.trusted_seq, now)
         except (VerificationError, BadPayload) as exc:
@@ -307,7 +314,8 @@ class Agent:
                         seq, digest)
             return
         self.trusted_seq = desired.seq
-        write_json(self.trust_file, {"desired_seq": desired.seq})
+        self.clock_floor = max(self.clock_floor, desired.issued)
+        write_json(self.trust_file, {"desired_seq": desired.seq, "issued_max": self.clock_floor})
         self._dirty = True
         self.updater.accept(desired, payload, now)
         if desired.shadow is not None:

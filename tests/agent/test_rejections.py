@@ -175,3 +175,18 @@ def test_disk_filling_up_during_download_fails_cleanly_with_disk_full(tmp_path, 
     assert r.reason == Reason.DISK_FULL.value
     _untouched(agent, good, coral_models)
     assert not list((small_disk / "state" / "downloads").glob("*.part"))  # the partial file is gone
+
+
+def test_clock_behind_the_newest_accepted_document_cannot_revive_an_expired_one(tmp_path, coral_models, trust, hub,
+                                                                               make_agent):
+    import time
+    agent = make_agent("norct")
+    # as if a document issued two hours from now (by this machine's clock) had been accepted:
+    # the device's clock is behind, so "now" is at least that
+    (agent.state_dir / "trust.json").write_text(json.dumps({"desired_seq": 0, "issued_max": int(time.time()) + 7200}))
+    agent.start()
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "b", coral_models))
+    pub = hub.publish_bundle(env, archive)
+    hub.desire(agent.device, pub, expires_in=3600)  # fresh by the wall clock, expired by the floor
+    r = hub.report(agent.device, "verify", "failed")
+    assert r.reason == Reason.EXPIRED.value
