@@ -41,6 +41,8 @@ COOKIE = "ef_token"
 POLL_MS = 3000
 SPANS = {"15m": 900, "1h": 3600, "6h": 21600, "24h": 86400}
 SERIES_TTL_S = 4.0
+NAV = {"fleet.html": "fleet", "devices_list.html": "devices", "device.html": "devices", "models.html": "models",
+       "model.html": "models", "rollouts.html": "rollouts", "rollout.html": "rollouts", "audit.html": "audit"}
 
 
 # ---- template helpers --------------------------------------------------------------------------
@@ -157,7 +159,7 @@ def dashboard_router() -> APIRouter:
                status: int = 200) -> Response:
         part = request.query_params.get("part")
         base = {"caller": caller, "can_act": RANK[caller.role] >= RANK["operator"], "now": int(time.time()),
-                "nav": page.split("/")[0].removesuffix(".html")}
+                "nav": NAV.get(page, "")}
         if part:
             if part not in parts:
                 return JSONResponse({"error": f"page has no live part {part!r}; known: {list(parts)}"}, 404)

@@ -36,6 +36,20 @@ def nav(page: Any, name: str, role: str = "link", **kw: Any) -> None:
         page.get_by_role(role, name=name, **kw).first.click()
 
 
+UNLABELLED_JS = """() => Array.from(document.querySelectorAll('input, select, textarea, button'))
+  .filter(el => el.type !== 'hidden')
+  .filter(el => !((el.labels && el.labels.length) || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby')
+                  || (el.tagName === 'BUTTON' && el.textContent.trim())))
+  .map(el => el.outerHTML.slice(0, 80))"""
+
+
+def check_page(page: Any, artifacts: Path, name: str) -> None:
+    """Every control has an accessible name, one h1, the nav marks where we are; screenshot."""
+    assert page.evaluate(UNLABELLED_JS) == [], f"unlabelled controls on {page.url}"
+    assert page.locator("h1").count() == 1, f"{page.url} should have exactly one h1"
+    page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
+
+
 def text(page: Any, selector: str) -> str:
     return str(page.locator(selector).inner_text()).strip()
 
@@ -66,7 +80,7 @@ def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
     # the fleet latency chart fills from telemetry
     page.wait_for_function("Number(document.getElementById('chart-latency').dataset.points || 0) > 0")
     assert page.locator("#chart-latency canvas").count() == 1
-    page.screenshot(path=str(artifacts / "01-fleet.png"), full_page=True)
+    check_page(page, artifacts, "01-fleet")
 
     # devices: list, filter by TPU, detail
     nav(page, "Devices", exact=True)
@@ -76,7 +90,8 @@ def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
     assert "tpu=true" in page.url
     assert sorted(page.locator("#device-table tbody tr").evaluate_all(
         "rows => rows.map(r => r.dataset.device)")) == ["sim-1", "sim-3"]
-    page.screenshot(path=str(artifacts / "02-devices.png"), full_page=True)
+    check_page(page, artifacts, "02-devices")
+    assert page.get_by_role("link", name="Devices", exact=True).get_attribute("aria-current") == "page"
     nav(page, "sim-1", exact=True)
     page.wait_for_function("Number(document.getElementById('chart-device-latency').dataset.points || 0) > 0")
     assert "coral" not in text(page, "main")  # sim-1 is the rpi5 with a TPU
@@ -88,7 +103,7 @@ def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
     kinds = page.locator("#eval-table tbody tr td:nth-child(2)").all_inner_texts()
     assert {"float", "int8", "ONNX"} <= set(kinds)
     assert page.locator("#ops-table tbody tr").count() > 0
-    page.screenshot(path=str(artifacts / "03-model.png"), full_page=True)
+    check_page(page, artifacts, "03-model")
 
     # rollouts: the form previews the devices, then is submitted from the keyboard
     nav(page, "Rollouts", exact=True)
@@ -99,7 +114,7 @@ def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
     assert "4 devices match; 4 can run digits@" in text(page, "#preview-summary")
     assert "Cohort 1: 1 device" in text(page, "#preview")
     page.get_by_label("Soak per cohort (s)").fill("600")   # long soak: the canary waits for us
-    page.screenshot(path=str(artifacts / "04-rollout-form.png"), full_page=True)
+    check_page(page, artifacts, "04-rollout-form")
     page.get_by_label("Soak per cohort (s)").press("Enter")
     page.wait_for_url(re.compile(r".*/ui/rollouts/[0-9a-f]+$"))
     rid = page.url.rsplit("/", 1)[1]
@@ -107,7 +122,16 @@ def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
     # watch it progress: the canary (cohort 1) installs, live
     page.wait_for_function("document.querySelectorAll('#rollout-devices tr[data-state=installed]').length === 1")
     assert page.locator("#rollout-phase").get_attribute("data-phase") == "running"
-    page.screenshot(path=str(artifacts / "05-rollout-canary.png"), full_page=True)
+    check_page(page, artifacts, "05-rollout-canary")
+
+    # the fleet overview lists it as in progress, and counts the canary's model version
+    nav(page, "Fleet", exact=True)
+    expect(page.locator("#h-rollouts + ul")).to_contain_text(rid)
+    expect(page.locator("#h-versions + table")).to_contain_text("digits@")
+    page.wait_for_function("Number(document.getElementById('chart-drift').dataset.points || 0) > 0")
+    check_page(page, artifacts, "05a-fleet-rollout")
+    page.go_back()
+    page.wait_for_url(re.compile(r".*/ui/rollouts/[0-9a-f]+$"))
 
     # the canary's device page: install history with reason codes, per-feature drift chart
     nav(page, "sim-0", exact=True)
@@ -116,7 +140,7 @@ def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
     page.wait_for_function("Number(document.getElementById('chart-device-drift').dataset.points || 0) > 0")
     legend = page.locator("#chart-device-drift .u-legend").inner_text()
     assert "inputs.brightness" in legend and "outputs.top1_class" in legend
-    page.screenshot(path=str(artifacts / "05b-device-canary.png"), full_page=True)
+    check_page(page, artifacts, "05b-device-canary")
     page.go_back()
     page.wait_for_url(re.compile(r".*/ui/rollouts/[0-9a-f]+$"))
 
@@ -127,14 +151,14 @@ def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
     page.wait_for_function("document.getElementById('rollout-phase').dataset.phase === 'rolled_back'")
     page.wait_for_function("document.querySelectorAll('#rollout-devices tr[data-state=rolled_back]').length === 1")
     assert page.locator("button[data-command]").count() == 0  # nothing left to do on a rolled-back rollout
-    page.screenshot(path=str(artifacts / "06-rollout-rolled-back.png"), full_page=True)
+    check_page(page, artifacts, "06-rollout-rolled-back")
 
     # every action is in the audit log, attributed to the operator token
     nav(page, "Audit log")
     actions = page.locator("#audit-table tbody tr td:nth-child(3)").all_inner_texts()
     assert {"rollout.create", "rollout.pause", "rollout.rollback"} <= set(actions)
     assert any(rid in t for t in page.locator("#audit-table tbody tr td:nth-child(4)").all_inner_texts())
-    page.screenshot(path=str(artifacts / "07-audit.png"), full_page=True)
+    check_page(page, artifacts, "07-audit")
     assert not errors, f"JavaScript errors on the pages: {errors}"
 
     # a viewer sees everything read-only: no form, no buttons, no audit
@@ -149,7 +173,7 @@ def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
     assert viewer.locator("#rollouts-table tbody tr").count() == 1
     viewer.goto(f"{stack.url}/ui/models")
     assert viewer.get_by_role("link", name="Roll out").count() == 0
-    viewer.screenshot(path=str(artifacts / "08-viewer-models.png"), full_page=True)
+    check_page(viewer, artifacts, "08-viewer-models")
     resp = viewer.goto(f"{stack.url}/ui/audit")
     assert resp is not None and resp.status == 403
     # and the API refuses a viewer's command even if one were crafted by hand
