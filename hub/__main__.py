@@ -99,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     given = {k: getattr(args, k) for k in ("db", "broker", "keys", "store", "host", "port", "token",
                                              "tokens", "chunk_size", "batch_max", "tick", "mqtt_auth_dir",
-                                             "broker_pid_file", "broker_public", "enroll_ttl")}
+                                             "broker_pid_file", "broker_public", "enroll_ttl", "retention")}
     given["dev"] = True if args.dev else None
     config = HubConfig.load(given)
     hub = build(config)
@@ -274,6 +274,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--broker-pid-file", help="SIGHUP this broker after rewriting the auth files")
     p.add_argument("--broker-public", help="broker URL handed to enrolling devices (default: --broker)")
     p.add_argument("--enroll-ttl", type=int, help="seconds an enrollment token stays valid (default 86400)")
+    p.add_argument("--retention", type=int, help="seconds telemetry windows and reports are kept (default 30 days)")
     p.add_argument("--dev", action="store_true", help="allow a default token (local development only)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)

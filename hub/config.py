@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "broker_pid_file": "",
     "enroll_ttl": 86400,
     "broker_public": "",
+    "retention": 30 * 86400,
 }
 
 
@@ -95,6 +96,7 @@ class HubConfig:
     broker_pid_file: Path | None = None   # SIGHUP target after rewriting them
     enroll_ttl: int = DEFAULTS["enroll_ttl"]
     broker_public: str = ""               # broker URL handed to enrolling devices (default: broker)
+    retention: int = DEFAULTS["retention"]  # seconds telemetry windows and reports are kept
 
     @property
     def broker_url(self) -> BrokerUrl:
@@ -159,7 +161,8 @@ class HubConfig:
             tick=as_float("tick", 0.05, 3600.0), offline_after=as_int("offline_after", 5, 86400 * 30),
             mqtt_auth_dir=Path(pick("mqtt_auth_dir")) if pick("mqtt_auth_dir") else None,
             broker_pid_file=Path(pick("broker_pid_file")) if pick("broker_pid_file") else None,
-            enroll_ttl=as_int("enroll_ttl", 60, 366 * 86400), broker_public=str(pick("broker_public") or ""))
+            enroll_ttl=as_int("enroll_ttl", 60, 366 * 86400), broker_public=str(pick("broker_public") or ""),
+            retention=as_int("retention", 3600, 10 * 366 * 86400))
 
 
 def client_env(name: str) -> str | None:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from sqlalchemy import func, or_
+from sqlalchemy import delete, func, or_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -33,8 +33,8 @@ from .db import session
 from .errors import Conflict, Denied, Invalid, NotFound
 from .keys import HubKeys
 from .metrics import HubMetrics
-from .models import (Alert, AuditEntry, Build, Bundle, Device, EnrollToken, ModelName, Rollout, RolloutDevice,
-                     TelemetryWindow)
+from .models import (Alert, AuditEntry, Build, Bundle, Device, EnrollToken, ModelName, ReportRecord, Rollout,
+                     RolloutDevice, TelemetryWindow)
 from .store import BundleStore, split_archive
 from .transport import Outgoing, Publisher
 
@@ -341,6 +341,42 @@ class Fleet:
             return {"error": str(exc)}
         return {k: v for k, v in report.to_dict()["features"].items()}
 
+    def telemetry_summary(self, bundle: str | None = None, device: str | None = None, group: str | None = None,
+                          since: int | None = None, until: int | None = None,
+                          max_windows: int = 20_000) -> dict[str, Any]:
+        """Merged windows matching the filters (bundle, device, group, window_end range):
+        counts, latency quantiles and, for one bundle, drift verdicts. Sketches and bin counts
+        merge exactly, so a fleet, a cohort or a device is summarised the same way."""
+        with self.session() as s:
+            q = select(TelemetryWindow)
+            if bundle:
+                q = q.where(TelemetryWindow.bundle == bundle)
+            if device:
+                q = q.where(TelemetryWindow.device == device)
+            if group is not None:
+                ids = select(Device.id).where(Device.group == group)
+                q = q.where(col(TelemetryWindow.device).in_(ids))
+            if since is not None:
+                q = q.where(TelemetryWindow.window_end >= since)
+            if until is not None:
+                q = q.where(TelemetryWindow.window_end <= until)
+            rows = s.exec(q.order_by(col(TelemetryWindow.window_end).desc()).limit(max_windows)).all()
+            out = self.summarise(s, rows, bundle)
+            out.update({"devices": len({r.device for r in rows}), "truncated": len(rows) >= max_windows,
+                        "since": min((r.window_start for r in rows), default=None),
+                        "until": max((r.window_end for r in rows), default=None)})
+            return out
+
+    def prune(self, retention_s: int) -> int:
+        """Drop telemetry windows and reports older than ``retention_s`` (device totals stay)."""
+        cutoff = self.clock() - retention_s
+        with self.session() as s:
+            tw, rr = TelemetryWindow.__table__, ReportRecord.__table__  # type: ignore[attr-defined]
+            n = s.connection().execute(delete(tw).where(tw.c.received < cutoff)).rowcount
+            s.connection().execute(delete(rr).where(rr.c.received < cutoff))
+            s.commit()
+        return int(n or 0)
+
     def set_device_meta(self, device_id: str, group: str | None, tags: list[str] | None,
                         actor: str) -> dict[str, Any]:
         with self.session() as s:
@@ -503,6 +539,7 @@ class Fleet:
         if now - self._last_scan >= ALERT_SCAN_S:
             self._last_scan = now
             self.scan_alerts()
+            self.prune(self.config.retention)
 
     def scan_alerts(self, rules: alerts.AlertRules | None = None) -> list[alerts.Raise | alerts.Resolve]:
         """Offline / latency-regression / drift alerts over recent telemetry (see hub.alerts)."""

@@ -224,6 +224,16 @@ def create_app(fleet: Fleet, connected: Any = None) -> FastAPI:
                         command: Literal["pause", "resume", "cancel", "approve", "rollback"]) -> dict[str, Any]:
         return f.rollout_command(rid, command, caller.actor)
 
+    @app.get("/api/v1/telemetry/summary", tags=["devices"])
+    def telemetry_summary(_c: Viewer, f: FleetDep, bundle: Annotated[str | None, Query(pattern=DIGEST_RE)] = None,
+                          device: Annotated[str | None, Query(max_length=64)] = None,
+                          group: Annotated[str | None, Query(max_length=64)] = None,
+                          since: Annotated[int | None, Query(ge=0, le=2**40)] = None,
+                          until: Annotated[int | None, Query(ge=0, le=2**40)] = None) -> dict[str, Any]:
+        """Telemetry merged over devices and time: per bundle (model version), device, group
+        (cohorts are groups or device lists) and window range."""
+        return f.telemetry_summary(bundle, device, group, since, until)
+
     # ---- registry: models, alerts, audit ---------------------------------------------------
     @app.get("/api/v1/models", tags=["bundles"])
     def list_models(_c: Viewer, f: FleetDep, limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:

@@ -268,3 +268,26 @@ def test_device_moved_into_a_targeted_group_converges_to_that_rollout(client, me
     assert client.get("/api/v1/devices?tag=cam").json()["total"] == 1
     assert client.patch("/api/v1/devices/g2", json={"colour": "red"}).status_code == 422
     assert client.patch("/api/v1/devices/g2", json={"group": "x"}, headers={"Authorization": f"Bearer {VIEWER}"}).status_code == 403
+
+
+def test_telemetry_merges_across_devices_and_time_and_old_windows_are_pruned(client, memhub, bundle_dir):
+    hub, _ = memhub
+    b = push(client, bundle_dir())
+    hub.ingest.handle([(f"ef/v1/dev/m{i}/telemetry", telemetry(f"m{i}", s, b["digest"], (0.002 * (i + 1),) * 50))
+                       for i in range(3) for s in (1, 2)])
+    client.patch("/api/v1/devices/m0", json={"group": "north"})
+    fleet = client.get(f"/api/v1/telemetry/summary?bundle={b['digest']}").json()
+    assert fleet["inferences"] == 300 and fleet["devices"] == 3 and fleet["windows"] == 6
+    assert 3.7 < fleet["p50_ms"] < 4.3 and 5.6 < fleet["p95_ms"] < 6.4  # 2, 4, 6 ms devices merged
+    north = client.get("/api/v1/telemetry/summary?group=north").json()
+    assert north["devices"] == 1 and 1.8 < north["p95_ms"] < 2.2
+    late = client.get("/api/v1/telemetry/summary?since=25").json()  # windows end at seq*10+10
+    assert late["windows"] == 3
+    real_clock = hub.fleet.clock
+    hub.fleet.clock = lambda: real_clock() + 40 * 86400
+    try:
+        assert hub.fleet.prune(30 * 86400) == 6
+    finally:
+        hub.fleet.clock = real_clock
+    assert client.get("/api/v1/telemetry/summary").json()["windows"] == 0
+    assert client.get("/api/v1/devices/m1").json()["telemetry"]["inferences"] == 100  # totals stay
