@@ -222,7 +222,7 @@ def dashboard_router() -> APIRouter:
         with f.session() as s:
             ctx = queries.fleet_overview(s, int(time.time()))
         return render(request, caller, "fleet.html", {"o": ctx, "span": span if span in SPANS else "1h",
-                                                      "spans": list(SPANS)}, parts=("fleet_cards",))
+                                                      "spans": list(SPANS)}, parts=("fleet_cards", "fleet_alerts"))
 
     @router.get("/feed/fleet-series")
     def fleet_series(request: Request, span: str = "1h") -> Response:

@@ -180,3 +180,19 @@ def test_cohort_progress_splits_cumulative_sizes_into_cohorts() -> None:
 def _push(hub: Hub, directory: Path) -> str:
     env, arts = read_bundle_dir(directory)
     return str(hub.fleet.push_bundle(env, arts, "test")["digest"])
+
+
+def test_open_alerts_show_on_the_fleet_page_and_resolved_ones_do_not(memhub: tuple[Hub, MemoryPublisher]) -> None:
+    from hub.models import Alert
+    hub, _ = memhub
+    with hub.fleet.session() as s:
+        s.add(Alert(kind="drift", severity="alert", device="cam-7", message="inputs.brightness PSI 0.41", created=1))
+        s.add(Alert(kind="offline", severity="warn", device="cam-8", message="offline for 10 min", created=1,
+                    resolved=2))
+        s.commit()
+    c = session_for(hub, VIEWER)
+    cards = c.get("/ui", params={"part": "fleet_cards"}).text
+    assert re.search(r'id="stat-alerts">1<', cards)
+    alerts = c.get("/ui", params={"part": "fleet_alerts"}).text
+    assert 'href="/ui/devices/cam-7"' in alerts and "inputs.brightness PSI 0.41" in alerts
+    assert "cam-8" not in alerts
