@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         broker = f"mqtt://127.0.0.1:{port}"
     cases: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"requests": n, "clients": 1, "threads": "LiteRT default (agent and bare)"}
+    params: dict[str, Any] = {"requests": n, "clients": 1, "threads": "LiteRT default (agent and bare)",
+                              "loadavg_start": round(os.getloadavg()[0], 2)}
     try:
         key, root_path = _trust(tmp)
         models: list[tuple[str, Path]] = [("mobilenet_v2_224", _coral_bundle(tmp / "mnv2"))]
@@ -307,12 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     head = next(c for c in cases if c["model"] == "mobilenet_v2_224" and c["upload"] == "jpeg_224")
     params.update({"rss_mb": head["rss_mb"], "idle_cpu_pct": head["idle_cpu_pct"],
                    "overhead_pct_mobilenet_v2_224": round(head["overhead_pct"], 1), "goal_overhead_pct": 10,
-                   "broker": "mosquitto" if broker_proc else "none"})
+                   "broker": "mosquitto" if broker_proc else "none", "loadavg_end": round(os.getloadavg()[0], 2)})
     path = report.write("agent", "ms", False, head["api_p50_ms"], None, head["bare_p50_ms"], params, cases)
     print(f"\n{'model':<18}{'upload':<11}{'API p50':>9}{'p95':>8}{'bare p50':>10}{'overhead':>10}{'RSS MB':>8}{'idle CPU':>9}")
     for c in cases:
         print(f"{c['model']:<18}{c['upload']:<11}{c['api_p50_ms']:>8.2f} {c['api_p95_ms']:>7.2f} {c['bare_p50_ms']:>9.3f} "
               f"{c['overhead_pct']:>8.1f}% {c['rss_mb']:>7.1f} {c['idle_cpu_pct']:>7.2f}%")
+    print(f"load average {params['loadavg_start']} -> {params['loadavg_end']} (other work on the machine skews both columns)")
     print(f"wrote {path}")
     return 0
 
