@@ -234,7 +234,7 @@ class Model:
             src = Image.open(io.BytesIO(data))
             if src.format == "JPEG":
                 src.draft(mode, (w, h))  # let the JPEG decoder downscale by 1/2..1/8 first
-            img = src.convert(mode)
+            img = src if src.mode == mode else src.convert(mode)
             if img.size != (w, h):
                 img = img.resize((w, h), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8).reshape(1, h, w, c)
