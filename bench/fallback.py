@@ -31,7 +31,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -311,7 +310,8 @@ def batch_stats(url: str, model: str) -> tuple[float, float]:
     return total, count
 
 
-def _limit_run(path: Path, batch: int, threads: int, intra: int, duration: float) -> tuple[float, list[float]]:
+def _limit_run(path: Path, batch: int, threads: int, intra: int, duration: float
+               ) -> tuple[float, list[float], float]:
     import threading
 
     import onnxruntime as ort
@@ -334,13 +334,15 @@ def _limit_run(path: Path, batch: int, threads: int, intra: int, duration: float
             out.append(time.perf_counter() - s)
 
     ts = [threading.Thread(target=loop, args=(t,)) for t in times]
+    cpu0 = time.process_time()
     for t in ts:
         t.start()
     for t in ts:
         t.join()
     elapsed = time.perf_counter() - start
     flat = [v for t in times for v in t]
-    return batch * len(flat) / elapsed, flat
+    cpu_ms = (time.process_time() - cpu0) * 1e3 / max(1, batch * len(flat))
+    return batch * len(flat) / elapsed, flat, cpu_ms
 
 
 def limit_loop(model: str, path: Path, clients: int, max_batch: int, duration: float) -> Result:
@@ -351,14 +353,15 @@ def limit_loop(model: str, path: Path, clients: int, max_batch: int, duration: f
     if clients >= cores:
         candidates.add((min(-(-clients // cores), max_batch), cores, 1))
         candidates.add((1, cores, 1))
-    best: tuple[float, list[float], tuple[int, int, int]] | None = None
+    best: tuple[float, list[float], float, tuple[int, int, int]] | None = None
     for cand in sorted(candidates):
-        rps, times = _limit_run(path, *cand, duration=duration)
+        rps, times, cpu_ms = _limit_run(path, *cand, duration=duration)
         if best is None or rps > best[0]:
-            best = (rps, times, cand)
+            best = (rps, times, cpu_ms, cand)
     assert best is not None
-    rps, times, (b, threads, intra) = best
-    r = Result(model, "limit", clients, rps, pct(times, 50) * 1e3, pct(times, 99) * 1e3, len(times) * b, 0, float(b))
+    rps, times, cpu_ms, (b, threads, intra) = best
+    r = Result(model, "limit", clients, rps, pct(times, 50) * 1e3, pct(times, 99) * 1e3, len(times) * b, 0, float(b),
+               cpu_ms)
     print(f"   {clients:>3} clients: {rps:8.1f} req/s (batch {b}, {threads} thread(s), intra {intra or 'all'})",
           flush=True)
     return r
@@ -366,18 +369,27 @@ def limit_loop(model: str, path: Path, clients: int, max_batch: int, duration: f
 
 # ---- main ---------------------------------------------------------------------------------
 
+def _cpu_ratio(seed: Result, ours: Result) -> float:
+    """How many times less server CPU ours spends per answered request than the seed."""
+    if not seed.cpu_ms_per_req or not ours.cpu_ms_per_req:
+        return float("nan")
+    return seed.cpu_ms_per_req / ours.cpu_ms_per_req
+
+
 def table(rows: list[Result], model: str, levels: list[int]) -> str:
     by = {(r.system, r.clients): r for r in rows if r.model == model}
     out = [f"\n{model}: requests/s, p50 / p99 ms, server CPU ms per request (limit: session.run, no HTTP)",
            f"{'clients':>7} | {'seed rps':>9} {'p50':>7} {'p99':>7} {'cpu':>5} | {'ours rps':>9} {'p50':>7}"
-           f" {'p99':>7} {'cpu':>5} {'batch':>5} | {'limit rps':>9} | {'ours/seed':>9} {'of limit':>8}"]
+           f" {'p99':>7} {'cpu':>5} {'batch':>5} | {'limit rps':>9} {'cpu':>5} | {'ours/seed':>9} {'of limit':>8}"
+           f" {'cpu ratio':>9}"]
     for c in levels:
         s, o, lim = by.get(("seed", c)), by.get(("ours", c)), by.get(("limit", c))
         if not (s and o and lim):
             continue
         out.append(f"{c:>7} | {s.rps:>9.1f} {s.p50_ms:>7.1f} {s.p99_ms:>7.1f} {s.cpu_ms_per_req or 0:>5.2f} | "
                    f"{o.rps:>9.1f} {o.p50_ms:>7.1f} {o.p99_ms:>7.1f} {o.cpu_ms_per_req or 0:>5.2f}"
-                   f" {o.mean_batch or 0:>5.1f} | {lim.rps:>9.1f} | {o.rps / s.rps:>8.2f}x {o.rps / lim.rps:>7.0%}")
+                   f" {o.mean_batch or 0:>5.1f} | {lim.rps:>9.1f} {lim.cpu_ms_per_req or 0:>5.2f} | "
+                   f"{o.rps / s.rps:>8.2f}x {o.rps / lim.rps:>7.0%} {_cpu_ratio(s, o):>8.2f}x")
     return "\n".join(out)
 
 
@@ -459,7 +471,10 @@ def main(argv: list[str] | None = None) -> int:
             cases.append({"model": name, "clients": c, "summary": True,
                           "ratio_vs_seed": o.rps / s.rps if s.rps else None,
                           "fraction_of_limit": o.rps / lim_c.rps if lim_c.rps else None,
-                          "p99_not_worse": o.p99_ms <= s.p99_ms})
+                          "p99_not_worse": o.p99_ms <= s.p99_ms,
+                          "cpu_per_request_ratio_vs_seed": _cpu_ratio(s, o),
+                          "cpu_efficiency_vs_limit": (lim_c.cpu_ms_per_req / o.cpu_ms_per_req
+                                                      if lim_c.cpu_ms_per_req and o.cpu_ms_per_req else None)})
     path = report.write(
         "fallback", "req/s", True, ours.rps, seed.rps, lim.rps,
         params={"headline": f"{head_model} at {head_c} clients", "clients": levels, "duration_s": duration,
@@ -472,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nheadline ({head_model}, {head_c} clients): ours {ours.rps:.1f} req/s vs seed {seed.rps:.1f} "
           f"({ours.rps / seed.rps:.2f}x), p99 {ours.p99_ms:.1f} vs {seed.p99_ms:.1f} ms, "
           f"{ours.rps / lim.rps:.0%} of the in-process limit ({lim.rps:.1f})")
+    print(f"server CPU per request at {head_c} clients: ours {ours.cpu_ms_per_req or 0:.2f} ms, seed "
+          f"{seed.cpu_ms_per_req or 0:.2f} ms, limit (session.run only) {lim.cpu_ms_per_req or 0:.2f} ms")
     print(f"load average (1 min) before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
           f"on {os.cpu_count()} CPUs: other processes share these cores")
     print(f"wrote {path}")
