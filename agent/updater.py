@@ -325,7 +325,8 @@ class Updater:
         try:
             dl.verify()
         except VerificationError as exc:
-            self.report("verify", "failed", exc.reason, f"{exc.detail}; fetching again", seq, ref.digest)
+            # not a final verdict: the chunks matched their signed hashes, so fetch it all again
+            self.report("verify", "progress", exc.reason, f"{exc.detail}; fetching again", seq, ref.digest)
             job.stage = "download"
             self.mqtt.subscribe(chunk_filter(ref.archive.sha256), qos=1)
             return
