@@ -147,16 +147,23 @@ def _health(s: Session, r: Rollout, st: RolloutState, rows: Rows, reporting: set
         return []
     prevs = {rows[i]["from_bundle"] for i in ids if rows[i]["from_bundle"]}
     t = TelemetryWindow
-    q = (select(t.device, t.bundle, t.latency, t.inferences, t.errors, t.cloud, t.drift, t.shadow)  # type: ignore[call-overload]
+    # a window that began before the device switched can mix the old model's samples into the
+    # new one's (agents label a window by the bundle active when it closes): judge only windows
+    # that started after the hub saw the device installed
+    since = {i: rows[i]["updated"] if rows[i]["state"] == "installed" else 0 for i in ids}
+    q = (select(t.device, t.bundle, t.latency, t.inferences, t.errors, t.cloud, t.drift, t.shadow,  # type: ignore[call-overload]
+                t.window_start)
          .where(col(t.device).in_(ids), col(t.bundle).in_([st.bundle, *prevs]),
                 t.received >= r.created - PREVIOUS_WINDOW_S)
          .order_by(col(t.window_end).desc()))
     acc: dict[str, dict[str, Any]] = {i: {"new": LatencySketch(), "old": LatencySketch(), "inf": 0, "err": 0,
                                           "cloud": 0, "agree": 0, "total": 0, "drift": {}, "n": 0} for i in ids}
-    for device, bundle, latency, inferences, errors, cloud, drift, shadow in s.exec(q).all():
+    for device, bundle, latency, inferences, errors, cloud, drift, shadow, start in s.exec(q).all():
         a = acc[device]
         is_new = bundle == st.bundle
         if not is_new and bundle != rows[device]["from_bundle"]:
+            continue
+        if is_new and start < since[device]:
             continue
         if a["n"] >= HEALTH_WINDOWS:
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from protocol.messages import BundleInfo, Report, Status, Telemetry
@@ -17,12 +18,15 @@ def status(device: str, online: bool = True, board: str = "rpi4", active: tuple[
 
 
 def telemetry(device: str, seq: int, bundle: str | None = None, latencies_s: tuple[float, ...] = (0.01,) * 10,
-              errors: int = 0, drift: dict[str, dict[str, list[int]]] | None = None, cloud: int = 0) -> bytes:
+              errors: int = 0, drift: dict[str, dict[str, list[int]]] | None = None, cloud: int = 0,
+              start: int | None = None) -> bytes:
+    """A 10 s window starting now (or at ``start``), as an agent would send it."""
     sk = LatencySketch()
     for x in latencies_s:
         sk.add(x)
     n = len(latencies_s)
-    return Telemetry(device=device, seq=seq, window_start=seq * 10, window_end=seq * 10 + 10, bundle=bundle,
+    begin = int(time.time()) if start is None else start
+    return Telemetry(device=device, seq=seq, window_start=begin, window_end=begin + 10, bundle=bundle,
                      counts={"inferences": n, "errors": errors, "tpu": 0, "cpu": n - cloud, "cloud": cloud},
                      latency=sk.to_dict(), drift=drift or {}).to_bytes()
 

@@ -273,8 +273,8 @@ def test_device_moved_into_a_targeted_group_converges_to_that_rollout(client, me
 def test_telemetry_merges_across_devices_and_time_and_old_windows_are_pruned(client, memhub, bundle_dir):
     hub, _ = memhub
     b = push(client, bundle_dir())
-    hub.ingest.handle([(f"ef/v1/dev/m{i}/telemetry", telemetry(f"m{i}", s, b["digest"], (0.002 * (i + 1),) * 50))
-                       for i in range(3) for s in (1, 2)])
+    hub.ingest.handle([(f"ef/v1/dev/m{i}/telemetry", telemetry(f"m{i}", s, b["digest"], (0.002 * (i + 1),) * 50,
+                                                                start=s * 10)) for i in range(3) for s in (1, 2)])
     client.patch("/api/v1/devices/m0", json={"group": "north"})
     fleet = client.get(f"/api/v1/telemetry/summary?bundle={b['digest']}").json()
     assert fleet["inferences"] == 300 and fleet["devices"] == 3 and fleet["windows"] == 6

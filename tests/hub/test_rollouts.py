@@ -114,3 +114,27 @@ def test_bad_policy_is_a_400_naming_the_field(client, bundle_dir):
     r = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True},
                                               "policy": {"cohorts": ["1", "200%"]}})
     assert r.status_code == 400 and "200%" in r.json()["error"]
+
+
+def test_a_window_that_began_before_the_switch_is_not_held_against_the_new_model(client, memhub, bundle_dir):
+    """Agents label a window by the bundle active when it closes, so the window spanning the
+    switch carries the old model's samples under the new digest; the gates skip it."""
+    hub, pub = memhub
+    fleet_on(hub, client, pub, bundle_dir, 3)
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    rid = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True},
+                                                "policy": STAGED}).json()["id"]
+    canary = [d for d in client.get(f"/api/v1/rollouts/{rid}").json()["devices"] if d["state"] == "issued"][0]
+    dev = canary["device_id"]
+    hub.ingest.handle([(f"ef/v1/dev/{dev}/report", report(dev, 1, canary["seq"], bundle=v2["digest"]))])
+    before_switch = int(time.time()) - 30
+    hub.ingest.handle([(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 2, v2["digest"], (SLOW_MS,) * 200,
+                                                                  start=before_switch))])
+    hub.fleet.tick()
+    st = client.get(f"/api/v1/rollouts/{rid}").json()
+    assert st["phase"] == "running" and st["cohort"] == 0
+    assert {g["name"]: g["status"] for g in st["gates"]}["p95_latency_ratio"] == "insufficient_data"
+    hub.ingest.handle([(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 3, v2["digest"], (OLD_MS,) * 200))])
+    hub.fleet.tick()
+    st = client.get(f"/api/v1/rollouts/{rid}").json()
+    assert st["cohort"] >= 1 and {g["name"]: g["status"] for g in st["gates"]}["p95_latency_ratio"] == "pass"

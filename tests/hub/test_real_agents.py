@@ -1,0 +1,169 @@
+"""Issue 5's headline scenario with real agent processes: the hub's gates stop a much slower
+model at the canary and roll it back; a good model then reaches every device.
+
+Real parts: Mosquitto, the hub (bridge + ticker, in this process), three ``edgefleet-agent``
+subprocesses serving the compiler's digits CNN, the Coral MobileNetV2-224 as the "slow model"
+(~100x the digits latency on a CPU), inference requests through each agent's local API."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from hub.server import build
+from protocol.bundle import MANIFEST_FILE, Artifact, Manifest, Requirements, parse_manifest
+from protocol.signing import Envelope, seal
+
+from ..conftest import REPO
+from .conftest import TOKEN, hub_config, wait_for
+from .test_api import archive_of
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+POLICY = {"cohorts": ["1", "100%"], "soak_s": 0, "on_breach": "rollback", "require_samples": True,
+          "gates": {"max_p95_ratio": 1.5, "min_samples": 30}}
+
+
+def coral_bundle(coral: Path, out: Path) -> Path:
+    """MobileNetV2-224 (uint8) as a bundle directory with its own self-test vector."""
+    from ai_edge_litert.interpreter import Interpreter
+    from PIL import Image
+    out.mkdir(parents=True)
+    shutil.copyfile(coral / "mobilenet_v2_1.0_224_quant.tflite", out / "model_int8.tflite")
+    shutil.copyfile(coral / "imagenet_labels.txt", out / "labels.txt")
+    x = np.asarray(Image.open(coral / "cat_720p.jpg").convert("RGB").resize((224, 224)), dtype=np.uint8)[None]
+    it = Interpreter(model_path=str(out / "model_int8.tflite"))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    y = it.get_tensor(it.get_output_details()[0]["index"])
+    (out / "selftest.json").write_text(json.dumps({"schema": 1, "artifact": "model_int8.tflite", "tolerance": 2,
+                                                   "max_latency_ms": 5000,
+                                                   "cases": [{"input": x.tolist(), "expected": y.tolist()}]}))
+    roles = {"model_int8.tflite": "tflite_int8", "labels.txt": "labels", "selftest.json": "selftest"}
+    arts = tuple(Artifact.of(n, r, (out / n).read_bytes()) for n, r in roles.items())
+    m = Manifest("slow-mobilenet", "9.0.0", int(time.time()), arts, Requirements("none"),
+                 {"task": "classification", "labels": "labels.txt",
+                  "preprocess": {"kind": "image", "height": 224, "width": 224, "channels": 3,
+                                 "scale": 1 / 128, "offset": -1.0}})
+    (out / MANIFEST_FILE).write_bytes(seal("manifest", m.to_dict(), []).to_bytes())
+    return out
+
+
+def new_version(src: Path, out: Path, version: str) -> Path:
+    """The same build under another version: same bytes, a new content address."""
+    shutil.copytree(src, out)
+    env = Envelope.parse((src / MANIFEST_FILE).read_bytes())
+    doc = json.loads(env.payload)
+    doc["version"] = version
+    parse_manifest(json.dumps(doc).encode())
+    (out / MANIFEST_FILE).write_bytes(seal("manifest", doc, []).to_bytes())
+    return out
+
+
+def test_slow_model_is_stopped_at_the_canary_by_real_latency_and_a_good_one_goes_everywhere(
+        tmp_path: Path, keys_dir: Path, mosquitto, digits_bundle: Path, coral_models: Path):
+    from demo.client import png_bytes, post_image
+    from sklearn.datasets import load_digits
+
+    pixels = np.round(load_digits().images[:50] * 255 / 16).astype(np.uint8)
+    images = [png_bytes(p) for p in pixels]
+    hub = build(hub_config(tmp_path, keys_dir, broker=mosquitto.url, tick=0.3))
+    hub.start()
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[Any] = []
+    names = ["agent-a", "agent-b", "agent-c"]
+    try:
+        api = TestClient(hub.app, headers={"Authorization": f"Bearer {TOKEN}"})
+        v1 = api.post("/api/v1/bundles", content=archive_of(digits_bundle)).json()
+        slow = api.post("/api/v1/bundles", content=archive_of(coral_bundle(coral_models, tmp_path / "slow"))).json()
+        good = api.post("/api/v1/bundles",
+                        content=archive_of(new_version(digits_bundle, tmp_path / "good", "1.0.1-good"))).json()
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        for n in names:
+            d = tmp_path / n
+            d.mkdir()
+            (d / "agent.toml").write_text(
+                f'device_id = "{n}"\nbroker = "{mosquitto.url}"\nstate_dir = "{d / "state"}"\n'
+                f'root = "{keys_dir / "root.json"}"\nboard = "rpi4"\nhttp_port = 0\ntelemetry_interval_s = 0.5\n')
+            logs.append(open(d / "log", "wb"))
+            procs.append(subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(d / "agent.toml")],
+                                          cwd=REPO, env=env, stdout=logs[-1], stderr=subprocess.STDOUT))
+
+        def device(n: str) -> dict[str, Any]:
+            return api.get(f"/api/v1/devices/{n}").json() if api.get(f"/api/v1/devices/{n}").status_code == 200 else {}
+
+        def active(n: str) -> str | None:
+            return ((device(n).get("active_bundle")) or {}).get("digest")
+
+        wait_for(lambda: all(device(n).get("online") for n in names), timeout=60, what="three agents online")
+        api.post("/api/v1/rollouts", json={"bundle": v1["digest"], "target": {"all": True}})
+        wait_for(lambda: all(active(n) == v1["digest"] for n in names), timeout=90, what="v1 on every agent")
+        ports = {n: int(wait_for(lambda n=n: (tmp_path / n / "state" / "http.port").exists() and
+                                 (tmp_path / n / "state" / "http.port").read_text().strip(), what=f"{n} port"))
+                 for n in names}
+
+        def traffic(k: int = 5) -> None:
+            for n in names:
+                for i in range(k):
+                    post_image(f"http://127.0.0.1:{ports[n]}/v1/predict", images[i % len(images)], timeout=30)
+
+        for _ in range(10):
+            traffic()
+        wait_for(lambda: all(device(n)["telemetry"]["inferences"] >= 50 for n in names), timeout=30,
+                 what="v1 latency history")
+
+        # the slow model: halted at the canary, rolled back by the gates
+        rid = api.post("/api/v1/rollouts", json={"bundle": slow["digest"], "target": {"all": True},
+                                                 "policy": POLICY}).json()["id"]
+
+        def rolled_back() -> dict[str, Any] | None:
+            traffic(3)
+            st = api.get(f"/api/v1/rollouts/{rid}").json()
+            return st if st["phase"] == "rolled_back" else None
+
+        st = wait_for(rolled_back, timeout=120, what="the gates rolling the slow model back")
+        assert "p95_latency_ratio" in st["reason"], st["reason"]
+        canary = [d["device_id"] for d in st["devices"] if d["cohort"] == 0][0]
+        others = [n for n in names if n != canary]
+        assert st["counts"].get("cancelled") == 2
+        wait_for(lambda: active(canary) == v1["digest"], timeout=60, what="canary back on v1")
+        assert all(active(n) == v1["digest"] for n in others)
+        gate = next(g for g in st["gates"] if g["name"] == "p95_latency_ratio")
+        print(f"\nslow canary: {gate['detail']} (ratio {gate['value']:.0f}x > {gate['limit']})")
+
+        # the good model: every cohort, every device
+        rid2 = api.post("/api/v1/rollouts", json={"bundle": good["digest"], "target": {"all": True},
+                                                  "policy": POLICY}).json()["id"]
+
+        def completed() -> dict[str, Any] | None:
+            traffic(3)
+            st = api.get(f"/api/v1/rollouts/{rid2}").json()
+            assert st["phase"] in ("running", "completed"), (st["phase"], st["reason"], st["gates"], st["devices"])
+            return st if st["phase"] == "completed" else None
+
+        st = wait_for(completed, timeout=180, what="the good model through both cohorts")
+        assert st["counts"] == {"installed": 3}
+        assert all(active(n) == good["digest"] for n in names)
+        assert all(p.poll() is None for p in procs), "an agent died"
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        for f in logs:
+            f.close()
+        hub.stop()
