@@ -19,10 +19,10 @@ import hmac
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
@@ -139,6 +139,14 @@ def _int_param(name: str, v: str | None, default: int) -> int:
         raise QueryError(f"{name} must be an integer, got {v!r}") from None
 
 
+def device_filter(p: Mapping[str, str]) -> DeviceFilter:
+    """The devices page's query string as a :class:`DeviceFilter` (raises QueryError)."""
+    return DeviceFilter(q=p.get("q", "").strip(), online=_bool_param("online", p.get("online")),
+                        group=p.get("group", ""), board=p.get("board", ""), tpu=_bool_param("tpu", p.get("tpu")),
+                        bundle=p.get("bundle", ""), limit=_int_param("limit", p.get("limit"), 50),
+                        offset=_int_param("offset", p.get("offset"), 0))
+
+
 # ---- the router --------------------------------------------------------------------------------
 def dashboard_router() -> APIRouter:
     """Pages and feeds; include with ``app.include_router(dashboard_router())`` and mount
@@ -203,7 +211,9 @@ def dashboard_router() -> APIRouter:
                 "error": "That token is not valid for this hub. Check it and try again." if token
                 else "Enter an API token."}, status_code=401)
         resp = RedirectResponse(_safe_next(next), status_code=303)
-        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
+        # SameSite=Strict is what keeps cross-site pages from riding this cookie into the API
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/",
+                        secure=request.url.scheme == "https")
         return resp
 
     @router.post("/logout")
@@ -246,13 +256,8 @@ def dashboard_router() -> APIRouter:
         caller = guard(request)
         if isinstance(caller, Response):
             return caller
-        p = request.query_params
         try:
-            flt = DeviceFilter(q=p.get("q", "").strip(), online=_bool_param("online", p.get("online")),
-                               group=p.get("group", ""), board=p.get("board", ""),
-                               tpu=_bool_param("tpu", p.get("tpu")), bundle=p.get("bundle", ""),
-                               limit=_int_param("limit", p.get("limit"), 50),
-                               offset=_int_param("offset", p.get("offset"), 0))
+            flt = device_filter(request.query_params)
         except QueryError as exc:
             return bad_input(request, caller, exc)
         f = fleet_of(request)
@@ -269,13 +274,8 @@ def dashboard_router() -> APIRouter:
         caller = guard(request)
         if isinstance(caller, Response):
             return caller
-        p = request.query_params
         try:
-            flt = DeviceFilter(q=p.get("q", "").strip(), online=_bool_param("online", p.get("online")),
-                               group=p.get("group", ""), board=p.get("board", ""),
-                               tpu=_bool_param("tpu", p.get("tpu")), bundle=p.get("bundle", ""),
-                               limit=_int_param("limit", p.get("limit"), 50),
-                               offset=_int_param("offset", p.get("offset"), 0))
+            flt = device_filter(request.query_params)
         except QueryError as exc:
             return JSONResponse({"error": str(exc)}, 400)
         f = fleet_of(request)
@@ -381,13 +381,14 @@ def dashboard_router() -> APIRouter:
 
     # ---- audit ---------------------------------------------------------------------------
     @router.get("/audit", response_class=HTMLResponse)
-    def audit_page(request: Request, action: str = "", offset: int = 0) -> Response:
+    def audit_page(request: Request, action: str = "",
+                   offset: Annotated[int, Query(ge=0, le=queries.MAX_OFFSET)] = 0) -> Response:
         caller = guard(request, need="operator")  # the API's audit route needs operator too
         if isinstance(caller, Response):
             return caller
         f = fleet_of(request)
         with f.session() as s:
-            page = queries.audit_page(s, 50, max(0, offset), action[:64])
+            page = queries.audit_page(s, 50, offset, action[:64])
         return render(request, caller, "audit.html", {"page": page, "action": action[:64]},
                       parts=("audit_table",))
 

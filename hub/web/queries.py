@@ -31,6 +31,7 @@ MAX_WINDOWS = 20_000      # telemetry rows merged for one fleet chart
 DEVICE_WINDOWS = 120      # points in a device's charts
 MIN_DRIFT_SAMPLES = 100   # below this a window's PSI is not plotted (it would be noise)
 PAGE_SIZES = (25, 50, 100, 200)
+MAX_OFFSET = 10_000_000
 
 Baselines = Callable[[str], Mapping[str, Sequence[int]] | None]
 
@@ -203,8 +204,8 @@ class DeviceFilter:
     def __post_init__(self) -> None:
         if self.limit not in PAGE_SIZES:
             raise QueryError(f"page size must be one of {PAGE_SIZES}, got {self.limit}")
-        if self.offset < 0:
-            raise QueryError(f"offset must be >= 0, got {self.offset}")
+        if not 0 <= self.offset <= MAX_OFFSET:
+            raise QueryError(f"offset must be within 0..{MAX_OFFSET}, got {self.offset}")
         if len(self.q) > 64:
             raise QueryError(f"search text must be at most 64 characters, got {len(self.q)}")
 

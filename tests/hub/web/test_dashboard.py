@@ -107,6 +107,7 @@ def test_fleet_page_counts_ten_thousand_devices_by_status_and_board(big_fleet: H
     ({"limit": "33"}, "page size must be one of (25, 50, 100, 200), got 33"),
     ({"online": "maybe"}, "online must be true or false, got 'maybe'"),
     ({"offset": "ten"}, "offset must be an integer, got 'ten'"),
+    ({"offset": str(2**63)}, f"offset must be within 0..10000000, got {2**63}"),
     ({"q": "x" * 65}, "search text must be at most 64 characters, got 65"),
 ])
 def test_bad_device_filters_get_a_one_line_400_naming_the_value(client: TestClient, params: dict[str, str],

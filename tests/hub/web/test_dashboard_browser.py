@@ -18,7 +18,7 @@ from playwright.sync_api import expect
 
 from .conftest import OPERATOR, VIEWER, Stack, read_baseline
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 WAIT_MS = 30_000
 
