@@ -63,6 +63,8 @@ def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
     page.set_default_timeout(WAIT_MS)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    requested: list[str] = []
+    page.on("request", lambda req: requested.append(req.url))
 
     # a wrong token is refused with a message and the form stays usable
     page.goto(f"{stack.url}/ui/login")
@@ -160,6 +162,9 @@ def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
     assert any(rid in t for t in page.locator("#audit-table tbody tr td:nth-child(4)").all_inner_texts())
     check_page(page, artifacts, "07-audit")
     assert not errors, f"JavaScript errors on the pages: {errors}"
+    foreign = [u for u in requested if not u.startswith(stack.url)]
+    assert not foreign, f"pages loaded assets from elsewhere (no CDN allowed): {foreign[:5]}"
+    assert any(u.endswith("/static/vendor/uPlot.iife.min.js") for u in requested)
 
     # a viewer sees everything read-only: no form, no buttons, no audit
     viewer = browser.new_page(viewport={"width": 1400, "height": 1000})
