@@ -206,14 +206,11 @@ class Agent:
                      self.serving.model.served_by)
 
     def start_http(self) -> None:
+        """Open every listener, then announce the port (``http.port`` means: ready)."""
         try:
             self._server = make_server(self.cfg.http_host, self.cfg.http_port, self.serving, self.status_doc)
         except OSError as exc:
             raise StartupError(f"http {self.cfg.http_host}:{self.cfg.http_port}: {exc.strerror}") from None
-        self.http_port = int(self._server.server_address[1])
-        write_atomic(self.cfg.http_port_file, f"{self.http_port}\n".encode())
-        threading.Thread(target=self._server.serve_forever, name="http", daemon=True).start()
-        log.info("local API on http://%s:%d", self.cfg.http_host, self.http_port)
         if self.cfg.http_socket is not None:
             try:
                 self._unix = make_unix_server(self.cfg.http_socket, self.serving, self.status_doc)
@@ -221,6 +218,10 @@ class Agent:
                 raise StartupError(f"http_socket {str(self.cfg.http_socket)!r}: {exc.strerror}") from None
             threading.Thread(target=self._unix.serve_forever, name="http-unix", daemon=True).start()
             log.info("local API on unix:%s", self.cfg.http_socket)
+        self.http_port = int(self._server.server_address[1])
+        threading.Thread(target=self._server.serve_forever, name="http", daemon=True).start()
+        write_atomic(self.cfg.http_port_file, f"{self.http_port}\n".encode())
+        log.info("local API on http://%s:%d", self.cfg.http_host, self.http_port)
 
     def resume_job(self) -> None:
         pending = self.updater.pending_envelope()
