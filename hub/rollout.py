@@ -50,8 +50,8 @@ Rules, in the order ``advance`` applies them:
    the same devices (merged sketches), error rate, cloud-fallback rate, drift (PSI verdict on
    merged bin counts vs the bundle's baseline; JS over ``max_js``), shadow agreement. A gate
    without enough samples is ``insufficient_data``: it never breaches; with
-   ``require_samples`` the inference-fed gates (error rate, p95, cloud rate) hold the cohort
-   open until they have data. A breach triggers ``on_breach`` once
+   ``require_samples`` the inference-fed gates (error rate, p95, cloud rate), and drift once
+   devices send drift counts, hold the cohort open until they have data. A breach triggers ``on_breach`` once
    (``pause`` | ``abort`` | ``rollback``) and emits an ``Alert``.
 7. **Soak**: when every assigned device is settled (installed / failed / timed_out /
    incompatible), ``soak_started`` is set; after ``soak_s`` with no breach the next cohort opens
@@ -92,6 +92,7 @@ class PolicyError(ValueError):
 class Gates:
     max_install_failure_rate: float = 0.0
     max_p95_ratio: float | None = 1.5      # new p95 / previous model's p95 on the same devices
+    min_p95_delta_ms: float = 1.0          # ...and at least this much slower: sub-ms jitter is not a regression
     max_error_rate: float | None = 0.05    # errors / (inferences + errors)
     max_cloud_rate: float | None = None    # cloud fallbacks / inferences
     drift: bool = True                     # PSI alert on any baseline feature breaches
@@ -492,8 +493,11 @@ def advance(state: RolloutState, events: Sequence[Event], now: int,
         settled = all(d.state in SETTLED or not d.online for d in assigned)
         if settled and st.soak_started is None:
             st = replace(st, soak_started=now)
+        # drift has its own sample floor (the baseline's min_samples): wait for it too once the
+        # devices are sending drift counts at all, or a drifting model passes on latency alone
+        waiting_for = SAMPLE_GATES + (("drift",) if any(h.drift for h in health.values()) else ())
         waiting_data = policy.require_samples and any(g.status == "insufficient_data" for g in gates
-                                                      if g.name in SAMPLE_GATES)
+                                                      if g.name in waiting_for)
         if settled and st.soak_started is not None and now - st.soak_started >= policy.soak_s and not waiting_data:
             sizes = cohort_sizes(policy.cohorts, _eligible(devs))
             if st.cohort >= len(sizes) - 1 and all(d.cohort is not None or d.state in SETTLED for d in devs.values()):
@@ -586,7 +590,8 @@ def evaluate_gates(st: RolloutState, devices: Sequence[DeviceState], health: Map
         else:
             n95, o95 = new.quantile(0.95) or 0.0, old.quantile(0.95) or 0.0
             v = n95 / o95 if o95 > 0 else math.inf
-            out.append(GateResult("p95_latency_ratio", "breach" if v > g.max_p95_ratio else "pass",
+            slower = v > g.max_p95_ratio and (n95 - o95) * 1000 > g.min_p95_delta_ms
+            out.append(GateResult("p95_latency_ratio", "breach" if slower else "pass",
                                   v if math.isfinite(v) else None, g.max_p95_ratio,
                                   f"p95 {n95 * 1000:.2f} ms vs {o95 * 1000:.2f} ms before"))
 

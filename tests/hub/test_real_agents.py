@@ -59,12 +59,23 @@ def coral_bundle(coral: Path, out: Path) -> Path:
     return out
 
 
-def new_version(src: Path, out: Path, version: str) -> Path:
-    """The same build under another version: same bytes, a new content address."""
+def new_version(src: Path, out: Path, version: str, skew_outputs: bool = False) -> Path:
+    """The same build under another version: same bytes, a new content address. With
+    ``skew_outputs`` its validation baseline says the model answers "0" nine times in ten, so
+    what it really answers on live traffic (every digit) is output drift against its own
+    baseline: a model whose outputs do not match what it was validated to produce."""
     shutil.copytree(src, out)
     env = Envelope.parse((src / MANIFEST_FILE).read_bytes())
     doc = json.loads(env.payload)
     doc["version"] = version
+    if skew_outputs:
+        base = json.loads((out / "baseline.json").read_text())
+        ref = base["outputs"]["top1_class"]["ref"]
+        total = sum(ref)
+        base["outputs"]["top1_class"]["ref"] = [int(total * 0.9)] + [max(1, total // 90)] * (len(ref) - 1)
+        (out / "baseline.json").write_text(json.dumps(base))
+        doc["artifacts"] = [Artifact.of(a["name"], a["role"], (out / a["name"]).read_bytes()).to_dict()
+                            for a in doc["artifacts"]]
     parse_manifest(json.dumps(doc).encode())
     (out / MANIFEST_FILE).write_bytes(seal("manifest", doc, []).to_bytes())
     return out
@@ -75,8 +86,11 @@ def test_slow_model_is_stopped_at_the_canary_by_real_latency_and_a_good_one_goes
     from demo.client import png_bytes, post_image
     from sklearn.datasets import load_digits
 
-    pixels = np.round(load_digits().images[:50] * 255 / 16).astype(np.uint8)
-    images = [png_bytes(p) for p in pixels]
+    # live traffic drawn like the data the baseline was built from: every digit, shuffled
+    data = load_digits().images
+    order = np.random.default_rng(0).permutation(len(data))[:400]
+    images = [png_bytes(np.round(data[i] * 255 / 16).astype(np.uint8)) for i in order]
+    sent = [0]
     hub = build(hub_config(tmp_path, keys_dir, broker=mosquitto.url, tick=0.3))
     hub.start()
     procs: list[subprocess.Popen[bytes]] = []
@@ -88,6 +102,8 @@ def test_slow_model_is_stopped_at_the_canary_by_real_latency_and_a_good_one_goes
         slow = api.post("/api/v1/bundles", content=archive_of(coral_bundle(coral_models, tmp_path / "slow"))).json()
         good = api.post("/api/v1/bundles",
                         content=archive_of(new_version(digits_bundle, tmp_path / "good", "1.0.1-good"))).json()
+        drifty = api.post("/api/v1/bundles", content=archive_of(
+            new_version(digits_bundle, tmp_path / "drifty", "1.0.2-drifty", skew_outputs=True))).json()
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         for n in names:
             d = tmp_path / n
@@ -114,8 +130,9 @@ def test_slow_model_is_stopped_at_the_canary_by_real_latency_and_a_good_one_goes
 
         def traffic(k: int = 5) -> None:
             for n in names:
-                for i in range(k):
-                    post_image(f"http://127.0.0.1:{ports[n]}/v1/predict", images[i % len(images)], timeout=30)
+                for _ in range(k):
+                    sent[0] += 1
+                    post_image(f"http://127.0.0.1:{ports[n]}/v1/predict", images[sent[0] % len(images)], timeout=30)
 
         for _ in range(10):
             traffic()
@@ -140,6 +157,22 @@ def test_slow_model_is_stopped_at_the_canary_by_real_latency_and_a_good_one_goes
         assert all(active(n) == v1["digest"] for n in others)
         gate = next(g for g in st["gates"] if g["name"] == "p95_latency_ratio")
         print(f"\nslow canary: {gate['detail']} (ratio {gate['value']:.0f}x > {gate['limit']})")
+
+        # the drifting model: latency is fine, its outputs are not what it was validated on
+        rid_d = api.post("/api/v1/rollouts", json={"bundle": drifty["digest"], "target": {"all": True},
+                                                   "policy": POLICY}).json()["id"]
+
+        def drift_rolled_back() -> dict[str, Any] | None:
+            traffic(5)
+            st = api.get(f"/api/v1/rollouts/{rid_d}").json()
+            return st if st["phase"] == "rolled_back" else None
+
+        st = wait_for(drift_rolled_back, timeout=180, what="the drift gate rolling the drifting model back")
+        assert "drift" in st["reason"] and "outputs.top1_class" in st["reason"], st["reason"]
+        print(f"drifting canary: {st['reason']}")
+        canary = [d["device_id"] for d in st["devices"] if d["cohort"] == 0][0]
+        wait_for(lambda: active(canary) == v1["digest"], timeout=60, what="drift canary back on v1")
+        assert all(active(n) == v1["digest"] for n in names)
 
         # the good model: every cohort, every device
         rid2 = api.post("/api/v1/rollouts", json={"bundle": good["digest"], "target": {"all": True},

@@ -146,6 +146,8 @@ def _health(dev: str, new_ms: float, old_ms: float = 10.0, n: int = 200, errors:
 @pytest.mark.parametrize("health,gates,breached", [
     (_health("d00", 30.0), Gates(max_p95_ratio=1.5), "p95_latency_ratio"),
     (_health("d00", 12.0), Gates(max_p95_ratio=1.5), None),
+    (_health("d00", 0.9, old_ms=0.55), Gates(max_p95_ratio=1.5), None),  # 1.6x but 0.35 ms: jitter
+    (_health("d00", 1.8, old_ms=0.55), Gates(max_p95_ratio=1.5), "p95_latency_ratio"),
     (_health("d00", 10.0, errors=50), Gates(max_error_rate=0.05), "error_rate"),
     (_health("d00", 10.0, errors=5), Gates(max_error_rate=0.05), None),
     (_health("d00", 10.0, cloud=100), Gates(max_cloud_rate=0.2), "cloud_fallback_rate"),
@@ -328,3 +330,17 @@ def test_a_desired_doc_that_expired_while_the_device_was_away_is_reissued_fresh(
     st, acts = advance(st, [InstallReport("d00", "verify", "failed", "expired", "expired at 604800")], 700_000,
                        policy)
     assert issued(acts) == ["d00"] and st.device("d00").issued_at == 700_000
+
+
+def test_require_samples_waits_for_drift_evidence_when_devices_send_it():
+    policy = Policy(cohorts=("1", "100%"), soak_s=0, require_samples=True, on_breach="pause",
+                    gates=Gates(max_p95_ratio=1.5, min_samples=50))
+    st = RolloutState(NEW, baseline={"outputs.top1_class": [333, 333, 334]})
+    st, _ = advance(st, seen(3), 0, policy)
+    st, _ = install_all(st, 1, policy)
+    few = {"outputs.top1_class": [0, 0, 60]}  # shifted, but below the baseline's 100-sample floor
+    st, acts = advance(st, [_health("d00", 10.0, drift=few)], 2, policy)
+    assert st.cohort == 0 and issued(acts) == [] and st.phase == "running"
+    enough = {"outputs.top1_class": [0, 0, 150]}
+    st, acts = advance(st, [_health("d00", 10.0, drift=enough)], 3, policy)
+    assert st.phase == "paused" and "drift" in st.reason
