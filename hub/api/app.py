@@ -228,8 +228,8 @@ def create_app(fleet: Fleet, connected: Any = None) -> FastAPI:
     def telemetry_summary(_c: Viewer, f: FleetDep, bundle: Annotated[str | None, Query(pattern=DIGEST_RE)] = None,
                           device: Annotated[str | None, Query(max_length=64)] = None,
                           group: Annotated[str | None, Query(max_length=64)] = None,
-                          since: Annotated[int | None, Query(ge=0, le=2**40)] = None,
-                          until: Annotated[int | None, Query(ge=0, le=2**40)] = None) -> dict[str, Any]:
+                          since: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+                          until: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None) -> dict[str, Any]:
         """Telemetry merged over devices and time: per bundle (model version), device, group
         (cohorts are groups or device lists) and window range."""
         return f.telemetry_summary(bundle, device, group, since, until)
