@@ -37,6 +37,15 @@ MAX_REPAIR_CHUNKS = 2048
 REPAIR_INTERVAL_S = 5.0
 
 
+INT32, INT64 = 2**31 - 1, 2**63 - 1
+
+
+def _bounded(what: str, name: str, value: int, limit: int) -> None:
+    """Numbers must fit the registry's columns (PostgreSQL integers are 32/64-bit)."""
+    if value > limit:
+        raise BadPayload(what, f"{name} {value} exceeds {limit}")
+
+
 @dataclass(frozen=True)
 class Parsed:
     kind: Kind
@@ -59,6 +68,13 @@ def parse(topic: str, payload: bytes) -> Parsed:
         msg = parse_fetch(payload)
     else:
         raise BadPayload("topic", f"{topic!r}: the hub does not consume {t.kind.value!r} messages")
+    if isinstance(msg, (Telemetry, Report)):
+        _bounded(t.kind.value, "seq", msg.seq, INT64)
+    if isinstance(msg, Telemetry):
+        _bounded("telemetry", "window_start", msg.window_start, INT32)
+        _bounded("telemetry", "window_end", msg.window_end, INT32)
+        for k, v in msg.counts.items():
+            _bounded("telemetry", f"counts.{k}", v, INT32)
     if msg.device != t.device:
         raise BadPayload(t.kind.value, f"payload device {msg.device!r} does not match topic device {t.device!r}")
     return Parsed(t.kind, msg.device, msg)

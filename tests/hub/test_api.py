@@ -203,13 +203,15 @@ def test_malformed_and_mismatched_messages_are_counted_and_dropped(client, memhu
     hub.ingest.handle([("ef/v1/dev/x/telemetry", b"{not json"),
                        ("ef/v1/dev/x/status", status("someone-else")),
                        ("ef/v1/dev/x/report", json.dumps({"v": 1, "device": "x"}).encode()),
+                       ("ef/v1/dev/x/telemetry", json.dumps({"v": 1, "device": "x", "seq": 2**70, "window_start": 0,
+                                                             "window_end": 1}).encode()),
                        ("ef/v1/dev/x/status", status("x"))])
-    assert m.labels("telemetry", "malformed")._value.get() == 1
+    assert m.labels("telemetry", "malformed")._value.get() == 2
     assert m.labels("status", "malformed")._value.get() == 1
     assert m.labels("report", "malformed")._value.get() == 1
     assert [d["device_id"] for d in client.get("/api/v1/devices").json()["items"]] == ["x"]
     text = client.get("/metrics").text
-    assert 'edgefleet_hub_messages_total{kind="telemetry",outcome="malformed"} 1.0' in text
+    assert 'edgefleet_hub_messages_total{kind="telemetry",outcome="malformed"} 2.0' in text
 
 
 def test_fetch_request_republishes_exactly_the_missing_chunks_and_storms_are_throttled(client, memhub, bundle_dir):
