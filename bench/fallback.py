@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     by = {(r.model, r.system, r.clients): r for r in rows}
     head_model = "mobilenet_v2" if "mobilenet_v2" in models else next(iter(models))
     head_c = 32 if 32 in levels else levels[-1]
-    ours, seed, lim = (by[(head_model, s, head_c)] for s in ("ours", "seed", "limit"))
+    h_ours, h_seed, h_lim = (by[(head_model, sys_, head_c)] for sys_ in ("ours", "seed", "limit"))
     cases = [asdict(r) for r in rows]
     for name in models:
         for c in levels:
@@ -476,19 +476,19 @@ def main(argv: list[str] | None = None) -> int:
                           "cpu_efficiency_vs_limit": (lim_c.cpu_ms_per_req / o.cpu_ms_per_req
                                                       if lim_c.cpu_ms_per_req and o.cpu_ms_per_req else None)})
     path = report.write(
-        "fallback", "req/s", True, ours.rps, seed.rps, lim.rps,
+        "fallback", "req/s", True, h_ours.rps, h_seed.rps, h_lim.rps,
         params={"headline": f"{head_model} at {head_c} clients", "clients": levels, "duration_s": duration,
                 "warmup_s": warmup, "models": list(models), "max_batch": max_batch, "ours_args": extra,
                 "goal": ">=3x seed throughput, p99 no worse, >=70% of limit at 32 clients",
-                "p99_ms": {"ours": ours.p99_ms, "seed": seed.p99_ms},
+                "p99_ms": {"ours": h_ours.p99_ms, "seed": h_seed.p99_ms},
                 # other work on the machine skews every figure: record it next to them
                 "loadavg_1m": {"before": load_before[0], "after": os.getloadavg()[0]}},
         cases=cases)
-    print(f"\nheadline ({head_model}, {head_c} clients): ours {ours.rps:.1f} req/s vs seed {seed.rps:.1f} "
-          f"({ours.rps / seed.rps:.2f}x), p99 {ours.p99_ms:.1f} vs {seed.p99_ms:.1f} ms, "
-          f"{ours.rps / lim.rps:.0%} of the in-process limit ({lim.rps:.1f})")
-    print(f"server CPU per request at {head_c} clients: ours {ours.cpu_ms_per_req or 0:.2f} ms, seed "
-          f"{seed.cpu_ms_per_req or 0:.2f} ms, limit (session.run only) {lim.cpu_ms_per_req or 0:.2f} ms")
+    print(f"\nheadline ({head_model}, {head_c} clients): ours {h_ours.rps:.1f} req/s vs seed {h_seed.rps:.1f} "
+          f"({h_ours.rps / h_seed.rps:.2f}x), p99 {h_ours.p99_ms:.1f} vs {h_seed.p99_ms:.1f} ms, "
+          f"{h_ours.rps / h_lim.rps:.0%} of the in-process limit ({h_lim.rps:.1f})")
+    print(f"server CPU per request at {head_c} clients: ours {h_ours.cpu_ms_per_req or 0:.2f} ms, seed "
+          f"{h_seed.cpu_ms_per_req or 0:.2f} ms, limit (session.run only) {h_lim.cpu_ms_per_req or 0:.2f} ms")
     print(f"load average (1 min) before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
           f"on {os.cpu_count()} CPUs: other processes share these cores")
     print(f"wrote {path}")

@@ -31,12 +31,11 @@ def image_tensor(data: bytes, spec: ImageSpec, dtype: str, max_pixels: int) -> n
     if not data:
         raise BadInput("file", "is empty")
     try:
-        img = Image.open(io.BytesIO(data))
-        w, h = img.size
+        opened = Image.open(io.BytesIO(data))
+        w, h = opened.size
         if w * h > max_pixels:
             raise TooLarge("image", w * h, max_pixels)  # checked from the header: nothing decoded yet
-        img = img.convert("L" if spec.channels == 1 else "RGB")
-        img = img.resize((spec.width, spec.height))
+        img = opened.convert("L" if spec.channels == 1 else "RGB").resize((spec.width, spec.height))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadInput("image", f"too many pixels ({exc})") from None
     except UnidentifiedImageError:

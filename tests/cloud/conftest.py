@@ -176,3 +176,14 @@ def coral_mobilenet_onnx(coral_models: Path) -> Path:
         if proc.returncode != 0:
             raise RuntimeError(f"tf2onnx from_tflite failed:\n{proc.stderr[-3000:]}")
     return out
+
+
+def service_of(client: TestClient) -> Any:
+    """The app's :class:`cloud.api.Service` (typed loosely: TestClient.app is any ASGI app)."""
+    return client.app.state.service  # type: ignore[attr-defined]
+
+
+def portal_of(client: TestClient) -> Any:
+    """The TestClient's event-loop portal (exists inside ``with client``)."""
+    assert client.portal is not None, "use the client inside 'with'"
+    return client.portal

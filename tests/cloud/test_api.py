@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .conftest import IMAGE_8x8, Setup, Tiny, client_for, drop, make_archive, png, tiny_model
+from .conftest import (IMAGE_8x8, Setup, Tiny, client_for, drop, make_archive, png, portal_of, service_of,
+                       tiny_model)
 
 
 def gradient() -> np.ndarray:
@@ -241,8 +242,8 @@ def test_one_key_cannot_take_all_the_capacity(setup: Setup, trust: Any, tiny: Ti
     body = {"inputs": np.zeros((1, 8, 8, 1)).tolist()}
     with client_for(setup, trust, api_keys=["alice:" + "a" * 20, "bob:" + "b" * 20],
                     per_key_inflight=1, workers=1) as client:
-        batcher = client.app.state.service.catalog.default("tiny").batcher
-        blocker = client.portal.start_task_soon(batcher.submit_lazy, held, (1, 8, 8, 1))
+        batcher = service_of(client).catalog.default("tiny").batcher
+        blocker = portal_of(client).start_task_soon(batcher.submit_lazy, held, (1, 8, 8, 1))
         assert started.wait(30)
         answers: dict[str, int] = {}
         first = threading.Thread(target=lambda: answers.__setitem__(

@@ -13,7 +13,7 @@ from cloud.batching import Batcher, Pending, take
 from cloud.config import BatchPolicy
 from cloud.errors import BadInput, Overloaded, Unavailable
 
-from .conftest import Setup, client_for, drop, make_archive, tiny_model
+from .conftest import Setup, client_for, drop, make_archive, portal_of, service_of, tiny_model
 
 S = (8, 8, 1)
 
@@ -216,10 +216,10 @@ def test_full_queue_answers_429_with_retry_after_over_http(setup: Setup, trust: 
         return np.zeros((1, 8, 8, 1), np.float32)
 
     with client_for(setup, trust, workers=1, max_batch=8, max_queue=8) as client:
-        batcher = client.app.state.service.catalog.default("tiny").batcher
-        pending = [client.portal.start_task_soon(batcher.submit_lazy, held, (1, 8, 8, 1))]
+        batcher = service_of(client).catalog.default("tiny").batcher
+        pending = [portal_of(client).start_task_soon(batcher.submit_lazy, held, (1, 8, 8, 1))]
         assert started.wait(30)       # the only worker is stuck building that input
-        pending += [client.portal.start_task_soon(batcher.submit_lazy, held, (1, 8, 8, 1)) for _ in range(8)]
+        pending += [portal_of(client).start_task_soon(batcher.submit_lazy, held, (1, 8, 8, 1)) for _ in range(8)]
         while batcher.depth < 8:      # eight queued samples fill the queue
             gate.wait(0.01)
         r = client.post("/v1/models/tiny/predict", json={"inputs": np.zeros((1, 8, 8, 1)).tolist()})

@@ -18,7 +18,7 @@ def build(s: Setup, **kw: object) -> cfg.CloudConfig:
 
 
 def test_bad_options_are_named_with_their_values(setup: Setup, tmp_path: Path) -> None:
-    cases = [
+    cases: list[tuple[dict[str, object], str]] = [
         ({"bundles": str(tmp_path / "nope")}, "--bundles"),
         ({"root": str(tmp_path / "nope.json")}, "--root"),
         ({"port": 70000}, "70000"),
@@ -35,7 +35,7 @@ def test_bad_options_are_named_with_their_values(setup: Setup, tmp_path: Path) -
         ({"poll_s": -1}, "--poll"),
     ]
     for kw, needle in cases:
-        args = {"bundles": str(setup.bundles), "root": str(setup.root), "environ": {}}
+        args: dict[str, object] = {"bundles": str(setup.bundles), "root": str(setup.root), "environ": {}}
         args.update(kw)
         with pytest.raises(ConfigError) as info:
             cfg.build(**args)  # type: ignore[arg-type]

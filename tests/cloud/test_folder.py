@@ -10,7 +10,8 @@ import numpy as np
 
 from cloud.folder import Seen, Stamp, plan
 
-from .conftest import Setup, Tiny, client_for, drop, make_archive, png, tiny_model
+from .conftest import (Setup, Tiny, client_for, drop, make_archive, png, portal_of, service_of,
+                       tiny_model)
 
 A, B, C = Stamp(10, 1), Stamp(10, 2), Stamp(20, 3)
 
@@ -32,7 +33,7 @@ def test_plan_reads_new_and_changed_files_and_reports_gone_ones() -> None:
 
 
 def sync(client: Any) -> None:
-    client.portal.call(client.app.state.service.folder.sync)
+    portal_of(client).call(service_of(client).folder.sync)
 
 
 def versions(client: Any) -> dict[str, bool]:

@@ -14,7 +14,7 @@ from cloud.hub import Listed, plan_pulls
 from protocol.bundle import sha256_hex
 from protocol.signing import SigningKey
 
-from .conftest import Setup, client_for, make_archive, tiny_model
+from .conftest import Setup, client_for, make_archive, service_of, tiny_model
 
 TOKEN = "hub-viewer-token"
 
@@ -121,13 +121,13 @@ def test_wrong_token_or_dead_hub_is_logged_and_the_folder_still_serves(
     from tests.cloud.conftest import drop
     drop(setup.bundles, make_archive(trust.targets_key, "local", "1", tiny_model().onnx))
     with client_for(setup, trust, hub=hub.url, token="wrong-token", hub_poll_s=3600) as client:
-        service = client.app.state.service
+        service = service_of(client)
         with pytest.raises(HubError, match="HTTP 401"):
             HubPuller(service.config.hub, setup.bundles, service.folder).pull_once()
         assert client.get("/readyz").status_code == 200
     hub.close()
     with client_for(setup, trust, hub=hub.url, token=TOKEN, hub_poll_s=3600) as client:
-        service = client.app.state.service
+        service = service_of(client)
         with pytest.raises(HubError):
             HubPuller(service.config.hub, setup.bundles, service.folder).pull_once()
         assert [m["name"] for m in client.get("/v1/models").json()["models"]] == ["local"]
