@@ -3,8 +3,11 @@
     edgefleet-cloud serve --bundles DIR --root ROOT.json [--host 127.0.0.1 --port 8100]
                           [--api-key NAME:SECRET ...] [--max-batch 32 --max-wait-ms 2 ...]
 
-Exit codes: 0 stopped cleanly; 2 bad usage or configuration (the message names the option);
-3 the trust root file is not a valid self-signed root, or has expired.
+    edgefleet-cloud check ARCHIVE.efb ... --root ROOT.json
+
+Exit codes: 0 stopped cleanly / every archive is servable; 1 (check) an archive was refused;
+2 bad usage or configuration (the message names the option); 3 the trust root file is not a
+valid self-signed root, or has expired.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from protocol.signing import Root, load_root_unverified
 from . import config as cfg
 from .errors import ConfigError
 
-EXIT_OK, EXIT_USAGE, EXIT_TRUST = 0, 2, 3
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_TRUST = 0, 1, 2, 3
 log = logging.getLogger("cloud")
 
 
@@ -29,8 +32,14 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edgefleet-cloud",
         description="Serve verified edgefleet bundles (their ONNX twins) over HTTP.",
-        epilog="Exit codes: 0 clean stop, 2 bad usage/configuration, 3 bad or expired trust root.")
+        epilog="Exit codes: 0 clean stop / all servable, 1 an archive refused (check), "
+               "2 bad usage/configuration, 3 bad or expired trust root.")
     sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="verify archives and load them as serve would, without serving",
+                       description="Verify each archive against --root, open its ONNX twin and run the "
+                                   "warm-up inference; print what would be served or why not.")
+    c.add_argument("archives", nargs="+", metavar="ARCHIVE.efb")
+    c.add_argument("--root", required=True, metavar="ROOT.json", help="pinned trust root (envelope JSON)")
     s = sub.add_parser("serve", help="run the HTTP service",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Load every signed *.efb archive in --bundles that verifies "
@@ -82,8 +91,39 @@ def load_root(path: str) -> Root:
     return root
 
 
+def check(paths: list[str], root_path: str) -> int:
+    from pathlib import Path
+
+    from .bundles import read_bundle
+    from .errors import BundleRefused
+    from .models import LoadOptions, load_model
+
+    try:
+        root = load_root(root_path)
+    except (OSError, ProtocolError) as exc:
+        print(f"edgefleet-cloud: trust root {root_path}: {exc}", file=sys.stderr)
+        return EXIT_TRUST
+    rc = EXIT_OK
+    for i, name in enumerate(paths, 1):
+        try:
+            model = load_model(read_bundle(Path(name), root, int(time.time())), LoadOptions())
+        except BundleRefused as exc:
+            print(f"[{i}/{len(paths)}] {name}: REFUSED ({exc.reason}): {exc.detail}")
+            rc = EXIT_REFUSED
+            continue
+        s = model.spec
+        image = (f", image {s.image.height}x{s.image.width}x{s.image.channels} {s.image.layout}"
+                 if s.image else ", tensors only")
+        print(f"[{i}/{len(paths)}] {name}: servable: {s.name} {s.version} digest {s.digest} "
+              f"input {s.input.describe()}{image}, {len(s.labels)} labels")
+        model.close()
+    return rc
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "check":
+        return check(args.archives, args.root)
     try:
         config = cfg.build(
             bundles=args.bundles, root=args.root, host=args.host, port=args.port,

@@ -36,6 +36,19 @@ def test_exit_codes_name_the_bad_option_or_root(setup: Setup, tmp_path: Path) ->
     assert r.returncode == 0 and "--max-batch" in r.stdout and "Exit codes" in cli("--help").stdout
 
 
+def test_check_says_what_would_be_served_and_why_not(setup: Setup, trust: Any, tiny: Tiny) -> None:
+    from protocol.signing import SigningKey
+    good = drop(setup.bundles, make_archive(trust.targets_key, "tiny", "4", tiny.onnx))
+    r = cli("check", str(good), "--root", str(setup.root))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "servable: tiny 4" in r.stdout and "float32[N, 8, 8, 1]" in r.stdout and "nhwc" in r.stdout
+    evil = drop(setup.bundles, make_archive(SigningKey.generate(), "evil", "1", tiny.onnx))
+    r = cli("check", str(good), str(evil), "--root", str(setup.root))
+    assert r.returncode == 1 and "REFUSED (unknown_key)" in r.stdout and "[1/2]" in r.stdout
+    r = cli("check", str(setup.bundles / "missing.efb"), "--root", str(setup.root))
+    assert r.returncode == 1 and "cannot read" in r.stdout
+
+
 @pytest.mark.integration
 def test_real_server_serves_refuses_unknown_signer_and_hot_loads(setup: Setup, trust: Any, tiny: Tiny) -> None:
     from protocol.signing import SigningKey
