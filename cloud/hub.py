@@ -24,6 +24,7 @@ import os
 import re
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,10 @@ class HubPuller:
         self.directory = directory
         self.folder = folder
         self.keep = keep
+        host = urllib.parse.urlsplit(source.url).hostname or ""
+        if source.url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
+            # archives are signed, so tampering is caught; the bearer token is not protected
+            log.warning("hub %s is plain HTTP: the hub token crosses the network unencrypted", source.url)
 
     def _get(self, path: str, limit: int) -> bytes:
         req = urllib.request.Request(self.source.url + path, headers={

@@ -14,7 +14,7 @@ from cloud.hub import Listed, plan_pulls
 from protocol.bundle import sha256_hex
 from protocol.signing import SigningKey
 
-from .conftest import Setup, client_for, make_archive, service_of, tiny_model
+from .conftest import Setup, client_for, make_archive, portal_of, service_of, tiny_model
 
 TOKEN = "hub-viewer-token"
 
@@ -131,3 +131,20 @@ def test_wrong_token_or_dead_hub_is_logged_and_the_folder_still_serves(
         with pytest.raises(HubError):
             HubPuller(service.config.hub, setup.bundles, service.folder).pull_once()
         assert [m["name"] for m in client.get("/v1/models").json()["models"]] == ["local"]
+
+
+def test_a_version_published_later_is_pulled_on_the_next_poll_and_served_beside_the_first(
+        setup: Setup, trust: Any, hub: FakeHub) -> None:
+    from cloud.hub import HubPuller
+    hub.publish(make_archive(trust.targets_key, "tiny", "1", tiny_model(seed=1).onnx, created=100), "tiny", "1", 100)
+    with client_for(setup, trust, hub=hub.url, token=TOKEN, hub_poll_s=3600) as client:
+        service = service_of(client)
+        assert [m["version"] for m in client.get("/v1/models").json()["models"]] == ["1"]
+        v2 = tiny_model(seed=2)
+        hub.publish(make_archive(trust.targets_key, "tiny", "2", v2.onnx, created=200), "tiny", "2", 200)
+        portal_of(client).call(HubPuller(service.config.hub, setup.bundles, service.folder).poll)
+        listing = {m["version"]: m["default"] for m in client.get("/v1/models").json()["models"]}
+        assert listing == {"1": False, "2": True}
+        x = np.ones((1, 8, 8, 1), np.float32)
+        r = client.post("/v1/models/tiny/predict", json={"inputs": x.tolist()})
+        assert np.allclose(r.json()["outputs"]["scores"], v2.expected(x), atol=1e-5)
