@@ -265,6 +265,23 @@ class Model:
             return self._decode(data).reshape(self.backend.input_shape)
         return self.quantize(self.image_to_input(data))
 
+    def binary_to_raw(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None]:
+        """A binary tensor -> (x for drift, raw input, affine to make x float or None).
+
+        A tensor in the model's own quantized dtype is taken as the raw input (no float round
+        trip); a float32 tensor is the float input and is quantized."""
+        want = self.backend.input_shape
+        if t.size != int(np.prod(want)):
+            raise InputError(f"tensor has {t.size} values, model input {list(want)} needs {int(np.prod(want))}")
+        dtype = np.dtype(self.backend.input_dtype)
+        if t.dtype == dtype and dtype.kind in "iu":
+            scale, zp = self.backend.input_quant
+            return t, t.reshape(want), ((scale, -zp * scale) if scale else None)
+        if t.dtype.kind != "f":
+            raise InputError(f"tensor dtype {t.dtype} does not match the model input {dtype}; send float32 or {dtype}")
+        x = t.astype(np.float32).reshape(want)
+        return x, self.quantize(x), None
+
     def predict_raw(self, raw: np.ndarray) -> np.ndarray:
         with self._lock:
             out = self.backend.invoke_raw(raw)

@@ -58,8 +58,9 @@ class Unavailable(Exception):
 @dataclass(frozen=True)
 class Request:
     image: bytes | None = None
-    inputs: Any = None
+    inputs: Any = None        # JSON nested list of floats
     filename: str = "image"
+    tensor: np.ndarray | None = None  # binary tensor (X-Tensor-Shape / X-Tensor-Dtype)
 
 
 class CloudClient:
@@ -82,7 +83,8 @@ class CloudClient:
         else:
             if not model_name:
                 raise Unavailable("cloud fallback: a tensor request needs a model name and no bundle is known")
-            body = json.dumps({"inputs": req.inputs}).encode()
+            inputs = req.tensor.tolist() if req.tensor is not None else req.inputs
+            body = json.dumps({"inputs": inputs}).encode()
             headers["Content-Type"] = "application/json"
             url = f"{self.url}/v1/models/{urllib.parse.quote(model_name)}/predict"
         r = urllib.request.Request(url, data=body, headers=headers, method="POST")
@@ -157,6 +159,8 @@ class Serving:
                 if req.image is not None and model.direct:
                     x = raw = model.image_to_raw(req.image)  # drift floats are made off the request path
                     affine = (float(model.preprocess.get("scale", 1.0)), float(model.preprocess.get("offset", 0.0)))
+                elif req.tensor is not None:
+                    x, raw, affine = model.binary_to_raw(req.tensor)
                 else:
                     x = model.image_to_input(req.image) if req.image is not None else model.tensor_to_input(req.inputs)
                     raw = model.quantize(x)  # ModelError if the bundle's preprocess cannot feed its model
@@ -245,9 +249,13 @@ class Serving:
 
     def _shadow_once(self, shadow: Model, req: Request, scores: np.ndarray, took: float) -> None:
         try:
-            x2 = shadow.image_to_input(req.image) if req.image is not None else shadow.tensor_to_input(req.inputs)
             t1 = time.perf_counter()
-            s2 = shadow.predict(x2)
+            if req.image is not None:
+                s2 = shadow.predict_raw(shadow.image_to_raw(req.image))
+            elif req.tensor is not None:
+                s2 = shadow.predict_raw(shadow.binary_to_raw(req.tensor)[1])
+            else:
+                s2 = shadow.predict(shadow.tensor_to_input(req.inputs))
             delta = (time.perf_counter() - t1) - took
         except Exception:  # a candidate that breaks (or is swapped out mid-run) is an error, not a crash
             self.recorder.record_shadow(None, 0.0)
@@ -258,8 +266,12 @@ class Serving:
         self.recorder.record_shadow(int(np.argmax(s2)) == int(np.argmax(scores)), delta)
 
 
-def parse_request(content_type: str, body: bytes) -> Request:
-    """Turn an HTTP body into a :class:`Request`; raise InputError naming the problem."""
+def parse_request(content_type: str, body: bytes, shape: str | None = None, dtype: str | None = None) -> Request:
+    """Turn an HTTP body into a :class:`Request`; raise InputError naming the problem.
+
+    ``application/octet-stream`` with an ``X-Tensor-Shape`` header (and ``X-Tensor-Dtype``,
+    default float32) is a binary tensor, the same convention as edgefleet-cloud's tensor API;
+    without the header it is an image."""
     ctype = content_type.split(";")[0].strip().lower()
     if ctype == "application/json":
         try:
@@ -271,11 +283,34 @@ def parse_request(content_type: str, body: bytes) -> Request:
         return Request(inputs=doc["inputs"])
     if ctype == "multipart/form-data":
         return _multipart_file(content_type, body)
+    if ctype == "application/octet-stream" and shape is not None:
+        return Request(tensor=_binary_tensor(body, shape, dtype))
     if ctype.startswith("image/") or ctype == "application/octet-stream":
         if not body:
             raise InputError("empty image body")
         return Request(image=body)
     raise InputError(f"unsupported Content-Type {content_type!r}; send multipart/form-data (file) or application/json")
+
+
+_DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8}
+
+
+def _binary_tensor(body: bytes, shape_text: str, dtype_text: str | None) -> np.ndarray:
+    try:
+        shape = tuple(int(d) for d in shape_text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise InputError(f"X-Tensor-Shape {shape_text!r:.60} is not comma-separated integers") from None
+    name = (dtype_text or "float32").strip().lower()
+    if name not in _DTYPES:
+        raise InputError(f"X-Tensor-Dtype {name!r:.30} must be one of {sorted(_DTYPES)}")
+    dtype = np.dtype(_DTYPES[name])
+    if not shape or any(d < 1 for d in shape) or int(np.prod(shape)) * dtype.itemsize != len(body):
+        raise InputError(f"body has {len(body)} bytes; shape {list(shape)} of {name} needs "
+                         f"{int(np.prod(shape)) * dtype.itemsize if shape else 0}")
+    arr = np.frombuffer(body, dtype=dtype).reshape(shape)
+    if dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise InputError("tensor holds NaN or infinite values")
+    return arr
 
 
 _DISPOSITION_NAME = re.compile(rb'(?i)content-disposition:[^\r\n]*;\s*name="?([^";\r\n]+)"?')
@@ -361,7 +396,8 @@ def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[Bas
                 return
             body = self.rfile.read(length) if length > 0 else b""
             try:
-                req = parse_request(self.headers.get("Content-Type", ""), body)
+                req = parse_request(self.headers.get("Content-Type", ""), body,
+                                    self.headers.get("X-Tensor-Shape"), self.headers.get("X-Tensor-Dtype"))
                 out = serving.predict(req)
             except InputError as exc:
                 self._error(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc))

@@ -8,7 +8,12 @@ For the real Coral MobileNetV2-224 (uint8) and the compiler's digits CNN, in one
   the bundle installed through its own verify/stage/self-test code), one keep-alive client,
   uploading an image already at the model's input size (JPEG 224x224 for MobileNetV2, PNG 8x8
   for digits): HTTP + multipart + decode + preprocess + quantize + invoke + JSON answer;
-* a second case per model uploads the full 720p camera JPEG (decode and resize included).
+* a second case uploads the full 720p camera JPEG (decode and resize included);
+* a third sends the input tensor itself (``application/octet-stream`` + ``X-Tensor-Shape``):
+  the API's own overhead without image decoding.
+
+``ours`` is the image-at-input-size case (what a camera app does); the tensor case is in
+``params.overhead_pct_mobilenet_v2_224_tensor``.
 
 Also: the agent's RSS with the model loaded and its idle CPU (no requests, telemetry on).
 Goal (issue 4): API latency within 10 % of bare invoke on MobileNetV2-224.
@@ -152,8 +157,12 @@ def _multipart(data: bytes, name: str) -> tuple[bytes, str]:
 class Client:
     """One keep-alive HTTP client posting the same multipart upload."""
 
-    def __init__(self, port: int, data: bytes, name: str) -> None:
-        self.body, self.ctype = _multipart(data, name)
+    def __init__(self, port: int, data: bytes, name: str, headers: dict[str, str] | None = None) -> None:
+        if headers is None:
+            self.body, self.ctype = _multipart(data, name)
+            self.headers: dict[str, str] = {}
+        else:
+            self.body, self.ctype, self.headers = data, "application/octet-stream", headers
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         self.last: dict[str, Any] = {}
         self.run(10)
@@ -162,7 +171,7 @@ class Client:
         times = []
         for _ in range(k):
             t0 = time.perf_counter()
-            self.conn.request("POST", "/v1/predict", self.body, {"Content-Type": self.ctype})
+            self.conn.request("POST", "/v1/predict", self.body, {"Content-Type": self.ctype, **self.headers})
             resp = self.conn.getresponse()
             raw = resp.read()
             times.append((time.perf_counter() - t0) * 1000)
@@ -266,22 +275,26 @@ def main(argv: list[str] | None = None) -> int:
                 img = Image.new("L", (8, 8), 0)
                 buf = io.BytesIO()
                 img.save(buf, "PNG")
-                uploads = [("png_8x8", buf.getvalue(), "d.png")]
+                x = np.zeros((1, 8, 8, 1), np.float32)
+                uploads = [("png_8x8", buf.getvalue(), "d.png", None),
+                           ("tensor_f32", x.tobytes(), "", {"X-Tensor-Shape": "1,8,8,1", "X-Tensor-Dtype": "float32"})]
             else:
                 img = Image.open(CORAL / "cat_720p.jpg").convert("RGB").resize((224, 224), Image.BILINEAR)
                 bare = Bare(bdir / "model_int8.tflite", np.asarray(img, dtype=np.uint8)[None])
                 buf = io.BytesIO()
                 img.save(buf, "JPEG", quality=90)
-                uploads = [("jpeg_224", buf.getvalue(), "cat224.jpg"), ("jpeg_720p", cat, "cat_720p.jpg")]
+                px = np.asarray(img, dtype=np.uint8)[None]
+                uploads = [("jpeg_224", buf.getvalue(), "cat224.jpg", None), ("jpeg_720p", cat, "cat_720p.jpg", None),
+                           ("tensor_u8", px.tobytes(), "", {"X-Tensor-Shape": "1,224,224,3", "X-Tensor-Dtype": "uint8"})]
             proc, port = _start_agent(tmp, name, root_path, state, broker)
             try:
                 cpu0, _ = _proc_stat(proc.pid)
                 time.sleep(idle_s)
                 cpu1, rss_idle = _proc_stat(proc.pid)
                 idle_pct = 100 * (cpu1 - cpu0) / idle_s
-                for label, data, fname in uploads:
+                for label, data, fname, headers in uploads:
                     print(f"[{name}] {label}: {n} API requests interleaved with {n} bare invokes...", flush=True)
-                    client = Client(port, data, fname)
+                    client = Client(port, data, fname, headers)
                     bare_t, api = interleaved(bare, client, n)
                     server = client.last.get("latency_ms")
                     _, rss = _proc_stat(proc.pid)
@@ -306,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
             broker_proc.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
     head = next(c for c in cases if c["model"] == "mobilenet_v2_224" and c["upload"] == "jpeg_224")
+    tensor = next(c for c in cases if c["model"] == "mobilenet_v2_224" and c["upload"] == "tensor_u8")
     params.update({"rss_mb": head["rss_mb"], "idle_cpu_pct": head["idle_cpu_pct"],
                    "overhead_pct_mobilenet_v2_224": round(head["overhead_pct"], 1), "goal_overhead_pct": 10,
+                   "overhead_pct_mobilenet_v2_224_tensor": round(tensor["overhead_pct"], 1),
                    "broker": "mosquitto" if broker_proc else "none", "loadavg_end": round(os.getloadavg()[0], 2)})
     path = report.write("agent", "ms", False, head["api_p50_ms"], None, head["bare_p50_ms"], params, cases)
     print(f"\n{'model':<18}{'upload':<11}{'API p50':>9}{'p95':>8}{'bare p50':>10}{'overhead':>10}{'RSS MB':>8}{'idle CPU':>9}")

@@ -81,3 +81,27 @@ def test_multipart_json_and_raw_image_bodies_parse():
     assert parse_request("image/jpeg", b"raw").image == b"raw"
     with pytest.raises(InputError, match="unsupported Content-Type"):
         parse_request("text/csv", b"a,b")
+
+
+def test_binary_uint8_tensor_is_fed_raw_and_float32_is_quantized(coral_models):
+    from PIL import Image
+    s = Serving(Recorder(), None, None, lambda d, w: None)
+    s.swap(_model(LiteRTBackend(coral_models / MNV1)))
+    img = Image.open(coral_models / "cat_720p.jpg").convert("RGB").resize((128, 128), Image.Resampling.BILINEAR)
+    px = np.asarray(img, dtype=np.uint8)[None]
+    raw = s.predict(parse_request("application/octet-stream", px.tobytes(), "1,128,128,3", "uint8"))
+    flt = s.predict(parse_request("application/octet-stream", (px.astype(np.float32) / 128 - 1).tobytes(),
+                                  "1,128,128,3", None))
+    assert raw["top"][0]["index"] == flt["top"][0]["index"] == 283  # 283 = "tiger cat" (Coral README)
+    assert np.allclose(raw["predictions"], flt["predictions"])
+
+
+@pytest.mark.parametrize("shape, dtype, body, needle", [
+    ("1,two", "uint8", b"\0\0", "comma-separated"),
+    ("1,4", "float64", b"\0" * 32, "must be one of"),
+    ("1,4", "float32", b"\0" * 15, "needs 16"),
+    ("0,4", "uint8", b"", "needs 0"),
+])
+def test_bad_binary_tensor_is_refused_with_the_reason(shape, dtype, body, needle):
+    with pytest.raises(InputError, match=needle):
+        parse_request("application/octet-stream", body, shape, dtype)
