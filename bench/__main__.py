@@ -7,7 +7,7 @@ import pkgutil
 import sys
 from pathlib import Path
 
-SKIP = {"__main__", "report"}
+SKIP = {"__main__", "report", "seed_api"}  # seed_api is the baseline server, not a bench
 
 
 def names() -> list[str]:

@@ -7,11 +7,19 @@ Functions here are duck-typed over numpy arrays (``.reshape``, ``.mean``, ``.std
 **Preprocess spec** (``manifest.model["preprocess"]``)::
 
     {"kind": "image", "height": H, "width": W, "channels": 1|3,
-     "scale": s, "offset": o}            # float input = pixel(0..255) * s + o
+     "scale": s, "offset": o,            # float input = pixel(0..255) * s + o
+     "resize": "bicubic"|"bilinear"|"nearest",   # optional; default "bicubic" (Pillow's
+                                                 # default, what the seed's /predict does)
+     "input_quantization": {"scale": qs, "zero_point": zp}}   # optional, see below
     {"kind": "tensor"}                    # callers send the float tensor themselves
+
+Images are converted to grayscale (1 channel) or RGB (3) and resized to W x H. The tensor layout
+(NHWC or NCHW) is not part of the spec: each runtime reads it from the model's input shape.
 
 The float tensor then goes to the model: a float model takes it as is; an int8/uint8 model's
 input is quantized with the input tensor's own (scale, zero_point): ``q = round(f / scale) + zp``.
+Where the model file does not carry its input quantization (an ONNX graph with a uint8 input,
+e.g. a converted Coral model), ``input_quantization`` supplies it.
 
 **Input features** (``input_features``), on the float input tensor of one sample:
 
@@ -47,6 +55,17 @@ def input_features(x: Any, preprocess: dict[str, Any]) -> dict[str, float]:
 def output_features(scores: Any) -> dict[str, float]:
     flat = scores.reshape(-1)
     return {"top1_confidence": float(flat.max()), "top1_class": float(flat.argmax())}
+
+
+RESIZE_FILTERS = ("bicubic", "bilinear", "nearest")
+
+
+def resize_filter(preprocess: dict[str, Any]) -> str:
+    """The resize filter a preprocess spec asks for (default bicubic), validated."""
+    name = preprocess.get("resize", "bicubic")
+    if name not in RESIZE_FILTERS:
+        raise ValueError(f"preprocess.resize must be one of {RESIZE_FILTERS}, got {name!r}")
+    return str(name)
 
 
 def class_edges(num_classes: int) -> list[float]:

@@ -32,16 +32,22 @@ def run_config(extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_compose_file_is_valid_and_defines_the_four_services():
-    res = run_config({"EDGEFLEET_HUB_TOKEN": "t0ken"})
+    res = run_config({"EDGEFLEET_HUB_TOKEN": "t0ken", "EDGEFLEET_CLOUD_API_KEYS": "app:s3cret"})
     assert res.returncode == 0, res.stderr
     for service in ("mosquitto:", "hub:", "cloud:", "agent:"):
         assert service in res.stdout
 
 
 def test_compose_refuses_to_start_the_hub_without_an_operator_token():
-    res = run_config({})
+    res = run_config({"EDGEFLEET_CLOUD_API_KEYS": "app:s3cret"})
     assert res.returncode != 0
     assert "EDGEFLEET_HUB_TOKEN" in res.stderr
+
+
+def test_compose_refuses_to_start_the_cloud_fallback_without_api_keys():
+    res = run_config({"EDGEFLEET_HUB_TOKEN": "t0ken"})
+    assert res.returncode != 0
+    assert "EDGEFLEET_CLOUD_API_KEYS" in res.stderr
 
 
 def test_every_dockerfile_the_compose_file_names_exists():
@@ -49,4 +55,4 @@ def test_every_dockerfile_the_compose_file_names_exists():
     for line in text.splitlines():
         if "dockerfile:" in line:
             path = line.split("dockerfile:")[1].strip(" }")
-            assert (REPO / path).exists() or path == "deploy/cloud/Dockerfile", path
+            assert (REPO / path).exists(), path
