@@ -20,17 +20,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from protocol.bundle import ChunkPlan, Requirements, parse_manifest
+from protocol.bundle import ChunkPlan, Requirements
 from protocol.messages import BundleRef, Desired
 from protocol.signing import Envelope
-from protocol.sketch import DriftThresholds, LatencySketch, drift_verdict, merge_counts
+from protocol.sketch import LatencySketch, merge_counts
 from protocol.topics import Kind, Topic, check_device_id, check_digest
 from protocol.errors import BadPayload
 
 from . import alerts, compat, credentials, drift
 from .config import HubConfig
 from .db import session
-from .errors import Conflict, Denied, Invalid, NotFound
+from .errors import Denied, Invalid, NotFound
 from .keys import HubKeys
 from .metrics import HubMetrics
 from .models import (Alert, AuditEntry, Build, Bundle, Device, EnrollToken, ModelName, ReportRecord, Rollout,
@@ -75,8 +75,7 @@ def latency_summary(sketch: dict[str, Any]) -> dict[str, float | None]:
 def device_public(d: Device, rollout_state: str | None = None) -> dict[str, Any]:
     active = ({"digest": d.active_digest, "name": d.active_name, "version": d.active_version}
               if d.active_digest else None)
-    lat = latency_summary(d.latency) if d.latency_bundle and d.latency_bundle == d.active_digest else \
-        latency_summary(d.latency)
+    lat = latency_summary(d.latency)  # merged over the windows of d.latency_bundle
     return {
         "device_id": d.id, "online": d.online, "last_seen": d.last_seen, "state": d.state,
         "agent_version": d.agent_version, "group": d.group, "tags": list(d.tags or []),

@@ -24,9 +24,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from protocol.topics import check_device_id
 from protocol.errors import BadPayload
 
-from ..errors import Conflict, Denied, HubError, Invalid, NotFound
+from ..errors import Conflict, Denied, HubError, NotFound
 from ..fleet import Fleet
-from .deps import Admin, FleetDep, Operator, Viewer, caller_of
+from .deps import FleetDep, Operator, Viewer, caller_of
 
 log = logging.getLogger(__name__)
 
