@@ -95,3 +95,29 @@ def test_agent_falls_back_to_mqtt_311_on_the_embedded_broker(tmp_path: Path, cor
         assert code == 200 and "cat" in out["top"][0]["label"]
     finally:
         hub.close()
+
+
+def test_rotated_root_from_the_hub_is_adopted_and_trusts_the_new_targets_key(tmp_path: Path, coral_models, trust,
+                                                                             hub, make_agent):
+    import time
+
+    from protocol.signing import root_document, seal
+    from protocol.topics import Topic
+    new_targets = SigningKey.generate()
+    doc = root_document(2, int(time.time()) + 86400, trust.root_keys, 2, [new_targets])
+    rotated = seal("root", doc, trust.root_keys[:2]).to_bytes()  # threshold of the old (= new) root role
+    agent = make_agent("rot").start()
+    hub.wait(lambda: "rot" in hub.status, 30, "agent online")
+    hub._c.publish(str(Topic.root()), rotated, qos=1, retain=True).wait_for_publish(10)
+    hub.wait(lambda: (agent.state_dir / "root.json").exists(), 30, "rotated root persisted")
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "b", coral_models), keys=[new_targets])
+    pub = hub.publish_bundle(env, archive)
+    hub.desire("rot", pub, keys=[new_targets])
+    hub.report("rot", "commit", "ok", pub.ref.digest)
+    agent.stop()
+    agent.start()  # the rotated root survives a restart; the old targets key is no longer trusted
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "c", coral_models, version="2"))
+    old = hub.publish_bundle(env, archive)
+    hub.desire("rot", old, keys=[trust.targets_key])
+    r = hub.report("rot", "verify", "failed")
+    assert r.reason == Reason.UNKNOWN_KEY.value
