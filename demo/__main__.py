@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(fleet: Fleet, args: argparse.Namespace, cache: Path) -> int:
     url = fleet.start_broker(args.broker)
-    console.print(f"[green]✓[/] MQTT broker {url} ({fleet.procs[-1].argv[0] if fleet.procs else 'external'})")
+    console.print(f"[green]✓[/] MQTT broker {url} ({fleet.broker_kind})")
     fleet.init_keys()
     console.print(f"[green]✓[/] trust root {fleet.keys / 'root.json'} (root keys belong offline)")
     fleet.start_hub()

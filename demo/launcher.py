@@ -92,6 +92,7 @@ class Fleet:
     python: str = sys.executable
     procs: list[Proc] = field(default_factory=list)
     broker_url: str = ""
+    broker_kind: str = "external"
     hub_url: str = ""
     token: str = "demo-admin-token"
 
@@ -135,11 +136,12 @@ class Fleet:
             conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
                             f"persistence true\npersistence_location {bdir}/\n")
             proc = self.spawn("broker", ["mosquitto", "-c", str(conf)])
-            what = "mosquitto"
+            what = "mosquitto (MQTT v5)"
         else:
             proc = self.spawn("broker", self.module("demo.embedded_broker", "--port", str(port)))
-            what = "embedded amqtt broker"
+            what = "embedded amqtt broker (MQTT 3.1.1)"
         wait_port(port, proc=proc.popen, what=what)
+        self.broker_kind = what
         self.broker_url = f"mqtt://127.0.0.1:{port}"
         return self.broker_url
 

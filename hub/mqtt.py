@@ -8,6 +8,9 @@ dropped: agents resend telemetry and reports until acked, and status is retained
 
 Reconnects: paho's own loop reconnects with backoff (1..30 s); on every (re)connect the bridge
 subscribes again and the retained status of every device is delivered anew.
+
+Protocol: MQTT v5 first. A broker that refuses v5 (the demo's embedded amqtt broker speaks only
+3.1.1) makes the bridge rebuild its client once with MQTT 3.1.1; nothing else changes.
 """
 
 from __future__ import annotations
@@ -50,22 +53,41 @@ class Bridge:
         self.connected = threading.Event()
         self._worker: threading.Thread | None = None
         self._stopping = False
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=client_id or f"edgefleet-hub-{secrets.token_hex(4)}",
-                                  protocol=mqtt.MQTTv5)
-        if broker.username:
-            self.client.username_pw_set(broker.username, broker.password)
-        self.client.reconnect_delay_set(1, 30)
-        self.client.max_queued_messages_set(0)
-        self.client.max_inflight_messages_set(100)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
+        self._client_id = client_id or f"edgefleet-hub-{secrets.token_hex(4)}"
+        self.client = self._make_client(mqtt.MQTTv5)
+
+    def _make_client(self, protocol: int) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=protocol)
+        if self.broker.username:
+            client.username_pw_set(self.broker.username, self.broker.password)
+        client.reconnect_delay_set(1, 30)
+        client.max_queued_messages_set(0)
+        client.max_inflight_messages_set(100)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _fall_back_to_v311(self, old: mqtt.Client) -> None:
+        """Runs in its own thread: paho's loop can't be stopped from its own callback."""
+        old.disconnect()
+        old.loop_stop()
+        if self._stopping:
+            return
+        self.client = self._make_client(mqtt.MQTTv311)
+        self.client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+        self.client.loop_start()
 
     # ---- paho callbacks (network thread: no blocking) --------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: object, _flags: object, rc: ReasonCode,
                     _props: Properties | None) -> None:
         if rc.is_failure:
+            if client is self.client and client.protocol == mqtt.MQTTv5 \
+                    and rc.getName() == "Unsupported protocol version":
+                log.info("broker %s:%d does not speak MQTT v5; switching to 3.1.1",
+                         self.broker.host, self.broker.port)
+                threading.Thread(target=self._fall_back_to_v311, args=(client,), daemon=True).start()
+                return
             log.error("broker %s:%d refused the hub: %s", self.broker.host, self.broker.port, rc)
             return
         subs = [(f"$share/{self.shared_group}/{t}" if self.shared_group else t, 1) for t in SUBSCRIPTIONS]
@@ -74,8 +96,10 @@ class Bridge:
         self.metrics.mqtt_connected.set(1)
         log.info("connected to broker %s:%d", self.broker.host, self.broker.port)
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: object, _flags: object, rc: ReasonCode,
+    def _on_disconnect(self, client: mqtt.Client, _u: object, _flags: object, rc: ReasonCode,
                        _props: Properties | None) -> None:
+        if client is not self.client:
+            return  # the v5 client being replaced by the 3.1.1 one
         self.connected.clear()
         self.metrics.mqtt_connected.set(0)
         if not self._stopping:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,21 @@ def test_demo_once_rolls_out_serves_and_exits_zero(tmp_path):
     # every process the demo started is gone
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", leftovers.stdout
+
+
+def test_demo_without_mosquitto_uses_the_embedded_broker(tmp_path):
+    """A machine with no mosquitto: the demo starts amqtt (MQTT 3.1.1); hub and agents fall back."""
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                           if not (Path(p) / "mosquitto").exists())
+    proc = subprocess.run(
+        [sys.executable, "-m", "demo", "--once", "--agents", "1", "--samples", "5",
+         "--state", str(tmp_path / "state")],
+        cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "PATH": path})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "embedded amqtt broker" in out
+    hub_log = (tmp_path / "state" / "logs" / "hub.log").read_text()
+    assert "switching to 3.1.1" in hub_log
 
 
 def test_demo_rejects_bad_arguments_with_a_clear_message(tmp_path):
