@@ -182,8 +182,9 @@ def run(fleet: Fleet, args: argparse.Namespace, cache: Path) -> int:
     if "error" in answer:
         raise LaunchError(f"cloud fallback could not serve: {answer['error']}")
     console.print(f"[green]✓[/] cloud fallback {cloud}/predict answered {top1(answer)} for a digit {int(ys[0])}")
-    console.print(f"\nHub:   {fleet.hub_url}/   (API docs {fleet.hub_url}/docs, token {fleet.token})")
-    console.print(f"Cloud: {cloud}/docs   Logs: {fleet.state / 'logs'}")
+    console.print(f"\nDashboard: {fleet.hub_url}/ui   (log in with the token {fleet.token})")
+    console.print(f"Hub API:   {fleet.hub_url}/docs")
+    console.print(f"Cloud:     {cloud}/docs   Logs: {fleet.state / 'logs'}")
     if args.once:
         return 0
     console.print("Running; Ctrl-C stops everything.")
