@@ -262,7 +262,8 @@ class Ingest:
         c = {k: int(m.counts.get(k, 0)) for k in ("inferences", "errors", "tpu", "cpu", "cloud")}
         rows.append({"device": d.id, "seq": m.seq, "window_start": m.window_start, "window_end": m.window_end,
                      "bundle": m.bundle, "latency": m.latency, "drift": m.drift, "shadow": m.shadow,
-                     "health": m.health, "received": now, **c})
+                     "health": {**m.health, "backlog": m.backlog} if m.backlog else m.health,
+                     "received": now, **c})
         d.windows += 1
         d.inferences += c["inferences"]
         d.errors += c["errors"]
