@@ -90,6 +90,7 @@ class AgentConfig:
     resend_after_s: float = 15.0       # resend unacked telemetry/reports after this long
     probation_inferences: int = 20     # a freshly switched model is on probation this long
     probation_max_errors: int = 3      # errors within probation that trigger a rollback
+    probation_max_crashes: int = 2     # unclean restarts within probation that trigger a rollback
     disk_reserve_bytes: int = 16 * 1024 * 1024
     backlog_max_rows: int = 5000
     latency_budget_ms: float | None = None
@@ -195,6 +196,7 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."),
         resend_after_s=_positive("resend_after_s", _get(doc, "resend_after_s", float, 15.0)),
         probation_inferences=int(_positive("probation_inferences", _get(doc, "probation_inferences", int, 20), True)),
         probation_max_errors=int(_positive("probation_max_errors", _get(doc, "probation_max_errors", int, 3))),
+        probation_max_crashes=int(_positive("probation_max_crashes", _get(doc, "probation_max_crashes", int, 2), True)),
         disk_reserve_bytes=int(_positive("disk_reserve_bytes", _get(doc, "disk_reserve_bytes", int, 16 << 20), True)),
         backlog_max_rows=int(_positive("backlog_max_rows", _get(doc, "backlog_max_rows", int, 5000))),
         latency_budget_ms=_positive("latency_budget_ms", budget) if budget is not None else None,

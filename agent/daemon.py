@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import random
 import threading
 import time
@@ -30,7 +31,7 @@ from . import AGENT_VERSION, inventory
 from .backlog import Backlog
 from .config import AgentConfig
 from .durable import read_json, write_atomic, write_json
-from .install import recover
+from .install import crash_verdict, recover
 from .serve import CloudClient, Serving, make_server, make_unix_server
 from .slots import Slots, SlotsState
 from .telemetry import Recorder, health
@@ -76,12 +77,14 @@ class Agent:
         self.probed = inventory.probe(cfg)
         cloud = CloudClient(cfg.cloud_url, cfg.cloud_api_key, cfg.cloud_timeout_s) if cfg.cloud_url else None
         self.serving = Serving(self.recorder, cloud, cfg.latency_budget_ms,
-                               lambda digest, why: self.events.put(("probation_failed", digest, why)))
+                               lambda digest, why: self.events.put(("probation_failed", digest, why)),
+                               lambda digest: self.events.put(("probation_passed", digest)))
         topic = str(Topic.for_device(Kind.STATUS, cfg.device_id))
         # the last will: the broker publishes it (retained) if this process dies or the link drops
         will = Status(cfg.device_id, False, int(time.time()), AGENT_VERSION, {"board": cfg.board})
         self.transport = Transport(cfg, topic, will.to_bytes(), lambda m: self.events.put(m))
         self.trust_file = cfg.state_dir / "trust.json"
+        self.clean_file = cfg.state_dir / "clean-shutdown"
         trusted = read_json(self.trust_file, {}) or {}
         self.trusted_seq = int(trusted.get("desired_seq", 0))
         # never believe a clock earlier than the newest document accepted (a device without an
@@ -164,9 +167,20 @@ class Agent:
     # start-up ------------------------------------------------------------------------------------
     def recover_slots(self) -> None:
         st = self.slots.load()
+        clean = self.clean_file.exists()
+        self.clean_file.unlink(missing_ok=True)
         for tmp in self.slots.dir.glob("*.tmp"):
-            import shutil
             shutil.rmtree(tmp, ignore_errors=True)
+        probation, crashed = crash_verdict(st.probation, clean, self.cfg.probation_max_crashes)
+        if crashed and st.active is not None and st.previous is not None:
+            # decided before the model is even loaded: loading it may be what crashes
+            if self.updater.rollback(Reason.INFERENCE_FAILED,
+                                     f"{st.active.name} {st.active.version} on probation: the agent restarted "
+                                     f"{probation} times without a clean shutdown"):
+                return
+        if probation != st.probation:
+            st = SlotsState(st.active, st.previous, st.trial, probation)
+            self.slots.save(st)  # counted before loading the model, so a crash while loading counts too
 
         def check(rec: Any, run_selftest: bool) -> tuple[bool | None, Any]:
             if rec is None:
@@ -187,10 +201,11 @@ class Agent:
                            None if active_ok else check(st.previous, False)[0])
         log.info("start-up recovery: %s %s", decision.action, decision.detail)
         if decision.action in ("keep", "commit"):
-            self.serving.swap(model)
+            on_probation = st.probation is not None
+            self.serving.swap(model, (self.cfg.probation_inferences, self.cfg.probation_max_errors) if on_probation else None)
             if decision.action == "commit":
                 assert st.active is not None
-                self.slots.save(SlotsState(st.active, st.previous, False))
+                self.slots.save(SlotsState(st.active, st.previous, False, st.probation))
                 self.report("commit", "ok", Reason.OK,
                             f"{st.active.name} {st.active.version} passed its self-test again after a restart; committed",
                             st.active.desired_seq, st.active.digest)
@@ -339,6 +354,12 @@ class Agent:
             return
         self.updater.rollback(Reason.INFERENCE_FAILED, f"{digest[:12]} on probation: {why}")
 
+    def _on_probation_passed(self, digest: str) -> None:
+        st = self.slots.load()
+        if st.active is not None and st.active.digest == digest and st.probation is not None:
+            self.slots.save(SlotsState(st.active, st.previous, st.trial, None))
+            log.info("%s passed probation", digest[:12])
+
     # main loop --------------------------------------------------------------------------------
     def run(self) -> None:
         self.recover_slots()
@@ -380,6 +401,8 @@ class Agent:
                 log.warning("disconnected from the broker; reconnecting")
             elif ev[0] == "probation_failed":
                 self._on_probation_failed(ev[1], ev[2])
+            elif ev[0] == "probation_passed":
+                self._on_probation_passed(ev[1])
         except Exception:  # one bad event must never stop the daemon
             log.exception("error handling %r", ev if not isinstance(ev, Incoming) else ev.topic)
 
@@ -391,6 +414,7 @@ class Agent:
         topic = str(Topic.for_device(Kind.STATUS, self.cfg.device_id))
         self.transport.disconnect(topic, self._status(False).to_bytes())
         self.backlog.close()
+        write_atomic(self.clean_file, b"")  # the next start knows this was not a crash
 
 
 def _unverified_hint(payload: bytes) -> tuple[int, str | None]:

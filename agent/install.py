@@ -21,6 +21,11 @@ After a crash, :func:`recover` decides from the persisted slot record what the a
 a trial (switched, uncommitted) model that passes its self-test again is committed, one that
 fails is rolled back to the kept slot; an active model whose files are damaged is replaced by
 the kept slot; a download resumes from its bitmap.
+
+Probation (after a switch, until the first ``probation_inferences`` succeeded): errors in
+``probation_max_errors`` of them roll back (:func:`probation_verdict`); so do more than
+``probation_max_crashes`` restarts without a clean shutdown (:func:`crash_verdict`), which is
+how a model that segfaults the runtime (a mismatched libedgetpu) gets rolled back.
 """
 
 from __future__ import annotations
@@ -171,6 +176,15 @@ def recover(active: str | None, trial: bool, active_ok: bool | None, previous: s
     if previous is not None and previous_ok:
         return Recovery("rollback", why, f"active {active[:12]} failed its check; back to {previous[:12]}")
     return Recovery("broken", why, f"active {active[:12]} failed its check and no working slot is kept")
+
+
+def crash_verdict(probation: int | None, clean_shutdown: bool, max_crashes: int) -> tuple[int | None, bool]:
+    """At start-up: the new probation count, and whether to roll back because the model on
+    probation keeps taking the process down (restarts without a clean shutdown)."""
+    if probation is None:
+        return None, False
+    count = probation if clean_shutdown else probation + 1
+    return count, count > max_crashes
 
 
 def probation_verdict(inferences: int, errors: int, window: int, max_errors: int) -> str:

@@ -107,11 +107,13 @@ class Serving:
     """Holds the active (and shadow) model; thread-safe swap; routes each request."""
 
     def __init__(self, recorder: Recorder, cloud: CloudClient | None, latency_budget_ms: float | None,
-                 on_probation_failed: Callable[[str, str], None]) -> None:
+                 on_probation_failed: Callable[[str, str], None],
+                 on_probation_passed: Callable[[str], None] = lambda digest: None) -> None:
         self.recorder = recorder
         self.cloud = cloud
         self.budget_s = latency_budget_ms / 1000 if latency_budget_ms else None
         self.on_probation_failed = on_probation_failed
+        self.on_probation_passed = on_probation_passed
         self._lock = threading.Lock()
         self.model: Model | None = None
         self.shadow: Model | None = None
@@ -230,6 +232,8 @@ class Serving:
                 self._probation = None
         if verdict == "rollback":
             self.on_probation_failed(model.info.digest, f"{p['errors']} of the first {p['n']} inferences failed")
+        elif verdict == "pass":
+            self.on_probation_passed(model.info.digest)
 
     def _offer_shadow(self, req: Request, scores: np.ndarray, took: float) -> None:
         """Sampled requests also go to the shadow candidate, off the request path; one at a

@@ -5,11 +5,14 @@ Layout under ``state_dir``::
     slots/<digest>/manifest.json     the signed manifest envelope, as received
     slots/<digest>/<artifact>        every artifact, hash-checked while extracting
     slots/<digest>.tmp/              a stage in progress (deleted on restart)
-    slots.json                       {"active": record, "previous": record, "trial": bool}
+    slots.json                       {"active": record, "previous": record, "trial": bool,
+                                      "probation": null | unclean restarts since the switch}
 
 Two slots are kept: the active one and the previous one (to roll back to without a download).
 ``slots.json`` is the only switch: it is replaced by rename + fsync, so after a power cut the
-agent runs either the old or the new model. ``trial`` is true between switch and commit.
+agent runs either the old or the new model. ``trial`` is true between switch and commit;
+``probation`` is set from the switch until the new model's first inferences succeeded, and
+counts the restarts without a clean shutdown meanwhile (a model that crashes the process).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class SlotsState:
     active: SlotRecord | None = None
     previous: SlotRecord | None = None
     trial: bool = False
+    probation: int | None = None
 
 
 class Slots:
@@ -73,13 +77,15 @@ class Slots:
         raw = read_json(self.file, {})
         if not isinstance(raw, dict):
             raw = {}
+        prob = raw.get("probation")
         return SlotsState(SlotRecord.from_dict(raw.get("active")),
-                          SlotRecord.from_dict(raw.get("previous")), bool(raw.get("trial", False)))
+                          SlotRecord.from_dict(raw.get("previous")), bool(raw.get("trial", False)),
+                          int(prob) if isinstance(prob, int) else None)
 
     def save(self, state: SlotsState) -> None:
         write_json(self.file, {"active": state.active.to_dict() if state.active else None,
                                "previous": state.previous.to_dict() if state.previous else None,
-                               "trial": state.trial})
+                               "trial": state.trial, "probation": state.probation})
 
     def path(self, digest: str) -> Path:
         return self.dir / digest

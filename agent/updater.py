@@ -396,7 +396,8 @@ class Updater:
             return
         job.stage = "switch"
         before = self.slots.load()
-        self.slots.save(SlotsState(active=rec, previous=before.active, trial=True))
+        self.slots.save(SlotsState(active=rec, previous=before.active, trial=True,
+                                   probation=0 if self.cfg.probation_inferences > 0 else None))
         old = self.serving.swap(model, (self.cfg.probation_inferences, self.cfg.probation_max_errors))
         if old is not None:
             old.close()
@@ -406,7 +407,7 @@ class Updater:
 
     def commit(self, rec: SlotRecord, seq: int) -> None:
         st = self.slots.load()
-        self.slots.save(SlotsState(active=st.active, previous=st.previous, trial=False))
+        self.slots.save(SlotsState(active=st.active, previous=st.previous, trial=False, probation=st.probation))
         self._crash_point("commit")
         self.slots.gc(self.slots.load(), self._keep())
         self._remove_download()

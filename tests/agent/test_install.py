@@ -99,3 +99,15 @@ def test_recover_after_restart_keeps_a_working_model(active, trial, active_ok, p
 @pytest.mark.parametrize("n, errors, verdict", [(1, 0, "watch"), (5, 3, "rollback"), (20, 2, "pass"), (3, 3, "rollback")])
 def test_probation_verdict(n: int, errors: int, verdict: str):
     assert probation_verdict(n, errors, 20, 3) == verdict
+
+
+@pytest.mark.parametrize("probation, clean, expect", [
+    (None, False, (None, False)),   # not on probation: crashes are not the model's fault here
+    (0, True, (0, False)),          # clean restarts do not count
+    (0, False, (1, False)),
+    (2, False, (3, True)),          # third crash while the new model is on probation: roll back
+    (2, True, (2, False)),
+])
+def test_crash_verdict(probation, clean, expect):
+    from agent.install import crash_verdict
+    assert crash_verdict(probation, clean, 2) == expect

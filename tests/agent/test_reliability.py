@@ -169,3 +169,37 @@ def test_crash_between_trusting_a_seq_and_saving_its_job_still_installs(tmp_path
     agent.start()
     hub.report(agent.device, "commit", "ok", pub.ref.digest)
     _serves(agent, coral_models, pub.ref.digest)
+
+
+def test_model_on_probation_that_keeps_crashing_the_agent_is_rolled_back(tmp_path, coral_models, trust, hub, make_agent):
+    agent = make_agent(probation_inferences=5, probation_max_crashes=2).start()
+    first = _install_first(tmp_path, coral_models, trust, hub, agent)
+    second = _install_first(tmp_path, coral_models, trust, hub, agent, version="2")
+    for _ in range(2):  # clean restarts are not crashes
+        agent.stop()
+        agent.start()
+        agent.port
+    assert _active(agent) == second.ref.digest
+    for _ in range(3):  # as if the new model took the process down (kill -9 = segfault, power cut)
+        agent.port
+        agent.kill()
+        agent.start()
+    rb = hub.report(agent.device, "rollback", "ok", first.ref.digest)
+    assert rb.reason == Reason.INFERENCE_FAILED.value and "restarted 3 times" in rb.detail
+    _serves(agent, coral_models, first.ref.digest)
+
+
+def test_model_that_passed_probation_is_kept_through_crashes(tmp_path, coral_models, trust, hub, make_agent):
+    agent = make_agent(probation_inferences=2, probation_max_crashes=1).start()
+    _install_first(tmp_path, coral_models, trust, hub, agent)
+    second = _install_first(tmp_path, coral_models, trust, hub, agent, version="2")
+    for _ in range(2):
+        _serves(agent, coral_models, second.ref.digest)
+    hub.wait(lambda: json.loads((agent.state_dir / "slots.json").read_text())["probation"] is None, 30,
+             "probation passed and persisted")
+    for _ in range(3):
+        agent.kill()
+        agent.start()
+        agent.port
+    _serves(agent, coral_models, second.ref.digest)
+    assert not [r for r in hub.reports if r.stage == "rollback"]
