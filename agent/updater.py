@@ -464,13 +464,15 @@ class Updater:
         except (ProtocolError, ModelError, OSError) as exc:
             self.report("rollback", "failed", reason, f"{detail}; previous slot unusable: {exc}", bundle=prev.digest)
             return False
+        abandoned_seq = st.active.desired_seq if st.active is not None else prev.desired_seq
         self.slots.save(SlotsState(active=prev, previous=None, trial=False))
         old = self.serving.swap(model)
         if old is not None:
             old.close()
         self.slots.gc(self.slots.load(), self._keep())
+        # desired_seq names the install being abandoned, so the hub can fail it in its rollout
         self.report("rollback", "ok", reason, f"{detail}; back to {prev.name} {prev.version}",
-                    desired_seq=prev.desired_seq, bundle=prev.digest)
+                    desired_seq=abandoned_seq, bundle=prev.digest)
         self.on_change()
         return True
 

@@ -37,7 +37,9 @@ Rules, in the order ``advance`` applies them:
 3. **Install reports** (``InstallReport``; the shell matched ``desired_seq`` to this
    rollout): progress moves ``issued`` to ``installing``; ``commit``/``switch`` ok installs;
    ``failed`` re-issues when the reason is retryable (timeout, hash/length mismatch,
-   malformed, internal, expired) and attempts remain, else the device is ``failed``.
+   malformed, internal, expired) and attempts remain, else the device is ``failed``;
+   ``rollback``/``ok`` with a reason other than ``ok`` (the agent gave the bundle up after
+   installing it: errors or crashes on probation) fails an issued or installed device.
 4. **Timeouts**: an ``issued``/``installing`` device older than ``install_timeout_s`` is
    re-issued while attempts remain (``1 + max_retries`` in all), else ``timed_out``.
 5. **Cohorts** (only while ``running``): cohort sizes are cumulative (``"1"``, ``"10%"``,
@@ -435,6 +437,11 @@ def advance(state: RolloutState, events: Sequence[Event], now: int,
                     put(replace(d, state="rolled_back", reason=""))
                 elif ev.status == "failed":
                     put(replace(d, reason=f"rollback failed: {ev.reason}: {ev.detail}"[:300]))
+                continue
+            if ev.stage == "rollback" and ev.status == "ok" and ev.reason != "ok" \
+                    and (d.state in ISSUED or d.state == "installed"):
+                # the device installed the bundle, then gave it up (probation errors, crashes)
+                put(replace(d, state="failed", reason=f"rolled back on the device: {ev.reason}: {ev.detail}"[:300]))
                 continue
             if d.state not in ISSUED:
                 continue

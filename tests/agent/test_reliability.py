@@ -145,7 +145,7 @@ def test_model_whose_first_live_inferences_fail_is_rolled_back(tmp_path, coral_m
     good = _install_first(tmp_path, coral_models, trust, hub, agent)
     env, _, archive = trust.sign_dir(gather_bundle(tmp_path / "gather"))
     fragile = hub.publish_bundle(env, archive)
-    hub.desire(agent.device, fragile)
+    fragile_doc = hub.desire(agent.device, fragile)
     hub.report(agent.device, "commit", "ok", fragile.ref.digest)  # its self-test passed
     buf = io.BytesIO()
     Image.new("L", (8, 8), 255).save(buf, "PNG")
@@ -153,6 +153,7 @@ def test_model_whose_first_live_inferences_fail_is_rolled_back(tmp_path, coral_m
     assert codes == [503, 503, 503]  # no cloud fallback configured: the errors reach the app
     rb = hub.report(agent.device, "rollback", "ok", good.ref.digest)
     assert rb.reason == Reason.INFERENCE_FAILED.value and "3 of the first 3" in rb.detail
+    assert rb.desired_seq == fragile_doc.seq  # names the abandoned install, so the hub fails it
     assert _active(agent) == good.ref.digest
     _serves(agent, coral_models, good.ref.digest)
     st = hub.wait(lambda: (s := hub.status.get(agent.device)) and s.active and s.active.digest == good.ref.digest

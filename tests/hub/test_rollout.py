@@ -344,3 +344,21 @@ def test_require_samples_waits_for_drift_evidence_when_devices_send_it():
     enough = {"outputs.top1_class": [0, 0, 150]}
     st, acts = advance(st, [_health("d00", 10.0, drift=enough)], 3, policy)
     assert st.phase == "paused" and "drift" in st.reason
+
+
+def test_device_that_gives_up_an_installed_bundle_on_probation_fails_the_canary():
+    policy = Policy.from_dict({"preset": "staged", "cohorts": ["1", "100%"], "soak_s": 600})
+    st, _ = advance(RolloutState(NEW), seen(5), 0, policy)
+    st, _ = advance(st, [InstallReport("d00", "commit", "ok")], 1, policy)
+    assert st.device("d00").state == "installed"
+    st, acts = advance(st, [InstallReport("d00", "rollback", "ok", "inference_failed", "5 errors in 20")], 2, policy)
+    assert st.device("d00").state in ("failed", "rolling_back")
+    assert st.phase == "rolled_back" and "install_failure_rate" in st.reason
+
+
+def test_plain_rollback_ok_of_an_installed_device_is_not_a_failure():
+    policy = Policy.from_dict({"preset": "staged", "cohorts": ["1", "100%"], "soak_s": 600})
+    st, _ = advance(RolloutState(NEW), seen(5), 0, policy)
+    st, _ = advance(st, [InstallReport("d00", "commit", "ok")], 1, policy)
+    st, _ = advance(st, [InstallReport("d00", "rollback", "ok")], 2, policy)
+    assert st.device("d00").state == "installed" and st.phase == "running"
