@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from protocol.features import resize_filter
 from protocol.messages import BundleInfo
 
 log = logging.getLogger(__name__)
@@ -230,13 +231,14 @@ class Model:
             raise InputError("this model takes tensors, not images; send JSON {\"inputs\": [...]}")
         h, w, c = int(p["height"]), int(p["width"]), int(p.get("channels", 3))
         mode = "L" if c == 1 else "RGB"
+        resample = getattr(Image.Resampling, resize_filter(p).upper())
         try:
             src = Image.open(io.BytesIO(data))
             if src.format == "JPEG":
                 src.draft(mode, (w, h))  # let the JPEG decoder downscale by 1/2..1/8 first
             img = src if src.mode == mode else src.convert(mode)
             if img.size != (w, h):
-                img = img.resize((w, h), Image.Resampling.BILINEAR)
+                img = img.resize((w, h), resample)
             return np.asarray(img, dtype=np.uint8).reshape(1, h, w, c)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise InputError(f"file is not a readable image ({exc})") from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from protocol.features import resize_filter
 from protocol.errors import Reason
 
 from .errors import BundleRefused
@@ -39,6 +40,7 @@ class ImageSpec:
     offset: float
     layout: str  # "nhwc" | "nchw"
     quant: tuple[float, int] | None = None  # integer inputs: q = round(f / scale) + zero_point
+    resize: str = "bicubic"  # protocol.features.resize_filter
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -112,6 +114,7 @@ def image_spec(preprocess: dict[str, Any], inp: InputSpec, source: str) -> Image
         h, w, c = (int(preprocess[k]) for k in ("height", "width", "channels"))
         scale = float(preprocess.get("scale", 1.0))
         offset = float(preprocess.get("offset", 0.0))
+        resize = resize_filter(preprocess)
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleRefused(source, Reason.MALFORMED.value,
                             f"preprocess {preprocess!r:.120} needs integer height/width/channels ({exc})") from None
@@ -127,7 +130,7 @@ def image_spec(preprocess: dict[str, Any], inp: InputSpec, source: str) -> Image
         raise BundleRefused(source, Reason.MALFORMED.value,
                             f"preprocess {h}x{w}x{c} fits neither NHWC nor NCHW of ONNX input "
                             f"{inp.name!r} {inp.describe()}")
-    return ImageSpec(h, w, c, scale, offset, layout, quant)
+    return ImageSpec(h, w, c, scale, offset, layout, quant, resize)
 
 
 def _quantization(preprocess: dict[str, Any], inp: InputSpec, source: str) -> tuple[float, int] | None:

@@ -3,7 +3,7 @@
 Three ways in, every failure a :class:`BadInput` naming the part of the request that is wrong:
 
 * an image (``POST /predict`` multipart ``file``): decoded with Pillow, converted to L or RGB,
-  resized to the spec's size (Pillow's default filter, as the seed does), ``pixel * scale +
+  resized to the spec's size (the spec's ``resize`` filter, default bicubic = Pillow's default, as the seed does), ``pixel * scale +
   offset``, laid out NHWC or NCHW, one row; integer inputs get the quantized value (or, uint8
   without ``input_quantization``, the raw pixels);
 * JSON ``{"inputs": [...]}``: a nested list *including the batch dimension*;
@@ -24,6 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from .errors import BadInput, TooLarge
 from .spec import ImageSpec, InputSpec
 
+RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+            "nearest": Image.Resampling.NEAREST}
 DTYPE_NAMES = ("float32", "float16", "float64", "uint8", "int8", "int32", "int64")
 
 
@@ -35,7 +37,8 @@ def image_tensor(data: bytes, spec: ImageSpec, dtype: str, max_pixels: int) -> n
         w, h = opened.size
         if w * h > max_pixels:
             raise TooLarge("image", w * h, max_pixels)  # checked from the header: nothing decoded yet
-        img = opened.convert("L" if spec.channels == 1 else "RGB").resize((spec.width, spec.height))
+        img = opened.convert("L" if spec.channels == 1 else "RGB").resize(
+            (spec.width, spec.height), RESAMPLE[spec.resize])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadInput("image", f"too many pixels ({exc})") from None
     except UnidentifiedImageError:
