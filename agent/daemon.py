@@ -133,13 +133,14 @@ class Agent:
 
     def _telemetry(self) -> None:
         now = int(time.time())
-        fields = self.recorder.rotate()
-        seq = self.backlog.next_seq("telemetry")
-        msg = Telemetry(self.cfg.device_id, seq, self._window_start, now, fields["bundle"], fields["counts"],
-                        fields["latency"], fields["drift"], fields["shadow"], health(self.cfg.state_dir),
-                        self.backlog.stats(now))
-        self._window_start = now
-        self.backlog.add("telemetry", seq, msg.to_bytes(), time.time())
+        for fields in self.recorder.rotate():  # one window per model that served in the interval
+            end = max(self._window_start, min(now, int(fields.get("end", now))))
+            seq = self.backlog.next_seq("telemetry")
+            msg = Telemetry(self.cfg.device_id, seq, self._window_start, end, fields["bundle"], fields["counts"],
+                            fields["latency"], fields["drift"], fields["shadow"], health(self.cfg.state_dir),
+                            self.backlog.stats(now))
+            self._window_start = end
+            self.backlog.add("telemetry", seq, msg.to_bytes(), time.time())
         self._flush()
 
     def _flush(self, force: bool = False) -> None:

@@ -39,6 +39,7 @@ class Recorder:
         self._preprocess: dict[str, Any] = {}
         self._drift_q: queue.Queue[tuple[Any, Any, Any, Any]] = queue.Queue(maxsize=256)
         self._drift_skipped = 0  # samples not binned because the worker fell behind
+        self._closed: list[dict[str, Any]] = []  # windows closed early by a model switch
         self._reset()
         threading.Thread(target=self._drift_worker, name="drift", daemon=True).start()
 
@@ -49,8 +50,12 @@ class Recorder:
         self._shadow: dict[str, Any] = {"n": 0, "agree": 0, "errors": 0, "delta_sum_s": 0.0}
 
     def set_bundle(self, digest: str | None, baseline: dict[str, Any] | None, preprocess: dict[str, Any]) -> None:
-        """Start recording drift for a new active bundle (the open window's drift restarts)."""
+        """Start recording for a new active bundle. A window with data for the previous bundle
+        is closed here (kept until the next :meth:`rotate`), so no window mixes two models."""
         with self._lock:
+            if digest != self._bundle and self._has_data():
+                self._closed.append({**self._fields(), "end": int(time.time())})
+                self._reset()
             self._bundle = digest
             self._edges = {"inputs": _edges(baseline, "inputs"), "outputs": _edges(baseline, "outputs")}
             self._preprocess = preprocess
@@ -111,21 +116,31 @@ class Recorder:
             self._shadow["agree"] += int(agree)
             self._shadow["delta_sum_s"] += delta_s
 
-    def rotate(self) -> dict[str, Any]:
-        """Return the finished window's fields and start a new window."""
+    def _has_data(self) -> bool:
+        return any(self._counts.values()) or bool(self._shadow["n"] or self._shadow["errors"])
+
+    def _fields(self) -> dict[str, Any]:
+        sh = self._shadow
+        shadow = None
+        if sh["n"] or sh["errors"]:
+            shadow = {"samples": sh["n"], "errors": sh["errors"],
+                      "agreement": sh["agree"] / sh["n"] if sh["n"] else None,
+                      "latency_delta_ms": 1000 * sh["delta_sum_s"] / sh["n"] if sh["n"] else None}
+        counts = dict(self._counts)
+        if self._drift_skipped:
+            counts["drift_skipped"], self._drift_skipped = self._drift_skipped, 0
+        return {"bundle": self._bundle, "counts": counts, "latency": self._sketch.to_dict(),
+                "drift": {s: {n: list(c) for n, c in f.items()} for s, f in self._drift.items() if f},
+                "shadow": shadow}
+
+    def rotate(self) -> list[dict[str, Any]]:
+        """Return the finished windows' fields, oldest first, and start a new window.
+
+        Usually one window; more when the model switched during the interval (each closed
+        window carries its ``end`` time, the last one ends now)."""
         with self._lock:
-            sh = self._shadow
-            shadow = None
-            if sh["n"] or sh["errors"]:
-                shadow = {"samples": sh["n"], "errors": sh["errors"],
-                          "agreement": sh["agree"] / sh["n"] if sh["n"] else None,
-                          "latency_delta_ms": 1000 * sh["delta_sum_s"] / sh["n"] if sh["n"] else None}
-            counts = dict(self._counts)
-            if self._drift_skipped:
-                counts["drift_skipped"], self._drift_skipped = self._drift_skipped, 0
-            out = {"bundle": self._bundle, "counts": counts, "latency": self._sketch.to_dict(),
-                   "drift": {s: {n: list(c) for n, c in f.items()} for s, f in self._drift.items() if f},
-                   "shadow": shadow}
+            out = self._closed + [self._fields()]
+            self._closed = []
             self._reset()
             return out
 

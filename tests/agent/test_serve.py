@@ -105,3 +105,27 @@ def test_binary_uint8_tensor_is_fed_raw_and_float32_is_quantized(coral_models):
 def test_bad_binary_tensor_is_refused_with_the_reason(shape, dtype, body, needle):
     with pytest.raises(InputError, match=needle):
         parse_request("application/octet-stream", body, shape, dtype)
+
+
+def test_a_model_switch_closes_the_window_so_no_window_mixes_two_models():
+    from agent.telemetry import Recorder
+
+    r = Recorder()
+    r.set_bundle("a" * 64, None, {})
+    r.record("cpu", 0.010, True)
+    r.record("cpu", 0.012, True)
+    r.set_bundle("b" * 64, None, {})
+    r.record("cpu", 0.100, True)
+    windows = r.rotate()
+    assert [(w["bundle"], w["counts"]["inferences"]) for w in windows] == [("a" * 64, 2), ("b" * 64, 1)]
+    assert "end" in windows[0] and windows[0]["latency"]["n"] == 2
+    assert [w["counts"]["inferences"] for w in r.rotate()] == [0]
+
+
+def test_switching_with_an_empty_window_closes_nothing():
+    from agent.telemetry import Recorder
+
+    r = Recorder()
+    r.set_bundle("a" * 64, None, {})
+    r.set_bundle("b" * 64, None, {})
+    assert [w["bundle"] for w in r.rotate()] == ["b" * 64]
