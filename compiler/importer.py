@@ -149,8 +149,10 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
     else:
         st = {"schema": selftest.SCHEMA, "artifact": "model_edgetpu.tflite" if tpu_only else cpu_name,
               "tolerance": selftest.DEFAULT_TOLERANCE, "max_latency_ms": selftest.DEFAULT_MAX_LATENCY_MS,
-              "cases": [], "note": "no cases: " + ("the only artifact needs an Edge TPU" if tpu_only
-                                                   else "no validation or calibration data given")}
+              "cases": [], "smoke": True,
+              "note": "no reference outputs: " + ("the only artifact needs an Edge TPU" if tpu_only
+                                                  else "no validation or calibration data given")
+              + "; agents run a smoke test (the model loads and one invoke gives finite outputs in time)"}
     files.append(BundleFile("selftest.json", "selftest", _json(st)))
     progress.done("baseline", f"{len(st['cases'])} self-test cases")
 
