@@ -27,6 +27,7 @@ from protocol.errors import BadPayload
 from ..errors import Conflict, Denied, HubError, NotFound
 from ..fleet import Fleet
 from .deps import FleetDep, Operator, Viewer, caller_of
+from .textguard import TextGuard
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def create_app(fleet: Fleet, connected: Any = None) -> FastAPI:
     app = FastAPI(title="edgefleet hub", version="1",
                   description="Registry, signing, rollouts and telemetry for an edge-ML fleet. "
                               "Authenticate with `Authorization: Bearer <token>`.")
+    app.add_middleware(TextGuard)
     app.state.fleet = fleet
     app.state.tokens = dict(fleet.config.tokens)
     metrics = fleet.metrics

@@ -9,6 +9,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from protocol.bundle import MANIFEST_FILE, ChunkPlan, pack_archive, read_archive, verify_manifest
 from protocol.messages import FetchRequest, parse_ack, verify_desired
 from protocol.signing import Envelope, SigningKey
@@ -311,3 +313,20 @@ def test_agent_backlog_stats_are_kept_with_the_window_health(client, memhub, bun
     with Session(hub.fleet.engine) as s:
         row = s.exec(select(TelemetryWindow).where(TelemetryWindow.device == "bk")).one()
     assert row.health == {"load1": 0.5, "backlog": {"size": 12, "oldest_age_s": 40.0, "dropped": 3}}
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("POST", "/api/v1/devices/enroll", {"device": "d1", "group": "\u0000", "tags": []}),
+    ("POST", "/api/v1/devices/enroll", {"device": "d1", "group": "", "tags": ["a\u0001b"]}),
+    ("GET", "/api/v1/devices?group=%00", None),
+    ("GET", "/api/v1/devices/a%00b", None),
+])
+def test_control_characters_in_requests_get_one_clear_400(client, method, path, body):
+    resp = client.request(method, path, json=body)
+    assert resp.status_code == 400
+    assert "control characters" in resp.json()["error"]
+
+
+def test_ordinary_json_requests_pass_the_text_guard(client):
+    resp = client.post("/api/v1/devices/enroll", json={"device": "d1", "group": "lab\twest", "tags": ["é"]})
+    assert resp.status_code in (200, 201), resp.text
