@@ -43,6 +43,7 @@ ROLES = (
     "tflite_float",   # float32 reference model
     "tflite_int8",    # full-int8 model for the CPU (LiteRT)
     "tflite_edgetpu", # edgetpu_compiler output; needs the Edge TPU delegate
+    "tflite_edgetpu_segment",  # one of N pipelined segments (``-n N``), in order; needs N TPUs
     "onnx",           # ONNX twin for the cloud fallback
     "baseline",       # drift baseline (bin edges + reference counts), JSON
     "selftest",       # self-test vectors with expected outputs, JSON
