@@ -143,7 +143,7 @@ def device_filter(p: Mapping[str, str]) -> DeviceFilter:
     """The devices page's query string as a :class:`DeviceFilter` (raises QueryError)."""
     return DeviceFilter(q=p.get("q", "").strip(), online=_bool_param("online", p.get("online")),
                         group=p.get("group", ""), board=p.get("board", ""), tpu=_bool_param("tpu", p.get("tpu")),
-                        bundle=p.get("bundle", ""), limit=_int_param("limit", p.get("limit"), 50),
+                        tag=p.get("tag", "").strip(), bundle=p.get("bundle", ""), limit=_int_param("limit", p.get("limit"), 50),
                         offset=_int_param("offset", p.get("offset"), 0))
 
 

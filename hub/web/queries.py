@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from sqlalchemy import and_, func, or_
+from sqlalchemy import String, and_, cast, exists, func, literal, or_
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col, select
 
 from protocol.bundle import Requirements
@@ -197,6 +198,7 @@ class DeviceFilter:
     group: str = ""
     board: str = ""
     tpu: bool | None = None
+    tag: str = ""
     bundle: str = ""
     limit: int = 50
     offset: int = 0
@@ -208,20 +210,44 @@ class DeviceFilter:
             raise QueryError(f"offset must be within 0..{MAX_OFFSET}, got {self.offset}")
         if len(self.q) > 64:
             raise QueryError(f"search text must be at most 64 characters, got {len(self.q)}")
+        if len(self.tag) > 64:
+            raise QueryError(f"tag must be at most 64 characters, got {len(self.tag)}")
+
+    @property
+    def narrowed(self) -> bool:
+        """Whether any filter (not paging) is set."""
+        return bool(self.q or self.online is not None or self.group or self.board or self.tpu is not None
+                    or self.tag or self.bundle)
 
     def params(self, **override: Any) -> dict[str, Any]:
         """Query-string values for links (pagination keeps the filters)."""
         out = {"q": self.q, "online": "" if self.online is None else str(self.online).lower(),
                "group": self.group, "board": self.board,
-               "tpu": "" if self.tpu is None else str(self.tpu).lower(), "bundle": self.bundle,
+               "tpu": "" if self.tpu is None else str(self.tpu).lower(), "tag": self.tag, "bundle": self.bundle,
                "limit": self.limit, "offset": self.offset}
         out.update(override)
         return {k: v for k, v in out.items() if v not in ("", None)}
 
 
+def _dialect(s: Session) -> str:
+    return str(s.get_bind().dialect.name)
+
+
+def _has_tag(dialect: str, tag: str) -> Any:
+    """``tag`` is one element of the device's JSON ``tags`` list: a whole-element comparison
+    (never a substring of the JSON text, so ``lab`` does not match ``lab-2``)."""
+    if dialect == "postgresql":
+        # the column is json; jsonb containment is false (not an error) for non-array values
+        return cast(col(Device.tags), JSONB).contains([tag])
+    if dialect == "sqlite":
+        each = func.json_each(col(Device.tags)).table_valued("value")
+        return exists(select(literal(1)).select_from(each).where(each.c.value == cast(literal(tag), String)))
+    raise QueryError(f"tag filter supports SQLite and PostgreSQL, not {dialect!r}")
+
+
 def device_page(s: Session, f: DeviceFilter) -> dict[str, Any]:
     """One page of devices, filtered and counted in SQL (indexed columns; JSON inventory for
-    board/TPU), ordered by id."""
+    board/TPU; JSON tags list for tag), ordered by id."""
     conds: list[Any] = []
     if f.online is not None:
         conds.append(Device.online == f.online)
@@ -235,6 +261,8 @@ def device_page(s: Session, f: DeviceFilter) -> dict[str, Any]:
         conds.append(_board_expr() == f.board)
     if f.tpu is not None:
         conds.append(_tpu_true() if f.tpu else ~_tpu_true())
+    if f.tag:
+        conds.append(_has_tag(_dialect(s), f.tag))
     if f.bundle:
         conds.append(Device.active_digest == f.bundle)
     where = and_(*conds) if conds else None
@@ -265,10 +293,23 @@ def _rollout_states(s: Session, ids: list[str]) -> dict[str, str]:
 
 
 def device_facets(s: Session) -> dict[str, list[str]]:
-    """Values for the filter selects (groups, boards); bounded."""
+    """Values for the filter selects and suggestions (groups, boards, tags); bounded."""
     groups = [g for g in s.exec(select(Device.group).distinct().order_by(Device.group).limit(200)).all() if g]
     boards = sorted({str(b) for b in s.exec(select(_board_expr()).distinct().limit(200)).all() if b})
-    return {"groups": groups, "boards": boards}
+    return {"groups": groups, "boards": boards, "tags": _known_tags(s)}
+
+
+def _known_tags(s: Session, limit: int = 200) -> list[str]:
+    """Distinct tags over the fleet, unnested in SQL."""
+    if _dialect(s) == "postgresql":
+        tags = cast(col(Device.tags), JSONB)
+        elem = func.jsonb_array_elements_text(tags).label("tag")
+        inner = select(elem).where(func.jsonb_typeof(tags) == "array").subquery()
+    else:
+        each = func.json_each(col(Device.tags)).table_valued("value")
+        inner = select(each.c.value.label("tag")).select_from(Device).join(each, literal(True)).subquery()
+    rows = s.exec(select(inner.c.tag).distinct().order_by(inner.c.tag).limit(limit)).all()  # type: ignore[call-overload]
+    return [str(t) for t in rows if isinstance(t, str) and t]
 
 
 def device_history(s: Session, device_id: str, limit: int = 50) -> list[dict[str, Any]]:

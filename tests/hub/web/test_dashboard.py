@@ -31,11 +31,15 @@ def session_for(hub: Hub, token: str) -> TestClient:
     return c
 
 
+def tags_of(i: int) -> list[str]:
+    return ["lab"] if i % 5 == 0 else ["lab-2", "east"] if i % 5 == 1 else ["east"] if i % 5 == 2 else []
+
+
 def seeded_row(i: int) -> dict[str, Any]:
     # the TPU comes in both inventory shapes agents send: a bool, or {"present": bool}
     tpu: Any = (i % 4 == 0) if i % 2 == 0 else {"present": i % 4 == 1}
     return {"id": f"dev-{i:05d}", "online": i % 3 != 0, "last_seen": 1_700_000_000 + i,
-            "inventory": {"board": BOARDS[i % 3], "edgetpu": tpu}, "group": f"site-{i % 10}", "tags": [],
+            "inventory": {"board": BOARDS[i % 3], "edgetpu": tpu}, "group": f"site-{i % 10}", "tags": tags_of(i),
             "state": "serving", "windows": 0, "inferences": 0, "errors": 0, "tpu": 0, "cpu": 0, "cloud": 0,
             "latency": {}, "created": 1}
 
@@ -103,12 +107,53 @@ def test_fleet_page_counts_ten_thousand_devices_by_status_and_board(big_fleet: H
                      rf'<td class="num">{n_coral_tpu}</td>', html)
 
 
+def test_ten_thousand_devices_filter_by_tag_in_sql_and_pages_keep_the_tag(big_fleet: Hub) -> None:
+    c = session_for(big_fleet, VIEWER)
+    lab = c.get("/ui/feed/devices", params={"tag": "lab", "limit": 200}).json()
+    assert lab["total"] == sum(1 for i in range(N_DEVICES) if "lab" in tags_of(i))
+    assert [d["device_id"] for d in lab["items"]] == [f"dev-{i:05d}" for i in range(0, 1000, 5)]
+    east = c.get("/ui/feed/devices", params={"tag": "east", "online": "false"}).json()
+    assert east["total"] == sum(1 for i in range(N_DEVICES) if "east" in tags_of(i) and i % 3 == 0)
+
+    page = c.get("/ui/devices", params={"tag": "lab-2", "board": "rpi5"}).text
+    assert re.search(r'<label for="f-tag">Tag</label>\s*<input id="f-tag" name="tag" type="text" value="lab-2"', page)
+    assert '<option value="lab-2">' in page and '<option value="east">' in page  # suggestions from the fleet
+    want = [i for i in range(N_DEVICES) if i % 5 == 1 and i % 3 == 1]
+    assert f"{len(want)} devices match" in page and ids_on(page) == [f"dev-{i:05d}" for i in want[:50]]
+    nxt = re.search(r'rel="next" href="([^"]+)"', page)
+    assert nxt is not None and "tag=lab-2" in nxt.group(1) and "board=rpi5" in nxt.group(1)
+    second = c.get(nxt.group(1).replace("&amp;", "&"))
+    assert ids_on(second.text) == [f"dev-{i:05d}" for i in want[50:100]]
+
+
+def test_tag_filter_matches_whole_tags_only(memhub: tuple[Hub, MemoryPublisher]) -> None:
+    hub, _ = memhub
+    tags = {"d-lab": ["lab"], "d-lab2": ["lab-2"], "d-both": ["x", "lab"], "d-prefix": ["xlab", "lab-"],
+            "d-quote": ['a","lab'], "d-wild": ["l_b%"], "d-none": [], "d-null": None}
+    with hub.fleet.session() as s:
+        rows = [{**seeded_row(0), "id": dev, "tags": t} for dev, t in tags.items()]
+        s.execute(insert(Device), rows)  # type: ignore[call-overload]
+        s.commit()
+    c = session_for(hub, VIEWER)
+
+    def ids(tag: str) -> list[str]:
+        return sorted(d["device_id"] for d in c.get("/ui/feed/devices", params={"tag": tag}).json()["items"])
+
+    assert ids("lab") == ["d-both", "d-lab"]
+    assert ids("lab-2") == ["d-lab2"]
+    assert ids('a","lab') == ["d-quote"]
+    assert ids("l_b%") == ["d-wild"] and ids("lab%") == [] and ids("la") == []
+    html = c.get("/ui/devices", params={"tag": "nope"}).text
+    assert "0 devices match" in html and "Clear the filters" in html
+
+
 @pytest.mark.parametrize("params, message", [
     ({"limit": "33"}, "page size must be one of (25, 50, 100, 200), got 33"),
     ({"online": "maybe"}, "online must be true or false, got 'maybe'"),
     ({"offset": "ten"}, "offset must be an integer, got 'ten'"),
     ({"offset": str(2**63)}, f"offset must be within 0..10000000, got {2**63}"),
     ({"q": "x" * 65}, "search text must be at most 64 characters, got 65"),
+    ({"tag": "t" * 65}, "tag must be at most 64 characters, got 65"),
 ])
 def test_bad_device_filters_get_a_one_line_400_naming_the_value(client: TestClient, params: dict[str, str],
                                                                message: str) -> None:
