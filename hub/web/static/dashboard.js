@@ -129,14 +129,15 @@
   var form = document.getElementById("rollout-form");
   if (form) {
     var preview = document.getElementById("preview"), errBox = document.getElementById("form-error");
-    var previewTimer = null;
+    var previewTimer = null, previewSeq = 0;
     function targetKind() { var c = form.querySelector("input[name=target_kind]:checked"); return c ? c.value : "all"; }
     function refreshPreview() {
       var q = new URLSearchParams({bundle: form.bundle.value, target_kind: targetKind(),
                                    target_value: form.target_value.value, cohorts: form.cohorts.value});
+      var seq = ++previewSeq;   // responses can arrive out of order: only the newest request may paint
       fetch("/ui/rollouts/preview?" + q.toString(), {credentials: "same-origin"})
         .then(function (r) { return r.text(); })
-        .then(function (html) { preview.innerHTML = html; });
+        .then(function (html) { if (seq === previewSeq) preview.innerHTML = html; });
     }
     function schedulePreview() { clearTimeout(previewTimer); previewTimer = setTimeout(refreshPreview, 250); }
     form.addEventListener("input", schedulePreview);

@@ -10,6 +10,7 @@ of every page land in ``test-artifacts/dashboard/``.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +185,120 @@ def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
     # and the API refuses a viewer's command even if one were crafted by hand
     status = viewer.evaluate(f"fetch('/api/v1/rollouts/{rid}/resume', {{method: 'POST'}}).then(r => r.status)")
     assert status == 403
+
+
+def wait_api(stack: Stack, what: str, pred: Any, path: str) -> Any:
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while time.monotonic() < deadline:
+        body = stack.fleet.api("GET", path)
+        if pred(body):
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last {path}: {str(body)[:300]}")
+
+
+def phase_is(page: Any, phase: str) -> None:
+    page.wait_for_function(f"document.getElementById('rollout-phase').dataset.phase === '{phase}'")
+
+
+def installed(page: Any, n: int) -> None:
+    page.wait_for_function(
+        f"document.querySelectorAll('#rollout-devices tr[data-state=installed]').length === {n}")
+
+
+def test_operator_filters_by_tag_approves_each_cohort_pauses_resumes_and_cancels(
+        stack: Stack, browser: Any, digits_bundle: Path, artifacts: Path) -> None:
+    digest = stack.fleet.push(digits_bundle)["digest"]
+    base = read_baseline(digits_bundle)
+    for i in range(4):
+        stack.add_device(f"sim-{i}", baselines={digest: base})
+    wait_api(stack, "four devices online", lambda b: sum(d["online"] for d in b["items"]) == 4, "/api/v1/devices")
+    for dev, tags in {"sim-0": ["lab"], "sim-1": ["lab", "east"], "sim-2": ["lab"], "sim-3": ["lab-2"]}.items():
+        stack.fleet.api("PATCH", f"/api/v1/devices/{dev}", {"tags": tags})
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    login(page, stack.url, OPERATOR)
+
+    # the tag filter: 'lab' is a whole tag, so the 'lab-2' device stays out
+    nav(page, "Devices", exact=True)
+    page.get_by_label("Tag", exact=True).fill("lab")
+    with page.expect_navigation():
+        page.get_by_label("Tag", exact=True).press("Enter")
+    assert "tag=lab" in page.url
+    assert page.locator("#device-table tbody tr").evaluate_all("rows => rows.map(r => r.dataset.device)") == [
+        "sim-0", "sim-1", "sim-2"]
+    expect(page.locator("tr[data-device=sim-1] td.tags")).to_have_text("lab east")
+    check_page(page, artifacts, "09-devices-tag")
+
+    # a rollout to the tag, one cohort at a time, each opened by an approval. The page's first
+    # preview (all devices) is held back and answered last: it must not paint over the newer one
+    held: list[Any] = []
+
+    def hold_first(route: Any) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route("**/ui/rollouts/preview?*", hold_first)
+    nav(page, "Rollouts", exact=True)
+    page.get_by_label("Bundle").select_option(digest)
+    page.get_by_label("A tag").check()
+    page.get_by_label("Group, tag or device ids (comma separated)").fill("lab")
+    page.get_by_label("Cohorts (cumulative)").fill("1, 2, 100%")
+    page.get_by_label("Soak per cohort (s)").fill("0")
+    page.get_by_label("On gate breach").select_option("pause")
+    page.get_by_label("Ask for approval between cohorts").check()
+    expect(page.locator("#preview-summary")).to_contain_text("3 devices match; 3 can run digits@")
+    assert len(held) == 1 and "target_kind=all" in held[0].request.url
+    with page.expect_response(lambda r: r.request.url == held[0].request.url) as stale:
+        held[0].continue_()
+    stale.value.finished()
+    page.evaluate("() => new Promise(done => setTimeout(done, 200))")  # let the page handle it
+    page.unroute("**/ui/rollouts/preview?*")
+    assert "3 devices match; 3 can run digits@" in text(page, "#preview-summary")
+    assert "Cohort 3: 1 device" in text(page, "#preview")
+    page.get_by_role("button", name="Start rollout").click()
+    page.wait_for_url(re.compile(r".*/ui/rollouts/[0-9a-f]+$"))
+    rid = page.url.rsplit("/", 1)[1]
+
+    # cohort 1 installs, then the rollout waits for the operator
+    phase_is(page, "awaiting_approval")
+    installed(page, 1)
+    assert page.locator("#cmd-resume").count() == 0
+    expect(page.locator("#rollout-reason")).to_contain_text("waiting for approve")
+    check_page(page, artifacts, "10-rollout-awaiting-approval")
+    page.locator("#cmd-approve").click()
+    installed(page, 2)   # approval opened cohort 2; it installs and waits again
+    phase_is(page, "awaiting_approval")
+    assert page.locator("tr[data-device=sim-3]").count() == 0  # the lab-2 device is not in the rollout
+
+    # pause while waiting, then resume: back to waiting for approval, nothing issued meanwhile
+    page.locator("#cmd-pause").click()
+    phase_is(page, "paused")
+    expect(page.locator("#rollout-reason")).to_contain_text("paused by operator")
+    page.locator("#cmd-resume").click()
+    phase_is(page, "awaiting_approval")
+    installed(page, 2)
+
+    # cancel: the device not yet issued is cancelled, installed ones keep the model
+    page.locator("#cmd-cancel").click()
+    phase_is(page, "cancelled")
+    page.wait_for_function("document.querySelectorAll('#rollout-devices tr[data-state=cancelled]').length === 1")
+    installed(page, 2)
+    assert page.locator("button[data-command]").count() == 0
+    check_page(page, artifacts, "11-rollout-cancelled")
+    status = stack.fleet.api("GET", f"/api/v1/rollouts/{rid}")
+    assert status["phase"] == "cancelled" and status["cohort"] == 1
+
+    # each button press is in the audit log, attributed to the operator, newest first
+    nav(page, "Audit log")
+    rows = page.locator("#audit-table tbody tr").evaluate_all(
+        "rows => rows.map(r => [r.cells[1].innerText.trim(), r.cells[2].innerText.trim(), r.cells[3].innerText.trim()])")
+    mine = [action for actor, action, target in rows if target == rid and actor.startswith("operator")]
+    assert mine == ["rollout.cancel", "rollout.resume", "rollout.pause", "rollout.approve", "rollout.create"]
+    check_page(page, artifacts, "12-audit-approve-cancel")
+    assert not errors, f"JavaScript errors on the pages: {errors}"
