@@ -14,7 +14,14 @@ Rules, from real outputs (``tests/compiler/data/edgetpu/README.md`` cites each):
   that parses as TFLite and contains ``edgetpu-custom-op`` (a failed compile can leave a ~1 KB
   stub), and at least one Edge TPU subgraph (``-m`` too low gives 0 and still "succeeds");
 * the minimum Edge TPU runtime is ``-m`` when given, else the compiler version's default
-  (16 -> 14, 15 -> 13, 14.1 -> 13, 2.1 -> 13, 2.0 -> 12, 1.0 -> 10).
+  (16 -> 14, 15 -> 13, 14.1 -> 13, 2.1 -> 13, 2.0 -> 12, 1.0 -> 10);
+* ``-n N`` (segments): the compiler prints its version once, then one block per output, in
+  segment order (google-coral/edgetpu#557); a block ends with "Compilation succeeded!" (v16) or
+  where the next "Model compiled successfully" starts (older compilers), and text after the last
+  block is a segment that did not compile. :func:`split_blocks` / :func:`parse_blocks` map block
+  ``i`` to ``<stem>_segment_<i>_of_<N>_edgetpu.tflite``; a block whose "Output model" names a
+  different segment index is refused (order is the contract). Every segment is checked like a
+  single model (exists, sane size, ``edgetpu-custom-op``, >= 1 subgraph).
 """
 
 from __future__ import annotations
@@ -163,20 +170,91 @@ def parse(stdout: str, log: str | None = None) -> CompileReport:
     return CompileReport(rows=tuple(rows), **f)
 
 
+_BLOCK_END = re.compile(r"^\s*Compilation succeeded!")
+_BLOCK_START = re.compile(r"^\s*Model compiled successfully")
+_SEGMENT_NAME = re.compile(r"_segment_(\d+)_of_(\d+)_edgetpu\.tflite\s*$")
+
+
+def split_blocks(stdout: str) -> tuple[str, list[str]]:
+    """``(header, blocks)``: the lines before the first block (the version line) and the text of
+    each output's block, in printed order. Blank trailing text is not a block."""
+    lines = stdout.splitlines()
+    header: list[str] = []
+    blocks: list[list[str]] = []
+    cur: list[str] = []
+    seen_any = False       # inside the header until something block-like appears
+    cur_has_success = False
+    for line in lines:
+        if not seen_any:
+            if re.match(r"^\s*Edge TPU Compiler version", line) or not line.strip():
+                header.append(line)
+                continue
+            seen_any = True
+        if _BLOCK_START.match(line) and cur_has_success:   # older compilers: no closing line
+            blocks.append(cur)
+            cur, cur_has_success = [], False
+        cur.append(line)
+        if _BLOCK_START.match(line):
+            cur_has_success = True
+        if _BLOCK_END.match(line):
+            blocks.append(cur)
+            cur, cur_has_success = [], False
+    if any(ln.strip() for ln in cur):
+        blocks.append(cur)
+    return "\n".join(header), ["\n".join(b) for b in blocks]
+
+
+def parse_blocks(stdout: str, logs: list[str | None] | None = None) -> list[CompileReport]:
+    """One :class:`CompileReport` per printed output block (``-n N`` or several models)."""
+    header, blocks = split_blocks(stdout)
+    logs = logs or []
+    return [parse(header + "\n" + b, logs[i] if i < len(logs) else None) for i, b in enumerate(blocks)]
+
+
+def combine(reports: list[CompileReport]) -> CompileReport:
+    """A summary of several outputs: sums of counts and memory (None if any is unknown),
+    ``compiled`` only if all compiled, the first error, all rows."""
+    def total(key: str) -> int | None:
+        vals = [getattr(r, key) for r in reports]
+        return None if not vals or any(v is None for v in vals) else sum(vals)
+
+    errors = [r.error for r in reports if r.error]
+    return CompileReport(
+        version=next((r.version for r in reports if r.version), None),
+        compiled=bool(reports) and all(r.compiled for r in reports),
+        error=errors[0] if errors else None, input_bytes=total("input_bytes"),
+        output_bytes=total("output_bytes"), on_chip_used=total("on_chip_used"),
+        on_chip_remaining=None, off_chip_used=total("off_chip_used"), subgraphs=total("subgraphs"),
+        total_ops=total("total_ops"), ops_on_tpu=total("ops_on_tpu"), ops_on_cpu=total("ops_on_cpu"),
+        counts_inferred=any(r.counts_inferred for r in reports),
+        rows=tuple(row for r in reports for row in r.rows),
+        delegate_search=any(r.delegate_search for r in reports))
+
+
+@dataclass(frozen=True)
+class CompiledOutput:
+    """One file the compiler was expected to write (the model, or segment ``index`` of N)."""
+    name: str                  # e.g. model_int8_segment_0_of_2_edgetpu.tflite
+    report: CompileReport      # its stdout block (+ its .log)
+    output: bytes | None       # the file, when it is a real compiled model
+    problem: str | None        # why it is not usable (None = usable)
+
+
 @dataclass(frozen=True)
 class CompileResult:
-    report: CompileReport
+    report: CompileReport      # the single model's report, or the segments combined
     returncode: int
-    output: bytes | None       # the *_edgetpu.tflite, when it is a real compiled model
+    output: bytes | None       # the *_edgetpu.tflite, when it is a real compiled model (N = 1)
     problem: str | None        # why the output is not usable (None = usable)
     command: tuple[str, ...]
+    outputs: tuple[CompiledOutput, ...] = ()   # per segment, in order (N > 1)
 
 
 def run(compiler: str, model: bytes, timeout_s: float, min_runtime: int | None = None,
         segments: int | None = None, stem: str = "model_int8") -> CompileResult:
-    """Run ``edgetpu_compiler`` on ``model`` in a scratch directory and check what it made."""
-    from .graph import read_graph
-
+    """Run ``edgetpu_compiler`` on ``model`` in a scratch directory and check what it made.
+    With ``segments`` N > 1 the result's ``outputs`` hold the N segments, in order."""
+    n = segments if segments is not None and segments > 1 else 1
     with tempfile.TemporaryDirectory(prefix="edgefleet-edgetpu-") as tmp_s:
         tmp = Path(tmp_s)
         src = tmp / f"{stem}.tflite"
@@ -186,8 +264,8 @@ def run(compiler: str, model: bytes, timeout_s: float, min_runtime: int | None =
         cmd = [compiler, "-s", "-o", str(out_dir), "-t", str(int(timeout_s))]
         if min_runtime is not None:
             cmd += ["-m", str(min_runtime)]
-        if segments is not None and segments > 1:
-            cmd += ["-n", str(segments)]
+        if n > 1:
+            cmd += ["-n", str(n)]
         cmd.append(str(src))
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30, cwd=tmp)
@@ -198,59 +276,120 @@ def run(compiler: str, model: bytes, timeout_s: float, min_runtime: int | None =
         except subprocess.TimeoutExpired:
             rep = CompileReport(error=f"edgetpu_compiler did not finish in {timeout_s + 30:g} s")
             return CompileResult(rep, -1, None, rep.error, tuple(cmd))
-        log_path = out_dir / f"{stem}_edgetpu.log"
-        log = log_path.read_text(errors="replace") if log_path.exists() else None
-        report = parse(proc.stdout + "\n" + proc.stderr, log)
-        out_path = out_dir / f"{stem}_edgetpu.tflite"
-        output = out_path.read_bytes() if out_path.exists() else None
-    problem = None
-    if proc.returncode != 0:
-        problem = f"exit code {proc.returncode}" + (f": {report.error}" if report.error else "")
-    elif report.error:
-        problem = report.error
-    elif not report.compiled:
-        problem = "no 'Model compiled successfully' line in its output"
-    elif output is None:
-        problem = f"no {stem}_edgetpu.tflite was written"
-    elif len(output) < MIN_OUTPUT_BYTES:
-        problem = f"{stem}_edgetpu.tflite is a {len(output)}-byte stub"
-    elif not report.subgraphs:
-        problem = "0 Edge TPU subgraphs: nothing runs on the Edge TPU (is -m too low?)"
-    else:
-        try:
-            if not read_graph(output, f"{stem}_edgetpu.tflite").edgetpu_compiled:
-                problem = f"{stem}_edgetpu.tflite holds no edgetpu-custom-op (not a compiled model)"
-        except BadInput as exc:
-            problem = str(exc)
-    return CompileResult(report, proc.returncode, output if problem is None else None, problem, tuple(cmd))
+        text = proc.stdout + "\n" + proc.stderr
+        names = ([f"{stem}_edgetpu"] if n == 1 else
+                 [f"{stem}_segment_{i}_of_{n}_edgetpu" for i in range(n)])
+        logs = [_read_text(out_dir / f"{name}.log") for name in names]
+        outputs = [_read_bytes(out_dir / f"{name}.tflite") for name in names]
+    if n == 1:
+        report = parse(text, logs[0])
+        problem = _problem(proc.returncode, report, f"{names[0]}.tflite", outputs[0])
+        return CompileResult(report, proc.returncode, outputs[0] if problem is None else None, problem,
+                             tuple(cmd))
+    reports = parse_blocks(text, logs)
+    parts: list[CompiledOutput] = []
+    for i, name in enumerate(names):
+        file = f"{name}.tflite"
+        if i >= len(reports):
+            rep = CompileReport()
+            why: str | None = (f"exit code {proc.returncode}; " if proc.returncode else "") + \
+                f"the compiler printed {len(reports)} output block(s) for {n} segments; none for {file}"
+        else:
+            rep = reports[i]
+            why = _problem(proc.returncode, rep, file, outputs[i])
+            printed = _SEGMENT_NAME.search(rep.output_model or "")
+            if why is None and printed and (int(printed.group(1)), int(printed.group(2))) != (i, n):
+                why = f"block {i} of the compiler's output names {rep.output_model}, not segment {i} of {n}"
+        parts.append(CompiledOutput(file, rep, outputs[i] if why is None else None, why))
+    bad = [p for p in parts if p.problem is not None]
+    problem = f"{bad[0].name}: {bad[0].problem}" if bad else None
+    if problem is None and len(reports) > n:
+        problem = f"the compiler printed {len(reports)} output blocks for {n} segments"
+    return CompileResult(combine(reports[:n]), proc.returncode, None, problem, tuple(cmd),
+                         tuple(parts))
 
 
-def stage(cfg: Any, graph: Any, int8: bytes, target: str,
-          min_runtime: int | None = None) -> tuple[dict[str, Any], list[Any], str, int | None]:
-    """Pipeline step: (report section, bundle files, requirements.edgetpu, min runtime)."""
+def _read_text(path: Path) -> str | None:
+    return path.read_text(errors="replace") if path.exists() else None
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    return path.read_bytes() if path.exists() else None
+
+
+def _problem(returncode: int, report: CompileReport, file: str, output: bytes | None) -> str | None:
+    """Why one compiler output is not a usable compiled model (None = usable)."""
+    from .graph import read_graph
+
+    if returncode != 0:
+        return f"exit code {returncode}" + (f": {report.error}" if report.error else "")
+    if report.error:
+        return report.error
+    if not report.compiled:
+        return "no 'Model compiled successfully' line in its output"
+    if output is None:
+        return f"no {file} was written"
+    if len(output) < MIN_OUTPUT_BYTES:
+        return f"{file} is a {len(output)}-byte stub"
+    if not report.subgraphs:
+        return "0 Edge TPU subgraphs: nothing runs on the Edge TPU (is -m too low?)"
+    try:
+        if not read_graph(output, file).edgetpu_compiled:
+            return f"{file} holds no edgetpu-custom-op (not a compiled model)"
+    except BadInput as exc:
+        return str(exc)
+    return None
+
+
+def stage(cfg: Any, graph: Any, int8: bytes, target: str, min_runtime: int | None = None,
+          segments: int | None = None) -> tuple[dict[str, Any], list[Any], str, int | None]:
+    """Pipeline step: (report section, bundle files, requirements.edgetpu, min runtime).
+    ``segments`` N > 1: N ``tflite_edgetpu_segment`` files, in segment order."""
     from .bundle import BundleFile
     from .precheck import predict
 
     pre = predict(graph).to_dict()
     assert cfg.edgetpu_compiler is not None
-    res = run(cfg.edgetpu_compiler, int8, cfg.edgetpu_timeout_s, min_runtime)
+    n = segments if segments is not None and segments > 1 else 1
+    res = run(cfg.edgetpu_compiler, int8, cfg.edgetpu_timeout_s, min_runtime, segments=n)
     rep = res.report
     doc: dict[str, Any] = {"compiled": res.problem is None, "compiler": rep.version,
                            "command": list(res.command), "ops_on_tpu": rep.ops_on_tpu,
                            "ops_on_cpu": rep.ops_on_cpu, "report": rep.to_dict(), "precheck": pre}
+    if n > 1:
+        doc["segments"] = n
+        doc["segment_reports"] = [
+            {"name": seg_name(i, n), "compiler_output": p.name, "usable": p.problem is None,
+             "problem": p.problem, "ops_on_tpu": p.report.ops_on_tpu, "ops_on_cpu": p.report.ops_on_cpu,
+             "total_ops": p.report.total_ops, "on_chip_used": p.report.on_chip_used,
+             "off_chip_used": p.report.off_chip_used, "report": p.report.to_dict()}
+            for i, p in enumerate(res.outputs)]
+    what = "model_int8.tflite" + (f" (-n {n})" if n > 1 else "")
     if res.problem is not None:
         doc["note"] = f"edgetpu_compiler failed: {res.problem}; bundle carries the CPU int8 artifact only"
         if target == "edgetpu":
-            raise NotEdgeTpuReady("model_int8.tflite", f"edgetpu_compiler failed: {res.problem}")
+            raise NotEdgeTpuReady(what, f"edgetpu_compiler failed: {res.problem}")
         return doc, [], "optional", None
     if not rep.fully_mapped:
         msg = f"{rep.ops_on_cpu} of {rep.total_ops} ops stay on the CPU: " + ", ".join(
             f"{r.op} x{r.count} ({r.status})" for r in rep.unmapped()[:5])
         if target == "edgetpu":
-            raise NotEdgeTpuReady("model_int8.tflite", f"partial mapping, {msg}")
+            raise NotEdgeTpuReady(what, f"partial mapping, {msg}")
         doc["note"] = f"partially mapped; {msg}"
     else:
         doc["note"] = f"all {rep.total_ops} ops on the Edge TPU ({rep.version})"
+    if n > 1:
+        doc["note"] += f"; {n} pipelined segments (needs {n} Edge TPUs)"
     runtime = min_runtime if min_runtime is not None else rep.min_runtime
+    if n > 1:
+        files = [BundleFile(seg_name(i, n), "tflite_edgetpu_segment", p.output)
+                 for i, p in enumerate(res.outputs) if p.output is not None]
+        assert len(files) == n
+        return doc, files, "optional", runtime
     assert res.output is not None
     return doc, [BundleFile("model_edgetpu.tflite", "tflite_edgetpu", res.output)], "optional", runtime
+
+
+def seg_name(i: int, n: int) -> str:
+    """Bundle file name of segment ``i`` of ``n`` (Coral's naming, stem ``model``)."""
+    return f"model_segment_{i}_of_{n}_edgetpu.tflite"

@@ -47,6 +47,7 @@ class BuildRequest:
     io_type: str = "int8"
     target: str = "cpu"                 # cpu | edgetpu
     min_runtime: int | None = None      # edgetpu_compiler -m
+    segments: int | None = None         # edgetpu_compiler -n (pipelined segments, N Edge TPUs)
     policy: GatePolicy = GatePolicy()
     sign_key: SigningKey | None = None
     lineage: dict[str, Any] = field(default_factory=dict)
@@ -103,6 +104,8 @@ def check_request(req: BuildRequest) -> None:
         raise BadInput("--min-runtime", f"Edge TPU runtime versions are 10 and up, got {req.min_runtime}")
     if req.target not in ("cpu", "edgetpu"):
         raise BadInput("--target", f"must be cpu or edgetpu, got {req.target!r}")
+    if req.segments is not None and not 1 <= req.segments <= 64:
+        raise BadInput("--segments", f"must be 1..64 (one Edge TPU per segment), got {req.segments}")
 
 
 def _check_y_range(y: np.ndarray, n: int, why: str) -> None:
@@ -228,6 +231,8 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
         "quality": _quality(gate_doc, artifacts),
         "edgetpu": {k: et_doc.get(k) for k in ("compiled", "ops_on_tpu", "ops_on_cpu", "note")},
     }
+    if et_doc.get("segments"):
+        model_doc["edgetpu"]["segments"] = et_doc["segments"]
     files = [BundleFile("model_int8.tflite", "tflite_int8", c.int8_tflite),
              BundleFile("model_float.tflite", "tflite_float", c.float_tflite)]
     files += et_files
@@ -260,7 +265,7 @@ def _edgetpu(req: BuildRequest, cfg: CompilerConfig, g: Graph,
                 "ops_on_tpu": None, "ops_on_cpu": None}, [], "optional", None
     from . import edgetpu
 
-    return edgetpu.stage(cfg, g, int8, req.target, req.min_runtime)
+    return edgetpu.stage(cfg, g, int8, req.target, req.min_runtime, req.segments)
 
 
 def _quality(gate_doc: dict[str, Any] | None, artifacts: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -8,6 +8,10 @@ Environment:
                        to a real compiled model to copy as <stem>_edgetpu.tflite
   FAKE_EDGETPU_RC      exit code (default 0)
   FAKE_EDGETPU_ARGV    file to write the received argv to, as JSON (optional)
+
+With ``-n N`` (N > 1) it writes N files ``<stem>_segment_<i>_of_<N>_edgetpu.tflite`` (and
+``.log``), each as FAKE_EDGETPU_OUTPUT says (the same content for every segment), as the real
+compiler names them (google-coral/test_data, google-coral/edgetpu#557).
 """
 
 import json
@@ -22,11 +26,14 @@ def main(argv: list[str]) -> int:
         Path(os.environ["FAKE_EDGETPU_ARGV"]).write_text(json.dumps(argv))
     out_dir = Path(".")
     models = []
+    segments = 1
     it = iter(argv)
     for a in it:
         if a in ("-o", "--out_dir"):
             out_dir = Path(next(it))
-        elif a in ("-m", "--min_runtime_version", "-n", "--num_segments", "-t", "--timeout_sec",
+        elif a in ("-n", "--num_segments"):
+            segments = int(next(it))
+        elif a in ("-m", "--min_runtime_version", "-t", "--timeout_sec",
                    "-k", "--delegate_search_step", "-i", "--intermediate_tensors"):
             next(it)
         elif not a.startswith("-"):
@@ -34,16 +41,19 @@ def main(argv: list[str]) -> int:
     sys.stdout.write(Path(os.environ["FAKE_EDGETPU_STDOUT"]).read_text())
     for model in models:
         stem = model.name[:-len(".tflite")] if model.name.endswith(".tflite") else model.name
-        target = out_dir / f"{stem}_edgetpu.tflite"
-        mode = os.environ.get("FAKE_EDGETPU_OUTPUT", "copy")
-        if mode == "copy":
-            shutil.copyfile(model, target)
-        elif mode == "stub":
-            target.write_bytes(model.read_bytes()[:1024])
-        elif mode != "none":
-            shutil.copyfile(mode, target)
-        if os.environ.get("FAKE_EDGETPU_LOG"):
-            shutil.copyfile(os.environ["FAKE_EDGETPU_LOG"], out_dir / f"{stem}_edgetpu.log")
+        outs = [f"{stem}_edgetpu"] if segments <= 1 else \
+            [f"{stem}_segment_{i}_of_{segments}_edgetpu" for i in range(segments)]
+        for out in outs:
+            target = out_dir / f"{out}.tflite"
+            mode = os.environ.get("FAKE_EDGETPU_OUTPUT", "copy")
+            if mode == "copy":
+                shutil.copyfile(model, target)
+            elif mode == "stub":
+                target.write_bytes(model.read_bytes()[:1024])
+            elif mode != "none":
+                shutil.copyfile(mode, target)
+            if os.environ.get("FAKE_EDGETPU_LOG"):
+                shutil.copyfile(os.environ["FAKE_EDGETPU_LOG"], out_dir / f"{out}.log")
     return int(os.environ.get("FAKE_EDGETPU_RC", "0"))
 
 
