@@ -242,3 +242,18 @@ def test_open_alerts_show_on_the_fleet_page_and_resolved_ones_do_not(memhub: tup
     alerts = c.get("/ui", params={"part": "fleet_alerts"}).text
     assert 'href="/ui/devices/cam-7"' in alerts and "inputs.brightness PSI 0.41" in alerts
     assert "cam-8" not in alerts
+
+
+def test_device_page_names_inventory_and_health_in_operator_words(memhub: tuple[Hub, MemoryPublisher]) -> None:
+    hub, _ = memhub
+    with hub.fleet.session() as s:
+        s.execute(insert(Device), [  # type: ignore[call-overload]
+            {**seeded_row(0), "id": "pi-1", "inventory": {"board": "rpi4", "edgetpu": False, "free_disk_mb": 2048}},
+            {**seeded_row(0), "id": "coral-1", "inventory": {"edgetpu": {"present": True, "count": 1}}}])
+        s.commit()
+    c = session_for(hub, VIEWER)
+    pi = c.get("/ui/devices/pi-1").text
+    assert "<dt>Edge TPU</dt><dd>absent</dd>" in pi and "<dt>free disk</dt><dd>2048 MB</dd>" in pi
+    assert "False" not in pi and "edgetpu" not in pi
+    coral = c.get("/ui/devices/coral-1").text
+    assert "<dt>Edge TPU</dt><dd>present (count 1)</dd>" in coral and "{&#34;present" not in coral

@@ -106,6 +106,7 @@ def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
     kinds = page.locator("#eval-table tbody tr td:nth-child(2)").all_inner_texts()
     assert {"float", "int8", "ONNX"} <= set(kinds)
     assert page.locator("#ops-table tbody tr").count() > 0
+    assert page.locator("section:has(#h-tpu)").inner_text().count("pre-check") == 1  # said once, not twice
     check_page(page, artifacts, "03-model")
 
     # rollouts: the form previews the devices, then is submitted from the keyboard
@@ -269,7 +270,9 @@ def test_operator_filters_by_tag_approves_each_cohort_pauses_resumes_and_cancels
     phase_is(page, "awaiting_approval")
     installed(page, 1)
     assert page.locator("#cmd-resume").count() == 0
-    expect(page.locator("#rollout-reason")).to_contain_text("waiting for approve")
+    # the banner counts cohorts as the page does (from 1) and says what approving does
+    assert text(page, "#rollout-reason") == ("Cohort 1 of 3 passed its soak and gates. Approve next cohort to "
+                                            "install on cohort 2 (1 more device).")
     check_page(page, artifacts, "10-rollout-awaiting-approval")
     page.locator("#cmd-approve").click()
     installed(page, 2)   # approval opened cohort 2; it installs and waits again
@@ -300,5 +303,8 @@ def test_operator_filters_by_tag_approves_each_cohort_pauses_resumes_and_cancels
         "rows => rows.map(r => [r.cells[1].innerText.trim(), r.cells[2].innerText.trim(), r.cells[3].innerText.trim()])")
     mine = [action for actor, action, target in rows if target == rid and actor.startswith("operator")]
     assert mine == ["rollout.cancel", "rollout.resume", "rollout.pause", "rollout.approve", "rollout.create"]
+    create = page.locator("#audit-table tbody tr", has_text="rollout.create").locator("td.detail")
+    assert 'target {"tag": "lab"}' in create.inner_text()
+    assert "policy cohorts 1, 2, 100% · soak 0 s · on breach pause · approval between cohorts" in create.inner_text()
     check_page(page, artifacts, "12-audit-approve-cancel")
     assert not errors, f"JavaScript errors on the pages: {errors}"
