@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import logging
 import subprocess
 import sys
@@ -206,6 +207,7 @@ class Model:
     selftest: dict[str, Any] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _direct: bool | None = None
+    _score_text: Any = None  # 8-bit output value -> its JSON text (see scores_json)
 
     @classmethod
     def open(cls, slot_dir: Path, artifact: str, runtime: str, info: BundleInfo,
@@ -327,6 +329,17 @@ class Model:
         info = np.iinfo(dtype)
         q = np.round(x / scale) + zp if scale else np.round(x)
         return np.clip(q, info.min, info.max).astype(dtype).reshape(self.backend.input_shape)
+
+    def scores_json(self, out: np.ndarray) -> str | None:
+        """``json.dumps(dequantize(out).astype(float).tolist())``, read from a 256-entry table
+        when the model's output is 8-bit (None otherwise): same text, no per-float repr."""
+        if out.dtype not in (np.uint8, np.int8):
+            return None
+        if self._score_text is None:
+            levels = np.arange(256, dtype=np.uint8).view(out.dtype)
+            self._score_text = np.array([json.dumps(v) for v in self.dequantize(levels).astype(float).tolist()],
+                                        dtype=object)
+        return "[" + ", ".join(self._score_text[out.reshape(-1).view(np.uint8)].tolist()) + "]"
 
     def dequantize(self, raw: np.ndarray) -> np.ndarray:
         scale, zp = self.backend.output_quant

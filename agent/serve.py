@@ -20,6 +20,7 @@ requests after the answer is computed and records agreement and latency delta, n
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 import random
@@ -61,6 +62,26 @@ class Request:
     inputs: Any = None        # JSON nested list of floats
     filename: str = "image"
     tensor: np.ndarray | None = None  # binary tensor (X-Tensor-Shape / X-Tensor-Dtype)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One prediction answer: the scores plus the other fields of the JSON document."""
+
+    scores: np.ndarray
+    fields: dict[str, Any]          # top, served_by, bundle, latency_ms[, cloud_model]
+    scores_json: str | None = None  # the scores as JSON text, when the model could write it cheaply
+
+    def doc(self) -> dict[str, Any]:
+        return {"predictions": self.scores.astype(float).tolist(), **self.fields}
+
+    def body(self) -> bytes:
+        """``json.dumps(self.doc())`` without formatting the scores float by float when they
+        are pre-encoded (an 8-bit output has at most 256 distinct values)."""
+        scores = self.scores_json
+        if scores is None:
+            scores = json.dumps(self.scores.astype(float).tolist())
+        return ('{"predictions": ' + scores + ", " + json.dumps(self.fields)[1:]).encode()
 
 
 class CloudClient:
@@ -151,6 +172,9 @@ class Serving:
 
     # request path (HTTP threads) --------------------------------------------------------
     def predict(self, req: Request) -> dict[str, Any]:
+        return self.answer(req).doc()
+
+    def answer(self, req: Request) -> Answer:
         t0 = time.perf_counter()
         model = self.model
         errors: list[str] = []
@@ -167,7 +191,8 @@ class Serving:
                     x = model.image_to_input(req.image) if req.image is not None else model.tensor_to_input(req.inputs)
                     raw = model.quantize(x)  # ModelError if the bundle's preprocess cannot feed its model
                 t1 = time.perf_counter()
-                scores = model.predict_raw(raw)
+                y = model.invoke_raw(raw)
+                scores = model.dequantize(y).reshape(-1)
                 took = time.perf_counter() - t1
             except ModelError as exc:
                 errors.append(f"{model.served_by}: {exc}")
@@ -178,7 +203,7 @@ class Serving:
                 self.recorder.record(model.served_by, time.perf_counter() - t0, True, x, scores, affine)
                 self._probation_tick(model, ok=True)
                 self._offer_shadow(req, scores, took)
-                return self._answer(scores, model, model.served_by, t0)
+                return self._answer(scores, model, model.served_by, t0, model.scores_json(y))
         elif model is None:
             errors.append("no local model installed")
         else:
@@ -193,18 +218,19 @@ class Serving:
         scores = np.asarray(doc["predictions"], dtype=np.float32).reshape(-1)
         self.recorder.record("cloud", time.perf_counter() - t0, True)
         out = self._answer(scores, model, "cloud", t0)
+        cloud_fields = {}
         if isinstance(doc.get("top"), list):
-            out["top"] = doc["top"]
+            cloud_fields["top"] = doc["top"]
         if isinstance(doc.get("model"), dict):
-            out["cloud_model"] = doc["model"]
-        return out
+            cloud_fields["cloud_model"] = doc["model"]
+        return Answer(out.scores, {**out.fields, **cloud_fields})
 
-    def _answer(self, scores: np.ndarray, model: Model | None, path: str, t0: float) -> dict[str, Any]:
+    def _answer(self, scores: np.ndarray, model: Model | None, path: str, t0: float,
+                scores_json: str | None = None) -> Answer:
         top = model.top(scores) if model is not None else [
             {"index": int(i), "label": str(int(i)), "score": float(scores[i])} for i in np.argsort(-scores)[:5]]
-        return {"predictions": scores.astype(float).tolist(), "top": top, "served_by": path,
-                "bundle": model.info.to_dict() if model is not None else None,
-                "latency_ms": round((time.perf_counter() - t0) * 1000, 3)}
+        return Answer(scores, {"top": top, "served_by": path, "bundle": model.info.to_dict() if model is not None else None,
+                               "latency_ms": round((time.perf_counter() - t0) * 1000, 3)}, scores_json)
 
     def _use_local(self) -> bool:
         if self.budget_s is None or self.cloud is None or self._ewma_s is None:
@@ -345,10 +371,25 @@ def _multipart_file(content_type: str, body: bytes) -> Request:
     raise InputError("multipart body has no field named 'file'")
 
 
+_date = (0, "")
+
+
+def _http_date() -> str:
+    """The Date header for now, formatted once per second."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, email.utils.formatdate(now, usegmt=True))
+    return _date[1]
+
+
 def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "edgefleet-agent"
         protocol_version = "HTTP/1.1"
+        # buffered writes: headers and body leave in one send (one segment, one wake-up of
+        # the client); http.server flushes after every request
+        wbufsize = 1 << 16
 
         def setup(self) -> None:
             super().setup()
@@ -363,8 +404,13 @@ def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[Bas
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("http %s", fmt % args)
 
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            if timestamp is not None:
+                return super().date_time_string(timestamp)
+            return _http_date()
+
         def _send(self, code: int, doc: Any) -> None:
-            body = json.dumps(doc).encode()
+            body = doc.body() if isinstance(doc, Answer) else json.dumps(doc).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -402,7 +448,7 @@ def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[Bas
             try:
                 req = parse_request(self.headers.get("Content-Type", ""), body,
                                     self.headers.get("X-Tensor-Shape"), self.headers.get("X-Tensor-Dtype"))
-                out = serving.predict(req)
+                out = serving.answer(req)
             except InputError as exc:
                 self._error(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc))
             except Unavailable as exc:

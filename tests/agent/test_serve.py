@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -129,3 +131,19 @@ def test_switching_with_an_empty_window_closes_nothing():
     r.set_bundle("a" * 64, None, {})
     r.set_bundle("b" * 64, None, {})
     assert [w["bundle"] for w in r.rotate()] == ["b" * 64]
+
+
+def test_answer_body_is_byte_for_byte_the_json_of_its_document(coral_models):
+    """The pre-encoded scores of an 8-bit output read the same as json.dumps would write."""
+    m = _model(LiteRTBackend(coral_models / MNV1))
+    s = Serving(Recorder(), None, None, lambda d, w: None)
+    s.swap(m)
+    answer = s.answer(Request(image=(coral_models / "cat_720p.jpg").read_bytes()))
+    assert answer.scores_json is not None
+    assert answer.body() == json.dumps(answer.doc()).encode()
+    assert json.loads(answer.body())["top"][0]["index"] == int(np.argmax(answer.scores))
+    for dtype in (np.uint8, np.int8):  # every level of both 8-bit types
+        m._score_text = None
+        levels = np.arange(256, dtype=np.uint8).view(dtype)
+        assert m.scores_json(levels) == json.dumps(m.dequantize(levels).astype(float).tolist())
+    assert m.scores_json(np.zeros(3, np.float32)) is None
