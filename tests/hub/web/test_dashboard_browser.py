@@ -271,7 +271,7 @@ def test_operator_filters_by_tag_approves_each_cohort_pauses_resumes_and_cancels
     installed(page, 1)
     assert page.locator("#cmd-resume").count() == 0
     # the banner counts cohorts as the page does (from 1) and says what approving does
-    assert text(page, "#rollout-reason") == ("Cohort 1 of 3 passed its soak and gates. Approve next cohort to "
+    assert text(page, "#rollout-reason") == ("Cohort 1 of 3 finished its soak with no gate breach. Approve next cohort to "
                                             "install on cohort 2 (1 more device).")
     check_page(page, artifacts, "10-rollout-awaiting-approval")
     page.locator("#cmd-approve").click()
