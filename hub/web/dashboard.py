@@ -397,6 +397,7 @@ def dashboard_router() -> APIRouter:
             facets = queries.device_facets(s)
         return render(request, caller, "rollouts.html", {
             "rollouts": listing["items"], "total": listing["total"], "bundles": bundles, "facets": facets,
+            "names": {m["digest"]: f"{m['name']}@{m['version']}" for m in bundles},
             "chosen": bundle}, parts=("rollouts_table",))
 
     @router.get("/rollouts/preview", response_class=HTMLResponse)

@@ -307,4 +307,9 @@ def test_operator_filters_by_tag_approves_each_cohort_pauses_resumes_and_cancels
     assert 'target {"tag": "lab"}' in create.inner_text()
     assert "policy cohorts 1, 2, 100% · soak 0 s · on breach pause · approval between cohorts" in create.inner_text()
     check_page(page, artifacts, "12-audit-approve-cancel")
+    nav(page, "Rollouts", exact=True)
+    row = page.locator("#rollouts-table tbody tr", has_text=rid)
+    expect(row).to_contain_text("cancelled", ignore_case=True)
+    expect(row.locator("td").nth(1)).to_have_text("digits@1.0.0")   # the bundle by name, not a digest
+    check_page(page, artifacts, "13-rollouts-list")
     assert not errors, f"JavaScript errors on the pages: {errors}"
