@@ -7,13 +7,19 @@ each concurrency level (1, 8, 32, 64 clients):
 * **ours** - ``edgefleet-cloud serve`` loading the same ONNX from a signed bundle;
 * **limit** - in-process loops of batched ``session.run`` calls, no HTTP and no image decoding:
   the best of one run at a time on every core (batch = min(clients, 32)) and one
-  single-threaded run per core (batch = clients / cores, capped at max batch, or 1).
+  single-threaded run per core (batch = clients / cores, capped at max batch, or 1); measured
+  right after the two servers at each level (both idle then), so it sees the same background load.
 
-Both servers get the same async load generator (httpx on uvloop, one AsyncClient with one
-keep-alive connection per client, the same pre-encoded multipart upload) in this process; both servers are up at once but only
-one is driven at a time, alternating per level so background load hits both alike; all of it
-shares the machine's cores with the load generator. Throughput counts 200 answers completed in the measuring
-window; latency is per request as the client sees it.
+Both servers get the same load generator: ``wrk`` (C, one thread, one keep-alive connection per
+client, the same pre-encoded multipart upload from a Lua script) when it is installed
+(``apt-get install wrk``), else - with a printed warning - the Python one in this process (httpx
+on uvloop, one AsyncClient per client), which on a 2-core box eats CPU the servers need. The load
+generator's own CPU (``wait4`` rusage of wrk, process time of the Python one) is measured and
+printed per case as a share of the machine, so the reader can judge how much it took. Both
+servers are up at once but only one is driven at a time, alternating per level so background
+load hits both alike. Throughput counts 200 answers completed in the measuring window (after a
+warm-up run); latency is per request as the client sees it. Server CPU is summed over the
+server's whole process tree (all threads, every worker process).
 
 The seed hard-codes an NCHW 224x224 RGB input, so both models are served in that form: the
 MobileNetV2 ONNX is converted with ``inputs_as_nchw``, and the digits ONNX gets a small front
@@ -223,13 +229,57 @@ class Result:
     ok: int
     errors: int
     mean_batch: float | None = None
-    cpu_ms_per_req: float | None = None   # server process CPU (all threads) per answered request
+    cpu_ms_per_req: float | None = None   # server CPU (process tree, all threads) per answered request
+    loadgen: str | None = None            # wrk | python
+    loadgen_cpu_share: float | None = None  # load generator CPU / (wall time x cores)
+
+
+WRK_LUA = r'''
+-- edgefleet bench: POST the same pre-encoded multipart body on every request
+local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = os.getenv("BENCH_CTYPE")
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, "status": %d, '
+    .. '"timeout": %d, "p50_us": %.1f, "p99_us": %.1f}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+'''
+
+
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of a process and all its threads, plus its live descendants (worker
+    processes), from Linux /proc."""
+    parents: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int(_stat(int(d.name))[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == p and c not in tree]
+        tree.update(kids)
+        frontier.extend(kids)
+    total = 0.0
+    for p in tree:
+        try:
+            fields = _stat(p)
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def pct(values: list[float], q: float) -> float:
@@ -284,17 +334,59 @@ def _run(coro: Any) -> Any:
 
 
 def drive(model: str, system: str, url: str, body: bytes, ctype: str, clients: int,
-          warmup: float, duration: float, pid: int | None = None) -> Result:
+          warmup: float, duration: float, pid: int | None = None, wrk: str | None = None,
+          work: Path | None = None) -> Result:
+    if wrk and work:
+        return drive_wrk(wrk, work, model, system, url, body, ctype, clients, warmup, duration, pid)
     c0 = cpu_seconds(pid) if pid else 0.0
     t0 = time.perf_counter()
+    g0 = time.process_time()
     lat, errors, dur = _run(_drive(url, body, ctype, clients, warmup, duration))
     total = time.perf_counter() - t0
+    share = (time.process_time() - g0) / (total * (os.cpu_count() or 1))
     cpu = None
     if pid and lat:
         # whole run (warm-up included) over the requests it answered, estimated from the window rate
         cpu = (cpu_seconds(pid) - c0) * 1e3 / (len(lat) / dur * total)
     return Result(model, system, clients, len(lat) / dur, pct(lat, 50) * 1e3, pct(lat, 99) * 1e3, len(lat),
-                  errors, cpu_ms_per_req=cpu)
+                  errors, cpu_ms_per_req=cpu, loadgen="python", loadgen_cpu_share=share)
+
+
+def _wrk(wrk: str, script: Path, env: dict[str, str], url: str, clients: int, seconds: float
+         ) -> tuple[dict[str, Any], float, float]:
+    """One wrk run: (its BENCH summary, its CPU seconds from wait4, wall seconds)."""
+    cmd = [wrk, "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "60s", "-s", str(script), url]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    line = next((ln for ln in out.splitlines() if ln.startswith("BENCH ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed (exit {proc.returncode}): {' '.join(cmd)}\n{out[-2000:]}")
+    return json.loads(line[6:]), usage.ru_utime + usage.ru_stime, wall
+
+
+def drive_wrk(wrk: str, work: Path, model: str, system: str, url: str, body: bytes, ctype: str,
+              clients: int, warmup: float, duration: float, pid: int | None) -> Result:
+    script = work / "post.lua"
+    script.write_text(WRK_LUA)
+    body_file = work / f"body-{model}.bin"
+    body_file.write_bytes(body)
+    env = dict(os.environ, BENCH_BODY=str(body_file), BENCH_CTYPE=ctype)
+    if warmup > 0:
+        _wrk(wrk, script, env, url, clients, warmup)
+    c0 = cpu_seconds(pid) if pid else 0.0
+    summary, wrk_cpu, wall = _wrk(wrk, script, env, url, clients, duration)
+    server_cpu = cpu_seconds(pid) - c0 if pid else 0.0
+    seconds = summary["duration_us"] / 1e6
+    ok = summary["requests"] - summary["status"]
+    errors = summary["status"] + summary["connect"] + summary["read"] + summary["write"] + summary["timeout"]
+    return Result(model, system, clients, ok / seconds, summary["p50_us"] / 1e3, summary["p99_us"] / 1e3, ok,
+                  errors, cpu_ms_per_req=server_cpu * 1e3 / ok if pid and ok else None, loadgen="wrk",
+                  loadgen_cpu_share=wrk_cpu / (wall * (os.cpu_count() or 1)))
 
 
 def batch_stats(url: str, model: str) -> tuple[float, float]:
@@ -362,8 +454,8 @@ def limit_loop(model: str, path: Path, clients: int, max_batch: int, duration: f
     rps, times, cpu_ms, (b, threads, intra) = best
     r = Result(model, "limit", clients, rps, pct(times, 50) * 1e3, pct(times, 99) * 1e3, len(times) * b, 0, float(b),
                cpu_ms)
-    print(f"   {clients:>3} clients: {rps:8.1f} req/s (batch {b}, {threads} thread(s), intra {intra or 'all'})",
-          flush=True)
+    print(f"   {clients:>3} clients limit: {rps:8.1f} req/s (batch {b}, {threads} thread(s), intra {intra or 'all'}),"
+          f" {cpu_ms:.2f} ms CPU/sample", flush=True)
     return r
 
 
@@ -401,7 +493,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="digits,mobilenet_v2", help="digits and/or mobilenet_v2")
     p.add_argument("--cache", type=Path, default=CACHE, help="where built models are kept")
     p.add_argument("--ours-args", default="", help="extra options for edgefleet-cloud serve")
+    p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
+                   help="load generator: wrk (C, cheap; apt-get install wrk), python (httpx, costs "
+                        "the servers CPU on a small box), auto: wrk when installed")
     args = p.parse_args(argv)
+    wrk = shutil.which("wrk") if args.loadgen != "python" else None
+    if args.loadgen == "wrk" and not wrk:
+        print("--loadgen wrk: wrk is not on PATH (apt-get install wrk)", file=sys.stderr)
+        return 2
+    if not wrk and args.loadgen == "auto":
+        print("WARNING: wrk not found (apt-get install wrk); using the Python load generator, which "
+              "competes with the servers for CPU - see the load generator share printed per case",
+              flush=True)
     levels = [int(c) for c in (args.clients or ("1,32" if args.quick else "1,8,32,64")).split(",")]
     duration = args.duration or (2.0 if args.quick else 8.0)
     warmup = 0.5 if args.quick else 1.5
@@ -440,23 +543,23 @@ def main(argv: list[str] | None = None) -> int:
                     for system in order:
                         if system == "seed":
                             rows.append(drive(name, "seed", seed.url + "/predict", body, ctype, c, warmup, duration,
-                                              seed.proc.pid))
+                                              seed.proc.pid, wrk, work))
                         else:
                             s0, n0 = batch_stats(ours.url, name)
                             r = drive(name, "ours", f"{ours.url}/predict?model={name}", body, ctype, c,
-                                      warmup, duration, ours.proc.pid)
+                                      warmup, duration, ours.proc.pid, wrk, work)
                             s1, n1 = batch_stats(ours.url, name)
                             rows.append(Result(**{**asdict(r), "mean_batch": (s1 - s0) / (n1 - n0)
                                                   if n1 > n0 else None}))
                         print(f"   {c:>3} clients {system}: {rows[-1].rps:8.1f} req/s "
                               f"p99 {rows[-1].p99_ms:.1f} ms, server CPU {rows[-1].cpu_ms_per_req or 0:.2f} "
-                              "ms/request", flush=True)
+                              f"ms/request; load generator ({rows[-1].loadgen}) "
+                              f"{rows[-1].loadgen_cpu_share or 0:.0%} of the machine's CPU", flush=True)
+                    # the limit right after, servers idle: the same background load as the two above
+                    rows.append(limit_loop(name, path, c, max_batch, max(1.0, duration / 2)))
             finally:
                 seed.stop()
                 ours.stop()
-            print(f"== {name}: limit (in-process session.run, servers stopped)", flush=True)
-            for c in levels:
-                rows.append(limit_loop(name, path, c, max_batch, max(1.0, duration / 2)))
 
     for name in models:
         print(table(rows, name, levels))
@@ -479,6 +582,9 @@ def main(argv: list[str] | None = None) -> int:
         "fallback", "req/s", True, h_ours.rps, h_seed.rps, h_lim.rps,
         params={"headline": f"{head_model} at {head_c} clients", "clients": levels, "duration_s": duration,
                 "warmup_s": warmup, "models": list(models), "max_batch": max_batch, "ours_args": extra,
+                "loadgen": "wrk -t1 (one connection per client)" if wrk else "python httpx",
+                "loadgen_cpu_share_at_headline": {"ours": h_ours.loadgen_cpu_share,
+                                                  "seed": h_seed.loadgen_cpu_share},
                 "goal": ">=3x seed throughput, p99 no worse, >=70% of limit at 32 clients",
                 "p99_ms": {"ours": h_ours.p99_ms, "seed": h_seed.p99_ms},
                 # other work on the machine skews every figure: record it next to them

@@ -62,8 +62,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--max-batch", type=int, default=8, help="samples per onnxruntime run")
     b.add_argument("--max-wait-ms", type=float, default=0.0,
                    help="how long the first queued sample waits for others (0: run what is queued)")
+    b.add_argument("--processes", type=int, default=1,
+                   help="server processes sharing the port, each with its own event loop and its own "
+                        "copy of every model (0: one per CPU; see docs/cloud.md)")
     b.add_argument("--workers", type=int, default=0,
-                   help="concurrent onnxruntime runs per model version (0: one per CPU)")
+                   help="concurrent onnxruntime runs per model version and process "
+                        "(0: CPUs / processes)")
     b.add_argument("--max-queue", type=int, default=256, help="queued samples per model before 429")
     b.add_argument("--queue-timeout", type=float, default=5.0, metavar="S",
                    help="a sample queued longer than this is answered 503")
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             hub=args.hub, token=args.token, hub_poll_s=args.hub_poll,
             per_key_inflight=args.per_key_inflight,
             insecure_no_auth=args.insecure_no_auth, access_log=args.access_log,
-            log_level=args.log_level)
+            log_level=args.log_level, processes=args.processes)
     except ConfigError as exc:
         print(f"edgefleet-cloud: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -147,23 +151,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgefleet-cloud: trust root {config.root}: {exc}", file=sys.stderr)
         return EXIT_TRUST
 
-    import uvicorn
+    log.info("edgefleet-cloud on http://%s:%d (bundles %s, root v%d, %s, %d process(es) x %d worker(s))",
+             config.host, config.port, config.bundles, root.version,
+             f"{len(config.api_keys)} API key(s)" if config.auth_required else "no API keys",
+             config.processes, config.batch.workers)
+    from .processes import listen, serve_process, supervise
 
-    from .api import create_app
-
-    app = create_app(config, root)
-    log.info("edgefleet-cloud on http://%s:%d (bundles %s, root v%d, %s)", config.host, config.port,
-             config.bundles, root.version,
-             f"{len(config.api_keys)} API key(s)" if config.auth_required else "no API keys")
-    stopped: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        # uvicorn shuts down gracefully on these, then re-raises them to the previous handler;
-        # ours records it so a clean stop exits 0 instead of dying by the signal.
-        signal.signal(sig, lambda signum, frame: stopped.append(signum))
-    uvicorn.run(app, host=config.host, port=config.port, log_config=None,
-                access_log=config.access_log, log_level=config.log_level.lower())
-    log.info("stopped%s", f" by signal {stopped[-1]}" if stopped else "")
-    return EXIT_OK
+    if config.processes == 1:
+        serve_process(config, root, None)
+        return EXIT_OK
+    try:
+        sock = listen(config.host, config.port)
+    except OSError as exc:
+        print(f"edgefleet-cloud: --host {config.host} --port {config.port}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return supervise(config, sock)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ class CloudConfig:
     hub: HubSource | None = None
     access_log: bool = False
     log_level: str = "INFO"
+    processes: int = 1               # server processes sharing the port (each loads every model)
 
     @property
     def auth_required(self) -> bool:
@@ -122,7 +123,7 @@ def build(*, bundles: str, root: str, host: str = "127.0.0.1", port: int = 8100,
           spinning: bool = False, optimization: str = "all", max_body_bytes: int = 8 * 1024 * 1024,
           hub: str | None = None, token: str | None = None, hub_poll_s: float = 30.0,
           per_key_inflight: int = 0, insecure_no_auth: bool = False, access_log: bool = False,
-          log_level: str = "INFO",
+          log_level: str = "INFO", processes: int = 1,
           environ: Mapping[str, str] | None = None) -> CloudConfig:
     """Validate everything once; raise :class:`ConfigError` naming the bad option and value."""
     env = os.environ if environ is None else environ
@@ -152,7 +153,11 @@ def build(*, bundles: str, root: str, host: str = "127.0.0.1", port: int = 8100,
     _positive(queue_timeout_s, "--queue-timeout")
     if workers < 0:
         raise ConfigError(f"--workers must be >= 0 (0: one per CPU), got {workers}")
-    n_workers = workers or max(1, os.cpu_count() or 1)
+    if processes < 0:
+        raise ConfigError(f"--processes must be >= 0 (0: one per CPU), got {processes}")
+    n_processes = processes or max(1, os.cpu_count() or 1)
+    # workers are per process: by default the CPUs are shared out among the processes
+    n_workers = workers or max(1, (os.cpu_count() or 1) // n_processes)
     if intra_threads < 0 or inter_threads < 0:
         raise ConfigError(f"thread counts must be >= 0, got {intra_threads}/{inter_threads}")
     if optimization not in ("disable", "basic", "extended", "all"):
@@ -180,4 +185,4 @@ def build(*, bundles: str, root: str, host: str = "127.0.0.1", port: int = 8100,
         batch=BatchPolicy(max_batch, max_wait_ms / 1000.0, max_queue, queue_timeout_s, n_workers),
         session=SessionTuning(intra_threads, inter_threads, spinning, optimization),
         limits=Limits(max_body_bytes=max_body_bytes, per_key_inflight=per_key_inflight), hub=source,
-        access_log=access_log, log_level=level)
+        access_log=access_log, log_level=level, processes=n_processes)

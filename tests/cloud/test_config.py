@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ def test_bad_options_are_named_with_their_values(setup: Setup, tmp_path: Path) -
         ({"log_level": "LOUD"}, "LOUD"),
         ({"per_key_inflight": -1}, "--per-key-inflight"),
         ({"workers": -2}, "--workers"),
+        ({"processes": -1}, "--processes"),
         ({"poll_s": -1}, "--poll"),
     ]
     for kw, needle in cases:
@@ -58,3 +60,13 @@ def test_keys_and_hub_token_come_from_the_environment_too(setup: Setup) -> None:
     assert "o" * 20 not in repr(c) and "s3cr3t" not in repr(c)
     assert c.batch.max_wait_s == 0.0 and c.batch.workers >= 1
     assert build(setup, max_wait_ms=2.5, workers=3).batch == cfg.BatchPolicy(8, 0.0025, 256, 5.0, 3)
+
+
+def test_processes_share_out_the_cpus_as_workers_unless_workers_are_given(setup: Setup) -> None:
+    cpus = os.cpu_count() or 1
+    one = build(setup)
+    assert one.processes == 1 and one.batch.workers == cpus
+    two = build(setup, processes=2)
+    assert two.processes == 2 and two.batch.workers == max(1, cpus // 2)
+    assert build(setup, processes=0).processes == cpus
+    assert build(setup, processes=2, workers=3).batch.workers == 3

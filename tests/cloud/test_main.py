@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -87,3 +88,74 @@ def test_real_server_serves_refuses_unknown_signer_and_hot_loads(setup: Setup, t
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "refused (unknown_key)" in out and "serving tiny version 2" in out
+
+
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid and "spawn_main" in (d / "cmdline").read_bytes().decode(errors="replace"):
+                kids.add(int(d.name))
+    return kids
+
+
+@pytest.mark.integration
+def test_two_processes_share_one_port_and_a_dead_one_is_replaced(setup: Setup, trust: Any, tiny: Tiny) -> None:
+    drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloud", "serve", "--bundles", str(setup.bundles), "--root", str(setup.root),
+         "--port", str(port), "--poll", "0", "--processes", "2"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    px = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
+    want = tiny.expected(px[None, :, :, None] / 255.0)
+
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(_children(proc.pid)) < 2:
+            time.sleep(0.1)
+        first = _children(proc.pid)
+        assert len(first) == 2, first
+        # fresh connections land on either process; every answer is right
+        answers = []
+        while time.monotonic() < deadline and len(answers) < 20:
+            try:
+                r = httpx.post(f"{base}/predict", files={"file": ("a.png", png(px), "image/png")})
+            except httpx.HTTPError:
+                time.sleep(0.1)
+                continue
+            if r.status_code == 503:   # one process still loading
+                time.sleep(0.1)
+                continue
+            assert r.status_code == 200, r.text
+            answers.append(r.json()["predictions"])
+        assert len(answers) == 20 and all(np.allclose(a, want, atol=1e-5) for a in answers)
+        for victim in sorted(first):   # kill both originals, one after the other
+            os.kill(victim, signal.SIGKILL)
+            while time.monotonic() < deadline:
+                now = _children(proc.pid)
+                if len(now) == 2 and victim not in now:
+                    break
+                time.sleep(0.1)
+            assert victim not in _children(proc.pid) and len(_children(proc.pid)) == 2
+        assert not first & _children(proc.pid)
+        status = 0
+        while time.monotonic() < deadline and status != 200:   # only replacements can answer now
+            try:
+                r = httpx.post(f"{base}/predict", files={"file": ("a.png", png(px), "image/png")}, timeout=30)
+                status = r.status_code
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert status == 200 and np.allclose(r.json()["predictions"], want, atol=1e-5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    for victim in first:
+        assert f"server process {victim} exited with -9; starting another" in out
+    assert out.count("serving tiny version 1") >= 3   # two at start, at least one replacement
