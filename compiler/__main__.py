@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--name", help="bundle name (default: model file stem)")
     m.add_argument("--version", default="1.0.0", help="bundle version (default 1.0.0)")
     m.add_argument("--sign-key", type=Path, help="Ed25519 PEM key to sign the manifest (standalone use)")
+    m.add_argument("--no-onnx", action="store_true", help="skip the ONNX twin (tf2onnx from_tflite) for the "
+                   "cloud fallback (default: made from the CPU model, parity checked on the data)")
     m.add_argument("--quiet", action="store_true", help="no progress or table, errors only")
 
     i = sub.add_parser("inspect", help="print the report of a bundle directory")
@@ -95,6 +97,9 @@ def _common(p: argparse.ArgumentParser, name: str | None) -> None:
                    help="int8 model input/output type (default int8)")
     p.add_argument("--min-runtime", type=int, metavar="N",
                    help="edgetpu_compiler -m: oldest Edge TPU runtime to support (default: the compiler's newest)")
+    p.add_argument("--segments", type=int, metavar="N",
+                   help="edgetpu_compiler -n: split into N pipelined segments, one Edge TPU each "
+                        "(bundle role tflite_edgetpu_segment; default: one model)")
     p.add_argument("--max-accuracy-drop", type=float, default=1.0,
                    help="largest allowed float->int8 top-1 drop in percentage points (default 1.0)")
     p.add_argument("--sign-key", type=Path, help="Ed25519 PEM key to sign the manifest (standalone use; "
@@ -186,7 +191,7 @@ def _digits(args: argparse.Namespace) -> int:
             validation_x=val_x, validation_y=split.test_y, labels=digits.LABELS,
             preprocess=digits.PREPROCESS,
             train_digits={"data": str(train_npz), "epochs": args.epochs, "seed": args.seed},
-            io_type=args.io_type, target=args.target, min_runtime=args.min_runtime,
+            io_type=args.io_type, target=args.target, min_runtime=args.min_runtime, segments=args.segments,
             policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop), sign_key=key,
             lineage={"recipe": f"digits CNN, sklearn load_digits, seed {args.seed}, {args.epochs} epochs",
                      "train_sha256": array_sha256(split.train_pixels, split.train_y),

@@ -54,7 +54,7 @@ def run_build(args: argparse.Namespace) -> int:
         out=args.out, name=args.name or model.stem.replace(" ", "_") or "model", version=args.version,
         calibration=cal.x, validation_x=val.x, validation_y=val.y, labels=labels,
         preprocess=cal.preprocess, model=model, io_type=args.io_type, target=args.target,
-        min_runtime=args.min_runtime,
+        min_runtime=args.min_runtime, segments=args.segments,
         policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop), sign_key=key,
         lineage={"model": str(model.name), "model_sha256": dataset.sha256_path(model),
                  "calibration_sha256": cal.sha256, "validation_sha256": val.sha256})
@@ -97,7 +97,8 @@ def run_import(args: argparse.Namespace) -> int:
     req = ImportRequest(out=args.out, name=args.name or args.model.stem, version=args.version,
                         model=model, model_name=str(args.model), labels=labels, edgetpu=et,
                         edgetpu_name=str(args.edgetpu) if args.edgetpu else None, validation=val,
-                        calibration=cal, sign_key=load_sign_key(args.sign_key), lineage=lineage)
+                        calibration=cal, sign_key=load_sign_key(args.sign_key), lineage=lineage,
+                        onnx=not args.no_onnx)
     progress = make_progress(args.quiet)
     try:
         result = do_import(req, cfg, progress)

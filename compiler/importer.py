@@ -13,6 +13,13 @@ Rules:
 * Default preprocess for a quantized image input is the identity on pixels
   (``scale = s_in``, ``offset = -(zp - zp_pixel) * s_in``), which is how Coral's models are fed;
   ``--scale/--offset`` override it.
+* ONNX twin (role ``onnx``, for the cloud fallback): ``tf2onnx.convert.from_tflite`` on the CPU
+  model, in a child with the conversion timeout (:mod:`compiler.tflite_onnx`). Its parity with
+  LiteRT (top-1 agreement, max abs diff in output units and in LSB) is measured on the
+  validation (else calibration) data and recorded in ``report.onnx``; below 99 % agreement the
+  twin is not shipped. A uint8/int8 ONNX input gets ``preprocess.input_quantization`` (the
+  TFLite input's scale and zero point). A TPU-only import has no CPU model to convert: no twin,
+  and the report says so. A failed conversion is reported and the bundle ships without a twin.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from . import baseline, selftest
 from .bundle import BundleFile, BundleSpec, refuse_existing, write_bundle
 from .config import CompilerConfig
 from .dataset import Samples
-from .errors import BadInput
+from .errors import BadInput, ToolFailed
 from .evaluate import metrics
 from .graph import Graph, read_graph
 from .inference import TfliteRunner
@@ -38,6 +45,7 @@ from .pipeline import BuildResult, _json, _runtime_versions
 from .precheck import predict
 from .progress import Progress
 from .report import SCHEMA, machine, model_card
+from .tflite_onnx import MIN_AGREEMENT, OPSET, OnnxTwin, convert, parity
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class ImportRequest:
     sign_key: SigningKey | None = None
     lineage: dict[str, Any] | None = None
     selftest_cases: int = 5
+    onnx: bool = True          # make the ONNX twin (tf2onnx from_tflite) of the CPU model
 
 
 def default_preprocess(g: Graph, scale: float | None, offset: float | None) -> dict[str, Any]:
@@ -134,14 +143,25 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
                                              "note": "needs the Edge TPU delegate; not run on this machine"}
     progress.done("evaluate", "no data: metrics skipped" if data is None else f"{len(data.x)} samples")
 
-    progress.start("baseline", "drift baseline and self-test vectors")
     preprocess = (data.preprocess if data is not None and data.preprocess.get("kind") == "image"
                   else default_preprocess(g, None, None))
+    onnx_doc, twin = _onnx_twin(req, cfg, runner, data, progress)
+    if twin is not None and runner is not None and twin.input_dtype in ("uint8", "int8"):
+        preprocess = dict(preprocess, input_quantization={"scale": runner.input.scale,
+                                                          "zero_point": runner.input.zero_point})
+    if twin is not None:
+        artifacts["model.onnx"] = {"size": len(twin.data), "sha256": _sha(twin.data),
+                                   "metrics": onnx_doc.get("metrics"), "latency_ms": None,
+                                   "parity": onnx_doc.get("parity")}
+
+    progress.start("baseline", "drift baseline and self-test vectors")
     files: list[BundleFile] = []
     if not tpu_only:
         files.append(BundleFile(cpu_name, "tflite_int8" if quantized else "tflite_float", req.model))
     if et_bytes is not None:
         files.append(BundleFile("model_edgetpu.tflite", "tflite_edgetpu", et_bytes))
+    if twin is not None:
+        files.append(BundleFile("model.onnx", "onnx", twin.data))
     if data is not None and scores is not None:
         files.append(BundleFile("baseline.json", "baseline", _json(baseline.build(data.x, scores, preprocess, num_classes))))
     if runner is not None and data is not None:
@@ -173,7 +193,7 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
         "lineage": dict(req.lineage or {}, **_runtime_versions()),
         "model": {"input": g.input.to_dict(), "output": g.output.to_dict(), "ops": g.op_counts(),
                   "float_ops": [op.name for op in g.float_ops()] if not tpu_only else []},
-        "artifacts": artifacts, "gate": None, "edgetpu": et_doc,
+        "artifacts": artifacts, "gate": None, "edgetpu": et_doc, "onnx": onnx_doc,
         "gate_note": "none: an import has no float reference to compare against",
         "validation_samples": len(val.x) if val is not None else 0, "machine": machine(),
     }
@@ -184,6 +204,9 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
                  "input": {"shape": list(g.input.shape), "dtype": "float32"},
                  "output": {"shape": list(g.output.shape)}, "labels": "labels.txt",
                  "imported": True, "edgetpu": {k: et_doc.get(k) for k in ("compiled", "ops_on_cpu", "note")}}
+    if twin is not None:
+        model_doc["onnx"] = {k: onnx_doc[k] for k in ("input", "output", "input_dtype", "output_dtype",
+                                                      "output_quantization")}
     policy = "required" if tpu_only else "optional"
     progress.start("bundle", "writing the bundle")
     digest = write_bundle(req.out, BundleSpec(req.name, req.version, cfg.created, model_doc,
@@ -191,6 +214,47 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
                           files, req.sign_key)
     progress.done("bundle", f"digest {digest[:16]}…")
     return BuildResult(req.out, digest, report)
+
+
+def _onnx_twin(req: ImportRequest, cfg: CompilerConfig, runner: TfliteRunner | None, data: Samples | None,
+               progress: Progress) -> tuple[dict[str, Any], OnnxTwin | None]:
+    """(report section, the twin to ship or None)."""
+    if runner is None:
+        return {"shipped": False, "note": "no ONNX twin: the imported model is compiled for the Edge TPU "
+                "(edgetpu-custom-op has no ONNX form) and no CPU model was given; import the CPU .tflite "
+                "with --edgetpu X to get one"}, None
+    if not req.onnx:
+        return {"shipped": False, "note": "no ONNX twin: --no-onnx"}, None
+    progress.start("onnx", "ONNX twin (tf2onnx from_tflite)")
+    try:
+        twin = convert(req.model, cfg.convert_timeout_s, req.model_name)
+    except ToolFailed as exc:
+        progress.done("onnx", f"failed: {exc}")
+        return {"shipped": False, "note": f"no ONNX twin: {exc}"}, None
+    doc: dict[str, Any] = {
+        "shipped": True, "from": f"tf2onnx {twin.tf2onnx} convert.from_tflite, opset {OPSET}",
+        "input": twin.input_name, "input_dtype": twin.input_dtype, "input_shape": list(twin.input_shape),
+        "output": twin.output_name, "output_dtype": twin.output_dtype,
+        "output_quantization": ({"scale": runner.output.scale, "zero_point": runner.output.zero_point}
+                                if twin.output_dtype in ("uint8", "int8") else None),
+        "convert_seconds": twin.seconds, "parity": None}
+    if data is None:
+        doc["note"] = "parity not measured: no validation or calibration data given"
+        progress.done("onnx", doc["note"])
+        return doc, twin
+    par, scores = parity(twin, runner, data.x)
+    doc["parity"] = par.to_dict()
+    if req.validation is not None and req.validation.y is not None and data is req.validation:
+        doc["metrics"] = metrics(scores, req.validation.y).to_dict()
+    line = (f"top-1 agreement {par.top1_agreement:.2%} on {par.samples} samples, max abs diff "
+            f"{par.max_abs_diff:.3g}" + (f" ({par.max_abs_diff_lsb} LSB)" if par.max_abs_diff_lsb is not None else ""))
+    if not par.ok:
+        doc.update(shipped=False, note=f"ONNX twin not shipped: {line} < {MIN_AGREEMENT:.0%}")
+        progress.done("onnx", doc["note"])
+        return doc, None
+    doc["note"] = f"parity with LiteRT: {line}"
+    progress.done("onnx", doc["note"])
+    return doc, twin
 
 
 def _sha(data: bytes) -> str:

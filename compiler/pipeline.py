@@ -223,16 +223,17 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
                                    for ch in result.failures()), report)
 
     progress.start("bundle", "writing the bundle")
+    et_summary = {k: et_doc.get(k) for k in ("compiled", "ops_on_tpu", "ops_on_cpu", "note")}
+    if et_doc.get("segments"):
+        et_summary["segments"] = et_doc["segments"]   # N tflite_edgetpu_segment artifacts, in order
     model_doc = {
         "task": "classification", "num_classes": num_classes, "preprocess": req.preprocess,
         "input": {"shape": list(g.input.shape), "dtype": "float32"},
         "output": {"shape": list(g.output.shape)}, "labels": "labels.txt",
         "onnx": {"input": c.onnx_input, "output": c.onnx_output},
         "quality": _quality(gate_doc, artifacts),
-        "edgetpu": {k: et_doc.get(k) for k in ("compiled", "ops_on_tpu", "ops_on_cpu", "note")},
+        "edgetpu": et_summary,
     }
-    if et_doc.get("segments"):
-        model_doc["edgetpu"]["segments"] = et_doc["segments"]
     files = [BundleFile("model_int8.tflite", "tflite_int8", c.int8_tflite),
              BundleFile("model_float.tflite", "tflite_float", c.float_tflite)]
     files += et_files
@@ -259,8 +260,9 @@ def _edgetpu(req: BuildRequest, cfg: CompilerConfig, g: Graph,
         pre = predict(g)
         if req.target == "edgetpu" and not pre.fully_mapped:
             raise NotEdgeTpuReady("model_int8.tflite", f"pre-check: {pre.summary()}")
-        note = ("edgetpu_compiler not found on PATH; bundle carries the CPU int8 artifact only; "
-                f"pre-check: {pre.summary()}")
+        note = ("edgetpu_compiler not found on PATH; bundle carries the CPU int8 artifact only"
+                + (f" (--segments {req.segments} not applied)" if req.segments and req.segments > 1 else "")
+                + f"; pre-check: {pre.summary()}")
         return {"compiled": False, "note": note, "precheck": pre.to_dict(),
                 "ops_on_tpu": None, "ops_on_cpu": None}, [], "optional", None
     from . import edgetpu
