@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import String, cast, event, exists, func, literal
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from . import models  # noqa: F401  (registers tables on SQLModel.metadata)
+from .errors import Invalid
+from .models import Device
 
 
 def make_engine(url: str, create: bool = True, **kwargs: Any) -> Engine:
@@ -33,3 +36,15 @@ def make_engine(url: str, create: bool = True, **kwargs: Any) -> Engine:
 
 def session(engine: Engine) -> Session:
     return Session(engine, expire_on_commit=False)
+
+
+def has_tag(dialect: str, tag: str) -> Any:
+    """SQL condition: ``tag`` is one element of the device's JSON ``tags`` list. A whole-element
+    comparison (never a substring of the JSON text, so ``lab`` does not match ``lab-2``)."""
+    if dialect == "postgresql":
+        # the column is json; jsonb containment is false (not an error) for non-array values
+        return cast(col(Device.tags), JSONB).contains([tag])
+    if dialect == "sqlite":
+        each = func.json_each(col(Device.tags)).table_valued("value")
+        return exists(select(literal(1)).select_from(each).where(each.c.value == cast(literal(tag), String)))
+    raise Invalid("tag filter", f"supports SQLite and PostgreSQL, not {dialect!r}")

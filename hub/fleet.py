@@ -29,7 +29,7 @@ from protocol.errors import BadPayload
 
 from . import alerts, compat, credentials, drift
 from .config import HubConfig
-from .db import session
+from .db import has_tag, session
 from .errors import Denied, Invalid, NotFound
 from .keys import HubKeys
 from .metrics import HubMetrics
@@ -265,14 +265,10 @@ class Fleet:
                 query = query.where(Device.group == group)
             if bundle:
                 query = query.where(Device.active_digest == bundle)
-            rows: Sequence[Device]
             if tag:
-                # JSON list membership differs per backend; filter in Python (tags are few)
-                allrows = [d for d in s.exec(query.order_by(col(Device.id))).all() if tag in (d.tags or [])]
-                total, rows = len(allrows), allrows[offset:offset + limit]
-            else:
-                total = s.exec(select(func.count()).select_from(query.subquery())).one()
-                rows = s.exec(query.order_by(col(Device.id)).offset(offset).limit(limit)).all()
+                query = query.where(has_tag(s.get_bind().dialect.name, tag))
+            total = s.exec(select(func.count()).select_from(query.subquery())).one()
+            rows: Sequence[Device] = s.exec(query.order_by(col(Device.id)).offset(offset).limit(limit)).all()
             states = self._rollout_states(s, [d.id for d in rows])
             return {"items": [device_public(d, states.get(d.id)) for d in rows], "total": total,
                     "limit": limit, "offset": offset}

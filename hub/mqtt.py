@@ -56,7 +56,7 @@ class Bridge:
         self._client_id = client_id or f"edgefleet-hub-{secrets.token_hex(4)}"
         self.client = self._make_client(mqtt.MQTTv5)
 
-    def _make_client(self, protocol: int) -> mqtt.Client:
+    def _make_client(self, protocol: mqtt.MQTTProtocolVersion) -> mqtt.Client:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=protocol)
         if self.broker.username:
             client.username_pw_set(self.broker.username, self.broker.password)

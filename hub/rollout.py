@@ -483,7 +483,7 @@ def advance(state: RolloutState, events: Sequence[Event], now: int,
     breached = [g for g in gates if g.status == "breach"]
     if breached and st.phase == "running":
         msg = "; ".join(f"{g.name} {g.detail}" for g in breached)
-        actions.append(Alert("rollout_gate", "alert", f"cohort {st.cohort} breached: {msg}",
+        actions.append(Alert("rollout_gate", "alert", f"cohort {st.cohort + 1} breached: {msg}",
                              {"gates": [g.to_dict() for g in breached], "cohort": st.cohort,
                               "on_breach": policy.on_breach}))
         if policy.on_breach == "pause":
@@ -510,7 +510,7 @@ def advance(state: RolloutState, events: Sequence[Event], now: int,
             if st.cohort >= len(sizes) - 1 and all(d.cohort is not None or d.state in SETTLED for d in devs.values()):
                 st = replace(st, phase="completed", reason="every cohort passed its gates")
             elif policy.approve_each_cohort:
-                st = replace(st, phase="awaiting_approval", reason=f"cohort {st.cohort} passed; waiting for approve")
+                st = replace(st, phase="awaiting_approval", reason=f"cohort {st.cohort + 1} of {len(sizes)} passed; waiting for approve")
             else:
                 st = _open_next(st, devs, now, policy, issue, put)
 

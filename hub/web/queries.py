@@ -23,6 +23,7 @@ from protocol.errors import BadPayload
 from protocol.sketch import LatencySketch, psi
 
 from ..compat import check as compat_check
+from ..db import has_tag
 from ..fleet import ACTIVE_PHASES, Target, bundle_public, device_public, latency_summary
 from ..models import (Alert, AuditEntry, Build, Bundle, Device, ReportRecord, Rollout, RolloutDevice,
                       TelemetryWindow)
@@ -233,18 +234,6 @@ def _dialect(s: Session) -> str:
     return str(s.get_bind().dialect.name)
 
 
-def _has_tag(dialect: str, tag: str) -> Any:
-    """``tag`` is one element of the device's JSON ``tags`` list: a whole-element comparison
-    (never a substring of the JSON text, so ``lab`` does not match ``lab-2``)."""
-    if dialect == "postgresql":
-        # the column is json; jsonb containment is false (not an error) for non-array values
-        return cast(col(Device.tags), JSONB).contains([tag])
-    if dialect == "sqlite":
-        each = func.json_each(col(Device.tags)).table_valued("value")
-        return exists(select(literal(1)).select_from(each).where(each.c.value == cast(literal(tag), String)))
-    raise QueryError(f"tag filter supports SQLite and PostgreSQL, not {dialect!r}")
-
-
 def device_page(s: Session, f: DeviceFilter) -> dict[str, Any]:
     """One page of devices, filtered and counted in SQL (indexed columns; JSON inventory for
     board/TPU; JSON tags list for tag), ordered by id."""
@@ -262,7 +251,7 @@ def device_page(s: Session, f: DeviceFilter) -> dict[str, Any]:
     if f.tpu is not None:
         conds.append(_tpu_true() if f.tpu else ~_tpu_true())
     if f.tag:
-        conds.append(_has_tag(_dialect(s), f.tag))
+        conds.append(has_tag(_dialect(s), f.tag))
     if f.bundle:
         conds.append(Device.active_digest == f.bundle)
     where = and_(*conds) if conds else None
