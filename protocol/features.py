@@ -19,7 +19,9 @@ Images are converted to grayscale (1 channel) or RGB (3) and resized to W x H. T
 The float tensor then goes to the model: a float model takes it as is; an int8/uint8 model's
 input is quantized with the input tensor's own (scale, zero_point): ``q = round(f / scale) + zp``.
 Where the model file does not carry its input quantization (an ONNX graph with a uint8 input,
-e.g. a converted Coral model), ``input_quantization`` supplies it.
+e.g. a converted Coral model), ``input_quantization`` supplies it. Likewise an integer ONNX
+output is dequantized with ``manifest.model["onnx"]["output_quantization"]``
+(``{"scale", "zero_point"}``: ``score = scale * (q - zero_point)``) so every path answers scores.
 
 **Input features** (``input_features``), on the float input tensor of one sample:
 
