@@ -20,7 +20,9 @@ requests after the answer is computed and records agreement and latency delta, n
 
 from __future__ import annotations
 
+import email.parser
 import email.utils
+import http.client
 import json
 import logging
 import random
@@ -371,6 +373,36 @@ def _multipart_file(content_type: str, body: bytes) -> Request:
     raise InputError("multipart body has no field named 'file'")
 
 
+_HEADER_NAME = re.compile(r"[!-9;-~]+\Z")  # the email parser's header-name characters
+_MAX_LINE, _MAX_HEADERS = 65536, 100       # http.client's limits
+
+
+def read_headers(rfile: Any, message_class: type[http.client.HTTPMessage] = http.client.HTTPMessage) -> http.client.HTTPMessage:
+    """``http.client.parse_headers`` without the email parser for plain ``Name: value`` lines
+    (what every client sends); anything else (folded lines, odd names) goes to the email
+    parser exactly as the standard library does. Same errors on too long / too many lines."""
+    lines: list[bytes] = []
+    while True:
+        line = rfile.readline(_MAX_LINE + 1)
+        if len(line) > _MAX_LINE:
+            raise http.client.LineTooLong("header line")
+        lines.append(line)
+        if len(lines) > _MAX_HEADERS:
+            raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
+        if line in (b"\r\n", b"\n", b""):
+            break
+    msg = message_class()
+    for raw in lines[:-1]:
+        text = raw.decode("iso-8859-1")
+        name, sep, value = text.partition(":")
+        value = value.lstrip(" \t").rstrip("\r\n")
+        if not sep or not _HEADER_NAME.match(name) or "\r" in value:
+            return email.parser.Parser(_class=message_class).parsestr(b"".join(lines).decode("iso-8859-1"))  # type: ignore[return-value]
+        msg[name] = value
+    msg.set_payload("")  # as the email parser leaves it
+    return msg
+
+
 _date = (0, "")
 
 
@@ -387,6 +419,7 @@ def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[Bas
     class Handler(BaseHTTPRequestHandler):
         server_version = "edgefleet-agent"
         protocol_version = "HTTP/1.1"
+        raw_requestline: bytes
         # buffered writes: headers and body leave in one send (one segment, one wake-up of
         # the client); http.server flushes after every request
         wbufsize = 1 << 16
@@ -403,6 +436,36 @@ def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[Bas
 
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("http %s", fmt % args)
+
+        def parse_request(self) -> bool:
+            """The standard library's parse_request with :func:`read_headers`, for the usual
+            ``METHOD /path HTTP/1.x`` line; any other request line goes to the standard one."""
+            requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+            words = requestline.split()
+            if len(words) != 3 or words[2] not in ("HTTP/1.1", "HTTP/1.0"):
+                return super().parse_request()
+            self.requestline = requestline
+            self.command, self.path, self.request_version = words
+            self.close_connection = not (words[2] == "HTTP/1.1" and self.protocol_version >= "HTTP/1.1")
+            if self.path.startswith("//"):
+                self.path = "/" + self.path.lstrip("/")
+            try:
+                self.headers = read_headers(self.rfile, self.MessageClass)
+            except http.client.LineTooLong as err:
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long", str(err))
+                return False
+            except http.client.HTTPException as err:
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers", str(err))
+                return False
+            conntype = self.headers.get("Connection", "").lower()
+            if conntype == "close":
+                self.close_connection = True
+            elif conntype == "keep-alive" and self.protocol_version >= "HTTP/1.1":
+                self.close_connection = False
+            if (self.headers.get("Expect", "").lower() == "100-continue"
+                    and self.protocol_version >= "HTTP/1.1" and self.request_version >= "HTTP/1.1"):
+                return self.handle_expect_100()
+            return True
 
         def date_time_string(self, timestamp: float | None = None) -> str:
             if timestamp is not None:
