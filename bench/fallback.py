@@ -4,7 +4,10 @@ In one run, for each model (the digits CNN from the compiler, MobileNetV2 weight
 each concurrency level (1, 8, 32, 64 clients):
 
 * **baseline** - the seed's ``api.py`` exactly as written (``bench/seed_api.py``) under uvicorn;
-* **ours** - ``edgefleet-cloud serve`` loading the same ONNX from a signed bundle;
+* **ours** - ``edgefleet-cloud serve`` loading the same ONNX from a signed bundle, with its
+  defaults plus ``--ours-args``;
+* **variant** - the same with ``--variant`` added (default ``--processes 2``), to compare a
+  deployment choice in the same run (its batch sizes are not read: ``/metrics`` is per process);
 * **limit** - in-process loops of batched ``session.run`` calls, no HTTP and no image decoding:
   the best of one run at a time on every core (batch = min(clients, 32)) and one
   single-threaded run per core (batch = clients / cores, capped at max batch, or 1); measured
@@ -17,7 +20,7 @@ on uvloop, one AsyncClient per client), which on a 2-core box eats CPU the serve
 generator's own CPU (``wait4`` rusage of wrk, process time of the Python one) is measured and
 printed per case as a share of the machine, so the reader can judge how much it took. Both
 servers are up at once but only one is driven at a time, alternating per level so background
-load hits both alike. Throughput counts 200 answers completed in the measuring window (after a
+load hits them alike. Throughput counts 200 answers completed in the measuring window (after a
 warm-up run); latency is per request as the client sees it. Server CPU is summed over the
 server's whole process tree (all threads, every worker process).
 
@@ -207,13 +210,13 @@ def start_seed(model: Path, work: Path) -> Server:
     return Server("seed", proc, f"http://127.0.0.1:{port}", log)
 
 
-def start_ours(bundles: Path, root: Path, work: Path, extra: list[str]) -> Server:
+def start_ours(bundles: Path, root: Path, work: Path, extra: list[str], name: str = "ours") -> Server:
     port = free_port()
-    log = work / "ours.log"
+    log = work / f"{name}.log"
     proc = subprocess.Popen([sys.executable, "-m", "cloud", "serve", "--bundles", str(bundles), "--root",
                              str(root), "--port", str(port), "--poll", "0", "--log-level", "WARNING", *extra],
                             cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    return Server("ours", proc, f"http://127.0.0.1:{port}", log)
+    return Server(name, proc, f"http://127.0.0.1:{port}", log)
 
 
 # ---- load ---------------------------------------------------------------------------------
@@ -482,6 +485,11 @@ def table(rows: list[Result], model: str, levels: list[int]) -> str:
                    f"{o.rps:>9.1f} {o.p50_ms:>7.1f} {o.p99_ms:>7.1f} {o.cpu_ms_per_req or 0:>5.2f}"
                    f" {o.mean_batch or 0:>5.1f} | {lim.rps:>9.1f} {lim.cpu_ms_per_req or 0:>5.2f} | "
                    f"{o.rps / s.rps:>8.2f}x {o.rps / lim.rps:>7.0%} {_cpu_ratio(s, o):>8.2f}x")
+        v = by.get(("variant", c))
+        if v:
+            out.append(f"{'variant':>7} | {'':>31} | {v.rps:>9.1f} {v.p50_ms:>7.1f} {v.p99_ms:>7.1f}"
+                       f" {v.cpu_ms_per_req or 0:>5.2f} {'':>5} | {'':>15} | {v.rps / s.rps:>8.2f}x"
+                       f" {v.rps / lim.rps:>7.0%} {_cpu_ratio(s, v):>8.2f}x")
     return "\n".join(out)
 
 
@@ -493,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="digits,mobilenet_v2", help="digits and/or mobilenet_v2")
     p.add_argument("--cache", type=Path, default=CACHE, help="where built models are kept")
     p.add_argument("--ours-args", default="", help="extra options for edgefleet-cloud serve")
+    p.add_argument("--variant", default="--processes 2",
+                   help="options added to --ours-args for a third server measured alongside "
+                        "(\"\" to skip)")
     p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
                    help="load generator: wrk (C, cheap; apt-get install wrk), python (httpx, costs "
                         "the servers CPU on a small box), auto: wrk when installed")
@@ -520,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         models["mobilenet_v2"] = (build_mobilenet(args.cache), labels or [str(i) for i in range(1000)])
     images = upload_images()
     extra = args.ours_args.split()
+    variant = args.variant.split()
     max_batch = 8
     if "--max-batch" in extra:
         max_batch = int(extra[extra.index("--max-batch") + 1])
@@ -535,15 +547,24 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             seed = start_seed(path, work)
             ours = start_ours(bundles, root, work, extra)
+            alt = start_ours(bundles, root, work, extra + variant, "variant") if variant else None
             try:
                 wait_ready(seed, body, ctype, "/predict")
                 wait_ready(ours, body, ctype, f"/predict?model={name}")
+                if alt:
+                    wait_ready(alt, body, ctype, f"/predict?model={name}")
                 for i, c in enumerate(levels):
-                    order = ("seed", "ours") if i % 2 == 0 else ("ours", "seed")
+                    order = ["seed", "ours"] if i % 2 == 0 else ["ours", "seed"]
+                    if alt:
+                        order.insert(1, "variant")
                     for system in order:
                         if system == "seed":
                             rows.append(drive(name, "seed", seed.url + "/predict", body, ctype, c, warmup, duration,
                                               seed.proc.pid, wrk, work))
+                        elif system == "variant" and alt:
+                            # batch sizes are not read: /metrics answers for one process of several
+                            rows.append(drive(name, "variant", f"{alt.url}/predict?model={name}", body, ctype, c,
+                                              warmup, duration, alt.proc.pid, wrk, work))
                         else:
                             s0, n0 = batch_stats(ours.url, name)
                             r = drive(name, "ours", f"{ours.url}/predict?model={name}", body, ctype, c,
@@ -560,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 seed.stop()
                 ours.stop()
+                if alt:
+                    alt.stop()
 
     for name in models:
         print(table(rows, name, levels))
@@ -578,10 +601,16 @@ def main(argv: list[str] | None = None) -> int:
                           "cpu_per_request_ratio_vs_seed": _cpu_ratio(s, o),
                           "cpu_efficiency_vs_limit": (lim_c.cpu_ms_per_req / o.cpu_ms_per_req
                                                       if lim_c.cpu_ms_per_req and o.cpu_ms_per_req else None)})
+            v = by.get((name, "variant", c))
+            if v:
+                cases[-1]["variant_ratio_vs_seed"] = v.rps / s.rps if s.rps else None
+                cases[-1]["variant_fraction_of_limit"] = v.rps / lim_c.rps if lim_c.rps else None
+                cases[-1]["variant_p99_not_worse"] = v.p99_ms <= s.p99_ms
     path = report.write(
         "fallback", "req/s", True, h_ours.rps, h_seed.rps, h_lim.rps,
         params={"headline": f"{head_model} at {head_c} clients", "clients": levels, "duration_s": duration,
                 "warmup_s": warmup, "models": list(models), "max_batch": max_batch, "ours_args": extra,
+                "variant_args": variant,
                 "loadgen": "wrk -t1 (one connection per client)" if wrk else "python httpx",
                 "loadgen_cpu_share_at_headline": {"ours": h_ours.loadgen_cpu_share,
                                                   "seed": h_seed.loadgen_cpu_share},
