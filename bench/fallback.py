@@ -532,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     images = upload_images()
     extra = args.ours_args.split()
     variant = args.variant.split()
-    max_batch = 8
+    max_batch = 4   # edgefleet-cloud serve's default
     if "--max-batch" in extra:
         max_batch = int(extra[extra.index("--max-batch") + 1])
 

@@ -59,7 +59,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--poll", type=float, default=2.0, metavar="S",
                    help="seconds between scans of --bundles for new versions (0: never)")
     b = s.add_argument_group("micro-batching")
-    b.add_argument("--max-batch", type=int, default=8, help="samples per onnxruntime run")
+    b.add_argument("--max-batch", type=int, default=4,
+                   help="samples per onnxruntime run (see docs/cloud.md for why 4)")
     b.add_argument("--max-wait-ms", type=float, default=0.0,
                    help="how long the first queued sample waits for others (0: run what is queued)")
     b.add_argument("--processes", type=int, default=1,

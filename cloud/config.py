@@ -36,7 +36,7 @@ class BatchPolicy:
     after the first one; at most ``max_queue`` samples wait per model (more gets 429) and a
     sample that waited ``queue_timeout_s`` is answered 503 instead of being run late."""
 
-    max_batch: int = 8
+    max_batch: int = 4
     max_wait_s: float = 0.0
     max_queue: int = 256
     queue_timeout_s: float = 5.0
@@ -118,7 +118,7 @@ def _positive(value: float, what: str) -> None:
 
 def build(*, bundles: str, root: str, host: str = "127.0.0.1", port: int = 8100,
           api_keys: list[str] | None = None, default_model: str | None = None, poll_s: float = 2.0,
-          max_batch: int = 8, max_wait_ms: float = 0.0, max_queue: int = 256,
+          max_batch: int = 4, max_wait_ms: float = 0.0, max_queue: int = 256,
           queue_timeout_s: float = 5.0, workers: int = 0, intra_threads: int = 1, inter_threads: int = 1,
           spinning: bool = False, optimization: str = "all", max_body_bytes: int = 8 * 1024 * 1024,
           hub: str | None = None, token: str | None = None, hub_poll_s: float = 30.0,

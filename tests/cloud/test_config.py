@@ -59,7 +59,7 @@ def test_keys_and_hub_token_come_from_the_environment_too(setup: Setup) -> None:
     assert c.hub is not None and c.hub.url == "http://hub:8000" and c.hub.token == "s3cr3t-hub-value"
     assert "o" * 20 not in repr(c) and "s3cr3t" not in repr(c)
     assert c.batch.max_wait_s == 0.0 and c.batch.workers >= 1
-    assert build(setup, max_wait_ms=2.5, workers=3).batch == cfg.BatchPolicy(8, 0.0025, 256, 5.0, 3)
+    assert build(setup, max_wait_ms=2.5, workers=3).batch == cfg.BatchPolicy(4, 0.0025, 256, 5.0, 3)
 
 
 def test_processes_share_out_the_cpus_as_workers_unless_workers_are_given(setup: Setup) -> None:
