@@ -59,7 +59,10 @@ def serve_process(config: CloudConfig, root: Root, sock: socket.socket | None) -
 
 def _child(config: CloudConfig, sock: socket.socket) -> None:
     """Entry point of a spawned server process: it configures its own logging and reads the
-    trust root again (the parent already checked it; keys do not pickle)."""
+    trust root again (the parent already checked it; keys do not pickle). It leaves the
+    terminal's process group so Ctrl-C reaches only the parent, which then stops each child with
+    one SIGTERM (a second signal would make uvicorn drop in-flight requests)."""
+    os.setpgrp()
     logging.basicConfig(level=config.log_level,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     with open(config.root, "rb") as f:
