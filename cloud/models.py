@@ -91,8 +91,13 @@ class ServedModel:
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         if self.spec.input.batch == 1 and x.shape[0] > 1:  # static batch of 1: one row per run
             runs = [self.session.run(None, {self._input: x[i:i + 1]}) for i in range(x.shape[0])]
-            return [np.concatenate(parts) for parts in zip(*runs)]
-        return list(self.session.run(None, {self._input: x}))
+            outs = [np.concatenate(parts) for parts in zip(*runs)]
+        else:
+            outs = list(self.session.run(None, {self._input: x}))
+        q = self.spec.output_quant
+        if q is not None and outs and np.issubdtype(outs[0].dtype, np.integer):
+            outs[0] = (q[0] * (outs[0].astype(np.float32) - q[1])).astype(np.float32)
+        return outs
 
     async def predict(self, x: np.ndarray) -> list[np.ndarray]:
         outputs = await self.batcher.submit(x)

@@ -77,6 +77,7 @@ class ModelSpec:
     outputs: tuple[str, ...]
     image: ImageSpec | None
     labels: tuple[str, ...]
+    output_quant: tuple[float, int] | None = None  # integer first output: score = s * (q - zp)
 
     @property
     def ref(self) -> dict[str, str]:
@@ -170,4 +171,20 @@ def model_spec(manifest_name: str, version: str, digest: str, created: int, mode
         raise BundleRefused(source, Reason.MALFORMED.value, f"model.preprocess {pre!r:.80} is not an object")
     task = model.get("task", "unknown")
     return ModelSpec(manifest_name, version, digest, created, str(task), inp, tuple(outputs),
-                     image_spec(pre, inp, source), labels)
+                     image_spec(pre, inp, source), labels, _output_quantization(model, source))
+
+
+def _output_quantization(model: dict[str, Any], source: str) -> tuple[float, int] | None:
+    """``model.onnx.output_quantization`` of an integer ONNX twin (protocol/features.py)."""
+    onnx = model.get("onnx")
+    q = onnx.get("output_quantization") if isinstance(onnx, dict) else None
+    if q is None:
+        return None
+    try:
+        qs, zp = float(q["scale"]), int(q["zero_point"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleRefused(source, Reason.MALFORMED.value,
+                            f"model.onnx.output_quantization {q!r:.80} needs scale and zero_point ({exc})") from None
+    if qs <= 0:
+        raise BundleRefused(source, Reason.MALFORMED.value, f"output_quantization scale must be > 0, got {qs}")
+    return (qs, zp)

@@ -85,7 +85,7 @@ IMAGE_8x8 = {"kind": "image", "height": 8, "width": 8, "channels": 1,
 def make_archive(signer: SigningKey | None, name: str, version: str, onnx_bytes: bytes,
                  preprocess: dict[str, Any] | None = None, labels: list[str] | None = None,
                  created: int | None = None, keys: list[SigningKey] | None = None,
-                 extra: dict[str, bytes] | None = None) -> bytes:
+                 extra: dict[str, bytes] | None = None, model: dict[str, Any] | None = None) -> bytes:
     """A signed bundle archive with an ``onnx`` and a ``labels`` artifact (and ``extra``)."""
     labels = labels if labels is not None else [f"class{i}" for i in range(10)]
     files = {"model.onnx": ("onnx", onnx_bytes),
@@ -96,7 +96,7 @@ def make_archive(signer: SigningKey | None, name: str, version: str, onnx_bytes:
     manifest = Manifest(name, version, created if created is not None else int(time.time()), arts,
                         model={"task": "classification", "num_classes": len(labels),
                                "preprocess": preprocess if preprocess is not None else IMAGE_8x8,
-                               "labels": "labels.txt"})
+                               "labels": "labels.txt", **(model or {})})
     signers = keys if keys is not None else ([signer] if signer is not None else [])
     env = seal("manifest", manifest.to_dict(), signers)
     return pack_archive(env, {n: data for n, (_, data) in files.items()})

@@ -176,3 +176,19 @@ def test_coral_quantized_mobilenet_reads_real_photos(setup: Setup, trust: Any, c
         scores = np.array(next(iter(r.json()["outputs"].values())))
         assert scores.shape == (3, 1001) and labels[int(scores[0].argmax())] == "Egyptian cat"
         assert (scores[0] == scores[1]).all()
+
+
+@pytest.mark.slow
+def test_integer_onnx_output_is_dequantized_with_the_manifest_output_quantization(
+        setup: Setup, trust: Any, coral_models: Path, coral_mobilenet_onnx: Path) -> None:
+    labels = (coral_models / "imagenet_labels.txt").read_text().splitlines()
+    pre = {"kind": "image", "height": 224, "width": 224, "channels": 3, "scale": 1 / 127.5, "offset": -1.0}
+    drop(setup.bundles, make_archive(trust.targets_key, "mobilenet_v2_scores", "1",
+                                     coral_mobilenet_onnx.read_bytes(), preprocess=pre, labels=labels,
+                                     model={"onnx": {"output_quantization": {"scale": 0.00390625, "zero_point": 0}}}))
+    with client_for(setup, trust) as client:
+        r = client.post("/predict", files={"file": ("cat.jpg", (coral_models / "cat_720p.jpg").read_bytes(), "image/*")})
+        assert r.status_code == 200, r.text
+        top = r.json()["top"][0]
+        assert top["label"] == "Egyptian cat" and 0.0 < top["score"] <= 1.0, top
+        assert 0.9 < sum(r.json()["predictions"][0]) < 1.1  # softmax scores (uint8-rounded), not raw 0..255 codes
