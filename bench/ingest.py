@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,23 +32,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from bench import report
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"broker did not listen on {port}")
+from demo.launcher import free_port, wait_port
 
 
 def _payloads(devices: int, per_device: int) -> list[tuple[str, bytes]]:
@@ -181,13 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     per_device = max(1, n // args.devices)
     msgs = _payloads(args.devices, per_device)
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    port = _free_port()
+    port = free_port()
     conf = work / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n"
                     f"max_inflight_messages 1000\n")
     broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_port(port)
+        wait_port(port, what='mosquitto')
         cases = [_raw(port, msgs)]
         print(f"{cases[-1]['case']:<34} {cases[-1]['msgs_per_s']:>9.0f} msg/s  lost {cases[-1]['lost']}", flush=True)
         for batch_max, label in ((500, "hub, batched commits (ours)"), (1, "hub, commit per message (baseline)")):
