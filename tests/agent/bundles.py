@@ -47,8 +47,10 @@ def selftest_doc(model_path: Path, coral: Path, size: int) -> dict:
 def coral_bundle(out: Path, coral: Path, model: str = MNV1, *, name: str = "mnv1", version: str = "1",
                  role: str = "tflite_int8", boards: tuple[str, ...] = (), edgetpu: str = "none",
                  cpu_twin: str | None = None, truncate: str | None = None,
-                 preprocess_size: int | None = None) -> Path:
+                 preprocess_size: int | None = None, baseline: bool = True) -> Path:
     """Write an unsigned bundle directory; sign it with ``trust.sign_dir``.
+
+    ``baseline``: ship a small drift baseline (off where a test must see only latency gates).
 
     ``cpu_twin``: also ship this CPU model as ``tflite_int8`` (for Edge TPU bundles).
     ``truncate``: artifact name whose bytes are cut short *after* the manifest was written.
@@ -67,12 +69,13 @@ def coral_bundle(out: Path, coral: Path, model: str = MNV1, *, name: str = "mnv1
     test_model = out / ("model_int8.tflite" if "model_int8.tflite" in files else art_name)
     (out / "selftest.json").write_text(json.dumps(selftest_doc(test_model, coral, size)))
     files["selftest.json"] = "selftest"
-    (out / "baseline.json").write_text(json.dumps({
-        "schema": 1, "samples": 1,
-        "inputs": {"brightness": {"edges": [-0.5, 0.0, 0.5], "ref": [1, 1, 1, 1]}},
-        "outputs": {"top1_confidence": {"edges": [0.25, 0.5, 0.75], "ref": [1, 1, 1, 1]}},
-        "thresholds": {"psi_warn": 0.1, "psi_alert": 0.25, "min_samples": 100}}))
-    files["baseline.json"] = "baseline"
+    if baseline:
+        (out / "baseline.json").write_text(json.dumps({
+            "schema": 1, "samples": 1,
+            "inputs": {"brightness": {"edges": [-0.5, 0.0, 0.5], "ref": [1, 1, 1, 1]}},
+            "outputs": {"top1_confidence": {"edges": [0.25, 0.5, 0.75], "ref": [1, 1, 1, 1]}},
+            "thresholds": {"psi_warn": 0.1, "psi_alert": 0.25, "min_samples": 100}}))
+        files["baseline.json"] = "baseline"
     arts = tuple(Artifact.of(n, r, (out / n).read_bytes()) for n, r in files.items())
     manifest = Manifest(name, version, int(time.time()), arts, Requirements(edgetpu, boards),
                         model={"task": "classification", "num_classes": 1001, "labels": "labels.txt",

@@ -21,9 +21,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from hub.server import build
-from protocol.bundle import MANIFEST_FILE, Artifact, Manifest, Requirements, parse_manifest
+from protocol.bundle import MANIFEST_FILE, Artifact, parse_manifest
 from protocol.signing import Envelope, seal
 
+from ..agent import bundles as agent_bundles
 from ..conftest import REPO
 from .conftest import TOKEN, hub_config, wait_for
 from .test_api import archive_of
@@ -34,29 +35,10 @@ POLICY = {"cohorts": ["1", "100%"], "soak_s": 0, "on_breach": "rollback", "requi
 
 
 def coral_bundle(coral: Path, out: Path) -> Path:
-    """MobileNetV2-224 (uint8) as a bundle directory with its own self-test vector."""
-    from ai_edge_litert.interpreter import Interpreter
-    from PIL import Image
-    out.mkdir(parents=True)
-    shutil.copyfile(coral / "mobilenet_v2_1.0_224_quant.tflite", out / "model_int8.tflite")
-    shutil.copyfile(coral / "imagenet_labels.txt", out / "labels.txt")
-    x = np.asarray(Image.open(coral / "cat_720p.jpg").convert("RGB").resize((224, 224)), dtype=np.uint8)[None]
-    it = Interpreter(model_path=str(out / "model_int8.tflite"))
-    it.allocate_tensors()
-    it.set_tensor(it.get_input_details()[0]["index"], x)
-    it.invoke()
-    y = it.get_tensor(it.get_output_details()[0]["index"])
-    (out / "selftest.json").write_text(json.dumps({"schema": 1, "artifact": "model_int8.tflite", "tolerance": 2,
-                                                   "max_latency_ms": 5000,
-                                                   "cases": [{"input": x.tolist(), "expected": y.tolist()}]}))
-    roles = {"model_int8.tflite": "tflite_int8", "labels.txt": "labels", "selftest.json": "selftest"}
-    arts = tuple(Artifact.of(n, r, (out / n).read_bytes()) for n, r in roles.items())
-    m = Manifest("slow-mobilenet", "9.0.0", int(time.time()), arts, Requirements("none"),
-                 {"task": "classification", "labels": "labels.txt",
-                  "preprocess": {"kind": "image", "height": 224, "width": 224, "channels": 3,
-                                 "scale": 1 / 128, "offset": -1.0}})
-    (out / MANIFEST_FILE).write_bytes(seal("manifest", m.to_dict(), []).to_bytes())
-    return out
+    """MobileNetV2-224 (uint8) as a bundle directory with its own self-test vector, no drift
+    baseline: this model must be stopped by latency alone."""
+    return agent_bundles.coral_bundle(out, coral, agent_bundles.MNV2, name="slow-mobilenet",
+                                      version="9.0.0", baseline=False)
 
 
 def new_version(src: Path, out: Path, version: str, skew_outputs: bool = False) -> Path:
