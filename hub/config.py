@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 from urllib.parse import unquote, urlparse
 
 from .errors import ConfigError
@@ -46,6 +46,8 @@ DEFAULTS: dict[str, Any] = {
     "broker_public": "",
     "retention": 30 * 86400,
 }
+
+Num = TypeVar("Num", int, float)
 
 
 def env_value(name: str, environ: Mapping[str, str] | None = None) -> str | None:
@@ -112,25 +114,22 @@ class HubConfig:
             raw = env_value(name, environ)
             return raw if raw is not None else DEFAULTS[name]
 
-        def as_int(name: str, lo: int, hi: int) -> int:
+        def as_number(name: str, kind: type[Num], lo: Num, hi: Num) -> Num:
             raw = pick(name)
             try:
-                value = int(raw)
+                value = kind(raw)
             except (TypeError, ValueError):
-                raise ConfigError(name, f"{raw!r} is not an integer") from None
+                noun = "an integer" if kind is int else "a number"
+                raise ConfigError(name, f"{raw!r} is not {noun}") from None
             if not lo <= value <= hi:
                 raise ConfigError(name, f"{value} must be within {lo}..{hi}")
             return value
 
+        def as_int(name: str, lo: int, hi: int) -> int:
+            return as_number(name, int, lo, hi)
+
         def as_float(name: str, lo: float, hi: float) -> float:
-            raw = pick(name)
-            try:
-                value = float(raw)
-            except (TypeError, ValueError):
-                raise ConfigError(name, f"{raw!r} is not a number") from None
-            if not lo <= value <= hi:
-                raise ConfigError(name, f"{value} must be within {lo}..{hi}")
-            return value
+            return as_number(name, float, lo, hi)
 
         dev_raw = pick("dev")
         dev = dev_raw if isinstance(dev_raw, bool) else str(dev_raw).lower() in ("1", "true", "yes")
