@@ -37,7 +37,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -68,11 +68,20 @@ class Request:
 
 @dataclass(frozen=True)
 class Answer:
-    """One prediction answer: the scores plus the other fields of the JSON document."""
+    """One prediction answer: the scores plus the other fields of the JSON document.
+
+    ``after`` is the request's bookkeeping (telemetry, probation, shadow sampling): the HTTP
+    handler runs it with :meth:`settle` once the answer is sent, so the app does not wait for
+    it; :meth:`Serving.answer` runs it before returning."""
 
     scores: np.ndarray
     fields: dict[str, Any]          # top, served_by, bundle, latency_ms[, cloud_model]
     scores_json: str | None = None  # the scores as JSON text, when the model could write it cheaply
+    after: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+
+    def settle(self) -> None:
+        if self.after is not None:
+            self.after()
 
     def doc(self) -> dict[str, Any]:
         return {"predictions": self.scores.astype(float).tolist(), **self.fields}
@@ -177,6 +186,13 @@ class Serving:
         return self.answer(req).doc()
 
     def answer(self, req: Request) -> Answer:
+        """:meth:`respond` with the bookkeeping done before returning."""
+        out = self.respond(req)
+        out.settle()
+        return replace(out, after=None)
+
+    def respond(self, req: Request) -> Answer:
+        """Serve one request; a successful local answer leaves its bookkeeping in ``after``."""
         t0 = time.perf_counter()
         model = self.model
         errors: list[str] = []
@@ -201,11 +217,15 @@ class Serving:
                 self.recorder.record(model.served_by, 0.0, False)
                 self._probation_tick(model, ok=False)
             else:
-                self._observe_local(took)
-                self.recorder.record(model.served_by, time.perf_counter() - t0, True, x, scores, affine)
-                self._probation_tick(model, ok=True)
-                self._offer_shadow(req, scores, took)
-                return self._answer(scores, model, model.served_by, t0, model.scores_json(y))
+                seconds = time.perf_counter() - t0
+
+                def after() -> None:
+                    self._observe_local(took)
+                    self.recorder.record(model.served_by, seconds, True, x, scores, affine)
+                    self._probation_tick(model, ok=True)
+                    self._offer_shadow(req, scores, took)
+
+                return replace(self._answer(scores, model, model.served_by, t0, model.scores_json(y)), after=after)
         elif model is None:
             errors.append("no local model installed")
         else:
@@ -435,7 +455,7 @@ def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[Bas
             return str(self.client_address[0]) if self.client_address else "unix"
 
         def log_message(self, fmt: str, *args: Any) -> None:
-            log.debug("http %s", fmt % args)
+            log.debug("http " + fmt, *args)
 
         def parse_request(self) -> bool:
             """The standard library's parse_request with :func:`read_headers`, for the usual
@@ -473,12 +493,15 @@ def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[Bas
             return _http_date()
 
         def _send(self, code: int, doc: Any) -> None:
+            """The status line, headers and body in one buffered write (what ``send_response``
+            + ``send_header`` + ``end_headers`` would write, without their per-header calls)."""
             body = doc.body() if isinstance(doc, Answer) else json.dumps(doc).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.log_request(code)
+            self.wfile.write((f"{self.protocol_version} {code} {HTTPStatus(code).phrase}\r\n"
+                              f"Server: {self.version_string()}\r\nDate: {_http_date()}\r\n"
+                              f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                              f"{'Connection: close' + chr(13) + chr(10) if self.close_connection else ''}"
+                              "\r\n").encode("latin-1") + body)
 
         def _error(self, code: HTTPStatus, detail: str) -> None:
             self._send(code, {"error": code.phrase.lower(), "detail": detail})
@@ -511,7 +534,7 @@ def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[Bas
             try:
                 req = parse_request(self.headers.get("Content-Type", ""), body,
                                     self.headers.get("X-Tensor-Shape"), self.headers.get("X-Tensor-Dtype"))
-                out = serving.answer(req)
+                out = serving.respond(req)
             except InputError as exc:
                 self._error(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc))
             except Unavailable as exc:
@@ -521,6 +544,11 @@ def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[Bas
                 self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
             else:
                 self._send(200, out)
+                self.wfile.flush()  # the answer leaves now; the bookkeeping runs after it
+                try:
+                    out.settle()
+                except Exception:  # telemetry must not take the connection down
+                    log.exception("bookkeeping after a prediction failed")
 
     return Handler
 

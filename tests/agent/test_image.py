@@ -1,0 +1,73 @@
+"""agent.image: the simplejpeg fast path gives Pillow's pixels, and everything else is Pillow's."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agent import image
+
+pytest.importorskip("simplejpeg")
+
+
+def _jpeg(img: Image.Image, **save: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+def _pillow_only(data: bytes, h: int, w: int, c: int, monkeypatch: pytest.MonkeyPatch) -> np.ndarray:
+    with monkeypatch.context() as m:
+        m.setattr(image, "simplejpeg", None)
+        return image.decode(data, h, w, c, "bicubic")
+
+
+@pytest.fixture
+def cat224(coral_models: Path) -> Image.Image:
+    return Image.open(coral_models / "cat_720p.jpg").convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
+
+
+@pytest.mark.parametrize("save", [{"quality": 90}, {"quality": 95, "subsampling": 0}, {"quality": 80, "progressive": True}],
+                         ids=["420", "444", "progressive"])
+def test_jpeg_at_input_size_decodes_to_pillows_pixels(cat224: Image.Image, save: dict[str, object],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _jpeg(cat224, **save)
+    calls: list[bytes] = []
+    real = image.simplejpeg.decode_jpeg
+    monkeypatch.setattr(image.simplejpeg, "decode_jpeg", lambda d, **kw: calls.append(d) or real(d, **kw))
+    fast = image.decode(data, 224, 224, 3, "bicubic")
+    assert calls, "the fast path was not taken"
+    slow = _pillow_only(data, 224, 224, 3, monkeypatch)
+    assert fast.shape == (1, 224, 224, 3) and fast.dtype == np.uint8
+    assert np.array_equal(fast, slow)
+
+
+def test_grayscale_jpeg_to_rgb_and_to_gray_models_match_pillow(cat224: Image.Image,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _jpeg(cat224.convert("L"))
+    for channels in (3, 1):
+        fast = image.decode(data, 224, 224, channels, "bicubic")
+        assert np.array_equal(fast, _pillow_only(data, 224, 224, channels, monkeypatch))
+
+
+def test_images_that_need_resizing_or_are_cmyk_or_png_go_through_pillow(coral_models: Path, cat224: Image.Image,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(image.simplejpeg, "decode_jpeg", lambda *a, **k: pytest.fail("fast path taken"))
+    big = (coral_models / "cat_720p.jpg").read_bytes()
+    cmyk = _jpeg(cat224.convert("CMYK"))
+    buf = io.BytesIO()
+    cat224.save(buf, "PNG")
+    for data in (big, cmyk, buf.getvalue()):
+        assert image.decode(data, 224, 224, 3, "bicubic").shape == (1, 224, 224, 3)
+
+
+def test_a_truncated_jpeg_is_named_as_unreadable(cat224: Image.Image) -> None:
+    data = _jpeg(cat224)
+    with pytest.raises(ValueError, match="not a readable image"):
+        image.decode(data[: len(data) // 3], 224, 224, 3, "bicubic")
+    with pytest.raises(ValueError, match="not a readable image"):
+        image.decode(b"\xff\xd8 not really a jpeg", 224, 224, 3, "bicubic")
