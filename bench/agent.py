@@ -8,11 +8,14 @@ For the real Coral MobileNetV2-224 (uint8) and the compiler's digits CNN, in one
   the bundle installed through its own verify/stage/self-test code), one keep-alive client,
   uploading an image already at the model's input size (JPEG 224x224 for MobileNetV2, PNG 8x8
   for digits): HTTP + multipart + decode + preprocess + quantize + invoke + JSON answer;
+  measured with two clients, interleaved: ``wrk`` (C, one connection; ``apt-get install wrk``)
+  for the agent's own overhead, and Python's ``http.client`` for what a Python app sees (its
+  own request building and response parsing included). The headline uses wrk when installed;
 * a second case uploads the full 720p camera JPEG (decode and resize included);
 * a third sends the input tensor itself (``application/octet-stream`` + ``X-Tensor-Shape``):
   the API's own overhead without image decoding.
 
-Each case also splits the overhead: ``server_p50_ms`` is the median of the agent's own
+Each case also splits the overhead (from the http.client requests): ``server_p50_ms`` is the median of the agent's own
 ``latency_ms`` (request parsed -> answer built), ``http_ms`` = API p50 - that (both ends' HTTP
 handling and the transfer).
 
@@ -188,15 +191,42 @@ class Client:
         return times
 
 
-def interleaved(bare: Bare, client: Client, n: int, block: int = 20) -> tuple[list[float], list[float]]:
-    """Alternate blocks of bare invokes and API requests so machine load hits both alike."""
+class WrkClient:
+    """``wrk -t1 -c1``: one keep-alive connection from a C client sending the same request as
+    :class:`Client`; each :meth:`run` is one wrk run and returns its p50 in ms."""
+
+    def __init__(self, wrk: str, port: int, work: Path, client: Client) -> None:
+        from bench.fallback import WRK_LUA
+        self.wrk, self.url = wrk, f"http://127.0.0.1:{port}/v1/predict"
+        self.script = work / "agent-post.lua"
+        self.script.write_text(WRK_LUA)
+        body = work / f"agent-body-{uuid.uuid4().hex}.bin"
+        body.write_bytes(client.body)
+        self.env = dict(os.environ, BENCH_BODY=str(body), BENCH_CTYPE=client.ctype,
+                        BENCH_HEADERS="\n".join(f"{k}: {v}" for k, v in client.headers.items()))
+
+    def run(self, seconds: int = 1) -> float:
+        from bench.fallback import _wrk
+        summary, _, _ = _wrk(self.wrk, self.script, self.env, self.url, 1, seconds)
+        if summary["status"] or summary["requests"] < 1:
+            raise RuntimeError(f"wrk: {summary['status']} non-2xx answers of {summary['requests']} requests")
+        return float(summary["p50_us"]) / 1000
+
+
+def interleaved(bare: Bare, client: Client, n: int, wrk: WrkClient | None = None, block: int = 20
+                ) -> tuple[list[float], list[float], list[float]]:
+    """Alternate blocks of bare invokes, http.client requests and (when given) one-second wrk
+    runs, so machine load hits all of them alike. Returns (bare ms, http.client ms, wrk p50s)."""
     b: list[float] = []
     a: list[float] = []
+    w: list[float] = []
     while len(a) < n:
         k = min(block, n - len(a))
         b += bare.run(k)
         a += client.run(k)
-    return b, a
+        if wrk is not None:
+            w.append(wrk.run())
+    return b, a, w
 
 
 def _proc_stat(pid: int) -> tuple[float, int]:
@@ -246,8 +276,18 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer requests, shorter idle window")
     p.add_argument("--requests", type=int, help="timed requests per case (default 300, quick 60)")
+    p.add_argument("--client", choices=["auto", "wrk", "python"], default="auto",
+                   help="headline client: wrk (C; the agent's own overhead), python (http.client), "
+                        "auto: wrk when installed. Both are measured when wrk is installed.")
     args = p.parse_args(argv)
     n = args.requests or (60 if args.quick else 300)
+    wrk = shutil.which("wrk") if args.client != "python" else None
+    if args.client == "wrk" and not wrk:
+        print("--client wrk: wrk is not on PATH (apt-get install wrk)", file=sys.stderr)
+        return 2
+    if wrk is None and args.client == "auto":
+        print("WARNING: wrk not found (apt-get install wrk): the figures include the Python "
+              "client's own HTTP work", flush=True)
     idle_s = 3.0 if args.quick else 10.0
     if not (CORAL / "mobilenet_v2_1.0_224_quant.tflite").exists():
         print(f"Coral models not found at {CORAL} (set EDGEFLEET_CORAL_MODELS)", file=sys.stderr)
@@ -302,13 +342,19 @@ def main(argv: list[str] | None = None) -> int:
                 for label, data, fname, headers in uploads:
                     print(f"[{name}] {label}: {n} API requests interleaved with {n} bare invokes...", flush=True)
                     client = Client(port, data, fname, headers)
-                    bare_t, api = interleaved(bare, client, n)
+                    wclient = WrkClient(wrk, port, tmp, client) if wrk else None
+                    bare_t, api, wrk_t = interleaved(bare, client, n, wclient)
                     server = statistics.median(client.server_ms)
                     _, rss = _proc_stat(proc.pid)
                     b50, a50 = statistics.median(bare_t), statistics.median(api)
-                    cases.append({"model": name, "upload": label, "api_p50_ms": a50, "api_p95_ms": _pct(api, 95),
+                    w50 = statistics.median(wrk_t) if wrk_t else None
+                    head50 = w50 if w50 is not None else a50
+                    cases.append({"model": name, "upload": label, "client": "wrk" if w50 is not None else "python",
+                                  "p50_ms": head50, "api_p50_ms": a50, "api_p95_ms": _pct(api, 95),
+                                  "wrk_p50_ms": w50, "wrk_runs": len(wrk_t),
                                   "bare_p50_ms": b50, "bare_p95_ms": _pct(bare_t, 95),
-                                  "overhead_ms": a50 - b50, "overhead_pct": 100 * (a50 / b50 - 1),
+                                  "overhead_ms": head50 - b50, "overhead_pct": 100 * (head50 / b50 - 1),
+                                  "overhead_pct_python_client": 100 * (a50 / b50 - 1),
                                   "server_p50_ms": server, "http_ms": a50 - server,
                                   "rss_mb": round(rss / 2**20, 1), "idle_rss_mb": round(rss_idle / 2**20, 1),
                                   "idle_cpu_pct": round(idle_pct, 2), "served_by": client.last.get("served_by"),
@@ -330,16 +376,20 @@ def main(argv: list[str] | None = None) -> int:
     params.update({"rss_mb": head["rss_mb"], "idle_cpu_pct": head["idle_cpu_pct"],
                    "overhead_pct_mobilenet_v2_224": round(head["overhead_pct"], 1), "goal_overhead_pct": 10,
                    "overhead_pct_mobilenet_v2_224_tensor": round(tensor["overhead_pct"], 1),
+                   "overhead_pct_mobilenet_v2_224_python_client": round(head["overhead_pct_python_client"], 1),
+                   "client": head["client"],
                    "broker": "mosquitto" if broker_proc else "none", "loadavg_end": round(os.getloadavg()[0], 2)})
-    path = report.write("agent", "ms", False, head["api_p50_ms"], None, head["bare_p50_ms"], params, cases)
-    print(f"\n{'model':<18}{'upload':<11}{'API p50':>9}{'p95':>8}{'bare p50':>10}{'overhead':>10}{'in agent':>10}"
-          f"{'HTTP':>7}{'RSS MB':>8}{'idle CPU':>9}")
+    path = report.write("agent", "ms", False, head["p50_ms"], None, head["bare_p50_ms"], params, cases)
+    print(f"\n{'model':<18}{'upload':<11}{'bare p50':>9}{'wrk p50':>9}{'overhead':>9} |{'py p50':>8}{'p95':>7}"
+          f"{'overhead':>9}{'in agent':>9}{'HTTP':>7} |{'RSS MB':>7}{'idle CPU':>9}")
     for c in cases:
-        print(f"{c['model']:<18}{c['upload']:<11}{c['api_p50_ms']:>8.2f} {c['api_p95_ms']:>7.2f} {c['bare_p50_ms']:>9.3f} "
-              f"{c['overhead_pct']:>8.1f}% {c['server_p50_ms'] - c['bare_p50_ms']:>9.3f} {c['http_ms']:>6.3f} "
-              f"{c['rss_mb']:>7.1f} {c['idle_cpu_pct']:>7.2f}%")
-    print("overhead = API p50 / bare p50 - 1; in agent = the agent's latency_ms p50 - bare p50 (decode, "
-          "preprocess, invoke in a serving thread, answer); HTTP = API p50 - latency_ms p50 (both ends' HTTP, transfer)")
+        w = f"{c['wrk_p50_ms']:>8.3f} {c['overhead_pct']:>7.1f}%" if c["wrk_p50_ms"] is not None else f"{'-':>8} {'-':>8}"
+        print(f"{c['model']:<18}{c['upload']:<11}{c['bare_p50_ms']:>8.3f} {w} |{c['api_p50_ms']:>7.2f} "
+              f"{c['api_p95_ms']:>6.2f} {c['overhead_pct_python_client']:>7.1f}% {c['server_p50_ms'] - c['bare_p50_ms']:>8.3f}"
+              f" {c['http_ms']:>6.3f} |{c['rss_mb']:>6.1f} {c['idle_cpu_pct']:>7.2f}%")
+    print("overhead = client p50 / bare p50 - 1 (wrk: C client, the agent's own overhead; py: Python http.client, "
+          "what a Python app sees); in agent = the agent's latency_ms p50 - bare p50 (decode, preprocess, invoke "
+          "in a serving thread, answer); HTTP = py p50 - latency_ms p50 (both ends' HTTP, transfer)")
     print(f"load average {params['loadavg_start']} -> {params['loadavg_end']} (other work on the machine skews both columns)")
     print(f"wrote {path}")
     return 0

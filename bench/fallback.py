@@ -200,12 +200,19 @@ def wait_ready(server: Server, body: bytes, ctype: str, path: str, timeout: floa
     raise RuntimeError(f"{server.name} not ready after {timeout}s: {last}; see {server.log}")
 
 
-def start_seed(model: Path, work: Path) -> Server:
+# The seed's Dockerfile installs plain ``uvicorn`` (no httptools, no uvloop), so its server runs
+# uvicorn's pure-Python h11 protocol on the asyncio loop. This venv has both C parts (ours uses
+# them), so the seed is pinned to what its own image runs; --seed-uvicorn auto lets it use them.
+SEED_UVICORN = {"plain": ["--http", "h11", "--loop", "asyncio"], "auto": []}
+
+
+def start_seed(model: Path, work: Path, uvicorn_mode: str = "plain") -> Server:
     port = free_port()
     log = work / f"seed-{model.stem}.log"
     env = dict(os.environ, SEED_MODEL=str(model))
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.seed_api:app", "--host", "127.0.0.1",
-                             "--port", str(port), "--no-access-log", "--log-level", "warning"],
+                             "--port", str(port), "--no-access-log", "--log-level", "warning",
+                             *SEED_UVICORN[uvicorn_mode]],
                             cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     return Server("seed", proc, f"http://127.0.0.1:{port}", log)
 
@@ -244,6 +251,10 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = os.getenv("BENCH_CTYPE")
+-- optional extra headers, one "Name: value" per line
+for name, value in string.gmatch(os.getenv("BENCH_HEADERS") or "", "([^:\n]+):%s*([^\n]*)") do
+  wrk.headers[name] = value
+end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -504,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", default="--processes 2",
                    help="options added to --ours-args for a third server measured alongside "
                         "(\"\" to skip)")
+    p.add_argument("--seed-uvicorn", choices=sorted(SEED_UVICORN), default="plain",
+                   help="plain: the seed's server as its Dockerfile installs it (uvicorn without "
+                        "httptools/uvloop: h11 + asyncio); auto: let it use them when installed")
     p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
                    help="load generator: wrk (C, cheap; apt-get install wrk), python (httpx, costs "
                         "the servers CPU on a small box), auto: wrk when installed")
@@ -545,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
             body, ctype = multipart(images[name], "upload.jpg" if name != "digits" else "digit.png")
             print(f"== {name}: seed (bench/seed_api.py) and ours (edgefleet-cloud serve), alternating",
                   flush=True)
-            seed = start_seed(path, work)
+            seed = start_seed(path, work, args.seed_uvicorn)
             ours = start_ours(bundles, root, work, extra)
             alt = start_ours(bundles, root, work, extra + variant, "variant") if variant else None
             try:
@@ -610,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         "fallback", "req/s", True, h_ours.rps, h_seed.rps, h_lim.rps,
         params={"headline": f"{head_model} at {head_c} clients", "clients": levels, "duration_s": duration,
                 "warmup_s": warmup, "models": list(models), "max_batch": max_batch, "ours_args": extra,
-                "variant_args": variant,
+                "variant_args": variant, "seed_uvicorn": args.seed_uvicorn,
                 "loadgen": "wrk -t1 (one connection per client)" if wrk else "python httpx",
                 "loadgen_cpu_share_at_headline": {"ours": h_ours.loadgen_cpu_share,
                                                   "seed": h_seed.loadgen_cpu_share},
