@@ -20,6 +20,7 @@ Errors are ``{"detail": "<one line naming the thing and the problem>", "code": "
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
 import time
@@ -27,6 +28,7 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -82,6 +84,26 @@ def status_of(exc: CloudError) -> int:
     if isinstance(exc, InferenceFailed):
         return 500
     return 500
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):  # not C-contiguous, or a dtype orjson does not write
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+class FastJSON(Response):
+    """JSON written by orjson, numpy arrays included (one C call instead of ``tolist()`` plus
+    ``json.dumps``: 1000 float logits cost ~0.4 ms the standard way, ~0.02 ms this way).
+    Floats are written as the shortest text that reads back to the same value (float32 scores
+    as float32, e.g. ``0.1`` rather than ``0.10000000149011612``); NaN and infinities as null."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -226,6 +248,11 @@ class Service:
                             self.config.hub.url, HUB_STARTUP_S)
             self._tasks.append(asyncio.create_task(puller.run()))
         self.ready = True
+        # everything loaded so far (FastAPI, pydantic, onnxruntime bindings, the models) lives
+        # as long as the process: keep it out of the cyclic collector's full passes, which
+        # otherwise walk it again and again under load (measured: ~0.8 ms CPU per request on
+        # MobileNetV2 at 32 clients, docs/cloud.md)
+        gc.freeze()
 
     async def stop(self) -> None:
         self.ready = False
@@ -275,8 +302,7 @@ class Service:
 
 
 def _result(model: ServedModel, outputs: list[np.ndarray]) -> dict[str, Any]:
-    return {"model": model.spec.ref,
-            "outputs": {name: out.tolist() for name, out in zip(model.spec.outputs, outputs)}}
+    return {"model": model.spec.ref, "outputs": dict(zip(model.spec.outputs, outputs))}
 
 
 def _top(model: ServedModel, scores: np.ndarray, k: int = TOP_K) -> list[dict[str, Any]]:
@@ -341,7 +367,7 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
         return error_response(exc.status_code, f"http_{exc.status_code}",
                               f"{request.method} {request.url.path}: {exc.detail}")
 
-    async def image_predict(served: ServedModel, request: Request) -> JSONResponse:
+    async def image_predict(served: ServedModel, request: Request) -> Response:
         spec = served.spec
         if spec.image is None:
             raise BadInput("model", f"{spec.name} {spec.version} takes tensors, not images; "
@@ -357,11 +383,10 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
         outputs = await served.predict_lazy(lambda: image_tensor(data, image, dtype, max_pixels),
                                             (1, *image.sample_shape))
         scores = outputs[0]
-        return JSONResponse({"predictions": scores.tolist(), "model": spec.ref,
-                             "top": _top(served, scores)})
+        return FastJSON({"predictions": scores, "model": spec.ref, "top": _top(served, scores)})
 
     @app.post("/predict", summary="Seed-compatible image prediction", openapi_extra=IMAGE_BODY)
-    async def predict(request: Request, model: str | None = None) -> JSONResponse:
+    async def predict(request: Request, model: str | None = None) -> Response:
         return await image_predict(service.model_for_predict(model), request)
 
     async def tensor_predict(served: ServedModel, request: Request) -> Response:
@@ -385,7 +410,7 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
             return Response(data, media_type="application/octet-stream", headers={
                 "X-Tensor-Shape": shape, "X-Tensor-Dtype": dtype, "X-Model-Name": spec.name,
                 "X-Model-Version": spec.version, "X-Model-Digest": spec.digest})
-        return JSONResponse(_result(served, outputs))
+        return FastJSON(_result(served, outputs))
 
     @app.post("/v1/models/{name}/predict", summary="Tensor prediction, default version",
               openapi_extra=TENSOR_BODY)
@@ -399,12 +424,12 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
 
     @app.post("/v1/models/{name}/predict/image", summary="Image prediction, default version",
               openapi_extra=IMAGE_BODY)
-    async def predict_image(name: str, request: Request) -> JSONResponse:
+    async def predict_image(name: str, request: Request) -> Response:
         return await image_predict(service.catalog.get(name), request)
 
     @app.post("/v1/models/{name}/versions/{version}/predict/image",
               summary="Image prediction on one version", openapi_extra=IMAGE_BODY)
-    async def predict_image_version(name: str, version: str, request: Request) -> JSONResponse:
+    async def predict_image_version(name: str, version: str, request: Request) -> Response:
         return await image_predict(service.catalog.get(name, version), request)
 
     @app.get("/v1/models", summary="Served models and versions")
