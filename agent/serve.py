@@ -37,7 +37,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -189,7 +189,7 @@ class Serving:
         """:meth:`respond` with the bookkeeping done before returning."""
         out = self.respond(req)
         out.settle()
-        return replace(out, after=None)
+        return Answer(out.scores, out.fields, out.scores_json)  # settled: nothing left to run
 
     def respond(self, req: Request) -> Answer:
         """Serve one request; a successful local answer leaves its bookkeeping in ``after``."""
@@ -225,7 +225,7 @@ class Serving:
                     self._probation_tick(model, ok=True)
                     self._offer_shadow(req, scores, took)
 
-                return replace(self._answer(scores, model, model.served_by, t0, model.scores_json(y)), after=after)
+                return self._answer(scores, model, model.served_by, t0, model.scores_json(y), after)
         elif model is None:
             errors.append("no local model installed")
         else:
@@ -248,11 +248,11 @@ class Serving:
         return Answer(out.scores, {**out.fields, **cloud_fields})
 
     def _answer(self, scores: np.ndarray, model: Model | None, path: str, t0: float,
-                scores_json: str | None = None) -> Answer:
+                scores_json: str | None = None, after: Callable[[], None] | None = None) -> Answer:
         top = model.top(scores) if model is not None else [
             {"index": int(i), "label": str(int(i)), "score": float(scores[i])} for i in np.argsort(-scores)[:5]]
         return Answer(scores, {"top": top, "served_by": path, "bundle": model.info.to_dict() if model is not None else None,
-                               "latency_ms": round((time.perf_counter() - t0) * 1000, 3)}, scores_json)
+                               "latency_ms": round((time.perf_counter() - t0) * 1000, 3)}, scores_json, after)
 
     def _use_local(self) -> bool:
         if self.budget_s is None or self.cloud is None or self._ewma_s is None:
