@@ -157,3 +157,64 @@ def test_table_dequantize_gives_the_arithmetic_float32_values(coral_models):
         want = (raw.astype(np.float32) - zp) * scale
         assert got.dtype == np.float32 and got.shape == raw.shape and np.array_equal(got, want)
     assert np.array_equal(m.dequantize(np.array([0.5, -1.0], np.float32)), [0.5, -1.0])
+
+
+def _post_twice(port: int, body: bytes) -> list[tuple[int, dict]]:
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    out = []
+    for _ in range(2):  # the same keep-alive connection
+        conn.request("POST", "/v1/predict", body, {"Content-Type": "image/jpeg"})
+        resp = conn.getresponse()
+        out.append((resp.status, json.loads(resp.read())))
+    conn.close()
+    return out
+
+
+def _served(serving: Serving):
+    import threading
+
+    from agent.serve import make_server
+    srv = make_server("127.0.0.1", 0, serving, lambda: {})
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_bookkeeping_runs_after_the_answer_and_is_counted(coral_models):
+    rec = Recorder()
+    s = Serving(rec, None, None, lambda d, w: None)
+    s.swap(_model(LiteRTBackend(coral_models / MNV1)))
+    srv = _served(s)
+    try:
+        answers = _post_twice(srv.server_address[1], (coral_models / "cat_720p.jpg").read_bytes())
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert [code for code, _ in answers] == [200, 200]
+    import time
+    windows, deadline = [], time.monotonic() + 10
+    while sum(w["counts"]["inferences"] for w in windows) < 2 and time.monotonic() < deadline:
+        windows += rec.rotate()  # the second answer's bookkeeping may still be running
+        time.sleep(0.01)
+    assert sum(w["counts"]["inferences"] for w in windows) == 2
+    assert sum(w["counts"]["cpu"] for w in windows) == 2 and sum(w["latency"]["n"] for w in windows) == 2
+
+
+def test_a_failing_bookkeeping_step_does_not_cost_the_answer_or_the_connection(coral_models, caplog):
+    class Broken(Recorder):
+        def record(self, *args, **kwargs):
+            if args[2]:  # successful requests only: their bookkeeping runs after the answer
+                raise RuntimeError("telemetry store broke")
+            super().record(*args, **kwargs)
+
+    s = Serving(Broken(), None, None, lambda d, w: None)
+    s.swap(_model(LiteRTBackend(coral_models / MNV1)))
+    srv = _served(s)
+    try:
+        answers = _post_twice(srv.server_address[1], (coral_models / "cat_720p.jpg").read_bytes())
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert [code for code, _ in answers] == [200, 200]
+    assert answers[0][1]["top"] == answers[1][1]["top"]
+    assert "bookkeeping after a prediction failed" in caplog.text
