@@ -13,7 +13,11 @@ For the real Coral MobileNetV2-224 (uint8) and the compiler's digits CNN, in one
   own request building and response parsing included). The headline uses wrk when installed;
 * a second case uploads the full 720p camera JPEG (decode and resize included);
 * a third sends the input tensor itself (``application/octet-stream`` + ``X-Tensor-Shape``):
-  the API's own overhead without image decoding.
+  the API's own overhead without image decoding;
+* **floor** (with wrk) - the same requests to ``bench/floor_server.py``, which only reads the
+  request, invokes the model and sends a fixed answer: what the round trip itself costs on this
+  machine (a client that waits ~8 ms for an answer wakes from idle), so the agent's own share
+  is ``wrk p50 - floor p50``.
 
 Each case also splits the overhead (from the http.client requests): ``server_p50_ms`` is the median of the agent's own
 ``latency_ms`` (request parsed -> answer built), ``http_ms`` = API p50 - that (both ends' HTTP
@@ -213,20 +217,40 @@ class WrkClient:
         return float(summary["p50_us"]) / 1000
 
 
-def interleaved(bare: Bare, client: Client, n: int, wrk: WrkClient | None = None, block: int = 20
-                ) -> tuple[list[float], list[float], list[float]]:
+def interleaved(bare: Bare, client: Client, n: int, wrk: WrkClient | None = None,
+                floor: WrkClient | None = None, block: int = 20
+                ) -> tuple[list[float], list[float], list[float], list[float]]:
     """Alternate blocks of bare invokes, http.client requests and (when given) one-second wrk
-    runs, so machine load hits all of them alike. Returns (bare ms, http.client ms, wrk p50s)."""
+    runs against the agent and the floor server, so machine load hits all of them alike.
+    Returns (bare ms, http.client ms, wrk p50s, floor p50s)."""
     b: list[float] = []
     a: list[float] = []
     w: list[float] = []
+    f: list[float] = []
     while len(a) < n:
         k = min(block, n - len(a))
         b += bare.run(k)
         a += client.run(k)
         if wrk is not None:
             w.append(wrk.run())
-    return b, a, w
+        if floor is not None:
+            f.append(floor.run())
+    return b, a, w, f
+
+
+def _start_floor(model: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """bench/floor_server.py on ``model``: recv the request, invoke, send a fixed answer."""
+    port_file = tmp / f"floor-{model.parent.name}.port"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.floor_server", str(model), str(port_file)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if port_file.exists() and port_file.read_text().strip():
+            return proc, int(port_file.read_text())
+        if proc.poll() is not None:
+            raise RuntimeError(f"floor server exited with {proc.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError("floor server did not start in 60 s")
 
 
 def _proc_stat(pid: int) -> tuple[float, int]:
@@ -334,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                 uploads = [("jpeg_224", buf.getvalue(), "cat224.jpg", None), ("jpeg_720p", cat, "cat_720p.jpg", None),
                            ("tensor_u8", px.tobytes(), "", {"X-Tensor-Shape": "1,224,224,3", "X-Tensor-Dtype": "uint8"})]
             proc, port = _start_agent(tmp, name, root_path, state, broker)
+            floor_proc, floor_port = _start_floor(bdir / "model_int8.tflite", tmp) if wrk else (None, 0)
             try:
                 cpu0, _ = _proc_stat(proc.pid)
                 time.sleep(idle_s)
@@ -343,15 +368,19 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{name}] {label}: {n} API requests interleaved with {n} bare invokes...", flush=True)
                     client = Client(port, data, fname, headers)
                     wclient = WrkClient(wrk, port, tmp, client) if wrk else None
-                    bare_t, api, wrk_t = interleaved(bare, client, n, wclient)
+                    fclient = WrkClient(wrk, floor_port, tmp, client) if wrk else None
+                    bare_t, api, wrk_t, floor_t = interleaved(bare, client, n, wclient, fclient)
                     server = statistics.median(client.server_ms)
                     _, rss = _proc_stat(proc.pid)
                     b50, a50 = statistics.median(bare_t), statistics.median(api)
                     w50 = statistics.median(wrk_t) if wrk_t else None
+                    f50 = statistics.median(floor_t) if floor_t else None
                     head50 = w50 if w50 is not None else a50
                     cases.append({"model": name, "upload": label, "client": "wrk" if w50 is not None else "python",
                                   "p50_ms": head50, "api_p50_ms": a50, "api_p95_ms": _pct(api, 95),
-                                  "wrk_p50_ms": w50, "wrk_runs": len(wrk_t),
+                                  "wrk_p50_ms": w50, "wrk_runs": len(wrk_t), "floor_p50_ms": f50,
+                                  "floor_overhead_pct": 100 * (f50 / b50 - 1) if f50 is not None else None,
+                                  "above_floor_ms": w50 - f50 if w50 is not None and f50 is not None else None,
                                   "bare_p50_ms": b50, "bare_p95_ms": _pct(bare_t, 95),
                                   "overhead_ms": head50 - b50, "overhead_pct": 100 * (head50 / b50 - 1),
                                   "overhead_pct_python_client": 100 * (a50 / b50 - 1),
@@ -361,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
                                   "top1": client.last["top"][0]["label"]})
                     client.conn.close()
             finally:
+                if floor_proc is not None:
+                    floor_proc.kill()
+                    floor_proc.wait(10)
                 proc.send_signal(signal.SIGTERM)
                 try:
                     proc.wait(15)
@@ -377,18 +409,22 @@ def main(argv: list[str] | None = None) -> int:
                    "overhead_pct_mobilenet_v2_224": round(head["overhead_pct"], 1), "goal_overhead_pct": 10,
                    "overhead_pct_mobilenet_v2_224_tensor": round(tensor["overhead_pct"], 1),
                    "overhead_pct_mobilenet_v2_224_python_client": round(head["overhead_pct_python_client"], 1),
+                   "floor_overhead_pct_mobilenet_v2_224": (round(head["floor_overhead_pct"], 1)
+                                                           if head["floor_overhead_pct"] is not None else None),
                    "client": head["client"],
                    "broker": "mosquitto" if broker_proc else "none", "loadavg_end": round(os.getloadavg()[0], 2)})
     path = report.write("agent", "ms", False, head["p50_ms"], None, head["bare_p50_ms"], params, cases)
-    print(f"\n{'model':<18}{'upload':<11}{'bare p50':>9}{'wrk p50':>9}{'overhead':>9} |{'py p50':>8}{'p95':>7}"
-          f"{'overhead':>9}{'in agent':>9}{'HTTP':>7} |{'RSS MB':>7}{'idle CPU':>9}")
+    print(f"\n{'model':<18}{'upload':<11}{'bare p50':>9}{'wrk p50':>9}{'overhead':>9}{'floor':>8}{'floor+':>7} |"
+          f"{'py p50':>8}{'p95':>7}{'overhead':>9}{'in agent':>9}{'HTTP':>7} |{'RSS MB':>7}{'idle CPU':>9}")
     for c in cases:
-        w = f"{c['wrk_p50_ms']:>8.3f} {c['overhead_pct']:>7.1f}%" if c["wrk_p50_ms"] is not None else f"{'-':>8} {'-':>8}"
+        w = (f"{c['wrk_p50_ms']:>8.3f} {c['overhead_pct']:>7.1f}% {c['floor_p50_ms']:>7.3f} {c['floor_overhead_pct']:>5.1f}%"
+             if c["wrk_p50_ms"] is not None else f"{'-':>8} {'-':>8} {'-':>7} {'-':>6}")
         print(f"{c['model']:<18}{c['upload']:<11}{c['bare_p50_ms']:>8.3f} {w} |{c['api_p50_ms']:>7.2f} "
               f"{c['api_p95_ms']:>6.2f} {c['overhead_pct_python_client']:>7.1f}% {c['server_p50_ms'] - c['bare_p50_ms']:>8.3f}"
               f" {c['http_ms']:>6.3f} |{c['rss_mb']:>6.1f} {c['idle_cpu_pct']:>7.2f}%")
     print("overhead = client p50 / bare p50 - 1 (wrk: C client, the agent's own overhead; py: Python http.client, "
-          "what a Python app sees); in agent = the agent's latency_ms p50 - bare p50 (decode, preprocess, invoke "
+          "what a Python app sees); floor = wrk against bench/floor_server.py (recv, invoke, fixed answer: the "
+          "round trip and wake-ups any server pays here), floor+ = its overhead over bare; in agent = the agent's latency_ms p50 - bare p50 (decode, preprocess, invoke "
           "in a serving thread, answer); HTTP = py p50 - latency_ms p50 (both ends' HTTP, transfer)")
     print(f"load average {params['loadavg_start']} -> {params['loadavg_end']} (other work on the machine skews both columns)")
     print(f"wrote {path}")

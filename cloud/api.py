@@ -102,8 +102,12 @@ class FastJSON(Response):
 
     media_type = "application/json"
 
-    def render(self, content: Any) -> bytes:
+    @staticmethod
+    def encode(content: Any) -> bytes:
         return orjson.dumps(content, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def render(self, content: Any) -> bytes:
+        return self.encode(content)
 
 
 def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -380,10 +384,13 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
         if not data:
             raise BadInput("file", "is empty")
         image, dtype, max_pixels = spec.image, spec.input.dtype, config.limits.max_image_pixels
-        outputs = await served.predict_lazy(lambda: image_tensor(data, image, dtype, max_pixels),
-                                            (1, *image.sample_shape))
-        scores = outputs[0]
-        return FastJSON({"predictions": scores, "model": spec.ref, "top": _top(served, scores)})
+
+        def answer(outputs: list[np.ndarray]) -> bytes:  # in the worker thread, after the run
+            return FastJSON.encode({"predictions": outputs[0], "model": spec.ref, "top": _top(served, outputs[0])})
+
+        body = await served.predict_lazy(lambda: image_tensor(data, image, dtype, max_pixels),
+                                         (1, *image.sample_shape), answer)
+        return Response(body, media_type="application/json")
 
     @app.post("/predict", summary="Seed-compatible image prediction", openapi_extra=IMAGE_BODY)
     async def predict(request: Request, model: str | None = None) -> Response:
@@ -404,13 +411,14 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
             return error_response(415, "unsupported_media_type",
                                   f"bad Content-Type {ctype or '(none)'!r}: send application/json "
                                   "or application/octet-stream")
-        outputs = await served.predict(x)
         if "application/octet-stream" in request.headers.get("accept", ""):
+            outputs = await served.predict(x)
             data, shape, dtype = tensor_to_bytes(outputs[0])
             return Response(data, media_type="application/octet-stream", headers={
                 "X-Tensor-Shape": shape, "X-Tensor-Dtype": dtype, "X-Model-Name": spec.name,
                 "X-Model-Version": spec.version, "X-Model-Digest": spec.digest})
-        return FastJSON(_result(served, outputs))
+        body = await served.predict(x, lambda outputs: FastJSON.encode(_result(served, outputs)))
+        return Response(body, media_type="application/json")
 
     @app.post("/v1/models/{name}/predict", summary="Tensor prediction, default version",
               openapi_extra=TENSOR_BODY)

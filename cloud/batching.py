@@ -18,6 +18,9 @@ Rules (the worker thread applies them; :func:`take` is the pure part):
 * a request may hand over a ``prepare`` callable instead of a tensor (:meth:`Batcher.submit_lazy`):
   the worker builds the input (decodes the image) just before the run, so decoding uses the
   worker threads' cores instead of the single event-loop thread;
+* it may also hand over a ``finish`` callable: the worker applies it to that request's outputs
+  right after the run (e.g. top-k and the JSON answer), so the event loop gets the finished
+  answer; an exception from it fails that request only;
 * :meth:`Batcher.close` stops new submissions; the workers finish everything queued, then
   exit - that is how a replaced model version drains without dropping requests.
 """
@@ -30,7 +33,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -40,6 +43,7 @@ from .errors import CloudError, Overloaded, Unavailable
 log = logging.getLogger(__name__)
 
 Runner = Callable[[np.ndarray], list[np.ndarray]]
+Finisher = Callable[[list[np.ndarray]], Any]
 BatchHook = Callable[[int, float], None]
 
 
@@ -73,12 +77,13 @@ class _Item:
     x: np.ndarray | None                              # None until ``prepare`` ran
     prepare: Callable[[], np.ndarray] | None          # decoding done by the worker, off the event loop
     pending: Pending
-    future: asyncio.Future[list[np.ndarray]]
+    future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     enqueued: float
+    finish: Finisher | None = None                    # outputs -> answer, in the worker
 
 
-def _resolve(fut: asyncio.Future[list[np.ndarray]], result: list[np.ndarray] | None,
+def _resolve(fut: asyncio.Future[Any], result: Any,
              exc: BaseException | None) -> None:
     if fut.done():
         return
@@ -115,20 +120,23 @@ class Batcher:
         """Samples waiting (not counting the batch being run)."""
         return self._rows
 
-    async def submit(self, x: np.ndarray) -> list[np.ndarray]:
-        """Queue ``x`` (shape ``(rows, *sample)``) and wait for its outputs (rows first)."""
-        return await self._enqueue(x, None, Pending(int(x.shape[0]), tuple(x.shape[1:])))
+    async def submit(self, x: np.ndarray, finish: Finisher | None = None) -> Any:
+        """Queue ``x`` (shape ``(rows, *sample)``) and wait for its outputs (rows first), or for
+        ``finish(outputs)`` computed by the worker."""
+        return await self._enqueue(x, None, Pending(int(x.shape[0]), tuple(x.shape[1:])), finish)
 
-    async def submit_lazy(self, prepare: Callable[[], np.ndarray], shape: tuple[int, ...]) -> list[np.ndarray]:
+    async def submit_lazy(self, prepare: Callable[[], np.ndarray], shape: tuple[int, ...],
+                          finish: Finisher | None = None) -> Any:
         """Queue work whose input a worker thread builds with ``prepare()`` (e.g. decoding an
         image), so the event loop only does HTTP. ``shape`` is what ``prepare`` will return;
-        an exception from it fails this request only."""
-        return await self._enqueue(None, prepare, Pending(int(shape[0]), tuple(shape[1:])))
+        an exception from it fails this request only. With ``finish``, the result is
+        ``finish(outputs)``, computed by the worker."""
+        return await self._enqueue(None, prepare, Pending(int(shape[0]), tuple(shape[1:])), finish)
 
     async def _enqueue(self, x: np.ndarray | None, prepare: Callable[[], np.ndarray] | None,
-                       pending: Pending) -> list[np.ndarray]:
+                       pending: Pending, finish: Finisher | None = None) -> Any:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[np.ndarray]] = loop.create_future()
+        fut: asyncio.Future[Any] = loop.create_future()
         rows = pending.rows
         with self._cond:
             if self._closed:
@@ -136,7 +144,7 @@ class Batcher:
             if self._rows + rows > self.policy.max_queue:
                 raise Overloaded(f"model {self.name}: queue full ({self._rows} of "
                                  f"{self.policy.max_queue} samples waiting)", retry_after=1.0)
-            self._queue.append(_Item(x, prepare, pending, fut, loop, self._clock()))
+            self._queue.append(_Item(x, prepare, pending, fut, loop, self._clock(), finish))
             self._rows += rows
             self._cond.notify()
         return await fut
@@ -182,7 +190,7 @@ class Batcher:
                     f"(limit {p.queue_timeout_s}s)", retry_after=1.0, queue_full=False))
         return batch
 
-    def _answer(self, item: _Item, result: list[np.ndarray] | None, exc: BaseException | None) -> None:
+    def _answer(self, item: _Item, result: Any, exc: BaseException | None) -> None:
         try:
             item.loop.call_soon_threadsafe(_resolve, item.future, result, exc)
         except RuntimeError:
@@ -216,8 +224,15 @@ class Batcher:
         at = 0
         for item in items:
             rows = item.pending.rows
-            self._answer(item, [o[at:at + rows] for o in outputs], None)
+            mine: Any = [o[at:at + rows] for o in outputs]
             at += rows
+            if item.finish is not None:
+                try:
+                    mine = item.finish(mine)
+                except Exception as exc:  # noqa: BLE001 - reported to that request only
+                    self._answer(item, None, self._error(exc))
+                    continue
+            self._answer(item, mine, None)
 
     def _work(self) -> None:
         while True:

@@ -99,16 +99,19 @@ class ServedModel:
             outs[0] = (q[0] * (outs[0].astype(np.float32) - q[1])).astype(np.float32)
         return outs
 
-    async def predict(self, x: np.ndarray) -> list[np.ndarray]:
-        outputs = await self.batcher.submit(x)
+    async def predict(self, x: np.ndarray, finish: Callable[[list[np.ndarray]], Any] | None = None) -> Any:
+        """The outputs for ``x``, or ``finish(outputs)`` computed in the worker thread."""
+        result = await self.batcher.submit(x, finish)
         self._count(int(x.shape[0]))
-        return outputs
+        return result
 
-    async def predict_lazy(self, prepare: Callable[[], np.ndarray], shape: tuple[int, ...]) -> list[np.ndarray]:
-        """Like :meth:`predict`, but a worker thread builds the input (see Batcher.submit_lazy)."""
-        outputs = await self.batcher.submit_lazy(prepare, shape)
+    async def predict_lazy(self, prepare: Callable[[], np.ndarray], shape: tuple[int, ...],
+                           finish: Callable[[list[np.ndarray]], Any] | None = None) -> Any:
+        """Like :meth:`predict`, but a worker thread builds the input and, with ``finish``,
+        turns the outputs into the answer (see Batcher.submit_lazy)."""
+        result = await self.batcher.submit_lazy(prepare, shape, finish)
         self._count(shape[0])
-        return outputs
+        return result
 
     def _count(self, rows: int) -> None:
         if self._metrics is not None:

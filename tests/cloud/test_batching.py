@@ -230,3 +230,28 @@ def test_full_queue_answers_429_with_retry_after_over_http(setup: Setup, trust: 
         r = client.post("/v1/models/tiny/predict", json={"inputs": np.zeros((1, 8, 8, 1)).tolist()})
         assert r.status_code == 200
         assert 'edgefleet_cloud_errors_total{code="overloaded"} 1.0' in client.get("/metrics").text
+
+
+def test_finish_runs_in_the_worker_on_each_requests_rows_and_fails_only_its_own() -> None:
+    rec = Recorder()
+    b = Batcher("m", rec, BatchPolicy(max_batch=8, max_wait_s=0.5, max_queue=64))
+    threads: list[str] = []
+
+    def finish(value: float):
+        def f(outputs: list[np.ndarray]) -> str:
+            threads.append(threading.current_thread().name)
+            if value == 2:
+                raise BadInput("answer", "cannot be written")
+            return f"{float(outputs[0][0, 0]):.0f}"
+        return f
+
+    async def go() -> list[Any]:
+        return await asyncio.gather(*(b.submit(rows(1, float(i)), finish(float(i))) for i in range(4)),
+                                    b.submit_lazy(lambda: rows(1, 5.0), (1, *S), finish(5.0)),
+                                    return_exceptions=True)
+
+    outs = run(go())
+    b.close()
+    assert outs[0] == "0" and outs[1] == "64" and outs[3] == "192" and outs[4] == "320"  # 8*8 ones x value
+    assert isinstance(outs[2], BadInput) and "cannot be written" in str(outs[2])
+    assert len(threads) == 5 and all(t.startswith("batcher-m") for t in threads)
