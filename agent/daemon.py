@@ -32,7 +32,8 @@ from .backlog import Backlog
 from .config import AgentConfig
 from .durable import read_json, write_atomic, write_json
 from .install import crash_verdict, recover
-from .serve import CloudClient, Serving, make_server, make_unix_server
+from .localapi import make_server, make_unix_server
+from .serve import CloudClient, Serving
 from .slots import Slots, SlotsState
 from .telemetry import Recorder, health
 from .transport import ConnectError, Incoming, Transport

@@ -1,12 +1,8 @@
-"""Serving apps on the device: routing (Edge TPU -> CPU -> cloud) and the local HTTP API.
+"""Serving apps on the device: routing (Edge TPU -> CPU -> cloud) and request bodies.
 
-Routes::
-
-    POST /v1/predict   multipart field ``file`` = image, or JSON {"inputs": nested floats},
-                       or a raw image body (Content-Type image/*)
-    POST /predict      the same (alias compatible with the seed's API)
-    GET  /v1/status    what the agent runs and its counters
-    GET  /healthz      200 when a request could be served (local model or cloud), else 503
+The HTTP server is :mod:`agent.localapi`. ``POST /v1/predict`` (alias ``/predict``, the seed's
+route) takes a multipart field ``file`` = image, JSON ``{"inputs": nested floats}``, a raw image
+body (Content-Type image/*) or a binary tensor (:func:`parse_request`).
 
 Answer: ``{"predictions": [scores], "top": [{"index","label","score"}], "served_by":
 "edgetpu"|"cpu"|"onnx"|"cloud", "bundle": {"digest","name","version"}, "latency_ms"}``.
@@ -20,16 +16,10 @@ requests after the answer is computed and records agreement and latency delta, n
 
 from __future__ import annotations
 
-import email.parser
-import email.utils
-import http.client
 import json
 import logging
 import random
 import re
-import os
-import socket
-import socketserver
 import threading
 import time
 import urllib.error
@@ -38,9 +28,6 @@ import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -391,187 +378,3 @@ def _multipart_file(content_type: str, body: bytes) -> Request:
             fn = _FILENAME.search(head)
             return Request(image=data, filename=fn.group(1).decode("utf-8", "replace") if fn else "image")
     raise InputError("multipart body has no field named 'file'")
-
-
-_HEADER_NAME = re.compile(r"[!-9;-~]+\Z")  # the email parser's header-name characters
-_MAX_LINE, _MAX_HEADERS = 65536, 100       # http.client's limits
-
-
-def read_headers(rfile: Any, message_class: type[http.client.HTTPMessage] = http.client.HTTPMessage) -> http.client.HTTPMessage:
-    """``http.client.parse_headers`` without the email parser for plain ``Name: value`` lines
-    (what every client sends); anything else (folded lines, odd names) goes to the email
-    parser exactly as the standard library does. Same errors on too long / too many lines."""
-    lines: list[bytes] = []
-    while True:
-        line = rfile.readline(_MAX_LINE + 1)
-        if len(line) > _MAX_LINE:
-            raise http.client.LineTooLong("header line")
-        lines.append(line)
-        if len(lines) > _MAX_HEADERS:
-            raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
-        if line in (b"\r\n", b"\n", b""):
-            break
-    msg = message_class()
-    for raw in lines[:-1]:
-        text = raw.decode("iso-8859-1")
-        name, sep, value = text.partition(":")
-        value = value.lstrip(" \t").rstrip("\r\n")
-        if not sep or not _HEADER_NAME.match(name) or "\r" in value:
-            return email.parser.Parser(_class=message_class).parsestr(b"".join(lines).decode("iso-8859-1"))  # type: ignore[return-value]
-        msg[name] = value
-    msg.set_payload("")  # as the email parser leaves it
-    return msg
-
-
-_date = (0, "")
-
-
-def _http_date() -> str:
-    """The Date header for now, formatted once per second."""
-    global _date
-    now = int(time.time())
-    if _date[0] != now:
-        _date = (now, email.utils.formatdate(now, usegmt=True))
-    return _date[1]
-
-
-def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "edgefleet-agent"
-        protocol_version = "HTTP/1.1"
-        raw_requestline: bytes
-        # buffered writes: headers and body leave in one send (one segment, one wake-up of
-        # the client); http.server flushes after every request
-        wbufsize = 1 << 16
-
-        def setup(self) -> None:
-            super().setup()
-            # headers and body go out in separate writes; without this, Nagle + delayed ACK
-            # add ~40 ms to every keep-alive request
-            if self.request.family in (socket.AF_INET, socket.AF_INET6):
-                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def address_string(self) -> str:
-            return str(self.client_address[0]) if self.client_address else "unix"
-
-        def log_message(self, fmt: str, *args: Any) -> None:
-            log.debug("http " + fmt, *args)
-
-        def parse_request(self) -> bool:
-            """The standard library's parse_request with :func:`read_headers`, for the usual
-            ``METHOD /path HTTP/1.x`` line; any other request line goes to the standard one."""
-            requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-            words = requestline.split()
-            if len(words) != 3 or words[2] not in ("HTTP/1.1", "HTTP/1.0"):
-                return super().parse_request()
-            self.requestline = requestline
-            self.command, self.path, self.request_version = words
-            self.close_connection = not (words[2] == "HTTP/1.1" and self.protocol_version >= "HTTP/1.1")
-            if self.path.startswith("//"):
-                self.path = "/" + self.path.lstrip("/")
-            try:
-                self.headers = read_headers(self.rfile, self.MessageClass)
-            except http.client.LineTooLong as err:
-                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long", str(err))
-                return False
-            except http.client.HTTPException as err:
-                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers", str(err))
-                return False
-            conntype = self.headers.get("Connection", "").lower()
-            if conntype == "close":
-                self.close_connection = True
-            elif conntype == "keep-alive" and self.protocol_version >= "HTTP/1.1":
-                self.close_connection = False
-            if (self.headers.get("Expect", "").lower() == "100-continue"
-                    and self.protocol_version >= "HTTP/1.1" and self.request_version >= "HTTP/1.1"):
-                return self.handle_expect_100()
-            return True
-
-        def date_time_string(self, timestamp: float | None = None) -> str:
-            if timestamp is not None:
-                return super().date_time_string(timestamp)
-            return _http_date()
-
-        def _send(self, code: int, doc: Any) -> None:
-            """The status line, headers and body in one buffered write (what ``send_response``
-            + ``send_header`` + ``end_headers`` would write, without their per-header calls)."""
-            body = doc.body() if isinstance(doc, Answer) else json.dumps(doc).encode()
-            self.log_request(code)
-            self.wfile.write((f"{self.protocol_version} {code} {HTTPStatus(code).phrase}\r\n"
-                              f"Server: {self.version_string()}\r\nDate: {_http_date()}\r\n"
-                              f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                              f"{'Connection: close' + chr(13) + chr(10) if self.close_connection else ''}"
-                              "\r\n").encode("latin-1") + body)
-
-        def _error(self, code: HTTPStatus, detail: str) -> None:
-            self._send(code, {"error": code.phrase.lower(), "detail": detail})
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-            path = self.path.split("?")[0]
-            if path == "/healthz":
-                ok = serving.ready
-                self._send(200 if ok else 503, {"ok": ok, "model": serving.model is not None})
-            elif path == "/v1/status":
-                self._send(200, status())
-            else:
-                self._error(HTTPStatus.NOT_FOUND, f"no route GET {path}")
-
-        def do_POST(self) -> None:  # noqa: N802
-            path = self.path.split("?")[0]
-            if path not in ("/v1/predict", "/predict"):
-                self._error(HTTPStatus.NOT_FOUND, f"no route POST {path}")
-                return
-            try:
-                length = int(self.headers.get("Content-Length", "0"))
-            except ValueError:
-                self._error(HTTPStatus.BAD_REQUEST, "Content-Length is not a number")
-                return
-            if length > MAX_BODY:
-                self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes exceeds {MAX_BODY}")
-                self.close_connection = True
-                return
-            body = self.rfile.read(length) if length > 0 else b""
-            try:
-                req = parse_request(self.headers.get("Content-Type", ""), body,
-                                    self.headers.get("X-Tensor-Shape"), self.headers.get("X-Tensor-Dtype"))
-                out = serving.respond(req)
-            except InputError as exc:
-                self._error(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc))
-            except Unavailable as exc:
-                self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
-            except Exception as exc:  # the server keeps serving whatever one request does
-                log.exception("predict failed")
-                self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
-            else:
-                self._send(200, out)
-                self.wfile.flush()  # the answer leaves now; the bookkeeping runs after it
-                try:
-                    out.settle()
-                except Exception:  # telemetry must not take the connection down
-                    log.exception("bookkeeping after a prediction failed")
-
-    return Handler
-
-
-def make_server(host: str, port: int, serving: Serving, status: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
-    srv = ThreadingHTTPServer((host, port), _handler(serving, status))
-    srv.daemon_threads = True
-    return srv
-
-
-class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, _ = super().get_request()
-        return sock, ("unix", 0)  # http.server expects a (host, port) pair
-
-
-def make_unix_server(path: Path, serving: Serving, status: Callable[[], dict[str, Any]]) -> UnixHTTPServer:
-    """The same API on a Unix socket (mode 0660): local apps without a TCP port."""
-    if path.is_socket():
-        path.unlink()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    srv = UnixHTTPServer(str(path), _handler(serving, status))
-    os.chmod(path, 0o660)
-    return srv

@@ -59,7 +59,10 @@ def main(argv: list[str]) -> int:
         conn, _ = srv.accept()
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with conn:
-            _serve(conn, it.invoke)
+            try:
+                _serve(conn, it.invoke)
+            except OSError:  # the client went away mid-request (wrk does at the end of a run)
+                pass
 
 
 if __name__ == "__main__":

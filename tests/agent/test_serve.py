@@ -174,7 +174,7 @@ def _post_twice(port: int, body: bytes) -> list[tuple[int, dict]]:
 def _served(serving: Serving):
     import threading
 
-    from agent.serve import make_server
+    from agent.localapi import make_server
     srv = make_server("127.0.0.1", 0, serving, lambda: {})
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
@@ -218,35 +218,3 @@ def test_a_failing_bookkeeping_step_does_not_cost_the_answer_or_the_connection(c
     assert [code for code, _ in answers] == [200, 200]
     assert answers[0][1]["top"] == answers[1][1]["top"]
     assert "bookkeeping after a prediction failed" in caplog.text
-
-
-@pytest.mark.parametrize("head", [
-    b"Host: a\r\nContent-Type: image/jpeg\r\nContent-Length: 4\r\nX-Tensor-Shape:1,2\r\n\r\n",
-    b"Host: a\nX-A:   spaced\t \nX-A: twice\n\n",                        # LF endings, duplicates, whitespace
-    b"Host: a\r\nX-Folded: one\r\n two\r\nAccept: */*\r\n\r\n",          # obsolete line folding
-    b"Host: a\r\nNo colon here\r\nAccept: */*\r\n\r\n",                   # a line without a colon
-    b"Host: a\r\nBad Name: x\r\nAccept: */*\r\n\r\n",                     # a space in the name ends the headers
-    b"Host: a\r\nX-Cr: a\rb\r\nAccept: */*\r\n\r\n",                      # a lone CR splits the line
-    b"Host: \xe9t\xe9\r\n: empty name\r\n\r\n",
-    b"Host: a\r\n",                                                       # connection closed mid-headers
-])
-def test_request_headers_read_like_the_standard_library(head):
-    import http.client
-    import io
-
-    from agent.serve import read_headers
-    ours, std = io.BytesIO(head + b"BODY"), io.BytesIO(head + b"BODY")
-    got, want = read_headers(ours), http.client.parse_headers(std)
-    assert got.items() == want.items() and got.get_payload() == want.get_payload()
-    assert ours.read() == std.read()  # the body is left where the standard library leaves it
-
-
-def test_too_many_or_too_long_header_lines_fail_like_the_standard_library():
-    import http.client
-    import io
-
-    from agent.serve import read_headers
-    with pytest.raises(http.client.HTTPException, match="more than 100 headers"):
-        read_headers(io.BytesIO(b"X: y\r\n" * 101 + b"\r\n"))
-    with pytest.raises(http.client.LineTooLong):
-        read_headers(io.BytesIO(b"X: " + b"y" * 70000 + b"\r\n\r\n"))
