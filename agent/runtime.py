@@ -208,7 +208,7 @@ class Model:
     selftest: dict[str, Any] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _direct: bool | None = None
-    _score_levels: Any = None  # (dtype, float per 8-bit value, JSON text per value): see _levels
+    _score_levels: Any = None  # (dtype, float per 8-bit value): see _levels
 
     @classmethod
     def open(cls, slot_dir: Path, artifact: str, runtime: str, info: BundleInfo,
@@ -321,18 +321,10 @@ class Model:
         q = np.round(x / scale) + zp if scale else np.round(x)
         return np.clip(q, info.min, info.max).astype(dtype).reshape(self.backend.input_shape)
 
-    def scores_json(self, out: np.ndarray) -> str | None:
-        """``json.dumps(dequantize(out).astype(float).tolist())``, read from a 256-entry table
-        when the model's output is 8-bit (None otherwise): same text, no per-float repr."""
-        levels = self._levels(out.dtype)
-        if levels is None:
-            return None
-        return "[" + ", ".join(map(levels[1].__getitem__, out.reshape(-1).view(np.uint8).tobytes())) + "]"
-
     def dequantize(self, raw: np.ndarray) -> np.ndarray:
         levels = self._levels(raw.dtype)
         if levels is not None:  # one table lookup instead of three array passes (same float32 values)
-            return levels[0][raw.view(np.uint8)]
+            return levels[raw.view(np.uint8)]
         return self._dequantize(raw)
 
     def _dequantize(self, raw: np.ndarray) -> np.ndarray:
@@ -341,14 +333,14 @@ class Model:
             return (raw.astype(np.float32) - zp) * scale
         return raw.astype(np.float32)
 
-    def _levels(self, dtype: np.dtype[Any]) -> tuple[np.ndarray, list[str]] | None:
-        """For an 8-bit output: each of its 256 values (by byte) dequantized, and as JSON text."""
+    def _levels(self, dtype: np.dtype[Any]) -> np.ndarray | None:
+        """For an 8-bit output: each of its 256 values (indexed by byte) dequantized."""
         if dtype not in (np.uint8, np.int8):
             return None
         if self._score_levels is None or self._score_levels[0] != dtype:
-            floats = self._dequantize(np.arange(256, dtype=np.uint8).view(dtype))
-            self._score_levels = (np.dtype(dtype), floats, [json.dumps(v) for v in floats.astype(float).tolist()])
-        return self._score_levels[1], self._score_levels[2]
+            self._score_levels = (np.dtype(dtype), self._dequantize(np.arange(256, dtype=np.uint8).view(dtype)))
+        levels: np.ndarray = self._score_levels[1]
+        return levels
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Float input tensor -> float scores (1-D). Raises ModelError."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agent.runtime import InputError, LiteRTBackend, Model, ModelError
-from agent.serve import Request, Serving, Unavailable, parse_request
+from agent.serve import Answer, Request, Serving, Unavailable, parse_request
 from agent.telemetry import Recorder
 from protocol.messages import BundleInfo
 
@@ -133,19 +133,19 @@ def test_switching_with_an_empty_window_closes_nothing():
     assert [w["bundle"] for w in r.rotate()] == ["b" * 64]
 
 
-def test_answer_body_is_byte_for_byte_the_json_of_its_document(coral_models):
-    """The pre-encoded scores of an 8-bit output read the same as json.dumps would write."""
+def test_answer_body_reads_back_as_its_document_in_float32(coral_models):
+    """The body is written by orjson: every score reads back to the exact float32 served."""
     m = _model(LiteRTBackend(coral_models / MNV1))
     s = Serving(Recorder(), None, None, lambda d, w: None)
     s.swap(m)
     answer = s.answer(Request(image=(coral_models / "cat_720p.jpg").read_bytes()))
-    assert answer.scores_json is not None
-    assert answer.body() == json.dumps(answer.doc()).encode()
-    assert json.loads(answer.body())["top"][0]["index"] == int(np.argmax(answer.scores))
-    for dtype in (np.uint8, np.int8):  # every level of both 8-bit types
-        levels = np.arange(256, dtype=np.uint8).view(dtype)
-        assert m.scores_json(levels) == json.dumps(m.dequantize(levels).astype(float).tolist())
-    assert m.scores_json(np.zeros(3, np.float32)) is None
+    got, want = json.loads(answer.body()), answer.doc()
+    assert list(got) == ["predictions", "top", "served_by", "bundle", "latency_ms"]
+    assert np.array_equal(np.asarray(got["predictions"], np.float32), answer.scores)
+    assert {k: v for k, v in got.items() if k != "predictions"} == {k: v for k, v in want.items() if k != "predictions"}
+    assert got["top"][0]["index"] == int(np.argmax(answer.scores))
+    odd = Answer(np.array([np.nan, 0.1, np.inf], np.float32)[::2], {"top": [], "n": np.int64(3)})
+    assert json.loads(odd.body()) == {"predictions": [None, None], "top": [], "n": 3}
 
 
 def test_table_dequantize_gives_the_arithmetic_float32_values(coral_models):
