@@ -381,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "wrk_p50_ms": w50, "wrk_runs": len(wrk_t), "floor_p50_ms": f50,
                                   "floor_overhead_pct": 100 * (f50 / b50 - 1) if f50 is not None else None,
                                   "above_floor_ms": w50 - f50 if w50 is not None and f50 is not None else None,
+                                  "above_floor_pct": 100 * (w50 - f50) / b50 if w50 is not None and f50 is not None
+                                  else None,
                                   "bare_p50_ms": b50, "bare_p95_ms": _pct(bare_t, 95),
                                   "overhead_ms": head50 - b50, "overhead_pct": 100 * (head50 / b50 - 1),
                                   "overhead_pct_python_client": 100 * (a50 / b50 - 1),
@@ -411,20 +413,25 @@ def main(argv: list[str] | None = None) -> int:
                    "overhead_pct_mobilenet_v2_224_python_client": round(head["overhead_pct_python_client"], 1),
                    "floor_overhead_pct_mobilenet_v2_224": (round(head["floor_overhead_pct"], 1)
                                                            if head["floor_overhead_pct"] is not None else None),
+                   "above_floor_pct_mobilenet_v2_224": (round(head["above_floor_pct"], 1)
+                                                        if head["above_floor_pct"] is not None else None),
                    "client": head["client"],
                    "broker": "mosquitto" if broker_proc else "none", "loadavg_end": round(os.getloadavg()[0], 2)})
     path = report.write("agent", "ms", False, head["p50_ms"], None, head["bare_p50_ms"], params, cases)
-    print(f"\n{'model':<18}{'upload':<11}{'bare p50':>9}{'wrk p50':>9}{'overhead':>9}{'floor':>8}{'floor+':>7} |"
+    print(f"\n{'model':<18}{'upload':<11}{'bare p50':>9}{'wrk p50':>9}{'overhead':>9}{'floor':>8}{'floor+':>7}"
+          f"{'ours-floor':>11} |"
           f"{'py p50':>8}{'p95':>7}{'overhead':>9}{'in agent':>9}{'HTTP':>7} |{'RSS MB':>7}{'idle CPU':>9}")
     for c in cases:
         w = (f"{c['wrk_p50_ms']:>8.3f} {c['overhead_pct']:>7.1f}% {c['floor_p50_ms']:>7.3f} {c['floor_overhead_pct']:>5.1f}%"
-             if c["wrk_p50_ms"] is not None else f"{'-':>8} {'-':>8} {'-':>7} {'-':>6}")
+             f" {c['above_floor_pct']:>9.1f}%"
+             if c["wrk_p50_ms"] is not None else f"{'-':>8} {'-':>8} {'-':>7} {'-':>6} {'-':>10}")
         print(f"{c['model']:<18}{c['upload']:<11}{c['bare_p50_ms']:>8.3f} {w} |{c['api_p50_ms']:>7.2f} "
               f"{c['api_p95_ms']:>6.2f} {c['overhead_pct_python_client']:>7.1f}% {c['server_p50_ms'] - c['bare_p50_ms']:>8.3f}"
               f" {c['http_ms']:>6.3f} |{c['rss_mb']:>6.1f} {c['idle_cpu_pct']:>7.2f}%")
     print("overhead = client p50 / bare p50 - 1 (wrk: C client, the agent's own overhead; py: Python http.client, "
           "what a Python app sees); floor = wrk against bench/floor_server.py (recv, invoke, fixed answer: the "
-          "round trip and wake-ups any server pays here), floor+ = its overhead over bare; in agent = the agent's latency_ms p50 - bare p50 (decode, preprocess, invoke "
+          "round trip and wake-ups any server pays here), floor+ = its overhead over bare, ours-floor = (wrk p50 - "
+          "floor p50) / bare p50, the agent's own share, steadier when the machine is noisy; in agent = the agent's latency_ms p50 - bare p50 (decode, preprocess, invoke "
           "in a serving thread, answer); HTTP = py p50 - latency_ms p50 (both ends' HTTP, transfer)")
     print(f"load average {params['loadavg_start']} -> {params['loadavg_end']} (other work on the machine skews both columns)")
     print(f"wrote {path}")

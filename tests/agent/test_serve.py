@@ -180,16 +180,21 @@ def _served(serving: Serving):
     return srv
 
 
-def test_bookkeeping_runs_after_the_answer_and_is_counted(coral_models):
-    rec = Recorder()
-    s = Serving(rec, None, None, lambda d, w: None)
+def _two_answers(recorder: Recorder, coral_models) -> list[tuple[int, dict]]:
+    """Two image requests on one connection to a real local API server around ``recorder``."""
+    s = Serving(recorder, None, None, lambda d, w: None)
     s.swap(_model(LiteRTBackend(coral_models / MNV1)))
     srv = _served(s)
     try:
-        answers = _post_twice(srv.server_address[1], (coral_models / "cat_720p.jpg").read_bytes())
+        return _post_twice(srv.server_address[1], (coral_models / "cat_720p.jpg").read_bytes())
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_bookkeeping_runs_after_the_answer_and_is_counted(coral_models):
+    rec = Recorder()
+    answers = _two_answers(rec, coral_models)
     assert [code for code, _ in answers] == [200, 200]
     import time
     windows, deadline = [], time.monotonic() + 10
@@ -207,14 +212,7 @@ def test_a_failing_bookkeeping_step_does_not_cost_the_answer_or_the_connection(c
                 raise RuntimeError("telemetry store broke")
             super().record(*args, **kwargs)
 
-    s = Serving(Broken(), None, None, lambda d, w: None)
-    s.swap(_model(LiteRTBackend(coral_models / MNV1)))
-    srv = _served(s)
-    try:
-        answers = _post_twice(srv.server_address[1], (coral_models / "cat_720p.jpg").read_bytes())
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    answers = _two_answers(Broken(), coral_models)
     assert [code for code, _ in answers] == [200, 200]
     assert answers[0][1]["top"] == answers[1][1]["top"]
     assert "bookkeeping after a prediction failed" in caplog.text
