@@ -94,20 +94,12 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
 
 
-class FastJSON(Response):
+def json_bytes(content: Any) -> bytes:
     """JSON written by orjson, numpy arrays included (one C call instead of ``tolist()`` plus
     ``json.dumps``: 1000 float logits cost ~0.4 ms the standard way, ~0.02 ms this way).
     Floats are written as the shortest text that reads back to the same value (float32 scores
     as float32, e.g. ``0.1`` rather than ``0.10000000149011612``); NaN and infinities as null."""
-
-    media_type = "application/json"
-
-    @staticmethod
-    def encode(content: Any) -> bytes:
-        return orjson.dumps(content, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
-
-    def render(self, content: Any) -> bytes:
-        return self.encode(content)
+    return orjson.dumps(content, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -386,7 +378,7 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
         image, dtype, max_pixels = spec.image, spec.input.dtype, config.limits.max_image_pixels
 
         def answer(outputs: list[np.ndarray]) -> bytes:  # in the worker thread, after the run
-            return FastJSON.encode({"predictions": outputs[0], "model": spec.ref, "top": _top(served, outputs[0])})
+            return json_bytes({"predictions": outputs[0], "model": spec.ref, "top": _top(served, outputs[0])})
 
         body = await served.predict_lazy(lambda: image_tensor(data, image, dtype, max_pixels),
                                          (1, *image.sample_shape), answer)
@@ -417,7 +409,7 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
             return Response(data, media_type="application/octet-stream", headers={
                 "X-Tensor-Shape": shape, "X-Tensor-Dtype": dtype, "X-Model-Name": spec.name,
                 "X-Model-Version": spec.version, "X-Model-Digest": spec.digest})
-        body = await served.predict(x, lambda outputs: FastJSON.encode(_result(served, outputs)))
+        body = await served.predict(x, lambda outputs: json_bytes(_result(served, outputs)))
         return Response(body, media_type="application/json")
 
     @app.post("/v1/models/{name}/predict", summary="Tensor prediction, default version",
