@@ -62,10 +62,10 @@ class Head:
     """A parsed request head: method, path (query dropped), version, headers (lower-case names,
     first value wins, as ``email.message.Message.get``)."""
 
-    __slots__ = ("method", "target", "path", "version", "headers")
+    __slots__ = ("method", "path", "version", "headers")
 
     def __init__(self, method: str, target: str, version: str, headers: dict[str, str]) -> None:
-        self.method, self.target, self.version, self.headers = method, target, version, headers
+        self.method, self.version, self.headers = method, version, headers
         path = target.split("?", 1)[0]
         self.path = "/" + path.lstrip("/") if path.startswith("//") else path
 
@@ -197,27 +197,24 @@ def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[soc
                     return False
                 head = parse_head(block.lstrip(b"\r\n"))  # stray CRLF before a request is allowed
                 allowed = _ROUTES.get(head.path)
-                if allowed is None:
-                    length = body_length(head)
-                    self._fill(length)
-                    del self.buf[:length]
-                    return self._send(HTTPStatus.NOT_FOUND, _error(HTTPStatus.NOT_FOUND,
-                                      f"no route {head.method} {head.path}"), head.keep_alive)
-                if head.method != allowed:
+                if allowed is not None and head.method != allowed:
                     raise BadRequest(HTTPStatus.METHOD_NOT_ALLOWED, f"{head.path} takes {allowed}, not {head.method}",
                                      allow=allowed)
-                if allowed == "GET":
-                    return self._get(head)
                 length = body_length(head)
-                if head.version == "HTTP/1.1" and head.headers.get("expect", "").lower() == "100-continue":
+                if allowed == "POST" and head.version == "HTTP/1.1" and head.headers.get("expect", "").lower() == "100-continue":
                     self.request.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-                self._fill(length)
+                self._fill(length)  # every request's body is read, whatever its route
                 body = bytes(self.buf[:length])
                 del self.buf[:length]
             except BadRequest as exc:
                 extra = f"Allow: {exc.allow}\r\n" if exc.allow else ""
                 self.request.sendall(response(exc.status, _error(exc.status, str(exc)), close=True, extra=extra))
                 return False
+            if allowed is None:
+                return self._send(HTTPStatus.NOT_FOUND, _error(HTTPStatus.NOT_FOUND, f"no route {head.method} {head.path}"),
+                                  head.keep_alive)
+            if allowed == "GET":
+                return self._get(head)
             return self._post(head, body)
 
         def _get(self, head: Head) -> bool:
