@@ -1,0 +1,58 @@
+"""The recorder's drift features from raw 8-bit pixels are protocol's features of the float input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.telemetry import Recorder, raw_image_features
+from protocol.features import input_features
+
+PRE = {"kind": "image", "height": 32, "width": 24, "channels": 3}
+
+
+@pytest.mark.parametrize("dtype, affine", [
+    (np.uint8, (1 / 128, -1.0)),        # Coral's MobileNet preprocess
+    (np.uint8, (1 / 255, 0.0)),
+    (np.int8, (0.0078125, 0.0078125)),  # an int8 input: x = (q - zp) * scale, zp = -1
+])
+def test_raw_pixel_features_equal_the_float_input_features(dtype, affine):
+    rng = np.random.default_rng(3)
+    raw = rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max + 1, (1, 32, 24, 3)).astype(dtype)
+    raw[0, :4] = np.iinfo(dtype).max  # some skew, so the channels differ
+    want = input_features(raw.astype(np.float32) * affine[0] + affine[1], PRE)
+    got = raw_image_features(raw, affine, PRE)
+    assert got is not None and list(got) == list(want)
+    for name in want:
+        assert got[name] == pytest.approx(want[name], abs=1e-5), name
+
+
+def test_a_constant_image_has_zero_spread_not_a_negative_variance():
+    raw = np.full((1, 32, 24, 3), 200, np.uint8)
+    got = raw_image_features(raw, (1 / 128, -1.0), PRE)
+    assert got is not None
+    assert [got[f"std_c{i}"] for i in range(3)] == [0.0, 0.0, 0.0]
+    assert got["brightness"] == pytest.approx(200 / 128 - 1)
+
+
+def test_float_inputs_and_tensor_models_take_the_float_way():
+    assert raw_image_features(np.zeros((1, 32, 24, 3), np.float32), (1.0, 0.0), PRE) is None
+    assert raw_image_features(np.zeros((1, 8), np.uint8), (1.0, 0.0), {"kind": "tensor"}) is None
+
+
+def test_raw_pixels_land_in_the_same_drift_bins_as_their_floats():
+    """End to end through the recorder's worker: a raw request and the same request as floats
+    are binned alike."""
+    edges = [-0.5, 0.0, 0.5]
+    baseline = {"inputs": {f"mean_c{i}": {"edges": edges} for i in range(3)} | {"brightness": {"edges": edges}}}
+    raw = np.zeros((1, 32, 24, 3), np.uint8)
+    raw[..., 0], raw[..., 1], raw[..., 2] = 40, 128, 250  # floats ~ -0.69, 0.0, 0.95
+    bins = []
+    for x, affine in ((raw, (1 / 128, -1.0)), (raw.astype(np.float32) / 128 - 1.0, None)):
+        r = Recorder()
+        r.set_bundle("a" * 64, baseline, PRE)
+        r.record("cpu", 0.01, True, x, None, affine)
+        r.drain()
+        bins.append(r.rotate()[0]["drift"]["inputs"])
+    assert bins[0] == bins[1]
+    assert bins[0]["mean_c0"] == [1, 0, 0, 0] and bins[0]["mean_c2"] == [0, 0, 0, 1]
