@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 
 from bench import report
+from bench.floor_server import content_length
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".edgefleet" / "bench-cache"
@@ -258,14 +259,14 @@ class RawClient:
     no JSON parsing, so its own cost is a few tens of microseconds, close to wrk's; unlike wrk
     it times one request at a time, which :func:`paired` needs."""
 
-    def __init__(self, port: int, client: Client) -> None:
-        extra = "".join(f"{k}: {v}\r\n" for k, v in client.headers.items())
-        self.request = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {client.ctype}\r\n"
-                        f"{extra}Content-Length: {len(client.body)}\r\n\r\n").encode("latin-1") + client.body
+    def __init__(self, port: int, body: bytes, ctype: str, headers: dict[str, str], warmup: int = 5) -> None:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.request = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+                        f"{extra}Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.last_server_ms: float | None = None  # the latency_ms of the last answer (the floor sends none)
-        for _ in range(5):
+        for _ in range(warmup):
             self.once()
 
     def once(self) -> float:
@@ -276,11 +277,7 @@ class RawClient:
         while b"\r\n\r\n" not in buf:
             buf += self._recv()
         head, _, buf = buf.partition(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
+        length = content_length(head)
         while len(buf) < length:
             buf += self._recv()
         took = (time.perf_counter() - t0) * 1000
@@ -492,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
                     wclient = WrkClient(wrk, port, tmp, client) if wrk else None
                     fclient = WrkClient(wrk, floor_port, tmp, client) if wrk else None
                     bare_t, api, wrk_t, floor_t = interleaved(bare, client, n, wclient, fclient)
-                    ours_raw, floor_raw = RawClient(port, client), RawClient(floor_port, client)
+                    ours_raw = RawClient(port, client.body, client.ctype, client.headers)
+                    floor_raw = RawClient(floor_port, client.body, client.ctype, client.headers)
                     try:
                         pb, pa, pf, ps = paired(bare, ours_raw, floor_raw, n)
                     finally:

@@ -20,6 +20,15 @@ import numpy as np
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
 
+def content_length(head: bytes) -> int:
+    """The Content-Length of an HTTP message head (request or answer); 0 when it has none."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
 def _serve(conn: socket.socket, invoke: object) -> None:
     buf = b""
     while True:
@@ -29,11 +38,7 @@ def _serve(conn: socket.socket, invoke: object) -> None:
                 return
             buf += chunk
         head, _, buf = buf.partition(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
+        length = content_length(head)
         while len(buf) < length:
             chunk = conn.recv(65536)
             if not chunk:
