@@ -205,7 +205,11 @@ class Serving:
                     x = model.image_to_input(req.image) if req.image is not None else model.tensor_to_input(req.inputs)
                     raw = model.quantize(x)  # ModelError if the bundle's preprocess cannot feed its model
                 t1 = time.perf_counter()
-                y = model.invoke_raw(raw)
+                self.recorder.invoking.set()
+                try:
+                    y = model.invoke_raw(raw)
+                finally:
+                    self.recorder.invoking.clear()
                 scores = model.dequantize(y).reshape(-1)
                 took = time.perf_counter() - t1
             except ModelError as exc:

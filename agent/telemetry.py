@@ -23,6 +23,9 @@ from protocol.messages import COUNT_KEYS
 from protocol.sketch import LatencySketch, bin_index
 
 
+DRIFT_WAIT_S = 0.02
+
+
 def _edges(baseline: dict[str, Any] | None, side: str) -> dict[str, list[float]]:
     if not isinstance(baseline, dict) or not isinstance(baseline.get(side), dict):
         return {}
@@ -65,9 +68,10 @@ class Recorder:
         self._bundle: str | None = None
         self._edges: dict[str, dict[str, list[float]]] = {"inputs": {}, "outputs": {}}
         self._preprocess: dict[str, Any] = {}
-        self._drift_q: queue.Queue[tuple[Any, Any, Any, Any]] = queue.Queue(maxsize=256)
+        self._drift_q: queue.Queue[tuple[float, Any, Any, Any, Any]] = queue.Queue(maxsize=256)
         self._drift_skipped = 0  # samples not binned because the worker fell behind
         self._closed: list[dict[str, Any]] = []  # windows closed early by a model switch
+        self.invoking = threading.Event()  # set by the serving path while a model runs: see _drift_worker
         self._reset()
         threading.Thread(target=self._drift_worker, name="drift", daemon=True).start()
 
@@ -96,7 +100,7 @@ class Recorder:
         ``affine`` = (scale, offset) when ``x`` is raw pixels still to be mapped to floats."""
         if ok and (x is not None or scores is not None) and (self._edges["inputs"] or self._edges["outputs"]):
             try:
-                self._drift_q.put_nowait((self._bundle, x, scores, affine))
+                self._drift_q.put_nowait((time.monotonic(), self._bundle, x, scores, affine))
             except queue.Full:
                 self._drift_skipped += 1
         with self._lock:
@@ -111,21 +115,34 @@ class Recorder:
 
     def _drift_worker(self) -> None:
         while True:
-            bundle, x, scores, affine = self._drift_q.get()
+            queued, bundle, x, scores, affine = self._drift_q.get()
+            # Bin while a model runs: invoke() lets go of the GIL, so this thread's numpy work
+            # then costs the request threads nothing, whereas right after an answer it would
+            # hold the GIL while the next request is read and decoded. A sample waits for that
+            # at most DRIFT_WAIT_S after it was queued (an idle agent bins it then).
+            wait = queued + DRIFT_WAIT_S - time.monotonic()
+            if wait > 0:
+                self.invoking.wait(wait)
             try:
-                feats_in = self._input_features(x, affine) if (x is not None and self._edges["inputs"]) else {}
-                feats_out = output_features(scores) if (scores is not None and self._edges["outputs"]) else {}
-            except (ValueError, TypeError, IndexError):
-                self._drift_skipped += 1
-                continue
-            with self._lock:
-                if bundle != self._bundle:
-                    continue  # the bundle changed: these edges no longer apply
-                for side, feats in (("inputs", feats_in), ("outputs", feats_out)):
-                    for name, value in feats.items():
-                        edges = self._edges[side].get(name)
-                        if edges is not None:
-                            self._drift[side][name][bin_index(edges, value)] += 1
+                self._bin(bundle, x, scores, affine)
+            finally:
+                self._drift_q.task_done()
+
+    def _bin(self, bundle: str | None, x: Any, scores: Any, affine: tuple[float, float] | None) -> None:
+        try:
+            feats_in = self._input_features(x, affine) if (x is not None and self._edges["inputs"]) else {}
+            feats_out = output_features(scores) if (scores is not None and self._edges["outputs"]) else {}
+        except (ValueError, TypeError, IndexError):
+            self._drift_skipped += 1
+            return
+        with self._lock:
+            if bundle != self._bundle:
+                return  # the bundle changed: these edges no longer apply
+            for side, feats in (("inputs", feats_in), ("outputs", feats_out)):
+                for name, value in feats.items():
+                    edges = self._edges[side].get(name)
+                    if edges is not None:
+                        self._drift[side][name][bin_index(edges, value)] += 1
 
     def _input_features(self, x: Any, affine: tuple[float, float] | None) -> dict[str, float]:
         """Drift features of the model's float input; ``x`` is raw pixels when ``affine`` is given."""
@@ -139,7 +156,7 @@ class Recorder:
     def drain(self, timeout: float = 2.0) -> None:
         """Wait until queued drift samples are binned (tests, shutdown)."""
         deadline = time.monotonic() + timeout
-        while not self._drift_q.empty() and time.monotonic() < deadline:
+        while self._drift_q.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.005)
 
     def record_shadow(self, agree: bool | None, delta_s: float) -> None:

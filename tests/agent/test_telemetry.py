@@ -56,3 +56,32 @@ def test_raw_pixels_land_in_the_same_drift_bins_as_their_floats():
         bins.append(r.rotate()[0]["drift"]["inputs"])
     assert bins[0] == bins[1]
     assert bins[0]["mean_c0"] == [1, 0, 0, 0] and bins[0]["mean_c2"] == [0, 0, 0, 1]
+
+
+def _drift_bins(r: Recorder) -> dict:
+    return r.rotate()[0]["drift"]["inputs"]
+
+
+def test_a_drift_sample_is_binned_while_a_model_runs_not_right_after_the_answer(monkeypatch):
+    """The worker holds a fresh sample until the serving path signals an invoke (which frees the
+    GIL), so binning does not hold the GIL while the next request is being read."""
+    import agent.telemetry as telemetry
+    monkeypatch.setattr(telemetry, "DRIFT_WAIT_S", 30.0)
+    r = Recorder()
+    r.set_bundle("a" * 64, {"inputs": {"brightness": {"edges": [0.0]}}}, PRE)
+    r.record("cpu", 0.01, True, np.full((1, 32, 24, 3), 250, np.uint8), None, (1 / 128, -1.0))
+    r.drain(timeout=0.2)
+    assert r._drift_q.unfinished_tasks == 1  # still held: no model has run since
+    r.invoking.set()
+    r.drain()
+    assert r._drift_q.unfinished_tasks == 0
+    assert _drift_bins(r)["brightness"] == [0, 1]
+
+
+def test_an_idle_agent_still_bins_its_last_samples():
+    r = Recorder()
+    r.set_bundle("a" * 64, {"inputs": {"brightness": {"edges": [0.0]}}}, PRE)
+    for value in (10, 250, 250):
+        r.record("cpu", 0.01, True, np.full((1, 32, 24, 3), value, np.uint8), None, (1 / 128, -1.0))
+    r.drain()  # no invoke at all: each waits DRIFT_WAIT_S at most
+    assert _drift_bins(r)["brightness"] == [1, 2]
