@@ -34,7 +34,13 @@ DEVICE_READ = ("desired", "ack")
 
 
 def new_secret(nbytes: int = 24) -> str:
-    return secrets.token_urlsafe(nbytes)
+    """A URL-safe random secret that never starts with ``-``: enrollment tokens are pasted
+    after ``--token`` on a command line, where argparse would take ``-x...`` for an option
+    (one token in 64 did, and ``edgefleet-agent enroll`` failed with "expected one argument")."""
+    while True:
+        secret = secrets.token_urlsafe(nbytes)
+        if not secret.startswith("-"):
+            return secret
 
 
 def token_hash(token: str) -> str:

@@ -115,3 +115,10 @@ def test_enrolled_device_may_publish_only_on_its_own_topics(tmp_path: Path, keys
         hub.fleet.engine.dispose()
     devs = api.get("/api/v1/devices?group=lab").json()
     assert sorted(d["device_id"] for d in devs["items"]) == ["dev-a", "dev-b"]
+
+
+def test_a_new_secret_never_starts_with_a_dash_so_it_survives_the_command_line(monkeypatch):
+    """`edgefleet-agent enroll --token -x...` would be read as an option; such draws are redrawn."""
+    draws = iter(["-dashfirst", "--double", "ok-token"])
+    monkeypatch.setattr(credentials.secrets, "token_urlsafe", lambda n: next(draws))
+    assert credentials.new_secret() == "ok-token"
