@@ -572,8 +572,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{ci(c, 'overhead_pct'):>19} {ci(c, 'floor_overhead_pct'):>18}{c['in_agent_ms']:>9.3f}{c['http_ms']:>6.3f} |"
               f"{opt(c['overhead_pct_wrk'])} {opt(c['floor_overhead_pct_wrk'])}|{c['api_p50_ms']:>7.2f} "
               f"{c['api_p95_ms']:>6.2f} {c['overhead_pct_python_client']:>6.1f}%|{c['rss_mb']:>6.1f} {c['idle_cpu_pct']:>7.2f}%")
-    print("overhead = API latency / bare invoke - 1. Paired rounds (the headline): one bare invoke, one agent "
-          "request and one floor request back to back, order rotating; overhead = median over rounds of "
+    print("overhead = API latency / bare invoke - 1. Paired rounds (the headline): two bare invokes, two agent "
+          "requests and two floor requests back to back, the second of each timed; overhead = median over rounds of "
           "agent / bare - 1, with a 95 % bootstrap interval, so the VM's slow and fast phases cancel. "
           "floor = bench/floor_server.py (recv, invoke, fixed answer: the round trip any server pays here). "
           "in agent = median over rounds of the agent's latency_ms - bare (decode, preprocess, invoke in a "
