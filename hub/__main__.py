@@ -105,7 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     hub = build(config)
     hub.start()
     log.info("hub on http://%s:%d (db %s, broker %s)", config.host, config.port, config.db.split("://")[0],
-             config.broker)
+             config.broker_url.without_credentials())
     try:
         uvicorn.run(hub.app, host=config.host, port=config.port, log_level=args.log_level.lower(),
                     access_log=False)

@@ -77,6 +77,11 @@ class BrokerUrl:
         return cls(u.hostname, port, unquote(u.username) if u.username else None,
                    unquote(u.password) if u.password else None)
 
+    def without_credentials(self) -> str:
+        """``mqtt://host:port``: what may be logged or handed to a device (never the password)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqtt://{host}:{self.port}"
+
 
 @dataclass(frozen=True)
 class HubConfig:
@@ -103,6 +108,13 @@ class HubConfig:
     @property
     def broker_url(self) -> BrokerUrl:
         return BrokerUrl.parse(self.broker)
+
+    @property
+    def broker_for_devices(self) -> str:
+        """The broker URL an enrolling device is told: ``broker_public`` or the hub's own broker,
+        always without user or password. The hub's broker user has readwrite on ``ef/v1/#``;
+        a device that learnt it could read and forge the whole fleet's traffic."""
+        return BrokerUrl.parse(self.broker_public or self.broker).without_credentials()
 
     @classmethod
     def load(cls, given: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> "HubConfig":
@@ -148,6 +160,10 @@ class HubConfig:
                 raise ConfigError("tokens", f"token for role {role} is a default value")
             tokens[tok] = role
         BrokerUrl.parse(str(pick("broker")))
+        public = str(pick("broker_public") or "")
+        if public and BrokerUrl.parse(public).password is not None:
+            raise ConfigError("broker_public", f"{BrokerUrl.parse(public).without_credentials()} carries a password; "
+                                               "devices get their own credentials at enrollment, never a shared one")
         db = str(pick("db"))
         if "://" not in db:
             raise ConfigError("db", f"{db!r} must be a SQLAlchemy URL like sqlite:///hub.db")
@@ -160,7 +176,7 @@ class HubConfig:
             tick=as_float("tick", 0.05, 3600.0), offline_after=as_int("offline_after", 5, 86400 * 30),
             mqtt_auth_dir=Path(pick("mqtt_auth_dir")) if pick("mqtt_auth_dir") else None,
             broker_pid_file=Path(pick("broker_pid_file")) if pick("broker_pid_file") else None,
-            enroll_ttl=as_int("enroll_ttl", 60, 366 * 86400), broker_public=str(pick("broker_public") or ""),
+            enroll_ttl=as_int("enroll_ttl", 60, 366 * 86400), broker_public=public,
             retention=as_int("retention", 3600, 10 * 366 * 86400))
 
 

@@ -16,6 +16,12 @@ which is the device id; the client-chosen client id is never trusted)::
 
 so a device can publish only on its own topics (MQTT v5 PUBACK 135 otherwise) and read only
 its own desired state and acks, bundle chunks and the root.
+
+Beside them the hub writes ``edgefleet.conf``, the broker listener the two files need, for
+the operator's ``mosquitto.conf`` to ``include_dir``: the hub's broker port (bound to loopback
+when the hub reaches the broker there), no anonymous clients, the files, the client id
+replaced by the username (otherwise a device connecting with another device's
+client id knocks it off and takes over its session) and a packet-size limit.
 """
 
 from __future__ import annotations
@@ -75,12 +81,38 @@ def render_acl(hub_user: str | None) -> str:
     return "\n".join(lines)
 
 
-def write_files(directory: Path, passwd: str, acl: str) -> tuple[Path, Path]:
+MIN_PACKET_BYTES = 1024 * 1024  # status/report/telemetry are <= 256 KiB (protocol.messages)
+
+
+def max_packet_bytes(chunk_size: int) -> int:
+    """The largest MQTT packet the fleet sends: a bundle chunk plus topic and headers."""
+    return max(MIN_PACKET_BYTES, chunk_size + 64 * 1024)
+
+
+def render_broker_conf(directory: Path, chunk_size: int, port: int, bind: str | None) -> str:
+    """A listener section: ``use_username_as_clientid`` belongs to the listener above it, so the
+    file opens its own (a TLS listener instead: copy the lines below ``listener`` after it)."""
+    d = directory.resolve()
+    return "\n".join([
+        "# written by the edgefleet hub; edits are overwritten. In mosquitto.conf (and no other",
+        f"# listener on port {port}):  include_dir {d}",
+        f"listener {port}{' ' + bind if bind else ''}",
+        "allow_anonymous false",
+        f"password_file {d / 'passwd'}",
+        f"acl_file {d / 'acl'}",
+        "# a client's id is its username: no device can take over another's session",
+        "use_username_as_clientid true",
+        f"max_packet_size {max_packet_bytes(chunk_size)}",
+        ""])
+
+
+def write_files(directory: Path, passwd: str, acl: str, conf: str | None = None) -> tuple[Path, Path]:
     """Atomic rewrite. New files are 0640; an existing file keeps its mode and group, so an
     operator can ``chgrp mosquitto`` them once (the broker reads them after dropping root)."""
     directory.mkdir(parents=True, exist_ok=True)
     out = []
-    for name, text in (("passwd", passwd), ("acl", acl)):
+    files = [("passwd", passwd), ("acl", acl)] + ([("edgefleet.conf", conf)] if conf is not None else [])
+    for name, text in files:
         path = directory / name
         tmp = path.with_name(name + ".tmp")
         tmp.write_text(text)

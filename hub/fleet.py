@@ -39,6 +39,7 @@ from .store import BundleStore, split_archive
 from .transport import Outgoing, Publisher
 
 log = logging.getLogger(__name__)
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 ACTIVE_PHASES = ("running", "paused", "awaiting_approval")
 ALERT_SCAN_S = 30      # how often the ticker scans for offline / latency / drift alerts
@@ -428,8 +429,7 @@ class Fleet:
             s.commit()
             device_id = row.device
         self.write_broker_auth()
-        broker = self.config.broker_public or self.config.broker
-        return {"device_id": device_id, "broker": broker,
+        return {"device_id": device_id, "broker": self.config.broker_for_devices,
                 "mqtt": {"username": device_id, "password": password},
                 "root": self.keys.root_bytes.decode()}
 
@@ -445,7 +445,9 @@ class Fleet:
         if url.username and url.password:
             users.append((url.username, credentials.password_hash(url.password)))
         credentials.write_files(self.config.mqtt_auth_dir, credentials.render_passwd(users),
-                                credentials.render_acl(url.username))
+                                credentials.render_acl(url.username),
+                                credentials.render_broker_conf(self.config.mqtt_auth_dir, self.config.chunk_size, url.port,
+                                                               url.host if url.host in LOOPBACK else None))
         reloaded = credentials.reload_broker(self.config.broker_pid_file)
         log.info("broker credentials written for %d users%s", len(users), " (broker reloaded)" if reloaded else "")
         return True

@@ -120,14 +120,17 @@ class Broker:
         wait_port(self.port)
 
 
-def start_mosquitto(directory: Path, extra_conf: str = "") -> Broker:
+def start_mosquitto(directory: Path, extra_conf: str = "", port: int | None = None) -> Broker:
+    """A broker on a free loopback port. Given ``port``, ``extra_conf`` brings the listener
+    (e.g. the hub's generated edgefleet.conf through include_dir)."""
     if shutil.which("mosquitto") is None:
         pytest.skip("mosquitto binary not on PATH")
-    port = free_port()
+    listener = "" if port is not None else f"listener {free_port()} 127.0.0.1\nallow_anonymous true\n"
+    port = port if port is not None else int(listener.split()[1])
     directory.mkdir(parents=True, exist_ok=True)
     conf = directory / "mosquitto.conf"
     conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        f"{listener}persistence true\n"
         f"persistence_location {directory}/\nautosave_interval 1\n" + extra_conf)
     broker = Broker(port, None, conf)  # type: ignore[arg-type]
     broker.start()

@@ -4,6 +4,7 @@ a device can publish only on its own topics (MQTT v5 PUBACK 135 elsewhere)."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -16,7 +17,7 @@ from hub.server import build
 from hub.transport import MemoryPublisher
 from protocol.signing import load_root_unverified
 
-from ..conftest import start_mosquitto
+from ..conftest import free_port, start_mosquitto
 from .conftest import TOKEN, hub_config
 
 
@@ -30,13 +31,15 @@ def test_password_hash_is_the_mosquitto_passwd_format():
 class Client:
     """paho v5 client that records PUBACK reason codes."""
 
-    def __init__(self, port: int, user: str, password: str) -> None:
+    def __init__(self, port: int, user: str, password: str, client_id: str | None = None) -> None:
         self.acks: dict[int, int] = {}
         self.connected = threading.Event()
+        self.disconnects = 0
         self.rc: int | None = None
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"c-{user}", protocol=mqtt.MQTTv5)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"c-{user}", protocol=mqtt.MQTTv5)
         c.username_pw_set(user, password)
         c.on_connect = self._on_connect
+        c.on_disconnect = lambda *_a: setattr(self, "disconnects", self.disconnects + 1)
         c.on_publish = lambda _c, _u, mid, rc, _p: self.acks.__setitem__(mid, rc.value)
         c.connect("127.0.0.1", port)
         c.loop_start()
@@ -60,7 +63,8 @@ class Client:
 def test_enrolled_device_may_publish_only_on_its_own_topics(tmp_path: Path, keys_dir: Path):
     auth = tmp_path / "auth"
     pid_file = tmp_path / "broker.pid"
-    cfg = hub_config(tmp_path, keys_dir, broker="mqtt://hub:hub-secret@127.0.0.1:1", mqtt_auth_dir=auth,
+    port = free_port()
+    cfg = hub_config(tmp_path, keys_dir, broker=f"mqtt://hub:hub-secret@127.0.0.1:{port}", mqtt_auth_dir=auth,
                      broker_pid_file=pid_file)
     hub = build(cfg, publisher=MemoryPublisher(), with_broker=False)
     api = TestClient(hub.app, headers={"Authorization": f"Bearer {TOKEN}"})
@@ -70,6 +74,7 @@ def test_enrolled_device_may_publish_only_on_its_own_topics(tmp_path: Path, keys
         got = TestClient(hub.app).post("/api/v1/enroll", json={"token": tok})
         assert got.status_code == 200, got.text
         body = got.json()
+        assert "hub-secret" not in got.text and body["broker"] == f"mqtt://127.0.0.1:{port}"  # never the hub's user
         assert load_root_unverified(body["root"].encode()).version == 1 and body["mqtt"]["username"] == dev
         creds[dev] = body["mqtt"]["password"]
         again = TestClient(hub.app).post("/api/v1/enroll", json={"token": tok})
@@ -77,8 +82,7 @@ def test_enrolled_device_may_publish_only_on_its_own_topics(tmp_path: Path, keys
     assert "pattern write ef/v1/dev/%u/telemetry" in (auth / "acl").read_text()
     # `user root`: the test's files live under pytest's root-only tmp dir (mosquitto drops to
     # its own user otherwise and could not read them)
-    broker = start_mosquitto(tmp_path / "broker", f"allow_anonymous false\npassword_file {auth / 'passwd'}\n"
-                                                  f"acl_file {auth / 'acl'}\nuser root\n")
+    broker = start_mosquitto(tmp_path / "broker", f"include_dir {auth}\nuser root\n", port=port)  # the hub's edgefleet.conf
     clients = []
     try:
         pid_file.write_text(str(broker.proc.pid))
@@ -89,6 +93,22 @@ def test_enrolled_device_may_publish_only_on_its_own_topics(tmp_path: Path, keys
         assert a.publish_rc("ef/v1/dev/dev-a/desired") == 135     # its own desired is hub-only
         assert a.publish_rc("ef/v1/bundle/" + "0" * 64 + "/chunk/0") == 135
         assert a.publish_rc("ef/v1/dev/dev-a/telemetry") in (0, 16)  # ok / no subscribers
+        # reading: dev-a subscribed to everything sees none of dev-b's traffic
+        seen: list[str] = []
+        a.c.on_message = lambda _c, _u, m: seen.append(m.topic)
+        a.c.subscribe([("ef/v1/#", 1), ("ef/v1/dev/dev-b/desired", 1), ("#", 1)])
+        b = Client(broker.port, "dev-b", creds["dev-b"])
+        clients.append(b)
+        assert b.connected.wait(10) and b.rc == 0
+        assert b.publish_rc("ef/v1/dev/dev-b/telemetry") in (0, 16)
+        hubw = Client(broker.port, "hub", "hub-secret")
+        clients.append(hubw)
+        assert hubw.connected.wait(10) and hubw.publish_rc("ef/v1/dev/dev-b/desired") in (0, 16)
+        assert hubw.publish_rc("ef/v1/dev/dev-a/desired") in (0, 16)
+        deadline = time.monotonic() + 10
+        while "ef/v1/dev/dev-a/desired" not in seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen and set(seen) == {"ef/v1/dev/dev-a/desired"}, seen  # its own, nothing of dev-b's
         wrong = Client(broker.port, "dev-b", "not-the-password")
         clients.append(wrong)
         assert wrong.connected.wait(10) and wrong.rc in (134, 135)
@@ -98,7 +118,6 @@ def test_enrolled_device_may_publish_only_on_its_own_topics(tmp_path: Path, keys
         # a device enrolled while the broker runs gets in after the hub's SIGHUP
         tok = api.post("/api/v1/devices/enroll", json={"device": "dev-c"}).json()["token"]
         pw = TestClient(hub.app).post("/api/v1/enroll", json={"token": tok}).json()["mqtt"]["password"]
-        import time
         deadline = time.monotonic() + 10
         while True:
             c = Client(broker.port, "dev-c", pw)
@@ -108,6 +127,14 @@ def test_enrolled_device_may_publish_only_on_its_own_topics(tmp_path: Path, keys
                 break
             time.sleep(0.2)
         assert c.rc == 0 and c.publish_rc("ef/v1/dev/dev-c/status") in (0, 16)
+        # client-id takeover: dev-b connecting under dev-a's client id does not knock dev-a off
+        before = a.disconnects
+        for _ in range(3):
+            thief = Client(broker.port, "dev-b", creds["dev-b"], client_id="c-dev-a")
+            clients.append(thief)
+            assert thief.connected.wait(10) and thief.rc == 0
+        time.sleep(1.0)
+        assert a.disconnects == before and a.publish_rc("ef/v1/dev/dev-a/telemetry") in (0, 16)
     finally:
         for c in clients:
             c.close()
@@ -122,3 +149,25 @@ def test_a_new_secret_never_starts_with_a_dash_so_it_survives_the_command_line(m
     draws = iter(["-dashfirst", "--double", "ok-token"])
     monkeypatch.setattr(credentials.secrets, "token_urlsafe", lambda n: next(draws))
     assert credentials.new_secret() == "ok-token"
+
+
+def test_enrollment_never_hands_out_the_hubs_broker_password(tmp_path: Path, keys_dir: Path):
+    """The hub's broker user has readwrite on ef/v1/#; a device (or its SD card) that learnt it
+    could read and forge the whole fleet's traffic. Devices get their own user, and the URL
+    they are told carries no credentials, from --broker or --broker-public alike."""
+    for public, told in (("", "mqtt://127.0.0.1:1"), ("mqtt://broker.example:8883", "mqtt://broker.example:8883")):
+        cfg = hub_config(tmp_path / (public[-4:] or "none"), keys_dir, broker="mqtt://hub:hub-secret@127.0.0.1:1",
+                         broker_public=public)
+        hub = build(cfg, publisher=MemoryPublisher(), with_broker=False)
+        api = TestClient(hub.app, headers={"Authorization": f"Bearer {TOKEN}"})
+        tok = api.post("/api/v1/devices/enroll", json={"device": "dev-a"}).json()["token"]
+        got = TestClient(hub.app).post("/api/v1/enroll", json={"token": tok})
+        assert got.status_code == 200 and got.json()["broker"] == told and "hub-secret" not in got.text
+        hub.fleet.engine.dispose()
+
+
+def test_a_public_broker_url_with_a_password_is_refused_at_start():
+    from hub.config import HubConfig
+    from hub.errors import ConfigError
+    with pytest.raises(ConfigError, match="broker_public.*carries a password"):
+        HubConfig.load({"dev": True, "broker_public": "mqtt://hub:s3cret@broker:1883"}, environ={})
