@@ -102,11 +102,13 @@ class Agent:
 
     # reports, status, telemetry --------------------------------------------------------------
     def report(self, stage: str, status: str, reason: Reason = Reason.OK, detail: str = "",
-               desired_seq: int = 0, bundle: str | None = None, progress: float | None = None,
+               desired_seq: int | None = None, bundle: str | None = None, progress: float | None = None,
                metrics: dict[str, Any] | None = None) -> None:
+        """``desired_seq`` None = the last verified document's; 0 = no verified document (the
+        hub matches a report to a rollout by this seq, so only a signed seq may be named)."""
         seq = self.backlog.next_seq("report")
         msg = Report(self.cfg.device_id, seq, int(time.time()), stage, status, reason.value, detail[:2000],
-                     desired_seq or self.trusted_seq, bundle, progress, metrics or {})
+                     self.trusted_seq if desired_seq is None else desired_seq, bundle, progress, metrics or {})
         log.log(logging.WARNING if status == "failed" else logging.INFO,
                 "report %s %s %s %s", stage, status, reason.value, detail)
         self.backlog.add("report", seq, msg.to_bytes(), time.time())
@@ -328,6 +330,13 @@ class Agent:
                     self.updater.accept(desired, payload, now)
                 return
             seq, digest = _unverified_hint(payload)
+            if exc.reason is not Reason.EXPIRED:
+                # Only an expired document's seq is signed (expiry is checked after the
+                # signature). Any other claim is the sender's: naming it would let a forged
+                # document fail the install the hub really issued under that seq.
+                self.report("verify", "failed", exc.reason,
+                            f"desired document rejected: {exc} (it claimed seq {seq}, bundle {digest})", 0)
+                return
             self.report("verify", "failed", exc.reason, f"desired document rejected: {exc}",
                         seq, digest)
             return

@@ -44,7 +44,7 @@ class Publisher(Protocol):
 
 class ReportFn(Protocol):
     def __call__(self, stage: str, status: str, reason: Reason = Reason.OK, detail: str = "",
-                 desired_seq: int = 0, bundle: str | None = None, progress: float | None = None,
+                 desired_seq: int | None = None, bundle: str | None = None, progress: float | None = None,
                  metrics: dict[str, Any] | None = None) -> None: ...
 
 

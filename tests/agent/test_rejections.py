@@ -190,3 +190,22 @@ def test_clock_behind_the_newest_accepted_document_cannot_revive_an_expired_one(
     hub.desire(agent.device, pub, expires_in=3600)  # fresh by the wall clock, expired by the floor
     r = hub.report(agent.device, "verify", "failed")
     assert r.reason == Reason.EXPIRED.value
+
+
+def test_forged_desired_claiming_the_next_seq_names_no_seq_so_it_cannot_fail_the_real_install(
+        tmp_path, coral_models, trust, hub, running):
+    """A document signed by a key the root does not know, claiming the seq the hub will issue
+    next: the rejection report names seq 0 (no verified document), never the claimed seq, which
+    the hub would match to its own install under that seq and mark failed."""
+    from protocol.signing import SigningKey
+    agent, good = running
+    env, _, archive = _second(tmp_path, coral_models, trust)
+    pub = hub.publish_bundle(env, archive)
+    next_seq = hub.seqs[agent.device] + 1
+    hub.desire(agent.device, pub, seq=next_seq, keys=[SigningKey.generate()])
+    rej = hub.report(agent.device, "verify", "failed")
+    assert rej.reason == Reason.UNKNOWN_KEY.value
+    assert rej.desired_seq == 0 and f"claimed seq {next_seq}" in rej.detail
+    hub.desire(agent.device, pub, seq=next_seq)  # the real document under that seq installs
+    assert hub.report(agent.device, "commit", "ok", pub.ref.digest).desired_seq == next_seq
+    _untouched(agent, pub, coral_models)
