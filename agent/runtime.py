@@ -151,10 +151,13 @@ class LiteRTBackend:
         self.output_quant = (float(out["quantization"][0]), int(out["quantization"][1]))
 
     def invoke_raw(self, x: np.ndarray) -> np.ndarray:
+        it = self._it
+        if it is None:
+            raise ModelError("invoke failed: the interpreter is closed")
         try:
-            self._it.set_tensor(self._in, x)
-            self._it.invoke()
-            return np.array(self._it.get_tensor(self._out))
+            it.set_tensor(self._in, x)
+            it.invoke()
+            return np.array(it.get_tensor(self._out))
         except (RuntimeError, ValueError) as exc:
             raise ModelError(f"invoke failed: {str(exc).splitlines()[0]}") from None
 
@@ -181,8 +184,11 @@ class OnnxBackend:
         self.output_quant = (0.0, 0)
 
     def invoke_raw(self, x: np.ndarray) -> np.ndarray:
+        session = self._s
+        if session is None:
+            raise ModelError("invoke failed: the session is closed")
         try:
-            return np.asarray(self._s.run(None, {self._in_name: x.astype(np.float32)})[0])
+            return np.asarray(session.run(None, {self._in_name: x.astype(np.float32)})[0])
         except Exception as exc:
             raise ModelError(f"invoke failed: {str(exc).splitlines()[0]}") from None
 
@@ -198,7 +204,14 @@ def load_backend(path: Path, runtime: str, threads: int | None = None) -> Backen
 
 @dataclass
 class Model:
-    """A loaded bundle: one backend plus the manifest's preprocess spec, labels and baseline."""
+    """A loaded bundle: one backend plus the manifest's preprocess spec, labels and baseline.
+
+    Lifetime (what makes a model switch lose no request): a request takes the model with
+    :meth:`hold` and gives it back with :meth:`release`; :meth:`close` only retires it, and
+    the backend is closed when the last holder releases it (at once if nobody holds it). So
+    the updater can swap a new model in and close the old one while requests are still
+    running on the old one: they finish on it, then it goes. Invokes are serialized on
+    ``_lock`` (one interpreter is not thread-safe), and closing the backend takes it too."""
 
     backend: Backend
     info: BundleInfo
@@ -209,6 +222,9 @@ class Model:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _direct: bool | None = None
     _score_levels: Any = None  # (dtype, float per 8-bit value): see _levels
+    _users: int = 0            # holders (requests running on this model): see hold/release
+    _retired: bool = False     # close() was called; the backend closes with the last holder
+    _users_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def open(cls, slot_dir: Path, artifact: str, runtime: str, info: BundleInfo,
@@ -359,8 +375,32 @@ class Model:
         return [{"index": int(i), "label": self.labels[i] if i < len(self.labels) else str(int(i)),
                  "score": float(scores[i])} for i in idx]
 
+    def hold(self) -> None:
+        """One more user; the backend stays open until the matching :meth:`release`."""
+        with self._users_lock:
+            self._users += 1
+
+    def release(self) -> None:
+        with self._users_lock:
+            self._users -= 1
+            last = self._retired and self._users == 0
+        if last:
+            self._close_backend()
+
     def close(self) -> None:
-        self.backend.close()
+        """Retire the model: its backend closes now if nobody holds it, else when the last
+        holder releases it."""
+        with self._users_lock:
+            if self._retired:
+                return
+            self._retired = True
+            last = self._users == 0
+        if last:
+            self._close_backend()
+
+    def _close_backend(self) -> None:
+        with self._lock:  # after an invoke in progress by a caller that did not hold the model
+            self.backend.close()
 
 
 def default_preprocess(backend: Backend) -> dict[str, Any]:

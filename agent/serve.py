@@ -12,6 +12,10 @@ Routing: the active model serves unless it is missing, raises, or its recent lat
 says so. While a freshly switched model is on probation, its errors are counted and the daemon
 is told when they reach the limit (it rolls back). Shadow mode runs a candidate on a sample of
 requests after the answer is computed and records agreement and latency delta, never serving it.
+
+A model switch fails no request: the old model serves until the new one is loaded and swapped
+in; requests already running on the old one finish on it, and it is closed after the last of
+them (:class:`agent.runtime.Model` counts its holders).
 """
 
 from __future__ import annotations
@@ -155,7 +159,8 @@ class Serving:
 
     # model management (daemon thread) ---------------------------------------------------
     def swap(self, model: Model | None, probation: tuple[int, int] | None = None) -> Model | None:
-        """Make ``model`` active; return the one it replaces (the caller closes it)."""
+        """Make ``model`` active; return the one it replaces (the caller closes it: requests
+        already running on it finish first, see :class:`~agent.runtime.Model`)."""
         with self._lock:
             old, self.model = self.model, model
             self._probation = ({"window": probation[0], "max": probation[1], "n": 0, "errors": 0}
@@ -188,48 +193,28 @@ class Serving:
         return Answer(out.scores, out.fields)  # settled: nothing left to run
 
     def respond(self, req: Request) -> Answer:
-        """Serve one request; a successful local answer leaves its bookkeeping in ``after``."""
+        """Serve one request; a successful local answer leaves its bookkeeping in ``after``.
+
+        The active model is taken and held under the swap lock, so a switch in the meantime
+        cannot close it under this request: it runs to the end on the model it started with."""
         t0 = time.perf_counter()
-        model = self.model
+        with self._lock:
+            model = self.model
+            if model is not None:
+                model.hold()
         errors: list[str] = []
-        x = None
-        if model is not None and self._use_local():
-            affine = None
-            try:
-                if req.image is not None and model.direct:
-                    x = raw = model.image_to_raw(req.image)  # drift floats are made off the request path
-                    affine = (float(model.preprocess.get("scale", 1.0)), float(model.preprocess.get("offset", 0.0)))
-                elif req.tensor is not None:
-                    x, raw, affine = model.binary_to_raw(req.tensor)
-                else:
-                    x = model.image_to_input(req.image) if req.image is not None else model.tensor_to_input(req.inputs)
-                    raw = model.quantize(x)  # ModelError if the bundle's preprocess cannot feed its model
-                t1 = time.perf_counter()
-                self.recorder.invoking.set()
-                try:
-                    y = model.invoke_raw(raw)
-                finally:
-                    self.recorder.invoking.clear()
-                scores = model.dequantize(y).reshape(-1)
-                took = time.perf_counter() - t1
-            except ModelError as exc:
-                errors.append(f"{model.served_by}: {exc}")
-                self.recorder.record(model.served_by, 0.0, False)
-                self._probation_tick(model, ok=False)
-            else:
-                seconds = time.perf_counter() - t0
-
-                def after() -> None:
-                    self._observe_local(took)
-                    self.recorder.record(model.served_by, seconds, True, x, scores, affine)
-                    self._probation_tick(model, ok=True)
-                    self._offer_shadow(req, scores, took)
-
-                return self._answer(scores, model, model.served_by, t0, after)
-        elif model is None:
+        if model is None:
             errors.append("no local model installed")
         else:
-            errors.append("local latency over budget")
+            try:
+                if self._use_local():
+                    local = self._local(req, model, t0, errors)
+                    if local is not None:
+                        return local
+                else:
+                    errors.append("local latency over budget")
+            finally:
+                model.release()  # the answer and its bookkeeping need no interpreter
         if self.cloud is None:
             raise Unavailable("; ".join(errors + ["no cloud fallback configured"]))
         try:
@@ -246,6 +231,42 @@ class Serving:
         if isinstance(doc.get("model"), dict):
             cloud_fields["cloud_model"] = doc["model"]
         return Answer(out.scores, {**out.fields, **cloud_fields})
+
+    def _local(self, req: Request, model: Model, t0: float, errors: list[str]) -> Answer | None:
+        """The answer of the (held) local model, or None with the reason added to ``errors``."""
+        x = None
+        affine = None
+        try:
+            if req.image is not None and model.direct:
+                x = raw = model.image_to_raw(req.image)  # drift floats are made off the request path
+                affine = (float(model.preprocess.get("scale", 1.0)), float(model.preprocess.get("offset", 0.0)))
+            elif req.tensor is not None:
+                x, raw, affine = model.binary_to_raw(req.tensor)
+            else:
+                x = model.image_to_input(req.image) if req.image is not None else model.tensor_to_input(req.inputs)
+                raw = model.quantize(x)  # ModelError if the bundle's preprocess cannot feed its model
+            t1 = time.perf_counter()
+            self.recorder.invoking.set()
+            try:
+                y = model.invoke_raw(raw)
+            finally:
+                self.recorder.invoking.clear()
+            scores = model.dequantize(y).reshape(-1)
+            took = time.perf_counter() - t1
+        except ModelError as exc:
+            errors.append(f"{model.served_by}: {exc}")
+            self.recorder.record(model.served_by, 0.0, False)
+            self._probation_tick(model, ok=False)
+            return None
+        seconds = time.perf_counter() - t0
+
+        def after() -> None:
+            self._observe_local(took)
+            self.recorder.record(model.served_by, seconds, True, x, scores, affine)
+            self._probation_tick(model, ok=True)
+            self._offer_shadow(req, scores, took)
+
+        return self._answer(scores, model, model.served_by, t0, after)
 
     def _answer(self, scores: np.ndarray, model: Model | None, path: str, t0: float,
                 after: Callable[[], None] | None = None) -> Answer:
@@ -286,10 +307,16 @@ class Serving:
     def _offer_shadow(self, req: Request, scores: np.ndarray, took: float) -> None:
         """Sampled requests also go to the shadow candidate, off the request path; one at a
         time (a request arriving while the candidate is busy is simply not sampled)."""
-        shadow = self.shadow
-        if shadow is None or random.random() >= self.shadow_sample:
+        if self.shadow is None or random.random() >= self.shadow_sample:
             return
         if not self._shadow_busy.acquire(blocking=False):
+            return
+        with self._lock:  # held like the active model: replacing the candidate waits for this run
+            shadow = self.shadow
+            if shadow is not None:
+                shadow.hold()
+        if shadow is None:
+            self._shadow_busy.release()
             return
         self._shadow_pool.submit(self._run_shadow, shadow, req, scores, took)
 
@@ -297,6 +324,7 @@ class Serving:
         try:
             self._shadow_once(shadow, req, scores, took)
         finally:
+            shadow.release()
             self._shadow_busy.release()
 
     def _shadow_once(self, shadow: Model, req: Request, scores: np.ndarray, took: float) -> None:
@@ -309,7 +337,7 @@ class Serving:
             else:
                 s2 = shadow.predict(shadow.tensor_to_input(req.inputs))
             delta = (time.perf_counter() - t1) - took
-        except Exception:  # a candidate that breaks (or is swapped out mid-run) is an error, not a crash
+        except Exception:  # a candidate that breaks is an error, not a crash
             self.recorder.record_shadow(None, 0.0)
             return
         if s2.shape != scores.shape:

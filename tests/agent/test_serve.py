@@ -1,4 +1,5 @@
-"""Serving decisions with real LiteRT models: probation rollback signal, request parsing."""
+"""Serving decisions with real LiteRT models: probation rollback signal, request parsing, model
+switches under load."""
 
 from __future__ import annotations
 
@@ -216,3 +217,101 @@ def test_a_failing_bookkeeping_step_does_not_cost_the_answer_or_the_connection(c
     assert [code for code, _ in answers] == [200, 200]
     assert answers[0][1]["top"] == answers[1][1]["top"]
     assert "bookkeeping after a prediction failed" in caplog.text
+
+
+def _mnv1(coral_models, digest_char: str) -> Model:
+    m = _model(LiteRTBackend(coral_models / MNV1))
+    m.info = BundleInfo(digest_char * 64, "mnv1", digest_char)
+    return m
+
+
+def test_a_request_that_picked_the_old_model_completes_on_it_after_the_switch(coral_models):
+    """The updater swaps a new model in and closes the old one while a request holds the old
+    one (here: waiting for the interpreter another request is using). The request must finish
+    on the old interpreter, which is closed only when its last user lets it go."""
+    import threading
+
+    rec = Recorder()
+    s = Serving(rec, None, None, lambda d, w: None)
+    old = _mnv1(coral_models, "a")
+    s.swap(old)
+    body = np.zeros((1, 128, 128, 3), np.uint8).tobytes()
+    req = parse_request("application/octet-stream", body, "1,128,128,3", "uint8")
+    out: list[object] = []
+    with old._lock:  # another request is running on the old interpreter
+        t = threading.Thread(target=lambda: out.append(_try(s.predict, req)))
+        t.start()
+        assert rec.invoking.wait(10)  # the request holds the old model and waits for the interpreter
+        replaced = s.swap(_mnv1(coral_models, "b"))
+        assert replaced is old
+        replaced.close()  # what the updater does right after the swap
+    t.join(10)
+    assert len(out) == 1 and isinstance(out[0], dict), out
+    assert out[0]["bundle"]["digest"] == "a" * 64 and out[0]["served_by"] == "cpu"
+    assert s.predict(req)["bundle"]["digest"] == "b" * 64
+    with pytest.raises(ModelError, match="closed"):  # nobody holds it any more: it is closed now
+        old.invoke_raw(np.zeros((1, 128, 128, 3), np.uint8))
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:  # the test reports what a request got instead of an answer
+        return exc
+
+
+def test_zero_failed_requests_while_the_model_is_switched_a_hundred_times(coral_models):
+    """Four clients keep the real local API busy (keep-alive connections, tensors and JPEGs)
+    while the active model is switched 100 times the way the updater does it: load the new
+    model, swap it in, close the old one. Every request gets a 200 from one of the models."""
+    import http.client
+    import threading
+    import time
+
+    s = Serving(Recorder(), None, None, lambda d, w: None)
+    s.swap(_mnv1(coral_models, "0"))
+    srv = _served(s)
+    port = srv.server_address[1]
+    tensor = np.zeros((1, 128, 128, 3), np.uint8).tobytes()
+    jpeg = (coral_models / "cat_720p.jpg").read_bytes()
+    stop = threading.Event()
+    codes: list[int] = []
+    failures: list[str] = []
+
+    def client(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        n = 0
+        while not stop.is_set():
+            if (n + i) % 4:
+                conn.request("POST", "/v1/predict", tensor, {"Content-Type": "application/octet-stream",
+                                                             "X-Tensor-Shape": "1,128,128,3", "X-Tensor-Dtype": "uint8"})
+            else:
+                conn.request("POST", "/v1/predict", jpeg, {"Content-Type": "image/jpeg"})
+            resp = conn.getresponse()
+            data = resp.read()
+            codes.append(resp.status)
+            if resp.status != 200:
+                failures.append(f"{resp.status} {data[:200]!r}")
+            n += 1
+        conn.close()
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in clients:
+        t.start()
+    try:
+        for k in range(100):
+            new = _mnv1(coral_models, "ab"[k % 2])
+            seen, deadline = len(codes), time.monotonic() + 10
+            while len(codes) < seen + 3 and time.monotonic() < deadline:  # requests meet every switch
+                time.sleep(0.0005)
+            old = s.swap(new)
+            assert old is not None
+            old.close()
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(30)
+        srv.shutdown()
+        srv.server_close()
+    assert failures == [], f"{len(failures)} of {len(codes)} requests failed: {failures[:3]}"
+    assert len(codes) >= 300
