@@ -1,8 +1,12 @@
 """MQTT messages -> registry rows, in batches.
 
 Every message is parsed once, here, with :mod:`protocol.messages` (the payload's device must
-match the topic's). Anything malformed is counted (``edgefleet_hub_messages_total{outcome=
-"malformed"}``) and dropped; the batch goes on. Telemetry and reports are deduplicated by
+match the topic's), and judged on its own: JSON nesting, 64-bit integers, finite floats, the
+registry's 32-bit columns, a telemetry window's parts against its own inference count, and a
+per-device message rate. A message that fails is quarantined: counted
+(``edgefleet_hub_messages_total{outcome="malformed"|"implausible"|"throttled"}``), logged with
+the reason, kept in :attr:`Ingest.quarantine` (the last few, for the API) and dropped; the
+batch goes on. A throttled message is not acked, so the device sends it again later. Telemetry and reports are deduplicated by
 ``(device, seq)``: a replay is counted as ``duplicate``, not stored again, and acked again (the
 agent resends until it sees an ack). One transaction per batch; if it fails the batch is
 retried message by message so one poison message cannot block the others.
@@ -12,14 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
 from sqlalchemy import insert
-from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from protocol.errors import BadPayload, ProtocolError
+from protocol.errors import BadPayload, Implausible
 from protocol.messages import (Ack, FetchRequest, Report, Status, Telemetry, parse_fetch, parse_report,
                                parse_status, parse_telemetry)
 from protocol.sketch import LatencySketch
@@ -38,6 +42,7 @@ REPAIR_INTERVAL_S = 5.0
 
 
 INT32, INT64 = 2**31 - 1, 2**63 - 1
+_KINDS = {k.value for k in Kind}
 
 
 def _bounded(what: str, name: str, value: int, limit: int) -> None:
@@ -70,6 +75,9 @@ def parse(topic: str, payload: bytes) -> Parsed:
         raise BadPayload("topic", f"{topic!r}: the hub does not consume {t.kind.value!r} messages")
     if isinstance(msg, (Telemetry, Report)):
         _bounded(t.kind.value, "seq", msg.seq, INT64)
+    if isinstance(msg, (Status, Report)):
+        _bounded(t.kind.value, "ts", msg.ts, INT32)
+        _bounded(t.kind.value, "desired_seq", msg.desired_seq, INT32)
     if isinstance(msg, Telemetry):
         _bounded("telemetry", "window_start", msg.window_start, INT32)
         _bounded("telemetry", "window_end", msg.window_end, INT32)
@@ -80,6 +88,18 @@ def parse(topic: str, payload: bytes) -> Parsed:
     return Parsed(t.kind, msg.device, msg)
 
 
+RATE_PER_S = 20.0   # messages one device may send per second, sustained...
+RATE_BURST = 2000.0  # ...after a burst (a backlog resent after an offline day is ~9000 windows)
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    topic: str
+    outcome: str
+    reason: str
+    at: float
+
+
 class Ingest:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
@@ -87,6 +107,26 @@ class Ingest:
         self._last_warning = 0.0
         self._suppressed = 0
         self._repaired: dict[tuple[str, int], float] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # device -> (tokens, at)
+        self.quarantine: deque[Quarantined] = deque(maxlen=200)
+
+    def _allowed(self, device: str, now: float) -> bool:
+        """Token bucket per device: a flood from one device cannot crowd out the others."""
+        tokens, at = self._buckets.get(device, (RATE_BURST, now))
+        tokens = min(RATE_BURST, tokens + (now - at) * RATE_PER_S)
+        if tokens < 1.0:
+            self._buckets[device] = (tokens, now)
+            return False
+        if len(self._buckets) > 1_000_000:
+            self._buckets.clear()
+        self._buckets[device] = (tokens - 1.0, now)
+        return True
+
+    def _quarantine(self, topic: str, outcome: str, exc: Exception) -> None:
+        kind = topic.rsplit("/", 1)[-1] if topic.startswith("ef/v1/dev/") else "unknown"
+        self.metrics.messages.labels(kind if kind in _KINDS else "unknown", outcome).inc()
+        self.quarantine.append(Quarantined(topic[:200], outcome, str(exc)[:300], time.time()))
+        self._warn(topic, exc)
 
     def _warn(self, topic: str, exc: Exception) -> None:
         # one line per bad message, but never a log flood from a misbehaving device
@@ -113,21 +153,27 @@ class Ingest:
 
     def handle(self, batch: Sequence[tuple[str, bytes]]) -> None:
         parsed: list[Parsed] = []
+        now = time.monotonic()
         for topic, payload in batch:
             try:
-                parsed.append(parse(topic, payload))
-            except ProtocolError as exc:
-                kind = topic.rsplit("/", 1)[-1] if topic.startswith("ef/v1/dev/") else "unknown"
-                self.metrics.messages.labels(kind if kind in {k.value for k in Kind} else "unknown",
-                                             "malformed").inc()
-                self._warn(topic, exc)
+                p = parse(topic, payload)
+            except Implausible as exc:
+                self._quarantine(topic, "implausible", exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - one message, never the batch
+                self._quarantine(topic, "malformed", exc)
+                continue
+            if p.kind is not Kind.STATUS and not self._allowed(p.device, now):
+                self._quarantine(topic, "throttled", ValueError(f"{p.device} sends over {RATE_PER_S:g} msg/s"))
+                continue
+            parsed.append(p)
         if not parsed:
             return
         self.metrics.batch_size.observe(len(parsed))
         with self.metrics.batch_seconds.time():
             try:
                 out, touched, reports = self._store(parsed)
-            except SQLAlchemyError as exc:
+            except Exception as exc:  # noqa: BLE001 - retried one by one: only the bad one is lost
                 log.error("batch of %d failed (%s); retrying one by one", len(parsed), exc.__class__.__name__)
                 out, touched, reports = [], set(), []
                 for p in parsed:
@@ -136,8 +182,10 @@ class Ingest:
                         out += o
                         touched |= t
                         reports += r
-                    except SQLAlchemyError as exc2:
+                    except Exception as exc2:  # noqa: BLE001
                         self.metrics.messages.labels(p.kind.value, "error").inc()
+                        self.quarantine.append(Quarantined(f"ef/v1/dev/{p.device}/{p.kind.value}", "error",
+                                                           str(exc2)[:300], time.time()))
                         log.error("could not store %s from %s: %s", p.kind.value, p.device, exc2)
         self.fleet.publish(out)  # acks only after the commit: an acked message is stored
         if reports:

@@ -7,6 +7,7 @@ payloads are these bytes; they are shipped unchanged and verified before they ar
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, TypeVar
 
 from .errors import BadPayload
@@ -14,6 +15,8 @@ from .errors import BadPayload
 T = TypeVar("T")
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = 32            # objects/arrays inside each other; our deepest document has 5
+MAX_INT = 2**63 - 1       # every integer must fit a signed 64-bit column (SQLite, PostgreSQL)
 
 
 def canonical(obj: Any) -> bytes:
@@ -26,16 +29,60 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-finite number {name} is not allowed")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):  # 1e999 parses as inf: JSON has no such number
+        raise ValueError(f"number {text[:40]} is out of range (not a finite float)")
+    return value
+
+
+# 2**63 has 19 digits: a text without a run of 19 digits holds no integer too big for 64 bits
+_DIGITS_AS_ZERO = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_LONG_RUN = b"0" * 19
+
+
+def check_tree(obj: Any, what: str, max_depth: int = MAX_DEPTH, data: bytes | str | None = None) -> None:
+    """Every document off the wire: nesting at most ``max_depth``, integers within 64 bits.
+    One bad number or a deep nest in a device's message must be a :class:`BadPayload` for that
+    message, not an overflow in the database or a RecursionError that takes a batch with it.
+
+    Given the raw ``data``, the walk is skipped when the text itself proves both (few enough
+    brackets, no run of 19 digits): the hub parses thousands of messages a second."""
+    if data is not None:
+        raw = data.encode() if isinstance(data, str) else data
+        if raw.count(b"[") + raw.count(b"{") <= max_depth and raw.translate(_DIGITS_AS_ZERO).find(_LONG_RUN) < 0:
+            return
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > max_depth:
+            raise BadPayload(what, f"nested deeper than {max_depth} levels")
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+            elif type(child) is int and not -MAX_INT - 1 <= child <= MAX_INT:
+                raise BadPayload(what, f"integer {str(child)[:40]} does not fit 64 bits")
+
+
 def load_object(data: bytes | str, what: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> dict[str, Any]:
     """Parse bytes as a JSON object, or raise :class:`BadPayload` naming ``what``."""
     if len(data) > max_bytes:
         raise BadPayload(what, f"{len(data)} bytes exceeds the limit of {max_bytes}")
     try:
-        obj = json.loads(data, parse_constant=_reject_constant)
+        obj = json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadPayload(what, f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise BadPayload(what, f"nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(obj, dict):
         raise BadPayload(what, f"expected a JSON object, got {type(obj).__name__}")
+    check_tree(obj, what, data=data)
     return obj
 
 

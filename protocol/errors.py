@@ -46,6 +46,11 @@ class BadPayload(ProtocolError):
         super().__init__(f"bad {what}: {problem}")
 
 
+class Implausible(BadPayload):
+    """Well-formed, but its figures contradict each other (e.g. more latency samples than
+    inferences): a receiver that aggregates a fleet must not count it."""
+
+
 class VerificationError(ProtocolError):
     """A signed document or artifact failed a trust check. ``reason`` says which."""
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from .bundle import ChunkPlan, Requirements
 from .codec import canonical, extra_fields, field, int_list, load_object, nonneg_int
-from .errors import BadPayload, Reason, VerificationError
+from .errors import BadPayload, Implausible, Reason, VerificationError
 from .signing import Envelope, Root, SigningKey, seal
 from .topics import check_device_id, check_digest
 
@@ -289,6 +289,38 @@ class Telemetry:
 
 
 COUNT_KEYS = ("inferences", "errors", "tpu", "cpu", "cloud")
+MAX_RATE_PER_S = 100_000  # inferences a window may claim per second it spans (an Edge TPU does ~400)
+DRIFT_CARRY = 256         # drift samples binned after the window that counted them (the agent's queue)
+
+
+def check_plausible(t: "Telemetry") -> None:
+    """A window's parts must agree with its own inference count, so one device cannot claim
+    2 inferences and a latency sketch of 10**30 samples (which moved fleet p95 and raised a
+    drift alert). Raises :class:`BadPayload` naming the first figure that does not fit."""
+    what = "telemetry"
+    c = t.counts
+    n = c.get("inferences", 0)
+    cap = MAX_RATE_PER_S * (t.window_end - t.window_start + 1)
+    if n > cap:
+        raise Implausible(what, f"{n} inferences in a {t.window_end - t.window_start} s window exceeds {cap}")
+    for k in ("errors", "tpu", "cpu", "cloud"):
+        if c.get(k, 0) > n:
+            raise Implausible(what, f"count {k!r} {c[k]} exceeds the window's {n} inferences")
+    if sum(c.get(k, 0) for k in ("tpu", "cpu", "cloud")) > n:
+        raise Implausible(what, f"tpu+cpu+cloud exceed the window's {n} inferences")
+    sketch_n = t.latency.get("n", 0) if t.latency else 0
+    if not isinstance(sketch_n, int) or isinstance(sketch_n, bool) or sketch_n > n:
+        raise Implausible(what, f"latency sketch holds {sketch_n!r} samples, the window has {n} inferences")
+    for side, feats in t.drift.items():
+        for name, bins in feats.items():
+            total = sum(bins)
+            if total > n + DRIFT_CARRY:
+                raise Implausible(what, f"drift[{side}][{name}] bins hold {total} samples, "
+                                       f"the window has {n} inferences")
+    if t.shadow is not None:
+        samples = t.shadow.get("samples", 0)
+        if not isinstance(samples, int) or isinstance(samples, bool) or not 0 <= samples <= n + DRIFT_CARRY:
+            raise Implausible(what, f"shadow samples {samples!r} do not fit the window's {n} inferences")
 
 
 def parse_telemetry(data: bytes) -> Telemetry:
@@ -297,21 +329,21 @@ def parse_telemetry(data: bytes) -> Telemetry:
     start = nonneg_int(obj, "window_start", what)
     end = nonneg_int(obj, "window_end", what)
     if end < start:
-        raise BadPayload(what, f"window_end {end} is before window_start {start}")
+        raise Implausible(what, f"window_end {end} is before window_start {start}")
     counts = field(obj, "counts", dict, what, {})
     for k, v in counts.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise BadPayload(what, f"count {k!r} must be an int >= 0, got {v!r:.40}")
+            raise Implausible(what, f"count {k!r} must be an int >= 0, got {v!r:.40}")
     drift = field(obj, "drift", dict, what, {})
     for side, feats in drift.items():
         if not isinstance(feats, dict):
-            raise BadPayload(what, f"drift[{side!r}] must be an object")
+            raise Implausible(what, f"drift[{side!r}] must be an object")
         for name in feats:
             int_list(feats, name, f"telemetry drift[{side}]")
     bundle = field(obj, "bundle", str, what, None, allow_none=True)
     known = {"v", "device", "seq", "window_start", "window_end", "bundle", "counts", "latency",
              "drift", "shadow", "health", "backlog"}
-    return Telemetry(
+    t = Telemetry(
         device=check_device_id(field(obj, "device", str, what)), seq=nonneg_int(obj, "seq", what),
         window_start=start, window_end=end,
         bundle=check_digest(bundle) if bundle is not None else None, counts=counts,
@@ -319,6 +351,8 @@ def parse_telemetry(data: bytes) -> Telemetry:
         shadow=field(obj, "shadow", dict, what, None, allow_none=True),
         health=field(obj, "health", dict, what, {}), backlog=field(obj, "backlog", dict, what, {}),
         extra=extra_fields(obj, known))
+    check_plausible(t)
+    return t
 
 
 @dataclass(frozen=True)

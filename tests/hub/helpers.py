@@ -26,8 +26,11 @@ def telemetry(device: str, seq: int, bundle: str | None = None, latencies_s: tup
         sk.add(x)
     n = len(latencies_s)
     begin = int(time.time()) if start is None else start
+    # every drift sample and every error was an inference (the hub refuses windows that disagree)
+    binned = max((sum(b) for feats in (drift or {}).values() for b in feats.values()), default=0)
     return Telemetry(device=device, seq=seq, window_start=begin, window_end=begin + 10, bundle=bundle,
-                     counts={"inferences": n, "errors": errors, "tpu": 0, "cpu": n - cloud, "cloud": cloud},
+                     counts={"inferences": max(n + errors, binned), "errors": errors, "tpu": 0, "cpu": n - cloud,
+                             "cloud": cloud},
                      latency=sk.to_dict(), drift=drift or {}).to_bytes()
 
 

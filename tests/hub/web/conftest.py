@@ -135,13 +135,13 @@ class SimDevice:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             sk = LatencySketch()
-            for _ in range(60):
-                sk.add(self.latency_s * random.uniform(0.8, 1.6))
+            for _ in range(60):  # 300 timed inferences, as many as the drift bins hold
+                sk.add(self.latency_s * random.uniform(0.8, 1.6), 5)
             now = int(time.time())
             msg = Telemetry(device=self.device, seq=self._next_seq(), window_start=now - int(self.interval) - 1,
                             window_end=now, bundle=self.active,
-                            counts={"inferences": 60, "errors": 0, "tpu": 60 if self.tpu else 0,
-                                    "cpu": 0 if self.tpu else 60, "cloud": 0},
+                            counts={"inferences": 300, "errors": 0, "tpu": 300 if self.tpu else 0,
+                                    "cpu": 0 if self.tpu else 300, "cloud": 0},
                             latency=sk.to_dict(), drift=self._drift(),
                             health={"load1": 0.4, "cpu_temp_c": 51.0, "mem_available_mb": 900})
             self._publish("telemetry", msg.to_bytes())
