@@ -70,19 +70,26 @@ def check_tree(obj: Any, what: str, max_depth: int = MAX_DEPTH, data: bytes | st
                 raise BadPayload(what, f"integer {str(child)[:40]} does not fit 64 bits")
 
 
-def load_object(data: bytes | str, what: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> dict[str, Any]:
-    """Parse bytes as a JSON object, or raise :class:`BadPayload` naming ``what``."""
-    if len(data) > max_bytes:
-        raise BadPayload(what, f"{len(data)} bytes exceeds the limit of {max_bytes}")
+def loads(data: bytes | str, what: str) -> Any:
+    """Any JSON value off the wire, or :class:`BadPayload` naming ``what`` and the problem:
+    no NaN/Infinity (nor 1e999), integers within 64 bits, nesting within ``MAX_DEPTH``."""
     try:
         obj = json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadPayload(what, f"not valid JSON ({exc})") from None
     except RecursionError:
         raise BadPayload(what, f"nested deeper than {MAX_DEPTH} levels") from None
+    check_tree(obj, what, data=data)
+    return obj
+
+
+def load_object(data: bytes | str, what: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> dict[str, Any]:
+    """Parse bytes as a JSON object, or raise :class:`BadPayload` naming ``what``."""
+    if len(data) > max_bytes:
+        raise BadPayload(what, f"{len(data)} bytes exceeds the limit of {max_bytes}")
+    obj = loads(data, what)
     if not isinstance(obj, dict):
         raise BadPayload(what, f"expected a JSON object, got {type(obj).__name__}")
-    check_tree(obj, what, data=data)
     return obj
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
@@ -105,3 +106,40 @@ def test_a_device_flooding_its_topics_cannot_crowd_out_the_others(memhub):
     assert {(f"good-{i}", 1) for i in range(5)} <= stored
     evil = sum(1 for d, _ in stored if d == "evil")
     assert evil <= 2000 and _outcome(hub, "telemetry", "throttled") == 2200 - evil
+
+
+# ---- the HTTP edge: one body guard for every route, whatever the Content-Type says --------
+
+
+@pytest.mark.parametrize("ctype", ["Application/JSON", "application/x+json", "application/json; charset=utf-8",
+                                   "text/plain", "application/x-www-form-urlencoded"])
+def test_a_nul_in_a_body_is_refused_whatever_the_content_type_claims(client, memhub, ctype):
+    hub, _ = memhub
+    hub.ingest.handle([("ef/v1/dev/d1/status", status("d1"))])
+    body = b'{"group": "a\\u0000b"}' if "form" not in ctype else b"group=a%00b"
+    r = client.patch("/api/v1/devices/d1", content=body, headers={"Content-Type": ctype})
+    assert r.status_code == 400 and "control characters" in r.json()["error"]
+    assert client.get("/api/v1/devices/d1").json()["group"] == ""
+
+
+def test_a_huge_unauthenticated_enroll_body_is_refused_before_it_is_read(memhub):
+    hub, _ = memhub
+    anon = TestClient(hub.app)
+    r = anon.post("/api/v1/enroll", content=b"x" * (50 << 20), headers={"Content-Type": "text/plain"})
+    assert r.status_code == 413 and "4096" in r.json()["error"]
+
+    def chunks():  # no Content-Length: refused once the bytes read pass the limit
+        for _ in range(1000):
+            yield b" " * 65536
+    r = anon.post("/api/v1/enroll", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize("body,problem", [(b'{"group": NaN}', "NaN"), (b'{"group": 1e999}', "1e999"),
+                                          (b'{"group": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "nested deeper")])
+def test_non_finite_numbers_and_deep_json_get_a_400_naming_them(client, memhub, body, problem):
+    hub, _ = memhub
+    hub.ingest.handle([("ef/v1/dev/d1/status", status("d1"))])
+    r = client.patch("/api/v1/devices/d1", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and problem in r.json()["error"]
+    assert client.get("/api/v1/devices/d1").status_code == 200
