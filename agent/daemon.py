@@ -9,6 +9,12 @@ Threads:
 
 Start-up: read the pinned root (or a newer rotated one), recover the slots (``install.recover``),
 load the active model, start HTTP, then the network; resume an unfinished install job.
+
+An expired trust root does not stop the agent (it would brick a device whose root expired while
+it was off): it logs an error naming the expiry, keeps serving the installed model, refuses
+every new desired document (reported ``expired``, naming the root's expiry) and holds the last
+one; a root rotation on ``ef/v1/root`` chains from the expired root, and the held document is
+then verified again under the new root (``install.require_fresh_root``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import time
 from typing import Any
 
 from protocol.errors import BadPayload, ProtocolError, Reason, VerificationError
-from protocol.messages import (Report, Status, Telemetry, parse_ack, parse_desired_payload,
+from protocol.messages import (Desired, Report, Status, Telemetry, parse_ack, parse_desired_payload,
                                verify_desired)
 from protocol.signing import Envelope, Root, load_root_unverified, rotate_root
 from protocol.topics import Kind, Topic
@@ -31,7 +37,7 @@ from . import AGENT_VERSION, inventory
 from .backlog import Backlog
 from .config import AgentConfig
 from .durable import read_json, write_atomic, write_json
-from .install import crash_verdict, recover
+from .install import RootExpired, crash_verdict, recover, require_fresh_root
 from .localapi import make_server, make_unix_server
 from .serve import CloudClient, Serving
 from .slots import Slots, SlotsState
@@ -91,6 +97,12 @@ class Agent:
         # never believe a clock earlier than the newest document accepted (a device without an
         # RTC boots in 1970; expired documents must not become fresh again)
         self.clock_floor = int(trusted.get("issued_max", 0))
+        self._held: bytes | None = None  # a desired document refused only because the root expired
+        try:
+            require_fresh_root(self.root, self._now())
+        except VerificationError as exc:
+            log.error("%s; serving the installed model and refusing new desired documents and bundles "
+                      "until a rotated root arrives on %s", exc.detail, Topic.root())
         self.updater = Updater(cfg, lambda: self.root, self.slots, self.serving,
                                lambda: inventory.current(cfg, self.probed), self.report, self.transport,
                                self._changed)
@@ -248,9 +260,13 @@ class Agent:
             return
         seq, env = pending
         try:
-            desired = verify_desired(env, self.root, self.cfg.device_id, seq - 1, self._now())
+            desired = self._verify(env, seq - 1, self._now())
         except ProtocolError as exc:
             reason = exc.reason
+            if isinstance(exc, RootExpired):  # kept, not failed: a rotated root resumes it (_on_root)
+                self._held = env
+                self.report("verify", "failed", reason, f"resuming seq {seq}: {exc}", seq)
+                return
             self.updater._save_job(env, seq, True, f"failed:{reason.value}")
             self.report("verify", "failed", reason, f"resuming seq {seq}: {exc}", seq)
             return
@@ -314,18 +330,27 @@ class Agent:
     def _now(self) -> int:
         return max(int(time.time()), self.clock_floor)
 
+    def _verify(self, payload: bytes, trusted_seq: int, now: int) -> Desired:
+        """verify_desired, then the root's own expiry: checked after the signature, so the seq
+        of a document refused for it is signed."""
+        desired = verify_desired(payload, self.root, self.cfg.device_id, trusted_seq, now)
+        require_fresh_root(self.root, now)
+        return desired
+
     def _on_desired(self, payload: bytes) -> None:
         now = self._now()
         try:
-            desired = verify_desired(payload, self.root, self.cfg.device_id, self.trusted_seq, now)
+            desired = self._verify(payload, self.trusted_seq, now)
         except (VerificationError, BadPayload) as exc:
             if exc.reason is Reason.REPLAYED:
                 # the retained document we already accepted: normally its job is running or done;
                 # if a crash fell between persisting its seq and its job, start the job now
                 if self.updater.job is None and not self.updater.job_done(self.trusted_seq):
                     try:
-                        desired = verify_desired(payload, self.root, self.cfg.device_id, self.trusted_seq - 1, now)
-                    except (VerificationError, BadPayload):
+                        desired = self._verify(payload, self.trusted_seq - 1, now)
+                    except (VerificationError, BadPayload) as again:
+                        if isinstance(again, RootExpired):
+                            self._held = payload
                         return
                     self.updater.accept(desired, payload, now)
                 return
@@ -337,6 +362,8 @@ class Agent:
                 self.report("verify", "failed", exc.reason,
                             f"desired document rejected: {exc} (it claimed seq {seq}, bundle {digest})", 0)
                 return
+            if isinstance(exc, RootExpired):
+                self._held = payload  # verified again once a rotated root arrives (_on_root)
             self.report("verify", "failed", exc.reason, f"desired document rejected: {exc}",
                         seq, digest)
             return
@@ -358,6 +385,9 @@ class Agent:
         write_atomic(self.cfg.state_dir / "root.json", payload)
         self.root = new
         log.info("trust root rotated to version %d", new.version)
+        held, self._held = self._held, None
+        if held is not None:
+            self._on_desired(held)
 
     def _on_probation_failed(self, digest: str, why: str) -> None:
         model = self.serving.model

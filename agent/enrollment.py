@@ -3,8 +3,9 @@
 ``POST {hub}/api/v1/enroll {"token"}`` answers ``{"device_id", "broker", "mqtt": {"username",
 "password"}, "root": "<root envelope JSON>"}``. The root must be self-signed by its own root
 role (and, when the operator passes ``--root-sha256``, match that fingerprint exactly: that is
-what makes first contact trustworthy over an unauthenticated channel). Files are written
-0600 and never overwritten without ``force``.
+what makes first contact trustworthy over an unauthenticated channel) and not expired (a device
+pinned to an expired root could verify nothing). Files are written 0600 and never overwritten
+without ``force``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -21,6 +23,8 @@ from typing import Any
 from protocol.errors import ProtocolError
 from protocol.signing import load_root_unverified
 from protocol.topics import check_device_id
+
+from .install import RootExpired, require_fresh_root
 
 
 class EnrollError(Exception):
@@ -40,8 +44,9 @@ class Enrollment:
         return hashlib.sha256(self.root).hexdigest()
 
 
-def parse_answer(doc: Any, root_sha256: str | None) -> Enrollment:
-    """Check the hub's answer (pure): fields present, device id valid, root self-signed and pinned."""
+def parse_answer(doc: Any, root_sha256: str | None, now: int) -> Enrollment:
+    """Check the hub's answer (pure): fields present, device id valid, root self-signed, pinned
+    and not expired at ``now``."""
     if not isinstance(doc, dict):
         raise EnrollError(f"hub answer is not a JSON object: {str(doc)[:80]!r}")
     try:
@@ -53,11 +58,15 @@ def parse_answer(doc: Any, root_sha256: str | None) -> Enrollment:
     except ProtocolError as exc:
         raise EnrollError(f"hub answer: {exc}") from None
     try:
-        load_root_unverified(e.root)
+        root = load_root_unverified(e.root)
     except ProtocolError as exc:
         raise EnrollError(f"hub sent a root that does not verify: {exc}") from None
     if root_sha256 is not None and e.root_sha256 != root_sha256.lower():
         raise EnrollError(f"root fingerprint {e.root_sha256} does not match the expected {root_sha256}")
+    try:
+        require_fresh_root(root, now)
+    except RootExpired as exc:
+        raise EnrollError(f"hub sent an expired root: {exc.detail}") from None
     return e
 
 
@@ -101,7 +110,7 @@ def enroll(hub: str, token: str, config: Path, state_dir: Path, board: str = "rp
            root_sha256: str | None = None, force: bool = False) -> Enrollment:
     if config.exists() and not force:
         raise EnrollError(f"{config} exists; pass --force to replace it")
-    e = parse_answer(request(hub, token), root_sha256)
+    e = parse_answer(request(hub, token), root_sha256, int(time.time()))
     root_path = config.resolve().parent / "root.json"
     _write_private(root_path, e.root, force)
     _write_private(config, render_config(e, root_path, state_dir.resolve(), board, http_port).encode(), force)

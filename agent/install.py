@@ -22,6 +22,11 @@ a trial (switched, uncommitted) model that passes its self-test again is committ
 fails is rolled back to the kept slot; an active model whose files are damaged is replaced by
 the kept slot; a download resumes from its bitmap.
 
+Trust root expiry (python-tuf's rule for the final root): an expired root verifies nothing new
+(:func:`require_fresh_root`): desired documents are refused and reported ``expired`` naming the
+root's expiry, and no downloaded bundle is staged. It still verifies a root rotation (the newer
+root chains from it) and the slots already installed, so the device keeps serving its model.
+
 Probation (after a switch, until the first ``probation_inferences`` succeeded): errors in
 ``probation_max_errors`` of them roll back (:func:`probation_verdict`); so do more than
 ``probation_max_crashes`` restarts without a clean shutdown (:func:`crash_verdict`), which is
@@ -30,12 +35,14 @@ how a model that segfaults the runtime (a mismatched libedgetpu) gets rolled bac
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from protocol.bundle import Artifact, Manifest
-from protocol.errors import Reason
+from protocol.errors import Reason, VerificationError
 from protocol.messages import BundleRef, Desired
+from protocol.signing import Root
 
 RUNTIMES = ("edgetpu", "cpu", "onnx")
 
@@ -121,6 +128,23 @@ def plan(current: Current, desired: Desired, inventory: Inventory, now: int,
         return Rejection(Reason.DISK_FULL,
                          f"need {need} bytes free for a {ref.archive.size}-byte bundle, have {inventory.free_disk}")
     return Plan("install", desired.seq, ref, need)
+
+
+class RootExpired(VerificationError):
+    """Reason ``EXPIRED``: the trust root itself (not the document) has expired."""
+
+
+def require_fresh_root(root: Root, now: int) -> None:
+    """Gatekeeper before anything new is trusted: raise :class:`RootExpired` naming the root's
+    expiry when ``root`` has expired at ``now``."""
+    if root.expires <= now:
+        raise RootExpired(Reason.EXPIRED, f"trust root v{root.version} expired at {_utc(root.expires)} "
+                                                f"({root.expires}), now {now}: it verifies nothing new until "
+                                                "a newer root arrives")
+
+
+def _utc(t: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def choose_artifact(manifest: Manifest, inventory: Inventory) -> Choice | Rejection:

@@ -26,7 +26,8 @@ from . import selftest
 from .config import AgentConfig
 from .download import DiskFull, Download, bytes_on_disk
 from .durable import read_json, write_json
-from .install import Choice, Current, Inventory, Plan, Rejection, choose_artifact, plan
+from .install import (Choice, Current, Inventory, Plan, Rejection, RootExpired, choose_artifact, plan,
+                      require_fresh_root)
 from .runtime import Model, ModelError
 from .serve import Serving
 from .slots import SlotRecord, Slots, SlotsState
@@ -333,6 +334,11 @@ class Updater:
         self._crash_point("verify")
         job.stage = "stage"
         self.on_change()
+        try:
+            require_fresh_root(self.root(), int(time.time()))
+        except RootExpired as exc:  # the download is kept: a newer root can still stage it
+            self._fail("verify", exc.reason, exc.detail)
+            return
         try:
             manifest, digest, slot_dir = self.slots.stage(dl.path, ref.archive.size, self.root())
         except ProtocolError as exc:

@@ -25,7 +25,7 @@ def _answer(trust, **over):
 
 def test_answer_with_a_self_signed_root_and_matching_fingerprint_is_accepted(trust, tmp_path: Path):
     fp = hashlib.sha256(trust.root_bytes).hexdigest()
-    e = parse_answer(_answer(trust), fp)
+    e = parse_answer(_answer(trust), fp, int(time.time()))
     assert e.device_id == "pi-7" and e.root_sha256 == fp
     (tmp_path / "root.json").write_bytes(e.root)
     (tmp_path / "agent.toml").write_text(render_config(e, tmp_path / "root.json", tmp_path / "st", "rpi5", 8780))
@@ -40,12 +40,23 @@ def test_answer_with_a_self_signed_root_and_matching_fingerprint_is_accepted(tru
 ])
 def test_bad_answer_is_refused_with_the_reason(trust, over, needle):
     with pytest.raises(EnrollError, match=needle):
-        parse_answer(_answer(trust, **over), None)
+        parse_answer(_answer(trust, **over), None, int(time.time()))
 
 
 def test_root_with_another_fingerprint_is_refused(trust):
     with pytest.raises(EnrollError, match="does not match the expected"):
-        parse_answer(_answer(trust), "0" * 64)
+        parse_answer(_answer(trust), "0" * 64, int(time.time()))
+
+
+def test_enrollment_refuses_a_trust_root_that_expired_yesterday(trust):
+    """A hub whose root.json has expired hands it out: the device would pin a root that
+    verifies nothing, so enrollment stops and names the expiry."""
+    from protocol.signing import root_document, seal
+    now = int(time.time())
+    expired = seal("root", root_document(1, now - 86400, trust.root_keys, 2, [trust.targets_key]),
+                   trust.root_keys[:2]).to_bytes()
+    with pytest.raises(EnrollError, match=rf"expired root: trust root v1 expired at .*\({now - 86400}\)"):
+        parse_answer(_answer(trust, root=expired.decode()), hashlib.sha256(expired).hexdigest(), now)
 
 
 @pytest.mark.integration

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.install import (Current, Inventory, Plan, Rejection, choose_artifact, disk_needed, plan,
-                           probation_verdict, recover)
+from agent.install import (Current, Inventory, Plan, Rejection, RootExpired, choose_artifact, disk_needed, plan,
+                           probation_verdict, recover, require_fresh_root)
 from protocol.bundle import Artifact, ChunkPlan, Manifest, Requirements
 from protocol.errors import Reason
 from protocol.messages import BundleRef, Desired
@@ -111,3 +111,16 @@ def test_probation_verdict(n: int, errors: int, verdict: str):
 def test_crash_verdict(probation, clean, expect):
     from agent.install import crash_verdict
     assert crash_verdict(probation, clean, 2) == expect
+
+
+@pytest.mark.parametrize("expires, fresh", [(NOW + 1, True), (NOW, False), (NOW - 86400, False)])
+def test_a_root_verifies_nothing_new_from_the_second_it_expires(trust, expires, fresh):
+    """The same boundary as edgefleet-cloud (``expires <= now`` is expired), named in the error."""
+    from dataclasses import replace
+    root = replace(trust.root, expires=expires)
+    if fresh:
+        require_fresh_root(root, NOW)
+        return
+    with pytest.raises(RootExpired, match=rf"trust root v1 expired at \S+Z \({expires}\), now {NOW}") as exc:
+        require_fresh_root(root, NOW)
+    assert exc.value.reason is Reason.EXPIRED

@@ -6,6 +6,7 @@ import json
 import shutil
 import struct
 import subprocess
+import time
 
 import pytest
 
@@ -209,3 +210,32 @@ def test_forged_desired_claiming_the_next_seq_names_no_seq_so_it_cannot_fail_the
     hub.desire(agent.device, pub, seq=next_seq)  # the real document under that seq installs
     assert hub.report(agent.device, "commit", "ok", pub.ref.digest).desired_seq == next_seq
     _untouched(agent, pub, coral_models)
+
+
+def test_agent_refuses_a_trust_root_that_expired_yesterday(tmp_path, coral_models, trust, hub, running):
+    """The pinned root expired a day ago (the device was off when it did): the agent still
+    starts and serves its installed model, but verifies nothing new with that root: a desired
+    document is refused as ``expired``, naming the root's expiry, like edgefleet-cloud refuses
+    bundles. A rotated root chains from the expired one and the refused document then installs."""
+    from protocol.signing import root_document, seal
+    from protocol.topics import Topic
+    agent, good = running
+    agent.stop()
+    expires = int(time.time()) - 86400
+    expired = seal("root", root_document(1, expires, trust.root_keys, 2, [trust.targets_key]), trust.root_keys[:2])
+    (tmp_path / "root.json").write_bytes(expired.to_bytes())  # the pinned root all agents here read
+    agent.start()
+    _untouched(agent, good, coral_models)  # not bricked: the installed slot still verifies and serves
+    assert "trust root v1 expired at" in agent.log_text() and f"({expires})" in agent.log_text()
+    env, _, archive = _second(tmp_path, coral_models, trust)
+    pub = hub.publish_bundle(env, archive)
+    sent = hub.desire(agent.device, pub)
+    rej = hub.report(agent.device, "verify", "failed", pub.ref.digest)
+    assert rej.reason == Reason.EXPIRED.value and rej.desired_seq == sent.seq
+    assert "trust root v1 expired at" in rej.detail and f"({expires})" in rej.detail
+    _untouched(agent, good, coral_models)
+    rotated = seal("root", root_document(2, int(time.time()) + 86400, trust.root_keys, 2, [trust.targets_key]),
+                   trust.root_keys[:2]).to_bytes()
+    hub._c.publish(str(Topic.root()), rotated, qos=1, retain=True).wait_for_publish(10)
+    done = hub.report(agent.device, "commit", "ok", pub.ref.digest)  # the held document, under root v2
+    assert done.desired_seq == sent.seq
