@@ -26,7 +26,7 @@ from protocol.errors import BadPayload
 
 from ..errors import Conflict, Denied, HubError, NotFound
 from ..fleet import Fleet
-from .deps import FleetDep, Operator, Viewer, caller_of
+from .deps import Admin, FleetDep, Operator, Viewer, caller_of
 from .textguard import TextGuard
 
 log = logging.getLogger(__name__)
@@ -196,8 +196,9 @@ def create_app(fleet: Fleet, connected: Any = None) -> FastAPI:
         return f.set_device_meta(device_id, body.group, body.tags, caller.actor)
 
     @app.post("/api/v1/devices/enroll", tags=["devices"], status_code=201)
-    def enroll(caller: Operator, f: FleetDep, body: EnrollIn) -> dict[str, Any]:
-        """A one-time enrollment token for a device (valid ``enroll_ttl`` seconds)."""
+    def enroll(caller: Admin, f: FleetDep, body: EnrollIn) -> dict[str, Any]:
+        """A one-time enrollment token for a device (valid ``enroll_ttl`` seconds). Admin only:
+        a token becomes a broker identity."""
         return f.create_enrollment(body.device, body.group, body.tags, caller.actor)
 
     @app.post("/api/v1/enroll", tags=["devices"])

@@ -143,3 +143,13 @@ def test_non_finite_numbers_and_deep_json_get_a_400_naming_them(client, memhub, 
     r = client.patch("/api/v1/devices/d1", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and problem in r.json()["error"]
     assert client.get("/api/v1/devices/d1").status_code == 200
+
+
+def test_only_an_admin_mints_enrollment_tokens(client, memhub):
+    """A token becomes a broker identity: an operator's token (on a CI runner, say) must not mint them."""
+    from .conftest import OPERATOR, VIEWER
+    hub, _ = memhub
+    for token, code in ((VIEWER, 403), (OPERATOR, 403), (TOKEN, 201)):
+        r = TestClient(hub.app).post("/api/v1/devices/enroll", json={"device": "d9"},
+                                     headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == code, (token, r.text)
