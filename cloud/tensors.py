@@ -7,7 +7,8 @@ Three ways in, every failure a :class:`BadInput` naming the part of the request 
   resized to the spec's size (the spec's ``resize`` filter, default bicubic = Pillow's default, as the seed does), ``pixel * scale +
   offset``, laid out NHWC or NCHW, one row; integer inputs get the quantized value (or, uint8
   without ``input_quantization``, the raw pixels);
-* JSON ``{"inputs": [...]}``: a nested list *including the batch dimension*;
+* JSON ``{"inputs": [...]}``: a nested list *including the batch dimension*; strict JSON
+  (:func:`parse_json`: finite numbers only, bounded nesting);
 * raw bytes: C-order, little-endian; ``X-Tensor-Shape: 2,8,8,1`` (required) and
   ``X-Tensor-Dtype: float32`` (optional, defaults to the model's dtype; must equal it).
 """
@@ -15,11 +16,12 @@ Three ways in, every failure a :class:`BadInput` naming the part of the request 
 from __future__ import annotations
 
 import io
-import json
 import math
+import re
 from typing import Any
 
 import numpy as np
+import orjson
 from PIL import Image, UnidentifiedImageError
 
 try:
@@ -124,20 +126,56 @@ def check_shape(x: np.ndarray, spec: InputSpec, max_rows: int, what: str) -> np.
     return x
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a finite number")
+MAX_JSON_DEPTH = 1024   # orjson's nesting limit; a tensor needs at most numpy's 64 dims
+_TOKEN = re.compile(r"[-+]?[A-Za-z0-9_.+-]{1,40}")
+
+
+def _json_problem(exc: orjson.JSONDecodeError) -> str:
+    """orjson's complaint as the one thing a client must change: the non-finite number it
+    sent (``NaN``, ``Infinity``, ``-Infinity``, ``1e999``), the nesting, or the syntax."""
+    if "depth limit" in exc.msg:
+        return f"nested deeper than {MAX_JSON_DEPTH} levels (at char {exc.pos})"
+    start = exc.pos - 1 if exc.pos > 0 and exc.doc[exc.pos - 1:exc.pos] in ("-", "+") else exc.pos
+    m = _TOKEN.match(exc.doc, start)
+    token = m.group(0) if m else ""
+    if "infinity" in exc.msg or token.lstrip("+-") in ("NaN", "nan", "Infinity", "inf", "Inf"):
+        return f"{token} at char {start} is not a finite number (JSON numbers must be finite)"
+    return f"not valid JSON ({exc})"
+
+
+def parse_json(body: bytes, what: str = "JSON body") -> Any:
+    """Strict JSON: UTF-8, finite numbers only (no NaN/Infinity, no 1e999 that overflows to
+    infinity), at most ``MAX_JSON_DEPTH`` levels of nesting. Parsed by orjson, which has no
+    recursion to exhaust (the standard library's parser raised RecursionError on 100000
+    nested lists)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadInput(what, _json_problem(exc)) from None
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a list along its first elements (numpy judges the rest)."""
+    depth = 0
+    while isinstance(value, list):
+        depth += 1
+        if not value:
+            break
+        value = value[0]
+    return depth
 
 
 def tensor_from_json(body: bytes, spec: InputSpec, max_rows: int) -> np.ndarray:
-    try:
-        obj = json.loads(body, parse_constant=_no_constants)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInput("JSON body", f"not valid JSON ({exc})") from None
+    obj = parse_json(body)
     if not isinstance(obj, dict) or "inputs" not in obj:
         raise BadInput("JSON body", 'expected an object {"inputs": [...nested list, batch first...]}')
     inputs = obj["inputs"]
     if not isinstance(inputs, list):
         raise BadInput("inputs", f"expected a nested list, got {type(inputs).__name__}")
+    want = len(spec.sample) + 1
+    if (depth := _depth(inputs)) > want:
+        raise BadInput("inputs", f"lists nested {depth} deep, model input {spec.name!r} is "
+                                 f"{spec.describe()} ({want} dims, batch first)")
     try:
         with np.errstate(over="raise", invalid="raise"):
             x = np.array(inputs, dtype=spec.dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import numpy as np
@@ -290,3 +291,25 @@ def test_integer_input_models_get_raw_or_quantized_pixels(setup: Setup, trust: A
         r = client.post("/v1/models/raw/predict", content=x.tobytes(), headers={
             "content-type": "application/octet-stream", "x-tensor-shape": "1,8,8,1", "x-tensor-dtype": "uint8"})
         assert np.allclose(r.json()["outputs"]["scores"], u8.expected(x.astype(float)), atol=1e-5)
+
+
+def test_100000_nested_lists_are_a_400_naming_the_nesting_not_a_server_error(served: Any) -> None:
+    # the standard library's parser recursed once per '[' and died with RecursionError (500)
+    for depth, needle in ((100_000, "nested deeper than 1024 levels"), (1000, "nested 1000 deep"),
+                          (65, "nested 65 deep")):
+        body = b'{"inputs": ' + b"[" * depth + b"]" * depth + b"}"
+        r = served.post("/v1/models/tiny/predict", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400, (depth, r.text)
+        assert needle in r.json()["detail"], (depth, r.json())
+    assert served.post("/v1/models/tiny/predict", json={"inputs": np.zeros((1, 8, 8, 1)).tolist()}).status_code == 200
+
+
+def test_nan_infinity_and_1e999_in_a_json_body_are_refused_by_name(served: Any) -> None:
+    row = np.zeros((1, 8, 8, 1)).tolist()
+    for token in ("NaN", "Infinity", "-Infinity", "1e999", "-1e999"):
+        text = json.dumps({"inputs": row}).replace("0.0", token, 1)
+        for ctype in ("application/json", "Application/JSON; charset=UTF-8"):
+            r = served.post("/v1/models/tiny/predict", content=text.encode(), headers={"content-type": ctype})
+            assert r.status_code == 400, (token, ctype, r.text)
+            assert f"{token} at char" in r.json()["detail"] and "not a finite number" in r.json()["detail"]
+
