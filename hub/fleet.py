@@ -33,7 +33,7 @@ from .db import has_tag, session
 from .errors import Denied, Invalid, NotFound
 from .keys import HubKeys
 from .metrics import HubMetrics
-from .models import (Alert, AuditEntry, Build, Bundle, Device, EnrollToken, ModelName, ReportRecord, Rollout,
+from .models import (Alert, AuditEntry, Build, Bundle, DesiredDoc, Device, EnrollToken, ModelName, ReportRecord, Rollout,
                      RolloutDevice, TelemetryWindow)
 from .store import BundleStore, split_archive
 from .transport import Outgoing, Publisher
@@ -462,11 +462,28 @@ class Fleet:
         desired = Desired(device=d.id, seq=seq, issued=now, expires=now + self.config.desired_ttl,
                           action=action, bundle=bundle_ref(b) if b is not None else None, rollout=rollout)
         payload = desired.seal([self.keys.online])
+        s.merge(DesiredDoc(device=d.id, seq=seq, expires=desired.expires, payload=payload))
         d.desired_seq = seq
         d.desired_bundle = b.digest if b is not None else None
         d.desired_action = action
         s.add(d)
         return Outgoing(str(Topic.for_device(Kind.DESIRED, d.id)), payload, retain=True, qos=1, kind="desired")
+
+    def republish_desired(self) -> int:
+        """Every device's last desired document, unexpired, retained again (same bytes, same
+        seq: a device that has it sees a replay and ignores it). Called on every connect to
+        the broker: a broker restarted without its retained messages forgets them, and a device
+        that was offline then would otherwise never hear of its rollout."""
+        now = self.clock()
+        out: list[Outgoing] = []
+        with self.session() as s:
+            for doc in s.exec(select(DesiredDoc).where(DesiredDoc.expires > now)).all():
+                out.append(Outgoing(str(Topic.for_device(Kind.DESIRED, doc.device)), doc.payload,
+                                    retain=True, qos=1, kind="desired"))
+        self.publish(out)
+        if out:
+            log.info("republished %d desired documents (retained)", len(out))
+        return len(out)
 
     def publish(self, messages: Sequence[Outgoing]) -> None:
         if messages:

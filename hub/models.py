@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -185,3 +185,14 @@ class EnrollToken(SQLModel, table=True):
     expires: int = 0
     used: int = 0
     created_by: str = ""
+
+
+class DesiredDoc(SQLModel, table=True):
+    """The last signed desired document issued to each device, byte for byte: the hub publishes
+    it again (retained) whenever it connects to the broker, so a broker that lost its retained
+    messages (kill -9 before its autosave) still tells a returning device what to run."""
+    __tablename__ = "desired_doc"
+    device: str = Field(primary_key=True, max_length=64)
+    seq: int = 0
+    expires: int = 0
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))

@@ -7,7 +7,13 @@ returns the acks / chunk repairs to publish. If the queue is full the message is
 dropped: agents resend telemetry and reports until acked, and status is retained.
 
 Reconnects: paho's own loop reconnects with backoff (1..30 s); on every (re)connect the bridge
-subscribes again and the retained status of every device is delivered anew.
+subscribes again, the retained status of every device is delivered anew, and ``on_connected``
+runs in its own thread (the hub republishes the root and every desired document there).
+
+Session: the client id is stable for a hub (its host, database and port), with a persistent
+session (MQTT v5 ``clean_start=False`` and a session expiry of ``SESSION_EXPIRY_S``; 3.1.1
+``clean_session=False``), so what devices send while the hub is away is queued by the broker
+and arrives when it is back, not only with the agents' next resend.
 
 Protocol: MQTT v5 first. A broker that refuses v5 (the demo's embedded amqtt broker speaks only
 3.1.1) makes the bridge rebuild its client once with MQTT 3.1.1; nothing else changes.
@@ -24,6 +30,7 @@ from typing import Callable, Sequence
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -36,6 +43,8 @@ from .transport import Outgoing
 log = logging.getLogger(__name__)
 
 SUBSCRIPTIONS = [device_filter(k) for k in (Kind.STATUS, Kind.REPORT, Kind.TELEMETRY, Kind.FETCH)]
+SESSION_EXPIRY_S = 3600
+MAX_PACKET_BYTES = 1024 * 1024  # what the hub takes; device messages are <= 256 KiB
 _STOP = ("", b"")
 
 
@@ -54,10 +63,12 @@ class Bridge:
         self._worker: threading.Thread | None = None
         self._stopping = False
         self._client_id = client_id or f"edgefleet-hub-{secrets.token_hex(4)}"
+        self.on_connected: Callable[[], None] | None = None
         self.client = self._make_client(mqtt.MQTTv5)
 
     def _make_client(self, protocol: mqtt.MQTTProtocolVersion) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=protocol)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=protocol,
+                             clean_session=None if protocol == mqtt.MQTTv5 else False)
         if self.broker.username:
             client.username_pw_set(self.broker.username, self.broker.password)
         client.reconnect_delay_set(1, 30)
@@ -75,8 +86,18 @@ class Bridge:
         if self._stopping:
             return
         self.client = self._make_client(mqtt.MQTTv311)
-        self.client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+        self._connect()
         self.client.loop_start()
+
+    def _connect(self) -> None:
+        if self.client.protocol == mqtt.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            props.MaximumPacketSize = MAX_PACKET_BYTES
+            self.client.connect_async(self.broker.host, self.broker.port, keepalive=30, clean_start=False,
+                                      properties=props)
+        else:
+            self.client.connect_async(self.broker.host, self.broker.port, keepalive=30)
 
     # ---- paho callbacks (network thread: no blocking) --------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: object, _flags: object, rc: ReasonCode,
@@ -94,7 +115,16 @@ class Bridge:
         client.subscribe(subs)
         self.connected.set()
         self.metrics.mqtt_connected.set(1)
-        log.info("connected to broker %s:%d", self.broker.host, self.broker.port)
+        log.info("connected to broker %s:%d as %s", self.broker.host, self.broker.port, self._client_id)
+        if self.on_connected is not None:
+            threading.Thread(target=self._run_on_connected, name="hub-on-connect", daemon=True).start()
+
+    def _run_on_connected(self) -> None:
+        try:
+            assert self.on_connected is not None
+            self.on_connected()
+        except Exception:  # noqa: BLE001 - the next connect tries again
+            log.exception("on-connect work failed")
 
     def _on_disconnect(self, client: mqtt.Client, _u: object, _flags: object, rc: ReasonCode,
                        _props: Properties | None) -> None:
@@ -144,7 +174,7 @@ class Bridge:
         self.handler = handler
         self._worker = threading.Thread(target=self._drain, name="hub-ingest", daemon=True)
         self._worker.start()
-        self.client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+        self._connect()
         self.client.loop_start()
 
     def stop(self) -> None:

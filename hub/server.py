@@ -7,7 +7,9 @@ soak, offline detection).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -41,11 +43,18 @@ class Hub:
 
     def start(self) -> None:
         if self.bridge is not None:
+            # every (re)connect: the broker may have restarted without its retained messages
+            self.bridge.on_connected = self._on_connected
             self.bridge.start(self.ingest.handle)
-        self.fleet.publish([self.fleet.root_message()])  # paho queues it until connected
+        else:
+            self.fleet.publish([self.fleet.root_message()])
         self.fleet.write_broker_auth()
         self._ticker = threading.Thread(target=self._tick_loop, name="hub-ticker", daemon=True)
         self._ticker.start()
+
+    def _on_connected(self) -> None:
+        self.fleet.publish([self.fleet.root_message()])
+        self.fleet.republish_desired()
 
     def _tick_loop(self) -> None:
         while not self._stop.wait(self.config.tick):
@@ -62,6 +71,13 @@ class Hub:
             self._ticker.join(timeout=10)
 
 
+def hub_client_id(config: HubConfig) -> str:
+    """Stable across restarts of one hub (so its broker session persists), distinct for two
+    hubs on one host (another database or port)."""
+    tag = hashlib.sha256(f"{config.db}|{config.port}".encode()).hexdigest()[:8]
+    return f"edgefleet-hub-{socket.gethostname()[:40]}-{tag}"
+
+
 def build(config: HubConfig, publisher: Publisher | None = None, with_broker: bool = True,
           **engine_kwargs: Any) -> Hub:
     keys = HubKeys.load(config.keys)
@@ -69,7 +85,8 @@ def build(config: HubConfig, publisher: Publisher | None = None, with_broker: bo
     metrics = HubMetrics()
     engine = make_engine(config.db, create=False, **engine_kwargs)
     migrations.upgrade(engine)  # the registry schema is whatever Alembic says it is
-    bridge = Bridge(config.broker_url, metrics, config.batch_max, config.batch_wait) if with_broker else None
+    bridge = Bridge(config.broker_url, metrics, config.batch_max, config.batch_wait,
+                    client_id=hub_client_id(config)) if with_broker else None
     pub: Publisher = publisher or bridge or MemoryPublisher()
     fleet = Fleet(config, engine, keys, store, pub, metrics)
     app = create_app(fleet, bridge.connected if bridge else None)

@@ -121,3 +121,41 @@ def test_rollout_over_mqtt_delivers_desired_and_chunks_and_tracks_reports(live, 
     b.send("report", report("rpi-b", 1, 1, stage="verify", status="failed", reason="bad_signature"))
     wait_for(lambda: client.get(f"/api/v1/rollouts/{rid}").json()["counts"] == {"installed": 1, "failed": 1},
              what="rollout counts")
+
+
+def test_a_device_offline_through_a_broker_crash_still_gets_its_desired_document(
+        tmp_path: Path, keys_dir: Path, bundle_dir):
+    """kill -9 of a broker that had not saved its retained messages: the hub republishes every
+    device's last desired document, byte for byte, when it reconnects, so a device that was
+    offline during the rollout and the crash converges when it returns."""
+    from fastapi.testclient import TestClient
+    from tests.conftest import start_mosquitto
+    from .conftest import TOKEN
+    broker = start_mosquitto(tmp_path / "broker", "persistence false\n")
+    hub = build(hub_config(tmp_path, keys_dir, broker=broker.url))
+    hub.start()
+    try:
+        assert hub.bridge is not None and hub.bridge.connected.wait(10)
+        pi = FakeDevice("pi-away", broker.port).connect()
+        pi.send("status", status("pi-away"), retain=True)
+        wait_for(lambda: len(rows(hub, Device)) == 1, what="the device")
+        pi.close()  # goes away before the rollout
+        client = TestClient(hub.app, headers={"Authorization": f"Bearer {TOKEN}"})
+        pushed = client.post("/api/v1/bundles", content=archive_of(bundle_dir(model_bytes=b"\x07" * 5000))).json()
+        client.post("/api/v1/rollouts", json={"bundle": pushed["digest"], "target": {"all": True}})
+        issued = wait_for(lambda: rows(hub, Device)[0].desired_seq, what="a desired document issued")
+        time.sleep(0.5)  # published to the broker
+        broker.stop(kill=True)
+        wait_for(lambda: not hub.bridge.connected.is_set(), what="the hub to notice")
+        broker.start()  # same port, no retained messages
+        assert hub.bridge.connected.wait(40)
+        back = FakeDevice("pi-away", broker.port).connect()
+        try:
+            doc = wait_for(lambda: back.got("desired"), what="the retained desired document")[-1]
+            desired = verify_desired(doc, HubKeys.load(keys_dir).root, "pi-away", 0, int(time.time()))
+            assert desired.seq == issued and desired.bundle is not None and desired.bundle.digest == pushed["digest"]
+        finally:
+            back.close()
+    finally:
+        hub.stop()
+        broker.stop()
