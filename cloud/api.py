@@ -55,7 +55,7 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.js
 IMAGE_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary",
-                            "description": "an image (JPEG, PNG, BMP...)"}}}}}}}
+                            "description": "an image (JPEG, PNG, BMP, GIF, WebP, TIFF)"}}}}}}}
 TENSOR_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
         "inputs": {"type": "array", "description": "nested list, batch dimension first"}}}},

@@ -2,7 +2,8 @@
 
 Three ways in, every failure a :class:`BadInput` naming the part of the request that is wrong:
 
-* an image (``POST /predict`` multipart ``file``): decoded with Pillow (YCbCr and grayscale
+* an image (``POST /predict`` multipart ``file``; JPEG, PNG, BMP, GIF, WebP or TIFF, at most
+  ``max_pixels`` by its header): decoded with Pillow (YCbCr and grayscale
   JPEGs with simplejpeg when installed: the same pixels, in about half the time), converted to L or RGB,
   resized to the spec's size (the spec's ``resize`` filter, default bicubic = Pillow's default, as the seed does), ``pixel * scale +
   offset``, laid out NHWC or NCHW, one row; integer inputs get the quantized value (or, uint8
@@ -34,6 +35,8 @@ from .spec import ImageSpec, InputSpec
 
 RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
             "nearest": Image.Resampling.NEAREST}
+# what Image.open may try; everything else is "not an image" (see _pixels)
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 DTYPE_NAMES = ("float32", "float16", "float64", "uint8", "int8", "int32", "int64")
 
 
@@ -58,27 +61,45 @@ def _jpeg_pixels(data: bytes, max_pixels: int) -> np.ndarray | None:
         return None
 
 
+def _bomb_pixels(exc: Exception) -> int:
+    """The pixel count in Pillow's DecompressionBombError message (it refuses at open, before
+    our own check sees the size); the least it can be when the message changes."""
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    return int(m.group(1)) if m else 2 * (Image.MAX_IMAGE_PIXELS or 0) + 1
+
+
 def _pixels(data: bytes, spec: ImageSpec, max_pixels: int) -> np.ndarray:
-    """Image bytes -> uint8 pixels (H, W) for L or (H, W, 3) for RGB, at the spec's size."""
+    """Image bytes -> uint8 pixels (H, W) for L or (H, W, 3) for RGB, at the spec's size.
+
+    Only ``IMAGE_FORMATS`` are tried: Pillow's rarer plugins (DDS, SPIDER, EPS, ...) are attack
+    surface no camera needs. Whatever a decoder raises on a hostile file is the file's fault:
+    a 400 naming it (DDS, SPIDER and TIFF files mangled by a fuzzer raised NotImplementedError,
+    AttributeError and TypeError, which were 500s)."""
     mode = "L" if spec.channels == 1 else "RGB"
-    fast = _jpeg_pixels(data, max_pixels)
     try:
+        fast = _jpeg_pixels(data, max_pixels)
         if fast is not None:
             if fast.shape == (spec.height, spec.width, spec.channels):
                 return fast[:, :, 0] if mode == "L" else fast
             img = Image.fromarray(fast[:, :, 0] if fast.shape[2] == 1 else fast)
         else:
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
             w, h = img.size
             if w * h > max_pixels:
                 raise TooLarge("image", w * h, max_pixels)  # checked from the header: nothing decoded yet
         img = img.convert(mode).resize((spec.width, spec.height), RESAMPLE[spec.resize])
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadInput("image", f"too many pixels ({exc})") from None
+    except BadInput:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # the warning
+        # is an exception only where warnings are errors (tests); then it is the same refusal
+        raise TooLarge("image", _bomb_pixels(exc), max_pixels) from None
     except UnidentifiedImageError:
-        raise BadInput("file", "is not an image Pillow can read (expected JPEG, PNG, BMP, ...)") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise BadInput("image", f"cannot be decoded ({exc})") from None
+        raise BadInput("file", f"is not an image in a format served here "
+                               f"(expected {', '.join(IMAGE_FORMATS)})") from None
+    except MemoryError:
+        raise BadInput("image", "needs more memory to decode than this server has") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on client bytes is a bad image
+        raise BadInput("image", f"cannot be decoded ({type(exc).__name__}: {exc})") from None
     return np.asarray(img)
 
 

@@ -7,8 +7,11 @@ weights, so tests can compute the exact expected answer with numpy.
 
 from __future__ import annotations
 
+import base64
 import io
+import struct
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -115,6 +118,27 @@ def png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def png_declaring(w: int, h: int) -> bytes:
+    """A PNG whose header declares ``w`` x ``h`` pixels (an image bomb when large)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+# files a seeded mutation fuzzer found (zlib + base64): Pillow's DDS, SPIDER and TIFF decoders
+# raised NotImplementedError, AttributeError and TypeError on them, which the API answered 500
+DECODER_CRASHERS = {
+    "dds-notimplementederror": "eNrtzrEJACAMRNHrLM0IGcYNXMfCzRURG+3EwuKHPLgQAkkpe5EUTXJNVXflR26r52D7xdgEAAAAAADwUv3vpw4X3iQi",
+    "spider-attributeerror": "eNrty4EJwCAMBdEPDmZbHcU9mlEdpVYFgxOUcgdPjBjJoqRravV5FLT3/jndfK+ruWfL7UjbbhERfax6AAAAAACAf3sAKF2FLw==",
+    "tiff-typeerror": "eNrz9NRi4GBgYOBkYGBkYWAEshSAmBGJzcTIDGaDVDFD2SDMhsQWZGQF01VALIakVxzKZmBhYJCBqW9gAAN2fKABg4EM/kPpevZRMApGwZAEABaoITI=",
+}
+
+
+def decoder_crasher(name: str) -> bytes:
+    return zlib.decompress(base64.b64decode(DECODER_CRASHERS[name]))
 
 
 @dataclass

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .conftest import (IMAGE_8x8, Setup, Tiny, client_for, drop, make_archive, png, portal_of, service_of,
-                       tiny_model)
+from .conftest import (DECODER_CRASHERS, IMAGE_8x8, Setup, Tiny, client_for, decoder_crasher, drop, make_archive, png,
+                       png_declaring, portal_of, service_of, tiny_model)
 
 
 def gradient() -> np.ndarray:
@@ -313,3 +313,15 @@ def test_nan_infinity_and_1e999_in_a_json_body_are_refused_by_name(served: Any) 
             assert r.status_code == 400, (token, ctype, r.text)
             assert f"{token} at char" in r.json()["detail"] and "not a finite number" in r.json()["detail"]
 
+
+
+def test_image_bombs_and_decoder_crashing_files_are_4xx_and_the_service_keeps_serving(served: Any) -> None:
+    for route in ("/predict", "/v1/models/tiny/predict/image"):
+        r = served.post(route, files={"file": ("bomb.png", png_declaring(30000, 30000), "image/png")})
+        assert r.status_code == 413, r.text
+        assert r.json() == {"detail": "bad image: 900000000 exceeds the limit of 16000000", "code": "too_large"}
+        for name in DECODER_CRASHERS:
+            r = served.post(route, files={"file": (name, decoder_crasher(name), "image/png")})
+            assert r.status_code == 400, (name, r.text)
+            assert r.json()["code"] == "bad_input", r.json()
+    assert served.post("/predict", files={"file": ("ok.png", png(gradient()), "image/png")}).status_code == 200
