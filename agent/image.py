@@ -13,7 +13,9 @@ Two decoders, one result:
   spec's filter).
 
 A bad image raises :class:`ValueError` naming the problem; the caller turns it into its own
-error type.
+error type. An image whose header declares more than ``MAX_PIXELS`` pixels raises
+:class:`ImageTooLarge` before any pixel is decoded: a few kilobytes of PNG or JPEG can declare
+30000x30000 (2.7 GB of RGB), a decompression bomb for a device with 1-4 GB of memory.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ except ImportError:  # 32-bit ARM, or installed without it: Pillow decodes every
     simplejpeg = None
 
 _SOI = b"\xff\xd8"
+MAX_PIXELS = 40_000_000  # an 8K camera frame (7680x4320, 33 MP) fits; ~120 MB decoded as RGB
+
+
+class ImageTooLarge(ValueError):
+    """The image declares more pixels than :data:`MAX_PIXELS`; the message gives its size."""
 _FAST_COLORSPACES = {3: ("YCbCr", "Gray"), 1: ("Gray",)}
 
 
@@ -59,7 +66,17 @@ def _pillow(data: bytes, height: int, width: int, channels: int, resample: str) 
     from PIL import Image, UnidentifiedImageError
     mode = "L" if channels == 1 else "RGB"
     try:
-        src: Any = Image.open(io.BytesIO(data))
+        src: Any = Image.open(io.BytesIO(data))  # reads the header only
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own check, at twice (error) or once (warning, an error under -W error) its
+        # MAX_IMAGE_PIXELS (89 MP): beyond ours either way
+        raise ImageTooLarge(f"image is too large to decode ({exc}); at most {MAX_PIXELS} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ValueError(f"file is not a readable image ({exc})") from None
+    w, h = src.size
+    if w * h > MAX_PIXELS:
+        raise ImageTooLarge(f"image declares {w}x{h} = {w * h} pixels; at most {MAX_PIXELS} are decoded")
+    try:
         if src.format == "JPEG":
             src.draft(mode, (width, height))  # let the JPEG decoder downscale by 1/2..1/8 first
         img = src if src.mode == mode else src.convert(mode)

@@ -19,7 +19,10 @@ Wire rules (each violation gets a JSON error naming it, then the connection clos
 * HTTP/1.1 keeps the connection open unless ``Connection: close``; HTTP/1.0 closes unless
   ``Connection: keep-alive``; an idle connection is closed after ``IDLE_TIMEOUT_S``;
 * routes: ``POST /v1/predict`` and ``/predict``, ``GET /healthz``, ``GET /v1/status``; other
-  paths 404, other methods 405 (with ``Allow``). Errors are ``{"error", "detail"}``.
+  paths 404, other methods 405 (with ``Allow``). Errors are ``{"error", "detail"}``;
+* a predict body that is not strict JSON (NaN, Infinity, ``1e999``, nesting past 1024 levels,
+  ``inputs`` deeper than 16) is 400; an image declaring more than ``agent.image.MAX_PIXELS``
+  pixels is 413 (decoded never); other bad input 422. The connection stays open.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Callable
 
-from .runtime import InputError
+from .runtime import InputError, MalformedBody, TooLarge
 from .serve import MAX_BODY, Answer, Serving, Unavailable, parse_request
 
 log = logging.getLogger(__name__)
@@ -229,6 +232,11 @@ def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[soc
             try:
                 req = parse_request(h.get("content-type", ""), body, h.get("x-tensor-shape"), h.get("x-tensor-dtype"))
                 out: Answer = serving.respond(req)
+            except MalformedBody as exc:
+                return self._send(HTTPStatus.BAD_REQUEST, _error(HTTPStatus.BAD_REQUEST, str(exc)), head.keep_alive)
+            except TooLarge as exc:
+                return self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                  _error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc)), head.keep_alive)
             except InputError as exc:
                 return self._send(HTTPStatus.UNPROCESSABLE_ENTITY, _error(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)),
                                   head.keep_alive)

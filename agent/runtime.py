@@ -32,7 +32,7 @@ import numpy as np
 from protocol.features import resize_filter
 from protocol.messages import BundleInfo
 
-from .image import decode
+from .image import ImageTooLarge, decode
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,16 @@ class ModelError(Exception):
 
 
 class InputError(ValueError):
-    """A request's input cannot be turned into the model's input tensor."""
+    """A request's input cannot be turned into the model's input tensor (HTTP 422)."""
+
+
+class MalformedBody(InputError):
+    """The body is not what its Content-Type says: not strict JSON (NaN, Infinity, a number
+    beyond float range), or nested too deeply to be a tensor (HTTP 400)."""
+
+
+class TooLarge(InputError):
+    """The input declares more than the agent will decode, e.g. an image bomb (HTTP 413)."""
 
 
 def _interpreter_module() -> Any:
@@ -249,6 +258,8 @@ class Model:
             raise InputError("this model takes tensors, not images; send JSON {\"inputs\": [...]}")
         try:
             return decode(data, int(p["height"]), int(p["width"]), int(p.get("channels", 3)), resize_filter(p))
+        except ImageTooLarge as exc:
+            raise TooLarge(str(exc)) from None
         except ValueError as exc:
             raise InputError(str(exc)) from None
 
@@ -300,8 +311,11 @@ class Model:
 
     def tensor_to_input(self, inputs: Any) -> np.ndarray:
         try:
-            arr = np.asarray(inputs, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
+            with np.errstate(over="raise", invalid="raise"):
+                arr = np.asarray(inputs, dtype=np.float32)
+        except FloatingPointError:
+            raise InputError("inputs holds a number beyond the float32 range (about 3.4e38)") from None
+        except (TypeError, ValueError, OverflowError) as exc:
             raise InputError(f"inputs is not a nested list of numbers ({exc})") from None
         want = self.backend.input_shape
         if arr.size != int(np.prod(want)):

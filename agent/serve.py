@@ -38,7 +38,7 @@ import numpy as np
 import orjson
 
 from .install import probation_verdict
-from .runtime import InputError, Model, ModelError
+from .runtime import InputError, MalformedBody, Model, ModelError
 from .telemetry import Recorder
 
 log = logging.getLogger(__name__)
@@ -354,12 +354,15 @@ def parse_request(content_type: str, body: bytes, shape: str | None = None, dtyp
     without the header it is an image."""
     ctype = content_type.split(";")[0].strip().lower()
     if ctype == "application/json":
-        try:
-            doc = json.loads(body)
-        except ValueError as exc:
-            raise InputError(f"body is not valid JSON ({exc})") from None
+        doc = _strict_json(body)
         if not isinstance(doc, dict) or "inputs" not in doc:
             raise InputError("JSON body must be an object with an 'inputs' field")
+        depth, inputs = 0, doc["inputs"]
+        while isinstance(inputs, list) and inputs:  # a tensor's depth is its first element's
+            depth, inputs = depth + 1, inputs[0]
+            if depth > MAX_INPUT_DEPTH:
+                raise MalformedBody(f"'inputs' is nested deeper than {MAX_INPUT_DEPTH} levels; a tensor has "
+                                    f"one level per dimension")
         return Request(inputs=doc["inputs"])
     if ctype == "multipart/form-data":
         return _multipart_file(content_type, body)
@@ -370,6 +373,23 @@ def parse_request(content_type: str, body: bytes, shape: str | None = None, dtyp
             raise InputError("empty image body")
         return Request(image=body)
     raise InputError(f"unsupported Content-Type {content_type!r}; send multipart/form-data (file) or application/json")
+
+
+MAX_INPUT_DEPTH = 16  # list levels in 'inputs' (numpy allows 64 dimensions, models use 2-5)
+_NON_FINITE = (b"-Infinity", b"Infinity", b"NaN")
+
+
+def _strict_json(body: bytes) -> Any:
+    """RFC 8259 JSON (orjson): NaN, Infinity, numbers beyond float64 (``1e999``) and nesting
+    past 1024 levels are :class:`MalformedBody` naming the problem and where, never a crash."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        pos = exc.pos
+        word = next((w for w in _NON_FINITE if body.startswith(w, pos) or body.startswith(w, max(0, pos - 1))), None)
+        why = (f"{word.decode()} is not a JSON number; send finite numbers" if word
+               else "nested deeper than 1024 levels" if exc.msg == "depth limit exceeded" else exc.msg)
+        raise MalformedBody(f"body is not valid JSON ({why}; at char {pos}: {body[pos:pos + 24]!r})") from None
 
 
 _DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8}

@@ -71,3 +71,18 @@ def test_a_truncated_jpeg_is_named_as_unreadable(cat224: Image.Image) -> None:
         image.decode(data[: len(data) // 3], 224, 224, 3, "bicubic")
     with pytest.raises(ValueError, match="not a readable image"):
         image.decode(b"\xff\xd8 not really a jpeg", 224, 224, 3, "bicubic")
+
+
+def test_an_image_declaring_more_than_max_pixels_is_refused_before_decoding() -> None:
+    """A 48 MP PNG header over a few bytes of data: refused from the header with its size
+    (Pillow's own limit, 89 MP, would let it decode 144 MB of RGB)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8000, 6000, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    with pytest.raises(image.ImageTooLarge, match="declares 8000x6000 = 48000000 pixels; at most 40000000"):
+        image.decode(png, 224, 224, 3, "bilinear")

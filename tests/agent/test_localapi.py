@@ -141,3 +141,75 @@ def test_parse_head_reads_names_case_insensitively_first_value_wins() -> None:
     assert parse_head(b"GET / HTTP/1.1\nHost: lf").headers == {"host": "lf"}   # bare LF line ends
     with pytest.raises(BadRequest, match="no CR"):
         parse_head(b"GET / HTTP/1.1\r\nX-Cr: a\rb")
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A few dozen bytes of PNG whose header declares ``width`` x ``height`` RGB pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def _jpeg_declaring(width: int, height: int) -> bytes:
+    """A real 16x16 JPEG whose frame header (SOF0) is patched to declare ``width`` x ``height``."""
+    import io
+    import struct
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def _post_as(ctype: str, body: bytes) -> bytes:
+    return (f"POST /v1/predict HTTP/1.1\r\nHost: a\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+
+
+@pytest.mark.parametrize("body, needle", [
+    (_png_declaring(30000, 30000), "too large to decode"),        # past Pillow's own bomb limit
+    (_jpeg_declaring(30000, 30000), "too large to decode"),
+    (_jpeg_declaring(12000, 12000), "too large to decode"),       # Pillow warns (89-179 MP)
+    (_png_declaring(8000, 6000), "declares 8000x6000 = 48000000 pixels"),  # under Pillow's, over ours
+], ids=["png-30000", "jpeg-30000", "jpeg-12000", "png-8000x6000"])
+def test_an_image_bomb_gets_413_naming_its_size_and_the_agent_keeps_serving(port: int, body: bytes,
+                                                                            needle: str) -> None:
+    """A small file declaring huge dimensions is refused from its header (never decoded), with
+    413 naming the size; the next request on the same connection is served."""
+    out, closed = _exchange(port, _post_as("image/png", body) + _post(), answers=2)
+    (code, _, doc), (after, _, _) = out
+    assert code == 413 and needle in doc["detail"] and "at most 40000000" in doc["detail"], doc
+    assert after == 200 and not closed
+
+
+@pytest.mark.parametrize("body, needle", [
+    (b'{"inputs": [[0.5, NaN]]}', "NaN is not a JSON number"),
+    (b'{"inputs": [[0.5, Infinity]]}', "Infinity is not a JSON number"),
+    (b'{"inputs": [[0.5, -Infinity]]}', "-Infinity is not a JSON number"),
+    (b'{"inputs": [[0.5, 1e999]]}', "infinity when parsed as double; at char 18: b'1e999]]}'"),
+    (b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested deeper than 1024 levels"),
+    (b'{"inputs": ' + b"[" * 100 + b"0" + b"]" * 100 + b"}", "'inputs' is nested deeper than 16 levels"),
+    (b"{not json", "body is not valid JSON"),
+], ids=["nan", "infinity", "minus-infinity", "1e999", "nested-5000", "inputs-nested-100", "not-json"])
+def test_non_finite_or_deeply_nested_json_gets_400_naming_the_problem(port: int, body: bytes, needle: str) -> None:
+    out, closed = _exchange(port, _post_as("application/json", body) + _post(), answers=2)
+    (code, _, doc), (after, _, _) = out
+    assert code == 400 and needle in doc["detail"], doc
+    assert after == 200 and not closed
+
+
+def test_a_json_number_beyond_float32_is_named_not_a_crash(port: int) -> None:
+    """1e300 is valid JSON but no float32: a 422 naming the range (numpy's overflow warning is an
+    error under this suite's settings, so a missed one would be a 500 here)."""
+    tensor = np.zeros((1, 128, 128, 3)).tolist()
+    tensor[0][0][0][0] = 1e300
+    out, _ = _exchange(port, _post_as("application/json", json.dumps({"inputs": tensor}).encode()))
+    assert out[0][0] == 422 and "beyond the float32 range" in out[0][2]["detail"]
