@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
              config.host, config.port, config.bundles, root.version,
              f"{len(config.api_keys)} API key(s)" if config.auth_required else "no API keys",
              config.processes, config.batch.workers)
+    if config.api_keys:  # the one place slot -> name is shown: the operator's log, not /metrics
+        log.info("API key slots in edgefleet_cloud_key_requests_total{slot}: %s",
+                 ", ".join(f"{k.slot}={k.name}" for k in config.api_keys))
     from .processes import listen, serve_process, supervise
 
     if config.processes == 1:

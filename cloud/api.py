@@ -292,7 +292,7 @@ class Service:
             raise AuthError("missing API key: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'")
         for key in self.config.api_keys:
             if hmac.compare_digest(key.secret.encode(), presented.encode()):
-                self.metrics.requests_by_key.labels(key.name).inc()
+                self.metrics.requests_by_key.labels(str(key.slot)).inc()
                 return key
         raise AuthError("API key not recognised")
 

@@ -24,10 +24,13 @@ MIN_SECRET_CHARS = 16
 
 @dataclass(frozen=True)
 class ApiKey:
-    """A client key. ``name`` labels metrics and logs; the secret never appears in either."""
+    """A client key. ``name`` appears in logs and in answers to the key's own holder; metrics
+    (``/metrics`` is open) count it by ``slot``, its 1-based position in the configuration, so a
+    scrape reveals neither the secret nor which apps hold keys."""
 
     name: str
     secret: str = field(repr=False)
+    slot: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def parse_api_key(text: str, index: int) -> ApiKey:
         raise ConfigError(f"API key #{index}: name {name!r} must be letters, digits, - or _")
     if len(secret) < MIN_SECRET_CHARS:
         raise ConfigError(f"API key {name!r}: secret is {len(secret)} chars, need >= {MIN_SECRET_CHARS}")
-    return ApiKey(name, secret)
+    return ApiKey(name, secret, index)
 
 
 def _is_loopback(host: str) -> bool:

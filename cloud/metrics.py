@@ -1,8 +1,9 @@
 """Every Prometheus metric the cloud service exports, declared in this one module.
 
 Each app gets its own :class:`CollectorRegistry` so several apps (tests, benchmarks) can live in
-one process. Labels are bounded: model names and versions come from verified bundles, API key
-*names* (never secrets) from the config, routes from the route table.
+one process. Labels are bounded: model names and versions come from verified bundles, API keys
+are counted by *slot* (their position in the config: ``/metrics`` needs no key, so neither key
+names nor secrets appear), routes from the route table.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ class Metrics:
             "edgefleet_cloud_errors_total", "Requests answered with an error, by error code",
             ["code"], registry=r)
         self.requests_by_key = Counter(
-            "edgefleet_cloud_key_requests_total", "Authenticated requests per API key name",
-            ["key"], registry=r)
+            "edgefleet_cloud_key_requests_total",
+            "Authenticated requests per API key slot (1-based position in the configuration)",
+            ["slot"], registry=r)
         self.models_loaded = Gauge(
             "edgefleet_cloud_models_loaded", "Model versions being served", registry=r)
         self.bundles_refused = Counter(

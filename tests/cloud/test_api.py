@@ -194,7 +194,7 @@ def test_health_is_always_up_and_ready_needs_a_verified_model(setup: Setup, trus
         assert client.get("/readyz").status_code == 200
 
 
-def test_api_keys_are_required_per_key_and_counted_by_name(setup: Setup, trust: Any, tiny: Tiny) -> None:
+def test_api_keys_are_required_per_key_and_counted_by_slot(setup: Setup, trust: Any, tiny: Tiny) -> None:
     drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx))
     keys = ["alice:" + "a" * 20, "bob:" + "b" * 20]
     with client_for(setup, trust, api_keys=keys) as client:
@@ -210,9 +210,25 @@ def test_api_keys_are_required_per_key_and_counted_by_name(setup: Setup, trust: 
         for open_path in ("/healthz", "/readyz", "/metrics"):
             assert client.get(open_path).status_code == 200
         metrics = client.get("/metrics").text
-        assert 'edgefleet_cloud_key_requests_total{key="alice"} 1.0' in metrics
-        assert 'edgefleet_cloud_key_requests_total{key="bob"} 1.0' in metrics
-        assert "a" * 20 not in metrics
+        assert 'edgefleet_cloud_key_requests_total{slot="1"} 1.0' in metrics
+        assert 'edgefleet_cloud_key_requests_total{slot="2"} 1.0' in metrics
+
+
+def test_an_unauthenticated_metrics_scrape_learns_neither_key_names_nor_secrets(setup: Setup, trust: Any,
+                                                                              tiny: Tiny) -> None:
+    drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx))
+    keys = {"acme-payments-prod": "p" * 24, "partner_bigcorp": "q" * 24}
+    with client_for(setup, trust, api_keys=[f"{n}:{s}" for n, s in keys.items()]) as client:
+        x = {"inputs": np.zeros((1, 8, 8, 1)).tolist()}
+        for secret in keys.values():
+            assert client.post("/v1/models/tiny/predict", json=x, headers={"x-api-key": secret}).status_code == 200
+        client.post("/v1/models/tiny/predict", json=x, headers={"x-api-key": "r" * 24})  # a wrong key: 401
+        r = client.get("/metrics")  # no key: /metrics is open to anyone who can reach the port
+        assert r.status_code == 200
+        for name, secret in keys.items():
+            assert name not in r.text and secret not in r.text
+        assert "acme" not in r.text and "bigcorp" not in r.text
+        assert 'edgefleet_cloud_key_requests_total{slot="1"} 1.0' in r.text
 
 
 def test_metrics_show_latency_batches_queue_counts_and_errors(served: Any) -> None:
