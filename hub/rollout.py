@@ -18,6 +18,8 @@ Device states (``DeviceState.state``)::
     issued/installing ─failed(other reason)─▶ failed
     issued/installing ─timeout, retries spent─▶ timed_out ─comes back online─▶ issued (re-issued)
     any issued-or-later ─rollback─▶ rolling_back ─ok / status shows previous bundle─▶ rolled_back
+    (no previous bundle: told ``idle``, keeps serving; its idle-ok report settles it as
+    rolled_back with reason NO_PREVIOUS, and the rollout's reason counts such devices)
     pending ─cancel/abort/rollback─▶ cancelled
 
 Rules, in the order ``advance`` applies them:
@@ -72,6 +74,7 @@ from protocol.sketch import DriftThresholds, LatencySketch, drift_verdict, js_di
 
 from . import compat
 
+NO_PREVIOUS = "no previous bundle: told idle, keeps serving this rollout's bundle"
 PHASES = ("running", "paused", "awaiting_approval", "completed", "aborted", "rolled_back", "cancelled")
 TERMINAL_PHASES = ("aborted", "rolled_back", "cancelled")
 SETTLED = ("installed", "failed", "timed_out", "incompatible")
@@ -357,13 +360,17 @@ def advance(state: RolloutState, events: Sequence[Event], now: int,
         actions.append(Issue(d.id, "install", st.bundle))
         return replace(d, state="issued", attempts=d.attempts + 1, issued_at=now, reason=reason)
 
-    def roll_back_all(reason: str) -> None:
+    def roll_back_all(reason: str) -> str:
+        """Returns what the rollout's reason adds: how many devices have nothing to go back to."""
+        keep = sum(1 for d in devs.values() if d.from_bundle is None
+                   and d.state in ("issued", "installing", "installed", "failed", "timed_out"))
         for d in list(devs.values()):
             if d.state in ("issued", "installing", "installed", "failed", "timed_out"):
                 actions.append(Issue(d.id, "rollback" if d.from_bundle else "idle", d.from_bundle))
                 put(replace(d, state="rolling_back", issued_at=now, reason=reason))
             elif d.state == "pending":
                 put(replace(d, state="cancelled", reason=reason))
+        return f"; {keep} device(s) had no previous bundle and keep serving this one" if keep else ""
 
     def cancel_pending(reason: str) -> None:
         for d in list(devs.values()):
@@ -392,8 +399,8 @@ def advance(state: RolloutState, events: Sequence[Event], now: int,
             cancel_pending(f"cancelled{who}")
             st = replace(st, phase="cancelled", reason=f"cancelled{who}")
         elif ev.op == "rollback":
-            st = replace(st, phase="rolled_back", reason=f"rolled back{who}")
-            roll_back_all(f"rollback{who}")
+            kept = roll_back_all(f"rollback{who}")
+            st = replace(st, phase="rolled_back", reason=f"rolled back{who}{kept}")
 
     # 2./3. observations and reports
     for ev in events:
@@ -435,6 +442,8 @@ def advance(state: RolloutState, events: Sequence[Event], now: int,
             if d.state == "rolling_back":
                 if ev.status == "ok" and ev.stage in ("commit", "switch", "rollback"):
                     put(replace(d, state="rolled_back", reason=""))
+                elif ev.status == "ok" and ev.stage == "idle" and d.from_bundle is None:
+                    put(replace(d, state="rolled_back", reason=NO_PREVIOUS))
                 elif ev.status == "failed":
                     put(replace(d, reason=f"rollback failed: {ev.reason}: {ev.detail}"[:300]))
                 continue
@@ -492,8 +501,8 @@ def advance(state: RolloutState, events: Sequence[Event], now: int,
             cancel_pending(f"aborted: {msg}")
             st = replace(st, phase="aborted", reason=f"gate breach: {msg}")
         else:
-            st = replace(st, phase="rolled_back", reason=f"gate breach: {msg}")
-            roll_back_all(f"automatic rollback: {msg}")
+            kept = roll_back_all(f"automatic rollback: {msg}")
+            st = replace(st, phase="rolled_back", reason=f"gate breach: {msg}{kept}")
 
     if st.phase == "running":
         assigned = [d for d in devs.values() if d.cohort is not None]

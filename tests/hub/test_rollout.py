@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from hub.rollout import (Alert, Command, DeviceSeen, Gates, Health, InstallReport, Issue, Policy, PolicyError,
+from hub.rollout import (NO_PREVIOUS, Alert, Command, DeviceSeen, Gates, Health, InstallReport, Issue, Policy, PolicyError,
                          RolloutState, advance, cohort_sizes)
 from protocol.bundle import Requirements
 from protocol.sketch import LatencySketch
@@ -362,3 +362,16 @@ def test_plain_rollback_ok_of_an_installed_device_is_not_a_failure():
     st, _ = advance(st, [InstallReport("d00", "commit", "ok")], 1, policy)
     st, _ = advance(st, [InstallReport("d00", "rollback", "ok")], 2, policy)
     assert st.device("d00").state == "installed" and st.phase == "running"
+
+
+def test_rolling_back_a_first_ever_rollout_settles_and_says_the_devices_keep_serving():
+    """Nothing to go back to: the devices are told idle and keep serving; their idle report
+    settles them (they stayed 'rolling back' forever), and the state says what happened."""
+    policy = Policy(cohorts=("100%",))
+    st, _ = advance(RolloutState(NEW), seen(2, active=None), 0, policy)
+    st, _ = install_all(st, 1, policy)
+    st, acts = advance(st, [Command("rollback", "ops")], 2, policy)
+    assert st.phase == "rolled_back" and "2 device(s) had no previous bundle and keep serving" in st.reason
+    assert [(a.action, a.bundle) for a in rollbacks(acts)] == [("idle", None)] * 2
+    st, _ = advance(st, [InstallReport(d, "idle", "ok") for d in ("d00", "d01")], 3, policy)
+    assert {(d.state, d.reason) for d in st.devices} == {("rolled_back", NO_PREVIOUS)}
