@@ -8,9 +8,9 @@ Two decoders, one result:
   are Pillow's (tests compare them); measured on MobileNetV2-224 uploads it takes about half of
   Pillow's open + load + ``np.asarray`` time (agent/README.md). Optional: it has no 32-bit ARM
   wheel, and without it everything goes through Pillow.
-* **Pillow** for everything else: other formats, CMYK JPEGs, and any image that needs resizing
-  (a JPEG is first reduced in the DCT domain by 1/2..1/8 with ``draft``, then resized with the
-  spec's filter).
+* **Pillow** for everything else (JPEG, PNG, BMP, GIF, WebP or TIFF): CMYK JPEGs, and any image
+  that needs resizing (a JPEG is first reduced in the DCT domain by 1/2..1/8 with ``draft``,
+  then resized with the spec's filter).
 
 A bad image raises :class:`ValueError` naming the problem; the caller turns it into its own
 error type. An image whose header declares more than ``MAX_PIXELS`` pixels raises
@@ -21,6 +21,7 @@ error type. An image whose header declares more than ``MAX_PIXELS`` pixels raise
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ except ImportError:  # 32-bit ARM, or installed without it: Pillow decodes every
 
 _SOI = b"\xff\xd8"
 MAX_PIXELS = 40_000_000  # an 8K camera frame (7680x4320, 33 MP) fits; ~120 MB decoded as RGB
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")  # what Pillow may try (as the cloud)
 
 
 class ImageTooLarge(ValueError):
@@ -63,16 +65,22 @@ def _fast_jpeg(data: bytes, height: int, width: int, channels: int) -> np.ndarra
 
 
 def _pillow(data: bytes, height: int, width: int, channels: int, resample: str) -> np.ndarray:
+    """Only ``IMAGE_FORMATS`` are tried (Pillow's rarer plugins are attack surface no camera
+    needs), and whatever a decoder raises on the client's bytes is the file's fault: a
+    :class:`ValueError` naming it, as edgefleet-cloud does (fuzzed DDS, SPIDER and TIFF files
+    made Pillow raise NotImplementedError, AttributeError, TypeError there)."""
     from PIL import Image, UnidentifiedImageError
     mode = "L" if channels == 1 else "RGB"
     try:
-        src: Any = Image.open(io.BytesIO(data))  # reads the header only
+        src: Any = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow's own check, at twice (error) or once (warning, an error under -W error) its
-        # MAX_IMAGE_PIXELS (89 MP): beyond ours either way
-        raise ImageTooLarge(f"image is too large to decode ({exc}); at most {MAX_PIXELS} pixels") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ValueError(f"file is not a readable image ({exc})") from None
+        # Pillow's own check refuses at open, past its MAX_IMAGE_PIXELS (89 MP: a warning, an
+        # error under -W error) or twice that (an error): beyond ours either way
+        raise ImageTooLarge(f"image declares {_bomb_pixels(exc)} pixels; at most {MAX_PIXELS} are decoded") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"file is not a readable image (expected {', '.join(IMAGE_FORMATS)})") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on client bytes is a bad image
+        raise ValueError(f"file is not a readable image ({type(exc).__name__}: {exc})") from None
     w, h = src.size
     if w * h > MAX_PIXELS:
         raise ImageTooLarge(f"image declares {w}x{h} = {w * h} pixels; at most {MAX_PIXELS} are decoded")
@@ -83,5 +91,14 @@ def _pillow(data: bytes, height: int, width: int, channels: int, resample: str) 
         if img.size != (width, height):
             img = img.resize((width, height), getattr(Image.Resampling, resample.upper()))
         return np.asarray(img, dtype=np.uint8).reshape(1, height, width, channels)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ValueError(f"file is not a readable image ({exc})") from None
+    except MemoryError:
+        raise ImageTooLarge(f"image of {w}x{h} pixels needs more memory to decode than this device has") from None
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise ValueError(f"file is not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def _bomb_pixels(exc: Exception) -> int:
+    """The pixel count in Pillow's bomb message; the least it can be if the wording changes."""
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    from PIL import Image
+    return int(m.group(1)) if m else (Image.MAX_IMAGE_PIXELS or MAX_PIXELS) + 1

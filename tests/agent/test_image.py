@@ -86,3 +86,22 @@ def test_an_image_declaring_more_than_max_pixels_is_refused_before_decoding() ->
            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
     with pytest.raises(image.ImageTooLarge, match="declares 8000x6000 = 48000000 pixels; at most 40000000"):
         image.decode(png, 224, 224, 3, "bilinear")
+
+
+# files a seeded mutation fuzzer found against edgefleet-cloud (zlib + base64, tests/cloud):
+# Pillow's DDS, SPIDER and TIFF decoders raised NotImplementedError, AttributeError, TypeError
+DECODER_CRASHERS = {
+    "dds-notimplementederror": "eNrtzrEJACAMRNHrLM0IGcYNXMfCzRURG+3EwuKHPLgQAkkpe5EUTXJNVXflR26r52D7xdgEAAAAAADwUv3vpw4X3iQi",
+    "spider-attributeerror": "eNrty4EJwCAMBdEPDmZbHcU9mlEdpVYFgxOUcgdPjBjJoqRravV5FLT3/jndfK+ruWfL7UjbbhERfax6AAAAAACAf3sAKF2FLw==",
+    "tiff-typeerror": "eNrz9NRi4GBgYOBkYGBkYWAEshSAmBGJzcTIDGaDVDFD2SDMhsQWZGQF01VALIakVxzKZmBhYJCBqW9gAAN2fKABg4EM/kPpevZRMApGwZAEABaoITI=",
+}
+
+
+@pytest.mark.parametrize("name", sorted(DECODER_CRASHERS))
+def test_a_file_that_crashes_a_pillow_decoder_is_named_as_unreadable(name: str) -> None:
+    """Whatever a decoder raises on the client's bytes is a bad image (422), never a 500."""
+    import base64
+    import zlib
+    data = zlib.decompress(base64.b64decode(DECODER_CRASHERS[name]))
+    with pytest.raises(ValueError, match="not a readable image"):
+        image.decode(data, 224, 224, 3, "bilinear")
