@@ -108,8 +108,9 @@ def error_response(status: int, code: str, detail: str, headers: dict[str, str] 
 
 class Guard:
     """Pure ASGI middleware, before FastAPI parses anything: checks the API key (except on
-    ``OPEN_PATHS``), bounds request bodies (buffered, at most ``limit`` bytes) and records
-    latency per route and status. Doing this here rather than in per-route dependencies keeps
+    ``OPEN_PATHS``), bounds every request body whatever its method or Content-Type (buffered,
+    at most ``limit`` bytes; a larger Content-Length is refused before one body byte is read,
+    a chunked body as soon as it passes the limit) and records latency per route and status. Doing this here rather than in per-route dependencies keeps
     the per-request cost of the hot path low (see docs/cloud.md)."""
 
     def __init__(self, app: ASGIApp, limit: int, metrics: Metrics, service: "Service") -> None:
@@ -150,16 +151,16 @@ class Guard:
                         {"Retry-After": "1"})(scope, receive, send)
                     key = None  # not admitted: nothing to release
                     return
-            if scope["method"] in ("POST", "PUT", "PATCH"):
-                body = await self._read_body(scope, receive)
-                if body is None:
-                    status["code"] = 413
-                    resp = error_response(413, TooLarge.code, f"bad request body: larger than the "
-                                          f"limit of {self.limit} bytes")
-                    self.metrics.errors.labels(TooLarge.code).inc()
-                    await resp(scope, receive, send)
-                    return
-                receive = _replay(body, receive)
+            # every method: no route may ever see an unbounded body, whatever it is declared as
+            body = await self._read_body(scope, receive)
+            if body is None:
+                status["code"] = 413
+                resp = error_response(413, TooLarge.code, f"bad request body: larger than the "
+                                      f"limit of {self.limit} bytes")
+                self.metrics.errors.labels(TooLarge.code).inc()
+                await resp(scope, receive, send)
+                return
+            receive = _replay(body, receive)
             await self.app(scope, receive, send_wrapped)
         finally:
             if key is not None:

@@ -341,3 +341,22 @@ def test_image_bombs_and_decoder_crashing_files_are_4xx_and_the_service_keeps_se
             assert r.status_code == 400, (name, r.text)
             assert r.json()["code"] == "bad_input", r.json()
     assert served.post("/predict", files={"file": ("ok.png", png(gradient()), "image/png")}).status_code == 200
+
+
+def test_a_body_over_the_limit_is_a_413_whatever_content_type_or_method_it_claims(
+        setup: Setup, trust: Any, tiny: Tiny) -> None:
+    drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx))
+    over = b'{"inputs": [' + b"0," * 2000 + b"0]}"   # 4 KB of JSON against a 3000-byte limit
+    ctypes = ("application/json", "Application/JSON", "application/json; charset=utf-8", "application/x+json",
+              "APPLICATION/OCTET-STREAM", "multipart/form-data; boundary=x", "text/plain", None)
+    with client_for(setup, trust, max_body_bytes=3000) as client:
+        for method in ("POST", "PUT", "PATCH", "DELETE", "GET"):
+            for ctype in ctypes:
+                headers = {"content-type": ctype} if ctype else {}
+                for path in ("/v1/models/tiny/predict", "/predict", "/healthz"):
+                    r = client.request(method, path, content=over, headers=headers)
+                    assert r.status_code == 413, (method, ctype, path, r.text)
+                    assert "limit of 3000 bytes" in r.json()["detail"]
+        r = client.post("/v1/models/tiny/predict", content=over[:2900] + b"0]}",
+                        headers={"content-type": "Application/JSON"})
+        assert r.status_code == 400 and "dims" in r.json()["detail"]  # under the limit: parsed, strictly

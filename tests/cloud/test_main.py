@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -159,3 +160,53 @@ def test_two_processes_share_one_port_and_a_dead_one_is_replaced(setup: Setup, t
     for victim in first:
         assert f"server process {victim} exited with -9; starting another" in out
     assert out.count("serving tiny version 1") >= 3   # two at start, at least one replacement
+
+
+def _answer_head(sock: socket.socket, timeout: float) -> bytes:
+    """The status line and headers the server sends, or b'' if none within ``timeout``."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        pass
+    return data
+
+
+@pytest.mark.integration
+def test_a_huge_body_is_refused_with_413_before_it_is_sent_whatever_its_content_type(
+        setup: Setup, trust: Any, tiny: Tiny) -> None:
+    drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloud", "serve", "--bundles", str(setup.bundles), "--root", str(setup.root),
+         "--port", str(port), "--poll", "0", "--max-body-bytes", "65536"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_port(port, 60)
+        for ctype in ("application/json", "Application/JSON", "application/x+json", "image/png"):
+            # a declared gigabyte: answered from the headers alone, not one body byte sent
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(f"POST /v1/models/tiny/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                             f"Content-Length: 1000000000\r\n\r\n".encode())
+                head = _answer_head(sock, 10)
+                assert head.startswith(b"HTTP/1.1 413"), (ctype, head)
+            # chunked, no length declared: refused once it passes the limit, long before its end
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(f"POST /v1/models/tiny/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                             "Transfer-Encoding: chunked\r\n\r\n".encode())
+                head, sent = b"", 0
+                while not head and sent < 4 * 65536:
+                    sock.sendall(b"4000\r\n" + b"[" * 0x4000 + b"\r\n")
+                    sent += 0x4000
+                    head = _answer_head(sock, 0.2)
+                assert head.startswith(b"HTTP/1.1 413") and sent <= 2 * 65536, (ctype, sent, head)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert "Traceback" not in out, out
