@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import DEFAULTS, HubConfig, client_env
+from .config import DEFAULTS, BrokerUrl, HubConfig, client_env
 from .errors import HubError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -102,6 +102,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                              "broker_pid_file", "broker_public", "enroll_ttl", "retention")}
     given["dev"] = True if args.dev else None
     config = HubConfig.load(given)
+    if args.token or args.tokens or (args.broker and BrokerUrl.parse(args.broker).password):
+        log.warning("a secret was given on the command line, where `ps` shows it to every local user; "
+                    "prefer EDGEFLEET_HUB_TOKEN / _TOKENS / _BROKER or their _FILE forms")
     hub = build(config)
     hub.start()
     log.info("hub on http://%s:%d (db %s, broker %s)", config.host, config.port, config.db.split("://")[0],

@@ -4,6 +4,9 @@ Every setting has a CLI flag (``edgefleet-hub serve --help``) and an ``EDGEFLEET
 variable; a flag wins over the variable, the variable over the default. Built once in
 ``main``, validated there, passed down.
 
+Secrets (``token``, ``tokens``, the ``broker`` URL with its password) are best given as
+``EDGEFLEET_HUB_<NAME>_FILE=/path`` or in the environment: a command-line flag shows in ``ps``.
+
 Tokens: ``--token`` is the admin token. ``EDGEFLEET_HUB_TOKENS`` adds more as
 ``role:token,role:token`` with roles ``viewer``, ``operator``, ``admin``. A default or empty
 admin token is refused unless ``--dev``.
@@ -50,10 +53,21 @@ DEFAULTS: dict[str, Any] = {
 Num = TypeVar("Num", int, float)
 
 
+SECRETS = ("token", "tokens", "broker")  # may come from a file: never in argv, ps or a URL
+
+
 def env_value(name: str, environ: Mapping[str, str] | None = None) -> str | None:
-    """The raw ``EDGEFLEET_HUB_<NAME>`` value, or None."""
+    """The raw ``EDGEFLEET_HUB_<NAME>`` value, or None. For a secret, ``EDGEFLEET_HUB_<NAME>_FILE``
+    names a file holding it instead (Docker/Kubernetes secrets, systemd credentials)."""
     env = os.environ if environ is None else environ
-    return env.get(ENV_PREFIX + name.upper())
+    value = env.get(ENV_PREFIX + name.upper())
+    path = env.get(ENV_PREFIX + name.upper() + "_FILE") if name in SECRETS else None
+    if value is None and path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(name, f"cannot read {ENV_PREFIX}{name.upper()}_FILE {path!r}: {exc.strerror}") from None
+    return value
 
 
 @dataclass(frozen=True)
