@@ -1,13 +1,27 @@
-"""docker-compose.yml is accepted by the compose client (no engine needed for `config`)."""
+"""docker-compose.yml: accepted by the compose client (no engine needed for `config`), keeps its
+security promises (only the hub sees signing keys, devices are told a reachable broker, volumes
+owned by the services' user, bounded MQTT packets), and its services' commands and environment
+come up together when run as plain local processes (the smoke test; no Docker engine needed)."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import sys
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
+import httpx
 import pytest
+import yaml
+
+from tests.conftest import free_port, wait_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,3 +70,58 @@ def test_every_dockerfile_the_compose_file_names_exists():
         if "dockerfile:" in line:
             path = line.split("dockerfile:")[1].strip(" }")
             assert (REPO / path).exists(), path
+
+
+# ---- the compose file's own promises, read from it ------------------------------------------
+
+COMPOSE_FILE = REPO / "docker-compose.yml"
+# commands of images this repository does not build (the image's default CMD)
+IMAGE_COMMANDS = {"eclipse-mosquitto:2": ["mosquitto", "-c", "/mosquitto/config/mosquitto.conf"]}
+_VAR = re.compile(r"\$\$|\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|\$(?P<bare>\w+)")
+
+
+def compose() -> dict[str, Any]:
+    doc = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(doc, dict) and "services" in doc, doc
+    return doc
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Compose's variable syntax: ``$$``, ``$X``, ``${X}``, ``${X:-default}``, ``${X:?error}``."""
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group("name") or m.group("bare")
+        value, op = env.get(name), m.group("op")
+        unset = value is None or (op is not None and op.startswith(":") and value == "")
+        if op and op.endswith("-") and unset:
+            return m.group("arg")
+        if op and op.endswith("?") and unset:
+            raise AssertionError(f"compose would refuse to start: {name}: {m.group('arg')}")
+        return value or ""
+    return _VAR.sub(one, text)
+
+
+def named_mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """container path -> (named volume, read-only) for the service's named-volume mounts."""
+    out = {}
+    for spec in service.get("volumes", []):
+        source, target, *mode = spec.split(":")
+        if not source.startswith((".", "/")):
+            out[target] = (source, "ro" in mode)
+    return out
+
+
+def test_only_the_hub_and_its_keys_job_mount_the_signing_keys() -> None:
+    services = compose()["services"]
+    holders = {name for name, svc in services.items()
+               if any(vol == "keys" for vol, _ in named_mounts(svc).values())}
+    assert holders == {"keys", "hub"}, holders
+    for name in ("agent", "cloud"):
+        mounts = named_mounts(services[name])
+        assert ("trust", True) in mounts.values(), (name, mounts)  # root.json only, read-only
+        for path in mounts:
+            for arg in services[name]["command"]:
+                assert "/keys" not in arg, (name, arg)
+    agent_toml = tomllib.loads((REPO / "deploy/agent/agent.compose.toml").read_text())
+    assert agent_toml["root"] == "/trust/root.json"
