@@ -125,3 +125,16 @@ def test_only_the_hub_and_its_keys_job_mount_the_signing_keys() -> None:
                 assert "/keys" not in arg, (name, arg)
     agent_toml = tomllib.loads((REPO / "deploy/agent/agent.compose.toml").read_text())
     assert agent_toml["root"] == "/trust/root.json"
+
+
+def test_every_named_volume_mount_point_is_made_and_owned_by_the_images_user() -> None:
+    # Docker fills an empty named volume from the image's directory, owner included; a directory
+    # the image lacks becomes a root-owned volume the uid-10001 service cannot write
+    for name, svc in compose()["services"].items():
+        if "build" not in svc:
+            continue
+        dockerfile = (REPO / svc["build"]["dockerfile"]).read_text()
+        runs = " ".join(line for line in dockerfile.replace("\\\n", " ").splitlines() if line.startswith("RUN"))
+        for path in named_mounts(svc):
+            assert re.search(rf"mkdir -p [^&]*{re.escape(path)}(\s|$)", runs), (name, path)
+            assert re.search(rf"chown \S+ [^&]*{re.escape(path)}(\s|$)", runs), (name, path)
