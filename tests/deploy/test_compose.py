@@ -127,6 +127,16 @@ def test_only_the_hub_and_its_keys_job_mount_the_signing_keys() -> None:
     assert agent_toml["root"] == "/trust/root.json"
 
 
+def test_enrolling_devices_are_told_a_broker_outside_the_compose_network() -> None:
+    hub = compose()["services"]["hub"]
+    args = hub["command"]
+    public = args[args.index("--broker-public") + 1]
+    assert public == "${EDGEFLEET_BROKER_PUBLIC:-mqtt://localhost:1883}", public
+    assert interpolate(public, {}) == "mqtt://localhost:1883"
+    assert interpolate(public, {"EDGEFLEET_BROKER_PUBLIC": "mqtt://10.0.0.5:1883"}) == "mqtt://10.0.0.5:1883"
+    assert "EDGEFLEET_BROKER_PUBLIC" in COMPOSE_FILE.read_text().split("services:")[0]  # documented up top
+
+
 def test_every_named_volume_mount_point_is_made_and_owned_by_the_images_user() -> None:
     # Docker fills an empty named volume from the image's directory, owner included; a directory
     # the image lacks becomes a root-owned volume the uid-10001 service cannot write
