@@ -148,3 +148,10 @@ def test_every_named_volume_mount_point_is_made_and_owned_by_the_images_user() -
         for path in named_mounts(svc):
             assert re.search(rf"mkdir -p [^&]*{re.escape(path)}(\s|$)", runs), (name, path)
             assert re.search(rf"chown \S+ [^&]*{re.escape(path)}(\s|$)", runs), (name, path)
+
+
+def test_the_broker_drops_packets_larger_than_the_hub_ever_sends() -> None:
+    from hub.credentials import max_packet_bytes
+    conf = (REPO / "deploy/mosquitto/mosquitto.conf").read_text()
+    sizes = re.findall(r"^max_packet_size (\d+)$", conf, re.M)
+    assert sizes == [str(max_packet_bytes(65536))], sizes  # the hub's default --chunk-size
