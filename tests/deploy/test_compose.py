@@ -155,3 +155,180 @@ def test_the_broker_drops_packets_larger_than_the_hub_ever_sends() -> None:
     conf = (REPO / "deploy/mosquitto/mosquitto.conf").read_text()
     sizes = re.findall(r"^max_packet_size (\d+)$", conf, re.M)
     assert sizes == [str(max_packet_bytes(65536))], sizes  # the hub's default --chunk-size
+
+
+# ---- the smoke test: every service's command and environment as plain local processes -------
+
+@dataclass
+class Stack:
+    tmp: Path
+    env: dict[str, str]                           # the operator's environment for interpolation
+    ports: dict[tuple[str, int], int] = field(default_factory=dict)   # (service, container port) -> local
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def port(self, service: str, container_port: int) -> int:
+        return self.ports.setdefault((service, container_port), free_port())
+
+    def paths(self, service: dict[str, Any]) -> dict[str, Path]:
+        """container path -> local path: one directory per named volume (shared between the
+        services that mount it, as in Docker), localized copies of bind-mounted files."""
+        out: dict[str, Path] = {}
+        for target, (volume, _) in named_mounts(service).items():
+            out[target] = self.tmp / "volumes" / volume
+            out[target].mkdir(parents=True, exist_ok=True)
+        for spec in service.get("volumes", []):
+            source, target, *_ = spec.split(":")
+            if source.startswith((".", "/")):
+                out[target] = self.localized_file(source, dict(out))
+        return out
+
+    def localize(self, text: str, paths: Mapping[str, Path]) -> str:
+        """Container paths -> local paths, compose host names and ports -> 127.0.0.1:<local>."""
+        for target in sorted(paths, key=len, reverse=True):
+            text = re.sub(rf"(?<![\w.-]){re.escape(target)}(?=/|\b|$)", str(paths[target]), text)
+        for (svc, cport), local in self.ports.items():
+            text = text.replace(f"{svc}:{cport}", f"127.0.0.1:{local}")
+        return text.replace("0.0.0.0", "127.0.0.1")
+
+    def localized_file(self, source: str, paths: Mapping[str, Path]) -> Path:
+        """A bind-mounted config file with its paths, hosts and listening ports made local."""
+        text = (REPO / source).read_text()
+        text = re.sub(r"^listener 1883\b", f"listener {self.port('mosquitto', 1883)}", text, flags=re.M)
+        text = re.sub(r"^http_port = 8500$", f"http_port = {self.port('agent', 8500)}", text, flags=re.M)
+        out = self.tmp / "files" / source.lstrip("./")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(self.localize(text, paths))
+        return out
+
+    def argv_env(self, name: str) -> tuple[list[str], dict[str, str]]:
+        svc = compose()["services"][name]
+        for spec in svc.get("ports", []):
+            self.port(name, int(str(spec).split(":")[-1]))
+        paths = self.paths(svc)
+        args = [interpolate(a, self.env) for a in svc.get("command") or IMAGE_COMMANDS[svc["image"]]]
+        argv = []
+        for prev, arg in zip([""] + args, args):
+            if prev == "--port":
+                arg = str(self.port(name, int(arg)))
+            argv.append(self.localize(arg, paths))
+        env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(self.tmp),
+               "LANG": "C.UTF-8"}
+        env |= {k: interpolate(str(v), self.env) for k, v in (svc.get("environment") or {}).items()}
+        return argv, env
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        argv, env = self.argv_env(name)
+        log = open(self.tmp / f"{name}.log", "wb")
+        self.procs[name] = subprocess.Popen(argv, env=env, cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self.procs[name]
+
+    def run(self, name: str) -> subprocess.CompletedProcess[str]:
+        argv, env = self.argv_env(name)
+        return subprocess.run(argv, env=env, cwd=self.tmp, capture_output=True, text=True, timeout=120)
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def poll_json(url: str, ok: Any, timeout: float, what: str, stack: Stack, service: str,
+              headers: dict[str, str] | None = None) -> dict[str, Any]:
+    deadline, last = time.monotonic() + timeout, "no answer"
+    while time.monotonic() < deadline:
+        if stack.procs[service].poll() is not None:
+            raise AssertionError(f"{service} exited {stack.procs[service].returncode}:\n{stack.log(service)[-3000:]}")
+        try:
+            r = httpx.get(url, headers=headers, timeout=5)
+            last = f"{r.status_code} {r.text[:300]}"
+            if r.status_code == 200 and ok(r.json()):
+                return r.json()  # type: ignore[no-any-return]
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: {last}\n{stack.log(service)[-3000:]}")
+
+
+def mqtt_delivers(port: int, size: int) -> bool:
+    """Publish ``size`` bytes through the broker; True if a subscriber received them."""
+    import paho.mqtt.client as mqtt
+    got = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"smoke-sub-{size}")
+    sub.on_message = lambda c, u, msg: got.set() if len(msg.payload) == size else None
+    sub.connect("127.0.0.1", port)
+    sub.subscribe("smoke/size", qos=1)
+    sub.loop_start()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"smoke-pub-{size}")
+    try:
+        pub.connect("127.0.0.1", port)
+        pub.loop_start()
+        time.sleep(0.3)  # the subscription is in place
+        pub.publish("smoke/size", b"x" * size, qos=1)
+        return got.wait(3)
+    finally:
+        for c in (pub, sub):
+            c.loop_stop()
+            c.disconnect()
+
+
+@pytest.mark.integration
+def test_the_compose_services_commands_run_as_local_processes_and_come_up_connected(tmp_path: Path) -> None:
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto binary not on PATH")
+    token, api_secret = "smoke-" + "t" * 24, "s" * 24
+    public = "mqtt://edge-gateway.example:1883"   # what an operator sets for devices on the LAN
+    stack = Stack(tmp_path, {"EDGEFLEET_HUB_TOKEN": token, "EDGEFLEET_CLOUD_API_KEYS": f"apps:{api_secret}",
+                             "EDGEFLEET_BROKER_PUBLIC": public})
+    try:
+        broker = stack.start("mosquitto")
+        broker_port = stack.port("mosquitto", 1883)
+        wait_port(broker_port, 20, broker, "mosquitto")  # type: ignore[arg-type]
+        assert mqtt_delivers(broker_port, 512 * 1024)
+        assert not mqtt_delivers(broker_port, 2 * 1024 * 1024)  # over max_packet_size: dropped
+
+        for attempt in (1, 2):  # the job runs on every `up`: the second run keeps the same keys
+            job = stack.run("keys")
+            assert job.returncode == 0, job.stdout + job.stderr
+            keys, trust = tmp_path / "volumes" / "keys", tmp_path / "volumes" / "trust"
+            assert (keys / "online.pem").exists()
+            assert sorted(p.name for p in trust.iterdir()) == ["root.json"]  # no private key
+            assert (trust / "root.json").read_bytes() == (keys / "root.json").read_bytes()
+            if attempt == 1:
+                first_root = (keys / "root.json").read_bytes()
+        assert (keys / "root.json").read_bytes() == first_root
+
+        stack.start("hub")
+        hub = f"http://127.0.0.1:{stack.port('hub', 8000)}"
+        health = poll_json(f"{hub}/healthz", lambda d: d.get("mqtt") is True, 60,
+                           "hub /healthz with mqtt connected", stack, "hub")
+        assert health["status"] == "ok" and health["db"] == "ok"
+        admin = {"authorization": f"Bearer {token}"}
+        r = httpx.post(f"{hub}/api/v1/devices/enroll", json={"device": "lan-camera-1"}, headers=admin)
+        assert r.status_code == 201, r.text
+        r = httpx.post(f"{hub}/api/v1/enroll", json={"token": r.json()["token"]})
+        assert r.status_code == 200, r.text
+        assert r.json()["broker"] == public  # not mqtt://mosquitto:1883, which no device resolves
+
+        stack.start("cloud")
+        cloud = f"http://127.0.0.1:{stack.port('cloud', 8100)}"
+        poll_json(f"{cloud}/healthz", lambda d: d == {"status": "ok"}, 60, "cloud /healthz", stack, "cloud")
+        assert httpx.get(f"{cloud}/v1/models").status_code == 401          # keys from the environment
+        assert httpx.get(f"{cloud}/v1/models", headers={"x-api-key": api_secret}).status_code == 200
+
+        stack.start("agent")
+        poll_json(f"{hub}/api/v1/devices/compose-agent-1", lambda d: d.get("online") is True, 60,
+                  "the compose agent online at the hub", stack, "agent", headers=admin)
+    finally:
+        stack.stop()
+    for name in stack.procs:
+        assert "Traceback" not in stack.log(name), stack.log(name)
