@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 SUBSCRIPTIONS = [device_filter(k) for k in (Kind.STATUS, Kind.REPORT, Kind.TELEMETRY, Kind.FETCH)]
 SESSION_EXPIRY_S = 3600
+V5_CONNACK_WAIT_S = 5.0
 MAX_PACKET_BYTES = 1024 * 1024  # what the hub takes; device messages are <= 256 KiB
 _STOP = ("", b"")
 
@@ -64,6 +65,7 @@ class Bridge:
         self._stopping = False
         self._client_id = client_id or f"edgefleet-hub-{secrets.token_hex(4)}"
         self.on_connected: Callable[[], None] | None = None
+        self._connacked = False
         self.client = self._make_client(mqtt.MQTTv5)
 
     def _make_client(self, protocol: mqtt.MQTTProtocolVersion) -> mqtt.Client:
@@ -96,8 +98,28 @@ class Bridge:
             props.MaximumPacketSize = MAX_PACKET_BYTES
             self.client.connect_async(self.broker.host, self.broker.port, keepalive=30, clean_start=False,
                                       properties=props)
+            threading.Thread(target=self._watch_v5_connect, args=(self.client,), daemon=True).start()
         else:
             self.client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+
+    def _watch_v5_connect(self, client: mqtt.Client) -> None:
+        """A 3.1.1-only broker may neither refuse nor answer a v5 CONNECT that carries session
+        properties (amqtt keeps the socket open, silent). Connected at TCP level but no CONNACK
+        after ``V5_CONNACK_WAIT_S``: switch to 3.1.1. A broker that is simply down has no socket."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not self._connacked and not self._stopping and client is self.client:
+            opened = time.monotonic() if client.socket() is not None else None
+            while opened is not None and time.monotonic() - opened < V5_CONNACK_WAIT_S:
+                if self._connacked or self._stopping or client.socket() is None:
+                    break
+                time.sleep(0.1)
+            else:
+                if opened is not None and not self._connacked and not self._stopping and client is self.client:
+                    log.info("broker %s:%d did not answer an MQTT v5 connect in %.0f s; switching to 3.1.1",
+                             self.broker.host, self.broker.port, V5_CONNACK_WAIT_S)
+                    self._fall_back_to_v311(client)
+                    return
+            time.sleep(0.2)
 
     # ---- paho callbacks (network thread: no blocking) --------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: object, _flags: object, rc: ReasonCode,
@@ -111,6 +133,7 @@ class Bridge:
                 return
             log.error("broker %s:%d refused the hub: %s", self.broker.host, self.broker.port, rc)
             return
+        self._connacked = True
         subs = [(f"$share/{self.shared_group}/{t}" if self.shared_group else t, 1) for t in SUBSCRIPTIONS]
         client.subscribe(subs)
         self.connected.set()
