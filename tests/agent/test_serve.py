@@ -260,10 +260,11 @@ def _try(fn, *args):
         return exc
 
 
-def test_zero_failed_requests_while_the_model_is_switched_a_hundred_times(coral_models):
-    """Four clients keep the real local API busy (keep-alive connections, tensors and JPEGs)
-    while the active model is switched 100 times the way the updater does it: load the new
-    model, swap it in, close the old one. Every request gets a 200 from one of the models."""
+def switch_under_load(coral_models, switches: int = 100, clients: int = 4) -> tuple[int, list[str]]:
+    """Clients keep the real local API busy (keep-alive connections, tensors and JPEGs) while
+    the active model is switched ``switches`` times the way the updater does it: load the new
+    model, swap it in, close the old one; at least 3 requests meet every switch. Returns
+    (requests answered, what each failed request got). Used by the reliability suite too."""
     import http.client
     import threading
     import time
@@ -295,11 +296,11 @@ def test_zero_failed_requests_while_the_model_is_switched_a_hundred_times(coral_
             n += 1
         conn.close()
 
-    clients = [threading.Thread(target=client, args=(i,)) for i in range(4)]
-    for t in clients:
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
         t.start()
     try:
-        for k in range(100):
+        for k in range(switches):
             new = _mnv1(coral_models, "ab"[k % 2])
             seen, deadline = len(codes), time.monotonic() + 10
             while len(codes) < seen + 3 and time.monotonic() < deadline:  # requests meet every switch
@@ -309,9 +310,15 @@ def test_zero_failed_requests_while_the_model_is_switched_a_hundred_times(coral_
             old.close()
     finally:
         stop.set()
-        for t in clients:
+        for t in threads:
             t.join(30)
         srv.shutdown()
         srv.server_close()
-    assert failures == [], f"{len(failures)} of {len(codes)} requests failed: {failures[:3]}"
-    assert len(codes) >= 300
+    return len(codes), failures
+
+
+def test_zero_failed_requests_while_the_model_is_switched_a_hundred_times(coral_models):
+    """Every request gets a 200 from one of the models while the model is switched 100 times."""
+    answered, failures = switch_under_load(coral_models, 100)
+    assert failures == [], f"{len(failures)} of {answered} requests failed: {failures[:3]}"
+    assert answered >= 300
