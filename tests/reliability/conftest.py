@@ -1,0 +1,60 @@
+"""The reliability suite: each test injects one fault or attack into real parts (Mosquitto with
+the hub's generated passwd/ACL/listener, the hub, agent code) and records the figure it proves
+with ``figure(...)`` before asserting its goal, so a failing check still shows its number.
+
+Figures go to ``$EDGEFLEET_RELIABILITY_OUT`` (JSON lines; default
+``test-artifacts/reliability/figures.jsonl``); ``make reliability`` runs the whole suite and
+``scripts/reliability_report.py`` turns them into the table in ``docs/reliability.md``. The
+quick checks run inside ``make test``; the ones marked ``slow`` only in ``make reliability``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from hub import keys as hub_keys_mod
+
+from ..conftest import REPO
+
+OUT = Path(os.environ.get("EDGEFLEET_RELIABILITY_OUT", REPO / "test-artifacts" / "reliability" / "figures.jsonl"))
+
+
+FULL = os.environ.get("EDGEFLEET_RELIABILITY_FULL") == "1"  # set by `make reliability`
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/reliability/" not in str(item.fspath).replace(os.sep, "/"):
+            continue
+        item.add_marker(pytest.mark.reliability)
+        if item.get_closest_marker("slow") and not FULL:
+            item.add_marker(pytest.mark.skip(reason="full reliability run only: make reliability"))
+
+
+Figure = Callable[..., None]
+
+
+@pytest.fixture
+def figure(request: pytest.FixtureRequest) -> Figure:
+    """``figure(check, injected, name, value, goal, ok)``: one row of the reliability table."""
+
+    def record(check: str, injected: str, name: str, value: Any, goal: str, ok: bool) -> None:
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        row = {"check": check, "injected": injected, "figure": name, "value": value, "goal": goal,
+               "ok": bool(ok), "test": request.node.nodeid, "at": int(time.time())}
+        with OUT.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+    return record
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "keys"
+    hub_keys_mod.init(d)
+    return d
