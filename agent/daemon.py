@@ -178,7 +178,9 @@ class Agent:
                 "active": st.active.to_dict() if st.active else None,
                 "staged": st.staged.to_dict() if st.staged else None,
                 "desired_seq": st.desired_seq, "inventory": st.inventory,
-                "connected": self.transport.alive(), "backlog": self.backlog.stats(time.time())}
+                "connected": self.transport.alive(), "backlog": self.backlog.stats(time.time()),
+                "chunks_received": {"messages": self.updater.chunks_received,
+                                    "bytes": self.updater.chunk_bytes_received}}
 
     # start-up ------------------------------------------------------------------------------------
     def recover_slots(self) -> None:

@@ -9,6 +9,10 @@ A chunk is checked against the hash in the signed desired document *before* it i
 data is fsynced before its bitmap byte is set, and on reopen every claimed chunk is hashed again
 (a torn write after a power cut is simply fetched again). Nothing past the signed size is ever
 written: each chunk must have exactly its signed length.
+
+Which chunk topics to subscribe to is decided here too (:func:`chunk_subscription`, ADR 0007):
+a retained chunk is replayed by the broker on every SUBSCRIBE that matches it, so a resumed
+download asks only for the chunks its bitmap lacks.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import AbstractSet, Sequence
 
 from protocol.bundle import ChunkPlan
 from protocol.errors import Reason, VerificationError
+from protocol.topics import Topic, chunk_filter
 
 
 class DiskFull(Exception):
@@ -74,8 +81,10 @@ class Download:
     def put(self, index: int, data: bytes) -> bool:
         """Store chunk ``index`` if it is new and matches its signed hash (else raise).
 
-        Returns False for a duplicate of a chunk already held.
+        Returns False for a duplicate of a chunk already held (neither hashed nor written).
         """
+        if 0 <= index < len(self._bits) and self._bits[index]:
+            return False
         self.plan.check_chunk(index, data)  # raises VerificationError (length/hash) or bad index
         if self._bits[index]:
             return False
@@ -147,3 +156,42 @@ def bytes_on_disk(directory: Path, archive_sha: str) -> int:
         return part.stat().st_size if bitmap.exists() else 0
     except OSError:
         return 0
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """What to send the broker so that the chunks still missing arrive, and no others."""
+
+    unsubscribe: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    only_new: bool  # MQTT v5 Retain Handling 1: no retained replay for a filter the session holds
+
+
+def chunk_subscription(archive: str, missing: Sequence[int], total: int, held: AbstractSet[str],
+                       session_kept: bool, retain_handling: bool) -> Subscription:
+    """Decide the chunk subscriptions of a download after (re)connecting or (re)starting.
+
+    ``held``: the filters this download subscribed to in the broker session; ``session_kept``:
+    the broker reported that session present on this connection. Rules, in order:
+
+    1. nothing missing: drop every held filter;
+    2. the session kept the held filters and the broker can skip retained replays for filters a
+       session holds (v5): re-assert the held filters still wanted with ``only_new`` (a SUBSCRIBE
+       lost with the old link is redone; nothing held is replayed); the broker delivers what it
+       queued while the agent was away, and the fetch repair asks for whatever is still missing;
+    3. otherwise, nothing on disk: the wildcard ``chunk/+`` (one filter; its replay is the
+       bundle); some chunks on disk: one filter per missing index (the replay is exactly the
+       missing chunks). Held filters not chosen are dropped first, so no chunk arrives twice
+       through overlapping filters.
+    """
+    wildcard = chunk_filter(archive)
+    per_index = tuple(str(Topic.chunk(archive, i)) for i in missing)
+    if not missing:
+        return Subscription(tuple(sorted(held)), (), False)
+    if session_kept and retain_handling and held:
+        wanted = {wildcard, *per_index}
+        keep = tuple(f for f in (wildcard, *per_index) if f in held)
+        if keep:
+            return Subscription(tuple(sorted(f for f in held if f not in wanted)), keep, True)
+    chosen = (wildcard,) if len(missing) == total else per_index
+    return Subscription(tuple(sorted(set(held) - set(chosen))), chosen, False)

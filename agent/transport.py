@@ -4,6 +4,11 @@ No reconnect logic here: the daemon owns reconnect and backoff. Incoming message
 connection changes are handed to a callback that must not block (the daemon queues them).
 MQTT v5 is tried first; if the broker refuses it (or drops the connection before CONNACK),
 the next attempt uses v3.1.1, and the choice sticks once a connection succeeds.
+
+Sessions: the first connection of a process starts clean (a new process does not know which
+subscriptions an old session holds, and re-subscribing over them would replay every retained
+chunk they match: ADR 0007); later connections resume the session (v5: 24 h expiry), and
+:attr:`Transport.session_present` says whether the broker kept it.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ from typing import Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .config import AgentConfig
 
 log = logging.getLogger(__name__)
+
+SUBSCRIBE_BATCH = 256  # topic filters per SUBSCRIBE packet (~25 KiB for chunk topics)
 
 
 class ConnectError(Exception):
@@ -47,11 +55,14 @@ class Transport:
         self._connack: tuple[bool, str] | None = None
         self._connected = threading.Event()
         self.protocol = "v5"
+        self.connection = 0             # counts successful connections (subscriptions belong to one)
+        self.session_present = False    # CONNACK of the current connection: the broker kept our session
+        self._clean = True              # until the first connection of this process succeeds
 
     def _build(self) -> mqtt.Client:
         proto = mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ef-agent-{self.cfg.device_id}",
-                        protocol=proto, clean_session=None if self._v5 else False,
+                        protocol=proto, clean_session=None if self._v5 else self._clean,
                         reconnect_on_failure=False)
         props = None
         if self._v5:
@@ -74,9 +85,12 @@ class Transport:
     def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object, rc: object,
                         properties: object = None) -> None:
         failed = getattr(rc, "is_failure", False)
-        self._connack = (not failed, str(rc))
         if not failed:
+            # before ``connected`` is set: a subscription made from then on belongs to this connection
+            self.session_present = bool(getattr(flags, "session_present", False))
+            self.connection += 1
             self._connected.set()
+        self._connack = (not failed, str(rc))
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: object, rc: object,
                            properties: object = None) -> None:
@@ -107,7 +121,7 @@ class Transport:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 24 * 3600
         try:
-            kwargs = {"clean_start": False, "properties": props} if self._v5 else {}
+            kwargs = {"clean_start": self._clean, "properties": props} if self._v5 else {}
             self._client.connect(b.host, b.port, keepalive=self.cfg.keepalive_s, **kwargs)  # type: ignore[arg-type]
         except (OSError, ssl.SSLError) as exc:
             raise ConnectError(f"broker {b}: {exc}") from None
@@ -128,7 +142,9 @@ class Transport:
                 self._maybe_downgrade()
             raise ConnectError(f"broker {b} refused the connection: {why}")
         self._v5_confirmed = True
-        log.info("connected to %s with MQTT %s", b, self.protocol)
+        self._clean = False
+        log.info("connected to %s with MQTT %s (%s)", b, self.protocol,
+                 "session resumed" if self.session_present else "new session")
 
     def _thread_alive(self) -> bool:
         t = getattr(self._client, "_thread", None)
@@ -176,10 +192,39 @@ class Transport:
         rc, _ = c.subscribe(topic_filter, qos)
         return rc == mqtt.MQTT_ERR_SUCCESS
 
+    @property
+    def retain_handling(self) -> bool:
+        """Whether a subscription can ask for retained messages only when it is new (MQTT v5)."""
+        return self.protocol == "v5"
+
+    def subscribe_all(self, filters: list[str], qos: int = 1, only_new: bool = False) -> bool:
+        """Subscribe to many filters in a few SUBSCRIBE packets.
+
+        ``only_new`` (MQTT v5 Retain Handling 1): the broker replays retained messages only for
+        filters this session does not hold yet; ignored under v3.1.1.
+        """
+        c = self._client
+        if c is None or not self.connected:
+            return False
+        for i in range(0, len(filters), SUBSCRIBE_BATCH):
+            batch = filters[i:i + SUBSCRIBE_BATCH]
+            if self.retain_handling:
+                rh = SubscribeOptions.RETAIN_SEND_IF_NEW_SUB if only_new else SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
+                rc, _ = c.subscribe([(f, SubscribeOptions(qos=qos, retainHandling=rh)) for f in batch])
+            else:
+                rc, _ = c.subscribe([(f, qos) for f in batch])
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                return False
+        return True
+
     def unsubscribe(self, topic_filter: str) -> None:
+        self.unsubscribe_all([topic_filter])
+
+    def unsubscribe_all(self, filters: list[str]) -> None:
         c = self._client
         if c is not None and self.connected:
-            c.unsubscribe(topic_filter)
+            for i in range(0, len(filters), SUBSCRIBE_BATCH):
+                c.unsubscribe(filters[i:i + SUBSCRIBE_BATCH])
 
     def disconnect(self, final_topic: str | None = None, final_payload: bytes | None = None) -> None:
         """Publish a last retained message (e.g. offline status) and disconnect cleanly."""

@@ -4,6 +4,11 @@ One job at a time, for the newest accepted ``Desired``. Its envelope is persiste
 ``state_dir/job.json`` until the job ends, so a restart resumes it (a download from its
 bitmap). Stages and their reports are listed in :mod:`agent.install`. The active model is
 touched only at ``switch``, after the new one passed verification and its self-test.
+
+Chunk subscriptions follow :func:`agent.download.chunk_subscription` on every start of a
+download and every new connection; a per-index filter is dropped as soon as its chunk is on disk.
+``chunks_received`` / ``chunk_bytes_received`` count every chunk message that reached this process
+(the local ``/v1/status``); a finished download reports and logs its own counts.
 """
 
 from __future__ import annotations
@@ -13,18 +18,18 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field as dc_field, replace
 from typing import Any, Callable, Protocol
 
 from protocol.bundle import Manifest
 from protocol.errors import ProtocolError, Reason, VerificationError
 from protocol.messages import BundleInfo, Desired, FetchRequest
 from protocol.signing import Root
-from protocol.topics import Kind, Topic, chunk_filter
+from protocol.topics import Kind, Topic
 
 from . import selftest
 from .config import AgentConfig
-from .download import DiskFull, Download, bytes_on_disk
+from .download import DiskFull, Download, bytes_on_disk, chunk_subscription
 from .durable import read_json, write_json
 from .install import (Choice, Current, Inventory, Plan, Rejection, RootExpired, choose_artifact, plan,
                       require_fresh_root)
@@ -36,11 +41,17 @@ log = logging.getLogger(__name__)
 
 
 class Publisher(Protocol):
+    connection: int         # counts successful connections
+    session_present: bool   # the broker kept our session on the current connection
+
+    @property
+    def retain_handling(self) -> bool: ...
+
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool: ...
 
-    def subscribe(self, topic_filter: str, qos: int = 1) -> bool: ...
+    def subscribe_all(self, filters: list[str], qos: int = 1, only_new: bool = False) -> bool: ...
 
-    def unsubscribe(self, topic_filter: str) -> None: ...
+    def unsubscribe_all(self, filters: list[str]) -> None: ...
 
 
 class ReportFn(Protocol):
@@ -60,6 +71,11 @@ class Job:
     fetch_rounds: int = 0
     reported_decile: int = -1
     bad_chunks: int = 0
+    received_bytes: int = 0  # chunk payloads of this archive that reached this process
+    duplicates: int = 0      # of them, chunks already on disk (bytes the link carried for nothing)
+    duplicate_bytes: int = 0
+    filters: set[str] = dc_field(default_factory=set)  # chunk filters subscribed in the broker session
+    filters_on: int = -1     # the connection they were last (re)asserted on
     shadow: bool = False  # a candidate to run beside the active model, never switched to
 
 
@@ -88,6 +104,8 @@ class Updater:
         self.job: Job | None = None
         self.job_file = cfg.state_dir / "job.json"
         self.downloads = cfg.state_dir / "downloads"
+        self.chunks_received = 0  # every chunk message since start, any archive (the link's cost)
+        self.chunk_bytes_received = 0
 
     # persistence ---------------------------------------------------------------------------
     def _save_job(self, env: bytes, seq: int, done: bool, outcome: str) -> None:
@@ -98,7 +116,7 @@ class Updater:
         job = self.job
         if job and job.download:
             job.download.close()
-            self.mqtt.unsubscribe(chunk_filter(job.plan.bundle.archive.sha256))  # type: ignore[union-attr]
+            self._drop_filters(job)
         self.job = None
         if job is not None and not job.shadow and job.desired.shadow is not None and not outcome.startswith("rejected"):
             self.on_change()
@@ -224,7 +242,7 @@ class Updater:
         job = self.job
         if job and job.download:
             job.download.close()
-            self.mqtt.unsubscribe(chunk_filter(job.plan.bundle.archive.sha256))  # type: ignore[union-attr]
+            self._drop_filters(job)
         self.job = None
 
     # download ------------------------------------------------------------------------------
@@ -250,22 +268,52 @@ class Updater:
         if dl.complete:
             self._finish_download()
             return
-        self.mqtt.subscribe(chunk_filter(ref.archive.sha256), qos=1)
+        if dl.rechecked:
+            log.info("resuming the download of %s: %d of %d chunks verified on disk, asking for the other %d",
+                     ref.archive.sha256[:12], dl.rechecked, dl.total, len(dl.missing()))
+        self._subscribe_chunks()
 
     def resubscribe(self) -> None:
-        """After a reconnect: ask the broker again for the retained chunks still missing."""
+        """After a (re)connect: ask the broker for the chunks still missing, and only those."""
         job = self.job
-        if job and job.stage == "download" and job.plan.bundle is not None:
-            self.mqtt.subscribe(chunk_filter(job.plan.bundle.archive.sha256), qos=1)
+        if job and job.stage == "download" and job.download is not None:
+            self._subscribe_chunks()
             job.last_chunk = time.monotonic()
 
-    def on_chunk(self, topic: Topic, payload: bytes) -> None:
+    def _subscribe_chunks(self) -> None:
         job = self.job
-        if job is None or job.stage != "download" or job.download is None or job.plan.bundle is None:
+        assert job is not None and job.download is not None and job.plan.bundle is not None
+        conn = self.mqtt.connection
+        if job.filters_on == conn:
+            return  # already asked on this connection: asking again would replay retained chunks
+        dl = job.download
+        sub = chunk_subscription(job.plan.bundle.archive.sha256, dl.missing(), dl.total, job.filters,
+                                 self.mqtt.session_present and job.filters_on >= 0, self.mqtt.retain_handling)
+        if sub.unsubscribe:
+            self.mqtt.unsubscribe_all(list(sub.unsubscribe))
+        if self.mqtt.subscribe_all(list(sub.subscribe), qos=1, only_new=sub.only_new):
+            job.filters = set(sub.subscribe)
+            job.filters_on = conn
+            log.info("subscribed to %d chunk topic(s) of %s%s", len(sub.subscribe), dl.plan.sha256[:12],
+                     " (kept by the session)" if sub.only_new else "")
+
+    def _drop_filters(self, job: Job) -> None:
+        if job.filters:
+            self.mqtt.unsubscribe_all(sorted(job.filters))
+        job.filters = set()
+
+    def on_chunk(self, topic: Topic, payload: bytes) -> None:
+        self.chunks_received += 1
+        self.chunk_bytes_received += len(payload)
+        job = self.job
+        if job is None or job.plan.bundle is None or topic.digest != job.plan.bundle.archive.sha256:
+            return
+        job.received_bytes += len(payload)  # counted in any stage: the link carried it all the same
+        if job.stage != "download" or job.download is None or topic.index is None:
+            job.duplicates += 1
+            job.duplicate_bytes += len(payload)
             return
         ref = job.plan.bundle
-        if topic.digest != ref.archive.sha256 or topic.index is None:
-            return
         dl = job.download
         job.last_chunk = time.monotonic()
         try:
@@ -281,7 +329,13 @@ class Updater:
             self._fail("download", Reason.DISK_FULL, str(exc), remove_download=True)
             return
         if not new:
+            job.duplicates += 1
+            job.duplicate_bytes += len(payload)
             return
+        one = str(topic)
+        if one in job.filters:  # its own filter has done its job: repairs for others must not reach us
+            job.filters.discard(one)
+            self.mqtt.unsubscribe_all([one])
         decile = int(10 * dl.received / max(1, ref.archive.size))
         if decile != job.reported_decile and not dl.complete:
             job.reported_decile = decile
@@ -290,7 +344,7 @@ class Updater:
         if 2 * dl.received >= ref.archive.size and not dl.complete:
             self._crash_point("download")
         if dl.complete:
-            self.mqtt.unsubscribe(chunk_filter(ref.archive.sha256))
+            self._drop_filters(job)
             self._finish_download()
 
     def tick(self, now_mono: float) -> None:
@@ -319,8 +373,14 @@ class Updater:
         job = self.job
         assert job is not None and job.download is not None and job.plan.bundle is not None
         ref, dl, seq = job.plan.bundle, job.download, job.desired.seq
+        log.info("download of %s complete: %d chunks, %d bytes received, %d duplicate (%d bytes), "
+                 "%d chunks were on disk at start", ref.archive.sha256[:12], dl.total, job.received_bytes,
+                 job.duplicates, job.duplicate_bytes, dl.rechecked)
         self.report("download", "ok", Reason.OK, f"{ref.archive.size} bytes in {dl.total} chunks", seq, ref.digest,
-                    progress=1.0, metrics={"bad_chunks": job.bad_chunks})
+                    progress=1.0, metrics={"bad_chunks": job.bad_chunks, "received_bytes": job.received_bytes,
+                                           "duplicate_chunks": job.duplicates,
+                                           "duplicate_bytes": job.duplicate_bytes,
+                                           "resumed_chunks": dl.rechecked})
         job.stage = "verify"
         self.on_change()
         try:
@@ -329,7 +389,8 @@ class Updater:
             # not a final verdict: the chunks matched their signed hashes, so fetch it all again
             self.report("verify", "progress", exc.reason, f"{exc.detail}; fetching again", seq, ref.digest)
             job.stage = "download"
-            self.mqtt.subscribe(chunk_filter(ref.archive.sha256), qos=1)
+            job.filters_on = -1
+            self._subscribe_chunks()
             return
         self._crash_point("verify")
         job.stage = "stage"

@@ -6,9 +6,10 @@ import os
 
 import pytest
 
-from agent.download import Download
+from agent.download import Download, Subscription, chunk_subscription
 from protocol.bundle import ChunkPlan
 from protocol.errors import Reason, VerificationError
+from protocol.topics import Topic, chunk_filter
 
 DATA = os.urandom(10 * 1024 + 123)
 PLAN = ChunkPlan.of(DATA, 1024)
@@ -65,3 +66,38 @@ def test_whole_archive_mismatch_clears_the_bitmap(tmp_path):
     with pytest.raises(VerificationError) as e:
         d.verify()
     assert e.value.reason is Reason.HASH_MISMATCH and len(d.missing()) == len(PLAN.chunks)
+
+
+SHA = "ab" * 32
+WILD = chunk_filter(SHA)
+
+
+def per_index(*idx: int) -> tuple[str, ...]:
+    return tuple(str(Topic.chunk(SHA, i)) for i in idx)
+
+
+@pytest.mark.parametrize("missing, held, kept, rh, want", [
+    # a fresh download: one wildcard, whose retained replay is the whole bundle
+    ([0, 1, 2, 3], set(), False, True, Subscription((), (WILD,), False)),
+    # resumed after a restart (new session): only the missing indexes are replayed
+    ([2, 3], set(), False, True, Subscription((), per_index(2, 3), False)),
+    # the session was lost while the wildcard was held: switch to the missing indexes
+    ([3], {WILD}, False, True, Subscription((WILD,), per_index(3), False)),
+    # the session kept the wildcard: re-assert it without a replay; the queue brings the rest
+    ([2, 3], {WILD}, True, True, Subscription((), (WILD,), True)),
+    # the session kept per-index filters: re-assert those still missing, drop the rest
+    ([3], set(per_index(1, 3)), True, True, Subscription(per_index(1), per_index(3), True)),
+    # MQTT 3.1.1 cannot re-subscribe without a replay: the wildcard gives way to the missing indexes
+    ([3], {WILD}, True, False, Subscription((WILD,), per_index(3), False)),
+    # complete: every held filter is dropped
+    ([], set(per_index(3)), True, True, Subscription(per_index(3), (), False)),
+])
+def test_a_download_subscribes_only_to_the_chunks_it_lacks(missing, held, kept, rh, want):
+    assert chunk_subscription(SHA, missing, 4, held, kept, rh) == want
+
+
+def test_a_duplicate_of_a_chunk_on_disk_is_neither_checked_nor_written(tmp_path):
+    d = Download(tmp_path, PLAN)
+    assert d.put(0, chunk(0))
+    assert d.put(0, b"not even the right length") is False  # the link's waste, not an attack
+    assert d.missing()[0] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,41 @@ def test_model_that_passed_probation_is_kept_through_crashes(tmp_path, coral_mod
         agent.port
     _serves(agent, coral_models, second.ref.digest)
     assert not [r for r in hub.reports if r.stage == "rollback"]
+
+
+def test_an_agent_killed_mid_download_resumes_from_its_bitmap_and_receives_at_most_5_percent_again(
+        tmp_path, coral_models, trust, hub, make_agent):
+    agent = make_agent().start()
+    hub.wait(lambda: (s := hub.status.get(agent.device)) and s.online, 30, "agent online")
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "v2", coral_models, MNV2, name="mnv2"))
+    size, cs = len(archive), hub.chunk_size
+    n = -(-size // cs)
+    first, second = set(range(n // 2)), set(range(n // 2, n))
+    hub.serve_fetch = False  # the second half reaches the broker only when the hub publishes it
+    pub = hub.publish_bundle(env, archive, skip=second)
+    hub.desire(agent.device, pub)
+    bitmap = agent.state_dir / "downloads" / f"{pub.plan.sha256}.bitmap"
+    hub.wait(lambda: bitmap.exists() and bitmap.read_bytes().count(1) == len(first), 120, "the first half on disk")
+    agent.kill()  # kill -9 with half of the bundle verified on disk
+    hub.publish_bundle(env, archive, skip=first)  # the rest is published while the device is down
+    hub.serve_fetch = True
+    fetches_before = len(hub.fetches)
+    agent.start()
+    hub.report(agent.device, "commit", "ok", pub.ref.digest, timeout=120)
+    done = [r for r in hub.reports if r.stage == "download" and r.status == "ok" and r.bundle == pub.ref.digest]
+    assert len(done) == 1, done
+    m = done[0].metrics
+    missing = sum(min(cs, size - i * cs) for i in second)
+    assert m["resumed_chunks"] == len(first)
+    time.sleep(2)  # anything the broker still replays after the download counts too
+    code, st = agent.http("GET", "/v1/status")
+    received = st["chunks_received"]["bytes"]
+    print(f"restarted agent received {received} chunk bytes; {missing} were missing of {size}; {m}")
+    # what the restarted agent received: the missing half, and at most 5 % of the bundle again
+    assert code == 200 and received <= missing + 0.05 * size, (received, missing, size, m)
+    assert m["duplicate_bytes"] <= 0.05 * size, m
+    assert f"{m['received_bytes']} bytes received" in agent.log_text()
+    asked = {i for f in hub.fetches[fetches_before:] if f.archive == pub.plan.sha256 for i in f.missing}
+    assert not asked & first  # nothing already on disk is asked for again
+    _serves(agent, coral_models, pub.ref.digest)
+    assert not hub.failures(agent.device)
