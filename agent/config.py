@@ -65,6 +65,18 @@ class BrokerAddress:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
+# The largest MQTT packet the fleet sends is a bundle chunk plus topic and headers; the hub sizes
+# its broker the same way (hub/credentials.py max_packet_bytes). 1 MiB covers the default 64 KiB
+# chunks and every status/report/telemetry message (<= 256 KiB, protocol.messages).
+MIN_PACKET_BYTES = 1024 * 1024
+CHUNK_PACKET_OVERHEAD = 64 * 1024
+
+
+def packet_bytes_for(chunk_size: int) -> int:
+    """The packet size a device must accept to receive chunks of ``chunk_size`` bytes."""
+    return max(MIN_PACKET_BYTES, chunk_size + CHUNK_PACKET_OVERHEAD)
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     device_id: str
@@ -92,6 +104,7 @@ class AgentConfig:
     probation_max_errors: int = 3      # errors within probation that trigger a rollback
     probation_max_crashes: int = 2     # unclean restarts within probation that trigger a rollback
     disk_reserve_bytes: int = 16 * 1024 * 1024
+    max_packet_bytes: int = MIN_PACKET_BYTES  # MQTT v5 Maximum Packet Size the agent declares
     backlog_max_rows: int = 5000
     latency_budget_ms: float | None = None
     threads: int | None = None
@@ -176,6 +189,9 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."),
     threads = _get(doc, "threads", int, None)
     if threads is not None and not 1 <= threads <= 64:
         raise ConfigError(f"threads: expected 1..64, got {threads!r}")
+    max_packet = _get(doc, "max_packet_bytes", int, MIN_PACKET_BYTES)
+    if not MIN_PACKET_BYTES <= max_packet <= 268_435_455:  # MQTT's own limit (256 MiB)
+        raise ConfigError(f"max_packet_bytes: expected {MIN_PACKET_BYTES}..268435455, got {max_packet!r}")
     files = {k: _path(doc, k, base, None) for k in ("ca_file", "cert_file", "key_file")}
     for k, p in files.items():
         if p is not None and not p.is_file():
@@ -198,6 +214,7 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."),
         probation_max_errors=int(_positive("probation_max_errors", _get(doc, "probation_max_errors", int, 3))),
         probation_max_crashes=int(_positive("probation_max_crashes", _get(doc, "probation_max_crashes", int, 2), True)),
         disk_reserve_bytes=int(_positive("disk_reserve_bytes", _get(doc, "disk_reserve_bytes", int, 16 << 20), True)),
+        max_packet_bytes=max_packet,
         backlog_max_rows=int(_positive("backlog_max_rows", _get(doc, "backlog_max_rows", int, 5000))),
         latency_budget_ms=_positive("latency_budget_ms", budget) if budget is not None else None,
         threads=threads, crash_at=crash_at, free_disk_override=free_disk,

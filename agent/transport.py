@@ -8,7 +8,8 @@ the next attempt uses v3.1.1, and the choice sticks once a connection succeeds.
 Sessions: the first connection of a process starts clean (a new process does not know which
 subscriptions an old session holds, and re-subscribing over them would replay every retained
 chunk they match: ADR 0007); later connections resume the session (v5: 24 h expiry), and
-:attr:`Transport.session_present` says whether the broker kept it.
+:attr:`Transport.session_present` says whether the broker kept it. Under v5 the CONNECT declares
+a Maximum Packet Size (``max_packet_bytes``), so the broker never sends the agent more.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ class Transport:
         if self._v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 24 * 3600
+            props.MaximumPacketSize = self.cfg.max_packet_bytes
         try:
             kwargs = {"clean_start": self._clean, "properties": props} if self._v5 else {}
             self._client.connect(b.host, b.port, keepalive=self.cfg.keepalive_s, **kwargs)  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ from protocol.topics import Kind, Topic
 
 from . import selftest
 from .config import AgentConfig
+from .config import packet_bytes_for
 from .download import DiskFull, Download, bytes_on_disk, chunk_subscription
 from .durable import read_json, write_json
 from .install import (Choice, Current, Inventory, Plan, Rejection, RootExpired, choose_artifact, plan,
@@ -252,6 +253,12 @@ class Updater:
         ref = job.plan.bundle
         job.stage = "download"
         self.on_change()
+        need = packet_bytes_for(ref.archive.chunk_size)
+        if need > self.cfg.max_packet_bytes:  # the broker would drop every chunk for us: fail, never stall
+            self._fail("download", Reason.MALFORMED,
+                       f"chunk size {ref.archive.chunk_size} needs MQTT packets of {need} bytes, this agent "
+                       f"accepts at most {self.cfg.max_packet_bytes} (max_packet_bytes)")
+            return
         try:
             job.download = Download(self.downloads, ref.archive)
         except DiskFull as exc:

@@ -61,3 +61,14 @@ def test_crash_hook_accepts_only_install_stages(tmp_path: Path):
     assert load(p, env={"EDGEFLEET_AGENT_CRASH_AT": "switch"}).crash_at == "switch"
     with pytest.raises(ConfigError, match="EDGEFLEET_AGENT_CRASH_AT"):
         load(p, env={"EDGEFLEET_AGENT_CRASH_AT": "lunch"})
+
+
+def test_max_packet_size_defaults_to_what_the_hub_sizes_its_broker_for(tmp_path: Path):
+    from agent.config import packet_bytes_for
+    from hub.credentials import max_packet_bytes
+    assert load(_write(tmp_path, ""), env={}).max_packet_bytes == max_packet_bytes(64 * 1024) == 1 << 20
+    for chunk in (1024, 64 * 1024, 1 << 20, 8 << 20):
+        assert packet_bytes_for(chunk) == max_packet_bytes(chunk)
+    assert load(_write(tmp_path, "max_packet_bytes = 4194304\n"), env={}).max_packet_bytes == 4 << 20
+    with pytest.raises(ConfigError, match="max_packet_bytes: expected 1048576..268435455, got 65536"):
+        load(_write(tmp_path, "max_packet_bytes = 65536\n"), env={})

@@ -239,3 +239,20 @@ def test_agent_refuses_a_trust_root_that_expired_yesterday(tmp_path, coral_model
     hub._c.publish(str(Topic.root()), rotated, qos=1, retain=True).wait_for_publish(10)
     done = hub.report(agent.device, "commit", "ok", pub.ref.digest)  # the held document, under root v2
     assert done.desired_seq == sent.seq
+
+
+def test_a_message_over_the_agents_maximum_packet_size_never_reaches_it_and_oversized_chunks_fail_the_download(
+        running, tmp_path, coral_models, trust, hub):
+    from protocol.topics import Kind, Topic
+    agent, good = running
+    # 2 MiB on the agent's own topic: the broker drops it for a client that declared 1 MiB
+    hub._c.publish(str(Topic.for_device(Kind.DESIRED, agent.device)), b"x" * (2 << 20), qos=1).wait_for_publish(10)
+    hub.chunk_size = 1 << 20  # chunk packets of 1 MiB + topic: more than the agent accepts
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "big", coral_models, MNV2, name="big"))
+    big = hub.publish_bundle(env, archive)
+    hub.desire(agent.device, big)
+    r = hub.report(agent.device, "download", "failed", big.ref.digest)
+    assert r.reason == Reason.MALFORMED.value and "at most 1048576 (max_packet_bytes)" in r.detail
+    assert [f.stage for f in hub.failures(agent.device)] == ["download"]  # the 2 MiB message never arrived
+    code, out = agent.predict_image((coral_models / "cat_720p.jpg").read_bytes())
+    assert code == 200 and out["bundle"]["digest"] == good.ref.digest
