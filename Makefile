@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: demo test install bench lint clean
+.PHONY: demo test install bench lint clean reliability
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: install
 test: install
 	bash scripts/test-deps.sh
 	$(PY) -m pytest $(ARGS)
+
+reliability: install
+	bash scripts/test-deps.sh
+	$(PY) scripts/reliability_report.py
 
 bench: install
 	$(PY) -m bench all
