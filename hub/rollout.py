@@ -55,7 +55,10 @@ Rules, in the order ``advance`` applies them:
    merged bin counts vs the bundle's baseline; JS over ``max_js``), shadow agreement. A gate
    without enough samples is ``insufficient_data``: it never breaches; with
    ``require_samples`` the inference-fed gates (error rate, p95, cloud rate), and drift once
-   devices send drift counts, hold the cohort open until they have data. A breach triggers ``on_breach`` once
+   devices send drift counts, hold the cohort open until they have data. Bounded influence:
+   when two or more devices feed a telemetry gate, its breach must survive leaving out the
+   device that feeds it most (else it passes, the detail naming that device); a cohort of one
+   device breaches on its own. A breach triggers ``on_breach`` once
    (``pause`` | ``abort`` | ``rollback``) and emits an ``Alert``.
 7. **Soak**: when every assigned device is settled (installed / failed / timed_out /
    incompatible), ``soak_started`` is set; after ``soak_s`` with no breach the next cohort opens
@@ -579,6 +582,47 @@ def evaluate_gates(st: RolloutState, devices: Sequence[DeviceState], health: Map
         out.append(GateResult("install_failure_rate", "pass" if settled else "insufficient_data", rate,
                               g.max_install_failure_rate, f"{bad}/{len(assigned)}"))
     hs = [health[d.id] for d in assigned if d.id in health and d.state == "installed"]
+    return out + _one_device_is_not_a_fleet(st, hs, policy, _sample_gates(st, hs, policy))
+
+
+# what each sample gate counts per device: the device with the most is the one that could carry it alone
+_WEIGHT = {
+    "error_rate": lambda h: h.inferences + h.errors,
+    "cloud_fallback_rate": lambda h: h.inferences,
+    "p95_latency_ratio": lambda h: int(h.latency.get("n", 0)) if h.latency and h.prev_latency else 0,
+    "drift": lambda h: sum(sum(c) for c in h.drift.values()),
+    "shadow_agreement": lambda h: h.shadow_total,
+}
+
+
+def _one_device_is_not_a_fleet(st: RolloutState, hs: Sequence[Health], policy: Policy,
+                               results: list[GateResult]) -> list[GateResult]:
+    """Bounded influence: with two or more devices feeding a gate, a breach must survive leaving
+    out the device that feeds it most. One device (broken, or lying within what its own counts
+    allow) can't pause or roll back a fleet's rollout; a cohort of one device still can."""
+    out = []
+    for r in results:
+        weigh = _WEIGHT.get(r.name)
+        fed = [h for h in hs if weigh is not None and weigh(h) > 0]
+        if r.status != "breach" or weigh is None or len(fed) < 2:
+            out.append(r)
+            continue
+        top = max(fed, key=weigh)
+        again = next(x for x in _sample_gates(st, [h for h in hs if h is not top], policy) if x.name == r.name)
+        if again.status == "breach":
+            out.append(r)
+        else:
+            share = weigh(top) / sum(weigh(h) for h in fed)
+            out.append(replace(r, status="pass", detail=f"{r.detail}; breached only with {top.device} "
+                                                          f"({share:.0%} of the samples, one of {len(fed)} devices): "
+                                                          "one device is not a fleet regression"))
+    return out
+
+
+def _sample_gates(st: RolloutState, hs: Sequence[Health], policy: Policy) -> list[GateResult]:
+    """The gates fed by telemetry, over the installed devices' health ``hs``."""
+    g = policy.gates
+    out: list[GateResult] = []
     inferences = sum(h.inferences for h in hs)
     errors = sum(h.errors for h in hs)
 

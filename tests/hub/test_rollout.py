@@ -375,3 +375,40 @@ def test_rolling_back_a_first_ever_rollout_settles_and_says_the_devices_keep_ser
     assert [(a.action, a.bundle) for a in rollbacks(acts)] == [("idle", None)] * 2
     st, _ = advance(st, [InstallReport(d, "idle", "ok") for d in ("d00", "d01")], 3, policy)
     assert {(d.state, d.reason) for d in st.devices} == {("rolled_back", NO_PREVIOUS)}
+
+
+@pytest.mark.parametrize("slow,gates,breached", [
+    # one device of four, with most of the samples, claims a 10x slower model: not a fleet regression
+    ({"d00": (100.0, 5000)}, Gates(max_p95_ratio=1.5), False),
+    # ...nor one device's errors or drift
+    ({"d00": (10.0, 5000, {"errors": 4000})}, Gates(max_error_rate=0.05), False),
+    ({"d00": (10.0, 5000, {"drift": {"outputs.top1_class": [0, 0, 5000]}})}, Gates(), False),
+    # two devices slower: that is the fleet
+    ({"d00": (100.0, 5000), "d01": (100.0, 200)}, Gates(max_p95_ratio=1.5), True),
+])
+def test_one_device_cannot_breach_a_gate_for_a_cohort_of_several(slow, gates, breached):
+    policy = Policy(cohorts=("100%",), soak_s=60, on_breach="pause", gates=gates)
+    st = RolloutState(NEW, baseline={"outputs.top1_class": [333, 333, 334]})
+    st, _ = advance(st, seen(4), 0, policy)
+    st, _ = install_all(st, 1, policy)
+    hs = []
+    for i in range(4):
+        dev = f"d{i:02}"
+        ms, n, *extra = slow.get(dev, (10.0, 200))
+        kw = extra[0] if extra else {}
+        hs.append(_health(dev, ms, n=n, errors=kw.get("errors", 0),
+                          drift=kw.get("drift", {"outputs.top1_class": [66, 67, 67]})))
+    st, _ = advance(st, hs, 5, policy)
+    got = [g for g in st.gates if g.name != "install_failure_rate" and g.status != "insufficient_data"]
+    assert any(g.status == "breach" for g in got) == breached, [(g.name, g.status, g.detail) for g in got]
+    if not breached:
+        assert any("one device is not a fleet regression" in g.detail for g in got)
+        assert st.phase == "running"
+
+
+def test_a_cohort_of_one_device_still_breaches_on_its_own():
+    policy = Policy(cohorts=("1", "100%"), soak_s=60, on_breach="pause", gates=Gates(max_p95_ratio=1.5))
+    st, _ = advance(RolloutState(NEW), seen(4), 0, policy)
+    st, _ = install_all(st, 1, policy)
+    st, _ = advance(st, [_health("d00", 100.0)], 5, policy)
+    assert st.phase == "paused"
