@@ -25,6 +25,7 @@ from typing import Any
 from protocol.bundle import (
     ARCHIVE_MAGIC, MANIFEST_FILE, MAX_ENVELOPE_BYTES, ChunkPlan, Manifest, check_bundle, digest_of,
     pack_archive, parse_manifest, sha256_hex)
+from protocol import codec
 from protocol.errors import ProtocolError
 from protocol.signing import Envelope, SigningKey
 
@@ -88,8 +89,15 @@ class BundleStore:
         (root / "archives").mkdir(parents=True, exist_ok=True)
 
     def put(self, env: Envelope, artifacts: dict[str, bytes], key: SigningKey) -> StoredBundle:
-        """Check the bundle, sign it, write it. Same digest twice writes nothing new."""
-        unsigned = Envelope(env.payload_type, env.payload, ())
+        """Check the bundle, sign it, write it. Same digest twice writes nothing new.
+
+        The hub signs the manifest in canonical JSON whatever bytes were uploaded (pretty-printed
+        by hand, say): one manifest, one signed byte string, one digest."""
+        try:
+            payload = codec.canonical(codec.loads(env.payload, "manifest"))
+        except (ProtocolError, ValueError) as exc:
+            raise Invalid("bundle", f"manifest: {exc}") from None
+        unsigned = Envelope(env.payload_type, payload, ())
         report = check_bundle(unsigned.to_bytes(), artifacts, None)
         if not report.ok:
             problems = "; ".join(f"{r.value}: {msg}" for r, msg in report.problems)

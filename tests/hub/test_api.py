@@ -330,3 +330,24 @@ def test_control_characters_in_requests_get_one_clear_400(client, method, path, 
 def test_ordinary_json_requests_pass_the_text_guard(client):
     resp = client.post("/api/v1/devices/enroll", json={"device": "d1", "group": "lab\twest", "tags": ["é"]})
     assert resp.status_code in (200, 201), resp.text
+
+
+def test_a_pretty_printed_manifest_is_signed_in_canonical_form_under_one_digest(client, memhub, bundle_dir):
+    """Signed bytes are canonical JSON whatever was uploaded: the same manifest pretty-printed
+    by hand is the same bundle, and what the hub signs parses back to the same document."""
+    import json
+
+    from protocol.bundle import MANIFEST_FILE
+    from protocol.codec import canonical
+    from protocol.signing import Envelope
+    d = bundle_dir(model_bytes=b"\x05" * 3000)
+    plain = push(client, d)
+    env = Envelope.parse((d / MANIFEST_FILE).read_bytes())
+    pretty = json.dumps(json.loads(env.payload), indent=4, sort_keys=False).encode()
+    assert pretty != env.payload
+    (d / MANIFEST_FILE).write_bytes(Envelope(env.payload_type, pretty, ()).to_bytes())
+    again = push(client, d)
+    assert again["digest"] == plain["digest"]
+    hub, _ = memhub
+    stored = Envelope.parse((hub.fleet.store.root / "bundles" / plain["digest"] / MANIFEST_FILE).read_bytes())
+    assert stored.payload == canonical(json.loads(pretty))
