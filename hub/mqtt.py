@@ -66,6 +66,7 @@ class Bridge:
         self._client_id = client_id or f"edgefleet-hub-{secrets.token_hex(4)}"
         self.on_connected: Callable[[], None] | None = None
         self._connacked = False
+        self._sub_mid = -1
         self.client = self._make_client(mqtt.MQTTv5)
 
     def _make_client(self, protocol: mqtt.MQTTProtocolVersion) -> mqtt.Client:
@@ -79,6 +80,7 @@ class Bridge:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _fall_back_to_v311(self, old: mqtt.Client) -> None:
@@ -135,10 +137,20 @@ class Bridge:
             return
         self._connacked = True
         subs = [(f"$share/{self.shared_group}/{t}" if self.shared_group else t, 1) for t in SUBSCRIPTIONS]
-        client.subscribe(subs)
+        _rc, self._sub_mid = client.subscribe(subs)
+        log.info("connected to broker %s:%d as %s", self.broker.host, self.broker.port, self._client_id)
+
+    def _on_subscribe(self, client: mqtt.Client, _u: object, mid: int, codes: Sequence[ReasonCode],
+                      _props: Properties | None) -> None:
+        """Ready only once the broker confirmed the subscriptions: until then a device's
+        message could pass the hub by (``connected`` means the hub will receive)."""
+        if client is not self.client or mid != self._sub_mid:
+            return
+        refused = [str(c) for c in codes if c.is_failure]
+        if refused:
+            log.error("broker refused the hub's subscriptions: %s", ", ".join(refused))
         self.connected.set()
         self.metrics.mqtt_connected.set(1)
-        log.info("connected to broker %s:%d as %s", self.broker.host, self.broker.port, self._client_id)
         if self.on_connected is not None:
             threading.Thread(target=self._run_on_connected, name="hub-on-connect", daemon=True).start()
 
