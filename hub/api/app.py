@@ -127,14 +127,13 @@ def create_app(fleet: Fleet, connected: Any = None) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index(request: Request, f: FleetDep, token: str | None = None,
-              offset: Offset = 0, q: str | None = None) -> Response:
-        if token:
-            resp = RedirectResponse("/", status_code=303)
-            resp.set_cookie("ef_token", token, httponly=True, samesite="strict")
-            return resp
-        if caller_of(request) is None:
-            return TEMPLATES.TemplateResponse(request, "login.html", {}, status_code=401)
+    def index(request: Request, f: FleetDep, offset: Offset = 0, q: str | None = None) -> Response:
+        # A token in a URL lands in browser history, proxy and access logs, so ``/?token=`` no
+        # longer signs in (it set the cookie): the sign-in form POSTs the token instead.
+        if caller_of(request) is None or "token" in request.query_params:
+            return TEMPLATES.TemplateResponse(request, "dash_login.html", {
+                "next": "/ui", "error": "A token in a URL is not accepted: sign in here."
+                if "token" in request.query_params else ""}, status_code=401)
         page = f.list_devices(limit=200, offset=offset, q=q)
         rollouts = f.list_rollouts(limit=10)
         return TEMPLATES.TemplateResponse(request, "devices.html", {

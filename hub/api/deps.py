@@ -2,7 +2,8 @@
 
 Roles are ordered ``viewer < operator < admin``. A request needs a token whose role is at
 least the route's; otherwise 401 (no/unknown token) or 403 (role too low). The dashboard page
-also accepts the token from the ``ef_token`` cookie (set by visiting ``/?token=...``).
+also accepts the token from the ``ef_token`` cookie, set by the sign-in form at ``/ui/login``
+(a POST: a token never travels in a URL).
 """
 
 from __future__ import annotations
