@@ -69,7 +69,7 @@ CHECKLIST: dict[str, tuple[str, list[str]]] = {
     "M10": ("online/offline status (last will)", ["test_m10_an_agent_killed_9_is_offline_within_one_and_a_half_keepalives"]),
     "M11": ("shared-subscription consumer crash", []),
     "M12": ("slow consumer / backpressure", ["test_m12_a_stalled_database_costs_the_hub_no_broker_connection_and_no_message"]),
-    "M13": ("TLS / mTLS negatives", []),
+    "M13": ("TLS / mTLS negatives", ["test_m13_the_tls_listener_refuses_every_bad_handshake_and_an_agent_connects_with_its_certificate"]),
     "D1": ("drift detector on shifted vs identical data", ["test_drift_math_on_identical_and_shifted_histograms"]),
     "D2": ("summary fidelity: merged summaries equal the union", ["test_merging_device_sketches_equals_sketching_the_union",
                                                                   "test_merging_device_summaries_equals_summarising_the_union"]),
@@ -158,8 +158,9 @@ def render(pytest_rc: int) -> tuple[str, bool]:
         names = "<br>".join(f"`{t}`" for t in tests)
         lines.append(f"| {item} | {what} | {names} | {worst} |")
     lines += ["", "Not covered here: S11 (no compromised-online-key recovery scenario yet), M11 (shared",
-              "subscriptions: one hub replica today), M13 (no TLS listener in the tests). M8 runs over a",
-              "loopback fault relay: this machine's veth pairs pass no ARP and its kernel has no netem.", ""]
+              "subscriptions: one hub replica today). M8 runs over a loopback fault relay: this machine's",
+              "veth pairs pass no ARP and its kernel has no netem. M13 covers the agent's mutual TLS; the",
+              "hub's own broker connection has no TLS option yet (it runs beside the broker).", ""]
     return "\n".join(lines), ok
 
 
