@@ -98,6 +98,21 @@ def hub(mosquitto, trust) -> Iterator[FakeHub]:
     h.close()
 
 
+def new_agent(tmp_path: Path, root: Path, broker: str, device: str = "dev1", board: str = "rpi4",
+              **extra: Any) -> AgentProc:
+    """An agent process (not started) for ``broker``, with the tests' quick timings; ``extra``
+    overrides any agent.toml key."""
+    state = tmp_path / f"state-{device}"
+    state.mkdir(exist_ok=True)
+    conf = {"device_id": device, "broker": broker, "state_dir": str(state), "root": str(root),
+            "board": board, "http_port": 0, "telemetry_interval_s": 1, "fetch_repair_s": 1.0,
+            "resend_after_s": 2.0, "reconnect_max_s": 1.0, "keepalive_s": 5, "edgetpu": "auto"}
+    conf.update(extra)
+    path = tmp_path / f"{device}.toml"
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in conf.items() if v is not None))
+    return AgentProc(device, path, state, tmp_path / f"{device}.log")
+
+
 @pytest.fixture
 def make_agent(tmp_path: Path, mosquitto, trust) -> Iterator[Any]:
     made: list[AgentProc] = []
@@ -105,17 +120,9 @@ def make_agent(tmp_path: Path, mosquitto, trust) -> Iterator[Any]:
     root.write_bytes(trust.root_bytes)
 
     def make(device: str = "dev1", board: str = "rpi4", **extra: Any) -> AgentProc:
-        state = tmp_path / f"state-{device}"
-        state.mkdir(exist_ok=True)
-        conf = {"device_id": device, "broker": mosquitto.url, "state_dir": str(state), "root": str(root),
-                "board": board, "http_port": 0, "telemetry_interval_s": 1, "fetch_repair_s": 1.0,
-                "resend_after_s": 2.0, "reconnect_max_s": 1.0, "keepalive_s": 5, "edgetpu": "auto"}
-        conf.update(extra)
-        path = tmp_path / f"{device}.toml"
-        path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in conf.items() if v is not None))
-        a = AgentProc(device, path, state, tmp_path / f"{device}.log")
-        made.append(a)
-        return a
+        broker = extra.pop("broker", mosquitto.url)
+        made.append(new_agent(tmp_path, root, broker, device, board, **extra))
+        return made[-1]
 
     yield make
     for a in made:

@@ -63,22 +63,15 @@ def keys_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def make_agent_at(tmp_path: Path, trust: Any) -> Any:
     """Real agent processes (as tests/agent's make_agent) talking to the broker at ``url``."""
-    from ..agent.conftest import AgentProc
+    from ..agent.conftest import new_agent
     made: list[Any] = []
     root = tmp_path / "root.json"
     root.write_bytes(trust.root_bytes)
 
-    def make(url: str, device: str) -> Any:
-        state = tmp_path / f"state-{device}"
-        state.mkdir(exist_ok=True)
-        conf = {"device_id": device, "broker": url, "state_dir": str(state), "root": str(root), "board": "rpi4",
-                "http_port": 0, "telemetry_interval_s": 1, "fetch_repair_s": 1.0, "resend_after_s": 2.0,
-                "reconnect_max_s": 1.0, "keepalive_s": 5, "edgetpu": "auto"}
-        path = tmp_path / f"{device}.toml"
-        path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in conf.items()))
-        a = AgentProc(device, path, state, tmp_path / f"{device}.log")
-        made.append(a)
-        return a
+    def make(url: str, device: str, trusted: Path | None = None, **extra: Any) -> Any:
+        """``trusted``: another root.json to pin (a real hub's, instead of the tests' trust)."""
+        made.append(new_agent(tmp_path, trusted or root, url, device, **extra))
+        return made[-1]
 
     yield make
     for a in made:

@@ -165,28 +165,18 @@ class HubProcess:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_broker_and_hub_kill_9_under_traffic_lose_no_window_and_no_request(tmp_path: Path, keys_dir: Path,
-                                                                           coral_models: Path, figure):
+                                                                           coral_models: Path, figure, make_agent_at):
     broker = start_mosquitto(tmp_path / "broker")  # default persistence: autosave every 1 s here
     hub = HubProcess(tmp_path, keys_dir, broker.url)
     hub.start()
     names = [f"agent-{i}" for i in range(3)]
-    procs: list[subprocess.Popen[bytes]] = []
-    logs: list[Any] = [hub.log]
     answered: dict[str, int] = {n: 0 for n in names}
     failed: list[str] = []
     stop = threading.Event()
     try:
         pushed = hub.api("POST", "/api/v1/bundles", archive_of(coral_bundle(tmp_path / "b", coral_models, MNV1)))
-        for n in names:
-            d = tmp_path / n
-            d.mkdir()
-            (d / "agent.toml").write_text(
-                f'device_id = "{n}"\nbroker = "{broker.url}"\nstate_dir = "{d / "state"}"\n'
-                f'root = "{keys_dir / "root.json"}"\nboard = "rpi4"\nhttp_port = 0\ntelemetry_interval_s = 0.5\n')
-            logs.append(open(d / "log", "wb"))
-            procs.append(subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(d / "agent.toml")],
-                                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                                          stdout=logs[-1], stderr=subprocess.STDOUT))
+        agents = [make_agent_at(broker.url, n, trusted=keys_dir / "root.json", telemetry_interval_s=0.5).start()
+                  for n in names]  # pinned to this hub's root: it signs the bundles
 
         def device(n: str) -> dict[str, Any]:
             try:
@@ -197,7 +187,7 @@ def test_broker_and_hub_kill_9_under_traffic_lose_no_window_and_no_request(tmp_p
         hub.api("POST", "/api/v1/rollouts", {"bundle": pushed["digest"], "target": {"all": True}})
         wait_for(lambda: all((device(n).get("active_bundle") or {}).get("digest") == pushed["digest"]
                              for n in names), timeout=90, what="the bundle on every agent")
-        ports = {n: int((tmp_path / n / "state" / "http.port").read_text()) for n in names}
+        ports = {a.device: a.port for a in agents}
         tensor = np.zeros((1, 128, 128, 3), np.uint8).tobytes()
 
         def traffic(n: str) -> None:
@@ -254,16 +244,8 @@ def test_broker_and_hub_kill_9_under_traffic_lose_no_window_and_no_request(tmp_p
         assert not failed and got == sent and gaps == 0, (failed[:5], counted(), answered)
     finally:
         stop.set()
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
         if hub.proc is not None and hub.proc.poll() is None:
             hub.proc.terminate()
             hub.proc.wait(15)
+        hub.log.close()
         broker.stop()
-        for f in logs:
-            f.close()
