@@ -109,19 +109,21 @@ class Bridge:
         properties (amqtt keeps the socket open, silent). Connected at TCP level but no CONNACK
         after ``V5_CONNACK_WAIT_S``: switch to 3.1.1. A broker that is simply down has no socket."""
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not self._connacked and not self._stopping and client is self.client:
-            opened = time.monotonic() if client.socket() is not None else None
-            while opened is not None and time.monotonic() - opened < V5_CONNACK_WAIT_S:
-                if self._connacked or self._stopping or client.socket() is None:
-                    break
-                time.sleep(0.1)
-            else:
-                if opened is not None and not self._connacked and not self._stopping and client is self.client:
-                    log.info("broker %s:%d did not answer an MQTT v5 connect in %.0f s; switching to 3.1.1",
-                             self.broker.host, self.broker.port, V5_CONNACK_WAIT_S)
-                    self._fall_back_to_v311(client)
-                    return
-            time.sleep(0.2)
+        open_since: float | None = None
+        while time.monotonic() < deadline:
+            if self._connacked or self._stopping or client is not self.client:
+                return
+            now = time.monotonic()
+            if client.socket() is None:
+                open_since = None
+            elif open_since is None:
+                open_since = now
+            elif now - open_since >= V5_CONNACK_WAIT_S:
+                log.info("broker %s:%d did not answer an MQTT v5 connect in %.0f s; switching to 3.1.1",
+                         self.broker.host, self.broker.port, V5_CONNACK_WAIT_S)
+                self._fall_back_to_v311(client)
+                return
+            time.sleep(0.1)
 
     # ---- paho callbacks (network thread: no blocking) --------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: object, _flags: object, rc: ReasonCode,
