@@ -76,3 +76,19 @@ def make_agent_at(tmp_path: Path, trust: Any) -> Any:
     yield make
     for a in made:
         a.stop()
+
+
+def windows_stored(hub: Any, want: int, timeout: float) -> int:
+    """How many telemetry windows the hub has stored, once it has ``want`` or ``timeout`` passed:
+    a check records the figure it reached, not a timeout."""
+    from sqlmodel import select
+
+    from hub.models import TelemetryWindow
+
+    def count() -> int:
+        with hub.fleet.session() as s:
+            return len(s.exec(select(TelemetryWindow.id)).all())
+    deadline = time.monotonic() + timeout
+    while (n := count()) < want and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return n

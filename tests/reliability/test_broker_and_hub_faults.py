@@ -22,12 +22,13 @@ from fastapi.testclient import TestClient
 from sqlmodel import select
 
 from hub.keys import HubKeys
-from hub.models import Device, TelemetryWindow
+from hub.models import Device
 from hub.server import build
 from protocol.messages import verify_desired
 
 from ..agent.bundles import MNV1, coral_bundle
 from ..conftest import REPO, free_port, start_mosquitto, wait_port
+from .conftest import windows_stored
 from ..hub.conftest import TOKEN, FakeDevice, hub_config, wait_for, write_bundle
 from ..hub.helpers import status, telemetry
 from ..hub.test_api import archive_of
@@ -99,14 +100,7 @@ def test_telemetry_sent_while_the_hub_is_away_arrives_through_its_persistent_ses
     hub = build(cfg)
     hub.start()
     try:
-        def stored() -> int:
-            with hub.fleet.session() as s:
-                return len(s.exec(select(TelemetryWindow)).all())
-        try:
-            wait_for(lambda: stored() == 100, timeout=20, what="100 windows")
-        except AssertionError:
-            pass
-        lost = 100 - stored()
+        lost = 100 - windows_stored(hub, 100, 20)
         figure("hub-restart", "hub stopped while 5 devices send 100 windows at QoS 1 (no resends)",
                "windows lost", lost, "0", lost == 0)
         assert lost == 0

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlmodel import select
 
-from hub.models import Device, TelemetryWindow
+from hub.models import Device
 from hub.server import build
 
+from .conftest import windows_stored
 from ..hub.conftest import hub_config, wait_for
 from ..hub.helpers import telemetry
 
@@ -79,14 +79,7 @@ def test_m12_a_stalled_database_costs_the_hub_no_broker_connection_and_no_messag
         for i in infos:
             i.wait_for_publish(30)
 
-        def stored() -> int:
-            with hub.fleet.session() as s:
-                return len(s.exec(select(TelemetryWindow)).all())
-        try:
-            wait_for(lambda: stored() == 1000, timeout=60, what="1000 windows")
-        except AssertionError:
-            pass
-        n = stored()
+        n = windows_stored(hub, 1000, 60)
         figure("M12", "every ingest batch stalled 0.5 s while 20 devices send 1,000 windows",
                "hub broker disconnects", len(drops), "0", not drops)
         figure("M12", "the same", "windows stored", f"{n}/1000", "all", n == 1000)
