@@ -5,8 +5,9 @@ match the topic's), and judged on its own: JSON nesting, 64-bit integers, finite
 registry's 32-bit columns, a telemetry window's parts against its own inference count, and a
 per-device message rate. A message that fails is quarantined: counted
 (``edgefleet_hub_messages_total{outcome="malformed"|"implausible"|"throttled"}``), logged with
-the reason, kept in :attr:`Ingest.quarantine` (the last few, for the API) and dropped; the
-batch goes on. A throttled message is not acked, so the device sends it again later. Telemetry and reports are deduplicated by
+the reason, kept in :attr:`Ingest.quarantine` (the last 200; no API route shows them yet) and
+dropped; the batch goes on. A throttled message is not acked, so the device sends it again
+later. Telemetry and reports are deduplicated by
 ``(device, seq)``: a replay is counted as ``duplicate``, not stored again, and acked again (the
 agent resends until it sees an ack). One transaction per batch; if it fails the batch is
 retried message by message so one poison message cannot block the others.
