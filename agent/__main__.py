@@ -1,8 +1,7 @@
 """edgefleet-agent: the device daemon and its operator commands.
 
-Exit codes: 0 success; 1 the command ran and failed (agent not reachable, self-test failed,
-start-up error); 2 bad usage or configuration (the message names the key and value);
-3 not implemented yet.
+Exit codes: :data:`EXIT_CODES` (the ``--help`` epilog); an error ends a command with the
+``exit_code`` its class carries (:mod:`agent.errors`, the one place codes are chosen).
 """
 
 from __future__ import annotations
@@ -18,15 +17,22 @@ from pathlib import Path
 from typing import Sequence
 
 from . import AGENT_VERSION
+from .errors import EXIT_FAILED, EXIT_NOT_YET, EXIT_OK, EXIT_USAGE, ConfigError, EnrollError, StartupError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_YET = 0, 1, 2, 3
+EXIT_CODES = """exit codes:
+  0  success
+  1  the command ran and failed: cannot start (bad root, unwritable state dir, port in use),
+     enrollment refused, agent not reachable, self-test failed, nothing to roll back to
+  2  bad usage or configuration: the message names the key and the value
+  3  not implemented yet
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edgefleet-agent",
         description="edgefleet device agent: verifies, installs and serves signed model bundles.",
-        epilog="exit codes: 0 ok, 1 failed, 2 bad usage/config, 3 not implemented yet")
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"edgefleet-agent {AGENT_VERSION}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -62,12 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "enroll":
         return _enroll(args)
-    from .config import ConfigError, load
+    from .config import load
     try:
         cfg = load(args.config)
     except ConfigError as exc:
         print(f"edgefleet-agent: config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_code
     if args.command == "run":
         return _run(cfg)
     if args.command == "status":
@@ -81,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _enroll(args: argparse.Namespace) -> int:
-    from .enrollment import EnrollError, enroll
+    from .enrollment import enroll
     if not 0 <= args.http_port <= 65535:
         print(f"edgefleet-agent enroll: --http-port must be 0..65535 (0 = any free port), got {args.http_port}",
               file=sys.stderr)
@@ -91,19 +97,19 @@ def _enroll(args: argparse.Namespace) -> int:
                    args.root_sha256, args.force)
     except EnrollError as exc:
         print(f"edgefleet-agent enroll: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exc.exit_code
     hint = "" if args.root_sha256 else " (compare it with sha256sum of the hub's root.json)"
     print(f"enrolled {e.device_id}: broker {e.broker}; root sha256 {e.root_sha256}{hint}; wrote {args.config}")
     return EXIT_OK
 
 
 def _run(cfg: "object") -> int:
-    from .daemon import Agent, StartupError
+    from .daemon import Agent
     try:
         agent = Agent(cfg)  # type: ignore[arg-type]
     except StartupError as exc:
         print(f"edgefleet-agent: cannot start: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exc.exit_code
 
     def stop(signum: int, frame: object) -> None:
         agent.stop_event.set()
@@ -114,7 +120,7 @@ def _run(cfg: "object") -> int:
         agent.run()
     except StartupError as exc:
         print(f"edgefleet-agent: cannot start: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exc.exit_code
     return EXIT_OK
 
 
@@ -134,7 +140,7 @@ def _status(cfg: "object") -> int:
 def _selftest(cfg: "object") -> int:
     from protocol.errors import ProtocolError
     from .config import AgentConfig
-    from .daemon import StartupError, load_root
+    from .daemon import load_root
     from .slots import Slots
     from .updater import Updater
     assert isinstance(cfg, AgentConfig)
@@ -142,7 +148,7 @@ def _selftest(cfg: "object") -> int:
         root = load_root(cfg)
     except StartupError as exc:
         print(f"edgefleet-agent selftest: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exc.exit_code
     slots = Slots(cfg.state_dir)
     st = slots.load()
     if st.active is None:

@@ -36,12 +36,10 @@ from urllib.parse import urlsplit
 from protocol.errors import BadPayload
 from protocol.topics import check_device_id
 
+from .errors import ConfigError
+
 CRASH_STAGES = ("download", "verify", "stage", "switch", "commit")
 EDGETPU_MODES = ("auto", "off")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing or invalid; the message names key and value."""
 
 
 @dataclass(frozen=True)

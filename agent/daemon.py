@@ -37,19 +37,16 @@ from . import AGENT_VERSION, inventory
 from .backlog import Backlog
 from .config import AgentConfig
 from .durable import read_json, write_atomic, write_json
-from .install import RootExpired, crash_verdict, recover, require_fresh_root
+from .errors import ConnectError, RootExpired, StartupError
+from .install import crash_verdict, recover, require_fresh_root
 from .localapi import make_server, make_unix_server
 from .serve import CloudClient, Serving
 from .slots import Slots, SlotsState
 from .telemetry import Recorder, health
-from .transport import ConnectError, Incoming, Transport
+from .transport import Incoming, Transport
 from .updater import Updater, open_model
 
 log = logging.getLogger(__name__)
-
-
-class StartupError(Exception):
-    """The agent cannot start (bad root, unwritable state dir, port in use...)."""
 
 
 def load_root(cfg: AgentConfig) -> Root:

@@ -28,11 +28,7 @@ from protocol.bundle import ChunkPlan
 from protocol.errors import Reason, VerificationError
 from protocol.topics import Topic, chunk_filter
 
-
-class DiskFull(Exception):
-    def __init__(self, detail: str) -> None:
-        self.reason = Reason.DISK_FULL
-        super().__init__(detail)
+from .errors import DiskFull
 
 
 class Download:

@@ -24,11 +24,8 @@ from protocol.errors import ProtocolError
 from protocol.signing import load_root_unverified
 from protocol.topics import check_device_id
 
-from .install import RootExpired, require_fresh_root
-
-
-class EnrollError(Exception):
-    """Enrollment failed; the message says which step and why."""
+from .errors import EnrollError, RootExpired
+from .install import require_fresh_root
 
 
 @dataclass(frozen=True)

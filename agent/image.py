@@ -31,13 +31,13 @@ try:
 except ImportError:  # 32-bit ARM, or installed without it: Pillow decodes everything
     simplejpeg = None
 
+from .errors import ImageTooLarge
+
 _SOI = b"\xff\xd8"
 MAX_PIXELS = 40_000_000  # an 8K camera frame (7680x4320, 33 MP) fits; ~120 MB decoded as RGB
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")  # what Pillow may try (as the cloud)
 
 
-class ImageTooLarge(ValueError):
-    """The image declares more pixels than :data:`MAX_PIXELS`; the message gives its size."""
 _FAST_COLORSPACES = {3: ("YCbCr", "Gray"), 1: ("Gray",)}
 
 

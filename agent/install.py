@@ -40,9 +40,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol.bundle import Artifact, Manifest
-from protocol.errors import Reason, VerificationError
+from protocol.errors import Reason
 from protocol.messages import BundleRef, Desired
 from protocol.signing import Root
+
+from .errors import RootExpired
 
 RUNTIMES = ("edgetpu", "cpu", "onnx")
 
@@ -128,10 +130,6 @@ def plan(current: Current, desired: Desired, inventory: Inventory, now: int,
         return Rejection(Reason.DISK_FULL,
                          f"need {need} bytes free for a {ref.archive.size}-byte bundle, have {inventory.free_disk}")
     return Plan("install", desired.seq, ref, need)
-
-
-class RootExpired(VerificationError):
-    """Reason ``EXPIRED``: the trust root itself (not the document) has expired."""
 
 
 def require_fresh_root(root: Root, now: int) -> None:

@@ -39,8 +39,8 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Callable
 
-from .runtime import InputError, MalformedBody, TooLarge
-from .serve import MAX_BODY, Answer, Serving, Unavailable, parse_request
+from .errors import AgentError, InputError, MalformedBody, TooLarge, Unavailable
+from .serve import MAX_BODY, Answer, Serving, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,10 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # RFC 9110 field-name
 _ROUTES = {"/v1/predict": "POST", "/predict": "POST", "/healthz": "GET", "/v1/status": "GET"}
 
 
-class BadRequest(Exception):
+class BadRequest(AgentError):
     """The request cannot be read; ``status`` and the message say why. The connection closes."""
+
+    reason = "bad_request"
 
     def __init__(self, status: HTTPStatus, detail: str, allow: str | None = None) -> None:
         super().__init__(detail)
@@ -136,8 +138,10 @@ def _error(status: HTTPStatus, detail: str) -> bytes:
     return json.dumps({"error": status.phrase.lower(), "detail": detail}).encode()
 
 
-class Closed(Exception):
+class Closed(AgentError):
     """The client closed the connection (between requests, or in the middle of one)."""
+
+    reason = "closed"
 
 
 def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[socketserver.BaseRequestHandler]:

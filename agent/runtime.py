@@ -32,29 +32,13 @@ import numpy as np
 from protocol.features import resize_filter
 from protocol.messages import BundleInfo
 
-from .image import ImageTooLarge, decode
+from .errors import ImageTooLarge, InputError, ModelError, TooLarge
+from .image import decode
 
 log = logging.getLogger(__name__)
 
 EDGETPU_LIB = "libedgetpu.so.1"
 EDGETPU_OP = b"edgetpu-custom-op"
-
-
-class ModelError(Exception):
-    """A model could not be loaded or run; the message names the model and the problem."""
-
-
-class InputError(ValueError):
-    """A request's input cannot be turned into the model's input tensor (HTTP 422)."""
-
-
-class MalformedBody(InputError):
-    """The body is not what its Content-Type says: not strict JSON (NaN, Infinity, a number
-    beyond float range), or nested too deeply to be a tensor (HTTP 400)."""
-
-
-class TooLarge(InputError):
-    """The input declares more than the agent will decode, e.g. an image bomb (HTTP 413)."""
 
 
 def _interpreter_module() -> Any:

@@ -15,7 +15,8 @@ import numpy as np
 
 from protocol.errors import Reason
 
-from .runtime import Backend, ModelError
+from .errors import ModelError
+from .runtime import Backend
 
 
 @dataclass(frozen=True)

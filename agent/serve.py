@@ -37,17 +37,14 @@ from typing import Any, Callable
 import numpy as np
 import orjson
 
+from .errors import InputError, MalformedBody, ModelError, Unavailable
 from .install import probation_verdict
-from .runtime import InputError, MalformedBody, Model, ModelError
+from .runtime import Model
 from .telemetry import Recorder
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 32 * 1024 * 1024
-
-
-class Unavailable(Exception):
-    """No path could serve the request; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -27,14 +27,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .config import AgentConfig
+from .errors import ConnectError
 
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_BATCH = 256  # topic filters per SUBSCRIBE packet (~25 KiB for chunk topics)
-
-
-class ConnectError(Exception):
-    """A connection attempt failed; the message says where and why."""
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,11 @@ from protocol.topics import Kind, Topic
 from . import selftest
 from .config import AgentConfig
 from .config import packet_bytes_for
-from .download import DiskFull, Download, bytes_on_disk, chunk_subscription
+from .download import Download, bytes_on_disk, chunk_subscription
 from .durable import read_json, write_json
-from .install import (Choice, Current, Inventory, Plan, Rejection, RootExpired, choose_artifact, plan,
-                      require_fresh_root)
-from .runtime import Model, ModelError
+from .errors import DiskFull, ModelError, RootExpired
+from .install import Choice, Current, Inventory, Plan, Rejection, choose_artifact, plan, require_fresh_root
+from .runtime import Model
 from .serve import Serving
 from .slots import SlotRecord, Slots, SlotsState
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load
+from agent.config import load
+from agent.errors import ConfigError
 
 
 def _write(tmp_path: Path, body: str) -> Path:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import load
-from agent.enrollment import EnrollError, parse_answer, render_config
+from agent.enrollment import parse_answer, render_config
+from agent.errors import EnrollError
 from tests.conftest import REPO
 
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from agent import image
+from agent.errors import ImageTooLarge
 
 pytest.importorskip("simplejpeg")
 
@@ -84,7 +85,7 @@ def test_an_image_declaring_more_than_max_pixels_is_refused_before_decoding() ->
 
     png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8000, 6000, 8, 2, 0, 0, 0))
            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
-    with pytest.raises(image.ImageTooLarge, match="declares 8000x6000 = 48000000 pixels; at most 40000000"):
+    with pytest.raises(ImageTooLarge, match="declares 8000x6000 = 48000000 pixels; at most 40000000"):
         image.decode(png, 224, 224, 3, "bilinear")
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.install import (Current, Inventory, Plan, Rejection, RootExpired, choose_artifact, disk_needed, plan,
-                           probation_verdict, recover, require_fresh_root)
+from agent.errors import RootExpired
+from agent.install import (Current, Inventory, Plan, Rejection, choose_artifact, disk_needed, plan, probation_verdict,
+                           recover, require_fresh_root)
 from protocol.bundle import Artifact, ChunkPlan, Manifest, Requirements
 from protocol.errors import Reason
 from protocol.messages import BundleRef, Desired

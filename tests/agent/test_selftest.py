@@ -16,7 +16,7 @@ def test_bundle_without_vectors_that_asks_for_a_smoke_test_passes_on_a_working_m
 def test_broken_model_never_reaches_a_smoke_test(coral_models):
     import pytest
 
-    from agent.runtime import ModelError
+    from agent.errors import ModelError
 
     with pytest.raises(ModelError, match="fake-op-double"):
         LiteRTBackend(coral_models / "model_invoking_error.tflite")

@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from agent.runtime import InputError, LiteRTBackend, Model, ModelError
-from agent.serve import Answer, Request, Serving, Unavailable, parse_request
+from agent.errors import InputError, ModelError, Unavailable
+from agent.runtime import LiteRTBackend, Model
+from agent.serve import Answer, Request, Serving, parse_request
 from agent.telemetry import Recorder
 from protocol.messages import BundleInfo
 
