@@ -142,7 +142,7 @@ def _selftest(cfg: "object") -> int:
     from .config import AgentConfig
     from .daemon import load_root
     from .slots import Slots
-    from .updater import Updater
+    from .updater import selftest_slot
     assert isinstance(cfg, AgentConfig)
     try:
         root = load_root(cfg)
@@ -159,9 +159,7 @@ def _selftest(cfg: "object") -> int:
     except (ProtocolError, OSError) as exc:
         print(f"edgefleet-agent selftest: active slot damaged: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    upd = Updater.__new__(Updater)
-    upd.slots, upd.cfg = slots, cfg
-    model, res = Updater.selftest_slot(upd, st.active, manifest)
+    model, res = selftest_slot(slots, st.active, manifest, cfg.threads)
     print(json.dumps({"bundle": st.active.to_dict(), "ok": res.ok, "reason": res.reason.value,
                       "detail": res.detail, **res.metrics()}, indent=2))
     if model is not None:

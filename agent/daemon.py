@@ -44,7 +44,7 @@ from .serve import CloudClient, Serving
 from .slots import Slots, SlotsState
 from .telemetry import Recorder, health
 from .transport import Incoming, Transport
-from .updater import Updater, open_model
+from .updater import Updater, open_model, selftest_slot
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class Agent:
             try:
                 manifest = self.slots.check(rec.digest, self.root)
                 if run_selftest:
-                    model, res = self.updater.selftest_slot(rec, manifest)
+                    model, res = selftest_slot(self.slots, rec, manifest, self.cfg.threads)
                     return (model is not None and res.ok), model
                 return True, open_model(self.slots, rec, manifest, self.cfg.threads)
             except (ProtocolError, OSError, Exception) as exc:  # any failure means "not usable"

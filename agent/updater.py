@@ -90,6 +90,23 @@ def open_model(slots: Slots, rec: SlotRecord, manifest: Manifest, threads: int |
                       model_roles(manifest), threads)
 
 
+def selftest_slot(slots: Slots, rec: SlotRecord, manifest: Manifest,
+                  threads: int | None) -> tuple[Model | None, selftest.SelftestResult]:
+    """Open the slot's model and run its self-test vectors. Used by the install, the start-up
+    check of a trial slot and ``edgefleet-agent selftest``; the model, when it opened, is the
+    caller's to serve or close."""
+    try:
+        model = open_model(slots, rec, manifest, threads)
+    except (ModelError, OSError) as exc:
+        return None, selftest.SelftestResult(False, Reason.SELFTEST_FAILED, str(exc))
+    if model.selftest is None:
+        return model, selftest.SelftestResult(False, Reason.MISSING_ARTIFACT, "bundle has no selftest vectors")
+    problem = model.preprocess_problem()
+    if problem is not None:
+        return model, selftest.SelftestResult(False, Reason.SELFTEST_FAILED, problem)
+    return model, selftest.run(model.backend, model.selftest)
+
+
 class Updater:
     def __init__(self, cfg: AgentConfig, root: Callable[[], Root], slots: Slots, serving: Serving,
                  inventory: Callable[[], Inventory], report: ReportFn, mqtt: Publisher,
@@ -440,7 +457,7 @@ class Updater:
         seq = job.desired.seq
         job.stage = "selftest"
         self.on_change()
-        model, result = self.selftest_slot(rec, manifest)
+        model, result = selftest_slot(self.slots, rec, manifest, self.cfg.threads)
         if model is None or not result.ok:
             shutil.rmtree(self.slots.path(rec.digest), ignore_errors=True)
             self.report("selftest", "failed", result.reason, result.detail, seq, rec.digest, metrics=result.metrics())
@@ -489,18 +506,6 @@ class Updater:
         if self.job is not None:
             self._finish_job("installed")
         self.on_change()
-
-    def selftest_slot(self, rec: SlotRecord, manifest: Manifest) -> tuple[Model | None, selftest.SelftestResult]:
-        try:
-            model = open_model(self.slots, rec, manifest, self.cfg.threads)
-        except (ModelError, OSError) as exc:
-            return None, selftest.SelftestResult(False, Reason.SELFTEST_FAILED, str(exc))
-        if model.selftest is None:
-            return model, selftest.SelftestResult(False, Reason.MISSING_ARTIFACT, "bundle has no selftest vectors")
-        problem = model.preprocess_problem()
-        if problem is not None:
-            return model, selftest.SelftestResult(False, Reason.SELFTEST_FAILED, problem)
-        return model, selftest.run(model.backend, model.selftest)
 
     def _switch_back(self, desired: Desired) -> None:
         """The hub asked for the bundle kept in the previous slot: self-test it, then switch."""
