@@ -1,4 +1,5 @@
-"""``edgefleet-compile`` / ``python -m compiler``: the thin CLI over :mod:`compiler.pipeline`.
+"""``edgefleet-compile`` / ``python -m compiler``: parse the arguments, configure logging, run
+one handler of :mod:`compiler.commands`, turn its error into an exit code.
 
 Exit codes: 0 ok · 1 internal error · 2 bad input · 3 accuracy gate failed ·
 4 not Edge TPU ready (--target edgetpu) · 5 toolchain failure (converter crash/timeout).
@@ -11,13 +12,11 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-import numpy as np
-
-from .errors import BadInput, CompilerError, GateFailed
+from . import commands
+from .errors import CompilerError, GateFailed
 
 log = logging.getLogger("compiler")
 
@@ -114,15 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         if args.command == "digits":
-            return _digits(args)
+            return commands.run_digits(args)
         if args.command == "build":
-            from .commands import run_build
-            return run_build(args)
+            return commands.run_build(args)
         if args.command == "import":
-            from .commands import run_import
-            return run_import(args)
+            return commands.run_import(args)
         if args.command == "inspect":
-            return _inspect(args)
+            return commands.run_inspect(args)
     except GateFailed as exc:
         return _gate_failed(args, exc)
     except CompilerError as exc:
@@ -148,87 +145,6 @@ def _gate_failed(args: argparse.Namespace, exc: GateFailed) -> int:
         print_summary(exc.report, None, None)
     print(f"edgefleet-compile: error: {exc}{where}", file=sys.stderr)
     return exc.exit_code
-
-
-def load_sign_key(path: Path | None) -> Any:
-    if path is None:
-        return None
-    from protocol.errors import BadPayload
-    from protocol.signing import SigningKey
-
-    try:
-        return SigningKey.from_pem(path.read_bytes(), str(path))
-    except OSError as exc:
-        raise BadInput(path, f"cannot read signing key ({exc.strerror})") from None
-    except BadPayload as exc:
-        raise BadInput(path, exc.problem) from None
-
-
-def make_progress(quiet: bool) -> Any:
-    from .progress import Progress, RichProgress
-
-    return Progress() if quiet else RichProgress()
-
-
-def _digits(args: argparse.Namespace) -> int:
-    from . import digits
-    from .config import CompilerConfig
-    from .evaluate import GatePolicy
-    from .pipeline import BuildRequest, array_sha256, build
-
-    if args.epochs < 1:
-        raise BadInput("--epochs", f"must be >= 1, got {args.epochs}")
-    cfg = CompilerConfig.from_env()
-    key = load_sign_key(args.sign_key)
-    split = digits.load_split(args.seed)
-    with tempfile.TemporaryDirectory(prefix="edgefleet-digits-") as tmp:
-        train_npz = Path(tmp) / "train.npz"
-        np.savez(train_npz, x=digits.to_float(split.train_pixels), y=split.train_y)
-        cal = digits.calibration(split, args.seed)
-        val_x = digits.to_float(split.test_pixels)
-        req = BuildRequest(
-            out=args.out, name=args.name, version=args.version, calibration=cal,
-            validation_x=val_x, validation_y=split.test_y, labels=digits.LABELS,
-            preprocess=digits.PREPROCESS,
-            train_digits={"data": str(train_npz), "epochs": args.epochs, "seed": args.seed},
-            io_type=args.io_type, target=args.target, min_runtime=args.min_runtime, segments=args.segments,
-            policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop), sign_key=key,
-            lineage={"recipe": f"digits CNN, sklearn load_digits, seed {args.seed}, {args.epochs} epochs",
-                     "train_sha256": array_sha256(split.train_pixels, split.train_y),
-                     "calibration_sha256": array_sha256(cal),
-                     "validation_sha256": array_sha256(split.test_pixels, split.test_y)},
-            description="A small CNN on scikit-learn's bundled 8x8 handwritten digits "
-                        "(the edgefleet end-to-end example).")
-        progress = make_progress(args.quiet)
-        try:
-            result = build(req, cfg, progress)
-        finally:
-            progress.close()
-    if args.holdout is not None:
-        args.holdout.parent.mkdir(parents=True, exist_ok=True)
-        tmp_h = args.holdout.with_name(args.holdout.name + ".tmp.npz")
-        np.savez(tmp_h, x=split.test_pixels, y=split.test_y)
-        os.replace(tmp_h, args.holdout)
-    if not args.quiet:
-        from .table import print_summary
-        print_summary(result.report, result.out, result.digest)
-    return 0
-
-
-def _inspect(args: argparse.Namespace) -> int:
-    from .bundle import read_bundle
-    from .table import print_summary
-
-    b = read_bundle(args.bundle)
-    try:
-        report = json.loads((args.bundle / "report.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise BadInput(args.bundle / "report.json", f"cannot read the report ({exc})") from None
-    if args.json:
-        print(json.dumps(report, indent=1, sort_keys=True))
-    else:
-        print_summary(report, b.path, b.digest, b.manifest, b.problems)
-    return 0 if not b.problems else 2
 
 
 if __name__ == "__main__":

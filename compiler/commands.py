@@ -1,10 +1,19 @@
-"""Handlers of the ``build`` and ``import`` sub-commands: turn CLI arguments into a request,
-run it, print the table. Parsing lives in :mod:`compiler.__main__`."""
+"""Handlers of the ``digits``, ``build``, ``import`` and ``inspect`` sub-commands: turn CLI
+arguments into a request, run it, print the table; return the exit code or raise a
+:class:`compiler.errors.CompilerError`. Parsing, logging and the error -> exit code mapping live
+in :mod:`compiler.__main__`, which imports this module (never the other way round). TensorFlow
+and the pipeline are imported inside the handlers, so ``--help`` stays fast."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import tempfile
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from . import dataset
 from .config import CompilerConfig
@@ -24,8 +33,27 @@ def _image_size(text: str | None) -> tuple[int, int] | None:
     return h, w
 
 
+def load_sign_key(path: Path | None) -> Any:
+    if path is None:
+        return None
+    from protocol.errors import BadPayload
+    from protocol.signing import SigningKey
+
+    try:
+        return SigningKey.from_pem(path.read_bytes(), str(path))
+    except OSError as exc:
+        raise BadInput(path, f"cannot read signing key ({exc.strerror})") from None
+    except BadPayload as exc:
+        raise BadInput(path, exc.problem) from None
+
+
+def make_progress(quiet: bool) -> Any:
+    from .progress import Progress, RichProgress
+
+    return Progress() if quiet else RichProgress()
+
+
 def run_build(args: argparse.Namespace) -> int:
-    from .__main__ import load_sign_key, make_progress
     from .pipeline import BuildRequest, build
     from .table import print_summary
 
@@ -69,7 +97,6 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from .__main__ import load_sign_key, make_progress
     from .graph import read_graph
     from .importer import ImportRequest, default_preprocess, run_import as do_import
     from .table import print_summary
@@ -118,3 +145,62 @@ def _read(path: Path) -> bytes:
         raise BadInput(path, "is a directory, expected a .tflite file") from None
     except OSError as exc:
         raise BadInput(path, f"cannot read ({exc.strerror})") from None
+
+
+def run_digits(args: argparse.Namespace) -> int:
+    from . import digits
+    from .pipeline import BuildRequest, array_sha256, build
+
+    if args.epochs < 1:
+        raise BadInput("--epochs", f"must be >= 1, got {args.epochs}")
+    cfg = CompilerConfig.from_env()
+    key = load_sign_key(args.sign_key)
+    split = digits.load_split(args.seed)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-digits-") as tmp:
+        train_npz = Path(tmp) / "train.npz"
+        np.savez(train_npz, x=digits.to_float(split.train_pixels), y=split.train_y)
+        cal = digits.calibration(split, args.seed)
+        val_x = digits.to_float(split.test_pixels)
+        req = BuildRequest(
+            out=args.out, name=args.name, version=args.version, calibration=cal,
+            validation_x=val_x, validation_y=split.test_y, labels=digits.LABELS,
+            preprocess=digits.PREPROCESS,
+            train_digits={"data": str(train_npz), "epochs": args.epochs, "seed": args.seed},
+            io_type=args.io_type, target=args.target, min_runtime=args.min_runtime, segments=args.segments,
+            policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop), sign_key=key,
+            lineage={"recipe": f"digits CNN, sklearn load_digits, seed {args.seed}, {args.epochs} epochs",
+                     "train_sha256": array_sha256(split.train_pixels, split.train_y),
+                     "calibration_sha256": array_sha256(cal),
+                     "validation_sha256": array_sha256(split.test_pixels, split.test_y)},
+            description="A small CNN on scikit-learn's bundled 8x8 handwritten digits "
+                        "(the edgefleet end-to-end example).")
+        progress = make_progress(args.quiet)
+        try:
+            result = build(req, cfg, progress)
+        finally:
+            progress.close()
+    if args.holdout is not None:
+        args.holdout.parent.mkdir(parents=True, exist_ok=True)
+        tmp_h = args.holdout.with_name(args.holdout.name + ".tmp.npz")
+        np.savez(tmp_h, x=split.test_pixels, y=split.test_y)
+        os.replace(tmp_h, args.holdout)
+    if not args.quiet:
+        from .table import print_summary
+        print_summary(result.report, result.out, result.digest)
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from .bundle import read_bundle
+    from .table import print_summary
+
+    b = read_bundle(args.bundle)
+    try:
+        report = json.loads((args.bundle / "report.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInput(args.bundle / "report.json", f"cannot read the report ({exc})") from None
+    if args.json:
+        print(json.dumps(report, indent=1, sort_keys=True))
+    else:
+        print_summary(report, b.path, b.digest, b.manifest, b.problems)
+    return 0 if not b.problems else 2
