@@ -27,6 +27,7 @@ import threading
 import time
 from typing import Any
 
+from protocol.device import Inventory
 from protocol.errors import BadPayload, ProtocolError, Reason, VerificationError
 from protocol.messages import (Desired, Report, Status, Telemetry, parse_ack, parse_desired_payload,
                                verify_desired)
@@ -85,7 +86,7 @@ class Agent:
                                lambda digest: self.events.put(("probation_passed", digest)))
         topic = str(Topic.for_device(Kind.STATUS, cfg.device_id))
         # the last will: the broker publishes it (retained) if this process dies or the link drops
-        will = Status(cfg.device_id, False, int(time.time()), AGENT_VERSION, {"board": cfg.board})
+        will = Status(cfg.device_id, False, int(time.time()), AGENT_VERSION, Inventory(board=cfg.board))
         self.transport = Transport(cfg, topic, will.to_bytes(), lambda m: self.events.put(m))
         self.trust_file = cfg.state_dir / "trust.json"
         self.clean_file = cfg.state_dir / "clean-shutdown"
@@ -127,10 +128,8 @@ class Agent:
         model = self.serving.model
         upd = self.updater
         state = upd.state if upd.job else ("serving" if model else "idle")
-        inv: dict[str, Any] = inventory.describe(self.cfg, self.probed)
-        inv.update({"http_port": self.http_port, "mqtt": self.transport.protocol})
-        if model is not None:
-            inv["served_by"] = model.served_by
+        inv = inventory.describe(self.cfg, self.probed, self.http_port, self.transport.protocol,
+                                 model.served_by if model is not None else None)
         return Status(self.cfg.device_id, online, int(time.time()), AGENT_VERSION, inv,
                       model.info if model else None, upd.staged, state, self.trusted_seq)
 
@@ -174,7 +173,7 @@ class Agent:
         return {"device": st.device, "state": st.state, "agent_version": st.agent_version,
                 "active": st.active.to_dict() if st.active else None,
                 "staged": st.staged.to_dict() if st.staged else None,
-                "desired_seq": st.desired_seq, "inventory": st.inventory,
+                "desired_seq": st.desired_seq, "inventory": st.inventory.to_dict(),
                 "connected": self.transport.alive(), "backlog": self.backlog.stats(time.time()),
                 "chunks_received": {"messages": self.updater.chunks_received,
                                     "bytes": self.updater.chunk_bytes_received}}

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from protocol.device import Health, Shadow
 from protocol.features import input_features, output_features
 from protocol.messages import COUNT_KEYS
 from protocol.sketch import LatencySketch, bin_index
@@ -175,9 +176,8 @@ class Recorder:
         sh = self._shadow
         shadow = None
         if sh["n"] or sh["errors"]:
-            shadow = {"samples": sh["n"], "errors": sh["errors"],
-                      "agreement": sh["agree"] / sh["n"] if sh["n"] else None,
-                      "latency_delta_ms": 1000 * sh["delta_sum_s"] / sh["n"] if sh["n"] else None}
+            shadow = Shadow(sh["n"], sh["errors"], sh["agree"] / sh["n"] if sh["n"] else None,
+                            1000 * sh["delta_sum_s"] / sh["n"] if sh["n"] else None)
         counts = dict(self._counts)
         if self._drift_skipped:
             counts["drift_skipped"], self._drift_skipped = self._drift_skipped, 0
@@ -197,7 +197,7 @@ class Recorder:
             return out
 
 
-def health(state_dir: Path) -> dict[str, Any]:
+def health(state_dir: Path) -> Health:
     """CPU temperature where readable, load, memory and disk. Never raises."""
     out: dict[str, Any] = {}
     try:
@@ -222,7 +222,7 @@ def health(state_dir: Path) -> dict[str, Any]:
         out["disk_free_mb"] = du.free // 2**20
     except OSError:
         pass
-    return out
+    return Health(**out)
 
 
 def meminfo() -> dict[str, int]:

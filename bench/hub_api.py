@@ -55,6 +55,7 @@ def _setup(work: Path, n: int) -> tuple[Any, str, str]:
     from hub.store import read_bundle_dir
     from hub.transport import MemoryPublisher
     from protocol.bundle import Artifact, Manifest, Requirements, MANIFEST_FILE
+    from protocol.device import Inventory
     from protocol.messages import BundleInfo, Status, Telemetry
     from protocol.signing import seal
     from protocol.sketch import LatencySketch
@@ -85,7 +86,7 @@ def _setup(work: Path, n: int) -> tuple[Any, str, str]:
     batch: list[tuple[str, bytes]] = []
     for i in range(n):
         dev = f"dev-{i:05d}"
-        batch.append((f"ef/v1/dev/{dev}/status", Status(dev, i % 10 != 0, 1000, "0.1.0", {"board": "rpi4"},
+        batch.append((f"ef/v1/dev/{dev}/status", Status(dev, i % 10 != 0, 1000, "0.1.0", Inventory(board="rpi4"),
                                                        info).to_bytes()))
         batch.append((f"ef/v1/dev/{dev}/telemetry", Telemetry(dev, 1, 0, 10, old["digest"],
                                                                {"inferences": 55, "errors": 0, "cpu": 55},

@@ -36,6 +36,7 @@ from demo.launcher import free_port, wait_port
 
 
 def _payloads(devices: int, per_device: int) -> list[tuple[str, bytes]]:
+    from protocol.device import Health
     from protocol.messages import Telemetry
     from protocol.sketch import LatencySketch
     out = []
@@ -49,7 +50,7 @@ def _payloads(devices: int, per_device: int) -> list[tuple[str, bytes]]:
             dev = f"bench-{d:04d}"
             t = Telemetry(device=dev, seq=seq, window_start=seq * 10, window_end=seq * 10 + 10, bundle="a" * 64,
                           counts={"inferences": 100, "errors": 0, "tpu": 0, "cpu": 100, "cloud": 0},
-                          latency=lat, drift=drift, health={"cpu": 0.2})
+                          latency=lat, drift=drift, health=Health(extra={"cpu": 0.2}))
             out.append((f"ef/v1/dev/{dev}/telemetry", t.to_bytes()))
     return out
 

@@ -294,8 +294,9 @@ class Ingest:
         d.status_ts = max(d.status_ts, m.ts)
         if m.agent_version:
             d.agent_version = m.agent_version
-        if m.inventory:
-            d.inventory = m.inventory
+        inventory = m.inventory.to_dict()
+        if inventory:
+            d.inventory = inventory
         if m.online or m.active is not None:
             d.active_digest = m.active.digest if m.active else None
             d.active_name = m.active.name if m.active else None
@@ -309,9 +310,11 @@ class Ingest:
                          m: Telemetry, now: int) -> None:
         """Queue the window row (bulk-inserted per batch) and fold it into the device totals."""
         c = {k: int(m.counts.get(k, 0)) for k in ("inferences", "errors", "tpu", "cpu", "cloud")}
+        health = m.health.to_dict()
         rows.append({"device": d.id, "seq": m.seq, "window_start": m.window_start, "window_end": m.window_end,
-                     "bundle": m.bundle, "latency": m.latency, "drift": m.drift, "shadow": m.shadow,
-                     "health": {**m.health, "backlog": m.backlog} if m.backlog else m.health,
+                     "bundle": m.bundle, "latency": m.latency, "drift": m.drift,
+                     "shadow": m.shadow.to_dict() if m.shadow is not None else None,
+                     "health": {**health, "backlog": m.backlog} if m.backlog else health,
                      "received": now, **c})
         d.windows += 1
         d.inferences += c["inferences"]

@@ -73,6 +73,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence, Union
 
 from protocol.bundle import Requirements
+from protocol.device import Inventory
 from protocol.sketch import DriftThresholds, LatencySketch, drift_verdict, js_divergence, merge_counts
 
 from . import compat
@@ -292,7 +293,7 @@ class DeviceSeen:
     device: str
     online: bool
     active: str | None = None
-    inventory: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    inventory: Inventory = field(default_factory=Inventory, hash=False)
     agent_version: str = ""
 
 
@@ -414,7 +415,7 @@ def advance(state: RolloutState, events: Sequence[Event], now: int,
                     continue
                 d = DeviceState(ev.device, from_bundle=ev.active if ev.active != st.bundle else None,
                                 online=ev.online)
-                verdict = compat.check(st.requirements, dict(ev.inventory), ev.agent_version)
+                verdict = compat.check(st.requirements, ev.inventory, ev.agent_version)
                 if not verdict.ok:
                     d = replace(d, state="incompatible", reason=f"{verdict.reason.value}: {verdict.detail}")
                 elif ev.active == st.bundle:

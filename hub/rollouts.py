@@ -26,10 +26,12 @@ from sqlalchemy import and_, bindparam, func, insert, update
 from sqlmodel import Session, col, select
 
 from protocol.bundle import Requirements
+from protocol.device import Shadow
 from protocol.messages import Report
 from protocol.sketch import DriftThresholds, LatencySketch
 from protocol.errors import BadPayload
 
+from .compat import stored_inventory
 from .errors import Conflict, Invalid, NotFound
 from .fleet import Fleet, Target, new_id
 from .models import Alert, Bundle, Device, Rollout, RolloutDevice, TelemetryWindow
@@ -127,7 +129,7 @@ def _save(s: Session, r: Rollout, rows: Rows, st: RolloutState, seqs: dict[str, 
 
 # ---- observations --------------------------------------------------------------------------------
 def _seen(d: Device) -> DeviceSeen:
-    return DeviceSeen(d.id, d.online, d.active_digest, dict(d.inventory or {}), d.agent_version)
+    return DeviceSeen(d.id, d.online, d.active_digest, stored_inventory(d.id, d.inventory), d.agent_version)
 
 
 def _owners(s: Session) -> list[tuple[Rollout, Target]]:
@@ -186,10 +188,13 @@ def _health(s: Session, r: Rollout, st: RolloutState, rows: Rows, reporting: set
                     a["drift"][key] = list(counts)
                 elif len(cur) == len(counts):
                     a["drift"][key] = [x + y for x, y in zip(cur, counts)]
-        sh = shadow or {}
-        if isinstance(sh.get("agree"), int) and isinstance(sh.get("total"), int):
-            a["agree"] += sh["agree"]
-            a["total"] += sh["total"]
+        if shadow is not None:
+            try:
+                sh = Shadow.from_dict(shadow, f"stored shadow of {device}")
+            except BadPayload:
+                continue
+            a["agree"] += sh.agreed
+            a["total"] += sh.samples
     return [Health(i, a["inf"], a["err"], a["cloud"], a["new"].to_dict() if a["new"].count else {},
                    a["old"].to_dict() if a["old"].count else {}, a["drift"], a["agree"], a["total"])
             for i, a in acc.items()]

@@ -15,6 +15,7 @@ from typing import Any
 
 from .bundle import ChunkPlan, Requirements
 from .codec import canonical, extra_fields, field, int_list, load_object, nonneg_int
+from .device import Health, Inventory, Shadow
 from .errors import BadPayload, Implausible, Reason, VerificationError
 from .signing import Envelope, Root, SigningKey, seal
 from .topics import check_device_id, check_digest
@@ -190,7 +191,7 @@ class Status:
     online: bool
     ts: int
     agent_version: str = ""
-    inventory: dict[str, Any] = dc_field(default_factory=dict, hash=False)
+    inventory: Inventory = dc_field(default_factory=Inventory, hash=False)
     active: BundleInfo | None = None
     staged: BundleInfo | None = None
     state: str = "idle"
@@ -210,7 +211,7 @@ def parse_status(data: bytes) -> Status:
         device=check_device_id(field(obj, "device", str, what)),
         online=field(obj, "online", bool, what), ts=nonneg_int(obj, "ts", what),
         agent_version=field(obj, "agent_version", str, what, ""),
-        inventory=field(obj, "inventory", dict, what, {}),
+        inventory=Inventory.from_dict(field(obj, "inventory", dict, what, {}), "status inventory"),
         active=BundleInfo.from_dict(obj.get("active"), what),
         staged=BundleInfo.from_dict(obj.get("staged"), what),
         state=field(obj, "state", str, what, "idle"),
@@ -269,7 +270,8 @@ def parse_report(data: bytes) -> Report:
 class Telemetry:
     """One telemetry window. ``latency`` is a :class:`protocol.sketch.LatencySketch` dict,
     ``drift`` maps ``"inputs"``/``"outputs"`` to ``{feature: [bin counts]}`` on the bundle's
-    baseline edges, ``counts`` has inferences/errors/tpu/cpu/cloud."""
+    baseline edges, ``counts`` has inferences/errors/tpu/cpu/cloud; ``shadow`` and ``health`` are
+    :mod:`protocol.device` types."""
 
     device: str
     seq: int
@@ -279,8 +281,8 @@ class Telemetry:
     counts: dict[str, int] = dc_field(default_factory=dict, hash=False)
     latency: dict[str, Any] = dc_field(default_factory=dict, hash=False)
     drift: dict[str, dict[str, list[int]]] = dc_field(default_factory=dict, hash=False)
-    shadow: dict[str, Any] | None = dc_field(default=None, hash=False)
-    health: dict[str, Any] = dc_field(default_factory=dict, hash=False)
+    shadow: Shadow | None = dc_field(default=None, hash=False)
+    health: Health = dc_field(default_factory=Health, hash=False)
     backlog: dict[str, Any] = dc_field(default_factory=dict, hash=False)
     extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
 
@@ -317,10 +319,8 @@ def check_plausible(t: "Telemetry") -> None:
             if total > n + DRIFT_CARRY:
                 raise Implausible(what, f"drift[{side}][{name}] bins hold {total} samples, "
                                        f"the window has {n} inferences")
-    if t.shadow is not None:
-        samples = t.shadow.get("samples", 0)
-        if not isinstance(samples, int) or isinstance(samples, bool) or not 0 <= samples <= n + DRIFT_CARRY:
-            raise Implausible(what, f"shadow samples {samples!r} do not fit the window's {n} inferences")
+    if t.shadow is not None and t.shadow.samples > n + DRIFT_CARRY:
+        raise Implausible(what, f"shadow samples {t.shadow.samples} do not fit the window's {n} inferences")
 
 
 def parse_telemetry(data: bytes) -> Telemetry:
@@ -341,6 +341,7 @@ def parse_telemetry(data: bytes) -> Telemetry:
         for name in feats:
             int_list(feats, name, f"telemetry drift[{side}]")
     bundle = field(obj, "bundle", str, what, None, allow_none=True)
+    shadow = field(obj, "shadow", dict, what, None, allow_none=True)
     known = {"v", "device", "seq", "window_start", "window_end", "bundle", "counts", "latency",
              "drift", "shadow", "health", "backlog"}
     t = Telemetry(
@@ -348,8 +349,9 @@ def parse_telemetry(data: bytes) -> Telemetry:
         window_start=start, window_end=end,
         bundle=check_digest(bundle) if bundle is not None else None, counts=counts,
         latency=field(obj, "latency", dict, what, {}), drift=drift,
-        shadow=field(obj, "shadow", dict, what, None, allow_none=True),
-        health=field(obj, "health", dict, what, {}), backlog=field(obj, "backlog", dict, what, {}),
+        shadow=Shadow.from_dict(shadow, "telemetry shadow") if shadow is not None else None,
+        health=Health.from_dict(field(obj, "health", dict, what, {}), "telemetry health"),
+        backlog=field(obj, "backlog", dict, what, {}),
         extra=extra_fields(obj, known))
     check_plausible(t)
     return t
@@ -399,7 +401,8 @@ def parse_fetch(data: bytes) -> FetchRequest:
 
 
 __all__ = [
-    "Ack", "BundleInfo", "BundleRef", "Desired", "FetchRequest", "Report", "Status", "Telemetry",
+    "Ack", "BundleInfo", "BundleRef", "Desired", "FetchRequest", "Health", "Inventory", "Report", "Shadow",
+    "Status", "Telemetry",
     "parse_ack", "parse_desired_payload", "parse_fetch", "parse_report", "parse_status",
     "parse_telemetry", "verify_desired", "replace", "STAGES", "STATUSES", "ACTIONS", "COUNT_KEYS",
 ]

@@ -22,7 +22,7 @@ from protocol.bundle import Requirements
 from protocol.errors import BadPayload
 from protocol.sketch import LatencySketch, psi
 
-from ..compat import check as compat_check
+from ..compat import check as compat_check, stored_inventory
 from ..db import has_tag
 from ..fleet import ACTIVE_PHASES, Target, bundle_public, device_public, latency_summary
 from ..models import (Alert, AuditEntry, Build, Bundle, Device, ReportRecord, Rollout, RolloutDevice,
@@ -456,7 +456,7 @@ def rollout_preview(s: Session, digest: str, target: Target, cohorts: Sequence[s
         if not target.matches(d):
             continue
         matched += 1
-        v = compat_check(req, dict(d.inventory or {}), d.agent_version)
+        v = compat_check(req, stored_inventory(d.id, d.inventory), d.agent_version)
         if v.ok:
             compatible += 1
             already += d.active_digest == digest

@@ -27,7 +27,7 @@ def test_signed_bundle_is_fetched_installed_and_serves_a_cat(tmp_path: Path, cor
     assert "cat" in out["top"][0]["label"]
     assert out["served_by"] == "cpu" and out["bundle"]["digest"] == pub.ref.digest
     st = hub.wait(lambda: hub.status["dev1"].active and hub.status["dev1"], 30, "status with active bundle")
-    assert st.active.digest == pub.ref.digest and st.inventory["edgetpu"] is False
+    assert st.active.digest == pub.ref.digest and st.inventory.edgetpu is False
     tm = hub.wait(lambda: [t for t in hub.telemetry if t.counts.get("inferences")], 30, "telemetry with an inference")
     assert tm[0].counts["cpu"] >= 1 and tm[0].latency["n"] >= 1 and tm[0].bundle == pub.ref.digest
 
@@ -86,7 +86,7 @@ def test_agent_falls_back_to_mqtt_311_on_the_embedded_broker(tmp_path: Path, cor
     try:
         agent = make_agent("old", broker=amqtt_broker).start()
         st = hub.wait(lambda: hub.status.get("old") and hub.status["old"].online and hub.status["old"], 60, "online")
-        assert st.inventory["mqtt"] == "v3.1.1"
+        assert st.inventory.mqtt == "v3.1.1"
         env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "b1", coral_models))
         pub = hub.publish_bundle(env, archive)
         hub.desire("old", pub)

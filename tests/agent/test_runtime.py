@@ -57,6 +57,6 @@ def test_agent_with_a_crashing_libedgetpu_serves_on_the_cpu(tmp_path, coral_mode
     hub.desire(agent.device, pub)
     hub.report(agent.device, "commit", "ok", pub.ref.digest)
     st = hub.wait(lambda: (s := hub.status.get("crashy")) and s.active and s, 30, "status")
-    assert st.inventory["edgetpu"] is False and "signal 11" in st.inventory["edgetpu_detail"]
+    assert st.inventory.edgetpu is False and "signal 11" in (st.inventory.edgetpu_detail or "")
     code, out = agent.predict_image((coral_models / "cat_720p.jpg").read_bytes())
     assert code == 200 and out["served_by"] == "cpu"

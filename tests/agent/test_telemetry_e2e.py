@@ -93,12 +93,12 @@ def test_shadow_candidate_runs_beside_the_active_model_and_reports_agreement(tmp
         code, out = agent.predict_image((coral_models / "cat_720p.jpg").read_bytes())
         assert code == 200 and out["bundle"]["digest"] == active.ref.digest  # never served by the candidate
         n += 1
-    tm = hub.wait(lambda: [t for t in hub.telemetry if t.shadow and t.shadow["samples"]], 30, "shadow stats")
-    samples = sum(t.shadow["samples"] for t in hub.telemetry if t.shadow)
+    tm = hub.wait(lambda: [t for t in hub.telemetry if t.shadow and t.shadow.samples], 30, "shadow stats")
+    samples = sum(t.shadow.samples for t in hub.telemetry if t.shadow)
     agree = _top1(MNV1, coral_models, 128) == _top1(MNV2, coral_models, 224)
     assert 1 <= samples <= n
-    assert tm[0].shadow["agreement"] == (1.0 if agree else 0.0)
-    assert isinstance(tm[0].shadow["latency_delta_ms"], float)
+    assert tm[0].shadow.agreement == (1.0 if agree else 0.0)
+    assert isinstance(tm[0].shadow.latency_delta_ms, float)
     hub.desire(agent.device, active)  # no shadow any more
     hub.report(agent.device, "shadow", "ok")
     st = hub.wait(lambda: [r for r in hub.reports if r.stage == "shadow" and "ended" in r.detail], 30, "shadow ended")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from protocol.device import Inventory, Shadow
 from protocol.messages import BundleInfo, Report, Status, Telemetry
 from protocol.sketch import LatencySketch
 
 
 def status(device: str, online: bool = True, board: str = "rpi4", active: tuple[str, str, str] | None = None,
            ts: int = 1000, **inv: Any) -> bytes:
-    inventory = {"board": board, "edgetpu": False, **inv}
+    inventory = Inventory.from_dict({"board": board, "edgetpu": False, **inv})
     act = BundleInfo(*active) if active else None
     return Status(device=device, online=online, ts=ts, agent_version="0.1.0", inventory=inventory,
                   active=act, state="idle" if online else "offline").to_bytes()
@@ -19,8 +20,9 @@ def status(device: str, online: bool = True, board: str = "rpi4", active: tuple[
 
 def telemetry(device: str, seq: int, bundle: str | None = None, latencies_s: tuple[float, ...] = (0.01,) * 10,
               errors: int = 0, drift: dict[str, dict[str, list[int]]] | None = None, cloud: int = 0,
-              start: int | None = None) -> bytes:
-    """A 10 s window starting now (or at ``start``), as an agent would send it."""
+              start: int | None = None, shadow: dict[str, Any] | None = None) -> bytes:
+    """A 10 s window starting now (or at ``start``), as an agent would send it; ``shadow`` as the
+    agent's recorder writes it (``samples``, ``errors``, ``agreement``, ``latency_delta_ms``)."""
     sk = LatencySketch()
     for x in latencies_s:
         sk.add(x)
@@ -31,7 +33,8 @@ def telemetry(device: str, seq: int, bundle: str | None = None, latencies_s: tup
     return Telemetry(device=device, seq=seq, window_start=begin, window_end=begin + 10, bundle=bundle,
                      counts={"inferences": max(n + errors, binned), "errors": errors, "tpu": 0, "cpu": n - cloud,
                              "cloud": cloud},
-                     latency=sk.to_dict(), drift=drift or {}).to_bytes()
+                     latency=sk.to_dict(), drift=drift or {},
+                     shadow=Shadow.from_dict(shadow) if shadow is not None else None).to_bytes()
 
 
 def report(device: str, seq: int, desired_seq: int, stage: str = "commit", status: str = "ok",

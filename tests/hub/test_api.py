@@ -302,6 +302,7 @@ def test_telemetry_merges_across_devices_and_time_and_old_windows_are_pruned(cli
 
 
 def test_agent_backlog_stats_are_kept_with_the_window_health(client, memhub, bundle_dir):
+    from protocol.device import Health
     from protocol.messages import Telemetry, parse_telemetry
     from sqlmodel import Session, select
 
@@ -311,7 +312,7 @@ def test_agent_backlog_stats_are_kept_with_the_window_health(client, memhub, bun
     hub.ingest.handle([("ef/v1/dev/bk/status", status("bk"))])
     base = parse_telemetry(telemetry("bk", 7))
     msg = Telemetry(base.device, base.seq, base.window_start, base.window_end, counts=base.counts,
-                    latency=base.latency, health={"load1": 0.5},
+                    latency=base.latency, health=Health(load1=0.5),
                     backlog={"size": 12, "oldest_age_s": 40.0, "dropped": 3})
     hub.ingest.handle([("ef/v1/dev/bk/telemetry", msg.to_bytes())])
     with Session(hub.fleet.engine) as s:

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import select
 
 from hub.models import Device, ReportRecord, TelemetryWindow
+from protocol.device import Inventory
 from protocol.messages import Status
 from protocol.sketch import LatencySketch
 
@@ -66,7 +67,7 @@ def test_deeply_nested_json_costs_only_that_message(memhub):
 
 def test_infinity_in_an_inventory_is_refused_and_every_operator_page_keeps_serving(memhub):
     hub, _ = memhub
-    inf = Status("evil", True, 1000, "0.1.0", {"board": "rpi4"}).to_bytes().replace(
+    inf = Status("evil", True, 1000, "0.1.0", Inventory(board="rpi4")).to_bytes().replace(
         b'"board":"rpi4"', b'"board":"rpi4","mem":1e999,"nan":NaN')
     hub.ingest.handle([("ef/v1/dev/evil/status", inf), ("ef/v1/dev/good/status", status("good"))])
     with hub.fleet.session() as s:

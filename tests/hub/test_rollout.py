@@ -3,19 +3,22 @@ a scenario here. No clock, no I/O: time is an argument."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from hub.rollout import (NO_PREVIOUS, Alert, Command, DeviceSeen, Gates, Health, InstallReport, Issue, Policy, PolicyError,
                          RolloutState, advance, cohort_sizes)
 from protocol.bundle import Requirements
+from protocol.device import Inventory
 from protocol.sketch import LatencySketch
 
 NEW, OLD = "b" * 64, "a" * 64
-FAST = {"board": "rpi4", "edgetpu": False}
+FAST = Inventory(board="rpi4", edgetpu=False)
 
 
 def seen(n: int, online: bool = True, active: str | None = OLD, prefix: str = "d", **inv) -> list[DeviceSeen]:
-    return [DeviceSeen(f"{prefix}{i:02}", online, active, {**FAST, **inv}) for i in range(n)]
+    return [DeviceSeen(f"{prefix}{i:02}", online, active, replace(FAST, **inv)) for i in range(n)]
 
 
 def issued(actions) -> list[str]:
@@ -238,9 +241,9 @@ def test_offline_device_during_a_rollback_converges_to_the_previous_bundle_not_t
 def test_incompatible_devices_are_never_issued_and_never_the_canary():
     req = Requirements(edgetpu="required")
     policy = Policy(cohorts=("1", "100%"), soak_s=0)
-    evs = [DeviceSeen("a-cpu", True, OLD, {"board": "rpi4", "edgetpu": False}),
-           DeviceSeen("b-tpu", True, OLD, {"board": "rpi4", "edgetpu": True}),
-           DeviceSeen("c-tpu", True, OLD, {"board": "rpi4", "edgetpu": True})]
+    evs = [DeviceSeen("a-cpu", True, OLD, Inventory(board="rpi4", edgetpu=False)),
+           DeviceSeen("b-tpu", True, OLD, Inventory(board="rpi4", edgetpu=True)),
+           DeviceSeen("c-tpu", True, OLD, Inventory(board="rpi4", edgetpu=True))]
     st, acts = advance(RolloutState(NEW, requirements=req), evs, 0, policy)
     assert issued(acts) == ["b-tpu"] and st.device("a-cpu").state == "incompatible"
     assert "wrong_hardware" in st.device("a-cpu").reason
@@ -261,8 +264,8 @@ def test_incompatible_devices_are_never_issued_and_never_the_canary():
     ({}, Requirements(boards=("rpi5",), edgetpu="required"), True),  # unknown inventory: the agent decides
 ])
 def test_compatibility_is_checked_from_inventory(inventory, req, ok):
-    st, acts = advance(RolloutState(NEW, requirements=req), [DeviceSeen("x", True, OLD, inventory)], 0,
-                       Policy(cohorts=("100%",)))
+    seen_x = DeviceSeen("x", True, OLD, Inventory.from_dict(inventory))
+    st, acts = advance(RolloutState(NEW, requirements=req), [seen_x], 0, Policy(cohorts=("100%",)))
     assert (issued(acts) == ["x"]) is ok
 
 

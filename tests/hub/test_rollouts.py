@@ -138,3 +138,25 @@ def test_a_window_that_began_before_the_switch_is_not_held_against_the_new_model
     hub.fleet.tick()
     st = client.get(f"/api/v1/rollouts/{rid}").json()
     assert st["cohort"] >= 1 and {g["name"]: g["status"] for g in st["gates"]}["p95_latency_ratio"] == "pass"
+
+
+def test_shadow_that_disagrees_breaches_min_shadow_agreement_and_pauses_the_rollout(client, memhub, bundle_dir):
+    """Shadow statistics exactly as agents send them (``samples`` compared, ``agreement`` as a
+    fraction): half the answers disagree, below the policy's 0.9, so the canary's cohort breaches."""
+    hub, pub = memhub
+    fleet_on(hub, client, pub, bundle_dir, 3)
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    policy = {**STAGED, "on_breach": "pause", "gates": {**STAGED["gates"], "min_shadow_agreement": 0.9}}
+    rid = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True},
+                                                "policy": policy}).json()["id"]
+    canary = [d for d in client.get(f"/api/v1/rollouts/{rid}").json()["devices"] if d["state"] == "issued"][0]
+    dev = canary["device_id"]
+    hub.ingest.handle([(f"ef/v1/dev/{dev}/report", report(dev, 1, canary["seq"], bundle=v2["digest"]))])
+    disagreeing = {"samples": 200, "errors": 0, "agreement": 0.5, "latency_delta_ms": 1.5}
+    hub.ingest.handle([(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 2, v2["digest"], (OLD_MS,) * 200,
+                                                                  shadow=disagreeing))])
+    hub.fleet.tick()
+    st = client.get(f"/api/v1/rollouts/{rid}").json()
+    gate = {g["name"]: g for g in st["gates"]}["shadow_agreement"]
+    assert gate["status"] == "breach" and gate["value"] == 0.5 and gate["detail"] == "100/200 agree"
+    assert st["phase"] == "paused" and st["cohort"] == 0 and "shadow_agreement" in st["reason"]

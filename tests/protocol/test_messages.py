@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from protocol.bundle import ChunkPlan, Requirements
+from protocol.device import Inventory
 from protocol.errors import BadPayload, Reason, VerificationError
 from protocol.messages import (Ack, BundleRef, Desired, FetchRequest, Report, Status, Telemetry,
                                parse_ack, parse_fetch, parse_report, parse_status, parse_telemetry,
@@ -24,7 +25,7 @@ def desired(seq=5, device="dev1", expires=NOW + 60, action="install") -> Desired
 
 
 def test_status_round_trips_and_keeps_unknown_fields():
-    s = Status("dev1", True, NOW, "0.1", {"board": "rpi4"}, extra={"from_the_future": [1, 2]})
+    s = Status("dev1", True, NOW, "0.1", Inventory(board="rpi4"), extra={"from_the_future": [1, 2]})
     again = parse_status(s.to_bytes())
     assert again == s and again.extra == {"from_the_future": [1, 2]}
     assert b"from_the_future" in again.to_bytes()

@@ -25,6 +25,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from demo.launcher import Fleet
+from protocol.device import Health, Inventory
 from protocol.messages import BundleInfo, Report, Status, Telemetry, parse_desired_payload
 from protocol.signing import Envelope
 from protocol.sketch import LatencySketch
@@ -65,7 +66,7 @@ class SimDevice:
     def status(self, online: bool = True) -> bytes:
         act = BundleInfo(self.active, *self.names.get(self.active, ("?", "?"))) if self.active else None
         return Status(device=self.device, online=online, ts=int(time.time()), agent_version="0.1.0",
-                      inventory={"board": self.board, "edgetpu": self.tpu, "free_disk_mb": 2048},
+                      inventory=Inventory(board=self.board, edgetpu=self.tpu, extra={"free_disk_mb": 2048}),
                       active=act, state="serving" if online else "offline", desired_seq=self.desired_seq).to_bytes()
 
     def start(self) -> "SimDevice":
@@ -143,7 +144,7 @@ class SimDevice:
                             counts={"inferences": 300, "errors": 0, "tpu": 300 if self.tpu else 0,
                                     "cpu": 0 if self.tpu else 300, "cloud": 0},
                             latency=sk.to_dict(), drift=self._drift(),
-                            health={"load1": 0.4, "cpu_temp_c": 51.0, "mem_available_mb": 900})
+                            health=Health(load1=0.4, cpu_temp_c=51.0, mem_available_mb=900))
             self._publish("telemetry", msg.to_bytes())
 
 
