@@ -683,8 +683,10 @@ def _sample_gates(st: RolloutState, hs: Sequence[Health], policy: Policy) -> lis
     if g.min_shadow_agreement is not None:
         agree, total = sum(h.shadow_agree for h in hs), sum(h.shadow_total for h in hs)
         if total < g.min_samples:
-            out.append(GateResult("shadow_agreement", "insufficient_data", None, g.min_shadow_agreement,
-                                  f"{total} < {g.min_samples} comparisons"))
+            # say so when nothing came at all: the gate only judges devices running a shadow model
+            why = (f"{total} < {g.min_samples} comparisons" if total else
+                   "no shadow comparisons: no device runs a shadow model beside the bundle")
+            out.append(GateResult("shadow_agreement", "insufficient_data", None, g.min_shadow_agreement, why))
         else:
             v = agree / total
             out.append(GateResult("shadow_agreement", "breach" if v < g.min_shadow_agreement else "pass", v,

@@ -178,6 +178,19 @@ def test_health_gates_breach_only_on_real_regressions(health, gates, breached):
         assert any(isinstance(a, Alert) for a in acts)
 
 
+@pytest.mark.parametrize("agree,total,detail", [
+    (0, 0, "no shadow comparisons: no device runs a shadow model beside the bundle"),
+    (20, 30, "30 < 50 comparisons"),
+])
+def test_shadow_gate_without_enough_comparisons_says_why_and_never_breaches(agree, total, detail):
+    policy = Policy(cohorts=("1", "100%"), soak_s=60, gates=Gates(min_shadow_agreement=0.9))
+    st, _ = advance(RolloutState(NEW), seen(2), 0, policy)
+    st, _ = install_all(st, 1, policy)
+    st, _ = advance(st, [_health("d00", 10.0, agree=agree, total=total)], 5, policy)
+    gate = next(g for g in st.gates if g.name == "shadow_agreement")
+    assert (gate.status, gate.detail, st.phase) == ("insufficient_data", detail, "running")
+
+
 def test_require_samples_holds_the_cohort_open_until_telemetry_arrives():
     policy = Policy(cohorts=("1", "100%"), soak_s=5, require_samples=True, gates=Gates(max_p95_ratio=1.5))
     st, _ = advance(RolloutState(NEW), seen(3), 0, policy)
