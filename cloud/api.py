@@ -1,4 +1,6 @@
-"""HTTP layer: routes, API keys, body limits, error -> status mapping. Nothing else decides here.
+"""HTTP layer: routes and the error -> status mapping. API keys and body limits are checked
+before the routes by :class:`cloud.guard.Guard`; what the routes serve from is
+:class:`cloud.service.Service`. Nothing else decides here.
 
 Routes (docs/cloud.md has the full contract):
 
@@ -19,11 +21,7 @@ Errors are ``{"detail": "<one line naming the thing and the problem>", "code": "
 
 from __future__ import annotations
 
-import asyncio
-import gc
-import hmac
 import logging
-import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -35,23 +33,21 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol.signing import Root
 
-from .config import ApiKey, CloudConfig
-from .errors import (BadInput, CloudError, InferenceFailed, NotFound, Overloaded, TooLarge,
+from .config import CloudConfig
+from .errors import (AuthError, BadInput, CloudError, InferenceFailed, NotFound, Overloaded, TooLarge,
                      Unavailable)
-from .folder import Folder
+from .guard import Guard, error_response
 from .metrics import Metrics
-from .models import Catalog, LoadOptions, ServedModel, describe
+from .models import ServedModel, describe
+from .service import Service
 from .tensors import image_tensor, tensor_from_bytes, tensor_from_json, tensor_to_bytes
 
 log = logging.getLogger(__name__)
 
 TOP_K = 5
-HUB_STARTUP_S = 10.0
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
 IMAGE_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary",
@@ -62,10 +58,6 @@ TENSOR_BODY = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary",
                                             "description": "C-order little-endian tensor; headers "
                                             "X-Tensor-Shape (required), X-Tensor-Dtype"}}}}}
-
-
-class AuthError(CloudError):
-    code = "unauthorized"
 
 
 def status_of(exc: CloudError) -> int:
@@ -100,202 +92,6 @@ def json_bytes(content: Any) -> bytes:
     Floats are written as the shortest text that reads back to the same value (float32 scores
     as float32, e.g. ``0.1`` rather than ``0.10000000149011612``); NaN and infinities as null."""
     return orjson.dumps(content, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
-
-
-class Guard:
-    """Pure ASGI middleware, before FastAPI parses anything: checks the API key (except on
-    ``OPEN_PATHS``), bounds every request body whatever its method or Content-Type (buffered,
-    at most ``limit`` bytes; a larger Content-Length is refused before one body byte is read,
-    a chunked body as soon as it passes the limit) and records latency per route and status. Doing this here rather than in per-route dependencies keeps
-    the per-request cost of the hot path low (see docs/cloud.md)."""
-
-    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics, service: "Service") -> None:
-        self.app = app
-        self.limit = limit
-        self.metrics = metrics
-        self.service = service
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = {"code": 500}
-
-        async def send_wrapped(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        key: ApiKey | None = None
-        try:
-            if self.service.config.auth_required and scope["path"] not in OPEN_PATHS:
-                try:
-                    key = self.service.authenticate(_presented_key(scope))
-                except AuthError as exc:
-                    status["code"] = 401
-                    self.metrics.errors.labels(exc.code).inc()
-                    await error_response(401, exc.code, str(exc), {"WWW-Authenticate": "Bearer"})(
-                        scope, receive, send)
-                    return
-                if key is not None and not self.service.admit(key):
-                    status["code"] = 429
-                    self.metrics.errors.labels(Overloaded.code).inc()
-                    await error_response(
-                        429, Overloaded.code, f"API key {key.name!r} already has "
-                        f"{self.service.config.limits.per_key_inflight} requests in flight",
-                        {"Retry-After": "1"})(scope, receive, send)
-                    key = None  # not admitted: nothing to release
-                    return
-            # every method: no route may ever see an unbounded body, whatever it is declared as
-            body = await self._read_body(scope, receive)
-            if body is None:
-                status["code"] = 413
-                resp = error_response(413, TooLarge.code, f"bad request body: larger than the "
-                                      f"limit of {self.limit} bytes")
-                self.metrics.errors.labels(TooLarge.code).inc()
-                await resp(scope, receive, send)
-                return
-            receive = _replay(body, receive)
-            await self.app(scope, receive, send_wrapped)
-        finally:
-            if key is not None:
-                self.service.release(key)
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            self.metrics.request_seconds.labels(path, str(status["code"])).observe(
-                time.perf_counter() - start)
-
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
-        for key, value in scope.get("headers", []):
-            if key == b"content-length":
-                try:
-                    if int(value) > self.limit:
-                        return None
-                except ValueError:
-                    pass
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
-
-
-def _presented_key(scope: Scope) -> str | None:
-    bearer = None
-    for key, value in scope.get("headers", []):
-        if key == b"x-api-key":
-            return value.decode("latin-1")
-        if key == b"authorization" and value[:7].lower() == b"bearer ":
-            bearer = value[7:].decode("latin-1").strip()
-    return bearer
-
-
-def _replay(body: bytes, downstream: Receive) -> Receive:
-    """Hand the buffered body to the app once, then pass through (for disconnect events)."""
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await downstream()
-
-    return receive
-
-
-class Service:
-    """What the routes need: config, catalog, folder, metrics. One per app."""
-
-    def __init__(self, config: CloudConfig, root: Root, metrics: Metrics | None = None) -> None:
-        self.config = config
-        self.metrics = metrics or Metrics()
-        self.catalog = Catalog(self.metrics)
-        self.folder = Folder(config.bundles, root, self.catalog,
-                             LoadOptions(config.session, config.batch), self.metrics)
-        self.ready = False
-        self._tasks: list[asyncio.Task[None]] = []
-        self._inflight: dict[str, int] = {}  # per API key name; touched only on the event loop
-
-    async def start(self) -> None:
-        await self.folder.sync()
-        if self.config.poll_s > 0:
-            self._tasks.append(asyncio.create_task(self.folder.watch(self.config.poll_s)))
-        if self.config.hub is not None:
-            from .hub import HubPuller
-            puller = HubPuller(self.config.hub, self.config.bundles, self.folder)
-            try:  # one pull before declaring ready, bounded so a dead hub cannot hold startup
-                await asyncio.wait_for(puller.poll(), HUB_STARTUP_S)
-            except asyncio.TimeoutError:
-                log.warning("hub %s: no answer within %ss at startup; serving the folder",
-                            self.config.hub.url, HUB_STARTUP_S)
-            self._tasks.append(asyncio.create_task(puller.run()))
-        self.ready = True
-        # everything loaded so far (FastAPI, pydantic, onnxruntime bindings, the models) lives
-        # as long as the process: keep it out of the cyclic collector's full passes, which
-        # otherwise walk it again and again under load (measured: ~0.8 ms CPU per request on
-        # MobileNetV2 at 32 clients, docs/cloud.md)
-        gc.freeze()
-
-    async def stop(self) -> None:
-        self.ready = False
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
-        await asyncio.to_thread(self.catalog.close)
-
-    def model_for_predict(self, name: str | None) -> ServedModel:
-        if name:
-            return self.catalog.get(name)
-        if self.config.default_model:
-            return self.catalog.get(self.config.default_model)
-        names = self.catalog.names()
-        if not names:
-            raise Unavailable("no model is loaded yet")
-        if len(names) > 1:
-            raise BadInput("model", f"several models are served ({', '.join(names)}); pass ?model=NAME")
-        return self.catalog.default(names[0])
-
-    def admit(self, key: ApiKey) -> bool:
-        """Per-key fairness: at most ``limits.per_key_inflight`` concurrent requests per key."""
-        limit = self.config.limits.per_key_inflight
-        n = self._inflight.get(key.name, 0)
-        if limit and n >= limit:
-            return False
-        self._inflight[key.name] = n + 1
-        return True
-
-    def release(self, key: ApiKey) -> None:
-        self._inflight[key.name] -= 1
-
-    def authenticate(self, presented: str | None) -> ApiKey | None:
-        if not self.config.auth_required:
-            return None
-        if not presented:
-            raise AuthError("missing API key: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'")
-        for key in self.config.api_keys:
-            if hmac.compare_digest(key.secret.encode(), presented.encode()):
-                self.metrics.requests_by_key.labels(str(key.slot)).inc()
-                return key
-        raise AuthError("API key not recognised")
 
 
 def _result(model: ServedModel, outputs: list[np.ndarray]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The cloud service's few error types. Each message names the bad thing and the problem.
 
-HTTP status codes are chosen in :mod:`cloud.api` only; here errors say *what* went wrong.
+HTTP status codes are chosen in :mod:`cloud.api` and :mod:`cloud.guard` only; here errors say
+*what* went wrong.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ class TooLarge(BadInput):
 
     def __init__(self, what: str, size: int, limit: int) -> None:
         super().__init__(what, f"{size} exceeds the limit of {limit}")
+
+
+class AuthError(CloudError):
+    """A missing or unrecognised API key."""
+
+    code = "unauthorized"
 
 
 class NotFound(CloudError):

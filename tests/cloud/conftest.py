@@ -203,7 +203,7 @@ def coral_mobilenet_onnx(coral_models: Path) -> Path:
 
 
 def service_of(client: TestClient) -> Any:
-    """The app's :class:`cloud.api.Service` (typed loosely: TestClient.app is any ASGI app)."""
+    """The app's :class:`cloud.service.Service` (typed loosely: TestClient.app is any ASGI app)."""
     return client.app.state.service  # type: ignore[attr-defined]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from cloud.__main__ import parser
-from cloud.api import OPEN_PATHS
+from cloud.guard import OPEN_PATHS
 
 from .conftest import REPO
 

@@ -1,0 +1,102 @@
+"""What the routes need, one per app: config, catalog, folder, metrics; the folder watch and
+hub pull tasks; API key checks and per-key fairness. No HTTP here: :mod:`cloud.api` and
+:mod:`cloud.guard` answer for it."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hmac
+import logging
+
+from protocol.signing import Root
+
+from .config import ApiKey, CloudConfig
+from .errors import AuthError, BadInput, Unavailable
+from .folder import Folder
+from .metrics import Metrics
+from .models import Catalog, LoadOptions, ServedModel
+
+log = logging.getLogger(__name__)
+
+HUB_STARTUP_S = 10.0
+
+
+class Service:
+    """What the routes need: config, catalog, folder, metrics. One per app."""
+
+    def __init__(self, config: CloudConfig, root: Root, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.catalog = Catalog(self.metrics)
+        self.folder = Folder(config.bundles, root, self.catalog,
+                             LoadOptions(config.session, config.batch), self.metrics)
+        self.ready = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: dict[str, int] = {}  # per API key name; touched only on the event loop
+
+    async def start(self) -> None:
+        await self.folder.sync()
+        if self.config.poll_s > 0:
+            self._tasks.append(asyncio.create_task(self.folder.watch(self.config.poll_s)))
+        if self.config.hub is not None:
+            from .hub import HubPuller
+            puller = HubPuller(self.config.hub, self.config.bundles, self.folder)
+            try:  # one pull before declaring ready, bounded so a dead hub cannot hold startup
+                await asyncio.wait_for(puller.poll(), HUB_STARTUP_S)
+            except asyncio.TimeoutError:
+                log.warning("hub %s: no answer within %ss at startup; serving the folder",
+                            self.config.hub.url, HUB_STARTUP_S)
+            self._tasks.append(asyncio.create_task(puller.run()))
+        self.ready = True
+        # everything loaded so far (FastAPI, pydantic, onnxruntime bindings, the models) lives
+        # as long as the process: keep it out of the cyclic collector's full passes, which
+        # otherwise walk it again and again under load (measured: ~0.8 ms CPU per request on
+        # MobileNetV2 at 32 clients, docs/cloud.md)
+        gc.freeze()
+
+    async def stop(self) -> None:
+        self.ready = False
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        await asyncio.to_thread(self.catalog.close)
+
+    def model_for_predict(self, name: str | None) -> ServedModel:
+        if name:
+            return self.catalog.get(name)
+        if self.config.default_model:
+            return self.catalog.get(self.config.default_model)
+        names = self.catalog.names()
+        if not names:
+            raise Unavailable("no model is loaded yet")
+        if len(names) > 1:
+            raise BadInput("model", f"several models are served ({', '.join(names)}); pass ?model=NAME")
+        return self.catalog.default(names[0])
+
+    def admit(self, key: ApiKey) -> bool:
+        """Per-key fairness: at most ``limits.per_key_inflight`` concurrent requests per key."""
+        limit = self.config.limits.per_key_inflight
+        n = self._inflight.get(key.name, 0)
+        if limit and n >= limit:
+            return False
+        self._inflight[key.name] = n + 1
+        return True
+
+    def release(self, key: ApiKey) -> None:
+        self._inflight[key.name] -= 1
+
+    def authenticate(self, presented: str | None) -> ApiKey | None:
+        if not self.config.auth_required:
+            return None
+        if not presented:
+            raise AuthError("missing API key: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'")
+        for key in self.config.api_keys:
+            if hmac.compare_digest(key.secret.encode(), presented.encode()):
+                self.metrics.requests_by_key.labels(str(key.slot)).inc()
+                return key
+        raise AuthError("API key not recognised")
