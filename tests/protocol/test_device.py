@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 
 from protocol.device import Health, Inventory, Shadow
@@ -95,3 +99,13 @@ def test_a_bad_inventory_or_shadow_refuses_the_message_naming_the_part():
     with pytest.raises(BadPayload, match="bad telemetry shadow: agreement must be within 0..1"):
         parse_telemetry(b'{"v": 1, "device": "d", "seq": 1, "window_start": 1, "window_end": 2,'
                         b' "counts": {"inferences": 5}, "shadow": {"samples": 5, "agreement": 2}}')
+
+
+def test_the_shapes_in_docs_protocol_md_are_what_the_parsers_read_and_write():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    section = doc.split("## Inventory, health and shadow", 1)[1].split("\n## ", 1)[0]
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", section, re.S)]
+    assert len(blocks) == 3, "docs/protocol.md lost an example of Inventory, Health or Shadow"
+    for kind, obj in zip((Inventory, Health, Shadow), blocks):
+        parsed = kind.from_dict(obj)
+        assert parsed.extra == {} and parsed.to_dict() == obj
