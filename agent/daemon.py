@@ -31,7 +31,7 @@ from protocol.device import Inventory
 from protocol.errors import BadPayload, ProtocolError, Reason, VerificationError
 from protocol.messages import (Desired, Report, Status, Telemetry, parse_ack, parse_desired_payload,
                                verify_desired)
-from protocol.signing import Envelope, Root, load_root_unverified, rotate_root
+from protocol.signing import Envelope, Root, load_root_unverified, rotate_root, targets_rotated
 from protocol.topics import Kind, Topic
 
 from . import AGENT_VERSION, inventory
@@ -95,7 +95,8 @@ class Agent:
         # never believe a clock earlier than the newest document accepted (a device without an
         # RTC boots in 1970; expired documents must not become fresh again)
         self.clock_floor = int(trusted.get("issued_max", 0))
-        self._held: bytes | None = None  # a desired document refused only because the root expired
+        self._held: bytes | None = None  # a desired document refused for the root: expired, or a key it lacks yet
+        self._manifests: dict[str, bytes] = {}  # re-signed slot manifests waiting for a rotated root
         try:
             require_fresh_root(self.root, self._now())
         except VerificationError as exc:
@@ -300,6 +301,7 @@ class Agent:
         for kind in (Kind.DESIRED, Kind.ACK):
             self.transport.subscribe(str(Topic.for_device(kind, dev)), qos=1)
         self.transport.subscribe(str(Topic.root()), qos=1)
+        self._subscribe_manifests()
         self.updater.resubscribe()
         self._publish_status()
         self._flush(force=True)
@@ -324,6 +326,8 @@ class Agent:
             self.backlog.ack(ack.kind, ack.seqs)
         elif topic.kind is Kind.ROOT and msg.payload:
             self._on_root(msg.payload)
+        elif topic.kind is Kind.MANIFEST and topic.digest and msg.payload:
+            self._on_manifest(topic.digest, msg.payload)
 
     def _now(self) -> int:
         return max(int(time.time()), self.clock_floor)
@@ -353,6 +357,10 @@ class Agent:
                     self.updater.accept(desired, payload, now)
                 return
             seq, digest = _unverified_hint(payload)
+            if isinstance(exc, RootExpired) or exc.reason is Reason.UNKNOWN_KEY:
+                # verified again once a rotated root arrives (_on_root): after a key rotation the
+                # hub's re-signed document may come before the root that trusts its key
+                self._held = payload
             if exc.reason is not Reason.EXPIRED:
                 # Only an expired document's seq is signed (expiry is checked after the
                 # signature). Any other claim is the sender's: naming it would let a forged
@@ -360,8 +368,6 @@ class Agent:
                 self.report("verify", "failed", exc.reason,
                             f"desired document rejected: {exc} (it claimed seq {seq}, bundle {digest})", 0)
                 return
-            if isinstance(exc, RootExpired):
-                self._held = payload  # verified again once a rotated root arrives (_on_root)
             self.report("verify", "failed", exc.reason, f"desired document rejected: {exc}",
                         seq, digest)
             return
@@ -380,12 +386,42 @@ class Agent:
             if exc.reason not in (Reason.REPLAYED, Reason.DOWNGRADE):
                 log.warning("root rotation refused: %s", exc)
             return
+        old, self.root = self.root, new
+        if targets_rotated(old, new):
+            # documents signed by the old targets keys may come from a compromised online key
+            # that fast-forwarded seq or issued: forget both, so the hub's next documents count
+            log.warning("trust root v%d replaces the targets keys: forgetting desired seq %d and issued %d "
+                        "learnt under the old keys", new.version, self.trusted_seq, self.clock_floor)
+            self.trusted_seq, self.clock_floor = 0, 0
+            write_json(self.trust_file, {"desired_seq": 0, "issued_max": 0})
+            self._dirty = True
         write_atomic(self.cfg.state_dir / "root.json", payload)
-        self.root = new
         log.info("trust root rotated to version %d", new.version)
+        for digest, env in list(self._manifests.items()):
+            self._on_manifest(digest, env)
+        self._subscribe_manifests()  # the retained re-signed manifests come (again) now
         held, self._held = self._held, None
         if held is not None:
             self._on_desired(held)
+
+    def _subscribe_manifests(self) -> None:
+        """Re-signed manifests of the slots held: after the hub's online key changed, the slots
+        installed under the old key must keep verifying at start."""
+        st = self.slots.load()
+        for rec in (st.active, st.previous):
+            if rec is not None:
+                self.transport.subscribe(str(Topic.manifest(rec.digest)), qos=1)
+
+    def _on_manifest(self, digest: str, env: bytes) -> None:
+        try:
+            if self.slots.refresh_manifest(digest, env, self.root):
+                log.info("slot %s: manifest signed again by the hub's current key", digest[:12])
+            self._manifests.pop(digest, None)
+        except ProtocolError as exc:
+            if exc.reason is Reason.UNKNOWN_KEY:
+                self._manifests[digest] = env  # signed by a key a rotated root will bring
+            else:
+                log.warning("refused manifest for slot %s: %s", digest[:12], exc)
 
     def _on_probation_failed(self, digest: str, why: str) -> None:
         model = self.serving.model

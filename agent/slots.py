@@ -30,7 +30,7 @@ from protocol.bundle import ARCHIVE_MAGIC, MANIFEST_FILE, Artifact, Manifest, re
 from protocol.errors import ProtocolError, Reason, VerificationError
 from protocol.signing import Root
 
-from .durable import fsync_dir, read_json, write_json
+from .durable import fsync_dir, read_json, write_atomic, write_json
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,22 @@ class Slots:
             if h.hexdigest() != a.sha256:
                 raise VerificationError(Reason.HASH_MISMATCH, f"slot {digest[:12]}: {a.name} hash differs from the manifest")
         return manifest
+
+    def refresh_manifest(self, digest: str, env_bytes: bytes, root: Root) -> bool:
+        """Replace the slot's manifest by ``env_bytes`` if it verifies under ``root`` and has the
+        same payload (same digest): the hub signed it again after its online key changed, and
+        the slot must keep verifying at start. Returns False if the slot holds these bytes or
+        does not exist; raises VerificationError for anything that does not verify."""
+        mf = self.path(digest) / MANIFEST_FILE
+        if not mf.exists():
+            return False
+        _, got = verify_manifest(env_bytes, root)
+        if got != digest:
+            raise VerificationError(Reason.HASH_MISMATCH, f"manifest {got[:12]} sent for slot {digest[:12]}")
+        if mf.read_bytes() == env_bytes:
+            return False
+        write_atomic(mf, env_bytes)
+        return True
 
     def manifest(self, digest: str, root: Root) -> Manifest:
         return verify_manifest((self.path(digest) / MANIFEST_FILE).read_bytes(), root)[0]

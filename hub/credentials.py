@@ -12,7 +12,7 @@ which is the device id; the client-chosen client id is never trusted)::
     user <hub>                      topic readwrite ef/v1/#
     pattern write ef/v1/dev/%u/{status,report,telemetry,fetch}
     pattern read  ef/v1/dev/%u/{desired,ack}
-    pattern read  ef/v1/bundle/+/chunk/+   and   ef/v1/root
+    pattern read  ef/v1/bundle/+/chunk/+, ef/v1/bundle/+/manifest and ef/v1/root
 
 so a device can publish only on its own topics (MQTT v5 PUBACK 135 otherwise) and read only
 its own desired state and acks, bundle chunks and the root.
@@ -77,7 +77,8 @@ def render_acl(hub_user: str | None) -> str:
     lines += ["# every other user is a device; %u is its authenticated username (= device id)"]
     lines += [f"pattern write ef/v1/dev/%u/{k}" for k in DEVICE_WRITE]
     lines += [f"pattern read ef/v1/dev/%u/{k}" for k in DEVICE_READ]
-    lines += ["pattern read ef/v1/bundle/+/chunk/+", "pattern read ef/v1/root", ""]
+    lines += ["pattern read ef/v1/bundle/+/chunk/+", "pattern read ef/v1/bundle/+/manifest",
+              "pattern read ef/v1/root", ""]
     return "\n".join(lines)
 
 

@@ -27,7 +27,7 @@ from protocol.sketch import LatencySketch, merge_counts
 from protocol.topics import Kind, Topic, check_device_id, check_digest
 from protocol.errors import BadPayload
 
-from . import alerts, compat, credentials, drift
+from . import alerts, compat, credentials, drift, rotation
 from .config import HubConfig
 from .db import has_tag, session
 from .errors import Denied, Invalid, NotFound
@@ -477,6 +477,8 @@ class Fleet:
         now = self.clock()
         out: list[Outgoing] = []
         with self.session() as s:
+            if self.keys.root.version > 1:  # manifests signed again since: see hub.rotation
+                out += rotation.manifest_messages(self, list(s.exec(select(Bundle.digest)).all()))
             for doc in s.exec(select(DesiredDoc).where(DesiredDoc.expires > now)).all():
                 out.append(Outgoing(str(Topic.for_device(Kind.DESIRED, doc.device)), doc.payload,
                                     retain=True, qos=1, kind="desired"))
@@ -539,7 +541,7 @@ class Fleet:
         with self.rollout_lock:
             self.keys = fresh
         log.info("trust root v%d loaded (online key %s); publishing it", fresh.root.version, fresh.online.keyid[:8])
-        self.publish([self.root_message()])
+        self.publish(rotation.resign_all(self) if rotation.stale(self) else [self.root_message()])
         return True
 
     def tick(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from . import migrations
+from . import migrations, rotation
 from .api import create_app
 from .config import HubConfig
 from .db import make_engine
@@ -53,6 +53,8 @@ class Hub:
         self._ticker.start()
 
     def _on_connected(self) -> None:
+        if rotation.stale(self.fleet):  # keys rotated while the hub was down
+            self.fleet.publish(rotation.resign_all(self.fleet))
         self.fleet.publish([self.fleet.root_message()])
         self.fleet.republish_desired()
 

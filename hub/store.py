@@ -128,6 +128,25 @@ class BundleStore:
         os.replace(tmp, folder)
         return StoredBundle(digest, manifest, signed.to_bytes(), plan)
 
+    def resign(self, digest: str, key: SigningKey) -> StoredBundle:
+        """Sign the stored manifest again with ``key`` alone (same payload: same digest) and
+        write the archive that carries it: the hub's online key changed and devices trust only
+        the new one. Returns the bundle with its new archive plan."""
+        folder = self.root / "bundles" / digest
+        old = self.get(digest)
+        env = Envelope.parse(old.envelope)
+        signed = Envelope(env.payload_type, env.payload, ()).add_signature(key)
+        if signed.to_bytes() == old.envelope:
+            return old
+        arts = {a.name: (folder / a.name).read_bytes() for a in old.manifest.artifacts}
+        archive = pack_archive(signed, arts)
+        plan = ChunkPlan.of(archive, self.chunk_size)
+        for path, data in ((self.archive_path(plan.sha256), archive), (folder / MANIFEST_FILE, signed.to_bytes())):
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return StoredBundle(digest, old.manifest, signed.to_bytes(), plan)
+
     def get(self, digest: str) -> StoredBundle:
         folder = self.root / "bundles" / digest
         mf = folder / MANIFEST_FILE
@@ -139,6 +158,13 @@ class BundleStore:
         arts = {a.name: (folder / a.name).read_bytes() for a in manifest.artifacts}
         archive = pack_archive(env, arts)
         return StoredBundle(digest, manifest, env_bytes, ChunkPlan.of(archive, self.chunk_size))
+
+    def envelope(self, digest: str) -> bytes:
+        """The stored signed manifest envelope, as devices receive it."""
+        mf = self.root / "bundles" / digest / MANIFEST_FILE
+        if not mf.exists():
+            raise NotFound("bundle", digest)
+        return mf.read_bytes()
 
     def manifest(self, digest: str) -> Manifest:
         """The stored manifest (signature already checked when it was stored by this hub)."""

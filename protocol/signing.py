@@ -23,7 +23,12 @@ Rules enforced here (pure functions, no clock reads: ``now`` is passed in):
 * ``verify_*`` raise :class:`VerificationError`; ``check_*`` return a :class:`SignatureReport`;
 * root rotation (:func:`rotate_root`): the new root must be exactly version N+1 and carry a
   threshold of signatures from the *old* root role and from the *new* root role; an expired
-  intermediate root is allowed while walking, the final one must not be expired.
+  intermediate root is allowed while walking, the final one must not be expired;
+* a rotation that changes the ``targets`` role (:func:`targets_rotated`) tells the device to
+  forget what it learnt from documents signed by the old targets keys: the highest desired
+  ``seq`` and ``issued`` it accepted. That is how a fleet recovers from a compromised online
+  key that fast-forwarded them (python-tuf deletes its trusted timestamp and snapshot for the
+  same reason): the hub's next documents, signed by the new key, count again.
 """
 
 from __future__ import annotations
@@ -323,3 +328,9 @@ def rotate_root(trusted: Root, new_env_bytes: bytes, now: int) -> Root:
     if new.expires <= now:
         raise VerificationError(Reason.EXPIRED, f"root v{new.version} expired at {new.expires}, now {now}")
     return new
+
+
+def targets_rotated(old: Root, new: Root) -> bool:
+    """True if ``new`` names other targets keys or another threshold than ``old``."""
+    a, b = old.role("targets"), new.role("targets")
+    return set(a.keyids) != set(b.keyids) or a.threshold != b.threshold

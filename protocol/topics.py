@@ -9,6 +9,9 @@ Layout (prefix ``ef/v1``)::
     ef/v1/dev/{device}/ack         hub -> agent   application acks of telemetry sequence numbers
     ef/v1/dev/{device}/fetch       agent -> hub   "these chunks of bundle B never arrived"
     ef/v1/bundle/{digest}/chunk/{i} hub -> agents retained; one copy per bundle fans out to all
+    ef/v1/bundle/{digest}/manifest  hub -> agents retained; the bundle's manifest signed again
+                                   after the hub's online key changed (agents refresh the
+                                   manifests of the slots they hold: same payload, same digest)
     ef/v1/root                     hub -> agents  retained; newest signed trust root (rotation)
 """
 
@@ -33,6 +36,7 @@ class Kind(str, Enum):
     ACK = "ack"
     FETCH = "fetch"
     CHUNK = "chunk"
+    MANIFEST = "manifest"
     ROOT = "root"
 
 
@@ -66,6 +70,8 @@ class Topic:
             return f"{PREFIX}/dev/{self.device}/{self.kind.value}"
         if self.kind is Kind.CHUNK:
             return f"{PREFIX}/bundle/{self.digest}/chunk/{self.index}"
+        if self.kind is Kind.MANIFEST:
+            return f"{PREFIX}/bundle/{self.digest}/manifest"
         return f"{PREFIX}/root"
 
     @classmethod
@@ -79,6 +85,10 @@ class Topic:
         if not isinstance(index, int) or index < 0:
             raise BadPayload("chunk index", f"{index!r} must be an int >= 0")
         return cls(Kind.CHUNK, digest=check_digest(digest), index=index)
+
+    @classmethod
+    def manifest(cls, digest: str) -> "Topic":
+        return cls(Kind.MANIFEST, digest=check_digest(digest))
 
     @classmethod
     def root(cls) -> "Topic":
@@ -102,6 +112,8 @@ class Topic:
             if not rest[3].isdigit():
                 raise BadPayload("topic", f"{topic!r}: chunk index {rest[3]!r} is not a number")
             return cls.chunk(rest[1], int(rest[3]))
+        if len(rest) == 3 and rest[0] == "bundle" and rest[2] == "manifest":
+            return cls.manifest(rest[1])
         if rest == ["root"]:
             return cls.root()
         raise BadPayload("topic", f"{topic!r} matches no protocol v1 topic")

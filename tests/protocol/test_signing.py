@@ -136,3 +136,18 @@ def test_signing_key_round_trips_through_pem():
 def test_root_document_rejects_impossible_threshold():
     with pytest.raises(BadPayload, match="threshold 4"):
         root_document(1, int(time.time()), [SigningKey.generate()] * 3, 4, [SigningKey.generate()])
+
+
+def test_only_a_rotation_that_changes_the_targets_role_resets_what_its_documents_taught():
+    from protocol.signing import targets_rotated
+    rks = [SigningKey.generate() for _ in range(2)]
+    tk, tk2 = SigningKey.generate(), SigningKey.generate()
+
+    def root(version: int, targets: list[SigningKey], threshold: int = 1, root_keys=rks):
+        raw = seal("root", root_document(version, NOW + 3600, root_keys, 1, targets, threshold), root_keys).to_bytes()
+        return load_root_unverified(raw)
+    v1 = root(1, [tk])
+    assert not targets_rotated(v1, root(2, [tk], root_keys=[SigningKey.generate()]))  # new root keys only
+    assert targets_rotated(v1, root(2, [tk2]))
+    assert targets_rotated(v1, root(2, [tk, tk2]))
+    assert targets_rotated(root(1, [tk, tk2]), root(2, [tk, tk2], threshold=2))

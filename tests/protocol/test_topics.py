@@ -32,3 +32,10 @@ def test_bad_topics_name_the_problem(topic, needle):
     with pytest.raises(BadPayload) as err:
         Topic.parse(topic)
     assert needle in str(err.value)
+
+
+def test_manifest_topic_round_trips_and_needs_a_digest():
+    t = Topic.manifest("a" * 64)
+    assert str(t) == f"ef/v1/bundle/{'a' * 64}/manifest" and Topic.parse(str(t)) == t
+    with pytest.raises(BadPayload):
+        Topic.parse("ef/v1/bundle/short/manifest")

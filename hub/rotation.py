@@ -1,0 +1,111 @@
+"""What the hub does when its online key changes (``edgefleet-hub keys rotate``).
+
+Devices trust only the targets keys of their newest root. When the hub holds anything signed
+by another key than its online key (:func:`stale`: checked when it loads rotated keys while
+running and on every connect to the broker, so a hub restarted after the rotation does it
+too), everything it signed with the old key must be signed again, or devices refuse it:
+
+1. every stored bundle's manifest, signed by the new key alone (same payload, so same digest)
+   and its archive rebuilt (new archive hash; the chunks are published again when a document
+   names the bundle);
+2. those manifests published retained on ``ef/v1/bundle/{digest}/manifest``: an agent replaces
+   the manifest of a slot it holds, so the model it serves still verifies when it restarts;
+3. the new root, retained on ``ef/v1/root``;
+4. every device's unexpired desired document issued again under the next seq, signed by the
+   new key; a rollout row that issued the old document follows it to the new seq.
+
+Published in that order. An agent whose root changes its targets keys forgets the desired seq
+and issued time it learnt under the old keys (``protocol.signing.targets_rotated``): this is how
+the fleet recovers from a compromised online key that fast-forwarded them (checklist S11). Its
+one step for the operator is the rotation itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from sqlmodel import select
+
+from protocol.messages import parse_desired_payload
+from protocol.signing import Envelope
+from protocol.topics import Topic
+
+from .models import Bundle, DesiredDoc, Device, RolloutDevice
+from .transport import Outgoing
+
+if TYPE_CHECKING:
+    from .fleet import Fleet
+
+log = logging.getLogger(__name__)
+
+
+def _signed_by(env: bytes, keyid: str) -> bool:
+    return any(sig.get("keyid") == keyid for sig in Envelope.parse(env).signatures)
+
+
+def stale(fleet: "Fleet") -> bool:
+    """Does any stored manifest or unexpired desired document lack the online key's signature?"""
+    kid, now = fleet.keys.online.keyid, fleet.clock()
+    with fleet.session() as s:
+        for digest in s.exec(select(Bundle.digest)).all():
+            try:
+                if not _signed_by(fleet.store.envelope(digest), kid):
+                    return True
+            except Exception as exc:  # noqa: BLE001 - a bundle row without files is not ours to fix
+                log.error("bundle %s: cannot read its manifest (%s)", digest[:12], exc)
+        return any(not _signed_by(p, kid)
+                   for p in s.exec(select(DesiredDoc.payload).where(DesiredDoc.expires > now)).all())
+
+
+def manifest_messages(fleet: "Fleet", digests: list[str]) -> list[Outgoing]:
+    out = []
+    for digest in digests:
+        try:
+            env = fleet.store.envelope(digest)
+        except Exception as exc:  # noqa: BLE001 - a bundle row without files must not stop the others
+            log.error("bundle %s: no stored manifest to publish (%s)", digest[:12], exc)
+            continue
+        out.append(Outgoing(str(Topic.manifest(digest)), env, retain=True, qos=1, kind="manifest"))
+    return out
+
+
+def resign_all(fleet: "Fleet") -> list[Outgoing]:
+    """Steps 1, 2 and 4 under the rollout lock, committed; returns the messages in publishing
+    order with the root (step 3) before the desired documents. Caller publishes."""
+    now = fleet.clock()
+    with fleet.rollout_lock, fleet.session() as s:
+        bundles = s.exec(select(Bundle)).all()
+        for b in bundles:
+            try:
+                stored = fleet.store.resign(b.digest, fleet.keys.online)
+            except Exception as exc:  # noqa: BLE001 - as in stale(): skip, logged
+                log.error("bundle %s: cannot sign it again (%s)", b.digest[:12], exc)
+                continue
+            if stored.plan.sha256 != b.archive_sha256:
+                b.archive_sha256, b.size = stored.plan.sha256, stored.plan.size
+                b.chunk_size, b.chunks, b.published = stored.plan.chunk_size, list(stored.plan.chunks), False
+                s.add(b)
+        by_digest = {b.digest: b for b in bundles}
+        chunks: list[Outgoing] = []
+        desired: list[Outgoing] = []
+        for doc in s.exec(select(DesiredDoc).where(DesiredDoc.expires > now)).all():
+            d = s.get(Device, doc.device)
+            if d is None:
+                continue
+            old = parse_desired_payload(Envelope.parse(doc.payload).payload)
+            b = by_digest.get(old.bundle.digest) if old.bundle else None
+            if b is not None:
+                chunks += fleet.ensure_published(s, b)
+            desired.append(fleet.issue(s, d, b, old.action, old.rollout))
+            if old.rollout:
+                row = s.get(RolloutDevice, (old.rollout, d.id))
+                if row is not None and row.seq == old.seq:
+                    row.seq = d.desired_seq
+                    s.add(row)
+        fleet.audit(s, "hub", "keys.online_rotated", fleet.keys.online.keyid,
+                    bundles=len(bundles), documents=len(desired))
+        s.commit()
+    log.info("online key %s: %d bundle manifests and %d desired documents signed again",
+             fleet.keys.online.keyid[:8], len(bundles), len(desired))
+    return manifest_messages(fleet, sorted(by_digest)) + [fleet.root_message()] + chunks + desired
