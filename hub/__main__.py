@@ -99,7 +99,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     given = {k: getattr(args, k) for k in ("db", "broker", "keys", "store", "host", "port", "token",
                                              "tokens", "chunk_size", "batch_max", "tick", "mqtt_auth_dir",
-                                             "broker_pid_file", "broker_public", "enroll_ttl", "retention")}
+                                             "broker_pid_file", "broker_public", "enroll_ttl", "retention",
+                                             "broker_ca", "broker_cert", "broker_key")}
     given["dev"] = True if args.dev else None
     config = HubConfig.load(given)
     if args.token or args.tokens or (args.broker and BrokerUrl.parse(args.broker).password):
@@ -263,7 +264,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the hub (API, dashboard, MQTT bridge)",
                        description="Run the hub. Every flag also reads EDGEFLEET_HUB_<FLAG> from the environment.")
     p.add_argument("--db", help=f"SQLAlchemy URL (default {DEFAULTS['db']})")
-    p.add_argument("--broker", help=f"MQTT broker URL mqtt://[user:pass@]host:port (default {DEFAULTS['broker']})")
+    p.add_argument("--broker", help=f"MQTT broker URL mqtt://[user:pass@]host:port, mqtts:// for TLS "
+                                    f"(default {DEFAULTS['broker']})")
+    p.add_argument("--broker-ca", help="CA certificate (PEM) that signed the broker's, for mqtts:// "
+                                       "(default: the system's CAs)")
+    p.add_argument("--broker-cert", help="the hub's client certificate (PEM) for a mutual-TLS listener")
+    p.add_argument("--broker-key", help="the key of --broker-cert (PEM)")
     p.add_argument("--keys", help="keys directory from `keys init` (default ./keys)")
     p.add_argument("--store", help="bundle store directory (default ./store)")
     p.add_argument("--host", help=f"listen address (default {DEFAULTS['host']})")

@@ -48,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
     "enroll_ttl": 86400,
     "broker_public": "",
     "retention": 30 * 86400,
+    "broker_ca": "",
+    "broker_cert": "",
+    "broker_key": "",
 }
 
 Num = TypeVar("Num", int, float)
@@ -76,25 +79,37 @@ class BrokerUrl:
     port: int
     username: str | None = None
     password: str | None = None
+    tls: bool = False  # mqtts:// (port 8883 unless given)
 
     @classmethod
     def parse(cls, url: str) -> "BrokerUrl":
         u = urlparse(url)
-        if u.scheme not in ("mqtt", "tcp"):
-            raise ConfigError("broker", f"{url!r} must look like mqtt://host:port")
+        if u.scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
+            raise ConfigError("broker", f"{url!r} must look like mqtt://host:port or mqtts://host:port")
         if not u.hostname:
             raise ConfigError("broker", f"{url!r} has no host")
+        tls = u.scheme in ("mqtts", "ssl")
         try:
-            port = u.port or 1883
+            port = u.port or (8883 if tls else 1883)
         except ValueError:
             raise ConfigError("broker", f"{url!r} has an invalid port") from None
         return cls(u.hostname, port, unquote(u.username) if u.username else None,
-                   unquote(u.password) if u.password else None)
+                   unquote(u.password) if u.password else None, tls)
 
     def without_credentials(self) -> str:
-        """``mqtt://host:port``: what may be logged or handed to a device (never the password)."""
+        """``mqtt[s]://host:port``: what may be logged or handed to a device (never the password)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"mqtt://{host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """The hub's own TLS to the broker: the CA that signed the broker's certificate and, for a
+    mutual-TLS listener, the hub's certificate and key. Empty: the system's CAs, no client
+    certificate."""
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +133,7 @@ class HubConfig:
     enroll_ttl: int = DEFAULTS["enroll_ttl"]
     broker_public: str = ""               # broker URL handed to enrolling devices (default: broker)
     retention: int = DEFAULTS["retention"]  # seconds telemetry windows and reports are kept
+    broker_tls: BrokerTls = field(default_factory=BrokerTls)  # used when broker is mqtts://
 
     @property
     def broker_url(self) -> BrokerUrl:
@@ -178,6 +194,16 @@ class HubConfig:
         if public and BrokerUrl.parse(public).password is not None:
             raise ConfigError("broker_public", f"{BrokerUrl.parse(public).without_credentials()} carries a password; "
                                                "devices get their own credentials at enrollment, never a shared one")
+        tls_files: dict[str, Path | None] = {}
+        for name in ("broker_ca", "broker_cert", "broker_key"):
+            raw = str(pick(name) or "")
+            if raw and not Path(raw).is_file():
+                raise ConfigError(name, f"{raw!r} is not a readable file")
+            tls_files[name] = Path(raw) if raw else None
+        if (tls_files["broker_cert"] is None) != (tls_files["broker_key"] is None):
+            raise ConfigError("broker_cert", "a client certificate needs its key (--broker-cert and --broker-key)")
+        if any(tls_files.values()) and not BrokerUrl.parse(str(pick("broker"))).tls:
+            raise ConfigError("broker_ca", "TLS files are given but --broker is not mqtts://")
         db = str(pick("db"))
         if "://" not in db:
             raise ConfigError("db", f"{db!r} must be a SQLAlchemy URL like sqlite:///hub.db")
@@ -191,7 +217,8 @@ class HubConfig:
             mqtt_auth_dir=Path(pick("mqtt_auth_dir")) if pick("mqtt_auth_dir") else None,
             broker_pid_file=Path(pick("broker_pid_file")) if pick("broker_pid_file") else None,
             enroll_ttl=as_int("enroll_ttl", 60, 366 * 86400), broker_public=public,
-            retention=as_int("retention", 3600, 10 * 366 * 86400))
+            retention=as_int("retention", 3600, 10 * 366 * 86400),
+            broker_tls=BrokerTls(tls_files["broker_ca"], tls_files["broker_cert"], tls_files["broker_key"]))
 
 
 def client_env(name: str) -> str | None:

@@ -444,10 +444,12 @@ class Fleet:
                      if d.mqtt_username and d.mqtt_password_hash]
         if url.username and url.password:
             users.append((url.username, credentials.password_hash(url.password)))
+        # over TLS the listener is the operator's (its certificates are not the hub's to name):
+        # no edgefleet.conf, whose plain listener would take the TLS port
+        conf = None if url.tls else credentials.render_broker_conf(
+            self.config.mqtt_auth_dir, self.config.chunk_size, url.port, url.host if url.host in LOOPBACK else None)
         credentials.write_files(self.config.mqtt_auth_dir, credentials.render_passwd(users),
-                                credentials.render_acl(url.username),
-                                credentials.render_broker_conf(self.config.mqtt_auth_dir, self.config.chunk_size, url.port,
-                                                               url.host if url.host in LOOPBACK else None))
+                                credentials.render_acl(url.username), conf)
         reloaded = credentials.reload_broker(self.config.broker_pid_file)
         log.info("broker credentials written for %d users%s", len(users), " (broker reloaded)" if reloaded else "")
         return True

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import queue
 import secrets
+import ssl
 import threading
 import time
 from typing import Callable, Sequence
@@ -36,7 +37,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from protocol.topics import Kind, device_filter
 
-from .config import BrokerUrl
+from .config import BrokerTls, BrokerUrl
 from .metrics import HubMetrics
 from .transport import Outgoing
 
@@ -52,8 +53,9 @@ _STOP = ("", b"")
 class Bridge:
     def __init__(self, broker: BrokerUrl, metrics: HubMetrics, batch_max: int = 500,
                  batch_wait: float = 0.05, queue_max: int = 100_000, client_id: str | None = None,
-                 shared_group: str | None = None) -> None:
+                 shared_group: str | None = None, tls: BrokerTls | None = None) -> None:
         self.broker = broker
+        self.tls = tls or BrokerTls()
         self.metrics = metrics
         self.batch_max = batch_max
         self.batch_wait = batch_wait
@@ -74,6 +76,11 @@ class Bridge:
                              clean_session=None if protocol == mqtt.MQTTv5 else False)
         if self.broker.username:
             client.username_pw_set(self.broker.username, self.broker.password)
+        if self.broker.tls:
+            client.tls_set(ca_certs=str(self.tls.ca) if self.tls.ca else None,
+                           certfile=str(self.tls.cert) if self.tls.cert else None,
+                           keyfile=str(self.tls.key) if self.tls.key else None,
+                           tls_version=ssl.PROTOCOL_TLS_CLIENT)
         client.reconnect_delay_set(1, 30)
         client.max_queued_messages_set(0)
         client.max_inflight_messages_set(100)
@@ -139,7 +146,8 @@ class Bridge:
             return
         self._connacked = True
         subs = [(f"$share/{self.shared_group}/{t}" if self.shared_group else t, 1) for t in SUBSCRIPTIONS]
-        _rc, self._sub_mid = client.subscribe(subs)
+        _rc, mid = client.subscribe(subs)
+        self._sub_mid = -1 if mid is None else mid
         log.info("connected to broker %s:%d as %s", self.broker.host, self.broker.port, self._client_id)
 
     def _on_subscribe(self, client: mqtt.Client, _u: object, mid: int, codes: Sequence[ReasonCode],

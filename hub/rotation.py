@@ -94,10 +94,10 @@ def resign_all(fleet: "Fleet") -> list[Outgoing]:
             if d is None:
                 continue
             old = parse_desired_payload(Envelope.parse(doc.payload).payload)
-            b = by_digest.get(old.bundle.digest) if old.bundle else None
-            if b is not None:
-                chunks += fleet.ensure_published(s, b)
-            desired.append(fleet.issue(s, d, b, old.action, old.rollout))
+            named = by_digest.get(old.bundle.digest) if old.bundle else None
+            if named is not None:
+                chunks += fleet.ensure_published(s, named)
+            desired.append(fleet.issue(s, d, named, old.action, old.rollout))
             if old.rollout:
                 row = s.get(RolloutDevice, (old.rollout, d.id))
                 if row is not None and row.seq == old.seq:

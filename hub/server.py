@@ -88,7 +88,7 @@ def build(config: HubConfig, publisher: Publisher | None = None, with_broker: bo
     engine = make_engine(config.db, create=False, **engine_kwargs)
     migrations.upgrade(engine)  # the registry schema is whatever Alembic says it is
     bridge = Bridge(config.broker_url, metrics, config.batch_max, config.batch_wait,
-                    client_id=hub_client_id(config)) if with_broker else None
+                    client_id=hub_client_id(config), tls=config.broker_tls) if with_broker else None
     pub: Publisher = publisher or bridge or MemoryPublisher()
     fleet = Fleet(config, engine, keys, store, pub, metrics)
     app = create_app(fleet, bridge.connected if bridge else None)

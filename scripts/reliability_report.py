@@ -49,11 +49,16 @@ CHECKLIST: dict[str, tuple[str, list[str]]] = {
         "test_bundle_for_another_board_is_refused_before_download", "test_signature_cannot_be_replayed_as_another_document_kind"]),
     "S10": ("endless data: oversize bodies and packets", ["test_a_huge_unauthenticated_enroll_body_is_refused_before_it_is_read",
                                                          "test_chunk_plan_checks_length_and_hash_of_each_chunk"]),
-    "S11": ("fast-forward: huge version by a compromised online key", []),
+    "S11": ("fast-forward: huge version by a compromised online key", [
+        "test_s11_a_seq_fast_forwarded_with_a_stolen_online_key_is_undone_by_one_key_rotation",
+        "test_only_a_rotation_that_changes_the_targets_role_resets_what_its_documents_taught"]),
     "S12": ("root rotation N -> N+1", ["test_root_rotation_signed_by_old_and_new_thresholds_is_accepted",
                                        "test_root_rotation_rejections",
                                        "test_rotated_root_from_the_hub_is_adopted_and_trusts_the_new_targets_key"]),
-    "S13": ("targets key revoked by a root rotation", ["test_rotated_root_from_the_hub_is_adopted_and_trusts_the_new_targets_key"]),
+    "S13": ("targets key revoked by a root rotation", [
+        "test_rotated_root_from_the_hub_is_adopted_and_trusts_the_new_targets_key",
+        "test_after_the_online_key_rotates_every_manifest_and_live_document_is_signed_again_once",
+        "test_manifest_of_another_bundle_or_by_an_untrusted_key_is_refused_for_the_slot"]),
     "S14": ("replayed report / telemetry", ["test_m5_s14_one_device_floods_poison_and_replays_and_the_others_are_all_stored",
                                             "test_replayed_telemetry_is_stored_once"]),
     "M1": ("publish on another device's topics", ["test_m1_m2_m3_m4_a_device_credential_reaches_no_other_device"]),

@@ -33,3 +33,28 @@ def test_secrets_come_from_files_so_they_never_sit_in_argv(tmp_path):
     assert cfg.broker_url.password == "s3cret" and cfg.broker_for_devices == "mqtt://broker:1883"
     with pytest.raises(ConfigError, match="EDGEFLEET_HUB_TOKEN_FILE"):
         HubConfig.load({}, environ={"EDGEFLEET_HUB_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+def test_mqtts_broker_defaults_to_8883_and_is_handed_out_as_mqtts_without_credentials(tmp_path):
+    from hub.config import BrokerUrl
+    u = BrokerUrl.parse("mqtts://hub:secret@broker.example")
+    assert (u.tls, u.port) == (True, 8883)
+    assert u.without_credentials() == "mqtts://broker.example:8883"
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    c = HubConfig.load({"token": "a-strong-token", "broker": "mqtts://hub:secret@broker.example",
+                        "broker_ca": str(ca)}, {})
+    assert c.broker_tls.ca == ca and c.broker_for_devices == "mqtts://broker.example:8883"
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"broker_ca": "CA"}, "not mqtts://"),
+    ({"broker": "mqtts://b:8883", "broker_cert": "CA"}, "needs its key"),
+    ({"broker": "mqtts://b:8883", "broker_ca": "/nonexistent/ca.pem"}, "'/nonexistent/ca.pem' is not a readable file"),
+])
+def test_tls_files_that_cannot_work_are_refused_at_start(tmp_path, given, message):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    given = {k: str(ca) if v == "CA" else v for k, v in given.items()}
+    with pytest.raises(ConfigError, match=message):
+        HubConfig.load({"token": "a-strong-token", **given}, {})

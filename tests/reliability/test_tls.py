@@ -64,7 +64,7 @@ def pki(tmp_path: Path) -> dict[str, Path]:
     out["server"], out["server.key"] = _write(d, "server", _cert("broker", sk, "edgefleet test fleet CA", ca_key,
                                                                  ip="127.0.0.1"), sk)
     for name, issuer, issuer_key, days in (("tls-dev", ca, ca_key, (-1, 30)), ("foreign", other, other_key, (-1, 30)),
-                                           ("expired", ca, ca_key, (-30, -1))):
+                                           ("expired", ca, ca_key, (-30, -1)), ("hub", ca, ca_key, (-1, 30))):
         k = _key()
         cn = issuer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
         out[name], out[f"{name}.key"] = _write(d, name, _cert(name, k, str(cn), issuer_key, days=days), k)
@@ -104,15 +104,19 @@ def _try(port: int, pki: dict[str, Path], cert: str | None, max_tls: ssl.TLSVers
 
 # paho-mqtt leaves the SSL socket of a handshake the broker refused unclosed (its own object,
 # not reachable from here); the warning that socket raises when collected is not this test's
+def _tls_broker(tmp_path: Path, pki: dict[str, Path]) -> tuple[int, object]:
+    port = free_port()
+    return port, start_mosquitto(tmp_path / "broker", (
+        f"listener {port} 127.0.0.1\ncafile {pki['ca']}\ncertfile {pki['server']}\nkeyfile {pki['server.key']}\n"
+        "require_certificate true\nuse_identity_as_username true\ntls_version tlsv1.2\n"
+        "user root\n"), port=port)  # pytest's tmp dir is root-only; mosquitto would drop to its own user
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_m13_the_tls_listener_refuses_every_bad_handshake_and_an_agent_connects_with_its_certificate(
         tmp_path: Path, pki, make_agent_at, figure):
-    port = free_port()
-    broker = start_mosquitto(tmp_path / "broker", (
-        f"listener {port} 127.0.0.1\ncafile {pki['ca']}\ncertfile {pki['server']}\nkeyfile {pki['server.key']}\n"
-        "require_certificate true\nuse_identity_as_username true\ntls_version tlsv1.2\n"
-        "user root\n"), port=port)  # pytest's tmp dir is root-only; mosquitto would drop to its own user
+    port, broker = _tls_broker(tmp_path, pki)
     try:
         cases = {"no client certificate": _try(port, pki, None),
                  "certificate from another CA": _try(port, pki, "foreign"),
@@ -139,3 +143,48 @@ def test_m13_the_tls_listener_refuses_every_bad_handshake_and_an_agent_connects_
         assert online, agent.log_text()
     finally:
         broker.stop()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_m13_the_hub_reaches_a_mutual_tls_broker_with_its_certificate_and_not_without(
+        tmp_path: Path, pki, keys_dir: Path, figure):
+    from hub.config import BrokerTls
+    from hub.server import build
+
+    from ..hub.conftest import hub_config
+    from ..hub.helpers import status
+    port, broker = _tls_broker(tmp_path, pki)
+    url = f"mqtts://127.0.0.1:{port}"
+    try:
+        bare = build(hub_config(tmp_path / "bare", keys_dir, broker=url, broker_tls=BrokerTls(ca=pki["ca"])))
+        bare.start()
+        try:
+            refused = not bare.bridge.connected.wait(5)
+        finally:
+            bare.stop()
+        hub = build(hub_config(tmp_path, keys_dir, broker=url,
+                               broker_tls=BrokerTls(pki["ca"], pki["hub"], pki["hub.key"])))
+        hub.start()
+        try:
+            connected = hub.bridge.connected.wait(15)
+            ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+            ctx.load_cert_chain(str(pki["tls-dev"]), str(pki["tls-dev.key"]))
+            dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tls-dev", protocol=mqtt.MQTTv311)
+            dev.tls_set_context(ctx)
+            dev.connect("127.0.0.1", port)
+            dev.loop_start()
+            dev.publish("ef/v1/dev/tls-dev/status", status("tls-dev"), qos=1).wait_for_publish(10)
+            heard = wait_for(lambda: hub.fleet.list_devices(limit=5)["total"] == 1, timeout=15,
+                             what="the device's status through the hub's TLS session")
+            dev.loop_stop()
+            dev.disconnect()
+        finally:
+            hub.stop()
+    finally:
+        broker.stop()
+    figure("M13", "the hub to a mutual-TLS broker: CA only, no client certificate", "connections refused",
+           "yes" if refused else "no", "yes", refused)
+    figure("M13", "the hub with mqtts://, --broker-ca, --broker-cert/--broker-key", "connected and hears devices",
+           "yes" if connected and heard else "no", "yes", bool(connected and heard))
+    assert refused and connected and heard
