@@ -8,7 +8,8 @@ Rollout phases (``RolloutState.phase``)::
        ├──breach(on_breach=abort)──▶ aborted          (terminal; nobody new is issued)
        ├──breach(on_breach=rollback) / rollback cmd──▶ rolled_back   (terminal)
        ├──cancel cmd──▶ cancelled                      (terminal)
-       └──last cohort soaked and gates pass──▶ completed ──device joins──▶ running
+       └──last cohort soaked and gates pass──▶ completed ──device joins, or a timed-out one
+                                                            comes back──▶ running
 
 Device states (``DeviceState.state``)::
 
@@ -436,6 +437,8 @@ def advance(state: RolloutState, events: Sequence[Event], now: int,
                 d = replace(d, state="rolled_back", reason="")
             elif d.state == "timed_out" and came_back and st.phase not in ("aborted", "cancelled"):
                 d = issue(d, "re-issued: device came back online")
+                if st.phase == "completed":  # not done while one of its devices installs again
+                    st = replace(st, phase="running", reason=f"device {ev.device} came back and was re-issued")
             elif d.state == "pending" and d.cohort is None and ev.active == st.bundle:
                 d = replace(d, state="installed", reason="already running the bundle")
             put(d)

@@ -428,3 +428,19 @@ def test_a_cohort_of_one_device_still_breaches_on_its_own():
     st, _ = install_all(st, 1, policy)
     st, _ = advance(st, [_health("d00", 100.0)], 5, policy)
     assert st.phase == "paused"
+
+
+def test_a_device_that_timed_out_in_a_completed_rollout_is_reissued_when_back_and_the_rollout_reopens():
+    policy = Policy(cohorts=("100%",), soak_s=0, install_timeout_s=100, max_retries=0,
+                    gates=Gates(max_install_failure_rate=1.0))
+    st, _ = advance(RolloutState(NEW), seen(2), 0, policy)
+    st, _ = advance(st, [InstallReport("d00", "commit", "ok")], 1, policy)
+    st, _ = advance(st, [], 150, policy)  # d01 silent while online: its one attempt times out
+    st, _ = advance(st, [], 151, policy)
+    assert st.phase == "completed" and st.device("d01").state == "timed_out"
+    st, _ = advance(st, [DeviceSeen("d01", False, OLD)], 200, policy)
+    st, acts = advance(st, [DeviceSeen("d01", True, OLD)], 300, policy)
+    assert issued(acts) == ["d01"] and st.phase == "running" and "d01 came back" in st.reason
+    st, _ = advance(st, [InstallReport("d01", "commit", "ok")], 301, policy)
+    st, _ = advance(st, [], 302, policy)
+    assert st.phase == "completed" and st.device("d01").state == "installed"
