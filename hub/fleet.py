@@ -12,6 +12,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -43,6 +44,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 ACTIVE_PHASES = ("running", "paused", "awaiting_approval")
 ALERT_SCAN_S = 30      # how often the ticker scans for offline / latency / drift alerts
+RECOVERY_GRACE_S = 60  # after the broker connection is back, agents reconnect and resend
 RECENT_S = 900         # "recent" telemetry for alerts
 
 
@@ -153,6 +155,18 @@ class Fleet:
         self.clock = clock
         self._last_scan = 0
         self.rollout_lock = threading.RLock()  # seq allocation and rollout state are read-modify-write
+        self._recovery: deque[tuple[int, int]] = deque(maxlen=32)
+
+    def note_recovery(self, down: int, up: int) -> None:
+        """The hub's broker connection was down from ``down`` to ``up``: telemetry windows
+        overlapping it (and the grace after) say more about the recovery than about a model,
+        and rollout gates leave them out (hub.rollout, rule 6)."""
+        self._recovery.append((down, up + RECOVERY_GRACE_S))
+        log.info("broker connection was down %ds; rollout gates leave out windows from %d to %d",
+                 up - down, down, up + RECOVERY_GRACE_S)
+
+    def recovery_periods(self) -> list[tuple[int, int]]:
+        return list(self._recovery)
 
     def session(self) -> Session:
         return session(self.engine)

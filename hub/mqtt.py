@@ -67,6 +67,7 @@ class Bridge:
         self._stopping = False
         self._client_id = client_id or f"edgefleet-hub-{secrets.token_hex(4)}"
         self.on_connected: Callable[[], None] | None = None
+        self.disconnected_at: float | None = None  # when an established connection last dropped
         self._connacked = False
         self._sub_mid = -1
         self.client = self._make_client(mqtt.MQTTv5)
@@ -175,6 +176,8 @@ class Bridge:
                        _props: Properties | None) -> None:
         if client is not self.client:
             return  # the v5 client being replaced by the 3.1.1 one
+        if self.connected.is_set():
+            self.disconnected_at = time.time()
         self.connected.clear()
         self.metrics.mqtt_connected.set(0)
         if not self._stopping:

@@ -56,7 +56,10 @@ Rules, in the order ``advance`` applies them:
    merged bin counts vs the bundle's baseline; JS over ``max_js``), shadow agreement. A gate
    without enough samples is ``insufficient_data``: it never breaches; with
    ``require_samples`` the inference-fed gates (error rate, p95, cloud rate), and drift once
-   devices send drift counts, hold the cohort open until they have data. Bounded influence:
+   devices send drift counts, hold the cohort open until they have data. Windows that overlap
+   a period the fleet was recovering (the hub's broker connection down, and a minute after it
+   came back: agents reconnect and resend their backlog, latency then is not the model's) are
+   left out by the shell, and every telemetry gate's detail says how many. Bounded influence:
    when two or more devices feed a telemetry gate, its breach must survive leaving out the
    device that feeds it most (else it passes, the detail naming that device); a cohort of one
    device breaches on its own. A breach triggers ``on_breach`` once
@@ -320,6 +323,7 @@ class Health:
     drift: Mapping[str, Sequence[int]] = field(default_factory=dict, hash=False)  # "side.feature" -> counts
     shadow_agree: int = 0
     shadow_total: int = 0
+    recovery_windows: int = 0  # windows left out: they overlap a period the fleet was recovering
 
 
 Event = Union[Command, DeviceSeen, InstallReport, Health]
@@ -586,7 +590,12 @@ def evaluate_gates(st: RolloutState, devices: Sequence[DeviceState], health: Map
         out.append(GateResult("install_failure_rate", "pass" if settled else "insufficient_data", rate,
                               g.max_install_failure_rate, f"{bad}/{len(assigned)}"))
     hs = [health[d.id] for d in assigned if d.id in health and d.state == "installed"]
-    return out + _one_device_is_not_a_fleet(st, hs, policy, _sample_gates(st, hs, policy))
+    sampled = _one_device_is_not_a_fleet(st, hs, policy, _sample_gates(st, hs, policy))
+    left_out = sum(h.recovery_windows for h in hs)
+    if left_out:  # say why the gates saw fewer windows than the devices sent
+        sampled = [replace(r, detail=f"{r.detail}; {left_out} windows from a recovery period left out")
+                   for r in sampled]
+    return out + sampled
 
 
 # what each sample gate counts per device: the device with the most is the one that could carry it alone

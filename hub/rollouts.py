@@ -139,10 +139,13 @@ def _owners(s: Session) -> list[tuple[Rollout, Target]]:
     return [(r, Target.parse(r.target)) for r in rs]
 
 
-def _health(s: Session, r: Rollout, st: RolloutState, rows: Rows, reporting: set[str]) -> list[Health]:
+def _health(s: Session, r: Rollout, st: RolloutState, rows: Rows, reporting: set[str],
+            recovery: Sequence[tuple[int, int]] = ()) -> list[Health]:
     """Per installed device (and any device reporting in this run, which the run may install
     before the gates are judged): merged telemetry of the target bundle since the rollout
-    began, and of the bundle it ran before (the hour before) for the latency comparison."""
+    began, and of the bundle it ran before (the hour before) for the latency comparison.
+    Windows overlapping a ``recovery`` period (:meth:`Fleet.note_recovery`) are counted, not
+    merged."""
     ids = [d.id for d in st.devices if d.cohort is not None and d.cohort >= st.gate_floor
            and (d.state == "installed" or (d.id in reporting and d.state in ("issued", "installing")))]
     if not ids:
@@ -154,14 +157,18 @@ def _health(s: Session, r: Rollout, st: RolloutState, rows: Rows, reporting: set
     # that started after the hub saw the device installed
     since = {i: rows[i]["updated"] if rows[i]["state"] == "installed" else 0 for i in ids}
     q = (select(t.device, t.bundle, t.latency, t.inferences, t.errors, t.cloud, t.drift, t.shadow,  # type: ignore[call-overload]
-                t.window_start)
+                t.window_start, t.window_end)
          .where(col(t.device).in_(ids), col(t.bundle).in_([st.bundle, *prevs]),
                 t.received >= r.created - PREVIOUS_WINDOW_S)
          .order_by(col(t.window_end).desc()))
     acc: dict[str, dict[str, Any]] = {i: {"new": LatencySketch(), "old": LatencySketch(), "inf": 0, "err": 0,
-                                          "cloud": 0, "agree": 0, "total": 0, "drift": {}, "n": 0} for i in ids}
-    for device, bundle, latency, inferences, errors, cloud, drift, shadow, start in s.exec(q).all():
+                                          "cloud": 0, "agree": 0, "total": 0, "drift": {}, "n": 0, "rec": 0}
+                                      for i in ids}
+    for device, bundle, latency, inferences, errors, cloud, drift, shadow, start, end in s.exec(q).all():
         a = acc[device]
+        if any(start <= up and end >= down for down, up in recovery):
+            a["rec"] += 1
+            continue
         is_new = bundle == st.bundle
         if not is_new and bundle != rows[device]["from_bundle"]:
             continue
@@ -196,7 +203,7 @@ def _health(s: Session, r: Rollout, st: RolloutState, rows: Rows, reporting: set
             a["agree"] += sh.agreed
             a["total"] += sh.samples
     return [Health(i, a["inf"], a["err"], a["cloud"], a["new"].to_dict() if a["new"].count else {},
-                   a["old"].to_dict() if a["old"].count else {}, a["drift"], a["agree"], a["total"])
+                   a["old"].to_dict() if a["old"].count else {}, a["drift"], a["agree"], a["total"], a["rec"])
             for i, a in acc.items()]
 
 
@@ -219,7 +226,7 @@ def _run(fleet: Fleet, s: Session, r: Rollout, events: Sequence[Event], out: lis
     if r.phase == "running" or any(isinstance(e, Command) for e in evs):
         # every decision that can open a cohort sees the gates' evidence
         reporting = {e.device for e in evs if isinstance(e, InstallReport)}
-        evs.extend(_health(s, r, st, rows, reporting))
+        evs.extend(_health(s, r, st, rows, reporting, fleet.recovery_periods()))
     new, actions = advance(st, evs, now, policy)
     seqs: dict[str, int] = {}
     targets = [a.device for a in actions if isinstance(a, Issue)]

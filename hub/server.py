@@ -53,6 +53,10 @@ class Hub:
         self._ticker.start()
 
     def _on_connected(self) -> None:
+        assert self.bridge is not None  # called by the bridge
+        down, self.bridge.disconnected_at = self.bridge.disconnected_at, None
+        if down is not None:
+            self.fleet.note_recovery(int(down), self.fleet.clock())
         if rotation.stale(self.fleet):  # keys rotated while the hub was down
             self.fleet.publish(rotation.resign_all(self.fleet))
         self.fleet.publish([self.fleet.root_message()])

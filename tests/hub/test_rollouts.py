@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from sqlmodel import select
 
 from hub.keys import HubKeys
@@ -160,3 +162,32 @@ def test_shadow_that_disagrees_breaches_min_shadow_agreement_and_pauses_the_roll
     gate = {g["name"]: g for g in st["gates"]}["shadow_agreement"]
     assert gate["status"] == "breach" and gate["value"] == 0.5 and gate["detail"] == "100/200 agree"
     assert st["phase"] == "paused" and st["cohort"] == 0 and "shadow_agreement" in st["reason"]
+
+
+@pytest.mark.parametrize("recovering", [False, True])
+def test_slow_windows_from_a_broker_recovery_are_left_out_of_the_gates_and_the_gates_say_so(
+        client, memhub, bundle_dir, recovering):
+    """The same slow canary window breaches the p95 gate, unless it overlaps the period the
+    hub's broker connection was down (and the minute after): then it is left out, counted in
+    the gate's detail, and the rollout goes on."""
+    hub, pub = memhub
+    fleet_on(hub, client, pub, bundle_dir, 3)
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    rid = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True},
+                                                "policy": STAGED}).json()["id"]
+    canary = [d for d in client.get(f"/api/v1/rollouts/{rid}").json()["devices"] if d["state"] == "issued"][0]
+    dev = canary["device_id"]
+    now = int(time.time())
+    if recovering:
+        hub.fleet.note_recovery(now - 20, now - 5)
+    hub.ingest.handle([(f"ef/v1/dev/{dev}/report", report(dev, 1, canary["seq"], bundle=v2["digest"]))])
+    hub.ingest.handle([(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 2, v2["digest"], (SLOW_MS,) * 200,
+                                                                  start=now + 1))])
+    hub.fleet.tick()
+    st = client.get(f"/api/v1/rollouts/{rid}").json()
+    p95 = {g["name"]: g for g in st["gates"]}["p95_latency_ratio"]
+    if recovering:
+        assert st["phase"] == "running" and p95["status"] == "insufficient_data"
+        assert "2 windows from a recovery period left out" in p95["detail"]  # its own and the fleet's old one
+    else:
+        assert st["phase"] == "rolled_back" and p95["status"] == "breach"
