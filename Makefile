@@ -29,7 +29,7 @@ bench: install
 	$(PY) -m bench all
 
 lint: install
-	$(PY) -m mypy protocol
+	PY=$(PY) bash scripts/check
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
