@@ -13,8 +13,8 @@ import signal
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import AGENT_VERSION
 from .errors import EXIT_FAILED, EXIT_NOT_YET, EXIT_OK, EXIT_USAGE, ConfigError, EnrollError, StartupError
@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edgefleet-agent",
         description="edgefleet device agent: verifies, installs and serves signed model bundles.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"edgefleet-agent {AGENT_VERSION}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -46,10 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     add("status", "print the running agent's status (from its local API) as JSON")
     add("selftest", "run the active bundle's self-test vectors now (no daemon needed)")
     add("rollback", "switch back to the previous slot (daemon must be stopped)")
-    en = sub.add_parser("enroll", help="trade a hub enrollment token for credentials; write agent.toml + root.json",
-                        description="Trade a one-time enrollment token (edgefleet-hub devices enroll) for this "
-                                    "device's MQTT credentials and the trust root; write agent.toml and root.json "
-                                    "(mode 0600) next to it.")
+    en = sub.add_parser(
+        "enroll",
+        help="trade a hub enrollment token for credentials; write agent.toml + root.json",
+        description="Trade a one-time enrollment token (edgefleet-hub devices enroll) for this "
+        "device's MQTT credentials and the trust root; write agent.toml and root.json "
+        "(mode 0600) next to it.",
+    )
     en.add_argument("--hub", required=True, help="hub base URL, e.g. https://hub.example.com")
     en.add_argument("--token", required=True, help="the one-time enrollment token")
     en.add_argument("--config", "-c", type=Path, required=True, help="agent.toml to write")
@@ -64,11 +69,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.command == "enroll":
         return _enroll(args)
     from .config import load
+
     try:
         cfg = load(args.config)
     except ConfigError as exc:
@@ -88,13 +95,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _enroll(args: argparse.Namespace) -> int:
     from .enrollment import enroll
+
     if not 0 <= args.http_port <= 65535:
-        print(f"edgefleet-agent enroll: --http-port must be 0..65535 (0 = any free port), got {args.http_port}",
-              file=sys.stderr)
+        print(
+            f"edgefleet-agent enroll: --http-port must be 0..65535 (0 = any free port), got {args.http_port}",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     try:
-        e = enroll(args.hub, args.token, args.config, args.state_dir, args.board, args.http_port,
-                   args.root_sha256, args.force)
+        e = enroll(
+            args.hub, args.token, args.config, args.state_dir, args.board, args.http_port, args.root_sha256, args.force
+        )
     except EnrollError as exc:
         print(f"edgefleet-agent enroll: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -103,8 +114,9 @@ def _enroll(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run(cfg: "object") -> int:
+def _run(cfg: object) -> int:
     from .daemon import Agent
+
     try:
         agent = Agent(cfg)  # type: ignore[arg-type]
     except StartupError as exc:
@@ -124,8 +136,9 @@ def _run(cfg: "object") -> int:
     return EXIT_OK
 
 
-def _status(cfg: "object") -> int:
+def _status(cfg: object) -> int:
     from .config import AgentConfig
+
     assert isinstance(cfg, AgentConfig)
     try:
         port = int(cfg.http_port_file.read_text().strip()) if cfg.http_port == 0 else cfg.http_port
@@ -137,12 +150,14 @@ def _status(cfg: "object") -> int:
     return EXIT_OK
 
 
-def _selftest(cfg: "object") -> int:
+def _selftest(cfg: object) -> int:
     from protocol.errors import ProtocolError
+
     from .config import AgentConfig
     from .daemon import load_root
     from .slots import Slots
     from .updater import selftest_slot
+
     assert isinstance(cfg, AgentConfig)
     try:
         root = load_root(cfg)
@@ -160,16 +175,27 @@ def _selftest(cfg: "object") -> int:
         print(f"edgefleet-agent selftest: active slot damaged: {exc}", file=sys.stderr)
         return EXIT_FAILED
     model, res = selftest_slot(slots, st.active, manifest, cfg.threads)
-    print(json.dumps({"bundle": st.active.to_dict(), "ok": res.ok, "reason": res.reason.value,
-                      "detail": res.detail, **res.metrics()}, indent=2))
+    print(
+        json.dumps(
+            {
+                "bundle": st.active.to_dict(),
+                "ok": res.ok,
+                "reason": res.reason.value,
+                "detail": res.detail,
+                **res.metrics(),
+            },
+            indent=2,
+        )
+    )
     if model is not None:
         model.close()
     return EXIT_OK if res.ok else EXIT_FAILED
 
 
-def _rollback(cfg: "object") -> int:
+def _rollback(cfg: object) -> int:
     from .config import AgentConfig
     from .slots import Slots, SlotsState
+
     assert isinstance(cfg, AgentConfig)
     slots = Slots(cfg.state_dir)
     st = slots.load()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -45,13 +46,16 @@ class Backlog:
     def add(self, kind: str, seq: int, payload: bytes, now: float) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("INSERT OR REPLACE INTO outbox (kind, seq, created, payload) VALUES (?,?,?,?)",
-                             (kind, seq, now, payload))
+            self._db.execute(
+                "INSERT OR REPLACE INTO outbox (kind, seq, created, payload) VALUES (?,?,?,?)",
+                (kind, seq, now, payload),
+            )
             (n,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
             if n > self.max_rows:
                 extra = n - self.max_rows
-                self._db.execute("DELETE FROM outbox WHERE rowid IN (SELECT rowid FROM outbox ORDER BY created LIMIT ?)",
-                                 (extra,))
+                self._db.execute(
+                    "DELETE FROM outbox WHERE rowid IN (SELECT rowid FROM outbox ORDER BY created LIMIT ?)", (extra,)
+                )
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dropped', ?)", (self._meta("dropped") + extra,))
             self._db.execute("COMMIT")
 
@@ -59,15 +63,18 @@ class Backlog:
         """Rows never sent, or sent more than ``resend_after`` seconds ago, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT kind, seq, payload FROM outbox WHERE sent_at IS NULL OR sent_at < ? "
-                "ORDER BY created LIMIT ?", (now - resend_after, limit)).fetchall()
+                "SELECT kind, seq, payload FROM outbox WHERE sent_at IS NULL OR sent_at < ? ORDER BY created LIMIT ?",
+                (now - resend_after, limit),
+            ).fetchall()
         return [(k, int(s), bytes(p)) for k, s, p in rows]
 
     def mark_sent(self, items: Iterable[tuple[str, int]], now: float) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("UPDATE outbox SET sent_at=?, attempts=attempts+1 WHERE kind=? AND seq=?",
-                                 [(now, k, s) for k, s in items])
+            self._db.executemany(
+                "UPDATE outbox SET sent_at=?, attempts=attempts+1 WHERE kind=? AND seq=?",
+                [(now, k, s) for k, s in items],
+            )
             self._db.execute("COMMIT")
 
     def ack(self, kind: str, seqs: Iterable[int]) -> int:
@@ -81,8 +88,11 @@ class Backlog:
         with self._lock:
             n, oldest = self._db.execute("SELECT COUNT(*), MIN(created) FROM outbox").fetchone()
             dropped = self._meta("dropped")
-        return {"size": int(n), "oldest_age_s": round(now - oldest, 1) if oldest is not None else 0.0,
-                "dropped": dropped}
+        return {
+            "size": int(n),
+            "oldest_age_s": round(now - oldest, 1) if oldest is not None else 0.0,
+            "dropped": dropped,
+        }
 
     def close(self) -> None:
         with self._lock:

@@ -28,9 +28,10 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from protocol.errors import BadPayload
@@ -49,7 +50,7 @@ class BrokerAddress:
     tls: bool
 
     @classmethod
-    def parse(cls, url: str) -> "BrokerAddress":
+    def parse(cls, url: str) -> BrokerAddress:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ConfigError(f"broker: expected mqtt://host:port or mqtts://host:port, got {url!r}")
@@ -84,7 +85,7 @@ class AgentConfig:
     board: str = "rpi4"
     http_host: str = "127.0.0.1"
     http_port: int = 0
-    http_socket: Path | None = None    # also serve the API on this Unix socket
+    http_socket: Path | None = None  # also serve the API on this Unix socket
     telemetry_interval_s: float = 10.0
     cloud_url: str | None = None
     cloud_api_key: str | None = None
@@ -96,11 +97,11 @@ class AgentConfig:
     cert_file: Path | None = None
     key_file: Path | None = None
     keepalive_s: int = 30
-    fetch_repair_s: float = 3.0        # ask the hub for chunks missing after this long idle
-    resend_after_s: float = 15.0       # resend unacked telemetry/reports after this long
-    probation_inferences: int = 20     # a freshly switched model is on probation this long
-    probation_max_errors: int = 3      # errors within probation that trigger a rollback
-    probation_max_crashes: int = 2     # unclean restarts within probation that trigger a rollback
+    fetch_repair_s: float = 3.0  # ask the hub for chunks missing after this long idle
+    resend_after_s: float = 15.0  # resend unacked telemetry/reports after this long
+    probation_inferences: int = 20  # a freshly switched model is on probation this long
+    probation_max_errors: int = 3  # errors within probation that trigger a rollback
+    probation_max_crashes: int = 2  # unclean restarts within probation that trigger a rollback
     disk_reserve_bytes: int = 16 * 1024 * 1024
     max_packet_bytes: int = MIN_PACKET_BYTES  # MQTT v5 Maximum Packet Size the agent declares
     backlog_max_rows: int = 5000
@@ -148,8 +149,7 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> float:
     return value
 
 
-def from_dict(doc: Mapping[str, Any], base: Path = Path("."),
-              env: Mapping[str, str] | None = None) -> AgentConfig:
+def from_dict(doc: Mapping[str, Any], base: Path = Path("."), env: Mapping[str, str] | None = None) -> AgentConfig:
     """Build and validate a config from a parsed TOML table (relative paths from ``base``)."""
     env = os.environ if env is None else env
     try:
@@ -195,16 +195,24 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."),
         if p is not None and not p.is_file():
             raise ConfigError(f"{k}: {str(p)!r} does not exist")
     cfg = AgentConfig(
-        device_id=device_id, broker=broker, state_dir=state_dir, root=root, board=board,
-        http_host=_get(doc, "http_host", str, "127.0.0.1"), http_port=http_port,
+        device_id=device_id,
+        broker=broker,
+        state_dir=state_dir,
+        root=root,
+        board=board,
+        http_host=_get(doc, "http_host", str, "127.0.0.1"),
+        http_port=http_port,
         http_socket=_path(doc, "http_socket", base, None),
         telemetry_interval_s=_positive("telemetry_interval_s", _get(doc, "telemetry_interval_s", float, 10.0)),
         cloud_url=cloud_url.rstrip("/") if cloud_url else None,
         cloud_api_key=_get(doc, "cloud_api_key", str, None),
         cloud_timeout_s=_positive("cloud_timeout_s", _get(doc, "cloud_timeout_s", float, 10.0)),
         edgetpu=edgetpu,
-        username=_get(doc, "username", str, None), password=_get(doc, "password", str, None),
-        ca_file=files["ca_file"], cert_file=files["cert_file"], key_file=files["key_file"],
+        username=_get(doc, "username", str, None),
+        password=_get(doc, "password", str, None),
+        ca_file=files["ca_file"],
+        cert_file=files["cert_file"],
+        key_file=files["key_file"],
         keepalive_s=int(_positive("keepalive_s", _get(doc, "keepalive_s", int, 30))),
         fetch_repair_s=_positive("fetch_repair_s", _get(doc, "fetch_repair_s", float, 3.0)),
         resend_after_s=_positive("resend_after_s", _get(doc, "resend_after_s", float, 15.0)),
@@ -215,7 +223,9 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."),
         max_packet_bytes=max_packet,
         backlog_max_rows=int(_positive("backlog_max_rows", _get(doc, "backlog_max_rows", int, 5000))),
         latency_budget_ms=_positive("latency_budget_ms", budget) if budget is not None else None,
-        threads=threads, crash_at=crash_at, free_disk_override=free_disk,
+        threads=threads,
+        crash_at=crash_at,
+        free_disk_override=free_disk,
         extra={k: v for k, v in doc.items() if k not in _KNOWN},
     )
     if (cfg.username is None) != (cfg.password is None):

@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import logging
 import queue
-import shutil
 import random
+import shutil
 import threading
 import time
 from typing import Any
 
 from protocol.device import Inventory
 from protocol.errors import BadPayload, ProtocolError, Reason, VerificationError
-from protocol.messages import (Desired, Report, Status, Telemetry, parse_ack, parse_desired_payload,
-                               verify_desired)
+from protocol.messages import Desired, Report, Status, Telemetry, parse_ack, parse_desired_payload, verify_desired
 from protocol.signing import Envelope, Root, load_root_unverified, rotate_root, targets_rotated
 from protocol.topics import Kind, Topic
 
@@ -81,9 +80,13 @@ class Agent:
         self.recorder = Recorder()
         self.probed = inventory.probe(cfg)
         cloud = CloudClient(cfg.cloud_url, cfg.cloud_api_key, cfg.cloud_timeout_s) if cfg.cloud_url else None
-        self.serving = Serving(self.recorder, cloud, cfg.latency_budget_ms,
-                               lambda digest, why: self.events.put(("probation_failed", digest, why)),
-                               lambda digest: self.events.put(("probation_passed", digest)))
+        self.serving = Serving(
+            self.recorder,
+            cloud,
+            cfg.latency_budget_ms,
+            lambda digest, why: self.events.put(("probation_failed", digest, why)),
+            lambda digest: self.events.put(("probation_passed", digest)),
+        )
         topic = str(Topic.for_device(Kind.STATUS, cfg.device_id))
         # the last will: the broker publishes it (retained) if this process dies or the link drops
         will = Status(cfg.device_id, False, int(time.time()), AGENT_VERSION, Inventory(board=cfg.board))
@@ -100,11 +103,22 @@ class Agent:
         try:
             require_fresh_root(self.root, self._now())
         except VerificationError as exc:
-            log.error("%s; serving the installed model and refusing new desired documents and bundles "
-                      "until a rotated root arrives on %s", exc.detail, Topic.root())
-        self.updater = Updater(cfg, lambda: self.root, self.slots, self.serving,
-                               lambda: inventory.current(cfg, self.probed), self.report, self.transport,
-                               self._changed)
+            log.error(
+                "%s; serving the installed model and refusing new desired documents and bundles "
+                "until a rotated root arrives on %s",
+                exc.detail,
+                Topic.root(),
+            )
+        self.updater = Updater(
+            cfg,
+            lambda: self.root,
+            self.slots,
+            self.serving,
+            lambda: inventory.current(cfg, self.probed),
+            self.report,
+            self.transport,
+            self._changed,
+        )
         self._dirty = True
         self._window_start = int(time.time())
         self.http_port = 0
@@ -112,16 +126,41 @@ class Agent:
         self._unix: Any = None
 
     # reports, status, telemetry --------------------------------------------------------------
-    def report(self, stage: str, status: str, reason: Reason = Reason.OK, detail: str = "",
-               desired_seq: int | None = None, bundle: str | None = None, progress: float | None = None,
-               metrics: dict[str, Any] | None = None) -> None:
+    def report(
+        self,
+        stage: str,
+        status: str,
+        reason: Reason = Reason.OK,
+        detail: str = "",
+        desired_seq: int | None = None,
+        bundle: str | None = None,
+        progress: float | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> None:
         """``desired_seq`` None = the last verified document's; 0 = no verified document (the
         hub matches a report to a rollout by this seq, so only a signed seq may be named)."""
         seq = self.backlog.next_seq("report")
-        msg = Report(self.cfg.device_id, seq, int(time.time()), stage, status, reason.value, detail[:2000],
-                     self.trusted_seq if desired_seq is None else desired_seq, bundle, progress, metrics or {})
-        log.log(logging.WARNING if status == "failed" else logging.INFO,
-                "report %s %s %s %s", stage, status, reason.value, detail)
+        msg = Report(
+            self.cfg.device_id,
+            seq,
+            int(time.time()),
+            stage,
+            status,
+            reason.value,
+            detail[:2000],
+            self.trusted_seq if desired_seq is None else desired_seq,
+            bundle,
+            progress,
+            metrics or {},
+        )
+        log.log(
+            logging.WARNING if status == "failed" else logging.INFO,
+            "report %s %s %s %s",
+            stage,
+            status,
+            reason.value,
+            detail,
+        )
         self.backlog.add("report", seq, msg.to_bytes(), time.time())
         self._flush()
 
@@ -129,10 +168,24 @@ class Agent:
         model = self.serving.model
         upd = self.updater
         state = upd.state if upd.job else ("serving" if model else "idle")
-        inv = inventory.describe(self.cfg, self.probed, self.http_port, self.transport.protocol,
-                                 model.served_by if model is not None else None)
-        return Status(self.cfg.device_id, online, int(time.time()), AGENT_VERSION, inv,
-                      model.info if model else None, upd.staged, state, self.trusted_seq)
+        inv = inventory.describe(
+            self.cfg,
+            self.probed,
+            self.http_port,
+            self.transport.protocol,
+            model.served_by if model is not None else None,
+        )
+        return Status(
+            self.cfg.device_id,
+            online,
+            int(time.time()),
+            AGENT_VERSION,
+            inv,
+            model.info if model else None,
+            upd.staged,
+            state,
+            self.trusted_seq,
+        )
 
     def _changed(self) -> None:
         self._dirty = True
@@ -148,9 +201,19 @@ class Agent:
         for fields in self.recorder.rotate():  # one window per model that served in the interval
             end = max(self._window_start, min(now, int(fields.get("end", now))))
             seq = self.backlog.next_seq("telemetry")
-            msg = Telemetry(self.cfg.device_id, seq, self._window_start, end, fields["bundle"], fields["counts"],
-                            fields["latency"], fields["drift"], fields["shadow"], health(self.cfg.state_dir),
-                            self.backlog.stats(now))
+            msg = Telemetry(
+                self.cfg.device_id,
+                seq,
+                self._window_start,
+                end,
+                fields["bundle"],
+                fields["counts"],
+                fields["latency"],
+                fields["drift"],
+                fields["shadow"],
+                health(self.cfg.state_dir),
+                self.backlog.stats(now),
+            )
             self._window_start = end
             self.backlog.add("telemetry", seq, msg.to_bytes(), time.time())
         self._flush()
@@ -171,13 +234,18 @@ class Agent:
 
     def status_doc(self) -> dict[str, Any]:
         st = self._status(True)
-        return {"device": st.device, "state": st.state, "agent_version": st.agent_version,
-                "active": st.active.to_dict() if st.active else None,
-                "staged": st.staged.to_dict() if st.staged else None,
-                "desired_seq": st.desired_seq, "inventory": st.inventory.to_dict(),
-                "connected": self.transport.alive(), "backlog": self.backlog.stats(time.time()),
-                "chunks_received": {"messages": self.updater.chunks_received,
-                                    "bytes": self.updater.chunk_bytes_received}}
+        return {
+            "device": st.device,
+            "state": st.state,
+            "agent_version": st.agent_version,
+            "active": st.active.to_dict() if st.active else None,
+            "staged": st.staged.to_dict() if st.staged else None,
+            "desired_seq": st.desired_seq,
+            "inventory": st.inventory.to_dict(),
+            "connected": self.transport.alive(),
+            "backlog": self.backlog.stats(time.time()),
+            "chunks_received": {"messages": self.updater.chunks_received, "bytes": self.updater.chunk_bytes_received},
+        }
 
     # start-up ------------------------------------------------------------------------------------
     def recover_slots(self) -> None:
@@ -189,9 +257,11 @@ class Agent:
         probation, crashed = crash_verdict(st.probation, clean, self.cfg.probation_max_crashes)
         if crashed and st.active is not None and st.previous is not None:
             # decided before the model is even loaded: loading it may be what crashes
-            if self.updater.rollback(Reason.INFERENCE_FAILED,
-                                     f"{st.active.name} {st.active.version} on probation: the agent restarted "
-                                     f"{probation} times without a clean shutdown"):
+            if self.updater.rollback(
+                Reason.INFERENCE_FAILED,
+                f"{st.active.name} {st.active.version} on probation: the agent restarted "
+                f"{probation} times without a clean shutdown",
+            ):
                 return
         if probation != st.probation:
             st = SlotsState(st.active, st.previous, st.trial, probation)
@@ -211,29 +281,45 @@ class Agent:
                 return False, None
 
         active_ok, model = check(st.active, st.trial)
-        decision = recover(st.active.digest if st.active else None, st.trial, active_ok,
-                           st.previous.digest if st.previous else None,
-                           None if active_ok else check(st.previous, False)[0])
+        decision = recover(
+            st.active.digest if st.active else None,
+            st.trial,
+            active_ok,
+            st.previous.digest if st.previous else None,
+            None if active_ok else check(st.previous, False)[0],
+        )
         log.info("start-up recovery: %s %s", decision.action, decision.detail)
         if decision.action in ("keep", "commit"):
             on_probation = st.probation is not None
-            self.serving.swap(model, (self.cfg.probation_inferences, self.cfg.probation_max_errors) if on_probation else None)
+            self.serving.swap(
+                model, (self.cfg.probation_inferences, self.cfg.probation_max_errors) if on_probation else None
+            )
             if decision.action == "commit":
                 assert st.active is not None
                 self.slots.save(SlotsState(st.active, st.previous, False, st.probation))
-                self.report("commit", "ok", Reason.OK,
-                            f"{st.active.name} {st.active.version} passed its self-test again after a restart; committed",
-                            st.active.desired_seq, st.active.digest)
+                self.report(
+                    "commit",
+                    "ok",
+                    Reason.OK,
+                    f"{st.active.name} {st.active.version} passed its self-test again after a restart; committed",
+                    st.active.desired_seq,
+                    st.active.digest,
+                )
         elif decision.action == "rollback":
             if model is not None:
                 model.close()
             self.updater.rollback(decision.reason, decision.detail)
         elif decision.action == "broken":
-            self.report("rollback", "failed", decision.reason, decision.detail,
-                        bundle=st.active.digest if st.active else None)
+            self.report(
+                "rollback", "failed", decision.reason, decision.detail, bundle=st.active.digest if st.active else None
+            )
         if self.serving.model is not None:
-            log.info("serving %s %s on %s", self.serving.model.info.name, self.serving.model.info.version,
-                     self.serving.model.served_by)
+            log.info(
+                "serving %s %s on %s",
+                self.serving.model.info.name,
+                self.serving.model.info.version,
+                self.serving.model.served_by,
+            )
 
     def start_http(self) -> None:
         """Open every listener, then announce the port (``http.port`` means: ready)."""
@@ -365,11 +451,15 @@ class Agent:
                 # Only an expired document's seq is signed (expiry is checked after the
                 # signature). Any other claim is the sender's: naming it would let a forged
                 # document fail the install the hub really issued under that seq.
-                self.report("verify", "failed", exc.reason,
-                            f"desired document rejected: {exc} (it claimed seq {seq}, bundle {digest})", 0)
+                self.report(
+                    "verify",
+                    "failed",
+                    exc.reason,
+                    f"desired document rejected: {exc} (it claimed seq {seq}, bundle {digest})",
+                    0,
+                )
                 return
-            self.report("verify", "failed", exc.reason, f"desired document rejected: {exc}",
-                        seq, digest)
+            self.report("verify", "failed", exc.reason, f"desired document rejected: {exc}", seq, digest)
             return
         self.trusted_seq = desired.seq
         self.clock_floor = max(self.clock_floor, desired.issued)
@@ -390,8 +480,13 @@ class Agent:
         if targets_rotated(old, new):
             # documents signed by the old targets keys may come from a compromised online key
             # that fast-forwarded seq or issued: forget both, so the hub's next documents count
-            log.warning("trust root v%d replaces the targets keys: forgetting desired seq %d and issued %d "
-                        "learnt under the old keys", new.version, self.trusted_seq, self.clock_floor)
+            log.warning(
+                "trust root v%d replaces the targets keys: forgetting desired seq %d and issued %d "
+                "learnt under the old keys",
+                new.version,
+                self.trusted_seq,
+                self.clock_floor,
+            )
             self.trusted_seq, self.clock_floor = 0, 0
             write_json(self.trust_file, {"desired_seq": 0, "issued_max": 0})
             self._dirty = True

@@ -20,9 +20,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AbstractSet, Sequence
+from typing import AbstractSet
 
 from protocol.bundle import ChunkPlan
 from protocol.errors import Reason, VerificationError
@@ -50,7 +51,9 @@ class Download:
         except OSError as exc:
             self.remove()  # a half-reserved file would only hold on to the space we lack
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFull(f"cannot reserve {plan.size} bytes for archive {plan.sha256[:12]}: {exc.strerror}") from None
+                raise DiskFull(
+                    f"cannot reserve {plan.size} bytes for archive {plan.sha256[:12]}: {exc.strerror}"
+                ) from None
             raise
         bits = bytearray(n) if fresh else bytearray(os.pread(self._bfd, n, 0).ljust(n, b"\0"))
         self.rechecked = 0
@@ -123,8 +126,9 @@ class Download:
             self._bits = bytearray(len(self._bits))
             os.pwrite(self._bfd, bytes(self._bits), 0)
             os.fsync(self._bfd)
-            raise VerificationError(Reason.HASH_MISMATCH,
-                                    f"archive sha256 {h.hexdigest()} != signed {self.plan.sha256}")
+            raise VerificationError(
+                Reason.HASH_MISMATCH, f"archive sha256 {h.hexdigest()} != signed {self.plan.sha256}"
+            )
 
     def close(self) -> None:
         for fd in (getattr(self, "_fd", None), getattr(self, "_bfd", None)):
@@ -163,8 +167,9 @@ class Subscription:
     only_new: bool  # MQTT v5 Retain Handling 1: no retained replay for a filter the session holds
 
 
-def chunk_subscription(archive: str, missing: Sequence[int], total: int, held: AbstractSet[str],
-                       session_kept: bool, retain_handling: bool) -> Subscription:
+def chunk_subscription(
+    archive: str, missing: Sequence[int], total: int, held: AbstractSet[str], session_kept: bool, retain_handling: bool
+) -> Subscription:
     """Decide the chunk subscriptions of a download after (re)connecting or (re)starting.
 
     ``held``: the filters this download subscribed to in the broker session; ``session_kept``:

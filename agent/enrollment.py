@@ -48,8 +48,13 @@ def parse_answer(doc: Any, root_sha256: str | None, now: int) -> Enrollment:
         raise EnrollError(f"hub answer is not a JSON object: {str(doc)[:80]!r}")
     try:
         mqtt = doc["mqtt"]
-        e = Enrollment(check_device_id(str(doc["device_id"])), str(doc["broker"]), str(mqtt["username"]),
-                       str(mqtt["password"]), str(doc["root"]).encode())
+        e = Enrollment(
+            check_device_id(str(doc["device_id"])),
+            str(doc["broker"]),
+            str(mqtt["username"]),
+            str(mqtt["password"]),
+            str(doc["root"]).encode(),
+        )
     except (KeyError, TypeError) as exc:
         raise EnrollError(f"hub answer lacks field {exc}") from None
     except ProtocolError as exc:
@@ -68,10 +73,19 @@ def parse_answer(doc: Any, root_sha256: str | None, now: int) -> Enrollment:
 
 
 def render_config(e: Enrollment, root_path: Path, state_dir: Path, board: str, http_port: int) -> str:
-    values: dict[str, Any] = {"device_id": e.device_id, "broker": e.broker, "state_dir": str(state_dir),
-                              "root": str(root_path), "board": board, "username": e.username,
-                              "password": e.password, "http_host": "127.0.0.1", "http_port": http_port,
-                              "telemetry_interval_s": 10, "edgetpu": "auto"}
+    values: dict[str, Any] = {
+        "device_id": e.device_id,
+        "broker": e.broker,
+        "state_dir": str(state_dir),
+        "root": str(root_path),
+        "board": board,
+        "username": e.username,
+        "password": e.password,
+        "http_host": "127.0.0.1",
+        "http_port": http_port,
+        "telemetry_interval_s": 10,
+        "edgetpu": "auto",
+    }
     lines = ["# written by `edgefleet-agent enroll`; see firmware_images/agent.toml.example"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]  # JSON scalars are valid TOML here
     return "\n".join(lines) + "\n"
@@ -79,8 +93,12 @@ def render_config(e: Enrollment, root_path: Path, state_dir: Path, board: str, h
 
 def request(hub: str, token: str, timeout: float = 15.0) -> Any:
     url = f"{hub.rstrip('/')}/api/v1/enroll"
-    req = urllib.request.Request(url, data=json.dumps({"token": token}).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", "Accept": "application/json"})
+    req = urllib.request.Request(
+        url,
+        data=json.dumps({"token": token}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read(1 << 20))
@@ -103,8 +121,16 @@ def _write_private(path: Path, data: bytes, force: bool) -> None:
     os.replace(tmp, path)
 
 
-def enroll(hub: str, token: str, config: Path, state_dir: Path, board: str = "rpi4", http_port: int = 8780,
-           root_sha256: str | None = None, force: bool = False) -> Enrollment:
+def enroll(
+    hub: str,
+    token: str,
+    config: Path,
+    state_dir: Path,
+    board: str = "rpi4",
+    http_port: int = 8780,
+    root_sha256: str | None = None,
+    force: bool = False,
+) -> Enrollment:
     if config.exists() and not force:
         raise EnrollError(f"{config} exists; pass --force to replace it")
     e = parse_answer(request(hub, token), root_sha256, int(time.time()))

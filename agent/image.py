@@ -70,6 +70,7 @@ def _pillow(data: bytes, height: int, width: int, channels: int, resample: str) 
     :class:`ValueError` naming it, as edgefleet-cloud does (fuzzed DDS, SPIDER and TIFF files
     made Pillow raise NotImplementedError, AttributeError, TypeError there)."""
     from PIL import Image, UnidentifiedImageError
+
     mode = "L" if channels == 1 else "RGB"
     try:
         src: Any = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
@@ -101,4 +102,5 @@ def _bomb_pixels(exc: Exception) -> int:
     """The pixel count in Pillow's bomb message; the least it can be if the wording changes."""
     m = re.search(r"\((\d+) pixels\)", str(exc))
     from PIL import Image
+
     return int(m.group(1)) if m else (Image.MAX_IMAGE_PIXELS or MAX_PIXELS) + 1

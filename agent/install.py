@@ -99,8 +99,7 @@ def disk_needed(ref: BundleRef, already: int, reserve: int) -> int:
     return max(0, ref.archive.size - already) + ref.archive.size + reserve
 
 
-def plan(current: Current, desired: Desired, inventory: Inventory, now: int,
-         reserve: int = 0) -> Plan | Rejection:
+def plan(current: Current, desired: Desired, inventory: Inventory, now: int, reserve: int = 0) -> Plan | Rejection:
     """Decide what to do with a verified desired document. Never raises."""
     if desired.expires <= now:
         return Rejection(Reason.EXPIRED, f"desired seq {desired.seq} expired at {desired.expires}, now {now}")
@@ -111,24 +110,34 @@ def plan(current: Current, desired: Desired, inventory: Inventory, now: int,
         return Plan("noop", desired.seq, ref)
     req = ref.requirements
     if req.boards and inventory.board not in req.boards:
-        return Rejection(Reason.WRONG_HARDWARE,
-                         f"bundle {ref.name} {ref.version} is for boards {list(req.boards)}, this is {inventory.board!r}")
+        return Rejection(
+            Reason.WRONG_HARDWARE,
+            f"bundle {ref.name} {ref.version} is for boards {list(req.boards)}, this is {inventory.board!r}",
+        )
     if req.edgetpu == "required" and not inventory.edgetpu:
-        return Rejection(Reason.UNSUPPORTED_RUNTIME,
-                         f"bundle {ref.name} {ref.version} requires an Edge TPU; none present")
-    if (req.edgetpu == "required" and req.min_edgetpu_runtime is not None
-            and (inventory.edgetpu_runtime or 0) < req.min_edgetpu_runtime):
-        return Rejection(Reason.UNSUPPORTED_RUNTIME,
-                         f"bundle needs Edge TPU runtime >= {req.min_edgetpu_runtime}, device has {inventory.edgetpu_runtime}")
+        return Rejection(
+            Reason.UNSUPPORTED_RUNTIME, f"bundle {ref.name} {ref.version} requires an Edge TPU; none present"
+        )
+    if (
+        req.edgetpu == "required"
+        and req.min_edgetpu_runtime is not None
+        and (inventory.edgetpu_runtime or 0) < req.min_edgetpu_runtime
+    ):
+        return Rejection(
+            Reason.UNSUPPORTED_RUNTIME,
+            f"bundle needs Edge TPU runtime >= {req.min_edgetpu_runtime}, device has {inventory.edgetpu_runtime}",
+        )
     if req.min_agent is not None and _version_tuple(inventory.agent_version) < _version_tuple(req.min_agent):
-        return Rejection(Reason.UNSUPPORTED_RUNTIME,
-                         f"bundle needs agent >= {req.min_agent}, this is {inventory.agent_version}")
+        return Rejection(
+            Reason.UNSUPPORTED_RUNTIME, f"bundle needs agent >= {req.min_agent}, this is {inventory.agent_version}"
+        )
     if ref.digest == current.previous:
         return Plan("switch_back", desired.seq, ref)
     need = disk_needed(ref, current.downloaded, reserve)
     if inventory.free_disk < need:
-        return Rejection(Reason.DISK_FULL,
-                         f"need {need} bytes free for a {ref.archive.size}-byte bundle, have {inventory.free_disk}")
+        return Rejection(
+            Reason.DISK_FULL, f"need {need} bytes free for a {ref.archive.size}-byte bundle, have {inventory.free_disk}"
+        )
     return Plan("install", desired.seq, ref, need)
 
 
@@ -136,9 +145,12 @@ def require_fresh_root(root: Root, now: int) -> None:
     """Gatekeeper before anything new is trusted: raise :class:`RootExpired` naming the root's
     expiry when ``root`` has expired at ``now``."""
     if root.expires <= now:
-        raise RootExpired(Reason.EXPIRED, f"trust root v{root.version} expired at {_utc(root.expires)} "
-                                                f"({root.expires}), now {now}: it verifies nothing new until "
-                                                "a newer root arrives")
+        raise RootExpired(
+            Reason.EXPIRED,
+            f"trust root v{root.version} expired at {_utc(root.expires)} "
+            f"({root.expires}), now {now}: it verifies nothing new until "
+            "a newer root arrives",
+        )
 
 
 def _utc(t: int) -> str:
@@ -152,16 +164,20 @@ def choose_artifact(manifest: Manifest, inventory: Inventory) -> Choice | Reject
     """
     req = manifest.requirements
     if req.boards and inventory.board not in req.boards:
-        return Rejection(Reason.WRONG_HARDWARE,
-                         f"manifest is for boards {list(req.boards)}, this is {inventory.board!r}", "verify")
+        return Rejection(
+            Reason.WRONG_HARDWARE, f"manifest is for boards {list(req.boards)}, this is {inventory.board!r}", "verify"
+        )
     tpu = manifest.artifact("tflite_edgetpu")
     rt_ok = req.min_edgetpu_runtime is None or (inventory.edgetpu_runtime or 0) >= req.min_edgetpu_runtime
     if tpu is not None and inventory.edgetpu and rt_ok:
         return Choice(tpu, "edgetpu")
     if req.edgetpu == "required":
-        return Rejection(Reason.UNSUPPORTED_RUNTIME,
-                         f"{manifest.name} {manifest.version} requires an Edge TPU"
-                         + ("" if inventory.edgetpu else "; none present"), "verify")
+        return Rejection(
+            Reason.UNSUPPORTED_RUNTIME,
+            f"{manifest.name} {manifest.version} requires an Edge TPU"
+            + ("" if inventory.edgetpu else "; none present"),
+            "verify",
+        )
     for role in ("tflite_int8", "tflite_float"):
         art = manifest.artifact(role)
         if art is not None:
@@ -170,11 +186,14 @@ def choose_artifact(manifest: Manifest, inventory: Inventory) -> Choice | Reject
     if onnx is not None and inventory.onnx:
         return Choice(onnx, "onnx")
     if tpu is not None:
-        return Rejection(Reason.UNSUPPORTED_RUNTIME,
-                         f"{manifest.name} {manifest.version} has only an Edge TPU model and this device has no Edge TPU",
-                         "verify")
-    return Rejection(Reason.MISSING_ARTIFACT,
-                     f"{manifest.name} {manifest.version} has no model this device can run", "verify")
+        return Rejection(
+            Reason.UNSUPPORTED_RUNTIME,
+            f"{manifest.name} {manifest.version} has only an Edge TPU model and this device has no Edge TPU",
+            "verify",
+        )
+    return Rejection(
+        Reason.MISSING_ARTIFACT, f"{manifest.name} {manifest.version} has no model this device can run", "verify"
+    )
 
 
 @dataclass(frozen=True)
@@ -184,8 +203,9 @@ class Recovery:
     detail: str = ""
 
 
-def recover(active: str | None, trial: bool, active_ok: bool | None, previous: str | None,
-            previous_ok: bool | None) -> Recovery:
+def recover(
+    active: str | None, trial: bool, active_ok: bool | None, previous: str | None, previous_ok: bool | None
+) -> Recovery:
     """What to run after a (re)start, given the slot record and health checks of both slots.
 
     ``active_ok`` is the integrity check for a committed model and the self-test for a trial one.

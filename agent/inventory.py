@@ -34,17 +34,36 @@ def free_disk(cfg: AgentConfig) -> int:
 
 
 def current(cfg: AgentConfig, p: Probed) -> Inventory:
-    return Inventory(board=cfg.board, edgetpu=p.edgetpu.present, edgetpu_runtime=p.edgetpu.runtime,
-                     onnx=p.onnx, free_disk=free_disk(cfg), agent_version=AGENT_VERSION)
+    return Inventory(
+        board=cfg.board,
+        edgetpu=p.edgetpu.present,
+        edgetpu_runtime=p.edgetpu.runtime,
+        onnx=p.onnx,
+        free_disk=free_disk(cfg),
+        agent_version=AGENT_VERSION,
+    )
 
 
-def describe(cfg: AgentConfig, p: Probed, http_port: int | None = None, mqtt: str | None = None,
-             served_by: str | None = None) -> device.Inventory:
+def describe(
+    cfg: AgentConfig, p: Probed, http_port: int | None = None, mqtt: str | None = None, served_by: str | None = None
+) -> device.Inventory:
     """Inventory as sent in the retained status message."""
     mem = meminfo()  # kB
     return device.Inventory(
-        board=cfg.board, arch=platform.machine(), python=platform.python_version(),
-        edgetpu=p.edgetpu.present, edgetpu_detail=p.edgetpu.detail, edgetpu_runtime=p.edgetpu.runtime,
-        litert=p.litert, onnxruntime=p.onnx, agent_version=AGENT_VERSION, free_disk=free_disk(cfg),
-        mem_available_mb=mem.get("MemAvailable", 0) // 1024, mem_total_mb=mem.get("MemTotal", 0) // 1024,
-        cloud_fallback=cfg.cloud_url is not None, http_port=http_port, mqtt=mqtt, served_by=served_by)
+        board=cfg.board,
+        arch=platform.machine(),
+        python=platform.python_version(),
+        edgetpu=p.edgetpu.present,
+        edgetpu_detail=p.edgetpu.detail,
+        edgetpu_runtime=p.edgetpu.runtime,
+        litert=p.litert,
+        onnxruntime=p.onnx,
+        agent_version=AGENT_VERSION,
+        free_disk=free_disk(cfg),
+        mem_available_mb=mem.get("MemAvailable", 0) // 1024,
+        mem_total_mb=mem.get("MemTotal", 0) // 1024,
+        cloud_fallback=cfg.cloud_url is not None,
+        http_port=http_port,
+        mqtt=mqtt,
+        served_by=served_by,
+    )

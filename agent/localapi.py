@@ -35,9 +35,10 @@ import re
 import socket
 import socketserver
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import AgentError, InputError, MalformedBody, TooLarge, Unavailable
 from .serve import MAX_BODY, Answer, Serving, parse_request
@@ -88,8 +89,9 @@ def parse_head(block: bytes) -> Head:
     lines = text.split("\n")
     words = lines[0].rstrip("\r").split()
     if len(words) != 3 or words[2] not in ("HTTP/1.1", "HTTP/1.0"):
-        raise BadRequest(HTTPStatus.BAD_REQUEST, f"bad request line {lines[0].rstrip()[:80]!r}: "
-                                                 "expected 'METHOD /path HTTP/1.1'")
+        raise BadRequest(
+            HTTPStatus.BAD_REQUEST, f"bad request line {lines[0].rstrip()[:80]!r}: expected 'METHOD /path HTTP/1.1'"
+        )
     if len(lines) - 1 > MAX_HEADERS:
         raise BadRequest(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"more than {MAX_HEADERS} header lines")
     headers: dict[str, str] = {}
@@ -97,16 +99,20 @@ def parse_head(block: bytes) -> Head:
         line = line.rstrip("\r")
         name, sep, value = line.partition(":")
         if not sep or not _TOKEN.match(name) or "\r" in value:
-            raise BadRequest(HTTPStatus.BAD_REQUEST, f"bad header line {line[:80]!r}: expected 'Name: value' "
-                                                     "(no line folding, no space before the colon, no CR)")
+            raise BadRequest(
+                HTTPStatus.BAD_REQUEST,
+                f"bad header line {line[:80]!r}: expected 'Name: value' "
+                "(no line folding, no space before the colon, no CR)",
+            )
         headers.setdefault(name.lower(), value.strip(" \t"))
     return Head(words[0], words[1], words[2], headers)
 
 
 def body_length(head: Head) -> int:
     if "transfer-encoding" in head.headers:
-        raise BadRequest(HTTPStatus.NOT_IMPLEMENTED, "Transfer-Encoding is not supported; send the body "
-                                                     "with Content-Length")
+        raise BadRequest(
+            HTTPStatus.NOT_IMPLEMENTED, "Transfer-Encoding is not supported; send the body with Content-Length"
+        )
     text = head.headers.get("content-length", "0")
     if not text.isdigit() or not text.isascii():
         raise BadRequest(HTTPStatus.BAD_REQUEST, f"Content-Length {text[:40]!r} is not a number")
@@ -129,9 +135,11 @@ def http_date() -> str:
 
 
 def response(status: int, body: bytes, close: bool = False, extra: str = "") -> bytes:
-    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nServer: {SERVER}\r\nDate: {http_date()}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}"
-            f"{'Connection: close' + chr(13) + chr(10) if close else ''}\r\n").encode("latin-1") + body
+    return (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nServer: {SERVER}\r\nDate: {http_date()}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}"
+        f"{'Connection: close' + chr(13) + chr(10) if close else ''}\r\n"
+    ).encode("latin-1") + body
 
 
 def _error(status: HTTPStatus, detail: str) -> bytes:
@@ -179,15 +187,16 @@ def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[soc
             while True:
                 end = self.buf.find(b"\r\n\r\n", start)
                 if end >= 0:
-                    head, self.buf = bytes(self.buf[:end]), self.buf[end + 4:]
+                    head, self.buf = bytes(self.buf[:end]), self.buf[end + 4 :]
                     return head
                 end = self.buf.find(b"\n\n", start)  # bare-LF clients
                 if end >= 0:
-                    head, self.buf = bytes(self.buf[:end]), self.buf[end + 2:]
+                    head, self.buf = bytes(self.buf[:end]), self.buf[end + 2 :]
                     return head
                 if len(self.buf) > MAX_HEAD:
-                    raise BadRequest(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-                                     f"request head longer than {MAX_HEAD} bytes")
+                    raise BadRequest(
+                        HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"request head longer than {MAX_HEAD} bytes"
+                    )
                 start = max(0, len(self.buf) - 3)
                 chunk = self.request.recv(65536)
                 if not chunk:
@@ -205,10 +214,15 @@ def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[soc
                 head = parse_head(block.lstrip(b"\r\n"))  # stray CRLF before a request is allowed
                 allowed = _ROUTES.get(head.path)
                 if allowed is not None and head.method != allowed:
-                    raise BadRequest(HTTPStatus.METHOD_NOT_ALLOWED, f"{head.path} takes {allowed}, not {head.method}",
-                                     allow=allowed)
+                    raise BadRequest(
+                        HTTPStatus.METHOD_NOT_ALLOWED, f"{head.path} takes {allowed}, not {head.method}", allow=allowed
+                    )
                 length = body_length(head)
-                if allowed == "POST" and head.version == "HTTP/1.1" and head.headers.get("expect", "").lower() == "100-continue":
+                if (
+                    allowed == "POST"
+                    and head.version == "HTTP/1.1"
+                    and head.headers.get("expect", "").lower() == "100-continue"
+                ):
                     self.request.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
                 self._fill(length)  # every request's body is read, whatever its route
                 body = bytes(self.buf[:length])
@@ -218,8 +232,11 @@ def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[soc
                 self.request.sendall(response(exc.status, _error(exc.status, str(exc)), close=True, extra=extra))
                 return False
             if allowed is None:
-                return self._send(HTTPStatus.NOT_FOUND, _error(HTTPStatus.NOT_FOUND, f"no route {head.method} {head.path}"),
-                                  head.keep_alive)
+                return self._send(
+                    HTTPStatus.NOT_FOUND,
+                    _error(HTTPStatus.NOT_FOUND, f"no route {head.method} {head.path}"),
+                    head.keep_alive,
+                )
             if allowed == "GET":
                 return self._get(head)
             return self._post(head, body)
@@ -239,18 +256,26 @@ def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[soc
             except MalformedBody as exc:
                 return self._send(HTTPStatus.BAD_REQUEST, _error(HTTPStatus.BAD_REQUEST, str(exc)), head.keep_alive)
             except TooLarge as exc:
-                return self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                  _error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc)), head.keep_alive)
+                return self._send(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    _error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc)),
+                    head.keep_alive,
+                )
             except InputError as exc:
-                return self._send(HTTPStatus.UNPROCESSABLE_ENTITY, _error(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)),
-                                  head.keep_alive)
+                return self._send(
+                    HTTPStatus.UNPROCESSABLE_ENTITY, _error(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)), head.keep_alive
+                )
             except Unavailable as exc:
-                return self._send(HTTPStatus.SERVICE_UNAVAILABLE, _error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)),
-                                  head.keep_alive)
+                return self._send(
+                    HTTPStatus.SERVICE_UNAVAILABLE, _error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)), head.keep_alive
+                )
             except Exception as exc:  # the server keeps serving whatever one request does
                 log.exception("predict failed")
-                return self._send(HTTPStatus.INTERNAL_SERVER_ERROR, _error(
-                    HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}"), head.keep_alive)
+                return self._send(
+                    HTTPStatus.INTERNAL_SERVER_ERROR,
+                    _error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}"),
+                    head.keep_alive,
+                )
             keep = self._send(200, out.body(), head.keep_alive)  # the answer leaves now...
             try:
                 out.settle()  # ...and the bookkeeping runs after it

@@ -51,6 +51,7 @@ def _interpreter_module() -> Any:
 
 def litert_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
+
     for dist in ("ai-edge-litert", "tflite-runtime"):
         try:
             return f"{dist} {version(dist)}"
@@ -114,7 +115,7 @@ class Backend(Protocol):
     name: str
     input_shape: tuple[int, ...]
     input_dtype: Any
-    input_quant: tuple[float, int]   # (scale, zero_point); (0.0, 0) when not quantized
+    input_quant: tuple[float, int]  # (scale, zero_point); (0.0, 0) when not quantized
     output_quant: tuple[float, int]
 
     def invoke_raw(self, x: np.ndarray) -> np.ndarray: ...
@@ -161,6 +162,7 @@ class LiteRTBackend:
 class OnnxBackend:
     def __init__(self, path: Path, threads: int | None = None) -> None:
         import onnxruntime as ort  # optional dependency
+
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -215,13 +217,21 @@ class Model:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _direct: bool | None = None
     _score_levels: Any = None  # (dtype, float per 8-bit value): see _levels
-    _users: int = 0            # holders (requests running on this model): see hold/release
-    _retired: bool = False     # close() was called; the backend closes with the last holder
+    _users: int = 0  # holders (requests running on this model): see hold/release
+    _retired: bool = False  # close() was called; the backend closes with the last holder
     _users_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def open(cls, slot_dir: Path, artifact: str, runtime: str, info: BundleInfo,
-             model_spec: dict[str, Any], roles: dict[str, str], threads: int | None = None) -> "Model":
+    def open(
+        cls,
+        slot_dir: Path,
+        artifact: str,
+        runtime: str,
+        info: BundleInfo,
+        model_spec: dict[str, Any],
+        roles: dict[str, str],
+        threads: int | None = None,
+    ) -> Model:
         backend = load_backend(slot_dir / artifact, runtime, threads)
         labels: list[str] = []
         if "labels" in roles:
@@ -239,7 +249,7 @@ class Model:
         """Image bytes -> uint8 array (1, H, W, C) at the preprocess size (:mod:`agent.image`)."""
         p = self.preprocess
         if p.get("kind") != "image":
-            raise InputError("this model takes tensors, not images; send JSON {\"inputs\": [...]}")
+            raise InputError('this model takes tensors, not images; send JSON {"inputs": [...]}')
         try:
             return decode(data, int(p["height"]), int(p["width"]), int(p.get("channels", 3)), resize_filter(p))
         except ImageTooLarge as exc:
@@ -254,9 +264,12 @@ class Model:
         if self._direct is None:
             p, (scale, zp) = self.preprocess, self.backend.input_quant
             self._direct = bool(
-                p.get("kind") == "image" and np.dtype(self.backend.input_dtype) == np.uint8 and scale
+                p.get("kind") == "image"
+                and np.dtype(self.backend.input_dtype) == np.uint8
+                and scale
                 and abs(float(p.get("scale", 1.0)) / scale - 1) < 1e-6
-                and abs(float(p.get("offset", 0.0)) / scale + zp) < 1e-3)
+                and abs(float(p.get("offset", 0.0)) / scale + zp) < 1e-3
+            )
         return self._direct
 
     def image_to_input(self, data: bytes) -> np.ndarray:
@@ -319,14 +332,18 @@ class Model:
             return f"preprocess {p!r:.120} needs integer height, width and channels"
         want = int(np.prod(self.backend.input_shape))
         if n != want:
-            return (f"preprocess {p.get('height')}x{p.get('width')}x{p.get('channels', 3)} gives {n} values, "
-                    f"model input {list(self.backend.input_shape)} needs {want}")
+            return (
+                f"preprocess {p.get('height')}x{p.get('width')}x{p.get('channels', 3)} gives {n} values, "
+                f"model input {list(self.backend.input_shape)} needs {want}"
+            )
         return None
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         if x.size != int(np.prod(self.backend.input_shape)):
-            raise ModelError(f"input has {x.size} values, model input {list(self.backend.input_shape)} "
-                             f"needs {int(np.prod(self.backend.input_shape))}")
+            raise ModelError(
+                f"input has {x.size} values, model input {list(self.backend.input_shape)} "
+                f"needs {int(np.prod(self.backend.input_shape))}"
+            )
         dtype = np.dtype(self.backend.input_dtype)
         scale, zp = self.backend.input_quant
         if dtype.kind == "f":
@@ -370,8 +387,14 @@ class Model:
     def top(self, scores: np.ndarray, k: int = 5) -> list[dict[str, Any]]:
         k = min(k, scores.shape[0])
         idx = np.argsort(-scores, kind="stable")[:k]
-        return [{"index": int(i), "label": self.labels[i] if i < len(self.labels) else str(int(i)),
-                 "score": float(scores[i])} for i in idx]
+        return [
+            {
+                "index": int(i),
+                "label": self.labels[i] if i < len(self.labels) else str(int(i)),
+                "score": float(scores[i]),
+            }
+            for i in idx
+        ]
 
     def hold(self) -> None:
         """One more user; the backend stays open until the matching :meth:`release`."""
@@ -409,14 +432,25 @@ def default_preprocess(backend: Backend) -> dict[str, Any]:
         return {"kind": "tensor"}
     scale, zp = backend.input_quant
     if np.dtype(backend.input_dtype).kind == "f" or not scale:
-        return {"kind": "image", "height": shape[1], "width": shape[2], "channels": shape[3],
-                "scale": 1 / 255.0, "offset": 0.0}
-    return {"kind": "image", "height": shape[1], "width": shape[2], "channels": shape[3],
-            "scale": scale, "offset": -zp * scale}
+        return {
+            "kind": "image",
+            "height": shape[1],
+            "width": shape[2],
+            "channels": shape[3],
+            "scale": 1 / 255.0,
+            "offset": 0.0,
+        }
+    return {
+        "kind": "image",
+        "height": shape[1],
+        "width": shape[2],
+        "channels": shape[3],
+        "scale": scale,
+        "offset": -zp * scale,
+    }
 
 
 def _json_or_none(path: Path) -> Any:
-    import json
     try:
         return json.loads(path.read_bytes())
     except (OSError, ValueError):

@@ -51,8 +51,9 @@ def smoke(backend: Backend, budget_ms: float) -> SelftestResult:
     if got.size == 0 or not np.all(np.isfinite(got.astype(np.float64))):
         return SelftestResult(False, Reason.SELFTEST_FAILED, "smoke test: empty or non-finite output")
     if ms > budget_ms:
-        return SelftestResult(False, Reason.SELFTEST_FAILED,
-                              f"smoke test took {ms:.1f} ms > max_latency_ms {budget_ms:g}", 1, 0.0, ms)
+        return SelftestResult(
+            False, Reason.SELFTEST_FAILED, f"smoke test took {ms:.1f} ms > max_latency_ms {budget_ms:g}", 1, 0.0, ms
+        )
     return SelftestResult(True, Reason.OK, "smoke test only: no reference outputs in the bundle", 1, 0.0, ms)
 
 
@@ -60,8 +61,9 @@ def run(backend: Backend, doc: Any) -> SelftestResult:
     if isinstance(doc, dict) and doc.get("cases") == [] and doc.get("smoke") is True:
         return smoke(backend, float(doc.get("max_latency_ms", 1000)))
     if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list) or not doc["cases"]:
-        return SelftestResult(False, Reason.SELFTEST_FAILED,
-                              "selftest.json has no cases (and does not ask for a smoke test)")
+        return SelftestResult(
+            False, Reason.SELFTEST_FAILED, "selftest.json has no cases (and does not ask for a smoke test)"
+        )
     tol = float(doc.get("tolerance", 0))
     budget = float(doc.get("max_latency_ms", 1000))
     worst = 0.0
@@ -81,15 +83,27 @@ def run(backend: Backend, doc: Any) -> SelftestResult:
         ms = (time.perf_counter() - t0) * 1000
         slowest = max(slowest, ms)
         if got.size != want.size:
-            return SelftestResult(False, Reason.SELFTEST_FAILED,
-                                  f"case {n}: output has {got.size} values, expected {want.size}", n)
+            return SelftestResult(
+                False, Reason.SELFTEST_FAILED, f"case {n}: output has {got.size} values, expected {want.size}", n
+            )
         diff = float(np.max(np.abs(got.astype(np.float64).reshape(-1) - want.reshape(-1)))) if got.size else 0.0
         worst = max(worst, diff)
         if diff > tol:
-            return SelftestResult(False, Reason.SELFTEST_FAILED,
-                                  f"case {n}: output differs by {diff:g} > tolerance {tol:g}", n, worst, slowest)
+            return SelftestResult(
+                False,
+                Reason.SELFTEST_FAILED,
+                f"case {n}: output differs by {diff:g} > tolerance {tol:g}",
+                n,
+                worst,
+                slowest,
+            )
     if slowest > budget:
-        return SelftestResult(False, Reason.SELFTEST_FAILED,
-                              f"slowest case took {slowest:.1f} ms > max_latency_ms {budget:g}",
-                              len(doc["cases"]), worst, slowest)
+        return SelftestResult(
+            False,
+            Reason.SELFTEST_FAILED,
+            f"slowest case took {slowest:.1f} ms > max_latency_ms {budget:g}",
+            len(doc["cases"]),
+            worst,
+            slowest,
+        )
     return SelftestResult(True, Reason.OK, "all cases within tolerance", len(doc["cases"]), worst, slowest)

@@ -30,9 +30,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import orjson
@@ -50,7 +51,7 @@ MAX_BODY = 32 * 1024 * 1024
 @dataclass(frozen=True)
 class Request:
     image: bytes | None = None
-    inputs: Any = None        # JSON nested list of floats
+    inputs: Any = None  # JSON nested list of floats
     filename: str = "image"
     tensor: np.ndarray | None = None  # binary tensor (X-Tensor-Shape / X-Tensor-Dtype)
 
@@ -64,7 +65,7 @@ class Answer:
     it; :meth:`Serving.answer` runs it before returning."""
 
     scores: np.ndarray
-    fields: dict[str, Any]          # top, served_by, bundle, latency_ms[, cloud_model]
+    fields: dict[str, Any]  # top, served_by, bundle, latency_ms[, cloud_model]
     after: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     def settle(self) -> None:
@@ -79,8 +80,9 @@ class Answer:
         score is the shortest text that reads back to the same float32 (``0.5``, ``0.1``; the
         standard library writes float32 values widened, ``0.10000000149011612``); NaN is null.
         Measured on MobileNetV2-224 (1001 scores), it takes ~0.2-0.3 ms off each answer."""
-        return orjson.dumps({"predictions": self.scores, **self.fields}, default=_plain,
-                            option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(
+            {"predictions": self.scores, **self.fields}, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY
+        )
 
 
 def _plain(obj: Any) -> Any:
@@ -105,8 +107,14 @@ class CloudClient:
         query = f"?{urllib.parse.urlencode({'model': model_name})}" if model_name else ""
         if req.image is not None:
             boundary = uuid.uuid4().hex
-            body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{req.filename}\"\r\n"
-                    f"Content-Type: application/octet-stream\r\n\r\n").encode() + req.image + f"\r\n--{boundary}--\r\n".encode()
+            body = (
+                (
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{req.filename}"\r\n'
+                    f"Content-Type: application/octet-stream\r\n\r\n"
+                ).encode()
+                + req.image
+                + f"\r\n--{boundary}--\r\n".encode()
+            )
             headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
             url = f"{self.url}/predict{query}"
         else:
@@ -125,7 +133,12 @@ class CloudClient:
             raise Unavailable(f"cloud fallback {url}: HTTP {exc.code} {detail}") from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise Unavailable(f"cloud fallback {url}: {exc}") from None
-        if isinstance(doc, dict) and "predictions" not in doc and isinstance(doc.get("outputs"), dict) and doc["outputs"]:
+        if (
+            isinstance(doc, dict)
+            and "predictions" not in doc
+            and isinstance(doc.get("outputs"), dict)
+            and doc["outputs"]
+        ):
             doc["predictions"] = next(iter(doc["outputs"].values()))
         if not isinstance(doc, dict) or "predictions" not in doc:
             raise Unavailable(f"cloud fallback {url}: answer has no 'predictions'")
@@ -135,9 +148,14 @@ class CloudClient:
 class Serving:
     """Holds the active (and shadow) model; thread-safe swap; routes each request."""
 
-    def __init__(self, recorder: Recorder, cloud: CloudClient | None, latency_budget_ms: float | None,
-                 on_probation_failed: Callable[[str, str], None],
-                 on_probation_passed: Callable[[str], None] = lambda digest: None) -> None:
+    def __init__(
+        self,
+        recorder: Recorder,
+        cloud: CloudClient | None,
+        latency_budget_ms: float | None,
+        on_probation_failed: Callable[[str, str], None],
+        on_probation_passed: Callable[[str], None] = lambda digest: None,
+    ) -> None:
         self.recorder = recorder
         self.cloud = cloud
         self.budget_s = latency_budget_ms / 1000 if latency_budget_ms else None
@@ -160,8 +178,11 @@ class Serving:
         already running on it finish first, see :class:`~agent.runtime.Model`)."""
         with self._lock:
             old, self.model = self.model, model
-            self._probation = ({"window": probation[0], "max": probation[1], "n": 0, "errors": 0}
-                               if probation and probation[0] > 0 and model is not None else None)
+            self._probation = (
+                {"window": probation[0], "max": probation[1], "n": 0, "errors": 0}
+                if probation and probation[0] > 0 and model is not None
+                else None
+            )
             self._ewma_s = None
         if model is not None:
             self.last_name = model.info.name
@@ -265,12 +286,24 @@ class Serving:
 
         return self._answer(scores, model, model.served_by, t0, after)
 
-    def _answer(self, scores: np.ndarray, model: Model | None, path: str, t0: float,
-                after: Callable[[], None] | None = None) -> Answer:
-        top = model.top(scores) if model is not None else [
-            {"index": int(i), "label": str(int(i)), "score": float(scores[i])} for i in np.argsort(-scores)[:5]]
-        return Answer(scores, {"top": top, "served_by": path, "bundle": model.info.to_dict() if model is not None else None,
-                               "latency_ms": round((time.perf_counter() - t0) * 1000, 3)}, after)
+    def _answer(
+        self, scores: np.ndarray, model: Model | None, path: str, t0: float, after: Callable[[], None] | None = None
+    ) -> Answer:
+        top = (
+            model.top(scores)
+            if model is not None
+            else [{"index": int(i), "label": str(int(i)), "score": float(scores[i])} for i in np.argsort(-scores)[:5]]
+        )
+        return Answer(
+            scores,
+            {
+                "top": top,
+                "served_by": path,
+                "bundle": model.info.to_dict() if model is not None else None,
+                "latency_ms": round((time.perf_counter() - t0) * 1000, 3),
+            },
+            after,
+        )
 
     def _use_local(self) -> bool:
         if self.budget_s is None or self.cloud is None or self._ewma_s is None:
@@ -358,8 +391,9 @@ def parse_request(content_type: str, body: bytes, shape: str | None = None, dtyp
         while isinstance(inputs, list) and inputs:  # a tensor's depth is its first element's
             depth, inputs = depth + 1, inputs[0]
             if depth > MAX_INPUT_DEPTH:
-                raise MalformedBody(f"'inputs' is nested deeper than {MAX_INPUT_DEPTH} levels; a tensor has "
-                                    f"one level per dimension")
+                raise MalformedBody(
+                    f"'inputs' is nested deeper than {MAX_INPUT_DEPTH} levels; a tensor has one level per dimension"
+                )
         return Request(inputs=doc["inputs"])
     if ctype == "multipart/form-data":
         return _multipart_file(content_type, body)
@@ -384,9 +418,14 @@ def _strict_json(body: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         pos = exc.pos
         word = next((w for w in _NON_FINITE if body.startswith(w, pos) or body.startswith(w, max(0, pos - 1))), None)
-        why = (f"{word.decode()} is not a JSON number; send finite numbers" if word
-               else "nested deeper than 1024 levels" if exc.msg == "depth limit exceeded" else exc.msg)
-        raise MalformedBody(f"body is not valid JSON ({why}; at char {pos}: {body[pos:pos + 24]!r})") from None
+        why = (
+            f"{word.decode()} is not a JSON number; send finite numbers"
+            if word
+            else "nested deeper than 1024 levels"
+            if exc.msg == "depth limit exceeded"
+            else exc.msg
+        )
+        raise MalformedBody(f"body is not valid JSON ({why}; at char {pos}: {body[pos : pos + 24]!r})") from None
 
 
 _DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8}
@@ -402,8 +441,10 @@ def _binary_tensor(body: bytes, shape_text: str, dtype_text: str | None) -> np.n
         raise InputError(f"X-Tensor-Dtype {name!r:.30} must be one of {sorted(_DTYPES)}")
     dtype = np.dtype(_DTYPES[name])
     if not shape or any(d < 1 for d in shape) or int(np.prod(shape)) * dtype.itemsize != len(body):
-        raise InputError(f"body has {len(body)} bytes; shape {list(shape)} of {name} needs "
-                         f"{int(np.prod(shape)) * dtype.itemsize if shape else 0}")
+        raise InputError(
+            f"body has {len(body)} bytes; shape {list(shape)} of {name} needs "
+            f"{int(np.prod(shape)) * dtype.itemsize if shape else 0}"
+        )
     arr = np.frombuffer(body, dtype=dtype).reshape(shape)
     if dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise InputError("tensor holds NaN or infinite values")

@@ -41,20 +41,32 @@ class SlotRecord:
     name: str
     version: str
     artifact: str  # file name of the model artifact served from this slot
-    runtime: str   # edgetpu | cpu | onnx
+    runtime: str  # edgetpu | cpu | onnx
     desired_seq: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"digest": self.digest, "name": self.name, "version": self.version,
-                "artifact": self.artifact, "runtime": self.runtime, "desired_seq": self.desired_seq}
+        return {
+            "digest": self.digest,
+            "name": self.name,
+            "version": self.version,
+            "artifact": self.artifact,
+            "runtime": self.runtime,
+            "desired_seq": self.desired_seq,
+        }
 
     @classmethod
-    def from_dict(cls, obj: Any) -> "SlotRecord | None":
+    def from_dict(cls, obj: Any) -> SlotRecord | None:
         if not isinstance(obj, dict):
             return None
         try:
-            return cls(str(obj["digest"]), str(obj["name"]), str(obj["version"]),
-                       str(obj["artifact"]), str(obj["runtime"]), int(obj.get("desired_seq", 0)))
+            return cls(
+                str(obj["digest"]),
+                str(obj["name"]),
+                str(obj["version"]),
+                str(obj["artifact"]),
+                str(obj["runtime"]),
+                int(obj.get("desired_seq", 0)),
+            )
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -78,14 +90,23 @@ class Slots:
         if not isinstance(raw, dict):
             raw = {}
         prob = raw.get("probation")
-        return SlotsState(SlotRecord.from_dict(raw.get("active")),
-                          SlotRecord.from_dict(raw.get("previous")), bool(raw.get("trial", False)),
-                          int(prob) if isinstance(prob, int) else None)
+        return SlotsState(
+            SlotRecord.from_dict(raw.get("active")),
+            SlotRecord.from_dict(raw.get("previous")),
+            bool(raw.get("trial", False)),
+            int(prob) if isinstance(prob, int) else None,
+        )
 
     def save(self, state: SlotsState) -> None:
-        write_json(self.file, {"active": state.active.to_dict() if state.active else None,
-                               "previous": state.previous.to_dict() if state.previous else None,
-                               "trial": state.trial, "probation": state.probation})
+        write_json(
+            self.file,
+            {
+                "active": state.active.to_dict() if state.active else None,
+                "previous": state.previous.to_dict() if state.previous else None,
+                "trial": state.trial,
+                "probation": state.probation,
+            },
+        )
 
     def path(self, digest: str) -> Path:
         return self.dir / digest
@@ -138,7 +159,9 @@ class Slots:
         try:
             env_bytes = (d / MANIFEST_FILE).read_bytes()
         except OSError as exc:
-            raise VerificationError(Reason.MISSING_ARTIFACT, f"slot {digest[:12]} has no manifest ({exc.strerror})") from None
+            raise VerificationError(
+                Reason.MISSING_ARTIFACT, f"slot {digest[:12]} has no manifest ({exc.strerror})"
+            ) from None
         manifest, got = verify_manifest(env_bytes, root)
         if got != digest:
             raise VerificationError(Reason.HASH_MISMATCH, f"slot {digest[:12]} holds manifest {got[:12]}")
@@ -149,13 +172,17 @@ class Slots:
             except OSError:
                 raise VerificationError(Reason.MISSING_ARTIFACT, f"slot {digest[:12]}: {a.name} is missing") from None
             if size != a.size:
-                raise VerificationError(Reason.LENGTH_MISMATCH, f"slot {digest[:12]}: {a.name} is {size} bytes, signed {a.size}")
+                raise VerificationError(
+                    Reason.LENGTH_MISMATCH, f"slot {digest[:12]}: {a.name} is {size} bytes, signed {a.size}"
+                )
             h = hashlib.sha256()
             with open(p, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
             if h.hexdigest() != a.sha256:
-                raise VerificationError(Reason.HASH_MISMATCH, f"slot {digest[:12]}: {a.name} hash differs from the manifest")
+                raise VerificationError(
+                    Reason.HASH_MISMATCH, f"slot {digest[:12]}: {a.name} hash differs from the manifest"
+                )
         return manifest
 
     def refresh_manifest(self, digest: str, env_bytes: bytes, root: Root) -> bool:

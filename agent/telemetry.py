@@ -9,8 +9,8 @@ the daemon rotates.
 from __future__ import annotations
 
 import os
-import shutil
 import queue
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -22,7 +22,6 @@ from protocol.device import Health, Shadow
 from protocol.features import input_features, output_features
 from protocol.messages import COUNT_KEYS
 from protocol.sketch import LatencySketch, bin_index
-
 
 DRIFT_WAIT_S = 0.02
 
@@ -50,7 +49,7 @@ def raw_image_features(raw: Any, affine: tuple[float, float], preprocess: dict[s
         return None
     channels = int(preprocess.get("channels", raw.shape[-1]))
     flat = raw.reshape(-1, channels).view(np.uint8)
-    offsets = (np.arange(channels, dtype=np.uint16) * 256)
+    offsets = np.arange(channels, dtype=np.uint16) * 256
     hist = np.bincount((flat + offsets).ravel(), minlength=256 * channels).reshape(channels, 256)
     levels = np.arange(256, dtype=np.uint8).view(raw.dtype).astype(np.float64)  # the value of each byte
     n = flat.shape[0]
@@ -92,10 +91,19 @@ class Recorder:
             self._bundle = digest
             self._edges = {"inputs": _edges(baseline, "inputs"), "outputs": _edges(baseline, "outputs")}
             self._preprocess = preprocess
-            self._drift = {side: {n: [0] * (len(e) + 1) for n, e in feats.items()} for side, feats in self._edges.items()}
+            self._drift = {
+                side: {n: [0] * (len(e) + 1) for n, e in feats.items()} for side, feats in self._edges.items()
+            }
 
-    def record(self, path: str, seconds: float, ok: bool, x: Any = None, scores: Any = None,
-               affine: tuple[float, float] | None = None) -> None:
+    def record(
+        self,
+        path: str,
+        seconds: float,
+        ok: bool,
+        x: Any = None,
+        scores: Any = None,
+        affine: tuple[float, float] | None = None,
+    ) -> None:
         """Count one request now; its drift features are computed off the request path.
 
         ``affine`` = (scale, offset) when ``x`` is raw pixels still to be mapped to floats."""
@@ -176,14 +184,22 @@ class Recorder:
         sh = self._shadow
         shadow = None
         if sh["n"] or sh["errors"]:
-            shadow = Shadow(sh["n"], sh["errors"], sh["agree"] / sh["n"] if sh["n"] else None,
-                            1000 * sh["delta_sum_s"] / sh["n"] if sh["n"] else None)
+            shadow = Shadow(
+                sh["n"],
+                sh["errors"],
+                sh["agree"] / sh["n"] if sh["n"] else None,
+                1000 * sh["delta_sum_s"] / sh["n"] if sh["n"] else None,
+            )
         counts = dict(self._counts)
         if self._drift_skipped:
             counts["drift_skipped"], self._drift_skipped = self._drift_skipped, 0
-        return {"bundle": self._bundle, "counts": counts, "latency": self._sketch.to_dict(),
-                "drift": {s: {n: list(c) for n, c in f.items()} for s, f in self._drift.items() if f},
-                "shadow": shadow}
+        return {
+            "bundle": self._bundle,
+            "counts": counts,
+            "latency": self._sketch.to_dict(),
+            "drift": {s: {n: list(c) for n, c in f.items()} for s, f in self._drift.items() if f},
+            "shadow": shadow,
+        }
 
     def rotate(self) -> list[dict[str, Any]]:
         """Return the finished windows' fields, oldest first, and start a new window.

@@ -18,8 +18,8 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -42,8 +42,9 @@ class Incoming:
 
 
 class Transport:
-    def __init__(self, cfg: AgentConfig, will_topic: str, will_payload: bytes,
-                 on_message: Callable[[Incoming], None]) -> None:
+    def __init__(
+        self, cfg: AgentConfig, will_topic: str, will_payload: bytes, on_message: Callable[[Incoming], None]
+    ) -> None:
         self.cfg = cfg
         self._will = (will_topic, will_payload)
         self._on_message = on_message
@@ -53,15 +54,19 @@ class Transport:
         self._connack: tuple[bool, str] | None = None
         self._connected = threading.Event()
         self.protocol = "v5"
-        self.connection = 0             # counts successful connections (subscriptions belong to one)
-        self.session_present = False    # CONNACK of the current connection: the broker kept our session
-        self._clean = True              # until the first connection of this process succeeds
+        self.connection = 0  # counts successful connections (subscriptions belong to one)
+        self.session_present = False  # CONNACK of the current connection: the broker kept our session
+        self._clean = True  # until the first connection of this process succeeds
 
     def _build(self) -> mqtt.Client:
         proto = mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ef-agent-{self.cfg.device_id}",
-                        protocol=proto, clean_session=None if self._v5 else self._clean,
-                        reconnect_on_failure=False)
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"ef-agent-{self.cfg.device_id}",
+            protocol=proto,
+            clean_session=None if self._v5 else self._clean,
+            reconnect_on_failure=False,
+        )
         props = None
         if self._v5:
             props = Properties(PacketTypes.WILLMESSAGE)
@@ -69,10 +74,12 @@ class Transport:
         if self.cfg.username is not None:
             c.username_pw_set(self.cfg.username, self.cfg.password)
         if self.cfg.broker.tls or self.cfg.ca_file:
-            c.tls_set(ca_certs=str(self.cfg.ca_file) if self.cfg.ca_file else None,
-                      certfile=str(self.cfg.cert_file) if self.cfg.cert_file else None,
-                      keyfile=str(self.cfg.key_file) if self.cfg.key_file else None,
-                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            c.tls_set(
+                ca_certs=str(self.cfg.ca_file) if self.cfg.ca_file else None,
+                certfile=str(self.cfg.cert_file) if self.cfg.cert_file else None,
+                keyfile=str(self.cfg.key_file) if self.cfg.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
         c.max_inflight_messages_set(64)
         c.on_connect = self._handle_connect
         c.on_disconnect = self._handle_disconnect
@@ -80,8 +87,9 @@ class Transport:
         return c
 
     # paho callbacks (network thread) -------------------------------------------------------
-    def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object, rc: object,
-                        properties: object = None) -> None:
+    def _handle_connect(
+        self, client: mqtt.Client, userdata: object, flags: object, rc: object, properties: object = None
+    ) -> None:
         failed = getattr(rc, "is_failure", False)
         if not failed:
             # before ``connected`` is set: a subscription made from then on belongs to this connection
@@ -90,8 +98,9 @@ class Transport:
             self._connected.set()
         self._connack = (not failed, str(rc))
 
-    def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: object, rc: object,
-                           properties: object = None) -> None:
+    def _handle_disconnect(
+        self, client: mqtt.Client, userdata: object, flags: object, rc: object, properties: object = None
+    ) -> None:
         self._connected.clear()
 
     def _handle_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
@@ -142,8 +151,12 @@ class Transport:
             raise ConnectError(f"broker {b} refused the connection: {why}")
         self._v5_confirmed = True
         self._clean = False
-        log.info("connected to %s with MQTT %s (%s)", b, self.protocol,
-                 "session resumed" if self.session_present else "new session")
+        log.info(
+            "connected to %s with MQTT %s (%s)",
+            b,
+            self.protocol,
+            "session resumed" if self.session_present else "new session",
+        )
 
     def _thread_alive(self) -> bool:
         t = getattr(self._client, "_thread", None)
@@ -206,7 +219,7 @@ class Transport:
         if c is None or not self.connected:
             return False
         for i in range(0, len(filters), SUBSCRIBE_BATCH):
-            batch = filters[i:i + SUBSCRIBE_BATCH]
+            batch = filters[i : i + SUBSCRIBE_BATCH]
             if self.retain_handling:
                 rh = SubscribeOptions.RETAIN_SEND_IF_NEW_SUB if only_new else SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
                 rc, _ = c.subscribe([(f, SubscribeOptions(qos=qos, retainHandling=rh)) for f in batch])
@@ -223,7 +236,7 @@ class Transport:
         c = self._client
         if c is not None and self.connected:
             for i in range(0, len(filters), SUBSCRIBE_BATCH):
-                c.unsubscribe(filters[i:i + SUBSCRIBE_BATCH])
+                c.unsubscribe(filters[i : i + SUBSCRIBE_BATCH])
 
     def disconnect(self, final_topic: str | None = None, final_payload: bytes | None = None) -> None:
         """Publish a last retained message (e.g. offline status) and disconnect cleanly."""

@@ -18,8 +18,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field as dc_field, replace
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from protocol.bundle import Manifest
 from protocol.errors import ProtocolError, Reason, VerificationError
@@ -28,8 +29,7 @@ from protocol.signing import Root
 from protocol.topics import Kind, Topic
 
 from . import selftest
-from .config import AgentConfig
-from .config import packet_bytes_for
+from .config import AgentConfig, packet_bytes_for
 from .download import Download, bytes_on_disk, chunk_subscription
 from .durable import read_json, write_json
 from .errors import DiskFull, ModelError, RootExpired
@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 
 
 class Publisher(Protocol):
-    connection: int         # counts successful connections
-    session_present: bool   # the broker kept our session on the current connection
+    connection: int  # counts successful connections
+    session_present: bool  # the broker kept our session on the current connection
 
     @property
     def retain_handling(self) -> bool: ...
@@ -56,9 +56,17 @@ class Publisher(Protocol):
 
 
 class ReportFn(Protocol):
-    def __call__(self, stage: str, status: str, reason: Reason = Reason.OK, detail: str = "",
-                 desired_seq: int | None = None, bundle: str | None = None, progress: float | None = None,
-                 metrics: dict[str, Any] | None = None) -> None: ...
+    def __call__(
+        self,
+        stage: str,
+        status: str,
+        reason: Reason = Reason.OK,
+        detail: str = "",
+        desired_seq: int | None = None,
+        bundle: str | None = None,
+        progress: float | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> None: ...
 
 
 @dataclass
@@ -73,10 +81,10 @@ class Job:
     reported_decile: int = -1
     bad_chunks: int = 0
     received_bytes: int = 0  # chunk payloads of this archive that reached this process
-    duplicates: int = 0      # of them, chunks already on disk (bytes the link carried for nothing)
+    duplicates: int = 0  # of them, chunks already on disk (bytes the link carried for nothing)
     duplicate_bytes: int = 0
     filters: set[str] = dc_field(default_factory=set)  # chunk filters subscribed in the broker session
-    filters_on: int = -1     # the connection they were last (re)asserted on
+    filters_on: int = -1  # the connection they were last (re)asserted on
     shadow: bool = False  # a candidate to run beside the active model, never switched to
 
 
@@ -85,13 +93,20 @@ def model_roles(manifest: Manifest) -> dict[str, str]:
 
 
 def open_model(slots: Slots, rec: SlotRecord, manifest: Manifest, threads: int | None) -> Model:
-    return Model.open(slots.path(rec.digest), rec.artifact, rec.runtime,
-                      BundleInfo(rec.digest, rec.name, rec.version), manifest.model,
-                      model_roles(manifest), threads)
+    return Model.open(
+        slots.path(rec.digest),
+        rec.artifact,
+        rec.runtime,
+        BundleInfo(rec.digest, rec.name, rec.version),
+        manifest.model,
+        model_roles(manifest),
+        threads,
+    )
 
 
-def selftest_slot(slots: Slots, rec: SlotRecord, manifest: Manifest,
-                  threads: int | None) -> tuple[Model | None, selftest.SelftestResult]:
+def selftest_slot(
+    slots: Slots, rec: SlotRecord, manifest: Manifest, threads: int | None
+) -> tuple[Model | None, selftest.SelftestResult]:
     """Open the slot's model and run its self-test vectors. Used by the install, the start-up
     check of a trial slot and ``edgefleet-agent selftest``; the model, when it opened, is the
     caller's to serve or close."""
@@ -108,9 +123,17 @@ def selftest_slot(slots: Slots, rec: SlotRecord, manifest: Manifest,
 
 
 class Updater:
-    def __init__(self, cfg: AgentConfig, root: Callable[[], Root], slots: Slots, serving: Serving,
-                 inventory: Callable[[], Inventory], report: ReportFn, mqtt: Publisher,
-                 on_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        root: Callable[[], Root],
+        slots: Slots,
+        serving: Serving,
+        inventory: Callable[[], Inventory],
+        report: ReportFn,
+        mqtt: Publisher,
+        on_change: Callable[[], None],
+    ) -> None:
         self.cfg = cfg
         self.root = root
         self.slots = slots
@@ -127,8 +150,9 @@ class Updater:
 
     # persistence ---------------------------------------------------------------------------
     def _save_job(self, env: bytes, seq: int, done: bool, outcome: str) -> None:
-        write_json(self.job_file, {"seq": seq, "envelope": base64.b64encode(env).decode(),
-                                   "done": done, "outcome": outcome})
+        write_json(
+            self.job_file, {"seq": seq, "envelope": base64.b64encode(env).decode(), "done": done, "outcome": outcome}
+        )
 
     def _finish_job(self, outcome: str) -> None:
         job = self.job
@@ -153,25 +177,40 @@ class Updater:
         active = self.serving.model
         if active is not None and active.info.digest == ref.digest:
             self._drop_shadow()
-            self.report("shadow", "failed", Reason.MALFORMED, "shadow candidate is the active bundle", desired.seq, ref.digest)
+            self.report(
+                "shadow", "failed", Reason.MALFORMED, "shadow candidate is the active bundle", desired.seq, ref.digest
+            )
             self._finish_job("shadow:same")
             return
         cur = self.serving.shadow
         if cur is not None and cur.info.digest == ref.digest:
             self.serving.set_shadow(cur, desired.shadow_sample)
-            self.report("shadow", "ok", Reason.OK, f"shadow sample now {desired.shadow_sample:g}", desired.seq, ref.digest)
+            self.report(
+                "shadow", "ok", Reason.OK, f"shadow sample now {desired.shadow_sample:g}", desired.seq, ref.digest
+            )
             self._finish_job("shadow:running")
             return
-        result = plan(self.current(ref.archive.sha256), replace(desired, bundle=ref, action="install"),
-                      self.inventory(), int(time.time()), self.cfg.disk_reserve_bytes)
+        result = plan(
+            self.current(ref.archive.sha256),
+            replace(desired, bundle=ref, action="install"),
+            self.inventory(),
+            int(time.time()),
+            self.cfg.disk_reserve_bytes,
+        )
         if isinstance(result, Rejection):
             self.report("shadow", "failed", result.reason, result.detail, desired.seq, ref.digest)
             self.job = None
             self._finish_job(f"shadow:{result.reason.value}")
             return
         self.job = Job(desired, Plan("install", desired.seq, ref, result.need_bytes), shadow=True)
-        self.report("shadow", "progress", Reason.OK, f"fetching shadow candidate {ref.name} {ref.version}",
-                    desired.seq, ref.digest)
+        self.report(
+            "shadow",
+            "progress",
+            Reason.OK,
+            f"fetching shadow candidate {ref.name} {ref.version}",
+            desired.seq,
+            ref.digest,
+        )
         if self.slots.has(ref.digest):
             try:
                 manifest = self.slots.check(ref.digest, self.root())
@@ -180,8 +219,9 @@ class Updater:
             else:
                 choice = choose_artifact(manifest, self.inventory())
                 if not isinstance(choice, Rejection):
-                    rec = SlotRecord(ref.digest, manifest.name, manifest.version, choice.artifact.name, choice.runtime,
-                                     desired.seq)
+                    rec = SlotRecord(
+                        ref.digest, manifest.name, manifest.version, choice.artifact.name, choice.runtime, desired.seq
+                    )
                     self._selftest_and_switch(rec, manifest, choice)
                     return
         self._start_download(time.time())
@@ -213,8 +253,11 @@ class Updater:
     # entry ---------------------------------------------------------------------------------
     def current(self, ref_sha: str | None = None) -> Current:
         st = self.slots.load()
-        return Current(st.active.digest if st.active else None, st.previous.digest if st.previous else None,
-                       bytes_on_disk(self.downloads, ref_sha) if ref_sha else 0)
+        return Current(
+            st.active.digest if st.active else None,
+            st.previous.digest if st.previous else None,
+            bytes_on_disk(self.downloads, ref_sha) if ref_sha else 0,
+        )
 
     def accept(self, desired: Desired, env: bytes, now: int) -> None:
         """Start (or restart) the job for a verified desired document."""
@@ -272,9 +315,12 @@ class Updater:
         self.on_change()
         need = packet_bytes_for(ref.archive.chunk_size)
         if need > self.cfg.max_packet_bytes:  # the broker would drop every chunk for us: fail, never stall
-            self._fail("download", Reason.MALFORMED,
-                       f"chunk size {ref.archive.chunk_size} needs MQTT packets of {need} bytes, this agent "
-                       f"accepts at most {self.cfg.max_packet_bytes} (max_packet_bytes)")
+            self._fail(
+                "download",
+                Reason.MALFORMED,
+                f"chunk size {ref.archive.chunk_size} needs MQTT packets of {need} bytes, this agent "
+                f"accepts at most {self.cfg.max_packet_bytes} (max_packet_bytes)",
+            )
             return
         try:
             job.download = Download(self.downloads, ref.archive)
@@ -286,15 +332,26 @@ class Updater:
             return
         dl = job.download
         job.last_chunk = job.last_fetch = time.monotonic()
-        self.report("download", "progress", Reason.OK,
-                    f"{len(dl.missing())} of {dl.total} chunks to fetch", job.desired.seq, ref.digest,
-                    progress=dl.received / max(1, ref.archive.size))
+        self.report(
+            "download",
+            "progress",
+            Reason.OK,
+            f"{len(dl.missing())} of {dl.total} chunks to fetch",
+            job.desired.seq,
+            ref.digest,
+            progress=dl.received / max(1, ref.archive.size),
+        )
         if dl.complete:
             self._finish_download()
             return
         if dl.rechecked:
-            log.info("resuming the download of %s: %d of %d chunks verified on disk, asking for the other %d",
-                     ref.archive.sha256[:12], dl.rechecked, dl.total, len(dl.missing()))
+            log.info(
+                "resuming the download of %s: %d of %d chunks verified on disk, asking for the other %d",
+                ref.archive.sha256[:12],
+                dl.rechecked,
+                dl.total,
+                len(dl.missing()),
+            )
         self._subscribe_chunks()
 
     def resubscribe(self) -> None:
@@ -311,15 +368,25 @@ class Updater:
         if job.filters_on == conn:
             return  # already asked on this connection: asking again would replay retained chunks
         dl = job.download
-        sub = chunk_subscription(job.plan.bundle.archive.sha256, dl.missing(), dl.total, job.filters,
-                                 self.mqtt.session_present and job.filters_on >= 0, self.mqtt.retain_handling)
+        sub = chunk_subscription(
+            job.plan.bundle.archive.sha256,
+            dl.missing(),
+            dl.total,
+            job.filters,
+            self.mqtt.session_present and job.filters_on >= 0,
+            self.mqtt.retain_handling,
+        )
         if sub.unsubscribe:
             self.mqtt.unsubscribe_all(list(sub.unsubscribe))
         if self.mqtt.subscribe_all(list(sub.subscribe), qos=1, only_new=sub.only_new):
             job.filters = set(sub.subscribe)
             job.filters_on = conn
-            log.info("subscribed to %d chunk topic(s) of %s%s", len(sub.subscribe), dl.plan.sha256[:12],
-                     " (kept by the session)" if sub.only_new else "")
+            log.info(
+                "subscribed to %d chunk topic(s) of %s%s",
+                len(sub.subscribe),
+                dl.plan.sha256[:12],
+                " (kept by the session)" if sub.only_new else "",
+            )
 
     def _drop_filters(self, job: Job) -> None:
         if job.filters:
@@ -345,8 +412,15 @@ class Updater:
         except VerificationError as exc:
             job.bad_chunks += 1
             log.warning("chunk %s rejected: %s", topic.index, exc)
-            self.report("download", "progress", exc.reason, f"chunk {topic.index} rejected and re-requested: {exc.detail}",
-                        job.desired.seq, ref.digest, progress=dl.received / max(1, ref.archive.size))
+            self.report(
+                "download",
+                "progress",
+                exc.reason,
+                f"chunk {topic.index} rejected and re-requested: {exc.detail}",
+                job.desired.seq,
+                ref.digest,
+                progress=dl.received / max(1, ref.archive.size),
+            )
             self._request([topic.index])
             return
         except DiskFull as exc:
@@ -363,8 +437,15 @@ class Updater:
         decile = int(10 * dl.received / max(1, ref.archive.size))
         if decile != job.reported_decile and not dl.complete:
             job.reported_decile = decile
-            self.report("download", "progress", Reason.OK, f"{dl.total - len(dl.missing())}/{dl.total} chunks",
-                        job.desired.seq, ref.digest, progress=dl.received / max(1, ref.archive.size))
+            self.report(
+                "download",
+                "progress",
+                Reason.OK,
+                f"{dl.total - len(dl.missing())}/{dl.total} chunks",
+                job.desired.seq,
+                ref.digest,
+                progress=dl.received / max(1, ref.archive.size),
+            )
         if 2 * dl.received >= ref.archive.size and not dl.complete:
             self._crash_point("download")
         if dl.complete:
@@ -376,7 +457,7 @@ class Updater:
         job = self.job
         if job is None or job.stage != "download" or job.download is None:
             return
-        wait = self.cfg.fetch_repair_s * min(8, 2 ** job.fetch_rounds)
+        wait = self.cfg.fetch_repair_s * min(8, 2**job.fetch_rounds)
         if now_mono - max(job.last_chunk, job.last_fetch) < wait:
             return
         missing = job.download.missing()
@@ -397,14 +478,32 @@ class Updater:
         job = self.job
         assert job is not None and job.download is not None and job.plan.bundle is not None
         ref, dl, seq = job.plan.bundle, job.download, job.desired.seq
-        log.info("download of %s complete: %d chunks, %d bytes received, %d duplicate (%d bytes), "
-                 "%d chunks were on disk at start", ref.archive.sha256[:12], dl.total, job.received_bytes,
-                 job.duplicates, job.duplicate_bytes, dl.rechecked)
-        self.report("download", "ok", Reason.OK, f"{ref.archive.size} bytes in {dl.total} chunks", seq, ref.digest,
-                    progress=1.0, metrics={"bad_chunks": job.bad_chunks, "received_bytes": job.received_bytes,
-                                           "duplicate_chunks": job.duplicates,
-                                           "duplicate_bytes": job.duplicate_bytes,
-                                           "resumed_chunks": dl.rechecked})
+        log.info(
+            "download of %s complete: %d chunks, %d bytes received, %d duplicate (%d bytes), "
+            "%d chunks were on disk at start",
+            ref.archive.sha256[:12],
+            dl.total,
+            job.received_bytes,
+            job.duplicates,
+            job.duplicate_bytes,
+            dl.rechecked,
+        )
+        self.report(
+            "download",
+            "ok",
+            Reason.OK,
+            f"{ref.archive.size} bytes in {dl.total} chunks",
+            seq,
+            ref.digest,
+            progress=1.0,
+            metrics={
+                "bad_chunks": job.bad_chunks,
+                "received_bytes": job.received_bytes,
+                "duplicate_chunks": job.duplicates,
+                "duplicate_bytes": job.duplicate_bytes,
+                "resumed_chunks": dl.rechecked,
+            },
+        )
         job.stage = "verify"
         self.on_change()
         try:
@@ -435,18 +534,24 @@ class Updater:
             return
         if digest != ref.digest:
             shutil.rmtree(slot_dir, ignore_errors=True)
-            self._fail("verify", Reason.HASH_MISMATCH,
-                       f"archive holds bundle {digest[:12]}, desired names {ref.digest[:12]}", remove_download=True)
+            self._fail(
+                "verify",
+                Reason.HASH_MISMATCH,
+                f"archive holds bundle {digest[:12]}, desired names {ref.digest[:12]}",
+                remove_download=True,
+            )
             return
-        self.report("verify", "ok", Reason.OK, f"{manifest.name} {manifest.version} signature and hashes verified",
-                    seq, digest)
+        self.report(
+            "verify", "ok", Reason.OK, f"{manifest.name} {manifest.version} signature and hashes verified", seq, digest
+        )
         choice = choose_artifact(manifest, self.inventory())
         if isinstance(choice, Rejection):
             shutil.rmtree(slot_dir, ignore_errors=True)
             self._fail(choice.stage, choice.reason, choice.detail, remove_download=True)
             return
-        self.report("stage", "ok", Reason.OK, f"staged; will serve {choice.artifact.name} on {choice.runtime}",
-                    seq, digest)
+        self.report(
+            "stage", "ok", Reason.OK, f"staged; will serve {choice.artifact.name} on {choice.runtime}", seq, digest
+        )
         self._crash_point("stage")
         rec = SlotRecord(digest, manifest.name, manifest.version, choice.artifact.name, choice.runtime, seq)
         self._selftest_and_switch(rec, manifest, choice)
@@ -465,9 +570,14 @@ class Updater:
             if job.shadow:
                 self.report("shadow", "failed", result.reason, "shadow candidate failed its self-test", seq, rec.digest)
             else:
-                self.report("rollback", "ok", result.reason,
-                            f"staged bundle discarded; still serving {active.info.digest[:12] if active else 'nothing'}",
-                            seq, rec.digest)
+                self.report(
+                    "rollback",
+                    "ok",
+                    result.reason,
+                    f"staged bundle discarded; still serving {active.info.digest[:12] if active else 'nothing'}",
+                    seq,
+                    rec.digest,
+                )
             if model is not None:
                 model.close()
             self._remove_download()
@@ -479,20 +589,33 @@ class Updater:
             old_shadow = self.serving.set_shadow(model, job.desired.shadow_sample)
             if old_shadow is not None:
                 old_shadow.close()
-            self.report("shadow", "ok", Reason.OK,
-                        f"running {rec.name} {rec.version} beside the active model on {job.desired.shadow_sample:.0%} of requests",
-                        seq, rec.digest)
+            self.report(
+                "shadow",
+                "ok",
+                Reason.OK,
+                f"running {rec.name} {rec.version} beside the active model on {job.desired.shadow_sample:.0%} of requests",
+                seq,
+                rec.digest,
+            )
             self._remove_download()
             self._finish_job("shadow:running")
             return
         job.stage = "switch"
         before = self.slots.load()
-        self.slots.save(SlotsState(active=rec, previous=before.active, trial=True,
-                                   probation=0 if self.cfg.probation_inferences > 0 else None))
+        self.slots.save(
+            SlotsState(
+                active=rec,
+                previous=before.active,
+                trial=True,
+                probation=0 if self.cfg.probation_inferences > 0 else None,
+            )
+        )
         old = self.serving.swap(model, (self.cfg.probation_inferences, self.cfg.probation_max_errors))
         if old is not None:
             old.close()
-        self.report("switch", "ok", Reason.OK, f"now serving {rec.name} {rec.version} on {rec.runtime}", seq, rec.digest)
+        self.report(
+            "switch", "ok", Reason.OK, f"now serving {rec.name} {rec.version} on {rec.runtime}", seq, rec.digest
+        )
         self._crash_point("switch")
         self.commit(rec, seq)
 
@@ -522,7 +645,9 @@ class Updater:
             self._start_download(time.time())
             return
         rec = SlotRecord(prev.digest, prev.name, prev.version, prev.artifact, prev.runtime, desired.seq)
-        self.report("stage", "ok", Reason.OK, f"using the kept slot for {prev.name} {prev.version}", desired.seq, prev.digest)
+        self.report(
+            "stage", "ok", Reason.OK, f"using the kept slot for {prev.name} {prev.version}", desired.seq, prev.digest
+        )
         choice = choose_artifact(manifest, self.inventory())
         if isinstance(choice, Rejection):
             self._fail(choice.stage, choice.reason, choice.detail)
@@ -533,8 +658,13 @@ class Updater:
         """Switch back to the previous slot (probation failure, operator command)."""
         st = self.slots.load()
         if st.previous is None:
-            self.report("rollback", "failed", reason, f"{detail}; no previous slot to roll back to",
-                        bundle=st.active.digest if st.active else None)
+            self.report(
+                "rollback",
+                "failed",
+                reason,
+                f"{detail}; no previous slot to roll back to",
+                bundle=st.active.digest if st.active else None,
+            )
             return False
         prev = st.previous
         try:
@@ -550,8 +680,14 @@ class Updater:
             old.close()
         self.slots.gc(self.slots.load(), self._keep())
         # desired_seq names the install being abandoned, so the hub can fail it in its rollout
-        self.report("rollback", "ok", reason, f"{detail}; back to {prev.name} {prev.version}",
-                    desired_seq=abandoned_seq, bundle=prev.digest)
+        self.report(
+            "rollback",
+            "ok",
+            reason,
+            f"{detail}; back to {prev.name} {prev.version}",
+            desired_seq=abandoned_seq,
+            bundle=prev.digest,
+        )
         self.on_change()
         return True
 
@@ -585,4 +721,3 @@ class Updater:
             b = self.job.plan.bundle
             return BundleInfo(b.digest, b.name, b.version)
         return None
-

@@ -12,7 +12,9 @@ SKIP = {"__main__", "report", "seed_api"}  # seed_api is the baseline server, no
 
 def names() -> list[str]:
     here = Path(__file__).parent
-    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name not in SKIP and not m.name.startswith("_"))
+    return sorted(
+        m.name for m in pkgutil.iter_modules([str(here)]) if m.name not in SKIP and not m.name.startswith("_")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,6 +75,7 @@ def _free_port() -> int:
 
 def _trust(tmp: Path) -> tuple[Any, Path]:
     from protocol.signing import SigningKey, root_document, seal
+
     rk, tk = SigningKey.generate(), SigningKey.generate()
     root = seal("root", root_document(1, int(time.time()) + 86400, [rk], 1, [tk]), [rk]).to_bytes()
     (tmp / "root.json").write_bytes(root)
@@ -88,6 +89,7 @@ def _coral_bundle(out: Path) -> Path:
 
     from protocol.bundle import MANIFEST_FILE, Artifact, Manifest, Requirements
     from protocol.signing import seal
+
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(CORAL / "mobilenet_v2_1.0_224_quant.tflite", out / "model_int8.tflite")
     shutil.copyfile(CORAL / "imagenet_labels.txt", out / "labels.txt")
@@ -98,16 +100,34 @@ def _coral_bundle(out: Path) -> Path:
     it.set_tensor(it.get_input_details()[0]["index"], x)
     it.invoke()
     y = it.get_tensor(it.get_output_details()[0]["index"])
-    (out / "selftest.json").write_text(json.dumps({"schema": 1, "artifact": "model_int8.tflite", "tolerance": 2,
-                                                   "max_latency_ms": 5000,
-                                                   "cases": [{"input": x.tolist(), "expected": y.tolist()}]}))
+    (out / "selftest.json").write_text(
+        json.dumps(
+            {
+                "schema": 1,
+                "artifact": "model_int8.tflite",
+                "tolerance": 2,
+                "max_latency_ms": 5000,
+                "cases": [{"input": x.tolist(), "expected": y.tolist()}],
+            }
+        )
+    )
     preprocess = {"kind": "image", "height": 224, "width": 224, "channels": 3, "scale": 1 / 128, "offset": -1.0}
     (out / "baseline.json").write_text(json.dumps(_baseline(it, preprocess)))
-    files = {"model_int8.tflite": "tflite_int8", "labels.txt": "labels", "selftest.json": "selftest",
-             "baseline.json": "baseline"}
+    files = {
+        "model_int8.tflite": "tflite_int8",
+        "labels.txt": "labels",
+        "selftest.json": "selftest",
+        "baseline.json": "baseline",
+    }
     arts = tuple(Artifact.of(n, r, (out / n).read_bytes()) for n, r in files.items())
-    m = Manifest("mobilenet_v2", "1", int(time.time()), arts, Requirements("none"),
-                 model={"task": "classification", "labels": "labels.txt", "preprocess": preprocess})
+    m = Manifest(
+        "mobilenet_v2",
+        "1",
+        int(time.time()),
+        arts,
+        Requirements("none"),
+        model={"task": "classification", "labels": "labels.txt", "preprocess": preprocess},
+    )
     (out / MANIFEST_FILE).write_bytes(seal("manifest", m.to_dict(), []).to_bytes())
     return out
 
@@ -119,6 +139,7 @@ def _baseline(it: Any, preprocess: dict[str, Any]) -> dict[str, Any]:
     from PIL import Image, ImageOps
 
     from compiler.baseline import build
+
     images = []
     for name in ("cat_720p.jpg", "grace_hopper.bmp"):
         img = Image.open(CORAL / name).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
@@ -140,8 +161,12 @@ def _digits_bundle() -> Path | None:
     if not (src / "manifest.json").exists():
         print("building the digits bundle with the compiler in a child process...", flush=True)
         shutil.rmtree(src, ignore_errors=True)
-        proc = subprocess.run([sys.executable, "-m", "compiler", "digits", "--out", str(src), "--quiet"],
-                              cwd=REPO, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "compiler", "digits", "--out", str(src), "--quiet"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             print(f"digits build failed; skipping digits:\n{proc.stderr[-1500:]}", file=sys.stderr)
             return None
@@ -154,6 +179,7 @@ def _install(bundle_dir: Path, key: Any, root_path: Path, state: Path) -> str:
     from agent.slots import SlotRecord, Slots, SlotsState
     from protocol.bundle import MANIFEST_FILE, pack_archive
     from protocol.signing import Envelope, load_root_unverified
+
     env = Envelope.parse((bundle_dir / MANIFEST_FILE).read_bytes())
     env = Envelope(env.payload_type, env.payload, ()).add_signature(key)
     arts = {p.name: p.read_bytes() for p in bundle_dir.iterdir() if p.name != MANIFEST_FILE}
@@ -164,8 +190,20 @@ def _install(bundle_dir: Path, key: Any, root_path: Path, state: Path) -> str:
     manifest, digest, _ = slots.stage(archive, archive.stat().st_size, load_root_unverified(root_path.read_bytes()))
     choice = choose_artifact(manifest, Inventory("bench"))
     assert not hasattr(choice, "reason"), choice
-    slots.save(SlotsState(SlotRecord(digest, manifest.name, manifest.version, choice.artifact.name,  # type: ignore[union-attr]
-                                     choice.runtime, 0), None, False))  # type: ignore[union-attr]
+    slots.save(
+        SlotsState(
+            SlotRecord(
+                digest,
+                manifest.name,
+                manifest.version,
+                choice.artifact.name,  # type: ignore[union-attr]
+                choice.runtime,
+                0,
+            ),
+            None,
+            False,
+        )
+    )  # type: ignore[union-attr]
     archive.unlink()
     return digest
 
@@ -175,6 +213,7 @@ class Bare:
 
     def __init__(self, model: Path, x: np.ndarray) -> None:
         from ai_edge_litert.interpreter import Interpreter
+
         self.it = Interpreter(model_path=str(model))
         self.it.allocate_tensors()
         d = self.it.get_input_details()[0]
@@ -193,8 +232,14 @@ class Bare:
 
 def _multipart(data: bytes, name: str) -> tuple[bytes, str]:
     b = uuid.uuid4().hex
-    body = (f"--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{b}--\r\n".encode()
+    body = (
+        (
+            f'--{b}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{b}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={b}"
 
 
@@ -234,16 +279,22 @@ class WrkClient:
 
     def __init__(self, wrk: str, port: int, work: Path, client: Client) -> None:
         from bench.fallback import WRK_LUA
+
         self.wrk, self.url = wrk, f"http://127.0.0.1:{port}/v1/predict"
         self.script = work / "agent-post.lua"
         self.script.write_text(WRK_LUA)
         body = work / f"agent-body-{uuid.uuid4().hex}.bin"
         body.write_bytes(client.body)
-        self.env = dict(os.environ, BENCH_BODY=str(body), BENCH_CTYPE=client.ctype,
-                        BENCH_HEADERS="\n".join(f"{k}: {v}" for k, v in client.headers.items()))
+        self.env = dict(
+            os.environ,
+            BENCH_BODY=str(body),
+            BENCH_CTYPE=client.ctype,
+            BENCH_HEADERS="\n".join(f"{k}: {v}" for k, v in client.headers.items()),
+        )
 
     def run(self, seconds: int = 1) -> float:
         from bench.fallback import _wrk
+
         summary, _, _ = _wrk(self.wrk, self.script, self.env, self.url, 1, seconds)
         if summary["status"] or summary["requests"] < 1:
             raise RuntimeError(f"wrk: {summary['status']} non-2xx answers of {summary['requests']} requests")
@@ -261,8 +312,10 @@ class RawClient:
 
     def __init__(self, port: int, body: bytes, ctype: str, headers: dict[str, str], warmup: int = 5) -> None:
         extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self.request = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
-                        f"{extra}Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body
+        self.request = (
+            f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+            f"{extra}Content-Length: {len(body)}\r\n\r\n"
+        ).encode("latin-1") + body
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.last_server_ms: float | None = None  # the latency_ms of the last answer (the floor sends none)
@@ -297,8 +350,9 @@ class RawClient:
         self.sock.close()
 
 
-def paired(bare: Bare, agent: RawClient, floor: RawClient, n: int
-           ) -> tuple[list[float], list[float], list[float], list[float]]:
+def paired(
+    bare: Bare, agent: RawClient, floor: RawClient, n: int
+) -> tuple[list[float], list[float], list[float], list[float]]:
     """``n`` rounds of two bare invokes, two agent requests and two floor requests, back to
     back; the second of each pair is timed. Returns (bare ms, agent ms, floor ms, the agent's
     own latency_ms), aligned by round.
@@ -335,9 +389,9 @@ def overhead(api: list[float], bare: list[float], seed: int = 0) -> tuple[float,
     return 100 * float(np.median(r)), 100 * float(np.percentile(meds, 2.5)), 100 * float(np.percentile(meds, 97.5))
 
 
-def interleaved(bare: Bare, client: Client, n: int, wrk: WrkClient | None = None,
-                floor: WrkClient | None = None, block: int = 20
-                ) -> tuple[list[float], list[float], list[float], list[float]]:
+def interleaved(
+    bare: Bare, client: Client, n: int, wrk: WrkClient | None = None, floor: WrkClient | None = None, block: int = 20
+) -> tuple[list[float], list[float], list[float], list[float]]:
     """Alternate blocks of bare invokes, http.client requests and (when given) one-second wrk
     runs against the agent and the floor server, so machine load hits all of them alike.
     Returns (bare ms, http.client ms, wrk p50s, floor p50s)."""
@@ -359,8 +413,12 @@ def interleaved(bare: Bare, client: Client, n: int, wrk: WrkClient | None = None
 def _start_floor(model: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     """bench/floor_server.py on ``model``: recv the request, invoke, send a fixed answer."""
     port_file = tmp / f"floor-{model.parent.name}.port"
-    proc = subprocess.Popen([sys.executable, "-m", "bench.floor_server", str(model), str(port_file)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.floor_server", str(model), str(port_file)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if port_file.exists() and port_file.read_text().strip():
@@ -381,13 +439,21 @@ def _proc_stat(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-def _start_agent(tmp: Path, name: str, root_path: Path, state: Path, broker: str) -> tuple[subprocess.Popen[bytes], int]:
+def _start_agent(
+    tmp: Path, name: str, root_path: Path, state: Path, broker: str
+) -> tuple[subprocess.Popen[bytes], int]:
     conf = tmp / f"{name}.toml"
-    conf.write_text(f'device_id = "bench-{name}"\nbroker = "{broker}"\nstate_dir = "{state}"\n'
-                    f'root = "{root_path}"\nhttp_port = 0\ntelemetry_interval_s = 10\nedgetpu = "auto"\n')
+    conf.write_text(
+        f'device_id = "bench-{name}"\nbroker = "{broker}"\nstate_dir = "{state}"\n'
+        f'root = "{root_path}"\nhttp_port = 0\ntelemetry_interval_s = 10\nedgetpu = "auto"\n'
+    )
     log = open(tmp / f"{name}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(conf), "--log-level", "WARNING"],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(conf), "--log-level", "WARNING"],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     log.close()
     deadline = time.monotonic() + 60
     port_file = state / "http.port"
@@ -414,14 +480,23 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench agent", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench agent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="fewer requests, shorter idle window")
-    p.add_argument("--requests", type=int, help="timed requests per case, for each client and for the paired rounds (default 300, quick 60)")
-    p.add_argument("--client", choices=["auto", "wrk", "python"], default="auto",
-                   help="clients of the block measurements (the paired headline always uses its raw "
-                        "socket client): python = http.client only; wrk = http.client and wrk (error "
-                        "if wrk is missing); auto = wrk too when installed")
+    p.add_argument(
+        "--requests",
+        type=int,
+        help="timed requests per case, for each client and for the paired rounds (default 300, quick 60)",
+    )
+    p.add_argument(
+        "--client",
+        choices=["auto", "wrk", "python"],
+        default="auto",
+        help="clients of the block measurements (the paired headline always uses its raw "
+        "socket client): python = http.client only; wrk = http.client and wrk (error "
+        "if wrk is missing); auto = wrk too when installed",
+    )
     args = p.parse_args(argv)
     n = args.requests or (60 if args.quick else 300)
     wrk = shutil.which("wrk") if args.client != "python" else None
@@ -429,25 +504,34 @@ def main(argv: list[str] | None = None) -> int:
         print("--client wrk: wrk is not on PATH (apt-get install wrk)", file=sys.stderr)
         return 2
     if wrk is None and args.client == "auto":
-        print("note: wrk not found (apt-get install wrk): the block measurements use http.client "
-              "only; the paired headline does not need wrk", flush=True)
+        print(
+            "note: wrk not found (apt-get install wrk): the block measurements use http.client "
+            "only; the paired headline does not need wrk",
+            flush=True,
+        )
     idle_s = 3.0 if args.quick else 10.0
     if not (CORAL / "mobilenet_v2_1.0_224_quant.tflite").exists():
         print(f"Coral models not found at {CORAL} (set EDGEFLEET_CORAL_MODELS)", file=sys.stderr)
         return 2
     from PIL import Image
+
     tmp = Path(tempfile.mkdtemp(prefix="bench-agent-"))
     broker_proc = None
     broker = "mqtt://127.0.0.1:9"  # nothing listens: the agent keeps serving while it retries
     if shutil.which("mosquitto"):
         port = _free_port()
         (tmp / "mq.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-        broker_proc = subprocess.Popen(["mosquitto", "-c", str(tmp / "mq.conf")],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        broker_proc = subprocess.Popen(
+            ["mosquitto", "-c", str(tmp / "mq.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         broker = f"mqtt://127.0.0.1:{port}"
     cases: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"requests": n, "clients": 1, "threads": "LiteRT default (agent and bare)",
-                              "loadavg_start": round(os.getloadavg()[0], 2)}
+    params: dict[str, Any] = {
+        "requests": n,
+        "clients": 1,
+        "threads": "LiteRT default (agent and bare)",
+        "loadavg_start": round(os.getloadavg()[0], 2),
+    }
     try:
         key, root_path = _trust(tmp)
         models: list[tuple[str, Path]] = [("mobilenet_v2_224", _coral_bundle(tmp / "mnv2"))]
@@ -460,22 +544,28 @@ def main(argv: list[str] | None = None) -> int:
             _install(bdir, key, root_path, state)
             if name == "digits":
                 from ai_edge_litert.interpreter import Interpreter
+
                 d = Interpreter(model_path=str(bdir / "model_int8.tflite")).get_input_details()[0]
                 bare = Bare(bdir / "model_int8.tflite", np.zeros(d["shape"], d["dtype"]))
                 img = Image.new("L", (8, 8), 0)
                 buf = io.BytesIO()
                 img.save(buf, "PNG")
                 x = np.zeros((1, 8, 8, 1), np.float32)
-                uploads = [("png_8x8", buf.getvalue(), "d.png", None),
-                           ("tensor_f32", x.tobytes(), "", {"X-Tensor-Shape": "1,8,8,1", "X-Tensor-Dtype": "float32"})]
+                uploads = [
+                    ("png_8x8", buf.getvalue(), "d.png", None),
+                    ("tensor_f32", x.tobytes(), "", {"X-Tensor-Shape": "1,8,8,1", "X-Tensor-Dtype": "float32"}),
+                ]
             else:
                 img = Image.open(CORAL / "cat_720p.jpg").convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
                 bare = Bare(bdir / "model_int8.tflite", np.asarray(img, dtype=np.uint8)[None])
                 buf = io.BytesIO()
                 img.save(buf, "JPEG", quality=90)
                 px = np.asarray(img, dtype=np.uint8)[None]
-                uploads = [("jpeg_224", buf.getvalue(), "cat224.jpg", None), ("jpeg_720p", cat, "cat_720p.jpg", None),
-                           ("tensor_u8", px.tobytes(), "", {"X-Tensor-Shape": "1,224,224,3", "X-Tensor-Dtype": "uint8"})]
+                uploads = [
+                    ("jpeg_224", buf.getvalue(), "cat224.jpg", None),
+                    ("jpeg_720p", cat, "cat_720p.jpg", None),
+                    ("tensor_u8", px.tobytes(), "", {"X-Tensor-Shape": "1,224,224,3", "X-Tensor-Dtype": "uint8"}),
+                ]
             proc, port = _start_agent(tmp, name, root_path, state, broker)
             floor_proc, floor_port = _start_floor(bdir / "model_int8.tflite", tmp)
             try:
@@ -503,25 +593,39 @@ def main(argv: list[str] | None = None) -> int:
                     b50, a50 = statistics.median(bare_t), statistics.median(api)
                     w50 = statistics.median(wrk_t) if wrk_t else None
                     f50 = statistics.median(floor_t) if floor_t else None
-                    cases.append({"model": name, "upload": label, "client": "raw socket, paired rounds",
-                                  "p50_ms": statistics.median(pa), "paired_bare_p50_ms": statistics.median(pb),
-                                  "paired_floor_p50_ms": statistics.median(pf),
-                                  "overhead_pct": est, "overhead_pct_ci95": [lo, hi],
-                                  "floor_overhead_pct": fest, "floor_overhead_pct_ci95": [flo, fhi],
-                                  "in_agent_ms": statistics.median(np.subtract(ps, pb)),
-                                  "http_ms": statistics.median(np.subtract(pa, ps)),
-                                  "api_p50_ms": a50, "api_p95_ms": _pct(api, 95),
-                                  "wrk_p50_ms": w50, "wrk_runs": len(wrk_t),
-                                  "wrk_floor_p50_ms": f50,
-                                  "overhead_pct_wrk": 100 * (w50 / b50 - 1) if w50 is not None else None,
-                                  "floor_overhead_pct_wrk": 100 * (f50 / b50 - 1) if f50 is not None else None,
-                                  "bare_p50_ms": b50, "bare_p95_ms": _pct(bare_t, 95),
-                                  "overhead_ms": statistics.median(np.subtract(pa, pb)),
-                                  "overhead_pct_python_client": 100 * (a50 / b50 - 1),
-                                  "server_p50_ms": server,
-                                  "rss_mb": round(rss / 2**20, 1), "idle_rss_mb": round(rss_idle / 2**20, 1),
-                                  "idle_cpu_pct": round(idle_pct, 2), "served_by": client.last.get("served_by"),
-                                  "top1": client.last["top"][0]["label"]})
+                    cases.append(
+                        {
+                            "model": name,
+                            "upload": label,
+                            "client": "raw socket, paired rounds",
+                            "p50_ms": statistics.median(pa),
+                            "paired_bare_p50_ms": statistics.median(pb),
+                            "paired_floor_p50_ms": statistics.median(pf),
+                            "overhead_pct": est,
+                            "overhead_pct_ci95": [lo, hi],
+                            "floor_overhead_pct": fest,
+                            "floor_overhead_pct_ci95": [flo, fhi],
+                            "in_agent_ms": statistics.median(np.subtract(ps, pb)),
+                            "http_ms": statistics.median(np.subtract(pa, ps)),
+                            "api_p50_ms": a50,
+                            "api_p95_ms": _pct(api, 95),
+                            "wrk_p50_ms": w50,
+                            "wrk_runs": len(wrk_t),
+                            "wrk_floor_p50_ms": f50,
+                            "overhead_pct_wrk": 100 * (w50 / b50 - 1) if w50 is not None else None,
+                            "floor_overhead_pct_wrk": 100 * (f50 / b50 - 1) if f50 is not None else None,
+                            "bare_p50_ms": b50,
+                            "bare_p95_ms": _pct(bare_t, 95),
+                            "overhead_ms": statistics.median(np.subtract(pa, pb)),
+                            "overhead_pct_python_client": 100 * (a50 / b50 - 1),
+                            "server_p50_ms": server,
+                            "rss_mb": round(rss / 2**20, 1),
+                            "idle_rss_mb": round(rss_idle / 2**20, 1),
+                            "idle_cpu_pct": round(idle_pct, 2),
+                            "served_by": client.last.get("served_by"),
+                            "top1": client.last["top"][0]["label"],
+                        }
+                    )
                     client.conn.close()
             finally:
                 if floor_proc is not None:
@@ -543,17 +647,23 @@ def main(argv: list[str] | None = None) -> int:
     def pct(c: dict[str, Any], key: str) -> float | None:
         return round(c[key], 1) if c[key] is not None else None
 
-    params.update({"rss_mb": head["rss_mb"], "idle_cpu_pct": head["idle_cpu_pct"],
-                   "overhead_pct_mobilenet_v2_224": pct(head, "overhead_pct"),
-                   "overhead_pct_mobilenet_v2_224_ci95": [round(v, 1) for v in head["overhead_pct_ci95"]],
-                   "goal_overhead_pct": 10,
-                   "overhead_pct_mobilenet_v2_224_tensor": pct(tensor, "overhead_pct"),
-                   "overhead_pct_mobilenet_v2_224_tensor_ci95": [round(v, 1) for v in tensor["overhead_pct_ci95"]],
-                   "floor_overhead_pct_mobilenet_v2_224": pct(head, "floor_overhead_pct"),
-                   "overhead_pct_mobilenet_v2_224_wrk": pct(head, "overhead_pct_wrk"),
-                   "overhead_pct_mobilenet_v2_224_python_client": pct(head, "overhead_pct_python_client"),
-                   "client": head["client"],
-                   "broker": "mosquitto" if broker_proc else "none", "loadavg_end": round(os.getloadavg()[0], 2)})
+    params.update(
+        {
+            "rss_mb": head["rss_mb"],
+            "idle_cpu_pct": head["idle_cpu_pct"],
+            "overhead_pct_mobilenet_v2_224": pct(head, "overhead_pct"),
+            "overhead_pct_mobilenet_v2_224_ci95": [round(v, 1) for v in head["overhead_pct_ci95"]],
+            "goal_overhead_pct": 10,
+            "overhead_pct_mobilenet_v2_224_tensor": pct(tensor, "overhead_pct"),
+            "overhead_pct_mobilenet_v2_224_tensor_ci95": [round(v, 1) for v in tensor["overhead_pct_ci95"]],
+            "floor_overhead_pct_mobilenet_v2_224": pct(head, "floor_overhead_pct"),
+            "overhead_pct_mobilenet_v2_224_wrk": pct(head, "overhead_pct_wrk"),
+            "overhead_pct_mobilenet_v2_224_python_client": pct(head, "overhead_pct_python_client"),
+            "client": head["client"],
+            "broker": "mosquitto" if broker_proc else "none",
+            "loadavg_end": round(os.getloadavg()[0], 2),
+        }
+    )
     path = report.write("agent", "ms", False, head["p50_ms"], None, head["paired_bare_p50_ms"], params, cases)
 
     def ci(c: dict[str, Any], key: str) -> str:
@@ -563,28 +673,37 @@ def main(argv: list[str] | None = None) -> int:
     def opt(v: float | None) -> str:
         return f"{v:>6.1f}%" if v is not None else f"{'-':>7}"
 
-    print(f"\n{'':<29}{'paired rounds (raw socket client)':^69}|{'blocks: wrk':^16}|"
-          f"{'blocks: http.client':^23}|")
-    print(f"{'model':<18}{'upload':<11}{'bare p50':>9}{'ours p50':>9}{'overhead [95% CI]':>20}{'floor [95% CI]':>19}"
-          f"{'in agent':>9}{'HTTP':>6} |{'ours':>8}{'floor':>8}|{'p50':>8}{'p95':>7}{'overhead':>8}|{'RSS MB':>7}{'idle CPU':>9}")
+    print(f"\n{'':<29}{'paired rounds (raw socket client)':^69}|{'blocks: wrk':^16}|{'blocks: http.client':^23}|")
+    print(
+        f"{'model':<18}{'upload':<11}{'bare p50':>9}{'ours p50':>9}{'overhead [95% CI]':>20}{'floor [95% CI]':>19}"
+        f"{'in agent':>9}{'HTTP':>6} |{'ours':>8}{'floor':>8}|{'p50':>8}{'p95':>7}{'overhead':>8}|{'RSS MB':>7}{'idle CPU':>9}"
+    )
     for c in cases:
-        print(f"{c['model']:<18}{c['upload']:<11}{c['paired_bare_p50_ms']:>8.3f} {c['p50_ms']:>8.3f} "
-              f"{ci(c, 'overhead_pct'):>19} {ci(c, 'floor_overhead_pct'):>18}{c['in_agent_ms']:>9.3f}{c['http_ms']:>6.3f} |"
-              f"{opt(c['overhead_pct_wrk'])} {opt(c['floor_overhead_pct_wrk'])}|{c['api_p50_ms']:>7.2f} "
-              f"{c['api_p95_ms']:>6.2f} {c['overhead_pct_python_client']:>6.1f}%|{c['rss_mb']:>6.1f} {c['idle_cpu_pct']:>7.2f}%")
-    print("overhead = API latency / bare invoke - 1. Paired rounds (the headline): two bare invokes, two agent "
-          "requests and two floor requests back to back, the second of each timed; overhead = median over rounds of "
-          "agent / bare - 1, with a 95 % bootstrap interval, so the VM's slow and fast phases cancel. "
-          "floor = bench/floor_server.py (recv, invoke, fixed answer: the round trip any server pays here). "
-          "in agent = median over rounds of the agent's latency_ms - bare (decode, preprocess, invoke in a "
-          "serving thread, answer), HTTP = median of round trip - latency_ms (both ends' HTTP, transfer), in ms. "
-          "Blocks: 20 bare invokes, then 20 http.client requests (what a Python app sees), then 1-s wrk runs "
-          "against the agent and the floor, each compared p50 to p50 (noisier: blocks fall in different phases)")
+        print(
+            f"{c['model']:<18}{c['upload']:<11}{c['paired_bare_p50_ms']:>8.3f} {c['p50_ms']:>8.3f} "
+            f"{ci(c, 'overhead_pct'):>19} {ci(c, 'floor_overhead_pct'):>18}{c['in_agent_ms']:>9.3f}{c['http_ms']:>6.3f} |"
+            f"{opt(c['overhead_pct_wrk'])} {opt(c['floor_overhead_pct_wrk'])}|{c['api_p50_ms']:>7.2f} "
+            f"{c['api_p95_ms']:>6.2f} {c['overhead_pct_python_client']:>6.1f}%|{c['rss_mb']:>6.1f} {c['idle_cpu_pct']:>7.2f}%"
+        )
+    print(
+        "overhead = API latency / bare invoke - 1. Paired rounds (the headline): two bare invokes, two agent "
+        "requests and two floor requests back to back, the second of each timed; overhead = median over rounds of "
+        "agent / bare - 1, with a 95 % bootstrap interval, so the VM's slow and fast phases cancel. "
+        "floor = bench/floor_server.py (recv, invoke, fixed answer: the round trip any server pays here). "
+        "in agent = median over rounds of the agent's latency_ms - bare (decode, preprocess, invoke in a "
+        "serving thread, answer), HTTP = median of round trip - latency_ms (both ends' HTTP, transfer), in ms. "
+        "Blocks: 20 bare invokes, then 20 http.client requests (what a Python app sees), then 1-s wrk runs "
+        "against the agent and the floor, each compared p50 to p50 (noisier: blocks fall in different phases)"
+    )
     lo, hi = head["overhead_pct_ci95"]
-    verdict = ("met" if hi <= 10 else "not met" if lo > 10 else "not decided: the interval straddles 10 %")
-    print(f"goal (issue 4): JPEG-224 upload overhead <= 10 % on MobileNetV2-224: {head['overhead_pct']:.1f} % "
-          f"[{lo:.1f}, {hi:.1f}] -> {verdict}")
-    print(f"load average {params['loadavg_start']} -> {params['loadavg_end']} (other work on the machine skews both columns)")
+    verdict = "met" if hi <= 10 else "not met" if lo > 10 else "not decided: the interval straddles 10 %"
+    print(
+        f"goal (issue 4): JPEG-224 upload overhead <= 10 % on MobileNetV2-224: {head['overhead_pct']:.1f} % "
+        f"[{lo:.1f}, {hi:.1f}] -> {verdict}"
+    )
+    print(
+        f"load average {params['loadavg_start']} -> {params['loadavg_end']} (other work on the machine skews both columns)"
+    )
     print(f"wrote {path}")
     return 0
 

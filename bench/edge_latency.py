@@ -30,12 +30,15 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-SEED_NOTE = ("the seed's -60 % int8 latency is an Edge TPU / ARM figure (Coral: MobileNet v2 2.6 ms on the "
-             "Edge TPU vs 51 ms on a desktop CPU), not a property of int8 on any CPU")
+SEED_NOTE = (
+    "the seed's -60 % int8 latency is an Edge TPU / ARM figure (Coral: MobileNet v2 2.6 ms on the "
+    "Edge TPU vs 51 ms on a desktop CPU), not a property of int8 on any CPU"
+)
 # what Coral's test_data README says each model answers (../shared/models/coral/README.md)
-CORAL_EXPECT = {"mobilenet_v2_1.0_224_quant.tflite": {"cat_720p.jpg": "Egyptian cat",
-                                                      "grace_hopper.bmp": "military uniform"},
-                "mobilenet_v1_0.25_128_quant.tflite": {"cat_720p.jpg": "tiger cat"}}
+CORAL_EXPECT = {
+    "mobilenet_v2_1.0_224_quant.tflite": {"cat_720p.jpg": "Egyptian cat", "grace_hopper.bmp": "military uniform"},
+    "mobilenet_v1_0.25_128_quant.tflite": {"cat_720p.jpg": "tiger cat"},
+}
 
 
 def _coral_dir() -> Path | None:
@@ -58,26 +61,44 @@ def _time(fn: Any, runs: int, warmup: int = 10) -> tuple[float, float]:
     return statistics.median(ts) * 1e3, ts[int(0.9 * (len(ts) - 1))] * 1e3
 
 
-def _tflite_case(model: str, artifact: str, data: bytes, x: np.ndarray, threads: int, runs: int,
-                 accuracy: float | None) -> dict[str, Any]:
+def _tflite_case(
+    model: str, artifact: str, data: bytes, x: np.ndarray, threads: int, runs: int, accuracy: float | None
+) -> dict[str, Any]:
     from compiler.inference import TfliteRunner
 
     r = TfliteRunner(data, artifact, threads=threads)
     raw = r.input.quantize(x[:1]).reshape(r.input.shape)
     med, p90 = _time(lambda: r.run_raw(raw), runs)
-    return {"model": model, "artifact": artifact, "runtime": "ai_edge_litert", "threads": threads,
-            "median_ms": round(med, 4), "p90_ms": round(p90, 4), "size_bytes": len(data), "accuracy": accuracy}
+    return {
+        "model": model,
+        "artifact": artifact,
+        "runtime": "ai_edge_litert",
+        "threads": threads,
+        "median_ms": round(med, 4),
+        "p90_ms": round(p90, 4),
+        "size_bytes": len(data),
+        "accuracy": accuracy,
+    }
 
 
-def _onnx_case(model: str, data: bytes, x: np.ndarray, threads: int, runs: int,
-               accuracy: float | None) -> dict[str, Any]:
+def _onnx_case(
+    model: str, data: bytes, x: np.ndarray, threads: int, runs: int, accuracy: float | None
+) -> dict[str, Any]:
     from compiler.inference import OnnxRunner
 
     r = OnnxRunner(data, threads=threads)
     one = x[:1].astype(np.float32)
     med, p90 = _time(lambda: r.session.run(None, {r.input_name: one}), runs)
-    return {"model": model, "artifact": "model.onnx", "runtime": "onnxruntime", "threads": threads,
-            "median_ms": round(med, 4), "p90_ms": round(p90, 4), "size_bytes": len(data), "accuracy": accuracy}
+    return {
+        "model": model,
+        "artifact": "model.onnx",
+        "runtime": "onnxruntime",
+        "threads": threads,
+        "median_ms": round(med, 4),
+        "p90_ms": round(p90, 4),
+        "size_bytes": len(data),
+        "accuracy": accuracy,
+    }
 
 
 def _build(cmd: list[str]) -> None:
@@ -97,8 +118,11 @@ def _bundle_cases(name: str, d: Path, x: np.ndarray, y: np.ndarray | None, runs:
             scores = OnnxRunner(data).scores(x) if art.endswith(".onnx") else TfliteRunner(data).scores(x)
             acc = round(float((scores.argmax(axis=1) == y).mean()), 4)
         for threads in (1, 2):
-            cases.append(_onnx_case(name, data, x, threads, runs, acc) if art.endswith(".onnx")
-                         else _tflite_case(name, art, data, x, threads, runs, acc))
+            cases.append(
+                _onnx_case(name, data, x, threads, runs, acc)
+                if art.endswith(".onnx")
+                else _tflite_case(name, art, data, x, threads, runs, acc)
+            )
     return cases
 
 
@@ -121,23 +145,39 @@ def _coral_cases(coral: Path, runs: int) -> list[dict[str, Any]]:
             rt = TfliteRunner(data, fname, threads=threads)
             px = np.zeros(rt.input.shape, rt.input.dtype)
             med, p90 = _time(lambda: rt.run_raw(px), runs)
-            cases.append({"model": fname.removesuffix(".tflite"), "artifact": "coral uint8", "runtime": "ai_edge_litert",
-                          "threads": threads, "median_ms": round(med, 4), "p90_ms": round(p90, 4),
-                          "size_bytes": len(data), "accuracy": hits / len(expect)})
+            cases.append(
+                {
+                    "model": fname.removesuffix(".tflite"),
+                    "artifact": "coral uint8",
+                    "runtime": "ai_edge_litert",
+                    "threads": threads,
+                    "median_ms": round(med, 4),
+                    "p90_ms": round(p90, 4),
+                    "size_bytes": len(data),
+                    "accuracy": hits / len(expect),
+                }
+            )
     return cases
 
 
 def _ratio(cases: list[dict[str, Any]], model: str, threads: int) -> float | None:
-    f = [c["median_ms"] for c in cases if c["model"] == model and c["artifact"] == "model_float.tflite"
-         and c["threads"] == threads]
-    q = [c["median_ms"] for c in cases if c["model"] == model and c["artifact"] == "model_int8.tflite"
-         and c["threads"] == threads]
+    f = [
+        c["median_ms"]
+        for c in cases
+        if c["model"] == model and c["artifact"] == "model_float.tflite" and c["threads"] == threads
+    ]
+    q = [
+        c["median_ms"]
+        for c in cases
+        if c["model"] == model and c["artifact"] == "model_int8.tflite" and c["threads"] == threads
+    ]
     return round(q[0] / f[0], 3) if f and q and f[0] > 0 else None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench edge_latency", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench edge_latency", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="MobileNetV2 at 96x96 and 50 invokes (default 224, 200)")
     p.add_argument("--runs", type=int, help="invokes per case (default 200, 50 with --quick)")
     a = p.parse_args(argv)
@@ -149,11 +189,23 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-edge-") as tmp:
         t = Path(tmp)
-        print(f"building digits and MobileNetV2-{size} with the compiler (TensorFlow, ~{20 if a.quick else 60} s)...",
-              file=sys.stderr)
+        print(
+            f"building digits and MobileNetV2-{size} with the compiler (TensorFlow, ~{20 if a.quick else 60} s)...",
+            file=sys.stderr,
+        )
         _build(["-m", "compiler", "digits", "--out", str(t / "digits"), "--quiet"])
-        _build([str(REPO / "examples" / "mobilenet" / "build.py"), "--out", str(t / "mnv2"), "--size", str(size),
-                "--samples", "8", "--quiet"])
+        _build(
+            [
+                str(REPO / "examples" / "mobilenet" / "build.py"),
+                "--out",
+                str(t / "mnv2"),
+                "--size",
+                str(size),
+                "--samples",
+                "8",
+                "--quiet",
+            ]
+        )
         split = digits.load_split(0)
         cases = _bundle_cases("digits_cnn", t / "digits", digits.to_float(split.test_pixels), split.test_y, runs)
         xm = np.random.default_rng(0).uniform(-1, 1, (1, size, size, 3)).astype(np.float32)
@@ -162,18 +214,40 @@ def main(argv: list[str] | None = None) -> int:
     coral = _coral_dir()
     if coral is not None:
         cases += _coral_cases(coral, runs)
-    ours = next(c["median_ms"] for c in cases if c["model"] == mname and c["artifact"] == "model_int8.tflite"
-                and c["threads"] == 1)
-    base = next(c["median_ms"] for c in cases if c["model"] == mname and c["artifact"] == "model_float.tflite"
-                and c["threads"] == 1)
+    ours = next(
+        c["median_ms"]
+        for c in cases
+        if c["model"] == mname and c["artifact"] == "model_int8.tflite" and c["threads"] == 1
+    )
+    base = next(
+        c["median_ms"]
+        for c in cases
+        if c["model"] == mname and c["artifact"] == "model_float.tflite" and c["threads"] == 1
+    )
     ratios = {f"{m}@{th}thr": _ratio(cases, m, th) for m in ("digits_cnn", mname) for th in (1, 2)}
     r1 = ratios[f"{mname}@1thr"] or 0.0
-    measured = (f"measured here: int8/float latency {r1:.2f} for {mname} at 1 thread "
-                f"({'int8 faster' if r1 < 0.9 else 'int8 slower' if r1 > 1.1 else 'about equal'}; "
-                "x86 int8 speed depends on VNNI/AMX support, the reference machine saw ~1.1)")
-    path = write("edge_latency", "ms", False, ours, base, None,
-                 {"runs": runs, "mobilenet_size": size, "quick": a.quick, "int8_over_float": ratios,
-                  "note": f"{SEED_NOTE}; {measured}", "coral_models": str(coral) if coral else None}, cases)
+    measured = (
+        f"measured here: int8/float latency {r1:.2f} for {mname} at 1 thread "
+        f"({'int8 faster' if r1 < 0.9 else 'int8 slower' if r1 > 1.1 else 'about equal'}; "
+        "x86 int8 speed depends on VNNI/AMX support, the reference machine saw ~1.1)"
+    )
+    path = write(
+        "edge_latency",
+        "ms",
+        False,
+        ours,
+        base,
+        None,
+        {
+            "runs": runs,
+            "mobilenet_size": size,
+            "quick": a.quick,
+            "int8_over_float": ratios,
+            "note": f"{SEED_NOTE}; {measured}",
+            "coral_models": str(coral) if coral else None,
+        },
+        cases,
+    )
     _print(cases, ratios)
     print(f"\nours (int8 {mname}, 1 thread) {ours:.3f} ms vs baseline (float) {base:.3f} ms; {measured}")
     print(f"note: {SEED_NOTE}")
@@ -190,8 +264,16 @@ def _print(cases: list[dict[str, Any]], ratios: dict[str, float | None]) -> None
         t.add_column(col, justify="left" if col in ("model", "artifact", "runtime") else "right")
     for c in cases:
         acc = "-" if c["accuracy"] is None else f"{100 * c['accuracy']:.1f}%"
-        t.add_row(c["model"], c["artifact"], c["runtime"], str(c["threads"]), f"{c['median_ms']:.3f}",
-                  f"{c['p90_ms']:.3f}", f"{c['size_bytes']:,}", acc)
+        t.add_row(
+            c["model"],
+            c["artifact"],
+            c["runtime"],
+            str(c["threads"]),
+            f"{c['median_ms']:.3f}",
+            f"{c['p90_ms']:.3f}",
+            f"{c['size_bytes']:,}",
+            acc,
+        )
     con = Console(width=None if sys.stdout.isatty() else 130)
     con.print(t)
     for k, v in ratios.items():

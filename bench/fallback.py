@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".edgefleet" / "bench-cache"
 CORAL = REPO.parent / "shared" / "models" / "coral"
 
-MOBILENET_SRC = r'''
+MOBILENET_SRC = r"""
 import sys, os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf, tf2onnx, keras
@@ -66,10 +66,11 @@ spec = (tf.TensorSpec((None, 224, 224, 3), tf.float32, name="image"),)
 proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17, inputs_as_nchw=["image"])
 open(out + ".tmp", "wb").write(proto.SerializeToString())
 os.replace(out + ".tmp", out)
-'''
+"""
 
 
 # ---- models -------------------------------------------------------------------------------
+
 
 def build_mobilenet(cache: Path) -> Path:
     out = cache / "mobilenet_v2_224_nchw.onnx"
@@ -85,22 +86,25 @@ def build_digits(cache: Path) -> tuple[Path, list[str]]:
     if not (src / "model.onnx").exists():
         print("building the digits bundle with the compiler in a child process...", flush=True)
         shutil.rmtree(src, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "compiler", "digits", "--out", str(src), "--quiet"],
-                       check=True, cwd=REPO)
+        subprocess.run([sys.executable, "-m", "compiler", "digits", "--out", str(src), "--quiet"], check=True, cwd=REPO)
     out = cache / "digits_224_nchw.onnx"
     labels = (src / "labels.txt").read_text().split()
     if not out.exists() or out.stat().st_mtime < (src / "model.onnx").stat().st_mtime:
         import onnx
         from onnx import TensorProto, compose, helper
+
         digits = onnx.load(str(src / "model.onnx"))
         din = digits.graph.input[0].name
         front = helper.make_graph(
-            [helper.make_node("ReduceMean", ["image224"], ["gray"], axes=[1], keepdims=1),
-             helper.make_node("AveragePool", ["gray"], ["small"], kernel_shape=[28, 28], strides=[28, 28]),
-             helper.make_node("Transpose", ["small"], ["front_out"], perm=[0, 2, 3, 1])],
+            [
+                helper.make_node("ReduceMean", ["image224"], ["gray"], axes=[1], keepdims=1),
+                helper.make_node("AveragePool", ["gray"], ["small"], kernel_shape=[28, 28], strides=[28, 28]),
+                helper.make_node("Transpose", ["small"], ["front_out"], perm=[0, 2, 3, 1]),
+            ],
             "front",
             [helper.make_tensor_value_info("image224", TensorProto.FLOAT, ["N", 3, 224, 224])],
-            [helper.make_tensor_value_info("front_out", TensorProto.FLOAT, ["N", 8, 8, 1])])
+            [helper.make_tensor_value_info("front_out", TensorProto.FLOAT, ["N", 8, 8, 1])],
+        )
         opset = next(o.version for o in digits.opset_import if o.domain in ("", "ai.onnx"))
         fm = helper.make_model(front, opset_imports=[helper.make_opsetid("", opset)])
         fm.ir_version = digits.ir_version
@@ -114,19 +118,37 @@ def signed_folder(work: Path, models: dict[str, tuple[Path, list[str]]]) -> tupl
     """Sign each model as a bundle (throwaway root + targets key); return (bundles dir, root)."""
     from protocol.bundle import Artifact, Manifest, pack_archive, sha256_hex
     from protocol.signing import SigningKey, root_document, seal
+
     rk, tk = SigningKey.generate(), SigningKey.generate()
     root = work / "root.json"
     root.write_bytes(seal("root", root_document(1, int(time.time()) + 86400, [rk], 1, [tk]), [rk]).to_bytes())
     bundles = work / "bundles"
     bundles.mkdir()
     for name, (path, labels) in models.items():
-        files = {"model.onnx": ("onnx", path.read_bytes()),
-                 "labels.txt": ("labels", ("\n".join(labels) + "\n").encode())}
+        files = {
+            "model.onnx": ("onnx", path.read_bytes()),
+            "labels.txt": ("labels", ("\n".join(labels) + "\n").encode()),
+        }
         arts = tuple(Artifact.of(n, role, d) for n, (role, d) in files.items())
-        m = Manifest(name, "1", int(time.time()), arts, model={
-            "task": "classification", "num_classes": len(labels), "labels": "labels.txt",
-            "preprocess": {"kind": "image", "height": 224, "width": 224, "channels": 3,
-                           "scale": 1 / 255.0, "offset": 0.0}})
+        m = Manifest(
+            name,
+            "1",
+            int(time.time()),
+            arts,
+            model={
+                "task": "classification",
+                "num_classes": len(labels),
+                "labels": "labels.txt",
+                "preprocess": {
+                    "kind": "image",
+                    "height": 224,
+                    "width": 224,
+                    "channels": 3,
+                    "scale": 1 / 255.0,
+                    "offset": 0.0,
+                },
+            },
+        )
         archive = pack_archive(seal("manifest", m.to_dict(), [tk]), {n: d for n, (_, d) in files.items()})
         (bundles / f"{sha256_hex(archive)}.efb").write_bytes(archive)
     return bundles, root
@@ -135,14 +157,19 @@ def signed_folder(work: Path, models: dict[str, tuple[Path, list[str]]]) -> tupl
 def upload_images() -> dict[str, bytes]:
     """What clients upload: a 224x224 JPEG photo for MobileNetV2, a 32x32 PNG digit for digits."""
     from PIL import Image
+
     out: dict[str, bytes] = {}
     cat = CORAL / "cat_720p.jpg"
-    img = Image.open(cat).convert("RGB").resize((224, 224)) if cat.exists() else \
-        Image.fromarray(np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8))
+    img = (
+        Image.open(cat).convert("RGB").resize((224, 224))
+        if cat.exists()
+        else Image.fromarray(np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8))
+    )
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=90)
     out["mobilenet_v2"] = buf.getvalue()
     from sklearn.datasets import load_digits
+
     px = (load_digits().images[0] * 255 / 16).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(px).resize((32, 32), Image.Resampling.NEAREST).save(buf, format="PNG")
@@ -152,12 +179,19 @@ def upload_images() -> dict[str, bytes]:
 
 def multipart(data: bytes, filename: str) -> tuple[bytes, str]:
     boundary = "edgefleetbenchboundary0123456789"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
 # ---- servers ------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -184,6 +218,7 @@ class Server:
 
 def wait_ready(server: Server, body: bytes, ctype: str, path: str, timeout: float = 120.0) -> None:
     import httpx
+
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
@@ -210,23 +245,59 @@ def start_seed(model: Path, work: Path, uvicorn_mode: str = "plain") -> Server:
     port = free_port()
     log = work / f"seed-{model.stem}.log"
     env = dict(os.environ, SEED_MODEL=str(model))
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.seed_api:app", "--host", "127.0.0.1",
-                             "--port", str(port), "--no-access-log", "--log-level", "warning",
-                             *SEED_UVICORN[uvicorn_mode]],
-                            cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.seed_api:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            *SEED_UVICORN[uvicorn_mode],
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     return Server("seed", proc, f"http://127.0.0.1:{port}", log)
 
 
 def start_ours(bundles: Path, root: Path, work: Path, extra: list[str], name: str = "ours") -> Server:
     port = free_port()
     log = work / f"{name}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "cloud", "serve", "--bundles", str(bundles), "--root",
-                             str(root), "--port", str(port), "--poll", "0", "--log-level", "WARNING", *extra],
-                            cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cloud",
+            "serve",
+            "--bundles",
+            str(bundles),
+            "--root",
+            str(root),
+            "--port",
+            str(port),
+            "--poll",
+            "0",
+            "--log-level",
+            "WARNING",
+            *extra,
+        ],
+        cwd=REPO,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     return Server(name, proc, f"http://127.0.0.1:{port}", log)
 
 
 # ---- load ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Result:
@@ -239,12 +310,12 @@ class Result:
     ok: int
     errors: int
     mean_batch: float | None = None
-    cpu_ms_per_req: float | None = None   # server CPU (process tree, all threads) per answered request
-    loadgen: str | None = None            # wrk | python
+    cpu_ms_per_req: float | None = None  # server CPU (process tree, all threads) per answered request
+    loadgen: str | None = None  # wrk | python
     loadgen_cpu_share: float | None = None  # load generator CPU / (wall time x cores)
 
 
-WRK_LUA = r'''
+WRK_LUA = r"""
 -- edgefleet bench: POST the same pre-encoded multipart body on every request
 local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
 wrk.method = "POST"
@@ -263,7 +334,7 @@ done = function(summary, latency, requests)
     summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(99)))
 end
-'''
+"""
 
 
 def _stat(pid: int) -> list[str]:
@@ -302,9 +373,11 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-async def _drive(url: str, body: bytes, ctype: str, clients: int, warmup: float, duration: float
-                 ) -> tuple[list[float], int, float]:
+async def _drive(
+    url: str, body: bytes, ctype: str, clients: int, warmup: float, duration: float
+) -> tuple[list[float], int, float]:
     import httpx
+
     lat: list[float] = []
     errors = 0
     headers = {"content-type": ctype}
@@ -347,9 +420,19 @@ def _run(coro: Any) -> Any:
         return runner.run(coro)
 
 
-def drive(model: str, system: str, url: str, body: bytes, ctype: str, clients: int,
-          warmup: float, duration: float, pid: int | None = None, wrk: str | None = None,
-          work: Path | None = None) -> Result:
+def drive(
+    model: str,
+    system: str,
+    url: str,
+    body: bytes,
+    ctype: str,
+    clients: int,
+    warmup: float,
+    duration: float,
+    pid: int | None = None,
+    wrk: str | None = None,
+    work: Path | None = None,
+) -> Result:
     if wrk and work:
         return drive_wrk(wrk, work, model, system, url, body, ctype, clients, warmup, duration, pid)
     c0 = cpu_seconds(pid) if pid else 0.0
@@ -362,12 +445,24 @@ def drive(model: str, system: str, url: str, body: bytes, ctype: str, clients: i
     if pid and lat:
         # whole run (warm-up included) over the requests it answered, estimated from the window rate
         cpu = (cpu_seconds(pid) - c0) * 1e3 / (len(lat) / dur * total)
-    return Result(model, system, clients, len(lat) / dur, pct(lat, 50) * 1e3, pct(lat, 99) * 1e3, len(lat),
-                  errors, cpu_ms_per_req=cpu, loadgen="python", loadgen_cpu_share=share)
+    return Result(
+        model,
+        system,
+        clients,
+        len(lat) / dur,
+        pct(lat, 50) * 1e3,
+        pct(lat, 99) * 1e3,
+        len(lat),
+        errors,
+        cpu_ms_per_req=cpu,
+        loadgen="python",
+        loadgen_cpu_share=share,
+    )
 
 
-def _wrk(wrk: str, script: Path, env: dict[str, str], url: str, clients: int, seconds: float
-         ) -> tuple[dict[str, Any], float, float]:
+def _wrk(
+    wrk: str, script: Path, env: dict[str, str], url: str, clients: int, seconds: float
+) -> tuple[dict[str, Any], float, float]:
     """One wrk run: (its BENCH summary, its CPU seconds from wait4, wall seconds)."""
     cmd = [wrk, "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "60s", "-s", str(script), url]
     t0 = time.perf_counter()
@@ -383,8 +478,19 @@ def _wrk(wrk: str, script: Path, env: dict[str, str], url: str, clients: int, se
     return json.loads(line[6:]), usage.ru_utime + usage.ru_stime, wall
 
 
-def drive_wrk(wrk: str, work: Path, model: str, system: str, url: str, body: bytes, ctype: str,
-              clients: int, warmup: float, duration: float, pid: int | None) -> Result:
+def drive_wrk(
+    wrk: str,
+    work: Path,
+    model: str,
+    system: str,
+    url: str,
+    body: bytes,
+    ctype: str,
+    clients: int,
+    warmup: float,
+    duration: float,
+    pid: int | None,
+) -> Result:
     script = work / "post.lua"
     script.write_text(WRK_LUA)
     body_file = work / f"body-{model}.bin"
@@ -398,14 +504,25 @@ def drive_wrk(wrk: str, work: Path, model: str, system: str, url: str, body: byt
     seconds = summary["duration_us"] / 1e6
     ok = summary["requests"] - summary["status"]
     errors = summary["status"] + summary["connect"] + summary["read"] + summary["write"] + summary["timeout"]
-    return Result(model, system, clients, ok / seconds, summary["p50_us"] / 1e3, summary["p99_us"] / 1e3, ok,
-                  errors, cpu_ms_per_req=server_cpu * 1e3 / ok if pid and ok else None, loadgen="wrk",
-                  loadgen_cpu_share=wrk_cpu / (wall * (os.cpu_count() or 1)))
+    return Result(
+        model,
+        system,
+        clients,
+        ok / seconds,
+        summary["p50_us"] / 1e3,
+        summary["p99_us"] / 1e3,
+        ok,
+        errors,
+        cpu_ms_per_req=server_cpu * 1e3 / ok if pid and ok else None,
+        loadgen="wrk",
+        loadgen_cpu_share=wrk_cpu / (wall * (os.cpu_count() or 1)),
+    )
 
 
 def batch_stats(url: str, model: str) -> tuple[float, float]:
     """(sum, count) of our batch-size histogram, read from /metrics."""
     import httpx
+
     text = httpx.get(url + "/metrics", timeout=10).text
     total = count = 0.0
     for line in text.splitlines():
@@ -416,15 +533,17 @@ def batch_stats(url: str, model: str) -> tuple[float, float]:
     return total, count
 
 
-def _limit_run(path: Path, batch: int, threads: int, intra: int, duration: float
-               ) -> tuple[float, list[float], float]:
+def _limit_run(path: Path, batch: int, threads: int, intra: int, duration: float) -> tuple[float, list[float], float]:
     import threading
 
     import onnxruntime as ort
+
     from cloud.config import SessionTuning
     from cloud.models import session_options
-    sess = ort.InferenceSession(str(path), sess_options=session_options(SessionTuning(intra_threads=intra)),
-                                providers=["CPUExecutionProvider"])
+
+    sess = ort.InferenceSession(
+        str(path), sess_options=session_options(SessionTuning(intra_threads=intra)), providers=["CPUExecutionProvider"]
+    )
     name = sess.get_inputs()[0].name
     x = np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)
     for _ in range(2):
@@ -455,7 +574,7 @@ def limit_loop(model: str, path: Path, clients: int, max_batch: int, duration: f
     """The best of a few in-process configurations (no HTTP, no decoding) at this concurrency:
     one run at a time using every core, or one single-threaded run per core."""
     cores = os.cpu_count() or 1
-    candidates = {(min(clients, 32), 1, 0)}                       # batch, threads, intra (0: all cores)
+    candidates = {(min(clients, 32), 1, 0)}  # batch, threads, intra (0: all cores)
     if clients >= cores:
         candidates.add((min(-(-clients // cores), max_batch), cores, 1))
         candidates.add((1, cores, 1))
@@ -466,14 +585,19 @@ def limit_loop(model: str, path: Path, clients: int, max_batch: int, duration: f
             best = (rps, times, cpu_ms, cand)
     assert best is not None
     rps, times, cpu_ms, (b, threads, intra) = best
-    r = Result(model, "limit", clients, rps, pct(times, 50) * 1e3, pct(times, 99) * 1e3, len(times) * b, 0, float(b),
-               cpu_ms)
-    print(f"   {clients:>3} clients limit: {rps:8.1f} req/s (batch {b}, {threads} thread(s), intra {intra or 'all'}),"
-          f" {cpu_ms:.2f} ms CPU/sample", flush=True)
+    r = Result(
+        model, "limit", clients, rps, pct(times, 50) * 1e3, pct(times, 99) * 1e3, len(times) * b, 0, float(b), cpu_ms
+    )
+    print(
+        f"   {clients:>3} clients limit: {rps:8.1f} req/s (batch {b}, {threads} thread(s), intra {intra or 'all'}),"
+        f" {cpu_ms:.2f} ms CPU/sample",
+        flush=True,
+    )
     return r
 
 
 # ---- main ---------------------------------------------------------------------------------
+
 
 def _cpu_ratio(seed: Result, ours: Result) -> float:
     """How many times less server CPU ours spends per answered request than the seed."""
@@ -484,23 +608,29 @@ def _cpu_ratio(seed: Result, ours: Result) -> float:
 
 def table(rows: list[Result], model: str, levels: list[int]) -> str:
     by = {(r.system, r.clients): r for r in rows if r.model == model}
-    out = [f"\n{model}: requests/s, p50 / p99 ms, server CPU ms per request (limit: session.run, no HTTP)",
-           f"{'clients':>7} | {'seed rps':>9} {'p50':>7} {'p99':>7} {'cpu':>5} | {'ours rps':>9} {'p50':>7}"
-           f" {'p99':>7} {'cpu':>5} {'batch':>5} | {'limit rps':>9} {'cpu':>5} | {'ours/seed':>9} {'of limit':>8}"
-           f" {'cpu ratio':>9}"]
+    out = [
+        f"\n{model}: requests/s, p50 / p99 ms, server CPU ms per request (limit: session.run, no HTTP)",
+        f"{'clients':>7} | {'seed rps':>9} {'p50':>7} {'p99':>7} {'cpu':>5} | {'ours rps':>9} {'p50':>7}"
+        f" {'p99':>7} {'cpu':>5} {'batch':>5} | {'limit rps':>9} {'cpu':>5} | {'ours/seed':>9} {'of limit':>8}"
+        f" {'cpu ratio':>9}",
+    ]
     for c in levels:
         s, o, lim = by.get(("seed", c)), by.get(("ours", c)), by.get(("limit", c))
         if not (s and o and lim):
             continue
-        out.append(f"{c:>7} | {s.rps:>9.1f} {s.p50_ms:>7.1f} {s.p99_ms:>7.1f} {s.cpu_ms_per_req or 0:>5.2f} | "
-                   f"{o.rps:>9.1f} {o.p50_ms:>7.1f} {o.p99_ms:>7.1f} {o.cpu_ms_per_req or 0:>5.2f}"
-                   f" {o.mean_batch or 0:>5.1f} | {lim.rps:>9.1f} {lim.cpu_ms_per_req or 0:>5.2f} | "
-                   f"{o.rps / s.rps:>8.2f}x {o.rps / lim.rps:>7.0%} {_cpu_ratio(s, o):>8.2f}x")
+        out.append(
+            f"{c:>7} | {s.rps:>9.1f} {s.p50_ms:>7.1f} {s.p99_ms:>7.1f} {s.cpu_ms_per_req or 0:>5.2f} | "
+            f"{o.rps:>9.1f} {o.p50_ms:>7.1f} {o.p99_ms:>7.1f} {o.cpu_ms_per_req or 0:>5.2f}"
+            f" {o.mean_batch or 0:>5.1f} | {lim.rps:>9.1f} {lim.cpu_ms_per_req or 0:>5.2f} | "
+            f"{o.rps / s.rps:>8.2f}x {o.rps / lim.rps:>7.0%} {_cpu_ratio(s, o):>8.2f}x"
+        )
         v = by.get(("variant", c))
         if v:
-            out.append(f"{'variant':>7} | {'':>31} | {v.rps:>9.1f} {v.p50_ms:>7.1f} {v.p99_ms:>7.1f}"
-                       f" {v.cpu_ms_per_req or 0:>5.2f} {'':>5} | {'':>15} | {v.rps / s.rps:>8.2f}x"
-                       f" {v.rps / lim.rps:>7.0%} {_cpu_ratio(s, v):>8.2f}x")
+            out.append(
+                f"{'variant':>7} | {'':>31} | {v.rps:>9.1f} {v.p50_ms:>7.1f} {v.p99_ms:>7.1f}"
+                f" {v.cpu_ms_per_req or 0:>5.2f} {'':>5} | {'':>15} | {v.rps / s.rps:>8.2f}x"
+                f" {v.rps / lim.rps:>7.0%} {_cpu_ratio(s, v):>8.2f}x"
+            )
     return "\n".join(out)
 
 
@@ -512,24 +642,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="digits,mobilenet_v2", help="digits and/or mobilenet_v2")
     p.add_argument("--cache", type=Path, default=CACHE, help="where built models are kept")
     p.add_argument("--ours-args", default="", help="extra options for edgefleet-cloud serve")
-    p.add_argument("--variant", default="--processes 2",
-                   help="options added to --ours-args for a third server measured alongside "
-                        "(\"\" to skip)")
-    p.add_argument("--seed-uvicorn", choices=sorted(SEED_UVICORN), default="plain",
-                   help="plain: the seed's server as its Dockerfile installs it (uvicorn without "
-                        "httptools/uvloop: h11 + asyncio); auto: let it use them when installed")
-    p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
-                   help="load generator: wrk (C, cheap; apt-get install wrk), python (httpx, costs "
-                        "the servers CPU on a small box), auto: wrk when installed")
+    p.add_argument(
+        "--variant",
+        default="--processes 2",
+        help='options added to --ours-args for a third server measured alongside ("" to skip)',
+    )
+    p.add_argument(
+        "--seed-uvicorn",
+        choices=sorted(SEED_UVICORN),
+        default="plain",
+        help="plain: the seed's server as its Dockerfile installs it (uvicorn without "
+        "httptools/uvloop: h11 + asyncio); auto: let it use them when installed",
+    )
+    p.add_argument(
+        "--loadgen",
+        choices=["auto", "wrk", "python"],
+        default="auto",
+        help="load generator: wrk (C, cheap; apt-get install wrk), python (httpx, costs "
+        "the servers CPU on a small box), auto: wrk when installed",
+    )
     args = p.parse_args(argv)
     wrk = shutil.which("wrk") if args.loadgen != "python" else None
     if args.loadgen == "wrk" and not wrk:
         print("--loadgen wrk: wrk is not on PATH (apt-get install wrk)", file=sys.stderr)
         return 2
     if not wrk and args.loadgen == "auto":
-        print("WARNING: wrk not found (apt-get install wrk); using the Python load generator, which "
-              "competes with the servers for CPU - see the load generator share printed per case",
-              flush=True)
+        print(
+            "WARNING: wrk not found (apt-get install wrk); using the Python load generator, which "
+            "competes with the servers for CPU - see the load generator share printed per case",
+            flush=True,
+        )
     levels = [int(c) for c in (args.clients or ("1,32" if args.quick else "1,8,32,64")).split(",")]
     duration = args.duration or (2.0 if args.quick else 8.0)
     warmup = 0.5 if args.quick else 1.5
@@ -546,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     images = upload_images()
     extra = args.ours_args.split()
     variant = args.variant.split()
-    max_batch = 4   # edgefleet-cloud serve's default
+    max_batch = 4  # edgefleet-cloud serve's default
     if "--max-batch" in extra:
         max_batch = int(extra[extra.index("--max-batch") + 1])
 
@@ -557,8 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         bundles, root = signed_folder(work, models)
         for name, (path, _) in models.items():
             body, ctype = multipart(images[name], "upload.jpg" if name != "digits" else "digit.png")
-            print(f"== {name}: seed (bench/seed_api.py) and ours (edgefleet-cloud serve), alternating",
-                  flush=True)
+            print(f"== {name}: seed (bench/seed_api.py) and ours (edgefleet-cloud serve), alternating", flush=True)
             seed = start_seed(path, work, args.seed_uvicorn)
             ours = start_ours(bundles, root, work, extra)
             alt = start_ours(bundles, root, work, extra + variant, "variant") if variant else None
@@ -573,23 +714,64 @@ def main(argv: list[str] | None = None) -> int:
                         order.insert(1, "variant")
                     for system in order:
                         if system == "seed":
-                            rows.append(drive(name, "seed", seed.url + "/predict", body, ctype, c, warmup, duration,
-                                              seed.proc.pid, wrk, work))
+                            rows.append(
+                                drive(
+                                    name,
+                                    "seed",
+                                    seed.url + "/predict",
+                                    body,
+                                    ctype,
+                                    c,
+                                    warmup,
+                                    duration,
+                                    seed.proc.pid,
+                                    wrk,
+                                    work,
+                                )
+                            )
                         elif system == "variant" and alt:
                             # batch sizes are not read: /metrics answers for one process of several
-                            rows.append(drive(name, "variant", f"{alt.url}/predict?model={name}", body, ctype, c,
-                                              warmup, duration, alt.proc.pid, wrk, work))
+                            rows.append(
+                                drive(
+                                    name,
+                                    "variant",
+                                    f"{alt.url}/predict?model={name}",
+                                    body,
+                                    ctype,
+                                    c,
+                                    warmup,
+                                    duration,
+                                    alt.proc.pid,
+                                    wrk,
+                                    work,
+                                )
+                            )
                         else:
                             s0, n0 = batch_stats(ours.url, name)
-                            r = drive(name, "ours", f"{ours.url}/predict?model={name}", body, ctype, c,
-                                      warmup, duration, ours.proc.pid, wrk, work)
+                            r = drive(
+                                name,
+                                "ours",
+                                f"{ours.url}/predict?model={name}",
+                                body,
+                                ctype,
+                                c,
+                                warmup,
+                                duration,
+                                ours.proc.pid,
+                                wrk,
+                                work,
+                            )
                             s1, n1 = batch_stats(ours.url, name)
-                            rows.append(Result(**{**asdict(r), "mean_batch": (s1 - s0) / (n1 - n0)
-                                                  if n1 > n0 else None}))
-                        print(f"   {c:>3} clients {system}: {rows[-1].rps:8.1f} req/s "
-                              f"p99 {rows[-1].p99_ms:.1f} ms, server CPU {rows[-1].cpu_ms_per_req or 0:.2f} "
-                              f"ms/request; load generator ({rows[-1].loadgen}) "
-                              f"{rows[-1].loadgen_cpu_share or 0:.0%} of the machine's CPU", flush=True)
+                            rows.append(
+                                Result(**{**asdict(r), "mean_batch": (s1 - s0) / (n1 - n0) if n1 > n0 else None})
+                            )
+                        print(
+                            f"   {c:>3} clients {system}: {rows[-1].rps:8.1f} req/s "
+                            f"p99 {rows[-1].p99_ms:.1f} ms, server CPU {rows[-1].cpu_ms_per_req or 0:.2f} "
+                            f"ms/request; load generator ({rows[-1].loadgen}) "
+                            f"{rows[-1].loadgen_cpu_share or 0:.0%} of the machine's CPU",
+                            flush=True,
+                        )
                     # the limit right after, servers idle: the same background load as the two above
                     rows.append(limit_loop(name, path, c, max_batch, max(1.0, duration / 2)))
             finally:
@@ -608,43 +790,74 @@ def main(argv: list[str] | None = None) -> int:
     for name in models:
         for c in levels:
             o, s, lim_c = by[(name, "ours", c)], by[(name, "seed", c)], by[(name, "limit", c)]
-            cases.append({"model": name, "clients": c, "summary": True,
-                          "ratio_vs_seed": o.rps / s.rps if s.rps else None,
-                          "fraction_of_limit": o.rps / lim_c.rps if lim_c.rps else None,
-                          "p99_not_worse": o.p99_ms <= s.p99_ms,
-                          "cpu_per_request_ratio_vs_seed": _cpu_ratio(s, o),
-                          "cpu_efficiency_vs_limit": (lim_c.cpu_ms_per_req / o.cpu_ms_per_req
-                                                      if lim_c.cpu_ms_per_req and o.cpu_ms_per_req else None)})
+            cases.append(
+                {
+                    "model": name,
+                    "clients": c,
+                    "summary": True,
+                    "ratio_vs_seed": o.rps / s.rps if s.rps else None,
+                    "fraction_of_limit": o.rps / lim_c.rps if lim_c.rps else None,
+                    "p99_not_worse": o.p99_ms <= s.p99_ms,
+                    "cpu_per_request_ratio_vs_seed": _cpu_ratio(s, o),
+                    "cpu_efficiency_vs_limit": (
+                        lim_c.cpu_ms_per_req / o.cpu_ms_per_req if lim_c.cpu_ms_per_req and o.cpu_ms_per_req else None
+                    ),
+                }
+            )
             v = by.get((name, "variant", c))
             if v:
                 cases[-1]["variant_ratio_vs_seed"] = v.rps / s.rps if s.rps else None
                 cases[-1]["variant_fraction_of_limit"] = v.rps / lim_c.rps if lim_c.rps else None
                 cases[-1]["variant_p99_not_worse"] = v.p99_ms <= s.p99_ms
     path = report.write(
-        "fallback", "req/s", True, h_ours.rps, h_seed.rps, h_lim.rps,
-        params={"headline": f"{head_model} at {head_c} clients", "clients": levels, "duration_s": duration,
-                "warmup_s": warmup, "models": list(models), "max_batch": max_batch, "ours_args": extra,
-                "variant_args": variant, "seed_uvicorn": args.seed_uvicorn,
-                "loadgen": "wrk -t1 (one connection per client)" if wrk else "python httpx",
-                "loadgen_cpu_share_at_headline": {"ours": h_ours.loadgen_cpu_share,
-                                                  "seed": h_seed.loadgen_cpu_share},
-                "goal": ">=3x seed throughput, p99 no worse, >=70% of limit at 32 clients",
-                "p99_ms": {"ours": h_ours.p99_ms, "seed": h_seed.p99_ms},
-                "three_x_seed_fraction_of_limit": 3 * h_seed.rps / h_lim.rps if h_lim.rps else None,
-                # other work on the machine skews every figure: record it next to them
-                "loadavg_1m": {"before": load_before[0], "after": os.getloadavg()[0]}},
-        cases=cases)
-    print(f"\nheadline ({head_model}, {head_c} clients): ours {h_ours.rps:.1f} req/s vs seed {h_seed.rps:.1f} "
-          f"({h_ours.rps / h_seed.rps:.2f}x), p99 {h_ours.p99_ms:.1f} vs {h_seed.p99_ms:.1f} ms, "
-          f"{h_ours.rps / h_lim.rps:.0%} of the in-process limit ({h_lim.rps:.1f})")
+        "fallback",
+        "req/s",
+        True,
+        h_ours.rps,
+        h_seed.rps,
+        h_lim.rps,
+        params={
+            "headline": f"{head_model} at {head_c} clients",
+            "clients": levels,
+            "duration_s": duration,
+            "warmup_s": warmup,
+            "models": list(models),
+            "max_batch": max_batch,
+            "ours_args": extra,
+            "variant_args": variant,
+            "seed_uvicorn": args.seed_uvicorn,
+            "loadgen": "wrk -t1 (one connection per client)" if wrk else "python httpx",
+            "loadgen_cpu_share_at_headline": {"ours": h_ours.loadgen_cpu_share, "seed": h_seed.loadgen_cpu_share},
+            "goal": ">=3x seed throughput, p99 no worse, >=70% of limit at 32 clients",
+            "p99_ms": {"ours": h_ours.p99_ms, "seed": h_seed.p99_ms},
+            "three_x_seed_fraction_of_limit": 3 * h_seed.rps / h_lim.rps if h_lim.rps else None,
+            # other work on the machine skews every figure: record it next to them
+            "loadavg_1m": {"before": load_before[0], "after": os.getloadavg()[0]},
+        },
+        cases=cases,
+    )
+    print(
+        f"\nheadline ({head_model}, {head_c} clients): ours {h_ours.rps:.1f} req/s vs seed {h_seed.rps:.1f} "
+        f"({h_ours.rps / h_seed.rps:.2f}x), p99 {h_ours.p99_ms:.1f} vs {h_seed.p99_ms:.1f} ms, "
+        f"{h_ours.rps / h_lim.rps:.0%} of the in-process limit ({h_lim.rps:.1f})"
+    )
     need = 3 * h_seed.rps
-    print(f"goal check: 3x the seed = {need:.1f} req/s = {need / h_lim.rps:.0%} of the in-process limit"
-          + (" - more than session.run alone reaches here, so no server running this model can meet it"
-             if need > h_lim.rps else " - reachable in principle"))
-    print(f"server CPU per request at {head_c} clients: ours {h_ours.cpu_ms_per_req or 0:.2f} ms, seed "
-          f"{h_seed.cpu_ms_per_req or 0:.2f} ms, limit (session.run only) {h_lim.cpu_ms_per_req or 0:.2f} ms")
-    print(f"load average (1 min) before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
-          f"on {os.cpu_count()} CPUs: other processes share these cores")
+    print(
+        f"goal check: 3x the seed = {need:.1f} req/s = {need / h_lim.rps:.0%} of the in-process limit"
+        + (
+            " - more than session.run alone reaches here, so no server running this model can meet it"
+            if need > h_lim.rps
+            else " - reachable in principle"
+        )
+    )
+    print(
+        f"server CPU per request at {head_c} clients: ours {h_ours.cpu_ms_per_req or 0:.2f} ms, seed "
+        f"{h_seed.cpu_ms_per_req or 0:.2f} ms, limit (session.run only) {h_lim.cpu_ms_per_req or 0:.2f} ms"
+    )
+    print(
+        f"load average (1 min) before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
+        f"on {os.cpu_count()} CPUs: other processes share these cores"
+    )
     print(f"wrote {path}")
     return 0
 

@@ -51,6 +51,7 @@ def _serve(conn: socket.socket, invoke: object) -> None:
 
 def main(argv: list[str]) -> int:
     from ai_edge_litert.interpreter import Interpreter
+
     model, port_file = argv[0], Path(argv[1])
     it = Interpreter(model_path=model, num_threads=int(argv[2]) if len(argv) > 2 else None)
     it.allocate_tensors()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import random
 import shutil
 import socket
@@ -29,8 +28,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench import report
 
@@ -54,15 +54,16 @@ def _setup(work: Path, n: int) -> tuple[Any, str, str]:
     from hub.server import build
     from hub.store import read_bundle_dir
     from hub.transport import MemoryPublisher
-    from protocol.bundle import Artifact, Manifest, Requirements, MANIFEST_FILE
+    from protocol.bundle import MANIFEST_FILE, Artifact, Manifest, Requirements
     from protocol.device import Inventory
     from protocol.messages import BundleInfo, Status, Telemetry
     from protocol.signing import seal
     from protocol.sketch import LatencySketch
 
     keys.init(work / "keys")
-    cfg = HubConfig(db=f"sqlite:///{work / 'hub.db'}", keys=work / "keys", store=work / "store",
-                    tokens={TOKEN: "admin"}, tick=3600)
+    cfg = HubConfig(
+        db=f"sqlite:///{work / 'hub.db'}", keys=work / "keys", store=work / "store", tokens={TOKEN: "admin"}, tick=3600
+    )
     hub = build(cfg, publisher=MemoryPublisher(), with_broker=False)
     bdir = work / "bundle"
     bdir.mkdir()
@@ -70,14 +71,17 @@ def _setup(work: Path, n: int) -> tuple[Any, str, str]:
     arts = tuple(Artifact.of(k, "tflite_int8" if k.endswith("tflite") else "labels", v) for k, v in files.items())
     for k, v in files.items():
         (bdir / k).write_bytes(v)
-    (bdir / MANIFEST_FILE).write_bytes(seal("manifest", Manifest("bench", "1.0.0", 1, arts, Requirements()).to_dict(),
-                                            []).to_bytes())
+    (bdir / MANIFEST_FILE).write_bytes(
+        seal("manifest", Manifest("bench", "1.0.0", 1, arts, Requirements()).to_dict(), []).to_bytes()
+    )
     old = hub.fleet.push_bundle(*read_bundle_dir(bdir))
     (bdir / "labels.txt").write_bytes(b"a\nb\nc\n")
-    arts = tuple(Artifact.of(k, "tflite_int8" if k.endswith("tflite") else "labels", (bdir / k).read_bytes())
-                 for k in files)
-    (bdir / MANIFEST_FILE).write_bytes(seal("manifest", Manifest("bench", "2.0.0", 2, arts, Requirements()).to_dict(),
-                                            []).to_bytes())
+    arts = tuple(
+        Artifact.of(k, "tflite_int8" if k.endswith("tflite") else "labels", (bdir / k).read_bytes()) for k in files
+    )
+    (bdir / MANIFEST_FILE).write_bytes(
+        seal("manifest", Manifest("bench", "2.0.0", 2, arts, Requirements()).to_dict(), []).to_bytes()
+    )
     new = hub.fleet.push_bundle(*read_bundle_dir(bdir))
     sk = LatencySketch()
     sk.add(0.004, 50)
@@ -86,11 +90,20 @@ def _setup(work: Path, n: int) -> tuple[Any, str, str]:
     batch: list[tuple[str, bytes]] = []
     for i in range(n):
         dev = f"dev-{i:05d}"
-        batch.append((f"ef/v1/dev/{dev}/status", Status(dev, i % 10 != 0, 1000, "0.1.0", Inventory(board="rpi4"),
-                                                       info).to_bytes()))
-        batch.append((f"ef/v1/dev/{dev}/telemetry", Telemetry(dev, 1, 0, 10, old["digest"],
-                                                               {"inferences": 55, "errors": 0, "cpu": 55},
-                                                               sk.to_dict()).to_bytes()))
+        batch.append(
+            (
+                f"ef/v1/dev/{dev}/status",
+                Status(dev, i % 10 != 0, 1000, "0.1.0", Inventory(board="rpi4"), info).to_bytes(),
+            )
+        )
+        batch.append(
+            (
+                f"ef/v1/dev/{dev}/telemetry",
+                Telemetry(
+                    dev, 1, 0, 10, old["digest"], {"inferences": 55, "errors": 0, "cpu": 55}, sk.to_dict()
+                ).to_bytes(),
+            )
+        )
         if len(batch) >= 1000:
             hub.ingest.handle(batch)
             batch = []
@@ -114,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hub, rid, new_digest = _setup(work, args.devices)
         port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(hub.app, host="127.0.0.1", port=port, log_level="warning",
-                                               access_log=False))
+        server = uvicorn.Server(
+            uvicorn.Config(hub.app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        )
         th = threading.Thread(target=server.run, daemon=True)
         th.start()
         while not server.started:
@@ -148,8 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(10):
                 get(path())  # warm-up
             xs = [get(path()) for _ in range(reqs)]
-            c = {"case": name, "requests": reqs, "p50_ms": _pct(xs, 0.5), "p99_ms": _pct(xs, 0.99),
-                 "mean_ms": statistics.fmean(xs)}
+            c = {
+                "case": name,
+                "requests": reqs,
+                "p50_ms": _pct(xs, 0.5),
+                "p99_ms": _pct(xs, 0.99),
+                "mean_ms": statistics.fmean(xs),
+            }
             cases.append(c)
             print(f"{name:<26}{c['p50_ms']:>9.2f}{c['p99_ms']:>9.2f}{c['mean_ms']:>9.2f}", flush=True)
         ticks = []
@@ -157,13 +176,20 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             hub.fleet.tick()
             ticks.append((time.perf_counter() - t) * 1000)
-        cases.append({"case": "rollout engine tick (all issued)", "devices": n, "p50_ms": statistics.median(ticks),
-                      "runs": len(ticks)})
+        cases.append(
+            {
+                "case": "rollout engine tick (all issued)",
+                "devices": n,
+                "p50_ms": statistics.median(ticks),
+                "runs": len(ticks),
+            }
+        )
         print(f"{'tick, all issued':<26}{statistics.median(ticks):>9.0f} ms over {n} devices")
         # every device reports the install and one telemetry window: the gates now read
         # 10,000 devices' telemetry (new bundle and previous) on every tick
         from protocol.messages import Report, Telemetry
         from protocol.sketch import LatencySketch
+
         sk = LatencySketch()
         sk.add(0.004, 55)
         st = hub.fleet.rollout_status(rid, limit=n)
@@ -171,11 +197,20 @@ def main(argv: list[str] | None = None) -> int:
         batch: list[tuple[str, bytes]] = []
         for d in st["devices"]:
             dev = d["device_id"]
-            batch.append((f"ef/v1/dev/{dev}/report", Report(dev, 1, now, "commit", "ok", desired_seq=d["seq"],
-                                                            bundle=new_digest).to_bytes()))
-            batch.append((f"ef/v1/dev/{dev}/telemetry", Telemetry(dev, 2, now + 1, now + 11, new_digest,
-                                                                   {"inferences": 55, "cpu": 55},
-                                                                   sk.to_dict()).to_bytes()))
+            batch.append(
+                (
+                    f"ef/v1/dev/{dev}/report",
+                    Report(dev, 1, now, "commit", "ok", desired_seq=d["seq"], bundle=new_digest).to_bytes(),
+                )
+            )
+            batch.append(
+                (
+                    f"ef/v1/dev/{dev}/telemetry",
+                    Telemetry(
+                        dev, 2, now + 1, now + 11, new_digest, {"inferences": 55, "cpu": 55}, sk.to_dict()
+                    ).to_bytes(),
+                )
+            )
             if len(batch) >= 2000:
                 hub.ingest.handle(batch)
                 batch = []
@@ -186,18 +221,40 @@ def main(argv: list[str] | None = None) -> int:
             hub.fleet.tick()
             ticks.append((time.perf_counter() - t) * 1000)
         after = hub.fleet.rollout_status(rid, limit=1)
-        cases.append({"case": "rollout engine tick (all installed, gates on telemetry)", "devices": n,
-                      "p50_ms": statistics.median(ticks), "runs": len(ticks), "counts": after["counts"]})
-        print(f"{'tick, installed + gates':<26}{statistics.median(ticks):>9.0f} ms over {n} devices "
-              f"({after['phase']}, {after['counts']})")
+        cases.append(
+            {
+                "case": "rollout engine tick (all installed, gates on telemetry)",
+                "devices": n,
+                "p50_ms": statistics.median(ticks),
+                "runs": len(ticks),
+                "counts": after["counts"],
+            }
+        )
+        print(
+            f"{'tick, installed + gates':<26}{statistics.median(ticks):>9.0f} ms over {n} devices "
+            f"({after['phase']}, {after['counts']})"
+        )
         server.should_exit = True
         th.join(10)
         hub.fleet.engine.dispose()
         by: dict[str, dict[str, Any]] = {str(c["case"]): c for c in cases}
-        out = report.write("hub_api", "ms (p99)", False, float(by["device list page"]["p99_ms"]), None,
-                           float(by["healthz (limit)"]["p99_ms"]),
-                            {"devices": n, "requests_per_case": reqs, "db": "sqlite (WAL)", "client": "1 keep-alive",
-                             "rollout_status_p99_ms": by["rollout status"]["p99_ms"], "quick": args.quick}, cases)
+        out = report.write(
+            "hub_api",
+            "ms (p99)",
+            False,
+            float(by["device list page"]["p99_ms"]),
+            None,
+            float(by["healthz (limit)"]["p99_ms"]),
+            {
+                "devices": n,
+                "requests_per_case": reqs,
+                "db": "sqlite (WAL)",
+                "client": "1 keep-alive",
+                "rollout_status_p99_ms": by["rollout status"]["p99_ms"],
+                "quick": args.quick,
+            },
+            cases,
+        )
         print(f"wrote {out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -39,6 +39,7 @@ def _payloads(devices: int, per_device: int) -> list[tuple[str, bytes]]:
     from protocol.device import Health
     from protocol.messages import Telemetry
     from protocol.sketch import LatencySketch
+
     out = []
     sk = LatencySketch()
     for ms in (3, 4, 4, 5, 5, 5, 6, 8, 12, 30):
@@ -48,9 +49,17 @@ def _payloads(devices: int, per_device: int) -> list[tuple[str, bytes]]:
     for seq in range(1, per_device + 1):
         for d in range(devices):
             dev = f"bench-{d:04d}"
-            t = Telemetry(device=dev, seq=seq, window_start=seq * 10, window_end=seq * 10 + 10, bundle="a" * 64,
-                          counts={"inferences": 100, "errors": 0, "tpu": 0, "cpu": 100, "cloud": 0},
-                          latency=lat, drift=drift, health=Health(extra={"cpu": 0.2}))
+            t = Telemetry(
+                device=dev,
+                seq=seq,
+                window_start=seq * 10,
+                window_end=seq * 10 + 10,
+                bundle="a" * 64,
+                counts={"inferences": 100, "errors": 0, "tpu": 0, "cpu": 100, "cloud": 0},
+                latency=lat,
+                drift=drift,
+                health=Health(extra={"cpu": 0.2}),
+            )
             out.append((f"ef/v1/dev/{dev}/telemetry", t.to_bytes()))
     return out
 
@@ -96,8 +105,14 @@ def _raw(port: int, msgs: list[tuple[str, bytes]]) -> dict[str, Any]:
     sub.disconnect()
     sub.loop_stop()
     elapsed = (last[0] or time.monotonic()) - t0
-    return {"case": "raw subscriber (limit)", "messages": n, "received": got, "seconds": elapsed,
-            "msgs_per_s": got / elapsed, "lost": n - got}
+    return {
+        "case": "raw subscriber (limit)",
+        "messages": n,
+        "received": got,
+        "seconds": elapsed,
+        "msgs_per_s": got / elapsed,
+        "lost": n - got,
+    }
 
 
 def _hub(port: int, msgs: list[tuple[str, bytes]], work: Path, batch_max: int, label: str) -> dict[str, Any]:
@@ -105,12 +120,20 @@ def _hub(port: int, msgs: list[tuple[str, bytes]], work: Path, batch_max: int, l
     from hub.config import HubConfig
     from hub.models import TelemetryWindow
     from hub.server import build
+
     if not (work / "keys" / "root.json").exists():
         keys.init(work / "keys")
     db = work / f"hub-{batch_max}.db"
-    cfg = HubConfig(db=f"sqlite:///{db}", broker=f"mqtt://127.0.0.1:{port}", keys=work / "keys",
-                    store=work / "store", tokens={"bench-token-0123456789": "admin"}, batch_max=batch_max,
-                    batch_wait=0.02, tick=3600)
+    cfg = HubConfig(
+        db=f"sqlite:///{db}",
+        broker=f"mqtt://127.0.0.1:{port}",
+        keys=work / "keys",
+        store=work / "store",
+        tokens={"bench-token-0123456789": "admin"},
+        batch_max=batch_max,
+        batch_wait=0.02,
+        tick=3600,
+    )
     hub = build(cfg)
     acked: set[tuple[str, int]] = set()
     ack_lock = threading.Lock()
@@ -149,8 +172,17 @@ def _hub(port: int, msgs: list[tuple[str, bytes]], work: Path, batch_max: int, l
     watcher.loop_stop()
     hub.fleet.engine.dispose()
     dropped = hub.fleet.metrics.queue_dropped._value.get()
-    return {"case": label, "batch_max": batch_max, "messages": n, "stored": stored, "seconds": elapsed,
-            "msgs_per_s": stored / elapsed, "lost": n - stored, "acked": len(acked), "queue_dropped": dropped}
+    return {
+        "case": label,
+        "batch_max": batch_max,
+        "messages": n,
+        "stored": stored,
+        "seconds": elapsed,
+        "msgs_per_s": stored / elapsed,
+        "lost": n - stored,
+        "acked": len(acked),
+        "queue_dropped": dropped,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,30 +199,49 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     port = free_port()
     conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n"
-                    f"max_inflight_messages 1000\n")
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n"
+    )
     broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_port(port, what='mosquitto')
+        wait_port(port, what="mosquitto")
         cases = [_raw(port, msgs)]
         print(f"{cases[-1]['case']:<34} {cases[-1]['msgs_per_s']:>9.0f} msg/s  lost {cases[-1]['lost']}", flush=True)
         for batch_max, label in ((500, "hub, batched commits (ours)"), (1, "hub, commit per message (baseline)")):
             cases.append(_hub(port, msgs, work, batch_max, label))
             c = cases[-1]
-            print(f"{c['case']:<34} {c['msgs_per_s']:>9.0f} msg/s  lost {c['lost']}  acked {c['acked']}/{c['messages']}",
-                  flush=True)
+            print(
+                f"{c['case']:<34} {c['msgs_per_s']:>9.0f} msg/s  lost {c['lost']}  acked {c['acked']}/{c['messages']}",
+                flush=True,
+            )
     finally:
         broker.terminate()
         broker.wait(10)
         shutil.rmtree(work, ignore_errors=True)
     raw, ours, base = cases
-    path = report.write("ingest", "msgs/s", True, ours["msgs_per_s"], base["msgs_per_s"], raw["msgs_per_s"],
-                        {"messages": len(msgs), "devices": args.devices, "qos": 1, "db": "sqlite (WAL)",
-                         "batch_max": 500, "quick": args.quick}, cases)
-    print(f"\n{'':<34} {'msgs/s':>9}\n{'limit (raw subscriber)':<34} {raw['msgs_per_s']:>9.0f}\n"
-          f"{'ours (batched)':<34} {ours['msgs_per_s']:>9.0f}\n{'baseline (commit per message)':<34} "
-          f"{base['msgs_per_s']:>9.0f}\nours/baseline {ours['msgs_per_s'] / base['msgs_per_s']:.1f}x, "
-          f"ours/limit {ours['msgs_per_s'] / raw['msgs_per_s']:.0%}; wrote {path}")
+    path = report.write(
+        "ingest",
+        "msgs/s",
+        True,
+        ours["msgs_per_s"],
+        base["msgs_per_s"],
+        raw["msgs_per_s"],
+        {
+            "messages": len(msgs),
+            "devices": args.devices,
+            "qos": 1,
+            "db": "sqlite (WAL)",
+            "batch_max": 500,
+            "quick": args.quick,
+        },
+        cases,
+    )
+    print(
+        f"\n{'':<34} {'msgs/s':>9}\n{'limit (raw subscriber)':<34} {raw['msgs_per_s']:>9.0f}\n"
+        f"{'ours (batched)':<34} {ours['msgs_per_s']:>9.0f}\n{'baseline (commit per message)':<34} "
+        f"{base['msgs_per_s']:>9.0f}\nours/baseline {ours['msgs_per_s'] / base['msgs_per_s']:.1f}x, "
+        f"ours/limit {ours['msgs_per_s'] / raw['msgs_per_s']:.0%}; wrote {path}"
+    )
     lost = ours["lost"] + base["lost"] + (ours["messages"] - ours["acked"])
     if lost:
         print(f"LOSS: {lost} messages not stored or not acked", file=sys.stderr)

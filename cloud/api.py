@@ -22,8 +22,9 @@ Errors are ``{"detail": "<one line naming the thing and the problem>", "code": "
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import numpy as np
 import orjson
@@ -37,8 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from protocol.signing import Root
 
 from .config import CloudConfig
-from .errors import (AuthError, BadInput, CloudError, InferenceFailed, NotFound, Overloaded, TooLarge,
-                     Unavailable)
+from .errors import AuthError, BadInput, CloudError, InferenceFailed, NotFound, Overloaded, TooLarge, Unavailable
 from .guard import Guard, error_response
 from .metrics import Metrics
 from .models import ServedModel, describe
@@ -48,16 +48,47 @@ from .tensors import image_tensor, tensor_from_bytes, tensor_from_json, tensor_t
 log = logging.getLogger(__name__)
 
 TOP_K = 5
-IMAGE_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file"],
-    "properties": {"file": {"type": "string", "format": "binary",
-                            "description": "an image (JPEG, PNG, BMP, GIF, WebP, TIFF)"}}}}}}}
-TENSOR_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
-        "inputs": {"type": "array", "description": "nested list, batch dimension first"}}}},
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary",
-                                            "description": "C-order little-endian tensor; headers "
-                                            "X-Tensor-Shape (required), X-Tensor-Dtype"}}}}}
+IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "an image (JPEG, PNG, BMP, GIF, WebP, TIFF)",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+TENSOR_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {"inputs": {"type": "array", "description": "nested list, batch dimension first"}},
+                }
+            },
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "C-order little-endian tensor; headers X-Tensor-Shape (required), X-Tensor-Dtype",
+                }
+            },
+        },
+    }
+}
 
 
 def status_of(exc: CloudError) -> int:
@@ -102,8 +133,9 @@ def _top(model: ServedModel, scores: np.ndarray, k: int = TOP_K) -> list[dict[st
     row = scores.reshape(scores.shape[0], -1)[0].astype(np.float64)  # uint8 scores must not wrap on negation
     labels = model.spec.labels
     idx = np.argsort(-row, kind="stable")[:k]
-    return [{"index": int(i), "label": labels[i] if i < len(labels) else str(int(i)),
-             "score": float(row[i])} for i in idx]
+    return [
+        {"index": int(i), "label": labels[i] if i < len(labels) else str(int(i)), "score": float(row[i])} for i in idx
+    ]
 
 
 def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) -> FastAPI:
@@ -118,8 +150,12 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
         finally:
             await service.stop()
 
-    app = FastAPI(title="edgefleet cloud fallback", version="1", lifespan=lifespan,
-                  description="Serves the ONNX twins of verified edgefleet bundles.")
+    app = FastAPI(
+        title="edgefleet cloud fallback",
+        version="1",
+        lifespan=lifespan,
+        description="Serves the ONNX twins of verified edgefleet bundles.",
+    )
     app.state.service = service
     app.add_middleware(Guard, limit=config.limits.max_body_bytes, metrics=service.metrics, service=service)
 
@@ -157,14 +193,16 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         service.metrics.errors.labels(f"http_{exc.status_code}").inc()
-        return error_response(exc.status_code, f"http_{exc.status_code}",
-                              f"{request.method} {request.url.path}: {exc.detail}")
+        return error_response(
+            exc.status_code, f"http_{exc.status_code}", f"{request.method} {request.url.path}: {exc.detail}"
+        )
 
     async def image_predict(served: ServedModel, request: Request) -> Response:
         spec = served.spec
         if spec.image is None:
-            raise BadInput("model", f"{spec.name} {spec.version} takes tensors, not images; "
-                                    f"use /v1/models/{spec.name}/predict")
+            raise BadInput(
+                "model", f"{spec.name} {spec.version} takes tensors, not images; use /v1/models/{spec.name}/predict"
+            )
         async with request.form() as form:  # closes the spooled upload files on exit
             upload = form.get("file")
             if not isinstance(upload, StarletteUploadFile):
@@ -177,8 +215,9 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
         def answer(outputs: list[np.ndarray]) -> bytes:  # in the worker thread, after the run
             return json_bytes({"predictions": outputs[0], "model": spec.ref, "top": _top(served, outputs[0])})
 
-        body = await served.predict_lazy(lambda: image_tensor(data, image, dtype, max_pixels),
-                                         (1, *image.sample_shape), answer)
+        body = await served.predict_lazy(
+            lambda: image_tensor(data, image, dtype, max_pixels), (1, *image.sample_shape), answer
+        )
         return Response(body, media_type="application/json")
 
     @app.post("/predict", summary="Seed-compatible image prediction", openapi_extra=IMAGE_BODY)
@@ -193,39 +232,54 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
         if ctype == "application/json":
             x = tensor_from_json(body, spec.input, max_rows)
         elif ctype == "application/octet-stream":
-            x = tensor_from_bytes(body, request.headers.get("x-tensor-shape"),
-                                  request.headers.get("x-tensor-dtype"), spec.input, max_rows)
+            x = tensor_from_bytes(
+                body, request.headers.get("x-tensor-shape"), request.headers.get("x-tensor-dtype"), spec.input, max_rows
+            )
         else:
             service.metrics.errors.labels("unsupported_media_type").inc()
-            return error_response(415, "unsupported_media_type",
-                                  f"bad Content-Type {ctype or '(none)'!r}: send application/json "
-                                  "or application/octet-stream")
+            return error_response(
+                415,
+                "unsupported_media_type",
+                f"bad Content-Type {ctype or '(none)'!r}: send application/json or application/octet-stream",
+            )
         if "application/octet-stream" in request.headers.get("accept", ""):
             outputs = await served.predict(x)
             data, shape, dtype = tensor_to_bytes(outputs[0])
-            return Response(data, media_type="application/octet-stream", headers={
-                "X-Tensor-Shape": shape, "X-Tensor-Dtype": dtype, "X-Model-Name": spec.name,
-                "X-Model-Version": spec.version, "X-Model-Digest": spec.digest})
+            return Response(
+                data,
+                media_type="application/octet-stream",
+                headers={
+                    "X-Tensor-Shape": shape,
+                    "X-Tensor-Dtype": dtype,
+                    "X-Model-Name": spec.name,
+                    "X-Model-Version": spec.version,
+                    "X-Model-Digest": spec.digest,
+                },
+            )
         body = await served.predict(x, lambda outputs: json_bytes(_result(served, outputs)))
         return Response(body, media_type="application/json")
 
-    @app.post("/v1/models/{name}/predict", summary="Tensor prediction, default version",
-              openapi_extra=TENSOR_BODY)
+    @app.post("/v1/models/{name}/predict", summary="Tensor prediction, default version", openapi_extra=TENSOR_BODY)
     async def predict_tensor(name: str, request: Request) -> Response:
         return await tensor_predict(service.catalog.get(name), request)
 
-    @app.post("/v1/models/{name}/versions/{version}/predict", summary="Tensor prediction, one version",
-              openapi_extra=TENSOR_BODY)
+    @app.post(
+        "/v1/models/{name}/versions/{version}/predict",
+        summary="Tensor prediction, one version",
+        openapi_extra=TENSOR_BODY,
+    )
     async def predict_tensor_version(name: str, version: str, request: Request) -> Response:
         return await tensor_predict(service.catalog.get(name, version), request)
 
-    @app.post("/v1/models/{name}/predict/image", summary="Image prediction, default version",
-              openapi_extra=IMAGE_BODY)
+    @app.post("/v1/models/{name}/predict/image", summary="Image prediction, default version", openapi_extra=IMAGE_BODY)
     async def predict_image(name: str, request: Request) -> Response:
         return await image_predict(service.catalog.get(name), request)
 
-    @app.post("/v1/models/{name}/versions/{version}/predict/image",
-              summary="Image prediction on one version", openapi_extra=IMAGE_BODY)
+    @app.post(
+        "/v1/models/{name}/versions/{version}/predict/image",
+        summary="Image prediction on one version",
+        openapi_extra=IMAGE_BODY,
+    )
     async def predict_image_version(name: str, version: str, request: Request) -> Response:
         return await image_predict(service.catalog.get(name, version), request)
 
@@ -233,9 +287,12 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
     async def list_models() -> dict[str, Any]:
         cat = service.catalog
         defaults = {n: cat.default(n).spec.digest for n in cat.names()}
-        return {"models": [describe(m, defaults[m.spec.name] == m.spec.digest) for m in cat.models()],
-                "refused": [{"source": r.source, "reason": r.reason, "detail": r.detail}
-                            for r in service.folder.refusals.values()]}
+        return {
+            "models": [describe(m, defaults[m.spec.name] == m.spec.digest) for m in cat.models()],
+            "refused": [
+                {"source": r.source, "reason": r.reason, "detail": r.detail} for r in service.folder.refusals.values()
+            ],
+        }
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:
@@ -246,8 +303,9 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
         n = len(service.catalog)
         if service.ready and n:
             return JSONResponse({"status": "ready", "models": n})
-        return error_response(503, Unavailable.code,
-                              "not ready: " + ("no verified model loaded" if service.ready else "starting"))
+        return error_response(
+            503, Unavailable.code, "not ready: " + ("no verified model loaded" if service.ready else "starting")
+        )
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics_route() -> Response:

@@ -32,8 +32,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,17 +75,16 @@ def take(queue: Sequence[Pending], max_batch: int, batchable: bool) -> int:
 
 @dataclass
 class _Item:
-    x: np.ndarray | None                              # None until ``prepare`` ran
-    prepare: Callable[[], np.ndarray] | None          # decoding done by the worker, off the event loop
+    x: np.ndarray | None  # None until ``prepare`` ran
+    prepare: Callable[[], np.ndarray] | None  # decoding done by the worker, off the event loop
     pending: Pending
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     enqueued: float
-    finish: Finisher | None = None                    # outputs -> answer, in the worker
+    finish: Finisher | None = None  # outputs -> answer, in the worker
 
 
-def _resolve(fut: asyncio.Future[Any], result: Any,
-             exc: BaseException | None) -> None:
+def _resolve(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
     if fut.done():
         return
     if exc is not None:
@@ -96,9 +96,17 @@ def _resolve(fut: asyncio.Future[Any], result: Any,
 class Batcher:
     """``workers`` threads per served model version. Thread-safe ``submit`` from any event loop."""
 
-    def __init__(self, name: str, run: Runner, policy: BatchPolicy, batchable: bool = True,
-                 on_batch: BatchHook | None = None, fail: Callable[[Exception], CloudError] | None = None,
-                 clock: Callable[[], float] = time.monotonic, workers: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        run: Runner,
+        policy: BatchPolicy,
+        batchable: bool = True,
+        on_batch: BatchHook | None = None,
+        fail: Callable[[Exception], CloudError] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        workers: int = 1,
+    ) -> None:
         self.name = name
         self._run = run
         self.policy = policy
@@ -110,8 +118,9 @@ class Batcher:
         self._rows = 0
         self._closed = False
         self._cond = threading.Condition()
-        self._threads = [threading.Thread(target=self._work, name=f"batcher-{name}-{i}", daemon=True)
-                         for i in range(max(1, workers))]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"batcher-{name}-{i}", daemon=True) for i in range(max(1, workers))
+        ]
         for t in self._threads:
             t.start()
 
@@ -125,16 +134,22 @@ class Batcher:
         ``finish(outputs)`` computed by the worker."""
         return await self._enqueue(x, None, Pending(int(x.shape[0]), tuple(x.shape[1:])), finish)
 
-    async def submit_lazy(self, prepare: Callable[[], np.ndarray], shape: tuple[int, ...],
-                          finish: Finisher | None = None) -> Any:
+    async def submit_lazy(
+        self, prepare: Callable[[], np.ndarray], shape: tuple[int, ...], finish: Finisher | None = None
+    ) -> Any:
         """Queue work whose input a worker thread builds with ``prepare()`` (e.g. decoding an
         image), so the event loop only does HTTP. ``shape`` is what ``prepare`` will return;
         an exception from it fails this request only. With ``finish``, the result is
         ``finish(outputs)``, computed by the worker."""
         return await self._enqueue(None, prepare, Pending(int(shape[0]), tuple(shape[1:])), finish)
 
-    async def _enqueue(self, x: np.ndarray | None, prepare: Callable[[], np.ndarray] | None,
-                       pending: Pending, finish: Finisher | None = None) -> Any:
+    async def _enqueue(
+        self,
+        x: np.ndarray | None,
+        prepare: Callable[[], np.ndarray] | None,
+        pending: Pending,
+        finish: Finisher | None = None,
+    ) -> Any:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         rows = pending.rows
@@ -142,8 +157,10 @@ class Batcher:
             if self._closed:
                 raise Unavailable(f"model {self.name} is being unloaded; retry")
             if self._rows + rows > self.policy.max_queue:
-                raise Overloaded(f"model {self.name}: queue full ({self._rows} of "
-                                 f"{self.policy.max_queue} samples waiting)", retry_after=1.0)
+                raise Overloaded(
+                    f"model {self.name}: queue full ({self._rows} of {self.policy.max_queue} samples waiting)",
+                    retry_after=1.0,
+                )
             self._queue.append(_Item(x, prepare, pending, fut, loop, self._clock(), finish))
             self._rows += rows
             self._cond.notify()
@@ -174,8 +191,9 @@ class Batcher:
                 self._cond.wait(left)
             now = self._clock()
             expired: list[_Item] = []
-            while self._queue and (now - self._queue[0].enqueued > p.queue_timeout_s
-                                   or self._queue[0].future.cancelled()):
+            while self._queue and (
+                now - self._queue[0].enqueued > p.queue_timeout_s or self._queue[0].future.cancelled()
+            ):
                 item = self._queue.popleft()
                 self._rows -= item.pending.rows
                 expired.append(item)
@@ -185,9 +203,15 @@ class Batcher:
         for item in expired:
             if not item.future.cancelled():
                 waited = now - item.enqueued
-                self._answer(item, None, Overloaded(
-                    f"model {self.name}: request waited {waited:.2f}s in the queue "
-                    f"(limit {p.queue_timeout_s}s)", retry_after=1.0, queue_full=False))
+                self._answer(
+                    item,
+                    None,
+                    Overloaded(
+                        f"model {self.name}: request waited {waited:.2f}s in the queue (limit {p.queue_timeout_s}s)",
+                        retry_after=1.0,
+                        queue_full=False,
+                    ),
+                )
         return batch
 
     def _answer(self, item: _Item, result: Any, exc: BaseException | None) -> None:
@@ -207,8 +231,9 @@ class Batcher:
                     self._answer(item, None, self._error(exc))
                     continue
                 if (int(x.shape[0]), tuple(x.shape[1:])) != (item.pending.rows, item.pending.shape):
-                    self._answer(item, None, RuntimeError(
-                        f"prepared input {x.shape} differs from the announced {item.pending}"))
+                    self._answer(
+                        item, None, RuntimeError(f"prepared input {x.shape} differs from the announced {item.pending}")
+                    )
                     continue
                 item.x = x
             ready.append(item)
@@ -224,7 +249,7 @@ class Batcher:
         at = 0
         for item in items:
             rows = item.pending.rows
-            mine: Any = [o[at:at + rows] for o in outputs]
+            mine: Any = [o[at : at + rows] for o in outputs]
             at += rows
             if item.finish is not None:
                 try:
@@ -246,7 +271,7 @@ class Batcher:
                 self._run_items(batch)
             except Exception as exc:  # noqa: BLE001 - a model error must not kill the worker
                 if len(batch) > 1:
-                    for item in batch:   # isolate the request that broke the batch
+                    for item in batch:  # isolate the request that broke the batch
                         try:
                             self._run_items([item])
                         except Exception as one:  # noqa: BLE001

@@ -50,16 +50,19 @@ def parse_labels(data: bytes, source: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
-def verify_archive(stream: io.BufferedIOBase | io.BytesIO, length: int, root: Root, now: int,
-                   source: str) -> VerifiedBundle:
+def verify_archive(
+    stream: io.BufferedIOBase | io.BytesIO, length: int, root: Root, now: int, source: str
+) -> VerifiedBundle:
     """Verify and split an archive of ``length`` bytes; raise :class:`BundleRefused` with the
     protocol reason code on any failure."""
     if root.expires <= now:
-        raise BundleRefused(source, Reason.EXPIRED.value,
-                            f"trust root v{root.version} expired at {root.expires}, now {now}")
+        raise BundleRefused(
+            source, Reason.EXPIRED.value, f"trust root v{root.version} expired at {root.expires}, now {now}"
+        )
     if length > MAX_ARCHIVE_BYTES:
-        raise BundleRefused(source, Reason.LENGTH_MISMATCH.value,
-                            f"archive is {length} bytes, limit {MAX_ARCHIVE_BYTES}")
+        raise BundleRefused(
+            source, Reason.LENGTH_MISMATCH.value, f"archive is {length} bytes, limit {MAX_ARCHIVE_BYTES}"
+        )
     kept: dict[str, list[bytes]] = {}
 
     def sink(artifact: Artifact, chunk: bytes) -> None:
@@ -73,8 +76,9 @@ def verify_archive(stream: io.BufferedIOBase | io.BytesIO, length: int, root: Ro
         raise BundleRefused(source, exc.reason.value, detail) from None
     onnx = manifest.artifact("onnx")
     if onnx is None:
-        raise BundleRefused(source, Reason.MISSING_ARTIFACT.value,
-                            f"bundle {manifest.name} {manifest.version} has no 'onnx' artifact")
+        raise BundleRefused(
+            source, Reason.MISSING_ARTIFACT.value, f"bundle {manifest.name} {manifest.version} has no 'onnx' artifact"
+        )
     labels_art = manifest.artifact("labels")
     labels = parse_labels(b"".join(kept.get(labels_art.name, [])), source) if labels_art else ()
     return VerifiedBundle(manifest, digest, b"".join(kept[onnx.name]), labels, source)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from .errors import ConfigError
 
@@ -50,18 +50,18 @@ class BatchPolicy:
 class SessionTuning:
     """onnxruntime session options (see docs/cloud.md for why these defaults)."""
 
-    intra_threads: int = 1          # per run; parallelism comes from BatchPolicy.workers
-    inter_threads: int = 1          # graphs here are sequential; parallel executor only adds overhead
-    spinning: bool = False          # spin-waiting workers steal the CPU the HTTP loop needs
-    optimization: str = "all"       # disable | basic | extended | all
+    intra_threads: int = 1  # per run; parallelism comes from BatchPolicy.workers
+    inter_threads: int = 1  # graphs here are sequential; parallel executor only adds overhead
+    spinning: bool = False  # spin-waiting workers steal the CPU the HTTP loop needs
+    optimization: str = "all"  # disable | basic | extended | all
 
 
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int = 8 * 1024 * 1024
-    max_image_pixels: int = 16_000_000   # checked from the header, before decoding
-    max_batch_rows: int = 256            # rows in one tensor request
-    per_key_inflight: int = 0            # concurrent requests per API key (0: unlimited)
+    max_image_pixels: int = 16_000_000  # checked from the header, before decoding
+    max_batch_rows: int = 256  # rows in one tensor request
+    per_key_inflight: int = 0  # concurrent requests per API key (0: unlimited)
 
 
 @dataclass(frozen=True)
@@ -79,14 +79,14 @@ class CloudConfig:
     port: int = 8100
     api_keys: tuple[ApiKey, ...] = ()
     default_model: str | None = None
-    poll_s: float = 2.0              # 0 disables watching the bundle folder
+    poll_s: float = 2.0  # 0 disables watching the bundle folder
     batch: BatchPolicy = BatchPolicy()
     session: SessionTuning = SessionTuning()
     limits: Limits = Limits()
     hub: HubSource | None = None
     access_log: bool = False
     log_level: str = "INFO"
-    processes: int = 1               # server processes sharing the port (each loads every model)
+    processes: int = 1  # server processes sharing the port (each loads every model)
 
     @property
     def auth_required(self) -> bool:
@@ -119,15 +119,35 @@ def _positive(value: float, what: str) -> None:
         raise ConfigError(f"{what} must be > 0, got {value}")
 
 
-def build(*, bundles: str, root: str, host: str = "127.0.0.1", port: int = 8100,
-          api_keys: list[str] | None = None, default_model: str | None = None, poll_s: float = 2.0,
-          max_batch: int = 4, max_wait_ms: float = 0.0, max_queue: int = 256,
-          queue_timeout_s: float = 5.0, workers: int = 0, intra_threads: int = 1, inter_threads: int = 1,
-          spinning: bool = False, optimization: str = "all", max_body_bytes: int = 8 * 1024 * 1024,
-          hub: str | None = None, token: str | None = None, hub_poll_s: float = 30.0,
-          per_key_inflight: int = 0, insecure_no_auth: bool = False, access_log: bool = False,
-          log_level: str = "INFO", processes: int = 1,
-          environ: Mapping[str, str] | None = None) -> CloudConfig:
+def build(
+    *,
+    bundles: str,
+    root: str,
+    host: str = "127.0.0.1",
+    port: int = 8100,
+    api_keys: list[str] | None = None,
+    default_model: str | None = None,
+    poll_s: float = 2.0,
+    max_batch: int = 4,
+    max_wait_ms: float = 0.0,
+    max_queue: int = 256,
+    queue_timeout_s: float = 5.0,
+    workers: int = 0,
+    intra_threads: int = 1,
+    inter_threads: int = 1,
+    spinning: bool = False,
+    optimization: str = "all",
+    max_body_bytes: int = 8 * 1024 * 1024,
+    hub: str | None = None,
+    token: str | None = None,
+    hub_poll_s: float = 30.0,
+    per_key_inflight: int = 0,
+    insecure_no_auth: bool = False,
+    access_log: bool = False,
+    log_level: str = "INFO",
+    processes: int = 1,
+    environ: Mapping[str, str] | None = None,
+) -> CloudConfig:
     """Validate everything once; raise :class:`ConfigError` naming the bad option and value."""
     env = os.environ if environ is None else environ
     bundle_dir = Path(bundles)
@@ -145,8 +165,10 @@ def build(*, bundles: str, root: str, host: str = "127.0.0.1", port: int = 8100,
     if len(set(names)) != len(names):
         raise ConfigError(f"API key names must be unique, got {names}")
     if not keys and not _is_loopback(host) and not insecure_no_auth:
-        raise ConfigError(f"--host {host} is reachable from other machines: give --api-key "
-                          f"(or {ENV_API_KEYS}), or --insecure-no-auth to serve without keys")
+        raise ConfigError(
+            f"--host {host} is reachable from other machines: give --api-key "
+            f"(or {ENV_API_KEYS}), or --insecure-no-auth to serve without keys"
+        )
     if max_batch < 1:
         raise ConfigError(f"--max-batch must be >= 1, got {max_batch}")
     if max_wait_ms < 0:
@@ -183,9 +205,18 @@ def build(*, bundles: str, root: str, host: str = "127.0.0.1", port: int = 8100,
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"--log-level must be DEBUG|INFO|WARNING|ERROR, got {log_level!r}")
     return CloudConfig(
-        bundles=bundle_dir, root=root_path, host=host, port=port, api_keys=keys,
-        default_model=default_model, poll_s=poll_s,
+        bundles=bundle_dir,
+        root=root_path,
+        host=host,
+        port=port,
+        api_keys=keys,
+        default_model=default_model,
+        poll_s=poll_s,
         batch=BatchPolicy(max_batch, max_wait_ms / 1000.0, max_queue, queue_timeout_s, n_workers),
         session=SessionTuning(intra_threads, inter_threads, spinning, optimization),
-        limits=Limits(max_body_bytes=max_body_bytes, per_key_inflight=per_key_inflight), hub=source,
-        access_log=access_log, log_level=level, processes=n_processes)
+        limits=Limits(max_body_bytes=max_body_bytes, per_key_inflight=per_key_inflight),
+        hub=source,
+        access_log=access_log,
+        log_level=level,
+        processes=n_processes,
+    )

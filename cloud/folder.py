@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 from protocol.signing import Root
 
@@ -49,8 +49,8 @@ class Seen:
 
 @dataclass(frozen=True)
 class ScanPlan:
-    read: tuple[str, ...]     # files to verify and load (new or changed)
-    gone: tuple[str, ...]     # files no longer present
+    read: tuple[str, ...]  # files to verify and load (new or changed)
+    gone: tuple[str, ...]  # files no longer present
 
     @property
     def empty(self) -> bool:
@@ -64,8 +64,15 @@ def plan(seen: Mapping[str, Seen], present: Mapping[str, Stamp]) -> ScanPlan:
 
 
 class Folder:
-    def __init__(self, directory: Path, root: Root, catalog: Catalog, opts: LoadOptions,
-                 metrics: Metrics | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        root: Root,
+        catalog: Catalog,
+        opts: LoadOptions,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.directory = directory
         self.root = root
         self.catalog = catalog
@@ -114,8 +121,12 @@ class Folder:
                 except _Duplicate as dup:
                     if old is None or old.digest != dup.digest:
                         owner = [f for f, s in self.seen.items() if s.digest == dup.digest and f != name]
-                        log.info("bundle %s: digest %s is already served (from %s)",
-                                 name, dup.digest[:12], owner[0] if owner else "another file")
+                        log.info(
+                            "bundle %s: digest %s is already served (from %s)",
+                            name,
+                            dup.digest[:12],
+                            owner[0] if owner else "another file",
+                        )
                     # both files now hold this digest: it stays served while either remains
                     self.seen[name] = Seen(present[name], dup.digest)
                     continue
@@ -128,10 +139,15 @@ class Folder:
                 self.catalog.add(model)
                 self.refusals.pop(name, None)
                 s = model.spec
-                log.info("serving %s version %s (digest %s, input %s%s) from %s", s.name, s.version,
-                         s.digest[:12], s.input.describe(),
-                         f", image {s.image.height}x{s.image.width}x{s.image.channels} {s.image.layout}"
-                         if s.image else "", name)
+                log.info(
+                    "serving %s version %s (digest %s, input %s%s) from %s",
+                    s.name,
+                    s.version,
+                    s.digest[:12],
+                    s.input.describe(),
+                    f", image {s.image.height}x{s.image.width}x{s.image.channels} {s.image.layout}" if s.image else "",
+                    name,
+                )
                 self.seen[name] = Seen(present[name], s.digest)
                 if old is not None and old.digest and old.digest != s.digest:
                     drop.append(old.digest)
@@ -150,8 +166,13 @@ class Folder:
         model = self.catalog.remove(digest)
         if model is None:
             return
-        log.info("unloading %s version %s (digest %s); draining %d queued samples",
-                 model.spec.name, model.spec.version, digest[:12], model.batcher.depth)
+        log.info(
+            "unloading %s version %s (digest %s); draining %d queued samples",
+            model.spec.name,
+            model.spec.version,
+            digest[:12],
+            model.batcher.depth,
+        )
         await asyncio.to_thread(model.close)
 
     def _refused(self, name: str, exc: BundleRefused) -> None:

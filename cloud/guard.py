@@ -56,24 +56,27 @@ class Guard:
                 except AuthError as exc:
                     status["code"] = 401
                     self.metrics.errors.labels(exc.code).inc()
-                    await error_response(401, exc.code, str(exc), {"WWW-Authenticate": "Bearer"})(
-                        scope, receive, send)
+                    await error_response(401, exc.code, str(exc), {"WWW-Authenticate": "Bearer"})(scope, receive, send)
                     return
                 if key is not None and not self.service.admit(key):
                     status["code"] = 429
                     self.metrics.errors.labels(Overloaded.code).inc()
                     await error_response(
-                        429, Overloaded.code, f"API key {key.name!r} already has "
+                        429,
+                        Overloaded.code,
+                        f"API key {key.name!r} already has "
                         f"{self.service.config.limits.per_key_inflight} requests in flight",
-                        {"Retry-After": "1"})(scope, receive, send)
+                        {"Retry-After": "1"},
+                    )(scope, receive, send)
                     key = None  # not admitted: nothing to release
                     return
             # every method: no route may ever see an unbounded body, whatever it is declared as
             body = await self._read_body(scope, receive)
             if body is None:
                 status["code"] = 413
-                resp = error_response(413, TooLarge.code, f"bad request body: larger than the "
-                                      f"limit of {self.limit} bytes")
+                resp = error_response(
+                    413, TooLarge.code, f"bad request body: larger than the limit of {self.limit} bytes"
+                )
                 self.metrics.errors.labels(TooLarge.code).inc()
                 await resp(scope, receive, send)
                 return
@@ -84,8 +87,7 @@ class Guard:
                 self.service.release(key)
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            self.metrics.request_seconds.labels(path, str(status["code"])).observe(
-                time.perf_counter() - start)
+            self.metrics.request_seconds.labels(path, str(status["code"])).observe(time.perf_counter() - start)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
         for key, value in scope.get("headers", []):

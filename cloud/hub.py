@@ -26,9 +26,10 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .config import HubSource
 from .folder import SUFFIX, Folder
@@ -100,8 +101,9 @@ class HubPuller:
             log.warning("hub %s is plain HTTP: the hub token crosses the network unencrypted", source.url)
 
     def _get(self, path: str, limit: int) -> bytes:
-        req = urllib.request.Request(self.source.url + path, headers={
-            "Authorization": f"Bearer {self.source.token}", "Accept": "*/*"})
+        req = urllib.request.Request(
+            self.source.url + path, headers={"Authorization": f"Bearer {self.source.token}", "Accept": "*/*"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:  # noqa: S310 - URL from config
                 data = resp.read(limit + 1)
@@ -140,8 +142,10 @@ class HubPuller:
         data = self._get(f"/api/v1/bundles/{item.digest}/archive", item.size)
         got = hashlib.sha256(data).hexdigest()
         if len(data) != item.size or got != item.archive_sha256:
-            raise HubError(f"archive of {item.name} {item.version}: {len(data)} bytes sha256 {got[:12]}, "
-                           f"listed {item.size} bytes sha256 {item.archive_sha256[:12]}")
+            raise HubError(
+                f"archive of {item.name} {item.version}: {len(data)} bytes sha256 {got[:12]}, "
+                f"listed {item.size} bytes sha256 {item.archive_sha256[:12]}"
+            )
         path = self.directory / f"{item.archive_sha256}{SUFFIX}"
         try:
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".part")

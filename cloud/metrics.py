@@ -8,7 +8,7 @@ names nor secrets appear), routes from the route table.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -21,32 +21,41 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.request_seconds = Histogram(
-            "edgefleet_cloud_request_seconds", "HTTP request latency, by route and status code",
-            ["route", "status"], buckets=LATENCY_BUCKETS, registry=r)
+            "edgefleet_cloud_request_seconds",
+            "HTTP request latency, by route and status code",
+            ["route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "edgefleet_cloud_batch_size", "Samples per onnxruntime run", ["model"],
-            buckets=BATCH_BUCKETS, registry=r)
+            "edgefleet_cloud_batch_size", "Samples per onnxruntime run", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
         self.batch_seconds = Histogram(
-            "edgefleet_cloud_batch_seconds", "Time of one onnxruntime run", ["model"],
-            buckets=LATENCY_BUCKETS, registry=r)
+            "edgefleet_cloud_batch_seconds",
+            "Time of one onnxruntime run",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge(
-            "edgefleet_cloud_queue_depth", "Samples waiting for a batch", ["model", "version"],
-            registry=r)
+            "edgefleet_cloud_queue_depth", "Samples waiting for a batch", ["model", "version"], registry=r
+        )
         self.predictions = Counter(
-            "edgefleet_cloud_predictions_total", "Samples predicted", ["model", "version"],
-            registry=r)
+            "edgefleet_cloud_predictions_total", "Samples predicted", ["model", "version"], registry=r
+        )
         self.errors = Counter(
-            "edgefleet_cloud_errors_total", "Requests answered with an error, by error code",
-            ["code"], registry=r)
+            "edgefleet_cloud_errors_total", "Requests answered with an error, by error code", ["code"], registry=r
+        )
         self.requests_by_key = Counter(
             "edgefleet_cloud_key_requests_total",
             "Authenticated requests per API key slot (1-based position in the configuration)",
-            ["slot"], registry=r)
-        self.models_loaded = Gauge(
-            "edgefleet_cloud_models_loaded", "Model versions being served", registry=r)
+            ["slot"],
+            registry=r,
+        )
+        self.models_loaded = Gauge("edgefleet_cloud_models_loaded", "Model versions being served", registry=r)
         self.bundles_refused = Counter(
-            "edgefleet_cloud_bundles_refused_total", "Bundles refused at load, by reason code",
-            ["reason"], registry=r)
+            "edgefleet_cloud_bundles_refused_total", "Bundles refused at load, by reason code", ["reason"], registry=r
+        )
 
     def track_queue(self, model: str, version: str, depth: Callable[[], float]) -> None:
         self.queue_depth.labels(model, version).set_function(depth)

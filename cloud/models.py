@@ -14,8 +14,9 @@ Catalog rules (mutated only from the event loop; read from request handlers):
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -67,8 +68,9 @@ class LoadOptions:
 
 
 class ServedModel:
-    def __init__(self, spec: ModelSpec, session: ort.InferenceSession, policy: BatchPolicy,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, spec: ModelSpec, session: ort.InferenceSession, policy: BatchPolicy, metrics: Metrics | None = None
+    ) -> None:
         self.spec = spec
         self.session = session
         self._input = spec.input.name
@@ -82,15 +84,21 @@ class ServedModel:
                 sizes.observe(rows)
                 secs.observe(seconds)
 
-        self.batcher = Batcher(f"{spec.name}@{spec.version}", self._run, policy,
-                               batchable=spec.input.batchable, on_batch=hook, fail=_ort_error,
-                               workers=policy.workers)
+        self.batcher = Batcher(
+            f"{spec.name}@{spec.version}",
+            self._run,
+            policy,
+            batchable=spec.input.batchable,
+            on_batch=hook,
+            fail=_ort_error,
+            workers=policy.workers,
+        )
         if metrics is not None:
             metrics.track_queue(spec.name, spec.version, lambda: float(self.batcher.depth))
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         if self.spec.input.batch == 1 and x.shape[0] > 1:  # static batch of 1: one row per run
-            runs = [self.session.run(None, {self._input: x[i:i + 1]}) for i in range(x.shape[0])]
+            runs = [self.session.run(None, {self._input: x[i : i + 1]}) for i in range(x.shape[0])]
             outs = [np.concatenate(parts) for parts in zip(*runs)]
         else:
             outs = list(self.session.run(None, {self._input: x}))
@@ -105,8 +113,12 @@ class ServedModel:
         self._count(int(x.shape[0]))
         return result
 
-    async def predict_lazy(self, prepare: Callable[[], np.ndarray], shape: tuple[int, ...],
-                           finish: Callable[[list[np.ndarray]], Any] | None = None) -> Any:
+    async def predict_lazy(
+        self,
+        prepare: Callable[[], np.ndarray],
+        shape: tuple[int, ...],
+        finish: Callable[[list[np.ndarray]], Any] | None = None,
+    ) -> Any:
         """Like :meth:`predict`, but a worker thread builds the input and, with ``finish``,
         turns the outputs into the answer (see Batcher.submit_lazy)."""
         result = await self.batcher.submit_lazy(prepare, shape, finish)
@@ -135,20 +147,29 @@ def load_model(bundle: VerifiedBundle, opts: LoadOptions, metrics: Metrics | Non
     """Open the bundle's ONNX twin, derive its spec, run one warm-up inference; or BundleRefused."""
     src = bundle.source
     try:
-        session = ort.InferenceSession(bundle.onnx, sess_options=session_options(opts.tuning),
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            bundle.onnx, sess_options=session_options(opts.tuning), providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many unrelated types
-        raise BundleRefused(src, Reason.UNSUPPORTED_RUNTIME.value,
-                            f"onnxruntime cannot load the ONNX artifact: {str(exc)[:300]}") from None
+        raise BundleRefused(
+            src, Reason.UNSUPPORTED_RUNTIME.value, f"onnxruntime cannot load the ONNX artifact: {str(exc)[:300]}"
+        ) from None
     m = bundle.manifest
-    spec = model_spec(m.name, m.version, bundle.digest, m.created, m.model,
-                      [(i.name, i.type, i.shape) for i in session.get_inputs()],
-                      [o.name for o in session.get_outputs()], bundle.labels, src)
+    spec = model_spec(
+        m.name,
+        m.version,
+        bundle.digest,
+        m.created,
+        m.model,
+        [(i.name, i.type, i.shape) for i in session.get_inputs()],
+        [o.name for o in session.get_outputs()],
+        bundle.labels,
+        src,
+    )
     try:
         session.run(None, {spec.input.name: _warmup_input(spec)})
     except Exception as exc:  # noqa: BLE001
-        raise BundleRefused(src, Reason.INFERENCE_FAILED.value,
-                            f"warm-up inference failed: {str(exc)[:300]}") from None
+        raise BundleRefused(src, Reason.INFERENCE_FAILED.value, f"warm-up inference failed: {str(exc)[:300]}") from None
     return ServedModel(spec, session, opts.policy, metrics)
 
 
@@ -169,9 +190,12 @@ class Catalog:
         """Raise BundleRefused if a bundle with this identity must not be added."""
         for m in self._by_digest.values():
             if m.spec.name == name and m.spec.version == version and m.spec.digest != digest:
-                raise BundleRefused(source, Reason.REPLAYED.value,
-                                    f"{name} version {version} is already served from digest "
-                                    f"{m.spec.digest[:12]}; a new model needs a new version")
+                raise BundleRefused(
+                    source,
+                    Reason.REPLAYED.value,
+                    f"{name} version {version} is already served from digest "
+                    f"{m.spec.digest[:12]}; a new model needs a new version",
+                )
 
     def add(self, model: ServedModel) -> None:
         s = model.spec
@@ -196,8 +220,9 @@ class Catalog:
             self._metrics.models_loaded.set(len(self._by_digest))
 
     def models(self) -> list[ServedModel]:
-        return sorted(self._by_digest.values(),
-                      key=lambda m: (m.spec.name, -m.spec.created, -self._order[m.spec.digest]))
+        return sorted(
+            self._by_digest.values(), key=lambda m: (m.spec.name, -m.spec.created, -self._order[m.spec.digest])
+        )
 
     def names(self) -> list[str]:
         return sorted({m.spec.name for m in self._by_digest.values()})
@@ -229,15 +254,30 @@ class Catalog:
 def describe(model: ServedModel, default: bool) -> dict[str, Any]:
     s = model.spec
     out: dict[str, Any] = {
-        "name": s.name, "version": s.version, "digest": s.digest, "created": s.created,
-        "default": default, "task": s.task,
-        "input": {"name": s.input.name, "dtype": s.input.dtype,
-                  "shape": [s.input.batch] + list(s.input.sample), "batchable": s.input.batchable},
-        "outputs": list(s.outputs), "labels": len(s.labels),
+        "name": s.name,
+        "version": s.version,
+        "digest": s.digest,
+        "created": s.created,
+        "default": default,
+        "task": s.task,
+        "input": {
+            "name": s.input.name,
+            "dtype": s.input.dtype,
+            "shape": [s.input.batch] + list(s.input.sample),
+            "batchable": s.input.batchable,
+        },
+        "outputs": list(s.outputs),
+        "labels": len(s.labels),
         "queue_depth": model.batcher.depth,
     }
     if s.image is not None:
         i = s.image
-        out["image"] = {"height": i.height, "width": i.width, "channels": i.channels,
-                        "scale": i.scale, "offset": i.offset, "layout": i.layout}
+        out["image"] = {
+            "height": i.height,
+            "width": i.width,
+            "channels": i.channels,
+            "scale": i.scale,
+            "offset": i.offset,
+            "layout": i.layout,
+        }
     return out

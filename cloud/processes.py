@@ -51,8 +51,14 @@ def serve_process(config: CloudConfig, root: Root, sock: socket.socket | None) -
         # uvicorn shuts down gracefully on these, then re-raises them to the previous handler;
         # ours records it so a clean stop exits 0 instead of dying by the signal.
         signal.signal(sig, lambda signum, frame: stopped.append(signum))
-    uv = uvicorn.Config(app, host=config.host, port=config.port, log_config=None,
-                        access_log=config.access_log, log_level=config.log_level.lower())
+    uv = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        log_config=None,
+        access_log=config.access_log,
+        log_level=config.log_level.lower(),
+    )
     uvicorn.Server(uv).run(sockets=[sock] if sock is not None else None)
     log.info("stopped%s", f" by signal {stopped[-1]}" if stopped else "")
 
@@ -63,8 +69,7 @@ def _child(config: CloudConfig, sock: socket.socket) -> None:
     terminal's process group so Ctrl-C reaches only the parent, which then stops each child with
     one SIGTERM (a second signal would make uvicorn drop in-flight requests)."""
     os.setpgrp()
-    logging.basicConfig(level=config.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     with open(config.root, "rb") as f:
         root = load_root_unverified(f.read())
     serve_process(config, root, sock)
@@ -91,8 +96,12 @@ def supervise(config: CloudConfig, sock: socket.socket) -> int:
         time.sleep(0.2)
         for i, proc in enumerate(procs):
             if not stopping and not proc.is_alive():
-                log.error("server process %s exited with %s; starting another in %.0f s",
-                          proc.pid, proc.exitcode, RESTART_DELAY_S)
+                log.error(
+                    "server process %s exited with %s; starting another in %.0f s",
+                    proc.pid,
+                    proc.exitcode,
+                    RESTART_DELAY_S,
+                )
                 time.sleep(RESTART_DELAY_S)
                 procs[i] = start()
     for proc in procs:

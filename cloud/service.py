@@ -29,8 +29,9 @@ class Service:
         self.config = config
         self.metrics = metrics or Metrics()
         self.catalog = Catalog(self.metrics)
-        self.folder = Folder(config.bundles, root, self.catalog,
-                             LoadOptions(config.session, config.batch), self.metrics)
+        self.folder = Folder(
+            config.bundles, root, self.catalog, LoadOptions(config.session, config.batch), self.metrics
+        )
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: dict[str, int] = {}  # per API key name; touched only on the event loop
@@ -41,12 +42,14 @@ class Service:
             self._tasks.append(asyncio.create_task(self.folder.watch(self.config.poll_s)))
         if self.config.hub is not None:
             from .hub import HubPuller
+
             puller = HubPuller(self.config.hub, self.config.bundles, self.folder)
             try:  # one pull before declaring ready, bounded so a dead hub cannot hold startup
                 await asyncio.wait_for(puller.poll(), HUB_STARTUP_S)
-            except asyncio.TimeoutError:
-                log.warning("hub %s: no answer within %ss at startup; serving the folder",
-                            self.config.hub.url, HUB_STARTUP_S)
+            except TimeoutError:
+                log.warning(
+                    "hub %s: no answer within %ss at startup; serving the folder", self.config.hub.url, HUB_STARTUP_S
+                )
             self._tasks.append(asyncio.create_task(puller.run()))
         self.ready = True
         # everything loaded so far (FastAPI, pydantic, onnxruntime bindings, the models) lives

@@ -13,17 +13,22 @@ time); another fixed ``B`` means requests must carry exactly ``B`` rows and are 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-from protocol.features import resize_filter
 from protocol.errors import Reason
+from protocol.features import resize_filter
 
 from .errors import BundleRefused
 
 ORT_DTYPES = {
-    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-    "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(int32)": "int32",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(int32)": "int32",
     "tensor(int64)": "int64",
 }
 FLOAT_DTYPES = ("float32", "float16", "float64")
@@ -53,8 +58,8 @@ class ImageSpec:
 class InputSpec:
     name: str
     dtype: str
-    batch: Dim                  # None: dynamic
-    sample: tuple[Dim, ...]     # dims after the batch dim
+    batch: Dim  # None: dynamic
+    sample: tuple[Dim, ...]  # dims after the batch dim
 
     @property
     def batchable(self) -> bool:
@@ -91,11 +96,15 @@ def _dim(value: Any) -> Dim:
 def input_spec(name: str, ort_type: str, shape: Sequence[Any], source: str) -> InputSpec:
     dtype = ORT_DTYPES.get(ort_type)
     if dtype is None:
-        raise BundleRefused(source, Reason.UNSUPPORTED_RUNTIME.value,
-                            f"ONNX input {name!r} has type {ort_type}; supported: {sorted(ORT_DTYPES)}")
+        raise BundleRefused(
+            source,
+            Reason.UNSUPPORTED_RUNTIME.value,
+            f"ONNX input {name!r} has type {ort_type}; supported: {sorted(ORT_DTYPES)}",
+        )
     if not shape:
-        raise BundleRefused(source, Reason.UNSUPPORTED_RUNTIME.value,
-                            f"ONNX input {name!r} is a scalar; need a batch dimension")
+        raise BundleRefused(
+            source, Reason.UNSUPPORTED_RUNTIME.value, f"ONNX input {name!r} is a scalar; need a batch dimension"
+        )
     return InputSpec(name, dtype, _dim(shape[0]), tuple(_dim(d) for d in shape[1:]))
 
 
@@ -109,28 +118,33 @@ def image_spec(preprocess: dict[str, Any], inp: InputSpec, source: str) -> Image
     if kind == "tensor":
         return None
     if kind != "image":
-        raise BundleRefused(source, Reason.MALFORMED.value,
-                            f"preprocess kind {kind!r} is not 'image' or 'tensor'")
+        raise BundleRefused(source, Reason.MALFORMED.value, f"preprocess kind {kind!r} is not 'image' or 'tensor'")
     try:
         h, w, c = (int(preprocess[k]) for k in ("height", "width", "channels"))
         scale = float(preprocess.get("scale", 1.0))
         offset = float(preprocess.get("offset", 0.0))
         resize = resize_filter(preprocess)
     except (KeyError, TypeError, ValueError) as exc:
-        raise BundleRefused(source, Reason.MALFORMED.value,
-                            f"preprocess {preprocess!r:.120} needs integer height/width/channels ({exc})") from None
+        raise BundleRefused(
+            source,
+            Reason.MALFORMED.value,
+            f"preprocess {preprocess!r:.120} needs integer height/width/channels ({exc})",
+        ) from None
     if c not in (1, 3) or h < 1 or w < 1:
-        raise BundleRefused(source, Reason.MALFORMED.value,
-                            f"preprocess {h}x{w}x{c}: channels must be 1 or 3, sizes >= 1")
+        raise BundleRefused(
+            source, Reason.MALFORMED.value, f"preprocess {h}x{w}x{c}: channels must be 1 or 3, sizes >= 1"
+        )
     quant = _quantization(preprocess, inp, source)
     if _fits(inp.sample, (h, w, c)):
         layout = "nhwc"
     elif _fits(inp.sample, (c, h, w)):
         layout = "nchw"
     else:
-        raise BundleRefused(source, Reason.MALFORMED.value,
-                            f"preprocess {h}x{w}x{c} fits neither NHWC nor NCHW of ONNX input "
-                            f"{inp.name!r} {inp.describe()}")
+        raise BundleRefused(
+            source,
+            Reason.MALFORMED.value,
+            f"preprocess {h}x{w}x{c} fits neither NHWC nor NCHW of ONNX input {inp.name!r} {inp.describe()}",
+        )
     return ImageSpec(h, w, c, scale, offset, layout, quant, resize)
 
 
@@ -144,34 +158,64 @@ def _quantization(preprocess: dict[str, Any], inp: InputSpec, source: str) -> tu
     if q is None:
         if inp.dtype == "uint8":
             return None
-        raise BundleRefused(source, Reason.UNSUPPORTED_RUNTIME.value,
-                            f"ONNX input {inp.name!r} is {inp.dtype}: images need a float or uint8 input, "
-                            "or preprocess.input_quantization {scale, zero_point}")
+        raise BundleRefused(
+            source,
+            Reason.UNSUPPORTED_RUNTIME.value,
+            f"ONNX input {inp.name!r} is {inp.dtype}: images need a float or uint8 input, "
+            "or preprocess.input_quantization {scale, zero_point}",
+        )
     try:
         qs, zp = float(q["scale"]), int(q["zero_point"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise BundleRefused(source, Reason.MALFORMED.value,
-                            f"preprocess.input_quantization {q!r:.80} needs scale and zero_point ({exc})") from None
+        raise BundleRefused(
+            source,
+            Reason.MALFORMED.value,
+            f"preprocess.input_quantization {q!r:.80} needs scale and zero_point ({exc})",
+        ) from None
     if qs <= 0 or inp.dtype not in ("uint8", "int8"):
-        raise BundleRefused(source, Reason.UNSUPPORTED_RUNTIME.value,
-                            f"input_quantization scale {qs} on a {inp.dtype} input is not supported")
+        raise BundleRefused(
+            source,
+            Reason.UNSUPPORTED_RUNTIME.value,
+            f"input_quantization scale {qs} on a {inp.dtype} input is not supported",
+        )
     return (qs, zp)
 
 
-def model_spec(manifest_name: str, version: str, digest: str, created: int, model: dict[str, Any],
-               inputs: Sequence[tuple[str, str, Sequence[Any]]], outputs: Sequence[str],
-               labels: tuple[str, ...], source: str) -> ModelSpec:
+def model_spec(
+    manifest_name: str,
+    version: str,
+    digest: str,
+    created: int,
+    model: dict[str, Any],
+    inputs: Sequence[tuple[str, str, Sequence[Any]]],
+    outputs: Sequence[str],
+    labels: tuple[str, ...],
+    source: str,
+) -> ModelSpec:
     """Everything the service needs to know about one bundle's ONNX twin, or BundleRefused."""
     if len(inputs) != 1:
-        raise BundleRefused(source, Reason.UNSUPPORTED_RUNTIME.value,
-                            f"ONNX model has {len(inputs)} inputs; the cloud serves single-input models")
+        raise BundleRefused(
+            source,
+            Reason.UNSUPPORTED_RUNTIME.value,
+            f"ONNX model has {len(inputs)} inputs; the cloud serves single-input models",
+        )
     inp = input_spec(*inputs[0], source=source)
     pre = model.get("preprocess", {"kind": "tensor"})
     if not isinstance(pre, dict):
         raise BundleRefused(source, Reason.MALFORMED.value, f"model.preprocess {pre!r:.80} is not an object")
     task = model.get("task", "unknown")
-    return ModelSpec(manifest_name, version, digest, created, str(task), inp, tuple(outputs),
-                     image_spec(pre, inp, source), labels, _output_quantization(model, source))
+    return ModelSpec(
+        manifest_name,
+        version,
+        digest,
+        created,
+        str(task),
+        inp,
+        tuple(outputs),
+        image_spec(pre, inp, source),
+        labels,
+        _output_quantization(model, source),
+    )
 
 
 def _output_quantization(model: dict[str, Any], source: str) -> tuple[float, int] | None:
@@ -183,8 +227,11 @@ def _output_quantization(model: dict[str, Any], source: str) -> tuple[float, int
     try:
         qs, zp = float(q["scale"]), int(q["zero_point"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise BundleRefused(source, Reason.MALFORMED.value,
-                            f"model.onnx.output_quantization {q!r:.80} needs scale and zero_point ({exc})") from None
+        raise BundleRefused(
+            source,
+            Reason.MALFORMED.value,
+            f"model.onnx.output_quantization {q!r:.80} needs scale and zero_point ({exc})",
+        ) from None
     if qs <= 0:
         raise BundleRefused(source, Reason.MALFORMED.value, f"output_quantization scale must be > 0, got {qs}")
     return (qs, zp)

@@ -33,8 +33,11 @@ except ImportError:  # optional: without it Pillow decodes every image
 from .errors import BadInput, TooLarge
 from .spec import ImageSpec, InputSpec
 
-RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-            "nearest": Image.Resampling.NEAREST}
+RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+}
 # what Image.open may try; everything else is "not an image" (see _pixels)
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 DTYPE_NAMES = ("float32", "float16", "float64", "uint8", "int8", "int32", "int64")
@@ -94,8 +97,9 @@ def _pixels(data: bytes, spec: ImageSpec, max_pixels: int) -> np.ndarray:
         # is an exception only where warnings are errors (tests); then it is the same refusal
         raise TooLarge("image", _bomb_pixels(exc), max_pixels) from None
     except UnidentifiedImageError:
-        raise BadInput("file", f"is not an image in a format served here "
-                               f"(expected {', '.join(IMAGE_FORMATS)})") from None
+        raise BadInput(
+            "file", f"is not an image in a format served here (expected {', '.join(IMAGE_FORMATS)})"
+        ) from None
     except MemoryError:
         raise BadInput("image", "needs more memory to decode than this server has") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure on client bytes is a bad image
@@ -111,9 +115,9 @@ def image_tensor(data: bytes, spec: ImageSpec, dtype: str, max_pixels: int) -> n
         pixels = pixels[:, :, None]
     if spec.layout == "nchw":
         pixels = pixels.transpose(2, 0, 1)
-    if dtype == "uint8" and spec.quant is None:   # raw pixels (e.g. Coral's uint8 classifiers)
+    if dtype == "uint8" and spec.quant is None:  # raw pixels (e.g. Coral's uint8 classifiers)
         return np.ascontiguousarray(pixels[None])
-    if spec.quant is not None:                    # q = round((pixel * scale + offset) / qs) + zp
+    if spec.quant is not None:  # q = round((pixel * scale + offset) / qs) + zp
         qs, zp = spec.quant
         info = np.iinfo(np.dtype(dtype))
         f = pixels.astype(np.float32) * np.float32(spec.scale) + np.float32(spec.offset)
@@ -130,8 +134,11 @@ def image_tensor(data: bytes, spec: ImageSpec, dtype: str, max_pixels: int) -> n
 def check_shape(x: np.ndarray, spec: InputSpec, max_rows: int, what: str) -> np.ndarray:
     want = len(spec.sample) + 1
     if x.ndim != want:
-        raise BadInput(what, f"shape {list(x.shape)} has {x.ndim} dims, model input "
-                             f"{spec.name!r} is {spec.describe()} ({want} dims, batch first)")
+        raise BadInput(
+            what,
+            f"shape {list(x.shape)} has {x.ndim} dims, model input "
+            f"{spec.name!r} is {spec.describe()} ({want} dims, batch first)",
+        )
     rows = int(x.shape[0])
     if rows < 1:
         raise BadInput(what, "has no rows")
@@ -147,7 +154,7 @@ def check_shape(x: np.ndarray, spec: InputSpec, max_rows: int, what: str) -> np.
     return x
 
 
-MAX_JSON_DEPTH = 1024   # orjson's nesting limit; a tensor needs at most numpy's 64 dims
+MAX_JSON_DEPTH = 1024  # orjson's nesting limit; a tensor needs at most numpy's 64 dims
 _TOKEN = re.compile(r"[-+]?[A-Za-z0-9_.+-]{1,40}")
 
 
@@ -156,7 +163,7 @@ def _json_problem(exc: orjson.JSONDecodeError) -> str:
     sent (``NaN``, ``Infinity``, ``-Infinity``, ``1e999``), the nesting, or the syntax."""
     if "depth limit" in exc.msg:
         return f"nested deeper than {MAX_JSON_DEPTH} levels (at char {exc.pos})"
-    start = exc.pos - 1 if exc.pos > 0 and exc.doc[exc.pos - 1:exc.pos] in ("-", "+") else exc.pos
+    start = exc.pos - 1 if exc.pos > 0 and exc.doc[exc.pos - 1 : exc.pos] in ("-", "+") else exc.pos
     m = _TOKEN.match(exc.doc, start)
     token = m.group(0) if m else ""
     if "infinity" in exc.msg or token.lstrip("+-") in ("NaN", "nan", "Infinity", "inf", "Inf"):
@@ -195,8 +202,10 @@ def tensor_from_json(body: bytes, spec: InputSpec, max_rows: int) -> np.ndarray:
         raise BadInput("inputs", f"expected a nested list, got {type(inputs).__name__}")
     want = len(spec.sample) + 1
     if (depth := _depth(inputs)) > want:
-        raise BadInput("inputs", f"lists nested {depth} deep, model input {spec.name!r} is "
-                                 f"{spec.describe()} ({want} dims, batch first)")
+        raise BadInput(
+            "inputs",
+            f"lists nested {depth} deep, model input {spec.name!r} is {spec.describe()} ({want} dims, batch first)",
+        )
     try:
         with np.errstate(over="raise", invalid="raise"):
             x = np.array(inputs, dtype=spec.dtype)
@@ -219,8 +228,9 @@ def parse_shape(text: str | None) -> tuple[int, ...]:
     return dims
 
 
-def tensor_from_bytes(body: bytes, shape_header: str | None, dtype_header: str | None,
-                      spec: InputSpec, max_rows: int) -> np.ndarray:
+def tensor_from_bytes(
+    body: bytes, shape_header: str | None, dtype_header: str | None, spec: InputSpec, max_rows: int
+) -> np.ndarray:
     shape = parse_shape(shape_header)
     dtype = (dtype_header or spec.dtype).strip().lower()
     if dtype not in DTYPE_NAMES:

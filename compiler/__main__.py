@@ -12,8 +12,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import commands
 from .errors import CompilerError, GateFailed
@@ -34,50 +34,79 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edgefleet-compile",
         description="Turn a trained model into a verified, Edge-TPU-ready edgefleet bundle.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("digits", help="train the digits CNN (scikit-learn digits) and build its bundle",
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = sub.add_parser(
+        "digits",
+        help="train the digits CNN (scikit-learn digits) and build its bundle",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     d.add_argument("--out", required=True, type=Path, help="bundle directory to create (must not exist)")
     d.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
     d.add_argument("--seed", type=int, default=0, help="seed for the split, init and training (default 0)")
     d.add_argument("--holdout", type=Path, help="also write the held-out test set here (.npz: x uint8 N×8×8, y)")
     _common(d, name="digits")
 
-    b = sub.add_parser("build", help="build a bundle from a Keras .keras file or SavedModel directory",
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b = sub.add_parser(
+        "build",
+        help="build a bundle from a Keras .keras file or SavedModel directory",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     b.add_argument("model", type=Path, help="a .keras file or a SavedModel directory")
-    b.add_argument("--calibration", required=True, type=Path,
-                   help=".npz with x (representative inputs) or a folder of images")
-    b.add_argument("--validation", required=True, type=Path,
-                   help=".npz with x and y (labels) or a folder of images with labels.csv")
+    b.add_argument(
+        "--calibration", required=True, type=Path, help=".npz with x (representative inputs) or a folder of images"
+    )
+    b.add_argument(
+        "--validation",
+        required=True,
+        type=Path,
+        help=".npz with x and y (labels) or a folder of images with labels.csv",
+    )
     b.add_argument("--out", required=True, type=Path, help="bundle directory to create (must not exist)")
     b.add_argument("--labels", type=Path, help="labels file, one per line (default: class ids)")
-    b.add_argument("--scale", type=float, help="image preprocess: float = pixel*scale+offset "
-                   "(used when x is uint8 pixels; default 1/255)")
+    b.add_argument(
+        "--scale",
+        type=float,
+        help="image preprocess: float = pixel*scale+offset (used when x is uint8 pixels; default 1/255)",
+    )
     b.add_argument("--offset", type=float, default=0.0, help="image preprocess offset (default 0)")
     b.add_argument("--image-size", metavar="HxW", help="resize image folders to HxW (default: the .keras input)")
     b.add_argument("--channels", type=int, choices=(1, 3), help="image folders: 1 = grayscale, 3 = RGB")
     _common(b, name=None)
 
-    m = sub.add_parser("import", help="wrap an existing int8 / Edge TPU .tflite into a bundle",
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = sub.add_parser(
+        "import",
+        help="wrap an existing int8 / Edge TPU .tflite into a bundle",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     m.add_argument("model", type=Path, help="the CPU .tflite (int8/uint8 or float), or an *_edgetpu.tflite alone")
     m.add_argument("--edgetpu", type=Path, help="the same model compiled by edgetpu_compiler")
     m.add_argument("--labels", required=True, type=Path, help="labels file, one per line, index = output index")
     m.add_argument("--validation", type=Path, help=".npz (x uint8 pixels or float, y) or image folder with labels.csv")
-    m.add_argument("--calibration", type=Path, help="unlabelled samples for the baseline when there is no validation set")
+    m.add_argument(
+        "--calibration", type=Path, help="unlabelled samples for the baseline when there is no validation set"
+    )
     m.add_argument("--out", required=True, type=Path, help="bundle directory to create (must not exist)")
-    m.add_argument("--scale", type=float, help="float = pixel*scale+offset (default: identity on the "
-                   "model's quantized input)")
+    m.add_argument(
+        "--scale", type=float, help="float = pixel*scale+offset (default: identity on the model's quantized input)"
+    )
     m.add_argument("--offset", type=float, help="see --scale")
     m.add_argument("--name", help="bundle name (default: model file stem)")
     m.add_argument("--version", default="1.0.0", help="bundle version (default 1.0.0)")
     m.add_argument("--sign-key", type=Path, help="Ed25519 PEM key to sign the manifest (standalone use)")
-    m.add_argument("--no-onnx", action="store_true", help="skip the ONNX twin (tf2onnx from_tflite) for the "
-                   "cloud fallback (default: made from the CPU model, parity checked on the data)")
+    m.add_argument(
+        "--no-onnx",
+        action="store_true",
+        help="skip the ONNX twin (tf2onnx from_tflite) for the "
+        "cloud fallback (default: made from the CPU model, parity checked on the data)",
+    )
     m.add_argument("--quiet", action="store_true", help="no progress or table, errors only")
 
     i = sub.add_parser("inspect", help="print the report of a bundle directory")
@@ -87,29 +116,51 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _common(p: argparse.ArgumentParser, name: str | None) -> None:
-    p.add_argument("--name", default=name, help="bundle name" + (f" (default {name})" if name else
-                                                                 " (default: model file stem)"))
+    p.add_argument(
+        "--name", default=name, help="bundle name" + (f" (default {name})" if name else " (default: model file stem)")
+    )
     p.add_argument("--version", default="1.0.0", help="bundle version (default 1.0.0)")
-    p.add_argument("--target", choices=("cpu", "edgetpu"), default="cpu",
-                   help="edgetpu: fail unless the model fully maps (default cpu)")
-    p.add_argument("--io-type", choices=("int8", "uint8"), default="int8",
-                   help="int8 model input/output type (default int8)")
-    p.add_argument("--min-runtime", type=int, metavar="N",
-                   help="edgetpu_compiler -m: oldest Edge TPU runtime to support (default: the compiler's newest)")
-    p.add_argument("--segments", type=int, metavar="N",
-                   help="edgetpu_compiler -n: split into N pipelined segments, one Edge TPU each "
-                        "(bundle role tflite_edgetpu_segment; default: one model)")
-    p.add_argument("--max-accuracy-drop", type=float, default=1.0,
-                   help="largest allowed float->int8 top-1 drop in percentage points (default 1.0)")
-    p.add_argument("--sign-key", type=Path, help="Ed25519 PEM key to sign the manifest (standalone use; "
-                   "normally the hub signs)")
+    p.add_argument(
+        "--target",
+        choices=("cpu", "edgetpu"),
+        default="cpu",
+        help="edgetpu: fail unless the model fully maps (default cpu)",
+    )
+    p.add_argument(
+        "--io-type", choices=("int8", "uint8"), default="int8", help="int8 model input/output type (default int8)"
+    )
+    p.add_argument(
+        "--min-runtime",
+        type=int,
+        metavar="N",
+        help="edgetpu_compiler -m: oldest Edge TPU runtime to support (default: the compiler's newest)",
+    )
+    p.add_argument(
+        "--segments",
+        type=int,
+        metavar="N",
+        help="edgetpu_compiler -n: split into N pipelined segments, one Edge TPU each "
+        "(bundle role tflite_edgetpu_segment; default: one model)",
+    )
+    p.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=1.0,
+        help="largest allowed float->int8 top-1 drop in percentage points (default 1.0)",
+    )
+    p.add_argument(
+        "--sign-key", type=Path, help="Ed25519 PEM key to sign the manifest (standalone use; normally the hub signs)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress or table, errors only")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         if args.command == "digits":
@@ -142,6 +193,7 @@ def _gate_failed(args: argparse.Namespace, exc: GateFailed) -> int:
         where = f"; could not write the report to {path} ({err.strerror})"
     if not getattr(args, "quiet", False) and exc.report:
         from .table import print_summary
+
         print_summary(exc.report, None, None)
     print(f"edgefleet-compile: error: {exc}{where}", file=sys.stderr)
     return exc.exit_code

@@ -18,18 +18,34 @@ from protocol.sketch import DriftThresholds, bin_counts, quantile_edges
 SCHEMA = 1
 
 
-def build(x: np.ndarray, scores: np.ndarray, preprocess: dict[str, Any], num_classes: int,
-          bins: int = 10, thresholds: DriftThresholds = DriftThresholds()) -> dict[str, Any]:
+def build(
+    x: np.ndarray,
+    scores: np.ndarray,
+    preprocess: dict[str, Any],
+    num_classes: int,
+    bins: int = 10,
+    thresholds: DriftThresholds = DriftThresholds(),
+) -> dict[str, Any]:
     if len(x) == 0 or len(x) != len(scores):
         raise ValueError(f"baseline needs as many inputs as scores, got {len(x)} and {len(scores)}")
     ins = _columns([input_features(x[i], preprocess) for i in range(len(x))])
     outs = _columns([output_features(scores[i]) for i in range(len(scores))])
     inputs = {name: _hist(vals, quantile_edges(vals, bins)) for name, vals in ins.items()}
-    outputs = {"top1_confidence": _hist(outs["top1_confidence"], quantile_edges(outs["top1_confidence"], bins)),
-               "top1_class": _hist(outs["top1_class"], class_edges(num_classes))}
-    return {"schema": SCHEMA, "samples": len(x), "inputs": inputs, "outputs": outputs,
-            "thresholds": {"psi_warn": thresholds.psi_warn, "psi_alert": thresholds.psi_alert,
-                           "min_samples": thresholds.min_samples}}
+    outputs = {
+        "top1_confidence": _hist(outs["top1_confidence"], quantile_edges(outs["top1_confidence"], bins)),
+        "top1_class": _hist(outs["top1_class"], class_edges(num_classes)),
+    }
+    return {
+        "schema": SCHEMA,
+        "samples": len(x),
+        "inputs": inputs,
+        "outputs": outputs,
+        "thresholds": {
+            "psi_warn": thresholds.psi_warn,
+            "psi_alert": thresholds.psi_alert,
+            "min_samples": thresholds.min_samples,
+        },
+    }
 
 
 def _columns(rows: list[dict[str, float]]) -> dict[str, list[float]]:

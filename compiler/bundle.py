@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from protocol.bundle import MANIFEST_FILE, ROLES, Artifact, Manifest, Requirements, check_bundle, digest_of
 from protocol.errors import BadPayload
@@ -62,8 +63,7 @@ def refuse_existing(out: Path) -> None:
         raise BadInput(out, "output directory already exists; choose a new path or remove it")
 
 
-def write_bundle(out: Path, spec: BundleSpec, files: Iterable[BundleFile],
-                 sign_key: SigningKey | None = None) -> str:
+def write_bundle(out: Path, spec: BundleSpec, files: Iterable[BundleFile], sign_key: SigningKey | None = None) -> str:
     """Write the bundle directory ``out`` atomically; return its digest."""
     files = list(files)
     refuse_existing(out)

@@ -63,9 +63,13 @@ def run_build(args: argparse.Namespace) -> int:
     if model.is_dir() and not (model / "saved_model.pb").exists():
         raise BadInput(model, "directory is not a SavedModel (no saved_model.pb)")
     if model.is_file() and model.suffix != ".keras":
-        raise BadInput(model, f"expected a .keras file or a SavedModel directory, got {model.suffix or 'no suffix'!r}"
-                       " (use 'import' for .tflite files)")
+        raise BadInput(
+            model,
+            f"expected a .keras file or a SavedModel directory, got {model.suffix or 'no suffix'!r}"
+            " (use 'import' for .tflite files)",
+        )
     from .bundle import refuse_existing
+
     refuse_existing(args.out)
     cfg = CompilerConfig.from_env()
     key = load_sign_key(args.sign_key)
@@ -76,16 +80,34 @@ def run_build(args: argparse.Namespace) -> int:
     cal = dataset.load(args.calibration, "calibration data", False, args.scale, args.offset, hw, channels, labels)
     val = dataset.load(args.validation, "validation data", True, args.scale, args.offset, hw, channels, labels)
     if cal.preprocess != val.preprocess:
-        raise BadInput(args.validation, f"validation data is {val.preprocess.get('kind')} "
-                       f"{val.preprocess}, calibration is {cal.preprocess}; give both in the same form")
+        raise BadInput(
+            args.validation,
+            f"validation data is {val.preprocess.get('kind')} "
+            f"{val.preprocess}, calibration is {cal.preprocess}; give both in the same form",
+        )
     req = BuildRequest(
-        out=args.out, name=args.name or model.stem.replace(" ", "_") or "model", version=args.version,
-        calibration=cal.x, validation_x=val.x, validation_y=val.y, labels=labels,
-        preprocess=cal.preprocess, model=model, io_type=args.io_type, target=args.target,
-        min_runtime=args.min_runtime, segments=args.segments,
-        policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop), sign_key=key,
-        lineage={"model": str(model.name), "model_sha256": dataset.sha256_path(model),
-                 "calibration_sha256": cal.sha256, "validation_sha256": val.sha256})
+        out=args.out,
+        name=args.name or model.stem.replace(" ", "_") or "model",
+        version=args.version,
+        calibration=cal.x,
+        validation_x=val.x,
+        validation_y=val.y,
+        labels=labels,
+        preprocess=cal.preprocess,
+        model=model,
+        io_type=args.io_type,
+        target=args.target,
+        min_runtime=args.min_runtime,
+        segments=args.segments,
+        policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop),
+        sign_key=key,
+        lineage={
+            "model": str(model.name),
+            "model_sha256": dataset.sha256_path(model),
+            "calibration_sha256": cal.sha256,
+            "validation_sha256": val.sha256,
+        },
+    )
     progress = make_progress(args.quiet)
     try:
         result = build(req, cfg, progress)
@@ -97,10 +119,10 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from .bundle import refuse_existing
     from .graph import read_graph
     from .importer import ImportRequest, default_preprocess, run_import as do_import
     from .table import print_summary
-    from .bundle import refuse_existing
 
     refuse_existing(args.out)
     model = _read(args.model)
@@ -112,20 +134,36 @@ def run_import(args: argparse.Namespace) -> int:
     hw = (pre["height"], pre["width"]) if pre["kind"] == "image" else None
     ch = pre.get("channels")
     scale, offset = (pre["scale"], pre["offset"]) if pre["kind"] == "image" else (args.scale, args.offset or 0.0)
-    val = (dataset.load(args.validation, "validation data", True, scale, offset, hw, ch, labels)
-           if args.validation else None)
-    cal = (dataset.load(args.calibration, "calibration data", False, scale, offset, hw, ch, labels)
-           if args.calibration else None)
+    val = (
+        dataset.load(args.validation, "validation data", True, scale, offset, hw, ch, labels)
+        if args.validation
+        else None
+    )
+    cal = (
+        dataset.load(args.calibration, "calibration data", False, scale, offset, hw, ch, labels)
+        if args.calibration
+        else None
+    )
     lineage = {"model": args.model.name, "model_sha256": dataset.sha256_path(args.model)}
     if args.edgetpu:
         lineage.update(edgetpu_model=args.edgetpu.name, edgetpu_sha256=dataset.sha256_path(args.edgetpu))
     if val is not None:
         lineage["validation_sha256"] = val.sha256
-    req = ImportRequest(out=args.out, name=args.name or args.model.stem, version=args.version,
-                        model=model, model_name=str(args.model), labels=labels, edgetpu=et,
-                        edgetpu_name=str(args.edgetpu) if args.edgetpu else None, validation=val,
-                        calibration=cal, sign_key=load_sign_key(args.sign_key), lineage=lineage,
-                        onnx=not args.no_onnx)
+    req = ImportRequest(
+        out=args.out,
+        name=args.name or args.model.stem,
+        version=args.version,
+        model=model,
+        model_name=str(args.model),
+        labels=labels,
+        edgetpu=et,
+        edgetpu_name=str(args.edgetpu) if args.edgetpu else None,
+        validation=val,
+        calibration=cal,
+        sign_key=load_sign_key(args.sign_key),
+        lineage=lineage,
+        onnx=not args.no_onnx,
+    )
     progress = make_progress(args.quiet)
     try:
         result = do_import(req, cfg, progress)
@@ -162,18 +200,30 @@ def run_digits(args: argparse.Namespace) -> int:
         cal = digits.calibration(split, args.seed)
         val_x = digits.to_float(split.test_pixels)
         req = BuildRequest(
-            out=args.out, name=args.name, version=args.version, calibration=cal,
-            validation_x=val_x, validation_y=split.test_y, labels=digits.LABELS,
+            out=args.out,
+            name=args.name,
+            version=args.version,
+            calibration=cal,
+            validation_x=val_x,
+            validation_y=split.test_y,
+            labels=digits.LABELS,
             preprocess=digits.PREPROCESS,
             train_digits={"data": str(train_npz), "epochs": args.epochs, "seed": args.seed},
-            io_type=args.io_type, target=args.target, min_runtime=args.min_runtime, segments=args.segments,
-            policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop), sign_key=key,
-            lineage={"recipe": f"digits CNN, sklearn load_digits, seed {args.seed}, {args.epochs} epochs",
-                     "train_sha256": array_sha256(split.train_pixels, split.train_y),
-                     "calibration_sha256": array_sha256(cal),
-                     "validation_sha256": array_sha256(split.test_pixels, split.test_y)},
+            io_type=args.io_type,
+            target=args.target,
+            min_runtime=args.min_runtime,
+            segments=args.segments,
+            policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop),
+            sign_key=key,
+            lineage={
+                "recipe": f"digits CNN, sklearn load_digits, seed {args.seed}, {args.epochs} epochs",
+                "train_sha256": array_sha256(split.train_pixels, split.train_y),
+                "calibration_sha256": array_sha256(cal),
+                "validation_sha256": array_sha256(split.test_pixels, split.test_y),
+            },
             description="A small CNN on scikit-learn's bundled 8x8 handwritten digits "
-                        "(the edgefleet end-to-end example).")
+            "(the edgefleet end-to-end example).",
+        )
         progress = make_progress(args.quiet)
         try:
             result = build(req, cfg, progress)
@@ -186,6 +236,7 @@ def run_digits(args: argparse.Namespace) -> int:
         os.replace(tmp_h, args.holdout)
     if not args.quiet:
         from .table import print_summary
+
         print_summary(result.report, result.out, result.digest)
     return 0
 

@@ -25,7 +25,7 @@ class CompilerConfig:
     created: int = 0
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "CompilerConfig":
+    def from_env(cls, env: dict[str, str] | None = None) -> CompilerConfig:
         env = dict(os.environ if env is None else env)
         compiler = env.get("EDGEFLEET_EDGETPU_COMPILER")
         if compiler is None:

@@ -21,9 +21,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -35,10 +36,10 @@ Event = dict[str, Any]
 
 @dataclass(frozen=True)
 class ConvertJob:
-    calibration: Path            # .npy, float32, (N, *input_shape[1:])
+    calibration: Path  # .npy, float32, (N, *input_shape[1:])
     out_dir: Path
-    io_type: str = "int8"        # int8 | uint8
-    model: Path | None = None    # .keras file or SavedModel directory
+    io_type: str = "int8"  # int8 | uint8
+    model: Path | None = None  # .keras file or SavedModel directory
     train_digits: dict[str, Any] | None = None  # {"data": npz, "epochs": n, "seed": s}
     onnx: bool = True
     target: str = "cpu"
@@ -71,9 +72,13 @@ def run(job: ConvertJob, timeout_s: float, on_event: Callable[[Event], None] | N
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     events: list[Event] = []
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-m", "compiler.convert", str(job_file)],
-                                stdout=subprocess.PIPE, stderr=err, env=env,
-                                cwd=Path(__file__).resolve().parent.parent)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "compiler.convert", str(job_file)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
 
         def pump() -> None:
             assert proc.stdout is not None
@@ -94,8 +99,9 @@ def run(job: ConvertJob, timeout_s: float, on_event: Callable[[Event], None] | N
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            raise ToolFailed("TensorFlow conversion",
-                             f"timed out after {timeout_s:g} s in stage {_last_stage(events)}") from None
+            raise ToolFailed(
+                "TensorFlow conversion", f"timed out after {timeout_s:g} s in stage {_last_stage(events)}"
+            ) from None
         reader.join(timeout=5)
         err.seek(0)
         stderr_tail = _tail(err.read().decode(errors="replace"))
@@ -111,8 +117,7 @@ def run(job: ConvertJob, timeout_s: float, on_event: Callable[[Event], None] | N
     result = next((ev for ev in events if ev.get("event") == "result"), None)
     if rc != 0 or result is None:
         how = f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}"
-        raise ToolFailed("TensorFlow conversion",
-                         f"child {how} in stage {_last_stage(events)}; stderr: {stderr_tail}")
+        raise ToolFailed("TensorFlow conversion", f"child {how} in stage {_last_stage(events)}; stderr: {stderr_tail}")
     out = job.out_dir
     onnx_path = out / "model.onnx"
     keras_path = out / "model.keras"
@@ -121,11 +126,15 @@ def run(job: ConvertJob, timeout_s: float, on_event: Callable[[Event], None] | N
         int8_tflite=(out / "model_int8.tflite").read_bytes(),
         onnx=onnx_path.read_bytes() if job.onnx else None,
         keras_model=keras_path if keras_path.exists() else job.model,
-        input_shape=tuple(result["input_shape"]), output_shape=tuple(result["output_shape"]),
-        onnx_input=result.get("onnx_input"), onnx_output=result.get("onnx_output"),
-        rewrapped_static_batch=bool(result.get("rewrapped")), versions=result["versions"],
-        seconds={ev["stage"]: ev["seconds"] for ev in events
-                 if ev.get("event") == "stage" and ev.get("status") == "done"},
+        input_shape=tuple(result["input_shape"]),
+        output_shape=tuple(result["output_shape"]),
+        onnx_input=result.get("onnx_input"),
+        onnx_output=result.get("onnx_output"),
+        rewrapped_static_batch=bool(result.get("rewrapped")),
+        versions=result["versions"],
+        seconds={
+            ev["stage"]: ev["seconds"] for ev in events if ev.get("event") == "stage" and ev.get("status") == "done"
+        },
     )
 
 
@@ -145,6 +154,7 @@ def _tail(text: str, lines: int = 3) -> str:
 
 # ----------------------------------------------------------------------------- child side
 
+
 def _emit(**ev: Any) -> None:
     sys.stdout.write(json.dumps(ev) + "\n")
     sys.stdout.flush()
@@ -154,15 +164,14 @@ class _Stage:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def __enter__(self) -> "_Stage":
+    def __enter__(self) -> _Stage:
         self.t0 = time.perf_counter()
         _emit(event="stage", stage=self.name, status="start")
         return self
 
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
-            _emit(event="stage", stage=self.name, status="done",
-                  seconds=round(time.perf_counter() - self.t0, 3))
+            _emit(event="stage", stage=self.name, status="done", seconds=round(time.perf_counter() - self.t0, 3))
 
 
 def _child(job: dict[str, Any]) -> int:
@@ -192,16 +201,24 @@ def _child(job: dict[str, Any]) -> int:
                 return 2
             raw_shape = quantize.input_shape(model)
             if any(d is None for d in raw_shape[1:]):
-                _emit(event="error", kind="dynamic", what=str(model_path),
-                      problem=f"input shape {raw_shape} has dynamic dimensions besides the batch")
+                _emit(
+                    event="error",
+                    kind="dynamic",
+                    what=str(model_path),
+                    problem=f"input shape {raw_shape} has dynamic dimensions besides the batch",
+                )
                 return 2
             model, rewrapped = quantize.static_batch(model)
             in_shape = quantize.input_shape(model)
             cal = np.load(job["calibration"])
             want = tuple(in_shape[1:])
             if tuple(cal.shape[1:]) != want:
-                _emit(event="error", kind="bad_input", what="calibration data",
-                      problem=f"samples have shape {list(cal.shape[1:])}, the model input needs {list(want)}")
+                _emit(
+                    event="error",
+                    kind="bad_input",
+                    what="calibration data",
+                    problem=f"samples have shape {list(cal.shape[1:])}, the model input needs {list(want)}",
+                )
                 return 2
         stage = "float"
         with _Stage("float"):
@@ -213,14 +230,22 @@ def _child(job: dict[str, Any]) -> int:
         if job.get("onnx", True):
             stage = "onnx"
             from .onnx_export import to_onnx
+
             with _Stage("onnx"):
                 data, onnx_in, onnx_out = to_onnx(model)
                 (out / "model.onnx").write_bytes(data)
     except Exception as exc:  # report which stage failed, in one line
         _emit(event="error", kind="tool", stage=stage, problem=f"{type(exc).__name__}: {str(exc)[:400]}")
         return 5
-    _emit(event="result", input_shape=in_shape, output_shape=quantize.output_shape(model),
-          onnx_input=onnx_in, onnx_output=onnx_out, rewrapped=rewrapped, versions=_versions())
+    _emit(
+        event="result",
+        input_shape=in_shape,
+        output_shape=quantize.output_shape(model),
+        onnx_input=onnx_in,
+        onnx_output=onnx_out,
+        rewrapped=rewrapped,
+        versions=_versions(),
+    )
     return 0
 
 
@@ -236,8 +261,9 @@ def _load_savedmodel(path: Path) -> Any:
         loaded = tf.saved_model.load(str(path))
         sig = loaded.signatures["serving_default"]
     except Exception as exc:  # TF raises many types for a bad SavedModel
-        raise LoadError(f"cannot load as a SavedModel with a serving_default signature "
-                        f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise LoadError(
+            f"cannot load as a SavedModel with a serving_default signature ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
     specs = list(sig.structured_input_signature[1].values())
     if len(specs) != 1:
         raise LoadError(f"has {len(specs)} inputs; one is supported")

@@ -29,10 +29,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 @dataclass(frozen=True)
 class Samples:
-    x: np.ndarray                 # float model inputs (N, ...)
+    x: np.ndarray  # float model inputs (N, ...)
     y: np.ndarray | None
     preprocess: dict[str, Any]
-    sha256: str                   # of the source bytes
+    sha256: str  # of the source bytes
 
 
 def read_labels(path: Path) -> tuple[str, ...]:
@@ -56,9 +56,16 @@ def _strip_index_prefix(labels: tuple[str, ...]) -> tuple[str, ...]:
     return labels
 
 
-def load(path: Path, what: str, need_y: bool, scale: float | None, offset: float,
-         image_hw: tuple[int, int] | None = None, channels: int | None = None,
-         labels: tuple[str, ...] | None = None) -> Samples:
+def load(
+    path: Path,
+    what: str,
+    need_y: bool,
+    scale: float | None,
+    offset: float,
+    image_hw: tuple[int, int] | None = None,
+    channels: int | None = None,
+    labels: tuple[str, ...] | None = None,
+) -> Samples:
     if not path.exists():
         raise BadInput(path, f"{what} not found")
     if path.is_dir():
@@ -92,8 +99,14 @@ def _load_npz(path: Path, what: str, need_y: bool, scale: float | None, offset: 
             fx = fx[..., None]
         if fx.ndim != 4 or fx.shape[-1] not in (1, 3):
             raise BadInput(path, f"{what} uint8 x must be images (N, H, W[, 1|3]), got shape {list(x.shape)}")
-        pre = {"kind": "image", "height": int(fx.shape[1]), "width": int(fx.shape[2]),
-               "channels": int(fx.shape[3]), "scale": s, "offset": offset}
+        pre = {
+            "kind": "image",
+            "height": int(fx.shape[1]),
+            "width": int(fx.shape[2]),
+            "channels": int(fx.shape[3]),
+            "scale": s,
+            "offset": offset,
+        }
         return Samples(fx, y, pre, hashlib.sha256(raw).hexdigest())
     if not np.issubdtype(x.dtype, np.floating):
         raise BadInput(path, f"{what} x must be float32 inputs or uint8 pixels, got dtype {x.dtype}")
@@ -112,14 +125,23 @@ def _check_y(path: Path, y: np.ndarray, n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _load_folder(path: Path, what: str, need_y: bool, scale: float | None, offset: float,
-                 image_hw: tuple[int, int] | None, channels: int | None,
-                 labels: tuple[str, ...] | None) -> Samples:
+def _load_folder(
+    path: Path,
+    what: str,
+    need_y: bool,
+    scale: float | None,
+    offset: float,
+    image_hw: tuple[int, int] | None,
+    channels: int | None,
+    labels: tuple[str, ...] | None,
+) -> Samples:
     from PIL import Image, UnidentifiedImageError
 
     if image_hw is None or channels is None:
-        raise BadInput(path, "image folders need the model's input size: pass --image-size HxW "
-                       "(and --channels) or give a .keras model")
+        raise BadInput(
+            path,
+            "image folders need the model's input size: pass --image-size HxW (and --channels) or give a .keras model",
+        )
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     y = None
     if need_y or (path / "labels.csv").exists():
@@ -140,8 +162,14 @@ def _load_folder(path: Path, what: str, need_y: bool, scale: float | None, offse
         pixels.append(arr if arr.ndim == 3 else arr[..., None])
     s = 1.0 / 255.0 if scale is None else scale
     x = np.stack(pixels).astype(np.float32) * np.float32(s) + np.float32(offset)
-    pre = {"kind": "image", "height": image_hw[0], "width": image_hw[1], "channels": channels,
-           "scale": s, "offset": offset}
+    pre = {
+        "kind": "image",
+        "height": image_hw[0],
+        "width": image_hw[1],
+        "channels": channels,
+        "scale": s,
+        "offset": offset,
+    }
     return Samples(x, y, pre, h.hexdigest())
 
 
@@ -185,7 +213,9 @@ def keras_input_spec(model: Path) -> tuple[tuple[int, int], int] | None:
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             if node.get("class_name") == "InputLayer":
-                shp = (node.get("config") or {}).get("batch_shape") or (node.get("config") or {}).get("batch_input_shape")
+                shp = (node.get("config") or {}).get("batch_shape") or (node.get("config") or {}).get(
+                    "batch_input_shape"
+                )
                 if shp:
                     shapes.append(shp)
             for v in node.values():

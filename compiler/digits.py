@@ -16,8 +16,7 @@ import numpy as np
 
 LABELS = tuple(str(i) for i in range(10))
 SCALE = 1.0 / 255.0
-PREPROCESS: dict[str, Any] = {"kind": "image", "height": 8, "width": 8, "channels": 1,
-                              "scale": SCALE, "offset": 0.0}
+PREPROCESS: dict[str, Any] = {"kind": "image", "height": 8, "width": 8, "channels": 1, "scale": SCALE, "offset": 0.0}
 TEST_SIZE = 360
 CALIBRATION_SIZE = 300
 
@@ -26,7 +25,7 @@ CALIBRATION_SIZE = 300
 class DigitsSplit:
     train_pixels: np.ndarray  # (N, 8, 8) uint8
     train_y: np.ndarray
-    test_pixels: np.ndarray   # (360, 8, 8) uint8, never trained on
+    test_pixels: np.ndarray  # (360, 8, 8) uint8, never trained on
     test_y: np.ndarray
 
 
@@ -37,8 +36,7 @@ def load_split(seed: int) -> DigitsSplit:
     d = load_digits()
     pixels = np.round(d.images * 255.0 / 16.0).astype(np.uint8)
     y = d.target.astype(np.int64)
-    tr_x, te_x, tr_y, te_y = train_test_split(pixels, y, test_size=TEST_SIZE, stratify=y,
-                                              random_state=seed)
+    tr_x, te_x, tr_y, te_y = train_test_split(pixels, y, test_size=TEST_SIZE, stratify=y, random_state=seed)
     return DigitsSplit(tr_x, tr_y, te_x, te_y)
 
 
@@ -49,8 +47,7 @@ def to_float(pixels: np.ndarray) -> np.ndarray:
 
 def calibration(split: DigitsSplit, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    idx = rng.choice(len(split.train_pixels), size=min(CALIBRATION_SIZE, len(split.train_pixels)),
-                     replace=False)
+    idx = rng.choice(len(split.train_pixels), size=min(CALIBRATION_SIZE, len(split.train_pixels)), replace=False)
     return to_float(split.train_pixels[np.sort(idx)])
 
 
@@ -77,7 +74,6 @@ def train(train_npz: Path, out: Path, epochs: int, seed: int) -> None:
     h = keras.layers.Dense(64, activation="relu")(h)
     out_t = keras.layers.Dense(10, activation="softmax", name="scores")(h)
     model = keras.Model(inp, out_t, name="digits_cnn")
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(data["x"], data["y"], epochs=epochs, batch_size=32, shuffle=True, verbose=0)
     model.save(out)

@@ -36,11 +36,13 @@ from typing import Any
 from .errors import BadInput, NotEdgeTpuReady
 
 MIN_OUTPUT_BYTES = 2048
-_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3}
+_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 _RUNTIME_FOR = {"16.0": 14, "15.0": 13, "14.1": 13, "2.1": 13, "2.0": 12, "1.0": 10}
 _ROW = re.compile(r"^([A-Z][A-Z0-9_]*)\s+(\d+)\s{2,}(\S.*?)\s*$")
-_MEM = re.compile(r"^(On-chip memory used|On-chip memory remaining|On-chip memory available|Off-chip memory used)"
-                  r"[^:]*:\s*([\d.]+)\s*(B|KiB|MiB|GiB)\s*$")
+_MEM = re.compile(
+    r"^(On-chip memory used|On-chip memory remaining|On-chip memory available|Off-chip memory used)"
+    r"[^:]*:\s*([\d.]+)\s*(B|KiB|MiB|GiB)\s*$"
+)
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,8 @@ class OpRow:
 @dataclass(frozen=True)
 class CompileReport:
     version: str | None = None
-    compiled: bool = False             # "Model compiled successfully"
-    error: str | None = None           # first error line (internal error, parse failure, timeout)
+    compiled: bool = False  # "Model compiled successfully"
+    error: str | None = None  # first error line (internal error, parse failure, timeout)
     input_model: str | None = None
     output_model: str | None = None
     input_bytes: int | None = None
@@ -117,8 +119,15 @@ def parse(stdout: str, log: str | None = None) -> CompileReport:
                 f.setdefault("version", m.group(1))
             elif line.startswith("Model compiled successfully"):
                 f["compiled"] = True
-            elif line.startswith(("Internal compiler error", "ERROR:", "Invalid model", "Model could not be parsed",
-                                  "Compilation failed")):
+            elif line.startswith(
+                (
+                    "Internal compiler error",
+                    "ERROR:",
+                    "Invalid model",
+                    "Model could not be parsed",
+                    "Compilation failed",
+                )
+            ):
                 errors.append(line)
             elif line.startswith("Started a compilation timeout timer"):
                 timer = True
@@ -135,9 +144,12 @@ def parse(stdout: str, log: str | None = None) -> CompileReport:
             elif m := re.match(r"^Output size:\s*([\d.]+)\s*(B|KiB|MiB|GiB)$", line):
                 f["output_bytes"] = _bytes(m.group(1), m.group(2))
             elif m := _MEM.match(line):
-                key = {"On-chip memory used": "on_chip_used", "On-chip memory remaining": "on_chip_remaining",
-                       "On-chip memory available": "on_chip_remaining",
-                       "Off-chip memory used": "off_chip_used"}[m.group(1)]
+                key = {
+                    "On-chip memory used": "on_chip_used",
+                    "On-chip memory remaining": "on_chip_remaining",
+                    "On-chip memory available": "on_chip_remaining",
+                    "Off-chip memory used": "off_chip_used",
+                }[m.group(1)]
                 f[key] = _bytes(m.group(2), m.group(3))
             elif m := re.match(r"^Number of Edge TPU subgraphs:\s*(\d+)$", line):
                 f["subgraphs"] = int(m.group(1))
@@ -157,8 +169,13 @@ def parse(stdout: str, log: str | None = None) -> CompileReport:
             rows = table_rows
     if timer and not completed_in_time and not f.get("compiled") and not errors:
         errors.append("compilation did not complete within its timeout")
-    if f.get("compiled") and "ops_on_tpu" not in f and "ops_on_cpu" not in f and not not_all \
-            and f.get("total_ops") is not None:
+    if (
+        f.get("compiled")
+        and "ops_on_tpu" not in f
+        and "ops_on_cpu" not in f
+        and not not_all
+        and f.get("total_ops") is not None
+    ):
         if rows and any(not r.mapped for r in rows):
             f["ops_on_cpu"] = sum(r.count for r in rows if not r.mapped)
             f["ops_on_tpu"] = f["total_ops"] - f["ops_on_cpu"]
@@ -182,7 +199,7 @@ def split_blocks(stdout: str) -> tuple[str, list[str]]:
     header: list[str] = []
     blocks: list[list[str]] = []
     cur: list[str] = []
-    seen_any = False       # inside the header until something block-like appears
+    seen_any = False  # inside the header until something block-like appears
     cur_has_success = False
     for line in lines:
         if not seen_any:
@@ -190,7 +207,7 @@ def split_blocks(stdout: str) -> tuple[str, list[str]]:
                 header.append(line)
                 continue
             seen_any = True
-        if _BLOCK_START.match(line) and cur_has_success:   # older compilers: no closing line
+        if _BLOCK_START.match(line) and cur_has_success:  # older compilers: no closing line
             blocks.append(cur)
             cur, cur_has_success = [], False
         cur.append(line)
@@ -214,6 +231,7 @@ def parse_blocks(stdout: str, logs: list[str | None] | None = None) -> list[Comp
 def combine(reports: list[CompileReport]) -> CompileReport:
     """A summary of several outputs: sums of counts and memory (None if any is unknown),
     ``compiled`` only if all compiled, the first error, all rows."""
+
     def total(key: str) -> int | None:
         vals = [getattr(r, key) for r in reports]
         return None if not vals or any(v is None for v in vals) else sum(vals)
@@ -222,36 +240,50 @@ def combine(reports: list[CompileReport]) -> CompileReport:
     return CompileReport(
         version=next((r.version for r in reports if r.version), None),
         compiled=bool(reports) and all(r.compiled for r in reports),
-        error=errors[0] if errors else None, input_bytes=total("input_bytes"),
-        output_bytes=total("output_bytes"), on_chip_used=total("on_chip_used"),
-        on_chip_remaining=None, off_chip_used=total("off_chip_used"), subgraphs=total("subgraphs"),
-        total_ops=total("total_ops"), ops_on_tpu=total("ops_on_tpu"), ops_on_cpu=total("ops_on_cpu"),
+        error=errors[0] if errors else None,
+        input_bytes=total("input_bytes"),
+        output_bytes=total("output_bytes"),
+        on_chip_used=total("on_chip_used"),
+        on_chip_remaining=None,
+        off_chip_used=total("off_chip_used"),
+        subgraphs=total("subgraphs"),
+        total_ops=total("total_ops"),
+        ops_on_tpu=total("ops_on_tpu"),
+        ops_on_cpu=total("ops_on_cpu"),
         counts_inferred=any(r.counts_inferred for r in reports),
         rows=tuple(row for r in reports for row in r.rows),
-        delegate_search=any(r.delegate_search for r in reports))
+        delegate_search=any(r.delegate_search for r in reports),
+    )
 
 
 @dataclass(frozen=True)
 class CompiledOutput:
     """One file the compiler was expected to write (the model, or segment ``index`` of N)."""
-    name: str                  # e.g. model_int8_segment_0_of_2_edgetpu.tflite
-    report: CompileReport      # its stdout block (+ its .log)
-    output: bytes | None       # the file, when it is a real compiled model
-    problem: str | None        # why it is not usable (None = usable)
+
+    name: str  # e.g. model_int8_segment_0_of_2_edgetpu.tflite
+    report: CompileReport  # its stdout block (+ its .log)
+    output: bytes | None  # the file, when it is a real compiled model
+    problem: str | None  # why it is not usable (None = usable)
 
 
 @dataclass(frozen=True)
 class CompileResult:
-    report: CompileReport      # the single model's report, or the segments combined
+    report: CompileReport  # the single model's report, or the segments combined
     returncode: int
-    output: bytes | None       # the *_edgetpu.tflite, when it is a real compiled model (N = 1)
-    problem: str | None        # why the output is not usable (None = usable)
+    output: bytes | None  # the *_edgetpu.tflite, when it is a real compiled model (N = 1)
+    problem: str | None  # why the output is not usable (None = usable)
     command: tuple[str, ...]
-    outputs: tuple[CompiledOutput, ...] = ()   # per segment, in order (N > 1)
+    outputs: tuple[CompiledOutput, ...] = ()  # per segment, in order (N > 1)
 
 
-def run(compiler: str, model: bytes, timeout_s: float, min_runtime: int | None = None,
-        segments: int | None = None, stem: str = "model_int8") -> CompileResult:
+def run(
+    compiler: str,
+    model: bytes,
+    timeout_s: float,
+    min_runtime: int | None = None,
+    segments: int | None = None,
+    stem: str = "model_int8",
+) -> CompileResult:
     """Run ``edgetpu_compiler`` on ``model`` in a scratch directory and check what it made.
     With ``segments`` N > 1 the result's ``outputs`` hold the N segments, in order."""
     n = segments if segments is not None and segments > 1 else 1
@@ -277,23 +309,22 @@ def run(compiler: str, model: bytes, timeout_s: float, min_runtime: int | None =
             rep = CompileReport(error=f"edgetpu_compiler did not finish in {timeout_s + 30:g} s")
             return CompileResult(rep, -1, None, rep.error, tuple(cmd))
         text = proc.stdout + "\n" + proc.stderr
-        names = ([f"{stem}_edgetpu"] if n == 1 else
-                 [f"{stem}_segment_{i}_of_{n}_edgetpu" for i in range(n)])
+        names = [f"{stem}_edgetpu"] if n == 1 else [f"{stem}_segment_{i}_of_{n}_edgetpu" for i in range(n)]
         logs = [_read_text(out_dir / f"{name}.log") for name in names]
         outputs = [_read_bytes(out_dir / f"{name}.tflite") for name in names]
     if n == 1:
         report = parse(text, logs[0])
         problem = _problem(proc.returncode, report, f"{names[0]}.tflite", outputs[0])
-        return CompileResult(report, proc.returncode, outputs[0] if problem is None else None, problem,
-                             tuple(cmd))
+        return CompileResult(report, proc.returncode, outputs[0] if problem is None else None, problem, tuple(cmd))
     reports = parse_blocks(text, logs)
     parts: list[CompiledOutput] = []
     for i, name in enumerate(names):
         file = f"{name}.tflite"
         if i >= len(reports):
             rep = CompileReport()
-            why: str | None = (f"exit code {proc.returncode}; " if proc.returncode else "") + \
-                f"the compiler printed {len(reports)} output block(s) for {n} segments; none for {file}"
+            why: str | None = (
+                f"exit code {proc.returncode}; " if proc.returncode else ""
+            ) + f"the compiler printed {len(reports)} output block(s) for {n} segments; none for {file}"
         else:
             rep = reports[i]
             why = _problem(proc.returncode, rep, file, outputs[i])
@@ -305,8 +336,7 @@ def run(compiler: str, model: bytes, timeout_s: float, min_runtime: int | None =
     problem = f"{bad[0].name}: {bad[0].problem}" if bad else None
     if problem is None and len(reports) > n:
         problem = f"the compiler printed {len(reports)} output blocks for {n} segments"
-    return CompileResult(combine(reports[:n]), proc.returncode, None, problem, tuple(cmd),
-                         tuple(parts))
+    return CompileResult(combine(reports[:n]), proc.returncode, None, problem, tuple(cmd), tuple(parts))
 
 
 def _read_text(path: Path) -> str | None:
@@ -341,8 +371,9 @@ def _problem(returncode: int, report: CompileReport, file: str, output: bytes | 
     return None
 
 
-def stage(cfg: Any, graph: Any, int8: bytes, target: str, min_runtime: int | None = None,
-          segments: int | None = None) -> tuple[dict[str, Any], list[Any], str, int | None]:
+def stage(
+    cfg: Any, graph: Any, int8: bytes, target: str, min_runtime: int | None = None, segments: int | None = None
+) -> tuple[dict[str, Any], list[Any], str, int | None]:
     """Pipeline step: (report section, bundle files, requirements.edgetpu, min runtime).
     ``segments`` N > 1: N ``tflite_edgetpu_segment`` files, in segment order."""
     from .bundle import BundleFile
@@ -353,17 +384,32 @@ def stage(cfg: Any, graph: Any, int8: bytes, target: str, min_runtime: int | Non
     n = segments if segments is not None and segments > 1 else 1
     res = run(cfg.edgetpu_compiler, int8, cfg.edgetpu_timeout_s, min_runtime, segments=n)
     rep = res.report
-    doc: dict[str, Any] = {"compiled": res.problem is None, "compiler": rep.version,
-                           "command": list(res.command), "ops_on_tpu": rep.ops_on_tpu,
-                           "ops_on_cpu": rep.ops_on_cpu, "report": rep.to_dict(), "precheck": pre}
+    doc: dict[str, Any] = {
+        "compiled": res.problem is None,
+        "compiler": rep.version,
+        "command": list(res.command),
+        "ops_on_tpu": rep.ops_on_tpu,
+        "ops_on_cpu": rep.ops_on_cpu,
+        "report": rep.to_dict(),
+        "precheck": pre,
+    }
     if n > 1:
         doc["segments"] = n
         doc["segment_reports"] = [
-            {"name": seg_name(i, n), "compiler_output": p.name, "usable": p.problem is None,
-             "problem": p.problem, "ops_on_tpu": p.report.ops_on_tpu, "ops_on_cpu": p.report.ops_on_cpu,
-             "total_ops": p.report.total_ops, "on_chip_used": p.report.on_chip_used,
-             "off_chip_used": p.report.off_chip_used, "report": p.report.to_dict()}
-            for i, p in enumerate(res.outputs)]
+            {
+                "name": seg_name(i, n),
+                "compiler_output": p.name,
+                "usable": p.problem is None,
+                "problem": p.problem,
+                "ops_on_tpu": p.report.ops_on_tpu,
+                "ops_on_cpu": p.report.ops_on_cpu,
+                "total_ops": p.report.total_ops,
+                "on_chip_used": p.report.on_chip_used,
+                "off_chip_used": p.report.off_chip_used,
+                "report": p.report.to_dict(),
+            }
+            for i, p in enumerate(res.outputs)
+        ]
     what = "model_int8.tflite" + (f" (-n {n})" if n > 1 else "")
     if res.problem is not None:
         doc["note"] = f"edgetpu_compiler failed: {res.problem}; bundle carries the CPU int8 artifact only"
@@ -372,7 +418,8 @@ def stage(cfg: Any, graph: Any, int8: bytes, target: str, min_runtime: int | Non
         return doc, [], "optional", None
     if not rep.fully_mapped:
         msg = f"{rep.ops_on_cpu} of {rep.total_ops} ops stay on the CPU: " + ", ".join(
-            f"{r.op} x{r.count} ({r.status})" for r in rep.unmapped()[:5])
+            f"{r.op} x{r.count} ({r.status})" for r in rep.unmapped()[:5]
+        )
         if target == "edgetpu":
             raise NotEdgeTpuReady(what, f"partial mapping, {msg}")
         doc["note"] = f"partially mapped; {msg}"
@@ -382,8 +429,11 @@ def stage(cfg: Any, graph: Any, int8: bytes, target: str, min_runtime: int | Non
         doc["note"] += f"; {n} pipelined segments (needs {n} Edge TPUs)"
     runtime = min_runtime if min_runtime is not None else rep.min_runtime
     if n > 1:
-        files = [BundleFile(seg_name(i, n), "tflite_edgetpu_segment", p.output)
-                 for i, p in enumerate(res.outputs) if p.output is not None]
+        files = [
+            BundleFile(seg_name(i, n), "tflite_edgetpu_segment", p.output)
+            for i, p in enumerate(res.outputs)
+            if p.output is not None
+        ]
         assert len(files) == n
         return doc, files, "optional", runtime
     assert res.output is not None

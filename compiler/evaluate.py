@@ -27,8 +27,8 @@ class Metrics:
     accuracy: float
     macro_f1: float
     auc_ovr: float | None
-    agreement: float | None = None      # top-1 agreement with the float reference
-    max_abs_diff: float | None = None   # vs the float reference scores
+    agreement: float | None = None  # top-1 agreement with the float reference
+    max_abs_diff: float | None = None  # vs the float reference scores
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -43,8 +43,9 @@ def metrics(scores: np.ndarray, y: np.ndarray, reference: np.ndarray | None = No
         ref = reference.reshape(len(reference), -1)
         agreement = float((ref.argmax(axis=1) == pred).mean())
         max_diff = float(np.abs(ref - scores).max())
-    return Metrics(len(y), float((pred == y).mean()), macro_f1(pred, y, n_classes),
-                   auc_ovr(scores, y), agreement, max_diff)
+    return Metrics(
+        len(y), float((pred == y).mean()), macro_f1(pred, y, n_classes), auc_ovr(scores, y), agreement, max_diff
+    )
 
 
 def macro_f1(pred: np.ndarray, y: np.ndarray, n_classes: int) -> float:
@@ -77,7 +78,7 @@ def auc_ovr(scores: np.ndarray, y: np.ndarray) -> float | None:
 
 @dataclass(frozen=True)
 class GatePolicy:
-    max_accuracy_drop: float = 1.0      # percentage points
+    max_accuracy_drop: float = 1.0  # percentage points
     onnx_tolerance: float = 1e-3
     min_onnx_agreement: float = 0.99
 
@@ -109,19 +110,38 @@ class GateResult:
         return {"passed": self.passed, "checks": [c.to_dict() for c in self.checks]}
 
 
-def gate(reference: Metrics, int8: Metrics | None, onnx: Metrics | None,
-         policy: GatePolicy = GatePolicy()) -> GateResult:
+def gate(
+    reference: Metrics, int8: Metrics | None, onnx: Metrics | None, policy: GatePolicy = GatePolicy()
+) -> GateResult:
     checks = []
     if int8 is not None:
         drop = (reference.accuracy - int8.accuracy) * 100.0
-        checks.append(Check("int8_accuracy_drop", round(drop, 4), policy.max_accuracy_drop,
-                            drop <= policy.max_accuracy_drop + 1e-9,
-                            f"float top-1 {reference.accuracy:.2%} -> int8 {int8.accuracy:.2%}"))
+        checks.append(
+            Check(
+                "int8_accuracy_drop",
+                round(drop, 4),
+                policy.max_accuracy_drop,
+                drop <= policy.max_accuracy_drop + 1e-9,
+                f"float top-1 {reference.accuracy:.2%} -> int8 {int8.accuracy:.2%}",
+            )
+        )
     if onnx is not None and onnx.max_abs_diff is not None and onnx.agreement is not None:
-        checks.append(Check("onnx_parity", onnx.max_abs_diff, policy.onnx_tolerance,
-                            onnx.max_abs_diff <= policy.onnx_tolerance,
-                            f"max |onnx - float| = {onnx.max_abs_diff:.2e}"))
-        checks.append(Check("onnx_agreement", onnx.agreement, policy.min_onnx_agreement,
-                            onnx.agreement >= policy.min_onnx_agreement,
-                            f"top-1 agreement with float {onnx.agreement:.2%}"))
+        checks.append(
+            Check(
+                "onnx_parity",
+                onnx.max_abs_diff,
+                policy.onnx_tolerance,
+                onnx.max_abs_diff <= policy.onnx_tolerance,
+                f"max |onnx - float| = {onnx.max_abs_diff:.2e}",
+            )
+        )
+        checks.append(
+            Check(
+                "onnx_agreement",
+                onnx.agreement,
+                policy.min_onnx_agreement,
+                onnx.agreement >= policy.min_onnx_agreement,
+                f"top-1 agreement with float {onnx.agreement:.2%}",
+            )
+        )
     return GateResult(tuple(checks))

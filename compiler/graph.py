@@ -29,9 +29,9 @@ def _enum_names(enum_cls: type) -> dict[int, str]:
 class TensorInfo:
     index: int
     name: str
-    dtype: str                      # FLOAT32, INT8, UINT8, INT32, ...
+    dtype: str  # FLOAT32, INT8, UINT8, INT32, ...
     shape: tuple[int, ...]
-    signature: tuple[int, ...]      # shape_signature, or shape when absent; -1 = dynamic
+    signature: tuple[int, ...]  # shape_signature, or shape when absent; -1 = dynamic
     scale: tuple[float, ...] = ()
     zero_point: tuple[int, ...] = ()
     constant: bool = False
@@ -53,8 +53,8 @@ class TensorInfo:
 @dataclass(frozen=True)
 class OpInfo:
     index: int
-    builtin: str            # CONV_2D, ..., CUSTOM
-    custom: str | None      # custom code for CUSTOM ops
+    builtin: str  # CONV_2D, ..., CUSTOM
+    custom: str | None  # custom code for CUSTOM ops
     version: int
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
@@ -159,8 +159,13 @@ def _read(s: Any, model: Any, size: int) -> Graph:
         oc = model.OperatorCodes(i)
         code = max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
         custom = oc.CustomCode()
-        codes.append((op_names.get(code, f"BUILTIN_{code}"),
-                      custom.decode(errors="replace") if custom else None, int(oc.Version())))
+        codes.append(
+            (
+                op_names.get(code, f"BUILTIN_{code}"),
+                custom.decode(errors="replace") if custom else None,
+                int(oc.Version()),
+            )
+        )
     tensors: list[TensorInfo] = []
     constants: dict[int, np.ndarray] = {}
     ops: list[OpInfo] = []
@@ -172,8 +177,7 @@ def _read(s: Any, model: Any, size: int) -> Graph:
         for t in range(sg.TensorsLength()):
             ten = sg.Tensors(t)
             shape = tuple(int(d) for d in ten.ShapeAsNumpy()) if ten.ShapeLength() else ()
-            sig = (tuple(int(d) for d in ten.ShapeSignatureAsNumpy())
-                   if ten.ShapeSignatureLength() else shape)
+            sig = tuple(int(d) for d in ten.ShapeSignatureAsNumpy()) if ten.ShapeSignatureLength() else shape
             q = ten.Quantization()
             scale = tuple(float(v) for v in q.ScaleAsNumpy()) if q is not None and q.ScaleLength() else ()
             zp = tuple(int(v) for v in q.ZeroPointAsNumpy()) if q is not None and q.ZeroPointLength() else ()
@@ -183,8 +187,11 @@ def _read(s: Any, model: Any, size: int) -> Graph:
             if buf is not None and buf.DataLength() > 0:
                 constants[base + t] = buf.DataAsNumpy()
             name = ten.Name()
-            tensors.append(TensorInfo(base + t, name.decode(errors="replace") if name else "",
-                                      dtype, shape, sig, scale, zp, constant))
+            tensors.append(
+                TensorInfo(
+                    base + t, name.decode(errors="replace") if name else "", dtype, shape, sig, scale, zp, constant
+                )
+            )
         if g == 0:
             inputs = tuple(int(i) for i in sg.InputsAsNumpy())
             outputs = tuple(int(i) for i in sg.OutputsAsNumpy())
@@ -193,8 +200,7 @@ def _read(s: Any, model: Any, size: int) -> Graph:
             builtin, custom, version = codes[op.OpcodeIndex()]
             ins = tuple(int(i) + base if i >= 0 else -1 for i in op.InputsAsNumpy()) if op.InputsLength() else ()
             outs = tuple(int(i) + base for i in op.OutputsAsNumpy()) if op.OutputsLength() else ()
-            ops.append(OpInfo(len(ops), builtin, custom, version, ins, outs, g,
-                              _options(s, op, opt_names)))
+            ops.append(OpInfo(len(ops), builtin, custom, version, ins, outs, g, _options(s, op, opt_names)))
     if not inputs or not outputs:
         raise BadInput("model", "has no inputs or outputs in its main subgraph")
     return Graph(tuple(ops), tuple(tensors), inputs, outputs, model.SubgraphsLength(), size, constants)

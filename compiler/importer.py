@@ -63,7 +63,7 @@ class ImportRequest:
     sign_key: SigningKey | None = None
     lineage: dict[str, Any] | None = None
     selftest_cases: int = 5
-    onnx: bool = True          # make the ONNX twin (tf2onnx from_tflite) of the CPU model
+    onnx: bool = True  # make the ONNX twin (tf2onnx from_tflite) of the CPU model
 
 
 def default_preprocess(g: Graph, scale: float | None, offset: float | None) -> dict[str, Any]:
@@ -76,8 +76,14 @@ def default_preprocess(g: Graph, scale: float | None, offset: float | None) -> d
                 scale, offset = s, -(zp - pixel_zp) * s
             else:
                 scale, offset = 1.0 / 255.0, 0.0
-        return {"kind": "image", "height": t.shape[1], "width": t.shape[2], "channels": t.shape[3],
-                "scale": float(scale), "offset": float(offset or 0.0)}
+        return {
+            "kind": "image",
+            "height": t.shape[1],
+            "width": t.shape[2],
+            "channels": t.shape[3],
+            "scale": float(scale),
+            "offset": float(offset or 0.0),
+        }
     return {"kind": "tensor"}
 
 
@@ -107,8 +113,9 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
     tpu_only = g.edgetpu_compiled
     quantized = g.input.dtype in ("INT8", "UINT8") and not g.float_ops()
     pre = predict(g)
-    progress.done("inspect", f"{len(g.ops)} ops; " + ("Edge TPU model" if tpu_only else
-                                                     "int8" if quantized else "float"))
+    progress.done(
+        "inspect", f"{len(g.ops)} ops; " + ("Edge TPU model" if tpu_only else "int8" if quantized else "float")
+    )
 
     val, cal = req.validation, req.calibration
     if val is not None and val.y is not None:
@@ -132,27 +139,49 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
             scores = runner.scores(data.x)
             if val is not None and val.y is not None:
                 m = metrics(scores, val.y)
-        lat = {"1": round(runner.latency_ms(data.x if data is not None else
-                                             np.zeros((1,) + tuple(g.input.shape[1:]), np.float32)), 4)}
-        artifacts[cpu_name] = {"size": len(req.model), "sha256": _sha(req.model),
-                               "metrics": m.to_dict() if m else None, "latency_ms": lat}
+        lat = {
+            "1": round(
+                runner.latency_ms(
+                    data.x if data is not None else np.zeros((1,) + tuple(g.input.shape[1:]), np.float32)
+                ),
+                4,
+            )
+        }
+        artifacts[cpu_name] = {
+            "size": len(req.model),
+            "sha256": _sha(req.model),
+            "metrics": m.to_dict() if m else None,
+            "latency_ms": lat,
+        }
     et_bytes = req.model if tpu_only else req.edgetpu
     if et_bytes is not None:
-        artifacts["model_edgetpu.tflite"] = {"size": len(et_bytes), "sha256": _sha(et_bytes), "metrics": None,
-                                             "latency_ms": None,
-                                             "note": "needs the Edge TPU delegate; not run on this machine"}
+        artifacts["model_edgetpu.tflite"] = {
+            "size": len(et_bytes),
+            "sha256": _sha(et_bytes),
+            "metrics": None,
+            "latency_ms": None,
+            "note": "needs the Edge TPU delegate; not run on this machine",
+        }
     progress.done("evaluate", "no data: metrics skipped" if data is None else f"{len(data.x)} samples")
 
-    preprocess = (data.preprocess if data is not None and data.preprocess.get("kind") == "image"
-                  else default_preprocess(g, None, None))
+    preprocess = (
+        data.preprocess
+        if data is not None and data.preprocess.get("kind") == "image"
+        else default_preprocess(g, None, None)
+    )
     onnx_doc, twin = _onnx_twin(req, cfg, runner, data, progress)
     if twin is not None and runner is not None and twin.input_dtype in ("uint8", "int8"):
-        preprocess = dict(preprocess, input_quantization={"scale": runner.input.scale,
-                                                          "zero_point": runner.input.zero_point})
+        preprocess = dict(
+            preprocess, input_quantization={"scale": runner.input.scale, "zero_point": runner.input.zero_point}
+        )
     if twin is not None:
-        artifacts["model.onnx"] = {"size": len(twin.data), "sha256": _sha(twin.data),
-                                   "metrics": onnx_doc.get("metrics"), "latency_ms": None,
-                                   "parity": onnx_doc.get("parity")}
+        artifacts["model.onnx"] = {
+            "size": len(twin.data),
+            "sha256": _sha(twin.data),
+            "metrics": onnx_doc.get("metrics"),
+            "latency_ms": None,
+            "parity": onnx_doc.get("parity"),
+        }
 
     progress.start("baseline", "drift baseline and self-test vectors")
     files: list[BundleFile] = []
@@ -163,66 +192,113 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
     if twin is not None:
         files.append(BundleFile("model.onnx", "onnx", twin.data))
     if data is not None and scores is not None:
-        files.append(BundleFile("baseline.json", "baseline", _json(baseline.build(data.x, scores, preprocess, num_classes))))
+        files.append(
+            BundleFile("baseline.json", "baseline", _json(baseline.build(data.x, scores, preprocess, num_classes)))
+        )
     if runner is not None and data is not None:
         st = selftest.build(runner, cpu_name, data.x, val.y if val is not None else None, req.selftest_cases)
     else:
-        st = {"schema": selftest.SCHEMA, "artifact": "model_edgetpu.tflite" if tpu_only else cpu_name,
-              "tolerance": selftest.DEFAULT_TOLERANCE, "max_latency_ms": selftest.DEFAULT_MAX_LATENCY_MS,
-              "cases": [], "smoke": True,
-              "note": "no reference outputs: " + ("the only artifact needs an Edge TPU" if tpu_only
-                                                  else "no validation or calibration data given")
-              + "; agents run a smoke test (the model loads and one invoke gives finite outputs in time)"}
+        st = {
+            "schema": selftest.SCHEMA,
+            "artifact": "model_edgetpu.tflite" if tpu_only else cpu_name,
+            "tolerance": selftest.DEFAULT_TOLERANCE,
+            "max_latency_ms": selftest.DEFAULT_MAX_LATENCY_MS,
+            "cases": [],
+            "smoke": True,
+            "note": "no reference outputs: "
+            + ("the only artifact needs an Edge TPU" if tpu_only else "no validation or calibration data given")
+            + "; agents run a smoke test (the model loads and one invoke gives finite outputs in time)",
+        }
     files.append(BundleFile("selftest.json", "selftest", _json(st)))
     progress.done("baseline", f"{len(st['cases'])} self-test cases")
 
     min_rt = None
-    et_doc: dict[str, Any] = {"compiled": et_bytes is not None, "imported": et_bytes is not None,
-                              "precheck": pre.to_dict(), "ops_on_tpu": None, "ops_on_cpu": None}
+    et_doc: dict[str, Any] = {
+        "compiled": et_bytes is not None,
+        "imported": et_bytes is not None,
+        "precheck": pre.to_dict(),
+        "ops_on_tpu": None,
+        "ops_on_cpu": None,
+    }
     if et_bytes is not None:
         eg = et_graph or g
         cpu_ops = [op.name for op in eg.ops if op.custom != "edgetpu-custom-op"]
-        et_doc.update(ops_on_cpu=len(cpu_ops), note="imported Edge TPU model" + (
-            f"; CPU ops left: {sorted(set(cpu_ops))}" if cpu_ops else "; every op inside edgetpu-custom-op"))
+        et_doc.update(
+            ops_on_cpu=len(cpu_ops),
+            note="imported Edge TPU model"
+            + (f"; CPU ops left: {sorted(set(cpu_ops))}" if cpu_ops else "; every op inside edgetpu-custom-op"),
+        )
     else:
         et_doc["note"] = "no Edge TPU artifact imported; " + pre.summary()
     report: dict[str, Any] = {
-        "schema": SCHEMA, "name": req.name, "version": req.version, "task": "classification",
-        "num_classes": num_classes, "labels": list(req.labels), "target": "edgetpu" if et_bytes else "cpu",
-        "io_type": g.input.dtype.lower(), "description": f"Imported from {req.model_name}",
+        "schema": SCHEMA,
+        "name": req.name,
+        "version": req.version,
+        "task": "classification",
+        "num_classes": num_classes,
+        "labels": list(req.labels),
+        "target": "edgetpu" if et_bytes else "cpu",
+        "io_type": g.input.dtype.lower(),
+        "description": f"Imported from {req.model_name}",
         "lineage": dict(req.lineage or {}, **_runtime_versions()),
-        "model": {"input": g.input.to_dict(), "output": g.output.to_dict(), "ops": g.op_counts(),
-                  "float_ops": [op.name for op in g.float_ops()] if not tpu_only else []},
-        "artifacts": artifacts, "gate": None, "edgetpu": et_doc, "onnx": onnx_doc,
+        "model": {
+            "input": g.input.to_dict(),
+            "output": g.output.to_dict(),
+            "ops": g.op_counts(),
+            "float_ops": [op.name for op in g.float_ops()] if not tpu_only else [],
+        },
+        "artifacts": artifacts,
+        "gate": None,
+        "edgetpu": et_doc,
+        "onnx": onnx_doc,
         "gate_note": "none: an import has no float reference to compare against",
-        "validation_samples": len(val.x) if val is not None else 0, "machine": machine(),
+        "validation_samples": len(val.x) if val is not None else 0,
+        "machine": machine(),
     }
-    files += [BundleFile("report.json", "report", _json(report)),
-              BundleFile("model_card.md", "model_card", model_card(report).encode()),
-              BundleFile("labels.txt", "labels", ("\n".join(req.labels) + "\n").encode())]
-    model_doc = {"task": "classification", "num_classes": num_classes, "preprocess": preprocess,
-                 "input": {"shape": list(g.input.shape), "dtype": "float32"},
-                 "output": {"shape": list(g.output.shape)}, "labels": "labels.txt",
-                 "imported": True, "edgetpu": {k: et_doc.get(k) for k in ("compiled", "ops_on_cpu", "note")}}
+    files += [
+        BundleFile("report.json", "report", _json(report)),
+        BundleFile("model_card.md", "model_card", model_card(report).encode()),
+        BundleFile("labels.txt", "labels", ("\n".join(req.labels) + "\n").encode()),
+    ]
+    model_doc = {
+        "task": "classification",
+        "num_classes": num_classes,
+        "preprocess": preprocess,
+        "input": {"shape": list(g.input.shape), "dtype": "float32"},
+        "output": {"shape": list(g.output.shape)},
+        "labels": "labels.txt",
+        "imported": True,
+        "edgetpu": {k: et_doc.get(k) for k in ("compiled", "ops_on_cpu", "note")},
+    }
     if twin is not None:
-        model_doc["onnx"] = {k: onnx_doc[k] for k in ("input", "output", "input_dtype", "output_dtype",
-                                                      "output_quantization")}
+        model_doc["onnx"] = {
+            k: onnx_doc[k] for k in ("input", "output", "input_dtype", "output_dtype", "output_quantization")
+        }
     policy = "required" if tpu_only else "optional"
     progress.start("bundle", "writing the bundle")
-    digest = write_bundle(req.out, BundleSpec(req.name, req.version, cfg.created, model_doc,
-                                              Requirements(edgetpu=policy, min_edgetpu_runtime=min_rt)),
-                          files, req.sign_key)
+    digest = write_bundle(
+        req.out,
+        BundleSpec(
+            req.name, req.version, cfg.created, model_doc, Requirements(edgetpu=policy, min_edgetpu_runtime=min_rt)
+        ),
+        files,
+        req.sign_key,
+    )
     progress.done("bundle", f"digest {digest[:16]}…")
     return BuildResult(req.out, digest, report)
 
 
-def _onnx_twin(req: ImportRequest, cfg: CompilerConfig, runner: TfliteRunner | None, data: Samples | None,
-               progress: Progress) -> tuple[dict[str, Any], OnnxTwin | None]:
+def _onnx_twin(
+    req: ImportRequest, cfg: CompilerConfig, runner: TfliteRunner | None, data: Samples | None, progress: Progress
+) -> tuple[dict[str, Any], OnnxTwin | None]:
     """(report section, the twin to ship or None)."""
     if runner is None:
-        return {"shipped": False, "note": "no ONNX twin: the imported model is compiled for the Edge TPU "
-                "(edgetpu-custom-op has no ONNX form) and no CPU model was given; import the CPU .tflite "
-                "with --edgetpu X to get one"}, None
+        return {
+            "shipped": False,
+            "note": "no ONNX twin: the imported model is compiled for the Edge TPU "
+            "(edgetpu-custom-op has no ONNX form) and no CPU model was given; import the CPU .tflite "
+            "with --edgetpu X to get one",
+        }, None
     if not req.onnx:
         return {"shipped": False, "note": "no ONNX twin: --no-onnx"}, None
     progress.start("onnx", "ONNX twin (tf2onnx from_tflite)")
@@ -232,12 +308,21 @@ def _onnx_twin(req: ImportRequest, cfg: CompilerConfig, runner: TfliteRunner | N
         progress.done("onnx", f"failed: {exc}")
         return {"shipped": False, "note": f"no ONNX twin: {exc}"}, None
     doc: dict[str, Any] = {
-        "shipped": True, "from": f"tf2onnx {twin.tf2onnx} convert.from_tflite, opset {OPSET}",
-        "input": twin.input_name, "input_dtype": twin.input_dtype, "input_shape": list(twin.input_shape),
-        "output": twin.output_name, "output_dtype": twin.output_dtype,
-        "output_quantization": ({"scale": runner.output.scale, "zero_point": runner.output.zero_point}
-                                if twin.output_dtype in ("uint8", "int8") else None),
-        "convert_seconds": twin.seconds, "parity": None}
+        "shipped": True,
+        "from": f"tf2onnx {twin.tf2onnx} convert.from_tflite, opset {OPSET}",
+        "input": twin.input_name,
+        "input_dtype": twin.input_dtype,
+        "input_shape": list(twin.input_shape),
+        "output": twin.output_name,
+        "output_dtype": twin.output_dtype,
+        "output_quantization": (
+            {"scale": runner.output.scale, "zero_point": runner.output.zero_point}
+            if twin.output_dtype in ("uint8", "int8")
+            else None
+        ),
+        "convert_seconds": twin.seconds,
+        "parity": None,
+    }
     if data is None:
         doc["note"] = "parity not measured: no validation or calibration data given"
         progress.done("onnx", doc["note"])
@@ -246,8 +331,9 @@ def _onnx_twin(req: ImportRequest, cfg: CompilerConfig, runner: TfliteRunner | N
     doc["parity"] = par.to_dict()
     if req.validation is not None and req.validation.y is not None and data is req.validation:
         doc["metrics"] = metrics(scores, req.validation.y).to_dict()
-    line = (f"top-1 agreement {par.top1_agreement:.2%} on {par.samples} samples, max abs diff "
-            f"{par.max_abs_diff:.3g}" + (f" ({par.max_abs_diff_lsb} LSB)" if par.max_abs_diff_lsb is not None else ""))
+    line = f"top-1 agreement {par.top1_agreement:.2%} on {par.samples} samples, max abs diff {par.max_abs_diff:.3g}" + (
+        f" ({par.max_abs_diff_lsb} LSB)" if par.max_abs_diff_lsb is not None else ""
+    )
     if not par.ok:
         doc.update(shipped=False, note=f"ONNX twin not shipped: {line} < {MIN_AGREEMENT:.0%}")
         progress.done("onnx", doc["note"])

@@ -55,10 +55,18 @@ class TfliteRunner:
             raise BadInput(what, f"LiteRT cannot load it ({first})") from None
         i = self.interp.get_input_details()[0]
         o = self.interp.get_output_details()[0]
-        self.input = IoSpec(tuple(int(d) for d in i["shape"]), np.dtype(i["dtype"]),
-                            float(i["quantization"][0]), int(i["quantization"][1]))
-        self.output = IoSpec(tuple(int(d) for d in o["shape"]), np.dtype(o["dtype"]),
-                             float(o["quantization"][0]), int(o["quantization"][1]))
+        self.input = IoSpec(
+            tuple(int(d) for d in i["shape"]),
+            np.dtype(i["dtype"]),
+            float(i["quantization"][0]),
+            int(i["quantization"][1]),
+        )
+        self.output = IoSpec(
+            tuple(int(d) for d in o["shape"]),
+            np.dtype(o["dtype"]),
+            float(o["quantization"][0]),
+            int(o["quantization"][1]),
+        )
         self._in = int(i["index"])
         self._out = int(o["index"])
 
@@ -70,8 +78,7 @@ class TfliteRunner:
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         """Float inputs (N, ...) -> dequantized float outputs (N, ...)."""
-        outs = [self.output.dequantize(self.run_raw(self.input.quantize(x[i:i + 1])))
-                for i in range(len(x))]
+        outs = [self.output.dequantize(self.run_raw(self.input.quantize(x[i : i + 1]))) for i in range(len(x))]
         return np.concatenate(outs, axis=0) if outs else np.zeros((0,) + self.output.shape[1:])
 
     def latency_ms(self, x: np.ndarray, runs: int = 50, warmup: int = 5) -> float:
@@ -96,15 +103,16 @@ class OnnxRunner:
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(data, sess_options=opts,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception classes
             raise BadInput(what, f"onnxruntime cannot load it ({str(exc)[:200]})") from None
         self.input_name = self.session.get_inputs()[0].name
 
     def scores(self, x: np.ndarray, batch: int = 64) -> np.ndarray:
-        outs = [self.session.run(None, {self.input_name: x[i:i + batch].astype(np.float32)})[0]
-                for i in range(0, len(x), batch)]
+        outs = [
+            self.session.run(None, {self.input_name: x[i : i + batch].astype(np.float32)})[0]
+            for i in range(0, len(x), batch)
+        ]
         return np.concatenate(outs, axis=0)
 
     def latency_ms(self, x: np.ndarray, runs: int = 50, warmup: int = 5) -> float:

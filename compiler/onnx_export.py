@@ -22,5 +22,6 @@ def to_onnx(model: Any) -> tuple[bytes, str, str]:
     name = dyn.inputs[0].name.split(":")[0] or "input"
     shape = [None] + [int(d) for d in dyn.inputs[0].shape[1:]]
     proto, _ = tf2onnx.convert.from_keras(
-        dyn, input_signature=[tf.TensorSpec(shape, tf.float32, name=name)], opset=OPSET)
+        dyn, input_signature=[tf.TensorSpec(shape, tf.float32, name=name)], opset=OPSET
+    )
     return proto.SerializeToString(), proto.graph.input[0].name, proto.graph.output[0].name

@@ -37,17 +37,17 @@ class BuildRequest:
     out: Path
     name: str
     version: str
-    calibration: np.ndarray             # float model inputs (N, ...)
-    validation_x: np.ndarray            # float model inputs (N, ...)
+    calibration: np.ndarray  # float model inputs (N, ...)
+    validation_x: np.ndarray  # float model inputs (N, ...)
     validation_y: np.ndarray | None
-    labels: tuple[str, ...] | None      # None: class ids "0".."K-1"
+    labels: tuple[str, ...] | None  # None: class ids "0".."K-1"
     preprocess: dict[str, Any]
-    model: Path | None = None           # .keras or SavedModel dir
+    model: Path | None = None  # .keras or SavedModel dir
     train_digits: dict[str, Any] | None = None
     io_type: str = "int8"
-    target: str = "cpu"                 # cpu | edgetpu
-    min_runtime: int | None = None      # edgetpu_compiler -m
-    segments: int | None = None         # edgetpu_compiler -n (pipelined segments, N Edge TPUs)
+    target: str = "cpu"  # cpu | edgetpu
+    min_runtime: int | None = None  # edgetpu_compiler -m
+    segments: int | None = None  # edgetpu_compiler -n (pipelined segments, N Edge TPUs)
     policy: GatePolicy = GatePolicy()
     sign_key: SigningKey | None = None
     lineage: dict[str, Any] = field(default_factory=dict)
@@ -88,8 +88,10 @@ def check_request(req: BuildRequest) -> None:
         if not np.isfinite(arr).all():
             raise BadInput(what, "x contains NaN or infinite values")
     if req.calibration.shape[1:] != req.validation_x.shape[1:]:
-        raise BadInput("validation data", f"samples have shape {list(req.validation_x.shape[1:])}, "
-                       f"calibration has {list(req.calibration.shape[1:])}")
+        raise BadInput(
+            "validation data",
+            f"samples have shape {list(req.validation_x.shape[1:])}, calibration has {list(req.calibration.shape[1:])}",
+        )
     y = req.validation_y
     if y is not None:
         if len(y) != len(req.validation_x):
@@ -125,8 +127,14 @@ def build(req: BuildRequest, cfg: CompilerConfig, progress: Progress | None = No
 
 def _convert(req: BuildRequest, cfg: CompilerConfig, work: Path, progress: Progress) -> convert.Converted:
     cal = convert.save_calibration(req.calibration, work / "calibration.npy")
-    job = convert.ConvertJob(calibration=cal, out_dir=work / "convert", io_type=req.io_type,
-                             model=req.model, train_digits=req.train_digits, target=req.target)
+    job = convert.ConvertJob(
+        calibration=cal,
+        out_dir=work / "convert",
+        io_type=req.io_type,
+        model=req.model,
+        train_digits=req.train_digits,
+        target=req.target,
+    )
 
     def on_event(ev: dict[str, Any]) -> None:
         if ev.get("event") != "stage":
@@ -139,9 +147,13 @@ def _convert(req: BuildRequest, cfg: CompilerConfig, work: Path, progress: Progr
     return convert.run(job, cfg.convert_timeout_s, on_event)
 
 
-_STAGE_TEXT = {"train": "training the digits CNN", "load": "loading the model",
-               "float": "float TFLite", "int8": "full-int8 TFLite (calibrating)",
-               "onnx": "ONNX twin (tf2onnx, opset 17)"}
+_STAGE_TEXT = {
+    "train": "training the digits CNN",
+    "load": "loading the model",
+    "float": "float TFLite",
+    "int8": "full-int8 TFLite (calibrating)",
+    "onnx": "ONNX twin (tf2onnx, opset 17)",
+}
 
 
 def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progress: Progress) -> BuildResult:
@@ -182,15 +194,20 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
     else:
         result = None
         per = {}
-    for name, data, runner in (("model_int8.tflite", c.int8_tflite, int8_run),
-                               ("model_float.tflite", c.float_tflite, float_run),
-                               ("model.onnx", c.onnx, onnx_run)):
+    for name, data, runner in (
+        ("model_int8.tflite", c.int8_tflite, int8_run),
+        ("model_float.tflite", c.float_tflite, float_run),
+        ("model.onnx", c.onnx, onnx_run),
+    ):
         if data is None or runner is None:
             continue
         m = per.get(name)
-        artifacts[name] = {"size": len(data), "sha256": _sha(data),
-                           "metrics": m.to_dict() if m is not None else None,
-                           "latency_ms": {"1": round(runner.latency_ms(x), 4)}}
+        artifacts[name] = {
+            "size": len(data),
+            "sha256": _sha(data),
+            "metrics": m.to_dict() if m is not None else None,
+            "latency_ms": {"1": round(runner.latency_ms(x), 4)},
+        }
     progress.done("evaluate", _gate_line(gate_doc))
 
     progress.start("edgetpu", "Edge TPU pre-check / compiler")
@@ -205,54 +222,79 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
     progress.done("selftest", f"{len(st['cases'])} cases")
 
     report: dict[str, Any] = {
-        "schema": SCHEMA, "name": req.name, "version": req.version, "task": "classification",
-        "num_classes": num_classes, "labels": list(labels), "target": req.target,
-        "io_type": req.io_type, "description": req.description,
-        "lineage": dict(req.lineage, **{f"tool:{k}": v for k, v in sorted(c.versions.items())},
-                        **_runtime_versions()),
-        "model": {"input": g.input.to_dict(), "output": g.output.to_dict(),
-                  "float_input_shape": list(c.input_shape), "ops": g.op_counts(),
-                  "float_ops": float_ops, "rewrapped_static_batch": c.rewrapped_static_batch,
-                  "onnx": {"input": c.onnx_input, "output": c.onnx_output}},
-        "artifacts": artifacts, "gate": gate_doc, "edgetpu": et_doc,
-        "validation_samples": len(x), "calibration_samples": len(req.calibration),
-        "machine": machine(), "stage_seconds": dict(c.seconds, **progress.seconds),
+        "schema": SCHEMA,
+        "name": req.name,
+        "version": req.version,
+        "task": "classification",
+        "num_classes": num_classes,
+        "labels": list(labels),
+        "target": req.target,
+        "io_type": req.io_type,
+        "description": req.description,
+        "lineage": dict(req.lineage, **{f"tool:{k}": v for k, v in sorted(c.versions.items())}, **_runtime_versions()),
+        "model": {
+            "input": g.input.to_dict(),
+            "output": g.output.to_dict(),
+            "float_input_shape": list(c.input_shape),
+            "ops": g.op_counts(),
+            "float_ops": float_ops,
+            "rewrapped_static_batch": c.rewrapped_static_batch,
+            "onnx": {"input": c.onnx_input, "output": c.onnx_output},
+        },
+        "artifacts": artifacts,
+        "gate": gate_doc,
+        "edgetpu": et_doc,
+        "validation_samples": len(x),
+        "calibration_samples": len(req.calibration),
+        "machine": machine(),
+        "stage_seconds": dict(c.seconds, **progress.seconds),
     }
     if result is not None and not result.passed:
-        raise GateFailed("; ".join(f"{ch.name} {ch.value} exceeds limit {ch.limit} ({ch.detail})"
-                                   for ch in result.failures()), report)
+        raise GateFailed(
+            "; ".join(f"{ch.name} {ch.value} exceeds limit {ch.limit} ({ch.detail})" for ch in result.failures()),
+            report,
+        )
 
     progress.start("bundle", "writing the bundle")
     et_summary = {k: et_doc.get(k) for k in ("compiled", "ops_on_tpu", "ops_on_cpu", "note")}
     if et_doc.get("segments"):
-        et_summary["segments"] = et_doc["segments"]   # N tflite_edgetpu_segment artifacts, in order
+        et_summary["segments"] = et_doc["segments"]  # N tflite_edgetpu_segment artifacts, in order
     model_doc = {
-        "task": "classification", "num_classes": num_classes, "preprocess": req.preprocess,
+        "task": "classification",
+        "num_classes": num_classes,
+        "preprocess": req.preprocess,
         "input": {"shape": list(g.input.shape), "dtype": "float32"},
-        "output": {"shape": list(g.output.shape)}, "labels": "labels.txt",
+        "output": {"shape": list(g.output.shape)},
+        "labels": "labels.txt",
         "onnx": {"input": c.onnx_input, "output": c.onnx_output},
         "quality": _quality(gate_doc, artifacts),
         "edgetpu": et_summary,
     }
-    files = [BundleFile("model_int8.tflite", "tflite_int8", c.int8_tflite),
-             BundleFile("model_float.tflite", "tflite_float", c.float_tflite)]
+    files = [
+        BundleFile("model_int8.tflite", "tflite_int8", c.int8_tflite),
+        BundleFile("model_float.tflite", "tflite_float", c.float_tflite),
+    ]
     files += et_files
     if c.onnx is not None:
         files.append(BundleFile("model.onnx", "onnx", c.onnx))
-    files += [BundleFile("baseline.json", "baseline", _json(base)),
-              BundleFile("selftest.json", "selftest", _json(st)),
-              BundleFile("report.json", "report", _json(report)),
-              BundleFile("model_card.md", "model_card", model_card(report).encode()),
-              BundleFile("labels.txt", "labels", ("\n".join(labels) + "\n").encode())]
-    spec = BundleSpec(req.name, req.version, cfg.created, model_doc,
-                      Requirements(edgetpu=edgetpu_policy, min_edgetpu_runtime=min_rt))
+    files += [
+        BundleFile("baseline.json", "baseline", _json(base)),
+        BundleFile("selftest.json", "selftest", _json(st)),
+        BundleFile("report.json", "report", _json(report)),
+        BundleFile("model_card.md", "model_card", model_card(report).encode()),
+        BundleFile("labels.txt", "labels", ("\n".join(labels) + "\n").encode()),
+    ]
+    spec = BundleSpec(
+        req.name, req.version, cfg.created, model_doc, Requirements(edgetpu=edgetpu_policy, min_edgetpu_runtime=min_rt)
+    )
     digest = write_bundle(req.out, spec, files, req.sign_key)
     progress.done("bundle", f"digest {digest[:16]}…")
     return BuildResult(req.out, digest, report)
 
 
-def _edgetpu(req: BuildRequest, cfg: CompilerConfig, g: Graph,
-             int8: bytes) -> tuple[dict[str, Any], list[BundleFile], str, int | None]:
+def _edgetpu(
+    req: BuildRequest, cfg: CompilerConfig, g: Graph, int8: bytes
+) -> tuple[dict[str, Any], list[BundleFile], str, int | None]:
     """Edge TPU stage: (report section, extra bundle files, requirements.edgetpu, min runtime)."""
     if cfg.edgetpu_compiler is None:
         from .precheck import predict
@@ -260,11 +302,17 @@ def _edgetpu(req: BuildRequest, cfg: CompilerConfig, g: Graph,
         pre = predict(g)
         if req.target == "edgetpu" and not pre.fully_mapped:
             raise NotEdgeTpuReady("model_int8.tflite", f"pre-check: {pre.summary()}")
-        note = ("edgetpu_compiler not found on PATH; bundle carries the CPU int8 artifact only"
-                + (f" (--segments {req.segments} not applied)" if req.segments and req.segments > 1 else "")
-                + f"; pre-check: {pre.summary()}")
-        return {"compiled": False, "note": note, "precheck": pre.to_dict(),
-                "ops_on_tpu": None, "ops_on_cpu": None}, [], "optional", None
+        note = (
+            "edgetpu_compiler not found on PATH; bundle carries the CPU int8 artifact only"
+            + (f" (--segments {req.segments} not applied)" if req.segments and req.segments > 1 else "")
+            + f"; pre-check: {pre.summary()}"
+        )
+        return (
+            {"compiled": False, "note": note, "precheck": pre.to_dict(), "ops_on_tpu": None, "ops_on_cpu": None},
+            [],
+            "optional",
+            None,
+        )
     from . import edgetpu
 
     return edgetpu.stage(cfg, g, int8, req.target, req.min_runtime, req.segments)

@@ -27,8 +27,9 @@ and are streamed (slow, not a mapping failure).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .graph import Graph, OpInfo
 
@@ -46,7 +47,7 @@ Check = Callable[[OpInfo, Graph], "str | None"]
 
 @dataclass(frozen=True)
 class Rule:
-    max_version: int | None = None   # None: no known ceiling
+    max_version: int | None = None  # None: no known ceiling
     min_runtime: int = 10
     check: Check | None = None
 
@@ -105,24 +106,49 @@ def _strided_slice(op: OpInfo, g: Graph) -> str | None:
 
 
 RULES: dict[str, Rule] = {
-    "ADD": Rule(), "SUB": Rule(), "MUL": Rule(), "MAXIMUM": Rule(), "MINIMUM": Rule(),
-    "LOGISTIC": Rule(), "RELU": Rule(), "RELU6": Rule(), "RELU_N1_TO_1": Rule(), "TANH": Rule(),
-    "AVERAGE_POOL_2D": Rule(check=_no_fused_activation), "MAX_POOL_2D": Rule(check=_no_fused_activation),
+    "ADD": Rule(),
+    "SUB": Rule(),
+    "MUL": Rule(),
+    "MAXIMUM": Rule(),
+    "MINIMUM": Rule(),
+    "LOGISTIC": Rule(),
+    "RELU": Rule(),
+    "RELU6": Rule(),
+    "RELU_N1_TO_1": Rule(),
+    "TANH": Rule(),
+    "AVERAGE_POOL_2D": Rule(check=_no_fused_activation),
+    "MAX_POOL_2D": Rule(check=_no_fused_activation),
     "CONCATENATION": Rule(check=_no_fused_activation),
-    "CONV_2D": Rule(max_version=3), "DEPTHWISE_CONV_2D": Rule(max_version=3),
+    "CONV_2D": Rule(max_version=3),
+    "DEPTHWISE_CONV_2D": Rule(max_version=3),
     "FULLY_CONNECTED": Rule(max_version=4, check=_fully_connected),
-    "L2_NORMALIZATION": Rule(), "MEAN": Rule(check=_xy_axes), "PAD": Rule(check=_xy_axes),
-    "RESHAPE": Rule(), "SLICE": Rule(), "SPLIT": Rule(),
-    "RESIZE_BILINEAR": Rule(max_version=2), "RESIZE_NEAREST_NEIGHBOR": Rule(),
-    "SOFTMAX": Rule(check=_softmax), "SPACE_TO_DEPTH": Rule(), "SQUEEZE": Rule(),  # "leading-1 dims only" is not checked
+    "L2_NORMALIZATION": Rule(),
+    "MEAN": Rule(check=_xy_axes),
+    "PAD": Rule(check=_xy_axes),
+    "RESHAPE": Rule(),
+    "SLICE": Rule(),
+    "SPLIT": Rule(),
+    "RESIZE_BILINEAR": Rule(max_version=2),
+    "RESIZE_NEAREST_NEIGHBOR": Rule(),
+    "SOFTMAX": Rule(check=_softmax),
+    "SPACE_TO_DEPTH": Rule(),
+    "SQUEEZE": Rule(),  # "leading-1 dims only" is not checked
     "STRIDED_SLICE": Rule(check=_strided_slice),
     # runtime 13 (compiler 2.1+)
-    "EXPAND_DIMS": Rule(min_runtime=13), "PACK": Rule(min_runtime=13), "QUANTIZE": Rule(min_runtime=13),
-    "SUM": Rule(min_runtime=13, check=_xy_axes), "TRANSPOSE_CONV": Rule(max_version=3, min_runtime=13),
+    "EXPAND_DIMS": Rule(min_runtime=13),
+    "PACK": Rule(min_runtime=13),
+    "QUANTIZE": Rule(min_runtime=13),
+    "SUM": Rule(min_runtime=13, check=_xy_axes),
+    "TRANSPOSE_CONV": Rule(max_version=3, min_runtime=13),
     # runtime 14 (compiler 15+/16)
-    "TRANSPOSE": Rule(min_runtime=14), "PRELU": Rule(min_runtime=14), "HARD_SWISH": Rule(min_runtime=14),
-    "REDUCE_MAX": Rule(min_runtime=14), "REDUCE_MIN": Rule(min_runtime=14), "RSQRT": Rule(min_runtime=14),
-    "SQUARED_DIFFERENCE": Rule(min_runtime=14), "UNIDIRECTIONAL_SEQUENCE_LSTM": Rule(min_runtime=14),
+    "TRANSPOSE": Rule(min_runtime=14),
+    "PRELU": Rule(min_runtime=14),
+    "HARD_SWISH": Rule(min_runtime=14),
+    "REDUCE_MAX": Rule(min_runtime=14),
+    "REDUCE_MIN": Rule(min_runtime=14),
+    "RSQRT": Rule(min_runtime=14),
+    "SQUARED_DIFFERENCE": Rule(min_runtime=14),
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": Rule(min_runtime=14),
 }
 
 
@@ -142,9 +168,9 @@ class OpPrediction:
 @dataclass(frozen=True)
 class Prediction:
     ops: tuple[OpPrediction, ...]
-    edgetpu_compiled: bool          # the model already is an edgetpu_compiler output
-    blockers: tuple[str, ...]       # whole-model reasons nothing maps
-    cut_at: int | None              # index of the first unmapped op (graph order)
+    edgetpu_compiled: bool  # the model already is an edgetpu_compiler output
+    blockers: tuple[str, ...]  # whole-model reasons nothing maps
+    cut_at: int | None  # index of the first unmapped op (graph order)
     min_runtime: int | None
     parameter_bytes: int
 
@@ -176,17 +202,31 @@ class Prediction:
             fit = "fits" if self.parameter_bytes <= ON_CHIP_BYTES else "exceeds"
             return f"all ops map; parameters {self.parameter_bytes / 1024:.1f} KiB {fit} the on-chip cache"
         first = self.ops[self.cut_at] if self.cut_at is not None else None
-        return (f"graph cut at op {first.index} {first.op} ({first.status}"
-                + (f": {first.reason}" if first and first.reason else "") + ")") if first else "partial"
+        return (
+            (
+                f"graph cut at op {first.index} {first.op} ({first.status}"
+                + (f": {first.reason}" if first and first.reason else "")
+                + ")"
+            )
+            if first
+            else "partial"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"total_ops": self.total_ops, "predicted_tpu_ops": self.predicted_tpu_ops,
-                "fully_mapped": self.fully_mapped, "edgetpu_compiled": self.edgetpu_compiled,
-                "blockers": list(self.blockers), "cut_at": self.cut_at, "min_runtime": self.min_runtime,
-                "parameter_bytes": self.parameter_bytes, "fits_on_chip": self.parameter_bytes <= ON_CHIP_BYTES,
-                "summary": self.summary(),
-                "table": [{"op": op, "count": n, "status": st} for (op, st), n in sorted(self.counts().items())],
-                "unmapped": [asdict(p) for p in self.ops if not p.mapped][:50]}
+        return {
+            "total_ops": self.total_ops,
+            "predicted_tpu_ops": self.predicted_tpu_ops,
+            "fully_mapped": self.fully_mapped,
+            "edgetpu_compiled": self.edgetpu_compiled,
+            "blockers": list(self.blockers),
+            "cut_at": self.cut_at,
+            "min_runtime": self.min_runtime,
+            "parameter_bytes": self.parameter_bytes,
+            "fits_on_chip": self.parameter_bytes <= ON_CHIP_BYTES,
+            "summary": self.summary(),
+            "table": [{"op": op, "count": n, "status": st} for (op, st), n in sorted(self.counts().items())],
+            "unmapped": [asdict(p) for p in self.ops if not p.mapped][:50],
+        }
 
 
 def _own_status(op: OpInfo, g: Graph) -> tuple[str, str]:
@@ -216,16 +256,27 @@ def _own_status(op: OpInfo, g: Graph) -> tuple[str, str]:
 
 def predict(g: Graph) -> Prediction:
     if g.edgetpu_compiled:
-        ops = tuple(OpPrediction(op.index, op.name, op.version,
-                                 MAPPED if op.custom == "edgetpu-custom-op" else "CPU op in a compiled model")
-                    for op in g.ops)
+        ops = tuple(
+            OpPrediction(
+                op.index,
+                op.name,
+                op.version,
+                MAPPED if op.custom == "edgetpu-custom-op" else "CPU op in a compiled model",
+            )
+            for op in g.ops
+        )
         return Prediction(ops, True, (), None, None, g.parameter_bytes())
     dyn = [t.name for t in g.tensors if t.dynamic]
     if dyn:
-        ops = tuple(OpPrediction(op.index, op.name, op.version, DYNAMIC, f"dynamic tensors {dyn[:3]}")
-                    for op in g.ops)
-        return Prediction(ops, False, (f"dynamic shapes in {len(dyn)} tensor(s), e.g. {dyn[0]!r}",),
-                          0 if ops else None, None, g.parameter_bytes())
+        ops = tuple(OpPrediction(op.index, op.name, op.version, DYNAMIC, f"dynamic tensors {dyn[:3]}") for op in g.ops)
+        return Prediction(
+            ops,
+            False,
+            (f"dynamic shapes in {len(dyn)} tensor(s), e.g. {dyn[0]!r}",),
+            0 if ops else None,
+            None,
+            g.parameter_bytes(),
+        )
     producer: dict[int, int] = {}
     for op in g.ops:
         for o in op.outputs:

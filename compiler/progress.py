@@ -37,8 +37,13 @@ class RichProgress(Progress):
         from rich.progress import Progress as RP, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.console = Console(stderr=True)
-        self._rp = RP(SpinnerColumn(finished_text="[green]✓"), TextColumn("{task.description}"),
-                      TimeElapsedColumn(), console=self.console, transient=False)
+        self._rp = RP(
+            SpinnerColumn(finished_text="[green]✓"),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
         self._tasks: dict[str, Any] = {}
         self._rp.start()
 

@@ -9,8 +9,9 @@ used; a SavedModel directory goes through ``from_saved_model`` and keeps whateve
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ def output_shape(model: Any) -> list[int | None]:
 
 def _representative(calibration: np.ndarray) -> Iterator[list[np.ndarray]]:
     for i in range(min(len(calibration), MAX_CALIBRATION)):
-        yield [calibration[i:i + 1].astype(np.float32)]
+        yield [calibration[i : i + 1].astype(np.float32)]
 
 
 def _converter(model: Any | None, saved_model: Path | None) -> Any:
@@ -83,8 +84,7 @@ def to_float(model: Any | None, saved_model: Path | None = None) -> bytes:
     return bytes(conv.convert())
 
 
-def to_int8(model: Any | None, calibration: np.ndarray, io_type: str,
-            saved_model: Path | None = None) -> bytes:
+def to_int8(model: Any | None, calibration: np.ndarray, io_type: str, saved_model: Path | None = None) -> bytes:
     """Full-integer post-training quantization (per-channel weights, int8 kernels only)."""
     import tensorflow as tf
 

@@ -22,52 +22,78 @@ def sha256_file_bytes(data: bytes) -> str:
 def machine() -> dict[str, Any]:
     import os
 
-    return {"machine": platform.machine(), "system": platform.system(),
-            "python": platform.python_version(), "cpus": os.cpu_count(),
-            "processor": platform.processor() or None}
+    return {
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or None,
+    }
 
 
 def model_card(report: dict[str, Any]) -> str:
     r = report
     lines = [f"# Model card: {r['name']} {r['version']}", ""]
-    lines += [f"- Task: {r['task']} ({r['num_classes']} classes)",
-              f"- Input: `{r['model']['input']}`",
-              f"- Output: `{r['model']['output']}`",
-              f"- Target: {r['target']}; int8 I/O type: {r['io_type']}", ""]
+    lines += [
+        f"- Task: {r['task']} ({r['num_classes']} classes)",
+        f"- Input: `{r['model']['input']}`",
+        f"- Output: `{r['model']['output']}`",
+        f"- Target: {r['target']}; int8 I/O type: {r['io_type']}",
+        "",
+    ]
     if r.get("description"):
         lines += [r["description"], ""]
     lines += ["## Quality (validation set, measured at build time)", ""]
-    lines += ["| artifact | size (bytes) | top-1 | macro-F1 | AUC (OvR) | agreement vs float | latency 1 thread (ms) |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "| artifact | size (bytes) | top-1 | macro-F1 | AUC (OvR) | agreement vs float | latency 1 thread (ms) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, a in r["artifacts"].items():
         m = a.get("metrics") or {}
         lat = (a.get("latency_ms") or {}).get("1")
-        lines.append(f"| {name} | {a['size']} | {_pct(m.get('accuracy'))} | {_num(m.get('macro_f1'))} | "
-                     f"{_num(m.get('auc_ovr'))} | {_pct(m.get('agreement'))} | {_num(lat, 3)} |")
-    lines += ["", "Latency is the median of single-sample invokes on the build machine "
-              f"({r['machine'].get('machine')}, {r['machine'].get('cpus')} CPUs), not on a device.", ""]
+        lines.append(
+            f"| {name} | {a['size']} | {_pct(m.get('accuracy'))} | {_num(m.get('macro_f1'))} | "
+            f"{_num(m.get('auc_ovr'))} | {_pct(m.get('agreement'))} | {_num(lat, 3)} |"
+        )
+    lines += [
+        "",
+        "Latency is the median of single-sample invokes on the build machine "
+        f"({r['machine'].get('machine')}, {r['machine'].get('cpus')} CPUs), not on a device.",
+        "",
+    ]
     gate = r.get("gate")
     if gate:
         lines += ["## Accuracy gate: " + ("passed" if gate["passed"] else "FAILED"), ""]
         for c in gate["checks"]:
-            lines.append(f"- {'ok' if c['passed'] else 'FAIL'} `{c['name']}` = {c['value']} "
-                         f"(limit {c['limit']}): {c['detail']}")
+            lines.append(
+                f"- {'ok' if c['passed'] else 'FAIL'} `{c['name']}` = {c['value']} (limit {c['limit']}): {c['detail']}"
+            )
         lines.append("")
     et = r.get("edgetpu") or {}
-    lines += ["## Edge TPU", "", f"- Compiled: {'yes' if et.get('compiled') else 'no'}"
-              + (f" ({et.get('note')})" if et.get("note") else "")]
+    lines += [
+        "## Edge TPU",
+        "",
+        f"- Compiled: {'yes' if et.get('compiled') else 'no'}" + (f" ({et.get('note')})" if et.get("note") else ""),
+    ]
     pre = et.get("precheck")
     if pre:
-        lines.append(f"- Pre-check (no compiler): {pre.get('predicted_tpu_ops')} of {pre.get('total_ops')} "
-                     f"ops predicted on the Edge TPU; {pre.get('summary', '')}")
+        lines.append(
+            f"- Pre-check (no compiler): {pre.get('predicted_tpu_ops')} of {pre.get('total_ops')} "
+            f"ops predicted on the Edge TPU; {pre.get('summary', '')}"
+        )
     lines += ["", "## Lineage", ""]
     for k, v in r["lineage"].items():
         lines.append(f"- {k}: `{v}`")
-    lines += ["", "## Limitations", "",
-              "- Metrics come from the validation set given at build time; drift telemetry "
-              "compares live traffic against `baseline.json` built from the same set.",
-              "- int8 is smaller but usually not faster than float on x86 CPUs (XNNPACK); "
-              "the speed-up of int8 shows on the Edge TPU and on ARM.", ""]
+    lines += [
+        "",
+        "## Limitations",
+        "",
+        "- Metrics come from the validation set given at build time; drift telemetry "
+        "compares live traffic against `baseline.json` built from the same set.",
+        "- int8 is smaller but usually not faster than float on x86 CPUs (XNNPACK); "
+        "the speed-up of int8 shows on the Edge TPU and on ARM.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -35,16 +35,27 @@ def pick(y: np.ndarray | None, n_samples: int, cases: int) -> list[int]:
     return chosen
 
 
-def build(runner: TfliteRunner, artifact: str, x: np.ndarray, y: np.ndarray | None,
-          cases: int = 5, tolerance: int = DEFAULT_TOLERANCE,
-          max_latency_ms: int = DEFAULT_MAX_LATENCY_MS) -> dict[str, Any]:
+def build(
+    runner: TfliteRunner,
+    artifact: str,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    cases: int = 5,
+    tolerance: int = DEFAULT_TOLERANCE,
+    max_latency_ms: int = DEFAULT_MAX_LATENCY_MS,
+) -> dict[str, Any]:
     out = []
     for i in pick(y, len(x), cases):
-        raw = runner.input.quantize(x[i:i + 1]).reshape(runner.input.shape)
+        raw = runner.input.quantize(x[i : i + 1]).reshape(runner.input.shape)
         expected = runner.run_raw(raw)
         out.append({"input": raw.tolist(), "expected": expected.tolist()})
-    return {"schema": SCHEMA, "artifact": artifact, "tolerance": tolerance,
-            "max_latency_ms": max_latency_ms, "cases": out}
+    return {
+        "schema": SCHEMA,
+        "artifact": artifact,
+        "tolerance": tolerance,
+        "max_latency_ms": max_latency_ms,
+        "cases": out,
+    }
 
 
 def check(runner: TfliteRunner, doc: dict[str, Any]) -> list[str]:

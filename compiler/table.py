@@ -4,27 +4,42 @@ the gate's checks, the Edge TPU status and the digest. Printed with rich on stdo
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from protocol.bundle import Manifest
 
 
-def print_summary(report: dict[str, Any], out: Path | None, digest: str | None,
-                  manifest: Manifest | None = None, problems: Sequence[str] = ()) -> None:
+def print_summary(
+    report: dict[str, Any],
+    out: Path | None,
+    digest: str | None,
+    manifest: Manifest | None = None,
+    problems: Sequence[str] = (),
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
     con = Console(width=None if sys.stdout.isatty() else 120)
-    t = Table(title=f"{report.get('name')} {report.get('version')} ({report.get('task')}, "
-                    f"{report.get('num_classes')} classes, target {report.get('target')})")
+    t = Table(
+        title=f"{report.get('name')} {report.get('version')} ({report.get('task')}, "
+        f"{report.get('num_classes')} classes, target {report.get('target')})"
+    )
     for col in ("artifact", "size", "top-1", "macro-F1", "AUC", "agree vs float", "ms (1 thr)"):
         t.add_column(col, justify="left" if col == "artifact" else "right")
     for name, a in (report.get("artifacts") or {}).items():
         m = a.get("metrics") or {}
         lat = (a.get("latency_ms") or {}).get("1")
-        t.add_row(name, f"{a['size']:,}", _pct(m.get("accuracy")), _num(m.get("macro_f1")),
-                  _num(m.get("auc_ovr")), _pct(m.get("agreement")), _num(lat, 3))
+        t.add_row(
+            name,
+            f"{a['size']:,}",
+            _pct(m.get("accuracy")),
+            _num(m.get("macro_f1")),
+            _num(m.get("auc_ovr")),
+            _pct(m.get("agreement")),
+            _num(lat, 3),
+        )
     con.print(t)
     gate = report.get("gate")
     if gate:
@@ -42,9 +57,11 @@ def print_summary(report: dict[str, Any], out: Path | None, digest: str | None,
         line += f"; pre-check predicts {pre.get('predicted_tpu_ops')}/{pre.get('total_ops')} on TPU"
     con.print(f"  edge tpu: {line}" + (f" ({et['note']})" if et.get("note") else ""))
     if manifest is not None:
-        con.print(f"  requirements: edgetpu={manifest.requirements.edgetpu}, "
-                  f"min_edgetpu_runtime={manifest.requirements.min_edgetpu_runtime}; "
-                  f"{len(manifest.artifacts)} artifacts, {manifest.total_size:,} bytes")
+        con.print(
+            f"  requirements: edgetpu={manifest.requirements.edgetpu}, "
+            f"min_edgetpu_runtime={manifest.requirements.min_edgetpu_runtime}; "
+            f"{len(manifest.artifacts)} artifacts, {manifest.total_size:,} bytes"
+        )
     for p in problems:
         con.print(f"  [red]problem[/]: {p}")
     if digest:

@@ -28,14 +28,14 @@ import numpy as np
 from .errors import ToolFailed
 
 OPSET = 17
-MIN_AGREEMENT = 0.99      # below this top-1 agreement with the TFLite model the twin is not shipped
+MIN_AGREEMENT = 0.99  # below this top-1 agreement with the TFLite model the twin is not shipped
 
 
 @dataclass(frozen=True)
 class OnnxTwin:
     data: bytes
     input_name: str
-    input_dtype: str       # numpy dtype name: uint8 | int8 | float32
+    input_dtype: str  # numpy dtype name: uint8 | int8 | float32
     input_shape: tuple[int, ...]
     output_name: str
     output_dtype: str
@@ -50,10 +50,14 @@ def convert(model: bytes, timeout_s: float, what: str = "model") -> OnnxTwin:
         src.write_bytes(model)
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, "-m", "compiler.tflite_onnx", str(src), str(dst)],
-                                  capture_output=True, text=True, timeout=timeout_s,
-                                  cwd=Path(__file__).resolve().parent.parent,
-                                  env=_child_env())
+            proc = subprocess.run(
+                [sys.executable, "-m", "compiler.tflite_onnx", str(src), str(dst)],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                cwd=Path(__file__).resolve().parent.parent,
+                env=_child_env(),
+            )
         except subprocess.TimeoutExpired:
             raise ToolFailed(f"tf2onnx from_tflite ({what})", f"timed out after {timeout_s:g} s") from None
         seconds = time.perf_counter() - t0
@@ -66,8 +70,16 @@ def convert(model: bytes, timeout_s: float, what: str = "model") -> OnnxTwin:
             how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
             tail = " | ".join(ln.strip() for ln in proc.stderr.strip().splitlines()[-3:])[-400:]
             raise ToolFailed(f"tf2onnx from_tflite ({what})", f"child {how}; stderr: {tail or '(empty)'}")
-        return OnnxTwin(dst.read_bytes(), res["input"], res["input_dtype"], tuple(res["input_shape"]),
-                        res["output"], res["output_dtype"], round(seconds, 3), res["tf2onnx"])
+        return OnnxTwin(
+            dst.read_bytes(),
+            res["input"],
+            res["input_dtype"],
+            tuple(res["input_shape"]),
+            res["output"],
+            res["output_dtype"],
+            round(seconds, 3),
+            res["tf2onnx"],
+        )
 
 
 def _child_env() -> dict[str, str]:
@@ -87,19 +99,24 @@ def _json_line(line: str) -> dict[str, Any] | None:
 @dataclass(frozen=True)
 class Parity:
     samples: int
-    top1_agreement: float      # fraction of samples with the same argmax
-    max_abs_diff: float        # in output units (dequantized scores)
-    max_abs_diff_lsb: int | None   # in quantized output steps, for integer outputs
-    exact_fraction: float      # fraction of output values exactly equal
+    top1_agreement: float  # fraction of samples with the same argmax
+    max_abs_diff: float  # in output units (dequantized scores)
+    max_abs_diff_lsb: int | None  # in quantized output steps, for integer outputs
+    exact_fraction: float  # fraction of output values exactly equal
 
     @property
     def ok(self) -> bool:
         return self.top1_agreement >= MIN_AGREEMENT
 
     def to_dict(self) -> dict[str, Any]:
-        return {"samples": self.samples, "top1_agreement": round(self.top1_agreement, 6),
-                "max_abs_diff": float(self.max_abs_diff), "max_abs_diff_lsb": self.max_abs_diff_lsb,
-                "exact_fraction": round(self.exact_fraction, 6), "min_agreement": MIN_AGREEMENT}
+        return {
+            "samples": self.samples,
+            "top1_agreement": round(self.top1_agreement, 6),
+            "max_abs_diff": float(self.max_abs_diff),
+            "max_abs_diff_lsb": self.max_abs_diff_lsb,
+            "exact_fraction": round(self.exact_fraction, 6),
+            "min_agreement": MIN_AGREEMENT,
+        }
 
 
 def parity(twin: OnnxTwin, runner: Any, x: np.ndarray) -> tuple[Parity, np.ndarray]:
@@ -117,7 +134,7 @@ def parity(twin: OnnxTwin, runner: Any, x: np.ndarray) -> tuple[Parity, np.ndarr
     max_lsb = 0
     scores: list[np.ndarray] = []
     for i in range(len(x)):
-        raw_in = runner.input.quantize(x[i:i + 1]).reshape(runner.input.shape)
+        raw_in = runner.input.quantize(x[i : i + 1]).reshape(runner.input.shape)
         ref = runner.run_raw(raw_in)
         got = sess.run(None, {twin.input_name: raw_in.astype(twin.input_dtype)})[0].reshape(ref.shape)
         if runner.output.quantized:
@@ -129,12 +146,18 @@ def parity(twin: OnnxTwin, runner: Any, x: np.ndarray) -> tuple[Parity, np.ndarr
         total += ref.size
         agree += int(ref_f.reshape(-1).argmax() == got_f.reshape(-1).argmax())
     n = len(x)
-    par = Parity(n, agree / n if n else 0.0, max_diff, max_lsb if runner.output.quantized else None,
-                 exact / total if total else 0.0)
+    par = Parity(
+        n,
+        agree / n if n else 0.0,
+        max_diff,
+        max_lsb if runner.output.quantized else None,
+        exact / total if total else 0.0,
+    )
     return par, (np.concatenate(scores, axis=0) if scores else np.zeros((0,) + runner.output.shape[1:]))
 
 
 # ----------------------------------------------------------------------------- child side
+
 
 def _child(src: str, dst: str) -> int:
     try:
@@ -150,15 +173,28 @@ def _child(src: str, dst: str) -> int:
             return v.name, dtype, [int(d.dim_value) for d in t.shape.dim]
 
         if len(proto.graph.input) != 1 or len(proto.graph.output) != 1:
-            raise ValueError(f"the ONNX graph has {len(proto.graph.input)} inputs and "
-                             f"{len(proto.graph.output)} outputs; one of each is supported")
+            raise ValueError(
+                f"the ONNX graph has {len(proto.graph.input)} inputs and "
+                f"{len(proto.graph.output)} outputs; one of each is supported"
+            )
         (iname, idtype, ishape), (oname, odtype, _) = io(proto.graph.input[0]), io(proto.graph.output[0])
     except Exception as exc:  # tf2onnx raises many types; report one line
         sys.stdout.write(json.dumps({"event": "error", "problem": f"{type(exc).__name__}: {str(exc)[:400]}"}) + "\n")
         return 5
-    sys.stdout.write(json.dumps({"event": "result", "input": iname, "input_dtype": idtype, "input_shape": ishape,
-                                 "output": oname, "output_dtype": odtype,
-                                 "tf2onnx": getattr(tf2onnx, "__version__", "?")}) + "\n")
+    sys.stdout.write(
+        json.dumps(
+            {
+                "event": "result",
+                "input": iname,
+                "input_dtype": idtype,
+                "input_shape": ishape,
+                "output": oname,
+                "output_dtype": odtype,
+                "tf2onnx": getattr(tf2onnx, "__version__", "?"),
+            }
+        )
+        + "\n"
+    )
     return 0
 
 

@@ -31,14 +31,18 @@ console = Console()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--state", type=Path, default=Path(".edgefleet/demo"),
-                    help="state directory (keys, database, logs, agent slots); default %(default)s")
+    ap = argparse.ArgumentParser(
+        prog="python -m demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--state",
+        type=Path,
+        default=Path(".edgefleet/demo"),
+        help="state directory (keys, database, logs, agent slots); default %(default)s",
+    )
     ap.add_argument("--broker", metavar="mqtt://host:port", help="use this broker instead of starting one")
     ap.add_argument("--agents", type=int, default=3, help="number of agent processes (default 3)")
-    ap.add_argument("--samples", type=int, default=60,
-                    help="held-out digits sent to each agent (default 60)")
+    ap.add_argument("--samples", type=int, default=60, help="held-out digits sent to each agent (default 60)")
     ap.add_argument("--once", action="store_true", help="exit 0 after the rollout instead of running until Ctrl-C")
     ap.add_argument("--fresh", action="store_true", help="delete the state directory first (keeps the model build)")
     ap.add_argument("--timeout", type=float, default=180, help="seconds to wait for the rollout (default 180)")
@@ -72,9 +76,16 @@ def render(devices: list[dict[str, Any]], accuracy: dict[str, tuple[int, int]], 
         row = device_row(dev)
         ok, n = accuracy.get(dev.get("device_id", ""), (0, 0))
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        table.add_row(dev.get("device_id", "?"), "yes" if row["online"] else "no", row["state"],
-                      row["bundle"], str(row["inferences"]), fmt(row["p50"]), fmt(row["p95"]),
-                      f"{ok}/{n} = {ok / n:.1%}" if n else "-")
+        table.add_row(
+            dev.get("device_id", "?"),
+            "yes" if row["online"] else "no",
+            row["state"],
+            row["bundle"],
+            str(row["inferences"]),
+            fmt(row["p50"]),
+            fmt(row["p95"]),
+            f"{ok}/{n} = {ok / n:.1%}" if n else "-",
+        )
     return table
 
 
@@ -148,12 +159,20 @@ def run(fleet: Fleet, args: argparse.Namespace, cache: Path) -> int:
         while True:
             devs = devices(fleet)
             done = [d for d in devs if device_row(d)["digest"] == digest]
-            live.update(render(devs, accuracy, f"rollout {rid}: {len(done)}/{len(names)} devices on {pushed['name']}@{pushed['version']}"))
+            live.update(
+                render(
+                    devs,
+                    accuracy,
+                    f"rollout {rid}: {len(done)}/{len(names)} devices on {pushed['name']}@{pushed['version']}",
+                )
+            )
             if len(done) >= len(names):
                 break
             if time.monotonic() > deadline:
-                raise LaunchError(f"rollout did not reach all devices within {args.timeout:.0f}s "
-                                  f"({len(done)}/{len(names)}); see {fleet.state / 'logs'}")
+                raise LaunchError(
+                    f"rollout did not reach all devices within {args.timeout:.0f}s "
+                    f"({len(done)}/{len(names)}); see {fleet.state / 'logs'}"
+                )
             time.sleep(0.5)
         # held-out digits through each agent's local API
         rng = np.random.default_rng(0)

@@ -14,10 +14,12 @@ import logging
 async def _serve(host: str, port: int) -> None:
     from amqtt.broker import Broker
 
-    broker = Broker({
-        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 1000}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-    })
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 1000}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+    )
     await broker.start()
     try:
         await asyncio.Event().wait()
@@ -26,8 +28,9 @@ async def _serve(host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m demo.embedded_broker",
-                                 description="Embedded MQTT 3.1.1 broker (amqtt) for the demo.")
+    ap = argparse.ArgumentParser(
+        prog="python -m demo.embedded_broker", description="Embedded MQTT 3.1.1 broker (amqtt) for the demo."
+    )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=1883)
     args = ap.parse_args(argv)

@@ -29,8 +29,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None,
-              what: str = "service") -> None:
+def wait_port(
+    port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None, what: str = "service"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -57,11 +58,12 @@ class Proc:
     log: Path
     popen: subprocess.Popen[bytes] | None = None
 
-    def start(self, env: dict[str, str] | None = None) -> "Proc":
+    def start(self, env: dict[str, str] | None = None) -> Proc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")
-        self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                      env={**os.environ, **(env or {})}, start_new_session=True)
+        self.popen = subprocess.Popen(
+            self.argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+        )
         out.close()
         return self
 
@@ -112,7 +114,9 @@ class Fleet:
         log = self.state / "logs" / f"{name}.log"
         log.write_text(res.stdout + res.stderr)
         if res.returncode != 0:
-            raise LaunchError(f"{name} failed with exit code {res.returncode}:\n{res.stdout[-2000:]}{res.stderr[-3000:]}")
+            raise LaunchError(
+                f"{name} failed with exit code {res.returncode}:\n{res.stdout[-2000:]}{res.stderr[-3000:]}"
+            )
         return res.stdout
 
     def stop_all(self) -> None:
@@ -133,8 +137,9 @@ class Fleet:
             bdir = self.state / "broker"
             bdir.mkdir(exist_ok=True)
             conf = bdir / "mosquitto.conf"
-            conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                            f"persistence true\npersistence_location {bdir}/\n")
+            conf.write_text(
+                f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {bdir}/\n"
+            )
             proc = self.spawn("broker", ["mosquitto", "-c", str(conf)])
             what = "mosquitto (MQTT v5)"
         else:
@@ -158,18 +163,40 @@ class Fleet:
     def start_hub(self, db: str | None = None) -> str:
         port = free_port()
         db = db or f"sqlite:///{self.state / 'hub.db'}"
-        proc = self.spawn("hub", self.module(
-            "hub", "serve", "--db", db, "--broker", self.broker_url, "--keys", str(self.keys),
-            "--store", str(self.state / "store"), "--host", "127.0.0.1", "--port", str(port),
-            "--token", self.token, "--dev"))
+        proc = self.spawn(
+            "hub",
+            self.module(
+                "hub",
+                "serve",
+                "--db",
+                db,
+                "--broker",
+                self.broker_url,
+                "--keys",
+                str(self.keys),
+                "--store",
+                str(self.state / "store"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--token",
+                self.token,
+                "--dev",
+            ),
+        )
         wait_port(port, timeout=60, proc=proc.popen, what="hub")
         self.hub_url = f"http://127.0.0.1:{port}"
         return self.hub_url
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.hub_url + path, data=data, method=method, headers={
-            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.hub_url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return json.loads(resp.read() or b"null")
@@ -177,23 +204,31 @@ class Fleet:
             raise LaunchError(f"hub {method} {path} -> {exc.code}: {exc.read()[:500]!r}") from None
 
     def push(self, bundle_dir: Path) -> dict[str, Any]:
-        out = self.run("push", self.module("hub", "models", "push", str(bundle_dir), "--hub",
-                                           self.hub_url, "--token", self.token))
+        out = self.run(
+            "push", self.module("hub", "models", "push", str(bundle_dir), "--hub", self.hub_url, "--token", self.token)
+        )
         return json.loads(out.strip().splitlines()[-1])
 
     # --- agents ----------------------------------------------------------------------------
     def agent_dir(self, device: str) -> Path:
         return self.state / "agents" / device
 
-    def start_agent(self, device: str, board: str = "rpi4", root: Path | None = None,
-                    telemetry_interval: float = 2.0, extra: str = "") -> Proc:
+    def start_agent(
+        self,
+        device: str,
+        board: str = "rpi4",
+        root: Path | None = None,
+        telemetry_interval: float = 2.0,
+        extra: str = "",
+    ) -> Proc:
         adir = self.agent_dir(device)
         adir.mkdir(parents=True, exist_ok=True)
         conf = adir / "agent.toml"
         conf.write_text(
             f'device_id = "{device}"\nbroker = "{self.broker_url}"\nstate_dir = "{adir / "state"}"\n'
             f'root = "{root or self.keys / "root.json"}"\nboard = "{board}"\nhttp_port = 0\n'
-            f"telemetry_interval_s = {telemetry_interval}\n{extra}")
+            f"telemetry_interval_s = {telemetry_interval}\n{extra}"
+        )
         return self.spawn(f"agent-{device}", self.module("agent", "run", "--config", str(conf)))
 
     def agent_port(self, device: str, timeout: float = 30) -> int:
@@ -203,16 +238,29 @@ class Fleet:
             if path.exists() and path.read_text().strip():
                 return int(path.read_text())
             time.sleep(0.1)
-        raise LaunchError(f"agent {device} wrote no {path} within {timeout}s:\n"
-                          f"{tail(self.state / 'logs' / f'agent-{device}.log')}")
+        raise LaunchError(
+            f"agent {device} wrote no {path} within {timeout}s:\n{tail(self.state / 'logs' / f'agent-{device}.log')}"
+        )
 
     # --- cloud -----------------------------------------------------------------------------
     def start_cloud(self) -> str:
         port = free_port()
         archives = self.state / "store" / "archives"
         archives.mkdir(parents=True, exist_ok=True)
-        proc = self.spawn("cloud", self.module(
-            "cloud", "serve", "--bundles", str(archives), "--root", str(self.keys / "root.json"),
-            "--host", "127.0.0.1", "--port", str(port)))
+        proc = self.spawn(
+            "cloud",
+            self.module(
+                "cloud",
+                "serve",
+                "--bundles",
+                str(archives),
+                "--root",
+                str(self.keys / "root.json"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ),
+        )
         wait_port(port, timeout=60, proc=proc.popen, what="cloud fallback")
         return f"http://127.0.0.1:{port}"

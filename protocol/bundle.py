@@ -27,12 +27,13 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Protocol
 
 from .codec import extra_fields, field, load_object, nonneg_int
 from .errors import BadPayload, Reason, VerificationError
-from .signing import Envelope, Root, payload_type
+from .signing import Envelope, Root
 
 MANIFEST_FILE = "manifest.json"
 ARCHIVE_MAGIC = b"EFB1"
@@ -40,16 +41,16 @@ MAX_ENVELOPE_BYTES = 1024 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 ROLES = (
-    "tflite_float",   # float32 reference model
-    "tflite_int8",    # full-int8 model for the CPU (LiteRT)
-    "tflite_edgetpu", # edgetpu_compiler output; needs the Edge TPU delegate
+    "tflite_float",  # float32 reference model
+    "tflite_int8",  # full-int8 model for the CPU (LiteRT)
+    "tflite_edgetpu",  # edgetpu_compiler output; needs the Edge TPU delegate
     "tflite_edgetpu_segment",  # one of N pipelined segments (``-n N``), in order; needs N TPUs
-    "onnx",           # ONNX twin for the cloud fallback
-    "baseline",       # drift baseline (bin edges + reference counts), JSON
-    "selftest",       # self-test vectors with expected outputs, JSON
-    "report",         # eval report, JSON
-    "model_card",     # Markdown
-    "labels",         # one label per line, index = output index
+    "onnx",  # ONNX twin for the cloud fallback
+    "baseline",  # drift baseline (bin edges + reference counts), JSON
+    "selftest",  # self-test vectors with expected outputs, JSON
+    "report",  # eval report, JSON
+    "model_card",  # Markdown
+    "labels",  # one label per line, index = output index
 )
 EDGETPU_POLICIES = ("none", "optional", "required")
 _KNOWN = {"_type", "schema", "name", "version", "created", "model", "artifacts", "requirements"}
@@ -76,7 +77,7 @@ class Artifact:
         return {"name": self.name, "role": self.role, "sha256": self.sha256, "size": self.size}
 
     @classmethod
-    def of(cls, name: str, role: str, data: bytes) -> "Artifact":
+    def of(cls, name: str, role: str, data: bytes) -> Artifact:
         return cls(check_name(name), role, sha256_hex(data), len(data))
 
 
@@ -88,11 +89,15 @@ class Requirements:
     min_agent: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"edgetpu": self.edgetpu, "boards": list(self.boards),
-                "min_edgetpu_runtime": self.min_edgetpu_runtime, "min_agent": self.min_agent}
+        return {
+            "edgetpu": self.edgetpu,
+            "boards": list(self.boards),
+            "min_edgetpu_runtime": self.min_edgetpu_runtime,
+            "min_agent": self.min_agent,
+        }
 
     @classmethod
-    def from_dict(cls, obj: dict[str, Any], what: str = "requirements") -> "Requirements":
+    def from_dict(cls, obj: dict[str, Any], what: str = "requirements") -> Requirements:
         edgetpu = field(obj, "edgetpu", str, what, "none")
         if edgetpu not in EDGETPU_POLICIES:
             raise BadPayload(what, f"edgetpu must be one of {EDGETPU_POLICIES}, got {edgetpu!r}")
@@ -116,12 +121,18 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         doc = dict(self.extra)
-        doc.update({
-            "_type": "manifest", "schema": 1, "name": self.name, "version": self.version,
-            "created": self.created, "model": self.model,
-            "artifacts": [a.to_dict() for a in self.artifacts],
-            "requirements": self.requirements.to_dict(),
-        })
+        doc.update(
+            {
+                "_type": "manifest",
+                "schema": 1,
+                "name": self.name,
+                "version": self.version,
+                "created": self.created,
+                "model": self.model,
+                "artifacts": [a.to_dict() for a in self.artifacts],
+                "requirements": self.requirements.to_dict(),
+            }
+        )
         return doc
 
     def artifact(self, role: str) -> Artifact | None:
@@ -161,8 +172,12 @@ def parse_manifest(payload: bytes) -> Manifest:
         if not isinstance(raw, dict):
             raise BadPayload(what, f"artifact entry {raw!r:.60} is not an object")
         aw = "manifest artifact"
-        a = Artifact(check_name(field(raw, "name", str, aw)), field(raw, "role", str, aw),
-                     field(raw, "sha256", str, aw), nonneg_int(raw, "size", aw))
+        a = Artifact(
+            check_name(field(raw, "name", str, aw)),
+            field(raw, "role", str, aw),
+            field(raw, "sha256", str, aw),
+            nonneg_int(raw, "size", aw),
+        )
         if a.role not in ROLES:
             raise BadPayload(what, f"artifact {a.name!r} has unknown role {a.role!r}")
         if not re.fullmatch(r"[0-9a-f]{64}", a.sha256):
@@ -247,8 +262,9 @@ class Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
 
-def read_archive(stream: Readable, root: Root, length: int,
-                 sink: Callable[[Artifact, bytes], None], block: int = 1 << 20) -> tuple[Manifest, str]:
+def read_archive(
+    stream: Readable, root: Root, length: int, sink: Callable[[Artifact, bytes], None], block: int = 1 << 20
+) -> tuple[Manifest, str]:
     """Verify and split an archive read from ``stream`` (``length`` bytes, already hash-checked
     against the signed desired document by the caller).
 
@@ -266,8 +282,7 @@ def read_archive(stream: Readable, root: Root, length: int,
     manifest, digest = verify_manifest(env_bytes, root)
     expected = 8 + env_len + manifest.total_size
     if expected != length:
-        raise VerificationError(Reason.LENGTH_MISMATCH,
-                                f"archive is {length} bytes, manifest accounts for {expected}")
+        raise VerificationError(Reason.LENGTH_MISMATCH, f"archive is {length} bytes, manifest accounts for {expected}")
     for a in manifest.artifacts:
         h = hashlib.sha256()
         left = a.size
@@ -295,10 +310,10 @@ class ChunkPlan:
     chunks: tuple[str, ...]
 
     @classmethod
-    def of(cls, archive: bytes, chunk_size: int = 64 * 1024) -> "ChunkPlan":
+    def of(cls, archive: bytes, chunk_size: int = 64 * 1024) -> ChunkPlan:
         if chunk_size < 1024:
             raise BadPayload("chunk size", f"{chunk_size} is below the 1024-byte minimum")
-        hashes = tuple(sha256_hex(archive[i:i + chunk_size]) for i in range(0, len(archive), chunk_size))
+        hashes = tuple(sha256_hex(archive[i : i + chunk_size]) for i in range(0, len(archive), chunk_size))
         return cls(len(archive), sha256_hex(archive), chunk_size, hashes)
 
     def chunk_length(self, index: int) -> int:

@@ -15,14 +15,12 @@ from .errors import BadPayload
 T = TypeVar("T")
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
-MAX_DEPTH = 32            # objects/arrays inside each other; our deepest document has 5
-MAX_INT = 2**63 - 1       # every integer must fit a signed 64-bit column (SQLite, PostgreSQL)
+MAX_DEPTH = 32  # objects/arrays inside each other; our deepest document has 5
+MAX_INT = 2**63 - 1  # every integer must fit a signed 64-bit column (SQLite, PostgreSQL)
 
 
 def canonical(obj: Any) -> bytes:
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def _reject_constant(name: str) -> Any:
@@ -93,8 +91,14 @@ def load_object(data: bytes | str, what: str, max_bytes: int = MAX_DOCUMENT_BYTE
     return obj
 
 
-def field(obj: dict[str, Any], key: str, kind: type[T] | tuple[type, ...], what: str,
-          default: Any = ..., allow_none: bool = False) -> T:
+def field(
+    obj: dict[str, Any],
+    key: str,
+    kind: type[T] | tuple[type, ...],
+    what: str,
+    default: Any = ...,
+    allow_none: bool = False,
+) -> T:
     """Typed access: ``obj[key]`` must be of ``kind``; missing uses ``default`` or raises."""
     if key not in obj:
         if default is ...:

@@ -16,8 +16,9 @@ in both the inventory and the health. Agents 0.1.x sent the inventory's as ``mem
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field as dc_field, fields
-from typing import Any, Mapping
+from typing import Any
 
 from .codec import extra_fields, field, nonneg_int
 from .errors import BadPayload
@@ -72,18 +73,18 @@ class Inventory:
     python: str | None = None
     agent_version: str | None = None
     edgetpu: bool | None = None
-    edgetpu_detail: str | None = None       # why there is none (probe error, disabled by config)
+    edgetpu_detail: str | None = None  # why there is none (probe error, disabled by config)
     edgetpu_runtime: int | None = None
     edgetpu_info: Mapping[str, Any] | None = dc_field(default=None, hash=False)
     litert: str | None = None
     onnxruntime: bool | None = None
-    free_disk: int | None = None            # bytes free in the agent's state directory
+    free_disk: int | None = None  # bytes free in the agent's state directory
     mem_available_mb: int | None = None
     mem_total_mb: int | None = None
     cloud_fallback: bool | None = None
     http_port: int | None = None
-    mqtt: str | None = None                 # "v5" or "v3.1.1"
-    served_by: str | None = None            # edgetpu | cpu | cloud
+    mqtt: str | None = None  # "v5" or "v3.1.1"
+    served_by: str | None = None  # edgetpu | cpu | cloud
     extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,7 +95,7 @@ class Inventory:
         return out
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any], what: str = "inventory") -> "Inventory":
+    def from_dict(cls, obj: Mapping[str, Any], what: str = "inventory") -> Inventory:
         obj = dict(_check_object(obj, what))
         tpu, info = obj.get("edgetpu"), None
         if isinstance(tpu, Mapping):
@@ -108,16 +109,25 @@ class Inventory:
             old = _opt_count(obj, name, what)  # agents 0.1.x: bytes
             mem[name] = mb if mb is not None or old is None else old // MIB
         return cls(
-            board=_opt(obj, "board", str, what), arch=_opt(obj, "arch", str, what),
-            python=_opt(obj, "python", str, what), agent_version=_opt(obj, "agent_version", str, what),
-            edgetpu=tpu, edgetpu_detail=_opt(obj, "edgetpu_detail", str, what),
-            edgetpu_runtime=_opt_count(obj, "edgetpu_runtime", what), edgetpu_info=info,
-            litert=_opt(obj, "litert", str, what), onnxruntime=_opt(obj, "onnxruntime", bool, what),
-            free_disk=_opt_count(obj, "free_disk", what), mem_available_mb=mem["mem_available"],
-            mem_total_mb=mem["mem_total"], cloud_fallback=_opt(obj, "cloud_fallback", bool, what),
-            http_port=_opt_count(obj, "http_port", what), mqtt=_opt(obj, "mqtt", str, what),
+            board=_opt(obj, "board", str, what),
+            arch=_opt(obj, "arch", str, what),
+            python=_opt(obj, "python", str, what),
+            agent_version=_opt(obj, "agent_version", str, what),
+            edgetpu=tpu,
+            edgetpu_detail=_opt(obj, "edgetpu_detail", str, what),
+            edgetpu_runtime=_opt_count(obj, "edgetpu_runtime", what),
+            edgetpu_info=info,
+            litert=_opt(obj, "litert", str, what),
+            onnxruntime=_opt(obj, "onnxruntime", bool, what),
+            free_disk=_opt_count(obj, "free_disk", what),
+            mem_available_mb=mem["mem_available"],
+            mem_total_mb=mem["mem_total"],
+            cloud_fallback=_opt(obj, "cloud_fallback", bool, what),
+            http_port=_opt_count(obj, "http_port", what),
+            mqtt=_opt(obj, "mqtt", str, what),
             served_by=_opt(obj, "served_by", str, what),
-            extra=extra_fields(obj, _known(cls, "mem_available", "mem_total")))
+            extra=extra_fields(obj, _known(cls, "mem_available", "mem_total")),
+        )
 
 
 @dataclass(frozen=True)
@@ -128,22 +138,25 @@ class Health:
     cpu_temp_c: float | None = None
     mem_available_mb: int | None = None
     mem_total_mb: int | None = None
-    rss_mb: float | None = None             # the agent process
-    disk_free_mb: int | None = None         # the agent's state directory
+    rss_mb: float | None = None  # the agent process
+    disk_free_mb: int | None = None  # the agent's state directory
     extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return _facts(self)
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any], what: str = "health") -> "Health":
+    def from_dict(cls, obj: Mapping[str, Any], what: str = "health") -> Health:
         obj = dict(_check_object(obj, what))
         return cls(
-            load1=_opt(obj, "load1", float, what), cpu_temp_c=_opt(obj, "cpu_temp_c", float, what),
+            load1=_opt(obj, "load1", float, what),
+            cpu_temp_c=_opt(obj, "cpu_temp_c", float, what),
             mem_available_mb=_opt_count(obj, "mem_available_mb", what),
-            mem_total_mb=_opt_count(obj, "mem_total_mb", what), rss_mb=_opt(obj, "rss_mb", float, what),
+            mem_total_mb=_opt_count(obj, "mem_total_mb", what),
+            rss_mb=_opt(obj, "rss_mb", float, what),
             disk_free_mb=_opt_count(obj, "disk_free_mb", what),
-            extra=extra_fields(obj, _known(cls)))
+            extra=extra_fields(obj, _known(cls)),
+        )
 
 
 @dataclass(frozen=True)
@@ -164,11 +177,16 @@ class Shadow:
         return round(self.agreement * self.samples) if self.agreement is not None else 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.extra, "samples": self.samples, "errors": self.errors, "agreement": self.agreement,
-                "latency_delta_ms": self.latency_delta_ms}
+        return {
+            **self.extra,
+            "samples": self.samples,
+            "errors": self.errors,
+            "agreement": self.agreement,
+            "latency_delta_ms": self.latency_delta_ms,
+        }
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any], what: str = "shadow") -> "Shadow":
+    def from_dict(cls, obj: Mapping[str, Any], what: str = "shadow") -> Shadow:
         obj = dict(_check_object(obj, what))
         samples = nonneg_int(obj, "samples", what, 0)
         agreement = _opt(obj, "agreement", float, what)
@@ -177,10 +195,13 @@ class Shadow:
         if agreement is None and samples:
             raise BadPayload(what, f"agreement is missing for {samples} samples")
         delta = _opt(obj, "latency_delta_ms", float, what)
-        return cls(samples, nonneg_int(obj, "errors", what, 0),
-                   float(agreement) if agreement is not None else None,
-                   float(delta) if delta is not None else None,
-                   extra_fields(obj, _known(cls)))
+        return cls(
+            samples,
+            nonneg_int(obj, "errors", what, 0),
+            float(agreement) if agreement is not None else None,
+            float(delta) if delta is not None else None,
+            extra_fields(obj, _known(cls)),
+        )
 
 
 __all__ = ["Health", "Inventory", "Shadow"]

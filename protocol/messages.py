@@ -58,13 +58,19 @@ class BundleRef:
     requirements: Requirements = Requirements()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"digest": self.digest, "name": self.name, "version": self.version,
-                "size": self.archive.size, "sha256": self.archive.sha256,
-                "chunk_size": self.archive.chunk_size, "chunks": list(self.archive.chunks),
-                "requirements": self.requirements.to_dict()}
+        return {
+            "digest": self.digest,
+            "name": self.name,
+            "version": self.version,
+            "size": self.archive.size,
+            "sha256": self.archive.sha256,
+            "chunk_size": self.archive.chunk_size,
+            "chunks": list(self.archive.chunks),
+            "requirements": self.requirements.to_dict(),
+        }
 
     @classmethod
-    def from_dict(cls, obj: dict[str, Any]) -> "BundleRef":
+    def from_dict(cls, obj: dict[str, Any]) -> BundleRef:
         what = "bundle reference"
         chunks = field(obj, "chunks", list, what)
         size = nonneg_int(obj, "size", what)
@@ -76,9 +82,13 @@ class BundleRef:
         for c in chunks:
             check_digest(c)
         plan = ChunkPlan(size, check_digest(field(obj, "sha256", str, what)), chunk_size, tuple(chunks))
-        return cls(check_digest(field(obj, "digest", str, what)), field(obj, "name", str, what),
-                   field(obj, "version", str, what), plan,
-                   Requirements.from_dict(field(obj, "requirements", dict, what, {})))
+        return cls(
+            check_digest(field(obj, "digest", str, what)),
+            field(obj, "name", str, what),
+            field(obj, "version", str, what),
+            plan,
+            Requirements.from_dict(field(obj, "requirements", dict, what, {})),
+        )
 
 
 @dataclass(frozen=True)
@@ -103,21 +113,40 @@ class Desired:
 
     def signed_dict(self) -> dict[str, Any]:
         doc = dict(self.extra)
-        doc.update({
-            "_type": "desired", "v": SCHEMA, "device": self.device, "seq": self.seq,
-            "issued": self.issued, "expires": self.expires, "action": self.action,
-            "bundle": self.bundle.to_dict() if self.bundle else None, "rollout": self.rollout,
-            "shadow": self.shadow.to_dict() if self.shadow else None,
-            "shadow_sample": self.shadow_sample,
-        })
+        doc.update(
+            {
+                "_type": "desired",
+                "v": SCHEMA,
+                "device": self.device,
+                "seq": self.seq,
+                "issued": self.issued,
+                "expires": self.expires,
+                "action": self.action,
+                "bundle": self.bundle.to_dict() if self.bundle else None,
+                "rollout": self.rollout,
+                "shadow": self.shadow.to_dict() if self.shadow else None,
+                "shadow_sample": self.shadow_sample,
+            }
+        )
         return doc
 
     def seal(self, keys: list[SigningKey]) -> bytes:
         return seal("desired", self.signed_dict(), keys).to_bytes()
 
 
-_DESIRED_KNOWN = {"_type", "v", "device", "seq", "issued", "expires", "action", "bundle",
-                  "rollout", "shadow", "shadow_sample"}
+_DESIRED_KNOWN = {
+    "_type",
+    "v",
+    "device",
+    "seq",
+    "issued",
+    "expires",
+    "action",
+    "bundle",
+    "rollout",
+    "shadow",
+    "shadow_sample",
+}
 
 
 def parse_desired_payload(payload: bytes) -> Desired:
@@ -138,11 +167,16 @@ def parse_desired_payload(payload: bytes) -> Desired:
         raise BadPayload(what, f"shadow_sample must be within 0..1, got {sample}")
     return Desired(
         device=check_device_id(field(obj, "device", str, what)),
-        seq=nonneg_int(obj, "seq", what), issued=nonneg_int(obj, "issued", what),
-        expires=nonneg_int(obj, "expires", what), action=action, bundle=bundle,
+        seq=nonneg_int(obj, "seq", what),
+        issued=nonneg_int(obj, "issued", what),
+        expires=nonneg_int(obj, "expires", what),
+        action=action,
+        bundle=bundle,
         rollout=field(obj, "rollout", str, what, None, allow_none=True),
         shadow=BundleRef.from_dict(raw_shadow) if raw_shadow is not None else None,
-        shadow_sample=sample, extra=extra_fields(obj, _DESIRED_KNOWN))
+        shadow_sample=sample,
+        extra=extra_fields(obj, _DESIRED_KNOWN),
+    )
 
 
 def verify_desired(env_bytes: bytes, root: Root, device: str, trusted_seq: int, now: int) -> Desired:
@@ -174,13 +208,16 @@ class BundleInfo:
         return {"digest": self.digest, "name": self.name, "version": self.version}
 
     @classmethod
-    def from_dict(cls, obj: Any, what: str) -> "BundleInfo | None":
+    def from_dict(cls, obj: Any, what: str) -> BundleInfo | None:
         if obj is None:
             return None
         if not isinstance(obj, dict):
             raise BadPayload(what, f"bundle info must be an object, got {obj!r:.60}")
-        return cls(check_digest(field(obj, "digest", str, what)), field(obj, "name", str, what),
-                   field(obj, "version", str, what))
+        return cls(
+            check_digest(field(obj, "digest", str, what)),
+            field(obj, "name", str, what),
+            field(obj, "version", str, what),
+        )
 
 
 @dataclass(frozen=True)
@@ -205,18 +242,19 @@ class Status:
 def parse_status(data: bytes) -> Status:
     what = "status"
     obj = _head(data, what)
-    known = {"v", "device", "online", "ts", "agent_version", "inventory", "active", "staged",
-             "state", "desired_seq"}
+    known = {"v", "device", "online", "ts", "agent_version", "inventory", "active", "staged", "state", "desired_seq"}
     return Status(
         device=check_device_id(field(obj, "device", str, what)),
-        online=field(obj, "online", bool, what), ts=nonneg_int(obj, "ts", what),
+        online=field(obj, "online", bool, what),
+        ts=nonneg_int(obj, "ts", what),
         agent_version=field(obj, "agent_version", str, what, ""),
         inventory=Inventory.from_dict(field(obj, "inventory", dict, what, {}), "status inventory"),
         active=BundleInfo.from_dict(obj.get("active"), what),
         staged=BundleInfo.from_dict(obj.get("staged"), what),
         state=field(obj, "state", str, what, "idle"),
         desired_seq=nonneg_int(obj, "desired_seq", what, 0),
-        extra=extra_fields(obj, known))
+        extra=extra_fields(obj, known),
+    )
 
 
 @dataclass(frozen=True)
@@ -254,16 +292,34 @@ def parse_report(data: bytes) -> Report:
         raise BadPayload(what, f"unknown reason code {reason!r}")
     bundle = field(obj, "bundle", str, what, None, allow_none=True)
     progress = field(obj, "progress", float, what, None, allow_none=True)
-    known = {"v", "device", "seq", "ts", "stage", "status", "reason", "detail", "desired_seq",
-             "bundle", "progress", "metrics"}
+    known = {
+        "v",
+        "device",
+        "seq",
+        "ts",
+        "stage",
+        "status",
+        "reason",
+        "detail",
+        "desired_seq",
+        "bundle",
+        "progress",
+        "metrics",
+    }
     return Report(
-        device=check_device_id(field(obj, "device", str, what)), seq=nonneg_int(obj, "seq", what),
-        ts=nonneg_int(obj, "ts", what), stage=stage, status=status, reason=reason,
+        device=check_device_id(field(obj, "device", str, what)),
+        seq=nonneg_int(obj, "seq", what),
+        ts=nonneg_int(obj, "ts", what),
+        stage=stage,
+        status=status,
+        reason=reason,
         detail=field(obj, "detail", str, what, "")[:2000],
         desired_seq=nonneg_int(obj, "desired_seq", what, 0),
         bundle=check_digest(bundle) if bundle is not None else None,
         progress=float(progress) if progress is not None else None,
-        metrics=field(obj, "metrics", dict, what, {}), extra=extra_fields(obj, known))
+        metrics=field(obj, "metrics", dict, what, {}),
+        extra=extra_fields(obj, known),
+    )
 
 
 @dataclass(frozen=True)
@@ -292,10 +348,10 @@ class Telemetry:
 
 COUNT_KEYS = ("inferences", "errors", "tpu", "cpu", "cloud")
 MAX_RATE_PER_S = 100_000  # inferences a window may claim per second it spans (an Edge TPU does ~400)
-DRIFT_CARRY = 256         # drift samples binned after the window that counted them (the agent's queue)
+DRIFT_CARRY = 256  # drift samples binned after the window that counted them (the agent's queue)
 
 
-def check_plausible(t: "Telemetry") -> None:
+def check_plausible(t: Telemetry) -> None:
     """A window's parts must agree with its own inference count, so one device cannot claim
     2 inferences and a latency sketch of 10**30 samples (which moved fleet p95 and raised a
     drift alert). Raises :class:`BadPayload` naming the first figure that does not fit."""
@@ -317,8 +373,9 @@ def check_plausible(t: "Telemetry") -> None:
         for name, bins in feats.items():
             total = sum(bins)
             if total > n + DRIFT_CARRY:
-                raise Implausible(what, f"drift[{side}][{name}] bins hold {total} samples, "
-                                       f"the window has {n} inferences")
+                raise Implausible(
+                    what, f"drift[{side}][{name}] bins hold {total} samples, the window has {n} inferences"
+                )
     if t.shadow is not None and t.shadow.samples > n + DRIFT_CARRY:
         raise Implausible(what, f"shadow samples {t.shadow.samples} do not fit the window's {n} inferences")
 
@@ -342,17 +399,34 @@ def parse_telemetry(data: bytes) -> Telemetry:
             int_list(feats, name, f"telemetry drift[{side}]")
     bundle = field(obj, "bundle", str, what, None, allow_none=True)
     shadow = field(obj, "shadow", dict, what, None, allow_none=True)
-    known = {"v", "device", "seq", "window_start", "window_end", "bundle", "counts", "latency",
-             "drift", "shadow", "health", "backlog"}
+    known = {
+        "v",
+        "device",
+        "seq",
+        "window_start",
+        "window_end",
+        "bundle",
+        "counts",
+        "latency",
+        "drift",
+        "shadow",
+        "health",
+        "backlog",
+    }
     t = Telemetry(
-        device=check_device_id(field(obj, "device", str, what)), seq=nonneg_int(obj, "seq", what),
-        window_start=start, window_end=end,
-        bundle=check_digest(bundle) if bundle is not None else None, counts=counts,
-        latency=field(obj, "latency", dict, what, {}), drift=drift,
+        device=check_device_id(field(obj, "device", str, what)),
+        seq=nonneg_int(obj, "seq", what),
+        window_start=start,
+        window_end=end,
+        bundle=check_digest(bundle) if bundle is not None else None,
+        counts=counts,
+        latency=field(obj, "latency", dict, what, {}),
+        drift=drift,
         shadow=Shadow.from_dict(shadow, "telemetry shadow") if shadow is not None else None,
         health=Health.from_dict(field(obj, "health", dict, what, {}), "telemetry health"),
         backlog=field(obj, "backlog", dict, what, {}),
-        extra=extra_fields(obj, known))
+        extra=extra_fields(obj, known),
+    )
     check_plausible(t)
     return t
 
@@ -386,8 +460,7 @@ class FetchRequest:
     missing: tuple[int, ...]
 
     def to_bytes(self) -> bytes:
-        return canonical({"v": SCHEMA, "device": self.device, "archive": self.archive,
-                          "missing": list(self.missing)})
+        return canonical({"v": SCHEMA, "device": self.device, "archive": self.archive, "missing": list(self.missing)})
 
 
 def parse_fetch(data: bytes) -> FetchRequest:
@@ -396,13 +469,33 @@ def parse_fetch(data: bytes) -> FetchRequest:
     missing = int_list(obj, "missing", what)
     if len(missing) > 100_000:
         raise BadPayload(what, f"{len(missing)} missing chunks exceeds 100000")
-    return FetchRequest(check_device_id(field(obj, "device", str, what)),
-                        check_digest(field(obj, "archive", str, what)), tuple(missing))
+    return FetchRequest(
+        check_device_id(field(obj, "device", str, what)), check_digest(field(obj, "archive", str, what)), tuple(missing)
+    )
 
 
 __all__ = [
-    "Ack", "BundleInfo", "BundleRef", "Desired", "FetchRequest", "Health", "Inventory", "Report", "Shadow",
-    "Status", "Telemetry",
-    "parse_ack", "parse_desired_payload", "parse_fetch", "parse_report", "parse_status",
-    "parse_telemetry", "verify_desired", "replace", "STAGES", "STATUSES", "ACTIONS", "COUNT_KEYS",
+    "Ack",
+    "BundleInfo",
+    "BundleRef",
+    "Desired",
+    "FetchRequest",
+    "Health",
+    "Inventory",
+    "Report",
+    "Shadow",
+    "Status",
+    "Telemetry",
+    "parse_ack",
+    "parse_desired_payload",
+    "parse_fetch",
+    "parse_report",
+    "parse_status",
+    "parse_telemetry",
+    "verify_desired",
+    "replace",
+    "STAGES",
+    "STATUSES",
+    "ACTIONS",
+    "COUNT_KEYS",
 ]

@@ -36,8 +36,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Iterable
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -77,7 +78,7 @@ class SigningKey:
     private: Ed25519PrivateKey
 
     @classmethod
-    def generate(cls) -> "SigningKey":
+    def generate(cls) -> SigningKey:
         return cls(Ed25519PrivateKey.generate())
 
     @property
@@ -94,11 +95,11 @@ class SigningKey:
 
     def to_pem(self) -> bytes:
         return self.private.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption())
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     @classmethod
-    def from_pem(cls, data: bytes, what: str = "signing key") -> "SigningKey":
+    def from_pem(cls, data: bytes, what: str = "signing key") -> SigningKey:
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as exc:
@@ -119,30 +120,30 @@ class Envelope:
     signatures: tuple[dict[str, str], ...]
 
     def to_bytes(self) -> bytes:
-        return canonical({
-            "payload_type": self.payload_type,
-            "payload": base64.b64encode(self.payload).decode(),
-            "signatures": list(self.signatures),
-        })
+        return canonical(
+            {
+                "payload_type": self.payload_type,
+                "payload": base64.b64encode(self.payload).decode(),
+                "signatures": list(self.signatures),
+            }
+        )
 
     @classmethod
-    def parse(cls, data: bytes, what: str = "envelope") -> "Envelope":
+    def parse(cls, data: bytes, what: str = "envelope") -> Envelope:
         obj = load_object(data, what)
         ptype = field(obj, "payload_type", str, what)
         payload = _b64d(field(obj, "payload", str, what), what)
         sigs = field(obj, "signatures", list, what)
         clean = []
         for s in sigs:
-            if not isinstance(s, dict) or not isinstance(s.get("keyid"), str) \
-                    or not isinstance(s.get("sig"), str):
+            if not isinstance(s, dict) or not isinstance(s.get("keyid"), str) or not isinstance(s.get("sig"), str):
                 raise BadPayload(what, f"signature entry {str(s)[:60]!r} needs keyid and sig")
             clean.append({"keyid": s["keyid"], "sig": s["sig"]})
         return cls(ptype, payload, tuple(clean))
 
-    def add_signature(self, key: SigningKey) -> "Envelope":
+    def add_signature(self, key: SigningKey) -> Envelope:
         others = tuple(s for s in self.signatures if s["keyid"] != key.keyid)
-        return Envelope(self.payload_type, self.payload,
-                        others + (key.sign(self.payload_type, self.payload),))
+        return Envelope(self.payload_type, self.payload, others + (key.sign(self.payload_type, self.payload),))
 
 
 def seal(kind: str, signed: dict[str, Any], keys: Iterable[SigningKey]) -> Envelope:
@@ -183,8 +184,10 @@ class SignatureReport:
         return Reason.THRESHOLD_NOT_MET
 
     def describe(self) -> str:
-        return (f"{len(self.valid_keyids)} valid of threshold {self.threshold}"
-                f"; unknown keys {list(self.unknown_keyids)}; bad signatures {list(self.bad_keyids)}")
+        return (
+            f"{len(self.valid_keyids)} valid of threshold {self.threshold}"
+            f"; unknown keys {list(self.unknown_keyids)}; bad signatures {list(self.bad_keyids)}"
+        )
 
 
 def check_signatures(env: Envelope, keys: dict[str, Ed25519PublicKey], role: Role) -> SignatureReport:
@@ -230,16 +233,22 @@ class Root:
         """Verify ``env`` is a ``kind`` document signed by a threshold of ``role``; return payload."""
         if env.payload_type != payload_type(kind):
             raise VerificationError(
-                Reason.MALFORMED, f"expected payload type {payload_type(kind)!r}, got {env.payload_type!r}")
+                Reason.MALFORMED, f"expected payload type {payload_type(kind)!r}, got {env.payload_type!r}"
+            )
         report = self.check(env, role)
         if not report.ok:
             raise VerificationError(report.reason, f"{kind} signed for role {role}: {report.describe()}")
         return env.payload
 
 
-def root_document(version: int, expires: int, root_keys: Iterable[SigningKey | Ed25519PublicKey],
-                  root_threshold: int, targets_keys: Iterable[SigningKey | Ed25519PublicKey],
-                  targets_threshold: int = 1) -> dict[str, Any]:
+def root_document(
+    version: int,
+    expires: int,
+    root_keys: Iterable[SigningKey | Ed25519PublicKey],
+    root_threshold: int,
+    targets_keys: Iterable[SigningKey | Ed25519PublicKey],
+    targets_threshold: int = 1,
+) -> dict[str, Any]:
     def pub(k: SigningKey | Ed25519PublicKey) -> Ed25519PublicKey:
         return k.public if isinstance(k, SigningKey) else k
 
@@ -254,7 +263,10 @@ def root_document(version: int, expires: int, root_keys: Iterable[SigningKey | E
     if not 1 <= targets_threshold <= len(tk):
         raise BadPayload("root", f"targets threshold {targets_threshold} must be 1..{len(tk)}")
     return {
-        "_type": "root", "version": version, "expires": expires, "keys": keys,
+        "_type": "root",
+        "version": version,
+        "expires": expires,
+        "keys": keys,
         "roles": {
             "root": {"keyids": sorted(keyid_of(k) for k in rk), "threshold": root_threshold},
             "targets": {"keyids": sorted(keyid_of(k) for k in tk), "threshold": targets_threshold},
@@ -320,10 +332,12 @@ def rotate_root(trusted: Root, new_env_bytes: bytes, now: int) -> Root:
     if new.version <= trusted.version:
         raise VerificationError(
             Reason.REPLAYED if new.version == trusted.version else Reason.DOWNGRADE,
-            f"root version must be {trusted.version + 1}, got {new.version}")
+            f"root version must be {trusted.version + 1}, got {new.version}",
+        )
     if new.version != trusted.version + 1:
         raise VerificationError(
-            Reason.DOWNGRADE, f"root version must be exactly {trusted.version + 1}, got {new.version}")
+            Reason.DOWNGRADE, f"root version must be exactly {trusted.version + 1}, got {new.version}"
+        )
     new.verify(env, "root", "root")  # new threshold
     if new.expires <= now:
         raise VerificationError(Reason.EXPIRED, f"root v{new.version} expired at {new.expires}, now {now}")

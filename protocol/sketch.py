@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .errors import BadPayload
 
@@ -58,9 +59,14 @@ class LatencySketch:
         self.min = min(self.min, seconds)
         self.max = max(self.max, seconds)
 
-    def merge(self, other: "LatencySketch") -> "LatencySketch":
-        out = LatencySketch(dict(self.counts), self.count + other.count, self.total + other.total,
-                            min(self.min, other.min), max(self.max, other.max))
+    def merge(self, other: LatencySketch) -> LatencySketch:
+        out = LatencySketch(
+            dict(self.counts),
+            self.count + other.count,
+            self.total + other.total,
+            min(self.min, other.min),
+            max(self.max, other.max),
+        )
         for i, c in other.counts.items():
             out.counts[i] = out.counts.get(i, 0) + c
         return out
@@ -85,11 +91,16 @@ class LatencySketch:
         return self.total / self.count if self.count else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"b": {str(i): c for i, c in sorted(self.counts.items())}, "n": self.count,
-                "sum": self.total, "min": self.min if self.count else 0.0, "max": self.max}
+        return {
+            "b": {str(i): c for i, c in sorted(self.counts.items())},
+            "n": self.count,
+            "sum": self.total,
+            "min": self.min if self.count else 0.0,
+            "max": self.max,
+        }
 
     @classmethod
-    def from_dict(cls, obj: dict[str, Any]) -> "LatencySketch":
+    def from_dict(cls, obj: dict[str, Any]) -> LatencySketch:
         what = "latency sketch"
         if not obj:
             return cls()
@@ -201,12 +212,12 @@ class DriftVerdict:
     ks: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "samples": self.samples, "psi": self.psi, "js": self.js,
-                "ks": self.ks}
+        return {"status": self.status, "samples": self.samples, "psi": self.psi, "js": self.js, "ks": self.ks}
 
 
-def drift_verdict(ref: Sequence[int], cur: Sequence[int],
-                  thresholds: DriftThresholds = DriftThresholds()) -> DriftVerdict:
+def drift_verdict(
+    ref: Sequence[int], cur: Sequence[int], thresholds: DriftThresholds = DriftThresholds()
+) -> DriftVerdict:
     n = sum(cur)
     if n < thresholds.min_samples or sum(ref) == 0:
         return DriftVerdict("insufficient_data", n)

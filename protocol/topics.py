@@ -75,27 +75,27 @@ class Topic:
         return f"{PREFIX}/root"
 
     @classmethod
-    def for_device(cls, kind: Kind, device: str) -> "Topic":
+    def for_device(cls, kind: Kind, device: str) -> Topic:
         if kind not in DEVICE_KINDS:
             raise BadPayload("topic kind", f"{kind.value!r} is not a per-device topic")
         return cls(kind, device=check_device_id(device))
 
     @classmethod
-    def chunk(cls, digest: str, index: int) -> "Topic":
+    def chunk(cls, digest: str, index: int) -> Topic:
         if not isinstance(index, int) or index < 0:
             raise BadPayload("chunk index", f"{index!r} must be an int >= 0")
         return cls(Kind.CHUNK, digest=check_digest(digest), index=index)
 
     @classmethod
-    def manifest(cls, digest: str) -> "Topic":
+    def manifest(cls, digest: str) -> Topic:
         return cls(Kind.MANIFEST, digest=check_digest(digest))
 
     @classmethod
-    def root(cls) -> "Topic":
+    def root(cls) -> Topic:
         return cls(Kind.ROOT)
 
     @classmethod
-    def parse(cls, topic: str) -> "Topic":
+    def parse(cls, topic: str) -> Topic:
         parts = topic.split("/")
         if parts[:2] != PREFIX.split("/"):
             raise BadPayload("topic", f"{topic!r} does not start with {PREFIX}/")

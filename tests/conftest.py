@@ -32,8 +32,7 @@ CACHE = REPO / ".pytest_cache" / "edgefleet"
 def _find_coral() -> Path | None:
     env = os.environ.get("EDGEFLEET_CORAL_MODELS")
     candidates = [Path(env)] if env else []
-    candidates += [REPO.parent / "shared" / "models" / "coral",
-                   REPO.parent.parent / "shared" / "models" / "coral"]
+    candidates += [REPO.parent / "shared" / "models" / "coral", REPO.parent.parent / "shared" / "models" / "coral"]
     for c in candidates:
         if (c / "mobilenet_v2_1.0_224_quant.tflite").exists():
             return c
@@ -47,7 +46,9 @@ class Trust:
     root: Root
     root_bytes: bytes
 
-    def sign_dir(self, bundle_dir: Path, keys: list[SigningKey] | None = None) -> tuple[Envelope, dict[str, bytes], bytes]:
+    def sign_dir(
+        self, bundle_dir: Path, keys: list[SigningKey] | None = None
+    ) -> tuple[Envelope, dict[str, bytes], bytes]:
         """Sign a compiler output directory; return (envelope, artifacts, archive bytes)."""
         env = Envelope.parse((bundle_dir / MANIFEST_FILE).read_bytes())
         env = Envelope(env.payload_type, env.payload, ())
@@ -90,8 +91,13 @@ def digits_bundle() -> Path:
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([sys.executable, "-m", "compiler", "digits", "--out", str(tmp), "--quiet"],
-                              cwd=REPO, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            [sys.executable, "-m", "compiler", "digits", "--out", str(tmp), "--quiet"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"digits build failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         shutil.rmtree(out, ignore_errors=True)
@@ -115,8 +121,9 @@ class Broker:
             self.proc.wait(10)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_port(self.port)
 
 
@@ -130,8 +137,8 @@ def start_mosquitto(directory: Path, extra_conf: str = "", port: int | None = No
     directory.mkdir(parents=True, exist_ok=True)
     conf = directory / "mosquitto.conf"
     conf.write_text(
-        f"{listener}persistence true\n"
-        f"persistence_location {directory}/\nautosave_interval 1\n" + extra_conf)
+        f"{listener}persistence true\npersistence_location {directory}/\nautosave_interval 1\n" + extra_conf
+    )
     broker = Broker(port, None, conf)  # type: ignore[arg-type]
     broker.start()
     return broker

@@ -96,7 +96,7 @@ def import_graph(package: str) -> dict[str, set[str]]:
                 targets = [a.name for a in node.names]
             else:
                 if node.level:
-                    base = name.split(".")[:len(name.split(".")) - node.level + (1 if is_pkg else 0)]
+                    base = name.split(".")[: len(name.split(".")) - node.level + (1 if is_pkg else 0)]
                     mod = ".".join(base + ([node.module] if node.module else []))
                 else:
                     mod = node.module or ""

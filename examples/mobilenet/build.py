@@ -45,11 +45,21 @@ def main(argv: list[str] | None = None) -> int:
         make_model(a.size, t / "mobilenet.keras")
         shape = (a.samples, a.size, a.size, 3)
         np.savez(t / "cal.npz", x=rng.uniform(-1, 1, shape).astype(np.float32))
-        np.savez(t / "val.npz", x=rng.uniform(-1, 1, shape).astype(np.float32),
-                 y=rng.integers(0, 1000, a.samples))
-        args = ["build", str(t / "mobilenet.keras"), "--calibration", str(t / "cal.npz"),
-                "--validation", str(t / "val.npz"), "--out", str(a.out), "--name", f"mobilenet_v2_{a.size}",
-                "--max-accuracy-drop", "100"]
+        np.savez(t / "val.npz", x=rng.uniform(-1, 1, shape).astype(np.float32), y=rng.integers(0, 1000, a.samples))
+        args = [
+            "build",
+            str(t / "mobilenet.keras"),
+            "--calibration",
+            str(t / "cal.npz"),
+            "--validation",
+            str(t / "val.npz"),
+            "--out",
+            str(a.out),
+            "--name",
+            f"mobilenet_v2_{a.size}",
+            "--max-accuracy-drop",
+            "100",
+        ]
         return compile_main(args + (["--quiet"] if a.quiet else []))
 
 

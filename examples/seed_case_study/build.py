@@ -37,8 +37,7 @@ from compiler.__main__ import main as compile_main  # noqa: E402
 PCA_DIM, K, CODE = 8, 4, 6
 
 
-def make_model(x_train: np.ndarray, y_train: np.ndarray, path: Path, seed: int = 0,
-               raw_features: bool = False) -> None:
+def make_model(x_train: np.ndarray, y_train: np.ndarray, path: Path, seed: int = 0, raw_features: bool = False) -> None:
     import keras
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
@@ -54,14 +53,14 @@ def make_model(x_train: np.ndarray, y_train: np.ndarray, path: Path, seed: int =
     c = km.cluster_centers_
     w_pca = (pca.components_.T / np.sqrt(pca.explained_variance_)).astype(np.float32)
     b_pca = (-pca.mean_ @ w_pca).astype(np.float32)
-    aff_train = z @ (-2 * c.T) + (c ** 2).sum(axis=1)
+    aff_train = z @ (-2 * c.T) + (c**2).sum(axis=1)
     a_mean, a_std = aff_train.mean(axis=0), aff_train.std(axis=0) + 1e-6
     w_km = (-2 * c.T / a_std).astype(np.float32)
-    b_km = (((c ** 2).sum(axis=1) - a_mean) / a_std).astype(np.float32)
+    b_km = (((c**2).sum(axis=1) - a_mean) / a_std).astype(np.float32)
 
     # dynamic batch for fast training; the compiler re-wraps it with batch_size=1
     inp = keras.Input((x_train.shape[1],), name="features")
-    norm = keras.layers.Normalization(mean=mean, variance=std ** 2, name="standardise")(inp) if raw_features else inp
+    norm = keras.layers.Normalization(mean=mean, variance=std**2, name="standardise")(inp) if raw_features else inp
     pca_l = keras.layers.Dense(PCA_DIM, name="pca", trainable=False)
     zt = pca_l(norm)
     pca_l.set_weights([w_pca, b_pca])
@@ -95,10 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-accuracy-drop", type=float, default=2.0,
-                   help="gate threshold in points (default 2.0: with 143 validation rows one flip is 0.7)")
-    p.add_argument("--raw-features", action="store_true",
-                   help="standardise inside the model (shows the int8 gate failure)")
+    p.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=2.0,
+        help="gate threshold in points (default 2.0: with 143 validation rows one flip is 0.7)",
+    )
+    p.add_argument(
+        "--raw-features", action="store_true", help="standardise inside the model (shows the int8 gate failure)"
+    )
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     d = load_breast_cancer()
@@ -108,17 +112,31 @@ def main(argv: list[str] | None = None) -> int:
     if not a.raw_features:
         xtr, xte = (xtr - mean) / std, (xte - mean) / std
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.with_name(a.out.name + ".standardise.json").write_text(json.dumps(
-            {"features": list(d.feature_names), "mean": mean.tolist(), "std": std.tolist()}))
+        a.out.with_name(a.out.name + ".standardise.json").write_text(
+            json.dumps({"features": list(d.feature_names), "mean": mean.tolist(), "std": std.tolist()})
+        )
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         make_model(xtr, ytr, t / "seed_case_study.keras", a.seed, a.raw_features)
         np.savez(t / "cal.npz", x=xtr)
         np.savez(t / "val.npz", x=xte, y=yte)
         (t / "labels.txt").write_text("\n".join(d.target_names) + "\n")
-        args = ["build", str(t / "seed_case_study.keras"), "--calibration", str(t / "cal.npz"),
-                "--validation", str(t / "val.npz"), "--labels", str(t / "labels.txt"), "--out", str(a.out),
-                "--name", "seed_case_study", "--max-accuracy-drop", str(a.max_accuracy_drop)]
+        args = [
+            "build",
+            str(t / "seed_case_study.keras"),
+            "--calibration",
+            str(t / "cal.npz"),
+            "--validation",
+            str(t / "val.npz"),
+            "--labels",
+            str(t / "labels.txt"),
+            "--out",
+            str(a.out),
+            "--name",
+            "seed_case_study",
+            "--max-accuracy-drop",
+            str(a.max_accuracy_drop),
+        ]
         return compile_main(args + (["--quiet"] if a.quiet else []))
 
 

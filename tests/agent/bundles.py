@@ -31,6 +31,7 @@ def _image_input(coral: Path, size: int) -> np.ndarray:
 
 def selftest_doc(model_path: Path, coral: Path, size: int) -> dict:
     from ai_edge_litert.interpreter import Interpreter
+
     x = _image_input(coral, size)
     try:
         it = Interpreter(model_path=str(model_path))
@@ -40,14 +41,30 @@ def selftest_doc(model_path: Path, coral: Path, size: int) -> dict:
         out = it.get_tensor(it.get_output_details()[0]["index"]).tolist()
     except RuntimeError:
         out = [[0] * 1001]  # the model cannot run on a CPU: any expectation will do
-    return {"schema": 1, "artifact": model_path.name, "tolerance": 2, "max_latency_ms": 5000,
-            "cases": [{"input": x.tolist(), "expected": out}]}
+    return {
+        "schema": 1,
+        "artifact": model_path.name,
+        "tolerance": 2,
+        "max_latency_ms": 5000,
+        "cases": [{"input": x.tolist(), "expected": out}],
+    }
 
 
-def coral_bundle(out: Path, coral: Path, model: str = MNV1, *, name: str = "mnv1", version: str = "1",
-                 role: str = "tflite_int8", boards: tuple[str, ...] = (), edgetpu: str = "none",
-                 cpu_twin: str | None = None, truncate: str | None = None,
-                 preprocess_size: int | None = None, baseline: bool = True) -> Path:
+def coral_bundle(
+    out: Path,
+    coral: Path,
+    model: str = MNV1,
+    *,
+    name: str = "mnv1",
+    version: str = "1",
+    role: str = "tflite_int8",
+    boards: tuple[str, ...] = (),
+    edgetpu: str = "none",
+    cpu_twin: str | None = None,
+    truncate: str | None = None,
+    preprocess_size: int | None = None,
+    baseline: bool = True,
+) -> Path:
     """Write an unsigned bundle directory; sign it with ``trust.sign_dir``.
 
     ``baseline``: ship a small drift baseline (off where a test must see only latency gates).
@@ -70,19 +87,40 @@ def coral_bundle(out: Path, coral: Path, model: str = MNV1, *, name: str = "mnv1
     (out / "selftest.json").write_text(json.dumps(selftest_doc(test_model, coral, size)))
     files["selftest.json"] = "selftest"
     if baseline:
-        (out / "baseline.json").write_text(json.dumps({
-            "schema": 1, "samples": 1,
-            "inputs": {"brightness": {"edges": [-0.5, 0.0, 0.5], "ref": [1, 1, 1, 1]}},
-            "outputs": {"top1_confidence": {"edges": [0.25, 0.5, 0.75], "ref": [1, 1, 1, 1]}},
-            "thresholds": {"psi_warn": 0.1, "psi_alert": 0.25, "min_samples": 100}}))
+        (out / "baseline.json").write_text(
+            json.dumps(
+                {
+                    "schema": 1,
+                    "samples": 1,
+                    "inputs": {"brightness": {"edges": [-0.5, 0.0, 0.5], "ref": [1, 1, 1, 1]}},
+                    "outputs": {"top1_confidence": {"edges": [0.25, 0.5, 0.75], "ref": [1, 1, 1, 1]}},
+                    "thresholds": {"psi_warn": 0.1, "psi_alert": 0.25, "min_samples": 100},
+                }
+            )
+        )
         files["baseline.json"] = "baseline"
     arts = tuple(Artifact.of(n, r, (out / n).read_bytes()) for n, r in files.items())
-    manifest = Manifest(name, version, int(time.time()), arts, Requirements(edgetpu, boards),
-                        model={"task": "classification", "num_classes": 1001, "labels": "labels.txt",
-                               "preprocess": {"kind": "image", "height": preprocess_size or size,
-                                              "width": preprocess_size or size, "channels": 3,
-                                              "scale": 1 / 128, "offset": -1.0},
-                               "input": {"shape": [1, size, size, 3]}})
+    manifest = Manifest(
+        name,
+        version,
+        int(time.time()),
+        arts,
+        Requirements(edgetpu, boards),
+        model={
+            "task": "classification",
+            "num_classes": 1001,
+            "labels": "labels.txt",
+            "preprocess": {
+                "kind": "image",
+                "height": preprocess_size or size,
+                "width": preprocess_size or size,
+                "channels": 3,
+                "scale": 1 / 128,
+                "offset": -1.0,
+            },
+            "input": {"shape": [1, size, size, 3]},
+        },
+    )
     (out / MANIFEST_FILE).write_bytes(seal("manifest", manifest.to_dict(), []).to_bytes())
     if truncate:
         p = out / truncate
@@ -101,14 +139,31 @@ def gather_bundle(out: Path, version: str = "2") -> Path:
     shutil.copyfile(DATA / "gather_oob.tflite", out / "model_float.tflite")
     (out / "labels.txt").write_text("".join(f"{i}\n" for i in range(10)))
     expected = [[1.0] + [0.0] * 9]
-    (out / "selftest.json").write_text(json.dumps({
-        "schema": 1, "artifact": "model_float.tflite", "tolerance": 0, "max_latency_ms": 1000,
-        "cases": [{"input": np.zeros((1, 8, 8, 1)).tolist(), "expected": expected}]}))
+    (out / "selftest.json").write_text(
+        json.dumps(
+            {
+                "schema": 1,
+                "artifact": "model_float.tflite",
+                "tolerance": 0,
+                "max_latency_ms": 1000,
+                "cases": [{"input": np.zeros((1, 8, 8, 1)).tolist(), "expected": expected}],
+            }
+        )
+    )
     roles = {"model_float.tflite": "tflite_float", "labels.txt": "labels", "selftest.json": "selftest"}
     arts = tuple(Artifact.of(n, r, (out / n).read_bytes()) for n, r in roles.items())
-    manifest = Manifest("gather", version, int(time.time()), arts, Requirements(),
-                        model={"task": "classification", "num_classes": 10, "labels": "labels.txt",
-                               "preprocess": {"kind": "image", "height": 8, "width": 8, "channels": 1,
-                                              "scale": 1 / 255, "offset": 0.0}})
+    manifest = Manifest(
+        "gather",
+        version,
+        int(time.time()),
+        arts,
+        Requirements(),
+        model={
+            "task": "classification",
+            "num_classes": 10,
+            "labels": "labels.txt",
+            "preprocess": {"kind": "image", "height": 8, "width": 8, "channels": 1, "scale": 1 / 255, "offset": 0.0},
+        },
+    )
     (out / MANIFEST_FILE).write_bytes(seal("manifest", manifest.to_dict(), []).to_bytes())
     return out

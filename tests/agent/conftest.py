@@ -11,9 +11,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -31,14 +32,19 @@ class AgentProc:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, **env: str) -> "AgentProc":
+    def start(self, **env: str) -> AgentProc:
         full = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_AGENT_")}
         full.update(self.env)
         full.update(env)
         (self.state_dir / "http.port").unlink(missing_ok=True)
         with open(self.log, "ab") as logf:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(self.config)],
-                                         cwd=REPO, env=full, stdout=logf, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "--config", str(self.config)],
+                cwd=REPO,
+                env=full,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+            )
         return self
 
     @property
@@ -74,10 +80,12 @@ class AgentProc:
                 self.proc.kill()
                 self.proc.wait(5)
 
-    def http(self, method: str, path: str, body: bytes | None = None,
-             headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, method=method,
-                                     headers=headers or {})
+    def http(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", data=body, method=method, headers=headers or {}
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, json.loads(r.read())
@@ -86,8 +94,14 @@ class AgentProc:
 
     def predict_image(self, data: bytes, path: str = "/v1/predict") -> tuple[int, Any]:
         b = uuid.uuid4().hex
-        body = (f"--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jpg\"\r\n"
-                f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{b}--\r\n".encode()
+        body = (
+            (
+                f'--{b}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
+                f"Content-Type: image/jpeg\r\n\r\n"
+            ).encode()
+            + data
+            + f"\r\n--{b}--\r\n".encode()
+        )
         return self.http("POST", path, body, {"Content-Type": f"multipart/form-data; boundary={b}"})
 
 
@@ -98,15 +112,27 @@ def hub(mosquitto, trust) -> Iterator[FakeHub]:
     h.close()
 
 
-def new_agent(tmp_path: Path, root: Path, broker: str, device: str = "dev1", board: str = "rpi4",
-              **extra: Any) -> AgentProc:
+def new_agent(
+    tmp_path: Path, root: Path, broker: str, device: str = "dev1", board: str = "rpi4", **extra: Any
+) -> AgentProc:
     """An agent process (not started) for ``broker``, with the tests' quick timings; ``extra``
     overrides any agent.toml key."""
     state = tmp_path / f"state-{device}"
     state.mkdir(exist_ok=True)
-    conf = {"device_id": device, "broker": broker, "state_dir": str(state), "root": str(root),
-            "board": board, "http_port": 0, "telemetry_interval_s": 1, "fetch_repair_s": 1.0,
-            "resend_after_s": 2.0, "reconnect_max_s": 1.0, "keepalive_s": 5, "edgetpu": "auto"}
+    conf = {
+        "device_id": device,
+        "broker": broker,
+        "state_dir": str(state),
+        "root": str(root),
+        "board": board,
+        "http_port": 0,
+        "telemetry_interval_s": 1,
+        "fetch_repair_s": 1.0,
+        "resend_after_s": 2.0,
+        "reconnect_max_s": 1.0,
+        "keepalive_s": 5,
+        "edgetpu": "auto",
+    }
     conf.update(extra)
     path = tmp_path / f"{device}.toml"
     path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in conf.items() if v is not None))

@@ -8,14 +8,25 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from protocol.bundle import ChunkPlan, digest_of, parse_manifest
-from protocol.messages import (Ack, BundleRef, Desired, Report, Status, Telemetry, parse_fetch,
-                               parse_report, parse_status, parse_telemetry)
+from protocol.messages import (
+    Ack,
+    BundleRef,
+    Desired,
+    Report,
+    Status,
+    Telemetry,
+    parse_fetch,
+    parse_report,
+    parse_status,
+    parse_telemetry,
+)
 from protocol.signing import Envelope, SigningKey
 from protocol.topics import Kind, Topic, device_filter
 
@@ -46,8 +57,11 @@ class FakeHub:
     def __post_init__(self) -> None:
         host, port = self.url.removeprefix("mqtt://").split(":")
         self._lock = threading.Lock()
-        self._c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fakehub-{id(self)}",
-                              protocol=mqtt.MQTTv5 if self.mqtt_v5 else mqtt.MQTTv311)
+        self._c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"fakehub-{id(self)}",
+            protocol=mqtt.MQTTv5 if self.mqtt_v5 else mqtt.MQTTv311,
+        )
         self._c.on_message = self._on_message
         self._c.on_connect = self._on_connect
         self._c.connect(host, int(port))
@@ -83,10 +97,15 @@ class FakeHub:
                             c.publish(str(Topic.chunk(req.archive, i)), self.chunks[req.archive][i], qos=1, retain=True)
 
     # publishing ---------------------------------------------------------------------------------
-    def publish_bundle(self, env: Envelope, archive: bytes, tamper: dict[int, bytes] | None = None,
-                       skip: set[int] | frozenset[int] = frozenset()) -> Published:
+    def publish_bundle(
+        self,
+        env: Envelope,
+        archive: bytes,
+        tamper: dict[int, bytes] | None = None,
+        skip: set[int] | frozenset[int] = frozenset(),
+    ) -> Published:
         plan = ChunkPlan.of(archive, self.chunk_size)
-        parts = [archive[i:i + self.chunk_size] for i in range(0, len(archive), self.chunk_size)]
+        parts = [archive[i : i + self.chunk_size] for i in range(0, len(archive), self.chunk_size)]
         self.chunks[plan.sha256] = parts
         infos = []
         for i, data in enumerate(parts):
@@ -100,18 +119,39 @@ class FakeHub:
         ref = BundleRef(digest_of(env), m.name, m.version, plan, m.requirements)
         return Published(env, archive, plan, ref)
 
-    def desire(self, device: str, pub: Published | None, *, seq: int | None = None, expires_in: int = 3600,
-               keys: list[SigningKey] | None = None, action: str = "install",
-               ref: BundleRef | None = None, shadow: Published | None = None,
-               shadow_sample: float = 0.0) -> Desired:
+    def desire(
+        self,
+        device: str,
+        pub: Published | None,
+        *,
+        seq: int | None = None,
+        expires_in: int = 3600,
+        keys: list[SigningKey] | None = None,
+        action: str = "install",
+        ref: BundleRef | None = None,
+        shadow: Published | None = None,
+        shadow_sample: float = 0.0,
+    ) -> Desired:
         if seq is None:
             seq = self.seqs.get(device, 0) + 1
         self.seqs[device] = max(seq, self.seqs.get(device, 0))
         now = int(time.time())
-        d = Desired(device, seq, now, now + expires_in, action, ref or (pub.ref if pub else None),
-                    shadow=shadow.ref if shadow else None, shadow_sample=shadow_sample)
-        info = self._c.publish(str(Topic.for_device(Kind.DESIRED, device)),
-                               d.seal(keys if keys is not None else [self.targets_key]), qos=1, retain=True)
+        d = Desired(
+            device,
+            seq,
+            now,
+            now + expires_in,
+            action,
+            ref or (pub.ref if pub else None),
+            shadow=shadow.ref if shadow else None,
+            shadow_sample=shadow_sample,
+        )
+        info = self._c.publish(
+            str(Topic.for_device(Kind.DESIRED, device)),
+            d.seal(keys if keys is not None else [self.targets_key]),
+            qos=1,
+            retain=True,
+        )
         info.wait_for_publish(10)
         return d
 
@@ -124,16 +164,23 @@ class FakeHub:
             if got:
                 return got
             time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}; reports: "
-                             + "; ".join(f"{r.stage}/{r.status}/{r.reason}" for r in self.reports[-15:]))
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what}; reports: "
+            + "; ".join(f"{r.stage}/{r.status}/{r.reason}" for r in self.reports[-15:])
+        )
 
-    def report(self, device: str, stage: str, status: str, bundle: str | None = None,
-               timeout: float = 60) -> Report:
+    def report(self, device: str, stage: str, status: str, bundle: str | None = None, timeout: float = 60) -> Report:
         def find() -> Report | None:
             for r in self.reports:
-                if r.device == device and r.stage == stage and r.status == status and (bundle is None or r.bundle == bundle):
+                if (
+                    r.device == device
+                    and r.stage == stage
+                    and r.status == status
+                    and (bundle is None or r.bundle == bundle)
+                ):
                     return r
             return None
+
         return self.wait(find, timeout, f"report {stage}/{status} from {device}")
 
     def failures(self, device: str) -> list[Report]:

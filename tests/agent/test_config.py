@@ -13,7 +13,9 @@ from agent.errors import ConfigError
 def _write(tmp_path: Path, body: str) -> Path:
     (tmp_path / "root.json").write_text("{}")
     p = tmp_path / "agent.toml"
-    p.write_text('device_id = "dev1"\nbroker = "mqtt://127.0.0.1:1883"\nstate_dir = "state"\nroot = "root.json"\n' + body)
+    p.write_text(
+        'device_id = "dev1"\nbroker = "mqtt://127.0.0.1:1883"\nstate_dir = "state"\nroot = "root.json"\n' + body
+    )
     return p
 
 
@@ -24,14 +26,17 @@ def test_minimal_config_gets_defaults_and_relative_paths(tmp_path: Path):
     assert cfg.crash_at is None
 
 
-@pytest.mark.parametrize("body, key", [
-    ('http_port = 70000\n', "http_port"),
-    ('edgetpu = "maybe"\n', "edgetpu"),
-    ('telemetry_interval_s = 0\n', "telemetry_interval_s"),
-    ('board = "rpi 4"\n', "board"),
-    ('cloud_url = "ftp://x"\n', "cloud_url"),
-    ('username = "u"\n', "username/password"),
-])
+@pytest.mark.parametrize(
+    "body, key",
+    [
+        ("http_port = 70000\n", "http_port"),
+        ('edgetpu = "maybe"\n', "edgetpu"),
+        ("telemetry_interval_s = 0\n", "telemetry_interval_s"),
+        ('board = "rpi 4"\n', "board"),
+        ('cloud_url = "ftp://x"\n', "cloud_url"),
+        ('username = "u"\n', "username/password"),
+    ],
+)
 def test_bad_value_is_reported_with_its_key(tmp_path: Path, body: str, key: str):
     with pytest.raises(ConfigError, match=key):
         load(_write(tmp_path, body), env={})
@@ -67,6 +72,7 @@ def test_crash_hook_accepts_only_install_stages(tmp_path: Path):
 def test_max_packet_size_defaults_to_what_the_hub_sizes_its_broker_for(tmp_path: Path):
     from agent.config import packet_bytes_for
     from hub.credentials import max_packet_bytes
+
     assert load(_write(tmp_path, ""), env={}).max_packet_bytes == max_packet_bytes(64 * 1024) == 1 << 20
     for chunk in (1024, 64 * 1024, 1 << 20, 8 << 20):
         assert packet_bytes_for(chunk) == max_packet_bytes(chunk)

@@ -16,7 +16,7 @@ PLAN = ChunkPlan.of(DATA, 1024)
 
 
 def chunk(i: int) -> bytes:
-    return DATA[i * 1024:(i + 1) * 1024]
+    return DATA[i * 1024 : (i + 1) * 1024]
 
 
 def test_chunks_in_any_order_with_duplicates_assemble_the_signed_archive(tmp_path):
@@ -76,22 +76,25 @@ def per_index(*idx: int) -> tuple[str, ...]:
     return tuple(str(Topic.chunk(SHA, i)) for i in idx)
 
 
-@pytest.mark.parametrize("missing, held, kept, rh, want", [
-    # a fresh download: one wildcard, whose retained replay is the whole bundle
-    ([0, 1, 2, 3], set(), False, True, Subscription((), (WILD,), False)),
-    # resumed after a restart (new session): only the missing indexes are replayed
-    ([2, 3], set(), False, True, Subscription((), per_index(2, 3), False)),
-    # the session was lost while the wildcard was held: switch to the missing indexes
-    ([3], {WILD}, False, True, Subscription((WILD,), per_index(3), False)),
-    # the session kept the wildcard: re-assert it without a replay; the queue brings the rest
-    ([2, 3], {WILD}, True, True, Subscription((), (WILD,), True)),
-    # the session kept per-index filters: re-assert those still missing, drop the rest
-    ([3], set(per_index(1, 3)), True, True, Subscription(per_index(1), per_index(3), True)),
-    # MQTT 3.1.1 cannot re-subscribe without a replay: the wildcard gives way to the missing indexes
-    ([3], {WILD}, True, False, Subscription((WILD,), per_index(3), False)),
-    # complete: every held filter is dropped
-    ([], set(per_index(3)), True, True, Subscription(per_index(3), (), False)),
-])
+@pytest.mark.parametrize(
+    "missing, held, kept, rh, want",
+    [
+        # a fresh download: one wildcard, whose retained replay is the whole bundle
+        ([0, 1, 2, 3], set(), False, True, Subscription((), (WILD,), False)),
+        # resumed after a restart (new session): only the missing indexes are replayed
+        ([2, 3], set(), False, True, Subscription((), per_index(2, 3), False)),
+        # the session was lost while the wildcard was held: switch to the missing indexes
+        ([3], {WILD}, False, True, Subscription((WILD,), per_index(3), False)),
+        # the session kept the wildcard: re-assert it without a replay; the queue brings the rest
+        ([2, 3], {WILD}, True, True, Subscription((), (WILD,), True)),
+        # the session kept per-index filters: re-assert those still missing, drop the rest
+        ([3], set(per_index(1, 3)), True, True, Subscription(per_index(1), per_index(3), True)),
+        # MQTT 3.1.1 cannot re-subscribe without a replay: the wildcard gives way to the missing indexes
+        ([3], {WILD}, True, False, Subscription((WILD,), per_index(3), False)),
+        # complete: every held filter is dropped
+        ([], set(per_index(3)), True, True, Subscription(per_index(3), (), False)),
+    ],
+)
 def test_a_download_subscribes_only_to_the_chunks_it_lacks(missing, held, kept, rh, want):
     assert chunk_subscription(SHA, missing, 4, held, kept, rh) == want
 

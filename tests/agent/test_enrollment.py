@@ -18,8 +18,12 @@ from tests.conftest import REPO
 
 
 def _answer(trust, **over):
-    doc = {"device_id": "pi-7", "broker": "mqtt://10.0.0.2:1883",
-           "mqtt": {"username": "pi-7", "password": "p\"w\\d"}, "root": trust.root_bytes.decode()}
+    doc = {
+        "device_id": "pi-7",
+        "broker": "mqtt://10.0.0.2:1883",
+        "mqtt": {"username": "pi-7", "password": 'p"w\\d'},
+        "root": trust.root_bytes.decode(),
+    }
     doc.update(over)
     return doc
 
@@ -34,11 +38,14 @@ def test_answer_with_a_self_signed_root_and_matching_fingerprint_is_accepted(tru
     assert (cfg.device_id, cfg.username, cfg.password, cfg.board) == ("pi-7", "pi-7", 'p"w\\d', "rpi5")
 
 
-@pytest.mark.parametrize("over, needle", [
-    ({"root": "{}"}, "does not verify"),
-    ({"device_id": "a/b"}, "device id"),
-    ({"mqtt": None}, "lacks field"),
-])
+@pytest.mark.parametrize(
+    "over, needle",
+    [
+        ({"root": "{}"}, "does not verify"),
+        ({"device_id": "a/b"}, "device id"),
+        ({"mqtt": None}, "lacks field"),
+    ],
+)
 def test_bad_answer_is_refused_with_the_reason(trust, over, needle):
     with pytest.raises(EnrollError, match=needle):
         parse_answer(_answer(trust, **over), None, int(time.time()))
@@ -53,9 +60,11 @@ def test_enrollment_refuses_a_trust_root_that_expired_yesterday(trust):
     """A hub whose root.json has expired hands it out: the device would pin a root that
     verifies nothing, so enrollment stops and names the expiry."""
     from protocol.signing import root_document, seal
+
     now = int(time.time())
-    expired = seal("root", root_document(1, now - 86400, trust.root_keys, 2, [trust.targets_key]),
-                   trust.root_keys[:2]).to_bytes()
+    expired = seal(
+        "root", root_document(1, now - 86400, trust.root_keys, 2, [trust.targets_key]), trust.root_keys[:2]
+    ).to_bytes()
     with pytest.raises(EnrollError, match=rf"expired root: trust root v1 expired at .*\({now - 86400}\)"):
         parse_answer(_answer(trust, root=expired.decode()), hashlib.sha256(expired).hexdigest(), now)
 
@@ -64,6 +73,7 @@ def test_enrollment_refuses_a_trust_root_that_expired_yesterday(trust):
 @pytest.mark.slow
 def test_device_enrolls_at_the_real_hub_and_comes_online(tmp_path: Path):
     from demo.launcher import Fleet
+
     fleet = Fleet(tmp_path / "fleet")
     agent = None
     try:
@@ -72,16 +82,35 @@ def test_device_enrolls_at_the_real_hub_and_comes_online(tmp_path: Path):
         fleet.start_hub()
         token = fleet.api("POST", "/api/v1/devices/enroll", {"device": "pi-enrolled"})["token"]
         conf = tmp_path / "dev" / "agent.toml"
-        argv = [sys.executable, "-m", "agent", "enroll", "--hub", fleet.hub_url, "--token", token,
-                "--config", str(conf), "--state-dir", str(tmp_path / "dev" / "state"), "--http-port", "0",
-                "--root-sha256", hashlib.sha256(root.read_bytes()).hexdigest()]
+        argv = [
+            sys.executable,
+            "-m",
+            "agent",
+            "enroll",
+            "--hub",
+            fleet.hub_url,
+            "--token",
+            token,
+            "--config",
+            str(conf),
+            "--state-dir",
+            str(tmp_path / "dev" / "state"),
+            "--http-port",
+            "0",
+            "--root-sha256",
+            hashlib.sha256(root.read_bytes()).hexdigest(),
+        ]
         out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert again.returncode == 1 and "exists" in again.stderr
         assert oct(conf.stat().st_mode & 0o777) == "0o600"
-        agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(conf)], cwd=REPO,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(conf)],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         dev = {}
         while time.monotonic() < deadline:

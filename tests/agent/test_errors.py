@@ -17,14 +17,17 @@ def test_every_exception_class_in_the_agent_derives_from_agent_error():
     for path in sorted((REPO / "agent").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef) and any(
-                    getattr(b, "id", getattr(b, "attr", "")).endswith(("Error", "Exception")) for b in node.bases):
+                getattr(b, "id", getattr(b, "attr", "")).endswith(("Error", "Exception")) for b in node.bases
+            ):
                 module = __import__(f"agent.{path.stem}", fromlist=[node.name])
                 assert issubclass(getattr(module, node.name), errors.AgentError), f"{path.name}: {node.name}"
 
 
-@pytest.mark.parametrize("cls", [c for c in vars(errors).values()
-                                 if inspect.isclass(c) and issubclass(c, errors.AgentError)]
-                         + [localapi.BadRequest, localapi.Closed])
+@pytest.mark.parametrize(
+    "cls",
+    [c for c in vars(errors).values() if inspect.isclass(c) and issubclass(c, errors.AgentError)]
+    + [localapi.BadRequest, localapi.Closed],
+)
 def test_each_error_names_its_reason_and_exit_code(cls):
     assert isinstance(cls.reason, str) and cls.reason
     assert cls.exit_code in (errors.EXIT_FAILED, errors.EXIT_USAGE)
@@ -53,6 +56,10 @@ def test_disk_full_carries_the_protocol_reason_it_is_reported_with():
 
 def test_help_documents_the_exit_codes():
     text = _parser().format_help()
-    for line in ("0  success", "1  the command ran and failed", "2  bad usage or configuration",
-                 "3  not implemented yet"):
+    for line in (
+        "0  success",
+        "1  the command ran and failed",
+        "2  bad usage or configuration",
+        "3  not implemented yet",
+    ):
         assert line in text

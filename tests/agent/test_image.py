@@ -32,10 +32,14 @@ def cat224(coral_models: Path) -> Image.Image:
     return Image.open(coral_models / "cat_720p.jpg").convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
 
 
-@pytest.mark.parametrize("save", [{"quality": 90}, {"quality": 95, "subsampling": 0}, {"quality": 80, "progressive": True}],
-                         ids=["420", "444", "progressive"])
-def test_jpeg_at_input_size_decodes_to_pillows_pixels(cat224: Image.Image, save: dict[str, object],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "save",
+    [{"quality": 90}, {"quality": 95, "subsampling": 0}, {"quality": 80, "progressive": True}],
+    ids=["420", "444", "progressive"],
+)
+def test_jpeg_at_input_size_decodes_to_pillows_pixels(
+    cat224: Image.Image, save: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = _jpeg(cat224, **save)
     calls: list[bytes] = []
     real = image.simplejpeg.decode_jpeg
@@ -47,16 +51,18 @@ def test_jpeg_at_input_size_decodes_to_pillows_pixels(cat224: Image.Image, save:
     assert np.array_equal(fast, slow)
 
 
-def test_grayscale_jpeg_to_rgb_and_to_gray_models_match_pillow(cat224: Image.Image,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_grayscale_jpeg_to_rgb_and_to_gray_models_match_pillow(
+    cat224: Image.Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = _jpeg(cat224.convert("L"))
     for channels in (3, 1):
         fast = image.decode(data, 224, 224, channels, "bicubic")
         assert np.array_equal(fast, _pillow_only(data, 224, 224, channels, monkeypatch))
 
 
-def test_images_that_need_resizing_or_are_cmyk_or_png_go_through_pillow(coral_models: Path, cat224: Image.Image,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_images_that_need_resizing_or_are_cmyk_or_png_go_through_pillow(
+    coral_models: Path, cat224: Image.Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(image.simplejpeg, "decode_jpeg", lambda *a, **k: pytest.fail("fast path taken"))
     big = (coral_models / "cat_720p.jpg").read_bytes()
     cmyk = _jpeg(cat224.convert("CMYK"))
@@ -83,8 +89,12 @@ def test_an_image_declaring_more_than_max_pixels_is_refused_before_decoding() ->
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8000, 6000, 8, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 8000, 6000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
     with pytest.raises(ImageTooLarge, match="declares 8000x6000 = 48000000 pixels; at most 40000000"):
         image.decode(png, 224, 224, 3, "bilinear")
 
@@ -103,6 +113,7 @@ def test_a_file_that_crashes_a_pillow_decoder_is_named_as_unreadable(name: str) 
     """Whatever a decoder raises on the client's bytes is a bad image (422), never a 500."""
     import base64
     import zlib
+
     data = zlib.decompress(base64.b64decode(DECODER_CRASHERS[name]))
     with pytest.raises(ValueError, match="not a readable image"):
         image.decode(data, 224, 224, 3, "bilinear")

@@ -36,6 +36,7 @@ def test_agent_and_protocol_import_without_server_or_training_packages():
 
 
 def test_blocker_really_blocks_tensorflow():
-    proc = subprocess.run([sys.executable, "-c", BLOCKER + "import tensorflow"], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCKER + "import tensorflow"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode != 0 and "blocked import of tensorflow" in proc.stderr

@@ -35,12 +35,17 @@ def test_signed_bundle_is_fetched_installed_and_serves_a_cat(tmp_path: Path, cor
         return sum(sum(t.drift.get(side, {}).get(feature, [])) for t in hub.telemetry)
 
     # every served request lands in the drift histograms on the bundle's baseline edges
-    hub.wait(lambda: binned("inputs", "brightness") == 1 and binned("outputs", "top1_confidence") == 1, 30,
-             "the request binned for drift")
+    hub.wait(
+        lambda: binned("inputs", "brightness") == 1 and binned("outputs", "top1_confidence") == 1,
+        30,
+        "the request binned for drift",
+    )
     assert all(len(t.drift["inputs"]["brightness"]) == 4 for t in hub.telemetry if t.drift)
 
 
-def test_bundle_signed_by_unknown_key_is_rejected_and_agent_keeps_serving(tmp_path: Path, coral_models, trust, hub, make_agent):
+def test_bundle_signed_by_unknown_key_is_rejected_and_agent_keeps_serving(
+    tmp_path: Path, coral_models, trust, hub, make_agent
+):
     env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "b1", coral_models))
     good = hub.publish_bundle(env, archive)
     agent = make_agent("dev1").start()
@@ -62,14 +67,18 @@ def amqtt_broker(tmp_path):
     import shutil
     import subprocess
     import sys
+
     from tests.conftest import free_port, wait_port
+
     exe = shutil.which("amqtt", path=str(Path(sys.executable).parent))
     if exe is None:
         pytest.skip("amqtt (the embedded MQTT 3.1.1 broker) is not installed")
     port = free_port()
     conf = tmp_path / "amqtt.yaml"
-    conf.write_text(f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
-                    "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n")
+    conf.write_text(
+        f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
+        "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
+    )
     with open(tmp_path / "amqtt.log", "wb") as log:
         proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -80,8 +89,11 @@ def amqtt_broker(tmp_path):
         proc.wait(10)
 
 
-def test_agent_falls_back_to_mqtt_311_on_the_embedded_broker(tmp_path: Path, coral_models, trust, make_agent, amqtt_broker):
+def test_agent_falls_back_to_mqtt_311_on_the_embedded_broker(
+    tmp_path: Path, coral_models, trust, make_agent, amqtt_broker
+):
     from .fakehub import FakeHub
+
     hub = FakeHub(amqtt_broker, trust.targets_key, mqtt_v5=False)
     try:
         agent = make_agent("old", broker=amqtt_broker).start()
@@ -97,12 +109,14 @@ def test_agent_falls_back_to_mqtt_311_on_the_embedded_broker(tmp_path: Path, cor
         hub.close()
 
 
-def test_rotated_root_from_the_hub_is_adopted_and_trusts_the_new_targets_key(tmp_path: Path, coral_models, trust,
-                                                                             hub, make_agent):
+def test_rotated_root_from_the_hub_is_adopted_and_trusts_the_new_targets_key(
+    tmp_path: Path, coral_models, trust, hub, make_agent
+):
     import time
 
     from protocol.signing import root_document, seal
     from protocol.topics import Topic
+
     new_targets = SigningKey.generate()
     doc = root_document(2, int(time.time()) + 86400, trust.root_keys, 2, [new_targets])
     rotated = seal("root", doc, trust.root_keys[:2]).to_bytes()  # threshold of the old (= new) root role

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,8 +23,11 @@ from .bundles import MNV1
 
 @pytest.fixture(scope="module")
 def port(coral_models) -> Iterator[int]:
-    model = Model(LiteRTBackend(coral_models / MNV1), BundleInfo("a" * 64, "mnv1", "1"),
-                  {"kind": "image", "height": 128, "width": 128, "channels": 3, "scale": 1 / 128, "offset": -1.0})
+    model = Model(
+        LiteRTBackend(coral_models / MNV1),
+        BundleInfo("a" * 64, "mnv1", "1"),
+        {"kind": "image", "height": 128, "width": 128, "channels": 3, "scale": 1 / 128, "offset": -1.0},
+    )
     serving = Serving(Recorder(), None, None, lambda d, w: None)
     serving.swap(model)
     srv = make_server("127.0.0.1", 0, serving, lambda: {"device": "t"})
@@ -39,9 +43,10 @@ def _tensor() -> bytes:
 
 def _post(path: str = "/v1/predict", extra: str = "", body: bytes | None = None, version: str = "HTTP/1.1") -> bytes:
     body = _tensor() if body is None else body
-    return (f"POST {path} {version}\r\nHost: a\r\nContent-Type: application/octet-stream\r\n"
-            f"X-Tensor-Shape: 1,128,128,3\r\nX-Tensor-Dtype: uint8\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
-            ).encode() + body
+    return (
+        f"POST {path} {version}\r\nHost: a\r\nContent-Type: application/octet-stream\r\n"
+        f"X-Tensor-Shape: 1,128,128,3\r\nX-Tensor-Dtype: uint8\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
 
 
 def _read_response(f: Any) -> tuple[int, dict[str, str], Any]:
@@ -69,8 +74,12 @@ def _exchange(port: int, raw: bytes, answers: int = 1) -> tuple[list[tuple[int, 
 
 
 def test_pipelined_requests_on_one_connection_get_their_answers_in_order(port: int) -> None:
-    raw = _post() + b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n" + _post("/predict") + \
-        b"GET /v1/status?x=1 HTTP/1.1\r\nhost: a\r\n\r\n"
+    raw = (
+        _post()
+        + b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+        + _post("/predict")
+        + b"GET /v1/status?x=1 HTTP/1.1\r\nhost: a\r\n\r\n"
+    )
     out, closed = _exchange(port, raw, answers=4)
     assert [code for code, _, _ in out] == [200, 200, 200, 200] and not closed
     assert out[0][2]["served_by"] == "cpu" and len(out[0][2]["predictions"]) == 1001
@@ -97,19 +106,26 @@ def test_expect_100_continue_is_answered_before_the_body(port: int) -> None:
         assert status == 200 and doc["served_by"] == "cpu"
 
 
-@pytest.mark.parametrize("raw, status, needle", [
-    (b"POST /v1/predict\r\nHost: a\r\n\r\n", 400, "bad request line"),
-    (b"GET /healthz HTTP/2.0\r\n\r\n", 400, "bad request line"),
-    (b"GET /healthz HTTP/1.1\r\nNo colon here\r\n\r\n", 400, "bad header line"),
-    (b"GET /healthz HTTP/1.1\r\nBad Name: x\r\n\r\n", 400, "bad header line"),
-    (b"GET /healthz HTTP/1.1\r\nX-A: one\r\n two\r\n\r\n", 400, "line folding"),
-    (b"GET /healthz HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431, "more than 100 header lines"),
-    (b"GET /healthz HTTP/1.1\r\nX: " + b"y" * (MAX_HEAD + 10), 431, "longer than"),
-    (b"POST /v1/predict HTTP/1.1\r\nContent-Length: ten\r\n\r\n", 400, "'ten' is not a number"),
-    (b"POST /v1/predict HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n", 413, "exceeds"),
-    (b"POST /v1/predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 501, "Content-Length"),
-    (b"PUT /v1/predict HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405, "takes POST, not PUT"),
-])
+@pytest.mark.parametrize(
+    "raw, status, needle",
+    [
+        (b"POST /v1/predict\r\nHost: a\r\n\r\n", 400, "bad request line"),
+        (b"GET /healthz HTTP/2.0\r\n\r\n", 400, "bad request line"),
+        (b"GET /healthz HTTP/1.1\r\nNo colon here\r\n\r\n", 400, "bad header line"),
+        (b"GET /healthz HTTP/1.1\r\nBad Name: x\r\n\r\n", 400, "bad header line"),
+        (b"GET /healthz HTTP/1.1\r\nX-A: one\r\n two\r\n\r\n", 400, "line folding"),
+        (b"GET /healthz HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431, "more than 100 header lines"),
+        (b"GET /healthz HTTP/1.1\r\nX: " + b"y" * (MAX_HEAD + 10), 431, "longer than"),
+        (b"POST /v1/predict HTTP/1.1\r\nContent-Length: ten\r\n\r\n", 400, "'ten' is not a number"),
+        (b"POST /v1/predict HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n", 413, "exceeds"),
+        (
+            b"POST /v1/predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            501,
+            "Content-Length",
+        ),
+        (b"PUT /v1/predict HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405, "takes POST, not PUT"),
+    ],
+)
 def test_wire_errors_are_named_and_close_the_connection(port: int, raw: bytes, status: int, needle: str) -> None:
     out, closed = _exchange(port, raw)
     code, headers, doc = out[0]
@@ -120,8 +136,11 @@ def test_wire_errors_are_named_and_close_the_connection(port: int, raw: bytes, s
 
 
 def test_bad_input_and_unknown_routes_keep_the_connection(port: int) -> None:
-    raw = (_post(body=b"\x00" * 10) + b"DELETE /nope HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
-           + b"GET /healthz HTTP/1.1\r\n\r\n")
+    raw = (
+        _post(body=b"\x00" * 10)
+        + b"DELETE /nope HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+        + b"GET /healthz HTTP/1.1\r\n\r\n"
+    )
     out, closed = _exchange(port, raw, answers=3)
     assert [code for code, _, _ in out] == [422, 404, 200] and not closed
     assert "needs 49152" in out[0][2]["detail"] and "no route DELETE /nope" in out[1][2]["detail"]
@@ -138,7 +157,7 @@ def test_parse_head_reads_names_case_insensitively_first_value_wins() -> None:
     head = parse_head(b"POST //v1/predict?a=b HTTP/1.1\r\nHost: a\r\nX-A:   spaced\t \r\nx-a: twice\r\nEmpty:")
     assert (head.method, head.path, head.version) == ("POST", "/v1/predict", "HTTP/1.1")
     assert head.headers == {"host": "a", "x-a": "spaced", "empty": ""} and head.keep_alive
-    assert parse_head(b"GET / HTTP/1.1\nHost: lf").headers == {"host": "lf"}   # bare LF line ends
+    assert parse_head(b"GET / HTTP/1.1\nHost: lf").headers == {"host": "lf"}  # bare LF line ends
     with pytest.raises(BadRequest, match="no CR"):
         parse_head(b"GET / HTTP/1.1\r\nX-Cr: a\rb")
 
@@ -151,8 +170,12 @@ def _png_declaring(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _jpeg_declaring(width: int, height: int) -> bytes:
@@ -161,27 +184,34 @@ def _jpeg_declaring(width: int, height: int) -> bytes:
     import struct
 
     from PIL import Image
+
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (200, 10, 10)).save(buf, "JPEG")
     data = bytearray(buf.getvalue())
     sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
 def _post_as(ctype: str, body: bytes) -> bytes:
-    return (f"POST /v1/predict HTTP/1.1\r\nHost: a\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
-            ).encode() + body
+    return (
+        f"POST /v1/predict HTTP/1.1\r\nHost: a\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
-@pytest.mark.parametrize("body, needle", [
-    (_png_declaring(30000, 30000), "declares 900000000 pixels"),   # past Pillow's own bomb limit
-    (_jpeg_declaring(30000, 30000), "declares 900000000 pixels"),
-    (_jpeg_declaring(12000, 12000), "declares 144000000 pixels"),  # Pillow warns (89-179 MP)
-    (_png_declaring(8000, 6000), "declares 8000x6000 = 48000000 pixels"),  # under Pillow's, over ours
-], ids=["png-30000", "jpeg-30000", "jpeg-12000", "png-8000x6000"])
-def test_an_image_bomb_gets_413_naming_its_size_and_the_agent_keeps_serving(port: int, body: bytes,
-                                                                            needle: str) -> None:
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        (_png_declaring(30000, 30000), "declares 900000000 pixels"),  # past Pillow's own bomb limit
+        (_jpeg_declaring(30000, 30000), "declares 900000000 pixels"),
+        (_jpeg_declaring(12000, 12000), "declares 144000000 pixels"),  # Pillow warns (89-179 MP)
+        (_png_declaring(8000, 6000), "declares 8000x6000 = 48000000 pixels"),  # under Pillow's, over ours
+    ],
+    ids=["png-30000", "jpeg-30000", "jpeg-12000", "png-8000x6000"],
+)
+def test_an_image_bomb_gets_413_naming_its_size_and_the_agent_keeps_serving(
+    port: int, body: bytes, needle: str
+) -> None:
     """A small file declaring huge dimensions is refused from its header (never decoded), with
     413 naming the size; the next request on the same connection is served."""
     out, closed = _exchange(port, _post_as("image/png", body) + _post(), answers=2)
@@ -190,15 +220,19 @@ def test_an_image_bomb_gets_413_naming_its_size_and_the_agent_keeps_serving(port
     assert after == 200 and not closed
 
 
-@pytest.mark.parametrize("body, needle", [
-    (b'{"inputs": [[0.5, NaN]]}', "NaN is not a JSON number"),
-    (b'{"inputs": [[0.5, Infinity]]}', "Infinity is not a JSON number"),
-    (b'{"inputs": [[0.5, -Infinity]]}', "-Infinity is not a JSON number"),
-    (b'{"inputs": [[0.5, 1e999]]}', "infinity when parsed as double; at char 18: b'1e999]]}'"),
-    (b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested deeper than 1024 levels"),
-    (b'{"inputs": ' + b"[" * 100 + b"0" + b"]" * 100 + b"}", "'inputs' is nested deeper than 16 levels"),
-    (b"{not json", "body is not valid JSON"),
-], ids=["nan", "infinity", "minus-infinity", "1e999", "nested-5000", "inputs-nested-100", "not-json"])
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        (b'{"inputs": [[0.5, NaN]]}', "NaN is not a JSON number"),
+        (b'{"inputs": [[0.5, Infinity]]}', "Infinity is not a JSON number"),
+        (b'{"inputs": [[0.5, -Infinity]]}', "-Infinity is not a JSON number"),
+        (b'{"inputs": [[0.5, 1e999]]}', "infinity when parsed as double; at char 18: b'1e999]]}'"),
+        (b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested deeper than 1024 levels"),
+        (b'{"inputs": ' + b"[" * 100 + b"0" + b"]" * 100 + b"}", "'inputs' is nested deeper than 16 levels"),
+        (b"{not json", "body is not valid JSON"),
+    ],
+    ids=["nan", "infinity", "minus-infinity", "1e999", "nested-5000", "inputs-nested-100", "not-json"],
+)
 def test_non_finite_or_deeply_nested_json_gets_400_naming_the_problem(port: int, body: bytes, needle: str) -> None:
     out, closed = _exchange(port, _post_as("application/json", body) + _post(), answers=2)
     (code, _, doc), (after, _, _) = out

@@ -119,8 +119,9 @@ def test_edgetpu_only_bundle_is_refused_on_a_device_without_a_tpu(tmp_path, cora
 
 def test_edgetpu_bundle_with_cpu_twin_serves_the_cpu_model_without_a_tpu(tmp_path, coral_models, trust, hub, running):
     agent, good = running
-    env, _, archive = _second(tmp_path, coral_models, trust, model=MNV1_TPU, role="tflite_edgetpu",
-                              edgetpu="optional", cpu_twin=MNV1)
+    env, _, archive = _second(
+        tmp_path, coral_models, trust, model=MNV1_TPU, role="tflite_edgetpu", edgetpu="optional", cpu_twin=MNV1
+    )
     pub = hub.publish_bundle(env, archive)
     hub.desire(agent.device, pub)
     staged = hub.report(agent.device, "stage", "ok", pub.ref.digest)
@@ -134,14 +135,19 @@ def test_edgetpu_bundle_with_cpu_twin_serves_the_cpu_model_without_a_tpu(tmp_pat
 def small_disk(tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if shutil.which("mount") is None or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+    if (
+        shutil.which("mount") is None
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def test_bundle_larger_than_free_disk_is_refused_with_disk_full(tmp_path, coral_models, trust, hub, make_agent, small_disk):
+def test_bundle_larger_than_free_disk_is_refused_with_disk_full(
+    tmp_path, coral_models, trust, hub, make_agent, small_disk
+):
     agent = make_agent("small", state_dir=str(small_disk / "state"), disk_reserve_bytes=0)
     agent.state_dir = small_disk / "state"
     agent.start()
@@ -157,8 +163,9 @@ def test_bundle_larger_than_free_disk_is_refused_with_disk_full(tmp_path, coral_
     _untouched(agent, good, coral_models)
 
 
-def test_disk_filling_up_during_download_fails_cleanly_with_disk_full(tmp_path, coral_models, trust, hub, make_agent,
-                                                                      small_disk):
+def test_disk_filling_up_during_download_fails_cleanly_with_disk_full(
+    tmp_path, coral_models, trust, hub, make_agent, small_disk
+):
     # the free-disk probe is told there is plenty (EDGEFLEET_AGENT_FREE_DISK), the tmpfs knows better:
     # the agent must survive the real ENOSPC when it reserves space for the archive
     agent = make_agent("liar", state_dir=str(small_disk / "state"), disk_reserve_bytes=0)
@@ -178,9 +185,11 @@ def test_disk_filling_up_during_download_fails_cleanly_with_disk_full(tmp_path, 
     assert not list((small_disk / "state" / "downloads").glob("*.part"))  # the partial file is gone
 
 
-def test_clock_behind_the_newest_accepted_document_cannot_revive_an_expired_one(tmp_path, coral_models, trust, hub,
-                                                                               make_agent):
+def test_clock_behind_the_newest_accepted_document_cannot_revive_an_expired_one(
+    tmp_path, coral_models, trust, hub, make_agent
+):
     import time
+
     agent = make_agent("norct")
     # as if a document issued two hours from now (by this machine's clock) had been accepted:
     # the device's clock is behind, so "now" is at least that
@@ -194,11 +203,13 @@ def test_clock_behind_the_newest_accepted_document_cannot_revive_an_expired_one(
 
 
 def test_forged_desired_claiming_the_next_seq_names_no_seq_so_it_cannot_fail_the_real_install(
-        tmp_path, coral_models, trust, hub, running):
+    tmp_path, coral_models, trust, hub, running
+):
     """A document signed by a key the root does not know, claiming the seq the hub will issue
     next: the rejection report names seq 0 (no verified document), never the claimed seq, which
     the hub would match to its own install under that seq and mark failed."""
     from protocol.signing import SigningKey
+
     agent, good = running
     env, _, archive = _second(tmp_path, coral_models, trust)
     pub = hub.publish_bundle(env, archive)
@@ -219,6 +230,7 @@ def test_agent_refuses_a_trust_root_that_expired_yesterday(tmp_path, coral_model
     bundles. A rotated root chains from the expired one and the refused document then installs."""
     from protocol.signing import root_document, seal
     from protocol.topics import Topic
+
     agent, good = running
     agent.stop()
     expires = int(time.time()) - 86400
@@ -234,16 +246,19 @@ def test_agent_refuses_a_trust_root_that_expired_yesterday(tmp_path, coral_model
     assert rej.reason == Reason.EXPIRED.value and rej.desired_seq == sent.seq
     assert "trust root v1 expired at" in rej.detail and f"({expires})" in rej.detail
     _untouched(agent, good, coral_models)
-    rotated = seal("root", root_document(2, int(time.time()) + 86400, trust.root_keys, 2, [trust.targets_key]),
-                   trust.root_keys[:2]).to_bytes()
+    rotated = seal(
+        "root", root_document(2, int(time.time()) + 86400, trust.root_keys, 2, [trust.targets_key]), trust.root_keys[:2]
+    ).to_bytes()
     hub._c.publish(str(Topic.root()), rotated, qos=1, retain=True).wait_for_publish(10)
     done = hub.report(agent.device, "commit", "ok", pub.ref.digest)  # the held document, under root v2
     assert done.desired_seq == sent.seq
 
 
 def test_a_message_over_the_agents_maximum_packet_size_never_reaches_it_and_oversized_chunks_fail_the_download(
-        running, tmp_path, coral_models, trust, hub):
+    running, tmp_path, coral_models, trust, hub
+):
     from protocol.topics import Kind, Topic
+
     agent, good = running
     # 2 MiB on the agent's own topic: the broker drops it for a client that declared 1 MiB
     hub._c.publish(str(Topic.for_device(Kind.DESIRED, agent.device)), b"x" * (2 << 20), qos=1).wait_for_publish(10)

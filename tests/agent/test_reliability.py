@@ -37,7 +37,9 @@ def _serves(agent, coral_models, digest: str) -> None:
 def test_validly_signed_bundle_failing_its_selftest_is_rolled_back(tmp_path, coral_models, trust, hub, make_agent):
     agent = make_agent().start()
     good = _install_first(tmp_path, coral_models, trust, hub, agent)
-    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "broken", coral_models, BROKEN, name="broken", version="2"))
+    env, _, archive = trust.sign_dir(
+        coral_bundle(tmp_path / "broken", coral_models, BROKEN, name="broken", version="2")
+    )
     bad = hub.publish_bundle(env, archive)
     hub.desire(agent.device, bad)
     failed = hub.report(agent.device, "selftest", "failed", bad.ref.digest)
@@ -50,7 +52,9 @@ def test_validly_signed_bundle_failing_its_selftest_is_rolled_back(tmp_path, cor
 
 
 @pytest.mark.parametrize("stage", ["download", "verify", "stage", "switch", "commit"])
-def test_kill_at_install_stage_then_restart_leaves_a_working_model(stage, tmp_path, coral_models, trust, hub, make_agent):
+def test_kill_at_install_stage_then_restart_leaves_a_working_model(
+    stage, tmp_path, coral_models, trust, hub, make_agent
+):
     agent = make_agent().start()
     first = _install_first(tmp_path, coral_models, trust, hub, agent)
     agent.stop()
@@ -63,10 +67,22 @@ def test_kill_at_install_stage_then_restart_leaves_a_working_model(stage, tmp_pa
     assert _active(agent) in (first.ref.digest, second.ref.digest)
     assert (agent.state_dir / "slots" / _active(agent) / "manifest.json").exists()
     agent.start()
-    hub.wait(lambda: [r for r in hub.reports if r.stage == "commit" and r.status == "ok"
-                      and r.bundle == second.ref.digest], 120, f"commit of v2 after a crash at {stage}")
-    st = hub.wait(lambda: (s := hub.status.get(agent.device)) and s.active and s.active.digest == second.ref.digest
-                  and s.state == "serving" and s, 60, "status naming v2 as active")
+    hub.wait(
+        lambda: [r for r in hub.reports if r.stage == "commit" and r.status == "ok" and r.bundle == second.ref.digest],
+        120,
+        f"commit of v2 after a crash at {stage}",
+    )
+    st = hub.wait(
+        lambda: (
+            (s := hub.status.get(agent.device))
+            and s.active
+            and s.active.digest == second.ref.digest
+            and s.state == "serving"
+            and s
+        ),
+        60,
+        "status naming v2 as active",
+    )
     assert st.online
     assert _active(agent) == second.ref.digest
     _serves(agent, coral_models, second.ref.digest)
@@ -89,9 +105,10 @@ def test_broker_restart_mid_transfer_resumes_from_the_bitmap(tmp_path, coral_mod
     mosquitto.stop()
     mosquitto.start()
     from .fakehub import FakeHub
+
     hub2 = FakeHub(mosquitto.url, trust.targets_key)
     try:
-        hub2.chunks[pub.plan.sha256] = [archive[i:i + hub.chunk_size] for i in range(0, len(archive), hub.chunk_size)]
+        hub2.chunks[pub.plan.sha256] = [archive[i : i + hub.chunk_size] for i in range(0, len(archive), hub.chunk_size)]
         hub2.wait(lambda: [f for f in hub2.fetches if f.archive == pub.plan.sha256], 60, "fetch after broker restart")
         again = [f for f in hub2.fetches if f.archive == pub.plan.sha256][-1]
         assert set(again.missing) == first_half  # nothing already held is asked for again
@@ -104,7 +121,9 @@ def test_broker_restart_mid_transfer_resumes_from_the_bitmap(tmp_path, coral_mod
 def test_bundle_whose_preprocess_cannot_feed_its_model_fails_selftest(tmp_path, coral_models, trust, hub, make_agent):
     agent = make_agent().start()
     good = _install_first(tmp_path, coral_models, trust, hub, agent)
-    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "odd", coral_models, MNV1, version="2", preprocess_size=100))
+    env, _, archive = trust.sign_dir(
+        coral_bundle(tmp_path / "odd", coral_models, MNV1, version="2", preprocess_size=100)
+    )
     bad = hub.publish_bundle(env, archive)
     hub.desire(agent.device, bad)
     r = hub.report(agent.device, "selftest", "failed", bad.ref.digest)
@@ -112,26 +131,52 @@ def test_bundle_whose_preprocess_cannot_feed_its_model_fails_selftest(tmp_path, 
     _serves(agent, coral_models, good.ref.digest)
 
 
-def test_operator_rollback_command_switches_to_the_kept_slot_after_a_selftest(tmp_path, coral_models, trust, hub, make_agent):
+def test_operator_rollback_command_switches_to_the_kept_slot_after_a_selftest(
+    tmp_path, coral_models, trust, hub, make_agent
+):
     import subprocess
     import sys
+
     from tests.conftest import REPO
+
     agent = make_agent().start()
     first = _install_first(tmp_path, coral_models, trust, hub, agent)
     second = _install_first(tmp_path, coral_models, trust, hub, agent, version="2")
-    refused = subprocess.run([sys.executable, "-m", "agent", "rollback", "--config", str(agent.config)],
-                             cwd=REPO, capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [sys.executable, "-m", "agent", "rollback", "--config", str(agent.config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 1 and "daemon is running" in refused.stderr
     agent.stop()
-    done = subprocess.run([sys.executable, "-m", "agent", "rollback", "--config", str(agent.config)],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "rollback", "--config", str(agent.config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
-    test = subprocess.run([sys.executable, "-m", "agent", "selftest", "--config", str(agent.config)],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    test = subprocess.run(
+        [sys.executable, "-m", "agent", "selftest", "--config", str(agent.config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert test.returncode == 0 and json.loads(test.stdout)["bundle"]["digest"] == first.ref.digest
     agent.start()
-    hub.wait(lambda: [r for r in hub.reports if r.stage == "commit" and r.bundle == first.ref.digest
-                      and "after a restart" in r.detail], 60, "v1 committed again after the rollback")
+    hub.wait(
+        lambda: [
+            r
+            for r in hub.reports
+            if r.stage == "commit" and r.bundle == first.ref.digest and "after a restart" in r.detail
+        ],
+        60,
+        "v1 committed again after the rollback",
+    )
     _serves(agent, coral_models, first.ref.digest)
     assert second.ref.digest != first.ref.digest
 
@@ -142,6 +187,7 @@ def test_model_whose_first_live_inferences_fail_is_rolled_back(tmp_path, coral_m
     from PIL import Image
 
     from .bundles import gather_bundle
+
     agent = make_agent(probation_inferences=10, probation_max_errors=3).start()
     good = _install_first(tmp_path, coral_models, trust, hub, agent)
     env, _, archive = trust.sign_dir(gather_bundle(tmp_path / "gather"))
@@ -157,8 +203,11 @@ def test_model_whose_first_live_inferences_fail_is_rolled_back(tmp_path, coral_m
     assert rb.desired_seq == fragile_doc.seq  # names the abandoned install, so the hub fails it
     assert _active(agent) == good.ref.digest
     _serves(agent, coral_models, good.ref.digest)
-    st = hub.wait(lambda: (s := hub.status.get(agent.device)) and s.active and s.active.digest == good.ref.digest
-                  and s, 30, "status back on v1")
+    st = hub.wait(
+        lambda: (s := hub.status.get(agent.device)) and s.active and s.active.digest == good.ref.digest and s,
+        30,
+        "status back on v1",
+    )
     assert st.state == "serving"
 
 
@@ -173,7 +222,9 @@ def test_crash_between_trusting_a_seq_and_saving_its_job_still_installs(tmp_path
     _serves(agent, coral_models, pub.ref.digest)
 
 
-def test_model_on_probation_that_keeps_crashing_the_agent_is_rolled_back(tmp_path, coral_models, trust, hub, make_agent):
+def test_model_on_probation_that_keeps_crashing_the_agent_is_rolled_back(
+    tmp_path, coral_models, trust, hub, make_agent
+):
     agent = make_agent(probation_inferences=5, probation_max_crashes=2).start()
     first = _install_first(tmp_path, coral_models, trust, hub, agent)
     second = _install_first(tmp_path, coral_models, trust, hub, agent, version="2")
@@ -197,8 +248,11 @@ def test_model_that_passed_probation_is_kept_through_crashes(tmp_path, coral_mod
     second = _install_first(tmp_path, coral_models, trust, hub, agent, version="2")
     for _ in range(2):
         _serves(agent, coral_models, second.ref.digest)
-    hub.wait(lambda: json.loads((agent.state_dir / "slots.json").read_text())["probation"] is None, 30,
-             "probation passed and persisted")
+    hub.wait(
+        lambda: json.loads((agent.state_dir / "slots.json").read_text())["probation"] is None,
+        30,
+        "probation passed and persisted",
+    )
     for _ in range(3):
         agent.kill()
         agent.start()
@@ -208,7 +262,8 @@ def test_model_that_passed_probation_is_kept_through_crashes(tmp_path, coral_mod
 
 
 def test_an_agent_killed_mid_download_resumes_from_its_bitmap_and_receives_at_most_5_percent_again(
-        tmp_path, coral_models, trust, hub, make_agent):
+    tmp_path, coral_models, trust, hub, make_agent
+):
     agent = make_agent().start()
     hub.wait(lambda: (s := hub.status.get(agent.device)) and s.online, 30, "agent online")
     env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "v2", coral_models, MNV2, name="mnv2"))

@@ -11,10 +11,12 @@ import pytest
 from agent.runtime import probe_edgetpu
 
 SEGFAULT = "#include <signal.h>\n__attribute__((constructor)) static void boom(void) { raise(SIGSEGV); }\n"
-NULL_DELEGATE = ("#include <stddef.h>\n"
-                 "void *tflite_plugin_create_delegate(char **k, char **v, size_t n, void (*e)(const char *)) {\n"
-                 "  if (e) e(\"no Edge TPU device found\"); return NULL; }\n"
-                 "void tflite_plugin_destroy_delegate(void *d) {}\n")
+NULL_DELEGATE = (
+    "#include <stddef.h>\n"
+    "void *tflite_plugin_create_delegate(char **k, char **v, size_t n, void (*e)(const char *)) {\n"
+    '  if (e) e("no Edge TPU device found"); return NULL; }\n'
+    "void tflite_plugin_destroy_delegate(void *d) {}\n"
+)
 
 
 def _fake_libedgetpu(tmp_path: Path, source: str) -> Path:
@@ -49,6 +51,7 @@ def test_library_without_a_device_is_reported_as_absent(monkeypatch, tmp_path):
 @pytest.mark.integration
 def test_agent_with_a_crashing_libedgetpu_serves_on_the_cpu(tmp_path, coral_models, trust, hub, make_agent):
     from .bundles import coral_bundle
+
     agent = make_agent("crashy")
     agent.env["LD_LIBRARY_PATH"] = str(_fake_libedgetpu(tmp_path, SEGFAULT))
     agent.start()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from agent.runtime import LiteRTBackend
 from agent.selftest import run
-from protocol.errors import Reason
 
 
 def test_bundle_without_vectors_that_asks_for_a_smoke_test_passes_on_a_working_model(coral_models):

@@ -32,9 +32,12 @@ class FailingAfter(LiteRTBackend):
 
 
 def _model(backend) -> Model:
-    return Model(backend, BundleInfo("a" * 64, "mnv1", "1"),
-                 {"kind": "image", "height": 128, "width": 128, "channels": 3, "scale": 1 / 128, "offset": -1.0},
-                 labels=[f"c{i}" for i in range(1001)])
+    return Model(
+        backend,
+        BundleInfo("a" * 64, "mnv1", "1"),
+        {"kind": "image", "height": 128, "width": 128, "channels": 3, "scale": 1 / 128, "offset": -1.0},
+        labels=[f"c{i}" for i in range(1001)],
+    )
 
 
 def test_errors_during_probation_ask_for_a_rollback_once(coral_models):
@@ -78,8 +81,10 @@ def test_tensor_input_is_quantized_with_the_tensor_scale_and_zero_point(coral_mo
 
 
 def test_multipart_json_and_raw_image_bodies_parse():
-    r = parse_request("multipart/form-data; boundary=b",
-                      b'--b\r\nContent-Disposition: form-data; name="file"; filename="c.jpg"\r\n\r\nJPEG\r\n--b--\r\n')
+    r = parse_request(
+        "multipart/form-data; boundary=b",
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="c.jpg"\r\n\r\nJPEG\r\n--b--\r\n',
+    )
     assert r.image == b"JPEG" and r.filename == "c.jpg"
     assert parse_request("application/json", b'{"inputs": [[1]]}').inputs == [[1]]
     assert parse_request("image/jpeg", b"raw").image == b"raw"
@@ -89,23 +94,28 @@ def test_multipart_json_and_raw_image_bodies_parse():
 
 def test_binary_uint8_tensor_is_fed_raw_and_float32_is_quantized(coral_models):
     from PIL import Image
+
     s = Serving(Recorder(), None, None, lambda d, w: None)
     s.swap(_model(LiteRTBackend(coral_models / MNV1)))
     img = Image.open(coral_models / "cat_720p.jpg").convert("RGB").resize((128, 128), Image.Resampling.BILINEAR)
     px = np.asarray(img, dtype=np.uint8)[None]
     raw = s.predict(parse_request("application/octet-stream", px.tobytes(), "1,128,128,3", "uint8"))
-    flt = s.predict(parse_request("application/octet-stream", (px.astype(np.float32) / 128 - 1).tobytes(),
-                                  "1,128,128,3", None))
+    flt = s.predict(
+        parse_request("application/octet-stream", (px.astype(np.float32) / 128 - 1).tobytes(), "1,128,128,3", None)
+    )
     assert raw["top"][0]["index"] == flt["top"][0]["index"] == 283  # 283 = "tiger cat" (Coral README)
     assert np.allclose(raw["predictions"], flt["predictions"])
 
 
-@pytest.mark.parametrize("shape, dtype, body, needle", [
-    ("1,two", "uint8", b"\0\0", "comma-separated"),
-    ("1,4", "float64", b"\0" * 32, "must be one of"),
-    ("1,4", "float32", b"\0" * 15, "needs 16"),
-    ("0,4", "uint8", b"", "needs 0"),
-])
+@pytest.mark.parametrize(
+    "shape, dtype, body, needle",
+    [
+        ("1,two", "uint8", b"\0\0", "comma-separated"),
+        ("1,4", "float64", b"\0" * 32, "must be one of"),
+        ("1,4", "float32", b"\0" * 15, "needs 16"),
+        ("0,4", "uint8", b"", "needs 0"),
+    ],
+)
 def test_bad_binary_tensor_is_refused_with_the_reason(shape, dtype, body, needle):
     with pytest.raises(InputError, match=needle):
         parse_request("application/octet-stream", body, shape, dtype)
@@ -163,6 +173,7 @@ def test_table_dequantize_gives_the_arithmetic_float32_values(coral_models):
 
 def _post_twice(port: int, body: bytes) -> list[tuple[int, dict]]:
     import http.client
+
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     out = []
     for _ in range(2):  # the same keep-alive connection
@@ -177,6 +188,7 @@ def _served(serving: Serving):
     import threading
 
     from agent.localapi import make_server
+
     srv = make_server("127.0.0.1", 0, serving, lambda: {})
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
@@ -199,6 +211,7 @@ def test_bookkeeping_runs_after_the_answer_and_is_counted(coral_models):
     answers = _two_answers(rec, coral_models)
     assert [code for code, _ in answers] == [200, 200]
     import time
+
     windows, deadline = [], time.monotonic() + 10
     while sum(w["counts"]["inferences"] for w in windows) < 2 and time.monotonic() < deadline:
         windows += rec.rotate()  # the second answer's bookkeeping may still be running
@@ -285,8 +298,16 @@ def switch_under_load(coral_models, switches: int = 100, clients: int = 4) -> tu
         n = 0
         while not stop.is_set():
             if (n + i) % 4:
-                conn.request("POST", "/v1/predict", tensor, {"Content-Type": "application/octet-stream",
-                                                             "X-Tensor-Shape": "1,128,128,3", "X-Tensor-Dtype": "uint8"})
+                conn.request(
+                    "POST",
+                    "/v1/predict",
+                    tensor,
+                    {
+                        "Content-Type": "application/octet-stream",
+                        "X-Tensor-Shape": "1,128,128,3",
+                        "X-Tensor-Dtype": "uint8",
+                    },
+                )
             else:
                 conn.request("POST", "/v1/predict", jpeg, {"Content-Type": "image/jpeg"})
             resp = conn.getresponse()

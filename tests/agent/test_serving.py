@@ -39,8 +39,12 @@ def digits_agent(trust, hub, make_agent, digits_bundle):
 
 def test_digits_bundle_from_the_compiler_serves_tensors_and_images(digits_agent):
     agent, pub = digits_agent
-    code, out = agent.http("POST", "/v1/predict", json.dumps({"inputs": np.zeros((1, 8, 8, 1)).tolist()}).encode(),
-                           {"Content-Type": "application/json"})
+    code, out = agent.http(
+        "POST",
+        "/v1/predict",
+        json.dumps({"inputs": np.zeros((1, 8, 8, 1)).tolist()}).encode(),
+        {"Content-Type": "application/json"},
+    )
     assert code == 200, out
     assert len(out["predictions"]) == 10 and abs(sum(out["predictions"]) - 1) < 0.05
     assert out["bundle"] == {"digest": pub.ref.digest, "name": pub.ref.name, "version": pub.ref.version}
@@ -50,17 +54,24 @@ def test_digits_bundle_from_the_compiler_serves_tensors_and_images(digits_agent)
     assert code == 200 and st["active"]["digest"] == pub.ref.digest and st["state"] == "serving"
 
 
-@pytest.mark.parametrize("ctype, body, status, needle", [
-    ("application/json", b"{not json", 400, "not valid JSON"),
-    ("application/json", b'{"inputs": [NaN]}', 400, "NaN is not a JSON number"),
-    ("application/json", b'{"x": 1}', 422, "'inputs' field"),
-    ("application/json", b'{"inputs": [1, 2, 3]}', 422, "needs 64"),
-    ("application/json", b'{"inputs": "cat"}', 422, "nested list"),
-    ("multipart/form-data; boundary=zz", b"--zz\r\nContent-Disposition: form-data; name=\"img\"\r\n\r\nxx\r\n--zz--\r\n",
-     422, "no field named 'file'"),
-    ("image/png", b"this is not a png", 422, "not a readable image"),
-    ("text/plain", b"hello", 422, "unsupported Content-Type"),
-])
+@pytest.mark.parametrize(
+    "ctype, body, status, needle",
+    [
+        ("application/json", b"{not json", 400, "not valid JSON"),
+        ("application/json", b'{"inputs": [NaN]}', 400, "NaN is not a JSON number"),
+        ("application/json", b'{"x": 1}', 422, "'inputs' field"),
+        ("application/json", b'{"inputs": [1, 2, 3]}', 422, "needs 64"),
+        ("application/json", b'{"inputs": "cat"}', 422, "nested list"),
+        (
+            "multipart/form-data; boundary=zz",
+            b'--zz\r\nContent-Disposition: form-data; name="img"\r\n\r\nxx\r\n--zz--\r\n',
+            422,
+            "no field named 'file'",
+        ),
+        ("image/png", b"this is not a png", 422, "not a readable image"),
+        ("text/plain", b"hello", 422, "unsupported Content-Type"),
+    ],
+)
 def test_bad_request_gets_a_clear_error_and_the_agent_keeps_serving(digits_agent, ctype, body, status, needle):
     agent, pub = digits_agent
     code, out = agent.http("POST", "/v1/predict", body, {"Content-Type": ctype})
@@ -88,10 +99,27 @@ def cloud(tmp_path, trust, digits_bundle):
     (tmp_path / "cloud-root.json").write_bytes(trust.root_bytes)
     port = free_port()
     with open(tmp_path / "cloud.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "cloud", "serve", "--bundles", str(bundles),
-                                 "--root", str(tmp_path / "cloud-root.json"), "--port", str(port),
-                                 "--api-key", "agents:s3cret-s3cret-s3cret", "--poll", "0"],
-                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cloud",
+                "serve",
+                "--bundles",
+                str(bundles),
+                "--root",
+                str(tmp_path / "cloud-root.json"),
+                "--port",
+                str(port),
+                "--api-key",
+                "agents:s3cret-s3cret-s3cret",
+                "--poll",
+                "0",
+            ],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_port(port, 60)
         yield f"http://127.0.0.1:{port}"
@@ -101,8 +129,9 @@ def cloud(tmp_path, trust, digits_bundle):
 
 
 @pytest.mark.slow
-def test_device_without_a_usable_model_routes_to_the_cloud_fallback(tmp_path, coral_models, trust, hub, make_agent,
-                                                                     cloud, digits_bundle):
+def test_device_without_a_usable_model_routes_to_the_cloud_fallback(
+    tmp_path, coral_models, trust, hub, make_agent, cloud, digits_bundle
+):
     agent = make_agent("fallback", cloud_url=cloud, cloud_api_key="s3cret-s3cret-s3cret").start()
     env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "tpu", coral_models, MNV1_TPU, role="tflite_edgetpu"))
     tpu_only = hub.publish_bundle(env, archive)
@@ -113,8 +142,11 @@ def test_device_without_a_usable_model_routes_to_the_cloud_fallback(tmp_path, co
     assert out["served_by"] == "cloud" and len(out["predictions"]) == 10
     code, _ = agent.http("GET", "/healthz")
     assert code == 200
-    tm = hub.wait(lambda: [t for t in hub.telemetry if t.device == "fallback" and t.counts.get("cloud")], 30,
-                  "telemetry counting a cloud fallback")
+    tm = hub.wait(
+        lambda: [t for t in hub.telemetry if t.device == "fallback" and t.counts.get("cloud")],
+        30,
+        "telemetry counting a cloud fallback",
+    )
     assert tm[0].counts["cloud"] >= 1
     env, _, archive = trust.sign_dir(digits_bundle)
     pub = hub.publish_bundle(env, archive)
@@ -123,15 +155,21 @@ def test_device_without_a_usable_model_routes_to_the_cloud_fallback(tmp_path, co
     code, out = agent.predict_image(_digit_png())
     assert code == 200 and out["served_by"] == "cpu"
     local = out["predictions"]
-    code, out = agent.http("POST", "/v1/predict", json.dumps({"inputs": np.zeros((1, 8, 8, 1)).tolist()}).encode(),
-                           {"Content-Type": "application/json"})
+    code, out = agent.http(
+        "POST",
+        "/v1/predict",
+        json.dumps({"inputs": np.zeros((1, 8, 8, 1)).tolist()}).encode(),
+        {"Content-Type": "application/json"},
+    )
     assert code == 200 and out["served_by"] == "cpu"
     assert len(local) == 10
 
 
 @pytest.mark.slow
 def test_local_path_over_its_latency_budget_routes_to_the_cloud(trust, hub, make_agent, cloud, digits_bundle):
-    agent = make_agent("budget", cloud_url=cloud, cloud_api_key="s3cret-s3cret-s3cret", latency_budget_ms=0.000001).start()
+    agent = make_agent(
+        "budget", cloud_url=cloud, cloud_api_key="s3cret-s3cret-s3cret", latency_budget_ms=0.000001
+    ).start()
     env, _, archive = trust.sign_dir(digits_bundle)
     pub = hub.publish_bundle(env, archive)
     hub.desire(agent.device, pub)
@@ -148,9 +186,9 @@ def test_onnx_only_bundle_is_served_by_onnxruntime(tmp_path, trust, hub, make_ag
 
     import onnxruntime as ort
 
-    from protocol.bundle import MANIFEST_FILE, Artifact, Manifest, Requirements
+    from protocol.bundle import MANIFEST_FILE, Artifact, Manifest, Requirements, parse_manifest
     from protocol.signing import Envelope, seal
-    from protocol.bundle import parse_manifest
+
     src = parse_manifest(Envelope.parse((digits_bundle / MANIFEST_FILE).read_bytes()).payload)
     out = tmp_path / "onnx-only"
     out.mkdir()
@@ -159,9 +197,17 @@ def test_onnx_only_bundle_is_served_by_onnxruntime(tmp_path, trust, hub, make_ag
     x = np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     y = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-    (out / "selftest.json").write_text(json.dumps({"schema": 1, "artifact": "model.onnx", "tolerance": 1e-4,
-                                                   "max_latency_ms": 1000,
-                                                   "cases": [{"input": x.tolist(), "expected": y.tolist()}]}))
+    (out / "selftest.json").write_text(
+        json.dumps(
+            {
+                "schema": 1,
+                "artifact": "model.onnx",
+                "tolerance": 1e-4,
+                "max_latency_ms": 1000,
+                "cases": [{"input": x.tolist(), "expected": y.tolist()}],
+            }
+        )
+    )
     roles = {"model.onnx": "onnx", "labels.txt": "labels", "selftest.json": "selftest"}
     arts = tuple(Artifact.of(n, r, (out / n).read_bytes()) for n, r in roles.items())
     m = Manifest("digits-onnx", "1", int(_time.time()), arts, Requirements(), model=src.model)
@@ -173,8 +219,9 @@ def test_onnx_only_bundle_is_served_by_onnxruntime(tmp_path, trust, hub, make_ag
     staged = hub.report(agent.device, "stage", "ok", pub.ref.digest)
     assert "model.onnx on onnx" in staged.detail
     hub.report(agent.device, "commit", "ok", pub.ref.digest)
-    code, res = agent.http("POST", "/v1/predict", json.dumps({"inputs": x.tolist()}).encode(),
-                           {"Content-Type": "application/json"})
+    code, res = agent.http(
+        "POST", "/v1/predict", json.dumps({"inputs": x.tolist()}).encode(), {"Content-Type": "application/json"}
+    )
     assert code == 200 and res["served_by"] == "onnx"
     assert np.allclose(res["predictions"], y.reshape(-1), atol=1e-5)
 

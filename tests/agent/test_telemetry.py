@@ -11,11 +11,14 @@ from protocol.features import input_features
 PRE = {"kind": "image", "height": 32, "width": 24, "channels": 3}
 
 
-@pytest.mark.parametrize("dtype, affine", [
-    (np.uint8, (1 / 128, -1.0)),        # Coral's MobileNet preprocess
-    (np.uint8, (1 / 255, 0.0)),
-    (np.int8, (0.0078125, 0.0078125)),  # an int8 input: x = (q - zp) * scale, zp = -1
-])
+@pytest.mark.parametrize(
+    "dtype, affine",
+    [
+        (np.uint8, (1 / 128, -1.0)),  # Coral's MobileNet preprocess
+        (np.uint8, (1 / 255, 0.0)),
+        (np.int8, (0.0078125, 0.0078125)),  # an int8 input: x = (q - zp) * scale, zp = -1
+    ],
+)
 def test_raw_pixel_features_equal_the_float_input_features(dtype, affine):
     rng = np.random.default_rng(3)
     raw = rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max + 1, (1, 32, 24, 3)).astype(dtype)
@@ -66,6 +69,7 @@ def test_a_drift_sample_is_binned_while_a_model_runs_not_right_after_the_answer(
     """The worker holds a fresh sample until the serving path signals an invoke (which frees the
     GIL), so binning does not hold the GIL while the next request is being read."""
     import agent.telemetry as telemetry
+
     monkeypatch.setattr(telemetry, "DRIFT_WAIT_S", 30.0)
     r = Recorder()
     r.set_bundle("a" * 64, {"inputs": {"brightness": {"edges": [0.0]}}}, PRE)

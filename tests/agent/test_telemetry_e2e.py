@@ -27,7 +27,8 @@ def _pending(agent) -> set[int]:
 
 
 def test_backlog_survives_a_restart_with_the_broker_down_and_drains_when_it_returns(
-        tmp_path, trust, hub, mosquitto, make_agent):
+    tmp_path, trust, hub, mosquitto, make_agent
+):
     agent = make_agent().start()
     hub.wait(lambda: [t for t in hub.telemetry if t.device == agent.device], 30, "first telemetry")
     hub.close()
@@ -42,11 +43,17 @@ def test_backlog_survives_a_restart_with_the_broker_down_and_drains_when_it_retu
     mosquitto.start()
     hub2 = FakeHub(mosquitto.url, trust.targets_key)
     try:
-        hub2.wait(lambda: before <= {t.seq for t in hub2.telemetry if t.device == agent.device}, 60,
-                  "every window written while offline")
+        hub2.wait(
+            lambda: before <= {t.seq for t in hub2.telemetry if t.device == agent.device},
+            60,
+            "every window written while offline",
+        )
         hub2.wait(lambda: not (before & _pending(agent)), 30, "acked windows removed from the backlog")
-        latest = hub2.wait(lambda: [t for t in hub2.telemetry if t.backlog.get("size", 99) <= 2], 30,
-                           "a window reporting a drained backlog")
+        latest = hub2.wait(
+            lambda: [t for t in hub2.telemetry if t.backlog.get("size", 99) <= 2],
+            30,
+            "a window reporting a drained backlog",
+        )
         assert set(latest[-1].backlog) >= {"size", "oldest_age_s", "dropped"} and latest[-1].backlog["dropped"] == 0
         seqs = sorted({t.seq for t in hub2.telemetry if t.device == agent.device})
         assert seqs == list(range(seqs[0], seqs[-1] + 1))  # contiguous: nothing lost in between
@@ -73,12 +80,18 @@ def _top1(model: str, coral_models, size: int) -> int:
     """Top-1 of a model on the cat image, preprocessed the way the agent decodes uploads."""
     from agent.runtime import LiteRTBackend, Model
     from protocol.messages import BundleInfo
-    m = Model(LiteRTBackend(coral_models / model), BundleInfo("0" * 64, "ref", "1"),
-              {"kind": "image", "height": size, "width": size, "channels": 3, "scale": 1 / 128, "offset": -1.0})
+
+    m = Model(
+        LiteRTBackend(coral_models / model),
+        BundleInfo("0" * 64, "ref", "1"),
+        {"kind": "image", "height": size, "width": size, "channels": 3, "scale": 1 / 128, "offset": -1.0},
+    )
     return int(np.argmax(m.predict_raw(m.image_to_raw((coral_models / "cat_720p.jpg").read_bytes()))))
 
 
-def test_shadow_candidate_runs_beside_the_active_model_and_reports_agreement(tmp_path, coral_models, trust, hub, make_agent):
+def test_shadow_candidate_runs_beside_the_active_model_and_reports_agreement(
+    tmp_path, coral_models, trust, hub, make_agent
+):
     agent = make_agent().start()
     env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "a", coral_models, MNV1))
     active = hub.publish_bundle(env, archive)

@@ -56,4 +56,4 @@ def test_each_timed_step_follows_one_of_its_own_kind():
     b, a, f, s = paired(_Recorder("bare", log), _Recorder("agent", log), _Recorder("floor", log), 3)  # type: ignore[arg-type]
     assert log == ["bare", "bare", "agent", "agent", "floor", "floor"] * 3
     assert b == a == f == [2.0, 4.0, 6.0]  # the second call of each pair is the one kept
-    assert s == [1.5, 3.5, 5.5]            # with the agent's own latency_ms of that same answer
+    assert s == [1.5, 3.5, 5.5]  # with the agent's own latency_ms of that same answer

@@ -23,8 +23,16 @@ def test_content_length_is_read_from_any_header_case_and_defaults_to_zero():
 
 def test_raw_client_times_round_trips_to_the_floor_server(coral_models, tmp_path):
     port_file = tmp_path / "port"
-    proc = subprocess.Popen([sys.executable, "-m", "bench.floor_server",
-                             str(coral_models / "mobilenet_v1_0.25_128_quant.tflite"), str(port_file)], cwd=REPO)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.floor_server",
+            str(coral_models / "mobilenet_v1_0.25_128_quant.tflite"),
+            str(port_file),
+        ],
+        cwd=REPO,
+    )
     try:
         deadline = time.monotonic() + 60
         while not (port_file.exists() and port_file.read_text().strip()):

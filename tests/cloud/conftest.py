@@ -11,12 +11,12 @@ import base64
 import io
 import struct
 import time
+import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
-
-import warnings
+from typing import Any
 
 import numpy as np
 import onnx
@@ -52,8 +52,9 @@ class Tiny:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def tiny_model(shape: tuple[Any, ...] = ("N", 8, 8, 1), classes: int = 10, seed: int = 0,
-               dtype: int = TensorProto.FLOAT) -> Tiny:
+def tiny_model(
+    shape: tuple[Any, ...] = ("N", 8, 8, 1), classes: int = 10, seed: int = 0, dtype: int = TensorProto.FLOAT
+) -> Tiny:
     rng = np.random.default_rng(seed)
     features = int(np.prod([d for d in shape[1:]]))
     w = (rng.standard_normal((features, classes)) * 0.05).astype(np.float32)
@@ -70,36 +71,56 @@ def tiny_model(shape: tuple[Any, ...] = ("N", 8, 8, 1), classes: int = 10, seed:
         helper.make_node("Softmax", ["z"], ["scores"], axis=1),
     ]
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info("image", dtype, list(shape))],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [shape[0], classes])],
-        initializer=[numpy_helper.from_array(np.array([-1, features], dtype=np.int64), "flat_shape"),
-                     numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+        initializer=[
+            numpy_helper.from_array(np.array([-1, features], dtype=np.int64), "flat_shape"),
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(b, "b"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     return Tiny(model.SerializeToString(), w, b, shape)
 
 
-IMAGE_8x8 = {"kind": "image", "height": 8, "width": 8, "channels": 1,
-             "scale": 1 / 255.0, "offset": 0.0}
+IMAGE_8x8 = {"kind": "image", "height": 8, "width": 8, "channels": 1, "scale": 1 / 255.0, "offset": 0.0}
 
 
-def make_archive(signer: SigningKey | None, name: str, version: str, onnx_bytes: bytes,
-                 preprocess: dict[str, Any] | None = None, labels: list[str] | None = None,
-                 created: int | None = None, keys: list[SigningKey] | None = None,
-                 extra: dict[str, bytes] | None = None, model: dict[str, Any] | None = None) -> bytes:
+def make_archive(
+    signer: SigningKey | None,
+    name: str,
+    version: str,
+    onnx_bytes: bytes,
+    preprocess: dict[str, Any] | None = None,
+    labels: list[str] | None = None,
+    created: int | None = None,
+    keys: list[SigningKey] | None = None,
+    extra: dict[str, bytes] | None = None,
+    model: dict[str, Any] | None = None,
+) -> bytes:
     """A signed bundle archive with an ``onnx`` and a ``labels`` artifact (and ``extra``)."""
     labels = labels if labels is not None else [f"class{i}" for i in range(10)]
-    files = {"model.onnx": ("onnx", onnx_bytes),
-             "labels.txt": ("labels", ("\n".join(labels) + "\n").encode())}
+    files = {"model.onnx": ("onnx", onnx_bytes), "labels.txt": ("labels", ("\n".join(labels) + "\n").encode())}
     for fname, data in (extra or {}).items():
         files[fname] = ("report", data)
     arts = tuple(Artifact.of(n, role, data) for n, (role, data) in files.items())
-    manifest = Manifest(name, version, created if created is not None else int(time.time()), arts,
-                        model={"task": "classification", "num_classes": len(labels),
-                               "preprocess": preprocess if preprocess is not None else IMAGE_8x8,
-                               "labels": "labels.txt", **(model or {})})
+    manifest = Manifest(
+        name,
+        version,
+        created if created is not None else int(time.time()),
+        arts,
+        model={
+            "task": "classification",
+            "num_classes": len(labels),
+            "preprocess": preprocess if preprocess is not None else IMAGE_8x8,
+            "labels": "labels.txt",
+            **(model or {}),
+        },
+    )
     signers = keys if keys is not None else ([signer] if signer is not None else [])
     env = seal("manifest", manifest.to_dict(), signers)
     return pack_archive(env, {n: data for n, (_, data) in files.items()})
@@ -122,10 +143,16 @@ def png(pixels: np.ndarray) -> bytes:
 
 def png_declaring(w: int, h: int) -> bytes:
     """A PNG whose header declares ``w`` x ``h`` pixels (an image bomb when large)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 # files a seeded mutation fuzzer found (zlib + base64): Pillow's DDS, SPIDER and TIFF decoders
@@ -175,14 +202,14 @@ def served(setup: Setup, trust: Any, tiny: Tiny) -> Iterator[TestClient]:
         yield client
 
 
-CONVERT_TFLITE = r'''
+CONVERT_TFLITE = r"""
 import os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tf2onnx
 proto, _ = tf2onnx.convert.from_tflite(sys.argv[1], opset=17)
 open(sys.argv[2] + ".tmp", "wb").write(proto.SerializeToString())
 os.replace(sys.argv[2] + ".tmp", sys.argv[2])
-'''
+"""
 
 
 @pytest.fixture(scope="session")
@@ -191,12 +218,16 @@ def coral_mobilenet_onnx(coral_models: Path) -> Path:
     tf2onnx.from_tflite in a child process; cached."""
     import subprocess
     import sys
+
     out = REPO / ".pytest_cache" / "edgefleet" / "coral-mobilenet_v2_1.0_224_quant.onnx"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([sys.executable, "-c", CONVERT_TFLITE,
-                               str(coral_models / "mobilenet_v2_1.0_224_quant.tflite"), str(out)],
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", CONVERT_TFLITE, str(coral_models / "mobilenet_v2_1.0_224_quant.tflite"), str(out)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"tf2onnx from_tflite failed:\n{proc.stderr[-3000:]}")
     return out

@@ -9,8 +9,21 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .conftest import (DECODER_CRASHERS, IMAGE_8x8, Setup, Tiny, client_for, decoder_crasher, drop, make_archive, png,
-                       png_declaring, portal_of, service_of, tiny_model)
+from .conftest import (
+    DECODER_CRASHERS,
+    IMAGE_8x8,
+    Setup,
+    Tiny,
+    client_for,
+    decoder_crasher,
+    drop,
+    make_archive,
+    png,
+    png_declaring,
+    portal_of,
+    service_of,
+    tiny_model,
+)
 
 
 def gradient() -> np.ndarray:
@@ -72,9 +85,16 @@ def test_json_tensor_predict_returns_every_row(served: Any, tiny: Tiny) -> None:
 
 def test_binary_tensor_round_trip_with_shape_and_dtype_headers(served: Any, tiny: Tiny) -> None:
     x = np.random.default_rng(2).random((2, 8, 8, 1)).astype("<f4")
-    r = served.post("/v1/models/tiny/predict", content=x.tobytes(), headers={
-        "content-type": "application/octet-stream", "x-tensor-shape": "2,8,8,1",
-        "x-tensor-dtype": "float32", "accept": "application/octet-stream"})
+    r = served.post(
+        "/v1/models/tiny/predict",
+        content=x.tobytes(),
+        headers={
+            "content-type": "application/octet-stream",
+            "x-tensor-shape": "2,8,8,1",
+            "x-tensor-dtype": "float32",
+            "accept": "application/octet-stream",
+        },
+    )
     assert r.status_code == 200, r.text
     assert r.headers["x-tensor-shape"] == "2,10" and r.headers["x-tensor-dtype"] == "float32"
     assert r.headers["x-model-name"] == "tiny"
@@ -92,17 +112,39 @@ def test_wrong_shape_dtype_or_length_is_a_400_naming_the_problem(served: Any) ->
         ({"content": b'{"inputs": [NaN]}', "headers": {"content-type": "application/json"}}, "finite"),
         ({"content": b"{nope", "headers": {"content-type": "application/json"}}, "not valid JSON"),
         ({"json": {"inputs": np.full((1, 8, 8, 1), 1e39).tolist()}}, "float32"),
-        ({"content": np.full((1, 8, 8, 1), np.inf, "<f4").tobytes(),
-          "headers": {"content-type": "application/octet-stream", "x-tensor-shape": "1,8,8,1"}}, "infinite"),
-        ({"content": np.zeros((1, 8, 8, 1), "<f8").tobytes(),
-          "headers": {"content-type": "application/octet-stream", "x-tensor-shape": "1,8,8,1",
-                      "x-tensor-dtype": "float64"}}, "takes float32"),
-        ({"content": b"\0" * 10, "headers": {"content-type": "application/octet-stream",
-                                             "x-tensor-shape": "1,8,8,1"}}, "needs 256"),
-        ({"content": b"\0" * 256, "headers": {"content-type": "application/octet-stream"}},
-         "X-Tensor-Shape"),
-        ({"content": b"\0" * 256, "headers": {"content-type": "application/octet-stream",
-                                              "x-tensor-shape": "one,8"}}, "integers"),
+        (
+            {
+                "content": np.full((1, 8, 8, 1), np.inf, "<f4").tobytes(),
+                "headers": {"content-type": "application/octet-stream", "x-tensor-shape": "1,8,8,1"},
+            },
+            "infinite",
+        ),
+        (
+            {
+                "content": np.zeros((1, 8, 8, 1), "<f8").tobytes(),
+                "headers": {
+                    "content-type": "application/octet-stream",
+                    "x-tensor-shape": "1,8,8,1",
+                    "x-tensor-dtype": "float64",
+                },
+            },
+            "takes float32",
+        ),
+        (
+            {
+                "content": b"\0" * 10,
+                "headers": {"content-type": "application/octet-stream", "x-tensor-shape": "1,8,8,1"},
+            },
+            "needs 256",
+        ),
+        ({"content": b"\0" * 256, "headers": {"content-type": "application/octet-stream"}}, "X-Tensor-Shape"),
+        (
+            {
+                "content": b"\0" * 256,
+                "headers": {"content-type": "application/octet-stream", "x-tensor-shape": "one,8"},
+            },
+            "integers",
+        ),
     ]
     for kwargs, needle in cases:
         r = served.post("/v1/models/tiny/predict", **kwargs)
@@ -131,8 +173,11 @@ def test_oversized_body_is_a_413_before_anything_parses_it(setup: Setup, trust: 
         assert r.status_code == 413 and "3000" in r.json()["detail"]
         r = client.post("/predict", files={"file": ("a.png", b"\0" * 5000, "image/png")})
         assert r.status_code == 413
-        r = client.post("/v1/models/tiny/predict", content=big.tobytes(), headers={
-            "content-type": "application/octet-stream", "x-tensor-shape": "4,8,8,1"})
+        r = client.post(
+            "/v1/models/tiny/predict",
+            content=big.tobytes(),
+            headers={"content-type": "application/octet-stream", "x-tensor-shape": "4,8,8,1"},
+        )
         assert r.status_code == 200
 
 
@@ -214,8 +259,9 @@ def test_api_keys_are_required_per_key_and_counted_by_slot(setup: Setup, trust: 
         assert 'edgefleet_cloud_key_requests_total{slot="2"} 1.0' in metrics
 
 
-def test_an_unauthenticated_metrics_scrape_learns_neither_key_names_nor_secrets(setup: Setup, trust: Any,
-                                                                              tiny: Tiny) -> None:
+def test_an_unauthenticated_metrics_scrape_learns_neither_key_names_nor_secrets(
+    setup: Setup, trust: Any, tiny: Tiny
+) -> None:
     drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx))
     keys = {"acme-payments-prod": "p" * 24, "partner_bigcorp": "q" * 24}
     with client_for(setup, trust, api_keys=[f"{n}:{s}" for n, s in keys.items()]) as client:
@@ -247,6 +293,7 @@ def test_metrics_show_latency_batches_queue_counts_and_errors(served: Any) -> No
 
 def test_one_key_cannot_take_all_the_capacity(setup: Setup, trust: Any, tiny: Tiny) -> None:
     import threading
+
     drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx))
     alice, bob = {"x-api-key": "a" * 20}, {"x-api-key": "b" * 20}
     gate, started = threading.Event(), threading.Event()
@@ -257,23 +304,30 @@ def test_one_key_cannot_take_all_the_capacity(setup: Setup, trust: Any, tiny: Ti
         return np.zeros((1, 8, 8, 1), np.float32)
 
     body = {"inputs": np.zeros((1, 8, 8, 1)).tolist()}
-    with client_for(setup, trust, api_keys=["alice:" + "a" * 20, "bob:" + "b" * 20],
-                    per_key_inflight=1, workers=1) as client:
+    with client_for(
+        setup, trust, api_keys=["alice:" + "a" * 20, "bob:" + "b" * 20], per_key_inflight=1, workers=1
+    ) as client:
         batcher = service_of(client).catalog.default("tiny").batcher
         blocker = portal_of(client).start_task_soon(batcher.submit_lazy, held, (1, 8, 8, 1))
         assert started.wait(30)
         answers: dict[str, int] = {}
-        first = threading.Thread(target=lambda: answers.__setitem__(
-            "alice1", client.post("/v1/models/tiny/predict", json=body, headers=alice).status_code))
+        first = threading.Thread(
+            target=lambda: answers.__setitem__(
+                "alice1", client.post("/v1/models/tiny/predict", json=body, headers=alice).status_code
+            )
+        )
         first.start()
-        while batcher.depth < 1:   # alice's first request is queued behind the blocker
+        while batcher.depth < 1:  # alice's first request is queued behind the blocker
             gate.wait(0.01)
         r = client.post("/v1/models/tiny/predict", json=body, headers=alice)
         assert r.status_code == 429 and "'alice' already has 1 requests in flight" in r.json()["detail"]
-        other = threading.Thread(target=lambda: answers.__setitem__(
-            "bob", client.post("/v1/models/tiny/predict", json=body, headers=bob).status_code))
+        other = threading.Thread(
+            target=lambda: answers.__setitem__(
+                "bob", client.post("/v1/models/tiny/predict", json=body, headers=bob).status_code
+            )
+        )
         other.start()
-        while batcher.depth < 2:   # bob is admitted and queued
+        while batcher.depth < 2:  # bob is admitted and queued
             gate.wait(0.01)
         gate.set()
         first.join(30)
@@ -285,12 +339,21 @@ def test_one_key_cannot_take_all_the_capacity(setup: Setup, trust: Any, tiny: Ti
 
 def test_integer_input_models_get_raw_or_quantized_pixels(setup: Setup, trust: Any) -> None:
     from onnx import TensorProto
+
     u8 = tiny_model(("N", 8, 8, 1), dtype=TensorProto.UINT8, seed=11)
     i8 = tiny_model(("N", 8, 8, 1), dtype=TensorProto.INT8, seed=12)
     pre = dict(IMAGE_8x8, scale=1 / 127.5, offset=-1.0)
     drop(setup.bundles, make_archive(trust.targets_key, "raw", "1", u8.onnx, preprocess=pre))
-    drop(setup.bundles, make_archive(trust.targets_key, "quant", "1", i8.onnx, preprocess=dict(
-        pre, input_quantization={"scale": 1 / 128, "zero_point": 0})))
+    drop(
+        setup.bundles,
+        make_archive(
+            trust.targets_key,
+            "quant",
+            "1",
+            i8.onnx,
+            preprocess=dict(pre, input_quantization={"scale": 1 / 128, "zero_point": 0}),
+        ),
+    )
     drop(setup.bundles, make_archive(trust.targets_key, "guess", "1", i8.onnx, preprocess=pre))
     px = gradient()
     with client_for(setup, trust) as client:
@@ -304,15 +367,25 @@ def test_integer_input_models_get_raw_or_quantized_pixels(setup: Setup, trust: A
         q = np.clip(np.rint((px / 127.5 - 1.0) * 128), -128, 127)[None, :, :, None]
         assert np.allclose(r.json()["predictions"], i8.expected(q), atol=1e-5)
         x = np.full((1, 8, 8, 1), 7, np.uint8)
-        r = client.post("/v1/models/raw/predict", content=x.tobytes(), headers={
-            "content-type": "application/octet-stream", "x-tensor-shape": "1,8,8,1", "x-tensor-dtype": "uint8"})
+        r = client.post(
+            "/v1/models/raw/predict",
+            content=x.tobytes(),
+            headers={
+                "content-type": "application/octet-stream",
+                "x-tensor-shape": "1,8,8,1",
+                "x-tensor-dtype": "uint8",
+            },
+        )
         assert np.allclose(r.json()["outputs"]["scores"], u8.expected(x.astype(float)), atol=1e-5)
 
 
 def test_100000_nested_lists_are_a_400_naming_the_nesting_not_a_server_error(served: Any) -> None:
     # the standard library's parser recursed once per '[' and died with RecursionError (500)
-    for depth, needle in ((100_000, "nested deeper than 1024 levels"), (1000, "nested 1000 deep"),
-                          (65, "nested 65 deep")):
+    for depth, needle in (
+        (100_000, "nested deeper than 1024 levels"),
+        (1000, "nested 1000 deep"),
+        (65, "nested 65 deep"),
+    ):
         body = b'{"inputs": ' + b"[" * depth + b"]" * depth + b"}"
         r = served.post("/v1/models/tiny/predict", content=body, headers={"content-type": "application/json"})
         assert r.status_code == 400, (depth, r.text)
@@ -330,7 +403,6 @@ def test_nan_infinity_and_1e999_in_a_json_body_are_refused_by_name(served: Any) 
             assert f"{token} at char" in r.json()["detail"] and "not a finite number" in r.json()["detail"]
 
 
-
 def test_image_bombs_and_decoder_crashing_files_are_4xx_and_the_service_keeps_serving(served: Any) -> None:
     for route in ("/predict", "/v1/models/tiny/predict/image"):
         r = served.post(route, files={"file": ("bomb.png", png_declaring(30000, 30000), "image/png")})
@@ -344,11 +416,20 @@ def test_image_bombs_and_decoder_crashing_files_are_4xx_and_the_service_keeps_se
 
 
 def test_a_body_over_the_limit_is_a_413_whatever_content_type_or_method_it_claims(
-        setup: Setup, trust: Any, tiny: Tiny) -> None:
+    setup: Setup, trust: Any, tiny: Tiny
+) -> None:
     drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx))
-    over = b'{"inputs": [' + b"0," * 2000 + b"0]}"   # 4 KB of JSON against a 3000-byte limit
-    ctypes = ("application/json", "Application/JSON", "application/json; charset=utf-8", "application/x+json",
-              "APPLICATION/OCTET-STREAM", "multipart/form-data; boundary=x", "text/plain", None)
+    over = b'{"inputs": [' + b"0," * 2000 + b"0]}"  # 4 KB of JSON against a 3000-byte limit
+    ctypes = (
+        "application/json",
+        "Application/JSON",
+        "application/json; charset=utf-8",
+        "application/x+json",
+        "APPLICATION/OCTET-STREAM",
+        "multipart/form-data; boundary=x",
+        "text/plain",
+        None,
+    )
     with client_for(setup, trust, max_body_bytes=3000) as client:
         for method in ("POST", "PUT", "PATCH", "DELETE", "GET"):
             for ctype in ctypes:
@@ -357,6 +438,7 @@ def test_a_body_over_the_limit_is_a_413_whatever_content_type_or_method_it_claim
                     r = client.request(method, path, content=over, headers=headers)
                     assert r.status_code == 413, (method, ctype, path, r.text)
                     assert "limit of 3000 bytes" in r.json()["detail"]
-        r = client.post("/v1/models/tiny/predict", content=over[:2900] + b"0]}",
-                        headers={"content-type": "Application/JSON"})
+        r = client.post(
+            "/v1/models/tiny/predict", content=over[:2900] + b"0]}", headers={"content-type": "Application/JSON"}
+        )
         assert r.status_code == 400 and "dims" in r.json()["detail"]  # under the limit: parsed, strictly

@@ -23,10 +23,10 @@ def test_take_merges_the_longest_same_shape_prefix_that_fits() -> None:
         ([], 4, True, 0),
         ([Pending(1, S)], 4, True, 1),
         ([Pending(1, S)] * 6, 4, True, 4),
-        ([Pending(3, S), Pending(2, S)], 4, True, 1),        # 3 + 2 > 4
-        ([Pending(9, S), Pending(1, S)], 4, True, 1),        # oversized request runs alone
+        ([Pending(3, S), Pending(2, S)], 4, True, 1),  # 3 + 2 > 4
+        ([Pending(9, S), Pending(1, S)], 4, True, 1),  # oversized request runs alone
         ([Pending(1, S), Pending(1, (4, 4, 1)), Pending(1, S)], 8, True, 1),  # shape change stops
-        ([Pending(1, S)] * 6, 4, False, 1),                  # static batch: one at a time
+        ([Pending(1, S)] * 6, 4, False, 1),  # static batch: one at a time
     ]
     for queue, max_batch, batchable, want in cases:
         assert take(queue, max_batch, batchable) == want, (queue, max_batch, batchable)
@@ -78,7 +78,7 @@ def test_full_queue_is_refused_at_once_not_queued() -> None:
 
     async def go() -> tuple[list[Any], Overloaded]:
         first = asyncio.ensure_future(b.submit(rows(1)))
-        await asyncio.to_thread(rec.entered.wait, 30)       # worker is busy with the first
+        await asyncio.to_thread(rec.entered.wait, 30)  # worker is busy with the first
         queued = [asyncio.ensure_future(b.submit(rows(2))) for _ in range(2)]  # 4 rows: full
         await asyncio.sleep(0)
         with pytest.raises(Overloaded) as info:
@@ -95,15 +95,16 @@ def test_full_queue_is_refused_at_once_not_queued() -> None:
 def test_request_that_waited_past_the_timeout_is_answered_not_run() -> None:
     now = [0.0]
     rec = Recorder(hold=True)
-    b = Batcher("m", rec, BatchPolicy(max_batch=4, max_wait_s=0, max_queue=8, queue_timeout_s=5.0),
-                clock=lambda: now[0])
+    b = Batcher(
+        "m", rec, BatchPolicy(max_batch=4, max_wait_s=0, max_queue=8, queue_timeout_s=5.0), clock=lambda: now[0]
+    )
 
     async def go() -> tuple[Any, BaseException | None]:
         first = asyncio.ensure_future(b.submit(rows(1)))
         await asyncio.to_thread(rec.entered.wait, 30)
         late = asyncio.ensure_future(b.submit(rows(1)))
         await asyncio.sleep(0)
-        now[0] = 6.0            # the queued request is now 6 s old
+        now[0] = 6.0  # the queued request is now 6 s old
         rec.gate.set()
         await first
         try:
@@ -139,11 +140,11 @@ def test_close_drains_queued_requests_then_refuses_new_ones() -> None:
     async def go() -> list[Any]:
         subs = [asyncio.ensure_future(b.submit(rows(1))) for _ in range(5)]
         await asyncio.to_thread(rec.entered.wait, 30)
-        b.close(wait=False)     # 4 still queued, 1 running
+        b.close(wait=False)  # 4 still queued, 1 running
         with pytest.raises(Unavailable):
             await b.submit(rows(1))
         rec.gate.set()
-        await asyncio.to_thread(b.close)   # returns once the worker drained the queue
+        await asyncio.to_thread(b.close)  # returns once the worker drained the queue
         return await asyncio.gather(*subs)
 
     outs = run(go())
@@ -168,7 +169,7 @@ def test_two_workers_run_two_batches_at_once() -> None:
     sizes: list[int] = []
 
     def run(x: np.ndarray) -> list[np.ndarray]:
-        both.wait()          # returns only if a second run is in flight at the same time
+        both.wait()  # returns only if a second run is in flight at the same time
         sizes.append(int(x.shape[0]))
         return [x[:, :1, 0, 0]]
 
@@ -218,9 +219,9 @@ def test_full_queue_answers_429_with_retry_after_over_http(setup: Setup, trust: 
     with client_for(setup, trust, workers=1, max_batch=8, max_queue=8) as client:
         batcher = service_of(client).catalog.default("tiny").batcher
         pending = [portal_of(client).start_task_soon(batcher.submit_lazy, held, (1, 8, 8, 1))]
-        assert started.wait(30)       # the only worker is stuck building that input
+        assert started.wait(30)  # the only worker is stuck building that input
         pending += [portal_of(client).start_task_soon(batcher.submit_lazy, held, (1, 8, 8, 1)) for _ in range(8)]
-        while batcher.depth < 8:      # eight queued samples fill the queue
+        while batcher.depth < 8:  # eight queued samples fill the queue
             gate.wait(0.01)
         r = client.post("/v1/models/tiny/predict", json={"inputs": np.zeros((1, 8, 8, 1)).tolist()})
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
@@ -243,12 +244,15 @@ def test_finish_runs_in_the_worker_on_each_requests_rows_and_fails_only_its_own(
             if value == 2:
                 raise BadInput("answer", "cannot be written")
             return f"{float(outputs[0][0, 0]):.0f}"
+
         return f
 
     async def go() -> list[Any]:
-        return await asyncio.gather(*(b.submit(rows(1, float(i)), finish(float(i))) for i in range(4)),
-                                    b.submit_lazy(lambda: rows(1, 5.0), (1, *S), finish(5.0)),
-                                    return_exceptions=True)
+        return await asyncio.gather(
+            *(b.submit(rows(1, float(i)), finish(float(i))) for i in range(4)),
+            b.submit_lazy(lambda: rows(1, 5.0), (1, *S), finish(5.0)),
+            return_exceptions=True,
+        )
 
     outs = run(go())
     b.close()

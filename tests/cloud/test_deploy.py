@@ -28,8 +28,11 @@ def test_manifests_parse_and_hold_deployment_service_and_autoscaler() -> None:
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert svc["spec"]["selector"].items() <= labels.items()
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": dep["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": dep["metadata"]["name"],
+    }
     assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
     if "PodDisruptionBudget" in kinds:
         assert kinds["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -51,7 +54,7 @@ def test_deployment_runs_a_command_line_the_real_cli_accepts() -> None:
         assert container[probe]["httpGet"]["path"] in OPEN_PATHS
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     env = {e["name"] for e in container["env"]}
-    assert {"EDGEFLEET_CLOUD_API_KEYS", "EDGEFLEET_HUB_TOKEN"} <= env   # secrets never in args
+    assert {"EDGEFLEET_CLOUD_API_KEYS", "EDGEFLEET_HUB_TOKEN"} <= env  # secrets never in args
     sec = container["securityContext"]
     assert sec["readOnlyRootFilesystem"] and not sec["allowPrivilegeEscalation"]
     assert dep["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -64,7 +67,7 @@ def test_dockerfile_is_slim_non_root_with_a_healthcheck_on_the_served_port() -> 
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0")
     assert "HEALTHCHECK" in text and "/healthz" in text
-    cmd = re.search(r'^CMD \[(.*?)\]\s*$', text.replace("\\\n", " "), re.M | re.S)
+    cmd = re.search(r"^CMD \[(.*?)\]\s*$", text.replace("\\\n", " "), re.M | re.S)
     assert cmd is not None
     argv = [a.strip().strip('"') for a in cmd.group(1).split(",")]
     ns = parser().parse_args(argv[1:])

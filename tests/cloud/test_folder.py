@@ -10,8 +10,7 @@ import numpy as np
 
 from cloud.folder import Seen, Stamp, plan
 
-from .conftest import (Setup, Tiny, client_for, drop, make_archive, png, portal_of, service_of,
-                       tiny_model)
+from .conftest import Setup, Tiny, client_for, drop, make_archive, png, portal_of, service_of, tiny_model
 
 A, B, C = Stamp(10, 1), Stamp(10, 2), Stamp(20, 3)
 
@@ -21,9 +20,9 @@ def test_plan_reads_new_and_changed_files_and_reports_gone_ones() -> None:
         ({}, {}, (), ()),
         ({}, {"a.efb": A}, ("a.efb",), ()),
         ({"a.efb": Seen(A, "d1")}, {"a.efb": A}, (), ()),
-        ({"a.efb": Seen(A, "d1")}, {"a.efb": B}, ("a.efb",), ()),           # rewritten in place
-        ({"a.efb": Seen(A, None)}, {"a.efb": A}, (), ()),                   # refused: not retried
-        ({"a.efb": Seen(A, None)}, {"a.efb": C}, ("a.efb",), ()),           # ...until it changes
+        ({"a.efb": Seen(A, "d1")}, {"a.efb": B}, ("a.efb",), ()),  # rewritten in place
+        ({"a.efb": Seen(A, None)}, {"a.efb": A}, (), ()),  # refused: not retried
+        ({"a.efb": Seen(A, None)}, {"a.efb": C}, ("a.efb",), ()),  # ...until it changes
         ({"a.efb": Seen(A, "d1")}, {}, (), ("a.efb",)),
         ({"a.efb": Seen(A, "d1")}, {"b.efb": A}, ("b.efb",), ("a.efb",)),
     ]
@@ -80,7 +79,7 @@ def test_same_version_with_different_content_is_refused(setup: Setup, trust: Any
 
 def test_same_bundle_twice_is_served_once(setup: Setup, trust: Any, tiny: Tiny) -> None:
     archive = make_archive(trust.targets_key, "tiny", "1", tiny.onnx)
-    first = setup.bundles / "a-first.efb"   # names fix the scan order
+    first = setup.bundles / "a-first.efb"  # names fix the scan order
     second = setup.bundles / "b-second.efb"
     first.write_bytes(archive)
     second.write_bytes(archive)
@@ -114,6 +113,7 @@ def test_swapping_versions_under_load_drops_no_request(setup: Setup, trust: Any)
     body = {"inputs": np.zeros((1, 8, 8, 1)).tolist()}
 
     with client_for(setup, trust, max_wait_ms=5.0) as client:
+
         def hammer() -> None:
             while not stop.is_set():
                 r = client.post("/v1/models/tiny/predict", json=body)
@@ -147,4 +147,4 @@ def test_removed_file_unloads_its_version(setup: Setup, trust: Any, tiny: Tiny) 
         sync(client)
         assert client.get("/v1/models").json()["models"] == []
         assert client.get("/readyz").status_code == 503
-        assert 'edgefleet_cloud_models_loaded 0.0' in client.get("/metrics").text
+        assert "edgefleet_cloud_models_loaded 0.0" in client.get("/metrics").text

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -27,9 +28,25 @@ def live(tmp_path_factory: pytest.TempPathFactory, trust: Any) -> Iterator[str]:
     drop(tmp / "b", make_archive(trust.targets_key, "tiny", "1", tiny_model().onnx))
     port = free_port()
     with open(tmp / "cloud.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "cloud", "serve", "--bundles", str(tmp / "b"),
-                                 "--root", str(tmp / "root.json"), "--port", str(port), "--poll", "0"],
-                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cloud",
+                "serve",
+                "--bundles",
+                str(tmp / "b"),
+                "--root",
+                str(tmp / "root.json"),
+                "--port",
+                str(port),
+                "--poll",
+                "0",
+            ],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_port(port, 60)
         yield f"http://127.0.0.1:{port}"
@@ -45,9 +62,11 @@ def test_no_generated_request_gets_a_server_error(live: str) -> None:
     operations = [op.ok() for op in schema.get_all_operations()]  # type: ignore[union-attr]
     assert {op.path for op in operations} >= {"/predict", "/v1/models/{name}/predict", "/v1/models"}
     for op in operations:
+
         @given(case=op.as_strategy())
-        @settings(max_examples=20, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=20, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+        )
         def no_5xx(case: Any) -> None:
             case.call_and_validate(base_url=live, checks=[not_a_server_error])
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -77,9 +78,18 @@ class FakeHub:
     def publish(self, archive: bytes, name: str, version: str, created: int, lie_about_sha: bool = False) -> str:
         digest = sha256_hex(archive + b"digest")  # any 64-hex id works for the contract
         sha = sha256_hex(b"not it") if lie_about_sha else sha256_hex(archive)
-        self.items.append({"digest": digest, "name": name, "version": version, "archive_sha256": sha,
-                           "size": len(archive), "created": created, "revision": 1,
-                           "artifacts": [{"name": "model.onnx", "role": "onnx"}]})
+        self.items.append(
+            {
+                "digest": digest,
+                "name": name,
+                "version": version,
+                "archive_sha256": sha,
+                "size": len(archive),
+                "created": created,
+                "revision": 1,
+                "artifacts": [{"name": "model.onnx", "role": "onnx"}],
+            }
+        )
         self.archives[digest] = archive
         return sha
 
@@ -99,8 +109,7 @@ def test_bundles_pulled_from_the_hub_are_verified_then_served(setup: Setup, trus
     good = tiny_model(seed=3)
     good_sha = hub.publish(make_archive(trust.targets_key, "tiny", "1", good.onnx), "tiny", "1", 10)
     hub.publish(make_archive(SigningKey.generate(), "evil", "1", good.onnx), "evil", "1", 10)
-    bad_sha = hub.publish(make_archive(trust.targets_key, "liar", "1", good.onnx), "liar", "1", 10,
-                          lie_about_sha=True)
+    bad_sha = hub.publish(make_archive(trust.targets_key, "liar", "1", good.onnx), "liar", "1", 10, lie_about_sha=True)
     with client_for(setup, trust, hub=hub.url, token=TOKEN, hub_poll_s=3600) as client:
         # startup pulls once before it reports ready
         assert (setup.bundles / f"{good_sha}.efb").exists()
@@ -116,9 +125,11 @@ def test_bundles_pulled_from_the_hub_are_verified_then_served(setup: Setup, trus
 
 
 def test_wrong_token_or_dead_hub_is_logged_and_the_folder_still_serves(
-        setup: Setup, trust: Any, hub: FakeHub, caplog: pytest.LogCaptureFixture) -> None:
+    setup: Setup, trust: Any, hub: FakeHub, caplog: pytest.LogCaptureFixture
+) -> None:
     from cloud.hub import HubError, HubPuller
     from tests.cloud.conftest import drop
+
     drop(setup.bundles, make_archive(trust.targets_key, "local", "1", tiny_model().onnx))
     with client_for(setup, trust, hub=hub.url, token="wrong-token", hub_poll_s=3600) as client:
         service = service_of(client)
@@ -134,8 +145,10 @@ def test_wrong_token_or_dead_hub_is_logged_and_the_folder_still_serves(
 
 
 def test_a_version_published_later_is_pulled_on_the_next_poll_and_served_beside_the_first(
-        setup: Setup, trust: Any, hub: FakeHub) -> None:
+    setup: Setup, trust: Any, hub: FakeHub
+) -> None:
     from cloud.hub import HubPuller
+
     hub.publish(make_archive(trust.targets_key, "tiny", "1", tiny_model(seed=1).onnx, created=100), "tiny", "1", 100)
     with client_for(setup, trust, hub=hub.url, token=TOKEN, hub_poll_s=3600) as client:
         service = service_of(client)

@@ -21,8 +21,7 @@ from .conftest import REPO, Setup, Tiny, drop, make_archive, png, tiny_model
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cloud", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "cloud", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
 def test_exit_codes_name_the_bad_option_or_root(setup: Setup, tmp_path: Path) -> None:
@@ -40,6 +39,7 @@ def test_exit_codes_name_the_bad_option_or_root(setup: Setup, tmp_path: Path) ->
 
 def test_check_says_what_would_be_served_and_why_not(setup: Setup, trust: Any, tiny: Tiny) -> None:
     from protocol.signing import SigningKey
+
     good = drop(setup.bundles, make_archive(trust.targets_key, "tiny", "4", tiny.onnx))
     r = cli("check", str(good), "--root", str(setup.root))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -54,13 +54,32 @@ def test_check_says_what_would_be_served_and_why_not(setup: Setup, trust: Any, t
 @pytest.mark.integration
 def test_real_server_serves_refuses_unknown_signer_and_hot_loads(setup: Setup, trust: Any, tiny: Tiny) -> None:
     from protocol.signing import SigningKey
+
     drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx, created=1000))
     drop(setup.bundles, make_archive(SigningKey.generate(), "evil", "1", tiny.onnx))
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cloud", "serve", "--bundles", str(setup.bundles), "--root", str(setup.root),
-         "--port", str(port), "--poll", "0.2", "--api-key", "test:" + "k" * 20],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "cloud",
+            "serve",
+            "--bundles",
+            str(setup.bundles),
+            "--root",
+            str(setup.root),
+            "--port",
+            str(port),
+            "--poll",
+            "0.2",
+            "--api-key",
+            "test:" + "k" * 20,
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_port(port, 60)
         base = f"http://127.0.0.1:{port}"
@@ -72,8 +91,9 @@ def test_real_server_serves_refuses_unknown_signer_and_hot_loads(setup: Setup, t
         listing = httpx.get(f"{base}/v1/models", headers=h).json()
         assert [m["name"] for m in listing["models"]] == ["tiny"]
         assert listing["refused"][0]["reason"] == "unknown_key"
-        assert httpx.post(f"{base}/predict", files={"file": ("a.png", b"nope", "image/png")},
-                          headers=h).status_code == 400
+        assert (
+            httpx.post(f"{base}/predict", files={"file": ("a.png", b"nope", "image/png")}, headers=h).status_code == 400
+        )
         drop(setup.bundles, make_archive(trust.targets_key, "tiny", "2", tiny_model(seed=7).onnx, created=2000))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -109,9 +129,27 @@ def test_two_processes_share_one_port_and_a_dead_one_is_replaced(setup: Setup, t
     drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx))
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cloud", "serve", "--bundles", str(setup.bundles), "--root", str(setup.root),
-         "--port", str(port), "--poll", "0", "--processes", "2"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "cloud",
+            "serve",
+            "--bundles",
+            str(setup.bundles),
+            "--root",
+            str(setup.root),
+            "--port",
+            str(port),
+            "--poll",
+            "0",
+            "--processes",
+            "2",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     px = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
     want = tiny.expected(px[None, :, :, None] / 255.0)
@@ -130,13 +168,13 @@ def test_two_processes_share_one_port_and_a_dead_one_is_replaced(setup: Setup, t
             except httpx.HTTPError:
                 time.sleep(0.1)
                 continue
-            if r.status_code == 503:   # one process still loading
+            if r.status_code == 503:  # one process still loading
                 time.sleep(0.1)
                 continue
             assert r.status_code == 200, r.text
             answers.append(r.json()["predictions"])
         assert len(answers) == 20 and all(np.allclose(a, want, atol=1e-5) for a in answers)
-        for victim in sorted(first):   # kill both originals, one after the other
+        for victim in sorted(first):  # kill both originals, one after the other
             os.kill(victim, signal.SIGKILL)
             while time.monotonic() < deadline:
                 now = _children(proc.pid)
@@ -146,7 +184,7 @@ def test_two_processes_share_one_port_and_a_dead_one_is_replaced(setup: Setup, t
             assert victim not in _children(proc.pid) and len(_children(proc.pid)) == 2
         assert not first & _children(proc.pid)
         status = 0
-        while time.monotonic() < deadline and status != 200:   # only replacements can answer now
+        while time.monotonic() < deadline and status != 200:  # only replacements can answer now
             try:
                 r = httpx.post(f"{base}/predict", files={"file": ("a.png", png(px), "image/png")}, timeout=30)
                 status = r.status_code
@@ -159,7 +197,7 @@ def test_two_processes_share_one_port_and_a_dead_one_is_replaced(setup: Setup, t
     assert proc.returncode == 0, out
     for victim in first:
         assert f"server process {victim} exited with -9; starting another" in out
-    assert out.count("serving tiny version 1") >= 3   # two at start, at least one replacement
+    assert out.count("serving tiny version 1") >= 3  # two at start, at least one replacement
 
 
 def _answer_head(sock: socket.socket, timeout: float) -> bytes:
@@ -172,33 +210,56 @@ def _answer_head(sock: socket.socket, timeout: float) -> bytes:
             if not chunk:
                 break
             data += chunk
-    except socket.timeout:
+    except TimeoutError:
         pass
     return data
 
 
 @pytest.mark.integration
 def test_a_huge_body_is_refused_with_413_before_it_is_sent_whatever_its_content_type(
-        setup: Setup, trust: Any, tiny: Tiny) -> None:
+    setup: Setup, trust: Any, tiny: Tiny
+) -> None:
     drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx))
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cloud", "serve", "--bundles", str(setup.bundles), "--root", str(setup.root),
-         "--port", str(port), "--poll", "0", "--max-body-bytes", "65536"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "cloud",
+            "serve",
+            "--bundles",
+            str(setup.bundles),
+            "--root",
+            str(setup.root),
+            "--port",
+            str(port),
+            "--poll",
+            "0",
+            "--max-body-bytes",
+            "65536",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_port(port, 60)
         for ctype in ("application/json", "Application/JSON", "application/x+json", "image/png"):
             # a declared gigabyte: answered from the headers alone, not one body byte sent
             with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-                sock.sendall(f"POST /v1/models/tiny/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
-                             f"Content-Length: 1000000000\r\n\r\n".encode())
+                sock.sendall(
+                    f"POST /v1/models/tiny/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: 1000000000\r\n\r\n".encode()
+                )
                 head = _answer_head(sock, 10)
                 assert head.startswith(b"HTTP/1.1 413"), (ctype, head)
             # chunked, no length declared: refused once it passes the limit, long before its end
             with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-                sock.sendall(f"POST /v1/models/tiny/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
-                             "Transfer-Encoding: chunked\r\n\r\n".encode())
+                sock.sendall(
+                    f"POST /v1/models/tiny/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                    "Transfer-Encoding: chunked\r\n\r\n".encode()
+                )
                 head, sent = b"", 0
                 while not head and sent < 4 * 65536:
                     sock.sendall(b"4000\r\n" + b"[" * 0x4000 + b"\r\n")

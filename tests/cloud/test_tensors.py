@@ -41,15 +41,19 @@ def _jpeg(img: Image.Image, **save: object) -> bytes:
 def _uploads() -> dict[str, bytes]:
     big = _cat()
     small = big.resize((224, 224), Image.Resampling.BILINEAR)
-    return {"720p-420": _jpeg(big, quality=90), "224-420": _jpeg(small, quality=90),
-            "224-444-progressive": _jpeg(small, quality=95, subsampling=0, progressive=True),
-            "224-gray": _jpeg(small.convert("L"))}
+    return {
+        "720p-420": _jpeg(big, quality=90),
+        "224-420": _jpeg(small, quality=90),
+        "224-444-progressive": _jpeg(small, quality=95, subsampling=0, progressive=True),
+        "224-gray": _jpeg(small.convert("L")),
+    }
 
 
 @pytest.mark.parametrize("spec", list(SPECS.values()), ids=list(SPECS))
 @pytest.mark.parametrize("dtype", ["float32", "uint8"])
-def test_simplejpeg_and_pillow_make_the_same_tensor(spec: ImageSpec, dtype: str,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_simplejpeg_and_pillow_make_the_same_tensor(
+    spec: ImageSpec, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     used: list[int] = []
     real = simplejpeg.decode_jpeg
     monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda d, **kw: used.append(1) or real(d, **kw))
@@ -83,8 +87,9 @@ def test_an_oversized_jpeg_is_refused_from_its_header_and_a_broken_one_is_named(
 
 
 def _gif_declaring(w: int, h: int) -> bytes:
-    return (b"GIF89a" + struct.pack("<HH", w, h) + b"\0\0\0,\0\0\0\0" + struct.pack("<HH", w, h)
-            + b"\0\x02\x02\x44\x01\0;")
+    return (
+        b"GIF89a" + struct.pack("<HH", w, h) + b"\0\0\0,\0\0\0\0" + struct.pack("<HH", w, h) + b"\0\x02\x02\x44\x01\0;"
+    )
 
 
 def _bmp_declaring(w: int, h: int) -> bytes:
@@ -110,16 +115,16 @@ def _webp_declaring(w: int, h: int) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (16, 16)).save(buf, "WEBP", lossless=True)
     data = bytearray(buf.getvalue())
-    vp8l = data.find(b"VP8L") + 8      # signature byte, then 14 bits width-1, 14 bits height-1
-    bits = int.from_bytes(data[vp8l + 1:vp8l + 5], "little")
+    vp8l = data.find(b"VP8L") + 8  # signature byte, then 14 bits width-1, 14 bits height-1
+    bits = int.from_bytes(data[vp8l + 1 : vp8l + 5], "little")
     bits = (bits & ~0xFFFFFFF) | (w - 1) | ((h - 1) << 14)
-    data[vp8l + 1:vp8l + 5] = bits.to_bytes(4, "little")
+    data[vp8l + 1 : vp8l + 5] = bits.to_bytes(4, "little")
     return bytes(data)
 
 
 BOMBS = {
     "png-30000x30000": png_declaring(30000, 30000),
-    "png-5000x4000": png_declaring(5000, 4000),     # under Pillow's own limit, over ours
+    "png-5000x4000": png_declaring(5000, 4000),  # under Pillow's own limit, over ours
     "gif-30000x30000": _gif_declaring(30000, 30000),
     "bmp-30000x30000": _bmp_declaring(30000, 30000),
     "bmp-top-down-30000x30000": _bmp_declaring(30000, -30000),

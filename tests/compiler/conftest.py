@@ -12,8 +12,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "compiler", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "compiler", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="session")
@@ -23,9 +24,24 @@ def digits_variant(tmp_path_factory: pytest.TempPathFactory, trust) -> Path:
     d = tmp_path_factory.mktemp("digits-variant")
     key = d / "targets.pem"
     key.write_bytes(trust.targets_key.to_pem())
-    proc = run_cli("digits", "--out", str(d / "bundle"), "--quiet", "--epochs", "3",
-                   "--holdout", str(d / "holdout.npz"), "--sign-key", str(key), "--io-type", "uint8",
-                   "--name", "digits-u8", "--version", "2.0.0")
+    proc = run_cli(
+        "digits",
+        "--out",
+        str(d / "bundle"),
+        "--quiet",
+        "--epochs",
+        "3",
+        "--holdout",
+        str(d / "holdout.npz"),
+        "--sign-key",
+        str(key),
+        "--io-type",
+        "uint8",
+        "--name",
+        "digits-u8",
+        "--version",
+        "2.0.0",
+    )
     assert proc.returncode == 0, proc.stderr
     return d
 
@@ -36,8 +52,12 @@ def keras_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import numpy as np
 
     d = tmp_path_factory.mktemp("keras-models")
-    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "data" / "make_models.py"), str(d)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "data" / "make_models.py"), str(d)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     z = np.load(d / "digits.npz")
     np.savez(d / "cal.npz", x=z["cal_x"])

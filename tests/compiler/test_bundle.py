@@ -6,15 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from compiler.bundle import BundleFile, BundleSpec, read_bundle, write_bundle
+from compiler.errors import BadInput
 from protocol.bundle import MANIFEST_FILE, Requirements, check_bundle, verify_manifest
 from protocol.errors import VerificationError
 
-from compiler.bundle import BundleFile, BundleSpec, read_bundle, write_bundle
-from compiler.errors import BadInput
-
 SPEC = BundleSpec("tiny", "1.0.0", 1_700_000_000, {"task": "classification"}, Requirements("optional"))
-FILES = [BundleFile("model_int8.tflite", "tflite_int8", b"TFL3-not-really"),
-         BundleFile("labels.txt", "labels", b"a\nb\n")]
+FILES = [
+    BundleFile("model_int8.tflite", "tflite_int8", b"TFL3-not-really"),
+    BundleFile("labels.txt", "labels", b"a\nb\n"),
+]
 
 
 def test_written_bundle_checks_clean_and_digest_is_stable(tmp_path: Path) -> None:

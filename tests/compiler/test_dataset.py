@@ -16,8 +16,7 @@ def test_uint8_pixels_become_float_inputs_with_an_image_preprocess(tmp_path: Pat
     np.savez(tmp_path / "v.npz", x=np.full((2, 4, 4), 255, np.uint8), y=np.array([0, 1]))
     s = load(tmp_path / "v.npz", "validation data", True, None, 0.0)
     assert s.x.shape == (2, 4, 4, 1) and s.x.dtype == np.float32 and float(s.x.max()) == 1.0
-    assert s.preprocess == {"kind": "image", "height": 4, "width": 4, "channels": 1,
-                            "scale": 1 / 255, "offset": 0.0}
+    assert s.preprocess == {"kind": "image", "height": 4, "width": 4, "channels": 1, "scale": 1 / 255, "offset": 0.0}
     assert len(s.sha256) == 64
 
 
@@ -27,12 +26,15 @@ def test_float_inputs_are_taken_as_tensors(tmp_path: Path) -> None:
     assert s.preprocess == {"kind": "tensor"} and s.x.dtype == np.float32 and s.y is None
 
 
-@pytest.mark.parametrize("arrays,problem", [
-    ({"y": np.zeros(3)}, "has no array 'x' (found ['y'])"),
-    ({"x": np.zeros((2, 3), np.float32), "y": np.zeros(3, np.int64)}, "x has 2 samples but y has 3 labels"),
-    ({"x": np.zeros((2, 3), np.float32), "y": np.zeros(2)}, "y must be integer class ids, got dtype float64"),
-    ({"x": np.array([[np.nan]], np.float32), "y": np.zeros(1, np.int64)}, "x contains NaN or infinite values"),
-])
+@pytest.mark.parametrize(
+    "arrays,problem",
+    [
+        ({"y": np.zeros(3)}, "has no array 'x' (found ['y'])"),
+        ({"x": np.zeros((2, 3), np.float32), "y": np.zeros(3, np.int64)}, "x has 2 samples but y has 3 labels"),
+        ({"x": np.zeros((2, 3), np.float32), "y": np.zeros(2)}, "y must be integer class ids, got dtype float64"),
+        ({"x": np.array([[np.nan]], np.float32), "y": np.zeros(1, np.int64)}, "x contains NaN or infinite values"),
+    ],
+)
 def test_bad_npz_contents_are_named(tmp_path: Path, arrays: dict, problem: str) -> None:
     np.savez(tmp_path / "v.npz", **arrays)
     with pytest.raises(BadInput) as exc:
@@ -58,7 +60,9 @@ def test_image_folder_with_labels_csv_resizes_and_maps_label_names(tmp_path: Pat
 def test_image_folder_problems_name_the_line_or_file(tmp_path: Path) -> None:
     (tmp_path / "labels.csv").write_text("a.png,green\n")
     Image.new("L", (4, 4)).save(tmp_path / "a.png")
-    with pytest.raises(BadInput, match=r"labels.csv: line 1: label 'green' is neither a class id nor in the labels file"):
+    with pytest.raises(
+        BadInput, match=r"labels.csv: line 1: label 'green' is neither a class id nor in the labels file"
+    ):
         load(tmp_path, "validation data", True, None, 0.0, (4, 4), 1, ("red",))
     (tmp_path / "labels.csv").write_text("missing.png,0\n")
     with pytest.raises(BadInput, match="line 1: image 'missing.png' not found"):

@@ -7,18 +7,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ai_edge_litert.interpreter import Interpreter
+
+from compiler import digits, selftest
+from compiler.inference import TfliteRunner
 from protocol.bundle import MANIFEST_FILE, check_bundle, parse_manifest, verify_manifest
 from protocol.features import input_features, output_features
 from protocol.signing import Envelope
 from protocol.sketch import bin_counts
 
-from compiler import digits, selftest
-from compiler.inference import TfliteRunner
-
-EXPECTED_FILES = {"manifest.json", "model_int8.tflite", "model_float.tflite", "model.onnx",
-                  "baseline.json", "selftest.json", "report.json", "model_card.md", "labels.txt"}
+EXPECTED_FILES = {
+    "manifest.json",
+    "model_int8.tflite",
+    "model_float.tflite",
+    "model.onnx",
+    "baseline.json",
+    "selftest.json",
+    "report.json",
+    "model_card.md",
+    "labels.txt",
+}
 
 
 def _artifacts(d: Path) -> dict[str, bytes]:
@@ -44,8 +52,14 @@ def test_digits_manifest_describes_model_io_preprocess_and_requirements(digits_b
     assert m.artifact("tflite_edgetpu") is None
     assert m.requirements.edgetpu == "optional"
     assert m.model["task"] == "classification" and m.model["num_classes"] == 10
-    assert m.model["preprocess"] == {"kind": "image", "height": 8, "width": 8, "channels": 1,
-                                     "scale": 1 / 255, "offset": 0.0}
+    assert m.model["preprocess"] == {
+        "kind": "image",
+        "height": 8,
+        "width": 8,
+        "channels": 1,
+        "scale": 1 / 255,
+        "offset": 0.0,
+    }
     assert m.model["input"]["shape"] == [1, 8, 8, 1]
     assert m.model["labels"] == "labels.txt"
     assert (digits_bundle / "labels.txt").read_text().split() == [str(i) for i in range(10)]

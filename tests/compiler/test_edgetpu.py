@@ -35,11 +35,15 @@ def test_partial_mapping_with_exit_zero_is_reported_as_partial() -> None:
     assert rep.version == "16.0.384591198" and rep.compiled and rep.error is None
     assert (rep.ops_on_tpu, rep.ops_on_cpu, rep.total_ops, rep.subgraphs) == (264, 3, 267, 1)
     assert not rep.fully_mapped and not rep.counts_inferred
-    assert rep.on_chip_used == round(4.21 * 1024 ** 2) and rep.off_chip_used == 0
-    assert rep.on_chip_remaining == round(3.29 * 1024 ** 2)
+    assert rep.on_chip_used == round(4.21 * 1024**2) and rep.off_chip_used == 0
+    assert rep.on_chip_remaining == round(3.29 * 1024**2)
     assert rep.min_runtime == 14
     assert [(r.op, r.count, r.mapped) for r in rep.rows] == [
-        ("ADD", 42, True), ("CUSTOM", 1, False), ("DEQUANTIZE", 2, False), ("QUANTIZE", 1, True)]
+        ("ADD", 42, True),
+        ("CUSTOM", 1, False),
+        ("DEQUANTIZE", 2, False),
+        ("QUANTIZE", 1, True),
+    ]
     assert rep.unmapped()[0].status == "Operation is working on an unsupported data type"
 
 
@@ -66,7 +70,7 @@ def test_table_rows_keep_one_row_per_op_and_status() -> None:
     assert rep.version == "2.1.302470888" and rep.min_runtime == 13
     concat = [(r.count, r.status) for r in rep.rows if r.op == "CONCATENATION"]
     assert concat == [(1, "More than one subgraph is not supported"), (3, "Mapped to Edge TPU")]
-    assert rep.on_chip_remaining == round(7.75 * 1024) and rep.off_chip_used == round(1.22 * 1024 ** 2)
+    assert rep.on_chip_remaining == round(7.75 * 1024) and rep.off_chip_used == round(1.22 * 1024**2)
 
 
 def test_no_partial_paragraph_means_everything_mapped_flagged_as_inferred() -> None:
@@ -96,7 +100,7 @@ def test_a_recorded_two_segment_run_splits_into_one_block_per_segment() -> None:
     assert first.output_model == "efficientdet_lite3_512_ptq_segment_0_of_2_edgetpu.tflite"
     assert first.compiled and first.error is None and first.version == "16.0.384591198"
     assert (first.total_ops, first.ops_on_tpu, first.ops_on_cpu, first.subgraphs) == (84, 84, 0, 1)
-    assert first.on_chip_used == round(6.02 * 1024 ** 2) and first.off_chip_used == 0
+    assert first.on_chip_used == round(6.02 * 1024**2) and first.off_chip_used == 0
     assert not second.compiled and second.version == "16.0.384591198"
     assert second.error == "ERROR: Restored original execution plan after delegate application failure."
 
@@ -117,10 +121,11 @@ def test_a_single_model_output_is_one_block_and_parses_as_before() -> None:
 
 # ------------------------------------------------------------------ the wrapper vs a fake binary
 
+
 @pytest.fixture
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     shim = tmp_path / "edgetpu_compiler"
-    shim.write_text(f"#!/bin/sh\nexec {sys.executable} {DATA / 'fake_edgetpu_compiler.py'} \"$@\"\n")
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} {DATA / "fake_edgetpu_compiler.py"} "$@"\n')
     shim.chmod(0o755)
     argv_file = tmp_path / "argv.json"
     monkeypatch.setenv("FAKE_EDGETPU_ARGV", str(argv_file))
@@ -171,9 +176,13 @@ def test_zero_subgraphs_success_is_not_accepted(fake, digits_bundle: Path, coral
 
 
 def test_stage_keeps_a_partial_model_for_cpu_target_and_refuses_it_for_edgetpu(
-        fake, digits_bundle: Path, coral_models: Path) -> None:
-    shim = fake("v16_efficientdet.stdout", str(coral_models / "mobilenet_v1_0.25_128_quant_edgetpu.tflite"),
-                log="v16_efficientdet.log")
+    fake, digits_bundle: Path, coral_models: Path
+) -> None:
+    shim = fake(
+        "v16_efficientdet.stdout",
+        str(coral_models / "mobilenet_v1_0.25_128_quant_edgetpu.tflite"),
+        log="v16_efficientdet.log",
+    )
     cfg = CompilerConfig(edgetpu_compiler=str(shim), edgetpu_timeout_s=60)
     g = read_graph(_int8(digits_bundle))
     doc, files, policy, runtime = stage(cfg, g, _int8(digits_bundle), "cpu")
@@ -199,55 +208,82 @@ def test_segments_are_checked_and_returned_in_order(fake, digits_bundle: Path, c
     res = run(str(shim), _int8(digits_bundle), 60, segments=2)
     assert fake.argv()[fake.argv().index("-n") + 1] == "2"
     assert res.problem is None and res.output is None
-    assert [o.name for o in res.outputs] == ["model_int8_segment_0_of_2_edgetpu.tflite",
-                                             "model_int8_segment_1_of_2_edgetpu.tflite"]
-    assert all(o.problem is None and o.output is not None and read_graph(o.output).edgetpu_compiled
-               for o in res.outputs)
+    assert [o.name for o in res.outputs] == [
+        "model_int8_segment_0_of_2_edgetpu.tflite",
+        "model_int8_segment_1_of_2_edgetpu.tflite",
+    ]
+    assert all(
+        o.problem is None and o.output is not None and read_graph(o.output).edgetpu_compiled for o in res.outputs
+    )
     assert [o.report.total_ops for o in res.outputs] == [84, 246]
     assert (res.report.total_ops, res.report.ops_on_cpu, res.report.subgraphs) == (330, 0, 2)
 
 
 def test_a_segment_that_failed_to_compile_fails_the_run(fake, digits_bundle: Path, coral_models: Path) -> None:
-    res = run(str(fake("v16_segments_557_partial.stdout", str(coral_models / COMPILED))), _int8(digits_bundle),
-              60, segments=2)
+    res = run(
+        str(fake("v16_segments_557_partial.stdout", str(coral_models / COMPILED))), _int8(digits_bundle), 60, segments=2
+    )
     assert res.outputs[0].problem is None and res.outputs[1].output is None
-    assert res.problem == ("model_int8_segment_1_of_2_edgetpu.tflite: "
-                           "ERROR: Restored original execution plan after delegate application failure.")
+    assert res.problem == (
+        "model_int8_segment_1_of_2_edgetpu.tflite: "
+        "ERROR: Restored original execution plan after delegate application failure."
+    )
 
 
 def test_segment_files_that_are_copies_or_missing_are_rejected(fake, digits_bundle: Path) -> None:
     res = run(str(fake("v16_two_segments_assembled.stdout", "copy")), _int8(digits_bundle), 60, segments=2)
     assert "model_int8_segment_0_of_2_edgetpu.tflite holds no edgetpu-custom-op" in (res.problem or "")
     res = run(str(fake("v16_two_segments_assembled.stdout", "none")), _int8(digits_bundle), 60, segments=2)
-    assert res.problem == ("model_int8_segment_0_of_2_edgetpu.tflite: "
-                           "no model_int8_segment_0_of_2_edgetpu.tflite was written")
+    assert res.problem == (
+        "model_int8_segment_0_of_2_edgetpu.tflite: no model_int8_segment_0_of_2_edgetpu.tflite was written"
+    )
 
 
 def test_fewer_blocks_than_segments_or_a_block_naming_another_segment_is_refused(
-        fake, digits_bundle: Path, coral_models: Path) -> None:
-    res = run(str(fake("v16_search_delegate_partial.stdout", str(coral_models / COMPILED))),
-              _int8(digits_bundle), 60, segments=2)
-    assert res.problem == ("model_int8_segment_1_of_2_edgetpu.tflite: the compiler printed 1 output block(s) "
-                           "for 2 segments; none for model_int8_segment_1_of_2_edgetpu.tflite")
-    res = run(str(fake("v16_two_segments_assembled.stdout", str(coral_models / COMPILED))),
-              _int8(digits_bundle), 60, segments=3)
-    assert res.outputs[0].problem == ("block 0 of the compiler's output names "
-                                      "efficientdet_lite3_512_ptq_segment_0_of_2_edgetpu.tflite, not segment 0 of 3")
+    fake, digits_bundle: Path, coral_models: Path
+) -> None:
+    res = run(
+        str(fake("v16_search_delegate_partial.stdout", str(coral_models / COMPILED))),
+        _int8(digits_bundle),
+        60,
+        segments=2,
+    )
+    assert res.problem == (
+        "model_int8_segment_1_of_2_edgetpu.tflite: the compiler printed 1 output block(s) "
+        "for 2 segments; none for model_int8_segment_1_of_2_edgetpu.tflite"
+    )
+    res = run(
+        str(fake("v16_two_segments_assembled.stdout", str(coral_models / COMPILED))),
+        _int8(digits_bundle),
+        60,
+        segments=3,
+    )
+    assert res.outputs[0].problem == (
+        "block 0 of the compiler's output names "
+        "efficientdet_lite3_512_ptq_segment_0_of_2_edgetpu.tflite, not segment 0 of 3"
+    )
 
 
 def test_stage_with_segments_bundles_each_segment_in_order(fake, digits_bundle: Path, coral_models: Path) -> None:
-    cfg = CompilerConfig(edgetpu_compiler=str(fake("v16_two_segments_assembled.stdout", str(coral_models / COMPILED))),
-                         edgetpu_timeout_s=60)
-    doc, files, policy, runtime = stage(cfg, read_graph(_int8(digits_bundle)), _int8(digits_bundle), "edgetpu",
-                                        segments=2)
-    assert [(f.name, f.role) for f in files] == [(seg_name(0, 2), "tflite_edgetpu_segment"),
-                                                 (seg_name(1, 2), "tflite_edgetpu_segment")]
+    cfg = CompilerConfig(
+        edgetpu_compiler=str(fake("v16_two_segments_assembled.stdout", str(coral_models / COMPILED))),
+        edgetpu_timeout_s=60,
+    )
+    doc, files, policy, runtime = stage(
+        cfg, read_graph(_int8(digits_bundle)), _int8(digits_bundle), "edgetpu", segments=2
+    )
+    assert [(f.name, f.role) for f in files] == [
+        (seg_name(0, 2), "tflite_edgetpu_segment"),
+        (seg_name(1, 2), "tflite_edgetpu_segment"),
+    ]
     assert seg_name(1, 2) == "model_segment_1_of_2_edgetpu.tflite"
     assert doc["segments"] == 2 and doc["compiled"] and policy == "optional" and runtime == 14
     assert [s["total_ops"] for s in doc["segment_reports"]] == [84, 246]
     assert [s["off_chip_used"] for s in doc["segment_reports"]] == [0, round(41.75 * 1024)]
     assert "2 pipelined segments" in doc["note"]
-    cfg = CompilerConfig(edgetpu_compiler=str(fake("v16_segments_557_partial.stdout", str(coral_models / COMPILED))),
-                         edgetpu_timeout_s=60)
+    cfg = CompilerConfig(
+        edgetpu_compiler=str(fake("v16_segments_557_partial.stdout", str(coral_models / COMPILED))),
+        edgetpu_timeout_s=60,
+    )
     with pytest.raises(NotEdgeTpuReady, match="segment_1_of_2_edgetpu.tflite: ERROR: Restored"):
         stage(cfg, read_graph(_int8(digits_bundle)), _int8(digits_bundle), "edgetpu", segments=2)

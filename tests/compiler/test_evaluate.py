@@ -44,12 +44,15 @@ def _m(acc: float, agreement: float | None = None, diff: float | None = None) ->
     return Metrics(100, acc, acc, None, agreement, diff)
 
 
-@pytest.mark.parametrize("float_acc,int8_acc,limit,passed", [
-    (0.95, 0.94, 1.0, True),     # exactly 1 point: allowed
-    (0.95, 0.9399, 1.0, False),
-    (0.95, 0.96, 1.0, True),     # int8 better than float
-    (0.95, 0.90, 5.0, True),
-])
+@pytest.mark.parametrize(
+    "float_acc,int8_acc,limit,passed",
+    [
+        (0.95, 0.94, 1.0, True),  # exactly 1 point: allowed
+        (0.95, 0.9399, 1.0, False),
+        (0.95, 0.96, 1.0, True),  # int8 better than float
+        (0.95, 0.90, 5.0, True),
+    ],
+)
 def test_int8_drop_gate_boundary(float_acc: float, int8_acc: float, limit: float, passed: bool) -> None:
     res = gate(_m(float_acc), _m(int8_acc), None, GatePolicy(max_accuracy_drop=limit))
     assert res.passed is passed and [c.name for c in res.checks] == ["int8_accuracy_drop"]

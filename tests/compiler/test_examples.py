@@ -15,8 +15,13 @@ from .conftest import REPO
 
 
 def run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(REPO / "examples" / name / "build.py"), *args, "--quiet"],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, str(REPO / "examples" / name / "build.py"), *args, "--quiet"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def assert_bundle(out: Path) -> dict:

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from protocol.bundle import MANIFEST_FILE, check_bundle, parse_manifest
-from protocol.signing import Envelope
-
 from compiler import selftest
 from compiler.inference import TfliteRunner
+from protocol.bundle import MANIFEST_FILE, check_bundle, parse_manifest
+from protocol.signing import Envelope
 
 from .conftest import run_cli
 
@@ -44,9 +43,17 @@ def v2_bundle(tmp_path_factory: pytest.TempPathFactory, coral_models: Path) -> P
     (d / "val").mkdir()
     (d / "val" / "cat.jpg").write_bytes((coral_models / "cat_720p.jpg").read_bytes())
     (d / "val" / "labels.csv").write_text("filename,label\ncat.jpg,Egyptian cat\n")
-    proc = run_cli("import", str(coral_models / "mobilenet_v2_1.0_224_quant.tflite"),
-                   "--labels", str(coral_models / "imagenet_labels.txt"),
-                   "--validation", str(d / "val"), "--out", str(d / "bundle"), "--quiet")
+    proc = run_cli(
+        "import",
+        str(coral_models / "mobilenet_v2_1.0_224_quant.tflite"),
+        "--labels",
+        str(coral_models / "imagenet_labels.txt"),
+        "--validation",
+        str(d / "val"),
+        "--out",
+        str(d / "bundle"),
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     return d / "bundle"
 
@@ -76,8 +83,7 @@ def test_mobilenet_v2_classifies_the_cat_through_import_and_bundle(v2_bundle: Pa
     assert labels[int(np.argmax(st["cases"][0]["expected"]))] == "Egyptian cat"
 
 
-def test_imported_mobilenet_v2_ships_an_onnx_twin_that_classifies_the_cat(v2_bundle: Path,
-                                                                          coral_models: Path) -> None:
+def test_imported_mobilenet_v2_ships_an_onnx_twin_that_classifies_the_cat(v2_bundle: Path, coral_models: Path) -> None:
     import onnxruntime as ort
 
     m = _manifest(v2_bundle)
@@ -106,8 +112,15 @@ def test_imported_mobilenet_v2_ships_an_onnx_twin_that_classifies_the_cat(v2_bun
 
 def test_edgetpu_model_alone_requires_the_delegate(tmp_path: Path, coral_models: Path) -> None:
     out = tmp_path / "tpu"
-    proc = run_cli("import", str(coral_models / "mobilenet_v1_0.25_128_quant_edgetpu.tflite"),
-                   "--labels", str(coral_models / "imagenet_labels.txt"), "--out", str(out), "--quiet")
+    proc = run_cli(
+        "import",
+        str(coral_models / "mobilenet_v1_0.25_128_quant_edgetpu.tflite"),
+        "--labels",
+        str(coral_models / "imagenet_labels.txt"),
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     _check(out)
     m = _manifest(out)
@@ -120,13 +133,23 @@ def test_edgetpu_model_alone_requires_the_delegate(tmp_path: Path, coral_models:
     assert "onnx" not in {a.role for a in m.artifacts}
 
 
-def test_cpu_model_with_its_compiled_twin_makes_the_delegate_optional(tmp_path: Path, coral_models: Path,
-                                                                     cat_folder: Path) -> None:
+def test_cpu_model_with_its_compiled_twin_makes_the_delegate_optional(
+    tmp_path: Path, coral_models: Path, cat_folder: Path
+) -> None:
     out = tmp_path / "pair"
-    proc = run_cli("import", str(coral_models / "mobilenet_v1_0.25_128_quant.tflite"),
-                   "--edgetpu", str(coral_models / "mobilenet_v1_0.25_128_quant_edgetpu.tflite"),
-                   "--labels", str(coral_models / "imagenet_labels.txt"), "--validation", str(cat_folder),
-                   "--out", str(out), "--quiet")
+    proc = run_cli(
+        "import",
+        str(coral_models / "mobilenet_v1_0.25_128_quant.tflite"),
+        "--edgetpu",
+        str(coral_models / "mobilenet_v1_0.25_128_quant_edgetpu.tflite"),
+        "--labels",
+        str(coral_models / "imagenet_labels.txt"),
+        "--validation",
+        str(cat_folder),
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     m = _manifest(out)
     assert m.requirements.edgetpu == "optional"
@@ -139,8 +162,16 @@ def test_cpu_model_with_its_compiled_twin_makes_the_delegate_optional(tmp_path: 
 
 def test_no_onnx_import_ships_no_twin_and_says_why(tmp_path: Path, coral_models: Path) -> None:
     out = tmp_path / "plain"
-    proc = run_cli("import", str(coral_models / "mobilenet_v1_0.25_128_quant.tflite"), "--no-onnx",
-                   "--labels", str(coral_models / "imagenet_labels.txt"), "--out", str(out), "--quiet")
+    proc = run_cli(
+        "import",
+        str(coral_models / "mobilenet_v1_0.25_128_quant.tflite"),
+        "--no-onnx",
+        "--labels",
+        str(coral_models / "imagenet_labels.txt"),
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "onnx" not in {a.role for a in _manifest(out).artifacts}
     onnx_doc = json.loads((out / "report.json").read_text())["onnx"]
@@ -158,10 +189,21 @@ def test_a_model_tf2onnx_cannot_convert_is_a_tool_failure_naming_it(coral_models
 
 def test_a_plain_model_passed_as_edgetpu_twin_is_refused(tmp_path: Path, coral_models: Path) -> None:
     out = tmp_path / "bad"
-    proc = run_cli("import", str(coral_models / "mobilenet_v1_0.25_128_quant.tflite"),
-                   "--edgetpu", str(coral_models / "mobilenet_v2_1.0_224_quant.tflite"),
-                   "--labels", str(coral_models / "imagenet_labels.txt"), "--out", str(out), "--quiet")
+    proc = run_cli(
+        "import",
+        str(coral_models / "mobilenet_v1_0.25_128_quant.tflite"),
+        "--edgetpu",
+        str(coral_models / "mobilenet_v2_1.0_224_quant.tflite"),
+        "--labels",
+        str(coral_models / "imagenet_labels.txt"),
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].endswith(
-        "mobilenet_v2_1.0_224_quant.tflite: holds no edgetpu-custom-op: not an edgetpu_compiler output")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .endswith("mobilenet_v2_1.0_224_quant.tflite: holds no edgetpu-custom-op: not an edgetpu_compiler output")
+    )
     assert not out.exists()

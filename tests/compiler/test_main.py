@@ -29,23 +29,34 @@ def leftovers(parent: Path) -> list[str]:
 def data(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "cal.npz", x=rng.integers(0, 255, (20, 8, 8), dtype=np.uint8))
-    np.savez(tmp_path / "val.npz", x=rng.integers(0, 255, (30, 8, 8), dtype=np.uint8),
-             y=rng.integers(0, 10, 30))
+    np.savez(tmp_path / "val.npz", x=rng.integers(0, 255, (30, 8, 8), dtype=np.uint8), y=rng.integers(0, 10, 30))
     (tmp_path / "labels.txt").write_text("\n".join(str(i) for i in range(10)) + "\n")
     (tmp_path / "model.keras").write_bytes(b"PK\x03\x04 this is not a keras archive")
     return tmp_path
 
 
 def build(data: Path, *extra: str, model: str = "model.keras", cal: str = "cal.npz", val: str = "val.npz"):
-    return run_cli("build", str(data / model) if not model.startswith("/") else model,
-                   "--calibration", str(data / cal), "--validation", str(data / val), *extra)
+    return run_cli(
+        "build",
+        str(data / model) if not model.startswith("/") else model,
+        "--calibration",
+        str(data / cal),
+        "--validation",
+        str(data / val),
+        *extra,
+    )
 
 
 def test_help_documents_the_exit_codes() -> None:
     proc = run_cli("build", "--help")
     assert proc.returncode == 0
-    for code in ("0  success", "2  bad input", "3  accuracy gate failed", "4  not Edge TPU ready",
-                 "5  toolchain failure"):
+    for code in (
+        "0  success",
+        "2  bad input",
+        "3  accuracy gate failed",
+        "4  not Edge TPU ready",
+        "5  toolchain failure",
+    ):
         assert code in proc.stdout
 
 
@@ -63,7 +74,9 @@ def test_calibration_of_the_wrong_dtype_is_named(data: Path) -> None:
     np.savez(data / "cal64.npz", x=np.ones((5, 8, 8), np.int64))
     proc = build(data, "--out", str(data / "o"), cal="cal64.npz")
     assert proc.returncode == 2
-    assert error_line(proc).endswith("cal64.npz: calibration data x must be float32 inputs or uint8 pixels, got dtype int64")
+    assert error_line(proc).endswith(
+        "cal64.npz: calibration data x must be float32 inputs or uint8 pixels, got dtype int64"
+    )
     assert not (data / "o").exists() and leftovers(data) == []
 
 
@@ -96,8 +109,7 @@ def test_missing_model_and_wrong_suffix_are_named(data: Path) -> None:
 
 def test_corrupt_tflite_import_is_named(data: Path) -> None:
     (data / "bad.tflite").write_bytes(b"\x00" * 64)
-    proc = run_cli("import", str(data / "bad.tflite"), "--labels", str(data / "labels.txt"),
-                   "--out", str(data / "o"))
+    proc = run_cli("import", str(data / "bad.tflite"), "--labels", str(data / "labels.txt"), "--out", str(data / "o"))
     assert proc.returncode == 2
     assert error_line(proc).endswith("bad.tflite: not a TFLite flatbuffer (no 'TFL3' identifier)")
     assert not (data / "o").exists()
@@ -115,6 +127,7 @@ def test_inspect_prints_the_digest_and_flags_a_tampered_bundle(digits_bundle: Pa
 
 # ------------------------------------------------------------------ real TensorFlow builds
 
+
 @pytest.mark.slow
 def test_corrupt_keras_file_is_named(data: Path) -> None:
     proc = build(data, "--out", str(data / "o"))
@@ -126,8 +139,14 @@ def test_corrupt_keras_file_is_named(data: Path) -> None:
 def test_calibration_of_the_wrong_shape_is_named(keras_models: Path, tmp_path: Path) -> None:
     np.savez(tmp_path / "c77.npz", x=np.zeros((5, 7, 7), np.uint8))
     np.savez(tmp_path / "v77.npz", x=np.zeros((5, 7, 7), np.uint8), y=np.zeros(5, np.int64))
-    proc = build(tmp_path, "--out", str(tmp_path / "o"), model=str(keras_models / "digits_dyn.keras"),
-                 cal="c77.npz", val="v77.npz")
+    proc = build(
+        tmp_path,
+        "--out",
+        str(tmp_path / "o"),
+        model=str(keras_models / "digits_dyn.keras"),
+        cal="c77.npz",
+        val="v77.npz",
+    )
     assert proc.returncode == 2
     assert error_line(proc).endswith("calibration data: samples have shape [7, 7, 1], the model input needs [8, 8, 1]")
 
@@ -136,8 +155,10 @@ def test_calibration_of_the_wrong_shape_is_named(keras_models: Path, tmp_path: P
 def test_dynamic_spatial_shapes_fail_for_edgetpu_with_exit_4(keras_models: Path, tmp_path: Path) -> None:
     proc = build(keras_models, "--out", str(tmp_path / "o"), "--target", "edgetpu", model="spatial_dyn.keras")
     assert proc.returncode == 4
-    assert error_line(proc).endswith("spatial_dyn.keras: not Edge TPU ready: input shape [None, None, None, 1] "
-                                     "has dynamic dimensions besides the batch")
+    assert error_line(proc).endswith(
+        "spatial_dyn.keras: not Edge TPU ready: input shape [None, None, None, 1] "
+        "has dynamic dimensions besides the batch"
+    )
 
 
 @pytest.mark.slow
@@ -151,8 +172,17 @@ def test_unmappable_op_fails_the_edgetpu_target_by_pre_check(keras_models: Path,
 def test_bad_calibration_is_caught_by_the_accuracy_gate(keras_models: Path, tmp_path: Path) -> None:
     np.savez(tmp_path / "zeros.npz", x=np.zeros((50, 8, 8), np.uint8))
     out = tmp_path / "o"
-    proc = run_cli("build", str(keras_models / "digits_dyn.keras"), "--calibration", str(tmp_path / "zeros.npz"),
-                   "--validation", str(keras_models / "val.npz"), "--out", str(out), "--quiet")
+    proc = run_cli(
+        "build",
+        str(keras_models / "digits_dyn.keras"),
+        "--calibration",
+        str(tmp_path / "zeros.npz"),
+        "--validation",
+        str(keras_models / "val.npz"),
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert proc.returncode == 3 and "accuracy gate failed: int8_accuracy_drop" in error_line(proc)
     assert not out.exists() and leftovers(tmp_path) == []
     report = json.loads((tmp_path / "o.gate-failed.json").read_text())
@@ -162,12 +192,27 @@ def test_bad_calibration_is_caught_by_the_accuracy_gate(keras_models: Path, tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["digits_dyn.keras", "saved_model"])
-def test_dynamic_batch_keras_and_savedmodel_build_to_static_int8_bundles(keras_models: Path, tmp_path: Path,
-                                                                          model: str) -> None:
+def test_dynamic_batch_keras_and_savedmodel_build_to_static_int8_bundles(
+    keras_models: Path, tmp_path: Path, model: str
+) -> None:
     out = tmp_path / "o"
-    proc = run_cli("build", str(keras_models / model), "--calibration", str(keras_models / "cal.npz"),
-                   "--validation", str(keras_models / "val.npz"), "--out", str(out), "--quiet",
-                   "--target", "edgetpu", "--name", "d", "--version", "3")
+    proc = run_cli(
+        "build",
+        str(keras_models / model),
+        "--calibration",
+        str(keras_models / "cal.npz"),
+        "--validation",
+        str(keras_models / "val.npz"),
+        "--out",
+        str(out),
+        "--quiet",
+        "--target",
+        "edgetpu",
+        "--name",
+        "d",
+        "--version",
+        "3",
+    )
     assert proc.returncode == 0, proc.stderr
     arts = {p.name: p.read_bytes() for p in out.iterdir() if p.name != MANIFEST_FILE}
     assert check_bundle((out / MANIFEST_FILE).read_bytes(), arts, None).ok
@@ -181,8 +226,14 @@ def test_dynamic_batch_keras_and_savedmodel_build_to_static_int8_bundles(keras_m
 def test_truncated_tflite_import_is_named_and_writes_nothing(data: Path, coral_models: Path) -> None:
     whole = (coral_models / "mobilenet_v1_0.25_128_quant.tflite").read_bytes()
     (data / "half.tflite").write_bytes(whole[: len(whole) // 2])
-    proc = run_cli("import", str(data / "half.tflite"), "--labels", str(coral_models / "imagenet_labels.txt"),
-                   "--out", str(data / "o"))
+    proc = run_cli(
+        "import",
+        str(data / "half.tflite"),
+        "--labels",
+        str(coral_models / "imagenet_labels.txt"),
+        "--out",
+        str(data / "o"),
+    )
     assert proc.returncode == 2 and "half.tflite: corrupt TFLite flatbuffer" in error_line(proc)
     assert not (data / "o").exists() and leftovers(data) == []
 
@@ -192,8 +243,9 @@ def test_converter_segfault_is_a_toolchain_failure_naming_the_stage(keras_models
     """A real crash: TensorFlow's int8 converter segfaults on an LSTM; the CLI survives it."""
     np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).random((10, 8, 8)).astype(np.float32))
     np.savez(tmp_path / "v.npz", x=np.zeros((4, 8, 8), np.float32), y=np.zeros(4, np.int64))
-    proc = build(tmp_path, "--out", str(tmp_path / "o"), model=str(keras_models / "lstm.keras"),
-                 cal="c.npz", val="v.npz")
+    proc = build(
+        tmp_path, "--out", str(tmp_path / "o"), model=str(keras_models / "lstm.keras"), cal="c.npz", val="v.npz"
+    )
     assert proc.returncode == 5
     assert "TensorFlow conversion failed: child killed by signal 11 in stage int8" in error_line(proc)
     assert not (tmp_path / "o").exists() and leftovers(tmp_path) == []
@@ -218,10 +270,26 @@ def test_conversion_timeout_kills_the_child_and_names_the_stage(data: Path) -> N
     from .conftest import REPO
 
     env = dict(os.environ, EDGEFLEET_CONVERT_TIMEOUT="0.5")
-    proc = subprocess.run([sys.executable, "-m", "compiler", "build", str(data / "model.keras"),
-                           "--calibration", str(data / "cal.npz"), "--validation", str(data / "val.npz"),
-                           "--out", str(data / "o")], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "compiler",
+            "build",
+            str(data / "model.keras"),
+            "--calibration",
+            str(data / "cal.npz"),
+            "--validation",
+            str(data / "val.npz"),
+            "--out",
+            str(data / "o"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 5
     assert "TensorFlow conversion failed: timed out after 0.5 s in stage" in error_line(proc)
     assert not (data / "o").exists() and leftovers(data) == []

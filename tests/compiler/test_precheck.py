@@ -9,8 +9,7 @@ import pytest
 
 from compiler.edgetpu import parse
 from compiler.graph import Graph, OpInfo, TensorInfo, read_graph_file
-from compiler.precheck import (LIMITATION, MAPPED, NOT_SUPPORTED, RULES, SUBGRAPH, UNSUPPORTED_TYPE,
-                               VERSION, predict)
+from compiler.precheck import LIMITATION, MAPPED, NOT_SUPPORTED, RULES, SUBGRAPH, UNSUPPORTED_TYPE, VERSION, predict
 
 DATA = Path(__file__).parent / "data" / "edgetpu"
 
@@ -59,12 +58,14 @@ def test_op_list_agrees_with_every_recorded_compiler_row(source: str, op: str, s
 
 # ---------------------------------------------------------------- table tests on small graphs
 
+
 def t(i: int, dtype: str = "INT8", shape=(1, 8, 8, 4), constant: bool = False, sig=None) -> TensorInfo:
     return TensorInfo(i, f"t{i}", dtype, tuple(shape), tuple(sig or shape), (0.1,), (0,), constant)
 
 
-def chain(*ops: tuple[str, int, dict], tensors: list[TensorInfo] | None = None,
-          consts: dict[int, np.ndarray] | None = None) -> Graph:
+def chain(
+    *ops: tuple[str, int, dict], tensors: list[TensorInfo] | None = None, consts: dict[int, np.ndarray] | None = None
+) -> Graph:
     """ops in a line: op k reads tensor k and writes tensor k+1."""
     tens = tensors or [t(i) for i in range(len(ops) + 1)]
     infos = tuple(OpInfo(k, name, None, ver, (k,), (k + 1,), 0, opts) for k, (name, ver, opts) in enumerate(ops))
@@ -77,18 +78,21 @@ def test_leaky_relu_cuts_the_graph_and_later_supported_ops_need_a_second_subgrap
     assert pred.cut_at == 1 and pred.predicted_tpu_ops == 1
 
 
-@pytest.mark.parametrize("op,version,opts,status", [
-    ("CONV_2D", 6, {}, VERSION),                                   # grouped conv
-    ("FULLY_CONNECTED", 5, {}, VERSION),                           # keep_num_dims form
-    ("FULLY_CONNECTED", 4, {"KeepNumDims": True}, LIMITATION),
-    ("FULLY_CONNECTED", 4, {"WeightsFormat": 1}, LIMITATION),
-    ("MAX_POOL_2D", 2, {"FusedActivationFunction": 1}, LIMITATION),
-    ("AVERAGE_POOL_2D", 2, {"FusedActivationFunction": 0}, MAPPED),
-    ("TRANSPOSE_CONV", 4, {}, VERSION),
-    ("RESIZE_BILINEAR", 3, {}, VERSION),
-    ("GATHER", 1, {}, NOT_SUPPORTED),
-    ("STRIDED_SLICE", 1, {"EllipsisMask": 1}, LIMITATION),
-])
+@pytest.mark.parametrize(
+    "op,version,opts,status",
+    [
+        ("CONV_2D", 6, {}, VERSION),  # grouped conv
+        ("FULLY_CONNECTED", 5, {}, VERSION),  # keep_num_dims form
+        ("FULLY_CONNECTED", 4, {"KeepNumDims": True}, LIMITATION),
+        ("FULLY_CONNECTED", 4, {"WeightsFormat": 1}, LIMITATION),
+        ("MAX_POOL_2D", 2, {"FusedActivationFunction": 1}, LIMITATION),
+        ("AVERAGE_POOL_2D", 2, {"FusedActivationFunction": 0}, MAPPED),
+        ("TRANSPOSE_CONV", 4, {}, VERSION),
+        ("RESIZE_BILINEAR", 3, {}, VERSION),
+        ("GATHER", 1, {}, NOT_SUPPORTED),
+        ("STRIDED_SLICE", 1, {"EllipsisMask": 1}, LIMITATION),
+    ],
+)
 def test_op_specific_limits(op: str, version: int, opts: dict, status: str) -> None:
     assert predict(chain((op, version, opts))).ops[0].status == status
 
@@ -96,8 +100,15 @@ def test_op_specific_limits(op: str, version: int, opts: dict, status: str) -> N
 def test_mean_over_channels_is_a_limitation_and_over_xy_is_mapped() -> None:
     for axes, status in (([1, 2], MAPPED), ([3], LIMITATION)):
         tens = [t(0), t(1, shape=(1, 1, 1, 4)), t(2, "INT32", (len(axes),), constant=True)]
-        g = Graph((OpInfo(0, "MEAN", None, 2, (0, 2), (1,)),), tuple(tens), (0,), (1,), 1, 10,
-                  {2: np.array(axes, np.int32).view(np.uint8)})
+        g = Graph(
+            (OpInfo(0, "MEAN", None, 2, (0, 2), (1,)),),
+            tuple(tens),
+            (0,),
+            (1,),
+            1,
+            10,
+            {2: np.array(axes, np.int32).view(np.uint8)},
+        )
         assert predict(g).ops[0].status == status
 
 

@@ -15,9 +15,23 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_demo_once_rolls_out_serves_and_exits_zero(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "demo", "--once", "--agents", "2", "--samples", "15",
-         "--state", str(tmp_path / "state")],
-        cwd=REPO, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "demo",
+            "--once",
+            "--agents",
+            "2",
+            "--samples",
+            "15",
+            "--state",
+            str(tmp_path / "state"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "2 agents running" in out
@@ -29,12 +43,15 @@ def test_demo_once_rolls_out_serves_and_exits_zero(tmp_path):
 
 def test_demo_without_mosquitto_uses_the_embedded_broker(tmp_path):
     """A machine with no mosquitto: the demo starts amqtt (MQTT 3.1.1); hub and agents fall back."""
-    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
-                           if not (Path(p) / "mosquitto").exists())
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "mosquitto").exists())
     proc = subprocess.run(
-        [sys.executable, "-m", "demo", "--once", "--agents", "1", "--samples", "5",
-         "--state", str(tmp_path / "state")],
-        cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "PATH": path})
+        [sys.executable, "-m", "demo", "--once", "--agents", "1", "--samples", "5", "--state", str(tmp_path / "state")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PATH": path},
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "embedded amqtt broker" in out
@@ -43,10 +60,20 @@ def test_demo_without_mosquitto_uses_the_embedded_broker(tmp_path):
 
 
 def test_demo_rejects_bad_arguments_with_a_clear_message(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "demo", "--agents", "0", "--state", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "demo", "--agents", "0", "--state", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "--agents must be within 1..50, got 0" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "demo", "--broker", "localhost:1883"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "demo", "--broker", "localhost:1883"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "--broker must look like mqtt://host:port" in proc.stderr

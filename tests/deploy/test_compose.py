@@ -13,9 +13,10 @@ import sys
 import threading
 import time
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import httpx
 import pytest
@@ -41,8 +42,9 @@ def run_config(extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     if cmd is None:
         pytest.skip("no docker-compose / docker compose client installed")
     env = {k: v for k, v in os.environ.items() if k != "EDGEFLEET_HUB_TOKEN"} | extra_env
-    return subprocess.run([*cmd, "-f", str(REPO / "docker-compose.yml"), "config"],
-                          capture_output=True, text=True, env=env, cwd=REPO)
+    return subprocess.run(
+        [*cmd, "-f", str(REPO / "docker-compose.yml"), "config"], capture_output=True, text=True, env=env, cwd=REPO
+    )
 
 
 def test_compose_file_is_valid_and_defines_the_four_services():
@@ -88,6 +90,7 @@ def compose() -> dict[str, Any]:
 
 def interpolate(text: str, env: Mapping[str, str]) -> str:
     """Compose's variable syntax: ``$$``, ``$X``, ``${X}``, ``${X:-default}``, ``${X:?error}``."""
+
     def one(m: re.Match[str]) -> str:
         if m.group(0) == "$$":
             return "$"
@@ -99,6 +102,7 @@ def interpolate(text: str, env: Mapping[str, str]) -> str:
         if op and op.endswith("?") and unset:
             raise AssertionError(f"compose would refuse to start: {name}: {m.group('arg')}")
         return value or ""
+
     return _VAR.sub(one, text)
 
 
@@ -114,8 +118,7 @@ def named_mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
 
 def test_only_the_hub_and_its_keys_job_mount_the_signing_keys() -> None:
     services = compose()["services"]
-    holders = {name for name, svc in services.items()
-               if any(vol == "keys" for vol, _ in named_mounts(svc).values())}
+    holders = {name for name, svc in services.items() if any(vol == "keys" for vol, _ in named_mounts(svc).values())}
     assert holders == {"keys", "hub"}, holders
     for name in ("agent", "cloud"):
         mounts = named_mounts(services[name])
@@ -152,6 +155,7 @@ def test_every_named_volume_mount_point_is_made_and_owned_by_the_images_user() -
 
 def test_the_broker_drops_packets_larger_than_the_hub_ever_sends() -> None:
     from hub.credentials import max_packet_bytes
+
     conf = (REPO / "deploy/mosquitto/mosquitto.conf").read_text()
     sizes = re.findall(r"^max_packet_size (\d+)$", conf, re.M)
     assert sizes == [str(max_packet_bytes(65536))], sizes  # the hub's default --chunk-size
@@ -159,11 +163,12 @@ def test_the_broker_drops_packets_larger_than_the_hub_ever_sends() -> None:
 
 # ---- the smoke test: every service's command and environment as plain local processes -------
 
+
 @dataclass
 class Stack:
     tmp: Path
-    env: dict[str, str]                           # the operator's environment for interpolation
-    ports: dict[tuple[str, int], int] = field(default_factory=dict)   # (service, container port) -> local
+    env: dict[str, str]  # the operator's environment for interpolation
+    ports: dict[tuple[str, int], int] = field(default_factory=dict)  # (service, container port) -> local
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def port(self, service: str, container_port: int) -> int:
@@ -211,8 +216,7 @@ class Stack:
             if prev == "--port":
                 arg = str(self.port(name, int(arg)))
             argv.append(self.localize(arg, paths))
-        env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(self.tmp),
-               "LANG": "C.UTF-8"}
+        env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(self.tmp), "LANG": "C.UTF-8"}
         env |= {k: interpolate(str(v), self.env) for k, v in (svc.get("environment") or {}).items()}
         return argv, env
 
@@ -242,8 +246,9 @@ class Stack:
                 proc.wait(5)
 
 
-def poll_json(url: str, ok: Any, timeout: float, what: str, stack: Stack, service: str,
-              headers: dict[str, str] | None = None) -> dict[str, Any]:
+def poll_json(
+    url: str, ok: Any, timeout: float, what: str, stack: Stack, service: str, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     deadline, last = time.monotonic() + timeout, "no answer"
     while time.monotonic() < deadline:
         if stack.procs[service].poll() is not None:
@@ -262,6 +267,7 @@ def poll_json(url: str, ok: Any, timeout: float, what: str, stack: Stack, servic
 def mqtt_delivers(port: int, size: int) -> bool:
     """Publish ``size`` bytes through the broker; True if a subscriber received them."""
     import paho.mqtt.client as mqtt
+
     got = threading.Event()
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"smoke-sub-{size}")
     sub.on_message = lambda c, u, msg: got.set() if len(msg.payload) == size else None
@@ -286,9 +292,15 @@ def test_the_compose_services_commands_run_as_local_processes_and_come_up_connec
     if shutil.which("mosquitto") is None:
         pytest.skip("mosquitto binary not on PATH")
     token, api_secret = "smoke-" + "t" * 24, "s" * 24
-    public = "mqtt://edge-gateway.example:1883"   # what an operator sets for devices on the LAN
-    stack = Stack(tmp_path, {"EDGEFLEET_HUB_TOKEN": token, "EDGEFLEET_CLOUD_API_KEYS": f"apps:{api_secret}",
-                             "EDGEFLEET_BROKER_PUBLIC": public})
+    public = "mqtt://edge-gateway.example:1883"  # what an operator sets for devices on the LAN
+    stack = Stack(
+        tmp_path,
+        {
+            "EDGEFLEET_HUB_TOKEN": token,
+            "EDGEFLEET_CLOUD_API_KEYS": f"apps:{api_secret}",
+            "EDGEFLEET_BROKER_PUBLIC": public,
+        },
+    )
     try:
         broker = stack.start("mosquitto")
         broker_port = stack.port("mosquitto", 1883)
@@ -309,8 +321,9 @@ def test_the_compose_services_commands_run_as_local_processes_and_come_up_connec
 
         stack.start("hub")
         hub = f"http://127.0.0.1:{stack.port('hub', 8000)}"
-        health = poll_json(f"{hub}/healthz", lambda d: d.get("mqtt") is True, 60,
-                           "hub /healthz with mqtt connected", stack, "hub")
+        health = poll_json(
+            f"{hub}/healthz", lambda d: d.get("mqtt") is True, 60, "hub /healthz with mqtt connected", stack, "hub"
+        )
         assert health["status"] == "ok" and health["db"] == "ok"
         admin = {"authorization": f"Bearer {token}"}
         r = httpx.post(f"{hub}/api/v1/devices/enroll", json={"device": "lan-camera-1"}, headers=admin)
@@ -322,12 +335,19 @@ def test_the_compose_services_commands_run_as_local_processes_and_come_up_connec
         stack.start("cloud")
         cloud = f"http://127.0.0.1:{stack.port('cloud', 8100)}"
         poll_json(f"{cloud}/healthz", lambda d: d == {"status": "ok"}, 60, "cloud /healthz", stack, "cloud")
-        assert httpx.get(f"{cloud}/v1/models").status_code == 401          # keys from the environment
+        assert httpx.get(f"{cloud}/v1/models").status_code == 401  # keys from the environment
         assert httpx.get(f"{cloud}/v1/models", headers={"x-api-key": api_secret}).status_code == 200
 
         stack.start("agent")
-        poll_json(f"{hub}/api/v1/devices/compose-agent-1", lambda d: d.get("online") is True, 60,
-                  "the compose agent online at the hub", stack, "agent", headers=admin)
+        poll_json(
+            f"{hub}/api/v1/devices/compose-agent-1",
+            lambda d: d.get("online") is True,
+            60,
+            "the compose agent online at the hub",
+            stack,
+            "agent",
+            headers=admin,
+        )
     finally:
         stack.stop()
     for name in stack.procs:

@@ -7,11 +7,10 @@ signed by an unknown key rejects it with a reason code and keeps serving its mod
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -19,7 +18,7 @@ import pytest
 
 from demo.client import png_bytes, post_image, top1
 from demo.launcher import Fleet, tail
-from protocol.bundle import ChunkPlan, digest_of, pack_archive
+from protocol.bundle import ChunkPlan, digest_of
 from protocol.messages import BundleRef, Desired, parse_report
 from protocol.signing import SigningKey
 from protocol.topics import Kind, Topic
@@ -65,7 +64,9 @@ def test_bundle_rolls_out_to_two_agents_and_telemetry_reaches_the_database(fleet
 
     fleet.api("POST", "/api/v1/rollouts", {"bundle": digest, "target": {"all": True}})
     for name in ("dev-a", "dev-b"):
-        wait_for(f"{name} reports the bundle installed", lambda n=name: active_digest(device(fleet, n)) == digest, fleet)
+        wait_for(
+            f"{name} reports the bundle installed", lambda n=name: active_digest(device(fleet, n)) == digest, fleet
+        )
 
     xs, ys = holdout()
     correct = 0
@@ -87,8 +88,11 @@ def test_bundle_rolls_out_to_two_agents_and_telemetry_reaches_the_database(fleet
             return con.execute(f"select count(*) from {table}").fetchone()[0]
 
     wait_for("telemetry rows in the hub database", telemetry_rows, fleet)
-    wait_for("hub counts the 20 inferences of dev-a",
-             lambda: (device(fleet, "dev-a").get("telemetry") or {}).get("inferences", 0) >= 20, fleet)
+    wait_for(
+        "hub counts the 20 inferences of dev-a",
+        lambda: (device(fleet, "dev-a").get("telemetry") or {}).get("inferences", 0) >= 20,
+        fleet,
+    )
 
 
 def test_agent_rejects_a_bundle_signed_by_an_unknown_key_and_keeps_serving(fleet, digits_bundle, trust):
@@ -102,8 +106,14 @@ def test_agent_rejects_a_bundle_signed_by_an_unknown_key_and_keeps_serving(fleet
     rogue = SigningKey.generate()
     env, arts, archive = trust.sign_dir(digits_bundle, keys=[rogue])
     plan = ChunkPlan.of(archive, 64 * 1024)
-    doc = Desired("dev-c", 10_000, int(time.time()), int(time.time()) + 600, "install",
-                  BundleRef(digest_of(env), "digits", "evil", plan)).seal([rogue])
+    doc = Desired(
+        "dev-c",
+        10_000,
+        int(time.time()),
+        int(time.time()) + 600,
+        "install",
+        BundleRef(digest_of(env), "digits", "evil", plan),
+    ).seal([rogue])
 
     reports: list[Any] = []
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="attacker")
@@ -114,10 +124,18 @@ def test_agent_rejects_a_bundle_signed_by_an_unknown_key_and_keeps_serving(fleet
     client.loop_start()
     try:
         for i in range(len(plan.chunks)):
-            client.publish(str(Topic.chunk(plan.sha256, i)), archive[i * plan.chunk_size:(i + 1) * plan.chunk_size], qos=1, retain=True)
+            client.publish(
+                str(Topic.chunk(plan.sha256, i)),
+                archive[i * plan.chunk_size : (i + 1) * plan.chunk_size],
+                qos=1,
+                retain=True,
+            )
         client.publish(str(Topic.for_device(Kind.DESIRED, "dev-c")), doc, qos=1, retain=True).wait_for_publish()
-        rejection = wait_for("a rejection with reason unknown_key",
-                             lambda: next((r for r in reports if r.reason == "unknown_key"), None), fleet)
+        rejection = wait_for(
+            "a rejection with reason unknown_key",
+            lambda: next((r for r in reports if r.reason == "unknown_key"), None),
+            fleet,
+        )
         assert rejection.status == "failed"
     finally:
         client.loop_stop()

@@ -7,8 +7,18 @@ import random
 
 import pytest
 
-from protocol.bundle import (Artifact, ChunkPlan, Manifest, Requirements, check_bundle, digest_of,
-                             pack_archive, parse_manifest, read_archive, verify_manifest)
+from protocol.bundle import (
+    Artifact,
+    ChunkPlan,
+    Manifest,
+    Requirements,
+    check_bundle,
+    digest_of,
+    pack_archive,
+    parse_manifest,
+    read_archive,
+    verify_manifest,
+)
 from protocol.errors import BadPayload, Reason, VerificationError
 from protocol.signing import SigningKey, seal
 
@@ -16,10 +26,18 @@ ARTS = {"model_int8.tflite": b"\x01" * 3000, "labels.txt": b"zero\none\n"}
 
 
 def manifest(**kw) -> Manifest:
-    arts = (Artifact.of("model_int8.tflite", "tflite_int8", ARTS["model_int8.tflite"]),
-            Artifact.of("labels.txt", "labels", ARTS["labels.txt"]))
-    base = dict(name="digits", version="1.0.0", created=1, artifacts=arts,
-                requirements=Requirements(edgetpu="optional"), model={"task": "classification"})
+    arts = (
+        Artifact.of("model_int8.tflite", "tflite_int8", ARTS["model_int8.tflite"]),
+        Artifact.of("labels.txt", "labels", ARTS["labels.txt"]),
+    )
+    base = dict(
+        name="digits",
+        version="1.0.0",
+        created=1,
+        artifacts=arts,
+        requirements=Requirements(edgetpu="optional"),
+        model={"task": "classification"},
+    )
     base.update(kw)
     return Manifest(**base)
 
@@ -30,8 +48,9 @@ def signed(trust, m: Manifest | None = None, keys=None):
 
 def read(trust, archive: bytes):
     got: dict[str, bytearray] = {}
-    m, digest = read_archive(io.BytesIO(archive), trust.root, len(archive),
-                             lambda a, b: got.setdefault(a.name, bytearray()).extend(b))
+    m, digest = read_archive(
+        io.BytesIO(archive), trust.root, len(archive), lambda a, b: got.setdefault(a.name, bytearray()).extend(b)
+    )
     return m, digest, {k: bytes(v) for k, v in got.items()}
 
 
@@ -53,8 +72,7 @@ def test_tampered_artifact_is_rejected_before_next_artifact_is_written(trust):
     archive[-len(ARTS["labels.txt"]) - 10] ^= 0xFF  # inside the model bytes
     written: list[str] = []
     with pytest.raises(VerificationError) as err:
-        read_archive(io.BytesIO(bytes(archive)), trust.root, len(archive),
-                     lambda a, b: written.append(a.name))
+        read_archive(io.BytesIO(bytes(archive)), trust.root, len(archive), lambda a, b: written.append(a.name))
     assert err.value.reason is Reason.HASH_MISMATCH
     assert "labels.txt" not in written
 
@@ -98,20 +116,24 @@ def test_unknown_manifest_fields_are_kept(trust):
     assert again.extra == {"future_field": {"x": 1}}
 
 
-@pytest.mark.parametrize("mutate,needle", [
-    (lambda d: d.update(_type="desired"), "_type must be 'manifest'"),
-    (lambda d: d.update(schema=2), "schema 2 is not supported"),
-    (lambda d: d.update(name="../etc"), "bundle name"),
-    (lambda d: d.update(artifacts=[]), "lists no artifacts"),
-    (lambda d: d["artifacts"][0].update(name="../../x"), "artifact name"),
-    (lambda d: d["artifacts"][0].update(role="weird"), "unknown role 'weird'"),
-    (lambda d: d["artifacts"][0].update(size=-1), "must be >= 0"),
-    (lambda d: d["requirements"].update(edgetpu="maybe"), "edgetpu must be one of"),
-])
+@pytest.mark.parametrize(
+    "mutate,needle",
+    [
+        (lambda d: d.update(_type="desired"), "_type must be 'manifest'"),
+        (lambda d: d.update(schema=2), "schema 2 is not supported"),
+        (lambda d: d.update(name="../etc"), "bundle name"),
+        (lambda d: d.update(artifacts=[]), "lists no artifacts"),
+        (lambda d: d["artifacts"][0].update(name="../../x"), "artifact name"),
+        (lambda d: d["artifacts"][0].update(role="weird"), "unknown role 'weird'"),
+        (lambda d: d["artifacts"][0].update(size=-1), "must be >= 0"),
+        (lambda d: d["requirements"].update(edgetpu="maybe"), "edgetpu must be one of"),
+    ],
+)
 def test_malformed_manifest_gives_one_clear_error(mutate, needle):
     doc = manifest().to_dict()
     mutate(doc)
     from protocol.codec import canonical
+
     with pytest.raises(BadPayload) as err:
         parse_manifest(canonical(doc))
     assert needle in str(err.value)

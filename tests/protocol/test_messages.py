@@ -7,9 +7,21 @@ import pytest
 from protocol.bundle import ChunkPlan, Requirements
 from protocol.device import Inventory
 from protocol.errors import BadPayload, Reason, VerificationError
-from protocol.messages import (Ack, BundleRef, Desired, FetchRequest, Report, Status, Telemetry,
-                               parse_ack, parse_fetch, parse_report, parse_status, parse_telemetry,
-                               verify_desired)
+from protocol.messages import (
+    Ack,
+    BundleRef,
+    Desired,
+    FetchRequest,
+    Report,
+    Status,
+    Telemetry,
+    parse_ack,
+    parse_fetch,
+    parse_report,
+    parse_status,
+    parse_telemetry,
+    verify_desired,
+)
 from protocol.signing import SigningKey
 
 NOW = 1_800_000_000
@@ -34,26 +46,54 @@ def test_status_round_trips_and_keeps_unknown_fields():
 def test_report_telemetry_ack_fetch_round_trip():
     r = Report("dev1", 3, NOW, "download", "progress", progress=0.5, bundle=SHA)
     assert parse_report(r.to_bytes()) == r
-    t = Telemetry("dev1", 9, NOW - 10, NOW, SHA, {"inferences": 4}, {"b": {"3": 4}, "n": 4},
-                  {"inputs": {"brightness": [1, 2, 1]}})
+    t = Telemetry(
+        "dev1", 9, NOW - 10, NOW, SHA, {"inferences": 4}, {"b": {"3": 4}, "n": 4}, {"inputs": {"brightness": [1, 2, 1]}}
+    )
     assert parse_telemetry(t.to_bytes()) == t
     assert parse_ack(Ack("telemetry", (1, 2)).to_bytes()).seqs == (1, 2)
     assert parse_fetch(FetchRequest("dev1", SHA, (0, 4)).to_bytes()).missing == (0, 4)
 
 
-@pytest.mark.parametrize("parse,data,needle", [
-    (parse_status, b"{", "bad status: not valid JSON"),
-    (parse_status, b'{"v": 1, "device": "a/b", "online": true, "ts": 1}', "bad device id"),
-    (parse_status, b'{"v": 1, "device": "d", "online": "yes", "ts": 1}', "field 'online' must be bool"),
-    (parse_report, b'{"v": 1, "device": "d", "seq": 1, "ts": 1, "stage": "dance", "status": "ok"}', "stage must be one of"),
-    (parse_report, b'{"v": 1, "device": "d", "seq": -1, "ts": 1, "stage": "verify", "status": "ok"}', "'seq' must be >= 0"),
-    (parse_report, b'{"v": 1, "device": "d", "seq": 1, "ts": 1, "stage": "verify", "status": "ok", "reason": "vibes"}', "unknown reason code"),
-    (parse_telemetry, b'{"v": 1, "device": "d", "seq": 1, "window_start": 5, "window_end": 1}', "before window_start"),
-    (parse_telemetry, b'{"v": 1, "device": "d", "seq": 1, "window_start": 1, "window_end": 2, "counts": {"errors": -3}}', "count 'errors'"),
-    (parse_telemetry, b'{"v": 1, "device": "d", "seq": 1, "window_start": 1, "window_end": 2, "counts": {"x": NaN}}', "not valid JSON"),
-    (parse_ack, b'{"seqs": [1]}', "missing field 'v'"),
-    (parse_fetch, b'{"v": 1, "device": "d", "archive": "zz", "missing": []}', "not 64 lowercase hex"),
-])
+@pytest.mark.parametrize(
+    "parse,data,needle",
+    [
+        (parse_status, b"{", "bad status: not valid JSON"),
+        (parse_status, b'{"v": 1, "device": "a/b", "online": true, "ts": 1}', "bad device id"),
+        (parse_status, b'{"v": 1, "device": "d", "online": "yes", "ts": 1}', "field 'online' must be bool"),
+        (
+            parse_report,
+            b'{"v": 1, "device": "d", "seq": 1, "ts": 1, "stage": "dance", "status": "ok"}',
+            "stage must be one of",
+        ),
+        (
+            parse_report,
+            b'{"v": 1, "device": "d", "seq": -1, "ts": 1, "stage": "verify", "status": "ok"}',
+            "'seq' must be >= 0",
+        ),
+        (
+            parse_report,
+            b'{"v": 1, "device": "d", "seq": 1, "ts": 1, "stage": "verify", "status": "ok", "reason": "vibes"}',
+            "unknown reason code",
+        ),
+        (
+            parse_telemetry,
+            b'{"v": 1, "device": "d", "seq": 1, "window_start": 5, "window_end": 1}',
+            "before window_start",
+        ),
+        (
+            parse_telemetry,
+            b'{"v": 1, "device": "d", "seq": 1, "window_start": 1, "window_end": 2, "counts": {"errors": -3}}',
+            "count 'errors'",
+        ),
+        (
+            parse_telemetry,
+            b'{"v": 1, "device": "d", "seq": 1, "window_start": 1, "window_end": 2, "counts": {"x": NaN}}',
+            "not valid JSON",
+        ),
+        (parse_ack, b'{"seqs": [1]}', "missing field 'v'"),
+        (parse_fetch, b'{"v": 1, "device": "d", "archive": "zz", "missing": []}', "not 64 lowercase hex"),
+    ],
+)
 def test_malformed_message_gives_one_clear_error(parse, data, needle):
     with pytest.raises(BadPayload) as err:
         parse(data)
@@ -70,12 +110,15 @@ def test_desired_signed_by_targets_key_verifies(trust):
     assert got.seq == 5 and got.bundle.archive.chunk_size == 1024
 
 
-@pytest.mark.parametrize("doc,device,trusted,reason", [
-    (desired(seq=5), "dev1", 5, Reason.REPLAYED),
-    (desired(seq=3), "dev1", 5, Reason.DOWNGRADE),
-    (desired(expires=NOW - 1), "dev1", 0, Reason.EXPIRED),
-    (desired(device="dev2"), "dev1", 0, Reason.WRONG_DEVICE),
-])
+@pytest.mark.parametrize(
+    "doc,device,trusted,reason",
+    [
+        (desired(seq=5), "dev1", 5, Reason.REPLAYED),
+        (desired(seq=3), "dev1", 5, Reason.DOWNGRADE),
+        (desired(expires=NOW - 1), "dev1", 0, Reason.EXPIRED),
+        (desired(device="dev2"), "dev1", 0, Reason.WRONG_DEVICE),
+    ],
+)
 def test_desired_freshness_rules(trust, doc, device, trusted, reason):
     with pytest.raises(VerificationError) as err:
         verify_desired(doc.seal([trust.targets_key]), trust.root, device, trusted, NOW)

@@ -24,8 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from protocol.codec import canonical
 from protocol.errors import Reason, VerificationError
 from protocol.messages import Desired, verify_desired
-from protocol.signing import (Envelope, SigningKey, keyid_of, load_root_unverified, root_document,
-                              seal)
+from protocol.signing import Envelope, SigningKey, keyid_of, load_root_unverified, root_document, seal
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -38,11 +37,11 @@ DESIRED_TYPE = "application/vnd.edgefleet.desired+json"
 
 # --- the documented layout, written from docs/protocol.md alone -------------------------------
 
+
 def documented_signed_bytes(ptype: str, payload: bytes) -> bytes:
     """signed = "EFv1" SP LEN(type) SP type SP LEN(payload) SP payload; LEN in bytes, decimal."""
     t = ptype.encode("utf-8")
-    return b" ".join([b"EFv1", str(len(t)).encode("ascii"), t,
-                      str(len(payload)).encode("ascii"), payload])
+    return b" ".join([b"EFv1", str(len(t)).encode("ascii"), t, str(len(payload)).encode("ascii"), payload])
 
 
 def documented_keyid(raw_public: bytes) -> str:
@@ -51,8 +50,7 @@ def documented_keyid(raw_public: bytes) -> str:
 
 
 def documented_canonical(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def vector(name: str) -> bytes:
@@ -87,6 +85,7 @@ def vector_desired() -> Desired:
 
 # --- (a) the documented layout is what protocol.signing signs --------------------------------
 
+
 def test_the_documented_signed_bytes_rebuilt_from_the_envelope_are_the_vector_file():
     env = desired_envelope()
     assert env["payload_type"] == DESIRED_TYPE
@@ -109,9 +108,11 @@ def test_the_signature_is_plain_ed25519_over_the_documented_bytes_and_nothing_el
     pub.verify(sig, documented_signed_bytes(env["payload_type"], payload))
     # Ed25519 is deterministic: the test key re-signs the documented bytes to the same 64 bytes
     assert private_key().sign(documented_signed_bytes(env["payload_type"], payload)) == sig
-    for not_signed in (payload,                                          # the bare payload
-                       documented_signed_bytes(env["payload_type"], payload) + b"\n",
-                       b"DSSEv1" + documented_signed_bytes(env["payload_type"], payload)[4:]):
+    for not_signed in (
+        payload,  # the bare payload
+        documented_signed_bytes(env["payload_type"], payload) + b"\n",
+        b"DSSEv1" + documented_signed_bytes(env["payload_type"], payload)[4:],
+    ):
         with pytest.raises(InvalidSignature):
             pub.verify(sig, not_signed)
 
@@ -120,8 +121,10 @@ def test_protocol_signing_produces_the_documented_signature_and_key_id():
     key = SigningKey.from_pem(vector("test_key.TEST-ONLY.pem"))
     payload = vector("desired.payload.json")
     entry = key.sign(DESIRED_TYPE, payload)
-    assert entry == {"keyid": documented_keyid(raw_public()),
-                     "sig": base64.b64encode(vector("desired.sig.bin")).decode("ascii")}
+    assert entry == {
+        "keyid": documented_keyid(raw_public()),
+        "sig": base64.b64encode(vector("desired.sig.bin")).decode("ascii"),
+    }
     assert key.keyid == keyid_of(key.public) == KEYID
 
 
@@ -144,13 +147,13 @@ def test_payloads_and_envelopes_are_the_documented_canonical_json():
 def test_protocol_canonical_json_follows_each_documented_rule():
     assert canonical({"b": 1, "a": {"d": 2, "c": 3}}) == b'{"a":{"c":3,"d":2},"b":1}'
     # code point order (= UTF-8 byte order): U+FFFF before U+1F600, unlike RFC 8785
-    assert canonical({"\U0001F600": 1, "\uffff": 2}) == '{"\uffff":2,"\U0001F600":1}'.encode()
-    assert canonical(["\"\\\b\t\n\f\r", "\x01\x1f", "/\x7f\u00e9\u2028"]) == (
-        b'["\\"\\\\\\b\\t\\n\\f\\r","\\u0001\\u001f","/\x7f\xc3\xa9\xe2\x80\xa8"]')
-    assert canonical([0.0, 0, 0.1, 1e-07, 1e16, 123456789012345678.0, -(2**63), 2**63 - 1,
-                      True, False, None]) == (
-        b"[0.0,0,0.1,1e-07,1e+16,1.2345678901234568e+17,-9223372036854775808,"
-        b"9223372036854775807,true,false,null]")
+    assert canonical({"\U0001f600": 1, "\uffff": 2}) == '{"\uffff":2,"\U0001f600":1}'.encode()
+    assert canonical(['"\\\b\t\n\f\r', "\x01\x1f", "/\x7f\u00e9\u2028"]) == (
+        b'["\\"\\\\\\b\\t\\n\\f\\r","\\u0001\\u001f","/\x7f\xc3\xa9\xe2\x80\xa8"]'
+    )
+    assert canonical([0.0, 0, 0.1, 1e-07, 1e16, 123456789012345678.0, -(2**63), 2**63 - 1, True, False, None]) == (
+        b"[0.0,0,0.1,1e-07,1e+16,1.2345678901234568e+17,-9223372036854775808,9223372036854775807,true,false,null]"
+    )
     for not_json in (float("nan"), float("inf")):
         with pytest.raises(ValueError):
             canonical({"x": not_json})
@@ -170,7 +173,8 @@ def test_the_key_id_is_the_documented_hash_of_the_raw_public_key_in_the_root():
     assert env["payload_type"] == "application/vnd.edgefleet.root+json"
     Ed25519PublicKey.from_public_bytes(raw).verify(
         base64.b64decode(env["signatures"][0]["sig"]),
-        documented_signed_bytes(env["payload_type"], base64.b64decode(env["payload"])))
+        documented_signed_bytes(env["payload_type"], base64.b64decode(env["payload"])),
+    )
 
 
 def test_the_hex_dump_in_the_doc_is_the_vector_signed_bytes():
@@ -183,13 +187,19 @@ def test_the_hex_dump_in_the_doc_is_the_vector_signed_bytes():
         assert int(offset, 16) == len(dumped)
         dumped += bytes.fromhex(rest[:40].replace(" ", ""))
     assert dumped == vector("desired.signed.bin")
-    for claim in ("application/vnd.edgefleet.desired+json", vector("desired.payload.json").decode(),
-                  raw_public().hex(), hashlib.sha256(raw_public()).hexdigest(),
-                  vector("desired.sig.bin").hex(), vector("desired.json").decode()):
+    for claim in (
+        "application/vnd.edgefleet.desired+json",
+        vector("desired.payload.json").decode(),
+        raw_public().hex(),
+        hashlib.sha256(raw_public()).hexdigest(),
+        vector("desired.sig.bin").hex(),
+        vector("desired.json").decode(),
+    ):
         assert claim in text, f"docs/protocol.md does not show {claim[:60]!r}"
 
 
 # --- (b) an independent openssl checks the documented bytes -----------------------------------
+
 
 @pytest.fixture(scope="module")
 def openssl() -> str:
@@ -207,9 +217,12 @@ def openssl() -> str:
 
 
 def openssl_verify(exe: str, signed: Path, sig: Path, pub: Path = VECTORS / "test_key.pub.pem"):
-    return subprocess.run([exe, "pkeyutl", "-verify", "-rawin", "-pubin", "-inkey", str(pub),
-                           "-sigfile", str(sig), "-in", str(signed)],
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [exe, "pkeyutl", "-verify", "-rawin", "-pubin", "-inkey", str(pub), "-sigfile", str(sig), "-in", str(signed)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_an_independent_openssl_verifies_the_documented_signed_bytes(openssl):
@@ -218,9 +231,16 @@ def test_an_independent_openssl_verifies_the_documented_signed_bytes(openssl):
     assert "Signature Verified Successfully" in done.stdout
 
 
-@pytest.mark.parametrize("index, where", [(0, "prefix EFv1"), (5, "length of the type"),
-                                          (20, "payload type"), (48, "length of the payload"),
-                                          (231, "last payload byte")])
+@pytest.mark.parametrize(
+    "index, where",
+    [
+        (0, "prefix EFv1"),
+        (5, "length of the type"),
+        (20, "payload type"),
+        (48, "length of the payload"),
+        (231, "last payload byte"),
+    ],
+)
 def test_openssl_rejects_the_signed_bytes_with_one_flipped_byte(openssl, tmp_path, index, where):
     signed = vector("desired.signed.bin")
     (tmp_path / "signed.bin").write_bytes(flipped(signed, index))
@@ -236,13 +256,21 @@ def test_openssl_rejects_the_signature_with_one_flipped_byte(openssl, tmp_path):
 
 
 def test_openssl_derives_the_documented_key_id_from_the_test_key(openssl):
-    der = subprocess.run([openssl, "pkey", "-pubin", "-in", str(VECTORS / "test_key.pub.pem"),
-                          "-outform", "DER"], capture_output=True, timeout=30, check=True).stdout
+    der = subprocess.run(
+        [openssl, "pkey", "-pubin", "-in", str(VECTORS / "test_key.pub.pem"), "-outform", "DER"],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    ).stdout
     # SubjectPublicKeyInfo for Ed25519: the 12-byte prefix the doc gives, then the raw key
     assert der[:12] == bytes.fromhex("302a300506032b6570032100") and len(der) == 44
     assert documented_keyid(der[12:]) == KEYID
-    pub_of_private = subprocess.run([openssl, "pkey", "-in", str(VECTORS / "test_key.TEST-ONLY.pem"),
-                                     "-pubout"], capture_output=True, timeout=30, check=True).stdout
+    pub_of_private = subprocess.run(
+        [openssl, "pkey", "-in", str(VECTORS / "test_key.TEST-ONLY.pem"), "-pubout"],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    ).stdout
     assert pub_of_private == vector("test_key.pub.pem")
 
 
@@ -255,8 +283,9 @@ def test_the_documented_by_hand_commands_verify_the_vector(openssl, tmp_path):
     assert m, "docs/protocol.md lost the marked by-hand verification commands"
     for name in ("desired.json", "root.json"):
         shutil.copy(VECTORS / name, tmp_path / name)
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", m.group(1)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", m.group(1)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.split() == [KEYID, "Signature", "Verified", "Successfully"]
     assert (tmp_path / "signed.bin").read_bytes() == vector("desired.signed.bin")
@@ -265,13 +294,19 @@ def test_the_documented_by_hand_commands_verify_the_vector(openssl, tmp_path):
 
 # --- (c) protocol's verification accepts the vector, and not one flipped byte -----------------
 
+
 def vector_root():
     return load_root_unverified(vector("root.json"))
 
 
 def reenveloped(ptype: str, payload: bytes, sig: bytes) -> bytes:
-    return documented_canonical({"payload": base64.b64encode(payload).decode(), "payload_type": ptype,
-                                 "signatures": [{"keyid": KEYID, "sig": base64.b64encode(sig).decode()}]})
+    return documented_canonical(
+        {
+            "payload": base64.b64encode(payload).decode(),
+            "payload_type": ptype,
+            "signatures": [{"keyid": KEYID, "sig": base64.b64encode(sig).decode()}],
+        }
+    )
 
 
 def test_protocol_verification_accepts_the_vector():
@@ -282,8 +317,9 @@ def test_protocol_verification_accepts_the_vector():
     desired = verify_desired(vector("desired.json"), root, DEVICE, trusted_seq=0, now=ISSUED)
     assert (desired.device, desired.seq, desired.action, desired.expires) == (DEVICE, 1, "idle", EXPIRES)
     # the rebuilt envelope (documented canonical JSON) is the vector itself
-    assert reenveloped(DESIRED_TYPE, vector("desired.payload.json"), vector("desired.sig.bin")) == \
-        vector("desired.json")
+    assert reenveloped(DESIRED_TYPE, vector("desired.payload.json"), vector("desired.sig.bin")) == vector(
+        "desired.json"
+    )
 
 
 @pytest.mark.parametrize("index", [0, 1, 90, 180])
@@ -318,7 +354,6 @@ def test_the_vector_is_valid_before_its_expiry_and_refused_from_it_on():
         with pytest.raises(VerificationError) as err:
             verify_desired(vector("desired.json"), root, DEVICE, 0, now=now)
         assert err.value.reason is Reason.EXPIRED
-
 
 
 def malleated_signature() -> bytes:

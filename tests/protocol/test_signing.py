@@ -7,14 +7,12 @@ import time
 import pytest
 
 from protocol.errors import BadPayload, Reason, VerificationError
-from protocol.signing import (Envelope, SigningKey, load_root_unverified, root_document,
-                              rotate_root, seal)
+from protocol.signing import Envelope, SigningKey, load_root_unverified, root_document, rotate_root, seal
 
 NOW = 1_800_000_000
 
 
-def make_root(version: int = 1, keys=None, threshold: int = 2, targets=None, signers=None,
-              expires: int = NOW + 3600):
+def make_root(version: int = 1, keys=None, threshold: int = 2, targets=None, signers=None, expires: int = NOW + 3600):
     keys = keys or [SigningKey.generate() for _ in range(3)]
     targets = targets or [SigningKey.generate()]
     doc = root_document(version, expires, keys, threshold, targets)
@@ -84,12 +82,15 @@ def test_root_rotation_signed_by_old_and_new_thresholds_is_accepted():
     assert rotate_root(root, new_raw, NOW).version == 2
 
 
-@pytest.mark.parametrize("case,old_signers,new_signers,version,reason", [
-    ("not signed by old threshold", 1, 2, 2, Reason.THRESHOLD_NOT_MET),
-    ("not signed by new threshold", 2, 1, 2, Reason.THRESHOLD_NOT_MET),
-    ("skips a version", 2, 2, 3, Reason.DOWNGRADE),
-    ("same version replayed", 2, 2, 1, Reason.REPLAYED),
-])
+@pytest.mark.parametrize(
+    "case,old_signers,new_signers,version,reason",
+    [
+        ("not signed by old threshold", 1, 2, 2, Reason.THRESHOLD_NOT_MET),
+        ("not signed by new threshold", 2, 1, 2, Reason.THRESHOLD_NOT_MET),
+        ("skips a version", 2, 2, 3, Reason.DOWNGRADE),
+        ("same version replayed", 2, 2, 1, Reason.REPLAYED),
+    ],
+)
 def test_root_rotation_rejections(case, old_signers, new_signers, version, reason):
     old_keys, targets, raw = make_root()
     root = load_root_unverified(raw)
@@ -112,13 +113,16 @@ def test_expired_new_root_is_rejected():
     assert err.value.reason is Reason.EXPIRED
 
 
-@pytest.mark.parametrize("data,needle", [
-    (b"not json", "not valid JSON"),
-    (b"[]", "expected a JSON object"),
-    (b'{"payload_type": "x", "payload": "!!", "signatures": []}', "not valid base64"),
-    (b'{"payload_type": "x", "payload": "", "signatures": [1]}', "needs keyid and sig"),
-    (b'{"payload": "", "signatures": []}', "missing field 'payload_type'"),
-])
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        (b"not json", "not valid JSON"),
+        (b"[]", "expected a JSON object"),
+        (b'{"payload_type": "x", "payload": "!!", "signatures": []}', "not valid base64"),
+        (b'{"payload_type": "x", "payload": "", "signatures": [1]}', "needs keyid and sig"),
+        (b'{"payload": "", "signatures": []}', "missing field 'payload_type'"),
+    ],
+)
 def test_malformed_envelope_gives_one_clear_error(data, needle):
     with pytest.raises(BadPayload) as err:
         Envelope.parse(data)
@@ -140,12 +144,14 @@ def test_root_document_rejects_impossible_threshold():
 
 def test_only_a_rotation_that_changes_the_targets_role_resets_what_its_documents_taught():
     from protocol.signing import targets_rotated
+
     rks = [SigningKey.generate() for _ in range(2)]
     tk, tk2 = SigningKey.generate(), SigningKey.generate()
 
     def root(version: int, targets: list[SigningKey], threshold: int = 1, root_keys=rks):
         raw = seal("root", root_document(version, NOW + 3600, root_keys, 1, targets, threshold), root_keys).to_bytes()
         return load_root_unverified(raw)
+
     v1 = root(1, [tk])
     assert not targets_rotated(v1, root(2, [tk], root_keys=[SigningKey.generate()]))  # new root keys only
     assert targets_rotated(v1, root(2, [tk2]))

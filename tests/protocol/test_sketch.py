@@ -7,8 +7,17 @@ import random
 import pytest
 
 from protocol.errors import BadPayload
-from protocol.sketch import (DriftThresholds, LatencySketch, bin_counts, drift_verdict,
-                             js_divergence, ks_bound, merge_counts, psi, quantile_edges)
+from protocol.sketch import (
+    DriftThresholds,
+    LatencySketch,
+    bin_counts,
+    drift_verdict,
+    js_divergence,
+    ks_bound,
+    merge_counts,
+    psi,
+    quantile_edges,
+)
 
 
 def test_latency_quantiles_are_within_bucket_error_of_exact():

@@ -20,14 +20,17 @@ def test_chunk_and_root_topics_round_trip():
     assert chunk_filter("0" * 64).endswith("/chunk/+")
 
 
-@pytest.mark.parametrize("topic,needle", [
-    ("ef/v2/dev/a/status", "does not start with ef/v1/"),
-    ("ef/v1/dev/a/dance", "unknown kind 'dance'"),
-    ("ef/v1/dev/a+b/status", "bad device id"),
-    ("ef/v1/bundle/xyz/chunk/1", "not 64 lowercase hex"),
-    ("ef/v1/bundle/" + "0" * 64 + "/chunk/-1", "is not a number"),
-    ("ef/v1/other", "matches no protocol v1 topic"),
-])
+@pytest.mark.parametrize(
+    "topic,needle",
+    [
+        ("ef/v2/dev/a/status", "does not start with ef/v1/"),
+        ("ef/v1/dev/a/dance", "unknown kind 'dance'"),
+        ("ef/v1/dev/a+b/status", "bad device id"),
+        ("ef/v1/bundle/xyz/chunk/1", "not 64 lowercase hex"),
+        ("ef/v1/bundle/" + "0" * 64 + "/chunk/-1", "is not a number"),
+        ("ef/v1/other", "matches no protocol v1 topic"),
+    ],
+)
 def test_bad_topics_name_the_problem(topic, needle):
     with pytest.raises(BadPayload) as err:
         Topic.parse(topic)

@@ -33,16 +33,27 @@ def main(argv: list[str]) -> int:
             out_dir = Path(next(it))
         elif a in ("-n", "--num_segments"):
             segments = int(next(it))
-        elif a in ("-m", "--min_runtime_version", "-t", "--timeout_sec",
-                   "-k", "--delegate_search_step", "-i", "--intermediate_tensors"):
+        elif a in (
+            "-m",
+            "--min_runtime_version",
+            "-t",
+            "--timeout_sec",
+            "-k",
+            "--delegate_search_step",
+            "-i",
+            "--intermediate_tensors",
+        ):
             next(it)
         elif not a.startswith("-"):
             models.append(Path(a))
     sys.stdout.write(Path(os.environ["FAKE_EDGETPU_STDOUT"]).read_text())
     for model in models:
-        stem = model.name[:-len(".tflite")] if model.name.endswith(".tflite") else model.name
-        outs = [f"{stem}_edgetpu"] if segments <= 1 else \
-            [f"{stem}_segment_{i}_of_{segments}_edgetpu" for i in range(segments)]
+        stem = model.name[: -len(".tflite")] if model.name.endswith(".tflite") else model.name
+        outs = (
+            [f"{stem}_edgetpu"]
+            if segments <= 1
+            else [f"{stem}_segment_{i}_of_{segments}_edgetpu" for i in range(segments)]
+        )
         for out in outs:
             target = out_dir / f"{out}.tflite"
             mode = os.environ.get("FAKE_EDGETPU_OUTPUT", "copy")
