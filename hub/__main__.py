@@ -100,7 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     given = {k: getattr(args, k) for k in ("db", "broker", "keys", "store", "host", "port", "token",
                                              "tokens", "chunk_size", "batch_max", "tick", "mqtt_auth_dir",
                                              "broker_pid_file", "broker_public", "enroll_ttl", "retention",
-                                             "broker_ca", "broker_cert", "broker_key")}
+                                             "broker_ca", "broker_cert", "broker_key", "shared_group")}
     given["dev"] = True if args.dev else None
     config = HubConfig.load(given)
     if args.token or args.tokens or (args.broker and BrokerUrl.parse(args.broker).password):
@@ -284,6 +284,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--broker-public", help="broker URL handed to enrolling devices (default: --broker)")
     p.add_argument("--enroll-ttl", type=int, help="seconds an enrollment token stays valid (default 86400)")
     p.add_argument("--retention", type=int, help="seconds telemetry windows and reports are kept (default 30 days)")
+    p.add_argument("--shared-group", metavar="NAME",
+                   help="run as one of several hub replicas on one PostgreSQL database: subscribe as MQTT "
+                        "shared subscriptions $share/NAME/... (default: plain subscriptions, one hub)")
     p.add_argument("--dev", action="store_true", help="allow a default token (local development only)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)

@@ -10,6 +10,10 @@ Secrets (``token``, ``tokens``, the ``broker`` URL with its password) are best g
 Tokens: ``--token`` is the admin token. ``EDGEFLEET_HUB_TOKENS`` adds more as
 ``role:token,role:token`` with roles ``viewer``, ``operator``, ``admin``. A default or empty
 admin token is refused unless ``--dev``.
+
+Replicas: ``--shared-group NAME`` makes the hub one consumer of the MQTT shared subscription
+``$share/NAME/...`` (each device message goes to one member of the group; see ``hub.mqtt``).
+Empty (the default): plain subscriptions, one hub.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "broker_ca": "",
     "broker_cert": "",
     "broker_key": "",
+    "shared_group": "",
 }
 
 Num = TypeVar("Num", int, float)
@@ -134,6 +139,7 @@ class HubConfig:
     broker_public: str = ""               # broker URL handed to enrolling devices (default: broker)
     retention: int = DEFAULTS["retention"]  # seconds telemetry windows and reports are kept
     broker_tls: BrokerTls = field(default_factory=BrokerTls)  # used when broker is mqtts://
+    shared_group: str = ""                # MQTT shared-subscription group ("": plain subscriptions)
 
     @property
     def broker_url(self) -> BrokerUrl:
@@ -204,6 +210,9 @@ class HubConfig:
             raise ConfigError("broker_cert", "a client certificate needs its key (--broker-cert and --broker-key)")
         if any(tls_files.values()) and not BrokerUrl.parse(str(pick("broker"))).tls:
             raise ConfigError("broker_ca", "TLS files are given but --broker is not mqtts://")
+        shared_group = str(pick("shared_group") or "")
+        if given.get("shared_group") is not None or shared_group:
+            check_shared_group(shared_group)
         db = str(pick("db"))
         if "://" not in db:
             raise ConfigError("db", f"{db!r} must be a SQLAlchemy URL like sqlite:///hub.db")
@@ -218,7 +227,19 @@ class HubConfig:
             broker_pid_file=Path(pick("broker_pid_file")) if pick("broker_pid_file") else None,
             enroll_ttl=as_int("enroll_ttl", 60, 366 * 86400), broker_public=public,
             retention=as_int("retention", 3600, 10 * 366 * 86400),
-            broker_tls=BrokerTls(tls_files["broker_ca"], tls_files["broker_cert"], tls_files["broker_key"]))
+            broker_tls=BrokerTls(tls_files["broker_ca"], tls_files["broker_cert"], tls_files["broker_key"]),
+            shared_group=shared_group)
+
+
+def check_shared_group(name: str) -> str:
+    """A shared-subscription group name is one MQTT topic level (MQTT 5, 4.8.2): not empty, no
+    ``/``, ``+`` or ``#``. Control characters are refused too (a NUL is never valid in a topic)."""
+    bad = sorted({c for c in name if c in "/+#" or ord(c) < 32})
+    if not name or bad:
+        why = "is empty" if not name else f"contains {', '.join(repr(c) for c in bad)}"
+        raise ConfigError("shared_group", f"{name!r} {why}; a group name is one MQTT topic level "
+                                          "(no '/', '+' or '#')")
+    return name
 
 
 def client_env(name: str) -> str | None:

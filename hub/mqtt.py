@@ -15,6 +15,17 @@ session (MQTT v5 ``clean_start=False`` and a session expiry of ``SESSION_EXPIRY_
 ``clean_session=False``), so what devices send while the hub is away is queued by the broker
 and arrives when it is back, not only with the agents' next resend.
 
+Replicas (``shared_group``): every subscription is ``$share/{group}/...``, so each device
+message goes to one connected member of the group. Such a hub's session ends with its
+connection (clean start, session expiry 0): Mosquitto (2.0) keeps handing a shared
+subscription's messages round-robin to a member whose session outlives it, dead or not, so a
+killed replica with a 1 h session would swallow its share of the traffic for an hour. Without
+it the broker rebalances as soon as the dead replica's connection closes (a vanished host: after
+1.5 keepalives). What the dead one had received but not stored is never acked; the agents send
+it again. Retained messages are not delivered on shared subscriptions (MQTT 5, 4.8.2): a replica
+learns a device's status from the device's next one (agents send one after every telemetry
+window), not from the retained copy when it subscribes.
+
 Protocol: MQTT v5 first. A broker that refuses v5 (the demo's embedded amqtt broker speaks only
 3.1.1) makes the bridge rebuild its client once with MQTT 3.1.1; nothing else changes.
 """
@@ -60,6 +71,7 @@ class Bridge:
         self.batch_max = batch_max
         self.batch_wait = batch_wait
         self.shared_group = shared_group
+        self.persistent = not shared_group  # a replica's session must end with it: see the module doc
         self.queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=queue_max)
         self.handler: Callable[[Sequence[tuple[str, bytes]]], None] | None = None
         self.connected = threading.Event()
@@ -74,7 +86,7 @@ class Bridge:
 
     def _make_client(self, protocol: mqtt.MQTTProtocolVersion) -> mqtt.Client:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=protocol,
-                             clean_session=None if protocol == mqtt.MQTTv5 else False)
+                             clean_session=None if protocol == mqtt.MQTTv5 else not self.persistent)
         if self.broker.username:
             client.username_pw_set(self.broker.username, self.broker.password)
         if self.broker.tls:
@@ -104,10 +116,10 @@ class Bridge:
     def _connect(self) -> None:
         if self.client.protocol == mqtt.MQTTv5:
             props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            props.SessionExpiryInterval = SESSION_EXPIRY_S if self.persistent else 0
             props.MaximumPacketSize = MAX_PACKET_BYTES
-            self.client.connect_async(self.broker.host, self.broker.port, keepalive=30, clean_start=False,
-                                      properties=props)
+            self.client.connect_async(self.broker.host, self.broker.port, keepalive=30,
+                                      clean_start=not self.persistent, properties=props)
             threading.Thread(target=self._watch_v5_connect, args=(self.client,), daemon=True).start()
         else:
             self.client.connect_async(self.broker.host, self.broker.port, keepalive=30)

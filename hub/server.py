@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import socket
 import threading
 from dataclasses import dataclass
@@ -79,9 +80,17 @@ class Hub:
 
 def hub_client_id(config: HubConfig) -> str:
     """Stable across restarts of one hub (so its broker session persists), distinct for two
-    hubs on one host (another database or port)."""
-    tag = hashlib.sha256(f"{config.db}|{config.port}".encode()).hexdigest()[:8]
-    return f"edgefleet-hub-{socket.gethostname()[:40]}-{tag}"
+    hubs on one host (another database or port).
+
+    A replica (``shared_group``) shares its database with the others, and a second connection
+    under one client id takes the first one's place at the broker: the replicas would throw each
+    other off in turn. Its session ends with its connection anyway (``hub.mqtt``), so its id
+    only has to be unique: the listen address and the process id are added. (A listener with
+    ``use_username_as_clientid``, as ``--mqtt-auth-dir`` writes, replaces any id by the broker
+    username: replicas behind it need a broker user each.)"""
+    key = f"{config.db}|{config.port}" + (f"|{config.host}" if config.shared_group else "")
+    cid = f"edgefleet-hub-{socket.gethostname()[:40]}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+    return f"{cid}-{os.getpid()}" if config.shared_group else cid
 
 
 def build(config: HubConfig, publisher: Publisher | None = None, with_broker: bool = True,
@@ -92,7 +101,8 @@ def build(config: HubConfig, publisher: Publisher | None = None, with_broker: bo
     engine = make_engine(config.db, create=False, **engine_kwargs)
     migrations.upgrade(engine)  # the registry schema is whatever Alembic says it is
     bridge = Bridge(config.broker_url, metrics, config.batch_max, config.batch_wait,
-                    client_id=hub_client_id(config), tls=config.broker_tls) if with_broker else None
+                    client_id=hub_client_id(config), shared_group=config.shared_group or None,
+                    tls=config.broker_tls) if with_broker else None
     pub: Publisher = publisher or bridge or MemoryPublisher()
     fleet = Fleet(config, engine, keys, store, pub, metrics)
     app = create_app(fleet, bridge.connected if bridge else None)

@@ -58,3 +58,28 @@ def test_tls_files_that_cannot_work_are_refused_at_start(tmp_path, given, messag
     given = {k: str(ca) if v == "CA" else v for k, v in given.items()}
     with pytest.raises(ConfigError, match=message):
         HubConfig.load({"token": "a-strong-token", **given}, {})
+
+
+def test_shared_group_comes_from_the_flag_or_the_environment_and_defaults_to_plain_subscriptions():
+    assert HubConfig.load({"dev": True}, {}).shared_group == ""
+    assert HubConfig.load({"dev": True}, {"EDGEFLEET_HUB_SHARED_GROUP": ""}).shared_group == ""
+    assert HubConfig.load({"dev": True}, {"EDGEFLEET_HUB_SHARED_GROUP": "hubs"}).shared_group == "hubs"
+    assert HubConfig.load({"dev": True, "shared_group": "ingest"},
+                          {"EDGEFLEET_HUB_SHARED_GROUP": "hubs"}).shared_group == "ingest"
+
+
+@pytest.mark.parametrize("name, message", [
+    ("a/b", r"shared_group: 'a/b' contains '/'"),
+    ("hubs+", r"shared_group: 'hubs\+' contains '\+'"),
+    ("#", r"shared_group: '#' contains '#'"),
+    ("nul\x00", r"shared_group: 'nul\\x00' contains '\\x00'"),
+    ("", r"shared_group: '' is empty"),
+])
+def test_a_shared_group_that_is_not_one_topic_level_is_refused_naming_it(name, message):
+    with pytest.raises(ConfigError, match=message):
+        HubConfig.load({"dev": True, "shared_group": name}, {})
+
+
+def test_a_bad_shared_group_from_the_environment_is_refused_too():
+    with pytest.raises(ConfigError, match="shared_group: 'a/b'"):
+        HubConfig.load({"dev": True}, {"EDGEFLEET_HUB_SHARED_GROUP": "a/b"})

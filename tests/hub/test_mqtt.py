@@ -3,7 +3,9 @@ database, acks and desired documents come back, bad payloads are counted and sur
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,48 @@ def test_a_device_offline_through_a_broker_crash_still_gets_its_desired_document
     finally:
         hub.stop()
         broker.stop()
+
+
+def test_replicas_get_distinct_client_ids_and_a_single_hub_keeps_its_own(tmp_path: Path, keys_dir: Path,
+                                                                         monkeypatch):
+    """Two connections under one client id throw each other off the broker in turn. A single
+    hub's id is stable across restarts (its session persists); replicas on one database differ
+    by listen address, port and process."""
+    import hub.server as server
+    from hub.server import hub_client_id
+    single = hub_config(tmp_path, keys_dir, db="postgresql+psycopg://db/hub", port=8000)
+    assert hub_client_id(single) == hub_client_id(single) and not hub_client_id(single).endswith(f"-{os.getpid()}")
+    a = hub_config(tmp_path, keys_dir, db="postgresql+psycopg://db/hub", port=8000, shared_group="hubs")
+    ids = {hub_client_id(a), hub_client_id(replace(a, port=8001)), hub_client_id(replace(a, host="10.0.0.2"))}
+    monkeypatch.setattr(server.os, "getpid", lambda: 4242)  # the same flags in another process
+    ids.add(hub_client_id(a))
+    assert len(ids) == 4 and hub_client_id(single) not in ids
+
+
+def test_two_replicas_share_the_traffic_and_the_survivor_gets_all_of_it_once_the_other_is_gone(mosquitto, device):
+    """Each message of a ``$share`` group goes to one member. A replica's session ends with its
+    connection: Mosquitto keeps handing a persistent session of a gone member its share."""
+    from hub.config import BrokerUrl
+    from hub.metrics import HubMetrics
+    from hub.mqtt import Bridge
+    got: dict[str, list[str]] = {"a": [], "b": []}
+    bridges = {name: Bridge(BrokerUrl.parse(mosquitto.url), HubMetrics(), batch_wait=0.01,
+                            client_id=f"replica-{name}", shared_group="hubs") for name in got}
+    for name, b in bridges.items():
+        b.start(lambda batch, name=name: got[name].extend(t for t, _ in batch))
+    try:
+        assert all(b.connected.wait(10) for b in bridges.values())
+        cam = device("cam-s")
+        for seq in range(1, 21):
+            cam.send("telemetry", telemetry("cam-s", seq))
+        wait_for(lambda: len(got["a"]) + len(got["b"]) == 20, what="20 messages between the replicas")
+        assert got["a"] and got["b"], {k: len(v) for k, v in got.items()}
+        bridges["a"].stop()
+        before = len(got["b"])
+        for seq in range(21, 41):
+            cam.send("telemetry", telemetry("cam-s", seq))
+        wait_for(lambda: len(got["b"]) - before == 20, timeout=10, what="all 20 at the survivor")
+        assert len(got["a"]) + len(got["b"]) == 40
+    finally:
+        for b in bridges.values():
+            b.stop()
