@@ -1,11 +1,12 @@
 """Engine and sessions. SQLite (default) gets WAL and a busy timeout so the MQTT ingest
-thread and API threads can share it; PostgreSQL needs nothing special."""
+thread and API threads can share it; PostgreSQL needs nothing special, except that hub replicas
+on one PostgreSQL database serialize their rollout work with :func:`rollout_section`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import String, cast, event, exists, func, literal
+from sqlalchemy import String, cast, event, exists, func, literal, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, create_engine, select
@@ -36,6 +37,23 @@ def make_engine(url: str, create: bool = True, **kwargs: Any) -> Engine:
 
 def session(engine: Engine) -> Session:
     return Session(engine, expire_on_commit=False)
+
+
+ROLLOUT_LOCK_KEY = 0x6566_726F_6C6C  # "efroll": the one advisory lock the hub takes
+
+
+def rollout_section(s: Session) -> None:
+    """Make the rest of ``s``'s transaction exclusive among every hub on this database.
+
+    Rollout runs and desired-seq allocation are read-modify-write: the next seq is one past what
+    the device row says, a rollout's next state follows from its rows. In one process
+    ``Fleet.rollout_lock`` keeps them apart; two hub processes on one database (replicas,
+    ``--shared-group``) would interleave and issue one seq twice, or open a cohort twice. On
+    PostgreSQL this takes a transaction-level advisory lock, held until ``s`` commits or rolls
+    back (or its connection dies with a killed replica), so call it first, before the reads the
+    decision rests on. SQLite admits one writer at a time and no second host: nothing to do."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.connection().execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ROLLOUT_LOCK_KEY})
 
 
 def has_tag(dialect: str, tag: str) -> Any:

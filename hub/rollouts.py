@@ -12,7 +12,8 @@ When it runs:
   ``Health`` for its issued and installed devices (timeouts, soak, gates);
 * ``command`` (API/CLI): approve / pause / resume / cancel / rollback.
 
-All runs hold ``fleet.rollout_lock`` so seq allocation and state writes never interleave.
+All runs hold ``fleet.rollout_lock`` so seq allocation and state writes never interleave, and
+start their transaction with ``hub.db.rollout_section`` (the same for hubs sharing a database).
 A device follows one rollout at a time: the newest non-terminal one that targets it; creating
 a rollout cancels the device's row in older ones (``superseded``).
 """
@@ -32,6 +33,7 @@ from protocol.sketch import DriftThresholds, LatencySketch
 from protocol.errors import BadPayload
 
 from .compat import stored_inventory
+from .db import rollout_section
 from .errors import Conflict, Invalid, NotFound
 from .fleet import Fleet, Target, new_id
 from .models import Alert, Bundle, Device, Rollout, RolloutDevice, TelemetryWindow
@@ -263,6 +265,7 @@ def create(fleet: Fleet, digest: str, target: Target, policy: dict[str, Any], ac
         raise Invalid("policy", str(exc)) from None
     out: list[Outgoing] = []
     with fleet.rollout_lock, fleet.session() as s:
+        rollout_section(s)
         fleet.bundle_row(s, digest)
         now = fleet.clock()
         serial = (s.exec(select(func.max(Rollout.serial))).one() or 0) + 1
@@ -291,6 +294,7 @@ def command(fleet: Fleet, rid: str, cmd: str, actor: str) -> dict[str, Any]:
         raise Invalid("command", f"{cmd!r} is not one of {COMMANDS}")
     out: list[Outgoing] = []
     with fleet.rollout_lock, fleet.session() as s:
+        rollout_section(s)
         r = s.get(Rollout, rid)
         if r is None:
             raise NotFound("rollout", rid)
@@ -309,6 +313,7 @@ def on_reports(fleet: Fleet, reports: Sequence[Report]) -> None:
         return
     out: list[Outgoing] = []
     with fleet.rollout_lock, fleet.session() as s:
+        rollout_section(s)
         by_rollout: dict[str, list[Event]] = {}
         for rep in reports:
             if rep.desired_seq <= 0:
@@ -333,6 +338,7 @@ def converge(fleet: Fleet, device_ids: Sequence[str]) -> None:
         return
     out: list[Outgoing] = []
     with fleet.rollout_lock, fleet.session() as s:
+        rollout_section(s)
         owners = _owners(s)
         per: dict[str, list[Event]] = {}
         for did in device_ids:
@@ -362,6 +368,7 @@ def converge(fleet: Fleet, device_ids: Sequence[str]) -> None:
 def tick(fleet: Fleet) -> None:
     out: list[Outgoing] = []
     with fleet.rollout_lock, fleet.session() as s:
+        rollout_section(s)
         owners = _owners(s)
         for r, _ in owners:
             # device changes arrive through converge() (status, group/tag edits) as they happen;

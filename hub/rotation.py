@@ -31,6 +31,7 @@ from protocol.messages import parse_desired_payload
 from protocol.signing import Envelope
 from protocol.topics import Topic
 
+from .db import rollout_section
 from .models import Bundle, DesiredDoc, Device, RolloutDevice
 from .transport import Outgoing
 
@@ -75,6 +76,7 @@ def resign_all(fleet: "Fleet") -> list[Outgoing]:
     order with the root (step 3) before the desired documents. Caller publishes."""
     now = fleet.clock()
     with fleet.rollout_lock, fleet.session() as s:
+        rollout_section(s)
         bundles = s.exec(select(Bundle)).all()
         for b in bundles:
             try:
