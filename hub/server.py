@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from . import migrations, rotation
 from .api import create_app
+from .web import dashboard
 from .config import HubConfig
 from .db import make_engine
 from .fleet import Fleet
@@ -54,9 +55,8 @@ class Hub:
         self._ticker.start()
 
     def _on_connected(self) -> None:
-        assert self.bridge is not None  # called by the bridge
-        down, self.bridge.disconnected_at = self.bridge.disconnected_at, None
-        if down is not None:
+        if self.bridge is not None and self.bridge.disconnected_at is not None:
+            down, self.bridge.disconnected_at = self.bridge.disconnected_at, None
             self.fleet.note_recovery(int(down), self.fleet.clock())
         if rotation.stale(self.fleet):  # keys rotated while the hub was down
             self.fleet.publish(rotation.resign_all(self.fleet))
@@ -106,4 +106,5 @@ def build(config: HubConfig, publisher: Publisher | None = None, with_broker: bo
     pub: Publisher = publisher or bridge or MemoryPublisher()
     fleet = Fleet(config, engine, keys, store, pub, metrics)
     app = create_app(fleet, bridge.connected if bridge else None)
+    dashboard.install(app)
     return Hub(config, fleet, Ingest(fleet), app, bridge, threading.Event())

@@ -1,5 +1,6 @@
 """The hub's HTTP surface: REST API under ``/api/v1`` (OpenAPI at ``/docs``), ``/metrics``,
-``/healthz`` and the server-rendered dashboard at ``/``. Build it with :func:`create_app`."""
+``/healthz``. Build it with :func:`create_app`; the dashboard (``hub.web``) is added beside
+it by :func:`hub.server.build`."""
 
 from .app import create_app
 

@@ -9,147 +9,39 @@ seconds and swaps it in. Charts read JSON from ``/ui/feed/...``.
 
 Read-only by design: buttons and the rollout form call the REST API (``/api/v1/...``) from the
 page; the API checks the role and writes the audit entry. The session is the ``ef_token``
-cookie (HttpOnly, SameSite=Strict) that :mod:`hub.api.deps` already accepts, so the same
+cookie (HttpOnly, SameSite=Strict) that :mod:`hub.auth` reads for the API too, so the same
 token authorises both. The viewer role gets no action controls.
+
+Every page asks for its caller with one dependency (:func:`page_caller`): a missing session
+redirects to the sign-in page (a live part or feed gets a 401 JSON instead), a role too low
+gets the "denied" page. :func:`install` adds the pages, ``/`` and the static files to an app.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
 import time
-from pathlib import Path
-from typing import Annotated, Any, Mapping, Sequence
+from typing import Annotated, Any, Callable, Mapping, Sequence
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
-from markupsafe import Markup
+from fastapi.staticfiles import StaticFiles
 
 from protocol.errors import BadPayload
 
-from ..api.deps import RANK, Caller, caller_of
+from ..auth import COOKIE, Caller, caller_for, caller_of
 from ..errors import HubError, NotFound
 from ..fleet import Fleet
 from . import queries
 from .queries import DeviceFilter, QueryError
+from .templating import HERE, make_templates
 
-HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
-COOKIE = "ef_token"
-POLL_MS = 3000
+TEMPLATES = make_templates()
 SPANS = {"15m": 900, "1h": 3600, "6h": 21600, "24h": 86400}
 SERIES_TTL_S = 4.0
 NAV = {"fleet.html": "fleet", "devices_list.html": "devices", "device.html": "devices", "models.html": "models",
        "model.html": "models", "rollouts.html": "rollouts", "rollout.html": "rollouts", "audit.html": "audit"}
-
-
-# ---- template helpers --------------------------------------------------------------------------
-def _ago(ts: Any, now: int | None = None) -> str:
-    if not ts:
-        return "never"
-    d = int((now or time.time()) - int(ts))
-    if d < 0:
-        return "just now"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if d >= size:
-            return f"{d // size}{unit} ago"
-    return f"{d}s ago"
-
-
-def _utc(ts: Any) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(ts))) if ts else "-"
-
-
-def _num(v: Any, nd: int = 2) -> str:
-    if v is None or isinstance(v, bool):
-        return "–"
-    try:
-        return f"{float(v):.{nd}f}"
-    except (TypeError, ValueError):
-        return str(v)
-
-
-def _pct(v: Any, nd: int = 1) -> str:
-    return "–" if v is None or isinstance(v, bool) else f"{float(v) * 100:.{nd}f} %"
-
-
-def _size(v: Any) -> str:
-    if not isinstance(v, (int, float)):
-        return "–"
-    n = float(v)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(v)
-
-
-def _tojson_attr(v: Any) -> Markup:
-    return Markup(json.dumps(v, separators=(",", ":")).replace("&", "&amp;").replace('"', "&quot;")
-                  .replace("<", "&lt;").replace(">", "&gt;"))
-
-
-# inventory / health keys as an operator reads them; units come from the key's suffix
-LABELS = {"edgetpu": "Edge TPU", "free_disk_mb": "free disk", "disk_free_mb": "free disk",
-          "mem_available_mb": "memory available", "mem_total_mb": "memory", "ram_mb": "memory",
-          "cpu_temp_c": "CPU temperature", "load1": "load (1 min)", "arch": "architecture", "os": "OS",
-          "tflite_runtime": "TFLite runtime", "pycoral": "PyCoral", "python": "Python"}
-UNITS = (("_mb", "MB"), ("_c", "°C"), ("_ms", "ms"), ("_s", "s"))
-
-
-def _label(key: Any) -> str:
-    k = str(key)
-    if k in LABELS:
-        return LABELS[k]
-    for suffix, _unit in UNITS:
-        if k.endswith(suffix):
-            k = k[: -len(suffix)]
-            break
-    return k.replace("_", " ")
-
-
-def _fact(v: Any, key: Any = "") -> str:
-    """An inventory or health value in words: yes/no, units from the key, the Edge TPU's
-    ``{"present": bool, ...}`` as present/absent plus its details."""
-    k = str(key)
-    if k == "edgetpu" and isinstance(v, dict):
-        rest = {a: b for a, b in v.items() if a != "present"}
-        head = "present" if v.get("present") else "absent"
-        return head + (" (" + ", ".join(f"{_label(a)} {_fact(b, a)}" for a, b in rest.items()) + ")" if rest else "")
-    if isinstance(v, bool):
-        return ("present" if v else "absent") if k == "edgetpu" else ("yes" if v else "no")
-    if v is None or v == "":
-        return "–"
-    if isinstance(v, (dict, list)):
-        return json.dumps(v, separators=(", ", ": "))
-    for suffix, unit in UNITS:
-        if k.endswith(suffix) and isinstance(v, (int, float)):
-            return f"{v:g} {unit}" if unit != "°C" else f"{v:.1f} °C"
-    return str(v)
-
-
-def _policy_summary(p: Any) -> str:
-    """A rollout policy in one line: cohorts, soak, breach action, approval."""
-    if not isinstance(p, dict):
-        return str(p)
-    parts = [f"cohorts {', '.join(str(c) for c in p.get('cohorts') or [])}"]
-    if p.get("soak_s") is not None:
-        parts.append(f"soak {p['soak_s']} s")
-    if p.get("on_breach"):
-        parts.append(f"on breach {p['on_breach']}")
-    if p.get("approve_each_cohort"):
-        parts.append("approval between cohorts")
-    return " · ".join(parts)
-
-
-def make_templates() -> Jinja2Templates:
-    t = Jinja2Templates(directory=str(HERE / "templates"))
-    t.env.filters.update(ago=_ago, utc=_utc, num=_num, pct=_pct, size=_size, jsonattr=_tojson_attr, label=_label,
-                         fact=_fact, policy_summary=_policy_summary)
-    t.env.globals.update(poll_ms=POLL_MS, urlencode=urlencode)
-    return t
 
 
 class Baselines:
@@ -202,65 +94,101 @@ def device_filter(p: Mapping[str, str]) -> DeviceFilter:
 
 
 # ---- the router --------------------------------------------------------------------------------
-def dashboard_router() -> APIRouter:
-    """Pages and feeds; include with ``app.include_router(dashboard_router())`` and mount
-    :data:`STATIC_DIR` at ``/static``. Needs ``app.state.fleet`` and ``app.state.tokens``."""
-    router = APIRouter(prefix="/ui", include_in_schema=False)
-    templates = make_templates()
-    caches: dict[int, Baselines] = {}
-    # every open fleet page polls the same series; merging 20k sketches is the costly part
-    series_cache: dict[tuple[int, str], tuple[float, dict[str, Any]]] = {}
+class Bounce(Exception):
+    """A page's answer instead of the page (sign-in redirect, 401 for a live part, denied)."""
 
-    def fleet_of(request: Request) -> Fleet:
-        return request.app.state.fleet  # type: ignore[no-any-return]
+    def __init__(self, response: Response) -> None:
+        self.response = response
 
-    def baselines(fleet: Fleet) -> Baselines:
-        return caches.setdefault(id(fleet), Baselines(fleet))
 
-    def render(request: Request, caller: Caller, page: str, ctx: dict[str, Any], parts: Sequence[str] = (),
-               status: int = 200) -> Response:
-        part = request.query_params.get("part")
-        base = {"caller": caller, "can_act": RANK[caller.role] >= RANK["operator"], "now": int(time.time()),
-                "nav": NAV.get(page, "")}
-        if part:
-            if part not in parts:
-                return JSONResponse({"error": f"page has no live part {part!r}; known: {list(parts)}"}, 404)
-            return templates.TemplateResponse(request, f"parts/{part}.html", {**base, **ctx}, status_code=status)
-        return templates.TemplateResponse(request, page, {**base, **ctx}, status_code=status)
-
-    def guard(request: Request, need: str = "viewer") -> Caller | Response:
+def page_caller(need: str = "viewer") -> Callable[[Request], Caller]:
+    def dep(request: Request) -> Caller:
         caller = caller_of(request)
         if caller is None:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             if request.query_params.get("part") or request.url.path.startswith("/ui/feed"):
-                return JSONResponse({"error": "session expired; log in again"}, 401)
-            return RedirectResponse(f"/ui/login?{urlencode({'next': target})}", status_code=303)
-        if RANK[caller.role] < RANK[need]:
-            return templates.TemplateResponse(request, "denied.html", {
+                raise Bounce(JSONResponse({"error": "session expired; log in again"}, 401))
+            raise Bounce(RedirectResponse(f"/ui/login?{urlencode({'next': target})}", status_code=303))
+        if not caller.may(need):
+            raise Bounce(TEMPLATES.TemplateResponse(request, "denied.html", {
                 "caller": caller, "need": need, "can_act": False, "nav": "", "now": int(time.time())},
-                status_code=403)
+                status_code=403))
         return caller
+    return dep
 
-    def bad_input(request: Request, caller: Caller, exc: Exception) -> Response:
-        return templates.TemplateResponse(request, "error.html", {
-            "caller": caller, "can_act": RANK[caller.role] >= RANK["operator"], "nav": "",
-            "now": int(time.time()), "message": str(exc)}, status_code=400 if isinstance(exc, QueryError) else 404)
+
+def fleet_of(request: Request) -> Fleet:
+    return request.app.state.fleet  # type: ignore[no-any-return]
+
+
+PageViewer = Annotated[Caller, Depends(page_caller("viewer"))]
+PageOperator = Annotated[Caller, Depends(page_caller("operator"))]
+WebFleet = Annotated[Fleet, Depends(fleet_of)]
+
+
+def render(request: Request, caller: Caller, page: str, ctx: dict[str, Any], parts: Sequence[str] = (),
+           status: int = 200) -> Response:
+    part = request.query_params.get("part")
+    base = {"caller": caller, "can_act": caller.may("operator"), "now": int(time.time()), "nav": NAV.get(page, "")}
+    if part:
+        if part not in parts:
+            return JSONResponse({"error": f"page has no live part {part!r}; known: {list(parts)}"}, 404)
+        return TEMPLATES.TemplateResponse(request, f"parts/{part}.html", {**base, **ctx}, status_code=status)
+    return TEMPLATES.TemplateResponse(request, page, {**base, **ctx}, status_code=status)
+
+
+def bad_input(request: Request, caller: Caller, exc: Exception) -> Response:
+    return TEMPLATES.TemplateResponse(request, "error.html", {
+        "caller": caller, "can_act": caller.may("operator"), "nav": "",
+        "now": int(time.time()), "message": str(exc)}, status_code=400 if isinstance(exc, QueryError) else 404)
+
+
+def install(app: FastAPI) -> None:
+    """Add the dashboard to ``app``: ``/``, the pages under ``/ui`` and ``/static``."""
+    app.include_router(dashboard_router())
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+
+    @app.exception_handler(Bounce)
+    async def bounce(_r: Request, exc: Bounce) -> Response:
+        return exc.response
+
+
+def dashboard_router() -> APIRouter:
+    """Pages and feeds (see :func:`install`). Needs ``app.state.fleet`` and ``app.state.tokens``."""
+    router = APIRouter(include_in_schema=False)
+    caches: dict[int, Baselines] = {}
+    # every open fleet page polls the same series; merging 20k sketches is the costly part
+    series_cache: dict[tuple[int, str], tuple[float, dict[str, Any]]] = {}
+
+    def baselines(fleet: Fleet) -> Baselines:
+        return caches.setdefault(id(fleet), Baselines(fleet))
+
+    @router.get("/", response_class=HTMLResponse)
+    def index(request: Request, f: WebFleet, offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+              q: str | None = None) -> Response:
+        # A token in a URL lands in browser history, proxy and access logs, so ``/?token=`` does
+        # not sign in: the sign-in form POSTs the token instead.
+        caller = caller_of(request)
+        if caller is None or "token" in request.query_params:
+            return TEMPLATES.TemplateResponse(request, "dash_login.html", {
+                "next": "/ui", "error": "A token in a URL is not accepted: sign in here."
+                if "token" in request.query_params else ""}, status_code=401)
+        page = f.list_devices(limit=200, offset=offset, q=q)
+        rollouts = f.list_rollouts(limit=10)
+        return TEMPLATES.TemplateResponse(request, "devices.html", {
+            "devices": page["items"], "total": page["total"], "offset": offset, "limit": 200, "q": q or "",
+            "rollouts": rollouts["items"]})
 
     # ---- session -------------------------------------------------------------------------
-    @router.get("/login", response_class=HTMLResponse)
+    @router.get("/ui/login", response_class=HTMLResponse)
     def login_page(request: Request, next: str = "/ui") -> Response:
-        return templates.TemplateResponse(request, "dash_login.html", {"next": _safe_next(next), "error": ""})
+        return TEMPLATES.TemplateResponse(request, "dash_login.html", {"next": _safe_next(next), "error": ""})
 
-    @router.post("/login", response_class=HTMLResponse)
+    @router.post("/ui/login", response_class=HTMLResponse)
     def login(request: Request, token: str = Form(""), next: str = Form("/ui")) -> Response:
         token = token.strip()
-        tokens: dict[str, str] = request.app.state.tokens
-        role = None
-        for known, r in tokens.items():
-            if token and hmac.compare_digest(known.encode(), token.encode()):
-                role = r
-        if role is None:
-            return templates.TemplateResponse(request, "dash_login.html", {
+        if caller_for(request.app.state.tokens, token) is None:
+            return TEMPLATES.TemplateResponse(request, "dash_login.html", {
                 "next": _safe_next(next),
                 "error": "That token is not valid for this hub. Check it and try again." if token
                 else "Enter an API token."}, status_code=401)
@@ -270,32 +198,24 @@ def dashboard_router() -> APIRouter:
                         secure=request.url.scheme == "https")
         return resp
 
-    @router.post("/logout")
+    @router.post("/ui/logout")
     def logout() -> Response:
         resp = RedirectResponse("/ui/login", status_code=303)
         resp.delete_cookie(COOKIE, path="/")
         return resp
 
     # ---- fleet ---------------------------------------------------------------------------
-    @router.get("", response_class=HTMLResponse)
-    def fleet_page(request: Request, span: str = "1h") -> Response:
-        caller = guard(request)
-        if isinstance(caller, Response):
-            return caller
-        f = fleet_of(request)
+    @router.get("/ui", response_class=HTMLResponse)
+    def fleet_page(request: Request, caller: PageViewer, f: WebFleet, span: str = "1h") -> Response:
         with f.session() as s:
             ctx = queries.fleet_overview(s, int(time.time()))
         return render(request, caller, "fleet.html", {"o": ctx, "span": span if span in SPANS else "1h",
                                                       "spans": list(SPANS)}, parts=("fleet_cards", "fleet_alerts"))
 
-    @router.get("/feed/fleet-series")
-    def fleet_series(request: Request, span: str = "1h") -> Response:
-        caller = guard(request)
-        if isinstance(caller, Response):
-            return caller
+    @router.get("/ui/feed/fleet-series")
+    def fleet_series(request: Request, caller: PageViewer, f: WebFleet, span: str = "1h") -> Response:
         if span not in SPANS:
             return JSONResponse({"error": f"span must be one of {list(SPANS)}, got {span!r}"}, 400)
-        f = fleet_of(request)
         now = time.monotonic()
         hit = series_cache.get((id(f), span))
         if hit is None or now - hit[0] > SERIES_TTL_S:
@@ -305,16 +225,12 @@ def dashboard_router() -> APIRouter:
         return JSONResponse(hit[1])
 
     # ---- devices -------------------------------------------------------------------------
-    @router.get("/devices", response_class=HTMLResponse)
-    def devices_page(request: Request) -> Response:
-        caller = guard(request)
-        if isinstance(caller, Response):
-            return caller
+    @router.get("/ui/devices", response_class=HTMLResponse)
+    def devices_page(request: Request, caller: PageViewer, f: WebFleet) -> Response:
         try:
             flt = device_filter(request.query_params)
         except QueryError as exc:
             return bad_input(request, caller, exc)
-        f = fleet_of(request)
         with f.session() as s:
             page = queries.device_page(s, flt)
             facets = queries.device_facets(s)
@@ -322,26 +238,18 @@ def dashboard_router() -> APIRouter:
                                                              "page_sizes": queries.PAGE_SIZES},
                       parts=("device_table",))
 
-    @router.get("/feed/devices")
-    def devices_feed(request: Request) -> Response:
+    @router.get("/ui/feed/devices")
+    def devices_feed(request: Request, caller: PageViewer, f: WebFleet) -> Response:
         """The devices page's data as JSON (same filters and pagination as the page)."""
-        caller = guard(request)
-        if isinstance(caller, Response):
-            return caller
         try:
             flt = device_filter(request.query_params)
         except QueryError as exc:
             return JSONResponse({"error": str(exc)}, 400)
-        f = fleet_of(request)
         with f.session() as s:
             return JSONResponse(queries.device_page(s, flt))
 
-    @router.get("/devices/{device_id}", response_class=HTMLResponse)
-    def device_page(request: Request, device_id: str) -> Response:
-        caller = guard(request)
-        if isinstance(caller, Response):
-            return caller
-        f = fleet_of(request)
+    @router.get("/ui/devices/{device_id}", response_class=HTMLResponse)
+    def device_page(request: Request, caller: PageViewer, f: WebFleet, device_id: str) -> Response:
         try:
             d = f.get_device(device_id)
         except NotFound as exc:
@@ -352,32 +260,20 @@ def dashboard_router() -> APIRouter:
         return render(request, caller, "device.html", {"d": d, "history": history, "health": series["health"]},
                       parts=("device_summary", "device_history"))
 
-    @router.get("/feed/devices/{device_id}/series")
-    def device_series(request: Request, device_id: str) -> Response:
-        caller = guard(request)
-        if isinstance(caller, Response):
-            return caller
-        f = fleet_of(request)
+    @router.get("/ui/feed/devices/{device_id}/series")
+    def device_series(request: Request, caller: PageViewer, f: WebFleet, device_id: str) -> Response:
         with f.session() as s:
             return JSONResponse(queries.device_series(s, device_id, baselines(f)))
 
     # ---- models --------------------------------------------------------------------------
-    @router.get("/models", response_class=HTMLResponse)
-    def models_page(request: Request) -> Response:
-        caller = guard(request)
-        if isinstance(caller, Response):
-            return caller
-        f = fleet_of(request)
+    @router.get("/ui/models", response_class=HTMLResponse)
+    def models_page(request: Request, caller: PageViewer, f: WebFleet) -> Response:
         with f.session() as s:
             items = queries.model_list(s)
         return render(request, caller, "models.html", {"models": items}, parts=("models_table",))
 
-    @router.get("/models/{digest}", response_class=HTMLResponse)
-    def model_page(request: Request, digest: str) -> Response:
-        caller = guard(request)
-        if isinstance(caller, Response):
-            return caller
-        f = fleet_of(request)
+    @router.get("/ui/models/{digest}", response_class=HTMLResponse)
+    def model_page(request: Request, caller: PageViewer, f: WebFleet, digest: str) -> Response:
         with f.session() as s:
             b = queries.bundle_detail(s, digest)
         if b is None:
@@ -385,12 +281,8 @@ def dashboard_router() -> APIRouter:
         return render(request, caller, "model.html", {"b": b}, parts=("model_running",))
 
     # ---- rollouts ------------------------------------------------------------------------
-    @router.get("/rollouts", response_class=HTMLResponse)
-    def rollouts_page(request: Request, bundle: str = "") -> Response:
-        caller = guard(request)
-        if isinstance(caller, Response):
-            return caller
-        f = fleet_of(request)
+    @router.get("/ui/rollouts", response_class=HTMLResponse)
+    def rollouts_page(request: Request, caller: PageViewer, f: WebFleet, bundle: str = "") -> Response:
         listing = f.list_rollouts(limit=50)
         with f.session() as s:
             bundles = queries.model_list(s)
@@ -400,13 +292,9 @@ def dashboard_router() -> APIRouter:
             "names": {m["digest"]: f"{m['name']}@{m['version']}" for m in bundles},
             "chosen": bundle}, parts=("rollouts_table",))
 
-    @router.get("/rollouts/preview", response_class=HTMLResponse)
-    def preview(request: Request, bundle: str = "", target_kind: str = "all", target_value: str = "",
+    @router.get("/ui/rollouts/preview", response_class=HTMLResponse)
+    def preview(request: Request, caller: PageViewer, f: WebFleet, bundle: str = "", target_kind: str = "all", target_value: str = "",
                 cohorts: str = "100%") -> Response:
-        caller = guard(request)
-        if isinstance(caller, Response):
-            return caller
-        f = fleet_of(request)
         try:
             if not bundle:
                 raise QueryError("choose a bundle to preview the rollout")
@@ -415,16 +303,12 @@ def dashboard_router() -> APIRouter:
             with f.session() as s:
                 pv = queries.rollout_preview(s, bundle, target, sizes)
         except (QueryError, HubError) as exc:
-            return templates.TemplateResponse(request, "parts/preview.html", {"error": str(exc), "pv": None},
+            return TEMPLATES.TemplateResponse(request, "parts/preview.html", {"error": str(exc), "pv": None},
                                               status_code=400)
-        return templates.TemplateResponse(request, "parts/preview.html", {"error": "", "pv": pv})
+        return TEMPLATES.TemplateResponse(request, "parts/preview.html", {"error": "", "pv": pv})
 
-    @router.get("/rollouts/{rid}", response_class=HTMLResponse)
-    def rollout_page(request: Request, rid: str) -> Response:
-        caller = guard(request)
-        if isinstance(caller, Response):
-            return caller
-        f = fleet_of(request)
+    @router.get("/ui/rollouts/{rid}", response_class=HTMLResponse)
+    def rollout_page(request: Request, caller: PageViewer, f: WebFleet, rid: str) -> Response:
         try:
             r = f.rollout_status(rid, limit=200)
         except NotFound as exc:
@@ -435,13 +319,9 @@ def dashboard_router() -> APIRouter:
                       parts=("rollout_progress", "rollout_devices"))
 
     # ---- audit ---------------------------------------------------------------------------
-    @router.get("/audit", response_class=HTMLResponse)
-    def audit_page(request: Request, action: str = "",
+    @router.get("/ui/audit", response_class=HTMLResponse)
+    def audit_page(request: Request, caller: PageOperator, f: WebFleet, action: str = "",  # operator, as the API
                    offset: Annotated[int, Query(ge=0, le=queries.MAX_OFFSET)] = 0) -> Response:
-        caller = guard(request, need="operator")  # the API's audit route needs operator too
-        if isinstance(caller, Response):
-            return caller
-        f = fleet_of(request)
         with f.session() as s:
             page = queries.audit_page(s, 50, offset, action[:64])
         return render(request, caller, "audit.html", {"page": page, "action": action[:64]},

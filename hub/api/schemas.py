@@ -1,0 +1,265 @@
+"""What the API says: one ``…Public`` model per resource and one generic :class:`Page`.
+
+Tables (:mod:`hub.models`) never go on the wire; the operations in :mod:`hub.fleet` and
+:mod:`hub.rollouts` return plain data that FastAPI validates against these models on the way
+out (``response_model=``), so the OpenAPI document says exactly what a client gets and a field
+the code forgets to fill is a 500 in the tests, not a silent gap. Request bodies live here too.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DIGEST_RE = r"^[0-9a-f]{64}$"
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a listing: ``items`` from ``offset``, ``total`` over every page."""
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class ErrorPublic(BaseModel):
+    """Every error: one line naming the thing and the problem (422 adds FastAPI's ``detail``)."""
+    error: str
+    detail: list[dict[str, Any]] | None = None
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers of a route (``responses=``)."""
+    what = {400: "bad input (names the field and the value)", 401: "missing or unknown bearer token",
+            403: "the token's role may not do this", 404: "no such resource", 409: "state conflict",
+            413: "body too large", 422: "request does not match the schema"}
+    return {c: {"model": ErrorPublic, "description": what[c]} for c in codes}
+
+
+# ---- ops ------------------------------------------------------------------------------------
+class HealthPublic(BaseModel):
+    status: str
+    db: str
+    mqtt: bool | None = Field(description="broker session up; null when the hub runs without a broker")
+
+
+# ---- bundles --------------------------------------------------------------------------------
+class BundlePushed(BaseModel):
+    digest: str
+    name: str
+    version: str
+    archive_sha256: str
+    size: int
+    revision: int
+
+
+class BundlePublic(BaseModel):
+    digest: str
+    name: str
+    version: str
+    revision: int
+    archive_sha256: str
+    size: int
+    chunk_size: int
+    chunks: int = Field(description="number of chunks")
+    created: int
+    uploaded: int
+    requirements: dict[str, Any]
+    model: dict[str, Any]
+    artifacts: list[dict[str, Any]]
+
+
+class BundleDetail(BundlePublic):
+    report: dict[str, Any] = Field(description="the compiler's evaluation report")
+    model_card: str
+
+
+class ModelPublic(BaseModel):
+    name: str
+    revisions: int
+    created: int
+    latest: BundlePublic | None
+
+
+# ---- devices --------------------------------------------------------------------------------
+class ActiveBundle(BaseModel):
+    digest: str
+    name: str | None
+    version: str | None
+
+
+class DesiredPublic(BaseModel):
+    seq: int
+    bundle: str | None
+    action: str | None
+
+
+class LatencyPublic(BaseModel):
+    p50_ms: float | None
+    p95_ms: float | None
+    mean_ms: float | None
+
+
+class DeviceTelemetry(LatencyPublic):
+    windows: int
+    inferences: int
+    errors: int
+    tpu: int
+    cpu: int
+    cloud: int
+
+
+class DevicePublic(BaseModel):
+    device_id: str
+    online: bool
+    last_seen: int
+    state: str
+    agent_version: str
+    group: str
+    tags: list[str]
+    inventory: dict[str, Any] = Field(description="as the agent reported it (protocol.device.Inventory)")
+    active_bundle: ActiveBundle | None
+    staged_bundle: str | None
+    desired: DesiredPublic
+    reported_desired_seq: int
+    rollout_state: str | None
+    telemetry: DeviceTelemetry
+
+
+class TelemetryMerged(DeviceTelemetry):
+    drift: dict[str, Any] = Field(description="per-feature drift verdicts, for one bundle")
+
+
+class DeviceRollout(BaseModel):
+    rollout: str
+    state: str
+    seq: int
+    attempts: int
+    reason: str
+    cohort: int | None
+
+
+class DeviceDetail(DevicePublic):
+    recent: TelemetryMerged
+    rollouts: list[DeviceRollout]
+
+
+class TelemetrySummary(TelemetryMerged):
+    devices: int
+    truncated: bool = Field(description="more windows matched than were merged")
+    since: int | None
+    until: int | None
+
+
+class DevicePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    group: str | None = Field(default=None, max_length=64)
+    tags: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=64)
+
+
+# ---- enrollment -----------------------------------------------------------------------------
+class EnrollIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    device: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="device id to enroll")
+    group: str = Field(default="", max_length=64)
+    tags: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=64)
+
+
+class EnrollmentPublic(BaseModel):
+    device_id: str
+    token: str = Field(description="one-time; the device trades it at POST /api/v1/enroll")
+    expires: int
+
+
+class RedeemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: str = Field(min_length=8, max_length=200)
+
+
+class MqttCredentials(BaseModel):
+    username: str
+    password: str
+
+
+class Enrolled(BaseModel):
+    device_id: str
+    broker: str = Field(description="broker URL for devices, never with the hub's credentials")
+    mqtt: MqttCredentials
+    root: str = Field(description="the trust root envelope (JSON text) to pin")
+
+
+# ---- rollouts -------------------------------------------------------------------------------
+class RolloutIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bundle: str = Field(pattern=DIGEST_RE, description="bundle digest (64 hex)")
+    target: dict[str, Any] = Field(description='{"all": true} | {"devices": [...]} | {"group": g} | {"tag": t}')
+    policy: dict[str, Any] = Field(default_factory=dict, description="cohorts, soak, gates (see hub.rollout)")
+
+
+class GatePublic(BaseModel):
+    name: str
+    status: str = Field(description="pass | breach | insufficient_data")
+    value: float | None
+    limit: float | None
+    detail: str
+
+
+class RolloutPublic(BaseModel):
+    id: str
+    bundle: str
+    target: dict[str, Any]
+    policy: dict[str, Any]
+    phase: str
+    cohort: int
+    cohort_sizes: list[int]
+    soak_started: int | None
+    gates: list[GatePublic]
+    reason: str
+    created: int
+    updated: int
+    created_by: str
+    counts: dict[str, int] = Field(description="devices per state")
+    total: int
+
+
+class RolloutDevicePublic(BaseModel):
+    device_id: str
+    state: str
+    cohort: int | None
+    seq: int
+    attempts: int
+    reason: str
+    updated: int
+    online: bool
+    from_bundle: str | None
+
+
+class RolloutStatus(RolloutPublic):
+    devices: list[RolloutDevicePublic] = Field(description="one page of the rollout's devices")
+    limit: int
+    offset: int
+
+
+# ---- alerts and audit -----------------------------------------------------------------------
+class AlertPublic(BaseModel):
+    id: int
+    kind: str
+    severity: str
+    device: str | None
+    bundle: str | None
+    rollout: str | None
+    detail: dict[str, Any]
+    message: str
+    created: int
+    resolved: int = Field(description="0 while open, else when it was resolved")
+
+
+class AuditPublic(BaseModel):
+    id: int
+    ts: int
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any]
