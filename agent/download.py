@@ -20,10 +20,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AbstractSet
 
 from protocol.bundle import ChunkPlan
 from protocol.errors import Reason, VerificationError
@@ -168,7 +167,7 @@ class Subscription:
 
 
 def chunk_subscription(
-    archive: str, missing: Sequence[int], total: int, held: AbstractSet[str], session_kept: bool, retain_handling: bool
+    archive: str, missing: Sequence[int], total: int, held: Set[str], session_kept: bool, retain_handling: bool
 ) -> Subscription:
     """Decide the chunk subscriptions of a download after (re)connecting or (re)starting.
 

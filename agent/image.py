@@ -58,7 +58,7 @@ def _fast_jpeg(data: bytes, height: int, width: int, channels: int) -> np.ndarra
         h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
         if (h, w) != (height, width) or colorspace not in _FAST_COLORSPACES.get(channels, ()):
             return None
-        px = simplejpeg.decode_jpeg(data, colorspace="RGB" if channels == 3 else "GRAY")
+        px: np.ndarray = simplejpeg.decode_jpeg(data, colorspace="RGB" if channels == 3 else "GRAY")
     except ValueError:  # truncated or odd: let Pillow decide (and word the error)
         return None
     return px.reshape(1, height, width, channels)

@@ -45,7 +45,7 @@ def _interpreter_module() -> Any:
     try:
         from ai_edge_litert import interpreter as mod
     except ImportError:  # pragma: no cover - exercised only on devices without ai-edge-litert
-        from tflite_runtime import interpreter as mod  # type: ignore[no-redef]
+        from tflite_runtime import interpreter as mod
     return mod
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -61,7 +62,7 @@ class Transport:
     def _build(self) -> mqtt.Client:
         proto = mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311
         c = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=f"ef-agent-{self.cfg.device_id}",
             protocol=proto,
             clean_session=None if self._v5 else self._clean,

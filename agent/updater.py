@@ -593,7 +593,8 @@ class Updater:
                 "shadow",
                 "ok",
                 Reason.OK,
-                f"running {rec.name} {rec.version} beside the active model on {job.desired.shadow_sample:.0%} of requests",
+                f"running {rec.name} {rec.version} beside the active model "
+                f"on {job.desired.shadow_sample:.0%} of requests",
                 seq,
                 rec.digest,
             )

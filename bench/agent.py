@@ -676,14 +676,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'':<29}{'paired rounds (raw socket client)':^69}|{'blocks: wrk':^16}|{'blocks: http.client':^23}|")
     print(
         f"{'model':<18}{'upload':<11}{'bare p50':>9}{'ours p50':>9}{'overhead [95% CI]':>20}{'floor [95% CI]':>19}"
-        f"{'in agent':>9}{'HTTP':>6} |{'ours':>8}{'floor':>8}|{'p50':>8}{'p95':>7}{'overhead':>8}|{'RSS MB':>7}{'idle CPU':>9}"
+        f"{'in agent':>9}{'HTTP':>6} |{'ours':>8}{'floor':>8}|{'p50':>8}{'p95':>7}{'overhead':>8}|"
+        f"{'RSS MB':>7}{'idle CPU':>9}"
     )
     for c in cases:
         print(
             f"{c['model']:<18}{c['upload']:<11}{c['paired_bare_p50_ms']:>8.3f} {c['p50_ms']:>8.3f} "
-            f"{ci(c, 'overhead_pct'):>19} {ci(c, 'floor_overhead_pct'):>18}{c['in_agent_ms']:>9.3f}{c['http_ms']:>6.3f} |"
+            f"{ci(c, 'overhead_pct'):>19} {ci(c, 'floor_overhead_pct'):>18}"
+            f"{c['in_agent_ms']:>9.3f}{c['http_ms']:>6.3f} |"
             f"{opt(c['overhead_pct_wrk'])} {opt(c['floor_overhead_pct_wrk'])}|{c['api_p50_ms']:>7.2f} "
-            f"{c['api_p95_ms']:>6.2f} {c['overhead_pct_python_client']:>6.1f}%|{c['rss_mb']:>6.1f} {c['idle_cpu_pct']:>7.2f}%"
+            f"{c['api_p95_ms']:>6.2f} {c['overhead_pct_python_client']:>6.1f}%|"
+            f"{c['rss_mb']:>6.1f} {c['idle_cpu_pct']:>7.2f}%"
         )
     print(
         "overhead = API latency / bare invoke - 1. Paired rounds (the headline): two bare invokes, two agent "
@@ -702,7 +705,8 @@ def main(argv: list[str] | None = None) -> int:
         f"[{lo:.1f}, {hi:.1f}] -> {verdict}"
     )
     print(
-        f"load average {params['loadavg_start']} -> {params['loadavg_end']} (other work on the machine skews both columns)"
+        f"load average {params['loadavg_start']} -> {params['loadavg_end']} "
+        "(other work on the machine skews both columns)"
     )
     print(f"wrote {path}")
     return 0

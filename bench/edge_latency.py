@@ -144,7 +144,7 @@ def _coral_cases(coral: Path, runs: int) -> list[dict[str, Any]]:
         for threads in (1, 2):
             rt = TfliteRunner(data, fname, threads=threads)
             px = np.zeros(rt.input.shape, rt.input.dtype)
-            med, p90 = _time(lambda: rt.run_raw(px), runs)
+            med, p90 = _time(lambda rt=rt, px=px: rt.run_raw(px), runs)
             cases.append(
                 {
                     "model": fname.removesuffix(".tflite"),

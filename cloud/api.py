@@ -126,7 +126,7 @@ def json_bytes(content: Any) -> bytes:
 
 
 def _result(model: ServedModel, outputs: list[np.ndarray]) -> dict[str, Any]:
-    return {"model": model.spec.ref, "outputs": dict(zip(model.spec.outputs, outputs))}
+    return {"model": model.spec.ref, "outputs": dict(zip(model.spec.outputs, outputs, strict=True))}
 
 
 def _top(model: ServedModel, scores: np.ndarray, k: int = TOP_K) -> list[dict[str, Any]]:

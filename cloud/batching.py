@@ -90,7 +90,7 @@ def _resolve(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -
     if exc is not None:
         fut.set_exception(exc)
     else:
-        fut.set_result(result)  # type: ignore[arg-type]
+        fut.set_result(result)
 
 
 class Batcher:

@@ -115,7 +115,8 @@ class Guard:
 
 def _presented_key(scope: Scope) -> str | None:
     bearer = None
-    for key, value in scope.get("headers", []):
+    headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+    for key, value in headers:
         if key == b"x-api-key":
             return value.decode("latin-1")
         if key == b"authorization" and value[:7].lower() == b"bearer ":

@@ -106,7 +106,7 @@ class HubPuller:
         )
         try:
             with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:  # noqa: S310 - URL from config
-                data = resp.read(limit + 1)
+                data: bytes = resp.read(limit + 1)
         except urllib.error.HTTPError as exc:
             raise HubError(f"GET {path}: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError) as exc:

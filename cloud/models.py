@@ -99,7 +99,7 @@ class ServedModel:
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         if self.spec.input.batch == 1 and x.shape[0] > 1:  # static batch of 1: one row per run
             runs = [self.session.run(None, {self._input: x[i : i + 1]}) for i in range(x.shape[0])]
-            outs = [np.concatenate(parts) for parts in zip(*runs)]
+            outs = [np.concatenate(parts) for parts in zip(*runs, strict=True)]
         else:
             outs = list(self.session.run(None, {self._input: x}))
         q = self.spec.output_quant

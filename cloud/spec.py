@@ -109,7 +109,7 @@ def input_spec(name: str, ort_type: str, shape: Sequence[Any], source: str) -> I
 
 
 def _fits(dims: tuple[Dim, ...], want: tuple[int, ...]) -> bool:
-    return len(dims) == len(want) and all(d is None or d == w for d, w in zip(dims, want))
+    return len(dims) == len(want) and all(d is None or d == w for d, w in zip(dims, want, strict=True))
 
 
 def image_spec(preprocess: dict[str, Any], inp: InputSpec, source: str) -> ImageSpec | None:

@@ -3,10 +3,10 @@
 Three ways in, every failure a :class:`BadInput` naming the part of the request that is wrong:
 
 * an image (``POST /predict`` multipart ``file``; JPEG, PNG, BMP, GIF, WebP or TIFF, at most
-  ``max_pixels`` by its header): decoded with Pillow (YCbCr and grayscale
-  JPEGs with simplejpeg when installed: the same pixels, in about half the time), converted to L or RGB,
-  resized to the spec's size (the spec's ``resize`` filter, default bicubic = Pillow's default, as the seed does), ``pixel * scale +
-  offset``, laid out NHWC or NCHW, one row; integer inputs get the quantized value (or, uint8
+  ``max_pixels`` by its header): decoded with Pillow (YCbCr and grayscale JPEGs with simplejpeg
+  when installed: the same pixels, in about half the time), converted to L or RGB, resized to the
+  spec's size (the spec's ``resize`` filter, default bicubic = Pillow's default, as the seed does),
+  ``pixel * scale + offset``, laid out NHWC or NCHW, one row; integer inputs get the quantized value (or, uint8
   without ``input_quantization``, the raw pixels);
 * JSON ``{"inputs": [...]}``: a nested list *including the batch dimension*; strict JSON
   (:func:`parse_json`: finite numbers only, bounded nesting);
@@ -59,7 +59,8 @@ def _jpeg_pixels(data: bytes, max_pixels: int) -> np.ndarray | None:
         raise TooLarge("image", w * h, max_pixels)  # checked from the header: nothing decoded yet
     try:
         # YCbCr -> RGB first, then Pillow's own RGB -> L (what Pillow does with such a JPEG)
-        return simplejpeg.decode_jpeg(data, colorspace="GRAY" if colorspace == "Gray" else "RGB")
+        px: np.ndarray = simplejpeg.decode_jpeg(data, colorspace="GRAY" if colorspace == "Gray" else "RGB")
+        return px
     except ValueError:
         return None
 
@@ -146,7 +147,7 @@ def check_shape(x: np.ndarray, spec: InputSpec, max_rows: int, what: str) -> np.
         raise TooLarge(f"{what} rows", rows, max_rows)
     if spec.batch not in (None, 1) and rows != spec.batch:
         raise BadInput(what, f"model has a fixed batch of {spec.batch}, got {rows} rows")
-    for i, (got, fixed) in enumerate(zip(x.shape[1:], spec.sample), 1):
+    for i, (got, fixed) in enumerate(zip(x.shape[1:], spec.sample, strict=True), 1):
         if fixed is not None and got != fixed:
             raise BadInput(what, f"shape {list(x.shape)} does not fit {spec.describe()} (dim {i})")
         if got == 0:

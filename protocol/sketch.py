@@ -82,7 +82,7 @@ class LatencySketch:
         for i in sorted(self.counts):
             seen += self.counts[i]
             if seen > rank:
-                mid = MIN_S * GAMMA ** (i + 0.5)
+                mid: float = MIN_S * GAMMA ** (i + 0.5)  # float ** float is typed Any (could be complex)
                 return max(self.min, min(self.max, mid))
         return self.max
 
@@ -159,7 +159,7 @@ def _check_pair(ref: Sequence[int], cur: Sequence[int]) -> None:
 
 def psi(ref: Sequence[int], cur: Sequence[int]) -> float:
     _check_pair(ref, cur)
-    return sum((c - r) * math.log(c / r) for r, c in zip(_proportions(ref), _proportions(cur)))
+    return sum((c - r) * math.log(c / r) for r, c in zip(_proportions(ref), _proportions(cur), strict=True))
 
 
 def js_divergence(ref: Sequence[int], cur: Sequence[int]) -> float:
@@ -167,10 +167,10 @@ def js_divergence(ref: Sequence[int], cur: Sequence[int]) -> float:
     nr, nc = sum(ref), sum(cur)
     p = [x / nr for x in ref]
     q = [x / nc for x in cur]
-    m = [(a + b) / 2 for a, b in zip(p, q)]
+    m = [(a + b) / 2 for a, b in zip(p, q, strict=True)]
 
     def kl(a: list[float], b: list[float]) -> float:
-        return sum(x * math.log2(x / y) for x, y in zip(a, b) if x > 0)
+        return sum(x * math.log2(x / y) for x, y in zip(a, b, strict=True) if x > 0)
 
     return max(0.0, (kl(p, m) + kl(q, m)) / 2)
 
@@ -180,7 +180,7 @@ def ks_bound(ref: Sequence[int], cur: Sequence[int]) -> float:
     nr, nc = sum(ref), sum(cur)
     cr = cc = 0.0
     best = 0.0
-    for r, c in zip(ref, cur):
+    for r, c in zip(ref, cur, strict=True):
         cr += r / nr
         cc += c / nc
         best = max(best, abs(cr - cc))
@@ -193,7 +193,7 @@ def merge_counts(*windows: Sequence[int]) -> list[int]:
     size = len(windows[0])
     if any(len(w) != size for w in windows):
         raise BadPayload("drift counts", "cannot merge windows with different bin counts")
-    return [sum(col) for col in zip(*windows)]
+    return [sum(col) for col in zip(*windows, strict=True)]
 
 
 @dataclass(frozen=True)

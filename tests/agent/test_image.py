@@ -102,9 +102,16 @@ def test_an_image_declaring_more_than_max_pixels_is_refused_before_decoding() ->
 # files a seeded mutation fuzzer found against edgefleet-cloud (zlib + base64, tests/cloud):
 # Pillow's DDS, SPIDER and TIFF decoders raised NotImplementedError, AttributeError, TypeError
 DECODER_CRASHERS = {
-    "dds-notimplementederror": "eNrtzrEJACAMRNHrLM0IGcYNXMfCzRURG+3EwuKHPLgQAkkpe5EUTXJNVXflR26r52D7xdgEAAAAAADwUv3vpw4X3iQi",
-    "spider-attributeerror": "eNrty4EJwCAMBdEPDmZbHcU9mlEdpVYFgxOUcgdPjBjJoqRravV5FLT3/jndfK+ruWfL7UjbbhERfax6AAAAAACAf3sAKF2FLw==",
-    "tiff-typeerror": "eNrz9NRi4GBgYOBkYGBkYWAEshSAmBGJzcTIDGaDVDFD2SDMhsQWZGQF01VALIakVxzKZmBhYJCBqW9gAAN2fKABg4EM/kPpevZRMApGwZAEABaoITI=",
+    "dds-notimplementederror": (
+        "eNrtzrEJACAMRNHrLM0IGcYNXMfCzRURG+3EwuKHPLgQAkkpe5EUTXJNVXflR26r52D7xdgEAAAAAADwUv3vpw4X3iQi"
+    ),
+    "spider-attributeerror": (
+        "eNrty4EJwCAMBdEPDmZbHcU9mlEdpVYFgxOUcgdPjBjJoqRravV5FLT3/jndfK+ruWfL7UjbbhERfax6AAAAAACAf3sAKF2FLw=="
+    ),
+    "tiff-typeerror": (
+        "eNrz9NRi4GBgYOBkYGBkYWAEshSAmBGJzcTIDGaDVDFD2SDMhsQWZGQF01VALIakVxzKZmBhYJCBqW9gAAN2fKABg4EM/"
+        "kPpevZRMApGwZAEABaoITI="
+    ),
 }
 
 

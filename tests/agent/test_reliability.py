@@ -231,10 +231,10 @@ def test_model_on_probation_that_keeps_crashing_the_agent_is_rolled_back(
     for _ in range(2):  # clean restarts are not crashes
         agent.stop()
         agent.start()
-        agent.port
+        _ = agent.port  # waits until the restarted agent serves
     assert _active(agent) == second.ref.digest
     for _ in range(3):  # as if the new model took the process down (kill -9 = segfault, power cut)
-        agent.port
+        _ = agent.port  # waits until the restarted agent serves
         agent.kill()
         agent.start()
     rb = hub.report(agent.device, "rollback", "ok", first.ref.digest)
@@ -256,7 +256,7 @@ def test_model_that_passed_probation_is_kept_through_crashes(tmp_path, coral_mod
     for _ in range(3):
         agent.kill()
         agent.start()
-        agent.port
+        _ = agent.port  # waits until the restarted agent serves
     _serves(agent, coral_models, second.ref.digest)
     assert not [r for r in hub.reports if r.stage == "rollback"]
 

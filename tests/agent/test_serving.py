@@ -237,7 +237,7 @@ def test_local_api_is_also_served_on_a_unix_socket(tmp_path, make_agent, hub):
 
     sock_path = tmp_path / "agent.sock"
     agent = make_agent("unix", http_socket=str(sock_path)).start()
-    agent.port  # wait until the API is up
+    _ = agent.port  # wait until the API is up
     assert oct(sock_path.stat().st_mode & 0o777) == "0o660"
     conn = UnixConnection("localhost")
     try:

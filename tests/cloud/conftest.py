@@ -158,9 +158,16 @@ def png_declaring(w: int, h: int) -> bytes:
 # files a seeded mutation fuzzer found (zlib + base64): Pillow's DDS, SPIDER and TIFF decoders
 # raised NotImplementedError, AttributeError and TypeError on them, which the API answered 500
 DECODER_CRASHERS = {
-    "dds-notimplementederror": "eNrtzrEJACAMRNHrLM0IGcYNXMfCzRURG+3EwuKHPLgQAkkpe5EUTXJNVXflR26r52D7xdgEAAAAAADwUv3vpw4X3iQi",
-    "spider-attributeerror": "eNrty4EJwCAMBdEPDmZbHcU9mlEdpVYFgxOUcgdPjBjJoqRravV5FLT3/jndfK+ruWfL7UjbbhERfax6AAAAAACAf3sAKF2FLw==",
-    "tiff-typeerror": "eNrz9NRi4GBgYOBkYGBkYWAEshSAmBGJzcTIDGaDVDFD2SDMhsQWZGQF01VALIakVxzKZmBhYJCBqW9gAAN2fKABg4EM/kPpevZRMApGwZAEABaoITI=",
+    "dds-notimplementederror": (
+        "eNrtzrEJACAMRNHrLM0IGcYNXMfCzRURG+3EwuKHPLgQAkkpe5EUTXJNVXflR26r52D7xdgEAAAAAADwUv3vpw4X3iQi"
+    ),
+    "spider-attributeerror": (
+        "eNrty4EJwCAMBdEPDmZbHcU9mlEdpVYFgxOUcgdPjBjJoqRravV5FLT3/jndfK+ruWfL7UjbbhERfax6AAAAAACAf3sAKF2FLw=="
+    ),
+    "tiff-typeerror": (
+        "eNrz9NRi4GBgYOBkYGBkYWAEshSAmBGJzcTIDGaDVDFD2SDMhsQWZGQF01VALIakVxzKZmBhYJCBqW9gAAN2fKABg4EM/"
+        "kPpevZRMApGwZAEABaoITI="
+    ),
 }
 
 

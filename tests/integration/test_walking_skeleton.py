@@ -72,7 +72,7 @@ def test_bundle_rolls_out_to_two_agents_and_telemetry_reaches_the_database(fleet
     correct = 0
     for name in ("dev-a", "dev-b"):
         port = fleet.agent_port(name)
-        for x, y in zip(xs[:20], ys[:20]):
+        for x, y in zip(xs[:20], ys[:20], strict=True):
             answer = post_image(f"http://127.0.0.1:{port}/v1/predict", png_bytes(x))
             assert "error" not in answer, answer
             assert answer["bundle"]["digest"] == digest and answer["served_by"] == "cpu"

@@ -138,6 +138,6 @@ def test_the_shapes_in_docs_protocol_md_are_what_the_parsers_read_and_write():
     section = doc.split("## Inventory, health and shadow", 1)[1].split("\n## ", 1)[0]
     blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", section, re.S)]
     assert len(blocks) == 3, "docs/protocol.md lost an example of Inventory, Health or Shadow"
-    for kind, obj in zip((Inventory, Health, Shadow), blocks):
+    for kind, obj in zip((Inventory, Health, Shadow), blocks, strict=True):
         parsed = kind.from_dict(obj)
         assert parsed.extra == {} and parsed.to_dict() == obj

@@ -3,8 +3,9 @@
     python make_models.py OUT_DIR
 
 writes ``digits_dyn.keras`` (the digits CNN with a *dynamic* batch, 3 epochs), ``saved_model/``
-(the same model exported as a SavedModel), ``spatial_dyn.keras`` (dynamic H and W), ``lstm.keras`` (its int8 conversion crashes TensorFlow), ``leaky.keras``
-(a LeakyReLU CNN: int8 but not Edge TPU mappable) and ``digits.npz`` (cal / val splits as uint8
+(the same model exported as a SavedModel), ``spatial_dyn.keras`` (dynamic H and W), ``lstm.keras``
+(its int8 conversion crashes TensorFlow), ``leaky.keras`` (a LeakyReLU CNN: int8 but not Edge TPU
+mappable) and ``digits.npz`` (cal / val splits as uint8
 pixels: ``cal_x``, ``val_x``, ``val_y``).
 """
 
