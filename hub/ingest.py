@@ -11,6 +11,13 @@ later. Telemetry and reports are deduplicated by
 ``(device, seq)``: a replay is counted as ``duplicate``, not stored again, and acked again (the
 agent resends until it sees an ack). One transaction per batch; if it fails the batch is
 retried message by message so one poison message cannot block the others.
+
+Replicas (``--shared-group``) ingest side by side into one database, each getting some of every
+device's messages. A batch locks its devices' rows first (``SELECT ... FOR UPDATE``): the
+running totals are never a lost update, and a window both replicas hold (one got the resend of
+what the other was storing) is looked up only once the other's batch has committed, so it is a
+duplicate, not a second row. (A device new to both at once: one insert fails on the unique key,
+that batch is retried message by message and finds the row.)
 """
 
 from __future__ import annotations
@@ -205,7 +212,11 @@ class Ingest:
         sketches: dict[str, LatencySketch] = {}
         with self.fleet.session() as s:
             ids = sorted({p.device for p in parsed})
-            devices = {d.id: d for d in s.exec(select(Device).where(col(Device.id).in_(ids))).all()}
+            # locked until commit (PostgreSQL; SQLite has one writer): the totals below are
+            # read-modify-write, and a replica (--shared-group) may be storing another window of
+            # the same device at this moment. In id order: two batches queue, never deadlock.
+            devices = {d.id: d for d in s.exec(select(Device).where(col(Device.id).in_(ids))
+                                               .order_by(col(Device.id)).with_for_update()).all()}
 
             def device(did: str) -> Device:
                 d = devices.get(did)

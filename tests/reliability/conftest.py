@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sqlite3
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pytest
 
 from hub import keys as hub_keys_mod
 
-from ..conftest import REPO
+from ..conftest import REPO, free_port, wait_port
 
 OUT = Path(os.environ.get("EDGEFLEET_RELIABILITY_OUT", REPO / "test-artifacts" / "reliability" / "figures.jsonl"))
 
@@ -92,3 +97,60 @@ def windows_stored(hub: Any, want: int, timeout: float) -> int:
     while (n := count()) < want and time.monotonic() < deadline:
         time.sleep(0.1)
     return n
+
+
+def _http_json(method: str, url: str, body: Any = None, token: str | None = None) -> Any:
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if isinstance(body, bytes):
+        headers["Content-Type"] = "application/octet-stream"
+    elif body is not None:
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+class HubProcess:
+    """``edgefleet-hub serve --dev`` as a subprocess (so it can be killed -9), logging to
+    ``tmp/hub.log``. ``db``: its database URL (default: SQLite in ``tmp``); ``extra``: more flags."""
+
+    def __init__(self, tmp: Path, keys: Path, broker: str, db: str | None = None, extra: Sequence[str] = ()) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.db = tmp / "hub.db"
+        self.args = [sys.executable, "-m", "hub", "serve", "--dev", "--port", str(self.port), "--db",
+                     db or f"sqlite:///{self.db}", "--broker", broker, "--keys", str(keys), "--store",
+                     str(tmp / "store"), "--tick", "0.3", *extra]
+        self.log = open(tmp / "hub.log", "ab")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        wait_port(self.port, timeout=60)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+        self.log.close()
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        return _http_json(method, f"http://127.0.0.1:{self.port}{path}", body, "dev-token")
+
+    def windows(self) -> dict[str, list[tuple[int, int]]]:
+        """SQLite only: (seq, inferences) of every stored window, by device."""
+        con = sqlite3.connect(self.db)
+        try:
+            out: dict[str, list[tuple[int, int]]] = {}
+            for dev, seq, n in con.execute("select device, seq, inferences from telemetry_window"):
+                out.setdefault(dev, []).append((seq, n))
+            return out
+        finally:
+            con.close()

@@ -4,15 +4,8 @@ on what the hub told it. Real Mosquitto, the real hub, and (slow check) real age
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +17,12 @@ from sqlmodel import select
 from hub.keys import HubKeys
 from hub.models import Device
 from hub.server import build
+from hub import devices
 from protocol.messages import verify_desired
 
 from ..agent.bundles import MNV1, coral_bundle
-from ..conftest import REPO, free_port, start_mosquitto, wait_port
-from .conftest import windows_stored
+from ..conftest import start_mosquitto
+from .conftest import HubProcess, windows_stored
 from ..hub.conftest import TOKEN, FakeDevice, hub_config, wait_for, write_bundle
 from ..hub.helpers import status, telemetry
 from ..hub.test_api import archive_of
@@ -47,7 +41,7 @@ def test_m7_devices_offline_through_a_broker_kill_9_all_converge(tmp_path: Path,
             d = FakeDevice(n, broker.port).connect()
             d.send("status", status(n), retain=True)
             d.close()
-        wait_for(lambda: len(hub.fleet.list_devices(limit=50)["items"]) == 10, what="ten devices")
+        wait_for(lambda: len(devices.listing(hub.fleet, limit=50)["items"]) == 10, what="ten devices")
         api = TestClient(hub.app, headers={"Authorization": f"Bearer {TOKEN}"})
         pushed = api.post("/api/v1/bundles", content=archive_of(write_bundle(tmp_path / "b"))).json()
         api.post("/api/v1/rollouts", json={"bundle": pushed["digest"], "target": {"all": True}})
@@ -112,52 +106,6 @@ def test_telemetry_sent_while_the_hub_is_away_arrives_through_its_persistent_ses
 
 
 # ---- kill -9 of the broker and of the hub, with real agents serving traffic -------------------
-
-def _http_json(method: str, url: str, body: Any = None, token: str | None = None) -> Any:
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    if isinstance(body, bytes):
-        headers["Content-Type"] = "application/octet-stream"
-    elif body is not None:
-        headers["Content-Type"] = "application/json"
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
-
-
-class HubProcess:
-    def __init__(self, tmp: Path, keys: Path, broker: str) -> None:
-        self.port = free_port()
-        self.db = tmp / "hub.db"
-        self.args = [sys.executable, "-m", "hub", "serve", "--dev", "--port", str(self.port), "--db",
-                     f"sqlite:///{self.db}", "--broker", broker, "--keys", str(keys), "--store", str(tmp / "store"),
-                     "--tick", "0.3"]
-        self.log = open(tmp / "hub.log", "ab")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        wait_port(self.port, timeout=60)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def api(self, method: str, path: str, body: Any = None) -> Any:
-        return _http_json(method, f"http://127.0.0.1:{self.port}{path}", body, "dev-token")
-
-    def windows(self) -> dict[str, list[tuple[int, int]]]:
-        con = sqlite3.connect(self.db)
-        try:
-            out: dict[str, list[tuple[int, int]]] = {}
-            for dev, seq, n in con.execute("select device, seq, inferences from telemetry_window"):
-                out.setdefault(dev, []).append((seq, n))
-            return out
-        finally:
-            con.close()
-
 
 @pytest.mark.slow
 @pytest.mark.integration
