@@ -49,7 +49,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def _setup(work: Path, n: int) -> tuple[Any, str, str]:
-    from hub import keys
+    from hub import bundles, keys, rollouts
     from hub.config import HubConfig
     from hub.server import build
     from hub.store import read_bundle_dir
@@ -74,7 +74,7 @@ def _setup(work: Path, n: int) -> tuple[Any, str, str]:
     (bdir / MANIFEST_FILE).write_bytes(
         seal("manifest", Manifest("bench", "1.0.0", 1, arts, Requirements()).to_dict(), []).to_bytes()
     )
-    old = hub.fleet.push_bundle(*read_bundle_dir(bdir))
+    old = bundles.push(hub.fleet, *read_bundle_dir(bdir))
     (bdir / "labels.txt").write_bytes(b"a\nb\nc\n")
     arts = tuple(
         Artifact.of(k, "tflite_int8" if k.endswith("tflite") else "labels", (bdir / k).read_bytes()) for k in files
@@ -82,7 +82,7 @@ def _setup(work: Path, n: int) -> tuple[Any, str, str]:
     (bdir / MANIFEST_FILE).write_bytes(
         seal("manifest", Manifest("bench", "2.0.0", 2, arts, Requirements()).to_dict(), []).to_bytes()
     )
-    new = hub.fleet.push_bundle(*read_bundle_dir(bdir))
+    new = bundles.push(hub.fleet, *read_bundle_dir(bdir))
     sk = LatencySketch()
     sk.add(0.004, 50)
     sk.add(0.009, 5)
@@ -110,12 +110,14 @@ def _setup(work: Path, n: int) -> tuple[Any, str, str]:
     hub.ingest.handle(batch)
     t = time.monotonic()
     # one cohort soaking for an hour: it stays running, so every tick judges the gates
-    rid = hub.fleet.create_rollout(new["digest"], {"all": True}, {"soak_s": 3600}, "bench")["id"]
+    rid = rollouts.create(hub.fleet, new["digest"], {"all": True}, {"soak_s": 3600}, "bench")["id"]
     print(f"setup: {n} devices, rollout {rid} issued in {time.monotonic() - t:.1f}s", flush=True)
     return hub, rid, new["digest"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hub import rollouts, ticker
+
     p = argparse.ArgumentParser(prog="python -m bench hub_api", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="100 requests per case instead of 400")
     p.add_argument("--devices", type=int, default=10_000, help="fleet size (default 10000)")
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         ticks = []
         for _ in range(3):
             t = time.perf_counter()
-            hub.fleet.tick()
+            ticker.tick(hub.fleet)
             ticks.append((time.perf_counter() - t) * 1000)
         cases.append(
             {
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
         sk = LatencySketch()
         sk.add(0.004, 55)
-        st = hub.fleet.rollout_status(rid, limit=n)
+        st = rollouts.status(hub.fleet, rid, limit=n)
         now = int(time.time())
         batch: list[tuple[str, bytes]] = []
         for d in st["devices"]:
@@ -218,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         ticks = []
         for _ in range(3):
             t = time.perf_counter()
-            hub.fleet.tick()
+            ticker.tick(hub.fleet)
             ticks.append((time.perf_counter() - t) * 1000)
-        after = hub.fleet.rollout_status(rid, limit=1)
+        after = rollouts.status(hub.fleet, rid, limit=1)
         cases.append(
             {
                 "case": "rollout engine tick (all installed, gates on telemetry)",

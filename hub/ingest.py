@@ -37,7 +37,7 @@ from protocol.messages import (Ack, FetchRequest, Report, Status, Telemetry, par
 from protocol.sketch import LatencySketch
 from protocol.topics import Kind, Topic
 
-from . import rollouts
+from . import bundles, rollouts
 from .fleet import Fleet
 from .models import Bundle, Device, ReportRecord, TelemetryWindow
 from .transport import Outgoing
@@ -199,7 +199,7 @@ class Ingest:
         if reports:
             rollouts.on_reports(self.fleet, reports)
         if touched:
-            self.fleet.converge(sorted(touched))
+            rollouts.converge(self.fleet, sorted(touched))
 
     def _store(self, parsed: Sequence[Parsed]) -> tuple[list[Outgoing], set[str], list[Report]]:
         now = self.fleet.clock()
@@ -269,7 +269,7 @@ class Ingest:
                         self._warn(f"ef/v1/dev/{m.device}/fetch", ValueError(f"unknown archive {m.archive}"))
                         continue
                     wanted = self._throttle(m.archive, m.missing[:MAX_REPAIR_CHUNKS])
-                    out.extend(self.fleet.chunk_messages(b, wanted))
+                    out.extend(bundles.chunk_messages(self.fleet, b, wanted))
                     counted.append(("fetch", "stored" if wanted or not m.missing else "throttled"))
             for did, sk in sketches.items():
                 devices[did].latency = sk.to_dict()

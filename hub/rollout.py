@@ -85,6 +85,7 @@ from . import compat
 NO_PREVIOUS = "no previous bundle: told idle, keeps serving this rollout's bundle"
 PHASES = ("running", "paused", "awaiting_approval", "completed", "aborted", "rolled_back", "cancelled")
 TERMINAL_PHASES = ("aborted", "rolled_back", "cancelled")
+ACTIVE_PHASES = ("running", "paused", "awaiting_approval")  # a rollout that still owns its devices
 SETTLED = ("installed", "failed", "timed_out", "incompatible")
 ISSUED = ("issued", "installing")
 # "expired": the device read a desired doc after its expiry (it was offline for longer than

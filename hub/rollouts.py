@@ -31,11 +31,14 @@ from protocol.device import Shadow
 from protocol.messages import Report
 from protocol.sketch import DriftThresholds, LatencySketch
 from protocol.errors import BadPayload
+from protocol.topics import check_digest
 
+from . import bundles, desired
 from .compat import stored_inventory
 from .db import rollout_section
 from .errors import Conflict, Invalid, NotFound
-from .fleet import Fleet, Target, new_id
+from .fleet import Fleet, new_id
+from .targets import Target
 from .models import Alert, Bundle, Device, Rollout, RolloutDevice, TelemetryWindow
 from .rollout import (TERMINAL_PHASES, Command, DeviceSeen, DeviceState, Event, GateResult, Health,
                       InstallReport, Issue, Policy, PolicyError, RolloutState, advance, cohort_sizes)
@@ -234,19 +237,19 @@ def _run(fleet: Fleet, s: Session, r: Rollout, events: Sequence[Event], out: lis
     targets = [a.device for a in actions if isinstance(a, Issue)]
     devices = {d.id: d for i in range(0, len(targets), 5000)
                for d in s.exec(select(Device).where(col(Device.id).in_(targets[i:i + 5000]))).all()}
-    bundles: dict[str, Bundle | None] = {}
+    rows_of: dict[str, Bundle | None] = {}
     for a in actions:
         if isinstance(a, Issue):
             dev = devices.get(a.device)
             if dev is None:
                 continue
-            if a.bundle and a.bundle not in bundles:
-                bundles[a.bundle] = s.get(Bundle, a.bundle)
-            b = bundles.get(a.bundle) if a.bundle else None
+            if a.bundle and a.bundle not in rows_of:
+                rows_of[a.bundle] = s.get(Bundle, a.bundle)
+            b = rows_of.get(a.bundle) if a.bundle else None
             action = a.action if b is not None or a.action == "idle" else "idle"
             if b is not None:
-                out.extend(fleet.ensure_published(s, b))
-            out.append(fleet.issue(s, dev, b, action, r.id))
+                out.extend(bundles.ensure_published(fleet, s, b))
+            out.append(desired.issue(fleet, s, dev, b, action, r.id))
             seqs[a.device] = dev.desired_seq
         elif isinstance(a, AlertAction):
             s.add(Alert(kind=a.kind, severity=a.severity, rollout=r.id, bundle=r.bundle, message=a.message[:1000],
@@ -258,15 +261,23 @@ def _run(fleet: Fleet, s: Session, r: Rollout, events: Sequence[Event], out: lis
     return new
 
 
-def create(fleet: Fleet, digest: str, target: Target, policy: dict[str, Any], actor: str) -> dict[str, Any]:
+def create(fleet: Fleet, digest: str, target: Target | Any, policy: dict[str, Any] | None = None,
+           actor: str = "api") -> dict[str, Any]:
+    """A new rollout of bundle ``digest`` to ``target`` (a :class:`Target` or its JSON form),
+    issued at once to its first cohort. Raises Invalid (bad digest, target or policy)."""
     try:
-        pol = Policy.from_dict(policy)
+        check_digest(digest)
+    except BadPayload as exc:
+        raise Invalid("bundle", str(exc)) from None
+    target = target if isinstance(target, Target) else Target.parse(target)
+    try:
+        pol = Policy.from_dict(policy or {})
     except PolicyError as exc:
         raise Invalid("policy", str(exc)) from None
     out: list[Outgoing] = []
     with fleet.rollout_lock, fleet.session() as s:
         rollout_section(s)
-        fleet.bundle_row(s, digest)
+        bundles.get_row(fleet, s, digest)
         now = fleet.clock()
         serial = (s.exec(select(func.max(Rollout.serial))).one() or 0) + 1
         r = Rollout(id=new_id(), serial=serial, bundle=digest, target=target.to_dict(), policy=pol.to_dict(), phase="running",
@@ -415,7 +426,7 @@ def status(fleet: Fleet, rid: str, limit: int = 1000, offset: int = 0, state: st
         return out
 
 
-def listing(fleet: Fleet, limit: int, offset: int, phase: str | None) -> dict[str, Any]:
+def listing(fleet: Fleet, limit: int = 50, offset: int = 0, phase: str | None = None) -> dict[str, Any]:
     with fleet.session() as s:
         q = select(Rollout)
         if phase:

@@ -23,7 +23,6 @@ one step for the operator is the rotation itself.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from sqlmodel import select
 
@@ -31,12 +30,12 @@ from protocol.messages import parse_desired_payload
 from protocol.signing import Envelope
 from protocol.topics import Topic
 
+from . import bundles, desired
 from .db import rollout_section
+from .fleet import Fleet
+from .keys import HubKeys
 from .models import Bundle, DesiredDoc, Device, RolloutDevice
 from .transport import Outgoing
-
-if TYPE_CHECKING:
-    from .fleet import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ def _signed_by(env: bytes, keyid: str) -> bool:
     return any(sig.get("keyid") == keyid for sig in Envelope.parse(env).signatures)
 
 
-def stale(fleet: "Fleet") -> bool:
+def stale(fleet: Fleet) -> bool:
     """Does any stored manifest or unexpired desired document lack the online key's signature?"""
     kid, now = fleet.keys.online.keyid, fleet.clock()
     with fleet.session() as s:
@@ -59,7 +58,7 @@ def stale(fleet: "Fleet") -> bool:
                    for p in s.exec(select(DesiredDoc.payload).where(DesiredDoc.expires > now)).all())
 
 
-def manifest_messages(fleet: "Fleet", digests: list[str]) -> list[Outgoing]:
+def manifest_messages(fleet: Fleet, digests: list[str]) -> list[Outgoing]:
     out = []
     for digest in digests:
         try:
@@ -71,14 +70,14 @@ def manifest_messages(fleet: "Fleet", digests: list[str]) -> list[Outgoing]:
     return out
 
 
-def resign_all(fleet: "Fleet") -> list[Outgoing]:
+def resign_all(fleet: Fleet) -> list[Outgoing]:
     """Steps 1, 2 and 4 under the rollout lock, committed; returns the messages in publishing
     order with the root (step 3) before the desired documents. Caller publishes."""
     now = fleet.clock()
     with fleet.rollout_lock, fleet.session() as s:
         rollout_section(s)
-        bundles = s.exec(select(Bundle)).all()
-        for b in bundles:
+        rows = s.exec(select(Bundle)).all()
+        for b in rows:
             try:
                 stored = fleet.store.resign(b.digest, fleet.keys.online)
             except Exception as exc:  # noqa: BLE001 - as in stale(): skip, logged
@@ -88,9 +87,9 @@ def resign_all(fleet: "Fleet") -> list[Outgoing]:
                 b.archive_sha256, b.size = stored.plan.sha256, stored.plan.size
                 b.chunk_size, b.chunks, b.published = stored.plan.chunk_size, list(stored.plan.chunks), False
                 s.add(b)
-        by_digest = {b.digest: b for b in bundles}
+        by_digest = {b.digest: b for b in rows}
         chunks: list[Outgoing] = []
-        desired: list[Outgoing] = []
+        docs: list[Outgoing] = []
         for doc in s.exec(select(DesiredDoc).where(DesiredDoc.expires > now)).all():
             d = s.get(Device, doc.device)
             if d is None:
@@ -98,16 +97,42 @@ def resign_all(fleet: "Fleet") -> list[Outgoing]:
             old = parse_desired_payload(Envelope.parse(doc.payload).payload)
             named = by_digest.get(old.bundle.digest) if old.bundle else None
             if named is not None:
-                chunks += fleet.ensure_published(s, named)
-            desired.append(fleet.issue(s, d, named, old.action, old.rollout))
+                chunks += bundles.ensure_published(fleet, s, named)
+            docs.append(desired.issue(fleet, s, d, named, old.action, old.rollout))
             if old.rollout:
                 row = s.get(RolloutDevice, (old.rollout, d.id))
                 if row is not None and row.seq == old.seq:
                     row.seq = d.desired_seq
                     s.add(row)
         fleet.audit(s, "hub", "keys.online_rotated", fleet.keys.online.keyid,
-                    bundles=len(bundles), documents=len(desired))
+                    bundles=len(rows), documents=len(docs))
         s.commit()
     log.info("online key %s: %d bundle manifests and %d desired documents signed again",
-             fleet.keys.online.keyid[:8], len(bundles), len(desired))
-    return manifest_messages(fleet, sorted(by_digest)) + [fleet.root_message()] + chunks + desired
+             fleet.keys.online.keyid[:8], len(rows), len(docs))
+    return manifest_messages(fleet, sorted(by_digest)) + [root_message(fleet)] + chunks + docs
+
+
+def root_message(fleet: Fleet) -> Outgoing:
+    return Outgoing(str(Topic.root()), fleet.keys.root_bytes, retain=True, qos=1, kind="root")
+
+
+def reload_keys(fleet: Fleet) -> bool:
+    """Pick up a root rotated by ``edgefleet-hub keys rotate`` and publish it (retained on
+    ``ef/v1/root``) so devices walk to it with ``protocol.signing.rotate_root``."""
+    fresh = HubKeys.load(fleet.config.keys)
+    if fresh.root.version == fleet.keys.root.version and fresh.online.keyid == fleet.keys.online.keyid:
+        return False
+    with fleet.rollout_lock:
+        fleet.keys = fresh
+    log.info("trust root v%d loaded (online key %s); publishing it", fresh.root.version, fresh.online.keyid[:8])
+    fleet.publish(resign_all(fleet) if stale(fleet) else [root_message(fleet)])
+    return True
+
+
+def republish_manifests(fleet: Fleet) -> None:
+    """On every broker connect, once keys were ever rotated: every bundle's manifest retained
+    again (a broker that lost its retained messages forgets the re-signed ones too)."""
+    if fleet.keys.root.version > 1:
+        with fleet.session() as s:
+            digests = list(s.exec(select(Bundle.digest)).all())
+        fleet.publish(manifest_messages(fleet, digests))

@@ -1,7 +1,7 @@
 """Wire the running hub together: config -> engine, keys, store, bridge, fleet, app, ticker.
 
 ``build`` is used by ``edgefleet-hub serve`` and by tests (with a MemoryPublisher instead of
-a broker). The ticker calls ``fleet.tick()`` every ``config.tick`` seconds (rollout timeouts,
+a broker). The ticker calls ``ticker.tick(fleet)`` every ``config.tick`` seconds (rollout timeouts,
 soak, offline detection).
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from . import migrations, rotation
+from . import desired, enrollment, migrations, rotation, ticker
 from .api import create_app
 from .web import dashboard
 from .config import HubConfig
@@ -49,8 +49,8 @@ class Hub:
             self.bridge.on_connected = self._on_connected
             self.bridge.start(self.ingest.handle)
         else:
-            self.fleet.publish([self.fleet.root_message()])
-        self.fleet.write_broker_auth()
+            self.fleet.publish([rotation.root_message(self.fleet)])
+        enrollment.write_broker_auth(self.fleet)
         self._ticker = threading.Thread(target=self._tick_loop, name="hub-ticker", daemon=True)
         self._ticker.start()
 
@@ -60,13 +60,13 @@ class Hub:
             self.fleet.note_recovery(int(down), self.fleet.clock())
         if rotation.stale(self.fleet):  # keys rotated while the hub was down
             self.fleet.publish(rotation.resign_all(self.fleet))
-        self.fleet.publish([self.fleet.root_message()])
-        self.fleet.republish_desired()
+        self.fleet.publish([rotation.root_message(self.fleet)])
+        desired.republish(self.fleet)
 
     def _tick_loop(self) -> None:
         while not self._stop.wait(self.config.tick):
             try:
-                self.fleet.tick()
+                ticker.tick(self.fleet)
             except Exception:
                 log.exception("rollout tick failed")
 

@@ -30,6 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from protocol.errors import BadPayload
 
 from ..auth import COOKIE, Caller, caller_for, caller_of
+from .. import devices, rollouts
 from ..errors import HubError, NotFound
 from ..fleet import Fleet
 from . import queries
@@ -173,11 +174,11 @@ def dashboard_router() -> APIRouter:
             return TEMPLATES.TemplateResponse(request, "dash_login.html", {
                 "next": "/ui", "error": "A token in a URL is not accepted: sign in here."
                 if "token" in request.query_params else ""}, status_code=401)
-        page = f.list_devices(limit=200, offset=offset, q=q)
-        rollouts = f.list_rollouts(limit=10)
+        page = devices.listing(f, limit=200, offset=offset, q=q)
+        recent = rollouts.listing(f, limit=10)
         return TEMPLATES.TemplateResponse(request, "devices.html", {
             "devices": page["items"], "total": page["total"], "offset": offset, "limit": 200, "q": q or "",
-            "rollouts": rollouts["items"]})
+            "rollouts": recent["items"]})
 
     # ---- session -------------------------------------------------------------------------
     @router.get("/ui/login", response_class=HTMLResponse)
@@ -251,7 +252,7 @@ def dashboard_router() -> APIRouter:
     @router.get("/ui/devices/{device_id}", response_class=HTMLResponse)
     def device_page(request: Request, caller: PageViewer, f: WebFleet, device_id: str) -> Response:
         try:
-            d = f.get_device(device_id)
+            d = devices.get(f, device_id)
         except NotFound as exc:
             return bad_input(request, caller, exc)
         with f.session() as s:
@@ -283,7 +284,7 @@ def dashboard_router() -> APIRouter:
     # ---- rollouts ------------------------------------------------------------------------
     @router.get("/ui/rollouts", response_class=HTMLResponse)
     def rollouts_page(request: Request, caller: PageViewer, f: WebFleet, bundle: str = "") -> Response:
-        listing = f.list_rollouts(limit=50)
+        listing = rollouts.listing(f, limit=50)
         with f.session() as s:
             bundles = queries.model_list(s)
             facets = queries.device_facets(s)
@@ -310,7 +311,7 @@ def dashboard_router() -> APIRouter:
     @router.get("/ui/rollouts/{rid}", response_class=HTMLResponse)
     def rollout_page(request: Request, caller: PageViewer, f: WebFleet, rid: str) -> Response:
         try:
-            r = f.rollout_status(rid, limit=200)
+            r = rollouts.status(f, rid, limit=200)
         except NotFound as exc:
             return bad_input(request, caller, exc)
         with f.session() as s:

@@ -24,7 +24,11 @@ from protocol.sketch import LatencySketch, psi
 
 from ..compat import check as compat_check, stored_inventory
 from ..db import has_tag
-from ..fleet import ACTIVE_PHASES, Target, bundle_public, device_public, latency_summary
+from ..bundles import bundle_public
+from ..devices import device_public
+from ..rollout import ACTIVE_PHASES
+from ..targets import Target
+from ..telemetry import latency_summary
 from ..models import (Alert, AuditEntry, Build, Bundle, Device, ReportRecord, Rollout, RolloutDevice,
                       TelemetryWindow)
 from ..rollout import PolicyError, cohort_sizes

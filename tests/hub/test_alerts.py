@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hub.alerts import AlertRules, DeviceFacts, Raise, Resolve, evaluate
+from hub import alerting
 
 from .helpers import status, telemetry
 from .test_api import push
@@ -43,13 +44,13 @@ def test_scan_raises_drift_and_offline_alerts_from_real_rows_and_serves_them(cli
     same = {"inputs": {"brightness": [75, 75, 75, 75]}, "outputs": {"top1_class": [100, 100, 100]}}
     hub.ingest.handle([("ef/v1/dev/drifty/telemetry", telemetry("drifty", 1, b["digest"], drift=shifted)),
                        ("ef/v1/dev/ok/telemetry", telemetry("ok", 1, b["digest"], drift=same))])
-    hub.fleet.scan_alerts()
-    hub.fleet.scan_alerts()  # idempotent: still one open alert each
+    alerting.scan(hub.fleet)
+    alerting.scan(hub.fleet)  # idempotent: still one open alert each
     items = client.get("/api/v1/alerts?open=true").json()["items"]
     assert sorted((a["kind"], a["device"]) for a in items) == [("drift", "drifty"), ("offline", "gone")]
     assert "inputs.brightness" in [a for a in items if a["kind"] == "drift"][0]["detail"]
     hub.ingest.handle([("ef/v1/dev/gone/status", status("gone", active=active))])
-    hub.fleet.scan_alerts()
+    alerting.scan(hub.fleet)
     assert [a["device"] for a in client.get("/api/v1/alerts?open=true&kind=offline").json()["items"]] == []
     assert client.get("/api/v1/alerts?kind=offline").json()["items"][0]["resolved"] > 0
     assert client.get("/api/v1/alerts?kind=bogus").status_code == 422

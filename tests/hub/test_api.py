@@ -16,6 +16,7 @@ from protocol.messages import FetchRequest, parse_ack, verify_desired
 from protocol.signing import Envelope, SigningKey
 from hub.keys import HubKeys
 from hub.store import read_bundle_dir
+from hub import telemetry as hub_telemetry, ticker
 
 from .conftest import OPERATOR, TOKEN, VIEWER
 from .helpers import report, status, telemetry
@@ -167,7 +168,7 @@ def test_device_that_appears_after_the_rollout_converges_to_its_target(client, m
     b = push(client, bundle_dir())
     rid = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True}}).json()["id"]
     hub.ingest.handle([("ef/v1/dev/early/report", report("early", 1, 1, bundle=b["digest"]))])
-    hub.fleet.tick()
+    ticker.tick(hub.fleet)
     assert client.get(f"/api/v1/rollouts/{rid}").json()["phase"] == "completed"
     hub.ingest.handle([("ef/v1/dev/late/status", status("late"))])
     desired = verify_desired(pub.retained["ef/v1/dev/late/desired"], HubKeys.load(keys_dir).root, "late", 0,
@@ -294,7 +295,7 @@ def test_telemetry_merges_across_devices_and_time_and_old_windows_are_pruned(cli
     real_clock = hub.fleet.clock
     hub.fleet.clock = lambda: real_clock() + 40 * 86400
     try:
-        assert hub.fleet.prune(30 * 86400) == 6
+        assert hub_telemetry.prune(hub.fleet, 30 * 86400) == 6
     finally:
         hub.fleet.clock = real_clock
     assert client.get("/api/v1/telemetry/summary").json()["windows"] == 0

@@ -14,6 +14,7 @@ from hub.db import rollout_section
 from hub.models import Device
 from hub.server import Hub, build
 from hub.transport import MemoryPublisher
+from hub import desired
 
 from .conftest import hub_config
 
@@ -75,7 +76,7 @@ def test_two_hubs_issuing_desired_documents_to_one_device_never_issue_one_seq_tw
                     rollout_section(s)
                     d = s.get(Device, "cam-1")
                     assert d is not None
-                    fleet.issue(s, d, None, "idle", None)
+                    desired.issue(fleet, s, d, None, "idle", None)
                     s.commit()
                     issued.append(d.desired_seq)
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread

@@ -12,6 +12,7 @@ from hub import keys
 from hub.__main__ import main
 from hub.errors import Invalid
 from hub.keys import HubKeys
+from hub import rotation
 from protocol.errors import VerificationError
 from protocol.messages import verify_desired
 from protocol.signing import SigningKey, load_root_unverified, rotate_root
@@ -49,7 +50,7 @@ def test_device_enrolled_before_rotation_keeps_working_after_it(client, memhub, 
     assert main(["keys", "rotate", "--dir", str(keys_dir), "--root-key", str(keys_dir / "root-1.pem"),
                  "--root-key", str(keys_dir / "root-3.pem")]) == 0
     assert "root v2" in capsys.readouterr().out
-    assert hub.fleet.reload_keys() is True
+    assert rotation.reload_keys(hub.fleet) is True
     new_root_bytes = pub.retained["ef/v1/root"]
     assert load_root_unverified(new_root_bytes).version == 2
     client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True}})
@@ -64,7 +65,7 @@ def test_device_enrolled_before_rotation_keeps_working_after_it(client, memhub, 
     # a second rotation: a device two versions behind walks the chain the API serves
     v2_keys = sorted(keys_dir.glob("root-v2-*.pem"))[:2]
     keys.rotate(keys_dir, [SigningKey.from_pem(p.read_bytes()) for p in v2_keys])
-    hub.fleet.reload_keys()
+    rotation.reload_keys(hub.fleet)
     root = pinned
     for v in (2, 3):
         root = rotate_root(root, client.get(f"/api/v1/root/{v}").content, now)

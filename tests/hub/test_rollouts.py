@@ -11,6 +11,7 @@ from sqlmodel import select
 
 from hub.keys import HubKeys
 from hub.models import Alert, AuditEntry
+from hub import ticker
 from protocol.messages import verify_desired
 
 from .helpers import report, status, telemetry
@@ -52,7 +53,7 @@ def test_slow_canary_is_rolled_back_and_the_rest_of_the_fleet_never_sees_it(clie
     hub.ingest.handle([(f"ef/v1/dev/{canary}/report", report(canary, 1, first.seq, bundle=v2["digest"])),
                        (f"ef/v1/dev/{canary}/status", status(canary, active=(v2["digest"], "digits", "2.0.0-slow")))])
     hub.ingest.handle([(f"ef/v1/dev/{canary}/telemetry", telemetry(canary, 2, v2["digest"], (SLOW_MS,) * 200))])
-    hub.fleet.tick()
+    ticker.tick(hub.fleet)
     st = client.get(f"/api/v1/rollouts/{rid}").json()
     assert st["phase"] == "rolled_back" and "p95_latency_ratio" in st["reason"]
     back = desired_of(pub, keys_dir, canary, first.seq)  # a NEW document, higher seq, previous bundle
@@ -85,7 +86,7 @@ def test_good_model_walks_every_cohort_to_completion(client, memhub, bundle_dir,
                 batch += [(f"ef/v1/dev/{dev}/report", report(dev, seq, d["seq"], bundle=v2["digest"])),
                           (f"ef/v1/dev/{dev}/telemetry", telemetry(dev, seq, v2["digest"], (OLD_MS,) * 200))]
         hub.ingest.handle(batch)
-        hub.fleet.tick()
+        ticker.tick(hub.fleet)
     st = client.get(f"/api/v1/rollouts/{rid}").json()
     assert st["phase"] == "completed" and st["counts"] == {"installed": 10}
     assert {g["name"]: g["status"] for g in st["gates"]}["p95_latency_ratio"] == "pass"
@@ -132,12 +133,12 @@ def test_a_window_that_began_before_the_switch_is_not_held_against_the_new_model
     before_switch = int(time.time()) - 30
     hub.ingest.handle([(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 2, v2["digest"], (SLOW_MS,) * 200,
                                                                   start=before_switch))])
-    hub.fleet.tick()
+    ticker.tick(hub.fleet)
     st = client.get(f"/api/v1/rollouts/{rid}").json()
     assert st["phase"] == "running" and st["cohort"] == 0
     assert {g["name"]: g["status"] for g in st["gates"]}["p95_latency_ratio"] == "insufficient_data"
     hub.ingest.handle([(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 3, v2["digest"], (OLD_MS,) * 200))])
-    hub.fleet.tick()
+    ticker.tick(hub.fleet)
     st = client.get(f"/api/v1/rollouts/{rid}").json()
     assert st["cohort"] >= 1 and {g["name"]: g["status"] for g in st["gates"]}["p95_latency_ratio"] == "pass"
 
@@ -157,7 +158,7 @@ def test_shadow_that_disagrees_breaches_min_shadow_agreement_and_pauses_the_roll
     disagreeing = {"samples": 200, "errors": 0, "agreement": 0.5, "latency_delta_ms": 1.5}
     hub.ingest.handle([(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 2, v2["digest"], (OLD_MS,) * 200,
                                                                   shadow=disagreeing))])
-    hub.fleet.tick()
+    ticker.tick(hub.fleet)
     st = client.get(f"/api/v1/rollouts/{rid}").json()
     gate = {g["name"]: g for g in st["gates"]}["shadow_agreement"]
     assert gate["status"] == "breach" and gate["value"] == 0.5 and gate["detail"] == "100/200 agree"
@@ -183,7 +184,7 @@ def test_slow_windows_from_a_broker_recovery_are_left_out_of_the_gates_and_the_g
     hub.ingest.handle([(f"ef/v1/dev/{dev}/report", report(dev, 1, canary["seq"], bundle=v2["digest"]))])
     hub.ingest.handle([(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 2, v2["digest"], (SLOW_MS,) * 200,
                                                                   start=now + 1))])
-    hub.fleet.tick()
+    ticker.tick(hub.fleet)
     st = client.get(f"/api/v1/rollouts/{rid}").json()
     p95 = {g["name"]: g for g in st["gates"]}["p95_latency_ratio"]
     if recovering:

@@ -7,7 +7,7 @@ import time
 
 from sqlmodel import select
 
-from hub import keys as hub_keys
+from hub import keys as hub_keys, rotation
 from hub.keys import HubKeys
 from hub.models import Bundle, RolloutDevice
 from hub.rotation import stale
@@ -38,7 +38,7 @@ def test_after_the_online_key_rotates_every_manifest_and_live_document_is_signed
 
     new = _rotate(keys_dir)
     sent = len(pub.sent)
-    assert hub.fleet.reload_keys()
+    assert rotation.reload_keys(hub.fleet)
     out = pub.sent[sent:]
     kinds = [m.kind for m in out]
     # manifests first, then the root, then the (re-published) chunks and the documents
@@ -57,7 +57,7 @@ def test_after_the_online_key_rotates_every_manifest_and_live_document_is_signed
 
     assert not stale(hub.fleet)
     sent = len(pub.sent)
-    assert not hub.fleet.reload_keys()  # nothing new: nothing published
+    assert not rotation.reload_keys(hub.fleet)  # nothing new: nothing published
     assert pub.sent[sent:] == []
 
 

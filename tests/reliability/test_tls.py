@@ -149,6 +149,7 @@ def test_m13_the_tls_listener_refuses_every_bad_handshake_and_an_agent_connects_
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_m13_the_hub_reaches_a_mutual_tls_broker_with_its_certificate_and_not_without(
         tmp_path: Path, pki, keys_dir: Path, figure):
+    from hub import devices
     from hub.config import BrokerTls
     from hub.server import build
 
@@ -175,7 +176,7 @@ def test_m13_the_hub_reaches_a_mutual_tls_broker_with_its_certificate_and_not_wi
             dev.connect("127.0.0.1", port)
             dev.loop_start()
             dev.publish("ef/v1/dev/tls-dev/status", status("tls-dev"), qos=1).wait_for_publish(10)
-            heard = wait_for(lambda: hub.fleet.list_devices(limit=5)["total"] == 1, timeout=15,
+            heard = wait_for(lambda: devices.listing(hub.fleet, limit=5)["total"] == 1, timeout=15,
                              what="the device's status through the hub's TLS session")
             dev.loop_stop()
             dev.disconnect()

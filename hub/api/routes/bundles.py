@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
+from ... import bundles
 
 from ...errors import NotFound
 from ..deps import FleetDep, Operator, Viewer
@@ -34,24 +35,24 @@ async def push_bundle(request: Request, caller: Operator, f: FleetDep) -> dict[s
         if size > MAX_BUNDLE_BYTES:
             raise HTTPException(413, f"bundle exceeds {MAX_BUNDLE_BYTES} bytes")
         chunks.append(part)
-    return await run_in_threadpool(f.push_archive, b"".join(chunks), caller.actor)
+    return await run_in_threadpool(bundles.push_archive, f, b"".join(chunks), caller.actor)
 
 
 @router.get("/bundles", response_model=Page[BundlePublic], responses=errors(401, 422))
 def list_bundles(_c: Viewer, f: FleetDep, limit: Limit = 50, offset: Offset = 0,
                  name: str | None = None) -> dict[str, Any]:
-    return f.list_bundles(limit, offset, name)
+    return bundles.listing(f, limit, offset, name)
 
 
 @router.get("/bundles/{digest}", response_model=BundleDetail, responses=errors(401, 404, 422))
 def get_bundle(_c: Viewer, f: FleetDep, digest: Digest) -> dict[str, Any]:
-    return f.get_bundle(digest)
+    return bundles.get(f, digest)
 
 
 @router.get("/bundles/{digest}/archive", response_class=FileResponse, responses=errors(401, 404, 422))
 def get_archive(_c: Viewer, f: FleetDep, digest: Digest) -> FileResponse:
     """The signed archive, as agents download it in chunks (and the cloud fallback reads it)."""
-    b = f.get_bundle(digest)
+    b = bundles.get(f, digest)
     path = f.store.archive_path(b["archive_sha256"])
     if not path.exists():
         raise NotFound("archive", b["archive_sha256"])
@@ -60,4 +61,4 @@ def get_archive(_c: Viewer, f: FleetDep, digest: Digest) -> FileResponse:
 
 @router.get("/models", response_model=Page[ModelPublic], responses=errors(401, 422))
 def list_models(_c: Viewer, f: FleetDep, limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
-    return f.list_models(limit, offset)
+    return bundles.models(f, limit, offset)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from protocol.topics import check_device_id
+from ... import devices, enrollment, telemetry
 
 from ..deps import Admin, FleetDep, Operator, Viewer
 from ..params import Limit, Offset
@@ -21,19 +22,19 @@ def list_devices(_c: Viewer, f: FleetDep, limit: Limit = 50, offset: Offset = 0,
                  online: bool | None = None, q: Annotated[str | None, Query(max_length=64)] = None,
                  group: str | None = None, tag: str | None = None,
                  bundle: Annotated[str | None, Query(pattern=DIGEST_RE)] = None) -> dict[str, Any]:
-    return f.list_devices(limit, offset, online, q, group, tag, bundle)
+    return devices.listing(f, limit, offset, online, q, group, tag, bundle)
 
 
 @router.get("/devices/{device_id}", response_model=DeviceDetail, responses=errors(400, 401, 404, 422))
 def get_device(_c: Viewer, f: FleetDep, device_id: str) -> dict[str, Any]:
     check_device_id(device_id)
-    return f.get_device(device_id)
+    return devices.get(f, device_id)
 
 
 @router.patch("/devices/{device_id}", response_model=DeviceDetail, responses=errors(400, 401, 403, 404, 422))
 def patch_device(caller: Operator, f: FleetDep, device_id: str, body: DevicePatch) -> dict[str, Any]:
     check_device_id(device_id)
-    return f.set_device_meta(device_id, body.group, body.tags, caller.actor)
+    return devices.set_meta(f, device_id, body.group, body.tags, caller.actor)
 
 
 @router.post("/devices/enroll", status_code=201, response_model=EnrollmentPublic,
@@ -41,14 +42,14 @@ def patch_device(caller: Operator, f: FleetDep, device_id: str, body: DevicePatc
 def enroll(caller: Admin, f: FleetDep, body: EnrollIn) -> dict[str, Any]:
     """A one-time enrollment token for a device (valid ``enroll_ttl`` seconds). Admin only:
     a token becomes a broker identity."""
-    return f.create_enrollment(body.device, body.group, body.tags, caller.actor)
+    return enrollment.create(f, body.device, body.group, body.tags, caller.actor)
 
 
 @router.post("/enroll", response_model=Enrolled, responses=errors(403, 413, 422))
 def redeem(f: FleetDep, body: RedeemIn) -> dict[str, Any]:
     """Device side, no bearer token: trade the one-time token for MQTT credentials and the
     pinned trust root (``root`` is the root envelope JSON text)."""
-    return f.redeem_enrollment(body.token)
+    return enrollment.redeem(f, body.token)
 
 
 @router.get("/telemetry/summary", response_model=TelemetrySummary, responses=errors(401, 422))
@@ -59,4 +60,4 @@ def telemetry_summary(_c: Viewer, f: FleetDep, bundle: Annotated[str | None, Que
                       until: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None) -> dict[str, Any]:
     """Telemetry merged over devices and time: per bundle (model version), device, group
     (cohorts are groups or device lists) and window range."""
-    return f.telemetry_summary(bundle, device, group, since, until)
+    return telemetry.summary(f, bundle, device, group, since, until)

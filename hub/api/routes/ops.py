@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from ... import gauges
 
 from ..deps import FleetDep
 from ..schemas import HealthPublic
@@ -23,5 +24,5 @@ def healthz(request: Request, f: FleetDep) -> HealthPublic:
 
 @router.get("/metrics", response_class=Response)
 def prometheus(f: FleetDep) -> Response:
-    f.refresh_gauges()
+    gauges.refresh(f)
     return Response(generate_latest(f.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
+from ... import alerting, audit
 
 from ..deps import FleetDep, Operator, Viewer
 from ..params import Limit, Offset
@@ -18,10 +19,10 @@ def list_alerts(_c: Viewer, f: FleetDep, limit: Limit = 50, offset: Offset = 0,
                 kind: Literal["offline", "latency_regression", "drift", "rollout_gate"] | None = None,
                 device: Annotated[str | None, Query(max_length=64)] = None,
                 open: bool = False) -> dict[str, Any]:
-    return f.list_alerts(limit, offset, kind, device, open)
+    return alerting.listing(f, limit, offset, kind, device, open)
 
 
 @router.get("/audit", response_model=Page[AuditPublic], responses=errors(401, 403, 422))
 def list_audit(_c: Operator, f: FleetDep, limit: Limit = 50, offset: Offset = 0,
                action: Annotated[str | None, Query(max_length=64)] = None) -> dict[str, Any]:
-    return f.list_audit(limit, offset, action)
+    return audit.listing(f, limit, offset, action)

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
 from pydantic import Field
+from ... import rollouts
 
 from ..deps import FleetDep, Operator, Viewer
 from ..params import Limit, Offset
@@ -17,22 +18,22 @@ RolloutId = Annotated[str, Field(max_length=32)]
 
 @router.post("/rollouts", status_code=201, response_model=RolloutStatus, responses=errors(400, 401, 403, 404, 422))
 def create_rollout(caller: Operator, f: FleetDep, body: RolloutIn) -> dict[str, Any]:
-    return f.create_rollout(body.bundle, body.target, body.policy, caller.actor)
+    return rollouts.create(f, body.bundle, body.target, body.policy, caller.actor)
 
 
 @router.get("/rollouts", response_model=Page[RolloutPublic], responses=errors(401, 422))
 def list_rollouts(_c: Viewer, f: FleetDep, limit: Limit = 50, offset: Offset = 0,
                   phase: str | None = None) -> dict[str, Any]:
-    return f.list_rollouts(limit, offset, phase)
+    return rollouts.listing(f, limit, offset, phase)
 
 
 @router.get("/rollouts/{rid}", response_model=RolloutStatus, responses=errors(401, 404, 422))
 def get_rollout(_c: Viewer, f: FleetDep, rid: RolloutId, limit: Limit = 1000, offset: Offset = 0,
                 state: str | None = None) -> dict[str, Any]:
-    return f.rollout_status(rid, limit, offset, state)
+    return rollouts.status(f, rid, limit, offset, state)
 
 
 @router.post("/rollouts/{rid}/{command}", response_model=RolloutStatus, responses=errors(401, 403, 404, 409, 422))
 def rollout_command(caller: Operator, f: FleetDep, rid: RolloutId,
                     command: Literal["pause", "resume", "cancel", "approve", "rollback"]) -> dict[str, Any]:
-    return f.rollout_command(rid, command, caller.actor)
+    return rollouts.command(f, rid, command, caller.actor)

@@ -17,6 +17,7 @@ from hub.server import Hub
 from hub.store import read_bundle_dir
 from hub.transport import MemoryPublisher
 from hub.web.dashboard import _cohort_progress
+from hub import bundles
 
 from ..conftest import OPERATOR, TOKEN, VIEWER
 
@@ -225,7 +226,7 @@ def test_cohort_progress_splits_cumulative_sizes_into_cohorts() -> None:
 
 def _push(hub: Hub, directory: Path) -> str:
     env, arts = read_bundle_dir(directory)
-    return str(hub.fleet.push_bundle(env, arts, "test")["digest"])
+    return str(bundles.push(hub.fleet, env, arts, "test")["digest"])
 
 
 def test_open_alerts_show_on_the_fleet_page_and_resolved_ones_do_not(memhub: tuple[Hub, MemoryPublisher]) -> None:

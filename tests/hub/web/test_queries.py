@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from hub.fleet import Target
+from hub.targets import Target
 from hub.models import Bundle, Device, TelemetryWindow
 from hub.server import Hub
 from hub.transport import MemoryPublisher

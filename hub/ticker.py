@@ -1,0 +1,26 @@
+"""What the hub does every ``config.tick`` seconds: pick up rotated keys, drive rollouts
+(timeouts, soak, gates) and, every ALERT_SCAN_S, scan alerts and prune old telemetry."""
+
+from __future__ import annotations
+
+import logging
+
+from . import alerting, rollouts, rotation, telemetry
+from .fleet import Fleet
+
+log = logging.getLogger(__name__)
+
+ALERT_SCAN_S = 30  # how often the ticker scans for offline / latency / drift alerts
+
+
+def tick(fleet: Fleet) -> None:
+    try:
+        rotation.reload_keys(fleet)
+    except Exception as exc:  # a half-written keys dir must not stop rollouts
+        log.error("could not reload keys from %s: %s", fleet.config.keys, exc)
+    rollouts.tick(fleet)
+    now = fleet.clock()
+    if now - fleet.last_scan >= ALERT_SCAN_S:
+        fleet.last_scan = now
+        alerting.scan(fleet)
+        telemetry.prune(fleet, fleet.config.retention)
