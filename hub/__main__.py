@@ -17,8 +17,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .config import DEFAULTS, BrokerUrl, HubConfig, client_env
 from .errors import HubError
@@ -53,36 +54,44 @@ def call(args: argparse.Namespace, method: str, path: str, body: Any = None, raw
             text = json.loads(text).get("error", text)
         except (ValueError, AttributeError):
             pass
-        raise ClientError(f"hub {method} {path}: HTTP {exc.code}: {text}",
-                          EXIT_USAGE if 400 <= exc.code < 500 else EXIT_FAIL) from None
+        raise ClientError(
+            f"hub {method} {path}: HTTP {exc.code}: {text}", EXIT_USAGE if 400 <= exc.code < 500 else EXIT_FAIL
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         raise ClientError(f"hub {url} unreachable: {getattr(exc, 'reason', exc)}", EXIT_FAIL) from None
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--hub", default=client_env("url") or "http://127.0.0.1:8000",
-                   help="hub base URL (env EDGEFLEET_HUB_URL; default %(default)s)")
-    p.add_argument("--token", default=client_env("token"),
-                   help="API bearer token (env EDGEFLEET_HUB_TOKEN)")
+    p.add_argument(
+        "--hub",
+        default=client_env("url") or "http://127.0.0.1:8000",
+        help="hub base URL (env EDGEFLEET_HUB_URL; default %(default)s)",
+    )
+    p.add_argument("--token", default=client_env("token"), help="API bearer token (env EDGEFLEET_HUB_TOKEN)")
     p.add_argument("--timeout", type=float, default=120, help="HTTP timeout in seconds (default %(default)s)")
 
 
 # ---- commands -------------------------------------------------------------------------------
 def cmd_keys_init(args: argparse.Namespace) -> int:
     from . import keys
+
     res = keys.init(Path(args.dir), args.root_keys, args.threshold)
     print(f"wrote trust root v{res.version}: {res.root_path}  (pin this on every device)")
     print(f"wrote online signing key: {res.online_path}  (stays with the hub)")
     for p in res.root_key_paths:
         print(f"wrote offline root key: {p}")
-    print(f"MOVE the {len(res.root_key_paths)} root-*.pem files OFFLINE now: "
-          f"{args.threshold} of them are needed only to rotate keys (`edgefleet-hub keys rotate`).")
+    print(
+        f"MOVE the {len(res.root_key_paths)} root-*.pem files OFFLINE now: "
+        f"{args.threshold} of them are needed only to rotate keys (`edgefleet-hub keys rotate`)."
+    )
     return EXIT_OK
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from protocol.signing import SigningKey
+
     from . import keys
+
     old = [SigningKey.from_pem(Path(p).read_bytes(), p) for p in args.root_key]
     root, written = keys.rotate(Path(args.dir), old, args.root_keys, args.threshold, not args.keep_online)
     print(f"wrote trust root v{root.version}: {Path(args.dir) / keys.ROOT_FILE}")
@@ -94,25 +103,55 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+
     from .server import build
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    given = {k: getattr(args, k) for k in ("db", "broker", "keys", "store", "host", "port", "token",
-                                             "tokens", "chunk_size", "batch_max", "tick", "mqtt_auth_dir",
-                                             "broker_pid_file", "broker_public", "enroll_ttl", "retention",
-                                             "broker_ca", "broker_cert", "broker_key", "shared_group")}
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    given = {
+        k: getattr(args, k)
+        for k in (
+            "db",
+            "broker",
+            "keys",
+            "store",
+            "host",
+            "port",
+            "token",
+            "tokens",
+            "chunk_size",
+            "batch_max",
+            "tick",
+            "mqtt_auth_dir",
+            "broker_pid_file",
+            "broker_public",
+            "enroll_ttl",
+            "retention",
+            "broker_ca",
+            "broker_cert",
+            "broker_key",
+            "shared_group",
+        )
+    }
     given["dev"] = True if args.dev else None
     config = HubConfig.load(given)
     if args.token or args.tokens or (args.broker and BrokerUrl.parse(args.broker).password):
-        log.warning("a secret was given on the command line, where `ps` shows it to every local user; "
-                    "prefer EDGEFLEET_HUB_TOKEN / _TOKENS / _BROKER or their _FILE forms")
+        log.warning(
+            "a secret was given on the command line, where `ps` shows it to every local user; "
+            "prefer EDGEFLEET_HUB_TOKEN / _TOKENS / _BROKER or their _FILE forms"
+        )
     hub = build(config)
     hub.start()
-    log.info("hub on http://%s:%d (db %s, broker %s)", config.host, config.port, config.db.split("://")[0],
-             config.broker_url.without_credentials())
+    log.info(
+        "hub on http://%s:%d (db %s, broker %s)",
+        config.host,
+        config.port,
+        config.db.split("://")[0],
+        config.broker_url.without_credentials(),
+    )
     try:
-        uvicorn.run(hub.app, host=config.host, port=config.port, log_level=args.log_level.lower(),
-                    access_log=False)
+        uvicorn.run(hub.app, host=config.host, port=config.port, log_level=args.log_level.lower(), access_log=False)
     finally:
         hub.stop()
     return EXIT_OK
@@ -121,7 +160,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_models_push(args: argparse.Namespace) -> int:
     from protocol.bundle import pack_archive
     from protocol.errors import ProtocolError
+
     from .store import read_bundle_dir
+
     env, arts = read_bundle_dir(Path(args.dir))
     try:
         archive = pack_archive(env, arts)
@@ -171,8 +212,9 @@ def _progress(st: dict[str, Any], width: int = 30) -> str:
     bar = "#" * fill + "x" * failw + "." * (width - fill - failw)
     sizes = st.get("cohort_sizes") or []
     cohort = f"cohort {st['cohort'] + 1}/{len(sizes)}" if sizes and st["cohort"] >= 0 else "cohort -"
-    return (f"[{bar}] {done}/{st['total']} installed, {bad} failed | {st['phase']} | {cohort}"
-            + (f" | {st['reason']}" if st.get("reason") else ""))
+    return f"[{bar}] {done}/{st['total']} installed, {bad} failed | {st['phase']} | {cohort}" + (
+        f" | {st['reason']}" if st.get("reason") else ""
+    )
 
 
 def cmd_rollouts_status(args: argparse.Namespace) -> int:
@@ -220,19 +262,26 @@ def cmd_devices_ls(args: argparse.Namespace) -> int:
     for d in page["items"]:
         b = d["active_bundle"]
         p95 = d["telemetry"]["p95_ms"]
-        print(f"{d['device_id']:<24} {'yes' if d['online'] else 'no':<7} {d['state']:<12} "
-              f"{(b['name'] + '@' + b['version']) if b else '-':<28} {d['telemetry']['inferences']:>10} "
-              f"{'-' if p95 is None else f'{p95:.2f}':>8}")
+        print(
+            f"{d['device_id']:<24} {'yes' if d['online'] else 'no':<7} {d['state']:<12} "
+            f"{(b['name'] + '@' + b['version']) if b else '-':<28} {d['telemetry']['inferences']:>10} "
+            f"{'-' if p95 is None else f'{p95:.2f}':>8}"
+        )
     print(f"({len(page['items'])} of {page['total']})")
     return EXIT_OK
 
 
 def cmd_devices_enroll(args: argparse.Namespace) -> int:
-    out = call(args, "POST", "/api/v1/devices/enroll", {"device": args.id, "group": args.group or "",
-                                                        "tags": args.tag or []})
+    out = call(
+        args, "POST", "/api/v1/devices/enroll", {"device": args.id, "group": args.group or "", "tags": args.tag or []}
+    )
     print(json.dumps(out))
-    print(f"one-time token for {out['device_id']} (expires {time.strftime('%Y-%m-%d %H:%M', time.gmtime(out['expires']))} UTC);"
-          f" the device trades it at POST {args.hub.rstrip('/')}/api/v1/enroll", file=sys.stderr)
+    print(
+        f"one-time token for {out['device_id']} "
+        f"(expires {time.strftime('%Y-%m-%d %H:%M', time.gmtime(out['expires']))} UTC);"
+        f" the device trades it at POST {args.hub.rstrip('/')}/api/v1/enroll",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -242,8 +291,9 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="edgefleet-hub", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="edgefleet-hub", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     keys = sub.add_parser("keys", help="trust root and signing keys").add_subparsers(dest="sub", required=True)
@@ -254,20 +304,27 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keys_init)
     p = keys.add_parser("rotate", help="issue root v(N+1) with new root keys and a new online key")
     p.add_argument("--dir", required=True, help="the hub's keys directory")
-    p.add_argument("--root-key", action="append", required=True,
-                   help="a current root key PEM (repeat until the threshold is met)")
+    p.add_argument(
+        "--root-key", action="append", required=True, help="a current root key PEM (repeat until the threshold is met)"
+    )
     p.add_argument("--root-keys", type=int, default=None, help="number of new root keys (default: same)")
     p.add_argument("--threshold", type=int, default=None, help="new root threshold (default: same)")
     p.add_argument("--keep-online", action="store_true", help="keep the current online key")
     p.set_defaults(func=cmd_keys_rotate)
 
-    p = sub.add_parser("serve", help="run the hub (API, dashboard, MQTT bridge)",
-                       description="Run the hub. Every flag also reads EDGEFLEET_HUB_<FLAG> from the environment.")
+    p = sub.add_parser(
+        "serve",
+        help="run the hub (API, dashboard, MQTT bridge)",
+        description="Run the hub. Every flag also reads EDGEFLEET_HUB_<FLAG> from the environment.",
+    )
     p.add_argument("--db", help=f"SQLAlchemy URL (default {DEFAULTS['db']})")
-    p.add_argument("--broker", help=f"MQTT broker URL mqtt://[user:pass@]host:port, mqtts:// for TLS "
-                                    f"(default {DEFAULTS['broker']})")
-    p.add_argument("--broker-ca", help="CA certificate (PEM) that signed the broker's, for mqtts:// "
-                                       "(default: the system's CAs)")
+    p.add_argument(
+        "--broker",
+        help=f"MQTT broker URL mqtt://[user:pass@]host:port, mqtts:// for TLS (default {DEFAULTS['broker']})",
+    )
+    p.add_argument(
+        "--broker-ca", help="CA certificate (PEM) that signed the broker's, for mqtts:// (default: the system's CAs)"
+    )
     p.add_argument("--broker-cert", help="the hub's client certificate (PEM) for a mutual-TLS listener")
     p.add_argument("--broker-key", help="the key of --broker-cert (PEM)")
     p.add_argument("--keys", help="keys directory from `keys init` (default ./keys)")
@@ -284,9 +341,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--broker-public", help="broker URL handed to enrolling devices (default: --broker)")
     p.add_argument("--enroll-ttl", type=int, help="seconds an enrollment token stays valid (default 86400)")
     p.add_argument("--retention", type=int, help="seconds telemetry windows and reports are kept (default 30 days)")
-    p.add_argument("--shared-group", metavar="NAME",
-                   help="run as one of several hub replicas on one PostgreSQL database: subscribe as MQTT "
-                        "shared subscriptions $share/NAME/... (default: plain subscriptions, one hub)")
+    p.add_argument(
+        "--shared-group",
+        metavar="NAME",
+        help="run as one of several hub replicas on one PostgreSQL database: subscribe as MQTT "
+        "shared subscriptions $share/NAME/... (default: plain subscriptions, one hub)",
+    )
     p.add_argument("--dev", action="store_true", help="allow a default token (local development only)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
@@ -305,14 +365,23 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--device", action="append", help="a device id (repeatable)")
     g.add_argument("--group", help="devices in this group")
     g.add_argument("--tag", help="devices with this tag")
-    p.add_argument("--staged", action="store_true",
-                   help="canary path: 1 -> 10%% -> 50%% -> 100%%, 60 s soak, gates, automatic rollback")
-    p.add_argument("--policy", help='JSON policy overrides, e.g. \'{"soak_s": 300, "gates": {"max_p95_ratio": 1.3}}\' '
-                                    "(fields: see hub/rollout.py)")
+    p.add_argument(
+        "--staged",
+        action="store_true",
+        help="canary path: 1 -> 10%% -> 50%% -> 100%%, 60 s soak, gates, automatic rollback",
+    )
+    p.add_argument(
+        "--policy",
+        help='JSON policy overrides, e.g. \'{"soak_s": 300, "gates": {"max_p95_ratio": 1.3}}\' '
+        "(fields: see hub/rollout.py)",
+    )
     _client_args(p)
     p.set_defaults(func=cmd_rollouts_create)
-    p = ro.add_parser("status", help="show a rollout (--watch: live progress until it stops running; "
-                                     "exit 0 if it completed, 1 if it paused/aborted/rolled back)")
+    p = ro.add_parser(
+        "status",
+        help="show a rollout (--watch: live progress until it stops running; "
+        "exit 0 if it completed, 1 if it paused/aborted/rolled back)",
+    )
     p.add_argument("id")
     p.add_argument("--watch", action="store_true", help="refresh until the rollout is no longer running")
     p.add_argument("--interval", type=float, default=1.0, help="--watch refresh seconds")

@@ -51,21 +51,49 @@ def scan(fleet: Fleet, rules: alerts.AlertRules | None = None) -> list[alerts.Ra
                     for name, counts in (feats or {}).items():
                         drift_wins.setdefault(side, {}).setdefault(name, []).append(counts)
             trailing = latency_summary(d.latency) if d.latency_bundle == d.active_digest else {}
-            verdicts = telemetry.drift_verdicts(fleet, s, d.active_digest, drift_wins) if d.active_digest and drift_wins else {}
-            worst = max((v.get("status", "insufficient_data") for v in verdicts.values()),
-                        key=lambda x: ("insufficient_data", "invalid", "ok", "warn", "alert").index(x)
-                        if x in ("insufficient_data", "invalid", "ok", "warn", "alert") else 0,
-                        default="insufficient_data")
+            verdicts = (
+                telemetry.drift_verdicts(fleet, s, d.active_digest, drift_wins)
+                if d.active_digest and drift_wins
+                else {}
+            )
+            worst = max(
+                (v.get("status", "insufficient_data") for v in verdicts.values()),
+                key=lambda x: (
+                    ("insufficient_data", "invalid", "ok", "warn", "alert").index(x)
+                    if x in ("insufficient_data", "invalid", "ok", "warn", "alert")
+                    else 0
+                ),
+                default="insufficient_data",
+            )
             p95 = sk.quantile(0.95)
-            facts.append(alerts.DeviceFacts(
-                d.id, d.online, d.last_seen, d.active_digest, p95 * 1000 if p95 is not None else None, sk.count,
-                trailing.get("p95_ms"), int((d.latency or {}).get("n", 0)), worst,
-                {k: v for k, v in verdicts.items() if v.get("status") == "alert"}))
+            facts.append(
+                alerts.DeviceFacts(
+                    d.id,
+                    d.online,
+                    d.last_seen,
+                    d.active_digest,
+                    p95 * 1000 if p95 is not None else None,
+                    sk.count,
+                    trailing.get("p95_ms"),
+                    int((d.latency or {}).get("n", 0)),
+                    worst,
+                    {k: v for k, v in verdicts.items() if v.get("status") == "alert"},
+                )
+            )
         decisions = alerts.evaluate(facts, open_keys, now, rules)
         for dec in decisions:
             if isinstance(dec, alerts.Raise):
-                s.add(Alert(kind=dec.kind, severity=dec.severity, device=dec.device, bundle=dec.bundle,
-                            message=dec.message[:1000], detail=dict(dec.detail), created=now))
+                s.add(
+                    Alert(
+                        kind=dec.kind,
+                        severity=dec.severity,
+                        device=dec.device,
+                        bundle=dec.bundle,
+                        message=dec.message[:1000],
+                        detail=dict(dec.detail),
+                        created=now,
+                    )
+                )
                 fleet.metrics.alerts.labels(dec.kind).inc()
             else:
                 for a in open_rows:
@@ -76,8 +104,14 @@ def scan(fleet: Fleet, rules: alerts.AlertRules | None = None) -> list[alerts.Ra
     return decisions
 
 
-def listing(fleet: Fleet, limit: int = 50, offset: int = 0, kind: str | None = None,
-                device: str | None = None, open_only: bool = False) -> dict[str, Any]:
+def listing(
+    fleet: Fleet,
+    limit: int = 50,
+    offset: int = 0,
+    kind: str | None = None,
+    device: str | None = None,
+    open_only: bool = False,
+) -> dict[str, Any]:
     with fleet.session() as s:
         q = select(Alert)
         if kind:

@@ -11,8 +11,9 @@ shell gathers; one open alert per ``(kind, device)``, resolved when the conditio
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 KINDS = ("offline", "latency_regression", "drift")
 
@@ -54,27 +55,43 @@ class Resolve:
     device: str
 
 
-def evaluate(facts: Iterable[DeviceFacts], open_alerts: set[tuple[str, str]], now: int,
-             rules: AlertRules = AlertRules()) -> list[Raise | Resolve]:
+def evaluate(
+    facts: Iterable[DeviceFacts], open_alerts: set[tuple[str, str]], now: int, rules: AlertRules = AlertRules()
+) -> list[Raise | Resolve]:
     out: list[Raise | Resolve] = []
     for f in facts:
         conds: dict[str, Raise | None] = {k: None for k in KINDS}
         stale = now - f.last_seen
         if not f.online or stale >= rules.offline_after:
             why = "sent its last will" if not f.online else f"silent for {stale}s"
-            conds["offline"] = Raise("offline", f.device, "warn", f"device {f.device} offline: {why}", f.bundle,
-                                     {"last_seen": f.last_seen})
-        if (f.recent_p95_ms is not None and f.trailing_p95_ms and f.recent_samples >= rules.min_samples
-                and f.trailing_samples >= rules.min_samples
-                and f.recent_p95_ms > rules.latency_ratio * f.trailing_p95_ms):
+            conds["offline"] = Raise(
+                "offline", f.device, "warn", f"device {f.device} offline: {why}", f.bundle, {"last_seen": f.last_seen}
+            )
+        if (
+            f.recent_p95_ms is not None
+            and f.trailing_p95_ms
+            and f.recent_samples >= rules.min_samples
+            and f.trailing_samples >= rules.min_samples
+            and f.recent_p95_ms > rules.latency_ratio * f.trailing_p95_ms
+        ):
             conds["latency_regression"] = Raise(
-                "latency_regression", f.device, "alert",
+                "latency_regression",
+                f.device,
+                "alert",
                 f"device {f.device} p95 {f.recent_p95_ms:.2f} ms vs {f.trailing_p95_ms:.2f} ms before "
-                f"(>{rules.latency_ratio}x)", f.bundle,
-                {"recent_p95_ms": f.recent_p95_ms, "trailing_p95_ms": f.trailing_p95_ms})
+                f"(>{rules.latency_ratio}x)",
+                f.bundle,
+                {"recent_p95_ms": f.recent_p95_ms, "trailing_p95_ms": f.trailing_p95_ms},
+            )
         if f.drift_status == "alert":
-            conds["drift"] = Raise("drift", f.device, "alert", f"device {f.device} input/output drift on its bundle",
-                                   f.bundle, dict(f.drift_detail))
+            conds["drift"] = Raise(
+                "drift",
+                f.device,
+                "alert",
+                f"device {f.device} input/output drift on its bundle",
+                f.bundle,
+                dict(f.drift_detail),
+            )
         for kind, r in conds.items():
             is_open = (kind, f.device) in open_alerts
             if r is not None and not is_open:

@@ -10,8 +10,8 @@ in a URL.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from fastapi import Request
 

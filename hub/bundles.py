@@ -4,7 +4,8 @@ listed, and published in chunks (retained, once per bundle; repairs go through F
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
@@ -29,10 +30,21 @@ log = logging.getLogger(__name__)
 
 
 def bundle_public(b: Bundle) -> dict[str, Any]:
-    return {"digest": b.digest, "name": b.name, "version": b.version, "revision": b.revision,
-            "archive_sha256": b.archive_sha256, "size": b.size, "chunk_size": b.chunk_size,
-            "chunks": len(b.chunks), "created": b.created, "uploaded": b.uploaded,
-            "requirements": b.requirements, "model": b.model, "artifacts": b.artifacts}
+    return {
+        "digest": b.digest,
+        "name": b.name,
+        "version": b.version,
+        "revision": b.revision,
+        "archive_sha256": b.archive_sha256,
+        "size": b.size,
+        "chunk_size": b.chunk_size,
+        "chunks": len(b.chunks),
+        "created": b.created,
+        "uploaded": b.uploaded,
+        "requirements": b.requirements,
+        "model": b.model,
+        "artifacts": b.artifacts,
+    }
 
 
 def bundle_ref(b: Bundle) -> BundleRef:
@@ -60,16 +72,30 @@ def _register(fleet: Fleet, stored: Any, actor: str) -> dict[str, Any]:
             if model is None:
                 model = ModelName(name=m.name, latest_revision=0, created=fleet.clock())
             model.latest_revision += 1
-            row = Bundle(digest=stored.digest, name=m.name, version=m.version,
-                         revision=model.latest_revision, created=m.created, uploaded=fleet.clock(),
-                         archive_sha256=stored.plan.sha256, size=stored.plan.size,
-                         chunk_size=stored.plan.chunk_size, chunks=list(stored.plan.chunks),
-                         requirements=m.requirements.to_dict(), model=m.model,
-                         artifacts=[a.to_dict() for a in m.artifacts])
+            row = Bundle(
+                digest=stored.digest,
+                name=m.name,
+                version=m.version,
+                revision=model.latest_revision,
+                created=m.created,
+                uploaded=fleet.clock(),
+                archive_sha256=stored.plan.sha256,
+                size=stored.plan.size,
+                chunk_size=stored.plan.chunk_size,
+                chunks=list(stored.plan.chunks),
+                requirements=m.requirements.to_dict(),
+                model=m.model,
+                artifacts=[a.to_dict() for a in m.artifacts],
+            )
             s.add(model)
             s.add(row)
-            s.add(Build(digest=stored.digest, report=_json_artifact(fleet, stored.digest, m, "report"),
-                        model_card=(_artifact_text(fleet, stored.digest, m, "model_card") or "")[:200_000]))
+            s.add(
+                Build(
+                    digest=stored.digest,
+                    report=_json_artifact(fleet, stored.digest, m, "report"),
+                    model_card=(_artifact_text(fleet, stored.digest, m, "model_card") or "")[:200_000],
+                )
+            )
             fleet.audit(s, actor, "bundle.push", stored.digest, name=m.name, version=m.version)
             try:
                 s.commit()
@@ -77,10 +103,22 @@ def _register(fleet: Fleet, stored: Any, actor: str) -> dict[str, Any]:
                 s.rollback()
                 row = get_row(fleet, s, stored.digest)
             else:
-                log.info("stored bundle %s@%s %s (%d bytes, %d chunks)", m.name, m.version,
-                         stored.digest[:12], stored.plan.size, len(stored.plan.chunks))
-        return {"digest": row.digest, "name": row.name, "version": row.version,
-                "archive_sha256": row.archive_sha256, "size": row.size, "revision": row.revision}
+                log.info(
+                    "stored bundle %s@%s %s (%d bytes, %d chunks)",
+                    m.name,
+                    m.version,
+                    stored.digest[:12],
+                    stored.plan.size,
+                    len(stored.plan.chunks),
+                )
+        return {
+            "digest": row.digest,
+            "name": row.name,
+            "version": row.version,
+            "archive_sha256": row.archive_sha256,
+            "size": row.size,
+            "revision": row.revision,
+        }
 
 
 def _artifact_text(fleet: Fleet, digest: str, m: Any, role: str) -> str | None:
@@ -91,6 +129,7 @@ def _artifact_text(fleet: Fleet, digest: str, m: Any, role: str) -> str | None:
 
 def _json_artifact(fleet: Fleet, digest: str, m: Any, role: str) -> dict[str, Any]:
     import json
+
     text = _artifact_text(fleet, digest, m, role)
     try:
         obj = json.loads(text) if text else {}
@@ -112,8 +151,7 @@ def listing(fleet: Fleet, limit: int = 50, offset: int = 0, name: str | None = N
         if name:
             q = q.where(Bundle.name == name)
         total = s.exec(select(func.count()).select_from(q.subquery())).one()
-        rows = s.exec(q.order_by(col(Bundle.uploaded).desc(), col(Bundle.digest))
-                      .offset(offset).limit(limit)).all()
+        rows = s.exec(q.order_by(col(Bundle.uploaded).desc(), col(Bundle.digest)).offset(offset).limit(limit)).all()
         return {"items": [bundle_public(b) for b in rows], "total": total, "limit": limit, "offset": offset}
 
 
@@ -153,8 +191,13 @@ def models(fleet: Fleet, limit: int = 50, offset: int = 0) -> dict[str, Any]:
         rows = s.exec(select(ModelName).order_by(col(ModelName.name)).offset(offset).limit(limit)).all()
         items = []
         for m in rows:
-            latest = s.exec(select(Bundle).where(Bundle.name == m.name)
-                            .order_by(col(Bundle.revision).desc())).first()
-            items.append({"name": m.name, "revisions": m.latest_revision, "created": m.created,
-                          "latest": bundle_public(latest) if latest else None})
+            latest = s.exec(select(Bundle).where(Bundle.name == m.name).order_by(col(Bundle.revision).desc())).first()
+            items.append(
+                {
+                    "name": m.name,
+                    "revisions": m.latest_revision,
+                    "created": m.created,
+                    "latest": bundle_public(latest) if latest else None,
+                }
+            )
         return {"items": items, "total": total, "limit": limit, "offset": offset}

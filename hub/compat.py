@@ -7,8 +7,9 @@ the agent is the last gate.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from protocol.bundle import Requirements
 from protocol.device import Inventory
@@ -49,8 +50,7 @@ def check(req: Requirements, inventory: Inventory, agent_version: str = "") -> V
         return Verdict(False, Reason.WRONG_HARDWARE, "bundle requires an Edge TPU; device has none")
     rt = inventory.edgetpu_runtime
     if req.min_edgetpu_runtime is not None and tpu and rt is not None and rt < req.min_edgetpu_runtime:
-        return Verdict(False, Reason.UNSUPPORTED_RUNTIME,
-                       f"edgetpu runtime {rt} < required {req.min_edgetpu_runtime}")
+        return Verdict(False, Reason.UNSUPPORTED_RUNTIME, f"edgetpu runtime {rt} < required {req.min_edgetpu_runtime}")
     av = agent_version or inventory.agent_version or ""
     if req.min_agent and av and version_tuple(av) < version_tuple(req.min_agent):
         return Verdict(False, Reason.UNSUPPORTED_RUNTIME, f"agent {av} < required {req.min_agent}")

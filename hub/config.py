@@ -19,9 +19,10 @@ Empty (the default): plain subscriptions, one hub.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 from .errors import ConfigError
@@ -87,7 +88,7 @@ class BrokerUrl:
     tls: bool = False  # mqtts:// (port 8883 unless given)
 
     @classmethod
-    def parse(cls, url: str) -> "BrokerUrl":
+    def parse(cls, url: str) -> BrokerUrl:
         u = urlparse(url)
         if u.scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
             raise ConfigError("broker", f"{url!r} must look like mqtt://host:port or mqtts://host:port")
@@ -98,8 +99,13 @@ class BrokerUrl:
             port = u.port or (8883 if tls else 1883)
         except ValueError:
             raise ConfigError("broker", f"{url!r} has an invalid port") from None
-        return cls(u.hostname, port, unquote(u.username) if u.username else None,
-                   unquote(u.password) if u.password else None, tls)
+        return cls(
+            u.hostname,
+            port,
+            unquote(u.username) if u.username else None,
+            unquote(u.password) if u.password else None,
+            tls,
+        )
 
     def without_credentials(self) -> str:
         """``mqtt[s]://host:port``: what may be logged or handed to a device (never the password)."""
@@ -112,6 +118,7 @@ class BrokerTls:
     """The hub's own TLS to the broker: the CA that signed the broker's certificate and, for a
     mutual-TLS listener, the hub's certificate and key. Empty: the system's CAs, no client
     certificate."""
+
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
@@ -133,13 +140,13 @@ class HubConfig:
     batch_wait: float = DEFAULTS["batch_wait"]
     tick: float = DEFAULTS["tick"]
     offline_after: int = DEFAULTS["offline_after"]
-    mqtt_auth_dir: Path | None = None     # where passwd + acl are written (None: no broker auth)
-    broker_pid_file: Path | None = None   # SIGHUP target after rewriting them
+    mqtt_auth_dir: Path | None = None  # where passwd + acl are written (None: no broker auth)
+    broker_pid_file: Path | None = None  # SIGHUP target after rewriting them
     enroll_ttl: int = DEFAULTS["enroll_ttl"]
-    broker_public: str = ""               # broker URL handed to enrolling devices (default: broker)
+    broker_public: str = ""  # broker URL handed to enrolling devices (default: broker)
     retention: int = DEFAULTS["retention"]  # seconds telemetry windows and reports are kept
     broker_tls: BrokerTls = field(default_factory=BrokerTls)  # used when broker is mqtts://
-    shared_group: str = ""                # MQTT shared-subscription group ("": plain subscriptions)
+    shared_group: str = ""  # MQTT shared-subscription group ("": plain subscriptions)
 
     @property
     def broker_url(self) -> BrokerUrl:
@@ -153,7 +160,7 @@ class HubConfig:
         return BrokerUrl.parse(self.broker_public or self.broker).without_credentials()
 
     @classmethod
-    def load(cls, given: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> "HubConfig":
+    def load(cls, given: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> HubConfig:
         """Merge CLI values (None = not given) over ``EDGEFLEET_HUB_*`` over defaults; validate."""
 
         def pick(name: str) -> Any:
@@ -184,8 +191,11 @@ class HubConfig:
         token = str(pick("token"))
         if token in _WEAK_TOKENS:
             if not dev:
-                raise ConfigError("token", "a strong --token (or EDGEFLEET_HUB_TOKEN) is required; "
-                                           f"{token!r} is a default (use --dev for local runs)")
+                raise ConfigError(
+                    "token",
+                    "a strong --token (or EDGEFLEET_HUB_TOKEN) is required; "
+                    f"{token!r} is a default (use --dev for local runs)",
+                )
             token = token or DEV_TOKEN
         tokens = {token: "admin"}
         for item in filter(None, (s.strip() for s in str(pick("tokens")).split(","))):
@@ -198,8 +208,11 @@ class HubConfig:
         BrokerUrl.parse(str(pick("broker")))
         public = str(pick("broker_public") or "")
         if public and BrokerUrl.parse(public).password is not None:
-            raise ConfigError("broker_public", f"{BrokerUrl.parse(public).without_credentials()} carries a password; "
-                                               "devices get their own credentials at enrollment, never a shared one")
+            raise ConfigError(
+                "broker_public",
+                f"{BrokerUrl.parse(public).without_credentials()} carries a password; "
+                "devices get their own credentials at enrollment, never a shared one",
+            )
         tls_files: dict[str, Path | None] = {}
         for name in ("broker_ca", "broker_cert", "broker_key"):
             raw = str(pick(name) or "")
@@ -217,18 +230,28 @@ class HubConfig:
         if "://" not in db:
             raise ConfigError("db", f"{db!r} must be a SQLAlchemy URL like sqlite:///hub.db")
         return cls(
-            db=db, broker=str(pick("broker")), keys=Path(pick("keys")), store=Path(pick("store")),
-            host=str(pick("host")), port=as_int("port", 0, 65535), tokens=tokens, dev=dev,
+            db=db,
+            broker=str(pick("broker")),
+            keys=Path(pick("keys")),
+            store=Path(pick("store")),
+            host=str(pick("host")),
+            port=as_int("port", 0, 65535),
+            tokens=tokens,
+            dev=dev,
             chunk_size=as_int("chunk_size", 1024, 8 * 1024 * 1024),
             desired_ttl=as_int("desired_ttl", 60, 366 * 86400),
-            batch_max=as_int("batch_max", 1, 100_000), batch_wait=as_float("batch_wait", 0.0, 10.0),
-            tick=as_float("tick", 0.05, 3600.0), offline_after=as_int("offline_after", 5, 86400 * 30),
+            batch_max=as_int("batch_max", 1, 100_000),
+            batch_wait=as_float("batch_wait", 0.0, 10.0),
+            tick=as_float("tick", 0.05, 3600.0),
+            offline_after=as_int("offline_after", 5, 86400 * 30),
             mqtt_auth_dir=Path(pick("mqtt_auth_dir")) if pick("mqtt_auth_dir") else None,
             broker_pid_file=Path(pick("broker_pid_file")) if pick("broker_pid_file") else None,
-            enroll_ttl=as_int("enroll_ttl", 60, 366 * 86400), broker_public=public,
+            enroll_ttl=as_int("enroll_ttl", 60, 366 * 86400),
+            broker_public=public,
             retention=as_int("retention", 3600, 10 * 366 * 86400),
             broker_tls=BrokerTls(tls_files["broker_ca"], tls_files["broker_cert"], tls_files["broker_key"]),
-            shared_group=shared_group)
+            shared_group=shared_group,
+        )
 
 
 def check_shared_group(name: str) -> str:
@@ -237,8 +260,7 @@ def check_shared_group(name: str) -> str:
     bad = sorted({c for c in name if c in "/+#" or ord(c) < 32})
     if not name or bad:
         why = "is empty" if not name else f"contains {', '.join(repr(c) for c in bad)}"
-        raise ConfigError("shared_group", f"{name!r} {why}; a group name is one MQTT topic level "
-                                          "(no '/', '+' or '#')")
+        raise ConfigError("shared_group", f"{name!r} {why}; a group name is one MQTT topic level (no '/', '+' or '#')")
     return name
 
 

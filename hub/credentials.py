@@ -31,8 +31,8 @@ import hashlib
 import os
 import secrets
 import signal
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes
 DEVICE_WRITE = ("status", "report", "telemetry", "fetch")
@@ -77,8 +77,12 @@ def render_acl(hub_user: str | None) -> str:
     lines += ["# every other user is a device; %u is its authenticated username (= device id)"]
     lines += [f"pattern write ef/v1/dev/%u/{k}" for k in DEVICE_WRITE]
     lines += [f"pattern read ef/v1/dev/%u/{k}" for k in DEVICE_READ]
-    lines += ["pattern read ef/v1/bundle/+/chunk/+", "pattern read ef/v1/bundle/+/manifest",
-              "pattern read ef/v1/root", ""]
+    lines += [
+        "pattern read ef/v1/bundle/+/chunk/+",
+        "pattern read ef/v1/bundle/+/manifest",
+        "pattern read ef/v1/root",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -94,17 +98,20 @@ def render_broker_conf(directory: Path, chunk_size: int, port: int, bind: str | 
     """A listener section: ``use_username_as_clientid`` belongs to the listener above it, so the
     file opens its own (a TLS listener instead: copy the lines below ``listener`` after it)."""
     d = directory.resolve()
-    return "\n".join([
-        "# written by the edgefleet hub; edits are overwritten. In mosquitto.conf (and no other",
-        f"# listener on port {port}):  include_dir {d}",
-        f"listener {port}{' ' + bind if bind else ''}",
-        "allow_anonymous false",
-        f"password_file {d / 'passwd'}",
-        f"acl_file {d / 'acl'}",
-        "# a client's id is its username: no device can take over another's session",
-        "use_username_as_clientid true",
-        f"max_packet_size {max_packet_bytes(chunk_size)}",
-        ""])
+    return "\n".join(
+        [
+            "# written by the edgefleet hub; edits are overwritten. In mosquitto.conf (and no other",
+            f"# listener on port {port}):  include_dir {d}",
+            f"listener {port}{' ' + bind if bind else ''}",
+            "allow_anonymous false",
+            f"password_file {d / 'passwd'}",
+            f"acl_file {d / 'acl'}",
+            "# a client's id is its username: no device can take over another's session",
+            "use_username_as_clientid true",
+            f"max_packet_size {max_packet_bytes(chunk_size)}",
+            "",
+        ]
+    )
 
 
 def write_files(directory: Path, passwd: str, acl: str, conf: str | None = None) -> tuple[Path, Path]:

@@ -22,14 +22,20 @@ from .transport import Outgoing
 log = logging.getLogger(__name__)
 
 
-def issue(fleet: Fleet, s: Session, d: Device, b: Bundle | None, action: str,
-          rollout: str | None) -> Outgoing:
+def issue(fleet: Fleet, s: Session, d: Device, b: Bundle | None, action: str, rollout: str | None) -> Outgoing:
     """Allocate the next seq for ``d``, sign a Desired, record it; caller commits then
     publishes the returned message (retained)."""
     now = fleet.clock()
     seq = max(d.desired_seq, d.reported_desired_seq) + 1
-    desired = Desired(device=d.id, seq=seq, issued=now, expires=now + fleet.config.desired_ttl,
-                      action=action, bundle=bundle_ref(b) if b is not None else None, rollout=rollout)
+    desired = Desired(
+        device=d.id,
+        seq=seq,
+        issued=now,
+        expires=now + fleet.config.desired_ttl,
+        action=action,
+        bundle=bundle_ref(b) if b is not None else None,
+        rollout=rollout,
+    )
     payload = desired.seal([fleet.keys.online])
     s.merge(DesiredDoc(device=d.id, seq=seq, expires=desired.expires, payload=payload))
     d.desired_seq = seq
@@ -48,8 +54,11 @@ def republish(fleet: Fleet) -> int:
     out: list[Outgoing] = []
     with fleet.session() as s:
         for doc in s.exec(select(DesiredDoc).where(DesiredDoc.expires > now)).all():
-            out.append(Outgoing(str(Topic.for_device(Kind.DESIRED, doc.device)), doc.payload,
-                                retain=True, qos=1, kind="desired"))
+            out.append(
+                Outgoing(
+                    str(Topic.for_device(Kind.DESIRED, doc.device)), doc.payload, retain=True, qos=1, kind="desired"
+                )
+            )
     fleet.publish(out)
     if out:
         log.info("republished %d desired documents (retained)", len(out))

@@ -4,7 +4,8 @@ telemetry and rollouts, group and tags (a change re-targets the device's rollout
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
@@ -25,25 +26,46 @@ log = logging.getLogger(__name__)
 
 
 def device_public(d: Device, rollout_state: str | None = None) -> dict[str, Any]:
-    active = ({"digest": d.active_digest, "name": d.active_name, "version": d.active_version}
-              if d.active_digest else None)
+    active = (
+        {"digest": d.active_digest, "name": d.active_name, "version": d.active_version} if d.active_digest else None
+    )
     lat = latency_summary(d.latency)  # merged over the windows of d.latency_bundle
     return {
-        "device_id": d.id, "online": d.online, "last_seen": d.last_seen, "state": d.state,
-        "agent_version": d.agent_version, "group": d.group, "tags": list(d.tags or []),
-        "inventory": d.inventory, "active_bundle": active,
+        "device_id": d.id,
+        "online": d.online,
+        "last_seen": d.last_seen,
+        "state": d.state,
+        "agent_version": d.agent_version,
+        "group": d.group,
+        "tags": list(d.tags or []),
+        "inventory": d.inventory,
+        "active_bundle": active,
         "staged_bundle": d.staged_digest,
         "desired": {"seq": d.desired_seq, "bundle": d.desired_bundle, "action": d.desired_action},
         "reported_desired_seq": d.reported_desired_seq,
         "rollout_state": rollout_state,
-        "telemetry": {"windows": d.windows, "inferences": d.inferences, "errors": d.errors,
-                      "tpu": d.tpu, "cpu": d.cpu, "cloud": d.cloud, **lat},
+        "telemetry": {
+            "windows": d.windows,
+            "inferences": d.inferences,
+            "errors": d.errors,
+            "tpu": d.tpu,
+            "cpu": d.cpu,
+            "cloud": d.cloud,
+            **lat,
+        },
     }
 
 
-def listing(fleet: Fleet, limit: int = 50, offset: int = 0, online: bool | None = None,
-                 q: str | None = None, group: str | None = None, tag: str | None = None,
-                 bundle: str | None = None) -> dict[str, Any]:
+def listing(
+    fleet: Fleet,
+    limit: int = 50,
+    offset: int = 0,
+    online: bool | None = None,
+    q: str | None = None,
+    group: str | None = None,
+    tag: str | None = None,
+    bundle: str | None = None,
+) -> dict[str, Any]:
     with fleet.session() as s:
         query = select(Device)
         if online is not None:
@@ -60,16 +82,23 @@ def listing(fleet: Fleet, limit: int = 50, offset: int = 0, online: bool | None 
         total = s.exec(select(func.count()).select_from(query.subquery())).one()
         rows: Sequence[Device] = s.exec(query.order_by(col(Device.id)).offset(offset).limit(limit)).all()
         states = rollout_states(fleet, s, [d.id for d in rows])
-        return {"items": [device_public(d, states.get(d.id)) for d in rows], "total": total,
-                "limit": limit, "offset": offset}
+        return {
+            "items": [device_public(d, states.get(d.id)) for d in rows],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
 
 
 def rollout_states(fleet: Fleet, s: Session, ids: list[str]) -> dict[str, str]:
     if not ids:
         return {}
-    q = (select(RolloutDevice.device_id, RolloutDevice.state, Rollout.serial)
-         .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
-         .where(col(RolloutDevice.device_id).in_(ids)).order_by(col(Rollout.serial)))
+    q = (
+        select(RolloutDevice.device_id, RolloutDevice.state, Rollout.serial)
+        .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
+        .where(col(RolloutDevice.device_id).in_(ids))
+        .order_by(col(Rollout.serial))
+    )
     return {dev: state for dev, state, _ in s.exec(q).all()}
 
 
@@ -79,18 +108,28 @@ def get(fleet: Fleet, device_id: str, windows: int = 30) -> dict[str, Any]:
         if d is None:
             raise NotFound("device", device_id)
         out = device_public(d, rollout_states(fleet, s, [d.id]).get(d.id))
-        rows = s.exec(select(TelemetryWindow).where(TelemetryWindow.device == device_id)
-                      .order_by(col(TelemetryWindow.window_end).desc()).limit(windows)).all()
+        rows = s.exec(
+            select(TelemetryWindow)
+            .where(TelemetryWindow.device == device_id)
+            .order_by(col(TelemetryWindow.window_end).desc())
+            .limit(windows)
+        ).all()
         out["recent"] = telemetry.summarise(fleet, s, rows, d.active_digest)
         out["rollouts"] = [
-            {"rollout": r.rollout_id, "state": r.state, "seq": r.seq, "attempts": r.attempts,
-             "reason": r.reason, "cohort": r.cohort}
-            for r in s.exec(select(RolloutDevice).where(RolloutDevice.device_id == device_id)).all()]
+            {
+                "rollout": r.rollout_id,
+                "state": r.state,
+                "seq": r.seq,
+                "attempts": r.attempts,
+                "reason": r.reason,
+                "cohort": r.cohort,
+            }
+            for r in s.exec(select(RolloutDevice).where(RolloutDevice.device_id == device_id)).all()
+        ]
         return out
 
 
-def set_meta(fleet: Fleet, device_id: str, group: str | None, tags: list[str] | None,
-                    actor: str) -> dict[str, Any]:
+def set_meta(fleet: Fleet, device_id: str, group: str | None, tags: list[str] | None, actor: str) -> dict[str, Any]:
     with fleet.session() as s:
         d = s.get(Device, device_id)
         if d is None:

@@ -17,8 +17,9 @@ Windows merge by adding counts, so a device, a cohort or a fleet is judged the s
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from protocol.errors import BadPayload
 from protocol.sketch import js_divergence, ks_bound, merge_counts, psi
@@ -33,7 +34,7 @@ class Thresholds:
     min_samples: int = 100
     ks_alpha: float = 0.001
 
-    def merged(self, obj: Mapping[str, Any] | None) -> "Thresholds":
+    def merged(self, obj: Mapping[str, Any] | None) -> Thresholds:
         if not obj:
             return self
         kw: dict[str, Any] = {}
@@ -56,8 +57,14 @@ class FeatureVerdict:
     ks_critical: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "samples": self.samples, "psi": self.psi, "js": self.js, "ks": self.ks,
-                "ks_critical": self.ks_critical}
+        return {
+            "status": self.status,
+            "samples": self.samples,
+            "psi": self.psi,
+            "js": self.js,
+            "ks": self.ks,
+            "ks_critical": self.ks_critical,
+        }
 
 
 @dataclass(frozen=True)
@@ -104,8 +111,11 @@ def baseline_refs(baseline: Mapping[str, Any]) -> dict[str, tuple[list[int], Map
     return out
 
 
-def assess(baseline: Mapping[str, Any], windows: Sequence[Mapping[str, Mapping[str, Sequence[int]]]],
-           overrides: Mapping[str, Any] | None = None) -> DriftReport:
+def assess(
+    baseline: Mapping[str, Any],
+    windows: Sequence[Mapping[str, Mapping[str, Sequence[int]]]],
+    overrides: Mapping[str, Any] | None = None,
+) -> DriftReport:
     """Merge telemetry ``drift`` dicts (``{"inputs": {feature: counts}}``) and judge each
     baseline feature. ``overrides``: hub thresholds for this model, ``{"*": {...}, feature: {...}}``."""
     base = Thresholds().merged(baseline.get("thresholds"))

@@ -31,7 +31,8 @@ import secrets
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -57,8 +58,16 @@ def new_id() -> str:
 
 
 class Fleet:
-    def __init__(self, config: HubConfig, engine: Engine, keys: HubKeys, store: BundleStore,
-                 publisher: Publisher, metrics: HubMetrics, clock: Callable[[], int] = now_s) -> None:
+    def __init__(
+        self,
+        config: HubConfig,
+        engine: Engine,
+        keys: HubKeys,
+        store: BundleStore,
+        publisher: Publisher,
+        metrics: HubMetrics,
+        clock: Callable[[], int] = now_s,
+    ) -> None:
         self.config = config
         self.engine = engine
         self.keys = keys
@@ -87,8 +96,12 @@ class Fleet:
         overlapping it (and the grace after) say more about the recovery than about a model,
         and rollout gates leave them out (hub.rollout, rule 6)."""
         self._recovery.append((down, up + RECOVERY_GRACE_S))
-        log.info("broker connection was down %ds; rollout gates leave out windows from %d to %d",
-                 up - down, down, up + RECOVERY_GRACE_S)
+        log.info(
+            "broker connection was down %ds; rollout gates leave out windows from %d to %d",
+            up - down,
+            down,
+            up + RECOVERY_GRACE_S,
+        )
 
     def recovery_periods(self) -> list[tuple[int, int]]:
         return list(self._recovery)

@@ -11,16 +11,15 @@ from protocol.errors import BadPayload
 from protocol.sketch import LatencySketch
 
 from .fleet import Fleet
-from .rollout import ACTIVE_PHASES
 from .models import (
     Alert,
     Device,
     Rollout,
     RolloutDevice,
 )
+from .rollout import ACTIVE_PHASES
 
 log = logging.getLogger(__name__)
-
 
 
 def refresh(fleet: Fleet) -> None:
@@ -28,17 +27,22 @@ def refresh(fleet: Fleet) -> None:
         for online, n in s.exec(select(Device.online, func.count()).group_by(col(Device.online))).all():
             fleet.metrics.devices.labels("true" if online else "false").set(n)
         fleet.metrics.rollout_devices.clear()
-        q = (select(RolloutDevice.rollout_id, RolloutDevice.state, func.count())
-             .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
-             .where(col(Rollout.phase).in_(ACTIVE_PHASES))
-             .group_by(RolloutDevice.rollout_id, RolloutDevice.state))
+        q = (
+            select(RolloutDevice.rollout_id, RolloutDevice.state, func.count())
+            .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
+            .where(col(Rollout.phase).in_(ACTIVE_PHASES))
+            .group_by(RolloutDevice.rollout_id, RolloutDevice.state)
+        )
         for rid, state, n in s.exec(q).all():
             fleet.metrics.rollout_devices.labels(rid, state).set(n)
         # fleet latency per active bundle: merging sketches is exact, so this is the fleet's p95
         per: dict[str, LatencySketch] = {}
         counts: dict[str, int] = {}
-        for digest, sketch, lat_bundle in s.exec(select(Device.active_digest, Device.latency, Device.latency_bundle)
-                                                 .where(col(Device.active_digest).is_not(None))).all():
+        for digest, sketch, lat_bundle in s.exec(
+            select(Device.active_digest, Device.latency, Device.latency_bundle).where(
+                col(Device.active_digest).is_not(None)
+            )
+        ).all():
             if digest is None:
                 continue
             counts[digest] = counts.get(digest, 0) + 1

@@ -25,15 +25,25 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any
 
 from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from protocol.errors import BadPayload, Implausible
-from protocol.messages import (Ack, FetchRequest, Report, Status, Telemetry, parse_fetch, parse_report,
-                               parse_status, parse_telemetry)
+from protocol.messages import (
+    Ack,
+    FetchRequest,
+    Report,
+    Status,
+    Telemetry,
+    parse_fetch,
+    parse_report,
+    parse_status,
+    parse_telemetry,
+)
 from protocol.sketch import LatencySketch
 from protocol.topics import Kind, Topic
 
@@ -44,7 +54,7 @@ from .transport import Outgoing
 
 log = logging.getLogger(__name__)
 
-Message = Union[Status, Report, Telemetry, FetchRequest]
+Message = Status | Report | Telemetry | FetchRequest
 MAX_REPAIR_CHUNKS = 2048
 REPAIR_INTERVAL_S = 5.0
 
@@ -96,7 +106,7 @@ def parse(topic: str, payload: bytes) -> Parsed:
     return Parsed(t.kind, msg.device, msg)
 
 
-RATE_PER_S = 20.0   # messages one device may send per second, sustained...
+RATE_PER_S = 20.0  # messages one device may send per second, sustained...
 RATE_BURST = 2000.0  # ...after a burst (a backlog resent after an offline day is ~9000 windows)
 
 
@@ -192,8 +202,9 @@ class Ingest:
                         reports += r
                     except Exception as exc2:  # noqa: BLE001
                         self.metrics.messages.labels(p.kind.value, "error").inc()
-                        self.quarantine.append(Quarantined(f"ef/v1/dev/{p.device}/{p.kind.value}", "error",
-                                                           str(exc2)[:300], time.time()))
+                        self.quarantine.append(
+                            Quarantined(f"ef/v1/dev/{p.device}/{p.kind.value}", "error", str(exc2)[:300], time.time())
+                        )
                         log.error("could not store %s from %s: %s", p.kind.value, p.device, exc2)
         self.fleet.publish(out)  # acks only after the commit: an acked message is stored
         if reports:
@@ -215,8 +226,12 @@ class Ingest:
             # locked until commit (PostgreSQL; SQLite has one writer): the totals below are
             # read-modify-write, and a replica (--shared-group) may be storing another window of
             # the same device at this moment. In id order: two batches queue, never deadlock.
-            devices = {d.id: d for d in s.exec(select(Device).where(col(Device.id).in_(ids))
-                                               .order_by(col(Device.id)).with_for_update()).all()}
+            devices = {
+                d.id: d
+                for d in s.exec(
+                    select(Device).where(col(Device.id).in_(ids)).order_by(col(Device.id)).with_for_update()
+                ).all()
+            }
 
             def device(did: str) -> Device:
                 d = devices.get(did)
@@ -255,9 +270,22 @@ class Ingest:
                         counted.append(("report", "duplicate"))
                         continue
                     seen_r.add((d.id, m.seq))
-                    s.add(ReportRecord(device=d.id, seq=m.seq, ts=m.ts, stage=m.stage, status=m.status,
-                                       reason=m.reason, detail=m.detail, desired_seq=m.desired_seq,
-                                       bundle=m.bundle, progress=m.progress, metrics=m.metrics, received=now))
+                    s.add(
+                        ReportRecord(
+                            device=d.id,
+                            seq=m.seq,
+                            ts=m.ts,
+                            stage=m.stage,
+                            status=m.status,
+                            reason=m.reason,
+                            detail=m.detail,
+                            desired_seq=m.desired_seq,
+                            bundle=m.bundle,
+                            progress=m.progress,
+                            metrics=m.metrics,
+                            received=now,
+                        )
+                    )
                     if m.desired_seq > d.reported_desired_seq and m.status == "ok":
                         d.reported_desired_seq = m.desired_seq
                     reports.append(m)
@@ -282,13 +310,21 @@ class Ingest:
         for kind, outcome in counted:
             self.metrics.messages.labels(kind, outcome).inc()
         for (did, kind), seqs in acks.items():
-            out.append(Outgoing(str(Topic.for_device(Kind.ACK, did)), Ack(kind, tuple(sorted(set(seqs)))).to_bytes(),
-                                retain=False, qos=1, kind="ack"))
+            out.append(
+                Outgoing(
+                    str(Topic.for_device(Kind.ACK, did)),
+                    Ack(kind, tuple(sorted(set(seqs)))).to_bytes(),
+                    retain=False,
+                    qos=1,
+                    kind="ack",
+                )
+            )
         return out, touched, reports
 
     @staticmethod
-    def _existing(s: Session, table: type[TelemetryWindow] | type[ReportRecord],
-                  items: Sequence[Parsed]) -> set[tuple[str, int]]:
+    def _existing(
+        s: Session, table: type[TelemetryWindow] | type[ReportRecord], items: Sequence[Parsed]
+    ) -> set[tuple[str, int]]:
         """(device, seq) pairs of ``items`` already stored: one query per batch."""
         pairs = {(p.device, p.message.seq) for p in items}  # type: ignore[union-attr]
         if not pairs:
@@ -317,16 +353,27 @@ class Ingest:
         if m.desired_seq > d.reported_desired_seq:
             d.reported_desired_seq = m.desired_seq
 
-    def _apply_telemetry(self, rows: list[dict[str, Any]], sketches: dict[str, LatencySketch], d: Device,
-                         m: Telemetry, now: int) -> None:
+    def _apply_telemetry(
+        self, rows: list[dict[str, Any]], sketches: dict[str, LatencySketch], d: Device, m: Telemetry, now: int
+    ) -> None:
         """Queue the window row (bulk-inserted per batch) and fold it into the device totals."""
         c = {k: int(m.counts.get(k, 0)) for k in ("inferences", "errors", "tpu", "cpu", "cloud")}
         health = m.health.to_dict()
-        rows.append({"device": d.id, "seq": m.seq, "window_start": m.window_start, "window_end": m.window_end,
-                     "bundle": m.bundle, "latency": m.latency, "drift": m.drift,
-                     "shadow": m.shadow.to_dict() if m.shadow is not None else None,
-                     "health": {**health, "backlog": m.backlog} if m.backlog else health,
-                     "received": now, **c})
+        rows.append(
+            {
+                "device": d.id,
+                "seq": m.seq,
+                "window_start": m.window_start,
+                "window_end": m.window_end,
+                "bundle": m.bundle,
+                "latency": m.latency,
+                "drift": m.drift,
+                "shadow": m.shadow.to_dict() if m.shadow is not None else None,
+                "health": {**health, "backlog": m.backlog} if m.backlog else health,
+                "received": now,
+                **c,
+            }
+        )
         d.windows += 1
         d.inferences += c["inferences"]
         d.errors += c["errors"]

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocol.errors import ProtocolError
-from protocol.signing import Root, SigningKey, load_root_unverified, parse_root_payload, root_document, seal
-from protocol.signing import Envelope
+from protocol.signing import Envelope, Root, SigningKey, load_root_unverified, parse_root_payload, root_document, seal
 
 from .errors import Invalid
 
@@ -56,7 +55,8 @@ def init(directory: Path, root_keys: int = 3, threshold: int = 2, now: int | Non
         raise Invalid("key threshold", f"{threshold} must be within 1..{root_keys}")
     directory.mkdir(parents=True, exist_ok=True)
     targets = [directory / ROOT_FILE, directory / ONLINE_FILE] + [
-        directory / f"root-{i}.pem" for i in range(1, root_keys + 1)]
+        directory / f"root-{i}.pem" for i in range(1, root_keys + 1)
+    ]
     existing = [p for p in targets if p.exists()] + sorted(directory.glob("root-v*.json"))
     if existing:
         raise Invalid("keys directory", f"{directory} already holds {existing[0].name}; refusing to overwrite")
@@ -86,7 +86,7 @@ class HubKeys:
     root_bytes: bytes
 
     @classmethod
-    def load(cls, directory: Path) -> "HubKeys":
+    def load(cls, directory: Path) -> HubKeys:
         root_path, online_path = directory / ROOT_FILE, directory / ONLINE_FILE
         for p in (root_path, online_path):
             if not p.exists():
@@ -98,8 +98,9 @@ class HubKeys:
         except ProtocolError as exc:
             raise Invalid("keys directory", f"{directory}: {exc}") from None
         if online.keyid not in root.role("targets").keyids:
-            raise Invalid("online key", f"{online_path} (keyid {online.keyid}) is not a targets key of "
-                                        f"root v{root.version}")
+            raise Invalid(
+                "online key", f"{online_path} (keyid {online.keyid}) is not a targets key of root v{root.version}"
+            )
         return cls(online, root, raw)
 
     def chain(self, directory: Path) -> list[bytes]:
@@ -112,9 +113,14 @@ class HubKeys:
         return out
 
 
-def rotate(directory: Path, old_root_keys: list[SigningKey], new_root_keys: int | None = None,
-           new_threshold: int | None = None, rotate_online: bool = True,
-           now: int | None = None) -> tuple[Root, list[Path]]:
+def rotate(
+    directory: Path,
+    old_root_keys: list[SigningKey],
+    new_root_keys: int | None = None,
+    new_threshold: int | None = None,
+    rotate_online: bool = True,
+    now: int | None = None,
+) -> tuple[Root, list[Path]]:
     """Issue root v{N+1}: fresh root keys (``new_root_keys`` of them) and, if asked, a fresh
     online key. Signed by a threshold of the old root keys and a threshold of the new ones.
 
@@ -124,8 +130,11 @@ def rotate(directory: Path, old_root_keys: list[SigningKey], new_root_keys: int 
     old_role = current.root.role("root")
     usable = [k for k in old_root_keys if k.keyid in old_role.keyids]
     if len({k.keyid for k in usable}) < old_role.threshold:
-        raise Invalid("root keys", f"{len(usable)} of the given keys belong to root v{current.root.version}; "
-                                   f"threshold is {old_role.threshold}")
+        raise Invalid(
+            "root keys",
+            f"{len(usable)} of the given keys belong to root v{current.root.version}; "
+            f"threshold is {old_role.threshold}",
+        )
     n = new_root_keys or len(old_role.keyids)
     k = new_threshold or old_role.threshold
     if not 1 <= k <= n:
@@ -135,7 +144,7 @@ def rotate(directory: Path, old_root_keys: list[SigningKey], new_root_keys: int 
     online = SigningKey.generate() if rotate_online else current.online
     version = current.root.version + 1
     doc = root_document(version, now + ROOT_TTL, new_keys, k, [online])
-    env = seal("root", doc, usable[:old_role.threshold] + new_keys[:k])
+    env = seal("root", doc, usable[: old_role.threshold] + new_keys[:k])
     raw = env.to_bytes()
     new_root = parse_root_payload(Envelope.parse(raw).payload, raw)
     new_root.verify(env, "root", "root")

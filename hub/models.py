@@ -6,7 +6,7 @@ Times are unix seconds (int) so SQLite and PostgreSQL agree without time-zone su
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -19,20 +19,20 @@ class Device(SQLModel, table=True):
     status_ts: int = 0
     agent_version: str = ""
     inventory: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
-    active_digest: Optional[str] = Field(default=None, max_length=64, index=True)
-    active_name: Optional[str] = None
-    active_version: Optional[str] = None
-    staged_digest: Optional[str] = Field(default=None, max_length=64)
+    active_digest: str | None = Field(default=None, max_length=64, index=True)
+    active_name: str | None = None
+    active_version: str | None = None
+    staged_digest: str | None = Field(default=None, max_length=64)
     state: str = "idle"
     reported_desired_seq: int = 0
-    desired_seq: int = 0            # highest seq the hub has issued to this device
-    desired_bundle: Optional[str] = Field(default=None, max_length=64)
-    desired_action: Optional[str] = None
+    desired_seq: int = 0  # highest seq the hub has issued to this device
+    desired_bundle: str | None = Field(default=None, max_length=64)
+    desired_action: str | None = None
     group: str = Field(default="", index=True, max_length=64)
     tags: list[str] = Field(default_factory=list, sa_type=JSON)
     enrolled: bool = False
-    mqtt_username: Optional[str] = None
-    mqtt_password_hash: Optional[str] = None
+    mqtt_username: str | None = None
+    mqtt_password_hash: str | None = None
     created: int = 0
     # running telemetry totals, so the device list needs no join over windows
     windows: int = 0
@@ -41,7 +41,7 @@ class Device(SQLModel, table=True):
     tpu: int = Field(default=0, sa_type=BigInteger)
     cpu: int = Field(default=0, sa_type=BigInteger)
     cloud: int = Field(default=0, sa_type=BigInteger)
-    latency_bundle: Optional[str] = Field(default=None, max_length=64)
+    latency_bundle: str | None = Field(default=None, max_length=64)
     latency: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)  # merged sketch for latency_bundle
 
 
@@ -58,8 +58,8 @@ class Bundle(SQLModel, table=True):
     digest: str = Field(primary_key=True, max_length=64)
     name: str = Field(index=True, max_length=128)
     version: str = Field(max_length=64)
-    revision: int = 1               # hub-assigned: same name + new bytes = next revision
-    created: int = 0                # manifest's created
+    revision: int = 1  # hub-assigned: same name + new bytes = next revision
+    created: int = 0  # manifest's created
     uploaded: int = 0
     archive_sha256: str = Field(max_length=64, index=True)
     size: int = Field(default=0, sa_type=BigInteger)
@@ -68,7 +68,7 @@ class Bundle(SQLModel, table=True):
     requirements: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     model: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     artifacts: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
-    published: bool = False         # chunks published retained at least once
+    published: bool = False  # chunks published retained at least once
 
 
 class Build(SQLModel, table=True):
@@ -81,14 +81,14 @@ class Build(SQLModel, table=True):
 
 class Rollout(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=32)
-    serial: int = Field(default=0, index=True)   # creation order (newest rollout owns a device)
+    serial: int = Field(default=0, index=True)  # creation order (newest rollout owns a device)
     bundle: str = Field(max_length=64, index=True)
     target: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     policy: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     phase: str = Field(default="running", index=True)
     cohort: int = -1
     cohort_started: int = 0
-    soak_started: Optional[int] = None
+    soak_started: int | None = None
     gate_floor: int = 0
     gates: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
     reason: str = ""
@@ -101,27 +101,29 @@ class RolloutDevice(SQLModel, table=True):
     __tablename__ = "rollout_device"
     rollout_id: str = Field(primary_key=True, max_length=32)
     device_id: str = Field(primary_key=True, max_length=64)
-    cohort: Optional[int] = None
+    cohort: int | None = None
     state: str = Field(default="pending", index=True)
     online: bool = True
     attempts: int = 0
-    seq: int = 0                    # desired seq issued for this rollout
+    seq: int = 0  # desired seq issued for this rollout
     issued_at: int = 0
     updated: int = 0
     reason: str = ""
-    from_bundle: Optional[str] = Field(default=None, max_length=64)
+    from_bundle: str | None = Field(default=None, max_length=64)
 
 
 class TelemetryWindow(SQLModel, table=True):
     __tablename__ = "telemetry_window"
-    __table_args__ = (UniqueConstraint("device", "seq", name="uq_telemetry_device_seq"),
-                      Index("ix_telemetry_device_end", "device", "window_end"))
-    id: Optional[int] = Field(default=None, primary_key=True)
+    __table_args__ = (
+        UniqueConstraint("device", "seq", name="uq_telemetry_device_seq"),
+        Index("ix_telemetry_device_end", "device", "window_end"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
     device: str = Field(max_length=64)
     seq: int = Field(sa_type=BigInteger)
     window_start: int = 0
     window_end: int = 0
-    bundle: Optional[str] = Field(default=None, max_length=64, index=True)
+    bundle: str | None = Field(default=None, max_length=64, index=True)
     inferences: int = 0
     errors: int = 0
     tpu: int = 0
@@ -129,7 +131,7 @@ class TelemetryWindow(SQLModel, table=True):
     cloud: int = 0
     latency: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     drift: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
-    shadow: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON, nullable=True))
+    shadow: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     health: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     received: int = 0
 
@@ -137,7 +139,7 @@ class TelemetryWindow(SQLModel, table=True):
 class ReportRecord(SQLModel, table=True):
     __tablename__ = "report"
     __table_args__ = (UniqueConstraint("device", "seq", name="uq_report_device_seq"),)
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     device: str = Field(max_length=64, index=True)
     seq: int = Field(sa_type=BigInteger)
     ts: int = 0
@@ -146,19 +148,19 @@ class ReportRecord(SQLModel, table=True):
     reason: str = ""
     detail: str = ""
     desired_seq: int = 0
-    bundle: Optional[str] = Field(default=None, max_length=64)
-    progress: Optional[float] = None
+    bundle: str | None = Field(default=None, max_length=64)
+    progress: float | None = None
     metrics: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     received: int = 0
 
 
 class Alert(SQLModel, table=True):
-    id: Optional[int] = Field(default=None, primary_key=True)
-    kind: str = Field(index=True)     # drift | offline | latency_regression | rollout_gate
-    severity: str = "warn"            # warn | alert
-    device: Optional[str] = Field(default=None, max_length=64, index=True)
-    bundle: Optional[str] = Field(default=None, max_length=64)
-    rollout: Optional[str] = Field(default=None, max_length=32)
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(index=True)  # drift | offline | latency_regression | rollout_gate
+    severity: str = "warn"  # warn | alert
+    device: str | None = Field(default=None, max_length=64, index=True)
+    bundle: str | None = Field(default=None, max_length=64)
+    rollout: str | None = Field(default=None, max_length=32)
     detail: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     message: str = ""
     created: int = Field(default=0, index=True)
@@ -167,9 +169,9 @@ class Alert(SQLModel, table=True):
 
 class AuditEntry(SQLModel, table=True):
     __tablename__ = "audit"
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     ts: int = Field(default=0, index=True)
-    actor: str = ""                   # role:token-prefix or "cli" / "hub"
+    actor: str = ""  # role:token-prefix or "cli" / "hub"
     action: str = ""
     target: str = ""
     detail: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
@@ -191,6 +193,7 @@ class DesiredDoc(SQLModel, table=True):
     """The last signed desired document issued to each device, byte for byte: the hub publishes
     it again (retained) whenever it connects to the broker, so a broker that lost its retained
     messages (kill -9 before its autosave) still tells a returning device what to run."""
+
     __tablename__ = "desired_doc"
     device: str = Field(primary_key=True, max_length=64)
     seq: int = 0

@@ -38,7 +38,7 @@ import secrets
 import ssl
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -62,9 +62,17 @@ _STOP = ("", b"")
 
 
 class Bridge:
-    def __init__(self, broker: BrokerUrl, metrics: HubMetrics, batch_max: int = 500,
-                 batch_wait: float = 0.05, queue_max: int = 100_000, client_id: str | None = None,
-                 shared_group: str | None = None, tls: BrokerTls | None = None) -> None:
+    def __init__(
+        self,
+        broker: BrokerUrl,
+        metrics: HubMetrics,
+        batch_max: int = 500,
+        batch_wait: float = 0.05,
+        queue_max: int = 100_000,
+        client_id: str | None = None,
+        shared_group: str | None = None,
+        tls: BrokerTls | None = None,
+    ) -> None:
         self.broker = broker
         self.tls = tls or BrokerTls()
         self.metrics = metrics
@@ -85,15 +93,21 @@ class Bridge:
         self.client = self._make_client(mqtt.MQTTv5)
 
     def _make_client(self, protocol: mqtt.MQTTProtocolVersion) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=protocol,
-                             clean_session=None if protocol == mqtt.MQTTv5 else not self.persistent)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self._client_id,
+            protocol=protocol,
+            clean_session=None if protocol == mqtt.MQTTv5 else not self.persistent,
+        )
         if self.broker.username:
             client.username_pw_set(self.broker.username, self.broker.password)
         if self.broker.tls:
-            client.tls_set(ca_certs=str(self.tls.ca) if self.tls.ca else None,
-                           certfile=str(self.tls.cert) if self.tls.cert else None,
-                           keyfile=str(self.tls.key) if self.tls.key else None,
-                           tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            client.tls_set(
+                ca_certs=str(self.tls.ca) if self.tls.ca else None,
+                certfile=str(self.tls.cert) if self.tls.cert else None,
+                keyfile=str(self.tls.key) if self.tls.key else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
         client.reconnect_delay_set(1, 30)
         client.max_queued_messages_set(0)
         client.max_inflight_messages_set(100)
@@ -118,8 +132,9 @@ class Bridge:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = SESSION_EXPIRY_S if self.persistent else 0
             props.MaximumPacketSize = MAX_PACKET_BYTES
-            self.client.connect_async(self.broker.host, self.broker.port, keepalive=30,
-                                      clean_start=not self.persistent, properties=props)
+            self.client.connect_async(
+                self.broker.host, self.broker.port, keepalive=30, clean_start=not self.persistent, properties=props
+            )
             threading.Thread(target=self._watch_v5_connect, args=(self.client,), daemon=True).start()
         else:
             self.client.connect_async(self.broker.host, self.broker.port, keepalive=30)
@@ -139,20 +154,27 @@ class Bridge:
             elif open_since is None:
                 open_since = now
             elif now - open_since >= V5_CONNACK_WAIT_S:
-                log.info("broker %s:%d did not answer an MQTT v5 connect in %.0f s; switching to 3.1.1",
-                         self.broker.host, self.broker.port, V5_CONNACK_WAIT_S)
+                log.info(
+                    "broker %s:%d did not answer an MQTT v5 connect in %.0f s; switching to 3.1.1",
+                    self.broker.host,
+                    self.broker.port,
+                    V5_CONNACK_WAIT_S,
+                )
                 self._fall_back_to_v311(client)
                 return
             time.sleep(0.1)
 
     # ---- paho callbacks (network thread: no blocking) --------------------------------------
-    def _on_connect(self, client: mqtt.Client, _u: object, _flags: object, rc: ReasonCode,
-                    _props: Properties | None) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, _u: object, _flags: object, rc: ReasonCode, _props: Properties | None
+    ) -> None:
         if rc.is_failure:
-            if client is self.client and client.protocol == mqtt.MQTTv5 \
-                    and rc.getName() == "Unsupported protocol version":
-                log.info("broker %s:%d does not speak MQTT v5; switching to 3.1.1",
-                         self.broker.host, self.broker.port)
+            if (
+                client is self.client
+                and client.protocol == mqtt.MQTTv5
+                and rc.getName() == "Unsupported protocol version"
+            ):
+                log.info("broker %s:%d does not speak MQTT v5; switching to 3.1.1", self.broker.host, self.broker.port)
                 threading.Thread(target=self._fall_back_to_v311, args=(client,), daemon=True).start()
                 return
             log.error("broker %s:%d refused the hub: %s", self.broker.host, self.broker.port, rc)
@@ -163,8 +185,9 @@ class Bridge:
         self._sub_mid = -1 if mid is None else mid
         log.info("connected to broker %s:%d as %s", self.broker.host, self.broker.port, self._client_id)
 
-    def _on_subscribe(self, client: mqtt.Client, _u: object, mid: int, codes: Sequence[ReasonCode],
-                      _props: Properties | None) -> None:
+    def _on_subscribe(
+        self, client: mqtt.Client, _u: object, mid: int, codes: Sequence[ReasonCode], _props: Properties | None
+    ) -> None:
         """Ready only once the broker confirmed the subscriptions: until then a device's
         message could pass the hub by (``connected`` means the hub will receive)."""
         if client is not self.client or mid != self._sub_mid:
@@ -184,8 +207,9 @@ class Bridge:
         except Exception:  # noqa: BLE001 - the next connect tries again
             log.exception("on-connect work failed")
 
-    def _on_disconnect(self, client: mqtt.Client, _u: object, _flags: object, rc: ReasonCode,
-                       _props: Properties | None) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, _u: object, _flags: object, rc: ReasonCode, _props: Properties | None
+    ) -> None:
         if client is not self.client:
             return  # the v5 client being replaced by the 3.1.1 one
         if self.connected.is_set():

@@ -73,8 +73,9 @@ Rules, in the order ``advance`` applies them:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence, Union
+from typing import Any
 
 from protocol.bundle import Requirements
 from protocol.device import Inventory
@@ -105,14 +106,14 @@ class PolicyError(ValueError):
 @dataclass(frozen=True)
 class Gates:
     max_install_failure_rate: float = 0.0
-    max_p95_ratio: float | None = 1.5      # new p95 / previous model's p95 on the same devices
-    min_p95_delta_ms: float = 1.0          # ...and at least this much slower: sub-ms jitter is not a regression
-    max_error_rate: float | None = 0.05    # errors / (inferences + errors)
-    max_cloud_rate: float | None = None    # cloud fallbacks / inferences
-    drift: bool = True                     # PSI alert on any baseline feature breaches
+    max_p95_ratio: float | None = 1.5  # new p95 / previous model's p95 on the same devices
+    min_p95_delta_ms: float = 1.0  # ...and at least this much slower: sub-ms jitter is not a regression
+    max_error_rate: float | None = 0.05  # errors / (inferences + errors)
+    max_cloud_rate: float | None = None  # cloud fallbacks / inferences
+    drift: bool = True  # PSI alert on any baseline feature breaches
     max_js: float | None = None
     min_shadow_agreement: float | None = None
-    min_samples: int = 50                  # inferences (or shadow comparisons) before a gate judges
+    min_samples: int = 50  # inferences (or shadow comparisons) before a gate judges
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class Policy:
     gates: Gates = Gates()
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any]) -> "Policy":
+    def from_dict(cls, obj: Mapping[str, Any]) -> Policy:
         """Fields as in :meth:`to_dict`; ``"preset": "simple" | "staged"`` sets the defaults
         the other fields override."""
         obj = dict(obj)
@@ -176,10 +177,16 @@ class Policy:
             raise PolicyError(f"gates.min_samples must be >= 1, got {self.gates.min_samples}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cohorts": list(self.cohorts), "soak_s": self.soak_s, "install_timeout_s": self.install_timeout_s,
-                "max_retries": self.max_retries, "on_breach": self.on_breach,
-                "approve_each_cohort": self.approve_each_cohort, "require_samples": self.require_samples,
-                "gates": dict(self.gates.__dict__)}
+        return {
+            "cohorts": list(self.cohorts),
+            "soak_s": self.soak_s,
+            "install_timeout_s": self.install_timeout_s,
+            "max_retries": self.max_retries,
+            "on_breach": self.on_breach,
+            "approve_each_cohort": self.approve_each_cohort,
+            "require_samples": self.require_samples,
+            "gates": dict(self.gates.__dict__),
+        }
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -248,14 +255,19 @@ class DeviceState:
 @dataclass(frozen=True)
 class GateResult:
     name: str
-    status: str          # pass | breach | insufficient_data
+    status: str  # pass | breach | insufficient_data
     value: float | None = None
     limit: float | None = None
     detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "value": self.value, "limit": self.limit,
-                "detail": self.detail}
+        return {
+            "name": self.name,
+            "status": self.status,
+            "value": self.value,
+            "limit": self.limit,
+            "detail": self.detail,
+        }
 
 
 @dataclass(frozen=True)
@@ -263,13 +275,13 @@ class RolloutState:
     bundle: str
     requirements: Requirements = Requirements()
     phase: str = "running"
-    cohort: int = -1                 # index of the highest opened cohort; -1 = none yet
+    cohort: int = -1  # index of the highest opened cohort; -1 = none yet
     cohort_started: int = 0
     soak_started: int | None = None
     devices: tuple[DeviceState, ...] = ()
     reason: str = ""
     gates: tuple[GateResult, ...] = ()
-    gate_floor: int = 0              # gates judge cohorts >= this (raised when a breach is approved)
+    gate_floor: int = 0  # gates judge cohorts >= this (raised when a breach is approved)
     baseline: Mapping[str, Sequence[int]] = field(default_factory=dict, hash=False, compare=False)
     drift_thresholds: DriftThresholds = DriftThresholds()
 
@@ -306,7 +318,7 @@ class DeviceSeen:
 class InstallReport:
     device: str
     stage: str
-    status: str          # progress | ok | failed
+    status: str  # progress | ok | failed
     reason: str = "ok"
     detail: str = ""
 
@@ -319,7 +331,7 @@ class Health:
     inferences: int = 0
     errors: int = 0
     cloud: int = 0
-    latency: Mapping[str, Any] = field(default_factory=dict, hash=False)       # sketch dict, target bundle
+    latency: Mapping[str, Any] = field(default_factory=dict, hash=False)  # sketch dict, target bundle
     prev_latency: Mapping[str, Any] = field(default_factory=dict, hash=False)  # sketch dict, previous bundle
     drift: Mapping[str, Sequence[int]] = field(default_factory=dict, hash=False)  # "side.feature" -> counts
     shadow_agree: int = 0
@@ -327,7 +339,7 @@ class Health:
     recovery_windows: int = 0  # windows left out: they overlap a period the fleet was recovering
 
 
-Event = Union[Command, DeviceSeen, InstallReport, Health]
+Event = Command | DeviceSeen | InstallReport | Health
 
 
 # ---- outputs ---------------------------------------------------------------------------------
@@ -349,12 +361,13 @@ class Alert:
     detail: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
-Action = Union[Issue, Alert]
+Action = Issue | Alert
 
 
 # ---- the machine -----------------------------------------------------------------------------
-def advance(state: RolloutState, events: Sequence[Event], now: int,
-            policy: Policy) -> tuple[RolloutState, list[Action]]:
+def advance(
+    state: RolloutState, events: Sequence[Event], now: int, policy: Policy
+) -> tuple[RolloutState, list[Action]]:
     devs = {d.id: d for d in state.devices}
     actions: list[Action] = []
     st = state
@@ -372,8 +385,11 @@ def advance(state: RolloutState, events: Sequence[Event], now: int,
 
     def roll_back_all(reason: str) -> str:
         """Returns what the rollout's reason adds: how many devices have nothing to go back to."""
-        keep = sum(1 for d in devs.values() if d.from_bundle is None
-                   and d.state in ("issued", "installing", "installed", "failed", "timed_out"))
+        keep = sum(
+            1
+            for d in devs.values()
+            if d.from_bundle is None and d.state in ("issued", "installing", "installed", "failed", "timed_out")
+        )
         for d in list(devs.values()):
             if d.state in ("issued", "installing", "installed", "failed", "timed_out"):
                 actions.append(Issue(d.id, "rollback" if d.from_bundle else "idle", d.from_bundle))
@@ -419,8 +435,7 @@ def advance(state: RolloutState, events: Sequence[Event], now: int,
             if d is None:
                 if st.phase in TERMINAL_PHASES:
                     continue
-                d = DeviceState(ev.device, from_bundle=ev.active if ev.active != st.bundle else None,
-                                online=ev.online)
+                d = DeviceState(ev.device, from_bundle=ev.active if ev.active != st.bundle else None, online=ev.online)
                 verdict = compat.check(st.requirements, ev.inventory, ev.agent_version)
                 if not verdict.ok:
                     d = replace(d, state="incompatible", reason=f"{verdict.reason.value}: {verdict.detail}")
@@ -459,8 +474,12 @@ def advance(state: RolloutState, events: Sequence[Event], now: int,
                 elif ev.status == "failed":
                     put(replace(d, reason=f"rollback failed: {ev.reason}: {ev.detail}"[:300]))
                 continue
-            if ev.stage == "rollback" and ev.status == "ok" and ev.reason != "ok" \
-                    and (d.state in ISSUED or d.state == "installed"):
+            if (
+                ev.stage == "rollback"
+                and ev.status == "ok"
+                and ev.reason != "ok"
+                and (d.state in ISSUED or d.state == "installed")
+            ):
                 # the device installed the bundle, then gave it up (probation errors, crashes)
                 put(replace(d, state="failed", reason=f"rolled back on the device: {ev.reason}: {ev.detail}"[:300]))
                 continue
@@ -498,15 +517,23 @@ def advance(state: RolloutState, events: Sequence[Event], now: int,
             _assign(devs, sizes[min(st.cohort, len(sizes) - 1)], st.cohort, issue, put)
 
     # gates judge a running rollout; once it stops or completes, its last judgement stands
-    gates = (evaluate_gates(st, [d for d in devs.values() if (d.cohort or 0) >= st.gate_floor], health, policy)
-             if st.phase == "running" else list(st.gates))
+    gates = (
+        evaluate_gates(st, [d for d in devs.values() if (d.cohort or 0) >= st.gate_floor], health, policy)
+        if st.phase == "running"
+        else list(st.gates)
+    )
     st = replace(st, gates=tuple(gates))
     breached = [g for g in gates if g.status == "breach"]
     if breached and st.phase == "running":
         msg = "; ".join(f"{g.name} {g.detail}" for g in breached)
-        actions.append(Alert("rollout_gate", "alert", f"cohort {st.cohort + 1} breached: {msg}",
-                             {"gates": [g.to_dict() for g in breached], "cohort": st.cohort,
-                              "on_breach": policy.on_breach}))
+        actions.append(
+            Alert(
+                "rollout_gate",
+                "alert",
+                f"cohort {st.cohort + 1} breached: {msg}",
+                {"gates": [g.to_dict() for g in breached], "cohort": st.cohort, "on_breach": policy.on_breach},
+            )
+        )
         if policy.on_breach == "pause":
             st = replace(st, phase="paused", reason=f"gate breach: {msg}")
         elif policy.on_breach == "abort":
@@ -524,14 +551,19 @@ def advance(state: RolloutState, events: Sequence[Event], now: int,
         # drift has its own sample floor (the baseline's min_samples): wait for it too once the
         # devices are sending drift counts at all, or a drifting model passes on latency alone
         waiting_for = SAMPLE_GATES + (("drift",) if any(h.drift for h in health.values()) else ())
-        waiting_data = policy.require_samples and any(g.status == "insufficient_data" for g in gates
-                                                      if g.name in waiting_for)
+        waiting_data = policy.require_samples and any(
+            g.status == "insufficient_data" for g in gates if g.name in waiting_for
+        )
         if settled and st.soak_started is not None and now - st.soak_started >= policy.soak_s and not waiting_data:
             sizes = cohort_sizes(policy.cohorts, _eligible(devs))
             if st.cohort >= len(sizes) - 1 and all(d.cohort is not None or d.state in SETTLED for d in devs.values()):
                 st = replace(st, phase="completed", reason="every cohort passed its gates")
             elif policy.approve_each_cohort:
-                st = replace(st, phase="awaiting_approval", reason=f"cohort {st.cohort + 1} of {len(sizes)} passed; waiting for approve")
+                st = replace(
+                    st,
+                    phase="awaiting_approval",
+                    reason=f"cohort {st.cohort + 1} of {len(sizes)} passed; waiting for approve",
+                )
             else:
                 st = _open_next(st, devs, now, policy, issue, put)
 
@@ -563,8 +595,9 @@ def _assign(devs: dict[str, DeviceState], upto: int, cohort: int, issue: Any, pu
         assigned += 1
 
 
-def _open_next(st: RolloutState, devs: dict[str, DeviceState], now: int, policy: Policy, issue: Any,
-               put: Any) -> RolloutState:
+def _open_next(
+    st: RolloutState, devs: dict[str, DeviceState], now: int, policy: Policy, issue: Any, put: Any
+) -> RolloutState:
     sizes = cohort_sizes(policy.cohorts, _eligible(devs))
     if not sizes:
         return replace(st, cohort=max(st.cohort, 0), soak_started=None)
@@ -574,8 +607,9 @@ def _open_next(st: RolloutState, devs: dict[str, DeviceState], now: int, policy:
     return st
 
 
-def evaluate_gates(st: RolloutState, devices: Sequence[DeviceState], health: Mapping[str, Health],
-                   policy: Policy) -> list[GateResult]:
+def evaluate_gates(
+    st: RolloutState, devices: Sequence[DeviceState], health: Mapping[str, Health], policy: Policy
+) -> list[GateResult]:
     """Gate results over every device assigned so far (cumulative cohorts)."""
     g = policy.gates
     out: list[GateResult] = []
@@ -585,17 +619,32 @@ def evaluate_gates(st: RolloutState, devices: Sequence[DeviceState], health: Map
     # breach early: even if every unsettled device succeeds the rate is already too high
     rate = bad / len(assigned) if assigned else 0.0
     if assigned and (bad / len(assigned) > g.max_install_failure_rate):
-        out.append(GateResult("install_failure_rate", "breach", rate, g.max_install_failure_rate,
-                              f"{bad}/{len(assigned)} failed or timed out"))
+        out.append(
+            GateResult(
+                "install_failure_rate",
+                "breach",
+                rate,
+                g.max_install_failure_rate,
+                f"{bad}/{len(assigned)} failed or timed out",
+            )
+        )
     else:
-        out.append(GateResult("install_failure_rate", "pass" if settled else "insufficient_data", rate,
-                              g.max_install_failure_rate, f"{bad}/{len(assigned)}"))
+        out.append(
+            GateResult(
+                "install_failure_rate",
+                "pass" if settled else "insufficient_data",
+                rate,
+                g.max_install_failure_rate,
+                f"{bad}/{len(assigned)}",
+            )
+        )
     hs = [health[d.id] for d in assigned if d.id in health and d.state == "installed"]
     sampled = _one_device_is_not_a_fleet(st, hs, policy, _sample_gates(st, hs, policy))
     left_out = sum(h.recovery_windows for h in hs)
     if left_out:  # say why the gates saw fewer windows than the devices sent
-        sampled = [replace(r, detail=f"{r.detail}; {left_out} windows from a recovery period left out")
-                   for r in sampled]
+        sampled = [
+            replace(r, detail=f"{r.detail}; {left_out} windows from a recovery period left out") for r in sampled
+        ]
     return out + sampled
 
 
@@ -609,8 +658,9 @@ _WEIGHT = {
 }
 
 
-def _one_device_is_not_a_fleet(st: RolloutState, hs: Sequence[Health], policy: Policy,
-                               results: list[GateResult]) -> list[GateResult]:
+def _one_device_is_not_a_fleet(
+    st: RolloutState, hs: Sequence[Health], policy: Policy, results: list[GateResult]
+) -> list[GateResult]:
     """Bounded influence: with two or more devices feeding a gate, a breach must survive leaving
     out the device that feeds it most. One device (broken, or lying within what its own counts
     allow) can't pause or roll back a fleet's rollout; a cohort of one device still can."""
@@ -627,9 +677,15 @@ def _one_device_is_not_a_fleet(st: RolloutState, hs: Sequence[Health], policy: P
             out.append(r)
         else:
             share = weigh(top) / sum(weigh(h) for h in fed)
-            out.append(replace(r, status="pass", detail=f"{r.detail}; breached only with {top.device} "
-                                                          f"({share:.0%} of the samples, one of {len(fed)} devices): "
-                                                          "one device is not a fleet regression"))
+            out.append(
+                replace(
+                    r,
+                    status="pass",
+                    detail=f"{r.detail}; breached only with {top.device} "
+                    f"({share:.0%} of the samples, one of {len(fed)} devices): "
+                    "one device is not a fleet regression",
+                )
+            )
     return out
 
 
@@ -659,15 +715,28 @@ def _sample_gates(st: RolloutState, hs: Sequence[Health], policy: Policy) -> lis
                 new = new.merge(LatencySketch.from_dict(dict(h.latency)))
                 old = old.merge(LatencySketch.from_dict(dict(h.prev_latency)))
         if new.count < g.min_samples or old.count < g.min_samples:
-            out.append(GateResult("p95_latency_ratio", "insufficient_data", None, g.max_p95_ratio,
-                                  f"{new.count} new / {old.count} previous samples < {g.min_samples}"))
+            out.append(
+                GateResult(
+                    "p95_latency_ratio",
+                    "insufficient_data",
+                    None,
+                    g.max_p95_ratio,
+                    f"{new.count} new / {old.count} previous samples < {g.min_samples}",
+                )
+            )
         else:
             n95, o95 = new.quantile(0.95) or 0.0, old.quantile(0.95) or 0.0
             v = n95 / o95 if o95 > 0 else math.inf
             slower = v > g.max_p95_ratio and (n95 - o95) * 1000 > g.min_p95_delta_ms
-            out.append(GateResult("p95_latency_ratio", "breach" if slower else "pass",
-                                  v if math.isfinite(v) else None, g.max_p95_ratio,
-                                  f"p95 {n95 * 1000:.2f} ms vs {o95 * 1000:.2f} ms before"))
+            out.append(
+                GateResult(
+                    "p95_latency_ratio",
+                    "breach" if slower else "pass",
+                    v if math.isfinite(v) else None,
+                    g.max_p95_ratio,
+                    f"p95 {n95 * 1000:.2f} ms vs {o95 * 1000:.2f} ms before",
+                )
+            )
 
     if (g.drift or g.max_js is not None) and st.baseline:
         th = replace(st.drift_thresholds, min_samples=max(st.drift_thresholds.min_samples, 1))
@@ -684,24 +753,46 @@ def _sample_gates(st: RolloutState, hs: Sequence[Health], policy: Policy) -> lis
             any_data = True
             js = js_divergence(list(ref), cur)
             breach = (g.drift and verdict.status == "alert") or (g.max_js is not None and js > g.max_js)
-            res = GateResult("drift", "breach" if breach else "pass", verdict.psi, th.psi_alert,
-                             f"{feat}: PSI {verdict.psi:.3f}, JS {js:.3f} over {verdict.samples} samples")
-            if worst is None or (res.status == "breach" and worst.status != "breach") or \
-                    (res.status == worst.status and (res.value or 0) > (worst.value or 0)):
+            res = GateResult(
+                "drift",
+                "breach" if breach else "pass",
+                verdict.psi,
+                th.psi_alert,
+                f"{feat}: PSI {verdict.psi:.3f}, JS {js:.3f} over {verdict.samples} samples",
+            )
+            if (
+                worst is None
+                or (res.status == "breach" and worst.status != "breach")
+                or (res.status == worst.status and (res.value or 0) > (worst.value or 0))
+            ):
                 worst = res
-        out.append(worst if worst is not None and any_data else
-                   GateResult("drift", "insufficient_data", None, th.psi_alert,
-                              f"fewer than {th.min_samples} samples per feature"))
+        out.append(
+            worst
+            if worst is not None and any_data
+            else GateResult(
+                "drift", "insufficient_data", None, th.psi_alert, f"fewer than {th.min_samples} samples per feature"
+            )
+        )
 
     if g.min_shadow_agreement is not None:
         agree, total = sum(h.shadow_agree for h in hs), sum(h.shadow_total for h in hs)
         if total < g.min_samples:
             # say so when nothing came at all: the gate only judges devices running a shadow model
-            why = (f"{total} < {g.min_samples} comparisons" if total else
-                   "no shadow comparisons: no device runs a shadow model beside the bundle")
+            why = (
+                f"{total} < {g.min_samples} comparisons"
+                if total
+                else "no shadow comparisons: no device runs a shadow model beside the bundle"
+            )
             out.append(GateResult("shadow_agreement", "insufficient_data", None, g.min_shadow_agreement, why))
         else:
             v = agree / total
-            out.append(GateResult("shadow_agreement", "breach" if v < g.min_shadow_agreement else "pass", v,
-                                  g.min_shadow_agreement, f"{agree}/{total} agree"))
+            out.append(
+                GateResult(
+                    "shadow_agreement",
+                    "breach" if v < g.min_shadow_agreement else "pass",
+                    v,
+                    g.min_shadow_agreement,
+                    f"{agree}/{total} agree",
+                )
+            )
     return out

@@ -21,16 +21,17 @@ a rollout cancels the device's row in older ones (``superseded``).
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import and_, bindparam, func, insert, update
 from sqlmodel import Session, col, select
 
 from protocol.bundle import Requirements
 from protocol.device import Shadow
+from protocol.errors import BadPayload
 from protocol.messages import Report
 from protocol.sketch import DriftThresholds, LatencySketch
-from protocol.errors import BadPayload
 from protocol.topics import check_digest
 
 from . import bundles, desired
@@ -38,20 +39,37 @@ from .compat import stored_inventory
 from .db import rollout_section
 from .errors import Conflict, Invalid, NotFound
 from .fleet import Fleet, new_id
-from .targets import Target
 from .models import Alert, Bundle, Device, Rollout, RolloutDevice, TelemetryWindow
-from .rollout import (TERMINAL_PHASES, Command, DeviceSeen, DeviceState, Event, GateResult, Health,
-                      InstallReport, Issue, Policy, PolicyError, RolloutState, advance, cohort_sizes)
-from .rollout import Alert as AlertAction
+from .rollout import (
+    TERMINAL_PHASES,
+    Alert as AlertAction,
+    Command,
+    DeviceSeen,
+    DeviceState,
+    Event,
+    GateResult,
+    Health,
+    InstallReport,
+    Issue,
+    Policy,
+    PolicyError,
+    RolloutState,
+    advance,
+    cohort_sizes,
+)
+from .targets import Target
 from .transport import Outgoing
 
 log = logging.getLogger(__name__)
 
 COMMANDS = ("pause", "resume", "cancel", "approve", "rollback")
-_ALLOWED = {"pause": ("running", "awaiting_approval", "completed"), "resume": ("paused",),
-            "approve": ("awaiting_approval", "paused"),
-            "cancel": ("running", "paused", "awaiting_approval", "completed"),
-            "rollback": ("running", "paused", "awaiting_approval", "completed", "aborted")}
+_ALLOWED = {
+    "pause": ("running", "awaiting_approval", "completed"),
+    "resume": ("paused",),
+    "approve": ("awaiting_approval", "paused"),
+    "cancel": ("running", "paused", "awaiting_approval", "completed"),
+    "rollback": ("running", "paused", "awaiting_approval", "completed", "aborted"),
+}
 HEALTH_WINDOWS = 500
 PREVIOUS_WINDOW_S = 3600
 
@@ -72,16 +90,27 @@ def _baseline(fleet: Fleet, digest: str) -> tuple[dict[str, list[int]], DriftThr
                     refs[f"{side}.{name}"] = [int(x) for x in spec["ref"]]
         t = obj.get("thresholds") or {}
         try:
-            th = DriftThresholds(float(t.get("psi_warn", 0.1)), float(t.get("psi_alert", 0.25)),
-                                 int(t.get("min_samples", 100)))
+            th = DriftThresholds(
+                float(t.get("psi_warn", 0.1)), float(t.get("psi_alert", 0.25)), int(t.get("min_samples", 100))
+            )
         except (TypeError, ValueError):
             pass
         cache[digest] = (refs, th)
     return cache[digest]  # type: ignore[no-any-return]
 
 
-_ROW_FIELDS = ("device_id", "state", "cohort", "attempts", "issued_at", "from_bundle", "reason", "online", "seq",
-               "updated")
+_ROW_FIELDS = (
+    "device_id",
+    "state",
+    "cohort",
+    "attempts",
+    "issued_at",
+    "from_bundle",
+    "reason",
+    "online",
+    "seq",
+    "updated",
+)
 Rows = dict[str, dict[str, Any]]
 
 
@@ -89,16 +118,40 @@ def _load(fleet: Fleet, s: Session, r: Rollout) -> tuple[RolloutState, Rows]:
     """Rollout rows as plain dicts (a 10,000-device rollout is loaded every tick)."""
     t = RolloutDevice
     q = select(*(getattr(t, f) for f in _ROW_FIELDS)).where(t.rollout_id == r.id).order_by(col(t.device_id))
-    rows: Rows = {x[0]: dict(zip(_ROW_FIELDS, x)) for x in s.exec(q).all()}  # type: ignore[call-overload]
+    rows: Rows = {x[0]: dict(zip(_ROW_FIELDS, x, strict=True)) for x in s.exec(q).all()}  # type: ignore[call-overload]
     b = s.get(Bundle, r.bundle)
     req = Requirements.from_dict(b.requirements) if b else Requirements()
     refs, th = _baseline(fleet, r.bundle)
-    devices = tuple(DeviceState(x["device_id"], x["state"], x["cohort"], x["attempts"], x["issued_at"],
-                                x["from_bundle"], x["reason"], x["online"]) for x in rows.values())
-    gates = tuple(GateResult(g["name"], g["status"], g.get("value"), g.get("limit"), g.get("detail", ""))
-                  for g in (r.gates or []))
-    st = RolloutState(r.bundle, req, r.phase, r.cohort, r.cohort_started, r.soak_started, devices, r.reason,
-                      gates, r.gate_floor, refs, th)
+    devices = tuple(
+        DeviceState(
+            x["device_id"],
+            x["state"],
+            x["cohort"],
+            x["attempts"],
+            x["issued_at"],
+            x["from_bundle"],
+            x["reason"],
+            x["online"],
+        )
+        for x in rows.values()
+    )
+    gates = tuple(
+        GateResult(g["name"], g["status"], g.get("value"), g.get("limit"), g.get("detail", "")) for g in (r.gates or [])
+    )
+    st = RolloutState(
+        r.bundle,
+        req,
+        r.phase,
+        r.cohort,
+        r.cohort_started,
+        r.soak_started,
+        devices,
+        r.reason,
+        gates,
+        r.gate_floor,
+        refs,
+        th,
+    )
     return st, rows
 
 
@@ -110,8 +163,15 @@ def _save(s: Session, r: Rollout, rows: Rows, st: RolloutState, seqs: dict[str, 
     s.add(r)
     inserts, updates = [], []
     for d in st.devices:
-        new = {"state": d.state, "cohort": d.cohort, "attempts": d.attempts, "issued_at": d.issued_at,
-               "from_bundle": d.from_bundle, "reason": d.reason[:500], "online": d.online}
+        new = {
+            "state": d.state,
+            "cohort": d.cohort,
+            "attempts": d.attempts,
+            "issued_at": d.issued_at,
+            "from_bundle": d.from_bundle,
+            "reason": d.reason[:500],
+            "online": d.online,
+        }
         if d.id in seqs:
             new["seq"] = seqs[d.id]
         old = rows.get(d.id)
@@ -120,15 +180,39 @@ def _save(s: Session, r: Rollout, rows: Rows, st: RolloutState, seqs: dict[str, 
             continue
         if any(old[k] != v for k, v in new.items()):
             moved = any(old[k] != new[k] for k in ("state", "cohort", "attempts", "reason"))
-            updates.append({"b_rid": r.id, "b_dev": d.id, **{k: old.get(k) for k in ("seq",)}, **new,
-                            "updated": now if moved else old["updated"]})
+            updates.append(
+                {
+                    "b_rid": r.id,
+                    "b_dev": d.id,
+                    **{k: old.get(k) for k in ("seq",)},
+                    **new,
+                    "updated": now if moved else old["updated"],
+                }
+            )
     t = RolloutDevice.__table__  # type: ignore[attr-defined]
     if inserts:
         s.execute(insert(t), inserts)
     if updates:
-        stmt = (update(t).where(and_(t.c.rollout_id == bindparam("b_rid"), t.c.device_id == bindparam("b_dev")))
-                .values({k: bindparam(k) for k in ("state", "cohort", "attempts", "issued_at", "from_bundle",
-                                                   "reason", "online", "seq", "updated")}))
+        stmt = (
+            update(t)
+            .where(and_(t.c.rollout_id == bindparam("b_rid"), t.c.device_id == bindparam("b_dev")))
+            .values(
+                {
+                    k: bindparam(k)
+                    for k in (
+                        "state",
+                        "cohort",
+                        "attempts",
+                        "issued_at",
+                        "from_bundle",
+                        "reason",
+                        "online",
+                        "seq",
+                        "updated",
+                    )
+                }
+            )
+        )
         s.connection().execute(stmt, updates)
 
 
@@ -139,20 +223,27 @@ def _seen(d: Device) -> DeviceSeen:
 
 def _owners(s: Session) -> list[tuple[Rollout, Target]]:
     """Non-terminal rollouts, newest first (the first whose target matches owns a device)."""
-    rs = s.exec(select(Rollout).where(col(Rollout.phase).notin_(TERMINAL_PHASES))
-                .order_by(col(Rollout.serial).desc())).all()
+    rs = s.exec(
+        select(Rollout).where(col(Rollout.phase).notin_(TERMINAL_PHASES)).order_by(col(Rollout.serial).desc())
+    ).all()
     return [(r, Target.parse(r.target)) for r in rs]
 
 
-def _health(s: Session, r: Rollout, st: RolloutState, rows: Rows, reporting: set[str],
-            recovery: Sequence[tuple[int, int]] = ()) -> list[Health]:
+def _health(
+    s: Session, r: Rollout, st: RolloutState, rows: Rows, reporting: set[str], recovery: Sequence[tuple[int, int]] = ()
+) -> list[Health]:
     """Per installed device (and any device reporting in this run, which the run may install
     before the gates are judged): merged telemetry of the target bundle since the rollout
     began, and of the bundle it ran before (the hour before) for the latency comparison.
     Windows overlapping a ``recovery`` period (:meth:`Fleet.note_recovery`) are counted, not
     merged."""
-    ids = [d.id for d in st.devices if d.cohort is not None and d.cohort >= st.gate_floor
-           and (d.state == "installed" or (d.id in reporting and d.state in ("issued", "installing")))]
+    ids = [
+        d.id
+        for d in st.devices
+        if d.cohort is not None
+        and d.cohort >= st.gate_floor
+        and (d.state == "installed" or (d.id in reporting and d.state in ("issued", "installing")))
+    ]
     if not ids:
         return []
     prevs = {rows[i]["from_bundle"] for i in ids if rows[i]["from_bundle"]}
@@ -161,14 +252,39 @@ def _health(s: Session, r: Rollout, st: RolloutState, rows: Rows, reporting: set
     # new one's (agents label a window by the bundle active when it closes): judge only windows
     # that started after the hub saw the device installed
     since = {i: rows[i]["updated"] if rows[i]["state"] == "installed" else 0 for i in ids}
-    q = (select(t.device, t.bundle, t.latency, t.inferences, t.errors, t.cloud, t.drift, t.shadow,  # type: ignore[call-overload]
-                t.window_start, t.window_end)
-         .where(col(t.device).in_(ids), col(t.bundle).in_([st.bundle, *prevs]),
-                t.received >= r.created - PREVIOUS_WINDOW_S)
-         .order_by(col(t.window_end).desc()))
-    acc: dict[str, dict[str, Any]] = {i: {"new": LatencySketch(), "old": LatencySketch(), "inf": 0, "err": 0,
-                                          "cloud": 0, "agree": 0, "total": 0, "drift": {}, "n": 0, "rec": 0}
-                                      for i in ids}
+    q = (
+        select(
+            t.device,
+            t.bundle,
+            t.latency,
+            t.inferences,
+            t.errors,
+            t.cloud,
+            t.drift,
+            t.shadow,  # type: ignore[call-overload]
+            t.window_start,
+            t.window_end,
+        )
+        .where(
+            col(t.device).in_(ids), col(t.bundle).in_([st.bundle, *prevs]), t.received >= r.created - PREVIOUS_WINDOW_S
+        )
+        .order_by(col(t.window_end).desc())
+    )
+    acc: dict[str, dict[str, Any]] = {
+        i: {
+            "new": LatencySketch(),
+            "old": LatencySketch(),
+            "inf": 0,
+            "err": 0,
+            "cloud": 0,
+            "agree": 0,
+            "total": 0,
+            "drift": {},
+            "n": 0,
+            "rec": 0,
+        }
+        for i in ids
+    }
     for device, bundle, latency, inferences, errors, cloud, drift, shadow, start, end in s.exec(q).all():
         a = acc[device]
         if any(start <= up and end >= down for down, up in recovery):
@@ -199,7 +315,7 @@ def _health(s: Session, r: Rollout, st: RolloutState, rows: Rows, reporting: set
                 if cur is None:
                     a["drift"][key] = list(counts)
                 elif len(cur) == len(counts):
-                    a["drift"][key] = [x + y for x, y in zip(cur, counts)]
+                    a["drift"][key] = [x + y for x, y in zip(cur, counts, strict=True)]
         if shadow is not None:
             try:
                 sh = Shadow.from_dict(shadow, f"stored shadow of {device}")
@@ -207,14 +323,33 @@ def _health(s: Session, r: Rollout, st: RolloutState, rows: Rows, reporting: set
                 continue
             a["agree"] += sh.agreed
             a["total"] += sh.samples
-    return [Health(i, a["inf"], a["err"], a["cloud"], a["new"].to_dict() if a["new"].count else {},
-                   a["old"].to_dict() if a["old"].count else {}, a["drift"], a["agree"], a["total"], a["rec"])
-            for i, a in acc.items()]
+    return [
+        Health(
+            i,
+            a["inf"],
+            a["err"],
+            a["cloud"],
+            a["new"].to_dict() if a["new"].count else {},
+            a["old"].to_dict() if a["old"].count else {},
+            a["drift"],
+            a["agree"],
+            a["total"],
+            a["rec"],
+        )
+        for i, a in acc.items()
+    ]
 
 
 # ---- the run -----------------------------------------------------------------------------------
-def _run(fleet: Fleet, s: Session, r: Rollout, events: Sequence[Event], out: list[Outgoing],
-         observe: bool, owners: list[tuple[Rollout, Target]] | None = None) -> RolloutState:
+def _run(
+    fleet: Fleet,
+    s: Session,
+    r: Rollout,
+    events: Sequence[Event],
+    out: list[Outgoing],
+    observe: bool,
+    owners: list[tuple[Rollout, Target]] | None = None,
+) -> RolloutState:
     now = fleet.clock()
     policy = Policy.from_dict(r.policy)
     st, rows = _load(fleet, s, r)
@@ -225,8 +360,11 @@ def _run(fleet: Fleet, s: Session, r: Rollout, events: Sequence[Event], out: lis
         for d in s.exec(select(Device)).all():
             if d.id in rows:
                 evs.append(_seen(d))
-            elif r.phase not in TERMINAL_PHASES and tgt.matches(d) and \
-                    next((o for o, t in owners if t.matches(d)), None) is r:
+            elif (
+                r.phase not in TERMINAL_PHASES
+                and tgt.matches(d)
+                and next((o for o, t in owners if t.matches(d)), None) is r
+            ):
                 evs.append(_seen(d))
     if r.phase == "running" or any(isinstance(e, Command) for e in evs):
         # every decision that can open a cohort sees the gates' evidence
@@ -235,8 +373,11 @@ def _run(fleet: Fleet, s: Session, r: Rollout, events: Sequence[Event], out: lis
     new, actions = advance(st, evs, now, policy)
     seqs: dict[str, int] = {}
     targets = [a.device for a in actions if isinstance(a, Issue)]
-    devices = {d.id: d for i in range(0, len(targets), 5000)
-               for d in s.exec(select(Device).where(col(Device.id).in_(targets[i:i + 5000]))).all()}
+    devices = {
+        d.id: d
+        for i in range(0, len(targets), 5000)
+        for d in s.exec(select(Device).where(col(Device.id).in_(targets[i : i + 5000]))).all()
+    }
     rows_of: dict[str, Bundle | None] = {}
     for a in actions:
         if isinstance(a, Issue):
@@ -252,8 +393,17 @@ def _run(fleet: Fleet, s: Session, r: Rollout, events: Sequence[Event], out: lis
             out.append(desired.issue(fleet, s, dev, b, action, r.id))
             seqs[a.device] = dev.desired_seq
         elif isinstance(a, AlertAction):
-            s.add(Alert(kind=a.kind, severity=a.severity, rollout=r.id, bundle=r.bundle, message=a.message[:1000],
-                        detail=dict(a.detail), created=now))
+            s.add(
+                Alert(
+                    kind=a.kind,
+                    severity=a.severity,
+                    rollout=r.id,
+                    bundle=r.bundle,
+                    message=a.message[:1000],
+                    detail=dict(a.detail),
+                    created=now,
+                )
+            )
             fleet.metrics.alerts.labels(a.kind).inc()
             log.warning("rollout %s: %s", r.id, a.message)
     s.flush()  # device rows (seq) before the bulk rollout-row writes
@@ -261,8 +411,9 @@ def _run(fleet: Fleet, s: Session, r: Rollout, events: Sequence[Event], out: lis
     return new
 
 
-def create(fleet: Fleet, digest: str, target: Target | Any, policy: dict[str, Any] | None = None,
-           actor: str = "api") -> dict[str, Any]:
+def create(
+    fleet: Fleet, digest: str, target: Target | Any, policy: dict[str, Any] | None = None, actor: str = "api"
+) -> dict[str, Any]:
     """A new rollout of bundle ``digest`` to ``target`` (a :class:`Target` or its JSON form),
     issued at once to its first cohort. Raises Invalid (bad digest, target or policy)."""
     try:
@@ -280,16 +431,32 @@ def create(fleet: Fleet, digest: str, target: Target | Any, policy: dict[str, An
         bundles.get_row(fleet, s, digest)
         now = fleet.clock()
         serial = (s.exec(select(func.max(Rollout.serial))).one() or 0) + 1
-        r = Rollout(id=new_id(), serial=serial, bundle=digest, target=target.to_dict(), policy=pol.to_dict(), phase="running",
-                    cohort=-1, created=now, updated=now, created_by=actor, cohort_started=now)
+        r = Rollout(
+            id=new_id(),
+            serial=serial,
+            bundle=digest,
+            target=target.to_dict(),
+            policy=pol.to_dict(),
+            phase="running",
+            cohort=-1,
+            created=now,
+            updated=now,
+            created_by=actor,
+            cohort_started=now,
+        )
         s.add(r)
         ids = [d.id for d in s.exec(select(Device)).all() if target.matches(d)]
         t = RolloutDevice.__table__  # type: ignore[attr-defined]
         for i in range(0, len(ids), 5000):  # a device follows the newest rollout: older rows stop here
             s.connection().execute(
-                update(t).where(t.c.device_id.in_(ids[i:i + 5000]), t.c.rollout_id != r.id,
-                                t.c.state.in_(("pending", "issued", "installing")))
-                .values(state="cancelled", reason=f"superseded by rollout {r.id}", updated=now))
+                update(t)
+                .where(
+                    t.c.device_id.in_(ids[i : i + 5000]),
+                    t.c.rollout_id != r.id,
+                    t.c.state.in_(("pending", "issued", "installing")),
+                )
+                .values(state="cancelled", reason=f"superseded by rollout {r.id}", updated=now)
+            )
         s.flush()
         fleet.audit(s, actor, "rollout.create", r.id, bundle=digest, devices=target.to_dict(), policy=pol.to_dict())
         _run(fleet, s, r, [], out, observe=True)
@@ -329,12 +496,14 @@ def on_reports(fleet: Fleet, reports: Sequence[Report]) -> None:
         for rep in reports:
             if rep.desired_seq <= 0:
                 continue
-            row = s.exec(select(RolloutDevice).where(RolloutDevice.device_id == rep.device,
-                                                     RolloutDevice.seq == rep.desired_seq)).first()
+            row = s.exec(
+                select(RolloutDevice).where(RolloutDevice.device_id == rep.device, RolloutDevice.seq == rep.desired_seq)
+            ).first()
             if row is None:
                 continue
             by_rollout.setdefault(row.rollout_id, []).append(
-                InstallReport(rep.device, rep.stage, rep.status, rep.reason, rep.detail))
+                InstallReport(rep.device, rep.stage, rep.status, rep.reason, rep.detail)
+            )
         for rid, evs in by_rollout.items():
             r = s.get(Rollout, rid)
             if r is not None:
@@ -363,8 +532,9 @@ def converge(fleet: Fleet, device_ids: Sequence[str]) -> None:
                 if tgt.matches(d):
                     break
             # a finished (rolled back) rollout still settles the devices it is rolling back
-            for row in s.exec(select(RolloutDevice).where(RolloutDevice.device_id == did,
-                                                          RolloutDevice.state == "rolling_back")).all():
+            for row in s.exec(
+                select(RolloutDevice).where(RolloutDevice.device_id == did, RolloutDevice.state == "rolling_back")
+            ).all():
                 evs = per.setdefault(row.rollout_id, [])
                 if not any(isinstance(e, DeviceSeen) and e.device == did for e in evs):
                     evs.append(_seen(d))
@@ -403,10 +573,23 @@ def _public(r: Rollout, c: dict[str, int]) -> dict[str, Any]:
         sizes = cohort_sizes(policy.get("cohorts") or ["100%"], eligible)
     except PolicyError:
         sizes = []
-    return {"id": r.id, "bundle": r.bundle, "target": r.target, "policy": policy, "phase": r.phase,
-            "cohort": r.cohort, "cohort_sizes": sizes, "soak_started": r.soak_started, "gates": r.gates,
-            "reason": r.reason, "created": r.created, "updated": r.updated, "created_by": r.created_by,
-            "counts": c, "total": sum(c.values())}
+    return {
+        "id": r.id,
+        "bundle": r.bundle,
+        "target": r.target,
+        "policy": policy,
+        "phase": r.phase,
+        "cohort": r.cohort,
+        "cohort_sizes": sizes,
+        "soak_started": r.soak_started,
+        "gates": r.gates,
+        "reason": r.reason,
+        "created": r.created,
+        "updated": r.updated,
+        "created_by": r.created_by,
+        "counts": c,
+        "total": sum(c.values()),
+    }
 
 
 def status(fleet: Fleet, rid: str, limit: int = 1000, offset: int = 0, state: str | None = None) -> dict[str, Any]:
@@ -419,9 +602,20 @@ def status(fleet: Fleet, rid: str, limit: int = 1000, offset: int = 0, state: st
             q = q.where(RolloutDevice.state == state)
         rows = s.exec(q.order_by(col(RolloutDevice.device_id)).offset(offset).limit(limit)).all()
         out = _public(r, counts(s, rid))
-        out["devices"] = [{"device_id": x.device_id, "state": x.state, "cohort": x.cohort, "seq": x.seq,
-                           "attempts": x.attempts, "reason": x.reason, "updated": x.updated, "online": x.online,
-                           "from_bundle": x.from_bundle} for x in rows]
+        out["devices"] = [
+            {
+                "device_id": x.device_id,
+                "state": x.state,
+                "cohort": x.cohort,
+                "seq": x.seq,
+                "attempts": x.attempts,
+                "reason": x.reason,
+                "updated": x.updated,
+                "online": x.online,
+                "from_bundle": x.from_bundle,
+            }
+            for x in rows
+        ]
         out["limit"], out["offset"] = limit, offset
         return out
 
@@ -433,5 +627,4 @@ def listing(fleet: Fleet, limit: int = 50, offset: int = 0, phase: str | None = 
             q = q.where(Rollout.phase == phase)
         total = s.exec(select(func.count()).select_from(q.subquery())).one()
         rows = s.exec(q.order_by(col(Rollout.serial).desc()).offset(offset).limit(limit)).all()
-        return {"items": [_public(r, counts(s, r.id)) for r in rows], "total": total, "limit": limit,
-                "offset": offset}
+        return {"items": [_public(r, counts(s, r.id)) for r in rows], "total": total, "limit": limit, "offset": offset}

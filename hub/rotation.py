@@ -54,8 +54,9 @@ def stale(fleet: Fleet) -> bool:
                     return True
             except Exception as exc:  # noqa: BLE001 - a bundle row without files is not ours to fix
                 log.error("bundle %s: cannot read its manifest (%s)", digest[:12], exc)
-        return any(not _signed_by(p, kid)
-                   for p in s.exec(select(DesiredDoc.payload).where(DesiredDoc.expires > now)).all())
+        return any(
+            not _signed_by(p, kid) for p in s.exec(select(DesiredDoc.payload).where(DesiredDoc.expires > now)).all()
+        )
 
 
 def manifest_messages(fleet: Fleet, digests: list[str]) -> list[Outgoing]:
@@ -104,11 +105,14 @@ def resign_all(fleet: Fleet) -> list[Outgoing]:
                 if row is not None and row.seq == old.seq:
                     row.seq = d.desired_seq
                     s.add(row)
-        fleet.audit(s, "hub", "keys.online_rotated", fleet.keys.online.keyid,
-                    bundles=len(rows), documents=len(docs))
+        fleet.audit(s, "hub", "keys.online_rotated", fleet.keys.online.keyid, bundles=len(rows), documents=len(docs))
         s.commit()
-    log.info("online key %s: %d bundle manifests and %d desired documents signed again",
-             fleet.keys.online.keyid[:8], len(rows), len(docs))
+    log.info(
+        "online key %s: %d bundle manifests and %d desired documents signed again",
+        fleet.keys.online.keyid[:8],
+        len(rows),
+        len(docs),
+    )
     return manifest_messages(fleet, sorted(by_digest)) + [root_message(fleet)] + chunks + docs
 
 

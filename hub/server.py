@@ -19,7 +19,6 @@ from fastapi import FastAPI
 
 from . import desired, enrollment, migrations, rotation, ticker
 from .api import create_app
-from .web import dashboard
 from .config import HubConfig
 from .db import make_engine
 from .fleet import Fleet
@@ -29,6 +28,7 @@ from .metrics import HubMetrics
 from .mqtt import Bridge
 from .store import BundleStore
 from .transport import MemoryPublisher, Publisher
+from .web import dashboard
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +93,25 @@ def hub_client_id(config: HubConfig) -> str:
     return f"{cid}-{os.getpid()}" if config.shared_group else cid
 
 
-def build(config: HubConfig, publisher: Publisher | None = None, with_broker: bool = True,
-          **engine_kwargs: Any) -> Hub:
+def build(config: HubConfig, publisher: Publisher | None = None, with_broker: bool = True, **engine_kwargs: Any) -> Hub:
     keys = HubKeys.load(config.keys)
     store = BundleStore(config.store, config.chunk_size)
     metrics = HubMetrics()
     engine = make_engine(config.db, create=False, **engine_kwargs)
     migrations.upgrade(engine)  # the registry schema is whatever Alembic says it is
-    bridge = Bridge(config.broker_url, metrics, config.batch_max, config.batch_wait,
-                    client_id=hub_client_id(config), shared_group=config.shared_group or None,
-                    tls=config.broker_tls) if with_broker else None
+    bridge = (
+        Bridge(
+            config.broker_url,
+            metrics,
+            config.batch_max,
+            config.batch_wait,
+            client_id=hub_client_id(config),
+            shared_group=config.shared_group or None,
+            tls=config.broker_tls,
+        )
+        if with_broker
+        else None
+    )
     pub: Publisher = publisher or bridge or MemoryPublisher()
     fleet = Fleet(config, engine, keys, store, pub, metrics)
     app = create_app(fleet, bridge.connected if bridge else None)

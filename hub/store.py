@@ -22,10 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol.bundle import (
-    ARCHIVE_MAGIC, MANIFEST_FILE, MAX_ENVELOPE_BYTES, ChunkPlan, Manifest, check_bundle, digest_of,
-    pack_archive, parse_manifest, sha256_hex)
 from protocol import codec
+from protocol.bundle import (
+    ARCHIVE_MAGIC,
+    MANIFEST_FILE,
+    MAX_ENVELOPE_BYTES,
+    ChunkPlan,
+    Manifest,
+    check_bundle,
+    digest_of,
+    pack_archive,
+    parse_manifest,
+    sha256_hex,
+)
 from protocol.errors import ProtocolError
 from protocol.signing import Envelope, SigningKey
 
@@ -40,7 +49,7 @@ def split_archive(data: bytes) -> tuple[Envelope, dict[str, bytes]]:
     if env_len > MAX_ENVELOPE_BYTES or 8 + env_len > len(data):
         raise Invalid("bundle archive", f"manifest length {env_len} is out of bounds for {len(data)} bytes")
     try:
-        env = Envelope.parse(data[8:8 + env_len], "manifest envelope")
+        env = Envelope.parse(data[8 : 8 + env_len], "manifest envelope")
         manifest = parse_manifest(env.payload)
     except ProtocolError as exc:
         raise Invalid("bundle archive", str(exc)) from None
@@ -50,7 +59,7 @@ def split_archive(data: bytes) -> tuple[Envelope, dict[str, bytes]]:
     arts: dict[str, bytes] = {}
     pos = 8 + env_len
     for a in manifest.artifacts:
-        arts[a.name] = data[pos:pos + a.size]
+        arts[a.name] = data[pos : pos + a.size]
         pos += a.size
     return env, arts
 
@@ -64,8 +73,7 @@ def read_bundle_dir(directory: Path) -> tuple[Envelope, dict[str, bytes]]:
         env = Envelope.parse(mf.read_bytes(), str(mf))
     except ProtocolError as exc:
         raise Invalid("bundle directory", str(exc)) from None
-    arts = {p.name: p.read_bytes() for p in sorted(directory.iterdir())
-            if p.is_file() and p.name != MANIFEST_FILE}
+    arts = {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
     return env, arts
 
 
@@ -77,8 +85,13 @@ class StoredBundle:
     plan: ChunkPlan
 
     def summary(self) -> dict[str, Any]:
-        return {"digest": self.digest, "name": self.manifest.name, "version": self.manifest.version,
-                "archive_sha256": self.plan.sha256, "size": self.plan.size}
+        return {
+            "digest": self.digest,
+            "name": self.manifest.name,
+            "version": self.manifest.version,
+            "archive_sha256": self.plan.sha256,
+            "size": self.plan.size,
+        }
 
 
 class BundleStore:

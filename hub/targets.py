@@ -27,9 +27,9 @@ class Target:
     tag: str | None = None
 
     @classmethod
-    def parse(cls, obj: Any) -> "Target":
+    def parse(cls, obj: Any) -> Target:
         if not isinstance(obj, dict):
-            raise Invalid("target", f"must be an object like {{\"all\": true}}, got {obj!r:.80}")
+            raise Invalid("target", f'must be an object like {{"all": true}}, got {obj!r:.80}')
         keys = {k for k, v in obj.items() if v not in (None, False, [], "")}
         if len(keys) != 1 or not keys <= {"all", "devices", "group", "tag"}:
             raise Invalid("target", f"needs exactly one of all/devices/group/tag, got {sorted(obj)}")

@@ -5,7 +5,8 @@ merge exactly, so a fleet, a cohort or a device is summarised the same way."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import delete
 from sqlmodel import Session, col, select
@@ -31,9 +32,11 @@ def latency_summary(sketch: dict[str, Any]) -> dict[str, float | None]:
     except BadPayload:
         return {"p50_ms": None, "p95_ms": None, "mean_ms": None}
     p50, p95 = s.quantile(0.5), s.quantile(0.95)
-    return {"p50_ms": p50 * 1000 if p50 is not None else None,
-            "p95_ms": p95 * 1000 if p95 is not None else None,
-            "mean_ms": s.mean * 1000 if s.mean is not None else None}
+    return {
+        "p50_ms": p50 * 1000 if p50 is not None else None,
+        "p95_ms": p95 * 1000 if p95 is not None else None,
+        "mean_ms": s.mean * 1000 if s.mean is not None else None,
+    }
 
 
 def summarise(fleet: Fleet, s: Session, rows: Sequence[TelemetryWindow], bundle: str | None) -> dict[str, Any]:
@@ -52,15 +55,15 @@ def summarise(fleet: Fleet, s: Session, rows: Sequence[TelemetryWindow], bundle:
         for side, feats in (r.drift or {}).items():
             for name, bins in feats.items():
                 drift.setdefault(side, {}).setdefault(name, []).append(bins)
-    out: dict[str, Any] = {"windows": len(rows), **counts,
-                           **latency_summary(sketch.to_dict()), "drift": {}}
+    out: dict[str, Any] = {"windows": len(rows), **counts, **latency_summary(sketch.to_dict()), "drift": {}}
     if bundle:
         out["drift"] = drift_verdicts(fleet, s, bundle, drift)
     return out
 
 
-def drift_verdicts(fleet: Fleet, s: Session, digest: str,
-                   windows: dict[str, dict[str, list[list[int]]]]) -> dict[str, Any]:
+def drift_verdicts(
+    fleet: Fleet, s: Session, digest: str, windows: dict[str, dict[str, list[list[int]]]]
+) -> dict[str, Any]:
     """Per-feature verdicts (:mod:`hub.drift`) of merged windows vs the bundle's baseline."""
     try:
         baseline = fleet.store.baseline(digest, fleet.store.manifest(digest))
@@ -68,9 +71,12 @@ def drift_verdicts(fleet: Fleet, s: Session, digest: str,
         baseline = None
     if not baseline:
         return {}
-    merged = [{side: {name: merge_counts(*wins) for name, wins in feats.items()
-                      if len({len(w) for w in wins}) == 1}
-               for side, feats in windows.items()}]
+    merged = [
+        {
+            side: {name: merge_counts(*wins) for name, wins in feats.items() if len({len(w) for w in wins}) == 1}
+            for side, feats in windows.items()
+        }
+    ]
     try:
         report = drift.assess(baseline, merged)
     except BadPayload as exc:
@@ -78,9 +84,15 @@ def drift_verdicts(fleet: Fleet, s: Session, digest: str,
     return {k: v for k, v in report.to_dict()["features"].items()}
 
 
-def summary(fleet: Fleet, bundle: str | None = None, device: str | None = None, group: str | None = None,
-                      since: int | None = None, until: int | None = None,
-                      max_windows: int = 20_000) -> dict[str, Any]:
+def summary(
+    fleet: Fleet,
+    bundle: str | None = None,
+    device: str | None = None,
+    group: str | None = None,
+    since: int | None = None,
+    until: int | None = None,
+    max_windows: int = 20_000,
+) -> dict[str, Any]:
     """Merged windows matching the filters (bundle, device, group, window_end range):
     counts, latency quantiles and, for one bundle, drift verdicts. Sketches and bin counts
     merge exactly, so a fleet, a cohort or a device is summarised the same way."""
@@ -99,9 +111,14 @@ def summary(fleet: Fleet, bundle: str | None = None, device: str | None = None, 
             q = q.where(TelemetryWindow.window_end <= until)
         rows = s.exec(q.order_by(col(TelemetryWindow.window_end).desc()).limit(max_windows)).all()
         out = summarise(fleet, s, rows, bundle)
-        out.update({"devices": len({r.device for r in rows}), "truncated": len(rows) >= max_windows,
-                    "since": min((r.window_start for r in rows), default=None),
-                    "until": max((r.window_end for r in rows), default=None)})
+        out.update(
+            {
+                "devices": len({r.device for r in rows}),
+                "truncated": len(rows) >= max_windows,
+                "since": min((r.window_start for r in rows), default=None),
+                "until": max((r.window_end for r in rows), default=None),
+            }
+        )
         return out
 
 

@@ -162,6 +162,9 @@ def test_no_module_takes_part_in_an_import_cycle(package):
 def test_no_hub_module_is_a_house_of_many_nouns():
     """One room per noun, under ~500 lines; the pure rollout machine (all its rules in one
     docstring and one ``advance``) is the one exception."""
-    long = {str(p.relative_to(REPO)): n for p in (REPO / "hub").rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > 500 and p.name != "rollout.py"}
+    long = {
+        str(p.relative_to(REPO)): n
+        for p in (REPO / "hub").rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 500 and p.name != "rollout.py"
+    }
     assert long == {}

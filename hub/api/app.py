@@ -33,10 +33,13 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
 
 def create_app(fleet: Fleet, connected: Any = None) -> FastAPI:
     """``connected``: optional object with ``is_set()`` (the bridge's connected event)."""
-    app = FastAPI(title="edgefleet hub", version="1",
-                  description="Registry, signing, rollouts and telemetry for an edge-ML fleet. "
-                              "Authenticate with `Authorization: Bearer <token>` (roles viewer < operator "
-                              "< admin); errors are `{\"error\": \"...\"}`.")
+    app = FastAPI(
+        title="edgefleet hub",
+        version="1",
+        description="Registry, signing, rollouts and telemetry for an edge-ML fleet. "
+        "Authenticate with `Authorization: Bearer <token>` (roles viewer < operator "
+        '< admin); errors are `{"error": "..."}`.',
+    )
     app.add_middleware(TextGuard)
     app.state.fleet = fleet
     app.state.tokens = dict(fleet.config.tokens)
@@ -45,8 +48,15 @@ def create_app(fleet: Fleet, connected: Any = None) -> FastAPI:
 
     @app.exception_handler(HubError)
     async def hub_error(_r: Request, exc: HubError) -> JSONResponse:
-        status = (404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict)
-                  else 403 if isinstance(exc, Denied) else 400)
+        status = (
+            404
+            if isinstance(exc, NotFound)
+            else 409
+            if isinstance(exc, Conflict)
+            else 403
+            if isinstance(exc, Denied)
+            else 400
+        )
         metrics.http_errors.labels(str(status)).inc()
         return _error(status, str(exc))
 
@@ -58,8 +68,9 @@ def create_app(fleet: Fleet, connected: Any = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_r: Request, exc: StarletteHTTPException) -> Response:
         metrics.http_errors.labels(str(exc.status_code)).inc()
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
@@ -67,8 +78,11 @@ def create_app(fleet: Fleet, connected: Any = None) -> FastAPI:
         errs = exc.errors()
         first = errs[0] if errs else {}
         where = ".".join(str(x) for x in first.get("loc", ()))
-        return _error(422, f"invalid {where}: {first.get('msg', 'validation failed')}",
-                      detail=[{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in errs])
+        return _error(
+            422,
+            f"invalid {where}: {first.get('msg', 'validation failed')}",
+            detail=[{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in errs],
+        )
 
     for module in (ops, bundles, devices, rollouts, registry, trust):
         app.include_router(module.router)

@@ -7,7 +7,8 @@ document carries it; the dashboard's ``ef_token`` cookie is accepted too (:func:
 
 from __future__ import annotations
 
-from typing import Annotated, Callable
+from collections.abc import Callable
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -26,14 +27,16 @@ FleetDep = Annotated[Fleet, Depends(get_fleet)]
 
 
 def require(role: str) -> Callable[..., Caller]:
-    def dep(request: Request,
-            _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None) -> Caller:
+    def dep(
+        request: Request, _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None
+    ) -> Caller:
         caller = caller_of(request)
         if caller is None:
             raise HTTPException(401, "missing or unknown bearer token", headers={"WWW-Authenticate": "Bearer"})
         if not caller.may(role):
             raise HTTPException(403, f"role {caller.role} may not do this; needs {role}")
         return caller
+
     return dep
 
 

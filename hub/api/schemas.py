@@ -18,6 +18,7 @@ T = TypeVar("T")
 
 class Page(BaseModel, Generic[T]):
     """One page of a listing: ``items`` from ``offset``, ``total`` over every page."""
+
     items: list[T]
     total: int
     limit: int
@@ -26,15 +27,22 @@ class Page(BaseModel, Generic[T]):
 
 class ErrorPublic(BaseModel):
     """Every error: one line naming the thing and the problem (422 adds FastAPI's ``detail``)."""
+
     error: str
     detail: list[dict[str, Any]] | None = None
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The documented error answers of a route (``responses=``)."""
-    what = {400: "bad input (names the field and the value)", 401: "missing or unknown bearer token",
-            403: "the token's role may not do this", 404: "no such resource", 409: "state conflict",
-            413: "body too large", 422: "request does not match the schema"}
+    what = {
+        400: "bad input (names the field and the value)",
+        401: "missing or unknown bearer token",
+        403: "the token's role may not do this",
+        404: "no such resource",
+        409: "state conflict",
+        413: "body too large",
+        422: "request does not match the schema",
+    }
     return {c: {"model": ErrorPublic, "description": what[c]} for c in codes}
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
 from protocol import codec
@@ -78,8 +79,11 @@ class TextGuard:
                 if len(body) > limit:
                     await _reject(send, 413, f"body over this route's {limit} bytes")
                     return
-            if (_JSON_ESCAPE.search(body) or _CONTROL_BYTES.search(body)
-                    or (b"%" in body and _CONTROL_BYTES.search(unquote_to_bytes(body)))):
+            if (
+                _JSON_ESCAPE.search(body)
+                or _CONTROL_BYTES.search(body)
+                or (b"%" in body and _CONTROL_BYTES.search(unquote_to_bytes(body)))
+            ):
                 where = "the request body"
         if where is not None:
             await _reject(send, 400, f"control characters (such as NUL) are not allowed in {where}")
@@ -114,7 +118,11 @@ def _is_json(content_type: bytes) -> bool:
 
 async def _reject(send: Send, status: int, message: str) -> None:
     payload = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(payload)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})

@@ -26,8 +26,7 @@ def run() -> None:
             # hub replicas started together on a fresh database: one migrates, the others wait
             # here until it commits and then find nothing to do (released at commit)
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-        context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True,
-                          compare_type=True)
+        context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True, compare_type=True)
         context.run_migrations()
 
 

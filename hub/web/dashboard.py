@@ -20,7 +20,8 @@ gets the "denied" page. :func:`install` adds the pages, ``/`` and the static fil
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
@@ -29,8 +30,8 @@ from fastapi.staticfiles import StaticFiles
 
 from protocol.errors import BadPayload
 
-from ..auth import COOKIE, Caller, caller_for, caller_of
 from .. import devices, rollouts
+from ..auth import COOKIE, Caller, caller_for, caller_of
 from ..errors import HubError, NotFound
 from ..fleet import Fleet
 from . import queries
@@ -41,8 +42,16 @@ STATIC_DIR = HERE / "static"
 TEMPLATES = make_templates()
 SPANS = {"15m": 900, "1h": 3600, "6h": 21600, "24h": 86400}
 SERIES_TTL_S = 4.0
-NAV = {"fleet.html": "fleet", "devices_list.html": "devices", "device.html": "devices", "models.html": "models",
-       "model.html": "models", "rollouts.html": "rollouts", "rollout.html": "rollouts", "audit.html": "audit"}
+NAV = {
+    "fleet.html": "fleet",
+    "devices_list.html": "devices",
+    "device.html": "devices",
+    "models.html": "models",
+    "model.html": "models",
+    "rollouts.html": "rollouts",
+    "rollout.html": "rollouts",
+    "audit.html": "audit",
+}
 
 
 class Baselines:
@@ -88,10 +97,17 @@ def _int_param(name: str, v: str | None, default: int) -> int:
 
 def device_filter(p: Mapping[str, str]) -> DeviceFilter:
     """The devices page's query string as a :class:`DeviceFilter` (raises QueryError)."""
-    return DeviceFilter(q=p.get("q", "").strip(), online=_bool_param("online", p.get("online")),
-                        group=p.get("group", ""), board=p.get("board", ""), tpu=_bool_param("tpu", p.get("tpu")),
-                        tag=p.get("tag", "").strip(), bundle=p.get("bundle", ""), limit=_int_param("limit", p.get("limit"), 50),
-                        offset=_int_param("offset", p.get("offset"), 0))
+    return DeviceFilter(
+        q=p.get("q", "").strip(),
+        online=_bool_param("online", p.get("online")),
+        group=p.get("group", ""),
+        board=p.get("board", ""),
+        tpu=_bool_param("tpu", p.get("tpu")),
+        tag=p.get("tag", "").strip(),
+        bundle=p.get("bundle", ""),
+        limit=_int_param("limit", p.get("limit"), 50),
+        offset=_int_param("offset", p.get("offset"), 0),
+    )
 
 
 # ---- the router --------------------------------------------------------------------------------
@@ -111,10 +127,16 @@ def page_caller(need: str = "viewer") -> Callable[[Request], Caller]:
                 raise Bounce(JSONResponse({"error": "session expired; log in again"}, 401))
             raise Bounce(RedirectResponse(f"/ui/login?{urlencode({'next': target})}", status_code=303))
         if not caller.may(need):
-            raise Bounce(TEMPLATES.TemplateResponse(request, "denied.html", {
-                "caller": caller, "need": need, "can_act": False, "nav": "", "now": int(time.time())},
-                status_code=403))
+            raise Bounce(
+                TEMPLATES.TemplateResponse(
+                    request,
+                    "denied.html",
+                    {"caller": caller, "need": need, "can_act": False, "nav": "", "now": int(time.time())},
+                    status_code=403,
+                )
+            )
         return caller
+
     return dep
 
 
@@ -127,8 +149,9 @@ PageOperator = Annotated[Caller, Depends(page_caller("operator"))]
 WebFleet = Annotated[Fleet, Depends(fleet_of)]
 
 
-def render(request: Request, caller: Caller, page: str, ctx: dict[str, Any], parts: Sequence[str] = (),
-           status: int = 200) -> Response:
+def render(
+    request: Request, caller: Caller, page: str, ctx: dict[str, Any], parts: Sequence[str] = (), status: int = 200
+) -> Response:
     part = request.query_params.get("part")
     base = {"caller": caller, "can_act": caller.may("operator"), "now": int(time.time()), "nav": NAV.get(page, "")}
     if part:
@@ -139,9 +162,12 @@ def render(request: Request, caller: Caller, page: str, ctx: dict[str, Any], par
 
 
 def bad_input(request: Request, caller: Caller, exc: Exception) -> Response:
-    return TEMPLATES.TemplateResponse(request, "error.html", {
-        "caller": caller, "can_act": caller.may("operator"), "nav": "",
-        "now": int(time.time()), "message": str(exc)}, status_code=400 if isinstance(exc, QueryError) else 404)
+    return TEMPLATES.TemplateResponse(
+        request,
+        "error.html",
+        {"caller": caller, "can_act": caller.may("operator"), "nav": "", "now": int(time.time()), "message": str(exc)},
+        status_code=400 if isinstance(exc, QueryError) else 404,
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -165,20 +191,38 @@ def dashboard_router() -> APIRouter:
         return caches.setdefault(id(fleet), Baselines(fleet))
 
     @router.get("/", response_class=HTMLResponse)
-    def index(request: Request, f: WebFleet, offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-              q: str | None = None) -> Response:
+    def index(
+        request: Request, f: WebFleet, offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0, q: str | None = None
+    ) -> Response:
         # A token in a URL lands in browser history, proxy and access logs, so ``/?token=`` does
         # not sign in: the sign-in form POSTs the token instead.
         caller = caller_of(request)
         if caller is None or "token" in request.query_params:
-            return TEMPLATES.TemplateResponse(request, "dash_login.html", {
-                "next": "/ui", "error": "A token in a URL is not accepted: sign in here."
-                if "token" in request.query_params else ""}, status_code=401)
+            return TEMPLATES.TemplateResponse(
+                request,
+                "dash_login.html",
+                {
+                    "next": "/ui",
+                    "error": "A token in a URL is not accepted: sign in here."
+                    if "token" in request.query_params
+                    else "",
+                },
+                status_code=401,
+            )
         page = devices.listing(f, limit=200, offset=offset, q=q)
         recent = rollouts.listing(f, limit=10)
-        return TEMPLATES.TemplateResponse(request, "devices.html", {
-            "devices": page["items"], "total": page["total"], "offset": offset, "limit": 200, "q": q or "",
-            "rollouts": recent["items"]})
+        return TEMPLATES.TemplateResponse(
+            request,
+            "devices.html",
+            {
+                "devices": page["items"],
+                "total": page["total"],
+                "offset": offset,
+                "limit": 200,
+                "q": q or "",
+                "rollouts": recent["items"],
+            },
+        )
 
     # ---- session -------------------------------------------------------------------------
     @router.get("/ui/login", response_class=HTMLResponse)
@@ -189,14 +233,20 @@ def dashboard_router() -> APIRouter:
     def login(request: Request, token: str = Form(""), next: str = Form("/ui")) -> Response:
         token = token.strip()
         if caller_for(request.app.state.tokens, token) is None:
-            return TEMPLATES.TemplateResponse(request, "dash_login.html", {
-                "next": _safe_next(next),
-                "error": "That token is not valid for this hub. Check it and try again." if token
-                else "Enter an API token."}, status_code=401)
+            return TEMPLATES.TemplateResponse(
+                request,
+                "dash_login.html",
+                {
+                    "next": _safe_next(next),
+                    "error": "That token is not valid for this hub. Check it and try again."
+                    if token
+                    else "Enter an API token.",
+                },
+                status_code=401,
+            )
         resp = RedirectResponse(_safe_next(next), status_code=303)
         # SameSite=Strict is what keeps cross-site pages from riding this cookie into the API
-        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/",
-                        secure=request.url.scheme == "https")
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/", secure=request.url.scheme == "https")
         return resp
 
     @router.post("/ui/logout")
@@ -210,8 +260,13 @@ def dashboard_router() -> APIRouter:
     def fleet_page(request: Request, caller: PageViewer, f: WebFleet, span: str = "1h") -> Response:
         with f.session() as s:
             ctx = queries.fleet_overview(s, int(time.time()))
-        return render(request, caller, "fleet.html", {"o": ctx, "span": span if span in SPANS else "1h",
-                                                      "spans": list(SPANS)}, parts=("fleet_cards", "fleet_alerts"))
+        return render(
+            request,
+            caller,
+            "fleet.html",
+            {"o": ctx, "span": span if span in SPANS else "1h", "spans": list(SPANS)},
+            parts=("fleet_cards", "fleet_alerts"),
+        )
 
     @router.get("/ui/feed/fleet-series")
     def fleet_series(request: Request, caller: PageViewer, f: WebFleet, span: str = "1h") -> Response:
@@ -221,8 +276,10 @@ def dashboard_router() -> APIRouter:
         hit = series_cache.get((id(f), span))
         if hit is None or now - hit[0] > SERIES_TTL_S:
             with f.session() as s:
-                hit = series_cache[(id(f), span)] = (now, queries.fleet_series(s, int(time.time()), baselines(f),
-                                                                              SPANS[span]))
+                hit = series_cache[(id(f), span)] = (
+                    now,
+                    queries.fleet_series(s, int(time.time()), baselines(f), SPANS[span]),
+                )
         return JSONResponse(hit[1])
 
     # ---- devices -------------------------------------------------------------------------
@@ -235,9 +292,13 @@ def dashboard_router() -> APIRouter:
         with f.session() as s:
             page = queries.device_page(s, flt)
             facets = queries.device_facets(s)
-        return render(request, caller, "devices_list.html", {"page": page, "f": flt, "facets": facets,
-                                                             "page_sizes": queries.PAGE_SIZES},
-                      parts=("device_table",))
+        return render(
+            request,
+            caller,
+            "devices_list.html",
+            {"page": page, "f": flt, "facets": facets, "page_sizes": queries.PAGE_SIZES},
+            parts=("device_table",),
+        )
 
     @router.get("/ui/feed/devices")
     def devices_feed(request: Request, caller: PageViewer, f: WebFleet) -> Response:
@@ -258,8 +319,13 @@ def dashboard_router() -> APIRouter:
         with f.session() as s:
             history = queries.device_history(s, device_id)
             series = queries.device_series(s, device_id, baselines(f), limit=1)
-        return render(request, caller, "device.html", {"d": d, "history": history, "health": series["health"]},
-                      parts=("device_summary", "device_history"))
+        return render(
+            request,
+            caller,
+            "device.html",
+            {"d": d, "history": history, "health": series["health"]},
+            parts=("device_summary", "device_history"),
+        )
 
     @router.get("/ui/feed/devices/{device_id}/series")
     def device_series(request: Request, caller: PageViewer, f: WebFleet, device_id: str) -> Response:
@@ -288,14 +354,31 @@ def dashboard_router() -> APIRouter:
         with f.session() as s:
             bundles = queries.model_list(s)
             facets = queries.device_facets(s)
-        return render(request, caller, "rollouts.html", {
-            "rollouts": listing["items"], "total": listing["total"], "bundles": bundles, "facets": facets,
-            "names": {m["digest"]: f"{m['name']}@{m['version']}" for m in bundles},
-            "chosen": bundle}, parts=("rollouts_table",))
+        return render(
+            request,
+            caller,
+            "rollouts.html",
+            {
+                "rollouts": listing["items"],
+                "total": listing["total"],
+                "bundles": bundles,
+                "facets": facets,
+                "names": {m["digest"]: f"{m['name']}@{m['version']}" for m in bundles},
+                "chosen": bundle,
+            },
+            parts=("rollouts_table",),
+        )
 
     @router.get("/ui/rollouts/preview", response_class=HTMLResponse)
-    def preview(request: Request, caller: PageViewer, f: WebFleet, bundle: str = "", target_kind: str = "all", target_value: str = "",
-                cohorts: str = "100%") -> Response:
+    def preview(
+        request: Request,
+        caller: PageViewer,
+        f: WebFleet,
+        bundle: str = "",
+        target_kind: str = "all",
+        target_value: str = "",
+        cohorts: str = "100%",
+    ) -> Response:
         try:
             if not bundle:
                 raise QueryError("choose a bundle to preview the rollout")
@@ -304,8 +387,9 @@ def dashboard_router() -> APIRouter:
             with f.session() as s:
                 pv = queries.rollout_preview(s, bundle, target, sizes)
         except (QueryError, HubError) as exc:
-            return TEMPLATES.TemplateResponse(request, "parts/preview.html", {"error": str(exc), "pv": None},
-                                              status_code=400)
+            return TEMPLATES.TemplateResponse(
+                request, "parts/preview.html", {"error": str(exc), "pv": None}, status_code=400
+            )
         return TEMPLATES.TemplateResponse(request, "parts/preview.html", {"error": "", "pv": pv})
 
     @router.get("/ui/rollouts/{rid}", response_class=HTMLResponse)
@@ -316,17 +400,26 @@ def dashboard_router() -> APIRouter:
             return bad_input(request, caller, exc)
         with f.session() as s:
             b = queries.bundle_detail(s, r["bundle"])
-        return render(request, caller, "rollout.html", {"r": r, "b": b, "cohorts": _cohort_progress(r)},
-                      parts=("rollout_progress", "rollout_devices"))
+        return render(
+            request,
+            caller,
+            "rollout.html",
+            {"r": r, "b": b, "cohorts": _cohort_progress(r)},
+            parts=("rollout_progress", "rollout_devices"),
+        )
 
     # ---- audit ---------------------------------------------------------------------------
     @router.get("/ui/audit", response_class=HTMLResponse)
-    def audit_page(request: Request, caller: PageOperator, f: WebFleet, action: str = "",  # operator, as the API
-                   offset: Annotated[int, Query(ge=0, le=queries.MAX_OFFSET)] = 0) -> Response:
+    def audit_page(
+        request: Request,
+        caller: PageOperator,
+        f: WebFleet,
+        action: str = "",  # operator, as the API
+        offset: Annotated[int, Query(ge=0, le=queries.MAX_OFFSET)] = 0,
+    ) -> Response:
         with f.session() as s:
             page = queries.audit_page(s, 50, offset, action[:64])
-        return render(request, caller, "audit.html", {"page": page, "action": action[:64]},
-                      parts=("audit_table",))
+        return render(request, caller, "audit.html", {"page": page, "action": action[:64]}, parts=("audit_table",))
 
     return router
 
@@ -351,9 +444,18 @@ def _cohort_progress(r: Mapping[str, Any]) -> list[dict[str, Any]]:
         prev = size
         done = sum(v for k, v in states.items() if k in ("installed", "rolled_back"))
         bad = sum(v for k, v in states.items() if k in ("failed", "timed_out", "incompatible"))
-        out.append({"index": i, "spec": (r.get("policy") or {}).get("cohorts", [])[i]
-                    if i < len((r.get("policy") or {}).get("cohorts", [])) else "", "size": n,
-                    "opened": i <= int(r.get("cohort", -1)), "states": states, "done": done, "bad": bad,
-                    "pct": round(100 * done / n) if n else 0})
+        out.append(
+            {
+                "index": i,
+                "spec": (r.get("policy") or {}).get("cohorts", [])[i]
+                if i < len((r.get("policy") or {}).get("cohorts", []))
+                else "",
+                "size": n,
+                "opened": i <= int(r.get("cohort", -1)),
+                "states": states,
+                "done": done,
+                "bad": bad,
+                "pct": round(100 * done / n) if n else 0,
+            }
+        )
     return out
-

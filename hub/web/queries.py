@@ -11,10 +11,11 @@ files; this module does not).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import String, and_, cast, exists, func, literal, or_
+from sqlalchemy import and_, cast, func, literal, or_
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col, select
 
@@ -22,20 +23,18 @@ from protocol.bundle import Requirements
 from protocol.errors import BadPayload
 from protocol.sketch import LatencySketch, psi
 
+from ..bundles import bundle_public
 from ..compat import check as compat_check, stored_inventory
 from ..db import has_tag
-from ..bundles import bundle_public
 from ..devices import device_public
-from ..rollout import ACTIVE_PHASES
+from ..models import Alert, AuditEntry, Build, Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
+from ..rollout import ACTIVE_PHASES, PolicyError, cohort_sizes
 from ..targets import Target
 from ..telemetry import latency_summary
-from ..models import (Alert, AuditEntry, Build, Bundle, Device, ReportRecord, Rollout, RolloutDevice,
-                      TelemetryWindow)
-from ..rollout import PolicyError, cohort_sizes
 
-MAX_WINDOWS = 20_000      # telemetry rows merged for one fleet chart
-DEVICE_WINDOWS = 120      # points in a device's charts
-MIN_DRIFT_SAMPLES = 100   # below this a window's PSI is not plotted (it would be noise)
+MAX_WINDOWS = 20_000  # telemetry rows merged for one fleet chart
+DEVICE_WINDOWS = 120  # points in a device's charts
+MIN_DRIFT_SAMPLES = 100  # below this a window's PSI is not plotted (it would be noise)
 PAGE_SIZES = (25, 50, 100, 200)
 MAX_OFFSET = 10_000_000
 
@@ -70,26 +69,33 @@ def fleet_overview(s: Session, now: int) -> dict[str, Any]:
     online = dict(s.exec(select(Device.online, func.count()).group_by(col(Device.online))).all())
     by_version = [
         {"name": n or "(none)", "version": v or "", "digest": dg, "devices": c}
-        for n, v, dg, c in s.exec(select(Device.active_name, Device.active_version, Device.active_digest,
-                                         func.count()).group_by(col(Device.active_name), col(Device.active_version),
-                                                                col(Device.active_digest))
-                                  .order_by(func.count().desc()).limit(20)).all()]
+        for n, v, dg, c in s.exec(
+            select(Device.active_name, Device.active_version, Device.active_digest, func.count())
+            .group_by(col(Device.active_name), col(Device.active_version), col(Device.active_digest))
+            .order_by(func.count().desc())
+            .limit(20)
+        ).all()
+    ]
     by_board: dict[tuple[str, str], int] = {}
     # via a subquery: PostgreSQL will not match bound JSON-path parameters in GROUP BY
     inv = select(_board_expr().label("board"), _tpu_expr().label("tpu")).subquery()
-    for board, tpu, n in s.exec(select(inv.c.board, inv.c.tpu, func.count())
-                                .group_by(inv.c.board, inv.c.tpu)).all():
+    for board, tpu, n in s.exec(select(inv.c.board, inv.c.tpu, func.count()).group_by(inv.c.board, inv.c.tpu)).all():
         key = (str(board or "unknown"), _tpu_label(tpu))
         by_board[key] = by_board.get(key, 0) + int(n)
     alerts_open = s.exec(select(func.count()).select_from(Alert).where(Alert.resolved == 0)).one()
     recent_alerts = s.exec(select(Alert).where(Alert.resolved == 0).order_by(col(Alert.id).desc()).limit(8)).all()
-    active = s.exec(select(Rollout).where(col(Rollout.phase).in_(ACTIVE_PHASES))
-                    .order_by(col(Rollout.serial).desc()).limit(10)).all()
+    active = s.exec(
+        select(Rollout).where(col(Rollout.phase).in_(ACTIVE_PHASES)).order_by(col(Rollout.serial).desc()).limit(10)
+    ).all()
     return {
-        "now": now, "online": int(online.get(True, 0)), "offline": int(online.get(False, 0)),
-        "total": int(sum(online.values())), "by_version": by_version,
-        "by_board": [{"board": b, "tpu": t, "devices": n} for (b, t), n in sorted(by_board.items(),
-                                                                                   key=lambda kv: -kv[1])],
+        "now": now,
+        "online": int(online.get(True, 0)),
+        "offline": int(online.get(False, 0)),
+        "total": int(sum(online.values())),
+        "by_version": by_version,
+        "by_board": [
+            {"board": b, "tpu": t, "devices": n} for (b, t), n in sorted(by_board.items(), key=lambda kv: -kv[1])
+        ],
         "alerts_open": int(alerts_open),
         "alerts": [_alert_public(a) for a in recent_alerts],
         "rollouts": [rollout_brief(s, r) for r in active],
@@ -108,33 +114,65 @@ def _tpu_label(v: Any) -> str:
 
 
 def _alert_public(a: Alert) -> dict[str, Any]:
-    return {"id": a.id, "kind": a.kind, "severity": a.severity, "device": a.device, "rollout": a.rollout,
-            "bundle": a.bundle, "message": a.message, "created": a.created, "resolved": a.resolved}
+    return {
+        "id": a.id,
+        "kind": a.kind,
+        "severity": a.severity,
+        "device": a.device,
+        "rollout": a.rollout,
+        "bundle": a.bundle,
+        "message": a.message,
+        "created": a.created,
+        "resolved": a.resolved,
+    }
 
 
 def rollout_brief(s: Session, r: Rollout) -> dict[str, Any]:
-    counts = dict(s.exec(select(RolloutDevice.state, func.count()).where(RolloutDevice.rollout_id == r.id)
-                         .group_by(RolloutDevice.state)).all())
+    counts = dict(
+        s.exec(
+            select(RolloutDevice.state, func.count())
+            .where(RolloutDevice.rollout_id == r.id)
+            .group_by(RolloutDevice.state)
+        ).all()
+    )
     total = int(sum(counts.values()))
     b = s.get(Bundle, r.bundle)
-    return {"id": r.id, "phase": r.phase, "cohort": r.cohort, "bundle": r.bundle,
-            "bundle_name": f"{b.name}@{b.version}" if b else r.bundle[:12], "counts": counts, "total": total,
-            "installed": int(counts.get("installed", 0)), "reason": r.reason, "created": r.created,
-            "updated": r.updated, "created_by": r.created_by, "target": r.target}
+    return {
+        "id": r.id,
+        "phase": r.phase,
+        "cohort": r.cohort,
+        "bundle": r.bundle,
+        "bundle_name": f"{b.name}@{b.version}" if b else r.bundle[:12],
+        "counts": counts,
+        "total": total,
+        "installed": int(counts.get("installed", 0)),
+        "reason": r.reason,
+        "created": r.created,
+        "updated": r.updated,
+        "created_by": r.created_by,
+        "target": r.target,
+    }
 
 
-def fleet_series(s: Session, now: int, baselines: Baselines, span_s: int = 3600,
-                 buckets: int = 30) -> dict[str, Any]:
+def fleet_series(s: Session, now: int, baselines: Baselines, span_s: int = 3600, buckets: int = 30) -> dict[str, Any]:
     """Fleet latency p50/p95 (ms) and drift score (worst feature PSI) per time bucket, by the
     hub's receive time. A bucket with no telemetry is ``None`` (a gap in the chart)."""
     if span_s < 60 or buckets < 1:
         raise QueryError(f"span must be >= 60 s and buckets >= 1, got span {span_s}, buckets {buckets}")
     start = now - span_s
     step = span_s / buckets
-    rows = s.exec(select(col(TelemetryWindow.received), col(TelemetryWindow.bundle), col(TelemetryWindow.latency),  # type: ignore[call-overload]
-                         col(TelemetryWindow.drift), col(TelemetryWindow.inferences))
-                  .where(TelemetryWindow.received > start)
-                  .order_by(col(TelemetryWindow.received).desc()).limit(MAX_WINDOWS)).all()
+    rows = s.exec(
+        select(
+            col(TelemetryWindow.received),
+            col(TelemetryWindow.bundle),
+            col(TelemetryWindow.latency),  # type: ignore[call-overload]
+            col(TelemetryWindow.drift),
+            col(TelemetryWindow.inferences),
+        )
+        .where(TelemetryWindow.received > start)
+        .order_by(col(TelemetryWindow.received).desc())
+        .limit(MAX_WINDOWS)
+    ).all()
     sketches = [LatencySketch() for _ in range(buckets)]
     drift: list[dict[tuple[str, str], list[int]]] = [{} for _ in range(buckets)]
     inferences = [0] * buckets
@@ -154,8 +192,15 @@ def fleet_series(s: Session, now: int, baselines: Baselines, span_s: int = 3600,
         p50.append(_round(lat["p50_ms"]))
         p95.append(_round(lat["p95_ms"]))
     score = [_worst_psi(d, baselines) for d in drift]
-    return {"x": x, "p50_ms": p50, "p95_ms": p95, "drift_psi": score, "inferences": inferences,
-            "windows": len(rows), "span_s": span_s}
+    return {
+        "x": x,
+        "p50_ms": p50,
+        "p95_ms": p95,
+        "drift_psi": score,
+        "inferences": inferences,
+        "windows": len(rows),
+        "span_s": span_s,
+    }
 
 
 def _fold_drift(acc: dict[tuple[str, str], list[int]], bundle: str, dr: Any) -> None:
@@ -170,7 +215,7 @@ def _fold_drift(acc: dict[tuple[str, str], list[int]], bundle: str, dr: Any) -> 
             if cur is None:
                 acc[key] = [int(c) for c in counts]
             elif len(cur) == len(counts):
-                acc[key] = [a + int(b) for a, b in zip(cur, counts)]
+                acc[key] = [a + int(b) for a, b in zip(cur, counts, strict=True)]
 
 
 def _feature_psi(ref: Sequence[int] | None, cur: Sequence[int]) -> float | None:
@@ -221,15 +266,29 @@ class DeviceFilter:
     @property
     def narrowed(self) -> bool:
         """Whether any filter (not paging) is set."""
-        return bool(self.q or self.online is not None or self.group or self.board or self.tpu is not None
-                    or self.tag or self.bundle)
+        return bool(
+            self.q
+            or self.online is not None
+            or self.group
+            or self.board
+            or self.tpu is not None
+            or self.tag
+            or self.bundle
+        )
 
     def params(self, **override: Any) -> dict[str, Any]:
         """Query-string values for links (pagination keeps the filters)."""
-        out = {"q": self.q, "online": "" if self.online is None else str(self.online).lower(),
-               "group": self.group, "board": self.board,
-               "tpu": "" if self.tpu is None else str(self.tpu).lower(), "tag": self.tag, "bundle": self.bundle,
-               "limit": self.limit, "offset": self.offset}
+        out = {
+            "q": self.q,
+            "online": "" if self.online is None else str(self.online).lower(),
+            "group": self.group,
+            "board": self.board,
+            "tpu": "" if self.tpu is None else str(self.tpu).lower(),
+            "tag": self.tag,
+            "bundle": self.bundle,
+            "limit": self.limit,
+            "offset": self.offset,
+        }
         out.update(override)
         return {k: v for k, v in out.items() if v not in ("", None)}
 
@@ -246,8 +305,7 @@ def device_page(s: Session, f: DeviceFilter) -> dict[str, Any]:
         conds.append(Device.online == f.online)
     if f.q:
         like = f"%{f.q}%"
-        conds.append(or_(col(Device.id).like(like), col(Device.active_name).like(like),
-                         col(Device.group).like(like)))
+        conds.append(or_(col(Device.id).like(like), col(Device.active_name).like(like), col(Device.group).like(like)))
     if f.group:
         conds.append(Device.group == f.group)
     if f.board:
@@ -272,16 +330,25 @@ def device_page(s: Session, f: DeviceFilter) -> dict[str, Any]:
         pub["board"] = str((d.inventory or {}).get("board") or "unknown")
         pub["tpu"] = _tpu_label((d.inventory or {}).get("edgetpu"))
         items.append(pub)
-    return {"items": items, "total": total, "limit": f.limit, "offset": f.offset,
-            "page": f.offset // f.limit + 1, "pages": max(1, -(-total // f.limit))}
+    return {
+        "items": items,
+        "total": total,
+        "limit": f.limit,
+        "offset": f.offset,
+        "page": f.offset // f.limit + 1,
+        "pages": max(1, -(-total // f.limit)),
+    }
 
 
 def _rollout_states(s: Session, ids: list[str]) -> dict[str, str]:
     if not ids:
         return {}
-    q = (select(RolloutDevice.device_id, RolloutDevice.state, Rollout.serial)
-         .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
-         .where(col(RolloutDevice.device_id).in_(ids)).order_by(col(Rollout.serial)))
+    q = (
+        select(RolloutDevice.device_id, RolloutDevice.state, Rollout.serial)
+        .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
+        .where(col(RolloutDevice.device_id).in_(ids))
+        .order_by(col(Rollout.serial))
+    )
     return {dev: state for dev, state, _ in s.exec(q).all()}
 
 
@@ -306,18 +373,41 @@ def _known_tags(s: Session, limit: int = 200) -> list[str]:
 
 
 def device_history(s: Session, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
-    rows = s.exec(select(ReportRecord).where(ReportRecord.device == device_id)
-                  .order_by(col(ReportRecord.ts).desc(), col(ReportRecord.seq).desc()).limit(limit)).all()
-    return [{"ts": r.ts, "seq": r.seq, "stage": r.stage, "status": r.status, "reason": r.reason,
-             "detail": r.detail, "bundle": r.bundle, "desired_seq": r.desired_seq, "progress": r.progress}
-            for r in rows]
+    rows = s.exec(
+        select(ReportRecord)
+        .where(ReportRecord.device == device_id)
+        .order_by(col(ReportRecord.ts).desc(), col(ReportRecord.seq).desc())
+        .limit(limit)
+    ).all()
+    return [
+        {
+            "ts": r.ts,
+            "seq": r.seq,
+            "stage": r.stage,
+            "status": r.status,
+            "reason": r.reason,
+            "detail": r.detail,
+            "bundle": r.bundle,
+            "desired_seq": r.desired_seq,
+            "progress": r.progress,
+        }
+        for r in rows
+    ]
 
 
 def device_series(s: Session, device_id: str, baselines: Baselines, limit: int = DEVICE_WINDOWS) -> dict[str, Any]:
     """Per telemetry window (oldest first): p50/p95 ms and each drift feature's PSI against the
     baseline of the bundle that window ran; plus the newest window's health."""
-    rows = list(reversed(s.exec(select(TelemetryWindow).where(TelemetryWindow.device == device_id)
-                                .order_by(col(TelemetryWindow.window_end).desc()).limit(limit)).all()))
+    rows = list(
+        reversed(
+            s.exec(
+                select(TelemetryWindow)
+                .where(TelemetryWindow.device == device_id)
+                .order_by(col(TelemetryWindow.window_end).desc())
+                .limit(limit)
+            ).all()
+        )
+    )
     x, p50, p95 = [], [], []
     features: dict[str, list[float | None]] = {}
     for i, w in enumerate(rows):
@@ -334,7 +424,7 @@ def device_series(s: Session, device_id: str, baselines: Baselines, limit: int =
         for (_b, feat), counts in acc.items():
             features.setdefault(feat, [None] * i)
             features[feat].append(_feature_psi((refs or {}).get(feat), counts))
-        for feat, vals in features.items():
+        for vals in features.values():
             if len(vals) < i + 1:
                 vals.append(None)
     health = rows[-1].health if rows else {}
@@ -343,9 +433,14 @@ def device_series(s: Session, device_id: str, baselines: Baselines, limit: int =
 
 # ---- models -----------------------------------------------------------------------------------
 def running_counts(s: Session) -> dict[str, int]:
-    return {str(dg): int(n) for dg, n in s.exec(select(Device.active_digest, func.count())
-                                           .where(col(Device.active_digest).is_not(None))
-                                           .group_by(Device.active_digest)).all()}
+    return {
+        str(dg): int(n)
+        for dg, n in s.exec(
+            select(Device.active_digest, func.count())
+            .where(col(Device.active_digest).is_not(None))
+            .group_by(Device.active_digest)
+        ).all()
+    }
 
 
 def report_summary(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -358,19 +453,43 @@ def report_summary(report: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(a, dict):
             continue
         m, lat = _dict(a.get("metrics")), _dict(a.get("latency_ms"))
-        kind = ("ONNX" if name.endswith(".onnx") else "Edge TPU" if "edgetpu" in name
-                else "int8" if "int8" in name or "quant" in name else "float" if "float" in name else name)
-        rows.append({"artifact": name, "kind": kind, "accuracy": m.get("accuracy"), "macro_f1": m.get("macro_f1"),
-                     "agreement": m.get("agreement"), "max_abs_diff": m.get("max_abs_diff"),
-                     "samples": m.get("samples"), "size": a.get("size"),
-                     "latency_ms": {str(k): v for k, v in lat.items()}})
+        kind = (
+            "ONNX"
+            if name.endswith(".onnx")
+            else "Edge TPU"
+            if "edgetpu" in name
+            else "int8"
+            if "int8" in name or "quant" in name
+            else "float"
+            if "float" in name
+            else name
+        )
+        rows.append(
+            {
+                "artifact": name,
+                "kind": kind,
+                "accuracy": m.get("accuracy"),
+                "macro_f1": m.get("macro_f1"),
+                "agreement": m.get("agreement"),
+                "max_abs_diff": m.get("max_abs_diff"),
+                "samples": m.get("samples"),
+                "size": a.get("size"),
+                "latency_ms": {str(k): v for k, v in lat.items()},
+            }
+        )
     gate = _dict(report.get("gate"))
     et = _dict(report.get("edgetpu"))
     pre = _dict(et.get("precheck"))
     ops = et.get("ops") or et.get("table") or pre.get("table") or []
-    return {"artifacts": rows, "gate": gate or {}, "edgetpu": et or {}, "precheck": pre or {},
-            "ops": [o for o in ops if isinstance(o, dict)], "description": report.get("description", ""),
-            "lineage": report.get("lineage") if isinstance(report.get("lineage"), dict) else {}}
+    return {
+        "artifacts": rows,
+        "gate": gate or {},
+        "edgetpu": et or {},
+        "precheck": pre or {},
+        "ops": [o for o in ops if isinstance(o, dict)],
+        "description": report.get("description", ""),
+        "lineage": report.get("lineage") if isinstance(report.get("lineage"), dict) else {},
+    }
 
 
 def _dict(v: Any) -> dict[str, Any]:
@@ -384,10 +503,15 @@ def model_list(s: Session, limit: int = 100) -> list[dict[str, Any]]:
         build = s.get(Build, b.digest)
         summ = report_summary(build.report if build else {})
         best = next((r for r in summ["artifacts"] if r["kind"] in ("int8", "Edge TPU")), None)
-        out.append({**bundle_public(b), "running": running.get(b.digest, 0),
-                    "accuracy": best["accuracy"] if best else None,
-                    "gate_passed": summ["gate"].get("passed"),
-                    "edgetpu_compiled": summ["edgetpu"].get("compiled")})
+        out.append(
+            {
+                **bundle_public(b),
+                "running": running.get(b.digest, 0),
+                "accuracy": best["accuracy"] if best else None,
+                "gate_passed": summ["gate"].get("passed"),
+                "edgetpu_compiled": summ["edgetpu"].get("compiled"),
+            }
+        )
     return out
 
 
@@ -397,18 +521,32 @@ def bundle_detail(s: Session, digest: str) -> dict[str, Any] | None:
         return None
     build = s.get(Build, digest)
     report = build.report if build else {}
-    running = s.exec(select(Device.id, Device.online).where(Device.active_digest == digest)
-                     .order_by(col(Device.id)).limit(100)).all()
+    running = s.exec(
+        select(Device.id, Device.online).where(Device.active_digest == digest).order_by(col(Device.id)).limit(100)
+    ).all()
     n_running = running_counts(s).get(digest, 0)
-    by_group = [{"group": g or "(none)", "devices": int(n)} for g, n in
-                s.exec(select(Device.group, func.count()).where(Device.active_digest == digest)
-                       .group_by(Device.group)).all()]
-    rollouts = [rollout_brief(s, r) for r in s.exec(select(Rollout).where(Rollout.bundle == digest)
-                                                     .order_by(col(Rollout.serial).desc()).limit(20)).all()]
-    return {**bundle_public(b), "report": report, "summary": report_summary(report),
-            "model_card": build.model_card if build else "", "running": n_running,
-            "running_devices": [{"device_id": d, "online": o} for d, o in running], "by_group": by_group,
-            "rollouts": rollouts}
+    by_group = [
+        {"group": g or "(none)", "devices": int(n)}
+        for g, n in s.exec(
+            select(Device.group, func.count()).where(Device.active_digest == digest).group_by(Device.group)
+        ).all()
+    ]
+    rollouts = [
+        rollout_brief(s, r)
+        for r in s.exec(
+            select(Rollout).where(Rollout.bundle == digest).order_by(col(Rollout.serial).desc()).limit(20)
+        ).all()
+    ]
+    return {
+        **bundle_public(b),
+        "report": report,
+        "summary": report_summary(report),
+        "model_card": build.model_card if build else "",
+        "running": n_running,
+        "running_devices": [{"device_id": d, "online": o} for d, o in running],
+        "by_group": by_group,
+        "rollouts": rollouts,
+    }
 
 
 # ---- rollouts ---------------------------------------------------------------------------------
@@ -440,8 +578,9 @@ def parse_cohorts(text: str) -> list[str]:
     return items
 
 
-def rollout_preview(s: Session, digest: str, target: Target, cohorts: Sequence[str],
-                    sample: int = 12) -> dict[str, Any]:
+def rollout_preview(
+    s: Session, digest: str, target: Target, cohorts: Sequence[str], sample: int = 12
+) -> dict[str, Any]:
     """Which devices a rollout would touch: matched by the target, split by compatibility
     (the same check the rollout applies), and how the cohorts would size."""
     b = s.get(Bundle, digest)
@@ -465,8 +604,14 @@ def rollout_preview(s: Session, digest: str, target: Target, cohorts: Sequence[s
             compatible += 1
             already += d.active_digest == digest
             if len(examples) < sample:
-                examples.append({"device_id": d.id, "online": d.online, "group": d.group,
-                                 "active": f"{d.active_name}@{d.active_version}" if d.active_digest else "-"})
+                examples.append(
+                    {
+                        "device_id": d.id,
+                        "online": d.online,
+                        "group": d.group,
+                        "active": f"{d.active_name}@{d.active_version}" if d.active_digest else "-",
+                    }
+                )
         elif len(incompatible) < sample:
             incompatible.append({"device_id": d.id, "reason": v.reason.value, "detail": v.detail})
     missing = [x for x in target.devices if s.get(Device, x) is None][:sample] if target.devices else []
@@ -474,9 +619,18 @@ def rollout_preview(s: Session, digest: str, target: Target, cohorts: Sequence[s
         sizes = cohort_sizes(list(cohorts), compatible) if compatible else []
     except PolicyError as exc:
         raise QueryError(str(exc)) from None
-    return {"bundle": f"{b.name}@{b.version}", "matched": matched, "compatible": compatible,
-            "incompatible_count": matched - compatible, "already_running": already, "cohort_sizes": sizes,
-            "cohorts": list(cohorts), "examples": examples, "incompatible": incompatible, "unknown": missing}
+    return {
+        "bundle": f"{b.name}@{b.version}",
+        "matched": matched,
+        "compatible": compatible,
+        "incompatible_count": matched - compatible,
+        "already_running": already,
+        "cohort_sizes": sizes,
+        "cohorts": list(cohorts),
+        "examples": examples,
+        "incompatible": incompatible,
+        "unknown": missing,
+    }
 
 
 def audit_page(s: Session, limit: int = 50, offset: int = 0, action: str = "") -> dict[str, Any]:
@@ -485,5 +639,12 @@ def audit_page(s: Session, limit: int = 50, offset: int = 0, action: str = "") -
         q = q.where(col(AuditEntry.action).like(f"{action}%"))
     total = int(s.exec(select(func.count()).select_from(q.subquery())).one())
     rows = s.exec(q.order_by(col(AuditEntry.id).desc()).offset(offset).limit(limit)).all()
-    return {"items": [{"id": a.id, "ts": a.ts, "actor": a.actor, "action": a.action, "target": a.target,
-                       "detail": a.detail} for a in rows], "total": total, "limit": limit, "offset": offset}
+    return {
+        "items": [
+            {"id": a.id, "ts": a.ts, "actor": a.actor, "action": a.action, "target": a.target, "detail": a.detail}
+            for a in rows
+        ],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+    }

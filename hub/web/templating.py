@@ -57,15 +57,31 @@ def _size(v: Any) -> str:
 
 
 def _tojson_attr(v: Any) -> Markup:
-    return Markup(json.dumps(v, separators=(",", ":")).replace("&", "&amp;").replace('"', "&quot;")
-                  .replace("<", "&lt;").replace(">", "&gt;"))
+    return Markup(
+        json.dumps(v, separators=(",", ":"))
+        .replace("&", "&amp;")
+        .replace('"', "&quot;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+    )
 
 
 # inventory / health keys as an operator reads them; units come from the key's suffix
-LABELS = {"edgetpu": "Edge TPU", "free_disk_mb": "free disk", "disk_free_mb": "free disk",
-          "mem_available_mb": "memory available", "mem_total_mb": "memory", "ram_mb": "memory",
-          "cpu_temp_c": "CPU temperature", "load1": "load (1 min)", "arch": "architecture", "os": "OS",
-          "tflite_runtime": "TFLite runtime", "pycoral": "PyCoral", "python": "Python"}
+LABELS = {
+    "edgetpu": "Edge TPU",
+    "free_disk_mb": "free disk",
+    "disk_free_mb": "free disk",
+    "mem_available_mb": "memory available",
+    "mem_total_mb": "memory",
+    "ram_mb": "memory",
+    "cpu_temp_c": "CPU temperature",
+    "load1": "load (1 min)",
+    "arch": "architecture",
+    "os": "OS",
+    "tflite_runtime": "TFLite runtime",
+    "pycoral": "PyCoral",
+    "python": "Python",
+}
 UNITS = (("_mb", "MB"), ("_c", "°C"), ("_ms", "ms"), ("_s", "s"))
 
 
@@ -116,9 +132,16 @@ def _policy_summary(p: Any) -> str:
 
 def make_templates() -> Jinja2Templates:
     t = Jinja2Templates(directory=str(HERE / "templates"))
-    t.env.filters.update(ago=_ago, utc=_utc, num=_num, pct=_pct, size=_size, jsonattr=_tojson_attr, label=_label,
-                         fact=_fact, policy_summary=_policy_summary)
+    t.env.filters.update(
+        ago=_ago,
+        utc=_utc,
+        num=_num,
+        pct=_pct,
+        size=_size,
+        jsonattr=_tojson_attr,
+        label=_label,
+        fact=_fact,
+        policy_summary=_policy_summary,
+    )
     t.env.globals.update(poll_ms=POLL_MS, urlencode=urlencode)
     return t
-
-

@@ -39,15 +39,28 @@ def keys_dir(tmp_path: Path) -> Path:
 
 
 def baseline(num_classes: int = 3) -> dict[str, Any]:
-    return {"schema": 1, "samples": 1000,
-            "inputs": {"brightness": {"edges": [0.25, 0.5, 0.75], "ref": [250, 250, 250, 250]}},
-            "outputs": {"top1_class": {"edges": [i + 0.5 for i in range(num_classes - 1)],
-                                       "ref": [1000 // num_classes] * num_classes}},
-            "thresholds": {"psi_warn": 0.1, "psi_alert": 0.25, "min_samples": 100}}
+    return {
+        "schema": 1,
+        "samples": 1000,
+        "inputs": {"brightness": {"edges": [0.25, 0.5, 0.75], "ref": [250, 250, 250, 250]}},
+        "outputs": {
+            "top1_class": {
+                "edges": [i + 0.5 for i in range(num_classes - 1)],
+                "ref": [1000 // num_classes] * num_classes,
+            }
+        },
+        "thresholds": {"psi_warn": 0.1, "psi_alert": 0.25, "min_samples": 100},
+    }
 
 
-def write_bundle(directory: Path, name: str = "digits", version: str = "1.0.0", model_bytes: bytes | None = None,
-                 requirements: Requirements = Requirements(edgetpu="optional"), created: int = 1) -> Path:
+def write_bundle(
+    directory: Path,
+    name: str = "digits",
+    version: str = "1.0.0",
+    model_bytes: bytes | None = None,
+    requirements: Requirements = Requirements(edgetpu="optional"),
+    created: int = 1,
+) -> Path:
     """An unsigned bundle directory shaped exactly like the compiler's output."""
     directory.mkdir(parents=True, exist_ok=True)
     files = {
@@ -57,11 +70,17 @@ def write_bundle(directory: Path, name: str = "digits", version: str = "1.0.0", 
         "report.json": json.dumps({"accuracy": {"int8": 0.97}}).encode(),
         "model_card.md": b"# digits\n",
     }
-    roles = {"model_int8.tflite": "tflite_int8", "labels.txt": "labels", "baseline.json": "baseline",
-             "report.json": "report", "model_card.md": "model_card"}
+    roles = {
+        "model_int8.tflite": "tflite_int8",
+        "labels.txt": "labels",
+        "baseline.json": "baseline",
+        "report.json": "report",
+        "model_card.md": "model_card",
+    }
     arts = tuple(Artifact.of(n, roles[n], data) for n, data in files.items())
-    m = Manifest(name, version, created, arts, requirements,
-                 {"task": "classification", "num_classes": 3, "labels": "labels.txt"})
+    m = Manifest(
+        name, version, created, arts, requirements, {"task": "classification", "num_classes": 3, "labels": "labels.txt"}
+    )
     for n, data in files.items():
         (directory / n).write_bytes(data)
     (directory / MANIFEST_FILE).write_bytes(seal("manifest", m.to_dict(), []).to_bytes())
@@ -72,14 +91,22 @@ def write_bundle(directory: Path, name: str = "digits", version: str = "1.0.0", 
 def bundle_dir(tmp_path: Path) -> Callable[..., Path]:
     def make(**kw: Any) -> Path:
         return write_bundle(tmp_path / f"bundle-{uuid.uuid4().hex[:8]}", **kw)
+
     return make
 
 
-def hub_config(tmp_path: Path, keys_dir: Path, db: str | None = None, broker: str = "mqtt://127.0.0.1:1",
-               **kw: Any) -> HubConfig:
-    base = dict(db=db or f"sqlite:///{tmp_path / 'hub.db'}", broker=broker, keys=keys_dir,
-                store=tmp_path / "store", tokens={TOKEN: "admin", VIEWER: "viewer", OPERATOR: "operator"},
-                tick=0.2, batch_wait=0.02)
+def hub_config(
+    tmp_path: Path, keys_dir: Path, db: str | None = None, broker: str = "mqtt://127.0.0.1:1", **kw: Any
+) -> HubConfig:
+    base = dict(
+        db=db or f"sqlite:///{tmp_path / 'hub.db'}",
+        broker=broker,
+        keys=keys_dir,
+        store=tmp_path / "store",
+        tokens={TOKEN: "admin", VIEWER: "viewer", OPERATOR: "operator"},
+        tick=0.2,
+        batch_wait=0.02,
+    )
     base.update(kw)
     return HubConfig(**base)
 
@@ -87,6 +114,7 @@ def hub_config(tmp_path: Path, keys_dir: Path, db: str | None = None, broker: st
 def _pg_reachable() -> str | None:
     try:
         import psycopg
+
         with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=3):
             return None
     except Exception as exc:  # any failure means: skip, and say why
@@ -103,6 +131,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if why:
         pytest.skip(why)
     import psycopg
+
     schema = f"t_{uuid.uuid4().hex[:12]}"
     dsn = "host=127.0.0.1 port=5432 user=postgres dbname=test"
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -148,7 +177,7 @@ class FakeDevice:
     received: dict[str, list[bytes]] = field(default_factory=dict)
     client: mqtt.Client | None = None
 
-    def connect(self, subscribe: tuple[str, ...] = ("desired", "ack")) -> "FakeDevice":
+    def connect(self, subscribe: tuple[str, ...] = ("desired", "ack")) -> FakeDevice:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{self.device}", protocol=mqtt.MQTTv5)
 
         def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hub.alerts import AlertRules, DeviceFacts, Raise, Resolve, evaluate
 from hub import alerting
+from hub.alerts import AlertRules, DeviceFacts, Raise, evaluate
 
 from .helpers import status, telemetry
 from .test_api import push
@@ -13,21 +13,27 @@ from .test_api import push
 NOW = 10_000
 
 
-@pytest.mark.parametrize("facts,open_,want", [
-    (DeviceFacts("d", True, NOW - 10), set(), []),
-    (DeviceFacts("d", False, NOW - 10), set(), [("raise", "offline")]),
-    (DeviceFacts("d", True, NOW - 400), set(), [("raise", "offline")]),
-    (DeviceFacts("d", True, NOW - 400), {("offline", "d")}, []),
-    (DeviceFacts("d", True, NOW - 1), {("offline", "d")}, [("resolve", "offline")]),
-    (DeviceFacts("d", True, NOW, None, 30.0, 200, 10.0, 5000), set(), [("raise", "latency_regression")]),
-    (DeviceFacts("d", True, NOW, None, 12.0, 200, 10.0, 5000), set(), []),
-    (DeviceFacts("d", True, NOW, None, 90.0, 20, 10.0, 5000), set(), []),  # too few samples
-    (DeviceFacts("d", True, NOW, None, 12.0, 200, 10.0, 5000), {("latency_regression", "d")},
-     [("resolve", "latency_regression")]),
-    (DeviceFacts("d", True, NOW, drift_status="alert"), set(), [("raise", "drift")]),
-    (DeviceFacts("d", True, NOW, drift_status="insufficient_data"), {("drift", "d")}, []),  # no data: keep open
-    (DeviceFacts("d", True, NOW, drift_status="ok"), {("drift", "d")}, [("resolve", "drift")]),
-])
+@pytest.mark.parametrize(
+    "facts,open_,want",
+    [
+        (DeviceFacts("d", True, NOW - 10), set(), []),
+        (DeviceFacts("d", False, NOW - 10), set(), [("raise", "offline")]),
+        (DeviceFacts("d", True, NOW - 400), set(), [("raise", "offline")]),
+        (DeviceFacts("d", True, NOW - 400), {("offline", "d")}, []),
+        (DeviceFacts("d", True, NOW - 1), {("offline", "d")}, [("resolve", "offline")]),
+        (DeviceFacts("d", True, NOW, None, 30.0, 200, 10.0, 5000), set(), [("raise", "latency_regression")]),
+        (DeviceFacts("d", True, NOW, None, 12.0, 200, 10.0, 5000), set(), []),
+        (DeviceFacts("d", True, NOW, None, 90.0, 20, 10.0, 5000), set(), []),  # too few samples
+        (
+            DeviceFacts("d", True, NOW, None, 12.0, 200, 10.0, 5000),
+            {("latency_regression", "d")},
+            [("resolve", "latency_regression")],
+        ),
+        (DeviceFacts("d", True, NOW, drift_status="alert"), set(), [("raise", "drift")]),
+        (DeviceFacts("d", True, NOW, drift_status="insufficient_data"), {("drift", "d")}, []),  # no data: keep open
+        (DeviceFacts("d", True, NOW, drift_status="ok"), {("drift", "d")}, [("resolve", "drift")]),
+    ],
+)
 def test_alert_rules(facts, open_, want):
     got = evaluate([facts], open_, NOW, AlertRules(offline_after=300))
     assert [("raise" if isinstance(x, Raise) else "resolve", x.kind) for x in got] == want
@@ -37,13 +43,21 @@ def test_scan_raises_drift_and_offline_alerts_from_real_rows_and_serves_them(cli
     hub, _ = memhub
     b = push(client, bundle_dir())
     active = (b["digest"], b["name"], b["version"])
-    hub.ingest.handle([("ef/v1/dev/ok/status", status("ok", active=active)),
-                       ("ef/v1/dev/drifty/status", status("drifty", active=active)),
-                       ("ef/v1/dev/gone/status", status("gone", online=False, active=active))])
+    hub.ingest.handle(
+        [
+            ("ef/v1/dev/ok/status", status("ok", active=active)),
+            ("ef/v1/dev/drifty/status", status("drifty", active=active)),
+            ("ef/v1/dev/gone/status", status("gone", online=False, active=active)),
+        ]
+    )
     shifted = {"inputs": {"brightness": [0, 0, 0, 300]}, "outputs": {"top1_class": [100, 100, 100]}}
     same = {"inputs": {"brightness": [75, 75, 75, 75]}, "outputs": {"top1_class": [100, 100, 100]}}
-    hub.ingest.handle([("ef/v1/dev/drifty/telemetry", telemetry("drifty", 1, b["digest"], drift=shifted)),
-                       ("ef/v1/dev/ok/telemetry", telemetry("ok", 1, b["digest"], drift=same))])
+    hub.ingest.handle(
+        [
+            ("ef/v1/dev/drifty/telemetry", telemetry("drifty", 1, b["digest"], drift=shifted)),
+            ("ef/v1/dev/ok/telemetry", telemetry("ok", 1, b["digest"], drift=same)),
+        ]
+    )
     alerting.scan(hub.fleet)
     alerting.scan(hub.fleet)  # idempotent: still one open alert each
     items = client.get("/api/v1/alerts?open=true").json()["items"]

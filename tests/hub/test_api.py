@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from protocol.bundle import MANIFEST_FILE, ChunkPlan, pack_archive, read_archive, verify_manifest
-from protocol.messages import FetchRequest, parse_ack, verify_desired
-from protocol.signing import Envelope, SigningKey
+from hub import telemetry as hub_telemetry, ticker
 from hub.keys import HubKeys
 from hub.store import read_bundle_dir
-from hub import telemetry as hub_telemetry, ticker
+from protocol.bundle import MANIFEST_FILE, ChunkPlan, pack_archive, read_archive, verify_manifest
+from protocol.messages import FetchRequest, parse_ack, verify_desired
+from protocol.signing import Envelope
 
 from .conftest import OPERATOR, TOKEN, VIEWER
 from .helpers import report, status, telemetry
@@ -28,8 +28,9 @@ def archive_of(directory: Path) -> bytes:
 
 
 def push(client, directory: Path) -> dict:
-    r = client.post("/api/v1/bundles", content=archive_of(directory),
-                    headers={"Content-Type": "application/octet-stream"})
+    r = client.post(
+        "/api/v1/bundles", content=archive_of(directory), headers={"Content-Type": "application/octet-stream"}
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -45,7 +46,9 @@ def test_pushed_bundle_is_signed_by_online_key_and_stored_content_addressed(clie
     archive = (hub.config.store / "archives" / f"{out['archive_sha256']}.efb").read_bytes()
     assert len(archive) == out["size"]
     got: dict[str, bytes] = {}
-    read_archive(io.BytesIO(archive), root, len(archive), lambda a, b: got.__setitem__(a.name, got.get(a.name, b"") + b))
+    read_archive(
+        io.BytesIO(archive), root, len(archive), lambda a, b: got.__setitem__(a.name, got.get(a.name, b"") + b)
+    )
     assert got["labels.txt"] == b"zero\none\ntwo\n"
     assert client.get(f"/api/v1/bundles/{out['digest']}/archive").content == archive
     detail = client.get(f"/api/v1/bundles/{out['digest']}").json()
@@ -79,18 +82,20 @@ def test_tokens_are_required_and_roles_limit_what_callers_do(client, bundle_dir)
     assert client.get("/api/v1/devices", headers={"Authorization": ""}).status_code == 401
     assert client.get("/api/v1/devices", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert client.get("/api/v1/devices", headers={"Authorization": f"Bearer {VIEWER}"}).status_code == 200
-    r = client.post("/api/v1/bundles", content=archive_of(bundle_dir()),
-                    headers={"Authorization": f"Bearer {VIEWER}"})
+    r = client.post("/api/v1/bundles", content=archive_of(bundle_dir()), headers={"Authorization": f"Bearer {VIEWER}"})
     assert r.status_code == 403 and "viewer" in r.json()["error"]
-    r = client.post("/api/v1/bundles", content=archive_of(bundle_dir()),
-                    headers={"Authorization": f"Bearer {OPERATOR}"})
+    r = client.post(
+        "/api/v1/bundles", content=archive_of(bundle_dir()), headers={"Authorization": f"Bearer {OPERATOR}"}
+    )
     assert r.status_code == 200
 
 
 def test_device_list_paginates_and_filters(client, memhub):
     hub, _ = memhub
-    hub.ingest.handle([(f"ef/v1/dev/cam-{i}/status", status(f"cam-{i}", online=i % 2 == 0)) for i in range(5)]
-                      + [("ef/v1/dev/door-1/status", status("door-1"))])
+    hub.ingest.handle(
+        [(f"ef/v1/dev/cam-{i}/status", status(f"cam-{i}", online=i % 2 == 0)) for i in range(5)]
+        + [("ef/v1/dev/door-1/status", status("door-1"))]
+    )
     page = client.get("/api/v1/devices?limit=2&offset=1").json()
     assert page["total"] == 6 and [d["device_id"] for d in page["items"]] == ["cam-1", "cam-2"]
     assert client.get("/api/v1/devices?online=false").json()["total"] == 2
@@ -115,7 +120,7 @@ def test_rollout_to_all_sends_each_device_a_signed_desired_with_its_chunks(clien
         assert desired.action == "install" and desired.bundle.digest == b["digest"] and desired.rollout == rid
         assert desired.expires > now + 86400
     plan = desired.bundle.archive
-    for i, h in enumerate(plan.chunks):
+    for i in range(len(plan.chunks)):
         plan.check_chunk(i, pub.retained[f"ef/v1/bundle/{plan.sha256}/chunk/{i}"])
     st = client.get(f"/api/v1/rollouts/{rid}").json()
     assert st["counts"] == {"issued": 3} and st["phase"] == "running"
@@ -133,9 +138,12 @@ def test_commit_and_failure_reports_settle_rows_and_a_failure_pauses_the_rollout
     hub.ingest.handle([("ef/v1/dev/a/status", status("a")), ("ef/v1/dev/b/status", status("b"))])
     b = push(client, bundle_dir())
     rid = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True}}).json()["id"]
-    hub.ingest.handle([("ef/v1/dev/a/report", report("a", 1, 1, stage="download", status="progress")),
-                       ("ef/v1/dev/b/report", report("b", 1, 1, stage="selftest", status="failed",
-                                                     reason="selftest_failed"))])
+    hub.ingest.handle(
+        [
+            ("ef/v1/dev/a/report", report("a", 1, 1, stage="download", status="progress")),
+            ("ef/v1/dev/b/report", report("b", 1, 1, stage="selftest", status="failed", reason="selftest_failed")),
+        ]
+    )
     st = client.get(f"/api/v1/rollouts/{rid}").json()
     assert st["counts"] == {"installing": 1, "failed": 1}
     assert "selftest_failed" in [d for d in st["devices"] if d["device_id"] == "b"][0]["reason"]
@@ -150,9 +158,14 @@ def test_commit_and_failure_reports_settle_rows_and_a_failure_pauses_the_rollout
 
 def test_incompatible_board_is_never_sent_the_bundle(client, memhub, bundle_dir):
     from protocol.bundle import Requirements
+
     hub, pub = memhub
-    hub.ingest.handle([("ef/v1/dev/pi/status", status("pi", board="rpi4")),
-                       ("ef/v1/dev/dev/status", status("dev", board="coral-devboard"))])
+    hub.ingest.handle(
+        [
+            ("ef/v1/dev/pi/status", status("pi", board="rpi4")),
+            ("ef/v1/dev/dev/status", status("dev", board="coral-devboard")),
+        ]
+    )
     b = push(client, bundle_dir(requirements=Requirements(edgetpu="optional", boards=("coral-devboard",))))
     rid = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True}}).json()["id"]
     st = client.get(f"/api/v1/rollouts/{rid}").json()
@@ -171,8 +184,9 @@ def test_device_that_appears_after_the_rollout_converges_to_its_target(client, m
     ticker.tick(hub.fleet)
     assert client.get(f"/api/v1/rollouts/{rid}").json()["phase"] == "completed"
     hub.ingest.handle([("ef/v1/dev/late/status", status("late"))])
-    desired = verify_desired(pub.retained["ef/v1/dev/late/desired"], HubKeys.load(keys_dir).root, "late", 0,
-                             int(time.time()))
+    desired = verify_desired(
+        pub.retained["ef/v1/dev/late/desired"], HubKeys.load(keys_dir).root, "late", 0, int(time.time())
+    )
     assert desired.bundle.digest == b["digest"]
     st = client.get(f"/api/v1/rollouts/{rid}").json()
     assert st["counts"] == {"installed": 1, "issued": 1} and st["phase"] == "running"
@@ -203,12 +217,18 @@ def test_telemetry_is_stored_once_acked_every_time_and_summarised(client, memhub
 def test_malformed_and_mismatched_messages_are_counted_and_dropped(client, memhub):
     hub, _ = memhub
     m = hub.fleet.metrics.messages
-    hub.ingest.handle([("ef/v1/dev/x/telemetry", b"{not json"),
-                       ("ef/v1/dev/x/status", status("someone-else")),
-                       ("ef/v1/dev/x/report", json.dumps({"v": 1, "device": "x"}).encode()),
-                       ("ef/v1/dev/x/telemetry", json.dumps({"v": 1, "device": "x", "seq": 2**70, "window_start": 0,
-                                                             "window_end": 1}).encode()),
-                       ("ef/v1/dev/x/status", status("x"))])
+    hub.ingest.handle(
+        [
+            ("ef/v1/dev/x/telemetry", b"{not json"),
+            ("ef/v1/dev/x/status", status("someone-else")),
+            ("ef/v1/dev/x/report", json.dumps({"v": 1, "device": "x"}).encode()),
+            (
+                "ef/v1/dev/x/telemetry",
+                json.dumps({"v": 1, "device": "x", "seq": 2**70, "window_start": 0, "window_end": 1}).encode(),
+            ),
+            ("ef/v1/dev/x/status", status("x")),
+        ]
+    )
     assert m.labels("telemetry", "malformed")._value.get() == 2
     assert m.labels("status", "malformed")._value.get() == 1
     assert m.labels("report", "malformed")._value.get() == 1
@@ -229,8 +249,10 @@ def test_fetch_request_republishes_exactly_the_missing_chunks_and_storms_are_thr
     for m in sent:
         plan.check_chunk(int(m.topic.rsplit("/", 1)[1]), m.payload)
     # a storm of requests for the same chunks is not amplified: each chunk once per interval
-    hub.ingest.handle([("ef/v1/dev/f/fetch", req)] * 20 + [("ef/v1/dev/g/fetch", FetchRequest(
-        "g", b["archive_sha256"], (1, 2)).to_bytes())])
+    hub.ingest.handle(
+        [("ef/v1/dev/f/fetch", req)] * 20
+        + [("ef/v1/dev/g/fetch", FetchRequest("g", b["archive_sha256"], (1, 2)).to_bytes())]
+    )
     assert [m.topic.rsplit("/", 1)[1] for m in pub.sent if m.kind == "chunk"][2:] == ["2"]
 
 
@@ -242,7 +264,7 @@ def test_healthz_metrics_and_the_device_page(client, memhub):
     anon = client.get("/", headers={"Authorization": ""})
     assert anon.status_code == 401 and "token" in anon.text and 'action="/ui/login"' in anon.text
     # a token in the URL never signs in (history, proxy and access logs keep URLs)
-    from .conftest import TOKEN
+
     leaky = client.get(f"/?token={TOKEN}", headers={"Authorization": ""})
     assert leaky.status_code == 401 and "not accepted" in leaky.text and "ef_token" not in leaky.cookies
     page = client.get("/")
@@ -258,7 +280,9 @@ def test_bad_rollout_requests_get_clear_4xx(client, bundle_dir):
     r = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True, "group": "g"}})
     assert r.status_code == 400 and "exactly one" in r.json()["error"]
     assert client.get("/api/v1/rollouts/nope").status_code == 404
-    rid = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"devices": []  or ["zz"]}}).json()["id"]
+    rid = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"devices": [] or ["zz"]}}).json()[
+        "id"
+    ]
     assert client.post(f"/api/v1/rollouts/{rid}/explode").status_code == 422
 
 
@@ -271,19 +295,33 @@ def test_device_moved_into_a_targeted_group_converges_to_that_rollout(client, me
     assert [d["device_id"] for d in client.get(f"/api/v1/rollouts/{rid}").json()["devices"]] == ["g1"]
     assert "ef/v1/dev/g2/desired" not in pub.retained
     client.patch("/api/v1/devices/g2", json={"group": "lab"})
-    assert verify_desired(pub.retained["ef/v1/dev/g2/desired"], HubKeys.load(keys_dir).root, "g2", 0,
-                          int(time.time())).bundle.digest == b["digest"]
+    assert (
+        verify_desired(
+            pub.retained["ef/v1/dev/g2/desired"], HubKeys.load(keys_dir).root, "g2", 0, int(time.time())
+        ).bundle.digest
+        == b["digest"]
+    )
     assert client.get("/api/v1/devices?group=lab").json()["total"] == 2
     assert client.get("/api/v1/devices?tag=cam").json()["total"] == 1
     assert client.patch("/api/v1/devices/g2", json={"colour": "red"}).status_code == 422
-    assert client.patch("/api/v1/devices/g2", json={"group": "x"}, headers={"Authorization": f"Bearer {VIEWER}"}).status_code == 403
+    assert (
+        client.patch(
+            "/api/v1/devices/g2", json={"group": "x"}, headers={"Authorization": f"Bearer {VIEWER}"}
+        ).status_code
+        == 403
+    )
 
 
 def test_telemetry_merges_across_devices_and_time_and_old_windows_are_pruned(client, memhub, bundle_dir):
     hub, _ = memhub
     b = push(client, bundle_dir())
-    hub.ingest.handle([(f"ef/v1/dev/m{i}/telemetry", telemetry(f"m{i}", s, b["digest"], (0.002 * (i + 1),) * 50,
-                                                                start=s * 10)) for i in range(3) for s in (1, 2)])
+    hub.ingest.handle(
+        [
+            (f"ef/v1/dev/m{i}/telemetry", telemetry(f"m{i}", s, b["digest"], (0.002 * (i + 1),) * 50, start=s * 10))
+            for i in range(3)
+            for s in (1, 2)
+        ]
+    )
     client.patch("/api/v1/devices/m0", json={"group": "north"})
     fleet = client.get(f"/api/v1/telemetry/summary?bundle={b['digest']}").json()
     assert fleet["inferences"] == 300 and fleet["devices"] == 3 and fleet["windows"] == 6
@@ -303,30 +341,40 @@ def test_telemetry_merges_across_devices_and_time_and_old_windows_are_pruned(cli
 
 
 def test_agent_backlog_stats_are_kept_with_the_window_health(client, memhub, bundle_dir):
-    from protocol.device import Health
-    from protocol.messages import Telemetry, parse_telemetry
     from sqlmodel import Session, select
 
     from hub.models import TelemetryWindow
+    from protocol.device import Health
+    from protocol.messages import Telemetry, parse_telemetry
 
     hub, _ = memhub
     hub.ingest.handle([("ef/v1/dev/bk/status", status("bk"))])
     base = parse_telemetry(telemetry("bk", 7))
-    msg = Telemetry(base.device, base.seq, base.window_start, base.window_end, counts=base.counts,
-                    latency=base.latency, health=Health(load1=0.5),
-                    backlog={"size": 12, "oldest_age_s": 40.0, "dropped": 3})
+    msg = Telemetry(
+        base.device,
+        base.seq,
+        base.window_start,
+        base.window_end,
+        counts=base.counts,
+        latency=base.latency,
+        health=Health(load1=0.5),
+        backlog={"size": 12, "oldest_age_s": 40.0, "dropped": 3},
+    )
     hub.ingest.handle([("ef/v1/dev/bk/telemetry", msg.to_bytes())])
     with Session(hub.fleet.engine) as s:
         row = s.exec(select(TelemetryWindow).where(TelemetryWindow.device == "bk")).one()
     assert row.health == {"load1": 0.5, "backlog": {"size": 12, "oldest_age_s": 40.0, "dropped": 3}}
 
 
-@pytest.mark.parametrize("method,path,body", [
-    ("POST", "/api/v1/devices/enroll", {"device": "d1", "group": "\u0000", "tags": []}),
-    ("POST", "/api/v1/devices/enroll", {"device": "d1", "group": "", "tags": ["a\u0001b"]}),
-    ("GET", "/api/v1/devices?group=%00", None),
-    ("GET", "/api/v1/devices/a%00b", None),
-])
+@pytest.mark.parametrize(
+    "method,path,body",
+    [
+        ("POST", "/api/v1/devices/enroll", {"device": "d1", "group": "\u0000", "tags": []}),
+        ("POST", "/api/v1/devices/enroll", {"device": "d1", "group": "", "tags": ["a\u0001b"]}),
+        ("GET", "/api/v1/devices?group=%00", None),
+        ("GET", "/api/v1/devices/a%00b", None),
+    ],
+)
 def test_control_characters_in_requests_get_one_clear_400(client, method, path, body):
     resp = client.request(method, path, json=body)
     assert resp.status_code == 400
@@ -345,7 +393,7 @@ def test_a_pretty_printed_manifest_is_signed_in_canonical_form_under_one_digest(
 
     from protocol.bundle import MANIFEST_FILE
     from protocol.codec import canonical
-    from protocol.signing import Envelope
+
     d = bundle_dir(model_bytes=b"\x05" * 3000)
     plain = push(client, d)
     env = Envelope.parse((d / MANIFEST_FILE).read_bytes())

@@ -25,18 +25,35 @@ def test_every_json_route_answers_a_named_model_and_lists_page_envelopes(client)
         ok = op["responses"].get("200") or op["responses"].get("201")
         schema = ok["content"]["application/json"]["schema"]
         assert "$ref" in schema, f"{method} {path} answers an untyped {schema}"
-    listings = [p for m, p, _ in ops if m == "get" and p in ("/api/v1/bundles", "/api/v1/devices", "/api/v1/rollouts",
-                                                              "/api/v1/models", "/api/v1/alerts", "/api/v1/audit")]
+    listings = [
+        p
+        for m, p, _ in ops
+        if m == "get"
+        and p
+        in (
+            "/api/v1/bundles",
+            "/api/v1/devices",
+            "/api/v1/rollouts",
+            "/api/v1/models",
+            "/api/v1/alerts",
+            "/api/v1/audit",
+        )
+    ]
     schemas = doc["components"]["schemas"]
     for p in listings:
-        name = doc["paths"][p]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+        name = doc["paths"][p]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].split("/")[
+            -1
+        ]
         assert name.startswith("Page_") and set(schemas[name]["required"]) == {"items", "total", "limit", "offset"}
 
 
 def test_routes_document_their_errors_in_one_shape_and_declare_the_bearer_scheme(client):
     doc = client.get("/openapi.json").json()
     assert doc["components"]["securitySchemes"]["HTTPBearer"] == {
-        "type": "http", "scheme": "bearer", "description": "an API token: viewer, operator or admin"}
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API token: viewer, operator or admin",
+    }
     for method, path, op in _operations(doc):
         if (method, path) in PUBLIC:
             assert "security" not in op, f"{method} {path} is public by design"
@@ -51,6 +68,7 @@ def test_routes_document_their_errors_in_one_shape_and_declare_the_bearer_scheme
 
 def test_a_listing_answers_its_page_envelope_and_an_unknown_id_the_error_shape(client, bundle_dir):
     from .test_api import push
+
     push(client, bundle_dir())
     page = client.get("/api/v1/bundles", params={"limit": 1}).json()
     assert set(page) == {"items", "total", "limit", "offset"} and page["limit"] == 1 and page["total"] == 1

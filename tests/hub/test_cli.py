@@ -22,8 +22,9 @@ TOKEN = "cli-test-token-0123456789"
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "hub", *args], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hub", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=120
+    )
     if check:
         assert proc.returncode == 0, f"{args}: rc {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
@@ -35,10 +36,32 @@ def served(tmp_path: Path, mosquitto):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     log = open(tmp_path / "hub.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "hub", "serve", "--db", f"sqlite:///{tmp_path / 'hub.db'}",
-                             "--broker", mosquitto.url, "--keys", str(tmp_path / "keys"), "--store",
-                             str(tmp_path / "store"), "--port", str(port), "--token", TOKEN, "--tick", "0.2"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hub",
+            "serve",
+            "--db",
+            f"sqlite:///{tmp_path / 'hub.db'}",
+            "--broker",
+            mosquitto.url,
+            "--keys",
+            str(tmp_path / "keys"),
+            "--store",
+            str(tmp_path / "store"),
+            "--port",
+            str(port),
+            "--token",
+            TOKEN,
+            "--tick",
+            "0.2",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_port(port, 30)
         yield f"http://127.0.0.1:{port}"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from fastapi.testclient import TestClient
+from paho.mqtt.enums import CallbackAPIVersion
 
 from hub import credentials
 from hub.server import build
@@ -23,8 +23,10 @@ from .conftest import TOKEN, hub_config
 
 def test_password_hash_is_the_mosquitto_passwd_format():
     h = credentials.password_hash("secret", b"\x97Y^\x02:\x94\xae\xb8\xbcM\xeb\x12")
-    assert h == ("$7$101$l1leAjqUrri8TesS$AhkPJ7MYAnNZvTZ96SLMKbMdubrKyUKDjP+OrKPABkFF7G9pGzgiVxuh85zytVGj2XON6kP1aRXH9"
-                 "IvJQC/O5Q==")  # what `mosquitto_passwd -b` wrote for this salt
+    assert h == (
+        "$7$101$l1leAjqUrri8TesS$AhkPJ7MYAnNZvTZ96SLMKbMdubrKyUKDjP+OrKPABkFF7G9pGzgiVxuh85zytVGj2XON6kP1aRXH9"
+        "IvJQC/O5Q=="
+    )  # what `mosquitto_passwd -b` wrote for this salt
     assert credentials.check_password("secret", h) and not credentials.check_password("Secret", h)
 
 
@@ -64,8 +66,13 @@ def test_enrolled_device_may_publish_only_on_its_own_topics(tmp_path: Path, keys
     auth = tmp_path / "auth"
     pid_file = tmp_path / "broker.pid"
     port = free_port()
-    cfg = hub_config(tmp_path, keys_dir, broker=f"mqtt://hub:hub-secret@127.0.0.1:{port}", mqtt_auth_dir=auth,
-                     broker_pid_file=pid_file)
+    cfg = hub_config(
+        tmp_path,
+        keys_dir,
+        broker=f"mqtt://hub:hub-secret@127.0.0.1:{port}",
+        mqtt_auth_dir=auth,
+        broker_pid_file=pid_file,
+    )
     hub = build(cfg, publisher=MemoryPublisher(), with_broker=False)
     api = TestClient(hub.app, headers={"Authorization": f"Bearer {TOKEN}"})
     creds = {}
@@ -82,15 +89,17 @@ def test_enrolled_device_may_publish_only_on_its_own_topics(tmp_path: Path, keys
     assert "pattern write ef/v1/dev/%u/telemetry" in (auth / "acl").read_text()
     # `user root`: the test's files live under pytest's root-only tmp dir (mosquitto drops to
     # its own user otherwise and could not read them)
-    broker = start_mosquitto(tmp_path / "broker", f"include_dir {auth}\nuser root\n", port=port)  # the hub's edgefleet.conf
+    broker = start_mosquitto(
+        tmp_path / "broker", f"include_dir {auth}\nuser root\n", port=port
+    )  # the hub's edgefleet.conf
     clients = []
     try:
         pid_file.write_text(str(broker.proc.pid))
         a = Client(broker.port, "dev-a", creds["dev-a"])
         clients.append(a)
         assert a.connected.wait(10) and a.rc == 0
-        assert a.publish_rc("ef/v1/dev/dev-b/telemetry") == 135   # someone else's topic: not authorized
-        assert a.publish_rc("ef/v1/dev/dev-a/desired") == 135     # its own desired is hub-only
+        assert a.publish_rc("ef/v1/dev/dev-b/telemetry") == 135  # someone else's topic: not authorized
+        assert a.publish_rc("ef/v1/dev/dev-a/desired") == 135  # its own desired is hub-only
         assert a.publish_rc("ef/v1/bundle/" + "0" * 64 + "/chunk/0") == 135
         assert a.publish_rc("ef/v1/dev/dev-a/telemetry") in (0, 16)  # ok / no subscribers
         # reading: dev-a subscribed to everything sees none of dev-b's traffic
@@ -156,8 +165,12 @@ def test_enrollment_never_hands_out_the_hubs_broker_password(tmp_path: Path, key
     could read and forge the whole fleet's traffic. Devices get their own user, and the URL
     they are told carries no credentials, from --broker or --broker-public alike."""
     for public, told in (("", "mqtt://127.0.0.1:1"), ("mqtt://broker.example:8883", "mqtt://broker.example:8883")):
-        cfg = hub_config(tmp_path / (public[-4:] or "none"), keys_dir, broker="mqtt://hub:hub-secret@127.0.0.1:1",
-                         broker_public=public)
+        cfg = hub_config(
+            tmp_path / (public[-4:] or "none"),
+            keys_dir,
+            broker="mqtt://hub:hub-secret@127.0.0.1:1",
+            broker_public=public,
+        )
         hub = build(cfg, publisher=MemoryPublisher(), with_broker=False)
         api = TestClient(hub.app, headers={"Authorization": f"Bearer {TOKEN}"})
         tok = api.post("/api/v1/devices/enroll", json={"device": "dev-a"}).json()["token"]
@@ -169,5 +182,6 @@ def test_enrollment_never_hands_out_the_hubs_broker_password(tmp_path: Path, key
 def test_a_public_broker_url_with_a_password_is_refused_at_start():
     from hub.config import HubConfig
     from hub.errors import ConfigError
+
     with pytest.raises(ConfigError, match="broker_public.*carries a password"):
         HubConfig.load({"dev": True, "broker_public": "mqtt://hub:s3cret@broker:1883"}, environ={})

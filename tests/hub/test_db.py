@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from hub import desired
 from hub.db import rollout_section
 from hub.models import Device
 from hub.server import Hub, build
 from hub.transport import MemoryPublisher
-from hub import desired
 
 from .conftest import hub_config
 
@@ -23,8 +23,10 @@ pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("db_url", ["postgres
 
 def two_hubs(tmp_path: Path, keys_dir: Path, db_url: str) -> list[Hub]:
     """Two hubs on one database, as two replicas are: each its own engine and rollout_lock."""
-    return [build(hub_config(tmp_path / name, keys_dir, db=db_url), publisher=MemoryPublisher(), with_broker=False)
-            for name in ("a", "b")]
+    return [
+        build(hub_config(tmp_path / name, keys_dir, db=db_url), publisher=MemoryPublisher(), with_broker=False)
+        for name in ("a", "b")
+    ]
 
 
 def test_a_second_transaction_waits_in_the_rollout_section_until_the_first_commits(tmp_path, keys_dir, db_url):

@@ -34,8 +34,8 @@ def test_mean_shifts_are_detected_and_no_shift_rarely_alerts():
     for shift in (0.0, 0.25, 0.5, 1.0):
         r = rates(ref, lambda g, s=shift: g.normal(s, 1, WINDOW), rng)
         table[shift] = r
-        print(f"{'mean shift %.2f sigma' % shift:<22}{r['ok']:>7.2f}{r['warn']:>7.2f}{r['alert']:>7.2f}")
-    assert table[0.0]["alert"] == 0 and detected(table[0.0]) <= 0.05      # false alerts per 100 windows
+        print(f"{f'mean shift {shift:.2f} sigma':<22}{r['ok']:>7.2f}{r['warn']:>7.2f}{r['alert']:>7.2f}")
+    assert table[0.0]["alert"] == 0 and detected(table[0.0]) <= 0.05  # false alerts per 100 windows
     assert detected(table[0.25]) >= 0.75  # measured 0.85 at 500 samples; PSI alone would see 0.00
     assert detected(table[0.5]) >= 0.99 and table[1.0]["alert"] >= 0.99
 
@@ -54,7 +54,7 @@ def test_image_brightness_change_is_detected_on_the_real_feature():
     for gain in (1.0, 1.05, 1.15, 1.3):
         r = rates(ref, lambda g, k=gain: images(WINDOW, k), rng)
         table[gain] = r
-        print(f"{'x%.2f' % gain:<22}{r['ok']:>7.2f}{r['warn']:>7.2f}{r['alert']:>7.2f}")
+        print(f"{f'x{gain:.2f}':<22}{r['ok']:>7.2f}{r['warn']:>7.2f}{r['alert']:>7.2f}")
     assert detected(table[1.0]) <= 0.05 and table[1.0]["alert"] == 0
     assert detected(table[1.15]) >= 0.95 and table[1.3]["alert"] >= 0.95
 
@@ -68,8 +68,10 @@ def test_class_prior_swap_is_detected_on_top1_class():
     ref = bin_counts(edges, rng.choice(10, REF_N, p=prior).astype(float))
     out = {}
     for name, p in (("same prior", prior), ("classes 0<->1 swapped", swapped)):
-        st = [verdict("top1_class", ref, bin_counts(edges, rng.choice(10, WINDOW, p=p).astype(float))).status
-              for _ in range(WINDOWS)]
+        st = [
+            verdict("top1_class", ref, bin_counts(edges, rng.choice(10, WINDOW, p=p).astype(float))).status
+            for _ in range(WINDOWS)
+        ]
         out[name] = {s: st.count(s) / WINDOWS for s in ("ok", "warn", "alert")}
         print(f"\n{name:<24} ok {out[name]['ok']:.2f} warn {out[name]['warn']:.2f} alert {out[name]['alert']:.2f}")
     assert out["classes 0<->1 swapped"]["alert"] >= 0.99
@@ -103,9 +105,13 @@ def test_merging_device_summaries_equals_summarising_the_union(seed):
 
 
 def test_thresholds_per_model_and_feature_and_hub_overrides_apply_in_order():
-    baseline = {"inputs": {"brightness": {"edges": [0.5], "ref": [500, 500], "thresholds": {"psi_alert": 5.0}},
-                           "mean_c0": {"edges": [0.5], "ref": [500, 500]}},
-                "thresholds": {"psi_warn": 0.1, "psi_alert": 0.25, "min_samples": 10}}
+    baseline = {
+        "inputs": {
+            "brightness": {"edges": [0.5], "ref": [500, 500], "thresholds": {"psi_alert": 5.0}},
+            "mean_c0": {"edges": [0.5], "ref": [500, 500]},
+        },
+        "thresholds": {"psi_warn": 0.1, "psi_alert": 0.25, "min_samples": 10},
+    }
     window = {"inputs": {"brightness": [300, 0], "mean_c0": [300, 0]}}
     rep = assess(baseline, [window])
     assert rep.to_dict()["features"]["inputs.brightness"]["status"] == "warn"  # per-feature: alert at 5.0

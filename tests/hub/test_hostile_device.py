@@ -44,10 +44,12 @@ def _evil_status(**fields) -> bytes:
 
 def test_an_integer_past_64_bits_in_a_status_or_report_costs_only_that_message(memhub):
     hub, pub = memhub
-    evil = [("ef/v1/dev/evil/status", _evil_status(desired_seq=2**63)),
-            ("ef/v1/dev/evil/status", _evil_status(ts=2**31)),  # past the registry's 32-bit column
-            ("ef/v1/dev/evil/report", report("evil", 1, 2**64)),
-            ("ef/v1/dev/evil/report", json.dumps({**json.loads(report("evil", 2, 1)), "ts": 10**30}).encode())]
+    evil = [
+        ("ef/v1/dev/evil/status", _evil_status(desired_seq=2**63)),
+        ("ef/v1/dev/evil/status", _evil_status(ts=2**31)),  # past the registry's 32-bit column
+        ("ef/v1/dev/evil/report", report("evil", 1, 2**64)),
+        ("ef/v1/dev/evil/report", json.dumps({**json.loads(report("evil", 2, 1)), "ts": 10**30}).encode()),
+    ]
     hub.ingest.handle(evil[:2] + _good_batch() + evil[2:])
     assert _stored(hub) == {(f"good-{i}", 1) for i in range(3)}
     assert all(_acked(pub, f"good-{i}") for i in range(3))
@@ -67,8 +69,11 @@ def test_deeply_nested_json_costs_only_that_message(memhub):
 
 def test_infinity_in_an_inventory_is_refused_and_every_operator_page_keeps_serving(memhub):
     hub, _ = memhub
-    inf = Status("evil", True, 1000, "0.1.0", Inventory(board="rpi4")).to_bytes().replace(
-        b'"board":"rpi4"', b'"board":"rpi4","mem":1e999,"nan":NaN')
+    inf = (
+        Status("evil", True, 1000, "0.1.0", Inventory(board="rpi4"))
+        .to_bytes()
+        .replace(b'"board":"rpi4"', b'"board":"rpi4","mem":1e999,"nan":NaN')
+    )
     hub.ingest.handle([("ef/v1/dev/evil/status", inf), ("ef/v1/dev/good/status", status("good"))])
     with hub.fleet.session() as s:
         assert s.get(Device, "evil") is None and s.get(Device, "good") is not None
@@ -89,8 +94,12 @@ def test_a_window_claiming_more_latency_samples_than_inferences_moves_no_fleet_f
     doc["latency"] = sk.to_dict()
     drift = json.loads(telemetry("evil", 2))  # 10 inferences...
     drift["drift"] = {"inputs": {"brightness": [0, 0, 0, 10**12]}}  # ...and 10**12 drift samples
-    hub.ingest.handle([("ef/v1/dev/evil/telemetry", json.dumps(doc).encode()),
-                       ("ef/v1/dev/evil/telemetry", json.dumps(drift).encode())])
+    hub.ingest.handle(
+        [
+            ("ef/v1/dev/evil/telemetry", json.dumps(doc).encode()),
+            ("ef/v1/dev/evil/telemetry", json.dumps(drift).encode()),
+        ]
+    )
     assert _stored(hub) == {(f"good-{i}", 1) for i in range(3)}
     after = c.get("/api/v1/telemetry/summary").json()
     assert after == before
@@ -112,8 +121,16 @@ def test_a_device_flooding_its_topics_cannot_crowd_out_the_others(memhub):
 # ---- the HTTP edge: one body guard for every route, whatever the Content-Type says --------
 
 
-@pytest.mark.parametrize("ctype", ["Application/JSON", "application/x+json", "application/json; charset=utf-8",
-                                   "text/plain", "application/x-www-form-urlencoded"])
+@pytest.mark.parametrize(
+    "ctype",
+    [
+        "Application/JSON",
+        "application/x+json",
+        "application/json; charset=utf-8",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+    ],
+)
 def test_a_nul_in_a_body_is_refused_whatever_the_content_type_claims(client, memhub, ctype):
     hub, _ = memhub
     hub.ingest.handle([("ef/v1/dev/d1/status", status("d1"))])
@@ -132,12 +149,19 @@ def test_a_huge_unauthenticated_enroll_body_is_refused_before_it_is_read(memhub)
     def chunks():  # no Content-Length: refused once the bytes read pass the limit
         for _ in range(1000):
             yield b" " * 65536
+
     r = anon.post("/api/v1/enroll", content=chunks(), headers={"Content-Type": "application/json"})
     assert r.status_code == 413
 
 
-@pytest.mark.parametrize("body,problem", [(b'{"group": NaN}', "NaN"), (b'{"group": 1e999}', "1e999"),
-                                          (b'{"group": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "nested deeper")])
+@pytest.mark.parametrize(
+    "body,problem",
+    [
+        (b'{"group": NaN}', "NaN"),
+        (b'{"group": 1e999}', "1e999"),
+        (b'{"group": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "nested deeper"),
+    ],
+)
 def test_non_finite_numbers_and_deep_json_get_a_400_naming_them(client, memhub, body, problem):
     hub, _ = memhub
     hub.ingest.handle([("ef/v1/dev/d1/status", status("d1"))])
@@ -149,8 +173,10 @@ def test_non_finite_numbers_and_deep_json_get_a_400_naming_them(client, memhub, 
 def test_only_an_admin_mints_enrollment_tokens(client, memhub):
     """A token becomes a broker identity: an operator's token (on a CI runner, say) must not mint them."""
     from .conftest import OPERATOR, VIEWER
+
     hub, _ = memhub
     for token, code in ((VIEWER, 403), (OPERATOR, 403), (TOKEN, 201)):
-        r = TestClient(hub.app).post("/api/v1/devices/enroll", json={"device": "d9"},
-                                     headers={"Authorization": f"Bearer {token}"})
+        r = TestClient(hub.app).post(
+            "/api/v1/devices/enroll", json={"device": "d9"}, headers={"Authorization": f"Bearer {token}"}
+        )
         assert r.status_code == code, (token, r.text)

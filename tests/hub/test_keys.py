@@ -4,15 +4,13 @@ devices pinned to the old root walk to the new one and keep verifying what the h
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from hub import keys
+from hub import keys, rotation
 from hub.__main__ import main
 from hub.errors import Invalid
 from hub.keys import HubKeys
-from hub import rotation
 from protocol.errors import VerificationError
 from protocol.messages import verify_desired
 from protocol.signing import SigningKey, load_root_unverified, rotate_root
@@ -47,8 +45,21 @@ def test_device_enrolled_before_rotation_keeps_working_after_it(client, memhub, 
     pinned = HubKeys.load(keys_dir).root  # what a device got at provisioning
     hub.ingest.handle([("ef/v1/dev/old/status", status("old"))])
     b = push(client, bundle_dir())
-    assert main(["keys", "rotate", "--dir", str(keys_dir), "--root-key", str(keys_dir / "root-1.pem"),
-                 "--root-key", str(keys_dir / "root-3.pem")]) == 0
+    assert (
+        main(
+            [
+                "keys",
+                "rotate",
+                "--dir",
+                str(keys_dir),
+                "--root-key",
+                str(keys_dir / "root-1.pem"),
+                "--root-key",
+                str(keys_dir / "root-3.pem"),
+            ]
+        )
+        == 0
+    )
     assert "root v2" in capsys.readouterr().out
     assert rotation.reload_keys(hub.fleet) is True
     new_root_bytes = pub.retained["ef/v1/root"]
@@ -60,7 +71,9 @@ def test_device_enrolled_before_rotation_keeps_working_after_it(client, memhub, 
         verify_desired(doc, pinned, "old", 0, now)
     walked = rotate_root(pinned, new_root_bytes, now)  # ...until the device walks to root v2
     assert verify_desired(doc, walked, "old", 0, now).bundle.digest == b["digest"]
-    assert client.get("/api/v1/root/1", headers={"Authorization": ""}).content == (keys_dir / "root-v1.json").read_bytes()
+    assert (
+        client.get("/api/v1/root/1", headers={"Authorization": ""}).content == (keys_dir / "root-v1.json").read_bytes()
+    )
     assert client.get("/api/v1/root/9").status_code == 404
     # a second rotation: a device two versions behind walks the chain the API serves
     v2_keys = sorted(keys_dir.glob("root-v2-*.pem"))[:2]

@@ -23,12 +23,23 @@ def test_upgrade_head_matches_the_models_and_is_idempotent(db_url):
         migrations.upgrade(engine)
         migrations.upgrade(engine)  # a restart of the hub runs it again: nothing to do
         with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
-                                    SQLModel.metadata)
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
         assert diff == [], f"models and migrations disagree: {diff}"
         tables = set(inspect(engine).get_table_names())
-        assert {"device", "model", "bundle", "build", "rollout", "rollout_device", "telemetry_window",
-                "report", "alert", "audit", "enroll_token", "alembic_version"} <= tables
+        assert {
+            "device",
+            "model",
+            "bundle",
+            "build",
+            "rollout",
+            "rollout_device",
+            "telemetry_window",
+            "report",
+            "alert",
+            "audit",
+            "enroll_token",
+            "alembic_version",
+        } <= tables
     finally:
         engine.dispose()
 
@@ -39,11 +50,15 @@ def test_replicas_starting_together_on_an_empty_database_both_come_up(db_url):
     """Two hub processes (replicas) migrate one fresh PostgreSQL schema at once: one does the work,
     the other waits on the advisory lock and finds nothing to do (without it one of them fails
     on a table the other has just created, about one start in three here)."""
-    code = ("import sys; from hub import migrations; from hub.db import make_engine; "
-            "migrations.upgrade(make_engine(sys.argv[1], create=False))")
+    code = (
+        "import sys; from hub import migrations; from hub.db import make_engine; "
+        "migrations.upgrade(make_engine(sys.argv[1], create=False))"
+    )
     for _ in range(3):
-        procs = [subprocess.Popen([sys.executable, "-c", code, db_url], cwd=REPO, stderr=subprocess.PIPE, text=True)
-                 for _ in range(2)]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, db_url], cwd=REPO, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
         errors = [p.communicate(timeout=120)[1] for p in procs]
         assert [p.returncode for p in procs] == [0, 0], errors
         engine = make_engine(db_url, create=False)

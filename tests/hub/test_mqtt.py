@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from hub.keys import HubKeys
 from hub.models import Device, TelemetryWindow
 from hub.server import build
-from hub.keys import HubKeys
 from protocol.bundle import ChunkPlan
 from protocol.messages import FetchRequest, parse_ack, verify_desired
 
@@ -41,6 +41,7 @@ def device(mosquitto):
         d = FakeDevice(name, mosquitto.port).connect()
         made.append(d)
         return d
+
     yield make
     for d in made:
         d.close()
@@ -62,8 +63,9 @@ def test_retained_status_and_telemetry_reach_the_database_and_are_acked(live, de
     wait_for(lambda: len(rows(live, TelemetryWindow, device="cam-1")) == 3, what="3 telemetry rows")
     dev = rows(live, Device, id="cam-1")[0]
     assert dev.online and dev.inventory["board"] == "rpi4" and dev.inferences == 30
-    acked = wait_for(lambda: sorted(s for p in cam.got("ack") for s in parse_ack(p).seqs) == [1, 2, 3] or None,
-                     what="acks for 1..3")
+    acked = wait_for(
+        lambda: sorted(s for p in cam.got("ack") for s in parse_ack(p).seqs) == [1, 2, 3] or None, what="acks for 1..3"
+    )
     assert acked
     # last will / offline status flips the row
     cam.send("status", status("cam-1", online=False), retain=True)
@@ -89,14 +91,20 @@ def test_replayed_telemetry_is_stored_once(live, device):
     msg = telemetry("rep-1", 5)
     for _ in range(3):
         d.send("telemetry", msg)
-    wait_for(lambda: live.fleet.metrics.messages.labels("telemetry", "duplicate")._value.get() == 2,
-             what="two duplicates counted")
+    wait_for(
+        lambda: live.fleet.metrics.messages.labels("telemetry", "duplicate")._value.get() == 2,
+        what="two duplicates counted",
+    )
     assert len(rows(live, TelemetryWindow, device="rep-1")) == 1
 
 
-def test_rollout_over_mqtt_delivers_desired_and_chunks_and_tracks_reports(live, device, bundle_dir, keys_dir, mosquitto):
+def test_rollout_over_mqtt_delivers_desired_and_chunks_and_tracks_reports(
+    live, device, bundle_dir, keys_dir, mosquitto
+):
     from fastapi.testclient import TestClient
+
     from .conftest import TOKEN
+
     a, b = device("rpi-a"), device("rpi-b")
     a.send("status", status("rpi-a"), retain=True)
     b.send("status", status("rpi-b"), retain=True)
@@ -121,18 +129,24 @@ def test_rollout_over_mqtt_delivers_desired_and_chunks_and_tracks_reports(live, 
     late.close()
     a.send("report", report("rpi-a", 1, desired.seq, bundle=pushed["digest"]))
     b.send("report", report("rpi-b", 1, 1, stage="verify", status="failed", reason="bad_signature"))
-    wait_for(lambda: client.get(f"/api/v1/rollouts/{rid}").json()["counts"] == {"installed": 1, "failed": 1},
-             what="rollout counts")
+    wait_for(
+        lambda: client.get(f"/api/v1/rollouts/{rid}").json()["counts"] == {"installed": 1, "failed": 1},
+        what="rollout counts",
+    )
 
 
 def test_a_device_offline_through_a_broker_crash_still_gets_its_desired_document(
-        tmp_path: Path, keys_dir: Path, bundle_dir):
+    tmp_path: Path, keys_dir: Path, bundle_dir
+):
     """kill -9 of a broker that had not saved its retained messages: the hub republishes every
     device's last desired document, byte for byte, when it reconnects, so a device that was
     offline during the rollout and the crash converges when it returns."""
     from fastapi.testclient import TestClient
+
     from tests.conftest import start_mosquitto
+
     from .conftest import TOKEN
+
     broker = start_mosquitto(tmp_path / "broker", "persistence false\n")
     hub = build(hub_config(tmp_path, keys_dir, broker=broker.url))
     hub.start()
@@ -163,13 +177,13 @@ def test_a_device_offline_through_a_broker_crash_still_gets_its_desired_document
         broker.stop()
 
 
-def test_replicas_get_distinct_client_ids_and_a_single_hub_keeps_its_own(tmp_path: Path, keys_dir: Path,
-                                                                         monkeypatch):
+def test_replicas_get_distinct_client_ids_and_a_single_hub_keeps_its_own(tmp_path: Path, keys_dir: Path, monkeypatch):
     """Two connections under one client id throw each other off the broker in turn. A single
     hub's id is stable across restarts (its session persists); replicas on one database differ
     by listen address, port and process."""
     import hub.server as server
     from hub.server import hub_client_id
+
     single = hub_config(tmp_path, keys_dir, db="postgresql+psycopg://db/hub", port=8000)
     assert hub_client_id(single) == hub_client_id(single) and not hub_client_id(single).endswith(f"-{os.getpid()}")
     a = hub_config(tmp_path, keys_dir, db="postgresql+psycopg://db/hub", port=8000, shared_group="hubs")
@@ -185,9 +199,18 @@ def test_two_replicas_share_the_traffic_and_the_survivor_gets_all_of_it_once_the
     from hub.config import BrokerUrl
     from hub.metrics import HubMetrics
     from hub.mqtt import Bridge
+
     got: dict[str, list[str]] = {"a": [], "b": []}
-    bridges = {name: Bridge(BrokerUrl.parse(mosquitto.url), HubMetrics(), batch_wait=0.01,
-                            client_id=f"replica-{name}", shared_group="hubs") for name in got}
+    bridges = {
+        name: Bridge(
+            BrokerUrl.parse(mosquitto.url),
+            HubMetrics(),
+            batch_wait=0.01,
+            client_id=f"replica-{name}",
+            shared_group="hubs",
+        )
+        for name in got
+    }
     for name, b in bridges.items():
         b.start(lambda batch, name=name: got[name].extend(t for t, _ in batch))
     try:

@@ -24,8 +24,12 @@ pytestmark = pytest.mark.slow
 def hub_schema(memhub, client, bundle_dir):
     hub, _ = memhub
     b = push(client, bundle_dir())
-    hub.ingest.handle([("ef/v1/dev/d1/status", status("d1", active=(b["digest"], "digits", "1.0.0"))),
-                       ("ef/v1/dev/d1/telemetry", telemetry("d1", 1, b["digest"]))])
+    hub.ingest.handle(
+        [
+            ("ef/v1/dev/d1/status", status("d1", active=(b["digest"], "digits", "1.0.0"))),
+            ("ef/v1/dev/d1/telemetry", telemetry("d1", 1, b["digest"])),
+        ]
+    )
     client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True}})
     return schemathesis.openapi.from_asgi("/openapi.json", hub.app)
 
@@ -38,10 +42,17 @@ def test_no_input_makes_the_hub_fail_with_5xx_or_answer_off_its_schema(hub_schem
         operation = result.ok()
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=25, deadline=None, database=None, derandomize=bool(os.environ.get("CI")),
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+        @settings(
+            max_examples=25,
+            deadline=None,
+            database=None,
+            derandomize=bool(os.environ.get("CI")),
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        )
         def fuzz(case) -> None:
-            case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"}, checks=[not_a_server_error, response_schema_conformance])
+            case.call_and_validate(
+                headers={"Authorization": f"Bearer {TOKEN}"}, checks=[not_a_server_error, response_schema_conformance]
+            )
 
         fuzz()
         ran.append(operation.label)

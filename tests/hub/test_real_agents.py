@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,21 @@ from .conftest import TOKEN, hub_config, wait_for
 from .test_api import archive_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-POLICY = {"cohorts": ["1", "100%"], "soak_s": 0, "on_breach": "rollback", "require_samples": True,
-          "gates": {"max_p95_ratio": 1.5, "min_samples": 30}}
+POLICY = {
+    "cohorts": ["1", "100%"],
+    "soak_s": 0,
+    "on_breach": "rollback",
+    "require_samples": True,
+    "gates": {"max_p95_ratio": 1.5, "min_samples": 30},
+}
 
 
 def coral_bundle(coral: Path, out: Path) -> Path:
     """MobileNetV2-224 (uint8) as a bundle directory with its own self-test vector, no drift
     baseline: this model must be stopped by latency alone."""
-    return agent_bundles.coral_bundle(out, coral, agent_bundles.MNV2, name="slow-mobilenet",
-                                      version="9.0.0", baseline=False)
+    return agent_bundles.coral_bundle(
+        out, coral, agent_bundles.MNV2, name="slow-mobilenet", version="9.0.0", baseline=False
+    )
 
 
 def new_version(src: Path, out: Path, version: str, skew_outputs: bool = False) -> Path:
@@ -56,17 +61,20 @@ def new_version(src: Path, out: Path, version: str, skew_outputs: bool = False) 
         total = sum(ref)
         base["outputs"]["top1_class"]["ref"] = [int(total * 0.9)] + [max(1, total // 90)] * (len(ref) - 1)
         (out / "baseline.json").write_text(json.dumps(base))
-        doc["artifacts"] = [Artifact.of(a["name"], a["role"], (out / a["name"]).read_bytes()).to_dict()
-                            for a in doc["artifacts"]]
+        doc["artifacts"] = [
+            Artifact.of(a["name"], a["role"], (out / a["name"]).read_bytes()).to_dict() for a in doc["artifacts"]
+        ]
     parse_manifest(json.dumps(doc).encode())
     (out / MANIFEST_FILE).write_bytes(seal("manifest", doc, []).to_bytes())
     return out
 
 
 def test_slow_model_is_stopped_at_the_canary_by_real_latency_and_a_good_one_goes_everywhere(
-        tmp_path: Path, keys_dir: Path, mosquitto, digits_bundle: Path, coral_models: Path):
-    from demo.client import png_bytes, post_image
+    tmp_path: Path, keys_dir: Path, mosquitto, digits_bundle: Path, coral_models: Path
+):
     from sklearn.datasets import load_digits
+
+    from demo.client import png_bytes, post_image
 
     # live traffic drawn like the data the baseline was built from: every digit, shuffled
     data = load_digits().images
@@ -82,20 +90,31 @@ def test_slow_model_is_stopped_at_the_canary_by_real_latency_and_a_good_one_goes
         api = TestClient(hub.app, headers={"Authorization": f"Bearer {TOKEN}"})
         v1 = api.post("/api/v1/bundles", content=archive_of(digits_bundle)).json()
         slow = api.post("/api/v1/bundles", content=archive_of(coral_bundle(coral_models, tmp_path / "slow"))).json()
-        good = api.post("/api/v1/bundles",
-                        content=archive_of(new_version(digits_bundle, tmp_path / "good", "1.0.1-good"))).json()
-        drifty = api.post("/api/v1/bundles", content=archive_of(
-            new_version(digits_bundle, tmp_path / "drifty", "1.0.2-drifty", skew_outputs=True))).json()
+        good = api.post(
+            "/api/v1/bundles", content=archive_of(new_version(digits_bundle, tmp_path / "good", "1.0.1-good"))
+        ).json()
+        drifty = api.post(
+            "/api/v1/bundles",
+            content=archive_of(new_version(digits_bundle, tmp_path / "drifty", "1.0.2-drifty", skew_outputs=True)),
+        ).json()
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         for n in names:
             d = tmp_path / n
             d.mkdir()
             (d / "agent.toml").write_text(
                 f'device_id = "{n}"\nbroker = "{mosquitto.url}"\nstate_dir = "{d / "state"}"\n'
-                f'root = "{keys_dir / "root.json"}"\nboard = "rpi4"\nhttp_port = 0\ntelemetry_interval_s = 0.5\n')
+                f'root = "{keys_dir / "root.json"}"\nboard = "rpi4"\nhttp_port = 0\ntelemetry_interval_s = 0.5\n'
+            )
             logs.append(open(d / "log", "wb"))
-            procs.append(subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(d / "agent.toml")],
-                                          cwd=REPO, env=env, stdout=logs[-1], stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "agent", "run", "--config", str(d / "agent.toml")],
+                    cwd=REPO,
+                    env=env,
+                    stdout=logs[-1],
+                    stderr=subprocess.STDOUT,
+                )
+            )
 
         def device(n: str) -> dict[str, Any]:
             return api.get(f"/api/v1/devices/{n}").json() if api.get(f"/api/v1/devices/{n}").status_code == 200 else {}
@@ -106,9 +125,18 @@ def test_slow_model_is_stopped_at_the_canary_by_real_latency_and_a_good_one_goes
         wait_for(lambda: all(device(n).get("online") for n in names), timeout=60, what="three agents online")
         api.post("/api/v1/rollouts", json={"bundle": v1["digest"], "target": {"all": True}})
         wait_for(lambda: all(active(n) == v1["digest"] for n in names), timeout=90, what="v1 on every agent")
-        ports = {n: int(wait_for(lambda n=n: (tmp_path / n / "state" / "http.port").exists() and
-                                 (tmp_path / n / "state" / "http.port").read_text().strip(), what=f"{n} port"))
-                 for n in names}
+        ports = {
+            n: int(
+                wait_for(
+                    lambda n=n: (
+                        (tmp_path / n / "state" / "http.port").exists()
+                        and (tmp_path / n / "state" / "http.port").read_text().strip()
+                    ),
+                    what=f"{n} port",
+                )
+            )
+            for n in names
+        }
 
         def traffic(k: int = 5) -> None:
             for n in names:
@@ -118,12 +146,16 @@ def test_slow_model_is_stopped_at_the_canary_by_real_latency_and_a_good_one_goes
 
         for _ in range(10):
             traffic()
-        wait_for(lambda: all(device(n)["telemetry"]["inferences"] >= 50 for n in names), timeout=30,
-                 what="v1 latency history")
+        wait_for(
+            lambda: all(device(n)["telemetry"]["inferences"] >= 50 for n in names),
+            timeout=30,
+            what="v1 latency history",
+        )
 
         # the slow model: halted at the canary, rolled back by the gates
-        rid = api.post("/api/v1/rollouts", json={"bundle": slow["digest"], "target": {"all": True},
-                                                 "policy": POLICY}).json()["id"]
+        rid = api.post(
+            "/api/v1/rollouts", json={"bundle": slow["digest"], "target": {"all": True}, "policy": POLICY}
+        ).json()["id"]
 
         def rolled_back() -> dict[str, Any] | None:
             traffic(3)
@@ -141,8 +173,9 @@ def test_slow_model_is_stopped_at_the_canary_by_real_latency_and_a_good_one_goes
         print(f"\nslow canary: {gate['detail']} (ratio {gate['value']:.0f}x > {gate['limit']})")
 
         # the drifting model: latency is fine, its outputs are not what it was validated on
-        rid_d = api.post("/api/v1/rollouts", json={"bundle": drifty["digest"], "target": {"all": True},
-                                                   "policy": POLICY}).json()["id"]
+        rid_d = api.post(
+            "/api/v1/rollouts", json={"bundle": drifty["digest"], "target": {"all": True}, "policy": POLICY}
+        ).json()["id"]
 
         def drift_rolled_back() -> dict[str, Any] | None:
             traffic(5)
@@ -157,8 +190,9 @@ def test_slow_model_is_stopped_at_the_canary_by_real_latency_and_a_good_one_goes
         assert all(active(n) == v1["digest"] for n in names)
 
         # the good model: every cohort, every device
-        rid2 = api.post("/api/v1/rollouts", json={"bundle": good["digest"], "target": {"all": True},
-                                                  "policy": POLICY}).json()["id"]
+        rid2 = api.post(
+            "/api/v1/rollouts", json={"bundle": good["digest"], "target": {"all": True}, "policy": POLICY}
+        ).json()["id"]
 
         def completed() -> dict[str, Any] | None:
             traffic(3)

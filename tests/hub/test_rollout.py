@@ -7,8 +7,21 @@ from dataclasses import replace
 
 import pytest
 
-from hub.rollout import (NO_PREVIOUS, Alert, Command, DeviceSeen, Gates, Health, InstallReport, Issue, Policy, PolicyError,
-                         RolloutState, advance, cohort_sizes)
+from hub.rollout import (
+    NO_PREVIOUS,
+    Alert,
+    Command,
+    DeviceSeen,
+    Gates,
+    Health,
+    InstallReport,
+    Issue,
+    Policy,
+    PolicyError,
+    RolloutState,
+    advance,
+    cohort_sizes,
+)
 from protocol.bundle import Requirements
 from protocol.device import Inventory
 from protocol.sketch import LatencySketch
@@ -43,33 +56,39 @@ def install_all(st: RolloutState, now: int, policy: Policy):
 P = Policy(cohorts=("1", "10%", "50%", "100%"), soak_s=10, install_timeout_s=100, max_retries=1)
 
 
-@pytest.mark.parametrize("cohorts,total,sizes", [
-    (("1", "10%", "50%", "100%"), 20, [1, 2, 10, 20]),
-    (("1", "10%", "50%", "100%"), 200, [1, 20, 100, 200]),
-    (("1", "10%", "50%", "100%"), 3, [1, 2, 3]),
-    (("1", "10%", "50%", "100%"), 1, [1]),
-    (("1", "10%", "50%", "100%"), 0, [0]),
-    (("5", "100%"), 3, [3]),
-    (("25%", "25%", "100%"), 8, [2, 3, 8]),
-    (("100%",), 7, [7]),
-    (("2", "4"), 10, [2, 10]),
-])
+@pytest.mark.parametrize(
+    "cohorts,total,sizes",
+    [
+        (("1", "10%", "50%", "100%"), 20, [1, 2, 10, 20]),
+        (("1", "10%", "50%", "100%"), 200, [1, 20, 100, 200]),
+        (("1", "10%", "50%", "100%"), 3, [1, 2, 3]),
+        (("1", "10%", "50%", "100%"), 1, [1]),
+        (("1", "10%", "50%", "100%"), 0, [0]),
+        (("5", "100%"), 3, [3]),
+        (("25%", "25%", "100%"), 8, [2, 3, 8]),
+        (("100%",), 7, [7]),
+        (("2", "4"), 10, [2, 10]),
+    ],
+)
 def test_cohort_sizes_are_cumulative_growing_and_end_with_everyone(cohorts, total, sizes):
     assert cohort_sizes(cohorts, total) == sizes
 
 
-@pytest.mark.parametrize("bad,needle", [
-    ({"cohorts": []}, "at least one"),
-    ({"cohorts": ["0"]}, "cohort size '0'"),
-    ({"cohorts": ["150%"]}, "150%"),
-    ({"on_breach": "explode"}, "on_breach"),
-    ({"soak_s": -1}, "soak_s"),
-    ({"install_timeout_s": 0}, "install_timeout_s"),
-    ({"gates": {"max_p95_ratio": "fast"}}, "max_p95_ratio"),
-    ({"gates": {"nope": 1}}, "unknown gates"),
-    ({"speed": 1}, "unknown policy fields"),
-    ({"gates": {"drift": 1}}, "gates.drift"),
-])
+@pytest.mark.parametrize(
+    "bad,needle",
+    [
+        ({"cohorts": []}, "at least one"),
+        ({"cohorts": ["0"]}, "cohort size '0'"),
+        ({"cohorts": ["150%"]}, "150%"),
+        ({"on_breach": "explode"}, "on_breach"),
+        ({"soak_s": -1}, "soak_s"),
+        ({"install_timeout_s": 0}, "install_timeout_s"),
+        ({"gates": {"max_p95_ratio": "fast"}}, "max_p95_ratio"),
+        ({"gates": {"nope": 1}}, "unknown gates"),
+        ({"speed": 1}, "unknown policy fields"),
+        ({"gates": {"drift": 1}}, "gates.drift"),
+    ],
+)
 def test_invalid_policy_is_refused_naming_the_field(bad, needle):
     with pytest.raises(PolicyError, match=needle):
         Policy.from_dict(bad)
@@ -112,11 +131,14 @@ def test_canary_install_failure_rolls_back_the_staged_preset_with_a_new_instruct
     assert st.device("d00").state == "rolled_back" and acts == [] or all(isinstance(a, Alert) for a in acts)
 
 
-@pytest.mark.parametrize("on_breach,phase,counts", [
-    ("pause", "paused", {"failed": 1, "pending": 4}),
-    ("abort", "aborted", {"failed": 1, "cancelled": 4}),
-    ("rollback", "rolled_back", {"rolling_back": 1, "cancelled": 4}),
-])
+@pytest.mark.parametrize(
+    "on_breach,phase,counts",
+    [
+        ("pause", "paused", {"failed": 1, "pending": 4}),
+        ("abort", "aborted", {"failed": 1, "cancelled": 4}),
+        ("rollback", "rolled_back", {"rolling_back": 1, "cancelled": 4}),
+    ],
+)
 def test_breach_action_follows_policy(on_breach, phase, counts):
     policy = Policy(cohorts=("1", "100%"), soak_s=0, on_breach=on_breach)
     st, _ = advance(RolloutState(NEW), seen(5), 0, policy)
@@ -140,30 +162,51 @@ def test_approving_a_paused_breach_rearms_gates_for_the_next_cohort():
     assert st.phase == "completed"
 
 
-def _health(dev: str, new_ms: float, old_ms: float = 10.0, n: int = 200, errors: int = 0, cloud: int = 0,
-            drift=None, agree: int = 0, total: int = 0) -> Health:
-    return Health(dev, inferences=n, errors=errors, cloud=cloud, latency=sketch(new_ms, n),
-                  prev_latency=sketch(old_ms, n), drift=drift or {}, shadow_agree=agree, shadow_total=total)
+def _health(
+    dev: str,
+    new_ms: float,
+    old_ms: float = 10.0,
+    n: int = 200,
+    errors: int = 0,
+    cloud: int = 0,
+    drift=None,
+    agree: int = 0,
+    total: int = 0,
+) -> Health:
+    return Health(
+        dev,
+        inferences=n,
+        errors=errors,
+        cloud=cloud,
+        latency=sketch(new_ms, n),
+        prev_latency=sketch(old_ms, n),
+        drift=drift or {},
+        shadow_agree=agree,
+        shadow_total=total,
+    )
 
 
-@pytest.mark.parametrize("health,gates,breached", [
-    (_health("d00", 30.0), Gates(max_p95_ratio=1.5), "p95_latency_ratio"),
-    (_health("d00", 12.0), Gates(max_p95_ratio=1.5), None),
-    (_health("d00", 0.9, old_ms=0.55), Gates(max_p95_ratio=1.5), None),  # 1.6x but 0.35 ms: jitter
-    (_health("d00", 1.8, old_ms=0.55), Gates(max_p95_ratio=1.5), "p95_latency_ratio"),
-    (_health("d00", 10.0, errors=50), Gates(max_error_rate=0.05), "error_rate"),
-    (_health("d00", 10.0, errors=5), Gates(max_error_rate=0.05), None),
-    (_health("d00", 10.0, cloud=100), Gates(max_cloud_rate=0.2), "cloud_fallback_rate"),
-    (_health("d00", 10.0, cloud=10), Gates(max_cloud_rate=0.2), None),
-    (_health("d00", 10.0, agree=150, total=200), Gates(min_shadow_agreement=0.9), "shadow_agreement"),
-    (_health("d00", 10.0, agree=195, total=200), Gates(min_shadow_agreement=0.9), None),
-    (_health("d00", 10.0, drift={"outputs.top1_class": [10, 10, 180]}), Gates(), "drift"),
-    (_health("d00", 10.0, drift={"outputs.top1_class": [66, 67, 67]}), Gates(), None),
-    (_health("d00", 10.0, drift={"outputs.top1_class": [60, 60, 80]}), Gates(max_js=0.001), "drift"),
-    # too few samples: never a breach, whatever the numbers say
-    (_health("d00", 90.0, n=20, errors=19), Gates(max_p95_ratio=1.5, max_error_rate=0.05), None),
-    (_health("d00", 10.0, drift={"outputs.top1_class": [0, 0, 20]}), Gates(), None),
-])
+@pytest.mark.parametrize(
+    "health,gates,breached",
+    [
+        (_health("d00", 30.0), Gates(max_p95_ratio=1.5), "p95_latency_ratio"),
+        (_health("d00", 12.0), Gates(max_p95_ratio=1.5), None),
+        (_health("d00", 0.9, old_ms=0.55), Gates(max_p95_ratio=1.5), None),  # 1.6x but 0.35 ms: jitter
+        (_health("d00", 1.8, old_ms=0.55), Gates(max_p95_ratio=1.5), "p95_latency_ratio"),
+        (_health("d00", 10.0, errors=50), Gates(max_error_rate=0.05), "error_rate"),
+        (_health("d00", 10.0, errors=5), Gates(max_error_rate=0.05), None),
+        (_health("d00", 10.0, cloud=100), Gates(max_cloud_rate=0.2), "cloud_fallback_rate"),
+        (_health("d00", 10.0, cloud=10), Gates(max_cloud_rate=0.2), None),
+        (_health("d00", 10.0, agree=150, total=200), Gates(min_shadow_agreement=0.9), "shadow_agreement"),
+        (_health("d00", 10.0, agree=195, total=200), Gates(min_shadow_agreement=0.9), None),
+        (_health("d00", 10.0, drift={"outputs.top1_class": [10, 10, 180]}), Gates(), "drift"),
+        (_health("d00", 10.0, drift={"outputs.top1_class": [66, 67, 67]}), Gates(), None),
+        (_health("d00", 10.0, drift={"outputs.top1_class": [60, 60, 80]}), Gates(max_js=0.001), "drift"),
+        # too few samples: never a breach, whatever the numbers say
+        (_health("d00", 90.0, n=20, errors=19), Gates(max_p95_ratio=1.5, max_error_rate=0.05), None),
+        (_health("d00", 10.0, drift={"outputs.top1_class": [0, 0, 20]}), Gates(), None),
+    ],
+)
 def test_health_gates_breach_only_on_real_regressions(health, gates, breached):
     policy = Policy(cohorts=("1", "100%"), soak_s=60, on_breach="pause", gates=gates)
     st = RolloutState(NEW, baseline={"outputs.top1_class": [333, 333, 334]})
@@ -178,10 +221,13 @@ def test_health_gates_breach_only_on_real_regressions(health, gates, breached):
         assert any(isinstance(a, Alert) for a in acts)
 
 
-@pytest.mark.parametrize("agree,total,detail", [
-    (0, 0, "no shadow comparisons: no device runs a shadow model beside the bundle"),
-    (20, 30, "30 < 50 comparisons"),
-])
+@pytest.mark.parametrize(
+    "agree,total,detail",
+    [
+        (0, 0, "no shadow comparisons: no device runs a shadow model beside the bundle"),
+        (20, 30, "30 < 50 comparisons"),
+    ],
+)
 def test_shadow_gate_without_enough_comparisons_says_why_and_never_breaches(agree, total, detail):
     policy = Policy(cohorts=("1", "100%"), soak_s=60, gates=Gates(min_shadow_agreement=0.9))
     st, _ = advance(RolloutState(NEW), seen(2), 0, policy)
@@ -218,8 +264,7 @@ def test_non_retryable_failure_is_final_at_once():
 
 
 def test_timeouts_retry_then_give_up_and_a_returning_device_gets_the_current_target():
-    policy = Policy(cohorts=("100%",), install_timeout_s=100, max_retries=1,
-                    gates=Gates(max_install_failure_rate=1.0))
+    policy = Policy(cohorts=("100%",), install_timeout_s=100, max_retries=1, gates=Gates(max_install_failure_rate=1.0))
     st, _ = advance(RolloutState(NEW), seen(1), 0, policy)
     st, acts = advance(st, [], 100, policy)
     assert issued(acts) == ["d00"] and st.device("d00").attempts == 2
@@ -254,9 +299,11 @@ def test_offline_device_during_a_rollback_converges_to_the_previous_bundle_not_t
 def test_incompatible_devices_are_never_issued_and_never_the_canary():
     req = Requirements(edgetpu="required")
     policy = Policy(cohorts=("1", "100%"), soak_s=0)
-    evs = [DeviceSeen("a-cpu", True, OLD, Inventory(board="rpi4", edgetpu=False)),
-           DeviceSeen("b-tpu", True, OLD, Inventory(board="rpi4", edgetpu=True)),
-           DeviceSeen("c-tpu", True, OLD, Inventory(board="rpi4", edgetpu=True))]
+    evs = [
+        DeviceSeen("a-cpu", True, OLD, Inventory(board="rpi4", edgetpu=False)),
+        DeviceSeen("b-tpu", True, OLD, Inventory(board="rpi4", edgetpu=True)),
+        DeviceSeen("c-tpu", True, OLD, Inventory(board="rpi4", edgetpu=True)),
+    ]
     st, acts = advance(RolloutState(NEW, requirements=req), evs, 0, policy)
     assert issued(acts) == ["b-tpu"] and st.device("a-cpu").state == "incompatible"
     assert "wrong_hardware" in st.device("a-cpu").reason
@@ -267,15 +314,18 @@ def test_incompatible_devices_are_never_issued_and_never_the_canary():
     assert st.phase == "completed" and st.counts() == {"installed": 2, "incompatible": 1}
 
 
-@pytest.mark.parametrize("inventory,req,ok", [
-    ({"board": "rpi4"}, Requirements(boards=("rpi5",)), False),
-    ({"board": "rpi5"}, Requirements(boards=("rpi5",)), True),
-    ({"edgetpu": True, "edgetpu_runtime": 13}, Requirements(edgetpu="required", min_edgetpu_runtime=14), False),
-    ({"edgetpu": True, "edgetpu_runtime": 14}, Requirements(edgetpu="required", min_edgetpu_runtime=14), True),
-    ({"edgetpu": False}, Requirements(edgetpu="optional"), True),
-    ({"agent_version": "0.1.0"}, Requirements(min_agent="0.2"), False),
-    ({}, Requirements(boards=("rpi5",), edgetpu="required"), True),  # unknown inventory: the agent decides
-])
+@pytest.mark.parametrize(
+    "inventory,req,ok",
+    [
+        ({"board": "rpi4"}, Requirements(boards=("rpi5",)), False),
+        ({"board": "rpi5"}, Requirements(boards=("rpi5",)), True),
+        ({"edgetpu": True, "edgetpu_runtime": 13}, Requirements(edgetpu="required", min_edgetpu_runtime=14), False),
+        ({"edgetpu": True, "edgetpu_runtime": 14}, Requirements(edgetpu="required", min_edgetpu_runtime=14), True),
+        ({"edgetpu": False}, Requirements(edgetpu="optional"), True),
+        ({"agent_version": "0.1.0"}, Requirements(min_agent="0.2"), False),
+        ({}, Requirements(boards=("rpi5",), edgetpu="required"), True),  # unknown inventory: the agent decides
+    ],
+)
 def test_compatibility_is_checked_from_inventory(inventory, req, ok):
     seen_x = DeviceSeen("x", True, OLD, Inventory.from_dict(inventory))
     st, acts = advance(RolloutState(NEW, requirements=req), [seen_x], 0, Policy(cohorts=("100%",)))
@@ -343,14 +393,18 @@ def test_presets_simple_is_everyone_at_once_and_staged_is_the_canary_path():
 def test_a_desired_doc_that_expired_while_the_device_was_away_is_reissued_fresh():
     policy = Policy(cohorts=("100%",), max_retries=1)
     st, _ = advance(RolloutState(NEW), seen(1), 0, policy)
-    st, acts = advance(st, [InstallReport("d00", "verify", "failed", "expired", "expired at 604800")], 700_000,
-                       policy)
+    st, acts = advance(st, [InstallReport("d00", "verify", "failed", "expired", "expired at 604800")], 700_000, policy)
     assert issued(acts) == ["d00"] and st.device("d00").issued_at == 700_000
 
 
 def test_require_samples_waits_for_drift_evidence_when_devices_send_it():
-    policy = Policy(cohorts=("1", "100%"), soak_s=0, require_samples=True, on_breach="pause",
-                    gates=Gates(max_p95_ratio=1.5, min_samples=50))
+    policy = Policy(
+        cohorts=("1", "100%"),
+        soak_s=0,
+        require_samples=True,
+        on_breach="pause",
+        gates=Gates(max_p95_ratio=1.5, min_samples=50),
+    )
     st = RolloutState(NEW, baseline={"outputs.top1_class": [333, 333, 334]})
     st, _ = advance(st, seen(3), 0, policy)
     st, _ = install_all(st, 1, policy)
@@ -393,15 +447,18 @@ def test_rolling_back_a_first_ever_rollout_settles_and_says_the_devices_keep_ser
     assert {(d.state, d.reason) for d in st.devices} == {("rolled_back", NO_PREVIOUS)}
 
 
-@pytest.mark.parametrize("slow,gates,breached", [
-    # one device of four, with most of the samples, claims a 10x slower model: not a fleet regression
-    ({"d00": (100.0, 5000)}, Gates(max_p95_ratio=1.5), False),
-    # ...nor one device's errors or drift
-    ({"d00": (10.0, 5000, {"errors": 4000})}, Gates(max_error_rate=0.05), False),
-    ({"d00": (10.0, 5000, {"drift": {"outputs.top1_class": [0, 0, 5000]}})}, Gates(), False),
-    # two devices slower: that is the fleet
-    ({"d00": (100.0, 5000), "d01": (100.0, 200)}, Gates(max_p95_ratio=1.5), True),
-])
+@pytest.mark.parametrize(
+    "slow,gates,breached",
+    [
+        # one device of four, with most of the samples, claims a 10x slower model: not a fleet regression
+        ({"d00": (100.0, 5000)}, Gates(max_p95_ratio=1.5), False),
+        # ...nor one device's errors or drift
+        ({"d00": (10.0, 5000, {"errors": 4000})}, Gates(max_error_rate=0.05), False),
+        ({"d00": (10.0, 5000, {"drift": {"outputs.top1_class": [0, 0, 5000]}})}, Gates(), False),
+        # two devices slower: that is the fleet
+        ({"d00": (100.0, 5000), "d01": (100.0, 200)}, Gates(max_p95_ratio=1.5), True),
+    ],
+)
 def test_one_device_cannot_breach_a_gate_for_a_cohort_of_several(slow, gates, breached):
     policy = Policy(cohorts=("100%",), soak_s=60, on_breach="pause", gates=gates)
     st = RolloutState(NEW, baseline={"outputs.top1_class": [333, 333, 334]})
@@ -412,8 +469,11 @@ def test_one_device_cannot_breach_a_gate_for_a_cohort_of_several(slow, gates, br
         dev = f"d{i:02}"
         ms, n, *extra = slow.get(dev, (10.0, 200))
         kw = extra[0] if extra else {}
-        hs.append(_health(dev, ms, n=n, errors=kw.get("errors", 0),
-                          drift=kw.get("drift", {"outputs.top1_class": [66, 67, 67]})))
+        hs.append(
+            _health(
+                dev, ms, n=n, errors=kw.get("errors", 0), drift=kw.get("drift", {"outputs.top1_class": [66, 67, 67]})
+            )
+        )
     st, _ = advance(st, hs, 5, policy)
     got = [g for g in st.gates if g.name != "install_failure_rate" and g.status != "insufficient_data"]
     assert any(g.status == "breach" for g in got) == breached, [(g.name, g.status, g.detail) for g in got]
@@ -431,8 +491,9 @@ def test_a_cohort_of_one_device_still_breaches_on_its_own():
 
 
 def test_a_device_that_timed_out_in_a_completed_rollout_is_reissued_when_back_and_the_rollout_reopens():
-    policy = Policy(cohorts=("100%",), soak_s=0, install_timeout_s=100, max_retries=0,
-                    gates=Gates(max_install_failure_rate=1.0))
+    policy = Policy(
+        cohorts=("100%",), soak_s=0, install_timeout_s=100, max_retries=0, gates=Gates(max_install_failure_rate=1.0)
+    )
     st, _ = advance(RolloutState(NEW), seen(2), 0, policy)
     st, _ = advance(st, [InstallReport("d00", "commit", "ok")], 1, policy)
     st, _ = advance(st, [], 150, policy)  # d01 silent while online: its one attempt times out

@@ -6,12 +6,11 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from sqlmodel import select
 
+from hub import ticker
 from hub.keys import HubKeys
 from hub.models import Alert, AuditEntry
-from hub import ticker
 from protocol.messages import verify_desired
 
 from .helpers import report, status, telemetry
@@ -21,37 +20,44 @@ OLD_MS, SLOW_MS = 0.010, 0.045
 
 
 def desired_of(pub, keys_dir, dev: str, trusted: int = 0):
-    return verify_desired(pub.retained[f"ef/v1/dev/{dev}/desired"], HubKeys.load(keys_dir).root, dev, trusted,
-                          int(time.time()))
+    return verify_desired(
+        pub.retained[f"ef/v1/dev/{dev}/desired"], HubKeys.load(keys_dir).root, dev, trusted, int(time.time())
+    )
 
 
 def fleet_on(hub, client, pub, bundle_dir, n: int):
     """n devices running bundle v1 with a telemetry history of ~10 ms p95."""
     v1 = push(client, bundle_dir(version="1.0.0"))
-    hub.ingest.handle([(f"ef/v1/dev/d{i}/status", status(f"d{i}", active=(v1["digest"], "digits", "1.0.0")))
-                       for i in range(n)])
-    hub.ingest.handle([(f"ef/v1/dev/d{i}/telemetry", telemetry(f"d{i}", 1, v1["digest"], (OLD_MS,) * 200))
-                       for i in range(n)])
+    hub.ingest.handle(
+        [(f"ef/v1/dev/d{i}/status", status(f"d{i}", active=(v1["digest"], "digits", "1.0.0"))) for i in range(n)]
+    )
+    hub.ingest.handle(
+        [(f"ef/v1/dev/d{i}/telemetry", telemetry(f"d{i}", 1, v1["digest"], (OLD_MS,) * 200)) for i in range(n)]
+    )
     return v1
 
 
-STAGED = {"preset": "staged", "soak_s": 0, "require_samples": True,
-          "gates": {"max_p95_ratio": 1.5, "min_samples": 100}}
+STAGED = {"preset": "staged", "soak_s": 0, "require_samples": True, "gates": {"max_p95_ratio": 1.5, "min_samples": 100}}
 
 
 def test_slow_canary_is_rolled_back_and_the_rest_of_the_fleet_never_sees_it(client, memhub, bundle_dir, keys_dir):
     hub, pub = memhub
     v1 = fleet_on(hub, client, pub, bundle_dir, 10)
     v2 = push(client, bundle_dir(version="2.0.0-slow"))
-    rid = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True},
-                                                "policy": STAGED}).json()["id"]
+    rid = client.post(
+        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": STAGED}
+    ).json()["id"]
     st = client.get(f"/api/v1/rollouts/{rid}").json()
     assert st["counts"] == {"issued": 1, "pending": 9} and st["cohort_sizes"] == [1, 2, 5, 10]
     canary = [d["device_id"] for d in st["devices"] if d["state"] == "issued"][0]
     first = desired_of(pub, keys_dir, canary)
     assert first.bundle.digest == v2["digest"]
-    hub.ingest.handle([(f"ef/v1/dev/{canary}/report", report(canary, 1, first.seq, bundle=v2["digest"])),
-                       (f"ef/v1/dev/{canary}/status", status(canary, active=(v2["digest"], "digits", "2.0.0-slow")))])
+    hub.ingest.handle(
+        [
+            (f"ef/v1/dev/{canary}/report", report(canary, 1, first.seq, bundle=v2["digest"])),
+            (f"ef/v1/dev/{canary}/status", status(canary, active=(v2["digest"], "digits", "2.0.0-slow"))),
+        ]
+    )
     hub.ingest.handle([(f"ef/v1/dev/{canary}/telemetry", telemetry(canary, 2, v2["digest"], (SLOW_MS,) * 200))])
     ticker.tick(hub.fleet)
     st = client.get(f"/api/v1/rollouts/{rid}").json()
@@ -71,8 +77,9 @@ def test_good_model_walks_every_cohort_to_completion(client, memhub, bundle_dir,
     hub, pub = memhub
     fleet_on(hub, client, pub, bundle_dir, 10)
     v2 = push(client, bundle_dir(version="2.0.0"))
-    rid = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True},
-                                                "policy": STAGED}).json()["id"]
+    rid = client.post(
+        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": STAGED}
+    ).json()["id"]
     seq = 10
     for _ in range(10):
         st = client.get(f"/api/v1/rollouts/{rid}").json()
@@ -83,8 +90,10 @@ def test_good_model_walks_every_cohort_to_completion(client, memhub, bundle_dir,
             if d["state"] == "issued":
                 seq += 1
                 dev = d["device_id"]
-                batch += [(f"ef/v1/dev/{dev}/report", report(dev, seq, d["seq"], bundle=v2["digest"])),
-                          (f"ef/v1/dev/{dev}/telemetry", telemetry(dev, seq, v2["digest"], (OLD_MS,) * 200))]
+                batch += [
+                    (f"ef/v1/dev/{dev}/report", report(dev, seq, d["seq"], bundle=v2["digest"])),
+                    (f"ef/v1/dev/{dev}/telemetry", telemetry(dev, seq, v2["digest"], (OLD_MS,) * 200)),
+                ]
         hub.ingest.handle(batch)
         ticker.tick(hub.fleet)
     st = client.get(f"/api/v1/rollouts/{rid}").json()
@@ -96,8 +105,9 @@ def test_operator_commands_are_audited_and_illegal_ones_are_409(client, memhub, 
     hub, pub = memhub
     v1 = fleet_on(hub, client, pub, bundle_dir, 3)
     v2 = push(client, bundle_dir(version="2.0.0"))
-    rid = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True},
-                                                "policy": {"preset": "staged"}}).json()["id"]
+    rid = client.post(
+        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": {"preset": "staged"}}
+    ).json()["id"]
     assert client.post(f"/api/v1/rollouts/{rid}/resume").status_code == 409
     assert client.post(f"/api/v1/rollouts/{rid}/pause").json()["phase"] == "paused"
     assert client.post(f"/api/v1/rollouts/{rid}/resume").json()["phase"] == "running"
@@ -114,8 +124,9 @@ def test_operator_commands_are_audited_and_illegal_ones_are_409(client, memhub, 
 
 def test_bad_policy_is_a_400_naming_the_field(client, bundle_dir):
     b = push(client, bundle_dir())
-    r = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True},
-                                              "policy": {"cohorts": ["1", "200%"]}})
+    r = client.post(
+        "/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True}, "policy": {"cohorts": ["1", "200%"]}}
+    )
     assert r.status_code == 400 and "200%" in r.json()["error"]
 
 
@@ -125,14 +136,16 @@ def test_a_window_that_began_before_the_switch_is_not_held_against_the_new_model
     hub, pub = memhub
     fleet_on(hub, client, pub, bundle_dir, 3)
     v2 = push(client, bundle_dir(version="2.0.0"))
-    rid = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True},
-                                                "policy": STAGED}).json()["id"]
+    rid = client.post(
+        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": STAGED}
+    ).json()["id"]
     canary = [d for d in client.get(f"/api/v1/rollouts/{rid}").json()["devices"] if d["state"] == "issued"][0]
     dev = canary["device_id"]
     hub.ingest.handle([(f"ef/v1/dev/{dev}/report", report(dev, 1, canary["seq"], bundle=v2["digest"]))])
     before_switch = int(time.time()) - 30
-    hub.ingest.handle([(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 2, v2["digest"], (SLOW_MS,) * 200,
-                                                                  start=before_switch))])
+    hub.ingest.handle(
+        [(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 2, v2["digest"], (SLOW_MS,) * 200, start=before_switch))]
+    )
     ticker.tick(hub.fleet)
     st = client.get(f"/api/v1/rollouts/{rid}").json()
     assert st["phase"] == "running" and st["cohort"] == 0
@@ -150,14 +163,16 @@ def test_shadow_that_disagrees_breaches_min_shadow_agreement_and_pauses_the_roll
     fleet_on(hub, client, pub, bundle_dir, 3)
     v2 = push(client, bundle_dir(version="2.0.0"))
     policy = {**STAGED, "on_breach": "pause", "gates": {**STAGED["gates"], "min_shadow_agreement": 0.9}}
-    rid = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True},
-                                                "policy": policy}).json()["id"]
+    rid = client.post(
+        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": policy}
+    ).json()["id"]
     canary = [d for d in client.get(f"/api/v1/rollouts/{rid}").json()["devices"] if d["state"] == "issued"][0]
     dev = canary["device_id"]
     hub.ingest.handle([(f"ef/v1/dev/{dev}/report", report(dev, 1, canary["seq"], bundle=v2["digest"]))])
     disagreeing = {"samples": 200, "errors": 0, "agreement": 0.5, "latency_delta_ms": 1.5}
-    hub.ingest.handle([(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 2, v2["digest"], (OLD_MS,) * 200,
-                                                                  shadow=disagreeing))])
+    hub.ingest.handle(
+        [(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 2, v2["digest"], (OLD_MS,) * 200, shadow=disagreeing))]
+    )
     ticker.tick(hub.fleet)
     st = client.get(f"/api/v1/rollouts/{rid}").json()
     gate = {g["name"]: g for g in st["gates"]}["shadow_agreement"]
@@ -167,23 +182,26 @@ def test_shadow_that_disagrees_breaches_min_shadow_agreement_and_pauses_the_roll
 
 @pytest.mark.parametrize("recovering", [False, True])
 def test_slow_windows_from_a_broker_recovery_are_left_out_of_the_gates_and_the_gates_say_so(
-        client, memhub, bundle_dir, recovering):
+    client, memhub, bundle_dir, recovering
+):
     """The same slow canary window breaches the p95 gate, unless it overlaps the period the
     hub's broker connection was down (and the minute after): then it is left out, counted in
     the gate's detail, and the rollout goes on."""
     hub, pub = memhub
     fleet_on(hub, client, pub, bundle_dir, 3)
     v2 = push(client, bundle_dir(version="2.0.0"))
-    rid = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True},
-                                                "policy": STAGED}).json()["id"]
+    rid = client.post(
+        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": STAGED}
+    ).json()["id"]
     canary = [d for d in client.get(f"/api/v1/rollouts/{rid}").json()["devices"] if d["state"] == "issued"][0]
     dev = canary["device_id"]
     now = int(time.time())
     if recovering:
         hub.fleet.note_recovery(now - 20, now - 5)
     hub.ingest.handle([(f"ef/v1/dev/{dev}/report", report(dev, 1, canary["seq"], bundle=v2["digest"]))])
-    hub.ingest.handle([(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 2, v2["digest"], (SLOW_MS,) * 200,
-                                                                  start=now + 1))])
+    hub.ingest.handle(
+        [(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 2, v2["digest"], (SLOW_MS,) * 200, start=now + 1))]
+    )
     ticker.tick(hub.fleet)
     st = client.get(f"/api/v1/rollouts/{rid}").json()
     p95 = {g["name"]: g for g in st["gates"]}["p95_latency_ratio"]

@@ -26,14 +26,17 @@ def _rotate(keys_dir) -> HubKeys:
 
 
 def test_after_the_online_key_rotates_every_manifest_and_live_document_is_signed_again_once(
-        client, memhub, bundle_dir, keys_dir):
+    client, memhub, bundle_dir, keys_dir
+):
     hub, pub = memhub
     b = push(client, bundle_dir(version="1.0.0"))
     hub.ingest.handle([(f"ef/v1/dev/d{i}/status", status(f"d{i}")) for i in range(3)])
     rid = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True}}).json()["id"]
     old_root = HubKeys.load(keys_dir).root
-    before = {f"d{i}": verify_desired(pub.retained[f"ef/v1/dev/d{i}/desired"], old_root, f"d{i}", 0,
-                                      int(time.time())) for i in range(3)}
+    before = {
+        f"d{i}": verify_desired(pub.retained[f"ef/v1/dev/d{i}/desired"], old_root, f"d{i}", 0, int(time.time()))
+        for i in range(3)
+    }
     assert not stale(hub.fleet)
 
     new = _rotate(keys_dir)

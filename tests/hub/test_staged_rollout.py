@@ -23,16 +23,15 @@ from .test_api import archive_of
 
 pytestmark = pytest.mark.integration
 FAST, SLOW = 0.010, 0.045
-POLICY = {"preset": "staged", "soak_s": 0, "require_samples": True,
-          "gates": {"max_p95_ratio": 1.5, "min_samples": 100}}
+POLICY = {"preset": "staged", "soak_s": 0, "require_samples": True, "gates": {"max_p95_ratio": 1.5, "min_samples": 100}}
 
 
 class Device:
     def __init__(self, name: str, port: int, root, active: tuple[str, str, str]) -> None:
         self.name, self.root, self.active = name, root, active
         self.fake = FakeDevice(name, port).connect()
-        self.seq = 0          # report/telemetry seq
-        self.trusted = 0      # highest desired seq accepted
+        self.seq = 0  # report/telemetry seq
+        self.trusted = 0  # highest desired seq accepted
         self.online()
 
     def online(self, up: bool = True) -> None:
@@ -63,41 +62,50 @@ class Device:
         return d
 
 
-def test_slow_model_is_halted_at_the_canary_then_a_good_one_reaches_everyone(tmp_path: Path, keys_dir, mosquitto,
-                                                                                bundle_dir):
+def test_slow_model_is_halted_at_the_canary_then_a_good_one_reaches_everyone(
+    tmp_path: Path, keys_dir, mosquitto, bundle_dir
+):
     hub = build(hub_config(tmp_path, keys_dir, broker=mosquitto.url, tick=0.2))
     hub.start()
     devices: list[Device] = []
     try:
         api = TestClient(hub.app, headers={"Authorization": f"Bearer {TOKEN}"})
         root = HubKeys.load(keys_dir).root
-        v1, slow, good = (api.post("/api/v1/bundles", content=archive_of(bundle_dir(version=v))).json()
-                          for v in ("1.0.0", "2.0.0-slow", "2.0.1"))
+        v1, slow, good = (
+            api.post("/api/v1/bundles", content=archive_of(bundle_dir(version=v))).json()
+            for v in ("1.0.0", "2.0.0-slow", "2.0.1")
+        )
         devices = [Device(f"cam-{i}", mosquitto.port, root, (v1["digest"], "digits", "1.0.0")) for i in range(6)]
         for d in devices:
             d.telemetry(FAST)
         wait_for(lambda: api.get("/api/v1/devices").json()["total"] == 6, what="six devices registered")
 
         # --- the slow model: canary only, then an automatic rollback --------------------------
-        rid = api.post("/api/v1/rollouts", json={"bundle": slow["digest"], "target": {"all": True},
-                                                 "policy": POLICY}).json()["id"]
+        rid = api.post(
+            "/api/v1/rollouts", json={"bundle": slow["digest"], "target": {"all": True}, "policy": POLICY}
+        ).json()["id"]
         canary = wait_for(lambda: next((d for d in devices if d.latest_desired()), None), what="a canary")
         assert canary.obey(SLOW).bundle.digest == slow["digest"]
-        st = wait_for(lambda: (s := api.get(f"/api/v1/rollouts/{rid}").json())["phase"] == "rolled_back" and s,
-                      what="automatic rollback")
+        st = wait_for(
+            lambda: (s := api.get(f"/api/v1/rollouts/{rid}").json())["phase"] == "rolled_back" and s,
+            what="automatic rollback",
+        )
         assert "p95_latency_ratio" in st["reason"]
         back = wait_for(canary.latest_desired, what="the rollback document")
         assert back.action == "rollback" and back.bundle.digest == v1["digest"] and back.seq > canary.trusted
         canary.obey(FAST)
         assert all(not d.fake.got("desired") for d in devices if d is not canary)
-        wait_for(lambda: api.get(f"/api/v1/rollouts/{rid}").json()["counts"].get("rolled_back") == 1,
-                 what="canary settled as rolled back")
+        wait_for(
+            lambda: api.get(f"/api/v1/rollouts/{rid}").json()["counts"].get("rolled_back") == 1,
+            what="canary settled as rolled back",
+        )
 
         # --- the good model: every cohort, with one device offline the whole time --------------
         away = next(d for d in devices if d is not canary)
         away.online(False)
-        rid2 = api.post("/api/v1/rollouts", json={"bundle": good["digest"], "target": {"all": True},
-                                                  "policy": POLICY}).json()["id"]
+        rid2 = api.post(
+            "/api/v1/rollouts", json={"bundle": good["digest"], "target": {"all": True}, "policy": POLICY}
+        ).json()["id"]
 
         def progress() -> bool:
             for d in devices:
@@ -114,8 +122,10 @@ def test_slow_model_is_halted_at_the_canary_then_a_good_one_reaches_everyone(tmp
         got = wait_for(away.latest_desired, what="retained desired for the returning device")
         assert got.bundle.digest == good["digest"]
         away.obey(FAST)
-        wait_for(lambda: api.get(f"/api/v1/rollouts/{rid2}").json()["counts"].get("installed") == 6,
-                 what="returning device installed")
+        wait_for(
+            lambda: api.get(f"/api/v1/rollouts/{rid2}").json()["counts"].get("installed") == 6,
+            what="returning device installed",
+        )
     finally:
         for d in devices:
             d.fake.close()

@@ -18,8 +18,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pytest
 
@@ -51,10 +52,19 @@ def figure(request: pytest.FixtureRequest) -> Figure:
 
     def record(check: str, injected: str, name: str, value: Any, goal: str, ok: bool) -> None:
         OUT.parent.mkdir(parents=True, exist_ok=True)
-        row = {"check": check, "injected": injected, "figure": name, "value": value, "goal": goal,
-               "ok": bool(ok), "test": request.node.nodeid, "at": int(time.time())}
+        row = {
+            "check": check,
+            "injected": injected,
+            "figure": name,
+            "value": value,
+            "goal": goal,
+            "ok": bool(ok),
+            "test": request.node.nodeid,
+            "at": int(time.time()),
+        }
         with OUT.open("a") as f:
             f.write(json.dumps(row) + "\n")
+
     return record
 
 
@@ -69,6 +79,7 @@ def keys_dir(tmp_path: Path) -> Path:
 def make_agent_at(tmp_path: Path, trust: Any) -> Any:
     """Real agent processes (as tests/agent's make_agent) talking to the broker at ``url``."""
     from ..agent.conftest import new_agent
+
     made: list[Any] = []
     root = tmp_path / "root.json"
     root.write_bytes(trust.root_bytes)
@@ -93,6 +104,7 @@ def windows_stored(hub: Any, want: int, timeout: float) -> int:
     def count() -> int:
         with hub.fleet.session() as s:
             return len(s.exec(select(TelemetryWindow.id)).all())
+
     deadline = time.monotonic() + timeout
     while (n := count()) < want and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -119,15 +131,33 @@ class HubProcess:
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.db = tmp / "hub.db"
-        self.args = [sys.executable, "-m", "hub", "serve", "--dev", "--port", str(self.port), "--db",
-                     db or f"sqlite:///{self.db}", "--broker", broker, "--keys", str(keys), "--store",
-                     str(tmp / "store"), "--tick", "0.3", *extra]
+        self.args = [
+            sys.executable,
+            "-m",
+            "hub",
+            "serve",
+            "--dev",
+            "--port",
+            str(self.port),
+            "--db",
+            db or f"sqlite:///{self.db}",
+            "--broker",
+            broker,
+            "--keys",
+            str(keys),
+            "--store",
+            str(tmp / "store"),
+            "--tick",
+            "0.3",
+            *extra,
+        ]
         self.log = open(tmp / "hub.log", "ab")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=self.log, stderr=subprocess.STDOUT
+        )
         wait_port(self.port, timeout=60)
 
     def kill(self) -> None:

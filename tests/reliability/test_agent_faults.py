@@ -10,6 +10,12 @@ from ..agent.test_serve import switch_under_load
 
 def test_zero_failed_requests_during_100_model_switches_under_load(coral_models: Path, figure):
     answered, failures = switch_under_load(coral_models, switches=100)
-    figure("switch", "100 model switches while 4 clients send tensors and JPEGs to the local API",
-           "failed requests", f"{len(failures)} of {answered}", "0", not failures)
+    figure(
+        "switch",
+        "100 model switches while 4 clients send tensors and JPEGs to the local API",
+        "failed requests",
+        f"{len(failures)} of {answered}",
+        "0",
+        not failures,
+    )
     assert not failures and answered >= 300

@@ -109,12 +109,31 @@ def test_m1_m2_m3_m4_a_device_credential_reaches_no_other_device(tmp_path: Path,
         time.sleep(0.5)
         forged = [t for t, p in got if p in (b"{}", b"forged-v3") and not t.endswith("/desired")]
         leaked = sum(1 for d in DEVICES for t in seen[d] if not t.startswith(f"ef/v1/dev/{d}/"))
-        figure("M1", f"{v5_attempts + v3_attempts} publishes by devices on other devices' topics and the root "
-                     "(MQTT v5 and 3.1.1)", "forged messages delivered", len(forged), "0", not forged)
-        figure("M1", f"the {v5_attempts} MQTT v5 publishes", "refused with PUBACK 135",
-               f"{refused}/{v5_attempts}", "all", refused == v5_attempts)
-        figure("M2", "each device subscribed to #, ef/v1/# and every other device's topics",
-               "other devices' messages received", leaked, "0", leaked == 0)
+        figure(
+            "M1",
+            f"{v5_attempts + v3_attempts} publishes by devices on other devices' topics and the root "
+            "(MQTT v5 and 3.1.1)",
+            "forged messages delivered",
+            len(forged),
+            "0",
+            not forged,
+        )
+        figure(
+            "M1",
+            f"the {v5_attempts} MQTT v5 publishes",
+            "refused with PUBACK 135",
+            f"{refused}/{v5_attempts}",
+            "all",
+            refused == v5_attempts,
+        )
+        figure(
+            "M2",
+            "each device subscribed to #, ef/v1/# and every other device's topics",
+            "other devices' messages received",
+            leaked,
+            "0",
+            leaked == 0,
+        )
         assert not forged and leaked == 0 and refused == v5_attempts
         # M3: a device connects 10 times under another device's client id
         victim, thief = devs[DEVICES[0]], DEVICES[1]
@@ -132,8 +151,14 @@ def test_m1_m2_m3_m4_a_device_credential_reaches_no_other_device(tmp_path: Path,
         big.c.publish(f"ef/v1/dev/{DEVICES[2]}/telemetry", b"x" * (2 << 20), qos=1)
         time.sleep(1.0)
         oversize = sum(1 for _, p in got if len(p) >= (2 << 20))
-        figure("M4", "one 2 MiB telemetry publish (limit 1 MiB)", "oversize messages delivered to the hub",
-               oversize, "0", oversize == 0)
+        figure(
+            "M4",
+            "one 2 MiB telemetry publish (limit 1 MiB)",
+            "oversize messages delivered to the hub",
+            oversize,
+            "0",
+            oversize == 0,
+        )
         assert oversize == 0
     finally:
         for c in clients:
@@ -142,8 +167,9 @@ def test_m1_m2_m3_m4_a_device_credential_reaches_no_other_device(tmp_path: Path,
         hub.fleet.engine.dispose()
 
 
-def test_m5_s14_one_device_floods_poison_and_replays_and_the_others_are_all_stored(tmp_path: Path, keys_dir: Path,
-                                                                                   figure, mosquitto):
+def test_m5_s14_one_device_floods_poison_and_replays_and_the_others_are_all_stored(
+    tmp_path: Path, keys_dir: Path, figure, mosquitto
+):
     """Over the real broker into the live hub: 400 poison messages of 8 kinds and 200 replays
     from one device, interleaved with 20 devices' windows and reports."""
     hub = build(hub_config(tmp_path, keys_dir, broker=mosquitto.url))
@@ -159,8 +185,12 @@ def test_m5_s14_one_device_floods_poison_and_replays_and_the_others_are_all_stor
             b'{"v":1,"device":"evil","x":' + b"[" * 5000 + b"]" * 5000 + b"}",
             status("evil").replace(b'"board":"rpi4"', b'"board":"rpi4","mem":1e999'),
             b"\xff\xfe not json",
-            json.dumps({**json.loads(telemetry("evil", 3)), "latency": {"b": {"10": 10**15}, "n": 10**15,
-                                                                        "sum": 1.0, "min": 0.1, "max": 0.1}}).encode(),
+            json.dumps(
+                {
+                    **json.loads(telemetry("evil", 3)),
+                    "latency": {"b": {"10": 10**15}, "n": 10**15, "sum": 1.0, "min": 0.1, "max": 0.1},
+                }
+            ).encode(),
             json.dumps({**json.loads(telemetry("evil", 4)), "counts": {"inferences": 1, "cpu": 99}}).encode(),
             json.dumps({**json.loads(telemetry("evil", 5)), "device": "someone-else"}).encode(),
         ]
@@ -185,6 +215,7 @@ def test_m5_s14_one_device_floods_poison_and_replays_and_the_others_are_all_stor
         def stored() -> set[tuple[str, int]]:
             with hub.fleet.session() as s:
                 return {(w.device, w.seq) for w in s.exec(select(TelemetryWindow)).all()}
+
         wait_for(lambda: good <= stored(), timeout=60, what="every good window")
         time.sleep(1.0)
         with hub.fleet.session() as s:
@@ -192,8 +223,14 @@ def test_m5_s14_one_device_floods_poison_and_replays_and_the_others_are_all_stor
         share = len(good & stored()) / len(good)
         evil_rows = sum(1 for d, _ in stored() if d == "evil") + sum(1 for r in reports if r.device == "evil")
         dup = len(reports) - len({(r.device, r.seq) for r in reports})
-        figure("M5", "400 poison messages of 8 kinds from one device amid 20 devices' 200 windows",
-               "other devices' windows stored", f"{100 * share:.0f} %", "100 %", share == 1.0)
+        figure(
+            "M5",
+            "400 poison messages of 8 kinds from one device amid 20 devices' 200 windows",
+            "other devices' windows stored",
+            f"{100 * share:.0f} %",
+            "100 %",
+            share == 1.0,
+        )
         figure("M5", "the same", "poison messages stored", evil_rows, "0", evil_rows == 0)
         figure("S14", "200 replays of a stored window and report", "duplicates stored", dup, "0", dup == 0)
         assert share == 1.0 and evil_rows == 0 and dup == 0

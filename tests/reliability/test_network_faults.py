@@ -20,8 +20,7 @@ from .faultproxy import FaultProxy
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-def test_m8_a_download_over_a_lossy_flapping_link_completes(tmp_path: Path, trust, coral_models, make_agent_at,
-                                                            figure):
+def test_m8_a_download_over_a_lossy_flapping_link_completes(tmp_path: Path, trust, coral_models, make_agent_at, figure):
     broker = start_mosquitto(tmp_path / "broker")
     link = FaultProxy(broker.port)
     hub = FakeHub(broker.url, trust.targets_key)  # the hub side of the link is healthy
@@ -52,8 +51,14 @@ def test_m8_a_download_over_a_lossy_flapping_link_completes(tmp_path: Path, trus
         shown = f"{len(archive) >> 10} KiB bundle to 2 agents over a 2 Mbit/s link, dark 5 x 3 s, reset 3 x"
         figure("M8", shown, "installs completed", f"{done}/{len(agents)}", "all", done == len(agents) and not failed)
         figure("M8", "the same", "time to install both (s)", round(took, 1), "(reported)", True)
-        figure("M8", "the same", "bytes over the link / bundle bytes x 2",
-               f"{link.bytes / (2 * len(archive)):.2f}", "(reported)", True)
+        figure(
+            "M8",
+            "the same",
+            "bytes over the link / bundle bytes x 2",
+            f"{link.bytes / (2 * len(archive)):.2f}",
+            "(reported)",
+            True,
+        )
         assert done == len(agents) and not failed, [f"{r.stage}/{r.reason}: {r.detail}" for r in failed]
     finally:
         for a in agents:

@@ -25,9 +25,9 @@ from .conftest import HubProcess
 
 DEVICES = 20
 RATE_PER_DEVICE = 40.0  # windows/s each device sends: 800/s in all (an agent sends one per 10-60 s)
-RESEND_AFTER_S = 3.0    # agents: resend_after_s (15 s by default)
-PHASE_S = 8.0           # seconds measured before the kill and after it
-SETTLE_S = 3.0          # after the kill, before measuring again (the survivor drains the backlog)
+RESEND_AFTER_S = 3.0  # agents: resend_after_s (15 s by default)
+PHASE_S = 8.0  # seconds measured before the kill and after it
+SETTLE_S = 3.0  # after the kill, before measuring again (the survivor drains the backlog)
 
 
 class Flood:
@@ -48,7 +48,7 @@ class Flood:
     def _collect_acks(self) -> None:
         for d in self.devices:
             got = d.got("ack")
-            for payload in got[self._read[d.device]:]:
+            for payload in got[self._read[d.device] :]:
                 for seq in parse_ack(payload).seqs:
                     self.acked.add((d.device, seq))
                     self.sent.pop((d.device, seq), None)
@@ -96,8 +96,11 @@ def _stored_messages(hub: HubProcess) -> float:
     """edgefleet_hub_messages_total{kind="telemetry",outcome="stored"} of one replica."""
     with urllib.request.urlopen(f"http://127.0.0.1:{hub.port}/metrics", timeout=10) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith("edgefleet_hub_messages_total{") and 'kind="telemetry"' in line \
-                    and 'outcome="stored"' in line:
+            if (
+                line.startswith("edgefleet_hub_messages_total{")
+                and 'kind="telemetry"' in line
+                and 'outcome="stored"' in line
+            ):
                 return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -106,11 +109,17 @@ def _stored_messages(hub: HubProcess) -> float:
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 def test_m11_a_shared_subscription_consumer_killed_under_load_loses_and_duplicates_nothing(
-        tmp_path: Path, keys_dir: Path, db_url: str, figure):  # noqa: F811
+    tmp_path: Path,
+    keys_dir: Path,
+    db_url: str,  # noqa: F811 - the fixture imported above
+    figure,
+):
     broker = start_mosquitto(tmp_path / "broker")
     dsn, schema = _psycopg_dsn(db_url)
-    hubs = [HubProcess(tmp_path / name, keys_dir, broker.url, db=db_url, extra=["--shared-group", "m11"])
-            for name in ("hub-a", "hub-b")]
+    hubs = [
+        HubProcess(tmp_path / name, keys_dir, broker.url, db=db_url, extra=["--shared-group", "m11"])
+        for name in ("hub-a", "hub-b")
+    ]
     flood: Flood | None = None
     counts: list[tuple[float, int, int]] = []  # when, windows stored, windows sent (new ones)
     sampling = threading.Event()
@@ -181,22 +190,60 @@ def test_m11_a_shared_subscription_consumer_killed_under_load_loses_and_duplicat
             h.stop()
         broker.stop()
 
-    what = (f"2 hubs, one --shared-group, one PostgreSQL; {DEVICES} devices x {RATE_PER_DEVICE:g} windows/s "
-            f"at QoS 1, resent after {RESEND_AFTER_S:g} s unacked; kill -9 of one hub")
-    figure("M11", what, f"windows stored/s (sent/s), {PHASE_S:g} s before the kill",
-           f"{r_before:.0f} ({sent_before:.0f})", ">= 90 % of sent", r_before >= 0.9 * sent_before)
-    figure("M11", "the same", f"windows stored/s (sent/s), {PHASE_S:g} s from {SETTLE_S:g} s after the kill",
-           f"{r_after:.0f} ({sent_after:.0f})", ">= 90 % of before", r_after >= 0.9 * r_before)
-    figure("M11", "the same", f"windows stored/s in the first {SETTLE_S:g} s after the kill",
-           f"{right_after:.0f}", "informational", True)
-    figure("M11", "the same", "both replicas consumed before the kill (telemetry stored by each)",
-           " / ".join(f"{n:.0f}" for n in both), "> 0 each", all(n > 0 for n in both))
-    figure("M11", "the same", "windows resent by devices (in flight at the dead hub, or acked late)",
-           flood.resent, "informational", True)
+    what = (
+        f"2 hubs, one --shared-group, one PostgreSQL; {DEVICES} devices x {RATE_PER_DEVICE:g} windows/s "
+        f"at QoS 1, resent after {RESEND_AFTER_S:g} s unacked; kill -9 of one hub"
+    )
+    figure(
+        "M11",
+        what,
+        f"windows stored/s (sent/s), {PHASE_S:g} s before the kill",
+        f"{r_before:.0f} ({sent_before:.0f})",
+        ">= 90 % of sent",
+        r_before >= 0.9 * sent_before,
+    )
+    figure(
+        "M11",
+        "the same",
+        f"windows stored/s (sent/s), {PHASE_S:g} s from {SETTLE_S:g} s after the kill",
+        f"{r_after:.0f} ({sent_after:.0f})",
+        ">= 90 % of before",
+        r_after >= 0.9 * r_before,
+    )
+    figure(
+        "M11",
+        "the same",
+        f"windows stored/s in the first {SETTLE_S:g} s after the kill",
+        f"{right_after:.0f}",
+        "informational",
+        True,
+    )
+    figure(
+        "M11",
+        "the same",
+        "both replicas consumed before the kill (telemetry stored by each)",
+        " / ".join(f"{n:.0f}" for n in both),
+        "> 0 each",
+        all(n > 0 for n in both),
+    )
+    figure(
+        "M11",
+        "the same",
+        "windows resent by devices (in flight at the dead hub, or acked late)",
+        flood.resent,
+        "informational",
+        True,
+    )
     figure("M11", "the same", f"windows lost (of {len(generated)} sent)", lost, "0", lost == 0)
     figure("M11", "the same", "windows stored twice", duplicates, "0", duplicates == 0)
-    figure("M11", "the same", "devices whose window total differs from their stored windows",
-           len(wrong_totals), "0", not wrong_totals)
+    figure(
+        "M11",
+        "the same",
+        "devices whose window total differs from their stored windows",
+        len(wrong_totals),
+        "0",
+        not wrong_totals,
+    )
     assert all(n > 0 for n in both), both
     assert lost == 0 and duplicates == 0, (lost, duplicates)
     assert r_before >= 0.9 * sent_before and r_after >= 0.9 * r_before, (r_before, sent_before, r_after)

@@ -8,8 +8,8 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
-from ... import bundles
 
+from ... import bundles
 from ...errors import NotFound
 from ..deps import FleetDep, Operator, Viewer
 from ..params import Limit, Offset
@@ -20,10 +20,18 @@ MAX_BUNDLE_BYTES = 1024 * 1024 * 1024
 Digest = Annotated[str, Field(pattern=DIGEST_RE)]
 
 
-@router.post("/bundles", response_model=BundlePushed, responses=errors(400, 401, 403, 413),
-             openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
-                 "schema": {"type": "string", "format": "binary"}}},
-                 "description": "a bundle archive as written by protocol.bundle.pack_archive"}})
+@router.post(
+    "/bundles",
+    response_model=BundlePushed,
+    responses=errors(400, 401, 403, 413),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "a bundle archive as written by protocol.bundle.pack_archive",
+        }
+    },
+)
 async def push_bundle(request: Request, caller: Operator, f: FleetDep) -> dict[str, Any]:
     """Store, check and sign a bundle archive; the same bytes twice give the same answer."""
     declared = request.headers.get("content-length")
@@ -39,8 +47,9 @@ async def push_bundle(request: Request, caller: Operator, f: FleetDep) -> dict[s
 
 
 @router.get("/bundles", response_model=Page[BundlePublic], responses=errors(401, 422))
-def list_bundles(_c: Viewer, f: FleetDep, limit: Limit = 50, offset: Offset = 0,
-                 name: str | None = None) -> dict[str, Any]:
+def list_bundles(
+    _c: Viewer, f: FleetDep, limit: Limit = 50, offset: Offset = 0, name: str | None = None
+) -> dict[str, Any]:
     return bundles.listing(f, limit, offset, name)
 
 

@@ -7,21 +7,39 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from protocol.topics import check_device_id
-from ... import devices, enrollment, telemetry
 
+from ... import devices, enrollment, telemetry
 from ..deps import Admin, FleetDep, Operator, Viewer
 from ..params import Limit, Offset
-from ..schemas import (DIGEST_RE, DeviceDetail, DevicePatch, DevicePublic, Enrolled, EnrollIn, EnrollmentPublic, Page,
-                       RedeemIn, TelemetrySummary, errors)
+from ..schemas import (
+    DIGEST_RE,
+    DeviceDetail,
+    DevicePatch,
+    DevicePublic,
+    Enrolled,
+    EnrollIn,
+    EnrollmentPublic,
+    Page,
+    RedeemIn,
+    TelemetrySummary,
+    errors,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["devices"])
 
 
 @router.get("/devices", response_model=Page[DevicePublic], responses=errors(401, 422))
-def list_devices(_c: Viewer, f: FleetDep, limit: Limit = 50, offset: Offset = 0,
-                 online: bool | None = None, q: Annotated[str | None, Query(max_length=64)] = None,
-                 group: str | None = None, tag: str | None = None,
-                 bundle: Annotated[str | None, Query(pattern=DIGEST_RE)] = None) -> dict[str, Any]:
+def list_devices(
+    _c: Viewer,
+    f: FleetDep,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    online: bool | None = None,
+    q: Annotated[str | None, Query(max_length=64)] = None,
+    group: str | None = None,
+    tag: str | None = None,
+    bundle: Annotated[str | None, Query(pattern=DIGEST_RE)] = None,
+) -> dict[str, Any]:
     return devices.listing(f, limit, offset, online, q, group, tag, bundle)
 
 
@@ -37,8 +55,7 @@ def patch_device(caller: Operator, f: FleetDep, device_id: str, body: DevicePatc
     return devices.set_meta(f, device_id, body.group, body.tags, caller.actor)
 
 
-@router.post("/devices/enroll", status_code=201, response_model=EnrollmentPublic,
-             responses=errors(400, 401, 403, 422))
+@router.post("/devices/enroll", status_code=201, response_model=EnrollmentPublic, responses=errors(400, 401, 403, 422))
 def enroll(caller: Admin, f: FleetDep, body: EnrollIn) -> dict[str, Any]:
     """A one-time enrollment token for a device (valid ``enroll_ttl`` seconds). Admin only:
     a token becomes a broker identity."""
@@ -53,11 +70,15 @@ def redeem(f: FleetDep, body: RedeemIn) -> dict[str, Any]:
 
 
 @router.get("/telemetry/summary", response_model=TelemetrySummary, responses=errors(401, 422))
-def telemetry_summary(_c: Viewer, f: FleetDep, bundle: Annotated[str | None, Query(pattern=DIGEST_RE)] = None,
-                      device: Annotated[str | None, Query(max_length=64)] = None,
-                      group: Annotated[str | None, Query(max_length=64)] = None,
-                      since: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
-                      until: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None) -> dict[str, Any]:
+def telemetry_summary(
+    _c: Viewer,
+    f: FleetDep,
+    bundle: Annotated[str | None, Query(pattern=DIGEST_RE)] = None,
+    device: Annotated[str | None, Query(max_length=64)] = None,
+    group: Annotated[str | None, Query(max_length=64)] = None,
+    since: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+    until: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+) -> dict[str, Any]:
     """Telemetry merged over devices and time: per bundle (model version), device, group
     (cohorts are groups or device lists) and window range."""
     return telemetry.summary(f, bundle, device, group, since, until)

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
-from ... import gauges
 
+from ... import gauges
 from ..deps import FleetDep
 from ..schemas import HealthPublic
 

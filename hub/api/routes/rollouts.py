@@ -6,8 +6,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
 from pydantic import Field
-from ... import rollouts
 
+from ... import rollouts
 from ..deps import FleetDep, Operator, Viewer
 from ..params import Limit, Offset
 from ..schemas import Page, RolloutIn, RolloutPublic, RolloutStatus, errors
@@ -22,18 +22,21 @@ def create_rollout(caller: Operator, f: FleetDep, body: RolloutIn) -> dict[str, 
 
 
 @router.get("/rollouts", response_model=Page[RolloutPublic], responses=errors(401, 422))
-def list_rollouts(_c: Viewer, f: FleetDep, limit: Limit = 50, offset: Offset = 0,
-                  phase: str | None = None) -> dict[str, Any]:
+def list_rollouts(
+    _c: Viewer, f: FleetDep, limit: Limit = 50, offset: Offset = 0, phase: str | None = None
+) -> dict[str, Any]:
     return rollouts.listing(f, limit, offset, phase)
 
 
 @router.get("/rollouts/{rid}", response_model=RolloutStatus, responses=errors(401, 404, 422))
-def get_rollout(_c: Viewer, f: FleetDep, rid: RolloutId, limit: Limit = 1000, offset: Offset = 0,
-                state: str | None = None) -> dict[str, Any]:
+def get_rollout(
+    _c: Viewer, f: FleetDep, rid: RolloutId, limit: Limit = 1000, offset: Offset = 0, state: str | None = None
+) -> dict[str, Any]:
     return rollouts.status(f, rid, limit, offset, state)
 
 
 @router.post("/rollouts/{rid}/{command}", response_model=RolloutStatus, responses=errors(401, 403, 404, 409, 422))
-def rollout_command(caller: Operator, f: FleetDep, rid: RolloutId,
-                    command: Literal["pause", "resume", "cancel", "approve", "rollback"]) -> dict[str, Any]:
+def rollout_command(
+    caller: Operator, f: FleetDep, rid: RolloutId, command: Literal["pause", "resume", "cancel", "approve", "rollback"]
+) -> dict[str, Any]:
     return rollouts.command(f, rid, command, caller.actor)

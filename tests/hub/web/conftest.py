@@ -33,8 +33,15 @@ from protocol.sketch import LatencySketch
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts" / "dashboard"
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ADMIN = "dash-admin-token-5f1c9a77e2"
 OPERATOR = "dash-operator-token-8b2d4e61"
 VIEWER = "dash-viewer-token-3a9c0f12d4"
@@ -50,8 +57,8 @@ class SimDevice:
     tpu: bool = False
     interval: float = 1.0
     latency_s: float = 0.008
-    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)   # digest -> baseline.json
-    names: dict[str, tuple[str, str]] = field(default_factory=dict)      # digest -> (name, version)
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # digest -> baseline.json
+    names: dict[str, tuple[str, str]] = field(default_factory=dict)  # digest -> (name, version)
     active: str | None = None
     desired_seq: int = 0
     _client: mqtt.Client | None = None
@@ -65,11 +72,18 @@ class SimDevice:
 
     def status(self, online: bool = True) -> bytes:
         act = BundleInfo(self.active, *self.names.get(self.active, ("?", "?"))) if self.active else None
-        return Status(device=self.device, online=online, ts=int(time.time()), agent_version="0.1.0",
-                      inventory=Inventory(board=self.board, edgetpu=self.tpu, extra={"free_disk_mb": 2048}),
-                      active=act, state="serving" if online else "offline", desired_seq=self.desired_seq).to_bytes()
+        return Status(
+            device=self.device,
+            online=online,
+            ts=int(time.time()),
+            agent_version="0.1.0",
+            inventory=Inventory(board=self.board, edgetpu=self.tpu, extra={"free_disk_mb": 2048}),
+            active=act,
+            state="serving" if online else "offline",
+            desired_seq=self.desired_seq,
+        ).to_bytes()
 
-    def start(self) -> "SimDevice":
+    def start(self) -> SimDevice:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-{self.device}", protocol=mqtt.MQTTv5)
         c.will_set(self.topic("status"), self.status(online=False), qos=1, retain=True)
         c.on_message = self._on_message
@@ -112,11 +126,32 @@ class SimDevice:
         if d.bundle is not None:
             self.names[d.bundle.digest] = (d.bundle.name, d.bundle.version)
         now = int(time.time())
-        self._publish("report", Report(device=self.device, seq=self._next_seq(), ts=now, stage="download",
-                                       status="progress", desired_seq=d.seq, bundle=target, progress=1.0).to_bytes())
+        self._publish(
+            "report",
+            Report(
+                device=self.device,
+                seq=self._next_seq(),
+                ts=now,
+                stage="download",
+                status="progress",
+                desired_seq=d.seq,
+                bundle=target,
+                progress=1.0,
+            ).to_bytes(),
+        )
         self.active = target
-        self._publish("report", Report(device=self.device, seq=self._next_seq(), ts=now, stage="commit",
-                                       status="ok", desired_seq=d.seq, bundle=target).to_bytes())
+        self._publish(
+            "report",
+            Report(
+                device=self.device,
+                seq=self._next_seq(),
+                ts=now,
+                stage="commit",
+                status="ok",
+                desired_seq=d.seq,
+                bundle=target,
+            ).to_bytes(),
+        )
         self._publish("status", self.status(), retain=True)
 
     def _drift(self) -> dict[str, dict[str, list[int]]]:
@@ -129,8 +164,9 @@ class SimDevice:
                 ref = spec.get("ref") or []
                 total = sum(ref) or 1
                 # 300 samples in the baseline's proportions, nudged so the PSI is small but not zero
-                out.setdefault(side, {})[name] = [max(1, round(300 * r / total * random.uniform(0.8, 1.2)))
-                                                  for r in ref]
+                out.setdefault(side, {})[name] = [
+                    max(1, round(300 * r / total * random.uniform(0.8, 1.2))) for r in ref
+                ]
         return out
 
     def _loop(self) -> None:
@@ -139,12 +175,23 @@ class SimDevice:
             for _ in range(60):  # 300 timed inferences, as many as the drift bins hold
                 sk.add(self.latency_s * random.uniform(0.8, 1.6), 5)
             now = int(time.time())
-            msg = Telemetry(device=self.device, seq=self._next_seq(), window_start=now - int(self.interval) - 1,
-                            window_end=now, bundle=self.active,
-                            counts={"inferences": 300, "errors": 0, "tpu": 300 if self.tpu else 0,
-                                    "cpu": 0 if self.tpu else 300, "cloud": 0},
-                            latency=sk.to_dict(), drift=self._drift(),
-                            health=Health(load1=0.4, cpu_temp_c=51.0, mem_available_mb=900))
+            msg = Telemetry(
+                device=self.device,
+                seq=self._next_seq(),
+                window_start=now - int(self.interval) - 1,
+                window_end=now,
+                bundle=self.active,
+                counts={
+                    "inferences": 300,
+                    "errors": 0,
+                    "tpu": 300 if self.tpu else 0,
+                    "cpu": 0 if self.tpu else 300,
+                    "cloud": 0,
+                },
+                latency=sk.to_dict(),
+                drift=self._drift(),
+                health=Health(load1=0.4, cpu_temp_c=51.0, mem_available_mb=900),
+            )
             self._publish("telemetry", msg.to_bytes())
 
 
@@ -188,6 +235,7 @@ def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); the browser tests need Debian's chromium")
     from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:

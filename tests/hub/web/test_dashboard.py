@@ -12,12 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import insert
 
+from hub import bundles
 from hub.models import Device
 from hub.server import Hub
 from hub.store import read_bundle_dir
 from hub.transport import MemoryPublisher
 from hub.web.dashboard import _cohort_progress
-from hub import bundles
 
 from ..conftest import OPERATOR, TOKEN, VIEWER
 
@@ -39,10 +39,23 @@ def tags_of(i: int) -> list[str]:
 def seeded_row(i: int) -> dict[str, Any]:
     # the TPU comes in both inventory shapes agents send: a bool, or {"present": bool}
     tpu: Any = (i % 4 == 0) if i % 2 == 0 else {"present": i % 4 == 1}
-    return {"id": f"dev-{i:05d}", "online": i % 3 != 0, "last_seen": 1_700_000_000 + i,
-            "inventory": {"board": BOARDS[i % 3], "edgetpu": tpu}, "group": f"site-{i % 10}", "tags": tags_of(i),
-            "state": "serving", "windows": 0, "inferences": 0, "errors": 0, "tpu": 0, "cpu": 0, "cloud": 0,
-            "latency": {}, "created": 1}
+    return {
+        "id": f"dev-{i:05d}",
+        "online": i % 3 != 0,
+        "last_seen": 1_700_000_000 + i,
+        "inventory": {"board": BOARDS[i % 3], "edgetpu": tpu},
+        "group": f"site-{i % 10}",
+        "tags": tags_of(i),
+        "state": "serving",
+        "windows": 0,
+        "inferences": 0,
+        "errors": 0,
+        "tpu": 0,
+        "cpu": 0,
+        "cloud": 0,
+        "latency": {},
+        "created": 1,
+    }
 
 
 @pytest.fixture
@@ -104,8 +117,11 @@ def test_fleet_page_counts_ten_thousand_devices_by_status_and_board(big_fleet: H
     assert re.search(r'id="stat-total">10000<', html)
     assert re.search(rf'id="stat-offline">{sum(1 for i in range(N_DEVICES) if i % 3 == 0)}<', html)
     n_coral_tpu = sum(1 for i in range(N_DEVICES) if i % 3 == 2 and has_tpu(i))
-    assert re.search(r'coral-devboard</a></td><td><span class="pill pill-tpu">Edge TPU</span></td>'
-                     rf'<td class="num">{n_coral_tpu}</td>', html)
+    assert re.search(
+        r'coral-devboard</a></td><td><span class="pill pill-tpu">Edge TPU</span></td>'
+        rf'<td class="num">{n_coral_tpu}</td>',
+        html,
+    )
 
 
 def test_ten_thousand_devices_filter_by_tag_in_sql_and_pages_keep_the_tag(big_fleet: Hub) -> None:
@@ -129,8 +145,16 @@ def test_ten_thousand_devices_filter_by_tag_in_sql_and_pages_keep_the_tag(big_fl
 
 def test_tag_filter_matches_whole_tags_only(memhub: tuple[Hub, MemoryPublisher]) -> None:
     hub, _ = memhub
-    tags = {"d-lab": ["lab"], "d-lab2": ["lab-2"], "d-both": ["x", "lab"], "d-prefix": ["xlab", "lab-"],
-            "d-quote": ['a","lab'], "d-wild": ["l_b%"], "d-none": [], "d-null": None}
+    tags = {
+        "d-lab": ["lab"],
+        "d-lab2": ["lab-2"],
+        "d-both": ["x", "lab"],
+        "d-prefix": ["xlab", "lab-"],
+        "d-quote": ['a","lab'],
+        "d-wild": ["l_b%"],
+        "d-none": [],
+        "d-null": None,
+    }
     with hub.fleet.session() as s:
         rows = [{**seeded_row(0), "id": dev, "tags": t} for dev, t in tags.items()]
         s.execute(insert(Device), rows)  # type: ignore[call-overload]
@@ -148,16 +172,20 @@ def test_tag_filter_matches_whole_tags_only(memhub: tuple[Hub, MemoryPublisher])
     assert "0 devices match" in html and "Clear the filters" in html
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"limit": "33"}, "page size must be one of (25, 50, 100, 200), got 33"),
-    ({"online": "maybe"}, "online must be true or false, got 'maybe'"),
-    ({"offset": "ten"}, "offset must be an integer, got 'ten'"),
-    ({"offset": str(2**63)}, f"offset must be within 0..10000000, got {2**63}"),
-    ({"q": "x" * 65}, "search text must be at most 64 characters, got 65"),
-    ({"tag": "t" * 65}, "tag must be at most 64 characters, got 65"),
-])
-def test_bad_device_filters_get_a_one_line_400_naming_the_value(client: TestClient, params: dict[str, str],
-                                                               message: str) -> None:
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"limit": "33"}, "page size must be one of (25, 50, 100, 200), got 33"),
+        ({"online": "maybe"}, "online must be true or false, got 'maybe'"),
+        ({"offset": "ten"}, "offset must be an integer, got 'ten'"),
+        ({"offset": str(2**63)}, f"offset must be within 0..10000000, got {2**63}"),
+        ({"q": "x" * 65}, "search text must be at most 64 characters, got 65"),
+        ({"tag": "t" * 65}, "tag must be at most 64 characters, got 65"),
+    ],
+)
+def test_bad_device_filters_get_a_one_line_400_naming_the_value(
+    client: TestClient, params: dict[str, str], message: str
+) -> None:
     page = client.get("/ui/devices", params=params)
     assert page.status_code == 400 and message in page.text.replace("&#39;", "'")
     feed = client.get("/ui/feed/devices", params=params)
@@ -165,7 +193,8 @@ def test_bad_device_filters_get_a_one_line_400_naming_the_value(client: TestClie
 
 
 def test_anonymous_visits_go_to_login_and_live_parts_say_the_session_expired(
-        memhub: tuple[Hub, MemoryPublisher]) -> None:
+    memhub: tuple[Hub, MemoryPublisher],
+) -> None:
     c = TestClient(memhub[0].app)
     r = c.get("/ui/devices?online=true", follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/ui/login?next=%2Fui%2Fdevices%3Fonline%3Dtrue"
@@ -176,8 +205,11 @@ def test_anonymous_visits_go_to_login_and_live_parts_say_the_session_expired(
 def test_wrong_token_is_refused_and_login_never_redirects_off_site(memhub: tuple[Hub, MemoryPublisher]) -> None:
     c = TestClient(memhub[0].app)
     bad = c.post("/ui/login", data={"token": "guess", "next": "/ui"}, follow_redirects=False)
-    assert bad.status_code == 401 and "not valid for this hub" in bad.text and "ef_token" not in bad.headers.get(
-        "set-cookie", "")
+    assert (
+        bad.status_code == 401
+        and "not valid for this hub" in bad.text
+        and "ef_token" not in bad.headers.get("set-cookie", "")
+    )
     off = c.post("/ui/login", data={"token": TOKEN, "next": "//evil.example/ui"}, follow_redirects=False)
     assert off.status_code == 303 and off.headers["location"] == "/ui"
     assert "HttpOnly" in off.headers["set-cookie"] and "SameSite=strict" in off.headers["set-cookie"]
@@ -185,8 +217,7 @@ def test_wrong_token_is_refused_and_login_never_redirects_off_site(memhub: tuple
     assert out.status_code == 303 and c.get("/ui", follow_redirects=False).status_code == 303
 
 
-def test_viewer_gets_no_action_controls_and_no_audit_log(memhub: tuple[Hub, MemoryPublisher],
-                                                         bundle_dir: Any) -> None:
+def test_viewer_gets_no_action_controls_and_no_audit_log(memhub: tuple[Hub, MemoryPublisher], bundle_dir: Any) -> None:
     hub, _ = memhub
     op = session_for(hub, OPERATOR)
     digest = _push(hub, bundle_dir())
@@ -212,16 +243,27 @@ def test_unknown_ids_and_parts_are_clear_errors(client: TestClient) -> None:
     r = client.get("/ui?part=nosuch")
     assert r.status_code == 404 and r.json()["error"].startswith("page has no live part 'nosuch'")
     assert client.get("/ui/feed/fleet-series?span=2y").json() == {
-        "error": "span must be one of ['15m', '1h', '6h', '24h'], got '2y'"}
+        "error": "span must be one of ['15m', '1h', '6h', '24h'], got '2y'"
+    }
 
 
 def test_cohort_progress_splits_cumulative_sizes_into_cohorts() -> None:
-    r = {"cohort_sizes": [1, 3, 10], "cohort": 1, "policy": {"cohorts": ["1", "30%", "100%"]},
-         "devices": [{"cohort": 0, "state": "installed"}, {"cohort": 1, "state": "installed"},
-                     {"cohort": 1, "state": "failed"}]}
+    r = {
+        "cohort_sizes": [1, 3, 10],
+        "cohort": 1,
+        "policy": {"cohorts": ["1", "30%", "100%"]},
+        "devices": [
+            {"cohort": 0, "state": "installed"},
+            {"cohort": 1, "state": "installed"},
+            {"cohort": 1, "state": "failed"},
+        ],
+    }
     out = _cohort_progress(r)
     assert [(c["spec"], c["size"], c["opened"], c["done"], c["bad"], c["pct"]) for c in out] == [
-        ("1", 1, True, 1, 0, 100), ("30%", 2, True, 1, 1, 50), ("100%", 7, False, 0, 0, 0)]
+        ("1", 1, True, 1, 0, 100),
+        ("30%", 2, True, 1, 1, 50),
+        ("100%", 7, False, 0, 0, 0),
+    ]
 
 
 def _push(hub: Hub, directory: Path) -> str:
@@ -231,11 +273,13 @@ def _push(hub: Hub, directory: Path) -> str:
 
 def test_open_alerts_show_on_the_fleet_page_and_resolved_ones_do_not(memhub: tuple[Hub, MemoryPublisher]) -> None:
     from hub.models import Alert
+
     hub, _ = memhub
     with hub.fleet.session() as s:
         s.add(Alert(kind="drift", severity="alert", device="cam-7", message="inputs.brightness PSI 0.41", created=1))
-        s.add(Alert(kind="offline", severity="warn", device="cam-8", message="offline for 10 min", created=1,
-                    resolved=2))
+        s.add(
+            Alert(kind="offline", severity="warn", device="cam-8", message="offline for 10 min", created=1, resolved=2)
+        )
         s.commit()
     c = session_for(hub, VIEWER)
     cards = c.get("/ui", params={"part": "fleet_cards"}).text
@@ -248,9 +292,13 @@ def test_open_alerts_show_on_the_fleet_page_and_resolved_ones_do_not(memhub: tup
 def test_device_page_names_inventory_and_health_in_operator_words(memhub: tuple[Hub, MemoryPublisher]) -> None:
     hub, _ = memhub
     with hub.fleet.session() as s:
-        s.execute(insert(Device), [  # type: ignore[call-overload]
-            {**seeded_row(0), "id": "pi-1", "inventory": {"board": "rpi4", "edgetpu": False, "free_disk_mb": 2048}},
-            {**seeded_row(0), "id": "coral-1", "inventory": {"edgetpu": {"present": True, "count": 1}}}])
+        s.execute(
+            insert(Device),
+            [  # type: ignore[call-overload]
+                {**seeded_row(0), "id": "pi-1", "inventory": {"board": "rpi4", "edgetpu": False, "free_disk_mb": 2048}},
+                {**seeded_row(0), "id": "coral-1", "inventory": {"edgetpu": {"present": True, "count": 1}}},
+            ],
+        )
         s.commit()
     c = session_for(hub, VIEWER)
     pi = c.get("/ui/devices/pi-1").text

@@ -28,7 +28,7 @@ def login(page: Any, base: str, token: str) -> None:
     page.goto(f"{base}/ui")
     assert "/ui/login" in page.url, "an anonymous visit must land on the login page"
     page.get_by_label("API token").fill(token)
-    page.get_by_label("API token").press("Enter")   # keyboard submit
+    page.get_by_label("API token").press("Enter")  # keyboard submit
     page.wait_for_url(re.compile(r".*/ui$"))
 
 
@@ -56,7 +56,8 @@ def text(page: Any, selector: str) -> str:
 
 
 def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
-        stack: Stack, browser: Any, digits_bundle: Path, artifacts: Path) -> None:
+    stack: Stack, browser: Any, digits_bundle: Path, artifacts: Path
+) -> None:
     pushed = stack.fleet.push(digits_bundle)
     digest = pushed["digest"]
     base = read_baseline(digits_bundle)
@@ -91,8 +92,10 @@ def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
     page.get_by_label("Edge TPU").select_option("true")
     nav(page, "Filter", role="button")
     assert "tpu=true" in page.url
-    assert sorted(page.locator("#device-table tbody tr").evaluate_all(
-        "rows => rows.map(r => r.dataset.device)")) == ["sim-1", "sim-3"]
+    assert sorted(page.locator("#device-table tbody tr").evaluate_all("rows => rows.map(r => r.dataset.device)")) == [
+        "sim-1",
+        "sim-3",
+    ]
     check_page(page, artifacts, "02-devices")
     assert page.get_by_role("link", name="Devices", exact=True).get_attribute("aria-current") == "page"
     nav(page, "sim-1", exact=True)
@@ -117,7 +120,7 @@ def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
     expect(page.locator("#preview")).to_contain_text("Cohort 2: 3 devices", timeout=WAIT_MS)
     assert "4 devices match; 4 can run digits@" in text(page, "#preview-summary")
     assert "Cohort 1: 1 device" in text(page, "#preview")
-    page.get_by_label("Soak per cohort (s)").fill("600")   # long soak: the canary waits for us
+    page.get_by_label("Soak per cohort (s)").fill("600")  # long soak: the canary waits for us
     check_page(page, artifacts, "04-rollout-form")
     page.get_by_label("Soak per cohort (s)").press("Enter")
     page.wait_for_url(re.compile(r".*/ui/rollouts/[0-9a-f]+$"))
@@ -203,12 +206,12 @@ def phase_is(page: Any, phase: str) -> None:
 
 
 def installed(page: Any, n: int) -> None:
-    page.wait_for_function(
-        f"document.querySelectorAll('#rollout-devices tr[data-state=installed]').length === {n}")
+    page.wait_for_function(f"document.querySelectorAll('#rollout-devices tr[data-state=installed]').length === {n}")
 
 
 def test_operator_filters_by_tag_approves_each_cohort_pauses_resumes_and_cancels(
-        stack: Stack, browser: Any, digits_bundle: Path, artifacts: Path) -> None:
+    stack: Stack, browser: Any, digits_bundle: Path, artifacts: Path
+) -> None:
     digest = stack.fleet.push(digits_bundle)["digest"]
     base = read_baseline(digits_bundle)
     for i in range(4):
@@ -230,7 +233,10 @@ def test_operator_filters_by_tag_approves_each_cohort_pauses_resumes_and_cancels
         page.get_by_label("Tag", exact=True).press("Enter")
     assert "tag=lab" in page.url
     assert page.locator("#device-table tbody tr").evaluate_all("rows => rows.map(r => r.dataset.device)") == [
-        "sim-0", "sim-1", "sim-2"]
+        "sim-0",
+        "sim-1",
+        "sim-2",
+    ]
     expect(page.locator("tr[data-device=sim-1] td.tags")).to_have_text("lab east")
     check_page(page, artifacts, "09-devices-tag")
 
@@ -271,11 +277,13 @@ def test_operator_filters_by_tag_approves_each_cohort_pauses_resumes_and_cancels
     installed(page, 1)
     assert page.locator("#cmd-resume").count() == 0
     # the banner counts cohorts as the page does (from 1) and says what approving does
-    assert text(page, "#rollout-reason") == ("Cohort 1 of 3 finished its soak with no gate breach. Approve next cohort to "
-                                            "install on cohort 2 (1 more device).")
+    assert text(page, "#rollout-reason") == (
+        "Cohort 1 of 3 finished its soak with no gate breach. Approve next cohort to "
+        "install on cohort 2 (1 more device)."
+    )
     check_page(page, artifacts, "10-rollout-awaiting-approval")
     page.locator("#cmd-approve").click()
-    installed(page, 2)   # approval opened cohort 2; it installs and waits again
+    installed(page, 2)  # approval opened cohort 2; it installs and waits again
     phase_is(page, "awaiting_approval")
     assert page.locator("tr[data-device=sim-3]").count() == 0  # the lab-2 device is not in the rollout
 
@@ -300,7 +308,8 @@ def test_operator_filters_by_tag_approves_each_cohort_pauses_resumes_and_cancels
     # each button press is in the audit log, attributed to the operator, newest first
     nav(page, "Audit log")
     rows = page.locator("#audit-table tbody tr").evaluate_all(
-        "rows => rows.map(r => [r.cells[1].innerText.trim(), r.cells[2].innerText.trim(), r.cells[3].innerText.trim()])")
+        "rows => rows.map(r => [r.cells[1].innerText.trim(), r.cells[2].innerText.trim(), r.cells[3].innerText.trim()])"
+    )
     mine = [action for actor, action, target in rows if target == rid and actor.startswith("operator")]
     assert mine == ["rollout.cancel", "rollout.resume", "rollout.pause", "rollout.approve", "rollout.create"]
     create = page.locator("#audit-table tbody tr", has_text="rollout.create").locator("td.detail")
@@ -310,6 +319,6 @@ def test_operator_filters_by_tag_approves_each_cohort_pauses_resumes_and_cancels
     nav(page, "Rollouts", exact=True)
     row = page.locator("#rollouts-table tbody tr", has_text=rid)
     expect(row).to_contain_text("cancelled", ignore_case=True)
-    expect(row.locator("td").nth(1)).to_have_text("digits@1.0.0")   # the bundle by name, not a digest
+    expect(row.locator("td").nth(1)).to_have_text("digits@1.0.0")  # the bundle by name, not a digest
     check_page(page, artifacts, "13-rollouts-list")
     assert not errors, f"JavaScript errors on the pages: {errors}"

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from hub.targets import Target
 from hub.models import Bundle, Device, TelemetryWindow
 from hub.server import Hub
+from hub.targets import Target
 from hub.transport import MemoryPublisher
 from hub.web import queries
 from hub.web.queries import QueryError
@@ -30,27 +30,35 @@ def sketch(ms: float, n: int = 100) -> dict[str, Any]:
     return s.to_dict()
 
 
-def window(device: str, seq: int, received: int, ms: float, drift: list[int] | None = None,
-           bundle: str = "b" * 64) -> TelemetryWindow:
-    return TelemetryWindow(device=device, seq=seq, window_start=received - 10, window_end=received, bundle=bundle,
-                           inferences=100, latency=sketch(ms),
-                           drift={"inputs": {"brightness": drift}} if drift else {}, received=received)
+def window(
+    device: str, seq: int, received: int, ms: float, drift: list[int] | None = None, bundle: str = "b" * 64
+) -> TelemetryWindow:
+    return TelemetryWindow(
+        device=device,
+        seq=seq,
+        window_start=received - 10,
+        window_end=received,
+        bundle=bundle,
+        inferences=100,
+        latency=sketch(ms),
+        drift={"inputs": {"brightness": drift}} if drift else {},
+        received=received,
+    )
 
 
 def refs(digest: str) -> dict[str, list[int]]:
     return {"inputs.brightness": REF} if digest == "b" * 64 else {}
 
 
-def test_fleet_series_buckets_latency_and_drift_by_receive_time_with_gaps(
-        memhub: tuple[Hub, MemoryPublisher]) -> None:
+def test_fleet_series_buckets_latency_and_drift_by_receive_time_with_gaps(memhub: tuple[Hub, MemoryPublisher]) -> None:
     hub, _ = memhub
     with hub.fleet.session() as s:
         # bucket 0 (oldest): fast, no shift; bucket 5 (newest): slow, strongly shifted; others empty
         s.add(window("d1", 1, NOW - 3590, 5.0, [250, 250, 250, 250]))
         s.add(window("d2", 1, NOW - 3580, 5.0, [240, 260, 250, 250]))
         s.add(window("d1", 2, NOW - 10, 40.0, [700, 100, 100, 100]))
-        s.add(window("d2", 2, NOW - 5, 40.0, [10, 10, 10, 20]))   # 50 samples: too few alone, merged counts
-        s.add(window("d1", 0, NOW - 7200, 999.0))                # outside the span: ignored
+        s.add(window("d2", 2, NOW - 5, 40.0, [10, 10, 10, 20]))  # 50 samples: too few alone, merged counts
+        s.add(window("d1", 0, NOW - 7200, 999.0))  # outside the span: ignored
         s.commit()
         out = queries.fleet_series(s, NOW, refs, span_s=3600, buckets=6)
     assert out["windows"] == 4
@@ -69,7 +77,7 @@ def test_device_series_plots_psi_only_for_windows_with_enough_samples(memhub: tu
     hub, _ = memhub
     with hub.fleet.session() as s:
         s.add(window("d1", 1, NOW - 30, 5.0, [250, 250, 250, 250]))
-        s.add(window("d1", 2, NOW - 20, 6.0, [20, 20, 20, 20]))       # 80 samples: no point
+        s.add(window("d1", 2, NOW - 20, 6.0, [20, 20, 20, 20]))  # 80 samples: no point
         s.add(window("d1", 3, NOW - 10, 7.0, [700, 100, 100, 100]))
         s.commit()
         out = queries.device_series(s, "d1", refs)
@@ -79,37 +87,55 @@ def test_device_series_plots_psi_only_for_windows_with_enough_samples(memhub: tu
 
 
 def bundle_row(digest: str, edgetpu: str = "optional") -> Bundle:
-    return Bundle(digest=digest, name="m", version="2", archive_sha256="a" * 64,
-                  requirements=Requirements(edgetpu=edgetpu).to_dict())
+    return Bundle(
+        digest=digest,
+        name="m",
+        version="2",
+        archive_sha256="a" * 64,
+        requirements=Requirements(edgetpu=edgetpu).to_dict(),
+    )
 
 
 def test_rollout_preview_splits_matched_devices_by_compatibility_and_sizes_cohorts(
-        memhub: tuple[Hub, MemoryPublisher]) -> None:
+    memhub: tuple[Hub, MemoryPublisher],
+) -> None:
     hub, _ = memhub
     digest = "c" * 64
     with hub.fleet.session() as s:
         s.add(bundle_row(digest, edgetpu="required"))
         for i in range(12):
-            s.add(Device(id=f"d{i:02d}", online=True, group="lab" if i < 10 else "field",
-                         inventory={"board": "rpi4", "edgetpu": i % 2 == 0}))
+            s.add(
+                Device(
+                    id=f"d{i:02d}",
+                    online=True,
+                    group="lab" if i < 10 else "field",
+                    inventory={"board": "rpi4", "edgetpu": i % 2 == 0},
+                )
+            )
         s.commit()
         pv = queries.rollout_preview(s, digest, Target(group="lab"), ["1", "50%", "100%"])
         assert (pv["matched"], pv["compatible"], pv["incompatible_count"]) == (10, 5, 5)
         assert pv["cohort_sizes"] == [1, 3, 5]
         assert [d["device_id"] for d in pv["examples"]] == ["d00", "d02", "d04", "d06", "d08"]
-        assert pv["incompatible"][0] == {"device_id": "d01", "reason": "wrong_hardware",
-                                         "detail": "bundle requires an Edge TPU; device has none"}
+        assert pv["incompatible"][0] == {
+            "device_id": "d01",
+            "reason": "wrong_hardware",
+            "detail": "bundle requires an Edge TPU; device has none",
+        }
         listed = queries.rollout_preview(s, digest, Target(devices=("d00", "ghost")), ["100%"])
         assert listed["matched"] == 1 and listed["unknown"] == ["ghost"]
         with pytest.raises(QueryError, match="is not in the registry"):
             queries.rollout_preview(s, "d" * 64, Target(all=True), ["100%"])
 
 
-@pytest.mark.parametrize("kind, value, message", [
-    ("group", "  ", "target group needs a value"),
-    ("fleet", "x", "target kind must be all, group, tag or devices, got 'fleet'"),
-    ("devices", "ok, bad id!", "device id"),
-])
+@pytest.mark.parametrize(
+    "kind, value, message",
+    [
+        ("group", "  ", "target group needs a value"),
+        ("fleet", "x", "target kind must be all, group, tag or devices, got 'fleet'"),
+        ("devices", "ok, bad id!", "device id"),
+    ],
+)
 def test_preview_form_values_are_rejected_with_the_bad_value(kind: str, value: str, message: str) -> None:
     with pytest.raises(Exception, match=message):
         queries.parse_target(kind, value)
@@ -143,6 +169,8 @@ def test_device_filter_refuses_page_sizes_off_the_list() -> None:
     with pytest.raises(QueryError, match=r"page size must be one of \(25, 50, 100, 200\), got 7"):
         queries.DeviceFilter(limit=7)
     assert queries.DeviceFilter(q="x", online=False, limit=25).params(offset=50) == {
-        "q": "x", "online": "false", "limit": 25, "offset": 50}
-
-
+        "q": "x",
+        "online": "false",
+        "limit": 25,
+        "offset": 50,
+    }
