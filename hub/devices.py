@@ -81,7 +81,7 @@ def listing(
             query = query.where(has_tag(s.get_bind().dialect.name, tag))
         total = s.exec(select(func.count()).select_from(query.subquery())).one()
         rows: Sequence[Device] = s.exec(query.order_by(col(Device.id)).offset(offset).limit(limit)).all()
-        states = rollout_states(fleet, s, [d.id for d in rows])
+        states = rollout_states(s, [d.id for d in rows])
         return {
             "items": [device_public(d, states.get(d.id)) for d in rows],
             "total": total,
@@ -90,7 +90,8 @@ def listing(
         }
 
 
-def rollout_states(fleet: Fleet, s: Session, ids: list[str]) -> dict[str, str]:
+def rollout_states(s: Session, ids: list[str]) -> dict[str, str]:
+    """Each device's state in the newest rollout that names it."""
     if not ids:
         return {}
     q = (
@@ -107,7 +108,7 @@ def get(fleet: Fleet, device_id: str, windows: int = 30) -> dict[str, Any]:
         d = s.get(Device, device_id)
         if d is None:
             raise NotFound("device", device_id)
-        out = device_public(d, rollout_states(fleet, s, [d.id]).get(d.id))
+        out = device_public(d, rollout_states(s, [d.id]).get(d.id))
         rows = s.exec(
             select(TelemetryWindow)
             .where(TelemetryWindow.device == device_id)

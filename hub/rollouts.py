@@ -196,22 +196,7 @@ def _save(s: Session, r: Rollout, rows: Rows, st: RolloutState, seqs: dict[str, 
         stmt = (
             update(t)
             .where(and_(t.c.rollout_id == bindparam("b_rid"), t.c.device_id == bindparam("b_dev")))
-            .values(
-                {
-                    k: bindparam(k)
-                    for k in (
-                        "state",
-                        "cohort",
-                        "attempts",
-                        "issued_at",
-                        "from_bundle",
-                        "reason",
-                        "online",
-                        "seq",
-                        "updated",
-                    )
-                }
-            )
+            .values({k: bindparam(k) for k in _ROW_FIELDS if k != "device_id"})
         )
         s.connection().execute(stmt, updates)
 

@@ -26,7 +26,7 @@ from protocol.sketch import LatencySketch, psi
 from ..bundles import bundle_public
 from ..compat import check as compat_check, stored_inventory
 from ..db import has_tag
-from ..devices import device_public
+from ..devices import device_public, rollout_states
 from ..models import Alert, AuditEntry, Build, Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
 from ..rollout import ACTIVE_PHASES, PolicyError, cohort_sizes
 from ..targets import Target
@@ -323,7 +323,7 @@ def device_page(s: Session, f: DeviceFilter) -> dict[str, Any]:
         count_q, rows_q = count_q.where(where), rows_q.where(where)
     total = int(s.exec(count_q).one())
     rows = s.exec(rows_q.order_by(col(Device.id)).offset(f.offset).limit(f.limit)).all()
-    states = _rollout_states(s, [d.id for d in rows])
+    states = rollout_states(s, [d.id for d in rows])
     items = []
     for d in rows:
         pub = device_public(d, states.get(d.id))
@@ -338,18 +338,6 @@ def device_page(s: Session, f: DeviceFilter) -> dict[str, Any]:
         "page": f.offset // f.limit + 1,
         "pages": max(1, -(-total // f.limit)),
     }
-
-
-def _rollout_states(s: Session, ids: list[str]) -> dict[str, str]:
-    if not ids:
-        return {}
-    q = (
-        select(RolloutDevice.device_id, RolloutDevice.state, Rollout.serial)
-        .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
-        .where(col(RolloutDevice.device_id).in_(ids))
-        .order_by(col(Rollout.serial))
-    )
-    return {dev: state for dev, state, _ in s.exec(q).all()}
 
 
 def device_facets(s: Session) -> dict[str, list[str]]:
