@@ -5,7 +5,7 @@ Rollout phases (``RolloutState.phase``)::
 
     running ──breach(on_breach=pause)──▶ paused ──resume/approve──▶ running
        │  └──cohort soaked, approve_each_cohort──▶ awaiting_approval ──approve──▶ running
-       ├──breach(on_breach=abort)──▶ aborted          (terminal; nobody new is issued)
+       ├──breach(on_breach=abort)──▶ aborted  (nobody new is issued) ──rollback cmd──▶ rolled_back
        ├──breach(on_breach=rollback) / rollback cmd──▶ rolled_back   (terminal)
        ├──cancel cmd──▶ cancelled                      (terminal)
        └──last cohort soaked and gates pass──▶ completed ──device joins, or a timed-out one
@@ -30,7 +30,10 @@ Rules, in the order ``advance`` applies them:
    or lifts a gate pause (the breach is acknowledged, gates are re-armed for the next cohort);
    ``cancel`` stops the rollout and cancels devices not yet issued (devices keep what they run);
    ``rollback`` issues every issued-or-later device a NEW document naming the bundle it ran
-   before (or ``idle`` if none). Commands on a terminal rollout are ignored.
+   before (or ``idle`` if none), also after an abort (abort stops issuing; the devices that
+   installed keep the bundle until someone rolls back). :data:`COMMAND_PHASES` says where each
+   command applies (:func:`command_applies`); the shell refuses the rest with 409, the machine
+   ignores them.
 2. **Device observations** (``DeviceSeen``; from retained status): a device new to the rollout
    is added as ``pending`` (the shell sends only devices that match the target); a status
    whose active bundle is the target settles an issued/installing device as ``installed``;
@@ -97,6 +100,19 @@ BREACH_ACTIONS = ("pause", "abort", "rollback")
 # in the same telemetry windows, so they are judged by then if the device sends them at all)
 SAMPLE_GATES = ("error_rate", "p95_latency_ratio", "cloud_fallback_rate")
 COMMANDS = ("approve", "pause", "resume", "cancel", "rollback")
+# the phases in which each operator command applies (rule 1); the shell answers 409 otherwise
+COMMAND_PHASES: dict[str, tuple[str, ...]] = {
+    "pause": ("running", "awaiting_approval", "completed"),
+    "resume": ("paused",),
+    "approve": ("awaiting_approval", "paused"),
+    "cancel": ("running", "paused", "awaiting_approval", "completed"),
+    "rollback": ("running", "paused", "awaiting_approval", "completed", "aborted"),
+}
+
+
+def command_applies(op: str, phase: str) -> bool:
+    """Does operator command ``op`` do anything in ``phase``? (:data:`COMMAND_PHASES`)"""
+    return phase in COMMAND_PHASES.get(op, ())
 
 
 class PolicyError(ValueError):
@@ -405,12 +421,12 @@ def advance(
 
     # 1. operator commands
     for ev in events:
-        if not isinstance(ev, Command) or st.phase in TERMINAL_PHASES:
+        if not isinstance(ev, Command) or not command_applies(ev.op, st.phase):
             continue
         who = f" by {ev.actor}" if ev.actor else ""
-        if ev.op == "pause" and st.phase in ("running", "awaiting_approval", "completed"):
+        if ev.op == "pause":
             st = replace(st, phase="paused", reason=f"paused{who}")
-        elif ev.op == "resume" and st.phase == "paused":
+        elif ev.op == "resume":
             st = replace(st, phase="running", reason=f"resumed{who}")
         elif ev.op == "approve" and st.phase == "awaiting_approval":
             st = replace(st, phase="running", reason=f"approved{who}")

@@ -12,8 +12,10 @@ When it runs:
   ``Health`` for its issued and installed devices (timeouts, soak, gates);
 * ``command`` (API/CLI): approve / pause / resume / cancel / rollback.
 
-All runs hold ``fleet.rollout_lock`` so seq allocation and state writes never interleave, and
-start their transaction with ``hub.db.rollout_section`` (the same for hubs sharing a database).
+Every entry point runs inside :func:`_exclusive`: ``fleet.rollout_lock`` so seq allocation and
+state writes never interleave, a transaction opened with ``hub.db.rollout_section`` (the same
+for hubs sharing a database), committed before its messages are published. Each calls the pure
+machine one way, through :func:`_run` (load, gather events, ``advance``, carry out, save).
 A device follows one rollout at a time: the newest non-terminal one that targets it; creating
 a rollout cancels the device's row in older ones (``superseded``).
 """
@@ -21,7 +23,8 @@ a rollout cancels the device's row in older ones (``superseded``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, insert, update
@@ -41,6 +44,8 @@ from .errors import Conflict, Invalid, NotFound
 from .fleet import Fleet, new_id
 from .models import Alert, Bundle, Device, Rollout, RolloutDevice, TelemetryWindow
 from .rollout import (
+    COMMAND_PHASES,
+    COMMANDS,
     TERMINAL_PHASES,
     Alert as AlertAction,
     Command,
@@ -56,20 +61,13 @@ from .rollout import (
     RolloutState,
     advance,
     cohort_sizes,
+    command_applies,
 )
 from .targets import Target
 from .transport import Outgoing
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("pause", "resume", "cancel", "approve", "rollback")
-_ALLOWED = {
-    "pause": ("running", "awaiting_approval", "completed"),
-    "resume": ("paused",),
-    "approve": ("awaiting_approval", "paused"),
-    "cancel": ("running", "paused", "awaiting_approval", "completed"),
-    "rollback": ("running", "paused", "awaiting_approval", "completed", "aborted"),
-}
 HEALTH_WINDOWS = 500
 PREVIOUS_WINDOW_S = 3600
 
@@ -326,6 +324,19 @@ def _health(
 
 
 # ---- the run -----------------------------------------------------------------------------------
+@contextmanager
+def _exclusive(fleet: Fleet) -> Iterator[tuple[Session, list[Outgoing]]]:
+    """One rollout transaction: the lock (this process's, and on PostgreSQL every hub's), a
+    session and the list the runs append their messages to; committed, then published. An
+    exception rolls the transaction back and publishes nothing."""
+    out: list[Outgoing] = []
+    with fleet.rollout_lock, fleet.session() as s:
+        rollout_section(s)
+        yield s, out
+        s.commit()
+    fleet.publish(out)
+
+
 def _run(
     fleet: Fleet,
     s: Session,
@@ -410,9 +421,7 @@ def create(
         pol = Policy.from_dict(policy or {})
     except PolicyError as exc:
         raise Invalid("policy", str(exc)) from None
-    out: list[Outgoing] = []
-    with fleet.rollout_lock, fleet.session() as s:
-        rollout_section(s)
+    with _exclusive(fleet) as (s, out):
         bundles.get_row(fleet, s, digest)
         now = fleet.clock()
         serial = (s.exec(select(func.max(Rollout.serial))).one() or 0) + 1
@@ -445,9 +454,7 @@ def create(
         s.flush()
         fleet.audit(s, actor, "rollout.create", r.id, bundle=digest, devices=target.to_dict(), policy=pol.to_dict())
         _run(fleet, s, r, [], out, observe=True)
-        s.commit()
         rid = r.id
-    fleet.publish(out)
     log.info("rollout %s of %s created by %s: %d messages", rid, digest[:12], actor, len(out))
     return status(fleet, rid)
 
@@ -455,18 +462,14 @@ def create(
 def command(fleet: Fleet, rid: str, cmd: str, actor: str) -> dict[str, Any]:
     if cmd not in COMMANDS:
         raise Invalid("command", f"{cmd!r} is not one of {COMMANDS}")
-    out: list[Outgoing] = []
-    with fleet.rollout_lock, fleet.session() as s:
-        rollout_section(s)
+    with _exclusive(fleet) as (s, out):
         r = s.get(Rollout, rid)
         if r is None:
             raise NotFound("rollout", rid)
-        if r.phase not in _ALLOWED[cmd]:
-            raise Conflict(f"rollout {rid} is {r.phase}; {cmd} needs one of {_ALLOWED[cmd]}")
+        if not command_applies(cmd, r.phase):
+            raise Conflict(f"rollout {rid} is {r.phase}; {cmd} needs one of {COMMAND_PHASES[cmd]}")
         fleet.audit(s, actor, f"rollout.{cmd}", rid)
         _run(fleet, s, r, [Command(cmd, actor)], out, observe=False)
-        s.commit()
-    fleet.publish(out)
     return status(fleet, rid)
 
 
@@ -474,9 +477,7 @@ def on_reports(fleet: Fleet, reports: Sequence[Report]) -> None:
     """Install reports matched to the rollout row that issued their ``desired_seq``."""
     if not reports:
         return
-    out: list[Outgoing] = []
-    with fleet.rollout_lock, fleet.session() as s:
-        rollout_section(s)
+    with _exclusive(fleet) as (s, out):
         by_rollout: dict[str, list[Event]] = {}
         for rep in reports:
             if rep.desired_seq <= 0:
@@ -493,17 +494,13 @@ def on_reports(fleet: Fleet, reports: Sequence[Report]) -> None:
             r = s.get(Rollout, rid)
             if r is not None:
                 _run(fleet, s, r, evs, out, observe=False)
-        s.commit()
-    fleet.publish(out)
 
 
 def converge(fleet: Fleet, device_ids: Sequence[str]) -> None:
     """Devices that appeared, came back or changed group/tags: tell the rollout that owns them."""
     if not device_ids:
         return
-    out: list[Outgoing] = []
-    with fleet.rollout_lock, fleet.session() as s:
-        rollout_section(s)
+    with _exclusive(fleet) as (s, out):
         owners = _owners(s)
         per: dict[str, list[Event]] = {}
         for did in device_ids:
@@ -527,22 +524,16 @@ def converge(fleet: Fleet, device_ids: Sequence[str]) -> None:
             ro = s.get(Rollout, rid)
             if ro is not None:
                 _run(fleet, s, ro, evs, out, observe=False)
-        s.commit()
-    fleet.publish(out)
 
 
 def tick(fleet: Fleet) -> None:
-    out: list[Outgoing] = []
-    with fleet.rollout_lock, fleet.session() as s:
-        rollout_section(s)
+    with _exclusive(fleet) as (s, out):
         owners = _owners(s)
         for r, _ in owners:
             # device changes arrive through converge() (status, group/tag edits) as they happen;
             # the tick only drives time (timeouts, soak) and the gates' evidence
             if r.phase in ("running", "paused", "awaiting_approval"):
                 _run(fleet, s, r, [], out, observe=False, owners=owners)
-        s.commit()
-    fleet.publish(out)
 
 
 # ---- read side -----------------------------------------------------------------------------------

@@ -505,3 +505,30 @@ def test_a_device_that_timed_out_in_a_completed_rollout_is_reissued_when_back_an
     st, _ = advance(st, [InstallReport("d01", "commit", "ok")], 301, policy)
     st, _ = advance(st, [], 302, policy)
     assert st.phase == "completed" and st.device("d01").state == "installed"
+
+
+def test_an_aborted_rollout_can_still_be_rolled_back_and_the_shell_asks_the_machine_which_commands_apply():
+    """Abort stops issuing; the devices that installed keep the new bundle until the operator
+    rolls back. The shell used to accept `rollback` on an aborted rollout (its own phase table)
+    while the machine ignored every command in a terminal phase: a 200 that did nothing."""
+    from hub.rollout import command_applies
+
+    policy = Policy(cohorts=("2", "100%"), soak_s=0, on_breach="abort", max_retries=0)
+    st, _ = advance(RolloutState(NEW), seen(4), 0, policy)
+    st, _ = advance(
+        st, [InstallReport("d00", "commit", "ok"), InstallReport("d01", "verify", "failed", "bad_signature")], 1, policy
+    )
+    assert st.phase == "aborted" and st.device("d00").state == "installed"
+    assert command_applies("rollback", st.phase) and not command_applies("resume", st.phase)
+    st, acts = advance(st, [Command("rollback", "ops")], 2, policy)
+    assert st.phase == "rolled_back" and sorted((a.device, a.action) for a in rollbacks(acts)) == [
+        ("d00", "rollback"),
+        ("d01", "rollback"),
+    ]
+    for op in ("pause", "resume", "approve", "cancel", "rollback"):
+        assert not command_applies(op, "rolled_back") and not command_applies(op, "cancelled")
+    assert [op for op in ("pause", "resume", "approve", "cancel", "rollback") if command_applies(op, "running")] == [
+        "pause",
+        "cancel",
+        "rollback",
+    ]
