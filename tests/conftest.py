@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,27 @@ def _find_coral() -> Path | None:
             return c
     return None
 
+
+
+@contextmanager
+def serving_process(
+    argv: list[str], port: int, log: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> Iterator[str]:
+    """Run ``argv`` (a server listening on 127.0.0.1:``port``) from the repo with its output in
+    ``log``; yield its base URL once the port answers; terminate it afterwards. One way for
+    every test that starts a hub, a cloud or a broker as a process."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, timeout)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 @dataclass(frozen=True)
 class Trust:

@@ -65,10 +65,9 @@ def test_bundle_signed_by_unknown_key_is_rejected_and_agent_keeps_serving(
 @pytest.fixture
 def amqtt_broker(tmp_path):
     import shutil
-    import subprocess
     import sys
 
-    from tests.conftest import free_port, wait_port
+    from tests.conftest import free_port, serving_process
 
     exe = shutil.which("amqtt", path=str(Path(sys.executable).parent))
     if exe is None:
@@ -79,14 +78,8 @@ def amqtt_broker(tmp_path):
         f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
         "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
     )
-    with open(tmp_path / "amqtt.log", "wb") as log:
-        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_port(port, 30)
+    with serving_process([exe, "-c", str(conf)], port, tmp_path / "amqtt.log", timeout=30):
         yield f"mqtt://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_agent_falls_back_to_mqtt_311_on_the_embedded_broker(

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, free_port, wait_port
+from tests.conftest import free_port, serving_process
 
 from .bundles import MNV1_TPU, coral_bundle
 
@@ -98,34 +97,11 @@ def cloud(tmp_path, trust, digits_bundle):
     (bundles / "digits.efb").write_bytes(archive)
     (tmp_path / "cloud-root.json").write_bytes(trust.root_bytes)
     port = free_port()
-    with open(tmp_path / "cloud.log", "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cloud",
-                "serve",
-                "--bundles",
-                str(bundles),
-                "--root",
-                str(tmp_path / "cloud-root.json"),
-                "--port",
-                str(port),
-                "--api-key",
-                "agents:s3cret-s3cret-s3cret",
-                "--poll",
-                "0",
-            ],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_port(port, 60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(15)
+    argv = [sys.executable, "-m", "cloud", "serve", "--bundles", str(bundles)]
+    argv += ["--root", str(tmp_path / "cloud-root.json"), "--port", str(port), "--poll", "0"]
+    argv += ["--api-key", "agents:s3cret-s3cret-s3cret"]
+    with serving_process(argv, port, tmp_path / "cloud.log") as url:
+        yield url
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@ server (uvicorn subprocess) answers without a 5xx and keeps serving."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +14,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from tests.conftest import free_port, wait_port
+from tests.conftest import free_port, serving_process
 
-from .conftest import REPO, drop, make_archive, tiny_model
+from .conftest import drop, make_archive, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -27,32 +26,9 @@ def live(tmp_path_factory: pytest.TempPathFactory, trust: Any) -> Iterator[str]:
     (tmp / "root.json").write_bytes(trust.root_bytes)
     drop(tmp / "b", make_archive(trust.targets_key, "tiny", "1", tiny_model().onnx))
     port = free_port()
-    with open(tmp / "cloud.log", "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cloud",
-                "serve",
-                "--bundles",
-                str(tmp / "b"),
-                "--root",
-                str(tmp / "root.json"),
-                "--port",
-                str(port),
-                "--poll",
-                "0",
-            ],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_port(port, 60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(15)
+    argv = [sys.executable, "-m", "cloud", "serve", "--bundles", str(tmp / "b"), "--root", str(tmp / "root.json")]
+    with serving_process([*argv, "--port", str(port), "--poll", "0"], port, tmp / "cloud.log") as url:
+        yield url
     assert "Traceback" not in (tmp / "cloud.log").read_text()
 
 
