@@ -29,6 +29,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from protocol.baseline import Baseline, parse as parse_baseline
+from protocol.errors import BadPayload
 from protocol.features import resize_filter
 from protocol.messages import BundleInfo
 
@@ -212,7 +214,7 @@ class Model:
     info: BundleInfo
     preprocess: dict[str, Any]
     labels: list[str] = field(default_factory=list)
-    baseline: dict[str, Any] | None = None
+    baseline: Baseline | None = None
     selftest: dict[str, Any] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _direct: bool | None = None
@@ -236,7 +238,7 @@ class Model:
         labels: list[str] = []
         if "labels" in roles:
             labels = (slot_dir / roles["labels"]).read_text(errors="replace").splitlines()
-        baseline = _json_or_none(slot_dir / roles["baseline"]) if "baseline" in roles else None
+        baseline = _baseline_or_none(slot_dir / roles["baseline"]) if "baseline" in roles else None
         selftest = _json_or_none(slot_dir / roles["selftest"]) if "selftest" in roles else None
         pre = model_spec.get("preprocess") if isinstance(model_spec.get("preprocess"), dict) else None
         return cls(backend, info, pre or default_preprocess(backend), labels, baseline, selftest)
@@ -448,6 +450,15 @@ def default_preprocess(backend: Backend) -> dict[str, Any]:
         "scale": scale,
         "offset": -zp * scale,
     }
+
+
+def _baseline_or_none(path: Path) -> Baseline | None:
+    """The drift baseline, or None (no drift bins are recorded) when it cannot be read."""
+    try:
+        return parse_baseline(path.read_bytes())
+    except (OSError, BadPayload) as exc:
+        log.warning("cannot read %s (%s); recording no drift", path.name, exc)
+        return None
 
 
 def _json_or_none(path: Path) -> Any:

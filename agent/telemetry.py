@@ -18,22 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from protocol.baseline import SIDES, Baseline
 from protocol.device import Health, Shadow
 from protocol.features import input_features, output_features
 from protocol.messages import COUNT_KEYS
 from protocol.sketch import LatencySketch, bin_index
 
 DRIFT_WAIT_S = 0.02
-
-
-def _edges(baseline: dict[str, Any] | None, side: str) -> dict[str, list[float]]:
-    if not isinstance(baseline, dict) or not isinstance(baseline.get(side), dict):
-        return {}
-    out = {}
-    for name, spec in baseline[side].items():
-        if isinstance(spec, dict) and isinstance(spec.get("edges"), list):
-            out[name] = [float(e) for e in spec["edges"]]
-    return out
 
 
 def raw_image_features(raw: Any, affine: tuple[float, float], preprocess: dict[str, Any]) -> dict[str, float] | None:
@@ -81,7 +72,7 @@ class Recorder:
         self._drift = {side: {n: [0] * (len(e) + 1) for n, e in feats.items()} for side, feats in self._edges.items()}
         self._shadow: dict[str, Any] = {"n": 0, "agree": 0, "errors": 0, "delta_sum_s": 0.0}
 
-    def set_bundle(self, digest: str | None, baseline: dict[str, Any] | None, preprocess: dict[str, Any]) -> None:
+    def set_bundle(self, digest: str | None, baseline: Baseline | None, preprocess: dict[str, Any]) -> None:
         """Start recording for a new active bundle. A window with data for the previous bundle
         is closed here (kept until the next :meth:`rotate`), so no window mixes two models."""
         with self._lock:
@@ -89,7 +80,7 @@ class Recorder:
                 self._closed.append({**self._fields(), "end": int(time.time())})
                 self._reset()
             self._bundle = digest
-            self._edges = {"inputs": _edges(baseline, "inputs"), "outputs": _edges(baseline, "outputs")}
+            self._edges = {side: baseline.edges(side) if baseline else {} for side in SIDES}
             self._preprocess = preprocess
             self._drift = {
                 side: {n: [0] * (len(e) + 1) for n, e in feats.items()} for side, feats in self._edges.items()

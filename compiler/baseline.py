@@ -1,4 +1,4 @@
-"""Stage 7: the drift baseline (``baseline.json``, format in docs/protocol.md).
+"""Stage 7: the drift baseline (``baseline.json``, format in :mod:`protocol.baseline`).
 
 Features come from :mod:`protocol.features` so the agent computes exactly the same numbers:
 input features on each sample's float input tensor, output features on the dequantized scores
@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from protocol.baseline import Baseline, Feature, Thresholds
 from protocol.features import class_edges, input_features, output_features
 from protocol.sketch import DriftThresholds, bin_counts, quantile_edges
-
-SCHEMA = 1
 
 
 def build(
@@ -35,22 +34,13 @@ def build(
         "top1_confidence": _hist(outs["top1_confidence"], quantile_edges(outs["top1_confidence"], bins)),
         "top1_class": _hist(outs["top1_class"], class_edges(num_classes)),
     }
-    return {
-        "schema": SCHEMA,
-        "samples": len(x),
-        "inputs": inputs,
-        "outputs": outputs,
-        "thresholds": {
-            "psi_warn": thresholds.psi_warn,
-            "psi_alert": thresholds.psi_alert,
-            "min_samples": thresholds.min_samples,
-        },
-    }
+    th = Thresholds(thresholds.psi_warn, thresholds.psi_alert, thresholds.min_samples)
+    return Baseline(len(x), inputs, outputs, th).to_dict()
 
 
 def _columns(rows: list[dict[str, float]]) -> dict[str, list[float]]:
     return {k: [r[k] for r in rows] for k in rows[0]}
 
 
-def _hist(values: list[float], edges: list[float]) -> dict[str, list[float] | list[int]]:
-    return {"edges": [float(e) for e in edges], "ref": bin_counts(edges, values)}
+def _hist(values: list[float], edges: list[float]) -> Feature:
+    return Feature(tuple(float(e) for e in edges), tuple(bin_counts(edges, values)))

@@ -1,8 +1,10 @@
 """Drift verdicts at the hub: device bin counts vs the bundle's baseline. Pure.
 
-The math (bin counts, PSI, Jensen-Shannon, binned-KS bound) is :mod:`protocol.sketch`; this
-module decides per feature, with thresholds per model (``baseline.json``'s ``thresholds``),
-per feature (``baseline.json``'s ``inputs.<f>.thresholds``) and hub overrides, in that order:
+The math (bin counts, PSI, Jensen-Shannon, binned-KS bound) is :mod:`protocol.sketch`, the
+baseline and the thresholds that apply to each feature are :mod:`protocol.baseline`
+(:meth:`~protocol.baseline.Baseline.thresholds_for`: the model's, the hub's ``"*"``, the
+feature's own, the hub's per feature, the more specific winning); this module decides per
+feature:
 
 * fewer than ``min_samples`` in the window -> ``insufficient_data`` (never "drift");
 * PSI >= ``psi_alert`` -> ``alert``;
@@ -21,29 +23,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.baseline import Baseline, Thresholds as Stated
 from protocol.errors import BadPayload
-from protocol.sketch import js_divergence, ks_bound, merge_counts, psi
+from protocol.sketch import DriftThresholds as Thresholds, js_divergence, ks_bound, merge_counts, psi
 
 STATUSES = ("insufficient_data", "ok", "warn", "alert")
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    psi_warn: float = 0.1
-    psi_alert: float = 0.25
-    min_samples: int = 100
-    ks_alpha: float = 0.001
-
-    def merged(self, obj: Mapping[str, Any] | None) -> Thresholds:
-        if not obj:
-            return self
-        kw: dict[str, Any] = {}
-        for k in ("psi_warn", "psi_alert", "ks_alpha"):
-            if isinstance(obj.get(k), (int, float)) and not isinstance(obj.get(k), bool):
-                kw[k] = float(obj[k])
-        if isinstance(obj.get("min_samples"), int) and not isinstance(obj.get("min_samples"), bool):
-            kw["min_samples"] = int(obj["min_samples"])
-        return Thresholds(**{**self.__dict__, **kw})
 
 
 @dataclass(frozen=True)
@@ -101,34 +85,22 @@ def verdict(feature: str, ref: Sequence[int], cur: Sequence[int], th: Thresholds
     return FeatureVerdict(feature, status, n, p, j, k, crit)
 
 
-def baseline_refs(baseline: Mapping[str, Any]) -> dict[str, tuple[list[int], Mapping[str, Any] | None]]:
-    """``{"inputs.brightness": (ref counts, per-feature thresholds or None), ...}``."""
-    out: dict[str, tuple[list[int], Mapping[str, Any] | None]] = {}
-    for side in ("inputs", "outputs"):
-        for name, spec in (baseline.get(side) or {}).items():
-            if isinstance(spec, Mapping) and isinstance(spec.get("ref"), list):
-                out[f"{side}.{name}"] = ([int(x) for x in spec["ref"]], spec.get("thresholds"))
-    return out
-
-
 def assess(
-    baseline: Mapping[str, Any],
+    baseline: Baseline,
     windows: Sequence[Mapping[str, Mapping[str, Sequence[int]]]],
-    overrides: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> DriftReport:
     """Merge telemetry ``drift`` dicts (``{"inputs": {feature: counts}}``) and judge each
-    baseline feature. ``overrides``: hub thresholds for this model, ``{"*": {...}, feature: {...}}``."""
-    base = Thresholds().merged(baseline.get("thresholds"))
-    over = overrides or {}
-    base = base.merged(over.get("*"))
+    baseline feature; windows binned on other edges (another bin count) are left out.
+    ``overrides``: hub thresholds for this model, ``{"*": {...}, feature: {...}}``."""
+    over = {k: Stated.from_dict(v, f"drift override {k}") for k, v in (overrides or {}).items()}
     out = []
-    for key, (ref, feat_th) in sorted(baseline_refs(baseline).items()):
+    for key, feat in baseline.features().items():
         side, name = key.split(".", 1)
         wins = [list(w[side][name]) for w in windows if name in (w.get(side) or {})]
-        wins = [w for w in wins if len(w) == len(ref)]
-        th = base.merged(feat_th).merged(over.get(key))
+        wins = [w for w in wins if len(w) == len(feat.ref)]
         if not wins:
             out.append(FeatureVerdict(key, "insufficient_data", 0))
             continue
-        out.append(verdict(key, ref, merge_counts(*wins), th))
+        out.append(verdict(key, feat.ref, merge_counts(*wins), baseline.thresholds_for(key, over)))
     return DriftReport(tuple(out))

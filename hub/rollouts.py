@@ -76,24 +76,11 @@ PREVIOUS_WINDOW_S = 3600
 def _baseline(fleet: Fleet, digest: str) -> tuple[dict[str, list[int]], DriftThresholds]:
     cache: dict[str, Any] = fleet.__dict__.setdefault("_baseline_cache", {})
     if digest not in cache:
-        refs: dict[str, list[int]] = {}
-        th = DriftThresholds()
         try:
-            obj = fleet.store.baseline(digest, fleet.store.manifest(digest)) or {}
-        except Exception:  # a missing or odd baseline only disables the drift gate
-            obj = {}
-        for side in ("inputs", "outputs"):
-            for name, spec in (obj.get(side) or {}).items():
-                if isinstance(spec, dict) and isinstance(spec.get("ref"), list):
-                    refs[f"{side}.{name}"] = [int(x) for x in spec["ref"]]
-        t = obj.get("thresholds") or {}
-        try:
-            th = DriftThresholds(
-                float(t.get("psi_warn", 0.1)), float(t.get("psi_alert", 0.25)), int(t.get("min_samples", 100))
-            )
-        except (TypeError, ValueError):
-            pass
-        cache[digest] = (refs, th)
+            base = fleet.store.baseline(digest, fleet.store.manifest(digest))
+        except Exception:  # a missing or malformed baseline only disables the drift gate
+            base = None
+        cache[digest] = (base.refs(), base.thresholds_for("")) if base is not None else ({}, DriftThresholds())
     return cache[digest]  # type: ignore[no-any-return]
 
 

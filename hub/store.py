@@ -15,7 +15,6 @@ the artifacts against the manifest and signs with its own online key.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol import codec
+from protocol.baseline import Baseline, parse as parse_baseline
 from protocol.bundle import (
     ARCHIVE_MAGIC,
     MANIFEST_FILE,
@@ -205,15 +205,13 @@ class BundleStore:
         p = self.root / "bundles" / digest / name
         return p.read_bytes() if p.is_file() else None
 
-    def baseline(self, digest: str, manifest: Manifest) -> dict[str, Any] | None:
+    def baseline(self, digest: str, manifest: Manifest) -> Baseline | None:
+        """The bundle's drift baseline; None when it has none or the stored file is not the one
+        the manifest names. A malformed one raises :class:`BadPayload` naming the field."""
         a = manifest.artifact("baseline")
         if a is None:
             return None
         data = self.artifact(digest, a.name)
         if data is None or sha256_hex(data) != a.sha256:
             return None
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            return None
-        return obj if isinstance(obj, dict) else None
+        return parse_baseline(data)

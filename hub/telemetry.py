@@ -69,7 +69,7 @@ def drift_verdicts(
         baseline = fleet.store.baseline(digest, fleet.store.manifest(digest))
     except (NotFound, OSError, BadPayload):
         baseline = None
-    if not baseline:
+    if baseline is None:
         return {}
     merged = [
         {

@@ -201,6 +201,7 @@ class DriftThresholds:
     psi_warn: float = 0.1
     psi_alert: float = 0.25
     min_samples: int = 100
+    ks_alpha: float = 0.001  # hub.drift's binned-KS warning (see there)
 
 
 @dataclass(frozen=True)

@@ -63,16 +63,11 @@ class Baselines:
 
     def __call__(self, digest: str) -> Mapping[str, Sequence[int]] | None:
         if digest not in self._cache:
-            refs: dict[str, list[int]] = {}
             try:
-                obj = self.fleet.store.baseline(digest, self.fleet.store.manifest(digest)) or {}
-            except (HubError, OSError, BadPayload, ValueError):
-                obj = {}
-            for side in ("inputs", "outputs"):
-                for name, spec in (obj.get(side) or {}).items():
-                    if isinstance(spec, dict) and isinstance(spec.get("ref"), list):
-                        refs[f"{side}.{name}"] = [int(x) for x in spec["ref"]]
-            self._cache[digest] = refs
+                base = self.fleet.store.baseline(digest, self.fleet.store.manifest(digest))
+            except (HubError, OSError, BadPayload):
+                base = None
+            self._cache[digest] = base.refs() if base is not None else {}
         return self._cache[digest]
 
 

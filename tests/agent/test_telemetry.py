@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 
 from agent.telemetry import Recorder, raw_image_features
+from protocol.baseline import Baseline, Feature
 from protocol.features import input_features
 
 PRE = {"kind": "image", "height": 32, "width": 24, "channels": 3}
+
+
+def inputs_on(edges: dict[str, list[float]]) -> Baseline:
+    """A baseline with these input features' edges (reference counts play no part here)."""
+    return Baseline(1, {name: Feature(tuple(e), (1,) * (len(e) + 1)) for name, e in edges.items()})
 
 
 @pytest.mark.parametrize(
@@ -47,7 +53,7 @@ def test_raw_pixels_land_in_the_same_drift_bins_as_their_floats():
     """End to end through the recorder's worker: a raw request and the same request as floats
     are binned alike."""
     edges = [-0.5, 0.0, 0.5]
-    baseline = {"inputs": {f"mean_c{i}": {"edges": edges} for i in range(3)} | {"brightness": {"edges": edges}}}
+    baseline = inputs_on({f"mean_c{i}": edges for i in range(3)} | {"brightness": edges})
     raw = np.zeros((1, 32, 24, 3), np.uint8)
     raw[..., 0], raw[..., 1], raw[..., 2] = 40, 128, 250  # floats ~ -0.69, 0.0, 0.95
     bins = []
@@ -72,7 +78,7 @@ def test_a_drift_sample_is_binned_while_a_model_runs_not_right_after_the_answer(
 
     monkeypatch.setattr(telemetry, "DRIFT_WAIT_S", 30.0)
     r = Recorder()
-    r.set_bundle("a" * 64, {"inputs": {"brightness": {"edges": [0.0]}}}, PRE)
+    r.set_bundle("a" * 64, inputs_on({"brightness": [0.0]}), PRE)
     r.record("cpu", 0.01, True, np.full((1, 32, 24, 3), 250, np.uint8), None, (1 / 128, -1.0))
     r.drain(timeout=0.2)
     assert r._drift_q.unfinished_tasks == 1  # still held: no model has run since
@@ -84,7 +90,7 @@ def test_a_drift_sample_is_binned_while_a_model_runs_not_right_after_the_answer(
 
 def test_an_idle_agent_still_bins_its_last_samples():
     r = Recorder()
-    r.set_bundle("a" * 64, {"inputs": {"brightness": {"edges": [0.0]}}}, PRE)
+    r.set_bundle("a" * 64, inputs_on({"brightness": [0.0]}), PRE)
     for value in (10, 250, 250):
         r.record("cpu", 0.01, True, np.full((1, 32, 24, 3), value, np.uint8), None, (1 / 128, -1.0))
     r.drain()  # no invoke at all: each waits DRIFT_WAIT_S at most

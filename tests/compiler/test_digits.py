@@ -11,6 +11,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from compiler import digits, selftest
 from compiler.inference import TfliteRunner
+from protocol.baseline import parse as parse_baseline
 from protocol.bundle import MANIFEST_FILE, check_bundle, parse_manifest, verify_manifest
 from protocol.features import input_features, output_features
 from protocol.signing import Envelope
@@ -100,6 +101,7 @@ def test_selftest_vectors_pass_on_the_int8_artifact_and_catch_a_wrong_model(digi
 
 def test_baseline_counts_are_what_protocol_features_give_on_the_validation_set(digits_bundle: Path) -> None:
     base = json.loads((digits_bundle / "baseline.json").read_text())
+    assert parse_baseline((digits_bundle / "baseline.json").read_bytes()).to_dict() == base  # the one reader
     assert base["schema"] == 1 and base["samples"] == 360
     assert set(base["inputs"]) == {"mean_c0", "std_c0", "brightness"}
     assert set(base["outputs"]) == {"top1_confidence", "top1_class"}

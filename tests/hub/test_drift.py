@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hub.drift import Thresholds, assess, verdict
+from protocol.baseline import Baseline
 from protocol.features import class_edges, input_features
 from protocol.sketch import LatencySketch, bin_counts, merge_counts, quantile_edges
 
@@ -105,13 +106,17 @@ def test_merging_device_summaries_equals_summarising_the_union(seed):
 
 
 def test_thresholds_per_model_and_feature_and_hub_overrides_apply_in_order():
-    baseline = {
-        "inputs": {
-            "brightness": {"edges": [0.5], "ref": [500, 500], "thresholds": {"psi_alert": 5.0}},
-            "mean_c0": {"edges": [0.5], "ref": [500, 500]},
-        },
-        "thresholds": {"psi_warn": 0.1, "psi_alert": 0.25, "min_samples": 10},
-    }
+    baseline = Baseline.from_dict(
+        {
+            "schema": 1,
+            "samples": 1000,
+            "inputs": {
+                "brightness": {"edges": [0.5], "ref": [500, 500], "thresholds": {"psi_alert": 5.0}},
+                "mean_c0": {"edges": [0.5], "ref": [500, 500]},
+            },
+            "thresholds": {"psi_warn": 0.1, "psi_alert": 0.25, "min_samples": 10},
+        }
+    )
     window = {"inputs": {"brightness": [300, 0], "mean_c0": [300, 0]}}
     rep = assess(baseline, [window])
     assert rep.to_dict()["features"]["inputs.brightness"]["status"] == "warn"  # per-feature: alert at 5.0
