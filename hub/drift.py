@@ -1,33 +1,26 @@
-"""Drift verdicts at the hub: device bin counts vs the bundle's baseline. Pure.
+"""Drift verdicts at the hub: a bundle's baseline against merged window counts. Pure.
 
-The math (bin counts, PSI, Jensen-Shannon, binned-KS bound) is :mod:`protocol.sketch`, the
-baseline and the thresholds that apply to each feature are :mod:`protocol.baseline`
-(:meth:`~protocol.baseline.Baseline.thresholds_for`: the model's, the hub's ``"*"``, the
-feature's own, the hub's per feature, the more specific winning); this module decides per
-feature:
-
-* fewer than ``min_samples`` in the window -> ``insufficient_data`` (never "drift");
-* PSI >= ``psi_alert`` -> ``alert``;
-* PSI >= ``psi_warn``, or the binned KS bound above its critical value at ``ks_alpha``
-  (two-sample, ``c(a) * sqrt((n + m) / (n m))``) -> ``warn`` (small but real shifts that PSI's
-  fixed thresholds miss at this sample size);
-* else ``ok``.
+The rule is :func:`protocol.sketch.drift_verdict` (PSI alert, PSI or binned-KS warn,
+``insufficient_data`` below ``min_samples``) and the thresholds that apply to each feature are
+:meth:`protocol.baseline.Baseline.thresholds_for`; both are used here, never restated. This
+module merges windows per feature and ranks the features. The device page, the telemetry
+summaries and the drift alerts judge through :func:`assess`; the rollout gate
+(:mod:`hub.rollout`) and the dashboard's PSI charts (:mod:`hub.web.queries`) call the same
+protocol functions, so all of them agree on a window (``tests/hub/test_drift.py``).
 
 Windows merge by adding counts, so a device, a cohort or a fleet is judged the same way.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.baseline import Baseline, Thresholds as Stated
-from protocol.errors import BadPayload
-from protocol.sketch import DriftThresholds as Thresholds, js_divergence, ks_bound, merge_counts, psi
+from protocol.sketch import STATUSES, DriftThresholds as Thresholds, DriftVerdict, drift_verdict, merge_counts
 
-STATUSES = ("insufficient_data", "ok", "warn", "alert")
+__all__ = ["STATUSES", "DriftReport", "FeatureVerdict", "Thresholds", "assess", "verdict"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +32,10 @@ class FeatureVerdict:
     js: float | None = None
     ks: float | None = None
     ks_critical: float | None = None
+
+    @classmethod
+    def of(cls, feature: str, v: DriftVerdict) -> FeatureVerdict:
+        return cls(feature, v.status, v.samples, v.psi, v.js, v.ks, v.ks_critical)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,22 +64,9 @@ class DriftReport:
         return {"status": self.status, "features": {f.feature: f.to_dict() for f in self.features}}
 
 
-def ks_critical(alpha: float, n: int, m: int) -> float:
-    """Two-sample KS critical value (asymptotic): c(a) * sqrt((n + m) / (n m))."""
-    c = math.sqrt(-0.5 * math.log(alpha / 2))
-    return c * math.sqrt((n + m) / (n * m))
-
-
 def verdict(feature: str, ref: Sequence[int], cur: Sequence[int], th: Thresholds = Thresholds()) -> FeatureVerdict:
-    if len(ref) != len(cur):
-        raise BadPayload("drift counts", f"{feature}: window has {len(cur)} bins, baseline has {len(ref)}")
-    n, m = sum(cur), sum(ref)
-    if n < th.min_samples or m == 0:
-        return FeatureVerdict(feature, "insufficient_data", n)
-    p, j, k = psi(ref, cur), js_divergence(ref, cur), ks_bound(ref, cur)
-    crit = ks_critical(th.ks_alpha, n, m)
-    status = "alert" if p >= th.psi_alert else "warn" if (p >= th.psi_warn or k > crit) else "ok"
-    return FeatureVerdict(feature, status, n, p, j, k, crit)
+    """:func:`protocol.sketch.drift_verdict` under the feature's name."""
+    return FeatureVerdict.of(feature, drift_verdict(ref, cur, th))
 
 
 def assess(
@@ -91,8 +75,8 @@ def assess(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> DriftReport:
     """Merge telemetry ``drift`` dicts (``{"inputs": {feature: counts}}``) and judge each
-    baseline feature; windows binned on other edges (another bin count) are left out.
-    ``overrides``: hub thresholds for this model, ``{"*": {...}, feature: {...}}``."""
+    baseline feature with :meth:`Baseline.verdict`; windows binned on other edges (another bin
+    count) are left out. ``overrides``: hub thresholds for this model, ``{"*": {...}, feature: {...}}``."""
     over = {k: Stated.from_dict(v, f"drift override {k}") for k, v in (overrides or {}).items()}
     out = []
     for key, feat in baseline.features().items():
@@ -102,5 +86,5 @@ def assess(
         if not wins:
             out.append(FeatureVerdict(key, "insufficient_data", 0))
             continue
-        out.append(verdict(key, feat.ref, merge_counts(*wins), baseline.thresholds_for(key, over)))
+        out.append(FeatureVerdict.of(key, baseline.verdict(key, merge_counts(*wins), over)))
     return DriftReport(tuple(out))

@@ -55,8 +55,10 @@ Rules, in the order ``advance`` applies them:
 6. **Gates**, over every device assigned so far, evaluated on each ``advance`` while
    ``running`` (a stopped or completed rollout keeps its last results):
    install failure rate (failed + timed_out over settled), p95 latency vs the previous model on
-   the same devices (merged sketches), error rate, cloud-fallback rate, drift (PSI verdict on
-   merged bin counts vs the bundle's baseline; JS over ``max_js``), shadow agreement. A gate
+   the same devices (merged sketches), error rate, cloud-fallback rate, drift
+   (:func:`protocol.sketch.drift_verdict` on merged bin counts vs the bundle's baseline, each
+   feature under its own thresholds as the device page and the alerts judge it: breach on
+   ``alert``; JS over ``max_js``), shadow agreement. A gate
    without enough samples is ``insufficient_data``: it never breaches; with
    ``require_samples`` the inference-fed gates (error rate, p95, cloud rate), and drift once
    devices send drift counts, hold the cohort open until they have data. Windows that overlap
@@ -82,7 +84,7 @@ from typing import Any
 
 from protocol.bundle import Requirements
 from protocol.device import Inventory
-from protocol.sketch import DriftThresholds, LatencySketch, drift_verdict, js_divergence, merge_counts
+from protocol.sketch import DriftThresholds, LatencySketch, drift_verdict, merge_counts
 
 from . import compat
 
@@ -299,7 +301,9 @@ class RolloutState:
     gates: tuple[GateResult, ...] = ()
     gate_floor: int = 0  # gates judge cohorts >= this (raised when a breach is approved)
     baseline: Mapping[str, Sequence[int]] = field(default_factory=dict, hash=False, compare=False)
-    drift_thresholds: DriftThresholds = DriftThresholds()
+    drift_thresholds: DriftThresholds = DriftThresholds()  # the model's (a feature without its own)
+    # per feature, as protocol.baseline.Baseline.thresholds_for resolves them
+    feature_thresholds: Mapping[str, DriftThresholds] = field(default_factory=dict, hash=False, compare=False)
 
     def device(self, did: str) -> DeviceState | None:
         for d in self.devices:
@@ -762,18 +766,18 @@ def _sample_gates(st: RolloutState, hs: Sequence[Health], policy: Policy) -> lis
             wins = [list(h.drift[feat]) for h in hs if feat in h.drift and len(h.drift[feat]) == len(ref)]
             if not wins:
                 continue
-            cur = merge_counts(*wins)
-            verdict = drift_verdict(list(ref), cur, th)
+            fth = st.feature_thresholds.get(feat, st.drift_thresholds)
+            verdict = drift_verdict(list(ref), merge_counts(*wins), replace(fth, min_samples=max(fth.min_samples, 1)))
             if verdict.status == "insufficient_data":
                 continue
             any_data = True
-            js = js_divergence(list(ref), cur)
+            js = verdict.js or 0.0
             breach = (g.drift and verdict.status == "alert") or (g.max_js is not None and js > g.max_js)
             res = GateResult(
                 "drift",
                 "breach" if breach else "pass",
                 verdict.psi,
-                th.psi_alert,
+                fth.psi_alert,
                 f"{feat}: PSI {verdict.psi:.3f}, JS {js:.3f} over {verdict.samples} samples",
             )
             if (

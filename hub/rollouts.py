@@ -73,14 +73,18 @@ PREVIOUS_WINDOW_S = 3600
 
 
 # ---- state <-> rows ----------------------------------------------------------------------------
-def _baseline(fleet: Fleet, digest: str) -> tuple[dict[str, list[int]], DriftThresholds]:
+def _baseline(fleet: Fleet, digest: str) -> tuple[dict[str, list[int]], DriftThresholds, dict[str, DriftThresholds]]:
+    """The drift gate's inputs: reference counts, the model's thresholds and each feature's."""
     cache: dict[str, Any] = fleet.__dict__.setdefault("_baseline_cache", {})
     if digest not in cache:
         try:
             base = fleet.store.baseline(digest, fleet.store.manifest(digest))
         except Exception:  # a missing or malformed baseline only disables the drift gate
             base = None
-        cache[digest] = (base.refs(), base.thresholds_for("")) if base is not None else ({}, DriftThresholds())
+        if base is None:
+            cache[digest] = ({}, DriftThresholds(), {})
+        else:
+            cache[digest] = (base.refs(), base.thresholds_for(""), {k: base.thresholds_for(k) for k in base.features()})
     return cache[digest]  # type: ignore[no-any-return]
 
 
@@ -106,7 +110,7 @@ def _load(fleet: Fleet, s: Session, r: Rollout) -> tuple[RolloutState, Rows]:
     rows: Rows = {x[0]: dict(zip(_ROW_FIELDS, x, strict=True)) for x in s.exec(q).all()}  # type: ignore[call-overload]
     b = s.get(Bundle, r.bundle)
     req = Requirements.from_dict(b.requirements) if b else Requirements()
-    refs, th = _baseline(fleet, r.bundle)
+    refs, th, feature_th = _baseline(fleet, r.bundle)
     devices = tuple(
         DeviceState(
             x["device_id"],
@@ -136,6 +140,7 @@ def _load(fleet: Fleet, s: Session, r: Rollout) -> tuple[RolloutState, Rows]:
         r.gate_floor,
         refs,
         th,
+        feature_th,
     )
     return st, rows
 

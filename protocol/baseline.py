@@ -29,13 +29,13 @@ required field says where (``bad baseline inputs.brightness: missing field 'ref'
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field as dc_field, fields, replace
 from typing import Any
 
 from .codec import extra_fields, field, load_object, nonneg_int
 from .errors import BadPayload
-from .sketch import DriftThresholds
+from .sketch import DriftThresholds, DriftVerdict, drift_verdict
 
 SCHEMA = 1
 SIDES = ("inputs", "outputs")
@@ -154,6 +154,19 @@ class Baseline:
             if layer is not None:
                 th = replace(th, **layer.stated())
         return th
+
+    def verdict(
+        self, key: str, counts: Sequence[int], overrides: Mapping[str, Thresholds] | None = None
+    ) -> DriftVerdict:
+        """Window ``counts`` of feature ``key`` judged by :func:`protocol.sketch.drift_verdict`
+        with :meth:`thresholds_for` ``key``. Raises :class:`BadPayload` when ``key`` is no
+        feature of this baseline or ``counts`` has another number of bins."""
+        feat = self.features().get(key)
+        if feat is None:
+            raise BadPayload("drift counts", f"{key!r} is not a feature of this baseline")
+        if len(counts) != len(feat.ref):
+            raise BadPayload("drift counts", f"{key}: window has {len(counts)} bins, baseline has {len(feat.ref)}")
+        return drift_verdict(feat.ref, counts, self.thresholds_for(key, overrides))
 
     def edges(self, side: str) -> dict[str, list[float]]:
         """The bin edges of one side's features (what the agent bins live traffic on)."""

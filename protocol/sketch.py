@@ -13,8 +13,19 @@ between edges, at or above the last). Comparing a window with the reference:
 * Jensen-Shannon divergence (base 2, within 0..1);
 * ``ks_bound``: the largest gap between the two binned CDFs, which is a lower bound of the KS
   statistic of the unbinned samples (the gap at bin edges is observed exactly);
-* :func:`drift_verdict`: ``insufficient_data`` below ``min_samples`` (never "drift"), else
-  ``ok`` / ``warn`` / ``alert`` on PSI thresholds (defaults 0.1 / 0.25).
+* :func:`drift_verdict`: the one drift rule. The hub's device page and summaries, its drift
+  alerts, the rollout gate and the dashboard's PSI charts all judge through it, with the
+  thresholds :meth:`protocol.baseline.Baseline.thresholds_for` resolves for the feature:
+
+  - fewer than ``min_samples`` in the window (or none, or an empty reference) ->
+    ``insufficient_data`` (never "drift");
+  - PSI >= ``psi_alert`` -> ``alert``;
+  - PSI >= ``psi_warn``, or the binned KS bound above its critical value at ``ks_alpha``
+    (two-sample, ``c(a) * sqrt((n + m) / (n m))``, :func:`ks_critical`) -> ``warn`` (small but
+    real shifts that PSI's fixed thresholds miss at this sample size);
+  - else ``ok``.
+
+  Defaults: ``psi_warn`` 0.1, ``psi_alert`` 0.25, ``min_samples`` 100, ``ks_alpha`` 0.001.
 """
 
 from __future__ import annotations
@@ -196,32 +207,54 @@ def merge_counts(*windows: Sequence[int]) -> list[int]:
     return [sum(col) for col in zip(*windows, strict=True)]
 
 
+STATUSES = ("insufficient_data", "ok", "warn", "alert")  # worst last
+
+
 @dataclass(frozen=True)
 class DriftThresholds:
     psi_warn: float = 0.1
     psi_alert: float = 0.25
     min_samples: int = 100
-    ks_alpha: float = 0.001  # hub.drift's binned-KS warning (see there)
+    ks_alpha: float = 0.001
 
 
 @dataclass(frozen=True)
 class DriftVerdict:
-    status: str  # insufficient_data | ok | warn | alert
+    status: str  # one of STATUSES
     samples: int
     psi: float | None = None
     js: float | None = None
     ks: float | None = None
+    ks_critical: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "samples": self.samples, "psi": self.psi, "js": self.js, "ks": self.ks}
+        return {
+            "status": self.status,
+            "samples": self.samples,
+            "psi": self.psi,
+            "js": self.js,
+            "ks": self.ks,
+            "ks_critical": self.ks_critical,
+        }
+
+
+def ks_critical(alpha: float, n: int, m: int) -> float:
+    """Two-sample KS critical value (asymptotic): c(a) * sqrt((n + m) / (n m))."""
+    c = math.sqrt(-0.5 * math.log(alpha / 2))
+    return c * math.sqrt((n + m) / (n * m))
 
 
 def drift_verdict(
     ref: Sequence[int], cur: Sequence[int], thresholds: DriftThresholds = DriftThresholds()
 ) -> DriftVerdict:
-    n = sum(cur)
-    if n < thresholds.min_samples or sum(ref) == 0:
+    """Judge one feature's window counts against its reference counts (the rule is in the
+    module docstring). Raises :class:`BadPayload` when the bin counts differ."""
+    if len(ref) != len(cur):
+        raise BadPayload("drift counts", f"window has {len(cur)} bins, baseline has {len(ref)}")
+    n, m = sum(cur), sum(ref)
+    if n < thresholds.min_samples or n == 0 or m == 0:
         return DriftVerdict("insufficient_data", n)
-    p = psi(ref, cur)
-    status = "alert" if p >= thresholds.psi_alert else "warn" if p >= thresholds.psi_warn else "ok"
-    return DriftVerdict(status, n, p, js_divergence(ref, cur), ks_bound(ref, cur))
+    p, j, k = psi(ref, cur), js_divergence(ref, cur), ks_bound(ref, cur)
+    crit = ks_critical(thresholds.ks_alpha, n, m)
+    status = "alert" if p >= thresholds.psi_alert else "warn" if (p >= thresholds.psi_warn or k > crit) else "ok"
+    return DriftVerdict(status, n, p, j, k, crit)

@@ -28,6 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from protocol.baseline import Baseline
 from protocol.errors import BadPayload
 
 from .. import devices, rollouts
@@ -55,19 +56,19 @@ NAV = {
 
 
 class Baselines:
-    """Baseline reference counts per bundle (``{"inputs.f": ref}``), read once from the store."""
+    """Each bundle's drift baseline, read once from the store (None: it has none, or not a
+    readable one)."""
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
-        self._cache: dict[str, dict[str, list[int]]] = {}
+        self._cache: dict[str, Baseline | None] = {}
 
-    def __call__(self, digest: str) -> Mapping[str, Sequence[int]] | None:
+    def __call__(self, digest: str) -> Baseline | None:
         if digest not in self._cache:
             try:
-                base = self.fleet.store.baseline(digest, self.fleet.store.manifest(digest))
+                self._cache[digest] = self.fleet.store.baseline(digest, self.fleet.store.manifest(digest))
             except (HubError, OSError, BadPayload):
-                base = None
-            self._cache[digest] = base.refs() if base is not None else {}
+                self._cache[digest] = None
         return self._cache[digest]
 
 

@@ -5,8 +5,10 @@ Aggregations run in SQL where the row count grows with the fleet (device counts,
 paginated device list); time series merge at most ``MAX_WINDOWS`` telemetry rows in Python
 because latency sketches and drift bins merge by addition, not by SQL aggregates.
 Functions take a ``Session`` and plain values; drift needs the bundle's baseline, which the
-caller supplies as ``baselines(digest) -> {feature: ref_counts} | None`` (the store reads
-files; this module does not).
+caller supplies as ``baselines(digest) -> Baseline | None`` (the store reads files; this module
+does not). A chart's PSI is the one drift verdict's (:meth:`protocol.baseline.Baseline.verdict`):
+plotted only where the verdict has data (the feature's ``min_samples``), as on the device page,
+in the alerts and in the rollout gate.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from sqlalchemy import and_, cast, func, literal, or_
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col, select
 
+from protocol.baseline import Baseline
 from protocol.bundle import Requirements
 from protocol.errors import BadPayload
-from protocol.sketch import LatencySketch, psi
+from protocol.sketch import LatencySketch
 
 from ..bundles import bundle_public
 from ..compat import check as compat_check, stored_inventory
@@ -34,11 +37,10 @@ from ..telemetry import latency_summary
 
 MAX_WINDOWS = 20_000  # telemetry rows merged for one fleet chart
 DEVICE_WINDOWS = 120  # points in a device's charts
-MIN_DRIFT_SAMPLES = 100  # below this a window's PSI is not plotted (it would be noise)
 PAGE_SIZES = (25, 50, 100, 200)
 MAX_OFFSET = 10_000_000
 
-Baselines = Callable[[str], Mapping[str, Sequence[int]] | None]
+Baselines = Callable[[str], Baseline | None]
 
 
 class QueryError(ValueError):
@@ -218,19 +220,22 @@ def _fold_drift(acc: dict[tuple[str, str], list[int]], bundle: str, dr: Any) -> 
                 acc[key] = [a + int(b) for a, b in zip(cur, counts, strict=True)]
 
 
-def _feature_psi(ref: Sequence[int] | None, cur: Sequence[int]) -> float | None:
-    if not ref or len(ref) != len(cur) or sum(cur) < MIN_DRIFT_SAMPLES or sum(ref) == 0:
+def _feature_psi(base: Baseline | None, feature: str, cur: Sequence[int]) -> float | None:
+    """The feature's PSI as the drift verdict computes it; None where the verdict has too few
+    samples, or the baseline has no such feature on these bins."""
+    if base is None:
         return None
     try:
-        return round(psi(ref, cur), 4)
+        v = base.verdict(feature, cur)
     except BadPayload:
         return None
+    return round(v.psi, 4) if v.psi is not None else None
 
 
 def _worst_psi(acc: dict[tuple[str, str], list[int]], baselines: Baselines) -> float | None:
     worst: float | None = None
     for (bundle, feature), counts in acc.items():
-        value = _feature_psi((baselines(bundle) or {}).get(feature), counts)
+        value = _feature_psi(baselines(bundle), feature, counts)
         if value is not None and (worst is None or value > worst):
             worst = value
     return worst
@@ -406,12 +411,12 @@ def device_series(s: Session, device_id: str, baselines: Baselines, limit: int =
             lat = {"p50_ms": None, "p95_ms": None}
         p50.append(_round(lat["p50_ms"]))
         p95.append(_round(lat["p95_ms"]))
-        refs = baselines(w.bundle) if w.bundle else None
+        base = baselines(w.bundle) if w.bundle else None
         acc: dict[tuple[str, str], list[int]] = {}
         _fold_drift(acc, w.bundle or "", w.drift)
         for (_b, feat), counts in acc.items():
             features.setdefault(feat, [None] * i)
-            features[feat].append(_feature_psi((refs or {}).get(feat), counts))
+            features[feat].append(_feature_psi(base, feat, counts))
         for vals in features.values():
             if len(vals) < i + 1:
                 vals.append(None)

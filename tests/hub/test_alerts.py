@@ -6,6 +6,8 @@ import pytest
 
 from hub import alerting
 from hub.alerts import AlertRules, DeviceFacts, Raise, evaluate
+from hub.web import queries
+from hub.web.dashboard import Baselines
 
 from .helpers import status, telemetry
 from .test_api import push
@@ -68,6 +70,22 @@ def test_scan_raises_drift_and_offline_alerts_from_real_rows_and_serves_them(cli
     assert [a["device"] for a in client.get("/api/v1/alerts?open=true&kind=offline").json()["items"]] == []
     assert client.get("/api/v1/alerts?kind=offline").json()["items"][0]["resolved"] > 0
     assert client.get("/api/v1/alerts?kind=bogus").status_code == 422
+
+
+def test_the_device_page_the_drift_alert_and_the_chart_judge_the_same_rows_alike(client, memhub, bundle_dir):
+    hub, _ = memhub
+    b = push(client, bundle_dir())
+    hub.ingest.handle([("ef/v1/dev/d/status", status("d", active=(b["digest"], b["name"], b["version"])))])
+    shifted = {"inputs": {"brightness": [0, 0, 0, 300]}, "outputs": {"top1_class": [100, 100, 100]}}
+    hub.ingest.handle([("ef/v1/dev/d/telemetry", telemetry("d", 1, b["digest"], drift=shifted))])
+    page = client.get("/api/v1/devices/d").json()["recent"]["drift"]
+    alerting.scan(hub.fleet)
+    (alert,) = client.get("/api/v1/alerts?open=true&kind=drift").json()["items"]
+    with hub.fleet.session() as s:
+        chart = queries.device_series(s, "d", Baselines(hub.fleet))["drift_psi"]
+    assert page["inputs.brightness"]["status"] == "alert" and page["outputs.top1_class"]["status"] == "ok"
+    assert alert["device"] == "d" and alert["detail"] == {"inputs.brightness": page["inputs.brightness"]}
+    assert chart == {key: [round(v["psi"], 4)] for key, v in page.items()}
 
 
 def test_models_and_audit_are_listed(client, bundle_dir):

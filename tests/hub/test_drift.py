@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from hub.drift import Thresholds, assess, verdict
+from hub.rollout import DeviceState, Gates, Health, Policy, RolloutState, evaluate_gates
+from hub.web.queries import _feature_psi
 from protocol.baseline import Baseline
 from protocol.features import class_edges, input_features
 from protocol.sketch import LatencySketch, bin_counts, merge_counts, quantile_edges
@@ -125,3 +127,57 @@ def test_thresholds_per_model_and_feature_and_hub_overrides_apply_in_order():
     assert rep.to_dict()["features"]["inputs.mean_c0"]["status"] == "insufficient_data"
     assert rep.status == "warn"
     assert assess(baseline, []).status == "insufficient_data"
+
+
+AGREE = Baseline.from_dict(
+    {
+        "schema": 1,
+        "samples": 1000,
+        "inputs": {
+            "brightness": {"edges": [0.25, 0.5, 0.75], "ref": [250, 250, 250, 250]},
+            "mean_c0": {"edges": [0.5], "ref": [500, 500], "thresholds": {"psi_alert": 5.0}},
+        },
+        "thresholds": {"psi_warn": 0.1, "psi_alert": 0.25, "min_samples": 100},
+    }
+)
+
+
+def _gate(key: str, counts: list[int]):
+    """The rollout gate's drift result for one installed device that sent ``counts``."""
+    st = RolloutState(
+        "b" * 64,
+        devices=(DeviceState("d", "installed", 0),),
+        baseline=AGREE.refs(),
+        drift_thresholds=AGREE.thresholds_for(""),
+        feature_thresholds={k: AGREE.thresholds_for(k) for k in AGREE.features()},
+    )
+    policy = Policy(gates=Gates(max_p95_ratio=None, max_error_rate=None))
+    health = {"d": Health("d", inferences=sum(counts), drift={key: counts})}
+    return next(g for g in evaluate_gates(st, st.devices, health, policy) if g.name == "drift")
+
+
+@pytest.mark.parametrize(
+    "key, counts, status",
+    [
+        ("inputs.brightness", [100, 100, 100, 100], "ok"),
+        ("inputs.brightness", [160, 100, 80, 60], "warn"),
+        ("inputs.brightness", [0, 0, 0, 300], "alert"),
+        ("inputs.brightness", [0, 0, 0, 50], "insufficient_data"),  # below min_samples
+        # the feature's own psi_alert (5.0): the gate once judged it by the model's 0.25 (a breach)
+        ("inputs.mean_c0", [300, 0], "warn"),
+    ],
+)
+def test_device_page_alerts_chart_and_gate_judge_a_window_alike(key, counts, status):
+    """One rule (protocol.sketch.drift_verdict, thresholds by Baseline.thresholds_for): the
+    device page and the alert scan (hub.drift.assess, via hub.telemetry), the dashboard's PSI
+    chart and the rollout gate see the same PSI and agree on alert / not alert."""
+    side, name = key.split(".")
+    page = assess(AGREE, [{side: {name: counts}}]).to_dict()["features"][key]
+    chart = _feature_psi(AGREE, key, counts)
+    gate = _gate(key, counts)
+    assert page["status"] == status
+    if page["psi"] is None:
+        assert chart is None and gate.status == "insufficient_data"
+    else:
+        assert chart == round(page["psi"], 4) and gate.value == page["psi"]
+        assert gate.status == ("breach" if status == "alert" else "pass")

@@ -16,6 +16,7 @@ from hub.targets import Target
 from hub.transport import MemoryPublisher
 from hub.web import queries
 from hub.web.queries import QueryError
+from protocol.baseline import Baseline, Feature
 from protocol.bundle import Requirements
 from protocol.sketch import LatencySketch
 
@@ -46,8 +47,8 @@ def window(
     )
 
 
-def refs(digest: str) -> dict[str, list[int]]:
-    return {"inputs.brightness": REF} if digest == "b" * 64 else {}
+def refs(digest: str) -> Baseline | None:
+    return Baseline(1000, {"brightness": Feature((0.25, 0.5, 0.75), tuple(REF))}) if digest == "b" * 64 else None
 
 
 def test_fleet_series_buckets_latency_and_drift_by_receive_time_with_gaps(memhub: tuple[Hub, MemoryPublisher]) -> None:
