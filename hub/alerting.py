@@ -9,9 +9,6 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from protocol.errors import BadPayload
-from protocol.sketch import LatencySketch
-
 from . import alerts, telemetry
 from .fleet import Fleet
 from .models import (
@@ -39,22 +36,11 @@ def scan(fleet: Fleet, rules: alerts.AlertRules | None = None) -> list[alerts.Ra
         open_keys = {(a.kind, a.device or "") for a in open_rows}
         facts = []
         for d in devices:
-            wins = [w for w in recent.get(d.id, []) if w.bundle == d.active_digest]
-            sk = LatencySketch()
-            drift_wins: dict[str, dict[str, list[list[int]]]] = {}
-            for w in wins:
-                try:
-                    sk = sk.merge(LatencySketch.from_dict(w.latency or {}))
-                except BadPayload:
-                    continue
-                for side, feats in (w.drift or {}).items():
-                    for name, counts in (feats or {}).items():
-                        drift_wins.setdefault(side, {}).setdefault(name, []).append(counts)
+            merged = telemetry.merge(w for w in recent.get(d.id, []) if w.bundle == d.active_digest)
+            sk = merged.sketch
             trailing = latency_summary(d.latency) if d.latency_bundle == d.active_digest else {}
             verdicts = (
-                telemetry.drift_verdicts(fleet, s, d.active_digest, drift_wins)
-                if d.active_digest and drift_wins
-                else {}
+                telemetry.drift_verdicts(fleet, d.active_digest, merged) if d.active_digest and merged.drift else {}
             )
             worst = max(
                 (v.get("status", "insufficient_data") for v in verdicts.values()),

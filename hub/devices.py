@@ -115,7 +115,7 @@ def get(fleet: Fleet, device_id: str, windows: int = 30) -> dict[str, Any]:
             .order_by(col(TelemetryWindow.window_end).desc())
             .limit(windows)
         ).all()
-        out["recent"] = telemetry.summarise(fleet, s, rows, d.active_digest)
+        out["recent"] = telemetry.summarise(fleet, rows, d.active_digest)
         out["rollouts"] = [
             {
                 "rollout": r.rollout_id,

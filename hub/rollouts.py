@@ -31,10 +31,9 @@ from sqlalchemy import and_, bindparam, func, insert, update
 from sqlmodel import Session, col, select
 
 from protocol.bundle import Requirements
-from protocol.device import Shadow
 from protocol.errors import BadPayload
 from protocol.messages import Report
-from protocol.sketch import DriftThresholds, LatencySketch
+from protocol.sketch import DriftThresholds
 from protocol.topics import check_digest
 
 from . import bundles, desired
@@ -64,6 +63,7 @@ from .rollout import (
     command_applies,
 )
 from .targets import Target
+from .telemetry import merge
 from .transport import Outgoing
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,8 @@ def _health(
             t.latency,
             t.inferences,
             t.errors,
+            t.tpu,
+            t.cpu,
             t.cloud,
             t.drift,
             t.shadow,  # type: ignore[call-overload]
@@ -245,74 +247,42 @@ def _health(
         )
         .order_by(col(t.window_end).desc())
     )
-    acc: dict[str, dict[str, Any]] = {
-        i: {
-            "new": LatencySketch(),
-            "old": LatencySketch(),
-            "inf": 0,
-            "err": 0,
-            "cloud": 0,
-            "agree": 0,
-            "total": 0,
-            "drift": {},
-            "n": 0,
-            "rec": 0,
-        }
-        for i in ids
-    }
-    for device, bundle, latency, inferences, errors, cloud, drift, shadow, start, end in s.exec(q).all():
-        a = acc[device]
-        if any(start <= up and end >= down for down, up in recovery):
-            a["rec"] += 1
+    # which windows count (the merging is hub.telemetry.merge): per device, the newest
+    # HEALTH_WINDOWS of the target bundle since the switch or of the bundle it ran before
+    new: dict[str, list[Any]] = {i: [] for i in ids}
+    old: dict[str, list[Any]] = {i: [] for i in ids}
+    left_out = dict.fromkeys(ids, 0)
+    for w in s.exec(q).all():
+        device = w.device
+        if any(w.window_start <= up and w.window_end >= down for down, up in recovery):
+            left_out[device] += 1
             continue
-        is_new = bundle == st.bundle
-        if not is_new and bundle != rows[device]["from_bundle"]:
+        is_new = w.bundle == st.bundle
+        if not is_new and w.bundle != rows[device]["from_bundle"]:
             continue
-        if is_new and start < since[device]:
+        if is_new and w.window_start < since[device]:
             continue
-        if a["n"] >= HEALTH_WINDOWS:
+        if len(new[device]) + len(old[device]) >= HEALTH_WINDOWS:
             continue
-        a["n"] += 1
-        try:
-            sk = LatencySketch.from_dict(latency or {})
-        except BadPayload:
-            continue
-        if not is_new:
-            a["old"] = a["old"].merge(sk)
-            continue
-        a["new"] = a["new"].merge(sk)
-        a["inf"] += inferences
-        a["err"] += errors
-        a["cloud"] += cloud
-        for side, feats in (drift or {}).items():
-            for name, counts in (feats or {}).items():
-                key, cur = f"{side}.{name}", a["drift"].get(f"{side}.{name}")
-                if cur is None:
-                    a["drift"][key] = list(counts)
-                elif len(cur) == len(counts):
-                    a["drift"][key] = [x + y for x, y in zip(cur, counts, strict=True)]
-        if shadow is not None:
-            try:
-                sh = Shadow.from_dict(shadow, f"stored shadow of {device}")
-            except BadPayload:
-                continue
-            a["agree"] += sh.agreed
-            a["total"] += sh.samples
-    return [
-        Health(
-            i,
-            a["inf"],
-            a["err"],
-            a["cloud"],
-            a["new"].to_dict() if a["new"].count else {},
-            a["old"].to_dict() if a["old"].count else {},
-            a["drift"],
-            a["agree"],
-            a["total"],
-            a["rec"],
+        (new if is_new else old)[device].append(w)
+    out = []
+    for i in ids:
+        m, prev = merge(new[i]), merge(old[i]).sketch
+        out.append(
+            Health(
+                i,
+                m.counts["inferences"],
+                m.counts["errors"],
+                m.counts["cloud"],
+                m.sketch.to_dict() if m.sketch.count else {},
+                prev.to_dict() if prev.count else {},
+                {k: c for k, ref in st.baseline.items() if (c := m.drift_counts(k, len(ref))) is not None},
+                m.shadow_agree,
+                m.shadow_total,
+                left_out[i],
+            )
         )
-        for i, a in acc.items()
-    ]
+    return out
 
 
 # ---- the run -----------------------------------------------------------------------------------

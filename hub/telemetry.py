@@ -1,18 +1,28 @@
-"""Telemetry windows read back: merged counts and latency quantiles, drift verdicts against a
-bundle's baseline, fleet/group/device summaries, and retention pruning. Sketches and drift bins
-merge exactly, so a fleet, a cohort or a device is summarised the same way."""
+"""Telemetry windows read back: merged counts, latency, drift bins and shadow comparisons
+(:func:`merge`, the one merge of stored windows), drift verdicts against a bundle's baseline,
+fleet/group/device summaries, and retention pruning. Sketches and drift bins merge exactly, so
+a fleet, a cohort or a device is summarised the same way.
+
+Who merges through :func:`merge` (each caller keeps choosing *which* windows): the summaries
+and the device page here, the alert scan (:mod:`hub.alerting`), the rollout gates' health
+(:mod:`hub.rollouts`) and the dashboard's charts (:mod:`hub.web.queries`).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from sqlalchemy import delete
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
+from protocol.baseline import Baseline
+from protocol.device import Shadow
 from protocol.errors import BadPayload
-from protocol.sketch import LatencySketch, merge_counts
+from protocol.messages import COUNT_KEYS
+from protocol.sketch import LatencySketch
 
 from . import drift
 from .errors import NotFound
@@ -24,6 +34,83 @@ from .models import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class WindowRow(Protocol):
+    """What :func:`merge` reads of a stored window: a :class:`TelemetryWindow`, or a row of
+    these columns."""
+
+    device: str
+    latency: dict[str, Any] | None
+    inferences: int
+    errors: int
+    tpu: int
+    cpu: int
+    cloud: int
+    drift: dict[str, Any] | None
+    shadow: dict[str, Any] | None
+
+
+@dataclass
+class Merged:
+    """Windows added together. ``drift`` is per feature (``"inputs.brightness"``) and bin count:
+    a window binned on other edges never mixes with the baseline's bins, it is left out when a
+    verdict picks the bins it judges (:meth:`drift_for`)."""
+
+    windows: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNT_KEYS, 0))
+    sketch: LatencySketch = field(default_factory=LatencySketch)
+    drift: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+    shadow_agree: int = 0
+    shadow_total: int = 0
+
+    def drift_counts(self, key: str, bins: int) -> list[int] | None:
+        """Merged counts of feature ``key`` from the windows that had ``bins`` bins."""
+        return self.drift.get(key, {}).get(bins)
+
+    def drift_for(self, baseline: Baseline) -> dict[str, list[int]]:
+        """Merged counts of each baseline feature, on its bins (features with no data left out)."""
+        out = {}
+        for key, feat in baseline.features().items():
+            counts = self.drift_counts(key, len(feat.ref))
+            if counts is not None:
+                out[key] = counts
+        return out
+
+
+def merge(rows: Iterable[WindowRow]) -> Merged:
+    """Add up telemetry windows: counts, latency sketch, drift bins, shadow comparisons.
+
+    Each part is read on its own: a part that does not parse (rows stored before ingest checked
+    it) leaves out that part of that window only, never the window's other parts."""
+    m = Merged()
+    for r in rows:
+        m.windows += 1
+        for k in COUNT_KEYS:
+            m.counts[k] += int(getattr(r, k) or 0)
+        try:
+            m.sketch = m.sketch.merge(LatencySketch.from_dict(r.latency or {}))
+        except BadPayload:
+            pass
+        for side, feats in (r.drift or {}).items():
+            if not isinstance(feats, dict):
+                continue
+            for name, counts in feats.items():
+                if not isinstance(counts, list):
+                    continue
+                by_bins = m.drift.setdefault(f"{side}.{name}", {})
+                cur = by_bins.get(len(counts))
+                by_bins[len(counts)] = (
+                    [int(c) for c in counts] if cur is None else [a + int(b) for a, b in zip(cur, counts, strict=True)]
+                )
+        if r.shadow is not None:
+            try:
+                sh = Shadow.from_dict(r.shadow, f"stored shadow of {r.device}")
+            except BadPayload:
+                continue
+            m.shadow_agree += sh.agreed
+            m.shadow_total += sh.samples
+    return m
 
 
 def latency_summary(sketch: dict[str, Any]) -> dict[str, float | None]:
@@ -39,46 +126,29 @@ def latency_summary(sketch: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
-def summarise(fleet: Fleet, s: Session, rows: Sequence[TelemetryWindow], bundle: str | None) -> dict[str, Any]:
+def summarise(fleet: Fleet, rows: Sequence[TelemetryWindow], bundle: str | None) -> dict[str, Any]:
     """Merge telemetry windows of one bundle: counts, latency quantiles, drift verdicts."""
-    rows = [r for r in rows if bundle is None or r.bundle == bundle]
-    sketch = LatencySketch()
-    counts = {"inferences": 0, "errors": 0, "tpu": 0, "cpu": 0, "cloud": 0}
-    drift: dict[str, dict[str, list[list[int]]]] = {}
-    for r in rows:
-        try:
-            sketch = sketch.merge(LatencySketch.from_dict(r.latency or {}))
-        except BadPayload:
-            pass
-        for k in counts:
-            counts[k] += getattr(r, k)
-        for side, feats in (r.drift or {}).items():
-            for name, bins in feats.items():
-                drift.setdefault(side, {}).setdefault(name, []).append(bins)
-    out: dict[str, Any] = {"windows": len(rows), **counts, **latency_summary(sketch.to_dict()), "drift": {}}
+    m = merge(r for r in rows if bundle is None or r.bundle == bundle)
+    out: dict[str, Any] = {"windows": m.windows, **m.counts, **latency_summary(m.sketch.to_dict()), "drift": {}}
     if bundle:
-        out["drift"] = drift_verdicts(fleet, s, bundle, drift)
+        out["drift"] = drift_verdicts(fleet, bundle, m)
     return out
 
 
-def drift_verdicts(
-    fleet: Fleet, s: Session, digest: str, windows: dict[str, dict[str, list[list[int]]]]
-) -> dict[str, Any]:
-    """Per-feature verdicts (:mod:`hub.drift`) of merged windows vs the bundle's baseline."""
+def drift_verdicts(fleet: Fleet, digest: str, merged: Merged) -> dict[str, Any]:
+    """Per-feature verdicts (:func:`hub.drift.assess`) of merged windows vs the bundle's baseline."""
     try:
         baseline = fleet.store.baseline(digest, fleet.store.manifest(digest))
     except (NotFound, OSError, BadPayload):
         baseline = None
     if baseline is None:
         return {}
-    merged = [
-        {
-            side: {name: merge_counts(*wins) for name, wins in feats.items() if len({len(w) for w in wins}) == 1}
-            for side, feats in windows.items()
-        }
-    ]
+    windows = {}
+    for key, counts in merged.drift_for(baseline).items():
+        side, name = key.split(".", 1)
+        windows.setdefault(side, {})[name] = counts
     try:
-        report = drift.assess(baseline, merged)
+        report = drift.assess(baseline, [windows])
     except BadPayload as exc:
         return {"error": str(exc)}
     return {k: v for k, v in report.to_dict()["features"].items()}
@@ -110,7 +180,7 @@ def summary(
         if until is not None:
             q = q.where(TelemetryWindow.window_end <= until)
         rows = s.exec(q.order_by(col(TelemetryWindow.window_end).desc()).limit(max_windows)).all()
-        out = summarise(fleet, s, rows, bundle)
+        out = summarise(fleet, rows, bundle)
         out.update(
             {
                 "devices": len({r.device for r in rows}),

@@ -33,7 +33,7 @@ from ..devices import device_public, rollout_states
 from ..models import Alert, AuditEntry, Build, Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
 from ..rollout import ACTIVE_PHASES, PolicyError, cohort_sizes
 from ..targets import Target
-from ..telemetry import latency_summary
+from ..telemetry import Merged, latency_summary, merge
 
 MAX_WINDOWS = 20_000  # telemetry rows merged for one fleet chart
 DEVICE_WINDOWS = 120  # points in a device's charts
@@ -163,37 +163,43 @@ def fleet_series(s: Session, now: int, baselines: Baselines, span_s: int = 3600,
         raise QueryError(f"span must be >= 60 s and buckets >= 1, got span {span_s}, buckets {buckets}")
     start = now - span_s
     step = span_s / buckets
+    t = TelemetryWindow
     rows = s.exec(
         select(
-            col(TelemetryWindow.received),
-            col(TelemetryWindow.bundle),
-            col(TelemetryWindow.latency),  # type: ignore[call-overload]
-            col(TelemetryWindow.drift),
-            col(TelemetryWindow.inferences),
+            col(t.received),
+            col(t.bundle),
+            col(t.device),
+            col(t.latency),  # type: ignore[call-overload]
+            col(t.drift),
+            col(t.shadow),
+            col(t.inferences),
+            col(t.errors),
+            col(t.tpu),
+            col(t.cpu),
+            col(t.cloud),
         )
-        .where(TelemetryWindow.received > start)
-        .order_by(col(TelemetryWindow.received).desc())
+        .where(t.received > start)
+        .order_by(col(t.received).desc())
         .limit(MAX_WINDOWS)
     ).all()
-    sketches = [LatencySketch() for _ in range(buckets)]
-    drift: list[dict[tuple[str, str], list[int]]] = [{} for _ in range(buckets)]
-    inferences = [0] * buckets
-    for received, bundle, latency, dr, inf in rows:
-        i = min(buckets - 1, max(0, int((received - start) / step)))
-        try:
-            sketches[i] = sketches[i].merge(LatencySketch.from_dict(latency or {}))
-        except BadPayload:
-            pass
-        inferences[i] += int(inf or 0)
-        if bundle:
-            _fold_drift(drift[i], bundle, dr)
+    # which windows go together: per time bucket and bundle (drift is judged per bundle's baseline)
+    groups: list[dict[str | None, list[Any]]] = [{} for _ in range(buckets)]
+    for w in rows:
+        i = min(buckets - 1, max(0, int((w.received - start) / step)))
+        groups[i].setdefault(w.bundle, []).append(w)
     x = [int(start + step * (i + 1)) for i in range(buckets)]
-    p50, p95 = [], []
-    for sk in sketches:
+    p50, p95, score, inferences = [], [], [], []
+    for group in groups:
+        parts = {bundle: merge(ws) for bundle, ws in group.items()}
+        sk = LatencySketch()
+        for part in parts.values():
+            sk = sk.merge(part.sketch)
         lat = latency_summary(sk.to_dict()) if sk.count else {"p50_ms": None, "p95_ms": None}
         p50.append(_round(lat["p50_ms"]))
         p95.append(_round(lat["p95_ms"]))
-    score = [_worst_psi(d, baselines) for d in drift]
+        inferences.append(sum(part.counts["inferences"] for part in parts.values()))
+        psis = [v for b, part in parts.items() if b for v in _psis(baselines(b), part).values() if v is not None]
+        score.append(max(psis, default=None))
     return {
         "x": x,
         "p50_ms": p50,
@@ -205,19 +211,15 @@ def fleet_series(s: Session, now: int, baselines: Baselines, span_s: int = 3600,
     }
 
 
-def _fold_drift(acc: dict[tuple[str, str], list[int]], bundle: str, dr: Any) -> None:
-    for side, feats in (dr or {}).items():
-        if not isinstance(feats, dict):
-            continue
-        for name, counts in feats.items():
-            if not isinstance(counts, list):
-                continue
-            key = (bundle, f"{side}.{name}")
-            cur = acc.get(key)
-            if cur is None:
-                acc[key] = [int(c) for c in counts]
-            elif len(cur) == len(counts):
-                acc[key] = [a + int(b) for a, b in zip(cur, counts, strict=True)]
+def _psis(base: Baseline | None, merged: Merged) -> dict[str, float | None]:
+    """Each drifted feature's PSI (:func:`_feature_psi`) on the baseline's bins."""
+    feats = base.features() if base is not None else {}
+    out: dict[str, float | None] = {}
+    for key, by_bins in merged.drift.items():
+        feat = feats.get(key)
+        counts = by_bins.get(len(feat.ref)) if feat is not None else None
+        out[key] = _feature_psi(base, key, counts) if counts is not None else None
+    return out
 
 
 def _feature_psi(base: Baseline | None, feature: str, cur: Sequence[int]) -> float | None:
@@ -230,15 +232,6 @@ def _feature_psi(base: Baseline | None, feature: str, cur: Sequence[int]) -> flo
     except BadPayload:
         return None
     return round(v.psi, 4) if v.psi is not None else None
-
-
-def _worst_psi(acc: dict[tuple[str, str], list[int]], baselines: Baselines) -> float | None:
-    worst: float | None = None
-    for (bundle, feature), counts in acc.items():
-        value = _feature_psi(baselines(bundle), feature, counts)
-        if value is not None and (worst is None or value > worst):
-            worst = value
-    return worst
 
 
 def _round(v: float | None, nd: int = 3) -> float | None:
@@ -405,18 +398,12 @@ def device_series(s: Session, device_id: str, baselines: Baselines, limit: int =
     features: dict[str, list[float | None]] = {}
     for i, w in enumerate(rows):
         x.append(w.window_end or w.received)
-        try:
-            lat = latency_summary(LatencySketch.from_dict(w.latency or {}).to_dict())
-        except BadPayload:
-            lat = {"p50_ms": None, "p95_ms": None}
+        m = merge([w])
+        lat = latency_summary(m.sketch.to_dict())
         p50.append(_round(lat["p50_ms"]))
         p95.append(_round(lat["p95_ms"]))
-        base = baselines(w.bundle) if w.bundle else None
-        acc: dict[tuple[str, str], list[int]] = {}
-        _fold_drift(acc, w.bundle or "", w.drift)
-        for (_b, feat), counts in acc.items():
-            features.setdefault(feat, [None] * i)
-            features[feat].append(_feature_psi(base, feat, counts))
+        for feat, value in _psis(baselines(w.bundle) if w.bundle else None, m).items():
+            features.setdefault(feat, [None] * i).append(value)
         for vals in features.values():
             if len(vals) < i + 1:
                 vals.append(None)
