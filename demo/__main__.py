@@ -4,19 +4,23 @@ Starts an MQTT broker (a private mosquitto when on PATH, else the embedded amqtt
 ``--broker URL``), creates the hub's keys and starts the hub on SQLite, trains and compiles the
 digits CNN (cached after the first run), pushes the bundle (the hub signs it), starts N agent
 processes, rolls the bundle out to all of them, sends held-out digits to each agent's local API,
-starts the cloud fallback, and shows a live table. Ctrl-C stops every process it started.
+starts the cloud fallback, and shows a live table. Ctrl-C, SIGTERM or SIGHUP stops every
+process it started; processes a killed run (``kill -9``) left behind in the same ``--state``
+are stopped before anything starts, so run it as often as you like in one checkout.
 
-Exit codes: 0 success; 1 a step failed (the message names it and shows the log tail);
-2 bad arguments.
+Exit codes: 0 success, or stopped by Ctrl-C / SIGTERM / SIGHUP once every process is stopped;
+1 a step failed (the message names it and shows the log tail); 2 bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -24,7 +28,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .client import png_bytes, post_image, top1
+from .client import get_json, png_bytes, post_image, top1
 from .launcher import Fleet, LaunchError, tail
 
 console = Console()
@@ -89,8 +93,16 @@ def render(devices: list[dict[str, Any]], accuracy: dict[str, tuple[int, int]], 
     return table
 
 
-def devices(fleet: Fleet) -> list[dict[str, Any]]:
-    return list(fleet.api("GET", "/api/v1/devices?limit=200").get("items", []))
+def devices(fleet: Fleet, names: list[str]) -> list[dict[str, Any]]:
+    """The hub's rows for this run's agents (the database keeps those of earlier runs)."""
+    items = fleet.api("GET", "/api/v1/devices?limit=200").get("items", [])
+    return [d for d in items if d.get("device_id") in names]
+
+
+def serving(port: int) -> str | None:
+    """The digest an agent's local API says it serves (None: none yet, or not answering)."""
+    active = get_json(f"http://127.0.0.1:{port}/v1/status", timeout=2).get("active") or {}
+    return active.get("digest") if isinstance(active, dict) else None
 
 
 def build_model(fleet: Fleet, cache: Path) -> tuple[Path, Path]:
@@ -105,26 +117,46 @@ def build_model(fleet: Fleet, cache: Path) -> tuple[Path, Path]:
     return out, holdout
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop(signum: int, _frame: FrameType | None) -> None:
+    # SIGTERM and SIGHUP end the run the way Ctrl-C does (Python's default for them is to die
+    # on the spot: no `finally`, every child left running)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     state: Path = args.state.resolve()
     cache = state.parent / "build-cache"
-    if args.fresh:
-        shutil.rmtree(state, ignore_errors=True)
-    fleet = Fleet(state)
+    previous = {sig: signal.signal(sig, _stop) for sig in STOP_SIGNALS}
+    fleet: Fleet | None = None
     try:
+        fleet = Fleet(state, die_with_launcher=True)  # stops what a killed run left behind
+        if fleet.leftovers:
+            console.print(f"[yellow]stopped what an earlier run left running:[/] {', '.join(fleet.leftovers)}")
+        if args.fresh:
+            shutil.rmtree(state, ignore_errors=True)
+            fleet = Fleet(state, die_with_launcher=True)
         return run(fleet, args, cache)
     except LaunchError as exc:
         console.print(f"[red]✗ {exc}[/]")
-        for proc in fleet.procs:
+        for proc in fleet.procs if fleet else []:
             if not proc.alive:
                 console.print(f"[yellow]{proc.name} log ({proc.log}):[/]\n{tail(proc.log)}")
         return 1
-    except KeyboardInterrupt:
-        console.print("stopping…")
+    except KeyboardInterrupt as exc:
+        console.print(f"stopping ({str(exc) or 'SIGINT'})…")
         return 0
     finally:
-        fleet.stop_all()
+        # a second Ctrl-C must not cut the cleanup short (stop_all is bounded: SIGKILL after 20 s)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        if fleet is not None:
+            fleet.stop_all()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run(fleet: Fleet, args: argparse.Namespace, cache: Path) -> int:
@@ -146,9 +178,11 @@ def run(fleet: Fleet, args: argparse.Namespace, cache: Path) -> int:
     ports = {name: fleet.agent_port(name) for name in names}
     console.print(f"[green]✓[/] {len(names)} agents running: " + ", ".join(f"{n} :{p}" for n, p in ports.items()))
 
-    rollout = fleet.api("POST", "/api/v1/rollouts", {"bundle": digest, "target": {"all": True}})
+    # this run's agents by name: the database also holds the devices of earlier runs (another
+    # --agents), which would hold an `all` rollout open until they time out
+    rollout = fleet.api("POST", "/api/v1/rollouts", {"bundle": digest, "target": {"devices": names}})
     rid = rollout.get("id") or rollout.get("rollout_id")
-    console.print(f"[green]✓[/] rollout {rid} created for all devices")
+    console.print(f"[green]✓[/] rollout {rid} created for {', '.join(names)}")
 
     holdout = np.load(holdout_path)
     xs, ys = holdout["x"], holdout["y"]
@@ -157,8 +191,11 @@ def run(fleet: Fleet, args: argparse.Namespace, cache: Path) -> int:
     deadline = time.monotonic() + args.timeout
     with Live(render([], accuracy, "rolling out…"), console=console, refresh_per_second=4) as live:
         while True:
-            devs = devices(fleet)
-            done = [d for d in devs if device_row(d)["digest"] == digest]
+            devs = devices(fleet, names)
+            # done when the agent itself serves the bundle, not when the hub's row (which an
+            # earlier run may have left saying so) does
+            on_hub = {d.get("device_id") for d in devs if device_row(d)["digest"] == digest}
+            done = [n for n in names if n in on_hub and serving(ports[n]) == digest]
             live.update(
                 render(
                     devs,
@@ -185,16 +222,16 @@ def run(fleet: Fleet, args: argparse.Namespace, cache: Path) -> int:
                 ok += int(top1(answer) == int(ys[i]))
                 sent[name] += 1
                 accuracy[name] = (ok, sent[name])
-            live.update(render(devices(fleet), accuracy, "serving held-out digits…"))
+            live.update(render(devices(fleet, names), accuracy, "serving held-out digits…"))
         # wait for the telemetry of those inferences to reach the hub
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            devs = devices(fleet)
+            devs = devices(fleet, names)
             live.update(render(devs, accuracy, "waiting for telemetry…"))
             if all(device_row(d)["inferences"] >= sent.get(d.get("device_id", ""), 0) for d in devs):
                 break
             time.sleep(1)
-        live.update(render(devices(fleet), accuracy, f"fleet on {pushed['name']}@{pushed['version']}"))
+        live.update(render(devices(fleet, names), accuracy, f"fleet on {pushed['name']}@{pushed['version']}"))
 
     cloud = fleet.start_cloud()
     answer = post_image(f"{cloud}/predict", png_bytes(xs[0]))
@@ -208,14 +245,14 @@ def run(fleet: Fleet, args: argparse.Namespace, cache: Path) -> int:
         return 0
     console.print("Running; Ctrl-C stops everything.")
     rng = np.random.default_rng(1)
-    with Live(render(devices(fleet), accuracy, "live"), console=console, refresh_per_second=2) as live:
+    with Live(render(devices(fleet, names), accuracy, "live"), console=console, refresh_per_second=2) as live:
         while True:
             for name in names:
                 i = int(rng.integers(len(xs)))
                 answer = post_image(f"http://127.0.0.1:{ports[name]}/v1/predict", png_bytes(xs[i]))
                 ok, n = accuracy.get(name, (0, 0))
                 accuracy[name] = (ok + int(top1(answer) == int(ys[i])), n + 1)
-            live.update(render(devices(fleet), accuracy, f"live — hub {fleet.hub_url}"))
+            live.update(render(devices(fleet, names), accuracy, f"live — hub {fleet.hub_url}"))
             time.sleep(1)
 
 

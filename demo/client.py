@@ -1,4 +1,5 @@
-"""Tiny HTTP client for the demo: image uploads to an agent's local API or the cloud fallback."""
+"""Tiny HTTP client for the demo: image uploads to an agent's local API or the cloud fallback,
+and the agent's status."""
 
 from __future__ import annotations
 
@@ -44,6 +45,18 @@ def post_image(
         return {"error": f"HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}"}
     except OSError as exc:
         return {"error": str(exc)}
+
+
+def get_json(url: str, timeout: float = 10) -> dict[str, Any]:
+    """A JSON object from ``url``, or ``{"error": ...}`` saying why there is none."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            doc = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return {"error": f"HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}"}
+    except (OSError, ValueError) as exc:
+        return {"error": str(exc)}
+    return doc if isinstance(doc, dict) else {"error": f"expected a JSON object, got {doc!r:.60}"}
 
 
 def top1(answer: dict[str, Any]) -> int | None:

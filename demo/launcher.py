@@ -1,9 +1,22 @@
 """Start and stop the fleet's processes: broker, hub, agents, cloud. Used by the demo and by
 the integration tests, so both exercise the exact same command lines an operator would type.
+
+Each child runs in its own process group (a new session), so a Ctrl-C in the terminal reaches
+the launcher alone and :meth:`Fleet.stop_all` stops the children in order, each with whatever
+it started (``killpg``), and integration tests can kill one process without the others.
+
+A :class:`Fleet` owns its state directory, and a launcher can die without stopping anything
+(``kill -9``), so its children are also recorded in ``STATE/fleet.pids``: the next Fleet on that
+directory stops the ones still running before it starts its own (they would share the agents'
+slots, the SQLite database and each agent's ``http.port``). With ``die_with_launcher`` (the
+demo) a child on Linux also gets SIGTERM from the kernel when the launcher dies; not every
+child keeps that request (a mosquitto started as root drops its privileges, and the kernel
+forgets it), so the record stays the rule and the signal a shortcut.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -14,9 +27,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+PIDS_FILE = "fleet.pids"
 
 
 class LaunchError(RuntimeError):
@@ -51,6 +67,69 @@ def tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+def _parent_death_signal() -> Callable[[], None] | None:
+    """Linux: a ``preexec_fn`` asking the kernel to SIGTERM the child when its parent dies (even
+    by SIGKILL, which runs no cleanup); None elsewhere. Only for launchers that spawn from one
+    long-lived thread with no other threads running (the signal follows the spawning thread)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm, parent = 1, int(signal.SIGTERM), os.getpid()
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+        if os.getppid() != parent:  # the launcher died between fork and prctl
+            os.kill(os.getpid(), sigterm)
+
+    return preexec
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    """The argv of a running process, or None if there is none with that pid (or a zombie)."""
+    proc = Path(f"/proc/{pid}")
+    if Path("/proc/self").exists():
+        deadline = time.monotonic() + 2
+        while True:
+            try:
+                raw = (proc / "cmdline").read_bytes()
+                if raw or (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]] or None
+            except OSError:
+                return None
+            # empty and not a zombie: inside execve, before the kernel set up the new argv
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.01)
+    # no /proc (macOS): ps joins argv with spaces, so compare it as one string
+    res = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True)
+    return [res.stdout.strip()] if res.returncode == 0 and res.stdout.strip() else None
+
+
+def _same_command(running: list[str], argv: list[str]) -> bool:
+    return running == argv or running == [" ".join(argv)]
+
+
+def _stop_group(pid: int, timeout: float) -> None:
+    """SIGTERM process group ``pid`` (a child we started as a session leader), SIGKILL it after
+    ``timeout`` seconds; for a process that is not our child (no wait status to collect)."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _cmdline(pid) is None:  # exited (a zombie has no command line)
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 @dataclass
 class Proc:
     name: str
@@ -58,11 +137,16 @@ class Proc:
     log: Path
     popen: subprocess.Popen[bytes] | None = None
 
-    def start(self, env: dict[str, str] | None = None) -> Proc:
+    def start(self, env: dict[str, str] | None = None, preexec: Callable[[], None] | None = None) -> Proc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")
         self.popen = subprocess.Popen(
-            self.argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+            self.argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            preexec_fn=preexec,
         )
         out.close()
         return self
@@ -88,7 +172,11 @@ class Proc:
 
 @dataclass
 class Fleet:
-    """Every process started for one demo or test run, in one state directory."""
+    """Every process started for one demo or test run, in one state directory.
+
+    Creating one stops what an earlier Fleet on the same directory left running (see the
+    module docstring); ``die_with_launcher`` makes the children exit with this process on Linux.
+    """
 
     state: Path
     python: str = sys.executable
@@ -97,16 +185,51 @@ class Fleet:
     broker_kind: str = "external"
     hub_url: str = ""
     token: str = "demo-admin-token"
+    die_with_launcher: bool = False
+    leftovers: list[str] = field(default_factory=list, init=False)
+    _preexec: Callable[[], None] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
         (self.state / "logs").mkdir(exist_ok=True)
+        self.leftovers = self.stop_leftovers()
+        if self.die_with_launcher:
+            self._preexec = _parent_death_signal()
 
     # --- processes -------------------------------------------------------------------------
+    @property
+    def pids_file(self) -> Path:
+        return self.state / PIDS_FILE
+
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(name, argv, self.state / "logs" / f"{name}.log").start(env)
+        proc = Proc(name, argv, self.state / "logs" / f"{name}.log")
         self.procs.append(proc)
+        proc.start(env, self._preexec)
+        assert proc.popen is not None
+        with open(self.pids_file, "a") as f:
+            f.write(json.dumps({"name": name, "pid": proc.popen.pid, "argv": argv}) + "\n")
         return proc
+
+    def stop_leftovers(self, timeout: float = 10.0) -> list[str]:
+        """Stop the processes of an earlier Fleet on this directory that are still running (the
+        pid is alive and still runs the recorded command); return their names."""
+        try:
+            lines = self.pids_file.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        stopped = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+                pid, argv, name = int(rec["pid"]), list(rec["argv"]), str(rec["name"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a kill -9 mid-write
+            running = _cmdline(pid)
+            if running is not None and _same_command(running, argv):
+                _stop_group(pid, timeout)
+                stopped.append(f"{name} (pid {pid})")
+        self.pids_file.unlink(missing_ok=True)
+        return stopped
 
     def run(self, name: str, argv: list[str], timeout: float = 900) -> str:
         """Run a command to completion; raise with its output when it fails."""
@@ -119,9 +242,15 @@ class Fleet:
             )
         return res.stdout
 
-    def stop_all(self) -> None:
+    def stop_all(self, timeout: float = 20.0) -> None:
+        """Stop every process, newest first (agents, then the hub, then the broker: each says
+        goodbye over a live connection), SIGKILLing what is still running after ``timeout``
+        seconds in all."""
+        deadline = time.monotonic() + timeout
         for proc in reversed(self.procs):
-            proc.stop()
+            proc.stop(timeout=max(0.5, deadline - time.monotonic()))
+        if not any(p.alive for p in self.procs):
+            self.pids_file.unlink(missing_ok=True)
 
     def module(self, mod: str, *args: str) -> list[str]:
         return [self.python, "-m", mod, *args]
@@ -223,6 +352,8 @@ class Fleet:
     ) -> Proc:
         adir = self.agent_dir(device)
         adir.mkdir(parents=True, exist_ok=True)
+        # the port an earlier run's agent wrote: agent_port must wait for this agent's
+        (adir / "state" / "http.port").unlink(missing_ok=True)
         conf = adir / "agent.toml"
         conf.write_text(
             f'device_id = "{device}"\nbroker = "{self.broker_url}"\nstate_dir = "{adir / "state"}"\n'
@@ -232,15 +363,23 @@ class Fleet:
         return self.spawn(f"agent-{device}", self.module("agent", "run", "--config", str(conf)))
 
     def agent_port(self, device: str, timeout: float = 30) -> int:
+        """The local API port the agent started by :meth:`start_agent` wrote (it writes the
+        file once it listens; start_agent removed any earlier one)."""
         path = self.agent_dir(device) / "state" / "http.port"
+        proc = next((p for p in reversed(self.procs) if p.name == f"agent-{device}"), None)
+        log = self.state / "logs" / f"agent-{device}.log"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if path.exists() and path.read_text().strip():
-                return int(path.read_text())
+            try:
+                text = path.read_text().strip()
+            except FileNotFoundError:
+                text = ""
+            if text:
+                return int(text)
+            if proc is not None and proc.popen is not None and proc.popen.poll() is not None:
+                raise LaunchError(f"agent {device} exited with code {proc.popen.returncode}:\n{tail(log)}")
             time.sleep(0.1)
-        raise LaunchError(
-            f"agent {device} wrote no {path} within {timeout}s:\n{tail(self.state / 'logs' / f'agent-{device}.log')}"
-        )
+        raise LaunchError(f"agent {device} wrote no {path} within {timeout}s:\n{tail(log)}")
 
     # --- cloud -----------------------------------------------------------------------------
     def start_cloud(self) -> str:
