@@ -1,5 +1,5 @@
 """The hub's HTTP surface: REST API under ``/api/v1`` (OpenAPI at ``/docs``), ``/metrics``,
-``/healthz``. Build it with :func:`create_app`; the dashboard (``hub.web``) is added beside
+``/healthz``, ``/readyz``. Build it with :func:`create_app`; the dashboard (``hub.web``) is added beside
 it by :func:`hub.server.build`."""
 
 from .app import create_app

@@ -8,7 +8,7 @@ the code forgets to fill is a 500 in the tests, not a silent gap. Request bodies
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,9 +48,17 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 # ---- ops ------------------------------------------------------------------------------------
 class HealthPublic(BaseModel):
-    status: str
-    db: str
+    """What the hub depends on, as ``/healthz`` (liveness: always 200 while the process answers)
+    and ``/readyz`` (readiness: 503 unless ``ready``) both report it."""
+
+    status: Literal["ok", "degraded"] = Field(description="ok: everything the hub needs is up; degraded: see `down`")
+    ready: bool = Field(description="the database answers and the broker session is up (or there is no broker)")
+    db: Literal["ok", "unreachable"]
+    broker: Literal["connected", "disconnected", "none"] = Field(
+        description="the hub's broker session (subscriptions confirmed); none: the hub runs without a broker"
+    )
     mqtt: bool | None = Field(description="broker session up; null when the hub runs without a broker")
+    down: list[str] = Field(description="one line per dependency that is down, naming it and why")
 
 
 # ---- bundles --------------------------------------------------------------------------------
