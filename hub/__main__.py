@@ -5,7 +5,9 @@ Exit codes: 0 ok · 1 runtime failure (hub unreachable, server error) · 2 usage
 
 Client commands (``models``, ``rollouts``, ``devices``) talk to a running hub over HTTP:
 ``--hub URL`` (env ``EDGEFLEET_HUB_URL``, default http://127.0.0.1:8000) and ``--token``
-(env ``EDGEFLEET_HUB_TOKEN``).
+(env ``EDGEFLEET_HUB_TOKEN``). Their ``ls`` print one page as a table (``--json``: the API's
+page as it came, ``{"items", "total", "limit", "offset"}``); ``--limit``/``--offset`` and the
+filters are the API's query parameters.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import listings
 from .config import DEFAULTS, BrokerUrl, HubConfig, client_env
 from .errors import HubError
 
@@ -59,6 +62,18 @@ def call(args: argparse.Namespace, method: str, path: str, body: Any = None, raw
         ) from None
     except (urllib.error.URLError, OSError) as exc:
         raise ClientError(f"hub {url} unreachable: {getattr(exc, 'reason', exc)}", EXIT_FAIL) from None
+
+
+def _page_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", type=int, default=50, help="page size, 1..1000 (default %(default)s)")
+    p.add_argument("--offset", type=int, default=0, help="rows to skip (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the API's page as JSON")
+
+
+def _listing(args: argparse.Namespace, kind: str, path: str, **filters: Any) -> int:
+    page = call(args, "GET", path + listings.query(limit=args.limit, offset=args.offset, **filters))
+    print(json.dumps(page) if args.json else listings.render(kind, page))
+    return EXIT_OK
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
@@ -174,6 +189,12 @@ def cmd_models_push(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models_ls(args: argparse.Namespace) -> int:
+    if args.by_name:
+        return _listing(args, "models", "/api/v1/models")
+    return _listing(args, "bundles", "/api/v1/bundles", name=args.name)
+
+
 def _target(args: argparse.Namespace) -> dict[str, Any]:
     if args.all:
         return {"all": True}
@@ -253,22 +274,21 @@ def cmd_rollouts_action(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rollouts_ls(args: argparse.Namespace) -> int:
+    return _listing(args, "rollouts", "/api/v1/rollouts", phase=args.phase)
+
+
 def cmd_devices_ls(args: argparse.Namespace) -> int:
-    q = f"?limit={args.limit}&offset={args.offset}" + (f"&q={args.q}" if args.q else "")
-    if args.online is not None:
-        q += f"&online={'true' if args.online else 'false'}"
-    page = call(args, "GET", f"/api/v1/devices{q}")
-    print(f"{'device':<24} {'online':<7} {'state':<12} {'bundle':<28} {'inferences':>10} {'p95 ms':>8}")
-    for d in page["items"]:
-        b = d["active_bundle"]
-        p95 = d["telemetry"]["p95_ms"]
-        print(
-            f"{d['device_id']:<24} {'yes' if d['online'] else 'no':<7} {d['state']:<12} "
-            f"{(b['name'] + '@' + b['version']) if b else '-':<28} {d['telemetry']['inferences']:>10} "
-            f"{'-' if p95 is None else f'{p95:.2f}':>8}"
-        )
-    print(f"({len(page['items'])} of {page['total']})")
-    return EXIT_OK
+    return _listing(
+        args,
+        "devices",
+        "/api/v1/devices",
+        q=args.q,
+        online=args.online,
+        group=args.group,
+        tag=args.tag,
+        bundle=args.bundle,
+    )
 
 
 def cmd_devices_enroll(args: argparse.Namespace) -> int:
@@ -291,6 +311,8 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .rollout import PHASES
+
     ap = argparse.ArgumentParser(
         prog="edgefleet-hub", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -356,6 +378,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="bundle directory (manifest.json + artifacts)")
     _client_args(p)
     p.set_defaults(func=cmd_models_push)
+    p = models.add_parser("ls", help="list bundles, newest first (the digest is what `rollouts create` takes)")
+    p.add_argument("--name", help="only this model's bundles")
+    p.add_argument("--by-name", action="store_true", help="one row per model name, with its latest bundle")
+    _page_args(p)
+    _client_args(p)
+    p.set_defaults(func=cmd_models_ls)
 
     ro = sub.add_parser("rollouts", help="create and drive rollouts").add_subparsers(dest="sub", required=True)
     p = ro.add_parser("create", help="start a rollout; prints its id")
@@ -377,6 +405,11 @@ def parser() -> argparse.ArgumentParser:
     )
     _client_args(p)
     p.set_defaults(func=cmd_rollouts_create)
+    p = ro.add_parser("ls", help="list rollouts, newest first")
+    p.add_argument("--phase", choices=PHASES, help="only rollouts in this phase")
+    _page_args(p)
+    _client_args(p)
+    p.set_defaults(func=cmd_rollouts_ls)
     p = ro.add_parser(
         "status",
         help="show a rollout (--watch: live progress until it stops running; "
@@ -396,10 +429,17 @@ def parser() -> argparse.ArgumentParser:
 
     dv = sub.add_parser("devices", help="list and inspect devices").add_subparsers(dest="sub", required=True)
     p = dv.add_parser("ls", help="list devices")
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--offset", type=int, default=0)
     p.add_argument("--q", help="filter by id or model name")
-    p.add_argument("--online", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--online",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="only online devices (--no-online: only offline ones)",
+    )
+    p.add_argument("--group", help="only devices in this group")
+    p.add_argument("--tag", help="only devices with this tag")
+    p.add_argument("--bundle", metavar="DIGEST", help="only devices running this bundle")
+    _page_args(p)
     _client_args(p)
     p.set_defaults(func=cmd_devices_ls)
     p = dv.add_parser("enroll", help="issue a one-time enrollment token for a device")

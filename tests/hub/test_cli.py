@@ -108,3 +108,64 @@ def test_cli_errors_are_one_line_with_documented_exit_codes(served, tmp_path):
     assert nodir.returncode == 2 and "manifest.json" in nodir.stderr
     weak = cli("serve", "--keys", str(tmp_path), "--port", "1", check=False)
     assert weak.returncode == 2 and "token" in weak.stderr
+
+
+def test_ls_lists_bundles_models_rollouts_and_devices_as_tables_and_as_the_api_page(served, mosquitto, bundle_dir):
+    hub = ["--hub", served, "--token", TOKEN]
+    dev = FakeDevice("ls-dev", mosquitto.port).connect()
+    try:
+        dev.send("status", status("ls-dev"), retain=True)
+        pushed = [
+            json.loads(cli("models", "push", str(bundle_dir(name=n, version=v)), *hub).stdout.splitlines()[-1])
+            for n, v in (("digits", "1.0.0"), ("digits", "1.1.0"), ("kws", "0.1.0"))
+        ]
+
+        table = cli("models", "ls", *hub).stdout.splitlines()
+        assert table[0].split() == ["name", "version", "rev", "size", "uploaded", "digest"]
+        assert all(any(p["digest"] in line for line in table) for p in pushed)
+        assert table[-1] == "(3 of 3)"
+        digits = json.loads(cli("models", "ls", "--name", "digits", "--json", *hub).stdout)
+        assert digits["total"] == 2 and {b["version"] for b in digits["items"]} == {"1.0.0", "1.1.0"}
+        second = json.loads(cli("models", "ls", "--limit", "1", "--offset", "1", "--json", *hub).stdout)
+        assert (second["limit"], second["offset"], second["total"], len(second["items"])) == (1, 1, 3, 1)
+        assert cli("models", "ls", "--limit", "1", *hub).stdout.splitlines()[-1] == (
+            "(1 of 3; --offset 1 for the next page)"
+        )
+        by_name = json.loads(cli("models", "ls", "--by-name", "--json", *hub).stdout)
+        assert {m["name"]: m["revisions"] for m in by_name["items"]} == {"digits": 2, "kws": 1}
+
+        rid = cli("rollouts", "create", "--bundle", pushed[0]["digest"], "--device", "ls-dev", *hub).stdout.strip()
+        rollouts = cli("rollouts", "ls", *hub).stdout.splitlines()
+        assert rollouts[0].split()[:3] == ["rollout", "phase", "installed"]
+        assert rollouts[1].split()[:4] == [rid, "running", "0/1", pushed[0]["digest"][:12]]
+        assert "devices:ls-dev" in rollouts[1]
+        running = json.loads(cli("rollouts", "ls", "--phase", "running", "--json", *hub).stdout)
+        assert [r["id"] for r in running["items"]] == [rid]
+        assert json.loads(cli("rollouts", "ls", "--phase", "completed", "--json", *hub).stdout)["total"] == 0
+
+        def devices(*flags: str) -> list[str]:
+            page = json.loads(cli("devices", "ls", "--json", *flags, *hub).stdout)
+            return [d["device_id"] for d in page["items"]]
+
+        assert devices("--online") == ["ls-dev"] and devices("--q", "ls-") == ["ls-dev"]
+        assert devices("--no-online") == [] and devices("--group", "lab") == []
+        assert devices("--bundle", pushed[2]["digest"]) == []
+        listing = cli("devices", "ls", *hub).stdout.splitlines()
+        assert listing[0].split()[:4] == ["device", "online", "state", "group"]
+        assert listing[1].split()[:2] == ["ls-dev", "yes"] and listing[-1] == "(1 of 1)"
+    finally:
+        dev.close()
+
+
+def test_ls_bad_paging_and_filters_exit_2_with_one_line(served):
+    hub = ["--hub", served, "--token", TOKEN]
+    for args in (
+        ("devices", "ls", "--limit", "0"),
+        ("models", "ls", "--offset", "-1"),
+        ("devices", "ls", "--bundle", "x"),
+    ):
+        bad = cli(*args, *hub, check=False)
+        assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0, (args, bad.stderr)
+        assert "HTTP 422" in bad.stderr
+    phase = cli("rollouts", "ls", "--phase", "done", *hub, check=False)
+    assert phase.returncode == 2 and "invalid choice: 'done'" in phase.stderr
