@@ -39,7 +39,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.bundle import Artifact, Manifest
+from protocol.bundle import Artifact, Manifest, Requirements
+from protocol.compat import DeviceFacts, Fit, fit
 from protocol.errors import Reason
 from protocol.messages import BundleRef, Desired
 from protocol.signing import Root
@@ -59,6 +60,11 @@ class Inventory:
     onnx: bool = False
     free_disk: int = 0
     agent_version: str = ""
+
+    def fit(self, req: Requirements) -> Fit:
+        """:func:`protocol.compat.fit` on this device's own facts: an unknown one does not fit."""
+        facts = DeviceFacts(self.board, self.edgetpu, self.edgetpu_runtime, self.agent_version)
+        return fit(req, facts, unknown_fits=False)
 
 
 @dataclass(frozen=True)
@@ -108,29 +114,9 @@ def plan(current: Current, desired: Desired, inventory: Inventory, now: int, res
     ref = desired.bundle
     if ref.digest == current.active:
         return Plan("noop", desired.seq, ref)
-    req = ref.requirements
-    if req.boards and inventory.board not in req.boards:
-        return Rejection(
-            Reason.WRONG_HARDWARE,
-            f"bundle {ref.name} {ref.version} is for boards {list(req.boards)}, this is {inventory.board!r}",
-        )
-    if req.edgetpu == "required" and not inventory.edgetpu:
-        return Rejection(
-            Reason.UNSUPPORTED_RUNTIME, f"bundle {ref.name} {ref.version} requires an Edge TPU; none present"
-        )
-    if (
-        req.edgetpu == "required"
-        and req.min_edgetpu_runtime is not None
-        and (inventory.edgetpu_runtime or 0) < req.min_edgetpu_runtime
-    ):
-        return Rejection(
-            Reason.UNSUPPORTED_RUNTIME,
-            f"bundle needs Edge TPU runtime >= {req.min_edgetpu_runtime}, device has {inventory.edgetpu_runtime}",
-        )
-    if req.min_agent is not None and _version_tuple(inventory.agent_version) < _version_tuple(req.min_agent):
-        return Rejection(
-            Reason.UNSUPPORTED_RUNTIME, f"bundle needs agent >= {req.min_agent}, this is {inventory.agent_version}"
-        )
+    fits = inventory.fit(ref.requirements)
+    if not fits.ok:
+        return Rejection(fits.reason, f"bundle {ref.name} {ref.version}: {fits.detail}")
     if ref.digest == current.previous:
         return Plan("switch_back", desired.seq, ref)
     need = disk_needed(ref, current.downloaded, reserve)
@@ -163,10 +149,9 @@ def choose_artifact(manifest: Manifest, inventory: Inventory) -> Choice | Reject
     Never hands an Edge-TPU-compiled model to a CPU interpreter.
     """
     req = manifest.requirements
-    if req.boards and inventory.board not in req.boards:
-        return Rejection(
-            Reason.WRONG_HARDWARE, f"manifest is for boards {list(req.boards)}, this is {inventory.board!r}", "verify"
-        )
+    fits = inventory.fit(req)  # again: the manifest is what the device verified
+    if not fits.ok:
+        return Rejection(fits.reason, f"{manifest.name} {manifest.version}: {fits.detail}", "verify")
     tpu = manifest.artifact("tflite_edgetpu")
     rt_ok = req.min_edgetpu_runtime is None or (inventory.edgetpu_runtime or 0) >= req.min_edgetpu_runtime
     if tpu is not None and inventory.edgetpu and rt_ok:
@@ -237,14 +222,6 @@ def probation_verdict(inferences: int, errors: int, window: int, max_errors: int
     if inferences >= window:
         return "pass"
     return "watch"
-
-
-def _version_tuple(v: str) -> tuple[int, ...]:
-    out = []
-    for part in v.split("."):
-        digits = "".join(ch for ch in part if ch.isdigit())
-        out.append(int(digits) if digits else 0)
-    return tuple(out)
 
 
 def describe(result: Plan | Rejection) -> dict[str, Any]:

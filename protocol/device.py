@@ -63,7 +63,7 @@ class Inventory:
     """What the device is and can run, as the agent probed it at start (``Status.inventory``).
 
     The hub decides compatibility from ``board``, ``edgetpu``, ``edgetpu_runtime`` and
-    ``agent_version`` (:mod:`hub.compat`); the rest is shown to the operator.
+    ``agent_version`` (:func:`protocol.compat.fit`); the rest is shown to the operator.
     ``edgetpu`` arrives as a bool or as an object ``{"present": bool, ...}``; the object's other
     keys are kept in ``edgetpu_info`` and the object is written back as it came.
     """

@@ -120,7 +120,7 @@ def test_rollout_preview_splits_matched_devices_by_compatibility_and_sizes_cohor
         assert [d["device_id"] for d in pv["examples"]] == ["d00", "d02", "d04", "d06", "d08"]
         assert pv["incompatible"][0] == {
             "device_id": "d01",
-            "reason": "wrong_hardware",
+            "reason": "unsupported_runtime",  # what the agent itself reports (protocol.compat)
             "detail": "bundle requires an Edge TPU; device has none",
         }
         listed = queries.rollout_preview(s, digest, Target(devices=("d00", "ghost")), ["100%"])
