@@ -179,8 +179,11 @@ CHECKLIST: dict[str, tuple[str, list[str]]] = {
     "R3": ("disk full during download", ["test_disk_filling_up_during_download_fails_cleanly_with_disk_full"]),
     "R4": ("device can't serve: cloud fallback", ["test_device_without_a_usable_model_routes_to_the_cloud_fallback"]),
     "R5": (
-        "agent restart mid-download",
-        ["test_an_agent_killed_mid_download_resumes_from_its_bitmap_and_receives_at_most_5_percent_again"],
+        "agent restart mid-download; 20 agent kill -9s during a rollout's download and install, and a hub kill -9",
+        [
+            "test_an_agent_killed_mid_download_resumes_from_its_bitmap_and_receives_at_most_5_percent_again",
+            "test_a_rollout_survives_a_hub_kill_9_and_20_agent_kill_9s_mid_install_and_no_device_is_left_without_a_model",
+        ],
     ),
     "switch": ("model switches under load", ["test_zero_failed_requests_during_100_model_switches_under_load"]),
     "hub-restart": (
