@@ -36,12 +36,12 @@ from protocol.messages import Report
 from protocol.sketch import DriftThresholds
 from protocol.topics import check_digest
 
-from . import bundles, desired
+from . import bundles, desired, evidence
 from .compat import stored_inventory
 from .db import rollout_section
 from .errors import Conflict, Invalid, NotFound
 from .fleet import Fleet, new_id
-from .models import Alert, Bundle, Device, Rollout, RolloutDevice, TelemetryWindow
+from .models import Alert, Bundle, Device, Rollout, RolloutDevice
 from .rollout import (
     COMMAND_PHASES,
     COMMANDS,
@@ -52,7 +52,6 @@ from .rollout import (
     DeviceState,
     Event,
     GateResult,
-    Health,
     InstallReport,
     Issue,
     Policy,
@@ -63,13 +62,9 @@ from .rollout import (
     command_applies,
 )
 from .targets import Target
-from .telemetry import merge
 from .transport import Outgoing
 
 log = logging.getLogger(__name__)
-
-HEALTH_WINDOWS = 500
-PREVIOUS_WINDOW_S = 3600
 
 
 # ---- state <-> rows ----------------------------------------------------------------------------
@@ -204,87 +199,6 @@ def _owners(s: Session) -> list[tuple[Rollout, Target]]:
     return [(r, Target.parse(r.target)) for r in rs]
 
 
-def _health(
-    s: Session, r: Rollout, st: RolloutState, rows: Rows, reporting: set[str], recovery: Sequence[tuple[int, int]] = ()
-) -> list[Health]:
-    """Per installed device (and any device reporting in this run, which the run may install
-    before the gates are judged): merged telemetry of the target bundle since the rollout
-    began, and of the bundle it ran before (the hour before) for the latency comparison.
-    Windows overlapping a ``recovery`` period (:meth:`Fleet.note_recovery`) are counted, not
-    merged."""
-    ids = [
-        d.id
-        for d in st.devices
-        if d.cohort is not None
-        and d.cohort >= st.gate_floor
-        and (d.state == "installed" or (d.id in reporting and d.state in ("issued", "installing")))
-    ]
-    if not ids:
-        return []
-    prevs = {rows[i]["from_bundle"] for i in ids if rows[i]["from_bundle"]}
-    t = TelemetryWindow
-    # a window that began before the device switched can mix the old model's samples into the
-    # new one's (agents label a window by the bundle active when it closes): judge only windows
-    # that started after the hub saw the device installed
-    since = {i: rows[i]["updated"] if rows[i]["state"] == "installed" else 0 for i in ids}
-    q = (
-        select(
-            t.device,
-            t.bundle,
-            t.latency,
-            t.inferences,
-            t.errors,
-            t.tpu,
-            t.cpu,
-            t.cloud,
-            t.drift,
-            t.shadow,  # type: ignore[call-overload]
-            t.window_start,
-            t.window_end,
-        )
-        .where(
-            col(t.device).in_(ids), col(t.bundle).in_([st.bundle, *prevs]), t.received >= r.created - PREVIOUS_WINDOW_S
-        )
-        .order_by(col(t.window_end).desc())
-    )
-    # which windows count (the merging is hub.telemetry.merge): per device, the newest
-    # HEALTH_WINDOWS of the target bundle since the switch or of the bundle it ran before
-    new: dict[str, list[Any]] = {i: [] for i in ids}
-    old: dict[str, list[Any]] = {i: [] for i in ids}
-    left_out = dict.fromkeys(ids, 0)
-    for w in s.exec(q).all():
-        device = w.device
-        if any(w.window_start <= up and w.window_end >= down for down, up in recovery):
-            left_out[device] += 1
-            continue
-        is_new = w.bundle == st.bundle
-        if not is_new and w.bundle != rows[device]["from_bundle"]:
-            continue
-        if is_new and w.window_start < since[device]:
-            continue
-        if len(new[device]) + len(old[device]) >= HEALTH_WINDOWS:
-            continue
-        (new if is_new else old)[device].append(w)
-    out = []
-    for i in ids:
-        m, prev = merge(new[i]), merge(old[i]).sketch
-        out.append(
-            Health(
-                i,
-                m.counts["inferences"],
-                m.counts["errors"],
-                m.counts["cloud"],
-                m.sketch.to_dict() if m.sketch.count else {},
-                prev.to_dict() if prev.count else {},
-                {k: c for k, ref in st.baseline.items() if (c := m.drift_counts(k, len(ref))) is not None},
-                m.shadow_agree,
-                m.shadow_total,
-                left_out[i],
-            )
-        )
-    return out
-
-
 # ---- the run -----------------------------------------------------------------------------------
 @contextmanager
 def _exclusive(fleet: Fleet) -> Iterator[tuple[Session, list[Outgoing]]]:
@@ -327,7 +241,7 @@ def _run(
     if r.phase == "running" or any(isinstance(e, Command) for e in evs):
         # every decision that can open a cohort sees the gates' evidence
         reporting = {e.device for e in evs if isinstance(e, InstallReport)}
-        evs.extend(_health(s, r, st, rows, reporting, fleet.recovery_periods()))
+        evs.extend(evidence.health(s, r, st, rows, reporting, fleet.recovery_periods()))
     new, actions = advance(st, evs, now, policy)
     seqs: dict[str, int] = {}
     targets = [a.device for a in actions if isinstance(a, Issue)]

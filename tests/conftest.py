@@ -41,7 +41,6 @@ def _find_coral() -> Path | None:
     return None
 
 
-
 @contextmanager
 def serving_process(
     argv: list[str], port: int, log: Path, env: dict[str, str] | None = None, timeout: float = 60
@@ -61,6 +60,7 @@ def serving_process(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
 
 @dataclass(frozen=True)
 class Trust:

@@ -35,7 +35,7 @@ from .. import devices, rollouts
 from ..auth import COOKIE, Caller, caller_for, caller_of
 from ..errors import HubError, NotFound
 from ..fleet import Fleet
-from . import queries
+from . import catalog, queries
 from .queries import DeviceFilter, QueryError
 from .templating import HERE, make_templates
 
@@ -332,13 +332,13 @@ def dashboard_router() -> APIRouter:
     @router.get("/ui/models", response_class=HTMLResponse)
     def models_page(request: Request, caller: PageViewer, f: WebFleet) -> Response:
         with f.session() as s:
-            items = queries.model_list(s)
+            items = catalog.model_list(s)
         return render(request, caller, "models.html", {"models": items}, parts=("models_table",))
 
     @router.get("/ui/models/{digest}", response_class=HTMLResponse)
     def model_page(request: Request, caller: PageViewer, f: WebFleet, digest: str) -> Response:
         with f.session() as s:
-            b = queries.bundle_detail(s, digest)
+            b = catalog.bundle_detail(s, digest)
         if b is None:
             return bad_input(request, caller, NotFound("bundle", digest))
         return render(request, caller, "model.html", {"b": b}, parts=("model_running",))
@@ -348,7 +348,7 @@ def dashboard_router() -> APIRouter:
     def rollouts_page(request: Request, caller: PageViewer, f: WebFleet, bundle: str = "") -> Response:
         listing = rollouts.listing(f, limit=50)
         with f.session() as s:
-            bundles = queries.model_list(s)
+            bundles = catalog.model_list(s)
             facets = queries.device_facets(s)
         return render(
             request,
@@ -378,10 +378,10 @@ def dashboard_router() -> APIRouter:
         try:
             if not bundle:
                 raise QueryError("choose a bundle to preview the rollout")
-            target = queries.parse_target(target_kind, target_value)
-            sizes = queries.parse_cohorts(cohorts)
+            target = catalog.parse_target(target_kind, target_value)
+            sizes = catalog.parse_cohorts(cohorts)
             with f.session() as s:
-                pv = queries.rollout_preview(s, bundle, target, sizes)
+                pv = catalog.rollout_preview(s, bundle, target, sizes)
         except (QueryError, HubError) as exc:
             return TEMPLATES.TemplateResponse(
                 request, "parts/preview.html", {"error": str(exc), "pv": None}, status_code=400
@@ -395,7 +395,7 @@ def dashboard_router() -> APIRouter:
         except NotFound as exc:
             return bad_input(request, caller, exc)
         with f.session() as s:
-            b = queries.bundle_detail(s, r["bundle"])
+            b = catalog.bundle_detail(s, r["bundle"])
         return render(
             request,
             caller,
@@ -414,7 +414,7 @@ def dashboard_router() -> APIRouter:
         offset: Annotated[int, Query(ge=0, le=queries.MAX_OFFSET)] = 0,
     ) -> Response:
         with f.session() as s:
-            page = queries.audit_page(s, 50, offset, action[:64])
+            page = catalog.audit_page(s, 50, offset, action[:64])
         return render(request, caller, "audit.html", {"page": page, "action": action[:64]}, parts=("audit_table",))
 
     return router

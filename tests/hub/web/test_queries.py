@@ -14,7 +14,7 @@ from hub.models import Bundle, Device, TelemetryWindow
 from hub.server import Hub
 from hub.targets import Target
 from hub.transport import MemoryPublisher
-from hub.web import queries
+from hub.web import catalog, queries
 from hub.web.queries import QueryError
 from protocol.baseline import Baseline, Feature
 from protocol.bundle import Requirements
@@ -114,7 +114,7 @@ def test_rollout_preview_splits_matched_devices_by_compatibility_and_sizes_cohor
                 )
             )
         s.commit()
-        pv = queries.rollout_preview(s, digest, Target(group="lab"), ["1", "50%", "100%"])
+        pv = catalog.rollout_preview(s, digest, Target(group="lab"), ["1", "50%", "100%"])
         assert (pv["matched"], pv["compatible"], pv["incompatible_count"]) == (10, 5, 5)
         assert pv["cohort_sizes"] == [1, 3, 5]
         assert [d["device_id"] for d in pv["examples"]] == ["d00", "d02", "d04", "d06", "d08"]
@@ -123,10 +123,10 @@ def test_rollout_preview_splits_matched_devices_by_compatibility_and_sizes_cohor
             "reason": "unsupported_runtime",  # what the agent itself reports (protocol.compat)
             "detail": "bundle requires an Edge TPU; device has none",
         }
-        listed = queries.rollout_preview(s, digest, Target(devices=("d00", "ghost")), ["100%"])
+        listed = catalog.rollout_preview(s, digest, Target(devices=("d00", "ghost")), ["100%"])
         assert listed["matched"] == 1 and listed["unknown"] == ["ghost"]
         with pytest.raises(QueryError, match="is not in the registry"):
-            queries.rollout_preview(s, "d" * 64, Target(all=True), ["100%"])
+            catalog.rollout_preview(s, "d" * 64, Target(all=True), ["100%"])
 
 
 @pytest.mark.parametrize(
@@ -139,20 +139,20 @@ def test_rollout_preview_splits_matched_devices_by_compatibility_and_sizes_cohor
 )
 def test_preview_form_values_are_rejected_with_the_bad_value(kind: str, value: str, message: str) -> None:
     with pytest.raises(Exception, match=message):
-        queries.parse_target(kind, value)
+        catalog.parse_target(kind, value)
 
 
 def test_cohorts_text_must_be_counts_or_percentages() -> None:
-    assert queries.parse_cohorts(" 1, 10% ,100%") == ["1", "10%", "100%"]
+    assert catalog.parse_cohorts(" 1, 10% ,100%") == ["1", "10%", "100%"]
     with pytest.raises(QueryError, match="cohort size '0' must be a count >= 1"):
-        queries.parse_cohorts("0, 100%")
+        catalog.parse_cohorts("0, 100%")
     with pytest.raises(QueryError, match="at least one size"):
-        queries.parse_cohorts(" , ")
+        catalog.parse_cohorts(" , ")
 
 
 def test_report_summary_of_a_real_build_has_float_int8_onnx_rows_gate_and_op_mapping(digits_bundle: Path) -> None:
     report = json.loads((digits_bundle / "report.json").read_text())
-    out = queries.report_summary(report)
+    out = catalog.report_summary(report)
     kinds = {r["kind"]: r for r in out["artifacts"]}
     assert {"float", "int8", "ONNX"} <= set(kinds)
     assert all(0.5 < kinds[k]["accuracy"] <= 1.0 for k in ("float", "int8", "ONNX"))
@@ -162,7 +162,7 @@ def test_report_summary_of_a_real_build_has_float_int8_onnx_rows_gate_and_op_map
 
 
 def test_report_summary_of_an_odd_report_is_empty_not_an_error() -> None:
-    out = queries.report_summary({"artifacts": ["not", "a", "dict"], "gate": 3, "edgetpu": None})
+    out = catalog.report_summary({"artifacts": ["not", "a", "dict"], "gate": 3, "edgetpu": None})
     assert out["artifacts"] == [] and out["gate"] == {} and out["ops"] == []
 
 
