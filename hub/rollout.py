@@ -8,8 +8,8 @@ Rollout phases (``RolloutState.phase``)::
        ├──breach(on_breach=abort)──▶ aborted  (nobody new is issued) ──rollback cmd──▶ rolled_back
        ├──breach(on_breach=rollback) / rollback cmd──▶ rolled_back   (terminal)
        ├──cancel cmd──▶ cancelled                      (terminal)
-       └──last cohort soaked and gates pass──▶ completed ──device joins, or a timed-out one
-                                                            comes back──▶ running
+       └──last cohort soaked and gates pass──▶ completed ──device joins, or an offline or
+                                                    timed-out one comes back──▶ running
 
 Device states (``DeviceState.state``)::
 
@@ -70,7 +70,8 @@ Rules, in the order ``advance`` applies them:
    device breaches on its own. A breach triggers ``on_breach`` once
    (``pause`` | ``abort`` | ``rollback``) and emits an ``Alert``.
 7. **Soak**: when every assigned device is settled (installed / failed / timed_out /
-   incompatible), ``soak_started`` is set; after ``soak_s`` with no breach the next cohort opens
+   incompatible) or offline, and at least one is settled (a cohort whose devices all went
+   offline has taught nothing: it waits), ``soak_started`` is set; after ``soak_s`` with no breach the next cohort opens
    (or ``awaiting_approval`` if ``approve_each_cohort``), or after the last cohort the rollout
    is ``completed``.
 """
@@ -469,6 +470,8 @@ def advance(
             d = replace(d, online=ev.online)
             if came_back and d.state in ISSUED:
                 d = replace(d, issued_at=now)  # its timeout runs while it can act
+                if st.phase == "completed" and ev.active != st.bundle:  # not done while it installs
+                    st = replace(st, phase="running", reason=f"device {ev.device} came back and installs")
             if d.state == "pending" and d.cohort is None and ev.active is not None and ev.active != st.bundle:
                 d = replace(d, from_bundle=ev.active)
             if d.state in ISSUED and ev.active == st.bundle and st.phase != "rolled_back":
@@ -565,7 +568,11 @@ def advance(
 
     if st.phase == "running":
         assigned = [d for d in devs.values() if d.cohort is not None]
-        settled = all(d.state in SETTLED or not d.online for d in assigned)
+        # an offline device never blocks a cohort, but a cohort nobody has settled in has
+        # taught nothing: all its devices offline is a wait, not a pass
+        settled = all(d.state in SETTLED or not d.online for d in assigned) and any(
+            d.state in SETTLED for d in assigned
+        )
         if settled and st.soak_started is None:
             st = replace(st, soak_started=now)
         # drift has its own sample floor (the baseline's min_samples): wait for it too once the

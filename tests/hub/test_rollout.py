@@ -532,3 +532,27 @@ def test_an_aborted_rollout_can_still_be_rolled_back_and_the_shell_asks_the_mach
         "cancel",
         "rollback",
     ]
+
+
+def test_a_rollout_whose_devices_all_went_offline_waits_instead_of_completing():
+    """Found by the reliability suite: agents killed during their installs (their last will
+    says offline) made a rollout 'completed' with none of its devices installed."""
+    policy = Policy(cohorts=("100%",), soak_s=0)
+    st, _ = advance(RolloutState(NEW), seen(4), 0, policy)
+    st, _ = advance(st, [DeviceSeen(f"d0{i}", False, OLD) for i in range(4)], 1, policy)
+    st, _ = advance(st, [], 100, policy)
+    assert st.phase == "running" and st.counts() == {"issued": 4}
+
+
+def test_an_offline_device_of_a_completed_rollout_that_comes_back_reopens_it_and_its_failure_counts():
+    policy = Policy(cohorts=("100%",), soak_s=0, gates=Gates(max_install_failure_rate=0.0))
+    st, _ = advance(RolloutState(NEW), seen(4), 0, policy)
+    done = [InstallReport(f"d0{i}", "commit", "ok") for i in range(3)]
+    st, _ = advance(st, [*done, DeviceSeen("d03", False, OLD)], 1, policy)
+    st, _ = advance(st, [], 2, policy)
+    assert st.phase == "completed" and st.device("d03").state == "issued"  # an offline device never blocks
+    st, _ = advance(st, [DeviceSeen("d03", True, OLD)], 3, policy)
+    assert st.phase == "running" and "d03 came back" in st.reason
+    st, _ = advance(st, [InstallReport("d03", "selftest", "failed", "selftest_failed")], 4, policy)
+    assert st.phase != "completed" and st.device("d03").state == "failed"
+    assert any(g.name == "install_failure_rate" and g.status == "breach" for g in st.gates)
