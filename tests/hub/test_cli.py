@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import REPO, free_port, wait_port
+from ..conftest import REPO, free_port, serving_process
 from .conftest import FakeDevice
 from .helpers import report, status
 
@@ -34,41 +34,12 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def served(tmp_path: Path, mosquitto):
     cli("keys", "init", "--dir", str(tmp_path / "keys"))
     port = free_port()
+    argv = [sys.executable, "-m", "hub", "serve", "--db", f"sqlite:///{tmp_path / 'hub.db'}", "--broker", mosquitto.url]
+    argv += ["--keys", str(tmp_path / "keys"), "--store", str(tmp_path / "store"), "--port", str(port)]
+    argv += ["--token", TOKEN, "--tick", "0.2"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    log = open(tmp_path / "hub.log", "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hub",
-            "serve",
-            "--db",
-            f"sqlite:///{tmp_path / 'hub.db'}",
-            "--broker",
-            mosquitto.url,
-            "--keys",
-            str(tmp_path / "keys"),
-            "--store",
-            str(tmp_path / "store"),
-            "--port",
-            str(port),
-            "--token",
-            TOKEN,
-            "--tick",
-            "0.2",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_port(port, 30)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(15)
-        log.close()
+    with serving_process(argv, port, tmp_path / "hub.log", env=env, timeout=30) as url:
+        yield url
 
 
 def test_push_rollout_and_watch_it_complete_through_the_cli(served, mosquitto, bundle_dir, tmp_path):
