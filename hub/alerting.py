@@ -4,10 +4,11 @@ here, the rules are pure (hub.alerts); and the alert listing."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import func
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from . import alerts, telemetry
 from .fleet import Fleet
@@ -21,6 +22,35 @@ from .telemetry import latency_summary
 log = logging.getLogger(__name__)
 
 RECENT_S = 900  # "recent" telemetry for alerts
+
+
+def record(
+    fleet: Fleet,
+    s: Session,
+    kind: str,
+    severity: str,
+    message: str,
+    detail: Mapping[str, Any],
+    now: int,
+    device: str | None = None,
+    bundle: str | None = None,
+    rollout: str | None = None,
+) -> None:
+    """One new alert row (the caller commits) and its counter: the alert scan's and the rollout
+    gates' alike."""
+    s.add(
+        Alert(
+            kind=kind,
+            severity=severity,
+            device=device,
+            bundle=bundle,
+            rollout=rollout,
+            message=message[:1000],
+            detail=dict(detail),
+            created=now,
+        )
+    )
+    fleet.metrics.alerts.labels(kind).inc()
 
 
 def scan(fleet: Fleet, rules: alerts.AlertRules | None = None) -> list[alerts.Raise | alerts.Resolve]:
@@ -69,18 +99,7 @@ def scan(fleet: Fleet, rules: alerts.AlertRules | None = None) -> list[alerts.Ra
         decisions = alerts.evaluate(facts, open_keys, now, rules)
         for dec in decisions:
             if isinstance(dec, alerts.Raise):
-                s.add(
-                    Alert(
-                        kind=dec.kind,
-                        severity=dec.severity,
-                        device=dec.device,
-                        bundle=dec.bundle,
-                        message=dec.message[:1000],
-                        detail=dict(dec.detail),
-                        created=now,
-                    )
-                )
-                fleet.metrics.alerts.labels(dec.kind).inc()
+                record(fleet, s, dec.kind, dec.severity, dec.message, dec.detail, now, dec.device, dec.bundle)
             else:
                 for a in open_rows:
                     if a.kind == dec.kind and a.device == dec.device:

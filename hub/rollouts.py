@@ -36,12 +36,12 @@ from protocol.messages import Report
 from protocol.sketch import DriftThresholds
 from protocol.topics import check_digest
 
-from . import bundles, desired, evidence
+from . import alerting, bundles, desired, evidence
 from .compat import stored_inventory
 from .db import rollout_section
 from .errors import Conflict, Invalid, NotFound
 from .fleet import Fleet, new_id
-from .models import Alert, Bundle, Device, Rollout, RolloutDevice
+from .models import Bundle, Device, Rollout, RolloutDevice
 from .rollout import (
     COMMAND_PHASES,
     COMMANDS,
@@ -265,18 +265,7 @@ def _run(
             out.append(desired.issue(fleet, s, dev, b, action, r.id))
             seqs[a.device] = dev.desired_seq
         elif isinstance(a, AlertAction):
-            s.add(
-                Alert(
-                    kind=a.kind,
-                    severity=a.severity,
-                    rollout=r.id,
-                    bundle=r.bundle,
-                    message=a.message[:1000],
-                    detail=dict(a.detail),
-                    created=now,
-                )
-            )
-            fleet.metrics.alerts.labels(a.kind).inc()
+            alerting.record(fleet, s, a.kind, a.severity, a.message, a.detail, now, bundle=r.bundle, rollout=r.id)
             log.warning("rollout %s: %s", r.id, a.message)
     s.flush()  # device rows (seq) before the bulk rollout-row writes
     _save(s, r, rows, new, seqs, now)
