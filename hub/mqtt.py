@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -92,7 +92,7 @@ class Bridge:
         self._sub_mid = -1
         self.client = self._make_client(mqtt.MQTTv5)
 
-    def _make_client(self, protocol: mqtt.MQTTProtocolVersion) -> mqtt.Client:
+    def _make_client(self, protocol: MQTTProtocolVersion) -> mqtt.Client:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self._client_id,

@@ -79,7 +79,7 @@ Rules, in the order ``advance`` applies them:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -676,7 +676,7 @@ def evaluate_gates(
 
 
 # what each sample gate counts per device: the device with the most is the one that could carry it alone
-_WEIGHT = {
+_WEIGHT: dict[str, Callable[[Health], int]] = {
     "error_rate": lambda h: h.inferences + h.errors,
     "cloud_fallback_rate": lambda h: h.inferences,
     "p95_latency_ratio": lambda h: int(h.latency.get("n", 0)) if h.latency and h.prev_latency else 0,

@@ -102,7 +102,7 @@ def _load(fleet: Fleet, s: Session, r: Rollout) -> tuple[RolloutState, Rows]:
     """Rollout rows as plain dicts (a 10,000-device rollout is loaded every tick)."""
     t = RolloutDevice
     q = select(*(getattr(t, f) for f in _ROW_FIELDS)).where(t.rollout_id == r.id).order_by(col(t.device_id))
-    rows: Rows = {x[0]: dict(zip(_ROW_FIELDS, x, strict=True)) for x in s.exec(q).all()}  # type: ignore[call-overload]
+    rows: Rows = {x[0]: dict(zip(_ROW_FIELDS, x, strict=True)) for x in s.exec(q).all()}
     b = s.get(Bundle, r.bundle)
     req = Requirements.from_dict(b.requirements) if b else Requirements()
     refs, th, feature_th = _baseline(fleet, r.bundle)

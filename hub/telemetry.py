@@ -40,15 +40,26 @@ class WindowRow(Protocol):
     """What :func:`merge` reads of a stored window: a :class:`TelemetryWindow`, or a row of
     these columns."""
 
-    device: str
-    latency: dict[str, Any] | None
-    inferences: int
-    errors: int
-    tpu: int
-    cpu: int
-    cloud: int
-    drift: dict[str, Any] | None
-    shadow: dict[str, Any] | None
+    # read-only (properties): a table row's dict column satisfies "dict or None" only if the
+    # protocol promises not to assign None back
+    @property
+    def device(self) -> str: ...
+    @property
+    def latency(self) -> dict[str, Any] | None: ...
+    @property
+    def inferences(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def tpu(self) -> int: ...
+    @property
+    def cpu(self) -> int: ...
+    @property
+    def cloud(self) -> int: ...
+    @property
+    def drift(self) -> dict[str, Any] | None: ...
+    @property
+    def shadow(self) -> dict[str, Any] | None: ...
 
 
 @dataclass
@@ -143,7 +154,7 @@ def drift_verdicts(fleet: Fleet, digest: str, merged: Merged) -> dict[str, Any]:
         baseline = None
     if baseline is None:
         return {}
-    windows = {}
+    windows: dict[str, dict[str, list[int]]] = {}
     for key, counts in merged.drift_for(baseline).items():
         side, name = key.split(".", 1)
         windows.setdefault(side, {})[name] = counts

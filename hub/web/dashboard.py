@@ -86,7 +86,7 @@ def _int_param(name: str, v: str | None, default: int) -> int:
     if v in (None, ""):
         return default
     try:
-        return int(v)  # type: ignore[arg-type]
+        return int(v)
     except ValueError:
         raise QueryError(f"{name} must be an integer, got {v!r}") from None
 

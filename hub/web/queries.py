@@ -45,7 +45,7 @@ class QueryError(ValueError):
 
 # ---- the fleet page ---------------------------------------------------------------------------
 def _inv(key: str) -> Any:
-    return col(Device.inventory)[key]  # type: ignore[index]
+    return col(Device.inventory)[key]
 
 
 def _board_expr() -> Any:
@@ -180,6 +180,7 @@ def fleet_series(s: Session, now: int, baselines: Baselines, span_s: int = 3600,
     ).all()
     # which windows go together: per time bucket and bundle (drift is judged per bundle's baseline)
     groups: list[dict[str | None, list[Any]]] = [{} for _ in range(buckets)]
+    w: Any
     for w in rows:
         i = min(buckets - 1, max(0, int((w.received - start) / step)))
         groups[i].setdefault(w.bundle, []).append(w)
@@ -350,7 +351,7 @@ def _known_tags(s: Session, limit: int = 200) -> list[str]:
     else:
         each = func.json_each(col(Device.tags)).table_valued("value")
         inner = select(each.c.value.label("tag")).select_from(Device).join(each, literal(True)).subquery()
-    rows = s.exec(select(inner.c.tag).distinct().order_by(inner.c.tag).limit(limit)).all()  # type: ignore[call-overload]
+    rows = s.exec(select(inner.c.tag).distinct().order_by(inner.c.tag).limit(limit)).all()
     return [str(t) for t in rows if isinstance(t, str) and t]
 
 
