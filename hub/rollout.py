@@ -584,7 +584,7 @@ def advance(
         if settled and st.soak_started is not None and now - st.soak_started >= policy.soak_s and not waiting_data:
             sizes = cohort_sizes(policy.cohorts, _eligible(devs))
             if st.cohort >= len(sizes) - 1 and all(d.cohort is not None or d.state in SETTLED for d in devs.values()):
-                st = replace(st, phase="completed", reason="every cohort passed its gates")
+                st = replace(st, phase="completed", reason=_completion_reason(gates))
             elif policy.approve_each_cohort:
                 st = replace(
                     st,
@@ -632,6 +632,18 @@ def _open_next(
     st = replace(st, cohort=nxt, cohort_started=now, soak_started=None)
     _assign(devs, sizes[nxt], nxt, issue, put)
     return st
+
+
+def _completion_reason(gates: Sequence[GateResult]) -> str:
+    """What a completed rollout says: "passed" only for gates that judged something; the ones
+    that never had data are named (a gate without samples never breaches, so it proved nothing)."""
+    judged = [g.name for g in gates if g.status == "pass"]
+    blind = [g.name for g in gates if g.status == "insufficient_data"]
+    if not blind:
+        return "every cohort passed its gates"
+    if not judged:
+        return f"every cohort installed; no gate had data to judge ({', '.join(blind)})"
+    return f"every cohort passed {', '.join(judged)}; no data for {', '.join(blind)}"
 
 
 def evaluate_gates(

@@ -556,3 +556,19 @@ def test_an_offline_device_of_a_completed_rollout_that_comes_back_reopens_it_and
     st, _ = advance(st, [InstallReport("d03", "selftest", "failed", "selftest_failed")], 4, policy)
     assert st.phase != "completed" and st.device("d03").state == "failed"
     assert any(g.name == "install_failure_rate" and g.status == "breach" for g in st.gates)
+
+
+def test_a_rollout_whose_telemetry_gates_never_had_data_does_not_say_they_passed():
+    policy = Policy(cohorts=("100%",), soak_s=0)
+    st, _ = advance(RolloutState(NEW), seen(2), 0, policy)
+    st, _ = advance(st, [InstallReport("d00", "commit", "ok"), InstallReport("d01", "commit", "ok")], 1, policy)
+    st, _ = advance(st, [], 2, policy)
+    assert st.phase == "completed"
+    assert "passed install_failure_rate" in st.reason and "no data for" in st.reason
+    assert "every cohort passed its gates" not in st.reason
+    h = [Health(f"d0{i}", 500, 0, 0, sketch(0.01), sketch(0.01)) for i in range(2)]
+    st2, _ = advance(RolloutState(NEW), seen(2), 0, Policy(cohorts=("100%",), soak_s=0, gates=Gates(max_p95_ratio=1.5)))
+    done = [InstallReport("d00", "commit", "ok"), InstallReport("d01", "commit", "ok")]
+    st2, _ = advance(st2, [*done, *h], 1, Policy(cohorts=("100%",), soak_s=0, gates=Gates(max_p95_ratio=1.5)))
+    st2, _ = advance(st2, h, 2, Policy(cohorts=("100%",), soak_s=0, gates=Gates(max_p95_ratio=1.5)))
+    assert st2.phase == "completed" and st2.reason == "every cohort passed its gates"  # all had data
