@@ -186,6 +186,11 @@ def dashboard_router() -> APIRouter:
     def baselines(fleet: Fleet) -> Baselines:
         return caches.setdefault(id(fleet), Baselines(fleet))
 
+    @router.get("/favicon.ico")
+    def favicon() -> Response:
+        """Browsers ask for /favicon.ico whatever the page links: send them to the icon."""
+        return RedirectResponse("/static/favicon.svg", status_code=301)
+
     @router.get("/", response_class=HTMLResponse)
     def index(
         request: Request, f: WebFleet, offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0, q: str | None = None

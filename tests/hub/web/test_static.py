@@ -25,3 +25,11 @@ def test_templates_and_scripts_load_nothing_from_other_origins() -> None:
     offenders = [str(p.relative_to(HERE)) for p in files if pattern.search(p.read_text())]
     assert offenders == []
     assert "@import" not in (STATIC_DIR / "dashboard.css").read_text()
+
+
+def test_the_dashboard_has_a_favicon_and_browsers_asking_for_favicon_ico_find_it(client):
+    r = client.get("/favicon.ico", follow_redirects=False)
+    assert r.status_code == 301 and r.headers["location"] == "/static/favicon.svg"
+    icon = client.get("/static/favicon.svg")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert 'rel="icon" href="/static/favicon.svg"' in client.get("/ui/login").text
