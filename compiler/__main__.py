@@ -104,8 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--no-onnx",
         action="store_true",
-        help="skip the ONNX twin (tf2onnx from_tflite) for the "
-        "cloud fallback (default: made from the CPU model, parity checked on the data)",
+        help="skip the ONNX twin (tf2onnx from_tflite) for the cloud fallback (default: made from the CPU "
+        "model and shipped only if its parity with LiteRT holds on --validation, else --calibration, else "
+        "synthetic inputs; otherwise withheld, and the report says why)",
     )
     m.add_argument("--quiet", action="store_true", help="no progress or table, errors only")
 

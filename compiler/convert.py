@@ -8,7 +8,9 @@ imports TensorFlow.
 Parent -> child: ``python -m compiler.convert JOB.json``. Child -> parent: one JSON object per
 stdout line (``{"event": "stage", "stage": s, "status": "start"|"done", "seconds": t}``, then
 ``{"event": "result", ...}`` or ``{"event": "error", "kind": "bad_input"|"tool", ...}``).
-TensorFlow's own chatter goes to stderr, whose tail is quoted when the child fails.
+TensorFlow's own chatter goes to stderr, whose tail is quoted when the child fails. A failed
+ONNX export does not fail the build: the ``onnx`` stage's done event carries ``problem`` and the
+result ``onnx_error``, and the twin is withheld with it (:mod:`compiler.parity`).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Converted:
     rewrapped_static_batch: bool
     versions: dict[str, str]
     seconds: dict[str, float] = field(default_factory=dict)
+    onnx_error: str | None = None  # tf2onnx failed: the twin is withheld with this one line
 
 
 def run(job: ConvertJob, timeout_s: float, on_event: Callable[[Event], None] | None = None) -> Converted:
@@ -124,12 +127,13 @@ def run(job: ConvertJob, timeout_s: float, on_event: Callable[[Event], None] | N
     return Converted(
         float_tflite=(out / "model_float.tflite").read_bytes(),
         int8_tflite=(out / "model_int8.tflite").read_bytes(),
-        onnx=onnx_path.read_bytes() if job.onnx else None,
+        onnx=onnx_path.read_bytes() if job.onnx and onnx_path.exists() else None,
         keras_model=keras_path if keras_path.exists() else job.model,
         input_shape=tuple(result["input_shape"]),
         output_shape=tuple(result["output_shape"]),
         onnx_input=result.get("onnx_input"),
         onnx_output=result.get("onnx_output"),
+        onnx_error=result.get("onnx_error"),
         rewrapped_static_batch=bool(result.get("rewrapped")),
         versions=result["versions"],
         seconds={
@@ -226,14 +230,25 @@ def _child(job: dict[str, Any]) -> int:
         stage = "int8"
         with _Stage("int8"):
             (out / "model_int8.tflite").write_bytes(quantize.to_int8(model, cal, job["io_type"]))
-        onnx_in = onnx_out = None
+        onnx_in = onnx_out = onnx_error = None
         if job.get("onnx", True):
             stage = "onnx"
             from .onnx_export import to_onnx
 
-            with _Stage("onnx"):
+            t0 = time.perf_counter()
+            _emit(event="stage", stage="onnx", status="start")
+            try:
                 data, onnx_in, onnx_out = to_onnx(model)
                 (out / "model.onnx").write_bytes(data)
+            except Exception as exc:  # no twin: it is withheld with this error, the build goes on
+                onnx_error = f"tf2onnx from_keras failed: {type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
+            _emit(
+                event="stage",
+                stage="onnx",
+                status="done",
+                seconds=round(time.perf_counter() - t0, 3),
+                **({"problem": onnx_error} if onnx_error else {}),
+            )
     except Exception as exc:  # report which stage failed, in one line
         _emit(event="error", kind="tool", stage=stage, problem=f"{type(exc).__name__}: {str(exc)[:400]}")
         return 5
@@ -243,6 +258,7 @@ def _child(job: dict[str, Any]) -> int:
         output_shape=quantize.output_shape(model),
         onnx_input=onnx_in,
         onnx_output=onnx_out,
+        onnx_error=onnx_error,
         rewrapped=rewrapped,
         versions=_versions(),
     )

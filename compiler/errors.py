@@ -5,7 +5,8 @@ Exit codes (documented in ``edgefleet-compile --help``):
 * 0 success
 * 1 internal error (a bug: please report it)
 * 2 bad input: a file, argument or data set the compiler cannot use
-* 3 quality gate failed: int8 (or ONNX twin) lost more accuracy than allowed
+* 3 quality gate failed: int8 lost more accuracy than allowed (an ONNX twin that fails its
+  parity check is withheld from the bundle instead: :mod:`compiler.parity`)
 * 4 not Edge TPU ready: ``--target edgetpu`` and the model cannot map (float ops, dynamic shapes,
   compiler failure)
 * 5 toolchain failure: a TensorFlow conversion crashed or timed out

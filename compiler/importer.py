@@ -14,12 +14,13 @@ Rules:
   (``scale = s_in``, ``offset = -(zp - zp_pixel) * s_in``), which is how Coral's models are fed;
   ``--scale/--offset`` override it.
 * ONNX twin (role ``onnx``, for the cloud fallback): ``tf2onnx.convert.from_tflite`` on the CPU
-  model, in a child with the conversion timeout (:mod:`compiler.tflite_onnx`). Its parity with
-  LiteRT (top-1 agreement, max abs diff in output units and in LSB) is measured on the
-  validation (else calibration) data and recorded in ``report.onnx``; below 99 % agreement the
-  twin is not shipped. A uint8/int8 ONNX input gets ``preprocess.input_quantization`` (the
-  TFLite input's scale and zero point). A TPU-only import has no CPU model to convert: no twin,
-  and the report says so. A failed conversion is reported and the bundle ships without a twin.
+  model, in a child with the conversion timeout (:mod:`compiler.tflite_onnx`). It ships only
+  verified: its parity with LiteRT is always measured, on the validation data, else the
+  calibration data, else seeded synthetic inputs over the input's range, and judged by
+  :mod:`compiler.parity`; below a limit, or when the conversion fails, it is withheld. The
+  verdict is ``report.twin`` and ``manifest.model.twin`` (:mod:`protocol.twin`). A uint8/int8
+  ONNX input gets ``preprocess.input_quantization`` (the TFLite input's scale and zero point).
+  A TPU-only import has no CPU model to convert: twin status ``none``, and the report says why.
 """
 
 from __future__ import annotations
@@ -37,15 +38,16 @@ from . import baseline, selftest
 from .bundle import BundleFile, BundleSpec, refuse_existing, write_bundle
 from .config import CompilerConfig
 from .dataset import Samples
-from .errors import BadInput, ToolFailed
+from .errors import BadInput
 from .evaluate import metrics
 from .graph import Graph, read_graph
 from .inference import TfliteRunner
+from .parity import choose_inputs, not_made
 from .pipeline import BuildResult, _json, _runtime_versions
 from .precheck import predict
 from .progress import Progress
 from .report import SCHEMA, machine, model_card
-from .tflite_onnx import MIN_AGREEMENT, OPSET, OnnxTwin, convert, parity
+from .tflite_onnx import Verified, verify
 
 
 @dataclass(frozen=True)
@@ -169,18 +171,21 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
         if data is not None and data.preprocess.get("kind") == "image"
         else default_preprocess(g, None, None)
     )
-    onnx_doc, twin = _onnx_twin(req, cfg, runner, data, progress)
+    ver = _onnx_twin(req, cfg, runner, preprocess, progress)
+    twin = ver.twin
     if twin is not None and runner is not None and twin.input_dtype in ("uint8", "int8"):
         preprocess = dict(
             preprocess, input_quantization={"scale": runner.input.scale, "zero_point": runner.input.zero_point}
         )
     if twin is not None:
+        m_onnx = None
+        if ver.status.inputs == "user" and val is not None and val.y is not None and ver.scores is not None:
+            m_onnx = metrics(ver.scores, val.y).to_dict()
         artifacts["model.onnx"] = {
             "size": len(twin.data),
             "sha256": _sha(twin.data),
-            "metrics": onnx_doc.get("metrics"),
+            "metrics": m_onnx,
             "latency_ms": None,
-            "parity": onnx_doc.get("parity"),
         }
 
     progress.start("baseline", "drift baseline and self-test vectors")
@@ -250,7 +255,8 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
         "artifacts": artifacts,
         "gate": None,
         "edgetpu": et_doc,
-        "onnx": onnx_doc,
+        "onnx": ver.doc,
+        "twin": ver.status.to_dict(),
         "gate_note": "none: an import has no float reference to compare against",
         "validation_samples": len(val.x) if val is not None else 0,
         "machine": machine(),
@@ -272,8 +278,9 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
     }
     if twin is not None:
         model_doc["onnx"] = {
-            k: onnx_doc[k] for k in ("input", "output", "input_dtype", "output_dtype", "output_quantization")
+            k: ver.doc[k] for k in ("input", "output", "input_dtype", "output_dtype", "output_quantization")
         }
+    model_doc["twin"] = ver.status.to_dict()
     policy = "required" if tpu_only else "optional"
     progress.start("bundle", "writing the bundle")
     digest = write_bundle(
@@ -289,58 +296,26 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
 
 
 def _onnx_twin(
-    req: ImportRequest, cfg: CompilerConfig, runner: TfliteRunner | None, data: Samples | None, progress: Progress
-) -> tuple[dict[str, Any], OnnxTwin | None]:
-    """(report section, the twin to ship or None)."""
+    req: ImportRequest, cfg: CompilerConfig, runner: TfliteRunner | None, preprocess: dict[str, Any], progress: Progress
+) -> Verified:
+    """The twin, verified or withheld (:func:`compiler.tflite_onnx.verify`), or why none was made."""
     if runner is None:
-        return {
-            "shipped": False,
-            "note": "no ONNX twin: the imported model is compiled for the Edge TPU "
-            "(edgetpu-custom-op has no ONNX form) and no CPU model was given; import the CPU .tflite "
-            "with --edgetpu X to get one",
-        }, None
+        return Verified(
+            None,
+            not_made(
+                "the imported model is compiled for the Edge TPU (edgetpu-custom-op has no ONNX form) and no "
+                "CPU model was given; import the CPU .tflite with --edgetpu X to get one"
+            ),
+            {},
+        )
     if not req.onnx:
-        return {"shipped": False, "note": "no ONNX twin: --no-onnx"}, None
-    progress.start("onnx", "ONNX twin (tf2onnx from_tflite)")
-    try:
-        twin = convert(req.model, cfg.convert_timeout_s, req.model_name)
-    except ToolFailed as exc:
-        progress.done("onnx", f"failed: {exc}")
-        return {"shipped": False, "note": f"no ONNX twin: {exc}"}, None
-    doc: dict[str, Any] = {
-        "shipped": True,
-        "from": f"tf2onnx {twin.tf2onnx} convert.from_tflite, opset {OPSET}",
-        "input": twin.input_name,
-        "input_dtype": twin.input_dtype,
-        "input_shape": list(twin.input_shape),
-        "output": twin.output_name,
-        "output_dtype": twin.output_dtype,
-        "output_quantization": (
-            {"scale": runner.output.scale, "zero_point": runner.output.zero_point}
-            if twin.output_dtype in ("uint8", "int8")
-            else None
-        ),
-        "convert_seconds": twin.seconds,
-        "parity": None,
-    }
-    if data is None:
-        doc["note"] = "parity not measured: no validation or calibration data given"
-        progress.done("onnx", doc["note"])
-        return doc, twin
-    par, scores = parity(twin, runner, data.x)
-    doc["parity"] = par.to_dict()
-    if req.validation is not None and req.validation.y is not None and data is req.validation:
-        doc["metrics"] = metrics(scores, req.validation.y).to_dict()
-    line = f"top-1 agreement {par.top1_agreement:.2%} on {par.samples} samples, max abs diff {par.max_abs_diff:.3g}" + (
-        f" ({par.max_abs_diff_lsb} LSB)" if par.max_abs_diff_lsb is not None else ""
-    )
-    if not par.ok:
-        doc.update(shipped=False, note=f"ONNX twin not shipped: {line} < {MIN_AGREEMENT:.0%}")
-        progress.done("onnx", doc["note"])
-        return doc, None
-    doc["note"] = f"parity with LiteRT: {line}"
-    progress.done("onnx", doc["note"])
-    return doc, twin
+        return Verified(None, not_made("--no-onnx"), {})
+    progress.start("onnx", "ONNX twin (tf2onnx from_tflite) and its parity with LiteRT")
+    val, cal = req.validation, req.calibration
+    inputs = choose_inputs(runner.input, preprocess, val.x if val else None, cal.x if cal else None)
+    ver = verify(req.model, Path(req.model_name).name, runner, inputs, cfg.convert_timeout_s)
+    progress.done("onnx", ver.status.line())
+    return ver
 
 
 def _sha(data: bytes) -> str:

@@ -2,8 +2,10 @@
 
 ``build(request, config, progress) -> BuildResult``. Stages: convert (child process: train?,
 load, float, int8, onnx) -> inspect (ops, float ops, static shapes) -> evaluate (metrics, gate)
--> edgetpu (pre-check, compiler if present) -> baseline -> selftest -> report -> bundle.
-A failed gate raises :class:`GateFailed` carrying the report, and nothing is written to ``out``.
+-> twin (the ONNX twin's parity with the float TFLite on the validation inputs: verified, or
+withheld from the bundle, :mod:`compiler.parity`) -> edgetpu (pre-check, compiler if present)
+-> baseline -> selftest -> report -> bundle. A failed gate raises :class:`GateFailed` carrying
+the report, and nothing is written to ``out``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from protocol.bundle import Requirements
 from protocol.signing import SigningKey
+from protocol.twin import Twin
 
 from . import baseline, convert, selftest
 from .bundle import BundleFile, BundleSpec, refuse_existing, write_bundle
@@ -28,6 +31,7 @@ from .errors import BadInput, GateFailed, NotEdgeTpuReady
 from .evaluate import GatePolicy, gate, metrics
 from .graph import Graph, read_graph
 from .inference import OnnxRunner, TfliteRunner
+from .parity import Comparison, choose_metric, conversion_failed, judge, not_made
 from .progress import Progress
 from .report import SCHEMA, machine, model_card
 
@@ -141,6 +145,8 @@ def _convert(req: BuildRequest, cfg: CompilerConfig, work: Path, progress: Progr
             return
         if ev["status"] == "start":
             progress.start(ev["stage"], _STAGE_TEXT.get(ev["stage"], ""))
+        elif ev.get("problem"):
+            progress.done(ev["stage"], f"failed ({ev['seconds']:.1f} s): {ev['problem']}")
         else:
             progress.done(ev["stage"], f"{_STAGE_TEXT.get(ev['stage'], '')} ({ev['seconds']:.1f} s)")
 
@@ -188,7 +194,7 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
         mf = metrics(f_scores, y)
         mq = metrics(q_scores, y, f_scores)
         mo = metrics(o_scores, y, f_scores) if o_scores is not None else None
-        result = gate(mf, mq, mo, req.policy)
+        result = gate(mf, mq, req.policy)
         gate_doc = result.to_dict()
         per = {"model_float.tflite": mf, "model_int8.tflite": mq, "model.onnx": mo}
     else:
@@ -209,6 +215,13 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
             "latency_ms": {"1": round(runner.latency_ms(x), 4)},
         }
     progress.done("evaluate", _gate_line(gate_doc))
+
+    progress.start("twin", "ONNX twin vs float TFLite on the validation inputs")
+    twin = _twin(c, float_run, f_scores, o_scores)
+    onnx = c.onnx if twin.shipped else None
+    if onnx is None:
+        artifacts.pop("model.onnx", None)
+    progress.done("twin", twin.line())
 
     progress.start("edgetpu", "Edge TPU pre-check / compiler")
     et_doc, et_files, edgetpu_policy, min_rt = _edgetpu(req, cfg, g, c.int8_tflite)
@@ -243,6 +256,7 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
         },
         "artifacts": artifacts,
         "gate": gate_doc,
+        "twin": twin.to_dict(),
         "edgetpu": et_doc,
         "validation_samples": len(x),
         "calibration_samples": len(req.calibration),
@@ -266,17 +280,19 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
         "input": {"shape": list(g.input.shape), "dtype": "float32"},
         "output": {"shape": list(g.output.shape)},
         "labels": "labels.txt",
-        "onnx": {"input": c.onnx_input, "output": c.onnx_output},
         "quality": _quality(gate_doc, artifacts),
         "edgetpu": et_summary,
+        "twin": twin.to_dict(),
     }
+    if onnx is not None:
+        model_doc["onnx"] = {"input": c.onnx_input, "output": c.onnx_output}
     files = [
         BundleFile("model_int8.tflite", "tflite_int8", c.int8_tflite),
         BundleFile("model_float.tflite", "tflite_float", c.float_tflite),
     ]
     files += et_files
-    if c.onnx is not None:
-        files.append(BundleFile("model.onnx", "onnx", c.onnx))
+    if onnx is not None:
+        files.append(BundleFile("model.onnx", "onnx", onnx))
     files += [
         BundleFile("baseline.json", "baseline", _json(base)),
         BundleFile("selftest.json", "selftest", _json(st)),
@@ -290,6 +306,17 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
     digest = write_bundle(req.out, spec, files, req.sign_key)
     progress.done("bundle", f"digest {digest[:16]}…")
     return BuildResult(req.out, digest, report)
+
+
+def _twin(c: convert.Converted, float_run: TfliteRunner, ref: np.ndarray, got: np.ndarray | None) -> Twin:
+    """The twin's verdict: its scores against the float TFLite's on every validation input."""
+    if c.onnx is None or got is None:
+        return conversion_failed(c.onnx_error) if c.onnx_error else not_made("the conversion made no ONNX twin")
+    metric = choose_metric(None, float_run.output)
+    cmp = Comparison(float_run.output, metric)
+    for r, g in zip(ref, got, strict=True):
+        cmp.add(r, g)
+    return judge(cmp.figures(), metric, "user", len(ref), quantized=False)
 
 
 def _edgetpu(

@@ -2,8 +2,9 @@
 
 The report is the build's evidence: lineage (hashes of model, calibration and validation data,
 tool versions), the model's I/O and ops, every artifact's metrics, size and latency measured on
-this machine, the gate's checks, and the Edge TPU pre-check / compiler results. The model card
-is a Markdown rendering of the same facts for people. ``inspect`` prints the report.
+this machine, the gate's checks, the ONNX twin's verdict (``twin``, :mod:`protocol.twin`) and the
+Edge TPU pre-check / compiler results. The model card is a Markdown rendering of the same facts
+for people. ``inspect`` prints the report.
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ def model_card(report: dict[str, Any]) -> str:
             lines.append(
                 f"- {'ok' if c['passed'] else 'FAIL'} `{c['name']}` = {c['value']} (limit {c['limit']}): {c['detail']}"
             )
+        lines.append("")
+    twin = r.get("twin")
+    if twin:
+        lines += ["## Cloud twin (ONNX)", "", f"- {twin['status']}: {twin['reason']}"]
+        if twin.get("inputs"):
+            lines.append(f"- Parity measured on {twin.get('n')} {twin['inputs']} inputs ({twin.get('metric')})")
+        for title, key in (("Measured", "figures"), ("Limits", "limits")):
+            if twin.get(key):
+                lines.append(f"- {title}: " + ", ".join(f"`{k}` = {v}" for k, v in twin[key].items()))
         lines.append("")
     et = r.get("edgetpu") or {}
     lines += [

@@ -1,5 +1,6 @@
 """The final table of a build (and of ``inspect``): artifacts with size, quality and latency,
-the gate's checks, the Edge TPU status and the digest. Printed with rich on stdout."""
+the gate's checks, the ONNX twin's status, the Edge TPU status and the digest. Printed with
+rich on stdout."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from protocol.bundle import Manifest
+from protocol.errors import BadPayload
+from protocol.twin import Twin
 
 
 def print_summary(
@@ -48,6 +51,7 @@ def print_summary(
             con.print(f"  gate {mark} {c['name']} = {c['value']} (limit {c['limit']}): {c['detail']}")
     else:
         con.print(f"  gate: {report.get('gate_note') or 'skipped (no validation labels)'}")
+    con.print(f"  twin: {twin_line(report, manifest)}", markup=False)
     et = report.get("edgetpu") or {}
     line = "compiled" if et.get("compiled") else "not compiled"
     if et.get("ops_on_tpu") is not None:
@@ -66,6 +70,23 @@ def print_summary(
         con.print(f"  [red]problem[/]: {p}")
     if digest:
         con.print(f"  bundle {out}  digest {digest}")
+
+
+def twin_line(report: dict[str, Any], manifest: Manifest | None = None) -> str:
+    """The ONNX twin's status in one line: the signed manifest's word first, else the report's."""
+    for doc in ((manifest.model if manifest is not None else {}).get("twin"), report.get("twin")):
+        if doc is None:
+            continue
+        try:
+            return Twin.from_dict(doc).line()
+        except BadPayload as exc:
+            return f"unreadable status ({exc.problem})"
+    shipped = (
+        manifest.artifact("onnx") is not None
+        if manifest is not None
+        else "model.onnx" in (report.get("artifacts") or {})
+    )
+    return ("shipped" if shipped else "none") + ", no parity verdict recorded (bundle made before twin verification)"
 
 
 def _pct(v: Any) -> str:

@@ -1,6 +1,6 @@
 """The ONNX twin of an imported ``.tflite`` (``tf2onnx.convert.from_tflite``, opset 17), made in a
-**child process with a timeout** like every other conversion, and its parity with the TFLite
-model on the CPU.
+**child process with a timeout** like every other conversion, and verified against the TFLite
+model on the CPU before it may ship (:func:`verify`; the rules are in :mod:`compiler.parity`).
 
 ``from_tflite`` keeps the model's quantization: a uint8/int8 TFLite model becomes a QDQ ONNX
 graph with the same integer input and output (reference §5.2: near bit-parity), so the cloud
@@ -8,8 +8,8 @@ must quantize its float input (``preprocess.input_quantization``) and dequantize
 (``output_quantization`` in the report and ``manifest.model.onnx``).
 
 Parent -> child: ``python -m compiler.tflite_onnx IN.tflite OUT.onnx``. Child -> parent: one JSON
-line on stdout, ``{"event": "result", "input": ..., "input_dtype": ..., ...}`` or
-``{"event": "error", "problem": ...}``; tf2onnx's log lines go to stderr.
+line on stdout, ``{"event": "result", "inputs": [...], "outputs": [...], ...}`` (each ``[name,
+dtype, shape]``) or ``{"event": "error", "problem": ...}``; tf2onnx's log lines go to stderr.
 """
 
 from __future__ import annotations
@@ -25,22 +25,56 @@ from typing import Any
 
 import numpy as np
 
+from protocol.twin import Twin
+
 from .errors import ToolFailed
+from .parity import Comparison, ParityInputs, choose_metric, conversion_failed, judge
 
 OPSET = 17
-MIN_AGREEMENT = 0.99  # below this top-1 agreement with the TFLite model the twin is not shipped
 
 
 @dataclass(frozen=True)
 class OnnxTwin:
     data: bytes
-    input_name: str
-    input_dtype: str  # numpy dtype name: uint8 | int8 | float32
-    input_shape: tuple[int, ...]
-    output_name: str
-    output_dtype: str
+    inputs: tuple[tuple[str, str, tuple[int, ...]], ...]  # (name, numpy dtype name, shape)
+    outputs: tuple[tuple[str, str, tuple[int, ...]], ...]
     seconds: float
     tf2onnx: str
+
+    @property
+    def input_name(self) -> str:
+        return self.inputs[0][0]
+
+    @property
+    def input_dtype(self) -> str:  # uint8 | int8 | float32
+        return self.inputs[0][1]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.inputs[0][2]
+
+    @property
+    def output_name(self) -> str:
+        return self.outputs[0][0]
+
+    @property
+    def output_dtype(self) -> str:
+        return self.outputs[0][1]
+
+    def unservable(self) -> str | None:
+        """Why the cloud could not serve this graph (it serves one input; parity and the
+        manifest know one output), or None."""
+        if len(self.inputs) == 1 and len(self.outputs) == 1:
+            return None
+        return (
+            f"tf2onnx converted it to {_count(self.inputs, 'input')} and {_count(self.outputs, 'output')}; "
+            "a twin must have one input and one output"
+        )
+
+
+def _count(io: tuple[tuple[str, str, tuple[int, ...]], ...], what: str) -> str:
+    shown = ", ".join(name for name, _, _ in io[:4]) + (", ..." if len(io) > 4 else "")
+    return f"{len(io)} {what}{'' if len(io) == 1 else 's'} ({shown})"
 
 
 def convert(model: bytes, timeout_s: float, what: str = "model") -> OnnxTwin:
@@ -72,11 +106,8 @@ def convert(model: bytes, timeout_s: float, what: str = "model") -> OnnxTwin:
             raise ToolFailed(f"tf2onnx from_tflite ({what})", f"child {how}; stderr: {tail or '(empty)'}")
         return OnnxTwin(
             dst.read_bytes(),
-            res["input"],
-            res["input_dtype"],
-            tuple(res["input_shape"]),
-            res["output"],
-            res["output_dtype"],
+            tuple((str(n), str(d), tuple(int(x) for x in sh)) for n, d, sh in res["inputs"]),
+            tuple((str(n), str(d), tuple(int(x) for x in sh)) for n, d, sh in res["outputs"]),
             round(seconds, 3),
             res["tf2onnx"],
         )
@@ -96,64 +127,73 @@ def _json_line(line: str) -> dict[str, Any] | None:
     return ev if isinstance(ev, dict) else None
 
 
-@dataclass(frozen=True)
-class Parity:
-    samples: int
-    top1_agreement: float  # fraction of samples with the same argmax
-    max_abs_diff: float  # in output units (dequantized scores)
-    max_abs_diff_lsb: int | None  # in quantized output steps, for integer outputs
-    exact_fraction: float  # fraction of output values exactly equal
-
-    @property
-    def ok(self) -> bool:
-        return self.top1_agreement >= MIN_AGREEMENT
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "samples": self.samples,
-            "top1_agreement": round(self.top1_agreement, 6),
-            "max_abs_diff": float(self.max_abs_diff),
-            "max_abs_diff_lsb": self.max_abs_diff_lsb,
-            "exact_fraction": round(self.exact_fraction, 6),
-            "min_agreement": MIN_AGREEMENT,
-        }
-
-
-def parity(twin: OnnxTwin, runner: Any, x: np.ndarray) -> tuple[Parity, np.ndarray]:
-    """Run the twin (onnxruntime) and ``runner`` (a :class:`compiler.inference.TfliteRunner`) on the
-    float inputs ``x`` one sample at a time and compare their raw and dequantized outputs.
-    Returns the comparison and the twin's dequantized scores ``(N, ...)``."""
+def measure(twin: OnnxTwin, runner: Any, inputs: ParityInputs, metric: str) -> tuple[dict[str, float], np.ndarray]:
+    """Run the twin (onnxruntime) and ``runner`` (a :class:`compiler.inference.TfliteRunner`) on
+    each raw input tensor and compare their outputs (:class:`compiler.parity.Comparison`).
+    Returns the figures and the twin's dequantized outputs ``(N, ...)``."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
     sess = ort.InferenceSession(twin.data, sess_options=opts, providers=["CPUExecutionProvider"])
-    agree = exact = total = 0
-    max_diff = 0.0
-    max_lsb = 0
+    cmp = Comparison(runner.output, metric)
     scores: list[np.ndarray] = []
-    for i in range(len(x)):
-        raw_in = runner.input.quantize(x[i : i + 1]).reshape(runner.input.shape)
+    for raw in inputs.raw:
+        raw_in = raw.reshape(runner.input.shape)
         ref = runner.run_raw(raw_in)
         got = sess.run(None, {twin.input_name: raw_in.astype(twin.input_dtype)})[0].reshape(ref.shape)
-        if runner.output.quantized:
-            max_lsb = max(max_lsb, int(np.abs(got.astype(np.int64) - ref.astype(np.int64)).max()))
-        ref_f, got_f = runner.output.dequantize(ref), runner.output.dequantize(got.astype(ref.dtype))
-        scores.append(got_f)
-        max_diff = max(max_diff, float(np.abs(got_f - ref_f).max()))
-        exact += int((got == ref).sum())
-        total += ref.size
-        agree += int(ref_f.reshape(-1).argmax() == got_f.reshape(-1).argmax())
-    n = len(x)
-    par = Parity(
-        n,
-        agree / n if n else 0.0,
-        max_diff,
-        max_lsb if runner.output.quantized else None,
-        exact / total if total else 0.0,
+        cmp.add(ref, got)
+        scores.append(runner.output.dequantize(got.astype(ref.dtype)))
+    out = np.concatenate(scores, axis=0) if scores else np.zeros((0,) + runner.output.shape[1:], np.float32)
+    return cmp.figures(), out
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The twin to ship (None when withheld), its status, the converter's facts for the report
+    (empty when it failed) and the twin's dequantized outputs on the parity inputs."""
+
+    twin: OnnxTwin | None
+    status: Twin
+    doc: dict[str, Any]
+    scores: np.ndarray | None = None
+
+
+def verify(
+    model: bytes, what: str, runner: Any, inputs: ParityInputs, timeout_s: float, task: str | None = None
+) -> Verified:
+    """Convert ``model`` and measure the twin's parity with ``runner`` on ``inputs``; the twin
+    comes back only when :func:`compiler.parity.judge` verifies it."""
+    try:
+        twin = convert(model, timeout_s, what)
+    except ToolFailed as exc:
+        return Verified(None, conversion_failed(str(exc)), {})
+    doc: dict[str, Any] = {
+        "from": f"tf2onnx {twin.tf2onnx} convert.from_tflite, opset {OPSET}",
+        "inputs": [[n, d, list(sh)] for n, d, sh in twin.inputs],
+        "outputs": [[n, d, list(sh)] for n, d, sh in twin.outputs],
+        "convert_seconds": twin.seconds,
+    }
+    why = twin.unservable()
+    if why is not None:
+        return Verified(None, Twin("withheld", why), doc)
+    doc.update(
+        input=twin.input_name,
+        input_dtype=twin.input_dtype,
+        input_shape=list(twin.input_shape),
+        output=twin.output_name,
+        output_dtype=twin.output_dtype,
+        output_quantization=(
+            {"scale": runner.output.scale, "zero_point": runner.output.zero_point}
+            if twin.output_dtype in ("uint8", "int8")
+            else None
+        ),
     )
-    return par, (np.concatenate(scores, axis=0) if scores else np.zeros((0,) + runner.output.shape[1:]))
+    metric = choose_metric(task, runner.output)
+    figures, scores = measure(twin, runner, inputs, metric)
+    status = judge(figures, metric, inputs.kind, len(inputs.raw), runner.output.quantized)
+    return Verified(twin if status.shipped else None, status, doc, scores)
 
 
 # ----------------------------------------------------------------------------- child side
@@ -167,29 +207,22 @@ def _child(src: str, dst: str) -> int:
         proto, _ = tf2onnx.convert.from_tflite(src, opset=OPSET)
         Path(dst).write_bytes(proto.SerializeToString())
 
-        def io(v: Any) -> tuple[str, str, list[int]]:
+        def io(v: Any) -> list[Any]:
             t = v.type.tensor_type
             dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
-            return v.name, dtype, [int(d.dim_value) for d in t.shape.dim]
+            return [v.name, dtype, [int(d.dim_value) for d in t.shape.dim]]
 
-        if len(proto.graph.input) != 1 or len(proto.graph.output) != 1:
-            raise ValueError(
-                f"the ONNX graph has {len(proto.graph.input)} inputs and "
-                f"{len(proto.graph.output)} outputs; one of each is supported"
-            )
-        (iname, idtype, ishape), (oname, odtype, _) = io(proto.graph.input[0]), io(proto.graph.output[0])
+        inputs, outputs = [io(v) for v in proto.graph.input], [io(v) for v in proto.graph.output]
     except Exception as exc:  # tf2onnx raises many types; report one line
-        sys.stdout.write(json.dumps({"event": "error", "problem": f"{type(exc).__name__}: {str(exc)[:400]}"}) + "\n")
+        one_line = " ".join(str(exc).split())[:400]
+        sys.stdout.write(json.dumps({"event": "error", "problem": f"{type(exc).__name__}: {one_line}"}) + "\n")
         return 5
     sys.stdout.write(
         json.dumps(
             {
                 "event": "result",
-                "input": iname,
-                "input_dtype": idtype,
-                "input_shape": ishape,
-                "output": oname,
-                "output_dtype": odtype,
+                "inputs": inputs,
+                "outputs": outputs,
                 "tf2onnx": getattr(tf2onnx, "__version__", "?"),
             }
         )

@@ -5,6 +5,8 @@
   per source version of ``compiler/`` and cached under ``.pytest_cache/edgefleet`` so the
   suite pays for TensorFlow once.
 * ``coral_models``: the real Coral test models and images in ``../shared/models/coral``.
+* ``inat_bundle``: Coral's iNat bird classifier imported with no data, cached like the digits
+  build: its ONNX twin is withheld (parity measured on synthetic inputs).
 * ``mosquitto``: a private Mosquitto broker on a free loopback port, stopped afterwards.
 """
 
@@ -106,26 +108,48 @@ def _source_hash(*dirs: str) -> str:
     return h.hexdigest()[:16]
 
 
-@pytest.fixture(scope="session")
-def digits_bundle() -> Path:
-    """A real digits build (unsigned bundle directory). Cached across runs by compiler source."""
-    out = CACHE / f"digits-{_source_hash('compiler', 'protocol')}"
+def cached_bundle(key: str, argv: list[str], timeout: float = 900) -> Path:
+    """``python -m compiler *argv --out DIR --quiet``, once per source version of ``compiler/``
+    and ``protocol/``: the bundle directory is kept under ``.pytest_cache/edgefleet/KEY-HASH``."""
+    out = CACHE / f"{key}-{_source_hash('compiler', 'protocol')}"
     if not (out / MANIFEST_FILE).exists():
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run(
-            [sys.executable, "-m", "compiler", "digits", "--out", str(tmp), "--quiet"],
+            [sys.executable, "-m", "compiler", *argv, "--out", str(tmp), "--quiet"],
             cwd=REPO,
             capture_output=True,
             text=True,
-            timeout=900,
+            timeout=timeout,
         )
         if proc.returncode != 0:
-            raise RuntimeError(f"digits build failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+            raise RuntimeError(f"{key} build failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_bundle() -> Path:
+    """A real digits build (unsigned bundle directory). Cached across runs by compiler source."""
+    return cached_bundle("digits", ["digits"])
+
+
+@pytest.fixture(scope="session")
+def inat_bundle(coral_models: Path) -> Path:
+    """``mobilenet_v2_1.0_224_inat_bird_quant`` imported with no validation or calibration data
+    (unsigned bundle directory): its twin's parity is measured on synthetic inputs and it is
+    withheld (tests/compiler/test_twin.py has the figures). Cached across runs by compiler source."""
+    return cached_bundle(
+        "inat",
+        [
+            "import",
+            str(coral_models / "mobilenet_v2_1.0_224_inat_bird_quant.tflite"),
+            "--labels",
+            str(coral_models / "inat_bird_labels.txt"),
+        ],
+    )
 
 
 @dataclass

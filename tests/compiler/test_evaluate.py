@@ -54,11 +54,11 @@ def _m(acc: float, agreement: float | None = None, diff: float | None = None) ->
     ],
 )
 def test_int8_drop_gate_boundary(float_acc: float, int8_acc: float, limit: float, passed: bool) -> None:
-    res = gate(_m(float_acc), _m(int8_acc), None, GatePolicy(max_accuracy_drop=limit))
+    res = gate(_m(float_acc), _m(int8_acc), GatePolicy(max_accuracy_drop=limit))
     assert res.passed is passed and [c.name for c in res.checks] == ["int8_accuracy_drop"]
 
 
-def test_onnx_twin_that_drifts_from_float_fails_parity_and_agreement() -> None:
-    res = gate(_m(0.9), _m(0.9), _m(0.9, agreement=0.95, diff=0.01))
-    assert {c.name for c in res.failures()} == {"onnx_parity", "onnx_agreement"}
-    assert res.to_dict()["passed"] is False
+def test_the_gate_judges_the_int8_model_only() -> None:
+    """A drifting ONNX twin is withheld by compiler.parity, never a failed gate."""
+    res = gate(_m(0.9), _m(0.85), GatePolicy(max_accuracy_drop=1.0))
+    assert [c.name for c in res.failures()] == ["int8_accuracy_drop"] and res.to_dict()["passed"] is False

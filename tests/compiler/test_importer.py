@@ -101,13 +101,15 @@ def test_imported_mobilenet_v2_ships_an_onnx_twin_that_classifies_the_cat(v2_bun
     assert labels[int(scores.argmax())] == "Egyptian cat"
     oq = m.model["onnx"]["output_quantization"]
     assert m.model["onnx"]["output_dtype"] == "uint8" and oq["scale"] == pytest.approx(1 / 256)
-    onnx_doc = json.loads((v2_bundle / "report.json").read_text())["onnx"]
-    assert onnx_doc["shipped"] and onnx_doc["parity"]["samples"] == 1
-    assert onnx_doc["parity"]["top1_agreement"] == 1.0 and onnx_doc["metrics"]["accuracy"] == 1.0
+    report = json.loads((v2_bundle / "report.json").read_text())
+    twin = report["twin"]
+    assert twin == m.model["twin"]  # the signed manifest says what the report says
+    assert (twin["status"], twin["inputs"], twin["n"], twin["metric"]) == ("verified", "user", 1, "classification")
+    assert twin["figures"]["top1_agreement"] == 1.0 and report["artifacts"]["model.onnx"]["metrics"]["accuracy"] == 1.0
     # parity against LiteRT: the same raw output on the cat, within the recorded difference
     lite = TfliteRunner((v2_bundle / "model_int8.tflite").read_bytes()).run_raw(raw)
     diff = int(np.abs(lite.astype(int) - scores.reshape(lite.shape).astype(int)).max())
-    assert diff <= onnx_doc["parity"]["max_abs_diff_lsb"]
+    assert diff <= twin["figures"]["max_step_diff"]
 
 
 def test_edgetpu_model_alone_requires_the_delegate(tmp_path: Path, coral_models: Path) -> None:
@@ -128,9 +130,9 @@ def test_edgetpu_model_alone_requires_the_delegate(tmp_path: Path, coral_models:
     assert [a.role for a in m.artifacts if a.role.startswith("tflite")] == ["tflite_edgetpu"]
     st = json.loads((out / "selftest.json").read_text())
     assert st["cases"] == [] and st["smoke"] is True  # nothing could run it here: agents smoke-test it
-    onnx_doc = json.loads((out / "report.json").read_text())["onnx"]
-    assert not onnx_doc["shipped"] and "compiled for the Edge TPU" in onnx_doc["note"]
-    assert "onnx" not in {a.role for a in m.artifacts}
+    twin = json.loads((out / "report.json").read_text())["twin"]
+    assert twin["status"] == "none" and "compiled for the Edge TPU" in twin["reason"]
+    assert m.model["twin"] == twin and "onnx" not in {a.role for a in m.artifacts}
 
 
 def test_cpu_model_with_its_compiled_twin_makes_the_delegate_optional(
@@ -156,7 +158,7 @@ def test_cpu_model_with_its_compiled_twin_makes_the_delegate_optional(
     assert {a.role for a in m.artifacts} >= {"tflite_int8", "tflite_edgetpu", "onnx", "baseline", "selftest"}
     report = json.loads((out / "report.json").read_text())
     assert report["edgetpu"]["ops_on_cpu"] == 0
-    assert report["onnx"]["shipped"] and report["onnx"]["input_dtype"] == "uint8"
+    assert report["twin"]["status"] == "verified" and report["onnx"]["input_dtype"] == "uint8"
     assert m.model["preprocess"]["input_quantization"]["zero_point"] == 128
 
 
@@ -174,8 +176,7 @@ def test_no_onnx_import_ships_no_twin_and_says_why(tmp_path: Path, coral_models:
     )
     assert proc.returncode == 0, proc.stderr
     assert "onnx" not in {a.role for a in _manifest(out).artifacts}
-    onnx_doc = json.loads((out / "report.json").read_text())["onnx"]
-    assert onnx_doc == {"shipped": False, "note": "no ONNX twin: --no-onnx"}
+    assert json.loads((out / "report.json").read_text())["twin"] == {"status": "none", "reason": "--no-onnx"}
     assert "input_quantization" not in _manifest(out).model["preprocess"]
 
 
