@@ -103,6 +103,7 @@ def device_filter(p: Mapping[str, str]) -> DeviceFilter:
         bundle=p.get("bundle", ""),
         limit=_int_param("limit", p.get("limit"), 50),
         offset=_int_param("offset", p.get("offset"), 0),
+        sort=p.get("sort", "") or "health",
     )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, cast, func, literal, or_
+from sqlalchemy import and_, case, cast, func, literal, or_
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col, select
 
@@ -34,6 +34,7 @@ from ..telemetry import Merged, latency_summary, merge
 MAX_WINDOWS = 20_000  # telemetry rows merged for one fleet chart
 DEVICE_WINDOWS = 120  # points in a device's charts
 PAGE_SIZES = (25, 50, 100, 200)
+SORTS = ("health", "id")
 MAX_OFFSET = 10_000_000
 
 Baselines = Callable[[str], Baseline | None]
@@ -247,8 +248,11 @@ class DeviceFilter:
     bundle: str = ""
     limit: int = 50
     offset: int = 0
+    sort: str = "health"  # "health": open alerts, then offline, then the rest; "id"
 
     def __post_init__(self) -> None:
+        if self.sort not in SORTS:
+            raise QueryError(f"sort must be one of {SORTS}, got {self.sort!r}")
         if self.limit not in PAGE_SIZES:
             raise QueryError(f"page size must be one of {PAGE_SIZES}, got {self.limit}")
         if not 0 <= self.offset <= MAX_OFFSET:
@@ -283,6 +287,7 @@ class DeviceFilter:
             "bundle": self.bundle,
             "limit": self.limit,
             "offset": self.offset,
+            "sort": "" if self.sort == "health" else self.sort,
         }
         out.update(override)
         return {k: v for k, v in out.items() if v not in ("", None)}
@@ -294,7 +299,9 @@ def _dialect(s: Session) -> str:
 
 def device_page(s: Session, f: DeviceFilter) -> dict[str, Any]:
     """One page of devices, filtered and counted in SQL (indexed columns; JSON inventory for
-    board/TPU; JSON tags list for tag), ordered by id."""
+    board/TPU; JSON tags list for tag). Trouble first by default (``sort="health"``): devices
+    with an open alert, then offline ones, then the rest, each by id; ``sort="id"`` by id only.
+    Each item carries ``alerts``, the kinds of its open alerts."""
     conds: list[Any] = []
     if f.online is not None:
         conds.append(Device.online == f.online)
@@ -317,13 +324,28 @@ def device_page(s: Session, f: DeviceFilter) -> dict[str, Any]:
     if where is not None:
         count_q, rows_q = count_q.where(where), rows_q.where(where)
     total = int(s.exec(count_q).one())
-    rows = s.exec(rows_q.order_by(col(Device.id)).offset(f.offset).limit(f.limit)).all()
+    if f.sort == "health":
+        alerting = select(Alert.device).where(Alert.resolved == 0, col(Alert.device).is_not(None)).distinct()
+        rank = case((col(Device.id).in_(alerting), 0), (col(Device.online).is_(False), 1), else_=2)
+        rows_q = rows_q.order_by(rank, col(Device.id))
+    else:
+        rows_q = rows_q.order_by(col(Device.id))
+    rows = s.exec(rows_q.offset(f.offset).limit(f.limit)).all()
     states = rollout_states(s, [d.id for d in rows])
+    open_kinds: dict[str, list[str]] = {}
+    for dev, kind in s.exec(
+        select(Alert.device, Alert.kind)
+        .where(Alert.resolved == 0, col(Alert.device).in_([d.id for d in rows]))
+        .order_by(col(Alert.kind))
+    ).all():
+        if dev is not None and kind not in open_kinds.setdefault(dev, []):
+            open_kinds[dev].append(kind)
     items = []
     for d in rows:
         pub = device_public(d, states.get(d.id))
         pub["board"] = str((d.inventory or {}).get("board") or "unknown")
         pub["tpu"] = _tpu_label((d.inventory or {}).get("edgetpu"))
+        pub["alerts"] = open_kinds.get(d.id, [])
         items.append(pub)
     return {
         "items": items,

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import insert
 
 from hub import bundles
-from hub.models import Device
+from hub.models import Alert, Device
 from hub.server import Hub
 from hub.store import read_bundle_dir
 from hub.transport import MemoryPublisher
@@ -77,37 +77,39 @@ def has_tpu(i: int) -> bool:
 
 def test_ten_thousand_devices_page_through_in_id_order(big_fleet: Hub) -> None:
     c = session_for(big_fleet, VIEWER)
-    first = c.get("/ui/devices")
+    first = c.get("/ui/devices", params={"sort": "id"})
     assert first.status_code == 200
     assert ids_on(first.text) == [f"dev-{i:05d}" for i in range(50)]
     assert "Page 1 of 200" in first.text and 'rel="next"' in first.text and 'rel="prev"' not in first.text
-    last = c.get("/ui/devices", params={"offset": N_DEVICES - 200, "limit": 200})
+    last = c.get("/ui/devices", params={"sort": "id", "offset": N_DEVICES - 200, "limit": 200})
     assert ids_on(last.text) == [f"dev-{i:05d}" for i in range(N_DEVICES - 200, N_DEVICES)]
     assert "Page 50 of 50" in last.text and 'rel="next"' not in last.text
     # the live part re-renders the same page
-    part = c.get("/ui/devices", params={"offset": 100, "part": "device_table"})
+    part = c.get("/ui/devices", params={"sort": "id", "offset": 100, "part": "device_table"})
     assert part.status_code == 200 and "<html" not in part.text
     assert ids_on(part.text)[0] == "dev-00100"
 
 
 def test_ten_thousand_devices_filter_in_sql_by_status_board_tpu_and_search(big_fleet: Hub) -> None:
     c = session_for(big_fleet, VIEWER)
-    offline = c.get("/ui/feed/devices", params={"online": "false", "limit": 100}).json()
+    offline = c.get("/ui/feed/devices", params={"sort": "id", "online": "false", "limit": 100}).json()
     assert offline["total"] == sum(1 for i in range(N_DEVICES) if i % 3 == 0)
     assert len(offline["items"]) == 100 and not any(d["online"] for d in offline["items"])
 
-    tpu = c.get("/ui/feed/devices", params={"tpu": "true", "limit": 25}).json()
+    tpu = c.get("/ui/feed/devices", params={"sort": "id", "tpu": "true", "limit": 25}).json()
     assert tpu["total"] == sum(1 for i in range(N_DEVICES) if has_tpu(i))
     assert all(d["tpu"] == "Edge TPU" for d in tpu["items"])
 
-    combo = c.get("/ui/feed/devices", params={"board": "coral-devboard", "tpu": "false", "online": "true"}).json()
+    combo = c.get(
+        "/ui/feed/devices", params={"sort": "id", "board": "coral-devboard", "tpu": "false", "online": "true"}
+    ).json()
     want = [i for i in range(N_DEVICES) if i % 3 == 2 and not has_tpu(i) and i % 3 != 0]
     assert combo["total"] == len(want)
     assert [d["device_id"] for d in combo["items"]] == [f"dev-{i:05d}" for i in want[:50]]
 
-    search = c.get("/ui/feed/devices", params={"q": "dev-0999"}).json()
+    search = c.get("/ui/feed/devices", params={"sort": "id", "q": "dev-0999"}).json()
     assert [d["device_id"] for d in search["items"]] == [f"dev-0999{i}" for i in range(10)]
-    group = c.get("/ui/feed/devices", params={"group": "site-3", "limit": 25, "offset": 975}).json()
+    group = c.get("/ui/feed/devices", params={"sort": "id", "group": "site-3", "limit": 25, "offset": 975}).json()
     assert group["total"] == 1000 and group["items"][-1]["device_id"] == "dev-09993"
 
 
@@ -126,13 +128,13 @@ def test_fleet_page_counts_ten_thousand_devices_by_status_and_board(big_fleet: H
 
 def test_ten_thousand_devices_filter_by_tag_in_sql_and_pages_keep_the_tag(big_fleet: Hub) -> None:
     c = session_for(big_fleet, VIEWER)
-    lab = c.get("/ui/feed/devices", params={"tag": "lab", "limit": 200}).json()
+    lab = c.get("/ui/feed/devices", params={"sort": "id", "tag": "lab", "limit": 200}).json()
     assert lab["total"] == sum(1 for i in range(N_DEVICES) if "lab" in tags_of(i))
     assert [d["device_id"] for d in lab["items"]] == [f"dev-{i:05d}" for i in range(0, 1000, 5)]
-    east = c.get("/ui/feed/devices", params={"tag": "east", "online": "false"}).json()
+    east = c.get("/ui/feed/devices", params={"sort": "id", "tag": "east", "online": "false"}).json()
     assert east["total"] == sum(1 for i in range(N_DEVICES) if "east" in tags_of(i) and i % 3 == 0)
 
-    page = c.get("/ui/devices", params={"tag": "lab-2", "board": "rpi5"}).text
+    page = c.get("/ui/devices", params={"sort": "id", "tag": "lab-2", "board": "rpi5"}).text
     assert re.search(r'<label for="f-tag">Tag</label>\s*<input id="f-tag" name="tag" type="text" value="lab-2"', page)
     assert '<option value="lab-2">' in page and '<option value="east">' in page  # suggestions from the fleet
     want = [i for i in range(N_DEVICES) if i % 5 == 1 and i % 3 == 1]
@@ -306,3 +308,24 @@ def test_device_page_names_inventory_and_health_in_operator_words(memhub: tuple[
     assert "False" not in pi and "edgetpu" not in pi
     coral = c.get("/ui/devices/coral-1").text
     assert "<dt>Edge TPU</dt><dd>present (count 1)</dd>" in coral and "{&#34;present" not in coral
+
+
+def test_the_device_list_shows_trouble_first_and_flags_devices_with_open_alerts(big_fleet: Hub) -> None:
+    """Issue 17: a device with an open drift alert looked the same as a healthy one. By default
+    the list puts devices with open alerts first, then offline ones, each flagged."""
+    with big_fleet.fleet.session() as s:
+        for dev, kind in (("dev-09998", "drift"), ("dev-05001", "latency_regression"), ("dev-05001", "drift")):
+            s.add(Alert(kind=kind, device=dev, message=f"{kind} on {dev}", created=1))
+        s.add(Alert(kind="drift", device="dev-00002", message="resolved long ago", created=1, resolved=2))
+        s.commit()
+    c = session_for(big_fleet, VIEWER)
+    page = c.get("/ui/feed/devices", params={"limit": 25}).json()["items"]
+    assert [d["device_id"] for d in page[:2]] == ["dev-05001", "dev-09998"]
+    assert page[0]["alerts"] == ["drift", "latency_regression"] and page[1]["alerts"] == ["drift"]
+    assert all(not d["online"] for d in page[2:]) and page[2]["device_id"] == "dev-00000"
+    html = c.get("/ui/devices").text
+    assert ids_on(html)[:2] == ["dev-05001", "dev-09998"]
+    assert 'class="row-alert"' in html and 'title="open drift alert"' in html
+    by_id = c.get("/ui/feed/devices", params={"sort": "id", "limit": 25}).json()["items"][:3]
+    assert [d["device_id"] for d in by_id] == ["dev-00000", "dev-00001", "dev-00002"] and by_id[2]["alerts"] == []
+    assert c.get("/ui/feed/devices", params={"sort": "nope"}).status_code == 400
