@@ -104,19 +104,43 @@
     Array.prototype.forEach.call(root.querySelectorAll("button[data-command]"), function (btn) {
       if (btn._bound) return; btn._bound = true;
       btn.addEventListener("click", function () {
-        var cmd = btn.dataset.command, rid = btn.dataset.rollout;
-        btn.disabled = true;
-        fetch("/api/v1/rollouts/" + encodeURIComponent(rid) + "/" + cmd, {method: "POST", credentials: "same-origin",
-              headers: {"Accept": "application/json"}})
-          .then(function (r) { return r.json().then(function (body) { return {ok: r.ok, body: body}; }); })
-          .then(function (res) {
-            if (!res.ok) { toast(cmd + " refused: " + (res.body.error || "unknown error"), true); btn.disabled = false; return; }
-            toast("Rollout " + rid + ": " + cmd + " sent; phase is now " + res.body.phase.replace("_", " "));
-            return pollRegions();
-          })
-          .catch(function (e) { toast(cmd + " failed: " + e.message, true); btn.disabled = false; });
+        if (btn.dataset.confirm) { confirmThen(btn, function () { send(btn); }); return; }
+        send(btn);
       });
     });
+  }
+  /* rollback and cancel act on every device of the rollout: ask first; for a whole-fleet
+     rollout the operator types the rollout id (as GitHub does before deleting a repository) */
+  function confirmThen(btn, go) {
+    var dlg = document.getElementById("confirm-dialog");
+    if (!dlg || typeof dlg.showModal !== "function") { if (window.confirm(btn.dataset.confirm + "?")) go(); return; }
+    var rid = btn.dataset.rollout, fleet = btn.dataset.fleet === "1", input = document.getElementById("confirm-id");
+    var ok = document.getElementById("confirm-ok");
+    document.getElementById("confirm-title").textContent = btn.dataset.confirm + " rollout " + rid + "?";
+    document.getElementById("confirm-text").textContent = btn.dataset.command === "rollback"
+      ? "Every device of this rollout (" + btn.dataset.devices + ") is told to go back to the bundle it ran before."
+      : "Devices not yet issued are cancelled; devices that installed keep the new bundle.";
+    document.getElementById("confirm-id-row").hidden = !fleet;
+    input.value = "";
+    ok.disabled = fleet;
+    input.oninput = function () { ok.disabled = fleet && input.value.trim() !== rid; };
+    dlg.onclose = function () { if (dlg.returnValue === "ok" && !ok.disabled) go(); };
+    dlg.returnValue = "";
+    dlg.showModal();
+    (fleet ? input : ok).focus();
+  }
+  function send(btn) {
+    var cmd = btn.dataset.command, rid = btn.dataset.rollout;
+    btn.disabled = true;
+    fetch("/api/v1/rollouts/" + encodeURIComponent(rid) + "/" + cmd, {method: "POST", credentials: "same-origin",
+          headers: {"Accept": "application/json"}})
+      .then(function (r) { return r.json().then(function (body) { return {ok: r.ok, body: body}; }); })
+      .then(function (res) {
+        if (!res.ok) { toast(cmd + " refused: " + (res.body.error || "unknown error"), true); btn.disabled = false; return; }
+        toast("Rollout " + rid + ": " + cmd + " sent; phase is now " + res.body.phase.replace("_", " "));
+        return pollRegions();
+      })
+      .catch(function (e) { toast(cmd + " failed: " + e.message, true); btn.disabled = false; });
   }
   bindCommands(document);
 

@@ -154,7 +154,18 @@ def test_operator_watches_devices_and_rolls_a_model_out_pauses_and_rolls_back(
     page.locator("#cmd-pause").click()
     page.wait_for_function("document.getElementById('rollout-phase').dataset.phase === 'paused'")
     assert page.locator("#cmd-resume").count() == 1
+    # rolling back a whole-fleet rollout asks first, and for the rollout's id (issue 17)
     page.locator("#cmd-rollback").click()
+    expect(page.locator("#confirm-dialog")).to_be_visible()
+    assert page.locator("#confirm-ok").is_disabled()
+    page.locator("#confirm-no").click()
+    expect(page.locator("#confirm-dialog")).to_be_hidden()
+    assert page.locator("#rollout-phase").get_attribute("data-phase") == "paused"  # kept: nothing sent
+    page.locator("#cmd-rollback").click()
+    page.locator("#confirm-id").fill(rid[:-1])
+    assert page.locator("#confirm-ok").is_disabled()
+    page.locator("#confirm-id").fill(rid)
+    page.locator("#confirm-ok").click()
     page.wait_for_function("document.getElementById('rollout-phase').dataset.phase === 'rolled_back'")
     page.wait_for_function("document.querySelectorAll('#rollout-devices tr[data-state=rolled_back]').length === 1")
     assert page.locator("button[data-command]").count() == 0  # nothing left to do on a rolled-back rollout
@@ -296,7 +307,10 @@ def test_operator_filters_by_tag_approves_each_cohort_pauses_resumes_and_cancels
     installed(page, 2)
 
     # cancel: the device not yet issued is cancelled, installed ones keep the model
-    page.locator("#cmd-cancel").click()
+    page.locator("#cmd-cancel").click()  # a tagged rollout: confirm, no id to type
+    expect(page.locator("#confirm-dialog")).to_be_visible()
+    expect(page.locator("#confirm-id-row")).to_be_hidden()
+    page.locator("#confirm-ok").click()
     phase_is(page, "cancelled")
     page.wait_for_function("document.querySelectorAll('#rollout-devices tr[data-state=cancelled]').length === 1")
     installed(page, 2)
