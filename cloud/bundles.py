@@ -3,21 +3,26 @@
 The archive format and its checks live in :func:`protocol.bundle.read_archive`: the manifest's
 signatures are verified against the pinned root (targets role) before any artifact byte is
 accepted, each artifact is hashed as it streams and reads are bounded by the signed sizes. The
-cloud keeps only the two artifacts it serves from: the ONNX twin and the labels.
+cloud keeps only the two artifacts it serves from: the ONNX twin and the labels. A bundle with no
+twin is refused with :class:`NoTwin`, which says why from the manifest's ``model.twin``
+(:mod:`protocol.twin`): the compiler withheld it, and the measured reason.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from protocol.bundle import Artifact, Manifest, read_archive
-from protocol.errors import ProtocolError, Reason, VerificationError
+from protocol.errors import BadPayload, ProtocolError, Reason, VerificationError
 from protocol.signing import Root
+from protocol.twin import of_model
 
-from .errors import BundleRefused
+from .errors import BundleRefused, NoTwin
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +81,27 @@ def verify_archive(
         raise BundleRefused(source, exc.reason.value, detail) from None
     onnx = manifest.artifact("onnx")
     if onnx is None:
-        raise BundleRefused(
-            source, Reason.MISSING_ARTIFACT.value, f"bundle {manifest.name} {manifest.version} has no 'onnx' artifact"
+        raise NoTwin(
+            source, Reason.MISSING_ARTIFACT.value, manifest.name, manifest.version, no_twin_why(manifest.model)
         )
     labels_art = manifest.artifact("labels")
     labels = parse_labels(b"".join(kept.get(labels_art.name, [])), source) if labels_art else ()
     return VerifiedBundle(manifest, digest, b"".join(kept[onnx.name]), labels, source)
+
+
+def no_twin_why(model: Mapping[str, Any]) -> str:
+    """Why a bundle carries no ``onnx`` artifact, in the words of its manifest's twin status."""
+    try:
+        twin = of_model(model)
+    except BadPayload as exc:
+        return f"no 'onnx' artifact, and its twin status is unreadable ({exc.problem})"
+    if twin is None:
+        return "no 'onnx' artifact (the bundle records no twin status)"
+    if twin.status == "withheld":
+        return f"the compiler withheld it: {twin.reason}"
+    if twin.status == "none":
+        return f"none was made: {twin.reason}"
+    return f"no 'onnx' artifact, though its twin status says {twin.line()}"
 
 
 def read_bundle(path: Path, root: Root, now: int) -> VerifiedBundle:

@@ -74,6 +74,17 @@ class BundleRefused(CloudError):
         super().__init__(f"{source}: refused ({reason}): {detail}")
 
 
+class NoTwin(BundleRefused):
+    """A verified bundle with no ONNX twin, so nothing the cloud can serve; ``why`` is what its
+    signed manifest says happened to the twin (withheld by the compiler, and the reason)."""
+
+    def __init__(self, source: str, reason: str, name: str, version: str, why: str) -> None:
+        self.name = name
+        self.version = version
+        self.why = why
+        super().__init__(source, reason, f"bundle {name} {version} has no ONNX twin: {why}")
+
+
 class ConfigError(CloudError):
     """A bad command-line option or environment variable, named with its value."""
 

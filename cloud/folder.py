@@ -11,7 +11,9 @@ Rules:
   serve; a file that disappears (or is replaced by another digest) has its version unloaded,
   and unloading drains the requests already queued for it;
 * every load is verified against the pinned root first; a refusal is logged with its reason
-  code and counted, and the service keeps serving everything else.
+  code and counted, and the service keeps serving everything else;
+* a file whose bundle has no ONNX twin is noted in the catalog (:meth:`Catalog.note_no_twin`)
+  while it stays, so a request for that model says why it is not served.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from protocol.signing import Root
 
 from .bundles import read_bundle
-from .errors import BundleRefused
+from .errors import BundleRefused, NoTwin
 from .metrics import Metrics
 from .models import Catalog, LoadOptions, ServedModel, load_model
 
@@ -138,6 +140,7 @@ class Folder:
                     continue
                 self.catalog.add(model)
                 self.refusals.pop(name, None)
+                self.catalog.forget_no_twin(name)
                 s = model.spec
                 log.info(
                     "serving %s version %s (digest %s, input %s%s) from %s",
@@ -154,6 +157,7 @@ class Folder:
             for name in p.gone:
                 old = self.seen.pop(name)
                 self.refusals.pop(name, None)
+                self.catalog.forget_no_twin(name)
                 if old.digest:
                     drop.append(old.digest)
             still = {s.digest for s in self.seen.values() if s.digest}
@@ -177,6 +181,10 @@ class Folder:
 
     def _refused(self, name: str, exc: BundleRefused) -> None:
         self.refusals[name] = exc
+        if isinstance(exc, NoTwin):
+            self.catalog.note_no_twin(name, exc)
+        else:
+            self.catalog.forget_no_twin(name)
         log.warning("bundle %s", exc)
         if self.metrics is not None:
             self.metrics.bundles_refused.labels(exc.reason).inc()

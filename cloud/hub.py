@@ -11,7 +11,9 @@ Contract (hub REST API, bearer token with at least the viewer role):
 listed size, checks its SHA-256 against ``archive_sha256`` (transport integrity; *trust* still
 comes from the signature check when the folder loads it), writes ``<archive_sha256>.efb``
 atomically and asks the folder to sync. A hub that is down or answers garbage is logged and
-retried next poll; the service keeps serving what it has.
+retried next poll; the service keeps serving what it has. Listed bundles with no ``onnx``
+artifact are not pulled; they are noted in the catalog with the hub's copy of their manifest's
+twin status (why the compiler withheld the twin), so a request for them says why.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocol.errors import Reason
+
+from .bundles import no_twin_why
 from .config import HubSource
+from .errors import NoTwin
 from .folder import SUFFIX, Folder
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,7 @@ class Listed:
     size: int
     created: int
     has_onnx: bool
+    no_twin: str | None = None  # has_onnx False: why, from the listed manifest's model.twin
 
 
 def parse_item(obj: Any) -> Listed:
@@ -72,7 +79,9 @@ def parse_item(obj: Any) -> Listed:
     has_onnx = True  # unknown shape: pull it and let verification decide
     if isinstance(arts, list):
         has_onnx = any(isinstance(a, dict) and a.get("role") == "onnx" for a in arts)
-    return Listed(digest, name, version, sha, size, created, has_onnx)
+    model = obj.get("model")
+    why = None if has_onnx else no_twin_why(model if isinstance(model, dict) else {})
+    return Listed(digest, name, version, sha, size, created, has_onnx, why)
 
 
 def plan_pulls(items: Iterable[Listed], have: set[str], keep: int = 2) -> list[Listed]:
@@ -95,6 +104,7 @@ class HubPuller:
         self.directory = directory
         self.folder = folder
         self.keep = keep
+        self.listed_no_twin: list[Listed] = []  # from the last listing; noted on the event loop
         host = urllib.parse.urlsplit(source.url).hostname or ""
         if source.url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
             # archives are signed, so tampering is caught; the bearer token is not protected
@@ -162,7 +172,9 @@ class HubPuller:
     def pull_once(self) -> list[Path]:
         """Blocking: list, pick, download. Raises HubError if the listing fails."""
         got: list[Path] = []
-        for item in plan_pulls(self.list_bundles(), self.have(), self.keep):
+        items = self.list_bundles()
+        self.listed_no_twin = [it for it in items if not it.has_onnx]
+        for item in plan_pulls(items, self.have(), self.keep):
             try:
                 got.append(self.download(item))
                 log.info("hub: pulled %s version %s (%d bytes)", item.name, item.version, item.size)
@@ -173,12 +185,27 @@ class HubPuller:
     async def poll(self) -> None:
         """One pull; any failure is logged, never raised (the service keeps serving)."""
         try:
-            if await asyncio.to_thread(self.pull_once):
+            got = await asyncio.to_thread(self.pull_once)
+            self.note_no_twin()
+            if got:
                 await self.folder.sync()
         except HubError as exc:
             log.warning("hub %s: %s; retrying in %.0fs", self.source.url, exc, self.source.poll_s)
         except Exception:  # noqa: BLE001 - the puller must outlive any one bad poll
             log.exception("hub pull failed; retrying in %.0fs", self.source.poll_s)
+
+    def note_no_twin(self) -> None:
+        """Tell the catalog which listed bundles have no twin, and why (on the event loop)."""
+        catalog = self.folder.catalog
+        listed = {f"hub:{it.digest}": it for it in self.listed_no_twin}
+        for source in catalog.no_twin_sources():
+            if source.startswith("hub:") and source not in listed:
+                catalog.forget_no_twin(source)
+        for source, it in listed.items():
+            why = it.no_twin or "no 'onnx' artifact"
+            catalog.note_no_twin(
+                source, NoTwin(f"hub bundle {it.digest[:12]}", Reason.MISSING_ARTIFACT.value, it.name, it.version, why)
+            )
 
     async def run(self) -> None:
         while True:

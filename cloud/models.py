@@ -8,7 +8,10 @@ Catalog rules (mutated only from the event loop; read from request handlers):
 * several versions of one name are served side by side; the **default** version of a name (what
   ``/predict`` and ``/v1/models/{name}/predict`` use) is the newest by manifest ``created``,
   then by load order;
-* removing a version closes its batcher, which drains what is queued before stopping.
+* removing a version closes its batcher, which drains what is queued before stopping;
+* a bundle with no ONNX twin is remembered by its source (a folder file, a hub listing) until
+  that source goes away, so asking for its name or version answers why (the compiler withheld
+  the twin, and its reason) instead of only "no model named ...".
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from protocol.errors import Reason
 from .batching import Batcher
 from .bundles import VerifiedBundle
 from .config import BatchPolicy, SessionTuning
-from .errors import BadInput, BundleRefused, CloudError, InferenceFailed, NotFound
+from .errors import BadInput, BundleRefused, CloudError, InferenceFailed, NotFound, NoTwin
 from .metrics import Metrics
 from .spec import ModelSpec, model_spec
 
@@ -179,6 +182,7 @@ class Catalog:
         self._order: dict[str, int] = {}
         self._seq = 0
         self._metrics = metrics
+        self._no_twin: dict[str, NoTwin] = {}  # by source: bundles with nothing to serve, and why
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -227,10 +231,29 @@ class Catalog:
     def names(self) -> list[str]:
         return sorted({m.spec.name for m in self._by_digest.values()})
 
+    def note_no_twin(self, source: str, refusal: NoTwin) -> None:
+        """Remember that ``source`` holds a bundle with no twin (until :meth:`forget_no_twin`)."""
+        self._no_twin[source] = refusal
+
+    def forget_no_twin(self, source: str) -> None:
+        self._no_twin.pop(source, None)
+
+    def no_twin_sources(self) -> list[str]:
+        return sorted(self._no_twin)
+
+    def _not_found(self, problem: str, name: str, version: str | None = None) -> NotFound:
+        """``problem``, or why the bundle that has this name (and version) cannot be served."""
+        known = [r for r in self._no_twin.values() if r.name == name and version in (None, r.version)]
+        if not known:
+            return NotFound(problem)
+        r = max(known, key=lambda r: (r.version, r.source))
+        what = f"model {name!r}" + (f" version {version!r}" if version is not None else "")
+        return NotFound(f"{what} is not served: bundle {r.name} {r.version} ({r.source}) has no ONNX twin: {r.why}")
+
     def default(self, name: str) -> ServedModel:
         versions = [m for m in self._by_digest.values() if m.spec.name == name]
         if not versions:
-            raise NotFound(f"no model named {name!r}; serving {self.names()}")
+            raise self._not_found(f"no model named {name!r}; serving {self.names()}", name)
         return max(versions, key=lambda m: (m.spec.created, self._order[m.spec.digest]))
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
@@ -241,8 +264,8 @@ class Catalog:
                 return m
         have = sorted(m.spec.version for m in self._by_digest.values() if m.spec.name == name)
         if not have:
-            raise NotFound(f"no model named {name!r}; serving {self.names()}")
-        raise NotFound(f"model {name!r} has no version {version!r}; serving versions {have}")
+            raise self._not_found(f"no model named {name!r}; serving {self.names()}", name, version)
+        raise self._not_found(f"model {name!r} has no version {version!r}; serving versions {have}", name, version)
 
     def close(self) -> None:
         for digest in list(self._by_digest):
