@@ -11,6 +11,8 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from protocol.bundle import Requirements
+from protocol.errors import BadPayload
+from protocol.twin import Twin
 
 from ..bundles import bundle_public
 from ..compat import check as compat_check, stored_inventory
@@ -85,6 +87,24 @@ def _dict(v: Any) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
 
 
+def twin_summary(model: Mapping[str, Any], report: Mapping[str, Any], has_onnx: bool) -> dict[str, Any]:
+    """The cloud twin's status for the model page: the signed manifest's ``model.twin`` first,
+    else the report's; a bundle made before twin verification says so. Never an error."""
+    for doc in (model.get("twin"), report.get("twin")):
+        if doc is None:
+            continue
+        try:
+            t = Twin.from_dict(doc)
+        except BadPayload as exc:
+            return {"status": "unknown", "reason": f"unreadable twin status ({exc.problem})"}
+        return {**t.to_dict(), "figures": dict(t.figures), "limits": dict(t.limits)}
+    return {
+        "status": "unknown",
+        "reason": ("an ONNX twin ships" if has_onnx else "no ONNX twin")
+        + ", with no parity verdict: the bundle was made before twin verification",
+    }
+
+
 def model_list(s: Session, limit: int = 100) -> list[dict[str, Any]]:
     running = running_counts(s)
     out = []
@@ -126,10 +146,12 @@ def bundle_detail(s: Session, digest: str) -> dict[str, Any] | None:
             select(Rollout).where(Rollout.bundle == digest).order_by(col(Rollout.serial).desc()).limit(20)
         ).all()
     ]
+    has_onnx = any(isinstance(a, dict) and a.get("role") == "onnx" for a in (b.artifacts or []))
     return {
         **bundle_public(b),
         "report": report,
         "summary": report_summary(report),
+        "twin": twin_summary(_dict(b.model), _dict(report), has_onnx),
         "model_card": build.model_card if build else "",
         "running": n_running,
         "running_devices": [{"device_id": d, "online": o} for d, o in running],
