@@ -11,7 +11,14 @@ libedgetpu built for another TFLite version can segfault the whole process, and 
 library raises ``OSError`` rather than the documented ``ValueError``.
 
 :class:`Model` adds what the manifest says: preprocess (image -> float tensor), quantize with
-the input tensor's own (scale, zero_point), dequantize the output, labels.
+the input tensor's own (scale, zero_point), dequantize the output, labels, and the signature
+(:mod:`protocol.signature`) that says which input a request fills and what the answer is
+(:mod:`protocol.answers`).
+
+State is reset per request: before every invoke the LiteRT backend resets the model's variable
+tensors (a fused LSTM keeps its state there) and sets every input but the request's (a
+recurrent ``state`` input) to zero, so an answer never depends on an earlier request, another
+app's included (docs/models.md).
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from protocol import answers
 from protocol.baseline import Baseline, parse as parse_baseline
 from protocol.errors import BadPayload
 from protocol.features import resize_filter
 from protocol.messages import BundleInfo
+from protocol.signature import Signature, of_model
 
 from .errors import ImageTooLarge, InputError, ModelError, TooLarge
 from .image import decode
@@ -119,14 +128,21 @@ class Backend(Protocol):
     input_dtype: Any
     input_quant: tuple[float, int]  # (scale, zero_point); (0.0, 0) when not quantized
     output_quant: tuple[float, int]
+    inputs: int  # how many inputs the model has (the request's and its state)
+    output_names: tuple[str, ...]
 
     def invoke_raw(self, x: np.ndarray) -> np.ndarray: ...
+
+    def invoke_all(self, x: np.ndarray) -> list[np.ndarray]: ...
 
     def close(self) -> None: ...
 
 
 class LiteRTBackend:
-    def __init__(self, path: Path, edgetpu: bool = False, threads: int | None = None) -> None:
+    """``feed``: the name of the input a request fills (default the first); every other input
+    is recurrent state and is set to zero (its quantized 0.0) before each invoke."""
+
+    def __init__(self, path: Path, edgetpu: bool = False, threads: int | None = None, feed: str | None = None) -> None:
         mod = _interpreter_module()
         data = path.read_bytes()
         if is_edgetpu_model(data) and not edgetpu:
@@ -138,24 +154,42 @@ class LiteRTBackend:
             self._it.allocate_tensors()
         except (RuntimeError, ValueError) as exc:
             raise ModelError(f"{path.name}: cannot load ({str(exc).splitlines()[0]})") from None
-        inp = self._it.get_input_details()[0]
-        out = self._it.get_output_details()[0]
+        ins = self._it.get_input_details()
+        outs = self._it.get_output_details()
+        inp = next((d for d in ins if d["name"] == feed), ins[0])
+        out = outs[0]
         self._in, self._out = inp["index"], out["index"]
+        self._outs = tuple(int(o["index"]) for o in outs)
+        self._state = tuple((int(d["index"]), _zero(d)) for d in ins if d is not inp)
+        self.inputs = len(ins)
+        self.output_names = tuple(str(o["name"]) for o in outs)
         self.input_shape = tuple(int(d) for d in inp["shape"])
         self.input_dtype = inp["dtype"]
         self.input_quant = (float(inp["quantization"][0]), int(inp["quantization"][1]))
         self.output_quant = (float(out["quantization"][0]), int(out["quantization"][1]))
 
-    def invoke_raw(self, x: np.ndarray) -> np.ndarray:
+    def _invoke(self, x: np.ndarray) -> Any:
         it = self._it
         if it is None:
             raise ModelError("invoke failed: the interpreter is closed")
         try:
+            it.reset_all_variables()  # ~0.2 us: state is reset per request
+            for index, zero in self._state:
+                it.set_tensor(index, zero)
             it.set_tensor(self._in, x)
             it.invoke()
-            return np.array(it.get_tensor(self._out))
         except (RuntimeError, ValueError) as exc:
             raise ModelError(f"invoke failed: {str(exc).splitlines()[0]}") from None
+        return it
+
+    def invoke_raw(self, x: np.ndarray) -> np.ndarray:
+        """The first output."""
+        return np.array(self._invoke(x).get_tensor(self._out))
+
+    def invoke_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output, in the model's order."""
+        it = self._invoke(x)
+        return [np.array(it.get_tensor(o)) for o in self._outs]
 
     def close(self) -> None:
         self._it = None
@@ -175,17 +209,22 @@ class OnnxBackend:
         i = self._s.get_inputs()[0]
         self.name = "onnx"
         self._in_name = i.name
+        self.inputs = len(self._s.get_inputs())
+        self.output_names = tuple(o.name for o in self._s.get_outputs())
         self.input_shape = tuple(int(d) if isinstance(d, int) else 1 for d in i.shape)
         self.input_dtype = np.float32
         self.input_quant = (0.0, 0)
         self.output_quant = (0.0, 0)
 
     def invoke_raw(self, x: np.ndarray) -> np.ndarray:
+        return self.invoke_all(x)[0]
+
+    def invoke_all(self, x: np.ndarray) -> list[np.ndarray]:
         session = self._s
         if session is None:
             raise ModelError("invoke failed: the session is closed")
         try:
-            return np.asarray(session.run(None, {self._in_name: x.astype(np.float32)})[0])
+            return [np.asarray(o) for o in session.run(None, {self._in_name: x.astype(np.float32)})]
         except Exception as exc:
             raise ModelError(f"invoke failed: {str(exc).splitlines()[0]}") from None
 
@@ -193,10 +232,17 @@ class OnnxBackend:
         self._s = None
 
 
-def load_backend(path: Path, runtime: str, threads: int | None = None) -> Backend:
+def _zero(detail: dict[str, Any]) -> np.ndarray:
+    """0.0 in an input's representation: its quantized zero point, or 0 (a state's start)."""
+    dtype = np.dtype(detail["dtype"])
+    zp = int(detail["quantization"][1]) if dtype.kind in "iu" else 0
+    return np.full([int(d) for d in detail["shape"]], zp, dtype=dtype)
+
+
+def load_backend(path: Path, runtime: str, threads: int | None = None, feed: str | None = None) -> Backend:
     if runtime == "onnx":
         return OnnxBackend(path, threads)
-    return LiteRTBackend(path, edgetpu=(runtime == "edgetpu"), threads=threads)
+    return LiteRTBackend(path, edgetpu=(runtime == "edgetpu"), threads=threads, feed=feed)
 
 
 @dataclass
@@ -216,6 +262,7 @@ class Model:
     labels: list[str] = field(default_factory=list)
     baseline: Baseline | None = None
     selftest: dict[str, Any] | None = None
+    signature: Signature | None = None  # None: a bundle made before signatures, a classifier
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _direct: bool | None = None
     _score_levels: Any = None  # (dtype, float per 8-bit value): see _levels
@@ -234,18 +281,32 @@ class Model:
         roles: dict[str, str],
         threads: int | None = None,
     ) -> Model:
-        backend = load_backend(slot_dir / artifact, runtime, threads)
+        try:
+            signature = of_model(model_spec)
+        except BadPayload as exc:
+            raise ModelError(str(exc)) from None
+        feed = signature.request_inputs[0].name if signature is not None and signature.request_inputs else None
+        backend = load_backend(slot_dir / artifact, runtime, threads, feed)
+        problem = signature_problem(signature, backend)
+        if problem is not None:
+            backend.close()
+            raise ModelError(f"{artifact}: {problem}")
         labels: list[str] = []
         if "labels" in roles:
             labels = (slot_dir / roles["labels"]).read_text(errors="replace").splitlines()
         baseline = _baseline_or_none(slot_dir / roles["baseline"]) if "baseline" in roles else None
         selftest = _json_or_none(slot_dir / roles["selftest"]) if "selftest" in roles else None
         pre = model_spec.get("preprocess") if isinstance(model_spec.get("preprocess"), dict) else None
-        return cls(backend, info, pre or default_preprocess(backend), labels, baseline, selftest)
+        return cls(backend, info, pre or default_preprocess(backend), labels, baseline, selftest, signature)
 
     @property
     def served_by(self) -> str:
         return self.backend.name
+
+    @property
+    def form(self) -> str:
+        """How this model answers (:func:`protocol.answers.form`): ``classification`` or ``tensors``."""
+        return answers.form(self.signature)
 
     def _decode(self, data: bytes) -> np.ndarray:
         """Image bytes -> uint8 array (1, H, W, C) at the preprocess size (:mod:`agent.image`)."""
@@ -265,10 +326,10 @@ class Model:
         such as Coral's): the decoded image is the input tensor, no float round trip."""
         if self._direct is None:
             p, (scale, zp) = self.preprocess, self.backend.input_quant
+            scale = scale or 1.0  # a uint8 input without quantization takes raw pixels
             self._direct = bool(
                 p.get("kind") == "image"
                 and np.dtype(self.backend.input_dtype) == np.uint8
-                and scale
                 and abs(float(p.get("scale", 1.0)) / scale - 1) < 1e-6
                 and abs(float(p.get("offset", 0.0)) / scale + zp) < 1e-3
             )
@@ -386,17 +447,12 @@ class Model:
         with self._lock:
             return self.backend.invoke_raw(raw)
 
-    def top(self, scores: np.ndarray, k: int = 5) -> list[dict[str, Any]]:
-        k = min(k, scores.shape[0])
-        idx = np.argsort(-scores, kind="stable")[:k]
-        return [
-            {
-                "index": int(i),
-                "label": self.labels[i] if i < len(self.labels) else str(int(i)),
-                "score": float(scores[i]),
-            }
-            for i in idx
-        ]
+    def invoke_all(self, raw: np.ndarray) -> list[np.ndarray]:
+        with self._lock:
+            return self.backend.invoke_all(raw)
+
+    def top(self, scores: np.ndarray, k: int = answers.TOP_K) -> list[dict[str, Any]]:
+        return answers.top(scores, self.labels, k)
 
     def hold(self) -> None:
         """One more user; the backend stays open until the matching :meth:`release`."""
@@ -426,13 +482,42 @@ class Model:
             self.backend.close()
 
 
+def signature_problem(signature: Signature | None, backend: Backend) -> str | None:
+    """Why the bundle's signature does not describe the model it serves, or None."""
+    if signature is None:
+        if backend.inputs > 1:
+            return f"takes {backend.inputs} inputs and the bundle has no signature saying which a request fills"
+        return None
+    if len(signature.request_inputs) != 1:
+        return f"its signature asks for {len(signature.request_inputs)} inputs per request; the local API feeds one"
+    want = signature.request_inputs[0]
+    if tuple(backend.input_shape) != want.shape and backend.name != "onnx":
+        return f"input {list(backend.input_shape)} is not the signature's {want.describe()}"
+    if len(backend.output_names) not in (len(signature.outputs), len(signature.answer_outputs)):
+        return (
+            f"has {len(backend.output_names)} outputs, its signature lists {len(signature.outputs)} "
+            f"({', '.join(t.name for t in signature.outputs[:4])})"
+        )
+    return None
+
+
 def default_preprocess(backend: Backend) -> dict[str, Any]:
     """Preprocess for a bundle that does not say: image of the input's H×W×C so that the
-    quantized tensor equals the pixel values (scale/offset undo the input quantization)."""
+    quantized tensor equals the pixel values (scale/offset undo the input quantization; a uint8
+    input without quantization takes raw pixels)."""
     shape = backend.input_shape
     if len(shape) != 4 or shape[-1] not in (1, 3):
         return {"kind": "tensor"}
     scale, zp = backend.input_quant
+    if np.dtype(backend.input_dtype) == np.uint8 and not scale:
+        return {
+            "kind": "image",
+            "height": shape[1],
+            "width": shape[2],
+            "channels": shape[3],
+            "scale": 1.0,
+            "offset": 0.0,
+        }
     if np.dtype(backend.input_dtype).kind == "f" or not scale:
         return {
             "kind": "image",

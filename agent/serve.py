@@ -4,8 +4,12 @@ The HTTP server is :mod:`agent.localapi`. ``POST /v1/predict`` (alias ``/predict
 route) takes a multipart field ``file`` = image, JSON ``{"inputs": nested floats}``, a raw image
 body (Content-Type image/*) or a binary tensor (:func:`parse_request`).
 
-Answer: ``{"predictions": [scores], "top": [{"index","label","score"}], "served_by":
-"edgetpu"|"cpu"|"onnx"|"cloud", "bundle": {"digest","name","version"}, "latency_ms"}``.
+Answer (built by :mod:`protocol.answers`, the cloud's builder too): a classifier's (or a bundle
+without a signature) ``{"predictions": [scores], "top": [{"index","label","score"}], ...}``;
+any other task's ``{"task", "tensors": [{"name","role","dtype","shape","values"}], ...}``, its
+outputs by name, dequantized, never ranked as class scores; both with ``"served_by":
+"edgetpu"|"cpu"|"onnx"|"cloud", "bundle": {"digest","name","version"}, "latency_ms"``. A cloud
+answer of class scores for a model that is not a classifier is refused, not passed on.
 
 Routing: the active model serves unless it is missing, raises, or its recent latency is over
 ``latency_budget_ms``; then the cloud fallback (configured URL + API key) serves, and the answer
@@ -38,6 +42,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from protocol import answers
+
 from .errors import InputError, MalformedBody, ModelError, Unavailable
 from .install import probation_verdict
 from .runtime import Model
@@ -58,31 +64,33 @@ class Request:
 
 @dataclass(frozen=True)
 class Answer:
-    """One prediction answer: the scores plus the other fields of the JSON document.
+    """One prediction answer: a classifier's scores (None for any other task) plus the other
+    fields of the JSON document.
 
     ``after`` is the request's bookkeeping (telemetry, probation, shadow sampling): the HTTP
     handler runs it with :meth:`settle` once the answer is sent, so the app does not wait for
     it; :meth:`Serving.answer` runs it before returning."""
 
-    scores: np.ndarray
-    fields: dict[str, Any]  # top, served_by, bundle, latency_ms[, cloud_model]
+    scores: np.ndarray | None
+    fields: dict[str, Any]  # top | task+tensors, served_by, bundle, latency_ms[, cloud_model]
     after: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     def settle(self) -> None:
         if self.after is not None:
             self.after()
 
+    def _document(self) -> dict[str, Any]:
+        return self.fields if self.scores is None else {"predictions": self.scores, **self.fields}
+
     def doc(self) -> dict[str, Any]:
-        return {"predictions": self.scores.astype(float).tolist(), **self.fields}
+        return _plain_tree(self._document())  # type: ignore[no-any-return]
 
     def body(self) -> bytes:
         """The JSON answer in one orjson call, scores straight from the float32 array: each
         score is the shortest text that reads back to the same float32 (``0.5``, ``0.1``; the
         standard library writes float32 values widened, ``0.10000000149011612``); NaN is null.
         Measured on MobileNetV2-224 (1001 scores), it takes ~0.2-0.3 ms off each answer."""
-        return orjson.dumps(
-            {"predictions": self.scores, **self.fields}, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY
-        )
+        return orjson.dumps(self._document(), default=_plain, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _plain(obj: Any) -> Any:
@@ -92,6 +100,19 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def _plain_tree(obj: Any) -> Any:
+    """``obj`` with every array a nested list of Python numbers (floats widened exactly)."""
+    if isinstance(obj, dict):
+        return {k: _plain_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain_tree(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return (obj.astype(float) if obj.dtype.kind == "f" else obj).tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
 
 
 class CloudClient:
@@ -136,12 +157,13 @@ class CloudClient:
         if (
             isinstance(doc, dict)
             and "predictions" not in doc
+            and "tensors" not in doc
             and isinstance(doc.get("outputs"), dict)
             and doc["outputs"]
         ):
             doc["predictions"] = next(iter(doc["outputs"].values()))
-        if not isinstance(doc, dict) or "predictions" not in doc:
-            raise Unavailable(f"cloud fallback {url}: answer has no 'predictions'")
+        if not isinstance(doc, dict) or not ("predictions" in doc or isinstance(doc.get("tensors"), list)):
+            raise Unavailable(f"cloud fallback {url}: answer has neither 'predictions' nor 'tensors'")
         return doc
 
 
@@ -237,17 +259,30 @@ class Serving:
             raise Unavailable("; ".join(errors + ["no cloud fallback configured"]))
         try:
             doc = self.cloud.predict(req, model.info.name if model is not None else self.last_name)
+            out = self._cloud_answer(doc, model, t0)
         except Unavailable as exc:
             self.recorder.record("cloud", 0.0, False)
             raise Unavailable("; ".join(errors + [str(exc)])) from None
-        scores = np.asarray(doc["predictions"], dtype=np.float32).reshape(-1)
         self.recorder.record("cloud", time.perf_counter() - t0, True)
+        return out
+
+    def _cloud_answer(self, doc: dict[str, Any], model: Model | None, t0: float) -> Answer:
+        """The cloud's answer in the local model's form: its tensors as they came, or its class
+        scores for a classifier; class scores for any other task are refused (Unavailable)."""
+        cloud_fields = {"cloud_model": doc["model"]} if isinstance(doc.get("model"), dict) else {}
+        if isinstance(doc.get("tensors"), list):
+            fields = {"task": doc.get("task"), "tensors": doc["tensors"]}
+            return Answer(None, {**fields, **self._about(model, "cloud", t0), **cloud_fields})
+        if model is not None and model.form != answers.CLASSIFICATION:
+            task = model.signature.task if model.signature is not None else "?"
+            raise Unavailable(
+                f"the cloud fallback answered class scores for {model.info.name}, a {task} model: "
+                "its outputs are not class scores"
+            )
+        scores = np.asarray(doc["predictions"], dtype=np.float32).reshape(-1)
         out = self._answer(scores, model, "cloud", t0)
-        cloud_fields = {}
         if isinstance(doc.get("top"), list):
             cloud_fields["top"] = doc["top"]
-        if isinstance(doc.get("model"), dict):
-            cloud_fields["cloud_model"] = doc["model"]
         return Answer(out.scores, {**out.fields, **cloud_fields})
 
     def _local(self, req: Request, model: Model, t0: float, errors: list[str]) -> Answer | None:
@@ -265,11 +300,12 @@ class Serving:
                 raw = model.quantize(x)  # ModelError if the bundle's preprocess cannot feed its model
             t1 = time.perf_counter()
             self.recorder.invoking.set()
-            try:
-                y = model.invoke_raw(raw)
+            try:  # a classifier's first output is its scores; any other model answers them all
+                classifier = model.form == answers.CLASSIFICATION
+                ys = [model.invoke_raw(raw)] if classifier else model.invoke_all(raw)
             finally:
                 self.recorder.invoking.clear()
-            scores = model.dequantize(y).reshape(-1)
+            scores = model.dequantize(ys[0]).reshape(-1) if classifier else None
             took = time.perf_counter() - t1
         except ModelError as exc:
             errors.append(f"{model.served_by}: {exc}")
@@ -280,30 +316,32 @@ class Serving:
 
         def after() -> None:
             self._observe_local(took)
+            # drift: input features always; output features (top-1 class, confidence) are a
+            # classifier's only
             self.recorder.record(model.served_by, seconds, True, x, scores, affine)
             self._probation_tick(model, ok=True)
-            self._offer_shadow(req, scores, took)
+            if scores is not None:
+                self._offer_shadow(req, scores, took)
 
+        if scores is None and model.signature is not None:
+            doc = answers.tensors(model.signature, ys)  # Model.open checked the output count
+            return Answer(None, {**doc, **self._about(model, model.served_by, t0)}, after)
+        assert scores is not None
         return self._answer(scores, model, model.served_by, t0, after)
+
+    def _about(self, model: Model | None, path: str, t0: float) -> dict[str, Any]:
+        """The fields every answer carries besides the model's own."""
+        return {
+            "served_by": path,
+            "bundle": model.info.to_dict() if model is not None else None,
+            "latency_ms": round((time.perf_counter() - t0) * 1000, 3),
+        }
 
     def _answer(
         self, scores: np.ndarray, model: Model | None, path: str, t0: float, after: Callable[[], None] | None = None
     ) -> Answer:
-        top = (
-            model.top(scores)
-            if model is not None
-            else [{"index": int(i), "label": str(int(i)), "score": float(scores[i])} for i in np.argsort(-scores)[:5]]
-        )
-        return Answer(
-            scores,
-            {
-                "top": top,
-                "served_by": path,
-                "bundle": model.info.to_dict() if model is not None else None,
-                "latency_ms": round((time.perf_counter() - t0) * 1000, 3),
-            },
-            after,
-        )
+        doc = answers.classification(scores, model.labels if model is not None else [])
+        return Answer(scores, {"top": doc["top"], **self._about(model, path, t0)}, after)
 
     def _use_local(self) -> bool:
         if self.budget_s is None or self.cloud is None or self._ewma_s is None:
@@ -342,7 +380,8 @@ class Serving:
         if not self._shadow_busy.acquire(blocking=False):
             return
         with self._lock:  # held like the active model: replacing the candidate waits for this run
-            shadow = self.shadow
+            # top-1 agreement compares classifiers only (a per-task shadow comparison: not yet)
+            shadow = self.shadow if self.shadow is not None and self.shadow.form == answers.CLASSIFICATION else None
             if shadow is not None:
                 shadow.hold()
         if shadow is None:

@@ -7,6 +7,10 @@ Routes (docs/cloud.md has the full contract):
 * ``POST /predict`` - the seed's contract: multipart ``file`` image -> ``{"predictions": [[...]],
   "model": {"name", "version", "digest"}, "top": [{"index", "label", "score"}...]}``.
   Serves ``?model=NAME`` or the default model (``--default-model``, or the only one loaded).
+  A model whose signature is not a classifier's (detection, segmentation, keypoints, embedding,
+  tensors) answers ``{"task", "tensors": [{"name", "role", "dtype", "shape", "values"}],
+  "model"}`` on every predict route instead: its outputs are not class scores, so they are never
+  put in ``predictions`` or ranked in ``top`` (:mod:`protocol.answers`, the agent's builder too).
 * ``POST /v1/models/{name}/predict`` and ``POST /v1/models/{name}/versions/{version}/predict`` -
   ``application/json`` ``{"inputs": nested list, batch first}`` or ``application/octet-stream``
   raw little-endian bytes with ``X-Tensor-Shape: 1,8,8,1`` and optional ``X-Tensor-Dtype``.
@@ -35,6 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from protocol import answers
 from protocol.signing import Root
 
 from .config import CloudConfig
@@ -126,16 +131,22 @@ def json_bytes(content: Any) -> bytes:
 
 
 def _result(model: ServedModel, outputs: list[np.ndarray]) -> dict[str, Any]:
-    return {"model": model.spec.ref, "outputs": dict(zip(model.spec.outputs, outputs, strict=True))}
+    """The tensor routes' answer: a classifier's outputs by name as they are (the tensor API's
+    contract), any other model's in the tensors form."""
+    spec = model.spec
+    if spec.form == answers.CLASSIFICATION or spec.signature is None:
+        return {"model": spec.ref, "outputs": dict(zip(spec.outputs, outputs, strict=True))}
+    return {**answers.tensors(spec.signature, outputs), "model": spec.ref}
 
 
-def _top(model: ServedModel, scores: np.ndarray, k: int = TOP_K) -> list[dict[str, Any]]:
-    row = scores.reshape(scores.shape[0], -1)[0].astype(np.float64)  # uint8 scores must not wrap on negation
-    labels = model.spec.labels
-    idx = np.argsort(-row, kind="stable")[:k]
-    return [
-        {"index": int(i), "label": labels[i] if i < len(labels) else str(int(i)), "score": float(row[i])} for i in idx
-    ]
+def _image_result(model: ServedModel, outputs: list[np.ndarray]) -> dict[str, Any]:
+    """The image routes' answer: the seed's ``predictions``/``top`` for a classifier, the
+    tensors form for any other model."""
+    spec = model.spec
+    if spec.form == answers.CLASSIFICATION or spec.signature is None:
+        doc = answers.classification(outputs[0], spec.labels, batch=True, k=TOP_K)
+        return {"predictions": doc["predictions"], "model": spec.ref, "top": doc["top"]}
+    return {**answers.tensors(spec.signature, outputs), "model": spec.ref}
 
 
 def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) -> FastAPI:
@@ -213,7 +224,7 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
         image, dtype, max_pixels = spec.image, spec.input.dtype, config.limits.max_image_pixels
 
         def answer(outputs: list[np.ndarray]) -> bytes:  # in the worker thread, after the run
-            return json_bytes({"predictions": outputs[0], "model": spec.ref, "top": _top(served, outputs[0])})
+            return json_bytes(_image_result(served, outputs))
 
         body = await served.predict_lazy(
             lambda: image_tensor(data, image, dtype, max_pixels), (1, *image.sample_shape), answer

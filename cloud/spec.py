@@ -6,6 +6,10 @@ an image spec ``H x W x C`` fits an input ``[N, H, W, C]`` (NHWC, what Keras/tf2
 ``[N, C, H, W]`` (NCHW, what PyTorch exports and the seed assumes). A spec that fits neither is
 refused when the bundle loads, not when a request arrives.
 
+The answer follows the bundle's signature (``manifest.model.signature``, :mod:`protocol.signature`):
+a classifier's (or a bundle without one) is class scores; any other task's is its outputs by
+name (:mod:`protocol.answers`). A twin whose outputs do not match the signature is refused.
+
 The batch dimension: symbolic (``"unk__6"``, ``"N"``, ``None``) means any number of rows and the
 model can be micro-batched; a fixed ``1`` means one row per ``session.run`` (rows are run one at a
 time); another fixed ``B`` means requests must carry exactly ``B`` rows and are never merged.
@@ -17,8 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.errors import Reason
+from protocol import answers
+from protocol.errors import BadPayload, Reason
 from protocol.features import resize_filter
+from protocol.signature import LEGACY_TASK, Signature, of_model
 
 from .errors import BundleRefused
 
@@ -83,6 +89,12 @@ class ModelSpec:
     image: ImageSpec | None
     labels: tuple[str, ...]
     output_quant: tuple[float, int] | None = None  # integer first output: score = s * (q - zp)
+    signature: Signature | None = None  # None: a bundle made before signatures (a classifier)
+
+    @property
+    def form(self) -> str:
+        """``classification`` (predictions/top) or ``tensors`` (:func:`protocol.answers.form`)."""
+        return answers.form(self.signature)
 
     @property
     def ref(self) -> dict[str, str]:
@@ -203,7 +215,18 @@ def model_spec(
     pre = model.get("preprocess", {"kind": "tensor"})
     if not isinstance(pre, dict):
         raise BundleRefused(source, Reason.MALFORMED.value, f"model.preprocess {pre!r:.80} is not an object")
-    task = model.get("task", "unknown")
+    try:
+        signature = of_model(model)
+    except BadPayload as exc:
+        raise BundleRefused(source, Reason.MALFORMED.value, str(exc)) from None
+    if signature is not None and len(outputs) not in (len(signature.outputs), len(signature.answer_outputs)):
+        raise BundleRefused(
+            source,
+            Reason.MALFORMED.value,
+            f"ONNX model has {len(outputs)} outputs, the signature lists {len(signature.answer_outputs)} "
+            f"({', '.join(t.name for t in signature.answer_outputs[:4])})",
+        )
+    task = signature.task if signature is not None else model.get("task", LEGACY_TASK)
     return ModelSpec(
         manifest_name,
         version,
@@ -215,6 +238,7 @@ def model_spec(
         image_spec(pre, inp, source),
         labels,
         _output_quantization(model, source),
+        signature,
     )
 
 
