@@ -19,7 +19,8 @@ show it on the model page, ``edgefleet-compile inspect`` to print it. Schema::
 * ``inputs``: where the parity inputs came from: ``user`` (validation data), ``calibration``
   (the calibration images) or ``synthetic`` (seeded inputs drawn over the input's range);
   ``n``: how many. Both absent when parity was not measured (``none``, converter failure).
-* ``metric``: which comparison judged it (``classification``, ``cosine``, ``exact``);
+* ``metric``: which comparison judged it (``classification``, ``pixels``, ``keypoints``,
+  ``cosine``; :mod:`compiler.parity` has the rules);
   ``figures``: the measured values; ``limits``: the thresholds they were held to.
 * Unknown keys are kept in ``extra`` and written back, so a newer compiler's fields survive.
 

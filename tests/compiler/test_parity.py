@@ -74,14 +74,16 @@ def test_a_float_classifier_twin_is_held_to_float_rounding() -> None:
 @pytest.mark.parametrize(
     "metric,figures,quantized,status",
     [
-        ("exact", {"exact_fraction": 0.9945}, False, "verified"),  # deeplab on dog_segmentation.bmp
-        ("exact", {"exact_fraction": 0.98}, False, "withheld"),
+        ("pixels", {"pixel_agreement": 0.9945}, False, "verified"),  # deeplab on dog_segmentation.bmp
+        ("pixels", {"pixel_agreement": 0.98}, False, "withheld"),
+        ("keypoints", {"keypoint_distance_mean": 0.02, "cosine_min": 0.9}, False, "verified"),
+        ("keypoints", {"keypoint_distance_mean": 0.0712, "cosine_min": 0.99}, False, "withheld"),
         ("cosine", {"cosine_min": 1.0, "max_step_diff": 0, "max_abs_diff": 0.0}, True, "verified"),
         ("cosine", {"cosine_min": 1.0, "max_step_diff": 40, "max_abs_diff": 0.9}, True, "withheld"),
         ("cosine", {"cosine_min": 0.9747, "max_abs_diff": 0.4}, False, "withheld"),  # movenet, synthetic
     ],
 )
-def test_other_outputs_are_judged_by_pixel_agreement_or_cosine(
+def test_other_tasks_are_judged_by_pixels_keypoint_distance_or_cosine(
     metric: str, figures: dict[str, float], quantized: bool, status: str
 ) -> None:
     assert judge(figures, metric, "synthetic", 32, quantized).status == status
@@ -93,11 +95,15 @@ def test_other_outputs_are_judged_by_pixel_agreement_or_cosine(
         (None, U8_SCORES, "classification"),
         (None, F32_SCORES, "classification"),
         (None, IoSpec((1, 1, 1, 1024), np.dtype(np.uint8), 0.0235, 0), "cosine"),  # embedding extractor
-        (None, IoSpec((1, 513, 513), np.dtype(np.int64), 0.0, 0), "exact"),  # deeplab's ArgMax
-        (None, IoSpec((1, 1, 17, 3), np.dtype(np.float32), 0.0, 0), "cosine"),  # movenet keypoints
+        (None, IoSpec((1, 513, 513), np.dtype(np.int64), 0.0, 0), "pixels"),  # deeplab's ArgMax
+        (None, IoSpec((1, 1, 17, 3), np.dtype(np.float32), 0.0, 0), "cosine"),  # movenet, task unknown
         ("classification", IoSpec((1, 1, 1, 10), np.dtype(np.uint8), 1 / 256, 0), "classification"),
-        ("segmentation", IoSpec((1, 513, 513), np.dtype(np.int64), 0.0, 0), "exact"),
+        ("segmentation", IoSpec((1, 513, 513), np.dtype(np.int64), 0.0, 0), "pixels"),
+        ("segmentation", IoSpec((1, 64, 64, 21), np.dtype(np.uint8), 0.1, 0), "pixels"),  # logits
+        ("keypoints", IoSpec((1, 1, 17, 3), np.dtype(np.float32), 0.0, 0), "keypoints"),
         ("embedding", U8_SCORES, "cosine"),
+        ("tensors", U8_SCORES, "cosine"),
+        ("detection", U8_SCORES, "cosine"),
     ],
 )
 def test_the_metric_follows_the_task_else_the_output(task: str | None, spec: IoSpec, metric: str) -> None:
@@ -114,10 +120,30 @@ def test_comparison_counts_quantization_steps_and_tied_top_scores_as_agreement()
     assert f["cosine_min"] < 0.1
 
 
-def test_class_maps_report_only_the_values_that_agree() -> None:
-    cmp = Comparison(IoSpec((1, 2, 2), np.dtype(np.int64), 0.0, 0), "exact")
+def test_class_maps_report_only_the_pixels_that_agree() -> None:
+    cmp = Comparison(IoSpec((1, 2, 2), np.dtype(np.int64), 0.0, 0), "pixels")
     cmp.add(np.array([[[0, 15], [15, 15]]]), np.array([[[0, 15], [15, 3]]]))
-    assert cmp.figures() == {"exact_fraction": 0.75}
+    assert cmp.figures() == {"exact_fraction": 0.75, "pixel_agreement": 0.75}
+
+
+def test_segmentation_logits_agree_by_their_per_pixel_argmax() -> None:
+    cmp = Comparison(IoSpec((1, 1, 2, 3), np.dtype(np.uint8), 0.1, 0), "pixels")
+    ref = np.array([[[[9, 1, 0], [0, 2, 8]]]], np.uint8)
+    cmp.add(ref, np.array([[[[8, 2, 0], [0, 9, 7]]]], np.uint8))  # first pixel same class, second not
+    f = cmp.figures()
+    assert f["pixel_agreement"] == 0.5 and f["max_step_diff"] == 7
+
+
+def test_keypoints_are_compared_by_their_y_x_distance_not_their_scores() -> None:
+    cmp = Comparison(IoSpec((1, 1, 2, 3), np.dtype(np.float32), 0.0, 0), "keypoints")
+    ref = np.array([[[[0.5, 0.5, 0.9], [0.1, 0.2, 0.8]]]], np.float32)
+    cmp.add(ref, np.array([[[[0.53, 0.54, 0.1], [0.1, 0.2, 0.1]]]], np.float32))
+    f = cmp.figures()
+    assert f["keypoint_distance_mean"] == pytest.approx(0.025, abs=1e-6)
+    assert f["keypoint_distance_max"] == pytest.approx(0.05, abs=1e-6)
+    assert judge(f, "keypoints", "synthetic", 1, quantized=False).reason == (
+        "mean keypoint distance 0.025 > 0.02 on 1 synthetic input"
+    )
 
 
 def test_cosine_of_zero_outputs() -> None:
