@@ -88,16 +88,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     m.add_argument("model", type=Path, help="the CPU .tflite (int8/uint8 or float), or an *_edgetpu.tflite alone")
     m.add_argument("--edgetpu", type=Path, help="the same model compiled by edgetpu_compiler")
-    m.add_argument("--labels", required=True, type=Path, help="labels file, one per line, index = output index")
+    m.add_argument(
+        "--labels",
+        type=Path,
+        help="labels file, one per line, index = class id; required for a classifier (its outputs then are "
+        "class scores), optional for segmentation/keypoints/detection, none for an embedding",
+    )
+    m.add_argument(
+        "--task",
+        choices=("classification", "detection", "segmentation", "keypoints", "embedding", "tensors"),
+        help="what the model is for (default: told from its outputs, see docs/models.md; tensors = "
+        "answer its outputs as they are)",
+    )
     m.add_argument("--validation", type=Path, help=".npz (x uint8 pixels or float, y) or image folder with labels.csv")
     m.add_argument(
         "--calibration", type=Path, help="unlabelled samples for the baseline when there is no validation set"
     )
     m.add_argument("--out", required=True, type=Path, help="bundle directory to create (must not exist)")
     m.add_argument(
-        "--scale", type=float, help="float = pixel*scale+offset (default: identity on the model's quantized input)"
+        "--scale",
+        type=float,
+        help="image input: float = pixel*scale+offset (default: the identity on a quantized input's pixels; "
+        "raw pixels for a uint8 input without quantization, which refuses --scale; 1/255 for a float input)",
     )
-    m.add_argument("--offset", type=float, help="see --scale")
+    m.add_argument("--offset", type=float, help="see --scale (needs --scale)")
     m.add_argument("--name", help="bundle name (default: model file stem)")
     m.add_argument("--version", default="1.0.0", help="bundle version (default 1.0.0)")
     m.add_argument("--sign-key", type=Path, help="Ed25519 PEM key to sign the manifest (standalone use)")

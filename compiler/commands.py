@@ -79,6 +79,11 @@ def run_build(args: argparse.Namespace) -> int:
     channels = args.channels or (spec[1] if spec else None)
     cal = dataset.load(args.calibration, "calibration data", False, args.scale, args.offset, hw, channels, labels)
     val = dataset.load(args.validation, "validation data", True, args.scale, args.offset, hw, channels, labels)
+    if (args.scale is not None or args.offset) and cal.preprocess.get("kind") != "image":
+        raise BadInput(
+            "--scale",
+            "applies to uint8 pixels or image folders; the calibration x holds float model inputs, used as they are",
+        )
     if cal.preprocess != val.preprocess:
         raise BadInput(
             args.validation,
@@ -119,21 +124,23 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from . import tasks
     from .bundle import refuse_existing
     from .graph import read_graph
-    from .importer import ImportRequest, default_preprocess, run_import as do_import
+    from .importer import ImportRequest, run_import as do_import
     from .table import print_summary
 
     refuse_existing(args.out)
     model = _read(args.model)
     et = _read(args.edgetpu) if args.edgetpu else None
     cfg = CompilerConfig.from_env()
-    labels = dataset.read_labels(args.labels)
+    labels = dataset.read_labels(args.labels) if args.labels else ()
     g = read_graph(model, args.model)
-    pre = default_preprocess(g, args.scale, args.offset)
+    # the one preprocess, --scale/--offset honoured or refused: the data and the bundle share it
+    pre = tasks.preprocess(tasks.request_input(g, args.model.name), args.scale, args.offset)
     hw = (pre["height"], pre["width"]) if pre["kind"] == "image" else None
     ch = pre.get("channels")
-    scale, offset = (pre["scale"], pre["offset"]) if pre["kind"] == "image" else (args.scale, args.offset or 0.0)
+    scale, offset = (pre["scale"], pre["offset"]) if pre["kind"] == "image" else (None, 0.0)
     val = (
         dataset.load(args.validation, "validation data", True, scale, offset, hw, ch, labels)
         if args.validation
@@ -163,6 +170,8 @@ def run_import(args: argparse.Namespace) -> int:
         sign_key=load_sign_key(args.sign_key),
         lineage=lineage,
         onnx=not args.no_onnx,
+        task=args.task,
+        preprocess=pre,
     )
     progress = make_progress(args.quiet)
     try:

@@ -45,6 +45,8 @@ def read_labels(path: Path) -> tuple[str, ...]:
     labels = tuple(line.strip() for line in text.splitlines() if line.strip())
     if not labels:
         raise BadInput(path, "labels file is empty")
+    if labels[0].replace(" ", "") == "item{":
+        raise BadInput(path, "is a protobuf label map (item { name id }); give one label per line, index = class id")
     return _strip_index_prefix(labels)
 
 

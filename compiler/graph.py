@@ -1,5 +1,5 @@
 """Read a ``.tflite`` flatbuffer without TensorFlow: operators (name, version, options),
-tensors (dtype, shape, shape signature, quantization) and the model's inputs and outputs.
+tensors (dtype, shape, shape signature, quantization, variable) and the model's inputs and outputs.
 
 Uses the schema bundled with ai_edge_litert (``schema_py_generated``), so it runs wherever the
 agent runtime does. Rules: an operator's builtin code is ``max(builtin_code,
@@ -35,6 +35,7 @@ class TensorInfo:
     scale: tuple[float, ...] = ()
     zero_point: tuple[int, ...] = ()
     constant: bool = False
+    variable: bool = False  # state kept between invocations (a fused LSTM's, say)
 
     @property
     def dynamic(self) -> bool:
@@ -107,6 +108,11 @@ class Graph:
             if any(t.dtype in ("FLOAT32", "FLOAT16") and not t.constant for t in ts):
                 out.append(op)
         return out
+
+    @property
+    def stateful(self) -> bool:
+        """The model keeps state between invocations in variable tensors."""
+        return any(t.variable for t in self.tensors)
 
     def parameter_bytes(self) -> int:
         return int(sum(a.nbytes for a in self.constants.values()))
@@ -189,7 +195,15 @@ def _read(s: Any, model: Any, size: int) -> Graph:
             name = ten.Name()
             tensors.append(
                 TensorInfo(
-                    base + t, name.decode(errors="replace") if name else "", dtype, shape, sig, scale, zp, constant
+                    base + t,
+                    name.decode(errors="replace") if name else "",
+                    dtype,
+                    shape,
+                    sig,
+                    scale,
+                    zp,
+                    constant,
+                    bool(ten.IsVariable()),
                 )
             )
         if g == 0:

@@ -10,9 +10,18 @@ Rules:
   and the report says so.
 * MODEL a CPU model (int8/uint8, or float) plus ``--edgetpu X``: X must be compiled and have the
   same input/output shapes and types; ``requirements.edgetpu = "optional"``.
-* Default preprocess for a quantized image input is the identity on pixels
-  (``scale = s_in``, ``offset = -(zp - zp_pixel) * s_in``), which is how Coral's models are fed;
-  ``--scale/--offset`` override it.
+* The task and the signature come from the model's real inputs and outputs (LiteRT's shapes,
+  the file's ops and quantization) by :mod:`compiler.tasks`, or ``--task``; the signature goes
+  into ``manifest.model.signature`` (:mod:`protocol.signature`). An import the task cannot be
+  told for, or whose labels do not fit it, is refused with the reason; so is a model LiteRT
+  cannot load. Labels are required for a classifier only.
+* Preprocess (:func:`compiler.tasks.preprocess`, computed once by the command): a quantized image
+  input is fed the identity on pixels (``scale = s_in``, ``offset = -(zp - zp_pixel) * s_in``),
+  which is how Coral's models are fed; a uint8 input without quantization parameters takes raw
+  pixels; ``--scale/--offset`` are honoured, or refused with the reason, data or no data.
+* Metrics (top-1 against the validation labels) and the drift baseline's output features
+  (top-1 class and confidence) are a classifier's; any other task's baseline holds its input
+  features only, and its validation data must come as ``--calibration`` (it has no class labels).
 * ONNX twin (role ``onnx``, for the cloud fallback): ``tf2onnx.convert.from_tflite`` on the CPU
   model, in a child with the conversion timeout (:mod:`compiler.tflite_onnx`). It ships only
   verified: its parity with LiteRT is always measured, on the validation data, else the
@@ -34,7 +43,7 @@ import numpy as np
 from protocol.bundle import Requirements
 from protocol.signing import SigningKey
 
-from . import baseline, selftest
+from . import baseline, selftest, tasks
 from .bundle import BundleFile, BundleSpec, refuse_existing, write_bundle
 from .config import CompilerConfig
 from .dataset import Samples
@@ -66,33 +75,18 @@ class ImportRequest:
     lineage: dict[str, Any] | None = None
     selftest_cases: int = 5
     onnx: bool = True  # make the ONNX twin (tf2onnx from_tflite) of the CPU model
-
-
-def default_preprocess(g: Graph, scale: float | None, offset: float | None) -> dict[str, Any]:
-    t = g.input
-    if len(t.shape) == 4 and t.shape[-1] in (1, 3):
-        if scale is None:
-            if t.dtype in ("UINT8", "INT8") and t.scale:
-                s, zp = t.scale[0], t.zero_point[0] if t.zero_point else 0
-                pixel_zp = 0 if t.dtype == "UINT8" else -128
-                scale, offset = s, -(zp - pixel_zp) * s
-            else:
-                scale, offset = 1.0 / 255.0, 0.0
-        return {
-            "kind": "image",
-            "height": t.shape[1],
-            "width": t.shape[2],
-            "channels": t.shape[3],
-            "scale": float(scale),
-            "offset": float(offset or 0.0),
-        }
-    return {"kind": "tensor"}
+    task: str | None = None  # --task: forces the task (compiler.tasks)
+    preprocess: dict[str, Any] | None = None  # compiler.tasks.preprocess, --scale/--offset applied
 
 
 def _same_io(a: Graph, b: Graph) -> str | None:
-    for what, x, y in (("input", a.input, b.input), ("output", a.output, b.output)):
-        if x.shape != y.shape or x.dtype != y.dtype:
-            return f"{what} {x.dtype}{list(x.shape)} differs from the CPU model's {y.dtype}{list(y.shape)}"
+    for what, xs, ys in (("input", a.inputs, b.inputs), ("output", a.outputs, b.outputs)):
+        if len(xs) != len(ys):
+            return f"has {len(xs)} {what}s, the CPU model {len(ys)}"
+        for i, j in zip(xs, ys, strict=True):
+            x, y = a.tensor(i), b.tensor(j)
+            if x.shape != y.shape or x.dtype != y.dtype:
+                return f"{what} {x.dtype}{list(x.shape)} differs from the CPU model's {y.dtype}{list(y.shape)}"
     return None
 
 
@@ -109,33 +103,45 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
             raise BadInput(req.model_name, "is itself compiled for the Edge TPU; pass the CPU model as MODEL")
         if (why := _same_io(et_graph, g)) is not None:
             raise BadInput(req.edgetpu_name, why)
-    num_classes = int(np.prod(g.output.shape[1:]))
-    if len(req.labels) != num_classes:
-        raise BadInput("labels", f"{len(req.labels)} labels but the model has {num_classes} outputs")
     tpu_only = g.edgetpu_compiled
-    quantized = g.input.dtype in ("INT8", "UINT8") and not g.float_ops()
+    what = Path(req.model_name).name
+    feed = tasks.request_input(g, what)
+    # LiteRT first: a model it cannot load is refused for that, and its shapes are the real ones
+    runner = None if tpu_only else TfliteRunner(req.model, req.model_name, feed=feed.name)
+    sig = tasks.read_signature(tasks.with_shapes(g, runner.shapes) if runner else g, req.labels, req.task, what)
+    tasks.check_labels(sig, g, req.labels)
+    classifier = sig.task == "classification"
+    num_classes = tasks.classes(sig, g)
+    quantized = feed.dtype in ("int8", "uint8") and not g.float_ops()
     pre = predict(g)
     progress.done(
-        "inspect", f"{len(g.ops)} ops; " + ("Edge TPU model" if tpu_only else "int8" if quantized else "float")
+        "inspect",
+        f"{len(g.ops)} ops; "
+        + ("Edge TPU model" if tpu_only else "int8" if quantized else "float")
+        + f"; {sig.task}"
+        + ("; stateful (reset per request)" if sig.stateful else ""),
     )
 
     val, cal = req.validation, req.calibration
-    if val is not None and val.y is not None:
+    if val is not None and not classifier:
+        raise BadInput(
+            "validation data",
+            f"is scored against class labels, and a {sig.task} model has none; give the samples as --calibration",
+        )
+    if val is not None and val.y is not None and num_classes is not None:
         bad = val.y[(val.y < 0) | (val.y >= num_classes)]
         if len(bad):
             raise BadInput("validation data", f"label {int(bad[0])} is out of range 0..{num_classes - 1}")
-    for what, s in (("validation data", val), ("calibration data", cal)):
-        if s is not None and tuple(s.x.shape[1:]) != tuple(g.input.shape[1:]):
-            raise BadInput(what, f"samples have shape {list(s.x.shape[1:])}, the model input is {list(g.input.shape)}")
+    for which, s in (("validation data", val), ("calibration data", cal)):
+        if s is not None and tuple(s.x.shape[1:]) != feed.shape[1:]:
+            raise BadInput(which, f"samples have shape {list(s.x.shape[1:])}, the model input is {list(feed.shape)}")
 
     cpu_name = "model_int8.tflite" if quantized else "model_float.tflite"
     artifacts: dict[str, dict[str, Any]] = {}
     scores = None
     data = val or cal
-    runner = None
     progress.start("evaluate", "metrics on the validation set")
-    if not tpu_only:
-        runner = TfliteRunner(req.model, req.model_name)
+    if runner is not None:
         m = None
         if data is not None:
             scores = runner.scores(data.x)
@@ -143,9 +149,7 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
                 m = metrics(scores, val.y)
         lat = {
             "1": round(
-                runner.latency_ms(
-                    data.x if data is not None else np.zeros((1,) + tuple(g.input.shape[1:]), np.float32)
-                ),
+                runner.latency_ms(data.x if data is not None else np.zeros((1, *feed.shape[1:]), np.float32)),
                 4,
             )
         }
@@ -166,14 +170,11 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
         }
     progress.done("evaluate", "no data: metrics skipped" if data is None else f"{len(data.x)} samples")
 
-    preprocess = (
-        data.preprocess
-        if data is not None and data.preprocess.get("kind") == "image"
-        else default_preprocess(g, None, None)
-    )
-    ver = _onnx_twin(req, cfg, runner, preprocess, progress)
+    preprocess = req.preprocess if req.preprocess is not None else tasks.preprocess(feed, None, None)
+    ver = _onnx_twin(req, cfg, runner, preprocess, sig.task, progress)
     twin = ver.twin
-    if twin is not None and runner is not None and twin.input_dtype in ("uint8", "int8"):
+    if twin is not None and runner is not None and runner.input.scale and twin.input_dtype in ("uint8", "int8"):
+        # (a uint8 input without quantization parameters takes raw pixels: nothing to add)
         preprocess = dict(
             preprocess, input_quantization={"scale": runner.input.scale, "zero_point": runner.input.zero_point}
         )
@@ -197,9 +198,8 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
     if twin is not None:
         files.append(BundleFile("model.onnx", "onnx", twin.data))
     if data is not None and scores is not None:
-        files.append(
-            BundleFile("baseline.json", "baseline", _json(baseline.build(data.x, scores, preprocess, num_classes)))
-        )
+        base = baseline.build(data.x, scores if classifier else None, preprocess, num_classes if classifier else None)
+        files.append(BundleFile("baseline.json", "baseline", _json(base)))
     if runner is not None and data is not None:
         st = selftest.build(runner, cpu_name, data.x, val.y if val is not None else None, req.selftest_cases)
     else:
@@ -239,11 +239,12 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
         "schema": SCHEMA,
         "name": req.name,
         "version": req.version,
-        "task": "classification",
+        "task": sig.task,
         "num_classes": num_classes,
         "labels": list(req.labels),
+        "signature": sig.to_dict(),
         "target": "edgetpu" if et_bytes else "cpu",
-        "io_type": g.input.dtype.lower(),
+        "io_type": feed.dtype,
         "description": f"Imported from {req.model_name}",
         "lineage": dict(req.lineage or {}, **_runtime_versions()),
         "model": {
@@ -264,18 +265,22 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
     files += [
         BundleFile("report.json", "report", _json(report)),
         BundleFile("model_card.md", "model_card", model_card(report).encode()),
-        BundleFile("labels.txt", "labels", ("\n".join(req.labels) + "\n").encode()),
     ]
-    model_doc = {
-        "task": "classification",
-        "num_classes": num_classes,
+    if req.labels:
+        files.append(BundleFile("labels.txt", "labels", ("\n".join(req.labels) + "\n").encode()))
+    model_doc: dict[str, Any] = {
+        "task": sig.task,
+        "signature": sig.to_dict(),
         "preprocess": preprocess,
-        "input": {"shape": list(g.input.shape), "dtype": "float32"},
-        "output": {"shape": list(g.output.shape)},
-        "labels": "labels.txt",
+        "input": {"shape": list(feed.shape), "dtype": "float32"},
+        "output": {"shape": list(sig.answer_outputs[0].shape)},
         "imported": True,
         "edgetpu": {k: et_doc.get(k) for k in ("compiled", "ops_on_cpu", "note")},
     }
+    if num_classes is not None:
+        model_doc["num_classes"] = num_classes
+    if req.labels:
+        model_doc["labels"] = "labels.txt"
     if twin is not None:
         model_doc["onnx"] = {
             k: ver.doc[k] for k in ("input", "output", "input_dtype", "output_dtype", "output_quantization")
@@ -296,7 +301,12 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
 
 
 def _onnx_twin(
-    req: ImportRequest, cfg: CompilerConfig, runner: TfliteRunner | None, preprocess: dict[str, Any], progress: Progress
+    req: ImportRequest,
+    cfg: CompilerConfig,
+    runner: TfliteRunner | None,
+    preprocess: dict[str, Any],
+    task: str,
+    progress: Progress,
 ) -> Verified:
     """The twin, verified or withheld (:func:`compiler.tflite_onnx.verify`), or why none was made."""
     if runner is None:
@@ -313,7 +323,7 @@ def _onnx_twin(
     progress.start("onnx", "ONNX twin (tf2onnx from_tflite) and its parity with LiteRT")
     val, cal = req.validation, req.calibration
     inputs = choose_inputs(runner.input, preprocess, val.x if val else None, cal.x if cal else None)
-    ver = verify(req.model, Path(req.model_name).name, runner, inputs, cfg.convert_timeout_s)
+    ver = verify(req.model, Path(req.model_name).name, runner, inputs, cfg.convert_timeout_s, task)
     progress.done("onnx", ver.status.line())
     return ver
 

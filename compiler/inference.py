@@ -2,7 +2,12 @@
 
 Batch-1 TFLite models are run one sample at a time. Quantized I/O follows the protocol's rule
 (``protocol.features``): ``q = round(f / scale) + zero_point`` clipped to the dtype's range;
-scores are dequantized as ``scale * (q - zero_point)``.
+scores are dequantized as ``scale * (q - zero_point)``. An integer tensor without quantization
+parameters (scale 0, e.g. MoveNet's uint8 input: raw pixels) takes and gives its values as they are.
+
+Every invoke starts from the model's initial state, as the agent serves it (docs/models.md):
+variable tensors (a fused LSTM's state) are reset first, and ``state`` inputs other than the
+request's (an LSTM detector's ``init_lstm_c``/``init_lstm_h``) hold zero.
 """
 
 from __future__ import annotations
@@ -32,19 +37,35 @@ class IoSpec:
         if not self.quantized:
             return x.astype(self.dtype)
         info = np.iinfo(self.dtype)
-        q = np.round(x / self.scale) + self.zero_point
+        q = np.round(x / self.scale) + self.zero_point if self.scale else np.round(x)
         return np.clip(q, info.min, info.max).astype(self.dtype)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
-        if not self.quantized:
+        if not self.quantized or not self.scale:
             return q.astype(np.float32)
         return (self.scale * (q.astype(np.float32) - self.zero_point)).astype(np.float32)
+
+    @classmethod
+    def of(cls, detail: dict[str, Any]) -> IoSpec:
+        """From one of LiteRT's ``get_input_details()`` / ``get_output_details()`` entries."""
+        return cls(
+            tuple(int(d) for d in detail["shape"]),
+            np.dtype(detail["dtype"]),
+            float(detail["quantization"][0]),
+            int(detail["quantization"][1]),
+        )
+
+    def zero(self) -> np.ndarray:
+        """0.0 in this tensor's representation (a recurrent state's initial value)."""
+        return self.quantize(np.zeros(self.shape, np.float32))
 
 
 class TfliteRunner:
     """One TFLite model on the CPU. Raises :class:`BadInput` if LiteRT cannot load it."""
 
-    def __init__(self, data: bytes, what: object = "model", threads: int = 1) -> None:
+    def __init__(self, data: bytes, what: object = "model", threads: int = 1, feed: str | None = None) -> None:
+        """``feed``: the name of the input a request fills (default the first); the others are
+        recurrent state and hold zero."""
         from ai_edge_litert.interpreter import Interpreter
 
         try:
@@ -53,28 +74,35 @@ class TfliteRunner:
         except (RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BadInput(what, f"LiteRT cannot load it ({first})") from None
-        i = self.interp.get_input_details()[0]
-        o = self.interp.get_output_details()[0]
-        self.input = IoSpec(
-            tuple(int(d) for d in i["shape"]),
-            np.dtype(i["dtype"]),
-            float(i["quantization"][0]),
-            int(i["quantization"][1]),
-        )
-        self.output = IoSpec(
-            tuple(int(d) for d in o["shape"]),
-            np.dtype(o["dtype"]),
-            float(o["quantization"][0]),
-            int(o["quantization"][1]),
-        )
+        ins = self.interp.get_input_details()
+        outs = self.interp.get_output_details()
+        i = next((d for d in ins if d["name"] == feed), ins[0])
+        self.input = IoSpec.of(i)
+        self.output = IoSpec.of(outs[0])
+        self.outputs = tuple(IoSpec.of(o) for o in outs)
         self._in = int(i["index"])
-        self._out = int(o["index"])
+        self._out = int(outs[0]["index"])
+        self._outs = tuple(int(o["index"]) for o in outs)
+        self._state = tuple((int(d["index"]), IoSpec.of(d).zero()) for d in ins if d is not i)
+        self.shapes = {int(d["index"]): tuple(int(x) for x in d["shape"]) for d in (*ins, *outs)}
+
+    def _invoke(self, raw: np.ndarray) -> None:
+        it = self.interp
+        it.reset_all_variables()
+        for index, zero in self._state:
+            it.set_tensor(index, zero)
+        it.set_tensor(self._in, raw.reshape(self.input.shape).astype(self.input.dtype))
+        it.invoke()
 
     def run_raw(self, raw: np.ndarray) -> np.ndarray:
         """One raw input tensor (already in the model's dtype and shape) -> raw output tensor."""
-        self.interp.set_tensor(self._in, raw.reshape(self.input.shape).astype(self.input.dtype))
-        self.interp.invoke()
+        self._invoke(raw)
         return np.array(self.interp.get_tensor(self._out))
+
+    def run_all(self, raw: np.ndarray) -> list[np.ndarray]:
+        """One raw input tensor -> every raw output tensor, in the model's order."""
+        self._invoke(raw)
+        return [np.array(self.interp.get_tensor(o)) for o in self._outs]
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         """Float inputs (N, ...) -> dequantized float outputs (N, ...)."""

@@ -24,7 +24,7 @@ from protocol.bundle import Requirements
 from protocol.signing import SigningKey
 from protocol.twin import Twin
 
-from . import baseline, convert, selftest
+from . import baseline, convert, selftest, tasks
 from .bundle import BundleFile, BundleSpec, refuse_existing, write_bundle
 from .config import CompilerConfig
 from .errors import BadInput, GateFailed, NotEdgeTpuReady
@@ -184,6 +184,14 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
     labels = req.labels if req.labels is not None else tuple(str(i) for i in range(num_classes))
     if num_classes != len(labels):
         raise BadInput("labels", f"{len(labels)} labels but the model has {num_classes} outputs")
+    # a build makes classifiers (its gate scores class labels): the signature must say so
+    sig = tasks.read_signature(tasks.with_shapes(g, int8_run.shapes), labels, None, "model_int8.tflite")
+    if sig.task != "classification":
+        raise BadInput(
+            "model",
+            f"its outputs look like a {sig.task} model's; build makes classifiers (the gate scores class "
+            "labels): convert it yourself and use 'import'",
+        )
     if y is not None:
         _check_y_range(y, num_classes, f"the model has {num_classes} outputs")
     onnx_run = OnnxRunner(c.onnx) if c.onnx is not None else None
@@ -275,6 +283,7 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
         et_summary["segments"] = et_doc["segments"]  # N tflite_edgetpu_segment artifacts, in order
     model_doc = {
         "task": "classification",
+        "signature": sig.to_dict(),
         "num_classes": num_classes,
         "preprocess": req.preprocess,
         "input": {"shape": list(g.input.shape), "dtype": "float32"},

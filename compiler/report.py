@@ -36,7 +36,7 @@ def model_card(report: dict[str, Any]) -> str:
     r = report
     lines = [f"# Model card: {r['name']} {r['version']}", ""]
     lines += [
-        f"- Task: {r['task']} ({r['num_classes']} classes)",
+        f"- Task: {r['task']}" + (f" ({r['num_classes']} classes)" if r.get("num_classes") else ""),
         f"- Input: `{r['model']['input']}`",
         f"- Output: `{r['model']['output']}`",
         f"- Target: {r['target']}; int8 I/O type: {r['io_type']}",

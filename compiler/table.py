@@ -27,7 +27,8 @@ def print_summary(
     con = Console(width=None if sys.stdout.isatty() else 120)
     t = Table(
         title=f"{report.get('name')} {report.get('version')} ({report.get('task')}, "
-        f"{report.get('num_classes')} classes, target {report.get('target')})"
+        + (f"{report['num_classes']} classes, " if report.get("num_classes") else "")
+        + f"target {report.get('target')})"
     )
     for col in ("artifact", "size", "top-1", "macro-F1", "AUC", "agree vs float", "ms (1 thr)"):
         t.add_column(col, justify="left" if col == "artifact" else "right")
