@@ -70,7 +70,7 @@
     if (el._plot) el._plot.destroy();
     el.innerHTML = "";
     var opts = {
-      width: Math.max(300, el.clientWidth), height: 240,
+      width: Math.max(240, el.clientWidth), height: 240,
       scales: {x: {time: true}},
       series: [{}].concat(ss.map(function (s) {
         return {label: s.label, stroke: s.color, width: 2, spanGaps: false, points: {size: 5}, value: function (u, v) { return v == null ? "–" : v.toFixed(3); }};
@@ -95,7 +95,7 @@
     charts = Array.prototype.slice.call(document.querySelectorAll("[data-chart]"));
     charts.forEach(loadChart);
     window.addEventListener("resize", function () {
-      charts.forEach(function (el) { if (el._plot) el._plot.setSize({width: Math.max(300, el.clientWidth), height: 240}); });
+      charts.forEach(function (el) { if (el._plot) el._plot.setSize({width: Math.max(240, el.clientWidth), height: 240}); });
     });
   }
 
