@@ -12,6 +12,8 @@ from urllib.parse import urlencode
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
+from . import markdown
+
 HERE = Path(__file__).resolve().parent
 POLL_MS = 3000
 
@@ -142,6 +144,7 @@ def make_templates() -> Jinja2Templates:
         label=_label,
         fact=_fact,
         policy_summary=_policy_summary,
+        markdown=markdown.render,
     )
     t.env.globals.update(poll_ms=POLL_MS, urlencode=urlencode)
     return t
