@@ -103,19 +103,23 @@ def test_a_twin_that_agrees_within_rounding_is_verified_on_synthetic_inputs(tmp_
     assert m.artifact("onnx").name == "model.onnx" and m.model["twin"] == twin
 
 
-def test_the_detector_is_withheld_with_the_converters_reason(coral_models: Path) -> None:
-    """traffic_model: tf2onnx converts TFLite_Detection_PostProcess (into NonMaxSuppression,
-    TopK, GatherND), but the graph keeps the LSTM state as two more inputs and outputs: the
-    cloud serves one input, so the twin is withheld and no parity is claimed."""
-    data = (coral_models / "traffic_model.tflite").read_bytes()
-    runner = TfliteRunner(data, "traffic_model.tflite")
-    ver = verify(data, "traffic_model.tflite", runner, choose_inputs(runner.input, {}, None, None), 600)
-    assert ver.twin is None and ver.status.status == "withheld" and ver.status.inputs is None
-    assert ver.status.reason.startswith(
+def test_the_detector_is_withheld_with_the_converters_reason(tmp_path: Path, coral_models: Path) -> None:
+    """traffic_model imported (task detection): tf2onnx converts TFLite_Detection_PostProcess
+    (into NonMaxSuppression, TopK, GatherND), but the graph keeps the LSTM state as two more
+    inputs and outputs; the cloud serves one input, so the twin is withheld, no parity claimed."""
+    out = tmp_path / "bundle"
+    proc = run_cli("import", str(coral_models / "traffic_model.tflite"), "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    twin = report["twin"]
+    assert report["task"] == "detection" and twin["status"] == "withheld" and "inputs" not in twin
+    assert twin["reason"].startswith(
         "tf2onnx converted it to 3 inputs (normalized_input_image_tensor, raw_inputs/init_lstm_c, "
         "raw_inputs/init_lstm_h) and 6 outputs (TFLite_Detection_PostProcess, "
     )
-    assert ver.status.reason.endswith("a twin must have one input and one output")
+    assert twin["reason"].endswith("a twin must have one input and one output")
+    m = _manifest(out)
+    assert m.model["twin"] == twin and m.artifact("onnx") is None
 
 
 def test_a_model_tf2onnx_fails_on_is_withheld_with_its_one_line_error(tmp_path: Path, coral_models: Path) -> None:
