@@ -107,7 +107,7 @@ def choose_metric(task: str | None, out: IoSpec) -> str:
     """The metric for a model's ``task`` (:data:`protocol.signature.TASKS`); with none stated:
     ``classification`` for a ``[1, K]`` score vector, ``pixels`` for an integer class map,
     ``cosine`` for anything else."""
-    class_map = np.issubdtype(out.dtype, np.integer) and not out.quantized
+    class_map = _class_ids(out)
     if task is None:
         if len(out.shape) == 2 and out.shape[1] > 1 and not class_map:
             return "classification"
@@ -155,8 +155,8 @@ class Comparison:
             # or the other way round: quantized scores tie often
             self.agree += int(r1[int(g1.argmax())] == r1.max() or g1[int(r1.argmax())] == g1.max())
         elif self.metric == "pixels":
-            mask = np.issubdtype(self.out.dtype, np.integer) and not self.out.quantized
-            same = (ref == got) if mask else (rf.argmax(axis=-1) == gf.argmax(axis=-1))
+            logits = len(ref.shape) == 4 and ref.shape[-1] > 1  # [1, H, W, C]; else a [1, H, W] mask
+            same = (rf.argmax(axis=-1) == gf.argmax(axis=-1)) if logits else (ref == got)
             self.pixels_same += int(same.sum())
             self.pixels += same.size
         elif self.metric == "keypoints":
@@ -169,7 +169,7 @@ class Comparison:
         f: dict[str, float] = {"exact_fraction": round(self.equal / self.values, 6) if self.values else 0.0}
         if self.metric == "pixels":
             f["pixel_agreement"] = round(self.pixels_same / self.pixels, 6) if self.pixels else 0.0
-            if np.issubdtype(self.out.dtype, np.integer) and not self.out.quantized:
+            if _class_ids(self.out):
                 return f  # differences and directions of class ids mean nothing
         f.update(max_abs_diff=round(self.max_abs, 6), cosine_min=round(self.cos_min, 6))
         if self.out.quantized:
@@ -180,6 +180,11 @@ class Comparison:
             f["keypoint_distance_mean"] = round(self.kp_sum / self.kp_n, 6) if self.kp_n else 0.0
             f["keypoint_distance_max"] = round(self.kp_max, 6)
         return f
+
+
+def _class_ids(out: IoSpec) -> bool:
+    """Integer values without quantization parameters: ids (an ArgMax), not scaled scores."""
+    return bool(np.issubdtype(out.dtype, np.integer)) and not out.scale
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -126,6 +126,14 @@ def test_class_maps_report_only_the_pixels_that_agree() -> None:
     assert cmp.figures() == {"exact_fraction": 0.75, "pixel_agreement": 0.75}
 
 
+def test_a_uint8_mask_without_quantization_is_compared_as_class_ids() -> None:
+    spec = IoSpec((1, 2, 2), np.dtype(np.uint8), 0.0, 0)
+    assert choose_metric(None, spec) == "pixels"
+    cmp = Comparison(spec, "pixels")
+    cmp.add(np.array([[[1, 2], [3, 4]]], np.uint8), np.array([[[1, 2], [3, 5]]], np.uint8))
+    assert cmp.figures() == {"exact_fraction": 0.75, "pixel_agreement": 0.75}
+
+
 def test_segmentation_logits_agree_by_their_per_pixel_argmax() -> None:
     cmp = Comparison(IoSpec((1, 1, 2, 3), np.dtype(np.uint8), 0.1, 0), "pixels")
     ref = np.array([[[[9, 1, 0], [0, 2, 8]]]], np.uint8)
