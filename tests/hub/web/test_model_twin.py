@@ -30,7 +30,7 @@ def test_the_model_page_shows_why_the_twin_was_withheld(memhub: tuple[Hub, Memor
         "Not in the bundle; the cloud answers 404 for this model: top-1 agreement 9.38% < 99.00%; "
         "largest difference 207 quantization steps > 32 on 32 synthetic inputs" in section
     )
-    assert "Parity with the device's model on 32 synthetic inputs (classification)." in section
+    assert "Parity measured on 32 synthetic inputs (classification)." in section
     assert 'top1 agreement</td><td class="num">0.0938' in section and "max step diff" in section
 
 
