@@ -108,7 +108,8 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
     feed = tasks.request_input(g, what)
     # LiteRT first: a model it cannot load is refused for that, and its shapes are the real ones
     runner = None if tpu_only else TfliteRunner(req.model, req.model_name, feed=feed.name)
-    sig = tasks.read_signature(tasks.with_shapes(g, runner.shapes) if runner else g, req.labels, req.task, what)
+    shaped = tasks.with_shapes(g, runner.shapes) if runner else g
+    sig = tasks.read_signature(shaped, req.labels, req.task, what)
     tasks.check_labels(sig, g, req.labels)
     classifier = sig.task == "classification"
     num_classes = tasks.classes(sig, g)
@@ -248,8 +249,8 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
         "description": f"Imported from {req.model_name}",
         "lineage": dict(req.lineage or {}, **_runtime_versions()),
         "model": {
-            "input": g.input.to_dict(),
-            "output": g.output.to_dict(),
+            "input": shaped.input.to_dict(),
+            "output": shaped.output.to_dict(),
             "ops": g.op_counts(),
             "float_ops": [op.name for op in g.float_ops()] if not tpu_only else [],
         },
