@@ -130,6 +130,7 @@ class Backend(Protocol):
     output_quant: tuple[float, int]
     inputs: int  # how many inputs the model has (the request's and its state)
     output_names: tuple[str, ...]
+    output_shapes: tuple[tuple[int, ...], ...]
 
     def invoke_raw(self, x: np.ndarray) -> np.ndarray: ...
 
@@ -163,6 +164,7 @@ class LiteRTBackend:
         self._state = tuple((int(d["index"]), _zero(d)) for d in ins if d is not inp)
         self.inputs = len(ins)
         self.output_names = tuple(str(o["name"]) for o in outs)
+        self.output_shapes = tuple(tuple(int(d) for d in o["shape"]) for o in outs)
         self.input_shape = tuple(int(d) for d in inp["shape"])
         self.input_dtype = inp["dtype"]
         self.input_quant = (float(inp["quantization"][0]), int(inp["quantization"][1]))
@@ -211,6 +213,9 @@ class OnnxBackend:
         self._in_name = i.name
         self.inputs = len(self._s.get_inputs())
         self.output_names = tuple(o.name for o in self._s.get_outputs())
+        self.output_shapes = tuple(
+            tuple(d if isinstance(d, int) else 1 for d in o.shape) for o in self._s.get_outputs()
+        )
         self.input_shape = tuple(int(d) if isinstance(d, int) else 1 for d in i.shape)
         self.input_dtype = np.float32
         self.input_quant = (0.0, 0)
@@ -487,7 +492,7 @@ def signature_problem(signature: Signature | None, backend: Backend) -> str | No
     if signature is None:
         if backend.inputs > 1:
             return f"takes {backend.inputs} inputs and the bundle has no signature saying which a request fills"
-        return None
+        return answers.unsigned_problem(backend.output_shapes)
     if len(signature.request_inputs) != 1:
         return f"its signature asks for {len(signature.request_inputs)} inputs per request; the local API feeds one"
     want = signature.request_inputs[0]

@@ -168,6 +168,7 @@ def load_model(bundle: VerifiedBundle, opts: LoadOptions, metrics: Metrics | Non
         [o.name for o in session.get_outputs()],
         bundle.labels,
         src,
+        [o.shape for o in session.get_outputs()],
     )
     try:
         session.run(None, {spec.input.name: _warmup_input(spec)})

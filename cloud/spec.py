@@ -203,8 +203,11 @@ def model_spec(
     outputs: Sequence[str],
     labels: tuple[str, ...],
     source: str,
+    output_shapes: Sequence[Sequence[Any]] | None = None,
 ) -> ModelSpec:
-    """Everything the service needs to know about one bundle's ONNX twin, or BundleRefused."""
+    """Everything the service needs to know about one bundle's ONNX twin, or BundleRefused.
+    ``output_shapes`` (one per output) lets a bundle without a signature be checked to be a
+    classifier, the only thing it can be answered as."""
     if len(inputs) != 1:
         raise BundleRefused(
             source,
@@ -226,6 +229,10 @@ def model_spec(
             f"ONNX model has {len(outputs)} outputs, the signature lists {len(signature.answer_outputs)} "
             f"({', '.join(t.name for t in signature.answer_outputs[:4])})",
         )
+    if signature is None:
+        problem = answers.unsigned_problem(output_shapes if output_shapes is not None else [[None]] * len(outputs))
+        if problem is not None:
+            raise BundleRefused(source, Reason.MALFORMED.value, f"ONNX model {problem}")
     task = signature.task if signature is not None else model.get("task", LEGACY_TASK)
     return ModelSpec(
         manifest_name,

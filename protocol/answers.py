@@ -44,6 +44,26 @@ def form(signature: Signature | None) -> str:
     return CLASSIFICATION if signature is None or signature.classification else TENSORS
 
 
+def unsigned_problem(output_shapes: Sequence[Sequence[Any]]) -> str | None:
+    """Why a bundle without a signature cannot be answered, or None. Such a bundle is answered as
+    a classifier (all bundles were, before signatures), which is right only for a model with one
+    output that is one vector of class scores (``[N]`` or ``[1, N]``; a dimension that is not a
+    number is the batch). A segmenter's mask or a pose model's keypoints forced through an old
+    import would otherwise be ranked as class scores."""
+    if len(output_shapes) != 1:
+        return (
+            f"has {len(output_shapes)} outputs and its bundle no model signature, so it would be answered as a "
+            "classifier; re-import it (edgefleet-compile import) to get a signature"
+        )
+    dims = [d for d in output_shapes[0] if isinstance(d, int) and d != 1]
+    if len(dims) > 1:
+        return (
+            f"output {list(output_shapes[0])} is not one vector of class scores and its bundle has no model "
+            "signature, so it would be answered as a classifier; re-import it (edgefleet-compile import) to get one"
+        )
+    return None
+
+
 def top(scores: Any, labels: Sequence[str], k: int = TOP_K) -> list[dict[str, Any]]:
     """The ``k`` best classes of one row of scores, best first (ties: the lower index)."""
     row = scores.reshape(-1).astype("float64")  # uint8 scores must not wrap when negated

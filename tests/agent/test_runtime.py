@@ -63,3 +63,23 @@ def test_agent_with_a_crashing_libedgetpu_serves_on_the_cpu(tmp_path, coral_mode
     assert st.inventory.edgetpu is False and "signal 11" in (st.inventory.edgetpu_detail or "")
     code, out = agent.predict_image((coral_models / "cat_720p.jpg").read_bytes())
     assert code == 200 and out["served_by"] == "cpu"
+
+
+def test_an_unsigned_bundle_of_a_pose_or_segmentation_model_is_refused_not_ranked_as_class_scores(coral_models):
+    """A bundle made before signatures is served as a classifier; a MoveNet or deeplab forced
+    through an old import would have had its keypoints or mask ranked as class scores."""
+    from agent.runtime import LiteRTBackend, signature_problem
+
+    for name, ok in (
+        ("mobilenet_v1_0.25_128_quant.tflite", True),
+        ("movenet_single_pose_lightning_ptq.tflite", False),
+        ("deeplabv3_mnv2_dm05_pascal_quant.tflite", False),
+    ):
+        backend = LiteRTBackend(coral_models / name)
+        try:
+            problem = signature_problem(None, backend)
+        finally:
+            backend.close()
+        assert (problem is None) == ok, (name, problem)
+        if not ok:
+            assert "not one vector of class scores" in problem

@@ -240,3 +240,22 @@ def test_integer_onnx_output_is_dequantized_with_the_manifest_output_quantizatio
         top = r.json()["top"][0]
         assert top["label"] == "Egyptian cat" and 0.0 < top["score"] <= 1.0, top
         assert 0.9 < sum(r.json()["predictions"][0]) < 1.1  # softmax scores (uint8-rounded), not raw 0..255 codes
+
+
+@pytest.mark.parametrize("shape, served", [([None, 10], True), ([1, 513, 513], False), (["N", 1, 17, 3], False)])
+def test_a_twin_without_a_signature_is_served_only_if_it_outputs_class_scores(shape, served):
+    """A bundle made before signatures is answered as a classifier: a segmenter's or pose
+    model's twin forced through an old import is refused, not ranked as class scores."""
+    from cloud.spec import model_spec
+
+    def spec():
+        return model_spec(
+            "m", "1", "d" * 64, 1, {}, [("x", "tensor(float)", ["N", 8, 8, 1])], ["y"], (), "src", [shape]
+        )
+
+    if served:
+        assert spec().signature is None
+    else:
+        with pytest.raises(BundleRefused) as info:
+            spec()
+        assert "not one vector of class scores" in str(info.value)

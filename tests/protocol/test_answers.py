@@ -80,3 +80,21 @@ def test_a_float_output_already_dequantized_is_not_dequantized_again():
     spec = TensorSpec("emb", "uint8", (1, 2), "embedding", Quantization(0.5, 4))
     done = np.array([[1.0, 2.0]], np.float32)
     assert answers.dequantize(spec, done) is done
+
+
+@pytest.mark.parametrize(
+    "shapes, ok",
+    [
+        ([[1, 1001]], True),
+        ([[10]], True),
+        ([["batch", 10]], True),
+        ([[1, 513, 513]], False),  # a segmenter's mask forced through an old import
+        ([[1, 1, 17, 3]], False),  # a pose model's keypoints
+        ([[1, 10, 4], [1, 10], [1, 10], [1]], False),  # a detector's four outputs
+    ],
+)
+def test_a_bundle_without_a_signature_is_answered_only_if_it_really_is_a_classifier(shapes, ok):
+    problem = answers.unsigned_problem(shapes)
+    assert (problem is None) == ok
+    if not ok:
+        assert "no model signature" in problem and "re-import" in problem
