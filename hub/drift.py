@@ -24,28 +24,14 @@ __all__ = ["STATUSES", "DriftReport", "FeatureVerdict", "Thresholds", "assess", 
 
 
 @dataclass(frozen=True)
-class FeatureVerdict:
-    feature: str
-    status: str
-    samples: int
-    psi: float | None = None
-    js: float | None = None
-    ks: float | None = None
-    ks_critical: float | None = None
+class FeatureVerdict(DriftVerdict):
+    """The one drift verdict (:func:`protocol.sketch.drift_verdict`) of a named feature."""
+
+    feature: str = ""
 
     @classmethod
     def of(cls, feature: str, v: DriftVerdict) -> FeatureVerdict:
-        return cls(feature, v.status, v.samples, v.psi, v.js, v.ks, v.ks_critical)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "samples": self.samples,
-            "psi": self.psi,
-            "js": self.js,
-            "ks": self.ks,
-            "ks_critical": self.ks_critical,
-        }
+        return cls(v.status, v.samples, v.psi, v.js, v.ks, v.ks_critical, feature)
 
 
 @dataclass(frozen=True)
@@ -84,7 +70,7 @@ def assess(
         wins = [list(w[side][name]) for w in windows if name in (w.get(side) or {})]
         wins = [w for w in wins if len(w) == len(feat.ref)]
         if not wins:
-            out.append(FeatureVerdict(key, "insufficient_data", 0))
+            out.append(FeatureVerdict("insufficient_data", 0, feature=key))
             continue
         out.append(FeatureVerdict.of(key, baseline.verdict(key, merge_counts(*wins), over)))
     return DriftReport(tuple(out))
