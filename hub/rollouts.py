@@ -70,17 +70,10 @@ log = logging.getLogger(__name__)
 # ---- state <-> rows ----------------------------------------------------------------------------
 def _baseline(fleet: Fleet, digest: str) -> tuple[dict[str, list[int]], DriftThresholds, dict[str, DriftThresholds]]:
     """The drift gate's inputs: reference counts, the model's thresholds and each feature's."""
-    cache: dict[str, Any] = fleet.__dict__.setdefault("_baseline_cache", {})
-    if digest not in cache:
-        try:
-            base = fleet.store.baseline(digest, fleet.store.manifest(digest))
-        except Exception:  # a missing or malformed baseline only disables the drift gate
-            base = None
-        if base is None:
-            cache[digest] = ({}, DriftThresholds(), {})
-        else:
-            cache[digest] = (base.refs(), base.thresholds_for(""), {k: base.thresholds_for(k) for k in base.features()})
-    return cache[digest]  # type: ignore[no-any-return]
+    base = fleet.store.baseline_of(digest)  # a missing or malformed baseline only disables the drift gate
+    if base is None:
+        return {}, DriftThresholds(), {}
+    return base.refs(), base.thresholds_for(""), {k: base.thresholds_for(k) for k in base.features()}
 
 
 _ROW_FIELDS = (

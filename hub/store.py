@@ -15,6 +15,7 @@ the artifacts against the manifest and signs with its own online key.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from protocol.errors import ProtocolError
 from protocol.signing import Envelope, SigningKey
 
 from .errors import Invalid, NotFound
+
+log = logging.getLogger(__name__)
 
 
 def split_archive(data: bytes) -> tuple[Envelope, dict[str, bytes]]:
@@ -98,6 +101,7 @@ class BundleStore:
     def __init__(self, root: Path, chunk_size: int = 64 * 1024) -> None:
         self.root = root
         self.chunk_size = chunk_size
+        self._baselines: dict[str, Baseline | None] = {}  # by digest: a bundle's files never change
         (root / "bundles").mkdir(parents=True, exist_ok=True)
         (root / "archives").mkdir(parents=True, exist_ok=True)
 
@@ -215,3 +219,15 @@ class BundleStore:
         if data is None or sha256_hex(data) != a.sha256:
             return None
         return parse_baseline(data)
+
+    def baseline_of(self, digest: str) -> Baseline | None:
+        """:meth:`baseline` of a stored bundle, read once (the device page, the alert scan, the
+        rollout gate and the charts all ask); None when it has none or it is missing or
+        malformed (drift is then not judged for that bundle, and the log says why once)."""
+        if digest not in self._baselines:
+            try:
+                self._baselines[digest] = self.baseline(digest, self.manifest(digest))
+            except (NotFound, OSError, ProtocolError) as exc:
+                log.warning("bundle %s: no usable drift baseline (%s)", digest[:12], exc)
+                self._baselines[digest] = None
+        return self._baselines[digest]

@@ -25,7 +25,6 @@ from protocol.messages import COUNT_KEYS
 from protocol.sketch import LatencySketch
 
 from . import drift
-from .errors import NotFound
 from .fleet import Fleet
 from .models import (
     Device,
@@ -148,10 +147,7 @@ def summarise(fleet: Fleet, rows: Sequence[TelemetryWindow], bundle: str | None)
 
 def drift_verdicts(fleet: Fleet, digest: str, merged: Merged) -> dict[str, Any]:
     """Per-feature verdicts (:func:`hub.drift.assess`) of merged windows vs the bundle's baseline."""
-    try:
-        baseline = fleet.store.baseline(digest, fleet.store.manifest(digest))
-    except (NotFound, OSError, BadPayload):
-        baseline = None
+    baseline = fleet.store.baseline_of(digest)
     if baseline is None:
         return {}
     windows: dict[str, dict[str, list[int]]] = {}

@@ -28,9 +28,6 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from protocol.baseline import Baseline
-from protocol.errors import BadPayload
-
 from .. import devices, rollouts
 from ..auth import COOKIE, Caller, caller_for, caller_of
 from ..errors import HubError, NotFound
@@ -53,23 +50,6 @@ NAV = {
     "rollout.html": "rollouts",
     "audit.html": "audit",
 }
-
-
-class Baselines:
-    """Each bundle's drift baseline, read once from the store (None: it has none, or not a
-    readable one)."""
-
-    def __init__(self, fleet: Fleet) -> None:
-        self.fleet = fleet
-        self._cache: dict[str, Baseline | None] = {}
-
-    def __call__(self, digest: str) -> Baseline | None:
-        if digest not in self._cache:
-            try:
-                self._cache[digest] = self.fleet.store.baseline(digest, self.fleet.store.manifest(digest))
-            except (HubError, OSError, BadPayload):
-                self._cache[digest] = None
-        return self._cache[digest]
 
 
 def _bool_param(name: str, v: str | None) -> bool | None:
@@ -180,12 +160,8 @@ def install(app: FastAPI) -> None:
 def dashboard_router() -> APIRouter:
     """Pages and feeds (see :func:`install`). Needs ``app.state.fleet`` and ``app.state.tokens``."""
     router = APIRouter(include_in_schema=False)
-    caches: dict[int, Baselines] = {}
     # every open fleet page polls the same series; merging 20k sketches is the costly part
     series_cache: dict[tuple[int, str], tuple[float, dict[str, Any]]] = {}
-
-    def baselines(fleet: Fleet) -> Baselines:
-        return caches.setdefault(id(fleet), Baselines(fleet))
 
     @router.get("/favicon.ico")
     def favicon() -> Response:
@@ -280,7 +256,7 @@ def dashboard_router() -> APIRouter:
             with f.session() as s:
                 hit = series_cache[(id(f), span)] = (
                     now,
-                    queries.fleet_series(s, int(time.time()), baselines(f), SPANS[span]),
+                    queries.fleet_series(s, int(time.time()), f.store.baseline_of, SPANS[span]),
                 )
         return JSONResponse(hit[1])
 
@@ -320,7 +296,7 @@ def dashboard_router() -> APIRouter:
             return bad_input(request, caller, exc)
         with f.session() as s:
             history = queries.device_history(s, device_id)
-            series = queries.device_series(s, device_id, baselines(f), limit=1)
+            series = queries.device_series(s, device_id, f.store.baseline_of, limit=1)
         return render(
             request,
             caller,
@@ -332,7 +308,7 @@ def dashboard_router() -> APIRouter:
     @router.get("/ui/feed/devices/{device_id}/series")
     def device_series(request: Request, caller: PageViewer, f: WebFleet, device_id: str) -> Response:
         with f.session() as s:
-            return JSONResponse(queries.device_series(s, device_id, baselines(f)))
+            return JSONResponse(queries.device_series(s, device_id, f.store.baseline_of))
 
     # ---- models --------------------------------------------------------------------------
     @router.get("/ui/models", response_class=HTMLResponse)

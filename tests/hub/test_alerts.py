@@ -7,7 +7,6 @@ import pytest
 from hub import alerting
 from hub.alerts import AlertRules, DeviceFacts, Raise, evaluate
 from hub.web import queries
-from hub.web.dashboard import Baselines
 
 from .helpers import status, telemetry
 from .test_api import push
@@ -82,7 +81,7 @@ def test_the_device_page_the_drift_alert_and_the_chart_judge_the_same_rows_alike
     alerting.scan(hub.fleet)
     (alert,) = client.get("/api/v1/alerts?open=true&kind=drift").json()["items"]
     with hub.fleet.session() as s:
-        chart = queries.device_series(s, "d", Baselines(hub.fleet))["drift_psi"]
+        chart = queries.device_series(s, "d", hub.fleet.store.baseline_of)["drift_psi"]
     assert page["inputs.brightness"]["status"] == "alert" and page["outputs.top1_class"]["status"] == "ok"
     assert alert["device"] == "d" and alert["detail"] == {"inputs.brightness": page["inputs.brightness"]}
     assert chart == {key: [round(v["psi"], 4)] for key, v in page.items()}
