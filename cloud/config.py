@@ -4,7 +4,9 @@ Built once in :func:`cloud.__main__.main` from the command line plus these varia
 
 * ``EDGEFLEET_CLOUD_API_KEYS`` - comma-separated API keys, each ``name:secret`` or ``secret``
   (added to the ``--api-key`` options; keeps secrets out of ``ps``);
-* ``EDGEFLEET_HUB_TOKEN`` - bearer token for ``--hub`` when ``--token`` is not given.
+* ``EDGEFLEET_HUB_TOKEN`` - bearer token for ``--hub`` when ``--token`` is not given;
+* ``EDGEFLEET_CLOUD_DEFAULT_MODEL`` - the model the seed's plain ``POST /predict`` serves when
+  ``--default-model`` is not given (the deploy files set it; empty means unset).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .errors import ConfigError
 
 ENV_API_KEYS = "EDGEFLEET_CLOUD_API_KEYS"
 ENV_HUB_TOKEN = "EDGEFLEET_HUB_TOKEN"
+ENV_DEFAULT_MODEL = "EDGEFLEET_CLOUD_DEFAULT_MODEL"
 MIN_SECRET_CHARS = 16
 
 
@@ -201,6 +204,9 @@ def build(
             raise ConfigError(f"--hub needs --token or {ENV_HUB_TOKEN}")
         _positive(hub_poll_s, "--hub-poll")
         source = HubSource(hub.rstrip("/"), tok, hub_poll_s)
+    default = (default_model or env.get(ENV_DEFAULT_MODEL, "")).strip() or None
+    if default is not None and not default.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ConfigError(f"--default-model / {ENV_DEFAULT_MODEL} must be a model name, got {default!r}")
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"--log-level must be DEBUG|INFO|WARNING|ERROR, got {log_level!r}")
@@ -210,7 +216,7 @@ def build(
         host=host,
         port=port,
         api_keys=keys,
-        default_model=default_model,
+        default_model=default,
         poll_s=poll_s,
         batch=BatchPolicy(max_batch, max_wait_ms / 1000.0, max_queue, queue_timeout_s, n_workers),
         session=SessionTuning(intra_threads, inter_threads, spinning, optimization),

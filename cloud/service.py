@@ -11,8 +11,8 @@ import logging
 
 from protocol.signing import Root
 
-from .config import ApiKey, CloudConfig
-from .errors import AuthError, BadInput, Unavailable
+from .config import ENV_DEFAULT_MODEL, ApiKey, CloudConfig
+from .errors import AuthError, BadInput, NotFound, Unavailable
 from .folder import Folder
 from .metrics import Metrics
 from .models import Catalog, LoadOptions, ServedModel
@@ -20,6 +20,7 @@ from .models import Catalog, LoadOptions, ServedModel
 log = logging.getLogger(__name__)
 
 HUB_STARTUP_S = 10.0
+SETTING = f"--default-model NAME / {ENV_DEFAULT_MODEL}"
 
 
 class Service:
@@ -70,15 +71,29 @@ class Service:
         await asyncio.to_thread(self.catalog.close)
 
     def model_for_predict(self, name: str | None) -> ServedModel:
+        """The model the seed's plain ``POST /predict`` serves: ``?model=``, else the configured
+        default, else the only model loaded. With several loaded and no default it refuses,
+        naming the models and the setting, rather than pick one the caller did not mean."""
         if name:
             return self.catalog.get(name)
-        if self.config.default_model:
-            return self.catalog.get(self.config.default_model)
         names = self.catalog.names()
         if not names:
             raise Unavailable("no model is loaded yet")
+        default = self.config.default_model
+        if default:
+            try:
+                return self.catalog.get(default)
+            except NotFound as exc:  # the catalog's message says why (e.g. a bundle with no twin)
+                raise NotFound(
+                    f"the default model {default!r} ({SETTING}) is not served: {exc}; "
+                    f"pass ?model=NAME with one of: {', '.join(names)}"
+                ) from None
         if len(names) > 1:
-            raise BadInput("model", f"several models are served ({', '.join(names)}); pass ?model=NAME")
+            raise BadInput(
+                "model",
+                f"several models are served ({', '.join(names)}) and no default is set: pass ?model=NAME, "
+                f"or set {SETTING} to one of them",
+            )
         return self.catalog.default(names[0])
 
     def admit(self, key: ApiKey) -> bool:

@@ -214,17 +214,45 @@ def test_nchw_rgb_model_gets_channels_first_input(setup: Setup, trust: Any) -> N
         assert info["image"]["layout"] == "nchw"
 
 
-def test_several_models_need_a_model_query_on_predict(setup: Setup, trust: Any, tiny: Tiny) -> None:
+def test_several_models_without_a_default_refuse_predict_naming_the_models_and_the_setting(
+    setup: Setup, trust: Any, tiny: Tiny
+) -> None:
     drop(setup.bundles, make_archive(trust.targets_key, "a", "1", tiny.onnx))
     drop(setup.bundles, make_archive(trust.targets_key, "b", "1", tiny_model(seed=5).onnx))
     with client_for(setup, trust) as client:
         img = {"file": ("a.png", png(gradient()), "image/png")}
         r = client.post("/predict", files=img)
-        assert r.status_code == 400 and "?model=" in r.json()["detail"]
+        detail = r.json()["detail"]
+        assert r.status_code == 400 and "?model=" in detail, detail
+        assert "(a, b)" in detail and "--default-model" in detail and "EDGEFLEET_CLOUD_DEFAULT_MODEL" in detail
         r = client.post("/predict?model=b", files=img)
         assert r.status_code == 200 and r.json()["model"]["name"] == "b"
+
+
+def test_a_second_unrelated_model_leaves_the_seed_predict_on_the_default_model(
+    setup: Setup, trust: Any, tiny: Tiny
+) -> None:
+    img = {"file": ("a.png", png(gradient()), "image/png")}
+    drop(setup.bundles, make_archive(trust.targets_key, "a", "1", tiny.onnx))
     with client_for(setup, trust, default_model="a") as client:
         assert client.post("/predict", files=img).json()["model"]["name"] == "a"
+    drop(setup.bundles, make_archive(trust.targets_key, "b", "1", tiny_model(seed=5).onnx))
+    with client_for(setup, trust, default_model="a") as client:
+        r = client.post("/predict", files=img)
+        assert r.status_code == 200 and r.json()["model"]["name"] == "a"
+        assert client.post("/predict?model=b", files=img).json()["model"]["name"] == "b"
+
+
+def test_a_default_model_that_is_not_served_is_a_404_naming_it_and_the_served_models(
+    setup: Setup, trust: Any, tiny: Tiny
+) -> None:
+    drop(setup.bundles, make_archive(trust.targets_key, "a", "1", tiny.onnx))
+    drop(setup.bundles, make_archive(trust.targets_key, "b", "1", tiny_model(seed=5).onnx))
+    with client_for(setup, trust, default_model="digits") as client:
+        r = client.post("/predict", files={"file": ("a.png", png(gradient()), "image/png")})
+        detail = r.json()["detail"]
+        assert r.status_code == 404 and "'digits'" in detail and "--default-model" in detail, detail
+        assert "a, b" in detail
 
 
 def test_health_is_always_up_and_ready_needs_a_verified_model(setup: Setup, trust: Any, tiny: Tiny) -> None:

@@ -35,6 +35,7 @@ def test_bad_options_are_named_with_their_values(setup: Setup, tmp_path: Path) -
         ({"workers": -2}, "--workers"),
         ({"processes": -1}, "--processes"),
         ({"poll_s": -1}, "--poll"),
+        ({"default_model": "a b"}, "'a b'"),
     ]
     for kw, needle in cases:
         args: dict[str, object] = {"bundles": str(setup.bundles), "root": str(setup.root), "environ": {}}
@@ -70,3 +71,10 @@ def test_processes_share_out_the_cpus_as_workers_unless_workers_are_given(setup:
     assert two.processes == 2 and two.batch.workers == max(1, cpus // 2)
     assert build(setup, processes=0).processes == cpus
     assert build(setup, processes=2, workers=3).batch.workers == 3
+
+
+def test_default_model_comes_from_the_flag_or_the_environment(setup: Setup) -> None:
+    assert build(setup).default_model is None
+    assert build(setup, environ={cfg.ENV_DEFAULT_MODEL: "digits"}).default_model == "digits"
+    assert build(setup, environ={cfg.ENV_DEFAULT_MODEL: " "}).default_model is None  # compose's empty default
+    assert build(setup, default_model="birds", environ={cfg.ENV_DEFAULT_MODEL: "digits"}).default_model == "birds"

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from cloud.__main__ import parser
+from cloud.config import ENV_DEFAULT_MODEL
 from cloud.guard import OPEN_PATHS
 
 from .conftest import REPO
@@ -73,3 +74,12 @@ def test_dockerfile_is_slim_non_root_with_a_healthcheck_on_the_served_port() -> 
     ns = parser().parse_args(argv[1:])
     assert re.search(rf"^EXPOSE {ns.port}$", text, re.M)
     assert "'.[cloud]'" in text  # only the cloud extra: no TensorFlow in the image
+
+
+def test_every_deploy_file_names_the_default_model_for_the_seeds_predict() -> None:
+    (container,) = docs()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env.get(ENV_DEFAULT_MODEL)
+    assert re.search(rf"^ENV .*\b{ENV_DEFAULT_MODEL}=\w+", (DEPLOY / "Dockerfile").read_text(), re.M)
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert ENV_DEFAULT_MODEL in compose["services"]["cloud"]["environment"]
