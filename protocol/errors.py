@@ -26,6 +26,7 @@ class Reason(str, Enum):
     TIMEOUT = "timeout"
     REPLAYED = "replayed"
     WRONG_DEVICE = "wrong_device"
+    UNKNOWN_COMMAND = "unknown_command"
     INTERNAL = "internal"
 
 
@@ -58,3 +59,16 @@ class VerificationError(ProtocolError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason.value}: {detail}")
+
+
+class BadParameter(ProtocolError):
+    """A request parameter that is unknown, does not apply to the model's task, or is out of
+    range (a client's mistake: the servers answer 4xx)."""
+
+    reason = Reason.MALFORMED
+
+    def __init__(self, name: str, value: object, problem: str) -> None:
+        self.name = name
+        self.value = value
+        self.problem = problem
+        super().__init__(f"request parameter {name}={value!r:.60}: {problem}")

@@ -8,6 +8,8 @@ Layout (prefix ``ef/v1``)::
     ef/v1/dev/{device}/telemetry   agent -> hub   periodic window: latency sketch, drift, counts
     ef/v1/dev/{device}/ack         hub -> agent   application acks of telemetry sequence numbers
     ef/v1/dev/{device}/fetch       agent -> hub   "these chunks of bundle B never arrived"
+    ef/v1/dev/{device}/command     hub -> agent   signed remote-diagnostics command (QoS 1, not retained)
+    ef/v1/dev/{device}/result      agent -> hub   the answer to one command (protocol.commands)
     ef/v1/bundle/{digest}/chunk/{i} hub -> agents retained; one copy per bundle fans out to all
     ef/v1/bundle/{digest}/manifest  hub -> agents retained; the bundle's manifest signed again
                                    after the hub's online key changed (agents refresh the
@@ -38,9 +40,20 @@ class Kind(str, Enum):
     CHUNK = "chunk"
     MANIFEST = "manifest"
     ROOT = "root"
+    COMMAND = "command"
+    RESULT = "result"
 
 
-DEVICE_KINDS = (Kind.STATUS, Kind.DESIRED, Kind.REPORT, Kind.TELEMETRY, Kind.ACK, Kind.FETCH)
+DEVICE_KINDS = (
+    Kind.STATUS,
+    Kind.DESIRED,
+    Kind.REPORT,
+    Kind.TELEMETRY,
+    Kind.ACK,
+    Kind.FETCH,
+    Kind.COMMAND,
+    Kind.RESULT,
+)
 
 
 def check_device_id(device: str) -> str:
