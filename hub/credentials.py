@@ -10,12 +10,13 @@ and sends the broker SIGHUP (it re-reads both). ACL (``%u`` = the authenticated 
 which is the device id; the client-chosen client id is never trusted)::
 
     user <hub>                      topic readwrite ef/v1/#
-    pattern write ef/v1/dev/%u/{status,report,telemetry,fetch}
-    pattern read  ef/v1/dev/%u/{desired,ack}
+    pattern write ef/v1/dev/%u/{status,report,telemetry,fetch,result}
+    pattern read  ef/v1/dev/%u/{desired,ack,command}
     pattern read  ef/v1/bundle/+/chunk/+, ef/v1/bundle/+/manifest and ef/v1/root
 
 so a device can publish only on its own topics (MQTT v5 PUBACK 135 otherwise) and read only
-its own desired state and acks, bundle chunks and the root.
+its own desired state, acks and commands, bundle chunks and the root: it can neither read
+another device's commands nor answer them in its name (its results go on its own topic only).
 
 Beside them the hub writes ``edgefleet.conf``, the broker listener the two files need, for
 the operator's ``mosquitto.conf`` to ``include_dir``: the hub's broker port (bound to loopback
@@ -35,8 +36,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes
-DEVICE_WRITE = ("status", "report", "telemetry", "fetch")
-DEVICE_READ = ("desired", "ack")
+DEVICE_WRITE = ("status", "report", "telemetry", "fetch", "result")
+DEVICE_READ = ("desired", "ack", "command")
 
 
 def new_secret(nbytes: int = 24) -> str:

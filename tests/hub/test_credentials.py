@@ -185,3 +185,47 @@ def test_a_public_broker_url_with_a_password_is_refused_at_start():
 
     with pytest.raises(ConfigError, match="broker_public.*carries a password"):
         HubConfig.load({"dev": True, "broker_public": "mqtt://hub:s3cret@broker:1883"}, environ={})
+
+
+@pytest.mark.integration
+def test_a_device_can_neither_read_another_devices_commands_nor_forge_its_results(tmp_path: Path, keys_dir: Path):
+    auth = tmp_path / "auth"
+    port = free_port()
+    cfg = hub_config(tmp_path, keys_dir, broker=f"mqtt://hub:hub-secret@127.0.0.1:{port}", mqtt_auth_dir=auth)
+    hub = build(cfg, publisher=MemoryPublisher(), with_broker=False)
+    api = TestClient(hub.app, headers={"Authorization": f"Bearer {TOKEN}"})
+    creds = {}
+    for dev in ("dev-a", "dev-b"):
+        tok = api.post("/api/v1/devices/enroll", json={"device": dev}).json()["token"]
+        creds[dev] = TestClient(hub.app).post("/api/v1/enroll", json={"token": tok}).json()["mqtt"]["password"]
+    broker = start_mosquitto(tmp_path / "broker", f"include_dir {auth}\nuser root\n", port=port)
+    clients = []
+    try:
+        a = Client(broker.port, "dev-a", creds["dev-a"])
+        hubc = Client(broker.port, "hub", "hub-secret")
+        clients += [a, hubc]
+        assert a.connected.wait(10) and a.rc == 0 and hubc.connected.wait(10) and hubc.rc == 0
+        assert a.publish_rc("ef/v1/dev/dev-b/result") == 135  # a forged answer in dev-b's name
+        assert a.publish_rc("ef/v1/dev/dev-a/command") == 135  # commands come from the hub only
+        assert a.publish_rc("ef/v1/dev/dev-a/result") in (0, 16)
+        seen: list[str] = []
+        a.c.on_message = lambda _c, _u, m: seen.append(m.topic)
+        a.c.subscribe([("ef/v1/dev/+/command", 1), ("ef/v1/dev/dev-b/command", 1), ("ef/v1/dev/dev-a/command", 1)])
+        results: list[str] = []
+        hubc.c.on_message = lambda _c, _u, m: results.append(m.topic)
+        hubc.c.subscribe("ef/v1/dev/+/result", 1)
+        time.sleep(0.5)  # both SUBACKs
+        assert hubc.publish_rc("ef/v1/dev/dev-b/command") in (0, 16)
+        assert hubc.publish_rc("ef/v1/dev/dev-a/command") in (0, 16)
+        assert a.publish_rc("ef/v1/dev/dev-a/result") in (0, 16)
+        deadline = time.monotonic() + 10
+        while not (seen and results) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert seen and set(seen) == {"ef/v1/dev/dev-a/command"}, seen  # never dev-b's
+        assert set(results) == {"ef/v1/dev/dev-a/result"}, results  # the forged one never arrived
+    finally:
+        for c in clients:
+            c.close()
+        broker.stop()
+        hub.fleet.engine.dispose()
