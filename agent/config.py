@@ -20,7 +20,9 @@ Example ``agent.toml``::
 
 Environment hooks (tests and operators): ``EDGEFLEET_AGENT_CRASH_AT=<stage>`` makes the agent
 ``os._exit(137)`` when it reaches that install stage (download, verify, stage, switch, commit);
-``EDGEFLEET_AGENT_FREE_DISK=<bytes>`` overrides the free-disk probe.
+``EDGEFLEET_AGENT_FREE_DISK=<bytes>`` overrides the free-disk probe. systemd's ``NOTIFY_SOCKET``
+and ``WATCHDOG_USEC`` (``Type=notify`` units) become ``notify_socket`` and ``watchdog_s``
+(:mod:`agent.notify`); ``WATCHDOG_USEC`` meant for another process (``WATCHDOG_PID``) is ignored.
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ class AgentConfig:
     threads: int | None = None
     crash_at: str | None = None
     free_disk_override: int | None = None
+    notify_socket: str | None = None  # systemd's NOTIFY_SOCKET (agent.notify)
+    watchdog_s: float | None = None  # systemd's WATCHDOG_USEC, in seconds
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -116,7 +120,8 @@ class AgentConfig:
         return self.state_dir / "http.port"
 
 
-_KNOWN = {f for f in AgentConfig.__dataclass_fields__} - {"crash_at", "free_disk_override", "extra"}
+_FROM_ENV = {"crash_at", "free_disk_override", "notify_socket", "watchdog_s"}
+_KNOWN = {f for f in AgentConfig.__dataclass_fields__} - _FROM_ENV - {"extra"}
 
 
 def _get(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
@@ -147,6 +152,18 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> float:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{key}: expected a number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return value
+
+
+def _systemd(env: Mapping[str, str]) -> tuple[str | None, float | None]:
+    """``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` (seconds) as systemd passes them to a notify unit."""
+    sock = env.get("NOTIFY_SOCKET") or None
+    raw = env.get("WATCHDOG_USEC") or ""
+    pid = env.get("WATCHDOG_PID") or ""
+    if not raw or (pid and pid != str(os.getpid())):
+        return sock, None
+    if not raw.isdigit() or int(raw) == 0:
+        raise ConfigError(f"WATCHDOG_USEC: expected a positive number of microseconds, got {raw!r}")
+    return sock, int(raw) / 1e6
 
 
 def from_dict(doc: Mapping[str, Any], base: Path = Path("."), env: Mapping[str, str] | None = None) -> AgentConfig:
@@ -183,6 +200,7 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."), env: Mapping[str, 
         if not raw.isdigit():
             raise ConfigError(f"EDGEFLEET_AGENT_FREE_DISK: expected a byte count, got {raw!r}")
         free_disk = int(raw)
+    notify_socket, watchdog_s = _systemd(env)
     budget = _get(doc, "latency_budget_ms", float, None)
     threads = _get(doc, "threads", int, None)
     if threads is not None and not 1 <= threads <= 64:
@@ -226,6 +244,8 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."), env: Mapping[str, 
         threads=threads,
         crash_at=crash_at,
         free_disk_override=free_disk,
+        notify_socket=notify_socket,
+        watchdog_s=watchdog_s,
         extra={k: v for k, v in doc.items() if k not in _KNOWN},
     )
     if (cfg.username is None) != (cfg.password is None):

@@ -40,6 +40,7 @@ from .durable import read_json, write_atomic, write_json
 from .errors import ConnectError, RootExpired, StartupError
 from .install import crash_verdict, recover, require_fresh_root
 from .localapi import make_server, make_unix_server
+from .notify import Notifier
 from .serve import CloudClient, Serving
 from .slots import Slots, SlotsState
 from .telemetry import Recorder, health
@@ -75,6 +76,7 @@ class Agent:
         self.root = load_root(cfg)
         self.events: queue.Queue[Any] = queue.Queue()  # Incoming messages or (name, *args) tuples
         self.stop_event = threading.Event()
+        self.notifier = Notifier(cfg.notify_socket, cfg.watchdog_s)  # systemd Type=notify; no-op without
         self.backlog = Backlog(cfg.state_dir / "backlog.sqlite", cfg.backlog_max_rows)
         self.slots = Slots(cfg.state_dir)
         self.recorder = Recorder()
@@ -537,6 +539,7 @@ class Agent:
         net = threading.Thread(target=self._network, name="network", daemon=True)
         net.start()
         self.resume_job()
+        self.notifier.ready(f"local API on port {self.http_port}")
         next_tel = time.monotonic() + self.cfg.telemetry_interval_s
         next_resend = time.monotonic() + 1.0
         try:
@@ -548,6 +551,7 @@ class Agent:
                 if ev is not None:
                     self._dispatch(ev)
                 now = time.monotonic()
+                self.notifier.watchdog(now)  # a main loop that stops turning is restarted by systemd
                 self.updater.tick(now)
                 if now >= next_tel:
                     next_tel = now + self.cfg.telemetry_interval_s
@@ -578,6 +582,7 @@ class Agent:
 
     def shutdown(self) -> None:
         self.stop_event.set()
+        self.notifier.stopping()
         for srv in (self._server, self._unix):
             if srv is not None:
                 srv.shutdown()
