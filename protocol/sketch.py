@@ -42,6 +42,11 @@ GAMMA = 2 ** (1 / 8)
 MIN_S = 1e-6  # 1 microsecond
 MAX_INDEX = int(math.log(3600 / MIN_S, GAMMA)) + 1  # up to an hour
 EPS = 1e-4
+# Prometheus histogram bounds that fall on sketch bucket edges (every 4th edge: half an octave,
+# 0.256 ms .. 8.39 s), so a sketch becomes histogram buckets exactly: no bucket is split.
+HISTOGRAM_STEP = 4
+HISTOGRAM_EDGES = tuple(range(64, 185, HISTOGRAM_STEP))  # sketch edge i is MIN_S * GAMMA**i
+HISTOGRAM_BOUNDS_S = tuple(float(f"{MIN_S * GAMMA**i:.6g}") for i in HISTOGRAM_EDGES)  # 6 digits: readable le
 
 
 @dataclass
@@ -96,6 +101,15 @@ class LatencySketch:
                 mid: float = MIN_S * GAMMA ** (i + 0.5)  # float ** float is typed Any (could be complex)
                 return max(self.min, min(self.max, mid))
         return self.max
+
+    def histogram(self) -> list[int]:
+        """Counts per Prometheus bucket of :data:`HISTOGRAM_BOUNDS_S` (not cumulative), then the
+        count above the last bound (``+Inf``): sketch bucket ``i`` ends at edge ``i + 1``, so it
+        lies wholly below the first bound whose edge is >= ``i + 1``."""
+        out = [0] * (len(HISTOGRAM_EDGES) + 1)
+        for i, c in self.counts.items():
+            out[bisect.bisect_left(HISTOGRAM_EDGES, i + 1)] += c
+        return out
 
     @property
     def mean(self) -> float | None:

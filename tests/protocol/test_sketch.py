@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -77,3 +78,21 @@ def test_window_with_wrong_number_of_bins_is_a_bad_payload():
     with pytest.raises(BadPayload, match="window has 2 bins, baseline has 3"):
         psi([1, 2, 3], [1, 2])
     assert merge_counts([1, 2], [3, 4]) == [4, 6]
+
+
+def test_a_sketch_becomes_prometheus_buckets_with_every_value_at_or_below_its_bound():
+    from protocol.sketch import HISTOGRAM_BOUNDS_S
+
+    values = [1e-7, 0.0002, 0.0003, 0.001, 0.0099, 0.01, 0.05, 0.3, 2.0, 8.0, 9.0, 3600.0]
+    sk = LatencySketch()
+    for v in values:
+        sk.add(v)
+    counts = sk.histogram()
+    assert len(counts) == len(HISTOGRAM_BOUNDS_S) + 1 and sum(counts) == len(values)
+    # the bucket each value is counted in is the first bound at or above it, or the one before
+    # it when the value's sketch bucket straddles nothing (bounds fall on sketch edges)
+    bounds = (*HISTOGRAM_BOUNDS_S, math.inf)
+    expected = [0] * len(bounds)
+    for v in values:
+        expected[next(j for j, b in enumerate(bounds) if v <= b * (1 + 1e-5))] += 1
+    assert counts == expected
