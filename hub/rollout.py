@@ -15,13 +15,17 @@ Device states (``DeviceState.state``)::
 
     pending ─(its cohort opens; compatible)─▶ issued ─progress─▶ installing ─ok─▶ installed
     pending ─(incompatible inventory)─▶ incompatible
+    pending ─(its cohort opens; its group's maintenance window closed)─▶ waiting ─(window open,
+        rollout running)─▶ issued        (any issue of an install, a retry too, waits the same way)
+    installing ─(report: held by the app until T)─▶ installing, its timeout counting from T
     issued/installing ─failed(retryable) or timeout, attempts < 1 + max_retries─▶ issued (re-issued)
     issued/installing ─failed(other reason)─▶ failed
     issued/installing ─timeout, retries spent─▶ timed_out ─comes back online─▶ issued (re-issued)
     any issued-or-later ─rollback─▶ rolling_back ─ok / status shows previous bundle─▶ rolled_back
     (no previous bundle: told ``idle``, keeps serving; its idle-ok report settles it as
     rolled_back with reason NO_PREVIOUS, and the rollout's reason counts such devices)
-    pending ─cancel/abort/rollback─▶ cancelled
+    pending/waiting ─cancel/abort/rollback─▶ cancelled   (rollback: a waiting device that was
+        issued before is told to roll back instead; it may have installed meanwhile)
 
 Rules, in the order ``advance`` applies them:
 
@@ -39,20 +43,32 @@ Rules, in the order ``advance`` applies them:
    whose active bundle is the target settles an issued/installing device as ``installed``;
    one whose active bundle is the previous bundle settles a ``rolling_back`` device; a
    ``timed_out`` device that comes back online is re-issued the rollout's *current* target
-   (or, in a rolled-back rollout, its previous bundle), never an intermediate one.
+   (or, in a rolled-back rollout, its previous bundle), never an intermediate one; a ``waiting``
+   device whose status shows the target is ``installed``.
 3. **Install reports** (``InstallReport``; the shell matched ``desired_seq`` to this
    rollout): progress moves ``issued`` to ``installing``; ``commit``/``switch`` ok installs;
    ``failed`` re-issues when the reason is retryable (timeout, hash/length mismatch,
    malformed, internal, expired) and attempts remain, else the device is ``failed``;
    ``rollback``/``ok`` with a reason other than ``ok`` (the agent gave the bundle up after
-   installing it: errors or crashes on probation) fails an issued or installed device.
+   installing it: errors or crashes on probation) fails an issued or installed device. A
+   progress report with ``hold_until`` (an app on the device holds the switch, agent/README.md)
+   says "held by app until T" and moves the device's timeout to start at T, T capped at
+   ``now + max_hold_s``: a device that claims a longer hold still times out.
 4. **Timeouts**: an ``issued``/``installing`` device older than ``install_timeout_s`` is
    re-issued while attempts remain (``1 + max_retries`` in all), else ``timed_out``.
-5. **Cohorts** (only while ``running``): cohort sizes are cumulative (``"1"``, ``"10%"``,
+5. **Maintenance windows** (``WindowClosed`` events; the shell sends one per device whose
+   group's window is closed now, with when it opens; none when ``policy.ignore_windows``): an
+   install is never issued to such a device; it is ``waiting`` with "waiting for window (opens
+   at ...)" and counts as neither failed nor timed out (no timeout runs while it waits). While
+   ``running``, a waiting device whose window is open is issued. Cohorts take devices with open
+   windows first, so a canary is not stuck behind a closed window. A rollback ignores windows:
+   it is the emergency path (as Mender and hawkBit let a forced action override a window); a
+   rollout created with ``ignore_windows`` ignores them for its installs too.
+6. **Cohorts** (only while ``running``): cohort sizes are cumulative (``"1"``, ``"10%"``,
    ``"50%"``, ``"100%"`` of the devices in the rollout, at least one more than the previous
    cohort, the last always everything). Opening a cohort assigns the next pending devices (in
    id order) and issues the compatible ones; incompatible ones are marked and never issued.
-6. **Gates**, over every device assigned so far, evaluated on each ``advance`` while
+7. **Gates**, over every device assigned so far, evaluated on each ``advance`` while
    ``running`` (a stopped or completed rollout keeps its last results):
    install failure rate (failed + timed_out over settled), p95 latency vs the previous model on
    the same devices (merged sketches), error rate, cloud-fallback rate, drift
@@ -69,8 +85,9 @@ Rules, in the order ``advance`` applies them:
    device that feeds it most (else it passes, the detail naming that device); a cohort of one
    device breaches on its own. A breach triggers ``on_breach`` once
    (``pause`` | ``abort`` | ``rollback``) and emits an ``Alert``.
-7. **Soak**: when every assigned device is settled (installed / failed / timed_out /
-   incompatible) or offline, and at least one is settled (a cohort whose devices all went
+8. **Soak**: when every assigned device is settled (installed / failed / timed_out /
+   incompatible) or offline (a ``waiting`` device is neither: the cohort waits for its
+   window), and at least one is settled (a cohort whose devices all went
    offline has taught nothing: it waits), ``soak_started`` is set; after ``soak_s`` with no breach the next cohort opens
    (or ``awaiting_approval`` if ``approve_each_cohort``), or after the last cohort the rollout
    is ``completed``.
@@ -79,6 +96,7 @@ Rules, in the order ``advance`` applies them:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -147,6 +165,8 @@ class Policy:
     on_breach: str = "pause"
     approve_each_cohort: bool = False
     require_samples: bool = False
+    ignore_windows: bool = False  # install outside maintenance windows (rule 5)
+    max_hold_s: int = 3600  # the longest an app's hold on a device's switch delays its timeout
     gates: Gates = Gates()
 
     @classmethod
@@ -186,7 +206,9 @@ class Policy:
             _parse_size(c)
         if self.on_breach not in BREACH_ACTIONS:
             raise PolicyError(f"on_breach must be one of {BREACH_ACTIONS}, got {self.on_breach!r}")
-        for name in ("soak_s", "install_timeout_s", "max_retries"):
+        if not isinstance(self.ignore_windows, bool):
+            raise PolicyError(f"ignore_windows must be true/false, got {self.ignore_windows!r}")
+        for name in ("soak_s", "install_timeout_s", "max_retries", "max_hold_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise PolicyError(f"{name} must be an int >= 0, got {v!r}")
@@ -204,6 +226,8 @@ class Policy:
             "on_breach": self.on_breach,
             "approve_each_cohort": self.approve_each_cohort,
             "require_samples": self.require_samples,
+            "ignore_windows": self.ignore_windows,
+            "max_hold_s": self.max_hold_s,
             "gates": dict(self.gates.__dict__),
         }
 
@@ -342,6 +366,16 @@ class InstallReport:
     status: str  # progress | ok | failed
     reason: str = "ok"
     detail: str = ""
+    hold_until: int = 0  # the app on the device holds the switch until then (0: no hold)
+    hold_reason: str = ""
+
+
+@dataclass(frozen=True)
+class WindowClosed:
+    """``device``'s maintenance window is closed now and opens at ``opens`` (unix seconds)."""
+
+    device: str
+    opens: int
 
 
 @dataclass(frozen=True)
@@ -360,7 +394,7 @@ class Health:
     recovery_windows: int = 0  # windows left out: they overlap a period the fleet was recovering
 
 
-Event = Command | DeviceSeen | InstallReport | Health
+Event = Command | DeviceSeen | InstallReport | Health | WindowClosed
 
 
 # ---- outputs ---------------------------------------------------------------------------------
@@ -393,6 +427,7 @@ def advance(
     actions: list[Action] = []
     st = state
     health: dict[str, Health] = {}
+    closed = {} if policy.ignore_windows else {e.device: e.opens for e in events if isinstance(e, WindowClosed)}
 
     def put(d: DeviceState) -> None:
         devs[d.id] = d
@@ -401,6 +436,8 @@ def advance(
         if st.phase == "rolled_back":
             actions.append(Issue(d.id, "rollback" if d.from_bundle else "idle", d.from_bundle))
             return replace(d, state="rolling_back", attempts=d.attempts + 1, issued_at=now, reason=reason)
+        if d.id in closed:  # rule 5: nothing new outside the device's maintenance window
+            return replace(d, state="waiting", reason=waiting_reason(closed[d.id]))
         actions.append(Issue(d.id, "install", st.bundle))
         return replace(d, state="issued", attempts=d.attempts + 1, issued_at=now, reason=reason)
 
@@ -412,16 +449,18 @@ def advance(
             if d.from_bundle is None and d.state in ("issued", "installing", "installed", "failed", "timed_out")
         )
         for d in list(devs.values()):
-            if d.state in ("issued", "installing", "installed", "failed", "timed_out"):
+            if d.state in ("issued", "installing", "installed", "failed", "timed_out") or (
+                d.state == "waiting" and d.attempts > 0
+            ):
                 actions.append(Issue(d.id, "rollback" if d.from_bundle else "idle", d.from_bundle))
                 put(replace(d, state="rolling_back", issued_at=now, reason=reason))
-            elif d.state == "pending":
+            elif d.state in ("pending", "waiting"):
                 put(replace(d, state="cancelled", reason=reason))
         return f"; {keep} device(s) had no previous bundle and keep serving this one" if keep else ""
 
     def cancel_pending(reason: str) -> None:
         for d in list(devs.values()):
-            if d.state == "pending":
+            if d.state in ("pending", "waiting"):
                 put(replace(d, state="cancelled", reason=reason))
 
     # 1. operator commands
@@ -435,13 +474,13 @@ def advance(
             st = replace(st, phase="running", reason=f"resumed{who}")
         elif ev.op == "approve" and st.phase == "awaiting_approval":
             st = replace(st, phase="running", reason=f"approved{who}")
-            st = _open_next(st, devs, now, policy, issue, put)
+            st = _open_next(st, devs, now, policy, issue, put, closed)
         elif ev.op == "approve" and st.phase == "paused":
             breach = st.reason.startswith("gate breach")
             st = replace(st, phase="running", reason=f"approved{who}")
             if breach:  # the operator accepts what the gates saw; judge only new cohorts from here
                 st = replace(st, gate_floor=st.cohort + 1)
-                st = _open_next(st, devs, now, policy, issue, put)
+                st = _open_next(st, devs, now, policy, issue, put, closed)
         elif ev.op == "cancel":
             cancel_pending(f"cancelled{who}")
             st = replace(st, phase="cancelled", reason=f"cancelled{who}")
@@ -474,7 +513,9 @@ def advance(
                     st = replace(st, phase="running", reason=f"device {ev.device} came back and installs")
             if d.state == "pending" and d.cohort is None and ev.active is not None and ev.active != st.bundle:
                 d = replace(d, from_bundle=ev.active)
-            if d.state in ISSUED and ev.active == st.bundle and st.phase != "rolled_back":
+            if came_back and d.state == "waiting" and st.phase == "completed":
+                st = replace(st, phase="running", reason=f"device {ev.device} came back and waits for its window")
+            if d.state in (*ISSUED, "waiting") and ev.active == st.bundle and st.phase != "rolled_back":
                 d = replace(d, state="installed", reason="")
             elif d.state == "rolling_back" and ev.active == d.from_bundle:
                 d = replace(d, state="rolled_back", reason="")
@@ -516,6 +557,10 @@ def advance(
                     put(replace(d, state="failed", reason=why))
             elif ev.status == "ok" and ev.stage in ("commit", "switch"):
                 put(replace(d, state="installed", reason=""))
+            elif ev.status == "progress" and ev.hold_until > 0:
+                until = min(ev.hold_until, now + policy.max_hold_s)
+                why = f"held by app until {_utc(until)}" + (f": {ev.hold_reason}" if ev.hold_reason else "")
+                put(replace(d, state="installing", issued_at=max(d.issued_at, until), reason=why[:300]))
             else:
                 put(replace(d, state="installing", reason=ev.stage))
         elif isinstance(ev, Health):
@@ -530,14 +575,22 @@ def advance(
             else:
                 put(replace(d, state="timed_out", reason=f"no result within {policy.install_timeout_s}s"))
 
-    # 5.-7. cohorts, gates, soak
+    # 5. maintenance windows: a waiting device goes as soon as its window is open
+    for d in list(devs.values()):
+        if d.state == "waiting":
+            if d.id in closed:
+                put(replace(d, reason=waiting_reason(closed[d.id])))
+            elif st.phase == "running":
+                put(issue(d, "maintenance window open"))
+
+    # 6.-8. cohorts, gates, soak
     if st.phase in ("running", "completed") and st.cohort < 0:
-        st = _open_next(st, devs, now, policy, issue, put)
+        st = _open_next(st, devs, now, policy, issue, put, closed)
     elif st.phase == "running" and st.cohort >= 0:
         # devices that joined after their cohort size was computed go to the open cohort
         sizes = cohort_sizes(policy.cohorts, _eligible(devs))
         if sizes:
-            _assign(devs, sizes[min(st.cohort, len(sizes) - 1)], st.cohort, issue, put)
+            _assign(devs, sizes[min(st.cohort, len(sizes) - 1)], st.cohort, issue, put, closed)
 
     # gates judge a running rollout; once it stops or completes, its last judgement stands
     gates = (
@@ -592,7 +645,7 @@ def advance(
                     reason=f"cohort {st.cohort + 1} of {len(sizes)} passed; waiting for approve",
                 )
             else:
-                st = _open_next(st, devs, now, policy, issue, put)
+                st = _open_next(st, devs, now, policy, issue, put, closed)
 
     ordered = tuple(sorted(devs.values(), key=lambda d: d.id))
     return replace(st, devices=ordered), actions
@@ -603,14 +656,31 @@ def _eligible(devs: Mapping[str, DeviceState]) -> int:
     return sum(1 for d in devs.values() if d.state != "incompatible")
 
 
-def _assign(devs: dict[str, DeviceState], upto: int, cohort: int, issue: Any, put: Any) -> None:
-    """Give the next unassigned devices (online first, then by id) to ``cohort`` until ``upto``
-    eligible devices are assigned. Incompatible ones are marked with the cohort but not counted."""
+def waiting_reason(opens: int) -> str:
+    return f"waiting for window (opens at {_utc(opens)})"
+
+
+def _utc(t: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
+
+
+def _assign(
+    devs: dict[str, DeviceState],
+    upto: int,
+    cohort: int,
+    issue: Any,
+    put: Any,
+    closed: Mapping[str, int] | None = None,
+) -> None:
+    """Give the next unassigned devices (online first, then those whose maintenance window is
+    open, then by id) to ``cohort`` until ``upto`` eligible devices are assigned. Incompatible
+    ones are marked with the cohort but not counted."""
+    closed = closed or {}
     waiting = [d for d in devs.values() if d.cohort is None]
     if not waiting:
         return
     assigned = sum(1 for d in devs.values() if d.cohort is not None and d.state != "incompatible")
-    for d in sorted(waiting, key=lambda x: (not x.online, x.id)):
+    for d in sorted(waiting, key=lambda x: (not x.online, x.id in closed, x.id)):
         if d.cohort is not None:
             continue
         if d.state == "incompatible":
@@ -623,14 +693,20 @@ def _assign(devs: dict[str, DeviceState], upto: int, cohort: int, issue: Any, pu
 
 
 def _open_next(
-    st: RolloutState, devs: dict[str, DeviceState], now: int, policy: Policy, issue: Any, put: Any
+    st: RolloutState,
+    devs: dict[str, DeviceState],
+    now: int,
+    policy: Policy,
+    issue: Any,
+    put: Any,
+    closed: Mapping[str, int] | None = None,
 ) -> RolloutState:
     sizes = cohort_sizes(policy.cohorts, _eligible(devs))
     if not sizes:
         return replace(st, cohort=max(st.cohort, 0), soak_started=None)
     nxt = min(st.cohort + 1, len(sizes) - 1)
     st = replace(st, cohort=nxt, cohort_started=now, soak_started=None)
-    _assign(devs, sizes[nxt], nxt, issue, put)
+    _assign(devs, sizes[nxt], nxt, issue, put, closed)
     return st
 
 
