@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         help="trade a hub enrollment token for credentials; write agent.toml + root.json",
         description="Trade a one-time enrollment token (edgefleet-hub devices enroll) for this "
         "device's MQTT credentials and the trust root; write agent.toml and root.json "
-        "(mode 0600) next to it.",
+        "(mode 0600, or 0640 owned by --group) next to it.",
     )
     en.add_argument("--hub", required=True, help="hub base URL, e.g. https://hub.example.com")
     en.add_argument("--token", required=True, help="the one-time enrollment token")
@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     en.add_argument("--http-port", type=int, default=8780)
     en.add_argument("--root-sha256", help="expected SHA-256 of root.json (from the operator); refuse any other")
     en.add_argument("--force", action="store_true", help="replace existing files")
+    en.add_argument(
+        "--group", help="write the files 0640 owned by this group (the service user's: edgefleet) instead of 0600"
+    )
     en.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -104,7 +107,15 @@ def _enroll(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         e = enroll(
-            args.hub, args.token, args.config, args.state_dir, args.board, args.http_port, args.root_sha256, args.force
+            args.hub,
+            args.token,
+            args.config,
+            args.state_dir,
+            args.board,
+            args.http_port,
+            args.root_sha256,
+            args.force,
+            args.group,
         )
     except EnrollError as exc:
         print(f"edgefleet-agent enroll: {exc}", file=sys.stderr)

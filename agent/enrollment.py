@@ -5,11 +5,14 @@
 role (and, when the operator passes ``--root-sha256``, match that fingerprint exactly: that is
 what makes first contact trustworthy over an unauthenticated channel) and not expired (a device
 pinned to an expired root could verify nothing). Files are written 0600 and never overwritten
-without ``force``.
+without ``force``; with ``group`` (``--group edgefleet``, what ``firmware_images/install.sh``
+passes when it enrolls as root) they are 0640 and owned by that group, so the service user can
+read its config and nobody else can.
 """
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import json
 import os
@@ -108,13 +111,28 @@ def request(hub: str, token: str, timeout: float = 15.0) -> Any:
         raise EnrollError(f"{url}: {exc}") from None
 
 
-def _write_private(path: Path, data: bytes, force: bool) -> None:
+def group_id(name: str) -> int:
+    """The id of group ``name`` (the service user's group), or EnrollError naming it."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise EnrollError(f"group {name!r} does not exist (create the service user first)") from None
+
+
+def _write_private(path: Path, data: bytes, force: bool, gid: int | None = None) -> None:
+    """Write ``path`` atomically: 0600, or 0640 owned by group ``gid`` before any byte is in it."""
     if path.exists() and not force:
         raise EnrollError(f"{path} exists; pass --force to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
+        if gid is not None:
+            try:
+                os.fchown(f.fileno(), -1, gid)
+            except OSError as exc:
+                raise EnrollError(f"{path}: cannot give it to group id {gid} ({exc.strerror})") from None
+            os.fchmod(f.fileno(), 0o640)
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -130,11 +148,13 @@ def enroll(
     http_port: int = 8780,
     root_sha256: str | None = None,
     force: bool = False,
+    group: str | None = None,
 ) -> Enrollment:
     if config.exists() and not force:
         raise EnrollError(f"{config} exists; pass --force to replace it")
+    gid = group_id(group) if group is not None else None  # before the token is spent
     e = parse_answer(request(hub, token), root_sha256, int(time.time()))
     root_path = config.resolve().parent / "root.json"
-    _write_private(root_path, e.root, force)
-    _write_private(config, render_config(e, root_path, state_dir.resolve(), board, http_port).encode(), force)
+    _write_private(root_path, e.root, force, gid)
+    _write_private(config, render_config(e, root_path, state_dir.resolve(), board, http_port).encode(), force, gid)
     return e

@@ -124,3 +124,30 @@ def test_device_enrolls_at_the_real_hub_and_comes_online(tmp_path: Path):
             agent.terminate()
             agent.wait(15)
         fleet.stop_all()
+
+
+def test_files_for_the_service_group_are_0640_owned_by_that_group_from_their_first_byte(tmp_path: Path):
+    """The systemd unit runs as User=edgefleet: a config written 0600 root:root by an enroll run as
+    root (issue 16) made the service restart forever. With --group the file is the group's."""
+    import grp
+    import os
+
+    from agent.enrollment import _write_private, group_id
+
+    other = next(g for g in grp.getgrall() if g.gr_gid != os.getgid())
+    if os.geteuid() != 0 and other.gr_name not in [grp.getgrgid(g).gr_name for g in os.getgroups()]:
+        pytest.skip("needs root (or membership of a second group) to hand a file to another group")
+    path = tmp_path / "etc" / "agent.toml"
+    _write_private(path, b"x = 1\n", False, group_id(other.gr_name))
+    st = path.stat()
+    assert (oct(st.st_mode & 0o777), st.st_gid, path.read_bytes()) == ("0o640", other.gr_gid, b"x = 1\n")
+    _write_private(tmp_path / "plain.toml", b"", False)
+    assert oct((tmp_path / "plain.toml").stat().st_mode & 0o777) == "0o600"
+
+
+def test_enrolling_for_a_group_that_does_not_exist_is_refused_before_the_token_is_spent(tmp_path: Path):
+    from agent.enrollment import enroll
+
+    # the hub URL is unreachable: a refusal naming the group proves no request was made first
+    with pytest.raises(EnrollError, match="group 'no-such-group-x' does not exist"):
+        enroll("http://127.0.0.1:9", "t", tmp_path / "agent.toml", tmp_path / "st", group="no-such-group-x")
