@@ -6,9 +6,9 @@ paginated device list); time series merge at most ``MAX_WINDOWS`` telemetry rows
 because latency sketches and drift bins merge by addition, not by SQL aggregates.
 Functions take a ``Session`` and plain values; drift needs the bundle's baseline, which the
 caller supplies as ``baselines(digest) -> Baseline | None`` (the store reads files; this module
-does not). A chart's PSI is the one drift verdict's (:meth:`protocol.baseline.Baseline.verdict`):
-plotted only where the verdict has data (the feature's ``min_samples``), as on the device page,
-in the alerts and in the rollout gate.
+does not). A chart's PSI is the one drift verdict's (:meth:`protocol.baseline.Baseline.verdict`), as on
+the device page, in the alerts and in the rollout gate; a device chart merges a window that is
+too small to judge with the ones before it (:mod:`hub.web.series`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ..devices import device_public, rollout_states
 from ..models import Alert, Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
 from ..rollout import ACTIVE_PHASES
 from ..telemetry import Merged, latency_summary, merge
+from . import series
 
 MAX_WINDOWS = 20_000  # telemetry rows merged for one fleet chart
 DEVICE_WINDOWS = 120  # points in a device's charts
@@ -402,7 +403,9 @@ def device_history(s: Session, device_id: str, limit: int = 50) -> list[dict[str
 
 def device_series(s: Session, device_id: str, baselines: Baselines, limit: int = DEVICE_WINDOWS) -> dict[str, Any]:
     """Per telemetry window (oldest first): p50/p95 ms and each drift feature's PSI against the
-    baseline of the bundle that window ran; plus the newest window's health."""
+    baseline of the bundle that window ran, which points are hollow (few samples, or merged
+    with earlier windows to reach the verdict's ``min_samples``: :mod:`hub.web.series`) and the
+    words under each chart; plus the newest window's health."""
     rows = list(
         reversed(
             s.exec(
@@ -413,18 +416,6 @@ def device_series(s: Session, device_id: str, baselines: Baselines, limit: int =
             ).all()
         )
     )
-    x, p50, p95 = [], [], []
-    features: dict[str, list[float | None]] = {}
-    for i, w in enumerate(rows):
-        x.append(w.window_end or w.received)
-        m = merge([w])
-        lat = latency_summary(m.sketch.to_dict())
-        p50.append(_round(lat["p50_ms"]))
-        p95.append(_round(lat["p95_ms"]))
-        for feat, value in _psis(baselines(w.bundle) if w.bundle else None, m).items():
-            features.setdefault(feat, [None] * i).append(value)
-        for vals in features.values():
-            if len(vals) < i + 1:
-                vals.append(None)
+    windows = [series.Window(w.window_end or w.received, w.bundle, merge([w])) for w in rows]
     health = rows[-1].health if rows else {}
-    return {"x": x, "p50_ms": p50, "p95_ms": p95, "drift_psi": features, "health": health or {}}
+    return {**series.device_chart(windows, baselines), "health": health or {}}

@@ -48,32 +48,57 @@
   /* ---- charts ---------------------------------------------------------------------------- */
   var charts = [];
   function seriesOf(el, data) {
+    var hollow = data.hollow || {};
     if (el.dataset.seriesMap) {
       var m = data[el.dataset.seriesMap] || {}, palette = ["#2563eb", "#d97706", "#7c3aed", "#059669", "#dc2626", "#0891b2"];
-      return Object.keys(m).sort().map(function (k, i) { return {key: k, label: k, color: palette[i % palette.length], values: m[k]}; });
+      return Object.keys(m).sort().map(function (k, i) { return {key: k, label: k, color: palette[i % palette.length], values: m[k], hollow: hollow[k] || []}; });
     }
-    return JSON.parse(el.dataset.series).map(function (s) { s.values = data[s.key] || []; return s; });
+    return JSON.parse(el.dataset.series).map(function (s) { s.values = data[s.key] || []; s.hollow = hollow[s.key] || []; return s; });
+  }
+  /* the words under a chart (data-note names the feed's note): how many samples, and what the
+     hollow points or an empty chart mean when there are too few to judge */
+  function showNote(el, data) {
+    var box = document.getElementById(el.id + "-note");
+    if (box && el.dataset.note) box.textContent = (data.notes || {})[el.dataset.note] || "";
   }
   function drawChart(el, data) {
     var ss = seriesOf(el, data), xs = data[el.dataset.x] || [];
-    var points = 0;
-    ss.forEach(function (s) { s.values.forEach(function (v) { if (v !== null && v !== undefined) points++; }); });
+    var points = 0, hollowPoints = 0;
+    ss.forEach(function (s) { s.values.forEach(function (v, i) { if (v !== null && v !== undefined) { points++; if (s.hollow[i]) hollowPoints++; } }); });
     el.dataset.points = String(points);
+    el.dataset.hollow = String(hollowPoints);
+    showNote(el, data);
     if (!points) {
       if (el._plot) { el._plot.destroy(); el._plot = null; }
-      el.innerHTML = '<p class="nodata">No data in this window yet.</p>';
+      var p = document.createElement("p"); p.className = "nodata";
+      p.textContent = (data.notes || {})[el.dataset.note] || "No data in this window yet.";
+      el.innerHTML = ""; el.appendChild(p);
       return;
     }
-    var payload = [xs].concat(ss.map(function (s) { return s.values; }));
-    var key = ss.map(function (s) { return s.label; }).join("|");
+    /* a hollow point (few samples, or merged with earlier windows) is drawn as a ring over the
+       series' own point: one overlay series per series that has any */
+    var layers = [];
+    ss.forEach(function (s) {
+      layers.push({s: s, values: s.values, ring: false});
+      if (s.hollow.some(Boolean)) {
+        layers.push({s: s, ring: true, values: s.values.map(function (v, i) { return s.hollow[i] ? v : null; })});
+      }
+    });
+    var payload = [xs].concat(layers.map(function (l) { return l.values; }));
+    var key = layers.map(function (l) { return l.s.label + (l.ring ? "*" : ""); }).join("|");
     if (el._plot && el._key === key) { el._plot.setData(payload); return; }
     if (el._plot) el._plot.destroy();
     el.innerHTML = "";
+    var bg = getComputedStyle(el).getPropertyValue("--card").trim() || "#fff";
+    var fmt = function (u, v) { return v == null ? "–" : v.toFixed(3); };
     var opts = {
       width: Math.max(240, el.clientWidth), height: 240,
       scales: {x: {time: true}},
-      series: [{}].concat(ss.map(function (s) {
-        return {label: s.label, stroke: s.color, width: 2, spanGaps: false, points: {size: 5}, value: function (u, v) { return v == null ? "–" : v.toFixed(3); }};
+      series: [{}].concat(layers.map(function (l) {
+        if (!l.ring) return {label: l.s.label, stroke: l.s.color, width: 2, spanGaps: false, points: {size: 5}, value: fmt};
+        // its values are the series' own (or null), so a line between two rings lies on the series'
+        return {label: l.s.label + " (few samples)", stroke: l.s.color, width: 2, spanGaps: false,
+                points: {show: true, size: 9, width: 2, stroke: l.s.color, fill: bg}, value: fmt};
       })),
       axes: [{}, {size: 56}],
       legend: {live: true}

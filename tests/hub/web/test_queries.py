@@ -74,17 +74,22 @@ def test_fleet_series_buckets_latency_and_drift_by_receive_time_with_gaps(memhub
         queries.fleet_series(s, NOW, refs, span_s=10)
 
 
-def test_device_series_plots_psi_only_for_windows_with_enough_samples(memhub: tuple[Hub, MemoryPublisher]) -> None:
+def test_device_series_merges_a_window_too_small_to_judge_with_the_one_before(
+    memhub: tuple[Hub, MemoryPublisher],
+) -> None:
     hub, _ = memhub
     with hub.fleet.session() as s:
         s.add(window("d1", 1, NOW - 30, 5.0, [250, 250, 250, 250]))
-        s.add(window("d1", 2, NOW - 20, 6.0, [20, 20, 20, 20]))  # 80 samples: no point
+        s.add(window("d1", 2, NOW - 20, 6.0, [20, 20, 20, 20]))  # 80 samples: merged with window 1
         s.add(window("d1", 3, NOW - 10, 7.0, [700, 100, 100, 100]))
         s.commit()
         out = queries.device_series(s, "d1", refs)
     assert out["x"] == [NOW - 30, NOW - 20, NOW - 10]
     psi = out["drift_psi"]["inputs.brightness"]
-    assert psi[0] == 0.0 and psi[1] is None and psi[2] is not None and psi[2] > 0.25
+    assert psi[0] == 0.0 and psi[1] == 0.0 and psi[2] is not None and psi[2] > 0.25
+    assert out["hollow"]["inputs.brightness"] == [False, True, False]
+    assert out["drift_samples"]["inputs.brightness"] == [1000, 1080, 1000]
+    assert "drift needs >= 100 per point" in out["notes"]["drift"] and "hollow" in out["notes"]["drift"]
 
 
 def bundle_row(digest: str, edgetpu: str = "optional") -> Bundle:
