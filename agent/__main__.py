@@ -126,10 +126,15 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def _run(cfg: object) -> int:
+    from .config import AgentConfig
     from .daemon import Agent
+    from .diagnostics import LogRing
 
+    assert isinstance(cfg, AgentConfig)
+    ring = LogRing((cfg.password, cfg.cloud_api_key))  # what the hub's ``logs`` command reads
+    logging.getLogger().addHandler(ring)
     try:
-        agent = Agent(cfg)  # type: ignore[arg-type]
+        agent = Agent(cfg, ring)
     except StartupError as exc:
         print(f"edgefleet-agent: cannot start: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -27,13 +27,14 @@ import threading
 import time
 from typing import Any
 
+from protocol.commands import Command
 from protocol.device import Inventory
 from protocol.errors import BadPayload, ProtocolError, Reason, VerificationError
 from protocol.messages import Desired, Report, Status, Telemetry, parse_ack, parse_desired_payload, verify_desired
 from protocol.signing import Envelope, Root, load_root_unverified, rotate_root, targets_rotated
 from protocol.topics import Kind, Topic
 
-from . import AGENT_VERSION, inventory
+from . import AGENT_VERSION, commands, diagnostics, inventory
 from .backlog import Backlog
 from .config import AgentConfig
 from .durable import read_json, write_atomic, write_json
@@ -67,8 +68,9 @@ def load_root(cfg: AgentConfig) -> Root:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig) -> None:
+    def __init__(self, cfg: AgentConfig, log_ring: diagnostics.LogRing | None = None) -> None:
         self.cfg = cfg
+        self.log_ring = log_ring  # the recent log lines a ``logs`` command answers with
         try:
             cfg.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -102,6 +104,10 @@ class Agent:
         self.clock_floor = int(trusted.get("issued_max", 0))
         self._held: bytes | None = None  # a desired document refused for the root: expired, or a key it lacks yet
         self._manifests: dict[str, bytes] = {}  # re-signed slot manifests waiting for a rotated root
+        self.seen_file = cfg.state_dir / "commands.json"  # ids of accepted commands, until they expire
+        seen = read_json(self.seen_file, {}) or {}
+        self._seen: dict[str, int] = {str(k): int(v) for k, v in seen.items()} if isinstance(seen, dict) else {}
+        self.restart_requested = False
         try:
             require_fresh_root(self.root, self._now())
         except VerificationError as exc:
@@ -386,7 +392,7 @@ class Agent:
     # event handling ---------------------------------------------------------------------------
     def _on_connected(self) -> None:
         dev = self.cfg.device_id
-        for kind in (Kind.DESIRED, Kind.ACK):
+        for kind in (Kind.DESIRED, Kind.ACK, Kind.COMMAND):
             self.transport.subscribe(str(Topic.for_device(kind, dev)), qos=1)
         self.transport.subscribe(str(Topic.root()), qos=1)
         self._subscribe_manifests()
@@ -412,6 +418,8 @@ class Agent:
                 log.warning("ignoring ack: %s", exc)
                 return
             self.backlog.ack(ack.kind, ack.seqs)
+        elif topic.kind is Kind.COMMAND and topic.device == self.cfg.device_id and msg.payload:
+            self._on_command(msg.payload)
         elif topic.kind is Kind.ROOT and msg.payload:
             self._on_root(msg.payload)
         elif topic.kind is Kind.MANIFEST and topic.digest and msg.payload:
@@ -470,6 +478,31 @@ class Agent:
         self.updater.accept(desired, payload, now)
         if desired.shadow is not None:
             log.info("shadow mode requested for %s (sample %.2f)", desired.shadow.digest[:12], desired.shadow_sample)
+
+    def _on_command(self, payload: bytes) -> None:
+        """Remote diagnostics (rules in :mod:`agent.commands`): verify, remember the id before
+        running (a crash mid-command must not let it run twice), run, answer on our result
+        topic. ``restart`` answers first, then stops the loop: a clean exit the supervisor
+        restarts."""
+        decision = commands.decide(payload, self.root, self.cfg.device_id, self._seen, self._now())
+        if isinstance(decision, commands.Ignore):
+            log.warning("%s", decision.why)
+            return
+        if isinstance(decision, commands.Answer):
+            log.warning("command %s refused: %s", decision.result.id, decision.result.detail)
+            result = decision.result
+        else:
+            cmd: Command = decision.command
+            self._seen = commands.remember(self._seen, cmd.id, cmd.expires, self._now())
+            write_json(self.seen_file, self._seen)
+            log.info("command %s %s from the hub", cmd.name, cmd.id)
+            result = diagnostics.execute(self, cmd)
+        topic = str(Topic.for_device(Kind.RESULT, self.cfg.device_id))
+        self.transport.publish(topic, result.to_bytes(), qos=1, wait_s=5.0)
+        if isinstance(decision, commands.Run) and decision.command.name == "restart" and result.status == "ok":
+            log.warning("restarting on the hub's command %s: clean exit", decision.command.id)
+            self.restart_requested = True
+            self.stop_event.set()
 
     def _on_root(self, payload: bytes) -> None:
         try:

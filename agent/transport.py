@@ -191,11 +191,19 @@ class Transport:
                 pass
         self._connected.clear()
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, wait_s: float = 0.0) -> bool:
+        """Queue one message; with ``wait_s``, wait up to that long for it to be sent (QoS 1:
+        acknowledged), e.g. an answer that must leave before the process exits."""
         c = self._client
         if c is None or not self.connected:
             return False
         info = c.publish(topic, payload, qos=qos, retain=retain)
+        if wait_s > 0 and info.rc == mqtt.MQTT_ERR_SUCCESS:
+            try:
+                info.wait_for_publish(wait_s)
+            except (RuntimeError, ValueError):
+                return False
+            return info.is_published()
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> bool:
