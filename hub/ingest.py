@@ -49,7 +49,9 @@ from protocol.topics import Kind, Topic
 
 from . import bundles, rollouts
 from .fleet import Fleet
-from .models import Bundle, Device, ReportRecord, TelemetryWindow
+from .metrics import UNKNOWN, cohort_label, install_result
+from .models import Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
+from .rollout import ACTIVE_PHASES
 from .transport import Outgoing
 
 log = logging.getLogger(__name__)
@@ -127,6 +129,7 @@ class Ingest:
         self._repaired: dict[tuple[str, int], float] = {}
         self._buckets: dict[str, tuple[float, float]] = {}  # device -> (tokens, at)
         self.quarantine: deque[Quarantined] = deque(maxlen=200)
+        self._names: dict[str, tuple[str, str]] = {}  # bundle digest -> (name, version): immutable
 
     def _allowed(self, device: str, now: float) -> bool:
         """Token bucket per device: a flood from one device cannot crowd out the others."""
@@ -221,6 +224,7 @@ class Ingest:
         reports: list[Report] = []
         windows: list[dict[str, Any]] = []
         sketches: dict[str, LatencySketch] = {}
+        fed: list[tuple[str, str | None, LatencySketch, dict[str, int]]] = []  # for the fleet metrics
         with self.fleet.session() as s:
             ids = sorted({p.device for p in parsed})
             # locked until commit (PostgreSQL; SQLite has one writer): the totals below are
@@ -260,7 +264,7 @@ class Ingest:
                         counted.append(("telemetry", "duplicate"))
                         continue
                     seen_t.add((d.id, m.seq))
-                    self._apply_telemetry(windows, sketches, d, m, now)
+                    fed.append(self._apply_telemetry(windows, sketches, d, m, now))
                     counted.append(("telemetry", "stored"))
                 elif isinstance(m, Report):
                     d = device(p.device)
@@ -290,6 +294,9 @@ class Ingest:
                         d.reported_desired_seq = m.desired_seq
                     reports.append(m)
                     counted.append(("report", "stored"))
+                    result = install_result(m.stage, m.status)
+                    if result is not None:
+                        counted.append(("install", f"{result}:{m.reason}"))
                 elif isinstance(m, FetchRequest):
                     b = s.exec(select(Bundle).where(Bundle.archive_sha256 == m.archive)).first()
                     if b is None:
@@ -306,9 +313,15 @@ class Ingest:
             s.flush()
             if windows:  # one executemany: ORM objects cost more than the database here
                 s.execute(insert(TelemetryWindow), windows)
+            labels = self._fleet_labels(s, fed)
             s.commit()
         for kind, outcome in counted:
-            self.metrics.messages.labels(kind, outcome).inc()
+            if kind == "install":
+                self.metrics.installs.labels(*outcome.split(":", 1)).inc()
+            else:
+                self.metrics.messages.labels(kind, outcome).inc()
+        for (_, _, sketch, c), key in zip(fed, labels, strict=True):
+            self.metrics.fleet.add(key, sketch, c)
         for (did, kind), seqs in acks.items():
             out.append(
                 Outgoing(
@@ -320,6 +333,37 @@ class Ingest:
                 )
             )
         return out, touched, reports
+
+    def _fleet_labels(
+        self, s: Session, fed: Sequence[tuple[str, str | None, LatencySketch, dict[str, int]]]
+    ) -> list[tuple[str, str, str]]:
+        """(model, version, cohort) of each stored window (:mod:`hub.metrics`): two small
+        queries per batch with telemetry, none without."""
+        if not fed:
+            return []
+        digests = {b for _, b, _, _ in fed if b is not None and b not in self._names}
+        if digests:
+            for digest, name, version in s.exec(
+                select(Bundle.digest, Bundle.name, Bundle.version).where(col(Bundle.digest).in_(sorted(digests)))
+            ).all():
+                self._names[digest] = (name, version)
+            if len(self._names) > 10_000:  # bundles are few; never grow without bound
+                self._names.clear()
+        ids = sorted({d for d, _, _, _ in fed})
+        cohorts: dict[tuple[str, str], int | None] = {}
+        q = (
+            select(RolloutDevice.device_id, Rollout.bundle, RolloutDevice.cohort)
+            .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
+            .where(col(Rollout.phase).in_(ACTIVE_PHASES), col(RolloutDevice.device_id).in_(ids))
+            .order_by(col(Rollout.serial))  # the newest rollout owns a device: last one wins
+        )
+        for did, target, cohort in s.exec(q).all():
+            cohorts[(did, target)] = cohort
+        out = []
+        for did, ran, _, _ in fed:
+            model, version = self._names.get(ran or "", (UNKNOWN, UNKNOWN))
+            out.append((model, version, cohort_label(cohorts.get((did, ran or "")))))
+        return out
 
     @staticmethod
     def _existing(
@@ -355,8 +399,9 @@ class Ingest:
 
     def _apply_telemetry(
         self, rows: list[dict[str, Any]], sketches: dict[str, LatencySketch], d: Device, m: Telemetry, now: int
-    ) -> None:
-        """Queue the window row (bulk-inserted per batch) and fold it into the device totals."""
+    ) -> tuple[str, str | None, LatencySketch, dict[str, int]]:
+        """Queue the window row (bulk-inserted per batch) and fold it into the device totals;
+        return what the fleet metrics count of it once the batch commits."""
         c = {k: int(m.counts.get(k, 0)) for k in ("inferences", "errors", "tpu", "cpu", "cloud")}
         health = m.health.to_dict()
         rows.append(
@@ -387,8 +432,4 @@ class Ingest:
         else:
             base = sketches.get(d.id) or LatencySketch.from_dict(d.latency)
             sketches[d.id] = base.merge(sketch)
-        for path in ("tpu", "cpu", "cloud"):
-            if c[path]:
-                self.metrics.inferences.labels(path).inc(c[path])
-        if c["errors"]:
-            self.metrics.device_errors.inc(c["errors"])
+        return d.id, m.bundle, sketch, c
