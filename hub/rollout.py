@@ -9,7 +9,8 @@ Rollout phases (``RolloutState.phase``)::
        ├──breach(on_breach=rollback) / rollback cmd──▶ rolled_back   (terminal)
        ├──cancel cmd──▶ cancelled                      (terminal)
        └──last cohort soaked and gates pass──▶ completed ──device joins, or an offline or
-                                                    timed-out one comes back──▶ running
+                                                    timed-out one comes back, or a retry
+                                                    cmd re-issues a failed one──▶ running
 
 Device states (``DeviceState.state``)::
 
@@ -21,6 +22,7 @@ Device states (``DeviceState.state``)::
     issued/installing ─failed(retryable) or timeout, attempts < 1 + max_retries─▶ issued (re-issued)
     issued/installing ─failed(other reason)─▶ failed
     issued/installing ─timeout, retries spent─▶ timed_out ─comes back online─▶ issued (re-issued)
+    failed/timed_out ─retry cmd (running or completed)─▶ issued (attempts start again)
     any issued-or-later ─rollback─▶ rolling_back ─ok / status shows previous bundle─▶ rolled_back
     (no previous bundle: told ``idle``, keeps serving; its idle-ok report settles it as
     rolled_back with reason NO_PREVIOUS, and the rollout's reason counts such devices)
@@ -35,7 +37,12 @@ Rules, in the order ``advance`` applies them:
    ``cancel`` stops the rollout and cancels devices not yet issued (devices keep what they run);
    ``rollback`` issues every issued-or-later device a NEW document naming the bundle it ran
    before (or ``idle`` if none), also after an abort (abort stops issuing; the devices that
-   installed keep the bundle until someone rolls back). :data:`COMMAND_PHASES` says where each
+   installed keep the bundle until someone rolls back). ``retry`` (the operator's "retry failed
+   installs", for the command's ``devices`` or, when it names none, every device of the rollout)
+   re-issues each ``failed`` or ``timed_out`` device with its attempts counted afresh (the
+   automatic retries were spent; the operator fixed something), as any issue respects the
+   device's maintenance window; other devices are left as they are; a ``completed`` rollout
+   that re-issues any is ``running`` again. :data:`COMMAND_PHASES` says where each
    command applies (:func:`command_applies`); the shell refuses the rest with 409, the machine
    ignores them.
 2. **Device observations** (``DeviceSeen``; from retained status): a device new to the rollout
@@ -120,7 +127,8 @@ BREACH_ACTIONS = ("pause", "abort", "rollback")
 # gates fed by inference counts; ``require_samples`` waits for these (drift and shadow data ride
 # in the same telemetry windows, so they are judged by then if the device sends them at all)
 SAMPLE_GATES = ("error_rate", "p95_latency_ratio", "cloud_fallback_rate")
-COMMANDS = ("approve", "pause", "resume", "cancel", "rollback")
+COMMANDS = ("approve", "pause", "resume", "cancel", "rollback", "retry")
+RETRY_FROM = ("failed", "timed_out")  # the device states a retry command re-issues
 # the phases in which each operator command applies (rule 1); the shell answers 409 otherwise
 COMMAND_PHASES: dict[str, tuple[str, ...]] = {
     "pause": ("running", "awaiting_approval", "completed"),
@@ -128,6 +136,7 @@ COMMAND_PHASES: dict[str, tuple[str, ...]] = {
     "approve": ("awaiting_approval", "paused"),
     "cancel": ("running", "paused", "awaiting_approval", "completed"),
     "rollback": ("running", "paused", "awaiting_approval", "completed", "aborted"),
+    "retry": ("running", "completed"),  # issuing is stopped while paused or awaiting approval
 }
 
 
@@ -348,6 +357,7 @@ class RolloutState:
 class Command:
     op: str
     actor: str = ""
+    devices: tuple[str, ...] = ()  # ``retry`` only: these devices (none: every device of the rollout)
 
 
 @dataclass(frozen=True)
@@ -487,6 +497,13 @@ def advance(
         elif ev.op == "rollback":
             kept = roll_back_all(f"rollback{who}")
             st = replace(st, phase="rolled_back", reason=f"rolled back{who}{kept}")
+        elif ev.op == "retry":
+            chosen = [devs[i] for i in ev.devices if i in devs] if ev.devices else list(devs.values())
+            again = [d for d in chosen if d.state in RETRY_FROM]
+            for d in again:
+                put(issue(replace(d, attempts=0), f"retry{who}"))
+            if again and st.phase == "completed":
+                st = replace(st, phase="running", reason=f"{len(again)} device(s) retried{who}")
 
     # 2./3. observations and reports
     for ev in events:

@@ -572,3 +572,31 @@ def test_a_rollout_whose_telemetry_gates_never_had_data_does_not_say_they_passed
     st2, _ = advance(st2, [*done, *h], 1, Policy(cohorts=("100%",), soak_s=0, gates=Gates(max_p95_ratio=1.5)))
     st2, _ = advance(st2, h, 2, Policy(cohorts=("100%",), soak_s=0, gates=Gates(max_p95_ratio=1.5)))
     assert st2.phase == "completed" and st2.reason == "every cohort passed its gates"  # all had data
+
+
+def test_retry_reissues_failed_and_timed_out_devices_with_fresh_attempts_and_reopens_a_completed_rollout():
+    policy = Policy(
+        cohorts=("100%",), soak_s=0, install_timeout_s=100, max_retries=0, gates=Gates(max_install_failure_rate=1.0)
+    )
+    st, _ = advance(RolloutState(NEW), seen(3), 0, policy)
+    st, _ = advance(
+        st, [InstallReport("d00", "verify", "failed", "unknown_key"), InstallReport("d01", "commit", "ok")], 1, policy
+    )
+    st, _ = advance(st, [], 101, policy)  # d02 times out, no retries left
+    assert [d.state for d in st.devices] == ["failed", "installed", "timed_out"] and st.phase == "completed"
+    # naming one device retries it alone; an installed one is left as it is
+    st, acts = advance(st, [Command("retry", "ops", ("d00", "d01"))], 102, policy)
+    assert issued(acts) == ["d00"] and st.device("d00").state == "issued" and st.device("d00").attempts == 1
+    assert st.device("d00").reason == "retry by ops" and st.device("d01").state == "installed"
+    assert st.phase == "running" and st.reason == "1 device(s) retried by ops"
+    # naming none retries every failed or timed-out device of the rollout
+    st, acts = advance(st, [Command("retry", "ops")], 103, policy)
+    assert issued(acts) == ["d02"]
+
+
+def test_retry_does_nothing_while_paused():
+    policy = Policy(cohorts=("100%",), soak_s=0, gates=Gates(max_install_failure_rate=1.0))
+    st, _ = advance(RolloutState(NEW), seen(1), 0, policy)
+    st, _ = advance(st, [InstallReport("d00", "verify", "failed", "unknown_key"), Command("pause", "ops")], 1, policy)
+    st, acts = advance(st, [Command("retry", "ops", ("d00",))], 2, policy)
+    assert acts == [] and st.device("d00").state == "failed"
