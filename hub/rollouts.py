@@ -317,7 +317,8 @@ def create(
     return status(fleet, rid)
 
 
-def command(fleet: Fleet, rid: str, cmd: str, actor: str) -> dict[str, Any]:
+def command(fleet: Fleet, rid: str, cmd: str, actor: str, devices: Sequence[str] = ()) -> dict[str, Any]:
+    """``devices``: for ``retry`` only, the devices to retry (none: every failed one)."""
     if cmd not in COMMANDS:
         raise Invalid("command", f"{cmd!r} is not one of {COMMANDS}")
     with _exclusive(fleet) as (s, out):
@@ -326,8 +327,8 @@ def command(fleet: Fleet, rid: str, cmd: str, actor: str) -> dict[str, Any]:
             raise NotFound("rollout", rid)
         if not command_applies(cmd, r.phase):
             raise Conflict(f"rollout {rid} is {r.phase}; {cmd} needs one of {COMMAND_PHASES[cmd]}")
-        fleet.audit(s, actor, f"rollout.{cmd}", rid)
-        _run(fleet, s, r, [Command(cmd, actor)], out, observe=False)
+        fleet.audit(s, actor, f"rollout.{cmd}", rid, **({"devices": list(devices)} if devices else {}))
+        _run(fleet, s, r, [Command(cmd, actor, tuple(devices))], out, observe=False)
     return status(fleet, rid)
 
 
