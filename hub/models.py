@@ -199,3 +199,15 @@ class DesiredDoc(SQLModel, table=True):
     seq: int = 0
     expires: int = 0
     payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class GroupWindow(SQLModel, table=True):
+    """A device group's maintenance window (:mod:`hub.windows`): rollouts issue installs to the
+    group's devices only while it is open. A group without a row is always open."""
+
+    __tablename__ = "group_window"
+    group: str = Field(primary_key=True, max_length=64)
+    spec: str = Field(max_length=200)
+    tz: str = Field(max_length=64)
+    updated: int = 0
+    updated_by: str = ""

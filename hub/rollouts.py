@@ -9,13 +9,17 @@ When it runs:
 * ``converge`` (ingest worker): devices that appeared, came online or changed group/tags, as
   ``DeviceSeen`` events for the newest rollout whose target matches them;
 * ``tick`` (ticker thread, every ``config.tick`` s): every running/paused rollout with
-  ``Health`` for its issued and installed devices (timeouts, soak, gates);
+  ``Health`` for its issued and installed devices (timeouts, soak, gates); this is also when a
+  device waiting for its maintenance window is issued once the window opens (and at once
+  after an operator sets or clears a window: the API runs a tick);
 * ``command`` (API/CLI): approve / pause / resume / cancel / rollback.
 
 Every entry point runs inside :func:`_exclusive`: ``fleet.rollout_lock`` so seq allocation and
 state writes never interleave, a transaction opened with ``hub.db.rollout_section`` (the same
 for hubs sharing a database), committed before its messages are published. Each calls the pure
 machine one way, through :func:`_run` (load, gather events, ``advance``, carry out, save).
+Every run adds a ``WindowClosed`` event for each of its devices whose group's maintenance
+window (:mod:`hub.groups`) is closed now, unless the rollout's policy ignores windows.
 A device follows one rollout at a time: the newest non-terminal one that targets it; creating
 a rollout cancels the device's row in older ones (``superseded``).
 """
@@ -36,7 +40,7 @@ from protocol.messages import Report
 from protocol.sketch import DriftThresholds
 from protocol.topics import check_digest
 
-from . import alerting, bundles, desired, evidence
+from . import alerting, bundles, desired, evidence, groups
 from .compat import stored_inventory
 from .db import rollout_section
 from .errors import Conflict, Invalid, NotFound
@@ -57,6 +61,7 @@ from .rollout import (
     Policy,
     PolicyError,
     RolloutState,
+    WindowClosed,
     advance,
     cohort_sizes,
     command_applies,
@@ -231,6 +236,9 @@ def _run(
                 and next((o for o, t in owners if t.matches(d)), None) is r
             ):
                 evs.append(_seen(d))
+    if not policy.ignore_windows:
+        ids = [*rows, *(e.device for e in evs if isinstance(e, DeviceSeen))]
+        evs.extend(WindowClosed(d, t) for d, t in groups.closed_for(s, ids, now).items())
     if r.phase == "running" or any(isinstance(e, Command) for e in evs):
         # every decision that can open a cohort sees the gates' evidence
         reporting = {e.device for e in evs if isinstance(e, InstallReport)}
@@ -347,7 +355,15 @@ def on_reports(fleet: Fleet, reports: Sequence[Report]) -> None:
             if row is None:
                 continue
             by_rollout.setdefault(row.rollout_id, []).append(
-                InstallReport(rep.device, rep.stage, rep.status, rep.reason, rep.detail)
+                InstallReport(
+                    rep.device,
+                    rep.stage,
+                    rep.status,
+                    rep.reason,
+                    rep.detail,
+                    rep.hold.until if rep.hold else 0,
+                    rep.hold.reason if rep.hold else "",
+                )
             )
         for rid, evs in by_rollout.items():
             r = s.get(Rollout, rid)
@@ -452,7 +468,21 @@ def status(fleet: Fleet, rid: str, limit: int = 1000, offset: int = 0, state: st
             for x in rows
         ]
         out["limit"], out["offset"] = limit, offset
+        out["waiting"] = _waiting(fleet, s, rid)
         return out
+
+
+def _waiting(fleet: Fleet, s: Session, rid: str) -> list[dict[str, Any]]:
+    """The rollout's devices waiting for their maintenance window, with when it opens (None:
+    the window was cleared or opened; the next tick issues the device)."""
+    q = select(RolloutDevice.device_id).where(RolloutDevice.rollout_id == rid, RolloutDevice.state == "waiting")
+    ids = list(s.exec(q.order_by(col(RolloutDevice.device_id))).all())
+    if not ids:
+        return []
+    now = fleet.clock()
+    closed = groups.closed_for(s, ids, now)
+    group_of = groups.groups_of(s, ids)
+    return [{"device_id": d, "group": group_of.get(d, ""), "opens_at": closed.get(d)} for d in ids]
 
 
 def listing(fleet: Fleet, limit: int = 50, offset: int = 0, phase: str | None = None) -> dict[str, Any]:

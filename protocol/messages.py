@@ -257,6 +257,33 @@ def parse_status(data: bytes) -> Status:
     )
 
 
+HOLD_CODES = ("app_hold",)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """An app on the device holds the switch to a new bundle until ``until`` (unix seconds),
+    through the agent's local API; ``code`` says who holds it, ``reason`` is the app's words."""
+
+    until: int
+    reason: str = ""
+    code: str = "app_hold"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"until": self.until, "reason": self.reason, "code": self.code}
+
+    @classmethod
+    def from_dict(cls, obj: Any, what: str) -> Hold | None:
+        if obj is None:
+            return None
+        if not isinstance(obj, dict):
+            raise BadPayload(what, f"hold must be an object, got {obj!r:.60}")
+        code = field(obj, "code", str, what, "app_hold")
+        if code not in HOLD_CODES:
+            raise BadPayload(what, f"hold code must be one of {HOLD_CODES}, got {code!r:.40}")
+        return cls(nonneg_int(obj, "until", what), field(obj, "reason", str, what, "")[:200], code)
+
+
 @dataclass(frozen=True)
 class Report:
     """Install progress or result. ``seq`` is per device and lets the hub drop replays."""
@@ -272,6 +299,7 @@ class Report:
     bundle: str | None = None
     progress: float | None = None
     metrics: dict[str, Any] = dc_field(default_factory=dict, hash=False)
+    hold: Hold | None = None  # set on a switch/progress report while an app holds the switch
     extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
 
     def to_bytes(self) -> bytes:
@@ -305,6 +333,7 @@ def parse_report(data: bytes) -> Report:
         "bundle",
         "progress",
         "metrics",
+        "hold",
     }
     return Report(
         device=check_device_id(field(obj, "device", str, what)),
@@ -318,6 +347,7 @@ def parse_report(data: bytes) -> Report:
         bundle=check_digest(bundle) if bundle is not None else None,
         progress=float(progress) if progress is not None else None,
         metrics=field(obj, "metrics", dict, what, {}),
+        hold=Hold.from_dict(obj.get("hold"), what),
         extra=extra_fields(obj, known),
     )
 
@@ -495,6 +525,7 @@ __all__ = [
     "verify_desired",
     "replace",
     "STAGES",
+    "Hold",
     "STATUSES",
     "ACTIONS",
     "COUNT_KEYS",

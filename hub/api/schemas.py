@@ -252,10 +252,43 @@ class RolloutDevicePublic(BaseModel):
     from_bundle: str | None
 
 
+class WaitingDevice(BaseModel):
+    device_id: str
+    group: str
+    opens_at: int | None = Field(description="when its group's window opens (null: open now; the next tick issues it)")
+
+
 class RolloutStatus(RolloutPublic):
     devices: list[RolloutDevicePublic] = Field(description="one page of the rollout's devices")
     limit: int
     offset: int
+    waiting: list[WaitingDevice] = Field(description="every device waiting for its maintenance window")
+
+
+# ---- groups and maintenance windows ---------------------------------------------------------
+class WindowIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    spec: str = Field(
+        max_length=200, description="'days=mon-fri start=01:00 duration=3h' (hub.windows: days, start, duration)"
+    )
+    tz: str = Field(max_length=64, description="IANA time zone of start, e.g. Europe/Berlin")
+
+
+class WindowPublic(BaseModel):
+    spec: str = Field(description="canonical form")
+    tz: str
+    open: bool
+    opens_at: int | None = Field(description="next opening while closed, else null")
+    closes_at: int | None = Field(description="when the open window closes, else null")
+    updated: int = 0
+    updated_by: str = ""
+    error: str | None = Field(default=None, description="a stored spec this hub cannot read (treated as closed)")
+
+
+class GroupPublic(BaseModel):
+    group: str
+    devices: int
+    window: WindowPublic | None = Field(description="null: no window, installs at any time")
 
 
 # ---- alerts and audit -----------------------------------------------------------------------
