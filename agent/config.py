@@ -14,6 +14,7 @@ Example ``agent.toml``::
     http_port = 8780                        # 0 = pick a free port, written to state_dir/http.port
     http_socket = "/run/edgefleet/agent.sock"  # optional: the same API on a Unix socket
     telemetry_interval_s = 10
+    http_metrics = false                    # true: GET /metrics (Prometheus) on the local API
     cloud_url = "https://fallback.example.com"
     cloud_api_key = "..."
     edgetpu = "auto"                        # auto | off
@@ -89,6 +90,7 @@ class AgentConfig:
     http_port: int = 0
     http_socket: Path | None = None  # also serve the API on this Unix socket
     telemetry_interval_s: float = 10.0
+    http_metrics: bool = False  # serve GET /metrics (agent.metrics) on the local API
     cloud_url: str | None = None
     cloud_api_key: str | None = None
     cloud_timeout_s: float = 10.0
@@ -108,6 +110,8 @@ class AgentConfig:
     max_packet_bytes: int = MIN_PACKET_BYTES  # MQTT v5 Maximum Packet Size the agent declares
     backlog_max_rows: int = 5000
     latency_budget_ms: float | None = None
+    session_idle_s: float = 300.0  # a stateful model's session is dropped after this long unused
+    max_sessions: int = 64  # sessions held at once; one more evicts the least recently used
     threads: int | None = None
     crash_at: str | None = None
     free_disk_override: int | None = None
@@ -222,6 +226,7 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."), env: Mapping[str, 
         http_port=http_port,
         http_socket=_path(doc, "http_socket", base, None),
         telemetry_interval_s=_positive("telemetry_interval_s", _get(doc, "telemetry_interval_s", float, 10.0)),
+        http_metrics=_get(doc, "http_metrics", bool, False),
         cloud_url=cloud_url.rstrip("/") if cloud_url else None,
         cloud_api_key=_get(doc, "cloud_api_key", str, None),
         cloud_timeout_s=_positive("cloud_timeout_s", _get(doc, "cloud_timeout_s", float, 10.0)),
@@ -241,6 +246,8 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."), env: Mapping[str, 
         max_packet_bytes=max_packet,
         backlog_max_rows=int(_positive("backlog_max_rows", _get(doc, "backlog_max_rows", int, 5000))),
         latency_budget_ms=_positive("latency_budget_ms", budget) if budget is not None else None,
+        session_idle_s=_positive("session_idle_s", _get(doc, "session_idle_s", float, 300.0)),
+        max_sessions=int(_positive("max_sessions", _get(doc, "max_sessions", int, 64))),
         threads=threads,
         crash_at=crash_at,
         free_disk_override=free_disk,

@@ -41,8 +41,10 @@ from .durable import read_json, write_atomic, write_json
 from .errors import ConnectError, RootExpired, StartupError
 from .install import crash_verdict, recover, require_fresh_root
 from .localapi import make_server, make_unix_server
+from .metrics import AgentMetrics
 from .notify import Notifier
 from .serve import CloudClient, Serving
+from .sessions import Sessions
 from .slots import Slots, SlotsState
 from .telemetry import Recorder, health
 from .transport import Incoming, Transport
@@ -81,7 +83,8 @@ class Agent:
         self.notifier = Notifier(cfg.notify_socket, cfg.watchdog_s)  # systemd Type=notify; no-op without
         self.backlog = Backlog(cfg.state_dir / "backlog.sqlite", cfg.backlog_max_rows)
         self.slots = Slots(cfg.state_dir)
-        self.recorder = Recorder()
+        self.metrics = AgentMetrics() if cfg.http_metrics else None
+        self.recorder = Recorder(self.metrics)
         self.probed = inventory.probe(cfg)
         cloud = CloudClient(cfg.cloud_url, cfg.cloud_api_key, cfg.cloud_timeout_s) if cfg.cloud_url else None
         self.serving = Serving(
@@ -90,6 +93,7 @@ class Agent:
             cfg.latency_budget_ms,
             lambda digest, why: self.events.put(("probation_failed", digest, why)),
             lambda digest: self.events.put(("probation_passed", digest)),
+            Sessions(cfg.max_sessions, cfg.session_idle_s),
         )
         topic = str(Topic.for_device(Kind.STATUS, cfg.device_id))
         # the last will: the broker publishes it (retained) if this process dies or the link drops
@@ -170,6 +174,8 @@ class Agent:
             detail,
         )
         self.backlog.add("report", seq, msg.to_bytes(), time.time())
+        if self.metrics is not None:
+            self.metrics.install(stage, status, reason.value)
         self._flush()
 
     def _status(self, online: bool) -> Status:
@@ -332,12 +338,14 @@ class Agent:
     def start_http(self) -> None:
         """Open every listener, then announce the port (``http.port`` means: ready)."""
         try:
-            self._server = make_server(self.cfg.http_host, self.cfg.http_port, self.serving, self.status_doc)
+            self._server = make_server(
+                self.cfg.http_host, self.cfg.http_port, self.serving, self.status_doc, self.metrics
+            )
         except OSError as exc:
             raise StartupError(f"http {self.cfg.http_host}:{self.cfg.http_port}: {exc.strerror}") from None
         if self.cfg.http_socket is not None:
             try:
-                self._unix = make_unix_server(self.cfg.http_socket, self.serving, self.status_doc)
+                self._unix = make_unix_server(self.cfg.http_socket, self.serving, self.status_doc, self.metrics)
             except OSError as exc:
                 raise StartupError(f"http_socket {str(self.cfg.http_socket)!r}: {exc.strerror}") from None
             threading.Thread(target=self._unix.serve_forever, name="http-unix", daemon=True).start()

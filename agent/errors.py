@@ -103,3 +103,11 @@ class Unavailable(AgentError):
 class RootExpired(VerificationError, AgentError):  # type: ignore[misc]
     """Reason ``EXPIRED``: the trust root itself (not the document) has expired. A
     :class:`protocol.errors.VerificationError` too, so trust checks catch it with the rest."""
+
+
+class UnknownSession(InputError):
+    """A request continues a session the agent does not hold (never started, idle past the
+    timeout, evicted, or begun on another model): continuing from the initial state instead
+    would be a silently wrong answer (HTTP 422)."""
+
+    reason = "unknown_session"

@@ -104,3 +104,22 @@ def _bomb_pixels(exc: Exception) -> int:
     from PIL import Image
 
     return int(m.group(1)) if m else (Image.MAX_IMAGE_PIXELS or MAX_PIXELS) + 1
+
+
+def size_of(data: bytes) -> tuple[int, int]:
+    """(width, height) of an image from its header (what the answer's pixel coordinates are in:
+    the decoders stretch the whole image to the model's input). ValueError if it is not one."""
+    if simplejpeg is not None and data.startswith(_SOI):
+        try:
+            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+            return int(w), int(h)
+        except ValueError:
+            pass
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+            w, h = img.size
+    except Exception as exc:  # noqa: BLE001 - decode() has already named what is wrong with the bytes
+        raise ValueError(f"file is not a readable image ({type(exc).__name__}: {exc})") from None
+    return int(w), int(h)

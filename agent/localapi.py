@@ -18,7 +18,8 @@ Wire rules (each violation gets a JSON error naming it, then the connection clos
 * ``Expect: 100-continue`` is answered ``100 Continue`` before the body is read;
 * HTTP/1.1 keeps the connection open unless ``Connection: close``; HTTP/1.0 closes unless
   ``Connection: keep-alive``; an idle connection is closed after ``IDLE_TIMEOUT_S``;
-* routes: ``POST /v1/predict`` and ``/predict``, ``GET /healthz``, ``GET /v1/status``; other
+* routes: ``POST /v1/predict`` and ``/predict``, ``GET /healthz``, ``GET /v1/status``, and
+  ``GET /metrics`` (Prometheus text, :mod:`agent.metrics`) when ``http_metrics`` is on; other
   paths 404, other methods 405 (with ``Allow``). Errors are ``{"error", "detail"}``;
 * a predict body that is not strict JSON (NaN, Infinity, ``1e999``, nesting past 1024 levels,
   ``inputs`` deeper than 16) is 400; an image declaring more than ``agent.image.MAX_PIXELS``
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AgentError, InputError, MalformedBody, TooLarge, Unavailable
+from .metrics import CONTENT_TYPE as METRICS_TYPE, AgentMetrics
 from .serve import MAX_BODY, Answer, Serving, parse_request
 
 log = logging.getLogger(__name__)
@@ -65,14 +67,14 @@ class BadRequest(AgentError):
 
 
 class Head:
-    """A parsed request head: method, path (query dropped), version, headers (lower-case names,
+    """A parsed request head: method, path, query (the text after "?"), version, headers (lower-case names,
     first value wins, as ``email.message.Message.get``)."""
 
-    __slots__ = ("method", "path", "version", "headers")
+    __slots__ = ("method", "path", "query", "version", "headers")
 
     def __init__(self, method: str, target: str, version: str, headers: dict[str, str]) -> None:
         self.method, self.version, self.headers = method, version, headers
-        path = target.split("?", 1)[0]
+        path, _, self.query = target.partition("?")
         self.path = "/" + path.lstrip("/") if path.startswith("//") else path
 
     @property
@@ -134,10 +136,12 @@ def http_date() -> str:
     return _date[1]
 
 
-def response(status: int, body: bytes, close: bool = False, extra: str = "") -> bytes:
+def response(
+    status: int, body: bytes, close: bool = False, extra: str = "", content_type: str = "application/json"
+) -> bytes:
     return (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nServer: {SERVER}\r\nDate: {http_date()}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}"
         f"{'Connection: close' + chr(13) + chr(10) if close else ''}\r\n"
     ).encode("latin-1") + body
 
@@ -152,7 +156,11 @@ class Closed(AgentError):
     reason = "closed"
 
 
-def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[socketserver.BaseRequestHandler]:
+def _handler(
+    serving: Serving, status: Callable[[], dict[str, Any]], metrics: AgentMetrics | None = None
+) -> type[socketserver.BaseRequestHandler]:
+    routes = {**_ROUTES, "/metrics": "GET"} if metrics is not None else _ROUTES
+
     class Connection(socketserver.BaseRequestHandler):
         request: socket.socket
 
@@ -212,7 +220,7 @@ def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[soc
                 if block is None:
                     return False
                 head = parse_head(block.lstrip(b"\r\n"))  # stray CRLF before a request is allowed
-                allowed = _ROUTES.get(head.path)
+                allowed = routes.get(head.path)
                 if allowed is not None and head.method != allowed:
                     raise BadRequest(
                         HTTPStatus.METHOD_NOT_ALLOWED, f"{head.path} takes {allowed}, not {head.method}", allow=allowed
@@ -246,12 +254,24 @@ def _handler(serving: Serving, status: Callable[[], dict[str, Any]]) -> type[soc
                 ok = serving.ready
                 doc: dict[str, Any] = {"ok": ok, "model": serving.model is not None}
                 return self._send(200 if ok else 503, json.dumps(doc).encode(), head.keep_alive)
+            if head.path == "/metrics" and metrics is not None:
+                page = response(200, metrics.render(), close=not head.keep_alive, content_type=METRICS_TYPE)
+                self.request.sendall(page)
+                return head.keep_alive
             return self._send(200, json.dumps(status()).encode(), head.keep_alive)
 
         def _post(self, head: Head, body: bytes) -> bool:
             h = head.headers
             try:
-                req = parse_request(h.get("content-type", ""), body, h.get("x-tensor-shape"), h.get("x-tensor-dtype"))
+                req = parse_request(
+                    h.get("content-type", ""),
+                    body,
+                    h.get("x-tensor-shape"),
+                    h.get("x-tensor-dtype"),
+                    query=head.query,
+                    session=h.get("x-session-id"),
+                    reset=h.get("x-session-reset"),
+                )
                 out: Answer = serving.respond(req)
             except MalformedBody as exc:
                 return self._send(HTTPStatus.BAD_REQUEST, _error(HTTPStatus.BAD_REQUEST, str(exc)), head.keep_alive)
@@ -303,15 +323,23 @@ class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
-def make_server(host: str, port: int, serving: Serving, status: Callable[[], dict[str, Any]]) -> TCPServer:
-    return TCPServer((host, port), _handler(serving, status))
+def make_server(
+    host: str,
+    port: int,
+    serving: Serving,
+    status: Callable[[], dict[str, Any]],
+    metrics: AgentMetrics | None = None,
+) -> TCPServer:
+    return TCPServer((host, port), _handler(serving, status, metrics))
 
 
-def make_unix_server(path: Path, serving: Serving, status: Callable[[], dict[str, Any]]) -> UnixServer:
+def make_unix_server(
+    path: Path, serving: Serving, status: Callable[[], dict[str, Any]], metrics: AgentMetrics | None = None
+) -> UnixServer:
     """The same API on a Unix socket (mode 0660): local apps without a TCP port."""
     if path.is_socket():
         path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
-    srv = UnixServer(str(path), _handler(serving, status))
+    srv = UnixServer(str(path), _handler(serving, status, metrics))
     os.chmod(path, 0o660)
     return srv

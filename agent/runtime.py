@@ -15,10 +15,10 @@ the input tensor's own (scale, zero_point), dequantize the output, labels, and t
 (:mod:`protocol.signature`) that says which input a request fills and what the answer is
 (:mod:`protocol.answers`).
 
-State is reset per request: before every invoke the LiteRT backend resets the model's variable
-tensors (a fused LSTM keeps its state there) and sets every input but the request's (a
-recurrent ``state`` input) to zero, so an answer never depends on an earlier request, another
-app's included (docs/models.md).
+State is reset per request unless the request belongs to a session: before every invoke the
+LiteRT backend resets the model's variable tensors (a fused LSTM keeps its state there) and sets
+every input but the request's (a recurrent ``state`` input) to zero, or to the session's state
+(:mod:`agent.sessions`), so an answer never depends on another app's requests (docs/models.md).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,11 +41,13 @@ from protocol import answers
 from protocol.baseline import Baseline, parse as parse_baseline
 from protocol.errors import BadPayload
 from protocol.features import resize_filter
+from protocol.labels import LabelMap, parse_labels
 from protocol.messages import BundleInfo
-from protocol.signature import Signature, of_model
+from protocol.signature import Signature, TensorSpec, of_model
 
 from .errors import ImageTooLarge, InputError, ModelError, TooLarge
 from .image import decode
+from .sessions import state_pairs
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +137,7 @@ class Backend(Protocol):
 
     def invoke_raw(self, x: np.ndarray) -> np.ndarray: ...
 
-    def invoke_all(self, x: np.ndarray) -> list[np.ndarray]: ...
+    def invoke_all(self, x: np.ndarray, state: Sequence[np.ndarray] | None = None) -> list[np.ndarray]: ...
 
     def close(self) -> None: ...
 
@@ -170,14 +173,16 @@ class LiteRTBackend:
         self.input_quant = (float(inp["quantization"][0]), int(inp["quantization"][1]))
         self.output_quant = (float(out["quantization"][0]), int(out["quantization"][1]))
 
-    def _invoke(self, x: np.ndarray) -> Any:
+    def _invoke(self, x: np.ndarray, state: Sequence[np.ndarray] | None = None) -> Any:
         it = self._it
         if it is None:
             raise ModelError("invoke failed: the interpreter is closed")
+        if state is not None and len(state) != len(self._state):
+            raise ModelError(f"invoke failed: {len(state)} state tensors for {len(self._state)} state inputs")
         try:
-            it.reset_all_variables()  # ~0.2 us: state is reset per request
-            for index, zero in self._state:
-                it.set_tensor(index, zero)
+            it.reset_all_variables()  # ~0.2 us: state is reset per request (a session's comes in ``state``)
+            for i, (index, zero) in enumerate(self._state):
+                it.set_tensor(index, zero if state is None else state[i])
             it.set_tensor(self._in, x)
             it.invoke()
         except (RuntimeError, ValueError) as exc:
@@ -188,9 +193,9 @@ class LiteRTBackend:
         """The first output."""
         return np.array(self._invoke(x).get_tensor(self._out))
 
-    def invoke_all(self, x: np.ndarray) -> list[np.ndarray]:
-        """Every output, in the model's order."""
-        it = self._invoke(x)
+    def invoke_all(self, x: np.ndarray, state: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+        """Every output, in the model's order; ``state``: the state inputs' values (else zeros)."""
+        it = self._invoke(x, state)
         return [np.array(it.get_tensor(o)) for o in self._outs]
 
     def close(self) -> None:
@@ -224,10 +229,12 @@ class OnnxBackend:
     def invoke_raw(self, x: np.ndarray) -> np.ndarray:
         return self.invoke_all(x)[0]
 
-    def invoke_all(self, x: np.ndarray) -> list[np.ndarray]:
+    def invoke_all(self, x: np.ndarray, state: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
         session = self._s
         if session is None:
             raise ModelError("invoke failed: the session is closed")
+        if state:
+            raise ModelError("invoke failed: an ONNX model here takes no state inputs")
         try:
             return [np.asarray(o) for o in session.run(None, {self._in_name: x.astype(np.float32)})]
         except Exception as exc:
@@ -268,6 +275,8 @@ class Model:
     baseline: Baseline | None = None
     selftest: dict[str, Any] | None = None
     signature: Signature | None = None  # None: a bundle made before signatures, a classifier
+    label_map: LabelMap = field(default_factory=LabelMap)  # class id -> name (protocol.labels)
+    state_pairs: tuple[tuple[TensorSpec, TensorSpec], ...] = ()  # (state input, state output)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _direct: bool | None = None
     _score_levels: Any = None  # (dtype, float per 8-bit value): see _levels
@@ -296,13 +305,28 @@ class Model:
         if problem is not None:
             backend.close()
             raise ModelError(f"{artifact}: {problem}")
-        labels: list[str] = []
-        if "labels" in roles:
-            labels = (slot_dir / roles["labels"]).read_text(errors="replace").splitlines()
+        label_map = LabelMap()
+        try:
+            if "labels" in roles:
+                label_map = parse_labels((slot_dir / roles["labels"]).read_text(errors="replace"))
+            pairs = state_pairs(signature) if backend.name != "onnx" else ()
+        except (BadPayload, ValueError) as exc:
+            backend.close()
+            raise ModelError(f"{artifact}: {exc}") from None
         baseline = _baseline_or_none(slot_dir / roles["baseline"]) if "baseline" in roles else None
         selftest = _json_or_none(slot_dir / roles["selftest"]) if "selftest" in roles else None
         pre = model_spec.get("preprocess") if isinstance(model_spec.get("preprocess"), dict) else None
-        return cls(backend, info, pre or default_preprocess(backend), labels, baseline, selftest, signature)
+        return cls(
+            backend,
+            info,
+            pre or default_preprocess(backend),
+            label_map.as_list(),
+            baseline,
+            selftest,
+            signature,
+            label_map,
+            pairs,
+        )
 
     @property
     def served_by(self) -> str:
@@ -452,9 +476,9 @@ class Model:
         with self._lock:
             return self.backend.invoke_raw(raw)
 
-    def invoke_all(self, raw: np.ndarray) -> list[np.ndarray]:
+    def invoke_all(self, raw: np.ndarray, state: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
         with self._lock:
-            return self.backend.invoke_all(raw)
+            return self.backend.invoke_all(raw, state)
 
     def top(self, scores: np.ndarray, k: int = answers.TOP_K) -> list[dict[str, Any]]:
         return answers.top(scores, self.labels, k)

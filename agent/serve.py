@@ -4,12 +4,17 @@ The HTTP server is :mod:`agent.localapi`. ``POST /v1/predict`` (alias ``/predict
 route) takes a multipart field ``file`` = image, JSON ``{"inputs": nested floats}``, a raw image
 body (Content-Type image/*) or a binary tensor (:func:`parse_request`).
 
-Answer (built by :mod:`protocol.answers`, the cloud's builder too): a classifier's (or a bundle
-without a signature) ``{"predictions": [scores], "top": [{"index","label","score"}], ...}``;
-any other task's ``{"task", "tensors": [{"name","role","dtype","shape","values"}], ...}``, its
-outputs by name, dequantized, never ranked as class scores; both with ``"served_by":
-"edgetpu"|"cpu"|"onnx"|"cloud", "bundle": {"digest","name","version"}, "latency_ms"``. A cloud
-answer of class scores for a model that is not a classifier is refused, not passed on.
+Answer (built by :mod:`protocol.answers`, the cloud's builder too): one form per task, all with
+``task``: a classifier's (or a bundle without a signature) ``{"task": "classification",
+"predictions": [scores], "top": [{"index","label","score"}]}``; ``detection``, ``segmentation``,
+``keypoints``, ``embedding`` their own; anything else ``{"task", "tensors": [...]}``; never a
+non-classifier's outputs ranked as class scores. Query parameters shape it (``top_k``,
+``score_threshold``, ``max_detections``, ``mask=png``, ``raw=true``: :mod:`protocol.answers.params`);
+every answer has ``"served_by": "edgetpu"|"cpu"|"onnx"|"cloud", "bundle": {"digest","name","version"},
+"latency_ms"``, a stateful model's ``"state": "reset"|"session"`` too (:mod:`agent.sessions`:
+``X-Session-Id`` / ``X-Session-Reset`` headers). A cloud answer in another task's form than the
+local model's is refused, not passed on; a session request never goes to the cloud (it keeps no
+state).
 
 Routing: the active model serves unless it is missing, raises, or its recent latency is over
 ``latency_budget_ms``; then the cloud fallback (configured URL + API key) serves, and the answer
@@ -24,6 +29,7 @@ them (:class:`agent.runtime.Model` counts its holders).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -43,10 +49,13 @@ import numpy as np
 import orjson
 
 from protocol import answers
+from protocol.errors import BadParameter
 
 from .errors import InputError, MalformedBody, ModelError, Unavailable
+from .image import size_of
 from .install import probation_verdict
 from .runtime import Model
+from .sessions import Session, Sessions, carry, check_id, initial
 from .telemetry import Recorder
 
 log = logging.getLogger(__name__)
@@ -60,6 +69,10 @@ class Request:
     inputs: Any = None  # JSON nested list of floats
     filename: str = "image"
     tensor: np.ndarray | None = None  # binary tensor (X-Tensor-Shape / X-Tensor-Dtype)
+    query: dict[str, str] = field(default_factory=dict)  # the answer's parameters as sent (to the cloud too)
+    params: answers.Params = answers.Params()
+    session: str | None = None  # X-Session-Id
+    reset: bool = False  # X-Session-Reset
 
 
 @dataclass(frozen=True)
@@ -125,7 +138,8 @@ class CloudClient:
         headers = {"Accept": "application/json"}
         if self.api_key:
             headers["X-API-Key"] = self.api_key
-        query = f"?{urllib.parse.urlencode({'model': model_name})}" if model_name else ""
+        params = {**req.query, **({"model": model_name} if model_name else {})}
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
         if req.image is not None:
             boundary = uuid.uuid4().hex
             body = (
@@ -144,7 +158,7 @@ class CloudClient:
             inputs = req.tensor.tolist() if req.tensor is not None else req.inputs
             body = json.dumps({"inputs": inputs}).encode()
             headers["Content-Type"] = "application/json"
-            url = f"{self.url}/v1/models/{urllib.parse.quote(model_name)}/predict"
+            url = f"{self.url}/v1/models/{urllib.parse.quote(model_name)}/predict{query}"
         r = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(r, timeout=self.timeout) as resp:
@@ -162,8 +176,8 @@ class CloudClient:
             and doc["outputs"]
         ):
             doc["predictions"] = next(iter(doc["outputs"].values()))
-        if not isinstance(doc, dict) or not ("predictions" in doc or isinstance(doc.get("tensors"), list)):
-            raise Unavailable(f"cloud fallback {url}: answer has neither 'predictions' nor 'tensors'")
+        if not isinstance(doc, dict) or not ("predictions" in doc or isinstance(doc.get("task"), str)):
+            raise Unavailable(f"cloud fallback {url}: answer has neither 'predictions' nor 'task'")
         return doc
 
 
@@ -177,12 +191,14 @@ class Serving:
         latency_budget_ms: float | None,
         on_probation_failed: Callable[[str, str], None],
         on_probation_passed: Callable[[str], None] = lambda digest: None,
+        sessions: Sessions | None = None,
     ) -> None:
         self.recorder = recorder
         self.cloud = cloud
         self.budget_s = latency_budget_ms / 1000 if latency_budget_ms else None
         self.on_probation_failed = on_probation_failed
         self.on_probation_passed = on_probation_passed
+        self.sessions = sessions if sessions is not None else Sessions()
         self._lock = threading.Lock()
         self.model: Model | None = None
         self.shadow: Model | None = None
@@ -206,9 +222,12 @@ class Serving:
                 else None
             )
             self._ewma_s = None
+        self.sessions.clear()  # a state means nothing to another model
         if model is not None:
             self.last_name = model.info.name
-            self.recorder.set_bundle(model.info.digest, model.baseline, model.preprocess)
+            self.recorder.set_bundle(
+                model.info.digest, model.baseline, model.preprocess, (model.info.name, model.info.version)
+            )
         else:
             self.recorder.set_bundle(None, None, {})
         return old
@@ -257,6 +276,10 @@ class Serving:
                 model.release()  # the answer and its bookkeeping need no interpreter
         if self.cloud is None:
             raise Unavailable("; ".join(errors + ["no cloud fallback configured"]))
+        if req.session is not None:
+            raise Unavailable(
+                "; ".join(errors + ["a session's request is not sent to the cloud fallback: it keeps no state"])
+            )
         try:
             doc = self.cloud.predict(req, model.info.name if model is not None else self.last_name)
             out = self._cloud_answer(doc, model, t0)
@@ -267,18 +290,22 @@ class Serving:
         return out
 
     def _cloud_answer(self, doc: dict[str, Any], model: Model | None, t0: float) -> Answer:
-        """The cloud's answer in the local model's form: its tensors as they came, or its class
-        scores for a classifier; class scores for any other task are refused (Unavailable)."""
+        """The cloud's answer when it has the local model's form (the same builder made it):
+        its class scores for a classifier, its task's document otherwise; an answer in another
+        form (class scores for a detector, from an old cloud) is refused (Unavailable)."""
         cloud_fields = {"cloud_model": doc["model"]} if isinstance(doc.get("model"), dict) else {}
-        if isinstance(doc.get("tensors"), list):
-            fields = {"task": doc.get("task"), "tensors": doc["tensors"]}
-            return Answer(None, {**fields, **self._about(model, "cloud", t0), **cloud_fields})
-        if model is not None and model.form != answers.CLASSIFICATION:
-            task = model.signature.task if model.signature is not None else "?"
+        got = answers.CLASSIFICATION if "predictions" in doc else answers.TENSORS if "tensors" in doc else doc["task"]
+        want = model.form if model is not None else got
+        if got != want:
+            task = model.signature.task if model is not None and model.signature is not None else want
+            what = "class scores" if got == answers.CLASSIFICATION else f"a {got} answer"
             raise Unavailable(
-                f"the cloud fallback answered class scores for {model.info.name}, a {task} model: "
-                "its outputs are not class scores"
+                f"the cloud fallback answered {what} for {model.info.name if model else '?'}, a {task} model"
+                + (": its outputs are not class scores" if got == answers.CLASSIFICATION else "")
             )
+        if got != answers.CLASSIFICATION:
+            fields = {k: v for k, v in doc.items() if k not in ("model", "served_by", "bundle", "latency_ms")}
+            return Answer(None, {**fields, **self._about(model, "cloud", t0), **cloud_fields})
         scores = np.asarray(doc["predictions"], dtype=np.float32).reshape(-1)
         out = self._answer(scores, model, "cloud", t0)
         if isinstance(doc.get("top"), list):
@@ -286,9 +313,16 @@ class Serving:
         return Answer(out.scores, {**out.fields, **cloud_fields})
 
     def _local(self, req: Request, model: Model, t0: float, errors: list[str]) -> Answer | None:
-        """The answer of the (held) local model, or None with the reason added to ``errors``."""
+        """The answer of the (held) local model, or None with the reason added to ``errors``.
+        A bad parameter or an unknown session raises InputError before the model runs."""
+        try:
+            answers.check_params(model.signature, req.params)
+        except BadParameter as exc:
+            raise InputError(str(exc)) from None
+        state = self._state_rule(req, model)
         x = None
         affine = None
+        session: Session | None = None
         try:
             if req.image is not None and model.direct:
                 x = raw = model.image_to_raw(req.image)  # drift floats are made off the request path
@@ -298,20 +332,34 @@ class Serving:
             else:
                 x = model.image_to_input(req.image) if req.image is not None else model.tensor_to_input(req.inputs)
                 raw = model.quantize(x)  # ModelError if the bundle's preprocess cannot feed its model
+            classifier = model.form == answers.CLASSIFICATION
+            if state == "session":
+                assert req.session is not None
+                session = self.sessions.checkout(check_id(req.session), req.reset, initial(model.state_pairs))
             t1 = time.perf_counter()
             self.recorder.invoking.set()
             try:  # a classifier's first output is its scores; any other model answers them all
-                classifier = model.form == answers.CLASSIFICATION
-                ys = [model.invoke_raw(raw)] if classifier else model.invoke_all(raw)
+                if session is not None:
+                    ys = model.invoke_all(raw, session.state)
+                else:
+                    ys = [model.invoke_raw(raw)] if classifier else model.invoke_all(raw)
             finally:
                 self.recorder.invoking.clear()
-            scores = model.dequantize(ys[0]).reshape(-1) if classifier else None
             took = time.perf_counter() - t1
         except ModelError as exc:
+            if session is not None:
+                self.sessions.abandon(session)
             errors.append(f"{model.served_by}: {exc}")
             self.recorder.record(model.served_by, 0.0, False)
             self._probation_tick(model, ok=False)
             return None
+        about: dict[str, Any] = {}
+        if session is not None:
+            step = self.sessions.checkin(session, self._next_state(model, ys))
+            about = {"state": "session", "session": {"id": session.id, "step": step}}
+        elif state is not None:
+            about = {"state": state}
+        scores = model.dequantize(ys[0]).reshape(-1) if classifier else None
         seconds = time.perf_counter() - t0
 
         def after() -> None:
@@ -320,14 +368,49 @@ class Serving:
             # classifier's only
             self.recorder.record(model.served_by, seconds, True, x, scores, affine)
             self._probation_tick(model, ok=True)
-            if scores is not None:
+            if scores is not None and session is None:
                 self._offer_shadow(req, scores, took)
 
         if scores is None and model.signature is not None:
-            doc = answers.tensors(model.signature, ys)  # Model.open checked the output count
-            return Answer(None, {**doc, **self._about(model, model.served_by, t0)}, after)
+            size = None
+            if req.image is not None:
+                try:
+                    size = size_of(req.image)
+                except ValueError as exc:
+                    raise InputError(str(exc)) from None
+            try:
+                doc = answers.build(model.signature, ys, model.label_map, req.params, size)
+            except BadParameter as exc:
+                raise InputError(str(exc)) from None
+            return Answer(None, {**doc, **about, **self._about(model, model.served_by, t0)}, after)
         assert scores is not None
-        return self._answer(scores, model, model.served_by, t0, after)
+        out = self._answer(scores, model, model.served_by, t0, after, req.params)
+        if req.params.raw and model.signature is not None:
+            out.fields["raw"] = answers.raw(model.signature, ys[:1] if len(ys) == 1 else ys)
+        out.fields.update(about)
+        return out
+
+    def _state_rule(self, req: Request, model: Model) -> str | None:
+        """How the request treats the model's state: ``session`` (kept per X-Session-Id),
+        ``reset`` (a stateful model answered from its initial state), None (no state)."""
+        stateful = model.signature is not None and model.signature.stateful
+        if req.session is None:
+            if req.reset:
+                raise InputError("X-Session-Reset without X-Session-Id: name the session to reset")
+            return "reset" if stateful else None
+        if model.state_pairs:
+            return "session"
+        if stateful:
+            raise InputError(
+                f"{model.info.name} keeps its state inside the model (variable tensors), which the agent cannot "
+                "keep per session; send the request without X-Session-Id (it is answered from the initial state)"
+            )
+        return None  # a stateless model: every request is its own; the session changes nothing
+
+    def _next_state(self, model: Model, ys: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        assert model.signature is not None
+        names = [t.name for t in model.signature.outputs]
+        return tuple(np.array(carry(o, i, ys[names.index(o.name)])) for i, o in model.state_pairs)
 
     def _about(self, model: Model | None, path: str, t0: float) -> dict[str, Any]:
         """The fields every answer carries besides the model's own."""
@@ -338,10 +421,23 @@ class Serving:
         }
 
     def _answer(
-        self, scores: np.ndarray, model: Model | None, path: str, t0: float, after: Callable[[], None] | None = None
+        self,
+        scores: np.ndarray,
+        model: Model | None,
+        path: str,
+        t0: float,
+        after: Callable[[], None] | None = None,
+        params: answers.Params | None = None,
     ) -> Answer:
-        doc = answers.classification(scores, model.labels if model is not None else [])
-        return Answer(scores, {"top": doc["top"], **self._about(model, path, t0)}, after)
+        p = params or answers.Params()
+        try:
+            doc = answers.classification(
+                scores, model.labels if model is not None else [], k=p.top_k, given="top_k" in p.given
+            )
+        except BadParameter as exc:
+            raise InputError(str(exc)) from None
+        fields = {"task": doc["task"], "top": doc["top"], **self._about(model, path, t0)}
+        return Answer(scores, fields, after)
 
     def _use_local(self) -> bool:
         if self.budget_s is None or self.cloud is None or self._ewma_s is None:
@@ -415,7 +511,34 @@ class Serving:
         self.recorder.record_shadow(int(np.argmax(s2)) == int(np.argmax(scores)), delta)
 
 
-def parse_request(content_type: str, body: bytes, shape: str | None = None, dtype: str | None = None) -> Request:
+def parse_request(
+    content_type: str,
+    body: bytes,
+    shape: str | None = None,
+    dtype: str | None = None,
+    *,
+    query: str = "",
+    session: str | None = None,
+    reset: str | None = None,
+) -> Request:
+    """Turn an HTTP request into a :class:`Request`; raise InputError naming the problem: the
+    body (:func:`parse_body`), the query string's answer parameters (:mod:`protocol.answers.params`)
+    and the ``X-Session-Id`` / ``X-Session-Reset`` headers (:mod:`agent.sessions`)."""
+    req = parse_body(content_type, body, shape, dtype)
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    fields = dict(reversed(pairs))  # the first value of a repeated parameter
+    try:
+        params = answers.parse_params(fields)
+    except BadParameter as exc:
+        raise InputError(str(exc)) from None
+    if reset is not None and reset.strip().lower() not in ("true", "1", "false", "0"):
+        raise InputError(f"X-Session-Reset {reset!r:.40} must be true or false")
+    again = reset is not None and reset.strip().lower() in ("true", "1")
+    sid = check_id(session) if session is not None else None
+    return dataclasses.replace(req, query=fields, params=params, session=sid, reset=again)
+
+
+def parse_body(content_type: str, body: bytes, shape: str | None = None, dtype: str | None = None) -> Request:
     """Turn an HTTP body into a :class:`Request`; raise InputError naming the problem.
 
     ``application/octet-stream`` with an ``X-Tensor-Shape`` header (and ``X-Tensor-Dtype``,

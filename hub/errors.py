@@ -39,3 +39,11 @@ class Conflict(HubError):
 
 class Denied(HubError):
     """A credential (enrollment token) is unknown, used or expired."""
+
+
+class RateLimited(HubError):
+    """Too many requests of one kind (remote-diagnostics commands); ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"{message}; retry in {retry_after} s")

@@ -14,6 +14,7 @@ to the rooms, one module per noun, each a set of functions taking the context:
 :mod:`hub.telemetry`    merged windows, drift verdicts, summaries, pruning
 :mod:`hub.alerting`     offline / latency / drift alerts (rules in :mod:`hub.alerts`)
 :mod:`hub.audit`        the audit log
+:mod:`hub.commands`     remote diagnostics: signed commands to one device, their answers
 :mod:`hub.targets`      which devices a rollout names
 :mod:`hub.rollouts`     rollouts (the pure machine is :mod:`hub.rollout`)
 :mod:`hub.rotation`     keys reloaded, everything signed again after a rotation

@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
+from protocol.commands import Result, parse_result
 from protocol.errors import BadPayload, Implausible
 from protocol.messages import (
     Ack,
@@ -47,7 +48,7 @@ from protocol.messages import (
 from protocol.sketch import LatencySketch
 from protocol.topics import Kind, Topic
 
-from . import bundles, rollouts
+from . import bundles, commands, rollouts
 from .fleet import Fleet
 from .metrics import UNKNOWN, cohort_label, install_result
 from .models import Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
@@ -56,7 +57,7 @@ from .transport import Outgoing
 
 log = logging.getLogger(__name__)
 
-Message = Status | Report | Telemetry | FetchRequest
+Message = Status | Report | Telemetry | FetchRequest | Result
 MAX_REPAIR_CHUNKS = 2048
 REPAIR_INTERVAL_S = 5.0
 
@@ -91,6 +92,8 @@ def parse(topic: str, payload: bytes) -> Parsed:
         LatencySketch.from_dict(msg.latency)  # validate the sketch at the edge too
     elif t.kind is Kind.FETCH:
         msg = parse_fetch(payload)
+    elif t.kind is Kind.RESULT:
+        msg = parse_result(payload)  # remote diagnostics: stored on its command's row (hub.commands)
     else:
         raise BadPayload("topic", f"{topic!r}: the hub does not consume {t.kind.value!r} messages")
     if isinstance(msg, (Telemetry, Report)):
@@ -306,6 +309,8 @@ class Ingest:
                     wanted = self._throttle(m.archive, m.missing[:MAX_REPAIR_CHUNKS])
                     out.extend(bundles.chunk_messages(self.fleet, b, wanted))
                     counted.append(("fetch", "stored" if wanted or not m.missing else "throttled"))
+                elif isinstance(m, Result):
+                    counted.append(("result", "stored" if commands.record(s, m, now) else "rejected"))
             for did, sk in sketches.items():
                 devices[did].latency = sk.to_dict()
             for d in devices.values():

@@ -177,6 +177,28 @@ class AuditEntry(SQLModel, table=True):
     detail: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
 
 
+class DeviceCommand(SQLModel, table=True):
+    """A remote-diagnostics command issued to a device and its answer (:mod:`hub.commands`)."""
+
+    __tablename__ = "device_command"
+    __table_args__ = (
+        Index("ix_device_command_device_issued", "device", "issued"),
+        Index("ix_device_command_actor_issued", "actor", "issued"),
+    )
+    id: str = Field(primary_key=True, max_length=64)
+    device: str = Field(max_length=64)
+    name: str = Field(max_length=32)
+    args: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    actor: str = Field(default="", max_length=128)
+    issued: int = 0
+    expires: int = 0
+    status: str = Field(default="sent", max_length=16)  # sent | ok | failed | refused
+    reason: str = ""
+    detail: str = ""
+    body: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    answered: int = 0
+
+
 class EnrollToken(SQLModel, table=True):
     __tablename__ = "enroll_token"
     token_hash: str = Field(primary_key=True, max_length=64)

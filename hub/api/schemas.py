@@ -42,6 +42,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "state conflict",
         413: "body too large",
         422: "request does not match the schema",
+        429: "too many requests: the error says which limit; Retry-After says when to try again",
     }
     return {c: {"model": ErrorPublic, "description": what[c]} for c in codes}
 
@@ -173,6 +174,39 @@ class DevicePatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     group: str | None = Field(default=None, max_length=64)
     tags: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=64)
+
+
+# ---- remote diagnostics ---------------------------------------------------------------------
+class CommandIn(BaseModel):
+    """A remote-diagnostics command for one device (operator role)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["logs", "selftest", "restart", "diagnostics"] = Field(
+        description="logs: recent agent log lines (secrets redacted); selftest: run the active bundle's self-test "
+        "again; restart: the agent exits cleanly and its supervisor starts it; diagnostics: versions, inventory, "
+        "runtime, slots, redacted config, disk and health checks"
+    )
+    lines: int | None = Field(None, ge=1, le=500, description="logs only: how many recent lines (default 200)")
+
+
+class CommandPublic(BaseModel):
+    """A command and, once the device answered, its result (``body`` is the command's own shape)."""
+
+    id: str
+    device_id: str
+    name: str
+    args: dict[str, Any]
+    actor: str
+    issued: int
+    expires: int
+    status: Literal["sent", "ok", "failed", "refused", "expired"] = Field(
+        description="sent: waiting for the device; ok/failed: its answer; refused: the device would not run it "
+        "(reason says why); expired: no answer before `expires`"
+    )
+    reason: str
+    detail: str
+    body: dict[str, Any] | None
+    answered: int | None
 
 
 # ---- enrollment -----------------------------------------------------------------------------

@@ -1,30 +1,43 @@
 """What a prediction answers, decided and built in one place for the agent's local API and the
-cloud fallback, so an app gets the same document from either (docs/models.md).
+cloud fallback, so an app gets the same document from either (docs/models.md has the schema per
+task with examples).
 
 Functions here are duck-typed over numpy arrays (``.reshape``, ``.astype``, ``.argsort``,
 ``.dtype``, ``.shape``) but never import numpy, so :mod:`protocol` stays dependency-free; the
 arrays stay arrays in the document (the servers write them with orjson's numpy support).
 
-Two forms, chosen by :func:`form` from the bundle's signature (:mod:`protocol.signature`):
+One form per task, chosen by :func:`form` from the bundle's signature (:mod:`protocol.signature`);
+every form has ``task``:
 
 * ``classification`` (a classifier, or a bundle without a signature: what every bundle was
   served as before signatures existed)::
 
-      {"predictions": [scores], "top": [{"index", "label", "score"} x 5]}
+      {"task": "classification", "predictions": [scores], "top": [{"index", "label", "score"} x top_k]}
 
-  ``predictions`` are the dequantized class scores: flat on the agent (one image per request),
-  ``[N, K]`` on the cloud (the seed's ``/predict`` answered ``logits.tolist()`` of a batch).
-* ``tensors`` (every other task, until per-task answers exist; a correct answer, just not
-  interpreted)::
+  ``predictions`` are the dequantized class scores, kept as the seed's ``/predict`` had them:
+  flat on the agent (one image per request), ``[N, K]`` on the cloud (a batch); ``top`` is the
+  same on both.
+* ``detection``: ``{"detections": [{"label", "class_id", "score", "box", "box_normalized"}],
+  "image", "score_threshold", "max_detections"}`` (:func:`tasks.detection`);
+* ``segmentation``: ``{"classes": [{"class_id", "label", "pixels", "fraction"}], "mask_size",
+  "image"[, "mask"]}`` (:func:`tasks.segmentation`);
+* ``keypoints``: ``{"keypoints": [{"name", "score", "x", "y", "x_normalized", "y_normalized"}],
+  "score", "image"}`` (:func:`tasks.keypoints`);
+* ``embedding``: ``{"embedding": [floats], "dimensions", "norm"}`` (:func:`tasks.embedding`);
+* ``tensors`` (the ``tensors`` task, an unknown task, or a signature without the outputs its task
+  needs; a correct answer, just not interpreted)::
 
-      {"task": "keypoints",
-       "tensors": [{"name": "StatefulPartitionedCall:0", "role": "keypoints",
-                    "dtype": "float32", "shape": [1, 1, 17, 3], "values": [[[[y, x, score], ...]]]}]}
+      {"task": "tensors",
+       "tensors": [{"name": "StatefulPartitionedCall:0", "role": "tensor",
+                    "dtype": "float32", "shape": [1, 8], "values": [[...]]}]}
 
   every output but the recurrent ``state`` ones, in the model's order, by name and role,
   dequantized (``scale * (q - zero_point)``; an output without quantization, such as a
-  segmentation's int64 ArgMax, keeps its values), with the shape of ``values``. A non-classifier's
-  output is never put in ``predictions`` or ranked in ``top``: its numbers are not class scores.
+  segmentation's int64 ArgMax, keeps its values), with the shape of ``values``.
+
+``raw=true`` adds ``"raw"``: every answer output as the model gave it (quantized), in the tensors
+entries' form. A non-classifier's output is never put in ``predictions`` or ranked in ``top``:
+its numbers are not class scores.
 """
 
 from __future__ import annotations
@@ -32,16 +45,39 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .signature import Signature, TensorSpec
+from ..errors import BadParameter
+from ..labels import LabelMap
+from ..signature import Signature, TensorSpec
+from . import tasks
+from .params import TOP_K, Params, parse_params
+
+__all__ = ["BadParameter", "Params", "parse_params", "LabelMap", "build", "form", "TOP_K"]
 
 CLASSIFICATION = "classification"
 TENSORS = "tensors"
-TOP_K = 5
+_NEEDS = {  # output roles a task's answer is built from (the first of each group that is there)
+    "detection": (("boxes",), ("scores",)),
+    "segmentation": (("mask", "logits"),),
+    "keypoints": (("keypoints",),),
+    "embedding": (("embedding",),),
+}
 
 
 def form(signature: Signature | None) -> str:
-    """``classification`` for a classifier or a bundle without a signature, else ``tensors``."""
-    return CLASSIFICATION if signature is None or signature.classification else TENSORS
+    """The answer form: ``classification`` for a classifier or a bundle without a signature;
+    the task's own for detection, segmentation, keypoints and embedding when the signature has
+    the outputs it needs; else ``tensors``."""
+    if signature is None or signature.classification:
+        return CLASSIFICATION
+    needs = _NEEDS.get(signature.task)
+    if needs is None:
+        return TENSORS
+    roles = {t.role for t in signature.answer_outputs}
+    if signature.task == "keypoints":
+        kp = signature.output("keypoints")
+        if kp is None or len(kp.shape) < 2 or kp.shape[-1] != 3:
+            return TENSORS
+    return signature.task if all(roles.intersection(group) for group in needs) else TENSORS
 
 
 def unsigned_problem(output_shapes: Sequence[Sequence[Any]]) -> str | None:
@@ -73,10 +109,17 @@ def top(scores: Any, labels: Sequence[str], k: int = TOP_K) -> list[dict[str, An
     ]
 
 
-def classification(scores: Any, labels: Sequence[str], *, batch: bool = False, k: int = TOP_K) -> dict[str, Any]:
-    """``{"predictions", "top"}``; ``scores`` are dequantized, one row (flat) or, with ``batch``,
-    ``[N, K]`` whose first row is ranked."""
-    return {"predictions": scores, "top": top(scores[0] if batch else scores, labels, k)}
+def classification(
+    scores: Any, labels: Sequence[str], *, batch: bool = False, k: int = TOP_K, given: bool = False
+) -> dict[str, Any]:
+    """``{"task", "predictions", "top"}``; ``scores`` are dequantized, one row (flat) or, with
+    ``batch``, ``[N, K]`` whose first row is ranked. A ``k`` the request ``given`` over the class
+    count is refused (:class:`BadParameter` ``top_k``); the default is cut to the classes."""
+    row = scores[0] if batch else scores
+    n = int(row.reshape(-1).shape[0])
+    if given and k > n:
+        raise BadParameter("top_k", k, f"must be in 1..{n} (the model has {n} classes)")
+    return {"task": CLASSIFICATION, "predictions": scores, "top": top(row, labels, k)}
 
 
 def dequantize(spec: TensorSpec, value: Any) -> Any:
@@ -92,6 +135,26 @@ def tensors(signature: Signature, outputs: Sequence[Any]) -> dict[str, Any]:
     """``{"task", "tensors"}`` from the model's raw outputs: all of them in the signature's order,
     or only the answer ones (an ONNX twin has no state outputs). Raises ``ValueError`` when the
     count fits neither (a bundle whose model does not match its signature)."""
+    return {
+        "task": signature.task,
+        "tensors": [_entry(s, dequantize(s, v)) for s, v in answer_outputs(signature, outputs)],
+    }
+
+
+def _entry(spec: TensorSpec, value: Any) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "role": spec.role,
+        "dtype": str(value.dtype),
+        "shape": list(value.shape),
+        "values": value,
+    }
+
+
+def answer_outputs(signature: Signature, outputs: Sequence[Any]) -> list[tuple[TensorSpec, Any]]:
+    """The answer outputs (all but ``state``) with their specs, from all of the model's outputs
+    in the signature's order or only the answer ones (an ONNX twin has no state outputs). Raises
+    ``ValueError`` when the count fits neither (a bundle whose model does not match its signature)."""
     specs = signature.outputs
     if len(outputs) != len(specs):
         specs = signature.answer_outputs
@@ -100,12 +163,71 @@ def tensors(signature: Signature, outputs: Sequence[Any]) -> dict[str, Any]:
             f"the model gave {len(outputs)} outputs, its signature lists {len(signature.outputs)} "
             f"({len(signature.answer_outputs)} besides state)"
         )
-    out = []
-    for spec, value in zip(specs, outputs, strict=True):
-        if spec.role == "state":
-            continue
-        real = dequantize(spec, value)
-        out.append(
-            {"name": spec.name, "role": spec.role, "dtype": str(real.dtype), "shape": list(real.shape), "values": real}
+    return [(spec, value) for spec, value in zip(specs, outputs, strict=True) if spec.role != "state"]
+
+
+def raw(signature: Signature, outputs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Every answer output as the model gave it (quantized), for ``raw=true``."""
+    return [_entry(s, v) for s, v in answer_outputs(signature, outputs)]
+
+
+def input_size(signature: Signature) -> tuple[int, int]:
+    """(width, height) of the request input, ``[1, H, W, C]`` or ``[1, H, W]``: the "image" of a
+    tensor request."""
+    shape = signature.request_inputs[0].shape if signature.request_inputs else ()
+    if len(shape) >= 3:
+        return int(shape[2]), int(shape[1])
+    return (int(shape[-1]) if shape else 1, 1)
+
+
+def check_params(signature: Signature | None, params: Params) -> None:
+    """What can be refused before the model runs: a parameter of another task, ``top_k`` over
+    the classes, ``max_detections`` over the boxes (:class:`BadParameter`). A server calls this
+    first, so a refused request never advances a session's state."""
+    how = form(signature)
+    params.check_task(how)
+    if signature is None:
+        return
+    if how == CLASSIFICATION and "top_k" in params.given:
+        scores = signature.output("scores") or signature.answer_outputs[0]
+        if params.top_k > scores.size:
+            raise BadParameter(
+                "top_k", params.top_k, f"must be in 1..{scores.size} (the model has {scores.size} classes)"
+            )
+    boxes = signature.output("boxes")
+    if how == "detection" and boxes is not None and params.max_detections is not None and len(boxes.shape) >= 2:
+        n = boxes.size // 4
+        if params.max_detections > n:
+            raise BadParameter(
+                "max_detections", params.max_detections, f"must be in 1..{n} (the model gives {n} boxes)"
+            )
+
+
+def build(
+    signature: Signature, outputs: Sequence[Any], labels: LabelMap, params: Params, size: tuple[int, int] | None
+) -> dict[str, Any]:
+    """The answer of a model that is not a classifier, in its task's form (:func:`form`), from
+    its outputs (all of them, or only the answer ones) and the original image's (width, height)
+    (None for a tensor request: the request input's). Raises :class:`BadParameter` for a
+    parameter of another task or out of the model's range, ``ValueError`` for outputs that do
+    not fit the signature."""
+    how = form(signature)
+    params.check_task(how)
+    size = size if size is not None else input_size(signature)
+    named = answer_outputs(signature, outputs)
+    real = {s.role: dequantize(s, v) for s, v in reversed(named)}  # the first output of a role wins
+    if how == "detection":
+        doc = tasks.detection(
+            real["boxes"], real.get("classes"), real["scores"], real.get("count"), labels, params, size
         )
-    return {"task": signature.task, "tensors": out}
+    elif how == "segmentation":
+        doc = tasks.segmentation(real["mask"] if "mask" in real else real["logits"], labels, params, size)
+    elif how == "keypoints":
+        doc = tasks.keypoints(real["keypoints"], labels, size)
+    elif how == "embedding":
+        doc = tasks.embedding(real["embedding"])
+    else:
+        doc = {"task": signature.task, "tensors": [_entry(s, dequantize(s, v)) for s, v in named]}
+    if params.raw:
+        doc["raw"] = [_entry(s, v) for s, v in named]
+    return doc

@@ -152,7 +152,7 @@ def test_answer_body_reads_back_as_its_document_in_float32(coral_models):
     s.swap(m)
     answer = s.answer(Request(image=(coral_models / "cat_720p.jpg").read_bytes()))
     got, want = json.loads(answer.body()), answer.doc()
-    assert list(got) == ["predictions", "top", "served_by", "bundle", "latency_ms"]
+    assert list(got) == ["predictions", "task", "top", "served_by", "bundle", "latency_ms"]
     assert np.array_equal(np.asarray(got["predictions"], np.float32), answer.scores)
     assert {k: v for k, v in got.items() if k != "predictions"} == {k: v for k, v in want.items() if k != "predictions"}
     assert got["top"][0]["index"] == int(np.argmax(answer.scores))

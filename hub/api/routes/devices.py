@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query
 
 from protocol.topics import check_device_id
 
-from ... import devices, enrollment, telemetry
+from ... import commands, devices, enrollment, telemetry
+from ...errors import RateLimited
 from ..deps import Admin, FleetDep, Operator, Viewer
 from ..params import Limit, Offset
 from ..schemas import (
     DIGEST_RE,
+    CommandIn,
+    CommandPublic,
     DeviceDetail,
     DevicePatch,
     DevicePublic,
@@ -82,3 +85,36 @@ def telemetry_summary(
     """Telemetry merged over devices and time: per bundle (model version), device, group
     (cohorts are groups or device lists) and window range."""
     return telemetry.summary(f, bundle, device, group, since, until)
+
+
+@router.post(
+    "/devices/{device_id}/commands",
+    status_code=202,
+    response_model=CommandPublic,
+    responses=errors(400, 401, 403, 404, 409, 422, 429),
+)
+def issue_command(caller: Operator, f: FleetDep, device_id: str, body: CommandIn) -> dict[str, Any]:
+    """Remote diagnostics: sign the command, send it to the (online) device, answer at once with
+    status ``sent``; poll ``GET .../commands/{id}`` for the result. Audited; rate-limited per
+    device and per operator token (429 with ``Retry-After``)."""
+    check_device_id(device_id)
+    args = {"lines": body.lines} if body.lines is not None and body.name == "logs" else {}
+    try:
+        return commands.issue(f, device_id, body.name, args, caller.actor)
+    except RateLimited as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+
+
+@router.get("/devices/{device_id}/commands", response_model=Page[CommandPublic], responses=errors(400, 401, 404, 422))
+def list_commands(_c: Viewer, f: FleetDep, device_id: str, limit: Limit = 20, offset: Offset = 0) -> dict[str, Any]:
+    """The device's remote-diagnostics commands and results, newest first."""
+    check_device_id(device_id)
+    return commands.listing(f, device_id, limit, offset)
+
+
+@router.get(
+    "/devices/{device_id}/commands/{command_id}", response_model=CommandPublic, responses=errors(400, 401, 404, 422)
+)
+def get_command(_c: Viewer, f: FleetDep, device_id: str, command_id: str) -> dict[str, Any]:
+    check_device_id(device_id)
+    return commands.get(f, device_id, command_id)
