@@ -24,6 +24,8 @@ from protocol.features import input_features, output_features
 from protocol.messages import COUNT_KEYS
 from protocol.sketch import LatencySketch, bin_index
 
+from .metrics import AgentMetrics
+
 DRIFT_WAIT_S = 0.02
 
 
@@ -54,9 +56,11 @@ def raw_image_features(raw: Any, affine: tuple[float, float], preprocess: dict[s
 
 
 class Recorder:
-    def __init__(self) -> None:
+    def __init__(self, metrics: AgentMetrics | None = None) -> None:
         self._lock = threading.Lock()
+        self.metrics = metrics  # also counts every request for /metrics when enabled
         self._bundle: str | None = None
+        self._label: tuple[str, str] | None = None  # the bundle's (name, version), for metrics
         self._edges: dict[str, dict[str, list[float]]] = {"inputs": {}, "outputs": {}}
         self._preprocess: dict[str, Any] = {}
         self._drift_q: queue.Queue[tuple[float, Any, Any, Any, Any]] = queue.Queue(maxsize=256)
@@ -72,10 +76,20 @@ class Recorder:
         self._drift = {side: {n: [0] * (len(e) + 1) for n, e in feats.items()} for side, feats in self._edges.items()}
         self._shadow: dict[str, Any] = {"n": 0, "agree": 0, "errors": 0, "delta_sum_s": 0.0}
 
-    def set_bundle(self, digest: str | None, baseline: Baseline | None, preprocess: dict[str, Any]) -> None:
-        """Start recording for a new active bundle. A window with data for the previous bundle
-        is closed here (kept until the next :meth:`rotate`), so no window mixes two models."""
+    def set_bundle(
+        self,
+        digest: str | None,
+        baseline: Baseline | None,
+        preprocess: dict[str, Any],
+        label: tuple[str, str] | None = None,
+    ) -> None:
+        """Start recording for a new active bundle (``label``: its name and version). A window
+        with data for the previous bundle is closed here (kept until the next :meth:`rotate`), so
+        no window mixes two models."""
+        if self.metrics is not None:
+            self.metrics.set_active(label)
         with self._lock:
+            self._label = label
             if digest != self._bundle and self._has_data():
                 self._closed.append({**self._fields(), "end": int(time.time())})
                 self._reset()
@@ -103,12 +117,14 @@ class Recorder:
                 self._drift_q.put_nowait((time.monotonic(), self._bundle, x, scores, affine))
             except queue.Full:
                 self._drift_skipped += 1
+        key = {"edgetpu": "tpu"}.get(path, path)
+        if self.metrics is not None:
+            self.metrics.observe(self._label, key, max(0.0, seconds), ok)
         with self._lock:
             self._counts["inferences"] += 1
             if not ok:
                 self._counts["errors"] += 1
                 return
-            key = {"edgetpu": "tpu"}.get(path, path)
             if key in self._counts:
                 self._counts[key] += 1
             self._sketch.add(max(0.0, seconds))
