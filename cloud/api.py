@@ -7,10 +7,14 @@ Routes (docs/cloud.md has the full contract):
 * ``POST /predict`` - the seed's contract: multipart ``file`` image -> ``{"predictions": [[...]],
   "model": {"name", "version", "digest"}, "top": [{"index", "label", "score"}...]}``.
   Serves ``?model=NAME`` or the default model (``--default-model``, or the only one loaded).
-  A model whose signature is not a classifier's (detection, segmentation, keypoints, embedding,
-  tensors) answers ``{"task", "tensors": [{"name", "role", "dtype", "shape", "values"}],
-  "model"}`` on every predict route instead: its outputs are not class scores, so they are never
-  put in ``predictions`` or ranked in ``top`` (:mod:`protocol.answers`, the agent's builder too).
+  A model whose signature is not a classifier's answers its task's form on every predict route
+  instead (``detection``, ``segmentation``, ``keypoints``, ``embedding``, else ``tensors``; with
+  ``task`` and ``model``): its outputs are not class scores, so they are never put in
+  ``predictions`` or ranked in ``top`` (:mod:`protocol.answers`, the agent's builder too). Query
+  parameters ``top_k``, ``score_threshold``, ``max_detections``, ``mask=png``, ``raw=true`` shape
+  the answer as on the agent; one of another task, unknown or out of range is a 400 naming it.
+  ``X-Session-Id`` is a 400: the cloud keeps no state (a stateful model's answer says
+  ``"state": "reset"``).
 * ``POST /v1/models/{name}/predict`` and ``POST /v1/models/{name}/versions/{version}/predict`` -
   ``application/json`` ``{"inputs": nested list, batch first}`` or ``application/octet-stream``
   raw little-endian bytes with ``X-Tensor-Shape: 1,8,8,1`` and optional ``X-Tensor-Dtype``.
@@ -40,6 +44,7 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from protocol import answers
+from protocol.errors import BadParameter
 from protocol.signing import Root
 
 from .config import CloudConfig
@@ -48,7 +53,7 @@ from .guard import Guard, error_response
 from .metrics import Metrics
 from .models import ServedModel, describe
 from .service import Service
-from .tensors import image_tensor, tensor_from_bytes, tensor_from_json, tensor_to_bytes
+from .tensors import image_size, image_tensor, tensor_from_bytes, tensor_from_json, tensor_to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -130,23 +135,60 @@ def json_bytes(content: Any) -> bytes:
     return orjson.dumps(content, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _result(model: ServedModel, outputs: list[np.ndarray]) -> dict[str, Any]:
+def _params(model: ServedModel, request: Request) -> answers.Params:
+    """The answer's parameters from the query (``model`` is the route's), checked against the
+    model before it runs; a session is refused: the cloud keeps no state."""
+    if "x-session-id" in request.headers:
+        raise BadInput(
+            "X-Session-Id header",
+            "the cloud fallback keeps no state between requests; send the request without it "
+            "(a stateful model is answered from its initial state)",
+        )
+    try:
+        params = answers.parse_params(dict(reversed(request.query_params.multi_items())), ignore=("model",))
+        answers.check_params(model.spec.signature, params)
+    except BadParameter as exc:
+        raise BadInput(f"parameter {exc.name}", f"{exc.value!r:.60}: {exc.problem}") from None
+    return params
+
+
+def _state(model: ServedModel) -> dict[str, Any]:
+    sig = model.spec.signature
+    return {"state": "reset"} if sig is not None and sig.stateful else {}
+
+
+def _task_result(model: ServedModel, outputs: list[np.ndarray], params: answers.Params, size: Any) -> dict[str, Any]:
+    spec = model.spec
+    assert spec.signature is not None
+    try:
+        doc = answers.build(spec.signature, outputs, spec.label_map, params, size)
+    except BadParameter as exc:
+        raise BadInput(f"parameter {exc.name}", f"{exc.value!r:.60}: {exc.problem}") from None
+    return {**doc, **_state(model), "model": spec.ref}
+
+
+def _result(model: ServedModel, outputs: list[np.ndarray], params: answers.Params) -> dict[str, Any]:
     """The tensor routes' answer: a classifier's outputs by name as they are (the tensor API's
-    contract), any other model's in the tensors form."""
+    contract), any other model's in its task's form (its "image" is the input tensor)."""
     spec = model.spec
     if spec.form == answers.CLASSIFICATION or spec.signature is None:
         return {"model": spec.ref, "outputs": dict(zip(spec.outputs, outputs, strict=True))}
-    return {**answers.tensors(spec.signature, outputs), "model": spec.ref}
+    return _task_result(model, outputs, params, None)
 
 
-def _image_result(model: ServedModel, outputs: list[np.ndarray]) -> dict[str, Any]:
-    """The image routes' answer: the seed's ``predictions``/``top`` for a classifier, the
-    tensors form for any other model."""
+def _image_result(model: ServedModel, outputs: list[np.ndarray], params: answers.Params, data: bytes) -> dict[str, Any]:
+    """The image routes' answer: the seed's ``predictions``/``top`` for a classifier (and
+    ``task``), its task's form for any other model, in pixels of the image sent."""
     spec = model.spec
     if spec.form == answers.CLASSIFICATION or spec.signature is None:
-        doc = answers.classification(outputs[0], spec.labels, batch=True, k=TOP_K)
-        return {"predictions": doc["predictions"], "model": spec.ref, "top": doc["top"]}
-    return {**answers.tensors(spec.signature, outputs), "model": spec.ref}
+        doc = answers.classification(
+            outputs[0], spec.label_map.as_list(), batch=True, k=params.top_k, given="top_k" in params.given
+        )
+        out = {"predictions": doc["predictions"], "model": spec.ref, "task": doc["task"], "top": doc["top"]}
+        if params.raw and spec.signature is not None:
+            out["raw"] = answers.raw(spec.signature, outputs)
+        return {**out, **_state(model)}
+    return _task_result(model, outputs, params, image_size(data))
 
 
 def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) -> FastAPI:
@@ -221,10 +263,11 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
             data = await upload.read()
         if not data:
             raise BadInput("file", "is empty")
+        params = _params(served, request)
         image, dtype, max_pixels = spec.image, spec.input.dtype, config.limits.max_image_pixels
 
         def answer(outputs: list[np.ndarray]) -> bytes:  # in the worker thread, after the run
-            return json_bytes(_image_result(served, outputs))
+            return json_bytes(_image_result(served, outputs, params, data))
 
         body = await served.predict_lazy(
             lambda: image_tensor(data, image, dtype, max_pixels), (1, *image.sample_shape), answer
@@ -239,6 +282,7 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
         spec = served.spec
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         body = await request.body()
+        params = _params(served, request)
         max_rows = config.limits.max_batch_rows
         if ctype == "application/json":
             x = tensor_from_json(body, spec.input, max_rows)
@@ -267,7 +311,7 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
                     "X-Model-Digest": spec.digest,
                 },
             )
-        body = await served.predict(x, lambda outputs: json_bytes(_result(served, outputs)))
+        body = await served.predict(x, lambda outputs: json_bytes(_result(served, outputs, params)))
         return Response(body, media_type="application/json")
 
     @app.post("/v1/models/{name}/predict", summary="Tensor prediction, default version", openapi_extra=TENSOR_BODY)

@@ -18,12 +18,13 @@ time); another fixed ``B`` means requests must carry exactly ``B`` rows and are 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import answers
 from protocol.errors import BadPayload, Reason
 from protocol.features import resize_filter
+from protocol.labels import LabelMap, parse_labels
 from protocol.signature import LEGACY_TASK, Signature, of_model
 
 from .errors import BundleRefused
@@ -90,10 +91,12 @@ class ModelSpec:
     labels: tuple[str, ...]
     output_quant: tuple[float, int] | None = None  # integer first output: score = s * (q - zp)
     signature: Signature | None = None  # None: a bundle made before signatures (a classifier)
+    label_map: LabelMap = field(default_factory=LabelMap)  # class id -> name, as the agent reads it
 
     @property
     def form(self) -> str:
-        """``classification`` (predictions/top) or ``tensors`` (:func:`protocol.answers.form`)."""
+        """The answer's form: ``classification`` (predictions/top), a task's own, or ``tensors``
+        (:func:`protocol.answers.form`)."""
         return answers.form(self.signature)
 
     @property
@@ -234,6 +237,10 @@ def model_spec(
         if problem is not None:
             raise BundleRefused(source, Reason.MALFORMED.value, f"ONNX model {problem}")
     task = signature.task if signature is not None else model.get("task", LEGACY_TASK)
+    try:
+        label_map = parse_labels("\n".join(labels))
+    except BadPayload as exc:
+        raise BundleRefused(source, Reason.MALFORMED.value, str(exc)) from None
     return ModelSpec(
         manifest_name,
         version,
@@ -246,6 +253,7 @@ def model_spec(
         labels,
         _output_quantization(model, source),
         signature,
+        label_map,
     )
 
 

@@ -252,3 +252,20 @@ def tensor_to_bytes(x: np.ndarray) -> tuple[bytes, str, str]:
     """Raw little-endian bytes of ``x`` plus the shape and dtype header values."""
     le = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
     return le.tobytes(), ",".join(str(d) for d in x.shape), x.dtype.name
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an image from its header: what an answer's pixel coordinates are in
+    (the image is stretched whole to the model's input). BadInput if it is not an image."""
+    if simplejpeg is not None and data.startswith(b"\xff\xd8"):
+        try:
+            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+            return int(w), int(h)
+        except ValueError:
+            pass
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+            w, h = img.size
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on client bytes is a bad image
+        raise BadInput("image", f"cannot be decoded ({type(exc).__name__}: {exc})") from None
+    return int(w), int(h)
