@@ -499,9 +499,9 @@ def advance(
             st = replace(st, phase="rolled_back", reason=f"rolled back{who}{kept}")
         elif ev.op == "retry":
             chosen = [devs[i] for i in ev.devices if i in devs] if ev.devices else list(devs.values())
-            again = [d for d in chosen if d.state in RETRY_FROM]
-            for d in again:
-                put(issue(replace(d, attempts=0), f"retry{who}"))
+            again = [x for x in chosen if x.state in RETRY_FROM]
+            for x in again:
+                put(issue(replace(x, attempts=0), f"retry{who}"))
             if again and st.phase == "completed":
                 st = replace(st, phase="running", reason=f"{len(again)} device(s) retried{who}")
 

@@ -176,6 +176,38 @@ class DevicePatch(BaseModel):
     tags: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=64)
 
 
+DEVICE_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class DeviceBulkIn(BaseModel):
+    """A bulk action on up to 1000 devices (duplicates count once)."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["tag", "untag", "set_group", "retry"] = Field(
+        description="tag/untag: add or remove `tag`; set_group: set `group` ('' clears it); "
+        "retry: re-issue a failed or timed-out install in the rollout the device follows"
+    )
+    devices: list[Annotated[str, Field(pattern=DEVICE_ID_RE)]] = Field(min_length=1, max_length=1000)
+    tag: str | None = Field(default=None, min_length=1, max_length=64)
+    group: str | None = Field(default=None, max_length=64)
+
+
+class DeviceBulkResult(BaseModel):
+    device: str
+    status: Literal["ok", "unknown", "refused"] = Field(description="unknown: no such device; refused: see detail")
+    detail: str
+
+
+class DeviceBulkOut(BaseModel):
+    """One result per id, in the order asked, and the counts: never a silent partial."""
+
+    action: str
+    results: list[DeviceBulkResult]
+    ok: int
+    unknown: int
+    refused: int
+
+
 # ---- remote diagnostics ---------------------------------------------------------------------
 class CommandIn(BaseModel):
     """A remote-diagnostics command for one device (operator role)."""

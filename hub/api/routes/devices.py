@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from protocol.topics import check_device_id
 
-from ... import commands, devices, enrollment, telemetry
+from ... import bulk, commands, devices, enrollment, telemetry
 from ...errors import RateLimited
 from ..deps import Admin, FleetDep, Operator, Viewer
 from ..params import Limit, Offset
@@ -16,6 +16,8 @@ from ..schemas import (
     DIGEST_RE,
     CommandIn,
     CommandPublic,
+    DeviceBulkIn,
+    DeviceBulkOut,
     DeviceDetail,
     DevicePatch,
     DevicePublic,
@@ -56,6 +58,13 @@ def get_device(_c: Viewer, f: FleetDep, device_id: str) -> dict[str, Any]:
 def patch_device(caller: Operator, f: FleetDep, device_id: str, body: DevicePatch) -> dict[str, Any]:
     check_device_id(device_id)
     return devices.set_meta(f, device_id, body.group, body.tags, caller.actor)
+
+
+@router.post("/devices/bulk", response_model=DeviceBulkOut, responses=errors(400, 401, 403, 422))
+def bulk_devices(caller: Operator, f: FleetDep, body: DeviceBulkIn) -> dict[str, Any]:
+    """Tag, untag, set the group of, or retry the failed install of up to 1000 devices: one
+    result per id (ok / unknown / refused with the reason), audited."""
+    return bulk.apply(f, body.action, body.devices, caller.actor, body.tag, body.group)
 
 
 @router.post("/devices/enroll", status_code=201, response_model=EnrollmentPublic, responses=errors(400, 401, 403, 422))

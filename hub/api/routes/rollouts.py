@@ -37,6 +37,10 @@ def get_rollout(
 
 @router.post("/rollouts/{rid}/{command}", response_model=RolloutStatus, responses=errors(401, 403, 404, 409, 422))
 def rollout_command(
-    caller: Operator, f: FleetDep, rid: RolloutId, command: Literal["pause", "resume", "cancel", "approve", "rollback"]
+    caller: Operator,
+    f: FleetDep,
+    rid: RolloutId,
+    command: Literal["pause", "resume", "cancel", "approve", "rollback", "retry"],
 ) -> dict[str, Any]:
+    """retry: re-issue every failed or timed-out install of the rollout (running or completed)."""
     return rollouts.command(f, rid, command, caller.actor)
