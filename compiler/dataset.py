@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from protocol.errors import BadPayload
+from protocol.labels import parse_labels
+
 from .errors import BadInput
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -45,8 +48,13 @@ def read_labels(path: Path) -> tuple[str, ...]:
     labels = tuple(line.strip() for line in text.splitlines() if line.strip())
     if not labels:
         raise BadInput(path, "labels file is empty")
-    if labels[0].replace(" ", "") == "item{":
-        raise BadInput(path, "is a protobuf label map (item { name id }); give one label per line, index = class id")
+    if labels[0].replace(" ", "").startswith("item{"):
+        # a protobuf label map (a detector's, ids from 1): kept as it is, read by protocol.labels
+        try:
+            parse_labels(text)
+        except BadPayload as exc:
+            raise BadInput(path, exc.problem) from None
+        return labels
     return _strip_index_prefix(labels)
 
 

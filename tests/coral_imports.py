@@ -54,7 +54,7 @@ CASES = {
         Case("embedding", "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite", "grace_hopper.bmp", "embedding"),
         Case("deeplab", "deeplabv3_mnv2_dm05_pascal_quant.tflite", "bird_segmentation.bmp", "segmentation", "voc21"),
         Case("movenet", "movenet_single_pose_lightning_ptq.tflite", "squat.bmp", "keypoints", calibration=True),
-        Case("traffic", "traffic_model.tflite", "traffic_0001.bmp", "detection"),
+        Case("traffic", "traffic_model.tflite", "traffic_0001.bmp", "detection", "traffic_label_map.pbtxt"),
         Case("lstm", "keras_lstm_mnist_ptq.tflite", "mnist_nine.bmp", "classification", "digits", tensor=True),
     )
 }

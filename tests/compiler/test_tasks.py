@@ -181,11 +181,6 @@ def _manifest(d: Path):
             "--scale: applies to image inputs; model input uint8[1, 28, 28]",
         ),
         (
-            "traffic_model.tflite",
-            ["--labels", "traffic_label_map.pbtxt"],
-            "is a protobuf label map (item { name id }); give one label per line",
-        ),
-        (
             "deeplabv3_mnv2_dm05_pascal_quant.tflite",
             ["--labels", "pascal_voc_segmentation_labels.txt"],
             "labels: 23 labels but the model has 21 classes",
