@@ -1,9 +1,12 @@
 """Every Prometheus metric the cloud service exports, declared in this one module.
 
 Each app gets its own :class:`CollectorRegistry` so several apps (tests, benchmarks) can live in
-one process. Labels are bounded: model names and versions come from verified bundles, API keys
-are counted by *slot* (their position in the config: ``/metrics`` needs no key, so neither key
-names nor secrets appear), routes from the route table.
+one process. ``promtool check metrics`` is clean on it (tests/cloud/test_metrics.py). Saturation
+is ``edgefleet_cloud_queue_depth / edgefleet_cloud_queue_capacity`` per model (and 429s counted
+as ``edgefleet_cloud_errors_total{code="overloaded"}``). Labels are bounded: model names and
+versions come from verified bundles, API keys are counted by *slot* (their position in the
+config: ``/metrics`` needs no key, so neither key names nor secrets appear), routes from the
+route table.
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ class Metrics:
         self.queue_depth = Gauge(
             "edgefleet_cloud_queue_depth", "Samples waiting for a batch", ["model", "version"], registry=r
         )
+        self.queue_capacity = Gauge(
+            "edgefleet_cloud_queue_capacity",
+            "Samples that may wait for a batch before requests are refused with 429 (max_queue)",
+            ["model", "version"],
+            registry=r,
+        )
         self.predictions = Counter(
             "edgefleet_cloud_predictions_total", "Samples predicted", ["model", "version"], registry=r
         )
@@ -57,11 +66,13 @@ class Metrics:
             "edgefleet_cloud_bundles_refused_total", "Bundles refused at load, by reason code", ["reason"], registry=r
         )
 
-    def track_queue(self, model: str, version: str, depth: Callable[[], float]) -> None:
+    def track_queue(self, model: str, version: str, depth: Callable[[], float], capacity: int | None = None) -> None:
         self.queue_depth.labels(model, version).set_function(depth)
+        if capacity is not None:
+            self.queue_capacity.labels(model, version).set(capacity)
 
     def forget_model(self, model: str, version: str) -> None:
-        for metric in (self.queue_depth, self.predictions):
+        for metric in (self.queue_depth, self.queue_capacity, self.predictions):
             try:
                 metric.remove(model, version)
             except KeyError:

@@ -97,7 +97,7 @@ class ServedModel:
             workers=policy.workers,
         )
         if metrics is not None:
-            metrics.track_queue(spec.name, spec.version, lambda: float(self.batcher.depth))
+            metrics.track_queue(spec.name, spec.version, lambda: float(self.batcher.depth), policy.max_queue)
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         if self.spec.input.batch == 1 and x.shape[0] > 1:  # static batch of 1: one row per run
