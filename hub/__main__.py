@@ -17,73 +17,16 @@ import json
 import logging
 import sys
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import listings
-from .config import DEFAULTS, BrokerUrl, HubConfig, client_env
+from .client import EXIT_FAIL, EXIT_OK, EXIT_USAGE, ClientError, call, client_args, page_args, show_page
+from .config import DEFAULTS, BrokerUrl, HubConfig
 from .errors import HubError
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("hub")
-
-
-class ClientError(Exception):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# ---- HTTP client for the CLI --------------------------------------------------------------
-def call(args: argparse.Namespace, method: str, path: str, body: Any = None, raw: bytes | None = None) -> Any:
-    url = args.hub.rstrip("/") + path
-    headers = {"Authorization": f"Bearer {args.token}"}
-    data = raw
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    elif raw is not None:
-        headers["Content-Type"] = "application/octet-stream"
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
-            return json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        text = exc.read()[:2000].decode("utf-8", "replace")
-        try:
-            text = json.loads(text).get("error", text)
-        except (ValueError, AttributeError):
-            pass
-        raise ClientError(
-            f"hub {method} {path}: HTTP {exc.code}: {text}", EXIT_USAGE if 400 <= exc.code < 500 else EXIT_FAIL
-        ) from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise ClientError(f"hub {url} unreachable: {getattr(exc, 'reason', exc)}", EXIT_FAIL) from None
-
-
-def _page_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--limit", type=int, default=50, help="page size, 1..1000 (default %(default)s)")
-    p.add_argument("--offset", type=int, default=0, help="rows to skip (default %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the API's page as JSON")
-
-
-def _listing(args: argparse.Namespace, kind: str, path: str, **filters: Any) -> int:
-    page = call(args, "GET", path + listings.query(limit=args.limit, offset=args.offset, **filters))
-    print(json.dumps(page) if args.json else listings.render(kind, page))
-    return EXIT_OK
-
-
-def _client_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--hub",
-        default=client_env("url") or "http://127.0.0.1:8000",
-        help="hub base URL (env EDGEFLEET_HUB_URL; default %(default)s)",
-    )
-    p.add_argument("--token", default=client_env("token"), help="API bearer token (env EDGEFLEET_HUB_TOKEN)")
-    p.add_argument("--timeout", type=float, default=120, help="HTTP timeout in seconds (default %(default)s)")
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -191,8 +134,8 @@ def cmd_models_push(args: argparse.Namespace) -> int:
 
 def cmd_models_ls(args: argparse.Namespace) -> int:
     if args.by_name:
-        return _listing(args, "models", "/api/v1/models")
-    return _listing(args, "bundles", "/api/v1/bundles", name=args.name)
+        return show_page(args, "models", "/api/v1/models")
+    return show_page(args, "bundles", "/api/v1/bundles", name=args.name)
 
 
 def _target(args: argparse.Namespace) -> dict[str, Any]:
@@ -214,6 +157,8 @@ def cmd_rollouts_create(args: argparse.Namespace) -> int:
         raise ClientError("--policy must be a JSON object", EXIT_USAGE)
     if args.staged:
         policy.setdefault("preset", "staged")
+    if args.ignore_windows:
+        policy["ignore_windows"] = True
     out = call(args, "POST", "/api/v1/rollouts", {"bundle": args.bundle, "target": _target(args), "policy": policy})
     print(out["id"])
     return EXIT_OK
@@ -275,11 +220,11 @@ def cmd_rollouts_action(args: argparse.Namespace) -> int:
 
 
 def cmd_rollouts_ls(args: argparse.Namespace) -> int:
-    return _listing(args, "rollouts", "/api/v1/rollouts", phase=args.phase)
+    return show_page(args, "rollouts", "/api/v1/rollouts", phase=args.phase)
 
 
 def cmd_devices_ls(args: argparse.Namespace) -> int:
-    return _listing(
+    return show_page(
         args,
         "devices",
         "/api/v1/devices",
@@ -302,6 +247,15 @@ def cmd_devices_enroll(args: argparse.Namespace) -> int:
         f" the device trades it at POST {args.hub.rstrip('/')}/api/v1/enroll",
         file=sys.stderr,
     )
+    return EXIT_OK
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    if args.sub == "ls":
+        return show_page(args, "groups", "/api/v1/groups")
+    path = f"/api/v1/groups/{urllib.parse.quote(args.group, safe='')}/window"
+    body = {"spec": args.spec, "tz": args.tz} if args.sub == "set-window" else None
+    print(json.dumps(call(args, "PUT" if body else "DELETE", path, body)))
     return EXIT_OK
 
 
@@ -376,13 +330,13 @@ def parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="bundles").add_subparsers(dest="sub", required=True)
     p = models.add_parser("push", help="upload a compiler build directory; the hub checks and signs it")
     p.add_argument("dir", help="bundle directory (manifest.json + artifacts)")
-    _client_args(p)
+    client_args(p)
     p.set_defaults(func=cmd_models_push)
     p = models.add_parser("ls", help="list bundles, newest first (the digest is what `rollouts create` takes)")
     p.add_argument("--name", help="only this model's bundles")
     p.add_argument("--by-name", action="store_true", help="one row per model name, with its latest bundle")
-    _page_args(p)
-    _client_args(p)
+    page_args(p)
+    client_args(p)
     p.set_defaults(func=cmd_models_ls)
 
     ro = sub.add_parser("rollouts", help="create and drive rollouts").add_subparsers(dest="sub", required=True)
@@ -403,12 +357,13 @@ def parser() -> argparse.ArgumentParser:
         help='JSON policy overrides, e.g. \'{"soak_s": 300, "gates": {"max_p95_ratio": 1.3}}\' '
         "(fields: see hub/rollout.py)",
     )
-    _client_args(p)
+    p.add_argument("--ignore-windows", action="store_true", help="install outside the groups' maintenance windows")
+    client_args(p)
     p.set_defaults(func=cmd_rollouts_create)
     p = ro.add_parser("ls", help="list rollouts, newest first")
     p.add_argument("--phase", choices=PHASES, help="only rollouts in this phase")
-    _page_args(p)
-    _client_args(p)
+    page_args(p)
+    client_args(p)
     p.set_defaults(func=cmd_rollouts_ls)
     p = ro.add_parser(
         "status",
@@ -419,12 +374,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="refresh until the rollout is no longer running")
     p.add_argument("--interval", type=float, default=1.0, help="--watch refresh seconds")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
-    _client_args(p)
+    client_args(p)
     p.set_defaults(func=cmd_rollouts_status)
     for action in ("pause", "resume", "approve", "cancel", "rollback"):
         p = ro.add_parser(action, help=f"{action} a rollout")
         p.add_argument("id")
-        _client_args(p)
+        client_args(p)
         p.set_defaults(func=cmd_rollouts_action, action=action)
 
     dv = sub.add_parser("devices", help="list and inspect devices").add_subparsers(dest="sub", required=True)
@@ -439,19 +394,34 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--group", help="only devices in this group")
     p.add_argument("--tag", help="only devices with this tag")
     p.add_argument("--bundle", metavar="DIGEST", help="only devices running this bundle")
-    _page_args(p)
-    _client_args(p)
+    page_args(p)
+    client_args(p)
     p.set_defaults(func=cmd_devices_ls)
     p = dv.add_parser("enroll", help="issue a one-time enrollment token for a device")
     p.add_argument("id", help="device id (becomes its MQTT username)")
     p.add_argument("--group", help="put the device in this group")
     p.add_argument("--tag", action="append", help="tag the device (repeatable)")
-    _client_args(p)
+    client_args(p)
     p.set_defaults(func=cmd_devices_enroll)
     p = dv.add_parser("show", help="one device with its telemetry summary")
     p.add_argument("id")
-    _client_args(p)
+    client_args(p)
     p.set_defaults(func=cmd_devices_show)
+
+    gr = sub.add_parser("groups", help="device groups and their maintenance windows").add_subparsers(
+        dest="sub", required=True
+    )
+    p = gr.add_parser("ls", help="groups, their device counts and windows (open or when they open)")
+    page_args(p)
+    put = gr.add_parser("set-window", help="set a group's maintenance window (rollouts install only inside it)")
+    clear = gr.add_parser("clear-window", help="remove a group's maintenance window (installs at any time)")
+    for q in (put, clear):
+        q.add_argument("group")
+    put.add_argument("spec", help="'days=mon-fri start=01:00 duration=3h' (days, start, duration: hub/windows.py)")
+    put.add_argument("--tz", default="UTC", help="IANA time zone of start, e.g. Europe/Berlin (default %(default)s)")
+    for q in (p, put, clear):
+        client_args(q)
+        q.set_defaults(func=cmd_groups)
     return ap
 
 

@@ -98,11 +98,20 @@ def rollout_row(r: dict[str, Any]) -> Row:
     )
 
 
+def group_row(g: dict[str, Any]) -> Row:
+    w = g.get("window")
+    if not w:
+        return (g["group"] or "(none)", str(g["devices"]), "-", "", "always open")
+    state = f"open until {when(w['closes_at'])}" if w["open"] else f"closed, opens {when(w['opens_at'])}"
+    return (g["group"] or "(none)", str(g["devices"]), w["spec"], w["tz"], w.get("error") or state)
+
+
 LISTINGS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], Row]]] = {
     "devices": (("device", "online", "state", "group", "bundle", "inferences", "p95 ms", "last seen"), device_row),
     "bundles": (("name", "version", "rev", "size", "uploaded", "digest"), bundle_row),
     "models": (("name", "revisions", "latest", "uploaded", "digest"), model_row),
     "rollouts": (("rollout", "phase", "installed", "bundle", "target", "created", "reason"), rollout_row),
+    "groups": (("group", "devices", "window", "time zone", "now"), group_row),
 }
 
 

@@ -73,7 +73,7 @@ class Window:
 
     def spec(self) -> str:
         """The canonical spec string (what the hub stores and shows)."""
-        days = "*" if len(self.days) == 7 else ",".join(DAYS[d] for d in sorted(self.days))
+        days = "*" if len(self.days) == 7 else _day_list(sorted(self.days))
         d, rest = divmod(self.duration_s, 86400)
         h, rest = divmod(rest, 3600)
         m = rest // 60
@@ -156,6 +156,17 @@ def _days(text: str) -> frozenset[int]:
             i = (i + 1) % 7
             out.add(i)
     return frozenset(out)
+
+
+def _day_list(days: list[int]) -> str:
+    """Sorted weekday numbers as names, runs of three or more as ranges: 'mon-fri,sun'."""
+    runs: list[list[int]] = []
+    for d in days:
+        if runs and d == runs[-1][-1] + 1:
+            runs[-1].append(d)
+        else:
+            runs.append([d])
+    return ",".join(f"{DAYS[r[0]]}-{DAYS[r[-1]]}" if len(r) >= 3 else ",".join(DAYS[d] for d in r) for r in runs)
 
 
 def _start(text: str) -> time:

@@ -140,3 +140,17 @@ def test_ls_bad_paging_and_filters_exit_2_with_one_line(served):
         assert "HTTP 422" in bad.stderr
     phase = cli("rollouts", "ls", "--phase", "done", *hub, check=False)
     assert phase.returncode == 2 and "invalid choice: 'done'" in phase.stderr
+
+
+def test_group_windows_are_set_listed_and_cleared_through_the_cli(served):
+    hub = ["--hub", served, "--token", TOKEN]
+    spec = "days=mon,tue,wed,thu,fri start=1:00 duration=180m"
+    out = json.loads(cli("groups", "set-window", "night", spec, "--tz", "Europe/Berlin", *hub).stdout)
+    assert out["window"]["spec"] == "days=mon-fri start=01:00 duration=3h" and out["window"]["tz"] == "Europe/Berlin"
+    table = cli("groups", "ls", *hub).stdout.splitlines()
+    assert table[0].split()[:3] == ["group", "devices", "window"]
+    assert any(line.startswith("night") and "Europe/Berlin" in line for line in table)
+    bad = cli("groups", "set-window", "night", "start=25:00 duration=1h", *hub, check=False)
+    assert bad.returncode == 2 and "start=25:00" in bad.stderr
+    assert json.loads(cli("groups", "clear-window", "night", *hub).stdout)["window"] is None
+    assert cli("groups", "clear-window", "night", *hub, check=False).returncode == 2

@@ -116,7 +116,9 @@ def test_a_bad_window_is_refused_naming_the_bad_field(spec: str, tz: str, names:
     ("spec", "canonical"),
     [
         ("start=1:05 duration=90m", "days=* start=01:05 duration=1h30m"),
-        ("days=FRI-MON start=22:00 duration=2d", "days=mon,fri,sat,sun start=22:00 duration=2d"),
+        ("days=FRI-MON start=22:00 duration=2d", "days=mon,fri-sun start=22:00 duration=2d"),
+        ("days=mon,tue,wed,thu,fri start=01:00 duration=3h", "days=mon-fri start=01:00 duration=3h"),
+        ("days=mon,tue,thu start=01:00 duration=3h", "days=mon,tue,thu start=01:00 duration=3h"),
         ("days=mon,mon start=00:00 duration=24h", "days=mon start=00:00 duration=1d"),
     ],
 )
