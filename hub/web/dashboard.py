@@ -28,7 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from .. import devices, rollouts
+from .. import commands, devices, rollouts
 from ..auth import COOKIE, Caller, caller_for, caller_of
 from ..errors import HubError, NotFound
 from ..fleet import Fleet
@@ -297,12 +297,13 @@ def dashboard_router() -> APIRouter:
         with f.session() as s:
             history = queries.device_history(s, device_id)
             series = queries.device_series(s, device_id, f.store.baseline_of, limit=1)
+        recent = commands.listing(f, device_id, limit=10)["items"]
         return render(
             request,
             caller,
             "device.html",
-            {"d": d, "history": history, "health": series["health"]},
-            parts=("device_summary", "device_history"),
+            {"d": d, "history": history, "health": series["health"], "commands": recent, "latest": _latest(recent)},
+            parts=("device_summary", "device_history", "device_commands"),
         )
 
     @router.get("/ui/feed/devices/{device_id}/series")
@@ -400,6 +401,15 @@ def dashboard_router() -> APIRouter:
         return render(request, caller, "audit.html", {"page": page, "action": action[:64]}, parts=("audit_table",))
 
     return router
+
+
+def _latest(recent: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The newest answered command of each name, newest first (the device page shows its result)."""
+    seen: dict[str, Mapping[str, Any]] = {}
+    for c in recent:
+        if c["answered"] and c["name"] not in seen:
+            seen[c["name"]] = c
+    return sorted(seen.values(), key=lambda c: -int(c["answered"]))
 
 
 def _safe_next(target: str) -> str:

@@ -33,7 +33,9 @@
       .then(function (html) {
         if (html === null || html === el._last) return;
         var active = document.activeElement, focusId = active && el.contains(active) ? active.id : null;
+        var open = Array.prototype.map.call(el.querySelectorAll("details[id]"), function (d) { return [d.id, d.open]; });
         el.innerHTML = html; el._last = html;
+        open.forEach(function (o) { var d = document.getElementById(o[0]); if (d) d.open = o[1]; });  /* keep what the reader opened */
         if (focusId) { var again = document.getElementById(focusId); if (again) again.focus(); }
         bindCommands(el);
         el.dispatchEvent(new CustomEvent("ef:updated", {bubbles: true}));
@@ -124,8 +126,31 @@
     });
   }
 
+  /* ---- device page: remote diagnostics -> REST API (restart asks first) ------------------- */
+  function sendDeviceCommand(btn) {
+    var name = btn.dataset.deviceCommand, dev = btn.dataset.device;
+    btn.disabled = true;
+    fetch("/api/v1/devices/" + encodeURIComponent(dev) + "/commands", {method: "POST", credentials: "same-origin",
+          headers: {"Accept": "application/json", "Content-Type": "application/json"}, body: JSON.stringify({name: name})})
+      .then(function (r) { return r.json().then(function (body) { return {ok: r.ok, body: body}; }); })
+      .then(function (res) {
+        btn.disabled = false;
+        if (!res.ok) { toast(name + " refused: " + (res.body.error || "unknown error"), true); return; }
+        toast(name + " sent to " + dev + "; its answer appears under Diagnostics");
+        [500, 2000, 5000].forEach(function (ms) { setTimeout(pollRegions, ms); });
+      })
+      .catch(function (e) { toast(name + " failed: " + e.message, true); btn.disabled = false; });
+  }
+
   /* ---- rollout action buttons -> REST API ------------------------------------------------- */
   function bindCommands(root) {
+    Array.prototype.forEach.call(root.querySelectorAll("button[data-device-command]"), function (btn) {
+      if (btn._bound) return; btn._bound = true;
+      btn.addEventListener("click", function () {
+        if (btn.dataset.confirm && !window.confirm(btn.dataset.confirm)) return;
+        sendDeviceCommand(btn);
+      });
+    });
     Array.prototype.forEach.call(root.querySelectorAll("button[data-command]"), function (btn) {
       if (btn._bound) return; btn._bound = true;
       btn.addEventListener("click", function () {
