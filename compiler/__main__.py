@@ -54,11 +54,17 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser(
         "build",
-        help="build a bundle from a Keras .keras file or SavedModel directory",
+        help="build a bundle from a Keras .keras file, a SavedModel directory, an ONNX file (torch.onnx.export), "
+        "a torch.export .pt2 program or a float .tflite",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    b.add_argument("model", type=Path, help="a .keras file or a SavedModel directory")
+    b.add_argument(
+        "model",
+        type=Path,
+        help="a .keras file, a SavedModel directory, a .onnx file (torch.onnx.export), a .pt2 (torch.export; "
+        "needs edgefleet[torch]) or a float .tflite (quantized with --calibration)",
+    )
     b.add_argument(
         "--calibration", required=True, type=Path, help=".npz with x (representative inputs) or a folder of images"
     )
@@ -78,6 +84,20 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--offset", type=float, default=0.0, help="image preprocess offset (default 0)")
     b.add_argument("--image-size", metavar="HxW", help="resize image folders to HxW (default: the .keras input)")
     b.add_argument("--channels", type=int, choices=(1, 3), help="image folders: 1 = grayscale, 3 = RGB")
+    b.add_argument(
+        "--mean",
+        type=_floats,
+        help="ONNX/.pt2 image models: Normalize mean on pixel/255, one value or one per channel (e.g. "
+        "0.485,0.456,0.406); uniform values become --scale/--offset, per-channel ones a 1x1 Conv in the graph",
+    )
+    b.add_argument("--std", type=_floats, help="ONNX/.pt2 image models: Normalize std, one value or one per channel")
+    b.add_argument(
+        "--channel-order",
+        choices=("rgb", "bgr"),
+        default="rgb",
+        help="ONNX/.pt2 image models: the colour order the model was trained on (default rgb); bgr is folded "
+        "into the graph so devices and the cloud feed RGB pixels",
+    )
     _common(b, name=None)
 
     m = sub.add_parser(
@@ -128,6 +148,13 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("bundle", type=Path, help="a bundle directory written by this tool")
     i.add_argument("--json", action="store_true", help="print the raw report.json")
     return p
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _common(p: argparse.ArgumentParser, name: str | None) -> None:

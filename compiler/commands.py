@@ -7,6 +7,7 @@ and the pipeline are imported inside the handlers, so ``--help`` stays fast."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -17,7 +18,7 @@ import numpy as np
 
 from . import dataset
 from .config import CompilerConfig
-from .errors import BadInput
+from .errors import BadInput, ToolFailed
 from .evaluate import GatePolicy
 
 
@@ -60,13 +61,15 @@ def run_build(args: argparse.Namespace) -> int:
     model: Path = args.model
     if not model.exists():
         raise BadInput(model, "model not found")
+    if model.is_file() and model.suffix.lower() in (".onnx", ".pt2", ".tflite"):
+        return run_build_onnx(args)
     if model.is_dir() and not (model / "saved_model.pb").exists():
         raise BadInput(model, "directory is not a SavedModel (no saved_model.pb)")
     if model.is_file() and model.suffix != ".keras":
         raise BadInput(
             model,
-            f"expected a .keras file or a SavedModel directory, got {model.suffix or 'no suffix'!r}"
-            " (use 'import' for .tflite files)",
+            f"expected a .keras, .onnx, .pt2 or float .tflite file or a SavedModel directory, "
+            f"got {model.suffix or 'no suffix'!r}",
         )
     from .bundle import refuse_existing
 
@@ -121,6 +124,123 @@ def run_build(args: argparse.Namespace) -> int:
     if not args.quiet:
         print_summary(result.report, result.out, result.digest)
     return 0
+
+
+def run_build_onnx(args: argparse.Namespace) -> int:
+    """``build MODEL.onnx|.pt2|.tflite``: the ONNX route (compiler/onnx_import.py). A .pt2 is
+    exported to ONNX first; a float .tflite goes through tf2onnx (NHWC kept) to be quantized."""
+    from . import onnx_import
+    from .bundle import refuse_existing
+    from .pipeline import BuildRequest, build
+    from .table import print_summary
+
+    model: Path = args.model
+    refuse_existing(args.out)
+    cfg = CompilerConfig.from_env()
+    key = load_sign_key(args.sign_key)
+    labels = dataset.read_labels(args.labels) if args.labels else None
+    kind = {".onnx": "onnx", ".pt2": "torch.export", ".tflite": "float tflite"}[model.suffix.lower()]
+    with tempfile.TemporaryDirectory(prefix="edgefleet-onnx-in-") as tmp:
+        if kind == "torch.export":
+            from .torch_import import pt2_to_onnx
+
+            data = pt2_to_onnx(model, Path(tmp) / "model.onnx", cfg.convert_timeout_s)
+            src = onnx_import.read(data, model)
+        elif kind == "float tflite":
+            src = _float_tflite_source(model, cfg)
+        else:
+            src = onnx_import.read_file(model)
+    spec = src.image_spec()
+    hw = _image_size(args.image_size) or (spec[0] if spec else None)
+    channels = args.channels or (spec[1] if spec else (src.input_shape[-1] if src.keep_layout else None))
+    plan = onnx_import.plan_preprocess(args.mean, args.std, args.channel_order, int(channels or 0))
+    scale, offset = args.scale, args.offset
+    if plan is not None:
+        if args.scale is not None or args.offset:
+            raise BadInput("--scale", "give either --scale/--offset or --mean/--std/--channel-order, not both")
+        scale, offset = plan.scale, plan.offset
+        if plan.fold is not None:
+            src = onnx_import.fold_preprocess(src, plan.fold)
+    cal = dataset.load(args.calibration, "calibration data", False, scale, offset, hw, channels, labels)
+    val = dataset.load(args.validation, "validation data", True, scale, offset, hw, channels, labels)
+    if cal.preprocess != val.preprocess:
+        raise BadInput(
+            args.validation,
+            f"validation data is {val.preprocess.get('kind')} {val.preprocess}, calibration is "
+            f"{cal.preprocess}; give both in the same form",
+        )
+    if cal.preprocess.get("kind") != "image" and (plan is not None or args.scale is not None or args.offset):
+        raise BadInput(
+            "--mean/--std/--scale",
+            "apply to uint8 pixels or image folders; the calibration x holds float model inputs, used as they are",
+        )
+    cal_x = onnx_import.to_tflite_layout(cal.x, src, args.calibration)
+    val_x = onnx_import.to_tflite_layout(val.x, src, args.validation)
+    source = {
+        "kind": kind,
+        "file": model.name,
+        "onnx_input": {"name": src.input_name, "shape": list(src.input_shape), "layout": src.layout},
+        "onnx_ops": list(src.ops),
+        "opset": src.opset,
+        "preprocess": plan.to_dict() if plan is not None else None,
+    }
+    req = BuildRequest(
+        out=args.out,
+        name=args.name or model.stem.replace(" ", "_") or "model",
+        version=args.version,
+        calibration=cal_x,
+        validation_x=val_x,
+        validation_y=val.y,
+        labels=labels,
+        preprocess=cal.preprocess,
+        onnx_source=src,
+        source=source,
+        io_type=args.io_type,
+        target=args.target,
+        min_runtime=args.min_runtime,
+        segments=args.segments,
+        policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop),
+        sign_key=key,
+        lineage={
+            "model": str(model.name),
+            "model_sha256": dataset.sha256_path(model),
+            "calibration_sha256": cal.sha256,
+            "validation_sha256": val.sha256,
+        },
+    )
+    progress = make_progress(args.quiet)
+    try:
+        result = build(req, cfg, progress)
+    finally:
+        progress.close()
+    if not args.quiet:
+        print_summary(result.report, result.out, result.digest)
+    return 0
+
+
+def _float_tflite_source(model: Path, cfg: CompilerConfig) -> Any:
+    """A float .tflite as an NHWC ONNX source (tf2onnx), or refused with the reason."""
+    from . import onnx_import
+    from .graph import read_graph
+    from .tflite_onnx import convert
+
+    data = _read(model)
+    g = read_graph(data, model)
+    quantized = sorted({t.dtype for t in g.tensors if not t.constant and t.dtype in ("INT8", "UINT8", "INT16")})
+    if quantized:
+        raise BadInput(
+            model,
+            f"is already quantized ({', '.join(quantized)} tensors): build quantizes float models; "
+            "use 'edgefleet-compile import' for an int8 or Edge TPU .tflite",
+        )
+    if len(g.inputs) != 1 or len(g.outputs) != 1:
+        raise BadInput(model, f"has {len(g.inputs)} inputs and {len(g.outputs)} outputs; build takes one of each")
+    try:
+        twin = convert(data, cfg.convert_timeout_s, str(model))
+    except ToolFailed as exc:
+        raise BadInput(model, f"cannot be quantized here: it does not convert to ONNX ({exc})") from None
+    src = onnx_import.read(twin.data, model)
+    return dataclasses.replace(src, keep_layout=True)
 
 
 def run_import(args: argparse.Namespace) -> int:

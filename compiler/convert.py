@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import BadInput, NotEdgeTpuReady, ToolFailed
 
-STAGES = ("train", "load", "float", "int8", "onnx")
+STAGES = ("train", "onnx2tf", "load", "float", "int8", "onnx")
 Event = dict[str, Any]
 
 
@@ -45,6 +45,8 @@ class ConvertJob:
     train_digits: dict[str, Any] | None = None  # {"data": npz, "epochs": n, "seed": s}
     onnx: bool = True
     target: str = "cpu"
+    onnx_model: Path | None = None  # an ONNX source: onnx2tf makes the SavedModel (compiler/onnx_import.py)
+    onnx_keep_input: str | None = None  # an NHWC ONNX source: this input keeps its layout
 
     def to_json(self) -> str:
         doc = asdict(self)
@@ -192,6 +194,17 @@ def _child(job: dict[str, Any]) -> int:
             with _Stage("train"):
                 model_path = out / "model.keras"
                 train(Path(t["data"]), model_path, int(t["epochs"]), int(t["seed"]))
+        if job.get("onnx_model"):
+            from .onnx_import import ConversionRefused, to_savedmodel
+
+            stage = "onnx2tf"
+            with _Stage("onnx2tf"):
+                try:
+                    model_path = to_savedmodel(Path(job["onnx_model"]), out / "onnx2tf", job.get("onnx_keep_input"))
+                except ConversionRefused as exc:
+                    _emit(event="error", kind="bad_input", what=str(job["onnx_model"]), problem=str(exc))
+                    return 2
+            stage = "load"
         assert model_path is not None
         saved_model = model_path if model_path.is_dir() else None
         with _Stage("load"):
@@ -296,7 +309,7 @@ def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {}
-    for dist in ("tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx"):
+    for dist in ("tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnx2tf", "tf-keras"):
         try:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:

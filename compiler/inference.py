@@ -123,7 +123,10 @@ class TfliteRunner:
 
 
 class OnnxRunner:
-    def __init__(self, data: bytes, what: object = "model.onnx", threads: int = 1) -> None:
+    """An ONNX model on onnxruntime. ``nchw``: the model takes NCHW (a PyTorch export) and is
+    given NHWC samples, the TFLite layout the rest of the build uses: they are transposed."""
+
+    def __init__(self, data: bytes, what: object = "model.onnx", threads: int = 1, nchw: bool = False) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -135,16 +138,23 @@ class OnnxRunner:
         except Exception as exc:  # onnxruntime raises its own exception classes
             raise BadInput(what, f"onnxruntime cannot load it ({str(exc)[:200]})") from None
         self.input_name = self.session.get_inputs()[0].name
+        self.nchw = nchw
+        shape = self.session.get_inputs()[0].shape
+        self.max_batch = 1 if shape and shape[0] == 1 else 64  # torch.onnx.export without dynamic_axes: batch 1
+
+    def _feed(self, x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.nchw and x.ndim == 4 else x
 
     def scores(self, x: np.ndarray, batch: int = 64) -> np.ndarray:
+        batch = min(batch, self.max_batch)
         outs = [
-            self.session.run(None, {self.input_name: x[i : i + batch].astype(np.float32)})[0]
-            for i in range(0, len(x), batch)
+            self.session.run(None, {self.input_name: self._feed(x[i : i + batch])})[0] for i in range(0, len(x), batch)
         ]
         return np.concatenate(outs, axis=0)
 
     def latency_ms(self, x: np.ndarray, runs: int = 50, warmup: int = 5) -> float:
-        one = x[:1].astype(np.float32)
+        one = self._feed(x[:1])
         for _ in range(warmup):
             self.session.run(None, {self.input_name: one})
         times = []

@@ -10,6 +10,7 @@ the report, and nothing is written to ``out``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata as md
 import json
@@ -27,10 +28,11 @@ from protocol.twin import Twin
 from . import baseline, convert, selftest, tasks
 from .bundle import BundleFile, BundleSpec, refuse_existing, write_bundle
 from .config import CompilerConfig
-from .errors import BadInput, GateFailed, NotEdgeTpuReady
+from .errors import BadInput, GateFailed, NotEdgeTpuReady, ToolFailed
 from .evaluate import GatePolicy, gate, metrics
 from .graph import Graph, read_graph
 from .inference import OnnxRunner, TfliteRunner
+from .onnx_import import OnnxSource, tflite_input_shape
 from .parity import Comparison, choose_metric, conversion_failed, judge, not_made
 from .progress import Progress
 from .report import SCHEMA, machine, model_card
@@ -47,6 +49,10 @@ class BuildRequest:
     labels: tuple[str, ...] | None  # None: class ids "0".."K-1"
     preprocess: dict[str, Any]
     model: Path | None = None  # .keras or SavedModel dir
+    # an ONNX source (torch.onnx.export, or a .pt2 exported to ONNX): onnx2tf converts it and the
+    # file itself is the twin; x arrays are in the TFLite (NHWC) layout (compiler/onnx_import.py)
+    onnx_source: OnnxSource | None = None
+    source: dict[str, Any] | None = None  # report["source"]: kind, file, layout, preprocess fold
     train_digits: dict[str, Any] | None = None
     io_type: str = "int8"
     target: str = "cpu"  # cpu | edgetpu
@@ -131,6 +137,11 @@ def build(req: BuildRequest, cfg: CompilerConfig, progress: Progress | None = No
 
 def _convert(req: BuildRequest, cfg: CompilerConfig, work: Path, progress: Progress) -> convert.Converted:
     cal = convert.save_calibration(req.calibration, work / "calibration.npy")
+    src = req.onnx_source
+    onnx_path = None
+    if src is not None:
+        onnx_path = work / f"{req.name}.onnx"
+        onnx_path.write_bytes(src.data)
     job = convert.ConvertJob(
         calibration=cal,
         out_dir=work / "convert",
@@ -138,6 +149,9 @@ def _convert(req: BuildRequest, cfg: CompilerConfig, work: Path, progress: Progr
         model=req.model,
         train_digits=req.train_digits,
         target=req.target,
+        onnx=src is None,  # an ONNX source is its own twin: no tf2onnx round trip
+        onnx_model=onnx_path,
+        onnx_keep_input=src.input_name if src is not None and src.keep_layout else None,
     )
 
     def on_event(ev: dict[str, Any]) -> None:
@@ -150,10 +164,21 @@ def _convert(req: BuildRequest, cfg: CompilerConfig, work: Path, progress: Progr
         else:
             progress.done(ev["stage"], f"{_STAGE_TEXT.get(ev['stage'], '')} ({ev['seconds']:.1f} s)")
 
-    return convert.run(job, cfg.convert_timeout_s, on_event)
+    c = convert.run(job, cfg.convert_timeout_s, on_event)
+    if src is None:
+        return c
+    want = tflite_input_shape(src)
+    if tuple(c.input_shape) != want:
+        raise ToolFailed(
+            "onnx2tf",
+            f"converted input has shape {list(c.input_shape)}, expected {list(want)} from ONNX input "
+            f"{src.input_name!r} {list(src.input_shape)}; refusing a model whose layout we cannot vouch for",
+        )
+    return dataclasses.replace(c, onnx=src.data, onnx_input=src.input_name, onnx_output=src.output_name)
 
 
 _STAGE_TEXT = {
+    "onnx2tf": "ONNX -> SavedModel (onnx2tf, NCHW -> NHWC)",
     "train": "training the digits CNN",
     "load": "loading the model",
     "float": "float TFLite",
@@ -194,7 +219,8 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
         )
     if y is not None:
         _check_y_range(y, num_classes, f"the model has {num_classes} outputs")
-    onnx_run = OnnxRunner(c.onnx) if c.onnx is not None else None
+    src = req.onnx_source
+    onnx_run = OnnxRunner(c.onnx, nchw=src is not None and src.layout == "nchw") if c.onnx is not None else None
     o_scores = onnx_run.scores(x) if onnx_run is not None else None
     artifacts: dict[str, dict[str, Any]] = {}
     gate_doc = None
@@ -202,7 +228,10 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
         mf = metrics(f_scores, y)
         mq = metrics(q_scores, y, f_scores)
         mo = metrics(o_scores, y, f_scores) if o_scores is not None else None
-        result = gate(mf, mq, req.policy)
+        # an ONNX source: the float original is the model the user trained; the gate holds the
+        # int8 model to it (not to our float conversion of it)
+        original = metrics(o_scores, y) if src is not None and o_scores is not None else None
+        result = gate(original or mf, mq if original is None else metrics(q_scores, y, o_scores), req.policy)
         gate_doc = result.to_dict()
         per = {"model_float.tflite": mf, "model_int8.tflite": mq, "model.onnx": mo}
     else:
@@ -266,6 +295,7 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
         "gate": gate_doc,
         "twin": twin.to_dict(),
         "edgetpu": et_doc,
+        "source": _source_doc(req, o_scores, q_scores, y),
         "validation_samples": len(x),
         "calibration_samples": len(req.calibration),
         "machine": machine(),
@@ -315,6 +345,26 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
     digest = write_bundle(req.out, spec, files, req.sign_key)
     progress.done("bundle", f"digest {digest[:16]}…")
     return BuildResult(req.out, digest, report)
+
+
+def _source_doc(
+    req: BuildRequest, o_scores: np.ndarray | None, q_scores: np.ndarray, y: np.ndarray | None
+) -> dict[str, Any] | None:
+    """What the build started from and, for an ONNX source, the int8 model's parity with the
+    original (the twin the cloud serves): top-1 agreement and the largest score difference."""
+    if req.source is None:
+        return None
+    doc = dict(req.source)
+    if o_scores is not None and req.onnx_source is not None:
+        m = metrics(q_scores, y if y is not None else o_scores.argmax(axis=1), o_scores)
+        doc["int8_vs_original"] = {
+            "samples": len(q_scores),
+            "top1_agreement": m.agreement,
+            "max_abs_score_diff": float(np.abs(q_scores - o_scores).max()),
+            "original_accuracy": metrics(o_scores, y).accuracy if y is not None else None,
+            "int8_accuracy": m.accuracy if y is not None else None,
+        }
+    return doc
 
 
 def _twin(c: convert.Converted, float_run: TfliteRunner, ref: np.ndarray, got: np.ndarray | None) -> Twin:
