@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "broker_cert": "",
     "broker_key": "",
     "shared_group": "",
+    "dist": "",
 }
 
 Num = TypeVar("Num", int, float)
@@ -147,6 +148,7 @@ class HubConfig:
     retention: int = DEFAULTS["retention"]  # seconds telemetry windows and reports are kept
     broker_tls: BrokerTls = field(default_factory=BrokerTls)  # used when broker is mqtts://
     shared_group: str = ""  # MQTT shared-subscription group ("": plain subscriptions)
+    dist: Path | None = None  # `make dist` output served to devices (GET /install.sh, /dist/NAME)
 
     @property
     def broker_url(self) -> BrokerUrl:
@@ -226,6 +228,9 @@ class HubConfig:
         shared_group = str(pick("shared_group") or "")
         if given.get("shared_group") is not None or shared_group:
             check_shared_group(shared_group)
+        dist = str(pick("dist") or "")
+        if dist and not Path(dist).is_dir():
+            raise ConfigError("dist", f"{dist!r} is not a directory (build it with `make dist`)")
         db = str(pick("db"))
         if "://" not in db:
             raise ConfigError("db", f"{db!r} must be a SQLAlchemy URL like sqlite:///hub.db")
@@ -251,6 +256,7 @@ class HubConfig:
             retention=as_int("retention", 3600, 10 * 366 * 86400),
             broker_tls=BrokerTls(tls_files["broker_ca"], tls_files["broker_cert"], tls_files["broker_key"]),
             shared_group=shared_group,
+            dist=Path(dist) if dist else None,
         )
 
 
