@@ -7,7 +7,9 @@ Client commands (``models``, ``rollouts``, ``devices``) talk to a running hub ov
 ``--hub URL`` (env ``EDGEFLEET_HUB_URL``, default http://127.0.0.1:8000) and ``--token``
 (env ``EDGEFLEET_HUB_TOKEN``). Their ``ls`` print one page as a table (``--json``: the API's
 page as it came, ``{"items", "total", "limit", "offset"}``); ``--limit``/``--offset`` and the
-filters are the API's query parameters.
+filters are the API's query parameters. ``devices logs|selftest|restart|diagnostics ID`` send a
+remote-diagnostics command and wait (``--wait``) for the device's answer: exit 0 if it answered
+ok, 1 if it failed, refused, expired or did not answer in time.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import listings
 from .client import EXIT_FAIL, EXIT_OK, EXIT_USAGE, ClientError, call, client_args, page_args, show_page
 from .config import DEFAULTS, BrokerUrl, HubConfig
 from .errors import HubError
@@ -259,6 +262,20 @@ def cmd_groups(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_devices_command(args: argparse.Namespace) -> int:
+    """Remote diagnostics: issue, then wait up to ``--wait`` s for the device's answer. Exit 0 if
+    it answered ok, 1 if it failed, refused, expired or did not answer in time."""
+    path = f"/api/v1/devices/{urllib.parse.quote(args.id, safe='')}/commands"
+    body = {"name": args.command, **({"lines": args.lines} if getattr(args, "lines", None) else {})}
+    cmd = call(args, "POST", path, body)
+    deadline = time.monotonic() + args.wait
+    while cmd["status"] == "sent" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        cmd = call(args, "GET", f"{path}/{cmd['id']}")
+    print(json.dumps(cmd, indent=2) if args.json else listings.command_text(cmd))
+    return EXIT_OK if cmd["status"] == "ok" else EXIT_FAIL
+
+
 def cmd_devices_show(args: argparse.Namespace) -> int:
     print(json.dumps(call(args, "GET", f"/api/v1/devices/{args.id}"), indent=2))
     return EXIT_OK
@@ -407,6 +424,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     client_args(p)
     p.set_defaults(func=cmd_devices_show)
+    for name, what in (
+        ("logs", "the agent's recent log lines (secrets redacted)"),
+        ("selftest", "run the active bundle's self-test again"),
+        ("restart", "restart the agent (it exits cleanly; its supervisor starts it)"),
+        ("diagnostics", "versions, inventory, runtime, slots, redacted config, disk and checks"),
+    ):
+        p = dv.add_parser(name, help=f"remote diagnostics: {what}; exit 1 unless the device answers ok")
+        p.add_argument("id")
+        if name == "logs":
+            p.add_argument("--lines", type=int, help="how many recent lines, 1..500 (default 200)")
+        p.add_argument("--wait", type=float, default=30, help="seconds to wait for the answer (default %(default)s)")
+        p.add_argument("--json", action="store_true", help="print the command and its result as the API has them")
+        client_args(p)
+        p.set_defaults(func=cmd_devices_command, command=name)
 
     gr = sub.add_parser("groups", help="device groups and their maintenance windows").add_subparsers(
         dest="sub", required=True

@@ -119,3 +119,30 @@ def render(kind: str, page: dict[str, Any]) -> str:
     """A page of ``kind`` (a key of :data:`LISTINGS`) as a table and its footer."""
     columns, row = LISTINGS[kind]
     return table(columns, [row(item) for item in page["items"]]) + "\n" + footer(page)
+
+
+def command_text(c: dict[str, Any]) -> str:
+    """A remote-diagnostics command as ``devices logs|selftest|restart|diagnostics`` print it:
+    one status line, then the answer (log lines; failing checks first; the rest as the API has it)."""
+    head = f"{c['name']} {c['id']} on {c['device_id']}: {c['status']}"
+    if c["reason"] and c["reason"] != "ok":
+        head += f" ({c['reason']})"
+    lines = [head + (f": {c['detail']}" if c["detail"] else "")]
+    body = c.get("body") or {}
+    if c["name"] == "logs":
+        lines += list(body.get("lines", []))
+        if body.get("truncated"):
+            lines.append(f"({body['truncated']} older lines left out to fit one result)")
+    elif c["name"] == "diagnostics" and body:
+        checks = sorted(body.get("checks", []), key=lambda k: bool(k["ok"]))
+        lines.append(
+            table(("check", "ok", "detail"), [(k["name"], "yes" if k["ok"] else "NO", k["detail"]) for k in checks])
+        )
+        lines.append(
+            f"agent {body.get('agent_version')} pid {body.get('pid')} up {body.get('uptime_s')} s; --json for all"
+        )
+    elif body:
+        lines += [f"  {k}: {v}" for k, v in body.items()]
+    if c["status"] == "sent":
+        lines.append("no answer yet: it shows on the device page (or GET .../commands/{id}) when it comes")
+    return "\n".join(lines)
