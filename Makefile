@@ -4,12 +4,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: demo test install bench lint clean reliability
+.PHONY: demo test install bench lint clean reliability dist
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
-	$(PY) -m pip install -e '.[all,dev]'
+	$(PY) -m pip install -e '.[all,dev,torch]'
+	# onnx2tf pins versions that fight ours (docs/adr/0010-pytorch-onnx-import.md): no deps
+	$(PY) -m pip install --no-deps onnx2tf==1.29.24 tf-keras==2.21.0
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,8 +30,12 @@ reliability: install
 bench: install
 	$(PY) -m bench all
 
+# the agent wheel + install.sh + coral-setup.sh + the systemd unit, what a hub serves (EDGEFLEET_HUB_DIST=dist)
+dist: install
+	PY=$(PY) sh scripts/dist.sh dist
+
 lint: install
 	PY=$(PY) bash scripts/check
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info

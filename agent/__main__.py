@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     en.add_argument("--root-sha256", help="expected SHA-256 of root.json (from the operator); refuse any other")
     en.add_argument("--force", action="store_true", help="replace existing files")
     en.add_argument(
-        "--group", help="write the files 0640 owned by this group (the service user's: edgefleet) instead of 0600"
+        "--group", help="write the files 0640 owned by this group (name or id; the service user's: edgefleet), not 0600"
     )
     en.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p

@@ -112,7 +112,10 @@ def request(hub: str, token: str, timeout: float = 15.0) -> Any:
 
 
 def group_id(name: str) -> int:
-    """The id of group ``name`` (the service user's group), or EnrollError naming it."""
+    """The id of group ``name`` (the service user's group; a number is taken as the id, for an
+    installer writing into another root), or EnrollError naming it."""
+    if name.isdigit():
+        return int(name)
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:
