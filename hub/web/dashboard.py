@@ -28,7 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from .. import commands, devices, rollouts
+from .. import commands, devices, groups, rollouts
 from ..auth import COOKIE, Caller, caller_for, caller_of
 from ..errors import HubError, NotFound
 from ..fleet import Fleet
@@ -242,7 +242,12 @@ def dashboard_router() -> APIRouter:
             request,
             caller,
             "fleet.html",
-            {"o": ctx, "span": span if span in SPANS else "1h", "spans": list(SPANS)},
+            {
+                "o": ctx,
+                "span": span if span in SPANS else "1h",
+                "spans": list(SPANS),
+                "groups": groups.listing(f)["items"],
+            },
             parts=("fleet_cards", "fleet_alerts"),
         )
 
