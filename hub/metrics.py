@@ -137,6 +137,7 @@ class FleetSeries(Collector):
 
 
 INSTALL_RESULTS = ("installed", "failed", "rolled_back")
+ALERT_KINDS = ("offline", "latency_regression", "drift", "rollout_gate")  # hub.alerts.KINDS + the rollout gate
 
 
 def install_result(stage: str, status: str) -> str | None:
@@ -204,6 +205,8 @@ class HubMetrics:
             registry=r,
         )
         self.alerts = Counter("edgefleet_hub_alerts_total", "Alerts raised by kind", ["kind"], registry=r)
+        for kind in ALERT_KINDS:  # present from the start: increase() sees the first alert of a kind
+            self.alerts.labels(kind)
         self.http_errors = Counter(
             "edgefleet_hub_http_errors_total", "4xx/5xx API responses by status", ["status"], registry=r
         )
