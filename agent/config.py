@@ -15,6 +15,7 @@ Example ``agent.toml``::
     http_socket = "/run/edgefleet/agent.sock"  # optional: the same API on a Unix socket
     telemetry_interval_s = 10
     http_metrics = false                    # true: GET /metrics (Prometheus) on the local API
+    max_hold_minutes = 60                   # an app may hold one install's switch this long (0: never)
     cloud_url = "https://fallback.example.com"
     cloud_api_key = "..."
     edgetpu = "auto"                        # auto | off
@@ -106,6 +107,7 @@ class AgentConfig:
     probation_inferences: int = 20  # a freshly switched model is on probation this long
     probation_max_errors: int = 3  # errors within probation that trigger a rollback
     probation_max_crashes: int = 2  # unclean restarts within probation that trigger a rollback
+    max_hold_minutes: int = 60  # the longest an app may hold one install's switch (0: no holds)
     disk_reserve_bytes: int = 16 * 1024 * 1024
     max_packet_bytes: int = MIN_PACKET_BYTES  # MQTT v5 Maximum Packet Size the agent declares
     backlog_max_rows: int = 5000
@@ -155,6 +157,12 @@ def _path(doc: Mapping[str, Any], key: str, base: Path, default: Any = ...) -> P
 def _positive(key: str, value: float, allow_zero: bool = False) -> float:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{key}: expected a number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return value
+
+
+def _hold_minutes(value: int) -> int:
+    if not 0 <= value <= 1440:
+        raise ConfigError(f"max_hold_minutes: expected 0 (apps may not hold updates) to 1440, got {value!r}")
     return value
 
 
@@ -242,6 +250,7 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."), env: Mapping[str, 
         probation_inferences=int(_positive("probation_inferences", _get(doc, "probation_inferences", int, 20), True)),
         probation_max_errors=int(_positive("probation_max_errors", _get(doc, "probation_max_errors", int, 3))),
         probation_max_crashes=int(_positive("probation_max_crashes", _get(doc, "probation_max_crashes", int, 2), True)),
+        max_hold_minutes=_hold_minutes(_get(doc, "max_hold_minutes", int, 60)),
         disk_reserve_bytes=int(_positive("disk_reserve_bytes", _get(doc, "disk_reserve_bytes", int, 16 << 20), True)),
         max_packet_bytes=max_packet,
         backlog_max_rows=int(_positive("backlog_max_rows", _get(doc, "backlog_max_rows", int, 5000))),

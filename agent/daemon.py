@@ -30,7 +30,7 @@ from typing import Any
 from protocol.commands import Command
 from protocol.device import Inventory
 from protocol.errors import BadPayload, ProtocolError, Reason, VerificationError
-from protocol.messages import Desired, Report, Status, Telemetry, parse_ack, parse_desired_payload, verify_desired
+from protocol.messages import Desired, Hold, Report, Status, Telemetry, parse_ack, parse_desired_payload, verify_desired
 from protocol.signing import Envelope, Root, load_root_unverified, rotate_root, targets_rotated
 from protocol.topics import Kind, Topic
 
@@ -148,6 +148,7 @@ class Agent:
         bundle: str | None = None,
         progress: float | None = None,
         metrics: dict[str, Any] | None = None,
+        hold: Hold | None = None,
     ) -> None:
         """``desired_seq`` None = the last verified document's; 0 = no verified document (the
         hub matches a report to a rollout by this seq, so only a signed seq may be named)."""
@@ -164,6 +165,7 @@ class Agent:
             bundle,
             progress,
             metrics or {},
+            hold,
         )
         log.log(
             logging.WARNING if status == "failed" else logging.INFO,
@@ -259,6 +261,7 @@ class Agent:
             "connected": self.transport.alive(),
             "backlog": self.backlog.stats(time.time()),
             "chunks_received": {"messages": self.updater.chunks_received, "bytes": self.updater.chunk_bytes_received},
+            "update_hold": self.updater.hold_status(),
         }
 
     # start-up ------------------------------------------------------------------------------------
@@ -339,13 +342,15 @@ class Agent:
         """Open every listener, then announce the port (``http.port`` means: ready)."""
         try:
             self._server = make_server(
-                self.cfg.http_host, self.cfg.http_port, self.serving, self.status_doc, self.metrics
+                self.cfg.http_host, self.cfg.http_port, self.serving, self.status_doc, self.metrics, self.updater
             )
         except OSError as exc:
             raise StartupError(f"http {self.cfg.http_host}:{self.cfg.http_port}: {exc.strerror}") from None
         if self.cfg.http_socket is not None:
             try:
-                self._unix = make_unix_server(self.cfg.http_socket, self.serving, self.status_doc, self.metrics)
+                self._unix = make_unix_server(
+                    self.cfg.http_socket, self.serving, self.status_doc, self.metrics, self.updater
+                )
             except OSError as exc:
                 raise StartupError(f"http_socket {str(self.cfg.http_socket)!r}: {exc.strerror}") from None
             threading.Thread(target=self._unix.serve_forever, name="http-unix", daemon=True).start()

@@ -111,3 +111,10 @@ class UnknownSession(InputError):
     would be a silently wrong answer (HTTP 422)."""
 
     reason = "unknown_session"
+
+
+class HoldRefused(AgentError, ValueError):
+    """An app's update hold request (local API ``POST /v1/update/hold``) is not acceptable: the
+    message names the value and the limit (HTTP 422)."""
+
+    reason = "hold_refused"

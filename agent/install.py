@@ -27,6 +27,12 @@ Trust root expiry (python-tuf's rule for the final root): an expired root verifi
 root's expiry, and no downloaded bundle is staged. It still verifies a root rotation (the newer
 root chains from it) and the slots already installed, so the device keeps serving its model.
 
+App hold (after ``selftest``, before ``switch``): while an app on the device holds updates
+(:func:`hold_verdict`), a ready install waits in stage ``held`` and reports ``switch
+progress`` with the hold (until, reason); it switches when the hold ends, is cleared, or has
+lasted ``max_hold_minutes`` for this install. Rollbacks (probation, ``switch_back`` to a kept
+slot ordered by the hub) are not held: they are how a bad model leaves.
+
 Probation (after a switch, until the first ``probation_inferences`` succeeded): errors in
 ``probation_max_errors`` of them roll back (:func:`probation_verdict`); so do more than
 ``probation_max_crashes`` restarts without a clean shutdown (:func:`crash_verdict`), which is
@@ -45,7 +51,7 @@ from protocol.errors import Reason
 from protocol.messages import BundleRef, Desired
 from protocol.signing import Root
 
-from .errors import RootExpired
+from .errors import HoldRefused, RootExpired
 
 RUNTIMES = ("edgetpu", "cpu", "onnx")
 
@@ -228,3 +234,38 @@ def describe(result: Plan | Rejection) -> dict[str, Any]:
     if isinstance(result, Rejection):
         return {"rejected": result.reason.value, "detail": result.detail}
     return {"action": result.action, "bundle": result.bundle.digest if result.bundle else None}
+
+
+# ---- app-controlled deferral ----------------------------------------------------------------
+@dataclass(frozen=True)
+class AppHold:
+    """An app on this device asked (local API ``POST /v1/update/hold``) that no new bundle be
+    switched to before ``until`` (unix seconds)."""
+
+    until: int
+    reason: str = ""
+
+
+def hold_request(minutes: Any, reason: Any, now: int, max_minutes: int) -> AppHold:
+    """An app's hold request, checked: ``minutes`` an int from 1 to ``max_minutes`` (the agent's
+    ``max_hold_minutes``), ``reason`` a short string. Raises :class:`HoldRefused` naming the value.
+    A new request replaces the current hold (an app ends one early with ``DELETE``)."""
+    if max_minutes <= 0:
+        raise HoldRefused("update holds are disabled on this device (max_hold_minutes = 0)")
+    if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= max_minutes:
+        raise HoldRefused(f"minutes must be a whole number from 1 to {max_minutes}, got {minutes!r:.40}")
+    if not isinstance(reason, str) or len(reason) > 200:
+        raise HoldRefused(f"reason must be a string of at most 200 characters, got {reason!r:.40}")
+    return AppHold(now + minutes * 60, reason)
+
+
+def hold_verdict(hold: AppHold | None, ready_since: int, now: int, max_minutes: int) -> AppHold | None:
+    """Does an app's hold stop the switch to an install that has been ready (downloaded,
+    verified, self-tested) since ``ready_since``? The hold in force, with its end capped at
+    ``ready_since + max_minutes``: however often an app renews its hold, one install waits at
+    most ``max_minutes``, so no app can stall its device's updates (and the fleet's rollout)
+    for good. None: switch now."""
+    if hold is None:
+        return None
+    until = min(hold.until, ready_since + max_minutes * 60)
+    return AppHold(until, hold.reason) if now < until else None

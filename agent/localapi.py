@@ -19,8 +19,11 @@ Wire rules (each violation gets a JSON error naming it, then the connection clos
 * HTTP/1.1 keeps the connection open unless ``Connection: close``; HTTP/1.0 closes unless
   ``Connection: keep-alive``; an idle connection is closed after ``IDLE_TIMEOUT_S``;
 * routes: ``POST /v1/predict`` and ``/predict``, ``GET /healthz``, ``GET /v1/status``, and
-  ``GET /metrics`` (Prometheus text, :mod:`agent.metrics`) when ``http_metrics`` is on; other
-  paths 404, other methods 405 (with ``Allow``). Errors are ``{"error", "detail"}``;
+  ``GET /metrics`` (Prometheus text, :mod:`agent.metrics`) when ``http_metrics`` is on, and
+  ``GET|POST|DELETE /v1/update/hold`` (an app defers switching to a new bundle: ``POST
+  {"minutes": N, "reason": "..."}``, N up to ``max_hold_minutes``; 422 names a bad value;
+  ``DELETE`` lets go; every answer is the hold's state, agent/README.md); other paths 404,
+  other methods 405 (with ``Allow``). Errors are ``{"error", "detail"}``;
 * a predict body that is not strict JSON (NaN, Infinity, ``1e999``, nesting past 1024 levels,
   ``inputs`` deeper than 16) is 400; an image declaring more than ``agent.image.MAX_PIXELS``
   pixels is 413 (decoded never); other bad input 422. The connection stays open.
@@ -39,9 +42,9 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from .errors import AgentError, InputError, MalformedBody, TooLarge, Unavailable
+from .errors import AgentError, HoldRefused, InputError, MalformedBody, TooLarge, Unavailable
 from .metrics import CONTENT_TYPE as METRICS_TYPE, AgentMetrics
 from .serve import MAX_BODY, Answer, Serving, parse_request
 
@@ -146,6 +149,10 @@ def response(
     ).encode("latin-1") + body
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _error(status: HTTPStatus, detail: str) -> bytes:
     return json.dumps({"error": status.phrase.lower(), "detail": detail}).encode()
 
@@ -156,10 +163,28 @@ class Closed(AgentError):
     reason = "closed"
 
 
+class UpdateHold(Protocol):
+    """What the hold route drives (the updater: :meth:`agent.updater.Updater.set_hold`)."""
+
+    def set_hold(self, minutes: Any, reason: Any) -> dict[str, Any]: ...
+
+    def clear_hold(self) -> dict[str, Any]: ...
+
+    def hold_status(self) -> dict[str, Any]: ...
+
+
+HOLD_PATH = "/v1/update/hold"
+
+
 def _handler(
-    serving: Serving, status: Callable[[], dict[str, Any]], metrics: AgentMetrics | None = None
+    serving: Serving,
+    status: Callable[[], dict[str, Any]],
+    metrics: AgentMetrics | None = None,
+    hold: UpdateHold | None = None,
 ) -> type[socketserver.BaseRequestHandler]:
-    routes = {**_ROUTES, "/metrics": "GET"} if metrics is not None else _ROUTES
+    routes = {**_ROUTES, "/metrics": "GET"} if metrics is not None else dict(_ROUTES)
+    if hold is not None:
+        routes[HOLD_PATH] = "GET, POST, DELETE"
 
     class Connection(socketserver.BaseRequestHandler):
         request: socket.socket
@@ -221,13 +246,14 @@ def _handler(
                     return False
                 head = parse_head(block.lstrip(b"\r\n"))  # stray CRLF before a request is allowed
                 allowed = routes.get(head.path)
-                if allowed is not None and head.method != allowed:
+                if allowed is not None and head.method not in allowed.split(", "):
                     raise BadRequest(
                         HTTPStatus.METHOD_NOT_ALLOWED, f"{head.path} takes {allowed}, not {head.method}", allow=allowed
                     )
                 length = body_length(head)
                 if (
-                    allowed == "POST"
+                    allowed is not None
+                    and head.method == "POST"
                     and head.version == "HTTP/1.1"
                     and head.headers.get("expect", "").lower() == "100-continue"
                 ):
@@ -245,9 +271,29 @@ def _handler(
                     _error(HTTPStatus.NOT_FOUND, f"no route {head.method} {head.path}"),
                     head.keep_alive,
                 )
+            if head.path == HOLD_PATH and hold is not None:
+                return self._hold(hold, head, body)
             if allowed == "GET":
                 return self._get(head)
             return self._post(head, body)
+
+        def _hold(self, hold: UpdateHold, head: Head, body: bytes) -> bool:
+            if head.method == "GET":
+                return self._send(200, json.dumps(hold.hold_status()).encode(), head.keep_alive)
+            if head.method == "DELETE":
+                return self._send(200, json.dumps(hold.clear_hold()).encode(), head.keep_alive)
+            try:
+                req = json.loads(body or b"{}", parse_constant=_no_constant)
+                if not isinstance(req, dict):
+                    raise HoldRefused(f'the body must be a JSON object like {{"minutes": 30}}, got {body[:40]!r}')
+                unknown = set(req) - {"minutes", "reason"}
+                if unknown:
+                    raise HoldRefused(f"unknown fields {sorted(unknown)}; known: minutes, reason")
+                doc = hold.set_hold(req.get("minutes"), req.get("reason", ""))
+            except (ValueError, RecursionError) as exc:  # HoldRefused, or a body that is not JSON
+                code = HTTPStatus.UNPROCESSABLE_ENTITY if isinstance(exc, HoldRefused) else HTTPStatus.BAD_REQUEST
+                return self._send(code, _error(code, str(exc)), head.keep_alive)
+            return self._send(200, json.dumps(doc).encode(), head.keep_alive)
 
         def _get(self, head: Head) -> bool:
             if head.path == "/healthz":
@@ -329,17 +375,22 @@ def make_server(
     serving: Serving,
     status: Callable[[], dict[str, Any]],
     metrics: AgentMetrics | None = None,
+    hold: UpdateHold | None = None,
 ) -> TCPServer:
-    return TCPServer((host, port), _handler(serving, status, metrics))
+    return TCPServer((host, port), _handler(serving, status, metrics, hold))
 
 
 def make_unix_server(
-    path: Path, serving: Serving, status: Callable[[], dict[str, Any]], metrics: AgentMetrics | None = None
+    path: Path,
+    serving: Serving,
+    status: Callable[[], dict[str, Any]],
+    metrics: AgentMetrics | None = None,
+    hold: UpdateHold | None = None,
 ) -> UnixServer:
     """The same API on a Unix socket (mode 0660): local apps without a TCP port."""
     if path.is_socket():
         path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
-    srv = UnixServer(str(path), _handler(serving, status, metrics))
+    srv = UnixServer(str(path), _handler(serving, status, metrics, hold))
     os.chmod(path, 0o660)
     return srv

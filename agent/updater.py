@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from protocol.bundle import Manifest
 from protocol.errors import ProtocolError, Reason, VerificationError
-from protocol.messages import BundleInfo, Desired, FetchRequest
+from protocol.messages import BundleInfo, Desired, FetchRequest, Hold
 from protocol.signing import Root
 from protocol.topics import Kind, Topic
 
@@ -33,7 +33,19 @@ from .config import AgentConfig, packet_bytes_for
 from .download import Download, bytes_on_disk, chunk_subscription
 from .durable import read_json, write_json
 from .errors import DiskFull, ModelError, RootExpired
-from .install import Choice, Current, Inventory, Plan, Rejection, choose_artifact, plan, require_fresh_root
+from .install import (
+    AppHold,
+    Choice,
+    Current,
+    Inventory,
+    Plan,
+    Rejection,
+    choose_artifact,
+    hold_request,
+    hold_verdict,
+    plan,
+    require_fresh_root,
+)
 from .runtime import Model
 from .serve import Serving
 from .slots import SlotRecord, Slots, SlotsState
@@ -66,6 +78,7 @@ class ReportFn(Protocol):
         bundle: str | None = None,
         progress: float | None = None,
         metrics: dict[str, Any] | None = None,
+        hold: Hold | None = None,
     ) -> None: ...
 
 
@@ -86,6 +99,9 @@ class Job:
     filters: set[str] = dc_field(default_factory=set)  # chunk filters subscribed in the broker session
     filters_on: int = -1  # the connection they were last (re)asserted on
     shadow: bool = False  # a candidate to run beside the active model, never switched to
+    ready_since: int | None = None  # when the install first stood ready to switch (an app hold's cap)
+    held: tuple[SlotRecord, Manifest, Choice] | None = None  # what to switch to when the app's hold ends
+    held_until: int = 0  # the hold's end as last reported
 
 
 def model_roles(manifest: Manifest) -> dict[str, str]:
@@ -145,6 +161,7 @@ class Updater:
         self.job: Job | None = None
         self.job_file = cfg.state_dir / "job.json"
         self.downloads = cfg.state_dir / "downloads"
+        self.hold: AppHold | None = None  # an app's hold on switching (local API); not persisted
         self.chunks_received = 0  # every chunk message since start, any archive (the link's cost)
         self.chunk_bytes_received = 0
 
@@ -452,9 +469,74 @@ class Updater:
             self._drop_filters(job)
             self._finish_download()
 
-    def tick(self, now_mono: float) -> None:
-        """Ask the hub for chunks missing after ``fetch_repair_s`` without progress (backing off)."""
+    # app hold ------------------------------------------------------------------------------
+    def set_hold(self, minutes: Any, reason: Any) -> dict[str, Any]:
+        """An app holds switching (:func:`agent.install.hold_request`); HoldRefused names a bad value."""
+        self.hold = hold_request(minutes, reason, int(time.time()), self.cfg.max_hold_minutes)
+        log.info("app holds updates until %s: %s", _utc(self.hold.until), self.hold.reason or "no reason given")
+        return self.hold_status()
+
+    def clear_hold(self) -> dict[str, Any]:
+        """The app lets go; a held install switches at the next tick."""
+        if self.hold is not None:
+            log.info("app released its update hold")
+        self.hold = None
+        return self.hold_status()
+
+    def hold_status(self) -> dict[str, Any]:
+        now = int(time.time())
+        h = self.hold if self.hold is not None and self.hold.until > now else None
         job = self.job
+        waiting = job is not None and job.stage == "held" and job.plan.bundle is not None
+        return {
+            "held": h is not None,
+            "until": h.until if h else None,
+            "reason": h.reason if h else "",
+            "max_minutes": self.cfg.max_hold_minutes,
+            "install_waiting": job.plan.bundle.digest if waiting and job and job.plan.bundle else None,
+            "switch_at_latest": job.held_until if waiting and job else None,
+        }
+
+    def _held(self, job: Job, rec: SlotRecord, manifest: Manifest, choice: Choice) -> bool:
+        """Is the ready install ``rec`` held by an app? Then stage ``held``, and a report with the
+        hold whenever its end changes. A rollback (the hub's ``rollback`` action) is never held."""
+        if job.desired.action != "install":
+            return False
+        now = int(time.time())
+        if job.ready_since is None:
+            job.ready_since = now
+        verdict = hold_verdict(self.hold, job.ready_since, now, self.cfg.max_hold_minutes)
+        if verdict is None:
+            job.held = None
+            return False
+        job.held, job.stage = (rec, manifest, choice), "held"
+        if verdict.until != job.held_until:
+            job.held_until = verdict.until
+            why = f"held by app until {_utc(verdict.until)}" + (f": {verdict.reason}" if verdict.reason else "")
+            self.report(
+                "switch",
+                "progress",
+                Reason.OK,
+                why,
+                job.desired.seq,
+                rec.digest,
+                hold=Hold(verdict.until, verdict.reason),
+            )
+            self.on_change()
+        return True
+
+    def tick(self, now_mono: float) -> None:
+        """Switch a held install once its hold ends; ask the hub for chunks missing after
+        ``fetch_repair_s`` without progress (backing off)."""
+        job = self.job
+        if job is not None and job.stage == "held" and job.held is not None:
+            rec, manifest, choice = job.held
+            now = int(time.time())
+            if hold_verdict(self.hold, job.ready_since or now, now, self.cfg.max_hold_minutes) is None:
+                self._selftest_and_switch(rec, manifest, choice)  # tested again: it sat on disk meanwhile
+            else:
+                self._held(job, rec, manifest, choice)  # reports a renewed hold's new end
+            return
         if job is None or job.stage != "download" or job.download is None:
             return
         wait = self.cfg.fetch_repair_s * min(8, 2**job.fetch_rounds)
@@ -601,6 +683,10 @@ class Updater:
             self._remove_download()
             self._finish_job("shadow:running")
             return
+        assert model is not None
+        if self._held(job, rec, manifest, choice):
+            model.close()  # reopened and tested again when the hold ends
+            return
         job.stage = "switch"
         before = self.slots.load()
         self.slots.save(
@@ -722,3 +808,7 @@ class Updater:
             b = self.job.plan.bundle
             return BundleInfo(b.digest, b.name, b.version)
         return None
+
+
+def _utc(t: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
