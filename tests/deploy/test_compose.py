@@ -41,7 +41,8 @@ def run_config(extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     cmd = compose_command()
     if cmd is None:
         pytest.skip("no docker-compose / docker compose client installed")
-    env = {k: v for k, v in os.environ.items() if k != "EDGEFLEET_HUB_TOKEN"} | extra_env
+    env = {k: v for k, v in os.environ.items() if k != "EDGEFLEET_HUB_TOKEN"}
+    env |= {"GRAFANA_ADMIN_PASSWORD": "grafana-test-password"} | extra_env  # required since issue 17
     return subprocess.run(
         [*cmd, "-f", str(REPO / "docker-compose.yml"), "config"], capture_output=True, text=True, env=env, cwd=REPO
     )
