@@ -93,6 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "broker_cert",
             "broker_key",
             "shared_group",
+            "dist",
         )
     }
     given["dev"] = True if args.dev else None
@@ -340,6 +341,7 @@ def parser() -> argparse.ArgumentParser:
         help="run as one of several hub replicas on one PostgreSQL database: subscribe as MQTT "
         "shared subscriptions $share/NAME/... (default: plain subscriptions, one hub)",
     )
+    p.add_argument("--dist", help="`make dist` folder served to devices: GET /install.sh, /dist/NAME (default: none)")
     p.add_argument("--dev", action="store_true", help="allow a default token (local development only)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
