@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # System packages the tests use: Debian's chromium (browser tests), mosquitto (real broker),
-# docker-compose (validates docker-compose.yml without an engine). Installed only when missing
+# docker-compose (validates docker-compose.yml without an engine), prometheus (promtool checks
+# /metrics, deploy/prometheus; a real Prometheus scrapes hub, agent, cloud). Installed only when missing
 # and when we can (root + apt); tests that need a missing one skip with the reason.
 set -u
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "test-deps: missing ${need[*]} and cannot apt-get install them; those tests will skip" >&2
