@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from protocol.commands import Command, Refused, Result, verify_command
+from protocol.commands import MAX_RESULT_BYTES, Command, Refused, Result, verify_command
 from protocol.errors import BadPayload, Reason, VerificationError
 from protocol.signing import Root
 
@@ -145,3 +145,33 @@ def tail(lines: Sequence[str], want: int, max_bytes: int) -> tuple[list[str], in
         picked.append(line)
     picked.reverse()
     return picked, len(newest) - len(picked)
+
+
+def fit(result: Result, max_bytes: int = MAX_RESULT_BYTES) -> Result:
+    """``result`` as it may be sent: at most ``max_bytes`` encoded. Log lines are dropped oldest
+    first (``truncated`` counts them: JSON escapes can make a line of control characters six
+    times its size); any other answer too large becomes ``failed`` naming its size, never a
+    message the hub would refuse unread."""
+    size = len(result.to_bytes())
+    if size <= max_bytes:
+        return result
+    lines = result.body.get("lines")
+    if isinstance(lines, list):
+        kept = list(lines)
+        while kept:
+            kept = kept[len(kept) // 4 + 1 :]  # the oldest quarter (at least one line) goes
+            body = {
+                **result.body,
+                "lines": kept,
+                "truncated": int(result.body.get("truncated", 0)) + len(lines) - len(kept),
+            }
+            trimmed = replace(result, body=body)
+            if len(trimmed.to_bytes()) <= max_bytes:
+                return trimmed
+    return replace(
+        result,
+        status="failed",
+        reason=Reason.INTERNAL.value,
+        detail=f"{result.name} answer of {size} bytes exceeds the {max_bytes}-byte result limit",
+        body={},
+    )

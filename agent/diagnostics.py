@@ -34,7 +34,7 @@ from protocol.commands import MAX_RESULT_BYTES, Command, Result
 from protocol.errors import ProtocolError, Reason
 
 from . import AGENT_VERSION, inventory
-from .commands import LOG_LINE_MAX_CHARS, LOG_MAX_BYTES, LOG_MAX_LINES, redact, redact_config, tail
+from .commands import LOG_LINE_MAX_CHARS, LOG_MAX_BYTES, LOG_MAX_LINES, fit, redact, redact_config, tail
 from .install import require_fresh_root
 from .updater import selftest_slot
 
@@ -80,6 +80,11 @@ def _result(agent: Agent, cmd: Command, status: str, reason: Reason, detail: str
 
 
 def execute(agent: Agent, cmd: Command) -> Result:
+    """Run ``cmd``; the answer always fits one result message (:func:`agent.commands.fit`)."""
+    return fit(_execute(agent, cmd))
+
+
+def _execute(agent: Agent, cmd: Command) -> Result:
     try:
         if cmd.name == "logs":
             return _logs(agent, cmd)

@@ -121,6 +121,12 @@ def render(kind: str, page: dict[str, Any]) -> str:
     return table(columns, [row(item) for item in page["items"]]) + "\n" + footer(page)
 
 
+def printable(text: str) -> str:
+    """A device's text for a terminal: control characters (escape sequences that could rewrite
+    the operator's screen) shown as ``\\xNN``, never sent raw."""
+    return "".join(ch if ch.isprintable() or ch == "\t" else f"\\x{ord(ch):02x}" for ch in str(text))
+
+
 def command_text(c: dict[str, Any]) -> str:
     """A remote-diagnostics command as ``devices logs|selftest|restart|diagnostics`` print it:
     one status line, then the answer (log lines; failing checks first; the rest as the API has it)."""
@@ -145,4 +151,4 @@ def command_text(c: dict[str, Any]) -> str:
         lines += [f"  {k}: {v}" for k, v in body.items()]
     if c["status"] == "sent":
         lines.append("no answer yet: it shows on the device page (or GET .../commands/{id}) when it comes")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in "\n".join(lines).split("\n"))

@@ -17,13 +17,14 @@ from agent.commands import (
     Ignore,
     Run,
     decide,
+    fit,
     redact,
     redact_config,
     remember,
     tail,
 )
 from agent.diagnostics import LogRing
-from protocol.commands import Command
+from protocol.commands import Command, Result
 from protocol.signing import SigningKey
 
 NOW = 1_800_000_000
@@ -145,3 +146,17 @@ def test_the_log_ring_is_bounded_and_holds_no_secret():
         assert sum(len(x) + 1 for x in ring.lines()) <= LOG_MAX_BYTES
     finally:
         log.removeHandler(ring)
+
+
+def test_an_answer_too_big_for_one_message_is_trimmed_or_refused_by_size_never_sent_oversized():
+    escapes = ["\x01" * 2000] * 32  # 64 KB of text, ~384 KB as JSON escapes
+    logs = Result("c0ffee0001", "dev1", "logs", NOW, "ok", body={"lines": escapes + ["newest"], "truncated": 0})
+    got = fit(logs, 100_000)
+    assert len(got.to_bytes()) <= 100_000 and got.status == "ok"
+    assert got.body["lines"][-1] == "newest" and got.body["truncated"] == 33 - len(got.body["lines"])
+    big = Result("c0ffee0002", "dev1", "diagnostics", NOW, "ok", body={"config": {"x": "y" * 200_000}})
+    refused = fit(big, 100_000)
+    assert (refused.status, refused.reason, refused.body) == ("failed", "internal", {})
+    assert "answer of 200" in refused.detail and "exceeds the 100000-byte result limit" in refused.detail
+    small = Result("c0ffee0003", "dev1", "selftest", NOW, "ok", body={"cases": 1})
+    assert fit(small, 100_000) is small

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs
 
-from hub.listings import footer, query, render, table, target
+from hub.listings import command_text, footer, query, render, table, target
 
 
 def test_query_leaves_out_unset_filters_and_encodes_the_rest():
@@ -40,3 +40,33 @@ def test_an_empty_page_is_a_header_and_a_footer():
         "rollout  phase  installed  bundle  target  created  reason",
         "(0 of 0)",
     ]
+
+
+def command(name: str, status: str = "ok", body: dict | None = None, **kw: str) -> dict:
+    return {
+        "id": "cmd-1",
+        "device_id": "pi-7",
+        "name": name,
+        "status": status,
+        "reason": "ok",
+        "detail": "",
+        "body": body,
+        **kw,
+    }
+
+
+def test_a_device_answer_prints_as_text_and_cannot_drive_the_terminal():
+    logs = command_text(command("logs", body={"lines": ["one", "\x1b[2J\x1b[Hall clear\x07"], "truncated": 3}))
+    assert logs.splitlines() == [
+        "logs cmd-1 on pi-7: ok",
+        "one",
+        "\\x1b[2J\\x1b[Hall clear\\x07",
+        "(3 older lines left out to fit one result)",
+    ]
+    assert "\x1b" not in logs
+    checks = [{"name": "disk", "ok": False, "detail": "1 byte free"}, {"name": "broker", "ok": True, "detail": "up"}]
+    diag = command_text(command("diagnostics", body={"checks": checks[::-1], "agent_version": "0.1.0", "pid": 7}))
+    rows = diag.splitlines()
+    assert rows[1].split() == ["check", "ok", "detail"] and rows[2].split()[:2] == ["disk", "NO"]  # failing first
+    refused = command_text(command("format", "refused", reason="unknown_command", detail="unknown command 'format'"))
+    assert refused == "format cmd-1 on pi-7: refused (unknown_command): unknown command 'format'"
