@@ -3,9 +3,7 @@ root built with mmdebstrap (cached as a tarball between runs)."""
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -100,12 +98,3 @@ def bookworm_tarball() -> Path:
         pytest.skip(f"mmdebstrap could not build a bookworm root (no network to {MIRROR}?): {res.stderr[-400:]}")
     part.rename(tar)
     return tar
-
-
-def host_has(user: str, group: str) -> bool:
-    try:
-        pwd.getpwnam(user)
-        grp.getgrnam(group)
-    except KeyError:
-        return False
-    return True
