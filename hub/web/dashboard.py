@@ -19,6 +19,7 @@ gets the "denied" page. :func:`install` adds the pages, ``/`` and the static fil
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
@@ -408,12 +409,13 @@ def dashboard_router() -> APIRouter:
     return router
 
 
-def _latest(recent: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The newest answered command of each name, newest first (the device page shows its result)."""
-    seen: dict[str, Mapping[str, Any]] = {}
+def _latest(recent: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The newest answered command of each name, newest first (the device page shows its result),
+    with its body as indented JSON text (``pretty``; the template escapes it once, as text)."""
+    seen: dict[str, dict[str, Any]] = {}
     for c in recent:
         if c["answered"] and c["name"] not in seen:
-            seen[c["name"]] = c
+            seen[c["name"]] = {**c, "pretty": json.dumps(c["body"] or {}, indent=2, ensure_ascii=False)}
     return sorted(seen.values(), key=lambda c: -int(c["answered"]))
 
 
