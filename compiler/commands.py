@@ -7,7 +7,6 @@ and the pipeline are imported inside the handlers, so ``--help`` stays fast."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import tempfile
@@ -152,7 +151,7 @@ def run_build_onnx(args: argparse.Namespace) -> int:
             src = onnx_import.read_file(model)
     spec = src.image_spec()
     hw = _image_size(args.image_size) or (spec[0] if spec else None)
-    channels = args.channels or (spec[1] if spec else (src.input_shape[-1] if src.keep_layout else None))
+    channels = args.channels or (spec[1] if spec else None)
     plan = onnx_import.plan_preprocess(args.mean, args.std, args.channel_order, int(channels or 0))
     scale, offset = args.scale, args.offset
     if plan is not None:
@@ -240,7 +239,7 @@ def _float_tflite_source(model: Path, cfg: CompilerConfig) -> Any:
     except ToolFailed as exc:
         raise BadInput(model, f"cannot be quantized here: it does not convert to ONNX ({exc})") from None
     src = onnx_import.read(twin.data, model)
-    return dataclasses.replace(src, keep_layout=True)
+    return onnx_import.nchw_front(src) if len(src.input_shape) == 4 else src
 
 
 def run_import(args: argparse.Namespace) -> int:

@@ -46,7 +46,6 @@ class ConvertJob:
     onnx: bool = True
     target: str = "cpu"
     onnx_model: Path | None = None  # an ONNX source: onnx2tf makes the SavedModel (compiler/onnx_import.py)
-    onnx_keep_input: str | None = None  # an NHWC ONNX source: this input keeps its layout
 
     def to_json(self) -> str:
         doc = asdict(self)
@@ -200,7 +199,7 @@ def _child(job: dict[str, Any]) -> int:
             stage = "onnx2tf"
             with _Stage("onnx2tf"):
                 try:
-                    model_path = to_savedmodel(Path(job["onnx_model"]), out / "onnx2tf", job.get("onnx_keep_input"))
+                    model_path = to_savedmodel(Path(job["onnx_model"]), out / "onnx2tf")
                 except ConversionRefused as exc:
                     _emit(event="error", kind="bad_input", what=str(job["onnx_model"]), problem=str(exc))
                     return 2

@@ -50,12 +50,11 @@ class OnnxSource:
     output_name: str
     ops: tuple[str, ...]  # sorted op types of the graph
     opset: int
-    keep_layout: bool = False  # an NHWC graph (tf2onnx of a float .tflite): onnx2tf keeps its input as is
 
     @property
     def layout(self) -> str:
         """``nchw`` for a rank-4 input (onnx2tf moves it to NHWC), else ``as_is``."""
-        return "nchw" if len(self.input_shape) == 4 and not self.keep_layout else "as_is"
+        return "nchw" if len(self.input_shape) == 4 else "as_is"
 
     def image_spec(self) -> tuple[tuple[int, int], int] | None:
         """((H, W), C) of a rank-4 NCHW image input with 1 or 3 channels, else None."""
@@ -226,6 +225,29 @@ def fold_preprocess(src: OnnxSource, fold: dict[str, Any]) -> OnnxSource:
     return read(model.SerializeToString(), src.input_name)
 
 
+def nchw_front(src: OnnxSource) -> OnnxSource:
+    """An NHWC graph (tf2onnx of a float .tflite) with an NCHW input and one Transpose in front:
+    onnx2tf takes every rank-4 input as NCHW, and so the converted model keeps its NHWC input
+    (the two transposes cancel)."""
+    import onnx
+    from onnx import helper
+
+    n, h, w, c = src.input_shape
+    model = onnx.load_from_string(src.data)
+    g = model.graph
+    inner = src.input_name + "__nhwc"
+    for node in g.node:
+        node.input[:] = [inner if x == src.input_name else x for x in node.input]
+    inp = next(i for i in g.input if i.name == src.input_name)
+    dims = inp.type.tensor_type.shape.dim
+    for d, v in zip(dims, (n, c, h, w), strict=True):
+        if v is not None:
+            d.dim_value = v
+    g.node.insert(0, helper.make_node("Transpose", [src.input_name], [inner], perm=[0, 2, 3, 1], name="edgefleet_nhwc"))
+    onnx.checker.check_model(model)
+    return read(model.SerializeToString(), src.input_name)
+
+
 # ----------------------------------------------------------------------------- child side
 
 
@@ -233,7 +255,7 @@ class ConversionRefused(Exception):
     """onnx2tf could not convert the model; the message names the op or error it reported."""
 
 
-def to_savedmodel(onnx_path: Path, out_dir: Path, keep_input: str | None = None) -> Path:
+def to_savedmodel(onnx_path: Path, out_dir: Path) -> Path:
     """ONNX -> SavedModel (NHWC, batch 1) with onnx2tf. Runs only in the conversion child."""
     import contextlib
     import io
@@ -250,7 +272,6 @@ def to_savedmodel(onnx_path: Path, out_dir: Path, keep_input: str | None = None)
                 not_use_onnxsim=True,
                 non_verbose=True,
                 copy_onnx_input_output_names_to_tflite=True,
-                **({"keep_shape_absolutely_input_names": [keep_input]} if keep_input else {}),
             )
     except SystemExit:  # onnx2tf reports an unconvertible op and exits
         raise ConversionRefused(f"onnx2tf cannot convert it: {_last_error(buf.getvalue())}") from None

@@ -151,7 +151,6 @@ def _convert(req: BuildRequest, cfg: CompilerConfig, work: Path, progress: Progr
         target=req.target,
         onnx=src is None,  # an ONNX source is its own twin: no tf2onnx round trip
         onnx_model=onnx_path,
-        onnx_keep_input=src.input_name if src is not None and src.keep_layout else None,
     )
 
     def on_event(ev: dict[str, Any]) -> None:
