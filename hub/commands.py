@@ -107,6 +107,8 @@ def issue(
 ) -> dict[str, Any]:
     if name not in NAMES:
         raise Invalid("command", f"unknown command {name!r}; known: {', '.join(NAMES)}")
+    if args and name != "logs":
+        raise Invalid("command", f"{name} takes no arguments, got {', '.join(sorted(args))}")
     with _issue_lock, fleet.session() as s:
         d = s.get(Device, device_id)
         if d is None:

@@ -96,6 +96,9 @@ def test_commands_for_unknown_or_offline_devices_and_unknown_names_are_refused(c
     assert r.status_code == 409 and "offline" in r.json()["error"]
     r = client.post("/api/v1/devices/dev1/commands", json={"name": "format"})
     assert r.status_code == 422 and "name" in r.json()["error"]
+    online(hub)
+    r = client.post("/api/v1/devices/dev1/commands", json={"name": "selftest", "lines": 5})
+    assert r.status_code == 400 and "selftest takes no arguments, got lines" in r.json()["error"]
     assert not [m for m in pub.sent if m.topic.endswith("/command")]
 
 

@@ -107,7 +107,7 @@ def issue_command(caller: Operator, f: FleetDep, device_id: str, body: CommandIn
     status ``sent``; poll ``GET .../commands/{id}`` for the result. Audited; rate-limited per
     device and per operator token (429 with ``Retry-After``)."""
     check_device_id(device_id)
-    args = {"lines": body.lines} if body.lines is not None and body.name == "logs" else {}
+    args = {"lines": body.lines} if body.lines is not None else {}
     try:
         return commands.issue(f, device_id, body.name, args, caller.actor)
     except RateLimited as exc:
