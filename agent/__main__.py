@@ -22,7 +22,8 @@ from .errors import EXIT_FAILED, EXIT_NOT_YET, EXIT_OK, EXIT_USAGE, ConfigError,
 EXIT_CODES = """exit codes:
   0  success
   1  the command ran and failed: cannot start (bad root, unwritable state dir, port in use),
-     enrollment refused, agent not reachable, self-test failed, nothing to roll back to
+     enrollment refused, agent not reachable, self-test failed, nothing to roll back to,
+     the doctor found a problem
   2  bad usage or configuration: the message names the key and the value
   3  not implemented yet
 """
@@ -48,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     add("status", "print the running agent's status (from its local API) as JSON")
     add("selftest", "run the active bundle's self-test vectors now (no daemon needed)")
     add("rollback", "switch back to the previous slot (daemon must be stopped)")
+    doc = add(
+        "doctor",
+        "check this device (Edge TPU, libedgetpu, LiteRT, delegate, permissions, temperatures, throttling, "
+        "disk, clock, broker) and print the fix for each problem; exit 1 if anything failed",
+    )
+    doc.add_argument("--json", action="store_true", help="print the findings as JSON")
     en = sub.add_parser(
         "enroll",
         help="trade a hub enrollment token for credentials; write agent.toml + root.json",
@@ -92,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _selftest(cfg)
     if args.command == "rollback":
         return _rollback(cfg)
+    if args.command == "doctor":
+        return _doctor(cfg, args.config, args.json)
     print(f"edgefleet-agent {args.command}: not implemented yet", file=sys.stderr)
     return EXIT_NOT_YET
 
@@ -123,6 +132,21 @@ def _enroll(args: argparse.Namespace) -> int:
     hint = "" if args.root_sha256 else " (compare it with sha256sum of the hub's root.json)"
     print(f"enrolled {e.device_id}: broker {e.broker}; root sha256 {e.root_sha256}{hint}; wrote {args.config}")
     return EXIT_OK
+
+
+def _doctor(cfg: object, path: Path, as_json: bool) -> int:
+    from .config import AgentConfig
+    from .doctor import exit_code, gather, judge, to_json
+
+    assert isinstance(cfg, AgentConfig)
+    findings = judge(gather(cfg, path))
+    if as_json:
+        print(json.dumps(to_json(findings), indent=2))
+    else:
+        print("\n".join(x.line() for x in findings))
+        bad = sum(x.status == "fail" for x in findings)
+        print(f"doctor: {bad} problem(s)" + (": fix them as above, then run the doctor again" if bad else ""))
+    return exit_code(findings)
 
 
 def _run(cfg: object) -> int:
