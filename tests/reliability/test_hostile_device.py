@@ -23,7 +23,7 @@ from ..hub.helpers import report, status, telemetry
 from ..hub.test_credentials import Client
 
 DEVICES = [f"pi-{i}" for i in range(5)]
-KINDS = ("status", "report", "telemetry", "fetch", "desired", "ack")
+KINDS = ("status", "report", "telemetry", "fetch", "desired", "ack", "command", "result")
 
 
 def _fleet(tmp_path: Path, keys_dir: Path):
