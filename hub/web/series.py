@@ -65,7 +65,7 @@ def latency(windows: Sequence[Window]) -> dict[str, Any]:
     elif n_few:
         note = (
             f"{total} requests in the last {len(windows)} windows; {n_few} window(s) had fewer than "
-            f"{LATENCY_MIN_SAMPLES} requests (hollow points): their p95 is too few requests to judge."
+            f"{LATENCY_MIN_SAMPLES} requests (hollow points): too few to judge a p95 by."
         )
     else:
         note = f"{total} requests in the last {len(windows)} windows."
@@ -101,7 +101,9 @@ def drift(windows: Sequence[Window], baselines: Callable[[str], Baseline | None]
             )
             f.base[i] = (base, len(feat.ref))
             counts.setdefault(key, [None] * len(windows))[i] = c
-    need_max, total_max, gaps, deepest = 0, 0, 0, 1
+    need_max, total_max, deepest = 0, 0, 1
+    gaps: set[int] = set()  # windows with data that no feature could judge, even merged
+    judged: set[int] = set()
     for key, f in feats.items():
         cs = counts[key]
         for i, (base, bins) in f.base.items():
@@ -122,8 +124,9 @@ def drift(windows: Sequence[Window], baselines: Callable[[str], Baseline | None]
             except BadPayload:
                 continue
             if v.psi is None:
-                gaps += 1
+                gaps.add(i)
                 continue
+            judged.add(i)
             f.psi[i] = round(v.psi, 4)
             f.samples[i] = v.samples
             f.merged_windows[i] = i - j + 1
@@ -149,8 +152,8 @@ def drift(windows: Sequence[Window], baselines: Callable[[str], Baseline | None]
             )
         else:
             note += ", and every point is judged on its own window"
-        if gaps:
-            note += f"; {gaps} window(s) too little to judge even merged (gaps)"
+        if gaps - judged:
+            note += f"; {len(gaps - judged)} window(s) too little to judge even merged (gaps)"
         note += "."
     return {
         "drift_psi": {k: f.psi for k, f in feats.items()},

@@ -106,6 +106,9 @@
       legend: {live: true}
     };
     el._plot = new uPlot(opts, payload, el); el._key = key;
+    // one legend entry per series: the rings are explained by the words under the chart
+    var rows = el.querySelectorAll(".u-legend .u-series");
+    layers.forEach(function (l, i) { if (l.ring && rows[i + 1]) rows[i + 1].style.display = "none"; });
   }
   var inflight = {};   // charts sharing a feed share one request per cycle
   function loadChart(el) {
@@ -193,6 +196,71 @@
       .catch(function (e) { toast(cmd + " failed: " + e.message, true); btn.disabled = false; });
   }
   bindCommands(document);
+
+  /* ---- bulk actions on the device list ------------------------------------------------------
+     The selection lives here, not in the table: the live region swaps the table every few
+     seconds, so the checkboxes are re-ticked from it after each swap. */
+  var bulk = document.getElementById("bulk-form");
+  if (bulk) {
+    var selected = {}, count = document.getElementById("bulk-count"), apply = document.getElementById("bulk-apply");
+    var action = document.getElementById("bulk-action"), value = document.getElementById("bulk-value");
+    var valueField = document.getElementById("bulk-value-field"), valueLabel = document.getElementById("bulk-value-label");
+    var result = document.getElementById("bulk-result");
+    function ids() { return Object.keys(selected).filter(function (k) { return selected[k]; }); }
+    function boxes() { return Array.prototype.slice.call(document.querySelectorAll("input.select-device")); }
+    function sync() {
+      var all = boxes(), n = ids().length;
+      all.forEach(function (b) { b.checked = !!selected[b.value]; });
+      var page = document.getElementById("select-page");
+      if (page) {
+        var on = all.filter(function (b) { return b.checked; }).length;
+        page.checked = all.length > 0 && on === all.length; page.indeterminate = on > 0 && on < all.length;
+      }
+      count.textContent = n + " device" + (n === 1 ? "" : "s") + " selected";
+      apply.disabled = n === 0;
+    }
+    function labelValue() {
+      var a = action.value;
+      valueField.hidden = a === "retry";
+      valueLabel.textContent = a === "set_group" ? "Group (empty clears it)" : a === "untag" ? "Tag to remove" : "Tag to add";
+      value.setAttribute("list", a === "set_group" ? "" : "f-tags");
+    }
+    document.addEventListener("change", function (ev) {
+      var t = ev.target;
+      if (t.classList && t.classList.contains("select-device")) { selected[t.value] = t.checked; sync(); }
+      else if (t.id === "select-page") { boxes().forEach(function (b) { selected[b.value] = t.checked; }); sync(); }
+    });
+    document.addEventListener("ef:updated", sync);
+    document.getElementById("bulk-clear").addEventListener("click", function () { selected = {}; sync(); });
+    action.addEventListener("change", labelValue);
+    function show(html, bad) { result.innerHTML = html; result.hidden = false; result.classList.toggle("bad", !!bad); result.focus(); }
+    function esc(t) { var d = document.createElement("div"); d.textContent = t; return d.innerHTML; }
+    bulk.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var a = action.value, body = {action: a, devices: ids()}, v = value.value.trim();
+      if (a === "tag" || a === "untag") { if (!v) { show("Enter the tag to " + (a === "tag" ? "add." : "remove."), true); value.focus(); return; } body.tag = v; }
+      if (a === "set_group") body.group = v;
+      apply.disabled = true;
+      fetch("/api/v1/devices/bulk", {method: "POST", credentials: "same-origin",
+            headers: {"Content-Type": "application/json", "Accept": "application/json"}, body: JSON.stringify(body)})
+        .then(function (r) { return r.json().then(function (b) { return {ok: r.ok, body: b}; }); })
+        .then(function (res) {
+          if (!res.ok) { show("The hub refused the action: " + esc(res.body.error || JSON.stringify(res.body.detail || "")), true); return; }
+          var b = res.body, problems = b.results.filter(function (x) { return x.status !== "ok"; });
+          var html = "<strong id=\"bulk-summary\">" + b.ok + " ok, " + b.unknown + " unknown, " + b.refused + " refused</strong>";
+          if (problems.length) {
+            html += "<ul id=\"bulk-problems\">" + problems.map(function (x) {
+              return "<li data-device=\"" + esc(x.device) + "\" data-status=\"" + x.status + "\"><code>" + esc(x.device) + "</code> " + x.status + ": " + esc(x.detail) + "</li>";
+            }).join("") + "</ul>";
+          }
+          show(html, problems.length > 0);
+          return pollRegions();
+        })
+        .catch(function (e) { show("Could not reach the hub: " + esc(e.message), true); })
+        .then(function () { apply.disabled = ids().length === 0; });
+    });
+    labelValue(); sync();
+  }
 
   /* ---- auto-submitting selects (chart window) --------------------------------------------- */
   Array.prototype.forEach.call(document.querySelectorAll("form[data-autosubmit] select"), function (s) {

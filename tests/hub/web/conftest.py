@@ -57,6 +57,8 @@ class SimDevice:
     tpu: bool = False
     interval: float = 1.0
     latency_s: float = 0.008
+    samples: int = 300  # requests per telemetry window (8 at interval 1.0: a device under 10 req/s)
+    fail_times: int = 0  # answer this many desired documents with a failed self-test, then install
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # digest -> baseline.json
     names: dict[str, tuple[str, str]] = field(default_factory=dict)  # digest -> (name, version)
     active: str | None = None
@@ -126,6 +128,20 @@ class SimDevice:
         if d.bundle is not None:
             self.names[d.bundle.digest] = (d.bundle.name, d.bundle.version)
         now = int(time.time())
+        if self.fail_times > 0 and d.action == "install":
+            self.fail_times -= 1
+            failed = Report(
+                device=self.device,
+                seq=self._next_seq(),
+                ts=now,
+                stage="selftest",
+                status="failed",
+                reason="selftest_failed",
+                desired_seq=d.seq,
+                bundle=target,
+            )
+            self._publish("report", failed.to_bytes())
+            return
         self._publish(
             "report",
             Report(
@@ -163,17 +179,23 @@ class SimDevice:
             for name, spec in (base.get(side) or {}).items():
                 ref = spec.get("ref") or []
                 total = sum(ref) or 1
-                # 300 samples in the baseline's proportions, nudged so the PSI is small but not zero
+                if self.samples < 100:  # a few samples: drawn from the baseline's proportions
+                    drawn = random.choices(range(len(ref)), weights=[r + 1e-9 for r in ref], k=self.samples)
+                    out.setdefault(side, {})[name] = [drawn.count(i) for i in range(len(ref))]
+                    continue
+                # the baseline's proportions, nudged so the PSI is small but not zero
                 out.setdefault(side, {})[name] = [
-                    max(1, round(300 * r / total * random.uniform(0.8, 1.2))) for r in ref
+                    max(1, round(self.samples * r / total * random.uniform(0.8, 1.2))) for r in ref
                 ]
         return out
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             sk = LatencySketch()
-            for _ in range(60):  # 300 timed inferences, as many as the drift bins hold
+            for _ in range(self.samples // 5):  # timed inferences, as many as the drift bins hold
                 sk.add(self.latency_s * random.uniform(0.8, 1.6), 5)
+            for _ in range(self.samples % 5):
+                sk.add(self.latency_s * random.uniform(0.8, 1.6))
             now = int(time.time())
             msg = Telemetry(
                 device=self.device,
@@ -182,10 +204,10 @@ class SimDevice:
                 window_end=now,
                 bundle=self.active,
                 counts={
-                    "inferences": 300,
+                    "inferences": self.samples,
                     "errors": 0,
-                    "tpu": 300 if self.tpu else 0,
-                    "cpu": 0 if self.tpu else 300,
+                    "tpu": self.samples if self.tpu else 0,
+                    "cpu": 0 if self.tpu else self.samples,
                     "cloud": 0,
                 },
                 latency=sk.to_dict(),

@@ -379,3 +379,124 @@ def test_every_page_fits_a_phone_and_follows_the_systems_colour_scheme(
         assert (sum(rgb) < 150) if scheme == "dark" else (sum(rgb) > 600), f"{path} {scheme}: body {bg}"
         page.screenshot(path=str(artifacts / f"phone-{scheme}{path.replace('/', '-')[:40]}.png"), full_page=True)
     ctx.close()
+
+
+WIDTH_JS = "() => ({scroll: document.scrollingElement.scrollWidth, width: window.innerWidth})"
+
+
+def test_operator_tags_groups_and_retries_selected_devices_and_low_rate_charts_say_what_they_show(
+    stack: Stack, browser: Any, digits_bundle: Path, artifacts: Path
+) -> None:
+    """Issue 17: bulk actions on the device list (select, select all on the page, tag, set the
+    group, retry failed installs; one result per device) and device charts that show a device
+    under 10 requests/s instead of staying empty. Then every main page at 1440 and 390 px."""
+    pushed = stack.fleet.push(digits_bundle)
+    digest = pushed["digest"]
+    base = read_baseline(digits_bundle)
+    stack.add_device("sim-0", baselines={digest: base})
+    stack.add_device("sim-1", baselines={digest: base}, fail_times=1)
+    names = {digest: (pushed["name"], pushed["version"])}
+    stack.add_device("sim-slow", baselines={digest: base}, samples=8, active=digest, names=names)
+    wait_api(stack, "three devices online", lambda b: sum(d["online"] for d in b["items"]) == 3, "/api/v1/devices")
+    policy = {"gates": {"max_install_failure_rate": 1.0}}  # sim-1's failure must not pause the rollout
+    rid = stack.fleet.api(
+        "POST", "/api/v1/rollouts", {"bundle": digest, "target": {"devices": ["sim-0", "sim-1"]}, "policy": policy}
+    )["id"]
+    wait_api(
+        stack,
+        "sim-0 installed, sim-1 failed",
+        lambda b: b["counts"] == {"installed": 1, "failed": 1},
+        f"/api/v1/rollouts/{rid}",
+    )
+
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    login(page, stack.url, OPERATOR)
+    nav(page, "Devices", exact=True)
+    expect(page.locator("#device-table tbody tr[data-device]")).to_have_count(3)
+    assert page.locator("#bulk-apply").is_disabled()  # nothing selected yet
+
+    # tick two devices, add a tag: one result per device, and the selection survives the refresh
+    page.get_by_label("Select sim-0", exact=True).check()
+    page.get_by_label("Select sim-1", exact=True).check()
+    expect(page.locator("#bulk-count")).to_have_text("2 devices selected")
+    page.get_by_label("Action", exact=True).select_option("tag")
+    page.locator("#bulk-value").fill("lab")
+    page.get_by_role("button", name="Apply to selected").click()
+    expect(page.locator("#bulk-summary")).to_have_text("2 ok, 0 unknown, 0 refused")
+    expect(page.locator("tr[data-device=sim-0] td.tags")).to_have_text("lab")
+    expect(page.locator("tr[data-device=sim-1] td.tags")).to_have_text("lab")
+    expect(page.locator("tr[data-device=sim-slow] td.tags")).to_have_text("–")
+    expect(page.get_by_label("Select sim-1", exact=True)).to_be_checked()  # re-ticked after the swap
+    expect(page.get_by_label("Select sim-slow", exact=True)).not_to_be_checked()
+
+    # select every device on the page, set the group
+    page.get_by_label("Select every device on this page").check()
+    expect(page.locator("#bulk-count")).to_have_text("3 devices selected")
+    page.get_by_label("Action", exact=True).select_option("set_group")
+    expect(page.locator("#bulk-value-label")).to_have_text("Group (empty clears it)")
+    page.locator("#bulk-value").fill("east")
+    page.get_by_role("button", name="Apply to selected").click()
+    expect(page.locator("#bulk-summary")).to_have_text("3 ok, 0 unknown, 0 refused")
+    expect(page.locator("tr[data-device=sim-slow] td:nth-child(6)")).to_have_text("east")
+
+    # retry failed installs: sim-1 is re-issued (and installs), the others are refused with why
+    page.get_by_label("Action", exact=True).select_option("retry")
+    expect(page.locator("#bulk-value-field")).to_be_hidden()
+    page.get_by_role("button", name="Apply to selected").click()
+    expect(page.locator("#bulk-summary")).to_have_text("1 ok, 0 unknown, 2 refused")
+    problems = page.locator("#bulk-problems li")
+    expect(problems).to_have_count(2)
+    expect(page.locator("#bulk-problems li[data-device=sim-0]")).to_contain_text(
+        f"refused: nothing to retry: its install in rollout {rid} is installed"
+    )
+    expect(page.locator("#bulk-problems li[data-device=sim-slow]")).to_contain_text(
+        "refused: not in a running or completed rollout"
+    )
+    check_page(page, artifacts, "14-devices-bulk-retry")
+    wait_api(
+        stack, "sim-1 installed after the retry", lambda b: b["counts"] == {"installed": 2}, f"/api/v1/rollouts/{rid}"
+    )
+
+    # each action is audited, attributed to the operator
+    nav(page, "Audit log")
+    actions = page.locator("#audit-table tbody tr td:nth-child(3)").all_inner_texts()
+    assert {"device.bulk.tag", "device.bulk.set_group", "rollout.retry"} <= set(actions)
+
+    # a device at 8 requests per window: its charts fill (merged windows, hollow) and say why
+    page.goto(f"{stack.url}/ui/devices/sim-slow")
+    page.wait_for_function("Number(document.getElementById('chart-device-drift').dataset.points || 0) > 0")
+    assert int(page.locator("#chart-device-drift").get_attribute("data-hollow") or 0) > 0
+    note = text(page, "#chart-device-drift-note")
+    assert "samples in the last" in note and "drift needs >= 100 per point" in note and "hollow" in note, note
+    page.wait_for_function("Number(document.getElementById('chart-device-latency').dataset.hollow || 0) > 0")
+    assert "had fewer than 20 requests" in text(page, "#chart-device-latency-note")
+    check_page(page, artifacts, "15-device-low-rate")
+    assert not errors, f"JavaScript errors on the pages: {errors}"
+
+    # every main page at a desktop and a phone width: nothing wider than the screen
+    shots = artifacts / "widths"
+    shots.mkdir(exist_ok=True)
+    for width in (1440, 390):
+        ctx = browser.new_context(viewport={"width": width, "height": 900})
+        p = ctx.new_page()
+        p.set_default_timeout(WAIT_MS)
+        login(p, stack.url, OPERATOR)
+        for name, path in (
+            ("fleet", "/ui"),
+            ("devices", "/ui/devices"),
+            ("device", "/ui/devices/sim-slow"),
+            ("models", "/ui/models"),
+            ("model", f"/ui/models/{digest}"),
+            ("rollouts", "/ui/rollouts"),
+            ("rollout", f"/ui/rollouts/{rid}"),
+            ("audit", "/ui/audit"),
+        ):
+            p.goto(f"{stack.url}{path}")
+            p.wait_for_load_state("networkidle")
+            fit = p.evaluate(WIDTH_JS)
+            assert fit["scroll"] <= fit["width"], f"{path} at {width} px is wider than the screen: {fit}"
+            p.screenshot(path=str(shots / f"{width}-{name}.png"), full_page=True)
+        ctx.close()
