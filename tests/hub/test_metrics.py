@@ -17,6 +17,7 @@ from hub.server import Hub
 from hub.transport import MemoryPublisher
 from protocol.sketch import HISTOGRAM_BOUNDS_S
 
+from .conftest import TOKEN
 from .helpers import report, status, telemetry
 from .test_api import push
 
@@ -197,8 +198,11 @@ def test_series_of_a_bundle_no_device_runs_are_dropped_at_the_next_scrape(client
 def test_a_window_of_a_bundle_the_registry_does_not_know_is_labelled_unknown(client, memhub):
     hub, _ = memhub
     stranger = "f" * 64
-    hub.ingest.handle([("ef/v1/dev/s/status", status("s", active=(stranger, "made-up", "9")))])
-    hub.ingest.handle([("ef/v1/dev/s/telemetry", telemetry("s", 1, stranger))])
+    dev = "kitchen-cam-7"
+    hub.ingest.handle([(f"ef/v1/dev/{dev}/status", status(dev, active=(stranger, "made-up", "9")))])
+    hub.ingest.handle([(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 1, stranger))])
     text = client.get("/metrics").text
     assert latency_buckets(text, model="unknown", version="unknown", cohort="none")
     assert "made-up" not in text and stranger[:12] not in text
+    # no device names, tokens or secrets in any label
+    assert dev not in text and TOKEN not in text and "test-" not in text
