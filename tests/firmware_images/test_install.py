@@ -5,14 +5,16 @@
   from the hub, which installs the wheel the hub serves with ``[agent]`` from PyPI, enrolls with a
   one-time token and installs the unit (systemd is not PID 1 in a chroot: enabled, not started).
   Then the installed files are checked (owners and modes, the unit with ``systemd-analyze verify``
-  and ``security --offline`` in that root), the installer is rerun, and the agent is started
-  inside the chroot as the service user and must come online at the hub.
+  and ``security --offline`` in that root), the installer is rerun, ``edgefleet-agent doctor``
+  runs as the service user, and the agent is started inside the chroot as the service user and
+  must come online at the hub.
 * ``test_installer_in_a_temp_prefix_...``: the lighter check when no chroot can be built: the
   same script with ``--prefix`` on this host's Python, from the wheel file.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -191,11 +193,23 @@ def test_first_boot_in_a_bookworm_chroot_installs_enrolls_and_the_agent_comes_on
     assert rerun.returncode == 0 and "already enrolled as pi-chroot" in rerun.stdout, rerun.stdout + rerun.stderr
     _check_installed(root, "pi-chroot")
 
+    # the doctor, as the service user: config readable, state writable, broker reachable, no TPU
+    as_service = ["chroot", "--userspec=edgefleet:edgefleet", "--groups=plugdev", str(root)]
+    doctor = _run(
+        [*as_service, "/opt/edgefleet/venv/bin/edgefleet-agent", "doctor", "-c", "/etc/edgefleet/agent.toml", "--json"],
+        env=bookworm.env(HOME="/var/lib/edgefleet-agent"),
+        timeout=300,
+    )
+    found = {f["name"]: f for f in json.loads(doctor.stdout or "[]")}
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    for name in ("broker", "litert", "config_permissions", "state_dir", "disk"):
+        assert found[name]["status"] == "ok", found[name]
+    assert found["edgetpu"]["status"] == "warn"  # no Coral on this machine: said, not failed
+
     # serving: the agent as the service user (what the unit's User=/Group= do), with the files as
     # installed, must read its config, write its state and come online at the hub
     agent = subprocess.Popen(
-        ["chroot", "--userspec=edgefleet:edgefleet", "--groups=plugdev", str(root)]
-        + ["/opt/edgefleet/venv/bin/edgefleet-agent", "run", "--config", "/etc/edgefleet/agent.toml"],
+        [*as_service, "/opt/edgefleet/venv/bin/edgefleet-agent", "run", "--config", "/etc/edgefleet/agent.toml"],
         env=bookworm.env(HOME="/var/lib/edgefleet-agent"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
