@@ -277,6 +277,15 @@ def cmd_devices_command(args: argparse.Namespace) -> int:
     return EXIT_OK if cmd["status"] == "ok" else EXIT_FAIL
 
 
+def cmd_devices_bulk(args: argparse.Namespace) -> int:
+    body = {"action": args.action, "devices": args.ids, "tag": args.tag, "group": args.group}
+    out = call(args, "POST", "/api/v1/devices/bulk", {k: v for k, v in body.items() if v is not None})
+    for r in out["results"]:
+        print(f"{r['device']}\t{r['status']}\t{r['detail']}")
+    print(f"{out['ok']} ok, {out['unknown']} unknown, {out['refused']} refused", file=sys.stderr)
+    return EXIT_OK if out["ok"] == len(out["results"]) else EXIT_FAIL  # never a silent partial
+
+
 def cmd_devices_show(args: argparse.Namespace) -> int:
     print(json.dumps(call(args, "GET", f"/api/v1/devices/{args.id}"), indent=2))
     return EXIT_OK
@@ -395,7 +404,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the raw JSON")
     client_args(p)
     p.set_defaults(func=cmd_rollouts_status)
-    for action in ("pause", "resume", "approve", "cancel", "rollback"):
+    for action in ("pause", "resume", "approve", "cancel", "rollback", "retry"):
         p = ro.add_parser(action, help=f"{action} a rollout")
         p.add_argument("id")
         client_args(p)
@@ -426,6 +435,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     client_args(p)
     p.set_defaults(func=cmd_devices_show)
+    p = dv.add_parser("bulk", help="tag/untag/set_group/retry up to 1000 devices; exit 1 unless every one is ok")
+    p.add_argument("action", choices=("tag", "untag", "set_group", "retry"))
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.add_argument("--tag", help="tag/untag: the tag")
+    p.add_argument("--group", help="set_group: the group ('' clears it)")
+    client_args(p)
+    p.set_defaults(func=cmd_devices_bulk)
     for name, what in (
         ("logs", "the agent's recent log lines (secrets redacted)"),
         ("selftest", "run the active bundle's self-test again"),

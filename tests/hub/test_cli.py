@@ -154,3 +154,35 @@ def test_group_windows_are_set_listed_and_cleared_through_the_cli(served):
     assert bad.returncode == 2 and "start=25:00" in bad.stderr
     assert json.loads(cli("groups", "clear-window", "night", *hub).stdout)["window"] is None
     assert cli("groups", "clear-window", "night", *hub, check=False).returncode == 2
+
+
+def test_bulk_tags_devices_and_retries_a_failed_install_through_the_cli_with_a_line_per_device(
+    served, mosquitto, bundle_dir
+):
+    hub = ["--hub", served, "--token", TOKEN]
+    dev = FakeDevice("cli-bulk", mosquitto.port).connect()
+    try:
+        dev.send("status", status("cli-bulk"), retain=True)
+        deadline = time.monotonic() + 20
+        while "cli-bulk" not in cli("devices", "ls", *hub).stdout and time.monotonic() < deadline:
+            time.sleep(0.1)
+        out = cli("devices", "bulk", "tag", "cli-bulk", "nobody", "--tag", "lab", *hub, check=False)
+        assert out.returncode == 1  # not every device was ok: never a silent partial
+        assert out.stdout.splitlines() == ["cli-bulk\tok\tchanged", "nobody\tunknown\tno such device"]
+        assert out.stderr.strip() == "1 ok, 1 unknown, 0 refused"
+        assert "cli-bulk" in cli("devices", "ls", "--tag", "lab", *hub).stdout
+        pushed = json.loads(cli("models", "push", str(bundle_dir()), *hub).stdout.strip().splitlines()[-1])
+        policy = '{"gates": {"max_install_failure_rate": 1.0}}'
+        rid = cli("rollouts", "create", "--bundle", pushed["digest"], "--all", "--policy", policy, *hub).stdout.strip()
+        while not dev.got("desired") and time.monotonic() < deadline + 20:
+            time.sleep(0.1)
+        st = json.loads(cli("rollouts", "status", rid, "--json", *hub).stdout)
+        dev.send("report", report("cli-bulk", 1, st["devices"][0]["seq"], "selftest", "failed", "selftest_failed"))
+        while json.loads(cli("rollouts", "status", rid, "--json", *hub).stdout)["counts"] != {"failed": 1}:
+            assert time.monotonic() < deadline + 40, "the failure report never settled the device"
+            time.sleep(0.2)
+        out = cli("devices", "bulk", "retry", "cli-bulk", *hub)
+        assert out.stdout.strip() == f"cli-bulk\tok\tre-issued in rollout {rid} (issued)"
+        assert cli("devices", "bulk", "tag", "cli-bulk", *hub, check=False).returncode == 2  # no --tag: bad input
+    finally:
+        dev.close()
