@@ -348,6 +348,13 @@ def test_the_compose_services_commands_run_as_local_processes_and_come_up_connec
             "agent",
             headers=admin,
         )
+        # what the compose Prometheus scrapes (deploy/prometheus/prometheus.yml) answers
+        agent = f"http://127.0.0.1:{stack.port('agent', 8500)}"
+        for base, family in ((hub, "edgefleet_fleet_latency_seconds"), (cloud, "edgefleet_cloud_request_seconds")):
+            r = httpx.get(f"{base}/metrics")
+            assert r.status_code == 200 and f"# TYPE {family} histogram" in r.text, base
+        r = httpx.get(f"{agent}/metrics")  # http_metrics = true in agent.compose.toml
+        assert r.status_code == 200 and "# TYPE edgefleet_agent_latency_seconds histogram" in r.text
     finally:
         stack.stop()
     for name in stack.procs:
