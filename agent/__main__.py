@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edgefleet-agent: config error: {exc}", file=sys.stderr)
         return exc.exit_code
     if args.command == "run":
-        return _run(cfg)
+        return _run(cfg, args.config)
     if args.command == "status":
         return _status(cfg)
     if args.command == "selftest":
@@ -149,7 +149,7 @@ def _doctor(cfg: object, path: Path, as_json: bool) -> int:
     return exit_code(findings)
 
 
-def _run(cfg: object) -> int:
+def _run(cfg: object, config_path: Path) -> int:
     from .config import AgentConfig
     from .daemon import Agent
     from .diagnostics import LogRing
@@ -158,7 +158,7 @@ def _run(cfg: object) -> int:
     ring = LogRing((cfg.password, cfg.cloud_api_key))  # what the hub's ``logs`` command reads
     logging.getLogger().addHandler(ring)
     try:
-        agent = Agent(cfg, ring)
+        agent = Agent(cfg, ring, config_path)
     except StartupError as exc:
         print(f"edgefleet-agent: cannot start: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -25,6 +25,7 @@ import random
 import shutil
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from protocol.commands import Command
@@ -70,9 +71,12 @@ def load_root(cfg: AgentConfig) -> Root:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, log_ring: diagnostics.LogRing | None = None) -> None:
+    def __init__(
+        self, cfg: AgentConfig, log_ring: diagnostics.LogRing | None = None, config_path: Path | None = None
+    ) -> None:
         self.cfg = cfg
         self.log_ring = log_ring  # the recent log lines a ``logs`` command answers with
+        self.config_path = config_path  # agent.toml, for the doctor's permission check (diagnostics)
         try:
             cfg.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

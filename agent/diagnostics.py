@@ -14,7 +14,10 @@ and returns its :class:`protocol.commands.Result`:
 * ``restart``: answers ``ok`` at once; the daemon then exits cleanly (exit 0) and its
   supervisor starts it again (the shipped systemd unit has ``Restart=always``);
 * ``diagnostics``: versions, inventory, runtime and delegate, slots, trust, the config with
-  secrets redacted, disk, backlog and the checks below, each ``{"name", "ok", "detail"}``.
+  secrets redacted, disk, backlog, the checks below (each ``{"name", "ok", "detail"}``) and the
+  doctor's findings (:mod:`agent.doctor`, each ``{"name", "status", "detail", "fix"}``; the Edge
+  TPU as the agent probed it at start: loading the delegate again beside the serving model could
+  disturb it).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from protocol.commands import MAX_RESULT_BYTES, Command, Result
 from protocol.errors import ProtocolError, Reason
 
-from . import AGENT_VERSION, inventory
+from . import AGENT_VERSION, doctor, inventory
 from .commands import LOG_LINE_MAX_CHARS, LOG_MAX_BYTES, LOG_MAX_LINES, fit, redact, redact_config, tail
 from .install import require_fresh_root
 from .updater import selftest_slot
@@ -163,6 +166,19 @@ def checks(agent: Agent, now: int) -> list[dict[str, Any]]:
     return out
 
 
+def doctor_findings(agent: Agent) -> list[dict[str, str]]:
+    """``edgefleet-agent doctor``'s findings, redacted; without the config's path (an agent run
+    inside another program) its permission check is left out rather than judged on nothing."""
+    tpu = agent.probed.edgetpu
+    facts = doctor.gather(agent.cfg, agent.config_path or Path("."), probe=lambda: (tpu.present, tpu.detail))
+    secrets = (agent.cfg.password, agent.cfg.cloud_api_key)
+    return [
+        {k: redact(v, secrets) for k, v in f.items()}
+        for f in doctor.to_json(doctor.judge(facts))
+        if agent.config_path is not None or f["name"] != "config_permissions"
+    ]
+
+
 def config_doc(agent: Agent) -> dict[str, Any]:
     cfg = agent.cfg
     raw = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
@@ -204,7 +220,13 @@ def _diagnostics(agent: Agent, cmd: Command) -> Result:
         "disk": {"state_dir": str(agent.cfg.state_dir), "free_bytes": inventory.free_disk(agent.cfg)},
         "backlog": agent.backlog.stats(time.time()),
         "checks": checks(agent, now),
+        "doctor": doctor_findings(agent),
     }
     failing = [c["name"] for c in body["checks"] if not c["ok"]]
-    detail = f"{len(body['checks'])} checks, failing: {', '.join(failing)}" if failing else "every check passed"
+    failing += [f"doctor {f['name']}" for f in body["doctor"] if f["status"] == "fail"]
+    warned = sum(f["status"] == "warn" for f in body["doctor"])
+    detail = f"{len(body['checks'])} checks and {len(body['doctor'])} doctor findings; " + (
+        f"failing: {', '.join(failing)}" if failing else "none failing"
+    )
+    detail += f"; {warned} doctor warnings" if warned else ""
     return _result(agent, cmd, "ok", Reason.OK, detail, body)

@@ -148,6 +148,9 @@ def test_an_operator_reads_logs_reruns_the_selftest_collects_diagnostics_and_res
             assert "[REDACTED]@127.0.0.1:9" in body["config"]["cloud_url"]
             checks = {c["name"]: c for c in body["checks"]}
             assert checks["active_slot"]["ok"] and checks["trust_root"]["ok"] and checks["broker"]["ok"]
+            doctor = {f["name"]: f for f in body["doctor"]}  # edgefleet-agent doctor's findings too
+            assert str(agent_dir / "agent.toml") in doctor["config_permissions"]["detail"], doctor
+            assert all(f["status"] in ("ok", "warn", "fail") for f in doctor.values())
             first_pid = body["pid"]
             for answer in (got_logs, selftest, diag):
                 text = json.dumps(answer)
