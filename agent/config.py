@@ -19,10 +19,15 @@ Example ``agent.toml``::
     cloud_url = "https://fallback.example.com"
     cloud_api_key = "..."
     edgetpu = "auto"                        # auto | off
+    tpu_invoke_timeout_s = 2.0              # an Edge TPU invoke longer than this is hung: serve on the CPU
+    tpu_max_errors = 3                      # Edge TPU invoke errors in a row that move serving to the CPU
+    tpu_retry_s = 30                        # first retry of the TPU after that (doubles up to tpu_retry_max_s)
 
 Environment hooks (tests and operators): ``EDGEFLEET_AGENT_CRASH_AT=<stage>`` makes the agent
 ``os._exit(137)`` when it reaches that install stage (download, verify, stage, switch, commit);
-``EDGEFLEET_AGENT_FREE_DISK=<bytes>`` overrides the free-disk probe. systemd's ``NOTIFY_SOCKET``
+``EDGEFLEET_AGENT_FREE_DISK=<bytes>`` overrides the free-disk probe;
+``EDGEFLEET_AGENT_EDGETPU_DRIVER=<module:attr>`` (tests only) replaces the libedgetpu driver
+(:mod:`agent.watchdog`: the sandbox has no Coral, so a test injects a fake delegate there). systemd's ``NOTIFY_SOCKET``
 and ``WATCHDOG_USEC`` (``Type=notify`` units) become ``notify_socket`` and ``watchdog_s``
 (:mod:`agent.notify`); ``WATCHDOG_USEC`` meant for another process (``WATCHDOG_PID``) is ignored.
 """
@@ -119,6 +124,12 @@ class AgentConfig:
     free_disk_override: int | None = None
     notify_socket: str | None = None  # systemd's NOTIFY_SOCKET (agent.notify)
     watchdog_s: float | None = None  # systemd's WATCHDOG_USEC, in seconds
+    tpu_invoke_timeout_s: float = 2.0  # agent.watchdog
+    tpu_max_errors: int = 3
+    tpu_retry_s: float = 30.0
+    tpu_retry_max_s: float = 1800.0
+    apex_temp_path: Path = Path("/sys/class/apex/apex_0/temp")  # the Edge TPU's temperature (apex driver)
+    edgetpu_driver: str | None = None  # EDGEFLEET_AGENT_EDGETPU_DRIVER, tests only
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -126,7 +137,7 @@ class AgentConfig:
         return self.state_dir / "http.port"
 
 
-_FROM_ENV = {"crash_at", "free_disk_override", "notify_socket", "watchdog_s"}
+_FROM_ENV = {"crash_at", "free_disk_override", "notify_socket", "watchdog_s", "edgetpu_driver"}
 _KNOWN = {f for f in AgentConfig.__dataclass_fields__} - _FROM_ENV - {"extra"}
 
 
@@ -262,6 +273,12 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."), env: Mapping[str, 
         free_disk_override=free_disk,
         notify_socket=notify_socket,
         watchdog_s=watchdog_s,
+        tpu_invoke_timeout_s=_positive("tpu_invoke_timeout_s", _get(doc, "tpu_invoke_timeout_s", float, 2.0)),
+        tpu_max_errors=int(_positive("tpu_max_errors", _get(doc, "tpu_max_errors", int, 3))),
+        tpu_retry_s=_positive("tpu_retry_s", _get(doc, "tpu_retry_s", float, 30.0)),
+        tpu_retry_max_s=_positive("tpu_retry_max_s", _get(doc, "tpu_retry_max_s", float, 1800.0)),
+        apex_temp_path=_path(doc, "apex_temp_path", base, "/sys/class/apex/apex_0/temp") or Path(),
+        edgetpu_driver=env.get("EDGEFLEET_AGENT_EDGETPU_DRIVER") or None,
         extra={k: v for k, v in doc.items() if k not in _KNOWN},
     )
     if (cfg.username is None) != (cfg.password is None):

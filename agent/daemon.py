@@ -35,7 +35,7 @@ from protocol.messages import Desired, Hold, Report, Status, Telemetry, parse_ac
 from protocol.signing import Envelope, Root, load_root_unverified, rotate_root, targets_rotated
 from protocol.topics import Kind, Topic
 
-from . import AGENT_VERSION, commands, diagnostics, inventory
+from . import AGENT_VERSION, commands, diagnostics, inventory, watchdog
 from .backlog import Backlog
 from .config import AgentConfig
 from .durable import read_json, write_atomic, write_json
@@ -89,6 +89,7 @@ class Agent:
         self.slots = Slots(cfg.state_dir)
         self.metrics = AgentMetrics() if cfg.http_metrics else None
         self.recorder = Recorder(self.metrics)
+        watchdog.configure(watchdog.settings_for(cfg))  # before the probe and any Edge TPU model
         self.probed = inventory.probe(cfg)
         cloud = CloudClient(cfg.cloud_url, cfg.cloud_api_key, cfg.cloud_timeout_s) if cfg.cloud_url else None
         self.serving = Serving(
@@ -233,10 +234,17 @@ class Agent:
                 fields["shadow"],
                 health(self.cfg.state_dir),
                 self.backlog.stats(now),
+                self._accelerator(),
             )
             self._window_start = end
             self.backlog.add("telemetry", seq, msg.to_bytes(), time.time())
         self._flush()
+
+    def _accelerator(self) -> Any:
+        """The Edge TPU watchdog's state (agent.watchdog), None unless an Edge TPU model serves."""
+        model = self.serving.model
+        guard = model.backend if model is not None else None
+        return guard.accelerator() if isinstance(guard, watchdog.GuardedBackend) else None
 
     def _flush(self, force: bool = False) -> None:
         if not self.transport.alive():
@@ -266,6 +274,7 @@ class Agent:
             "backlog": self.backlog.stats(time.time()),
             "chunks_received": {"messages": self.updater.chunks_received, "bytes": self.updater.chunk_bytes_received},
             "update_hold": self.updater.hold_status(),
+            "accelerator": acc.to_dict() if (acc := self._accelerator()) is not None else None,
         }
 
     # start-up ------------------------------------------------------------------------------------

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from protocol import device
 
-from . import AGENT_VERSION
+from . import AGENT_VERSION, watchdog
 from .config import AgentConfig
 from .durable import free_bytes
 from .install import Inventory
-from .runtime import EdgeTpuProbe, litert_version, onnx_available, probe_edgetpu
+from .runtime import EdgeTpuProbe, litert_version, onnx_available
 from .telemetry import meminfo
 
 
@@ -23,7 +23,8 @@ class Probed:
 
 
 def probe(cfg: AgentConfig) -> Probed:
-    tpu = EdgeTpuProbe(False, "disabled by config (edgetpu = off)") if cfg.edgetpu == "off" else probe_edgetpu()
+    off = EdgeTpuProbe(False, "disabled by config (edgetpu = off)")
+    tpu = off if cfg.edgetpu == "off" else watchdog.settings().driver.probe()  # probe_edgetpu unless a test's
     return Probed(tpu, litert_version(), onnx_available())
 
 

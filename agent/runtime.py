@@ -300,7 +300,13 @@ class Model:
         except BadPayload as exc:
             raise ModelError(str(exc)) from None
         feed = signature.request_inputs[0].name if signature is not None and signature.request_inputs else None
-        backend = load_backend(slot_dir / artifact, runtime, threads, feed)
+        if runtime == "edgetpu":  # guarded: a stuck or failing TPU fails over to the CPU twin (agent.watchdog)
+            from .watchdog import guarded
+
+            twin = roles.get("tflite_int8") or roles.get("tflite_float")
+            backend: Backend = guarded(slot_dir / artifact, slot_dir / twin if twin else None, threads, feed)
+        else:
+            backend = load_backend(slot_dir / artifact, runtime, threads, feed)
         problem = signature_problem(signature, backend)
         if problem is not None:
             backend.close()

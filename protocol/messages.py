@@ -352,6 +352,52 @@ def parse_report(data: bytes) -> Report:
     )
 
 
+ACCELERATOR_RUNTIMES = ("tpu", "cpu")
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """The Edge TPU watchdog's state when a window closed (``Telemetry.accelerator``; a device
+    serving an Edge TPU bundle sends it, others leave it null): ``runtime`` serving (``tpu`` or
+    ``cpu``), ``reason`` why serving left the TPU (``timeout``, ``errors``, ``load_failed``; an
+    agent may send codes this version does not know), ``failovers`` since the model loaded, and
+    ``temp_c``: the TPU's temperature in °C, ``"invalid"`` for a reading no working chip gives
+    (-87.9 °C after a failure), null when the device has no sensor file."""
+
+    runtime: str
+    reason: str | None = None
+    failovers: int = 0
+    temp_c: float | str | None = None
+    extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            "runtime": self.runtime,
+            "reason": self.reason,
+            "failovers": self.failovers,
+            "temp_c": self.temp_c,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: Any, what: str = "telemetry accelerator") -> Accelerator:
+        if not isinstance(obj, dict):
+            raise BadPayload(what, f"expected an object, got {obj!r:.60}")
+        runtime = field(obj, "runtime", str, what)
+        if runtime not in ACCELERATOR_RUNTIMES:
+            raise BadPayload(what, f"runtime must be one of {ACCELERATOR_RUNTIMES}, got {runtime!r:.40}")
+        temp = obj.get("temp_c")
+        if isinstance(temp, bool) or not (temp is None or temp == "invalid" or isinstance(temp, (int, float))):
+            raise BadPayload(what, f"temp_c must be a number, 'invalid' or null, got {temp!r:.40}")
+        return cls(
+            runtime,
+            field(obj, "reason", str, what, None, allow_none=True),
+            nonneg_int(obj, "failovers", what, 0),
+            float(temp) if isinstance(temp, (int, float)) else temp,
+            extra_fields(obj, {"runtime", "reason", "failovers", "temp_c"}),
+        )
+
+
 @dataclass(frozen=True)
 class Telemetry:
     """One telemetry window. ``latency`` is a :class:`protocol.sketch.LatencySketch` dict,
@@ -370,6 +416,7 @@ class Telemetry:
     shadow: Shadow | None = dc_field(default=None, hash=False)
     health: Health = dc_field(default_factory=Health, hash=False)
     backlog: dict[str, Any] = dc_field(default_factory=dict, hash=False)
+    accelerator: Accelerator | None = dc_field(default=None, hash=False)
     extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
 
     def to_bytes(self) -> bytes:
@@ -442,7 +489,9 @@ def parse_telemetry(data: bytes) -> Telemetry:
         "shadow",
         "health",
         "backlog",
+        "accelerator",
     }
+    accelerator = field(obj, "accelerator", dict, what, None, allow_none=True)
     t = Telemetry(
         device=check_device_id(field(obj, "device", str, what)),
         seq=nonneg_int(obj, "seq", what),
@@ -455,6 +504,7 @@ def parse_telemetry(data: bytes) -> Telemetry:
         shadow=Shadow.from_dict(shadow, "telemetry shadow") if shadow is not None else None,
         health=Health.from_dict(field(obj, "health", dict, what, {}), "telemetry health"),
         backlog=field(obj, "backlog", dict, what, {}),
+        accelerator=Accelerator.from_dict(accelerator) if accelerator is not None else None,
         extra=extra_fields(obj, known),
     )
     check_plausible(t)
