@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import delete, func
 from sqlmodel import Session, col, select
 
 from protocol.commands import NAMES, Command, Result
@@ -184,3 +184,12 @@ def get(fleet: Fleet, device_id: str, command_id: str) -> dict[str, Any]:
         if row is None or row.device != device_id:
             raise NotFound("command", f"{device_id}/{command_id}")
         return public(row, fleet.clock())
+
+
+def prune(fleet: Fleet, retention_s: int) -> int:
+    """Drop commands issued more than ``retention_s`` ago, with their answers (``--retention``,
+    as telemetry windows and reports: an answer may hold 192 KiB of a device's logs)."""
+    with fleet.session() as s:
+        n = s.connection().execute(delete(DeviceCommand).where(col(DeviceCommand.issued) < fleet.clock() - retention_s))
+        s.commit()
+    return int(n.rowcount or 0)

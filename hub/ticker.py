@@ -1,11 +1,12 @@
 """What the hub does every ``config.tick`` seconds: pick up rotated keys, drive rollouts
-(timeouts, soak, gates) and, every ALERT_SCAN_S, scan alerts and prune old telemetry."""
+(timeouts, soak, gates) and, every ALERT_SCAN_S, scan alerts and prune old telemetry, reports and
+remote-diagnostics commands."""
 
 from __future__ import annotations
 
 import logging
 
-from . import alerting, rollouts, rotation, telemetry
+from . import alerting, commands, rollouts, rotation, telemetry
 from .fleet import Fleet
 
 log = logging.getLogger(__name__)
@@ -24,3 +25,4 @@ def tick(fleet: Fleet) -> None:
         fleet.last_scan = now
         alerting.scan(fleet)
         telemetry.prune(fleet, fleet.config.retention)
+        commands.prune(fleet, fleet.config.retention)

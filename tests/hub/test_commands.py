@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from hub.commands import Limit, Policy, rate_verdict
+from hub.commands import Limit, Policy, prune, rate_verdict
 from protocol.commands import Result, verify_command
 from protocol.signing import load_root_unverified
 
@@ -124,3 +124,16 @@ def test_an_unanswered_command_shows_expired_after_its_expiry(client, memhub):
     hub.fleet.clock = lambda: cmd["expires"]
     page = client.get("/api/v1/devices/dev1/commands").json()
     assert page["total"] == 1 and page["items"][0]["status"] == "expired"
+
+
+def test_commands_older_than_the_retention_are_pruned_with_their_answers(client, memhub):
+    hub, _ = memhub
+    online(hub)
+    hub.fleet.clock = lambda: T
+    client.post("/api/v1/devices/dev1/commands", json={"name": "logs"})
+    hub.fleet.clock = lambda: T + 100
+    client.post("/api/v1/devices/dev1/commands", json={"name": "diagnostics"})
+    assert prune(hub.fleet, 100) == 0  # issued exactly 100 s ago: kept
+    hub.fleet.clock = lambda: T + 101
+    assert prune(hub.fleet, 100) == 1
+    assert [c["name"] for c in client.get("/api/v1/devices/dev1/commands").json()["items"]] == ["diagnostics"]
