@@ -231,3 +231,31 @@ def test_first_boot_in_a_bookworm_chroot_installs_enrolls_and_the_agent_comes_on
             os.killpg(agent.pid, signal.SIGTERM)
         out = agent.communicate(timeout=30)[0].decode(errors="replace")
     assert agent.returncode == 0, out[-3000:]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_pi_imager_first_boot_in_a_bookworm_chroot_installs_and_enrolls(
+    bookworm: Chroot, dist: Path, hub_for_devices: HubForDevices
+):
+    """Raspberry Pi OS Bookworm (no cloud-init): prepare-card.sh on the boot partition, the setup
+    at first boot (systemd.run=), then the one-shot unit's command once the network is up."""
+    root = bookworm.root
+    boot = root / "boot/firmware"
+    boot.mkdir(parents=True, exist_ok=True)
+    (boot / "cmdline.txt").write_text("console=tty1 root=PARTUUID=4e639091-02 rootwait\n")
+    card = _run(
+        ["sh", str(FIRMWARE / "rpi-imager/prepare-card.sh"), str(boot), "--hub", hub_for_devices.url]
+        + ["--token", hub_for_devices.token("pi-imager")]
+    )
+    assert card.returncode == 0, card.stderr
+    setup = bookworm.run("sh", "/boot/firmware/edgefleet-firstrun.sh")
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    assert "systemd.run" not in (boot / "cmdline.txt").read_text() and not (boot / "edgefleet.env").exists()
+    unit = "/etc/systemd/system/edgefleet-firstboot.service"
+    verify = _run(["systemd-analyze", "verify", "--man=no", f"--root={root}", unit], timeout=300)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    first = bookworm.run("/usr/local/sbin/edgefleet-firstboot", "--install", timeout=1500)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    _check_installed(root, "pi-imager")
+    assert not (root / "etc/edgefleet/firstboot.env").exists()  # ConditionPathExists: never again

@@ -15,7 +15,7 @@ from tests.conftest import REPO
 
 from .conftest import FIRMWARE, UNIT
 
-SCRIPTS = sorted(FIRMWARE.glob("*.sh")) + [REPO / "scripts" / "dist.sh"]
+SCRIPTS = sorted(FIRMWARE.rglob("*.sh")) + [REPO / "scripts" / "dist.sh"]
 USER_DATA = FIRMWARE / "cloud-init" / "user-data"
 
 
@@ -26,7 +26,7 @@ def _need(tool: str) -> str:
     return path
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_device_script_passes_shellcheck_as_posix_sh(script: Path):
     _need("shellcheck")
     out = subprocess.run(["shellcheck", "-s", "sh", str(script)], capture_output=True, text=True, timeout=120)
