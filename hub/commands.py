@@ -10,7 +10,8 @@ States of a row (who moves it):
 
 * ``sent``: :func:`issue` stored and published it;
 * ``ok`` / ``failed`` / ``refused``: the device's result (:func:`record`); a result for an
-  unknown id, from another device than the command's, or for a row already answered is dropped;
+  unknown id, from another device than the command's, naming another command, or for a row
+  already answered is dropped;
 * ``expired``: shown for a row still ``sent`` after its ``expires`` (:func:`public`, at read
   time; never stored, so an answer that was already on its way still lands).
 
@@ -149,6 +150,8 @@ def record(s: Session, result: Result, now: int) -> bool:
         why = "no such command"
     elif row.device != result.device:
         why = f"the command is {row.device!r}'s"
+    elif row.name != result.name:
+        why = f"it answers {result.name!r}, the command is {row.name!r}"
     elif row.status != "sent":
         why = f"already answered ({row.status})"
     else:

@@ -72,6 +72,7 @@ def test_a_device_cannot_answer_another_devices_command(client, memhub):
     cid = client.post("/api/v1/devices/dev1/commands", json={"name": "diagnostics"}).json()["id"]
     forged = Result(cid, "dev2", "diagnostics", T, "ok", body={"checks": []})
     hub.ingest.handle([("ef/v1/dev/dev2/result", forged.to_bytes())])
+    hub.ingest.handle([("ef/v1/dev/dev1/result", Result(cid, "dev1", "logs", T, "ok").to_bytes())])  # wrong name
     assert client.get(f"/api/v1/devices/dev1/commands/{cid}").json()["status"] == "sent"
     # and a result whose payload names another device than its topic is malformed
     hub.ingest.handle([("ef/v1/dev/dev2/result", Result(cid, "dev1", "diagnostics", T, "ok").to_bytes())])
