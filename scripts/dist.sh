@@ -11,4 +11,6 @@ rm -f "$OUT"/edgefleet-*.whl
 # --no-build-isolation: setuptools from the venv, so building needs no network
 "$PY" -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$OUT" .
 cp firmware_images/install.sh firmware_images/coral-setup.sh firmware_images/edgefleet-agent.service "$OUT"/
+# for the operator: first boot without a keyboard (cloud-init, Raspberry Pi Imager)
+cp -R firmware_images/cloud-init firmware_images/rpi-imager "$OUT"/
 ls "$OUT"/edgefleet-*-py3-none-any.whl
