@@ -9,7 +9,8 @@
   runs as the service user, and the agent is started inside the chroot as the service user and
   must come online at the hub.
 * ``test_installer_in_a_temp_prefix_...``: the lighter check when no chroot can be built: the
-  same script with ``--prefix`` on this host's Python, from the wheel file.
+  operator's ``curl -fsSL HUB/install.sh | sh -s -- --token T`` with ``--prefix`` on this host's
+  Python, then a rerun from the wheel file.
 """
 
 from __future__ import annotations
@@ -69,17 +70,23 @@ def test_installer_in_a_temp_prefix_enrolls_and_writes_files_the_service_user_ca
         (root / "etc" / name).write_text(line + "\n")
     for name in ("shadow", "gshadow"):
         (root / "etc" / name).write_text("root:*::\n" if name == "gshadow" else "root:*:19000:0:99999:7:::\n")
-    argv = ["sh", str(dist / "install.sh"), "--prefix", str(root), "--wheel", str(wheel_of(dist))]
-    argv += ["--hub", hub_for_devices.url, "--root-sha256", hub_for_devices.root_sha256, "--board", "rpi5"]
-    first = _run([*argv, "--token", hub_for_devices.token("pi-prefix")])
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed (the operator's command pipes it into sh)")
+    # the operator's command, piped: the hub's script knows the hub, the wheel and the root's sha256
+    piped = f"curl -fsSL {hub_for_devices.url}/install.sh | sh -s -- --token {hub_for_devices.token('pi-prefix')}"
+    first = _run(["sh", "-c", f"{piped} --prefix {root} --board rpi5"])
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    assert f"downloading {hub_for_devices.url}/dist/{wheel_of(dist).name}" in first.stdout
+    assert f"--root-sha256 {hub_for_devices.root_sha256}" in first.stdout
     for n in range(1, 10):
         assert f"==> [{n}/9]" in first.stdout  # every step says what it does
     assert "systemd is not running here" in first.stdout
     _check_installed(root, "pi-prefix")
     cfg = load(root / "etc/edgefleet/agent.toml", env={})
     assert (cfg.device_id, cfg.board, cfg.state_dir) == ("pi-prefix", "rpi5", root / "var/lib/edgefleet-agent")
-    # rerun-safe: no token needed, the enrollment is kept, the files keep their owners
+    # rerun-safe, from the wheel file (an offline install): no token needed, the enrollment is kept
+    argv = ["sh", str(dist / "install.sh"), "--prefix", str(root), "--wheel", str(wheel_of(dist))]
+    argv += ["--hub", hub_for_devices.url, "--root-sha256", hub_for_devices.root_sha256, "--board", "rpi5"]
     again = _run(argv)
     assert again.returncode == 0 and "already enrolled as pi-prefix" in again.stdout, again.stdout + again.stderr
     assert "user edgefleet: present" in again.stdout and "venv /opt/edgefleet/venv: present" in again.stdout
