@@ -113,9 +113,9 @@ def png(px: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def litert(model: Path, raw: np.ndarray) -> list[np.ndarray]:
-    """Every output of ``model`` on ``raw`` (its request input), dequantized, from a fresh
-    interpreter: the reference."""
+def litert(model: Path, raw: np.ndarray, dequantize: bool = True) -> list[np.ndarray]:
+    """Every output of ``model`` on ``raw`` (its request input), dequantized (unless not
+    ``dequantize``), from a fresh interpreter: the reference."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(model))
@@ -129,7 +129,8 @@ def litert(model: Path, raw: np.ndarray) -> list[np.ndarray]:
     for d in it.get_output_details():
         v = np.array(it.get_tensor(d["index"]))
         scale, zp = d["quantization"]
-        out.append((v.astype(np.float32) - zp) * np.float32(scale) if scale and v.dtype.kind in "iu" else v)
+        real = dequantize and scale and v.dtype.kind in "iu"
+        out.append((v.astype(np.float32) - zp) * np.float32(scale) if real else v)
     return out
 
 
