@@ -1,17 +1,23 @@
 """Every Coral model's ONNX twin served by the cloud, held to LiteRT run directly on the same
 pixels, within the tolerance its twin was verified to; a model whose twin was withheld is
-refused with the reason; a non-classifier's outputs are never ranked as class scores, and the
-cloud's answer has the agent's form."""
+refused with the reason; a non-classifier's outputs are never ranked as class scores; the
+cloud's answer is the agent's (same schema, values within the twin's limits); bad parameters and
+sessions are a 400 naming what is wrong."""
 
 from __future__ import annotations
 
+import base64
+import io
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from protocol import answers
+from protocol.signature import TensorSpec
 from tests.coral_imports import CASES, NON_CLASSIFIERS, image_bytes, imported, litert, manifest, pixels, step
 
 from .conftest import Setup, client_for, drop
@@ -50,12 +56,17 @@ def served(bundles: dict[str, Path], trust: Any, tmp_path_factory: pytest.TempPa
         yield client, files
 
 
-def _image(client: Any, key: str, data: bytes, path: str = "/predict") -> Any:
+def _image(
+    client: Any, key: str, data: bytes, path: str = "/predict", query: str = "", headers: dict[str, str] | None = None
+) -> Any:
     url = f"{path}?model={key}" if path == "/predict" else path
+    if query:
+        url += ("&" if "?" in url else "?") + query
     b = uuid.uuid4().hex
     body = f'--{b}\r\nContent-Disposition: form-data; name="file"; filename="x.bmp"\r\n\r\n'.encode() + data
     body += f"\r\n--{b}--\r\n".encode()
-    return client.post(url, content=body, headers={"content-type": f"multipart/form-data; boundary={b}"})
+    head = {"content-type": f"multipart/form-data; boundary={b}", **(headers or {})}
+    return client.post(url, content=body, headers=head)
 
 
 def agreement(key: str, got: list[np.ndarray], ref: list[np.ndarray], step_size: float) -> dict[str, float]:
@@ -92,7 +103,7 @@ def test_each_coral_model_is_answered_by_its_twin_as_litert_does_or_refused_with
             f"the compiler withheld it: {why}"
         )
         return
-    r = _image(client, key, image_bytes(coral_models, c))
+    r = _image(client, key, image_bytes(coral_models, c), query="raw=true")
     assert r.status_code == 200, r.text
     doc = r.json()
     ref = _reference(coral_models, key, bundle)
@@ -100,9 +111,13 @@ def test_each_coral_model_is_answered_by_its_twin_as_litert_does_or_refused_with
         got = [np.asarray(doc["predictions"], np.float32)]
         assert got[0].shape == (1, ref[0].size) and "tensors" not in doc
     else:
-        assert "predictions" not in doc and "top" not in doc and doc["task"] == c.task
-        got = [np.asarray(t["values"]) for t in doc["tensors"]]
-        assert [t["shape"] for t in doc["tensors"]] == [list(v.shape) for v in ref[: len(got)]]
+        assert "predictions" not in doc and "top" not in doc and doc["task"] == c.task and "tensors" not in doc
+        outs = manifest(bundle).model["signature"]["outputs"]
+        specs = [TensorSpec.from_dict(t, "t") for t in outs if t["role"] != "state"]
+        got = [
+            answers.dequantize(sp, np.asarray(t["values"], t["dtype"])) for sp, t in zip(specs, doc["raw"], strict=True)
+        ]
+        assert [t["shape"] for t in doc["raw"]] == [list(v.shape) for v in ref[: len(got)]]
     fig = agreement(key, got, ref, step(_cpu(bundle)))
     twin = manifest(bundle).model["twin"]
     if c.task == "classification":
@@ -128,7 +143,7 @@ def test_no_output_of_a_non_classifier_is_ever_ranked_as_class_scores(
         pytest.skip(f"{key}: the cloud does not serve it (twin withheld)")
     pre = manifest(bundle).model["preprocess"]
     px = pixels(coral_models, c, pre["height"], pre["width"], pre["channels"])
-    answers = [
+    docs = [
         _image(client, key, image_bytes(coral_models, c)),
         _image(client, key, image_bytes(coral_models, c), f"/v1/models/{key}/predict/image"),
         client.post(
@@ -137,39 +152,82 @@ def test_no_output_of_a_non_classifier_is_ever_ranked_as_class_scores(
             headers={"content-type": "application/octet-stream", "x-tensor-shape": ",".join(map(str, px.shape))},
         ),
     ]
-    for r in answers:
+    for r in docs:
         assert r.status_code == 200, r.text
         doc = r.json()
-        assert "predictions" not in doc and "top" not in doc and "outputs" not in doc
+        assert "predictions" not in doc and "top" not in doc and "outputs" not in doc and "tensors" not in doc
         assert doc["task"] == c.task and doc["model"]["name"] == key
-        assert [t["role"] for t in doc["tensors"]] == [
-            t["role"] for t in manifest(bundle).model["signature"]["outputs"] if t["role"] != "state"
-        ]
-    assert answers[0].json()["tensors"] == answers[2].json()["tensors"]
+        assert set(doc) & {"detections", "classes", "keypoints", "embedding"}
+    assert docs[0].json() == docs[1].json()
 
 
-@pytest.mark.parametrize("key", ["movenet", "mnv2"])
-def test_the_agent_and_the_cloud_answer_in_the_same_form(
+@pytest.mark.parametrize("key", ["movenet", "mnv2", "deeplab", "embedding"])
+def test_the_agent_and_the_cloud_give_the_same_answer(
     key: str, bundles: dict[str, Path], served: Any, coral_models: Path
 ) -> None:
-    """One builder (protocol.answers): the same keys, names, roles and shapes from either, so
-    an app can move between the device and the cloud by changing only the base URL."""
-    from agent.serve import Request, Serving
+    """One builder (protocol.answers) and the same parameters: the same keys, names and labels
+    from either, values within the limits the twin was verified to, so an app can move between
+    the device and the cloud by changing only the base URL."""
+    from agent.serve import Serving, parse_request
     from agent.telemetry import Recorder
     from tests.agent.test_tasks import open_model
 
     client, _ = served
-    data = image_bytes(coral_models, CASES[key])
-    cloud = _image(client, key, data).json()
+    c = CASES[key]
+    data = image_bytes(coral_models, c)
+    query = {"classification": "top_k=3", "segmentation": "mask=png"}.get(c.task, "")
+    cloud = _image(client, key, data, query=query).json()
     serving = Serving(Recorder(), None, None, lambda d, w: None)
     serving.swap(open_model(bundles[key]))
-    local = serving.predict(Request(image=data))
-    shared = set(local) & set(cloud)
-    if CASES[key].task == "classification":
-        assert shared == {"predictions", "top"}
+    local = serving.predict(parse_request("image/bmp", data, query=query))
+    assert set(local) - {"served_by", "bundle", "latency_ms"} == set(cloud) - {"model"}
+    assert local["task"] == cloud["task"] == c.task
+    limits = manifest(bundles[key]).model["twin"]["limits"]
+    if c.task == "classification":
         assert [t["index"] for t in local["top"]] == [t["index"] for t in cloud["top"]]
+        assert [t["label"] for t in local["top"]] == [t["label"] for t in cloud["top"]] and len(local["top"]) == 3
         assert np.asarray(cloud["predictions"]).shape == (1, len(local["predictions"]))  # the seed's [N, K]
-    else:
-        assert shared == {"task", "tensors"}
-        strip = [{k: v for k, v in t.items() if k != "values"} for t in local["tensors"]]
-        assert strip == [{k: v for k, v in t.items() if k != "values"} for t in cloud["tensors"]]
+    elif c.task == "keypoints":
+        assert [k["name"] for k in local["keypoints"]] == [k["name"] for k in cloud["keypoints"]]
+        pa = np.array([[k["y_normalized"], k["x_normalized"]] for k in local["keypoints"]])
+        pb = np.array([[k["y_normalized"], k["x_normalized"]] for k in cloud["keypoints"]])
+        assert np.linalg.norm(pa - pb, axis=1).mean() <= limits["max_keypoint_distance"]
+        assert local["image"] == cloud["image"]
+    elif c.task == "segmentation":
+        fa = {x["label"]: x["fraction"] for x in local["classes"]}
+        fb = {x["label"]: x["fraction"] for x in cloud["classes"]}
+        disagree = 1 - limits["min_pixel_agreement"]
+        assert all(abs(fa.get(k, 0) - fb.get(k, 0)) <= disagree for k in fa.keys() | fb.keys()), (fa, fb)
+        ma = np.asarray(Image.open(io.BytesIO(base64.b64decode(local["mask"]["data"]))))
+        mb = np.asarray(Image.open(io.BytesIO(base64.b64decode(cloud["mask"]["data"]))))
+        assert (ma == mb).mean() >= limits["min_pixel_agreement"]
+    elif c.task == "embedding":
+        a, b = np.asarray(local["embedding"]), np.asarray(cloud["embedding"])
+        assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) >= limits["min_cosine"]
+        assert abs(local["norm"] - cloud["norm"]) <= 0.01 * local["norm"]
+
+
+@pytest.mark.parametrize(
+    "key, query, headers, message",
+    [
+        ("deeplab", "score_threshold=0.3", None, "bad parameter score_threshold: 0.3: applies to detection"),
+        ("movenet", "top_k=3", None, "bad parameter top_k: 3: applies to classification, this model is keypoints"),
+        ("deeplab", "mask=gif", None, "bad parameter mask: 'gif': the one mask format is 'png'"),
+        ("mnv2", "top_k=1002", None, "bad parameter top_k: 1002: must be in 1..1001"),
+        ("embedding", "treshold=1", None, "bad parameter treshold: '1': is not a parameter of predict"),
+        ("movenet", "", {"X-Session-Id": "s1"}, "bad X-Session-Id header: the cloud fallback keeps no state"),
+    ],
+)
+def test_a_bad_parameter_or_a_session_is_a_400_that_names_it(
+    key: str, query: str, headers: dict[str, str] | None, message: str, served: Any, coral_models: Path
+) -> None:
+    client, _ = served
+    r = _image(client, key, image_bytes(coral_models, CASES[key]), query=query, headers=headers)
+    assert r.status_code == 400 and r.json()["detail"].startswith(message), r.text
+
+
+def test_a_file_that_is_not_an_image_is_a_400_for_every_task(served: Any) -> None:
+    client, _ = served
+    for key in ("movenet", "deeplab", "embedding", "mnv2"):
+        r = _image(client, key, b"GIF89a not really")
+        assert r.status_code == 400 and "not an image" in r.json()["detail"], r.text
