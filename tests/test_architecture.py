@@ -40,6 +40,13 @@ def test_component_imports_no_other_component(component):
             assert other not in imports, f"{component} imports {other} in {sorted(imports[other])}"
 
 
+def test_simulator_imports_only_agent_and_protocol_of_ours():
+    """sim/ runs the agent's code for many devices; the hub, compiler and cloud stay out of it."""
+    imports = imported_top_levels("sim")
+    for other in ("hub", "compiler", "cloud", "bench", "demo"):
+        assert other not in imports, f"sim imports {other} in {sorted(imports[other])}"
+
+
 def test_protocol_imports_only_stdlib_and_cryptography():
     import sys
 
