@@ -5,7 +5,7 @@ The rule is :func:`protocol.sketch.drift_verdict` (PSI alert, PSI or binned-KS w
 :meth:`protocol.baseline.Baseline.thresholds_for`; both are used here, never restated. This
 module merges windows per feature and ranks the features. The device page, the telemetry
 summaries and the drift alerts judge through :func:`assess`; the rollout gate
-(:mod:`hub.rollout`) and the dashboard's PSI charts (:mod:`hub.web.queries`) call the same
+(:mod:`hub.rollout`) and the dashboard's PSI charts (:mod:`hub.web.series`) call the same
 protocol functions, so all of them agree on a window (``tests/hub/test_drift.py``).
 
 Windows merge by adding counts, so a device, a cohort or a fleet is judged the same way.

@@ -6,14 +6,15 @@ paginated device list); time series merge at most ``MAX_WINDOWS`` telemetry rows
 because latency sketches and drift bins merge by addition, not by SQL aggregates.
 Functions take a ``Session`` and plain values; drift needs the bundle's baseline, which the
 caller supplies as ``baselines(digest) -> Baseline | None`` (the store reads files; this module
-does not). A chart's PSI is the one drift verdict's (:meth:`protocol.baseline.Baseline.verdict`), as on
-the device page, in the alerts and in the rollout gate; a device chart merges a window that is
-too small to judge with the ones before it (:mod:`hub.web.series`).
+does not). A chart's PSI is the one drift verdict's (:meth:`protocol.baseline.Baseline.verdict`),
+as on the device page, in the alerts and in the rollout gate; a window (device chart) or time
+bucket (fleet chart) too small to judge is merged with the ones before it, drawn hollow, and the
+words under the chart say so (:mod:`hub.web.series`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,14 +23,13 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col, select
 
 from protocol.baseline import Baseline
-from protocol.errors import BadPayload
 from protocol.sketch import LatencySketch
 
 from ..db import has_tag
 from ..devices import device_public, rollout_states
 from ..models import Alert, Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
 from ..rollout import ACTIVE_PHASES
-from ..telemetry import Merged, latency_summary, merge
+from ..telemetry import Merged, merge
 from . import series
 
 MAX_WINDOWS = 20_000  # telemetry rows merged for one fleet chart
@@ -187,54 +187,41 @@ def fleet_series(s: Session, now: int, baselines: Baselines, span_s: int = 3600,
         i = min(buckets - 1, max(0, int((w.received - start) / step)))
         groups[i].setdefault(w.bundle, []).append(w)
     x = [int(start + step * (i + 1)) for i in range(buckets)]
-    p50, p95, score, inferences = [], [], [], []
-    for group in groups:
-        parts = {bundle: merge(ws) for bundle, ws in group.items()}
+    merged = [{bundle: merge(ws) for bundle, ws in group.items()} for group in groups]
+    sketches = []
+    for parts in merged:
         sk = LatencySketch()
         for part in parts.values():
             sk = sk.merge(part.sketch)
-        lat = latency_summary(sk.to_dict()) if sk.count else {"p50_ms": None, "p95_ms": None}
-        p50.append(_round(lat["p50_ms"]))
-        p95.append(_round(lat["p95_ms"]))
-        inferences.append(sum(part.counts["inferences"] for part in parts.values()))
-        psis = [v for b, part in parts.items() if b for v in _psis(baselines(b), part).values() if v is not None]
-        score.append(max(psis, default=None))
+        sketches.append(Merged(sketch=sk))
+    lat = series.latency([series.Window(t, None, m) for t, m in zip(x, sketches, strict=True)], "time buckets")
+    # drift per bundle (each against its own baseline; a bucket too small to judge merges back
+    # through the buckets before it, as a device chart does), then the worst feature per bucket
+    score: list[float | None] = [None] * buckets
+    hollow = [False] * buckets
+    notes: list[tuple[int, str, str]] = []
+    for bundle in sorted({b for parts in merged for b in parts if b}):
+        ws = [series.Window(t, bundle, parts.get(bundle, Merged())) for t, parts in zip(x, merged, strict=True)]
+        dr = series.drift(ws, baselines, "time buckets")
+        notes.append((dr["samples"], bundle, dr["note"]))
+        for key, values in dr["drift_psi"].items():
+            for i, v in enumerate(values):
+                cur = score[i]
+                if v is not None and (cur is None or v > cur):
+                    score[i], hollow[i] = v, dr["hollow"][key][i]
+    notes.sort(reverse=True)
+    drift_note = notes[0][2] if len(notes) == 1 else "; ".join(f"{b[:12]}: {n}" for _, b, n in notes[:3])
     return {
         "x": x,
-        "p50_ms": p50,
-        "p95_ms": p95,
+        "p50_ms": lat["p50_ms"],
+        "p95_ms": lat["p95_ms"],
         "drift_psi": score,
-        "inferences": inferences,
+        "inferences": [sum(part.counts["inferences"] for part in parts.values()) for parts in merged],
+        "hollow": {**lat["hollow"], "drift_psi": hollow},
+        "notes": {"latency": lat["note"], "drift": drift_note or "No drift counts in the charted time buckets yet."},
         "windows": len(rows),
         "span_s": span_s,
     }
-
-
-def _psis(base: Baseline | None, merged: Merged) -> dict[str, float | None]:
-    """Each drifted feature's PSI (:func:`_feature_psi`) on the baseline's bins."""
-    feats = base.features() if base is not None else {}
-    out: dict[str, float | None] = {}
-    for key, by_bins in merged.drift.items():
-        feat = feats.get(key)
-        counts = by_bins.get(len(feat.ref)) if feat is not None else None
-        out[key] = _feature_psi(base, key, counts) if counts is not None else None
-    return out
-
-
-def _feature_psi(base: Baseline | None, feature: str, cur: Sequence[int]) -> float | None:
-    """The feature's PSI as the drift verdict computes it; None where the verdict has too few
-    samples, or the baseline has no such feature on these bins."""
-    if base is None:
-        return None
-    try:
-        v = base.verdict(feature, cur)
-    except BadPayload:
-        return None
-    return round(v.psi, 4) if v.psi is not None else None
-
-
-def _round(v: float | None, nd: int = 3) -> float | None:
-    return round(v, nd) if v is not None else None
 
 
 # ---- devices ----------------------------------------------------------------------------------

@@ -48,8 +48,9 @@ def _round(v: float | None, nd: int = 3) -> float | None:
     return round(v, nd) if v is not None else None
 
 
-def latency(windows: Sequence[Window]) -> dict[str, Any]:
-    """p50/p95 per window, the request count per window, which points are hollow, and the note."""
+def latency(windows: Sequence[Window], unit: str = "windows") -> dict[str, Any]:
+    """p50/p95 per window, the request count per window, which points are hollow, and the note
+    (``unit`` names the points in it: telemetry windows, or the fleet chart's time buckets)."""
     p50: list[float | None] = []
     p95: list[float | None] = []
     samples: list[int] = []
@@ -61,14 +62,14 @@ def latency(windows: Sequence[Window]) -> dict[str, Any]:
     few = [0 < n < LATENCY_MIN_SAMPLES for n in samples]
     total, n_few = sum(samples), sum(few)
     if not windows or not total:
-        note = "No requests in the charted windows yet."
+        note = f"No requests in the charted {unit} yet."
     elif n_few:
         note = (
-            f"{total} requests in the last {len(windows)} windows; {n_few} window(s) had fewer than "
+            f"{total} requests in the last {len(windows)} {unit}; {n_few} of them had fewer than "
             f"{LATENCY_MIN_SAMPLES} requests (hollow points): too few to judge a p95 by."
         )
     else:
-        note = f"{total} requests in the last {len(windows)} windows."
+        note = f"{total} requests in the last {len(windows)} {unit}."
     return {"p50_ms": p50, "p95_ms": p95, "samples": samples, "hollow": {"p50_ms": few, "p95_ms": few}, "note": note}
 
 
@@ -81,7 +82,9 @@ class _Feature:
     merged_windows: list[int]
 
 
-def drift(windows: Sequence[Window], baselines: Callable[[str], Baseline | None]) -> dict[str, Any]:
+def drift(
+    windows: Sequence[Window], baselines: Callable[[str], Baseline | None], unit: str = "windows"
+) -> dict[str, Any]:
     """Per feature: PSI per window (alone, or merged back to ``min_samples``), the samples each
     point was judged on, which points are hollow (merged), and one note for the chart."""
     feats: dict[str, _Feature] = {}
@@ -137,23 +140,19 @@ def drift(windows: Sequence[Window], baselines: Callable[[str], Baseline | None]
     points = any(v is not None for f in feats.values() for v in f.psi)
     n = len(windows)
     if not feats or not total_max:
-        note = "No drift counts from this device in the charted windows yet."
+        note = f"No drift counts in the charted {unit} yet."
     elif not points:
         note = (
-            f"{total_max} samples in the last {n} windows: drift needs >= {need_max} per point, "
-            "too little to judge yet."
+            f"{total_max} samples in the last {n} {unit}: drift needs >= {need_max} per point, too little to judge yet."
         )
     else:
-        note = f"{total_max} samples in the last {n} windows; drift needs >= {need_max} per point"
+        note = f"{total_max} samples in the last {n} {unit}; drift needs >= {need_max} per point"
         if hollow:
-            note += (
-                f", so a window with fewer is merged with the windows before it "
-                f"(hollow points, up to {deepest} windows)"
-            )
+            note += f", so one with fewer is merged with the {unit} before it (hollow points, up to {deepest} {unit})"
         else:
-            note += ", and every point is judged on its own window"
+            note += f", and every point is judged on its own {unit[:-1]}"
         if gaps - judged:
-            note += f"; {len(gaps - judged)} window(s) too little to judge even merged (gaps)"
+            note += f"; {len(gaps - judged)} of them too little to judge even merged (gaps)"
         note += "."
     return {
         "drift_psi": {k: f.psi for k, f in feats.items()},
@@ -161,6 +160,7 @@ def drift(windows: Sequence[Window], baselines: Callable[[str], Baseline | None]
         "drift_merged_windows": {k: f.merged_windows for k, f in feats.items()},
         "hollow": {k: f.hollow for k, f in feats.items()},
         "note": note,
+        "samples": total_max,
     }
 
 

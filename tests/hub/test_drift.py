@@ -10,7 +10,8 @@ import pytest
 
 from hub.drift import Thresholds, assess, verdict
 from hub.rollout import DeviceState, Gates, Health, Policy, RolloutState, evaluate_gates
-from hub.web.queries import _feature_psi
+from hub.telemetry import Merged
+from hub.web import series
 from protocol.baseline import Baseline
 from protocol.features import class_edges, input_features
 from protocol.sketch import LatencySketch, bin_counts, merge_counts, quantile_edges
@@ -173,7 +174,8 @@ def test_device_page_alerts_chart_and_gate_judge_a_window_alike(key, counts, sta
     chart and the rollout gate see the same PSI and agree on alert / not alert."""
     side, name = key.split(".")
     page = assess(AGREE, [{side: {name: counts}}]).to_dict()["features"][key]
-    chart = _feature_psi(AGREE, key, counts)
+    one = series.Window(0, "b" * 64, Merged(drift={key: {len(counts): list(counts)}}))  # one window alone
+    chart = series.drift([one], lambda _digest: AGREE)["drift_psi"][key][0]
     gate = _gate(key, counts)
     assert page["status"] == status
     if page["psi"] is None:

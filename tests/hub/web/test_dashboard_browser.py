@@ -474,6 +474,11 @@ def test_operator_tags_groups_and_retries_selected_devices_and_low_rate_charts_s
     page.wait_for_function("Number(document.getElementById('chart-device-latency').dataset.hollow || 0) > 0")
     assert "had fewer than 20 requests" in text(page, "#chart-device-latency-note")
     check_page(page, artifacts, "15-device-low-rate")
+    # the fleet charts say what they show too
+    page.goto(f"{stack.url}/ui")
+    page.wait_for_function("Number(document.getElementById('chart-drift').dataset.points || 0) > 0")
+    assert "samples in the last" in text(page, "#chart-drift-note")
+    assert "requests in the last" in text(page, "#chart-latency-note")
     assert not errors, f"JavaScript errors on the pages: {errors}"
 
     # every main page at a desktop and a phone width: nothing wider than the screen

@@ -74,6 +74,23 @@ def test_fleet_series_buckets_latency_and_drift_by_receive_time_with_gaps(memhub
         queries.fleet_series(s, NOW, refs, span_s=10)
 
 
+def test_fleet_series_merges_a_bucket_too_small_to_judge_with_the_buckets_before_and_says_so(
+    memhub: tuple[Hub, MemoryPublisher],
+) -> None:
+    hub, _ = memhub
+    with hub.fleet.session() as s:
+        for i in range(3):  # one quiet device: 40 samples in each of the last three 10-minute buckets
+            s.add(window("d1", i + 1, NOW - 1500 + 600 * i, 5.0, [10, 10, 10, 10]))
+        s.commit()
+        out = queries.fleet_series(s, NOW, refs, span_s=3600, buckets=6)
+    assert out["drift_psi"][:5] == [None] * 5 and out["drift_psi"][5] == 0.0  # 120 samples merged
+    assert out["hollow"]["drift_psi"] == [False] * 5 + [True]
+    note = out["notes"]["drift"]
+    assert note.startswith("120 samples in the last 6 time buckets; drift needs >= 100 per point"), note
+    assert "2 of them too little to judge even merged" in note
+    assert out["notes"]["latency"] == "300 requests in the last 6 time buckets."
+
+
 def test_device_series_merges_a_window_too_small_to_judge_with_the_one_before(
     memhub: tuple[Hub, MemoryPublisher],
 ) -> None:

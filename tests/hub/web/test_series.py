@@ -53,7 +53,7 @@ def test_below_ten_requests_a_second_the_drift_chart_merges_windows_instead_of_s
     assert out["drift_merged_windows"]["inputs.brightness"][12:] == [13] * 18
     note = out["notes"]["drift"]
     assert note.startswith("240 samples in the last 30 windows; drift needs >= 100 per point"), note
-    assert "hollow points, up to 13 windows" in note and "12 window(s) too little to judge even merged" in note
+    assert "hollow points, up to 13 windows" in note and "12 of them too little to judge even merged" in note
 
 
 def test_too_few_samples_in_all_windows_says_so_in_words() -> None:
@@ -84,5 +84,5 @@ def test_latency_plots_every_window_with_requests_and_marks_the_few() -> None:
     assert out["p95_ms"][0] is not None and out["p95_ms"][1] is None and out["p95_ms"][2] is not None
     assert out["hollow"]["p95_ms"] == [True, False, False]
     assert out["samples"] == [5, 0, 40]
-    assert "45 requests in the last 3 windows; 1 window(s) had fewer than 20" in out["notes"]["latency"]
-    assert out["notes"]["drift"] == "No drift counts from this device in the charted windows yet."
+    assert "45 requests in the last 3 windows; 1 of them had fewer than 20" in out["notes"]["latency"]
+    assert out["notes"]["drift"] == "No drift counts in the charted windows yet."
