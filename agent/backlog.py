@@ -1,35 +1,91 @@
 """Disk-backed outbox (SQLite) for telemetry and reports, resent until the hub acks them.
 
 Every message gets a per-kind sequence number that survives restarts, so the hub can drop
-duplicates. The backlog is bounded: past ``max_rows`` the oldest rows are dropped and counted.
-It reports its own size, oldest age and dropped count (sent inside each telemetry window).
+duplicates (it stores ``(device, seq)`` once and acks again): resent until acked, stored once.
+The backlog is bounded by rows (``max_rows``) and by payload bytes (``max_bytes``, 50 MiB by
+default: a week offline at one telemetry window per 10 s does not fit, so the oldest *telemetry*
+goes first; reports only once no telemetry is left) and counts what it dropped. It reports its
+own size, bytes, oldest age and dropped count (sent inside each telemetry window).
+
+Power loss: ``synchronous=FULL``, so a sequence number handed out is on disk before the message
+that carries it is published (with ``NORMAL`` a power cut could roll the counter back and the
+next message would reuse a number the hub already stored, and be dropped as a replay). A
+database that does not pass ``quick_check`` at open (torn by a card that lied about a write) is
+moved aside as ``<name>.corrupt`` and a new one starts with its sequence numbers at the current
+time in milliseconds, above anything the old one handed out (the hub keeps seqs as BIGINT).
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_BYTES = 50 * 2**20
+KINDS = ("report", "telemetry")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
   kind TEXT NOT NULL, seq INTEGER NOT NULL, created REAL NOT NULL, payload BLOB NOT NULL,
   sent_at REAL, attempts INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (kind, seq));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_kind_created ON outbox (kind, created);
+CREATE INDEX IF NOT EXISTS outbox_created ON outbox (created);
 """
 
 
 class Backlog:
-    def __init__(self, path: Path, max_rows: int = 5000) -> None:
+    def __init__(self, path: Path, max_rows: int = 5000, max_bytes: int = MAX_BYTES) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self.path = path
         self._lock = threading.Lock()
         self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            self._db = self._start_over(exc)
+        (self._rows, self._bytes) = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
+        ).fetchone()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            (check,) = db.execute("PRAGMA quick_check").fetchone()
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _start_over(self, exc: Exception) -> sqlite3.Connection:
+        aside = self.path.with_name(f"{self.path.name}.corrupt")
+        self.path.replace(aside)
+        for suffix in ("-wal", "-shm"):
+            self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+        db = self._open()
+        floor = int(time.time() * 1000)
+        for kind in KINDS:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"seq:{kind}", floor))
+        log.error(
+            "backlog %s is corrupt (%s): moved to %s; unsent messages in it are lost, sequence numbers go on from %d",
+            self.path,
+            exc,
+            aside.name,
+            floor,
+        )
+        return db
 
     def _meta(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -46,18 +102,35 @@ class Backlog:
     def add(self, kind: str, seq: int, payload: bytes, now: float) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            old = self._db.execute("SELECT LENGTH(payload) FROM outbox WHERE kind=? AND seq=?", (kind, seq)).fetchone()
             self._db.execute(
                 "INSERT OR REPLACE INTO outbox (kind, seq, created, payload) VALUES (?,?,?,?)",
                 (kind, seq, now, payload),
             )
-            (n,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
-            if n > self.max_rows:
-                extra = n - self.max_rows
+            rows = self._rows + (0 if old else 1)
+            size = self._bytes + len(payload) - (int(old[0]) if old else 0)
+            dropped = 0
+            for victim in KINDS[::-1]:  # telemetry first: reports carry install outcomes
+                while rows > self.max_rows or size > self.max_bytes:
+                    batch = self._db.execute(
+                        "SELECT rowid, LENGTH(payload) FROM outbox WHERE kind=? ORDER BY created LIMIT ?",
+                        (victim, max(1, min(500, rows - self.max_rows))),
+                    ).fetchall()
+                    if not batch:
+                        break
+                    gone = []
+                    for rowid, n in batch:  # drop only as many as the bounds need
+                        if rows <= self.max_rows and size <= self.max_bytes:
+                            break
+                        gone.append((rowid,))
+                        rows, size, dropped = rows - 1, size - int(n), dropped + 1
+                    self._db.executemany("DELETE FROM outbox WHERE rowid=?", gone)
+            if dropped:
                 self._db.execute(
-                    "DELETE FROM outbox WHERE rowid IN (SELECT rowid FROM outbox ORDER BY created LIMIT ?)", (extra,)
+                    "INSERT OR REPLACE INTO meta VALUES ('dropped', ?)", (self._meta("dropped") + dropped,)
                 )
-                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dropped', ?)", (self._meta("dropped") + extra,))
             self._db.execute("COMMIT")
+            self._rows, self._bytes = rows, size
 
     def due(self, now: float, resend_after: float, limit: int = 100) -> list[tuple[str, int, bytes]]:
         """Rows never sent, or sent more than ``resend_after`` seconds ago, oldest first."""
@@ -80,16 +153,27 @@ class Backlog:
     def ack(self, kind: str, seqs: Iterable[int]) -> int:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            cur = self._db.executemany("DELETE FROM outbox WHERE kind=? AND seq=?", [(kind, s) for s in seqs])
+            removed, freed = 0, 0
+            for s in seqs:
+                row = self._db.execute(
+                    "SELECT LENGTH(payload) FROM outbox WHERE kind=? AND seq=?", (kind, s)
+                ).fetchone()
+                if row is None:
+                    continue
+                self._db.execute("DELETE FROM outbox WHERE kind=? AND seq=?", (kind, s))
+                removed, freed = removed + 1, freed + int(row[0])
             self._db.execute("COMMIT")
-            return cur.rowcount
+            self._rows, self._bytes = self._rows - removed, self._bytes - freed
+            return removed
 
     def stats(self, now: float) -> dict[str, Any]:
         with self._lock:
-            n, oldest = self._db.execute("SELECT COUNT(*), MIN(created) FROM outbox").fetchone()
+            (oldest,) = self._db.execute("SELECT MIN(created) FROM outbox").fetchone()
             dropped = self._meta("dropped")
+            n, size = self._rows, self._bytes
         return {
             "size": int(n),
+            "bytes": int(size),
             "oldest_age_s": round(now - oldest, 1) if oldest is not None else 0.0,
             "dropped": dropped,
         }

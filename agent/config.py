@@ -22,6 +22,8 @@ Example ``agent.toml``::
     tpu_invoke_timeout_s = 2.0              # an Edge TPU invoke longer than this is hung: serve on the CPU
     tpu_max_errors = 3                      # Edge TPU invoke errors in a row that move serving to the CPU
     tpu_retry_s = 30                        # first retry of the TPU after that (doubles up to tpu_retry_max_s)
+    daily_byte_budget = 20000000            # metered link: bundle + telemetry bytes per UTC day (reports always go)
+    download_rate_bytes_s = 50000           # metered link: bundle chunks at most this fast
 
 Environment hooks (tests and operators): ``EDGEFLEET_AGENT_CRASH_AT=<stage>`` makes the agent
 ``os._exit(137)`` when it reaches that install stage (download, verify, stage, switch, commit);
@@ -115,7 +117,10 @@ class AgentConfig:
     max_hold_minutes: int = 60  # the longest an app may hold one install's switch (0: no holds)
     disk_reserve_bytes: int = 16 * 1024 * 1024
     max_packet_bytes: int = MIN_PACKET_BYTES  # MQTT v5 Maximum Packet Size the agent declares
-    backlog_max_rows: int = 5000
+    backlog_max_rows: int = 100_000  # a week of 10 s windows fits; backlog_max_bytes bounds it first
+    backlog_max_bytes: int = 50 * 2**20
+    daily_byte_budget: int | None = None  # bundle downloads + telemetry per UTC day (agent.budget); None: no cap
+    download_rate_bytes_s: int | None = None  # bundle chunks at most this fast (agent.budget); None: no cap
     latency_budget_ms: float | None = None
     session_idle_s: float = 300.0  # a stateful model's session is dropped after this long unused
     max_sessions: int = 64  # sessions held at once; one more evicts the least recently used
@@ -169,6 +174,13 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> float:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{key}: expected a number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return value
+
+
+def _optional_count(doc: Mapping[str, Any], key: str) -> int | None:
+    value = _get(doc, key, int, None)
+    if value is not None and value < 1:
+        raise ConfigError(f"{key}: expected a number of bytes >= 1 (leave it out for no cap), got {value!r}")
+    return int(value) if value is not None else None
 
 
 def _hold_minutes(value: int) -> int:
@@ -264,7 +276,10 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."), env: Mapping[str, 
         max_hold_minutes=_hold_minutes(_get(doc, "max_hold_minutes", int, 60)),
         disk_reserve_bytes=int(_positive("disk_reserve_bytes", _get(doc, "disk_reserve_bytes", int, 16 << 20), True)),
         max_packet_bytes=max_packet,
-        backlog_max_rows=int(_positive("backlog_max_rows", _get(doc, "backlog_max_rows", int, 5000))),
+        backlog_max_rows=int(_positive("backlog_max_rows", _get(doc, "backlog_max_rows", int, 100_000))),
+        backlog_max_bytes=int(_positive("backlog_max_bytes", _get(doc, "backlog_max_bytes", int, 50 * 2**20))),
+        daily_byte_budget=_optional_count(doc, "daily_byte_budget"),
+        download_rate_bytes_s=_optional_count(doc, "download_rate_bytes_s"),
         latency_budget_ms=_positive("latency_budget_ms", budget) if budget is not None else None,
         session_idle_s=_positive("session_idle_s", _get(doc, "session_idle_s", float, 300.0)),
         max_sessions=int(_positive("max_sessions", _get(doc, "max_sessions", int, 64))),

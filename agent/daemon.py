@@ -38,7 +38,7 @@ from protocol.topics import Kind, Topic
 from . import AGENT_VERSION, commands, diagnostics, inventory, watchdog
 from .backlog import Backlog
 from .config import AgentConfig
-from .durable import read_json, write_atomic, write_json
+from .durable import read_checked, read_json, write_atomic, write_json
 from .errors import ConnectError, RootExpired, StartupError
 from .install import crash_verdict, recover, require_fresh_root
 from .localapi import make_server, make_unix_server
@@ -62,7 +62,7 @@ def load_root(cfg: AgentConfig) -> Root:
     rotated = cfg.state_dir / "root.json"
     if rotated.exists():
         try:
-            newer = load_root_unverified(rotated.read_bytes())
+            newer = read_checked(rotated, load_root_unverified, (ProtocolError,))  # torn: the previous one
             if newer.version > pinned.version:
                 return newer
         except (OSError, ProtocolError) as exc:
@@ -85,7 +85,7 @@ class Agent:
         self.events: queue.Queue[Any] = queue.Queue()  # Incoming messages or (name, *args) tuples
         self.stop_event = threading.Event()
         self.notifier = Notifier(cfg.notify_socket, cfg.watchdog_s)  # systemd Type=notify; no-op without
-        self.backlog = Backlog(cfg.state_dir / "backlog.sqlite", cfg.backlog_max_rows)
+        self.backlog = Backlog(cfg.state_dir / "backlog.sqlite", cfg.backlog_max_rows, cfg.backlog_max_bytes)
         self.slots = Slots(cfg.state_dir)
         self.metrics = AgentMetrics() if cfg.http_metrics else None
         self.recorder = Recorder(self.metrics)
@@ -551,7 +551,7 @@ class Agent:
             self.trusted_seq, self.clock_floor = 0, 0
             write_json(self.trust_file, {"desired_seq": 0, "issued_max": 0})
             self._dirty = True
-        write_atomic(self.cfg.state_dir / "root.json", payload)
+        write_atomic(self.cfg.state_dir / "root.json", payload, keep_previous=True)
         log.info("trust root rotated to version %d", new.version)
         for digest, env in list(self._manifests.items()):
             self._on_manifest(digest, env)

@@ -144,7 +144,10 @@ class Slots:
                     h.close()
         for a in manifest.artifacts:  # zero-length artifacts never reach the sink
             (tmp / a.name).touch()
-        (tmp / MANIFEST_FILE).write_bytes(env_bytes)
+        with open(tmp / MANIFEST_FILE, "wb") as mf:  # fsynced like the artifacts: the rename below commits it
+            mf.write(env_bytes)
+            mf.flush()
+            os.fsync(mf.fileno())
         fsync_dir(tmp)
         final = self.path(digest2)
         if final.exists():
