@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install -e '.[all,dev,torch]'
-	# onnx2tf pins versions that fight ours (docs/adr/0010-pytorch-onnx-import.md): no deps
+	# onnx2tf pins versions that fight ours (docs/adr/0012-pytorch-onnx-import.md): no deps
 	$(PY) -m pip install --no-deps onnx2tf==1.29.24 tf-keras==2.21.0
 	touch $@
 

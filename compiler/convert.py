@@ -199,7 +199,7 @@ def _child(job: dict[str, Any]) -> int:
             stage = "onnx2tf"
             with _Stage("onnx2tf"):
                 try:
-                    model_path = to_savedmodel(Path(job["onnx_model"]), out / "onnx2tf")
+                    model_path = to_savedmodel(Path(job["onnx_model"]), out / "onnx2tf", np.load(job["calibration"]))
                 except ConversionRefused as exc:
                     _emit(event="error", kind="bad_input", what=str(job["onnx_model"]), problem=str(exc))
                     return 2

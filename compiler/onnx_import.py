@@ -1,6 +1,6 @@
 """ONNX in (what ``torch.onnx.export`` writes): read it, carry its preprocessing, convert it.
 
-Why onnx2tf: docs/adr/0010-pytorch-onnx-import.md (measured against litert-torch and
+Why onnx2tf: docs/adr/0012-pytorch-onnx-import.md (measured against litert-torch and
 ai-edge-quantizer). The route is ONNX -> onnx2tf -> SavedModel (NHWC) -> the Keras path's float
 and full-int8 TFLite; the **original ONNX is the bundle's twin** (the cloud serves the model the
 user trained), verified against the float TFLite like every twin (:mod:`compiler.parity`).
@@ -255,12 +255,20 @@ class ConversionRefused(Exception):
     """onnx2tf could not convert the model; the message names the op or error it reported."""
 
 
-def to_savedmodel(onnx_path: Path, out_dir: Path) -> Path:
-    """ONNX -> SavedModel (NHWC, batch 1) with onnx2tf. Runs only in the conversion child."""
+def to_savedmodel(onnx_path: Path, out_dir: Path, samples: np.ndarray) -> Path:
+    """ONNX -> SavedModel (NHWC, batch 1) with onnx2tf. Runs only in the conversion child.
+
+    ``samples``: calibration inputs in the TFLite (NHWC) layout. onnx2tf checks its conversion
+    of a 3-channel image model on sample images it downloads; it is given these instead (the
+    user's own data, and no network)."""
     import contextlib
     import io
 
     import onnx2tf
+    import onnx2tf.onnx2tf as o2t_main
+
+    own = np.ascontiguousarray(samples[:20], dtype=np.float32)
+    o2t_main.download_test_image_data = lambda: own
 
     buf = io.StringIO()
     try:
