@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
-from protocol.bundle import Artifact, Manifest, Requirements, pack_archive
-from protocol.signing import seal
+from protocol.bundle import MANIFEST_FILE, Artifact, Manifest, Requirements, pack_archive
+from protocol.signing import Envelope, seal
 
 BASELINE = {
     "schema": 1,
@@ -21,6 +22,21 @@ BASELINE = {
 
 def synthetic_archive(size: int, name: str = "sim-model", version: str = "1.0.0", seed: int = 0) -> bytes:
     """An unsigned bundle archive of about ``size`` bytes (the model takes what the rest leaves)."""
+    env, files = _synthetic(size, name, version, seed)
+    return pack_archive(env, files)
+
+
+def synthetic_bundle_dir(out: Path, size: int, name: str = "sim-model", version: str = "1.0.0") -> Path:
+    """The same bundle as a compiler output directory (``hub models push DIR`` takes it)."""
+    env, files = _synthetic(size, name, version, 0)
+    out.mkdir(parents=True, exist_ok=True)
+    for n, data in files.items():
+        (out / n).write_bytes(data)
+    (out / MANIFEST_FILE).write_bytes(env.to_bytes())
+    return out
+
+
+def _synthetic(size: int, name: str, version: str, seed: int) -> tuple[Envelope, dict[str, bytes]]:
     files = {
         "labels.txt": b"zero\none\ntwo\n",
         "baseline.json": json.dumps(BASELINE).encode(),
@@ -43,4 +59,4 @@ def synthetic_archive(size: int, name: str = "sim-model", version: str = "1.0.0"
         Requirements(edgetpu="optional"),
         {"task": "classification", "num_classes": 3, "labels": "labels.txt"},
     )
-    return pack_archive(seal("manifest", m.to_dict(), []), files)
+    return seal("manifest", m.to_dict(), []), files

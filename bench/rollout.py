@@ -1,0 +1,408 @@
+"""`python -m bench rollout [--quick | --devices N]`: one bundle to N simulated devices.
+
+One private Mosquitto (``max_connections -1``), the hub in this process (bridge, ingest, rollout
+engine, SQLite), and N simulated devices (``sim/``: one MQTT connection each, the agent's
+verification and planning code). In the same run:
+
+* **limit** - N plain subscribers (same selector loop, same broker) receiving the same archive
+  from retained chunk topics a plain publisher put there: the fastest this broker and client
+  stack deliver N copies;
+* **ours** - the hub rolls the bundle out (``target: all``, one cohort): time from the rollout
+  POST to every device committed, hub egress in bundle copies (chunk bytes the hub published /
+  bundle size), time to publish N desired documents (POST to the last device holding its
+  verified document);
+* **baseline** - per-device unicast: a publisher sends every chunk to every device's own topic
+  (N copies of egress), N plain subscribers; skipped above ``--baseline-max`` devices (its
+  egress is N copies by construction; only its time is measured);
+* **flapping links** - a second bundle to the same devices with ``--flap`` of them losing their
+  link at a random point of their transfer for 1-5 s: completion, bytes sent twice, and time
+  against the undisturbed rollout;
+* **ingest lag** - every device sends telemetry every 10 s; p99 of publish -> the hub's ack.
+
+Goals (issue 15): egress <= 1.1 copies, ours <= 1.5x limit, N desired documents <= 10 s at
+10,000, ingest lag p99 <= 2 s, flapping: 100 % complete, <= 5 % of bytes re-sent, <= 1.5x the
+undisturbed time. Exit code 1 when a run does not complete (not when a goal is missed: the
+table says which goals are met).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from demo.launcher import free_port, wait_port
+from sim.bundle import synthetic_archive
+from sim.config import Inference, SimConfig
+from sim.fleet import SimFleet, raise_fd_limit
+from sim.link import Link, Loop
+
+CHUNK = 64 * 1024
+
+
+class _Count:
+    """A plain subscriber's handler: counts payload bytes, keeps none."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.up = False
+        self.done_at: float | None = None
+        self.want = 0
+
+    def on_connected(self, session_present: bool) -> None:
+        self.up = True
+
+    def on_disconnected(self) -> None:
+        self.up = False
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        self.bytes += len(payload)
+        if self.done_at is None and self.bytes >= self.want:
+            self.done_at = time.monotonic()
+
+
+def _pump(loop: Loop, links: Sequence[Link], until: Any, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    last_misc = time.monotonic()
+    while time.monotonic() < end:
+        loop.poll(0.05)
+        if time.monotonic() - last_misc > 5:
+            last_misc = time.monotonic()
+            for link in links:
+                link.misc()
+        if until():
+            return True
+    return False
+
+
+def _plain(port: int, n: int, archive: bytes, unicast: bool) -> dict[str, Any]:
+    """N plain subscribers; retained chunks on one topic set (the limit) or every chunk sent to
+    every subscriber's own topic (the unicast baseline). Returns time and egress."""
+    loop = Loop()
+    chunks = [archive[i : i + CHUNK] for i in range(0, len(archive), CHUNK)]
+    tag = "unicast" if unicast else "limit"
+    pub_h = _Count()
+    pub = Link(loop, f"bench-{tag}-pub", "127.0.0.1", port, ("bench/will", b""), pub_h)
+    subs = [_Count() for _ in range(n)]
+    links = [Link(loop, f"bench-{tag}-{i}", "127.0.0.1", port, ("bench/will", b""), h) for i, h in enumerate(subs)]
+    for h in subs:
+        h.want = len(archive)
+    pub.connect()
+    _pump(loop, [pub], lambda: pub_h.up, 30)
+    egress = 0
+    if not unicast:  # the limit: one retained copy, fanned out by the broker
+        for i, c in enumerate(chunks):
+            pub.publish(f"bench/limit/{tag}-{len(archive)}/chunk/{i}", c, retain=True)
+            egress += len(c)
+        _pump(loop, [pub], lambda: not pub.client._out_messages, 120)
+    for k, link in enumerate(links):
+        link.connect()
+        if k % 200 == 199:
+            _pump(loop, links, lambda: False, 0.1)
+    _pump(loop, links, lambda: all(h.up for h in subs), 120)
+    t0 = time.monotonic()
+    for i, link in enumerate(links):
+        link.subscribe([f"bench/unicast/{i}/chunk/+" if unicast else f"bench/limit/{tag}-{len(archive)}/chunk/+"])
+    if unicast:
+        queue = [(i, j) for j in range(len(chunks)) for i in range(n)]  # chunk-major: all devices progress together
+        pos = 0
+
+        def feed() -> bool:
+            nonlocal pos, egress
+            while pos < len(queue) and len(pub.client._out_messages) < 512:
+                i, j = queue[pos]
+                pub.publish(f"bench/unicast/{i}/chunk/{j}", chunks[j])
+                egress += len(chunks[j])
+                pos += 1
+            return all(h.done_at is not None for h in subs)
+
+        ok = _pump(loop, [pub, *links], feed, 900)
+    else:
+        ok = _pump(loop, links, lambda: all(h.done_at is not None for h in subs), 900)
+    end = max((h.done_at or time.monotonic()) for h in subs)
+    for link in [pub, *links]:
+        link.close()
+    loop.close()
+    return {
+        "case": "per-device unicast (baseline)" if unicast else "plain subscribers, retained fan-out (limit)",
+        "devices": n,
+        "complete": sum(1 for h in subs if h.done_at is not None),
+        "seconds": end - t0,
+        "egress_bytes": egress,
+        "egress_copies": egress / len(archive),
+        "ok": ok,
+    }
+
+
+class _CountingPublisher:
+    """Wraps the hub's publisher: bytes it published, by message kind."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.bytes: dict[str, int] = {}
+
+    def publish(self, messages: Sequence[Any]) -> None:
+        for m in messages:
+            self.bytes[m.kind or "other"] = self.bytes.get(m.kind or "other", 0) + len(m.payload)
+        self.inner.publish(messages)
+
+
+def _s(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f} s"
+
+
+def _p(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench rollout", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="100 devices")
+    ap.add_argument("--devices", type=int, default=1000, help="simulated devices (default 1000)")
+    ap.add_argument("--bundle-mb", type=float, default=4.0, help="bundle size in MB (default 4)")
+    ap.add_argument("--baseline-max", type=int, default=1000, help="skip the unicast baseline above this many devices")
+    ap.add_argument("--flap", type=float, default=0.2, help="share of devices whose link drops mid-transfer")
+    ap.add_argument("--lag-seconds", type=float, default=35.0, help="how long to measure ingest lag")
+    args = ap.parse_args(argv)
+    n = 100 if args.quick else args.devices
+    if shutil.which("mosquitto") is None:
+        print("mosquitto is not on PATH; install it (apt-get install mosquitto)", file=sys.stderr)
+        return 2
+    raise_fd_limit(n + 512)
+    size = int(args.bundle_mb * 1_000_000)
+    work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
+    port = free_port()
+    conf = work / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\nmax_queued_messages 100000\n"
+        "max_inflight_messages 64\n"
+    )
+    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cases: list[dict[str, Any]] = []
+    load_before = os.getloadavg()
+    rc = 0
+    try:
+        wait_port(port, what="mosquitto")
+        limit_archive = synthetic_archive(size, version="limit")
+        cases.append(_plain(port, n, limit_archive, unicast=False))
+        print(f"{cases[-1]['case']:<46} {cases[-1]['seconds']:8.1f} s", flush=True)
+        if n <= args.baseline_max:
+            cases.append(_plain(port, n, limit_archive, unicast=True))
+            print(f"{cases[-1]['case']:<46} {cases[-1]['seconds']:8.1f} s", flush=True)
+        ours, flap, lag = _ours(port, n, size, work, args)
+        cases += [ours, flap, lag]
+        for c in (ours, flap):
+            print(
+                f"{c['case']:<46} {c['seconds']:8.1f} s  installed {c['installed']}/{n}  "
+                f"egress {c['egress_copies']:.2f} copies",
+                flush=True,
+            )
+        if ours["installed"] < n or flap["installed"] < n:
+            rc = 1
+    finally:
+        broker.terminate()
+        broker.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    limit = cases[0]
+    base = next((c for c in cases if c["case"].startswith("per-device")), None)
+    ours, flap, lag = cases[-3], cases[-2], cases[-1]
+    goals = {
+        "egress <= 1.1 copies": ours["egress_copies"] <= 1.1,
+        "ours <= 1.5x limit": ours["seconds"] <= 1.5 * limit["seconds"],
+        "desired documents published <= 10 s": (ours["desired_seconds"] or 1e9) <= 10,
+        "ingest lag p99 <= 2 s": (lag["p99_s"] or 1e9) <= 2,
+        "flapping: 100% complete": flap["installed"] == n,
+        "flapping: <= 5% re-sent": flap["resent_fraction"] <= 0.05,
+        "flapping: <= 1.5x undisturbed": flap["seconds"] <= 1.5 * ours["seconds"],
+    }
+    params = {
+        "devices": n,
+        "bundle_bytes": ours["bundle_bytes"],
+        "chunk_size": CHUNK,
+        "broker": "mosquitto (private, loopback)",
+        "hub_db": "sqlite",
+        "flap": args.flap,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "goals": goals,
+    }
+    path = report.write(
+        "rollout",
+        "s",
+        False,
+        ours["seconds"],
+        base["seconds"] if base else None,
+        limit["seconds"],
+        params,
+        cases,
+    )
+    print(f"\n{n} devices, {ours['bundle_bytes'] / 1e6:.1f} MB bundle, load {load_before[0]:.1f} before")
+    print(f"{'time to 100% installed':<40} {'s':>8} {'egress copies':>14}")
+    print(f"{'limit (plain subscribers)':<40} {limit['seconds']:8.1f} {limit['egress_copies']:14.2f}")
+    print(f"{'ours (hub rollout, simulated agents)':<40} {ours['seconds']:8.1f} {ours['egress_copies']:14.2f}")
+    if base:
+        print(f"{'baseline (per-device unicast)':<40} {base['seconds']:8.1f} {base['egress_copies']:14.2f}")
+    else:
+        print(f"{'baseline (per-device unicast)':<40} {'not run':>8} {float(n):14.2f}")
+    print(
+        f"ours/limit {ours['seconds'] / limit['seconds']:.2f}x"
+        + (f", baseline/ours {base['seconds'] / ours['seconds']:.2f}x" if base else "")
+    )
+    print(
+        f"hub egress, every kind: {ours['egress_all_bytes'] / ours['bundle_bytes']:.2f} copies "
+        + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sorted(ours["egress_all_by_kind"].items()))
+    )
+    print(
+        f"desired documents: {n} published and verified in {_s(ours['desired_seconds'])} "
+        f"(the rollout POST took {ours['post_seconds']:.1f} s); first install committed after "
+        f"{_s(ours['first_commit_s'])}, half after {_s(ours['median_commit_s'])}"
+    )
+    print(
+        f"ingest lag (telemetry publish -> hub ack) p50 {_s(lag['p50_s'])}, p99 {_s(lag['p99_s'])} "
+        f"over {lag['acks']} windows"
+    )
+    print(
+        f"flapping: {flap['cut']} links cut mid-transfer, {flap['installed']}/{n} installed in {flap['seconds']:.1f} s "
+        f"({flap['seconds'] / ours['seconds']:.2f}x undisturbed), re-sent {flap['resent_fraction']:.2%} of bytes"
+    )
+    for goal, met in goals.items():
+        print(f"  {'met    ' if met else 'MISSED '} {goal}")
+    print(f"wrote {path}")
+    return rc
+
+
+def _ours(port: int, n: int, size: int, work: Path, args: argparse.Namespace) -> tuple[dict[str, Any], ...]:
+    from fastapi.testclient import TestClient
+    from sqlalchemy import func
+    from sqlmodel import select
+
+    from hub import keys
+    from hub.config import HubConfig
+    from hub.models import Device
+    from hub.server import build
+
+    keys.init(work / "keys")
+    token = "bench-token-0123456789"
+    cfg = HubConfig(
+        db=f"sqlite:///{work / 'hub.db'}",
+        broker=f"mqtt://127.0.0.1:{port}",
+        keys=work / "keys",
+        store=work / "store",
+        tokens={token: "admin"},
+        tick=1.0,
+        batch_wait=0.05,
+    )
+    hub = build(cfg)
+    counter = _CountingPublisher(hub.fleet.publisher)
+    hub.fleet.publisher = counter
+    hub.start()
+    assert hub.bridge is not None and hub.bridge.connected.wait(30)
+    api = TestClient(hub.app, headers={"Authorization": f"Bearer {token}"})
+    sim_cfg = SimConfig(
+        "127.0.0.1",
+        port,
+        work / "keys" / "root.json",
+        devices=n,
+        prefix="bench",
+        telemetry_interval_s=10.0,
+        inference=Inference(rate=0.2),
+    )
+    fleet = SimFleet(sim_cfg)
+
+    def online() -> bool:
+        with hub.fleet.session() as s:
+            return int(s.exec(select(func.count()).select_from(Device).where(Device.online == True)).one()) >= n  # noqa: E712
+
+    try:
+        if not fleet.run_until(online, timeout=300, check_every=1.0):
+            raise RuntimeError(f"only {fleet.connected()} of {n} simulated devices connected")
+
+        def rollout(version: str, flap: float) -> dict[str, Any]:
+            archive = synthetic_archive(size, version=version)
+            b = api.post(
+                "/api/v1/bundles", content=archive, headers={"Content-Type": "application/octet-stream"}
+            ).json()
+            digest = b["digest"]
+            before = dict(counter.bytes)
+            dup0 = fleet.totals()
+            victims = set(random.Random(version).sample([d.id for d in fleet.devices], int(flap * n)))
+            cut_at = {v: random.Random(v).uniform(0.1, 0.9) for v in victims}
+            cut: set[str] = set()
+            t0 = time.monotonic()
+            r = api.post("/api/v1/rollouts", json={"bundle": digest, "target": {"all": True}})
+            post_s = time.monotonic() - t0
+            assert r.status_code in (200, 201), r.text
+
+            def done() -> bool:
+                for v in victims - cut:
+                    job = fleet.by_id[v].job
+                    if job is not None and sum(job.bits) >= cut_at[v] * len(job.bits):
+                        fleet.take_offline(v, random.Random(v + "s").uniform(1, 5))
+                        cut.add(v)
+                return fleet.installed(digest) >= n
+
+            fleet.run_until(done, timeout=1200, check_every=0.1 if victims else 0.5)
+            seconds = time.monotonic() - t0
+            desired = [d.counters.desired_at for d in fleet.devices if d.counters.desired_at is not None]
+            commits = [d.counters.committed_at - t0 for d in fleet.devices if d.counters.committed_at is not None]
+            t = fleet.totals()
+            chunk_egress = counter.bytes.get("chunk", 0) - before.get("chunk", 0)
+            return {
+                "case": f"hub rollout to simulated agents{' with flapping links' if flap else ' (ours)'}",
+                "devices": n,
+                "installed": fleet.installed(digest),
+                "seconds": seconds,
+                "post_seconds": post_s,
+                "first_commit_s": min(commits) if commits else None,
+                "median_commit_s": _p(commits, 0.5),
+                "desired_seconds": (max(desired) - t0) if len(desired) >= n else None,
+                "bundle_bytes": b["size"],
+                "egress_bytes": chunk_egress,
+                "egress_copies": chunk_egress / b["size"],
+                "egress_all_bytes": sum(counter.bytes.values()) - sum(before.values()),
+                "egress_all_by_kind": {k: v - before.get(k, 0) for k, v in counter.bytes.items()},
+                "received_bytes": t.chunk_bytes - dup0.chunk_bytes,
+                "duplicate_bytes": t.duplicate_bytes - dup0.duplicate_bytes,
+                "resent_fraction": (t.duplicate_bytes - dup0.duplicate_bytes + max(0, chunk_egress - b["size"]))
+                / (n * b["size"]),
+                "repair_requests": t.fetch_requests - dup0.fetch_requests,
+                "cut": len(cut),
+                "reconnects": fleet.reconnects,
+            }
+
+        ours = rollout("1.0.0", 0.0)
+        flap = rollout("2.0.0", args.flap)
+        for d in fleet.devices:
+            d.counters.ack_lags.clear()
+        fleet.run_for(args.lag_seconds)
+        lags = [x for d in fleet.devices for x in d.counters.ack_lags]
+        lag = {
+            "case": "telemetry ingest lag (publish -> hub ack)",
+            "devices": n,
+            "interval_s": 10.0,
+            "acks": len(lags),
+            "p50_s": _p(lags, 0.5),
+            "p99_s": _p(lags, 0.99),
+            "max_s": max(lags) if lags else None,
+        }
+        return ours, flap, lag
+    finally:
+        fleet.stop()
+        hub.stop()
+        hub.fleet.engine.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
