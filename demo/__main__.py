@@ -50,7 +50,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--once", action="store_true", help="exit 0 after the rollout instead of running until Ctrl-C")
     ap.add_argument("--fresh", action="store_true", help="delete the state directory first (keeps the model build)")
     ap.add_argument("--timeout", type=float, default=180, help="seconds to wait for the rollout (default 180)")
+    ap.add_argument(
+        "--simulated",
+        type=int,
+        metavar="N",
+        help="N simulated devices (sim/: the agent's install code, simulated inference) instead of agent "
+        "processes; pushes a synthetic 4 MB bundle instead of building the digits model",
+    )
     args = ap.parse_args(argv)
+    if args.simulated is not None and not 1 <= args.simulated <= 10_000:
+        ap.error(f"--simulated must be within 1..10000, got {args.simulated}")
     if args.agents < 1 or args.agents > 50:
         ap.error(f"--agents must be within 1..50, got {args.agents}")
     if args.broker and not args.broker.startswith("mqtt://"):
@@ -160,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(fleet: Fleet, args: argparse.Namespace, cache: Path) -> int:
+    if args.simulated is not None:
+        from .simulated import run_simulated
+
+        return run_simulated(fleet, args, console)
     url = fleet.start_broker(args.broker)
     console.print(f"[green]✓[/] MQTT broker {url} ({fleet.broker_kind})")
     fleet.init_keys()
