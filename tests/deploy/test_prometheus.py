@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -113,7 +114,20 @@ def start_prometheus(exe: str, tmp: Path, targets: dict[str, str]) -> tuple[subp
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
     wait_port(port, 60, proc, "prometheus")
-    return proc, f"http://127.0.0.1:{port}", log
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:  # it listens before its storage is open, answering 503 until then
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=5) as r:
+                return r.status == 200
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return False
+        except OSError:
+            return False
+
+    wait_for("prometheus ready", ready, 60, lambda: tail(log, 30))
+    return proc, url, log
 
 
 def predict(port: int, n: int) -> list[float]:
@@ -200,8 +214,10 @@ def test_prometheus_scrapes_hub_agent_and_cloud_and_answers_counters_and_quantil
         latencies = sorted(first + second)
         wait_for("the hub's counter at 30", lambda: prom.scalar(fleet_total) == 30.0, logs=prom_logs)
 
-        # the same requests, counted by the agent itself and by the hub from telemetry
-        assert prom.scalar('sum(edgefleet_agent_inferences_total{model="mnv1", version="1", path="cpu"})') == 30.0
+        # the same requests, counted by the agent itself (scraped on its own schedule) and by the
+        # hub from telemetry
+        agent_total = 'sum(edgefleet_agent_inferences_total{model="mnv1", version="1", path="cpu"})'
+        wait_for("the agent's counter at 30", lambda: prom.scalar(agent_total) == 30.0, logs=prom_logs)
         by_labels = prom.query("sum by (model, version, cohort, path) (edgefleet_fleet_inferences_total) > 0")
         assert [(r["metric"], r["value"][1]) for r in by_labels] == [
             ({"model": "mnv1", "version": "1", "cohort": "none", "path": "cpu"}, "30")
