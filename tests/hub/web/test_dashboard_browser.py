@@ -414,6 +414,8 @@ def test_operator_tags_groups_and_retries_selected_devices_and_low_rate_charts_s
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     login(page, stack.url, OPERATOR)
+    page.goto(f"{stack.url}/ui/rollouts/{rid}")  # the rollout offers to retry its failed install
+    expect(page.locator("#cmd-retry")).to_have_text("Retry failed installs")
     nav(page, "Devices", exact=True)
     expect(page.locator("#device-table tbody tr[data-device]")).to_have_count(3)
     assert page.locator("#bulk-apply").is_disabled()  # nothing selected yet
@@ -459,6 +461,9 @@ def test_operator_tags_groups_and_retries_selected_devices_and_low_rate_charts_s
     wait_api(
         stack, "sim-1 installed after the retry", lambda b: b["counts"] == {"installed": 2}, f"/api/v1/rollouts/{rid}"
     )
+    page.goto(f"{stack.url}/ui/rollouts/{rid}")
+    expect(page.locator("#rollout-phase")).to_have_attribute("data-phase", "completed")
+    assert page.locator("#cmd-retry").count() == 0  # nothing failed any more
 
     # each action is audited, attributed to the operator
     nav(page, "Audit log")
