@@ -18,6 +18,10 @@ or :meth:`Baseline.from_dict` (a JSON object). Schema 1::
 * ``thresholds`` (model-wide, and per feature): any of ``psi_warn``, ``psi_alert`` and
   ``ks_alpha`` (numbers; ``ks_alpha`` within 0..1, exclusive) and ``min_samples`` (int >= 0);
   an absent key inherits (:meth:`Baseline.thresholds_for`).
+* ``task`` (schema 2, optional): what the per-task output features (:mod:`protocol.taskstats`)
+  need besides edges: ``{"task": "detection", "classes": [1, 3], "centroid": [floats] | null}``
+  (``classes``: the ids with per-class features; ``centroid``: an embedding model's reference
+  centroid). Absent for a classifier and in schema 1 baselines (no per-task features).
 * Unknown keys, at every level, are kept in ``extra`` and written back by ``to_dict``, so what
   a newer compiler wrote survives an older hub.
 
@@ -37,7 +41,7 @@ from .codec import extra_fields, field, load_object, nonneg_int
 from .errors import BadPayload
 from .sketch import DriftThresholds, DriftVerdict, drift_verdict
 
-SCHEMA = 1
+SCHEMA = 2  # 2: the optional ``task`` section
 SIDES = ("inputs", "outputs")
 WHAT = "baseline"
 MAX_BASELINE_BYTES = 4 * 1024 * 1024
@@ -124,6 +128,48 @@ class Feature:
 
 
 @dataclass(frozen=True)
+class TaskSection:
+    """What a non-classifier's output features need (:mod:`protocol.taskstats`)."""
+
+    task: str
+    classes: tuple[int, ...] = ()
+    centroid: tuple[float, ...] | None = None
+    extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            "task": self.task,
+            "classes": list(self.classes),
+            "centroid": None if self.centroid is None else list(self.centroid),
+        }
+
+    @classmethod
+    def from_dict(cls, obj: Any, path: str = "task") -> TaskSection:
+        d = _object(obj, path)
+        task = field(d, "task", str, f"{WHAT} {path}")
+        classes = field(d, "classes", list, f"{WHAT} {path}", [])
+        for c in classes:
+            if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+                raise BadPayload(WHAT, f"field '{path}.classes' must hold ints >= 0, found {c!r:.40}")
+        centroid = d.get("centroid")
+        if centroid is not None:
+            if not isinstance(centroid, list) or not centroid:
+                raise BadPayload(
+                    WHAT, f"field '{path}.centroid' must be a non-empty list or null, got {centroid!r:.40}"
+                )
+            for v in centroid:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise BadPayload(WHAT, f"field '{path}.centroid' must hold finite numbers, found {v!r:.40}")
+        return cls(
+            task,
+            tuple(classes),
+            None if centroid is None else tuple(float(v) for v in centroid),
+            extra_fields(d, {"task", "classes", "centroid"}),
+        )
+
+
+@dataclass(frozen=True)
 class Baseline:
     """A bundle's drift baseline. ``inputs`` / ``outputs``: feature name -> :class:`Feature`."""
 
@@ -133,6 +179,7 @@ class Baseline:
     thresholds: Thresholds | None = None
     schema: int = SCHEMA
     extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
+    task: TaskSection | None = None
 
     def features(self) -> dict[str, Feature]:
         """Every feature by its key, ``"inputs.brightness"``, in key order."""
@@ -182,6 +229,8 @@ class Baseline:
         }
         if self.thresholds is not None:
             out["thresholds"] = self.thresholds.to_dict()
+        if self.task is not None:
+            out["task"] = self.task.to_dict()
         return out
 
     @classmethod
@@ -195,13 +244,15 @@ class Baseline:
             feats = field(d, side, dict, WHAT, {})
             sides[side] = {str(name): Feature.from_dict(spec, f"{side}.{name}") for name, spec in feats.items()}
         th = d.get("thresholds")
+        task = d.get("task")
         return cls(
             samples=nonneg_int(d, "samples", WHAT),
             inputs=sides["inputs"],
             outputs=sides["outputs"],
             thresholds=Thresholds.from_dict(th) if th is not None else None,
             schema=schema,
-            extra=extra_fields(d, {"schema", "samples", *SIDES, "thresholds"}),
+            extra=extra_fields(d, {"schema", "samples", *SIDES, "thresholds", "task"}),
+            task=TaskSection.from_dict(task) if task is not None else None,
         )
 
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from compiler import baseline
 from compiler.pipeline import _json
-from protocol.baseline import parse
+from protocol.baseline import SCHEMA, parse
 from protocol.features import class_edges
 from protocol.sketch import DriftThresholds
 
@@ -20,7 +20,7 @@ def test_the_built_baseline_parses_with_the_one_reader_and_round_trips():
     scores = rng.dirichlet(np.ones(4), 50).astype(np.float32)
     doc = baseline.build(x, scores, PRE, num_classes=4, thresholds=DriftThresholds(psi_warn=0.2, min_samples=30))
     parsed = parse(_json(doc))
-    assert parsed.to_dict() == doc and parsed.samples == 50 and parsed.schema == 1
+    assert parsed.to_dict() == doc and parsed.samples == 50 and parsed.schema == SCHEMA
     assert set(parsed.inputs) == {"mean_c0", "std_c0", "brightness"}
     assert parsed.outputs["top1_class"].edges == tuple(class_edges(4))
     assert all(sum(f.ref) == 50 for f in parsed.features().values())

@@ -158,7 +158,7 @@ def test_a_feature_built_in_code_writes_what_it_was_given():
     f = Feature((0.5,), (3, 4), Thresholds(min_samples=5))
     assert f.to_dict() == {"edges": [0.5], "ref": [3, 4], "thresholds": {"min_samples": 5}}
     assert Baseline(7, outputs={"top1_class": f}).to_dict() == {
-        "schema": 1,
+        "schema": 2,
         "samples": 7,
         "inputs": {},
         "outputs": {"top1_class": {"edges": [0.5], "ref": [3, 4], "thresholds": {"min_samples": 5}}},
