@@ -56,3 +56,24 @@ def test_seed_case_study_passes_the_same_gate_on_tabular_data(tmp_path: Path) ->
     assert report["num_classes"] == 2 and report["labels"] == ["malignant", "benign"]
     assert report["artifacts"]["model_int8.tflite"]["metrics"]["auc_ovr"] > 0.95
     assert json.loads((tmp_path / "b.standardise.json").read_text())["mean"]
+
+
+@pytest.mark.slow
+def test_seed_case_study_pytorch_variant_passes_the_same_gate_from_its_onnx(tmp_path: Path) -> None:
+    from tests.pytorch_builds import require_torch
+
+    require_torch()
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "seed_case_study" / "build_torch.py"), "--out", str(tmp_path / "b")]
+        + ["--quiet"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = assert_bundle(tmp_path / "b")
+    assert report["source"]["kind"] == "onnx" and report["source"]["onnx_input"]["layout"] == "as_is"
+    assert report["labels"] == ["malignant", "benign"] and report["gate"]["passed"]
+    assert report["twin"]["status"] == "verified"
+    assert report["artifacts"]["model_int8.tflite"]["metrics"]["auc_ovr"] > 0.95
