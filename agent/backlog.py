@@ -133,10 +133,12 @@ class Backlog:
             self._rows, self._bytes = rows, size
 
     def due(self, now: float, resend_after: float, limit: int = 100) -> list[tuple[str, int, bytes]]:
-        """Rows never sent, or sent more than ``resend_after`` seconds ago, oldest first."""
+        """Rows never sent, or sent more than ``resend_after`` seconds ago: reports first (an
+        install outcome is never stuck behind telemetry a byte budget holds back), oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT kind, seq, payload FROM outbox WHERE sent_at IS NULL OR sent_at < ? ORDER BY created LIMIT ?",
+                "SELECT kind, seq, payload FROM outbox WHERE sent_at IS NULL OR sent_at < ? "
+                "ORDER BY kind = 'telemetry', created LIMIT ?",
                 (now - resend_after, limit),
             ).fetchall()
         return [(k, int(s), bytes(p)) for k, s, p in rows]

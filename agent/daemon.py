@@ -33,10 +33,11 @@ from protocol.device import Inventory
 from protocol.errors import BadPayload, ProtocolError, Reason, VerificationError
 from protocol.messages import Desired, Hold, Report, Status, Telemetry, parse_ack, parse_desired_payload, verify_desired
 from protocol.signing import Envelope, Root, load_root_unverified, rotate_root, targets_rotated
-from protocol.topics import Kind, Topic
+from protocol.topics import PREFIX, Kind, Topic
 
 from . import AGENT_VERSION, commands, diagnostics, inventory, watchdog
 from .backlog import Backlog
+from .budget import Meter
 from .config import AgentConfig
 from .durable import read_checked, read_json, write_atomic, write_json
 from .errors import ConnectError, RootExpired, StartupError
@@ -68,6 +69,9 @@ def load_root(cfg: AgentConfig) -> Root:
         except (OSError, ProtocolError) as exc:
             log.warning("ignoring rotated root %s: %s", rotated, exc)
     return pinned
+
+
+BUNDLE_TOPICS = f"{PREFIX}/bundle/"
 
 
 class Agent:
@@ -103,7 +107,8 @@ class Agent:
         topic = str(Topic.for_device(Kind.STATUS, cfg.device_id))
         # the last will: the broker publishes it (retained) if this process dies or the link drops
         will = Status(cfg.device_id, False, int(time.time()), AGENT_VERSION, Inventory(board=cfg.board))
-        self.transport = Transport(cfg, topic, will.to_bytes(), lambda m: self.events.put(m))
+        self.meter = Meter(cfg.state_dir / "budget.json", cfg.daily_byte_budget, cfg.download_rate_bytes_s)
+        self.transport = Transport(cfg, topic, will.to_bytes(), self._incoming)
         self.trust_file = cfg.state_dir / "trust.json"
         self.clean_file = cfg.state_dir / "clean-shutdown"
         trusted = read_json(self.trust_file, {}) or {}
@@ -135,6 +140,7 @@ class Agent:
             self.report,
             self.transport,
             self._changed,
+            self.meter,
         )
         self._dirty = True
         self._window_start = int(time.time())
@@ -208,6 +214,13 @@ class Agent:
             self.trusted_seq,
         )
 
+    def _incoming(self, msg: Incoming) -> None:
+        """In the MQTT network thread: chunks are counted and paced to the download rate cap
+        here, before the broker gets their ack (agent.budget), then everything is queued."""
+        if msg.topic.startswith(BUNDLE_TOPICS):  # chunks (and a re-signed manifest): bundle bytes
+            self.meter.chunk(len(msg.payload))
+        self.events.put(msg)
+
     def _changed(self) -> None:
         self._dirty = True
 
@@ -235,6 +248,7 @@ class Agent:
                 health(self.cfg.state_dir),
                 self.backlog.stats(now),
                 self._accelerator(),
+                self.meter.usage(),
             )
             self._window_start = end
             self.backlog.add("telemetry", seq, msg.to_bytes(), time.time())
@@ -252,10 +266,13 @@ class Agent:
         now = time.time()
         due = self.backlog.due(now, 0.0 if force else self.cfg.resend_after_s, limit=200)
         sent = []
-        for kind, seq, payload in due:
+        for kind, seq, payload in due:  # reports first (agent.backlog)
+            if kind == "telemetry" and not self.meter.allows("telemetry", len(payload)).send:
+                break  # today's byte budget is spent: telemetry waits in the (bounded) backlog
             topic = str(Topic.for_device(Kind.REPORT if kind == "report" else Kind.TELEMETRY, self.cfg.device_id))
             if not self.transport.publish(topic, payload, qos=1):
                 break
+            self.meter.spend(kind, len(payload))
             sent.append((kind, seq))
         if sent:
             self.backlog.mark_sent(sent, now)
@@ -275,6 +292,7 @@ class Agent:
             "chunks_received": {"messages": self.updater.chunks_received, "bytes": self.updater.chunk_bytes_received},
             "update_hold": self.updater.hold_status(),
             "accelerator": acc.to_dict() if (acc := self._accelerator()) is not None else None,
+            "bytes_today": self.meter.usage(),
         }
 
     # start-up ------------------------------------------------------------------------------------
@@ -648,6 +666,7 @@ class Agent:
         topic = str(Topic.for_device(Kind.STATUS, self.cfg.device_id))
         self.transport.disconnect(topic, self._status(False).to_bytes())
         self.backlog.close()
+        self.meter.save()
         write_atomic(self.clean_file, b"")  # the next start knows this was not a crash
 
 

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -251,6 +251,9 @@ def _zero(detail: dict[str, Any]) -> np.ndarray:
     return np.full([int(d) for d in detail["shape"]], zp, dtype=dtype)
 
 
+EdgeTpuOpener = Callable[[Path, Path | None, int | None, str | None], Backend]
+
+
 def load_backend(path: Path, runtime: str, threads: int | None = None, feed: str | None = None) -> Backend:
     if runtime == "onnx":
         return OnnxBackend(path, threads)
@@ -294,17 +297,19 @@ class Model:
         model_spec: dict[str, Any],
         roles: dict[str, str],
         threads: int | None = None,
+        edgetpu: EdgeTpuOpener | None = None,
     ) -> Model:
+        """``edgetpu``: how an Edge TPU artifact is opened, given its path, its CPU twin's (the
+        bundle's ``tflite_int8``/``tflite_float``, or None), threads and the request's input name
+        (the agent passes :func:`agent.watchdog.guarded`); else a plain LiteRT delegate backend."""
         try:
             signature = of_model(model_spec)
         except BadPayload as exc:
             raise ModelError(str(exc)) from None
         feed = signature.request_inputs[0].name if signature is not None and signature.request_inputs else None
-        if runtime == "edgetpu":  # guarded: a stuck or failing TPU fails over to the CPU twin (agent.watchdog)
-            from .watchdog import guarded
-
+        if runtime == "edgetpu" and edgetpu is not None:  # agent.watchdog: fails over to the CPU twin
             twin = roles.get("tflite_int8") or roles.get("tflite_float")
-            backend: Backend = guarded(slot_dir / artifact, slot_dir / twin if twin else None, threads, feed)
+            backend: Backend = edgetpu(slot_dir / artifact, slot_dir / twin if twin else None, threads, feed)
         else:
             backend = load_backend(slot_dir / artifact, runtime, threads, feed)
         problem = signature_problem(signature, backend)

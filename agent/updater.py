@@ -29,6 +29,7 @@ from protocol.signing import Root
 from protocol.topics import Kind, Topic
 
 from . import selftest
+from .budget import Meter
 from .config import AgentConfig, packet_bytes_for
 from .download import Download, bytes_on_disk, chunk_subscription
 from .durable import read_json, write_json
@@ -49,6 +50,7 @@ from .install import (
 from .runtime import Model
 from .serve import Serving
 from .slots import SlotRecord, Slots, SlotsState
+from .watchdog import guarded
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ class Job:
     ready_since: int | None = None  # when the install first stood ready to switch (an app hold's cap)
     held: tuple[SlotRecord, Manifest, Choice] | None = None  # what to switch to when the app's hold ends
     held_until: int = 0  # the hold's end as last reported
+    deferred_until: float = 0.0  # epoch: the download waits for the next day's byte budget
 
 
 def model_roles(manifest: Manifest) -> dict[str, str]:
@@ -117,6 +120,7 @@ def open_model(slots: Slots, rec: SlotRecord, manifest: Manifest, threads: int |
         manifest.model,
         model_roles(manifest),
         threads,
+        guarded,  # an Edge TPU that hangs or fails moves serving to the CPU twin
     )
 
 
@@ -149,8 +153,10 @@ class Updater:
         report: ReportFn,
         mqtt: Publisher,
         on_change: Callable[[], None],
+        meter: Meter | None = None,
     ) -> None:
         self.cfg = cfg
+        self.meter = meter  # the daily byte budget (agent.budget): a download that does not fit waits
         self.root = root
         self.slots = slots
         self.serving = serving
@@ -348,6 +354,8 @@ class Updater:
             self._fail("download", Reason.INTERNAL, f"cannot open download file: {exc}")
             return
         dl = job.download
+        if self._deferred(job, dl):
+            return
         job.last_chunk = job.last_fetch = time.monotonic()
         self.report(
             "download",
@@ -370,6 +378,30 @@ class Updater:
                 len(dl.missing()),
             )
         self._subscribe_chunks()
+
+    def _deferred(self, job: Job, dl: Download) -> bool:
+        """Whether the bytes still to fetch wait for the next day's byte budget (reported)."""
+        if self.meter is None or dl.complete:
+            return False
+        remaining = dl.plan.size - dl.received
+        verdict = self.meter.allows_download(remaining)
+        if verdict.send or verdict.retry_at is None:
+            job.deferred_until = 0.0
+            return False
+        dl.close()
+        job.download = None
+        job.deferred_until = verdict.retry_at
+        assert job.plan.bundle is not None
+        self.report(
+            "download",
+            "progress",
+            Reason.OK,
+            f"deferred until {_utc(int(verdict.retry_at))}: {verdict.why} (daily_byte_budget)",
+            job.desired.seq,
+            job.plan.bundle.digest,
+            progress=dl.received / max(1, dl.plan.size),
+        )
+        return True
 
     def resubscribe(self) -> None:
         """After a (re)connect: ask the broker for the chunks still missing, and only those."""
@@ -536,6 +568,10 @@ class Updater:
                 self._selftest_and_switch(rec, manifest, choice)  # tested again: it sat on disk meanwhile
             else:
                 self._held(job, rec, manifest, choice)  # reports a renewed hold's new end
+            return
+        if job is not None and job.stage == "download" and job.download is None and job.deferred_until:
+            if time.time() >= job.deferred_until:  # a new day's byte budget
+                self._start_download(now_mono)
             return
         if job is None or job.stage != "download" or job.download is None:
             return

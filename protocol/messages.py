@@ -417,6 +417,7 @@ class Telemetry:
     health: Health = dc_field(default_factory=Health, hash=False)
     backlog: dict[str, Any] = dc_field(default_factory=dict, hash=False)
     accelerator: Accelerator | None = dc_field(default=None, hash=False)
+    usage: dict[str, Any] = dc_field(default_factory=dict, hash=False)  # bytes today (agent.budget)
     extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
 
     def to_bytes(self) -> bytes:
@@ -490,6 +491,7 @@ def parse_telemetry(data: bytes) -> Telemetry:
         "health",
         "backlog",
         "accelerator",
+        "usage",
     }
     accelerator = field(obj, "accelerator", dict, what, None, allow_none=True)
     t = Telemetry(
@@ -505,6 +507,7 @@ def parse_telemetry(data: bytes) -> Telemetry:
         health=Health.from_dict(field(obj, "health", dict, what, {}), "telemetry health"),
         backlog=field(obj, "backlog", dict, what, {}),
         accelerator=Accelerator.from_dict(accelerator) if accelerator is not None else None,
+        usage=field(obj, "usage", dict, what, {}),
         extra=extra_fields(obj, known),
     )
     check_plausible(t)

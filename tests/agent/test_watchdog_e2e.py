@@ -74,6 +74,11 @@ def test_a_hung_then_failing_edge_tpu_drops_no_request_from_concurrent_apps(
         hub.wait(lambda: count("cpu") >= on_cpu + 20, 60, "answers from the CPU while the TPU errs")
         st = agent.http("GET", "/v1/status")[1]
         assert st["accelerator"]["reason"] == "errors" and st["accelerator"]["failovers"] == 2
+        hub.wait(
+            lambda: any(t.accelerator and t.accelerator.reason == "errors" for t in hub.telemetry),
+            30,
+            "telemetry with the second failover's reason",
+        )
     finally:
         stop.set()
         for t in apps:
