@@ -39,7 +39,7 @@ from . import AGENT_VERSION, commands, diagnostics, inventory, watchdog
 from .backlog import Backlog
 from .budget import Meter
 from .config import AgentConfig
-from .durable import read_checked, read_json, write_atomic, write_json
+from .durable import fsync_dir, read_checked, read_json, write_atomic, write_json
 from .errors import ConnectError, RootExpired, StartupError
 from .install import crash_verdict, recover, require_fresh_root
 from .localapi import make_server, make_unix_server
@@ -300,6 +300,7 @@ class Agent:
         st = self.slots.load()
         clean = self.clean_file.exists()
         self.clean_file.unlink(missing_ok=True)
+        fsync_dir(self.cfg.state_dir)  # else a power cut could bring the marker back: a crash counted as clean
         for tmp in self.slots.dir.glob("*.tmp"):
             shutil.rmtree(tmp, ignore_errors=True)
         probation, crashed = crash_verdict(st.probation, clean, self.cfg.probation_max_crashes)
