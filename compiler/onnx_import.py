@@ -25,8 +25,9 @@ The parent side (everything but :func:`to_savedmodel`) needs only the ``onnx`` p
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -261,7 +262,6 @@ def to_savedmodel(onnx_path: Path, out_dir: Path, samples: np.ndarray) -> Path:
     ``samples``: calibration inputs in the TFLite (NHWC) layout. onnx2tf checks its conversion
     of a 3-channel image model on sample images it downloads; it is given these instead (the
     user's own data, and no network)."""
-    import contextlib
     import io
 
     import onnx2tf
@@ -272,7 +272,7 @@ def to_savedmodel(onnx_path: Path, out_dir: Path, samples: np.ndarray) -> Path:
 
     buf = io.StringIO()
     try:
-        with contextlib.redirect_stdout(buf):
+        with contextlib.redirect_stdout(buf), _stop_after_savedmodel():
             onnx2tf.convert(
                 input_onnx_file_path=str(onnx_path),
                 output_folder_path=str(out_dir),
@@ -281,6 +281,8 @@ def to_savedmodel(onnx_path: Path, out_dir: Path, samples: np.ndarray) -> Path:
                 non_verbose=True,
                 copy_onnx_input_output_names_to_tflite=True,
             )
+    except _SavedModelWritten:
+        pass
     except SystemExit:  # onnx2tf reports an unconvertible op and exits
         raise ConversionRefused(f"onnx2tf cannot convert it: {_last_error(buf.getvalue())}") from None
     except Exception as exc:
@@ -290,6 +292,30 @@ def to_savedmodel(onnx_path: Path, out_dir: Path, samples: np.ndarray) -> Path:
     if not (out_dir / "saved_model.pb").exists():
         raise ConversionRefused(f"onnx2tf wrote no SavedModel: {_last_error(buf.getvalue())}")
     return out_dir
+
+
+class _SavedModelWritten(BaseException):
+    """Raised where onnx2tf starts its own TFLite conversions (float32, then float16), after the
+    SavedModel is written: we make ours from the SavedModel, and theirs took as long again
+    (ResNet-18). A BaseException, so onnx2tf's ``except Exception`` fallbacks let it through."""
+
+
+@contextlib.contextmanager
+def _stop_after_savedmodel() -> Iterator[None]:
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter
+    saved = conv.__dict__["from_keras_model"], conv.__dict__["from_concrete_functions"]
+
+    def stop(*_args: object, **_kw: object) -> None:
+        raise _SavedModelWritten()
+
+    conv.from_keras_model = stop
+    conv.from_concrete_functions = stop
+    try:
+        yield
+    finally:
+        conv.from_keras_model, conv.from_concrete_functions = saved
 
 
 def _last_error(text: str) -> str:
