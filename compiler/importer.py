@@ -8,6 +8,10 @@ Rules:
   only ``model_edgetpu.tflite`` and ``requirements.edgetpu = "required"``; nothing can be run
   here (the op needs the delegate), so metrics, baseline outputs and self-test cases are empty
   and the report says so.
+* Self-test vectors (:mod:`compiler.selftest`) from the validation data, else the calibration
+  data, else seeded synthetic in-range images (never a constant frame); the drift baseline only
+  from real samples (validation or calibration): a baseline of synthetic inputs would make
+  every real camera look drifted, so without data the bundle has none and the report says so.
 * MODEL a CPU model (int8/uint8, or float) plus ``--edgetpu X``: X must be compiled and have the
   same input/output shapes and types; ``requirements.edgetpu = "optional"``.
 * The task and the signature come from the model's real inputs and outputs (LiteRT's shapes,
@@ -20,8 +24,10 @@ Rules:
   which is how Coral's models are fed; a uint8 input without quantization parameters takes raw
   pixels; ``--scale/--offset`` are honoured, or refused with the reason, data or no data.
 * Metrics (top-1 against the validation labels) and the drift baseline's output features
-  (top-1 class and confidence) are a classifier's; any other task's baseline holds its input
-  features only, and its validation data must come as ``--calibration`` (it has no class labels).
+  (top-1 class and confidence) are a classifier's; a detection, segmentation, keypoints or
+  embedding model's baseline holds its task's output features (:mod:`protocol.taskstats`,
+  :func:`compiler.baseline.build_task`), ``tensors`` its input features only; their samples
+  come as ``--calibration`` (they have no class labels).
 * ONNX twin (role ``onnx``, for the cloud fallback): ``tf2onnx.convert.from_tflite`` on the CPU
   model, in a child with the conversion timeout (:mod:`compiler.tflite_onnx`). It ships only
   verified: its parity with LiteRT is always measured, on the validation data, else the
@@ -41,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from protocol.bundle import Requirements
+from protocol.labels import parse_labels
 from protocol.signing import SigningKey
 
 from . import baseline, selftest, tasks
@@ -198,11 +205,29 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
         files.append(BundleFile("model_edgetpu.tflite", "tflite_edgetpu", et_bytes))
     if twin is not None:
         files.append(BundleFile("model.onnx", "onnx", twin.data))
-    if data is not None and scores is not None:
-        base = baseline.build(data.x, scores if classifier else None, preprocess, num_classes if classifier else None)
+    if data is not None and scores is not None and runner is not None:
+        if classifier:
+            base = baseline.build(data.x, scores, preprocess, num_classes)
+        else:
+            raw = np.stack(
+                [runner.input.quantize(data.x[i : i + 1]).reshape(runner.input.shape) for i in range(len(data.x))]
+            )
+            docs = baseline.answers(runner, sig, parse_labels("\n".join(req.labels)), raw)
+            base = baseline.build_task(data.x, docs, preprocess, sig.task)
         files.append(BundleFile("baseline.json", "baseline", _json(base)))
-    if runner is not None and data is not None:
-        st = selftest.build(runner, cpu_name, data.x, val.y if val is not None else None, req.selftest_cases)
+    if runner is not None:
+        # no data: seeded in-range synthetic inputs (never a constant frame); no baseline from
+        # them, though: live camera frames would all look drifted against noise
+        kind = "validation" if val is not None else "calibration" if cal is not None else "synthetic"
+        st_x = (
+            data.x
+            if data is not None
+            else selftest.synthetic(
+                tuple(feed.shape[1:]), preprocess, req.selftest_cases, value_range=selftest.tensor_range(runner.input)
+            )
+        )
+        st_y = val.y if val is not None else None
+        st = selftest.build(runner, cpu_name, st_x, st_y, req.selftest_cases, inputs=kind)
     else:
         st = {
             "schema": selftest.SCHEMA,
@@ -212,7 +237,7 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
             "cases": [],
             "smoke": True,
             "note": "no reference outputs: "
-            + ("the only artifact needs an Edge TPU" if tpu_only else "no validation or calibration data given")
+            + "the only artifact needs an Edge TPU"
             + "; agents run a smoke test (the model loads and one invoke gives finite outputs in time)",
         }
     files.append(BundleFile("selftest.json", "selftest", _json(st)))
@@ -260,6 +285,12 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
         "onnx": ver.doc,
         "twin": ver.status.to_dict(),
         "gate_note": "none: an import has no float reference to compare against",
+        "baseline_note": (
+            f"drift baseline from {len(data.x)} {'validation' if val is not None else 'calibration'} samples"
+            if data is not None and runner is not None
+            else "no drift baseline: "
+            + ("the only artifact needs an Edge TPU" if tpu_only else "no validation or calibration data given")
+        ),
         "validation_samples": len(val.x) if val is not None else 0,
         "machine": machine(),
     }

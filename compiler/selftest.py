@@ -4,6 +4,12 @@ A few inputs with the raw outputs the served artifact gives here, so an agent ca
 install works before switching to it. Cases are the first validation sample of each class
 (in class order) up to ``cases``, so they cover different outputs; inputs and outputs are the
 raw tensors (int8/uint8 for a quantized model), nested as their shapes.
+
+Inputs, in order of preference (``inputs`` in the document): the validation samples, the
+calibration samples, else :func:`synthetic` ones (``synthetic``): seeded smooth images over the
+input's range, never a constant (all-0 or all-255) frame, on which a detector or a segmenter
+gives the same boxes or mask as on any frame, so the outputs the agent compares are a model's
+real work, and a saturated input would not exercise it.
 """
 
 from __future__ import annotations
@@ -12,11 +18,59 @@ from typing import Any
 
 import numpy as np
 
-from .inference import TfliteRunner
+from .inference import IoSpec, TfliteRunner
 
 SCHEMA = 1
 DEFAULT_TOLERANCE = 2
 DEFAULT_MAX_LATENCY_MS = 1000
+
+
+SYNTHETIC_SEED = 0
+PIXEL_LOW, PIXEL_HIGH = 16, 240  # synthetic pixels stay inside: no saturated (0 / 255) regions
+GRID = 5  # a GRID x GRID field of random colours, bilinearly interpolated: smooth, like a photo
+
+
+def tensor_range(spec: IoSpec) -> tuple[float, float]:
+    """The real values an input can take: a quantized integer input's whole grid
+    (``scale * (q - zero_point)``), an integer input's own values, else [-1, 1]."""
+    if np.issubdtype(spec.dtype, np.integer):
+        info = np.iinfo(spec.dtype)
+        if spec.scale:
+            return spec.scale * (int(info.min) - spec.zero_point), spec.scale * (int(info.max) - spec.zero_point)
+        return float(info.min), float(info.max)
+    return -1.0, 1.0
+
+
+def synthetic(
+    shape: tuple[int, ...],
+    preprocess: dict[str, Any],
+    n: int,
+    seed: int = SYNTHETIC_SEED,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+) -> np.ndarray:
+    """``n`` float model inputs of sample ``shape`` (the input's shape without the batch): for an
+    image, smooth random pixels in ``PIXEL_LOW..PIXEL_HIGH`` (a colour field with a little
+    noise) mapped by the preprocess (``pixel * scale + offset``); for a tensor, uniform over the
+    middle 90 % of ``value_range`` (:func:`tensor_range`). Seeded: a rebuild makes the same vectors."""
+    rng = np.random.default_rng(seed)
+    if preprocess.get("kind") != "image" or len(shape) < 2:
+        lo, hi = value_range
+        pad = 0.05 * (hi - lo)
+        return rng.uniform(lo + pad, hi - pad, size=(n, *shape)).astype(np.float32)
+    h, w = int(shape[0]), int(shape[1])
+    c = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    ys, xs = np.linspace(0, GRID - 1, h), np.linspace(0, GRID - 1, w)
+    y0, x0 = np.minimum(ys.astype(int), GRID - 2), np.minimum(xs.astype(int), GRID - 2)
+    fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    out = []
+    for _ in range(n):
+        grid = rng.uniform(PIXEL_LOW + 8, PIXEL_HIGH - 8, size=(GRID, GRID, c))
+        top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx
+        bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
+        img = top * (1 - fy) + bottom * fy + rng.normal(0.0, 4.0, size=(h, w, c))
+        out.append(np.clip(np.round(img), PIXEL_LOW, PIXEL_HIGH).reshape(shape))
+    pixels = np.stack(out).astype(np.float32)
+    return (pixels * float(preprocess.get("scale", 1.0)) + float(preprocess.get("offset", 0.0))).astype(np.float32)
 
 
 def pick(y: np.ndarray | None, n_samples: int, cases: int) -> list[int]:
@@ -43,19 +97,31 @@ def build(
     cases: int = 5,
     tolerance: int = DEFAULT_TOLERANCE,
     max_latency_ms: int = DEFAULT_MAX_LATENCY_MS,
+    inputs: str | None = None,
 ) -> dict[str, Any]:
+    """``inputs``: where ``x`` came from (``validation``, ``calibration``, ``synthetic``), kept in
+    the document for the reader (agents use ``cases`` only)."""
     out = []
     for i in pick(y, len(x), cases):
         raw = runner.input.quantize(x[i : i + 1]).reshape(runner.input.shape)
         expected = runner.run_raw(raw)
         out.append({"input": raw.tolist(), "expected": expected.tolist()})
-    return {
+    doc: dict[str, Any] = {
         "schema": SCHEMA,
         "artifact": artifact,
         "tolerance": tolerance,
         "max_latency_ms": max_latency_ms,
         "cases": out,
     }
+    if inputs is not None:
+        doc["inputs"] = inputs
+    if out and all(np.unique(np.asarray(c["expected"])).size == 1 for c in out):
+        # e.g. a segmenter on synthetic images: all background, as on a black frame
+        doc["note"] = (
+            f"every case's expected output is one constant value ({inputs or 'given'} inputs): the vectors "
+            "barely exercise the model; give --calibration images for a self-test that does"
+        )
+    return doc
 
 
 def check(runner: TfliteRunner, doc: dict[str, Any]) -> list[str]:

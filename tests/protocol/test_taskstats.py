@@ -31,15 +31,15 @@ def detection_doc(*dets: dict) -> dict:
     [
         (detection_doc(), (), {"detection_count": 0.0, "detection_top_score": 0.0}),
         (
-            detection_doc(det(3, 0.9, 0, 0, 1, 1), det(3, 0.6, 0, 0, 1, 1), det(1, 0.4, 0, 0, 1, 1)),
+            detection_doc(det(3, 0.9, 0, 0, 1, 1), det(3, 0.6, 0, 0, 1, 1), det(1, 0.2, 0, 0, 1, 1)),
             (1, 3),
-            # 0.4 is under the 0.5 threshold: counted in no class, but the top score is 0.9
+            # 0.2 is under the 0.3 threshold: counted in no class, but the top score is 0.9
             {"detection_count": 2.0, "detection_top_score": 0.9, "detections_c1": 0.0, "detections_c3": 2.0},
         ),
         (
-            detection_doc(det(2, 0.3, 0, 0, 1, 1)),
+            detection_doc(det(2, 0.25, 0, 0, 1, 1)),
             (2,),
-            {"detection_count": 0.0, "detection_top_score": 0.3, "detections_c2": 0.0},
+            {"detection_count": 0.0, "detection_top_score": 0.25, "detections_c2": 0.0},
         ),
         (
             {
@@ -115,7 +115,7 @@ def test_a_reference_where_a_class_never_shows_still_sees_it_appear():
 
 def test_busiest_classes_ranks_detections_and_pixels():
     docs = [
-        detection_doc(det(5, 0.9, 0, 0, 1, 1), det(2, 0.8, 0, 0, 1, 1), det(9, 0.1, 0, 0, 1, 1)),
+        detection_doc(det(5, 0.9, 0, 0, 1, 1), det(2, 0.8, 0, 0, 1, 1), det(9, 0.29, 0, 0, 1, 1)),
         detection_doc(det(5, 0.7, 0, 0, 1, 1)),
     ]
     assert taskstats.busiest_classes(docs, limit=1) == [5]
@@ -163,6 +163,9 @@ def test_iou(a, b, want):
 def test_detection_agreement_is_iou_matched_f1(served, candidate, want):
     assert taskstats.detection_f1(served, candidate) == pytest.approx(want)
     assert taskstats.agreement(detection_doc(*served), detection_doc(*candidate)) == pytest.approx(want)
+    # boxes under the counting threshold take no part in the agreement
+    low = det(7, 0.29, 0, 0, 5, 5)
+    assert taskstats.agreement(detection_doc(*served), detection_doc(*candidate, low)) == pytest.approx(want)
 
 
 def test_match_gives_the_higher_scored_candidate_the_best_box():
