@@ -28,12 +28,15 @@ table says which goals are met).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,17 +146,45 @@ def _plain(port: int, n: int, archive: bytes, unicast: bool) -> dict[str, Any]:
     }
 
 
-class _CountingPublisher:
-    """Wraps the hub's publisher: bytes it published, by message kind."""
+KINDS = ("chunk", "desired", "ack", "root", "other")
 
-    def __init__(self, inner: Any) -> None:
+
+class _CountingPublisher:
+    """Wraps the hub's publisher: bytes it published, by message kind, in shared memory."""
+
+    def __init__(self, inner: Any, counters: dict[str, Any]) -> None:
         self.inner = inner
-        self.bytes: dict[str, int] = {}
+        self.counters = counters
 
     def publish(self, messages: Sequence[Any]) -> None:
         for m in messages:
-            self.bytes[m.kind or "other"] = self.bytes.get(m.kind or "other", 0) + len(m.payload)
+            c = self.counters[m.kind if m.kind in self.counters else "other"]
+            with c.get_lock():
+                c.value += len(m.payload)
         self.inner.publish(messages)
+
+
+def _hub_process(cfg: dict[str, Any], counters: dict[str, Any], ready: Any, stop: Any) -> None:
+    """The hub in its own process (as in production: its own machine), egress counted."""
+    import uvicorn
+
+    from hub.config import HubConfig
+    from hub.server import build
+
+    http_port = cfg.pop("port")
+    hub = build(HubConfig(**cfg))
+    hub.fleet.publisher = _CountingPublisher(hub.fleet.publisher, counters)
+    hub.start()
+    server = uvicorn.Server(uvicorn.Config(hub.app, host="127.0.0.1", port=http_port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    assert hub.bridge is not None
+    hub.bridge.connected.wait(60)
+    wait_port(http_port, timeout=60)
+    ready.set()
+    stop.wait()
+    server.should_exit = True
+    hub.stop()
+    hub.fleet.engine.dispose()
 
 
 def _s(v: float | None) -> str:
@@ -236,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "flap": args.flap,
         "load_before": load_before,
         "load_after": os.getloadavg(),
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "goals": goals,
     }
     path = report.write(
@@ -248,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         params,
         cases,
     )
-    print(f"\n{n} devices, {ours['bundle_bytes'] / 1e6:.1f} MB bundle, load {load_before[0]:.1f} before")
+    print(
+        f"\n{n} devices, {ours['bundle_bytes'] / 1e6:.1f} MB bundle, load {load_before[0]:.1f} before, "
+        f"{params['load_after'][0]:.1f} after; this process peaked at {params['max_rss_mb']:.0f} MB"
+    )
     print(f"{'time to 100% installed':<40} {'s':>8} {'egress copies':>14}")
     print(f"{'limit (plain subscribers)':<40} {limit['seconds']:8.1f} {limit['egress_copies']:14.2f}")
     print(f"{'ours (hub rollout, simulated agents)':<40} {ours['seconds']:8.1f} {ours['egress_copies']:14.2f}")
@@ -284,32 +319,38 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ours(port: int, n: int, size: int, work: Path, args: argparse.Namespace) -> tuple[dict[str, Any], ...]:
-    from fastapi.testclient import TestClient
-    from sqlalchemy import func
-    from sqlmodel import select
+    import httpx
 
     from hub import keys
-    from hub.config import HubConfig
-    from hub.models import Device
-    from hub.server import build
 
     keys.init(work / "keys")
     token = "bench-token-0123456789"
-    cfg = HubConfig(
-        db=f"sqlite:///{work / 'hub.db'}",
-        broker=f"mqtt://127.0.0.1:{port}",
-        keys=work / "keys",
-        store=work / "store",
-        tokens={token: "admin"},
-        tick=1.0,
-        batch_wait=0.05,
+    http_port = free_port()
+    cfg = {
+        "db": f"sqlite:///{work / 'hub.db'}",
+        "broker": f"mqtt://127.0.0.1:{port}",
+        "keys": work / "keys",
+        "store": work / "store",
+        "tokens": {token: "admin"},
+        "tick": 1.0,
+        "batch_wait": 0.05,
+        "port": http_port,
+    }
+    ctx = multiprocessing.get_context("spawn")
+    counters = {k: ctx.Value("q", 0) for k in KINDS}
+    ready, stop = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hub_process, args=(cfg, counters, ready, stop), name="bench-hub")
+    proc.start()
+    if not ready.wait(120):
+        proc.kill()
+        raise RuntimeError("the hub did not start within 120 s")
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{http_port}", headers={"Authorization": f"Bearer {token}"}, timeout=600
     )
-    hub = build(cfg)
-    counter = _CountingPublisher(hub.fleet.publisher)
-    hub.fleet.publisher = counter
-    hub.start()
-    assert hub.bridge is not None and hub.bridge.connected.wait(30)
-    api = TestClient(hub.app, headers={"Authorization": f"Bearer {token}"})
+
+    def egress() -> dict[str, int]:
+        return {k: int(v.value) for k, v in counters.items()}
+
     sim_cfg = SimConfig(
         "127.0.0.1",
         port,
@@ -322,8 +363,7 @@ def _ours(port: int, n: int, size: int, work: Path, args: argparse.Namespace) ->
     fleet = SimFleet(sim_cfg)
 
     def online() -> bool:
-        with hub.fleet.session() as s:
-            return int(s.exec(select(func.count()).select_from(Device).where(Device.online == True)).one()) >= n  # noqa: E712
+        return int(api.get("/api/v1/devices?online=true&limit=1").json()["total"]) >= n
 
     try:
         if not fleet.run_until(online, timeout=300, check_every=1.0):
@@ -335,7 +375,7 @@ def _ours(port: int, n: int, size: int, work: Path, args: argparse.Namespace) ->
                 "/api/v1/bundles", content=archive, headers={"Content-Type": "application/octet-stream"}
             ).json()
             digest = b["digest"]
-            before = dict(counter.bytes)
+            before = egress()
             dup0 = fleet.totals()
             victims = set(random.Random(version).sample([d.id for d in fleet.devices], int(flap * n)))
             cut_at = {v: random.Random(v).uniform(0.1, 0.9) for v in victims}
@@ -358,7 +398,8 @@ def _ours(port: int, n: int, size: int, work: Path, args: argparse.Namespace) ->
             desired = [d.counters.desired_at for d in fleet.devices if d.counters.desired_at is not None]
             commits = [d.counters.committed_at - t0 for d in fleet.devices if d.counters.committed_at is not None]
             t = fleet.totals()
-            chunk_egress = counter.bytes.get("chunk", 0) - before.get("chunk", 0)
+            after = egress()
+            chunk_egress = after["chunk"] - before["chunk"]
             return {
                 "case": f"hub rollout to simulated agents{' with flapping links' if flap else ' (ours)'}",
                 "devices": n,
@@ -371,8 +412,8 @@ def _ours(port: int, n: int, size: int, work: Path, args: argparse.Namespace) ->
                 "bundle_bytes": b["size"],
                 "egress_bytes": chunk_egress,
                 "egress_copies": chunk_egress / b["size"],
-                "egress_all_bytes": sum(counter.bytes.values()) - sum(before.values()),
-                "egress_all_by_kind": {k: v - before.get(k, 0) for k, v in counter.bytes.items()},
+                "egress_all_bytes": sum(after.values()) - sum(before.values()),
+                "egress_all_by_kind": {k: v - before[k] for k, v in after.items()},
                 "received_bytes": t.chunk_bytes - dup0.chunk_bytes,
                 "duplicate_bytes": t.duplicate_bytes - dup0.duplicate_bytes,
                 "resent_fraction": (t.duplicate_bytes - dup0.duplicate_bytes + max(0, chunk_egress - b["size"]))
@@ -400,8 +441,11 @@ def _ours(port: int, n: int, size: int, work: Path, args: argparse.Namespace) ->
         return ours, flap, lag
     finally:
         fleet.stop()
-        hub.stop()
-        hub.fleet.engine.dispose()
+        stop.set()
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+        api.close()
 
 
 if __name__ == "__main__":

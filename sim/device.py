@@ -214,12 +214,14 @@ class SimDevice:
         if self.link is None or not self.link.connected:
             return
         now = time.monotonic()
-        for (kind, seq), (payload, first, last) in sorted(self.unacked.items(), key=lambda kv: kv[1][1])[:200]:
-            if force or now - last >= self.cfg.resend_after_s:
-                topic = self.topic(Kind.REPORT if kind == "report" else Kind.TELEMETRY)
-                if not self.link.publish(topic, payload):
-                    break
-                self.unacked[(kind, seq)] = (payload, first, now)
+        due = [kv for kv in self.unacked.items() if force or now - kv[1][2] >= self.cfg.resend_after_s]
+        if not due:
+            return  # the usual case, checked every tick on every device: keep it cheap
+        for (kind, seq), (payload, first, _last) in sorted(due, key=lambda kv: kv[1][1])[:200]:
+            topic = self.topic(Kind.REPORT if kind == "report" else Kind.TELEMETRY)
+            if not self.link.publish(topic, payload):
+                break
+            self.unacked[(kind, seq)] = (payload, first, now)
 
     def _status(self, online: bool) -> Status:
         active = self.slots.active
