@@ -102,9 +102,15 @@ def test_validation_without_labels_is_refused(data: Path) -> None:
 def test_missing_model_and_wrong_suffix_are_named(data: Path) -> None:
     proc = build(data, "--out", str(data / "o"), model="nope.keras")
     assert proc.returncode == 2 and error_line(proc).endswith("nope.keras: model not found")
-    (data / "m.tflite").write_bytes(b"x")
+    (data / "m.h5").write_bytes(b"x")
+    proc = build(data, "--out", str(data / "o"), model="m.h5")
+    assert proc.returncode == 2 and "expected a .keras, .onnx, .pt2 or float .tflite file" in error_line(proc)
+    (data / "m.tflite").write_bytes(b"x")  # build takes a float .tflite now: this one is no model at all
     proc = build(data, "--out", str(data / "o"), model="m.tflite")
-    assert proc.returncode == 2 and "use 'import' for .tflite files" in error_line(proc)
+    assert proc.returncode == 2 and "m.tflite" in error_line(proc), error_line(proc)
+    (data / "m.onnx").write_bytes(b"\x00not an onnx file")
+    proc = build(data, "--out", str(data / "o"), model="m.onnx")
+    assert proc.returncode == 2 and "m.onnx: not an ONNX model" in error_line(proc), error_line(proc)
 
 
 def test_corrupt_tflite_import_is_named(data: Path) -> None:
