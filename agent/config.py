@@ -6,7 +6,7 @@ Only this module reads the environment. Every value is validated at start; a bad
 Example ``agent.toml``::
 
     device_id = "pi-kitchen-01"
-    broker = "mqtt://127.0.0.1:1883"       # mqtts://host:8883 for TLS
+    broker = "mqtt://127.0.0.1:1883"       # mqtts://host:8883 for TLS; or a list: a cluster's nodes, tried in turn
     state_dir = "/var/lib/edgefleet-agent"
     root = "/etc/edgefleet/root.json"       # pinned trust root (hub `keys init`)
     board = "rpi4"
@@ -90,7 +90,7 @@ def packet_bytes_for(chunk_size: int) -> int:
 @dataclass(frozen=True)
 class AgentConfig:
     device_id: str
-    broker: BrokerAddress
+    broker: BrokerAddress  # the first of ``brokers``
     state_dir: Path
     root: Path
     board: str = "rpi4"
@@ -135,6 +135,7 @@ class AgentConfig:
     tpu_retry_max_s: float = 1800.0
     apex_temp_path: Path = Path("/sys/class/apex/apex_0/temp")  # the Edge TPU's temperature (apex driver)
     edgetpu_driver: str | None = None  # EDGEFLEET_AGENT_EDGETPU_DRIVER, tests only
+    brokers: tuple[BrokerAddress, ...] = ()  # ``broker`` as a list: failover order (agent.transport)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -183,6 +184,14 @@ def _optional_count(doc: Mapping[str, Any], key: str) -> int | None:
     return int(value) if value is not None else None
 
 
+def _brokers(value: str | list[Any]) -> tuple[BrokerAddress, ...]:
+    """``broker``: one URL, or a non-empty list of them (a broker cluster's nodes)."""
+    urls = [value] if isinstance(value, str) else value
+    if not urls or not all(isinstance(u, str) for u in urls):
+        raise ConfigError(f"broker: expected a URL or a non-empty list of URLs, got {value!r}")
+    return tuple(BrokerAddress.parse(u) for u in urls)
+
+
 def _hold_minutes(value: int) -> int:
     if not 0 <= value <= 1440:
         raise ConfigError(f"max_hold_minutes: expected 0 (apps may not hold updates) to 1440, got {value!r}")
@@ -208,7 +217,7 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."), env: Mapping[str, 
         device_id = check_device_id(_get(doc, "device_id", str))
     except BadPayload as exc:
         raise ConfigError(f"device_id: {exc.problem}") from None
-    broker = BrokerAddress.parse(_get(doc, "broker", str))
+    brokers = _brokers(_get(doc, "broker", (str, list)))
     state_dir = _path(doc, "state_dir", base)
     root = _path(doc, "root", base)
     assert state_dir is not None and root is not None
@@ -249,7 +258,8 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."), env: Mapping[str, 
             raise ConfigError(f"{k}: {str(p)!r} does not exist")
     cfg = AgentConfig(
         device_id=device_id,
-        broker=broker,
+        broker=brokers[0],
+        brokers=brokers,
         state_dir=state_dir,
         root=root,
         board=board,

@@ -10,6 +10,11 @@ subscriptions an old session holds, and re-subscribing over them would replay ev
 chunk they match: ADR 0007); later connections resume the session (v5: 24 h expiry), and
 :attr:`Transport.session_present` says whether the broker kept it. Under v5 the CONNECT declares
 a Maximum Packet Size (``max_packet_bytes``), so the broker never sends the agent more.
+
+Brokers: ``broker`` may list a cluster's nodes. A failed attempt moves the next one to the next
+node (round-robin; the daemon's backoff paces the attempts), a dropped connection first tries the
+node it was on. The session lives in the cluster (NATS: JetStream; EMQX: its session store), so
+it resumes on whichever node takes the agent (ADR 0013).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .config import AgentConfig
@@ -58,6 +64,8 @@ class Transport:
         self.connection = 0  # counts successful connections (subscriptions belong to one)
         self.session_present = False  # CONNACK of the current connection: the broker kept our session
         self._clean = True  # until the first connection of this process succeeds
+        self.brokers = cfg.brokers or (cfg.broker,)
+        self.broker = self.brokers[0]  # the node of the current (or next) attempt
 
     def _build(self) -> mqtt.Client:
         proto = mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311
@@ -74,7 +82,7 @@ class Transport:
         c.will_set(self._will[0], self._will[1], qos=1, retain=True, properties=props)
         if self.cfg.username is not None:
             c.username_pw_set(self.cfg.username, self.cfg.password)
-        if self.cfg.broker.tls or self.cfg.ca_file:
+        if self.broker.tls or self.cfg.ca_file:
             c.tls_set(
                 ca_certs=str(self.cfg.ca_file) if self.cfg.ca_file else None,
                 certfile=str(self.cfg.cert_file) if self.cfg.cert_file else None,
@@ -85,6 +93,7 @@ class Transport:
         c.on_connect = self._handle_connect
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
+        c.on_subscribe = self._handle_subscribe
         return c
 
     # paho callbacks (network thread) -------------------------------------------------------
@@ -104,6 +113,22 @@ class Transport:
     ) -> None:
         self._connected.clear()
 
+    def _handle_subscribe(
+        self, client: mqtt.Client, userdata: object, mid: int, codes: list[ReasonCode], properties: Properties
+    ) -> None:
+        """A subscription the broker refused (SUBACK 0x80: NATS when JetStream could not create the
+        consumer in time) would silently miss its messages for the whole connection: drop the
+        connection instead, so the daemon reconnects and asks for every subscription again."""
+        refused = [str(c) for c in codes if c.is_failure]
+        if refused and client is self._client:
+            log.warning("broker refused %d subscription(s) (%s); reconnecting", len(refused), refused[0])
+            sock = client.socket()
+            if sock is not None:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
     def _handle_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         self._on_message(Incoming(msg.topic, bytes(msg.payload), bool(msg.retain)))
 
@@ -113,17 +138,27 @@ class Transport:
         return self._connected.is_set()
 
     def connect(self, timeout: float = 10.0) -> None:
-        """One attempt: TCP connect, CONNECT, wait for CONNACK. Raises ConnectError.
+        """One attempt: TCP connect, CONNECT, wait for CONNACK. Raises ConnectError (and the
+        next attempt goes to the next of ``brokers``).
 
         On success paho's network thread runs until the connection drops (it does not
         reconnect by itself: ``reconnect_on_failure=False``); the daemon then calls this again.
         """
+        v5 = self._v5
+        try:
+            self._attempt(timeout)
+        except ConnectError:
+            if self._v5 == v5:  # a switch of protocol retries this node; anything else: the next one
+                self.broker = self.brokers[(self.brokers.index(self.broker) + 1) % len(self.brokers)]
+            raise
+
+    def _attempt(self, timeout: float) -> None:
         self.close()
         self._client = self._build()
         self._connack = None
         self._connected.clear()
         self.protocol = "v5" if self._v5 else "v3.1.1"
-        b = self.cfg.broker
+        b = self.broker
         props = None
         if self._v5:
             props = Properties(PacketTypes.CONNECT)

@@ -79,3 +79,16 @@ def test_max_packet_size_defaults_to_what_the_hub_sizes_its_broker_for(tmp_path:
     assert load(_write(tmp_path, "max_packet_bytes = 4194304\n"), env={}).max_packet_bytes == 4 << 20
     with pytest.raises(ConfigError, match="max_packet_bytes: expected 1048576..268435455, got 65536"):
         load(_write(tmp_path, "max_packet_bytes = 65536\n"), env={})
+
+
+def test_broker_may_list_a_clusters_nodes_and_a_bad_one_is_named(tmp_path: Path):
+    p = _write(tmp_path, "")
+    p.write_text(p.read_text().replace('"mqtt://127.0.0.1:1883"', '["mqtt://a:1883", "mqtts://b"]'))
+    cfg = load(p, env={})
+    assert [str(b) for b in cfg.brokers] == ["mqtt://a:1883", "mqtts://b:8883"] and cfg.broker == cfg.brokers[0]
+    p.write_text(p.read_text().replace('"mqtts://b"', '"tcp://b"'))
+    with pytest.raises(ConfigError, match="broker: expected mqtt://host:port or mqtts://host:port, got 'tcp://b'"):
+        load(p, env={})
+    p.write_text(p.read_text().replace('["mqtt://a:1883", "tcp://b"]', "[]"))
+    with pytest.raises(ConfigError, match=r"broker: expected a URL or a non-empty list of URLs, got \[\]"):
+        load(p, env={})
