@@ -26,8 +26,12 @@ it again. Retained messages are not delivered on shared subscriptions (MQTT 5, 4
 learns a device's status from the device's next one (agents send one after every telemetry
 window), not from the retained copy when it subscribes.
 
-Protocol: MQTT v5 first. A broker that refuses v5 (the demo's embedded amqtt broker speaks only
-3.1.1) makes the bridge rebuild its client once with MQTT 3.1.1; nothing else changes.
+Protocol: MQTT v5 first. A broker that refuses v5 (the demo's embedded amqtt broker and NATS's
+MQTT listener speak only 3.1.1) makes the bridge rebuild its client once with MQTT 3.1.1; nothing
+else changes, except for a replica: shared subscriptions are MQTT 5's, and NATS grants a
+``$share/...`` subscription but delivers nothing on it, so a ``shared_group`` hub on a 3.1.1
+broker refuses to subscribe (``refused`` says why, the hub never becomes ready) rather than
+ingest nothing while looking healthy. One ingest hub per 3.1.1 broker (ADR 0013).
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ class Bridge:
         self.disconnected_at: float | None = None  # when an established connection last dropped
         self._connacked = False
         self._sub_mid = -1
+        self.refused: str | None = None  # why this bridge will not subscribe on this broker
         self.client = self._make_client(mqtt.MQTTv5)
 
     def _make_client(self, protocol: MQTTProtocolVersion) -> mqtt.Client:
@@ -126,6 +131,11 @@ class Bridge:
         self.client = self._make_client(mqtt.MQTTv311)
         self._connect()
         self.client.loop_start()
+
+    def _give_up(self, client: mqtt.Client) -> None:
+        """Runs in its own thread: paho's loop can't be stopped from its own callback."""
+        client.disconnect()
+        client.loop_stop()
 
     def _connect(self) -> None:
         if self.client.protocol == mqtt.MQTTv5:
@@ -180,6 +190,14 @@ class Bridge:
             log.error("broker %s:%d refused the hub: %s", self.broker.host, self.broker.port, rc)
             return
         self._connacked = True
+        if self.shared_group and client.protocol != mqtt.MQTTv5:
+            self.refused = (
+                f"broker {self.broker.host}:{self.broker.port} speaks MQTT 3.1.1 only; shared subscriptions "
+                f"(shared group {self.shared_group!r}) need MQTT v5: run one hub without a shared group on it"
+            )
+            log.error("%s", self.refused)
+            threading.Thread(target=self._give_up, args=(client,), daemon=True).start()
+            return
         subs = [(f"$share/{self.shared_group}/{t}" if self.shared_group else t, 1) for t in SUBSCRIPTIONS]
         _rc, mid = client.subscribe(subs)
         self._sub_mid = -1 if mid is None else mid
