@@ -32,6 +32,21 @@ def machine() -> dict[str, Any]:
     }
 
 
+def source_line(report: dict[str, Any]) -> str | None:
+    """For a build from ONNX / PyTorch: what went in and the device's int8 model against it."""
+    src = report.get("source")
+    if not src:
+        return None
+    line = f"Built from {src['kind']} `{src['file']}` (input {src['onnx_input']['layout']})"
+    par = src.get("int8_vs_original")
+    if par and par.get("top1_agreement") is not None:
+        line += (
+            f"; the int8 model against it on {par['samples']} validation inputs: top-1 agreement "
+            f"{100 * par['top1_agreement']:.2f}%, largest score difference {par['max_abs_score_diff']:.4g}"
+        )
+    return line
+
+
 def model_card(report: dict[str, Any]) -> str:
     r = report
     lines = [f"# Model card: {r['name']} {r['version']}", ""]
@@ -78,6 +93,9 @@ def model_card(report: dict[str, Any]) -> str:
         for title, key in (("Measured", "figures"), ("Limits", "limits")):
             if twin.get(key):
                 lines.append(f"- {title}: " + ", ".join(f"`{k}` = {v}" for k, v in twin[key].items()))
+        line = source_line(r)
+        if line:
+            lines.append(f"- {line}")
         lines.append("")
     et = r.get("edgetpu") or {}
     lines += [

@@ -13,6 +13,8 @@ from protocol.bundle import Manifest
 from protocol.errors import BadPayload
 from protocol.twin import Twin
 
+from .report import source_line
+
 
 def print_summary(
     report: dict[str, Any],
@@ -53,6 +55,9 @@ def print_summary(
     else:
         con.print(f"  gate: {report.get('gate_note') or 'skipped (no validation labels)'}")
     con.print(f"  twin: {twin_line(report, manifest)}", markup=False)
+    src = source_line(report)
+    if src:
+        con.print(f"  source: {src}", markup=False)
     et = report.get("edgetpu") or {}
     line = "compiled" if et.get("compiled") else "not compiled"
     if et.get("ops_on_tpu") is not None:

@@ -53,6 +53,8 @@ def test_torch_onnx_export_builds_a_gated_bundle_whose_twin_is_the_users_model(d
     assert src["kind"] == "onnx" and src["onnx_input"]["layout"] == "nchw"
     assert src["int8_vs_original"]["original_accuracy"] == pytest.approx(torch_acc)
     assert report["gate"]["passed"] and src["int8_vs_original"]["top1_agreement"] >= 0.97
+    card = (bundle / "model_card.md").read_text()
+    assert "Built from onnx `digits.onnx` (input nchw); the int8 model against it on 360 validation inputs" in card
     # NCHW (1, 1, 8, 8) became the device's NHWC; the preprocess is the pixels the model trained on
     assert report["model"]["input"]["shape"] == [1, 8, 8, 1] and report["model"]["input"]["dtype"] == "INT8"
     pre = b.manifest.model["preprocess"]
