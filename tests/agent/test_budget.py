@@ -103,3 +103,26 @@ def test_the_meter_keeps_todays_spending_across_a_restart_and_reports_it(tmp_pat
     clock[0] -= DAY
     (tmp_path / "budget.json").write_text(json.dumps({"day": "x"}))  # unreadable: a fresh day, not a crash
     assert Meter(tmp_path / "budget.json", MB, None, lambda: clock[0]).usage()["bundle"] == 0
+
+
+def _config(tmp_path, body: str, env: dict[str, str] | None = None):
+    from agent.config import load
+
+    (tmp_path / "root.json").write_text("{}")
+    p = tmp_path / "agent.toml"
+    p.write_text('device_id = "dev1"\nbroker = "mqtt://127.0.0.1:1883"\nstate_dir = "s"\nroot = "root.json"\n' + body)
+    return load(p, env=env or {})
+
+
+def test_a_metered_link_is_configured_by_bytes_and_a_zero_budget_is_refused_naming_the_key(tmp_path):
+    from agent.errors import ConfigError
+
+    cfg = _config(tmp_path, "daily_byte_budget = 20000000\ndownload_rate_bytes_s = 50000\n")
+    assert (cfg.daily_byte_budget, cfg.download_rate_bytes_s, cfg.backlog_max_bytes) == (20_000_000, 50_000, 50 << 20)
+    assert _config(tmp_path, "").daily_byte_budget is None  # no cap unless asked
+    for body, key in (
+        ("daily_byte_budget = 0\n", "daily_byte_budget"),
+        ("download_rate_bytes_s = -5\n", "download_rate"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            _config(tmp_path, body)

@@ -299,3 +299,16 @@ def test_concurrent_requests_during_a_hang_all_get_answers(slot, tmp_path):
         control.write_text("ok")
         g.close()
         cpu.close()
+
+
+def test_the_edge_tpu_driver_hook_names_a_spec_that_does_not_load(tmp_path):
+    from agent import watchdog
+    from agent.errors import ConfigError
+
+    from .test_budget import _config
+
+    cfg = _config(tmp_path, "tpu_invoke_timeout_s = 0.5\n", {"EDGEFLEET_AGENT_EDGETPU_DRIVER": "tests.agent.nope:X"})
+    with pytest.raises(ConfigError, match="tests.agent.nope:X"):
+        watchdog.settings_for(cfg)
+    s = watchdog.settings_for(_config(tmp_path, "tpu_invoke_timeout_s = 0.5\ntpu_retry_s = 10\n"))
+    assert isinstance(s.driver, watchdog.LibEdgeTpu) and s.policy.timeout_s == 0.5 and s.policy.backoff_s == 10
