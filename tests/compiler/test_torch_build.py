@@ -136,3 +136,16 @@ def test_an_int8_tflite_is_refused_by_build_with_the_reason(digits: Path, tmp_pa
     )  # fmt: skip
     assert proc.returncode == 2
     assert "is already quantized (INT8 tensors)" in proc.stderr and "use 'edgefleet-compile import'" in proc.stderr
+
+
+def test_a_file_that_is_not_a_torch_export_program_is_refused_with_the_reason(tmp_path: Path) -> None:
+    require_torch()
+    bad = tmp_path / "model.pt2"
+    bad.write_bytes(b"PK\x03\x04 not really a program")
+    np.savez(tmp_path / "d.npz", x=np.zeros((2, 8, 8), np.uint8), y=np.array([0, 1]))
+    proc = run_cli(
+        "build", str(bad), "--calibration", str(tmp_path / "d.npz"), "--validation", str(tmp_path / "d.npz"),
+        "--out", str(tmp_path / "b"), "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "model.pt2: not a torch.export program (" in proc.stderr and not (tmp_path / "b").exists()
