@@ -37,19 +37,34 @@ def _opt_count(obj: dict[str, Any], key: str, what: str) -> int | None:
     return value
 
 
+_NAMES: dict[type, tuple[str, ...]] = {}
+_KNOWN: dict[tuple[type, tuple[str, ...]], frozenset[str]] = {}
+
+
+def _names(cls: type) -> tuple[str, ...]:
+    """A dataclass's field names (``fields()`` is slow, and the hub asks per telemetry window)."""
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
 def _facts(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """The known fields that are set, then ``extra`` under them (a known name always wins)."""
     out = dict(obj.extra)
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        if f.name not in ("extra", *skip) and value is not None:
-            out[f.name] = value
+    for name in _names(type(obj)):
+        value = getattr(obj, name)
+        if name not in ("extra", *skip) and value is not None:
+            out[name] = value
     return out
 
 
-def _known(cls: type, *more: str) -> set[str]:
+def _known(cls: type, *more: str) -> frozenset[str]:
     """Wire keys a type reads: its fields (not ``extra``, nor ``edgetpu_info``) and ``more``."""
-    return {f.name for f in fields(cls)} - {"extra", "edgetpu_info"} | set(more)
+    known = _KNOWN.get((cls, more))
+    if known is None:
+        known = _KNOWN[(cls, more)] = frozenset(_names(cls)) - {"extra", "edgetpu_info"} | set(more)
+    return known
 
 
 def _check_object(obj: Any, what: str) -> Mapping[str, Any]:

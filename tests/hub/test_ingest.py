@@ -1,0 +1,73 @@
+"""hub.ingest folds a batch's telemetry into each device's totals once per device: the totals and
+the latency sketch are what folding window by window gives, whatever the batch boundaries."""
+
+from __future__ import annotations
+
+from hub.ingest import merge_sketches
+from hub.models import Device
+from hub.server import Hub
+from hub.transport import MemoryPublisher
+from protocol.messages import Telemetry
+from protocol.sketch import LatencySketch
+
+A, B = "a" * 64, "b" * 64
+
+
+def _sketch(ms: float, n: int) -> LatencySketch:
+    sk = LatencySketch()
+    sk.add(ms / 1000, n)
+    return sk
+
+
+def _window(dev: str, seq: int, bundle: str, ms: float) -> tuple[str, bytes]:
+    t = Telemetry(
+        dev,
+        seq,
+        seq * 10,
+        seq * 10 + 10,
+        bundle,
+        {"inferences": seq, "errors": 1, "cpu": seq},
+        _sketch(ms, seq).to_dict(),
+    )
+    return f"ef/v1/dev/{dev}/telemetry", t.to_bytes()
+
+
+def test_merge_sketches_equals_merging_one_by_one() -> None:
+    parts = [_sketch(ms, n) for ms, n in ((1, 3), (40, 1), (7, 9), (0.01, 2))]
+    one_by_one = _sketch(5, 5)
+    for p in parts:
+        one_by_one = one_by_one.merge(p)
+    assert merge_sketches(_sketch(5, 5), parts) == one_by_one
+    assert merge_sketches(LatencySketch(), []) == LatencySketch()
+
+
+def test_a_batch_with_a_bundle_change_keeps_only_the_new_bundles_latency(memhub: tuple[Hub, MemoryPublisher]) -> None:
+    hub, _ = memhub
+    # seq 1-2 on A, 3-4 on B, 5 back on A (a rollback): the sketch is seq 5's alone, on A
+    plan = [(1, A, 3.0), (2, A, 4.0), (3, B, 9.0), (4, B, 12.0), (5, A, 2.0)]
+    for split in (1, 2, 5):  # the same windows in batches of 1, 2 and all at once
+        dev = f"fold-{split}"
+        msgs = [_window(dev, seq, bundle, ms) for seq, bundle, ms in plan]
+        for i in range(0, len(msgs), split):
+            hub.ingest.handle(msgs[i : i + split])
+        with hub.fleet.session() as s:
+            d = s.get(Device, dev)
+            assert d is not None
+            assert (d.windows, d.inferences, d.errors, d.cpu) == (5, 15, 5, 15)
+            assert d.latency_bundle == A
+            assert LatencySketch.from_dict(d.latency) == _sketch(2.0, 5)
+
+
+def test_windows_of_one_bundle_merge_across_and_within_batches(memhub: tuple[Hub, MemoryPublisher]) -> None:
+    hub, _ = memhub
+    plan = [(seq, B, float(seq)) for seq in range(1, 8)]
+    expected = LatencySketch()
+    for seq, _, ms in plan:
+        expected = expected.merge(_sketch(ms, seq))
+    msgs = [_window("merge-1", seq, bundle, ms) for seq, bundle, ms in plan]
+    hub.ingest.handle(msgs[:3])
+    hub.ingest.handle(msgs[3:] + msgs[:2])  # two resends: duplicates fold nothing in
+    with hub.fleet.session() as s:
+        d = s.get(Device, "merge-1")
+        assert d is not None and d.windows == 7 and d.inferences == sum(range(1, 8))
+        assert LatencySketch.from_dict(d.latency) == expected
