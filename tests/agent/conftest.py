@@ -92,7 +92,9 @@ class AgentProc:
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
 
-    def predict_image(self, data: bytes, path: str = "/v1/predict") -> tuple[int, Any]:
+    def predict_image(
+        self, data: bytes, path: str = "/v1/predict", headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         b = uuid.uuid4().hex
         body = (
             (
@@ -102,7 +104,7 @@ class AgentProc:
             + data
             + f"\r\n--{b}--\r\n".encode()
         )
-        return self.http("POST", path, body, {"Content-Type": f"multipart/form-data; boundary={b}"})
+        return self.http("POST", path, body, {"Content-Type": f"multipart/form-data; boundary={b}", **(headers or {})})
 
 
 @pytest.fixture

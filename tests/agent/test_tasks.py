@@ -317,3 +317,43 @@ def test_movenet_through_a_real_agent_finds_the_pose(
     )
     np.testing.assert_allclose(points, ref[0].reshape(17, 3), rtol=1e-6, atol=1e-6)
     assert 0.45 < points[:, 2].mean() < 0.6
+
+
+@pytest.mark.integration
+def test_a_real_agent_answers_detection_in_pixels_and_keeps_a_session(
+    bundles: dict[str, Path], coral_models: Path, trust: Any, hub: Any, make_agent: Any
+) -> None:
+    """Hub archive -> download, self-test, install -> local API of a real agent process: the
+    detector's boxes in pixels with the label map's names, a session carried over two frames,
+    an unknown session refused. (deeplab cannot take this path yet: its signed manifest makes a
+    desired document of 331680 bytes, over the agent's 262144-byte limit.)"""
+    c, bundle = CASES["traffic"], bundles["traffic"]
+    env, _, archive = trust.sign_dir(bundle)
+    pub = hub.publish_bundle(env, archive)
+    agent = make_agent("traffic").start()
+    hub.desire(agent.device, pub)
+    hub.report(agent.device, "commit", "ok", pub.ref.digest)
+    ref = litert(bundle / _artifact(bundle), request_input(coral_models, c, bundle))
+    data = image_bytes(coral_models, c)
+    start = {"X-Session-Id": "cam-1", "X-Session-Reset": "true"}
+    code, doc = agent.predict_image(data, "/v1/predict?score_threshold=0", start)
+    assert code == 200 and doc["served_by"] == "cpu" and doc["session"] == {"id": "cam-1", "step": 1}, doc
+    held_to_reference(c, doc, ref, original_size(coral_models, c))
+    code, doc = agent.predict_image(data, "/v1/predict?score_threshold=0", {"X-Session-Id": "cam-1"})
+    assert code == 200 and doc["session"]["step"] == 2, doc
+    code, doc = agent.predict_image(data, "/v1/predict", {"X-Session-Id": "cam-2"})
+    assert code == 422 and "session 'cam-2' is not held here" in doc["detail"], doc
+
+
+def test_the_segmentation_mask_png_is_litert_s_class_map(bundles: dict[str, Path], coral_models: Path) -> None:
+    import base64
+    import io
+
+    c, bundle = CASES["deeplab"], bundles["deeplab"]
+    ref = litert(bundle / _artifact(bundle), request_input(coral_models, c, bundle))
+    with local_api(bundle) as api:
+        doc = ask(api, coral_models, c, bundle, "mask=png")
+    assert doc["mask"]["format"] == "png" and doc["mask"]["bit_depth"] == 8
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(doc["mask"]["data"]))))
+    assert mask.shape == (513, 513)
+    np.testing.assert_array_equal(mask, ref[0].reshape(mask.shape))
