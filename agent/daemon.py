@@ -451,7 +451,7 @@ class Agent:
         except BadPayload as exc:
             log.warning("ignoring message: %s", exc)
             return
-        if topic.kind is Kind.CHUNK:
+        if topic.kind in (Kind.CHUNK, Kind.DELTA):
             self.updater.on_chunk(topic, msg.payload)
         elif topic.kind is Kind.DESIRED and topic.device == self.cfg.device_id:
             if msg.payload:

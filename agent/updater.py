@@ -28,7 +28,7 @@ from protocol.messages import BundleInfo, Desired, FetchRequest, Hold
 from protocol.signing import Root
 from protocol.topics import Kind, Topic
 
-from . import selftest
+from . import delta as deltas, selftest
 from .budget import Meter
 from .config import AgentConfig, packet_bytes_for
 from .download import Download, bytes_on_disk, chunk_subscription
@@ -105,6 +105,8 @@ class Job:
     held: tuple[SlotRecord, Manifest, Choice] | None = None  # what to switch to when the app's hold ends
     held_until: int = 0  # the hold's end as last reported
     deferred_until: float = 0.0  # epoch: the download waits for the next day's byte budget
+    delta: deltas.DeltaFetch | None = None  # the delta being fetched instead of the full chunks
+    delta_outcome: str = ""  # "applied", or the Fallback that sent the job to full chunks
 
 
 def model_roles(manifest: Manifest) -> dict[str, str]:
@@ -320,10 +322,16 @@ class Updater:
         for p in self.downloads.iterdir():
             if keep is None or not p.name.startswith(keep):
                 log.info("removing stale partial download %s", p.name)
-                p.unlink(missing_ok=True)
+                if p.is_dir():  # a delta's (agent.delta)
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
 
     def _abandon(self) -> None:
         job = self.job
+        if job and job.delta:
+            job.delta.download.close()
+            self.mqtt.unsubscribe_all([job.delta.filter])
         if job and job.download:
             job.download.close()
             self._drop_filters(job)
@@ -369,6 +377,8 @@ class Updater:
         if dl.complete:
             self._finish_download()
             return
+        if self._start_delta(job, dl):
+            return
         if dl.rechecked:
             log.info(
                 "resuming the download of %s: %d of %d chunks verified on disk, asking for the other %d",
@@ -406,7 +416,10 @@ class Updater:
     def resubscribe(self) -> None:
         """After a (re)connect: ask the broker for the chunks still missing, and only those."""
         job = self.job
-        if job and job.stage == "download" and job.download is not None:
+        if job and job.stage == "download" and job.delta is not None:
+            self.mqtt.subscribe_all([job.delta.filter], qos=1)
+            job.delta.last_chunk = time.monotonic()
+        elif job and job.stage == "download" and job.download is not None:
             self._subscribe_chunks()
             job.last_chunk = time.monotonic()
 
@@ -446,6 +459,9 @@ class Updater:
         self.chunks_received += 1
         self.chunk_bytes_received += len(payload)
         job = self.job
+        if topic.kind is Kind.DELTA:
+            self._on_delta_chunk(topic, payload)
+            return
         if job is None or job.plan.bundle is None or topic.digest != job.plan.bundle.archive.sha256:
             return
         job.received_bytes += len(payload)  # counted in any stage: the link carried it all the same
@@ -500,6 +516,129 @@ class Updater:
         if dl.complete:
             self._drop_filters(job)
             self._finish_download()
+
+    # delta (agent.delta) ---------------------------------------------------------------------
+    def _start_delta(self, job: Job, dl: Download) -> bool:
+        """Fetch the desired document's delta instead of the full chunks, if it is usable."""
+        ref = job.desired.delta
+        bundle = job.desired.bundle
+        if ref is None or job.shadow or bundle is None or job.plan.bundle is None:
+            return False
+        if bundle.archive.sha256 != job.plan.bundle.archive.sha256:
+            return False
+        active = self.slots.load().active
+        why = deltas.choose(ref, active.digest if active else None, dl.received)
+        if why is not None:
+            job.delta_outcome = why.value
+            self.report(
+                "download",
+                "progress",
+                Reason.OK,
+                f"delta from {ref.base[:12]} not used ({why.value}): fetching full chunks",
+                job.desired.seq,
+                bundle.digest,
+            )
+            return False
+        try:
+            job.delta = deltas.DeltaFetch(self.downloads, bundle.archive.sha256, ref)
+        except (DiskFull, OSError) as exc:
+            job.delta_outcome = deltas.Fallback.PATCH_FAILED.value
+            log.warning("cannot open the delta download (%s): fetching full chunks", exc)
+            return False
+        job.delta.last_chunk = time.monotonic()
+        self.report(
+            "download",
+            "progress",
+            Reason.OK,
+            f"fetching a {ref.plan.size}-byte delta from {ref.base[:12]} instead of {bundle.archive.size} bytes",
+            job.desired.seq,
+            bundle.digest,
+            progress=0.0,
+        )
+        if job.delta.download.complete:  # resumed after a restart
+            self._apply_delta(job)
+        else:
+            self.mqtt.subscribe_all([job.delta.filter], qos=1)
+        return True
+
+    def _on_delta_chunk(self, topic: Topic, payload: bytes) -> None:
+        job = self.job
+        if job is None or job.delta is None or job.plan.bundle is None or topic.index is None:
+            return
+        if topic.digest != job.plan.bundle.archive.sha256 or topic.base != job.delta.ref.base:
+            return
+        job.received_bytes += len(payload)
+        job.delta.received_bytes += len(payload)
+        job.delta.last_chunk = time.monotonic()
+        try:
+            new = job.delta.download.put(topic.index, payload)
+        except VerificationError as exc:
+            self._delta_fallback(job, deltas.Fallback.MISMATCH, f"delta chunk {topic.index}: {exc.detail}")
+            return
+        except DiskFull as exc:
+            self._fail("download", Reason.DISK_FULL, str(exc), remove_download=True)
+            return
+        if not new:
+            job.duplicates += 1
+            job.duplicate_bytes += len(payload)
+        elif job.delta.download.complete:
+            self._apply_delta(job)
+
+    def _apply_delta(self, job: Job) -> None:
+        assert job.delta is not None and job.download is not None
+        fetch, base = job.delta, job.delta.ref.base
+        try:
+            manifest = self.slots.manifest(base, self.root())
+            data = fetch.data()
+            done = deltas.patch_into(fetch.ref, data, self.slots.path(base), manifest, job.download)
+        except (ProtocolError, OSError) as exc:
+            damaged = isinstance(exc, VerificationError) and "base artifact" in exc.detail
+            why = deltas.Fallback.BASE_DAMAGED if damaged or isinstance(exc, OSError) else deltas.Fallback.PATCH_FAILED
+            self._delta_fallback(job, why, str(exc))
+            return
+        if done.rejected or not job.download.complete:
+            self._delta_fallback(
+                job, deltas.Fallback.MISMATCH, f"{done.rejected} patched chunk(s) differ from the signed"
+            )
+            return
+        log.info(
+            "delta %s applied: %d bytes fetched for a %d-byte archive",
+            fetch.ref.plan.sha256[:12],
+            fetch.received_bytes,
+            job.download.plan.size,
+        )
+        job.delta_outcome = "applied"
+        self.mqtt.unsubscribe_all([fetch.filter])
+        fetch.remove()
+        job.delta = None
+        self._finish_download()
+
+    def _delta_fallback(self, job: Job, why: deltas.Fallback, detail: str) -> None:
+        """Give up on the delta: fetch whatever of the archive is still missing in full."""
+        assert job.delta is not None and job.plan.bundle is not None
+        log.warning("delta not usable (%s): %s; fetching full chunks", why.value, detail)
+        self.mqtt.unsubscribe_all([job.delta.filter])
+        job.delta.remove()
+        job.delta = None
+        job.delta_outcome = why.value
+        reason = Reason.TIMEOUT if why is deltas.Fallback.STALLED else Reason.HASH_MISMATCH
+        dl = job.download
+        assert dl is not None
+        self.report(
+            "download",
+            "progress",
+            reason,
+            f"delta fallback ({why.value}): {detail}; fetching {len(dl.missing())} full chunk(s)",
+            job.desired.seq,
+            job.plan.bundle.digest,
+            progress=dl.received / max(1, dl.plan.size),
+        )
+        if dl.complete:
+            self._finish_download()
+            return
+        job.last_chunk = job.last_fetch = time.monotonic()
+        job.filters_on = -1
+        self._subscribe_chunks()
 
     # app hold ------------------------------------------------------------------------------
     def set_hold(self, minutes: Any, reason: Any) -> dict[str, Any]:
@@ -575,6 +714,10 @@ class Updater:
             return
         if job is None or job.stage != "download" or job.download is None:
             return
+        if job.delta is not None:
+            if now_mono - job.delta.last_chunk >= 3 * self.cfg.fetch_repair_s:
+                self._delta_fallback(job, deltas.Fallback.STALLED, "no delta chunk arrived")
+            return
         wait = self.cfg.fetch_repair_s * min(8, 2**job.fetch_rounds)
         if now_mono - max(job.last_chunk, job.last_fetch) < wait:
             return
@@ -620,6 +763,7 @@ class Updater:
                 "duplicate_chunks": job.duplicates,
                 "duplicate_bytes": job.duplicate_bytes,
                 "resumed_chunks": dl.rechecked,
+                "delta": job.delta_outcome,
             },
         )
         job.stage = "verify"

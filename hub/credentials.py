@@ -12,7 +12,8 @@ which is the device id; the client-chosen client id is never trusted)::
     user <hub>                      topic readwrite ef/v1/#
     pattern write ef/v1/dev/%u/{status,report,telemetry,fetch,result}
     pattern read  ef/v1/dev/%u/{desired,ack,command}
-    pattern read  ef/v1/bundle/+/chunk/+, ef/v1/bundle/+/manifest and ef/v1/root
+    pattern read  ef/v1/bundle/+/chunk/+, ef/v1/bundle/+/delta/+/chunk/+,
+                  ef/v1/bundle/+/manifest and ef/v1/root
 
 so a device can publish only on its own topics (MQTT v5 PUBACK 135 otherwise) and read only
 its own desired state, acks and commands, bundle chunks and the root: it can neither read
@@ -80,6 +81,7 @@ def render_acl(hub_user: str | None) -> str:
     lines += [f"pattern read ef/v1/dev/%u/{k}" for k in DEVICE_READ]
     lines += [
         "pattern read ef/v1/bundle/+/chunk/+",
+        "pattern read ef/v1/bundle/+/delta/+/chunk/+",
         "pattern read ef/v1/bundle/+/manifest",
         "pattern read ef/v1/root",
         "",

@@ -1,5 +1,6 @@
 """Desired documents: the next seq for a device, signed by the online key, stored byte for byte
-(hub.models.DesiredDoc) and published retained; republished on every broker connect."""
+(hub.models.DesiredDoc) and published retained; republished on every broker connect. An install
+names a delta from the device's active bundle when there is one worth sending (hub.deltas)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlmodel import Session, select
 from protocol.messages import Desired
 from protocol.topics import Kind, Topic
 
+from . import deltas
 from .bundles import bundle_ref
 from .fleet import Fleet
 from .models import (
@@ -27,6 +29,8 @@ def issue(fleet: Fleet, s: Session, d: Device, b: Bundle | None, action: str, ro
     publishes the returned message (retained)."""
     now = fleet.clock()
     seq = max(d.desired_seq, d.reported_desired_seq) + 1
+    delta, chunks = deltas.for_device(fleet, d, b) if b is not None and action == "install" else (None, [])
+    fleet.publish(chunks)  # retained before the document that names them (content-addressed: safe early)
     desired = Desired(
         device=d.id,
         seq=seq,
@@ -35,6 +39,7 @@ def issue(fleet: Fleet, s: Session, d: Device, b: Bundle | None, action: str, ro
         action=action,
         bundle=bundle_ref(b) if b is not None else None,
         rollout=rollout,
+        delta=delta,
     )
     payload = desired.seal([fleet.keys.online])
     s.merge(DesiredDoc(device=d.id, seq=seq, expires=desired.expires, payload=payload))

@@ -15,6 +15,7 @@ from typing import Any
 
 from .bundle import ChunkPlan, Requirements
 from .codec import canonical, extra_fields, field, int_list, load_object, nonneg_int
+from .delta import DeltaRef
 from .device import Health, Inventory, Shadow
 from .errors import BadPayload, Implausible, Reason, VerificationError
 from .signing import Envelope, Root, SigningKey, seal
@@ -109,6 +110,7 @@ class Desired:
     rollout: str | None = None
     shadow: BundleRef | None = None
     shadow_sample: float = 0.0
+    delta: DeltaRef | None = None  # a delta from the device's active bundle to ``bundle`` (protocol.delta)
     extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
 
     def signed_dict(self) -> dict[str, Any]:
@@ -128,6 +130,8 @@ class Desired:
                 "shadow_sample": self.shadow_sample,
             }
         )
+        if self.delta is not None:  # absent, not null: documents without one keep their bytes
+            doc["delta"] = self.delta.to_dict()
         return doc
 
     def seal(self, keys: list[SigningKey]) -> bytes:
@@ -146,6 +150,7 @@ _DESIRED_KNOWN = {
     "rollout",
     "shadow",
     "shadow_sample",
+    "delta",
 }
 
 
@@ -162,6 +167,9 @@ def parse_desired_payload(payload: bytes) -> Desired:
     if action != "idle" and bundle is None:
         raise BadPayload(what, f"action {action!r} needs a bundle")
     raw_shadow = field(obj, "shadow", dict, what, None, allow_none=True)
+    raw_delta = field(obj, "delta", dict, what, None, allow_none=True)
+    if raw_delta is not None and bundle is None:
+        raise BadPayload(what, "a delta needs a bundle to patch into")
     sample = float(field(obj, "shadow_sample", float, what, 0.0))
     if not 0.0 <= sample <= 1.0:
         raise BadPayload(what, f"shadow_sample must be within 0..1, got {sample}")
@@ -175,6 +183,7 @@ def parse_desired_payload(payload: bytes) -> Desired:
         rollout=field(obj, "rollout", str, what, None, allow_none=True),
         shadow=BundleRef.from_dict(raw_shadow) if raw_shadow is not None else None,
         shadow_sample=sample,
+        delta=DeltaRef.from_dict(raw_delta) if raw_delta is not None else None,
         extra=extra_fields(obj, _DESIRED_KNOWN),
     )
 

@@ -11,6 +11,8 @@ Layout (prefix ``ef/v1``)::
     ef/v1/dev/{device}/command     hub -> agent   signed remote-diagnostics command (QoS 1, not retained)
     ef/v1/dev/{device}/result      agent -> hub   the answer to one command (protocol.commands)
     ef/v1/bundle/{digest}/chunk/{i} hub -> agents retained; one copy per bundle fans out to all
+    ef/v1/bundle/{digest}/delta/{base}/chunk/{i}  hub -> agents  retained; the delta from bundle
+                                   {base} to archive {digest} (protocol.delta), once per pair
     ef/v1/bundle/{digest}/manifest  hub -> agents retained; the bundle's manifest signed again
                                    after the hub's online key changed (agents refresh the
                                    manifests of the slots they hold: same payload, same digest)
@@ -38,6 +40,7 @@ class Kind(str, Enum):
     ACK = "ack"
     FETCH = "fetch"
     CHUNK = "chunk"
+    DELTA = "delta"
     MANIFEST = "manifest"
     ROOT = "root"
     COMMAND = "command"
@@ -77,12 +80,15 @@ class Topic:
     device: str | None = None
     digest: str | None = None
     index: int | None = None
+    base: str | None = None  # DELTA: the bundle the delta is made against
 
     def __str__(self) -> str:
         if self.kind in DEVICE_KINDS:
             return f"{PREFIX}/dev/{self.device}/{self.kind.value}"
         if self.kind is Kind.CHUNK:
             return f"{PREFIX}/bundle/{self.digest}/chunk/{self.index}"
+        if self.kind is Kind.DELTA:
+            return f"{PREFIX}/bundle/{self.digest}/delta/{self.base}/chunk/{self.index}"
         if self.kind is Kind.MANIFEST:
             return f"{PREFIX}/bundle/{self.digest}/manifest"
         return f"{PREFIX}/root"
@@ -98,6 +104,13 @@ class Topic:
         if not isinstance(index, int) or index < 0:
             raise BadPayload("chunk index", f"{index!r} must be an int >= 0")
         return cls(Kind.CHUNK, digest=check_digest(digest), index=index)
+
+    @classmethod
+    def delta(cls, digest: str, base: str, index: int) -> Topic:
+        """Chunk ``index`` of the delta from bundle ``base`` to archive ``digest``."""
+        if not isinstance(index, int) or index < 0:
+            raise BadPayload("chunk index", f"{index!r} must be an int >= 0")
+        return cls(Kind.DELTA, digest=check_digest(digest), index=index, base=check_digest(base))
 
     @classmethod
     def manifest(cls, digest: str) -> Topic:
@@ -125,6 +138,10 @@ class Topic:
             if not rest[3].isdigit():
                 raise BadPayload("topic", f"{topic!r}: chunk index {rest[3]!r} is not a number")
             return cls.chunk(rest[1], int(rest[3]))
+        if len(rest) == 6 and rest[0] == "bundle" and rest[2] == "delta" and rest[4] == "chunk":
+            if not rest[5].isdigit():
+                raise BadPayload("topic", f"{topic!r}: chunk index {rest[5]!r} is not a number")
+            return cls.delta(rest[1], rest[3], int(rest[5]))
         if len(rest) == 3 and rest[0] == "bundle" and rest[2] == "manifest":
             return cls.manifest(rest[1])
         if rest == ["root"]:
@@ -139,3 +156,7 @@ def device_filter(kind: Kind, device: str = "+") -> str:
 
 def chunk_filter(digest: str) -> str:
     return f"{PREFIX}/bundle/{check_digest(digest)}/chunk/+"
+
+
+def delta_filter(digest: str, base: str) -> str:
+    return f"{PREFIX}/bundle/{check_digest(digest)}/delta/{check_digest(base)}/chunk/+"

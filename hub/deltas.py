@@ -1,0 +1,114 @@
+"""Delta updates, hub side: a device whose active bundle the hub knows gets the desired bundle as a
+delta against it (:mod:`protocol.delta`), when that is worth it.
+
+Built once per (base, target) and kept in the store under ``deltas/<target archive>-<base>.zst``
+(an empty file records "not worth it": the delta came out larger than :data:`MAX_FRACTION` of
+the full archive). Its chunks are published retained once per hub process, before the desired
+document that names them; one copy fans out to every device on that base. A device that cannot
+use the delta (no base, a damaged base, a delta lost on the way) falls back to the full chunks,
+which are published as always.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import zstandard
+
+from protocol import delta as pdelta
+from protocol.bundle import ChunkPlan
+from protocol.errors import ProtocolError
+from protocol.topics import Topic
+
+from .errors import NotFound
+from .fleet import Fleet
+from .models import Bundle, Device
+from .transport import Outgoing
+
+log = logging.getLogger(__name__)
+
+MAX_FRACTION = 0.5  # a delta above half the archive saves too little to be worth a second path
+_lock = threading.Lock()
+_published: set[str] = set()  # delta sha256s whose chunks this process has published
+
+
+def for_device(fleet: Fleet, d: Device, b: Bundle) -> tuple[pdelta.DeltaRef | None, list[Outgoing]]:
+    """The delta from ``d``'s active bundle to ``b`` and the chunk messages still to publish, or
+    ``(None, [])`` when there is no known base, it is ``b`` itself, the hub no longer holds it, or
+    the delta would not be worth it."""
+    base = d.active_digest
+    if base is None or base == b.digest:
+        return None, []
+    data = _delta_bytes(fleet, base, b)
+    if not data:
+        return None, []
+    plan = ChunkPlan.of(data, b.chunk_size)
+    ref = pdelta.DeltaRef(base, pdelta.ALGO, plan)
+    with _lock:
+        if plan.sha256 in _published:
+            return ref, []
+        _published.add(plan.sha256)
+    msgs = [
+        Outgoing(
+            str(Topic.delta(b.archive_sha256, base, i)),
+            data[i * plan.chunk_size : (i + 1) * plan.chunk_size],
+            retain=True,
+            qos=1,
+            kind="delta",
+        )
+        for i in range(len(plan.chunks))
+    ]
+    return ref, msgs
+
+
+def _delta_bytes(fleet: Fleet, base: str, b: Bundle) -> bytes:
+    store = fleet.store
+    folder = store.root / "deltas"
+    path = folder / f"{b.archive_sha256}-{base}.zst"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    try:
+        manifest = store.manifest(base)
+        ref = pdelta.reference(manifest, lambda a: store.artifact(base, a.name) or b"")
+        target = store.archive(b.archive_sha256)
+    except (NotFound, ProtocolError, OSError) as exc:
+        log.info("no delta from %s to %s: %s", base[:12], b.digest[:12], exc)
+        return b""
+    data = make(ref, target)
+    worth = len(data) <= MAX_FRACTION * len(target)
+    log.info(
+        "delta %s -> %s: %d bytes, %.1f %% of the %d-byte archive%s",
+        base[:12],
+        b.digest[:12],
+        len(data),
+        100.0 * len(data) / max(1, len(target)),
+        len(target),
+        "" if worth else " (not worth it: full chunks only)",
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_bytes(data if worth else b"")
+    os.replace(tmp, path)
+    return data if worth else b""
+
+
+def make(ref: bytes, target: bytes, level: int = pdelta.LEVEL) -> bytes:
+    """The ``zstd-patch-1`` delta turning ``ref`` into ``target`` (protocol.delta)."""
+    d = zstandard.ZstdCompressionDict(ref, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    p = zstandard.ZstdCompressionParameters.from_level(level, source_size=len(target), dict_size=len(ref))
+    params = zstandard.ZstdCompressionParameters(
+        window_log=pdelta.window_log(len(ref) + len(target)),
+        chain_log=p.chain_log,
+        hash_log=p.hash_log,
+        search_log=p.search_log,
+        min_match=p.min_match,
+        target_length=p.target_length,
+        strategy=p.strategy,
+        write_checksum=1,  # catches most wrong references before the signed hashes do
+        write_content_size=1,
+    )
+    return zstandard.ZstdCompressor(dict_data=d, compression_params=params).compress(target)
