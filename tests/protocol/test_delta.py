@@ -1,0 +1,67 @@
+"""The delta's wire format (protocol/delta.py): named in the signed desired document, its chunk
+topics, and the reference it is made against."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from protocol.bundle import Artifact, ChunkPlan, Manifest, Requirements
+from protocol.delta import ALGO, DeltaRef, reference
+from protocol.errors import BadPayload, VerificationError
+from protocol.messages import BundleRef, Desired, parse_desired_payload, verify_desired
+from protocol.signing import Envelope
+from protocol.topics import Kind, Topic, delta_filter
+
+NOW = 1_800_000_000
+BASE = "b" * 64
+ARCHIVE = "a" * 64
+
+
+def desired(delta: DeltaRef | None) -> Desired:
+    ref = BundleRef("d" * 64, "digits", "1.1.0", ChunkPlan.of(b"x" * 5000, 1024), Requirements())
+    return Desired("dev1", 7, NOW, NOW + 60, "install", ref, rollout="r1", delta=delta)
+
+
+def test_a_delta_travels_signed_inside_the_desired_document_and_keeps_unknown_fields(trust):
+    delta = DeltaRef(BASE, ALGO, ChunkPlan.of(b"patch" * 400, 1024), extra={"from_newer_hub": 1})
+    got = verify_desired(desired(delta).seal([trust.targets_key]), trust.root, "dev1", 6, NOW)
+    assert got.delta == delta and got.delta is not None and got.delta.extra == {"from_newer_hub": 1}
+
+
+def test_a_document_without_a_delta_has_no_delta_key_so_old_documents_keep_their_bytes(trust):
+    env = Envelope.parse(desired(None).seal([trust.targets_key]))
+    assert "delta" not in json.loads(env.payload)
+    assert parse_desired_payload(env.payload).delta is None
+
+
+def test_a_delta_without_a_bundle_or_with_a_wrong_chunk_table_is_malformed(trust):
+    delta = DeltaRef(BASE, ALGO, ChunkPlan.of(b"patch" * 400, 1024))
+    doc = desired(delta).signed_dict()
+    with pytest.raises(BadPayload, match="needs a bundle"):
+        parse_desired_payload(json.dumps({**doc, "action": "idle", "bundle": None}).encode())
+    bad = {**doc, "delta": {**doc["delta"], "chunks": doc["delta"]["chunks"][:1]}}
+    with pytest.raises(BadPayload, match="chunk hashes"):
+        parse_desired_payload(json.dumps(bad).encode())
+
+
+def test_delta_chunk_topics_round_trip_and_are_not_archive_chunks():
+    t = Topic.delta(ARCHIVE, BASE, 3)
+    assert str(t) == f"ef/v1/bundle/{ARCHIVE}/delta/{BASE}/chunk/3"
+    assert Topic.parse(str(t)) == t and t.kind is Kind.DELTA
+    assert delta_filter(ARCHIVE, BASE) == f"ef/v1/bundle/{ARCHIVE}/delta/{BASE}/chunk/+"
+    with pytest.raises(BadPayload):
+        Topic.parse(f"ef/v1/bundle/{ARCHIVE}/delta/{BASE}/chunk/x")
+
+
+def test_the_reference_is_the_artifacts_in_manifest_order_each_checked_against_its_signed_hash():
+    files = {"b.bin": b"second", "a.bin": b"first"}
+    m = Manifest("m", "1", 0, (Artifact.of("b.bin", "report", b"second"), Artifact.of("a.bin", "labels", b"first")))
+    assert reference(m, lambda a: files[a.name]) == b"secondfirst"
+    with pytest.raises(VerificationError, match="base artifact a.bin"):
+        reference(m, lambda a: replace_bytes(files, "a.bin")[a.name])
+
+
+def replace_bytes(files: dict[str, bytes], name: str) -> dict[str, bytes]:
+    return {**files, name: b"FIRST"}
