@@ -16,6 +16,7 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v cloud-init >/dev/null 2>&1 || need+=(cloud-init)
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 command -v curl >/dev/null 2>&1 || need+=(curl)  # the README tour (tests/test_readme_tour.py)
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server)  # a 3-node broker cluster (tests/reliability/test_nats_cluster.py)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "test-deps: missing ${need[*]} and cannot apt-get install them; those tests will skip" >&2
