@@ -29,11 +29,9 @@ them (:class:`agent.runtime.Model` counts its holders).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import random
-import re
 import threading
 import time
 import urllib.error
@@ -48,31 +46,24 @@ from typing import Any
 import numpy as np
 import orjson
 
-from protocol import answers
+from protocol import answers, taskstats
+from protocol.answers import tasks as answer_tasks
 from protocol.errors import BadParameter
+from protocol.signature import Signature
 
-from .errors import InputError, MalformedBody, ModelError, Unavailable
+from .errors import InputError, ModelError, Unavailable
 from .image import size_of
 from .install import probation_verdict
+from .request import Request, parse_request
 from .runtime import Model
 from .sessions import Session, Sessions, carry, check_id, initial
 from .telemetry import Recorder
 
 log = logging.getLogger(__name__)
 
+__all__ = ["MAX_BODY", "Answer", "CloudClient", "Request", "Serving", "parse_request"]
+
 MAX_BODY = 32 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Request:
-    image: bytes | None = None
-    inputs: Any = None  # JSON nested list of floats
-    filename: str = "image"
-    tensor: np.ndarray | None = None  # binary tensor (X-Tensor-Shape / X-Tensor-Dtype)
-    query: dict[str, str] = field(default_factory=dict)  # the answer's parameters as sent (to the cloud too)
-    params: answers.Params = answers.Params()
-    session: str | None = None  # X-Session-Id
-    reset: bool = False  # X-Session-Reset
 
 
 @dataclass(frozen=True)
@@ -353,23 +344,41 @@ class Serving:
             self.recorder.record(model.served_by, 0.0, False)
             self._probation_tick(model, ok=False)
             return None
+        except BaseException:  # whatever else goes wrong, the session is not left locked
+            if session is not None:
+                self.sessions.abandon(session)
+            raise
         about: dict[str, Any] = {}
         if session is not None:
-            step = self.sessions.checkin(session, self._next_state(model, ys))
+            try:
+                kept = self._next_state(model, ys)
+            except BaseException:
+                self.sessions.abandon(session)
+                raise
+            step = self.sessions.checkin(session, kept)
             about = {"state": "session", "session": {"id": session.id, "step": step}}
         elif state is not None:
             about = {"state": state}
         scores = model.dequantize(ys[0]).reshape(-1) if classifier else None
         seconds = time.perf_counter() - t0
 
+        sig = model.signature
+        task_answer = None
+        if scores is None and sig is not None:
+            # a non-classifier's drift features come from its answer (protocol.taskstats),
+            # built on the drift thread with the same parameters the baseline used
+            def task_answer() -> dict[str, Any]:
+                assert sig is not None
+                return answers.build(sig, ys, model.label_map, taskstats.PARAMS, None)
+
         def after() -> None:
             self._observe_local(took)
-            # drift: input features always; output features (top-1 class, confidence) are a
-            # classifier's only
-            self.recorder.record(model.served_by, seconds, True, x, scores, affine)
+            # drift: input features always; output features: a classifier's top-1 class and
+            # confidence, any other task's protocol.taskstats features
+            self.recorder.record(model.served_by, seconds, True, x, scores, affine, task_answer)
             self._probation_tick(model, ok=True)
-            if scores is not None and session is None:
-                self._offer_shadow(req, scores, took)
+            if session is None and (scores is not None or task_answer is not None):
+                self._offer_shadow(req, scores, took, ys if scores is None else None, model)
 
         if scores is None and model.signature is not None:
             size = None
@@ -468,7 +477,14 @@ class Serving:
         elif verdict == "pass":
             self.on_probation_passed(model.info.digest)
 
-    def _offer_shadow(self, req: Request, scores: np.ndarray, took: float) -> None:
+    def _offer_shadow(
+        self,
+        req: Request,
+        scores: np.ndarray | None,
+        took: float,
+        ys: list[np.ndarray] | None = None,
+        served: Model | None = None,
+    ) -> None:
         """Sampled requests also go to the shadow candidate, off the request path; one at a
         time (a request arriving while the candidate is busy is simply not sampled)."""
         if self.shadow is None or random.random() >= self.shadow_sample:
@@ -476,18 +492,32 @@ class Serving:
         if not self._shadow_busy.acquire(blocking=False):
             return
         with self._lock:  # held like the active model: replacing the candidate waits for this run
-            # top-1 agreement compares classifiers only (a per-task shadow comparison: not yet)
-            shadow = self.shadow if self.shadow is not None and self.shadow.form == answers.CLASSIFICATION else None
+            # classifiers by top-1; other tasks by protocol.taskstats.agreement on their answers
+            # (a candidate of another form answers something else: it is not compared)
+            form = answers.CLASSIFICATION if scores is not None else served.form if served is not None else None
+            shadow = self.shadow if self.shadow is not None and self.shadow.form == form else None
             if shadow is not None:
                 shadow.hold()
         if shadow is None:
             self._shadow_busy.release()
             return
-        self._shadow_pool.submit(self._run_shadow, shadow, req, scores, took)
+        self._shadow_pool.submit(self._run_shadow, shadow, req, scores, took, ys, served)
 
-    def _run_shadow(self, shadow: Model, req: Request, scores: np.ndarray, took: float) -> None:
+    def _run_shadow(
+        self,
+        shadow: Model,
+        req: Request,
+        scores: np.ndarray | None,
+        took: float,
+        ys: list[np.ndarray] | None = None,
+        served: Model | None = None,
+    ) -> None:
         try:
-            self._shadow_once(shadow, req, scores, took)
+            if scores is None:
+                assert ys is not None and served is not None
+                self._shadow_task(shadow, req, ys, served, took)
+            else:
+                self._shadow_once(shadow, req, scores, took)
         finally:
             shadow.release()
             self._shadow_busy.release()
@@ -510,132 +540,33 @@ class Serving:
             return
         self.recorder.record_shadow(int(np.argmax(s2)) == int(np.argmax(scores)), delta)
 
-
-def parse_request(
-    content_type: str,
-    body: bytes,
-    shape: str | None = None,
-    dtype: str | None = None,
-    *,
-    query: str = "",
-    session: str | None = None,
-    reset: str | None = None,
-) -> Request:
-    """Turn an HTTP request into a :class:`Request`; raise InputError naming the problem: the
-    body (:func:`parse_body`), the query string's answer parameters (:mod:`protocol.answers.params`)
-    and the ``X-Session-Id`` / ``X-Session-Reset`` headers (:mod:`agent.sessions`)."""
-    req = parse_body(content_type, body, shape, dtype)
-    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-    fields = dict(reversed(pairs))  # the first value of a repeated parameter
-    try:
-        params = answers.parse_params(fields)
-    except BadParameter as exc:
-        raise InputError(str(exc)) from None
-    if reset is not None and reset.strip().lower() not in ("true", "1", "false", "0"):
-        raise InputError(f"X-Session-Reset {reset!r:.40} must be true or false")
-    again = reset is not None and reset.strip().lower() in ("true", "1")
-    sid = check_id(session) if session is not None else None
-    return dataclasses.replace(req, query=fields, params=params, session=sid, reset=again)
+    def _shadow_task(self, shadow: Model, req: Request, ys: list[np.ndarray], served: Model, took: float) -> None:
+        """A non-classifier's shadow run: both answers (:data:`protocol.taskstats.PARAMS`)
+        compared by :func:`protocol.taskstats.agreement` (IoU-matched F1, pixel agreement...)."""
+        try:
+            t1 = time.perf_counter()
+            if req.image is not None:
+                raw = shadow.image_to_raw(req.image)
+            elif req.tensor is not None:
+                raw = shadow.binary_to_raw(req.tensor)[1]
+            else:
+                raw = shadow.quantize(shadow.tensor_to_input(req.inputs))
+            ys2 = shadow.invoke_all(raw)
+            delta = (time.perf_counter() - t1) - took
+            assert served.signature is not None and shadow.signature is not None
+            a = answers.build(served.signature, ys, served.label_map, taskstats.PARAMS, None)
+            b = answers.build(shadow.signature, ys2, shadow.label_map, taskstats.PARAMS, None)
+            maps = None
+            if a["task"] == "segmentation":
+                maps = (_class_map(served.signature, ys), _class_map(shadow.signature, ys2))
+            agree = taskstats.agreement(a, b, maps)
+        except Exception:  # a candidate that breaks, or answers another shape: an error, not a crash
+            self.recorder.record_shadow(None, 0.0)
+            return
+        self.recorder.record_shadow(agree, delta)
 
 
-def parse_body(content_type: str, body: bytes, shape: str | None = None, dtype: str | None = None) -> Request:
-    """Turn an HTTP body into a :class:`Request`; raise InputError naming the problem.
-
-    ``application/octet-stream`` with an ``X-Tensor-Shape`` header (and ``X-Tensor-Dtype``,
-    default float32) is a binary tensor, the same convention as edgefleet-cloud's tensor API;
-    without the header it is an image."""
-    ctype = content_type.split(";")[0].strip().lower()
-    if ctype == "application/json":
-        doc = _strict_json(body)
-        if not isinstance(doc, dict) or "inputs" not in doc:
-            raise InputError("JSON body must be an object with an 'inputs' field")
-        depth, inputs = 0, doc["inputs"]
-        while isinstance(inputs, list) and inputs:  # a tensor's depth is its first element's
-            depth, inputs = depth + 1, inputs[0]
-            if depth > MAX_INPUT_DEPTH:
-                raise MalformedBody(
-                    f"'inputs' is nested deeper than {MAX_INPUT_DEPTH} levels; a tensor has one level per dimension"
-                )
-        return Request(inputs=doc["inputs"])
-    if ctype == "multipart/form-data":
-        return _multipart_file(content_type, body)
-    if ctype == "application/octet-stream" and shape is not None:
-        return Request(tensor=_binary_tensor(body, shape, dtype))
-    if ctype.startswith("image/") or ctype == "application/octet-stream":
-        if not body:
-            raise InputError("empty image body")
-        return Request(image=body)
-    raise InputError(f"unsupported Content-Type {content_type!r}; send multipart/form-data (file) or application/json")
-
-
-MAX_INPUT_DEPTH = 16  # list levels in 'inputs' (numpy allows 64 dimensions, models use 2-5)
-_NON_FINITE = (b"-Infinity", b"Infinity", b"NaN")
-
-
-def _strict_json(body: bytes) -> Any:
-    """RFC 8259 JSON (orjson): NaN, Infinity, numbers beyond float64 (``1e999``) and nesting
-    past 1024 levels are :class:`MalformedBody` naming the problem and where, never a crash."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        pos = exc.pos
-        word = next((w for w in _NON_FINITE if body.startswith(w, pos) or body.startswith(w, max(0, pos - 1))), None)
-        why = (
-            f"{word.decode()} is not a JSON number; send finite numbers"
-            if word
-            else "nested deeper than 1024 levels"
-            if exc.msg == "depth limit exceeded"
-            else exc.msg
-        )
-        raise MalformedBody(f"body is not valid JSON ({why}; at char {pos}: {body[pos : pos + 24]!r})") from None
-
-
-_DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8}
-
-
-def _binary_tensor(body: bytes, shape_text: str, dtype_text: str | None) -> np.ndarray:
-    try:
-        shape = tuple(int(d) for d in shape_text.replace("x", ",").split(",") if d.strip())
-    except ValueError:
-        raise InputError(f"X-Tensor-Shape {shape_text!r:.60} is not comma-separated integers") from None
-    name = (dtype_text or "float32").strip().lower()
-    if name not in _DTYPES:
-        raise InputError(f"X-Tensor-Dtype {name!r:.30} must be one of {sorted(_DTYPES)}")
-    dtype = np.dtype(_DTYPES[name])
-    if not shape or any(d < 1 for d in shape) or int(np.prod(shape)) * dtype.itemsize != len(body):
-        raise InputError(
-            f"body has {len(body)} bytes; shape {list(shape)} of {name} needs "
-            f"{int(np.prod(shape)) * dtype.itemsize if shape else 0}"
-        )
-    arr = np.frombuffer(body, dtype=dtype).reshape(shape)
-    if dtype.kind == "f" and not np.all(np.isfinite(arr)):
-        raise InputError("tensor holds NaN or infinite values")
-    return arr
-
-
-_DISPOSITION_NAME = re.compile(rb'(?i)content-disposition:[^\r\n]*;\s*name="?([^";\r\n]+)"?')
-_FILENAME = re.compile(rb'(?i)filename="([^"\r\n]*)"')
-
-
-def _multipart_file(content_type: str, body: bytes) -> Request:
-    """The ``file`` field of a multipart/form-data body (a direct split: the email parser
-    costs more than a small model's inference)."""
-    m = re.search(r'boundary="?([^";]+)"?', content_type)
-    if not m:
-        raise InputError("multipart Content-Type has no boundary")
-    delim = b"--" + m.group(1).strip().encode("latin-1")
-    parts = body.split(delim)
-    if len(parts) < 3:
-        raise InputError("multipart body could not be parsed (check the boundary)")
-    for part in parts[1:-1]:
-        head, sep, data = part.partition(b"\r\n\r\n")
-        if not sep:
-            continue
-        name = _DISPOSITION_NAME.search(head)
-        if name and name.group(1) == b"file":
-            data = data[:-2] if data.endswith(b"\r\n") else data
-            if not data:
-                raise InputError("multipart field 'file' is empty")
-            fn = _FILENAME.search(head)
-            return Request(image=data, filename=fn.group(1).decode("utf-8", "replace") if fn else "image")
-    raise InputError("multipart body has no field named 'file'")
+def _class_map(signature: Signature, ys: list[np.ndarray]) -> np.ndarray:
+    """A segmenter's class id per pixel from its outputs (its mask, or its logits' argmax)."""
+    real = {s.role: answers.dequantize(s, v) for s, v in reversed(answers.answer_outputs(signature, ys))}
+    return np.asarray(answer_tasks.class_map(real["mask"] if "mask" in real else real["logits"]))

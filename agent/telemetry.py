@@ -1,9 +1,11 @@
 """Per-window telemetry recorded by the serving path, rotated by the daemon every interval.
 
 A window holds a :class:`protocol.sketch.LatencySketch`, counts (inferences, errors, tpu, cpu,
-cloud), drift bin counts of the input and output features (:mod:`protocol.features`) on the
-active bundle's baseline edges, and shadow stats. Thread-safe: HTTP handler threads record,
-the daemon rotates.
+cloud), drift bin counts of the input and output features (:mod:`protocol.features`; a
+non-classifier's output features are :mod:`protocol.taskstats`'s, on its answer and the
+baseline's ``task`` section) on the active bundle's baseline edges, and shadow stats (the
+agreement per task, :func:`protocol.taskstats.agreement`, summed over the compared answers).
+Thread-safe: HTTP handler threads record, the daemon rotates.
 """
 
 from __future__ import annotations
@@ -13,16 +15,18 @@ import queue
 import shutil
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from protocol.baseline import SIDES, Baseline
+from protocol.baseline import SIDES, Baseline, TaskSection
 from protocol.device import Health, Shadow
 from protocol.features import input_features, output_features
 from protocol.messages import COUNT_KEYS
 from protocol.sketch import LatencySketch, bin_index
+from protocol.taskstats import features as task_features
 
 from .metrics import AgentMetrics
 
@@ -63,7 +67,8 @@ class Recorder:
         self._label: tuple[str, str] | None = None  # the bundle's (name, version), for metrics
         self._edges: dict[str, dict[str, list[float]]] = {"inputs": {}, "outputs": {}}
         self._preprocess: dict[str, Any] = {}
-        self._drift_q: queue.Queue[tuple[float, Any, Any, Any, Any]] = queue.Queue(maxsize=256)
+        self._task: TaskSection | None = None  # the baseline's per-task context
+        self._drift_q: queue.Queue[tuple[float, Any, Any, Any, Any, Any]] = queue.Queue(maxsize=256)
         self._drift_skipped = 0  # samples not binned because the worker fell behind
         self._closed: list[dict[str, Any]] = []  # windows closed early by a model switch
         self.invoking = threading.Event()  # set by the serving path while a model runs: see _drift_worker
@@ -95,6 +100,7 @@ class Recorder:
                 self._reset()
             self._bundle = digest
             self._edges = {side: baseline.edges(side) if baseline else {} for side in SIDES}
+            self._task = baseline.task if baseline else None
             self._preprocess = preprocess
             self._drift = {
                 side: {n: [0] * (len(e) + 1) for n, e in feats.items()} for side, feats in self._edges.items()
@@ -108,13 +114,17 @@ class Recorder:
         x: Any = None,
         scores: Any = None,
         affine: tuple[float, float] | None = None,
+        answer: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         """Count one request now; its drift features are computed off the request path.
 
-        ``affine`` = (scale, offset) when ``x`` is raw pixels still to be mapped to floats."""
-        if ok and (x is not None or scores is not None) and (self._edges["inputs"] or self._edges["outputs"]):
+        ``affine`` = (scale, offset) when ``x`` is raw pixels still to be mapped to floats;
+        ``answer`` builds a non-classifier's answer (:data:`protocol.taskstats.PARAMS`) for its
+        output features, on the drift thread."""
+        wanted = x is not None or scores is not None or answer is not None
+        if ok and wanted and (self._edges["inputs"] or self._edges["outputs"]):
             try:
-                self._drift_q.put_nowait((time.monotonic(), self._bundle, x, scores, affine))
+                self._drift_q.put_nowait((time.monotonic(), self._bundle, x, scores, affine, answer))
             except queue.Full:
                 self._drift_skipped += 1
         key = {"edgetpu": "tpu"}.get(path, path)
@@ -131,7 +141,7 @@ class Recorder:
 
     def _drift_worker(self) -> None:
         while True:
-            queued, bundle, x, scores, affine = self._drift_q.get()
+            queued, bundle, x, scores, affine, answer = self._drift_q.get()
             # Bin while a model runs: invoke() lets go of the GIL, so this thread's numpy work
             # then costs the request threads nothing, whereas right after an answer it would
             # hold the GIL while the next request is read and decoded. A sample waits for that
@@ -140,15 +150,25 @@ class Recorder:
             if wait > 0:
                 self.invoking.wait(wait)
             try:
-                self._bin(bundle, x, scores, affine)
+                self._bin(bundle, x, scores, affine, answer)
             finally:
                 self._drift_q.task_done()
 
-    def _bin(self, bundle: str | None, x: Any, scores: Any, affine: tuple[float, float] | None) -> None:
+    def _bin(
+        self,
+        bundle: str | None,
+        x: Any,
+        scores: Any,
+        affine: tuple[float, float] | None,
+        answer: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
         try:
             feats_in = self._input_features(x, affine) if (x is not None and self._edges["inputs"]) else {}
             feats_out = output_features(scores) if (scores is not None and self._edges["outputs"]) else {}
-        except (ValueError, TypeError, IndexError):
+            task = self._task
+            if answer is not None and task is not None and self._edges["outputs"]:
+                feats_out = task_features(answer(), task.classes, task.centroid)
+        except (ValueError, TypeError, IndexError, KeyError):
             self._drift_skipped += 1
             return
         with self._lock:
@@ -175,13 +195,15 @@ class Recorder:
         while self._drift_q.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.005)
 
-    def record_shadow(self, agree: bool | None, delta_s: float) -> None:
+    def record_shadow(self, agree: bool | float | None, delta_s: float) -> None:
+        """One shadow comparison: ``agree`` top-1 (bool) or a task's agreement 0..1
+        (:func:`protocol.taskstats.agreement`); None: the shadow run failed."""
         with self._lock:
             if agree is None:
                 self._shadow["errors"] += 1
                 return
             self._shadow["n"] += 1
-            self._shadow["agree"] += int(agree)
+            self._shadow["agree"] += float(agree)
             self._shadow["delta_sum_s"] += delta_s
 
     def _has_data(self) -> bool:
