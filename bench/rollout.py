@@ -211,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("mosquitto") is None:
         print("mosquitto is not on PATH; install it (apt-get install mosquitto)", file=sys.stderr)
         return 2
+    # the broker inherits this limit: it holds the devices and, during the limit case, as many plain
+    # subscribers whose closed sockets may linger; this process needs N + a few
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     raise_fd_limit(n + 512)
+    raise_fd_limit(2 * n + 1024 if hard == resource.RLIM_INFINITY else max(n + 512, min(hard, 2 * n + 1024)))
     size = int(args.bundle_mb * 1_000_000)
     work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
     port = free_port()
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         if n <= args.baseline_max:
             cases.append(_plain(port, n, limit_archive, unicast=True))
             print(f"{cases[-1]['case']:<46} {cases[-1]['seconds']:8.1f} s", flush=True)
-        ours, flap, lag = _ours(port, n, size, work, args)
+        ours, flap, lag = _ours(port, n, size, work, args, broker)
         cases += [ours, flap, lag]
         for c in (ours, flap):
             print(
@@ -318,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     return rc
 
 
-def _ours(port: int, n: int, size: int, work: Path, args: argparse.Namespace) -> tuple[dict[str, Any], ...]:
+def _ours(
+    port: int, n: int, size: int, work: Path, args: argparse.Namespace, broker: subprocess.Popen[bytes]
+) -> tuple[dict[str, Any], ...]:
     import httpx
 
     from hub import keys
@@ -386,6 +392,8 @@ def _ours(port: int, n: int, size: int, work: Path, args: argparse.Namespace) ->
             assert r.status_code in (200, 201), r.text
 
             def done() -> bool:
+                if broker.poll() is not None:  # the machine is shared: say so rather than wait out the timeout
+                    raise RuntimeError(f"the bench's mosquitto exited (code {broker.returncode}) mid-rollout")
                 for v in victims - cut:
                     job = fleet.by_id[v].job
                     if job is not None and sum(job.bits) >= cut_at[v] * len(job.bits):

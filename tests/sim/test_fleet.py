@@ -136,8 +136,9 @@ def test_devices_that_lose_their_link_mid_transfer_resume_and_finish(hub_and_bro
         ]
         t = fleet.totals()
         # each cut device resumed its broker session: the chunks queued meanwhile arrived, and what
-        # it held already was not sent again (a little may be: in flight when the link went)
-        assert t.duplicate_bytes <= 0.05 * 20 * bundle["size"], t
+        # it held already was not sent again; only what was in flight when the link went may come
+        # twice (Mosquitto's default window: 20 QoS 1 messages of one 64 KiB chunk each)
+        assert t.duplicate_bytes <= len(cut) * 20 * 65536, t
         assert fleet.reconnects >= len(cut)
     finally:
         fleet.stop()
