@@ -259,7 +259,7 @@ def test_a_rollout_completes_across_a_nats_cluster_when_the_node_under_two_agent
         started = time.monotonic()
         at_kill = wait_for(lambda: _mid_download(agents[on_b[0]]), timeout=120, what="edge-b0 part-way through")
         cluster.kill(b)
-        offsets = {n: agents[n].log.stat().st_size for n in on_b}
+        offsets = {n: agents[n].log.stat().st_size for n in names}
 
         def installed() -> bool:
             r = hub.api("GET", f"/api/v1/rollouts/{rollout['id']}?limit=10")
