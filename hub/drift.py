@@ -9,6 +9,13 @@ summaries and the drift alerts judge through :func:`assess`; the rollout gate
 protocol functions, so all of them agree on a window (``tests/hub/test_drift.py``).
 
 Windows merge by adding counts, so a device, a cohort or a fleet is judged the same way.
+
+A non-classifier's output features (:mod:`protocol.taskstats`: detections per frame and per
+class, detection scores, class-pixel fractions, keypoint scores, embedding norm and distance to
+the baseline centroid) are baseline features like any other, so every judge above sees them;
+:meth:`DriftReport.signals` groups the verdicts by the signal they measure
+(:func:`protocol.taskstats.signal`), the worst status of its features. Thresholds are the
+baseline's (PSI warn 0.1, alert 0.25, at least 100 samples per feature by default; docs/models.md).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 
 from protocol.baseline import Baseline, Thresholds as Stated
 from protocol.sketch import STATUSES, DriftThresholds as Thresholds, DriftVerdict, drift_verdict, merge_counts
+from protocol.taskstats import signal
 
 __all__ = ["STATUSES", "DriftReport", "FeatureVerdict", "Thresholds", "assess", "verdict"]
 
@@ -46,8 +54,24 @@ class DriftReport:
             return "insufficient_data"
         return max(ranked, key=STATUSES.index)
 
+    def signals(self) -> dict[str, str]:
+        """Signal -> the worst status of its features (``insufficient_data`` if none had data)."""
+        grouped: dict[str, list[str]] = {}
+        for f in self.features:
+            grouped.setdefault(signal(f.feature), []).append(f.status)
+        return {name: _worst(statuses) for name, statuses in sorted(grouped.items())}
+
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "features": {f.feature: f.to_dict() for f in self.features}}
+        return {
+            "status": self.status,
+            "signals": self.signals(),
+            "features": {f.feature: f.to_dict() for f in self.features},
+        }
+
+
+def _worst(statuses: Sequence[str]) -> str:
+    ranked = [s for s in statuses if s != "insufficient_data"]
+    return max(ranked, key=STATUSES.index) if ranked else "insufficient_data"
 
 
 def verdict(feature: str, ref: Sequence[int], cur: Sequence[int], th: Thresholds = Thresholds()) -> FeatureVerdict:

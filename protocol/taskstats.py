@@ -147,6 +147,34 @@ def cosine_distance(v: Sequence[float], centroid: Sequence[float]) -> float:
     return 1.0 - max(-1.0, min(1.0, dot / (na * nb)))
 
 
+SIGNALS = {  # feature name (or prefix, ending in "_c") -> the signal it measures
+    "top1_class": "class mix",
+    "top1_confidence": "confidence",
+    "detection_count": "detections per frame",
+    "detection_top_score": "detection scores",
+    "detections_c": "detections per class",
+    "foreground_fraction": "class-pixel fractions",
+    "fraction_c": "class-pixel fractions",
+    "pose_score": "keypoint scores",
+    "keypoints_visible": "keypoint scores",
+    "embedding_norm": "embedding norm",
+    "centroid_distance": "distance to the baseline centroid",
+}
+
+
+def signal(key: str) -> str:
+    """The signal a baseline feature key (``"outputs.detections_c3"``) belongs to: the drift
+    page groups verdicts by it. Every input feature is ``input features``; an output feature
+    this version does not know is its own name."""
+    side, _, name = key.partition(".")
+    if side == "inputs":
+        return "input features"
+    if name in SIGNALS:
+        return SIGNALS[name]
+    head, _, tail = name.rpartition("_c")
+    return SIGNALS.get(head + "_c", name) if tail.isdigit() else name
+
+
 # --- shadow agreement ---------------------------------------------------------------------
 
 
