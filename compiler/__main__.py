@@ -124,6 +124,13 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--calibration", type=Path, help="unlabelled samples for the baseline when there is no validation set"
     )
+    m.add_argument(
+        "--truth",
+        type=Path,
+        help="labelled truth for the --calibration image folder, per task: detection boxes (.jsonl), "
+        "segmentation masks (a folder of PNG class-id images), keypoints (COCO JSON); reports mAP@0.5 / mIoU / "
+        "PCK@0.2 (docs/models.md)",
+    )
     m.add_argument("--out", required=True, type=Path, help="bundle directory to create (must not exist)")
     m.add_argument(
         "--scale",

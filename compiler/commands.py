@@ -291,6 +291,8 @@ def run_import(args: argparse.Namespace) -> int:
         onnx=not args.no_onnx,
         task=args.task,
         preprocess=pre,
+        truth=args.truth,
+        truth_images=args.calibration if args.calibration and args.calibration.is_dir() else None,
     )
     progress = make_progress(args.quiet)
     try:

@@ -50,7 +50,7 @@ from protocol.bundle import Requirements
 from protocol.labels import parse_labels
 from protocol.signing import SigningKey
 
-from . import baseline, selftest, tasks
+from . import baseline, evaluate_tasks, selftest, tasks
 from .bundle import BundleFile, BundleSpec, refuse_existing, write_bundle
 from .config import CompilerConfig
 from .dataset import Samples
@@ -81,6 +81,8 @@ class ImportRequest:
     sign_key: SigningKey | None = None
     lineage: dict[str, Any] | None = None
     selftest_cases: int = 5
+    truth: Path | None = None  # per-task labelled truth (compiler.evaluate_tasks) for truth_images
+    truth_images: Path | None = None  # the --calibration image folder
     onnx: bool = True  # make the ONNX twin (tf2onnx from_tflite) of the CPU model
     task: str | None = None  # --task: forces the task (compiler.tasks)
     preprocess: dict[str, Any] | None = None  # compiler.tasks.preprocess, --scale/--offset applied
@@ -197,6 +199,21 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
             "latency_ms": None,
         }
 
+    accuracy = None
+    accuracy_note = "none: an import has no float reference to compare against"
+    if req.truth is not None:
+        progress.start("accuracy", f"{sig.task} accuracy against {Path(req.truth).name}")
+        if runner is None:
+            raise BadInput(req.truth, "the only artifact needs an Edge TPU: nothing can be scored here")
+        if req.truth_images is None:
+            raise BadInput(req.truth, "names images: give them as --calibration (a folder of images)")
+        metric = evaluate_tasks.evaluate_images(
+            runner, sig, parse_labels("\n".join(req.labels)), preprocess, req.truth_images, req.truth
+        )
+        _gate, accuracy_note = evaluate_tasks.gate(metric, None)
+        accuracy = metric.to_dict()
+        progress.done("accuracy", accuracy_note)
+
     progress.start("baseline", "drift baseline and self-test vectors")
     files: list[BundleFile] = []
     if not tpu_only:
@@ -284,7 +301,8 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
         "edgetpu": et_doc,
         "onnx": ver.doc,
         "twin": ver.status.to_dict(),
-        "gate_note": "none: an import has no float reference to compare against",
+        "gate_note": accuracy_note,
+        "accuracy": accuracy,
         "baseline_note": (
             f"drift baseline from {len(data.x)} {'validation' if val is not None else 'calibration'} samples"
             if data is not None and runner is not None
