@@ -1,0 +1,156 @@
+"""`python -m bench delta`: delta update size against the full bundle, and time to apply it.
+
+Cases: the digits model with its head retrained, and fine-tuned (bench/_delta_models.py: real
+TensorFlow training and real compiler builds, cached), each against the base build as the
+device's active bundle. Per case:
+
+- full: the signed archive the agent would otherwise fetch (the baseline);
+- ours: the ``zstd-patch-1`` delta the hub ships (hub.deltas.make, protocol.delta);
+- zstd CLI ``--patch-from`` at ``--ultra -22`` (the limit: the best off-the-shelf byte delta), if
+  ``zstd`` is installed; bsdiff4; an int8-weight-aware variant (same-size artifacts XORed with the
+  base's, then zstd; others patched); and the archive zstd-compressed alone (no base);
+- apply: agent.delta.patch_into (read and hash the base slot, patch, check every chunk against the
+  signed hashes) into a real download file, median of 5, on this machine.
+
+Goals (issue 18): a delta of at most 1 % of full for a retrained head, 10 % for a fine-tune.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from protocol.bundle import MANIFEST_FILE, ChunkPlan, Manifest, pack_archive, parse_manifest
+from protocol.delta import ALGO, DeltaRef, reference
+from protocol.signing import Envelope, SigningKey
+
+from . import report
+from ._delta_models import bundles
+
+GOALS = {"head": 0.01, "finetune": 0.10}
+
+
+def _load(path: Path, key: SigningKey) -> tuple[Manifest, dict[str, bytes], bytes]:
+    env = Envelope.parse((path / MANIFEST_FILE).read_bytes())
+    signed = Envelope(env.payload_type, env.payload, ()).add_signature(key)
+    m = parse_manifest(env.payload)
+    arts = {a.name: (path / a.name).read_bytes() for a in m.artifacts}
+    return m, arts, pack_archive(signed, arts)
+
+
+def _zstd(data: bytes, level: int = 19) -> int:
+    import zstandard
+
+    return len(zstandard.ZstdCompressor(level=level).compress(data))
+
+
+def _cli_patch_from(ref: bytes, target: bytes) -> int | None:
+    exe = shutil.which("zstd")
+    if exe is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        r, t, o = Path(tmp) / "ref", Path(tmp) / "target", Path(tmp) / "out.zst"
+        r.write_bytes(ref)
+        t.write_bytes(target)
+        subprocess.run([exe, "-q", "-f", "--ultra", "-22", f"--patch-from={r}", str(t), "-o", str(o)], check=True)
+        return o.stat().st_size
+
+
+def _int8_aware(base: tuple[Manifest, dict[str, bytes], bytes], tgt: tuple[Manifest, dict[str, bytes], bytes]) -> int:
+    """Same-size artifacts (the tflite/onnx files of a retrain keep their layout) XORed byte for
+    byte with the base's and zstd-compressed; the rest patched from the whole base; plus the
+    manifest envelope compressed."""
+    from hub.deltas import make
+
+    ref = b"".join(base[1][a.name] for a in base[0].artifacts)
+    total = _zstd(tgt[2][: len(tgt[2]) - tgt[0].total_size])
+    for a in tgt[0].artifacts:
+        new = tgt[1][a.name]
+        old = base[1].get(a.name)
+        if old is not None and len(old) == len(new):
+            total += _zstd(bytes(x ^ y for x, y in zip(old, new, strict=True)))
+        else:
+            total += len(make(ref, new))
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench delta")
+    ap.add_argument("--repeat", type=int, default=5, help="apply timings per case (median; default 5)")
+    args = ap.parse_args(argv)
+
+    import bsdiff4
+
+    from agent.delta import patch_into
+    from agent.download import Download
+    from hub.deltas import make
+
+    key = SigningKey.generate()
+    paths = bundles()
+    base = _load(paths["base"], key)
+    ref = reference(base[0], lambda a: base[1][a.name])
+    cases: list[dict[str, Any]] = []
+    ok = True
+    print(f"base: digits {base[0].version}, archive {len(base[2])} bytes")
+    for case in ("head", "finetune"):
+        tgt = _load(paths[case], key)
+        full = len(tgt[2])
+        delta = make(ref, tgt[2])
+        dref = DeltaRef("0" * 64, ALGO, ChunkPlan.of(delta))
+        times = []
+        with tempfile.TemporaryDirectory() as tmp:
+            slot = Path(tmp) / "slot"
+            slot.mkdir()
+            for name, data in base[1].items():
+                (slot / name).write_bytes(data)
+            for i in range(args.repeat):
+                dl = Download(Path(tmp) / f"dl{i}", ChunkPlan.of(tgt[2]))
+                t0 = time.perf_counter()
+                done = patch_into(dref, delta, slot, base[0], dl)
+                times.append(time.perf_counter() - t0)
+                assert dl.complete and done.rejected == 0, "the delta did not reproduce the archive"
+                dl.remove()
+        cli = _cli_patch_from(ref, tgt[2])
+        row = {
+            "case": case,
+            "version": tgt[0].version,
+            "full_bytes": full,
+            "delta_bytes": len(delta),
+            "delta_fraction": len(delta) / full,
+            "goal_fraction": GOALS[case],
+            "zstd_cli_patch_from_bytes": cli,
+            "bsdiff4_bytes": len(bsdiff4.diff(ref, tgt[2])),
+            "int8_aware_bytes": _int8_aware(base, tgt),
+            "zstd_alone_bytes": _zstd(tgt[2]),
+            "apply_ms_median": 1000 * statistics.median(times),
+            "changed_artifacts": {a.name: a.size for a in tgt[0].artifacts if base[1].get(a.name) != tgt[1][a.name]},
+        }
+        row["meets_goal"] = row["delta_fraction"] <= GOALS[case]
+        ok &= row["meets_goal"]
+        cases.append(row)
+        print(
+            f"{case:9} full {full:>7} B | ours (zstd-patch-1) {len(delta):>7} B = {100 * row['delta_fraction']:5.2f} % "
+            f"(goal <= {100 * GOALS[case]:.0f} %: {'met' if row['meets_goal'] else 'NOT met'}) | "
+            f"zstd CLI --patch-from -22 {cli if cli is not None else 'n/a'} B | bsdiff4 {row['bsdiff4_bytes']} B | "
+            f"int8-aware XOR {row['int8_aware_bytes']} B | zstd alone {row['zstd_alone_bytes']} B | "
+            f"apply {row['apply_ms_median']:.1f} ms"
+        )
+    head = cases[0]
+    out = report.write(
+        "delta",
+        "bytes",
+        False,
+        float(head["delta_bytes"]),
+        float(head["full_bytes"]),
+        float(head["zstd_cli_patch_from_bytes"]) if head["zstd_cli_patch_from_bytes"] else None,
+        {"repeat": args.repeat, "algo": ALGO, "goals": GOALS},
+        cases,
+    )
+    print(f"wrote {out}")
+    return 0 if ok else 1
