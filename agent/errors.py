@@ -67,6 +67,11 @@ class ModelError(AgentError):
     reason = "model"
 
 
+class InvokeHung(ModelError):
+    """An Edge TPU invoke did not return within ``tpu_invoke_timeout_s`` (:mod:`agent.watchdog`
+    answers the request on the CPU twin; it reaches a caller only without one)."""
+
+
 class ImageTooLarge(AgentError, ValueError):
     """The image declares more pixels than :data:`agent.image.MAX_PIXELS`; the message gives its size."""
 

@@ -61,7 +61,7 @@ import numpy as np
 from protocol.messages import Accelerator
 
 from .config import AgentConfig
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, InvokeHung, ModelError
 from .runtime import Backend, EdgeTpuProbe, LiteRTBackend, probe_edgetpu
 
 log = logging.getLogger(__name__)
@@ -208,10 +208,6 @@ def settings() -> Settings:
 # the I/O shell -----------------------------------------------------------------------------------
 
 
-class _Hung(Exception):
-    pass
-
-
 class _Worker:
     """One daemon thread that runs a TPU interpreter's invokes, so a request can stop waiting."""
 
@@ -233,7 +229,7 @@ class _Worker:
         done = threading.Event()
         self._q.put((fn, box, done))
         if not done.wait(timeout):
-            raise _Hung()
+            raise InvokeHung(f"Edge TPU invoke did not return within {timeout} s")
         if isinstance(box[0], BaseException):
             raise box[0]
         return box[0]
@@ -367,7 +363,7 @@ class GuardedBackend:
         if self._w.on == "tpu" and tpu is not None and worker is not None:
             try:
                 out = worker.call(lambda: call(tpu), self._conf.policy.timeout_s)
-            except _Hung:
+            except InvokeHung:
                 self._event("timeout")
             except ModelError as exc:
                 log.warning("Edge TPU invoke failed: %s; answering on the CPU", exc)

@@ -46,6 +46,11 @@ def _works(agent, pubs, coral_models, what: str) -> str:
     """The agent (re)started after ``what``: it serves one of the bundles and its state parses."""
     agent.kill()
     agent.start()
+    port = agent.state_dir / "http.port"
+    deadline = time.monotonic() + 180  # a start on a loaded 2-core machine (two heavy imports: the probe's too)
+    while not (port.exists() and port.read_text().strip()) and agent.proc.poll() is None:
+        assert time.monotonic() < deadline, (what, agent.log_text())
+        time.sleep(0.1)
     code, out = agent.predict_image((coral_models / IMAGE).read_bytes())
     assert code == 200, (what, out, agent.log_text())
     assert out["bundle"]["digest"] in {p.ref.digest for p in pubs}, what
@@ -59,7 +64,7 @@ def _kill_during_installs(agent, pubs, hub, coral_models, runs: int, seed: int) 
     rng = random.Random(seed)
     served = set()
     for i in range(runs):
-        hub.desire(agent.device, pubs[i % 3])  # never the active or previous slot: a download each time
+        hub.desire(agent.device, pubs[(i + 2) % 3])  # 3, 1, 2, ...: mostly a download (not one of the 2 slots)
         time.sleep(rng.uniform(0.0, 1.5))  # the install takes about a second here: kill somewhere in it
         agent.kill()
         served.add(_works(agent, pubs, coral_models, f"run {i} (seed {seed})"))
