@@ -343,9 +343,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--broker-pid-file", help="SIGHUP this broker after rewriting the auth files")
     p.add_argument("--broker-public", help="broker URL handed to enrolling devices (default: --broker)")
     p.add_argument("--enroll-ttl", type=int, help="seconds an enrollment token stays valid (default 86400)")
-    p.add_argument(
-        "--retention", type=int, help="seconds telemetry windows, reports and diagnostics are kept (default 30 days)"
-    )
+    p.add_argument("--retention", type=int, help="seconds reports and diagnostics are kept (default 30 days)")
     p.add_argument(
         "--shared-group",
         metavar="NAME",

@@ -53,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
     "enroll_ttl": 86400,
     "broker_public": "",
     "retention": 30 * 86400,
+    "raw_retention": 48 * 3600,
+    "minute_retention": 14 * 86400,
+    "hour_retention": 90 * 86400,
     "broker_ca": "",
     "broker_cert": "",
     "broker_key": "",
@@ -145,7 +148,10 @@ class HubConfig:
     broker_pid_file: Path | None = None  # SIGHUP target after rewriting them
     enroll_ttl: int = DEFAULTS["enroll_ttl"]
     broker_public: str = ""  # broker URL handed to enrolling devices (default: broker)
-    retention: int = DEFAULTS["retention"]  # seconds telemetry windows and reports are kept
+    retention: int = DEFAULTS["retention"]  # seconds reports and diagnostics commands are kept
+    raw_retention: int = DEFAULTS["raw_retention"]  # seconds raw telemetry windows are kept (hub.rollups)
+    minute_retention: int = DEFAULTS["minute_retention"]  # seconds 1-minute rollups are kept
+    hour_retention: int = DEFAULTS["hour_retention"]  # seconds 1-hour rollups are kept
     broker_tls: BrokerTls = field(default_factory=BrokerTls)  # used when broker is mqtts://
     shared_group: str = ""  # MQTT shared-subscription group ("": plain subscriptions)
     dist: Path | None = None  # `make dist` output served to devices (GET /install.sh, /dist/NAME)
@@ -234,6 +240,17 @@ class HubConfig:
         db = str(pick("db"))
         if "://" not in db:
             raise ConfigError("db", f"{db!r} must be a SQLAlchemy URL like sqlite:///hub.db")
+        # raw windows for hours, then 1-minute rollups, then 1-hour rollups (hub.rollups): an hour
+        # rollup is built from the minute rollups of its hour, so those must outlive it
+        raw_retention = as_int("raw_retention", 3600, 366 * 86400)
+        minute_retention = as_int("minute_retention", 2 * 3600, 10 * 366 * 86400)
+        hour_retention = as_int("hour_retention", 2 * 3600, 10 * 366 * 86400)
+        if not raw_retention <= minute_retention <= hour_retention:
+            raise ConfigError(
+                "minute_retention",
+                f"retentions must grow raw <= minute <= hour, got {raw_retention} s, {minute_retention} s, "
+                f"{hour_retention} s",
+            )
         return cls(
             db=db,
             broker=str(pick("broker")),
@@ -254,6 +271,9 @@ class HubConfig:
             enroll_ttl=as_int("enroll_ttl", 60, 366 * 86400),
             broker_public=public,
             retention=as_int("retention", 3600, 10 * 366 * 86400),
+            raw_retention=raw_retention,
+            minute_retention=minute_retention,
+            hour_retention=hour_retention,
             broker_tls=BrokerTls(tls_files["broker_ca"], tls_files["broker_cert"], tls_files["broker_key"]),
             shared_group=shared_group,
             dist=Path(dist) if dist else None,

@@ -117,6 +117,7 @@ class TelemetryWindow(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("device", "seq", name="uq_telemetry_device_seq"),
         Index("ix_telemetry_device_end", "device", "window_end"),
+        Index("ix_telemetry_received", "received"),  # rollups and retention go by receive time
     )
     id: int | None = Field(default=None, primary_key=True)
     device: str = Field(max_length=64)
@@ -233,3 +234,33 @@ class GroupWindow(SQLModel, table=True):
     tz: str = Field(max_length=64)
     updated: int = 0
     updated_by: str = ""
+
+
+class TelemetryRollup(SQLModel, table=True):
+    """Telemetry windows of one device and bundle merged per 1-minute or 1-hour bucket of the
+    hub's receive time (:mod:`hub.rollups`): counts add, latency sketches and drift bins merge
+    exactly, shadow comparisons add. Read like a window by :func:`hub.telemetry.merge`, standing
+    for ``windows`` of them. ``bundle`` is ``""`` for windows that named none (a key column)."""
+
+    __tablename__ = "telemetry_rollup"
+    __table_args__ = (
+        UniqueConstraint("resolution", "bucket", "device", "bundle", name="uq_telemetry_rollup"),
+        Index("ix_telemetry_rollup_res_bucket", "resolution", "bucket"),
+        Index("ix_telemetry_rollup_device", "device", "resolution", "bucket"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    resolution: int  # 60 or 3600 seconds
+    bucket: int  # start of the bucket, unix seconds, a multiple of resolution
+    device: str = Field(max_length=64)
+    bundle: str = Field(default="", max_length=64)
+    windows: int = 0
+    window_start: int = 0  # earliest window_start of the merged windows
+    window_end: int = 0  # latest window_end
+    inferences: int = Field(default=0, sa_type=BigInteger)
+    errors: int = Field(default=0, sa_type=BigInteger)
+    tpu: int = Field(default=0, sa_type=BigInteger)
+    cpu: int = Field(default=0, sa_type=BigInteger)
+    cloud: int = Field(default=0, sa_type=BigInteger)
+    latency: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    drift: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)  # {side: {name: [[counts], ...]}}
+    shadow: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))

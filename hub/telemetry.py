@@ -95,7 +95,7 @@ def merge(rows: Iterable[WindowRow]) -> Merged:
     it) leaves out that part of that window only, never the window's other parts."""
     m = Merged()
     for r in rows:
-        m.windows += 1
+        m.windows += getattr(r, "windows", 1)  # a rollup row (hub.rollups) stands for its windows
         for k in COUNT_KEYS:
             m.counts[k] += int(getattr(r, k) or 0)
         try:
@@ -105,14 +105,18 @@ def merge(rows: Iterable[WindowRow]) -> Merged:
         for side, feats in (r.drift or {}).items():
             if not isinstance(feats, dict):
                 continue
-            for name, counts in feats.items():
-                if not isinstance(counts, list):
+            for name, value in feats.items():
+                if not isinstance(value, list):
                     continue
                 by_bins = m.drift.setdefault(f"{side}.{name}", {})
-                cur = by_bins.get(len(counts))
-                by_bins[len(counts)] = (
-                    [int(c) for c in counts] if cur is None else [a + int(b) for a, b in zip(cur, counts, strict=True)]
-                )
+                # a rollup keeps one list per bin count the feature came in; a window has one list
+                for counts in value if value and all(isinstance(v, list) for v in value) else [value]:
+                    cur = by_bins.get(len(counts))
+                    by_bins[len(counts)] = (
+                        [int(c) for c in counts]
+                        if cur is None
+                        else [a + int(b) for a, b in zip(cur, counts, strict=True)]
+                    )
         if r.shadow is not None:
             try:
                 sh = Shadow.from_dict(r.shadow, f"stored shadow of {r.device}")
@@ -200,11 +204,23 @@ def summary(
 
 
 def prune(fleet: Fleet, retention_s: int) -> int:
-    """Drop telemetry windows and reports older than ``retention_s`` (device totals stay)."""
+    """Drop telemetry windows and reports older than ``retention_s`` (device totals stay). The
+    hub's ticker prunes windows by :func:`hub.rollups.prune` (never one not yet rolled up) and
+    reports by :func:`prune_reports`."""
     cutoff = fleet.clock() - retention_s
     with fleet.session() as s:
-        tw, rr = TelemetryWindow.__table__, ReportRecord.__table__  # type: ignore[attr-defined]
+        tw = TelemetryWindow.__table__  # type: ignore[attr-defined]
         n = s.connection().execute(delete(tw).where(tw.c.received < cutoff)).rowcount
-        s.connection().execute(delete(rr).where(rr.c.received < cutoff))
+        s.commit()
+    prune_reports(fleet, retention_s)
+    return int(n or 0)
+
+
+def prune_reports(fleet: Fleet, retention_s: int) -> int:
+    """Drop install reports older than ``retention_s``."""
+    cutoff = fleet.clock() - retention_s
+    with fleet.session() as s:
+        rr = ReportRecord.__table__  # type: ignore[attr-defined]
+        n = s.connection().execute(delete(rr).where(rr.c.received < cutoff)).rowcount
         s.commit()
     return int(n or 0)

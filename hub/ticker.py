@@ -1,12 +1,12 @@
 """What the hub does every ``config.tick`` seconds: pick up rotated keys, drive rollouts
-(timeouts, soak, gates) and, every ALERT_SCAN_S, scan alerts and prune old telemetry, reports and
-remote-diagnostics commands."""
+(timeouts, soak, gates) and, every ALERT_SCAN_S, scan alerts, roll telemetry windows up
+(:mod:`hub.rollups`) and prune old windows, rollups, reports and remote-diagnostics commands."""
 
 from __future__ import annotations
 
 import logging
 
-from . import alerting, commands, rollouts, rotation, telemetry
+from . import alerting, commands, rollouts, rollups, rotation, telemetry
 from .fleet import Fleet
 
 log = logging.getLogger(__name__)
@@ -24,5 +24,7 @@ def tick(fleet: Fleet) -> None:
     if now - fleet.last_scan >= ALERT_SCAN_S:
         fleet.last_scan = now
         alerting.scan(fleet)
-        telemetry.prune(fleet, fleet.config.retention)
+        rollups.roll(fleet)
+        rollups.prune(fleet)
+        telemetry.prune_reports(fleet, fleet.config.retention)
         commands.prune(fleet, fleet.config.retention)

@@ -104,3 +104,17 @@ def test_a_shared_group_that_is_not_one_topic_level_is_refused_naming_it(name, m
 def test_a_bad_shared_group_from_the_environment_is_refused_too():
     with pytest.raises(ConfigError, match="shared_group: 'a/b'"):
         HubConfig.load({"dev": True}, {"EDGEFLEET_HUB_SHARED_GROUP": "a/b"})
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"raw_retention": 600}, "raw_retention.*600.*3600"),
+        ({"raw_retention": 30 * 86400, "minute_retention": 7 * 86400}, "raw <= minute <= hour.*2592000 s, 604800 s"),
+        ({"minute_retention": 200 * 86400, "hour_retention": 100 * 86400}, "raw <= minute <= hour"),
+    ],
+)
+def test_telemetry_retentions_must_grow_from_raw_to_minute_to_hour_rollups(given, message):
+    with pytest.raises(ConfigError, match=message):
+        HubConfig.load({"dev": True, **given}, {})
+    assert HubConfig.load({"dev": True}, {}).raw_retention == 48 * 3600
