@@ -13,11 +13,6 @@ from typing import Any, TypeVar
 
 from .errors import BadPayload
 
-try:  # a C parser, ~6x the standard library's on a telemetry window (the hub parses thousands a second)
-    import orjson
-except ImportError:  # protocol needs only the standard library: without orjson, json does it all
-    orjson = None  # type: ignore[assignment]
-
 T = TypeVar("T")
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
@@ -45,11 +40,6 @@ _DIGITS_AS_ZERO = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
 _LONG_RUN = b"0" * 19
 
 
-def _provably_tame(raw: bytes, max_depth: int = MAX_DEPTH) -> bool:
-    """The text alone proves nesting within ``max_depth`` and no integer beyond 64 bits."""
-    return raw.count(b"[") + raw.count(b"{") <= max_depth and raw.translate(_DIGITS_AS_ZERO).find(_LONG_RUN) < 0
-
-
 def check_tree(obj: Any, what: str, max_depth: int = MAX_DEPTH, data: bytes | str | None = None) -> None:
     """Every document off the wire: nesting at most ``max_depth``, integers within 64 bits.
     One bad number or a deep nest in a device's message must be a :class:`BadPayload` for that
@@ -57,8 +47,10 @@ def check_tree(obj: Any, what: str, max_depth: int = MAX_DEPTH, data: bytes | st
 
     Given the raw ``data``, the walk is skipped when the text itself proves both (few enough
     brackets, no run of 19 digits): the hub parses thousands of messages a second."""
-    if data is not None and _provably_tame(data.encode() if isinstance(data, str) else data, max_depth):
-        return
+    if data is not None:
+        raw = data.encode() if isinstance(data, str) else data
+        if raw.count(b"[") + raw.count(b"{") <= max_depth and raw.translate(_DIGITS_AS_ZERO).find(_LONG_RUN) < 0:
+            return
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         node, depth = stack.pop()
@@ -79,19 +71,7 @@ def check_tree(obj: Any, what: str, max_depth: int = MAX_DEPTH, data: bytes | st
 
 def loads(data: bytes | str, what: str) -> Any:
     """Any JSON value off the wire, or :class:`BadPayload` naming ``what`` and the problem:
-    no NaN/Infinity (nor 1e999), integers within 64 bits, nesting within ``MAX_DEPTH``.
-
-    orjson parses a text that is provably tame (:func:`_provably_tame`: it reads a too-big
-    integer as a float, so only where there can be none) and that it accepts (it refuses
-    NaN/Infinity and 1e999 too); anything else goes through json, whose verdict and message
-    stand, so the answer is the same either way."""
-    if orjson is not None:
-        raw = data.encode() if isinstance(data, str) else data
-        if _provably_tame(raw):
-            try:
-                return orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                pass
+    no NaN/Infinity (nor 1e999), integers within 64 bits, nesting within ``MAX_DEPTH``."""
     try:
         obj = json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
