@@ -192,6 +192,18 @@ def _brokers(value: str | list[Any]) -> tuple[BrokerAddress, ...]:
     return tuple(BrokerAddress.parse(u) for u in urls)
 
 
+MIN_RATE = 4096  # a 64 KiB chunk then holds the MQTT thread 16 s, inside the 30 s keepalive
+
+
+def _rate(value: int | None) -> int | None:
+    if value is not None and value < MIN_RATE:
+        raise ConfigError(
+            f"download_rate_bytes_s: expected >= {MIN_RATE} (the cap holds the MQTT thread one chunk's time; "
+            f"slower, a 64 KiB chunk would outlast the keepalive and drop the connection), got {value!r}"
+        )
+    return value
+
+
 def _hold_minutes(value: int) -> int:
     if not 0 <= value <= 1440:
         raise ConfigError(f"max_hold_minutes: expected 0 (apps may not hold updates) to 1440, got {value!r}")
@@ -289,7 +301,7 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."), env: Mapping[str, 
         backlog_max_rows=int(_positive("backlog_max_rows", _get(doc, "backlog_max_rows", int, 100_000))),
         backlog_max_bytes=int(_positive("backlog_max_bytes", _get(doc, "backlog_max_bytes", int, 50 * 2**20))),
         daily_byte_budget=_optional_count(doc, "daily_byte_budget"),
-        download_rate_bytes_s=_optional_count(doc, "download_rate_bytes_s"),
+        download_rate_bytes_s=_rate(_optional_count(doc, "download_rate_bytes_s")),
         latency_budget_ms=_positive("latency_budget_ms", budget) if budget is not None else None,
         session_idle_s=_positive("session_idle_s", _get(doc, "session_idle_s", float, 300.0)),
         max_sessions=int(_positive("max_sessions", _get(doc, "max_sessions", int, 64))),

@@ -123,6 +123,7 @@ def test_a_metered_link_is_configured_by_bytes_and_a_zero_budget_is_refused_nami
     for body, key in (
         ("daily_byte_budget = 0\n", "daily_byte_budget"),
         ("download_rate_bytes_s = -5\n", "download_rate"),
+        ("download_rate_bytes_s = 1000\n", "keepalive"),
     ):
         with pytest.raises(ConfigError, match=key):
             _config(tmp_path, body)
