@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 
 import zstandard
 
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 MAX_FRACTION = 0.5  # a delta above half the archive saves too little to be worth a second path
 _lock = threading.Lock()
-_published: set[str] = set()  # delta sha256s whose chunks this process has published
+# per hub (tests run several in one process): delta sha256s whose chunks it has published
+_published: weakref.WeakKeyDictionary[Fleet, set[str]] = weakref.WeakKeyDictionary()
 
 
 def for_device(fleet: Fleet, d: Device, b: Bundle) -> tuple[pdelta.DeltaRef | None, list[Outgoing]]:
@@ -47,9 +49,10 @@ def for_device(fleet: Fleet, d: Device, b: Bundle) -> tuple[pdelta.DeltaRef | No
     plan = ChunkPlan.of(data, b.chunk_size)
     ref = pdelta.DeltaRef(base, pdelta.ALGO, plan)
     with _lock:
-        if plan.sha256 in _published:
+        done = _published.setdefault(fleet, set())
+        if plan.sha256 in done:
             return ref, []
-        _published.add(plan.sha256)
+        done.add(plan.sha256)
     msgs = [
         Outgoing(
             str(Topic.delta(b.archive_sha256, base, i)),
