@@ -162,6 +162,11 @@ def roll(fleet: Fleet) -> dict[int, int]:
     return out
 
 
+def rolled_until(s: Session) -> int | None:
+    """Every window received before this time is in a minute rollup (``None``: none rolled yet)."""
+    return _watermark(s, MINUTE)
+
+
 def boundary(s: Session, now: int, raw_retention: int) -> int:
     """The time before which readers take minute rollups and from which raw windows: the raw
     retention cutoff on a minute, but never past what is rolled (the minute watermark)."""

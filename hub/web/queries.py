@@ -25,14 +25,16 @@ from sqlmodel import Session, col, select
 from protocol.baseline import Baseline
 from protocol.sketch import LatencySketch
 
+from .. import rollups
 from ..db import has_tag
 from ..devices import device_public, rollout_states
-from ..models import Alert, Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
+from ..models import Alert, Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryRollup, TelemetryWindow
 from ..rollout import ACTIVE_PHASES
 from ..telemetry import Merged, merge
 from . import series
 
-MAX_WINDOWS = 20_000  # telemetry rows merged for one fleet chart
+MAX_WINDOWS = 20_000  # telemetry rows (windows or rollups) merged for one fleet chart
+ROLLUP_SPAN_S = 6 * 3600  # fleet charts this long read 1-minute rollups (hub.rollups)
 DEVICE_WINDOWS = 120  # points in a device's charts
 PAGE_SIZES = (25, 50, 100, 200)
 SORTS = ("health", "id")
@@ -161,31 +163,57 @@ def fleet_series(s: Session, now: int, baselines: Baselines, span_s: int = 3600,
         raise QueryError(f"span must be >= 60 s and buckets >= 1, got span {span_s}, buckets {buckets}")
     start = now - span_s
     step = span_s / buckets
-    t = TelemetryWindow
-    rows = s.exec(
-        select(
-            col(t.received),
-            col(t.bundle),
-            col(t.device),
-            col(t.latency),  # type: ignore[call-overload]
-            col(t.drift),
-            col(t.shadow),
-            col(t.inferences),
-            col(t.errors),
-            col(t.tpu),
-            col(t.cpu),
-            col(t.cloud),
-        )
-        .where(t.received > start)
-        .order_by(col(t.received).desc())
-        .limit(MAX_WINDOWS)
-    ).all()
+    t, r = TelemetryWindow, TelemetryRollup
+    # long spans read 1-minute rollups up to what is rolled and raw windows after it: a rollup
+    # merges every window of its device and minute, so the rows to merge shrink by that many
+    cut = (rollups.rolled_until(s) or start) if span_s >= ROLLUP_SPAN_S else start
+    cut = max(start, cut)
+    rows: list[Any] = list(
+        s.exec(
+            select(
+                col(t.received),
+                col(t.bundle),
+                col(t.device),
+                col(t.latency),  # type: ignore[call-overload]
+                col(t.drift),
+                col(t.shadow),
+                col(t.inferences),
+                col(t.errors),
+                col(t.tpu),
+                col(t.cpu),
+                col(t.cloud),
+            )
+            .where(t.received > cut)
+            .order_by(col(t.received).desc())
+            .limit(MAX_WINDOWS)
+        ).all()
+    )
+    if cut > start and len(rows) < MAX_WINDOWS:
+        rows += s.exec(
+            select(
+                col(r.bucket).label("received"),
+                col(r.bundle),
+                col(r.device),
+                col(r.latency),  # type: ignore[call-overload]
+                col(r.drift),
+                col(r.shadow),
+                col(r.inferences),
+                col(r.errors),
+                col(r.tpu),
+                col(r.cpu),
+                col(r.cloud),
+                col(r.windows),
+            )
+            .where(r.resolution == rollups.MINUTE, r.bucket >= rollups.bucket_of(start, rollups.MINUTE), r.bucket < cut)
+            .order_by(col(r.bucket).desc())
+            .limit(MAX_WINDOWS - len(rows))
+        ).all()
     # which windows go together: per time bucket and bundle (drift is judged per bundle's baseline)
     groups: list[dict[str | None, list[Any]]] = [{} for _ in range(buckets)]
     w: Any
     for w in rows:
         i = min(buckets - 1, max(0, int((w.received - start) / step)))
-        groups[i].setdefault(w.bundle, []).append(w)
+        groups[i].setdefault(w.bundle or None, []).append(w)  # a rollup's "" is a window's None
     x = [int(start + step * (i + 1)) for i in range(buckets)]
     merged = [{bundle: merge(ws) for bundle, ws in group.items()} for group in groups]
     sketches = []
@@ -219,7 +247,7 @@ def fleet_series(s: Session, now: int, baselines: Baselines, span_s: int = 3600,
         "inferences": [sum(part.counts["inferences"] for part in parts.values()) for parts in merged],
         "hollow": {**lat["hollow"], "drift_psi": hollow},
         "notes": {"latency": lat["note"], "drift": drift_note or "No drift counts in the charted time buckets yet."},
-        "windows": len(rows),
+        "windows": sum(getattr(w, "windows", 1) for w in rows),
         "span_s": span_s,
     }
 

@@ -197,3 +197,32 @@ def test_device_filter_refuses_page_sizes_off_the_list() -> None:
         "limit": 25,
         "offset": 50,
     }
+
+
+def test_a_six_hour_fleet_chart_from_minute_rollups_is_the_chart_from_the_windows(
+    memhub: tuple[Hub, MemoryPublisher],
+) -> None:
+    from hub import rollups
+
+    hub, _ = memhub
+    span = queries.ROLLUP_SPAN_S
+    with hub.fleet.session() as s:  # three devices, a window every 40 s over the span, drift shifting
+        seq = 0
+        for received in range(NOW - span + 5, NOW, 40):
+            seq += 1
+            for d, ms in (("r1", 3.0), ("r2", 6.0), ("r3", 20.0)):
+                drift = [400, 100, 100, 400] if received > NOW - span / 3 else [260, 240, 250, 250]
+                s.add(window(d, seq, received, ms + seq % 4, drift))
+        s.commit()
+    with hub.fleet.session() as s:
+        from_windows = queries.fleet_series(s, NOW, refs, span_s=span, buckets=30)
+    hub.fleet.clock = lambda: NOW - 300  # all but the last few minutes rolled up
+    while any(rollups.roll(hub.fleet).values()):
+        pass
+    with hub.fleet.session() as s:
+        cut = rollups.rolled_until(s)
+        assert cut is not None and NOW - span < cut < NOW
+        assert s.query(TelemetryWindow).filter(TelemetryWindow.received >= cut).count() > 0  # a raw tail
+        from_rollups = queries.fleet_series(s, NOW, refs, span_s=span, buckets=30)
+    assert from_rollups == from_windows
+    assert from_rollups["windows"] == 3 * seq and from_rollups["drift_psi"][-1] is not None
