@@ -282,7 +282,7 @@ def evaluate_images(
 
     task = signature.task
     if task not in METRIC:
-        raise BadInput(truth, f"no accuracy metric for a {task} model here (classification: --validation)")
+        raise BadInput(truth, f"no accuracy metric for {task} models here (classification: --validation)")
     h, w, ch = int(preprocess["height"]), int(preprocess["width"]), int(preprocess.get("channels", 3))
     filt = getattr(Image.Resampling, resize_filter(dict(preprocess)).upper())
 

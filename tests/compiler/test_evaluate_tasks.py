@@ -168,3 +168,49 @@ def test_an_imported_detector_is_scored_against_a_hand_labelled_frame(coral_mode
         box["box"] = [0, 0, 20, 20]
     moved.write_text(json.dumps(row) + "\n")
     assert _import(coral_models, tmp_path, moved)["accuracy"]["value"] == 0.0
+
+
+def _runner(coral: Path, key: str):
+    from protocol.labels import parse_labels
+    from tests.compiler.test_selftest_tasks import _load
+
+    c, runner, feed, sig, labels, pre = _load(coral, key)
+    return runner, sig, parse_labels("\n".join(labels)), pre
+
+
+def test_deeplab_is_scored_by_miou_against_a_hand_drawn_bird_mask(coral_models: Path, tmp_path: Path):
+    """bird_masks/bird_segmentation.png: the bird drawn by hand as a polygon (class 3), a 12 px
+    ignore band (255) along its outline. DeepLab finds background (IoU 0.99) and the bird (0.87)
+    and calls a few patches dog and horse (IoU 0): the mean of the four is 0.47."""
+    runner, sig, labels, pre = _runner(coral_models, "deeplab")
+    m = et.evaluate_images(runner, sig, labels, pre, coral_models, DATA / "bird_masks")
+    assert m.name == "miou" and m.images == 1
+    assert m.value == pytest.approx((0.99 + 0.87 + 0 + 0) / 4, abs=0.01)
+    # a truth that says "no bird": the bird class is all false positive
+    from PIL import Image
+
+    (tmp_path / "masks").mkdir()
+    Image.new("L", (513, 513), 0).save(tmp_path / "masks" / "bird_segmentation.png")
+    assert et.evaluate_images(runner, sig, labels, pre, coral_models, tmp_path / "masks").value < 0.3
+
+
+def test_movenet_is_scored_by_pck_against_hand_labelled_keypoints(coral_models: Path, tmp_path: Path):
+    """squat_keypoints.json: the nose and the right ear (the camera sees his right side) clicked by
+    hand, the person's box; MoveNet puts both within 0.2 x the box of them. The same keypoints
+    put on the feet: none are."""
+    runner, sig, labels, pre = _runner(coral_models, "movenet")
+    truth = DATA / "squat_keypoints.json"
+    m = et.evaluate_images(runner, sig, labels, pre, coral_models, truth)
+    assert (m.name, m.value, m.images) == ("pck", 1.0, 1)
+    doc = json.loads(truth.read_text())
+    k = doc["annotations"][0]["keypoints"]
+    k[0:3], k[12:15] = [180, 590, 2], [280, 530, 2]  # nose and ear on the feet
+    moved = tmp_path / "moved.json"
+    moved.write_text(json.dumps(doc))
+    assert et.evaluate_images(runner, sig, labels, pre, coral_models, moved).value == 0.0
+
+
+def test_a_truth_for_a_model_without_a_metric_is_refused(coral_models: Path):
+    runner, sig, labels, pre = _runner(coral_models, "embedding")
+    with pytest.raises(BadInput, match="no accuracy metric for embedding models"):
+        et.evaluate_images(runner, sig, labels, pre, coral_models, DATA / "traffic_boxes.jsonl")
