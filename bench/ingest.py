@@ -5,8 +5,9 @@ messages from D devices as fast as the broker takes them. In the same run:
 
 * **limit** - a raw paho subscriber that only counts messages (no parsing, no database): the
   rate this broker + client stack can deliver to one consumer;
-* **ours** - the hub's MQTT bridge + ingest (parse once, dedupe by (device, seq), one SQLite
-  transaction per batch of up to 500, acks after commit);
+* **ours** - the hub's MQTT bridge + ingest (parse once, dedupe by (device, seq), one
+  transaction per batch of up to 500, acks after commit) on SQLite, or with ``--db postgres`` on
+  a throwaway schema of the machine's PostgreSQL (``EDGEFLEET_BENCH_PG``);
 * **baseline** - the same hub code with ``batch_max=1``: one transaction (and one fsync-bound
   commit) per message, the usual "handle each message" subscriber.
 
@@ -115,7 +116,9 @@ def _raw(port: int, msgs: list[tuple[str, bytes]]) -> dict[str, Any]:
     }
 
 
-def _hub(port: int, msgs: list[tuple[str, bytes]], work: Path, batch_max: int, label: str) -> dict[str, Any]:
+def _hub(
+    port: int, msgs: list[tuple[str, bytes]], work: Path, batch_max: int, label: str, pg: str | None = None
+) -> dict[str, Any]:
     from hub import keys
     from hub.config import HubConfig
     from hub.models import TelemetryWindow
@@ -123,9 +126,15 @@ def _hub(port: int, msgs: list[tuple[str, bytes]], work: Path, batch_max: int, l
 
     if not (work / "keys" / "root.json").exists():
         keys.init(work / "keys")
-    db = work / f"hub-{batch_max}.db"
+    schema = ""
+    if pg:
+        from bench.hub_api import _pg_schema
+
+        url, schema = _pg_schema(pg)
+    else:
+        url = f"sqlite:///{work / f'hub-{batch_max}.db'}"
     cfg = HubConfig(
-        db=f"sqlite:///{db}",
+        db=url,
         broker=f"mqtt://127.0.0.1:{port}",
         keys=work / "keys",
         store=work / "store",
@@ -171,6 +180,10 @@ def _hub(port: int, msgs: list[tuple[str, bytes]], work: Path, batch_max: int, l
     watcher.disconnect()
     watcher.loop_stop()
     hub.fleet.engine.dispose()
+    if pg and schema:
+        from bench.hub_api import _pg_drop
+
+        _pg_drop(pg, schema)
     dropped = hub.fleet.metrics.queue_dropped._value.get()
     return {
         "case": label,
@@ -189,7 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench ingest", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2,000 messages instead of 10,000")
     p.add_argument("--devices", type=int, default=100, help="distinct devices (default 100)")
+    p.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite", help="registry database (default sqlite)")
     args = p.parse_args(argv)
+    import os
+
+    from bench.hub_api import PG_DEFAULT
+
+    pg = os.environ.get("EDGEFLEET_BENCH_PG", PG_DEFAULT) if args.db == "postgres" else None
     if shutil.which("mosquitto") is None:
         print("mosquitto is not on PATH; install it (apt-get install mosquitto)", file=sys.stderr)
         return 2
@@ -208,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = [_raw(port, msgs)]
         print(f"{cases[-1]['case']:<34} {cases[-1]['msgs_per_s']:>9.0f} msg/s  lost {cases[-1]['lost']}", flush=True)
         for batch_max, label in ((500, "hub, batched commits (ours)"), (1, "hub, commit per message (baseline)")):
-            cases.append(_hub(port, msgs, work, batch_max, label))
+            cases.append(_hub(port, msgs, work, batch_max, label, pg))
             c = cases[-1]
             print(
                 f"{c['case']:<34} {c['msgs_per_s']:>9.0f} msg/s  lost {c['lost']}  acked {c['acked']}/{c['messages']}",
@@ -230,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             "messages": len(msgs),
             "devices": args.devices,
             "qos": 1,
-            "db": "sqlite (WAL)",
+            "db": "postgresql" if pg else "sqlite (WAL)",
             "batch_max": 500,
             "quick": args.quick,
         },
