@@ -1,0 +1,87 @@
+"""hub/deltas.py: which devices get a delta, built once per (base, target), published once, and
+named in the signed desired document."""
+
+from __future__ import annotations
+
+import os
+
+from agent.delta import apply
+from hub import deltas, desired
+from hub.models import Bundle, Device
+from protocol.delta import ALGO, reference
+from protocol.messages import parse_desired_payload
+from protocol.signing import Envelope
+from protocol.topics import Kind, Topic
+
+from .test_api import push
+
+
+def two_versions(client, bundle_dir, changed: bytes | None = None) -> tuple[dict, dict, bytes]:
+    model = os.urandom(30_000)
+    v2_model = changed if changed is not None else model[:20_000] + os.urandom(300) + model[20_300:]
+    return (
+        push(client, bundle_dir(model_bytes=model)),
+        push(client, bundle_dir(version="2", model_bytes=v2_model)),
+        model,
+    )
+
+
+def rows(hub, v2: dict, active: str | None) -> tuple[Device, Bundle]:
+    with hub.fleet.session() as s:
+        b = s.get(Bundle, v2["digest"])
+        s.expunge(b)
+    return Device(id="dev1", active_digest=active), b
+
+
+def test_a_device_on_a_known_base_gets_a_delta_that_patches_it_into_the_target_archive(memhub, client, bundle_dir):
+    hub, _ = memhub
+    v1, v2, _ = two_versions(client, bundle_dir)
+    d, b = rows(hub, v2, v1["digest"])
+    ref, msgs = deltas.for_device(hub.fleet, d, b)
+    assert ref is not None and ref.base == v1["digest"] and ref.algo == ALGO
+    assert [Topic.parse(m.topic).kind for m in msgs] == [Kind.DELTA] * len(ref.plan.chunks)
+    assert all(m.retain for m in msgs)
+    data = b"".join(m.payload for m in msgs)
+    store = hub.fleet.store
+    base = reference(store.manifest(v1["digest"]), lambda a: store.artifact(v1["digest"], a.name) or b"")
+    target = store.archive(v2["archive_sha256"])
+    assert apply(ref.algo, data, base, len(target)) == target
+    assert len(data) < len(target) // 4
+    again, msgs2 = deltas.for_device(hub.fleet, d, b)
+    assert again == ref and msgs2 == []  # built and published once per (base, target)
+
+
+def test_no_delta_without_a_known_base_or_for_the_active_bundle_itself(memhub, client, bundle_dir):
+    hub, _ = memhub
+    v1, v2, _ = two_versions(client, bundle_dir)
+    for active in (None, v2["digest"], "f" * 64):  # unknown; the target; a bundle the hub never stored
+        d, b = rows(hub, v2, active)
+        assert deltas.for_device(hub.fleet, d, b) == (None, [])
+
+
+def test_a_delta_larger_than_half_the_archive_is_not_offered(memhub, client, bundle_dir):
+    hub, _ = memhub
+    v1, v2, _ = two_versions(client, bundle_dir, changed=os.urandom(30_000))
+    d, b = rows(hub, v2, v1["digest"])
+    assert deltas.for_device(hub.fleet, d, b) == (None, [])
+    cached = hub.fleet.store.root / "deltas" / f"{v2['archive_sha256']}-{v1['digest']}.zst"
+    assert cached.read_bytes() == b""  # "not worth it" remembered, not rebuilt
+
+
+def test_the_install_document_names_the_delta_and_its_chunks_are_published_before_it(memhub, client, bundle_dir):
+    hub, pub = memhub
+    v1, v2, _ = two_versions(client, bundle_dir)
+    with hub.fleet.session() as s:
+        dev = Device(id="dev1", active_digest=v1["digest"])
+        s.add(dev)
+        out = desired.issue(hub.fleet, s, dev, s.get(Bundle, v2["digest"]), "install", "r1")
+        s.commit()
+    doc = parse_desired_payload(Envelope.parse(out.payload).payload)
+    assert doc.delta is not None and doc.delta.base == v1["digest"]
+    assert doc.bundle is not None and doc.bundle.digest == v2["digest"]
+    published = [t for t in pub.retained if Topic.parse(t).kind is Kind.DELTA]
+    assert len(published) == len(doc.delta.plan.chunks)
+    with hub.fleet.session() as s:
+        dev = s.get(Device, "dev1")
+        rb = desired.issue(hub.fleet, s, dev, s.get(Bundle, v2["digest"]), "rollback", "r1")
+    assert parse_desired_payload(Envelope.parse(rb.payload).payload).delta is None
