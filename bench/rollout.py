@@ -146,6 +146,44 @@ def _plain(port: int, n: int, archive: bytes, unicast: bool) -> dict[str, Any]:
     }
 
 
+class _Broker:
+    """A private mosquitto on a free loopback port, for one case."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        conf = directory / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n"
+            "max_queued_messages 100000\nmax_inflight_messages 64\n"
+        )
+        self.proc = subprocess.Popen(
+            ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def __enter__(self) -> _Broker:
+        wait_port(self.port, proc=self.proc, what="mosquitto")
+        return self
+
+    def rss_mb(self) -> float | None:
+        """The broker's peak resident memory so far (VmHWM), MB."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
 KINDS = ("chunk", "desired", "ack", "root", "other")
 
 
@@ -218,25 +256,23 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit(2 * n + 1024 if hard == resource.RLIM_INFINITY else max(n + 512, min(hard, 2 * n + 1024)))
     size = int(args.bundle_mb * 1_000_000)
     work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
-    port = free_port()
-    conf = work / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\nmax_queued_messages 100000\n"
-        "max_inflight_messages 64\n"
-    )
-    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cases: list[dict[str, Any]] = []
     load_before = os.getloadavg()
     rc = 0
     try:
-        wait_port(port, what="mosquitto")
         limit_archive = synthetic_archive(size, version="limit")
-        cases.append(_plain(port, n, limit_archive, unicast=False))
+        # a fresh broker per case (same build, same config): what one case left queued or retained
+        # must not weigh on the next (one broker through all cases grew to 18 GB and was OOM-killed)
+        with _Broker(work / "limit") as b:
+            cases.append({**_plain(b.port, n, limit_archive, unicast=False), "broker_rss_mb": b.rss_mb()})
         print(f"{cases[-1]['case']:<46} {cases[-1]['seconds']:8.1f} s", flush=True)
         if n <= args.baseline_max:
-            cases.append(_plain(port, n, limit_archive, unicast=True))
+            with _Broker(work / "unicast") as b:
+                cases.append({**_plain(b.port, n, limit_archive, unicast=True), "broker_rss_mb": b.rss_mb()})
             print(f"{cases[-1]['case']:<46} {cases[-1]['seconds']:8.1f} s", flush=True)
-        ours, flap, lag = _ours(port, n, size, work, args, broker)
+        with _Broker(work / "ours") as b:
+            ours, flap, lag = _ours(b.port, n, size, work, args, b.proc)
+            lag["broker_rss_mb"] = b.rss_mb()
         cases += [ours, flap, lag]
         for c in (ours, flap):
             print(
@@ -247,8 +283,6 @@ def main(argv: list[str] | None = None) -> int:
         if ours["installed"] < n or flap["installed"] < n:
             rc = 1
     finally:
-        broker.terminate()
-        broker.wait(10)
         shutil.rmtree(work, ignore_errors=True)
     limit = cases[0]
     base = next((c for c in cases if c["case"].startswith("per-device")), None)
@@ -318,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for goal, met in goals.items():
         print(f"  {'met    ' if met else 'MISSED '} {goal}")
+    print("broker peak memory (MB): " + ", ".join(f"{c['case'][:24]} {c.get('broker_rss_mb')}" for c in cases))
     print(f"wrote {path}")
     return rc
 
