@@ -29,6 +29,12 @@ torch.onnx.export(tm.ResNet18(10).eval(), torch.zeros(1, 3, 224, 224), {out!r}, 
 """
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect (docs/adr/0012): onnx2tf + TF's full-int8 PTQ make an int8 ResNet-18 that LiteRT 2.3.0 "
+    "cannot load (XNNPACK: 'Node number 39 failed to prepare'; without default delegates it aborts), with or "
+    "without the folded Normalize; the float TFLite loads",
+)
 def test_resnet18_shape_builds_with_normalize_folded_and_reports_latency(tmp_path: Path) -> None:
     if os.environ.get("EDGEFLEET_TEST_RESNET18") != "1":
         pytest.skip("ResNet-18's conversion takes minutes on 2 cores (docs/adr/0012); set EDGEFLEET_TEST_RESNET18=1")
