@@ -9,8 +9,9 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from .models import Rollout, TelemetryWindow
+from .models import Rollout, TelemetryRollup, TelemetryWindow
 from .rollout import Health, RolloutState
+from .rollups import MINUTE
 from .telemetry import merge
 
 HEALTH_WINDOWS = 500  # newest windows per device and bundle that count
@@ -79,6 +80,7 @@ def health(
         if len(new[device]) + len(old[device]) >= HEALTH_WINDOWS:
             continue
         (new if is_new else old)[device].append(w)
+    _previous_from_rollups(s, r, rows, old, left_out, recovery)
     out = []
     for i in ids:
         m, prev = merge(new[i]), merge(old[i]).sketch
@@ -97,3 +99,34 @@ def health(
             )
         )
     return out
+
+
+def _previous_from_rollups(
+    s: Session,
+    r: Rollout,
+    rows: Rows,
+    old: dict[str, list[Any]],
+    left_out: dict[str, int],
+    recovery: Sequence[tuple[int, int]],
+) -> None:
+    """A rollout soaking past the raw retention (:mod:`hub.rollups`) has lost the raw windows of
+    the hour before it: a device with none of its previous bundle's raw windows left gets its
+    1-minute rollups of that hour instead (never both, so no window counts twice)."""
+    missing = [i for i, ws in old.items() if not ws and rows[i]["from_bundle"]]
+    if not missing:
+        return
+    t = TelemetryRollup
+    q = select(t).where(
+        t.resolution == MINUTE,
+        col(t.device).in_(missing),
+        col(t.bundle).in_(sorted({rows[i]["from_bundle"] for i in missing})),
+        t.bucket >= r.created - PREVIOUS_WINDOW_S,
+        t.bucket < r.created + MINUTE,
+    )
+    for w in s.exec(q.order_by(col(t.bucket).desc())).all():
+        if w.bundle != rows[w.device]["from_bundle"] or sum(x.windows for x in old[w.device]) >= HEALTH_WINDOWS:
+            continue
+        if any(w.window_start <= up and w.window_end >= down for down, up in recovery):
+            left_out[w.device] += w.windows
+            continue
+        old[w.device].append(w)

@@ -183,3 +183,39 @@ def test_a_reader_across_the_boundary_counts_each_window_once(memhub: tuple[Hub,
         assert len(raw_rows) + sum(r.windows for r in rolled_rows) == 80
         cut = rollups.boundary(s, now, retention)
         assert all(w.received >= cut for w in raw_rows) and all(r.bucket < cut for r in rolled_rows)
+
+
+def test_a_rollout_soaking_past_the_raw_retention_keeps_its_previous_bundles_latency(
+    memhub: tuple[Hub, MemoryPublisher],
+) -> None:
+    """The gates compare the new bundle's p95 with the hour before the rollout; once those raw
+    windows are pruned, the hour's minute rollups stand in for them, counted once."""
+    from hub import evidence
+    from hub.models import Rollout
+    from hub.rollout import DeviceState, RolloutState
+
+    hub, _ = memhub
+    created = T0 + HOUR
+    for i, at in enumerate(range(T0 + 5, created, 60)):  # the previous bundle (A), the hour before
+        _feed(hub, at, "g1", i + 1, 5.0, A)
+    hub.fleet.clock = lambda: created + 10 * MINUTE
+    while any(rollups.roll(hub.fleet).values()):
+        pass
+    _feed(hub, created + 20 * MINUTE, "g1", 100, 50.0, B)  # the new bundle (B), after the switch
+    r = Rollout(id="r1", bundle=B, created=created)
+    st = RolloutState(B, cohort=0, devices=(DeviceState("g1", "installed", 0, from_bundle=A),))
+    rows = {"g1": {"from_bundle": A, "updated": created, "state": "installed"}}
+
+    def health():
+        with hub.fleet.session() as s:
+            (h,) = evidence.health(s, r, st, rows, set())
+        return h
+
+    before = health()  # raw windows still there
+    assert LatencySketch.from_dict(dict(before.prev_latency)).count == 60 * 10
+    with hub.fleet.session() as s:  # the raw retention passes: the hour before the rollout is pruned
+        s.query(TelemetryWindow).filter(TelemetryWindow.bundle == A).delete()
+        s.commit()
+    after = health()
+    assert dict(after.prev_latency) == dict(before.prev_latency)
+    assert LatencySketch.from_dict(dict(after.latency)).count == 10
