@@ -395,7 +395,7 @@ class Serving:
         assert scores is not None
         out = self._answer(scores, model, model.served_by, t0, after, req.params)
         if req.params.raw and model.signature is not None:
-            out.fields["raw"] = answers.raw(model.signature, ys[:1] if len(ys) == 1 else ys)
+            out.fields["raw"] = answers.raw(model.signature, ys)
         out.fields.update(about)
         return out
 

@@ -167,7 +167,10 @@ def answer_outputs(signature: Signature, outputs: Sequence[Any]) -> list[tuple[T
 
 
 def raw(signature: Signature, outputs: Sequence[Any]) -> list[dict[str, Any]]:
-    """Every answer output as the model gave it (quantized), for ``raw=true``."""
+    """Every answer output as the model gave it (quantized), for ``raw=true``; one output given
+    (a classifier's scores, all a server computes for it) is the first answer output."""
+    if len(outputs) == 1 and signature.answer_outputs:
+        return [_entry(signature.answer_outputs[0], outputs[0])]
     return [_entry(s, v) for s, v in answer_outputs(signature, outputs)]
 
 

@@ -204,3 +204,16 @@ def test_a_label_map_that_names_an_id_twice_is_refused():
 
     with pytest.raises(BadPayload, match="id 1 is named twice"):
         parse_labels(PBTXT.replace("id: 2", "id: 1"))
+
+
+def test_raw_of_a_classifier_is_its_scores_output_as_the_model_gave_it():
+    sig = Signature(
+        "classification",
+        (IMAGE,),
+        (
+            TensorSpec("p", "uint8", (1, 3), "scores", Quantization(0.5, 0)),
+            TensorSpec("aux", "float32", (1,), "tensor"),
+        ),
+    )
+    (entry,) = answers.raw(sig, [np.array([[1, 2, 3]], np.uint8)])
+    assert (entry["name"], entry["dtype"], entry["values"].tolist()) == ("p", "uint8", [[1, 2, 3]])
