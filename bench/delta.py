@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from agent.delta import patch_into
     from agent.download import Download
-    from hub.deltas import make
+    from hub.deltas import MAX_FRACTION, make
 
     key = SigningKey.generate()
     paths = bundles()
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             "changed_artifacts": {a.name: a.size for a in tgt[0].artifacts if base[1].get(a.name) != tgt[1][a.name]},
         }
         row["meets_goal"] = row["delta_fraction"] <= GOALS[case]
+        row["offered_by_hub"] = row["delta_fraction"] <= MAX_FRACTION
         ok &= row["meets_goal"]
         cases.append(row)
         print(
@@ -139,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             f"(goal <= {100 * GOALS[case]:.0f} %: {'met' if row['meets_goal'] else 'NOT met'}) | "
             f"zstd CLI --patch-from -22 {cli if cli is not None else 'n/a'} B | bsdiff4 {row['bsdiff4_bytes']} B | "
             f"int8-aware XOR {row['int8_aware_bytes']} B | zstd alone {row['zstd_alone_bytes']} B | "
-            f"apply {row['apply_ms_median']:.1f} ms"
+            f"apply {row['apply_ms_median']:.1f} ms | "
+            f"{'offered' if row['offered_by_hub'] else 'not offered (above half: full chunks)'} by the hub"
         )
     head = cases[0]
     out = report.write(
