@@ -116,6 +116,9 @@ def get(fleet: Fleet, device_id: str, windows: int = 30) -> dict[str, Any]:
             .limit(windows)
         ).all()
         out["recent"] = telemetry.summarise(fleet, rows, d.active_digest)
+        newest = (rows[0].health or {}) if rows else {}
+        out["accelerator"] = newest.get("accelerator")  # the newest window's, as ingest stored it
+        out["usage"] = newest.get("usage")
         out["rollouts"] = [
             {
                 "rollout": r.rollout_id,

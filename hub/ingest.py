@@ -415,6 +415,9 @@ class Ingest:
         totals (:class:`_Fold`); return what the fleet metrics count of it once the batch commits."""
         c = {k: int(m.counts.get(k, 0)) for k in COUNT_KEYS}
         health = m.health.to_dict()
+        # the device's own state rides in the window's health column, where the device page reads it
+        acc = m.accelerator.to_dict() if m.accelerator is not None else None
+        health.update((k, v) for k, v in (("backlog", m.backlog), ("accelerator", acc), ("usage", m.usage)) if v)
         rows.append(
             {
                 "device": d.id,
@@ -425,7 +428,7 @@ class Ingest:
                 "latency": m.latency,
                 "drift": m.drift,
                 "shadow": m.shadow.to_dict() if m.shadow is not None else None,
-                "health": {**health, "backlog": m.backlog} if m.backlog else health,
+                "health": health,
                 "received": now,
                 **c,
             }

@@ -161,6 +161,16 @@ class DeviceRollout(BaseModel):
 class DeviceDetail(DevicePublic):
     recent: TelemetryMerged
     rollouts: list[DeviceRollout]
+    accelerator: dict[str, Any] | None = Field(
+        None,
+        description="the newest telemetry window's Edge TPU state (protocol.messages.Accelerator: runtime tpu/cpu, "
+        "failover reason, failovers, temp_c or 'invalid'); null when the device sent none",
+    )
+    usage: dict[str, Any] | None = Field(
+        None,
+        description="the newest telemetry window's bytes today per kind (bundle, telemetry, report) with the "
+        "daily budget, what is left and the rate cap; null when the device sent none",
+    )
 
 
 class TelemetrySummary(TelemetryMerged):
