@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import delete
-from sqlmodel import col, select
+from sqlalchemy import delete, func
+from sqlmodel import Session, col, select
 
 from protocol.baseline import Baseline
 from protocol.device import Shadow
@@ -29,6 +29,7 @@ from .fleet import Fleet
 from .models import (
     Device,
     ReportRecord,
+    TelemetryRollup,
     TelemetryWindow,
 )
 
@@ -176,21 +177,35 @@ def summary(
 ) -> dict[str, Any]:
     """Merged windows matching the filters (bundle, device, group, window_end range):
     counts, latency quantiles and, for one bundle, drift verdicts. Sketches and bin counts
-    merge exactly, so a fleet, a cohort or a device is summarised the same way."""
+    merge exactly, so a fleet, a cohort or a device is summarised the same way.
+
+    A range reaching past the raw windows still kept (:mod:`hub.rollups`) reads 1-minute rollups
+    before the boundary and raw windows after it (each window once; a rollup's minute is in or
+    out as a whole)."""
     with fleet.session() as s:
-        q = select(TelemetryWindow)
-        if bundle:
-            q = q.where(TelemetryWindow.bundle == bundle)
-        if device:
-            q = q.where(TelemetryWindow.device == device)
-        if group is not None:
-            ids = select(Device.id).where(Device.group == group)
-            q = q.where(col(TelemetryWindow.device).in_(ids))
-        if since is not None:
-            q = q.where(TelemetryWindow.window_end >= since)
-        if until is not None:
-            q = q.where(TelemetryWindow.window_end <= until)
-        rows = s.exec(q.order_by(col(TelemetryWindow.window_end).desc()).limit(max_windows)).all()
+        rows: list[Any] = []
+        cut = _rolled_boundary(s, fleet.clock(), fleet.config.raw_retention)
+        for table in (TelemetryWindow, TelemetryRollup) if cut is not None else (TelemetryWindow,):
+            t: Any = table
+            q = select(t)
+            if table is TelemetryRollup:
+                if since is not None and since >= (cut or 0):
+                    continue
+                q = q.where(t.resolution == 60, t.bucket < cut)
+            elif cut is not None:
+                q = q.where(t.received >= cut)
+            if bundle:
+                q = q.where(t.bundle == bundle)
+            if device:
+                q = q.where(t.device == device)
+            if group is not None:
+                ids = select(Device.id).where(Device.group == group)
+                q = q.where(col(t.device).in_(ids))
+            if since is not None:
+                q = q.where(t.window_end >= since)
+            if until is not None:
+                q = q.where(t.window_end <= until)
+            rows += s.exec(q.order_by(col(t.window_end).desc()).limit(max_windows - len(rows))).all()
         out = summarise(fleet, rows, bundle)
         out.update(
             {
@@ -201,6 +216,14 @@ def summary(
             }
         )
         return out
+
+
+def _rolled_boundary(s: Session, now: int, raw_retention: int) -> int | None:
+    """:func:`hub.rollups.boundary` (that module builds on this one), ``None`` with no rollups."""
+    newest = s.exec(select(func.max(TelemetryRollup.bucket)).where(TelemetryRollup.resolution == 60)).one()
+    if newest is None:
+        return None
+    return min((now - raw_retention) // 60 * 60, int(newest) + 60)
 
 
 def prune(fleet: Fleet, retention_s: int) -> int:

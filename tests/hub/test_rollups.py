@@ -219,3 +219,25 @@ def test_a_rollout_soaking_past_the_raw_retention_keeps_its_previous_bundles_lat
     after = health()
     assert dict(after.prev_latency) == dict(before.prev_latency)
     assert LatencySketch.from_dict(dict(after.latency)).count == 10
+
+
+def test_a_summary_reaching_past_the_raw_retention_reads_the_rollups_once(memhub: tuple[Hub, MemoryPublisher]) -> None:
+    from hub import telemetry
+
+    hub, _ = memhub
+    for i, at in enumerate(range(T0 + 5, T0 + HOUR, 60)):
+        _feed(hub, at, "s1", i + 1, 4.0 + i % 7)
+    hub.fleet.clock = lambda: T0 + HOUR + 5 * MINUTE
+    while any(rollups.roll(hub.fleet).values()):
+        pass
+    before = telemetry.summary(hub.fleet, bundle=A, since=T0)
+    assert before["windows"] == 60
+    hub.fleet.clock = lambda: T0 + HOUR + hub.fleet.config.raw_retention  # the first hour is past raw
+    mid = telemetry.summary(hub.fleet, bundle=A, since=T0)  # raw not pruned yet: still each window once
+    assert rollups.prune(hub.fleet)["raw"] > 0
+    after = telemetry.summary(hub.fleet, bundle=A, since=T0)
+    for s in (mid, after):
+        assert {k: s[k] for k in ("windows", "inferences", "p50_ms", "p95_ms", "devices")} == {
+            k: before[k] for k in ("windows", "inferences", "p50_ms", "p95_ms", "devices")
+        }
+    assert after["since"] == before["since"] and after["until"] == before["until"]
