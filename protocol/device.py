@@ -177,8 +177,10 @@ class Health:
 @dataclass(frozen=True)
 class Shadow:
     """A shadow model's record over one telemetry window (``Telemetry.shadow``): ``samples``
-    answers compared with the served model's, ``agreement`` the share that agreed (``None`` with
-    no samples), ``errors`` shadow runs that failed, ``latency_delta_ms`` the mean extra time."""
+    answers compared with the served model's, ``agreement`` the mean agreement (``None`` with
+    no samples): for classifiers the share with the same top-1, for other tasks the mean of
+    :func:`protocol.taskstats.agreement` (IoU-matched detection F1, pixel agreement...);
+    ``errors`` shadow runs that failed, ``latency_delta_ms`` the mean extra time."""
 
     samples: int = 0
     errors: int = 0
