@@ -10,7 +10,7 @@ import pytest
 
 from protocol.device import Health, Inventory, Shadow
 from protocol.errors import BadPayload
-from protocol.messages import Status, Telemetry, parse_status, parse_telemetry
+from protocol.messages import Accelerator, Status, Telemetry, parse_status, parse_telemetry
 
 NOW = 1_700_000_000
 AGENT_INVENTORY = {  # as agent/inventory.py describes a Raspberry Pi without an Edge TPU
@@ -137,7 +137,11 @@ def test_the_shapes_in_docs_protocol_md_are_what_the_parsers_read_and_write():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
     section = doc.split("## Inventory, health and shadow", 1)[1].split("\n## ", 1)[0]
     blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", section, re.S)]
-    assert len(blocks) == 3, "docs/protocol.md lost an example of Inventory, Health or Shadow"
-    for kind, obj in zip((Inventory, Health, Shadow), blocks, strict=True):
+    assert len(blocks) == 5, "docs/protocol.md lost an example of Inventory, Health, Shadow, accelerator or usage"
+    for kind, obj in zip((Inventory, Health, Shadow), blocks[:3], strict=True):
         parsed = kind.from_dict(obj)
         assert parsed.extra == {} and parsed.to_dict() == obj
+    accelerator, usage = blocks[3:]
+    assert Accelerator.from_dict(accelerator).to_dict() == accelerator
+    wire = Telemetry("dev1", 1, NOW - 10, NOW, counts={"inferences": 1}, usage=usage).to_bytes()
+    assert parse_telemetry(wire).usage == usage
