@@ -149,13 +149,13 @@ def _plain(port: int, n: int, archive: bytes, unicast: bool) -> dict[str, Any]:
 class _Broker:
     """A private mosquitto on a free loopback port, for one case."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, inflight: int) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         conf = directory / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n"
-            "max_queued_messages 100000\nmax_inflight_messages 64\n"
+            f"max_queued_messages 100000\nmax_inflight_messages {inflight}\n"
         )
         self.proc = subprocess.Popen(
             ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -243,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle-mb", type=float, default=4.0, help="bundle size in MB (default 4)")
     ap.add_argument("--baseline-max", type=int, default=1000, help="skip the unicast baseline above this many devices")
     ap.add_argument("--flap", type=float, default=0.2, help="share of devices whose link drops mid-transfer")
+    ap.add_argument(
+        "--inflight",
+        type=int,
+        default=8,
+        help="the broker's max_inflight_messages (default 8): Mosquitto holds a serialized copy of every "
+        "in-flight chunk per device, so its memory grows with devices x this x chunk size",
+    )
     ap.add_argument("--lag-seconds", type=float, default=35.0, help="how long to measure ingest lag")
     args = ap.parse_args(argv)
     n = 100 if args.quick else args.devices
@@ -263,14 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         limit_archive = synthetic_archive(size, version="limit")
         # a fresh broker per case (same build, same config): what one case left queued or retained
         # must not weigh on the next (one broker through all cases grew to 18 GB and was OOM-killed)
-        with _Broker(work / "limit") as b:
+        with _Broker(work / "limit", args.inflight) as b:
             cases.append({**_plain(b.port, n, limit_archive, unicast=False), "broker_rss_mb": b.rss_mb()})
         print(f"{cases[-1]['case']:<46} {cases[-1]['seconds']:8.1f} s", flush=True)
         if n <= args.baseline_max:
-            with _Broker(work / "unicast") as b:
+            with _Broker(work / "unicast", args.inflight) as b:
                 cases.append({**_plain(b.port, n, limit_archive, unicast=True), "broker_rss_mb": b.rss_mb()})
             print(f"{cases[-1]['case']:<46} {cases[-1]['seconds']:8.1f} s", flush=True)
-        with _Broker(work / "ours") as b:
+        with _Broker(work / "ours", args.inflight) as b:
             ours, flap, lag = _ours(b.port, n, size, work, args, b.proc)
             lag["broker_rss_mb"] = b.rss_mb()
         cases += [ours, flap, lag]
@@ -303,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "broker": "mosquitto (private, loopback)",
         "hub_db": "sqlite",
         "flap": args.flap,
+        "broker_inflight": args.inflight,
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
