@@ -257,7 +257,7 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
             + "the only artifact needs an Edge TPU"
             + "; agents run a smoke test (the model loads and one invoke gives finite outputs in time)",
         }
-    files.append(BundleFile("selftest.json", "selftest", _json(st)))
+    files.append(BundleFile("selftest.json", "selftest", _json(st, compact=True)))
     progress.done("baseline", f"{len(st['cases'])} self-test cases")
 
     min_rt = None
