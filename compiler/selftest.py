@@ -3,7 +3,10 @@
 A few inputs with the raw outputs the served artifact gives here, so an agent can prove an
 install works before switching to it. Cases are the first validation sample of each class
 (in class order) up to ``cases``, so they cover different outputs; inputs and outputs are the
-raw tensors (int8/uint8 for a quantized model), nested as their shapes.
+raw tensors (int8/uint8 for a quantized model), nested as their shapes. Every output is
+recorded (``protocol.selftest``: its compare rule and tolerance per dtype; a large output as a
+strided sample, a class mask with its histogram), so a wrong model fails on boxes, keypoints
+and masks too, not only on the first output.
 
 Inputs, in order of preference (``inputs`` in the document): the validation samples, the
 calibration samples, else :func:`synthetic` ones (``synthetic``): seeded smooth images over the
@@ -18,11 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from protocol import selftest as vectors
+
 from .inference import IoSpec, TfliteRunner
 
-SCHEMA = 1
-DEFAULT_TOLERANCE = 2
-DEFAULT_MAX_LATENCY_MS = 1000
+SCHEMA = vectors.SCHEMA
+DEFAULT_TOLERANCE = vectors.DEFAULT_TOLERANCE
+DEFAULT_MAX_LATENCY_MS = vectors.DEFAULT_MAX_LATENCY_MS
 
 
 SYNTHETIC_SEED = 0
@@ -101,21 +106,43 @@ def build(
 ) -> dict[str, Any]:
     """``inputs``: where ``x`` came from (``validation``, ``calibration``, ``synthetic``), kept in
     the document for the reader (agents use ``cases`` only)."""
-    out = []
+    runs = []
     for i in pick(y, len(x), cases):
         raw = runner.input.quantize(x[i : i + 1]).reshape(runner.input.shape)
-        expected = runner.run_raw(raw)
-        out.append({"input": raw.tolist(), "expected": expected.tolist()})
+        runs.append((raw, runner.run_all(raw)))
+    names = [str(d["name"]) for d in runner.interp.get_output_details()]
+    specs = [
+        vectors.spec_for(
+            names[j],
+            str(io.dtype),
+            io.shape,
+            io.scale,
+            io.zero_point,
+            [outs[j].reshape(-1).tolist() for _, outs in runs],
+            tolerance,
+        )
+        for j, io in enumerate(runner.outputs)
+    ]
+    out = []
+    for raw, outs in runs:
+        case: dict[str, Any] = {"input": raw.tolist()}
+        if outs[0].size <= vectors.MAX_VALUES:  # for agents that read schema 1 only
+            case["expected"] = outs[0].tolist()
+        case["outputs"] = [
+            vectors.expect(sp, o.reshape(-1).tolist()).to_dict() for sp, o in zip(specs, outs, strict=True)
+        ]
+        out.append(case)
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "artifact": artifact,
         "tolerance": tolerance,
         "max_latency_ms": max_latency_ms,
+        "outputs": [sp.to_dict() for sp in specs],
         "cases": out,
     }
     if inputs is not None:
         doc["inputs"] = inputs
-    if out and all(np.unique(np.asarray(c["expected"])).size == 1 for c in out):
+    if runs and all(np.unique(outs[0]).size == 1 for _, outs in runs):
         # e.g. a segmenter on synthetic images: all background, as on a black frame
         doc["note"] = (
             f"every case's expected output is one constant value ({inputs or 'given'} inputs): the vectors "
@@ -125,12 +152,23 @@ def build(
 
 
 def check(runner: TfliteRunner, doc: dict[str, Any]) -> list[str]:
-    """Re-run every case; return one problem line per case out of tolerance (empty = pass)."""
+    """Re-run every case; return one problem line per output out of tolerance (empty = pass),
+    by the same rule as the agent (``protocol.selftest.compare``)."""
+    st = vectors.parse(doc)
     problems = []
-    for n, case in enumerate(doc["cases"]):
-        got = runner.run_raw(np.array(case["input"], dtype=runner.input.dtype)).astype(np.int64)
-        want = np.array(case["expected"], dtype=np.int64)
-        diff = int(np.abs(got - want).max())
-        if diff > int(doc["tolerance"]):
-            problems.append(f"case {n}: max difference {diff} > tolerance {doc['tolerance']}")
+    for n, case in enumerate(st.cases):
+        outs = runner.run_all(np.array(case.input, dtype=runner.input.dtype))
+        if not st.outputs:  # schema 1: the first output in raw units
+            got = outs[0].astype(np.int64).reshape(-1)
+            diff = int(np.abs(got - np.array(st.legacy[n], dtype=np.int64)).max())
+            if diff > st.tolerance:
+                problems.append(f"case {n}: max difference {diff} > tolerance {st.tolerance:g}")
+            continue
+        if len(outs) != len(st.outputs):
+            problems.append(f"case {n}: the model has {len(outs)} outputs, the vectors {len(st.outputs)}")
+            continue
+        for spec, want, got_out in zip(st.outputs, case.outputs, outs, strict=True):
+            result = vectors.compare(spec, want, got_out.reshape(-1).tolist())
+            if not result.ok:
+                problems.append(f"case {n}: {result.detail}")
     return problems

@@ -94,9 +94,12 @@ def test_selftest_vectors_pass_on_the_int8_artifact_and_catch_a_wrong_model(digi
     assert np.array(doc["cases"][0]["expected"]).shape == (1, 10)
     runner = TfliteRunner((digits_bundle / "model_int8.tflite").read_bytes())
     assert selftest.check(runner, doc) == []
+    assert doc["outputs"][0]["compare"] == "steps" and len(doc["cases"][0]["outputs"][0]["values"]) == 10
     tampered = json.loads(json.dumps(doc))
-    tampered["cases"][0]["expected"][0] = [int(v) + 40 for v in tampered["cases"][0]["expected"][0]]
-    assert selftest.check(runner, tampered) == ["case 0: max difference 40 > tolerance 2"]
+    out = tampered["cases"][0]["outputs"][0]
+    out["values"] = [int(v) + 40 for v in out["values"]]
+    name = doc["outputs"][0]["name"]
+    assert selftest.check(runner, tampered) == [f"case 0: {name}: differs by 40 steps > tolerance 2"]
 
 
 def test_baseline_counts_are_what_protocol_features_give_on_the_validation_set(digits_bundle: Path) -> None:
