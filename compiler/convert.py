@@ -70,6 +70,12 @@ class Converted:
 
 def run(job: ConvertJob, timeout_s: float, on_event: Callable[[Event], None] | None = None) -> Converted:
     """Run the conversion child; raise :class:`BadInput` or :class:`ToolFailed` on failure."""
+    if job.onnx_model is not None:
+        from .onnx_import import int8_blockers, read_file
+
+        blockers = int8_blockers(read_file(job.onnx_model).ops)
+        if blockers:  # before minutes of onnx2tf, and instead of TensorFlow's page of text
+            raise BadInput(job.onnx_model, "int8 TFLite cannot run " + "; ".join(blockers))
     job.out_dir.mkdir(parents=True, exist_ok=True)
     job_file = job.out_dir / "job.json"
     job_file.write_text(job.to_json())

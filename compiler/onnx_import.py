@@ -249,6 +249,95 @@ def nchw_front(src: OnnxSource) -> OnnxSource:
     return read(model.SerializeToString(), src.input_name)
 
 
+# Ops int8 TFLite has no kernel for, as ONNX writes them, and what to do instead. The converter
+# would fail on them after minutes of onnx2tf with a page of TensorFlow's text (exit 5).
+INT8_UNSUPPORTED = {
+    "Erf": "exact GELU (torch nn.GELU() / F.gelu) or erf; use the tanh approximation, "
+    "nn.GELU(approximate='tanh'), which int8 TFLite runs",
+}
+
+
+def int8_blockers(ops: Sequence[str]) -> list[str]:
+    """Pure: one line per op of ``ops`` that int8 TFLite cannot run, naming what to do."""
+    return [f"op {op} ({INT8_UNSUPPORTED[op]})" for op in ops if op in INT8_UNSUPPORTED]
+
+
+def explicit_maxpool_pads(data: bytes) -> tuple[bytes, list[str]]:
+    """The same ONNX with every padded ``MaxPool`` split into ``Pad`` + unpadded ``MaxPool``;
+    returns the model and the rewritten node names.
+
+    Why: onnx2tf pads a MaxPool with float32's lowest value (-3.4e38). Full-int8 PTQ gives that
+    constant and the tensor it pads one scale, ~1e36: every activation of the layer becomes the
+    zero point (a dead model), and in ResNet-18 the next ops' requantization multipliers overflow,
+    so LiteRT refuses to prepare it (docs/adr/0012). Both pads below are exact for max pooling:
+    zeros when the input cannot be negative (Relu, Clip with min >= 0: a TFLite PAD, which the
+    Edge TPU maps), else ``edge`` (each padded cell repeats the nearest real one, which every
+    window reaching the pad also covers since pad < kernel). Nodes with ceil_mode, dilations,
+    auto_pad or an indices output are left as they are."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load_from_string(data)
+    g = model.graph
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            inits[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+
+    def non_negative(name: str) -> bool:
+        p = producer.get(name)
+        if p is None:
+            return False
+        if p.op_type == "Relu":
+            return True
+        if p.op_type == "Clip":
+            lo = [a.f for a in p.attribute if a.name == "min"]
+            if len(p.input) > 1 and p.input[1]:
+                lo = [float(inits[p.input[1]])] if p.input[1] in inits else []
+            return bool(lo) and lo[0] >= 0
+        return False
+
+    nodes: list[Any] = []
+    done: list[str] = []
+    for n in g.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        pads = [int(v) for v in attrs.get("pads", [])]
+        plain = (
+            n.op_type == "MaxPool"
+            and any(pads)
+            and len(n.output) == 1
+            and not attrs.get("ceil_mode", 0)
+            and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
+            and all(int(d) == 1 for d in attrs.get("dilations", [1]))
+        )
+        if not plain:
+            nodes.append(n)
+            continue
+        k = len(pads) // 2
+        full = [0, 0, *pads[:k], 0, 0, *pads[k:]]
+        mode = "constant" if non_negative(n.input[0]) else "edge"
+        padded = f"{n.output[0]}__edgefleet_padded"
+        name = n.name or n.output[0]
+        if opset >= 11:
+            g.initializer.append(numpy_helper.from_array(np.asarray(full, np.int64), padded + "_pads"))
+            pad = helper.make_node("Pad", [n.input[0], padded + "_pads"], [padded], mode=mode, name=name + "_pad")
+        else:
+            pad = helper.make_node("Pad", [n.input[0]], [padded], mode=mode, pads=full, name=name + "_pad")
+        del n.attribute[:]
+        n.attribute.extend(helper.make_attribute(a, v) for a, v in attrs.items() if a != "pads")
+        n.input[0] = padded
+        nodes += [pad, n]
+        done.append(f"{name} ({mode})")
+    if not done:
+        return data, []
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(model)
+    return model.SerializeToString(), done
+
+
 # ----------------------------------------------------------------------------- child side
 
 
@@ -267,6 +356,9 @@ def to_savedmodel(onnx_path: Path, out_dir: Path, samples: np.ndarray) -> Path:
     import onnx2tf
     import onnx2tf.onnx2tf as o2t_main
 
+    data, _ = explicit_maxpool_pads(onnx_path.read_bytes())
+    onnx_path = out_dir.parent / "onnx2tf_input.onnx"
+    onnx_path.write_bytes(data)
     own = np.ascontiguousarray(samples[:20], dtype=np.float32)
     o2t_main.download_test_image_data = lambda: own
 
