@@ -29,8 +29,8 @@ T0 = 1_800_000_000 // HOUR * HOUR  # an hour boundary
         (None, T0 + 5, T0 + 60 + GRACE_S - 1, MINUTE, None),  # first minute still within its grace
         (None, T0 + 5, T0 + 60 + GRACE_S, MINUTE, (T0, T0 + 60)),  # ... and closed
         (T0 + 120, T0 + 130, T0 + 3600, MINUTE, (T0 + 120, T0 + 120 + MAX_BUCKETS[MINUTE] * 60)),  # bounded
-        (T0 + 120, T0 + 3000, T0 + 3600, MINUTE, (T0 + 3000, T0 + 3600 - GRACE_S)),  # gap skipped
-        (T0, T0 - 500, T0 + 600, MINUTE, (T0, T0 + 480)),  # a source row older than the watermark: never re-rolled
+        (T0 + 120, T0 + 3300, T0 + 3600, MINUTE, (T0 + 3300, T0 + 3600 - GRACE_S)),  # gap skipped
+        (T0, T0 - 500, T0 + 360, MINUTE, (T0, T0 + 240)),  # a source row older than the watermark: never re-rolled
         (None, T0 + 10, T0 + HOUR + GRACE_S, HOUR, (T0, T0 + HOUR)),
         (T0 + HOUR, T0 + HOUR, T0 + HOUR + 60, HOUR, None),  # the open hour
     ],
