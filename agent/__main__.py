@@ -150,11 +150,13 @@ def _doctor(cfg: object, path: Path, as_json: bool) -> int:
 
 
 def _run(cfg: object, config_path: Path) -> int:
+    from . import memory
     from .config import AgentConfig
     from .daemon import Agent
     from .diagnostics import LogRing
 
     assert isinstance(cfg, AgentConfig)
+    memory.pin_mmap_threshold()  # before the model loads: large buffers stay mmapped (agent.memory)
     ring = LogRing((cfg.password, cfg.cloud_api_key))  # what the hub's ``logs`` command reads
     logging.getLogger().addHandler(ring)
     try:

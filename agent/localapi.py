@@ -44,6 +44,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import memory
 from .errors import AgentError, HoldRefused, InputError, MalformedBody, TooLarge, Unavailable
 from .metrics import CONTENT_TYPE as METRICS_TYPE, AgentMetrics
 from .serve import MAX_BODY, Answer, Serving, parse_request
@@ -204,6 +205,8 @@ def _handler(
                 pass
             except OSError as exc:
                 log.debug("local API connection: %s", exc)
+            finally:
+                memory.trim()  # the connection's buffers back to the kernel, off every request's path
 
         def _fill(self, need: int) -> None:
             """Receive until the buffer holds ``need`` bytes."""
