@@ -78,30 +78,33 @@ def check(f: Figures) -> list[Goal]:
             f"{share:.0%} ({f.ours32.rps:.1f} of {f.limit32.rps:.1f} req/s)",
         )
     )
+    answered = {n: m for n, m in f.peers32.items() if m.rps > 0}  # no answers, no p99 to compare
     if f.peers32:
         best_rps = max(f.peers32.items(), key=lambda kv: kv[1].rps)
-        best_p99 = min(f.peers32.items(), key=lambda kv: kv[1].p99_ms)
         goals.append(
             Goal(
                 f.model,
                 "ahead of every peer at 32 (req/s)",
                 all(f.ours32.rps > m.rps for m in f.peers32.values()),
                 f"ours {f.ours32.rps:.1f} vs best peer {best_rps[0]} {best_rps[1].rps:.1f} "
-                f"({f.ours32.rps / best_rps[1].rps:.2f}x)",
+                f"({_ratio(f.ours32.rps, best_rps[1].rps)})",
             )
         )
+    if answered:
+        best_p99 = min(answered.items(), key=lambda kv: kv[1].p99_ms)
         goals.append(
             Goal(
                 f.model,
                 "p99 <= best peer's at 32",
                 f.ours32.p99_ms <= best_p99[1].p99_ms,
                 f"ours {f.ours32.p99_ms:.1f} ms vs {best_p99[0]} {best_p99[1].p99_ms:.1f} ms "
-                f"({f.ours32.p99_ms / best_p99[1].p99_ms:.2f}x)",
+                f"({_ratio(f.ours32.p99_ms, best_p99[1].p99_ms)})",
             )
         )
-    else:
-        for name in ("ahead of every peer at 32 (req/s)", "p99 <= best peer's at 32"):
-            goals.append(Goal(f.model, name, None, "no peer was measured"))
+    if not f.peers32:
+        goals.append(Goal(f.model, "ahead of every peer at 32 (req/s)", None, "no peer was measured"))
+    if not answered:
+        goals.append(Goal(f.model, "p99 <= best peer's at 32", None, "no peer was measured (or none answered)"))
     if f.ours1 is not None and f.bare_p50_ms:
         r = f.ours1.p50_ms / f.bare_p50_ms
         goals.append(
@@ -116,6 +119,10 @@ def check(f: Figures) -> list[Goal]:
         goals.append(Goal(f.model, f"p50 <= {P50_VS_BARE}x bare run at 1", None, "1 client or bare run not measured"))
     goals.append(_overload(f))
     return goals
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
 
 
 def _overload(f: Figures) -> Goal:

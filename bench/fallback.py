@@ -596,6 +596,147 @@ def limit_loop(model: str, path: Path, clients: int, max_batch: int, duration: f
     return r
 
 
+# ---- peers, overload, bare run, goals (issue 20) ------------------------------------------
+
+
+def run_peer(
+    peer: Any,
+    model: str,
+    path: Path,
+    body: bytes,
+    ctype: str,
+    levels: list[int],
+    warmup: float,
+    duration: float,
+    max_batch: int,
+    workers: int,
+    wrk: str | None,
+    work: Path,
+) -> tuple[list[Result], str | None]:
+    """One peer's server for one model, driven at every level like ours; (rows, why not run)."""
+    from bench import peers
+
+    log = work / f"{peer.name}-{model}.log"
+    port = free_port()
+    proc = peers.start(peer, path, port, max_batch, workers, log)
+    server = Server(peer.name, proc, f"http://127.0.0.1:{port}", log)
+    rows: list[Result] = []
+    try:
+        wait_ready(server, body, ctype, "/predict", timeout=240.0)
+        for c in levels:
+            rows.append(
+                drive(model, peer.name, server.url + "/predict", body, ctype, c, warmup, duration, proc.pid, wrk, work)
+            )
+            r = rows[-1]
+            print(
+                f"   {c:>3} clients {peer.name}: {r.rps:8.1f} req/s p99 {r.p99_ms:.1f} ms, "
+                f"server CPU {r.cpu_ms_per_req or 0:.2f} ms/request, {r.errors} errors",
+                flush=True,
+            )
+    except RuntimeError as exc:
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+        return rows, f"{exc} (log tail: {' | '.join(tail)})"
+    finally:
+        peers.stop(proc)
+    return rows, None
+
+
+async def _overload(url: str, body: bytes, ctype: str, clients: int, warmup: float, duration: float) -> Any:
+    import collections
+
+    import httpx
+
+    statuses: collections.Counter[int] = collections.Counter()
+    accepted: list[float] = []
+    no_answer = 0
+    start = time.perf_counter()
+    t0, t1 = start + warmup, start + warmup + duration
+
+    async def one() -> None:
+        nonlocal no_answer
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=1), timeout=60.0) as client:
+            while (s := time.perf_counter()) < t1:
+                try:
+                    r = await client.post(url, content=body, headers={"content-type": ctype})
+                    status: int | None = r.status_code
+                except httpx.HTTPError:
+                    status = None
+                e = time.perf_counter()
+                if t0 <= e <= t1:
+                    if status is None:
+                        no_answer += 1
+                    else:
+                        statuses[status] += 1
+                        if status == 200:
+                            accepted.append(e - s)
+                if status is not None and status != 200:
+                    await asyncio.sleep(0.05)  # a shed client backs off a little, as Retry-After asks
+
+    await asyncio.gather(*(one() for _ in range(clients)))
+    return statuses, accepted, no_answer
+
+
+def drive_overload(url: str, body: bytes, ctype: str, clients: int, warmup: float, duration: float) -> Any:
+    """Ours past saturation: every answer's status counted and the latency of the 200s only,
+    which wrk cannot separate (its percentiles mix fast 429s in); the Python generator, so its
+    own CPU competes with the server here."""
+    from bench._fallback_goals import Overload
+
+    statuses, accepted, no_answer = _run(_overload(url, body, ctype, clients, warmup, duration))
+    o = Overload(clients, dict(statuses), pct(accepted, 99) * 1e3, no_answer)
+    print(
+        f"   {clients:>3} clients ours (overload, python generator): {len(accepted) / duration:8.1f} req/s accepted, "
+        f"statuses {dict(sorted(statuses.items()))}, {no_answer} without an answer, accepted p99 "
+        f"{o.accepted_p99_ms:.1f} ms",
+        flush=True,
+    )
+    return o
+
+
+def bare_p50_ms(path: Path, duration: float) -> float:
+    """p50 of a batch-1 ``session.run`` with all intra-op threads (ORT's default count, no
+    spinning as in ours): the floor for one client."""
+    _, times, _ = _limit_run(path, 1, 1, 0, duration)
+    p50 = pct(times, 50) * 1e3
+    print(f"     1 client bare session.run (batch 1, all intra-op threads): p50 {p50:.2f} ms", flush=True)
+    return p50
+
+
+def goal_figures(
+    model: str, rows: list[Result], levels: list[int], bare: float | None, overload: Any, peer_names: list[str]
+) -> Any:
+    from bench._fallback_goals import Figures, Measured
+
+    by = {(r.system, r.clients): r for r in rows if r.model == model}
+
+    def m(system: str, c: int) -> Measured | None:
+        r = by.get((system, c))
+        return Measured(r.rps, r.p50_ms, r.p99_ms) if r else None
+
+    c32 = 32 if 32 in levels else max(levels)
+    ours32, limit32 = m("ours", c32), m("limit", c32)
+    assert ours32 and limit32
+    peers32 = {n: p for n in peer_names if (p := m(n, c32))}
+    return Figures(model, ours32, limit32, m("ours", 1), bare, peers32, overload)
+
+
+def peer_table(rows: list[Result], model: str, levels: list[int], peer_names: list[str]) -> str:
+    by = {(r.system, r.clients): r for r in rows if r.model == model}
+    out = [f"\n{model}: peers beside ours (req/s, p50 / p99 ms, server CPU ms per request, ours/peer in req/s)"]
+    for c in levels:
+        o = by.get(("ours", c))
+        for n in ["ours", *peer_names]:
+            r = by.get((n, c))
+            if r is None or o is None:
+                continue
+            ratio = f"{o.rps / r.rps:.2f}x" if r.rps else "-"
+            out.append(
+                f"{c:>7} {n:<9} {r.rps:>9.1f} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f} {r.cpu_ms_per_req or 0:>6.2f}"
+                f" {ratio:>7} errors {r.errors}"
+            )
+    return "\n".join(out)
+
+
 # ---- main ---------------------------------------------------------------------------------
 
 
@@ -604,6 +745,11 @@ def _cpu_ratio(seed: Result, ours: Result) -> float:
     if not seed.cpu_ms_per_req or not ours.cpu_ms_per_req:
         return float("nan")
     return seed.cpu_ms_per_req / ours.cpu_ms_per_req
+
+
+def _div(a: float, b: float) -> float:
+    """a / b, NaN when b is 0 (a server that answered nothing in its window on a loaded box)."""
+    return a / b if b else float("nan")
 
 
 def table(rows: list[Result], model: str, levels: list[int]) -> str:
@@ -622,14 +768,14 @@ def table(rows: list[Result], model: str, levels: list[int]) -> str:
             f"{c:>7} | {s.rps:>9.1f} {s.p50_ms:>7.1f} {s.p99_ms:>7.1f} {s.cpu_ms_per_req or 0:>5.2f} | "
             f"{o.rps:>9.1f} {o.p50_ms:>7.1f} {o.p99_ms:>7.1f} {o.cpu_ms_per_req or 0:>5.2f}"
             f" {o.mean_batch or 0:>5.1f} | {lim.rps:>9.1f} {lim.cpu_ms_per_req or 0:>5.2f} | "
-            f"{o.rps / s.rps:>8.2f}x {o.rps / lim.rps:>7.0%} {_cpu_ratio(s, o):>8.2f}x"
+            f"{_div(o.rps, s.rps):>8.2f}x {_div(o.rps, lim.rps):>7.0%} {_cpu_ratio(s, o):>8.2f}x"
         )
         v = by.get(("variant", c))
         if v:
             out.append(
                 f"{'variant':>7} | {'':>31} | {v.rps:>9.1f} {v.p50_ms:>7.1f} {v.p99_ms:>7.1f}"
-                f" {v.cpu_ms_per_req or 0:>5.2f} {'':>5} | {'':>15} | {v.rps / s.rps:>8.2f}x"
-                f" {v.rps / lim.rps:>7.0%} {_cpu_ratio(s, v):>8.2f}x"
+                f" {v.cpu_ms_per_req or 0:>5.2f} {'':>5} | {'':>15} | {_div(v.rps, s.rps):>8.2f}x"
+                f" {_div(v.rps, lim.rps):>7.0%} {_cpu_ratio(s, v):>8.2f}x"
             )
     return "\n".join(out)
 
@@ -661,7 +807,21 @@ def main(argv: list[str] | None = None) -> int:
         help="load generator: wrk (C, cheap; apt-get install wrk), python (httpx, costs "
         "the servers CPU on a small box), auto: wrk when installed",
     )
+    p.add_argument(
+        "--peers",
+        default="all",
+        help="serving peers measured beside ours: none, all, or a comma list of bentoml, litserve, mosec "
+        "(each in its own venv under ~/.cache/edgefleet/peers, built on first use)",
+    )
+    p.add_argument("--overload-clients", type=int, default=256, help="clients for ours' overload case (0 to skip)")
     args = p.parse_args(argv)
+    from bench import peers as peers_mod
+
+    try:
+        wanted_peers = peers_mod.select(args.peers)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     wrk = shutil.which("wrk") if args.loadgen != "python" else None
     if args.loadgen == "wrk" and not wrk:
         print("--loadgen wrk: wrk is not on PATH (apt-get install wrk)", file=sys.stderr)
@@ -692,7 +852,24 @@ def main(argv: list[str] | None = None) -> int:
     if "--max-batch" in extra:
         max_batch = int(extra[extra.index("--max-batch") + 1])
 
+    workers = os.cpu_count() or 1  # ours' default: one worker thread per CPU
+    peer_info: dict[str, dict[str, Any]] = {}
+    ready_peers = []
+    for peer in wanted_peers:
+        try:
+            version = peers_mod.ensure(peer)
+        except peers_mod.PeerUnavailable as exc:
+            peer_info[peer.name] = {"unavailable": str(exc)}
+            print(f"peer {peer.name}: cannot be installed here: {exc}", flush=True)
+            continue
+        peer_info[peer.name] = {**peer.config(max_batch, workers), "version": version}
+        ready_peers.append(peer)
+        print(f"peer {peer.name} {version}: {peer_info[peer.name]['batching']}", flush=True)
+    peer_names = [p_.name for p_ in wanted_peers]
+
     rows: list[Result] = []
+    bare: dict[str, float] = {}
+    overloads: dict[str, Any] = {}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-fallback-") as tmp:
         work = Path(tmp)
@@ -774,14 +951,48 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     # the limit right after, servers idle: the same background load as the two above
                     rows.append(limit_loop(name, path, c, max_batch, max(1.0, duration / 2)))
+                    if c == 1:
+                        bare[name] = bare_p50_ms(path, max(1.0, duration / 2))
+                if args.overload_clients:
+                    # 256 Python clients need a while to connect and cycle: at least 2 s + 4 s
+                    overloads[name] = drive_overload(
+                        f"{ours.url}/predict?model={name}",
+                        body,
+                        ctype,
+                        args.overload_clients,
+                        max(warmup, 2.0),
+                        max(duration, 4.0),
+                    )
             finally:
                 seed.stop()
                 ours.stop()
                 if alt:
                     alt.stop()
+            # peers one at a time, each alone with its own processes: none idles beside another
+            for peer in ready_peers:
+                print(f"== {name}: peer {peer.name}", flush=True)
+                peer_rows, why = run_peer(
+                    peer, name, path, body, ctype, levels, warmup, duration, max_batch, workers, wrk, work
+                )
+                rows.extend(peer_rows)
+                if why:
+                    peer_info[peer.name].setdefault("failed", {})[name] = why
+                    print(f"peer {peer.name} on {name}: did not run: {why}", flush=True)
 
+    from bench import _fallback_goals
+
+    goals = []
     for name in models:
         print(table(rows, name, levels))
+        print(peer_table(rows, name, levels, peer_names))
+        goals += _fallback_goals.check(
+            goal_figures(name, rows, levels, bare.get(name), overloads.get(name), peer_names)
+        )
+    for n, info in peer_info.items():
+        state = (
+            f"unavailable: {info['unavailable']}" if "unavailable" in info else f"{info['version']}: {info['batching']}"
+        )
+        print(f"peer {n} {state}" + (f"; failed: {info['failed']}" if info.get("failed") else ""))
     by = {(r.model, r.system, r.clients): r for r in rows}
     head_model = "mobilenet_v2" if "mobilenet_v2" in models else next(iter(models))
     head_c = 32 if 32 in levels else levels[-1]
@@ -833,12 +1044,16 @@ def main(argv: list[str] | None = None) -> int:
             "three_x_seed_fraction_of_limit": 3 * h_seed.rps / h_lim.rps if h_lim.rps else None,
             # other work on the machine skews every figure: record it next to them
             "loadavg_1m": {"before": load_before[0], "after": os.getloadavg()[0]},
+            "peers": peer_info,
+            "bare_session_run_p50_ms": bare,
+            "overload": {n: asdict(o) for n, o in overloads.items()},
+            "goals_issue_20": [asdict(g) for g in goals],
         },
         cases=cases,
     )
     print(
         f"\nheadline ({head_model}, {head_c} clients): ours {h_ours.rps:.1f} req/s vs seed {h_seed.rps:.1f} "
-        f"({h_ours.rps / h_seed.rps:.2f}x), p99 {h_ours.p99_ms:.1f} vs {h_seed.p99_ms:.1f} ms, "
+        f"({_div(h_ours.rps, h_seed.rps):.2f}x), p99 {h_ours.p99_ms:.1f} vs {h_seed.p99_ms:.1f} ms, "
         f"{h_ours.rps / h_lim.rps:.0%} of the in-process limit ({h_lim.rps:.1f})"
     )
     need = 3 * h_seed.rps
@@ -858,6 +1073,7 @@ def main(argv: list[str] | None = None) -> int:
         f"load average (1 min) before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
         f"on {os.cpu_count()} CPUs: other processes share these cores"
     )
+    print(_fallback_goals.report(goals))
     print(f"wrote {path}")
     return 0
 

@@ -47,7 +47,7 @@ def test_goals_without_figures_are_not_measured_never_met():
     unmeasured = [g for g in goals if g.met is None]
     assert [g.figure for g in unmeasured] == [
         "no peer was measured",
-        "no peer was measured",
+        "no peer was measured (or none answered)",
         "1 client or bare run not measured",
         "no overload run",
     ]
@@ -69,3 +69,9 @@ def test_overload_that_sheds_nothing_or_times_out_or_queues_too_long_is_not_met(
     slow = Overload(256, {200: 1000, 429: 10}, accepted_p99_ms=601.0, no_answer=0)
     g = {x.name: x for x in check(Figures("m", OURS, LIMIT, overload=slow))}[name]
     assert g.met is False and "over the bound" in g.figure
+
+
+def test_a_peer_that_answered_nothing_loses_on_rps_and_sets_no_p99_bar():
+    v = verdicts(Figures("m", OURS, LIMIT, peers32={"bentoml": Measured(0.0, 0.0, 0.0)}))
+    assert v["ahead of every peer at 32 (req/s)"] is True
+    assert v["p99 <= best peer's at 32"] is None
