@@ -13,6 +13,19 @@ each concurrency level (1, 8, 32, 64 clients):
   single-threaded run per core (batch = clients / cores, capped at max batch, or 1); measured
   right after the two servers at each level (both idle then), so it sees the same background load.
 
+* **peers** (``--peers all``, issue 20) - BentoML (adaptive batching), LitServe (batching) and
+  Mosec (dynamic batching), each serving the same ONNX file with onnxruntime and ours' session
+  options from a script in ``bench/peers/`` in its own venv (built on first use, pinned
+  versions; ``bench/peers/__init__.py``), driven at every level by the same wrk; run one at a
+  time after the seed and ours, so no idle peer process shares the cores. A peer that cannot be
+  installed or started is reported with the reason and the rest of the run goes on;
+* **overload** - ours at ``--overload-clients`` (256) with the Python generator, which counts
+  every answer's status and times only the 200s (wrk's percentiles mix fast 429s in);
+* **bare run** - at 1 client, the p50 of a batch-1 ``session.run`` with all intra-op threads.
+
+The goal check of issue 20 (``bench/_fallback_goals.py``) is printed at the end and stored under
+``params.goals_issue_20``, with every peer's version and configuration under ``params.peers``.
+
 Both servers get the same load generator: ``wrk`` (C, one thread, one keep-alive connection per
 client, the same pre-encoded multipart upload from a Lua script) when it is installed
 (``apt-get install wrk``), else - with a printed warning - the Python one in this process (httpx
