@@ -88,7 +88,7 @@ PEERS: dict[str, Peer] = {
             "litserve",
             "0.2.19",
             ("python-multipart==0.0.34",),
-            "LitAPI(max_batch_size=MAX_BATCH, batch_timeout=0.01) with batch()/unbatch(); "
+            "LitAPI(max_batch_size=MAX_BATCH, batch_timeout=0.01) with batch()/unbatch(), fast_queue=True (ZeroMQ); "
             "workers_per_device=WORKERS inference processes, uvicorn API server in front",
         ),
         Peer(
