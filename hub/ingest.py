@@ -55,6 +55,7 @@ from .fleet import Fleet
 from .metrics import UNKNOWN, cohort_label, install_result
 from .models import Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
 from .rollout import ACTIVE_PHASES
+from .totals import Fold
 from .transport import Outgoing
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ class Ingest:
         counted: list[tuple[str, str]] = []
         reports: list[Report] = []
         windows: list[dict[str, Any]] = []
-        folds: dict[str, _Fold] = {}
+        folds: dict[str, Fold] = {}
         fed: list[tuple[str, str | None, LatencySketch, dict[str, int]]] = []  # for the fleet metrics
         with self.fleet.session() as s:
             ids = sorted({p.device for p in parsed})
@@ -410,10 +411,10 @@ class Ingest:
 
     @staticmethod
     def _apply_telemetry(
-        rows: list[dict[str, Any]], folds: dict[str, _Fold], d: Device, m: Telemetry, sketch: LatencySketch, now: int
+        rows: list[dict[str, Any]], folds: dict[str, Fold], d: Device, m: Telemetry, sketch: LatencySketch, now: int
     ) -> tuple[str, str | None, LatencySketch, dict[str, int]]:
         """Queue the window row (bulk-inserted per batch) and fold it into the device's batch
-        totals (:class:`_Fold`); return what the fleet metrics count of it once the batch commits."""
+        totals (:class:`hub.totals.Fold`); return what the fleet metrics count of it once the batch commits."""
         c = {k: int(m.counts.get(k, 0)) for k in COUNT_KEYS}
         health = m.health.to_dict()
         # the device's own state rides in the window's health column, where the device page reads it
@@ -436,7 +437,7 @@ class Ingest:
         )
         f = folds.get(d.id)
         if f is None:
-            f = folds[d.id] = _Fold(d.latency_bundle, bool(d.latency))
+            f = folds[d.id] = Fold(d.latency_bundle, bool(d.latency))
         f.add(m.bundle, c, sketch)
         return d.id, m.bundle, sketch, c
 
@@ -470,60 +471,3 @@ def _insert_windows(s: Session, rows: list[dict[str, Any]]) -> None:
                     for c in _WINDOW_COLUMNS
                 ]
             )
-
-
-class _Fold:
-    """One device's telemetry windows of one batch, added up before they touch its ORM row:
-    setting a SQLModel attribute costs more than parsing the message, and seven per window
-    (last_seen and the totals) were a quarter of the worker's time. Applied once per device
-    per batch by :meth:`apply`, with the same result as folding window by window: the latency
-    sketch restarts when the bundle changes, else the windows' sketches merge onto the stored
-    one (sketch merges are exact and order-free)."""
-
-    __slots__ = ("bundle", "counts", "has_latency", "reset", "sketches", "windows")
-
-    def __init__(self, bundle: str | None, has_latency: bool) -> None:
-        self.bundle = bundle
-        self.has_latency = has_latency
-        self.reset = False
-        self.windows = 0
-        self.counts = dict.fromkeys(COUNT_KEYS, 0)
-        self.sketches: list[LatencySketch] = []
-
-    def add(self, bundle: str | None, counts: dict[str, int], sketch: LatencySketch) -> None:
-        self.windows += 1
-        for k, v in counts.items():
-            self.counts[k] += v
-        if bundle != self.bundle or not self.has_latency:
-            self.bundle, self.has_latency, self.reset = bundle, True, True
-            self.sketches = [sketch]
-        else:
-            self.sketches.append(sketch)
-
-    def apply(self, d: Device) -> None:
-        d.windows += self.windows
-        d.inferences += self.counts["inferences"]
-        d.errors += self.counts["errors"]
-        d.tpu += self.counts["tpu"]
-        d.cpu += self.counts["cpu"]
-        d.cloud += self.counts["cloud"]
-        if self.reset:
-            d.latency_bundle = self.bundle
-            base = LatencySketch()
-        else:
-            base = LatencySketch.from_dict(d.latency)
-        d.latency = merge_sketches(base, self.sketches).to_dict()
-
-
-def merge_sketches(base: LatencySketch, parts: Sequence[LatencySketch]) -> LatencySketch:
-    """``base.merge(p)`` for each part in turn, without an intermediate sketch per part."""
-    counts = dict(base.counts)
-    n, total, lo, hi = base.count, base.total, base.min, base.max
-    for p in parts:
-        for i, c in p.counts.items():
-            counts[i] = counts.get(i, 0) + c
-        n += p.count
-        total += p.total
-        lo = min(lo, p.min)
-        hi = max(hi, p.max)
-    return LatencySketch(counts, n, total, lo, hi)

@@ -3,9 +3,9 @@ the latency sketch are what folding window by window gives, whatever the batch b
 
 from __future__ import annotations
 
-from hub.ingest import merge_sketches
 from hub.models import Device
 from hub.server import Hub
+from hub.totals import merge_sketches
 from hub.transport import MemoryPublisher
 from protocol.messages import Telemetry
 from protocol.sketch import LatencySketch
