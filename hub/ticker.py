@@ -24,7 +24,10 @@ def tick(fleet: Fleet) -> None:
     if now - fleet.last_scan >= ALERT_SCAN_S:
         fleet.last_scan = now
         alerting.scan(fleet)
-        rollups.roll(fleet)
-        rollups.prune(fleet)
+        try:
+            rollups.roll(fleet)
+            rollups.prune(fleet)
+        except Exception:  # e.g. a replica rolled the same minute first (unique key): next scan goes on
+            log.exception("telemetry rollup or its pruning failed")
         telemetry.prune_reports(fleet, fleet.config.retention)
         commands.prune(fleet, fleet.config.retention)
