@@ -32,7 +32,9 @@ wrk``) against the agent and the floor.
 ``ours`` is the image-at-input-size case (what a camera app does); the tensor case is in
 ``params.overhead_pct_mobilenet_v2_224_tensor``.
 
-Also: the agent's RSS with the model loaded and its idle CPU (no requests, telemetry on).
+Also: the agent's RSS with the model loaded, before any request and after each case's traffic,
+and its idle CPU (no requests, telemetry on), checked against issue 16 part 7's goal (RSS <= 80 MB
+with MobileNetV2-224 loaded, after traffic too; idle CPU <= 1 %).
 Goal (issue 4): API latency within 10 % of bare invoke on MobileNetV2-224; the run ends with
 the check (met when the whole interval is at or under 10 %).
 """
@@ -64,6 +66,8 @@ from bench.floor_server import content_length
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".edgefleet" / "bench-cache"
+GOAL_RSS_MB = 80  # issue 16 part 7, with MobileNetV2-224 loaded
+GOAL_IDLE_CPU_PCT = 1.0
 CORAL = Path(os.environ.get("EDGEFLEET_CORAL_MODELS", REPO.parent / "shared" / "models" / "coral"))
 
 
@@ -647,10 +651,16 @@ def main(argv: list[str] | None = None) -> int:
     def pct(c: dict[str, Any], key: str) -> float | None:
         return round(c[key], 1) if c[key] is not None else None
 
+    # issue 16 part 7: RSS with the model loaded, after every MobileNetV2 case's traffic (the largest)
+    rss_after = max(c["rss_mb"] for c in cases if c["model"] == "mobilenet_v2_224")
     params.update(
         {
             "rss_mb": head["rss_mb"],
+            "idle_rss_mb": head["idle_rss_mb"],
+            "rss_after_traffic_mb": rss_after,
+            "goal_rss_mb": GOAL_RSS_MB,
             "idle_cpu_pct": head["idle_cpu_pct"],
+            "goal_idle_cpu_pct": GOAL_IDLE_CPU_PCT,
             "overhead_pct_mobilenet_v2_224": pct(head, "overhead_pct"),
             "overhead_pct_mobilenet_v2_224_ci95": [round(v, 1) for v in head["overhead_pct_ci95"]],
             "goal_overhead_pct": 10,
@@ -703,6 +713,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"goal (issue 4): JPEG-224 upload overhead <= 10 % on MobileNetV2-224: {head['overhead_pct']:.1f} % "
         f"[{lo:.1f}, {hi:.1f}] -> {verdict}"
+    )
+    rss_ok = max(head["idle_rss_mb"], rss_after) <= GOAL_RSS_MB
+    cpu_ok = head["idle_cpu_pct"] <= GOAL_IDLE_CPU_PCT
+    print(
+        f"goal (issue 16 part 7): RSS <= {GOAL_RSS_MB} MB with MobileNetV2-224 loaded: {head['idle_rss_mb']} MB "
+        f"idle, {rss_after} MB after the JPEG/720p/tensor traffic -> {'met' if rss_ok else 'not met'}; idle CPU "
+        f"<= {GOAL_IDLE_CPU_PCT} %: {head['idle_cpu_pct']} % -> {'met' if cpu_ok else 'not met'}"
     )
     print(
         f"load average {params['loadavg_start']} -> {params['loadavg_end']} "
