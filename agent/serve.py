@@ -262,6 +262,10 @@ class Serving:
                     if local is not None:
                         return local
                 else:
+                    try:  # the client's mistake wherever the answer would come from: a 4xx, not the cloud's 503
+                        answers.check_params(model.signature, req.params)
+                    except BadParameter as exc:
+                        raise InputError(str(exc)) from None
                     errors.append("local latency over budget")
             finally:
                 model.release()  # the answer and its bookkeeping need no interpreter
