@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import listings
+from .cli_models import add_show
 from .client import EXIT_FAIL, EXIT_OK, EXIT_USAGE, ClientError, call, client_args, page_args, show_page
 from .config import DEFAULTS, BrokerUrl, HubConfig
 from .errors import HubError
@@ -366,6 +367,7 @@ def parser() -> argparse.ArgumentParser:
     page_args(p)
     client_args(p)
     p.set_defaults(func=cmd_models_ls)
+    add_show(models)  # models show ID (hub/cli_models.py)
 
     ro = sub.add_parser("rollouts", help="create and drive rollouts").add_subparsers(dest="sub", required=True)
     p = ro.add_parser("create", help="start a rollout; prints its id")

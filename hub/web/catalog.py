@@ -12,10 +12,13 @@ from sqlmodel import Session, col, select
 
 from protocol.bundle import Requirements
 from protocol.errors import BadPayload
+from protocol.signature import LEGACY_TASK, of_model
+from protocol.taskstats import signal
 from protocol.twin import Twin
 
 from ..bundles import bundle_public
 from ..compat import check as compat_check, stored_inventory
+from ..drift import STATUSES
 from ..models import AuditEntry, Build, Bundle, Device, Rollout
 from ..rollout import PolicyError, cohort_sizes
 from ..targets import Target
@@ -105,6 +108,99 @@ def twin_summary(model: Mapping[str, Any], report: Mapping[str, Any], has_onnx: 
     }
 
 
+def signature_summary(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The task and every input and output (name, dtype, shape, quantization, role) from the
+    signed manifest's ``model.signature``; a bundle made before signatures is a classifier
+    (``protocol.signature.task_of``) and says so. Never an error: an unreadable signature is
+    reported with the field it names."""
+    try:
+        sig = of_model(model)
+    except BadPayload as exc:
+        return {"task": None, "tensors": [], "note": f"unreadable signature ({exc.problem})"}
+    if sig is None:
+        return {"task": LEGACY_TASK, "tensors": [], "note": "no signature: made before signatures, a classifier"}
+    rows = []
+    for direction, specs in (("input", sig.inputs), ("output", sig.outputs)):
+        for t in specs:
+            q = t.quantization
+            rows.append(
+                {
+                    "direction": direction,
+                    "name": t.name,
+                    "dtype": t.dtype,
+                    "shape": list(t.shape),
+                    "quantization": "none" if q is None else f"scale {q.scale:.6g}, zero point {q.zero_point}",
+                    "role": t.role,
+                }
+            )
+    return {"task": sig.task, "stateful": sig.stateful, "tensors": rows, "note": ""}
+
+
+METRIC_NAMES = {"map50": "mAP@0.5", "miou": "mIoU", "pck": "PCK@0.2", "accuracy": "accuracy"}
+
+
+def task_evaluation(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The build report's per-task evaluation: an import scored against ground truth
+    (``accuracy``: mAP@0.5, mIoU or PCK, ``gate_note`` saying whether it was gated), else a
+    build's classification accuracy of its int8 artifact under the accuracy gate. ``metric``
+    is None when the report has neither (``note`` says why)."""
+    gate = _dict(report.get("gate"))
+    passed = gate.get("passed") if isinstance(gate.get("passed"), bool) else None
+    note = str(report.get("gate_note") or "")
+    acc = report.get("accuracy")
+    if isinstance(acc, dict) and isinstance(acc.get("value"), (int, float)):
+        metric = str(acc.get("metric", ""))
+        return {
+            "task": acc.get("task") or report.get("task"),
+            "metric": METRIC_NAMES.get(metric, metric),
+            "value": float(acc["value"]),
+            "images": acc.get("images"),
+            "gated": passed is not None,
+            "passed": passed,
+            "note": note,
+        }
+    for name, a in _dict(report.get("artifacts")).items():
+        m = _dict(_dict(a).get("metrics"))
+        if ("int8" in name or "quant" in name) and isinstance(m.get("accuracy"), (int, float)):
+            return {
+                "task": report.get("task") or LEGACY_TASK,
+                "metric": "accuracy",
+                "value": float(m["accuracy"]),
+                "images": m.get("samples"),
+                "gated": passed is not None,
+                "passed": passed,
+                "note": note or (f"{name} on the validation set" if passed is not None else ""),
+            }
+    return {
+        "task": report.get("task"),
+        "metric": None,
+        "value": None,
+        "images": None,
+        "gated": False,
+        "passed": None,
+        "note": note or "the build report holds no evaluation",
+    }
+
+
+def drift_by_signal(features: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A device's per-feature drift verdicts (``recent.drift``) grouped by the signal they
+    measure (``protocol.taskstats.signal``: input features, detections per frame, class pixel
+    fractions, pose score...), each group with its worst status, the same grouping as
+    :meth:`hub.drift.DriftReport.signals`. Input features first, then the task's signals."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for key, v in features.items():
+        if isinstance(v, Mapping):
+            groups.setdefault(signal(key), []).append({"feature": key.partition(".")[2] or key, **v})
+    out = []
+    for name in sorted(groups, key=lambda n: (n != "input features", n)):
+        ranked = [
+            f["status"] for f in groups[name] if f.get("status") in STATUSES and f["status"] != "insufficient_data"
+        ]
+        worst = max(ranked, key=STATUSES.index) if ranked else "insufficient_data"
+        out.append({"signal": name, "status": worst, "features": groups[name]})
+    return out
+
+
 def model_list(s: Session, limit: int = 100) -> list[dict[str, Any]]:
     running = running_counts(s)
     out = []
@@ -152,6 +248,8 @@ def bundle_detail(s: Session, digest: str) -> dict[str, Any] | None:
         "report": report,
         "summary": report_summary(report),
         "twin": twin_summary(_dict(b.model), _dict(report), has_onnx),
+        "signature": signature_summary(_dict(b.model)),
+        "evaluation": task_evaluation(_dict(report)),
         "model_card": build.model_card if build else "",
         "running": n_running,
         "running_devices": [{"device_id": d, "online": o} for d, o in running],

@@ -308,7 +308,14 @@ def dashboard_router() -> APIRouter:
             request,
             caller,
             "device.html",
-            {"d": d, "history": history, "health": series["health"], "commands": recent, "latest": _latest(recent)},
+            {
+                "d": d,
+                "history": history,
+                "health": series["health"],
+                "commands": recent,
+                "latest": _latest(recent),
+                "drift_signals": catalog.drift_by_signal(d.get("recent", {}).get("drift") or {}),
+            },
             parts=("device_summary", "device_history", "device_commands"),
         )
 
