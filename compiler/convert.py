@@ -75,7 +75,7 @@ def run(job: ConvertJob, timeout_s: float, on_event: Callable[[Event], None] | N
 
         blockers = int8_blockers(read_file(job.onnx_model).ops)
         if blockers:  # before minutes of onnx2tf, and instead of TensorFlow's page of text
-            raise BadInput(job.onnx_model, "int8 TFLite cannot run " + "; ".join(blockers))
+            raise BadInput(job.onnx_model.name, "int8 TFLite cannot run " + "; ".join(blockers))
     job.out_dir.mkdir(parents=True, exist_ok=True)
     job_file = job.out_dir / "job.json"
     job_file.write_text(job.to_json())
