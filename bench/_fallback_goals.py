@@ -130,6 +130,8 @@ def _overload(f: Figures) -> Goal:
     o = f.overload
     if o is None:
         return Goal(f.model, name, None, "no overload run")
+    if not o.statuses and not o.no_answer:
+        return Goal(f.model, name, None, f"{o.clients} clients: nothing completed in the measuring window")
     shed = sum(n for s, n in o.statuses.items() if s in (429, 503))
     other = sum(n for s, n in o.statuses.items() if s not in (200, 429, 503)) + o.no_answer
     bound = OVERLOAD_P99_VS_32 * f.ours32.p99_ms

@@ -75,3 +75,9 @@ def test_a_peer_that_answered_nothing_loses_on_rps_and_sets_no_p99_bar():
     v = verdicts(Figures("m", OURS, LIMIT, peers32={"bentoml": Measured(0.0, 0.0, 0.0)}))
     assert v["ahead of every peer at 32 (req/s)"] is True
     assert v["p99 <= best peer's at 32"] is None
+
+
+def test_an_overload_run_that_completed_nothing_is_not_measured():
+    empty = Overload(256, {}, accepted_p99_ms=float("nan"), no_answer=0)
+    g = check(Figures("m", OURS, LIMIT, overload=empty))[-1]
+    assert g.met is None and "nothing completed" in g.figure
