@@ -24,6 +24,13 @@ Example ``agent.toml``::
     tpu_retry_s = 30                        # first retry of the TPU after that (doubles up to tpu_retry_max_s)
     daily_byte_budget = 20000000            # metered link: bundle + telemetry bytes per UTC day (reports always go)
     download_rate_bytes_s = 50000           # metered link: bundle chunks at most this fast
+    [escalation]                            # optional: unsure answers to the cloud's bigger model (agent.escalation)
+    escalate_to = "mobilenet_v2_big"        # the model the cloud fallback serves by that name
+    measure = "max_score"                   # max_score | entropy (classifiers) | mean_score (detectors)
+    threshold = 0.5                         # escalate when the local confidence is below it
+    timeout_ms = 300                        # the cloud's answer or the local one after this long
+    requests_per_minute = 60                # upload budget; bytes_per_day = N caps the bytes too
+    failures = 3                            # circuit breaker: this many failures within window_s open it
 
 Environment hooks (tests and operators): ``EDGEFLEET_AGENT_CRASH_AT=<stage>`` makes the agent
 ``os._exit(137)`` when it reaches that install stage (download, verify, stage, switch, commit);
@@ -49,6 +56,7 @@ from protocol.errors import BadPayload
 from protocol.topics import check_device_id
 
 from .errors import ConfigError
+from .escalation import Policy
 
 CRASH_STAGES = ("download", "verify", "stage", "switch", "commit")
 EDGETPU_MODES = ("auto", "off")
@@ -136,6 +144,9 @@ class AgentConfig:
     apex_temp_path: Path = Path("/sys/class/apex/apex_0/temp")  # the Edge TPU's temperature (apex driver)
     edgetpu_driver: str | None = None  # EDGEFLEET_AGENT_EDGETPU_DRIVER, tests only
     brokers: tuple[BrokerAddress, ...] = ()  # ``broker`` as a list: failover order (agent.transport)
+    escalation: Policy | None = (
+        None  # [escalation]: low-confidence answers to the cloud's bigger model (agent.escalation)
+    )
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -316,6 +327,7 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."), env: Mapping[str, 
         tpu_retry_max_s=_positive("tpu_retry_max_s", _get(doc, "tpu_retry_max_s", float, 1800.0)),
         apex_temp_path=_path(doc, "apex_temp_path", base, "/sys/class/apex/apex_0/temp") or Path(),
         edgetpu_driver=env.get("EDGEFLEET_AGENT_EDGETPU_DRIVER") or None,
+        escalation=_escalation(doc.get("escalation"), cloud_url),
         extra={k: v for k, v in doc.items() if k not in _KNOWN},
     )
     if (cfg.username is None) != (cfg.password is None):
@@ -323,6 +335,16 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."), env: Mapping[str, 
     if (cfg.cert_file is None) != (cfg.key_file is None):
         raise ConfigError("cert_file/key_file: set both or neither")
     return cfg
+
+
+def _escalation(table: Any, cloud_url: str | None) -> Policy | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError(f"escalation: expected a table ([escalation]), got {table!r:.60}")
+    if cloud_url is None:
+        raise ConfigError("escalation: needs cloud_url (the cloud fallback serving escalate_to)")
+    return Policy.from_dict(table)
 
 
 def load(path: Path, env: Mapping[str, str] | None = None) -> AgentConfig:

@@ -103,6 +103,7 @@ class Agent:
             lambda digest, why: self.events.put(("probation_failed", digest, why)),
             lambda digest: self.events.put(("probation_passed", digest)),
             Sessions(cfg.max_sessions, cfg.session_idle_s),
+            cfg.escalation,
         )
         topic = str(Topic.for_device(Kind.STATUS, cfg.device_id))
         # the last will: the broker publishes it (retained) if this process dies or the link drops

@@ -13,6 +13,8 @@ request, since the agent started:
   ``edgefleet_agent_errors_total``, by ``model``, ``version`` (the bundle that was active; ``none``
   without one) and ``path`` (``tpu``, ``cpu``, ``onnx``, ``cloud``);
 * ``edgefleet_agent_fallbacks_total`` by ``model``, ``version``: requests answered by the cloud;
+* ``edgefleet_agent_escalations_total`` by ``outcome`` (``escalated``, ``escalation_failed``,
+  ``escalation_breaker_open``, ``escalation_budget``): escalation to the cloud by confidence;
 * ``edgefleet_agent_installs_total`` by ``result`` (``installed``, ``failed``, ``rolled_back``)
   and ``reason`` (the report's reason code, a closed set).
 
@@ -26,6 +28,7 @@ import bisect
 import math
 import threading
 
+from protocol.messages import ESCALATION_COUNT_KEYS
 from protocol.sketch import HISTOGRAM_BOUNDS_S
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -77,6 +80,7 @@ class AgentMetrics:
         self._series: dict[tuple[str, str], dict[str, _Path]] = {}
         self._order: list[tuple[str, str]] = []  # bundles in the order they became active
         self._installs: dict[tuple[str, str], int] = {}
+        self._events: dict[str, int] = dict.fromkeys(ESCALATION_COUNT_KEYS, 0)
 
     def set_active(self, bundle: tuple[str, str] | None) -> None:
         """A new active bundle (name, version); series older than the previous one are dropped."""
@@ -103,6 +107,11 @@ class AgentMetrics:
             s.sum += seconds
             s.buckets[bisect.bisect_left(HISTOGRAM_BOUNDS_S, seconds)] += 1
 
+    def event(self, key: str) -> None:
+        """One escalation outcome (:data:`protocol.messages.ESCALATION_COUNT_KEYS`)."""
+        with self._lock:
+            self._events[key] = self._events.get(key, 0) + 1
+
     def install(self, stage: str, status: str, reason: str) -> None:
         result = install_result(stage, status)
         if result is None:
@@ -118,6 +127,7 @@ class AgentMetrics:
                 for k, paths in self._series.items()
             }
             installs = dict(self._installs)
+            events = dict(self._events)
         out: list[str] = []
 
         def head(name: str, kind: str, text: str) -> None:
@@ -150,4 +160,7 @@ class AgentMetrics:
         head("edgefleet_agent_installs_total", "counter", "Install results reported to the hub, by reason code")
         for (result, reason), n in sorted(installs.items()):
             out.append(f"edgefleet_agent_installs_total{_labels(result=result, reason=reason)} {n}")
+        head("edgefleet_agent_escalations_total", "counter", "Escalations to the cloud by confidence, by outcome")
+        for key, n in sorted(events.items()):
+            out.append(f"edgefleet_agent_escalations_total{_labels(outcome=key)} {n}")
         return ("\n".join(out) + "\n").encode()

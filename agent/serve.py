@@ -51,7 +51,8 @@ from protocol.answers import tasks as answer_tasks
 from protocol.errors import BadParameter
 from protocol.signature import Signature
 
-from .errors import InputError, ModelError, Unavailable
+from . import escalation
+from .errors import ConfigError, InputError, ModelError, Unavailable
 from .image import size_of
 from .install import probation_verdict
 from .request import Request, parse_request
@@ -183,6 +184,7 @@ class Serving:
         on_probation_failed: Callable[[str, str], None],
         on_probation_passed: Callable[[str], None] = lambda digest: None,
         sessions: Sessions | None = None,
+        escalate: escalation.Policy | None = None,
     ) -> None:
         self.recorder = recorder
         self.cloud = cloud
@@ -200,6 +202,11 @@ class Serving:
         self.last_name: str | None = None  # bundle name last served, for cloud routing
         self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow")
         self._shadow_busy = threading.Lock()
+        # escalation by confidence (agent.escalation): its own short-timeout client to the same cloud
+        self.escalator = escalation.Escalator(escalate, time.monotonic(), time.time()) if escalate else None
+        self._escalation_cloud = (
+            CloudClient(cloud.url, cloud.api_key, escalate.timeout_ms / 1000) if escalate and cloud else None
+        )
 
     # model management (daemon thread) ---------------------------------------------------
     def swap(self, model: Model | None, probation: tuple[int, int] | None = None) -> Model | None:
@@ -253,13 +260,14 @@ class Serving:
             if model is not None:
                 model.hold()
         errors: list[str] = []
+        local: Answer | None = None
         if model is None:
             errors.append("no local model installed")
         else:
             try:
                 if self._use_local():
                     local = self._local(req, model, t0, errors)
-                    if local is not None:
+                    if local is not None and (self.escalator is None or req.session is not None):
                         return local
                 else:
                     try:  # the client's mistake wherever the answer would come from: a 4xx, not the cloud's 503
@@ -269,6 +277,8 @@ class Serving:
                     errors.append("local latency over budget")
             finally:
                 model.release()  # the answer and its bookkeeping need no interpreter
+        if local is not None:
+            return self._escalate(req, local, model, t0)
         if self.cloud is None:
             raise Unavailable("; ".join(errors + ["no cloud fallback configured"]))
         if req.session is not None:
@@ -283,6 +293,42 @@ class Serving:
             raise Unavailable("; ".join(errors + [str(exc)])) from None
         self.recorder.record("cloud", time.perf_counter() - t0, True)
         return out
+
+    def _escalate(self, req: Request, local: Answer, model: Model | None, t0: float) -> Answer:
+        """A local answer, or the cloud's bigger model's when the local one is unsure and the
+        budget and breaker let it go (rules: :mod:`agent.escalation`). The cloud's answer says
+        ``"escalated": true``; a local one that was not escalated says why in ``"escalation"``."""
+        esc, client = self.escalator, self._escalation_cloud
+        assert esc is not None
+        try:
+            conf = escalation.confidence(esc.policy, local.fields, local.scores)
+        except ConfigError as exc:  # the policy's measure does not fit this model: say so, answer locally
+            local.fields.update(escalation="not_applicable", escalation_error=str(exc))
+            return local
+        local.fields["confidence"] = round(conf, 6)
+        if conf >= esc.policy.threshold:
+            return local
+        if client is None:
+            local.fields["escalation"] = "no_cloud"
+            return local
+        decision = esc.ask(conf, _request_bytes(req), time.monotonic(), time.time())
+        if decision != "escalate":
+            self.recorder.count(f"escalation_{decision}")
+            local.fields["escalation"] = decision
+            return local
+        try:
+            doc = client.predict(req, esc.policy.escalate_to)
+            out = self._cloud_answer(doc, model, t0)
+        except Unavailable as exc:
+            esc.done(False, time.monotonic())
+            self.recorder.count("escalation_failed")
+            timed_out = "timed out" in str(exc)
+            local.fields.update(escalation="timeout" if timed_out else "failed", escalation_error=str(exc))
+            return local
+        esc.done(True, time.monotonic())
+        self.recorder.count("escalated")
+        out.fields.update(escalated=True, confidence=round(conf, 6))
+        return Answer(out.scores, out.fields, local.after)  # the local run's telemetry and drift still count
 
     def _cloud_answer(self, doc: dict[str, Any], model: Model | None, t0: float) -> Answer:
         """The cloud's answer when it has the local model's form (the same builder made it):
@@ -568,6 +614,15 @@ class Serving:
             self.recorder.record_shadow(None, 0.0)
             return
         self.recorder.record_shadow(agree, delta)
+
+
+def _request_bytes(req: Request) -> int:
+    """What an escalation uploads, for the byte budget (the body as the cloud client sends it, roughly)."""
+    if req.image is not None:
+        return len(req.image)
+    if req.tensor is not None:
+        return int(req.tensor.nbytes)
+    return len(json.dumps(req.inputs)) if req.inputs is not None else 0
 
 
 def _class_map(signature: Signature, ys: list[np.ndarray]) -> np.ndarray:

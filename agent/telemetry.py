@@ -206,6 +206,14 @@ class Recorder:
             self._shadow["agree"] += float(agree)
             self._shadow["delta_sum_s"] += delta_s
 
+    def count(self, key: str) -> None:
+        """One more of an event that is not an inference (:data:`protocol.messages.ESCALATION_COUNT_KEYS`);
+        in the window's counts only once it happened, and on /metrics."""
+        if self.metrics is not None:
+            self.metrics.event(key)
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + 1
+
     def _has_data(self) -> bool:
         return any(self._counts.values()) or bool(self._shadow["n"] or self._shadow["errors"])
 

@@ -434,6 +434,9 @@ class Telemetry:
 
 
 COUNT_KEYS = ("inferences", "errors", "tpu", "cpu", "cloud")
+# escalation to the cloud by confidence (agent.escalation): in a window's counts once nonzero; every
+# escalation follows a local inference (which may be counted in the next window: it is recorded after the answer)
+ESCALATION_COUNT_KEYS = ("escalated", "escalation_failed", "escalation_breaker_open", "escalation_budget")
 MAX_RATE_PER_S = 100_000  # inferences a window may claim per second it spans (an Edge TPU does ~400)
 DRIFT_CARRY = 256  # drift samples binned after the window that counted them (the agent's queue)
 
@@ -451,6 +454,9 @@ def check_plausible(t: Telemetry) -> None:
     for k in ("errors", "tpu", "cpu", "cloud"):
         if c.get(k, 0) > n:
             raise Implausible(what, f"count {k!r} {c[k]} exceeds the window's {n} inferences")
+    for k in ESCALATION_COUNT_KEYS:  # counted as decided; the local inference may land in the next window
+        if c.get(k, 0) > n + DRIFT_CARRY:
+            raise Implausible(what, f"count {k!r} {c[k]} does not fit the window's {n} inferences")
     if sum(c.get(k, 0) for k in ("tpu", "cpu", "cloud")) > n:
         raise Implausible(what, f"tpu+cpu+cloud exceed the window's {n} inferences")
     sketch_n = t.latency.get("n", 0) if t.latency else 0
@@ -591,4 +597,5 @@ __all__ = [
     "STATUSES",
     "ACTIONS",
     "COUNT_KEYS",
+    "ESCALATION_COUNT_KEYS",
 ]
