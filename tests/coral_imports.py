@@ -60,6 +60,12 @@ CASES = {
 }
 NON_CLASSIFIERS = tuple(k for k, c in CASES.items() if c.task != "classification")
 BROKEN = "model_invoking_error.tflite"
+# the two classifiers co-compiled to share one Edge TPU's parameter cache: Edge TPU only (no CPU
+# model inside, so no ONNX twin either)
+COCOMPILED = {
+    "cocompiled_025": "mobilenet_v1_0.25_128_quant_cocompiled_with_mobilenet_v1_0.5_160_quant_edgetpu.tflite",
+    "cocompiled_05": "mobilenet_v1_0.5_160_quant_cocompiled_with_mobilenet_v1_0.25_128_quant_edgetpu.tflite",
+}
 
 
 def _labels(coral: Path, name: str) -> Path:
@@ -88,6 +94,12 @@ def imported(key: str, coral: Path) -> Path:
         cal.mkdir(parents=True, exist_ok=True)
         (cal / c.image).write_bytes((coral / c.image).read_bytes())
         argv += ["--calibration", str(cal)]
+    return cached_bundle(f"coral-{key}", argv)
+
+
+def imported_edgetpu(key: str, coral: Path) -> Path:
+    """The unsigned bundle of ``COCOMPILED[key]`` (an Edge-TPU-only bundle: nothing to convert)."""
+    argv = ["import", str(coral / COCOMPILED[key]), "--name", key, "--labels", str(coral / "imagenet_labels.txt")]
     return cached_bundle(f"coral-{key}", argv)
 
 
