@@ -23,43 +23,38 @@ from protocol.errors import Reason
 from tests.coral_imports import CASES, pixels
 
 
-def _vectors(coral: Path, key: str, real_image: bool) -> tuple[dict[str, Any], LiteRTBackend]:
-    """Vectors as the compiler records them (one real image, or 2 synthetic ones) and the
-    agent's backend for the same model."""
+def _vectors(coral: Path, key: str) -> tuple[dict[str, Any], LiteRTBackend]:
+    """Vectors as the compiler records them on the model's real test image, and the agent's
+    backend for the same model."""
     c = CASES[key]
     data = (coral / c.model).read_bytes()
     feed = tasks.request_input(read_graph(data, c.model), c.model)
     runner = TfliteRunner(data, c.model, feed=feed.name)
     pre = tasks.preprocess(feed, None, None)
-    if real_image:
-        h, w, ch = feed.shape[1], feed.shape[2], feed.shape[3]
-        x = pixels(coral, c, h, w, ch).astype(np.float32) * pre["scale"] + pre["offset"]
-    else:
-        x = build_vectors.synthetic(
-            tuple(feed.shape[1:]), pre, 2, value_range=build_vectors.tensor_range(runner.input)
-        )
+    h, w, ch = feed.shape[1], feed.shape[2], feed.shape[3]
+    x = pixels(coral, c, h, w, ch).astype(np.float32) * pre["scale"] + pre["offset"]
     doc = build_vectors.build(runner, c.model, x, None, len(x))
     return doc, LiteRTBackend(coral / c.model, feed=feed.name)
 
 
 @pytest.fixture(scope="module")
 def detector(coral_models: Path) -> tuple[dict[str, Any], LiteRTBackend]:
-    return _vectors(coral_models, "traffic", real_image=True)
+    return _vectors(coral_models, "traffic")
 
 
 @pytest.fixture(scope="module")
 def pose(coral_models: Path) -> tuple[dict[str, Any], LiteRTBackend]:
-    return _vectors(coral_models, "movenet", real_image=True)
+    return _vectors(coral_models, "movenet")
 
 
 @pytest.fixture(scope="module")
 def segmenter(coral_models: Path) -> tuple[dict[str, Any], LiteRTBackend]:
-    return _vectors(coral_models, "deeplab", real_image=True)
+    return _vectors(coral_models, "deeplab")
 
 
 @pytest.fixture(scope="module")
 def classifier(coral_models: Path) -> tuple[dict[str, Any], LiteRTBackend]:
-    return _vectors(coral_models, "mnv1_025", real_image=True)
+    return _vectors(coral_models, "mnv1_025")
 
 
 def _output(doc: dict[str, Any], name_part: str) -> int:
@@ -156,7 +151,7 @@ def test_vectors_of_another_model_fail_on_this_one(coral_models, classifier):
     result = selftest.run(other, doc)
     assert not result.ok and "unusable vector" in result.detail
     same_shape = copy.deepcopy(doc)  # its own input, this model's expected scores
-    mine, _ = _vectors(coral_models, "mnv1_05", real_image=True)
+    mine, _ = _vectors(coral_models, "mnv1_05")
     same_shape["cases"][0]["input"] = mine["cases"][0]["input"]
     result = selftest.run(other, same_shape)
     assert not result.ok and "steps > tolerance 2" in result.detail
