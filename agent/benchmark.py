@@ -13,22 +13,50 @@ input of its own shape, and the report's ``inputs`` says so.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from protocol import selftest as vectors
-from protocol.benchmark import BenchmarkReport, BenchmarkRequest, Timing
-from protocol.errors import BadPayload
+from protocol.benchmark import KEY, BenchmarkReport, BenchmarkRequest, Timing, request_of
+from protocol.errors import BadPayload, Reason
 
 from . import selftest
 from .errors import ModelError
-from .runtime import Backend
+from .runtime import Backend, Model
+
+log = logging.getLogger(__name__)
 
 
-def _midrange(backend: Backend) -> np.ndarray:
+class Timed(Protocol):
+    """What a benchmark invokes: a backend, or a served model through its lock (:class:`Served`)."""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def input_dtype(self) -> Any: ...
+
+    def invoke_raw(self, x: np.ndarray) -> np.ndarray: ...
+
+
+class Served:
+    """The model being served, invoked through :meth:`Model.invoke_raw` (its lock: requests keep
+    being answered between the benchmark's invokes)."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.input_shape: tuple[int, ...] = model.backend.input_shape
+        self.input_dtype: Any = model.backend.input_dtype
+
+    def invoke_raw(self, x: np.ndarray) -> np.ndarray:
+        return self.model.invoke_raw(x)
+
+
+def _midrange(backend: Timed) -> np.ndarray:
     dtype = np.dtype(backend.input_dtype)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
@@ -36,7 +64,7 @@ def _midrange(backend: Backend) -> np.ndarray:
     return np.zeros(backend.input_shape, dtype=dtype)
 
 
-def _inputs(candidate: Backend, current: Backend, doc: Any) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+def _inputs(candidate: Timed, current: Timed, doc: Any) -> tuple[list[np.ndarray], list[np.ndarray], str]:
     try:
         cases = vectors.parse(doc).cases
     except BadPayload:
@@ -59,7 +87,7 @@ def _inputs(candidate: Backend, current: Backend, doc: Any) -> tuple[list[np.nda
 def run(
     request: BenchmarkRequest,
     candidate: Backend,
-    current: Backend | None,
+    current: Timed | None,
     selftest_doc: Any,
     clock: Callable[[], float] = time.perf_counter,
 ) -> BenchmarkReport:
@@ -77,7 +105,11 @@ def run(
         candidate.invoke_raw(cand_in[0])
         current.invoke_raw(cur_in[0])
         for i in range(request.invokes):
-            for backend, xs, out in ((candidate, cand_in, cand_ms), (current, cur_in, cur_ms)):
+            pairs: tuple[tuple[Timed, list[np.ndarray], list[float]], ...] = (
+                (candidate, cand_in, cand_ms),
+                (current, cur_in, cur_ms),
+            )
+            for backend, xs, out in pairs:
                 x = xs[i % len(xs)]
                 t0 = clock()
                 backend.invoke_raw(x)
@@ -97,3 +129,57 @@ def run(
         cur,
         inputs,
     )
+
+
+class ReportFn(Protocol):
+    def __call__(
+        self,
+        stage: str,
+        status: str,
+        reason: Reason = Reason.OK,
+        detail: str = "",
+        desired_seq: int | None = None,
+        bundle: str | None = None,
+        progress: float | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> None: ...
+
+
+def requested(extra: dict[str, Any]) -> bool:
+    """Does a desired document (its unknown fields) ask for a benchmark?"""
+    return KEY in extra
+
+
+def on_staged(
+    extra: dict[str, Any], seq: int, digest: str, candidate: Model, current: Model | None, report: ReportFn
+) -> None:
+    """The updater's hook, called when a shadow candidate ``digest`` passed its self-test (or is
+    already running): when the desired document ``seq`` asks for a benchmark of this candidate
+    (``extra["benchmark"]``), run it and report it as a ``shadow`` report whose ``metrics``
+    carry the :class:`BenchmarkReport` under ``"benchmark"`` (a hub older than stages reads an
+    ordinary shadow report). A request naming another bundle, or a malformed one, is answered
+    with a failed report naming what is wrong, never ignored."""
+    if KEY not in extra:
+        return
+    try:
+        req = request_of(extra)
+    except BadPayload as exc:
+        report("shadow", "failed", Reason.MALFORMED, str(exc), seq, digest)
+        return
+    assert req is not None
+    if req.bundle != digest:
+        bad = BenchmarkReport(
+            req.bundle, False, f"benchmark asks for {req.bundle[:12]}, the staged candidate is {digest[:12]}"
+        )
+        report("shadow", "failed", Reason.MALFORMED, bad.detail, seq, digest, metrics={KEY: bad.to_dict()})
+        return
+    if current is not None:
+        current.hold()
+    try:
+        result = run(req, candidate.backend, Served(current) if current else None, candidate.selftest)
+    finally:
+        if current is not None:
+            current.release()
+    log.info("benchmark of %s: %s", digest[:12], result.detail)
+    status, reason = ("ok", Reason.OK) if result.ok else ("failed", Reason.SELFTEST_FAILED)
+    report("shadow", status, reason, f"benchmark: {result.detail}", seq, digest, metrics={KEY: result.to_dict()})

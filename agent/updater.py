@@ -28,7 +28,7 @@ from protocol.messages import BundleInfo, Desired, FetchRequest, Hold
 from protocol.signing import Root
 from protocol.topics import Kind, Topic
 
-from . import delta as deltas, selftest
+from . import benchmark, delta as deltas, selftest
 from .budget import Meter
 from .config import AgentConfig, packet_bytes_for
 from .download import Download, bytes_on_disk, chunk_subscription
@@ -209,6 +209,9 @@ class Updater:
             return
         cur = self.serving.shadow
         if cur is not None and cur.info.digest == ref.digest:
+            if benchmark.requested(desired.extra):  # out of shadow while timed: one invoke at a time
+                self.serving.set_shadow(None, 0.0)
+                benchmark.on_staged(desired.extra, desired.seq, ref.digest, cur, self.serving.model, self.report)
             self.serving.set_shadow(cur, desired.shadow_sample)
             self.report(
                 "shadow", "ok", Reason.OK, f"shadow sample now {desired.shadow_sample:g}", desired.seq, ref.digest
@@ -848,6 +851,7 @@ class Updater:
         self.report("selftest", "ok", Reason.OK, result.detail, seq, rec.digest, metrics=result.metrics())
         if job.shadow:
             assert model is not None
+            benchmark.on_staged(job.desired.extra, seq, rec.digest, model, self.serving.model, self.report)
             old_shadow = self.serving.set_shadow(model, job.desired.shadow_sample)
             if old_shadow is not None:
                 old_shadow.close()

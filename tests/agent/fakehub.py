@@ -131,6 +131,7 @@ class FakeHub:
         ref: BundleRef | None = None,
         shadow: Published | None = None,
         shadow_sample: float = 0.0,
+        extra: dict[str, Any] | None = None,
     ) -> Desired:
         if seq is None:
             seq = self.seqs.get(device, 0) + 1
@@ -145,6 +146,7 @@ class FakeHub:
             ref or (pub.ref if pub else None),
             shadow=shadow.ref if shadow else None,
             shadow_sample=shadow_sample,
+            extra=dict(extra or {}),
         )
         info = self._c.publish(
             str(Topic.for_device(Kind.DESIRED, device)),

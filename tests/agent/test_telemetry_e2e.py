@@ -116,3 +116,41 @@ def test_shadow_candidate_runs_beside_the_active_model_and_reports_agreement(
     hub.report(agent.device, "shadow", "ok")
     st = hub.wait(lambda: [r for r in hub.reports if r.stage == "shadow" and "ended" in r.detail], 30, "shadow ended")
     assert st
+
+
+def test_hub_asked_benchmark_of_a_staged_candidate_is_reported_with_p95_of_both_models(
+    tmp_path, coral_models, trust, hub, make_agent
+):
+    """Issue 18 part 2: a desired doc that stages a candidate as shadow (on no requests) and asks
+    for a benchmark gets a shadow report carrying both models' timings; the active model is
+    untouched. A request naming another bundle is answered with what is wrong."""
+    from protocol.benchmark import BenchmarkReport
+
+    agent = make_agent().start()
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "a", coral_models, MNV1))
+    active = hub.publish_bundle(env, archive)
+    hub.desire(agent.device, active)
+    hub.report(agent.device, "commit", "ok", active.ref.digest)
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "b", coral_models, MNV2, name="mnv2", version="2"))
+    cand = hub.publish_bundle(env, archive)
+    ask = {"benchmark": {"bundle": cand.ref.digest, "invokes": 12}}
+    d = hub.desire(agent.device, active, shadow=cand, shadow_sample=0.0, extra=ask)
+
+    def benchmarked(seq: int) -> list[BenchmarkReport]:
+        return [
+            BenchmarkReport.from_dict(r.metrics["benchmark"])
+            for r in hub.reports
+            if r.stage == "shadow" and r.desired_seq == seq and r.metrics and "benchmark" in r.metrics
+        ]
+
+    (got,) = hub.wait(lambda: benchmarked(d.seq), 60, "benchmark report")
+    assert got.ok, got.detail
+    assert got.bundle == cand.ref.digest and got.candidate and got.current
+    assert (got.candidate.n, got.current.n) == (12, 12)
+    assert got.p95_ratio is not None and got.p95_ratio > 1.0  # MobileNet v2 @224 beside v1 0.25 @128
+    code, out = agent.predict_image((coral_models / "cat_720p.jpg").read_bytes())
+    assert code == 200 and out["bundle"]["digest"] == active.ref.digest
+    # the candidate is already running as shadow: a re-asked benchmark of another bundle is refused
+    d2 = hub.desire(agent.device, active, shadow=cand, extra={"benchmark": {"bundle": "f" * 64, "invokes": 3}})
+    (bad,) = hub.wait(lambda: benchmarked(d2.seq), 60, "refused benchmark report")
+    assert not bad.ok and "benchmark asks for ffffffffffff" in bad.detail
