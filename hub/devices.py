@@ -119,6 +119,11 @@ def get(fleet: Fleet, device_id: str, windows: int = 30) -> dict[str, Any]:
         newest = (rows[0].health or {}) if rows else {}
         out["accelerator"] = newest.get("accelerator")  # the newest window's, as ingest stored it
         out["usage"] = newest.get("usage")
+        esc: dict[str, int] = {}  # escalation counts summed over the recent windows (ingest keeps them in health)
+        for r in rows:
+            for k, v in ((r.health or {}).get("escalation") or {}).items():
+                esc[k] = esc.get(k, 0) + int(v)
+        out["escalation"] = esc or None
         out["rollouts"] = [
             {
                 "rollout": r.rollout_id,

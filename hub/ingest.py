@@ -37,6 +37,7 @@ from protocol.commands import Result, parse_result
 from protocol.errors import BadPayload, Implausible
 from protocol.messages import (
     COUNT_KEYS,
+    ESCALATION_COUNT_KEYS,
     Ack,
     FetchRequest,
     Report,
@@ -420,6 +421,9 @@ class Ingest:
         # the device's own state rides in the window's health column, where the device page reads it
         acc = m.accelerator.to_dict() if m.accelerator is not None else None
         health.update((k, v) for k, v in (("backlog", m.backlog), ("accelerator", acc), ("usage", m.usage)) if v)
+        esc = {k: int(m.counts[k]) for k in ESCALATION_COUNT_KEYS if m.counts.get(k)}
+        if esc:  # escalation to the cloud (agent.escalation): not a rolled-up column, kept with the window
+            health["escalation"] = esc
         rows.append(
             {
                 "device": d.id,

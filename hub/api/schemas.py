@@ -171,6 +171,11 @@ class DeviceDetail(DevicePublic):
         description="the newest telemetry window's bytes today per kind (bundle, telemetry, report) with the "
         "daily budget, what is left and the rate cap; null when the device sent none",
     )
+    escalation: dict[str, int] | None = Field(
+        None,
+        description="escalations to the cloud by confidence summed over the recent windows (escalated, "
+        "escalation_failed, escalation_breaker_open, escalation_budget); null when there were none",
+    )
 
 
 class TelemetrySummary(TelemetryMerged):
