@@ -4,6 +4,9 @@ outputs sampled; schema-1 documents parse as first-output-only; bad fields are n
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import pytest
 
 from protocol import selftest as st
@@ -84,3 +87,26 @@ def test_a_bad_document_is_refused_naming_the_field(doc: dict[str, object], fiel
 def test_unknown_keys_are_kept() -> None:
     doc = st.parse({"schema": 2, "cases": [], "smoke": True, "note": "why", "inputs": "synthetic"})
     assert doc.smoke and doc.extra == {"note": "why", "inputs": "synthetic"}
+
+
+def _pose(path: Path) -> list[float]:
+    rows = sorted(csv.DictReader(path.read_text().splitlines()), key=lambda r: int(r["keypoint_id"]))
+    return [float(r[k]) for r in rows for k in ("keypoint_y", "keypoint_x", "keypoint_score")]
+
+
+def test_coral_movenet_on_the_edge_tpu_passes_against_the_cpu_reference_and_a_shifted_pose_fails(
+    coral_models: Path,
+) -> None:
+    """Coral's own references of the same image: the Edge TPU model's keypoints are within 0.02
+    of the CPU model's, its scores up to 0.40 off (2 % of the scale would refuse the install)."""
+    cpu = _pose(coral_models / "movenet_single_pose_lightning_ptq_reference.csv")
+    tpu = _pose(coral_models / "movenet_single_pose_lightning_ptq_edgetpu_reference.csv")
+    spec = st.spec_for("keypoints", "float32", [1, 1, 17, 3], 0.0, 0, [cpu])
+    assert spec.compare == "keypoints" and spec.tolerance == 0.05
+    assert st.compare(spec, st.expect(spec, cpu), tpu).ok
+    close = st.spec_for("keypoints", "float32", [1, 1, 17, 3], 0.0, 0, [cpu])
+    close = st.OutputSpec(close.name, close.dtype, close.shape, "close", 0.02)
+    assert not st.compare(close, st.expect(close, cpu), tpu).ok  # the plain float rule would refuse it
+    shifted = [v + 0.06 if i % 3 == 1 else v for i, v in enumerate(tpu)]  # the person 12 px to the right
+    check = st.compare(spec, st.expect(spec, cpu), shifted)
+    assert not check.ok and "keypoints moved by up to" in check.detail
