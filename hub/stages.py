@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.benchmark import MAX_INVOKES, BenchmarkReport
+from protocol.benchmark import KEY, MAX_INVOKES, BenchmarkReport, BenchmarkRequest
 from protocol.device import Shadow
 
 STAGES = ("benchmark", "shadow")
@@ -256,3 +256,34 @@ def step(
             why = f"shadow: {v.detail.removeprefix('shadow: ')} after {waited:.0f} s (timeout_s {p.timeout_s})"
         return Step(FAILED, True, Verdict("fail", why, v.figures))
     return Step(stage, False, v)
+
+
+@dataclass(frozen=True)
+class StageDoc:
+    """What the desired document of a device in ``stage`` says besides its unchanged active
+    bundle: the candidate as ``shadow`` on ``shadow_sample`` of requests, and ``extra`` fields
+    (the benchmark request). The shell signs it; a new stage is a new document (new seq)."""
+
+    shadow: str  # the candidate bundle's digest
+    shadow_sample: float
+    extra: Mapping[str, Any]
+
+
+def desired_for(stage: str, candidate: str, p: StagePolicy) -> StageDoc:
+    """The benchmark stage stages the candidate as a shadow on no requests (the agent fetches,
+    verifies and self-tests it the way it does a shadow) and asks for the benchmark; the shadow
+    stage runs it on ``sample_rate`` of real requests."""
+    if stage == "benchmark":
+        return StageDoc(candidate, 0.0, {KEY: BenchmarkRequest(candidate, p.invokes).to_dict()})
+    if stage == "shadow":
+        return StageDoc(candidate, p.sample_rate, {})
+    raise StageError(f"no desired document for stage {stage!r}; stages: {list(STAGES)}")
+
+
+def benchmark_of(metrics: Mapping[str, Any] | None, candidate: str) -> BenchmarkReport | None:
+    """The benchmark report in a device's ``shadow`` report's metrics, for ``candidate`` (None:
+    the report carries none, or one for another bundle). Malformed: ``BadPayload``, raised."""
+    if not metrics or KEY not in metrics:
+        return None
+    r = BenchmarkReport.from_dict(metrics[KEY])
+    return r if r.bundle == candidate else None

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from hub.stages import DONE, FAILED, ShadowTally, StageError, StagePolicy, benchmark_gate, shadow_gate, step
-from protocol.benchmark import BenchmarkReport, Timing
+from protocol.benchmark import BenchmarkReport, BenchmarkRequest, Timing
 from protocol.device import Shadow
 
 BOTH = StagePolicy(("benchmark", "shadow"), invokes=20, max_p95_ratio=1.5, min_inferences=100, min_agreement=0.9)
@@ -133,3 +133,29 @@ def test_bad_stage_policy_is_refused_naming_the_field_and_value(obj, says):
     with pytest.raises(StageError) as exc:
         StagePolicy.from_dict(obj)
     assert says in str(exc.value)
+
+
+def test_each_stage_has_its_desired_document_and_the_benchmark_one_asks_for_the_candidate():
+    from hub.stages import desired_for
+    from protocol.benchmark import request_of
+
+    b = desired_for("benchmark", "c" * 64, BOTH)
+    assert (b.shadow, b.shadow_sample) == ("c" * 64, 0.0)  # staged and self-tested, on no requests
+    assert request_of(b.extra) == BenchmarkRequest("c" * 64, 20)
+    s = desired_for("shadow", "c" * 64, BOTH)
+    assert (s.shadow, s.shadow_sample, dict(s.extra)) == ("c" * 64, BOTH.sample_rate, {})
+    with pytest.raises(StageError, match="no desired document for stage 'canary'"):
+        desired_for("canary", "c" * 64, BOTH)
+
+
+def test_benchmark_report_is_read_from_a_shadow_reports_metrics_only_for_the_candidate():
+    from hub.stages import benchmark_of
+    from protocol.errors import BadPayload
+
+    r = bench(12, 10)
+    got = benchmark_of({"benchmark": r.to_dict()}, "sha-c")
+    assert got is not None and got.to_dict() == r.to_dict()
+    assert benchmark_of({"benchmark": r.to_dict()}, "sha-other") is None
+    assert benchmark_of({"cases": 3}, "sha-c") is None and benchmark_of(None, "sha-c") is None
+    with pytest.raises(BadPayload, match="ok must be true or false"):
+        benchmark_of({"benchmark": {"bundle": "sha-c"}}, "sha-c")
