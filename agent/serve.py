@@ -202,11 +202,11 @@ class Serving:
         self.last_name: str | None = None  # bundle name last served, for cloud routing
         self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow")
         self._shadow_busy = threading.Lock()
-        # escalation by confidence (agent.escalation): its own short-timeout client to the same cloud
-        self.escalator = escalation.Escalator(escalate, time.monotonic(), time.time()) if escalate else None
-        self._escalation_cloud = (
-            CloudClient(cloud.url, cloud.api_key, escalate.timeout_ms / 1000) if escalate and cloud else None
-        )
+        # escalation by confidence (agent.escalation): the config's policy, else the active bundle's
+        # (its signature's "escalation" field, read at each swap); one (state, short-timeout client) pair
+        self._config_policy = escalate
+        self._escalation: tuple[escalation.Escalator, CloudClient | None] | None = None
+        self._set_policy(escalate)
 
     # model management (daemon thread) ---------------------------------------------------
     def swap(self, model: Model | None, probation: tuple[int, int] | None = None) -> Model | None:
@@ -223,12 +223,43 @@ class Serving:
         self.sessions.clear()  # a state means nothing to another model
         if model is not None:
             self.last_name = model.info.name
+            if self._config_policy is None:
+                self._set_policy(self._bundle_policy(model))
             self.recorder.set_bundle(
                 model.info.digest, model.baseline, model.preprocess, (model.info.name, model.info.version)
             )
         else:
             self.recorder.set_bundle(None, None, {})
         return old
+
+    @property
+    def escalator(self) -> escalation.Escalator | None:
+        return self._escalation[0] if self._escalation is not None else None
+
+    def _set_policy(self, policy: escalation.Policy | None) -> None:
+        cloud = self.cloud
+        self._escalation = (
+            None
+            if policy is None
+            else (
+                escalation.Escalator(policy, time.monotonic(), time.time()),
+                CloudClient(cloud.url, cloud.api_key, policy.timeout_ms / 1000) if cloud is not None else None,
+            )
+        )
+
+    def _bundle_policy(self, model: Model) -> escalation.Policy | None:
+        """The bundle's escalation policy (``signature.escalation``, kept by protocol as an unknown
+        field); a bad one is logged with the reason and not applied (the agent config can replace it)."""
+        table = model.signature.extra.get("escalation") if model.signature is not None else None
+        if table is None:
+            return None
+        try:
+            if not isinstance(table, dict):
+                raise ConfigError(f"signature.escalation: expected an object, got {table!r:.60}")
+            return escalation.Policy.from_dict(table, "signature.escalation")
+        except ConfigError as exc:
+            log.error("bundle %s %s: escalation policy not applied: %s", model.info.name, model.info.version, exc)
+            return None
 
     def set_shadow(self, model: Model | None, sample: float) -> Model | None:
         with self._lock:
@@ -261,13 +292,14 @@ class Serving:
                 model.hold()
         errors: list[str] = []
         local: Answer | None = None
+        esc = self._escalation  # one policy for the whole request, even if a swap replaces it
         if model is None:
             errors.append("no local model installed")
         else:
             try:
                 if self._use_local():
                     local = self._local(req, model, t0, errors)
-                    if local is not None and (self.escalator is None or req.session is not None):
+                    if local is not None and (esc is None or req.session is not None):
                         return local
                 else:
                     try:  # the client's mistake wherever the answer would come from: a 4xx, not the cloud's 503
@@ -278,7 +310,8 @@ class Serving:
             finally:
                 model.release()  # the answer and its bookkeeping need no interpreter
         if local is not None:
-            return self._escalate(req, local, model, t0)
+            assert esc is not None
+            return self._escalate(req, local, model, t0, *esc)
         if self.cloud is None:
             raise Unavailable("; ".join(errors + ["no cloud fallback configured"]))
         if req.session is not None:
@@ -294,12 +327,18 @@ class Serving:
         self.recorder.record("cloud", time.perf_counter() - t0, True)
         return out
 
-    def _escalate(self, req: Request, local: Answer, model: Model | None, t0: float) -> Answer:
+    def _escalate(
+        self,
+        req: Request,
+        local: Answer,
+        model: Model | None,
+        t0: float,
+        esc: escalation.Escalator,
+        client: CloudClient | None,
+    ) -> Answer:
         """A local answer, or the cloud's bigger model's when the local one is unsure and the
         budget and breaker let it go (rules: :mod:`agent.escalation`). The cloud's answer says
         ``"escalated": true``; a local one that was not escalated says why in ``"escalation"``."""
-        esc, client = self.escalator, self._escalation_cloud
-        assert esc is not None
         try:
             conf = escalation.confidence(esc.policy, local.fields, local.scores)
         except ConfigError as exc:  # the policy's measure does not fit this model: say so, answer locally

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import sys
 import time
@@ -146,3 +147,32 @@ def test_an_exhausted_upload_budget_answers_locally_with_the_reason(
     assert first["served_by"] == "cloud" and first["escalated"] is True, first
     assert (second["served_by"], second["escalation"]) == ("cpu", "budget"), second
     assert second["confidence"] < 1.0
+
+
+def test_the_bundles_own_policy_applies_when_the_agent_config_has_none(
+    tmp_path: Path, make_agent: Any, hub: Any, trust: Any, digits_bundle: Path, cloud: Cloud
+) -> None:
+    from protocol.bundle import MANIFEST_FILE
+    from protocol.codec import canonical
+    from protocol.signing import Envelope
+
+    bundle = tmp_path / "digits-escalating"
+    shutil.copytree(digits_bundle, bundle)
+    env = Envelope.parse((bundle / MANIFEST_FILE).read_bytes())
+    doc = json.loads(env.payload)
+    doc["model"]["signature"]["escalation"] = {"escalate_to": doc["name"], "threshold": 1.0, "timeout_ms": 5000}
+    (bundle / MANIFEST_FILE).write_bytes(Envelope(env.payload_type, canonical(doc), ()).to_bytes())
+    env, _, archive = trust.sign_dir(bundle)
+    pub = hub.publish_bundle(env, archive)
+    agent = make_agent("esc-bundle", cloud_url=cloud.url, cloud_api_key=KEY).start()
+    hub.desire(agent.device, pub)
+    hub.report(agent.device, "commit", "ok", pub.ref.digest)
+    out = ask(agent)
+    assert out["served_by"] == "cloud" and out["escalated"] is True, out
+
+    env, _, archive = trust.sign_dir(digits_bundle)  # the same model without the field: no escalation
+    plain = hub.publish_bundle(env, archive)
+    hub.desire(agent.device, plain)
+    hub.report(agent.device, "commit", "ok", plain.ref.digest)
+    out = ask(agent)
+    assert out["served_by"] == "cpu" and "escalation" not in out and "confidence" not in out, out
