@@ -58,7 +58,7 @@ def _resnet18_onnx() -> Path:
 def test_resnet18_shape_builds_with_normalize_folded_to_a_loadable_int8_model_and_reports_latency() -> None:
     if os.environ.get("EDGEFLEET_TEST_RESNET18") != "1":
         pytest.skip(
-            "ResNet-18's first build takes ~6-8 min on 2 cores (docs/adr/0012; cached after); "
+            "ResNet-18's first build takes 3-8 min on 2 cores (docs/adr/0012; 0.3 s once cached); "
             "set EDGEFLEET_TEST_RESNET18=1"
         )
     require_torch()
