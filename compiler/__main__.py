@@ -131,6 +131,13 @@ def _parser() -> argparse.ArgumentParser:
         "segmentation masks (a folder of PNG class-id images), keypoints (COCO JSON); reports mAP@0.5 / mIoU / "
         "PCK@0.2 (docs/models.md)",
     )
+    m.add_argument(
+        "--min-metric",
+        type=float,
+        metavar="FRACTION",
+        help="with --truth: refuse the import (exit 3) when the per-task metric is below this floor, e.g. 0.5; "
+        "without it the metric is reported, not gated (an imported .tflite has no float original to compare)",
+    )
     m.add_argument("--out", required=True, type=Path, help="bundle directory to create (must not exist)")
     m.add_argument(
         "--scale",

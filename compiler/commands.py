@@ -293,6 +293,7 @@ def run_import(args: argparse.Namespace) -> int:
         preprocess=pre,
         truth=args.truth,
         truth_images=args.calibration if args.calibration and args.calibration.is_dir() else None,
+        min_metric=args.min_metric,
     )
     progress = make_progress(args.quiet)
     try:

@@ -240,14 +240,26 @@ class TaskMetric:
         return {"task": self.task, "metric": self.name, "value": round(self.value, 6), "images": self.images}
 
 
-def gate(int8: TaskMetric, reference: TaskMetric | None, max_drop: float = 1.0) -> tuple[GateResult, str]:
+def gate(
+    int8: TaskMetric, reference: TaskMetric | None, max_drop: float = 1.0, min_value: float | None = None
+) -> tuple[GateResult, str]:
     """The int8 metric against the float original's (percentage points), and a line saying what
-    was judged; with no float original (an imported ``.tflite``) no check, and the line says so."""
+    was judged. With no float original (an imported ``.tflite``) the only check is the operator's
+    floor ``min_value`` (``import --min-metric``); without one nothing is gated and the line says so."""
     if reference is None:
-        return GateResult(()), (
-            f"{int8.name} {int8.value:.2%} on {int8.images} images; not gated: an imported .tflite has no float "
-            "original to compare against"
+        if min_value is None:
+            return GateResult(()), (
+                f"{int8.name} {int8.value:.2%} on {int8.images} images; not gated: an imported .tflite has no "
+                "float original to compare against (set a floor with --min-metric)"
+            )
+        floor = Check(
+            f"int8_{int8.name}_min",
+            round(int8.value, 6),
+            min_value,
+            int8.value >= min_value - 1e-12,
+            f"{int8.name} {int8.value:.2%} on {int8.images} images against the floor {min_value:.2%}",
         )
+        return GateResult((floor,)), floor.detail
     drop = (reference.value - int8.value) * 100.0
     check = Check(
         f"int8_{int8.name}_drop",

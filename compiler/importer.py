@@ -54,7 +54,7 @@ from . import baseline, evaluate_tasks, selftest, tasks
 from .bundle import BundleFile, BundleSpec, refuse_existing, write_bundle
 from .config import CompilerConfig
 from .dataset import Samples
-from .errors import BadInput
+from .errors import BadInput, GateFailed
 from .evaluate import metrics
 from .graph import Graph, read_graph
 from .inference import TfliteRunner
@@ -83,6 +83,7 @@ class ImportRequest:
     selftest_cases: int = 5
     truth: Path | None = None  # per-task labelled truth (compiler.evaluate_tasks) for truth_images
     truth_images: Path | None = None  # the --calibration image folder
+    min_metric: float | None = None  # the floor the per-task metric must reach (--min-metric), else no gate
     onnx: bool = True  # make the ONNX twin (tf2onnx from_tflite) of the CPU model
     task: str | None = None  # --task: forces the task (compiler.tasks)
     preprocess: dict[str, Any] | None = None  # compiler.tasks.preprocess, --scale/--offset applied
@@ -200,7 +201,13 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
         }
 
     accuracy = None
+    accuracy_gate: dict[str, Any] | None = None
     accuracy_note = "none: an import has no float reference to compare against"
+    if req.min_metric is not None and (req.truth is None or not 0.0 <= req.min_metric <= 1.0):
+        raise BadInput(
+            f"--min-metric {req.min_metric}",
+            "needs --truth (labelled data to score)" if req.truth is None else "must be a fraction within 0..1",
+        )
     if req.truth is not None:
         progress.start("accuracy", f"{sig.task} accuracy against {Path(req.truth).name}")
         if runner is None:
@@ -210,9 +217,12 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
         metric = evaluate_tasks.evaluate_images(
             runner, sig, parse_labels("\n".join(req.labels)), preprocess, req.truth_images, req.truth
         )
-        _gate, accuracy_note = evaluate_tasks.gate(metric, None)
+        verdict, accuracy_note = evaluate_tasks.gate(metric, None, min_value=req.min_metric)
         accuracy = metric.to_dict()
+        accuracy_gate = verdict.to_dict() if verdict.checks else None
         progress.done("accuracy", accuracy_note)
+        if not verdict.passed:
+            raise GateFailed(accuracy_note, {"accuracy": accuracy, "gate": accuracy_gate})
 
     progress.start("baseline", "drift baseline and self-test vectors")
     files: list[BundleFile] = []
@@ -297,7 +307,7 @@ def run_import(req: ImportRequest, cfg: CompilerConfig, progress: Progress | Non
             "float_ops": [op.name for op in g.float_ops()] if not tpu_only else [],
         },
         "artifacts": artifacts,
-        "gate": None,
+        "gate": accuracy_gate,
         "edgetpu": et_doc,
         "onnx": ver.doc,
         "twin": ver.status.to_dict(),

@@ -142,6 +142,14 @@ def test_the_gate_compares_with_a_float_original_or_says_there_is_none():
     assert result.checks == () and "not gated: an imported .tflite has no float original" in line
 
 
+def test_an_import_is_gated_only_by_the_floor_the_operator_sets():
+    int8 = et.TaskMetric("segmentation", "miou", 0.47, 1)
+    result, line = et.gate(int8, None, min_value=0.5)
+    assert not result.passed and result.checks[0].name == "int8_miou_min" and "floor 50.00%" in line
+    result, _ = et.gate(int8, None, min_value=0.47)
+    assert result.passed and len(result.checks) == 1
+
+
 def _import(coral: Path, tmp: Path, truth: Path) -> dict:
     cal = tmp / "frames"
     cal.mkdir(exist_ok=True)
@@ -168,6 +176,30 @@ def test_an_imported_detector_is_scored_against_a_hand_labelled_frame(coral_mode
         box["box"] = [0, 0, 20, 20]
     moved.write_text(json.dumps(row) + "\n")
     assert _import(coral_models, tmp_path, moved)["accuracy"]["value"] == 0.0
+
+
+def test_an_import_below_its_metric_floor_is_refused_with_the_figure(coral_models: Path, tmp_path: Path):
+    cal = tmp_path / "frames"
+    cal.mkdir()
+    (cal / "traffic_0001.bmp").write_bytes((coral_models / "traffic_0001.bmp").read_bytes())
+    base = ["import", str(coral_models / "traffic_model.tflite"), "--labels"]
+    base += [str(coral_models / "traffic_label_map.pbtxt"), "--calibration", str(cal), "--no-onnx", "--quiet"]
+    truth = ["--truth", str(DATA / "traffic_boxes.jsonl")]
+
+    def run(*extra: str, out: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "compiler", *base, *extra, "--out", str(tmp_path / out)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=600)
+
+    refused = run(*truth, "--min-metric", "0.99", out="strict")
+    assert refused.returncode == 3, refused.stderr
+    assert "accuracy gate failed" in refused.stderr and "floor 99.00%" in refused.stderr
+    assert not (tmp_path / "strict").exists()
+    kept = run(*truth, "--min-metric", "0.5", out="ok")
+    assert kept.returncode == 0, kept.stderr
+    report = json.loads((tmp_path / "ok" / "report.json").read_text())
+    assert report["gate"]["passed"] is True and report["gate"]["checks"][0]["name"] == "int8_map50_min"
+    no_truth = run("--min-metric", "0.5", out="none")
+    assert no_truth.returncode == 2 and "needs --truth" in no_truth.stderr
 
 
 def _runner(coral: Path, key: str):
