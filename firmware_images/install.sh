@@ -25,7 +25,7 @@ SERVICE_USER=edgefleet
 UNIT=edgefleet-agent.service
 # The [agent] extra without ai-edge-litert and simplejpeg, for armv7l (32-bit Raspberry Pi OS):
 # neither has a 32-bit ARM wheel. Keep in step with pyproject.toml (a test compares them).
-ARMV7_DEPS="paho-mqtt>=2.1 numpy>=1.26 pillow>=10 orjson>=3.9"
+ARMV7_DEPS="paho-mqtt>=2.1 numpy>=1.26 pillow>=10 orjson>=3.9 zstandard==0.25.0"
 
 HUB="$EF_HUB_DEFAULT"
 WHEEL_NAME="$EF_WHEEL_DEFAULT"

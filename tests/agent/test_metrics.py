@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -103,10 +104,17 @@ def test_answered_requests_are_counted_and_promtool_finds_nothing_to_lint(with_m
     for _ in range(7):
         predict(port)
     serving.recorder.record("cpu", 0.0, False)  # what the serving path records when invoke fails
-    ctype, text = scrape(port)
-    assert ctype.startswith("text/plain; version=0.0.4")
-    got = samples(text)
     lbl = (("model", "mnv1"), ("path", "cpu"), ("version", "1"))
+    # a request is recorded just after its answer is written (serve.py's after()), so the scrape
+    # that follows the last answer can come first: read again until the seventh is in
+    deadline = time.monotonic() + 30
+    while True:
+        ctype, text = scrape(port)
+        got = samples(text)
+        if got.get(("edgefleet_agent_inferences_total", lbl)) == 7.0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert ctype.startswith("text/plain; version=0.0.4")
     assert got[("edgefleet_agent_inferences_total", lbl)] == 7.0
     assert got[("edgefleet_agent_errors_total", lbl)] == 1.0
     assert got[("edgefleet_agent_latency_seconds_count", lbl)] == 7.0
