@@ -34,7 +34,10 @@ POLICY = {
     "soak_s": 0,
     "on_breach": "rollback",
     "require_samples": True,
-    "gates": {"max_p95_ratio": 1.5, "min_samples": 30},
+    # 3x, not 1.5x: the digits CNN answers in ~1.5 ms, where a busy moment on a 2-core machine
+    # doubled a good build's p95 once (3.60 vs 1.51 ms) and rolled it back; MobileNetV2, the slow
+    # model, is tens of times slower, so the gate still has to stop it
+    "gates": {"max_p95_ratio": 3.0, "min_samples": 30},
 }
 
 
