@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,22 @@ def make_progress(quiet: bool) -> Any:
     return Progress() if quiet else RichProgress()
 
 
+def _finish(args: argparse.Namespace, run: Callable[[Any], Any]) -> int:
+    """Run a build or import with the progress display, then print its summary (unless --quiet)."""
+    from .table import print_summary
+
+    progress = make_progress(args.quiet)
+    try:
+        result = run(progress)
+    finally:
+        progress.close()
+    if not args.quiet:
+        print_summary(result.report, result.out, result.digest)
+    return 0
+
+
 def run_build(args: argparse.Namespace) -> int:
     from .pipeline import BuildRequest, build
-    from .table import print_summary
 
     model: Path = args.model
     if not model.exists():
@@ -115,14 +129,7 @@ def run_build(args: argparse.Namespace) -> int:
             "validation_sha256": val.sha256,
         },
     )
-    progress = make_progress(args.quiet)
-    try:
-        result = build(req, cfg, progress)
-    finally:
-        progress.close()
-    if not args.quiet:
-        print_summary(result.report, result.out, result.digest)
-    return 0
+    return _finish(args, lambda progress: build(req, cfg, progress))
 
 
 def run_build_onnx(args: argparse.Namespace) -> int:
@@ -131,7 +138,6 @@ def run_build_onnx(args: argparse.Namespace) -> int:
     from . import onnx_import
     from .bundle import refuse_existing
     from .pipeline import BuildRequest, build
-    from .table import print_summary
 
     model: Path = args.model
     refuse_existing(args.out)
@@ -207,14 +213,7 @@ def run_build_onnx(args: argparse.Namespace) -> int:
             "validation_sha256": val.sha256,
         },
     )
-    progress = make_progress(args.quiet)
-    try:
-        result = build(req, cfg, progress)
-    finally:
-        progress.close()
-    if not args.quiet:
-        print_summary(result.report, result.out, result.digest)
-    return 0
+    return _finish(args, lambda progress: build(req, cfg, progress))
 
 
 def _float_tflite_source(model: Path, cfg: CompilerConfig) -> Any:
@@ -247,7 +246,6 @@ def run_import(args: argparse.Namespace) -> int:
     from .bundle import refuse_existing
     from .graph import read_graph
     from .importer import ImportRequest, run_import as do_import
-    from .table import print_summary
 
     refuse_existing(args.out)
     model = _read(args.model)
@@ -295,14 +293,7 @@ def run_import(args: argparse.Namespace) -> int:
         truth_images=args.calibration if args.calibration and args.calibration.is_dir() else None,
         min_metric=args.min_metric,
     )
-    progress = make_progress(args.quiet)
-    try:
-        result = do_import(req, cfg, progress)
-    finally:
-        progress.close()
-    if not args.quiet:
-        print_summary(result.report, result.out, result.digest)
-    return 0
+    return _finish(args, lambda progress: do_import(req, cfg, progress))
 
 
 def _read(path: Path) -> bytes:
