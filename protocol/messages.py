@@ -14,6 +14,7 @@ from dataclasses import dataclass, field as dc_field, fields, replace
 from typing import Any
 
 from .bundle import ChunkPlan, Requirements
+from .channels import DEFAULT, MAX_CHANNELS, ChannelStatus, channel_of, check_channel, parse_channel_statuses
 from .codec import canonical, extra_fields, field, int_list, load_object, nonneg_int
 from .delta import DeltaRef
 from .device import Health, Inventory, Shadow
@@ -43,6 +44,10 @@ def _encode(obj: Any, extra: dict[str, Any]) -> bytes:
         if f.name == "extra":
             continue
         value = getattr(obj, f.name)
+        if (f.name == "channel" and value == DEFAULT) or (f.name == "channels" and not value):
+            continue  # absent means default (protocol.channels): single-model documents keep their bytes
+        if f.name == "channels":
+            value = {k: v.to_dict() for k, v in value.items()}
         doc[f.name] = value.to_dict() if hasattr(value, "to_dict") else value
     doc["v"] = SCHEMA
     return canonical(doc)
@@ -112,6 +117,33 @@ class Desired:
     shadow_sample: float = 0.0
     delta: DeltaRef | None = None  # a delta from the device's active bundle to ``bundle`` (protocol.delta)
     extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
+    # channels (protocol.channels): the fields above are the ``default`` channel's; ``since`` is the
+    # seq of the document that last changed them (0: this one); ``channels`` the other channels
+    since: int = 0
+    channels: dict[str, ChannelDesired] = dc_field(default_factory=dict, hash=False)
+
+    def channel(self, name: str) -> Desired | None:
+        """What channel ``name`` should run, as a single-channel document whose ``seq`` is the
+        seq that last changed it (reports name it, so the hub matches them to that channel's
+        rollout); None when the document does not name the channel."""
+        if name == DEFAULT:
+            return replace(self, seq=self.since or self.seq, since=0, channels={})
+        e = self.channels.get(name)
+        if e is None:
+            return None
+        return Desired(
+            self.device,
+            e.seq,
+            self.issued,
+            self.expires,
+            e.action,
+            e.bundle,
+            e.rollout,
+            e.shadow,
+            e.shadow_sample,
+            e.delta,
+            dict(e.extra),
+        )
 
     def signed_dict(self) -> dict[str, Any]:
         doc = dict(self.extra)
@@ -132,6 +164,10 @@ class Desired:
         )
         if self.delta is not None:  # absent, not null: documents without one keep their bytes
             doc["delta"] = self.delta.to_dict()
+        if self.since:
+            doc["since"] = self.since
+        if self.channels:
+            doc["channels"] = {k: v.to_dict() for k, v in self.channels.items()}
         return doc
 
     def seal(self, keys: list[SigningKey]) -> bytes:
@@ -151,14 +187,49 @@ _DESIRED_KNOWN = {
     "shadow",
     "shadow_sample",
     "delta",
+    "since",
+    "channels",
 }
 
 
-def parse_desired_payload(payload: bytes) -> Desired:
-    what = "desired"
-    obj = _head(payload, what)
-    if obj.get("_type") != "desired":
-        raise BadPayload(what, f"_type must be 'desired', got {obj.get('_type')!r}")
+@dataclass(frozen=True)
+class ChannelDesired:
+    """One non-default channel's entry in a desired document: the default channel's fields,
+    and ``seq``: the document seq that last changed this entry (not above the document's)."""
+
+    seq: int
+    action: str
+    bundle: BundleRef | None
+    rollout: str | None = None
+    shadow: BundleRef | None = None
+    shadow_sample: float = 0.0
+    delta: DeltaRef | None = None
+    extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = dict(self.extra)
+        doc.update(
+            {
+                "seq": self.seq,
+                "action": self.action,
+                "bundle": self.bundle.to_dict() if self.bundle else None,
+                "rollout": self.rollout,
+                "shadow": self.shadow.to_dict() if self.shadow else None,
+                "shadow_sample": self.shadow_sample,
+            }
+        )
+        if self.delta is not None:
+            doc["delta"] = self.delta.to_dict()
+        return doc
+
+
+_ENTRY_KNOWN = {"seq", "action", "bundle", "rollout", "shadow", "shadow_sample", "delta"}
+
+
+def _entry_fields(
+    obj: dict[str, Any], what: str
+) -> tuple[str, BundleRef | None, str | None, BundleRef | None, float, DeltaRef | None]:
+    """action, bundle, rollout, shadow, sample, delta: checked alike for every channel."""
     action = field(obj, "action", str, what)
     if action not in ACTIONS:
         raise BadPayload(what, f"action must be one of {ACTIONS}, got {action!r}")
@@ -173,18 +244,58 @@ def parse_desired_payload(payload: bytes) -> Desired:
     sample = float(field(obj, "shadow_sample", float, what, 0.0))
     if not 0.0 <= sample <= 1.0:
         raise BadPayload(what, f"shadow_sample must be within 0..1, got {sample}")
+    return (
+        action,
+        bundle,
+        field(obj, "rollout", str, what, None, allow_none=True),
+        BundleRef.from_dict(raw_shadow) if raw_shadow is not None else None,
+        sample,
+        DeltaRef.from_dict(raw_delta) if raw_delta is not None else None,
+    )
+
+
+def _channels(obj: dict[str, Any], seq: int, what: str) -> dict[str, ChannelDesired]:
+    raw = field(obj, "channels", dict, what, {})
+    if len(raw) > MAX_CHANNELS:
+        raise BadPayload(what, f"{len(raw)} channels exceeds {MAX_CHANNELS}")
+    out: dict[str, ChannelDesired] = {}
+    for name, entry in raw.items():
+        w = f"{what} channel {name!r:.40}"
+        if check_channel(name) == DEFAULT:
+            raise BadPayload(w, "the default channel is the document's own fields, not an entry")
+        if not isinstance(entry, dict):
+            raise BadPayload(w, f"must be an object, got {entry!r:.60}")
+        since = nonneg_int(entry, "seq", w)
+        if since > seq:
+            raise BadPayload(w, f"seq {since} is above the document's {seq}")
+        out[name] = ChannelDesired(since, *_entry_fields(entry, w), extra=extra_fields(entry, _ENTRY_KNOWN))
+    return out
+
+
+def parse_desired_payload(payload: bytes) -> Desired:
+    what = "desired"
+    obj = _head(payload, what)
+    if obj.get("_type") != "desired":
+        raise BadPayload(what, f"_type must be 'desired', got {obj.get('_type')!r}")
+    action, bundle, rollout, shadow, sample, delta = _entry_fields(obj, what)
+    seq = nonneg_int(obj, "seq", what)
+    since = nonneg_int(obj, "since", what, 0)
+    if since > seq:
+        raise BadPayload(what, f"since {since} is above the document's seq {seq}")
     return Desired(
         device=check_device_id(field(obj, "device", str, what)),
-        seq=nonneg_int(obj, "seq", what),
+        seq=seq,
         issued=nonneg_int(obj, "issued", what),
         expires=nonneg_int(obj, "expires", what),
         action=action,
         bundle=bundle,
-        rollout=field(obj, "rollout", str, what, None, allow_none=True),
-        shadow=BundleRef.from_dict(raw_shadow) if raw_shadow is not None else None,
+        rollout=rollout,
+        shadow=shadow,
         shadow_sample=sample,
-        delta=DeltaRef.from_dict(raw_delta) if raw_delta is not None else None,
+        delta=delta,
         extra=extra_fields(obj, _DESIRED_KNOWN),
+        since=since,
+        channels=_channels(obj, seq, what),
     )
 
 
@@ -243,6 +354,7 @@ class Status:
     state: str = "idle"
     desired_seq: int = 0
     extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
+    channels: dict[str, ChannelStatus] = dc_field(default_factory=dict, hash=False)  # non-default ones
 
     def to_bytes(self) -> bytes:
         return _encode(self, self.extra)
@@ -251,7 +363,19 @@ class Status:
 def parse_status(data: bytes) -> Status:
     what = "status"
     obj = _head(data, what)
-    known = {"v", "device", "online", "ts", "agent_version", "inventory", "active", "staged", "state", "desired_seq"}
+    known = {
+        "v",
+        "device",
+        "online",
+        "ts",
+        "agent_version",
+        "inventory",
+        "active",
+        "staged",
+        "state",
+        "desired_seq",
+        "channels",
+    }
     return Status(
         device=check_device_id(field(obj, "device", str, what)),
         online=field(obj, "online", bool, what),
@@ -263,6 +387,7 @@ def parse_status(data: bytes) -> Status:
         state=field(obj, "state", str, what, "idle"),
         desired_seq=nonneg_int(obj, "desired_seq", what, 0),
         extra=extra_fields(obj, known),
+        channels=parse_channel_statuses(obj.get("channels"), what),
     )
 
 
@@ -310,6 +435,7 @@ class Report:
     metrics: dict[str, Any] = dc_field(default_factory=dict, hash=False)
     hold: Hold | None = None  # set on a switch/progress report while an app holds the switch
     extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
+    channel: str = DEFAULT  # the model channel the install is for (protocol.channels)
 
     def to_bytes(self) -> bytes:
         return _encode(self, self.extra)
@@ -343,6 +469,7 @@ def parse_report(data: bytes) -> Report:
         "progress",
         "metrics",
         "hold",
+        "channel",
     }
     return Report(
         device=check_device_id(field(obj, "device", str, what)),
@@ -358,6 +485,7 @@ def parse_report(data: bytes) -> Report:
         metrics=field(obj, "metrics", dict, what, {}),
         hold=Hold.from_dict(obj.get("hold"), what),
         extra=extra_fields(obj, known),
+        channel=channel_of(obj, what),
     )
 
 
@@ -428,6 +556,7 @@ class Telemetry:
     accelerator: Accelerator | None = dc_field(default=None, hash=False)
     usage: dict[str, Any] = dc_field(default_factory=dict, hash=False)  # bytes today (agent.budget)
     extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
+    channel: str = DEFAULT  # the model channel that served the window (protocol.channels)
 
     def to_bytes(self) -> bytes:
         return _encode(self, self.extra)
@@ -507,6 +636,7 @@ def parse_telemetry(data: bytes) -> Telemetry:
         "backlog",
         "accelerator",
         "usage",
+        "channel",
     }
     accelerator = field(obj, "accelerator", dict, what, None, allow_none=True)
     t = Telemetry(
@@ -524,6 +654,7 @@ def parse_telemetry(data: bytes) -> Telemetry:
         accelerator=Accelerator.from_dict(accelerator) if accelerator is not None else None,
         usage=field(obj, "usage", dict, what, {}),
         extra=extra_fields(obj, known),
+        channel=channel_of(obj, what),
     )
     check_plausible(t)
     return t
@@ -576,6 +707,8 @@ __all__ = [
     "Ack",
     "BundleInfo",
     "BundleRef",
+    "ChannelDesired",
+    "ChannelStatus",
     "Desired",
     "FetchRequest",
     "Health",
