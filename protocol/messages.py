@@ -118,8 +118,9 @@ class Desired:
     delta: DeltaRef | None = None  # a delta from the device's active bundle to ``bundle`` (protocol.delta)
     extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
     # channels (protocol.channels): the fields above are the ``default`` channel's; ``since`` is the
-    # seq of the document that last changed them (0: this one); ``channels`` the other channels
-    since: int = 0
+    # seq of the document that last changed them (None: this one; 0: the hub never issued the
+    # default channel anything, so it has no entry); ``channels`` holds the other channels
+    since: int | None = None
     channels: dict[str, ChannelDesired] = dc_field(default_factory=dict, hash=False)
 
     def channel(self, name: str) -> Desired | None:
@@ -127,7 +128,9 @@ class Desired:
         seq that last changed it (reports name it, so the hub matches them to that channel's
         rollout); None when the document does not name the channel."""
         if name == DEFAULT:
-            return replace(self, seq=self.since or self.seq, since=0, channels={})
+            if self.since == 0:
+                return None
+            return replace(self, seq=self.seq if self.since is None else self.since, since=None, channels={})
         e = self.channels.get(name)
         if e is None:
             return None
@@ -164,7 +167,7 @@ class Desired:
         )
         if self.delta is not None:  # absent, not null: documents without one keep their bytes
             doc["delta"] = self.delta.to_dict()
-        if self.since:
+        if self.since is not None:
             doc["since"] = self.since
         if self.channels:
             doc["channels"] = {k: v.to_dict() for k, v in self.channels.items()}
@@ -279,9 +282,9 @@ def parse_desired_payload(payload: bytes) -> Desired:
         raise BadPayload(what, f"_type must be 'desired', got {obj.get('_type')!r}")
     action, bundle, rollout, shadow, sample, delta = _entry_fields(obj, what)
     seq = nonneg_int(obj, "seq", what)
-    since = nonneg_int(obj, "since", what, 0)
-    if since > seq:
-        raise BadPayload(what, f"since {since} is above the document's seq {seq}")
+    since = field(obj, "since", int, what, None, allow_none=True)
+    if since is not None and not 0 <= since <= seq:
+        raise BadPayload(what, f"since {since} must be within 0..{seq} (the document's seq)")
     return Desired(
         device=check_device_id(field(obj, "device", str, what)),
         seq=seq,

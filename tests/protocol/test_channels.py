@@ -46,7 +46,7 @@ def payload(d: Desired) -> bytes:
 def test_a_desired_document_of_the_single_model_era_is_the_default_channel_byte_for_byte():
     raw = (VECTORS / "desired.payload.json").read_bytes()
     d = parse_desired_payload(raw)
-    assert d.channels == {} and d.since == 0
+    assert d.channels == {} and d.since is None
     assert d.channel("default") == d and d.channel("detector") is None
     assert canonical(d.signed_dict()) == canonical(json.loads(raw))
 
@@ -71,7 +71,7 @@ def test_each_channel_reads_as_a_single_channel_document_with_the_seq_that_last_
     "mutate,needle",
     [
         (lambda o: o["channels"]["detector"].update(seq=10), "seq 10 is above the document's 9"),
-        (lambda o: o.update(since=10), "since 10 is above the document's seq 9"),
+        (lambda o: o.update(since=10), "since 10 must be within 0..9"),
         (lambda o: o["channels"].update({"Bad/Name": o["channels"]["detector"]}), "'Bad/Name' must be 1-32 chars"),
         (lambda o: o["channels"].update(default=o["channels"]["detector"]), "the default channel is the document's"),
         (lambda o: o["channels"]["detector"].update(bundle=None), "action 'install' needs a bundle"),
@@ -85,6 +85,12 @@ def test_a_bad_channel_entry_is_refused_naming_it(mutate, needle):
     with pytest.raises(BadPayload) as e:
         parse_desired_payload(canonical(obj))
     assert needle in str(e.value)
+
+
+def test_a_document_for_a_device_whose_default_channel_never_had_a_rollout_has_no_default_entry():
+    d = Desired("dev1", 9, NOW, NOW + 60, "idle", None, since=0, channels=two_channels().channels)
+    again = parse_desired_payload(payload(d))
+    assert again.since == 0 and again.channel("default") is None and again.channel("detector") is not None
 
 
 def test_reports_and_telemetry_without_a_channel_are_default_and_keep_their_bytes():
