@@ -5,6 +5,8 @@ names a delta from the device's active bundle when there is one worth sending (h
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from sqlmodel import Session, select
 
@@ -24,9 +26,20 @@ from .transport import Outgoing
 log = logging.getLogger(__name__)
 
 
-def issue(fleet: Fleet, s: Session, d: Device, b: Bundle | None, action: str, rollout: str | None) -> Outgoing:
+def issue(
+    fleet: Fleet,
+    s: Session,
+    d: Device,
+    b: Bundle | None,
+    action: str,
+    rollout: str | None,
+    shadow: Bundle | None = None,
+    shadow_sample: float = 0.0,
+    extra: Mapping[str, Any] | None = None,
+) -> Outgoing:
     """Allocate the next seq for ``d``, sign a Desired, record it; caller commits then
-    publishes the returned message (retained)."""
+    publishes the returned message (retained). ``shadow``/``shadow_sample``/``extra``: a rollout
+    stage's candidate beside ``b`` and its request (hub.stages)."""
     now = fleet.clock()
     seq = max(d.desired_seq, d.reported_desired_seq) + 1
     delta, chunks = deltas.for_device(fleet, d, b) if b is not None and action == "install" else (None, [])
@@ -39,7 +52,10 @@ def issue(fleet: Fleet, s: Session, d: Device, b: Bundle | None, action: str, ro
         action=action,
         bundle=bundle_ref(b) if b is not None else None,
         rollout=rollout,
+        shadow=bundle_ref(shadow) if shadow is not None else None,
+        shadow_sample=shadow_sample,
         delta=delta,
+        extra=dict(extra or {}),
     )
     payload = desired.seal([fleet.keys.online])
     s.merge(DesiredDoc(device=d.id, seq=seq, expires=desired.expires, payload=payload))

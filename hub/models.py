@@ -110,6 +110,8 @@ class RolloutDevice(SQLModel, table=True):
     updated: int = 0
     reason: str = ""
     from_bundle: str | None = Field(default=None, max_length=64)
+    stage: str = Field(default="", max_length=16, sa_column_kwargs={"server_default": ""})  # hub.stages
+    stages: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)  # per stage: state, detail, figures
 
 
 class TelemetryWindow(SQLModel, table=True):

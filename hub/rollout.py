@@ -16,6 +16,8 @@ Device states (``DeviceState.state``)::
 
     pending ─(its cohort opens; compatible)─▶ issued ─progress─▶ installing ─ok─▶ installed
     pending ─(incompatible inventory)─▶ incompatible
+    pending ─(cohort 1 opens; policy has stages; device runs a bundle)─▶ staging ─(every stage
+        passes)─▶ issued        (rule 3b; a stage failing: failed, the rollout aborted)
     pending ─(its cohort opens; its group's maintenance window closed)─▶ waiting ─(window open,
         rollout running)─▶ issued        (any issue of an install, a retry too, waits the same way)
     installing ─(report: held by the app until T)─▶ installing, its timeout counting from T
@@ -61,6 +63,20 @@ Rules, in the order ``advance`` applies them:
    progress report with ``hold_until`` (an app on the device holds the switch, agent/README.md)
    says "held by app until T" and moves the device's timeout to start at T, T capped at
    ``now + max_hold_s``: a device that claims a longer hold still times out.
+3b. **Stages** (``policy.stages``, :mod:`hub.stages`; none by default): a first-cohort device
+   that runs a bundle is not issued the install but its first stage's document (``IssueStage``:
+   its active bundle kept, the candidate beside it) and is ``staging``; the shell sends what it
+   reported (``StageEvidence``: a benchmark report, its shadow tally since the stage began, or
+   a failed shadow report). While ``running``, :func:`hub.stages.step` judges each staging
+   device: a pass starts the next stage, after the last the install is issued (any later
+   issue of it, a retry too, goes straight to the install); waiting records the figures so
+   far; an offline device's stage does not time out and starts again when it is back. A fail
+   (the gate, no figures after ``timeout_s``, or a candidate that never ran) fails the device,
+   tells every staging device to drop the candidate (``IssueStage('end')``), cancels pending
+   ones and **aborts** the rollout whatever ``on_breach`` says (nothing switched: nothing to
+   pause over or roll back), the reason naming the device, the stage and the figure. Pause
+   holds the judging; cancel and rollback end every stage. A device with no active bundle has
+   nothing to compare with: its stages are recorded ``skipped`` and it installs.
 4. **Timeouts**: an ``issued``/``installing`` device older than ``install_timeout_s`` is
    re-issued while attempts remain (``1 + max_retries`` in all), else ``timed_out``.
 5. **Maintenance windows** (``WindowClosed`` events; the shell sends one per device whose
@@ -108,11 +124,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from protocol.benchmark import BenchmarkReport
 from protocol.bundle import Requirements
 from protocol.device import Inventory
 from protocol.sketch import DriftThresholds, LatencySketch, drift_verdict, merge_counts
 
-from . import compat
+from . import compat, stages as stage_rules
+from .stages import ShadowTally, StageError, StagePolicy
 
 NO_PREVIOUS = "no previous bundle: told idle, keeps serving this rollout's bundle"
 PHASES = ("running", "paused", "awaiting_approval", "completed", "aborted", "rolled_back", "cancelled")
@@ -177,6 +195,7 @@ class Policy:
     ignore_windows: bool = False  # install outside maintenance windows (rule 5)
     max_hold_s: int = 3600  # the longest an app's hold on a device's switch delays its timeout
     gates: Gates = Gates()
+    stages: StagePolicy = StagePolicy()  # benchmark/shadow before cohort 1 switches (rule 3b); none by default
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> Policy:
@@ -202,7 +221,14 @@ class Policy:
             kw = {k: v for k, v in obj.items() if k != "gates"}
             if "cohorts" in kw:
                 kw["cohorts"] = tuple(str(c) for c in kw["cohorts"])
+            if "stages" in kw:  # a bare list is the stages with their default gates
+                raw = kw["stages"] or {}
+                if not isinstance(raw, list | tuple | Mapping):
+                    raise StageError(f"must be a list of stages or an object, got {raw!r:.60}")
+                kw["stages"] = StagePolicy.from_dict({"stages": raw} if isinstance(raw, list | tuple) else raw)
             p = cls(**kw, gates=gates)
+        except StageError as exc:
+            raise PolicyError(f"stages: {exc}") from None
         except TypeError as exc:
             raise PolicyError(str(exc)) from None
         p.validate()
@@ -238,6 +264,7 @@ class Policy:
             "ignore_windows": self.ignore_windows,
             "max_hold_s": self.max_hold_s,
             "gates": dict(self.gates.__dict__),
+            "stages": self.stages.to_dict(),
         }
 
 
@@ -302,6 +329,9 @@ class DeviceState:
     from_bundle: str | None = None
     reason: str = ""
     online: bool = True
+    stage: str = ""  # while ``staging``: the stage it runs (issued_at is when that stage began)
+    # per stage: {"state": running|waiting|pass|fail|skipped, "detail", "figures", "started"}
+    stages: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -404,7 +434,20 @@ class Health:
     recovery_windows: int = 0  # windows left out: they overlap a period the fleet was recovering
 
 
-Event = Command | DeviceSeen | InstallReport | Health | WindowClosed
+@dataclass(frozen=True)
+class StageEvidence:
+    """What a staging device sent for its stage: a benchmark report (from a ``shadow`` report's
+    metrics), its shadow tally since the stage began (telemetry), or a failed ``shadow`` report
+    without figures (the candidate could not be fetched, verified or self-tested)."""
+
+    device: str
+    report: BenchmarkReport | None = None
+    tally: ShadowTally | None = None
+    failed: str = ""
+    task: str = ""  # the candidate's task, for the shadow gate's wording
+
+
+Event = Command | DeviceSeen | InstallReport | Health | WindowClosed | StageEvidence
 
 
 # ---- outputs ---------------------------------------------------------------------------------
@@ -426,7 +469,19 @@ class Alert:
     detail: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
-Action = Issue | Alert
+@dataclass(frozen=True)
+class IssueStage:
+    """Sign and publish ``device``'s document for ``stage`` (:func:`hub.stages.desired_for`):
+    it keeps ``active`` and runs ``bundle`` (the candidate) beside it; ``stage='end'``: keep
+    ``active``, no candidate any more (the stage failed or the rollout stopped)."""
+
+    device: str
+    stage: str
+    bundle: str
+    active: str | None
+
+
+Action = Issue | Alert | IssueStage
 
 
 # ---- the machine -----------------------------------------------------------------------------
@@ -448,8 +503,26 @@ def advance(
             return replace(d, state="rolling_back", attempts=d.attempts + 1, issued_at=now, reason=reason)
         if d.id in closed:  # rule 5: nothing new outside the device's maintenance window
             return replace(d, state="waiting", reason=waiting_reason(closed[d.id]))
+        if policy.stages.stages and d.cohort == 0 and not stages_passed(d):  # rule 3b
+            if d.from_bundle is not None:
+                return start_stage(d, policy.stages.stages[0])
+            skip = {"state": "skipped", "detail": "no active bundle to compare the candidate with"}
+            d = replace(d, stages={n: dict(skip) for n in policy.stages.stages})
         actions.append(Issue(d.id, "install", st.bundle))
         return replace(d, state="issued", attempts=d.attempts + 1, issued_at=now, reason=reason)
+
+    def stages_passed(d: DeviceState) -> bool:
+        return all(d.stages.get(n, {}).get("state") in ("pass", "skipped") for n in policy.stages.stages)
+
+    def start_stage(d: DeviceState, name: str) -> DeviceState:
+        actions.append(IssueStage(d.id, name, st.bundle, d.from_bundle))
+        entry = {"state": "waiting", "detail": f"{name}: asked", "figures": {}, "started": now}
+        log = {**d.stages, name: entry}
+        return replace(d, state="staging", stage=name, issued_at=now, reason=f"{name}: asked", stages=log)
+
+    def end_stage(d: DeviceState, state: str, reason: str) -> DeviceState:
+        actions.append(IssueStage(d.id, "end", st.bundle, d.from_bundle))
+        return replace(d, state=state, stage="", reason=reason)
 
     def roll_back_all(reason: str) -> str:
         """Returns what the rollout's reason adds: how many devices have nothing to go back to."""
@@ -466,12 +539,16 @@ def advance(
                 put(replace(d, state="rolling_back", issued_at=now, reason=reason))
             elif d.state in ("pending", "waiting"):
                 put(replace(d, state="cancelled", reason=reason))
+            elif d.state == "staging":
+                put(end_stage(d, "cancelled", reason))
         return f"; {keep} device(s) had no previous bundle and keep serving this one" if keep else ""
 
     def cancel_pending(reason: str) -> None:
         for d in list(devs.values()):
             if d.state in ("pending", "waiting"):
                 put(replace(d, state="cancelled", reason=reason))
+            elif d.state == "staging":  # the candidate it runs beside its bundle goes
+                put(end_stage(d, "cancelled", reason))
 
     # 1. operator commands
     for ev in events:
@@ -524,7 +601,7 @@ def advance(
                 continue
             came_back = ev.online and not d.online
             d = replace(d, online=ev.online)
-            if came_back and d.state in ISSUED:
+            if came_back and d.state in (*ISSUED, "staging"):
                 d = replace(d, issued_at=now)  # its timeout runs while it can act
                 if st.phase == "completed" and ev.active != st.bundle:  # not done while it installs
                     st = replace(st, phase="running", reason=f"device {ev.device} came back and installs")
@@ -582,6 +659,24 @@ def advance(
                 put(replace(d, state="installing", reason=ev.stage))
         elif isinstance(ev, Health):
             health[ev.device] = ev
+
+    # 3b. stages of the first cohort (hub.stages): judged while running, from what devices sent
+    if st.phase == "running" and any(d.state == "staging" for d in devs.values()):
+        failures = _step_stages(devs, events, now, policy, put, issue, start_stage, end_stage)
+        if failures:
+            msg = f"stage failed on {failures[0][0]}: {failures[0][1]}"
+            if len(failures) > 1:
+                msg += f" (and {len(failures) - 1} more device(s))"
+            actions.append(
+                Alert(
+                    "rollout_gate",
+                    "alert",
+                    f"cohort 1 {msg}",
+                    {"stages": [{"device": i, "detail": w} for i, w in failures], "cohort": 0},
+                )
+            )
+            cancel_pending(f"aborted: {msg}")
+            st = replace(st, phase="aborted", reason=msg)
 
     # 4. timeouts
     for d in list(devs.values()):
@@ -666,6 +761,53 @@ def advance(
 
     ordered = tuple(sorted(devs.values(), key=lambda d: d.id))
     return replace(st, devices=ordered), actions
+
+
+def _step_stages(
+    devs: dict[str, DeviceState],
+    events: Sequence[Event],
+    now: int,
+    policy: Policy,
+    put: Callable[[DeviceState], None],
+    issue: Callable[[DeviceState, str], DeviceState],
+    start_stage: Callable[[DeviceState, str], DeviceState],
+    end_stage: Callable[[DeviceState, str, str], DeviceState],
+) -> list[tuple[str, str]]:
+    """Rule 3b: each staging device's stage judged by :func:`hub.stages.step`; a pass moves it
+    to the next stage or, after the last, to the install; a fail ends its stage. Returns the
+    failures (device, detail): the caller halts the rollout on any."""
+    seen: dict[str, StageEvidence] = {}
+    for e in events:
+        if isinstance(e, StageEvidence):
+            old = seen.get(e.device, StageEvidence(e.device))
+            seen[e.device] = StageEvidence(
+                e.device, e.report or old.report, e.tally or old.tally, old.failed or e.failed, e.task or old.task
+            )
+    failures: list[tuple[str, str]] = []
+    for d in sorted((x for x in devs.values() if x.state == "staging"), key=lambda x: x.id):
+        ev = seen.get(d.id, StageEvidence(d.id))
+        started = d.issued_at
+        if ev.failed and not (d.stage == "benchmark" and ev.report is not None):
+            v = stage_rules.Verdict("fail", f"{d.stage}: the candidate did not run: {ev.failed}"[:300], {})
+            res = stage_rules.Step(stage_rules.FAILED, True, v)
+        else:
+            # an offline device's stage does not time out: it cannot act (it restarts when back)
+            res = stage_rules.step(
+                d.stage, started, now if d.online else started, policy.stages, ev.report, ev.tally, ev.task
+            )
+        v = res.verdict
+        entry = {"state": v.state, "detail": v.detail, "figures": dict(v.figures), "started": started}
+        d = replace(d, stages={**d.stages, d.stage: entry}, reason=v.detail[:300])
+        if res.stage == stage_rules.FAILED:
+            put(end_stage(d, "failed", v.detail[:300]))
+            failures.append((d.id, v.detail))
+        elif res.stage == stage_rules.DONE:
+            put(issue(replace(d, stage=""), f"stages passed: {v.detail}"[:300]))
+        elif res.moved:
+            put(start_stage(d, res.stage))
+        else:
+            put(d)
+    return failures
 
 
 def _eligible(devs: Mapping[str, DeviceState]) -> int:

@@ -40,7 +40,7 @@ from protocol.messages import Report
 from protocol.sketch import DriftThresholds
 from protocol.topics import check_digest
 
-from . import alerting, bundles, desired, evidence, groups
+from . import alerting, bundles, desired, evidence, groups, staging
 from .compat import stored_inventory
 from .db import rollout_section
 from .errors import Conflict, Invalid, NotFound
@@ -58,6 +58,7 @@ from .rollout import (
     GateResult,
     InstallReport,
     Issue,
+    IssueStage,
     Policy,
     PolicyError,
     RolloutState,
@@ -92,6 +93,8 @@ _ROW_FIELDS = (
     "online",
     "seq",
     "updated",
+    "stage",
+    "stages",
 )
 Rows = dict[str, dict[str, Any]]
 
@@ -114,6 +117,8 @@ def _load(fleet: Fleet, s: Session, r: Rollout) -> tuple[RolloutState, Rows]:
             x["from_bundle"],
             x["reason"],
             x["online"],
+            x["stage"] or "",
+            x["stages"] or {},
         )
         for x in rows.values()
     )
@@ -154,6 +159,8 @@ def _save(s: Session, r: Rollout, rows: Rows, st: RolloutState, seqs: dict[str, 
             "from_bundle": d.from_bundle,
             "reason": d.reason[:500],
             "online": d.online,
+            "stage": d.stage,
+            "stages": dict(d.stages),
         }
         if d.id in seqs:
             new["seq"] = seqs[d.id]
@@ -162,7 +169,7 @@ def _save(s: Session, r: Rollout, rows: Rows, st: RolloutState, seqs: dict[str, 
             inserts.append({"rollout_id": r.id, "device_id": d.id, "seq": 0, **new, "updated": now})
             continue
         if any(old[k] != v for k, v in new.items()):
-            moved = any(old[k] != new[k] for k in ("state", "cohort", "attempts", "reason"))
+            moved = any(old[k] != new[k] for k in ("state", "cohort", "attempts", "reason", "stage"))
             updates.append(
                 {
                     "b_rid": r.id,
@@ -243,6 +250,7 @@ def _run(
         # every decision that can open a cohort sees the gates' evidence
         reporting = {e.device for e in evs if isinstance(e, InstallReport)}
         evs.extend(evidence.health(s, r, st, rows, reporting, fleet.recovery_periods()))
+        evs.extend(staging.evidence(s, r, st, rows))
     new, actions = advance(st, evs, now, policy)
     seqs: dict[str, int] = {}
     targets = [a.device for a in actions if isinstance(a, Issue)]
@@ -265,6 +273,11 @@ def _run(
                 out.extend(bundles.ensure_published(fleet, s, b))
             out.append(desired.issue(fleet, s, dev, b, action, r.id))
             seqs[a.device] = dev.desired_seq
+        elif isinstance(a, IssueStage):
+            sent = staging.issue(fleet, s, a, policy, r.id)
+            if sent is not None:
+                out.extend(sent[0])
+                seqs[a.device] = sent[1]
         elif isinstance(a, AlertAction):
             alerting.record(fleet, s, a.kind, a.severity, a.message, a.detail, now, bundle=r.bundle, rollout=r.id)
             log.warning("rollout %s: %s", r.id, a.message)
@@ -464,6 +477,8 @@ def status(fleet: Fleet, rid: str, limit: int = 1000, offset: int = 0, state: st
                 "updated": x.updated,
                 "online": x.online,
                 "from_bundle": x.from_bundle,
+                "stage": x.stage,
+                "stages": x.stages or {},
             }
             for x in rows
         ]

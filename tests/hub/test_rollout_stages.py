@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from hub.rollout import (
+    Command,
+    DeviceSeen,
+    InstallReport,
+    Issue,
+    IssueStage,
+    Policy,
+    PolicyError,
+    RolloutState,
+    StageEvidence,
+    advance,
+)
 from hub.stages import DONE, FAILED, ShadowTally, StageError, StagePolicy, benchmark_gate, shadow_gate, step
 from protocol.benchmark import BenchmarkReport, BenchmarkRequest, Timing
-from protocol.device import Shadow
+from protocol.device import Inventory, Shadow
 
 BOTH = StagePolicy(("benchmark", "shadow"), invokes=20, max_p95_ratio=1.5, min_inferences=100, min_agreement=0.9)
 
@@ -159,3 +172,133 @@ def test_benchmark_report_is_read_from_a_shadow_reports_metrics_only_for_the_can
     assert benchmark_of({"cases": 3}, "sha-c") is None and benchmark_of(None, "sha-c") is None
     with pytest.raises(BadPayload, match="ok must be true or false"):
         benchmark_of({"benchmark": {"bundle": "sha-c"}}, "sha-c")
+
+
+# ---- the rollout machine running the stages (hub.rollout rule 3b) --------------------------------
+
+NEW, OLD = "b" * 64, "a" * 64
+STAGED = Policy(cohorts=("1", "100%"), stages=BOTH)
+
+
+def fleet(n: int = 3, active: str | None = OLD) -> list[DeviceSeen]:
+    return [DeviceSeen(f"d{i}", True, active, Inventory(board="rpi4")) for i in range(n)]
+
+
+def stage_docs(actions: list[Any]) -> list[tuple[str, str]]:
+    return [(a.device, a.stage) for a in actions if isinstance(a, IssueStage)]
+
+
+def installs(actions: list[Any]) -> list[str]:
+    return sorted(a.device for a in actions if isinstance(a, Issue) and a.action == "install")
+
+
+def cand(cand_p95: float, cur_p95: float) -> BenchmarkReport:
+    return replace(bench(cand_p95, cur_p95), bundle=NEW)
+
+
+def started(policy: Policy = STAGED, n: int = 3) -> tuple[RolloutState, list[Any]]:
+    return advance(RolloutState(NEW), fleet(n), 0, policy)
+
+
+def test_policy_without_stages_issues_the_install_at_once_as_before():
+    st, acts = advance(RolloutState(NEW), fleet(2), 0, Policy())
+    assert installs(acts) == ["d0", "d1"] and not stage_docs(acts)
+    assert Policy().to_dict()["stages"]["stages"] == []
+
+
+def test_policy_stages_parse_from_a_list_or_an_object_and_bad_ones_are_named():
+    assert Policy.from_dict({"stages": ["shadow"]}).stages.stages == ("shadow",)
+    p = Policy.from_dict({"stages": {"stages": ["benchmark"], "benchmark": {"max_p95_ratio": 2}}})
+    assert p.stages.max_p95_ratio == 2 and Policy.from_dict(p.to_dict()) == p
+    with pytest.raises(PolicyError, match="stages: stages must be a list of"):
+        Policy.from_dict({"stages": ["canary"]})
+    with pytest.raises(PolicyError, match="benchmark.invokes must be an integer"):
+        Policy.from_dict({"stages": {"stages": ["benchmark"], "benchmark": {"invokes": 0}}})
+    with pytest.raises(PolicyError, match="stages: must be a list of stages or an object, got 'benchmark'"):
+        Policy.from_dict({"stages": "benchmark"})
+
+
+def test_cohort_one_device_is_sent_the_first_stage_not_the_install():
+    st, acts = started()
+    assert stage_docs(acts) == [("d0", "benchmark")] and installs(acts) == []
+    d0 = st.device("d0")
+    assert d0 is not None and (d0.state, d0.stage, d0.stages["benchmark"]["state"]) == (
+        "staging",
+        "benchmark",
+        "waiting",
+    )
+    assert (a := next(a for a in acts if isinstance(a, IssueStage))).active == OLD and a.bundle == NEW
+
+
+def test_good_candidate_passes_benchmark_then_shadow_then_installs_and_the_cohorts_go_on():
+    st, _ = started()
+    st, acts = advance(st, [StageEvidence("d0", report=cand(11.0, 10.0))], 5, STAGED)
+    d0 = st.device("d0")
+    assert stage_docs(acts) == [("d0", "shadow")] and d0 is not None and d0.stage == "shadow"
+    assert d0.stages["benchmark"]["state"] == "pass" and d0.stages["benchmark"]["figures"]["p95_ratio"] == 1.1
+    st, acts = advance(st, [StageEvidence("d0", tally=tally((60, 1.0, 0.2)))], 10, STAGED)
+    assert installs(acts) == [] and "60/100 shadow inferences" in st.device("d0").reason  # type: ignore[union-attr]
+    st, acts = advance(st, [StageEvidence("d0", tally=tally((120, 0.97, 0.2)), task="classification")], 20, STAGED)
+    assert installs(acts) == ["d0"]
+    assert "classification agreement 0.967" in st.device("d0").stages["shadow"]["detail"]  # type: ignore[union-attr]
+    st, acts = advance(st, [InstallReport("d0", "commit", "ok")], 30, STAGED)
+    assert installs(acts) == ["d1", "d2"] and not stage_docs(acts)  # later cohorts skip the stages
+
+
+def test_slow_candidate_fails_the_benchmark_and_the_rollout_aborts_before_any_switch():
+    p = replace(STAGED, cohorts=("100%",))
+    st, acts = started(p)
+    assert sorted(stage_docs(acts)) == [("d0", "benchmark"), ("d1", "benchmark"), ("d2", "benchmark")]
+    st, acts = advance(st, [StageEvidence("d1", report=cand(150.0, 10.0))], 5, p)
+    assert st.phase == "aborted"
+    assert st.reason.startswith("stage failed on d1: benchmark: p95 ratio 15.00")
+    assert "> max_p95_ratio 1.5" in st.reason
+    assert installs(acts) == []
+    # every staging device is told to drop the candidate; nobody was told to install it
+    assert sorted(stage_docs(acts)) == [("d0", "end"), ("d1", "end"), ("d2", "end")]
+    assert st.counts() == {"failed": 1, "cancelled": 2}
+    assert any(a.kind == "rollout_gate" and "p95 ratio 15.00" in a.message for a in acts if hasattr(a, "kind"))
+
+
+def test_candidate_that_never_ran_fails_its_stage_naming_the_device_report():
+    st, _ = started()
+    st, _ = advance(
+        st, [StageEvidence("d0", failed="selftest_failed: shadow candidate failed its self-test")], 5, STAGED
+    )
+    assert st.phase == "aborted" and "benchmark: the candidate did not run: selftest_failed" in st.reason
+
+
+def test_shadow_disagreement_fails_the_stage_with_the_figure():
+    p = replace(STAGED, stages=StagePolicy(("shadow",), min_inferences=50, min_agreement=0.9))
+    st, acts = started(p)
+    assert stage_docs(acts) == [("d0", "shadow")]
+    st, acts = advance(st, [StageEvidence("d0", tally=tally((80, 0.5, 0.1)))], 5, p)
+    assert st.phase == "aborted" and "shadow: agreement 0.500 < min_agreement 0.9 over 80 inferences" in st.reason
+
+
+def test_stage_without_figures_times_out_only_while_the_device_is_online():
+    p = replace(STAGED, stages=replace(BOTH, timeout_s=100))
+    st, _ = started(p)
+    st, _ = advance(st, [DeviceSeen("d0", False, OLD)], 50, p)
+    st, _ = advance(st, [], 500, p)  # offline: no timeout
+    assert st.phase == "running" and st.device("d0").state == "staging"  # type: ignore[union-attr]
+    st, _ = advance(st, [DeviceSeen("d0", True, OLD)], 600, p)  # back: its stage starts again
+    st, _ = advance(st, [], 650, p)
+    assert st.phase == "running"
+    st, _ = advance(st, [], 700, p)
+    assert st.phase == "aborted" and "benchmark: no report after 100 s" in st.reason
+
+
+def test_paused_rollout_does_not_judge_stages_and_cancel_drops_the_candidate():
+    st, _ = started()
+    st, _ = advance(st, [Command("pause")], 1, STAGED)
+    st, acts = advance(st, [StageEvidence("d0", report=cand(150.0, 10.0))], 2, STAGED)
+    assert st.phase == "paused" and st.device("d0").state == "staging"  # type: ignore[union-attr]
+    st, acts = advance(st, [Command("cancel")], 3, STAGED)
+    assert stage_docs(acts) == [("d0", "end")] and st.device("d0").state == "cancelled"  # type: ignore[union-attr]
+
+
+def test_device_with_nothing_active_skips_the_stages_and_says_so():
+    st, acts = advance(RolloutState(NEW), fleet(1, active=None), 0, STAGED)
+    assert installs(acts) == ["d0"] and not stage_docs(acts)
+    assert st.device("d0").stages["benchmark"]["state"] == "skipped"  # type: ignore[union-attr]
