@@ -6,7 +6,8 @@ body (Content-Type image/*) or a binary tensor (:func:`parse_request`).
 
 Answer (built by :mod:`protocol.answers`, the cloud's builder too): one form per task, all with
 ``task``: a classifier's (or a bundle without a signature) ``{"task": "classification",
-"predictions": [scores], "top": [{"index","label","score"}]}``; ``detection``, ``segmentation``,
+"predictions": [[scores]], "top": [{"index","label","score"}]}`` (``[N, K]``, one row: the
+cloud's shape too); ``detection``, ``segmentation``,
 ``keypoints``, ``embedding`` their own; anything else ``{"task", "tensors": [...]}``; never a
 non-classifier's outputs ranked as class scores. Query parameters shape it (``top_k``,
 ``score_threshold``, ``max_detections``, ``mask=png``, ``raw=true``: :mod:`protocol.answers.params`);
@@ -69,33 +70,31 @@ MAX_BODY = 32 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Answer:
-    """One prediction answer: a classifier's scores (None for any other task) plus the other
-    fields of the JSON document.
+    """One prediction answer: a classifier's scores, flat (None for any other task), for the
+    request's bookkeeping (escalation, shadow, telemetry), and the JSON document's fields (a
+    classifier's ``predictions`` among them, ``[1, K]`` from :func:`protocol.answers.classification`).
 
     ``after`` is the request's bookkeeping (telemetry, probation, shadow sampling): the HTTP
     handler runs it with :meth:`settle` once the answer is sent, so the app does not wait for
     it; :meth:`Serving.answer` runs it before returning."""
 
     scores: np.ndarray | None
-    fields: dict[str, Any]  # top | task+tensors, served_by, bundle, latency_ms[, cloud_model]
+    fields: dict[str, Any]  # predictions+task+top | task's own, served_by, bundle, latency_ms[, cloud_model]
     after: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     def settle(self) -> None:
         if self.after is not None:
             self.after()
 
-    def _document(self) -> dict[str, Any]:
-        return self.fields if self.scores is None else {"predictions": self.scores, **self.fields}
-
     def doc(self) -> dict[str, Any]:
-        return _plain_tree(self._document())  # type: ignore[no-any-return]
+        return _plain_tree(self.fields)  # type: ignore[no-any-return]
 
     def body(self) -> bytes:
         """The JSON answer in one orjson call, scores straight from the float32 array: each
         score is the shortest text that reads back to the same float32 (``0.5``, ``0.1``; the
         standard library writes float32 values widened, ``0.10000000149011612``); NaN is null.
         Measured on MobileNetV2-224 (1001 scores), it takes ~0.2-0.3 ms off each answer."""
-        return orjson.dumps(self._document(), default=_plain, option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(self.fields, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _plain(obj: Any) -> Any:
@@ -534,8 +533,8 @@ class Serving:
             )
         except BadParameter as exc:
             raise InputError(str(exc)) from None
-        fields = {"task": doc["task"], "top": doc["top"], **self._about(model, path, t0)}
-        return Answer(scores, fields, after)
+        fields = {"predictions": doc["predictions"], "task": doc["task"], "top": doc["top"]}
+        return Answer(scores, {**fields, **self._about(model, path, t0)}, after)
 
     def _use_local(self) -> bool:
         if self.budget_s is None or self.cloud is None or self._ewma_s is None:

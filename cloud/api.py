@@ -177,12 +177,13 @@ def _result(model: ServedModel, outputs: list[np.ndarray], params: answers.Param
 
 
 def _image_result(model: ServedModel, outputs: list[np.ndarray], params: answers.Params, data: bytes) -> dict[str, Any]:
-    """The image routes' answer: the seed's ``predictions``/``top`` for a classifier (and
-    ``task``), its task's form for any other model, in pixels of the image sent."""
+    """The image routes' answer: the seed's ``predictions`` (``[N, K]``, as the agent answers
+    them)/``top`` for a classifier (and ``task``), its task's form for any other model, in pixels
+    of the image sent."""
     spec = model.spec
     if spec.form == answers.CLASSIFICATION or spec.signature is None:
         doc = answers.classification(
-            outputs[0], spec.label_map.as_list(), batch=True, k=params.top_k, given="top_k" in params.given
+            outputs[0], spec.label_map.as_list(), k=params.top_k, given="top_k" in params.given
         )
         out = {"predictions": doc["predictions"], "model": spec.ref, "task": doc["task"], "top": doc["top"]}
         if params.raw and spec.signature is not None:
@@ -219,6 +220,7 @@ def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) 
         headers: dict[str, str] = {}
         if isinstance(exc, Overloaded):
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+            service.metrics.shed.labels(exc.reason).inc()
         if isinstance(exc, AuthError):
             headers["WWW-Authenticate"] = "Bearer"
         if status >= 500:

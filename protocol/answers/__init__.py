@@ -12,11 +12,11 @@ every form has ``task``:
 * ``classification`` (a classifier, or a bundle without a signature: what every bundle was
   served as before signatures existed)::
 
-      {"task": "classification", "predictions": [scores], "top": [{"index", "label", "score"} x top_k]}
+      {"task": "classification", "predictions": [[scores]], "top": [{"index", "label", "score"} x top_k]}
 
-  ``predictions`` are the dequantized class scores, kept as the seed's ``/predict`` had them:
-  flat on the agent (one image per request), ``[N, K]`` on the cloud (a batch); ``top`` is the
-  same on both.
+  ``predictions`` are the dequantized class scores as the seed's ``/predict`` had them: ``[N, K]``,
+  one row per input (one image per request, so one row), from the agent and the cloud alike;
+  ``top`` ranks the first row.
 * ``detection``: ``{"detections": [{"label", "class_id", "score", "box", "box_normalized"}],
   "image", "score_threshold", "max_detections"}`` (:func:`tasks.detection`);
 * ``segmentation``: ``{"classes": [{"class_id", "label", "pixels", "fraction"}], "mask_size",
@@ -109,17 +109,17 @@ def top(scores: Any, labels: Sequence[str], k: int = TOP_K) -> list[dict[str, An
     ]
 
 
-def classification(
-    scores: Any, labels: Sequence[str], *, batch: bool = False, k: int = TOP_K, given: bool = False
-) -> dict[str, Any]:
-    """``{"task", "predictions", "top"}``; ``scores`` are dequantized, one row (flat) or, with
-    ``batch``, ``[N, K]`` whose first row is ranked. A ``k`` the request ``given`` over the class
-    count is refused (:class:`BadParameter` ``top_k``); the default is cut to the classes."""
-    row = scores[0] if batch else scores
-    n = int(row.reshape(-1).shape[0])
+def classification(scores: Any, labels: Sequence[str], *, k: int = TOP_K, given: bool = False) -> dict[str, Any]:
+    """``{"task", "predictions", "top"}`` with ``predictions`` always ``[N, K]``: ``scores`` are
+    dequantized, one input's (flat, the agent's) or a batch's (the model's output, ``[N, ...]``,
+    the cloud's), so either server answers the same shape; the first row is ranked. A ``k`` the
+    request ``given`` over the class count is refused (:class:`BadParameter` ``top_k``); the
+    default is cut to the classes."""
+    rows = scores.reshape(1, -1) if len(scores.shape) < 2 else scores.reshape(scores.shape[0], -1)
+    n = int(rows.shape[1])
     if given and k > n:
         raise BadParameter("top_k", k, f"must be in 1..{n} (the model has {n} classes)")
-    return {"task": CLASSIFICATION, "predictions": scores, "top": top(row, labels, k)}
+    return {"task": CLASSIFICATION, "predictions": rows, "top": top(rows[0], labels, k)}
 
 
 def dequantize(spec: TensorSpec, value: Any) -> Any:

@@ -90,7 +90,7 @@ def test_unsure_answers_go_to_the_cloud_and_a_down_cloud_opens_the_breaker_until
     )
     out = ask(agent)
     assert out["served_by"] == "cloud" and out["escalated"] is True, out
-    assert 0 <= out["confidence"] < 1.0 and len(out["predictions"]) == 10
+    assert 0 <= out["confidence"] < 1.0 and [len(r) for r in out["predictions"]] == [10]
 
     # the cloud dies; a socket that accepts connections and never answers takes its port
     cloud.stop()

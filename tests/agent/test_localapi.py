@@ -82,7 +82,7 @@ def test_pipelined_requests_on_one_connection_get_their_answers_in_order(port: i
     )
     out, closed = _exchange(port, raw, answers=4)
     assert [code for code, _, _ in out] == [200, 200, 200, 200] and not closed
-    assert out[0][2]["served_by"] == "cpu" and len(out[0][2]["predictions"]) == 1001
+    assert out[0][2]["served_by"] == "cpu" and [len(r) for r in out[0][2]["predictions"]] == [1001]
     assert out[1][2] == {"ok": True, "model": True} and out[3][2] == {"device": "t"}
     assert out[0][2]["top"] == out[2][2]["top"]
     assert out[0][1]["content-type"] == "application/json" and "date" in out[0][1]

@@ -45,7 +45,7 @@ def test_digits_bundle_from_the_compiler_serves_tensors_and_images(digits_agent)
         {"Content-Type": "application/json"},
     )
     assert code == 200, out
-    assert len(out["predictions"]) == 10 and abs(sum(out["predictions"]) - 1) < 0.05
+    assert np.shape(out["predictions"]) == (1, 10) and abs(sum(out["predictions"][0]) - 1) < 0.05  # [N, K]
     assert out["bundle"] == {"digest": pub.ref.digest, "name": pub.ref.name, "version": pub.ref.version}
     code, out = agent.predict_image(_digit_png(), path="/predict")  # the seed-compatible alias
     assert code == 200 and out["served_by"] == "cpu" and out["top"][0]["label"] in [str(i) for i in range(10)]
@@ -115,7 +115,7 @@ def test_device_without_a_usable_model_routes_to_the_cloud_fallback(
     hub.report(agent.device, "verify", "failed", tpu_only.ref.digest)  # refused: no Edge TPU here
     code, out = agent.predict_image(_digit_png())
     assert code == 200, out
-    assert out["served_by"] == "cloud" and len(out["predictions"]) == 10
+    assert out["served_by"] == "cloud" and np.shape(out["predictions"]) == (1, 10)
     code, _ = agent.http("GET", "/healthz")
     assert code == 200
     tm = hub.wait(
@@ -138,7 +138,7 @@ def test_device_without_a_usable_model_routes_to_the_cloud_fallback(
         {"Content-Type": "application/json"},
     )
     assert code == 200 and out["served_by"] == "cpu"
-    assert len(local) == 10
+    assert np.shape(local) == (1, 10)
 
 
 @pytest.mark.slow
@@ -199,7 +199,7 @@ def test_onnx_only_bundle_is_served_by_onnxruntime(tmp_path, trust, hub, make_ag
         "POST", "/v1/predict", json.dumps({"inputs": x.tolist()}).encode(), {"Content-Type": "application/json"}
     )
     assert code == 200 and res["served_by"] == "onnx"
-    assert np.allclose(res["predictions"], y.reshape(-1), atol=1e-5)
+    assert np.shape(res["predictions"]) == y.shape and np.allclose(res["predictions"], y, atol=1e-5)
 
 
 def test_local_api_is_also_served_on_a_unix_socket(tmp_path, make_agent, hub):

@@ -171,8 +171,8 @@ def test_each_coral_model_answers_through_the_local_api_as_litert_does(
         with local_api(bundle) as api:
             doc = ask(api, coral_models, c, bundle)
         scores = np.asarray(doc["predictions"], np.float32)
-        assert scores.shape == (ref[0].size,)
-        assert np.abs(scores - ref[0].reshape(-1)).max() <= step(bundle / _artifact(bundle)) + 1e-6
+        assert scores.shape == (1, ref[0].size)  # [N, K], one row: the cloud's shape too
+        assert np.abs(scores - ref[0].reshape(1, -1)).max() <= step(bundle / _artifact(bundle)) + 1e-6
         assert doc["top"][0]["index"] == int(ref[0].argmax())
         assert "tensors" not in doc and doc["task"] == "classification"
         return

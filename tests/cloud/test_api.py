@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,52 @@ def test_predict_answers_the_seed_contract_with_the_exact_model_output(served: A
     best = int(expected[0].argmax())
     assert body["top"][0] == {"index": best, "label": f"class{best}", "score": body["top"][0]["score"]}
     assert [t["score"] for t in body["top"]] == sorted((t["score"] for t in body["top"]), reverse=True)
+
+
+def _structure(doc: Any) -> Any:
+    """What an app's parser sees of a JSON document: its keys, nesting and list lengths, every
+    value replaced by its kind."""
+    if isinstance(doc, dict):
+        return {k: _structure(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_structure(v) for v in doc]
+    return "number" if isinstance(doc, (int, float)) and not isinstance(doc, bool) else type(doc).__name__
+
+
+def test_classifier_answers_have_one_shape_on_device_and_cloud(served: Any, tiny: Tiny, tmp_path: Path) -> None:
+    """The same classifier through the agent's serving code (the bytes its local API sends) and
+    the cloud's: the same keys, nesting and lengths, ``predictions`` ``[N, K]`` with one row from
+    both (the agent's used to be flat), the same scores and ``top``; only the who-answered fields
+    differ, so an app moves between the device and the cloud by changing the base URL."""
+    from agent.runtime import Model
+    from agent.serve import Serving, parse_request
+    from agent.telemetry import Recorder
+    from protocol.messages import BundleInfo
+
+    (tmp_path / "model.onnx").write_bytes(tiny.onnx)
+    (tmp_path / "labels.txt").write_text("".join(f"class{i}\n" for i in range(10)))
+    spec = {"task": "classification", "num_classes": 10, "preprocess": IMAGE_8x8, "labels": "labels.txt"}
+    roles = {"onnx": "model.onnx", "labels": "labels.txt"}
+    model = Model.open(tmp_path, "model.onnx", "onnx", BundleInfo("0" * 64, "tiny", "1"), spec, roles)
+    serving = Serving(Recorder(), None, None, lambda d, w: None)
+    serving.swap(model)
+    data = png(gradient())
+    try:
+        for query in ("", "top_k=3"):
+            answer = serving.answer(parse_request("image/png", data, query=query))
+            device = json.loads(answer.body())
+            r = served.post(f"/predict?{query}", files={"file": ("x.png", data, "image/png")})
+            assert r.status_code == 200, r.text
+            cloud = r.json()
+            assert device.pop("bundle")["name"] == cloud.pop("model")["name"] == "tiny"  # who answered: differs
+            assert device.pop("served_by") == "onnx" and isinstance(device.pop("latency_ms"), float)
+            assert _structure(device) == _structure(cloud), (device, cloud)
+            assert np.shape(device["predictions"]) == np.shape(cloud["predictions"]) == (1, 10)
+            assert np.allclose(device["predictions"], cloud["predictions"], atol=1e-6)
+            assert [t["index"] for t in device["top"]] == [t["index"] for t in cloud["top"]]
+            assert len(cloud["top"]) == (3 if query else 5)
+    finally:
+        model.close()
 
 
 def test_larger_colour_jpeg_is_converted_and_resized_like_the_spec_says(served: Any, tiny: Tiny) -> None:

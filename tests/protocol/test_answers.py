@@ -35,10 +35,20 @@ def test_uint8_scores_do_not_wrap_when_ranked():
     assert answers.top(np.array([0, 255, 3], np.uint8), [])[0]["index"] == 1
 
 
-def test_the_cloud_ranks_the_first_row_of_a_batch_and_keeps_it_nested():
+def test_a_batch_keeps_one_row_per_input_and_its_first_row_is_ranked():
     scores = np.array([[0.2, 0.8], [0.9, 0.1]], np.float32)
-    doc = answers.classification(scores, ["x", "y"], batch=True)
-    assert doc["predictions"] is scores and doc["top"][0]["label"] == "y"
+    doc = answers.classification(scores, ["x", "y"])
+    assert doc["predictions"].tolist() == scores.tolist() and doc["top"][0]["label"] == "y"
+
+
+@pytest.mark.parametrize("shape", [(3,), (1, 3), (1, 1, 3)])
+def test_one_inputs_scores_answer_one_row_whatever_their_shape(shape):
+    """The agent has one image's scores flat, the cloud the model's ``[1, K]`` (or ``[1, 1, K]``)
+    output: both answer ``[[K scores]]``, the seed's ``[N, K]``."""
+    scores = np.array([0.1, 0.7, 0.2], np.float32).reshape(shape)
+    doc = answers.classification(scores, ["a", "b", "c"])
+    assert doc["predictions"].tolist() == [[np.float32(0.1), np.float32(0.7), np.float32(0.2)]]
+    assert [t["label"] for t in doc["top"]] == ["b", "c", "a"]
 
 
 def test_tensors_are_dequantized_by_name_and_role_with_their_shape_state_left_out():
