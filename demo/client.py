@@ -64,7 +64,7 @@ def top1(answer: dict[str, Any]) -> int | None:
     if top:
         return int(top[0]["index"])
     preds = answer.get("predictions")
-    if preds:
-        flat = np.asarray(preds, dtype=float).reshape(-1)
-        return int(flat.argmax())
+    if preds:  # [N, K], one row per input; an older agent answered the one row flat
+        row = np.atleast_2d(np.asarray(preds, dtype=float))[0]
+        return int(row.argmax())
     return None
