@@ -38,14 +38,14 @@ import binascii
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field as dc_field
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from .codec import canonical, field, load_object, nonneg_int
+from .ed25519 import PublicKey
 from .errors import BadPayload, Reason, VerificationError
+
+if TYPE_CHECKING:  # imported where keys are made or signed with: a device only verifies (protocol.ed25519)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 PAYLOAD_PREFIX = "application/vnd.edgefleet."
 
@@ -66,9 +66,16 @@ def _b64d(value: str, what: str) -> bytes:
         raise BadPayload(what, f"{value[:40]!r} is not valid base64") from None
 
 
-def keyid_of(public: Ed25519PublicKey) -> str:
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:32]
+def _raw(public: Ed25519PublicKey | PublicKey) -> bytes:
+    if isinstance(public, PublicKey):
+        return public.raw
+    from cryptography.hazmat.primitives import serialization
+
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def keyid_of(public: Ed25519PublicKey | PublicKey) -> str:
+    return hashlib.sha256(_raw(public)).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,8 @@ class SigningKey:
 
     @classmethod
     def generate(cls) -> SigningKey:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return cls(Ed25519PrivateKey.generate())
 
     @property
@@ -90,16 +99,20 @@ class SigningKey:
         return self.private.public_key()
 
     def public_b64(self) -> str:
-        raw = self.public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return base64.b64encode(raw).decode()
+        return base64.b64encode(_raw(self.public)).decode()
 
     def to_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self.private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
 
     @classmethod
     def from_pem(cls, data: bytes, what: str = "signing key") -> SigningKey:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as exc:
@@ -190,7 +203,7 @@ class SignatureReport:
         )
 
 
-def check_signatures(env: Envelope, keys: dict[str, Ed25519PublicKey], role: Role) -> SignatureReport:
+def check_signatures(env: Envelope, keys: dict[str, PublicKey], role: Role) -> SignatureReport:
     valid: list[str] = []
     unknown: list[str] = []
     bad: list[str] = []
@@ -203,8 +216,10 @@ def check_signatures(env: Envelope, keys: dict[str, Ed25519PublicKey], role: Rol
         if kid in valid:
             continue  # a keyid counts once, however often it is listed
         try:
-            keys[kid].verify(_b64d(s["sig"], "signature"), msg)
-        except (InvalidSignature, BadPayload):
+            ok = keys[kid].verify(_b64d(s["sig"], "signature"), msg)
+        except BadPayload:
+            ok = False
+        if not ok:
             bad.append(kid)
             continue
         valid.append(kid)
@@ -217,7 +232,7 @@ class Root:
 
     version: int
     expires: int
-    keys: dict[str, Ed25519PublicKey] = dc_field(hash=False, compare=False)
+    keys: dict[str, PublicKey] = dc_field(hash=False, compare=False)
     roles: dict[str, Role] = dc_field(hash=False, compare=False)
     raw: bytes = b""  # the envelope bytes this root was read from, to persist unchanged
 
@@ -244,20 +259,19 @@ class Root:
 def root_document(
     version: int,
     expires: int,
-    root_keys: Iterable[SigningKey | Ed25519PublicKey],
+    root_keys: Iterable[SigningKey | Ed25519PublicKey | PublicKey],
     root_threshold: int,
-    targets_keys: Iterable[SigningKey | Ed25519PublicKey],
+    targets_keys: Iterable[SigningKey | Ed25519PublicKey | PublicKey],
     targets_threshold: int = 1,
 ) -> dict[str, Any]:
-    def pub(k: SigningKey | Ed25519PublicKey) -> Ed25519PublicKey:
+    def pub(k: SigningKey | Ed25519PublicKey | PublicKey) -> Ed25519PublicKey | PublicKey:
         return k.public if isinstance(k, SigningKey) else k
 
     rk = [pub(k) for k in root_keys]
     tk = [pub(k) for k in targets_keys]
     keys = {}
     for k in rk + tk:
-        raw = k.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        keys[keyid_of(k)] = {"ed25519": base64.b64encode(raw).decode()}
+        keys[keyid_of(k)] = {"ed25519": base64.b64encode(_raw(k)).decode()}
     if not 1 <= root_threshold <= len(rk):
         raise BadPayload("root", f"root threshold {root_threshold} must be 1..{len(rk)}")
     if not 1 <= targets_threshold <= len(tk):
@@ -281,12 +295,12 @@ def parse_root_payload(payload: bytes, raw: bytes = b"") -> Root:
         raise BadPayload(what, f"_type must be 'root', got {obj.get('_type')!r}")
     version = nonneg_int(obj, "version", what)
     expires = nonneg_int(obj, "expires", what)
-    keys: dict[str, Ed25519PublicKey] = {}
+    keys: dict[str, PublicKey] = {}
     for kid, spec in field(obj, "keys", dict, what).items():
         if not isinstance(spec, dict) or not isinstance(spec.get("ed25519"), str):
             raise BadPayload(what, f"key {kid!r} needs an 'ed25519' base64 value")
         try:
-            pub = Ed25519PublicKey.from_public_bytes(_b64d(spec["ed25519"], what))
+            pub = PublicKey(_b64d(spec["ed25519"], what))
         except ValueError:
             raise BadPayload(what, f"key {kid!r} is not a 32-byte Ed25519 public key") from None
         if keyid_of(pub) != kid:
