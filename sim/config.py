@@ -14,7 +14,10 @@ from .errors import SimError
 class Inference:
     """Simulated inference on one device: ``rate`` requests per second, latency lognormal around
     ``latency_ms`` (``sigma``), times ``slowdown``; ``error_rate`` of them fail; ``drift`` shifts
-    the input feature values by that many baseline-widths (0 = the traffic the baseline saw)."""
+    the input feature values by that many baseline-widths (0 = the traffic the baseline saw; a
+    fraction shifts that share of the values one bin further, so 0.3 moves 30 % of them one bin);
+    ``cloud_rate`` of the answered ones went to the cloud fallback; with ``shadow_agreement`` set,
+    a shadow model compares every answer and agrees with that share of them."""
 
     rate: float = 5.0
     latency_ms: float = 8.0
@@ -22,15 +25,19 @@ class Inference:
     slowdown: float = 1.0
     error_rate: float = 0.0
     drift: float = 0.0
+    cloud_rate: float = 0.0
+    shadow_agreement: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("rate", "latency_ms", "sigma", "error_rate", "drift"):
+        for name in ("rate", "latency_ms", "sigma", "error_rate", "drift", "cloud_rate"):
             if getattr(self, name) < 0:
                 raise SimError(f"inference {name} must be >= 0, got {getattr(self, name)}")
         if self.slowdown <= 0:
             raise SimError(f"inference slowdown must be > 0, got {self.slowdown}")
-        if self.error_rate > 1:
-            raise SimError(f"inference error_rate must be within 0..1, got {self.error_rate}")
+        for name in ("error_rate", "cloud_rate", "shadow_agreement"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= 1:
+                raise SimError(f"inference {name} must be within 0..1, got {v}")
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from agent.install import (
     require_fresh_root,
 )
 from agent.slots import SlotRecord, SlotsState
-from protocol.device import Health, Inventory as WireInventory
+from protocol.device import Health, Inventory as WireInventory, Shadow
 from protocol.errors import BadPayload, ProtocolError, Reason, VerificationError
 from protocol.messages import (
     COUNT_KEYS,
@@ -112,6 +112,9 @@ class SimDevice:
         self.archives = archives
         self.rng = rng
         self.inference = inference or cfg.inference
+        # what a bundle does on this device instead of ``inference`` (an injected regression), by digest
+        self.per_bundle: dict[str, Inference] = {}
+        self._served: dict[str, dict[str, dict[str, list[int]]]] = {}  # serve(): digest -> drift refs
         self.selftest_fails = False
         self.link: Link | None = None
         self.inventory = Inventory(board=cfg.board, free_disk=cfg.free_disk, agent_version=AGENT_VERSION)
@@ -255,13 +258,33 @@ class SimDevice:
     def _reset_window(self) -> None:
         self._sketch = LatencySketch()
         self._counts = {k: 0 for k in COUNT_KEYS}
-        refs = self.verified[self.active].refs if self.active in self.verified else {}
+        self._shadow = [0, 0]  # agreed, compared
+        refs = self._refs()
         self._drift = {side: {n: [0] * len(r) for n, r in feats.items()} for side, feats in refs.items() if feats}
+        # cumulative reference counts, once per window rather than once per simulated inference
+        self._cum = [(side, n, list(itertools.accumulate(r))) for side, f in refs.items() for n, r in f.items() if r]
 
-    def _telemetry(self) -> None:
-        now = int(time.time())
+    def _refs(self) -> dict[str, dict[str, list[int]]]:
+        a = self.active
+        if a is None:
+            return {}
+        return self.verified[a].refs if a in self.verified else self._served.get(a, {})
+
+    def serve(self, record: SlotRecord, refs: dict[str, dict[str, list[int]]]) -> None:
+        """Serve ``record`` as if installed (no transfer, no verification), the one before kept as
+        previous: for benches that judge what a bundle's telemetry says, not how it got there
+        (``bench/gates.py``). ``refs``: its drift baseline's counts, side -> feature -> counts."""
+        self._telemetry_switch()
+        self._served[record.digest] = refs
+        self.slots = SlotsState(active=record, previous=self.slots.active, trial=False)
+        self._reset_window()
+
+    def window(self, now: int | None = None) -> Telemetry:
+        """Close the current telemetry window and return it (what :meth:`tick` sends)."""
+        now = int(time.time()) if now is None else now
         self._seq["telemetry"] += 1
         seq = self._seq["telemetry"]
+        agreed, compared = self._shadow
         msg = Telemetry(
             self.id,
             seq,
@@ -271,33 +294,39 @@ class SimDevice:
             dict(self._counts),
             self._sketch.to_dict(),
             {s: {n: list(c) for n, c in f.items()} for s, f in self._drift.items()},
-            None,
+            Shadow(compared, 0, agreed / compared) if compared else None,
             Health(),
             {"pending": len(self.unacked)},
         )
         self._window_start = max(self._window_start, now)
         self._reset_window()
+        return msg
+
+    def _telemetry(self) -> None:
+        msg = self.window()
         self.counters.telemetry_sent += 1
-        self._send("telemetry", seq, msg.to_bytes())
+        self._send("telemetry", msg.seq, msg.to_bytes())
 
     # simulated inference -----------------------------------------------------------------------------
     def infer(self, n: int) -> None:
         """``n`` simulated requests on the active model (none without one)."""
         if self.active is None:
             return
-        inf = self.inference
-        refs = self.verified[self.active].refs if self.active in self.verified else {}
+        inf = self.per_bundle.get(self.active, self.inference)
         mu = math.log(max(1e-6, inf.latency_ms * inf.slowdown / 1000.0))
+        rand = self.rng.random
         for _ in range(n):
             self._counts["inferences"] += 1
-            ok = self.rng.random() >= inf.error_rate
+            ok = rand() >= inf.error_rate
             if ok:
-                self._counts["cpu"] += 1
+                # draw only for what is simulated, so a run without cloud or shadow draws as before
+                self._counts["cloud" if inf.cloud_rate and rand() < inf.cloud_rate else "cpu"] += 1
+                if inf.shadow_agreement is not None:
+                    self._shadow[0] += rand() < inf.shadow_agreement
+                    self._shadow[1] += 1
                 self._sketch.add(self.rng.lognormvariate(mu, inf.sigma))
-                for side, feats in refs.items():
-                    for name, ref in feats.items():
-                        i = self._sample_bin(ref, inf.drift)
-                        self._drift[side][name][i] += 1
+                for side, name, cum in self._cum:
+                    self._drift[side][name][self._sample_bin(cum, inf.drift)] += 1
             else:
                 self._counts["errors"] += 1
             if self.probation is not None:
@@ -305,10 +334,13 @@ class SimDevice:
                 self.probation = (done + 1, errs + (0 if ok else 1))
         self._check_probation()
 
-    def _sample_bin(self, ref: list[int], drift: float) -> int:
-        cum = list(itertools.accumulate(ref))
-        i = bisect.bisect_right(cum, self.rng.random() * cum[-1]) if cum and cum[-1] else 0
-        return min(len(ref) - 1, max(0, i + int(round(drift))))
+    def _sample_bin(self, cum: list[int], drift: float) -> int:
+        """A bin drawn from the reference (``cum``: its cumulative counts), shifted by ``drift``."""
+        i = bisect.bisect_right(cum, self.rng.random() * cum[-1]) if cum[-1] else 0
+        if drift:
+            whole = math.floor(drift)
+            i += whole + (1 if drift > whole and self.rng.random() < drift - whole else 0)
+        return min(len(cum) - 1, max(0, i))
 
     def _check_probation(self) -> None:
         if self.probation is None:
