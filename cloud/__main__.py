@@ -109,10 +109,41 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--queue-timeout", type=float, default=5.0, metavar="S", help="a sample queued longer than this is answered 503"
     )
+    b.add_argument(
+        "--max-inflight",
+        type=int,
+        default=0,
+        metavar="N",
+        help="shed load: with N prediction requests in flight (per process), more are answered 503 "
+        "with Retry-After, not queued (0: 6 x workers x max batch; see docs/cloud.md)",
+    )
+    b.add_argument(
+        "--latency-budget-ms",
+        type=float,
+        default=250.0,
+        metavar="MS",
+        help="shed load: a prediction request whose expected latency (requests in flight / the rate "
+        "they complete when busy) is over this is answered 503 with Retry-After, not queued "
+        "(0: never shed; see docs/cloud.md)",
+    )
     b.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="request body limit (413)")
     o = s.add_argument_group("onnxruntime")
     o.add_argument(
         "--intra-threads", type=int, default=1, help="intra-op threads per run (0: one per core; see docs/cloud.md)"
+    )
+    o.add_argument(
+        "--solo-threads",
+        type=int,
+        default=1,
+        help="intra-op threads for a request that runs alone (queue empty, other workers idle), on a "
+        "second session of the model (0: one per core; 1: no second session)",
+    )
+    o.add_argument(
+        "--solo-inline",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="run a request that finds the queue empty and the workers idle on the event loop itself "
+        "(no hand-off to a worker thread and back; holds the loop for that run)",
     )
     o.add_argument("--inter-threads", type=int, default=1, help="inter-op threads")
     o.add_argument("--spinning", action="store_true", help="let idle ORT threads spin (burns CPU)")
@@ -187,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
             queue_timeout_s=args.queue_timeout,
             workers=args.workers,
             intra_threads=args.intra_threads,
+            solo_threads=args.solo_threads,
+            solo_inline=args.solo_inline,
+            latency_budget_ms=args.latency_budget_ms,
+            max_inflight=args.max_inflight,
             inter_threads=args.inter_threads,
             spinning=args.spinning,
             optimization=args.graph_optimization,

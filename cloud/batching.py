@@ -15,6 +15,13 @@ Rules (the worker thread applies them; :func:`take` is the pure part):
   (503: the service is behind) instead of being run late; a cancelled request is skipped;
 * models with a static batch dimension of 1 are run one sample at a time (``batchable=False``);
 * if a batch fails, each request in it is re-run alone so one bad input fails only itself;
+* **adaptive threads**: a batch that leaves the queue empty while no other worker is running
+  (a lone request, e.g. one client) is run by ``run_solo`` when given - the model's session with
+  every core's intra-op threads - so it is not held to one core; any other batch is run by
+  ``run`` (one thread per run, the workers giving the parallelism). With ``policy.solo_inline``
+  a request that finds the queue empty and every worker idle is not queued at all: the
+  submitting thread (the event loop) decodes, runs and finishes it at once, saving the two
+  thread hand-offs (to a worker and back), at the price of holding the loop for that one run;
 * a request may hand over a ``prepare`` callable instead of a tensor (:meth:`Batcher.submit_lazy`):
   the worker builds the input (decodes the image) just before the run, so decoding uses the
   worker threads' cores instead of the single event-loop thread;
@@ -106,9 +113,12 @@ class Batcher:
         fail: Callable[[Exception], CloudError] | None = None,
         clock: Callable[[], float] = time.monotonic,
         workers: int = 1,
+        run_solo: Runner | None = None,
     ) -> None:
         self.name = name
         self._run = run
+        self._run_solo = run_solo
+        self._busy = 0  # workers running a batch now
         self.policy = policy
         self.batchable = batchable
         self._on_batch = on_batch
@@ -153,6 +163,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         rows = pending.rows
+        item = _Item(x, prepare, pending, fut, loop, self._clock(), finish)
         with self._cond:
             if self._closed:
                 raise Unavailable(f"model {self.name} is being unloaded; retry")
@@ -161,9 +172,18 @@ class Batcher:
                     f"model {self.name}: queue full ({self._rows} of {self.policy.max_queue} samples waiting)",
                     retry_after=1.0,
                 )
-            self._queue.append(_Item(x, prepare, pending, fut, loop, self._clock(), finish))
-            self._rows += rows
-            self._cond.notify()
+            inline = self.policy.solo_inline and not self._queue and not self._busy
+            if inline:
+                self._busy += 1
+            else:
+                self._queue.append(item)
+                self._rows += rows
+                self._cond.notify()
+        if inline:  # alone: run it here and now (answered through the future, like a worker's)
+            try:
+                self._work_on([item], True)
+            finally:
+                self._done()
         return await fut
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
@@ -176,7 +196,9 @@ class Batcher:
                 t.join(timeout)
 
     # -- worker thread -------------------------------------------------------------------
-    def _next_batch(self) -> list[_Item] | None:
+    def _next_batch(self) -> tuple[list[_Item], bool] | None:
+        """The next batch, and whether it runs alone (queue left empty, no other worker busy);
+        the caller must call :meth:`_done` after running it."""
         p = self.policy
         with self._cond:
             while not self._queue:
@@ -200,6 +222,8 @@ class Batcher:
             n = take([i.pending for i in self._queue], p.max_batch, self.batchable)
             batch = [self._queue.popleft() for _ in range(n)]
             self._rows -= sum(i.pending.rows for i in batch)
+            solo = not self._queue and self._busy == 0
+            self._busy += 1
         for item in expired:
             if not item.future.cancelled():
                 waited = now - item.enqueued
@@ -212,7 +236,11 @@ class Batcher:
                         queue_full=False,
                     ),
                 )
-        return batch
+        return batch, solo
+
+    def _done(self) -> None:
+        with self._cond:
+            self._busy -= 1
 
     def _answer(self, item: _Item, result: Any, exc: BaseException | None) -> None:
         try:
@@ -239,11 +267,12 @@ class Batcher:
             ready.append(item)
         return ready
 
-    def _run_items(self, items: list[_Item]) -> None:
+    def _run_items(self, items: list[_Item], solo: bool = False) -> None:
         arrays = [i.x for i in items if i.x is not None]
         x = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         start = self._clock()
-        outputs = self._run(x)
+        run = self._run_solo if solo and self._run_solo is not None else self._run
+        outputs = run(x)
         if self._on_batch is not None:
             self._on_batch(int(x.shape[0]), self._clock() - start)
         at = 0
@@ -261,23 +290,29 @@ class Batcher:
 
     def _work(self) -> None:
         while True:
-            batch = self._next_batch()
-            if batch is None:
+            taken = self._next_batch()
+            if taken is None:
                 return
-            batch = self._prepared(batch)
-            if not batch:
-                continue
             try:
-                self._run_items(batch)
-            except Exception as exc:  # noqa: BLE001 - a model error must not kill the worker
-                if len(batch) > 1:
-                    for item in batch:  # isolate the request that broke the batch
-                        try:
-                            self._run_items([item])
-                        except Exception as one:  # noqa: BLE001
-                            self._answer(item, None, self._error(one))
-                else:
-                    self._answer(batch[0], None, self._error(exc))
+                self._work_on(*taken)
+            finally:
+                self._done()
+
+    def _work_on(self, batch: list[_Item], solo: bool) -> None:
+        batch = self._prepared(batch)
+        if not batch:
+            return
+        try:
+            self._run_items(batch, solo)
+        except Exception as exc:  # noqa: BLE001 - a model error must not kill the worker
+            if len(batch) > 1:
+                for item in batch:  # isolate the request that broke the batch
+                    try:
+                        self._run_items([item])
+                    except Exception as one:  # noqa: BLE001
+                        self._answer(item, None, self._error(one))
+            else:
+                self._answer(batch[0], None, self._error(exc))
 
     def _error(self, exc: Exception) -> BaseException:
         if isinstance(exc, CloudError):

@@ -23,6 +23,9 @@ ENV_API_KEYS = "EDGEFLEET_CLOUD_API_KEYS"
 ENV_HUB_TOKEN = "EDGEFLEET_HUB_TOKEN"
 ENV_DEFAULT_MODEL = "EDGEFLEET_CLOUD_DEFAULT_MODEL"
 MIN_SECRET_CHARS = 16
+# default --max-inflight per worker batch: admitted requests then wait about 1.5x what they do at
+# 32 clients on 2 workers x batch 4, and 32 clients are never shed (docs/cloud.md, "Load shedding")
+INFLIGHT_PER_BATCH = 6
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,20 @@ class BatchPolicy:
     max_queue: int = 256
     queue_timeout_s: float = 5.0
     workers: int = 2
+    solo_inline: bool = False  # a lone request runs on the event loop, no worker hand-off
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Load shedding at the front door (:mod:`cloud.admission`): beyond ``floor`` requests in
+    flight (always admitted: enough to fill every worker's batch), a prediction request is
+    refused with 503 and Retry-After when ``max_inflight`` are in flight already, or when the
+    latency it can expect - requests in flight over the rate the service completes them when
+    busy (Little's law) - is over ``latency_budget_s``. 0 disables either bound."""
+
+    floor: int = 8
+    max_inflight: int = 48
+    latency_budget_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,9 @@ class SessionTuning:
     """onnxruntime session options (see docs/cloud.md for why these defaults)."""
 
     intra_threads: int = 1  # per run; parallelism comes from BatchPolicy.workers
+    # a request that runs alone (queue empty, other workers idle) runs on a second session with
+    # this many intra-op threads (0: one per core; 1: no second session): docs/cloud.md
+    solo_threads: int = 1
     inter_threads: int = 1  # graphs here are sequential; parallel executor only adds overhead
     spinning: bool = False  # spin-waiting workers steal the CPU the HTTP loop needs
     optimization: str = "all"  # disable | basic | extended | all
@@ -86,6 +106,7 @@ class CloudConfig:
     batch: BatchPolicy = BatchPolicy()
     session: SessionTuning = SessionTuning()
     limits: Limits = Limits()
+    admission: Admission = Admission()
     hub: HubSource | None = None
     access_log: bool = False
     log_level: str = "INFO"
@@ -137,8 +158,12 @@ def build(
     queue_timeout_s: float = 5.0,
     workers: int = 0,
     intra_threads: int = 1,
+    solo_threads: int = 1,
+    solo_inline: bool = False,
     inter_threads: int = 1,
     spinning: bool = False,
+    latency_budget_ms: float = 1000.0,
+    max_inflight: int = 0,
     optimization: str = "all",
     max_body_bytes: int = 8 * 1024 * 1024,
     hub: str | None = None,
@@ -186,8 +211,21 @@ def build(
     n_processes = processes or max(1, os.cpu_count() or 1)
     # workers are per process: by default the CPUs are shared out among the processes
     n_workers = workers or max(1, (os.cpu_count() or 1) // n_processes)
-    if intra_threads < 0 or inter_threads < 0:
-        raise ConfigError(f"thread counts must be >= 0, got {intra_threads}/{inter_threads}")
+    if max_inflight and max_inflight < n_workers * max_batch:
+        raise ConfigError(
+            f"--max-inflight ({max_inflight}) must be >= workers x --max-batch ({n_workers} x {max_batch}): "
+            "fewer would leave a worker's batch empty"
+        )
+    if intra_threads < 0 or inter_threads < 0 or solo_threads < 0:
+        raise ConfigError(
+            f"thread counts must be >= 0, got intra {intra_threads}, inter {inter_threads}, solo {solo_threads}"
+        )
+    if latency_budget_ms < 0:
+        raise ConfigError(f"--latency-budget-ms must be >= 0 (0: no latency bound), got {latency_budget_ms}")
+    if max_inflight < 0:
+        raise ConfigError(
+            f"--max-inflight must be >= 0 (0: {INFLIGHT_PER_BATCH} x workers x max batch), got {max_inflight}"
+        )
     if optimization not in ("disable", "basic", "extended", "all"):
         raise ConfigError(f"--graph-optimization must be disable|basic|extended|all, got {optimization!r}")
     _positive(max_body_bytes, "--max-body-bytes")
@@ -218,9 +256,22 @@ def build(
         api_keys=keys,
         default_model=default,
         poll_s=poll_s,
-        batch=BatchPolicy(max_batch, max_wait_ms / 1000.0, max_queue, queue_timeout_s, n_workers),
-        session=SessionTuning(intra_threads, inter_threads, spinning, optimization),
+        batch=BatchPolicy(max_batch, max_wait_ms / 1000.0, max_queue, queue_timeout_s, n_workers, solo_inline),
+        session=SessionTuning(
+            intra_threads=intra_threads,
+            solo_threads=solo_threads,
+            inter_threads=inter_threads,
+            spinning=spinning,
+            optimization=optimization,
+        ),
         limits=Limits(max_body_bytes=max_body_bytes, per_key_inflight=per_key_inflight),
+        # always admit enough requests to fill every worker's batch: shedding below that would
+        # idle a core without shortening anyone's wait
+        admission=Admission(
+            floor=n_workers * max_batch,
+            max_inflight=max_inflight or INFLIGHT_PER_BATCH * n_workers * max_batch,
+            latency_budget_s=latency_budget_ms / 1000.0,
+        ),
         hub=source,
         access_log=access_log,
         log_level=level,

@@ -46,13 +46,20 @@ class NotFound(CloudError):
 
 
 class Overloaded(CloudError):
-    """The batch queue is full (``retry_after`` seconds is a hint) or a request waited too long."""
+    """A request shed to bound queueing; ``retry_after`` seconds is a hint. ``reason`` says which
+    bound: ``queue_full`` (the batch queue holds ``max_queue`` samples), ``queue_timeout`` (it
+    waited too long); the front door's ``max_inflight`` and ``latency_budget``
+    (:mod:`cloud.admission`) and ``key_inflight`` (the API key's concurrent requests) are
+    answered by :class:`cloud.guard.Guard` with the same code."""
 
     code = "overloaded"
 
-    def __init__(self, problem: str, retry_after: float = 1.0, queue_full: bool = True) -> None:
+    def __init__(
+        self, problem: str, retry_after: float = 1.0, queue_full: bool = True, reason: str | None = None
+    ) -> None:
         self.retry_after = retry_after
         self.queue_full = queue_full
+        self.reason = reason or ("queue_full" if queue_full else "queue_timeout")
         super().__init__(problem)
 
 

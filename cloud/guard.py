@@ -1,6 +1,7 @@
-"""The API's front door, :class:`Guard`: API key, per-key fairness and body limit, checked
-before FastAPI parses anything. :func:`error_response` is the one error body of the API
-(``{"detail", "code"}``), used here and by the routes in :mod:`cloud.api`.
+"""The API's front door, :class:`Guard`: API key, per-key fairness, load shedding
+(:mod:`cloud.admission`) and body limit, checked before FastAPI parses anything.
+:func:`error_response` is the one error body of the API (``{"detail", "code"}``), used here and
+by the routes in :mod:`cloud.api`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import time
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .admission import decide
 from .config import ApiKey
 from .errors import AuthError, Overloaded, TooLarge
 from .metrics import Metrics
@@ -49,6 +51,7 @@ class Guard:
             await send(message)
 
         key: ApiKey | None = None
+        admitted = False
         try:
             if self.service.config.auth_required and scope["path"] not in OPEN_PATHS:
                 try:
@@ -61,6 +64,7 @@ class Guard:
                 if key is not None and not self.service.admit(key):
                     status["code"] = 429
                     self.metrics.errors.labels(Overloaded.code).inc()
+                    self.metrics.shed.labels("key_inflight").inc()
                     await error_response(
                         429,
                         Overloaded.code,
@@ -70,6 +74,22 @@ class Guard:
                     )(scope, receive, send)
                     key = None  # not admitted: nothing to release
                     return
+            if scope["method"] == "POST" and scope["path"] not in OPEN_PATHS:  # every prediction route
+                load = self.service.load
+                verdict = decide(load.inflight, load.rate, self.service.config.admission)
+                if not verdict.admitted:
+                    status["code"] = 503
+                    self.metrics.errors.labels(Overloaded.code).inc()
+                    self.metrics.shed.labels(verdict.bound or "max_inflight").inc()
+                    await error_response(
+                        503,
+                        Overloaded.code,
+                        f"overloaded, request not queued: {verdict.reason}",
+                        {"Retry-After": str(round(verdict.retry_after_s))},
+                    )(scope, receive, send)
+                    return
+                load.enter(time.monotonic())
+                admitted = True
             # every method: no route may ever see an unbounded body, whatever it is declared as
             body = await self._read_body(scope, receive)
             if body is None:
@@ -85,6 +105,8 @@ class Guard:
         finally:
             if key is not None:
                 self.service.release(key)
+            if admitted:
+                self.service.load.leave(time.monotonic())
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             self.metrics.request_seconds.labels(path, str(status["code"])).observe(time.perf_counter() - start)

@@ -2,9 +2,11 @@
 
 Each app gets its own :class:`CollectorRegistry` so several apps (tests, benchmarks) can live in
 one process. ``promtool check metrics`` is clean on it (tests/cloud/test_metrics.py). Saturation
-is ``edgefleet_cloud_queue_depth / edgefleet_cloud_queue_capacity`` per model (and 429s counted
-as ``edgefleet_cloud_errors_total{code="overloaded"}``). Labels are bounded: model names and
-versions come from verified bundles, API keys are counted by *slot* (their position in the
+is ``edgefleet_cloud_queue_depth / edgefleet_cloud_queue_capacity`` per model and
+``edgefleet_cloud_inflight / edgefleet_cloud_service_rate`` (the latency admission expects);
+every 429/503 shed is counted as ``edgefleet_cloud_errors_total{code="overloaded"}`` and by why
+in ``edgefleet_cloud_shed_total{reason}``. Labels are bounded: model names and versions come
+from verified bundles, API keys are counted by *slot* (their position in the
 config: ``/metrics`` needs no key, so neither key names nor secrets appear), routes from the
 route table.
 """
@@ -54,6 +56,19 @@ class Metrics:
         )
         self.errors = Counter(
             "edgefleet_cloud_errors_total", "Requests answered with an error, by error code", ["code"], registry=r
+        )
+        self.shed = Counter(
+            "edgefleet_cloud_shed_total",
+            "Requests refused to bound queueing (429/503), by reason: max_inflight, latency_budget, "
+            "queue_full, queue_timeout, key_inflight",
+            ["reason"],
+            registry=r,
+        )
+        self.inflight = Gauge("edgefleet_cloud_inflight", "Prediction requests in flight (admitted)", registry=r)
+        self.service_rate = Gauge(
+            "edgefleet_cloud_service_rate",
+            "Requests completed per second while busy, as admission measures it (0: not measured yet)",
+            registry=r,
         )
         self.requests_by_key = Counter(
             "edgefleet_cloud_key_requests_total",

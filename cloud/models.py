@@ -17,6 +17,7 @@ Catalog rules (mutated only from the event loop; read from request handlers):
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,11 +45,12 @@ _OPT_LEVELS = {
 }
 
 
-def session_options(t: SessionTuning) -> ort.SessionOptions:
+def session_options(t: SessionTuning, intra_threads: int | None = None) -> ort.SessionOptions:
+    """``t`` as onnxruntime options; ``intra_threads`` overrides ``t.intra_threads``."""
     so = ort.SessionOptions()
     so.graph_optimization_level = _OPT_LEVELS[t.optimization]
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = t.intra_threads
+    so.intra_op_num_threads = t.intra_threads if intra_threads is None else intra_threads
     so.inter_op_num_threads = t.inter_threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if t.spinning else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "1" if t.spinning else "0")
@@ -70,12 +72,26 @@ class LoadOptions:
     policy: BatchPolicy = BatchPolicy()
 
 
+def _threads(n: int) -> int:
+    """An intra-op thread count as onnxruntime resolves it (0: one per core)."""
+    return n or max(1, os.cpu_count() or 1)
+
+
 class ServedModel:
+    """A model version: its session(s), spec and batcher. ``solo``, when given, is a second
+    session of the same model with more intra-op threads, for a request that runs alone."""
+
     def __init__(
-        self, spec: ModelSpec, session: ort.InferenceSession, policy: BatchPolicy, metrics: Metrics | None = None
+        self,
+        spec: ModelSpec,
+        session: ort.InferenceSession,
+        policy: BatchPolicy,
+        metrics: Metrics | None = None,
+        solo: ort.InferenceSession | None = None,
     ) -> None:
         self.spec = spec
         self.session = session
+        self.solo = solo
         self._input = spec.input.name
         self._metrics = metrics
         hook = None
@@ -95,16 +111,18 @@ class ServedModel:
             on_batch=hook,
             fail=_ort_error,
             workers=policy.workers,
+            run_solo=(lambda x: self._run(x, solo)) if solo is not None else None,
         )
         if metrics is not None:
             metrics.track_queue(spec.name, spec.version, lambda: float(self.batcher.depth), policy.max_queue)
 
-    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+    def _run(self, x: np.ndarray, session: ort.InferenceSession | None = None) -> list[np.ndarray]:
+        sess = session or self.session
         if self.spec.input.batch == 1 and x.shape[0] > 1:  # static batch of 1: one row per run
-            runs = [self.session.run(None, {self._input: x[i : i + 1]}) for i in range(x.shape[0])]
+            runs = [sess.run(None, {self._input: x[i : i + 1]}) for i in range(x.shape[0])]
             outs = [np.concatenate(parts) for parts in zip(*runs, strict=True)]
         else:
-            outs = list(self.session.run(None, {self._input: x}))
+            outs = list(sess.run(None, {self._input: x}))
         q = self.spec.output_quant
         if q is not None and outs and np.issubdtype(outs[0].dtype, np.integer):
             outs[0] = (q[0] * (outs[0].astype(np.float32) - q[1])).astype(np.float32)
@@ -174,7 +192,16 @@ def load_model(bundle: VerifiedBundle, opts: LoadOptions, metrics: Metrics | Non
         session.run(None, {spec.input.name: _warmup_input(spec)})
     except Exception as exc:  # noqa: BLE001
         raise BundleRefused(src, Reason.INFERENCE_FAILED.value, f"warm-up inference failed: {str(exc)[:300]}") from None
-    return ServedModel(spec, session, opts.policy, metrics)
+    solo = None
+    t = opts.tuning
+    if _threads(t.solo_threads) > _threads(t.intra_threads):
+        # the same model again with more intra-op threads (memory: one more copy of the weights),
+        # so a lone request uses every core (docs/cloud.md, "adaptive threads")
+        solo = ort.InferenceSession(
+            bundle.onnx, sess_options=session_options(t, t.solo_threads), providers=["CPUExecutionProvider"]
+        )
+        solo.run(None, {spec.input.name: _warmup_input(spec)})
+    return ServedModel(spec, session, opts.policy, metrics, solo)
 
 
 class Catalog:

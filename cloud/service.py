@@ -11,6 +11,7 @@ import logging
 
 from protocol.signing import Root
 
+from .admission import ServiceRate
 from .config import ENV_DEFAULT_MODEL, ApiKey, CloudConfig
 from .errors import AuthError, BadInput, NotFound, Unavailable
 from .folder import Folder
@@ -36,6 +37,10 @@ class Service:
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: dict[str, int] = {}  # per API key name; touched only on the event loop
+        # prediction requests in flight and the busy completion rate, for admission (event loop only)
+        self.load = ServiceRate(config.admission.floor)
+        self.metrics.inflight.set_function(lambda: float(self.load.inflight))
+        self.metrics.service_rate.set_function(lambda: self.load.rate or 0.0)
 
     async def start(self) -> None:
         await self.folder.sync()

@@ -259,3 +259,49 @@ def test_finish_runs_in_the_worker_on_each_requests_rows_and_fails_only_its_own(
     assert outs[0] == "0" and outs[1] == "64" and outs[3] == "192" and outs[4] == "320"  # 8*8 ones x value
     assert isinstance(outs[2], BadInput) and "cannot be written" in str(outs[2])
     assert len(threads) == 5 and all(t.startswith("batcher-m") for t in threads)
+
+
+def test_a_lone_request_runs_on_the_solo_session_and_one_beside_a_busy_worker_on_the_batch_one() -> None:
+    solo, batch = Recorder(hold=True), Recorder()
+    b = Batcher("m", batch, BatchPolicy(max_batch=4, max_queue=64, workers=2), workers=2, run_solo=solo)
+
+    async def go() -> tuple[Any, Any]:
+        first = asyncio.ensure_future(b.submit(rows(1, 1.0)))  # alone: every worker idle
+        await asyncio.to_thread(solo.entered.wait, 30)
+        second = await b.submit(rows(1, 2.0))  # the other worker is busy with the first
+        solo.gate.set()
+        return await first, second
+
+    first, second = run(go())
+    b.close()
+    assert solo.sizes == [1] and batch.sizes == [1]
+    assert float(first[0][0, 0]) == 64.0 and float(second[0][0, 0]) == 128.0
+
+
+def test_solo_inline_runs_a_lone_request_on_the_submitting_thread_and_queues_the_rest() -> None:
+    where: list[int] = []
+
+    def solo(x: np.ndarray) -> list[np.ndarray]:
+        where.append(threading.get_ident())
+        return [x.reshape(x.shape[0], -1).sum(axis=1, keepdims=True)]
+
+    held = Recorder(hold=True)
+    policy = BatchPolicy(max_batch=4, max_queue=64, workers=1, solo_inline=True)
+    b = Batcher("m", held, policy, workers=1, run_solo=solo)
+
+    async def go() -> tuple[int, Any, Any]:
+        loop_thread = threading.get_ident()
+        alone = await b.submit(rows(1, 1.0))
+        b._busy += 1  # a worker is busy (as if running another batch): the next one must queue
+        try:
+            queued = asyncio.ensure_future(b.submit(rows(1, 3.0)))
+            await asyncio.to_thread(held.entered.wait, 30)
+        finally:
+            b._busy -= 1
+        held.gate.set()
+        return loop_thread, alone, await queued
+
+    loop_thread, alone, queued = run(go())
+    b.close()
+    assert where == [loop_thread] and float(alone[0][0, 0]) == 64.0
+    assert held.sizes == [1] and float(queued[0][0, 0]) == 192.0
