@@ -164,6 +164,9 @@ def cmd_rollouts_create(args: argparse.Namespace) -> int:
         policy.setdefault("preset", "staged")
     if args.ignore_windows:
         policy["ignore_windows"] = True
+    if args.stage:  # the stages in the order given, with their gates from --policy or the defaults
+        stages = policy.get("stages") or {}
+        policy["stages"] = {**stages, "stages": args.stage} if isinstance(stages, dict) else args.stage
     out = call(args, "POST", "/api/v1/rollouts", {"bundle": args.bundle, "target": _target(args), "policy": policy})
     print(out["id"])
     return EXIT_OK
@@ -200,6 +203,8 @@ def cmd_rollouts_status(args: argparse.Namespace) -> int:
             print(f"  gate {g['name']:<22} {g['status']:<18} {g.get('detail', '')}")
         for d in st["devices"]:
             print(f"  {d['device_id']:<24} {d['state']:<14} seq {d['seq']:<4} {d['reason']}")
+            for name, rec in (d.get("stages") or {}).items():
+                print(f"    stage {name:<10} {rec.get('state', ''):<8} {rec.get('detail', '')}")
         return EXIT_OK
     tty = sys.stdout.isatty()
     last = ""
@@ -388,6 +393,13 @@ def parser() -> argparse.ArgumentParser:
         "(fields: see hub/rollout.py)",
     )
     p.add_argument("--ignore-windows", action="store_true", help="install outside the groups' maintenance windows")
+    p.add_argument(
+        "--stage",
+        action="append",
+        choices=("benchmark", "shadow"),
+        help="prove the candidate on the first cohort before it switches (repeatable, in order); "
+        'gates via --policy \'{"stages": {"benchmark": {"max_p95_ratio": 1.5}}}\' (docs/lifecycle.md)',
+    )
     client_args(p)
     p.set_defaults(func=cmd_rollouts_create)
     p = ro.add_parser("ls", help="list rollouts, newest first")

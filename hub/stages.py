@@ -6,7 +6,9 @@ A policy's ``stages`` (:class:`StagePolicy`) lists, in order, any of:
 - ``benchmark``: each cohort-1 device is sent a desired document that keeps its active bundle
   and asks (``protocol.benchmark.BenchmarkRequest``) for a self-test plus ``invokes`` timed
   invokes of the staged candidate beside the current model. Gate: the device's report is ok
-  and candidate p95 / current p95 <= ``max_p95_ratio``.
+  and candidate p95 / current p95 <= ``max_p95_ratio``, or the candidate is at most
+  ``min_p95_delta_ms`` slower (as the rollout's telemetry p95 gate: sub-millisecond jitter of a
+  model that invokes in microseconds is not a regression, whatever ratio it makes).
 - ``shadow``: each cohort-1 device is sent a desired document with the candidate as ``shadow``
   (active unchanged, ``sample_rate`` of real requests also run on the candidate) until it has
   reported ``min_inferences`` shadow comparisons (summed over telemetry windows). Gate: its
@@ -50,6 +52,7 @@ class StagePolicy:
     stages: tuple[str, ...] = ()
     invokes: int = 50  # benchmark: timed invokes of each model
     max_p95_ratio: float = 1.5  # benchmark: candidate p95 / current p95
+    min_p95_delta_ms: float = 1.0  # benchmark: ...and at least this much slower to fail
     min_inferences: int = 200  # shadow: comparisons per device before it is judged
     min_agreement: float = 0.95  # shadow: per-task agreement
     sample_rate: float = 0.25  # shadow: share of real requests also run on the candidate
@@ -72,7 +75,7 @@ class StagePolicy:
         if obj:
             raise StageError(f"unknown stage fields {sorted(obj)}; known: stages, benchmark, shadow, timeout_s")
         for name, sub, keys in (
-            ("benchmark", bench, {"invokes", "max_p95_ratio"}),
+            ("benchmark", bench, {"invokes", "max_p95_ratio", "min_p95_delta_ms"}),
             ("shadow", shadow, {"min_inferences", "min_agreement", "sample_rate", "max_latency_delta_ms"}),
         ):
             if not isinstance(sub, Mapping):
@@ -94,6 +97,7 @@ class StagePolicy:
 
         whole("benchmark.invokes", self.invokes, 1, MAX_INVOKES)
         num("benchmark.max_p95_ratio", self.max_p95_ratio, 0.01, 1000)
+        num("benchmark.min_p95_delta_ms", self.min_p95_delta_ms, 0, 1e6)
         whole("shadow.min_inferences", self.min_inferences, 1, 10_000_000)
         num("shadow.min_agreement", self.min_agreement, 0, 1)
         num("shadow.sample_rate", self.sample_rate, 0.001, 1)
@@ -104,7 +108,11 @@ class StagePolicy:
     def to_dict(self) -> dict[str, Any]:
         return {
             "stages": list(self.stages),
-            "benchmark": {"invokes": self.invokes, "max_p95_ratio": self.max_p95_ratio},
+            "benchmark": {
+                "invokes": self.invokes,
+                "max_p95_ratio": self.max_p95_ratio,
+                "min_p95_delta_ms": self.min_p95_delta_ms,
+            },
             "shadow": {
                 "min_inferences": self.min_inferences,
                 "min_agreement": self.min_agreement,
@@ -162,6 +170,11 @@ class Verdict:
     figures: Mapping[str, Any]
 
 
+def _ms(v: float) -> str:
+    """Two decimals, more for a model that invokes in microseconds ("0.0061", not "0.00")."""
+    return f"{v:.2f}" if v >= 0.1 else f"{v:.4f}"
+
+
 def benchmark_gate(report: BenchmarkReport | None, p: StagePolicy) -> Verdict:
     if report is None:
         return Verdict("waiting", "benchmark: no report yet", {})
@@ -178,11 +191,20 @@ def benchmark_gate(report: BenchmarkReport | None, p: StagePolicy) -> Verdict:
     figs["p95_ratio"] = round(ratio, 4)
     assert report.candidate is not None and report.current is not None  # p95_ratio says so
     said = (
-        f"p95 ratio {ratio:.2f} (candidate {report.candidate.p95_ms:.2f} ms / current "
-        f"{report.current.p95_ms:.2f} ms, {report.candidate.n} invokes)"
+        f"p95 ratio {ratio:.2f} (candidate {_ms(report.candidate.p95_ms)} ms / current "
+        f"{_ms(report.current.p95_ms)} ms, {report.candidate.n} invokes)"
     )
-    if ratio > p.max_p95_ratio:
+    delta = report.candidate.p95_ms - report.current.p95_ms
+    figs["p95_delta_ms"] = round(delta, 4)
+    if ratio > p.max_p95_ratio and delta > p.min_p95_delta_ms:
         return Verdict("fail", f"benchmark: {said} > max_p95_ratio {p.max_p95_ratio:g}", figs)
+    if ratio > p.max_p95_ratio:
+        return Verdict(
+            "pass",
+            f"benchmark: {said} > max_p95_ratio {p.max_p95_ratio:g} but only {delta:.3f} ms slower "
+            f"<= min_p95_delta_ms {p.min_p95_delta_ms:g}",
+            figs,
+        )
     return Verdict("pass", f"benchmark: {said} <= max_p95_ratio {p.max_p95_ratio:g}", figs)
 
 

@@ -292,7 +292,9 @@ class RolloutIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     bundle: str = Field(pattern=DIGEST_RE, description="bundle digest (64 hex)")
     target: dict[str, Any] = Field(description='{"all": true} | {"devices": [...]} | {"group": g} | {"tag": t}')
-    policy: dict[str, Any] = Field(default_factory=dict, description="cohorts, soak, gates (see hub.rollout)")
+    policy: dict[str, Any] = Field(
+        default_factory=dict, description="cohorts, soak, gates, stages (see hub.rollout and hub.stages)"
+    )
 
 
 class GatePublic(BaseModel):
@@ -321,6 +323,17 @@ class RolloutPublic(BaseModel):
     total: int
 
 
+class StagePublic(BaseModel):
+    """One device's record of one rollout stage (hub.stages)."""
+
+    state: str = Field(description="waiting | pass | fail | skipped")
+    detail: str = Field(description="what the gate said, the figure named")
+    figures: dict[str, Any] = Field(
+        default_factory=dict, description="benchmark: candidate/current p50/p95, p95_ratio; shadow: samples, agreement"
+    )
+    started: int | None = None
+
+
 class RolloutDevicePublic(BaseModel):
     device_id: str
     state: str
@@ -331,6 +344,8 @@ class RolloutDevicePublic(BaseModel):
     updated: int
     online: bool
     from_bundle: str | None
+    stage: str = Field("", description="while staging: the stage it runs (benchmark | shadow)")
+    stages: dict[str, StagePublic] = Field(default_factory=dict, description="each stage's verdict and figures")
 
 
 class WaitingDevice(BaseModel):

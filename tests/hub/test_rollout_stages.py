@@ -302,3 +302,9 @@ def test_device_with_nothing_active_skips_the_stages_and_says_so():
     st, acts = advance(RolloutState(NEW), fleet(1, active=None), 0, STAGED)
     assert installs(acts) == ["d0"] and not stage_docs(acts)
     assert st.device("d0").stages["benchmark"]["state"] == "skipped"  # type: ignore[union-attr]
+
+
+def test_benchmark_ratio_over_the_gate_passes_when_the_candidate_is_under_a_millisecond_slower():
+    v = benchmark_gate(bench(0.05, 0.01), BOTH)
+    assert v.state == "pass" and "only 0.040 ms slower <= min_p95_delta_ms 1" in v.detail
+    assert benchmark_gate(bench(0.05, 0.01), replace(BOTH, min_p95_delta_ms=0.0)).state == "fail"
