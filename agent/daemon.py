@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from protocol.channels import DEFAULT, ChannelStatus
 from protocol.commands import Command
 from protocol.device import Inventory
 from protocol.errors import BadPayload, ProtocolError, Reason, VerificationError
@@ -38,6 +39,7 @@ from protocol.topics import PREFIX, Kind, Topic
 from . import AGENT_VERSION, commands, diagnostics, inventory, watchdog
 from .backlog import Backlog
 from .budget import Meter
+from .channels import Channel, accepted, channel_config, due, installed
 from .config import AgentConfig
 from .durable import fsync_dir, read_checked, read_json, write_atomic, write_json
 from .errors import ConnectError, RootExpired, StartupError
@@ -95,7 +97,9 @@ class Agent:
         self.recorder = Recorder(self.metrics)
         watchdog.configure(watchdog.settings_for(cfg))  # before the probe and any Edge TPU model
         self.probed = inventory.probe(cfg)
-        cloud = CloudClient(cfg.cloud_url, cfg.cloud_api_key, cfg.cloud_timeout_s) if cfg.cloud_url else None
+        self.cloud = cloud = (
+            CloudClient(cfg.cloud_url, cfg.cloud_api_key, cfg.cloud_timeout_s) if cfg.cloud_url else None
+        )
         self.serving = Serving(
             self.recorder,
             cloud,
@@ -114,6 +118,7 @@ class Agent:
         self.clean_file = cfg.state_dir / "clean-shutdown"
         trusted = read_json(self.trust_file, {}) or {}
         self.trusted_seq = int(trusted.get("desired_seq", 0))
+        self.accepted = accepted(trusted)  # per channel, the seq of the entry it last accepted
         # never believe a clock earlier than the newest document accepted (a device without an
         # RTC boots in 1970; expired documents must not become fresh again)
         self.clock_floor = int(trusted.get("issued_max", 0))
@@ -145,6 +150,14 @@ class Agent:
         )
         self._dirty = True
         self._window_start = int(time.time())
+        # model channels (agent.channels): default is the objects above; others keep state below
+        self.channels = {
+            DEFAULT: Channel(
+                DEFAULT, self.slots, self.serving, self.recorder, self.updater, self.report, self._window_start
+            )
+        }
+        for name in installed(cfg):
+            self._add_channel(name)
         self.http_port = 0
         self._server: Any = None
         self._unix: Any = None
@@ -161,9 +174,11 @@ class Agent:
         progress: float | None = None,
         metrics: dict[str, Any] | None = None,
         hold: Hold | None = None,
+        channel: str = DEFAULT,
     ) -> None:
-        """``desired_seq`` None = the last verified document's; 0 = no verified document (the
-        hub matches a report to a rollout by this seq, so only a signed seq may be named)."""
+        """``desired_seq`` None = the last verified document's (the channel's entry); 0 = no
+        verified document (the hub matches a report to a rollout by this seq, so only a signed
+        seq may be named)."""
         seq = self.backlog.next_seq("report")
         msg = Report(
             self.cfg.device_id,
@@ -173,15 +188,17 @@ class Agent:
             status,
             reason.value,
             detail[:2000],
-            self.trusted_seq if desired_seq is None else desired_seq,
+            self.accepted.get(channel, 0) if desired_seq is None else desired_seq,
             bundle,
             progress,
             metrics or {},
             hold,
+            channel=channel,
         )
         log.log(
             logging.WARNING if status == "failed" else logging.INFO,
-            "report %s %s %s %s",
+            "report %s%s %s %s %s",
+            "" if channel == DEFAULT else f"[{channel}] ",
             stage,
             status,
             reason.value,
@@ -191,6 +208,59 @@ class Agent:
         if self.metrics is not None:
             self.metrics.install(stage, status, reason.value)
         self._flush()
+
+    def _add_channel(self, name: str) -> Channel:
+        """A non-default channel: its own slots, job, serving and recorder (agent.channels). Its
+        telemetry is not on /metrics, which keeps describing the default channel."""
+        cfg = channel_config(self.cfg, name)
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        slots = Slots(cfg.state_dir)
+        recorder = Recorder(None)
+        serving = Serving(
+            recorder,
+            self.cloud,
+            cfg.latency_budget_ms,
+            lambda digest, why: self.events.put(("probation_failed", digest, why, name)),
+            lambda digest: self.events.put(("probation_passed", digest, name)),
+            Sessions(cfg.max_sessions, cfg.session_idle_s),
+            cfg.escalation,
+        )
+
+        def report(
+            stage: str,
+            status: str,
+            reason: Reason = Reason.OK,
+            detail: str = "",
+            desired_seq: int | None = None,
+            bundle: str | None = None,
+            progress: float | None = None,
+            metrics: dict[str, Any] | None = None,
+            hold: Hold | None = None,
+        ) -> None:
+            self.report(stage, status, reason, detail, desired_seq, bundle, progress, metrics, hold, channel=name)
+
+        updater = Updater(
+            cfg,
+            lambda: self.root,
+            slots,
+            serving,
+            lambda: inventory.current(self.cfg, self.probed),
+            report,
+            self.transport,
+            self._changed,
+            self.meter,
+        )
+        ch = self.channels[name] = Channel(name, slots, serving, recorder, updater, report, int(time.time()))
+        log.info("model channel %r at %s", name, cfg.state_dir)
+        return ch
+
+    def _channel_status(self, ch: Channel) -> ChannelStatus:
+        model, upd = ch.serving.model, ch.updater
+        return ChannelStatus(
+            model.info.to_dict() if model else None,
+            upd.staged.to_dict() if upd.staged else None,
+            upd.state if upd.job else ("serving" if model else "idle"),
+        )
 
     def _status(self, online: bool) -> Status:
         model = self.serving.model
@@ -213,6 +283,7 @@ class Agent:
             upd.staged,
             state,
             self.trusted_seq,
+            channels={n: self._channel_status(ch) for n, ch in self.channels.items() if n != DEFAULT},
         )
 
     def _incoming(self, msg: Incoming) -> None:
@@ -232,14 +303,19 @@ class Agent:
                 self._dirty = False
 
     def _telemetry(self) -> None:
+        for ch in list(self.channels.values()):
+            self._channel_telemetry(ch)
+        self._flush()
+
+    def _channel_telemetry(self, ch: Channel) -> None:
         now = int(time.time())
-        for fields in self.recorder.rotate():  # one window per model that served in the interval
-            end = max(self._window_start, min(now, int(fields.get("end", now))))
+        for fields in ch.recorder.rotate():  # one window per model that served in the interval
+            end = max(ch.window_start, min(now, int(fields.get("end", now))))
             seq = self.backlog.next_seq("telemetry")
             msg = Telemetry(
                 self.cfg.device_id,
                 seq,
-                self._window_start,
+                ch.window_start,
                 end,
                 fields["bundle"],
                 fields["counts"],
@@ -248,12 +324,12 @@ class Agent:
                 fields["shadow"],
                 health(self.cfg.state_dir),
                 self.backlog.stats(now),
-                self._accelerator(),
+                self._accelerator() if ch.name == DEFAULT else None,
                 self.meter.usage(),
+                channel=ch.name,
             )
-            self._window_start = end
+            ch.window_start = end
             self.backlog.add("telemetry", seq, msg.to_bytes(), time.time())
-        self._flush()
 
     def _accelerator(self) -> Any:
         """The Edge TPU watchdog's state (agent.watchdog), None unless an Edge TPU model serves."""
@@ -294,20 +370,25 @@ class Agent:
             "update_hold": self.updater.hold_status(),
             "accelerator": acc.to_dict() if (acc := self._accelerator()) is not None else None,
             "bytes_today": self.meter.usage(),
+            "channels": {n: self._channel_status(ch).to_dict() for n, ch in self.channels.items() if n != DEFAULT},
         }
 
     # start-up ------------------------------------------------------------------------------------
     def recover_slots(self) -> None:
-        st = self.slots.load()
         clean = self.clean_file.exists()
         self.clean_file.unlink(missing_ok=True)
         fsync_dir(self.cfg.state_dir)  # else a power cut could bring the marker back: a crash counted as clean
-        for tmp in self.slots.dir.glob("*.tmp"):
+        for ch in list(self.channels.values()):
+            self._recover_channel(ch, clean)
+
+    def _recover_channel(self, ch: Channel, clean: bool) -> None:
+        st = ch.slots.load()
+        for tmp in ch.slots.dir.glob("*.tmp"):
             shutil.rmtree(tmp, ignore_errors=True)
         probation, crashed = crash_verdict(st.probation, clean, self.cfg.probation_max_crashes)
         if crashed and st.active is not None and st.previous is not None:
             # decided before the model is even loaded: loading it may be what crashes
-            if self.updater.rollback(
+            if ch.updater.rollback(
                 Reason.INFERENCE_FAILED,
                 f"{st.active.name} {st.active.version} on probation: the agent restarted "
                 f"{probation} times without a clean shutdown",
@@ -315,17 +396,17 @@ class Agent:
                 return
         if probation != st.probation:
             st = SlotsState(st.active, st.previous, st.trial, probation)
-            self.slots.save(st)  # counted before loading the model, so a crash while loading counts too
+            ch.slots.save(st)  # counted before loading the model, so a crash while loading counts too
 
         def check(rec: Any, run_selftest: bool) -> tuple[bool | None, Any]:
             if rec is None:
                 return None, None
             try:
-                manifest = self.slots.check(rec.digest, self.root)
+                manifest = ch.slots.check(rec.digest, self.root)
                 if run_selftest:
-                    model, res = selftest_slot(self.slots, rec, manifest, self.cfg.threads)
+                    model, res = selftest_slot(ch.slots, rec, manifest, self.cfg.threads)
                     return (model is not None and res.ok), model
-                return True, open_model(self.slots, rec, manifest, self.cfg.threads)
+                return True, open_model(ch.slots, rec, manifest, self.cfg.threads)
             except (ProtocolError, OSError, Exception) as exc:  # any failure means "not usable"
                 log.warning("slot %s unusable: %s", rec.digest[:12], exc)
                 return False, None
@@ -341,13 +422,13 @@ class Agent:
         log.info("start-up recovery: %s %s", decision.action, decision.detail)
         if decision.action in ("keep", "commit"):
             on_probation = st.probation is not None
-            self.serving.swap(
+            ch.serving.swap(
                 model, (self.cfg.probation_inferences, self.cfg.probation_max_errors) if on_probation else None
             )
             if decision.action == "commit":
                 assert st.active is not None
-                self.slots.save(SlotsState(st.active, st.previous, False, st.probation))
-                self.report(
+                ch.slots.save(SlotsState(st.active, st.previous, False, st.probation))
+                ch.report(
                     "commit",
                     "ok",
                     Reason.OK,
@@ -358,31 +439,43 @@ class Agent:
         elif decision.action == "rollback":
             if model is not None:
                 model.close()
-            self.updater.rollback(decision.reason, decision.detail)
+            ch.updater.rollback(decision.reason, decision.detail)
         elif decision.action == "broken":
-            self.report(
+            ch.report(
                 "rollback", "failed", decision.reason, decision.detail, bundle=st.active.digest if st.active else None
             )
-        if self.serving.model is not None:
+        if ch.serving.model is not None:
             log.info(
-                "serving %s %s on %s",
-                self.serving.model.info.name,
-                self.serving.model.info.version,
-                self.serving.model.served_by,
+                "%s: serving %s %s on %s",
+                ch.name,
+                ch.serving.model.info.name,
+                ch.serving.model.info.version,
+                ch.serving.model.served_by,
             )
 
     def start_http(self) -> None:
         """Open every listener, then announce the port (``http.port`` means: ready)."""
         try:
             self._server = make_server(
-                self.cfg.http_host, self.cfg.http_port, self.serving, self.status_doc, self.metrics, self.updater
+                self.cfg.http_host,
+                self.cfg.http_port,
+                self.serving,
+                self.status_doc,
+                self.metrics,
+                self.updater,
+                self._channel_serving,
             )
         except OSError as exc:
             raise StartupError(f"http {self.cfg.http_host}:{self.cfg.http_port}: {exc.strerror}") from None
         if self.cfg.http_socket is not None:
             try:
                 self._unix = make_unix_server(
-                    self.cfg.http_socket, self.serving, self.status_doc, self.metrics, self.updater
+                    self.cfg.http_socket,
+                    self.serving,
+                    self.status_doc,
+                    self.metrics,
+                    self.updater,
+                    self._channel_serving,
                 )
             except OSError as exc:
                 raise StartupError(f"http_socket {str(self.cfg.http_socket)!r}: {exc.strerror}") from None
@@ -393,24 +486,36 @@ class Agent:
         write_atomic(self.cfg.http_port_file, f"{self.http_port}\n".encode())
         log.info("local API on http://%s:%d", self.cfg.http_host, self.http_port)
 
+    def _channel_serving(self, name: str) -> Serving | None:
+        ch = self.channels.get(name)
+        return ch.serving if ch is not None else None
+
     def resume_job(self) -> None:
-        pending = self.updater.pending_envelope()
+        for ch in list(self.channels.values()):
+            self._resume_channel(ch)
+
+    def _resume_channel(self, ch: Channel) -> None:
+        pending = ch.updater.pending_envelope()
         if pending is None:
             return
-        seq, env = pending
+        seq, env = pending  # seq: the channel's entry (agent.channels), env: the document that carried it
         try:
             desired = self._verify(env, seq - 1, self._now())
         except ProtocolError as exc:
             reason = exc.reason
             if isinstance(exc, RootExpired):  # kept, not failed: a rotated root resumes it (_on_root)
                 self._held = env
-                self.report("verify", "failed", reason, f"resuming seq {seq}: {exc}", seq)
+                ch.report("verify", "failed", reason, f"resuming seq {seq}: {exc}", seq)
                 return
-            self.updater._save_job(env, seq, True, f"failed:{reason.value}")
-            self.report("verify", "failed", reason, f"resuming seq {seq}: {exc}", seq)
+            ch.updater._save_job(env, seq, True, f"failed:{reason.value}")
+            ch.report("verify", "failed", reason, f"resuming seq {seq}: {exc}", seq)
             return
-        log.info("resuming the install job for desired seq %d", seq)
-        self.updater.accept(desired, env, self._now())
+        one = desired.channel(ch.name)
+        if one is None or one.seq != seq:
+            log.warning("%s: the saved job's document has no entry seq %d for it; not resuming", ch.name, seq)
+            return
+        log.info("%s: resuming the install job for desired seq %d", ch.name, seq)
+        ch.updater.accept(one, env, self._now())
 
     # network thread ----------------------------------------------------------------------------
     def _network(self) -> None:
@@ -442,7 +547,8 @@ class Agent:
             self.transport.subscribe(str(Topic.for_device(kind, dev)), qos=1)
         self.transport.subscribe(str(Topic.root()), qos=1)
         self._subscribe_manifests()
-        self.updater.resubscribe()
+        for ch in self.channels.values():
+            ch.updater.resubscribe()
         self._publish_status()
         self._flush(force=True)
 
@@ -453,7 +559,8 @@ class Agent:
             log.warning("ignoring message: %s", exc)
             return
         if topic.kind in (Kind.CHUNK, Kind.DELTA):
-            self.updater.on_chunk(topic, msg.payload)
+            for ch in list(self.channels.values()):  # each updater takes the chunks of its own job
+                ch.updater.on_chunk(topic, msg.payload)
         elif topic.kind is Kind.DESIRED and topic.device == self.cfg.device_id:
             if msg.payload:
                 self._on_desired(msg.payload)
@@ -487,16 +594,26 @@ class Agent:
             desired = self._verify(payload, self.trusted_seq, now)
         except (VerificationError, BadPayload) as exc:
             if exc.reason is Reason.REPLAYED:
-                # the retained document we already accepted: normally its job is running or done;
-                # if a crash fell between persisting its seq and its job, start the job now
-                if self.updater.job is None and not self.updater.job_done(self.trusted_seq):
+                # the retained document we already accepted: normally its jobs are running or done;
+                # if a crash fell between persisting a channel's seq and its job, start the job now
+                if any(
+                    n not in self.channels
+                    or self.channels[n].updater.job is None
+                    and not self.channels[n].updater.job_done(seq)
+                    for n, seq in self.accepted.items()
+                    if seq > 0
+                ):
                     try:
                         desired = self._verify(payload, self.trusted_seq - 1, now)
                     except (VerificationError, BadPayload) as again:
                         if isinstance(again, RootExpired):
                             self._held = payload
                         return
-                    self.updater.accept(desired, payload, now)
+                    for name, one in due(desired, {}):
+                        ch = self.channels.get(name) or self._add_channel(name)
+                        if one.seq == self.accepted.get(name) and ch.updater.job is None:
+                            if not ch.updater.job_done(one.seq):
+                                ch.updater.accept(one, payload, now)
                 return
             seq, digest = _unverified_hint(payload)
             if isinstance(exc, RootExpired) or exc.reason is Reason.UNKNOWN_KEY:
@@ -519,11 +636,21 @@ class Agent:
             return
         self.trusted_seq = desired.seq
         self.clock_floor = max(self.clock_floor, desired.issued)
-        write_json(self.trust_file, {"desired_seq": desired.seq, "issued_max": self.clock_floor})
+        jobs = due(desired, self.accepted)  # only the channels whose entry changed (agent.channels)
+        self.accepted.update({name: one.seq for name, one in jobs})
+        self._save_trust()
         self._dirty = True
-        self.updater.accept(desired, payload, now)
+        for name, one in jobs:
+            ch = self.channels.get(name) or self._add_channel(name)
+            ch.updater.accept(one, payload, now)
         if desired.shadow is not None:
             log.info("shadow mode requested for %s (sample %.2f)", desired.shadow.digest[:12], desired.shadow_sample)
+
+    def _save_trust(self) -> None:
+        write_json(
+            self.trust_file,
+            {"desired_seq": self.trusted_seq, "issued_max": self.clock_floor, "channels": self.accepted},
+        )
 
     def _on_command(self, payload: bytes) -> None:
         """Remote diagnostics (rules in :mod:`agent.commands`): verify, remember the id before
@@ -569,7 +696,8 @@ class Agent:
                 self.clock_floor,
             )
             self.trusted_seq, self.clock_floor = 0, 0
-            write_json(self.trust_file, {"desired_seq": 0, "issued_max": 0})
+            self.accepted = {name: 0 for name in self.accepted}
+            self._save_trust()
             self._dirty = True
         write_atomic(self.cfg.state_dir / "root.json", payload, keep_previous=True)
         log.info("trust root rotated to version %d", new.version)
@@ -583,14 +711,15 @@ class Agent:
     def _subscribe_manifests(self) -> None:
         """Re-signed manifests of the slots held: after the hub's online key changed, the slots
         installed under the old key must keep verifying at start."""
-        st = self.slots.load()
-        for rec in (st.active, st.previous):
-            if rec is not None:
-                self.transport.subscribe(str(Topic.manifest(rec.digest)), qos=1)
+        for ch in list(self.channels.values()):
+            st = ch.slots.load()
+            for rec in (st.active, st.previous):
+                if rec is not None:
+                    self.transport.subscribe(str(Topic.manifest(rec.digest)), qos=1)
 
     def _on_manifest(self, digest: str, env: bytes) -> None:
         try:
-            if self.slots.refresh_manifest(digest, env, self.root):
+            if any([ch.slots.refresh_manifest(digest, env, self.root) for ch in list(self.channels.values())]):
                 log.info("slot %s: manifest signed again by the hub's current key", digest[:12])
             self._manifests.pop(digest, None)
         except ProtocolError as exc:
@@ -599,17 +728,21 @@ class Agent:
             else:
                 log.warning("refused manifest for slot %s: %s", digest[:12], exc)
 
-    def _on_probation_failed(self, digest: str, why: str) -> None:
-        model = self.serving.model
-        if model is None or model.info.digest != digest:
+    def _on_probation_failed(self, digest: str, why: str, channel: str = DEFAULT) -> None:
+        ch = self.channels.get(channel)
+        model = ch.serving.model if ch is not None else None
+        if ch is None or model is None or model.info.digest != digest:
             return
-        self.updater.rollback(Reason.INFERENCE_FAILED, f"{digest[:12]} on probation: {why}")
+        ch.updater.rollback(Reason.INFERENCE_FAILED, f"{digest[:12]} on probation: {why}")
 
-    def _on_probation_passed(self, digest: str) -> None:
-        st = self.slots.load()
+    def _on_probation_passed(self, digest: str, channel: str = DEFAULT) -> None:
+        ch = self.channels.get(channel)
+        if ch is None:
+            return
+        st = ch.slots.load()
         if st.active is not None and st.active.digest == digest and st.probation is not None:
-            self.slots.save(SlotsState(st.active, st.previous, st.trial, None))
-            log.info("%s passed probation", digest[:12])
+            ch.slots.save(SlotsState(st.active, st.previous, st.trial, None))
+            log.info("%s: %s passed probation", channel, digest[:12])
 
     # main loop --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -631,7 +764,8 @@ class Agent:
                     self._dispatch(ev)
                 now = time.monotonic()
                 self.notifier.watchdog(now)  # a main loop that stops turning is restarted by systemd
-                self.updater.tick(now)
+                for ch in list(self.channels.values()):
+                    ch.updater.tick(now)
                 if now >= next_tel:
                     next_tel = now + self.cfg.telemetry_interval_s
                     self._telemetry()
@@ -653,9 +787,9 @@ class Agent:
             elif ev[0] == "disconnected":
                 log.warning("disconnected from the broker; reconnecting")
             elif ev[0] == "probation_failed":
-                self._on_probation_failed(ev[1], ev[2])
+                self._on_probation_failed(*ev[1:])
             elif ev[0] == "probation_passed":
-                self._on_probation_passed(ev[1])
+                self._on_probation_passed(*ev[1:])
         except Exception:  # one bad event must never stop the daemon
             log.exception("error handling %r", ev if not isinstance(ev, Incoming) else ev.topic)
 

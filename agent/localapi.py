@@ -22,7 +22,9 @@ Wire rules (each violation gets a JSON error naming it, then the connection clos
   ``GET /metrics`` (Prometheus text, :mod:`agent.metrics`) when ``http_metrics`` is on, and
   ``GET|POST|DELETE /v1/update/hold`` (an app defers switching to a new bundle: ``POST
   {"minutes": N, "reason": "..."}``, N up to ``max_hold_minutes``; 422 names a bad value;
-  ``DELETE`` lets go; every answer is the hold's state, agent/README.md); other paths 404,
+  ``DELETE`` lets go; every answer is the hold's state, agent/README.md); per model channel
+  (agent.channels) ``POST /v1/models/{channel}/predict`` and ``GET /v1/models/{channel}/healthz``
+  (``default`` is the routes above; a channel the device does not run is 404); other paths 404,
   other methods 405 (with ``Allow``). Errors are ``{"error", "detail"}``;
 * a predict body that is not strict JSON (NaN, Infinity, ``1e999``, nesting past 1024 levels,
   ``inputs`` deeper than 16) is 400; an image declaring more than ``agent.image.MAX_PIXELS``
@@ -175,6 +177,7 @@ class UpdateHold(Protocol):
 
 
 HOLD_PATH = "/v1/update/hold"
+_CHANNEL_PATH = re.compile(r"/v1/models/([a-z][a-z0-9_-]{0,31})/(predict|healthz)\Z")
 
 
 def _handler(
@@ -182,6 +185,7 @@ def _handler(
     status: Callable[[], dict[str, Any]],
     metrics: AgentMetrics | None = None,
     hold: UpdateHold | None = None,
+    channels: Callable[[str], Serving | None] | None = None,
 ) -> type[socketserver.BaseRequestHandler]:
     routes = {**_ROUTES, "/metrics": "GET"} if metrics is not None else dict(_ROUTES)
     if hold is not None:
@@ -249,6 +253,10 @@ def _handler(
                     return False
                 head = parse_head(block.lstrip(b"\r\n"))  # stray CRLF before a request is allowed
                 allowed = routes.get(head.path)
+                served: Serving | None = serving
+                if allowed is None and channels is not None and (m := _CHANNEL_PATH.match(head.path)):
+                    allowed = "POST" if m[2] == "predict" else "GET"
+                    served = channels(m[1])
                 if allowed is not None and head.method not in allowed.split(", "):
                     raise BadRequest(
                         HTTPStatus.METHOD_NOT_ALLOWED, f"{head.path} takes {allowed}, not {head.method}", allow=allowed
@@ -276,9 +284,15 @@ def _handler(
                 )
             if head.path == HOLD_PATH and hold is not None:
                 return self._hold(hold, head, body)
+            if served is None:
+                return self._send(
+                    HTTPStatus.NOT_FOUND,
+                    _error(HTTPStatus.NOT_FOUND, f"no model channel {head.path.split('/')[3]!r} on this device"),
+                    head.keep_alive,
+                )
             if allowed == "GET":
-                return self._get(head)
-            return self._post(head, body)
+                return self._get(head, served)
+            return self._post(head, body, served)
 
         def _hold(self, hold: UpdateHold, head: Head, body: bytes) -> bool:
             if head.method == "GET":
@@ -298,10 +312,10 @@ def _handler(
                 return self._send(code, _error(code, str(exc)), head.keep_alive)
             return self._send(200, json.dumps(doc).encode(), head.keep_alive)
 
-        def _get(self, head: Head) -> bool:
-            if head.path == "/healthz":
-                ok = serving.ready
-                doc: dict[str, Any] = {"ok": ok, "model": serving.model is not None}
+        def _get(self, head: Head, served: Serving) -> bool:
+            if head.path == "/healthz" or head.path.endswith("/healthz"):
+                ok = served.ready
+                doc: dict[str, Any] = {"ok": ok, "model": served.model is not None}
                 return self._send(200 if ok else 503, json.dumps(doc).encode(), head.keep_alive)
             if head.path == "/metrics" and metrics is not None:
                 page = response(200, metrics.render(), close=not head.keep_alive, content_type=METRICS_TYPE)
@@ -309,7 +323,7 @@ def _handler(
                 return head.keep_alive
             return self._send(200, json.dumps(status()).encode(), head.keep_alive)
 
-        def _post(self, head: Head, body: bytes) -> bool:
+        def _post(self, head: Head, body: bytes, served: Serving) -> bool:
             h = head.headers
             try:
                 req = parse_request(
@@ -321,7 +335,7 @@ def _handler(
                     session=h.get("x-session-id"),
                     reset=h.get("x-session-reset"),
                 )
-                out: Answer = serving.respond(req)
+                out: Answer = served.respond(req)
             except MalformedBody as exc:
                 return self._send(HTTPStatus.BAD_REQUEST, _error(HTTPStatus.BAD_REQUEST, str(exc)), head.keep_alive)
             except TooLarge as exc:
@@ -379,8 +393,9 @@ def make_server(
     status: Callable[[], dict[str, Any]],
     metrics: AgentMetrics | None = None,
     hold: UpdateHold | None = None,
+    channels: Callable[[str], Serving | None] | None = None,
 ) -> TCPServer:
-    return TCPServer((host, port), _handler(serving, status, metrics, hold))
+    return TCPServer((host, port), _handler(serving, status, metrics, hold, channels))
 
 
 def make_unix_server(
@@ -389,11 +404,12 @@ def make_unix_server(
     status: Callable[[], dict[str, Any]],
     metrics: AgentMetrics | None = None,
     hold: UpdateHold | None = None,
+    channels: Callable[[str], Serving | None] | None = None,
 ) -> UnixServer:
     """The same API on a Unix socket (mode 0660): local apps without a TCP port."""
     if path.is_socket():
         path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
-    srv = UnixServer(str(path), _handler(serving, status, metrics, hold))
+    srv = UnixServer(str(path), _handler(serving, status, metrics, hold, channels))
     os.chmod(path, 0o660)
     return srv

@@ -74,7 +74,8 @@ def coral_bundle(
     """
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    size = 224 if "224" in model else 128
+    src = cpu_twin or model  # a co-compiled name also names its partner's size
+    size = 224 if "224" in src else 160 if "_160_" in src else 128
     art_name = "model_edgetpu.tflite" if role == "tflite_edgetpu" else "model_int8.tflite"
     shutil.copyfile(coral / model, out / art_name)
     files = {art_name: role}

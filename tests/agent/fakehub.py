@@ -18,6 +18,7 @@ from protocol.bundle import ChunkPlan, digest_of, parse_manifest
 from protocol.messages import (
     Ack,
     BundleRef,
+    ChannelDesired,
     Desired,
     Report,
     Status,
@@ -132,6 +133,8 @@ class FakeHub:
         shadow: Published | None = None,
         shadow_sample: float = 0.0,
         extra: dict[str, Any] | None = None,
+        since: int | None = None,
+        channels: dict[str, ChannelDesired] | None = None,
     ) -> Desired:
         if seq is None:
             seq = self.seqs.get(device, 0) + 1
@@ -147,6 +150,8 @@ class FakeHub:
             shadow=shadow.ref if shadow else None,
             shadow_sample=shadow_sample,
             extra=dict(extra or {}),
+            since=since,
+            channels=dict(channels or {}),
         )
         info = self._c.publish(
             str(Topic.for_device(Kind.DESIRED, device)),

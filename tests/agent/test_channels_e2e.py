@@ -1,0 +1,100 @@
+"""Model channels with a real agent process over a real broker: a device installed before
+channels is its ``default`` channel; a second channel installs beside it from a document that
+leaves the default's entry alone; both serve on their routes, both come back after a restart,
+and rolling one back does not touch the other. The two models are Coral's co-compiled pair (one
+Edge TPU's parameter cache for both); here, without an Edge TPU, each serves its CPU twin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from protocol.messages import ChannelDesired
+
+from .bundles import MNV1, coral_bundle
+
+pytestmark = pytest.mark.integration
+
+CO_025 = "mobilenet_v1_0.25_128_quant_cocompiled_with_mobilenet_v1_0.5_160_quant_edgetpu.tflite"
+CO_05 = "mobilenet_v1_0.5_160_quant_cocompiled_with_mobilenet_v1_0.25_128_quant_edgetpu.tflite"
+MNV1_05 = "mobilenet_v1_0.5_160_quant.tflite"
+
+
+def test_two_channels_install_serve_restart_and_roll_back_independently(
+    tmp_path: Path, coral_models, trust, hub, make_agent
+):
+    def publish(name: str, model: str, twin: str, version: str = "1"):
+        d = coral_bundle(
+            tmp_path / f"{name}-{version}",
+            coral_models,
+            model,
+            name=name,
+            version=version,
+            role="tflite_edgetpu",
+            edgetpu="optional",
+            cpu_twin=twin,
+        )
+        env, _, archive = trust.sign_dir(d)
+        return hub.publish_bundle(env, archive)
+
+    cls = publish("mnv1-025", CO_025, MNV1)
+    second = publish("mnv1-05", CO_05, MNV1_05)
+    second2 = publish("mnv1-05", CO_05, MNV1_05, version="2")
+    cat = (coral_models / "cat_720p.jpg").read_bytes()
+    agent = make_agent("dev1").start()
+
+    # a single-model install, as before channels: the default channel
+    hub.desire("dev1", cls)
+    hub.report("dev1", "commit", "ok", cls.ref.digest)
+
+    # the second channel; the document keeps the default's entry at the seq that set it
+    hub.desire("dev1", cls, since=1, channels={"second": ChannelDesired(2, "install", second.ref, "r2")})
+    done = hub.report("dev1", "commit", "ok", second.ref.digest)
+    assert (done.channel, done.desired_seq) == ("second", 2)
+
+    def serves(path: str, digest: str) -> None:
+        code, out = agent.predict_image(cat, path)
+        assert code == 200, out
+        assert out["bundle"]["digest"] == digest and out["served_by"] == "cpu" and "cat" in out["top"][0]["label"]
+
+    def both() -> None:
+        serves("/v1/predict", cls.ref.digest)
+        serves("/v1/models/default/predict", cls.ref.digest)
+        serves("/v1/models/second/predict", second.ref.digest)
+
+    both()
+    code, out = agent.predict_image(cat, "/v1/models/nope/predict")
+    assert code == 404 and "no model channel 'nope'" in out["detail"]
+    assert agent.http("GET", "/v1/models/second/healthz") == (200, {"ok": True, "model": True})
+    st = hub.wait(lambda: "second" in hub.status["dev1"].channels and hub.status["dev1"], 30, "channel in status")
+    assert st.active.digest == cls.ref.digest and st.channels["second"].active["digest"] == second.ref.digest
+    hub.wait(
+        lambda: [t for t in hub.telemetry if t.channel == "second" and t.counts.get("inferences")],
+        30,
+        "the second channel's telemetry",
+    )
+    assert all(t.bundle == cls.ref.digest for t in hub.telemetry if t.channel == "default" and t.bundle)
+    assert all(t.bundle == second.ref.digest for t in hub.telemetry if t.channel == "second" and t.bundle)
+
+    # both channels come back after a restart (the second from state_dir/channels/second)
+    agent.stop()
+    agent.start()
+    both()
+
+    # the second channel moves to v2 and back; the default channel hears nothing of it
+    hub.desire("dev1", cls, since=1, channels={"second": ChannelDesired(3, "install", second2.ref, "r3")})
+    hub.report("dev1", "commit", "ok", second2.ref.digest)
+    serves("/v1/models/second/predict", second2.ref.digest)
+    hub.desire("dev1", cls, since=1, channels={"second": ChannelDesired(4, "rollback", second.ref, "r3")})
+    back = hub.wait(
+        lambda: [r for r in hub.reports if r.desired_seq == 4 and r.stage == "commit" and r.status == "ok"],
+        60,
+        "the second channel rolled back",
+    )
+    assert back[0].channel == "second" and back[0].bundle == second.ref.digest
+    serves("/v1/models/second/predict", second.ref.digest)
+    serves("/v1/predict", cls.ref.digest)
+    default_reports = [r for r in hub.reports if r.channel == "default"]
+    assert default_reports and {r.desired_seq for r in default_reports} == {1}
+    assert not hub.failures("dev1")
