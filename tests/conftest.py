@@ -1,9 +1,9 @@
 """Fixtures shared by every test package.
 
 * ``trust``: a fresh trust root (3 root keys, threshold 2) and an online targets key.
-* ``digits_bundle``: a real compiler build of the digits CNN (TensorFlow conversion), built once
-  per source version of ``compiler/`` and cached under ``.pytest_cache/edgefleet`` so the
-  suite pays for TensorFlow once.
+* ``digits_bundle``: a real compiler build of the digits CNN (TensorFlow conversion), cached under
+  ``~/.cache/edgefleet/bundles`` until a file the build read changes (``tests/bundle_cache.py``),
+  so the suite pays for TensorFlow once.
 * ``coral_models``: the real Coral test models and images in ``../shared/models/coral``.
 * ``inat_bundle``: Coral's iNat bird classifier imported with no data, cached like the digits
   build: its ONNX twin is withheld (parity measured on synthetic inputs).
@@ -12,11 +12,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,9 +26,11 @@ import pytest
 from demo.launcher import free_port, wait_port
 from protocol.bundle import MANIFEST_FILE, pack_archive
 from protocol.signing import Envelope, Root, SigningKey, load_root_unverified, root_document, seal
+from tests.bundle_cache import CACHE, cached_bundle
+
+__all__ = ["CACHE", "REPO", "cached_bundle"]  # the builds' cache, for the helpers that import it from here
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = REPO / ".pytest_cache" / "edgefleet"
 
 
 def _find_coral() -> Path | None:
@@ -99,40 +99,9 @@ def coral_models() -> Path:
     return path
 
 
-def _source_hash(*dirs: str) -> str:
-    h = hashlib.sha256()
-    for d in dirs:
-        for p in sorted((REPO / d).rglob("*.py")):
-            h.update(p.relative_to(REPO).as_posix().encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def cached_bundle(key: str, argv: list[str], timeout: float = 900) -> Path:
-    """``python -m compiler *argv --out DIR --quiet``, once per source version of ``compiler/``
-    and ``protocol/``: the bundle directory is kept under ``.pytest_cache/edgefleet/KEY-HASH``."""
-    out = CACHE / f"{key}-{_source_hash('compiler', 'protocol')}"
-    if not (out / MANIFEST_FILE).exists():
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(
-            [sys.executable, "-m", "compiler", *argv, "--out", str(tmp), "--quiet"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"{key} build failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    return out
-
-
 @pytest.fixture(scope="session")
 def digits_bundle() -> Path:
-    """A real digits build (unsigned bundle directory). Cached across runs by compiler source."""
+    """A real digits build (unsigned bundle directory). Cached across runs (tests/bundle_cache.py)."""
     return cached_bundle("digits", ["digits"])
 
 
@@ -140,7 +109,7 @@ def digits_bundle() -> Path:
 def inat_bundle(coral_models: Path) -> Path:
     """``mobilenet_v2_1.0_224_inat_bird_quant`` imported with no validation or calibration data
     (unsigned bundle directory): its twin's parity is measured on synthetic inputs and it is
-    withheld (tests/compiler/test_twin.py has the figures). Cached across runs by compiler source."""
+    withheld (tests/compiler/test_twin.py has the figures). Cached across runs (tests/bundle_cache.py)."""
     return cached_bundle(
         "inat",
         [

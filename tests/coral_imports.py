@@ -1,8 +1,8 @@
 """Every CPU model in ``../shared/models/coral`` imported with ``edgefleet-compile import`` (ONNX
 twin included), and the LiteRT reference the agent's and the cloud's answers are held to.
 
-Bundles are cached like the digits build (``tests.conftest.cached_bundle``: once per source
-version of ``compiler/`` and ``protocol/``). The reference runs the ``.tflite`` directly with
+Bundles are cached like the digits build (``tests.bundle_cache.cached_bundle``: kept until a
+file the import read changes). The reference runs the ``.tflite`` directly with
 LiteRT on the same raw input, from a fresh interpreter in its initial state (recurrent state
 inputs set to zero: left as allocated they held whatever an earlier interpreter in the process
 left there, which changed the traffic detector's boxes), and dequantizes each output with its
@@ -84,7 +84,7 @@ def _labels(coral: Path, name: str) -> Path:
 
 
 def imported(key: str, coral: Path) -> Path:
-    """The unsigned bundle directory of ``CASES[key]`` (imported once per source version)."""
+    """The unsigned bundle directory of ``CASES[key]`` (imported once, cached)."""
     c = CASES[key]
     argv = ["import", str(coral / c.model), "--name", key]
     if c.labels:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import struct
 import time
 import warnings
@@ -222,21 +223,29 @@ os.replace(sys.argv[2] + ".tmp", sys.argv[2])
 @pytest.fixture(scope="session")
 def coral_mobilenet_onnx(coral_models: Path) -> Path:
     """Coral's real quantized MobileNetV2 (uint8 in/out, static batch 1) as ONNX, via
-    tf2onnx.from_tflite in a child process; cached."""
+    tf2onnx.from_tflite in a child process; cached under ~/.cache/edgefleet by the model, this
+    script and the installed packages (tests/bundle_cache.py)."""
+    import hashlib
     import subprocess
     import sys
 
-    out = REPO / ".pytest_cache" / "edgefleet" / "coral-mobilenet_v2_1.0_224_quant.onnx"
+    from tests.bundle_cache import CACHE, environment
+
+    model = coral_models / "mobilenet_v2_1.0_224_quant.tflite"
+    key = hashlib.sha256(model.read_bytes() + CONVERT_TFLITE.encode() + environment().encode()).hexdigest()[:16]
+    out = CACHE / f"coral-mobilenet_v2_1.0_224_quant-{key}.onnx"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
+        part = out.with_suffix(f".{os.getpid()}.part")
         proc = subprocess.run(
-            [sys.executable, "-c", CONVERT_TFLITE, str(coral_models / "mobilenet_v2_1.0_224_quant.tflite"), str(out)],
+            [sys.executable, "-c", CONVERT_TFLITE, str(model), str(part)],
             capture_output=True,
             text=True,
             timeout=600,
         )
         if proc.returncode != 0:
             raise RuntimeError(f"tf2onnx from_tflite failed:\n{proc.stderr[-3000:]}")
+        part.rename(out)  # whole or not at all, even with another test process converting too
     return out
 
 

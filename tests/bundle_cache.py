@@ -1,0 +1,137 @@
+"""The compiler builds the tests use, each made once and kept under ``~/.cache/edgefleet/bundles``
+(``$XDG_CACHE_HOME/edgefleet``), outside the checkout, so a fresh clone on the same machine (CI)
+finds them too.
+
+A cached bundle is used only while everything its build read is unchanged:
+
+* its inputs: the arguments, with each one that names a file or folder taken by its name and its
+  contents (not by where it is: the same model in another clone's ``shared/`` is the same input);
+* the code and data it read: every file of the checkout the build and its children opened
+  (imports included), recorded as it ran (``tests/trace_deps/sitecustomize.py``), held by sha256;
+* the installed packages (every distribution's name and version), Python's version and the
+  ``edgetpu_compiler`` found, if any.
+
+So a commit to a part of ``compiler/`` or ``protocol/`` that the build never loads keeps the
+bundle, and a change to one it loads rebuilds it. Builds of one key are serialised with a lock
+file, so two test processes never write over each other's build.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+from protocol.bundle import MANIFEST_FILE
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgefleet"
+BUNDLES = CACHE / "bundles"
+TRACER = Path(__file__).resolve().parent / "trace_deps"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _input_digest(arg: str) -> str:
+    """An argument as the build sees it: a path by its name and contents, anything else as text."""
+    p = Path(arg) if Path(arg).is_absolute() else REPO / arg  # the build runs in the checkout
+    if p.is_file():
+        return f"file {p.name} {_sha(p)}"
+    if p.is_dir():
+        inner = sorted(f"{q.relative_to(p).as_posix()} {_sha(q)}" for q in p.rglob("*") if q.is_file())
+        return f"dir {p.name} [{', '.join(inner)}]"
+    return f"arg {arg}"
+
+
+@cache
+def environment() -> str:
+    """Python, every installed distribution and the Edge TPU compiler the build would find."""
+    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
+    tpu = os.environ.get("EDGEFLEET_EDGETPU_COMPILER") or shutil.which("edgetpu_compiler") or ""
+    tpu_id = f"{tpu} {_sha(Path(tpu))}" if tpu and Path(tpu).is_file() else "none"
+    return "\n".join([sys.version, tpu_id, *dists])
+
+
+def _source(traced: str) -> Path | None:
+    """A traced path as the checkout file it stands for (a ``.pyc`` as its ``.py``), or None for a
+    file that is not an input (gone, or under .git, .venv or the egg-info: installed packages are
+    keyed by name and version)."""
+    p = Path(traced)
+    if p.suffix == ".pyc" and p.parent.name == "__pycache__":
+        p = p.parent.parent / (p.name.split(".")[0] + ".py")
+    try:
+        rel = p.relative_to(REPO)
+    except ValueError:
+        return None
+    if rel.parts[0] in (".git", ".venv") or rel.parts[0].endswith(".egg-info") or not p.is_file():
+        return None
+    return p
+
+
+def _still_valid(entry: Path) -> bool:
+    try:
+        deps = json.loads((entry / "deps.json").read_text())
+    except (OSError, ValueError):
+        return False
+    for rel, digest in deps.items():
+        p = REPO / rel
+        if not p.is_file() or _sha(p) != digest:
+            return False
+    return (entry / "bundle" / MANIFEST_FILE).exists()
+
+
+_checked: set[Path] = set()  # entries this process has found valid (or built): checked once
+
+
+def cached_bundle(key: str, argv: list[str], timeout: float = 900) -> Path:
+    """``python -m compiler *argv --out DIR --quiet``: the bundle directory, built only when no
+    build with the same inputs is cached or one of the files that build read has changed."""
+    h = hashlib.sha256(environment().encode())
+    for a in argv:
+        h.update(_input_digest(a).encode() + b"\0")
+    entry = BUNDLES / f"{key}-{h.hexdigest()[:16]}"
+    if entry in _checked:
+        return entry / "bundle"
+    BUNDLES.mkdir(parents=True, exist_ok=True)
+    with open(entry.with_name(entry.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process building the same key: wait for it
+        if not _still_valid(entry):
+            _build(entry, argv, timeout)
+    _checked.add(entry)
+    return entry / "bundle"
+
+
+def _build(entry: Path, argv: list[str], timeout: float) -> None:
+    tmp = entry.with_name(entry.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    log = tmp / "opened.txt"
+    pythonpath = os.pathsep.join(filter(None, [str(TRACER), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath, "EDGEFLEET_TRACE_DEPS": str(log), "EDGEFLEET_TRACE_ROOT": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "compiler", *argv, "--out", str(tmp / "bundle"), "--quiet"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{entry.name} build failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    opened = {p for line in log.read_text().splitlines() if (p := _source(line)) is not None}
+    if not any(p.parent.name == "compiler" for p in opened):
+        raise RuntimeError(f"{entry.name}: the build's trace names no compiler module ({log}): cannot key it")
+    deps = {p.relative_to(REPO).as_posix(): _sha(p) for p in sorted(opened)}
+    (tmp / "deps.json").write_text(json.dumps(deps, indent=1) + "\n")
+    log.unlink()
+    shutil.rmtree(entry, ignore_errors=True)
+    tmp.rename(entry)
