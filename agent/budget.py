@@ -12,6 +12,7 @@ Rules (the pure core; ``now`` is epoch seconds, a simulated clock in the tests):
     report     always sent
     telemetry  sent while today's total + its size <= budget; else it waits in the backlog
                (bounded, agent.backlog) until the next UTC midnight
+    samples    hard-example chunks: the same rule as telemetry; they wait on disk
     bundle     a download starts (or resumes) only if the bytes still to fetch fit in what is
                left of today; else it is deferred to the next UTC midnight (and reported)
     rate       a token bucket of ``rate`` bytes/s holding at most ``burst`` bytes: a chunk of
@@ -34,7 +35,7 @@ from typing import Any
 
 from .durable import read_json, write_json
 
-KINDS = ("bundle", "telemetry", "report")
+KINDS = ("bundle", "telemetry", "report", "samples")
 DAY_S = 86400
 
 
@@ -52,17 +53,24 @@ class Ledger:
     bundle: int = 0
     telemetry: int = 0
     report: int = 0
+    samples: int = 0  # hard examples uploaded (agent.hardexamples): they wait like telemetry
 
     @property
     def total(self) -> int:
-        return self.bundle + self.telemetry + self.report
+        return self.bundle + self.telemetry + self.report + self.samples
 
     def on(self, now: float) -> Ledger:
         """This ledger as of ``now``: a new UTC day starts from zero."""
         return self if day_of(now) == self.day else Ledger(day_of(now))
 
     def to_dict(self) -> dict[str, int]:
-        return {"day": self.day, "bundle": self.bundle, "telemetry": self.telemetry, "report": self.report}
+        return {
+            "day": self.day,
+            "bundle": self.bundle,
+            "telemetry": self.telemetry,
+            "report": self.report,
+            "samples": self.samples,
+        }
 
     @classmethod
     def from_dict(cls, obj: Any) -> Ledger:

@@ -31,6 +31,13 @@ Example ``agent.toml``::
     timeout_ms = 300                        # the cloud's answer or the local one after this long
     requests_per_minute = 60                # upload budget; bytes_per_day = N caps the bytes too
     failures = 3                            # circuit breaker: this many failures within window_s open it
+    [hard_examples]                         # optional, off by default: keep unsure inputs for relabelling
+    enabled = true                          # (agent.sampling; uploaded to the hub, docs/lifecycle.md)
+    threshold = 0.5                         # keep when the local confidence is below it (measure as above)
+    per_minute = 2                          # caps: per UTC minute, hour and day
+    per_hour = 20
+    per_day = 100
+    disk_bytes = 50000000                   # kept-but-not-yet-uploaded examples take at most this
 
 Environment hooks (tests and operators): ``EDGEFLEET_AGENT_CRASH_AT=<stage>`` makes the agent
 ``os._exit(137)`` when it reaches that install stage (download, verify, stage, switch, commit);
@@ -55,6 +62,7 @@ from urllib.parse import urlsplit
 from protocol.errors import BadPayload
 from protocol.topics import check_device_id
 
+from . import sampling
 from .errors import ConfigError
 from .escalation import Policy
 
@@ -147,6 +155,7 @@ class AgentConfig:
     escalation: Policy | None = (
         None  # [escalation]: low-confidence answers to the cloud's bigger model (agent.escalation)
     )
+    hard_examples: sampling.Policy | None = None  # [hard_examples]: unsure inputs kept for the hub (agent.sampling)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -328,6 +337,7 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."), env: Mapping[str, 
         apex_temp_path=_path(doc, "apex_temp_path", base, "/sys/class/apex/apex_0/temp") or Path(),
         edgetpu_driver=env.get("EDGEFLEET_AGENT_EDGETPU_DRIVER") or None,
         escalation=_escalation(doc.get("escalation"), cloud_url),
+        hard_examples=_hard_examples(doc.get("hard_examples")),
         extra={k: v for k, v in doc.items() if k not in _KNOWN},
     )
     if (cfg.username is None) != (cfg.password is None):
@@ -345,6 +355,14 @@ def _escalation(table: Any, cloud_url: str | None) -> Policy | None:
     if cloud_url is None:
         raise ConfigError("escalation: needs cloud_url (the cloud fallback serving escalate_to)")
     return Policy.from_dict(table)
+
+
+def _hard_examples(table: Any) -> sampling.Policy | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError(f"hard_examples: expected a table ([hard_examples]), got {table!r:.60}")
+    return sampling.Policy.from_dict(table)
 
 
 def load(path: Path, env: Mapping[str, str] | None = None) -> AgentConfig:

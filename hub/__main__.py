@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import listings
+from .cli_hardexamples import add_commands as add_hard_examples
 from .cli_models import add_show
 from .client import EXIT_FAIL, EXIT_OK, EXIT_USAGE, ClientError, call, client_args, page_args, show_page
 from .config import DEFAULTS, BrokerUrl, HubConfig
@@ -485,6 +486,7 @@ def parser() -> argparse.ArgumentParser:
     for q in (p, put, clear):
         client_args(q)
         q.set_defaults(func=cmd_groups)
+    add_hard_examples(sub)
     return ap
 
 

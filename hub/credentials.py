@@ -10,8 +10,8 @@ and sends the broker SIGHUP (it re-reads both). ACL (``%u`` = the authenticated 
 which is the device id; the client-chosen client id is never trusted)::
 
     user <hub>                      topic readwrite ef/v1/#
-    pattern write ef/v1/dev/%u/{status,report,telemetry,fetch,result}
-    pattern read  ef/v1/dev/%u/{desired,ack,command}
+    pattern write ef/v1/dev/%u/{status,report,telemetry,fetch,result,sample}
+    pattern read  ef/v1/dev/%u/{desired,ack,command,sampled}
     pattern read  ef/v1/bundle/+/chunk/+, ef/v1/bundle/+/delta/+/chunk/+,
                   ef/v1/bundle/+/manifest and ef/v1/root
 
@@ -37,8 +37,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes
-DEVICE_WRITE = ("status", "report", "telemetry", "fetch", "result")
-DEVICE_READ = ("desired", "ack", "command")
+DEVICE_WRITE = ("status", "report", "telemetry", "fetch", "result", "sample")
+DEVICE_READ = ("desired", "ack", "command", "sampled")
 
 
 def new_secret(nbytes: int = 24) -> str:

@@ -48,10 +48,11 @@ from protocol.messages import (
     parse_status,
     parse_telemetry,
 )
+from protocol.samples import Receipt, SampleChunk, parse_sample
 from protocol.sketch import LatencySketch
 from protocol.topics import Kind, Topic
 
-from . import bundles, commands, rollouts
+from . import bundles, commands, hardexamples, rollouts
 from .fleet import Fleet
 from .metrics import UNKNOWN, cohort_label, install_result
 from .models import Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
@@ -61,7 +62,7 @@ from .transport import Outgoing
 
 log = logging.getLogger(__name__)
 
-Message = Status | Report | Telemetry | FetchRequest | Result
+Message = Status | Report | Telemetry | FetchRequest | Result | SampleChunk
 MAX_REPAIR_CHUNKS = 2048
 REPAIR_INTERVAL_S = 5.0
 
@@ -100,6 +101,8 @@ def parse(topic: str, payload: bytes) -> Parsed:
         msg = parse_fetch(payload)
     elif t.kind is Kind.RESULT:
         msg = parse_result(payload)  # remote diagnostics: stored on its command's row (hub.commands)
+    elif t.kind is Kind.SAMPLE:
+        msg = parse_sample(payload)  # a hard example's chunk (hub.hardexamples)
     else:
         raise BadPayload("topic", f"{topic!r}: the hub does not consume {t.kind.value!r} messages")
     if isinstance(msg, (Telemetry, Report)):
@@ -231,6 +234,7 @@ class Ingest:
         acks: dict[tuple[str, str], list[int]] = {}
         counted: list[tuple[str, str]] = []
         reports: list[Report] = []
+        receipts: list[Receipt] = []
         windows: list[dict[str, Any]] = []
         folds: dict[str, Fold] = {}
         fed: list[tuple[str, str | None, LatencySketch, dict[str, int]]] = []  # for the fleet metrics
@@ -260,9 +264,9 @@ class Ingest:
                 m = p.message
                 if isinstance(m, Status):
                     d = device(p.device)
-                    before = (d.online, d.active_digest, d.inventory)
+                    before = (d.online, d.active_digest, d.inventory, d.channels)
                     self._apply_status(d, m, now)
-                    if (d.online, d.active_digest, d.inventory) != before:
+                    if (d.online, d.active_digest, d.inventory, d.channels) != before:
                         touched.add(d.id)
                     counted.append(("status", "stored"))
                 elif isinstance(m, Telemetry):
@@ -319,6 +323,10 @@ class Ingest:
                     counted.append(("fetch", "stored" if wanted or not m.missing else "throttled"))
                 elif isinstance(m, Result):
                     counted.append(("result", "stored" if commands.record(s, m, now) else "rejected"))
+                elif isinstance(m, SampleChunk):
+                    receipt, outcome = hardexamples.record(self.fleet, s, m, now)
+                    receipts.append(receipt)
+                    counted.append(("sample", outcome))
             for did, f in folds.items():
                 f.apply(devices[did])
             for d in devices.values():
@@ -335,6 +343,8 @@ class Ingest:
                 self.metrics.messages.labels(kind, outcome).inc()
         for (_, _, sketch, c), key in zip(fed, labels, strict=True):
             self.metrics.fleet.add(key, sketch, c)
+        for r in receipts:  # after the commit, like the acks: a receipt says stored
+            out.append(Outgoing(str(Topic.for_device(Kind.SAMPLED, r.device)), r.to_bytes(), False, 1, "sampled"))
         for (did, kind), seqs in acks.items():
             out.append(
                 Outgoing(
@@ -406,6 +416,7 @@ class Ingest:
             d.active_name = m.active.name if m.active else None
             d.active_version = m.active.version if m.active else None
             d.staged_digest = m.staged.digest if m.staged else None
+            d.channels = {k: v.to_dict() for k, v in m.channels.items()}  # the other model channels
         d.state = m.state if m.online else "offline"
         if m.desired_seq > d.reported_desired_seq:
             d.reported_desired_seq = m.desired_seq
@@ -424,6 +435,8 @@ class Ingest:
         esc = {k: int(m.counts[k]) for k in ESCALATION_COUNT_KEYS if m.counts.get(k)}
         if esc:  # escalation to the cloud (agent.escalation): not a rolled-up column, kept with the window
             health["escalation"] = esc
+        if m.channel != "default":  # another model channel (protocol.channels): its rows name it
+            health["channel"] = m.channel
         rows.append(
             {
                 "device": d.id,
@@ -439,6 +452,8 @@ class Ingest:
                 **c,
             }
         )
+        if m.channel != "default":  # the device's totals and latency describe its default channel
+            return d.id, m.bundle, sketch, c
         f = folds.get(d.id)
         if f is None:
             f = folds[d.id] = Fold(d.latency_bundle, bool(d.latency))

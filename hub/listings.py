@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 Row = Sequence[str]
-RIGHT = {"inferences", "p95 ms", "size", "revisions", "rev", "installed"}
+RIGHT = {"inferences", "p95 ms", "size", "revisions", "rev", "installed", "id", "confidence"}
 
 
 def query(**params: Any) -> str:
@@ -106,12 +106,30 @@ def group_row(g: dict[str, Any]) -> Row:
     return (g["group"] or "(none)", str(g["devices"]), w["spec"], w["tz"], w.get("error") or state)
 
 
+def hard_example_row(h: dict[str, Any]) -> Row:
+    conf = h.get("confidence")
+    return (
+        str(h["id"]),
+        printable(h["model"]),
+        printable(h["version"]),
+        printable(h["device"]),
+        "-" if conf is None else f"{conf:.3f}",
+        h["content_type"],
+        str(h["size"]),
+        when(h["ts"]),
+    )
+
+
 LISTINGS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], Row]]] = {
     "devices": (("device", "online", "state", "group", "bundle", "inferences", "p95 ms", "last seen"), device_row),
     "bundles": (("name", "version", "rev", "size", "uploaded", "digest"), bundle_row),
     "models": (("name", "revisions", "latest", "uploaded", "digest"), model_row),
     "rollouts": (("rollout", "phase", "installed", "bundle", "target", "created", "reason"), rollout_row),
     "groups": (("group", "devices", "window", "time zone", "now"), group_row),
+    "hard-examples": (
+        ("id", "model", "version", "device", "confidence", "type", "size", "kept"),
+        hard_example_row,
+    ),
 }
 
 

@@ -24,6 +24,8 @@ class Device(SQLModel, table=True):
     active_version: str | None = None
     staged_digest: str | None = Field(default=None, max_length=64)
     state: str = "idle"
+    # the other model channels as the agent reported them: {name: {active, staged, state}}
+    channels: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     reported_desired_seq: int = 0
     desired_seq: int = 0  # highest seq the hub has issued to this device
     desired_bundle: str | None = Field(default=None, max_length=64)
@@ -83,6 +85,7 @@ class Rollout(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=32)
     serial: int = Field(default=0, index=True)  # creation order (newest rollout owns a device)
     bundle: str = Field(max_length=64, index=True)
+    channel: str = Field(default="default", max_length=32)  # the model channel (protocol.channels)
     target: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     policy: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     phase: str = Field(default="running", index=True)
@@ -266,3 +269,30 @@ class TelemetryRollup(SQLModel, table=True):
     latency: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     drift: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)  # {side: {name: [[counts], ...]}}
     shadow: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class HardExample(SQLModel, table=True):
+    """A low-confidence input a device kept and uploaded (:mod:`hub.hardexamples`): the bytes are
+    a file under the store (``path``, relative to it), this row says what it is. Stored once per
+    (device, sample id); ``model``/``version`` are the hub's names of ``bundle``."""
+
+    __tablename__ = "hard_example"
+    __table_args__ = (
+        UniqueConstraint("device", "sample_id", name="uq_hard_example_device_sample"),
+        Index("ix_hard_example_model_version", "model", "version", "id"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    device: str = Field(max_length=64)
+    sample_id: str = Field(max_length=64)
+    bundle: str = Field(max_length=64)
+    model: str = Field(max_length=128)
+    version: str = Field(max_length=64)
+    ts: int = 0  # when the device kept it
+    received: int = 0
+    content_type: str = Field(max_length=64)
+    size: int = 0
+    sha256: str = Field(max_length=64)
+    path: str = Field(max_length=512)
+    confidence: float | None = None
+    measure: str = Field(default="", max_length=32)
+    answer: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)

@@ -58,7 +58,9 @@ from .transport import Outgoing
 
 log = logging.getLogger(__name__)
 
-SUBSCRIPTIONS = [device_filter(k) for k in (Kind.STATUS, Kind.REPORT, Kind.TELEMETRY, Kind.FETCH, Kind.RESULT)]
+SUBSCRIPTIONS = [
+    device_filter(k) for k in (Kind.STATUS, Kind.REPORT, Kind.TELEMETRY, Kind.FETCH, Kind.RESULT, Kind.SAMPLE)
+]
 SESSION_EXPIRY_S = 3600
 V5_CONNACK_WAIT_S = 5.0
 MAX_PACKET_BYTES = 1024 * 1024  # what the hub takes; device messages are <= 256 KiB

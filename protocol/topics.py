@@ -10,6 +10,8 @@ Layout (prefix ``ef/v1``)::
     ef/v1/dev/{device}/fetch       agent -> hub   "these chunks of bundle B never arrived"
     ef/v1/dev/{device}/command     hub -> agent   signed remote-diagnostics command (QoS 1, not retained)
     ef/v1/dev/{device}/result      agent -> hub   the answer to one command (protocol.commands)
+    ef/v1/dev/{device}/sample      agent -> hub   one chunk of a hard example (protocol.samples)
+    ef/v1/dev/{device}/sampled     hub -> agent   the chunks of a hard example the hub stored
     ef/v1/bundle/{digest}/chunk/{i} hub -> agents retained; one copy per bundle fans out to all
     ef/v1/bundle/{digest}/delta/{base}/chunk/{i}  hub -> agents  retained; the delta from bundle
                                    {base} to archive {digest} (protocol.delta), once per pair
@@ -45,6 +47,8 @@ class Kind(str, Enum):
     ROOT = "root"
     COMMAND = "command"
     RESULT = "result"
+    SAMPLE = "sample"
+    SAMPLED = "sampled"
 
 
 DEVICE_KINDS = (
@@ -56,6 +60,8 @@ DEVICE_KINDS = (
     Kind.FETCH,
     Kind.COMMAND,
     Kind.RESULT,
+    Kind.SAMPLE,
+    Kind.SAMPLED,
 )
 
 

@@ -21,7 +21,7 @@ from protocol.errors import BadPayload
 
 from ..errors import Conflict, Denied, HubError, NotFound
 from ..fleet import Fleet
-from .routes import bundles, devices, groups, install, ops, registry, rollouts, trust
+from .routes import bundles, devices, groups, hardexamples, install, ops, registry, rollouts, trust
 from .textguard import TextGuard
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,6 @@ def create_app(fleet: Fleet, connected: Any = None) -> FastAPI:
             detail=[{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in errs],
         )
 
-    for module in (ops, bundles, devices, groups, rollouts, registry, trust, install):
+    for module in (ops, bundles, devices, groups, rollouts, registry, trust, install, hardexamples):
         app.include_router(module.router)
     return app

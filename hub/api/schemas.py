@@ -408,3 +408,30 @@ class AuditPublic(BaseModel):
     action: str
     target: str
     detail: dict[str, Any]
+
+
+class HardExamplePublic(BaseModel):
+    """A low-confidence input a device kept and uploaded (:mod:`hub.hardexamples`); the bytes
+    are at ``/api/v1/hard-examples/{id}/content`` (operator role)."""
+
+    id: int
+    device: str
+    sample_id: str
+    bundle: str
+    model: str
+    version: str
+    ts: int = Field(description="when the device kept it (unix s)")
+    received: int
+    content_type: str
+    size: int
+    sha256: str
+    confidence: float | None = Field(description="the local answer's confidence by ``measure`` (0..1)")
+    measure: str
+    answer: dict[str, Any] = Field(description="the device's answer (a classifier's top, without its full scores)")
+
+
+class HardExampleVersion(BaseModel):
+    model: str
+    version: str
+    count: int
+    last: int | None = Field(description="when the newest arrived (unix s)")

@@ -2,7 +2,8 @@
 script polls for live updates.
 
 Pages: ``/ui`` (fleet), ``/ui/devices`` (+ ``/{id}``), ``/ui/models`` (+ ``/{digest}``),
-``/ui/rollouts`` (+ ``/{id}``), ``/ui/audit``; ``/ui/login`` and ``/ui/logout``.
+``/ui/rollouts`` (+ ``/{id}``), ``/ui/audit``, ``/ui/hard-examples`` (thumbnails of the inputs for
+the operator role only); ``/ui/login`` and ``/ui/logout``.
 Live updates: every page marks regions ``data-live="<part>"``; the script re-fetches
 ``<page url>?part=<part>`` (the same template partial the page was rendered with) every few
 seconds and swaps it in. Charts read JSON from ``/ui/feed/...``.
@@ -25,11 +26,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from .. import commands, devices, groups, rollouts
+from .. import commands, devices, groups, hardexamples, rollouts
 from ..auth import COOKIE, Caller, caller_for, caller_of
 from ..errors import HubError, NotFound
 from ..fleet import Fleet
@@ -50,6 +51,7 @@ NAV = {
     "rollouts.html": "rollouts",
     "rollout.html": "rollouts",
     "audit.html": "audit",
+    "hard_examples.html": "hard-examples",
 }
 
 
@@ -412,6 +414,30 @@ def dashboard_router() -> APIRouter:
         with f.session() as s:
             page = catalog.audit_page(s, 50, offset, action[:64])
         return render(request, caller, "audit.html", {"page": page, "action": action[:64]}, parts=("audit_table",))
+
+    # ---- hard examples ---------------------------------------------------------------------
+    @router.get("/ui/hard-examples", response_class=HTMLResponse)
+    def hard_examples_page(
+        request: Request,
+        caller: PageViewer,
+        f: WebFleet,
+        model: Annotated[str, Query(max_length=128)] = "",
+        version: Annotated[str, Query(max_length=64)] = "",
+        offset: Annotated[int, Query(ge=0, le=queries.MAX_OFFSET)] = 0,
+    ) -> Response:
+        page = hardexamples.listing(f, 48, offset, model or None, version or None)
+        for it in page["items"]:
+            it["predicted"] = hardexamples.predicted(it["answer"])
+        ctx = {"page": page, "model": model, "version": version, "versions": hardexamples.versions(f)}
+        return render(request, caller, "hard_examples.html", ctx, parts=("hard_examples_grid",))
+
+    @router.get("/ui/hard-examples/{ident}/content")
+    def hard_example_content(
+        caller: PageOperator, f: WebFleet, ident: Annotated[int, Path(ge=1, le=2**31 - 1)]
+    ) -> Response:
+        """The input (operator role, as the API), for the page's thumbnails and links."""
+        ctype, data = hardexamples.content(f, ident)
+        return Response(data, media_type=ctype, headers={"Cache-Control": "private, max-age=3600"})
 
     return router
 

@@ -93,6 +93,7 @@ def test_the_meter_keeps_todays_spending_across_a_restart_and_reports_it(tmp_pat
         "bundle": 4 * 65536,
         "telemetry": 2000,
         "report": 300,
+        "samples": 0,
         "budget": MB,
         "rate_bytes_s": None,
         "left": MB - 4 * 65536 - 2300,
