@@ -37,6 +37,7 @@ when the runs finished (a missed goal is printed as MISSED, not an exit code).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import sys
@@ -50,6 +51,7 @@ from typing import Any
 
 from agent.slots import SlotRecord
 from hub.rollout import (
+    Command,
     DeviceSeen,
     Event,
     Gates,
@@ -63,7 +65,7 @@ from hub.rollout import (
 from hub.telemetry import merge
 from protocol.messages import Telemetry
 from protocol.signing import Root
-from protocol.sketch import DriftThresholds, psi
+from protocol.sketch import DriftThresholds, LatencySketch, psi
 from sim.bundle import BASELINE
 from sim.config import Inference, SimConfig
 from sim.device import SimDevice
@@ -72,7 +74,7 @@ from . import report
 
 WINDOW_S = 10  # one telemetry window, one step
 PER_WINDOW = 50  # inferences per device per window (5 per second)
-PREV_WINDOWS = 6  # the previous bundle's windows per device the p95 gate compares with (one minute)
+PREV_WINDOWS = 3  # the previous bundle's windows per device the p95 gate compares with (30 s)
 SOAK_WINDOWS = 3
 PREV = SlotRecord("a" * 64, "sim-model", "1.0.0", "model_int8.tflite", "cpu")
 CAND = SlotRecord("b" * 64, "sim-model", "1.1.0", "model_int8.tflite", "cpu")
@@ -131,15 +133,72 @@ class Arm:
     policy: Policy
     psi_alert: float  # the drift gate's alert threshold (the model's baseline says 0.25)
     reads_telemetry: bool = True
+    sprt: bool = False  # the sequential prototype (:func:`sprt_breach`) judges p95 and the rates
 
 
-def arms() -> list[Arm]:
-    staged = {"cohorts": COHORTS, "soak_s": SOAK_WINDOWS * WINDOW_S, "on_breach": "rollback", "require_samples": True}
+# the "limits set" arm's limits, which the sequential prototype tests at too
+P95_LIMIT, CLOUD_LIMIT, AGREE_LIMIT, ERROR_LIMIT = 1.15, 0.04, 0.945, 0.05
+SPRT_ALPHA = 0.001  # per gate, over every look (Ville's inequality); 4 gates: <= 0.4 % per rollout
+SPRT_RATIO = 1.5  # the alternative: a rate 1.5x its limit (p95: twice the 5 % expected above it)
+
+
+def _llr(k: int, n: int, p0: float, p1: float) -> float:
+    """Log likelihood ratio of ``k`` events in ``n`` trials, rate p1 against p0 (Wald)."""
+    return k * math.log(p1 / p0) + (n - k) * math.log((1 - p1) / (1 - p0))
+
+
+def sprt_breach(new: Sequence[Any], old: Sequence[Any]) -> str:
+    """Wald's one-sided SPRT per gate over the cohort's merged windows so far: breach when the
+    evidence for "rate = 1.5 x its limit" over "rate = its limit" passes 1/alpha. The ratio is
+    a nonnegative martingale under any rate at or below the limit, so however often it is
+    looked at, a model within its limits is halted with probability <= alpha (Ville). p95 is a
+    rate too: the share of the candidate's samples above ``P95_LIMIT`` x the previous bundle's
+    p95 on the same devices (5 % at the limit). Returns what breached ("" = nothing)."""
+    if not new:
+        return ""
+    m = merge(new)
+    prev = merge(old).sketch
+    bound = math.log(1 / SPRT_ALPHA)
+    out = []
+    inf, errors, cloud = m.counts["inferences"], m.counts["errors"], m.counts["cloud"]
+    if _llr(errors, inf + errors, ERROR_LIMIT, ERROR_LIMIT * SPRT_RATIO) >= bound:
+        out.append(f"error_rate {errors}/{inf + errors}")
+    if _llr(cloud, inf, CLOUD_LIMIT, CLOUD_LIMIT * SPRT_RATIO) >= bound:
+        out.append(f"cloud_fallback_rate {cloud}/{inf}")
+    q = 1 - AGREE_LIMIT
+    if m.shadow_total and _llr(m.shadow_total - m.shadow_agree, m.shadow_total, q, q * SPRT_RATIO) >= bound:
+        out.append(f"shadow_agreement {m.shadow_agree}/{m.shadow_total}")
+    p95 = prev.quantile(0.95) if prev.count else None
+    if p95 and m.sketch.count:
+        cut = LatencySketch.index(p95 * P95_LIMIT)
+        above = sum(c for i, c in m.sketch.counts.items() if i > cut)
+        if _llr(above, m.sketch.count, 0.05, 0.05 * SPRT_RATIO) >= bound:
+            out.append(f"p95_latency_ratio {above}/{m.sketch.count} above {P95_LIMIT} x the previous p95")
+    return "; ".join(out)
+
+
+def arms(cohorts: Sequence[str] = COHORTS) -> list[Arm]:
+    staged = {
+        "cohorts": tuple(cohorts),
+        "soak_s": SOAK_WINDOWS * WINDOW_S,
+        "on_breach": "rollback",
+        "require_samples": True,
+    }
     off = Gates(max_p95_ratio=None, max_error_rate=None, max_cloud_rate=None, drift=False)
-    set_ = Gates(max_p95_ratio=1.15, min_p95_delta_ms=1.0, max_cloud_rate=0.04, min_shadow_agreement=0.945)
+    set_ = Gates(
+        max_p95_ratio=P95_LIMIT,
+        min_p95_delta_ms=1.0,
+        max_error_rate=ERROR_LIMIT,
+        max_cloud_rate=CLOUD_LIMIT,
+        min_shadow_agreement=AGREE_LIMIT,
+    )
+    # the sequential arm keeps the machine's gates only to hold each cohort until data came
+    # (limits nothing reaches) and its drift gate; the prototype judges the rest
+    waits = Gates(max_p95_ratio=1e9, max_error_rate=1.0, max_cloud_rate=1.0, min_shadow_agreement=0.0)
     return [
         Arm("baseline: install failures only", Policy(**staged, gates=off), 0.25, reads_telemetry=False),  # type: ignore[arg-type]
         Arm("today's gates, shipped defaults", Policy(**staged, gates=Gates()), 0.25),  # type: ignore[arg-type]
+        Arm("sequential (SPRT prototype)", Policy(**staged, gates=waits), 0.15, sprt=True),  # type: ignore[arg-type]
         Arm("today's gates, limits set", Policy(**staged, gates=set_), 0.15),  # type: ignore[arg-type]
     ]
 
@@ -165,6 +224,7 @@ class _Arm:
     merged: dict[str, Any] = field(default_factory=dict)  # device -> one stored row of its windows so far
     first_report: int | None = None
     escaped: int = 0
+    sprt_breach: str = ""
     outcome: Outcome | None = None
 
 
@@ -259,16 +319,28 @@ def run(arms_: Sequence[Arm], n: int, seed: int, regression: str | None, max_ste
                 d = by_id[dev]
                 d.infer(PER_WINDOW)
                 windows[dev] = _row(dev, d.window(now))
+        # arms that installed a device at the same step hold the same windows of it: merge once
+        stored: dict[tuple[str, int], Any] = {}
+        healths: dict[tuple[str, int], Health] = {}
         for r in live:
             if r.arm.reads_telemetry:
                 for dev, at in r.installed.items():
                     if dev in windows and at < step:
-                        prior = r.merged.get(dev)
-                        r.merged[dev] = _stored(dev, [prior, windows[dev]] if prior else [windows[dev]])
-                health = [_health(dev, r.merged[dev], old[dev]) for dev in sorted(r.merged)]
+                        if (dev, at) not in stored:
+                            prior = r.merged.get(dev)
+                            stored[dev, at] = _stored(dev, [prior, windows[dev]] if prior else [windows[dev]])
+                            healths[dev, at] = _health(dev, stored[dev, at], old[dev])
+                        r.merged[dev] = stored[dev, at]
+                health = [healths[dev, r.installed[dev]] for dev in sorted(r.merged) if dev in r.installed]
                 if health and r.first_report is None:
                     r.first_report = step
                 r.events += health
+                if r.arm.sprt and r.st.phase == "running" and not r.sprt_breach:
+                    r.sprt_breach = sprt_breach(
+                        [r.merged[dev] for dev in sorted(r.merged)], [old[dev] for dev in sorted(r.merged)]
+                    )
+                    if r.sprt_breach:  # the shell's rollback command, as an operator's would be
+                        r.events.append(Command("rollback", "sprt"))
             r.st, actions = advance(r.st, r.events, now, r.arm.policy)
             r.events = []
             cohort_of = {x.id: x.cohort for x in r.st.devices}
@@ -298,7 +370,7 @@ def run(arms_: Sequence[Arm], n: int, seed: int, regression: str | None, max_ste
                     halted,
                     (step - r.first_report + 1) if halted and r.first_report is not None else None,
                     r.escaped,
-                    "; ".join(f"{g.name} {g.detail}" for g in st.gates if g.status == "breach"),
+                    r.sprt_breach or "; ".join(f"{g.name} {g.detail}" for g in st.gates if g.status == "breach"),
                     st.phase,
                     step + 1,
                 )
@@ -349,9 +421,11 @@ class Tally:
         }
 
 
-def decisions(n: int, runs: int, clean_runs: int, progress: bool = True) -> list[Tally]:
+def decisions(
+    n: int, runs: int, clean_runs: int, cohorts: Sequence[str] = COHORTS, progress: bool = True
+) -> list[Tally]:
     out = []
-    every = arms()
+    every = arms(cohorts)
     for case in [*REGRESSIONS, None]:
         tallies = [Tally(a.name, case or "clean") for a in every]
         count = runs if case is not None else clean_runs
@@ -361,6 +435,8 @@ def decisions(n: int, runs: int, clean_runs: int, progress: bool = True) -> list
                 tallies, run(every, n, seed=zlib.crc32(f"{case}/{i}".encode()), regression=case), strict=True
             ):
                 t.add(o)
+            if progress and i % 10 == 9 and i < count - 1:  # a long run says how far it got
+                print(f"    {i + 1} runs: " + ", ".join(str(t.halted) for t in tallies) + " halted", flush=True)
         if progress:
             print(
                 f"  {tallies[0].case:<28} "
@@ -378,13 +454,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=50, help="runs of each regression")
     ap.add_argument("--clean-runs", type=int, default=100)
+    ap.add_argument(
+        "--cohorts",
+        default=",".join(COHORTS),
+        help=f"cumulative cohort sizes (default {','.join(COHORTS)}; the staged preset's is 1,10%%,50%%,100%%)",
+    )
     ap.add_argument("--e2e-devices", type=int, default=50, help="end-to-end spot check size (0: skip it)")
     args = ap.parse_args(list(argv) if argv is not None else None)
     n, runs, clean = (100, 10, 20) if args.quick else (args.devices, args.runs, args.clean_runs)
     load_before = os.getloadavg()
     t0 = time.monotonic()
     print(f"decisions: {n} devices, {runs} runs of each regression, {clean} clean rollouts", flush=True)
-    tallies = decisions(n, runs, clean)
+    cohorts = tuple(c.strip() for c in args.cohorts.split(",") if c.strip())
+    Policy(cohorts=cohorts).validate()  # a bad size is refused naming it, before any run
+    tallies = decisions(n, runs, clean, cohorts)
     seconds = time.monotonic() - t0
     cases: list[dict[str, Any]] = [t.to_dict() for t in tallies]
     e2e: list[dict[str, Any]] = []
@@ -394,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         e2e = spot_check(args.e2e_devices)
         cases += e2e
     goals = _goals(tallies, e2e)
-    _print(tallies, e2e, goals, n)
+    _print(tallies, e2e, goals, n, cohorts)
     best = [t for t in tallies if t.arm == arms()[-1].name]
     base = [t for t in tallies if t.arm == arms()[0].name]
     bad_runs = sum(t.runs for t in best if t.case != "clean") or 1
@@ -413,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "clean_runs": clean,
             "window_s": WINDOW_S,
             "inferences_per_window": PER_WINDOW,
-            "cohorts": list(COHORTS),
+            "cohorts": list(cohorts),
             "soak_windows": SOAK_WINDOWS,
             "drift_shift": drift_for_psi(0.2),
             "drift_expected_psi": expected_psi(drift_for_psi(0.2)),
@@ -442,8 +525,14 @@ def _goals(tallies: Sequence[Tally], e2e: Sequence[Mapping[str, Any]]) -> dict[s
     return out
 
 
-def _print(tallies: Sequence[Tally], e2e: Sequence[Mapping[str, Any]], goals: Mapping[str, bool], n: int) -> None:
-    print(f"\n{n} devices; cohorts {' -> '.join(COHORTS)}; {SOAK_WINDOWS} windows of soak; one window = {WINDOW_S} s")
+def _print(
+    tallies: Sequence[Tally],
+    e2e: Sequence[Mapping[str, Any]],
+    goals: Mapping[str, bool],
+    n: int,
+    cohorts: Sequence[str],
+) -> None:
+    print(f"\n{n} devices; cohorts {' -> '.join(cohorts)}; {SOAK_WINDOWS} windows of soak; one window = {WINDOW_S} s")
     print(f"{'arm':<34} {'case':<28} {'halted':>9} {'<=2 win':>8} {'escaped':>8} {'win med/max':>12}")
     for t in tallies:
         d = t.to_dict()
