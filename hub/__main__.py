@@ -168,14 +168,18 @@ def cmd_rollouts_create(args: argparse.Namespace) -> int:
     if args.stage:  # the stages in the order given, with their gates from --policy or the defaults
         stages = policy.get("stages") or {}
         policy["stages"] = {**stages, "stages": args.stage} if isinstance(stages, dict) else args.stage
-    out = call(args, "POST", "/api/v1/rollouts", {"bundle": args.bundle, "target": _target(args), "policy": policy})
+    body = {"bundle": args.bundle, "target": _target(args), "policy": policy}
+    if args.channel:
+        body["channel"] = args.channel
+    out = call(args, "POST", "/api/v1/rollouts", body)
     print(out["id"])
     return EXIT_OK
 
 
 def _render_status(st: dict[str, Any]) -> str:
     counts = ", ".join(f"{k}={v}" for k, v in sorted(st["counts"].items()))
-    return f"rollout {st['id']} {st['phase']} cohort {st.get('cohort', 0)}: {counts or 'no devices'}"
+    on = f" on channel {st['channel']}" if st.get("channel", "default") != "default" else ""
+    return f"rollout {st['id']}{on} {st['phase']} cohort {st.get('cohort', 0)}: {counts or 'no devices'}"
 
 
 def _progress(st: dict[str, Any], width: int = 30) -> str:
@@ -394,6 +398,7 @@ def parser() -> argparse.ArgumentParser:
         "(fields: see hub/rollout.py)",
     )
     p.add_argument("--ignore-windows", action="store_true", help="install outside the groups' maintenance windows")
+    p.add_argument("--channel", help="the model channel to install on (default: default; docs/lifecycle.md)")
     p.add_argument(
         "--stage",
         action="append",

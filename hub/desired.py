@@ -1,6 +1,13 @@
 """Desired documents: the next seq for a device, signed by the online key, stored byte for byte
 (hub.models.DesiredDoc) and published retained; republished on every broker connect. An install
-names a delta from the device's active bundle when there is one worth sending (hub.deltas)."""
+names a delta from the device's active bundle when there is one worth sending (hub.deltas).
+
+Model channels (protocol.channels): a document is issued for one channel; every other channel's
+entry is copied from the device's previous document unchanged (the same seq, so the device starts
+no job for them), and the default channel's fields keep their ``since``. A device that only ever
+had default-channel rollouts gets the same documents as before channels existed. Deltas are
+computed against the device's active default bundle, so only default-channel installs carry one.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,10 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from protocol.messages import Desired
+from protocol.channels import DEFAULT
+from protocol.errors import ProtocolError
+from protocol.messages import ChannelDesired, Desired, parse_desired_payload
+from protocol.signing import Envelope
 from protocol.topics import Kind, Topic
 
 from . import deltas
@@ -36,34 +46,73 @@ def issue(
     shadow: Bundle | None = None,
     shadow_sample: float = 0.0,
     extra: Mapping[str, Any] | None = None,
+    channel: str = DEFAULT,
 ) -> Outgoing:
     """Allocate the next seq for ``d``, sign a Desired, record it; caller commits then
     publishes the returned message (retained). ``shadow``/``shadow_sample``/``extra``: a rollout
-    stage's candidate beside ``b`` and its request (hub.stages)."""
+    stage's candidate beside ``b`` and its request (hub.stages). ``channel``: the model channel
+    the entry is for; the others are carried over from the previous document."""
     now = fleet.clock()
     seq = max(d.desired_seq, d.reported_desired_seq) + 1
-    delta, chunks = deltas.for_device(fleet, d, b) if b is not None and action == "install" else (None, [])
-    fleet.publish(chunks)  # retained before the document that names them (content-addressed: safe early)
-    desired = Desired(
-        device=d.id,
-        seq=seq,
-        issued=now,
-        expires=now + fleet.config.desired_ttl,
-        action=action,
-        bundle=bundle_ref(b) if b is not None else None,
-        rollout=rollout,
-        shadow=bundle_ref(shadow) if shadow is not None else None,
-        shadow_sample=shadow_sample,
-        delta=delta,
-        extra=dict(extra or {}),
-    )
+    prev = _previous(s, d.id)
+    entries = dict(prev.channels) if prev is not None else {}
+    ref, shadow_ref = (bundle_ref(b) if b is not None else None), (bundle_ref(shadow) if shadow else None)
+    if channel == DEFAULT:
+        delta, chunks = deltas.for_device(fleet, d, b) if b is not None and action == "install" else (None, [])
+        fleet.publish(chunks)  # retained before the document that names them (content-addressed: safe early)
+        desired = Desired(
+            device=d.id,
+            seq=seq,
+            issued=now,
+            expires=now + fleet.config.desired_ttl,
+            action=action,
+            bundle=ref,
+            rollout=rollout,
+            shadow=shadow_ref,
+            shadow_sample=shadow_sample,
+            delta=delta,
+            extra=dict(extra or {}),
+            channels=entries,
+        )
+    else:
+        entries[channel] = ChannelDesired(seq, action, ref, rollout, shadow_ref, shadow_sample, None, dict(extra or {}))
+        old = prev.channel(DEFAULT) if prev is not None else None
+        base = old if old is not None else Desired(d.id, 0, now, now, "idle", None)
+        desired = Desired(
+            device=d.id,
+            seq=seq,
+            issued=now,
+            expires=now + fleet.config.desired_ttl,
+            action=base.action,
+            bundle=base.bundle,
+            rollout=base.rollout,
+            shadow=base.shadow,
+            shadow_sample=base.shadow_sample,
+            delta=base.delta,
+            extra=dict(base.extra),
+            since=base.seq,  # 0 when the default channel never had an entry
+            channels=entries,
+        )
     payload = desired.seal([fleet.keys.online])
     s.merge(DesiredDoc(device=d.id, seq=seq, expires=desired.expires, payload=payload))
     d.desired_seq = seq
-    d.desired_bundle = b.digest if b is not None else None
-    d.desired_action = action
+    if channel == DEFAULT:  # the device row's desired_* describe the default channel
+        d.desired_bundle = b.digest if b is not None else None
+        d.desired_action = action
     s.add(d)
     return Outgoing(str(Topic.for_device(Kind.DESIRED, d.id)), payload, retain=True, qos=1, kind="desired")
+
+
+def _previous(s: Session, device: str) -> Desired | None:
+    """The device's last document as issued (our own signed bytes), for its channel entries."""
+    doc = s.get(DesiredDoc, device)
+    if doc is None:
+        return None
+    try:
+        return parse_desired_payload(Envelope.parse(doc.payload).payload)
+    except ProtocolError as exc:  # written by this hub; unreadable means a bug, not an attack
+        log.error("previous desired document of %s unreadable, its channel entries are dropped: %s", device, exc)
+        return None
 
 
 def republish(fleet: Fleet) -> int:

@@ -44,6 +44,7 @@ def device_public(d: Device, rollout_state: str | None = None) -> dict[str, Any]
         "desired": {"seq": d.desired_seq, "bundle": d.desired_bundle, "action": d.desired_action},
         "reported_desired_seq": d.reported_desired_seq,
         "rollout_state": rollout_state,
+        "channels": d.channels or {},
         "telemetry": {
             "windows": d.windows,
             "inferences": d.inferences,

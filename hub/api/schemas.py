@@ -143,6 +143,11 @@ class DevicePublic(BaseModel):
     reported_desired_seq: int
     rollout_state: str | None
     telemetry: DeviceTelemetry
+    channels: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the device's other model channels as it reported them: {name: {active, staged, state}}; "
+        "active_bundle, staged_bundle, desired and telemetry describe the default channel",
+    )
 
 
 class TelemetryMerged(DeviceTelemetry):
@@ -295,6 +300,12 @@ class RolloutIn(BaseModel):
     policy: dict[str, Any] = Field(
         default_factory=dict, description="cohorts, soak, gates, stages (see hub.rollout and hub.stages)"
     )
+    channel: str = Field(
+        "default",
+        max_length=32,
+        description="the model channel to install on (protocol.channels); the device serves it at "
+        "/v1/models/{channel}/predict",
+    )
 
 
 class GatePublic(BaseModel):
@@ -308,6 +319,7 @@ class GatePublic(BaseModel):
 class RolloutPublic(BaseModel):
     id: str
     bundle: str
+    channel: str = Field("default", description="the model channel the rollout installs on")
     target: dict[str, Any]
     policy: dict[str, Any]
     phase: str

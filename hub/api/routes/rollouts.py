@@ -18,7 +18,7 @@ RolloutId = Annotated[str, Field(max_length=32)]
 
 @router.post("/rollouts", status_code=201, response_model=RolloutStatus, responses=errors(400, 401, 403, 404, 422))
 def create_rollout(caller: Operator, f: FleetDep, body: RolloutIn) -> dict[str, Any]:
-    return rollouts.create(f, body.bundle, body.target, body.policy, caller.actor)
+    return rollouts.create(f, body.bundle, body.target, body.policy, caller.actor, body.channel)
 
 
 @router.get("/rollouts", response_model=Page[RolloutPublic], responses=errors(401, 422))
