@@ -3,14 +3,19 @@
 Two decoders, one result:
 
 * **simplejpeg** (libjpeg-turbo, numpy out, no Python-level marker parsing) for a baseline or
-  progressive JPEG in YCbCr or grayscale that is *already at the input size* (what a camera app
-  sends). It decodes with the same accurate DCT and fancy upsampling as Pillow, so the pixels
-  are Pillow's (tests compare them); measured on MobileNetV2-224 uploads it takes about half of
-  Pillow's open + load + ``np.asarray`` time (agent/README.md). Optional: it has no 32-bit ARM
-  wheel, and without it everything goes through Pillow.
-* **Pillow** for everything else (JPEG, PNG, BMP, GIF, WebP or TIFF): CMYK JPEGs, and any image
-  that needs resizing (a JPEG is first reduced in the DCT domain by 1/2..1/8 with ``draft``,
-  then resized with the spec's filter).
+  progressive JPEG in YCbCr or grayscale. It decodes with the same accurate DCT and fancy
+  upsampling as Pillow, so the pixels are Pillow's (tests compare them); measured on
+  MobileNetV2-224 uploads it takes about half of Pillow's open + load + ``np.asarray`` time
+  (agent/README.md). A JPEG *at the input size* (what a camera app sends) needs nothing else. A
+  larger one (a 720p frame) is decoded reduced in the DCT domain by the same 1/2..1/8 that
+  Pillow's ``draft`` picks (:func:`draft_scale`; libjpeg-turbo's scaled IDCT gives Pillow's drafted
+  pixels, tests compare them), then only the resize is Pillow's (``Image.fromarray`` +
+  ``resize``), so Pillow's JPEG decoder and its format plugins are never loaded: ~1 MB less
+  resident after such a request (issue 16 part 7, docs/agent.md "Footprint"). Optional: it has
+  no 32-bit ARM wheel, and without it everything goes through Pillow.
+* **Pillow** for everything else (JPEG, PNG, BMP, GIF, WebP or TIFF): CMYK JPEGs, PNGs, and any
+  JPEG when simplejpeg is missing (reduced with ``draft`` the same way, then resized with the
+  spec's filter).
 
 A bad image raises :class:`ValueError` naming the problem; the caller turns it into its own
 error type. An image whose header declares more than ``MAX_PIXELS`` pixels raises
@@ -43,25 +48,50 @@ _FAST_COLORSPACES = {3: ("YCbCr", "Gray"), 1: ("Gray",)}
 
 def decode(data: bytes, height: int, width: int, channels: int, resample: str) -> np.ndarray:
     """``data`` -> uint8 array (1, height, width, channels). ``resample``: a Pillow filter name."""
-    fast = _fast_jpeg(data, height, width, channels)
+    fast = _fast_jpeg(data, height, width, channels, resample)
     if fast is not None:
         return fast
     return _pillow(data, height, width, channels, resample)
 
 
-def _fast_jpeg(data: bytes, height: int, width: int, channels: int) -> np.ndarray | None:
+def draft_scale(w: int, h: int, width: int, height: int) -> int:
+    """The DCT-domain reduction (1, 2, 4 or 8) Pillow's ``JpegImageFile.draft`` picks for a
+    ``w`` x ``h`` JPEG wanted at ``width`` x ``height``: the largest that keeps both sides at or
+    above the target."""
+    scale = min(w // width, h // height)
+    return next((s for s in (8, 4, 2, 1) if scale >= s), 1)
+
+
+def _fast_jpeg(data: bytes, height: int, width: int, channels: int, resample: str) -> np.ndarray | None:
     """The simplejpeg path, or None when it does not apply (Pillow then decides, and names the
     problem if the bytes are not a usable image)."""
     if simplejpeg is None or not data.startswith(_SOI):
         return None
+    colorspace = "RGB" if channels == 3 else "GRAY"
     try:
-        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-        if (h, w) != (height, width) or colorspace not in _FAST_COLORSPACES.get(channels, ()):
-            return None
-        px: np.ndarray = simplejpeg.decode_jpeg(data, colorspace="RGB" if channels == 3 else "GRAY")
+        h, w, jpeg_colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if jpeg_colorspace not in _FAST_COLORSPACES.get(channels, ()) or h * w > MAX_PIXELS:
+            return None  # CMYK and the like, or too large: Pillow converts, or refuses by name
+        if (h, w) == (height, width):
+            px: np.ndarray = simplejpeg.decode_jpeg(data, colorspace=colorspace)
+            return px.reshape(1, height, width, channels)
+        s = draft_scale(w, h, width, height)
+        dh, dw = -(-h // s), -(-w // s)  # what libjpeg (and Pillow's draft) make of 1/s
+        px = simplejpeg.decode_jpeg(data, colorspace=colorspace, min_height=dh, min_width=dw)
     except ValueError:  # truncated or odd: let Pillow decide (and word the error)
         return None
-    return px.reshape(1, height, width, channels)
+    if px.shape[:2] != (dh, dw):  # simplejpeg chose another factor: Pillow's pixels would differ
+        return None
+    return _resize(px, height, width, channels, resample)
+
+
+def _resize(px: np.ndarray, height: int, width: int, channels: int, resample: str) -> np.ndarray:
+    """Pillow's resize of decoded pixels, without Pillow's decoders or plugins (``fromarray``)."""
+    from PIL import Image
+
+    img = Image.fromarray(px.reshape(px.shape[0], px.shape[1]) if channels == 1 else px)
+    img = img.resize((width, height), getattr(Image.Resampling, resample.upper()))
+    return np.asarray(img, dtype=np.uint8).reshape(1, height, width, channels)
 
 
 def _pillow(data: bytes, height: int, width: int, channels: int, resample: str) -> np.ndarray:

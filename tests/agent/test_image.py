@@ -21,10 +21,12 @@ def _jpeg(img: Image.Image, **save: object) -> bytes:
     return buf.getvalue()
 
 
-def _pillow_only(data: bytes, h: int, w: int, c: int, monkeypatch: pytest.MonkeyPatch) -> np.ndarray:
+def _pillow_only(
+    data: bytes, h: int, w: int, c: int, monkeypatch: pytest.MonkeyPatch, resample: str = "bicubic"
+) -> np.ndarray:
     with monkeypatch.context() as m:
         m.setattr(image, "simplejpeg", None)
-        return image.decode(data, h, w, c, "bicubic")
+        return image.decode(data, h, w, c, resample)
 
 
 @pytest.fixture
@@ -60,16 +62,69 @@ def test_grayscale_jpeg_to_rgb_and_to_gray_models_match_pillow(
         assert np.array_equal(fast, _pillow_only(data, 224, 224, channels, monkeypatch))
 
 
-def test_images_that_need_resizing_or_are_cmyk_or_png_go_through_pillow(
-    coral_models: Path, cat224: Image.Image, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cmyk_jpegs_and_pngs_go_through_pillow(cat224: Image.Image, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(image.simplejpeg, "decode_jpeg", lambda *a, **k: pytest.fail("fast path taken"))
-    big = (coral_models / "cat_720p.jpg").read_bytes()
     cmyk = _jpeg(cat224.convert("CMYK"))
     buf = io.BytesIO()
     cat224.save(buf, "PNG")
-    for data in (big, cmyk, buf.getvalue()):
+    for data in (cmyk, buf.getvalue()):
         assert image.decode(data, 224, 224, 3, "bicubic").shape == (1, 224, 224, 3)
+
+
+def _larger_jpegs(coral_models: Path) -> list[tuple[str, bytes]]:
+    cat = Image.open(coral_models / "cat_720p.jpg").convert("RGB")
+    out = [("cat_720p", (coral_models / "cat_720p.jpg").read_bytes()), ("owl", (coral_models / "owl.jpg").read_bytes())]
+    for i, (w, h) in enumerate([(1001, 667), (640, 480), (333, 250), (1920, 1080), (230, 229), (150, 100)]):
+        img = cat.resize((w, h))
+        img = img.convert("L") if i % 3 == 2 else img
+        out.append((f"{w}x{h}-{i}", _jpeg(img, quality=85, subsampling=i % 3, progressive=bool(i % 2))))
+    return out
+
+
+@pytest.mark.parametrize("resample", ["bicubic", "bilinear", "nearest"])
+def test_a_jpeg_that_needs_resizing_decodes_drafted_by_simplejpeg_to_pillows_pixels(
+    coral_models: Path, resample: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scaled decode (Pillow's draft factor, libjpeg-turbo's reduced IDCT) and Pillow's
+    resize of it give exactly what Pillow's own open + draft + resize gives, for baseline and
+    progressive, 4:4:4/4:2:2/4:2:0 and grayscale JPEGs, down- and upscaled, RGB and gray models."""
+    calls: list[dict[str, object]] = []
+    real = image.simplejpeg.decode_jpeg
+    monkeypatch.setattr(image.simplejpeg, "decode_jpeg", lambda d, **kw: calls.append(kw) or real(d, **kw))
+    for name, data in _larger_jpegs(coral_models):
+        for h, w, c in [(224, 224, 3), (96, 128, 3), (300, 300, 3), (28, 28, 1), (513, 513, 3)]:
+            if c == 1 and image.simplejpeg.decode_jpeg_header(data)[2] != "Gray":
+                continue  # a colour JPEG for a gray model: Pillow's own conversion (not this path)
+            calls.clear()
+            fast = image.decode(data, h, w, c, resample)
+            assert calls and calls[0].get("min_height"), f"{name} -> {w}x{h}: the fast path was not taken"
+            slow = _pillow_only(data, h, w, c, monkeypatch, resample)
+            assert fast.shape == slow.shape == (1, h, w, c)
+            assert np.array_equal(fast, slow), f"{name} -> {w}x{h}x{c} {resample}"
+
+
+def test_the_720p_path_loads_neither_pillows_jpeg_decoder_nor_its_plugins(coral_models: Path) -> None:
+    """What keeps ~1 MB of Pillow out of the agent after a camera frame (docs/agent.md Footprint)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from agent import image\n"
+        f"data = open({str(coral_models / 'cat_720p.jpg')!r}, 'rb').read()\n"
+        "assert image.decode(data, 224, 224, 3, 'bicubic').shape == (1, 224, 224, 3)\n"
+        "print(sorted(m for m in sys.modules if m.endswith('ImagePlugin')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_huge_jpeg_is_refused_by_name_not_decoded_by_simplejpeg(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(image, "MAX_PIXELS", 100 * 100)
+    monkeypatch.setattr(image.simplejpeg, "decode_jpeg", lambda *a, **k: pytest.fail("decoded"))
+    data = _jpeg(Image.new("RGB", (200, 100)))
+    with pytest.raises(ImageTooLarge, match="declares 200x100 = 20000 pixels"):
+        image.decode(data, 32, 32, 3, "bilinear")
 
 
 def test_a_truncated_jpeg_is_named_as_unreadable(cat224: Image.Image) -> None:
