@@ -134,16 +134,18 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--solo-threads",
         type=int,
-        default=1,
+        default=0,
         help="intra-op threads for a request that runs alone (queue empty, other workers idle), on a "
         "second session of the model (0: one per core; 1: no second session)",
     )
     o.add_argument(
-        "--solo-inline",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="run a request that finds the queue empty and the workers idle on the event loop itself "
-        "(no hand-off to a worker thread and back; holds the loop for that run)",
+        "--solo-inline-ms",
+        type=float,
+        default=2.0,
+        metavar="MS",
+        help="a request that finds the queue empty and the workers idle, for a model whose lone "
+        "requests take at most this long, runs on the event loop itself: no hand-off to a worker "
+        "thread and back (0: never)",
     )
     o.add_argument("--inter-threads", type=int, default=1, help="inter-op threads")
     o.add_argument("--spinning", action="store_true", help="let idle ORT threads spin (burns CPU)")
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             intra_threads=args.intra_threads,
             solo_threads=args.solo_threads,
-            solo_inline=args.solo_inline,
+            solo_inline_ms=args.solo_inline_ms,
             latency_budget_ms=args.latency_budget_ms,
             max_inflight=args.max_inflight,
             inter_threads=args.inter_threads,

@@ -18,10 +18,13 @@ Rules (the worker thread applies them; :func:`take` is the pure part):
 * **adaptive threads**: a batch that leaves the queue empty while no other worker is running
   (a lone request, e.g. one client) is run by ``run_solo`` when given - the model's session with
   every core's intra-op threads - so it is not held to one core; any other batch is run by
-  ``run`` (one thread per run, the workers giving the parallelism). With ``policy.solo_inline``
-  a request that finds the queue empty and every worker idle is not queued at all: the
-  submitting thread (the event loop) decodes, runs and finishes it at once, saving the two
-  thread hand-offs (to a worker and back), at the price of holding the loop for that one run;
+  ``run`` (one thread per run, the workers giving the parallelism);
+* **inline when short**: a request that finds the queue empty and every worker idle, for a
+  model whose lone requests took at most ``policy.solo_inline_s`` each so far (decode, run and
+  answer, smoothed), is not queued at all: the submitting thread (the event loop) does it at
+  once, saving the two thread hand-offs (to a worker and back), which cost more than such a
+  run on a loaded box. The bound keeps the loop from being held long; until a lone request
+  has been timed, or when ``solo_inline_s`` is 0, lone requests go to a worker;
 * a request may hand over a ``prepare`` callable instead of a tensor (:meth:`Batcher.submit_lazy`):
   the worker builds the input (decodes the image) just before the run, so decoding uses the
   worker threads' cores instead of the single event-loop thread;
@@ -119,6 +122,7 @@ class Batcher:
         self._run = run
         self._run_solo = run_solo
         self._busy = 0  # workers running a batch now
+        self._solo_s: float | None = None  # smoothed time of a lone request (decode, run, answer)
         self.policy = policy
         self.batchable = batchable
         self._on_batch = on_batch
@@ -172,7 +176,8 @@ class Batcher:
                     f"model {self.name}: queue full ({self._rows} of {self.policy.max_queue} samples waiting)",
                     retry_after=1.0,
                 )
-            inline = self.policy.solo_inline and not self._queue and not self._busy
+            solo_s = self._solo_s
+            inline = solo_s is not None and solo_s <= self.policy.solo_inline_s and not self._queue and not self._busy
             if inline:
                 self._busy += 1
             else:
@@ -299,6 +304,16 @@ class Batcher:
                 self._done()
 
     def _work_on(self, batch: list[_Item], solo: bool) -> None:
+        if solo and len(batch) == 1:
+            start = self._clock()
+            self._work_on_batch(batch, solo)
+            took = self._clock() - start
+            with self._cond:
+                self._solo_s = took if self._solo_s is None else 0.8 * self._solo_s + 0.2 * took
+        else:
+            self._work_on_batch(batch, solo)
+
+    def _work_on_batch(self, batch: list[_Item], solo: bool) -> None:
         batch = self._prepared(batch)
         if not batch:
             return

@@ -50,7 +50,7 @@ class BatchPolicy:
     max_queue: int = 256
     queue_timeout_s: float = 5.0
     workers: int = 2
-    solo_inline: bool = False  # a lone request runs on the event loop, no worker hand-off
+    solo_inline_s: float = 0.002  # a lone request this short runs on the event loop (cloud/batching.py)
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class SessionTuning:
     intra_threads: int = 1  # per run; parallelism comes from BatchPolicy.workers
     # a request that runs alone (queue empty, other workers idle) runs on a second session with
     # this many intra-op threads (0: one per core; 1: no second session): docs/cloud.md
-    solo_threads: int = 1
+    solo_threads: int = 0
     inter_threads: int = 1  # graphs here are sequential; parallel executor only adds overhead
     spinning: bool = False  # spin-waiting workers steal the CPU the HTTP loop needs
     optimization: str = "all"  # disable | basic | extended | all
@@ -158,8 +158,8 @@ def build(
     queue_timeout_s: float = 5.0,
     workers: int = 0,
     intra_threads: int = 1,
-    solo_threads: int = 1,
-    solo_inline: bool = False,
+    solo_threads: int = 0,
+    solo_inline_ms: float = 2.0,
     inter_threads: int = 1,
     spinning: bool = False,
     latency_budget_ms: float = 1000.0,
@@ -220,6 +220,8 @@ def build(
         raise ConfigError(
             f"thread counts must be >= 0, got intra {intra_threads}, inter {inter_threads}, solo {solo_threads}"
         )
+    if solo_inline_ms < 0:
+        raise ConfigError(f"--solo-inline-ms must be >= 0 (0: never inline), got {solo_inline_ms}")
     if latency_budget_ms < 0:
         raise ConfigError(f"--latency-budget-ms must be >= 0 (0: no latency bound), got {latency_budget_ms}")
     if max_inflight < 0:
@@ -256,7 +258,9 @@ def build(
         api_keys=keys,
         default_model=default,
         poll_s=poll_s,
-        batch=BatchPolicy(max_batch, max_wait_ms / 1000.0, max_queue, queue_timeout_s, n_workers, solo_inline),
+        batch=BatchPolicy(
+            max_batch, max_wait_ms / 1000.0, max_queue, queue_timeout_s, n_workers, solo_inline_ms / 1000.0
+        ),
         session=SessionTuning(
             intra_threads=intra_threads,
             solo_threads=solo_threads,

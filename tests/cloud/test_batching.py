@@ -278,7 +278,7 @@ def test_a_lone_request_runs_on_the_solo_session_and_one_beside_a_busy_worker_on
     assert float(first[0][0, 0]) == 64.0 and float(second[0][0, 0]) == 128.0
 
 
-def test_solo_inline_runs_a_lone_request_on_the_submitting_thread_and_queues_the_rest() -> None:
+def test_a_short_lone_request_runs_on_the_submitting_thread_once_timed_and_the_rest_queue() -> None:
     where: list[int] = []
 
     def solo(x: np.ndarray) -> list[np.ndarray]:
@@ -286,13 +286,13 @@ def test_solo_inline_runs_a_lone_request_on_the_submitting_thread_and_queues_the
         return [x.reshape(x.shape[0], -1).sum(axis=1, keepdims=True)]
 
     held = Recorder(hold=True)
-    policy = BatchPolicy(max_batch=4, max_queue=64, workers=1, solo_inline=True)
+    policy = BatchPolicy(max_batch=4, max_queue=64, workers=1, solo_inline_s=60.0)  # any run is "short"
     b = Batcher("m", held, policy, workers=1, run_solo=solo)
 
-    async def go() -> tuple[int, Any, Any]:
+    async def go() -> tuple[int, list[Any], Any]:
         loop_thread = threading.get_ident()
-        alone = await b.submit(rows(1, 1.0))
-        b._busy += 1  # a worker is busy (as if running another batch): the next one must queue
+        alone = [await b.submit(rows(1, 1.0)), await b.submit(rows(1, 2.0))]  # timed by a worker, then inline
+        b._busy += 1  # as if a worker were running another batch: the next request must queue
         try:
             queued = asyncio.ensure_future(b.submit(rows(1, 3.0)))
             await asyncio.to_thread(held.entered.wait, 30)
@@ -303,5 +303,25 @@ def test_solo_inline_runs_a_lone_request_on_the_submitting_thread_and_queues_the
 
     loop_thread, alone, queued = run(go())
     b.close()
-    assert where == [loop_thread] and float(alone[0][0, 0]) == 64.0
+    assert len(where) == 2 and where[0] != loop_thread and where[1] == loop_thread
+    assert [float(a[0][0, 0]) for a in alone] == [64.0, 128.0]
     assert held.sizes == [1] and float(queued[0][0, 0]) == 192.0
+
+
+def test_a_long_lone_request_stays_on_a_worker() -> None:
+    where: list[int] = []
+
+    def solo(x: np.ndarray) -> list[np.ndarray]:
+        where.append(threading.get_ident())
+        return [x.reshape(x.shape[0], -1).sum(axis=1, keepdims=True)]
+
+    b = Batcher("m", Recorder(), BatchPolicy(max_batch=4, workers=1, solo_inline_s=0.0), run_solo=solo)
+
+    async def go() -> int:
+        for i in range(3):
+            await b.submit(rows(1, float(i)))
+        return threading.get_ident()
+
+    loop_thread = run(go())
+    b.close()
+    assert len(where) == 3 and loop_thread not in where
