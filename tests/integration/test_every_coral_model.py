@@ -121,8 +121,9 @@ def _query(c: Case) -> str:
 
 def _local_held_to_litert(c: Case, bundle: Path, doc: dict[str, Any], ref: list[np.ndarray], coral: Path) -> None:
     if c.task == "classification":
-        scores = np.asarray(doc["predictions"], np.float32).reshape(-1)
-        assert np.abs(scores - ref[0].reshape(-1)).max() <= step(_artifact(bundle)) + 1e-6
+        scores = np.asarray(doc["predictions"], np.float32)
+        assert scores.shape == (1, ref[0].size)  # [N, K], one row: the cloud's shape too
+        assert np.abs(scores - ref[0].reshape(1, -1)).max() <= step(_artifact(bundle)) + 1e-6
         assert doc["top"][0]["index"] == int(ref[0].argmax()) and doc["task"] == "classification"
         return
     held_to_reference(c, doc, ref, original_size(coral, c))  # also: no predictions, top or tensors
@@ -141,6 +142,7 @@ def _cloud_held_to_litert(c: Case, bundle: Path, doc: dict[str, Any], ref: list[
     limits = manifest(bundle).model["twin"]["limits"]
     if c.task == "classification":
         got = [np.asarray(doc["predictions"], np.float32)]
+        assert got[0].shape == (1, ref[0].size)  # [N, K] whether the agent or the cloud answered
     else:
         assert "predictions" not in doc and "top" not in doc and "tensors" not in doc and doc["task"] == c.task
         outs = manifest(bundle).model["signature"]["outputs"]
