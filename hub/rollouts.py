@@ -20,8 +20,11 @@ for hubs sharing a database), committed before its messages are published. Each 
 machine one way, through :func:`_run` (load, gather events, ``advance``, carry out, save).
 Every run adds a ``WindowClosed`` event for each of its devices whose group's maintenance
 window (:mod:`hub.groups`) is closed now, unless the rollout's policy ignores windows.
-A device follows one rollout at a time: the newest non-terminal one that targets it; creating
-a rollout cancels the device's row in older ones (``superseded``).
+A device follows one rollout at a time *per model channel* (protocol.channels; a rollout
+targets one, ``default`` unless named): the newest non-terminal one of that channel that targets
+it; creating a rollout cancels the device's row in older ones of its channel (``superseded``).
+The rollout sees the device's active bundle on its channel and its documents change only that
+channel's entry (hub.desired).
 """
 
 from __future__ import annotations
@@ -35,12 +38,13 @@ from sqlalchemy import and_, bindparam, func, insert, update
 from sqlmodel import Session, col, select
 
 from protocol.bundle import Requirements
+from protocol.channels import DEFAULT
 from protocol.errors import BadPayload
 from protocol.messages import Report
 from protocol.sketch import DriftThresholds
 from protocol.topics import check_digest
 
-from . import alerting, bundles, desired, evidence, groups, staging
+from . import alerting, bundles, channels, desired, evidence, groups, staging
 from .compat import stored_inventory
 from .db import rollout_section
 from .errors import Conflict, Invalid, NotFound
@@ -192,8 +196,9 @@ def _save(s: Session, r: Rollout, rows: Rows, st: RolloutState, seqs: dict[str, 
 
 
 # ---- observations --------------------------------------------------------------------------------
-def _seen(d: Device) -> DeviceSeen:
-    return DeviceSeen(d.id, d.online, d.active_digest, stored_inventory(d.id, d.inventory), d.agent_version)
+def _seen(d: Device, channel: str = DEFAULT) -> DeviceSeen:
+    inv = stored_inventory(d.id, d.inventory)
+    return DeviceSeen(d.id, d.online, channels.active_on(d, channel), inv, d.agent_version)
 
 
 def _owners(s: Session) -> list[tuple[Rollout, Target]]:
@@ -236,13 +241,9 @@ def _run(
         tgt = Target.parse(r.target)
         for d in s.exec(select(Device)).all():
             if d.id in rows:
-                evs.append(_seen(d))
-            elif (
-                r.phase not in TERMINAL_PHASES
-                and tgt.matches(d)
-                and next((o for o, t in owners if t.matches(d)), None) is r
-            ):
-                evs.append(_seen(d))
+                evs.append(_seen(d, r.channel))
+            elif r.phase not in TERMINAL_PHASES and tgt.matches(d) and channels.owner(owners, d, r.channel) is r:
+                evs.append(_seen(d, r.channel))
     if not policy.ignore_windows:
         ids = [*rows, *(e.device for e in evs if isinstance(e, DeviceSeen))]
         evs.extend(WindowClosed(d, t) for d, t in groups.closed_for(s, ids, now).items())
@@ -271,7 +272,7 @@ def _run(
             action = a.action if b is not None or a.action == "idle" else "idle"
             if b is not None:
                 out.extend(bundles.ensure_published(fleet, s, b))
-            out.append(desired.issue(fleet, s, dev, b, action, r.id))
+            out.append(desired.issue(fleet, s, dev, b, action, r.id, channel=r.channel))
             seqs[a.device] = dev.desired_seq
         elif isinstance(a, IssueStage):
             sent = staging.issue(fleet, s, a, policy, r.id)
@@ -287,10 +288,16 @@ def _run(
 
 
 def create(
-    fleet: Fleet, digest: str, target: Target | Any, policy: dict[str, Any] | None = None, actor: str = "api"
+    fleet: Fleet,
+    digest: str,
+    target: Target | Any,
+    policy: dict[str, Any] | None = None,
+    actor: str = "api",
+    channel: str = DEFAULT,
 ) -> dict[str, Any]:
-    """A new rollout of bundle ``digest`` to ``target`` (a :class:`Target` or its JSON form),
-    issued at once to its first cohort. Raises Invalid (bad digest, target or policy)."""
+    """A new rollout of bundle ``digest`` to ``target`` (a :class:`Target` or its JSON form) on
+    model ``channel``, issued at once to its first cohort. Raises Invalid (bad digest, target,
+    policy or channel)."""
     try:
         check_digest(digest)
     except BadPayload as exc:
@@ -300,6 +307,7 @@ def create(
         pol = Policy.from_dict(policy or {})
     except PolicyError as exc:
         raise Invalid("policy", str(exc)) from None
+    channels.check(channel, pol)
     with _exclusive(fleet) as (s, out):
         bundles.get_row(fleet, s, digest)
         now = fleet.clock()
@@ -308,6 +316,7 @@ def create(
             id=new_id(),
             serial=serial,
             bundle=digest,
+            channel=channel,
             target=target.to_dict(),
             policy=pol.to_dict(),
             phase="running",
@@ -320,18 +329,23 @@ def create(
         s.add(r)
         ids = [d.id for d in s.exec(select(Device)).all() if target.matches(d)]
         t = RolloutDevice.__table__  # type: ignore[attr-defined]
+        same = select(Rollout.id).where(Rollout.channel == channel)
         for i in range(0, len(ids), 5000):  # a device follows the newest rollout: older rows stop here
             s.connection().execute(
                 update(t)
                 .where(
                     t.c.device_id.in_(ids[i : i + 5000]),
                     t.c.rollout_id != r.id,
+                    t.c.rollout_id.in_(same),  # of the same channel: the others go on
                     t.c.state.in_(("pending", "staging", "issued", "installing")),
                 )
                 .values(state="cancelled", reason=f"superseded by rollout {r.id}", updated=now)
             )
         s.flush()
-        fleet.audit(s, actor, "rollout.create", r.id, bundle=digest, devices=target.to_dict(), policy=pol.to_dict())
+        on = {"channel": channel} if channel != DEFAULT else {}
+        fleet.audit(
+            s, actor, "rollout.create", r.id, bundle=digest, devices=target.to_dict(), policy=pol.to_dict(), **on
+        )
         _run(fleet, s, r, [], out, observe=True)
         rid = r.id
     log.info("rollout %s of %s created by %s: %d messages", rid, digest[:12], actor, len(out))
@@ -395,19 +409,23 @@ def converge(fleet: Fleet, device_ids: Sequence[str]) -> None:
             d = s.get(Device, did)
             if d is None:
                 continue
+            owned: set[str] = set()  # channels whose owner is found (owners are newest first)
             for r, tgt in owners:
+                if r.channel in owned:
+                    continue
                 member = s.get(RolloutDevice, (r.id, d.id)) is not None
                 if member or tgt.matches(d):
-                    per.setdefault(r.id, []).append(_seen(d))
+                    per.setdefault(r.id, []).append(_seen(d, r.channel))
                 if tgt.matches(d):
-                    break
+                    owned.add(r.channel)
             # a finished (rolled back) rollout still settles the devices it is rolling back
             for row in s.exec(
                 select(RolloutDevice).where(RolloutDevice.device_id == did, RolloutDevice.state == "rolling_back")
             ).all():
                 evs = per.setdefault(row.rollout_id, [])
                 if not any(isinstance(e, DeviceSeen) and e.device == did for e in evs):
-                    evs.append(_seen(d))
+                    ro = s.get(Rollout, row.rollout_id)
+                    evs.append(_seen(d, ro.channel if ro is not None else DEFAULT))
         for rid, evs in per.items():
             ro = s.get(Rollout, rid)
             if ro is not None:
@@ -440,6 +458,7 @@ def _public(r: Rollout, c: dict[str, int]) -> dict[str, Any]:
     return {
         "id": r.id,
         "bundle": r.bundle,
+        "channel": r.channel,
         "target": r.target,
         "policy": policy,
         "phase": r.phase,
