@@ -10,9 +10,11 @@ from hub import ticker
 from protocol.benchmark import BenchmarkReport, Timing
 from protocol.messages import Report
 
+from .conftest import TOKEN
 from .helpers import telemetry
 from .test_api import push
 from .test_rollouts import OLD_MS, desired_of, fleet_on
+from .web.test_dashboard import session_for
 
 POLICY = {
     "cohorts": ["1", "100%"],
@@ -63,6 +65,10 @@ def test_each_stage_document_keeps_the_active_bundle_and_a_good_candidate_goes_f
     assert doc.extra["benchmark"] == {"bundle": v2["digest"], "invokes": 7}
     # the candidate's chunks are published (retained) for the device to fetch
     assert any(v2["archive_sha256"] in t for t in pub.retained)
+    ui = session_for(hub, TOKEN)
+    assert 'name="stage_benchmark"' in ui.get("/ui/rollouts").text  # the form offers the stages
+    page = ui.get(f"/ui/rollouts/{rid}").text
+    assert f'data-device="{dev}" data-stage="benchmark" data-verdict="waiting"' in page
 
     hub.ingest.handle([(f"ef/v1/dev/{dev}/report", shadow_report(dev, 1, doc.seq, v2["digest"], 11.0, 10.0))])
     canary = next(d for d in rollout(client, rid)["devices"] if d["device_id"] == dev)

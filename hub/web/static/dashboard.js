@@ -310,6 +310,10 @@
       var body = {bundle: form.bundle.value, target: target, policy: {
         cohorts: form.cohorts.value.split(",").map(function (s) { return s.trim(); }).filter(Boolean),
         soak_s: soak, on_breach: form.on_breach.value, approve_each_cohort: form.approve_each_cohort.checked, gates: gates}};
+      var stages = [];
+      if (form.stage_benchmark.checked) stages.push("benchmark");
+      if (form.stage_shadow.checked) stages.push("shadow");
+      if (stages.length) body.policy.stages = stages;
       var submit = document.getElementById("r-submit"); submit.disabled = true;
       fetch("/api/v1/rollouts", {method: "POST", credentials: "same-origin",
             headers: {"Content-Type": "application/json", "Accept": "application/json"}, body: JSON.stringify(body)})
