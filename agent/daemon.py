@@ -33,6 +33,7 @@ from protocol.commands import Command
 from protocol.device import Inventory
 from protocol.errors import BadPayload, ProtocolError, Reason, VerificationError
 from protocol.messages import Desired, Hold, Report, Status, Telemetry, parse_ack, parse_desired_payload, verify_desired
+from protocol.samples import parse_receipt
 from protocol.signing import Envelope, Root, load_root_unverified, rotate_root, targets_rotated
 from protocol.topics import PREFIX, Kind, Topic
 
@@ -43,6 +44,7 @@ from .channels import Channel, accepted, channel_config, due, installed
 from .config import AgentConfig
 from .durable import fsync_dir, read_checked, read_json, write_atomic, write_json
 from .errors import ConnectError, RootExpired, StartupError
+from .hardexamples import HardExamples
 from .install import crash_verdict, recover, require_fresh_root
 from .localapi import make_server, make_unix_server
 from .metrics import AgentMetrics
@@ -108,6 +110,16 @@ class Agent:
             lambda digest: self.events.put(("probation_passed", digest)),
             Sessions(cfg.max_sessions, cfg.session_idle_s),
             cfg.escalation,
+        )
+        # hard examples (agent.hardexamples): off unless agent.toml or the active bundle turns them on
+        self.hard = HardExamples(cfg.state_dir / "hard-examples", cfg.device_id, cfg.hard_examples)
+        self.serving.on_local = lambda req, ans, model: self.hard.offer(
+            req,
+            ans.doc(),
+            ans.scores,
+            model.info.name,
+            model.info.digest,
+            model.signature.extra if model.signature is not None else None,
         )
         topic = str(Topic.for_device(Kind.STATUS, cfg.device_id))
         # the last will: the broker publishes it (retained) if this process dies or the link drops
@@ -353,6 +365,14 @@ class Agent:
             sent.append((kind, seq))
         if sent:
             self.backlog.mark_sent(sent, now)
+        if len(sent) == len(due):  # nothing of the backlog held back: hard examples may use the link
+            topic = str(Topic.for_device(Kind.SAMPLE, self.cfg.device_id))
+            self.hard.pump(
+                lambda payload: self.transport.publish(topic, payload, qos=1),
+                lambda n: self.meter.allows("samples", n).send,
+                lambda n: self.meter.spend("samples", n),
+                time.monotonic(),
+            )
 
     def status_doc(self) -> dict[str, Any]:
         st = self._status(True)
@@ -371,6 +391,7 @@ class Agent:
             "accelerator": acc.to_dict() if (acc := self._accelerator()) is not None else None,
             "bytes_today": self.meter.usage(),
             "channels": {n: self._channel_status(ch).to_dict() for n, ch in self.channels.items() if n != DEFAULT},
+            "hard_examples": self.hard.status(),
         }
 
     # start-up ------------------------------------------------------------------------------------
@@ -543,8 +564,9 @@ class Agent:
     # event handling ---------------------------------------------------------------------------
     def _on_connected(self) -> None:
         dev = self.cfg.device_id
-        for kind in (Kind.DESIRED, Kind.ACK, Kind.COMMAND):
+        for kind in (Kind.DESIRED, Kind.ACK, Kind.COMMAND, Kind.SAMPLED):
             self.transport.subscribe(str(Topic.for_device(kind, dev)), qos=1)
+        self.hard.reconnected()
         self.transport.subscribe(str(Topic.root()), qos=1)
         self._subscribe_manifests()
         for ch in self.channels.values():
@@ -571,6 +593,11 @@ class Agent:
                 log.warning("ignoring ack: %s", exc)
                 return
             self.backlog.ack(ack.kind, ack.seqs)
+        elif topic.kind is Kind.SAMPLED and topic.device == self.cfg.device_id and msg.payload:
+            try:
+                self.hard.on_receipt(parse_receipt(msg.payload))
+            except BadPayload as exc:
+                log.warning("ignoring hard-example receipt: %s", exc)
         elif topic.kind is Kind.COMMAND and topic.device == self.cfg.device_id and msg.payload:
             self._on_command(msg.payload)
         elif topic.kind is Kind.ROOT and msg.payload:

@@ -275,11 +275,11 @@ class HardExamples:
     def _forget(self, sid: str) -> None:
         b = self.dir / f"{sid}.bin"
         size = b.stat().st_size if b.exists() else 0
+        with self._lock:  # before the files go: once status() sees none pending, the bytes are freed too
+            self.disk_used = max(0, self.disk_used - size)
         for suffix in (".json", ".json.prev", ".bin"):
             (self.dir / f"{sid}{suffix}").unlink(missing_ok=True)
         self._sent = {k: v for k, v in self._sent.items() if k[0] != sid}
-        with self._lock:
-            self.disk_used = max(0, self.disk_used - size)
 
     def status(self) -> dict[str, Any]:
         with self._lock:

@@ -206,6 +206,8 @@ class Serving:
         self._config_policy = escalate
         self._escalation: tuple[escalation.Escalator, CloudClient | None] | None = None
         self._set_policy(escalate)
+        # told of every local answer after it is sent (the daemon's hard examples, agent.hardexamples)
+        self.on_local: Callable[[Request, Answer, Model], object] | None = None
 
     # model management (daemon thread) ---------------------------------------------------
     def swap(self, model: Model | None, probation: tuple[int, int] | None = None) -> Model | None:
@@ -298,6 +300,8 @@ class Serving:
             try:
                 if self._use_local():
                     local = self._local(req, model, t0, errors)
+                    if local is not None and self.on_local is not None:
+                        local = self._hooked(req, local, model)
                     if local is not None and (esc is None or req.session is not None):
                         return local
                 else:
@@ -325,6 +329,21 @@ class Serving:
             raise Unavailable("; ".join(errors + [str(exc)])) from None
         self.recorder.record("cloud", time.perf_counter() - t0, True)
         return out
+
+    def _hooked(self, req: Request, local: Answer, model: Model) -> Answer:
+        """``local`` with :attr:`on_local` run after its bookkeeping (so after the answer is sent)."""
+        hook, before = self.on_local, local.after
+        assert hook is not None
+
+        def after() -> None:
+            if before is not None:
+                before()
+            try:
+                hook(req, local, model)
+            except Exception:  # a hard example is never worth a failed request
+                log.exception("on_local hook failed")
+
+        return Answer(local.scores, local.fields, after)
 
     def _escalate(
         self,
