@@ -98,3 +98,24 @@ def test_two_channels_install_serve_restart_and_roll_back_independently(
     default_reports = [r for r in hub.reports if r.channel == "default"]
     assert default_reports and {r.desired_seq for r in default_reports} == {1}
     assert not hub.failures("dev1")
+
+
+@pytest.mark.parametrize("stage", ["download", "switch"])
+def test_a_channel_install_killed_mid_way_resumes_after_a_restart(
+    stage, tmp_path: Path, coral_models, trust, hub, make_agent
+):
+    """The channel's job is persisted in its own state dir and resumed at start like the default's."""
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "b", coral_models, MNV1, name="mnv1"))
+    pub = hub.publish_bundle(env, archive)
+    agent = make_agent("dev1")
+    hub.desire("dev1", None, action="idle", since=0, channels={"second": ChannelDesired(1, "install", pub.ref)})
+    agent.start(EDGEFLEET_AGENT_CRASH_AT=stage)
+    assert agent.wait_exit(120) == 137, agent.log_text()
+    assert (agent.state_dir / "channels" / "second" / "job.json").exists()
+    agent.start()
+    done = hub.report("dev1", "commit", "ok", pub.ref.digest, timeout=120)
+    assert (done.channel, done.desired_seq) == ("second", 1)
+    code, out = agent.predict_image((coral_models / "cat_720p.jpg").read_bytes(), "/v1/models/second/predict")
+    assert code == 200 and out["bundle"]["digest"] == pub.ref.digest
+    assert agent.http("GET", "/healthz")[0] == 503  # the default channel has no model
+    assert not hub.failures("dev1")
