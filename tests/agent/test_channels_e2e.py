@@ -119,3 +119,32 @@ def test_a_channel_install_killed_mid_way_resumes_after_a_restart(
     assert code == 200 and out["bundle"]["digest"] == pub.ref.digest
     assert agent.http("GET", "/healthz")[0] == 503  # the default channel has no model
     assert not hub.failures("dev1")
+
+
+def test_the_co_compiled_pair_loads_on_two_channels_through_the_edge_tpu_path(
+    tmp_path: Path, coral_models, trust, hub, make_agent
+):
+    """Both models of the pair are opened by the Edge TPU code path (agent.watchdog's guarded
+    backend, one per channel) and answer as ``edgetpu``. The driver is the tests' fake
+    (tests/agent/faketpu.py: a CPU interpreter on the twin where libedgetpu would be), so the
+    shared parameter cache itself is not exercised here."""
+    control = tmp_path / "tpu-mode"
+    control.write_text("ok")
+    agent = make_agent("coral1")
+    agent.env.update(EDGEFLEET_AGENT_EDGETPU_DRIVER="tests.agent.faketpu:DRIVER", EDGEFLEET_TEST_FAKE_TPU=str(control))
+    agent.start()
+    pubs = []
+    for name, model, twin in (("a", CO_025, MNV1), ("b", CO_05, MNV1_05)):
+        d = coral_bundle(tmp_path / name, coral_models, model, name=name, role="tflite_edgetpu", cpu_twin=twin)
+        env, _, archive = trust.sign_dir(d)
+        pubs.append(hub.publish_bundle(env, archive))
+    hub.desire("coral1", pubs[0], since=1, channels={"second": ChannelDesired(1, "install", pubs[1].ref)})
+    for pub in pubs:
+        staged = hub.report("coral1", "stage", "ok", pub.ref.digest)
+        assert "model_edgetpu.tflite on edgetpu" in staged.detail
+        hub.report("coral1", "commit", "ok", pub.ref.digest)
+    cat = (coral_models / "cat_720p.jpg").read_bytes()
+    for path, pub in (("/v1/predict", pubs[0]), ("/v1/models/second/predict", pubs[1])):
+        code, out = agent.predict_image(cat, path)
+        assert code == 200 and out["served_by"] == "edgetpu" and out["bundle"]["digest"] == pub.ref.digest
+        assert "cat" in out["top"][0]["label"]
