@@ -237,6 +237,7 @@ class Agent:
             Sessions(cfg.max_sessions, cfg.session_idle_s),
             cfg.escalation,
         )
+        serving.on_local = self.serving.on_local  # hard examples: one store for all channels, by bundle
 
         def report(
             stage: str,
