@@ -31,6 +31,7 @@ from compiler.parity import choose_inputs
 from compiler.tflite_onnx import verify
 from protocol.bundle import MANIFEST_FILE, parse_manifest
 from protocol.signing import Envelope
+from tests.coral_imports import imported
 
 from .conftest import run_cli
 
@@ -92,10 +93,11 @@ def test_inat_bird_twin_measured_on_calibration_images_is_withheld_too(tmp_path:
     assert _manifest(out).artifact("onnx") is None
 
 
-def test_a_twin_that_agrees_within_rounding_is_verified_on_synthetic_inputs(tmp_path: Path, coral_models: Path) -> None:
+def test_a_twin_that_agrees_within_rounding_is_verified_on_synthetic_inputs(coral_models: Path) -> None:
     """MobileNet v1 0.25: onnxruntime's QDQ rounds differently from LiteRT's integer kernels,
-    up to 9 steps measured on the 32 synthetic inputs, and agrees on every top-1: verified."""
-    out = _import(tmp_path, coral_models, "mobilenet_v1_0.25_128_quant.tflite", coral_models / "imagenet_labels.txt")
+    up to 9 steps measured on the 32 synthetic inputs, and agrees on every top-1: verified.
+    (The same ``import`` the end-to-end tests use, with their labels: built once for all of them.)"""
+    out = imported("mnv1_025", coral_models)
     twin = json.loads((out / "report.json").read_text())["twin"]
     assert (twin["status"], twin["inputs"], twin["n"]) == ("verified", "synthetic", 32)
     assert twin["figures"]["top1_agreement"] == 1.0 and 0 < twin["figures"]["max_step_diff"] <= 32
@@ -122,10 +124,8 @@ def test_the_detector_is_withheld_with_the_converters_reason(tmp_path: Path, cor
     assert m.model["twin"] == twin and m.artifact("onnx") is None
 
 
-def test_a_model_tf2onnx_fails_on_is_withheld_with_its_one_line_error(tmp_path: Path, coral_models: Path) -> None:
-    labels = tmp_path / "digits.txt"
-    labels.write_text("\n".join(str(i) for i in range(10)) + "\n")
-    out = _import(tmp_path, coral_models, "keras_lstm_mnist_ptq.tflite", labels)
+def test_a_model_tf2onnx_fails_on_is_withheld_with_its_one_line_error(coral_models: Path) -> None:
+    out = imported("lstm", coral_models)  # with labels 0..9, as the end-to-end tests import it
     twin = json.loads((out / "report.json").read_text())["twin"]
     assert twin == {
         "status": "withheld",
