@@ -121,4 +121,6 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
     device, cloud = json_lines(done[7])
     assert device["top"] and device["predictions"], device
     assert cloud["model"]["name"] == "digits" and cloud["top"], cloud  # type: ignore[index]
+    # one shape from both: [N, K], one row of the ten digits' scores
+    assert [len(r) for r in device["predictions"]] == [len(r) for r in cloud["predictions"]] == [10]  # type: ignore[attr-defined]
     assert "Traceback" not in logs, logs
