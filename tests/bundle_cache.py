@@ -37,6 +37,19 @@ BUNDLES = CACHE / "bundles"
 TRACER = Path(__file__).resolve().parent / "trace_deps"
 
 
+def put(path: Path, data: bytes) -> Path:
+    """Write an input of a cached build (a calibration image, a labels file) under ``CACHE``:
+    only when it differs, and by rename, so a test process hashing or reading it never sees it
+    half-written (another one rewriting it once left a build keyed by a cut image)."""
+    if path.is_file() and path.read_bytes() == data:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = CACHE / f".put-{os.getpid()}-{path.name}"  # not beside it: a build reads the whole folder
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from protocol.bundle import MANIFEST_FILE, Manifest, parse_manifest
 from protocol.signing import Envelope
+from tests.bundle_cache import put
 from tests.conftest import CACHE, cached_bundle
 
 
@@ -77,10 +78,7 @@ def _labels(coral: Path, name: str) -> Path:
         text = "\n".join((coral / "pascal_voc_segmentation_labels.txt").read_text().splitlines()[:21]) + "\n"
     else:
         return coral / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
-    return path
+    return put(path, text.encode())
 
 
 def imported(key: str, coral: Path) -> Path:
@@ -90,9 +88,7 @@ def imported(key: str, coral: Path) -> Path:
     if c.labels:
         argv += ["--labels", str(_labels(coral, c.labels))]
     if c.calibration:
-        cal = CACHE / "calibration" / key
-        cal.mkdir(parents=True, exist_ok=True)
-        (cal / c.image).write_bytes((coral / c.image).read_bytes())
+        cal = put(CACHE / "calibration" / key / c.image, (coral / c.image).read_bytes()).parent
         argv += ["--calibration", str(cal)]
     return cached_bundle(f"coral-{key}", argv)
 

@@ -72,3 +72,14 @@ def test_an_input_file_is_its_name_and_contents_wherever_the_checkout_is(tmp_pat
         str(tmp_path / "a" / "models")
     )
     assert bundle_cache._input_digest("--quiet") == "arg --quiet"
+
+
+def test_an_input_is_rewritten_only_when_it_differs_and_never_beside_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bundle_cache, "CACHE", tmp_path)
+    image = bundle_cache.put(tmp_path / "calibration" / "m" / "a.bmp", b"pixels")
+    inode = image.stat().st_ino
+    assert bundle_cache.put(image, b"pixels").stat().st_ino == inode  # same bytes: left alone
+    assert bundle_cache.put(image, b"other").read_bytes() == b"other"
+    assert [p.name for p in image.parent.iterdir()] == ["a.bmp"]  # nothing else in the folder a build reads

@@ -15,6 +15,7 @@ from protocol import taskstats
 from protocol.baseline import parse
 from protocol.messages import Telemetry, check_plausible
 from tests.agent.test_tasks import local_api, open_model
+from tests.bundle_cache import put
 from tests.conftest import CACHE, cached_bundle
 from tests.coral_imports import CASES, imported
 
@@ -26,9 +27,8 @@ FRAMES = ("traffic_0001.bmp", "traffic_0002.bmp")
 @pytest.fixture(scope="module")
 def traffic(coral_models: Path) -> Path:
     cal = CACHE / "calibration" / "traffic-frames"
-    cal.mkdir(parents=True, exist_ok=True)
     for f in FRAMES:
-        (cal / f).write_bytes((coral_models / f).read_bytes())
+        put(cal / f, (coral_models / f).read_bytes())  # atomic, only when it differs
     argv = ["import", str(coral_models / "traffic_model.tflite"), "--name", "traffic"]
     argv += ["--labels", str(coral_models / "traffic_label_map.pbtxt"), "--calibration", str(cal), "--no-onnx"]
     return cached_bundle("h12-traffic-cal", argv)

@@ -17,6 +17,7 @@ from hub.server import Hub
 from hub.store import read_bundle_dir
 from hub.transport import MemoryPublisher
 from hub.web.catalog import drift_by_signal, signature_summary, task_evaluation
+from tests.bundle_cache import put
 from tests.conftest import CACHE, cached_bundle
 
 from ..conftest import VIEWER
@@ -29,9 +30,9 @@ TRUTH = Path(__file__).resolve().parents[2] / "compiler" / "data" / "tasks" / "t
 def detector_bundle(coral: Path) -> Path:
     """``traffic_model.tflite`` imported with its first frame as calibration and ``--truth``
     (unsigned bundle directory, cached by compiler source)."""
-    cal = CACHE / "calibration" / "traffic-truth"
-    cal.mkdir(parents=True, exist_ok=True)
-    (cal / "traffic_0001.bmp").write_bytes((coral / "traffic_0001.bmp").read_bytes())
+    cal = put(
+        CACHE / "calibration" / "traffic-truth" / "traffic_0001.bmp", (coral / "traffic_0001.bmp").read_bytes()
+    ).parent
     argv = ["import", str(coral / "traffic_model.tflite"), "--name", "traffic"]
     argv += ["--labels", str(coral / "traffic_label_map.pbtxt"), "--calibration", str(cal)]
     argv += ["--truth", str(TRUTH), "--no-onnx"]
