@@ -1,4 +1,4 @@
-"""``edgefleet-hub hard-examples ls|export``: the hard examples devices uploaded (:mod:`hub.hardexamples`).
+"""``edgefleet-hub hard-examples ls|export|delete``: the hard examples devices uploaded (:mod:`hub.hardexamples`).
 
 ``ls [--model M] [--version V] [--device D]``: one page, newest first (``--json``: the API's page).
 
@@ -9,7 +9,10 @@ folder to relabel::
     DIR/labels.csv                          file,label,predicted,confidence,... (label empty: yours to fill)
     DIR/metadata.jsonl                      one line per input: everything the hub knows of it
 
-Each file is checked against the sha256 the device sent. ``DIR`` must be empty or absent (an
+``delete --model M [--version V]``: remove a model's (or one version's) hard examples, rows and
+files (operator role; in the audit log). Prints how many.
+
+Each exported file is checked against the sha256 the device sent. ``DIR`` must be empty or absent (an
 export never mixes with another). Needs the operator role (the inputs may show people or places).
 
 Exit codes as the other client commands: 0 done · 1 hub unreachable or failing, a file that does
@@ -51,6 +54,17 @@ def add_commands(sub: Any) -> None:
     p.add_argument("dir", help="output folder (absent or empty)")
     client_args(p)
     p.set_defaults(func=cmd_export)
+    p = he.add_parser("delete", help="delete a model's (or one version's) hard examples, rows and files")
+    p.add_argument("--model", required=True)
+    p.add_argument("--version")
+    client_args(p)
+    p.set_defaults(func=cmd_delete)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    q = urllib.parse.urlencode({k: v for k, v in (("model", args.model), ("version", args.version)) if v})
+    print(json.dumps(call(args, "DELETE", f"/api/v1/hard-examples?{q}")))
+    return EXIT_OK
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ the chunks of one example may reach different replicas.
 
 Reading the inputs needs the ``operator`` role (they may show people or places); the listing
 (metadata, no bytes) needs ``viewer``. Retention: kept until an operator deletes them
-(:func:`delete`; ``hard-examples delete``).
+(:func:`delete`: ``DELETE /api/v1/hard-examples``, ``hard-examples delete``; audited).
 """
 
 from __future__ import annotations
@@ -215,15 +215,19 @@ def content(fleet: Fleet, ident: int) -> tuple[str, bytes]:
         raise NotFound("hard example file", h.path) from None
 
 
-def delete(fleet: Fleet, model: str, version: str | None = None) -> int:
-    """Delete a model's (or one version's) hard examples, rows and files; returns how many."""
+def delete(fleet: Fleet, model: str, version: str | None, actor: str) -> int:
+    """Delete a model's (or one version's) hard examples, rows and files, in the audit log;
+    returns how many. The rows go first: a file left by a crash is never listed again."""
     with fleet.session() as s:
         rows = s.exec(_query(model, version, None)).all()
+        paths = [root(fleet) / h.path for h in rows]
         for h in rows:
-            (root(fleet) / h.path).unlink(missing_ok=True)
             s.delete(h)
+        fleet.audit(s, actor, "hard_examples.delete", f"{model} {version or '*'}", deleted=len(rows))
         s.commit()
-        return len(rows)
+    for p in paths:
+        p.unlink(missing_ok=True)
+    return len(paths)
 
 
 # export: a dataset folder for relabelling --------------------------------------------------

@@ -447,3 +447,7 @@ class HardExampleVersion(BaseModel):
     version: str
     count: int
     last: int | None = Field(description="when the newest arrived (unix s)")
+
+
+class HardExamplesDeleted(BaseModel):
+    deleted: int = Field(description="hard examples removed (rows and files)")

@@ -123,6 +123,22 @@ def test_the_dashboard_shows_thumbnails_to_an_operator_and_only_metadata_to_a_vi
     assert client.get(f"/ui/hard-examples/{row.id}/content", headers=viewer).status_code == 403
 
 
+def test_an_operator_deletes_a_model_versions_examples_rows_and_files_and_it_is_audited(memhub, client: TestClient):
+    hub, _ = memhub
+    add_bundle(hub)
+    add_bundle(hub, "b" * 64, "digits", "4")
+    send(hub, chunks("sample-0001"))
+    send(hub, chunks("sample-0002", bundle="b" * 64))
+    files = {r.version: hardexamples.root(hub.fleet) / r.path for r in rows(hub)}
+    viewer = {"Authorization": f"Bearer {VIEWER}"}
+    assert client.delete("/api/v1/hard-examples", params={"model": "digits"}, headers=viewer).status_code == 403
+    gone = client.delete("/api/v1/hard-examples", params={"model": "digits", "version": "3"})
+    assert gone.status_code == 200 and gone.json() == {"deleted": 1}
+    assert not files["3"].exists() and files["4"].exists() and [r.version for r in rows(hub)] == ["4"]
+    audit = client.get("/api/v1/audit").json()["items"]
+    assert any(a["action"] == "hard_examples.delete" and a["target"] == "digits 3" for a in audit)
+
+
 def test_export_rows_name_each_file_and_leave_the_label_to_fill():
     item = {
         "id": 1,

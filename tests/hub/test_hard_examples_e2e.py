@@ -155,6 +155,10 @@ def test_unsure_answers_become_hard_examples_on_the_hub_within_the_cap_and_expor
             assert again.returncode == 2 and "not an empty folder" in again.stderr
             listed = cli("hard-examples", "ls", "--model", "mnv1", *hub)
             assert listed.returncode == 0 and listed.stdout.count(DEVICE) == 3
+            deleted = cli("hard-examples", "delete", "--model", "mnv1", "--version", "1", *hub)
+            assert deleted.returncode == 0 and json.loads(deleted.stdout) == {"deleted": 3}, deleted.stderr
+            assert admin.get("/api/v1/hard-examples").json()["total"] == 0
+            assert not any((tmp_path / "store" / "hard-examples" / "mnv1").rglob("*.jpg"))
         finally:
             agent.terminate()
             agent.wait(15)

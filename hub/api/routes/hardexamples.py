@@ -1,4 +1,5 @@
-"""Hard examples devices uploaded (:mod:`hub.hardexamples`): list (viewer), read the input (operator)."""
+"""Hard examples devices uploaded (:mod:`hub.hardexamples`): list (viewer), read the input and
+delete (operator; deletions are audited)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from fastapi.responses import Response
 from ... import hardexamples
 from ..deps import FleetDep, Operator, Viewer
 from ..params import Limit, Offset
-from ..schemas import HardExamplePublic, HardExampleVersion, Page, errors
+from ..schemas import HardExamplePublic, HardExamplesDeleted, HardExampleVersion, Page, errors
 
 router = APIRouter(prefix="/api/v1", tags=["hard examples"])
 Ident = Annotated[int, Path(ge=1, le=2**31 - 1)]  # an INTEGER key
@@ -29,6 +30,17 @@ def list_hard_examples(
 ) -> dict[str, Any]:
     """Newest first; filtered by model name, version and device."""
     return hardexamples.listing(f, limit, offset, model, version, device)
+
+
+@router.delete("/hard-examples", response_model=HardExamplesDeleted, responses=errors(401, 403, 422))
+def delete_hard_examples(
+    caller: Operator,
+    f: FleetDep,
+    model: Annotated[str, Query(min_length=1, max_length=128)],
+    version: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    """Delete a model's hard examples (one version's with ``version``): rows and files."""
+    return {"deleted": hardexamples.delete(f, model, version or None, caller.actor)}
 
 
 @router.get("/hard-examples/versions", response_model=list[HardExampleVersion], responses=errors(401))
