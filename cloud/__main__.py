@@ -120,11 +120,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--latency-budget-ms",
         type=float,
-        default=250.0,
+        default=0.0,
         metavar="MS",
         help="shed load: a prediction request whose expected latency (requests in flight / the rate "
         "they complete when busy) is over this is answered 503 with Retry-After, not queued "
-        "(0: never shed; see docs/cloud.md)",
+        "(0: no latency bound, only --max-inflight; see docs/cloud.md)",
     )
     b.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="request body limit (413)")
     o = s.add_argument_group("onnxruntime")

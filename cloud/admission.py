@@ -23,7 +23,8 @@ its body is read):
   the rate is unknown and only ``max_inflight`` applies;
 * a refused request is answered at once (503, ``Retry-After``: the expected latency rounded up,
   at least 1 s), names the bound it hit, never reaches a queue and never counts towards the rate;
-* 0 disables ``max_inflight`` or ``latency_budget_s``.
+* 0 disables ``max_inflight`` or ``latency_budget_s``; the service's default leaves the budget off
+  (:func:`cloud.config.build` says why).
 """
 
 from __future__ import annotations

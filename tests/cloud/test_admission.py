@@ -96,7 +96,8 @@ def test_the_rate_is_smoothed_across_windows() -> None:
 def test_max_inflight_defaults_to_six_batches_and_may_not_starve_a_worker(setup: Setup) -> None:
     base: dict[str, Any] = {"bundles": str(setup.bundles), "root": str(setup.root), "environ": {}}
     c = cfg.build(**base, workers=2, max_batch=4)
-    assert c.admission == Admission(floor=8, max_inflight=48, latency_budget_s=1.0)
+    assert c.admission == Admission(floor=8, max_inflight=48, latency_budget_s=0.0)  # budget: opt-in
+    assert cfg.build(**base, latency_budget_ms=1500).admission.latency_budget_s == 1.5
     assert cfg.build(**base, workers=1, max_batch=1, max_inflight=2, latency_budget_ms=0).admission == Admission(
         1, 2, 0.0
     )
