@@ -34,7 +34,8 @@ wrk``) against the agent and the floor.
 
 Also: the agent's RSS with the model loaded, before any request and after each case's traffic,
 and its idle CPU (no requests, telemetry on), checked against issue 16 part 7's goal (RSS <= 80 MB
-with MobileNetV2-224 loaded, after traffic too; idle CPU <= 1 %).
+with MobileNetV2-224 loaded, after traffic too; idle CPU <= 1 %); the anonymous part of the RSS
+is printed under it (``params.idle_anon_mb``, ``params.anon_after_traffic_mb``).
 Goal (issue 4): API latency within 10 % of bare invoke on MobileNetV2-224; the run ends with
 the check (met when the whole interval is at or under 10 %).
 """
@@ -433,6 +434,19 @@ def _start_floor(model: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError("floor server did not start in 60 s")
 
 
+def _anon_mb(pid: int) -> float | None:
+    """The process's anonymous resident memory in MB (heap, Python objects, the model's buffers):
+    RSS less its file-backed pages (libraries' code and data, which on a kernel caching files in
+    large folios - ext4 on Linux >= 6.16, as on this VM - depend on how the files were last read
+    or written, not only on the agent). None where /proc/PID/smaps_rollup is missing."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^Anonymous:\s+(\d+) kB", text, re.M)
+    return round(int(m.group(1)) / 1024, 1) if m else None
+
+
 def _proc_stat(pid: int) -> tuple[float, int]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -576,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu0, _ = _proc_stat(proc.pid)
                 time.sleep(idle_s)
                 cpu1, rss_idle = _proc_stat(proc.pid)
+                anon_idle = _anon_mb(proc.pid)
                 idle_pct = 100 * (cpu1 - cpu0) / idle_s
                 for label, data, fname, headers in uploads:
                     print(f"[{name}] {label}: {n} API requests interleaved with {n} bare invokes...", flush=True)
@@ -594,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
                     fest, flo, fhi = overhead(pf, pb)
                     server = statistics.median(client.server_ms)
                     _, rss = _proc_stat(proc.pid)
+                    anon = _anon_mb(proc.pid)
                     b50, a50 = statistics.median(bare_t), statistics.median(api)
                     w50 = statistics.median(wrk_t) if wrk_t else None
                     f50 = statistics.median(floor_t) if floor_t else None
@@ -625,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
                             "server_p50_ms": server,
                             "rss_mb": round(rss / 2**20, 1),
                             "idle_rss_mb": round(rss_idle / 2**20, 1),
+                            "anon_mb": anon,
+                            "idle_anon_mb": anon_idle,
                             "idle_cpu_pct": round(idle_pct, 2),
                             "served_by": client.last.get("served_by"),
                             "top1": client.last["top"][0]["label"],
@@ -652,12 +670,15 @@ def main(argv: list[str] | None = None) -> int:
         return round(c[key], 1) if c[key] is not None else None
 
     # issue 16 part 7: RSS with the model loaded, after every MobileNetV2 case's traffic (the largest)
-    rss_after = max(c["rss_mb"] for c in cases if c["model"] == "mobilenet_v2_224")
+    after_case = max((c for c in cases if c["model"] == "mobilenet_v2_224"), key=lambda c: c["rss_mb"])
+    rss_after = after_case["rss_mb"]
     params.update(
         {
             "rss_mb": head["rss_mb"],
             "idle_rss_mb": head["idle_rss_mb"],
             "rss_after_traffic_mb": rss_after,
+            "idle_anon_mb": head["idle_anon_mb"],
+            "anon_after_traffic_mb": after_case["anon_mb"],
             "goal_rss_mb": GOAL_RSS_MB,
             "idle_cpu_pct": head["idle_cpu_pct"],
             "goal_idle_cpu_pct": GOAL_IDLE_CPU_PCT,
@@ -721,6 +742,12 @@ def main(argv: list[str] | None = None) -> int:
         f"idle, {rss_after} MB after the JPEG/720p/tensor traffic -> {'met' if rss_ok else 'not met'}; idle CPU "
         f"<= {GOAL_IDLE_CPU_PCT} %: {head['idle_cpu_pct']} % -> {'met' if cpu_ok else 'not met'}"
     )
+    if head["idle_anon_mb"] is not None and after_case["anon_mb"] is not None:
+        print(
+            f"  of which anonymous (heap, Python objects, model buffers): {head['idle_anon_mb']} MB idle, "
+            f"{after_case['anon_mb']} MB after; the rest is file-backed library pages, which depend on the "
+            "kernel's page cache (large folios) as well as on the agent (docs/agent.md Footprint)"
+        )
     print(
         f"load average {params['loadavg_start']} -> {params['loadavg_end']} "
         "(other work on the machine skews both columns)"
