@@ -164,3 +164,71 @@ def test_unsure_answers_become_hard_examples_on_the_hub_within_the_cap_and_expor
             agent.wait(15)
             admin.close()
             viewer.close()
+
+
+def test_examples_kept_while_the_hub_is_down_arrive_once_it_is_back_and_are_stored_once(
+    tmp_path: Path, keys_dir: Path, mosquitto, coral_models: Path
+):
+    """The hub stops after the rollout; the agent keeps two unsure inputs and sends their chunks
+    to the broker; the hub comes back on the same database and store and stores each once."""
+    port = free_port()
+    argv = [sys.executable, "-m", "hub", "serve", "--db", f"sqlite:///{tmp_path / 'hub.db'}", "--broker", mosquitto.url]
+    argv += ["--keys", str(keys_dir), "--store", str(tmp_path / "store"), "--port", str(port), "--tick", "0.2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "EDGEFLEET_HUB_TOKEN": ADMIN}
+    state = tmp_path / "state"
+    (tmp_path / "agent.toml").write_text(
+        f'device_id = "{DEVICE}"\nbroker = "{mosquitto.url}"\nstate_dir = "{state}"\n'
+        f'root = "{keys_dir / "root.json"}"\nboard = "rpi4"\nhttp_port = 0\ntelemetry_interval_s = 1\n'
+        "[hard_examples]\nenabled = true\nthreshold = 1.0\n"
+    )
+    with open(tmp_path / "agent.log", "wb") as log:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(tmp_path / "agent.toml")],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        with serving_process(argv, port, tmp_path / "hub.log", env=env, timeout=60) as url:
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60) as admin:
+
+                def device() -> dict[str, Any]:
+                    r = admin.get(f"/api/v1/devices/{DEVICE}")
+                    return r.json() if r.status_code == 200 else {}
+
+                wait_for(lambda: device().get("online"), timeout=60, what="the agent online")
+                bundle = agent_bundles.coral_bundle(tmp_path / "mnv1", coral_models, name="mnv1", version="1")
+                pushed = admin.post("/api/v1/bundles", content=archive_of(bundle)).json()
+                admin.post("/api/v1/rollouts", json={"bundle": pushed["digest"], "target": {"devices": [DEVICE]}})
+                wait_for(
+                    lambda: (device().get("active_bundle") or {}).get("digest") == pushed["digest"],
+                    timeout=90,
+                    what="the bundle active on the agent",
+                )
+        # the hub is down now
+        local = f"http://127.0.0.1:{int((state / 'http.port').read_text())}"
+        sent = images(coral_models, 2)
+        with httpx.Client(base_url=local, timeout=30) as app:
+            for img in sent:
+                assert app.post("/v1/predict", content=img, headers={"Content-Type": "image/jpeg"}).status_code == 200
+            wait_for(
+                lambda: app.get("/v1/status").json()["hard_examples"]["counts"]["sample"] == 2,
+                timeout=30,
+                what="two kept",
+            )
+            assert app.get("/v1/status").json()["hard_examples"]["pending"] == 2  # no hub: nothing confirmed
+            with serving_process(argv, port, tmp_path / "hub2.log", env=env, timeout=60) as url:
+                with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60) as admin:
+                    wait_for(
+                        lambda: app.get("/v1/status").json()["hard_examples"]["pending"] == 0,
+                        timeout=90,
+                        what="the agent's copies confirmed by the hub that came back",
+                    )
+                    page = admin.get("/api/v1/hard-examples").json()
+                    assert page["total"] == 2
+                    assert {i["sha256"] for i in page["items"]} == {hashlib.sha256(b).hexdigest() for b in sent}
+                    assert app.get("/v1/status").json()["hard_examples"]["counts"]["uploaded"] == 2
+    finally:
+        agent.terminate()
+        agent.wait(15)
