@@ -158,6 +158,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--quiet", action="store_true", help="no progress or table, errors only")
 
+    c = sub.add_parser(
+        "cocompile",
+        help="compile several int8 .tflite models in one edgetpu_compiler run: they share one Edge TPU's "
+        "parameter cache (then import each with its CPU model, one channel each)",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("models", type=Path, nargs="+", help="int8 .tflite models, in cache priority order (2 or more)")
+    c.add_argument("--out", required=True, type=Path, help="directory to create for the <stem>_edgetpu.tflite files")
+    c.add_argument("--min-runtime", type=int, metavar="N", help="edgetpu_compiler -m (default: the compiler's newest)")
+
     i = sub.add_parser("inspect", help="print the report of a bundle directory")
     i.add_argument("bundle", type=Path, help="a bundle directory written by this tool")
     i.add_argument("--json", action="store_true", help="print the raw report.json")
@@ -227,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.run_import(args)
         if args.command == "inspect":
             return commands.run_inspect(args)
+        if args.command == "cocompile":
+            return commands.run_cocompile(args)
     except GateFailed as exc:
         return _gate_failed(args, exc)
     except CompilerError as exc:

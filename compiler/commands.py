@@ -18,7 +18,7 @@ import numpy as np
 
 from . import dataset
 from .config import CompilerConfig
-from .errors import BadInput, ToolFailed
+from .errors import BadInput, NotEdgeTpuReady, ToolFailed
 from .evaluate import GatePolicy
 
 
@@ -360,6 +360,39 @@ def run_digits(args: argparse.Namespace) -> int:
         from .table import print_summary
 
         print_summary(result.report, result.out, result.digest)
+    return 0
+
+
+def run_cocompile(args: argparse.Namespace) -> int:
+    """``cocompile A.tflite B.tflite --out DIR``: one edgetpu_compiler run over the models, so
+    they share one Edge TPU's parameter cache (compiler.edgetpu.run_together); writes
+    ``DIR/<stem>_edgetpu.tflite`` per model and ``DIR/cocompile.json``. Each output is then
+    bundled with its own CPU model (``import A.tflite --edgetpu DIR/A_edgetpu.tflite``) and rolled
+    out on its own channel (docs/lifecycle.md)."""
+    from .edgetpu import run_together
+
+    cfg = CompilerConfig.from_env()
+    if cfg.edgetpu_compiler is None:
+        raise BadInput("edgetpu_compiler", "not found (put it on PATH or set EDGEFLEET_EDGETPU_COMPILER)")
+    if args.out.exists():
+        raise BadInput(args.out, "already exists; choose a new --out")
+    models = [(m.name.removesuffix(".tflite"), _read(m)) for m in args.models]
+    res = run_together(cfg.edgetpu_compiler, models, cfg.edgetpu_timeout_s, args.min_runtime)
+    if res.problem is not None:
+        raise NotEdgeTpuReady("cocompile", f"edgetpu_compiler: {res.problem}")
+    args.out.mkdir(parents=True)
+    done: list[dict[str, Any]] = []
+    doc = {"command": list(res.command), "models": done}
+    for (stem, _), part in zip(models, res.outputs, strict=True):
+        assert part.output is not None
+        (args.out / part.name).write_bytes(part.output)
+        done.append({"input": stem, "output": part.name, "report": part.report.to_dict()})
+        r = part.report
+        print(
+            f"{part.name}: {r.ops_on_tpu}/{r.total_ops} ops on the Edge TPU, parameters cached on chip "
+            f"{r.on_chip_used} B, off chip {r.off_chip_used} B"
+        )
+    (args.out / "cocompile.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     return 0
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -337,6 +338,59 @@ def run(
     if problem is None and len(reports) > n:
         problem = f"the compiler printed {len(reports)} output blocks for {n} segments"
     return CompileResult(combine(reports[:n]), proc.returncode, None, problem, tuple(cmd), tuple(parts))
+
+
+def run_together(
+    compiler: str, models: Sequence[tuple[str, bytes]], timeout_s: float, min_runtime: int | None = None
+) -> CompileResult:
+    """Co-compile: one ``edgetpu_compiler`` run over several models (``(stem, tflite bytes)``, in
+    the order given) so that they share one Edge TPU's parameter cache: the compiler divides the
+    on-chip memory between them, earlier models first, and an app alternating between them does
+    not reload parameters on every switch (Coral's "co-compiling multiple models"). ``outputs``
+    hold ``<stem>_edgetpu.tflite`` per model, in order; the compiler's output blocks are matched
+    to the models by order and a block naming another model's output is refused."""
+    stems = [stem for stem, _ in models]
+    if len(stems) < 2 or len(set(stems)) != len(stems) or not all(re.fullmatch(r"[\w.-]+", x) for x in stems):
+        raise BadInput("models", f"co-compiling needs 2 or more distinct file stems, got {stems}")
+    with tempfile.TemporaryDirectory(prefix="edgefleet-edgetpu-") as tmp_s:
+        tmp = Path(tmp_s)
+        out_dir = tmp / "out"
+        out_dir.mkdir()
+        cmd = [compiler, "-s", "-o", str(out_dir), "-t", str(int(timeout_s))]
+        if min_runtime is not None:
+            cmd += ["-m", str(min_runtime)]
+        for stem, data in models:
+            (tmp / f"{stem}.tflite").write_bytes(data)
+            cmd.append(str(tmp / f"{stem}.tflite"))
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30, cwd=tmp)
+        except FileNotFoundError:
+            raise BadInput(compiler, "edgetpu_compiler not found or not executable") from None
+        except PermissionError:
+            raise BadInput(compiler, "edgetpu_compiler is not executable") from None
+        except subprocess.TimeoutExpired:
+            rep = CompileReport(error=f"edgetpu_compiler did not finish in {timeout_s + 30:g} s")
+            return CompileResult(rep, -1, None, rep.error, tuple(cmd))
+        files = [f"{stem}_edgetpu" for stem in stems]
+        logs = [_read_text(out_dir / f"{f}.log") for f in files]
+        outputs = [_read_bytes(out_dir / f"{f}.tflite") for f in files]
+    reports = parse_blocks(proc.stdout + "\n" + proc.stderr, logs)
+    parts: list[CompiledOutput] = []
+    why: str | None
+    for i, f in enumerate(files):
+        file = f"{f}.tflite"
+        if i >= len(reports):
+            rep, why = CompileReport(), f"the compiler printed {len(reports)} output block(s) for {len(files)} models"
+        else:
+            rep = reports[i]
+            why = _problem(proc.returncode, rep, file, outputs[i])
+            others = {f"{x}.tflite" for x in files} - {file}
+            if why is None and rep.output_model and Path(rep.output_model).name in others:
+                why = f"block {i} of the compiler's output names {rep.output_model}, not {file}"
+        parts.append(CompiledOutput(file, rep, outputs[i] if why is None else None, why))
+    bad = [p for p in parts if p.problem is not None]
+    problem = f"{bad[0].name}: {bad[0].problem}" if bad else None
+    return CompileResult(combine(reports[: len(files)]), proc.returncode, None, problem, tuple(cmd), tuple(parts))
 
 
 def _read_text(path: Path) -> str | None:

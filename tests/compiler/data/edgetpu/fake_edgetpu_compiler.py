@@ -6,6 +6,8 @@ Environment:
   FAKE_EDGETPU_LOG     recorded .log to write as <stem>_edgetpu.log (optional)
   FAKE_EDGETPU_OUTPUT  "copy" (default: copy the input model), "none", "stub" (1 KiB), or a path
                        to a real compiled model to copy as <stem>_edgetpu.tflite
+  FAKE_EDGETPU_OUTPUTS with several input models (co-compiling): real compiled models to copy, one
+                       per input in order, separated by os.pathsep (overrides FAKE_EDGETPU_OUTPUT)
   FAKE_EDGETPU_RC      exit code (default 0)
   FAKE_EDGETPU_ARGV    file to write the received argv to, as JSON (optional)
 
@@ -47,7 +49,8 @@ def main(argv: list[str]) -> int:
         elif not a.startswith("-"):
             models.append(Path(a))
     sys.stdout.write(Path(os.environ["FAKE_EDGETPU_STDOUT"]).read_text())
-    for model in models:
+    several = [p for p in os.environ.get("FAKE_EDGETPU_OUTPUTS", "").split(os.pathsep) if p]
+    for k, model in enumerate(models):
         stem = model.name[: -len(".tflite")] if model.name.endswith(".tflite") else model.name
         outs = (
             [f"{stem}_edgetpu"]
@@ -56,7 +59,7 @@ def main(argv: list[str]) -> int:
         )
         for out in outs:
             target = out_dir / f"{out}.tflite"
-            mode = os.environ.get("FAKE_EDGETPU_OUTPUT", "copy")
+            mode = several[k] if k < len(several) else os.environ.get("FAKE_EDGETPU_OUTPUT", "copy")
             if mode == "copy":
                 shutil.copyfile(model, target)
             elif mode == "stub":
