@@ -13,7 +13,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_demo_once_rolls_out_serves_and_exits_zero(tmp_path):
+def test_demo_once_rolls_out_serves_and_exits_zero(demo_dir: Path):
+    state = demo_dir / "state-once"  # the model build beside it is the session's (conftest.py)
     proc = subprocess.run(
         [
             sys.executable,
@@ -25,7 +26,7 @@ def test_demo_once_rolls_out_serves_and_exits_zero(tmp_path):
             "--samples",
             "15",
             "--state",
-            str(tmp_path / "state"),
+            str(state),
         ],
         cwd=REPO,
         capture_output=True,
@@ -37,15 +38,16 @@ def test_demo_once_rolls_out_serves_and_exits_zero(tmp_path):
     assert "2 agents running" in out
     assert "cloud fallback" in out and "answered" in out
     # every process the demo started is gone
-    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    leftovers = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", leftovers.stdout
 
 
-def test_demo_without_mosquitto_uses_the_embedded_broker(tmp_path):
+def test_demo_without_mosquitto_uses_the_embedded_broker(demo_dir: Path):
     """A machine with no mosquitto: the demo starts amqtt (MQTT 3.1.1); hub and agents fall back."""
+    state = demo_dir / "state-embedded"
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "mosquitto").exists())
     proc = subprocess.run(
-        [sys.executable, "-m", "demo", "--once", "--agents", "1", "--samples", "5", "--state", str(tmp_path / "state")],
+        [sys.executable, "-m", "demo", "--once", "--agents", "1", "--samples", "5", "--state", str(state)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -55,7 +57,7 @@ def test_demo_without_mosquitto_uses_the_embedded_broker(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "embedded amqtt broker" in out
-    hub_log = (tmp_path / "state" / "logs" / "hub.log").read_text()
+    hub_log = (state / "logs" / "hub.log").read_text()
     assert "switching to 3.1.1" in hub_log
 
 

@@ -16,11 +16,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One parent for the tests' state directories: the demo keeps its model build beside its
-    state (``build-cache``), so TensorFlow trains once for the module."""
-    return tmp_path_factory.mktemp("demo")
+@pytest.fixture
+def workdir(demo_dir: Path) -> Path:
+    """The session's parent of the demo's state directories (tests/demo/conftest.py): the demo
+    keeps its model build beside its state (``build-cache``), so TensorFlow trains once."""
+    return demo_dir
 
 
 def demo_argv(state: Path, *extra: str) -> list[str]:
