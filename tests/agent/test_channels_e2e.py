@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from protocol.errors import Reason
 from protocol.messages import ChannelDesired
 
-from .bundles import MNV1, coral_bundle
+from .bundles import BROKEN, MNV1, coral_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +149,25 @@ def test_the_co_compiled_pair_loads_on_two_channels_through_the_edge_tpu_path(
         code, out = agent.predict_image(cat, path)
         assert code == 200 and out["served_by"] == "edgetpu" and out["bundle"]["digest"] == pub.ref.digest
         assert "cat" in out["top"][0]["label"]
+
+
+def test_a_bundle_failing_its_self_test_on_one_channel_leaves_both_channels_serving(
+    tmp_path: Path, coral_models, trust, hub, make_agent
+):
+    def publish(name: str, model: str, version: str = "1"):
+        env, _, archive = trust.sign_dir(coral_bundle(tmp_path / f"{name}{version}", coral_models, model, name=name))
+        return hub.publish_bundle(env, archive)
+
+    first, second, broken = publish("a", MNV1), publish("b", MNV1, "2"), publish("broken", BROKEN)
+    agent = make_agent("dev1").start()
+    hub.desire("dev1", first, channels={"second": ChannelDesired(1, "install", second.ref)})
+    for pub in (first, second):
+        hub.report("dev1", "commit", "ok", pub.ref.digest)
+    hub.desire("dev1", first, since=1, channels={"second": ChannelDesired(2, "install", broken.ref)})
+    failed = hub.report("dev1", "selftest", "failed", broken.ref.digest)
+    assert (failed.channel, failed.desired_seq, failed.reason) == ("second", 2, Reason.SELFTEST_FAILED.value)
+    cat = (coral_models / "cat_720p.jpg").read_bytes()
+    for path, pub in (("/v1/predict", first), ("/v1/models/second/predict", second)):
+        code, out = agent.predict_image(cat, path)
+        assert code == 200 and out["bundle"]["digest"] == pub.ref.digest
+    assert [r.desired_seq for r in hub.reports if r.channel == "default" and r.stage == "commit"] == [1]
