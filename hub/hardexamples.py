@@ -18,6 +18,9 @@ Ingest (:func:`record`, inside the ingest batch's transaction), per chunk
   the model's name and version (the hub's, looked up from the bundle digest, not the device's
   word), the row added, the parts removed; receipt ``done``. Otherwise: ``have``.
 
+Chunks of an example nobody finishes (a device wiped before it sent the rest) are removed
+:data:`PARTS_MAX_AGE_S` after their last chunk (:func:`prune_parts`, from the ticker).
+
 Replicas (``--shared-group``) must share the store directory (they already share the bundles):
 the chunks of one example may reach different replicas.
 
@@ -52,6 +55,7 @@ from .models import Bundle, HardExample
 log = logging.getLogger(__name__)
 
 DIR = "hard-examples"
+PARTS_MAX_AGE_S = 7 * 86400  # an agent resends within seconds; a week of silence means never
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -134,6 +138,21 @@ def record(fleet: Fleet, s: Session, c: SampleChunk, now: int) -> tuple[Receipt,
     )
     shutil.rmtree(parts, ignore_errors=True)
     return Receipt(c.device, c.id, tuple(range(c.count)), True), "stored"
+
+
+def prune_parts(fleet: Fleet, now: float, max_age_s: float = PARTS_MAX_AGE_S) -> int:
+    """Remove the chunks of examples whose newest chunk is older than ``max_age_s`` (file times,
+    ``now`` in the same clock); returns how many examples' chunks went."""
+    gone = 0
+    for folder in (root(fleet) / ".parts").glob("*/*"):
+        try:
+            newest = max((p.stat().st_mtime for p in folder.iterdir()), default=0.0)
+        except OSError:
+            continue
+        if now - newest > max_age_s:
+            shutil.rmtree(folder, ignore_errors=True)
+            gone += 1
+    return gone
 
 
 # reading -------------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 """What the hub does every ``config.tick`` seconds: pick up rotated keys, drive rollouts
 (timeouts, soak, gates) and, every ALERT_SCAN_S, scan alerts, roll telemetry windows up
-(:mod:`hub.rollups`) and prune old windows, rollups, reports and remote-diagnostics commands."""
+(:mod:`hub.rollups`) and prune old windows, rollups, reports, remote-diagnostics commands and
+hard-example chunks nobody finished."""
 
 from __future__ import annotations
 
 import logging
+import time
 
-from . import alerting, commands, rollouts, rollups, rotation, telemetry
+from . import alerting, commands, hardexamples, rollouts, rollups, rotation, telemetry
 from .fleet import Fleet
 
 log = logging.getLogger(__name__)
@@ -31,3 +33,4 @@ def tick(fleet: Fleet) -> None:
             log.exception("telemetry rollup or its pruning failed")
         telemetry.prune_reports(fleet, fleet.config.retention)
         commands.prune(fleet, fleet.config.retention)
+        hardexamples.prune_parts(fleet, time.time())  # file times: the wall clock

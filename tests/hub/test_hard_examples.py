@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import time
 
 from fastapi.testclient import TestClient
 
@@ -78,6 +80,19 @@ def test_a_new_input_under_an_old_id_never_mixes_with_the_old_chunks(memhub):
     send(hub, [new[0], new[1]])
     (row,) = rows(hub)
     assert (hardexamples.root(hub.fleet) / row.path).read_bytes() == JPEG[:-7] + b"1234567"
+
+
+def test_chunks_nobody_finishes_are_removed_a_week_after_the_last_one(memhub):
+    hub, _ = memhub
+    add_bundle(hub)
+    send(hub, chunks("sample-0001")[:1])
+    send(hub, chunks("sample-0002")[:1])
+    parts = hardexamples.root(hub.fleet) / ".parts" / "dev-1"
+    old = time.time() - hardexamples.PARTS_MAX_AGE_S - 60
+    for p in (parts / "sample-0001").iterdir():
+        os.utime(p, (old, old))
+    assert hardexamples.prune_parts(hub.fleet, time.time()) == 1
+    assert not (parts / "sample-0001").exists() and (parts / "sample-0002").exists()
 
 
 def test_an_example_of_a_bundle_the_hub_does_not_know_is_refused_by_name(memhub):
