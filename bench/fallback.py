@@ -493,6 +493,18 @@ def _wrk(
     return json.loads(line[6:]), usage.ru_utime + usage.ru_stime, wall
 
 
+MAX_DRAIN_S = 5.0
+
+
+def drain(p99_s: float) -> None:
+    """Wait about the warm-up's p99 before measuring: wrk leaves up to one request per connection
+    in flight when it stops, and a server keeps working on them after their clients are gone; the
+    measuring window starts once they are answered (at most ``MAX_DRAIN_S``). Without this, a
+    loaded server began the window with the warm-up's abandoned requests still queued (ours then
+    shed the excess over --max-inflight at 32 clients)."""
+    time.sleep(min(MAX_DRAIN_S, max(0.0, p99_s)))
+
+
 def drive_wrk(
     wrk: str,
     work: Path,
@@ -512,7 +524,8 @@ def drive_wrk(
     body_file.write_bytes(body)
     env = dict(os.environ, BENCH_BODY=str(body_file), BENCH_CTYPE=ctype)
     if warmup > 0:
-        _wrk(wrk, script, env, url, clients, warmup)
+        warm, _, _ = _wrk(wrk, script, env, url, clients, warmup)
+        drain(warm["p99_us"] / 1e6)
     c0 = cpu_seconds(pid) if pid else 0.0
     summary, wrk_cpu, wall = _wrk(wrk, script, env, url, clients, duration)
     server_cpu = cpu_seconds(pid) - c0 if pid else 0.0
@@ -774,7 +787,8 @@ def drive_overload_wrk(
             raise RuntimeError(f"wrk (overload) failed: {' '.join(cmd)}\n{out[-2000:]}")
         return json.loads(line[6:]), usage.ru_utime + usage.ru_stime, time.perf_counter() - t0
 
-    run(warmup)
+    warm, _, _ = run(warmup)
+    drain(warm["p99_us"] / 1e6 if warm["accepted"] else MAX_DRAIN_S)
     summary, cpu, wall = run(duration)
     statuses = {int(k): int(n) for k, n in summary["statuses"].items()}
     no_answer = sum(int(summary[k]) for k in ("connect", "read", "write", "timeout"))
