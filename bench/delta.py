@@ -10,7 +10,10 @@ device's active bundle. Per case:
   ``zstd`` is installed; bsdiff4; an int8-weight-aware variant (same-size artifacts XORed with the
   base's, then zstd; others patched); and the archive zstd-compressed alone (no base);
 - apply: agent.delta.patch_into (read and hash the base slot, patch, check every chunk against the
-  signed hashes) into a real download file, median of 5, on this machine.
+  signed hashes) into a real download file, median of 5, on this machine;
+- what the bytes are made of (bench/_delta_members.py): per member of the archive, its size, the
+  bytes that differ from the base's, its patch against that member alone and its XOR + zstd; and
+  a per-member candidate (each member's smaller method, 8 bytes framing each).
 
 Goals (issue 18): a delta of at most 1 % of full for a retrained head, 10 % for a fine-tune.
 """
@@ -31,6 +34,7 @@ from protocol.delta import ALGO, DeltaRef, reference
 from protocol.signing import Envelope, SigningKey
 
 from . import report
+from ._delta_members import breakdown, per_member_best, table
 from ._delta_models import bundles
 
 GOALS = {"head": 0.01, "finetune": 0.10}
@@ -85,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5, help="apply timings per case (median; default 5)")
     args = ap.parse_args(argv)
 
-    import bsdiff4
+    try:
+        import bsdiff4
+    except ImportError:  # not a dependency of any extra: the column reads n/a without it
+        bsdiff4 = None
 
     from agent.delta import patch_into
     from agent.download import Download
@@ -117,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                 assert dl.complete and done.rejected == 0, "the delta did not reproduce the archive"
                 dl.remove()
         cli = _cli_patch_from(ref, tgt[2])
-        row = {
+        members = breakdown(base, tgt)
+        row: dict[str, Any] = {
             "case": case,
             "version": tgt[0].version,
             "full_bytes": full,
@@ -125,9 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             "delta_fraction": len(delta) / full,
             "goal_fraction": GOALS[case],
             "zstd_cli_patch_from_bytes": cli,
-            "bsdiff4_bytes": len(bsdiff4.diff(ref, tgt[2])),
+            "bsdiff4_bytes": len(bsdiff4.diff(ref, tgt[2])) if bsdiff4 is not None else None,
             "int8_aware_bytes": _int8_aware(base, tgt),
             "zstd_alone_bytes": _zstd(tgt[2]),
+            "per_member_best_bytes": per_member_best(base, tgt),
+            "members": members,
             "apply_ms_median": 1000 * statistics.median(times),
             "changed_artifacts": {a.name: a.size for a in tgt[0].artifacts if base[1].get(a.name) != tgt[1][a.name]},
         }
@@ -138,11 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{case:9} full {full:>7} B | ours (zstd-patch-1) {len(delta):>7} B = {100 * row['delta_fraction']:5.2f} % "
             f"(goal <= {100 * GOALS[case]:.0f} %: {'met' if row['meets_goal'] else 'NOT met'}) | "
-            f"zstd CLI --patch-from -22 {cli if cli is not None else 'n/a'} B | bsdiff4 {row['bsdiff4_bytes']} B | "
-            f"int8-aware XOR {row['int8_aware_bytes']} B | zstd alone {row['zstd_alone_bytes']} B | "
+            f"zstd CLI --patch-from -22 {cli if cli is not None else 'n/a'} B | "
+            f"bsdiff4 {row['bsdiff4_bytes'] or 'n/a'} B | "
+            f"int8-aware XOR {row['int8_aware_bytes']} B | per-member best {row['per_member_best_bytes']} B | "
+            f"zstd alone {row['zstd_alone_bytes']} B | "
             f"apply {row['apply_ms_median']:.1f} ms | "
             f"{'offered' if row['offered_by_hub'] else 'not offered (above half: full chunks)'} by the hub"
         )
+        print(table(members))
     head = cases[0]
     out = report.write(
         "delta",
