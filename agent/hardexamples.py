@@ -48,7 +48,8 @@ from .request import Request
 
 log = logging.getLogger(__name__)
 
-PUMP_BYTES = 256 * 1024  # per call (once a second): a slow link is never flooded by examples
+PUMP_BYTES = 256 * 1024  # per pump, at most one pump a second: a slow link is never flooded by examples
+PUMP_EVERY_S = 1.0
 RESEND_AFTER_S = 30.0
 MAX_ANSWER_BYTES = 12 * 1024
 COUNTS = sampling.DECISIONS + ("not_applicable", "unsupported", "failed", "uploaded", "refused")
@@ -107,6 +108,7 @@ class HardExamples:
         self._bundle_policies: dict[str, sampling.Policy | None] = {}
         self.counts = dict.fromkeys(COUNTS, 0)
         self._sent: dict[tuple[str, int], float] = {}  # (id, chunk) -> when sent (monotonic)
+        self._pumped_at: float | None = None
         for b in self.dir.glob("*.bin"):
             if not b.with_suffix(".json").exists():  # kept without its head: never committed
                 b.unlink(missing_ok=True)
@@ -214,7 +216,12 @@ class HardExamples:
         max_bytes: int = PUMP_BYTES,
     ) -> int:
         """Send the chunks that are due, oldest example first; returns the bytes sent. Stops at
-        ``max_bytes``, at the first chunk the byte budget refuses and at the first failed publish."""
+        ``max_bytes``, at the first chunk the byte budget refuses and at the first failed publish.
+        The daemon flushes more often than once a second (after each report and telemetry
+        window); a pump less than ``PUMP_EVERY_S`` after the last one sends nothing."""
+        if self._pumped_at is not None and now - self._pumped_at < PUMP_EVERY_S:
+            return 0
+        self._pumped_at = now
         sent = 0
         for p in self.pending():
             h = p.head

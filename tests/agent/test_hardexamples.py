@@ -98,8 +98,10 @@ def test_the_byte_budget_and_a_failed_publish_stop_the_upload_and_keep_the_examp
     h = HardExamples(tmp_path, "dev-1", policy())
     offer(h, jpeg(0))
     assert h.pump(lambda p: True, lambda n: False, lambda n: None, now=0.0) == 0
-    assert h.pump(lambda p: False, lambda n: True, lambda n: None, now=0.0) == 0
+    assert h.pump(lambda p: False, lambda n: True, lambda n: None, now=2.0) == 0
     assert len(h.pending()) == 1
+    assert h.pump(lambda p: True, lambda n: True, lambda n: None, now=2.5) == 0  # under a second since the last
+    assert h.pump(lambda p: True, lambda n: True, lambda n: None, now=4.0) > 0
 
 
 def test_a_refusal_from_the_hub_drops_the_example(tmp_path):
