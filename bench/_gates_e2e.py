@@ -22,7 +22,7 @@ from sim.bundle import synthetic_archive
 from sim.config import Inference, SimConfig
 from sim.fleet import SimFleet, raise_fd_limit
 
-from .gates import arms
+from .gates import LIMITS_SET, arms
 from .rollout import KINDS, _Broker, _hub_process
 
 RATE = 20.0
@@ -37,7 +37,7 @@ def spot_check(n: int, timeout: float = 600) -> list[dict[str, Any]]:
 
     raise_fd_limit(n + 512)
     work = Path(tempfile.mkdtemp(prefix="bench-gates-"))
-    policy = arms()[-1].policy.to_dict() | {"soak_s": SOAK_S}
+    policy = next(a for a in arms() if a.name == LIMITS_SET).policy.to_dict() | {"soak_s": SOAK_S}
     keys.init(work / "keys")
     token = "bench-token-0123456789"
     http_port = free_port()

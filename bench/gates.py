@@ -138,6 +138,7 @@ class Arm:
 
 # the "limits set" arm's limits, which the sequential prototype tests at too
 P95_LIMIT, CLOUD_LIMIT, AGREE_LIMIT, ERROR_LIMIT = 1.15, 0.04, 0.945, 0.05
+LIMITS_SET = "today's gates, limits set"
 SPRT_ALPHA = 0.001  # per gate, over every look (Ville's inequality); 4 gates: <= 0.4 % per rollout
 SPRT_RATIO = 1.5  # the alternative: a rate 1.5x its limit (p95: twice the 5 % expected above it)
 
@@ -199,7 +200,15 @@ def arms(cohorts: Sequence[str] = COHORTS) -> list[Arm]:
         Arm("baseline: install failures only", Policy(**staged, gates=off), 0.25, reads_telemetry=False),  # type: ignore[arg-type]
         Arm("today's gates, shipped defaults", Policy(**staged, gates=Gates()), 0.25),  # type: ignore[arg-type]
         Arm("sequential (SPRT prototype)", Policy(**staged, gates=waits), 0.15, sprt=True),  # type: ignore[arg-type]
-        Arm("today's gates, limits set", Policy(**staged, gates=set_), 0.15),  # type: ignore[arg-type]
+        Arm(LIMITS_SET, Policy(**staged, gates=set_), 0.15),  # type: ignore[arg-type]
+        # the same limits judged on two windows of a 10-device canary (800 samples, so that a breach
+        # still holds with the device that feeds it most left out: 9 x 2 x 50 = 900 >= 800): one
+        # window of ten devices is too few to tell a cohort of high-normal devices from a regression
+        Arm(
+            "limits set, 800 samples",
+            Policy(**staged, gates=replace(set_, min_samples=800)),  # type: ignore[arg-type]
+            0.15,
+        ),
     ]
 
 
@@ -422,10 +431,15 @@ class Tally:
 
 
 def decisions(
-    n: int, runs: int, clean_runs: int, cohorts: Sequence[str] = COHORTS, progress: bool = True
+    n: int,
+    runs: int,
+    clean_runs: int,
+    cohorts: Sequence[str] = COHORTS,
+    progress: bool = True,
+    only: Sequence[int] = (),
 ) -> list[Tally]:
     out = []
-    every = arms(cohorts)
+    every = [a for i, a in enumerate(arms(cohorts)) if not only or i in only]
     for case in [*REGRESSIONS, None]:
         tallies = [Tally(a.name, case or "clean") for a in every]
         count = runs if case is not None else clean_runs
@@ -459,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(COHORTS),
         help=f"cumulative cohort sizes (default {','.join(COHORTS)}; the staged preset's is 1,10%%,50%%,100%%)",
     )
+    ap.add_argument("--arms", default="", help="run only these arms (0-based, comma-separated; default all)")
     ap.add_argument("--e2e-devices", type=int, default=50, help="end-to-end spot check size (0: skip it)")
     args = ap.parse_args(list(argv) if argv is not None else None)
     n, runs, clean = (100, 10, 20) if args.quick else (args.devices, args.runs, args.clean_runs)
@@ -467,7 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"decisions: {n} devices, {runs} runs of each regression, {clean} clean rollouts", flush=True)
     cohorts = tuple(c.strip() for c in args.cohorts.split(",") if c.strip())
     Policy(cohorts=cohorts).validate()  # a bad size is refused naming it, before any run
-    tallies = decisions(n, runs, clean, cohorts)
+    only = [int(x) for x in args.arms.split(",") if x.strip()]
+    tallies = decisions(n, runs, clean, cohorts, only=only)
     seconds = time.monotonic() - t0
     cases: list[dict[str, Any]] = [t.to_dict() for t in tallies]
     e2e: list[dict[str, Any]] = []
@@ -478,8 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases += e2e
     goals = _goals(tallies, e2e)
     _print(tallies, e2e, goals, n, cohorts)
-    best = [t for t in tallies if t.arm == arms()[-1].name]
-    base = [t for t in tallies if t.arm == arms()[0].name]
+    best = [t for t in tallies if t.arm == tallies[-1].arm]  # the last arm run is "ours"
+    base = [t for t in tallies if t.arm == tallies[0].arm]
     bad_runs = sum(t.runs for t in best if t.case != "clean") or 1
     ours = sum(t.within_2 for t in best if t.case != "clean") / bad_runs
     baseline = sum(t.within_2 for t in base if t.case != "clean") / bad_runs
@@ -512,14 +528,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _goals(tallies: Sequence[Tally], e2e: Sequence[Mapping[str, Any]]) -> dict[str, bool]:
-    best = [t for t in tallies if t.arm == arms()[-1].name]
+    best = [t for t in tallies if t.arm == tallies[-1].arm]
     out = {
-        f"{t.case}: every run halted within 2 windows, none beyond cohort 1": t.within_2 == t.runs
+        f"{t.arm}, {t.case}: every run halted within 2 windows, none beyond cohort 1": t.within_2 == t.runs
         for t in best
         if t.case != "clean"
     }
     clean = next(t for t in best if t.case == "clean")
-    out["clean: <= 1% halted"] = clean.halted <= 0.01 * clean.runs
+    out[f"{clean.arm}, clean: <= 1% halted"] = clean.halted <= 0.01 * clean.runs
     for c in e2e:
         out[f"end to end, {c['case']}"] = bool(c["ok"])
     return out
