@@ -8,7 +8,8 @@ connection to whichever process accepts it. The parent only supervises: it resta
 that dies and forwards SIGINT/SIGTERM.
 
 Per process, not shared: Prometheus metrics (a scrape of ``/metrics`` answers for the process
-that accepted the connection), ``--per-key-inflight`` and ``--max-queue``.
+that accepted the connection), ``--per-key-inflight``, ``--max-queue`` and admission (``--max-inflight``,
+``--latency-budget-ms``: each process counts its own requests in flight).
 """
 
 from __future__ import annotations
