@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
-from . import rollouts, telemetry
+from . import rollouts, tallies, telemetry
 from .db import has_tag
 from .errors import NotFound
 from .fleet import Fleet
@@ -66,9 +66,13 @@ def listing(
     group: str | None = None,
     tag: str | None = None,
     bundle: str | None = None,
+    after: str | None = None,
 ) -> dict[str, Any]:
-    with fleet.session() as s:
-        query = select(Device)
+    """One page by device id: after the id ``after`` (an index seek), then ``offset`` more rows
+    skipped. ``total`` is :func:`hub.tallies.tally`'s: exact under 5,000 matching devices."""
+    dialect = fleet.engine.dialect.name
+
+    def filtered(query: Any) -> Any:
         if online is not None:
             query = query.where(Device.online == online)
         if q:
@@ -79,15 +83,30 @@ def listing(
         if bundle:
             query = query.where(Device.active_digest == bundle)
         if tag:
-            query = query.where(has_tag(s.get_bind().dialect.name, tag))
-        total = s.exec(select(func.count()).select_from(query.subquery())).one()
-        rows: Sequence[Device] = s.exec(query.order_by(col(Device.id)).offset(offset).limit(limit)).all()
+            query = query.where(has_tag(dialect, tag))
+        return query
+
+    def count() -> int:
+        with fleet.session() as s:
+            return int(s.exec(filtered(select(func.count()).select_from(Device))).one())
+
+    total = tallies.tally(fleet, ("devices", online, q, group, tag, bundle), count, lambda n: n)
+    with fleet.session() as s:
+        query = filtered(select(Device))
+        if after is not None:
+            query = query.where(col(Device.id) > after)
+        rows: Sequence[Device] = s.exec(query.order_by(col(Device.id)).offset(offset).limit(limit + 1)).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
         states = rollout_states(s, [d.id for d in rows])
         return {
             "items": [device_public(d, states.get(d.id)) for d in rows],
-            "total": total,
+            "total": total.value,
             "limit": limit,
             "offset": offset,
+            "has_more": more,
+            "next_after": rows[-1].id if more else None,
+            "counted_at": int(total.counted_at),
         }
 
 

@@ -102,6 +102,10 @@ class Rollout(SQLModel, table=True):
 
 class RolloutDevice(SQLModel, table=True):
     __tablename__ = "rollout_device"
+    __table_args__ = (
+        Index("ix_rollout_device_device", "device_id"),  # a device's rollouts (device list, detail)
+        Index("ix_rollout_device_rollout_state", "rollout_id", "state"),  # a rollout's counts by state
+    )
     rollout_id: str = Field(primary_key=True, max_length=32)
     device_id: str = Field(primary_key=True, max_length=64)
     cohort: int | None = None

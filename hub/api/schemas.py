@@ -25,6 +25,17 @@ class Page(BaseModel, Generic[T]):
     offset: int
 
 
+class KeysetPage(Page[T], Generic[T]):
+    """A page of a listing that grows with the fleet. ``?after=<next_after>`` fetches the next
+    page by key (an index seek at any depth, where ``offset`` reads every row it skips).
+    ``total`` is exact under 5,000 rows; from there it is a count at most a few seconds old,
+    made at ``counted_at`` (hub.tallies); ``has_more`` is always exact."""
+
+    has_more: bool = Field(description="more rows follow this page")
+    next_after: str | None = Field(description="pass as ?after= for the next page; null on the last")
+    counted_at: int = Field(description="unix time ``total`` was counted")
+
+
 class ErrorPublic(BaseModel):
     """Every error: one line naming the thing and the problem (422 adds FastAPI's ``detail``)."""
 
@@ -370,6 +381,11 @@ class RolloutStatus(RolloutPublic):
     devices: list[RolloutDevicePublic] = Field(description="one page of the rollout's devices")
     limit: int
     offset: int
+    has_more: bool = Field(False, description="more devices follow this page")
+    next_after: str | None = Field(None, description="pass as ?after= for the next page of devices")
+    counted_at: int | None = Field(
+        None, description="unix time ``counts``/``total`` were counted (a few seconds old from 5,000 devices)"
+    )
     waiting: list[WaitingDevice] = Field(description="every device waiting for its maintenance window")
 
 

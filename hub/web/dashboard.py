@@ -240,7 +240,7 @@ def dashboard_router() -> APIRouter:
     @router.get("/ui", response_class=HTMLResponse)
     def fleet_page(request: Request, caller: PageViewer, f: WebFleet, span: str = "1h") -> Response:
         with f.session() as s:
-            ctx = queries.fleet_overview(s, int(time.time()))
+            ctx = queries.fleet_overview(s, int(time.time()), f)
         return render(
             request,
             caller,

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from hub import telemetry as hub_telemetry, ticker
+from hub import tallies, telemetry as hub_telemetry, ticker
 from hub.keys import HubKeys
+from hub.models import Rollout, RolloutDevice
 from hub.store import read_bundle_dir
 from protocol.bundle import MANIFEST_FILE, ChunkPlan, pack_archive, read_archive, verify_manifest
 from protocol.messages import FetchRequest, parse_ack, verify_desired
@@ -103,6 +104,44 @@ def test_device_list_paginates_and_filters(client, memhub):
     assert client.get("/api/v1/devices?limit=0").status_code == 422
     assert client.get("/api/v1/devices/nope").status_code == 404
     assert client.get("/api/v1/devices/bad%20id").status_code == 400
+
+
+def test_device_list_and_rollout_status_page_by_key_through_next_after(client, memhub, monkeypatch):
+    hub, _ = memhub
+    ids = [f"cam-{i}" for i in range(7)]
+    hub.ingest.handle([(f"ef/v1/dev/{d}/status", status(d, online=i % 2 == 0)) for i, d in enumerate(ids)])
+    seen, after = [], None
+    while True:
+        page = client.get("/api/v1/devices?limit=3" + (f"&after={after}" if after else "")).json()
+        seen += [d["device_id"] for d in page["items"]]
+        assert page["total"] == 7 and page["counted_at"] > 0
+        if not page["has_more"]:
+            assert page["next_after"] is None
+            break
+        after = page["next_after"]
+    assert seen == ids
+    online = client.get("/api/v1/devices?online=true&limit=2&after=cam-0").json()
+    assert [d["device_id"] for d in online["items"]] == ["cam-2", "cam-4"] and online["next_after"] == "cam-4"
+    assert client.get("/api/v1/devices?online=true&limit=2&after=cam-4").json()["has_more"] is False
+
+    rid = "ro-keyset"
+    with hub.fleet.session() as s:
+        s.add(Rollout(id=rid, serial=1, bundle="0" * 64, target={"all": True}, policy={}, phase="running"))
+        s.add_all(RolloutDevice(rollout_id=rid, device_id=d, state="issued") for d in ids)
+        s.commit()
+    first = client.get(f"/api/v1/rollouts/{rid}?limit=4").json()
+    assert [d["device_id"] for d in first["devices"]] == ids[:4] and first["next_after"] == "cam-3"
+    rest = client.get(f"/api/v1/rollouts/{rid}?limit=4&after=cam-3").json()
+    assert [d["device_id"] for d in rest["devices"]] == ids[4:] and rest["has_more"] is False
+    assert rest["counts"] == {"issued": 7} and rest["total"] == 7
+
+    # from tallies.LARGE rows the total is a count kept a few seconds: counted_at says when
+    monkeypatch.setattr(tallies, "LARGE", 5)
+    kept = client.get("/api/v1/devices?limit=1").json()
+    hub.ingest.handle([("ef/v1/dev/new-1/status", status("new-1"))])
+    again = client.get("/api/v1/devices?limit=1").json()
+    assert again["total"] == kept["total"] == 7 and again["counted_at"] == kept["counted_at"]
+    assert client.get("/api/v1/devices?limit=1&q=new").json()["total"] == 1  # small: counted now
 
 
 def test_rollout_to_all_sends_each_device_a_signed_desired_with_its_chunks(client, memhub, bundle_dir, keys_dir):

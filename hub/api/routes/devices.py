@@ -24,6 +24,7 @@ from ..schemas import (
     Enrolled,
     EnrollIn,
     EnrollmentPublic,
+    KeysetPage,
     Page,
     RedeemIn,
     TelemetrySummary,
@@ -33,7 +34,7 @@ from ..schemas import (
 router = APIRouter(prefix="/api/v1", tags=["devices"])
 
 
-@router.get("/devices", response_model=Page[DevicePublic], responses=errors(401, 422))
+@router.get("/devices", response_model=KeysetPage[DevicePublic], responses=errors(401, 422))
 def list_devices(
     _c: Viewer,
     f: FleetDep,
@@ -44,8 +45,12 @@ def list_devices(
     group: str | None = None,
     tag: str | None = None,
     bundle: Annotated[str | None, Query(pattern=DIGEST_RE)] = None,
+    after: Annotated[
+        str | None, Query(max_length=64, description="device id: the page starts after it (the last page's next_after)")
+    ] = None,
 ) -> dict[str, Any]:
-    return devices.listing(f, limit, offset, online, q, group, tag, bundle)
+    """Devices by id. Page with ``after=<next_after>``: offsets read every row they skip."""
+    return devices.listing(f, limit, offset, online, q, group, tag, bundle, after)
 
 
 @router.get("/devices/{device_id}", response_model=DeviceDetail, responses=errors(400, 401, 404, 422))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import Field
 
 from ... import rollouts
@@ -30,9 +30,16 @@ def list_rollouts(
 
 @router.get("/rollouts/{rid}", response_model=RolloutStatus, responses=errors(401, 404, 422))
 def get_rollout(
-    _c: Viewer, f: FleetDep, rid: RolloutId, limit: Limit = 1000, offset: Offset = 0, state: str | None = None
+    _c: Viewer,
+    f: FleetDep,
+    rid: RolloutId,
+    limit: Limit = 1000,
+    offset: Offset = 0,
+    state: str | None = None,
+    after: Annotated[str | None, Query(max_length=64, description="device id: devices after it (next_after)")] = None,
 ) -> dict[str, Any]:
-    return rollouts.status(f, rid, limit, offset, state)
+    """The rollout, its counts and one page of its devices by id (page with ``after``)."""
+    return rollouts.status(f, rid, limit, offset, state, after)
 
 
 @router.post("/rollouts/{rid}/{command}", response_model=RolloutStatus, responses=errors(401, 403, 404, 409, 422))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import insert
 
-from hub import bundles
+from hub import bundles, tallies
 from hub.models import Alert, Device
 from hub.server import Hub
 from hub.store import read_bundle_dir
@@ -124,6 +125,24 @@ def test_fleet_page_counts_ten_thousand_devices_by_status_and_board(big_fleet: H
         rf'<td class="num">{n_coral_tpu}</td>',
         html,
     )
+
+
+def test_fleet_page_of_a_large_fleet_shows_kept_counts_and_says_how_old(
+    big_fleet: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # from tallies.LARGE devices the fleet-wide counts are kept a few seconds (hub.tallies)
+    monkeypatch.setattr(tallies, "LARGE", 1000)
+    c = session_for(big_fleet, VIEWER)
+    first = c.get("/ui", params={"part": "fleet_cards"}).text
+    assert re.search(r'id="stat-total">10000<', first) and 'id="counted-at"' not in first
+    with big_fleet.fleet.session() as s:
+        s.execute(insert(Device), [seeded_row(N_DEVICES)])  # type: ignore[call-overload]
+        s.commit()
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 2)  # the next view is 2 s later
+    kept = c.get("/ui", params={"part": "fleet_cards"}).text
+    assert re.search(r'id="stat-total">10000<', kept)  # the kept count, not the new device ...
+    assert re.search(r'id="counted-at"[^>]*>Device and rollout counts as of [12]s ago', kept)  # ... and said so
 
 
 def test_ten_thousand_devices_filter_by_tag_in_sql_and_pages_keep_the_tag(big_fleet: Hub) -> None:
