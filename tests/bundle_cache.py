@@ -24,12 +24,11 @@ import importlib.metadata
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 from functools import cache
 from pathlib import Path
-
-from protocol.bundle import MANIFEST_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgefleet"
@@ -66,12 +65,48 @@ def _input_digest(arg: str) -> str:
 
 
 @cache
-def environment() -> str:
-    """Python, every installed distribution and the Edge TPU compiler the build would find."""
-    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
+def runtime() -> str:
+    """Python's version and the Edge TPU compiler a build would find (the packages it imports are
+    in each entry's deps.json, by name and version)."""
     tpu = os.environ.get("EDGEFLEET_EDGETPU_COMPILER") or shutil.which("edgetpu_compiler") or ""
     tpu_id = f"{tpu} {_sha(Path(tpu))}" if tpu and Path(tpu).is_file() else "none"
-    return "\n".join([sys.version, tpu_id, *dists])
+    return f"{sys.version}\n{tpu_id}"
+
+
+@cache
+def environment() -> str:
+    """Python, the Edge TPU compiler and every installed distribution (for a cached file whose
+    maker is not traced)."""
+    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
+    return "\n".join([runtime(), *dists])
+
+
+SITE = tuple(Path(p).resolve() for p in site.getsitepackages())
+
+
+@cache
+def _owners() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+def _distribution(traced: str) -> str | None:
+    """The installed distribution a traced file under site-packages belongs to (None: not one)."""
+    p = Path(traced)
+    for sp in SITE:
+        if p.is_relative_to(sp) and p != sp:
+            top = p.relative_to(sp).parts[0]
+            if top.endswith((".dist-info", ".egg-info")):
+                return None  # metadata read (entry points, every package's): not its code
+            names = _owners().get(top.split(".")[0], [])
+            return names[0] if names else None
+    return None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _source(traced: str) -> Path | None:
@@ -95,21 +130,36 @@ def _still_valid(entry: Path) -> bool:
         deps = json.loads((entry / "deps.json").read_text())
     except (OSError, ValueError):
         return False
-    for rel, digest in deps.items():
+    for rel, digest in deps.get("files", {}).items():
         p = REPO / rel
         if not p.is_file() or _sha(p) != digest:
             return False
-    return (entry / "bundle" / MANIFEST_FILE).exists()
+    for dist, version in deps.get("distributions", {}).items():
+        if _version(dist) != version:
+            return False
+    return "files" in deps and (entry / "bundle").is_dir()
 
 
 _checked: set[Path] = set()  # entries this process has found valid (or built): checked once
+OUT = "{out}"  # in cached_output's arguments: the folder the command writes
 
 
 def cached_bundle(key: str, argv: list[str], timeout: float = 900) -> Path:
     """``python -m compiler *argv --out DIR --quiet``: the bundle directory, built only when no
     build with the same inputs is cached or one of the files that build read has changed."""
-    h = hashlib.sha256(environment().encode())
-    for a in argv:
+    return _cached(key, argv, ["-m", "compiler", *argv, "--out", OUT, "--quiet"], timeout)
+
+
+def cached_output(key: str, args: list[str], timeout: float = 900) -> Path:
+    """``python *args`` with ``OUT`` in ``args`` standing for a fresh folder: that folder, made
+    again only when an input or a file the command read has changed (e.g. a script that trains
+    and saves models). Treat it as read-only: it is shared by every test process."""
+    return _cached(key, [a for a in args if a != OUT], args, timeout)
+
+
+def _cached(key: str, inputs: list[str], args: list[str], timeout: float) -> Path:
+    h = hashlib.sha256(runtime().encode())
+    for a in inputs:
         h.update(_input_digest(a).encode() + b"\0")
     entry = BUNDLES / f"{key}-{h.hexdigest()[:16]}"
     if entry in _checked:
@@ -118,20 +168,21 @@ def cached_bundle(key: str, argv: list[str], timeout: float = 900) -> Path:
     with open(entry.with_name(entry.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process building the same key: wait for it
         if not _still_valid(entry):
-            _build(entry, argv, timeout)
+            _build(entry, args, timeout)
     _checked.add(entry)
     return entry / "bundle"
 
 
-def _build(entry: Path, argv: list[str], timeout: float) -> None:
+def _build(entry: Path, args: list[str], timeout: float) -> None:
     tmp = entry.with_name(entry.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     log = tmp / "opened.txt"
     pythonpath = os.pathsep.join(filter(None, [str(TRACER), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": pythonpath, "EDGEFLEET_TRACE_DEPS": str(log), "EDGEFLEET_TRACE_ROOT": str(REPO)}
+    roots = os.pathsep.join([str(REPO), *map(str, SITE)])
+    env = {**os.environ, "PYTHONPATH": pythonpath, "EDGEFLEET_TRACE_DEPS": str(log), "EDGEFLEET_TRACE_ROOT": roots}
     proc = subprocess.run(
-        [sys.executable, "-m", "compiler", *argv, "--out", str(tmp / "bundle"), "--quiet"],
+        [sys.executable, *(str(tmp / "bundle") if a == OUT else a for a in args)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -140,10 +191,15 @@ def _build(entry: Path, argv: list[str], timeout: float) -> None:
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{entry.name} build failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    opened = {p for line in log.read_text().splitlines() if (p := _source(line)) is not None}
+    traced = set(log.read_text().splitlines())
+    opened = {p for line in traced if (p := _source(line)) is not None}
     if not any(p.parent.name == "compiler" for p in opened):
         raise RuntimeError(f"{entry.name}: the build's trace names no compiler module ({log}): cannot key it")
-    deps = {p.relative_to(REPO).as_posix(): _sha(p) for p in sorted(opened)}
+    dists = {d for line in traced if (d := _distribution(line)) is not None}
+    deps = {
+        "files": {p.relative_to(REPO).as_posix(): _sha(p) for p in sorted(opened)},
+        "distributions": {d: _version(d) for d in sorted(dists)},
+    }
     (tmp / "deps.json").write_text(json.dumps(deps, indent=1) + "\n")
     log.unlink()
     shutil.rmtree(entry, ignore_errors=True)

@@ -1,10 +1,12 @@
 """The test builds' cache (tests/bundle_cache.py) keeps a bundle only while what its build read is
-unchanged: a traced file edited, gone or a bundle half-written means a rebuild; the same model in
+unchanged: a traced file edited or gone, a package it imported at another version, or no output
+folder, means a rebuild; the same model in
 another clone's folder is the same input; a ``.pyc`` the build loaded stands for its source."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,8 +28,9 @@ def _entry(tmp_path: Path, repo: Path) -> Path:
     entry = tmp_path / "entry"
     (entry / "bundle").mkdir(parents=True)
     (entry / "bundle" / "manifest.json").write_text("{}")
-    deps = {"compiler/main.py": bundle_cache._sha(repo / "compiler" / "main.py")}
-    (entry / "deps.json").write_text(json.dumps(deps))
+    files = {"compiler/main.py": bundle_cache._sha(repo / "compiler" / "main.py")}
+    dists = {"numpy": bundle_cache._version("numpy")}
+    (entry / "deps.json").write_text(json.dumps({"files": files, "distributions": dists}))
     return entry
 
 
@@ -40,14 +43,34 @@ def test_a_bundle_stays_valid_until_a_file_its_build_read_changes(tmp_path: Path
     assert not bundle_cache._still_valid(entry)
 
 
-def test_a_read_file_gone_or_a_bundle_without_its_manifest_is_not_valid(tmp_path: Path, checkout: Path) -> None:
+def test_a_read_file_gone_or_the_output_folder_gone_is_not_valid(tmp_path: Path, checkout: Path) -> None:
     entry = _entry(tmp_path, checkout)
-    (entry / "bundle" / "manifest.json").unlink()
+    shutil.rmtree(entry / "bundle")
     assert not bundle_cache._still_valid(entry)
     entry = _entry(tmp_path / "again", checkout)
     (checkout / "compiler" / "main.py").unlink()
     assert not bundle_cache._still_valid(entry)
     assert not bundle_cache._still_valid(tmp_path / "never-built")
+
+
+def test_a_bundle_is_not_valid_once_a_package_its_build_imported_has_another_version(
+    tmp_path: Path, checkout: Path
+) -> None:
+    entry = _entry(tmp_path, checkout)
+    deps = json.loads((entry / "deps.json").read_text())
+    deps["distributions"]["numpy"] = "0.0.1"
+    (entry / "deps.json").write_text(json.dumps(deps))
+    assert not bundle_cache._still_valid(entry)
+    deps["distributions"] = {"no-such-distribution": "1.0"}
+    (entry / "deps.json").write_text(json.dumps(deps))
+    assert not bundle_cache._still_valid(entry)
+
+
+def test_a_file_under_site_packages_is_traced_to_its_distribution() -> None:
+    import numpy
+
+    assert bundle_cache._distribution(numpy.__file__) == "numpy"
+    assert bundle_cache._distribution(str(bundle_cache.REPO / "compiler" / "main.py")) is None
 
 
 def test_a_loaded_pyc_stands_for_its_source_and_installed_files_are_not_traced(checkout: Path) -> None:
@@ -83,3 +106,5 @@ def test_an_input_is_rewritten_only_when_it_differs_and_never_beside_itself(
     assert bundle_cache.put(image, b"pixels").stat().st_ino == inode  # same bytes: left alone
     assert bundle_cache.put(image, b"other").read_bytes() == b"other"
     assert [p.name for p in image.parent.iterdir()] == ["a.bmp"]  # nothing else in the folder a build reads
+    site_packages = Path(bundle_cache.SITE[0])
+    assert bundle_cache._distribution(str(next(site_packages.glob("numpy-*.dist-info")) / "METADATA")) is None

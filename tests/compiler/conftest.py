@@ -48,17 +48,18 @@ def digits_variant(tmp_path_factory: pytest.TempPathFactory, trust) -> Path:
 
 @pytest.fixture(scope="session")
 def keras_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Small real Keras models and digits data (see data/make_models.py), made once."""
+    """Small real Keras models and digits data (see data/make_models.py), made once and cached
+    like the builds (tests/bundle_cache.py: until the script or a file it read changes), copied
+    here so a test may write beside them."""
+    import shutil
+
     import numpy as np
 
+    from tests.bundle_cache import OUT, cached_output
+
+    made = cached_output("keras-models", [str(Path(__file__).parent / "data" / "make_models.py"), OUT], timeout=600)
     d = tmp_path_factory.mktemp("keras-models")
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).parent / "data" / "make_models.py"), str(d)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    shutil.copytree(made, d, dirs_exist_ok=True)
     z = np.load(d / "digits.npz")
     np.savez(d / "cal.npz", x=z["cal_x"])
     np.savez(d / "val.npz", x=z["val_x"], y=z["val_y"])
