@@ -25,7 +25,7 @@ from enum import Enum
 from pathlib import Path
 
 from protocol import delta as pdelta
-from protocol.bundle import Artifact, Manifest
+from protocol.bundle import MANIFEST_FILE, Artifact, Manifest
 from protocol.errors import Reason, VerificationError
 from protocol.topics import delta_filter
 
@@ -62,20 +62,42 @@ def choose(delta: pdelta.DeltaRef | None, active: str | None, archive_bytes_on_d
     return None
 
 
-def apply(algo: str, delta: bytes, ref: bytes, size: int) -> bytes:
-    """Patch ``ref`` with ``delta`` into exactly ``size`` bytes, or raise VerificationError.
+def apply(algo: str, delta: bytes, parts: list[bytes], size: int) -> bytes:
+    """Patch the base ``parts`` (:func:`protocol.delta.base_parts`) with ``delta`` into exactly
+    ``size`` bytes, or raise VerificationError.
 
     Not a verification: the caller checks the result against the target's signed hashes."""
     if algo not in pdelta.ALGOS or zstandard is None:
         raise VerificationError(Reason.MALFORMED, f"delta algorithm {algo!r} is not one of {pdelta.ALGOS}")
-    d = zstandard.ZstdCompressionDict(ref, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    try:
-        out = zstandard.ZstdDecompressor(dict_data=d, max_window_size=1 << 31).decompress(delta, max_output_size=size)
-    except zstandard.ZstdError as exc:
-        raise VerificationError(Reason.MALFORMED, f"delta does not apply: {exc}") from None
+    if algo == pdelta.ALGO:
+        out = _unzstd(delta, b"".join(parts[1:]), size)
+    else:
+        out = b""
+        for r in pdelta.unpack_members(delta, len(parts)):
+            prev = parts[r.base] if r.base != pdelta.NO_BASE else b""
+            if r.kind == pdelta.PATCH:
+                out += _unzstd(r.frame, prev + out, size - len(out))
+                continue
+            x = _unzstd(r.frame, b"", size - len(out))
+            if len(x) != len(prev):
+                raise VerificationError(
+                    Reason.MALFORMED, f"XOR record of {len(x)} bytes for a {len(prev)}-byte base part"
+                )
+            out += (int.from_bytes(prev, "little") ^ int.from_bytes(x, "little")).to_bytes(len(x), "little")
     if len(out) != size:
         raise VerificationError(Reason.LENGTH_MISMATCH, f"patched archive is {len(out)} bytes, signed {size}")
     return out
+
+
+def _unzstd(frame: bytes, ref: bytes, limit: int) -> bytes:
+    assert zstandard is not None
+    d = zstandard.ZstdCompressionDict(ref, dict_type=zstandard.DICT_TYPE_RAWCONTENT) if ref else None
+    try:
+        return zstandard.ZstdDecompressor(dict_data=d, max_window_size=1 << 31).decompress(
+            frame, max_output_size=max(0, limit)
+        )
+    except zstandard.ZstdError as exc:
+        raise VerificationError(Reason.MALFORMED, f"delta does not apply: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -95,8 +117,12 @@ def patch_into(ref: pdelta.DeltaRef, delta: bytes, base_dir: Path, base: Manifes
         except OSError:
             return b""  # reference() refuses it with the artifact's name
 
-    reference = pdelta.reference(base, read)
-    archive = apply(ref.algo, delta, reference, target.plan.size)
+    try:  # a zstd-members-1 record may start from it; wrong bytes only fail to apply
+        head = pdelta.unsigned((base_dir / MANIFEST_FILE).read_bytes())
+    except OSError:
+        head = b""
+    parts = pdelta.base_parts(base, head, read)
+    archive = apply(ref.algo, delta, parts, target.plan.size)
     written = rejected = 0
     cs = target.plan.chunk_size
     for i in range(target.total):

@@ -5,7 +5,8 @@ TensorFlow training and real compiler builds, cached), each against the base bui
 device's active bundle. Per case:
 
 - full: the signed archive the agent would otherwise fetch (the baseline);
-- ours: the ``zstd-patch-1`` delta the hub ships (hub.deltas.make, protocol.delta);
+- ours: the delta the hub ships (hub.deltas.smallest: ``zstd-members-1`` or ``zstd-patch-1``,
+  whichever is smaller; protocol.delta), and ``zstd-patch-1`` alone (the previous method);
 - zstd CLI ``--patch-from`` at ``--ultra -22`` (the limit: the best off-the-shelf byte delta), if
   ``zstd`` is installed; bsdiff4; an int8-weight-aware variant (same-size artifacts XORed with the
   base's, then zstd; others patched); and the archive zstd-compressed alone (no base);
@@ -30,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from protocol.bundle import MANIFEST_FILE, ChunkPlan, Manifest, pack_archive, parse_manifest
-from protocol.delta import ALGO, DeltaRef, reference
+from protocol.delta import ALGOS, DeltaRef, algo_of, base_parts, reference, unsigned
 from protocol.signing import Envelope, SigningKey
 
 from . import report
-from ._delta_members import breakdown, per_member_best, table
+from ._delta_members import breakdown, per_member_best, shipped, table
 from ._delta_models import bundles
 
 GOALS = {"head": 0.01, "finetune": 0.10}
@@ -96,26 +97,31 @@ def main(argv: list[str] | None = None) -> int:
 
     from agent.delta import patch_into
     from agent.download import Download
-    from hub.deltas import MAX_FRACTION, make
+    from hub.deltas import MAX_FRACTION, make, smallest
 
     key = SigningKey.generate()
     paths = bundles()
     base = _load(paths["base"], key)
     ref = reference(base[0], lambda a: base[1][a.name])
+    envelope = base[2][8 : len(base[2]) - base[0].total_size]
+    parts = base_parts(base[0], unsigned(envelope), lambda a: base[1][a.name])
+    names = {a.name: i + 1 for i, a in enumerate(base[0].artifacts)}
     cases: list[dict[str, Any]] = []
     ok = True
     print(f"base: digits {base[0].version}, archive {len(base[2])} bytes")
     for case in ("head", "finetune"):
         tgt = _load(paths[case], key)
         full = len(tgt[2])
-        delta = make(ref, tgt[2])
-        dref = DeltaRef("0" * 64, ALGO, ChunkPlan.of(delta))
+        delta = smallest(parts, names, tgt[2])
+        patch1 = make(ref, tgt[2])
+        dref = DeltaRef("0" * 64, algo_of(delta), ChunkPlan.of(delta))
         times = []
         with tempfile.TemporaryDirectory() as tmp:
             slot = Path(tmp) / "slot"
             slot.mkdir()
             for name, data in base[1].items():
                 (slot / name).write_bytes(data)
+            (slot / MANIFEST_FILE).write_bytes(envelope)
             for i in range(args.repeat):
                 dl = Download(Path(tmp) / f"dl{i}", ChunkPlan.of(tgt[2]))
                 t0 = time.perf_counter()
@@ -125,11 +131,14 @@ def main(argv: list[str] | None = None) -> int:
                 dl.remove()
         cli = _cli_patch_from(ref, tgt[2])
         members = breakdown(base, tgt)
+        shipped(members, delta, len(parts))
         row: dict[str, Any] = {
             "case": case,
             "version": tgt[0].version,
             "full_bytes": full,
             "delta_bytes": len(delta),
+            "algo": algo_of(delta),
+            "zstd_patch_1_bytes": len(patch1),
             "delta_fraction": len(delta) / full,
             "goal_fraction": GOALS[case],
             "zstd_cli_patch_from_bytes": cli,
@@ -146,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         ok &= row["meets_goal"]
         cases.append(row)
         print(
-            f"{case:9} full {full:>7} B | ours (zstd-patch-1) {len(delta):>7} B = {100 * row['delta_fraction']:5.2f} % "
+            f"{case:9} full {full:>7} B | ours ({row['algo']}) {len(delta):>7} B = "
+            f"{100 * row['delta_fraction']:5.2f} % "
             f"(goal <= {100 * GOALS[case]:.0f} %: {'met' if row['meets_goal'] else 'NOT met'}) | "
+            f"zstd-patch-1 alone {len(patch1)} B | "
             f"zstd CLI --patch-from -22 {cli if cli is not None else 'n/a'} B | "
             f"bsdiff4 {row['bsdiff4_bytes'] or 'n/a'} B | "
             f"int8-aware XOR {row['int8_aware_bytes']} B | per-member best {row['per_member_best_bytes']} B | "
@@ -164,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         float(head["delta_bytes"]),
         float(head["full_bytes"]),
         float(head["zstd_cli_patch_from_bytes"]) if head["zstd_cli_patch_from_bytes"] else None,
-        {"repeat": args.repeat, "algo": ALGO, "goals": GOALS},
+        {"repeat": args.repeat, "algos": list(ALGOS), "goals": GOALS},
         cases,
     )
     print(f"wrote {out}")

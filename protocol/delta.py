@@ -15,6 +15,20 @@ the signed archive size; the result is worth nothing until the caller has checke
 target's signed chunk hashes and archive sha256, and staged it through the same signature and
 per-file hash checks as a full download.
 
+A second algorithm, ``zstd-members-1`` (ADR 0014, measured by ``python -m bench delta``), diffs
+the archive **member by member** (:func:`split_archive`: the archive head with the manifest
+envelope, then each artifact). Its bytes are ``EFM1`` then records, one per target member in
+archive order, each ``kind u8 | base u16 | length u32 | zstd frame`` (big-endian,
+:func:`pack_members` / :func:`unpack_members`). ``base`` names a part of the base bundle
+(:func:`base_parts`: 0 its manifest envelope stripped of signatures, :func:`unsigned`, which a
+re-signing does not change; ``i`` its ``i``-th artifact; :data:`NO_BASE` none). Kind
+:data:`PATCH`: the frame decompresses with the base part followed by everything the delta
+produced so far as a raw-content dictionary (the ONNX twin repeats weights of the float tflite
+before it). Kind :data:`XOR`: the frame decompresses to exactly the base part's length, XORed
+byte for byte with it (the int8-aware diff: a tensor that did not change XORs to zeros; zstd
+cannot express a small change to every byte compactly). The archive is the records' outputs
+concatenated. The hub ships whichever of the two algorithms is smaller.
+
 On the wire a delta is described by :class:`DeltaRef`, inside the signed desired document
 (``"delta"``): the base bundle digest, the algorithm, and the delta's own chunk plan (size,
 sha256, chunk hashes), so every delta chunk is checked before it is written. Its chunks are
@@ -24,17 +38,24 @@ retained on ``ef/v1/bundle/{target archive}/delta/{base digest}/chunk/{i}``, onc
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field as dc_field
 from typing import Any
 
-from .bundle import Artifact, ChunkPlan, Manifest
+from .bundle import ARCHIVE_MAGIC, Artifact, ChunkPlan, Manifest, parse_manifest
 from .codec import extra_fields, field, nonneg_int
 from .errors import BadPayload, Reason, VerificationError
+from .signing import Envelope
 from .topics import check_digest
 
 ALGO = "zstd-patch-1"
-ALGOS = (ALGO,)
+ALGO_MEMBERS = "zstd-members-1"
+ALGOS = (ALGO, ALGO_MEMBERS)
+MEMBERS_MAGIC = b"EFM1"
+PATCH, XOR = 0, 1  # record kinds of zstd-members-1
+NO_BASE = 0xFFFF
+_RECORD = struct.Struct(">BHI")
 LEVEL = 19  # measured in ADR 0014: the hub builds a delta once per (base, target)
 _KNOWN = {"base", "algo", "size", "sha256", "chunk_size", "chunks"}
 
@@ -100,3 +121,81 @@ def reference(manifest: Manifest, read: Callable[[Artifact], bytes]) -> bytes:
 def window_log(n: int) -> int:
     """A zstd window that covers the reference and the target (zstd's --patch-from does the same)."""
     return max(10, min(31, (max(1, n) - 1).bit_length()))
+
+
+@dataclass(frozen=True)
+class Record:
+    """One member of a ``zstd-members-1`` delta: how to make it, from which base part."""
+
+    kind: int  # PATCH or XOR
+    base: int  # index into base_parts(), or NO_BASE
+    frame: bytes  # one zstd frame
+
+
+def algo_of(delta: bytes) -> str:
+    """The algorithm of delta bytes (a ``zstd-members-1`` delta starts with its magic)."""
+    return ALGO_MEMBERS if delta[:4] == MEMBERS_MAGIC else ALGO
+
+
+def pack_members(records: list[Record]) -> bytes:
+    out = [MEMBERS_MAGIC]
+    for r in records:
+        out += [_RECORD.pack(r.kind, r.base, len(r.frame)), r.frame]
+    return b"".join(out)
+
+
+def unpack_members(delta: bytes, parts: int) -> list[Record]:
+    """The records of a ``zstd-members-1`` delta; refuses a bad magic, kind, base index (there
+    are ``parts`` base parts) or length, or trailing bytes (MALFORMED)."""
+    if delta[:4] != MEMBERS_MAGIC:
+        raise VerificationError(Reason.MALFORMED, f"delta does not start with {MEMBERS_MAGIC!r}")
+    out, pos = [], 4
+    while pos < len(delta):
+        if pos + _RECORD.size > len(delta):
+            raise VerificationError(Reason.MALFORMED, f"delta record at byte {pos} is cut short")
+        kind, base, n = _RECORD.unpack_from(delta, pos)
+        pos += _RECORD.size
+        if kind not in (PATCH, XOR) or (base != NO_BASE and base >= parts) or (kind == XOR and base == NO_BASE):
+            raise VerificationError(Reason.MALFORMED, f"delta record kind {kind} base {base} (of {parts} parts)")
+        if pos + n > len(delta):
+            raise VerificationError(Reason.MALFORMED, f"delta record of {n} bytes at byte {pos} runs past the end")
+        out.append(Record(kind, base, delta[pos : pos + n]))
+        pos += n
+    return out
+
+
+def unsigned(envelope: bytes) -> bytes:
+    """A manifest envelope without its signatures (what a re-signing leaves as it was); b"" for
+    bytes that are not an envelope (a delta record starting from it then does not apply)."""
+    try:
+        env = Envelope.parse(envelope)
+    except BadPayload:
+        return b""
+    return Envelope(env.payload_type, env.payload, ()).to_bytes()
+
+
+def base_parts(manifest: Manifest, head: bytes, read: Callable[[Artifact], bytes]) -> list[bytes]:
+    """What a ``zstd-members-1`` record can start from: ``head`` (the base's :func:`unsigned`
+    envelope), then its artifacts in manifest order, each checked like :func:`reference`."""
+    ref = reference(manifest, read)
+    parts, pos = [head], 0
+    for a in manifest.artifacts:
+        parts.append(ref[pos : pos + a.size])
+        pos += a.size
+    return parts
+
+
+def split_archive(archive: bytes) -> list[tuple[str, bytes]]:
+    """An archive's members in order: ``("", head)`` (magic, length, manifest envelope), then
+    ``(name, bytes)`` per artifact. For the hub, which holds archives it built and verified."""
+    if archive[:4] != ARCHIVE_MAGIC or len(archive) < 8:
+        raise VerificationError(Reason.MALFORMED, f"archive does not start with {ARCHIVE_MAGIC!r}")
+    (n,) = struct.unpack(">I", archive[4:8])
+    manifest = parse_manifest(Envelope.parse(archive[8 : 8 + n]).payload)
+    out, pos = [("", archive[: 8 + n])], 8 + n
+    for a in manifest.artifacts:
+        out.append((a.name, archive[pos : pos + a.size]))
+        pos += a.size
+    if pos != len(archive):
+        raise VerificationError(Reason.LENGTH_MISMATCH, f"archive is {len(archive)} bytes, members account for {pos}")
+    return out

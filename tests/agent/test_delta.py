@@ -10,10 +10,11 @@ import pytest
 
 from agent.delta import Fallback, apply, choose, patch_into
 from agent.download import Download
-from hub.deltas import make
-from protocol.bundle import Artifact, ChunkPlan, Manifest
-from protocol.delta import ALGO, DeltaRef, reference
+from hub.deltas import make, make_members
+from protocol.bundle import MANIFEST_FILE, Artifact, ChunkPlan, Manifest, pack_archive
+from protocol.delta import ALGO, ALGO_MEMBERS, PATCH, XOR, DeltaRef, base_parts, reference, unpack_members, unsigned
 from protocol.errors import Reason, VerificationError
+from protocol.signing import Envelope, SigningKey, seal
 
 BASE = "b" * 64
 OTHER = "c" * 64
@@ -109,7 +110,7 @@ def test_a_corrupted_delta_does_not_apply():
     delta = bytearray(make(ref, target))
     delta[len(delta) // 2] ^= 0x55
     with pytest.raises(VerificationError) as exc:
-        apply(ALGO, bytes(delta), ref, len(target))
+        apply(ALGO, bytes(delta), [b"", ref], len(target))
     assert exc.value.reason in (Reason.MALFORMED, Reason.LENGTH_MISMATCH)
 
 
@@ -120,7 +121,7 @@ def test_a_delta_applied_to_the_wrong_base_fails_its_checksum():
     other = bytearray(base["model.tflite"])
     other[100:200] = bytes(100)
     with pytest.raises(VerificationError, match="does not apply"):
-        apply(ALGO, delta, bytes(other), len(target))
+        apply(ALGO, delta, [b"", bytes(other)], len(target))
 
 
 def test_a_patch_never_writes_past_the_signed_size():
@@ -128,4 +129,91 @@ def test_a_patch_never_writes_past_the_signed_size():
     target = target_archive(base)
     delta = make(base["model.tflite"], target)
     with pytest.raises(VerificationError):
-        apply(ALGO, delta, base["model.tflite"], len(target) - 1)
+        apply(ALGO, delta, [b"", base["model.tflite"]], len(target) - 1)
+
+
+def signed_slot(tmp_path: Path, files: dict[str, bytes], version: str) -> tuple[Path, Manifest, bytes]:
+    """A slot as the agent keeps it (artifacts and the signed manifest envelope), and its archive."""
+    d = tmp_path / f"slot-{version}"
+    d.mkdir()
+    manifest = Manifest("m", version, 0, tuple(Artifact.of(n, "report", b) for n, b in files.items()))
+    env = seal("manifest", manifest.to_dict(), [SigningKey.generate()])
+    (d / MANIFEST_FILE).write_bytes(env.to_bytes())
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    return d, manifest, pack_archive(env, files)
+
+
+def retrained(base: dict[str, bytes]) -> dict[str, bytes]:
+    """Every byte of the int8 model nudged by one (a fine-tune), the float copy repeated in the
+    twin, a report that grew: what zstd alone cannot express compactly but an XOR can."""
+    model = bytes((b + (i % 3 == 0)) % 256 for i, b in enumerate(base["model.tflite"]))
+    twin = b"onnx" + model[:20_000]
+    return {"model.tflite": model, "twin.onnx": twin, "labels.txt": base["labels.txt"] + b"2\n"}
+
+
+def test_a_members_delta_rebuilds_the_target_archive_from_xors_patches_and_earlier_members(tmp_path: Path):
+    old = files()
+    old["twin.onnx"] = b"onnx" + old["model.tflite"][:20_000]
+    d, manifest, _ = signed_slot(tmp_path, old, "1")
+    _, _, target = signed_slot(tmp_path, retrained(old), "2")
+    parts = base_parts(manifest, unsigned((d / MANIFEST_FILE).read_bytes()), lambda a: old[a.name])
+    names = {a.name: i + 1 for i, a in enumerate(manifest.artifacts)}
+    delta = make_members(parts, names, target)
+    assert [r.kind for r in unpack_members(delta, len(parts))] == [PATCH, XOR, PATCH, PATCH]
+    assert len(delta) < len(make(b"".join(parts[1:]), target)) // 2
+    dl = Download(tmp_path / "dl", ChunkPlan.of(target, 1024))
+    done = patch_into(ref_of(delta, algo=ALGO_MEMBERS), delta, d, manifest, dl)
+    assert (done.written, done.rejected) == (dl.total, 0)
+    assert dl.path.read_bytes() == target
+
+
+def test_a_members_delta_from_a_slot_whose_manifest_was_resigned_still_applies(tmp_path: Path):
+    old = files()
+    d, manifest, _ = signed_slot(tmp_path, old, "1")
+    _, _, target = signed_slot(tmp_path, retrained(old), "2")
+    parts = base_parts(manifest, unsigned((d / MANIFEST_FILE).read_bytes()), lambda a: old[a.name])
+    delta = make_members(parts, {a.name: i + 1 for i, a in enumerate(manifest.artifacts)}, target)
+    resigned = Envelope.parse((d / MANIFEST_FILE).read_bytes()).add_signature(SigningKey.generate())
+    (d / MANIFEST_FILE).write_bytes(resigned.to_bytes())  # other bytes, same payload, same digest
+    dl = Download(tmp_path / "dl", ChunkPlan.of(target, 1024))
+    assert patch_into(ref_of(delta, algo=ALGO_MEMBERS), delta, d, manifest, dl).rejected == 0 and dl.complete
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda b: b[:4] + b"\x07" + b[5:], "kind 7"),  # an unknown record kind
+        (lambda b: b[:5] + b"\x00\x63" + b[7:], "base 99"),  # a base part the bundle does not have
+        (lambda b: b[:-1], "runs past the end"),
+        (lambda b: b"EFM2" + b[4:], "does not start"),
+    ],
+)
+def test_a_malformed_members_delta_is_refused_naming_what_is_wrong(tmp_path: Path, damage, match):
+    old = files()
+    d, manifest, _ = signed_slot(tmp_path, old, "1")
+    _, _, target = signed_slot(tmp_path, retrained(old), "2")
+    parts = base_parts(manifest, b"", lambda a: old[a.name])
+    delta = make_members(parts, {a.name: i + 1 for i, a in enumerate(manifest.artifacts)}, target)
+    with pytest.raises(VerificationError, match=match):
+        apply(ALGO_MEMBERS, damage(delta), parts, len(target))
+
+
+def test_a_members_delta_patched_onto_other_base_bytes_never_writes_a_wrong_chunk(tmp_path: Path):
+    old = files()
+    d, manifest, _ = signed_slot(tmp_path, old, "1")
+    _, _, target = signed_slot(tmp_path, retrained(old), "2")
+    wrong = dict(old)
+    m = old["model.tflite"]
+    wrong["model.tflite"] = m[:1000] + bytes(100) + m[1100:]  # the hub diffed against other bytes than the slot holds
+    wm = Manifest("m", "1", 0, tuple(Artifact.of(n, "report", b) for n, b in wrong.items()))
+    parts = base_parts(wm, b"", lambda a: wrong[a.name])
+    delta = make_members(parts, {n: i + 1 for i, n in enumerate(wrong)}, target)
+    dl = Download(tmp_path / "dl", ChunkPlan.of(target, 1024))
+    assert [r.kind for r in unpack_members(delta, len(parts))][1] == XOR
+    try:  # a later record's frame checksum may catch the wrong bytes first: all chunks in full
+        done = patch_into(ref_of(delta, algo=ALGO_MEMBERS), delta, d, manifest, dl)
+    except VerificationError as exc:
+        assert "does not apply" in str(exc) and dl.missing() == list(range(dl.total))
+    else:
+        assert done.rejected >= 1 and 1 in dl.missing()  # where the XORed model is wrong: fetched in full
