@@ -34,17 +34,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, update
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
-from protocol.bundle import Requirements
 from protocol.channels import DEFAULT
 from protocol.errors import BadPayload
 from protocol.messages import Report
-from protocol.sketch import DriftThresholds
 from protocol.topics import check_digest
 
-from . import alerting, bundles, channels, desired, evidence, groups, staging, tallies
+from . import alerting, bundles, channels, desired, evidence, groups, rollout_rows, staging
 from .compat import stored_inventory
 from .db import rollout_section
 from .errors import Conflict, Invalid, NotFound
@@ -57,9 +55,7 @@ from .rollout import (
     Alert as AlertAction,
     Command,
     DeviceSeen,
-    DeviceState,
     Event,
-    GateResult,
     InstallReport,
     Issue,
     IssueStage,
@@ -75,124 +71,6 @@ from .targets import Target
 from .transport import Outgoing
 
 log = logging.getLogger(__name__)
-
-
-# ---- state <-> rows ----------------------------------------------------------------------------
-def _baseline(fleet: Fleet, digest: str) -> tuple[dict[str, list[int]], DriftThresholds, dict[str, DriftThresholds]]:
-    """The drift gate's inputs: reference counts, the model's thresholds and each feature's."""
-    base = fleet.store.baseline_of(digest)  # a missing or malformed baseline only disables the drift gate
-    if base is None:
-        return {}, DriftThresholds(), {}
-    return base.refs(), base.thresholds_for(""), {k: base.thresholds_for(k) for k in base.features()}
-
-
-_ROW_FIELDS = (
-    "device_id",
-    "state",
-    "cohort",
-    "attempts",
-    "issued_at",
-    "from_bundle",
-    "reason",
-    "online",
-    "seq",
-    "updated",
-    "stage",
-    "stages",
-)
-Rows = dict[str, dict[str, Any]]
-
-
-def _load(fleet: Fleet, s: Session, r: Rollout) -> tuple[RolloutState, Rows]:
-    """Rollout rows as plain dicts (a 10,000-device rollout is loaded every tick)."""
-    t = RolloutDevice
-    q = select(*(getattr(t, f) for f in _ROW_FIELDS)).where(t.rollout_id == r.id).order_by(col(t.device_id))
-    rows: Rows = {x[0]: dict(zip(_ROW_FIELDS, x, strict=True)) for x in s.exec(q).all()}
-    b = s.get(Bundle, r.bundle)
-    req = Requirements.from_dict(b.requirements) if b else Requirements()
-    refs, th, feature_th = _baseline(fleet, r.bundle)
-    devices = tuple(
-        DeviceState(
-            x["device_id"],
-            x["state"],
-            x["cohort"],
-            x["attempts"],
-            x["issued_at"],
-            x["from_bundle"],
-            x["reason"],
-            x["online"],
-            x["stage"] or "",
-            x["stages"] or {},
-        )
-        for x in rows.values()
-    )
-    gates = tuple(
-        GateResult(g["name"], g["status"], g.get("value"), g.get("limit"), g.get("detail", "")) for g in (r.gates or [])
-    )
-    st = RolloutState(
-        r.bundle,
-        req,
-        r.phase,
-        r.cohort,
-        r.cohort_started,
-        r.soak_started,
-        devices,
-        r.reason,
-        gates,
-        r.gate_floor,
-        refs,
-        th,
-        feature_th,
-    )
-    return st, rows
-
-
-def _save(s: Session, r: Rollout, rows: Rows, st: RolloutState, seqs: dict[str, int], now: int) -> None:
-    r.phase, r.cohort, r.cohort_started, r.soak_started = st.phase, st.cohort, st.cohort_started, st.soak_started
-    r.reason, r.gate_floor = st.reason[:1000], st.gate_floor
-    r.gates = [g.to_dict() for g in st.gates]
-    r.updated = now
-    s.add(r)
-    inserts, updates = [], []
-    for d in st.devices:
-        new = {
-            "state": d.state,
-            "cohort": d.cohort,
-            "attempts": d.attempts,
-            "issued_at": d.issued_at,
-            "from_bundle": d.from_bundle,
-            "reason": d.reason[:500],
-            "online": d.online,
-            "stage": d.stage,
-            "stages": dict(d.stages),
-        }
-        if d.id in seqs:
-            new["seq"] = seqs[d.id]
-        old = rows.get(d.id)
-        if old is None:
-            inserts.append({"rollout_id": r.id, "device_id": d.id, "seq": 0, **new, "updated": now})
-            continue
-        if any(old[k] != v for k, v in new.items()):
-            moved = any(old[k] != new[k] for k in ("state", "cohort", "attempts", "reason", "stage"))
-            updates.append(
-                {
-                    "b_rid": r.id,
-                    "b_dev": d.id,
-                    **{k: old.get(k) for k in ("seq",)},
-                    **new,
-                    "updated": now if moved else old["updated"],
-                }
-            )
-    t = RolloutDevice.__table__  # type: ignore[attr-defined]
-    if inserts:
-        s.execute(insert(t), inserts)
-    if updates:
-        stmt = (
-            update(t)
-            .where(and_(t.c.rollout_id == bindparam("b_rid"), t.c.device_id == bindparam("b_dev")))
-            .values({k: bindparam(k) for k in _ROW_FIELDS if k != "device_id"})
-        )
-        s.connection().execute(stmt, updates)
 
 
 # ---- observations --------------------------------------------------------------------------------
@@ -234,7 +112,7 @@ def _run(
 ) -> RolloutState:
     now = fleet.clock()
     policy = Policy.from_dict(r.policy)
-    st, rows = _load(fleet, s, r)
+    st, rows = rollout_rows.load(fleet, s, r)
     evs: list[Event] = list(events)
     if observe:
         owners = owners if owners is not None else _owners(s)
@@ -283,7 +161,7 @@ def _run(
             alerting.record(fleet, s, a.kind, a.severity, a.message, a.detail, now, bundle=r.bundle, rollout=r.id)
             log.warning("rollout %s: %s", r.id, a.message)
     s.flush()  # device rows (seq) before the bulk rollout-row writes
-    _save(s, r, rows, new, seqs, now)
+    rollout_rows.save(s, r, rows, new, seqs, now)
     return new
 
 
@@ -475,16 +353,7 @@ def _public(r: Rollout, c: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def status(
-    fleet: Fleet, rid: str, limit: int = 1000, offset: int = 0, state: str | None = None, after: str | None = None
-) -> dict[str, Any]:
-    """The rollout, its counts (:func:`hub.tallies.tally`: a few seconds old from 5,000
-    devices, ``counted_at`` says when) and one page of its devices by id, after ``after``."""
-
-    def count() -> dict[str, int]:
-        with fleet.session() as s:
-            return counts(s, rid)
-
+def status(fleet: Fleet, rid: str, limit: int = 1000, offset: int = 0, state: str | None = None) -> dict[str, Any]:
     with fleet.session() as s:
         r = s.get(Rollout, rid)
         if r is None:
@@ -492,14 +361,8 @@ def status(
         q = select(RolloutDevice).where(RolloutDevice.rollout_id == rid)
         if state:
             q = q.where(RolloutDevice.state == state)
-        if after is not None:
-            q = q.where(col(RolloutDevice.device_id) > after)
-        rows = s.exec(q.order_by(col(RolloutDevice.device_id)).offset(offset).limit(limit + 1)).all()
-        more, rows = len(rows) > limit, rows[:limit]
-        c = tallies.tally(fleet, ("rollout", rid), count, lambda c: sum(c.values()))
-        out = _public(r, c.value)
-        out["has_more"], out["counted_at"] = more, int(c.counted_at)
-        out["next_after"] = rows[-1].device_id if more else None
+        rows = s.exec(q.order_by(col(RolloutDevice.device_id)).offset(offset).limit(limit)).all()
+        out = _public(r, counts(s, rid))
         out["devices"] = [
             {
                 "device_id": x.device_id,
