@@ -7,11 +7,25 @@ import json
 
 import pytest
 
-from protocol.bundle import Artifact, ChunkPlan, Manifest, Requirements
-from protocol.delta import ALGO, DeltaRef, reference
+from protocol.bundle import Artifact, ChunkPlan, Manifest, Requirements, pack_archive
+from protocol.delta import (
+    ALGO,
+    ALGO_MEMBERS,
+    NO_BASE,
+    PATCH,
+    XOR,
+    DeltaRef,
+    Record,
+    algo_of,
+    pack_members,
+    reference,
+    split_archive,
+    unpack_members,
+    unsigned,
+)
 from protocol.errors import BadPayload, VerificationError
 from protocol.messages import BundleRef, Desired, parse_desired_payload, verify_desired
-from protocol.signing import Envelope
+from protocol.signing import Envelope, SigningKey, seal
 from protocol.topics import Kind, Topic, delta_filter
 
 NOW = 1_800_000_000
@@ -65,3 +79,26 @@ def test_the_reference_is_the_artifacts_in_manifest_order_each_checked_against_i
 
 def replace_bytes(files: dict[str, bytes], name: str) -> dict[str, bytes]:
     return {**files, name: b"FIRST"}
+
+
+def test_an_archive_splits_into_its_head_and_artifacts_and_the_unsigned_head_survives_a_resigning():
+    files = {"model.tflite": b"\x01" * 3000, "labels.txt": b"a\nb\n"}
+    manifest = Manifest("m", "1", 0, tuple(Artifact.of(n, "report", b) for n, b in files.items()))
+    env = seal("manifest", manifest.to_dict(), [SigningKey.generate()])
+    archive = pack_archive(env, files)
+    members = split_archive(archive)
+    assert [n for n, _ in members] == ["", "model.tflite", "labels.txt"]
+    assert b"".join(b for _, b in members) == archive
+    resigned = env.add_signature(SigningKey.generate())
+    assert resigned.to_bytes() != env.to_bytes() and unsigned(resigned.to_bytes()) == unsigned(env.to_bytes())
+    assert unsigned(b"not an envelope") == b""
+    with pytest.raises(VerificationError, match="members account for"):
+        split_archive(archive + b"x")
+
+
+def test_a_members_delta_is_named_by_its_first_bytes():
+    delta = pack_members([Record(PATCH, 0, b"frame"), Record(XOR, 1, b"")])
+    assert algo_of(delta) == ALGO_MEMBERS and algo_of(b"\x28\xb5\x2f\xfd") == ALGO
+    assert unpack_members(delta, 2) == [Record(PATCH, 0, b"frame"), Record(XOR, 1, b"")]
+    with pytest.raises(VerificationError, match="kind 1 base 65535"):
+        unpack_members(pack_members([Record(XOR, NO_BASE, b"")]), 2)  # an XOR needs a base part
