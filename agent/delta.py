@@ -72,18 +72,22 @@ def apply(algo: str, delta: bytes, parts: list[bytes], size: int) -> bytes:
     if algo == pdelta.ALGO:
         out = _unzstd(delta, b"".join(parts[1:]), size)
     else:
-        out = b""
+        made: list[bytes] = []
+        done = 0
         for r in pdelta.unpack_members(delta, len(parts)):
             prev = parts[r.base] if r.base != pdelta.NO_BASE else b""
-            if r.kind == pdelta.PATCH:
-                out += _unzstd(r.frame, prev + out, size - len(out))
-                continue
-            x = _unzstd(r.frame, b"", size - len(out))
-            if len(x) != len(prev):
-                raise VerificationError(
-                    Reason.MALFORMED, f"XOR record of {len(x)} bytes for a {len(prev)}-byte base part"
-                )
-            out += (int.from_bytes(prev, "little") ^ int.from_bytes(x, "little")).to_bytes(len(x), "little")
+            if r.kind == pdelta.PATCH:  # dictionary: the base part, then the member just made
+                m = _unzstd(r.frame, prev + (made[-1] if made else b""), size - done)
+            else:
+                x = _unzstd(r.frame, b"", size - done)
+                if len(x) != len(prev):
+                    raise VerificationError(
+                        Reason.MALFORMED, f"XOR record of {len(x)} bytes for a {len(prev)}-byte base part"
+                    )
+                m = (int.from_bytes(prev, "little") ^ int.from_bytes(x, "little")).to_bytes(len(x), "little")
+            made.append(m)
+            done += len(m)
+        out = b"".join(made)
     if len(out) != size:
         raise VerificationError(Reason.LENGTH_MISMATCH, f"patched archive is {len(out)} bytes, signed {size}")
     return out

@@ -118,18 +118,18 @@ def smallest(parts: list[bytes], names: dict[str, int], target: bytes, level: in
 def make_members(parts: list[bytes], names: dict[str, int], target: bytes, level: int = pdelta.LEVEL) -> bytes:
     """The ``zstd-members-1`` delta turning the base ``parts`` (protocol.delta.base_parts; ``names``
     maps an artifact name to its part) into the ``target`` archive: each member by the smaller of a
-    patch (from its base part and everything before it) and an XOR with its base part."""
-    records, done = [], b""
+    patch (from its base part and the member just before it) and an XOR with its base part."""
+    records, last = [], b""
     for name, new in pdelta.split_archive(target):
         i = names.get(name, pdelta.NO_BASE) if name else 0
         prev = parts[i] if i != pdelta.NO_BASE else b""
-        best = pdelta.Record(pdelta.PATCH, i, make(prev + done, new, level))
+        best = pdelta.Record(pdelta.PATCH, i, make(prev + last, new, level))
         if len(prev) == len(new):
             x = (int.from_bytes(prev, "little") ^ int.from_bytes(new, "little")).to_bytes(len(new), "little")
             xor = pdelta.Record(pdelta.XOR, i, make(b"", x, level))
             best = xor if len(xor.frame) < len(best.frame) else best
         records.append(best)
-        done += new
+        last = new
     return pdelta.pack_members(records)
 
 

@@ -22,11 +22,12 @@ archive order, each ``kind u8 | base u16 | length u32 | zstd frame`` (big-endian
 :func:`pack_members` / :func:`unpack_members`). ``base`` names a part of the base bundle
 (:func:`base_parts`: 0 its manifest envelope stripped of signatures, :func:`unsigned`, which a
 re-signing does not change; ``i`` its ``i``-th artifact; :data:`NO_BASE` none). Kind
-:data:`PATCH`: the frame decompresses with the base part followed by everything the delta
-produced so far as a raw-content dictionary (the ONNX twin repeats weights of the float tflite
-before it). Kind :data:`XOR`: the frame decompresses to exactly the base part's length, XORed
-byte for byte with it (the int8-aware diff: a tensor that did not change XORs to zeros; zstd
-cannot express a small change to every byte compactly). The archive is the records' outputs
+:data:`PATCH`: the frame decompresses with the base part followed by the member just before
+it as a raw-content dictionary (the ONNX twin follows the float tflite and repeats weights of it;
+two members at most: bounded work and memory on both sides). Kind :data:`XOR`: the frame
+decompresses to exactly the base part's length, XORed byte for byte with it (the int8-aware
+diff: a tensor that did not change XORs to zeros; zstd cannot express a small change to every
+byte compactly). The archive is the records' outputs
 concatenated. The hub ships whichever of the two algorithms is smaller.
 
 On the wire a delta is described by :class:`DeltaRef`, inside the signed desired document
