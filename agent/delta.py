@@ -78,6 +78,8 @@ def apply(algo: str, delta: bytes, parts: list[bytes], size: int) -> bytes:
             prev = parts[r.base] if r.base != pdelta.NO_BASE else b""
             if r.kind == pdelta.PATCH:  # dictionary: the base part, then the member just made
                 m = _unzstd(r.frame, prev + (made[-1] if made else b""), size - done)
+            elif r.kind == pdelta.ENVELOPE:  # the manifest payload raw, rebuilt into the signed envelope
+                m = pdelta.envelope_head(_unzstd(r.frame, pdelta.payload_of(prev), size - done))
             else:
                 x = _unzstd(r.frame, b"", size - done)
                 if len(x) != len(prev):

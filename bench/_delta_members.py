@@ -82,20 +82,20 @@ def per_member_best(base: Loaded, tgt: Loaded) -> int:
 def shipped(rows: list[dict[str, Any]], delta: bytes, parts: int) -> None:
     """Add to ``rows`` what each member costs in the delta the hub ships, when it is a
     ``zstd-members-1`` delta (one record per member, in archive order)."""
-    from protocol.delta import ALGO_MEMBERS, PATCH, algo_of, unpack_members
+    from protocol.delta import ALGO_MEMBERS, ENVELOPE, PATCH, XOR, algo_of, unpack_members
 
     if algo_of(delta) != ALGO_MEMBERS:
         return
     for row, rec in zip(rows, unpack_members(delta, parts), strict=True):
         row["shipped_bytes"] = len(rec.frame) + 7  # the record header
-        row["shipped_as"] = "patch" if rec.kind == PATCH else "xor"
+        row["shipped_as"] = {PATCH: "patch", XOR: "xor", ENVELOPE: "envelope"}[rec.kind]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    out = [f"  {'member':22} {'bytes':>8} {'differing':>9} {'patch(own)':>10} {'xor+zstd':>8} {'shipped':>13}"]
+    out = [f"  {'member':22} {'bytes':>8} {'differing':>9} {'patch(own)':>10} {'xor+zstd':>8} {'shipped':>14}"]
     for r in rows:
         diff = "same" if r["unchanged"] else ("-" if r["differing_bytes"] is None else str(r["differing_bytes"]))
         xor = "-" if r["xor_bytes"] is None else str(r["xor_bytes"])
         ship = f"{r['shipped_bytes']} {r['shipped_as']}" if "shipped_bytes" in r else "-"
-        out.append(f"  {r['member']:22} {r['bytes']:>8} {diff:>9} {r['patch_own_bytes']:>10} {xor:>8} {ship:>13}")
+        out.append(f"  {r['member']:22} {r['bytes']:>8} {diff:>9} {r['patch_own_bytes']:>10} {xor:>8} {ship:>14}")
     return "\n".join(out)

@@ -128,6 +128,10 @@ def make_members(parts: list[bytes], names: dict[str, int], target: bytes, level
             x = (int.from_bytes(prev, "little") ^ int.from_bytes(new, "little")).to_bytes(len(new), "little")
             xor = pdelta.Record(pdelta.XOR, i, make(b"", x, level))
             best = xor if len(xor.frame) < len(best.frame) else best
+        content = None if name else pdelta.envelope_content(new)
+        if content is not None:  # the payload patched raw, not in base64 (ENVELOPE record)
+            env = pdelta.Record(pdelta.ENVELOPE, 0, make(pdelta.payload_of(parts[0]), content, level))
+            best = env if len(env.frame) < len(best.frame) else best
         records.append(best)
         last = new
     return pdelta.pack_members(records)

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field as dc_field
 from typing import Any
 
 from .bundle import ARCHIVE_MAGIC, Artifact, ChunkPlan, Manifest, parse_manifest
-from .codec import extra_fields, field, nonneg_int
+from .codec import canonical, extra_fields, field, load_object, nonneg_int
 from .errors import BadPayload, Reason, VerificationError
 from .signing import Envelope
 from .topics import check_digest
@@ -54,7 +54,7 @@ ALGO = "zstd-patch-1"
 ALGO_MEMBERS = "zstd-members-1"
 ALGOS = (ALGO, ALGO_MEMBERS)
 MEMBERS_MAGIC = b"EFM1"
-PATCH, XOR = 0, 1  # record kinds of zstd-members-1
+PATCH, XOR, ENVELOPE = 0, 1, 2  # record kinds of zstd-members-1
 NO_BASE = 0xFFFF
 _RECORD = struct.Struct(">BHI")
 LEVEL = 19  # measured in ADR 0014: the hub builds a delta once per (base, target)
@@ -128,7 +128,7 @@ def window_log(n: int) -> int:
 class Record:
     """One member of a ``zstd-members-1`` delta: how to make it, from which base part."""
 
-    kind: int  # PATCH or XOR
+    kind: int  # PATCH, XOR or ENVELOPE
     base: int  # index into base_parts(), or NO_BASE
     frame: bytes  # one zstd frame
 
@@ -156,7 +156,10 @@ def unpack_members(delta: bytes, parts: int) -> list[Record]:
             raise VerificationError(Reason.MALFORMED, f"delta record at byte {pos} is cut short")
         kind, base, n = _RECORD.unpack_from(delta, pos)
         pos += _RECORD.size
-        if kind not in (PATCH, XOR) or (base != NO_BASE and base >= parts) or (kind == XOR and base == NO_BASE):
+        bad_base = (
+            (base != NO_BASE and base >= parts) or (kind == XOR and base == NO_BASE) or (kind == ENVELOPE and base)
+        )
+        if kind not in (PATCH, XOR, ENVELOPE) or bad_base:
             raise VerificationError(Reason.MALFORMED, f"delta record kind {kind} base {base} (of {parts} parts)")
         if pos + n > len(delta):
             raise VerificationError(Reason.MALFORMED, f"delta record of {n} bytes at byte {pos} runs past the end")
@@ -200,3 +203,41 @@ def split_archive(archive: bytes) -> list[tuple[str, bytes]]:
     if pos != len(archive):
         raise VerificationError(Reason.LENGTH_MISMATCH, f"archive is {len(archive)} bytes, members account for {pos}")
     return out
+
+
+def envelope_content(head: bytes) -> bytes | None:
+    """An archive head (magic, length, signed manifest envelope) as an ENVELOPE record's content:
+    the canonical JSON of its payload type and signatures, a newline, the raw payload (base64 in
+    the envelope hides the payload's likeness to the base's). None when :func:`envelope_head`
+    would not give back exactly these bytes."""
+    try:
+        env = Envelope.parse(head[8:])
+    except BadPayload:
+        return None
+    content = canonical({"payload_type": env.payload_type, "signatures": list(env.signatures)}) + b"\n" + env.payload
+    try:
+        return content if envelope_head(content) == head else None
+    except VerificationError:
+        return None
+
+
+def envelope_head(content: bytes) -> bytes:
+    """The archive head an ENVELOPE record's content stands for (MALFORMED when it is not one)."""
+    top, sep, payload = content.partition(b"\n")
+    try:
+        obj = load_object(top, "envelope record")
+        sigs = field(obj, "signatures", list, "envelope record")
+        env = Envelope(field(obj, "payload_type", str, "envelope record"), payload, tuple(sigs)).to_bytes()
+    except BadPayload as exc:
+        raise VerificationError(Reason.MALFORMED, f"delta envelope record: {exc}") from None
+    if not sep:
+        raise VerificationError(Reason.MALFORMED, "delta envelope record has no payload")
+    return ARCHIVE_MAGIC + struct.pack(">I", len(env)) + env
+
+
+def payload_of(unsigned_envelope: bytes) -> bytes:
+    """The payload inside base part 0 (an ENVELOPE record's dictionary); b"" when there is none."""
+    try:
+        return Envelope.parse(unsigned_envelope).payload
+    except BadPayload:
+        return b""

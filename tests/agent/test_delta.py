@@ -12,7 +12,18 @@ from agent.delta import Fallback, apply, choose, patch_into
 from agent.download import Download
 from hub.deltas import make, make_members
 from protocol.bundle import MANIFEST_FILE, Artifact, ChunkPlan, Manifest, pack_archive
-from protocol.delta import ALGO, ALGO_MEMBERS, PATCH, XOR, DeltaRef, base_parts, reference, unpack_members, unsigned
+from protocol.delta import (
+    ALGO,
+    ALGO_MEMBERS,
+    ENVELOPE,
+    PATCH,
+    XOR,
+    DeltaRef,
+    base_parts,
+    reference,
+    unpack_members,
+    unsigned,
+)
 from protocol.errors import Reason, VerificationError
 from protocol.signing import Envelope, SigningKey, seal
 
@@ -152,7 +163,7 @@ def retrained(base: dict[str, bytes]) -> dict[str, bytes]:
     return {"model.tflite": model, "twin.onnx": twin, "labels.txt": base["labels.txt"] + b"2\n"}
 
 
-def test_a_members_delta_rebuilds_the_target_archive_from_xors_patches_and_earlier_members(tmp_path: Path):
+def test_a_members_delta_rebuilds_the_target_archive_from_its_envelope_xors_patches_and_earlier_members(tmp_path: Path):
     old = files()
     old["twin.onnx"] = b"onnx" + old["model.tflite"][:20_000]
     d, manifest, _ = signed_slot(tmp_path, old, "1")
@@ -160,7 +171,7 @@ def test_a_members_delta_rebuilds_the_target_archive_from_xors_patches_and_earli
     parts = base_parts(manifest, unsigned((d / MANIFEST_FILE).read_bytes()), lambda a: old[a.name])
     names = {a.name: i + 1 for i, a in enumerate(manifest.artifacts)}
     delta = make_members(parts, names, target)
-    assert [r.kind for r in unpack_members(delta, len(parts))] == [PATCH, XOR, PATCH, PATCH]
+    assert [r.kind for r in unpack_members(delta, len(parts))] == [ENVELOPE, XOR, PATCH, PATCH]
     assert len(delta) < len(make(b"".join(parts[1:]), target)) // 2
     dl = Download(tmp_path / "dl", ChunkPlan.of(target, 1024))
     done = patch_into(ref_of(delta, algo=ALGO_MEMBERS), delta, d, manifest, dl)

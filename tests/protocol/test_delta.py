@@ -17,6 +17,8 @@ from protocol.delta import (
     DeltaRef,
     Record,
     algo_of,
+    envelope_content,
+    envelope_head,
     pack_members,
     reference,
     split_archive,
@@ -102,3 +104,15 @@ def test_a_members_delta_is_named_by_its_first_bytes():
     assert unpack_members(delta, 2) == [Record(PATCH, 0, b"frame"), Record(XOR, 1, b"")]
     with pytest.raises(VerificationError, match="kind 1 base 65535"):
         unpack_members(pack_members([Record(XOR, NO_BASE, b"")]), 2)  # an XOR needs a base part
+
+
+def test_an_envelope_record_gives_back_the_exact_archive_head_or_is_not_used():
+    files = {"labels.txt": b"a\nb\n"}
+    manifest = Manifest("m", "1", 0, tuple(Artifact.of(n, "report", b) for n, b in files.items()))
+    env = seal("manifest", manifest.to_dict(), [SigningKey.generate(), SigningKey.generate()])
+    head = split_archive(pack_archive(env, files))[0][1]
+    content = envelope_content(head)
+    assert content is not None and content.endswith(env.payload) and envelope_head(content) == head
+    assert envelope_content(head[:8] + head[8:].replace(b'":"', b'": "', 1)) is None  # not canonical: not rebuilt
+    with pytest.raises(VerificationError, match="envelope record"):
+        envelope_head(b'{"signatures":[]}\npayload')  # no payload type
