@@ -56,6 +56,10 @@ def _sha(path: Path) -> str:
 def _input_digest(arg: str) -> str:
     """An argument as the build sees it: a path by its name and contents, anything else as text."""
     p = Path(arg) if Path(arg).is_absolute() else REPO / arg  # the build runs in the checkout
+    try:
+        p.stat()
+    except OSError:  # no such file, or no possible one (a script passed with -c: name too long)
+        return f"arg {arg}"
     if p.is_file():
         return f"file {p.name} {_sha(p)}"
     if p.is_dir():
@@ -193,8 +197,8 @@ def _build(entry: Path, args: list[str], timeout: float) -> None:
         raise RuntimeError(f"{entry.name} build failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     traced = set(log.read_text().splitlines())
     opened = {p for line in traced if (p := _source(line)) is not None}
-    if not any(p.parent.name == "compiler" for p in opened):
-        raise RuntimeError(f"{entry.name}: the build's trace names no compiler module ({log}): cannot key it")
+    if not opened:
+        raise RuntimeError(f"{entry.name}: the build's trace names no file of the checkout ({log}): cannot key it")
     dists = {d for line in traced if (d := _distribution(line)) is not None}
     deps = {
         "files": {p.relative_to(REPO).as_posix(): _sha(p) for p in sorted(opened)},

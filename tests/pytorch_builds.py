@@ -9,16 +9,13 @@ call :func:`require_torch` first: without the ``torch`` extra (or onnx2tf) they 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CACHE, REPO, cached_bundle
+from tests.bundle_cache import OUT, cached_output
+from tests.conftest import REPO, cached_bundle
 
 MODELS = REPO / "examples" / "seed_case_study" / "torch_models.py"
 
@@ -27,7 +24,8 @@ import sys, numpy as np, torch
 sys.path.insert(0, {models_dir!r})
 import torch_models as tm
 from pathlib import Path
-out = Path({out!r})
+out = Path(sys.argv[1])
+out.mkdir(parents=True, exist_ok=True)
 d = tm.digits_data(0)
 m = tm.train_digits(tm.DigitsCNN(), d, epochs=8, seed=0)
 tm.export_both(m, torch.zeros(1, 1, 8, 8), out, "digits")
@@ -48,31 +46,16 @@ def require_torch() -> None:
 def torch_digits() -> Path:
     """A folder with digits.onnx (+ .onnx.data), digits.pt2, leaky.onnx, cal.npz, val.npz
     (uint8 pixels) and torch_scores.npy (the trained model's logits on val), made once per
-    version of torch_models.py."""
-    key = hashlib.sha256(MODELS.read_bytes() + _MAKE.encode()).hexdigest()[:16]
-    out = CACHE / f"torch-digits-{key}"
-    if not (out / "val.npz").exists():
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        proc = subprocess.run(
-            [sys.executable, "-c", _MAKE.format(models_dir=str(MODELS.parent), out=str(tmp))],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"training/exporting the torch digits CNN failed:\n{proc.stderr[-3000:]}")
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    return out
+    version of torch_models.py and of the packages it imports (tests/bundle_cache.py)."""
+    code = _MAKE.format(models_dir=MODELS.parent.relative_to(REPO).as_posix())  # run in the checkout
+    return cached_output("torch-digits", ["-c", code, OUT], 600)
 
 
 def torch_digits_bundle(kind: str = "onnx") -> Path:
     """``edgefleet-compile build digits.onnx|digits.pt2`` with the digits data, cached."""
     d = torch_digits()
     return cached_bundle(
-        f"torch-digits-{kind}-{d.name}",
+        f"torch-digits-{kind}",
         [
             "build",
             str(d / f"digits.{kind}"),

@@ -108,3 +108,4 @@ def test_an_input_is_rewritten_only_when_it_differs_and_never_beside_itself(
     assert [p.name for p in image.parent.iterdir()] == ["a.bmp"]  # nothing else in the folder a build reads
     site_packages = Path(bundle_cache.SITE[0])
     assert bundle_cache._distribution(str(next(site_packages.glob("numpy-*.dist-info")) / "METADATA")) is None
+    assert bundle_cache._input_digest("x" * 300 + "\nprint(1)") == "arg " + "x" * 300 + "\nprint(1)"  # a -c script
