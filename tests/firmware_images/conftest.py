@@ -3,6 +3,7 @@ root built with mmdebstrap (cached as a tarball between runs)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -77,8 +78,9 @@ def owner(path: Path, root: Path) -> tuple[str, str, str]:
 
 def bookworm_tarball() -> Path:
     """A Debian bookworm root (mmdebstrap, minbase + python3-venv, curl, systemd) as a tarball,
-    built once and cached under ~/.cache/edgefleet/; skips with the reason when it cannot be built."""
-    tar = CACHE / "bookworm-minbase.tar"
+    built once and cached under ~/.cache/edgefleet/, named by its package list (a new list builds a
+    new root); skips with the reason when it cannot be built."""
+    tar = CACHE / f"bookworm-minbase-{hashlib.sha256(BOOKWORM_PACKAGES.encode()).hexdigest()[:12]}.tar"
     if tar.is_file() and tar.stat().st_size > 0:
         return tar
     if os.geteuid() != 0:
@@ -87,8 +89,11 @@ def bookworm_tarball() -> Path:
         pytest.skip("mmdebstrap is not installed (scripts/test-deps.sh installs it as root with apt-get)")
     CACHE.mkdir(parents=True, exist_ok=True)
     part = tar.with_suffix(".part")
+    part.unlink(missing_ok=True)  # a run killed mid-build
+    # --format=tar: mmdebstrap picks the format from the name otherwise, and ".part" made a directory
+    argv = ["mmdebstrap", "--variant=minbase", "--format=tar", f"--include={BOOKWORM_PACKAGES}", "bookworm"]
     res = subprocess.run(
-        ["mmdebstrap", "--variant=minbase", f"--include={BOOKWORM_PACKAGES}", "bookworm", str(part), MIRROR],
+        [*argv, str(part), MIRROR],
         capture_output=True,
         text=True,
         timeout=1200,
