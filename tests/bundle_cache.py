@@ -5,7 +5,9 @@ finds them too.
 A cached bundle is used only while everything its build read is unchanged:
 
 * its inputs: the arguments, with each one that names a file or folder taken by its name and its
-  contents (not by where it is: the same model in another clone's ``shared/`` is the same input);
+  contents (not by where it is: the same model in another clone's ``shared/`` is the same input;
+  so an imported bundle's description, "Imported from PATH", may name the path of the clone that
+  built it: no test reads it);
 * the code and data it read: every file of the checkout the build and its children opened
   (imports included), recorded as it ran (``tests/trace_deps/sitecustomize.py``), held by sha256;
 * the installed packages (every distribution's name and version), Python's version and the
