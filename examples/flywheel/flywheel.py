@@ -39,6 +39,7 @@ import argparse
 import csv
 import hashlib
 import json
+import re
 import shutil
 import sqlite3
 import sys
@@ -374,7 +375,7 @@ def run(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
             "edgetpu": {"compiled": bool(edgetpu.get("compiled")), "note": edgetpu.get("note")},
         },
         "bundles": {"v1": v1["digest"], "v2": v2["digest"]},
-        "delta": delta_figures(fleet, v1["digest"], v2["digest"]),
+        "delta": delta_figures(fleet, v2["digest"]),
         "rollout": {"id": rid, "phase": status["phase"], "counts": status["counts"], "stages": stages},
         "devices_on_v2": [n for n in names if serving(n) == v2["digest"]],
         "steps_s": clock.marks,
@@ -384,24 +385,28 @@ def run(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def delta_figures(fleet: Fleet, v1: str, v2: str) -> dict[str, Any]:
+def delta_figures(fleet: Fleet, v2: str) -> dict[str, Any]:
     """What the v2 download cost each device, from the download reports the hub stored (there is
-    no reports API; this reads the example's own SQLite file), and the sizes in the hub's store."""
+    no reports API; this reads the example's own SQLite file), and the delta the hub built, from
+    its log line (a delta it judged not worth sending is kept only as an empty marker file)."""
     with sqlite3.connect(fleet.state / "hub.db") as db:
         rows = db.execute(
             "SELECT device, metrics FROM report WHERE stage = 'download' AND status = 'ok' AND bundle = ?", (v2,)
         ).fetchall()
-        size, archive = db.execute("SELECT size, archive_sha256 FROM bundle WHERE digest = ?", (v2,)).fetchone()
-    deltas = sorted((fleet.state / "store" / "deltas").glob(f"{archive}-*.zst"))
-    per_device = {}
+        (size,) = db.execute("SELECT size FROM bundle WHERE digest = ?", (v2,)).fetchone()
+    per_device: dict[str, dict[str, Any]] = {}
     for device, metrics in rows:
         m = json.loads(metrics) if isinstance(metrics, str) else (metrics or {})
-        per_device[device] = {"delta": m.get("delta"), "received_bytes": m.get("received_bytes")}
-    return {
-        "full_bytes": size,
-        "delta_bytes": deltas[0].stat().st_size if deltas else None,
-        "per_device": per_device,
-    }
+        per_device[device] = {"delta": m.get("delta") or "full chunks", "received_bytes": m.get("received_bytes")}
+    built = re.findall(
+        rf"hub\.deltas: delta \w+ -> {v2[:12]}: ([\w-]+), (\d+) bytes, [\d.]+ % of the (\d+)-byte archive(.*)",
+        (fleet.state / "logs" / "hub.log").read_text(errors="replace"),
+    )
+    delta = None
+    if built:
+        algo, nbytes, _, rest = built[-1]
+        delta = {"algo": algo, "bytes": int(nbytes), "offered": "not worth it" not in rest}
+    return {"full_bytes": size, "delta": delta, "per_device": per_device}
 
 
 def print_summary(s: dict[str, Any]) -> None:
@@ -414,11 +419,15 @@ def print_summary(s: dict[str, Any]) -> None:
         f"(on the devices after the rollout: {s['on_device']['v2_on_drifted_holdout']:.1%}); "
         f"clean: {a['v1']['clean']:.1%} -> {a['v2']['clean']:.1%}"
     )
-    full, delta = d["full_bytes"], d["delta_bytes"]
-    if delta and full:
-        say(f"delta v1 -> v2: {delta:,} B of a {full:,} B archive ({100 * delta / full:.1f} %)")
+    full, delta = d["full_bytes"], d["delta"]
+    if delta is None:
+        say(f"delta v1 -> v2: none built (see the hub log); full archive {full:,} B")
     else:
-        say(f"delta v1 -> v2: none offered (the hub offers one only under half the archive); full {full} B")
+        offered = "offered" if delta["offered"] else "not offered: the hub sends one only under half the archive"
+        say(
+            f"delta v1 -> v2 ({delta['algo']}): {delta['bytes']:,} B of a {full:,} B archive "
+            f"({100 * delta['bytes'] / full:.1f} %), {offered}"
+        )
     for dev, rep in sorted(d["per_device"].items()):
         say(f"  {dev}: delta {rep['delta']}, received {rep['received_bytes']} B")
     say(f"rollout {s['rollout']['id']}: {s['rollout']['phase']} {s['rollout']['counts']}")
@@ -442,7 +451,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=0.8, help="hard example: top score below this (default 0.8)")
     p.add_argument("--repeat", type=int, default=3, help="times each hard example is repeated in v2's data")
     p.add_argument("--max-clean-drop", type=float, default=2.0, help="points v2 may lose on clean digits")
-    p.add_argument("--min-agreement", type=float, default=0.5, help="shadow stage: least top-1 agreement with v1")
+    p.add_argument(
+        "--min-agreement", type=float, default=0.3, help="shadow stage: least top-1 agreement with v1 (default 0.3)"
+    )
     a = p.parse_args(argv)
     if not 1 <= a.agents <= 10:
         p.error(f"--agents must be within 1..10, got {a.agents}")
