@@ -26,8 +26,12 @@ Two parts, because 300+ rollouts of 1,000 devices through a broker would take ho
 
 Arms, each over the same telemetry: **baseline** = install failures only (the abort rule of AWS
 IoT Jobs, hawkBit and Flight Control: a model that installs and runs badly passes);
-**defaults** = today's gates as shipped (``hub.rollout.Gates()``); **set** = today's gates with
-limits set between the fleet's normal and the regressions to catch (what an operator would set).
+**defaults** = today's gates as shipped (``hub.rollout.Gates()``); **sequential** = a Wald SPRT
+per gate at the "set" limits (:func:`sprt_breach`, a prototype here: ADR 0015 says why it is not
+in the hub); **set** = today's gates with limits set between the fleet's normal and the
+regressions to catch (what an operator would set; "ours" in the result file); **set, 800
+samples** = the same limits judged on two windows of a 10-device canary at least. The last arm
+run is "ours" in the goal check and the result file (``--arms`` picks a subset).
 
 Goals (issue 15): every regressed run halted within 2 windows of cohort 1 reporting, with 0
 devices outside cohort 1 issued the bad bundle; <= 1 % of clean rollouts halted. Exit code 0
