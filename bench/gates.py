@@ -29,9 +29,9 @@ IoT Jobs, hawkBit and Flight Control: a model that installs and runs badly passe
 **defaults** = today's gates as shipped (``hub.rollout.Gates()``); **sequential** = a Wald SPRT
 per gate at the "set" limits (:func:`sprt_breach`, a prototype here: ADR 0015 says why it is not
 in the hub); **set** = today's gates with limits set between the fleet's normal and the
-regressions to catch (what an operator would set; "ours" in the result file); **set, 800
-samples** = the same limits judged on two windows of a 10-device canary at least. The last arm
-run is "ours" in the goal check and the result file (``--arms`` picks a subset).
+regressions to catch (what an operator would set; "ours" in the goal check and the result file, or the last arm run
+when ``--arms`` leaves it out); **set, 800 samples** = the same limits judged on two windows of
+a 10-device canary at least.
 
 Goals (issue 15): every regressed run halted within 2 windows of cohort 1 reporting, with 0
 devices outside cohort 1 issued the bad bundle; <= 1 % of clean rollouts halted. Exit code 0
@@ -498,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases += e2e
     goals = _goals(tallies, e2e)
     _print(tallies, e2e, goals, n, cohorts)
-    best = [t for t in tallies if t.arm == tallies[-1].arm]  # the last arm run is "ours"
+    best = [t for t in tallies if t.arm == _ours(tallies)]
     base = [t for t in tallies if t.arm == tallies[0].arm]
     bad_runs = sum(t.runs for t in best if t.case != "clean") or 1
     ours = sum(t.within_2 for t in best if t.case != "clean") / bad_runs
@@ -531,8 +531,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _ours(tallies: Sequence[Tally]) -> str:
+    """The arm the goals are judged on: "limits set" when it ran, else the last arm run."""
+    names = [t.arm for t in tallies]
+    return LIMITS_SET if LIMITS_SET in names else names[-1]
+
+
 def _goals(tallies: Sequence[Tally], e2e: Sequence[Mapping[str, Any]]) -> dict[str, bool]:
-    best = [t for t in tallies if t.arm == tallies[-1].arm]
+    best = [t for t in tallies if t.arm == _ours(tallies)]
     out = {
         f"{t.arm}, {t.case}: every run halted within 2 windows, none beyond cohort 1": t.within_2 == t.runs
         for t in best
