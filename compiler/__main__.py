@@ -216,6 +216,13 @@ def _common(p: argparse.ArgumentParser, name: str | None) -> None:
         help="largest allowed float->int8 top-1 drop in percentage points (default 1.0)",
     )
     p.add_argument(
+        "--min-accuracy",
+        type=float,
+        metavar="FRACTION",
+        help="also refuse the build (exit 3) when the int8 top-1 on --validation is below this fraction, e.g. "
+        "the accuracy of the model it replaces (default: no floor)",
+    )
+    p.add_argument(
         "--sign-key", type=Path, help="Ed25519 PEM key to sign the manifest (standalone use; normally the hub signs)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress or table, errors only")

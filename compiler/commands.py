@@ -34,6 +34,13 @@ def _image_size(text: str | None) -> tuple[int, int] | None:
     return h, w
 
 
+def _min_accuracy(args: argparse.Namespace) -> float | None:
+    value: float | None = getattr(args, "min_accuracy", None)
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise BadInput(f"--min-accuracy {value}", "must be a fraction within 0..1")
+    return value
+
+
 def load_sign_key(path: Path | None) -> Any:
     if path is None:
         return None
@@ -120,7 +127,7 @@ def run_build(args: argparse.Namespace) -> int:
         target=args.target,
         min_runtime=args.min_runtime,
         segments=args.segments,
-        policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop),
+        policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop, min_accuracy=_min_accuracy(args)),
         sign_key=key,
         lineage={
             "model": str(model.name),
@@ -204,7 +211,7 @@ def run_build_onnx(args: argparse.Namespace) -> int:
         target=args.target,
         min_runtime=args.min_runtime,
         segments=args.segments,
-        policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop),
+        policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop, min_accuracy=_min_accuracy(args)),
         sign_key=key,
         lineage={
             "model": str(model.name),
@@ -335,7 +342,7 @@ def run_digits(args: argparse.Namespace) -> int:
             target=args.target,
             min_runtime=args.min_runtime,
             segments=args.segments,
-            policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop),
+            policy=GatePolicy(max_accuracy_drop=args.max_accuracy_drop, min_accuracy=_min_accuracy(args)),
             sign_key=key,
             lineage={
                 "recipe": f"digits CNN, sklearn load_digits, seed {args.seed}, {args.epochs} epochs",

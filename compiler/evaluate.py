@@ -8,6 +8,9 @@ Gate rule (:func:`gate`), reported as a :class:`Check` whether it passes or not:
 
 * ``int8_accuracy_drop``: float top-1 minus int8 top-1, in percentage points, must be
   <= ``max_accuracy_drop`` (the CLI's ``--max-accuracy-drop``, default 1.0).
+* ``int8_accuracy``: with ``min_accuracy`` (the CLI's ``--min-accuracy``, off by default), the
+  int8 top-1 must be at least that fraction, e.g. a retrained model must beat the one it
+  replaces on the same validation set (examples/flywheel).
 
 The gate judges what the devices run and fails the build. The ONNX twin is not gated: it is
 verified against the float TFLite or withheld from the bundle (:mod:`compiler.parity`).
@@ -79,6 +82,7 @@ def auc_ovr(scores: np.ndarray, y: np.ndarray) -> float | None:
 @dataclass(frozen=True)
 class GatePolicy:
     max_accuracy_drop: float = 1.0  # percentage points
+    min_accuracy: float | None = None  # floor on the int8 top-1 (fraction), None: no floor
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,17 @@ def gate(reference: Metrics, int8: Metrics | None, policy: GatePolicy = GatePoli
                 policy.max_accuracy_drop,
                 drop <= policy.max_accuracy_drop + 1e-9,
                 f"float top-1 {reference.accuracy:.2%} -> int8 {int8.accuracy:.2%}",
+            )
+        )
+    if policy.min_accuracy is not None:
+        judged = int8 if int8 is not None else reference
+        checks.append(
+            Check(
+                "int8_accuracy",
+                round(judged.accuracy, 6),
+                policy.min_accuracy,
+                judged.accuracy >= policy.min_accuracy - 1e-9,
+                f"top-1 {judged.accuracy:.2%} on {judged.samples} validation samples, floor {policy.min_accuracy:.2%}",
             )
         )
     return GateResult(tuple(checks))

@@ -302,7 +302,11 @@ def _finish(req: BuildRequest, cfg: CompilerConfig, c: convert.Converted, progre
     }
     if result is not None and not result.passed:
         raise GateFailed(
-            "; ".join(f"{ch.name} {ch.value} exceeds limit {ch.limit} ({ch.detail})" for ch in result.failures()),
+            "; ".join(
+                f"{ch.name} {ch.value} {'is below the floor' if ch.name == 'int8_accuracy' else 'exceeds limit'} "
+                f"{ch.limit} ({ch.detail})"
+                for ch in result.failures()
+            ),
             report,
         )
 

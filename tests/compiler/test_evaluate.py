@@ -62,3 +62,22 @@ def test_the_gate_judges_the_int8_model_only() -> None:
     """A drifting ONNX twin is withheld by compiler.parity, never a failed gate."""
     res = gate(_m(0.9), _m(0.85), GatePolicy(max_accuracy_drop=1.0))
     assert [c.name for c in res.failures()] == ["int8_accuracy_drop"] and res.to_dict()["passed"] is False
+
+
+@pytest.mark.parametrize(
+    "int8_acc,floor,passed",
+    [
+        (0.50, 0.50, True),  # exactly the floor: allowed
+        (0.4999, 0.50, False),
+        (0.97, 0.258, True),  # a retrained model above the one it replaces
+    ],
+)
+def test_int8_accuracy_floor_refuses_a_model_below_it(int8_acc: float, floor: float, passed: bool) -> None:
+    res = gate(_m(int8_acc), _m(int8_acc), GatePolicy(min_accuracy=floor))
+    assert res.passed is passed and [c.name for c in res.checks] == ["int8_accuracy_drop", "int8_accuracy"]
+    check = res.checks[1]
+    assert check.limit == floor and ("floor" in check.detail), check
+
+
+def test_no_floor_by_default() -> None:
+    assert [c.name for c in gate(_m(0.1), _m(0.1)).checks] == ["int8_accuracy_drop"]

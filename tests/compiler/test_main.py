@@ -196,6 +196,28 @@ def test_bad_calibration_is_caught_by_the_accuracy_gate(keras_models: Path, tmp_
     assert report["artifacts"]["model_int8.tflite"]["metrics"]["accuracy"] < 0.5
 
 
+def test_a_model_below_the_accuracy_floor_is_refused_naming_the_floor(keras_models: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    proc = run_cli(
+        "build",
+        str(keras_models / "digits_dyn.keras"),
+        "--calibration",
+        str(keras_models / "val.npz"),
+        "--validation",
+        str(keras_models / "val.npz"),
+        "--min-accuracy",
+        "1.0",
+        "--out",
+        str(out),
+        "--quiet",
+    )
+    line = error_line(proc)
+    assert proc.returncode == 3 and "accuracy gate failed: int8_accuracy " in line and "below the floor 1.0" in line
+    assert not out.exists()
+    checks = json.loads((tmp_path / "o.gate-failed.json").read_text())["gate"]["checks"]
+    assert [(c["name"], c["passed"]) for c in checks] == [("int8_accuracy_drop", True), ("int8_accuracy", False)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["digits_dyn.keras", "saved_model"])
 def test_dynamic_batch_keras_and_savedmodel_build_to_static_int8_bundles(
