@@ -36,6 +36,8 @@ def test_hard_examples_from_drifted_traffic_retrain_a_model_that_passes_both_sta
     assert he["kept_by_agents"] > 0 and he["exported"] == he["kept_by_agents"], he
     assert s["accuracy"]["v2"]["drifted"] > s["accuracy"]["v1"]["drifted"], s["accuracy"]
     assert s["compiler"]["v2_gate"]["passed"], s["compiler"]
+    floor = [c for c in s["compiler"]["v2_gate"]["checks"] if c["name"] == "int8_accuracy"]
+    assert floor and floor[0]["limit"] > s["accuracy"]["v1"]["drifted"], floor  # the compiler gated on v1's figure
     ro = s["rollout"]
     assert ro["phase"] == "completed" and ro["counts"] == {"installed": len(s["agents"])}, ro
     for device, stages in ro["stages"].items():
