@@ -81,6 +81,10 @@ def device_row(dev: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def render(devices: list[dict[str, Any]], accuracy: dict[str, tuple[int, int]], title: str) -> Table:
     table = Table(title=title, expand=False)
     for col in ("device", "online", "state", "bundle", "inferences", "p50 ms", "p95 ms", "accuracy seen"):
@@ -88,15 +92,14 @@ def render(devices: list[dict[str, Any]], accuracy: dict[str, tuple[int, int]], 
     for dev in sorted(devices, key=lambda d: d.get("device_id", "")):
         row = device_row(dev)
         ok, n = accuracy.get(dev.get("device_id", ""), (0, 0))
-        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         table.add_row(
             dev.get("device_id", "?"),
             "yes" if row["online"] else "no",
             row["state"],
             row["bundle"],
             str(row["inferences"]),
-            fmt(row["p50"]),
-            fmt(row["p95"]),
+            _ms(row["p50"]),
+            _ms(row["p95"]),
             f"{ok}/{n} = {ok / n:.1%}" if n else "-",
         )
     return table

@@ -40,7 +40,8 @@ def post_image(
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
+            doc: dict[str, Any] = json.loads(resp.read())
+            return doc
     except urllib.error.HTTPError as exc:
         return {"error": f"HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}"}
     except OSError as exc:

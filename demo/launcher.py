@@ -336,7 +336,8 @@ class Fleet:
         out = self.run(
             "push", self.module("hub", "models", "push", str(bundle_dir), "--hub", self.hub_url, "--token", self.token)
         )
-        return json.loads(out.strip().splitlines()[-1])
+        doc: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return doc
 
     # --- agents ----------------------------------------------------------------------------
     def agent_dir(self, device: str) -> Path:
