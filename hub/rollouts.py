@@ -42,7 +42,7 @@ from protocol.errors import BadPayload
 from protocol.messages import Report
 from protocol.topics import check_digest
 
-from . import alerting, bundles, channels, desired, evidence, groups, rollout_rows, staging
+from . import alerting, bundles, channels, desired, evidence, groups, rollout_rows, staging, tallies
 from .compat import stored_inventory
 from .db import rollout_section
 from .errors import Conflict, Invalid, NotFound
@@ -353,7 +353,16 @@ def _public(r: Rollout, c: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def status(fleet: Fleet, rid: str, limit: int = 1000, offset: int = 0, state: str | None = None) -> dict[str, Any]:
+def status(
+    fleet: Fleet, rid: str, limit: int = 1000, offset: int = 0, state: str | None = None, after: str | None = None
+) -> dict[str, Any]:
+    """The rollout, its counts (:func:`hub.tallies.tally`: a few seconds old from 5,000
+    devices, ``counted_at`` says when) and one page of its devices by id, after ``after``."""
+
+    def count() -> dict[str, int]:
+        with fleet.session() as s:
+            return counts(s, rid)
+
     with fleet.session() as s:
         r = s.get(Rollout, rid)
         if r is None:
@@ -361,8 +370,14 @@ def status(fleet: Fleet, rid: str, limit: int = 1000, offset: int = 0, state: st
         q = select(RolloutDevice).where(RolloutDevice.rollout_id == rid)
         if state:
             q = q.where(RolloutDevice.state == state)
-        rows = s.exec(q.order_by(col(RolloutDevice.device_id)).offset(offset).limit(limit)).all()
-        out = _public(r, counts(s, rid))
+        if after is not None:
+            q = q.where(col(RolloutDevice.device_id) > after)
+        rows = s.exec(q.order_by(col(RolloutDevice.device_id)).offset(offset).limit(limit + 1)).all()
+        more, rows = len(rows) > limit, rows[:limit]
+        c = tallies.tally(fleet, ("rollout", rid), count, lambda c: sum(c.values()))
+        out = _public(r, c.value)
+        out["has_more"], out["counted_at"] = more, int(c.counted_at)
+        out["next_after"] = rows[-1].device_id if more else None
         out["devices"] = [
             {
                 "device_id": x.device_id,
