@@ -465,5 +465,11 @@ class HardExampleVersion(BaseModel):
     last: int | None = Field(description="when the newest arrived (unix s)")
 
 
+class HardExampleVersions(BaseModel):
+    """Every model version with hard examples (one row each: a short list, not paged)."""
+
+    items: list[HardExampleVersion]
+
+
 class HardExamplesDeleted(BaseModel):
     deleted: int = Field(description="hard examples removed (rows and files)")

@@ -5,7 +5,12 @@ declares the bearer scheme unless it is public by design."""
 from __future__ import annotations
 
 PUBLIC = {("post", "/api/v1/enroll"), ("get", "/api/v1/root"), ("get", "/api/v1/root/{version}")}
-BINARY = {("get", "/api/v1/bundles/{digest}/archive"), ("get", "/api/v1/root"), ("get", "/api/v1/root/{version}")}
+BINARY = {
+    ("get", "/api/v1/bundles/{digest}/archive"),
+    ("get", "/api/v1/root"),
+    ("get", "/api/v1/root/{version}"),
+    ("get", "/api/v1/hard-examples/{ident}/content"),
+}
 
 
 def _operations(doc):

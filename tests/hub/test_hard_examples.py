@@ -112,7 +112,7 @@ def test_the_api_lists_by_model_version_and_only_an_operator_reads_the_bytes(mem
     page = client.get("/api/v1/hard-examples", params={"model": "digits", "version": "3"}).json()
     assert page["total"] == 2 and [i["sample_id"] for i in page["items"]] == ["sample-0002", "sample-0001"]
     assert client.get("/api/v1/hard-examples", params={"limit": 1, "offset": 1}).json()["items"][0]["version"] == "3"
-    versions = client.get("/api/v1/hard-examples/versions").json()
+    versions = client.get("/api/v1/hard-examples/versions").json()["items"]
     assert [(v["model"], v["version"], v["count"]) for v in versions] == [("digits", "3", 2), ("digits", "4", 1)]
     ident = page["items"][1]["id"]
     viewer = {"Authorization": f"Bearer {VIEWER}"}

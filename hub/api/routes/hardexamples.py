@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from ... import hardexamples
 from ..deps import FleetDep, Operator, Viewer
 from ..params import Limit, Offset
-from ..schemas import HardExamplePublic, HardExamplesDeleted, HardExampleVersion, Page, errors
+from ..schemas import HardExamplePublic, HardExamplesDeleted, HardExampleVersions, Page, errors
 
 router = APIRouter(prefix="/api/v1", tags=["hard examples"])
 Ident = Annotated[int, Path(ge=1, le=2**31 - 1)]  # an INTEGER key
@@ -43,10 +43,10 @@ def delete_hard_examples(
     return {"deleted": hardexamples.delete(f, model, version or None, caller.actor)}
 
 
-@router.get("/hard-examples/versions", response_model=list[HardExampleVersion], responses=errors(401))
-def hard_example_versions(_c: Viewer, f: FleetDep) -> list[dict[str, Any]]:
-    """Every model version with hard examples, and how many."""
-    return hardexamples.versions(f)
+@router.get("/hard-examples/versions", response_model=HardExampleVersions, responses=errors(401))
+def hard_example_versions(_c: Viewer, f: FleetDep) -> dict[str, Any]:
+    """Every model version with hard examples, and how many (``items``)."""
+    return {"items": hardexamples.versions(f)}
 
 
 @router.get("/hard-examples/{ident}", response_model=HardExamplePublic, responses=errors(401, 404, 422))
