@@ -19,6 +19,7 @@ then verified again under the new root (``install.require_fresh_root``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import random
@@ -239,18 +240,7 @@ class Agent:
         )
         serving.on_local = self.serving.on_local  # hard examples: one store for all channels, by bundle
 
-        def report(
-            stage: str,
-            status: str,
-            reason: Reason = Reason.OK,
-            detail: str = "",
-            desired_seq: int | None = None,
-            bundle: str | None = None,
-            progress: float | None = None,
-            metrics: dict[str, Any] | None = None,
-            hold: Hold | None = None,
-        ) -> None:
-            self.report(stage, status, reason, detail, desired_seq, bundle, progress, metrics, hold, channel=name)
+        report = functools.partial(self.report, channel=name)  # this channel's reports
 
         updater = Updater(
             cfg,
