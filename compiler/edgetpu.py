@@ -300,15 +300,9 @@ def run(
         if n > 1:
             cmd += ["-n", str(n)]
         cmd.append(str(src))
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30, cwd=tmp)
-        except FileNotFoundError:
-            raise BadInput(compiler, "edgetpu_compiler not found or not executable") from None
-        except PermissionError:
-            raise BadInput(compiler, "edgetpu_compiler is not executable") from None
-        except subprocess.TimeoutExpired:
-            rep = CompileReport(error=f"edgetpu_compiler did not finish in {timeout_s + 30:g} s")
-            return CompileResult(rep, -1, None, rep.error, tuple(cmd))
+        proc = _invoke(cmd, compiler, timeout_s, tmp)
+        if isinstance(proc, CompileResult):
+            return proc
         text = proc.stdout + "\n" + proc.stderr
         names = [f"{stem}_edgetpu"] if n == 1 else [f"{stem}_segment_{i}_of_{n}_edgetpu" for i in range(n)]
         logs = [_read_text(out_dir / f"{name}.log") for name in names]
@@ -362,15 +356,9 @@ def run_together(
         for stem, data in models:
             (tmp / f"{stem}.tflite").write_bytes(data)
             cmd.append(str(tmp / f"{stem}.tflite"))
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30, cwd=tmp)
-        except FileNotFoundError:
-            raise BadInput(compiler, "edgetpu_compiler not found or not executable") from None
-        except PermissionError:
-            raise BadInput(compiler, "edgetpu_compiler is not executable") from None
-        except subprocess.TimeoutExpired:
-            rep = CompileReport(error=f"edgetpu_compiler did not finish in {timeout_s + 30:g} s")
-            return CompileResult(rep, -1, None, rep.error, tuple(cmd))
+        proc = _invoke(cmd, compiler, timeout_s, tmp)
+        if isinstance(proc, CompileResult):
+            return proc
         files = [f"{stem}_edgetpu" for stem in stems]
         logs = [_read_text(out_dir / f"{f}.log") for f in files]
         outputs = [_read_bytes(out_dir / f"{f}.tflite") for f in files]
@@ -391,6 +379,21 @@ def run_together(
     bad = [p for p in parts if p.problem is not None]
     problem = f"{bad[0].name}: {bad[0].problem}" if bad else None
     return CompileResult(combine(reports[: len(files)]), proc.returncode, None, problem, tuple(cmd), tuple(parts))
+
+
+def _invoke(
+    cmd: list[str], compiler: str, timeout_s: float, cwd: Path
+) -> subprocess.CompletedProcess[str] | CompileResult:
+    """Run the compiler; a timeout is a failed :class:`CompileResult`, a missing binary bad input."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30, cwd=cwd)
+    except FileNotFoundError:
+        raise BadInput(compiler, "edgetpu_compiler not found or not executable") from None
+    except PermissionError:
+        raise BadInput(compiler, "edgetpu_compiler is not executable") from None
+    except subprocess.TimeoutExpired:
+        rep = CompileReport(error=f"edgetpu_compiler did not finish in {timeout_s + 30:g} s")
+        return CompileResult(rep, -1, None, rep.error, tuple(cmd))
 
 
 def _read_text(path: Path) -> str | None:
