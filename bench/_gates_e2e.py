@@ -23,7 +23,7 @@ from sim.config import Inference, SimConfig
 from sim.fleet import SimFleet, raise_fd_limit
 
 from .gates import LIMITS_SET, arms
-from .rollout import KINDS, _Broker, _hub_process
+from .rollout import KINDS, _Broker, _hub_process, hub_config
 
 RATE = 20.0
 SOAK_S = 20
@@ -45,16 +45,7 @@ def spot_check(n: int, timeout: float = 600) -> list[dict[str, Any]]:
     ready, stop = ctx.Event(), ctx.Event()
     out: list[dict[str, Any]] = []
     with _Broker(work / "broker", 8) as broker:
-        cfg = {
-            "db": f"sqlite:///{work / 'hub.db'}",
-            "broker": f"mqtt://127.0.0.1:{broker.port}",
-            "keys": work / "keys",
-            "store": work / "store",
-            "tokens": {token: "admin"},
-            "tick": 1.0,
-            "batch_wait": 0.05,
-            "port": http_port,
-        }
+        cfg = hub_config(work, broker.port, token, http_port)
         counters = {k: ctx.Value("q", 0) for k in KINDS}
         proc = ctx.Process(target=_hub_process, args=(cfg, counters, ready, stop), name="bench-gates-hub")
         proc.start()

@@ -202,6 +202,20 @@ class _CountingPublisher:
         self.inner.publish(messages)
 
 
+def hub_config(work: Path, broker_port: int, token: str, http_port: int) -> dict[str, Any]:
+    """The bench hub's settings (SQLite under ``work``, one admin token, a 1 s tick), for _hub_process."""
+    return {
+        "db": f"sqlite:///{work / 'hub.db'}",
+        "broker": f"mqtt://127.0.0.1:{broker_port}",
+        "keys": work / "keys",
+        "store": work / "store",
+        "tokens": {token: "admin"},
+        "tick": 1.0,
+        "batch_wait": 0.05,
+        "port": http_port,
+    }
+
+
 def _hub_process(cfg: dict[str, Any], counters: dict[str, Any], ready: Any, stop: Any) -> None:
     """The hub in its own process (as in production: its own machine), egress counted."""
     import uvicorn
@@ -375,16 +389,7 @@ def _ours(
     keys.init(work / "keys")
     token = "bench-token-0123456789"
     http_port = free_port()
-    cfg = {
-        "db": f"sqlite:///{work / 'hub.db'}",
-        "broker": f"mqtt://127.0.0.1:{port}",
-        "keys": work / "keys",
-        "store": work / "store",
-        "tokens": {token: "admin"},
-        "tick": 1.0,
-        "batch_wait": 0.05,
-        "port": http_port,
-    }
+    cfg = hub_config(work, port, token, http_port)
     ctx = multiprocessing.get_context("spawn")
     counters = {k: ctx.Value("q", 0) for k in KINDS}
     ready, stop = ctx.Event(), ctx.Event()
