@@ -113,7 +113,7 @@ def record(fleet: Fleet, s: Session, c: SampleChunk, now: int) -> tuple[Receipt,
         log.warning("hard example %s from %s: joined chunks do not match its sha256; asking again", c.id, c.device)
         shutil.rmtree(parts, ignore_errors=True)
         return Receipt(c.device, c.id, ()), "rejected"
-    rel = Path(_safe(bundle.name)) / _safe(bundle.version) / f"{c.device}-{c.id}.{CONTENT_TYPES[c.content_type]}"
+    rel = Path(_safe(bundle.name)) / _safe(bundle.version) / file_name(c.device, c.id, c.content_type)
     _write(root(fleet) / rel, data)
     conf = c.meta.get("confidence")
     measure = c.meta.get("measure")
@@ -301,5 +301,12 @@ def export_rows(items: Sequence[dict[str, Any]]) -> tuple[bytes, bytes]:
     return buf.getvalue().encode(), ("\n".join(lines) + "\n" if lines else "").encode()
 
 
+def file_name(device: str, sample_id: str, content_type: str) -> str:
+    """One example's file name: ``@`` is in neither a device id nor a sample id, so two devices'
+    examples never share a name (with ``-``, device ``a-b`` sample ``cdefghij`` and device ``a``
+    sample ``b-cdefghij`` did)."""
+    return f"{device}@{sample_id}.{CONTENT_TYPES.get(content_type, 'bin')}"
+
+
 def export_name(item: dict[str, Any]) -> str:
-    return f"images/{item['device']}-{item['sample_id']}.{CONTENT_TYPES.get(item['content_type'], 'bin')}"
+    return "images/" + file_name(item["device"], item["sample_id"], item["content_type"])

@@ -65,8 +65,18 @@ def test_chunks_out_of_order_and_twice_store_the_example_once(memhub):
     (row,) = rows(hub)
     assert (row.model, row.version, row.device, row.confidence) == ("digits", "3", "dev-1", 0.21)
     assert (hardexamples.root(hub.fleet) / row.path).read_bytes() == JPEG
-    assert row.path == "digits/3/dev-1-sample-0001.jpg"
+    assert row.path == "digits/3/dev-1@sample-0001.jpg"
     assert not any((hardexamples.root(hub.fleet) / ".parts").rglob("*.jpg"))
+
+
+def test_two_devices_whose_ids_run_together_never_overwrite_each_others_example(memhub):
+    hub, _ = memhub
+    add_bundle(hub)
+    other = b"\xff\xd8\xff other device"
+    send(hub, chunks(sid="cdefghij", device="a-b"))  # "a-b" + "-" + "cdefghij" ...
+    send(hub, chunks(sid="b-cdefghij", device="a", data=other))  # ... = "a" + "-" + "b-cdefghij"
+    got = {r.device: (hardexamples.root(hub.fleet) / r.path).read_bytes() for r in rows(hub)}
+    assert got == {"a-b": JPEG, "a": other}
 
 
 def test_a_new_input_under_an_old_id_never_mixes_with_the_old_chunks(memhub):
@@ -173,5 +183,5 @@ def test_export_rows_name_each_file_and_leave_the_label_to_fill():
     }
     labels, meta = hardexamples.export_rows([item])
     (row,) = list(csv.DictReader(io.StringIO(labels.decode())))
-    assert row["file"] == "images/dev-1-sample-0001.png" and row["label"] == "" and row["predicted"] == "seven"
+    assert row["file"] == "images/dev-1@sample-0001.png" and row["label"] == "" and row["predicted"] == "seven"
     assert json.loads(meta)["file"] == row["file"]
