@@ -237,6 +237,7 @@ class Agent:
             lambda digest: self.events.put(("probation_passed", digest, name)),
             Sessions(cfg.max_sessions, cfg.session_idle_s),
             cfg.escalation,
+            channel=name,
         )
         serving.on_local = self.serving.on_local  # hard examples: one store for all channels, by bundle
 

@@ -49,6 +49,7 @@ import orjson
 
 from protocol import answers, taskstats
 from protocol.answers import tasks as answer_tasks
+from protocol.channels import DEFAULT
 from protocol.errors import BadParameter
 from protocol.signature import Signature
 
@@ -184,7 +185,9 @@ class Serving:
         on_probation_passed: Callable[[str], None] = lambda digest: None,
         sessions: Sessions | None = None,
         escalate: escalation.Policy | None = None,
+        channel: str = DEFAULT,
     ) -> None:
+        self.channel = channel
         self.recorder = recorder
         self.cloud = cloud
         self.budget_s = latency_budget_ms / 1000 if latency_budget_ms else None
@@ -321,8 +324,14 @@ class Serving:
             raise Unavailable(
                 "; ".join(errors + ["a session's request is not sent to the cloud fallback: it keeps no state"])
             )
+        name = model.info.name if model is not None else self.last_name
+        if name is None and self.channel != DEFAULT:
+            # without a name the cloud answers with its default model: the default channel's, not this one's
+            raise Unavailable(
+                "; ".join(errors + [f"channel {self.channel!r} has no model yet, so none to ask the cloud for"])
+            )
         try:
-            doc = self.cloud.predict(req, model.info.name if model is not None else self.last_name)
+            doc = self.cloud.predict(req, name)
             out = self._cloud_answer(doc, model, t0)
         except Unavailable as exc:
             self.recorder.record("cloud", 0.0, False)

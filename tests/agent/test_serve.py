@@ -348,3 +348,25 @@ def test_zero_failed_requests_while_the_model_is_switched_a_hundred_times(coral_
     answered, failures = switch_under_load(coral_models, 100)
     assert failures == [], f"{len(failures)} of {answered} requests failed: {failures[:3]}"
     assert answered >= 300
+
+
+class _CloudThatMustNotBeAsked:
+    """The cloud fallback's client: asked without a model name, the cloud answers with its default model."""
+
+    def __init__(self) -> None:
+        self.asked: list[str | None] = []
+
+    def predict(self, req, model_name):
+        self.asked.append(model_name)
+        return {"predictions": [[1.0]], "top": [{"label": "the default channel's answer"}]}
+
+
+def test_a_channel_with_no_model_yet_refuses_instead_of_the_cloud_answering_with_another_channels_model():
+    cloud = _CloudThatMustNotBeAsked()
+    detector = Serving(Recorder(), cloud, None, lambda d, w: None, channel="detector")  # type: ignore[arg-type]
+    with pytest.raises(Unavailable, match="channel 'detector' has no model yet"):
+        detector.respond(parse_request("image/jpeg", b"\xff\xd8\xff jpeg"))
+    assert cloud.asked == []
+    default = Serving(Recorder(), cloud, None, lambda d, w: None)  # type: ignore[arg-type]
+    default.respond(parse_request("image/jpeg", b"\xff\xd8\xff jpeg"))  # the cloud's default model is this one's
+    assert cloud.asked == [None]
