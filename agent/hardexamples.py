@@ -231,6 +231,8 @@ class HardExamples:
                 chunks = samples.split(
                     self.device, p.id, h["bundle"], int(h["ts"]), h["content_type"], data, h.get("meta", {})
                 )
+                if chunks[0].sha256 != h["sha256"]:  # a damaged file would go up with a hash that matches it
+                    raise ValueError(f"its file no longer matches the sha256 {h['sha256']} kept with it")
             except (OSError, KeyError, ValueError, BadPayload) as exc:
                 log.error("hard example %s cannot be sent, dropped: %s", p.id, exc)
                 self._forget(p.id)

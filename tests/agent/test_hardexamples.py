@@ -110,3 +110,14 @@ def test_a_refusal_from_the_hub_drops_the_example(tmp_path):
     (p,) = h.pending()
     h.on_receipt(Receipt("dev-1", p.id, refused="bundle not known"))
     assert h.pending() == [] and h.status()["counts"]["refused"] == 1
+
+
+def test_a_kept_input_damaged_on_disk_is_dropped_not_uploaded_with_a_hash_that_matches_the_damage(tmp_path):
+    h = HardExamples(tmp_path, "dev-1", policy())
+    offer(h, jpeg(0))
+    (p,) = h.pending()
+    path = tmp_path / f"{p.id}.bin"
+    path.write_bytes(path.read_bytes()[:-7])  # a torn write after the head was kept
+    sent: list[bytes] = []
+    assert h.pump(lambda payload: sent.append(payload) or True, lambda n: True, lambda n: None, now=0.0) == 0
+    assert sent == [] and h.pending() == []
