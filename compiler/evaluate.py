@@ -126,14 +126,15 @@ def gate(reference: Metrics, int8: Metrics | None, policy: GatePolicy = GatePoli
             )
         )
     if policy.min_accuracy is not None:
-        judged = int8 if int8 is not None else reference
+        judged, which = (int8, "int8") if int8 is not None else (reference, "float")
         checks.append(
             Check(
-                "int8_accuracy",
+                f"{which}_accuracy",  # named after the model it judged: without int8 figures, the float one
                 round(judged.accuracy, 6),
                 policy.min_accuracy,
                 judged.accuracy >= policy.min_accuracy - 1e-9,
-                f"top-1 {judged.accuracy:.2%} on {judged.samples} validation samples, floor {policy.min_accuracy:.2%}",
+                f"{which} top-1 {judged.accuracy:.2%} on {judged.samples} validation samples, "
+                f"floor {policy.min_accuracy:.2%}",
             )
         )
     return GateResult(tuple(checks))

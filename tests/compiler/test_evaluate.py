@@ -81,3 +81,8 @@ def test_int8_accuracy_floor_refuses_a_model_below_it(int8_acc: float, floor: fl
 
 def test_no_floor_by_default() -> None:
     assert [c.name for c in gate(_m(0.1), _m(0.1)).checks] == ["int8_accuracy_drop"]
+
+
+def test_without_int8_figures_the_floor_check_is_named_after_the_float_model_it_judged() -> None:
+    (check,) = gate(_m(0.4), None, GatePolicy(min_accuracy=0.5)).checks
+    assert (check.name, check.passed) == ("float_accuracy", False) and check.detail.startswith("float top-1")
