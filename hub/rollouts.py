@@ -242,6 +242,7 @@ def command(fleet: Fleet, rid: str, cmd: str, actor: str, devices: Sequence[str]
             raise Conflict(f"rollout {rid} is {r.phase}; {cmd} needs one of {COMMAND_PHASES[cmd]}")
         fleet.audit(s, actor, f"rollout.{cmd}", rid, **({"devices": list(devices)} if devices else {}))
         _run(fleet, s, r, [Command(cmd, actor, tuple(devices))], out, observe=False)
+    tallies.forget(fleet)  # the answer shows what the command changed, not a count kept from before it
     return status(fleet, rid)
 
 

@@ -122,6 +122,21 @@ def test_operator_commands_are_audited_and_illegal_ones_are_409(client, memhub, 
     assert actions[-4:] == ["rollout.create", "rollout.pause", "rollout.resume", "rollout.rollback"]
 
 
+def test_a_command_answers_the_counts_it_made_even_where_counts_are_kept(client, memhub, bundle_dir, monkeypatch):
+    from hub import tallies
+
+    monkeypatch.setattr(tallies, "LARGE", 1)  # keep every count, as a fleet of 5,000+ devices does
+    hub, pub = memhub
+    fleet_on(hub, client, pub, bundle_dir, 3)
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    rid = client.post(
+        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": {"preset": "staged"}}
+    ).json()["id"]
+    before = client.get(f"/api/v1/rollouts/{rid}").json()["counts"]  # kept from here on
+    after = client.post(f"/api/v1/rollouts/{rid}/rollback").json()["counts"]
+    assert after != before and "rolling_back" in after, (before, after)
+
+
 def test_bad_policy_is_a_400_naming_the_field(client, bundle_dir):
     b = push(client, bundle_dir())
     r = client.post(
