@@ -50,7 +50,9 @@ from .install import crash_verdict, recover, require_fresh_root
 from .localapi import make_server, make_unix_server
 from .metrics import AgentMetrics
 from .notify import Notifier
-from .serve import CloudClient, Serving
+from .request import Request
+from .runtime import Model
+from .serve import Answer, CloudClient, Serving
 from .sessions import Sessions
 from .slots import Slots, SlotsState
 from .telemetry import Recorder, health
@@ -114,14 +116,7 @@ class Agent:
         )
         # hard examples (agent.hardexamples): off unless agent.toml or the active bundle turns them on
         self.hard = HardExamples(cfg.state_dir / "hard-examples", cfg.device_id, cfg.hard_examples)
-        self.serving.on_local = lambda req, ans, model: self.hard.offer(
-            req,
-            ans.doc(),
-            ans.scores,
-            model.info.name,
-            model.info.digest,
-            model.signature.extra if model.signature is not None else None,
-        )
+        self.serving.on_local = self._offer_hard_example
         topic = str(Topic.for_device(Kind.STATUS, cfg.device_id))
         # the last will: the broker publishes it (retained) if this process dies or the link drops
         will = Status(cfg.device_id, False, int(time.time()), AGENT_VERSION, Inventory(board=cfg.board))
@@ -174,6 +169,14 @@ class Agent:
         self.http_port = 0
         self._server: Any = None
         self._unix: Any = None
+
+    def _offer_hard_example(self, req: Request, ans: Answer, model: Model) -> str | None:
+        """After each local answer: nothing unless a policy applies to ``model`` (off by default,
+        so the answer's document, a list per score, is built only when it does)."""
+        extra = model.signature.extra if model.signature is not None else None
+        if self.hard.policy_for(model.info.name, model.info.digest, extra) is None:
+            return None
+        return self.hard.offer(req, ans.doc(), ans.scores, model.info.name, model.info.digest, extra)
 
     # reports, status, telemetry --------------------------------------------------------------
     def report(
