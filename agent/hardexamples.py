@@ -158,7 +158,8 @@ class HardExamples:
             if decision == "sample":
                 self._caps = caps
                 self.disk_used += len(data)
-            self.counts[decision] += 1
+            else:  # a sample is counted once its files are written: status() never counts one not yet on disk
+                self.counts[decision] += 1
         if decision != "sample":
             return decision
         sid = f"{time.time_ns():016x}{uuid.uuid4().hex[:16]}"  # sorts in the order they were kept
@@ -183,6 +184,7 @@ class HardExamples:
             write_json(self.dir / f"{sid}.json", head)
             with self._lock:
                 write_json(self.dir / "caps.json", self._caps.to_dict())
+                self.counts["sample"] += 1
         except OSError as exc:
             log.error("hard example not kept: %s", exc)
             with self._lock:

@@ -68,7 +68,13 @@ def test_two_channels_install_serve_restart_and_roll_back_independently(
     code, out = agent.predict_image(cat, "/v1/models/nope/predict")
     assert code == 404 and "no model channel 'nope'" in out["detail"]
     assert agent.http("GET", "/v1/models/second/healthz") == (200, {"ok": True, "model": True})
-    st = hub.wait(lambda: "second" in hub.status["dev1"].channels and hub.status["dev1"], 30, "channel in status")
+
+    def second_active():  # a status sent while the second channel was still installing has no active entry yet
+        st = hub.status.get("dev1")
+        ch = st.channels.get("second") if st is not None else None
+        return st if ch is not None and ch.active is not None else None
+
+    st = hub.wait(second_active, 30, "the second channel active in status")
     assert st.active.digest == cls.ref.digest and st.channels["second"].active["digest"] == second.ref.digest
     hub.wait(
         lambda: [t for t in hub.telemetry if t.channel == "second" and t.counts.get("inferences")],
