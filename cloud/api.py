@@ -182,9 +182,7 @@ def _image_result(model: ServedModel, outputs: list[np.ndarray], params: answers
     of the image sent."""
     spec = model.spec
     if spec.form == answers.CLASSIFICATION or spec.signature is None:
-        doc = answers.classification(
-            outputs[0], spec.label_map.as_list(), k=params.top_k, given="top_k" in params.given
-        )
+        doc = answers.classification(outputs[0], spec.class_names, k=params.top_k, given="top_k" in params.given)
         out = {"predictions": doc["predictions"], "model": spec.ref, "task": doc["task"], "top": doc["top"]}
         if params.raw and spec.signature is not None:
             out["raw"] = answers.raw(spec.signature, outputs)
