@@ -3,9 +3,10 @@
 Rules (the updater is the shell that carries them out; :func:`choose` is the decision):
 
 1. A desired install may name a delta (``Desired.delta``, signed with the document). It is used
-   only when the active slot is the delta's base, its algorithm is known, and nothing of the full
-   archive is on disk yet (a download resumed in full stays in full). Otherwise the full chunks
-   are fetched, and why is reported (:class:`Fallback`).
+   only when the active slot is the delta's base, it is made towards the archive being fetched
+   (a ``view`` delta for a device-view archive, from the base's device view: protocol.view), its
+   algorithm is known, and nothing of the archive is on disk yet (a download resumed in full
+   stays in full). Otherwise the full chunks are fetched, and why is reported (:class:`Fallback`).
 2. The delta is fetched like an archive (:class:`agent.download.Download`: resumable, every chunk
    checked against the signed delta plan before it is written) from its retained topics.
 3. Complete: the base's artifacts are read from the active slot and checked against the base's
@@ -47,14 +48,20 @@ class Fallback(str, Enum):
     PATCH_FAILED = "patch_failed"  # the delta does not apply to the base
     MISMATCH = "mismatch"  # the patched archive differs from the target's signed chunk hashes
     STALLED = "stalled"  # no delta chunk arrived for stall_s
+    VIEW_MISMATCH = "view_mismatch"  # a delta between device views for a full archive, or the reverse
 
 
-def choose(delta: pdelta.DeltaRef | None, active: str | None, archive_bytes_on_disk: int) -> Fallback | None:
-    """None: fetch the delta. A Fallback: fetch full chunks (only meaningful when a delta was named)."""
+def choose(
+    delta: pdelta.DeltaRef | None, active: str | None, archive_bytes_on_disk: int, view: bool = False
+) -> Fallback | None:
+    """None: fetch the delta. A Fallback: fetch full chunks (only meaningful when a delta was named).
+    ``view``: the archive being fetched is the bundle's device view (protocol.view)."""
     if delta is None:
         return None
     if delta.base != active:
         return Fallback.BASE_NOT_ACTIVE
+    if delta.view != view:
+        return Fallback.VIEW_MISMATCH
     if delta.algo not in pdelta.ALGOS or zstandard is None:
         return Fallback.UNKNOWN_ALGO
     if archive_bytes_on_disk:

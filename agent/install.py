@@ -117,7 +117,7 @@ def plan(current: Current, desired: Desired, inventory: Inventory, now: int, res
         return Rejection(Reason.EXPIRED, f"desired seq {desired.seq} expired at {desired.expires}, now {now}")
     if desired.action == "idle" or desired.bundle is None:
         return Plan("idle", desired.seq)
-    ref = desired.bundle
+    ref = desired.bundle.fetched()  # the device view when the hub named one (protocol.view)
     if ref.digest == current.active:
         return Plan("noop", desired.seq, ref)
     fits = inventory.fit(ref.requirements)

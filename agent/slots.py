@@ -22,13 +22,15 @@ import logging
 import os
 import shutil
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from protocol.bundle import ARCHIVE_MAGIC, MANIFEST_FILE, Artifact, Manifest, read_archive, verify_manifest
+from protocol.bundle import ARCHIVE_MAGIC, MANIFEST_FILE, Artifact, Manifest, members, read_archive, verify_manifest
 from protocol.errors import ProtocolError, Reason, VerificationError
 from protocol.signing import Root
+from protocol.view import needed
 
 from .durable import fsync_dir, read_json, write_atomic, write_json
 
@@ -114,8 +116,12 @@ class Slots:
     def has(self, digest: str) -> bool:
         return (self.path(digest) / MANIFEST_FILE).is_file()
 
-    def stage(self, archive: Path, length: int, root: Root) -> tuple[Manifest, str, Path]:
+    def stage(
+        self, archive: Path, length: int, root: Root, only: Collection[str] | None = None
+    ) -> tuple[Manifest, str, Path]:
         """Verify and extract ``archive`` into ``slots/<digest>``; raise ProtocolError if bad.
+        ``only``: a device-view archive's members (protocol.view): the slot holds just those, and
+        one this device needs that is absent is refused by name before anything is written.
 
         The signature is checked before any artifact byte is written; each artifact is hashed as
         it streams. Files are fsynced and the directory renamed into place last.
@@ -136,13 +142,13 @@ class Slots:
                 h.write(data)
 
             try:
-                manifest, digest2 = read_archive(f, root, length, sink)
+                manifest, digest2 = read_archive(f, root, length, sink, only=only)
             finally:
                 for h in handles.values():
                     h.flush()
                     os.fsync(h.fileno())
                     h.close()
-        for a in manifest.artifacts:  # zero-length artifacts never reach the sink
+        for a in members(manifest, only):  # zero-length artifacts never reach the sink
             (tmp / a.name).touch()
         with open(tmp / MANIFEST_FILE, "wb") as mf:  # fsynced like the artifacts: the rename below commits it
             mf.write(env_bytes)
@@ -157,7 +163,11 @@ class Slots:
         return manifest, digest2, final
 
     def check(self, digest: str, root: Root) -> Manifest:
-        """Re-verify a slot on disk: manifest signature and every artifact's length and hash."""
+        """Re-verify a slot on disk: manifest signature and every artifact's length and hash.
+
+        A slot installed from a device view (protocol.view) lacks the artifacts the view leaves
+        out: those may be absent; every one the device needs must be there (MISSING_ARTIFACT
+        names it), and every file present must match its signed length and hash."""
         d = self.path(digest)
         try:
             env_bytes = (d / MANIFEST_FILE).read_bytes()
@@ -168,11 +178,14 @@ class Slots:
         manifest, got = verify_manifest(env_bytes, root)
         if got != digest:
             raise VerificationError(Reason.HASH_MISMATCH, f"slot {digest[:12]} holds manifest {got[:12]}")
+        need = {a.name for a in needed(manifest)}
         for a in manifest.artifacts:
             p = d / a.name
             try:
                 size = p.stat().st_size
             except OSError:
+                if a.name not in need:
+                    continue
                 raise VerificationError(Reason.MISSING_ARTIFACT, f"slot {digest[:12]}: {a.name} is missing") from None
             if size != a.size:
                 raise VerificationError(

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field as dc_field, replace
 from typing import Any, Protocol
 
+from protocol import delta as pdelta
 from protocol.bundle import Manifest
 from protocol.errors import ProtocolError, Reason, VerificationError
 from protocol.messages import BundleInfo, Desired, FetchRequest, Hold
@@ -219,7 +220,7 @@ class Updater:
             self._finish_job("shadow:running")
             return
         result = plan(
-            self.current(ref.archive.sha256),
+            self.current(ref.fetched().archive.sha256),
             replace(desired, bundle=ref, action="install"),
             self.inventory(),
             int(time.time()),
@@ -230,7 +231,7 @@ class Updater:
             self.job = None
             self._finish_job(f"shadow:{result.reason.value}")
             return
-        self.job = Job(desired, Plan("install", desired.seq, ref, result.need_bytes), shadow=True)
+        self.job = Job(desired, Plan("install", desired.seq, result.bundle, result.need_bytes), shadow=True)
         self.report(
             "shadow",
             "progress",
@@ -292,7 +293,7 @@ class Updater:
         if self.job is not None:
             log.info("desired seq %d supersedes the job for seq %d", desired.seq, self.job.desired.seq)
             self._abandon()
-        sha = desired.bundle.archive.sha256 if desired.bundle else None
+        sha = desired.bundle.fetched().archive.sha256 if desired.bundle else None
         result = plan(self.current(sha), desired, self.inventory(), now, self.cfg.disk_reserve_bytes)
         digest = desired.bundle.digest if desired.bundle else None
         if isinstance(result, Rejection):
@@ -300,7 +301,7 @@ class Updater:
             self.report(result.stage, "failed", result.reason, result.detail, desired.seq, digest)
             self.on_change()
             return
-        self._gc_downloads(desired.bundle.archive.sha256 if desired.bundle else None)
+        self._gc_downloads(sha)
         self._save_job(env, desired.seq, False, "running")
         if desired.shadow is None and self.serving.shadow is not None:
             self._drop_shadow()
@@ -524,13 +525,13 @@ class Updater:
     def _start_delta(self, job: Job, dl: Download) -> bool:
         """Fetch the desired document's delta instead of the full chunks, if it is usable."""
         ref = job.desired.delta
-        bundle = job.desired.bundle
-        if ref is None or job.shadow or bundle is None or job.plan.bundle is None:
+        bundle = job.plan.bundle  # the archive fetched: the device view when the hub named one
+        if ref is None or job.shadow or bundle is None or job.desired.bundle is None:
             return False
-        if bundle.archive.sha256 != job.plan.bundle.archive.sha256:
+        if bundle.digest != job.desired.bundle.digest:
             return False
         active = self.slots.load().active
-        why = deltas.choose(ref, active.digest if active else None, dl.received)
+        why = deltas.choose(ref, active.digest if active else None, dl.received, bundle.members is not None)
         if why is not None:
             job.delta_outcome = why.value
             self.report(
@@ -592,6 +593,8 @@ class Updater:
         fetch, base = job.delta, job.delta.ref.base
         try:
             manifest = self.slots.manifest(base, self.root())
+            if fetch.ref.view:  # made from the base's device view, which every slot of it holds
+                manifest = pdelta.view_manifest(manifest)
             data = fetch.data()
             done = deltas.patch_into(fetch.ref, data, self.slots.path(base), manifest, job.download)
         except (ProtocolError, OSError) as exc:
@@ -789,7 +792,7 @@ class Updater:
             self._fail("verify", exc.reason, exc.detail)
             return
         try:
-            manifest, digest, slot_dir = self.slots.stage(dl.path, ref.archive.size, self.root())
+            manifest, digest, slot_dir = self.slots.stage(dl.path, ref.archive.size, self.root(), ref.members)
         except ProtocolError as exc:
             self._fail("verify", exc.reason, str(exc), remove_download=True)
             return

@@ -15,6 +15,7 @@ from protocol.bundle import ChunkPlan, Requirements
 from protocol.messages import BundleRef
 from protocol.signing import Envelope
 from protocol.topics import Topic
+from protocol.view import BundleView
 
 from .errors import NotFound
 from .fleet import Fleet
@@ -47,9 +48,10 @@ def bundle_public(b: Bundle) -> dict[str, Any]:
     }
 
 
-def bundle_ref(b: Bundle) -> BundleRef:
+def bundle_ref(b: Bundle, view: BundleView | None = None) -> BundleRef:
+    """``b`` in a desired document; ``view``: its device view, for an agent that installs one."""
     plan = ChunkPlan(b.size, b.archive_sha256, b.chunk_size, tuple(b.chunks))
-    return BundleRef(b.digest, b.name, b.version, plan, Requirements.from_dict(b.requirements))
+    return BundleRef(b.digest, b.name, b.version, plan, Requirements.from_dict(b.requirements), view)
 
 
 def push_archive(fleet: Fleet, data: bytes, actor: str = "api") -> dict[str, Any]:

@@ -3,6 +3,9 @@ delta against it (:mod:`protocol.delta`), when that is worth it: the smaller of 
 (the whole archive against the base's artifacts) and ``zstd-members-1`` (member by member, each by
 patch or by XOR with its base member), :func:`smallest`.
 
+For a device that fetches device views (hub.views) the delta goes from the base's device view to
+the target's view archive (``DeltaRef.view``; the same two algorithms over fewer members).
+
 Built once per (base, target) and kept in the store under ``deltas/<target archive>-<base>.zst``
 (an empty file records "not worth it": the delta came out larger than :data:`MAX_FRACTION` of
 the full archive). Its chunks are published retained once per hub process, before the desired
@@ -24,6 +27,7 @@ from protocol import delta as pdelta
 from protocol.bundle import ChunkPlan
 from protocol.errors import ProtocolError
 from protocol.topics import Topic
+from protocol.view import BundleView
 
 from .errors import NotFound
 from .fleet import Fleet
@@ -40,18 +44,22 @@ _lock = threading.Lock()
 _published: weakref.WeakKeyDictionary[Fleet, set[str]] = weakref.WeakKeyDictionary()
 
 
-def for_device(fleet: Fleet, d: Device, b: Bundle) -> tuple[pdelta.DeltaRef | None, list[Outgoing]]:
+def for_device(
+    fleet: Fleet, d: Device, b: Bundle, view: BundleView | None = None
+) -> tuple[pdelta.DeltaRef | None, list[Outgoing]]:
     """The delta from ``d``'s active bundle to ``b`` and the chunk messages still to publish, or
     ``(None, [])`` when there is no known base, it is ``b`` itself, the hub no longer holds it, or
-    the delta would not be worth it."""
+    the delta would not be worth it. ``view``: ``b``'s device view, which ``d`` fetches: the
+    delta goes from the base's device view to it (``DeltaRef.view``)."""
     base = d.active_digest
     if base is None or base == b.digest:
         return None, []
-    data = _delta_bytes(fleet, base, b)
+    target = view.plan.sha256 if view is not None else b.archive_sha256
+    data = _delta_bytes(fleet, base, b, target, view is not None)
     if not data:
         return None, []
     plan = ChunkPlan.of(data, b.chunk_size)
-    ref = pdelta.DeltaRef(base, pdelta.algo_of(data), plan)
+    ref = pdelta.DeltaRef(base, pdelta.algo_of(data), plan, view is not None)
     with _lock:
         done = _published.setdefault(fleet, set())
         if plan.sha256 in done:
@@ -59,7 +67,7 @@ def for_device(fleet: Fleet, d: Device, b: Bundle) -> tuple[pdelta.DeltaRef | No
         done.add(plan.sha256)
     msgs = [
         Outgoing(
-            str(Topic.delta(b.archive_sha256, base, i)),
+            str(Topic.delta(target, base, i)),
             data[i * plan.chunk_size : (i + 1) * plan.chunk_size],
             retain=True,
             qos=1,
@@ -70,20 +78,24 @@ def for_device(fleet: Fleet, d: Device, b: Bundle) -> tuple[pdelta.DeltaRef | No
     return ref, msgs
 
 
-def _delta_bytes(fleet: Fleet, base: str, b: Bundle) -> bytes:
+def _delta_bytes(fleet: Fleet, base: str, b: Bundle, target_sha: str, view: bool) -> bytes:
+    """The delta from ``base`` (its device view when ``view``) to the archive ``target_sha`` of
+    ``b`` (the full one or its device view), cached by (target archive, base)."""
     store = fleet.store
     folder = store.root / "deltas"
-    path = folder / f"{b.archive_sha256}-{base}.zst"
+    path = folder / f"{target_sha}-{base}.zst"
     try:
         return path.read_bytes()
     except FileNotFoundError:
         pass
     try:
         manifest = store.manifest(base)
+        if view:  # the base as a device-view agent holds it: whether installed in full or as a view
+            manifest = pdelta.view_manifest(manifest)
         head = pdelta.unsigned(store.envelope(base))
         parts = pdelta.base_parts(manifest, head, lambda a: store.artifact(base, a.name) or b"")
         names = {a.name: i + 1 for i, a in enumerate(manifest.artifacts)}
-        target = store.archive(b.archive_sha256)
+        target = store.archive(target_sha)
     except (NotFound, ProtocolError, OSError) as exc:
         log.info("no delta from %s to %s: %s", base[:12], b.digest[:12], exc)
         return b""

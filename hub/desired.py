@@ -1,6 +1,8 @@
 """Desired documents: the next seq for a device, signed by the online key, stored byte for byte
 (hub.models.DesiredDoc) and published retained; republished on every broker connect. An install
-names a delta from the device's active bundle when there is one worth sending (hub.deltas).
+names a delta from the device's active bundle when there is one worth sending (hub.deltas), and
+every bundle it names carries its device view (hub.views) when the device's agent announced it
+installs one; the delta then goes from the active bundle's view to the target's.
 
 Model channels (protocol.channels): a document is issued for one channel; every other channel's
 entry is copied from the device's previous document unchanged (the same seq, so the device starts
@@ -23,7 +25,7 @@ from protocol.messages import ChannelDesired, Desired, parse_desired_payload
 from protocol.signing import Envelope
 from protocol.topics import Kind, Topic
 
-from . import deltas
+from . import deltas, views
 from .bundles import bundle_ref
 from .fleet import Fleet
 from .models import (
@@ -56,10 +58,14 @@ def issue(
     seq = max(d.desired_seq, d.reported_desired_seq) + 1
     prev = _previous(s, d.id)
     entries = dict(prev.channels) if prev is not None else {}
-    ref, shadow_ref = (bundle_ref(b) if b is not None else None), (bundle_ref(shadow) if shadow else None)
+    view, chunks = views.for_device(fleet, d, b) if b is not None else (None, [])
+    shadow_view, more = views.for_device(fleet, d, shadow) if shadow is not None else (None, [])
+    fleet.publish(chunks + more)  # retained before the document that names them (content-addressed: safe early)
+    ref = bundle_ref(b, view) if b is not None else None
+    shadow_ref = bundle_ref(shadow, shadow_view) if shadow is not None else None
     if channel == DEFAULT:
-        delta, chunks = deltas.for_device(fleet, d, b) if b is not None and action == "install" else (None, [])
-        fleet.publish(chunks)  # retained before the document that names them (content-addressed: safe early)
+        delta, chunks = deltas.for_device(fleet, d, b, view) if b is not None and action == "install" else (None, [])
+        fleet.publish(chunks)
         desired = Desired(
             device=d.id,
             seq=seq,

@@ -52,7 +52,7 @@ from protocol.samples import Receipt, SampleChunk, parse_sample
 from protocol.sketch import LatencySketch
 from protocol.topics import Kind, Topic
 
-from . import bundles, commands, hardexamples, rollouts
+from . import bundles, commands, hardexamples, rollouts, views
 from .fleet import Fleet
 from .metrics import UNKNOWN, cohort_label, install_result
 from .models import Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
@@ -314,12 +314,16 @@ class Ingest:
                         counted.append(("install", f"{result}:{m.reason}"))
                 elif isinstance(m, FetchRequest):
                     b = s.exec(select(Bundle).where(Bundle.archive_sha256 == m.archive)).first()
-                    if b is None:
+                    view = views.plan_of_archive(self.fleet, m.archive) if b is None else None
+                    if b is None and view is None:
                         counted.append(("fetch", "rejected"))
                         self._warn(f"ef/v1/dev/{m.device}/fetch", ValueError(f"unknown archive {m.archive}"))
                         continue
                     wanted = self._throttle(m.archive, m.missing[:MAX_REPAIR_CHUNKS])
-                    out.extend(bundles.chunk_messages(self.fleet, b, wanted))
+                    if b is not None:
+                        out.extend(bundles.chunk_messages(self.fleet, b, wanted))
+                    elif view is not None:  # a device view's archive (hub.views)
+                        out.extend(views.chunk_messages(self.fleet, view, wanted))
                     counted.append(("fetch", "stored" if wanted or not m.missing else "throttled"))
                 elif isinstance(m, Result):
                     counted.append(("result", "stored" if commands.record(s, m, now) else "rejected"))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Protocol
 
@@ -244,11 +244,13 @@ def check_bundle(env_bytes: bytes, artifacts: Mapping[str, bytes], root: Root | 
     return BundleReport(digest_of(env), tuple(problems))
 
 
-def pack_archive(env: Envelope, artifacts: Mapping[str, bytes]) -> bytes:
+def pack_archive(env: Envelope, artifacts: Mapping[str, bytes], only: Collection[str] | None = None) -> bytes:
+    """The archive of a bundle; ``only``: the member names of a device-view archive
+    (:mod:`protocol.view`), packed the same way: the same envelope, those artifacts in manifest order."""
     manifest = parse_manifest(env.payload)
     env_bytes = env.to_bytes()
     parts = [ARCHIVE_MAGIC, struct.pack(">I", len(env_bytes)), env_bytes]
-    for a in manifest.artifacts:
+    for a in members(manifest, only):
         data = artifacts.get(a.name)
         if data is None:
             raise VerificationError(Reason.MISSING_ARTIFACT, f"artifact {a.name!r} not provided")
@@ -262,11 +264,28 @@ class Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
 
+def members(manifest: Manifest, only: Collection[str] | None) -> tuple[Artifact, ...]:
+    """The artifacts an archive holds: all (``only`` None), or those named by ``only`` (a
+    device-view archive, checked by :func:`protocol.view.check_members`: MALFORMED for a name the
+    manifest does not list, MISSING_ARTIFACT naming one the device needs)."""
+    if only is None:
+        return manifest.artifacts
+    from .view import check_members  # view builds on this module
+
+    return check_members(manifest, only)
+
+
 def read_archive(
-    stream: Readable, root: Root, length: int, sink: Callable[[Artifact, bytes], None], block: int = 1 << 20
+    stream: Readable,
+    root: Root,
+    length: int,
+    sink: Callable[[Artifact, bytes], None],
+    block: int = 1 << 20,
+    only: Collection[str] | None = None,
 ) -> tuple[Manifest, str]:
     """Verify and split an archive read from ``stream`` (``length`` bytes, already hash-checked
-    against the signed desired document by the caller).
+    against the signed desired document by the caller). ``only``: it is a device-view archive
+    holding these artifacts (named in the signed desired document), see :func:`members`.
 
     The manifest signature is checked before any artifact byte is handed to ``sink``; each
     artifact is hashed as it streams and a mismatch raises before the next one starts. Reads are
@@ -280,10 +299,11 @@ def read_archive(
         raise VerificationError(Reason.LENGTH_MISMATCH, f"manifest length {env_len} is out of bounds")
     env_bytes = stream.read(env_len)
     manifest, digest = verify_manifest(env_bytes, root)
-    expected = 8 + env_len + manifest.total_size
+    held = members(manifest, only)
+    expected = 8 + env_len + sum(a.size for a in held)
     if expected != length:
         raise VerificationError(Reason.LENGTH_MISMATCH, f"archive is {length} bytes, manifest accounts for {expected}")
-    for a in manifest.artifacts:
+    for a in held:
         h = hashlib.sha256()
         left = a.size
         while left:

@@ -32,7 +32,11 @@ concatenated. The hub ships whichever of the two algorithms is smaller.
 
 On the wire a delta is described by :class:`DeltaRef`, inside the signed desired document
 (``"delta"``): the base bundle digest, the algorithm, and the delta's own chunk plan (size,
-sha256, chunk hashes), so every delta chunk is checked before it is written. Its chunks are
+sha256, chunk hashes), so every delta chunk is checked before it is written. ``"view": true``
+says the delta turns the base's device view (:func:`protocol.view.needed` of the base manifest:
+its reference and base parts are those artifacts only, :func:`view_manifest`) into the target's
+device-view archive (``BundleRef.view``); a device-view agent's slot holds these whether it was
+installed from a view or in full. Its chunks are
 retained on ``ef/v1/bundle/{target archive}/delta/{base digest}/chunk/{i}``, once per
 (base, target), fanned out to every device on that base.
 """
@@ -41,7 +45,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass, field as dc_field, replace
 from typing import Any
 
 from .bundle import ARCHIVE_MAGIC, Artifact, ChunkPlan, Manifest, parse_manifest
@@ -58,7 +62,7 @@ PATCH, XOR, ENVELOPE = 0, 1, 2  # record kinds of zstd-members-1
 NO_BASE = 0xFFFF
 _RECORD = struct.Struct(">BHI")
 LEVEL = 19  # measured in ADR 0014: the hub builds a delta once per (base, target)
-_KNOWN = {"base", "algo", "size", "sha256", "chunk_size", "chunks"}
+_KNOWN = {"base", "algo", "size", "sha256", "chunk_size", "chunks", "view"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class DeltaRef:
     base: str  # digest of the bundle the delta is made against
     algo: str
     plan: ChunkPlan  # the delta's bytes, cut for transfer
+    view: bool = False  # from the base's device view to the target's (protocol.view.needed, both)
     extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,6 +87,8 @@ class DeltaRef:
                 "chunks": list(self.plan.chunks),
             }
         )
+        if self.view:  # absent when false: deltas between full archives keep their bytes
+            doc["view"] = True
         return doc
 
     @classmethod
@@ -98,8 +105,9 @@ class DeltaRef:
         for c in chunks:
             check_digest(c)
         plan = ChunkPlan(size, check_digest(field(obj, "sha256", str, what)), chunk_size, tuple(chunks))
+        view = field(obj, "view", bool, what, False)
         # an unknown algorithm is kept, not refused: the agent falls back to full chunks for it
-        return cls(check_digest(field(obj, "base", str, what)), algo, plan, extra_fields(obj, _KNOWN))
+        return cls(check_digest(field(obj, "base", str, what)), algo, plan, view, extra_fields(obj, _KNOWN))
 
 
 def reference(manifest: Manifest, read: Callable[[Artifact], bytes]) -> bytes:
@@ -117,6 +125,14 @@ def reference(manifest: Manifest, read: Callable[[Artifact], bytes]) -> bytes:
             raise VerificationError(Reason.HASH_MISMATCH, f"base artifact {a.name} differs from its signed hash")
         parts.append(data)
     return b"".join(parts)
+
+
+def view_manifest(manifest: Manifest) -> Manifest:
+    """``manifest`` with only the artifacts of its device view: what a ``view`` delta's
+    :func:`reference` and :func:`base_parts` are made from."""
+    from .view import needed
+
+    return replace(manifest, artifacts=needed(manifest))
 
 
 def window_log(n: int) -> int:
@@ -191,11 +207,15 @@ def base_parts(manifest: Manifest, head: bytes, read: Callable[[Artifact], bytes
 
 def split_archive(archive: bytes) -> list[tuple[str, bytes]]:
     """An archive's members in order: ``("", head)`` (magic, length, manifest envelope), then
-    ``(name, bytes)`` per artifact. For the hub, which holds archives it built and verified."""
+    ``(name, bytes)`` per artifact (of its device view, :func:`view_manifest`, when the archive's
+    length is the view's). For the hub, which holds archives it built and verified."""
     if archive[:4] != ARCHIVE_MAGIC or len(archive) < 8:
         raise VerificationError(Reason.MALFORMED, f"archive does not start with {ARCHIVE_MAGIC!r}")
     (n,) = struct.unpack(">I", archive[4:8])
     manifest = parse_manifest(Envelope.parse(archive[8 : 8 + n]).payload)
+    if 8 + n + manifest.total_size != len(archive):  # a device-view archive holds its view's members
+        view = view_manifest(manifest)
+        manifest = view if 8 + n + view.total_size == len(archive) else manifest
     out, pos = [("", archive[: 8 + n])], 8 + n
     for a in manifest.artifacts:
         out.append((a.name, archive[pos : pos + a.size]))

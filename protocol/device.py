@@ -73,6 +73,15 @@ def _check_object(obj: Any, what: str) -> Mapping[str, Any]:
     return obj
 
 
+def _features(obj: dict[str, Any], what: str) -> tuple[str, ...] | None:
+    raw = _opt(obj, "features", list, what)
+    if raw is None:
+        return None
+    if not all(isinstance(f, str) and 0 < len(f) <= 64 for f in raw) or len(raw) > 64:
+        raise BadPayload(what, f"field 'features' must be up to 64 names of 1-64 chars, got {raw!r:.80}")
+    return tuple(raw)
+
+
 @dataclass(frozen=True)
 class Inventory:
     """What the device is and can run, as the agent probed it at start (``Status.inventory``).
@@ -100,10 +109,14 @@ class Inventory:
     http_port: int | None = None
     mqtt: str | None = None  # "v5" or "v3.1.1"
     served_by: str | None = None  # edgetpu | cpu | cloud
+    # what this agent can do that older ones cannot, e.g. protocol.view.FEATURE (device-view archives)
+    features: tuple[str, ...] | None = None
     extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         out = _facts(self, skip=("edgetpu_info",))
+        if self.features is not None:
+            out["features"] = list(self.features)
         if self.edgetpu_info is not None:
             present = {} if self.edgetpu is None else {"present": self.edgetpu}
             out["edgetpu"] = {**self.edgetpu_info, **present}
@@ -141,6 +154,7 @@ class Inventory:
             http_port=_opt_count(obj, "http_port", what),
             mqtt=_opt(obj, "mqtt", str, what),
             served_by=_opt(obj, "served_by", str, what),
+            features=_features(obj, what),
             extra=extra_fields(obj, _known(cls, "mem_available", "mem_total")),
         )
 

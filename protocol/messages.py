@@ -21,6 +21,7 @@ from .device import Health, Inventory, Shadow
 from .errors import BadPayload, Implausible, Reason, VerificationError
 from .signing import Envelope, Root, SigningKey, seal
 from .topics import check_device_id, check_digest
+from .view import BundleView
 
 SCHEMA = 1
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -55,16 +56,21 @@ def _encode(obj: Any, extra: dict[str, Any]) -> bytes:
 
 @dataclass(frozen=True)
 class BundleRef:
-    """Which bundle, and how its archive is cut for transfer."""
+    """Which bundle, and how its archive is cut for transfer.
+
+    ``view``: a device-view archive of the same bundle (protocol.view), named only to agents that
+    announced the feature; an older agent ignores the key and fetches ``archive``.
+    :meth:`fetched` is the reference as a device-view agent downloads it."""
 
     digest: str
     name: str
     version: str
     archive: ChunkPlan
     requirements: Requirements = Requirements()
+    view: BundleView | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc = {
             "digest": self.digest,
             "name": self.name,
             "version": self.version,
@@ -74,6 +80,21 @@ class BundleRef:
             "chunks": list(self.archive.chunks),
             "requirements": self.requirements.to_dict(),
         }
+        if self.view is not None:  # absent, not null: references without one keep their bytes
+            doc["view"] = self.view.to_dict()
+        return doc
+
+    def fetched(self) -> BundleRef:
+        """The archive to download: the device view when there is one (``archive`` = its plan)."""
+        if self.view is None or self.view.plan == self.archive:
+            return self
+        return replace(self, archive=self.view.plan)
+
+    @property
+    def members(self) -> tuple[str, ...] | None:
+        """The artifacts in the archive ``archive`` describes: None for all (the full archive),
+        the view's names once :meth:`fetched` made ``archive`` the view's."""
+        return self.view.artifacts if self.view is not None and self.view.plan == self.archive else None
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> BundleRef:
@@ -88,12 +109,14 @@ class BundleRef:
         for c in chunks:
             check_digest(c)
         plan = ChunkPlan(size, check_digest(field(obj, "sha256", str, what)), chunk_size, tuple(chunks))
+        raw_view = obj.get("view")
         return cls(
             check_digest(field(obj, "digest", str, what)),
             field(obj, "name", str, what),
             field(obj, "version", str, what),
             plan,
             Requirements.from_dict(field(obj, "requirements", dict, what, {})),
+            BundleView.from_dict(raw_view) if raw_view is not None else None,
         )
 
 

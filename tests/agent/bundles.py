@@ -64,8 +64,12 @@ def coral_bundle(
     truncate: str | None = None,
     preprocess_size: int | None = None,
     baseline: bool = True,
+    extras: dict[str, tuple[str, bytes]] | None = None,
 ) -> Path:
     """Write an unsigned bundle directory; sign it with ``trust.sign_dir``.
+
+    ``extras``: more artifacts, ``{name: (role, bytes)}`` (e.g. a float reference, an ONNX twin,
+    a report: what a device view leaves out).
 
     ``baseline``: ship a small drift baseline (off where a test must see only latency gates).
 
@@ -100,6 +104,9 @@ def coral_bundle(
             )
         )
         files["baseline.json"] = "baseline"
+    for n, (r, data) in (extras or {}).items():
+        (out / n).write_bytes(data)
+        files[n] = r
     arts = tuple(Artifact.of(n, r, (out / n).read_bytes()) for n, r in files.items())
     manifest = Manifest(
         name,

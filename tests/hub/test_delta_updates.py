@@ -6,7 +6,9 @@ the agent fetches a small fraction of the archive, patches its active slot, veri
 against v2's signed hashes and switches. v3 (fine-tuned) is then rolled out with a delta the hub
 got wrong (made from bytes that are not v3's archive: the cached delta file replaced): every
 patched chunk that does not match v3's signed chunk hashes is refused, the agent falls back to
-full chunks for those, reports why, and v3 still installs verified."""
+full chunks for those, reports why, and v3 still installs verified. The agent does not announce
+device views here (``device_view = false``): the hub sends it full archives and deltas between
+them, as to an agent from before views (tests/hub/test_delta_views.py has the device-view path)."""
 
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ def test_a_retrained_head_installs_as_a_delta_and_a_wrong_delta_falls_back_to_fu
         (d / "agent.toml").write_text(
             f'device_id = "dev-delta"\nbroker = "{mosquitto.url}"\nstate_dir = "{d / "state"}"\n'
             f'root = "{keys_dir / "root.json"}"\nboard = "rpi4"\nhttp_port = 0\nfetch_repair_s = 2.0\n'
+            "device_view = false\n"  # full archives, as an agent from before device views (test_delta_views.py: views)
         )
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         proc = subprocess.Popen(

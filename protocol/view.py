@@ -1,0 +1,108 @@
+"""The device view of a bundle: the same signed manifest, only the artifacts a device uses.
+
+Every bundle carries its model several times (``tflite_int8``, the ``tflite_float`` reference,
+the ``onnx`` twin; ADR 0016). A device picks one (``agent.install.choose_artifact``: Edge TPU,
+else ``tflite_int8``, else ``tflite_float``, else ``onnx`` with onnxruntime) and never opens the
+others, yet the full archive makes it download all of them. :func:`needed` names what a device
+does use; rules, in this order, on the manifest alone:
+
+1. ``tflite_float`` is dropped when the bundle has a ``tflite_int8`` (chosen before it, and the
+   Edge TPU watchdog's CPU twin is the int8 one too);
+2. ``onnx`` is dropped when the bundle has a CPU TFLite model (``tflite_int8`` or
+   ``tflite_float``): the agent chooses either before the twin. An Edge-TPU-only bundle keeps
+   its twin: a device without a TPU serves it on onnxruntime;
+3. ``report`` and ``model_card`` are dropped: JSON and Markdown for people, which the hub shows
+   from its own store and no part of the agent reads;
+4. everything else is kept: the Edge TPU model(s), ``baseline`` (drift telemetry), ``selftest``
+   (self-test, benchmark stage, restart recovery), ``labels`` (answers).
+
+A **device-view archive** is packed like the full archive (``protocol.bundle.pack_archive`` with
+``only``): ``EFB1``, the *same* signed envelope, then only the kept artifacts in manifest order.
+The manifest, and so the bundle's digest, is unchanged: reports, status, telemetry and rollouts
+name the same bundle whichever archive a device fetched. The hub names a view in the signed
+desired document (``BundleRef.view``: the member names and the view archive's own chunk plan) to
+agents that announced :data:`FEATURE` in their inventory; the agent checks that the view holds
+every artifact :func:`needed` names before it writes a byte of one (:func:`check_members`), then
+every artifact's signed size and hash as for a full archive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from .bundle import Artifact, ChunkPlan, Manifest, check_name
+from .codec import field, nonneg_int
+from .errors import BadPayload, Reason, VerificationError
+from .topics import check_digest
+
+FEATURE = "device_view"  # in Inventory.features: this agent installs device-view archives
+CPU_MODELS = ("tflite_int8", "tflite_float")
+FOR_PEOPLE = ("report", "model_card")
+
+
+def needed(manifest: Manifest) -> tuple[Artifact, ...]:
+    """The artifacts a device needs, in manifest order (the rules in the module docstring)."""
+    roles = {a.role for a in manifest.artifacts}
+    drop: set[str] = set(FOR_PEOPLE)
+    if "tflite_int8" in roles:
+        drop.add("tflite_float")
+    if roles & set(CPU_MODELS):
+        drop.add("onnx")
+    return tuple(a for a in manifest.artifacts if a.role not in drop)
+
+
+def check_members(manifest: Manifest, members: Collection[str]) -> tuple[Artifact, ...]:
+    """The manifest's artifacts named by ``members`` (manifest order), or VerificationError:
+    MALFORMED for a name the manifest does not list, MISSING_ARTIFACT naming the first artifact
+    the device needs (:func:`needed`) that ``members`` leaves out."""
+    names = {a.name for a in manifest.artifacts}
+    for m in members:
+        if m not in names:
+            raise VerificationError(Reason.MALFORMED, f"device view names {m!r}, which the manifest does not list")
+    for a in needed(manifest):
+        if a.name not in members:
+            raise VerificationError(
+                Reason.MISSING_ARTIFACT, f"device view lacks {a.name!r} ({a.role}), which this device needs"
+            )
+    return tuple(a for a in manifest.artifacts if a.name in members)
+
+
+@dataclass(frozen=True)
+class BundleView:
+    """A device-view archive of a bundle in a desired document: its members and chunk plan."""
+
+    artifacts: tuple[str, ...]  # member names, in manifest order
+    plan: ChunkPlan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "artifacts": list(self.artifacts),
+            "size": self.plan.size,
+            "sha256": self.plan.sha256,
+            "chunk_size": self.plan.chunk_size,
+            "chunks": list(self.plan.chunks),
+        }
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> BundleView:
+        what = "bundle view"
+        if not isinstance(obj, dict):
+            raise BadPayload(what, f"must be an object, got {obj!r:.60}")
+        names = field(obj, "artifacts", list, what)
+        for n in names:
+            check_name(n)
+        if len(set(names)) != len(names):
+            raise BadPayload(what, f"artifacts {names!r:.80} name one twice")
+        size = nonneg_int(obj, "size", what)
+        chunk_size = nonneg_int(obj, "chunk_size", what)
+        if chunk_size < 1024:
+            raise BadPayload(what, f"chunk_size {chunk_size} is below 1024")
+        chunks = field(obj, "chunks", list, what)
+        if size == 0 or len(chunks) != -(-size // chunk_size):
+            raise BadPayload(what, f"{len(chunks)} chunk hashes for {size} bytes at {chunk_size}")
+        for c in chunks:
+            check_digest(c)
+        plan = ChunkPlan(size, check_digest(field(obj, "sha256", str, what)), chunk_size, tuple(chunks))
+        return cls(tuple(names), plan)
