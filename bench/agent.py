@@ -38,6 +38,10 @@ with MobileNetV2-224 loaded, after traffic too; idle CPU <= 1 %); the anonymous 
 is printed under it (``params.idle_anon_mb``, ``params.anon_after_traffic_mb``).
 Goal (issue 4): API latency within 10 % of bare invoke on MobileNetV2-224; the run ends with
 the check (met when the whole interval is at or under 10 %).
+Goals (issue 20 part 3, :mod:`bench._agent_goals`), from the same rounds: JPEG-224, agent round
+trip - (floor round trip + a decode of the same bytes by the fastest libjpeg-turbo binding here,
+timed in each round: simplejpeg and Pillow) <= 0.3 ms; tensor, agent / floor - 1 <= 5 %
+(``params.goal_issue20_part3``).
 """
 
 from __future__ import annotations
@@ -57,12 +61,13 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench import report
+from bench import _agent_goals, report
 from bench.floor_server import content_length
 
 REPO = Path(__file__).resolve().parent.parent
@@ -355,12 +360,42 @@ class RawClient:
         self.sock.close()
 
 
+class Step:
+    """One more thing timed in each round of :func:`paired` (after the floor's pair, also as a
+    pair, the second timed): ``ms`` holds its times, aligned with the rounds. The JPEG-224
+    case times each libjpeg-turbo binding's decode of the uploaded bytes this way, the
+    reference of issue 20 part 3's goal."""
+
+    def __init__(self, name: str, fn: Callable[[], object]) -> None:
+        self.name, self.fn = name, fn
+        self.ms: list[float] = []
+
+    def once(self) -> float:
+        t0 = time.perf_counter()
+        self.fn()
+        return (time.perf_counter() - t0) * 1000
+
+
+def jpeg_decoders(data: bytes) -> list[Step]:
+    """A decode of ``data`` by each libjpeg-turbo binding installed here: simplejpeg (numpy out,
+    what the agent uses) and Pillow (open + load into its own buffer, no numpy copy)."""
+    from PIL import Image
+
+    steps = [Step("pillow", lambda: Image.open(io.BytesIO(data)).load())]
+    try:
+        import simplejpeg
+    except ImportError:
+        return steps
+    return [Step("simplejpeg", lambda: simplejpeg.decode_jpeg(data, colorspace="RGB")), *steps]
+
+
 def paired(
-    bare: Bare, agent: RawClient, floor: RawClient, n: int
+    bare: Bare, agent: RawClient, floor: RawClient, n: int, also: Sequence[Step] = ()
 ) -> tuple[list[float], list[float], list[float], list[float]]:
     """``n`` rounds of two bare invokes, two agent requests and two floor requests, back to
     back; the second of each pair is timed. Returns (bare ms, agent ms, floor ms, the agent's
-    own latency_ms), aligned by round.
+    own latency_ms), aligned by round; each of ``also`` is timed the same way at the end of the
+    round, into its ``ms``.
 
     Why rounds: on a shared VM the invoke itself slows down and speeds up for a second or more
     at a time (measured here: 40 ms <-> 80 ms phases, lag-1 autocorrelation 0.87), so the p50s
@@ -382,6 +417,9 @@ def paired(
         s.append(agent.last_server_ms if agent.last_server_ms is not None else float("nan"))
         floor.once()
         f.append(floor.once())
+        for step in also:
+            step.once()
+            step.ms.append(step.once())
     return b, a, f, s
 
 
@@ -544,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         broker = f"mqtt://127.0.0.1:{port}"
     cases: list[dict[str, Any]] = []
+    rounds: dict[tuple[str, str], dict[str, list[float]]] = {}  # paired rounds' agent and floor ms, per case
+    decoders: dict[str, list[float]] = {}  # JPEG-224 decode ms per libjpeg-turbo binding, per round
     params: dict[str, Any] = {
         "requests": n,
         "clients": 1,
@@ -600,13 +640,18 @@ def main(argv: list[str] | None = None) -> int:
                     bare_t, api, wrk_t, floor_t = interleaved(bare, client, n, wclient, fclient)
                     ours_raw = RawClient(port, client.body, client.ctype, client.headers)
                     floor_raw = RawClient(floor_port, client.body, client.ctype, client.headers)
+                    # issue 20 part 3: the JPEG-224 upload's decode at libjpeg-turbo speed, same rounds
+                    also = jpeg_decoders(data) if (name, label) == ("mobilenet_v2_224", "jpeg_224") else []
                     try:
-                        pb, pa, pf, ps = paired(bare, ours_raw, floor_raw, n)
+                        pb, pa, pf, ps = paired(bare, ours_raw, floor_raw, n, also)
                     finally:
                         ours_raw.close()
                         floor_raw.close()
                     est, lo, hi = overhead(pa, pb)
                     fest, flo, fhi = overhead(pf, pb)
+                    rounds[(name, label)] = {"agent": pa, "floor": pf}
+                    if also:
+                        decoders.update({step.name: step.ms for step in also})
                     server = statistics.median(client.server_ms)
                     _, rss = _proc_stat(proc.pid)
                     anon = _anon_mb(proc.pid)
@@ -625,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
                             "overhead_pct_ci95": [lo, hi],
                             "floor_overhead_pct": fest,
                             "floor_overhead_pct_ci95": [flo, fhi],
+                            "decode_p50_ms": {step.name: statistics.median(step.ms) for step in also} or None,
                             "in_agent_ms": statistics.median(np.subtract(ps, pb)),
                             "http_ms": statistics.median(np.subtract(pa, ps)),
                             "api_p50_ms": a50,
@@ -695,6 +741,10 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_end": round(os.getloadavg()[0], 2),
         }
     )
+    part3 = _agent_goals.check(
+        rounds.get(("mobilenet_v2_224", "jpeg_224")), decoders, rounds.get(("mobilenet_v2_224", "tensor_u8"))
+    )
+    params["goal_issue20_part3"] = {g.name: g.to_dict() for g in part3}
     path = report.write("agent", "ms", False, head["p50_ms"], None, head["paired_bare_p50_ms"], params, cases)
 
     def ci(c: dict[str, Any], key: str) -> str:
@@ -735,6 +785,9 @@ def main(argv: list[str] | None = None) -> int:
         f"goal (issue 4): JPEG-224 upload overhead <= 10 % on MobileNetV2-224: {head['overhead_pct']:.1f} % "
         f"[{lo:.1f}, {hi:.1f}] -> {verdict}"
     )
+    print("goal (issue 20 part 3): MobileNetV2-224, paired rounds, median [95 % interval]")
+    for g in part3:
+        print(g.line())
     rss_ok = max(head["idle_rss_mb"], rss_after) <= GOAL_RSS_MB
     cpu_ok = head["idle_cpu_pct"] <= GOAL_IDLE_CPU_PCT
     print(

@@ -57,3 +57,13 @@ def test_each_timed_step_follows_one_of_its_own_kind():
     assert log == ["bare", "bare", "agent", "agent", "floor", "floor"] * 3
     assert b == a == f == [2.0, 4.0, 6.0]  # the second call of each pair is the one kept
     assert s == [1.5, 3.5, 5.5]  # with the agent's own latency_ms of that same answer
+
+
+def test_extra_steps_are_timed_in_pairs_at_the_end_of_each_round():
+    from bench.agent import Step
+
+    log: list[str] = []
+    decode = Step("decode", lambda: log.append("decode"))
+    b, a, f, s = paired(_Recorder("bare", log), _Recorder("agent", log), _Recorder("floor", log), 2, [decode])  # type: ignore[arg-type]
+    assert log == ["bare", "bare", "agent", "agent", "floor", "floor", "decode", "decode"] * 2
+    assert len(decode.ms) == len(a) == 2 and all(ms >= 0 for ms in decode.ms)
