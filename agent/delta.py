@@ -78,6 +78,9 @@ def apply(algo: str, delta: bytes, parts: list[bytes], size: int) -> bytes:
         raise VerificationError(Reason.MALFORMED, f"delta algorithm {algo!r} is not one of {pdelta.ALGOS}")
     if algo == pdelta.ALGO:
         out = _unzstd(delta, b"".join(parts[1:]), size)
+    elif pdelta.algo_of(delta) != algo:  # the signed name and the bytes' magic must agree
+        magic = pdelta.MEMBERS_MAGIC if algo == pdelta.ALGO_MEMBERS else pdelta.MEMBERS2_MAGIC
+        raise VerificationError(Reason.MALFORMED, f"delta does not start with {magic!r}, the magic of {algo!r}")
     else:
         made: list[bytes] = []
         done = 0
@@ -87,6 +90,8 @@ def apply(algo: str, delta: bytes, parts: list[bytes], size: int) -> bytes:
                 m = _unzstd(r.frame, prev + (made[-1] if made else b""), size - done)
             elif r.kind == pdelta.ENVELOPE:  # the manifest payload raw, rebuilt into the signed envelope
                 m = pdelta.envelope_head(_unzstd(r.frame, pdelta.payload_of(prev), size - done))
+            elif r.kind == pdelta.SUB:  # byte-wise difference (zstd-members-2)
+                m = pdelta.add_bytes(prev, _unzstd(r.frame, b"", size - done))
             else:
                 x = _unzstd(r.frame, b"", size - done)
                 if len(x) != len(prev):

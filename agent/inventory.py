@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 
-from protocol import device, view
+from protocol import delta as pdelta, device, view
 
 from . import AGENT_VERSION, watchdog
 from .config import AgentConfig
@@ -67,5 +67,5 @@ def describe(
         http_port=http_port,
         mqtt=mqtt,
         served_by=served_by,
-        features=(view.FEATURE,) if cfg.device_view else (),
+        features=((view.FEATURE,) if cfg.device_view else ()) + pdelta.ANNOUNCED,
     )

@@ -82,13 +82,13 @@ def per_member_best(base: Loaded, tgt: Loaded) -> int:
 def shipped(rows: list[dict[str, Any]], delta: bytes, parts: int) -> None:
     """Add to ``rows`` what each member costs in the delta the hub ships, when it is a
     ``zstd-members-1`` delta (one record per member, in archive order)."""
-    from protocol.delta import ALGO_MEMBERS, ENVELOPE, PATCH, XOR, algo_of, unpack_members
+    from protocol.delta import ALGO_MEMBERS, ALGO_MEMBERS2, ENVELOPE, PATCH, SUB, XOR, algo_of, unpack_members
 
-    if algo_of(delta) != ALGO_MEMBERS:
+    if algo_of(delta) not in (ALGO_MEMBERS, ALGO_MEMBERS2):
         return
     for row, rec in zip(rows, unpack_members(delta, parts), strict=True):
         row["shipped_bytes"] = len(rec.frame) + 7  # the record header
-        row["shipped_as"] = {PATCH: "patch", XOR: "xor", ENVELOPE: "envelope"}[rec.kind]
+        row["shipped_as"] = {PATCH: "patch", XOR: "xor", ENVELOPE: "envelope", SUB: "sub"}[rec.kind]
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -21,7 +21,8 @@ reference, the ONNX twin, the report or the model card, and an agent that announ
 fetches the **device view** (the same signed envelope, only the artifacts it uses) instead of the
 full archive, and deltas between views. Per case the bench prints both baselines, the full
 archive and the device view, and ours against each: the delta a full-archive agent gets (full to
-full) and the one a device-view agent gets (view to view), with its apply time.
+full) and the one a device-view agent gets (view to view; SUB records of ``zstd-members-2``
+allowed, as agents announce it; the size without them beside it), with its apply time.
 
 Goals (issue 18): a delta of at most 1 % of full for a retrained head, 10 % for a fine-tune. They
 are judged against what the device would otherwise download: the device view for an agent that
@@ -165,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         patch1 = make(ref, tgt[2])
         apply_ms = _apply_ms(base, envelope, delta, tgt[2], args.repeat)
         vtgt = _view(tgt)
-        vdelta = smallest(vparts, vnames, vtgt[2])
+        vdelta = smallest(vparts, vnames, vtgt[2], subs=True)  # view agents announce zstd-members-2
+        vdelta1 = smallest(vparts, vnames, vtgt[2])  # the same without SUB records (zstd-members-1)
         vapply_ms = _apply_ms(vbase, envelope, vdelta, vtgt[2], args.repeat)
         vmembers = breakdown(vbase, vtgt)
         shipped(vmembers, vdelta, len(vparts))
@@ -183,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             "view_delta_algo": algo_of(vdelta),
             "view_delta_fraction": len(vdelta) / len(vtgt[2]),
             "view_delta_fraction_of_full": len(vdelta) / full,
+            "view_delta_without_sub_bytes": len(vdelta1),
+            "view_delta_without_sub_algo": algo_of(vdelta1),
             "view_members": vmembers,
             "view_apply_ms_median": vapply_ms,
             "view_zstd_cli_patch_from_bytes": _cli_patch_from(b"".join(vparts[1:]), vtgt[2]),
@@ -212,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             f"view to view) {len(vdelta):>7} B = {100 * row['view_delta_fraction']:5.2f} % of the view "
             f"(goal <= {100 * GOALS[case]:.0f} %: {'met' if row['meets_goal'] else 'NOT met'}), "
             f"{100 * row['view_delta_fraction_of_full']:5.2f} % of the full archive | "
+            f"without SUB records ({row['view_delta_without_sub_algo']}) {len(vdelta1)} B | "
             f"zstd CLI --patch-from -22 between views {row['view_zstd_cli_patch_from_bytes'] or 'n/a'} B | "
             f"apply {vapply_ms:.1f} ms | "
             f"{'offered' if row['view_offered_by_hub'] else 'not offered (above half)'} by the hub"

@@ -55,7 +55,9 @@ def for_device(
     if base is None or base == b.digest:
         return None, []
     target = view.plan.sha256 if view is not None else b.archive_sha256
-    data = _delta_bytes(fleet, base, b, target, view is not None)
+    features = (d.inventory or {}).get("features")
+    subs = isinstance(features, list) and pdelta.ALGO_MEMBERS2 in features  # SUB records (zstd-members-2)
+    data = _delta_bytes(fleet, base, b, target, view is not None, subs)
     if not data:
         return None, []
     plan = ChunkPlan.of(data, b.chunk_size)
@@ -78,12 +80,13 @@ def for_device(
     return ref, msgs
 
 
-def _delta_bytes(fleet: Fleet, base: str, b: Bundle, target_sha: str, view: bool) -> bytes:
+def _delta_bytes(fleet: Fleet, base: str, b: Bundle, target_sha: str, view: bool, subs: bool = False) -> bytes:
     """The delta from ``base`` (its device view when ``view``) to the archive ``target_sha`` of
-    ``b`` (the full one or its device view), cached by (target archive, base)."""
+    ``b`` (the full one or its device view), cached by (target archive, base, and whether SUB
+    records may be used: only for agents that announced ``zstd-members-2``)."""
     store = fleet.store
     folder = store.root / "deltas"
-    path = folder / f"{target_sha}-{base}.zst"
+    path = folder / f"{target_sha}-{base}{'.m2' if subs else ''}.zst"
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -101,7 +104,7 @@ def _delta_bytes(fleet: Fleet, base: str, b: Bundle, target_sha: str, view: bool
         return b""
     # level 19 is 10-14 % smaller than 9 but runs at 1-3 MB/s here, inside the rollout tick (ADR 0014)
     level = pdelta.LEVEL if len(target) <= BIG_ARCHIVE else FAST_LEVEL
-    data = smallest(parts, names, target, level)
+    data = smallest(parts, names, target, level, subs)
     worth = len(data) <= MAX_FRACTION * len(target)
     log.info(
         "delta %s -> %s: %s, %d bytes, %.1f %% of the %d-byte archive%s",
@@ -120,17 +123,23 @@ def _delta_bytes(fleet: Fleet, base: str, b: Bundle, target_sha: str, view: bool
     return data if worth else b""
 
 
-def smallest(parts: list[bytes], names: dict[str, int], target: bytes, level: int = pdelta.LEVEL) -> bytes:
-    """The smaller of the ``zstd-patch-1`` and ``zstd-members-1`` deltas (ADR 0014)."""
+def smallest(
+    parts: list[bytes], names: dict[str, int], target: bytes, level: int = pdelta.LEVEL, subs: bool = False
+) -> bytes:
+    """The smaller of the ``zstd-patch-1`` and ``zstd-members-1`` deltas (ADR 0014); ``subs``:
+    the members delta may use SUB records (``zstd-members-2``, for agents that announced it)."""
     whole = make(b"".join(parts[1:]), target, level)
-    members = make_members(parts, names, target, level)
+    members = make_members(parts, names, target, level, subs)
     return members if len(members) < len(whole) else whole
 
 
-def make_members(parts: list[bytes], names: dict[str, int], target: bytes, level: int = pdelta.LEVEL) -> bytes:
+def make_members(
+    parts: list[bytes], names: dict[str, int], target: bytes, level: int = pdelta.LEVEL, subs: bool = False
+) -> bytes:
     """The ``zstd-members-1`` delta turning the base ``parts`` (protocol.delta.base_parts; ``names``
     maps an artifact name to its part) into the ``target`` archive: each member by the smaller of a
-    patch (from its base part and the member just before it) and an XOR with its base part."""
+    patch (from its base part and the member just before it) and an XOR with its base part; with
+    ``subs`` also a byte-wise difference (SUB), which makes it ``zstd-members-2`` when one wins."""
     records, last = [], b""
     for name, new in pdelta.split_archive(target):
         i = names.get(name, pdelta.NO_BASE) if name else 0
@@ -140,6 +149,9 @@ def make_members(parts: list[bytes], names: dict[str, int], target: bytes, level
             x = (int.from_bytes(prev, "little") ^ int.from_bytes(new, "little")).to_bytes(len(new), "little")
             xor = pdelta.Record(pdelta.XOR, i, make(b"", x, level))
             best = xor if len(xor.frame) < len(best.frame) else best
+            if subs:
+                diff = pdelta.Record(pdelta.SUB, i, make(b"", pdelta.sub_bytes(new, prev), level))
+                best = diff if len(diff.frame) < len(best.frame) else best
         content = None if name else pdelta.envelope_content(new)
         if content is not None:  # the payload patched raw, not in base64 (ENVELOPE record)
             env = pdelta.Record(pdelta.ENVELOPE, 0, make(pdelta.payload_of(parts[0]), content, level))

@@ -96,7 +96,8 @@ def test_a_retrained_head_installs_as_a_delta_and_a_wrong_delta_falls_back_to_fu
         base_manifest = store.manifest(head)
         wrong = make(reference(base_manifest, lambda a: store.artifact(head, a.name) or b""), bytes(target))
         (store.root / "deltas").mkdir(exist_ok=True)
-        (store.root / "deltas" / f"{pushed['finetune']['archive_sha256']}-{head}.zst").write_bytes(wrong)
+        for suffix in ("", ".m2"):  # the hub's cache for agents without and with zstd-members-2
+            (store.root / "deltas" / f"{pushed['finetune']['archive_sha256']}-{head}{suffix}.zst").write_bytes(wrong)
         api.post("/api/v1/rollouts", json={"bundle": fine, "target": {"all": True}})
         wait_for(lambda: active() == fine, timeout=120, what="v3 installed after the fallback")
         assert "delta not usable (mismatch)" in text(), text()[-3000:]

@@ -86,3 +86,29 @@ def test_the_install_document_names_the_delta_and_its_chunks_are_published_befor
         dev = s.get(Device, "dev1")
         rb = desired.issue(hub.fleet, s, dev, s.get(Bundle, v2["digest"]), "rollback", "r1")
     assert parse_desired_payload(Envelope.parse(rb.payload).payload).delta is None
+
+
+def test_an_agent_that_announced_members_2_gets_sub_records_and_an_older_one_members_1(memhub, client, bundle_dir):
+    """A fine-tune moves int8 weights by one step: as byte-wise differences those compress better
+    than as XORs, and only an agent that listed zstd-members-2 in its features is sent them."""
+    import random
+
+    from protocol.delta import ALGO_MEMBERS, ALGO_MEMBERS2
+
+    hub, _ = memhub
+    rng = random.Random(7)
+    model = bytes(rng.getrandbits(8) for _ in range(30_000))
+    stepped = bytes((b + rng.choice((1, 255))) & 0xFF if rng.random() < 0.3 else b for b in model)
+    v1 = push(client, bundle_dir(model_bytes=model))
+    v2 = push(client, bundle_dir(version="2", model_bytes=stepped))
+    d, b = rows(hub, v2, v1["digest"])
+    old_ref, _ = deltas.for_device(hub.fleet, d, b)
+    d.inventory = {"features": [ALGO_MEMBERS2]}
+    new_ref, msgs = deltas.for_device(hub.fleet, d, b)
+    assert old_ref is not None and old_ref.algo == ALGO_MEMBERS
+    assert new_ref is not None and new_ref.algo == ALGO_MEMBERS2 and new_ref.plan.size < old_ref.plan.size
+    store = hub.fleet.store
+    head = unsigned(store.envelope(v1["digest"]))
+    base = base_parts(store.manifest(v1["digest"]), head, lambda a: store.artifact(v1["digest"], a.name) or b"")
+    target = store.archive(v2["archive_sha256"])
+    assert apply(new_ref.algo, b"".join(m.payload for m in msgs), base, len(target)) == target

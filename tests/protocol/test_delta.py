@@ -116,3 +116,31 @@ def test_an_envelope_record_gives_back_the_exact_archive_head_or_is_not_used():
     assert envelope_content(head[:8] + head[8:].replace(b'":"', b'": "', 1)) is None  # not canonical: not rebuilt
     with pytest.raises(VerificationError, match="envelope record"):
         envelope_head(b'{"signatures":[]}\npayload')  # no payload type
+
+
+def test_byte_wise_difference_round_trips_and_steps_of_one_are_one_byte_value_each():
+    import os
+
+    from protocol.delta import add_bytes, sub_bytes
+
+    for n in (0, 1, 9, 4096):
+        new, old = os.urandom(n), os.urandom(n)
+        assert sub_bytes(new, old) == bytes((x - y) & 0xFF for x, y in zip(new, old, strict=True))
+        assert add_bytes(old, sub_bytes(new, old)) == new
+    old = bytes(range(256))
+    assert set(sub_bytes(bytes((b + 1) & 0xFF for b in old), old)) == {1}  # XOR would give 8 patterns
+    assert set(sub_bytes(bytes((b - 1) & 0xFF for b in old), old)) == {0xFF}
+    with pytest.raises(VerificationError):
+        add_bytes(b"ab", b"a")
+
+
+def test_a_sub_record_makes_a_members_2_delta_and_a_members_1_delta_refuses_one():
+    from protocol.delta import ALGO_MEMBERS2, SUB
+
+    two = pack_members([Record(SUB, 1, b"frame"), Record(PATCH, NO_BASE, b"x")])
+    assert algo_of(two) == ALGO_MEMBERS2 and unpack_members(two, 2)[0].kind == SUB
+    assert algo_of(pack_members([Record(XOR, 1, b"f")])) == ALGO_MEMBERS  # no SUB: the old magic
+    with pytest.raises(VerificationError, match="kind 3"):
+        unpack_members(b"EFM1" + two[4:], 2)
+    with pytest.raises(VerificationError, match="kind 3"):
+        unpack_members(pack_members([Record(SUB, NO_BASE, b"f")]), 2)  # a SUB needs a base part
