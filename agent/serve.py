@@ -649,12 +649,12 @@ class Serving:
                 s2 = shadow.predict(shadow.tensor_to_input(req.inputs))
             delta = (time.perf_counter() - t1) - took
         except Exception:  # a candidate that breaks is an error, not a crash
-            self.recorder.record_shadow(None, 0.0)
+            self.recorder.record_shadow(None, 0.0, shadow.info.digest)
             return
         if s2.shape != scores.shape:
-            self.recorder.record_shadow(None, 0.0)
+            self.recorder.record_shadow(None, 0.0, shadow.info.digest)
             return
-        self.recorder.record_shadow(int(np.argmax(s2)) == int(np.argmax(scores)), delta)
+        self.recorder.record_shadow(int(np.argmax(s2)) == int(np.argmax(scores)), delta, shadow.info.digest)
 
     def _shadow_task(self, shadow: Model, req: Request, ys: list[np.ndarray], served: Model, took: float) -> None:
         """A non-classifier's shadow run: both answers (:data:`protocol.taskstats.PARAMS`)
@@ -677,9 +677,9 @@ class Serving:
                 maps = (_class_map(served.signature, ys), _class_map(shadow.signature, ys2))
             agree = taskstats.agreement(a, b, maps)
         except Exception:  # a candidate that breaks, or answers another shape: an error, not a crash
-            self.recorder.record_shadow(None, 0.0)
+            self.recorder.record_shadow(None, 0.0, shadow.info.digest)
             return
-        self.recorder.record_shadow(agree, delta)
+        self.recorder.record_shadow(agree, delta, shadow.info.digest)
 
 
 def _request_bytes(req: Request) -> int:

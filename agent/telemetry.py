@@ -79,7 +79,7 @@ class Recorder:
         self._sketch = LatencySketch()
         self._counts = {k: 0 for k in COUNT_KEYS}
         self._drift = {side: {n: [0] * (len(e) + 1) for n, e in feats.items()} for side, feats in self._edges.items()}
-        self._shadow: dict[str, Any] = {"n": 0, "agree": 0, "errors": 0, "delta_sum_s": 0.0}
+        self._shadow: dict[str, Any] = {"n": 0, "agree": 0, "errors": 0, "delta_sum_s": 0.0, "bundle": None}
 
     def set_bundle(
         self,
@@ -195,10 +195,19 @@ class Recorder:
         while self._drift_q.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.005)
 
-    def record_shadow(self, agree: bool | float | None, delta_s: float) -> None:
-        """One shadow comparison: ``agree`` top-1 (bool) or a task's agreement 0..1
-        (:func:`protocol.taskstats.agreement`); None: the shadow run failed."""
+    def record_shadow(self, agree: bool | float | None, delta_s: float, candidate: str | None = None) -> None:
+        """One shadow comparison of ``candidate`` (its digest): ``agree`` top-1 (bool) or a task's
+        agreement 0..1 (:func:`protocol.taskstats.agreement`); None: the shadow run failed. A
+        window holds one candidate's figures: another candidate's first comparison closes the
+        window (kept until the next :meth:`rotate`, as a model switch does), so the hub never
+        sums two candidates' agreement."""
         with self._lock:
+            held = self._shadow["bundle"]
+            if candidate is not None and held is not None and candidate != held and self._has_data():
+                self._closed.append({**self._fields(), "end": int(time.time())})
+                self._reset()
+            if candidate is not None:
+                self._shadow["bundle"] = candidate
             if agree is None:
                 self._shadow["errors"] += 1
                 return
@@ -226,6 +235,7 @@ class Recorder:
                 sh["errors"],
                 sh["agree"] / sh["n"] if sh["n"] else None,
                 1000 * sh["delta_sum_s"] / sh["n"] if sh["n"] else None,
+                sh["bundle"],
             )
         counts = dict(self._counts)
         if self._drift_skipped:

@@ -67,12 +67,16 @@ def evidence(s: Session, r: Rollout, st: RolloutState, rows: Rows) -> list[Stage
                 report = found
             elif rep.status == "failed" and not failed:
                 failed = f"{rep.reason}: {rep.detail}"
-        tally = _tally(s, d.id, d.issued_at) if d.stage == "shadow" else None
+        tally = _tally(s, d.id, d.issued_at, r.bundle) if d.stage == "shadow" else None
         out.append(StageEvidence(d.id, report, tally, failed, task))
     return out
 
 
-def _tally(s: Session, device: str, since: int) -> ShadowTally:
+def _tally(s: Session, device: str, since: int, candidate: str) -> ShadowTally:
+    """The shadow records of ``device``'s windows received since ``since`` that compare
+    ``candidate`` (a record naming another candidate - the one before, or a shadow the device
+    still ran when the stage began - is not counted; an agent older than the ``bundle`` field
+    names none and is counted by time alone)."""
     t = TelemetryWindow
     q = select(t.shadow).where(t.device == device, t.received >= since, col(t.shadow).is_not(None))
     tally = ShadowTally()
@@ -80,7 +84,9 @@ def _tally(s: Session, device: str, since: int) -> ShadowTally:
         if not raw:
             continue
         try:
-            tally = tally.add(Shadow.from_dict(dict(raw), "telemetry shadow"))
+            rec = Shadow.from_dict(dict(raw), "telemetry shadow")
+            if rec.bundle is None or rec.bundle == candidate:
+                tally = tally.add(rec)
         except BadPayload as exc:  # ingest parsed it once; a row that no longer parses is skipped
             log.warning("shadow record of %s not counted: %s", device, exc)
     return tally

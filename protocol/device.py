@@ -194,12 +194,14 @@ class Shadow:
     answers compared with the served model's, ``agreement`` the mean agreement (``None`` with
     no samples): for classifiers the share with the same top-1, for other tasks the mean of
     :func:`protocol.taskstats.agreement` (IoU-matched detection F1, pixel agreement...);
-    ``errors`` shadow runs that failed, ``latency_delta_ms`` the mean extra time."""
+    ``errors`` shadow runs that failed, ``latency_delta_ms`` the mean extra time; ``bundle`` the
+    candidate's digest (absent from agents older than it: the hub then counts by time alone)."""
 
     samples: int = 0
     errors: int = 0
     agreement: float | None = None
     latency_delta_ms: float | None = None
+    bundle: str | None = None
     extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -214,6 +216,7 @@ class Shadow:
             "errors": self.errors,
             "agreement": self.agreement,
             "latency_delta_ms": self.latency_delta_ms,
+            **({"bundle": self.bundle} if self.bundle is not None else {}),
         }
 
     @classmethod
@@ -231,6 +234,7 @@ class Shadow:
             nonneg_int(obj, "errors", what, 0),
             float(agreement) if agreement is not None else None,
             float(delta) if delta is not None else None,
+            _opt(obj, "bundle", str, what),
             extra_fields(obj, _known(cls)),
         )
 

@@ -95,3 +95,18 @@ def test_an_idle_agent_still_bins_its_last_samples():
         r.record("cpu", 0.01, True, np.full((1, 32, 24, 3), value, np.uint8), None, (1 / 128, -1.0))
     r.drain()  # no invoke at all: each waits DRIFT_WAIT_S at most
     assert _drift_bins(r)["brightness"] == [1, 2]
+
+
+def test_a_second_shadow_candidate_starts_a_new_window_so_agreement_is_never_mixed():
+    rec = Recorder()
+    rec.set_bundle("a" * 64, None, {})
+    rec.record_shadow(False, 0.001, "b" * 64)
+    rec.record_shadow(False, 0.001, "b" * 64)
+    rec.record_shadow(True, 0.002, "c" * 64)  # the hub replaced the candidate mid-window
+    rec.record_shadow(None, 0.0, "c" * 64)
+    first, second = rec.rotate()
+    assert (first["shadow"].bundle, first["shadow"].samples, first["shadow"].agreement) == ("b" * 64, 2, 0.0)
+    assert "end" in first
+    assert (second["shadow"].bundle, second["shadow"].samples, second["shadow"].errors) == ("c" * 64, 1, 1)
+    assert second["shadow"].agreement == 1.0
+    assert second["shadow"].to_dict()["bundle"] == "c" * 64

@@ -112,6 +112,7 @@ def test_shadow_candidate_runs_beside_the_active_model_and_reports_agreement(
     assert 1 <= samples <= n
     assert tm[0].shadow.agreement == (1.0 if agree else 0.0)
     assert isinstance(tm[0].shadow.latency_delta_ms, float)
+    assert tm[0].shadow.bundle == cand.ref.digest  # the hub counts a stage's windows by the candidate they compare
     hub.desire(agent.device, active)  # no shadow any more
     hub.report(agent.device, "shadow", "ok")
     st = hub.wait(lambda: [r for r in hub.reports if r.stage == "shadow" and "ended" in r.detail], 30, "shadow ended")

@@ -129,3 +129,30 @@ def test_newer_rollout_takes_over_a_staging_device_and_the_old_one_never_touches
     ticker.tick(hub.fleet)
     assert desired_of(pub, keys_dir, "d0").seq == newest.seq  # the old rollout sent nothing more
     assert rollout(client, old)["phase"] == "running" and rollout(client, old)["counts"] == {"cancelled": 1}
+
+
+def test_shadow_windows_of_another_candidate_are_not_counted_in_the_stage(client, memhub, bundle_dir, keys_dir):
+    hub, pub = memhub
+    v1 = fleet_on(hub, client, pub, bundle_dir, 2)
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    rid = client.post(
+        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": POLICY}
+    ).json()["id"]
+    dev = next(d["device_id"] for d in rollout(client, rid)["devices"] if d["state"] == "staging")
+    doc = desired_of(pub, keys_dir, dev)
+    hub.ingest.handle([(f"ef/v1/dev/{dev}/report", shadow_report(dev, 1, doc.seq, v2["digest"], 11.0, 10.0))])
+    assert next(d for d in rollout(client, rid)["devices"] if d["device_id"] == dev)["stage"] == "shadow"
+
+    # a window still comparing an earlier candidate: enough samples, all disagreeing; not this stage's
+    other = {"samples": 60, "errors": 0, "agreement": 0.0, "latency_delta_ms": 0.2, "bundle": "f" * 64}
+    hub.ingest.handle([(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 5, v1["digest"], (OLD_MS,) * 60, shadow=other))])
+    ticker.tick(hub.fleet)
+    canary = next(d for d in rollout(client, rid)["devices"] if d["device_id"] == dev)
+    assert canary["state"] == "staging" and canary["stage"] == "shadow"  # waiting, not failed on 0 % agreement
+
+    mine = {"samples": 60, "errors": 0, "agreement": 1.0, "latency_delta_ms": 0.2, "bundle": v2["digest"]}
+    hub.ingest.handle([(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 6, v1["digest"], (OLD_MS,) * 60, shadow=mine))])
+    ticker.tick(hub.fleet)
+    canary = next(d for d in rollout(client, rid)["devices"] if d["device_id"] == dev)
+    assert canary["state"] == "issued" and canary["stages"]["shadow"]["state"] == "pass"
+    assert canary["stages"]["shadow"]["figures"]["samples"] == 60  # the other candidate's 60 not added
