@@ -9,10 +9,11 @@ Two decoders, one result:
   (agent/README.md). A JPEG *at the input size* (what a camera app sends) needs nothing else. A
   larger one (a 720p frame) is decoded reduced in the DCT domain by the same 1/2..1/8 that
   Pillow's ``draft`` picks (:func:`draft_scale`; libjpeg-turbo's scaled IDCT gives Pillow's drafted
-  pixels, tests compare them), then only the resize is Pillow's (``Image.fromarray`` +
-  ``resize``), so Pillow's JPEG decoder and its format plugins are never loaded: ~1 MB less
-  resident after such a request (issue 16 part 7, docs/agent.md "Footprint"). Optional: it has
-  no 32-bit ARM wheel, and without it everything goes through Pillow.
+  pixels, tests compare them), then only the resize is Pillow's, called in its C core
+  (:func:`_core_resize`), so neither Pillow's JPEG decoder and format plugins (~1 MB) nor
+  ``PIL.Image`` (~0.7 MB) are loaded by a camera frame (issue 16 part 7, docs/agent.md
+  "Footprint"). Optional: it has no 32-bit ARM wheel, and without it everything goes through
+  Pillow.
 * **Pillow** for everything else (JPEG, PNG, BMP, GIF, WebP or TIFF): CMYK JPEGs, PNGs, and any
   JPEG when simplejpeg is missing (reduced with ``draft`` the same way, then resized with the
   spec's filter).
@@ -26,6 +27,7 @@ error type. An image whose header declares more than ``MAX_PIXELS`` pixels raise
 from __future__ import annotations
 
 import io
+import logging
 import re
 from typing import Any
 
@@ -37,6 +39,8 @@ except ImportError:  # 32-bit ARM, or installed without it: Pillow decodes every
     simplejpeg = None
 
 from .errors import ImageTooLarge
+
+log = logging.getLogger(__name__)
 
 _SOI = b"\xff\xd8"
 MAX_PIXELS = 40_000_000  # an 8K camera frame (7680x4320, 33 MP) fits; ~120 MB decoded as RGB
@@ -85,13 +89,57 @@ def _fast_jpeg(data: bytes, height: int, width: int, channels: int, resample: st
     return _resize(px, height, width, channels, resample)
 
 
+_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling's values
+_core_failed = False
+
+
 def _resize(px: np.ndarray, height: int, width: int, channels: int, resample: str) -> np.ndarray:
-    """Pillow's resize of decoded pixels, without Pillow's decoders or plugins (``fromarray``)."""
+    """Pillow's resize of decoded pixels, without Pillow's decoders or plugins: through its C core
+    (:func:`_core_resize`), or, should a Pillow's private core take other arguments, through
+    ``PIL.Image`` (same pixels, ~0.7 MB more resident once imported)."""
+    global _core_failed
+    if not _core_failed:
+        try:
+            return _core_resize(px, height, width, channels, resample)
+        except (AttributeError, TypeError) as exc:
+            _core_failed = True
+            log.warning("Pillow's C core resize is not usable (%s); resizing through PIL.Image", exc)
     from PIL import Image
 
     img = Image.fromarray(px.reshape(px.shape[0], px.shape[1]) if channels == 1 else px)
     img = img.resize((width, height), getattr(Image.Resampling, resample.upper()))
     return np.asarray(img, dtype=np.uint8).reshape(1, height, width, channels)
+
+
+def _core_resize(px: np.ndarray, height: int, width: int, channels: int, resample: str) -> np.ndarray:
+    """The calls ``Image.fromarray``, ``Image.resize`` and ``np.asarray(image)`` make into
+    ``PIL._imaging``, made directly: importing ``PIL.Image`` (and ``ImageFile``, which
+    ``tobytes`` imports) costs ~0.7 MB of Python objects the agent keeps for good (measured with
+    the 720p traffic of ``python -m bench agent``; docs/agent.md "Footprint"). Same pixels: tests
+    compare them with Pillow's own resize."""
+    from PIL import _imaging as core
+
+    mode = "L" if channels == 1 else "RGB"
+    h, w = int(px.shape[0]), int(px.shape[1])
+    im = core.new(mode, (w, h))
+    dec = core.raw_decoder(mode, mode, 0, 1)  # frombytes' "raw" decoder: rawmode, stride, ystep
+    dec.setimage(im, (0, 0, w, h))
+    dec.decode(np.ascontiguousarray(px))
+    out = im.resize((width, height), _FILTERS[resample.lower()], (0.0, 0.0, float(w), float(h)))
+    enc = core.raw_encoder(mode, mode)
+    enc.setimage(out, (0, 0, width, height))
+    chunks = []
+    try:
+        while True:
+            _, status, chunk = enc.encode(max(65536, width * 4))  # tobytes' buffer size
+            chunks.append(chunk)
+            if status:
+                break
+    finally:
+        enc.cleanup()
+    if status < 0:
+        raise ValueError(f"resize to {width}x{height} failed (Pillow's raw encoder returned {status})")
+    return np.frombuffer(b"".join(chunks), np.uint8).reshape(1, height, width, channels)
 
 
 def _pillow(data: bytes, height: int, width: int, channels: int, resample: str) -> np.ndarray:

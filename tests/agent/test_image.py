@@ -103,8 +103,9 @@ def test_a_jpeg_that_needs_resizing_decodes_drafted_by_simplejpeg_to_pillows_pix
             assert np.array_equal(fast, slow), f"{name} -> {w}x{h}x{c} {resample}"
 
 
-def test_the_720p_path_loads_neither_pillows_jpeg_decoder_nor_its_plugins(coral_models: Path) -> None:
-    """What keeps ~1 MB of Pillow out of the agent after a camera frame (docs/agent.md Footprint)."""
+def test_the_720p_path_loads_neither_pillows_jpeg_decoder_nor_its_plugins_nor_pil_image(coral_models: Path) -> None:
+    """What keeps ~1 MB of Pillow out of the agent after a camera frame, and ~0.7 MB more by
+    resizing through Pillow's C core without ``PIL.Image`` (docs/agent.md Footprint)."""
     import subprocess
     import sys
 
@@ -113,10 +114,25 @@ def test_the_720p_path_loads_neither_pillows_jpeg_decoder_nor_its_plugins(coral_
         "from agent import image\n"
         f"data = open({str(coral_models / 'cat_720p.jpg')!r}, 'rb').read()\n"
         "assert image.decode(data, 224, 224, 3, 'bicubic').shape == (1, 224, 224, 3)\n"
-        "print(sorted(m for m in sys.modules if m.endswith('ImagePlugin')))\n"
+        "print(sorted(m for m in sys.modules if m.endswith('ImagePlugin') or m == 'PIL.Image'))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_pillow_whose_core_takes_other_arguments_resizes_through_pil_image_to_the_same_pixels(
+    coral_models: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = (coral_models / "cat_720p.jpg").read_bytes()
+    core = image.decode(data, 224, 224, 3, "bicubic")
+
+    def changed_core(*args: object) -> np.ndarray:
+        raise TypeError("function takes exactly 2 arguments (1 given)")
+
+    monkeypatch.setattr(image, "_core_resize", changed_core)
+    monkeypatch.setattr(image, "_core_failed", False)
+    assert np.array_equal(image.decode(data, 224, 224, 3, "bicubic"), core)
+    assert image._core_failed and "resizing through PIL.Image" in caplog.text
 
 
 def test_a_huge_jpeg_is_refused_by_name_not_decoded_by_simplejpeg(monkeypatch: pytest.MonkeyPatch) -> None:
