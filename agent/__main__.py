@@ -157,6 +157,7 @@ def _run(cfg: object, config_path: Path) -> int:
 
     assert isinstance(cfg, AgentConfig)
     memory.pin_mmap_threshold()  # before the model loads: large buffers stay mmapped (agent.memory)
+    memory.one_arena()  # before any thread starts: one heap for all threads (agent.memory)
     ring = LogRing((cfg.password, cfg.cloud_api_key))  # what the hub's ``logs`` command reads
     logging.getLogger().addHandler(ring)
     try:

@@ -1,5 +1,6 @@
 """agent.memory: with the mmap threshold pinned, freed decode-sized buffers leave the process;
-with glibc's dynamic threshold (the default) they stay resident. Each case runs in a fresh
+with glibc's dynamic threshold (the default) they stay resident; with one arena a thread's
+allocations come from the main heap, not an arena of its own. Each case runs in a fresh
 interpreter, since the allocator's state is per process."""
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ if sys.argv[1] == "trimmed":
 print(anon_kb() - before)
 """
 
-pytestmark = pytest.mark.skipif(not memory._glibc(), reason="not glibc: agent.memory is a no-op here")
+glibc_only = pytest.mark.skipif(not memory._glibc(), reason="not glibc: agent.memory is a no-op here")
 
 
 def _growth_kb(mode: str) -> int:
@@ -43,12 +44,54 @@ def _growth_kb(mode: str) -> int:
     return int(out.stdout.strip())
 
 
+@glibc_only
 def test_freed_decode_buffers_return_to_the_kernel_once_the_threshold_is_pinned() -> None:
     unpinned, pinned = _growth_kb("default"), _growth_kb("pinned")
     assert unpinned > 10 * 1024, f"control: glibc's default kept only {unpinned} KiB of 16.4 MiB freed"
     assert pinned < 2 * 1024, f"pinned: {pinned} KiB stayed resident after the buffers were freed"
 
 
+@glibc_only
 def test_trim_hands_back_the_freed_buffers_the_default_threshold_kept() -> None:
     trimmed = _growth_kb("trimmed")
     assert trimmed < 2 * 1024, f"trimmed: {trimmed} KiB stayed resident after malloc_trim"
+
+
+# A thread allocates a block well under the mmap threshold and says whether it lies in the
+# process's [heap] (glibc's main arena) or elsewhere (an arena of the thread's own).
+THREAD_SCRIPT = """
+import ctypes, sys, threading
+from agent import memory
+if sys.argv[1] == "one":
+    assert memory.one_arena()
+where = []
+def work():
+    block = bytearray(16 << 10)
+    addr = ctypes.addressof((ctypes.c_char * len(block)).from_buffer(block))
+    for line in open("/proc/self/maps"):
+        lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+        if lo <= addr < hi:
+            where.append(line.split()[-1] if line.rstrip().endswith("]") else "elsewhere")
+t = threading.Thread(target=work)
+t.start()
+t.join()
+print(where[0])
+"""
+
+
+def _where_a_thread_allocates(mode: str) -> str:
+    out = subprocess.run([sys.executable, "-c", THREAD_SCRIPT, mode], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+@glibc_only
+def test_with_one_arena_a_serving_threads_allocations_come_from_the_main_heap() -> None:
+    assert _where_a_thread_allocates("default") == "elsewhere", "control: glibc gave the thread no arena of its own"
+    assert _where_a_thread_allocates("one") == "[heap]"
+
+
+def test_without_glibc_the_allocator_settings_are_no_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "_libc", False)  # as on musl or macOS: no mallopt, no malloc_trim
+    assert memory.pin_mmap_threshold() is False
+    assert memory.one_arena() is False
+    assert memory.trim() is False
