@@ -72,3 +72,18 @@ def test_view_lacking_a_needed_artifact_is_refused_naming_it_and_the_active_mode
     assert rej.reason == Reason.MISSING_ARTIFACT.value and "labels.txt" in rej.detail
     code, out = agent.predict_image((coral_models / "cat_720p.jpg").read_bytes())
     assert code == 200 and out["bundle"]["digest"] == good.ref.digest
+
+
+def test_under_a_hub_that_names_no_view_the_agent_fetches_and_keeps_the_full_archive(
+    tmp_path: Path, coral_models, trust, hub, make_agent
+):
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "b1", coral_models, extras=OMITTED))
+    pub = hub.publish_bundle(env, archive)  # an older hub: no "view" in the reference
+    assert pub.ref.view is None
+    agent = make_agent("dev1").start()
+    hub.desire("dev1", pub)
+    hub.report("dev1", "commit", "ok", pub.ref.digest)
+    dl = hub.report("dev1", "download", "ok", pub.ref.digest)
+    assert dl.metrics["received_bytes"] >= len(archive)
+    held = {p.name for p in (agent.state_dir / "slots" / pub.ref.digest).iterdir()}
+    assert {a.name for a in parse_manifest(env.payload).artifacts} <= held, held

@@ -106,3 +106,20 @@ def test_a_view_agent_on_a_known_base_gets_a_delta_between_views(memhub, client,
     assert apply(doc.delta.algo, data, parts, doc.bundle.view.plan.size) == store.archive(target_sha)
     old, _ = _issue(hub, v2["digest"], OLD_AGENT, active=v1["digest"])
     assert old.delta is not None and not old.delta.view and old.bundle is not None and old.bundle.view is None
+
+
+def test_a_fetch_request_for_a_view_archive_republishes_its_missing_chunks(memhub, client, bundle_dir):
+    from protocol.messages import FetchRequest
+
+    hub, pub = memhub
+    v1 = push(client, bundle_dir(model_bytes=bytes(range(256)) * 1000))  # a view of several chunks
+    doc, _ = _issue(hub, v1["digest"], NEW_AGENT)
+    assert doc.bundle is not None and doc.bundle.view is not None
+    plan = doc.bundle.view.plan
+    assert len(plan.chunks) >= 3
+    before = len(pub.sent)
+    hub.ingest.handle([("ef/v1/dev/dev1/fetch", FetchRequest("dev1", plan.sha256, (0, 2, 999)).to_bytes())])
+    sent = [m for m in pub.sent[before:] if m.kind == "chunk"]
+    assert [Topic.parse(m.topic).index for m in sent] == [0, 2]
+    for m in sent:
+        plan.check_chunk(int(Topic.parse(m.topic).index or 0), m.payload)
