@@ -5,7 +5,9 @@ Layout of ``STORE/``::
     bundles/{digest}/manifest.json    signed envelope (hub's online key)
     bundles/{digest}/{artifact}       one file per artifact, named as in the manifest
     archives/{archive_sha256}.efb     the signed archive agents download in chunks (and the
-                                      cloud fallback reads)
+                                      cloud fallback reads); device views' archives too (hub.views)
+    views/{archive_sha256}.json       a bundle's device view plan, by its full archive (hub.views)
+    deltas/{target}-{base}[.m2].zst   deltas, by target archive and base digest (hub.deltas)
 
 Upload format (``POST /api/v1/bundles``): the body is a bundle **archive** exactly as
 :func:`protocol.bundle.pack_archive` writes it (``EFB1`` + envelope length + envelope +
