@@ -114,8 +114,8 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="shed load: with N prediction requests in flight (per process), more are answered 503 "
-        "with Retry-After, not queued (0: 6 x workers x max batch; see docs/cloud.md)",
+        help="shed load: with N prediction requests in flight (across all --processes), more are "
+        "answered 503 with Retry-After, not queued (0: 6 x processes x workers x max batch; see docs/cloud.md)",
     )
     b.add_argument(
         "--latency-budget-ms",

@@ -25,6 +25,17 @@ its body is read):
   at least 1 s), names the bound it hit, never reaches a queue and never counts towards the rate;
 * 0 disables ``max_inflight`` or ``latency_budget_s``; the service's default leaves the budget off
   (:func:`cloud.config.build` says why).
+
+Several server processes (``--processes N``, :mod:`cloud.load`): ``max_inflight`` and the
+latency budget are machine-wide, ``floor`` stays per process. A process admits while it has
+fewer than ``floor`` of its own in flight, whatever the others hold (so no process idles its
+cores because the kernel handed the other more connections); beyond that it counts every other
+process at least at its floor - the others' unused floors are reserved for them - so the
+requests in flight across the processes never exceed ``max_inflight`` (which
+:func:`cloud.config.build` keeps >= processes x floor). The latency rule uses every process's
+requests in flight over the sum of their busy rates: each process measures the rate of its own
+workers, and the machine's capacity is their sum. With one process there are no others and the
+rules are the one-process rules above.
 """
 
 from __future__ import annotations
@@ -51,17 +62,28 @@ class Verdict:
     bound: str | None = None
 
 
-def decide(inflight: int, rate: float | None, policy: Admission) -> Verdict:
-    """Admit a new request with ``inflight`` others in flight and a measured busy ``rate``
-    (requests/s, None before the first measurement)?"""
-    expected = (inflight + 1) / rate if rate else None
+def decide(inflight: int, rate: float | None, policy: Admission, others: tuple[int, ...] = ()) -> Verdict:
+    """Admit a new request with ``inflight`` others in flight in this process, ``others`` the
+    requests in flight in each other process of the same ``serve`` (none with one process) and
+    ``rate`` the busy rate of all of them together (requests/s, None before the first
+    measurement)?"""
+    total = inflight + sum(others)
+    expected = (total + 1) / rate if rate else None
     if inflight < policy.floor:
         return Verdict(True, f"{inflight} in flight, under the floor of {policy.floor}", expected)
     retry = float(max(1, math.ceil(expected))) if expected is not None else 1.0
-    if policy.max_inflight and inflight >= policy.max_inflight:
+    # every other process holds at least its floor: it may still fill its workers' batches
+    held = inflight + sum(max(n, policy.floor) for n in others)
+    if policy.max_inflight and held >= policy.max_inflight:
+        where = (
+            f"{total} requests in flight across {len(others) + 1} processes ({held} counting each "
+            f"process's floor of {policy.floor})"
+            if others
+            else f"{inflight} requests in flight"
+        )
         return Verdict(
             False,
-            f"{inflight} requests in flight, the most admitted at once is {policy.max_inflight} (--max-inflight)",
+            f"{where}, the most admitted at once is {policy.max_inflight} (--max-inflight)",
             expected,
             retry,
             "max_inflight",
@@ -70,7 +92,7 @@ def decide(inflight: int, rate: float | None, policy: Admission) -> Verdict:
     if budget and expected is not None and expected > budget:
         return Verdict(
             False,
-            f"{inflight} requests in flight at {rate:.0f} req/s: expected latency {expected * 1e3:.0f} ms "
+            f"{total} requests in flight at {rate:.0f} req/s: expected latency {expected * 1e3:.0f} ms "
             f"is over the latency budget of {budget * 1e3:.0f} ms (--latency-budget-ms)",
             expected,
             retry,

@@ -50,6 +50,7 @@ from protocol.signing import Root
 from .config import CloudConfig
 from .errors import AuthError, BadInput, CloudError, InferenceFailed, NotFound, Overloaded, TooLarge, Unavailable
 from .guard import Guard, error_response
+from .load import SharedLoad
 from .metrics import Metrics
 from .models import ServedModel, describe
 from .service import Service
@@ -190,8 +191,12 @@ def _image_result(model: ServedModel, outputs: list[np.ndarray], params: answers
     return _task_result(model, outputs, params, image_size(data))
 
 
-def create_app(config: CloudConfig, root: Root, metrics: Metrics | None = None) -> FastAPI:
-    service = Service(config, root, metrics)
+def create_app(
+    config: CloudConfig, root: Root, metrics: Metrics | None = None, shared: SharedLoad | None = None, slot: int = 0
+) -> FastAPI:
+    """The app of one server process; ``shared``/``slot``: this process's place in the load of
+    all the processes of one ``serve --processes N`` (:mod:`cloud.load`), None with one process."""
+    service = Service(config, root, metrics, shared, slot)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -56,10 +56,11 @@ class BatchPolicy:
 @dataclass(frozen=True)
 class Admission:
     """Load shedding at the front door (:mod:`cloud.admission`): beyond ``floor`` requests in
-    flight (always admitted: enough to fill every worker's batch), a prediction request is
-    refused with 503 and Retry-After when ``max_inflight`` are in flight already, or when the
-    latency it can expect - requests in flight over the rate the service completes them when
-    busy (Little's law) - is over ``latency_budget_s``. 0 disables either bound."""
+    flight in a process (always admitted: enough to fill its workers' batches), a prediction
+    request is refused with 503 and Retry-After when ``max_inflight`` are in flight already
+    across every server process, or when the latency it can expect - requests in flight over
+    the rate the service completes them when busy (Little's law) - is over
+    ``latency_budget_s``. 0 disables either bound."""
 
     floor: int = 8
     max_inflight: int = 48
@@ -211,10 +212,12 @@ def build(
     n_processes = processes or max(1, os.cpu_count() or 1)
     # workers are per process: by default the CPUs are shared out among the processes
     n_workers = workers or max(1, (os.cpu_count() or 1) // n_processes)
-    if max_inflight and max_inflight < n_workers * max_batch:
+    # --max-inflight is machine-wide (every process counted, cloud/load.py); each process may
+    # always fill its own workers' batches, so the bound must leave room for all of them
+    if max_inflight and max_inflight < n_processes * n_workers * max_batch:
         raise ConfigError(
-            f"--max-inflight ({max_inflight}) must be >= workers x --max-batch ({n_workers} x {max_batch}): "
-            "fewer would leave a worker's batch empty"
+            f"--max-inflight ({max_inflight}) must be >= processes x workers x --max-batch "
+            f"({n_processes} x {n_workers} x {max_batch}): fewer would leave a worker's batch empty"
         )
     if intra_threads < 0 or inter_threads < 0 or solo_threads < 0:
         raise ConfigError(
@@ -226,7 +229,8 @@ def build(
         raise ConfigError(f"--latency-budget-ms must be >= 0 (0: no latency bound), got {latency_budget_ms}")
     if max_inflight < 0:
         raise ConfigError(
-            f"--max-inflight must be >= 0 (0: {INFLIGHT_PER_BATCH} x workers x max batch), got {max_inflight}"
+            f"--max-inflight must be >= 0 (0: {INFLIGHT_PER_BATCH} x processes x workers x max batch), "
+            f"got {max_inflight}"
         )
     if optimization not in ("disable", "basic", "extended", "all"):
         raise ConfigError(f"--graph-optimization must be disable|basic|extended|all, got {optimization!r}")
@@ -277,7 +281,7 @@ def build(
         # has no such loop
         admission=Admission(
             floor=n_workers * max_batch,
-            max_inflight=max_inflight or INFLIGHT_PER_BATCH * n_workers * max_batch,
+            max_inflight=max_inflight or INFLIGHT_PER_BATCH * n_processes * n_workers * max_batch,
             latency_budget_s=latency_budget_ms / 1000.0,
         ),
         hub=source,

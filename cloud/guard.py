@@ -11,7 +11,6 @@ import time
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .admission import decide
 from .config import ApiKey
 from .errors import AuthError, Overloaded, TooLarge
 from .metrics import Metrics
@@ -75,8 +74,7 @@ class Guard:
                     key = None  # not admitted: nothing to release
                     return
             if scope["method"] == "POST" and scope["path"] not in OPEN_PATHS:  # every prediction route
-                load = self.service.load
-                verdict = decide(load.inflight, load.rate, self.service.config.admission)
+                verdict = self.service.enter_prediction(time.monotonic())
                 if not verdict.admitted:
                     status["code"] = 503
                     self.metrics.errors.labels(Overloaded.code).inc()
@@ -88,7 +86,6 @@ class Guard:
                         {"Retry-After": str(round(verdict.retry_after_s))},
                     )(scope, receive, send)
                     return
-                load.enter(time.monotonic())
                 admitted = True
             # every method: no route may ever see an unbounded body, whatever it is declared as
             body = await self._read_body(scope, receive)
@@ -106,7 +103,7 @@ class Guard:
             if key is not None:
                 self.service.release(key)
             if admitted:
-                self.service.load.leave(time.monotonic())
+                self.service.leave_prediction(time.monotonic())
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             self.metrics.request_seconds.labels(path, str(status["code"])).observe(time.perf_counter() - start)

@@ -7,9 +7,13 @@ batchers and their own copy of every model on one inherited socket; the kernel h
 connection to whichever process accepts it. The parent only supervises: it restarts a process
 that dies and forwards SIGINT/SIGTERM.
 
-Per process, not shared: Prometheus metrics (a scrape of ``/metrics`` answers for the process
-that accepted the connection), ``--per-key-inflight``, ``--max-queue`` and admission (``--max-inflight``,
-``--latency-budget-ms``: each process counts its own requests in flight).
+Shared: admission (``--max-inflight``, ``--latency-budget-ms``) counts the requests in flight of
+every process against one machine-wide bound (:mod:`cloud.load`: the parent creates the shared
+slots before it starts the children, gives the ``i``-th process slot ``i`` and zeroes the slot
+of a process that dies, so a crash frees what it held). Per process, not shared: Prometheus
+metrics (a scrape of ``/metrics`` answers for the process that accepted the connection),
+``--per-key-inflight``, ``--max-queue`` and admission's ``floor`` (each process may always fill
+its own workers' batches).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
 
 from protocol.signing import Root, load_root_unverified
 
 from .config import CloudConfig
+from .load import SharedLoad
 
 log = logging.getLogger("cloud")
 RESTART_DELAY_S = 1.0
@@ -40,13 +46,15 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_process(config: CloudConfig, root: Root, sock: socket.socket | None) -> None:
-    """Run one server (the only one, or one of ``--processes``) until SIGINT/SIGTERM."""
+def serve_process(
+    config: CloudConfig, root: Root, sock: socket.socket | None, shared: SharedLoad | None = None, slot: int = 0
+) -> None:
+    """Run one server (the only one, or slot ``slot`` of ``--processes``) until SIGINT/SIGTERM."""
     import uvicorn
 
     from .api import create_app
 
-    app = create_app(config, root)
+    app = create_app(config, root, shared=shared, slot=slot)
     stopped: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         # uvicorn shuts down gracefully on these, then re-raises them to the previous handler;
@@ -64,7 +72,7 @@ def serve_process(config: CloudConfig, root: Root, sock: socket.socket | None) -
     log.info("stopped%s", f" by signal {stopped[-1]}" if stopped else "")
 
 
-def _child(config: CloudConfig, sock: socket.socket) -> None:
+def _child(config: CloudConfig, sock: socket.socket, load_path: str, slot: int) -> None:
     """Entry point of a spawned server process: it configures its own logging and reads the
     trust root again (the parent already checked it; keys do not pickle). It leaves the
     terminal's process group so Ctrl-C reaches only the parent, which then stops each child with
@@ -73,7 +81,7 @@ def _child(config: CloudConfig, sock: socket.socket) -> None:
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     with open(config.root, "rb") as f:
         root = load_root_unverified(f.read())
-    serve_process(config, root, sock)
+    serve_process(config, root, sock, SharedLoad(Path(load_path), config.processes), slot)
 
 
 def supervise(config: CloudConfig, sock: socket.socket) -> int:
@@ -87,16 +95,21 @@ def supervise(config: CloudConfig, sock: socket.socket) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stopping.append(signum))
 
-    def start() -> multiprocessing.process.BaseProcess:
-        proc = ctx.Process(target=_child, args=(config, sock), name="edgefleet-cloud-server")
+    shared = SharedLoad.create(config.processes)
+
+    def start(slot: int) -> multiprocessing.process.BaseProcess:
+        proc = ctx.Process(
+            target=_child, args=(config, sock, str(shared.path), slot), name=f"edgefleet-cloud-server-{slot}"
+        )
         proc.start()
         return proc
 
-    procs = [start() for _ in range(config.processes)]
+    procs = [start(i) for i in range(config.processes)]
     while not stopping:
         time.sleep(0.2)
         for i, proc in enumerate(procs):
             if not stopping and not proc.is_alive():
+                shared.reset(i)  # what it held in flight died with it
                 log.error(
                     "server process %s exited with %s; starting another in %.0f s",
                     proc.pid,
@@ -104,7 +117,7 @@ def supervise(config: CloudConfig, sock: socket.socket) -> int:
                     RESTART_DELAY_S,
                 )
                 time.sleep(RESTART_DELAY_S)
-                procs[i] = start()
+                procs[i] = start(i)
     for proc in procs:
         if proc.is_alive() and proc.pid is not None:
             os.kill(proc.pid, signal.SIGTERM)
@@ -114,5 +127,6 @@ def supervise(config: CloudConfig, sock: socket.socket) -> int:
             proc.kill()
             proc.join(5)
     sock.close()
+    shared.remove()
     log.info("stopped by signal %d", stopping[-1])
     return 0

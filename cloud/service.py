@@ -11,10 +11,11 @@ import logging
 
 from protocol.signing import Root
 
-from .admission import ServiceRate
+from .admission import ServiceRate, Verdict, decide
 from .config import ENV_DEFAULT_MODEL, ApiKey, CloudConfig
 from .errors import AuthError, BadInput, NotFound, Unavailable
 from .folder import Folder
+from .load import SharedLoad
 from .metrics import Metrics
 from .models import Catalog, LoadOptions, ServedModel
 
@@ -27,7 +28,14 @@ SETTING = f"--default-model NAME / {ENV_DEFAULT_MODEL}"
 class Service:
     """What the routes need: config, catalog, folder, metrics. One per app."""
 
-    def __init__(self, config: CloudConfig, root: Root, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: CloudConfig,
+        root: Root,
+        metrics: Metrics | None = None,
+        shared: SharedLoad | None = None,
+        slot: int = 0,
+    ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
         self.catalog = Catalog(self.metrics)
@@ -39,6 +47,11 @@ class Service:
         self._inflight: dict[str, int] = {}  # per API key name; touched only on the event loop
         # prediction requests in flight and the busy completion rate, for admission (event loop only)
         self.load = ServiceRate(config.admission.floor)
+        # with --processes N: every server process's requests in flight, for machine-wide admission
+        self.shared = shared
+        self.slot = slot
+        if shared is not None:
+            shared.reset(slot)  # a replacement starts with nothing in flight
         self.metrics.inflight.set_function(lambda: float(self.load.inflight))
         self.metrics.service_rate.set_function(lambda: self.load.rate or 0.0)
 
@@ -100,6 +113,29 @@ class Service:
                 f"or set {SETTING} to one of them",
             )
         return self.catalog.default(names[0])
+
+    def enter_prediction(self, now: float) -> Verdict:
+        """Admission (:func:`cloud.admission.decide`) of a prediction request, counted in flight
+        if admitted. With several processes the check and the count are one step under the
+        shared lock, so two processes cannot both take the last place."""
+        load, policy = self.load, self.config.admission
+        shared = self.shared
+        if shared is None:
+            verdict = decide(load.inflight, load.rate, policy)
+            if verdict.admitted:
+                load.enter(now)
+            return verdict
+        with shared.locked():
+            verdict = decide(load.inflight, shared.rate(self.slot, load.rate), policy, shared.others(self.slot))
+            if verdict.admitted:
+                load.enter(now)
+                shared.publish(self.slot, load.inflight, load.rate)
+        return verdict
+
+    def leave_prediction(self, now: float) -> None:
+        self.load.leave(now)
+        if self.shared is not None:  # a falling count needs no lock (cloud/load.py)
+            self.shared.publish(self.slot, self.load.inflight, self.load.rate)
 
     def admit(self, key: ApiKey) -> bool:
         """Per-key fairness: at most ``limits.per_key_inflight`` concurrent requests per key."""

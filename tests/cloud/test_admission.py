@@ -4,6 +4,7 @@ server flooded past a tiny bound (503s that say why, while admitted requests ans
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import subprocess
 import sys
@@ -59,6 +60,63 @@ def test_zero_disables_either_bound() -> None:
     assert decide(40, 1.0, Admission(8, 48, 0.0)).admitted  # no latency budget
 
 
+# ---- several server processes: one machine-wide bound, a floor per process ------------------
+
+
+def test_max_inflight_counts_every_process_of_the_serve() -> None:
+    assert decide(10, None, POLICY, (37,)).admitted  # 47 across both
+    v = decide(10, None, POLICY, (38,))  # 48 across both: the other process's 38 count here too
+    assert not v.admitted and v.bound == "max_inflight"
+    assert "48 requests in flight across 2 processes" in v.reason and "(--max-inflight)" in v.reason
+
+
+def test_a_process_under_its_floor_is_admitted_whatever_the_others_hold() -> None:
+    # the kernel handed the other process every connection: this one may still fill its workers
+    assert decide(7, 1.0, POLICY, (60,)).admitted
+    assert decide(0, None, POLICY, (48, 48)).admitted
+
+
+def test_the_others_unused_floors_are_kept_for_them() -> None:
+    # alone at 40 with the other process idle: 8 places stay the other's, so 40 is the most
+    v = decide(40, None, POLICY, (0,))
+    assert not v.admitted and "40 requests in flight across 2 processes (48 counting each" in v.reason
+    assert decide(39, None, POLICY, (3,)).admitted  # 39 + the other's floor of 8 = 47
+
+
+def test_across_processes_admitted_requests_never_exceed_max_inflight() -> None:
+    # every interleaving of arrivals over 3 processes (each arrival at a process that is told
+    # the others' counts), with departures: the machine-wide total stays <= max_inflight
+    policy = Admission(floor=2, max_inflight=9, latency_budget_s=0.0)
+    rng = random.Random(5)
+    for _ in range(2000):
+        counts = [0, 0, 0]
+        for _step in range(60):
+            i = rng.randrange(3)
+            if rng.random() < 0.25 and counts[i]:
+                counts[i] -= 1
+                continue
+            others = tuple(n for j, n in enumerate(counts) if j != i)
+            if decide(counts[i], None, policy, others).admitted:
+                counts[i] += 1
+            assert sum(counts) <= policy.max_inflight, counts
+
+
+def test_the_latency_budget_uses_every_process_over_their_summed_rate() -> None:
+    # 8 here + 12 there = 20 in flight; with this one's 21st at 20 req/s (both processes'
+    # busy rates summed) it expects 1.05 s, over the 1 s budget; at 40 req/s 0.525 s
+    v = decide(8, 20.0, POLICY, (12,))
+    assert not v.admitted and v.bound == "latency_budget" and v.expected_s == pytest.approx(21 / 20)
+    assert "20 requests in flight at 20 req/s" in v.reason
+    assert decide(8, 40.0, POLICY, (12,)).expected_s == pytest.approx(21 / 40)
+
+
+def test_one_process_decides_as_it_always_did() -> None:
+    for n in (0, 7, 8, 20, 47, 48, 60):
+        for rate in (None, 5.0, 50.0, 500.0):
+            assert decide(n, rate, POLICY, ()) == decide(n, rate, POLICY)
+    assert decide(48, None, POLICY).reason == "48 requests in flight, the most admitted at once is 48 (--max-inflight)"
+
+
 def test_the_rate_counts_completions_only_while_busy() -> None:
     rate = ServiceRate(floor=2, window_s=1.0, alpha=1.0)
     t = 0.0
@@ -97,12 +155,15 @@ def test_max_inflight_defaults_to_six_batches_and_may_not_starve_a_worker(setup:
     base: dict[str, Any] = {"bundles": str(setup.bundles), "root": str(setup.root), "environ": {}}
     c = cfg.build(**base, workers=2, max_batch=4)
     assert c.admission == Admission(floor=8, max_inflight=48, latency_budget_s=0.0)  # budget: opt-in
+    # --processes 2 x 1 worker: the floor is per process, the bound machine-wide (2 x 6 x 1 x 4)
+    assert cfg.build(**base, processes=2, workers=1, max_batch=4).admission == Admission(4, 48, 0.0)
     assert cfg.build(**base, latency_budget_ms=1500).admission.latency_budget_s == 1.5
     assert cfg.build(**base, workers=1, max_batch=1, max_inflight=2, latency_budget_ms=0).admission == Admission(
         1, 2, 0.0
     )
     for kw, needle in [
         ({"workers": 2, "max_batch": 4, "max_inflight": 7}, "--max-inflight (7)"),
+        ({"processes": 2, "workers": 1, "max_batch": 4, "max_inflight": 7}, "(2 x 1 x 4)"),
         ({"max_inflight": -1}, "--max-inflight"),
         ({"latency_budget_ms": -5}, "-5"),
         ({"solo_threads": -1}, "solo -1"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -271,3 +272,127 @@ def test_a_huge_body_is_refused_with_413_before_it_is_sent_whatever_its_content_
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert "Traceback" not in out, out
+
+
+def _multipart_png(data: bytes) -> tuple[bytes, str]:
+    boundary = "edgefleet-test-boundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        "Content-Type: image/png\r\n\r\n".encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _held_requests(port: int, body: bytes, ctype: str, n: int) -> list[socket.socket]:
+    """``n`` prediction requests whose headers are sent and whose body is not: admission decides
+    on the headers, so an admitted one stays in flight until its body comes, a refused one is
+    answered 503 at once."""
+    socks = []
+    for _ in range(n):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(
+            f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        )
+        socks.append(sock)
+    return socks
+
+
+def _read_to_end(sock: socket.socket) -> bytes:
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def _refusals(socks: list[socket.socket], at_least: int, deadline: float) -> dict[socket.socket, bytes]:
+    """Wait until ``at_least`` of ``socks`` were answered (refused); their answers."""
+    answered: dict[socket.socket, bytes] = {}
+    while len(answered) < at_least and time.monotonic() < deadline:
+        readable, _, _ = select.select([s for s in socks if s not in answered], [], [], 0.2)
+        for s in readable:
+            answered[s] = _read_to_end(s)
+    return answered
+
+
+@pytest.mark.integration
+def test_two_processes_admit_at_most_max_inflight_between_them_and_a_dead_ones_places_are_freed(
+    setup: Setup, trust: Any, tiny: Tiny
+) -> None:
+    drop(setup.bundles, make_archive(trust.targets_key, "tiny", "1", tiny.onnx))
+    port = free_port()
+    # 1 worker x batch 1 per process: each process may always hold 1 (its floor); 3 across both
+    args = ["--processes", "2", "--workers", "1", "--max-batch", "1", "--max-inflight", "3", "--poll", "0"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloud", "serve", "--bundles", str(setup.bundles), "--root", str(setup.root)]
+        + ["--port", str(port), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    px = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
+    body, ctype = _multipart_png(png(px))
+    base = f"http://127.0.0.1:{port}"
+    held: list[socket.socket] = []
+    victim = -1
+
+    def answered_200(deadline: float) -> bool:
+        while time.monotonic() < deadline:
+            try:
+                if httpx.post(f"{base}/predict", content=body, headers={"Content-Type": ctype}).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        return False
+
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and len(_children(proc.pid)) < 2:
+            time.sleep(0.1)
+        first = _children(proc.pid)
+        assert len(first) == 2, first
+        for _ in range(20):  # fresh connections: both processes have loaded the model
+            assert answered_200(deadline)
+        # 10 requests held open over both processes: at most 3 admitted (2 if the kernel gave
+        # every connection to one process: 1 place stays the other's floor), the rest refused
+        held = _held_requests(port, body, ctype, 10)
+        refused = _refusals(held, 7, deadline)
+        assert len(refused) >= 7, f"{10 - len(refused)} requests admitted across 2 processes, the bound is 3"
+        for answer in refused.values():
+            assert answer.startswith(b"HTTP/1.1 503") and b"across 2 processes" in answer, answer
+        admitted = [s for s in held if s not in refused]
+        assert 2 <= len(admitted) <= 3
+
+        # one process dies holding what it admitted: its places are freed, not leaked
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        while time.monotonic() < deadline and (victim in _children(proc.pid) or len(_children(proc.pid)) < 2):
+            time.sleep(0.1)
+        assert victim not in _children(proc.pid) and len(_children(proc.pid)) == 2
+        assert answered_200(deadline)
+        gone, _, _ = select.select(admitted, [], [], 0)  # the kernel closed the victim's connections
+        alive = [s for s in admitted if s not in gone or _read_to_end(s)]
+        more = _held_requests(port, body, ctype, 10)
+        held += more
+        refused = _refusals(more, 10 - (3 - len(alive)), deadline)
+        assert len(refused) >= 10 - (3 - len(alive))
+        now_admitted = alive + [s for s in more if s not in refused]
+        # without freeing the victim's places the survivor would stay full: fewer than 2 admitted
+        assert 2 <= len(now_admitted) <= 3, (len(alive), len(now_admitted))
+        for s in now_admitted:  # the admitted ones were waiting for their bodies: answered right
+            s.sendall(body)
+            assert _read_to_end(s).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in held:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert f"server process {victim} exited with -9" in out
