@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from .codec import extra_fields, field, load_object, nonneg_int
 from .errors import BadPayload, Reason, VerificationError
 from .signing import Envelope, Root
+from .topics import check_digest
 
 MANIFEST_FILE = "manifest.json"
 ARCHIVE_MAGIC = b"EFB1"
@@ -335,6 +336,22 @@ class ChunkPlan:
             raise BadPayload("chunk size", f"{chunk_size} is below the 1024-byte minimum")
         hashes = tuple(sha256_hex(archive[i : i + chunk_size]) for i in range(0, len(archive), chunk_size))
         return cls(len(archive), sha256_hex(archive), chunk_size, hashes)
+
+    @classmethod
+    def from_fields(cls, obj: dict[str, Any], what: str, empty_ok: bool = False) -> ChunkPlan:
+        """The plan in a wire object's ``size``, ``sha256``, ``chunk_size`` and ``chunks`` fields
+        (a bundle reference, a device view, a delta), checked: a chunk hash per ``chunk_size``
+        bytes, each a digest; ``empty_ok``: a zero-byte plan is allowed (no chunks)."""
+        chunks = field(obj, "chunks", list, what)
+        size = nonneg_int(obj, "size", what)
+        chunk_size = nonneg_int(obj, "chunk_size", what)
+        if chunk_size < 1024:
+            raise BadPayload(what, f"chunk_size {chunk_size} is below 1024")
+        if (size == 0 and not empty_ok) or len(chunks) != -(-size // chunk_size):
+            raise BadPayload(what, f"{len(chunks)} chunk hashes for {size} bytes at {chunk_size}")
+        for c in chunks:
+            check_digest(c)
+        return cls(size, check_digest(field(obj, "sha256", str, what)), chunk_size, tuple(chunks))
 
     def chunk_length(self, index: int) -> int:
         if not 0 <= index < len(self.chunks):

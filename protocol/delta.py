@@ -57,7 +57,7 @@ from dataclasses import dataclass, field as dc_field, replace
 from typing import Any
 
 from .bundle import ARCHIVE_MAGIC, Artifact, ChunkPlan, Manifest, parse_manifest
-from .codec import canonical, extra_fields, field, load_object, nonneg_int
+from .codec import canonical, extra_fields, field, load_object
 from .errors import BadPayload, Reason, VerificationError
 from .signing import Envelope
 from .topics import check_digest
@@ -107,16 +107,7 @@ class DeltaRef:
     def from_dict(cls, obj: dict[str, Any]) -> DeltaRef:
         what = "delta reference"
         algo = field(obj, "algo", str, what)
-        size = nonneg_int(obj, "size", what)
-        chunk_size = nonneg_int(obj, "chunk_size", what)
-        if chunk_size < 1024:
-            raise BadPayload(what, f"chunk_size {chunk_size} is below 1024")
-        chunks = field(obj, "chunks", list, what)
-        if size == 0 or len(chunks) != -(-size // chunk_size):
-            raise BadPayload(what, f"{len(chunks)} chunk hashes for {size} bytes at {chunk_size}")
-        for c in chunks:
-            check_digest(c)
-        plan = ChunkPlan(size, check_digest(field(obj, "sha256", str, what)), chunk_size, tuple(chunks))
+        plan = ChunkPlan.from_fields(obj, what)
         view = field(obj, "view", bool, what, False)
         # an unknown algorithm is kept, not refused: the agent falls back to full chunks for it
         return cls(check_digest(field(obj, "base", str, what)), algo, plan, view, extra_fields(obj, _KNOWN))

@@ -99,16 +99,7 @@ class BundleRef:
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> BundleRef:
         what = "bundle reference"
-        chunks = field(obj, "chunks", list, what)
-        size = nonneg_int(obj, "size", what)
-        chunk_size = nonneg_int(obj, "chunk_size", what)
-        if chunk_size < 1024:
-            raise BadPayload(what, f"chunk_size {chunk_size} is below 1024")
-        if len(chunks) != -(-size // chunk_size):
-            raise BadPayload(what, f"{len(chunks)} chunk hashes for {size} bytes at {chunk_size}")
-        for c in chunks:
-            check_digest(c)
-        plan = ChunkPlan(size, check_digest(field(obj, "sha256", str, what)), chunk_size, tuple(chunks))
+        plan = ChunkPlan.from_fields(obj, what, empty_ok=True)
         raw_view = obj.get("view")
         return cls(
             check_digest(field(obj, "digest", str, what)),

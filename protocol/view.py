@@ -29,14 +29,14 @@ every artifact's signed size and hash as for a full archive.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dc_field
 from typing import Any
 
 from .bundle import Artifact, ChunkPlan, Manifest, check_name
-from .codec import field, nonneg_int
+from .codec import extra_fields, field
 from .errors import BadPayload, Reason, VerificationError
-from .topics import check_digest
 
+_KNOWN = {"artifacts", "size", "sha256", "chunk_size", "chunks"}
 FEATURE = "device_view"  # in Inventory.features: this agent installs device-view archives
 CPU_MODELS = ("tflite_int8", "tflite_float")
 FOR_PEOPLE = ("report", "model_card")
@@ -75,9 +75,11 @@ class BundleView:
 
     artifacts: tuple[str, ...]  # member names, in manifest order
     plan: ChunkPlan
+    extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)  # unknown fields, kept
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            **self.extra,
             "artifacts": list(self.artifacts),
             "size": self.plan.size,
             "sha256": self.plan.sha256,
@@ -95,14 +97,4 @@ class BundleView:
             check_name(n)
         if len(set(names)) != len(names):
             raise BadPayload(what, f"artifacts {names!r:.80} name one twice")
-        size = nonneg_int(obj, "size", what)
-        chunk_size = nonneg_int(obj, "chunk_size", what)
-        if chunk_size < 1024:
-            raise BadPayload(what, f"chunk_size {chunk_size} is below 1024")
-        chunks = field(obj, "chunks", list, what)
-        if size == 0 or len(chunks) != -(-size // chunk_size):
-            raise BadPayload(what, f"{len(chunks)} chunk hashes for {size} bytes at {chunk_size}")
-        for c in chunks:
-            check_digest(c)
-        plan = ChunkPlan(size, check_digest(field(obj, "sha256", str, what)), chunk_size, tuple(chunks))
-        return cls(tuple(names), plan)
+        return cls(tuple(names), ChunkPlan.from_fields(obj, what), extra_fields(obj, _KNOWN))

@@ -187,3 +187,23 @@ def test_inventory_features_round_trip_and_unknown_ones_are_kept():
     assert "features" not in Inventory(board="rpi4").to_dict()
     with pytest.raises(BadPayload):
         Inventory.from_dict({"features": [1]})
+
+
+def test_a_view_keeps_fields_a_newer_hub_added():
+    doc = {**BundleView(("m.tflite",), VIEW_PLAN).to_dict(), "compression": "zstd"}
+    back = BundleView.from_dict(doc)
+    assert back.extra == {"compression": "zstd"} and back.to_dict() == doc
+
+
+def test_every_chunk_plan_on_the_wire_is_checked_the_same_way():
+    good = BundleView(("m.tflite",), VIEW_PLAN).to_dict()
+    for bad, says in (
+        ({"chunk_size": 512}, "below 1024"),
+        ({"chunks": []}, "chunk hashes for"),
+        ({"size": 0, "chunks": []}, "chunk hashes for 0 bytes"),
+    ):
+        with pytest.raises(BadPayload, match=says):
+            BundleView.from_dict({**good, **bad})
+    # a bundle reference may describe an empty archive (no chunks); a view or a delta may not
+    empty = {"digest": "a" * 64, "name": "x", "version": "1", "size": 0, "sha256": "b" * 64, "chunk_size": 1024}
+    assert BundleRef.from_dict({**empty, "chunks": []}).archive.chunks == ()
