@@ -51,6 +51,10 @@ def parse_request(
     body (:func:`parse_body`), the query string's answer parameters (:mod:`protocol.answers.params`)
     and the ``X-Session-Id`` / ``X-Session-Reset`` headers (:mod:`agent.sessions`)."""
     req = parse_body(content_type, body, shape, dtype)
+    if not query and session is None and reset is None:
+        # the usual request: no query, no session; its Request's defaults are what parsing would
+        # give (an empty query, default parameters), so skip the parse and the dataclass copy
+        return req
     pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
     fields = dict(reversed(pairs))  # the first value of a repeated parameter
     try:
