@@ -367,8 +367,7 @@ def test_two_processes_admit_at_most_max_inflight_between_them_and_a_dead_ones_p
         assert len(refused) >= 7, f"{10 - len(refused)} requests admitted across 2 processes, the bound is 3"
         for answer in refused.values():
             assert answer.startswith(b"HTTP/1.1 503") and b"across 2 processes" in answer, answer
-        admitted = [s for s in held if s not in refused]
-        assert 2 <= len(admitted) <= 3
+        assert len(refused) <= 8  # each process admits up to its floor whatever the other holds
 
         # one process dies holding what it admitted: its places are freed, not leaked
         victim = min(first)
@@ -377,18 +376,25 @@ def test_two_processes_admit_at_most_max_inflight_between_them_and_a_dead_ones_p
             time.sleep(0.1)
         assert victim not in _children(proc.pid) and len(_children(proc.pid)) == 2
         assert answered_200(deadline)
-        gone, _, _ = select.select(admitted, [], [], 0)  # the kernel closed the victim's connections
-        alive = [s for s in admitted if s not in gone or _read_to_end(s)]
-        more = _held_requests(port, body, ctype, 10)
-        held += more
-        refused = _refusals(more, 10 - (3 - len(alive)), deadline)
-        assert len(refused) >= 10 - (3 - len(alive))
-        now_admitted = alive + [s for s in more if s not in refused]
-        # without freeing the victim's places the survivor would stay full: fewer than 2 admitted
-        assert 2 <= len(now_admitted) <= 3, (len(alive), len(now_admitted))
-        for s in now_admitted:  # the admitted ones were waiting for their bodies: answered right
-            s.sendall(body)
-            assert _read_to_end(s).startswith(b"HTTP/1.1 200")
+        for s in held:  # the survivor's held requests complete; the victim's connections are gone
+            if s not in refused:
+                try:
+                    s.sendall(body)
+                except OSError:
+                    pass
+                _read_to_end(s)
+            s.close()
+        held = _held_requests(port, body, ctype, 10)
+        refused = _refusals(held, 7, deadline)
+        assert len(refused) >= 7, f"{10 - len(refused)} requests admitted across 2 processes, the bound is 3"
+        # the rest were admitted (at least 2: each process's floor) or are still being decided;
+        # had the victim's places leaked, fewer than 2 could be admitted now
+        answers = []
+        for s in held:
+            if s not in refused:
+                s.sendall(body)
+                answers.append(_read_to_end(s))
+        assert sum(a.startswith(b"HTTP/1.1 200") for a in answers) >= 2, answers
     finally:
         for s in held:
             s.close()
