@@ -265,15 +265,44 @@ class Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
 
+VIEW_CPU_MODELS = ("tflite_int8", "tflite_float")
+VIEW_FOR_PEOPLE = ("report", "model_card")
+
+
+def view_needed(manifest: Manifest) -> tuple[Artifact, ...]:
+    """The artifacts a device needs, in manifest order (the rules: :mod:`protocol.view`)."""
+    roles = {a.role for a in manifest.artifacts}
+    drop: set[str] = set(VIEW_FOR_PEOPLE)
+    if "tflite_int8" in roles:
+        drop.add("tflite_float")
+    if roles & set(VIEW_CPU_MODELS):
+        drop.add("onnx")
+    return tuple(a for a in manifest.artifacts if a.role not in drop)
+
+
+def view_check_members(manifest: Manifest, members: Collection[str]) -> tuple[Artifact, ...]:
+    """The manifest's artifacts named by ``members`` (manifest order), or VerificationError:
+    MALFORMED for a name the manifest does not list, MISSING_ARTIFACT naming the first artifact
+    the device needs (:func:`view_needed`) that ``members`` leaves out."""
+    names = {a.name for a in manifest.artifacts}
+    for m in members:
+        if m not in names:
+            raise VerificationError(Reason.MALFORMED, f"device view names {m!r}, which the manifest does not list")
+    for a in view_needed(manifest):
+        if a.name not in members:
+            raise VerificationError(
+                Reason.MISSING_ARTIFACT, f"device view lacks {a.name!r} ({a.role}), which this device needs"
+            )
+    return tuple(a for a in manifest.artifacts if a.name in members)
+
+
 def members(manifest: Manifest, only: Collection[str] | None) -> tuple[Artifact, ...]:
     """The artifacts an archive holds: all (``only`` None), or those named by ``only`` (a
-    device-view archive, checked by :func:`protocol.view.check_members`: MALFORMED for a name the
+    device-view archive, checked by :func:`view_check_members`: MALFORMED for a name the
     manifest does not list, MISSING_ARTIFACT naming one the device needs)."""
     if only is None:
         return manifest.artifacts
-    from .view import check_members  # view builds on this module
-
-    return check_members(manifest, only)
+    return view_check_members(manifest, only)
 
 
 def read_archive(

@@ -28,45 +28,20 @@ every artifact's signed size and hash as for a full archive.
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass, field as dc_field
 from typing import Any
 
-from .bundle import Artifact, ChunkPlan, Manifest, check_name
+from . import bundle
+from .bundle import ChunkPlan, check_name
 from .codec import extra_fields, field
-from .errors import BadPayload, Reason, VerificationError
+from .errors import BadPayload
 
 _KNOWN = {"artifacts", "size", "sha256", "chunk_size", "chunks"}
 FEATURE = "device_view"  # in Inventory.features: this agent installs device-view archives
-CPU_MODELS = ("tflite_int8", "tflite_float")
-FOR_PEOPLE = ("report", "model_card")
-
-
-def needed(manifest: Manifest) -> tuple[Artifact, ...]:
-    """The artifacts a device needs, in manifest order (the rules in the module docstring)."""
-    roles = {a.role for a in manifest.artifacts}
-    drop: set[str] = set(FOR_PEOPLE)
-    if "tflite_int8" in roles:
-        drop.add("tflite_float")
-    if roles & set(CPU_MODELS):
-        drop.add("onnx")
-    return tuple(a for a in manifest.artifacts if a.role not in drop)
-
-
-def check_members(manifest: Manifest, members: Collection[str]) -> tuple[Artifact, ...]:
-    """The manifest's artifacts named by ``members`` (manifest order), or VerificationError:
-    MALFORMED for a name the manifest does not list, MISSING_ARTIFACT naming the first artifact
-    the device needs (:func:`needed`) that ``members`` leaves out."""
-    names = {a.name for a in manifest.artifacts}
-    for m in members:
-        if m not in names:
-            raise VerificationError(Reason.MALFORMED, f"device view names {m!r}, which the manifest does not list")
-    for a in needed(manifest):
-        if a.name not in members:
-            raise VerificationError(
-                Reason.MISSING_ARTIFACT, f"device view lacks {a.name!r} ({a.role}), which this device needs"
-            )
-    return tuple(a for a in manifest.artifacts if a.name in members)
+# the rules (module docstring) live beside the archive code that applies them (protocol.bundle
+# reads a view's members while it verifies an archive), re-exported here where they are described
+CPU_MODELS, FOR_PEOPLE = bundle.VIEW_CPU_MODELS, bundle.VIEW_FOR_PEOPLE
+needed, check_members = bundle.view_needed, bundle.view_check_members
 
 
 @dataclass(frozen=True)
