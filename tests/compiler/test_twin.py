@@ -24,6 +24,7 @@ traffic_model (SSD + TFLite_Detection_PostProcess)  withheld   converts, but 3 i
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from compiler.inference import TfliteRunner
@@ -137,16 +138,21 @@ def test_a_model_tf2onnx_fails_on_is_withheld_with_its_one_line_error(coral_mode
 
 def test_keypoints_twin_is_judged_by_keypoint_distance_and_withheld(coral_models: Path) -> None:
     """MoveNet (signature task keypoints): the twin's keypoints are on average 0.0704 of the image
-    from LiteRT's on the 32 synthetic inputs (limit 0.02; up to 0.30 on parrot.jpg): withheld.
-    With no task stated the generic metric withholds it too (lowest cosine 0.9747 < 0.99)."""
+    from LiteRT's on the 32 synthetic inputs on one CPU, 0.1105 on another (LiteRT's int8 kernels
+    round by instruction set; limit 0.02; up to 0.30 on parrot.jpg): withheld. With no task
+    stated the generic metric withholds it too (lowest cosine 0.9747 < 0.99 on the first CPU)."""
     data = (coral_models / "movenet_single_pose_lightning_ptq.tflite").read_bytes()
     runner = TfliteRunner(data, "movenet")
     inputs = choose_inputs(runner.input, {}, None, None)
     ver = verify(data, "movenet", runner, inputs, 600, task="keypoints")
     assert (ver.status.status, ver.status.metric) == ("withheld", "keypoints")
-    assert ver.status.reason == "mean keypoint distance 0.0704 > 0.02 on 32 synthetic inputs"
+    said = re.fullmatch(r"mean keypoint distance (\d\.\d{4}) > 0\.02 on 32 synthetic inputs", ver.status.reason)
+    assert said is not None, ver.status.reason
+    assert float(said.group(1)) > 0.02
     untasked = verify(data, "movenet", runner, inputs, 600)
-    assert untasked.status.metric == "cosine" and untasked.status.reason.startswith("lowest cosine similarity 0.9747")
+    cos = re.match(r"lowest cosine similarity (\d\.\d{4})", untasked.status.reason)
+    assert untasked.status.metric == "cosine" and cos is not None, untasked.status.reason
+    assert float(cos.group(1)) < 0.99
 
 
 def test_inspect_says_why_the_twin_was_withheld(inat_bundle: Path) -> None:
