@@ -50,8 +50,7 @@ def bundle_public(b: Bundle) -> dict[str, Any]:
 
 def bundle_ref(b: Bundle, view: BundleView | None = None) -> BundleRef:
     """``b`` in a desired document; ``view``: its device view, for an agent that installs one."""
-    plan = ChunkPlan(b.size, b.archive_sha256, b.chunk_size, tuple(b.chunks))
-    return BundleRef(b.digest, b.name, b.version, plan, Requirements.from_dict(b.requirements), view)
+    return BundleRef(b.digest, b.name, b.version, archive_plan(b), Requirements.from_dict(b.requirements), view)
 
 
 def push_archive(fleet: Fleet, data: bytes, actor: str = "api") -> dict[str, Any]:
@@ -167,14 +166,25 @@ def get(fleet: Fleet, digest: str) -> dict[str, Any]:
         return out
 
 
+def archive_plan(b: Bundle) -> ChunkPlan:
+    """How ``b``'s full archive is cut for transfer."""
+    return ChunkPlan(b.size, b.archive_sha256, b.chunk_size, tuple(b.chunks))
+
+
 def chunk_messages(fleet: Fleet, b: Bundle, indexes: Iterable[int] | None = None) -> list[Outgoing]:
+    return plan_chunk_messages(fleet, archive_plan(b), indexes)
+
+
+def plan_chunk_messages(fleet: Fleet, plan: ChunkPlan, indexes: Iterable[int] | None = None) -> list[Outgoing]:
+    """The retained chunk messages of a stored archive (a bundle's, or a device view's:
+    hub.views), all or those at ``indexes`` (out-of-range ones skipped)."""
     out = []
-    idx = range(len(b.chunks)) if indexes is None else sorted(set(indexes))
+    idx = range(len(plan.chunks)) if indexes is None else sorted(set(indexes))
     for i in idx:
-        if not 0 <= i < len(b.chunks):
+        if not 0 <= i < len(plan.chunks):
             continue
-        data = fleet.store.chunk(b.archive_sha256, i, b.chunk_size)
-        out.append(Outgoing(str(Topic.chunk(b.archive_sha256, i)), data, retain=True, qos=1, kind="chunk"))
+        data = fleet.store.chunk(plan.sha256, i, plan.chunk_size)
+        out.append(Outgoing(str(Topic.chunk(plan.sha256, i)), data, retain=True, qos=1, kind="chunk"))
     return out
 
 

@@ -29,6 +29,7 @@ from protocol.errors import ProtocolError
 from protocol.topics import Topic
 from protocol.view import BundleView
 
+from . import views
 from .errors import NotFound
 from .fleet import Fleet
 from .models import Bundle, Device
@@ -55,8 +56,7 @@ def for_device(
     if base is None or base == b.digest:
         return None, []
     target = view.plan.sha256 if view is not None else b.archive_sha256
-    features = (d.inventory or {}).get("features")
-    subs = isinstance(features, list) and pdelta.ALGO_MEMBERS2 in features  # SUB records (zstd-members-2)
+    subs = views.announced(d, pdelta.ALGO_MEMBERS2)  # SUB records (zstd-members-2)
     data = _delta_bytes(fleet, base, b, target, view is not None, subs)
     if not data:
         return None, []

@@ -314,16 +314,14 @@ class Ingest:
                         counted.append(("install", f"{result}:{m.reason}"))
                 elif isinstance(m, FetchRequest):
                     b = s.exec(select(Bundle).where(Bundle.archive_sha256 == m.archive)).first()
-                    view = views.plan_of_archive(self.fleet, m.archive) if b is None else None
-                    if b is None and view is None:
+                    # a bundle's full archive, else a device view's (hub.views)
+                    plan = bundles.archive_plan(b) if b is not None else views.plan_of_archive(self.fleet, m.archive)
+                    if plan is None:
                         counted.append(("fetch", "rejected"))
                         self._warn(f"ef/v1/dev/{m.device}/fetch", ValueError(f"unknown archive {m.archive}"))
                         continue
                     wanted = self._throttle(m.archive, m.missing[:MAX_REPAIR_CHUNKS])
-                    if b is not None:
-                        out.extend(bundles.chunk_messages(self.fleet, b, wanted))
-                    elif view is not None:  # a device view's archive (hub.views)
-                        out.extend(views.chunk_messages(self.fleet, view, wanted))
+                    out.extend(bundles.plan_chunk_messages(self.fleet, plan, wanted))
                     counted.append(("fetch", "stored" if wanted or not m.missing else "throttled"))
                 elif isinstance(m, Result):
                     counted.append(("result", "stored" if commands.record(s, m, now) else "rejected"))

@@ -18,7 +18,6 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,8 @@ from protocol import view as pview
 from protocol.bundle import ChunkPlan, pack_archive
 from protocol.errors import ProtocolError
 from protocol.signing import Envelope
-from protocol.topics import Topic
 
+from .bundles import plan_chunk_messages
 from .errors import NotFound
 from .fleet import Fleet
 from .models import Bundle, Device
@@ -40,10 +39,15 @@ _lock = threading.Lock()
 _published: weakref.WeakKeyDictionary[Fleet, set[str]] = weakref.WeakKeyDictionary()
 
 
-def capable(d: Device) -> bool:
-    """Whether ``d``'s agent announced it installs device views (its status inventory)."""
+def announced(d: Device, feature: str) -> bool:
+    """Whether ``d``'s agent listed ``feature`` in its status inventory's ``features``."""
     features = (d.inventory or {}).get("features")
-    return isinstance(features, list) and pview.FEATURE in features
+    return isinstance(features, list) and feature in features
+
+
+def capable(d: Device) -> bool:
+    """Whether ``d``'s agent announced it installs device views."""
+    return announced(d, pview.FEATURE)
 
 
 def for_device(fleet: Fleet, d: Device, b: Bundle) -> tuple[pview.BundleView | None, list[Outgoing]]:
@@ -59,7 +63,7 @@ def for_device(fleet: Fleet, d: Device, b: Bundle) -> tuple[pview.BundleView | N
         if view.plan.sha256 in done:
             return view, []
         done.add(view.plan.sha256)
-    return view, chunk_messages(fleet, view.plan, range(len(view.plan.chunks)))
+    return view, plan_chunk_messages(fleet, view.plan)
 
 
 def of(fleet: Fleet, b: Bundle) -> pview.BundleView | None:
@@ -110,15 +114,6 @@ def plan_of_archive(fleet: Fleet, archive_sha: str) -> ChunkPlan | None:
     except (FileNotFoundError, ValueError):
         return None
     return view.plan if view is not None else None
-
-
-def chunk_messages(fleet: Fleet, plan: ChunkPlan, indexes: Iterable[int]) -> list[Outgoing]:
-    out = []
-    for i in sorted(set(indexes)):
-        if 0 <= i < len(plan.chunks):
-            data = fleet.store.chunk(plan.sha256, i, plan.chunk_size)
-            out.append(Outgoing(str(Topic.chunk(plan.sha256, i)), data, retain=True, qos=1, kind="chunk"))
-    return out
 
 
 def _parse(data: bytes) -> pview.BundleView | None:

@@ -8,7 +8,7 @@ import io
 import os
 
 from agent.delta import apply
-from hub import desired, views
+from hub import bundles, desired, views
 from hub.models import Bundle, Device
 from protocol.bundle import MANIFEST_FILE, Artifact, Manifest, read_archive
 from protocol.delta import base_parts, unsigned, view_manifest
@@ -62,7 +62,7 @@ def test_an_agent_that_announced_views_gets_the_view_and_its_chunks_first(memhub
     again, _ = _issue(hub, v1["digest"], NEW_AGENT)
     assert again.bundle is not None and again.bundle.view == view  # built once, content-addressed
     assert views.plan_of_archive(hub.fleet, view.plan.sha256) == view.plan  # fetch repairs find it
-    assert [m.payload for m in views.chunk_messages(hub.fleet, view.plan, [0])] == [data[: view.plan.chunk_size]]
+    assert [m.payload for m in bundles.plan_chunk_messages(hub.fleet, view.plan, [0])] == [data[: view.plan.chunk_size]]
 
 
 def test_an_older_agent_gets_the_full_archive_and_document_bytes_without_a_view(memhub, client, bundle_dir):
