@@ -56,7 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field as dc_field, replace
 from typing import Any
 
-from .bundle import ARCHIVE_MAGIC, Artifact, ChunkPlan, Manifest, parse_manifest
+from .bundle import ARCHIVE_MAGIC, Artifact, ChunkPlan, Manifest, parse_manifest, view_needed
 from .codec import canonical, extra_fields, field, load_object
 from .errors import BadPayload, Reason, VerificationError
 from .signing import Envelope
@@ -133,9 +133,7 @@ def reference(manifest: Manifest, read: Callable[[Artifact], bytes]) -> bytes:
 def view_manifest(manifest: Manifest) -> Manifest:
     """``manifest`` with only the artifacts of its device view: what a ``view`` delta's
     :func:`reference` and :func:`base_parts` are made from."""
-    from .view import needed
-
-    return replace(manifest, artifacts=needed(manifest))
+    return replace(manifest, artifacts=view_needed(manifest))
 
 
 def window_log(n: int) -> int:
