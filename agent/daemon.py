@@ -171,12 +171,9 @@ class Agent:
         self._unix: Any = None
 
     def _offer_hard_example(self, req: Request, ans: Answer, model: Model) -> str | None:
-        """After each local answer: nothing unless a policy applies to ``model`` (off by default,
-        so the answer's document, a list per score, is built only when it does)."""
+        """After each local answer (agent.hardexamples: nothing unless a policy applies)."""
         extra = model.signature.extra if model.signature is not None else None
-        if self.hard.policy_for(model.info.name, model.info.digest, extra) is None:
-            return None
-        return self.hard.offer(req, ans.doc(), ans.scores, model.info.name, model.info.digest, extra)
+        return self.hard.offer(req, ans.doc, ans.scores, model.info.name, model.info.digest, extra)
 
     # reports, status, telemetry --------------------------------------------------------------
     def report(

@@ -134,11 +134,16 @@ class HardExamples:
         p = self._bundle_policies[digest]
         return p if p is not None and p.enabled else None
 
-    def offer(self, req: Request, doc: dict[str, Any], scores: Any, name: str, digest: str, extra: Any) -> str | None:
-        """A local answer: keep its input if the sampler says so. Returns the decision (None: off)."""
+    def offer(
+        self, req: Request, answer: Callable[[], dict[str, Any]], scores: Any, name: str, digest: str, extra: Any
+    ) -> str | None:
+        """A local answer: keep its input if the sampler says so. Returns the decision (None: off).
+        ``answer`` builds the answer's document (a list per score), called only when a policy
+        applies: with hard examples off, the default, a local answer costs one lookup here."""
         policy = self.policy_for(name, digest, extra)
         if policy is None or req.session is not None:
             return None
+        doc = answer()
         try:
             conf = sampling.confidence(policy, doc, scores)
         except ConfigError:

@@ -31,14 +31,14 @@ def policy(**kw: object) -> Policy:
 
 
 def offer(h: HardExamples, data: bytes, doc: dict = UNSURE) -> str | None:
-    return h.offer(Request(image=data), doc, SCORES, "mnv1", DIGEST, None)
+    return h.offer(Request(image=data), lambda: doc, SCORES, "mnv1", DIGEST, None)
 
 
 def test_off_unless_a_policy_turns_it_on_and_the_bundle_can(tmp_path):
     off = HardExamples(tmp_path / "a", "dev-1", None)
     assert offer(off, jpeg(1)) is None and off.pending() == []
     signed = {"hard_examples": {"enabled": True, "threshold": 0.9}}
-    assert off.offer(Request(image=jpeg(1)), UNSURE, SCORES, "mnv1", "e" * 64, signed) == "sample"
+    assert off.offer(Request(image=jpeg(1)), lambda: UNSURE, SCORES, "mnv1", "e" * 64, signed) == "sample"
     other = HardExamples(tmp_path / "b", "dev-1", policy(models=["digits"]))
     assert offer(other, jpeg(1)) is None  # the config names another model
 
