@@ -370,3 +370,13 @@ def test_a_channel_with_no_model_yet_refuses_instead_of_the_cloud_answering_with
     default = Serving(Recorder(), cloud, None, lambda d, w: None)  # type: ignore[arg-type]
     default.respond(parse_request("image/jpeg", b"\xff\xd8\xff jpeg"))  # the cloud's default model is this one's
     assert cloud.asked == [None]
+
+
+def test_a_request_without_query_or_session_is_what_the_full_parse_gives():
+    """parse_request's shortcut for the usual request (no query string, no session headers)
+    returns the Request that parsing an empty query and no session would build."""
+    body = b'{"inputs": [[1]]}'
+    quick = parse_request("application/json", body)
+    full = parse_request("application/json", body, reset="false")  # a header forces the full parse
+    assert quick == full
+    assert (quick.query, quick.session, quick.reset) == ({}, None, False)
