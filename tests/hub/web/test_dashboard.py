@@ -142,7 +142,9 @@ def test_fleet_page_of_a_large_fleet_shows_kept_counts_and_says_how_old(
     monkeypatch.setattr(time, "time", lambda: real() + 2)  # the next view is 2 s later
     kept = c.get("/ui", params={"part": "fleet_cards"}).text
     assert re.search(r'id="stat-total">10000<', kept)  # the kept count, not the new device ...
-    assert re.search(r'id="counted-at"[^>]*>Device and rollout counts as of [12]s ago', kept)  # ... and said so
+    # ... and said so: at least the 2 s we moved the clock (more when the first count was slow)
+    age = re.search(r'id="counted-at"[^>]*>Device and rollout counts as of (\d+)s ago', kept)
+    assert age and int(age.group(1)) >= 1
 
 
 def test_ten_thousand_devices_filter_by_tag_in_sql_and_pages_keep_the_tag(big_fleet: Hub) -> None:
