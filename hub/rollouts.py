@@ -153,7 +153,7 @@ def _run(
             out.append(desired.issue(fleet, s, dev, b, action, r.id, channel=r.channel))
             seqs[a.device] = dev.desired_seq
         elif isinstance(a, IssueStage):
-            sent = staging.issue(fleet, s, a, policy, r.id)
+            sent = staging.issue(fleet, s, a, policy, r.id, r.channel)
             if sent is not None:
                 out.extend(sent[0])
                 seqs[a.device] = sent[1]
@@ -185,7 +185,7 @@ def create(
         pol = Policy.from_dict(policy or {})
     except PolicyError as exc:
         raise Invalid("policy", str(exc)) from None
-    channels.check(channel, pol)
+    channels.check(channel)
     with _exclusive(fleet) as (s, out):
         bundles.get_row(fleet, s, digest)
         now = fleet.clock()

@@ -9,8 +9,8 @@ rollout runs again:
 * benchmark stage: the device's ``shadow`` reports answering the stage's document (their
   ``desired_seq`` is the row's ``seq``); the newest carrying ``metrics.benchmark`` for the
   candidate is the figure, a failed one without it says the candidate never ran;
-* shadow stage: the ``shadow`` record of every telemetry window the hub received since the stage
-  began, summed (:class:`hub.stages.ShadowTally`), and failed ``shadow`` reports as above.
+* shadow stage: the ``shadow`` record of every telemetry window on the rollout's channel the hub
+  received since the stage began, summed (:class:`hub.stages.ShadowTally`), and failed ``shadow`` reports as above.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from protocol.channels import DEFAULT
 from protocol.device import Shadow
 from protocol.errors import BadPayload
 
@@ -67,21 +68,22 @@ def evidence(s: Session, r: Rollout, st: RolloutState, rows: Rows) -> list[Stage
                 report = found
             elif rep.status == "failed" and not failed:
                 failed = f"{rep.reason}: {rep.detail}"
-        tally = _tally(s, d.id, d.issued_at, r.bundle) if d.stage == "shadow" else None
+        tally = _tally(s, d.id, d.issued_at, r.bundle, r.channel) if d.stage == "shadow" else None
         out.append(StageEvidence(d.id, report, tally, failed, task))
     return out
 
 
-def _tally(s: Session, device: str, since: int, candidate: str) -> ShadowTally:
-    """The shadow records of ``device``'s windows received since ``since`` that compare
-    ``candidate`` (a record naming another candidate - the one before, or a shadow the device
-    still ran when the stage began - is not counted; an agent older than the ``bundle`` field
-    names none and is counted by time alone)."""
+def _tally(s: Session, device: str, since: int, candidate: str, channel: str = DEFAULT) -> ShadowTally:
+    """The shadow records of ``device``'s windows on ``channel`` received since ``since`` that
+    compare ``candidate`` (a record naming another candidate - the one before, or a shadow the
+    device still ran when the stage began - is not counted; an agent older than the ``bundle``
+    field names none and is counted by time alone). A window's channel is in its health column
+    (absent: default, hub.ingest)."""
     t = TelemetryWindow
-    q = select(t.shadow).where(t.device == device, t.received >= since, col(t.shadow).is_not(None))
+    q = select(t.shadow, t.health).where(t.device == device, t.received >= since, col(t.shadow).is_not(None))
     tally = ShadowTally()
-    for raw in s.exec(q).all():
-        if not raw:
+    for raw, health in s.exec(q).all():
+        if not raw or (health or {}).get("channel", DEFAULT) != channel:
             continue
         try:
             rec = Shadow.from_dict(dict(raw), "telemetry shadow")
@@ -92,10 +94,13 @@ def _tally(s: Session, device: str, since: int, candidate: str) -> ShadowTally:
     return tally
 
 
-def issue(fleet: Fleet, s: Session, a: IssueStage, policy: Policy, rid: str) -> tuple[list[Outgoing], int] | None:
-    """Sign and record ``a``'s document: the device keeps ``a.active`` and runs the candidate
-    beside it as the stage says (``end``: without it). None: the device or its active bundle is
-    unknown to the hub, so nothing can be sent (the stage then times out, naming why)."""
+def issue(
+    fleet: Fleet, s: Session, a: IssueStage, policy: Policy, rid: str, channel: str = DEFAULT
+) -> tuple[list[Outgoing], int] | None:
+    """Sign and record ``a``'s document on the rollout's ``channel``: the device keeps
+    ``a.active`` (what it serves on that channel) and runs the candidate beside it as the stage
+    says (``end``: without it). None: the device or its active bundle is unknown to the hub, so
+    nothing can be sent (the stage then times out, naming why)."""
     dev = s.get(Device, a.device)
     active = s.get(Bundle, a.active) if a.active else None
     if dev is None or active is None:
@@ -103,7 +108,7 @@ def issue(fleet: Fleet, s: Session, a: IssueStage, policy: Policy, rid: str) -> 
         return None
     out: list[Outgoing] = []
     if a.stage == "end":
-        out.append(desired.issue(fleet, s, dev, active, "install", rid))
+        out.append(desired.issue(fleet, s, dev, active, "install", rid, channel=channel))
         return out, dev.desired_seq
     cand = s.get(Bundle, a.bundle)
     if cand is None:
@@ -111,5 +116,7 @@ def issue(fleet: Fleet, s: Session, a: IssueStage, policy: Policy, rid: str) -> 
         return None
     doc = desired_for(a.stage, a.bundle, policy.stages)
     out.extend(bundles.ensure_published(fleet, s, cand))
-    out.append(desired.issue(fleet, s, dev, active, "install", rid, cand, doc.shadow_sample, doc.extra))
+    out.append(
+        desired.issue(fleet, s, dev, active, "install", rid, cand, doc.shadow_sample, doc.extra, channel=channel)
+    )
     return out, dev.desired_seq

@@ -41,9 +41,11 @@ def telemetry(
     cloud: int = 0,
     start: int | None = None,
     shadow: dict[str, Any] | None = None,
+    channel: str = "default",
 ) -> bytes:
     """A 10 s window starting now (or at ``start``), as an agent would send it; ``shadow`` as the
-    agent's recorder writes it (``samples``, ``errors``, ``agreement``, ``latency_delta_ms``)."""
+    agent's recorder writes it (``samples``, ``errors``, ``agreement``, ``latency_delta_ms``);
+    ``channel``: the model channel it describes."""
     sk = LatencySketch()
     for x in latencies_s:
         sk.add(x)
@@ -61,6 +63,7 @@ def telemetry(
         latency=sk.to_dict(),
         drift=drift or {},
         shadow=Shadow.from_dict(shadow) if shadow is not None else None,
+        channel=channel,
     ).to_bytes()
 
 

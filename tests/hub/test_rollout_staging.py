@@ -1,6 +1,6 @@
 """The stages' shell (hub.staging) over a real registry (SQLite and PostgreSQL): the signed
-document of each stage, evidence read back from stored reports and telemetry, and a staging
-device handed over to a newer rollout."""
+document of each stage, evidence read back from stored reports and telemetry, a staging device
+handed over to a newer rollout, and stages on a model channel other than ``default``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any
 
 from hub import ticker
 from protocol.benchmark import BenchmarkReport, Timing
-from protocol.messages import Report
+from protocol.channels import ChannelStatus
+from protocol.device import Inventory
+from protocol.messages import BundleInfo, Report, Status
 
 from .conftest import TOKEN
 from .helpers import telemetry
@@ -156,3 +158,55 @@ def test_shadow_windows_of_another_candidate_are_not_counted_in_the_stage(client
     canary = next(d for d in rollout(client, rid)["devices"] if d["device_id"] == dev)
     assert canary["state"] == "issued" and canary["stages"]["shadow"]["state"] == "pass"
     assert canary["stages"]["shadow"]["figures"]["samples"] == 60  # the other candidate's 60 not added
+
+
+def test_stages_on_a_model_channel_run_in_its_entry_and_leave_the_default_channel_alone(
+    client, memhub, bundle_dir, keys_dir
+):
+    hub, pub = memhub
+    base = push(client, bundle_dir(version="1.0.0"))  # what d0 serves on its default channel
+    v1 = push(client, bundle_dir(version="1.1.0"))  # ... and on "second"
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    second = {"second": ChannelStatus(active={"digest": v1["digest"], "name": "digits", "version": "1.1.0"})}
+    st = Status(
+        device="d0",
+        online=True,
+        ts=1000,
+        agent_version="0.1.0",
+        inventory=Inventory.from_dict({"board": "rpi4", "edgetpu": False}),
+        active=BundleInfo(base["digest"], "digits", "1.0.0"),
+        state="idle",
+        channels=second,
+    )
+    hub.ingest.handle([("ef/v1/dev/d0/status", st.to_bytes())])
+    body = {"bundle": v2["digest"], "target": {"devices": ["d0"]}, "policy": POLICY, "channel": "second"}
+    r = client.post("/api/v1/rollouts", json=body)
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    assert next(d for d in rollout(client, rid)["devices"])["stage"] == "benchmark"
+    doc = desired_of(pub, keys_dir, "d0")
+    # the stage is in the channel's entry, against what the device serves there; no default entry
+    entry = doc.channels["second"]
+    assert (entry.action, entry.bundle.digest, entry.shadow.digest) == ("install", v1["digest"], v2["digest"])
+    assert entry.extra["benchmark"] == {"bundle": v2["digest"], "invokes": 7} and doc.channel("default") is None
+
+    hub.ingest.handle([("ef/v1/dev/d0/report", shadow_report("d0", 1, doc.seq, v2["digest"], 11.0, 10.0))])
+    doc2 = desired_of(pub, keys_dir, "d0", doc.seq)
+    entry2 = doc2.channels["second"]
+    assert entry2.shadow.digest == v2["digest"] and entry2.shadow_sample == 0.5 and "benchmark" not in entry2.extra
+    assert rollout(client, rid)["devices"][0]["stage"] == "shadow"
+
+    # a window of the default channel comparing the same candidate, all disagreeing: not this stage's
+    mine = {"samples": 60, "errors": 0, "agreement": 1.0, "latency_delta_ms": 0.2, "bundle": v2["digest"]}
+    other = {**mine, "agreement": 0.0}
+    hub.ingest.handle([("ef/v1/dev/d0/telemetry", telemetry("d0", 4, base["digest"], (OLD_MS,) * 60, shadow=other))])
+    ticker.tick(hub.fleet)
+    assert rollout(client, rid)["devices"][0]["state"] == "staging"
+    window = telemetry("d0", 5, v1["digest"], (OLD_MS,) * 60, shadow=mine, channel="second")
+    hub.ingest.handle([("ef/v1/dev/d0/telemetry", window)])
+    ticker.tick(hub.fleet)
+    assert rollout(client, rid)["devices"][0]["state"] == "issued"
+    doc3 = desired_of(pub, keys_dir, "d0", doc2.seq)
+    entry3 = doc3.channels["second"]
+    assert entry3.bundle.digest == v2["digest"] and entry3.shadow is None  # the install on "second" only
+    assert doc3.channel("default") is None
