@@ -12,7 +12,9 @@ written: each chunk must have exactly its signed length.
 
 Which chunk topics to subscribe to is decided here too (:func:`chunk_subscription`, ADR 0007):
 a retained chunk is replayed by the broker on every SUBSCRIBE that matches it, so a resumed
-download asks only for the chunks its bitmap lacks.
+download asks only for the chunks its bitmap lacks; and before asking the hub for a repair a
+download drops the wildcard for the indexes it lacks (:func:`repair_subscription`), so other
+devices' repairs do not reach it.
 """
 
 from __future__ import annotations
@@ -195,3 +197,21 @@ def chunk_subscription(
             return Subscription(tuple(sorted(f for f in held if f not in wanted)), keep, True)
     chosen = (wildcard,) if len(missing) == total else per_index
     return Subscription(tuple(sorted(set(held) - set(chosen))), chosen, False)
+
+
+def repair_subscription(archive: str, missing: Sequence[int], held: Set[str]) -> Subscription:
+    """Narrow the chunk subscriptions before asking the hub to repair ``missing``.
+
+    The hub re-publishes a repaired chunk retained on the bundle's own topic, so it reaches every
+    device whose filters match it: a device still holding the wildcard would receive every other
+    device's repairs, chunks it already has (docs/scale.md: N devices falling behind at once made
+    the repair traffic N x the missing chunks). So the wildcard gives way to one filter per
+    missing index: a repair reaches only the devices that lack that chunk, and the new filters'
+    retained replay brings any chunk the broker still holds without waiting for the hub. Filters
+    already held are kept (asking again would replay them); each is dropped once its chunk is on
+    disk, as always.
+    """
+    wildcard = chunk_filter(archive)
+    per_index = tuple(str(Topic.chunk(archive, i)) for i in missing)
+    drop = (wildcard,) if wildcard in held else ()
+    return Subscription(drop, tuple(f for f in per_index if f not in held), False)

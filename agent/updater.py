@@ -6,7 +6,9 @@ bitmap). Stages and their reports are listed in :mod:`agent.install`. The active
 touched only at ``switch``, after the new one passed verification and its self-test.
 
 Chunk subscriptions follow :func:`agent.download.chunk_subscription` on every start of a
-download and every new connection; a per-index filter is dropped as soon as its chunk is on disk.
+download and every new connection; a per-index filter is dropped as soon as its chunk is on disk;
+before a repair request the wildcard gives way to the missing indexes
+(:func:`agent.download.repair_subscription`).
 ``chunks_received`` / ``chunk_bytes_received`` count every chunk message that reached this process
 (the local ``/v1/status``); a finished download reports and logs its own counts.
 """
@@ -32,7 +34,7 @@ from protocol.topics import Kind, Topic
 from . import benchmark, delta as deltas, selftest
 from .budget import Meter
 from .config import AgentConfig, packet_bytes_for
-from .download import Download, bytes_on_disk, chunk_subscription
+from .download import Download, bytes_on_disk, chunk_subscription, repair_subscription
 from .durable import read_json, write_json
 from .errors import DiskFull, ModelError, RootExpired
 from .install import (
@@ -54,6 +56,7 @@ from .slots import SlotRecord, Slots, SlotsState
 from .watchdog import guarded
 
 log = logging.getLogger(__name__)
+MAX_REQUESTED = 4096  # chunk indexes in one fetch request
 
 
 class Publisher(Protocol):
@@ -729,14 +732,31 @@ class Updater:
             return
         missing = job.download.missing()
         if missing:
+            self._narrow(job, missing)
             self._request(missing)
             job.fetch_rounds += 1
+
+    def _narrow(self, job: Job, missing: list[int]) -> None:
+        """Before a repair request: per-index filters instead of the wildcard
+        (:func:`agent.download.repair_subscription`), so other devices' repairs pass us by. Only
+        after a stall (nothing is queued for us then: no chunk arrived for ``fetch_repair_s``),
+        and not for more indexes than a request names."""
+        assert job.plan.bundle is not None
+        if len(missing) > MAX_REQUESTED:
+            return
+        sub = repair_subscription(job.plan.bundle.archive.sha256, missing, job.filters)
+        if sub.unsubscribe:
+            self.mqtt.unsubscribe_all(list(sub.unsubscribe))
+            job.filters -= set(sub.unsubscribe)
+        if sub.subscribe and self.mqtt.subscribe_all(list(sub.subscribe), qos=1):
+            job.filters |= set(sub.subscribe)
+            log.info("asking for %d chunk(s) by index: other devices' repairs no longer reach us", len(sub.subscribe))
 
     def _request(self, missing: list[int]) -> None:
         job = self.job
         assert job is not None and job.plan.bundle is not None
         job.last_fetch = time.monotonic()
-        req = FetchRequest(self.cfg.device_id, job.plan.bundle.archive.sha256, tuple(missing[:4096]))
+        req = FetchRequest(self.cfg.device_id, job.plan.bundle.archive.sha256, tuple(missing[:MAX_REQUESTED]))
         self.mqtt.publish(str(Topic.for_device(Kind.FETCH, self.cfg.device_id)), req.to_bytes(), qos=1)
         log.info("requested %d missing chunk(s) of %s", len(req.missing), req.archive[:12])
 

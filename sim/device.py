@@ -3,7 +3,8 @@
 What is the agent's own code (imported, not re-implemented): :func:`protocol.messages.verify_desired`
 (signature, device, seq, expiry), :func:`agent.install.require_fresh_root`, :func:`agent.install.plan`,
 :func:`agent.install.choose_artifact`, :func:`agent.install.probation_verdict`,
-:func:`agent.download.chunk_subscription`, :meth:`protocol.bundle.ChunkPlan.check_chunk`,
+:func:`agent.download.chunk_subscription`, :func:`agent.download.repair_subscription`,
+:meth:`protocol.bundle.ChunkPlan.check_chunk`,
 :func:`protocol.bundle.read_archive` (through :class:`sim.archives.Archives`), the slot records
 (:class:`agent.slots.SlotsState`) and every wire message (:mod:`protocol.messages`).
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import AGENT_VERSION
-from agent.download import chunk_subscription
+from agent.download import chunk_subscription, repair_subscription
 from agent.install import (
     Current,
     Inventory,
@@ -369,6 +370,7 @@ class SimDevice:
                 if missing and job.plan.bundle is not None:
                     job.last_fetch = now
                     job.fetch_rounds += 1
+                    self._narrow(job, missing)
                     req = FetchRequest(self.id, job.plan.bundle.archive.sha256, tuple(missing[:4096]))
                     self.link.publish(self.topic(Kind.FETCH), req.to_bytes())
                     self.counters.fetch_requests += 1
@@ -470,6 +472,17 @@ class SimDevice:
         if link.subscribe(list(sub.subscribe), only_new=sub.only_new):
             job.filters = set(sub.subscribe)
             job.filters_on = link.connection
+
+    def _narrow(self, job: Job, missing: list[int]) -> None:
+        """The agent's rule before a repair request (agent.download.repair_subscription)."""
+        if job.plan.bundle is None or self.link is None or len(missing) > 4096:
+            return
+        sub = repair_subscription(job.plan.bundle.archive.sha256, missing, job.filters)
+        if sub.unsubscribe:
+            self.link.unsubscribe(list(sub.unsubscribe))
+            job.filters -= set(sub.unsubscribe)
+        if sub.subscribe and self.link.subscribe(list(sub.subscribe)):
+            job.filters |= set(sub.subscribe)
 
     def _drop_filters(self, job: Job) -> None:
         if job.filters and self.link is not None:

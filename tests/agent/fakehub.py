@@ -131,6 +131,15 @@ class FakeHub:
         ref = BundleRef(digest_of(env), m.name, m.version, plan, m.requirements)
         return Published(env, archive, plan, ref)
 
+    def repair(self, archive: str, indexes: list[int]) -> None:
+        """Publish chunks of a published archive again, retained on the bundle's topic, as the
+        hub answers some device's fetch request (whoever's filters match receives them)."""
+        infos = [
+            self._c.publish(str(Topic.chunk(archive, i)), self.chunks[archive][i], qos=1, retain=True) for i in indexes
+        ]
+        for info in infos:
+            info.wait_for_publish(10)
+
     def desire(
         self,
         device: str,

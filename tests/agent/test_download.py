@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from agent.download import Download, Subscription, chunk_subscription
+from agent.download import Download, Subscription, chunk_subscription, repair_subscription
 from protocol.bundle import ChunkPlan
 from protocol.errors import Reason, VerificationError
 from protocol.topics import Topic, chunk_filter
@@ -104,3 +104,19 @@ def test_a_duplicate_of_a_chunk_on_disk_is_neither_checked_nor_written(tmp_path)
     assert d.put(0, chunk(0))
     assert d.put(0, b"not even the right length") is False  # the link's waste, not an attack
     assert d.missing()[0] == 1
+
+
+@pytest.mark.parametrize(
+    "missing, held, want",
+    [
+        # stalled on the wildcard: it gives way to the missing indexes (their replay comes at once)
+        ([2, 3], {WILD}, Subscription((WILD,), per_index(2, 3), False)),
+        # already by index: the held filters stay (asking again would replay them), new ones added
+        ([1, 3], set(per_index(3)), Subscription((), per_index(1), False)),
+        ([3], set(per_index(3)), Subscription((), (), False)),
+        # nothing held (the link was down when the download began): the missing indexes
+        ([0], set(), Subscription((), per_index(0), False)),
+    ],
+)
+def test_before_a_repair_request_the_wildcard_gives_way_to_the_missing_indexes(missing, held, want):
+    assert repair_subscription(SHA, missing, held) == want

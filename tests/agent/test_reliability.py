@@ -304,3 +304,30 @@ def test_an_agent_killed_mid_download_resumes_from_its_bitmap_and_receives_at_mo
     assert not asked & first  # nothing already on disk is asked for again
     _serves(agent, coral_models, pub.ref.digest)
     assert not hub.failures(agent.device)
+
+
+def test_after_asking_for_a_repair_an_agent_no_longer_hears_other_devices_repairs(
+    tmp_path, coral_models, trust, hub, make_agent
+):
+    # docs/scale.md: devices holding the wildcard received every repair the hub re-published for
+    # others, so a fleet falling behind at once multiplied the repair traffic by its size
+    agent = make_agent().start()
+    hub.wait(lambda: (s := hub.status.get(agent.device)) and s.online, 30, "agent online")
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "v2", coral_models, MNV2, name="mnv2"))
+    n = -(-len(archive) // hub.chunk_size)
+    lacking = n - 1
+    hub.serve_fetch = False
+    pub = hub.publish_bundle(env, archive, skip={lacking})  # every chunk on the broker but the last
+    hub.desire(agent.device, pub)
+    hub.wait(lambda: [f for f in hub.fetches if f.archive == pub.plan.sha256], 60, "a repair request")
+    asked = [f for f in hub.fetches if f.archive == pub.plan.sha256][-1]
+    assert list(asked.missing) == [lacking]
+    hub.wait(lambda: "by index" in agent.log_text(), 10, "the agent narrowing its subscription")
+    hub.repair(pub.plan.sha256, [0, 1, 2])  # another device's repair: chunks this agent has
+    hub.repair(pub.plan.sha256, [lacking])  # then the one it lacks
+    hub.report(agent.device, "commit", "ok", pub.ref.digest, timeout=120)
+    (done,) = {r.seq: r for r in hub.reports if r.stage == "download" and r.status == "ok"}.values()
+    assert done.metrics["duplicate_chunks"] == 0, done.metrics  # chunks 0-2 never reached it again
+    code, st = agent.http("GET", "/v1/status")
+    assert code == 200 and st["chunks_received"]["messages"] == n, st["chunks_received"]
+    _serves(agent, coral_models, pub.ref.digest)
