@@ -38,7 +38,7 @@ import re
 from dataclasses import dataclass, field as dc_field
 from typing import Any
 
-from .codec import canonical, field, int_list, load_object, nonneg_int
+from .codec import canonical, extra_fields, field, int_list, load_object, nonneg_int
 from .errors import BadPayload
 from .topics import check_device_id, check_digest
 
@@ -83,10 +83,12 @@ class SampleChunk:
     content_type: str
     data: bytes = dc_field(repr=False)
     meta: dict[str, Any] = dc_field(default_factory=dict, hash=False)
+    extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)  # a newer peer's fields
 
     def to_bytes(self) -> bytes:
         return canonical(
             {
+                **self.extra,
                 "v": SCHEMA,
                 "device": self.device,
                 "id": self.id,
@@ -175,6 +177,7 @@ def parse_sample(payload: bytes) -> SampleChunk:
         content_type=ctype,
         data=data,
         meta=meta,
+        extra=extra_fields(obj, _SAMPLE_KNOWN),
     )
 
 
@@ -185,10 +188,24 @@ class Receipt:
     have: tuple[int, ...] = ()
     done: bool = False
     refused: str = ""
+    extra: dict[str, Any] = dc_field(default_factory=dict, hash=False, compare=False)  # a newer peer's fields
 
     def to_bytes(self) -> bytes:
-        doc = {"v": SCHEMA, "device": self.device, "id": self.id, "have": list(self.have), "done": self.done}
+        doc = {
+            **self.extra,
+            "v": SCHEMA,
+            "device": self.device,
+            "id": self.id,
+            "have": list(self.have),
+            "done": self.done,
+        }
         return canonical({**doc, "refused": self.refused} if self.refused else doc)
+
+
+_RECEIPT_KNOWN = frozenset({"v", "device", "id", "have", "done", "refused"})
+_SAMPLE_KNOWN = frozenset(
+    {"v", "device", "id", "bundle", "ts", "index", "count", "size", "sha256", "content_type", "data", "meta"}
+)
 
 
 def parse_receipt(payload: bytes) -> Receipt:
@@ -203,6 +220,7 @@ def parse_receipt(payload: bytes) -> Receipt:
         tuple(sorted(set(have))),
         field(obj, "done", bool, what, False),
         field(obj, "refused", str, what, "")[:500],
+        extra_fields(obj, _RECEIPT_KNOWN),
     )
 
 

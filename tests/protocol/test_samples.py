@@ -46,3 +46,13 @@ def test_a_receipt_round_trips_and_carries_a_refusal():
     assert parse_receipt(r.to_bytes()) == Receipt("dev-1", "s" * 32, (0, 2), False)
     no = Receipt("dev-1", "s" * 32, refused="bundle b... is not known")
     assert parse_receipt(no.to_bytes()).refused.startswith("bundle")
+
+
+def test_fields_a_newer_peer_adds_to_a_chunk_or_a_receipt_are_kept_when_written_back():
+    (chunk,) = split("dev-1", "abcdef0123", "a" * 64, 1000, "image/png", b"\x89PNG" + b"x" * 50, {})
+    newer = {**json.loads(chunk.to_bytes()), "region": "eu-1"}
+    parsed = parse_sample(json.dumps(newer).encode())
+    assert json.loads(parsed.to_bytes())["region"] == "eu-1" and parsed == chunk
+    r = {**json.loads(Receipt("dev-1", "abcdef0123", (0,), False).to_bytes()), "retry_after_s": 30}
+    back = parse_receipt(json.dumps(r).encode())
+    assert json.loads(back.to_bytes()) == r and back == Receipt("dev-1", "abcdef0123", (0,), False)
