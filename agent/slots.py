@@ -4,7 +4,7 @@ Layout under ``state_dir``::
 
     slots/<digest>/manifest.json     the signed manifest envelope, as received
     slots/<digest>/<artifact>        every artifact, hash-checked while extracting
-    slots/<digest>.tmp/              a stage in progress (deleted on restart)
+    slots/<digest>.tmp/              a stage in progress (deleted when refused, and on restart)
     slots.json                       {"active": record, "previous": record, "trial": bool,
                                       "probation": null | unclean restarts since the switch}
 
@@ -143,11 +143,15 @@ class Slots:
 
             try:
                 manifest, digest2 = read_archive(f, root, length, sink, only=only)
-            finally:
+            except Exception:  # refused part-way: nothing of it stays on disk
                 for h in handles.values():
-                    h.flush()
-                    os.fsync(h.fileno())
                     h.close()
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            for h in handles.values():
+                h.flush()
+                os.fsync(h.fileno())
+                h.close()
         for a in members(manifest, only):  # zero-length artifacts never reach the sink
             (tmp / a.name).touch()
         with open(tmp / MANIFEST_FILE, "wb") as mf:  # fsynced like the artifacts: the rename below commits it

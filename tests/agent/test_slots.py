@@ -55,3 +55,15 @@ def test_manifest_of_another_bundle_or_by_an_untrusted_key_is_refused_for_the_sl
     assert e.value.reason is Reason.UNKNOWN_KEY
     assert (slots.path(digest) / MANIFEST_FILE).read_bytes() == kept
     assert not slots.refresh_manifest("0" * 64, env.to_bytes(), trust.root)  # no such slot
+
+
+def test_an_archive_refused_part_way_through_staging_leaves_nothing_in_the_slots(tmp_path, coral_models, trust):
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "b", coral_models))
+    bad = archive[:-1] + bytes([archive[-1] ^ 0xFF])  # the last artifact's last byte: its hash fails
+    path = tmp_path / "bad.efb"
+    path.write_bytes(bad)
+    slots = Slots(tmp_path / "state")
+    with pytest.raises(VerificationError) as e:
+        slots.stage(path, len(bad), trust.root)
+    assert e.value.reason is Reason.HASH_MISMATCH
+    assert not list(slots.dir.glob("*.tmp"))  # the half-written stage is gone, not left until a restart
