@@ -129,6 +129,7 @@ class SimDevice:
         self.counters = Counters()
         self._window_start = int(time.time())
         self._next_tel = time.monotonic() + rng.uniform(0, cfg.telemetry_interval_s)
+        self.telemetry_stopped = False  # no new windows (a bench counting every window sent)
         self._next_status = 0.0
         self._dirty = True
         self._carry = 0.0  # fractional inferences carried to the next tick
@@ -374,7 +375,7 @@ class SimDevice:
                     req = FetchRequest(self.id, job.plan.bundle.archive.sha256, tuple(missing[:4096]))
                     self.link.publish(self.topic(Kind.FETCH), req.to_bytes())
                     self.counters.fetch_requests += 1
-        if now >= self._next_tel:
+        if now >= self._next_tel and not self.telemetry_stopped:
             self._next_tel = now + self.cfg.telemetry_interval_s
             self._telemetry()
             self._dirty = True

@@ -204,9 +204,19 @@ class SimFleet:
                 d.link.close()
         self.loop.close()
 
+    def stop_telemetry(self) -> None:
+        """No device opens a new telemetry window from now on (their backlogs are still resent
+        until acked): for counting every window sent against what the hub stored."""
+        for d in self.devices:
+            d.telemetry_stopped = True
+
     # figures ---------------------------------------------------------------------------------------
     def connected(self) -> int:
         return sum(1 for d in self.devices if d.link is not None and d.link.connected)
+
+    def unacked(self) -> int:
+        """Messages (reports, telemetry) sent and not yet acknowledged by the hub, fleet-wide."""
+        return sum(len(d.unacked) for d in self.devices)
 
     def installed(self, digest: str) -> int:
         return sum(1 for d in self.devices if d.active == digest)
