@@ -17,7 +17,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from protocol.channels import DEFAULT
 from protocol.errors import ProtocolError
@@ -138,4 +138,47 @@ def republish(fleet: Fleet) -> int:
     fleet.publish(out)
     if out:
         log.info("republished %d desired documents (retained)", len(out))
+    return len(out)
+
+
+PENDING_AFTER_S = 10  # a document no device acknowledged this long after it was issued is sent again
+PENDING_MAX_RESENDS = 3  # ... at most this many times (a device that refuses it says so in a report)
+
+
+def republish_pending(fleet: Fleet) -> int:
+    """Documents an online device has not acknowledged (neither a report nor its status names
+    their seq) though they were issued over :data:`PENDING_AFTER_S` ago, published again: same
+    bytes, retained. A rollout transaction commits its documents, then publishes them
+    (hub.rollouts), so a hub replica killed -9 between the two leaves them in the database only,
+    and the device would hear nothing until its install timed out. Each (device, seq) is sent
+    again at most :data:`PENDING_MAX_RESENDS` times by this process. Run by the ticker."""
+    now = fleet.clock()
+    issued_before = now - PENDING_AFTER_S + fleet.config.desired_ttl  # expires = issued + desired_ttl
+    q = (
+        select(DesiredDoc)
+        .join(Device, col(Device.id) == col(DesiredDoc.device))
+        .where(
+            col(Device.online),
+            col(Device.reported_desired_seq) < col(DesiredDoc.seq),
+            col(DesiredDoc.expires) > now,
+            col(DesiredDoc.expires) <= issued_before,
+        )
+    )
+    out: list[Outgoing] = []
+    with fleet.session() as s:
+        for doc in s.exec(q).all():
+            key = (doc.device, doc.seq)
+            if fleet.pending_resent.get(key, 0) >= PENDING_MAX_RESENDS:
+                continue
+            fleet.pending_resent[key] = fleet.pending_resent.get(key, 0) + 1
+            topic = str(Topic.for_device(Kind.DESIRED, doc.device))
+            out.append(Outgoing(topic, doc.payload, retain=True, qos=1, kind="desired"))
+    if len(fleet.pending_resent) > 100_000:  # forget the oldest half: a bound, not a schedule
+        for k in list(fleet.pending_resent)[:50_000]:
+            del fleet.pending_resent[k]
+    fleet.publish(out)
+    if out:
+        log.info(
+            "published %d unacknowledged desired documents again: %s", len(out), ", ".join(m.topic for m in out[:5])
+        )
     return len(out)

@@ -1,14 +1,15 @@
 """What the hub does every ``config.tick`` seconds: pick up rotated keys, drive rollouts
-(timeouts, soak, gates) and, every ALERT_SCAN_S, scan alerts, roll telemetry windows up
-(:mod:`hub.rollups`) and prune old windows, rollups, reports, remote-diagnostics commands and
-hard-example chunks nobody finished."""
+(timeouts, soak, gates); every ``desired.PENDING_AFTER_S`` publish again the desired documents
+online devices never acknowledged (hub.desired.republish_pending); and, every ALERT_SCAN_S, scan
+alerts, roll telemetry windows up (:mod:`hub.rollups`) and prune old windows, rollups, reports,
+remote-diagnostics commands and hard-example chunks nobody finished."""
 
 from __future__ import annotations
 
 import logging
 import time
 
-from . import alerting, commands, hardexamples, rollouts, rollups, rotation, telemetry
+from . import alerting, commands, desired, hardexamples, rollouts, rollups, rotation, telemetry
 from .fleet import Fleet
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,9 @@ def tick(fleet: Fleet) -> None:
         log.error("could not reload keys from %s: %s", fleet.config.keys, exc)
     rollouts.tick(fleet)
     now = fleet.clock()
+    if now - fleet.last_pending_scan >= desired.PENDING_AFTER_S:
+        fleet.last_pending_scan = now
+        desired.republish_pending(fleet)
     if now - fleet.last_scan >= ALERT_SCAN_S:
         fleet.last_scan = now
         alerting.scan(fleet)

@@ -1,0 +1,41 @@
+"""Desired documents an online device never acknowledged are published again (hub.desired.
+republish_pending): a hub replica killed -9 between committing a rollout's documents and
+publishing them leaves them in the database only (tests/reliability/test_replica_failover.py
+runs the kill; here the lost publish is the publisher's record cleared)."""
+
+from __future__ import annotations
+
+from hub import desired
+
+from .helpers import report, status
+from .test_api import push
+
+
+def test_an_unacknowledged_document_is_sent_again_to_online_devices_only_and_at_most_three_times(
+    client, memhub, bundle_dir
+):
+    hub, pub = memhub
+    v1 = push(client, bundle_dir(version="1.0.0"))
+    for dev, up in (("d0", True), ("d1", True), ("d2", False)):
+        hub.ingest.handle([(f"ef/v1/dev/{dev}/status", status(dev, online=up))])
+    body = {"bundle": v1["digest"], "target": {"devices": ["d0", "d1", "d2"]}, "policy": {"cohorts": ["100%"]}}
+    assert client.post("/api/v1/rollouts", json=body).status_code == 201
+    docs = {m.topic: m.payload for m in pub.sent if m.kind == "desired"}
+    assert len(docs) == 3
+    # d1 acknowledged its document (a report naming its seq); d0 never heard of it; d2 is offline
+    d1_seq = client.get("/api/v1/devices/d1").json()["desired"]["seq"]
+    hub.ingest.handle([("ef/v1/dev/d1/report", report("d1", 1, d1_seq, stage="download", bundle=v1["digest"]))])
+
+    assert desired.republish_pending(hub.fleet) == 0  # just issued: not yet
+    real = hub.fleet.clock
+    hub.fleet.clock = lambda: real() + desired.PENDING_AFTER_S + 1
+    try:
+        again = []
+        for _ in range(desired.PENDING_MAX_RESENDS + 1):
+            pub.sent.clear()
+            again.append(desired.republish_pending(hub.fleet))
+            for m in pub.sent:  # the same signed bytes, retained, for d0 alone
+                assert (m.topic, m.retain) == ("ef/v1/dev/d0/desired", True) and m.payload == docs[m.topic]
+        assert again == [1, 1, 1, 0]
+    finally:
+        hub.fleet.clock = real
