@@ -185,7 +185,7 @@ def run(
         port,
         keys / "root.json",
         devices=devices,
-        telemetry_interval_s=2.0,
+        telemetry_interval_s=max(2.0, devices / 100),  # 10 s (an agent's default) at 1,000
         resend_after_s=3.0,
         inference=Inference(rate=5.0, latency_ms=8.0),
     )
