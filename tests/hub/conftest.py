@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -166,6 +168,47 @@ def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condit
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class AgentProcess:
+    """``edgefleet-agent run`` as a subprocess with its own state directory under ``d``."""
+
+    d: Path
+    proc: subprocess.Popen[bytes]
+    log: Any
+
+    @classmethod
+    def start(cls, d: Path, device_id: str, broker_url: str, keys_dir: Path) -> AgentProcess:
+        from ..conftest import REPO
+
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "agent.toml").write_text(
+            f'device_id = "{device_id}"\nbroker = "{broker_url}"\nstate_dir = "{d / "state"}"\n'
+            f'root = "{keys_dir / "root.json"}"\nboard = "rpi4"\nhttp_port = 0\ntelemetry_interval_s = 0.5\n'
+        )
+        log = open(d / "log", "wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(d / "agent.toml")],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        return cls(d, proc, log)
+
+    def port(self) -> int:
+        f = self.d / "state" / "http.port"
+        return int(wait_for(lambda: f.exists() and f.read_text().strip(), what=f"{self.d.name}'s local API port"))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
 
 
 @dataclass

@@ -10,9 +10,6 @@ gates on those figures, then installs it on ``second``. The default channel neve
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +19,7 @@ from fastapi.testclient import TestClient
 
 from hub.server import build
 
-from ..conftest import REPO
-from .conftest import TOKEN, hub_config, wait_for
+from .conftest import TOKEN, AgentProcess, hub_config, wait_for
 from .test_api import archive_of
 from .test_real_agents import new_version
 from .test_stages_with_real_agents import POLICY
@@ -42,20 +38,7 @@ def test_benchmark_and_shadow_stages_on_a_second_channel_gate_and_install_only_t
     images = [png_bytes(np.round(data[i] * 255 / 16).astype(np.uint8)) for i in range(100)]
     hub = build(hub_config(tmp_path, keys_dir, broker=mosquitto.url, tick=0.3))
     hub.start()
-    d = tmp_path / "agent"
-    d.mkdir()
-    (d / "agent.toml").write_text(
-        f'device_id = "dev-ch"\nbroker = "{mosquitto.url}"\nstate_dir = "{d / "state"}"\n'
-        f'root = "{keys_dir / "root.json"}"\nboard = "rpi4"\nhttp_port = 0\ntelemetry_interval_s = 0.5\n'
-    )
-    log = open(d / "log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--config", str(d / "agent.toml")],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    agent = AgentProcess.start(tmp_path / "agent", "dev-ch", mosquitto.url, keys_dir)
     try:
         api = TestClient(hub.app, headers={"Authorization": f"Bearer {TOKEN}"})
         v1 = api.post("/api/v1/bundles", content=archive_of(digits_bundle)).json()
@@ -74,8 +57,7 @@ def test_benchmark_and_shadow_stages_on_a_second_channel_gate_and_install_only_t
         first = {"bundle": v1["digest"], "target": {"devices": ["dev-ch"]}, "channel": "second"}
         assert api.post("/api/v1/rollouts", json=first).status_code == 201
         wait_for(lambda: on_second() == v1["digest"], timeout=90, what="v1 on the second channel")
-        port_file = d / "state" / "http.port"
-        port = int(wait_for(lambda: port_file.exists() and port_file.read_text().strip(), what="the local API port"))
+        port = agent.port()
         sent = [0]
 
         staged = {**first, "bundle": good["digest"], "policy": POLICY}
@@ -102,13 +84,7 @@ def test_benchmark_and_shadow_stages_on_a_second_channel_gate_and_install_only_t
         assert shadow["state"] == "pass" and shadow["figures"]["samples"] >= 20, shadow
         assert on_second() == good["digest"]
         assert device().get("active_bundle") is None  # the default channel was never touched
-        assert proc.poll() is None, "the agent died"
+        assert agent.proc.poll() is None, "the agent died"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+        agent.stop()
         hub.stop()

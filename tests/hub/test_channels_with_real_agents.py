@@ -5,9 +5,6 @@ device page and the API show the channels, and rolling one channel back leaves t
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +14,7 @@ from fastapi.testclient import TestClient
 from hub.server import build
 
 from ..agent import bundles as agent_bundles
-from ..conftest import REPO
-from .conftest import TOKEN, hub_config, wait_for
+from .conftest import TOKEN, AgentProcess, hub_config, wait_for
 from .test_api import archive_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -40,20 +36,7 @@ def test_two_rollouts_on_two_channels_serve_side_by_side_and_roll_back_alone(
 
     hub = build(hub_config(tmp_path, keys_dir, broker=mosquitto.url, tick=0.3))
     hub.start()
-    d = tmp_path / "agent"
-    d.mkdir()
-    (d / "agent.toml").write_text(
-        f'device_id = "pi-1"\nbroker = "{mosquitto.url}"\nstate_dir = "{d / "state"}"\n'
-        f'root = "{keys_dir / "root.json"}"\nboard = "rpi4"\nhttp_port = 0\ntelemetry_interval_s = 0.5\n'
-    )
-    log = open(d / "log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--config", str(d / "agent.toml")],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    agent = AgentProcess.start(tmp_path / "agent", "pi-1", mosquitto.url, keys_dir)
     try:
         api = TestClient(hub.app, headers={"Authorization": f"Bearer {TOKEN}"})
 
@@ -98,7 +81,7 @@ def test_two_rollouts_on_two_channels_serve_side_by_side_and_roll_back_alone(
         assert [x["state"] for x in rows1] == ["installed"]
         assert api.get(f"/api/v1/rollouts/{r2}").json()["channel"] == "second"
 
-        port = int((d / "state" / "http.port").read_text())
+        port = agent.port()
         cat = (coral_models / "cat_720p.jpg").read_bytes()
 
         def served(path: str) -> str:
@@ -123,13 +106,7 @@ def test_two_rollouts_on_two_channels_serve_side_by_side_and_roll_back_alone(
         assert served("/v1/models/second/predict") == large
         assert served("/v1/predict") == small and on("default") == small
         assert phase(r1) == "completed"
-        assert proc.poll() is None, "the agent died"
+        assert agent.proc.poll() is None, "the agent died"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+        agent.stop()
         hub.stop()
