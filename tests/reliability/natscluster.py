@@ -119,9 +119,9 @@ class NatsCluster:
                     n.proc.kill()
                     n.proc.wait(5)
 
-    def wait_jetstream(self, timeout: float = 60) -> None:
+    def wait_jetstream(self, timeout: float = 120) -> None:
         """Until every running node's /jsz names a meta leader that sees its followers current (MQTT
-        connects fail before)."""
+        connects fail before). 120 s: a fresh cluster once took over 60 s to elect one in CI."""
         import urllib.request
 
         deadline = time.monotonic() + timeout
