@@ -32,6 +32,8 @@ from protocol.topics import Topic, chunk_filter
 
 from .errors import DiskFull
 
+MAX_REQUESTED = 4096  # chunk indexes one fetch request names, and one repair subscribes to
+
 
 class Download:
     def __init__(self, directory: Path, plan: ChunkPlan) -> None:

@@ -34,7 +34,7 @@ from protocol.topics import Kind, Topic
 from . import benchmark, delta as deltas, selftest
 from .budget import Meter
 from .config import AgentConfig, packet_bytes_for
-from .download import Download, bytes_on_disk, chunk_subscription, repair_subscription
+from .download import MAX_REQUESTED, Download, bytes_on_disk, chunk_subscription, repair_subscription
 from .durable import read_json, write_json
 from .errors import DiskFull, ModelError, RootExpired
 from .install import (
@@ -56,7 +56,6 @@ from .slots import SlotRecord, Slots, SlotsState
 from .watchdog import guarded
 
 log = logging.getLogger(__name__)
-MAX_REQUESTED = 4096  # chunk indexes in one fetch request
 
 
 class Publisher(Protocol):

@@ -121,20 +121,19 @@ def _previous(s: Session, device: str) -> Desired | None:
         return None
 
 
+def _message(doc: DesiredDoc) -> Outgoing:
+    """A stored document as it is published: its own signed bytes, retained."""
+    return Outgoing(str(Topic.for_device(Kind.DESIRED, doc.device)), doc.payload, retain=True, qos=1, kind="desired")
+
+
 def republish(fleet: Fleet) -> int:
     """Every device's last desired document, unexpired, retained again (same bytes, same
     seq: a device that has it sees a replay and ignores it). Called on every connect to
     the broker: a broker restarted without its retained messages forgets them, and a device
     that was offline then would otherwise never hear of its rollout."""
     now = fleet.clock()
-    out: list[Outgoing] = []
     with fleet.session() as s:
-        for doc in s.exec(select(DesiredDoc).where(DesiredDoc.expires > now)).all():
-            out.append(
-                Outgoing(
-                    str(Topic.for_device(Kind.DESIRED, doc.device)), doc.payload, retain=True, qos=1, kind="desired"
-                )
-            )
+        out = [_message(doc) for doc in s.exec(select(DesiredDoc).where(DesiredDoc.expires > now)).all()]
     fleet.publish(out)
     if out:
         log.info("republished %d desired documents (retained)", len(out))
@@ -171,8 +170,7 @@ def republish_pending(fleet: Fleet) -> int:
             if fleet.pending_resent.get(key, 0) >= PENDING_MAX_RESENDS:
                 continue
             fleet.pending_resent[key] = fleet.pending_resent.get(key, 0) + 1
-            topic = str(Topic.for_device(Kind.DESIRED, doc.device))
-            out.append(Outgoing(topic, doc.payload, retain=True, qos=1, kind="desired"))
+            out.append(_message(doc))
     if len(fleet.pending_resent) > 100_000:  # forget the oldest half: a bound, not a schedule
         for k in list(fleet.pending_resent)[:50_000]:
             del fleet.pending_resent[k]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import AGENT_VERSION
-from agent.download import chunk_subscription, repair_subscription
+from agent.download import MAX_REQUESTED, chunk_subscription, repair_subscription
 from agent.install import (
     Current,
     Inventory,
@@ -372,7 +372,7 @@ class SimDevice:
                     job.last_fetch = now
                     job.fetch_rounds += 1
                     self._narrow(job, missing)
-                    req = FetchRequest(self.id, job.plan.bundle.archive.sha256, tuple(missing[:4096]))
+                    req = FetchRequest(self.id, job.plan.bundle.archive.sha256, tuple(missing[:MAX_REQUESTED]))
                     self.link.publish(self.topic(Kind.FETCH), req.to_bytes())
                     self.counters.fetch_requests += 1
         if now >= self._next_tel and not self.telemetry_stopped:
@@ -476,7 +476,7 @@ class SimDevice:
 
     def _narrow(self, job: Job, missing: list[int]) -> None:
         """The agent's rule before a repair request (agent.download.repair_subscription)."""
-        if job.plan.bundle is None or self.link is None or len(missing) > 4096:
+        if job.plan.bundle is None or self.link is None or len(missing) > MAX_REQUESTED:
             return
         sub = repair_subscription(job.plan.bundle.archive.sha256, missing, job.filters)
         if sub.unsubscribe:
