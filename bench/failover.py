@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,7 +41,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench import report
-from demo.launcher import free_port, wait_port
+from demo.launcher import Proc, free_port, wait_port
 from protocol.messages import parse_desired_payload
 from protocol.signing import Envelope
 from protocol.topics import Topic
@@ -64,15 +62,13 @@ class Replica:
     def __init__(self, work: Path, name: str, db: str, broker_port: int, keys: Path, store: Path) -> None:
         self.name = name
         self.port = free_port()
-        self.log = open(work / f"{name}.log", "ab")
         args = [sys.executable, "-m", "hub", "serve", "--dev", "--port", str(self.port), "--db", db]
         args += ["--broker", f"mqtt://127.0.0.1:{broker_port}", "--keys", str(keys), "--store", str(store)]
         args += ["--tick", str(TICK_S), "--shared-group", "failover"]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = Proc(name, args, work / f"{name}.log").start(env={"PYTHONPATH": str(REPO)})
 
     def ready(self) -> None:
-        wait_port(self.port, proc=self.proc, what=f"hub replica {self.name}", timeout=90)
+        wait_port(self.port, proc=self.proc.popen, what=f"hub replica {self.name}", timeout=90)
 
     def api(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> Any:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -84,18 +80,10 @@ class Replica:
             return json.loads(r.read())
 
     def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        self.proc.stop(kill=True)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
+        self.proc.stop(timeout=15)
 
 
 class Observer:

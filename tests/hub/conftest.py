@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -20,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
+from demo.launcher import Proc
 from hub import keys as hub_keys_mod
 from hub.config import HubConfig
 from hub.server import Hub, build
@@ -172,11 +172,10 @@ def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condit
 
 @dataclass
 class AgentProcess:
-    """``edgefleet-agent run`` as a subprocess with its own state directory under ``d``."""
+    """``edgefleet-agent run`` as a subprocess (demo.launcher.Proc) with its state under ``d``."""
 
     d: Path
-    proc: subprocess.Popen[bytes]
-    log: Any
+    proc: Proc
 
     @classmethod
     def start(cls, d: Path, device_id: str, broker_url: str, keys_dir: Path) -> AgentProcess:
@@ -187,28 +186,15 @@ class AgentProcess:
             f'device_id = "{device_id}"\nbroker = "{broker_url}"\nstate_dir = "{d / "state"}"\n'
             f'root = "{keys_dir / "root.json"}"\nboard = "rpi4"\nhttp_port = 0\ntelemetry_interval_s = 0.5\n'
         )
-        log = open(d / "log", "wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(d / "agent.toml")],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        return cls(d, proc, log)
+        argv = [sys.executable, "-m", "agent", "run", "--config", str(d / "agent.toml")]
+        return cls(d, Proc(device_id, argv, d / "log").start(env={"PYTHONPATH": str(REPO)}))
 
     def port(self) -> int:
         f = self.d / "state" / "http.port"
         return int(wait_for(lambda: f.exists() and f.read_text().strip(), what=f"{self.d.name}'s local API port"))
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.log.close()
+        self.proc.stop(timeout=15)
 
 
 @dataclass
