@@ -143,6 +143,7 @@ class Arm:
 # the "limits set" arm's limits, which the sequential prototype tests at too
 P95_LIMIT, CLOUD_LIMIT, AGREE_LIMIT, ERROR_LIMIT = 1.15, 0.04, 0.945, 0.05
 LIMITS_SET = "today's gates, limits set"
+RISES = "limits set, fallback by its rise"
 SPRT_ALPHA = 0.001  # per gate, over every look (Ville's inequality); 4 gates: <= 0.4 % per rollout
 SPRT_RATIO = 1.5  # the alternative: a rate 1.5x its limit (p95: twice the 5 % expected above it)
 
@@ -189,7 +190,8 @@ def arms(cohorts: Sequence[str] = COHORTS) -> list[Arm]:
         "on_breach": "rollback",
         "require_samples": True,
     }
-    off = Gates(max_p95_ratio=None, max_error_rate=None, max_cloud_rate=None, drift=False)
+    rises_off = {"max_cloud_rate_rise": None, "max_error_rate_rise": None}
+    off = Gates(max_p95_ratio=None, max_error_rate=None, max_cloud_rate=None, drift=False, **rises_off)
     set_ = Gates(
         max_p95_ratio=P95_LIMIT,
         min_p95_delta_ms=1.0,
@@ -199,7 +201,7 @@ def arms(cohorts: Sequence[str] = COHORTS) -> list[Arm]:
     )
     # the sequential arm keeps the machine's gates only to hold each cohort until data came
     # (limits nothing reaches) and its drift gate; the prototype judges the rest
-    waits = Gates(max_p95_ratio=1e9, max_error_rate=1.0, max_cloud_rate=1.0, min_shadow_agreement=0.0)
+    waits = Gates(max_p95_ratio=1e9, max_error_rate=1.0, max_cloud_rate=1.0, min_shadow_agreement=0.0, **rises_off)
     return [
         Arm("baseline: install failures only", Policy(**staged, gates=off), 0.25, reads_telemetry=False),  # type: ignore[arg-type]
         Arm("today's gates, shipped defaults", Policy(**staged, gates=Gates()), 0.25),  # type: ignore[arg-type]
@@ -211,6 +213,13 @@ def arms(cohorts: Sequence[str] = COHORTS) -> list[Arm]:
         Arm(
             "limits set, 800 samples",
             Policy(**staged, gates=replace(set_, min_samples=800)),  # type: ignore[arg-type]
+            0.15,
+        ),
+        # the same, with the fallback rate judged against each device's own rate on the previous
+        # bundle (the rise gates, on by default) instead of a fleet-wide 4 % limit
+        Arm(
+            RISES,
+            Policy(**staged, gates=replace(set_, max_cloud_rate=None)),  # type: ignore[arg-type]
             0.15,
         ),
     ]
@@ -291,7 +300,8 @@ def _stored(dev: str, rows: Sequence[Any]) -> Any:
 def _health(dev: str, new: Any, old: Any) -> Health:
     """What :func:`hub.evidence.health` builds for one device, from the same merge."""
     m = merge([new])
-    prev = merge([old]).sketch
+    before = merge([old])
+    prev = before.sketch
     return Health(
         dev,
         m.counts["inferences"],
@@ -302,6 +312,10 @@ def _health(dev: str, new: Any, old: Any) -> Health:
         {k: c for k, ref in FLAT_REFS.items() if (c := m.drift_counts(k, len(ref))) is not None},
         m.shadow_agree,
         m.shadow_total,
+        0,
+        before.counts["inferences"],
+        before.counts["errors"],
+        before.counts["cloud"],
     )
 
 

@@ -83,7 +83,8 @@ def health(
     _previous_from_rollups(s, r, rows, old, left_out, recovery)
     out = []
     for i in ids:
-        m, prev = merge(new[i]), merge(old[i]).sketch
+        m, before = merge(new[i]), merge(old[i])
+        prev = before.sketch
         out.append(
             Health(
                 i,
@@ -96,6 +97,9 @@ def health(
                 m.shadow_agree,
                 m.shadow_total,
                 left_out[i],
+                before.counts["inferences"],
+                before.counts["errors"],
+                before.counts["cloud"],
             )
         )
     return out

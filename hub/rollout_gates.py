@@ -75,6 +75,8 @@ _WEIGHT: dict[str, Callable[[Health], int]] = {
     "p95_latency_ratio": lambda h: int(h.latency.get("n", 0)) if h.latency and h.prev_latency else 0,
     "drift": lambda h: sum(sum(c) for c in h.drift.values()),
     "shadow_agreement": lambda h: h.shadow_total,
+    "error_rate_rise": lambda h: h.inferences + h.errors if h.prev_inferences + h.prev_errors else 0,
+    "cloud_fallback_rise": lambda h: h.inferences if h.prev_inferences else 0,
 }
 
 
@@ -109,6 +111,37 @@ def _one_device_is_not_a_fleet(
     return out
 
 
+def _rise(
+    name: str, counts: Sequence[tuple[int, int, int, int]], limit: float | None, policy: Policy, what: str
+) -> list[GateResult]:
+    """A rate against the previous bundle's on the same devices (``counts``: per device, events
+    and trials of the candidate, then of the previous bundle; devices without previous trials
+    are no comparison and left out). Each device's own normal is the reference, so no fleet-wide
+    limit has to sit between the best devices' normal and the worst. Breach when all three
+    hold: the rate is ``limit`` times the previous one or more, at least ``min_rise`` higher,
+    and the rise is beyond chance (the two-proportion z statistic, pooled, >= ``rise_z``)."""
+    g = policy.gates
+    if limit is None:
+        return []
+    both = [c for c in counts if c[3] > 0]
+    k1, n1 = sum(c[0] for c in both), sum(c[1] for c in both)
+    k0, n0 = sum(c[2] for c in both), sum(c[3] for c in both)
+    if not both and any(c[1] for c in counts):
+        why = "no device sent telemetry of its previous bundle in the hour before: nothing to compare with"
+        return [GateResult(name, "insufficient_data", None, limit, why)]
+    if n1 < g.min_samples or n0 < g.min_samples:
+        why = f"{n1} new / {n0} previous {what} on the same devices < {g.min_samples}"
+        return [GateResult(name, "insufficient_data", None, limit, why)]
+    r1, r0 = k1 / n1, k0 / n0
+    pooled = (k0 + k1) / (n0 + n1)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n0 + 1 / n1))
+    z = (r1 - r0) / se if se > 0 else 0.0
+    ratio = r1 / r0 if r0 > 0 else (math.inf if r1 > 0 else 1.0)
+    breach = ratio >= limit and r1 - r0 >= g.min_rise and z >= g.rise_z
+    detail = f"{k1}/{n1} = {r1:.2%} vs {k0}/{n0} = {r0:.2%} before on the same devices (z {z:.1f})"
+    return [GateResult(name, "breach" if breach else "pass", ratio if math.isfinite(ratio) else None, limit, detail)]
+
+
 def _sample_gates(st: RolloutState, hs: Sequence[Health], policy: Policy) -> list[GateResult]:
     """The gates fed by telemetry, over the installed devices' health ``hs``."""
     g = policy.gates
@@ -127,6 +160,20 @@ def _sample_gates(st: RolloutState, hs: Sequence[Health], policy: Policy) -> lis
 
     ratio_gate("error_rate", errors, inferences + errors, g.max_error_rate, "requests")
     ratio_gate("cloud_fallback_rate", sum(h.cloud for h in hs), inferences, g.max_cloud_rate, "inferences")
+    out += _rise(
+        "error_rate_rise",
+        [(h.errors, h.inferences + h.errors, h.prev_errors, h.prev_inferences + h.prev_errors) for h in hs],
+        g.max_error_rate_rise,
+        policy,
+        "requests",
+    )
+    out += _rise(
+        "cloud_fallback_rise",
+        [(h.cloud, h.inferences, h.prev_cloud, h.prev_inferences) for h in hs],
+        g.max_cloud_rate_rise,
+        policy,
+        "inferences",
+    )
 
     if g.max_p95_ratio is not None:
         new, old = LatencySketch(), LatencySketch()

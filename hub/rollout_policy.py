@@ -24,6 +24,13 @@ class Gates:
     min_p95_delta_ms: float = 1.0  # ...and at least this much slower: sub-ms jitter is not a regression
     max_error_rate: float | None = 0.05  # errors / (inferences + errors)
     max_cloud_rate: float | None = None  # cloud fallbacks / inferences
+    # the rates against the previous bundle's on the same devices (hub.rollout_gates._rise): breach
+    # when the candidate's is this many times the previous one's, min_rise higher, and the rise is
+    # beyond chance (a two-proportion z statistic >= rise_z; 3.1 is one-sided p ~ 0.001)
+    max_cloud_rate_rise: float | None = 2.0
+    max_error_rate_rise: float | None = 2.0
+    min_rise: float = 0.01
+    rise_z: float = 3.1
     drift: bool = True  # PSI alert on any baseline feature breaches
     max_js: float | None = None
     min_shadow_agreement: float | None = None

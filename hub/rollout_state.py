@@ -161,6 +161,11 @@ class Health:
     shadow_agree: int = 0
     shadow_total: int = 0
     recovery_windows: int = 0  # windows left out: they overlap a period the fleet was recovering
+    # the previous bundle's counts on this device (the same windows as ``prev_latency``): the
+    # rate gates' own reference (``*_rate_rise``), so a device's normal is its own
+    prev_inferences: int = 0
+    prev_errors: int = 0
+    prev_cloud: int = 0
 
 
 @dataclass(frozen=True)

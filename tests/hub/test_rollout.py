@@ -566,7 +566,7 @@ def test_a_rollout_whose_telemetry_gates_never_had_data_does_not_say_they_passed
     assert st.phase == "completed"
     assert "passed install_failure_rate" in st.reason and "no data for" in st.reason
     assert "every cohort passed its gates" not in st.reason
-    h = [Health(f"d0{i}", 500, 0, 0, sketch(0.01), sketch(0.01)) for i in range(2)]
+    h = [Health(f"d0{i}", 500, 0, 0, sketch(0.01), sketch(0.01), prev_inferences=500) for i in range(2)]
     st2, _ = advance(RolloutState(NEW), seen(2), 0, Policy(cohorts=("100%",), soak_s=0, gates=Gates(max_p95_ratio=1.5)))
     done = [InstallReport("d00", "commit", "ok"), InstallReport("d01", "commit", "ok")]
     st2, _ = advance(st2, [*done, *h], 1, Policy(cohorts=("100%",), soak_s=0, gates=Gates(max_p95_ratio=1.5)))

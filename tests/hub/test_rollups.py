@@ -185,11 +185,11 @@ def test_a_reader_across_the_boundary_counts_each_window_once(memhub: tuple[Hub,
         assert all(w.received >= cut for w in raw_rows) and all(r.bucket < cut for r in rolled_rows)
 
 
-def test_a_rollout_soaking_past_the_raw_retention_keeps_its_previous_bundles_latency(
+def test_a_rollout_soaking_past_the_raw_retention_keeps_its_previous_bundles_latency_and_counts(
     memhub: tuple[Hub, MemoryPublisher],
 ) -> None:
-    """The gates compare the new bundle's p95 with the hour before the rollout; once those raw
-    windows are pruned, the hour's minute rollups stand in for them, counted once."""
+    """The gates compare the new bundle's p95 and rates with the hour before the rollout; once
+    those raw windows are pruned, the hour's minute rollups stand in for them, counted once."""
     from hub import evidence
     from hub.models import Rollout
     from hub.rollout import DeviceState, RolloutState
@@ -213,11 +213,13 @@ def test_a_rollout_soaking_past_the_raw_retention_keeps_its_previous_bundles_lat
 
     before = health()  # raw windows still there
     assert LatencySketch.from_dict(dict(before.prev_latency)).count == 60 * 10
+    assert (before.prev_inferences, before.prev_cloud, before.inferences) == (60 * 10, 0, 10)
     with hub.fleet.session() as s:  # the raw retention passes: the hour before the rollout is pruned
         s.query(TelemetryWindow).filter(TelemetryWindow.bundle == A).delete()
         s.commit()
     after = health()
     assert dict(after.prev_latency) == dict(before.prev_latency)
+    assert (after.prev_inferences, after.prev_errors, after.prev_cloud) == (60 * 10, 0, 0)
     assert LatencySketch.from_dict(dict(after.latency)).count == 10
 
 
