@@ -178,6 +178,16 @@ class HubMetrics:
         self.published = Counter(
             "edgefleet_hub_published_total", "Messages the hub published by kind", ["kind"], registry=r
         )
+        self.publish_waiting = Gauge(
+            "edgefleet_hub_publish_waiting",
+            "Messages to publish held by the hub because the broker has not acknowledged the earlier ones",
+            registry=r,
+        )
+        self.publish_dropped = Counter(
+            "edgefleet_hub_publish_dropped_total",
+            "Messages to publish dropped because the hub already held OVERFLOW_MAX for the broker",
+            registry=r,
+        )
         self.devices = Gauge(
             "edgefleet_hub_devices", "Devices known to the hub by online state", ["online"], registry=r
         )

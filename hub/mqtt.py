@@ -8,7 +8,8 @@ dropped: agents resend telemetry and reports until acked, and status is retained
 
 Reconnects: paho's own loop reconnects with backoff (1..30 s); on every (re)connect the bridge
 subscribes again, the retained status of every device is delivered anew, and ``on_connected``
-runs in its own thread (the hub republishes the root and every desired document there).
+runs in its own thread (the hub republishes the root there, and every desired document unless
+the broker kept the hub's session: ``session_present``).
 
 Session: the client id is stable for a hub (its host, database and port), with a persistent
 session (MQTT v5 ``clean_start=False`` and a session expiry of ``SESSION_EXPIRY_S``; 3.1.1
@@ -26,6 +27,14 @@ it again. Retained messages are not delivered on shared subscriptions (MQTT 5, 4
 learns a device's status from the device's next one (agents send one after every telemetry
 window), not from the retained copy when it subscribes.
 
+Publishing: paho keeps every unacknowledged QoS 1 message in its own queue, keyed by a 16-bit
+message id; past 65,535 of them the ids collide and paho refuses the message ("Message queue
+full"), which a hub that lost its connection reaches in seconds with 10,000 devices (a desired
+document each, an ack per telemetry window). The bridge caps paho's queue at ``max_queued`` and
+keeps what does not fit in its own queue, in order (a retained document never overtakes the
+one it replaces), handed to paho as paho's queue drains: nothing the hub publishes is dropped
+unless that queue too passes ``OVERFLOW_MAX`` (counted, logged).
+
 Protocol: MQTT v5 first. A broker that refuses v5 (the demo's embedded amqtt broker and NATS's
 MQTT listener speak only 3.1.1) makes the bridge rebuild its client once with MQTT 3.1.1; nothing
 else changes, except for a replica: shared subscriptions are MQTT 5's, and NATS grants a
@@ -42,6 +51,7 @@ import secrets
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import paho.mqtt.client as mqtt
@@ -64,6 +74,8 @@ SUBSCRIPTIONS = [
 SESSION_EXPIRY_S = 3600
 V5_CONNACK_WAIT_S = 5.0
 MAX_PACKET_BYTES = 1024 * 1024  # what the hub takes; device messages are <= 256 KiB
+MAX_QUEUED = 50_000  # paho's queue of unacknowledged messages (its message ids collide past 65,535)
+OVERFLOW_MAX = 2_000_000  # the bridge's own queue behind it (see the module doc)
 _STOP = ("", b"")
 
 
@@ -78,8 +90,14 @@ class Bridge:
         client_id: str | None = None,
         shared_group: str | None = None,
         tls: BrokerTls | None = None,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         self.broker = broker
+        self.max_queued = max_queued
+        self._overflow: deque[Outgoing] = deque()  # what paho's queue had no room for, in order
+        self._overflow_lock = threading.Lock()
+        self._overflow_wake = threading.Event()
+        self._flusher: threading.Thread | None = None
         self.tls = tls or BrokerTls()
         self.metrics = metrics
         self.batch_max = batch_max
@@ -94,6 +112,9 @@ class Bridge:
         self._client_id = client_id or f"edgefleet-hub-{secrets.token_hex(4)}"
         self.on_connected: Callable[[], None] | None = None
         self.disconnected_at: float | None = None  # when an established connection last dropped
+        # the broker's CONNACK said it still held this hub's session: it did not restart without
+        # its state, so the retained desired documents are there too (hub.server._on_connected)
+        self.session_present = False
         self._connacked = False
         self._sub_mid = -1
         self.refused: str | None = None  # why this bridge will not subscribe on this broker
@@ -116,7 +137,7 @@ class Bridge:
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         client.reconnect_delay_set(1, 30)
-        client.max_queued_messages_set(0)
+        client.max_queued_messages_set(self.max_queued)
         client.max_inflight_messages_set(100)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -192,6 +213,7 @@ class Bridge:
             log.error("broker %s:%d refused the hub: %s", self.broker.host, self.broker.port, rc)
             return
         self._connacked = True
+        self.session_present = bool(getattr(_flags, "session_present", False))
         if self.shared_group and client.protocol != mqtt.MQTTv5:
             self.refused = (
                 f"broker {self.broker.host}:{self.broker.port} speaks MQTT 3.1.1 only; shared subscriptions "
@@ -278,6 +300,8 @@ class Bridge:
         self.handler = handler
         self._worker = threading.Thread(target=self._drain, name="hub-ingest", daemon=True)
         self._worker.start()
+        self._flusher = threading.Thread(target=self._flush_overflow, name="hub-publish", daemon=True)
+        self._flusher.start()
         self._connect()
         self.client.loop_start()
 
@@ -290,8 +314,61 @@ class Bridge:
             self._worker.join(timeout=10)
 
     def publish(self, messages: Sequence[Outgoing]) -> None:
-        """Queue messages with paho (thread-safe); paho sends them once connected."""
-        for m in messages:
-            info = self.client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
-            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-                log.error("publish to %s failed: %s", m.topic, mqtt.error_string(info.rc))
+        """Queue messages with paho (thread-safe); paho sends them once connected. What paho's
+        queue has no room for waits in the bridge's, in order (module doc)."""
+        with self._overflow_lock:
+            if self._overflow:  # behind what already waits: one topic's messages keep their order
+                self._hold(messages)
+                return
+            for i, m in enumerate(messages):
+                if not self._hand(m):
+                    self._hold(messages[i:])
+                    return
+
+    def _hand(self, m: Outgoing) -> bool:
+        """Give one message to paho; False when paho's queue is full (it was not taken)."""
+        info = self.client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            return False
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            log.error("publish to %s failed: %s", m.topic, mqtt.error_string(info.rc))
+        return True
+
+    def _hold(self, messages: Sequence[Outgoing]) -> None:
+        room = OVERFLOW_MAX - len(self._overflow)
+        if len(messages) > room:
+            lost = messages[max(0, room) :]
+            self.metrics.publish_dropped.inc(len(lost))
+            log.error(
+                "%d messages to publish dropped (first to %s): %d already wait for the broker (OVERFLOW_MAX)",
+                len(lost),
+                lost[0].topic,
+                len(self._overflow),
+            )
+            messages = messages[: max(0, room)]
+        if not self._overflow and messages:
+            log.warning(
+                "the broker has not acknowledged %d messages; holding the next ones until it does", self.max_queued
+            )
+        self._overflow.extend(messages)
+        self.metrics.publish_waiting.set(len(self._overflow))
+        self._overflow_wake.set()
+
+    def _flush_overflow(self) -> None:
+        """Hands held messages to paho as its queue drains (its own thread)."""
+        while not self._stopping:
+            self._overflow_wake.wait(0.5)
+            with self._overflow_lock:
+                while self._overflow and self._hand(self._overflow[0]):
+                    self._overflow.popleft()
+                waiting = len(self._overflow)
+                if not waiting:
+                    self._overflow_wake.clear()
+                self.metrics.publish_waiting.set(waiting)
+            if waiting:  # paho's queue is full: give the broker time to acknowledge some
+                time.sleep(0.05)
+
+    @property
+    def waiting(self) -> int:
+        """Messages held by the bridge, not yet handed to paho."""
+        return len(self._overflow)

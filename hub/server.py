@@ -61,6 +61,12 @@ class Hub:
         if rotation.stale(self.fleet):  # keys rotated while the hub was down
             self.fleet.publish(rotation.resign_all(self.fleet))
         self.fleet.publish([rotation.root_message(self.fleet)])
+        if self.bridge is not None and self.bridge.session_present:
+            # the broker kept our session, so it did not lose its retained messages either: sending
+            # every document again (10,000 at scale) on each reconnect of a loaded hub is a storm;
+            # a device that missed one still gets it (desired.republish_pending, every tick)
+            log.info("the broker kept the hub's session: its retained desired documents stand")
+            return
         desired.republish(self.fleet)
 
     def _tick_loop(self) -> None:

@@ -177,6 +177,55 @@ def test_a_device_offline_through_a_broker_crash_still_gets_its_desired_document
         broker.stop()
 
 
+def test_a_hub_reconnecting_to_a_broker_that_kept_its_session_does_not_send_every_document_again(
+    tmp_path: Path, keys_dir: Path, bundle_dir
+):
+    """The broker restarted from its saved state (session and retained messages kept): the hub
+    sees ``session_present`` and leaves the retained documents be (at 10,000 devices, sending
+    every one again on each reconnect of a loaded hub was a storm); the away device still gets
+    its document, from the broker."""
+    from fastapi.testclient import TestClient
+
+    from tests.conftest import start_mosquitto
+
+    from .conftest import TOKEN
+
+    # persistence, saved every second; started as root, mosquitto would drop to its own user,
+    # which cannot write under pytest's private tmp directory, and save nothing
+    broker = start_mosquitto(tmp_path / "broker", "user root\n")
+    hub = build(hub_config(tmp_path, keys_dir, broker=broker.url))
+    hub.start()
+    sent = hub.fleet.metrics.published.labels("desired")
+    try:
+        assert hub.bridge is not None and hub.bridge.connected.wait(10)
+        pi = FakeDevice("pi-away", broker.port).connect()
+        pi.send("status", status("pi-away"), retain=True)
+        wait_for(lambda: len(rows(hub, Device)) == 1, what="the device")
+        pi.close()
+        client = TestClient(hub.app, headers={"Authorization": f"Bearer {TOKEN}"})
+        pushed = client.post("/api/v1/bundles", content=archive_of(bundle_dir(model_bytes=b"\x08" * 5000))).json()
+        client.post("/api/v1/rollouts", json={"bundle": pushed["digest"], "target": {"all": True}})
+        issued = wait_for(lambda: rows(hub, Device)[0].desired_seq, what="a desired document issued")
+        time.sleep(2.5)  # published, and saved by the broker's autosave
+        before = sent._value.get()
+        broker.stop()  # a clean restart: mosquitto writes its state on the way out
+        wait_for(lambda: not hub.bridge.connected.is_set(), what="the hub to notice")
+        broker.start()
+        assert hub.bridge.connected.wait(40) and hub.bridge.session_present
+        time.sleep(1.0)
+        assert sent._value.get() == before  # nothing sent again
+        back = FakeDevice("pi-away", broker.port).connect()
+        try:
+            doc = wait_for(lambda: back.got("desired"), what="the retained desired document")[-1]
+            desired = verify_desired(doc, HubKeys.load(keys_dir).root, "pi-away", 0, int(time.time()))
+            assert desired.seq == issued
+        finally:
+            back.close()
+    finally:
+        hub.stop()
+        broker.stop()
+
+
 def test_replicas_get_distinct_client_ids_and_a_single_hub_keeps_its_own(tmp_path: Path, keys_dir: Path, monkeypatch):
     """Two connections under one client id throw each other off the broker in turn. A single
     hub's id is stable across restarts (its session persists); replicas on one database differ
@@ -229,3 +278,46 @@ def test_two_replicas_share_the_traffic_and_the_survivor_gets_all_of_it_once_the
     finally:
         for b in bridges.values():
             b.stop()
+
+
+def test_a_broker_that_stops_acknowledging_loses_none_of_what_the_hub_publishes_and_keeps_its_order(mosquitto):
+    """paho refuses a QoS 1 message once its queue of unacknowledged ones is full (past 65,535
+    its message ids collide: 2,585 desired documents were refused so in a 10,000-device run).
+    The bridge holds the rest itself and hands them over as the broker acknowledges."""
+    import signal
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from hub.config import BrokerUrl
+    from hub.metrics import HubMetrics
+    from hub.mqtt import Bridge
+    from hub.transport import Outgoing
+
+    got: list[bytes] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher", protocol=mqtt.MQTTv5)
+    sub.on_message = lambda _c, _u, m: got.append(bytes(m.payload))
+    sub.connect("127.0.0.1", mosquitto.port)
+    sub.loop_start()
+    sub.subscribe("ef/v1/dev/+/desired", qos=1)
+    bridge = Bridge(BrokerUrl.parse(mosquitto.url), HubMetrics(), max_queued=50)
+    bridge.start(lambda batch: None)
+    try:
+        assert bridge.connected.wait(10)
+        time.sleep(0.5)
+        os.kill(mosquitto.proc.pid, signal.SIGSTOP)  # alive, reading nothing, acknowledging nothing
+        try:
+            for i in range(500):
+                bridge.publish([Outgoing(f"ef/v1/dev/d{i % 7}/desired", str(i).encode(), kind="desired")])
+            held = bridge.waiting
+            assert held >= 400, held
+            assert bridge.metrics.publish_waiting._value.get() >= 400
+        finally:
+            os.kill(mosquitto.proc.pid, signal.SIGCONT)
+        wait_for(lambda: len(got) == 500, timeout=30, what="all 500 messages at the subscriber")
+        assert got == [str(i).encode() for i in range(500)]  # in the order they were published
+        assert bridge.waiting == 0 and bridge.metrics.publish_dropped._value.get() == 0
+    finally:
+        bridge.stop()
+        sub.loop_stop()
+        sub.disconnect()
