@@ -13,7 +13,7 @@ import pytest
 from bench import gates, report
 
 N = 1000  # cohort 1 = 10 devices, 500 inferences a window (a 3-device canary misses "2 windows" now and then)
-BASELINE, DEFAULTS, SPRT, SET, SET_2_WINDOWS = (a.name for a in gates.arms())
+BASELINE, DEFAULTS, SPRT, SET, SET_2_WINDOWS, RISES = (a.name for a in gates.arms())
 
 
 def outcomes(regression: str | None, seed: int = 7) -> dict[str, gates.Outcome]:
@@ -40,6 +40,18 @@ def test_a_p95_regression_passes_the_shipped_default_gates():
     # max_p95_ratio 1.5 by default: a model 30 % slower is not what it was set to catch
     o = outcomes("p95 +30%")[DEFAULTS]
     assert not o.halted and o.escaped > 0, o
+
+
+def test_a_tripled_fallback_rate_is_rolled_back_by_its_rise_with_no_fleet_wide_limit_set():
+    # the rise arm sets no max_cloud_rate: only the comparison with the same devices' previous
+    # bundle can stop it, and the shipped defaults carry the same rise gate
+    for seed in (7, 8):
+        o = outcomes("cloud fallback rate x3", seed)
+        for arm in (RISES, DEFAULTS):
+            assert o[arm].halted and o[arm].phase == "rolled_back", (arm, o[arm])
+            assert o[arm].breached.startswith("cloud_fallback_rise"), (arm, o[arm])
+            assert o[arm].windows_to_halt is not None and o[arm].windows_to_halt <= 2
+            assert o[arm].escaped == 0
 
 
 def test_a_clean_candidate_reaches_every_device_under_every_arm():
