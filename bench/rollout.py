@@ -201,6 +201,9 @@ class _CountingPublisher:
                 c.value += len(m.payload)
         self.inner.publish(messages)
 
+    def backlog(self) -> int:
+        return int(self.inner.backlog())
+
 
 def hub_config(work: Path, broker_port: int, token: str, http_port: int) -> dict[str, Any]:
     """The bench hub's settings (SQLite under ``work``, one admin token, a 1 s tick), for _hub_process."""

@@ -142,6 +142,7 @@ def republish(fleet: Fleet) -> int:
 
 PENDING_AFTER_S = 10  # a document no device acknowledged this long after it was issued is sent again
 PENDING_MAX_RESENDS = 3  # ... at most this many times (a device that refuses it says so in a report)
+PENDING_HOLD_BACKLOG = 1_000  # ... and not while the hub itself is this many messages behind
 
 
 def republish_pending(fleet: Fleet) -> int:
@@ -150,7 +151,16 @@ def republish_pending(fleet: Fleet) -> int:
     bytes, retained. A rollout transaction commits its documents, then publishes them
     (hub.rollouts), so a hub replica killed -9 between the two leaves them in the database only,
     and the device would hear nothing until its install timed out. Each (device, seq) is sent
-    again at most :data:`PENDING_MAX_RESENDS` times by this process. Run by the ticker."""
+    again at most :data:`PENDING_MAX_RESENDS` times by this process. Run by the ticker.
+
+    Held while the hub is over :data:`PENDING_HOLD_BACKLOG` messages behind (its ingest queue
+    plus what waits to be published): the acknowledgements it looks for may be in that queue
+    unread, and the documents it issued may not have gone out yet. A 10,000-device run sent
+    each document four times that way (docs/scale.md)."""
+    behind = fleet.publisher.backlog()
+    if behind > PENDING_HOLD_BACKLOG:
+        log.info("unacknowledged desired documents not sent again yet: the hub is %d messages behind", behind)
+        return 0
     now = fleet.clock()
     issued_before = now - PENDING_AFTER_S + fleet.config.desired_ttl  # expires = issued + desired_ttl
     q = (

@@ -372,3 +372,7 @@ class Bridge:
     def waiting(self) -> int:
         """Messages held by the bridge, not yet handed to paho."""
         return len(self._overflow)
+
+    def backlog(self) -> int:
+        """Messages received and not yet handled, plus those waiting to go out."""
+        return self.queue.qsize() + len(self._overflow)

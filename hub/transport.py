@@ -24,6 +24,11 @@ class Outgoing:
 class Publisher(Protocol):
     def publish(self, messages: Sequence[Outgoing]) -> None: ...
 
+    def backlog(self) -> int:
+        """Messages the hub holds and has not dealt with yet: received and not yet handled,
+        or to be published and not yet handed to the MQTT client."""
+        ...
+
 
 class MemoryPublisher:
     """Keeps every published message (and the retained ones by topic) in memory."""
@@ -31,7 +36,11 @@ class MemoryPublisher:
     def __init__(self) -> None:
         self.sent: list[Outgoing] = []
         self.retained: dict[str, bytes] = {}
+        self.behind = 0  # what :meth:`backlog` answers (tests set it)
         self._lock = threading.Lock()
+
+    def backlog(self) -> int:
+        return self.behind
 
     def publish(self, messages: Sequence[Outgoing]) -> None:
         with self._lock:

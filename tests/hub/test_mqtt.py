@@ -321,3 +321,17 @@ def test_a_broker_that_stops_acknowledging_loses_none_of_what_the_hub_publishes_
         bridge.stop()
         sub.loop_stop()
         sub.disconnect()
+
+
+def test_the_bridge_counts_unread_and_unsent_messages_as_its_backlog():
+    # what desired.republish_pending holds its resends on (never started: no broker needed)
+    from hub.config import BrokerUrl
+    from hub.metrics import HubMetrics
+    from hub.mqtt import Bridge
+    from hub.transport import Outgoing
+
+    bridge = Bridge(BrokerUrl.parse("mqtt://127.0.0.1:1"), HubMetrics())
+    assert bridge.backlog() == 0
+    bridge.queue.put(("ef/v1/dev/d0/telemetry", b"{}"))
+    bridge._overflow.append(Outgoing("ef/v1/dev/d0/desired", b"{}"))
+    assert bridge.backlog() == 2
