@@ -6,7 +6,8 @@ Layout (prefix ``ef/v1``)::
     ef/v1/dev/{device}/desired     hub -> agent   retained; signed "what you should run"
     ef/v1/dev/{device}/report      agent -> hub   install progress / results with reason codes
     ef/v1/dev/{device}/telemetry   agent -> hub   periodic window: latency sketch, drift, counts
-    ef/v1/dev/{device}/ack         hub -> agent   application acks of telemetry sequence numbers
+    ef/v1/dev/{device}/ack         hub -> agent   application acks of telemetry and report sequence
+                                   numbers (QoS 0: a lost one means a resend, stored once)
     ef/v1/dev/{device}/fetch       agent -> hub   "these chunks of bundle B never arrived"
     ef/v1/dev/{device}/command     hub -> agent   signed remote-diagnostics command (QoS 1, not retained)
     ef/v1/dev/{device}/result      agent -> hub   the answer to one command (protocol.commands)
