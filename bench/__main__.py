@@ -7,7 +7,7 @@ import pkgutil
 import sys
 from pathlib import Path
 
-SKIP = {"__main__", "report", "seed_api", "peers"}  # seed_api and peers are servers the benches run, not benches
+SKIP = {"__main__", "report", "seed_api", "peers", "floor_server"}  # servers the benches run, not benches
 
 
 def names() -> list[str]:

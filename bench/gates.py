@@ -483,15 +483,17 @@ def decisions(
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench gates", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="100 devices, 10 runs of each regression, 20 clean")
-    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--devices", type=int, default=1000, help="fleet size of the decision runs (default 1000)")
     ap.add_argument("--runs", type=int, default=50, help="runs of each regression")
-    ap.add_argument("--clean-runs", type=int, default=100)
+    ap.add_argument("--clean-runs", type=int, default=100, help="clean rollouts per arm (default 100)")
     ap.add_argument(
         "--cohorts",
         default=",".join(COHORTS),
-        help=f"cumulative cohort sizes (default {','.join(COHORTS)}; the staged preset's is 1,10%%,50%%,100%%)",
+        help=f"cumulative cohort sizes (default {','.join(COHORTS).replace('%', '%%')}; "
+        "the staged preset's is 1,10%%,50%%,100%%)",
     )
-    ap.add_argument("--arms", default="", help="run only these arms (0-based, comma-separated; default all)")
+    names = "; ".join(f"{i}: {a.name}" for i, a in enumerate(arms())).replace("%", "%%")
+    ap.add_argument("--arms", default="", help=f"run only these arms, comma-separated (default all): {names}")
     ap.add_argument("--e2e-devices", type=int, default=50, help="end-to-end spot check size (0: skip it)")
     args = ap.parse_args(list(argv) if argv is not None else None)
     n, runs, clean = (100, 10, 20) if args.quick else (args.devices, args.runs, args.clean_runs)
