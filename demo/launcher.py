@@ -45,6 +45,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports: each socket stays bound until all are chosen (n calls
+    of :func:`free_port` may return one port twice; a 3-node NATS cluster once got the same
+    client port for two nodes, and one exited with "address already in use")."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def wait_port(
     port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None, what: str = "service"
 ) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.launcher import free_port
+from demo.launcher import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -81,7 +81,7 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not on PATH (scripts/test-deps.sh installs it); the tour uses it")
     blocks = tour_blocks(README.read_text())
-    ports = {p: free_port() for p in PORTS}
+    ports = dict(zip(PORTS, free_ports(len(PORTS)), strict=True))
     (tmp_path / ".venv").symlink_to(REPO / ".venv")  # what `make install` leaves in a checkout
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEFLEET_", "VIRTUAL_ENV", "PYTHON"))}
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p)

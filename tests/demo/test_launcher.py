@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.launcher import Fleet, LaunchError
+from demo.launcher import Fleet, LaunchError, free_ports
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]
 
@@ -74,3 +75,12 @@ def test_an_agent_that_dies_is_reported_not_the_port_an_earlier_run_wrote(tmp_pa
             fleet.agent_port("dev-1")
     finally:
         fleet.stop_all()
+
+
+def test_ports_chosen_together_are_distinct_and_free():
+    # one free_port() after another may hand out a port twice: a NATS node then died on "address in use"
+    ports = free_ports(64)
+    assert len(set(ports)) == 64
+    for p in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))

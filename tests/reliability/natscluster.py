@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from demo.launcher import free_port, wait_port
+from demo.launcher import LaunchError, free_ports, wait_port
 
 NATS_SERVER = shutil.which("nats-server")
 
@@ -50,10 +50,11 @@ class NatsCluster:
     nodes: list[NatsNode] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        ports = free_ports(12)  # distinct: four a node
         for i in range(3):
             d = self.root / f"n{i}"
             d.mkdir(parents=True, exist_ok=True)
-            self.nodes.append(NatsNode(f"n{i}", d, free_port(), free_port(), free_port(), free_port()))
+            self.nodes.append(NatsNode(f"n{i}", d, *ports[4 * i : 4 * i + 4]))
 
     def _config(self, node: NatsNode) -> str:
         routes = [f"nats-route://127.0.0.1:{n.cluster_port}" for n in self.nodes if n is not node]
@@ -89,10 +90,15 @@ class NatsCluster:
     def start(self, timeout: float = 60) -> NatsCluster:
         if NATS_SERVER is None:
             raise RuntimeError("nats-server is not installed")
-        for n in self.nodes:
-            self.start_node(n, wait=False)
-        for n in self.nodes:
-            wait_port(n.mqtt_port, timeout)
+        try:
+            for n in self.nodes:
+                self.start_node(n, wait=False)
+            for n in self.nodes:
+                wait_port(n.mqtt_port, timeout, n.proc, f"nats-server {n.name}")
+        except LaunchError as exc:  # no node left running, and the reason from the node's own log
+            self.stop()
+            tails = {n.name: n.log.read_text(errors="replace").splitlines()[-3:] for n in self.nodes if n.log.exists()}
+            raise LaunchError(f"{exc}; last log lines: {tails}") from None
         return self
 
     def start_node(self, node: NatsNode, wait: bool = True) -> None:
@@ -102,7 +108,7 @@ class NatsCluster:
         with open(node.log, "ab") as out:
             node.proc = subprocess.Popen([NATS_SERVER, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
         if wait:
-            wait_port(node.mqtt_port, 60)
+            wait_port(node.mqtt_port, 60, node.proc, f"nats-server {node.name}")
 
     def kill(self, node: NatsNode) -> None:
         assert node.proc is not None

@@ -21,6 +21,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from demo.launcher import LaunchError
+
 from ..agent.bundles import MNV1, coral_bundle
 from ..hub.conftest import wait_for
 from ..hub.test_api import archive_of
@@ -45,6 +47,21 @@ def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
         yield c
     finally:
         c.stop()
+
+
+def test_a_node_that_cannot_bind_stops_the_cluster_start_with_its_own_reason_and_leaves_nothing_running(
+    tmp_path: Path,
+):
+    # what CI hit once: two nodes given one port; the start waited 60 s on a dead node, then
+    # left the other two running (a later test failed on their Popen's ResourceWarning)
+    c = NatsCluster(tmp_path / "nats")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", c.nodes[2].client_port))
+        taken.listen()
+        # "exited": it stopped on the node's exit, not after the 60 s wait ("nothing listening")
+        with pytest.raises(LaunchError, match="n2 exited.*address already in use"):
+            c.start(timeout=60)
+    assert all(n.proc is not None and n.proc.poll() is not None for n in c.nodes)
 
 
 OPEN: list[Client] = []
