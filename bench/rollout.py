@@ -369,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"ingest lag (telemetry publish -> hub ack) p50 {_s(lag['p50_s'])}, p99 {_s(lag['p99_s'])} "
-        f"over {lag['acks']} windows"
+        f"over {lag['acks']} windows sent in the phase; {lag.get('carried_over', 0)} sent during the rollouts "
+        f"and acked in it (p99 {_s(lag.get('carried_over_p99_s'))}; all together p99 {_s(lag.get('all_p99_s'))})"
     )
     print(
         f"flapping: {flap['cut']} links cut mid-transfer, {flap['installed']}/{n} installed in {flap['seconds']:.1f} s "
@@ -486,8 +487,14 @@ def _ours(
         flap = rollout("2.0.0", args.flap)
         for d in fleet.devices:
             d.counters.ack_lags.clear()
+            d.counters.ack_sent.clear()
+        start = time.monotonic()
         fleet.run_for(args.lag_seconds)
-        lags = [x for d in fleet.devices for x in d.counters.ack_lags]
+        pairs = [pair for d in fleet.devices for pair in zip(d.counters.ack_sent, d.counters.ack_lags, strict=True)]
+        # windows first sent during this phase: the steady state the goal is about; windows sent
+        # during the rollouts and acked only now are counted apart (their lag is the rollouts')
+        lags = [lag for sent, lag in pairs if sent >= start]
+        carried = [lag for sent, lag in pairs if sent < start]
         lag = {
             "case": "telemetry ingest lag (publish -> hub ack)",
             "devices": n,
@@ -496,6 +503,9 @@ def _ours(
             "p50_s": _p(lags, 0.5),
             "p99_s": _p(lags, 0.99),
             "max_s": max(lags) if lags else None,
+            "carried_over": len(carried),
+            "carried_over_p99_s": _p(carried, 0.99),
+            "all_p99_s": _p(lags + carried, 0.99),
         }
         return ours, flap, lag
     finally:

@@ -94,6 +94,7 @@ class Counters:
     fetch_requests: int = 0
     rejected: list[str] = field(default_factory=list)  # reason codes of installs that failed
     ack_lags: list[float] = field(default_factory=list)  # telemetry: publish -> the hub's ack, seconds
+    ack_sent: list[float] = field(default_factory=list)  # ... and when each of those windows was first sent
     telemetry_sent: int = 0
 
 
@@ -179,6 +180,7 @@ class SimDevice:
                 entry = self.unacked.pop((ack.kind, s), None)
                 if entry is not None and ack.kind == "telemetry":
                     self.counters.ack_lags.append(now - entry[1])
+                    self.counters.ack_sent.append(entry[1])
 
     # reports, status, telemetry --------------------------------------------------------------------
     def report(

@@ -5,6 +5,7 @@ lose their link mid-transfer still finish."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,9 @@ def test_simulated_fleet_installs_a_rollout_and_its_telemetry_shows_an_injected_
         assert min(p95[i] for i in slow) > 4 * fast[-1], (p95, fast[-1])
         lags = [x for d in fleet.devices for x in d.counters.ack_lags]
         assert lags, "the hub acknowledged telemetry"
+        # each acked window's first send time beside its lag (bench rollout splits the lag phase on it)
+        assert all(len(d.counters.ack_sent) == len(d.counters.ack_lags) for d in fleet.devices)
+        assert all(0 < t <= time.monotonic() for d in fleet.devices for t in d.counters.ack_sent)
     finally:
         fleet.stop()
 
