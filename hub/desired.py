@@ -143,6 +143,7 @@ def republish(fleet: Fleet) -> int:
 PENDING_AFTER_S = 10  # a document no device acknowledged this long after it was issued is sent again
 PENDING_MAX_RESENDS = 3  # ... at most this many times (a device that refuses it says so in a report)
 PENDING_HOLD_BACKLOG = 1_000  # ... and not while the hub itself is this many messages behind
+PENDING_MAX_PER_SCAN = 1_000  # ... and at most this many a scan, the least resent and oldest first
 
 
 def republish_pending(fleet: Fleet) -> int:
@@ -156,7 +157,10 @@ def republish_pending(fleet: Fleet) -> int:
     Held while the hub is over :data:`PENDING_HOLD_BACKLOG` messages behind (its ingest queue
     plus what waits to be published): the acknowledgements it looks for may be in that queue
     unread, and the documents it issued may not have gone out yet. A 10,000-device run sent
-    each document four times that way (docs/scale.md)."""
+    each document four times that way (docs/scale.md). At most :data:`PENDING_MAX_PER_SCAN` a
+    scan: a fleet too busy to acknowledge (its devices or the broker behind, which the hub cannot
+    see) is not sent every document again at once; the scan reads keys, then only the payloads
+    it sends."""
     behind = fleet.publisher.backlog()
     if behind > PENDING_HOLD_BACKLOG:
         log.info("unacknowledged desired documents not sent again yet: the hub is %d messages behind", behind)
@@ -164,7 +168,7 @@ def republish_pending(fleet: Fleet) -> int:
     now = fleet.clock()
     issued_before = now - PENDING_AFTER_S + fleet.config.desired_ttl  # expires = issued + desired_ttl
     q = (
-        select(DesiredDoc)
+        select(DesiredDoc.device, DesiredDoc.seq, DesiredDoc.expires)
         .join(Device, col(Device.id) == col(DesiredDoc.device))
         .where(
             col(Device.online),
@@ -175,9 +179,20 @@ def republish_pending(fleet: Fleet) -> int:
     )
     out: list[Outgoing] = []
     with fleet.session() as s:
-        for doc in s.exec(q).all():
+        due = [
+            (fleet.pending_resent.get((device, seq), 0), expires, device, seq)
+            for device, seq, expires in s.exec(q).all()
+            if fleet.pending_resent.get((device, seq), 0) < PENDING_MAX_RESENDS
+        ]
+        due.sort()
+        if len(due) > PENDING_MAX_PER_SCAN:
+            log.info("%d desired documents unacknowledged: %d sent again this scan", len(due), PENDING_MAX_PER_SCAN)
+            due = due[:PENDING_MAX_PER_SCAN]
+        want = {(device, seq) for _, _, device, seq in due}
+        docs = s.exec(select(DesiredDoc).where(col(DesiredDoc.device).in_([d for d, _ in want]))).all()
+        for doc in docs:
             key = (doc.device, doc.seq)
-            if fleet.pending_resent.get(key, 0) >= PENDING_MAX_RESENDS:
+            if key not in want:  # a newer document was issued since the keys were read
                 continue
             fleet.pending_resent[key] = fleet.pending_resent.get(key, 0) + 1
             out.append(_message(doc))

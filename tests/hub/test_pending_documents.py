@@ -59,3 +59,36 @@ def test_a_hub_behind_on_its_own_queues_holds_its_resends_until_it_has_caught_up
         assert hub.fleet.pending_resent == {("d0", client.get("/api/v1/devices/d0").json()["desired"]["seq"]): 1}
     finally:
         hub.fleet.clock = real
+
+
+def test_a_fleet_too_busy_to_acknowledge_is_sent_a_bounded_number_again_each_scan_least_resent_first(
+    client, memhub, bundle_dir, monkeypatch
+):
+    # devices or a broker behind (which the hub cannot see) acknowledge nothing: resending every
+    # document each scan would only add to what they are behind on
+    hub, pub = memhub
+    v1 = push(client, bundle_dir(version="1.0.0"))
+    ids = ["d0", "d1", "d2"]
+    for dev in ids:
+        hub.ingest.handle([(f"ef/v1/dev/{dev}/status", status(dev, online=True))])
+    body = {"bundle": v1["digest"], "target": {"devices": ids}, "policy": {"cohorts": ["100%"]}}
+    assert client.post("/api/v1/rollouts", json=body).status_code == 201
+    docs = {m.topic: m.payload for m in pub.sent if m.kind == "desired"}
+    monkeypatch.setattr(desired, "PENDING_MAX_PER_SCAN", 2)
+    real = hub.fleet.clock
+    hub.fleet.clock = lambda: real() + desired.PENDING_AFTER_S + 1
+    try:
+        rounds = []
+        for _ in range(6):  # 3 devices x 3 resends, 2 a scan: 5 scans, then nothing
+            pub.sent.clear()
+            assert desired.republish_pending(hub.fleet) <= 2
+            rounds.append(sorted(m.topic.split("/")[3] for m in pub.sent))
+            assert all(m.payload == docs[m.topic] for m in pub.sent)  # the same signed bytes
+        # every device is sent its document again before any is sent it a second time, and
+        # each at most PENDING_MAX_RESENDS times in all
+        assert len(rounds[0]) == 2 and set(rounds[0]) | set(rounds[1]) == set(ids)
+        sent = [dev for r in rounds for dev in r]
+        assert {dev: sent.count(dev) for dev in ids} == {dev: desired.PENDING_MAX_RESENDS for dev in ids}
+        assert rounds[-1] == []
+    finally:
+        hub.fleet.clock = real
