@@ -14,7 +14,8 @@ computed against the device's active default bundle, so only default-channel ins
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -126,18 +127,53 @@ def _message(doc: DesiredDoc) -> Outgoing:
     return Outgoing(str(Topic.for_device(Kind.DESIRED, doc.device)), doc.payload, retain=True, qos=1, kind="desired")
 
 
-def republish(fleet: Fleet) -> int:
+REPUBLISH_PAGE = 1_000  # documents read and handed to the broker at a time on a connect
+
+
+def republish(fleet: Fleet, go_on: Callable[[], bool] | None = None, pause_s: float = 0.1) -> int:
     """Every device's last desired document, unexpired, retained again (same bytes, same
     seq: a device that has it sees a replay and ignores it). Called on every connect to
-    the broker: a broker restarted without its retained messages forgets them, and a device
-    that was offline then would otherwise never hear of its rollout."""
+    the broker that did not find the hub's session kept: a broker restarted without its
+    retained messages forgets them, and a device that was offline then would otherwise never
+    hear of its rollout.
+
+    In pages of :data:`REPUBLISH_PAGE` (by device id). Before each page after the first it
+    waits while the hub is over :data:`PENDING_HOLD_BACKLOG` messages behind, as the pending
+    resend does: at 10,000 devices a reconnect sent 10,000 documents into a queue already
+    behind, on a broker that was the bottleneck (docs/scale.md). ``go_on`` is asked while
+    waiting and between pages; False stops it (a newer connection took over, or the hub
+    stops), and what was not sent is left to the next connect or the pending resend."""
     now = fleet.clock()
-    with fleet.session() as s:
-        out = [_message(doc) for doc in s.exec(select(DesiredDoc).where(DesiredDoc.expires > now)).all()]
-    fleet.publish(out)
-    if out:
-        log.info("republished %d desired documents (retained)", len(out))
-    return len(out)
+    sent, after = 0, ""
+    while True:
+        if sent:
+            while fleet.publisher.backlog() > PENDING_HOLD_BACKLOG:
+                if go_on is not None and not go_on():
+                    log.info("republish stopped after %d desired documents", sent)
+                    return sent
+                time.sleep(pause_s)
+        if go_on is not None and not go_on():
+            log.info("republish stopped after %d desired documents", sent)
+            return sent
+        q = (
+            select(DesiredDoc)
+            .where(DesiredDoc.expires > now, col(DesiredDoc.device) > after)
+            .order_by(col(DesiredDoc.device))
+            .limit(REPUBLISH_PAGE)
+        )
+        with fleet.session() as s:
+            docs = s.exec(q).all()
+            out = [_message(doc) for doc in docs]
+            after = docs[-1].device if docs else after
+        if not out:
+            break
+        fleet.publish(out)
+        sent += len(out)
+        if len(out) < REPUBLISH_PAGE:
+            break
+    if sent:
+        log.info("republished %d desired documents (retained)", sent)
+    return sent
 
 
 PENDING_AFTER_S = 10  # a document no device acknowledged this long after it was issued is sent again

@@ -42,6 +42,7 @@ class Hub:
     bridge: Bridge | None
     _stop: threading.Event
     _ticker: threading.Thread | None = None
+    _connects: int = 0  # broker connections so far: a republish stops when a newer one starts
 
     def start(self) -> None:
         if self.bridge is not None:
@@ -67,7 +68,9 @@ class Hub:
             # a device that missed one still gets it (desired.republish_pending, every tick)
             log.info("the broker kept the hub's session: its retained desired documents stand")
             return
-        desired.republish(self.fleet)
+        self._connects += 1  # connects come seconds apart (paho backs off): no lock
+        mine = self._connects
+        desired.republish(self.fleet, lambda: mine == self._connects and not self._stop.is_set())
 
     def _tick_loop(self) -> None:
         while not self._stop.wait(self.config.tick):

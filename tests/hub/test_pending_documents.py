@@ -92,3 +92,50 @@ def test_a_fleet_too_busy_to_acknowledge_is_sent_a_bounded_number_again_each_sca
         assert rounds[-1] == []
     finally:
         hub.fleet.clock = real
+
+
+def test_a_connect_that_lost_the_session_republishes_in_pages_paced_by_the_hubs_backlog(
+    client, memhub, bundle_dir, monkeypatch
+):
+    # a 10,000-device run: a reconnect without its session sent 10,000 documents at once into
+    # a hub queue already behind, on a broker that was the bottleneck (docs/scale.md)
+    hub, pub = memhub
+    v1 = push(client, bundle_dir(version="1.0.0"))
+    ids = [f"d{i}" for i in range(5)]
+    for dev in ids:
+        hub.ingest.handle([(f"ef/v1/dev/{dev}/status", status(dev, online=True))])
+    body = {"bundle": v1["digest"], "target": {"devices": ids}, "policy": {"cohorts": ["100%"]}}
+    assert client.post("/api/v1/rollouts", json=body).status_code == 201
+    docs = {m.topic: m.payload for m in pub.sent if m.kind == "desired"}
+    assert len(docs) == 5
+    monkeypatch.setattr(desired, "REPUBLISH_PAGE", 2)
+
+    # caught up: every document in one go, pages of 2, each once, the same signed bytes retained
+    pub.sent.clear()
+    assert desired.republish(hub.fleet) == 5
+    assert sorted(m.topic for m in pub.sent) == sorted(docs) and all(
+        m.retain and m.payload == docs[m.topic] for m in pub.sent
+    )
+
+    # behind: the first page goes out, the next waits until the hub has caught up
+    pub.sent.clear()
+    pub.behind = desired.PENDING_HOLD_BACKLOG + 1
+    asked: list[int] = []
+
+    def go_on() -> bool:
+        asked.append(len(pub.sent))
+        if len(asked) == 3:
+            pub.behind = 0  # the queue drained while it waited
+        return True
+
+    assert desired.republish(hub.fleet, go_on, pause_s=0) == 5
+    assert asked[:3] == [0, 2, 2]  # waited with 2 sent, then went on
+    assert sorted(m.topic for m in pub.sent) == sorted(docs)
+
+    # a newer connect (or the hub stopping) ends it where it stands: no page after that
+    pub.sent.clear()
+    pub.behind = desired.PENDING_HOLD_BACKLOG + 1
+    calls = iter([True, False])
+    assert desired.republish(hub.fleet, lambda: next(calls), pause_s=0) == 2
+    assert len(pub.sent) == 2
+    pub.behind = 0
