@@ -1,10 +1,11 @@
-# edgefleet: two commands. `make demo` runs the main job; `make test` installs and runs the tests.
+# edgefleet: two commands. `make demo` runs the main job; `make test` installs and runs the tests
+# (all but those marked slow: ~15-18 min on 2 cores); `make test-slow` runs those (CI runs both).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: demo test install bench lint clean reliability dist
+.PHONY: demo test test-slow test-all install bench lint clean reliability dist
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +21,15 @@ demo: install
 	$(PY) -m demo $(ARGS)
 
 test: install
+	bash scripts/test-deps.sh
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+# TensorFlow conversions, real agents end to end, the README tour, the benches' test runs
+test-slow: install
+	bash scripts/test-deps.sh
+	$(PY) -m pytest -m slow $(ARGS)
+
+test-all: install
 	bash scripts/test-deps.sh
 	$(PY) -m pytest $(ARGS)
 

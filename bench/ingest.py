@@ -1,7 +1,10 @@
 """`python -m bench ingest [--quick]`: telemetry messages/s the hub stores, with zero loss.
 
 One private Mosquitto, one publisher (paho, QoS 1, MQTT v5) sending N real ``Telemetry``
-messages from D devices as fast as the broker takes them. In the same run:
+messages from D devices as fast as the broker takes them, from a process of its own as devices
+do (``--same-process``: from a thread of the consumer's process, which charges the consumer for
+the publisher's share of one GIL; the figures before 2026-12-04 were taken that way). In the
+same run:
 
 * **limit** - a raw paho subscriber that only counts messages (no parsing, no database): the
   rate this broker + client stack can deliver to one consumer;
@@ -65,7 +68,7 @@ def _payloads(devices: int, per_device: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def _publish(port: int, msgs: list[tuple[str, bytes]]) -> float:
+def _publish_here(port: int, msgs: list[tuple[str, bytes]]) -> float:
     """Publish everything at QoS 1; returns the monotonic time of the first publish."""
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub", protocol=mqtt.MQTTv5)
     c.max_inflight_messages_set(1000)
@@ -80,7 +83,25 @@ def _publish(port: int, msgs: list[tuple[str, bytes]]) -> float:
     return t0
 
 
-def _raw(port: int, msgs: list[tuple[str, bytes]]) -> dict[str, Any]:
+class Publisher:
+    """Where the messages come from: a child process (``python -m bench ingest --publish``, the
+    same payloads: :func:`_payloads` is deterministic) or, ``same_process``, this one."""
+
+    def __init__(self, devices: int, per_device: int, same_process: bool) -> None:
+        self.devices, self.per_device, self.same_process = devices, per_device, same_process
+
+    def __call__(self, port: int, msgs: list[tuple[str, bytes]]) -> float:
+        if self.same_process:
+            return _publish_here(port, msgs)
+        cmd = [sys.executable, "-m", "bench", "ingest", "--publish", str(port)]
+        cmd += ["--devices", str(self.devices), "--per-device", str(self.per_device)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"publisher exited {done.returncode}: {done.stderr[-500:]}")
+        return float(done.stdout.strip().splitlines()[-1])  # CLOCK_MONOTONIC: one clock per machine
+
+
+def _raw(port: int, msgs: list[tuple[str, bytes]], publish: Publisher) -> dict[str, Any]:
     n = len(msgs)
     got = 0
     done = threading.Event()
@@ -101,7 +122,7 @@ def _raw(port: int, msgs: list[tuple[str, bytes]]) -> dict[str, Any]:
     sub.loop_start()
     sub.subscribe("ef/v1/dev/+/telemetry", qos=1)
     ready.wait(10)
-    t0 = _publish(port, msgs)
+    t0 = publish(port, msgs)
     done.wait(120)
     sub.disconnect()
     sub.loop_stop()
@@ -117,7 +138,13 @@ def _raw(port: int, msgs: list[tuple[str, bytes]]) -> dict[str, Any]:
 
 
 def _hub(
-    port: int, msgs: list[tuple[str, bytes]], work: Path, batch_max: int, label: str, pg: str | None = None
+    port: int,
+    msgs: list[tuple[str, bytes]],
+    work: Path,
+    batch_max: int,
+    label: str,
+    publish: Publisher,
+    pg: str | None = None,
 ) -> dict[str, Any]:
     from hub import keys
     from hub.config import HubConfig
@@ -144,15 +171,12 @@ def _hub(
         tick=3600,
     )
     hub = build(cfg)
-    acked: set[tuple[str, int]] = set()
-    ack_lock = threading.Lock()
     from protocol.messages import parse_ack
 
+    got_acks: list[tuple[str, bytes]] = []  # parsed after the run: the watcher takes no CPU from the hub
+
     def on_ack(_c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
-        dev = m.topic.split("/")[3]
-        a = parse_ack(bytes(m.payload))
-        with ack_lock:
-            acked.update((dev, s) for s in a.seqs)
+        got_acks.append((m.topic, bytes(m.payload)))
 
     watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-acks-{batch_max}", protocol=mqtt.MQTTv5)
     watcher.on_message = on_ack
@@ -163,7 +187,7 @@ def _hub(
     assert hub.bridge is not None and hub.bridge.connected.wait(10)
     time.sleep(0.5)
     n = len(msgs)
-    t0 = _publish(port, msgs)
+    t0 = publish(port, msgs)
     stored = 0
     deadline = time.monotonic() + 600
     t_end = time.monotonic()
@@ -180,6 +204,7 @@ def _hub(
     watcher.disconnect()
     watcher.loop_stop()
     hub.fleet.engine.dispose()
+    acked = {(topic.split("/")[3], seq) for topic, payload in got_acks for seq in parse_ack(payload).seqs}
     if pg and schema:
         from bench.hub_api import _pg_drop
 
@@ -203,7 +228,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="2,000 messages instead of 10,000")
     p.add_argument("--devices", type=int, default=100, help="distinct devices (default 100)")
     p.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite", help="registry database (default sqlite)")
+    p.add_argument(
+        "--same-process",
+        action="store_true",
+        help="publish from a thread of the measured consumer's process (how runs before 2026-12-04 measured)",
+    )
+    p.add_argument("--publish", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the publisher child
+    p.add_argument("--per-device", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.publish is not None:
+        print(_publish_here(args.publish, _payloads(args.devices, args.per_device)), flush=True)
+        return 0
     import os
 
     from bench.hub_api import PG_DEFAULT
@@ -224,10 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, what="mosquitto")
-        cases = [_raw(port, msgs)]
+        publish = Publisher(args.devices, per_device, args.same_process)
+        cases = [_raw(port, msgs, publish)]
         print(f"{cases[-1]['case']:<34} {cases[-1]['msgs_per_s']:>9.0f} msg/s  lost {cases[-1]['lost']}", flush=True)
         for batch_max, label in ((500, "hub, batched commits (ours)"), (1, "hub, commit per message (baseline)")):
-            cases.append(_hub(port, msgs, work, batch_max, label, pg))
+            cases.append(_hub(port, msgs, work, batch_max, label, publish, pg))
             c = cases[-1]
             print(
                 f"{c['case']:<34} {c['msgs_per_s']:>9.0f} msg/s  lost {c['lost']}  acked {c['acked']}/{c['messages']}",
@@ -252,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             "db": "postgresql" if pg else "sqlite (WAL)",
             "batch_max": 500,
             "quick": args.quick,
+            "publisher": "same process" if args.same_process else "own process",
         },
         cases,
     )

