@@ -4,8 +4,7 @@ One private Mosquitto, one publisher (paho, QoS 1, MQTT v5) sending N real ``Tel
 messages from D devices as fast as the broker takes them, from a process of its own as devices
 do (``--same-process``: from a thread of the consumer's process, which charges the consumer for
 the publisher's share of one GIL; docs/scale.md's figures up to the 2026-12-04 10:09 row were
-taken that way). In the
-same run:
+taken that way). In the same run:
 
 * **limit** - a raw paho subscriber that only counts messages (no parsing, no database): the
   rate this broker + client stack can deliver to one consumer;

@@ -145,16 +145,16 @@ def republish(fleet: Fleet, go_on: Callable[[], bool] | None = None, pause_s: fl
     stops), and what was not sent is left to the next connect or the pending resend."""
     now = fleet.clock()
     sent, after = 0, ""
-    while True:
-        if sent:
-            while fleet.publisher.backlog() > PENDING_HOLD_BACKLOG:
-                if go_on is not None and not go_on():
-                    log.info("republish stopped after %d desired documents", sent)
-                    return sent
-                time.sleep(pause_s)
-        if go_on is not None and not go_on():
-            log.info("republish stopped after %d desired documents", sent)
-            return sent
+
+    def may_go() -> bool:  # False once told to stop; waits while the hub is behind (not before the first page)
+        while go_on is None or go_on():
+            if not sent or fleet.publisher.backlog() <= PENDING_HOLD_BACKLOG:
+                return True
+            time.sleep(pause_s)
+        log.info("republish stopped after %d desired documents", sent)
+        return False
+
+    while may_go():
         q = (
             select(DesiredDoc)
             .where(DesiredDoc.expires > now, col(DesiredDoc.device) > after)
