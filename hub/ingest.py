@@ -22,7 +22,6 @@ that batch is retried message by message and finds the row.)
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import deque
@@ -30,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from protocol.commands import Result, parse_result
@@ -57,7 +55,7 @@ from .fleet import Fleet
 from .metrics import UNKNOWN, cohort_label, install_result
 from .models import Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
 from .rollout import ACTIVE_PHASES
-from .totals import Fold
+from .totals import ADD_TOTALS, SEEN, Fold, insert_windows
 from .transport import Outgoing
 
 log = logging.getLogger(__name__)
@@ -243,12 +241,20 @@ class Ingest:
             # locked until commit (PostgreSQL; SQLite has one writer): the totals below are
             # read-modify-write, and a replica (--shared-group) may be storing another window of
             # the same device at this moment. In id order: two batches queue, never deadlock.
-            devices = {
-                d.id: d
-                for d in s.exec(
-                    select(Device).where(col(Device.id).in_(ids)).order_by(col(Device.id)).with_for_update()
+            stored: dict[str, tuple[str | None, dict[str, Any]]] = {
+                did: (bundle, dict(latency or {}))
+                for did, bundle, latency in s.exec(
+                    select(Device.id, Device.latency_bundle, Device.latency)
+                    .where(col(Device.id).in_(ids))
+                    .order_by(col(Device.id))
+                    .with_for_update()
                 ).all()
             }
+            # rows the batch changes beyond the totals are loaded as ORM objects; a device the
+            # batch only has telemetry from gets its totals in one statement (hub.totals.ADD_TOTALS)
+            whole = sorted({p.device for p in parsed if p.kind in (Kind.STATUS, Kind.REPORT) and p.device in stored})
+            devices = {d.id: d for d in s.exec(select(Device).where(col(Device.id).in_(whole))).all()} if whole else {}
+            seen_only: set[str] = set()  # telemetry-only devices: last_seen moves
 
             def device(did: str) -> Device:
                 d = devices.get(did)
@@ -270,16 +276,22 @@ class Ingest:
                         touched.add(d.id)
                     counted.append(("status", "stored"))
                 elif isinstance(m, Telemetry):
-                    d = device(p.device)
-                    if d.last_seen != now:
-                        d.last_seen = now
-                    acks.setdefault((d.id, "telemetry"), []).append(m.seq)
-                    if (d.id, m.seq) in seen_t:
+                    did = p.device
+                    if did in devices or did not in stored:
+                        d = device(did)
+                        if d.last_seen != now:
+                            d.last_seen = now
+                        base = (d.latency_bundle, d.latency)
+                    else:
+                        seen_only.add(did)
+                        base = stored[did]
+                    acks.setdefault((did, "telemetry"), []).append(m.seq)
+                    if (did, m.seq) in seen_t:
                         counted.append(("telemetry", "duplicate"))
                         continue
-                    seen_t.add((d.id, m.seq))
+                    seen_t.add((did, m.seq))
                     assert p.sketch is not None  # parse() gives every telemetry message its sketch
-                    fed.append(self._apply_telemetry(windows, folds, d, m, p.sketch, now))
+                    fed.append(self._apply_telemetry(windows, folds, did, base, m, p.sketch, now))
                     counted.append(("telemetry", "stored"))
                 elif isinstance(m, Report):
                     d = device(p.device)
@@ -329,13 +341,22 @@ class Ingest:
                     receipt, outcome = hardexamples.record(self.fleet, s, m, now)
                     receipts.append(receipt)
                     counted.append(("sample", outcome))
+            totals = []
             for did, f in folds.items():
-                f.apply(devices[did])
+                if did in devices:
+                    f.apply(devices[did])
+                else:
+                    totals.append(f.params(did, stored[did][1], now))
+                    seen_only.discard(did)
             for d in devices.values():
                 s.add(d)
             s.flush()
+            if totals:
+                s.connection().execute(ADD_TOTALS, totals)
+            if seen_only:
+                s.connection().execute(SEEN, [{"b_id": did, "b_seen": now} for did in sorted(seen_only)])
             if windows:
-                _insert_windows(s, windows)
+                insert_windows(s, windows)
             labels = self._fleet_labels(s, fed)
             s.commit()
         for kind, outcome in counted:
@@ -428,10 +449,17 @@ class Ingest:
 
     @staticmethod
     def _apply_telemetry(
-        rows: list[dict[str, Any]], folds: dict[str, Fold], d: Device, m: Telemetry, sketch: LatencySketch, now: int
+        rows: list[dict[str, Any]],
+        folds: dict[str, Fold],
+        did: str,
+        base: tuple[str | None, dict[str, Any]],
+        m: Telemetry,
+        sketch: LatencySketch,
+        now: int,
     ) -> tuple[str, str | None, LatencySketch, dict[str, int]]:
         """Queue the window row (bulk-inserted per batch) and fold it into the device's batch
-        totals (:class:`hub.totals.Fold`); return what the fleet metrics count of it once the batch commits."""
+        totals (:class:`hub.totals.Fold`) from ``base``, its stored (latency bundle, sketch);
+        return what the fleet metrics count of it once the batch commits."""
         c = {k: int(m.counts.get(k, 0)) for k in COUNT_KEYS}
         health = m.health.to_dict()
         # the device's own state rides in the window's health column, where the device page reads it
@@ -444,7 +472,7 @@ class Ingest:
             health["channel"] = m.channel
         rows.append(
             {
-                "device": d.id,
+                "device": did,
                 "seq": m.seq,
                 "window_start": m.window_start,
                 "window_end": m.window_end,
@@ -458,40 +486,9 @@ class Ingest:
             }
         )
         if m.channel != "default":  # the device's totals and latency describe its default channel
-            return d.id, m.bundle, sketch, c
-        f = folds.get(d.id)
+            return did, m.bundle, sketch, c
+        f = folds.get(did)
         if f is None:
-            f = folds[d.id] = Fold(d.latency_bundle, bool(d.latency))
+            f = folds[did] = Fold(base[0], bool(base[1]))
         f.add(m.bundle, c, sketch)
-        return d.id, m.bundle, sketch, c
-
-
-_WINDOW_COLUMNS = (
-    "device", "seq", "window_start", "window_end", "bundle", "latency", "drift", "shadow", "health", "received",
-    *COUNT_KEYS,
-)  # fmt: skip
-_JSON_COLUMNS = frozenset({"latency", "drift", "shadow", "health"})
-
-
-def _insert_windows(s: Session, rows: list[dict[str, Any]]) -> None:
-    """A batch's window rows in one statement, inside the batch's transaction: COPY on
-    PostgreSQL (no per-row round trip or bind), one executemany elsewhere (ORM objects cost more
-    than the database here). A duplicate key fails either way, and the batch is retried message
-    by message (:meth:`Ingest.handle`)."""
-    conn = s.connection()
-    if conn.dialect.name != "postgresql":
-        s.execute(insert(TelemetryWindow), rows)
-        return
-    cols = ", ".join(_WINDOW_COLUMNS)
-    driver: Any = conn.connection.driver_connection  # psycopg's, in the session's transaction
-    with (
-        driver.cursor() as cur,
-        cur.copy(f"COPY telemetry_window ({cols}) FROM STDIN") as cp,
-    ):
-        for r in rows:
-            cp.write_row(
-                [
-                    (json.dumps(r[c]) if r[c] is not None else None) if c in _JSON_COLUMNS else r[c]
-                    for c in _WINDOW_COLUMNS
-                ]
-            )
+        return did, m.bundle, sketch, c

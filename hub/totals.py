@@ -1,13 +1,19 @@
-"""A batch's telemetry windows folded into each device row's running totals once (:mod:`hub.ingest`)."""
+"""A batch's telemetry (:mod:`hub.ingest`): its window rows in one statement, and each device's
+running totals folded once."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, insert, update
+from sqlmodel import Session
 
 from protocol.messages import COUNT_KEYS
 from protocol.sketch import LatencySketch
 
-from .models import Device
+from .models import Device, TelemetryWindow
 
 
 class Fold:
@@ -39,18 +45,58 @@ class Fold:
             self.sketches.append(sketch)
 
     def apply(self, d: Device) -> None:
+        """Onto a device's ORM row (a batch that also changes its status or reports)."""
         d.windows += self.windows
         d.inferences += self.counts["inferences"]
         d.errors += self.counts["errors"]
         d.tpu += self.counts["tpu"]
         d.cpu += self.counts["cpu"]
         d.cloud += self.counts["cloud"]
-        if self.reset:
-            d.latency_bundle = self.bundle
-            base = LatencySketch()
-        else:
-            base = LatencySketch.from_dict(d.latency)
-        d.latency = merge_sketches(base, self.sketches).to_dict()
+        d.latency_bundle = self.bundle  # unchanged unless the bundle changed (reset)
+        d.latency = self.latency(d.latency)
+
+    def latency(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """The device's latency sketch after the batch, given the stored one."""
+        base = LatencySketch() if self.reset else LatencySketch.from_dict(stored)
+        return merge_sketches(base, self.sketches).to_dict()
+
+    def params(self, device: str, stored: dict[str, Any], now: int) -> dict[str, Any]:
+        """The bind parameters of :data:`ADD_TOTALS` for a device whose row the batch did not load."""
+        c = self.counts
+        return {
+            "b_id": device,
+            "b_seen": now,
+            "b_windows": self.windows,
+            "b_inferences": c["inferences"],
+            "b_errors": c["errors"],
+            "b_tpu": c["tpu"],
+            "b_cpu": c["cpu"],
+            "b_cloud": c["cloud"],
+            "b_bundle": self.bundle,
+            "b_latency": self.latency(stored),
+        }
+
+
+_T = Device.__table__  # type: ignore[attr-defined]
+# A batch's windows added to the totals of devices it only has telemetry from, in one executemany:
+# loading, dirtying and flushing ORM rows for them was a third of Ingest.handle (docs/scale.md).
+ADD_TOTALS = (
+    update(_T)
+    .where(_T.c.id == bindparam("b_id"))
+    .values(
+        last_seen=bindparam("b_seen"),
+        windows=_T.c.windows + bindparam("b_windows"),
+        inferences=_T.c.inferences + bindparam("b_inferences"),
+        errors=_T.c.errors + bindparam("b_errors"),
+        tpu=_T.c.tpu + bindparam("b_tpu"),
+        cpu=_T.c.cpu + bindparam("b_cpu"),
+        cloud=_T.c.cloud + bindparam("b_cloud"),
+        latency_bundle=bindparam("b_bundle"),
+        latency=bindparam("b_latency", type_=_T.c.latency.type),
+    )
+)
+# ...and of those whose windows were all resends (or another channel's): only last_seen moves
+SEEN = update(_T).where(_T.c.id == bindparam("b_id")).values(last_seen=bindparam("b_seen"))
 
 
 def merge_sketches(base: LatencySketch, parts: Sequence[LatencySketch]) -> LatencySketch:
@@ -65,3 +111,34 @@ def merge_sketches(base: LatencySketch, parts: Sequence[LatencySketch]) -> Laten
         lo = min(lo, p.min)
         hi = max(hi, p.max)
     return LatencySketch(counts, n, total, lo, hi)
+
+
+_WINDOW_COLUMNS = (
+    "device", "seq", "window_start", "window_end", "bundle", "latency", "drift", "shadow", "health", "received",
+    *COUNT_KEYS,
+)  # fmt: skip
+_JSON_COLUMNS = frozenset({"latency", "drift", "shadow", "health"})
+
+
+def insert_windows(s: Session, rows: list[dict[str, Any]]) -> None:
+    """A batch's window rows in one statement, inside the batch's transaction: COPY on
+    PostgreSQL (no per-row round trip or bind), one executemany elsewhere (ORM objects cost more
+    than the database here). A duplicate key fails either way, and the batch is retried message
+    by message (:meth:`Ingest.handle`)."""
+    conn = s.connection()
+    if conn.dialect.name != "postgresql":
+        s.execute(insert(TelemetryWindow), rows)
+        return
+    cols = ", ".join(_WINDOW_COLUMNS)
+    driver: Any = conn.connection.driver_connection  # psycopg's, in the session's transaction
+    with (
+        driver.cursor() as cur,
+        cur.copy(f"COPY telemetry_window ({cols}) FROM STDIN") as cp,
+    ):
+        for r in rows:
+            cp.write_row(
+                [
+                    (json.dumps(r[c]) if r[c] is not None else None) if c in _JSON_COLUMNS else r[c]
+                    for c in _WINDOW_COLUMNS
+                ]
+            )

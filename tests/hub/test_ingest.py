@@ -7,7 +7,7 @@ from hub.models import Device
 from hub.server import Hub
 from hub.totals import merge_sketches
 from hub.transport import MemoryPublisher
-from protocol.messages import Telemetry
+from protocol.messages import Status, Telemetry
 from protocol.sketch import LatencySketch
 
 A, B = "a" * 64, "b" * 64
@@ -71,3 +71,38 @@ def test_windows_of_one_bundle_merge_across_and_within_batches(memhub: tuple[Hub
         d = s.get(Device, "merge-1")
         assert d is not None and d.windows == 7 and d.inferences == sum(range(1, 8))
         assert LatencySketch.from_dict(d.latency) == expected
+
+
+def _status(dev: str, ts: int) -> tuple[str, bytes]:
+    return f"ef/v1/dev/{dev}/status", Status(dev, True, ts).to_bytes()
+
+
+def test_a_batch_mixing_status_and_telemetry_only_devices_keeps_every_total(
+    memhub: tuple[Hub, MemoryPublisher],
+) -> None:
+    """Telemetry-only devices get their totals in one statement, the others through their ORM
+    rows (hub.totals): in one batch both add up, and a device whose windows were all resends
+    still has last_seen moved."""
+    hub, _ = memhub
+    hub.ingest.handle([_window(d, 1, A, 3.0) for d in ("mix-t", "mix-s", "mix-r")])
+    hub.fleet.clock = lambda: 1_000_000
+    batch = [
+        _window("mix-t", 2, A, 4.0),  # telemetry only: ADD_TOTALS
+        _status("mix-s", 5),
+        _window("mix-s", 2, A, 4.0),  # with a status: its ORM row
+        _window("mix-r", 1, A, 3.0),  # a resend only: SEEN
+        _window("mix-new", 1, B, 9.0),  # unknown device: created
+    ]
+    hub.ingest.handle(batch)
+    with hub.fleet.session() as s:
+        rows = {d: s.get(Device, d) for d in ("mix-t", "mix-s", "mix-r", "mix-new")}
+    t, st, r, new = (rows[k] for k in ("mix-t", "mix-s", "mix-r", "mix-new"))
+    assert t is not None and st is not None and r is not None and new is not None
+    for d in (t, st):
+        assert (d.windows, d.inferences, d.errors, d.cpu, d.last_seen) == (2, 3, 2, 3, 1_000_000)
+        assert d.latency_bundle == A
+        assert LatencySketch.from_dict(d.latency) == _sketch(3.0, 1).merge(_sketch(4.0, 2))
+    assert st.online and st.status_ts == 5
+    assert (r.windows, r.inferences, r.last_seen) == (1, 1, 1_000_000)
+    assert (new.windows, new.latency_bundle) == (1, B)
+    assert LatencySketch.from_dict(new.latency) == _sketch(9.0, 1)
