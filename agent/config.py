@@ -17,6 +17,7 @@ Example ``agent.toml``::
     http_metrics = false                    # true: GET /metrics (Prometheus) on the local API
     max_hold_minutes = 60                   # an app may hold one install's switch this long (0: never)
     device_view = true                      # announce device views (only the artifacts used; false: full archives)
+    plan_by_reference = true                # read chunk lists once per bundle, not in each signed document
     cloud_url = "https://fallback.example.com"
     cloud_api_key = "..."
     edgetpu = "auto"                        # auto | off
@@ -128,6 +129,7 @@ class AgentConfig:
     keepalive_s: int = 30
     fetch_repair_s: float = 3.0  # ask the hub for chunks missing after this long idle
     device_view: bool = True  # announce device views (protocol.view); false: the hub sends full archives
+    plan_by_reference: bool = True  # announce protocol.planref; false: chunk lists inline in desired documents
     resend_after_s: float = 15.0  # resend unacked telemetry/reports after this long
     probation_inferences: int = 20  # a freshly switched model is on probation this long
     probation_max_errors: int = 3  # errors within probation that trigger a rollback
@@ -314,6 +316,7 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."), env: Mapping[str, 
         keepalive_s=int(_positive("keepalive_s", _get(doc, "keepalive_s", int, 30))),
         fetch_repair_s=_positive("fetch_repair_s", _get(doc, "fetch_repair_s", float, 3.0)),
         device_view=_get(doc, "device_view", bool, True),
+        plan_by_reference=_get(doc, "plan_by_reference", bool, True),
         resend_after_s=_positive("resend_after_s", _get(doc, "resend_after_s", float, 15.0)),
         probation_inferences=int(_positive("probation_inferences", _get(doc, "probation_inferences", int, 20), True)),
         probation_max_errors=int(_positive("probation_max_errors", _get(doc, "probation_max_errors", int, 3))),

@@ -575,6 +575,9 @@ class Agent:
         if topic.kind in (Kind.CHUNK, Kind.DELTA):
             for ch in list(self.channels.values()):  # each updater takes the chunks of its own job
                 ch.updater.on_chunk(topic, msg.payload)
+        elif topic.kind is Kind.PLAN and msg.payload:
+            for ch in list(self.channels.values()):
+                ch.updater.on_plan(topic, msg.payload)
         elif topic.kind is Kind.DESIRED and topic.device == self.cfg.device_id:
             if msg.payload:
                 self._on_desired(msg.payload)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 
-from protocol import delta as pdelta, device, view
+from protocol import delta as pdelta, device, planref, view
 
 from . import AGENT_VERSION, watchdog
 from .config import AgentConfig
@@ -67,5 +67,7 @@ def describe(
         http_port=http_port,
         mqtt=mqtt,
         served_by=served_by,
-        features=((view.FEATURE,) if cfg.device_view else ()) + pdelta.ANNOUNCED,
+        features=((view.FEATURE,) if cfg.device_view else ())
+        + pdelta.ANNOUNCED
+        + ((planref.FEATURE,) if cfg.plan_by_reference else ()),
     )

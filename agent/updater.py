@@ -22,12 +22,13 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field as dc_field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from protocol import delta as pdelta
 from protocol.bundle import Manifest
 from protocol.errors import ProtocolError, Reason, VerificationError
-from protocol.messages import BundleInfo, Desired, FetchRequest, Hold
+from protocol.messages import BundleInfo, BundleRef, Desired, FetchRequest, Hold
 from protocol.signing import Root
 from protocol.topics import Kind, Topic
 
@@ -35,7 +36,7 @@ from . import benchmark, delta as deltas, selftest
 from .budget import Meter
 from .config import AgentConfig, packet_bytes_for
 from .download import MAX_REQUESTED, Download, bytes_on_disk, chunk_subscription, repair_subscription
-from .durable import read_json, write_json
+from .durable import read_json, write_atomic, write_json
 from .errors import DiskFull, ModelError, RootExpired
 from .install import (
     AppHold,
@@ -347,6 +348,9 @@ class Updater:
     def _start_download(self, now: float) -> None:
         job = self.job
         assert job is not None and job.plan.bundle is not None
+        if job.plan.bundle.unresolved and not self._resolve_plan(job, self._cached_plan(job.plan.bundle)):
+            self._await_plan(job)
+            return
         ref = job.plan.bundle
         job.stage = "download"
         self.on_change()
@@ -395,6 +399,49 @@ class Updater:
             )
         self._subscribe_chunks()
 
+    # the chunk plan by reference (protocol.planref) ------------------------------------------
+    def _plan_file(self, ref: BundleRef) -> Path:
+        return self.downloads / f"{ref.archive.sha256}.plan"  # kept with its download (_gc_downloads)
+
+    def _cached_plan(self, ref: BundleRef) -> bytes | None:
+        try:
+            return self._plan_file(ref).read_bytes()
+        except OSError:
+            return None
+
+    def _resolve_plan(self, job: Job, payload: bytes | None) -> bool:
+        """Fill the job's chunk list from plan message ``payload`` if it is the one the signed
+        document names; a wrong one is logged and ignored (the right one may still come)."""
+        ref = job.plan.bundle
+        if payload is None or ref is None:
+            return False
+        try:
+            full = ref.resolve(payload)
+        except VerificationError as exc:
+            log.warning("ignoring a chunk plan for %s: %s", ref.archive.sha256[:12], exc)
+            return False
+        job.plan = replace(job.plan, bundle=full)
+        return True
+
+    def _await_plan(self, job: Job) -> None:
+        assert job.plan.bundle is not None
+        job.stage = "plan"
+        job.last_fetch = time.monotonic()
+        self.mqtt.subscribe_all([str(Topic.plan(job.plan.bundle.archive.sha256))], qos=1)
+        log.info("waiting for the chunk plan of %s", job.plan.bundle.archive.sha256[:12])
+
+    def on_plan(self, topic: Topic, payload: bytes) -> None:
+        """A retained chunk plan: the job waiting for it starts its download."""
+        job = self.job
+        if job is None or job.stage != "plan" or job.plan.bundle is None:
+            return
+        if topic.digest != job.plan.bundle.archive.sha256 or not self._resolve_plan(job, payload):
+            return
+        self.mqtt.unsubscribe_all([str(topic)])
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        write_atomic(self._plan_file(job.plan.bundle), payload)  # a restart resumes without asking again
+        self._start_download(time.time())
+
     def _deferred(self, job: Job, dl: Download) -> bool:
         """Whether the bytes still to fetch wait for the next day's byte budget (reported)."""
         if self.meter is None or dl.complete:
@@ -422,7 +469,9 @@ class Updater:
     def resubscribe(self) -> None:
         """After a (re)connect: ask the broker for the chunks still missing, and only those."""
         job = self.job
-        if job and job.stage == "download" and job.delta is not None:
+        if job and job.stage == "plan" and job.plan.bundle is not None:
+            self.mqtt.subscribe_all([str(Topic.plan(job.plan.bundle.archive.sha256))], qos=1)
+        elif job and job.stage == "download" and job.delta is not None:
             self.mqtt.subscribe_all([job.delta.filter], qos=1)
             job.delta.last_chunk = time.monotonic()
         elif job and job.stage == "download" and job.download is not None:
@@ -720,6 +769,11 @@ class Updater:
             if time.time() >= job.deferred_until:  # a new day's byte budget
                 self._start_download(now_mono)
             return
+        if job is not None and job.stage == "plan" and job.plan.bundle is not None:
+            if now_mono - job.last_fetch >= self.cfg.fetch_repair_s * min(8, 2**job.fetch_rounds):
+                self._request([])  # no chunk named: the hub publishes the plan again (hub.ingest)
+                job.fetch_rounds += 1
+            return
         if job is None or job.stage != "download" or job.download is None:
             return
         if job.delta is not None:
@@ -757,7 +811,8 @@ class Updater:
         job.last_fetch = time.monotonic()
         req = FetchRequest(self.cfg.device_id, job.plan.bundle.archive.sha256, tuple(missing[:MAX_REQUESTED]))
         self.mqtt.publish(str(Topic.for_device(Kind.FETCH, self.cfg.device_id)), req.to_bytes(), qos=1)
-        log.info("requested %d missing chunk(s) of %s", len(req.missing), req.archive[:12])
+        what = f"{len(req.missing)} missing chunk(s)" if missing else "the chunk plan"
+        log.info("requested %s of %s", what, req.archive[:12])
 
     # verify, stage, self-test, switch, commit ----------------------------------------------
     def _finish_download(self) -> None:
@@ -1006,7 +1061,9 @@ class Updater:
 
     @property
     def state(self) -> str:
-        return self.job.stage if self.job else "idle"
+        if self.job is None:
+            return "idle"
+        return "download" if self.job.stage == "plan" else self.job.stage  # fetching its chunk list first
 
     @property
     def staged(self) -> BundleInfo | None:

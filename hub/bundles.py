@@ -11,6 +11,7 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from protocol import planref
 from protocol.bundle import ChunkPlan, Requirements
 from protocol.messages import BundleRef
 from protocol.signing import Envelope
@@ -188,13 +189,19 @@ def plan_chunk_messages(fleet: Fleet, plan: ChunkPlan, indexes: Iterable[int] | 
     return out
 
 
+def plan_message(plan: ChunkPlan) -> Outgoing:
+    """The archive's chunk list, retained, for agents that read it by reference (protocol.planref)."""
+    return Outgoing(str(Topic.plan(plan.sha256)), planref.plan_bytes(plan), retain=True, qos=1, kind="plan")
+
+
 def ensure_published(fleet: Fleet, s: Session, b: Bundle) -> list[Outgoing]:
-    """Chunks of ``b`` retained on the broker, once per bundle (repairs use FetchRequest)."""
+    """Chunks of ``b`` and its chunk plan retained on the broker, once per bundle (repairs, and
+    a plan an agent never got, go through FetchRequest: hub.ingest)."""
     if b.published:
         return []
     b.published = True
     s.add(b)
-    return chunk_messages(fleet, b)
+    return [plan_message(archive_plan(b)), *chunk_messages(fleet, b)]
 
 
 def models(fleet: Fleet, limit: int = 50, offset: int = 0) -> dict[str, Any]:

@@ -13,7 +13,7 @@ which is the device id; the client-chosen client id is never trusted)::
     pattern write ef/v1/dev/%u/{status,report,telemetry,fetch,result,sample}
     pattern read  ef/v1/dev/%u/{desired,ack,command,sampled}
     pattern read  ef/v1/bundle/+/chunk/+, ef/v1/bundle/+/delta/+/chunk/+,
-                  ef/v1/bundle/+/manifest and ef/v1/root
+                  ef/v1/bundle/+/plan, ef/v1/bundle/+/manifest and ef/v1/root
 
 so a device can publish only on its own topics (MQTT v5 PUBACK 135 otherwise) and read only
 its own desired state, acks and commands, bundle chunks and the root: it can neither read
@@ -82,6 +82,7 @@ def render_acl(hub_user: str | None) -> str:
     lines += [
         "pattern read ef/v1/bundle/+/chunk/+",
         "pattern read ef/v1/bundle/+/delta/+/chunk/+",
+        "pattern read ef/v1/bundle/+/plan",
         "pattern read ef/v1/bundle/+/manifest",
         "pattern read ef/v1/root",
         "",

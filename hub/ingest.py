@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 Message = Status | Report | Telemetry | FetchRequest | Result | SampleChunk
 MAX_REPAIR_CHUNKS = 2048
 REPAIR_INTERVAL_S = 5.0
+PLAN_INDEX = -1  # the chunk plan's slot in the repair throttle (a fetch request naming no chunk)
 
 
 INT32, INT64 = 2**31 - 1, 2**63 - 1
@@ -332,9 +333,14 @@ class Ingest:
                         counted.append(("fetch", "rejected"))
                         self._warn(f"ef/v1/dev/{m.device}/fetch", ValueError(f"unknown archive {m.archive}"))
                         continue
+                    if not m.missing:  # an agent waiting for the chunk plan it reads by reference
+                        again = bool(self._throttle(m.archive, [PLAN_INDEX]))
+                        out.extend([bundles.plan_message(plan)] if again else [])
+                        counted.append(("fetch", "stored" if again else "throttled"))
+                        continue
                     wanted = self._throttle(m.archive, m.missing[:MAX_REPAIR_CHUNKS])
                     out.extend(bundles.plan_chunk_messages(self.fleet, plan, wanted))
-                    counted.append(("fetch", "stored" if wanted or not m.missing else "throttled"))
+                    counted.append(("fetch", "stored" if wanted else "throttled"))
                 elif isinstance(m, Result):
                     counted.append(("result", "stored" if commands.record(s, m, now) else "rejected"))
                 elif isinstance(m, SampleChunk):

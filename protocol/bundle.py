@@ -367,16 +367,17 @@ class ChunkPlan:
         return cls(len(archive), sha256_hex(archive), chunk_size, hashes)
 
     @classmethod
-    def from_fields(cls, obj: dict[str, Any], what: str, empty_ok: bool = False) -> ChunkPlan:
+    def from_fields(cls, obj: dict[str, Any], what: str, empty_ok: bool = False, count_ok: bool = False) -> ChunkPlan:
         """The plan in a wire object's ``size``, ``sha256``, ``chunk_size`` and ``chunks`` fields
         (a bundle reference, a device view, a delta), checked: a chunk hash per ``chunk_size``
-        bytes, each a digest; ``empty_ok``: a zero-byte plan is allowed (no chunks)."""
+        bytes, each a digest; ``empty_ok``: a zero-byte plan is allowed (no chunks); ``count_ok``:
+        any number of chunk hashes (a plan by reference before it is resolved: protocol.planref)."""
         chunks = field(obj, "chunks", list, what)
         size = nonneg_int(obj, "size", what)
         chunk_size = nonneg_int(obj, "chunk_size", what)
         if chunk_size < 1024:
             raise BadPayload(what, f"chunk_size {chunk_size} is below 1024")
-        if (size == 0 and not empty_ok) or len(chunks) != -(-size // chunk_size):
+        if (size == 0 and not empty_ok) or (not count_ok and len(chunks) != -(-size // chunk_size)):
             raise BadPayload(what, f"{len(chunks)} chunk hashes for {size} bytes at {chunk_size}")
         for c in chunks:
             check_digest(c)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field as dc_field, fields, replace
 from typing import Any
 
+from . import planref
 from .bundle import ChunkPlan, Requirements
 from .channels import DEFAULT, MAX_CHANNELS, ChannelStatus, channel_of, check_channel, parse_channel_statuses
 from .codec import canonical, extra_fields, field, int_list, load_object, nonneg_int
@@ -68,21 +69,40 @@ class BundleRef:
     archive: ChunkPlan
     requirements: Requirements = Requirements()
     view: BundleView | None = None
+    plan_ref: str | None = None  # the chunk list by reference (protocol.planref), for agents that announced it
 
     def to_dict(self) -> dict[str, Any]:
-        doc = {
+        doc: dict[str, Any] = {
             "digest": self.digest,
             "name": self.name,
             "version": self.version,
             "size": self.archive.size,
             "sha256": self.archive.sha256,
             "chunk_size": self.archive.chunk_size,
-            "chunks": list(self.archive.chunks),
             "requirements": self.requirements.to_dict(),
         }
+        if self.plan_ref is None:
+            doc["chunks"] = list(self.archive.chunks)
+        else:  # the hashes in a retained plan message once per archive, its hash here
+            doc["plan"] = self.plan_ref
         if self.view is not None:  # absent, not null: references without one keep their bytes
             doc["view"] = self.view.to_dict()
         return doc
+
+    def by_reference(self) -> BundleRef:
+        """This reference with its chunk list named by hash (:mod:`protocol.planref`)."""
+        return replace(self, plan_ref=planref.plan_ref(self.archive))
+
+    @property
+    def unresolved(self) -> bool:
+        """Whether the chunk list is still to be read from the plan message."""
+        return self.plan_ref is not None and not planref.resolved(self.archive)
+
+    def resolve(self, payload: bytes) -> BundleRef:
+        """The reference with the chunk list of plan message ``payload``, checked against the
+        signed hash (raises :class:`VerificationError`)."""
+        assert self.plan_ref is not None
+        return replace(self, archive=planref.resolve(self.archive, self.plan_ref, payload))
 
     def fetched(self) -> BundleRef:
         """The archive to download: the device view when there is one (``archive`` = its plan)."""
@@ -99,7 +119,11 @@ class BundleRef:
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> BundleRef:
         what = "bundle reference"
-        plan = ChunkPlan.from_fields(obj, what, empty_ok=True)
+        ref = obj.get("plan")
+        if ref is not None and "chunks" not in obj:
+            plan, ref = planref.stub(obj, what), check_digest(field(obj, "plan", str, what))
+        else:
+            plan, ref = ChunkPlan.from_fields(obj, what, empty_ok=True), None
         raw_view = obj.get("view")
         return cls(
             check_digest(field(obj, "digest", str, what)),
@@ -108,6 +132,7 @@ class BundleRef:
             plan,
             Requirements.from_dict(field(obj, "requirements", dict, what, {})),
             BundleView.from_dict(raw_view) if raw_view is not None else None,
+            ref,
         )
 
 

@@ -16,6 +16,9 @@ Layout (prefix ``ef/v1``)::
     ef/v1/bundle/{digest}/chunk/{i} hub -> agents retained; one copy per bundle fans out to all
     ef/v1/bundle/{digest}/delta/{base}/chunk/{i}  hub -> agents  retained; the delta from bundle
                                    {base} to archive {digest} (protocol.delta), once per pair
+    ef/v1/bundle/{digest}/plan     hub -> agents  retained; archive {digest}'s chunk hashes, named
+                                   by hash in the signed documents of agents that read plans by
+                                   reference (protocol.planref)
     ef/v1/bundle/{digest}/manifest  hub -> agents retained; the bundle's manifest signed again
                                    after the hub's online key changed (agents refresh the
                                    manifests of the slots they hold: same payload, same digest)
@@ -45,6 +48,7 @@ class Kind(str, Enum):
     CHUNK = "chunk"
     DELTA = "delta"
     MANIFEST = "manifest"
+    PLAN = "plan"
     ROOT = "root"
     COMMAND = "command"
     RESULT = "result"
@@ -98,6 +102,8 @@ class Topic:
             return f"{PREFIX}/bundle/{self.digest}/delta/{self.base}/chunk/{self.index}"
         if self.kind is Kind.MANIFEST:
             return f"{PREFIX}/bundle/{self.digest}/manifest"
+        if self.kind is Kind.PLAN:
+            return f"{PREFIX}/bundle/{self.digest}/plan"
         return f"{PREFIX}/root"
 
     @classmethod
@@ -122,6 +128,11 @@ class Topic:
     @classmethod
     def manifest(cls, digest: str) -> Topic:
         return cls(Kind.MANIFEST, digest=check_digest(digest))
+
+    @classmethod
+    def plan(cls, archive: str) -> Topic:
+        """The chunk plan of archive ``archive`` (protocol.planref)."""
+        return cls(Kind.PLAN, digest=check_digest(archive))
 
     @classmethod
     def root(cls) -> Topic:
@@ -151,6 +162,8 @@ class Topic:
             return cls.delta(rest[1], rest[3], int(rest[5]))
         if len(rest) == 3 and rest[0] == "bundle" and rest[2] == "manifest":
             return cls.manifest(rest[1])
+        if len(rest) == 3 and rest[0] == "bundle" and rest[2] == "plan":
+            return cls.plan(rest[1])
         if rest == ["root"]:
             return cls.root()
         raise BadPayload("topic", f"{topic!r} matches no protocol v1 topic")

@@ -74,6 +74,7 @@ class SimConfig:
     probation_max_errors: int = 5
     connect_per_s: float = 2000.0  # new connections per second at start (the broker's accept queue)
     free_disk: int = 8 * 2**30
+    plan_by_reference: bool = True  # announce protocol.planref, as the agent does by default
     inference: Inference = field(default_factory=Inference)
     faults: Faults = field(default_factory=Faults)
 

@@ -23,7 +23,7 @@ import itertools
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent import AGENT_VERSION
@@ -39,6 +39,7 @@ from agent.install import (
     require_fresh_root,
 )
 from agent.slots import SlotRecord, SlotsState
+from protocol import planref
 from protocol.device import Health, Inventory as WireInventory, Shadow
 from protocol.errors import BadPayload, ProtocolError, Reason, VerificationError
 from protocol.messages import (
@@ -152,6 +153,8 @@ class SimDevice:
     def on_connected(self, session_present: bool) -> None:
         assert self.link is not None
         self.link.subscribe([self.topic(Kind.DESIRED), self.topic(Kind.ACK)])
+        if self.job is not None and self.job.stage == "plan" and self.job.plan.bundle is not None:
+            self.link.subscribe([str(Topic.plan(self.job.plan.bundle.archive.sha256))])
         if self.job is not None and self.job.stage == "download":
             self._subscribe_chunks()
             self.job.last_chunk = time.monotonic()
@@ -168,6 +171,8 @@ class SimDevice:
             return
         if t.kind is Kind.CHUNK:
             self._on_chunk(t, payload)
+        elif t.kind is Kind.PLAN and payload:
+            self._on_plan(t, payload)
         elif t.kind is Kind.DESIRED and t.device == self.id and payload:
             self._on_desired(payload)
         elif t.kind is Kind.ACK and t.device == self.id:
@@ -240,6 +245,7 @@ class SimDevice:
             free_disk=self.cfg.free_disk,
             mqtt="v5",
             served_by="cpu" if active else None,
+            features=(planref.FEATURE,) if self.cfg.plan_by_reference else (),
         )
         return Status(
             self.id,
@@ -249,7 +255,9 @@ class SimDevice:
             inv,
             BundleInfo(active.digest, active.name, active.version) if active else None,
             BundleInfo(staged.digest, staged.name, staged.version) if staged else None,
-            self.job.stage if self.job else ("serving" if active else "idle"),
+            ("download" if self.job.stage == "plan" else self.job.stage)
+            if self.job
+            else ("serving" if active else "idle"),
             self.trusted_seq,
         )
 
@@ -366,6 +374,14 @@ class SimDevice:
         if n:
             self.infer(n)
         job = self.job
+        if job is not None and job.stage == "plan" and self.link is not None and self.link.connected:
+            if now - job.last_fetch >= self.cfg.fetch_repair_s * min(8, 2**job.fetch_rounds):
+                assert job.plan.bundle is not None  # no chunk named: the hub publishes the plan again
+                job.last_fetch = now
+                job.fetch_rounds += 1
+                req = FetchRequest(self.id, job.plan.bundle.archive.sha256, ())
+                self.link.publish(self.topic(Kind.FETCH), req.to_bytes())
+                self.counters.fetch_requests += 1
         if job is not None and job.stage == "download" and self.link is not None and self.link.connected:
             wait = self.cfg.fetch_repair_s * min(8, 2**job.fetch_rounds)
             if now - max(job.last_chunk, job.last_fetch) >= wait:
@@ -443,17 +459,46 @@ class SimDevice:
             assert ref is not None
             self.job = Job(desired, result, bytearray(len(ref.archive.chunks)))
             self.job.last_chunk = self.job.last_fetch = time.monotonic()
-            self.report(
-                "download",
-                "progress",
-                Reason.OK,
-                f"{len(ref.archive.chunks)} of {len(ref.archive.chunks)} chunks to fetch",
-                desired.seq,
-                ref.digest,
-                progress=0.0,
-            )
-            self._dirty = True
-            self._subscribe_chunks()
+            if ref.unresolved:  # the chunk list is read once per archive (protocol.planref)
+                self.job.stage = "plan"
+                if self.link is not None and self.link.connected:
+                    self.link.subscribe([str(Topic.plan(ref.archive.sha256))])
+                return
+            self._begin_download()
+
+    def _on_plan(self, t: Topic, payload: bytes) -> None:
+        job = self.job
+        ref = job.plan.bundle if job is not None else None
+        if job is None or job.stage != "plan" or ref is None or t.digest != ref.archive.sha256:
+            return
+        try:
+            full = ref.resolve(payload)
+        except VerificationError:
+            return  # not the plan the signed document names: wait for it, ask again on the timer
+        if self.link is not None:
+            self.link.unsubscribe([str(t)])
+        job.plan = replace(job.plan, bundle=full)
+        job.bits = bytearray(len(full.archive.chunks))
+        job.stage = "download"
+        job.fetch_rounds = 0
+        job.last_chunk = job.last_fetch = time.monotonic()
+        self._begin_download()
+
+    def _begin_download(self) -> None:
+        job = self.job
+        assert job is not None and job.plan.bundle is not None
+        ref = job.plan.bundle
+        self.report(
+            "download",
+            "progress",
+            Reason.OK,
+            f"{len(ref.archive.chunks)} of {len(ref.archive.chunks)} chunks to fetch",
+            job.desired.seq,
+            ref.digest,
+            progress=0.0,
+        )
+        self._dirty = True
+        self._subscribe_chunks()
 
     def _subscribe_chunks(self) -> None:
         job, link = self.job, self.link

@@ -14,6 +14,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from protocol import planref
 from protocol.bundle import ChunkPlan, digest_of, parse_manifest
 from protocol.delta import split_archive
 from protocol.messages import (
@@ -55,6 +56,7 @@ class FakeHub:
     fetches: list[Any] = field(default_factory=list)
     chunks: dict[str, list[bytes]] = field(default_factory=dict)
     seqs: dict[str, int] = field(default_factory=dict)
+    plans: dict[str, bytes] = field(default_factory=dict)  # archive -> plan message (protocol.planref)
     mqtt_v5: bool = True
 
     def __post_init__(self) -> None:
@@ -94,6 +96,8 @@ class FakeHub:
             elif t.kind is Kind.FETCH:
                 req = parse_fetch(msg.payload)
                 self.fetches.append(req)
+                if self.serve_fetch and not req.missing and req.archive in self.plans:  # the plan again
+                    c.publish(str(Topic.plan(req.archive)), self.plans[req.archive], qos=1, retain=True)
                 if self.serve_fetch and req.archive in self.chunks:
                     for i in req.missing:
                         if i < len(self.chunks[req.archive]):
@@ -130,6 +134,16 @@ class FakeHub:
         m = parse_manifest(env.payload)
         ref = BundleRef(digest_of(env), m.name, m.version, plan, m.requirements)
         return Published(env, archive, plan, ref)
+
+    def publish_plan(self, pub: Published, payload: bytes | None = None) -> Published:
+        """The archive's chunk plan, retained on its plan topic, as the hub publishes it for
+        agents that read plans by reference; ``payload``: other bytes in its place (a forgery).
+        Returns ``pub`` with its reference by hash; a fetch naming no chunk gets the real plan."""
+        real = planref.plan_bytes(pub.plan)
+        self.plans[pub.plan.sha256] = real
+        info = self._c.publish(str(Topic.plan(pub.plan.sha256)), payload or real, qos=1, retain=True)
+        info.wait_for_publish(10)
+        return replace(pub, ref=pub.ref.by_reference())
 
     def repair(self, archive: str, indexes: list[int]) -> None:
         """Publish chunks of a published archive again, retained on the bundle's topic, as the

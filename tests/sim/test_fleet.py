@@ -82,6 +82,9 @@ def test_simulated_fleet_installs_a_rollout_and_its_telemetry_shows_an_injected_
         chunks = -(-bundle["size"] // hub.config.chunk_size)
         chunk_msgs = hub.fleet.metrics.published.labels("chunk")._value.get()
         assert chunk_msgs == chunks, f"hub published {chunk_msgs} chunk messages for a {chunks}-chunk bundle"
+        # simulated devices read the chunk plan by reference, as agents do: one plan message for all
+        assert hub.fleet.metrics.published.labels("plan")._value.get() == 1
+        assert all(d.job is None or d.job.stage != "plan" for d in fleet.devices)
 
         def device(i: str) -> dict[str, Any]:
             return dict(api.get(f"/api/v1/devices/{i}").json())

@@ -1,0 +1,59 @@
+"""hub: an agent that announced it reads chunk plans by reference (protocol.planref) gets the
+plan's hash in its signed document and the plan once, retained, on the bundle's plan topic; an
+older agent keeps the inline list; a fetch request naming no chunk publishes the plan again."""
+
+from __future__ import annotations
+
+import time
+
+from hub.keys import HubKeys
+from protocol import planref
+from protocol.messages import FetchRequest, verify_desired
+from protocol.topics import Topic
+
+from .helpers import status
+from .test_api import push
+
+
+def test_a_plan_by_reference_agent_gets_a_small_document_and_the_plan_once_on_its_topic(
+    client, memhub, bundle_dir, keys_dir
+):
+    hub, pub = memhub
+    hub.ingest.handle(
+        [(f"ef/v1/dev/new{i}/status", status(f"new{i}", features=[planref.FEATURE])) for i in range(3)]
+        + [("ef/v1/dev/old0/status", status("old0"))]
+    )
+    b = push(client, bundle_dir(model_bytes=bytes(range(256)) * 2000))  # several chunks
+    r = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True}})
+    assert r.status_code == 201, r.text
+    root, now = HubKeys.load(keys_dir).root, int(time.time())
+    new = verify_desired(pub.retained["ef/v1/dev/new0/desired"], root, "new0", 0, now)
+    old = verify_desired(pub.retained["ef/v1/dev/old0/desired"], root, "old0", 0, now)
+    assert old.bundle is not None and not old.bundle.unresolved and old.bundle.plan_ref is None
+    assert new.bundle is not None and new.bundle.unresolved
+    assert len(pub.retained["ef/v1/dev/new0/desired"]) < len(pub.retained["ef/v1/dev/old0/desired"]) - 5 * 64
+    # the plan message: published once for the three devices, before their documents
+    topic = str(Topic.plan(b["archive_sha256"]))
+    kinds = [m.kind for m in pub.sent]
+    assert pub.topics("plan") == [topic] and kinds.index("plan") < kinds.index("desired")
+    full = new.bundle.resolve(pub.retained[topic])
+    assert full.archive == old.bundle.archive  # the same chunk list the older agent got inline
+
+
+def test_a_fetch_request_naming_no_chunk_publishes_the_plan_again_at_most_once_per_interval(client, memhub, bundle_dir):
+    hub, pub = memhub
+    hub.ingest.handle([("ef/v1/dev/new0/status", status("new0", features=[planref.FEATURE]))])
+    b = push(client, bundle_dir())
+    client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True}})
+    sha = b["archive_sha256"]
+    pub.retained.pop(str(Topic.plan(sha)))  # a broker that lost its retained messages
+    before = len(pub.sent)
+    ask = ("ef/v1/dev/new0/fetch", FetchRequest("new0", sha, ()).to_bytes())
+    hub.ingest.handle([ask])
+    hub.ingest.handle([ask])  # a second device asking at once: the same message already went out
+    again = [m for m in pub.sent[before:] if m.kind == "plan"]
+    assert len(again) == 1 and again[0].retain and again[0].topic == str(Topic.plan(sha))
+    assert not [m for m in pub.sent[before:] if m.kind == "chunk"]  # no chunk named, none sent
+    messages = hub.fleet.metrics.messages
+    assert messages.labels("fetch", "stored")._value.get() == 1
+    assert messages.labels("fetch", "throttled")._value.get() == 1
