@@ -184,7 +184,7 @@ class _Broker:
             self.proc.wait(5)
 
 
-KINDS = ("chunk", "desired", "ack", "root", "other")
+KINDS = ("chunk", "desired", "plan", "ack", "root", "other")
 
 
 class _CountingPublisher:
@@ -268,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         "in-flight chunk per device, so its memory grows with devices x this x chunk size",
     )
     ap.add_argument("--lag-seconds", type=float, default=35.0, help="how long to measure ingest lag")
+    ap.add_argument(
+        "--inline-plans",
+        action="store_true",
+        help="simulated devices do not announce chunk_plan_ref: every desired document carries the chunk "
+        "list (how runs before 2026-12-04 measured; protocol.planref)",
+    )
     args = ap.parse_args(argv)
     n = 100 if args.quick else args.devices
     if shutil.which("mosquitto") is None:
@@ -328,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "hub_db": "sqlite",
         "flap": args.flap,
         "broker_inflight": args.inflight,
+        "chunk_plans": "inline" if args.inline_plans else "by reference (protocol.planref)",
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -417,6 +424,7 @@ def _ours(
         prefix="bench",
         telemetry_interval_s=10.0,
         inference=Inference(rate=0.2),
+        plan_by_reference=not args.inline_plans,
     )
     fleet = SimFleet(sim_cfg)
 
