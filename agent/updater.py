@@ -1058,6 +1058,8 @@ class Updater:
         job = self.job
         if job and job.download:
             job.download.remove()
+        if job and job.plan.bundle is not None:
+            self._plan_file(job.plan.bundle).unlink(missing_ok=True)  # kept only beside a partial download
 
     @property
     def state(self) -> str:

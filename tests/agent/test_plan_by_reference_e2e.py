@@ -10,6 +10,7 @@ import pytest
 
 from protocol import planref
 from protocol.bundle import ChunkPlan
+from protocol.topics import Topic
 
 from .bundles import coral_bundle
 
@@ -52,3 +53,28 @@ def test_a_forged_plan_on_the_plan_topic_is_ignored_and_the_signed_one_is_asked_
     code, out = agent.predict_image((coral_models / "cat_720p.jpg").read_bytes())
     assert code == 200 and out["bundle"]["digest"] == pub.ref.digest
     assert "ignoring a chunk plan" in agent.log_text()
+
+
+def test_an_agent_killed_mid_download_resumes_from_the_plan_it_kept_without_asking_for_it(
+    tmp_path: Path, coral_models, trust, hub, make_agent
+):
+    agent = make_agent("dev1").start()
+    hub.wait(lambda: (s := hub.status.get("dev1")) and s.online, 30, "agent online")
+    env, _, archive = trust.sign_dir(coral_bundle(tmp_path / "b1", coral_models))
+    n = -(-len(archive) // hub.chunk_size)
+    first, second = set(range(n // 2)), set(range(n // 2, n))
+    hub.serve_fetch = False  # the second half reaches the broker only when the hub publishes it
+    pub = hub.publish_plan(hub.publish_bundle(env, archive, skip=second))
+    hub.desire("dev1", pub)
+    downloads = agent.state_dir / "downloads"
+    bitmap = downloads / f"{pub.plan.sha256}.bitmap"
+    hub.wait(lambda: bitmap.exists() and bitmap.read_bytes().count(1) == len(first), 120, "the first half on disk")
+    assert (downloads / f"{pub.plan.sha256}.plan").read_bytes() == planref.plan_bytes(pub.plan)
+    agent.kill()  # kill -9 with half of the bundle on disk and the plan beside it
+    hub._c.publish(str(Topic.plan(pub.plan.sha256)), b"", qos=1, retain=True).wait_for_publish(10)  # gone
+    hub.publish_bundle(env, archive, skip=first)
+    agent.start()
+    hub.report("dev1", "commit", "ok", pub.ref.digest, timeout=120)
+    assert not [f for f in hub.fetches if not f.missing]  # never asked for the plan: it had kept it
+    assert not hub.failures("dev1")
+    assert not list(downloads.glob("*.plan"))  # removed with the finished download
