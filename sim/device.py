@@ -553,7 +553,8 @@ class SimDevice:
             return
         job.last_chunk = time.monotonic()
         try:
-            ref.archive.check_chunk(i, payload)
+            if not self.archives.known(ref.archive, i, payload):  # equal to checked bytes: same verdict
+                ref.archive.check_chunk(i, payload)
         except VerificationError as exc:
             job.bad_chunks += 1
             self.report(
