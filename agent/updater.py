@@ -336,6 +336,8 @@ class Updater:
 
     def _abandon(self) -> None:
         job = self.job
+        if job and job.stage == "plan" and job.plan.bundle is not None:
+            self.mqtt.unsubscribe_all([str(Topic.plan(job.plan.bundle.archive.sha256))])
         if job and job.delta:
             job.delta.download.close()
             self.mqtt.unsubscribe_all([job.delta.filter])
@@ -437,10 +439,14 @@ class Updater:
             return
         if topic.digest != job.plan.bundle.archive.sha256 or not self._resolve_plan(job, payload):
             return
-        self.mqtt.unsubscribe_all([str(topic)])
-        self.downloads.mkdir(parents=True, exist_ok=True)
-        write_atomic(self._plan_file(job.plan.bundle), payload)  # a restart resumes without asking again
+        try:  # kept so a restart resumes without asking; best effort: the download reports a full disk
+            self.downloads.mkdir(parents=True, exist_ok=True)
+            write_atomic(self._plan_file(job.plan.bundle), payload)
+        except OSError as exc:
+            log.warning("could not keep the chunk plan of %s: %s", job.plan.bundle.archive.sha256[:12], exc)
+        job.fetch_rounds = 0  # the repair back-off starts afresh for the chunks
         self._start_download(time.time())
+        self.mqtt.unsubscribe_all([str(topic)])
 
     def _deferred(self, job: Job, dl: Download) -> bool:
         """Whether the bytes still to fetch wait for the next day's byte budget (reported)."""

@@ -194,6 +194,16 @@ def plan_message(plan: ChunkPlan) -> Outgoing:
     return Outgoing(str(Topic.plan(plan.sha256)), planref.plan_bytes(plan), retain=True, qos=1, kind="plan")
 
 
+def plan_messages(fleet: Fleet) -> list[Outgoing]:
+    """Every published bundle's chunk plan, for each broker connect: a broker that lost its
+    retained messages, or bundles published before plans were (one small message per bundle)."""
+    with fleet.session() as s:
+        rows = s.exec(
+            select(Bundle.size, Bundle.archive_sha256, Bundle.chunk_size, Bundle.chunks).where(col(Bundle.published))
+        ).all()
+    return [plan_message(ChunkPlan(size, sha, cs, tuple(chunks))) for size, sha, cs, chunks in rows]
+
+
 def ensure_published(fleet: Fleet, s: Session, b: Bundle) -> list[Outgoing]:
     """Chunks of ``b`` and its chunk plan retained on the broker, once per bundle (repairs, and
     a plan an agent never got, go through FetchRequest: hub.ingest)."""

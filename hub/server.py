@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from . import desired, enrollment, migrations, rotation, ticker
+from . import bundles, desired, enrollment, migrations, rotation, ticker
 from .api import create_app
 from .config import HubConfig
 from .db import make_engine
@@ -62,6 +62,7 @@ class Hub:
         if rotation.stale(self.fleet):  # keys rotated while the hub was down
             self.fleet.publish(rotation.resign_all(self.fleet))
         self.fleet.publish([rotation.root_message(self.fleet)])
+        self.fleet.publish(bundles.plan_messages(self.fleet))  # agents reading chunk plans by reference
         if self.bridge is not None and self.bridge.session_present:
             # the broker kept our session, so it did not lose its retained messages either: sending
             # every document again (10,000 at scale) on each reconnect of a loaded hub is a storm;

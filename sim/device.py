@@ -92,7 +92,8 @@ class Counters:
     committed_at: float | None = None  # ... and the install it started was committed
     chunk_bytes: int = 0  # every chunk payload that reached this device
     duplicate_bytes: int = 0  # of them, chunks it already held
-    fetch_requests: int = 0
+    fetch_requests: int = 0  # asking for missing chunks
+    plan_requests: int = 0  # asking for a chunk plan read by reference (protocol.planref)
     rejected: list[str] = field(default_factory=list)  # reason codes of installs that failed
     ack_lags: list[float] = field(default_factory=list)  # telemetry: publish -> the hub's ack, seconds
     ack_sent: list[float] = field(default_factory=list)  # ... and when each of those windows was first sent
@@ -381,7 +382,7 @@ class SimDevice:
                 job.fetch_rounds += 1
                 req = FetchRequest(self.id, job.plan.bundle.archive.sha256, ())
                 self.link.publish(self.topic(Kind.FETCH), req.to_bytes())
-                self.counters.fetch_requests += 1
+                self.counters.plan_requests += 1
         if job is not None and job.stage == "download" and self.link is not None and self.link.connected:
             wait = self.cfg.fetch_repair_s * min(8, 2**job.fetch_rounds)
             if now - max(job.last_chunk, job.last_fetch) >= wait:
@@ -421,6 +422,8 @@ class SimDevice:
     def accept(self, desired: Desired, now: int) -> None:
         if self.job is not None:
             self._drop_filters(self.job)
+            if self.job.stage == "plan" and self.job.plan.bundle is not None and self.link is not None:
+                self.link.unsubscribe([str(Topic.plan(self.job.plan.bundle.archive.sha256))])
             self.job = None
         ref = desired.bundle
         result = plan(

@@ -53,6 +53,7 @@ class Totals:
     duplicate_bytes: int
     fetch_requests: int
     committed: int
+    plan_requests: int = 0
 
 
 class SimFleet:
@@ -230,4 +231,5 @@ class SimFleet:
             sum(x.duplicate_bytes for x in c),
             sum(x.fetch_requests for x in c),
             sum(1 for x in c if x.committed_at is not None),
+            sum(x.plan_requests for x in c),
         )

@@ -57,3 +57,23 @@ def test_a_fetch_request_naming_no_chunk_publishes_the_plan_again_at_most_once_p
     messages = hub.fleet.metrics.messages
     assert messages.labels("fetch", "stored")._value.get() == 1
     assert messages.labels("fetch", "throttled")._value.get() == 1
+
+
+def test_every_broker_connect_publishes_the_plans_of_published_bundles(client, memhub, bundle_dir, keys_dir):
+    """A broker that lost its retained messages, or bundles published before the hub wrote plans:
+    the plans are retained again on each connect, so no agent waits a repair interval for one."""
+    hub, pub = memhub
+    hub.ingest.handle([("ef/v1/dev/d0/status", status("d0"))])
+    b = push(client, bundle_dir())
+    never = push(client, bundle_dir(version="9.9.9"))  # stored, never rolled out: nothing to publish
+    client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True}})
+    inline = verify_desired(
+        pub.retained["ef/v1/dev/d0/desired"], HubKeys.load(keys_dir).root, "d0", 0, int(time.time())
+    )
+    pub.retained.clear()
+    before = len(pub.sent)
+    hub._on_connected()
+    plans = [m for m in pub.sent[before:] if m.kind == "plan"]
+    assert [m.topic for m in plans] == [str(Topic.plan(b["archive_sha256"]))] and plans[0].retain
+    assert inline.bundle is not None and plans[0].payload == planref.plan_bytes(inline.bundle.archive)
+    assert str(Topic.plan(never["archive_sha256"])) not in pub.retained
