@@ -25,7 +25,7 @@ from dataclasses import dataclass, field as dc_field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from protocol import delta as pdelta
+from protocol import delta as pdelta, planref
 from protocol.bundle import Manifest
 from protocol.errors import ProtocolError, Reason, VerificationError
 from protocol.messages import BundleInfo, BundleRef, Desired, FetchRequest, Hold
@@ -34,7 +34,7 @@ from protocol.topics import Kind, Topic
 
 from . import benchmark, delta as deltas, selftest
 from .budget import Meter
-from .config import AgentConfig, packet_bytes_for
+from .config import CHUNK_PACKET_OVERHEAD, AgentConfig, packet_bytes_for
 from .download import MAX_REQUESTED, Download, bytes_on_disk, chunk_subscription, repair_subscription
 from .durable import read_json, write_atomic, write_json
 from .errors import DiskFull, ModelError, RootExpired
@@ -351,6 +351,16 @@ class Updater:
         job = self.job
         assert job is not None and job.plan.bundle is not None
         if job.plan.bundle.unresolved and not self._resolve_plan(job, self._cached_plan(job.plan.bundle)):
+            plan = job.plan.bundle.archive
+            need = planref.max_plan_bytes(plan.size, plan.chunk_size) + CHUNK_PACKET_OVERHEAD
+            if need > self.cfg.max_packet_bytes:  # the broker would never deliver it to us: fail, never stall
+                self._fail(
+                    "download",
+                    Reason.MALFORMED,
+                    f"the chunk plan of a {plan.size}-byte archive needs MQTT packets of up to {need} bytes, "
+                    f"this agent accepts at most {self.cfg.max_packet_bytes} (max_packet_bytes)",
+                )
+                return
             self._await_plan(job)
             return
         ref = job.plan.bundle

@@ -36,6 +36,12 @@ def plan_bytes(plan: ChunkPlan) -> bytes:
     )
 
 
+def max_plan_bytes(size: int, chunk_size: int) -> int:
+    """An upper bound on the plan message of a ``size``-byte archive cut at ``chunk_size`` (an
+    agent checks it against the MQTT packet size it accepts before it waits for the plan)."""
+    return 200 + 67 * -(-size // chunk_size) + 3 * len(str(size))
+
+
 def plan_ref(plan: ChunkPlan) -> str:
     """What a desired document names: the SHA-256 of :func:`plan_bytes`."""
     return hashlib.sha256(plan_bytes(plan)).hexdigest()

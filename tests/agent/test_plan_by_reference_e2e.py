@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from protocol import planref
-from protocol.bundle import ChunkPlan
+from protocol.bundle import ChunkPlan, Requirements
+from protocol.errors import Reason
+from protocol.messages import BundleRef
 from protocol.topics import Topic
 
 from .bundles import coral_bundle
@@ -78,3 +80,18 @@ def test_an_agent_killed_mid_download_resumes_from_the_plan_it_kept_without_aski
     assert not [f for f in hub.fetches if not f.missing]  # never asked for the plan: it had kept it
     assert not hub.failures("dev1")
     assert not list(downloads.glob("*.plan"))  # removed with the finished download
+
+
+def test_a_plan_too_big_for_the_agents_packet_size_fails_the_download_naming_both(trust, hub, make_agent):
+    agent = make_agent("dev1").start()
+    hub.wait(lambda: (s := hub.status.get("dev1")) and s.online, 30, "agent online")
+    # 20 MB at 1 KiB chunks: ~20,000 hashes, a plan message over the 1 MiB packets the agent accepts
+    stub = ChunkPlan(20_000_000, "e" * 64, 1024, ())
+    ref = BundleRef("d" * 64, "big", "1", stub, Requirements(), plan_ref="f" * 64)
+    hub.desire("dev1", None, ref=ref)
+    failed = hub.report("dev1", "download", "failed")
+    assert failed.reason == Reason.MALFORMED.value and "max_packet_bytes" in failed.detail, failed
+    assert "20000000-byte archive" in failed.detail
+    assert not hub.fetches  # it never waited for a plan the broker could not deliver
+    code, _ = agent.http("GET", "/v1/status")
+    assert code == 200

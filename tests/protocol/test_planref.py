@@ -88,3 +88,10 @@ def test_a_parsed_document_writes_its_reference_back_by_hash():
     again = parse_desired_payload(json.dumps(doc.signed_dict()).encode())
     assert again.signed_dict() == doc.signed_dict()
     assert again.bundle is not None and again.bundle.plan_ref == planref.plan_ref(PLAN)
+
+
+def test_the_plan_message_never_exceeds_the_bound_an_agent_checks_its_packet_size_against():
+    for size, cs in ((0, 1024), (1, 1024), (PLAN.size, 65536), (10**9, 65536), (123_456_789, 1024)):
+        n = -(-size // cs)
+        plan = ChunkPlan(size, "a" * 64, cs, ("f" * 64,) * n)
+        assert len(planref.plan_bytes(plan)) <= planref.max_plan_bytes(size, cs)
