@@ -198,10 +198,7 @@ def plan_messages(fleet: Fleet) -> list[Outgoing]:
     """Every published bundle's chunk plan, for each broker connect: a broker that lost its
     retained messages, or bundles published before plans were (one small message per bundle)."""
     with fleet.session() as s:
-        rows = s.exec(
-            select(Bundle.size, Bundle.archive_sha256, Bundle.chunk_size, Bundle.chunks).where(col(Bundle.published))
-        ).all()
-    return [plan_message(ChunkPlan(size, sha, cs, tuple(chunks))) for size, sha, cs, chunks in rows]
+        return [plan_message(archive_plan(b)) for b in s.exec(select(Bundle).where(col(Bundle.published))).all()]
 
 
 def ensure_published(fleet: Fleet, s: Session, b: Bundle) -> list[Outgoing]:

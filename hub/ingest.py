@@ -335,7 +335,8 @@ class Ingest:
                         continue
                     if not m.missing:  # an agent waiting for the chunk plan it reads by reference
                         again = bool(self._throttle(m.archive, [PLAN_INDEX]))
-                        out.extend([bundles.plan_message(plan)] if again else [])
+                        if again:
+                            out.append(bundles.plan_message(plan))
                         counted.append(("fetch", "stored" if again else "throttled"))
                         continue
                     wanted = self._throttle(m.archive, m.missing[:MAX_REPAIR_CHUNKS])
