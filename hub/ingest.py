@@ -334,8 +334,7 @@ class Ingest:
                         self._warn(f"ef/v1/dev/{m.device}/fetch", ValueError(f"unknown archive {m.archive}"))
                         continue
                     if not m.missing:  # an agent waiting for the chunk plan it reads by reference
-                        again = bool(self._throttle(m.archive, [PLAN_INDEX]))
-                        if again:
+                        if again := bool(self._throttle(m.archive, [PLAN_INDEX])):
                             out.append(bundles.plan_message(plan))
                         counted.append(("fetch", "stored" if again else "throttled"))
                         continue
