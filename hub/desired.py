@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -25,11 +26,11 @@ from sqlmodel import Session, col, select
 from protocol import planref
 from protocol.channels import DEFAULT
 from protocol.errors import ProtocolError
-from protocol.messages import ChannelDesired, Desired, parse_desired_payload
+from protocol.messages import BundleRef, ChannelDesired, Desired, parse_desired_payload
 from protocol.signing import Envelope
 from protocol.topics import Kind, Topic
 
-from . import deltas, views
+from . import bundles, deltas, views
 from .bundles import bundle_ref
 from .fleet import Fleet
 from .models import (
@@ -114,6 +115,63 @@ def issue(
         d.desired_action = action
     s.add(d)
     return Outgoing(str(Topic.for_device(Kind.DESIRED, d.id)), payload, retain=True, qos=1, kind="desired")
+
+
+def reissue_inline(fleet: Fleet, s: Session, d: Device, before: Mapping[str, Any] | None) -> list[Outgoing]:
+    """A device whose agent announced :data:`protocol.planref.FEATURE` in inventory ``before``
+    and no longer does (downgraded): an agent older than the feature refuses a document that
+    names a chunk plan by reference as malformed, so its last document, when it names one, is
+    issued again with every list inline. Each channel keeps the seq that last changed it (the
+    default's as ``since``): the reports the agent sends name the seqs its rollouts issued, and a
+    device that had accepted them starts nothing again. Caller commits, then publishes."""
+    if views.announced(d, planref.FEATURE) or not views.lists(before, planref.FEATURE):
+        return []
+    prev = _previous(s, d.id)
+    refs = (
+        [prev.bundle, prev.shadow, *(r for e in prev.channels.values() for r in (e.bundle, e.shadow))] if prev else []
+    )
+    if prev is None or not any(r is not None and r.plan_ref is not None for r in refs):
+        return []
+    plans = {
+        b.archive_sha256: bundles.archive_plan(b)
+        for b in s.exec(
+            select(Bundle).where(col(Bundle.archive_sha256).in_({r.archive.sha256 for r in refs if r is not None}))
+        ).all()
+    }
+
+    def inline(r: BundleRef | None) -> BundleRef | None:
+        if r is None or r.plan_ref is None:
+            return r
+        plan = plans.get(r.archive.sha256)
+        if plan is None:  # the bundle row is gone (deleted): the reference stays, the agent reports it
+            log.error("desired document of %s names archive %s, no bundle holds it", d.id, r.archive.sha256[:12])
+            return r
+        return replace(r, archive=plan, plan_ref=None)
+
+    now = fleet.clock()
+    seq = max(d.desired_seq, d.reported_desired_seq, prev.seq) + 1
+    desired = replace(
+        prev,
+        seq=seq,
+        issued=now,
+        expires=now + fleet.config.desired_ttl,
+        bundle=inline(prev.bundle),
+        shadow=inline(prev.shadow),
+        since=prev.seq if prev.since is None else prev.since,
+        channels={k: replace(e, bundle=inline(e.bundle), shadow=inline(e.shadow)) for k, e in prev.channels.items()},
+    )
+    payload = desired.seal([fleet.keys.online])
+    s.merge(DesiredDoc(device=d.id, seq=seq, expires=desired.expires, payload=payload))
+    d.desired_seq = seq
+    s.add(d)
+    log.warning(
+        "device %s no longer reads chunk plans by reference (agent %s): desired seq %d issued again inline as seq %d",
+        d.id,
+        d.agent_version or "?",
+        prev.seq,
+        seq,
+    )
+    return [_message(DesiredDoc(device=d.id, seq=seq, expires=desired.expires, payload=payload))]
 
 
 def _previous(s: Session, device: str) -> Desired | None:

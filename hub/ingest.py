@@ -50,7 +50,7 @@ from protocol.samples import Receipt, SampleChunk, parse_sample
 from protocol.sketch import LatencySketch
 from protocol.topics import Kind, Topic
 
-from . import bundles, commands, hardexamples, rollouts, views
+from . import bundles, commands, desired, hardexamples, rollouts, views
 from .fleet import Fleet
 from .metrics import UNKNOWN, cohort_label, install_result
 from .models import Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
@@ -64,7 +64,6 @@ Message = Status | Report | Telemetry | FetchRequest | Result | SampleChunk
 MAX_REPAIR_CHUNKS = 2048
 REPAIR_INTERVAL_S = 5.0
 PLAN_INDEX = -1  # the chunk plan's slot in the repair throttle (a fetch request naming no chunk)
-
 
 INT32, INT64 = 2**31 - 1, 2**63 - 1
 _KINDS = {k.value for k in Kind}
@@ -275,6 +274,7 @@ class Ingest:
                     self._apply_status(d, m, now)
                     if (d.online, d.active_digest, d.inventory, d.channels) != before:
                         touched.add(d.id)
+                        out.extend(desired.reissue_inline(self.fleet, s, d, before[2]))  # agent downgraded
                     counted.append(("status", "stored"))
                 elif isinstance(m, Telemetry):
                     did = p.device

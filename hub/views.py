@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,12 @@ _published: weakref.WeakKeyDictionary[Fleet, set[str]] = weakref.WeakKeyDictiona
 
 def announced(d: Device, feature: str) -> bool:
     """Whether ``d``'s agent listed ``feature`` in its status inventory's ``features``."""
-    features = (d.inventory or {}).get("features")
+    return lists(d.inventory, feature)
+
+
+def lists(inventory: Mapping[str, Any] | None, feature: str) -> bool:
+    """Whether a stored inventory lists ``feature`` in its ``features``."""
+    features = (inventory or {}).get("features")
     return isinstance(features, list) and feature in features
 
 

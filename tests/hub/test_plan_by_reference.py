@@ -11,7 +11,7 @@ from protocol import planref
 from protocol.messages import FetchRequest, verify_desired
 from protocol.topics import Topic
 
-from .helpers import status
+from .helpers import report, status
 from .test_api import push
 
 
@@ -77,3 +77,42 @@ def test_every_broker_connect_publishes_the_plans_of_published_bundles(client, m
     assert [m.topic for m in plans] == [str(Topic.plan(b["archive_sha256"]))] and plans[0].retain
     assert inline.bundle is not None and plans[0].payload == planref.plan_bytes(inline.bundle.archive)
     assert str(Topic.plan(never["archive_sha256"])) not in pub.retained
+
+
+def test_an_agent_downgraded_below_plans_by_reference_is_issued_its_document_again_inline(
+    client, memhub, bundle_dir, keys_dir
+):
+    """An older agent refuses a document that names its chunk plan by reference as malformed:
+    the status that stops announcing the feature gets the device the same document, every list
+    inline, under a new seq whose default-channel entry keeps the seq its rollout issued."""
+    hub, pub = memhub
+    feature = {"features": [planref.FEATURE]}
+    hub.ingest.handle([(f"ef/v1/dev/{d}/status", status(d, **feature)) for d in ("down", "kept")])
+    b = push(client, bundle_dir(model_bytes=bytes(range(256)) * 2000))
+    rid = client.post("/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True}}).json()["id"]
+    root, now = HubKeys.load(keys_dir).root, int(time.time())
+    first = verify_desired(pub.retained["ef/v1/dev/down/desired"], root, "down", 0, now)
+    kept = pub.retained["ef/v1/dev/kept/desired"]
+    assert first.bundle is not None and first.bundle.unresolved
+
+    hub.ingest.handle([("ef/v1/dev/down/status", status("down", ts=1001))])  # the same device, an older agent
+    again = verify_desired(pub.retained["ef/v1/dev/down/desired"], root, "down", first.seq, now)
+    assert again.seq == first.seq + 1 and again.since == first.seq
+    assert again.bundle is not None and again.bundle.plan_ref is None and not again.bundle.unresolved
+    assert again.bundle.archive == first.bundle.resolve(pub.retained[str(Topic.plan(b["archive_sha256"]))]).archive
+    default = again.channel("default")
+    assert default is not None and default.seq == first.seq  # what the agent's reports will name
+    assert pub.retained["ef/v1/dev/kept/desired"] == kept  # still announces it: untouched
+
+    before = len(pub.sent)  # a second status of the downgraded agent, and the other's: nothing new
+    hub.ingest.handle(
+        [
+            ("ef/v1/dev/down/status", status("down", ts=1002)),
+            ("ef/v1/dev/kept/status", status("kept", ts=1001, **feature)),
+        ]
+    )
+    assert not [m for m in pub.sent[before:] if m.kind == "desired"]
+
+    hub.ingest.handle([("ef/v1/dev/down/report", report("down", 1, default.seq, "download", bundle=b["digest"]))])
+    rows = {r["device_id"]: r for r in client.get(f"/api/v1/rollouts/{rid}").json()["devices"]}
+    assert rows["down"]["state"] == "installing"  # the report matched the rollout's row
