@@ -77,8 +77,12 @@ Rules, in the order ``advance`` applies them:
    pause over or roll back), the reason naming the device, the stage and the figure. Pause
    holds the judging; cancel and rollback end every stage. A device with no active bundle has
    nothing to compare with: its stages are recorded ``skipped`` and it installs.
-4. **Timeouts**: an ``issued``/``installing`` device older than ``install_timeout_s`` is
-   re-issued while attempts remain (``1 + max_retries`` in all), else ``timed_out``.
+4. **Timeouts**: an ``issued``/``installing`` device that has said nothing that moves its
+   install on for ``install_timeout_s`` (counted from its document's issue and from each report
+   with reason ``ok``: a download's progress, a stage done; a rejected chunk does not count, as
+   AWS IoT Jobs' in-progress timeout restarts on each status update) is re-issued while attempts
+   remain (``1 + max_retries`` in all), else ``timed_out``. A slow link that keeps reporting its
+   download's progress is not restarted every ``install_timeout_s``.
 5. **Maintenance windows** (``WindowClosed`` events; the shell sends one per device whose
    group's window is closed now, with when it opens; none when ``policy.ignore_windows``): an
    install is never issued to such a device; it is ``waiting`` with "waiting for window (opens
@@ -343,8 +347,10 @@ def advance(
                 until = min(ev.hold_until, now + policy.max_hold_s)
                 why = f"held by app until {utc(until)}" + (f": {ev.hold_reason}" if ev.hold_reason else "")
                 put(replace(d, state="installing", issued_at=max(d.issued_at, until), reason=why[:300]))
-            else:
-                put(replace(d, state="installing", reason=ev.stage))
+            else:  # progress: the install timeout runs from here (a report naming a problem does not count)
+                put(
+                    replace(d, state="installing", reason=ev.stage, issued_at=now if ev.reason == "ok" else d.issued_at)
+                )
         elif isinstance(ev, Health):
             health[ev.device] = ev
 

@@ -275,6 +275,21 @@ def test_timeouts_retry_then_give_up_and_a_returning_device_gets_the_current_tar
     assert issued(acts) == ["d00"] and st.device("d00").state == "issued"
 
 
+def test_a_slow_link_that_keeps_reporting_progress_is_not_timed_out_and_a_silent_one_is():
+    policy = Policy(cohorts=("100%",), install_timeout_s=100, max_retries=0, gates=Gates(max_install_failure_rate=1.0))
+    st, _ = advance(RolloutState(NEW), seen(2), 0, policy)
+    for now in (60, 120, 180, 240):  # d00 reports a decile every 60 s; d01 went quiet after the first
+        evs = [InstallReport("d00", "download", "progress")] + (
+            [InstallReport("d01", "download", "progress")] if now == 60 else []
+        )
+        st, acts = advance(st, evs, now, policy)
+    assert st.device("d00").state == "installing" and st.device("d01").state == "timed_out"
+    # a rejected chunk is a report, not progress: it does not hold the timeout off
+    for now in (300, 360):
+        st, _ = advance(st, [InstallReport("d00", "download", "progress", "hash_mismatch")], now, policy)
+    assert st.device("d00").state == "timed_out"
+
+
 def test_offline_device_never_times_out_or_blocks_the_rollout_and_installs_when_back():
     policy = Policy(cohorts=("100%",), soak_s=0, install_timeout_s=10)
     evs = seen(2) + [DeviceSeen("d02", False, OLD, FAST)]
