@@ -441,7 +441,7 @@ class Ingest:
         if m.agent_version:
             d.agent_version = m.agent_version
         inventory = m.inventory.to_dict()
-        if inventory:
+        if inventory and (m.online or not d.inventory):  # a last will names the board only: features kept
             d.inventory = inventory
         if m.online or m.active is not None:
             d.active_digest = m.active.digest if m.active else None

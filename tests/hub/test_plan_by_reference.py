@@ -95,6 +95,9 @@ def test_an_agent_downgraded_below_plans_by_reference_is_issued_its_document_aga
     kept = pub.retained["ef/v1/dev/kept/desired"]
     assert first.bundle is not None and first.bundle.unresolved
 
+    before = len(pub.sent)  # its last will (offline, the board only) is not a downgrade
+    hub.ingest.handle([("ef/v1/dev/down/status", status("down", online=False, ts=1001))])
+    assert not [m for m in pub.sent[before:] if m.kind == "desired"]
     hub.ingest.handle([("ef/v1/dev/down/status", status("down", ts=1001))])  # the same device, an older agent
     again = verify_desired(pub.retained["ef/v1/dev/down/desired"], root, "down", first.seq, now)
     assert again.seq == first.seq + 1 and again.since == first.seq
