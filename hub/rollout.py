@@ -82,7 +82,10 @@ Rules, in the order ``advance`` applies them:
    with reason ``ok``: a download's progress, a stage done; a rejected chunk does not count, as
    AWS IoT Jobs' in-progress timeout restarts on each status update) is re-issued while attempts
    remain (``1 + max_retries`` in all), else ``timed_out``. A slow link that keeps reporting its
-   download's progress is not restarted every ``install_timeout_s``.
+   download's progress is not restarted every ``install_timeout_s``. The clock moves only when a
+   quarter of the timeout has passed since it last did (so a device times out 0.75-1x
+   ``install_timeout_s`` after its last progress): every progress report moving it made each one a
+   rollout-row write, and put the hub's ingest seconds behind at 1,000 devices (``bench rollout``).
 5. **Maintenance windows** (``WindowClosed`` events; the shell sends one per device whose
    group's window is closed now, with when it opens; none when ``policy.ignore_windows``): an
    install is never issued to such a device; it is ``waiting`` with "waiting for window (opens
@@ -348,9 +351,8 @@ def advance(
                 why = f"held by app until {utc(until)}" + (f": {ev.hold_reason}" if ev.hold_reason else "")
                 put(replace(d, state="installing", issued_at=max(d.issued_at, until), reason=why[:300]))
             else:  # progress: the install timeout runs from here (a report naming a problem does not count)
-                put(
-                    replace(d, state="installing", reason=ev.stage, issued_at=now if ev.reason == "ok" else d.issued_at)
-                )
+                moved = ev.reason == "ok" and now - d.issued_at >= policy.install_timeout_s // 4
+                put(replace(d, state="installing", reason=ev.stage, issued_at=now if moved else d.issued_at))
         elif isinstance(ev, Health):
             health[ev.device] = ev
 

@@ -288,6 +288,12 @@ def test_a_slow_link_that_keeps_reporting_progress_is_not_timed_out_and_a_silent
     for now in (300, 360):
         st, _ = advance(st, [InstallReport("d00", "download", "progress", "hash_mismatch")], now, policy)
     assert st.device("d00").state == "timed_out"
+    # the clock moves at most every quarter of the timeout (each move is a row write at the hub)
+    st, _ = advance(RolloutState(NEW), seen(1), 0, policy)
+    for now in (10, 20):
+        st, _ = advance(st, [InstallReport("d00", "download", "progress")], now, policy)
+    st, _ = advance(st, [], 100, policy)
+    assert st.device("d00").state == "timed_out"
 
 
 def test_offline_device_never_times_out_or_blocks_the_rollout_and_installs_when_back():
