@@ -50,8 +50,9 @@ from protocol.samples import Receipt, SampleChunk, parse_sample
 from protocol.sketch import LatencySketch
 from protocol.topics import Kind, Topic
 
-from . import bundles, commands, desired, hardexamples, rollouts, views
+from . import bundles, commands, desired, hardexamples, views
 from .fleet import Fleet
+from .followups import FollowUps
 from .metrics import UNKNOWN, cohort_label, install_result
 from .models import Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
 from .rollout import ACTIVE_PHASES
@@ -140,6 +141,7 @@ class Ingest:
         self._buckets: dict[str, tuple[float, float]] = {}  # device -> (tokens, at)
         self.quarantine: deque[Quarantined] = deque(maxlen=200)
         self._names: dict[str, tuple[str, str]] = {}  # bundle digest -> (name, version): immutable
+        self.followups = FollowUps(fleet)
 
     def _allowed(self, device: str, now: float) -> bool:
         """Token bucket per device: a flood from one device cannot crowd out the others."""
@@ -199,7 +201,7 @@ class Ingest:
                 continue
             parsed.append(p)
         if not parsed:
-            return
+            return self.followups.run_if_due()
         self.metrics.batch_size.observe(len(parsed))
         with self.metrics.batch_seconds.time():
             try:
@@ -220,10 +222,7 @@ class Ingest:
                         )
                         log.error("could not store %s from %s: %s", p.kind.value, p.device, exc2)
         self.fleet.publish(out)  # acks only after the commit: an acked message is stored
-        if reports:
-            rollouts.on_reports(self.fleet, reports)
-        if touched:
-            rollouts.converge(self.fleet, sorted(touched))
+        self.followups.add(reports, touched)  # the rollouts hear of them (held while behind)
 
     def _store(self, parsed: Sequence[Parsed]) -> tuple[list[Outgoing], set[str], list[Report]]:
         now = self.fleet.clock()

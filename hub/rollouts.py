@@ -6,8 +6,10 @@ When it runs:
 * ``create`` (API/CLI): a new rollout row, then a full run (opens the canary cohort);
 * ``on_reports`` (ingest worker, after a batch commits): install reports whose
   ``desired_seq`` matches a rollout row, as ``InstallReport`` events;
-* ``converge`` (ingest worker): devices that appeared, came online or changed group/tags, as
-  ``DeviceSeen`` events for the newest rollout whose target matches them;
+* ``converge`` (ingest worker, API): devices that appeared, came online or changed group/tags,
+  as ``DeviceSeen`` events for the newest rollout whose target matches them;
+* ``follow_up``: the ingest worker's way to do both in one run per rollout, for one batch or,
+  while it is behind, several (:mod:`hub.followups`);
 * ``tick`` (ticker thread, every ``config.tick`` s): every running/paused rollout with
   ``Health`` for its issued and installed devices (timeouts, soak, gates); this is also when a
   device waiting for its maintenance window is issued once the window opens (and at once
@@ -248,67 +250,87 @@ def command(fleet: Fleet, rid: str, cmd: str, actor: str, devices: Sequence[str]
 
 def on_reports(fleet: Fleet, reports: Sequence[Report]) -> None:
     """Install reports matched to the rollout row that issued their ``desired_seq``."""
-    if not reports:
+    follow_up(fleet, reports, ())
+
+
+def converge(fleet: Fleet, device_ids: Sequence[str]) -> None:
+    """Devices that appeared, came back or changed group/tags: tell the rollout that owns them."""
+    follow_up(fleet, (), device_ids)
+
+
+def follow_up(fleet: Fleet, reports: Sequence[Report], device_ids: Sequence[str]) -> None:
+    """Both of the above in one transaction and one run per rollout, the reports' events first
+    (ingest after a batch, or after several while it is behind: hub.followups)."""
+    if not reports and not device_ids:
         return
     with _exclusive(fleet) as (s, out):
-        by_rollout: dict[str, list[Event]] = {}
-        for rep in reports:
-            if rep.desired_seq <= 0:
-                continue
-            row = s.exec(
-                select(RolloutDevice).where(RolloutDevice.device_id == rep.device, RolloutDevice.seq == rep.desired_seq)
-            ).first()
-            if row is None:
-                continue
-            by_rollout.setdefault(row.rollout_id, []).append(
-                InstallReport(
-                    rep.device,
-                    rep.stage,
-                    rep.status,
-                    rep.reason,
-                    rep.detail,
-                    rep.hold.until if rep.hold else 0,
-                    rep.hold.reason if rep.hold else "",
-                )
-            )
-        for rid, evs in by_rollout.items():
+        per = _report_events(s, reports)
+        for rid, evs in _seen_events(s, device_ids).items():
+            per.setdefault(rid, []).extend(evs)
+        for rid, evs in per.items():
             r = s.get(Rollout, rid)
             if r is not None:
                 _run(fleet, s, r, evs, out, observe=False)
 
 
-def converge(fleet: Fleet, device_ids: Sequence[str]) -> None:
-    """Devices that appeared, came back or changed group/tags: tell the rollout that owns them."""
+def _report_events(s: Session, reports: Sequence[Report]) -> dict[str, list[Event]]:
+    """Each report whose (device, desired_seq) a rollout row issued, as that rollout's event: the
+    rows are read in pages of keys, not one query a report (the ingest worker's hot path)."""
+    keys = sorted({(rep.device, rep.desired_seq) for rep in reports if rep.desired_seq > 0})
+    owner: dict[tuple[str, int], str] = {}
+    t = RolloutDevice
+    for i in range(0, len(keys), 500):
+        page = keys[i : i + 500]
+        q = select(t.device_id, t.seq, t.rollout_id).where(
+            col(t.device_id).in_(sorted({d for d, _ in page})), col(t.seq).in_(sorted({sq for _, sq in page}))
+        )
+        owner.update({(d, sq): rid for d, sq, rid in s.exec(q).all()})
+    by_rollout: dict[str, list[Event]] = {}
+    for rep in reports:
+        rid = owner.get((rep.device, rep.desired_seq))
+        if rid is None:
+            continue
+        by_rollout.setdefault(rid, []).append(
+            InstallReport(
+                rep.device,
+                rep.stage,
+                rep.status,
+                rep.reason,
+                rep.detail,
+                rep.hold.until if rep.hold else 0,
+                rep.hold.reason if rep.hold else "",
+            )
+        )
+    return by_rollout
+
+
+def _seen_events(s: Session, device_ids: Sequence[str]) -> dict[str, list[Event]]:
     if not device_ids:
-        return
-    with _exclusive(fleet) as (s, out):
-        owners = _owners(s)
-        per: dict[str, list[Event]] = {}
-        for did in device_ids:
-            d = s.get(Device, did)
-            if d is None:
+        return {}
+    owners = _owners(s)
+    per: dict[str, list[Event]] = {}
+    for did in device_ids:
+        d = s.get(Device, did)
+        if d is None:
+            continue
+        owned: set[str] = set()  # channels whose owner is found (owners are newest first)
+        for r, tgt in owners:
+            if r.channel in owned:
                 continue
-            owned: set[str] = set()  # channels whose owner is found (owners are newest first)
-            for r, tgt in owners:
-                if r.channel in owned:
-                    continue
-                member = s.get(RolloutDevice, (r.id, d.id)) is not None
-                if member or tgt.matches(d):
-                    per.setdefault(r.id, []).append(_seen(d, r.channel))
-                if tgt.matches(d):
-                    owned.add(r.channel)
-            # a finished (rolled back) rollout still settles the devices it is rolling back
-            for row in s.exec(
-                select(RolloutDevice).where(RolloutDevice.device_id == did, RolloutDevice.state == "rolling_back")
-            ).all():
-                evs = per.setdefault(row.rollout_id, [])
-                if not any(isinstance(e, DeviceSeen) and e.device == did for e in evs):
-                    ro = s.get(Rollout, row.rollout_id)
-                    evs.append(_seen(d, ro.channel if ro is not None else DEFAULT))
-        for rid, evs in per.items():
-            ro = s.get(Rollout, rid)
-            if ro is not None:
-                _run(fleet, s, ro, evs, out, observe=False)
+            member = s.get(RolloutDevice, (r.id, d.id)) is not None
+            if member or tgt.matches(d):
+                per.setdefault(r.id, []).append(_seen(d, r.channel))
+            if tgt.matches(d):
+                owned.add(r.channel)
+        # a finished (rolled back) rollout still settles the devices it is rolling back
+        for row in s.exec(
+            select(RolloutDevice).where(RolloutDevice.device_id == did, RolloutDevice.state == "rolling_back")
+        ).all():
+            evs = per.setdefault(row.rollout_id, [])
+            if not any(isinstance(e, DeviceSeen) and e.device == did for e in evs):
+                ro = s.get(Rollout, row.rollout_id)
+                evs.append(_seen(d, ro.channel if ro is not None else DEFAULT))
+    return per
 
 
 def tick(fleet: Fleet) -> None:

@@ -84,6 +84,11 @@ class Hub:
         self._stop.set()
         if self.bridge is not None:
             self.bridge.stop()
+            if self.ingest.followups.held:  # what a busy worker held for the rollouts, told before we go
+                try:
+                    self.ingest.followups.run()
+                except Exception:
+                    log.exception("rollout follow-up at stop failed")
         if self._ticker is not None:
             self._ticker.join(timeout=10)
 
@@ -126,4 +131,7 @@ def build(config: HubConfig, publisher: Publisher | None = None, with_broker: bo
     fleet = Fleet(config, engine, keys, store, pub, metrics)
     app = create_app(fleet, bridge.connected if bridge else None)
     dashboard.install(app)
-    return Hub(config, fleet, Ingest(fleet), app, bridge, threading.Event())
+    ingest = Ingest(fleet)
+    if bridge is not None:  # more messages waiting: the rollouts hear of several batches at once (hub.followups)
+        ingest.followups.behind = lambda: bridge.queue.qsize() > 0
+    return Hub(config, fleet, ingest, app, bridge, threading.Event())
