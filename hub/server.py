@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,11 +75,17 @@ class Hub:
         desired.republish(self.fleet, lambda: mine == self._connects and not self._stop.is_set())
 
     def _tick_loop(self) -> None:
-        while not self._stop.wait(self.config.tick):
+        wait = self.config.tick
+        while not self._stop.wait(wait):
+            t0 = time.monotonic()
             try:
                 ticker.tick(self.fleet)
             except Exception:
                 log.exception("rollout tick failed")
+            took = time.monotonic() - t0
+            wait = ticker.next_wait(self.config.tick, took)
+            if wait > self.config.tick:
+                log.info("the tick took %.2f s: the next in %.2f s, so ingest keeps the rest of the time", took, wait)
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,4 +1,5 @@
-"""What the hub does every ``config.tick`` seconds: pick up rotated keys, drive rollouts
+"""What the hub does every ``config.tick`` seconds (or, after a tick that took longer than half
+of that, twice what it took: :func:`next_wait`): pick up rotated keys, drive rollouts
 (timeouts, soak, gates); every ``desired.PENDING_AFTER_S`` publish again the desired documents
 online devices never acknowledged (hub.desired.republish_pending); and, every ALERT_SCAN_S, scan
 alerts, roll telemetry windows up (:mod:`hub.rollups`) and prune old windows, rollups, reports,
@@ -15,6 +16,15 @@ from .fleet import Fleet
 log = logging.getLogger(__name__)
 
 ALERT_SCAN_S = 30  # how often the ticker scans for offline / latency / drift alerts
+
+
+def next_wait(interval: float, took: float) -> float:
+    """Seconds until the next tick after one that took ``took``: ``interval``, or twice what the
+    tick took when that is longer. A tick judges every running rollout's devices and their
+    telemetry (hub.evidence), so its cost grows with the fleet; run back to back it would hold
+    the rollout lock and the interpreter from the ingest worker, which then falls behind and
+    the gates judge ever older telemetry. Paced, ticks take at most a third of the time."""
+    return max(interval, 2.0 * took)
 
 
 def tick(fleet: Fleet) -> None:
