@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from protocol.commands import Result, parse_result
@@ -56,7 +57,7 @@ from .followups import FollowUps
 from .metrics import UNKNOWN, cohort_label, install_result
 from .models import Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
 from .rollout import ACTIVE_PHASES
-from .totals import ADD_TOTALS, SEEN, Fold, insert_windows
+from .totals import ADD_TOTALS, SEEN, Fold, insert_windows, report_row
 from .transport import Outgoing
 
 log = logging.getLogger(__name__)
@@ -301,22 +302,6 @@ class Ingest:
                         counted.append(("report", "duplicate"))
                         continue
                     seen_r.add((d.id, m.seq))
-                    s.add(
-                        ReportRecord(
-                            device=d.id,
-                            seq=m.seq,
-                            ts=m.ts,
-                            stage=m.stage,
-                            status=m.status,
-                            reason=m.reason,
-                            detail=m.detail,
-                            desired_seq=m.desired_seq,
-                            bundle=m.bundle,
-                            progress=m.progress,
-                            metrics=m.metrics,
-                            received=now,
-                        )
-                    )
                     if m.desired_seq > d.reported_desired_seq and m.status == "ok":
                         d.reported_desired_seq = m.desired_seq
                     reports.append(m)
@@ -362,6 +347,8 @@ class Ingest:
                 s.connection().execute(SEEN, [{"b_id": did, "b_seen": now} for did in sorted(seen_only)])
             if windows:
                 insert_windows(s, windows)
+            if reports:  # one statement, after the flush (hub.totals.report_row)
+                s.execute(insert(ReportRecord), [report_row(m, now) for m in reports])
             labels = self._fleet_labels(s, fed)
             s.commit()
         for kind, outcome in counted:

@@ -1,5 +1,5 @@
 """A batch's telemetry (:mod:`hub.ingest`): its window rows in one statement, and each device's
-running totals folded once."""
+running totals folded once; its reports' rows for one statement too."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, update
 from sqlmodel import Session
 
-from protocol.messages import COUNT_KEYS
+from protocol.messages import COUNT_KEYS, Report
 from protocol.sketch import LatencySketch
 
 from .models import Device, TelemetryWindow
@@ -118,6 +118,25 @@ _WINDOW_COLUMNS = (
     *COUNT_KEYS,
 )  # fmt: skip
 _JSON_COLUMNS = frozenset({"latency", "drift", "shadow", "health"})
+
+
+def report_row(m: Report, now: int) -> dict[str, Any]:
+    """A report's registry row, inserted with the batch's others in one statement (an ORM
+    object each was a sixth of the worker's time during a 1,000-device rollout)."""
+    return {
+        "device": m.device,
+        "seq": m.seq,
+        "ts": m.ts,
+        "stage": m.stage,
+        "status": m.status,
+        "reason": m.reason,
+        "detail": m.detail,
+        "desired_seq": m.desired_seq,
+        "bundle": m.bundle,
+        "progress": m.progress,
+        "metrics": m.metrics,
+        "received": now,
+    }
 
 
 def insert_windows(s: Session, rows: list[dict[str, Any]]) -> None:

@@ -73,6 +73,9 @@ class SimConfig:
     probation_inferences: int = 20
     probation_max_errors: int = 5
     connect_per_s: float = 2000.0  # new connections per second at start (the broker's accept queue)
+    # a TCP connect not accepted within this is abandoned and retried later: a broker too busy to
+    # accept (its queue full, SYNs dropped) must not stop every other simulated device meanwhile
+    connect_timeout_s: float = 0.05
     free_disk: int = 8 * 2**30
     plan_by_reference: bool = True  # announce protocol.planref, as the agent does by default
     inference: Inference = field(default_factory=Inference)
@@ -83,7 +86,14 @@ class SimConfig:
             raise SimError(f"devices must be within 1..100000, got {self.devices}")
         if not 0 < self.broker_port < 65536:
             raise SimError(f"broker port must be within 1..65535, got {self.broker_port}")
-        for name in ("telemetry_interval_s", "status_interval_s", "fetch_repair_s", "resend_after_s", "connect_per_s"):
+        for name in (
+            "telemetry_interval_s",
+            "status_interval_s",
+            "fetch_repair_s",
+            "resend_after_s",
+            "connect_per_s",
+            "connect_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 raise SimError(f"{name} must be > 0, got {getattr(self, name)}")
 

@@ -77,7 +77,7 @@ class SimFleet:
         for i, dev_id in enumerate(cfg.device_ids()):
             inf = inference(i, dev_id) if inference else cfg.inference
             d = SimDevice(dev_id, cfg, root, self.archives, random.Random(self.rng.random()), inf)
-            link = Link(self.loop, f"ef-agent-{dev_id}", cfg.broker_host, cfg.broker_port, d.will(), d)
+            link = self._link(f"ef-agent-{dev_id}", d)
             if cfg.faults.slow_link_bps:
                 link.read_rate = cfg.faults.slow_link_bps
             d.link = link
@@ -93,6 +93,13 @@ class SimFleet:
         self._next_fault = {d.id: self._fault_after(self.cfg.faults.offline_every_s) for d in self.devices}
         self._next_churn = {d.id: self._fault_after(self.cfg.faults.churn_every_s) for d in self.devices}
         self.reconnects = 0
+        self.connect_failures = 0  # TCP connects refused or not accepted within connect_timeout_s
+
+    def _link(self, client_id: str, d: SimDevice) -> Link:
+        c = self.cfg
+        return Link(
+            self.loop, client_id, c.broker_host, c.broker_port, d.will(), d, connect_timeout=c.connect_timeout_s
+        )
 
     def _fault_after(self, mean: float) -> float:
         return time.monotonic() + self.rng.expovariate(1.0 / mean) if mean > 0 else float("inf")
@@ -135,16 +142,22 @@ class SimFleet:
         return done()
 
     def _connect_some(self, now: float) -> None:
+        """New devices (at ``connect_per_s``), devices back from a planned outage and devices
+        whose link dropped. The first connect that fails or times out in a step ends the step's
+        connecting: the broker is not accepting, and each attempt blocks the loop (every device's
+        I/O) up to ``connect_timeout_s``; the rest try again next step."""
         budget = max(1, int(self.cfg.connect_per_s * (now - self._last_connect)))
         self._last_connect = now
         while self._to_connect and budget > 0:
             d = self._to_connect.popleft()
             budget -= 1
-            self._connect(d, now)
+            if not self._connect(d, now):
+                return
         for dev_id, at in list(self._down_until.items()):
             if now >= at:
                 del self._down_until[dev_id]
-                self._connect(self.by_id[dev_id], now)
+                if not self._connect(self.by_id[dev_id], now):
+                    return
         for d in self.devices:
             link = d.link
             assert link is not None
@@ -153,17 +166,20 @@ class SimFleet:
             retry = self._retry_at.get(d.id)
             if retry is None:
                 self._retry_at[d.id] = now + self.rng.uniform(0.5, 1.0)
-            elif now >= retry:
-                self._connect(d, now)
+            elif now >= retry and not self._connect(d, now):
+                return
 
-    def _connect(self, d: SimDevice, now: float) -> None:
+    def _connect(self, d: SimDevice, now: float) -> bool:
         assert d.link is not None
         self._never.discard(d.id)
         self._retry_at.pop(d.id, None)
         if d.link.connection:
             self.reconnects += 1
         if not d.link.connect():
+            self.connect_failures += 1
             self._retry_at[d.id] = now + self.rng.uniform(0.5, 1.0)
+            return False
+        return True
 
     def _faults(self, now: float) -> None:
         f = self.cfg.faults
@@ -191,9 +207,7 @@ class SimFleet:
         assert d.link is not None
         d.link.cut()
         d.wipe()
-        fresh = Link(
-            self.loop, d.link.client._client_id.decode(), self.cfg.broker_host, self.cfg.broker_port, d.will(), d
-        )
+        fresh = self._link(d.link.client._client_id.decode(), d)
         fresh.read_rate = d.link.read_rate
         d.link = fresh
         self._down_until[device_id] = time.monotonic() + 1.0

@@ -70,6 +70,7 @@ class Link:
         will: tuple[str, bytes],
         handler: Handler,
         keepalive: int = 60,
+        connect_timeout: float = 5.0,
     ) -> None:
         self.loop = loop
         self.host, self.port, self.keepalive = host, port, keepalive
@@ -92,6 +93,7 @@ class Link:
         )
         c.will_set(will[0], will[1], qos=1, retain=True)
         c.max_inflight_messages_set(64)
+        c.connect_timeout = connect_timeout  # the TCP connect blocks the whole loop this long at most
         c.on_socket_open = self._sock_open
         c.on_socket_close = self._sock_close
         c.on_socket_register_write = self._want_write
