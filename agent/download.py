@@ -171,32 +171,49 @@ class Subscription:
 
 
 def chunk_subscription(
-    archive: str, missing: Sequence[int], total: int, held: Set[str], session_kept: bool, retain_handling: bool
+    archive: str,
+    missing: Sequence[int],
+    total: int,
+    held: Set[str],
+    session_kept: bool,
+    retain_handling: bool,
+    confirmed: Set[str] = frozenset(),
 ) -> Subscription:
     """Decide the chunk subscriptions of a download after (re)connecting or (re)starting.
 
     ``held``: the filters this download subscribed to in the broker session; ``session_kept``:
-    the broker reported that session present on this connection. Rules, in order:
+    the broker reported that session present on this connection; ``confirmed``: the filters the
+    broker acknowledged (SUBACK) in that session. Rules, in order:
 
     1. nothing missing: drop every held filter;
-    2. the session kept the held filters and the broker can skip retained replays for filters a
-       session holds (v5): re-assert the held filters still wanted with ``only_new`` (a SUBSCRIBE
-       lost with the old link is redone; nothing held is replayed); the broker delivers what it
-       queued while the agent was away, and the fetch repair asks for whatever is still missing;
+    2. the session kept the held filters: those still wanted stay. The ones the broker
+       acknowledged are in the session, so nothing is sent for them; the others (a SUBSCRIBE
+       lost with the old link) are asked again with ``only_new`` where the broker can skip
+       retained replays for filters a session holds (v5); the broker delivers what it queued
+       while the agent was away, and the fetch repair asks for whatever is still missing. Not
+       sending the acknowledged ones matters at scale: Mosquitto adds a subscription by walking
+       every subscriber of that topic (``sub__add_leaf``), so 10,000 devices re-asserting shared
+       chunk filters on each reconnect kept it at 100 % of a core (docs/scale.md);
     3. otherwise, nothing on disk: the wildcard ``chunk/+`` (one filter; its replay is the
        bundle); some chunks on disk: one filter per missing index (the replay is exactly the
        missing chunks). Held filters not chosen are dropped first, so no chunk arrives twice
        through overlapping filters.
+
+    The filters held afterwards are ``(held - unsubscribe) | subscribe``.
     """
     wildcard = chunk_filter(archive)
     per_index = tuple(str(Topic.chunk(archive, i)) for i in missing)
     if not missing:
         return Subscription(tuple(sorted(held)), (), False)
-    if session_kept and retain_handling and held:
+    if session_kept and held:
         wanted = {wildcard, *per_index}
         keep = tuple(f for f in (wildcard, *per_index) if f in held)
-        if keep:
-            return Subscription(tuple(sorted(f for f in held if f not in wanted)), keep, True)
+        drop = tuple(sorted(f for f in held if f not in wanted))
+        unsure = tuple(f for f in keep if f not in confirmed)
+        if keep and not unsure:
+            return Subscription(drop, (), False)
+        if keep and retain_handling:
+            return Subscription(drop, unsure, True)
     chosen = (wildcard,) if len(missing) == total else per_index
     return Subscription(tuple(sorted(set(held) - set(chosen))), chosen, False)
 

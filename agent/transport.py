@@ -63,6 +63,11 @@ class Transport:
         self.protocol = "v5"
         self.connection = 0  # counts successful connections (subscriptions belong to one)
         self.session_present = False  # CONNACK of the current connection: the broker kept our session
+        # filters the broker acknowledged (SUBACK) in the current session (agent.download rule 2)
+        self._confirmed: set[str] = set()
+        self._asked: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> its filters, until the SUBACK
+        self._early: dict[int, list[ReasonCode]] = {}  # a SUBACK that beat the caller's bookkeeping
+        self._subs_lock = threading.Lock()
         self._clean = True  # until the first connection of this process succeeds
         self.brokers = cfg.brokers or (cfg.broker,)
         self.broker = self.brokers[0]  # the node of the current (or next) attempt
@@ -104,6 +109,11 @@ class Transport:
         if not failed:
             # before ``connected`` is set: a subscription made from then on belongs to this connection
             self.session_present = bool(getattr(flags, "session_present", False))
+            with self._subs_lock:  # a SUBSCRIBE unanswered on the old link is not known to the session
+                self._asked.clear()
+                self._early.clear()
+                if not self.session_present:
+                    self._confirmed.clear()
             self.connection += 1
             self._connected.set()
         self._connack = (not failed, str(rc))
@@ -119,6 +129,12 @@ class Transport:
         """A subscription the broker refused (SUBACK 0x80: NATS when JetStream could not create the
         consumer in time) would silently miss its messages for the whole connection: drop the
         connection instead, so the daemon reconnects and asks for every subscription again."""
+        with self._subs_lock:
+            asked = self._asked.pop(mid, None)
+            if asked is None:
+                self._early[mid] = list(codes)
+            else:
+                self._confirm(asked, codes)
         refused = [str(c) for c in codes if c.is_failure]
         if refused and client is self._client:
             log.warning("broker refused %d subscription(s) (%s); reconnecting", len(refused), refused[0])
@@ -241,11 +257,30 @@ class Transport:
             return info.is_published()
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
+    def _confirm(self, filters: list[str], codes: list[ReasonCode]) -> None:
+        self._confirmed.update(f for f, code in zip(filters, codes, strict=False) if not code.is_failure)
+
+    def _sent(self, mid: int, filters: list[str]) -> None:
+        with self._subs_lock:
+            early = self._early.pop(mid, None)
+            if early is None:
+                self._asked[mid] = filters
+            else:
+                self._confirm(filters, early)
+
+    def confirmed(self) -> frozenset[str]:
+        """The filters the broker acknowledged in the current session: a reconnect that finds the
+        session kept need not subscribe to them again."""
+        with self._subs_lock:
+            return frozenset(self._confirmed)
+
     def subscribe(self, topic_filter: str, qos: int = 1) -> bool:
         c = self._client
         if c is None or not self.connected:
             return False
-        rc, _ = c.subscribe(topic_filter, qos)
+        rc, mid = c.subscribe(topic_filter, qos)
+        if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+            self._sent(mid, [topic_filter])
         return rc == mqtt.MQTT_ERR_SUCCESS
 
     @property
@@ -266,11 +301,12 @@ class Transport:
             batch = filters[i : i + SUBSCRIBE_BATCH]
             if self.retain_handling:
                 rh = SubscribeOptions.RETAIN_SEND_IF_NEW_SUB if only_new else SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
-                rc, _ = c.subscribe([(f, SubscribeOptions(qos=qos, retainHandling=rh)) for f in batch])
+                rc, mid = c.subscribe([(f, SubscribeOptions(qos=qos, retainHandling=rh)) for f in batch])
             else:
-                rc, _ = c.subscribe([(f, qos) for f in batch])
-            if rc != mqtt.MQTT_ERR_SUCCESS:
+                rc, mid = c.subscribe([(f, qos) for f in batch])
+            if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
                 return False
+            self._sent(mid, batch)
         return True
 
     def unsubscribe(self, topic_filter: str) -> None:
@@ -278,6 +314,8 @@ class Transport:
 
     def unsubscribe_all(self, filters: list[str]) -> None:
         c = self._client
+        with self._subs_lock:
+            self._confirmed.difference_update(filters)
         if c is not None and self.connected:
             for i in range(0, len(filters), SUBSCRIBE_BATCH):
                 c.unsubscribe(filters[i : i + SUBSCRIBE_BATCH])

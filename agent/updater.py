@@ -72,6 +72,8 @@ class Publisher(Protocol):
 
     def unsubscribe_all(self, filters: list[str]) -> None: ...
 
+    def confirmed(self) -> frozenset[str]: ...
+
 
 class ReportFn(Protocol):
     def __call__(
@@ -508,11 +510,12 @@ class Updater:
             job.filters,
             self.mqtt.session_present and job.filters_on >= 0,
             self.mqtt.retain_handling,
+            self.mqtt.confirmed(),
         )
         if sub.unsubscribe:
             self.mqtt.unsubscribe_all(list(sub.unsubscribe))
         if self.mqtt.subscribe_all(list(sub.subscribe), qos=1, only_new=sub.only_new):
-            job.filters = set(sub.subscribe)
+            job.filters = (job.filters - set(sub.unsubscribe)) | set(sub.subscribe)
             job.filters_on = conn
             log.info(
                 "subscribed to %d chunk topic(s) of %s%s",

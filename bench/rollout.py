@@ -383,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         f"flapping: {flap['cut']} links cut mid-transfer, {flap['installed']}/{n} installed in {flap['seconds']:.1f} s "
         f"({flap['seconds'] / ours['seconds']:.2f}x undisturbed), re-sent {flap['resent_fraction']:.2%} of bytes"
     )
+    print(
+        f"filters in the devices' SUBSCRIBE packets: {ours.get('filters_subscribed')} undisturbed, "
+        f"{flap.get('filters_subscribed')} with flapping links (each a walk of that topic's subscribers in Mosquitto)"
+    )
     for goal, met in goals.items():
         print(f"  {'met    ' if met else 'MISSED '} {goal}")
     print("broker peak memory (MB): " + ", ".join(f"{c['case'][:24]} {c.get('broker_rss_mb')}" for c in cases))
@@ -456,7 +460,8 @@ def _ours(
                     raise RuntimeError(f"the bench's mosquitto exited (code {broker.returncode}) mid-rollout")
                 for v in victims - cut:
                     job = fleet.by_id[v].job
-                    if job is not None and sum(job.bits) >= cut_at[v] * len(job.bits):
+                    # mid-transfer: a job still waiting for its chunk plan has no bits yet (0 >= 0)
+                    if job is not None and job.stage == "download" and sum(job.bits) >= cut_at[v] * len(job.bits):
                         fleet.take_offline(v, random.Random(v + "s").uniform(1, 5))
                         cut.add(v)
                 return fleet.installed(digest) >= n
@@ -487,6 +492,9 @@ def _ours(
                 "resent_fraction": (t.duplicate_bytes - dup0.duplicate_bytes + max(0, chunk_egress - b["size"]))
                 / (n * b["size"]),
                 "repair_requests": t.fetch_requests - dup0.fetch_requests,
+                "filters_subscribed": {
+                    k: v - dup0.filters_subscribed.get(k, 0) for k, v in t.filters_subscribed.items()
+                },
                 "cut": len(cut),
                 "reconnects": fleet.reconnects,
             }

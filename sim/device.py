@@ -517,11 +517,12 @@ class SimDevice:
             job.filters,
             link.session_present and job.filters_on >= 0,
             True,
+            link.confirmed,
         )
         if sub.unsubscribe:
             link.unsubscribe(list(sub.unsubscribe))
         if link.subscribe(list(sub.subscribe), only_new=sub.only_new):
-            job.filters = set(sub.subscribe)
+            job.filters = (job.filters - set(sub.unsubscribe)) | set(sub.subscribe)
             job.filters_on = link.connection
 
     def _narrow(self, job: Job, missing: list[int]) -> None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import random
 import resource
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from protocol.signing import load_root_unverified
 
@@ -54,6 +54,7 @@ class Totals:
     fetch_requests: int
     committed: int
     plan_requests: int = 0
+    filters_subscribed: dict[str, int] = field(default_factory=dict)  # filters the devices subscribed to, by kind
 
 
 class SimFleet:
@@ -246,4 +247,5 @@ class SimFleet:
             sum(x.fetch_requests for x in c),
             sum(1 for x in c if x.committed_at is not None),
             sum(x.plan_requests for x in c),
+            dict(sum((Counter(d.link.filters_sent) for d in self.devices if d.link is not None), Counter())),
         )

@@ -88,6 +88,9 @@ class Link:
         self._sock: socket.socket | None = None
         self._events = 0
         self._clean = True
+        self.confirmed: set[str] = set()  # filters the broker acknowledged in the current session
+        self._asked: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> its filters, until the SUBACK
+        self.filters_sent: dict[str, int] = {}  # filters asked for in SUBSCRIBE packets, by what they are for
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, reconnect_on_failure=False
         )
@@ -101,6 +104,7 @@ class Link:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         self.client = c
 
     # selector bookkeeping ---------------------------------------------------------------------
@@ -178,6 +182,9 @@ class Link:
         self.connection += 1
         self._clean = False
         self.session_present = bool(getattr(flags, "session_present", False))
+        self._asked.clear()  # unanswered on the old link: not known to the session
+        if not self.session_present:
+            self.confirmed.clear()
         self.handler.on_connected(self.session_present)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, _rc: Any, _p: Any = None) -> None:
@@ -185,6 +192,10 @@ class Link:
         self.connected = False
         if was:
             self.handler.on_disconnected()
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, codes: Any, _p: Any = None) -> None:
+        asked = self._asked.pop(mid, [])  # one thread: the SUBACK is read after subscribe() recorded it
+        self.confirmed.update(f for f, code in zip(asked, codes, strict=False) if not code.is_failure)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         payload = bytes(msg.payload)
@@ -252,12 +263,17 @@ class Link:
         rh = SubscribeOptions.RETAIN_SEND_IF_NEW_SUB if only_new else SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
         for i in range(0, len(filters), SUBSCRIBE_BATCH):
             batch = [(f, SubscribeOptions(qos=1, retainHandling=rh)) for f in filters[i : i + SUBSCRIBE_BATCH]]
-            rc, _ = self.client.subscribe(batch)
-            if rc != mqtt.MQTT_ERR_SUCCESS:
+            rc, mid = self.client.subscribe(batch)
+            if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
                 return False
+            self._asked[mid] = [f for f, _ in batch]
+            for f, _ in batch:
+                what = "chunk" if "/chunk/" in f else f.rsplit("/", 1)[-1]
+                self.filters_sent[what] = self.filters_sent.get(what, 0) + 1
         return True
 
     def unsubscribe(self, filters: list[str]) -> None:
+        self.confirmed.difference_update(filters)
         if self.connected:
             for i in range(0, len(filters), SUBSCRIBE_BATCH):
                 self.client.unsubscribe(filters[i : i + SUBSCRIBE_BATCH])

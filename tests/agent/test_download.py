@@ -99,6 +99,26 @@ def test_a_download_subscribes_only_to_the_chunks_it_lacks(missing, held, kept, 
     assert chunk_subscription(SHA, missing, 4, held, kept, rh) == want
 
 
+@pytest.mark.parametrize(
+    "missing, held, confirmed, rh, want",
+    [
+        # the broker acknowledged the wildcard in the kept session: nothing to send (v5 or 3.1.1)
+        ([2, 3], {WILD}, {WILD}, True, Subscription((), (), False)),
+        ([2, 3], {WILD}, {WILD}, False, Subscription((), (), False)),
+        # per-index filters: only the one whose SUBACK never came is asked again; the done one dropped
+        ([2, 3], set(per_index(1, 2, 3)), set(per_index(1, 2)), True, Subscription(per_index(1), per_index(3), True)),
+        # 3.1.1 with an unacknowledged filter cannot re-assert without a replay: the missing indexes anew
+        ([3], {WILD}, set(), False, Subscription((WILD,), per_index(3), False)),
+    ],
+)
+def test_a_reconnect_into_a_kept_session_does_not_resubscribe_what_the_broker_acknowledged(
+    missing, held, confirmed, rh, want
+):
+    """10,000 devices re-asserting shared chunk filters on every reconnect kept Mosquitto, which
+    adds a subscription by walking that topic's subscribers, at 100 % of a core."""
+    assert chunk_subscription(SHA, missing, 4, held, True, rh, confirmed) == want
+
+
 def test_a_duplicate_of_a_chunk_on_disk_is_neither_checked_nor_written(tmp_path):
     d = Download(tmp_path, PLAN)
     assert d.put(0, chunk(0))

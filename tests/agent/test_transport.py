@@ -35,3 +35,55 @@ def test_a_dead_first_broker_moves_the_next_attempt_to_the_next_node_of_the_list
     t.connect(timeout=5)  # a dropped connection first tries the node it was on
     assert str(t.broker) == mosquitto.url
     t.disconnect()
+
+
+def _until(check: Any, seconds: float = 10.0) -> bool:
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
+
+
+@pytest.mark.integration
+def test_filters_the_broker_acknowledged_stay_confirmed_across_a_kept_session_and_not_a_new_one(
+    tmp_path: Path, mosquitto: Any
+):
+    """What agent.download rule 2 relies on to skip re-subscribing after a reconnect: a filter
+    counts once its SUBACK came, stays while the broker keeps the session, and goes with an
+    unsubscribe or a session the broker did not keep."""
+    (tmp_path / "root.json").write_text("{}")
+    conf = tmp_path / "agent.toml"
+    conf.write_text(f'device_id = "dev2"\nbroker = "{mosquitto.url}"\nstate_dir = "state"\nroot = "root.json"\n')
+    t = Transport(load(conf, env={}), "ef/v1/dev/dev2/status", b"offline", lambda _m: None)
+    t.connect(timeout=5)
+    try:
+        assert t.subscribe_all(["ef/v1/bundle/x/chunk/1", "ef/v1/bundle/x/chunk/2"])
+        assert _until(lambda: t.confirmed() == {"ef/v1/bundle/x/chunk/1", "ef/v1/bundle/x/chunk/2"})
+        t.close()  # the link drops; the broker keeps the session
+        t.connect(timeout=5)
+        assert t.session_present and t.confirmed() == {"ef/v1/bundle/x/chunk/1", "ef/v1/bundle/x/chunk/2"}
+        t.unsubscribe_all(["ef/v1/bundle/x/chunk/1"])
+        assert t.confirmed() == {"ef/v1/bundle/x/chunk/2"}
+        t.close()
+        _discard_session(mosquitto.url, "ef-agent-dev2")  # the broker forgets the session meanwhile
+        t.connect(timeout=5)
+        assert not t.session_present and t.confirmed() == frozenset()
+    finally:
+        t.disconnect()
+
+
+def _discard_session(url: str, client_id: str) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.connect(host, int(port), clean_start=True)  # session expiry 0: gone when this disconnects
+    c.loop_start()
+    assert _until(c.is_connected)
+    c.disconnect()
+    c.loop_stop()
