@@ -13,7 +13,9 @@ batches are gathered and told in one run: at most ``hold_s`` after the first of 
 so the runs never take more than about a third of the worker's time. When nothing waits, every
 batch is followed up at once, as before (and always where there is no queue: tests, a direct
 ``Ingest.handle``). Each batch is committed before it is gathered, and its reports stay in the
-registry, so a hub killed while holding some loses what a kill between commit and run lost before.
+registry; a replica killed -9 while holding some loses them for the rollouts, as a kill between
+commit and run always could, but now for up to ``hold_s`` instead of milliseconds: the device's
+next status (``converge``, on whichever replica gets it) or the install timeout settles it.
 """
 
 from __future__ import annotations
