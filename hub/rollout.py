@@ -79,9 +79,9 @@ Rules, in the order ``advance`` applies them:
    nothing to compare with: its stages are recorded ``skipped`` and it installs.
 4. **Timeouts**: an ``issued``/``installing`` device that has said nothing that moves its
    install on for ``install_timeout_s`` (counted from its document's issue and from each report
-   with reason ``ok``: a download's progress, a stage done; a rejected chunk does not count, as
-   AWS IoT Jobs' in-progress timeout restarts on each status update) is re-issued while attempts
-   remain (``1 + max_retries`` in all), else ``timed_out``. A slow link that keeps reporting its
+   with reason ``ok``: a download's progress, a stage done; a rejected chunk does not count) is
+   re-issued while attempts remain (``1 + max_retries`` in all), else ``timed_out``; as a device
+   resets AWS IoT Jobs' step timer with each in-progress update. A slow link that keeps reporting its
    download's progress is not restarted every ``install_timeout_s``. The clock moves only when a
    quarter of the timeout has passed since it last did (so a device times out 0.75-1x
    ``install_timeout_s`` after its last progress): every progress report moving it made each one a
