@@ -107,14 +107,20 @@ def issue(
             since=base.seq,  # 0 when the default channel never had an entry
             channels=entries,
         )
-    payload = desired.seal([fleet.keys.online])
-    s.merge(DesiredDoc(device=d.id, seq=seq, expires=desired.expires, payload=payload))
-    d.desired_seq = seq
     if channel == DEFAULT:  # the device row's desired_* describe the default channel
         d.desired_bundle = b.digest if b is not None else None
         d.desired_action = action
+    return _record(fleet, s, d, desired)
+
+
+def _record(fleet: Fleet, s: Session, d: Device, desired: Desired) -> Outgoing:
+    """Sign ``desired`` with the online key, store it byte for byte as the device's document and
+    its seq on the device row; the message to publish once the caller commits."""
+    doc = DesiredDoc(device=d.id, seq=desired.seq, expires=desired.expires, payload=desired.seal([fleet.keys.online]))
+    s.merge(doc)
+    d.desired_seq = desired.seq
     s.add(d)
-    return Outgoing(str(Topic.for_device(Kind.DESIRED, d.id)), payload, retain=True, qos=1, kind="desired")
+    return _message(doc)
 
 
 def reissue_inline(fleet: Fleet, s: Session, d: Device, before: Mapping[str, Any] | None) -> list[Outgoing]:
@@ -160,10 +166,6 @@ def reissue_inline(fleet: Fleet, s: Session, d: Device, before: Mapping[str, Any
         since=prev.seq if prev.since is None else prev.since,
         channels={k: replace(e, bundle=inline(e.bundle), shadow=inline(e.shadow)) for k, e in prev.channels.items()},
     )
-    payload = desired.seal([fleet.keys.online])
-    s.merge(DesiredDoc(device=d.id, seq=seq, expires=desired.expires, payload=payload))
-    d.desired_seq = seq
-    s.add(d)
     log.warning(
         "device %s no longer reads chunk plans by reference (agent %s): desired seq %d issued again inline as seq %d",
         d.id,
@@ -171,7 +173,7 @@ def reissue_inline(fleet: Fleet, s: Session, d: Device, before: Mapping[str, Any
         prev.seq,
         seq,
     )
-    return [_message(DesiredDoc(device=d.id, seq=seq, expires=desired.expires, payload=payload))]
+    return [_record(fleet, s, d, desired)]
 
 
 def _previous(s: Session, device: str) -> Desired | None:
