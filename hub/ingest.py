@@ -356,8 +356,7 @@ class Ingest:
                 self.metrics.installs.labels(*outcome.split(":", 1)).inc()
             else:
                 self.metrics.messages.labels(kind, outcome).inc()
-        for (_, _, sketch, c), key in zip(fed, labels, strict=True):
-            self.metrics.fleet.add(key, sketch, c)
+        self.metrics.fleet.add_batch((key, sketch, c) for (_, _, sketch, c), key in zip(fed, labels, strict=True))
         for r in receipts:  # after the commit, like the acks: a receipt says stored
             out.append(Outgoing(str(Topic.for_device(Kind.SAMPLED, r.device)), r.to_bytes(), False, 1, "sampled"))
         # QoS 0: a lost ack only means the device sends the window again, stored once and acked

@@ -33,6 +33,8 @@ from prometheus_client.registry import Collector
 
 from protocol.sketch import HISTOGRAM_BOUNDS_S, LatencySketch
 
+from .totals import merge_sketches
+
 UNKNOWN = "unknown"
 NO_COHORT = "none"
 PATHS = ("tpu", "cpu", "cloud")
@@ -69,17 +71,33 @@ class FleetSeries(Collector):
     def add(self, key: Key, sketch: LatencySketch, counts: dict[str, int]) -> None:
         """Fold one stored telemetry window in (``counts`` as the window's: inferences, errors,
         tpu, cpu, cloud)."""
-        hist = sketch.histogram()
+        self._fold(key, sketch.histogram(), sketch.total, counts)
+
+    def _fold(self, key: Key, hist: list[int], total: float, counts: dict[str, int]) -> None:
         with self._lock:
             s = self._series.get(key)
             if s is None:
                 s = self._series[key] = _Series()
             for i, c in enumerate(hist):
                 s.buckets[i] += c
-            s.sum += sketch.total
+            s.sum += total
             for p in PATHS:
                 s.paths[p] += max(0, int(counts.get(p, 0)))
             s.errors += max(0, int(counts.get("errors", 0)))
+
+    def add_batch(self, windows: Iterable[tuple[Key, LatencySketch, dict[str, int]]]) -> None:
+        """A batch's stored windows, folded once per key: a batch's windows mostly share one, and
+        every series value is a sum (sketches merge exactly), so this equals adding them one by
+        one at a fraction of the cost (it was a tenth of the ingest worker's time)."""
+        by_key: dict[Key, tuple[list[LatencySketch], dict[str, int]]] = {}
+        for key, sketch, counts in windows:
+            sketches, summed = by_key.setdefault(key, ([], {}))
+            sketches.append(sketch)
+            for k, v in counts.items():
+                summed[k] = summed.get(k, 0) + max(0, int(v))
+        for key, (sketches, summed) in by_key.items():
+            merged = merge_sketches(LatencySketch(), sketches)
+            self._fold(key, merged.histogram(), merged.total, summed)
 
     def retain(self, bundles: Iterable[tuple[str, str]]) -> None:
         """Drop the series of every (model, version) not in ``bundles``."""

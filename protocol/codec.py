@@ -69,11 +69,23 @@ def check_tree(obj: Any, what: str, max_depth: int = MAX_DEPTH, data: bytes | st
                 raise BadPayload(what, f"integer {str(child)[:40]} does not fit 64 bits")
 
 
+# one decoder for every document (json.loads with hooks builds a decoder and its scanner per call)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def loads(data: bytes | str, what: str) -> Any:
     """Any JSON value off the wire, or :class:`BadPayload` naming ``what`` and the problem:
     no NaN/Infinity (nor 1e999), integers within 64 bits, nesting within ``MAX_DEPTH``."""
     try:
-        obj = json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+        if isinstance(data, (bytes, bytearray)):  # as json.loads decodes them
+            text = data.decode(json.detect_encoding(data), "surrogatepass")
+        elif isinstance(data, str):
+            text = data
+        else:
+            raise TypeError(f"a JSON document must be str or bytes, not {type(data).__name__}")
+        if text.startswith("\ufeff"):  # what json.loads refuses too
+            raise ValueError("Unexpected UTF-8 BOM (decode using utf-8-sig)")
+        obj = _DECODER.decode(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadPayload(what, f"not valid JSON ({exc})") from None
     except RecursionError:

@@ -644,6 +644,27 @@ def check_plausible(t: Telemetry) -> None:
         raise Implausible(what, f"shadow samples {t.shadow.samples} do not fit the window's {n} inferences")
 
 
+_TELEMETRY_KEYS = frozenset(
+    {
+        "v",
+        "device",
+        "seq",
+        "window_start",
+        "window_end",
+        "bundle",
+        "counts",
+        "latency",
+        "drift",
+        "shadow",
+        "health",
+        "backlog",
+        "accelerator",
+        "usage",
+        "channel",
+    }
+)
+
+
 def parse_telemetry(data: bytes) -> Telemetry:
     what = "telemetry"
     obj = _head(data, what)
@@ -663,23 +684,6 @@ def parse_telemetry(data: bytes) -> Telemetry:
             int_list(feats, name, f"telemetry drift[{side}]")
     bundle = field(obj, "bundle", str, what, None, allow_none=True)
     shadow = field(obj, "shadow", dict, what, None, allow_none=True)
-    known = {
-        "v",
-        "device",
-        "seq",
-        "window_start",
-        "window_end",
-        "bundle",
-        "counts",
-        "latency",
-        "drift",
-        "shadow",
-        "health",
-        "backlog",
-        "accelerator",
-        "usage",
-        "channel",
-    }
     accelerator = field(obj, "accelerator", dict, what, None, allow_none=True)
     t = Telemetry(
         device=check_device_id(field(obj, "device", str, what)),
@@ -695,7 +699,7 @@ def parse_telemetry(data: bytes) -> Telemetry:
         backlog=field(obj, "backlog", dict, what, {}),
         accelerator=Accelerator.from_dict(accelerator) if accelerator is not None else None,
         usage=field(obj, "usage", dict, what, {}),
-        extra=extra_fields(obj, known),
+        extra=extra_fields(obj, _TELEMETRY_KEYS),
         channel=channel_of(obj, what),
     )
     check_plausible(t)

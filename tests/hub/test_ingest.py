@@ -3,10 +3,16 @@ the latency sketch are what folding window by window gives, whatever the batch b
 
 from __future__ import annotations
 
-from hub.models import Device
+import json
+
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from hub.models import Device, TelemetryWindow
 from hub.server import Hub
-from hub.totals import merge_sketches
+from hub.totals import json_text, merge_sketches
 from hub.transport import MemoryPublisher
+from protocol.device import Health
 from protocol.messages import Status, Telemetry
 from protocol.sketch import LatencySketch
 
@@ -106,3 +112,44 @@ def test_a_batch_mixing_status_and_telemetry_only_devices_keeps_every_total(
     assert (r.windows, r.inferences, r.last_seen) == (1, 1, 1_000_000)
     assert (new.windows, new.latency_bundle) == (1, B)
     assert LatencySketch.from_dict(new.latency) == _sketch(9.0, 1)
+
+
+def test_window_json_columns_read_back_and_a_missing_shadow_is_sql_null(memhub: tuple[Hub, MemoryPublisher]) -> None:
+    """The window rows go in through the driver (hub.totals.insert_windows) with their JSON
+    columns written by orjson: they read back as SQLAlchemy's JSON type wrote them, and a window
+    without a shadow record stores SQL NULL on SQLite as on PostgreSQL (the shadow tally's
+    ``IS NOT NULL`` filter sees only real records)."""
+    hub, _ = memhub
+    t = Telemetry(
+        "json-cols",
+        1,
+        10,
+        20,
+        A,
+        {"inferences": 4, "cpu": 4},
+        _sketch(2.5, 4).to_dict(),
+        drift={"inputs": {"brightness": [1, 2, 1]}},
+        health=Health(load1=0.5, extra={"ünïcode": "ok"}),
+    )
+    hub.ingest.handle([("ef/v1/dev/json-cols/telemetry", t.to_bytes())])
+    with hub.fleet.session() as s:
+        row = s.exec(select(TelemetryWindow).where(TelemetryWindow.device == "json-cols")).one()
+        nulls = s.exec(
+            select(func.count())
+            .select_from(TelemetryWindow)
+            .where(TelemetryWindow.device == "json-cols", col(TelemetryWindow.shadow).is_(None))
+        ).one()
+    assert LatencySketch.from_dict(row.latency) == _sketch(2.5, 4)
+    assert row.drift == {"inputs": {"brightness": [1, 2, 1]}}
+    assert row.health == {"load1": 0.5, "ünïcode": "ok"}
+    assert row.shadow is None and nulls == 1
+    assert (row.inferences, row.cpu, row.window_start, row.window_end, row.bundle) == (4, 4, 10, 20, A)
+
+
+def test_a_json_column_value_orjson_refuses_is_written_by_the_standard_encoder() -> None:
+    """orjson writes no integer keys (nor numbers past 64 bits): those columns take json.dumps,
+    as before, rather than failing the batch."""
+    assert json_text({"a": [1, 2.5, None]}) == '{"a":[1,2.5,null]}'
+    assert json.loads(json_text({1: "x"}) or "") == {"1": "x"}
+    assert json.loads(json_text({"big": 2**70}) or "") == {"big": 2**70}
+    assert json_text(None) is None

@@ -206,3 +206,33 @@ def test_a_window_of_a_bundle_the_registry_does_not_know_is_labelled_unknown(cli
     assert "made-up" not in text and stranger[:12] not in text
     # no device names, tokens or secrets in any label
     assert dev not in text and TOKEN not in text and "test-" not in text
+
+
+def test_a_batch_folded_per_key_equals_adding_its_windows_one_by_one():
+    """Ingest feeds the fleet series once per (model, version, cohort) a batch (add_batch): the
+    buckets, sum and counters are what adding each window gives."""
+    from hub.metrics import FleetSeries
+    from protocol.sketch import LatencySketch
+
+    def sk(ms: float, n: int) -> LatencySketch:
+        s = LatencySketch()
+        s.add(ms / 1000, n)
+        return s
+
+    a, b = ("m", "1", "0"), ("m", "2", "none")
+    windows = [
+        (a, sk(3, 4), {"inferences": 4, "cpu": 4, "errors": 1}),
+        (b, sk(40, 2), {"inferences": 2, "tpu": 2}),
+        (a, sk(0.2, 7), {"inferences": 7, "cloud": 3, "cpu": 4}),
+        (a, LatencySketch(), {"inferences": 0}),
+    ]
+    one, batch = FleetSeries(), FleetSeries()
+    for key, sketch, counts in windows:
+        one.add(key, sketch, counts)
+    batch.add_batch(windows)
+
+    def dump(fs: FleetSeries) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fs.collect() for s in f.samples}
+
+    assert dump(batch) == dump(one)
+    assert len(dump(one)) > 10
