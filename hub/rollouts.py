@@ -305,30 +305,47 @@ def _report_events(s: Session, reports: Sequence[Report]) -> dict[str, list[Even
 
 
 def _seen_events(s: Session, device_ids: Sequence[str]) -> dict[str, list[Event]]:
+    """Each device as an event of every rollout it belongs to or whose target it matches (the
+    newest owner per channel), and of a finished rollout still rolling it back. A few queries
+    for the whole list, not two a device (a batch of new devices touches hundreds at once)."""
     if not device_ids:
         return {}
+    ids = sorted(set(device_ids))
     owners = _owners(s)
+    devices: dict[str, Device] = {}
+    members: set[tuple[str, str]] = set()  # (rollout, device)
+    rolling_back: dict[str, list[str]] = {}  # device -> rollouts rolling it back
+    for i in range(0, len(ids), 500):
+        page = ids[i : i + 500]
+        devices.update((d.id, d) for d in s.exec(select(Device).where(col(Device.id).in_(page))).all())
+        rows = s.exec(
+            select(RolloutDevice.rollout_id, RolloutDevice.device_id, RolloutDevice.state).where(
+                col(RolloutDevice.device_id).in_(page)
+            )
+        ).all()
+        members.update((rid, did) for rid, did, _ in rows)
+        for rid, did, state in rows:
+            if state == "rolling_back":
+                rolling_back.setdefault(did, []).append(rid)
     per: dict[str, list[Event]] = {}
     for did in device_ids:
-        d = s.get(Device, did)
+        d = devices.get(did)
         if d is None:
             continue
         owned: set[str] = set()  # channels whose owner is found (owners are newest first)
         for r, tgt in owners:
             if r.channel in owned:
                 continue
-            member = s.get(RolloutDevice, (r.id, d.id)) is not None
-            if member or tgt.matches(d):
+            matches = tgt.matches(d)
+            if (r.id, d.id) in members or matches:
                 per.setdefault(r.id, []).append(_seen(d, r.channel))
-            if tgt.matches(d):
+            if matches:
                 owned.add(r.channel)
         # a finished (rolled back) rollout still settles the devices it is rolling back
-        for row in s.exec(
-            select(RolloutDevice).where(RolloutDevice.device_id == did, RolloutDevice.state == "rolling_back")
-        ).all():
-            evs = per.setdefault(row.rollout_id, [])
+        for rid in rolling_back.get(did, []):
+            evs = per.setdefault(rid, [])
             if not any(isinstance(e, DeviceSeen) and e.device == did for e in evs):
-                ro = s.get(Rollout, row.rollout_id)
+                ro = s.get(Rollout, rid)
                 evs.append(_seen(d, ro.channel if ro is not None else DEFAULT))
     return per
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 
 from hub import tallies, telemetry as hub_telemetry, ticker
 from hub.keys import HubKeys
@@ -229,6 +230,47 @@ def test_device_that_appears_after_the_rollout_converges_to_its_target(client, m
     assert desired.bundle.digest == b["digest"]
     st = client.get(f"/api/v1/rollouts/{rid}").json()
     assert st["counts"] == {"installed": 1, "issued": 1} and st["phase"] == "running"
+
+
+def test_a_batch_of_new_devices_is_told_to_the_rollout_in_a_few_queries_not_two_a_device(
+    client, memhub, bundle_dir, keys_dir
+):
+    """200 devices appear in one batch while a rollout targets all: each gets its document, and
+    telling the rollouts about them reads the devices and their rollout rows in pages
+    (hub.rollouts._seen_events), not a device and a rollback query per device (410 before)."""
+    from sqlalchemy import event
+
+    hub, pub = memhub
+    b = push(client, bundle_dir())
+    client.post(
+        "/api/v1/rollouts", json={"bundle": b["digest"], "target": {"all": True}, "policy": {"cohorts": ["100%"]}}
+    )
+    ids = [f"new-{i:03d}" for i in range(200)]
+    with hub.fleet.session() as s:
+        rows_before = len(s.exec(select(RolloutDevice)).all())
+    statements: list[str] = []
+
+    def count(_conn, _cur, sql, *_a) -> None:
+        statements.append(sql)
+
+    event.listen(hub.fleet.engine, "before_cursor_execute", count)
+    try:
+        hub.ingest.followups.behind = lambda: True  # gather the batch's devices (as while behind)
+        hub.ingest.handle([(f"ef/v1/dev/{d}/status", status(d)) for d in ids])
+        statements.clear()
+        hub.ingest.followups.run()  # told in one run
+        # what finding the devices' rollouts reads (issuing each document reads its last one)
+        lookups = [q for q in statements if q.lstrip().startswith("SELECT") and "FROM desired_doc" not in q]
+    finally:
+        event.remove(hub.fleet.engine, "before_cursor_execute", count)
+    for d in ids[::50]:
+        desired = verify_desired(
+            pub.retained[f"ef/v1/dev/{d}/desired"], HubKeys.load(keys_dir).root, d, 0, int(time.time())
+        )
+        assert desired.bundle.digest == b["digest"]
+    with hub.fleet.session() as s:
+        assert len(s.exec(select(RolloutDevice)).all()) == rows_before + 200
+    assert len(lookups) < 20, f"{len(lookups)} SELECTs to find 200 new devices' rollouts"
 
 
 def test_telemetry_is_stored_once_acked_every_time_and_summarised(client, memhub, bundle_dir):
