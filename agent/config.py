@@ -128,6 +128,7 @@ class AgentConfig:
     key_file: Path | None = None
     keepalive_s: int = 30
     fetch_repair_s: float = 3.0  # ask the hub for chunks missing after this long idle
+    progress_interval_s: float = 5.0  # download progress: a report a tenth, at most one this often
     device_view: bool = True  # announce device views (protocol.view); false: the hub sends full archives
     plan_by_reference: bool = True  # announce protocol.planref; false: chunk lists inline in desired documents
     resend_after_s: float = 15.0  # resend unacked telemetry/reports after this long
@@ -315,6 +316,7 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path("."), env: Mapping[str, 
         key_file=files["key_file"],
         keepalive_s=int(_positive("keepalive_s", _get(doc, "keepalive_s", int, 30))),
         fetch_repair_s=_positive("fetch_repair_s", _get(doc, "fetch_repair_s", float, 3.0)),
+        progress_interval_s=_positive("progress_interval_s", _get(doc, "progress_interval_s", float, 5.0)),
         device_view=_get(doc, "device_view", bool, True),
         plan_by_reference=_get(doc, "plan_by_reference", bool, True),
         resend_after_s=_positive("resend_after_s", _get(doc, "resend_after_s", float, 15.0)),

@@ -234,3 +234,23 @@ def repair_subscription(archive: str, missing: Sequence[int], held: Set[str]) ->
     per_index = tuple(str(Topic.chunk(archive, i)) for i in missing)
     drop = (wildcard,) if wildcard in held else ()
     return Subscription(drop, tuple(f for f in per_index if f not in held), False)
+
+
+PROGRESS_INTERVAL_S = 5.0  # agent config ``progress_interval_s``
+
+
+def progress_due(
+    received: int, size: int, last_decile: int, last_at: float, now: float, interval_s: float
+) -> int | None:
+    """The download decile to report now, or ``None``: a report when the download crosses into a
+    new tenth, and at most one every ``interval_s`` seconds. On a slow link (a cellular Pi
+    taking minutes) that is every tenth; on a fast one the whole download is a report or two,
+    not nine: at 1,000 devices the tenths were 9,000 of the ~16,000 messages a rollout made
+    every device send, each one parsed and stored by the hub (docs/scale.md). The start
+    (``progress`` 0) and the end of the download are reported apart from this."""
+    decile = int(10 * received / max(1, size))
+    if decile == last_decile or received >= size:
+        return None
+    if last_decile >= 0 and now - last_at < interval_s:
+        return None
+    return decile

@@ -35,7 +35,14 @@ from protocol.topics import Kind, Topic
 from . import benchmark, delta as deltas, selftest
 from .budget import Meter
 from .config import CHUNK_PACKET_OVERHEAD, AgentConfig, packet_bytes_for
-from .download import MAX_REQUESTED, Download, bytes_on_disk, chunk_subscription, repair_subscription
+from .download import (
+    MAX_REQUESTED,
+    Download,
+    bytes_on_disk,
+    chunk_subscription,
+    progress_due,
+    repair_subscription,
+)
 from .durable import read_json, write_atomic, write_json
 from .errors import DiskFull, ModelError, RootExpired
 from .install import (
@@ -100,6 +107,7 @@ class Job:
     last_fetch: float = 0.0
     fetch_rounds: int = 0
     reported_decile: int = -1
+    reported_at: float = 0.0  # monotonic time of the last download progress report
     bad_chunks: int = 0
     received_bytes: int = 0  # chunk payloads of this archive that reached this process
     duplicates: int = 0  # of them, chunks already on disk (bytes the link carried for nothing)
@@ -398,6 +406,7 @@ class Updater:
             ref.digest,
             progress=dl.received / max(1, ref.archive.size),
         )
+        job.reported_decile, job.reported_at = int(10 * dl.received / max(1, ref.archive.size)), job.last_chunk
         if dl.complete:
             self._finish_download()
             return
@@ -573,9 +582,12 @@ class Updater:
         if one in job.filters:  # its own filter has done its job: repairs for others must not reach us
             job.filters.discard(one)
             self.mqtt.unsubscribe_all([one])
-        decile = int(10 * dl.received / max(1, ref.archive.size))
-        if decile != job.reported_decile and not dl.complete:
-            job.reported_decile = decile
+        now = time.monotonic()
+        decile = progress_due(
+            dl.received, ref.archive.size, job.reported_decile, job.reported_at, now, self.cfg.progress_interval_s
+        )
+        if decile is not None and not dl.complete:
+            job.reported_decile, job.reported_at = decile, now
             self.report(
                 "download",
                 "progress",

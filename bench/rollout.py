@@ -274,6 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         help="simulated devices do not announce chunk_plan_ref: every desired document carries the chunk "
         "list (how runs before 2026-12-04 measured; protocol.planref)",
     )
+    ap.add_argument(
+        "--progress-interval",
+        type=float,
+        default=5.0,
+        help="simulated devices report download progress a tenth at a time, at most once this many "
+        "seconds (default 5, the agent's progress_interval_s; 0.001: every tenth, as before 2026-12-04 21:00)",
+    )
     args = ap.parse_args(argv)
     n = 100 if args.quick else args.devices
     if shutil.which("mosquitto") is None:
@@ -335,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         "flap": args.flap,
         "broker_inflight": args.inflight,
         "chunk_plans": "inline" if args.inline_plans else "by reference (protocol.planref)",
+        "progress_interval_s": args.progress_interval,
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -387,6 +395,11 @@ def main(argv: list[str] | None = None) -> int:
         f"filters in the devices' SUBSCRIBE packets: {ours.get('filters_subscribed')} undisturbed, "
         f"{flap.get('filters_subscribed')} with flapping links (each a walk of that topic's subscribers in Mosquitto)"
     )
+    print(
+        f"install reports a device made: {ours.get('reports_per_device', 0):.1f} undisturbed, "
+        f"{flap.get('reports_per_device', 0):.1f} with flapping links (download progress at most every "
+        f"{args.progress_interval:g} s)"
+    )
     for goal, met in goals.items():
         print(f"  {'met    ' if met else 'MISSED '} {goal}")
     print("broker peak memory (MB): " + ", ".join(f"{c['case'][:24]} {c.get('broker_rss_mb')}" for c in cases))
@@ -429,6 +442,7 @@ def _ours(
         telemetry_interval_s=10.0,
         inference=Inference(rate=0.2),
         plan_by_reference=not args.inline_plans,
+        progress_interval_s=args.progress_interval,
     )
     fleet = SimFleet(sim_cfg)
 
@@ -492,6 +506,7 @@ def _ours(
                 "resent_fraction": (t.duplicate_bytes - dup0.duplicate_bytes + max(0, chunk_egress - b["size"]))
                 / (n * b["size"]),
                 "repair_requests": t.fetch_requests - dup0.fetch_requests,
+                "reports_per_device": (t.reports_sent - dup0.reports_sent) / n,
                 "filters_subscribed": {
                     k: v - dup0.filters_subscribed.get(k, 0) for k, v in t.filters_subscribed.items()
                 },

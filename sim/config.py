@@ -69,6 +69,7 @@ class SimConfig:
     telemetry_interval_s: float = 10.0
     status_interval_s: float = 60.0
     fetch_repair_s: float = 5.0  # no chunk for this long: ask the hub for the missing ones (backing off)
+    progress_interval_s: float = 5.0  # download progress: a report a tenth, at most one this often (the agent's)
     resend_after_s: float = 10.0  # unacked reports/telemetry are sent again after this
     probation_inferences: int = 20
     probation_max_errors: int = 5
@@ -90,6 +91,7 @@ class SimConfig:
             "telemetry_interval_s",
             "status_interval_s",
             "fetch_repair_s",
+            "progress_interval_s",
             "resend_after_s",
             "connect_per_s",
             "connect_timeout_s",

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent import AGENT_VERSION
-from agent.download import MAX_REQUESTED, chunk_subscription, repair_subscription
+from agent.download import MAX_REQUESTED, chunk_subscription, progress_due, repair_subscription
 from agent.install import (
     Current,
     Inventory,
@@ -74,6 +74,7 @@ class Job:
     last_fetch: float = 0.0
     fetch_rounds: int = 0
     reported_decile: int = -1
+    reported_at: float = 0.0
     received_bytes: int = 0
     duplicates: int = 0
     duplicate_bytes: int = 0
@@ -98,6 +99,7 @@ class Counters:
     ack_lags: list[float] = field(default_factory=list)  # telemetry: publish -> the hub's ack, seconds
     ack_sent: list[float] = field(default_factory=list)  # ... and when each of those windows was first sent
     telemetry_sent: int = 0
+    reports_sent: int = 0  # install reports made (each once; resends not counted)
 
 
 class SimDevice:
@@ -202,6 +204,7 @@ class SimDevice:
     ) -> None:
         self._seq["report"] += 1
         seq = self._seq["report"]
+        self.counters.reports_sent += 1
         msg = Report(
             self.id,
             seq,
@@ -500,6 +503,7 @@ class SimDevice:
             ref.digest,
             progress=0.0,
         )
+        job.reported_decile, job.reported_at = 0, time.monotonic()
         self._dirty = True
         self._subscribe_chunks()
 
@@ -577,9 +581,12 @@ class SimDevice:
             self.link.unsubscribe([one])
         held = sum(job.bits)
         done = held == len(job.bits)
-        decile = int(10 * held / max(1, len(job.bits)))
-        if decile != job.reported_decile and not done:
-            job.reported_decile = decile
+        now = time.monotonic()
+        decile = progress_due(
+            held, len(job.bits), job.reported_decile, job.reported_at, now, self.cfg.progress_interval_s
+        )
+        if decile is not None and not done:
+            job.reported_decile, job.reported_at = decile, now
             self.report(
                 "download",
                 "progress",

@@ -55,6 +55,7 @@ class Totals:
     committed: int
     plan_requests: int = 0
     filters_subscribed: dict[str, int] = field(default_factory=dict)  # filters the devices subscribed to, by kind
+    reports_sent: int = 0  # install reports the devices made
 
 
 class SimFleet:
@@ -248,4 +249,5 @@ class SimFleet:
             sum(1 for x in c if x.committed_at is not None),
             sum(x.plan_requests for x in c),
             dict(sum((Counter(d.link.filters_sent) for d in self.devices if d.link is not None), Counter())),
+            sum(x.reports_sent for x in c),
         )

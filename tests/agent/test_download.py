@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from agent.download import Download, Subscription, chunk_subscription, repair_subscription
+from agent.download import Download, Subscription, chunk_subscription, progress_due, repair_subscription
 from protocol.bundle import ChunkPlan
 from protocol.errors import Reason, VerificationError
 from protocol.topics import Topic, chunk_filter
@@ -140,3 +140,18 @@ def test_a_duplicate_of_a_chunk_on_disk_is_neither_checked_nor_written(tmp_path)
 )
 def test_before_a_repair_request_the_wildcard_gives_way_to_the_missing_indexes(missing, held, want):
     assert repair_subscription(SHA, missing, held) == want
+
+
+@pytest.mark.parametrize(
+    "received, last_decile, last_at, now, want",
+    [
+        (0, -1, 0.0, 100.0, 0),  # nothing reported yet: the first tenth at once
+        (35, 0, 100.0, 100.5, None),  # a new tenth half a second after the last report: held
+        (35, 0, 100.0, 105.0, 3),  # ... five seconds after: reported (the tenth it is in now)
+        (39, 3, 105.0, 200.0, None),  # the same tenth, however long after
+        (100, 9, 0.0, 999.0, None),  # complete: the end of the download is its own report
+        (95, 3, 105.0, 111.0, 9),  # a slow link skips no time: the tenth it reached
+    ],
+)
+def test_download_progress_is_a_report_a_tenth_at_most_one_every_interval(received, last_decile, last_at, now, want):
+    assert progress_due(received, 100, last_decile, last_at, now, 5.0) == want

@@ -12,8 +12,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import func
+from sqlmodel import select
 
 from hub import keys as hub_keys
+from hub.models import ReportRecord
 from hub.server import Hub, build
 from sim.bundle import synthetic_archive
 from sim.config import Faults, Inference, SimConfig
@@ -82,6 +85,15 @@ def test_simulated_fleet_installs_a_rollout_and_its_telemetry_shows_an_injected_
         chunks = -(-bundle["size"] // hub.config.chunk_size)
         chunk_msgs = hub.fleet.metrics.published.labels("chunk")._value.get()
         assert chunk_msgs == chunks, f"hub published {chunk_msgs} chunk messages for a {chunks}-chunk bundle"
+        # download progress: the start and at most a tenth every progress_interval_s (5 s), not
+        # every tenth (each device sent 5 for this 5-chunk bundle before, 250 in all)
+        with hub.fleet.session() as s:
+            progress = s.exec(
+                select(func.count())
+                .select_from(ReportRecord)
+                .where(ReportRecord.stage == "download", ReportRecord.status == "progress")
+            ).one()
+        assert 50 <= progress <= 100, progress
         # simulated devices read the chunk plan by reference, as agents do: one plan message for all
         assert hub.fleet.metrics.published.labels("plan")._value.get() == 1
         assert all(d.job is None or d.job.stage != "plan" for d in fleet.devices)
