@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -41,6 +41,8 @@ from .models import (
 from .transport import Outgoing
 
 log = logging.getLogger(__name__)
+
+_ABSENT = "edgefleet.desired.absent"  # Session.info: devices preload() found without a document
 
 
 def issue(
@@ -113,11 +115,28 @@ def issue(
     return _record(fleet, s, d, desired)
 
 
+def preload(s: Session, device_ids: Sequence[str]) -> None:
+    """Before issuing to many devices in ``s``: their last documents in a query a page (kept in
+    the session, where :func:`issue` finds them) and which of them have none, instead of two
+    lookups a device (a rollout issuing to 1,000 new devices made 2,000)."""
+    ids = sorted(set(device_ids))
+    absent: set[str] = s.info.setdefault(_ABSENT, set())
+    for i in range(0, len(ids), 1000):
+        page = ids[i : i + 1000]
+        found = {doc.device for doc in s.exec(select(DesiredDoc).where(col(DesiredDoc.device).in_(page))).all()}
+        absent.update(d for d in page if d not in found)
+
+
 def _record(fleet: Fleet, s: Session, d: Device, desired: Desired) -> Outgoing:
     """Sign ``desired`` with the online key, store it byte for byte as the device's document and
     its seq on the device row; the message to publish once the caller commits."""
     doc = DesiredDoc(device=d.id, seq=desired.seq, expires=desired.expires, payload=desired.seal([fleet.keys.online]))
-    s.merge(doc)
+    absent: set[str] = s.info.get(_ABSENT, set())
+    if d.id in absent:  # preload() found none: an insert, no lookup first
+        absent.discard(d.id)
+        s.add(doc)
+    else:
+        s.merge(doc)
     d.desired_seq = desired.seq
     s.add(d)
     return _message(doc)
@@ -178,6 +197,8 @@ def reissue_inline(fleet: Fleet, s: Session, d: Device, before: Mapping[str, Any
 
 def _previous(s: Session, device: str) -> Desired | None:
     """The device's last document as issued (our own signed bytes), for its channel entries."""
+    if device in s.info.get(_ABSENT, ()):
+        return None
     doc = s.get(DesiredDoc, device)
     if doc is None:
         return None

@@ -140,6 +140,7 @@ def _run(
         for i in range(0, len(targets), 5000)
         for d in s.exec(select(Device).where(col(Device.id).in_(targets[i : i + 5000]))).all()
     }
+    desired.preload(s, [a.device for a in actions if isinstance(a, (Issue, IssueStage))])
     rows_of: dict[str, Bundle | None] = {}
     for a in actions:
         if isinstance(a, Issue):
