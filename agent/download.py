@@ -236,9 +236,6 @@ def repair_subscription(archive: str, missing: Sequence[int], held: Set[str]) ->
     return Subscription(drop, tuple(f for f in per_index if f not in held), False)
 
 
-PROGRESS_INTERVAL_S = 5.0  # agent config ``progress_interval_s``
-
-
 def progress_due(
     received: int, size: int, last_decile: int, last_at: float, now: float, interval_s: float
 ) -> int | None:

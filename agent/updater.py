@@ -586,7 +586,7 @@ class Updater:
         decile = progress_due(
             dl.received, ref.archive.size, job.reported_decile, job.reported_at, now, self.cfg.progress_interval_s
         )
-        if decile is not None and not dl.complete:
+        if decile is not None:  # never once complete: the end is its own report
             job.reported_decile, job.reported_at = decile, now
             self.report(
                 "download",
