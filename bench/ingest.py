@@ -146,11 +146,12 @@ def _hub(
     label: str,
     publish: Publisher,
     pg: str | None = None,
+    settle: bool = True,
 ) -> dict[str, Any]:
     from hub import keys
     from hub.config import HubConfig
     from hub.models import TelemetryWindow
-    from hub.server import build
+    from hub.server import build, settle_gc
 
     if not (work / "keys" / "root.json").exists():
         keys.init(work / "keys")
@@ -185,6 +186,8 @@ def _hub(
     watcher.loop_start()
     watcher.subscribe("ef/v1/dev/+/ack", qos=1)
     hub.start()
+    if settle:
+        settle_gc()  # as `edgefleet-hub serve` does once started
     assert hub.bridge is not None and hub.bridge.connected.wait(10)
     time.sleep(0.5)
     n = len(msgs)
@@ -241,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="publish from a thread of the measured consumer's process (how runs before 2026-12-04 measured)",
     )
+    p.add_argument(
+        "--gc-default",
+        action="store_true",
+        help="keep CPython's collector settings in this process (how runs before 2026-12-05 measured; "
+        "by default it settles them for the limit and ours alike, as `edgefleet-hub serve` does)",
+    )
     p.add_argument("--publish", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the publisher child
     p.add_argument("--per-device", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -258,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     n = 2_000 if args.quick else 10_000
     per_device = max(1, n // args.devices)
     msgs = _payloads(args.devices, per_device)
+    if not args.gc_default:
+        from hub.server import settle_gc
+
+        settle_gc()  # the limit runs in this process too: same collector settings for both
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     port = free_port()
     conf = work / "mosquitto.conf"
@@ -274,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             raws.append(_raw(port, msgs, publish))
             c = raws[-1]
             print(f"round {r + 1}: {c['case']:<25} {c['msgs_per_s']:>9.0f} msg/s  lost {c['lost']}", flush=True)
-            ours_runs.append(_hub(port, msgs, work, 500, "hub, batched commits (ours)", publish, pg))
+            ours_runs.append(
+                _hub(port, msgs, work, 500, "hub, batched commits (ours)", publish, pg, not args.gc_default)
+            )
             c = ours_runs[-1]
             print(
                 f"round {r + 1}: {'ours':<25} {c['msgs_per_s']:>9.0f} msg/s  lost {c['lost']}  "
@@ -282,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"({c['msgs_per_s'] / raws[-1]['msgs_per_s']:.0%} of this round's limit)",
                 flush=True,
             )
-        base = _hub(port, msgs, work, 1, "hub, commit per message (baseline)", publish, pg)
+        base = _hub(port, msgs, work, 1, "hub, commit per message (baseline)", publish, pg, not args.gc_default)
         print(
             f"{'baseline (once)':<34} {base['msgs_per_s']:>9.0f} msg/s  lost {base['lost']}  "
             f"acked {base['acked']}/{base['messages']}",
@@ -316,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "publisher": "same process" if args.same_process else "own process",
             "rounds": args.rounds,
+            "gc": "CPython defaults" if args.gc_default else "settled (hub.server.settle_gc)",
             "figures": "medians of the rounds (limit, ours); the baseline once",
             "ours_over_limit_per_round": per_round,
         },
