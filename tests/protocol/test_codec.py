@@ -1,0 +1,83 @@
+"""`codec.loads` parses with orjson where that gives json's answer, and with json elsewhere: the
+two paths must accept, refuse and return exactly the same for any document off the wire."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from protocol import codec
+from protocol.errors import BadPayload
+
+pytest.importorskip("orjson")
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)  # past 64 bits too: orjson would make them floats
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+_VALUES = st.recursive(
+    _SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4), max_leaves=30
+)
+
+
+def _answer(data: bytes | str, parse: Any) -> tuple[str, str]:
+    """What a parse gives: the value's repr (-0.0 and 0 told apart, key order kept), or the refusal."""
+    try:
+        return "ok", repr(parse(data, "doc"))
+    except BadPayload as exc:
+        return "refused", str(exc)[:9]  # both say "bad doc:"; the reason may be worded differently
+
+
+def _same(data: bytes) -> None:
+    assert _answer(data, codec.loads) == _answer(data, codec._loads_json)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_VALUES, st.booleans(), st.booleans())
+def test_any_document_parses_the_same_on_both_paths(value: Any, spaced: bool, ascii_only: bool) -> None:
+    sep = (", ", ": ") if spaced else (",", ":")
+    _same(json.dumps(value, separators=sep, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=64))
+def test_any_bytes_are_refused_or_accepted_the_same_on_both_paths(data: bytes) -> None:
+    _same(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"18446744073709551616",  # 2**64: orjson alone would answer a float
+        b'{"n": -9223372036854775809}',
+        b"[1e999]",
+        b"NaN",
+        b'{"a": "\\ud800"}',  # a lone escaped surrogate: json accepts it, orjson does not
+        '{"a": 1}'.encode("utf-16"),  # json detects the encoding, orjson does not
+        b"\xef\xbb\xbf{}",
+        b"[" * 40 + b"]" * 40,  # deeper than MAX_DEPTH
+        b'{"a": 1, "a": 2}',
+        b'{"a": "x\ty"}',
+        b"[0.30000000000000004, 4.9e-324, 1e308, -0.0, 9007199254740993]",
+    ],
+)
+def test_documents_where_the_parsers_differ_answer_as_json_did(data: bytes) -> None:
+    _same(data)
+
+
+def test_an_integer_past_64_bits_is_still_refused() -> None:
+    with pytest.raises(BadPayload, match="does not fit 64 bits"):
+        codec.loads(b'{"n": 18446744073709551616}', "doc")
+
+
+def test_without_orjson_every_document_takes_json_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "_orjson", None)
+    assert codec.loads(b'{"a": [1, 2.5]}', "doc") == {"a": [1, 2.5]}
+    with pytest.raises(BadPayload, match="not valid JSON"):
+        codec.loads(b"[1e999]", "doc")
