@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -351,11 +351,11 @@ class Ingest:
                 s.execute(insert(ReportRecord), [report_row(m, now) for m in reports])
             labels = self._fleet_labels(s, fed)
             s.commit()
-        for kind, outcome in counted:
+        for (kind, outcome), n in Counter(counted).items():  # one increment a label set, not a message
             if kind == "install":
-                self.metrics.installs.labels(*outcome.split(":", 1)).inc()
+                self.metrics.installs.labels(*outcome.split(":", 1)).inc(n)
             else:
-                self.metrics.messages.labels(kind, outcome).inc()
+                self.metrics.messages.labels(kind, outcome).inc(n)
         self.metrics.fleet.add_batch((key, sketch, c) for (_, _, sketch, c), key in zip(fed, labels, strict=True))
         for r in receipts:  # after the commit, like the acks: a receipt says stored
             out.append(Outgoing(str(Topic.for_device(Kind.SAMPLED, r.device)), r.to_bytes(), False, 1, "sampled"))
