@@ -31,9 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from protocol.sketch import HISTOGRAM_BOUNDS_S, LatencySketch
-
-from .totals import merge_sketches
+from protocol.sketch import HISTOGRAM_BOUNDS_S, LatencySketch, merge_all
 
 UNKNOWN = "unknown"
 NO_COHORT = "none"
@@ -96,7 +94,7 @@ class FleetSeries(Collector):
             for k, v in counts.items():
                 summed[k] = summed.get(k, 0) + max(0, int(v))
         for key, (sketches, summed) in by_key.items():
-            merged = merge_sketches(LatencySketch(), sketches)
+            merged = merge_all(LatencySketch(), sketches)
             self._fold(key, merged.histogram(), merged.total, summed)
 
     def retain(self, bundles: Iterable[tuple[str, str]]) -> None:

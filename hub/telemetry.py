@@ -22,7 +22,7 @@ from protocol.baseline import Baseline
 from protocol.device import Shadow
 from protocol.errors import BadPayload
 from protocol.messages import COUNT_KEYS
-from protocol.sketch import LatencySketch
+from protocol.sketch import LatencySketch, merge_all
 
 from . import drift
 from .fleet import Fleet
@@ -95,12 +95,13 @@ def merge(rows: Iterable[WindowRow]) -> Merged:
     Each part is read on its own: a part that does not parse (rows stored before ingest checked
     it) leaves out that part of that window only, never the window's other parts."""
     m = Merged()
+    sketches: list[LatencySketch] = []  # merged once at the end (protocol.sketch.merge_all)
     for r in rows:
         m.windows += getattr(r, "windows", 1)  # a rollup row (hub.rollups) stands for its windows
         for k in COUNT_KEYS:
             m.counts[k] += int(getattr(r, k) or 0)
         try:
-            m.sketch = m.sketch.merge(LatencySketch.from_dict(r.latency or {}))
+            sketches.append(LatencySketch.from_dict(r.latency or {}))
         except BadPayload:
             pass
         for side, feats in (r.drift or {}).items():
@@ -125,6 +126,7 @@ def merge(rows: Iterable[WindowRow]) -> Merged:
                 continue
             m.shadow_agree += sh.agreed
             m.shadow_total += sh.samples
+    m.sketch = merge_all(m.sketch, sketches)
     return m
 
 

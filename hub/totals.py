@@ -4,7 +4,6 @@ running totals folded once; its reports' rows for one statement too."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -12,7 +11,7 @@ from sqlalchemy import bindparam, insert, update
 from sqlmodel import Session
 
 from protocol.messages import COUNT_KEYS, Report
-from protocol.sketch import LatencySketch
+from protocol.sketch import LatencySketch, merge_all
 
 from .models import Device, TelemetryWindow
 
@@ -59,7 +58,7 @@ class Fold:
     def latency(self, stored: dict[str, Any]) -> dict[str, Any]:
         """The device's latency sketch after the batch, given the stored one."""
         base = LatencySketch() if self.reset else LatencySketch.from_dict(stored)
-        return merge_sketches(base, self.sketches).to_dict()
+        return merge_all(base, self.sketches).to_dict()
 
     def params(self, device: str, stored: dict[str, Any], now: int) -> dict[str, Any]:
         """The bind parameters of :data:`ADD_TOTALS` for a device whose row the batch did not load."""
@@ -98,20 +97,6 @@ ADD_TOTALS = (
 )
 # ...and of those whose windows were all resends (or another channel's): only last_seen moves
 SEEN = update(_T).where(_T.c.id == bindparam("b_id")).values(last_seen=bindparam("b_seen"))
-
-
-def merge_sketches(base: LatencySketch, parts: Sequence[LatencySketch]) -> LatencySketch:
-    """``base.merge(p)`` for each part in turn, without an intermediate sketch per part."""
-    counts = dict(base.counts)
-    n, total, lo, hi = base.count, base.total, base.min, base.max
-    for p in parts:
-        for i, c in p.counts.items():
-            counts[i] = counts.get(i, 0) + c
-        n += p.count
-        total += p.total
-        lo = min(lo, p.min)
-        hi = max(hi, p.max)
-    return LatencySketch(counts, n, total, lo, hi)
 
 
 _WINDOW_COLUMNS = (

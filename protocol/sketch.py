@@ -146,6 +146,21 @@ class LatencySketch:
         return cls(counts, n, total, lo if n else math.inf, hi)
 
 
+def merge_all(base: LatencySketch, parts: Iterable[LatencySketch]) -> LatencySketch:
+    """``base.merge(p)`` for each part in turn (the same buckets, count, and sum added in the same
+    order), without an intermediate sketch per part: the hub merges thousands at once."""
+    counts = dict(base.counts)
+    n, total, lo, hi = base.count, base.total, base.min, base.max
+    for p in parts:
+        for i, c in p.counts.items():
+            counts[i] = counts.get(i, 0) + c
+        n += p.count
+        total += p.total
+        lo = min(lo, p.min)
+        hi = max(hi, p.max)
+    return LatencySketch(counts, n, total, lo, hi)
+
+
 def bin_index(edges: Sequence[float], value: float) -> int:
     return bisect.bisect_right(edges, value)
 

@@ -10,7 +10,7 @@ from sqlmodel import col, select
 
 from hub.models import Device, TelemetryWindow
 from hub.server import Hub
-from hub.totals import json_text, merge_sketches
+from hub.totals import json_text
 from hub.transport import MemoryPublisher
 from protocol.device import Health
 from protocol.messages import Status, Telemetry
@@ -36,15 +36,6 @@ def _window(dev: str, seq: int, bundle: str, ms: float) -> tuple[str, bytes]:
         _sketch(ms, seq).to_dict(),
     )
     return f"ef/v1/dev/{dev}/telemetry", t.to_bytes()
-
-
-def test_merge_sketches_equals_merging_one_by_one() -> None:
-    parts = [_sketch(ms, n) for ms, n in ((1, 3), (40, 1), (7, 9), (0.01, 2))]
-    one_by_one = _sketch(5, 5)
-    for p in parts:
-        one_by_one = one_by_one.merge(p)
-    assert merge_sketches(_sketch(5, 5), parts) == one_by_one
-    assert merge_sketches(LatencySketch(), []) == LatencySketch()
 
 
 def test_a_batch_with_a_bundle_change_keeps_only_the_new_bundles_latency(memhub: tuple[Hub, MemoryPublisher]) -> None:

@@ -15,6 +15,7 @@ from protocol.sketch import (
     drift_verdict,
     js_divergence,
     ks_bound,
+    merge_all,
     merge_counts,
     psi,
     quantile_edges,
@@ -96,3 +97,17 @@ def test_a_sketch_becomes_prometheus_buckets_with_every_value_at_or_below_its_bo
     for v in values:
         expected[next(j for j, b in enumerate(bounds) if v <= b * (1 + 1e-5))] += 1
     assert counts == expected
+
+
+def test_merging_many_at_once_equals_merging_one_by_one():
+    def sk(ms: float, n: int) -> LatencySketch:
+        out = LatencySketch()
+        out.add(ms / 1000, n)
+        return out
+
+    parts = [sk(ms, n) for ms, n in ((1, 3), (40, 1), (7, 9), (0.01, 2))]
+    one_by_one = sk(5, 5)
+    for p in parts:
+        one_by_one = one_by_one.merge(p)
+    assert merge_all(sk(5, 5), parts) == one_by_one
+    assert merge_all(LatencySketch(), []) == LatencySketch()
