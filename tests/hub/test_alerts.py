@@ -94,3 +94,56 @@ def test_models_and_audit_are_listed(client, bundle_dir):
     assert models["items"][0]["name"] == "digits" and models["items"][0]["revisions"] == 2
     audit = client.get("/api/v1/audit?action=bundle.push").json()
     assert audit["total"] == 2 and audit["items"][0]["actor"].startswith("admin:")
+
+
+def test_the_scan_reads_rolled_minutes_and_raw_windows_as_exactly_the_windows_they_hold(client, memhub, bundle_dir):
+    """The last 15 minutes come as minute rollups where rolled and raw windows elsewhere (the
+    first partial minute, what is not rolled yet): merged, the same as every raw window of the
+    device's active bundle (a window of another bundle left out; a device with no bundle keeps
+    the windows that name none)."""
+    from sqlmodel import select
+
+    from hub import rollups
+    from hub.models import TelemetryWindow
+    from hub.telemetry import merge
+
+    hub, _ = memhub
+    b, other = push(client, bundle_dir()), push(client, bundle_dir(version="9.9.9"))
+    t0 = 1_000_017  # not on a minute: the range starts inside one
+    clock = [t0]
+    hub.fleet.clock = lambda: clock[0]
+    hub.ingest.handle(
+        [
+            ("ef/v1/dev/d/status", status("d", active=(b["digest"], b["name"], b["version"]))),
+            ("ef/v1/dev/bare/status", status("bare")),
+        ]
+    )
+    drift = {"inputs": {"brightness": [1, 2, 3, 4]}}
+    for i in range(70):  # 70 windows 20 s apart: 23 minutes, the first 8 older than the scan's range
+        clock[0] = t0 + 20 * i
+        lat = tuple(0.001 * (1 + i % 7) for _ in range(10))
+        hub.ingest.handle(
+            [
+                ("ef/v1/dev/d/telemetry", telemetry("d", i, b["digest"], lat, drift=drift, start=clock[0])),
+                ("ef/v1/dev/d/telemetry", telemetry("d", 1000 + i, other["digest"], lat, start=clock[0])),
+                ("ef/v1/dev/bare/telemetry", telemetry("bare", i, None, lat, start=clock[0])),
+            ]
+        )
+    now = clock[0] = t0 + 20 * 69 + 150
+    while any(rollups.roll(hub.fleet).values()):
+        pass
+    with hub.fleet.session() as s:
+        since = now - alerting.RECENT_S
+        rolled = rollups.rolled_until(s)
+        assert rolled is not None and rolled > since + 5 * 60  # most of the range is rolled up
+        got = alerting._recent(s, now)
+        raw = s.exec(select(TelemetryWindow).where(TelemetryWindow.received >= since)).all()
+    assert any(getattr(r, "windows", 1) > 1 for r in got["d"])  # read from rollups...
+    for device, bundle in (("d", b["digest"]), ("bare", None)):
+        want = merge(w for w in raw if w.device == device and w.bundle == bundle)
+        have = merge(got[device])
+        assert want.windows == have.windows > 30
+        assert (have.counts, have.drift) == (want.counts, want.drift)
+        hs, ws = have.sketch, want.sketch  # buckets bit for bit; the sum up to its adding order
+        assert (hs.counts, hs.count, hs.min, hs.max) == (ws.counts, ws.count, ws.min, ws.max)
+        assert hs.total == pytest.approx(ws.total, rel=1e-12)
