@@ -446,6 +446,8 @@ def _lag_only(work: Path, n: int, size: int, args: argparse.Namespace, load_befo
         f"{lag.get('carried_over', 0)} windows sent before the phase acked in it; unacknowledged at the end: "
         f"{lag['unacked_over_2s']} sent over 2 s before (in the p99 at their age), {lag['unacked_under_2s']} younger"
     )
+    if lag["p99_by_minute_s"]:
+        print("p99 by the minute a window was sent in: " + ", ".join(_s(v) for v in lag["p99_by_minute_s"]))
     print(f"  {'met    ' if met else 'MISSED '} ingest lag p99 <= 2 s (no baseline or limit: the goal is absolute)")
     print(f"wrote {path}")
     return 0 if lag["acks"] else 1
@@ -596,6 +598,11 @@ def _ours(
             "carried_over": len(carried),
             "carried_over_p99_s": _p(carried, 0.99),
             "all_p99_s": _p(lags + carried, 0.99),
+            # by the minute of the phase a window was sent in: whether the lag holds or grows
+            "p99_by_minute_s": [
+                _p([lag for sent, lag in pairs if start + 60 * m <= sent < start + 60 * (m + 1)], 0.99)
+                for m in range(int(args.lag_seconds // 60))
+            ],
         }
         return ours, flap, lag
     finally:
