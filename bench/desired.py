@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"POST /api/v1/rollouts: {r.status_code} {r.text[:300]}")
             sink.done.wait(600)
             sink.close()
-            got = {d: v for d, v in sink.got.items() if d in set(ids)}
+            named = set(ids)
+            got = {d: v for d, v in sink.got.items() if d in named}
             ours_s = (max(t for t, _ in got.values()) - t0) if len(got) >= n else None
             docs = {d: p for d, (_, p) in got.items()}
             sizes = sorted(len(p) for p in docs.values())

@@ -38,7 +38,7 @@ GC_YOUNG = 10_000  # container allocations between young collections (CPython's 
 
 
 def settle_gc() -> None:
-    """Once the hub is built and started (``edgefleet-hub serve``; the ingest bench, as deployed):
+    """Once the hub is built and started (``edgefleet-hub serve``; the benches' hubs, as deployed):
     what exists now (modules, FastAPI, SQLAlchemy's mappers and compiled statements) lives as long
     as the process, so it leaves the cyclic collector's full passes, which walked it again and
     again under load; and young collections run every 10,000 allocations instead of every 700
