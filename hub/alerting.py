@@ -30,6 +30,9 @@ from .telemetry import latency_summary
 log = logging.getLogger(__name__)
 
 RECENT_S = 900  # "recent" telemetry for alerts
+# devices one scan judges; a larger fleet is judged a page a scan, in id order, so a scan's work
+# (and the interpreter it holds from ingest) stays bounded: 10,000 devices, each every 5 scans
+SCAN_PAGE = 2_000
 
 
 def record(
@@ -62,20 +65,31 @@ def record(
 
 
 def scan(fleet: Fleet, rules: alerts.AlertRules | None = None) -> list[alerts.Raise | alerts.Resolve]:
-    """Offline / latency-regression / drift alerts over recent telemetry (see hub.alerts)."""
+    """Offline / latency-regression / drift alerts over recent telemetry (see hub.alerts), for
+    the next ``SCAN_PAGE`` devices by id after the last scan's (all of them in a fleet that
+    small): a device of a fleet of N is judged every ceil(N / SCAN_PAGE) scans."""
     rules = rules or alerts.AlertRules(offline_after=fleet.config.offline_after)
     now = fleet.clock()
     with fleet.session() as s:
-        d_ = Device  # the columns the facts need, not ORM objects
+        d_ = Device  # the columns the facts need, not ORM objects; the next page of devices
         devices: list[Any] = list(
             s.execute(
                 columns(
                     *(col(c) for c in (d_.id, d_.online, d_.last_seen, d_.active_digest, d_.latency_bundle, d_.latency))
                 )
+                .where(col(d_.id) > fleet.alert_after)
+                .order_by(col(d_.id))
+                .limit(SCAN_PAGE)
             ).all()
         )
-        recent = _recent(s, now)
-        open_rows = s.exec(select(Alert).where(Alert.resolved == 0, col(Alert.device).is_not(None))).all()
+        fleet.alert_after = devices[-1].id if len(devices) == SCAN_PAGE else ""  # else the next scan starts over
+        if not devices:
+            return []
+        lo, hi = devices[0].id, devices[-1].id
+        recent = _recent(s, now, lo, hi)
+        open_rows = s.exec(
+            select(Alert).where(Alert.resolved == 0, col(Alert.device) >= lo, col(Alert.device) <= hi)
+        ).all()
         open_keys = {(a.kind, a.device or "") for a in open_rows}
         facts = []
         for d in devices:
@@ -122,8 +136,8 @@ def scan(fleet: Fleet, rules: alerts.AlertRules | None = None) -> list[alerts.Ra
     return decisions
 
 
-def _recent(s: Session, now: int) -> dict[str, list[Any]]:
-    """Each device's telemetry received in the last ``RECENT_S`` seconds under its active bundle
+def _recent(s: Session, now: int, lo: str, hi: str) -> dict[str, list[Any]]:
+    """Each device's (ids ``lo`` to ``hi``) telemetry received in the last ``RECENT_S`` seconds under its active bundle
     (windows naming no bundle for a device with none), as rows :func:`hub.telemetry.merge` reads.
     Whole minutes already rolled up (:mod:`hub.rollups`) come as their minute rollups, the rest
     as raw windows, each window counted once: [since, the next minute) and [rolled_until, now]
@@ -135,7 +149,11 @@ def _recent(s: Session, now: int) -> dict[str, list[Any]]:
     first = -(-since // rollups.MINUTE) * rollups.MINUTE
     rolled = rollups.rolled_until(s)
     t, r, d = TelemetryWindow, TelemetryRollup, Device
-    raw_when = [col(t.received) >= since, col(t.bundle).is_not_distinct_from(d.active_digest)]
+    raw_when = [
+        col(t.device).between(lo, hi),
+        col(t.received) >= since,
+        col(t.bundle).is_not_distinct_from(d.active_digest),
+    ]
     rows: list[Any] = []
     if rolled is not None and rolled > first:
         raw_when.append(or_(col(t.received) < first, col(t.received) >= rolled))
@@ -148,6 +166,7 @@ def _recent(s: Session, now: int) -> dict[str, list[Any]]:
             )
             .join(d, col(d.id) == col(r.device))
             .where(
+                col(r.device).between(lo, hi),
                 col(r.resolution) == rollups.MINUTE,
                 col(r.bucket) >= first,
                 col(r.bucket) < rolled,

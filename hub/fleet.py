@@ -77,6 +77,7 @@ class Fleet:
         self.metrics = metrics
         self.clock = clock
         self.last_scan = 0  # when the ticker last scanned alerts (hub.ticker)
+        self.alert_after = ""  # the last device id the alert scan judged: a page a scan (hub.alerting)
         self.last_pending_scan = 0  # ... and desired documents no device acknowledged (hub.desired)
         self.pending_resent: dict[tuple[str, int], int] = {}  # (device, seq): times published again
         self.rollout_lock = threading.RLock()  # seq allocation and rollout state are read-modify-write

@@ -136,7 +136,7 @@ def test_the_scan_reads_rolled_minutes_and_raw_windows_as_exactly_the_windows_th
         since = now - alerting.RECENT_S
         rolled = rollups.rolled_until(s)
         assert rolled is not None and rolled > since + 5 * 60  # most of the range is rolled up
-        got = alerting._recent(s, now)
+        got = alerting._recent(s, now, "bare", "d")
         raw = s.exec(select(TelemetryWindow).where(TelemetryWindow.received >= since)).all()
     assert any(getattr(r, "windows", 1) > 1 for r in got["d"])  # read from rollups...
     for device, bundle in (("d", b["digest"]), ("bare", None)):
@@ -147,3 +147,22 @@ def test_the_scan_reads_rolled_minutes_and_raw_windows_as_exactly_the_windows_th
         hs, ws = have.sketch, want.sketch  # buckets bit for bit; the sum up to its adding order
         assert (hs.counts, hs.count, hs.min, hs.max) == (ws.counts, ws.count, ws.min, ws.max)
         assert hs.total == pytest.approx(ws.total, rel=1e-12)
+
+
+def test_a_fleet_larger_than_a_scan_page_is_judged_a_page_a_scan_in_id_order(client, memhub, monkeypatch):
+    """Five silent devices, pages of two: each scan raises the next page's offline alerts, the
+    short last page sends the next scan back to the start, where nothing is raised twice."""
+    hub, _ = memhub
+    monkeypatch.setattr(alerting, "SCAN_PAGE", 2)
+    ids = [f"d{i}" for i in range(5)]
+    hub.ingest.handle([(f"ef/v1/dev/{d}/status", status(d, online=False)) for d in ids])
+
+    def raised() -> list[str]:
+        return sorted(x.device for x in alerting.scan(hub.fleet) if isinstance(x, Raise))
+
+    assert [raised() for _ in range(4)] == [["d0", "d1"], ["d2", "d3"], ["d4"], []]
+    open_ = client.get("/api/v1/alerts?open=true&kind=offline").json()["items"]
+    assert sorted(a["device"] for a in open_) == ids
+    hub.ingest.handle([("ef/v1/dev/d3/status", status("d3"))])  # back: resolved when its page comes round
+    resolved = [[x.device for x in alerting.scan(hub.fleet) if not isinstance(x, Raise)] for _ in range(3)]
+    assert resolved == [["d3"], [], []]
