@@ -29,9 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
+from protocol import codec
 from protocol.commands import Result, parse_result
 from protocol.errors import BadPayload, Implausible
 from protocol.messages import (
@@ -61,6 +63,9 @@ from .totals import ADD_TOTALS, SEEN, Fold, insert_windows, report_row
 from .transport import Outgoing
 
 log = logging.getLogger(__name__)
+
+# every message is parsed here: orjson where its answer is json's (protocol.codec.use_fast_loads)
+codec.use_fast_loads(orjson.loads, orjson.JSONDecodeError)
 
 Message = Status | Report | Telemetry | FetchRequest | Result | SampleChunk
 MAX_REPAIR_CHUNKS = 2048

@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Set as AbstractSet
+from collections.abc import Callable, Set as AbstractSet
 from typing import Any, TypeVar
 
 from .errors import BadPayload
-
-try:  # the agent's, hub's and cloud's extras bring it; without it every document takes json's path
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - exercised by tests that hide it
-    _orjson = None  # type: ignore[assignment]
 
 T = TypeVar("T")
 
@@ -83,17 +78,31 @@ def check_tree(obj: Any, what: str, max_depth: int = MAX_DEPTH, data: bytes | st
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
+_fast_loads: Callable[[bytes | bytearray], Any] | None = None  # use_fast_loads
+_fast_error: type[Exception] = ValueError
+
+
+def use_fast_loads(parse: Callable[[bytes | bytearray], Any], error: type[Exception]) -> None:
+    """Give :func:`loads` a faster parser for the documents where its answer is json's; ``error``
+    is what it raises on a document it refuses. The hub gives orjson's (``hub.ingest``); protocol
+    itself imports nothing outside the standard library and cryptography
+    (tests/test_architecture.py), and without one every document takes json's path."""
+    global _fast_loads, _fast_error
+    _fast_loads, _fast_error = parse, error
+
+
 def _fast(data: bytes | bytearray) -> Any:
-    """orjson's parse of ``data`` where it is known to equal :data:`_DECODER`'s, else ``_SLOW``.
-    Past 64 bits orjson turns an integer into a float, so a text with a run of 19 digits is not
-    given to it; whatever orjson refuses (also what json accepts: UTF-16, a lone escaped
-    surrogate) takes json's path, which answers as it always did. ~4x faster on a telemetry window
-    (the hub parses thousands a second); tests/protocol/test_codec.py holds both paths equal."""
-    if _orjson is None or not _no_long_run(bytes(data)):
+    """The fast parser's answer for ``data`` where it is known to equal :data:`_DECODER`'s, else
+    ``_SLOW``. Past 64 bits orjson turns an integer into a float, so a text with a run of 19 digits
+    is not given to it; whatever it refuses (also what json accepts: UTF-16, a lone escaped
+    surrogate) takes json's path, which answers as it always did. orjson is ~4x faster on a
+    telemetry window (the hub parses thousands a second); tests/protocol/test_codec.py holds both
+    paths equal."""
+    if _fast_loads is None or not _no_long_run(bytes(data)):
         return _SLOW
     try:
-        return _orjson.loads(data)
-    except _orjson.JSONDecodeError:
+        return _fast_loads(data)
+    except _fast_error:
         return _SLOW
 
 

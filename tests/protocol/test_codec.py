@@ -12,7 +12,16 @@ from hypothesis import given, settings, strategies as st
 from protocol import codec
 from protocol.errors import BadPayload
 
-pytest.importorskip("orjson")
+orjson = pytest.importorskip("orjson")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _orjson_as_the_hub_gives_it():
+    before = (codec._fast_loads, codec._fast_error)
+    codec.use_fast_loads(orjson.loads, orjson.JSONDecodeError)
+    yield
+    codec._fast_loads, codec._fast_error = before
+
 
 _SCALARS = (
     st.none()
@@ -76,8 +85,14 @@ def test_an_integer_past_64_bits_is_still_refused() -> None:
         codec.loads(b'{"n": 18446744073709551616}', "doc")
 
 
-def test_without_orjson_every_document_takes_json_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(codec, "_orjson", None)
+def test_without_a_fast_parser_every_document_takes_json_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "_fast_loads", None)
     assert codec.loads(b'{"a": [1, 2.5]}', "doc") == {"a": [1, 2.5]}
     with pytest.raises(BadPayload, match="not valid JSON"):
         codec.loads(b"[1e999]", "doc")
+
+
+def test_the_hub_gives_protocol_orjson_at_its_parse_edge():
+    import hub.ingest  # noqa: F401 - registers it
+
+    assert codec._fast_loads is orjson.loads and codec._fast_error is orjson.JSONDecodeError
