@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -45,7 +46,7 @@ TOKEN = "bench-token-0123456789"
 
 
 class _Collector:
-    """One subscriber: the first arrival time and bytes of each device's document under ``prefix``."""
+    """One subscriber: the first arrival time and bytes of each device's document matching ``filt``."""
 
     def __init__(self, port: int, filt: str, expect: int) -> None:
         self.expect = expect
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.join(60)
             if proc.is_alive():
                 proc.kill()
+            shutil.rmtree(work, ignore_errors=True)  # the hub's database and store, as bench rollout
     ours = {
         "case": "hub rollout POST -> every device's document received (ours)",
         "devices": n,
