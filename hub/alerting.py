@@ -148,37 +148,39 @@ def _recent(s: Session, now: int, lo: str, hi: str) -> dict[str, list[Any]]:
     since = now - RECENT_S
     first = -(-since // rollups.MINUTE) * rollups.MINUTE
     rolled = rollups.rolled_until(s)
-    t, r, d = TelemetryWindow, TelemetryRollup, Device
+    # table columns, read as plain rows: through the ORM each row cost as much again
+    devices = Device.__table__  # type: ignore[attr-defined]
+    t, r, d = (m.__table__.c for m in (TelemetryWindow, TelemetryRollup, Device))  # type: ignore[union-attr]
     raw_when = [
-        col(t.device).between(lo, hi),
-        col(t.received) >= since,
-        col(t.bundle).is_not_distinct_from(d.active_digest),
+        t.device.between(lo, hi),
+        t.received >= since,
+        t.bundle.is_not_distinct_from(d.active_digest),
     ]
+    conn = s.connection()
     rows: list[Any] = []
     if rolled is not None and rolled > first:
-        raw_when.append(or_(col(t.received) < first, col(t.received) >= rolled))
-        rows += s.execute(
-            columns(
-                *(
-                    col(c)
-                    for c in (r.device, r.windows, *(getattr(r, k) for k in COUNT_KEYS), r.latency, r.drift, r.shadow)
-                )
-            )
-            .join(d, col(d.id) == col(r.device))
+        raw_when.append(or_(t.received < first, t.received >= rolled))
+        rows += conn.execute(
+            columns(r.device, r.windows, *(r[k] for k in COUNT_KEYS), r.latency, r.drift, r.shadow)
+            .join(devices, d.id == r.device)
             .where(
-                col(r.device).between(lo, hi),
-                col(r.resolution) == rollups.MINUTE,
-                col(r.bucket) >= first,
-                col(r.bucket) < rolled,
+                r.device.between(lo, hi),
+                r.resolution == rollups.MINUTE,
+                r.bucket >= first,
+                r.bucket < rolled,
                 func.nullif(r.bundle, "").is_not_distinct_from(d.active_digest),  # "" is no bundle there
             )
         ).all()
-    rows += s.execute(
+    rows += conn.execute(
         columns(
-            *(col(c) for c in (t.device, *(getattr(t, k) for k in COUNT_KEYS), t.latency, t.drift, t.shadow)),
+            t.device,
+            *(t[k] for k in COUNT_KEYS),
+            t.latency,
+            t.drift,
+            t.shadow,
             literal(1).label("windows"),  # as a rollup row names it (telemetry.merge reads it)
         )
-        .join(d, col(d.id) == col(t.device))
+        .join(devices, d.id == t.device)
         .where(*raw_when)
     ).all()
     out: dict[str, list[Any]] = {}

@@ -95,30 +95,31 @@ def merge(rows: Iterable[WindowRow]) -> Merged:
     Each part is read on its own: a part that does not parse (rows stored before ingest checked
     it) leaves out that part of that window only, never the window's other parts."""
     m = Merged()
+    totals = m.counts
     sketches: list[LatencySketch] = []  # merged once at the end (protocol.sketch.merge_all)
+    drift: dict[str, dict[int, list[list[Any]]]] = {}  # feature -> bins -> every window's counts, added at the end
     for r in rows:
         m.windows += getattr(r, "windows", 1)  # a rollup row (hub.rollups) stands for its windows
         for k in COUNT_KEYS:
-            m.counts[k] += int(getattr(r, k) or 0)
-        try:
-            sketches.append(LatencySketch.from_dict(r.latency or {}))
-        except BadPayload:
-            pass
+            v = getattr(r, k)
+            if v:
+                totals[k] += int(v)
+        if r.latency:
+            try:
+                sketches.append(LatencySketch.from_dict(r.latency))
+            except BadPayload:
+                pass
         for side, feats in (r.drift or {}).items():
             if not isinstance(feats, dict):
                 continue
             for name, value in feats.items():
                 if not isinstance(value, list):
                     continue
-                by_bins = m.drift.setdefault(f"{side}.{name}", {})
+                by_bins = drift.setdefault(f"{side}.{name}", {})
                 # a rollup keeps one list per bin count the feature came in; a window has one list
-                for counts in value if value and all(isinstance(v, list) for v in value) else [value]:
-                    cur = by_bins.get(len(counts))
-                    by_bins[len(counts)] = (
-                        [int(c) for c in counts]
-                        if cur is None
-                        else [a + int(b) for a, b in zip(cur, counts, strict=True)]
-                    )
+                nested = value and isinstance(value[0], list) and all(isinstance(v, list) for v in value)
+                for counts in value if nested else [value]:
+                    by_bins.setdefault(len(counts), []).append(counts)
         if r.shadow is not None:
             try:
                 sh = Shadow.from_dict(r.shadow, f"stored shadow of {r.device}")
@@ -127,6 +128,10 @@ def merge(rows: Iterable[WindowRow]) -> Merged:
             m.shadow_agree += sh.agreed
             m.shadow_total += sh.samples
     m.sketch = merge_all(m.sketch, sketches)
+    m.drift = {
+        key: {bins: [sum(map(int, column)) for column in zip(*lists, strict=True)] for bins, lists in by_bins.items()}
+        for key, by_bins in drift.items()
+    }
     return m
 
 

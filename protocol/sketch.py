@@ -137,7 +137,7 @@ class LatencySketch:
             hi = float(obj.get("max", 0.0))
         except (TypeError, ValueError) as exc:
             raise BadPayload(what, f"fields b/n/sum/min/max have the wrong types ({exc})") from None
-        if any(i < 0 or i > MAX_INDEX or c < 0 for i, c in counts.items()):
+        if counts and (min(counts) < 0 or max(counts) > MAX_INDEX or min(counts.values()) < 0):
             raise BadPayload(what, f"bucket index outside 0..{MAX_INDEX} or negative count")
         if sum(counts.values()) != n:
             raise BadPayload(what, f"bucket counts sum to {sum(counts.values())}, n says {n}")
