@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert, select as columns
 from sqlmodel import Session, col, select
 
 from protocol import codec
@@ -124,6 +124,16 @@ def parse(topic: str, payload: bytes) -> Parsed:
         raise BadPayload(t.kind.value, f"payload device {msg.device!r} does not match topic device {t.device!r}")
     return Parsed(t.kind, msg.device, msg, sketch)
 
+
+# the per-batch queries, built once (building an IN query costs more than running it): the
+# stored (device, seq) pairs among a batch's, and the bundles of running rollouts
+_STORED: dict[Any, Any] = {}
+for _m in (TelemetryWindow, ReportRecord):
+    _c: Any = _m.__table__.c  # type: ignore[union-attr]
+    _STORED[_m] = columns(_c.device, _c.seq).where(
+        _c.device.in_(bindparam("devs", expanding=True)), _c.seq.in_(bindparam("seqs", expanding=True))
+    )
+_RUNNING = columns(Rollout.__table__.c.bundle).where(Rollout.__table__.c.phase.in_(ACTIVE_PHASES))  # type: ignore[attr-defined]
 
 RATE_PER_S = 20.0  # messages one device may send per second, sustained...
 RATE_BURST = 2000.0  # ...after a burst (a backlog resent after an offline day is ~9000 windows)
@@ -382,8 +392,9 @@ class Ingest:
     def _fleet_labels(
         self, s: Session, fed: Sequence[tuple[str, str | None, LatencySketch, dict[str, int]]]
     ) -> list[tuple[str, str, str]]:
-        """(model, version, cohort) of each stored window (:mod:`hub.metrics`): two small
-        queries per batch with telemetry, none without."""
+        """(model, version, cohort) of each stored window (:mod:`hub.metrics`): at most three
+        small queries per batch with telemetry, none without. A window has a cohort only if it ran
+        the bundle of a running rollout (few): the devices' rollout rows are looked up only then."""
         if not fed:
             return []
         digests = {b for _, b, _, _ in fed if b is not None and b not in self._names}
@@ -394,16 +405,18 @@ class Ingest:
                 self._names[digest] = (name, version)
             if len(self._names) > 10_000:  # bundles are few; never grow without bound
                 self._names.clear()
-        ids = sorted({d for d, _, _, _ in fed})
         cohorts: dict[tuple[str, str], int | None] = {}
-        q = (
-            select(RolloutDevice.device_id, Rollout.bundle, RolloutDevice.cohort)
-            .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
-            .where(col(Rollout.phase).in_(ACTIVE_PHASES), col(RolloutDevice.device_id).in_(ids))
-            .order_by(col(Rollout.serial))  # the newest rollout owns a device: last one wins
-        )
-        for did, target, cohort in s.exec(q).all():
-            cohorts[(did, target)] = cohort
+        running = set(s.connection().execute(_RUNNING).scalars())
+        ids = sorted({d for d, ran, _, _ in fed if ran in running})
+        if ids:
+            q = (
+                select(RolloutDevice.device_id, Rollout.bundle, RolloutDevice.cohort)
+                .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
+                .where(col(Rollout.phase).in_(ACTIVE_PHASES), col(RolloutDevice.device_id).in_(ids))
+                .order_by(col(Rollout.serial))  # the newest rollout owns a device: last one wins
+            )
+            for did, target, cohort in s.exec(q).all():
+                cohorts[(did, target)] = cohort
         out = []
         for did, ran, _, _ in fed:
             model, version = self._names.get(ran or "", (UNKNOWN, UNKNOWN))
@@ -420,8 +433,8 @@ class Ingest:
             return set()
         devs = sorted({d for d, _ in pairs})
         seqs = sorted({q for _, q in pairs})
-        q = select(table.device, table.seq).where(col(table.device).in_(devs), col(table.seq).in_(seqs))
-        return {(dv, sq) for dv, sq in s.exec(q).all() if (dv, sq) in pairs}
+        rows = s.connection().execute(_STORED[table], {"devs": devs, "seqs": seqs}).all()
+        return {(dv, sq) for dv, sq in rows if (dv, sq) in pairs}
 
     @staticmethod
     def _apply_status(d: Device, m: Status, now: int) -> None:
