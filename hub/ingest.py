@@ -59,7 +59,7 @@ from .followups import FollowUps
 from .metrics import UNKNOWN, cohort_label, install_result
 from .models import Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
 from .rollout import ACTIVE_PHASES
-from .totals import ADD_TOTALS, SEEN, Fold, insert_windows, report_row
+from .totals import ADD_TOTALS, SEEN, Fold, Sketches, insert_windows, report_row
 from .transport import Outgoing
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,7 @@ class Ingest:
         self._buckets: dict[str, tuple[float, float]] = {}  # device -> (tokens, at)
         self.quarantine: deque[Quarantined] = deque(maxlen=200)
         self._names: dict[str, tuple[str, str]] = {}  # bundle digest -> (name, version): immutable
+        self._sketches = Sketches()  # each device's running latency sketch as last written
         self.followups = FollowUps(fleet)
 
     def _allowed(self, device: str, now: float) -> bool:
@@ -349,9 +350,9 @@ class Ingest:
             totals = []
             for did, f in folds.items():
                 if did in devices:
-                    f.apply(devices[did])
+                    f.apply(devices[did], self._sketches)
                 else:
-                    totals.append(f.params(did, stored[did][1], now))
+                    totals.append(f.params(did, stored[did][1], now, self._sketches))
                     seen_only.discard(did)
             for d in devices.values():
                 s.add(d)

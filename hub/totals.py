@@ -44,7 +44,7 @@ class Fold:
         else:
             self.sketches.append(sketch)
 
-    def apply(self, d: Device) -> None:
+    def apply(self, d: Device, known: Sketches | None = None) -> None:
         """Onto a device's ORM row (a batch that also changes its status or reports)."""
         d.windows += self.windows
         d.inferences += self.counts["inferences"]
@@ -53,14 +53,22 @@ class Fold:
         d.cpu += self.counts["cpu"]
         d.cloud += self.counts["cloud"]
         d.latency_bundle = self.bundle  # unchanged unless the bundle changed (reset)
-        d.latency = self.latency(d.latency)
+        d.latency = self.latency(d.latency, d.id, known)
 
-    def latency(self, stored: dict[str, Any]) -> dict[str, Any]:
-        """The device's latency sketch after the batch, given the stored one."""
-        base = LatencySketch() if self.reset else LatencySketch.from_dict(stored)
-        return merge_all(base, self.sketches).to_dict()
+    def latency(self, stored: dict[str, Any], device: str = "", known: Sketches | None = None) -> dict[str, Any]:
+        """The device's latency sketch after the batch, given the stored one (parsed again
+        unless ``known`` holds it)."""
+        if self.reset:
+            base = LatencySketch()
+        else:
+            base = known.parse(device, stored) if known is not None else LatencySketch.from_dict(stored)
+        merged = merge_all(base, self.sketches)
+        out = merged.to_dict()
+        if known is not None:
+            known.wrote(device, out, merged)
+        return out
 
-    def params(self, device: str, stored: dict[str, Any], now: int) -> dict[str, Any]:
+    def params(self, device: str, stored: dict[str, Any], now: int, known: Sketches | None = None) -> dict[str, Any]:
         """The bind parameters of :data:`ADD_TOTALS` for a device whose row the batch did not load."""
         c = self.counts
         return {
@@ -73,8 +81,32 @@ class Fold:
             "b_cpu": c["cpu"],
             "b_cloud": c["cloud"],
             "b_bundle": self.bundle,
-            "b_latency": self.latency(stored),
+            "b_latency": self.latency(stored, device, known),
         }
+
+
+class Sketches:
+    """The latency sketch this process last wrote to each device's row, with the dict it wrote.
+    A device's running sketch holds every window since its bundle changed (hundreds of buckets);
+    parsing it again for every batch was half of what a batch's totals cost. A stored dict equal
+    to the one written (compared whole) is that sketch; any other (a rolled-back batch, another
+    replica's write) is parsed as before, so the answer is the same either way."""
+
+    MAX = 20_000  # devices remembered; past it the memory starts over
+
+    def __init__(self) -> None:
+        self._by_device: dict[str, tuple[dict[str, Any], LatencySketch]] = {}
+
+    def parse(self, device: str, stored: dict[str, Any]) -> LatencySketch:
+        hit = self._by_device.get(device)
+        if hit is not None and hit[0] == stored:
+            return hit[1]
+        return LatencySketch.from_dict(stored)
+
+    def wrote(self, device: str, written: dict[str, Any], sketch: LatencySketch) -> None:
+        if len(self._by_device) >= self.MAX and device not in self._by_device:
+            self._by_device.clear()
+        self._by_device[device] = (written, sketch)
 
 
 _T = Device.__table__  # type: ignore[attr-defined]

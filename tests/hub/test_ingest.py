@@ -144,3 +144,27 @@ def test_a_json_column_value_orjson_refuses_is_written_by_the_standard_encoder()
     assert json.loads(json_text({1: "x"}) or "") == {"1": "x"}
     assert json.loads(json_text({"big": 2**70}) or "") == {"big": 2**70}
     assert json_text(None) is None
+
+
+def test_a_sketch_another_writer_changed_between_batches_is_read_again(memhub: tuple[Hub, MemoryPublisher]) -> None:
+    """The ingest remembers each device's sketch as it wrote it (hub.totals.Sketches); a row a
+    replica (or an operator's repair) wrote since holds another sketch, which is the one merged."""
+    hub, _ = memhub
+    hub.ingest.handle([_window("other-writer", 1, A, 3.0)])
+    theirs = _sketch(50.0, 3)
+    with hub.fleet.session() as s:
+        d = s.get(Device, "other-writer")
+        assert d is not None
+        d.latency = theirs.to_dict()
+        s.add(d)
+        s.commit()
+    hub.ingest.handle([_window("other-writer", 2, A, 4.0)])  # a telemetry-only batch: the totals statement
+    with hub.fleet.session() as s:
+        d = s.get(Device, "other-writer")
+        assert d is not None
+        assert LatencySketch.from_dict(d.latency) == theirs.merge(_sketch(4.0, 2))
+    hub.ingest.handle([_status("other-writer", 5), _window("other-writer", 3, A, 5.0)])  # the ORM row's way
+    with hub.fleet.session() as s:
+        d = s.get(Device, "other-writer")
+        assert d is not None
+        assert LatencySketch.from_dict(d.latency) == theirs.merge(_sketch(4.0, 2)).merge(_sketch(5.0, 3))
