@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, insert, select as columns
+from sqlalchemy import insert, select as columns
 from sqlmodel import Session, col, select
 
 from protocol import codec
@@ -59,7 +59,7 @@ from .followups import FollowUps
 from .metrics import UNKNOWN, cohort_label, install_result
 from .models import Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
 from .rollout import ACTIVE_PHASES
-from .totals import ADD_TOTALS, SEEN, Fold, Sketches, insert_windows, report_row
+from .totals import ADD_TOTALS, SEEN, STORED, Fold, Sketches, insert_windows, report_row
 from .transport import Outgoing
 
 log = logging.getLogger(__name__)
@@ -125,14 +125,7 @@ def parse(topic: str, payload: bytes) -> Parsed:
     return Parsed(t.kind, msg.device, msg, sketch)
 
 
-# the per-batch queries, built once (building an IN query costs more than running it): the
-# stored (device, seq) pairs among a batch's, and the bundles of running rollouts
-_STORED: dict[Any, Any] = {}
-for _m in (TelemetryWindow, ReportRecord):
-    _c: Any = _m.__table__.c  # type: ignore[union-attr]
-    _STORED[_m] = columns(_c.device, _c.seq).where(
-        _c.device.in_(bindparam("devs", expanding=True)), _c.seq.in_(bindparam("seqs", expanding=True))
-    )
+# the bundles of running rollouts, a query built once (hub.totals.STORED says why)
 _RUNNING = columns(Rollout.__table__.c.bundle).where(Rollout.__table__.c.phase.in_(ACTIVE_PHASES))  # type: ignore[attr-defined]
 
 RATE_PER_S = 20.0  # messages one device may send per second, sustained...
@@ -434,7 +427,7 @@ class Ingest:
             return set()
         devs = sorted({d for d, _ in pairs})
         seqs = sorted({q for _, q in pairs})
-        rows = s.connection().execute(_STORED[table], {"devs": devs, "seqs": seqs}).all()
+        rows = s.connection().execute(STORED[table], {"devs": devs, "seqs": seqs}).all()
         return {(dv, sq) for dv, sq in rows if (dv, sq) in pairs}
 
     @staticmethod

@@ -7,13 +7,13 @@ import json
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, insert, select as columns, update
 from sqlmodel import Session
 
 from protocol.messages import COUNT_KEYS, Report
 from protocol.sketch import LatencySketch, merge_all
 
-from .models import Device, TelemetryWindow
+from .models import Device, ReportRecord, TelemetryWindow
 
 
 class Fold:
@@ -129,6 +129,16 @@ ADD_TOTALS = (
 )
 # ...and of those whose windows were all resends (or another channel's): only last_seen moves
 SEEN = update(_T).where(_T.c.id == bindparam("b_id")).values(last_seen=bindparam("b_seen"))
+
+
+# (device, seq) pairs already stored among a batch's, per table: built once, as building an IN
+# query cost more than running it (hub.ingest)
+STORED: dict[Any, Any] = {}
+for _m in (TelemetryWindow, ReportRecord):
+    _c: Any = _m.__table__.c  # type: ignore[union-attr]
+    STORED[_m] = columns(_c.device, _c.seq).where(
+        _c.device.in_(bindparam("devs", expanding=True)), _c.seq.in_(bindparam("seqs", expanding=True))
+    )
 
 
 _WINDOW_COLUMNS = (
