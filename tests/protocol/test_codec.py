@@ -152,6 +152,24 @@ def test_only_a_text_with_no_long_integer_goes_the_fast_way(data: bytes, fast: b
     assert codec._no_long_run(data) is fast
 
 
+_LONG_FRACTIONS = st.builds(
+    lambda whole, frac, exp: f"[{whole}.{frac}{exp}]".encode(),
+    st.sampled_from(["0", "1", "3", "-0", "-2", "9007199254740992"]),
+    st.text("0123456789", min_size=19, max_size=60),
+    st.sampled_from(["", "e-5", "E+12", "e-300", "e300", "e-330"]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_LONG_FRACTIONS)
+def test_a_long_fraction_the_fast_path_now_takes_parses_as_json_does(data: bytes) -> None:
+    """Runs of 19 digits or more after a decimal point go the fast way (latencies under 10 ms):
+    every such float must round to what json rounds it to, halfway cases included."""
+    assert codec._no_long_run(data)  # every integer part here is shorter than 19 digits
+    _same(data)
+    _same_as_json(data)
+
+
 def test_an_integer_past_64_bits_is_still_refused() -> None:
     with pytest.raises(BadPayload, match="does not fit 64 bits"):
         codec.loads(b'{"n": 18446744073709551616}', "doc")
