@@ -92,10 +92,13 @@ class Sketches:
     to the one written (compared whole) is that sketch; any other (a rolled-back batch, another
     replica's write) is parsed as before, so the answer is the same either way."""
 
-    MAX = 20_000  # devices remembered; past it the memory starts over
+    # buckets remembered (the written dict's and the sketch's, ~170 bytes a bucket: ~170 MB; a
+    # device's sketch spans ~50 buckets from 1 to 100 ms); past it the memory starts over
+    MAX_BUCKETS = 1_000_000
 
     def __init__(self) -> None:
         self._by_device: dict[str, tuple[dict[str, Any], LatencySketch]] = {}
+        self._buckets = 0
 
     def parse(self, device: str, stored: dict[str, Any]) -> LatencySketch:
         hit = self._by_device.get(device)
@@ -104,8 +107,11 @@ class Sketches:
         return LatencySketch.from_dict(stored)
 
     def wrote(self, device: str, written: dict[str, Any], sketch: LatencySketch) -> None:
-        if len(self._by_device) >= self.MAX and device not in self._by_device:
+        old = self._by_device.get(device)
+        self._buckets += len(sketch.counts) - (len(old[1].counts) if old else 0)
+        if self._buckets > self.MAX_BUCKETS:
             self._by_device.clear()
+            self._buckets = len(sketch.counts)
         self._by_device[device] = (written, sketch)
 
 

@@ -168,3 +168,17 @@ def test_a_sketch_another_writer_changed_between_batches_is_read_again(memhub: t
         d = s.get(Device, "other-writer")
         assert d is not None
         assert LatencySketch.from_dict(d.latency) == theirs.merge(_sketch(4.0, 2)).merge(_sketch(5.0, 3))
+
+
+def test_the_remembered_sketches_stay_within_their_bucket_budget() -> None:
+    from hub.totals import Sketches
+
+    known = Sketches()
+    known.MAX_BUCKETS = 10
+    sk = _sketch(3.0, 1).merge(_sketch(9.0, 1)).merge(_sketch(30.0, 1))  # three buckets
+    for dev in ("a", "b", "c", "a"):  # a again: replaced, not added
+        known.wrote(dev, sk.to_dict(), sk)
+    assert known._buckets == 9 and set(known._by_device) == {"a", "b", "c"}
+    known.wrote("d", sk.to_dict(), sk)  # 12 > 10: the memory starts over with d
+    assert known._buckets == 3 and set(known._by_device) == {"d"}
+    assert known.parse("a", sk.to_dict()) == sk  # forgotten: parsed, the same answer
