@@ -101,10 +101,11 @@ def baseline(engine: Any) -> tuple[float, list[dict[str, Any]]]:
         t = time.perf_counter()
         objs = s.exec(select(w).where(w.received >= SPAN[0], w.received < SPAN[1])).all()
         folded = rollups.fold(((o.received, o, o.bundle, o.window_start, o.window_end) for o in objs), rollups.MINUTE)
-        s.execute(insert(TelemetryRollup), [rollups.to_row(k, f, rollups.MINUTE) for k, f in folded.items()])
+        rows = [rollups.to_row(k, f, rollups.MINUTE) for k, f in folded.items()]
+        s.execute(insert(TelemetryRollup), rows)
         took = time.perf_counter() - t
         s.rollback()
-    return took, [rollups.to_row(k, f, rollups.MINUTE) for k, f in folded.items()]
+    return took, rows
 
 
 def limit(engine: Any) -> float:
@@ -113,7 +114,7 @@ def limit(engine: Any) -> float:
         t = time.perf_counter()
         s.connection().execute(
             columns(
-                *(c[k] for k in ("device", "bundle", "latency", *COUNT_KEYS, "drift", "shadow")),
+                *(c[k] for k in rollups.MERGED_COLUMNS),
                 c.received,
                 c.window_start,
                 c.window_end,

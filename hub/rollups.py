@@ -50,6 +50,8 @@ MAX_BUCKETS = {MINUTE: 5, HOUR: 2}  # per run (every 30 s): 100,000 devices send
 Key = tuple[int, str, str]  # (bucket, device, bundle or "")
 _ROLLUPS = TelemetryRollup.__table__  # type: ignore[attr-defined]
 _WINDOWS = TelemetryWindow.__table__  # type: ignore[attr-defined]
+# what a minute's rollup reads of each window (besides its times): what telemetry.merge adds up
+MERGED_COLUMNS = ("device", "bundle", "latency", *COUNT_KEYS, "drift", "shadow")
 
 
 def bucket_of(ts: int, resolution: int) -> int:
@@ -135,7 +137,7 @@ def _roll_minutes(s: Session, now: int) -> int:
         s.connection()
         .execute(
             columns(
-                *(getattr(c, k) for k in ("device", "bundle", "latency", *COUNT_KEYS, "drift", "shadow")),
+                *(c[k] for k in MERGED_COLUMNS),
                 c.received,
                 c.window_start,
                 c.window_end,

@@ -44,7 +44,7 @@ class Fold:
         else:
             self.sketches.append(sketch)
 
-    def apply(self, d: Device, known: Sketches | None = None) -> None:
+    def apply(self, d: Device, known: Sketches) -> None:
         """Onto a device's ORM row (a batch that also changes its status or reports)."""
         d.windows += self.windows
         d.inferences += self.counts["inferences"]
@@ -55,20 +55,16 @@ class Fold:
         d.latency_bundle = self.bundle  # unchanged unless the bundle changed (reset)
         d.latency = self.latency(d.latency, d.id, known)
 
-    def latency(self, stored: dict[str, Any], device: str = "", known: Sketches | None = None) -> dict[str, Any]:
+    def latency(self, stored: dict[str, Any], device: str, known: Sketches) -> dict[str, Any]:
         """The device's latency sketch after the batch, given the stored one (parsed again
         unless ``known`` holds it)."""
-        if self.reset:
-            base = LatencySketch()
-        else:
-            base = known.parse(device, stored) if known is not None else LatencySketch.from_dict(stored)
+        base = LatencySketch() if self.reset else known.parse(device, stored)
         merged = merge_all(base, self.sketches)
         out = merged.to_dict()
-        if known is not None:
-            known.wrote(device, out, merged)
+        known.wrote(device, out, merged)
         return out
 
-    def params(self, device: str, stored: dict[str, Any], now: int, known: Sketches | None = None) -> dict[str, Any]:
+    def params(self, device: str, stored: dict[str, Any], now: int, known: Sketches) -> dict[str, Any]:
         """The bind parameters of :data:`ADD_TOTALS` for a device whose row the batch did not load."""
         c = self.counts
         return {
