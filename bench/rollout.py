@@ -288,6 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         help="simulated devices report download progress a tenth at a time, at most once this many "
         "seconds (default 5, the agent's progress_interval_s; 0.001: every tenth, as before 2026-12-04 21:00)",
     )
+    ap.add_argument(
+        "--housekeeping",
+        choices=["here", "apart"],
+        default="here",
+        help="the hub's alert scan, rollups and pruning in its process (here, the default) or in an "
+        "`edgefleet-hub housekeep` process beside it (apart)",
+    )
     args = ap.parse_args(argv)
     n = 100 if args.quick else args.devices
     if shutil.which("mosquitto") is None:
@@ -348,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         "chunk_size": CHUNK,
         "broker": "mosquitto (private, loopback)",
         "hub_db": "sqlite",
+        "housekeeping": args.housekeeping,
         "flap": args.flap,
         "broker_inflight": args.inflight,
         "chunk_plans": "inline" if args.inline_plans else "by reference (protocol.planref)",
@@ -432,6 +440,7 @@ def _lag_only(work: Path, n: int, size: int, args: argparse.Namespace, load_befo
         "mode": "lag only (no rollout)",
         "broker": "mosquitto (private, loopback)",
         "hub_db": "sqlite",
+        "housekeeping": args.housekeeping,
         "lag_seconds": args.lag_seconds,
         "load_before": load_before,
         "load_after": os.getloadavg(),
@@ -464,6 +473,7 @@ def _ours(
     token = "bench-token-0123456789"
     http_port = free_port()
     cfg = hub_config(work, port, token, http_port)
+    cfg["housekeeping"] = args.housekeeping
     ctx = multiprocessing.get_context("spawn")
     counters = {k: ctx.Value("q", 0) for k in KINDS}
     ready, stop = ctx.Event(), ctx.Event()
@@ -475,6 +485,12 @@ def _ours(
     api = httpx.Client(
         base_url=f"http://127.0.0.1:{http_port}", headers={"Authorization": f"Bearer {token}"}, timeout=600
     )
+    keeper = None
+    if args.housekeeping == "apart":  # as deployed: the hub migrated the database before `ready`
+        keeper = subprocess.Popen(
+            [sys.executable, "-m", "hub", "housekeep", "--db", cfg["db"], "--keys", str(cfg["keys"]),
+             "--store", str(cfg["store"]), "--port", "0", "--log-level", "warning"]
+        )  # fmt: skip
 
     def egress() -> dict[str, int]:
         return {k: int(v.value) for k, v in counters.items()}
@@ -607,6 +623,9 @@ def _ours(
         return ours, flap, lag
     finally:
         fleet.stop()
+        if keeper is not None:
+            keeper.terminate()
+            keeper.wait(30)
         stop.set()
         proc.join(30)
         if proc.is_alive():

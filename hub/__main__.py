@@ -96,6 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "broker_key",
             "shared_group",
             "dist",
+            "housekeeping",
         )
     }
     given["dev"] = True if args.dev else None
@@ -119,6 +120,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.run(hub.app, host=config.host, port=config.port, log_level=args.log_level.lower(), access_log=False)
     finally:
         hub.stop()
+    return EXIT_OK
+
+
+def cmd_housekeep(args: argparse.Namespace) -> int:
+    import secrets
+    import signal
+    import threading
+
+    from prometheus_client import start_http_server
+
+    from . import housekeeper
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    given = {k: getattr(args, k) for k in ("db", "keys", "store", "host", "port", "retention")}
+    given["token"] = secrets.token_urlsafe(24)  # it serves no API: a token nobody holds
+    config = HubConfig.load(given)
+    fleet = housekeeper.build(config)
+    if config.port:
+        start_http_server(config.port, addr=config.host, registry=fleet.metrics.registry)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    log.info(
+        "housekeeping (alerts, rollups, pruning) every %.1f s on %s; its /metrics on %s",
+        args.every,
+        config.db.split("://")[0],
+        f"http://{config.host}:{config.port}" if config.port else "no port",
+    )
+    try:
+        housekeeper.run(fleet, stop, args.every)
+    except KeyboardInterrupt:
+        pass
+    fleet.engine.dispose()
     return EXIT_OK
 
 
@@ -267,9 +302,34 @@ def parser() -> argparse.ArgumentParser:
         "shared subscriptions $share/NAME/... (default: plain subscriptions, one hub)",
     )
     p.add_argument("--dist", help="`make dist` folder served to devices: GET /install.sh, /dist/NAME (default: none)")
+    p.add_argument(
+        "--housekeeping",
+        choices=["here", "apart"],
+        help="the alert scan, telemetry rollups and pruning: in this process (here, the default) "
+        "or in `edgefleet-hub housekeep` beside it (apart: for large fleets, docs/scale.md)",
+    )
     p.add_argument("--dev", action="store_true", help="allow a default token (local development only)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "housekeep",
+        help="run the alert scan, telemetry rollups and pruning beside hubs started with --housekeeping apart",
+        description="Housekeeping in a process of its own: every --every seconds, scan alerts, roll "
+        "telemetry up and prune, on the hubs' database and bundle store. It publishes nothing and "
+        "serves only its own /metrics. --db, --keys, --store, --host and --retention also read "
+        "EDGEFLEET_HUB_<FLAG> from the environment, as do the retentions of raw windows and rollups "
+        "(EDGEFLEET_HUB_RAW_RETENTION, _MINUTE_RETENTION, _HOUR_RETENTION), as for the hubs.",
+    )
+    p.add_argument("--db", help=f"the hubs' SQLAlchemy URL (default {DEFAULTS['db']})")
+    p.add_argument("--keys", help="the hubs' keys directory (default ./keys)")
+    p.add_argument("--store", help="the hubs' bundle store (hard-example parts are pruned there; default ./store)")
+    p.add_argument("--host", help=f"address of its /metrics (default {DEFAULTS['host']})")
+    p.add_argument("--port", type=int, default=8001, help="port of its /metrics (default 8001; 0: none)")
+    p.add_argument("--retention", type=int, help="seconds reports and diagnostics are kept (default 30 days)")
+    p.add_argument("--every", type=float, default=30.0, help="seconds between rounds (default 30)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_housekeep)
 
     models = sub.add_parser("models", help="bundles").add_subparsers(dest="sub", required=True)
     p = models.add_parser("push", help="upload a compiler build directory; the hub checks and signs it")

@@ -61,7 +61,9 @@ DEFAULTS: dict[str, Any] = {
     "broker_key": "",
     "shared_group": "",
     "dist": "",
+    "housekeeping": "here",
 }
+HOUSEKEEPING = ("here", "apart")  # alerts, rollups, pruning: in the serving process or `edgefleet-hub housekeep`
 
 Num = TypeVar("Num", int, float)
 
@@ -155,6 +157,7 @@ class HubConfig:
     broker_tls: BrokerTls = field(default_factory=BrokerTls)  # used when broker is mqtts://
     shared_group: str = ""  # MQTT shared-subscription group ("": plain subscriptions)
     dist: Path | None = None  # `make dist` output served to devices (GET /install.sh, /dist/NAME)
+    housekeeping: str = "here"  # "apart": alerts, rollups and pruning run in `edgefleet-hub housekeep` (hub.ticker)
 
     @property
     def broker_url(self) -> BrokerUrl:
@@ -237,6 +240,9 @@ class HubConfig:
         dist = str(pick("dist") or "")
         if dist and not Path(dist).is_dir():
             raise ConfigError("dist", f"{dist!r} is not a directory (build it with `make dist`)")
+        housekeeping = str(pick("housekeeping"))
+        if housekeeping not in HOUSEKEEPING:
+            raise ConfigError("housekeeping", f"{housekeeping!r} must be one of {', '.join(HOUSEKEEPING)}")
         db = str(pick("db"))
         if "://" not in db:
             raise ConfigError("db", f"{db!r} must be a SQLAlchemy URL like sqlite:///hub.db")
@@ -277,6 +283,7 @@ class HubConfig:
             broker_tls=BrokerTls(tls_files["broker_ca"], tls_files["broker_cert"], tls_files["broker_key"]),
             shared_group=shared_group,
             dist=Path(dist) if dist else None,
+            housekeeping=housekeeping,
         )
 
 

@@ -1,9 +1,15 @@
 """What the hub does every ``config.tick`` seconds (or, after a tick that took longer than half
 of that, twice what it took: :func:`next_wait`): pick up rotated keys, drive rollouts
 (timeouts, soak, gates); every ``desired.PENDING_AFTER_S`` publish again the desired documents
-online devices never acknowledged (hub.desired.republish_pending); and, every ALERT_SCAN_S, scan
-alerts, roll telemetry windows up (:mod:`hub.rollups`) and prune old windows, rollups, reports,
-remote-diagnostics commands and hard-example chunks nobody finished."""
+online devices never acknowledged (hub.desired.republish_pending); and, every ALERT_SCAN_S, the
+housekeeping (:func:`housekeep`): scan alerts, roll telemetry windows up (:mod:`hub.rollups`) and
+prune old windows, rollups, reports, remote-diagnostics commands and hard-example chunks nobody
+finished.
+
+The housekeeping only reads telemetry and writes alerts, rollups and deletions, so it can run in
+a process of its own (``config.housekeeping == "apart"``: ``edgefleet-hub housekeep``,
+:mod:`hub.housekeeper`), where it no longer shares the serving process's interpreter with ingest
+(docs/scale.md: at 10,000 devices it was a fifth of that process)."""
 
 from __future__ import annotations
 
@@ -37,14 +43,26 @@ def tick(fleet: Fleet) -> None:
     if now - fleet.last_pending_scan >= desired.PENDING_AFTER_S:
         fleet.last_pending_scan = now
         desired.republish_pending(fleet)
-    if now - fleet.last_scan >= ALERT_SCAN_S:
+    if fleet.config.housekeeping == "here" and now - fleet.last_scan >= ALERT_SCAN_S:
         fleet.last_scan = now
+        housekeep(fleet)
+
+
+def housekeep(fleet: Fleet) -> None:
+    """Alerts, rollups and pruning: every ALERT_SCAN_S, by the ticker or by ``edgefleet-hub
+    housekeep``. Each step's failure is logged and the next step still runs."""
+    try:
         alerting.scan(fleet)
-        try:
-            rollups.roll(fleet)
-            rollups.prune(fleet)
-        except Exception:  # e.g. a replica rolled the same minute first (unique key): next scan goes on
-            log.exception("telemetry rollup or its pruning failed")
+    except Exception:
+        log.exception("alert scan failed")
+    try:
+        rollups.roll(fleet)
+        rollups.prune(fleet)
+    except Exception:  # e.g. a replica rolled the same minute first (unique key): next scan goes on
+        log.exception("telemetry rollup or its pruning failed")
+    try:
         telemetry.prune_reports(fleet, fleet.config.retention)
         commands.prune(fleet, fleet.config.retention)
         hardexamples.prune_parts(fleet, time.time())  # file times: the wall clock
+    except Exception:
+        log.exception("pruning reports, commands or hard-example parts failed")
