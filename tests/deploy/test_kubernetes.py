@@ -135,6 +135,31 @@ def test_the_hub_runs_a_command_line_and_environment_the_real_hub_accepts() -> N
     assert c["securityContext"]["readOnlyRootFilesystem"] and pod_spec(dep)["securityContext"]["runAsNonRoot"]
 
 
+def test_one_housekeeper_does_what_the_replicas_leave_to_it_on_their_database_and_store() -> None:
+    config = one("ConfigMap", "edgefleet-hub")["data"]
+    assert config["EDGEFLEET_HUB_HOUSEKEEPING"] == "apart"  # the replicas leave it to the housekeeper
+    keeper, hub = one("Deployment", "edgefleet-hub-housekeeper"), one("Deployment", "edgefleet-hub")
+    assert keeper["spec"]["replicas"] == 1
+    (c,) = pod_spec(keeper)["containers"]
+    assert c["args"][0] == "edgefleet-hub"
+    ns = parser().parse_args(c["args"][1:])
+    assert ns.cmd == "housekeep" and ns.port == {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"]
+    (h,) = pod_spec(hub)["containers"]
+    assert [e for e in c["env"] if e["name"] == "EDGEFLEET_HUB_DB"] == [
+        e for e in h["env"] if e["name"] == "EDGEFLEET_HUB_DB"
+    ]
+    hub_ns = parser().parse_args(h["args"][1:])
+    assert (ns.keys, ns.store) == (hub_ns.keys, hub_ns.store)
+    volumes = {v["name"]: v for v in pod_spec(keeper)["volumes"]}
+    hub_volumes = {v["name"]: v for v in pod_spec(hub)["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    hub_mounts = {m["mountPath"]: m["name"] for m in h["volumeMounts"]}
+    for path in (ns.keys, ns.store):
+        assert volumes[mounts[path]] == hub_volumes[hub_mounts[path]], path
+    for name in {e["name"] for e in c["env"]} | set(config):
+        assert name in HUB_ENV, f"{name} is no setting of hub/config.py"
+
+
 def test_the_hub_reaches_postgres_and_the_broker_by_their_service_names_and_ports() -> None:
     example = one("Secret", "edgefleet-hub")["stringData"]
     pg = one("Service", "edgefleet-postgres")["spec"]["ports"][0]["port"]
