@@ -7,6 +7,7 @@ import logging
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from . import rollups
 from .fleet import Fleet
 from .metrics import UNKNOWN
 from .models import (
@@ -59,6 +60,8 @@ def refresh(fleet: Fleet) -> None:
         fleet.metrics.alerts_open.clear()
         for kind, n in s.exec(select(Alert.kind, func.count()).where(Alert.resolved == 0).group_by(Alert.kind)).all():
             fleet.metrics.alerts_open.labels(kind).set(n)
+        waiting = rollups.waiting_since(s)
+        fleet.metrics.rollups_behind.set(0 if waiting is None else max(0, fleet.clock() - waiting))
 
 
 def _rollouts(fleet: Fleet, s: Session) -> None:

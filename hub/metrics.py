@@ -240,4 +240,11 @@ class HubMetrics:
             "edgefleet_fleet_devices_on_bundle", "Devices running each bundle", ["model", "version"], registry=r
         )
         self.alerts_open = Gauge("edgefleet_hub_alerts_open", "Unresolved alerts by kind", ["kind"], registry=r)
+        self.rollups_behind = Gauge(
+            "edgefleet_hub_rollups_behind_seconds",
+            "Age of the oldest telemetry window not yet in a minute rollup (0: none waiting); a few "
+            "minutes is normal, more means the housekeeping (hub ticker or edgefleet-hub housekeep) "
+            "is behind or not running",
+            registry=r,
+        )
         self.mqtt_connected = Gauge("edgefleet_hub_mqtt_connected", "1 while the bridge is connected", registry=r)

@@ -125,9 +125,15 @@ def _watermark(s: Session, resolution: int) -> int | None:
     return None if newest is None else int(newest) + resolution
 
 
-def _roll_minutes(s: Session, now: int) -> int:
+def _minutes_pending(s: Session) -> tuple[int | None, int | None]:
+    """(the minute watermark, the oldest window received at or after it)."""
     t, wm = TelemetryWindow, _watermark(s, MINUTE)
     first = s.exec(select(func.min(t.received)).where(t.received >= (wm or 0))).one()
+    return wm, None if first is None else int(first)
+
+
+def _roll_minutes(s: Session, now: int) -> int:
+    wm, first = _minutes_pending(s)
     sp = span(wm, first, now, MINUTE)
     if sp is None:
         return 0
@@ -185,6 +191,13 @@ def roll(fleet: Fleet) -> dict[int, int]:
 def rolled_until(s: Session) -> int | None:
     """Every window received before this time is in a minute rollup (``None``: none rolled yet)."""
     return _watermark(s, MINUTE)
+
+
+def waiting_since(s: Session) -> int | None:
+    """When the oldest window not yet in a minute rollup was received (``None``: none waits). A
+    closed minute is rolled within ``GRACE_S`` + a minute + one scan; a wait much longer than that
+    means nobody rolls them (``--housekeeping apart`` and no ``edgefleet-hub housekeep``)."""
+    return _minutes_pending(s)[1]
 
 
 def boundary(s: Session, now: int, raw_retention: int) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from demo.launcher import free_port
-from hub import housekeeper, ticker
+from hub import gauges, housekeeper, ticker
 from hub.config import HubConfig
 from hub.errors import ConfigError, HubError
 from hub.models import Alert, TelemetryRollup
@@ -51,13 +51,24 @@ def _count(hub: Hub, table: type) -> int:
         return int(s.query(table).count())
 
 
-def test_a_hub_with_housekeeping_apart_neither_scans_nor_rolls_up(tmp_path: Path, keys_dir: Path) -> None:
+def _behind(hub: Hub) -> float:
+    gauges.refresh(hub.fleet)
+    value = hub.fleet.metrics.registry.get_sample_value("edgefleet_hub_rollups_behind_seconds")
+    assert value is not None
+    return value
+
+
+def test_a_hub_with_housekeeping_apart_neither_scans_nor_rolls_up_and_its_metrics_say_so(
+    tmp_path: Path, keys_dir: Path
+) -> None:
     hub = build(hub_config(tmp_path, keys_dir, housekeeping="apart"), publisher=MemoryPublisher(), with_broker=False)
     try:
+        assert _behind(hub) == 0  # no window waits
         _feed_an_hour_ago(hub)
         ticker.tick(hub.fleet)
         assert hub.fleet.last_scan == 0
         assert _count(hub, TelemetryRollup) == 0 and _count(hub, Alert) == 0
+        assert _behind(hub) >= 3600 + 600  # the oldest window's age: EdgefleetHousekeepingBehind fires on it
     finally:
         hub.fleet.engine.dispose()
 
@@ -99,6 +110,7 @@ def test_the_housekeep_command_rolls_up_raises_alerts_and_counts_them_on_its_met
                 return str(r.read().decode())
 
         assert 'edgefleet_hub_alerts_total{kind="offline"} 3.0' in scraped()
+        assert _behind(hub) == 0  # every window rolled up
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
