@@ -116,6 +116,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config.db.split("://")[0],
         config.broker_url.without_credentials(),
     )
+    if config.housekeeping == "apart":
+        log.info(
+            "housekeeping apart: the alert scan, telemetry rollups and pruning are left to "
+            "`edgefleet-hub housekeep` on this database (edgefleet_hub_rollups_behind_seconds grows without it)"
+        )
     try:
         uvicorn.run(hub.app, host=config.host, port=config.port, log_level=args.log_level.lower(), access_log=False)
     finally:
