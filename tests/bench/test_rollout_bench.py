@@ -1,0 +1,36 @@
+"""``python -m bench rollout --lag-only --housekeeping apart`` on a small fleet: the bench's hub
+leaves its housekeeping to an ``edgefleet-hub housekeep`` process, the lag is measured over real
+acks, and the housekeeper is gone when the bench is."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RESULT = REPO / "bench" / "results" / "rollout_lag.json"
+
+
+def _housekeepers() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if "hub housekeep" in line and "bench-rollout-" in line]
+
+
+def test_the_lag_bench_with_housekeeping_apart_measures_acks_and_leaves_no_housekeeper_behind() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "rollout", "--lag-only", "--devices", "20", "--lag-seconds", "12",
+         "--housekeeping", "apart"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "20 devices reporting every 10 s for 12 s, no rollout" in run.stdout
+    doc = json.loads(RESULT.read_text())
+    assert doc["params"]["housekeeping"] == "apart" and doc["params"]["devices"] == 20
+    (lag,) = doc["cases"]
+    assert lag["acks"] >= 20 and lag["unacked_over_2s"] == 0
+    assert _housekeepers() == []
