@@ -145,7 +145,7 @@ def cmd_housekeep(args: argparse.Namespace) -> int:
     config = HubConfig.load(given)
     fleet = housekeeper.build(config)
     if config.port:
-        start_http_server(config.port, addr=config.host, registry=fleet.metrics.registry)
+        start_http_server(config.port, addr=config.host, registry=housekeeper.exposed(fleet.metrics))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     log.info(

@@ -16,7 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from . import migrations, ticker
 from .config import HubConfig
@@ -40,6 +44,23 @@ class PublishesNothing:
 
     def backlog(self) -> int:
         return 0
+
+
+class _Only(Collector):
+    def __init__(self, registry: CollectorRegistry, names: frozenset[str]) -> None:
+        self.registry, self.names = registry, names
+
+    def collect(self) -> Iterator[Metric]:
+        return (m for m in self.registry.collect() if m.name in self.names)
+
+
+def exposed(metrics: HubMetrics) -> CollectorRegistry:
+    """What the housekeeper's ``/metrics`` shows: the alert counters it raises. Not the rest of
+    a hub's registry: its zeros (``edgefleet_hub_mqtt_connected 0``, empty queues) would read as a
+    disconnected hub on the fleet dashboard."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_Only(metrics.registry, frozenset({"edgefleet_hub_alerts"})))
+    return registry
 
 
 def build(config: HubConfig) -> Fleet:

@@ -109,7 +109,9 @@ def test_the_housekeep_command_rolls_up_raises_alerts_and_counts_them_on_its_met
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
                 return str(r.read().decode())
 
-        assert 'edgefleet_hub_alerts_total{kind="offline"} 3.0' in scraped()
+        metrics = scraped()
+        assert 'edgefleet_hub_alerts_total{kind="offline"} 3.0' in metrics
+        assert "edgefleet_hub_mqtt_connected" not in metrics  # no hub's zeros: it is no hub
         assert _behind(hub) == 0  # every window rolled up
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
@@ -119,6 +121,24 @@ def test_the_housekeep_command_rolls_up_raises_alerts_and_counts_them_on_its_met
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+        hub.fleet.engine.dispose()
+
+
+def test_a_failing_alert_scan_does_not_stop_the_rollups(
+    tmp_path: Path, keys_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = build(hub_config(tmp_path, keys_dir), publisher=MemoryPublisher(), with_broker=False)
+    try:
+        _feed_an_hour_ago(hub)
+
+        def broken(fleet: object) -> None:
+            raise RuntimeError("database went away mid-scan")
+
+        monkeypatch.setattr(ticker.alerting, "scan", broken)
+        ticker.housekeep(hub.fleet)
+        assert _count(hub, TelemetryRollup) > 0
+        assert "alert scan failed" in caplog.text and "database went away mid-scan" in caplog.text
+    finally:
         hub.fleet.engine.dispose()
 
 
