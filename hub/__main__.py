@@ -29,7 +29,7 @@ from .cli_models import add_show
 from .cli_rollouts import add_commands as add_rollouts
 from .client import EXIT_FAIL, EXIT_OK, EXIT_USAGE, ClientError, call, client_args, page_args, show_page
 from .config import DEFAULTS, BrokerUrl, HubConfig
-from .errors import HubError
+from .errors import ConfigError, HubError
 
 log = logging.getLogger("hub")
 
@@ -140,6 +140,8 @@ def cmd_housekeep(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not 0.1 <= args.every <= 3600:
+        raise ConfigError("every", f"{args.every} must be within 0.1..3600 seconds")
     given = {k: getattr(args, k) for k in ("db", "keys", "store", "host", "port", "retention")}
     given["token"] = secrets.token_urlsafe(24)  # it serves no API: a token nobody holds
     config = HubConfig.load(given)

@@ -64,10 +64,10 @@ def exposed(metrics: HubMetrics) -> CollectorRegistry:
 
 
 def build(config: HubConfig) -> Fleet:
-    """The fleet the housekeeping needs: the database (schema as the hubs migrated it), keys,
-    store; no broker, no API."""
+    """The fleet the housekeeping needs: the database (migrated, as a hub replica does at start),
+    keys, store; no broker, no API."""
     engine = make_engine(config.db, create=False)
-    migrations.upgrade(engine)  # as each hub replica does at start: whoever starts first migrates
+    migrations.upgrade(engine)  # whoever starts first migrates (on PostgreSQL under a lock, as replicas do)
     return Fleet(
         config,
         engine,

@@ -19,6 +19,7 @@ from hub import gauges, housekeeper, ticker
 from hub.config import HubConfig
 from hub.errors import ConfigError, HubError
 from hub.models import Alert, TelemetryRollup
+from hub.rollups import MINUTE
 from hub.server import Hub, build
 from hub.transport import MemoryPublisher, Outgoing
 from protocol.messages import Telemetry
@@ -44,6 +45,11 @@ def _feed_an_hour_ago(hub: Hub, devices: int = 3) -> int:
             n += 1
     hub.fleet.clock = lambda: int(time.time())
     return n
+
+
+def _minutes(hub: Hub) -> int:
+    with hub.fleet.session() as s:
+        return int(s.query(TelemetryRollup).filter(TelemetryRollup.resolution == MINUTE).count())
 
 
 def _count(hub: Hub, table: type) -> int:
@@ -101,8 +107,9 @@ def test_the_housekeep_command_rolls_up_raises_alerts_and_counts_them_on_its_met
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-        # ten minutes of three devices, at most five minutes a round (hub.rollups.MAX_BUCKETS)
-        wait_for(lambda: _count(hub, TelemetryRollup) == 30, timeout=60, what="the housekeeper's rollups")
+        # ten minutes of three devices, at most five minutes a round (hub.rollups.MAX_BUCKETS); an
+        # hour rollup too once those minutes close an hour (when depends on the time of day)
+        wait_for(lambda: _minutes(hub) == 30, timeout=60, what="the housekeeper's 30 minute rollups")
         wait_for(lambda: _count(hub, Alert) == 3, timeout=30, what="its offline alerts")
 
         def scraped() -> str:
@@ -149,6 +156,13 @@ def test_the_housekeeper_refuses_to_publish_rather_than_drop_a_message(tmp_path:
             fleet.publish([Outgoing("ef/v1/dev/x/desired", b"{}")])
     finally:
         fleet.engine.dispose()
+
+
+def test_a_housekeeper_asked_to_spin_is_refused() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "hub", "housekeep", "--every", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 2 and "config every: 0.0 must be within 0.1..3600 seconds" in run.stderr
 
 
 def test_an_unknown_housekeeping_mode_is_refused_by_name() -> None:
