@@ -313,7 +313,7 @@ def parser() -> argparse.ArgumentParser:
         "--housekeeping",
         choices=["here", "apart"],
         help="the alert scan, telemetry rollups and pruning: in this process (here, the default) "
-        "or in `edgefleet-hub housekeep` beside it (apart: for large fleets, docs/scale.md)",
+        "or in `edgefleet-hub housekeep` beside it (apart: for large fleets, docs/adr/0018-housekeeping-apart.md)",
     )
     p.add_argument("--dev", action="store_true", help="allow a default token (local development only)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
