@@ -28,7 +28,7 @@ from .cli_hardexamples import add_commands as add_hard_examples
 from .cli_models import add_show
 from .cli_rollouts import add_commands as add_rollouts
 from .client import EXIT_FAIL, EXIT_OK, EXIT_USAGE, ClientError, call, client_args, page_args, show_page
-from .config import DEFAULTS, BrokerUrl, HubConfig
+from .config import DEFAULTS, HOUSEKEEPING, BrokerUrl, HubConfig
 from .errors import ConfigError, HubError
 
 log = logging.getLogger("hub")
@@ -311,7 +311,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dist", help="`make dist` folder served to devices: GET /install.sh, /dist/NAME (default: none)")
     p.add_argument(
         "--housekeeping",
-        choices=["here", "apart"],
+        choices=HOUSEKEEPING,
         help="the alert scan, telemetry rollups and pruning: in this process (here, the default) "
         "or in `edgefleet-hub housekeep` beside it (apart: for large fleets, docs/adr/0018-housekeeping-apart.md)",
     )
