@@ -1,9 +1,9 @@
 """The MQTT bridge: paho-mqtt 2.x (callback API v2, MQTT v5), network loop in paho's thread.
 
-``on_message`` never blocks: it only puts ``(topic, payload)`` on a bounded queue. One worker
-thread drains the queue in batches (up to ``batch_max`` messages or ``batch_wait`` seconds)
+``on_message`` never blocks: it only puts ``(topic, payload)`` in a bounded inbox (``hub.inbox``). One worker
+thread drains it in batches (up to ``batch_max`` messages or ``batch_wait`` seconds)
 and hands each batch to :class:`hub.ingest.Ingest`, which commits it in one transaction and
-returns the acks / chunk repairs to publish. If the queue is full the message is counted and
+returns the acks / chunk repairs to publish. If the inbox is full the message is counted and
 dropped: agents resend telemetry and reports until acked, and status is retained.
 
 Reconnects: paho's own loop reconnects with backoff (1..30 s); on every (re)connect the bridge
@@ -46,7 +46,6 @@ ingest nothing while looking healthy. One ingest hub per 3.1.1 broker (ADR 0013)
 from __future__ import annotations
 
 import logging
-import queue
 import secrets
 import ssl
 import threading
@@ -63,6 +62,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from protocol.topics import Kind, device_filter
 
 from .config import BrokerTls, BrokerUrl
+from .inbox import Inbox
 from .metrics import HubMetrics
 from .transport import Outgoing
 
@@ -76,7 +76,6 @@ V5_CONNACK_WAIT_S = 5.0
 MAX_PACKET_BYTES = 1024 * 1024  # what the hub takes; device messages are <= 256 KiB
 MAX_QUEUED = 50_000  # paho's queue of unacknowledged messages (its message ids collide past 65,535)
 OVERFLOW_MAX = 2_000_000  # the bridge's own queue behind it (see the module doc)
-_STOP = ("", b"")
 
 
 class Bridge:
@@ -104,7 +103,7 @@ class Bridge:
         self.batch_wait = batch_wait
         self.shared_group = shared_group
         self.persistent = not shared_group  # a replica's session must end with it: see the module doc
-        self.queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=queue_max)
+        self.inbox: Inbox[tuple[str, bytes]] = Inbox(queue_max, batch_max)  # received, for the worker
         self.handler: Callable[[Sequence[tuple[str, bytes]]], None] | None = None
         self.connected = threading.Event()
         self._worker: threading.Thread | None = None
@@ -262,38 +261,18 @@ class Bridge:
             log.warning("disconnected from broker (%s); paho reconnects", rc)
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        try:
-            self.queue.put_nowait((msg.topic, bytes(msg.payload)))
-        except queue.Full:
+        if not self.inbox.put((msg.topic, bytes(msg.payload))):
             self.metrics.queue_dropped.inc()
 
     # ---- worker ----------------------------------------------------------------------------
     def _drain(self) -> None:
         assert self.handler is not None
-        while True:
-            first = self.queue.get()
-            if first is _STOP:
-                return
-            batch = [first]
-            deadline = time.monotonic() + self.batch_wait
-            stop = False
-            while len(batch) < self.batch_max:
-                left = deadline - time.monotonic()
-                try:
-                    item = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)
-            self.metrics.queue_depth.set(self.queue.qsize())
+        while (batch := self.inbox.take(self.batch_wait)) is not None:
+            self.metrics.queue_depth.set(len(self.inbox))
             try:
                 self.handler(batch)
             except Exception:  # the worker must outlive any one bad batch
                 log.exception("ingest batch of %d failed", len(batch))
-            if stop:
-                return
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self, handler: Callable[[Sequence[tuple[str, bytes]]], None]) -> None:
@@ -309,7 +288,7 @@ class Bridge:
         self._stopping = True
         self.client.disconnect()
         self.client.loop_stop()
-        self.queue.put(_STOP)
+        self.inbox.stop()
         if self._worker is not None:
             self._worker.join(timeout=10)
 
@@ -375,4 +354,4 @@ class Bridge:
 
     def backlog(self) -> int:
         """Messages received and not yet handled, plus those waiting to go out."""
-        return self.queue.qsize() + len(self._overflow)
+        return len(self.inbox) + len(self._overflow)

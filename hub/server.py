@@ -157,5 +157,5 @@ def build(config: HubConfig, publisher: Publisher | None = None, with_broker: bo
     dashboard.install(app)
     ingest = Ingest(fleet)
     if bridge is not None:  # more messages waiting: the rollouts hear of several batches at once (hub.followups)
-        ingest.followups.behind = lambda: bridge.queue.qsize() > 0
+        ingest.followups.behind = lambda: len(bridge.inbox) > 0
     return Hub(config, fleet, ingest, app, bridge, threading.Event())

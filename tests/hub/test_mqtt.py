@@ -332,6 +332,23 @@ def test_the_bridge_counts_unread_and_unsent_messages_as_its_backlog():
 
     bridge = Bridge(BrokerUrl.parse("mqtt://127.0.0.1:1"), HubMetrics())
     assert bridge.backlog() == 0
-    bridge.queue.put(("ef/v1/dev/d0/telemetry", b"{}"))
+    bridge.inbox.put(("ef/v1/dev/d0/telemetry", b"{}"))
     bridge._overflow.append(Outgoing("ef/v1/dev/d0/desired", b"{}"))
     assert bridge.backlog() == 2
+
+
+def test_a_message_arriving_at_a_full_inbox_is_counted_as_dropped_and_the_inbox_kept():
+    # the agent resends an unacknowledged window; the hub must not grow without bound meanwhile
+    import paho.mqtt.client as mqtt
+
+    from hub.config import BrokerUrl
+    from hub.metrics import HubMetrics
+    from hub.mqtt import Bridge
+
+    bridge = Bridge(BrokerUrl.parse("mqtt://127.0.0.1:1"), HubMetrics(), queue_max=2)
+    for i in range(3):
+        msg = mqtt.MQTTMessage(topic=b"ef/v1/dev/d0/telemetry")
+        msg.payload = f'{{"n": {i}}}'.encode()
+        bridge._on_message(bridge.client, None, msg)
+    assert bridge.metrics.queue_dropped._value.get() == 1
+    assert bridge.inbox.take(0.0) == [("ef/v1/dev/d0/telemetry", b'{"n": 0}'), ("ef/v1/dev/d0/telemetry", b'{"n": 1}')]
