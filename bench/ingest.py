@@ -102,6 +102,58 @@ class Publisher:
         return float(done.stdout.strip().splitlines()[-1])  # CLOCK_MONOTONIC: one clock per machine
 
 
+class AckWatcher:
+    """Counts the distinct (device, seq) the hub acks, from a child process
+    (``python -m bench ingest --watch-acks PORT``): subscribed before the run starts, it parses
+    the acks as they come and prints the count when its standard input closes. Until
+    2026-12-05 a paho client in the hub's own process did this, and its network thread took
+    the interpreter from the hub's (~7 % of the hub process's samples)."""
+
+    def __init__(self, port: int) -> None:
+        cmd = [sys.executable, "-m", "bench", "ingest", "--watch-acks", str(port)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if line != "subscribed":
+            self.proc.kill()
+            raise RuntimeError(f"ack watcher did not subscribe: {line!r}")
+
+    def result(self) -> int:
+        out, _ = self.proc.communicate(timeout=60)
+        return int(out.strip().splitlines()[-1])
+
+
+def _watch_acks(port: int) -> int:
+    from protocol.messages import parse_ack
+
+    acked: set[tuple[str, int]] = set()
+    lock = threading.Lock()
+
+    def on_ack(_c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
+        device = m.topic.split("/")[3]
+        seqs = parse_ack(m.payload).seqs
+        with lock:
+            acked.update((device, s) for s in seqs)
+
+    subscribed = threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-acks-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
+    c.on_message = on_ack
+    c.on_subscribe = lambda *a: subscribed.set()
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    c.subscribe("ef/v1/dev/+/ack", qos=1)
+    if not subscribed.wait(10):
+        print("no SUBACK in 10 s", flush=True)
+        return 1
+    print("subscribed", flush=True)
+    sys.stdin.read()  # until the parent closes it
+    c.disconnect()
+    c.loop_stop()
+    with lock:
+        print(len(acked), flush=True)
+    return 0
+
+
 def _raw(port: int, msgs: list[tuple[str, bytes]], publish: Publisher) -> dict[str, Any]:
     n = len(msgs)
     got = 0
@@ -173,44 +225,35 @@ def _hub(
         tick=3600,
     )
     hub = build(cfg)
-    from protocol.messages import parse_ack
-
-    got_acks: list[tuple[str, bytes]] = []  # parsed after the run: the watcher takes no CPU from the hub
-
-    def on_ack(_c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
-        got_acks.append((m.topic, bytes(m.payload)))
-
-    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-acks-{batch_max}", protocol=mqtt.MQTTv5)
-    watcher.on_message = on_ack
-    watcher.connect("127.0.0.1", port)
-    watcher.loop_start()
-    watcher.subscribe("ef/v1/dev/+/ack", qos=1)
-    hub.start()
-    if settle:
-        settle_gc()  # as `edgefleet-hub serve` does once started
-    assert hub.bridge is not None and hub.bridge.connected.wait(10)
-    time.sleep(0.5)
-    n = len(msgs)
-    t0 = publish(port, msgs)
-    # watched in memory: the hub counts a window stored once its batch has committed (a
-    # SELECT count(*) every 20 ms took ~7 % of the hub process's CPU); the rows are counted after
-    committed = hub.fleet.metrics.messages.labels("telemetry", "stored")
-    deadline = time.monotonic() + 600
-    t_end = time.monotonic()
-    while time.monotonic() < deadline:
+    watcher = AckWatcher(port)  # a process of its own, as devices are: it takes no CPU from the hub
+    try:
+        hub.start()
+        if settle:
+            settle_gc()  # as `edgefleet-hub serve` does once started
+        assert hub.bridge is not None and hub.bridge.connected.wait(10)
+        time.sleep(0.5)
+        n = len(msgs)
+        t0 = publish(port, msgs)
+        # watched in memory: the hub counts a window stored once its batch has committed (a
+        # SELECT count(*) every 20 ms took ~7 % of the hub process's CPU); the rows are counted after
+        committed = hub.fleet.metrics.messages.labels("telemetry", "stored")
+        deadline = time.monotonic() + 600
         t_end = time.monotonic()
-        if committed._value.get() >= n:
-            break
-        time.sleep(0.005)
-    elapsed = t_end - t0
-    with hub.fleet.session() as s:
-        stored = s.exec(select(func.count()).select_from(TelemetryWindow)).one()
-    time.sleep(1.0)  # let the last acks arrive
-    hub.stop()
-    watcher.disconnect()
-    watcher.loop_stop()
+        while time.monotonic() < deadline:
+            t_end = time.monotonic()
+            if committed._value.get() >= n:
+                break
+            time.sleep(0.005)
+        elapsed = t_end - t0
+        with hub.fleet.session() as s:
+            stored = s.exec(select(func.count()).select_from(TelemetryWindow)).one()
+        time.sleep(1.0)  # let the last acks arrive
+        hub.stop()
+        acked = watcher.result()
+    except BaseException:
+        watcher.proc.kill()
+        raise
     hub.fleet.engine.dispose()
-    acked = {(topic.split("/")[3], seq) for topic, payload in got_acks for seq in parse_ack(payload).seqs}
     if pg and schema:
         from bench.hub_api import _pg_drop
 
@@ -224,7 +267,7 @@ def _hub(
         "seconds": elapsed,
         "msgs_per_s": stored / elapsed,
         "lost": n - stored,
-        "acked": len(acked),
+        "acked": acked,
         "queue_dropped": dropped,
     }
 
@@ -254,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--publish", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the publisher child
     p.add_argument("--per-device", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--watch-acks", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the ack watcher child
     args = p.parse_args(argv)
+    if args.watch_acks is not None:
+        return _watch_acks(args.watch_acks)
     if args.publish is not None:
         print(_publish_here(args.publish, _payloads(args.devices, args.per_device)), flush=True)
         return 0
