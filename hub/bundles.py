@@ -62,7 +62,9 @@ def push_archive(fleet: Fleet, data: bytes, actor: str = "api") -> dict[str, Any
 def push(fleet: Fleet, env: Envelope, arts: dict[str, bytes], actor: str = "api") -> dict[str, Any]:
     stored = fleet.store.put(env, arts, fleet.keys.online)
     with fleet.rollout_lock:  # two pushes of the same new bundle must not race for its row
-        return _register(fleet, stored, actor)
+        out = _register(fleet, stored, actor)
+    fleet.prepare_deltas(stored.digest)  # from the bases devices run now, before a rollout asks (hub.deltas)
+    return out
 
 
 def _register(fleet: Fleet, stored: Any, actor: str) -> dict[str, Any]:
@@ -164,6 +166,7 @@ def get(fleet: Fleet, digest: str) -> dict[str, Any]:
         build = s.get(Build, digest)
         out["report"] = build.report if build else {}
         out["model_card"] = build.model_card if build else ""
+        out["deltas_preparing"] = fleet.preparing_deltas(digest)
         return out
 
 

@@ -8,20 +8,28 @@ the target's view archive (``DeltaRef.view``; the same two algorithms over fewer
 
 Built once per (base, target) and kept in the store under ``deltas/<target archive>-<base>.zst``
 (an empty file records "not worth it": the delta came out larger than :data:`MAX_FRACTION` of
-the full archive). Its chunks are published retained once per hub process, before the desired
-document that names them; one copy fans out to every device on that base. A device that cannot
-use the delta (no base, a damaged base, a delta lost on the way) falls back to the full chunks,
-which are published as always.
+the full archive). Built ahead when a bundle is pushed (:func:`prepare`, in the hub's
+``hub-deltas`` thread: :class:`Preparer`) for every base the fleet runs of that model, so a
+rollout's POST finds them made; what it does not find (a base that appeared since) it builds
+itself, as before. One build per delta at a time in a process: the POST waits for a build
+already under way rather than making the same delta twice. Its chunks are published retained
+once per hub process, before the desired document that names them; one copy fans out to every
+device on that base. A device that cannot use the delta (no base, a damaged base, a delta lost
+on the way) falls back to the full chunks, which are published as always.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
+import time
 import weakref
+from pathlib import Path
 
 import zstandard
+from sqlmodel import col, select
 
 from protocol import delta as pdelta
 from protocol.bundle import ChunkPlan
@@ -41,6 +49,7 @@ BIG_ARCHIVE = 16 * 1024 * 1024  # above this the delta is made at FAST_LEVEL
 FAST_LEVEL = 9
 MAX_FRACTION = 0.5  # a delta above half the archive saves too little to be worth a second path
 _lock = threading.Lock()
+_building: dict[Path, threading.Lock] = {}  # one build per delta file at a time (under _lock)
 # per hub (tests run several in one process): delta sha256s whose chunks it has published
 _published: weakref.WeakKeyDictionary[Fleet, set[str]] = weakref.WeakKeyDictionary()
 
@@ -84,13 +93,31 @@ def _delta_bytes(fleet: Fleet, base: str, b: Bundle, target_sha: str, view: bool
     """The delta from ``base`` (its device view when ``view``) to the archive ``target_sha`` of
     ``b`` (the full one or its device view), cached by (target archive, base, and whether SUB
     records may be used: only for agents that announced ``zstd-members-2``)."""
-    store = fleet.store
-    folder = store.root / "deltas"
-    path = folder / f"{target_sha}-{base}{'.m2' if subs else ''}.zst"
+    path = _path(fleet, target_sha, base, subs)
     try:
         return path.read_bytes()
     except FileNotFoundError:
         pass
+    with _lock:
+        building = _building.setdefault(path, threading.Lock())
+    with building:  # another thread (the preparer, a POST) may be making this one now
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            pass
+        try:
+            return _build(fleet, path, base, b, target_sha, view, subs)
+        finally:
+            with _lock:
+                _building.pop(path, None)
+
+
+def _path(fleet: Fleet, target_sha: str, base: str, subs: bool) -> Path:
+    return fleet.store.root / "deltas" / f"{target_sha}-{base}{'.m2' if subs else ''}.zst"
+
+
+def _build(fleet: Fleet, path: Path, base: str, b: Bundle, target_sha: str, view: bool, subs: bool) -> bytes:
+    store = fleet.store
     try:
         manifest = store.manifest(base)
         if view:  # the base as a device-view agent holds it: whether installed in full or as a view
@@ -102,7 +129,7 @@ def _delta_bytes(fleet: Fleet, base: str, b: Bundle, target_sha: str, view: bool
     except (NotFound, ProtocolError, OSError) as exc:
         log.info("no delta from %s to %s: %s", base[:12], b.digest[:12], exc)
         return b""
-    # level 19 is 10-14 % smaller than 9 but runs at 1-3 MB/s here, inside the rollout tick (ADR 0014)
+    # level 19 is 10-14 % smaller than 9 but runs at 1-3 MB/s here: at push (prepare) or in a rollout's POST (ADR 0014)
     level = pdelta.LEVEL if len(target) <= BIG_ARCHIVE else FAST_LEVEL
     data = smallest(parts, names, target, level, subs)
     worth = len(data) <= MAX_FRACTION * len(target)
@@ -116,11 +143,94 @@ def _delta_bytes(fleet: Fleet, base: str, b: Bundle, target_sha: str, view: bool
         len(target),
         "" if worth else " (not worth it: full chunks only)",
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}-{threading.get_ident()}.tmp")
     tmp.write_bytes(data if worth else b"")
     os.replace(tmp, path)
     return data if worth else b""
+
+
+def prepare(fleet: Fleet, digest: str) -> tuple[int, int]:
+    """Makes ahead the deltas a rollout of bundle ``digest`` would need now: one from each bundle
+    that devices run of the same model (and its device view, and its SUB-record variant, as those
+    devices announced), to ``digest``. Returns (built, found already made). A device that moves to
+    another base later gets its delta built by the rollout, as without this."""
+    with fleet.session() as s:
+        b = s.get(Bundle, digest)
+        if b is None:
+            raise NotFound("bundle", digest)
+        base_of = col(Device.active_digest)
+        q = select(Device).join(Bundle, base_of == col(Bundle.digest)).where(Bundle.name == b.name, base_of != digest)
+        devices = s.exec(q).all()
+        s.expunge_all()
+    wanted: dict[tuple[str, str, bool], bool] = {}  # (base, target archive, SUB records) -> a view
+    for d in devices:
+        assert d.active_digest is not None  # the join
+        v = views.of(fleet, b) if views.capable(d) else None
+        target = v.plan.sha256 if v is not None else b.archive_sha256
+        wanted[(d.active_digest, target, views.announced(d, pdelta.ALGO_MEMBERS2))] = v is not None
+    built = found = 0
+    for (base, target, subs), view in wanted.items():
+        if _path(fleet, target, base, subs).exists():
+            found += 1
+            continue
+        _delta_bytes(fleet, base, b, target, view, subs)
+        built += 1
+    return built, found
+
+
+class Preparer:
+    """The hub's ``hub-deltas`` thread: :func:`prepare` for each bundle pushed, one at a time, in
+    order. ``preparing(digest)``: queued or under way in this process (a replica knows only its
+    own pushes). zstd releases the interpreter while it compresses, so ingest keeps running."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._pending: set[str] = set()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, digest: str) -> None:
+        """Queues ``digest``; nothing before :meth:`start` (a hub never started, as in tests that
+        drive the API alone, builds its deltas in the POST as before)."""
+        with _lock:
+            if self._thread is None or digest in self._pending:
+                return
+            self._pending.add(digest)
+        self._queue.put(digest)
+
+    def preparing(self, digest: str) -> bool:
+        with _lock:
+            return digest in self._pending
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="hub-deltas", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while (digest := self._queue.get()) is not None:
+            t0 = time.monotonic()
+            try:
+                built, found = prepare(self.fleet, digest)
+            except Exception:  # the thread must outlive one bad bundle; the POST builds what is missing
+                log.exception("deltas to bundle %s were not prepared", digest[:12])
+            else:
+                if built or found:
+                    log.info(
+                        "deltas to bundle %s prepared: %d built, %d already made, %.1f s",
+                        digest[:12],
+                        built,
+                        found,
+                        time.monotonic() - t0,
+                    )
+            finally:
+                with _lock:
+                    self._pending.discard(digest)
 
 
 def smallest(

@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from . import bundles, desired, enrollment, migrations, rotation, ticker
+from . import bundles, deltas, desired, enrollment, migrations, rotation, ticker
 from .api import create_app
 from .config import HubConfig
 from .db import make_engine
@@ -59,6 +59,7 @@ class Hub:
     app: FastAPI
     bridge: Bridge | None
     _stop: threading.Event
+    preparer: deltas.Preparer | None = None
     _ticker: threading.Thread | None = None
     _connects: int = 0  # broker connections so far: a republish stops when a newer one starts
 
@@ -70,6 +71,8 @@ class Hub:
         else:
             self.fleet.publish([rotation.root_message(self.fleet)])
         enrollment.write_broker_auth(self.fleet)
+        if self.preparer is not None:
+            self.preparer.start()
         self._ticker = threading.Thread(target=self._tick_loop, name="hub-ticker", daemon=True)
         self._ticker.start()
 
@@ -115,6 +118,8 @@ class Hub:
                     log.exception("rollout follow-up at stop failed")
         if self._ticker is not None:
             self._ticker.join(timeout=10)
+        if self.preparer is not None:
+            self.preparer.stop()
 
 
 def hub_client_id(config: HubConfig) -> str:
@@ -158,4 +163,6 @@ def build(config: HubConfig, publisher: Publisher | None = None, with_broker: bo
     ingest = Ingest(fleet)
     if bridge is not None:  # more messages waiting: the rollouts hear of several batches at once (hub.followups)
         ingest.followups.behind = lambda: len(bridge.inbox) > 0
-    return Hub(config, fleet, ingest, app, bridge, threading.Event())
+    preparer = deltas.Preparer(fleet)
+    fleet.prepare_deltas, fleet.preparing_deltas = preparer.submit, preparer.preparing
+    return Hub(config, fleet, ingest, app, bridge, threading.Event(), preparer=preparer)

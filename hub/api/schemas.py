@@ -102,6 +102,10 @@ class BundlePublic(BaseModel):
 class BundleDetail(BundlePublic):
     report: dict[str, Any] = Field(description="the compiler's evaluation report")
     model_card: str
+    deltas_preparing: bool = Field(
+        description="this hub process is still making the deltas from the bundles devices run to this one "
+        "(started at push); a rollout created meanwhile makes what it needs itself, so its POST takes longer"
+    )
 
 
 class ModelPublic(BaseModel):
