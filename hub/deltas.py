@@ -31,7 +31,7 @@ from pathlib import Path
 import zstandard
 from sqlmodel import col, select
 
-from protocol import delta as pdelta
+from protocol import delta as pdelta, view as pview
 from protocol.bundle import ChunkPlan
 from protocol.errors import ProtocolError
 from protocol.topics import Topic
@@ -159,16 +159,17 @@ def prepare(fleet: Fleet, digest: str) -> tuple[int, int]:
         b = s.get(Bundle, digest)
         if b is None:
             raise NotFound("bundle", digest)
+        s.expunge(b)
         base_of = col(Device.active_digest)
-        q = select(Device).join(Bundle, base_of == col(Bundle.digest)).where(Bundle.name == b.name, base_of != digest)
+        q = select(base_of, col(Device.inventory))  # two columns, not 10,000 ORM rows
+        q = q.join(Bundle, base_of == col(Bundle.digest)).where(Bundle.name == b.name, base_of != digest)
         devices = s.exec(q).all()
-        s.expunge_all()
     wanted: dict[tuple[str, str, bool], bool] = {}  # (base, target archive, SUB records) -> a view
-    for d in devices:
-        assert d.active_digest is not None  # the join
-        v = views.of(fleet, b) if views.capable(d) else None
+    for base, inventory in devices:
+        assert base is not None  # the join
+        v = views.of(fleet, b) if views.lists(inventory, pview.FEATURE) else None
         target = v.plan.sha256 if v is not None else b.archive_sha256
-        wanted[(d.active_digest, target, views.announced(d, pdelta.ALGO_MEMBERS2))] = v is not None
+        wanted[(base, target, views.lists(inventory, pdelta.ALGO_MEMBERS2))] = v is not None
     built = found = 0
     for (base, target, subs), view in wanted.items():
         if _path(fleet, target, base, subs).exists():
