@@ -494,12 +494,6 @@ def _ours(
     api = httpx.Client(
         base_url=f"http://127.0.0.1:{http_port}", headers={"Authorization": f"Bearer {token}"}, timeout=600
     )
-    keeper = None
-    if args.housekeeping == "apart":  # as deployed: the hub migrated the database before `ready`
-        keeper = subprocess.Popen(
-            [sys.executable, "-m", "hub", "housekeep", "--db", cfg["db"], "--keys", str(cfg["keys"]),
-             "--store", str(cfg["store"]), "--port", "0", "--log-level", "warning"]
-        )  # fmt: skip
 
     def egress() -> dict[str, int]:
         return {k: int(v.value) for k, v in counters.items()}
@@ -516,6 +510,12 @@ def _ours(
         progress_interval_s=args.progress_interval,
     )
     fleet = SimFleet(sim_cfg)
+    keeper = None  # started last, right before the `try` that stops it
+    if args.housekeeping == "apart":  # as deployed: the hub migrated the database before `ready`
+        keeper = subprocess.Popen(
+            [sys.executable, "-m", "hub", "housekeep", "--db", cfg["db"], "--keys", str(cfg["keys"]),
+             "--store", str(cfg["store"]), "--port", "0", "--log-level", "warning"]
+        )  # fmt: skip
 
     def online() -> bool:
         return int(api.get("/api/v1/devices?online=true&limit=1").json()["total"]) >= n
