@@ -4,7 +4,7 @@ paho's network thread puts; one worker takes. The worker is woken twice a batch 
 the first message arrives in an empty inbox and when a batch is full (or at ``stop``), not once
 a message. A ``queue.Queue`` read item by item woke the worker for every message while it
 gathered a batch, and each wake took the interpreter from paho's thread (one GIL): at 7,000
-messages/s a batch of 20 ms was ~140 wakes (docs/scale.md, "The inbox").
+messages/s a batch of 20 ms was ~140 wakes (docs/scale.md, "the inbox, and the ack watcher").
 
 Only the worker removes items, so the count can only grow while it waits: a ``put`` that makes
 the count 1 or ``batch_max`` is the one that must wake it. ``deque.append`` and ``popleft`` are

@@ -1,8 +1,8 @@
 """The MQTT bridge: paho-mqtt 2.x (callback API v2, MQTT v5), network loop in paho's thread.
 
-``on_message`` never blocks: it only puts ``(topic, payload)`` in a bounded inbox (``hub.inbox``). One worker
-thread drains it in batches (up to ``batch_max`` messages or ``batch_wait`` seconds)
-and hands each batch to :class:`hub.ingest.Ingest`, which commits it in one transaction and
+``on_message`` never blocks: it only puts ``(topic, payload)`` in a bounded inbox
+(``hub.inbox``). One worker thread drains it in batches (up to ``batch_max`` messages or
+``batch_wait`` seconds) and hands each batch to :class:`hub.ingest.Ingest`, which commits it in one transaction and
 returns the acks / chunk repairs to publish. If the inbox is full the message is counted and
 dropped: agents resend telemetry and reports until acked, and status is retained.
 
