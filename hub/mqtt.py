@@ -2,9 +2,9 @@
 
 ``on_message`` never blocks: it only puts ``(topic, payload)`` in a bounded inbox
 (``hub.inbox``). One worker thread drains it in batches (up to ``batch_max`` messages or
-``batch_wait`` seconds) and hands each batch to :class:`hub.ingest.Ingest`, which commits it in one transaction and
-returns the acks / chunk repairs to publish. If the inbox is full the message is counted and
-dropped: agents resend telemetry and reports until acked, and status is retained.
+``batch_wait`` seconds) and hands each batch to :class:`hub.ingest.Ingest`, which commits it
+in one transaction and returns the acks / chunk repairs to publish. If the inbox is full the
+message is counted and dropped: agents resend telemetry and reports until acked, and status is retained.
 
 Reconnects: paho's own loop reconnects with backoff (1..30 s); on every (re)connect the bridge
 subscribes again, the retained status of every device is delivered anew, and ``on_connected``
