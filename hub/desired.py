@@ -43,6 +43,9 @@ from .transport import Outgoing
 log = logging.getLogger(__name__)
 
 _ABSENT = "edgefleet.desired.absent"  # Session.info: devices preload() found without a document
+# Session.info: the documents preload() read, held: the session's identity map keeps an object
+# only while something refers to it, and issue() looks each one up there
+_HELD = "edgefleet.desired.held"
 
 
 def issue(
@@ -121,10 +124,11 @@ def preload(s: Session, device_ids: Sequence[str]) -> None:
     lookups a device (a rollout issuing to 1,000 new devices made 2,000)."""
     ids = sorted(set(device_ids))
     absent: set[str] = s.info.setdefault(_ABSENT, set())
+    held: dict[str, DesiredDoc] = s.info.setdefault(_HELD, {})
     for i in range(0, len(ids), 1000):
         page = ids[i : i + 1000]
-        found = {doc.device for doc in s.exec(select(DesiredDoc).where(col(DesiredDoc.device).in_(page))).all()}
-        absent.update(d for d in page if d not in found)
+        held.update((doc.device, doc) for doc in s.exec(select(DesiredDoc).where(col(DesiredDoc.device).in_(page))))
+        absent.update(d for d in page if d not in held)
 
 
 def _record(fleet: Fleet, s: Session, d: Device, desired: Desired) -> Outgoing:
@@ -132,9 +136,14 @@ def _record(fleet: Fleet, s: Session, d: Device, desired: Desired) -> Outgoing:
     its seq on the device row; the message to publish once the caller commits."""
     doc = DesiredDoc(device=d.id, seq=desired.seq, expires=desired.expires, payload=desired.seal([fleet.keys.online]))
     absent: set[str] = s.info.get(_ABSENT, set())
+    held: dict[str, DesiredDoc] = s.info.get(_HELD, {})
     if d.id in absent:  # preload() found none: an insert, no lookup first
         absent.discard(d.id)
+        held[d.id] = doc
         s.add(doc)
+    elif (old := held.get(d.id)) is not None:  # preload() read it: changed in place, no lookup
+        old.seq, old.expires, old.payload = doc.seq, doc.expires, doc.payload
+        s.add(old)
     else:
         s.merge(doc)
     d.desired_seq = desired.seq
