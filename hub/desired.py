@@ -42,9 +42,9 @@ from .transport import Outgoing
 
 log = logging.getLogger(__name__)
 
-_ABSENT = "edgefleet.desired.absent"  # Session.info: devices preload() found without a document
-# Session.info: the documents preload() read, held: the session's identity map keeps an object
-# only while something refers to it, and issue() looks each one up there
+# Session.info: each device preload() read -> its document, or None where it has none. Held
+# here, not looked up again: the session's identity map keeps an object only while something
+# refers to it
 _HELD = "edgefleet.desired.held"
 
 
@@ -123,29 +123,26 @@ def preload(s: Session, device_ids: Sequence[str]) -> None:
     the session, where :func:`issue` finds them) and which of them have none, instead of two
     lookups a device (a rollout issuing to 1,000 new devices made 2,000)."""
     ids = sorted(set(device_ids))
-    absent: set[str] = s.info.setdefault(_ABSENT, set())
-    held: dict[str, DesiredDoc] = s.info.setdefault(_HELD, {})
+    held: dict[str, DesiredDoc | None] = s.info.setdefault(_HELD, {})
     for i in range(0, len(ids), 1000):
         page = ids[i : i + 1000]
+        held.update((d, None) for d in page if d not in held)
         held.update((doc.device, doc) for doc in s.exec(select(DesiredDoc).where(col(DesiredDoc.device).in_(page))))
-        absent.update(d for d in page if d not in held)
 
 
 def _record(fleet: Fleet, s: Session, d: Device, desired: Desired) -> Outgoing:
     """Sign ``desired`` with the online key, store it byte for byte as the device's document and
     its seq on the device row; the message to publish once the caller commits."""
     doc = DesiredDoc(device=d.id, seq=desired.seq, expires=desired.expires, payload=desired.seal([fleet.keys.online]))
-    absent: set[str] = s.info.get(_ABSENT, set())
-    held: dict[str, DesiredDoc] = s.info.get(_HELD, {})
-    if d.id in absent:  # preload() found none: an insert, no lookup first
-        absent.discard(d.id)
+    held: dict[str, DesiredDoc | None] = s.info.get(_HELD, {})
+    if d.id not in held:  # not preloaded: looked up
+        s.merge(doc)
+    elif (old := held[d.id]) is None:  # preload() found none: an insert
         held[d.id] = doc
         s.add(doc)
-    elif (old := held.get(d.id)) is not None:  # preload() read it: changed in place, no lookup
+    else:  # preload() read it: changed in place
         old.seq, old.expires, old.payload = doc.seq, doc.expires, doc.payload
         s.add(old)
-    else:
-        s.merge(doc)
     d.desired_seq = desired.seq
     s.add(d)
     return _message(doc)
@@ -206,9 +203,8 @@ def reissue_inline(fleet: Fleet, s: Session, d: Device, before: Mapping[str, Any
 
 def _previous(s: Session, device: str) -> Desired | None:
     """The device's last document as issued (our own signed bytes), for its channel entries."""
-    if device in s.info.get(_ABSENT, ()):
-        return None
-    doc = s.get(DesiredDoc, device)
+    held: dict[str, DesiredDoc | None] = s.info.get(_HELD, {})
+    doc = held[device] if device in held else s.get(DesiredDoc, device)
     if doc is None:
         return None
     try:
