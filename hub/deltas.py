@@ -164,10 +164,11 @@ def prepare(fleet: Fleet, digest: str) -> tuple[int, int]:
         q = select(base_of, col(Device.inventory))  # two columns, not 10,000 ORM rows
         q = q.join(Bundle, base_of == col(Bundle.digest)).where(Bundle.name == b.name, base_of != digest)
         devices = s.exec(q).all()
+    b_view = views.of(fleet, b) if any(views.lists(inv, pview.FEATURE) for _, inv in devices) else None
     wanted: dict[tuple[str, str, bool], bool] = {}  # (base, target archive, SUB records) -> a view
     for base, inventory in devices:
         assert base is not None  # the join
-        v = views.of(fleet, b) if views.lists(inventory, pview.FEATURE) else None
+        v = b_view if views.lists(inventory, pview.FEATURE) else None
         target = v.plan.sha256 if v is not None else b.archive_sha256
         wanted[(base, target, views.lists(inventory, pdelta.ALGO_MEMBERS2))] = v is not None
     built = found = 0
