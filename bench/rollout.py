@@ -89,9 +89,30 @@ def _pump(loop: Loop, links: Sequence[Link], until: Any, timeout: float) -> bool
     return False
 
 
-def _plain(port: int, n: int, archive: bytes, unicast: bool) -> dict[str, Any]:
+def _cpu(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) each process has used so far, from /proc; a process gone or
+    unreadable counts 0."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14, 15)
+        except (OSError, IndexError, ValueError):
+            out[name] = 0.0
+    return out
+
+
+def _cpu_since(before: dict[str, float], pids: dict[str, int]) -> dict[str, float]:
+    now = _cpu(pids)
+    return {k: round(now[k] - before.get(k, 0.0), 2) for k in now}
+
+
+def _plain(port: int, n: int, archive: bytes, unicast: bool, broker_pid: int) -> dict[str, Any]:
     """N plain subscribers; retained chunks on one topic set (the limit) or every chunk sent to
-    every subscriber's own topic (the unicast baseline). Returns time and egress."""
+    every subscriber's own topic (the unicast baseline). Returns time, egress and the CPU seconds
+    the subscribers' process and the broker used from the first SUBSCRIBE to the last byte."""
+    pids = {"devices": os.getpid(), "broker": broker_pid}
     loop = Loop()
     chunks = [archive[i : i + CHUNK] for i in range(0, len(archive), CHUNK)]
     tag = "unicast" if unicast else "limit"
@@ -114,6 +135,7 @@ def _plain(port: int, n: int, archive: bytes, unicast: bool) -> dict[str, Any]:
         if k % 200 == 199:
             _pump(loop, links, lambda: False, 0.1)
     _pump(loop, links, lambda: all(h.up for h in subs), 120)
+    cpu0 = _cpu(pids)
     t0 = time.monotonic()
     for i, link in enumerate(links):
         link.subscribe([f"bench/unicast/{i}/chunk/+" if unicast else f"bench/limit/{tag}-{len(archive)}/chunk/+"])
@@ -134,6 +156,7 @@ def _plain(port: int, n: int, archive: bytes, unicast: bool) -> dict[str, Any]:
     else:
         ok = _pump(loop, links, lambda: all(h.done_at is not None for h in subs), 900)
     end = max((h.done_at or time.monotonic()) for h in subs)
+    cpu = _cpu_since(cpu0, pids)
     for link in [pub, *links]:
         link.close()
     loop.close()
@@ -144,6 +167,7 @@ def _plain(port: int, n: int, archive: bytes, unicast: bool) -> dict[str, Any]:
         "seconds": end - t0,
         "egress_bytes": egress,
         "egress_copies": egress / len(archive),
+        "cpu_s": cpu,
         "ok": ok,
     }
 
@@ -319,11 +343,18 @@ def main(argv: list[str] | None = None) -> int:
         # a fresh broker per case (same build, same config): what one case left queued or retained
         # must not weigh on the next (one broker through all cases grew to 18 GB and was OOM-killed)
         with _Broker(work / "limit", args.inflight) as b:
-            cases.append({**_plain(b.port, n, limit_archive, unicast=False), "broker_rss_mb": b.rss_mb()})
+            cases.append(
+                {**_plain(b.port, n, limit_archive, unicast=False, broker_pid=b.proc.pid), "broker_rss_mb": b.rss_mb()}
+            )
         print(f"{cases[-1]['case']:<46} {cases[-1]['seconds']:8.1f} s", flush=True)
         if n <= args.baseline_max:
             with _Broker(work / "unicast", args.inflight) as b:
-                cases.append({**_plain(b.port, n, limit_archive, unicast=True), "broker_rss_mb": b.rss_mb()})
+                cases.append(
+                    {
+                        **_plain(b.port, n, limit_archive, unicast=True, broker_pid=b.proc.pid),
+                        "broker_rss_mb": b.rss_mb(),
+                    }
+                )
             print(f"{cases[-1]['case']:<46} {cases[-1]['seconds']:8.1f} s", flush=True)
         with _Broker(work / "ours", args.inflight) as b:
             ours, upgrade, flap, lag = _ours(b.port, n, size, work, args, b.proc)
@@ -401,6 +432,16 @@ def main(argv: list[str] | None = None) -> int:
         f"(the rollout POST took {ours['post_seconds']:.2f} s); first install committed after "
         f"{_s(ours['first_commit_s'])}, half after {_s(ours['median_commit_s'])}"
     )
+    print("CPU seconds used from the first SUBSCRIBE / the POST to the last install (2 cores here):")
+    for c in cases[:-1]:
+        if c.get("cpu_s"):
+            print(f"  {c['case']:<58} " + "  ".join(f"{k} {v:.1f}" for k, v in c["cpu_s"].items()))
+    print("where the time goes, s after the POST (first / median / last device):")
+    for c in (ours, upgrade, flap):
+        print(
+            f"  {c['case'][31:] or '(ours)':<32} "
+            + "  ".join(f"{k} {'/'.join(f'{x:.1f}' for x in v) if v else 'n/a'}" for k, v in c["timeline_s"].items())
+        )
     print(
         f"ingest lag (telemetry publish -> hub ack) p50 {_s(lag['p50_s'])}, p99 {_s(lag['p99_s'])} "
         f"over {lag['acks']} windows sent in the phase; {lag.get('carried_over', 0)} sent during the rollouts "
@@ -542,6 +583,8 @@ def _ours(
             victims = set(random.Random(version).sample([d.id for d in fleet.devices], int(flap * n)))
             cut_at = {v: random.Random(v).uniform(0.1, 0.9) for v in victims}
             cut: set[str] = set()
+            pids = {"devices": os.getpid(), "broker": broker.pid, "hub": proc.pid}
+            cpu0 = _cpu(pids)
             t0 = time.monotonic()
             r = api.post("/api/v1/rollouts", json={"bundle": digest, "target": {"all": True}})
             post_s = time.monotonic() - t0
@@ -560,8 +603,11 @@ def _ours(
 
             fleet.run_until(done, timeout=1200, check_every=0.1 if victims else 0.5)
             seconds = time.monotonic() - t0
+            cpu = _cpu_since(cpu0, pids)
             desired = [d.counters.desired_at for d in fleet.devices if d.counters.desired_at is not None]
             commits = [d.counters.committed_at - t0 for d in fleet.devices if d.counters.committed_at is not None]
+            accepted = [d.counters.desired_at - t0 for d in fleet.devices if d.counters.desired_at is not None]
+            firsts = [d.counters.first_chunk_at - t0 for d in fleet.devices if d.counters.first_chunk_at is not None]
             t = fleet.totals()
             after = egress()
             chunk_egress = after["chunk"] - before["chunk"]
@@ -574,6 +620,12 @@ def _ours(
                 "deltas_prepared_seconds": prep_s,
                 "first_commit_s": min(commits) if commits else None,
                 "median_commit_s": _p(commits, 0.5),
+                # where the time goes: desired document accepted -> first chunk -> committed, a
+                # device's own order; (first, median, last) across the fleet
+                "timeline_s": {
+                    name: (min(v), _p(v, 0.5), max(v)) if v else None
+                    for name, v in (("desired", accepted), ("first_chunk", firsts), ("committed", commits))
+                },
                 "desired_seconds": (max(desired) - t0) if len(desired) >= n else None,
                 "bundle_bytes": b["size"],
                 "egress_bytes": chunk_egress,
@@ -591,6 +643,7 @@ def _ours(
                 },
                 "cut": len(cut),
                 "reconnects": fleet.reconnects,
+                "cpu_s": cpu,
             }
 
         if args.lag_only:

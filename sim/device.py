@@ -91,6 +91,7 @@ class Counters:
 
     desired_at: float | None = None  # monotonic time the newest desired document was accepted
     committed_at: float | None = None  # ... and the install it started was committed
+    first_chunk_at: float | None = None  # ... and the first chunk of that install's download arrived
     chunk_bytes: int = 0  # every chunk payload that reached this device
     duplicate_bytes: int = 0  # of them, chunks it already held
     fetch_requests: int = 0  # asking for missing chunks
@@ -420,6 +421,7 @@ class SimDevice:
         self._dirty = True
         self.counters.desired_at = time.monotonic()
         self.counters.committed_at = None
+        self.counters.first_chunk_at = None
         self.accept(desired, now)
 
     def accept(self, desired: Desired, now: int) -> None:
@@ -560,6 +562,8 @@ class SimDevice:
             self.counters.duplicate_bytes += len(payload)
             return
         job.last_chunk = time.monotonic()
+        if self.counters.first_chunk_at is None:
+            self.counters.first_chunk_at = job.last_chunk
         try:
             if not self.archives.known(ref.archive, i, payload):  # equal to checked bytes: same verdict
                 ref.archive.check_chunk(i, payload)

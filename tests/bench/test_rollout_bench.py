@@ -34,3 +34,20 @@ def test_the_lag_bench_with_housekeeping_apart_measures_acks_and_leaves_no_house
     (lag,) = doc["cases"]
     assert lag["acks"] >= 20 and lag["unacked_over_2s"] == 0
     assert _housekeepers() == []
+
+
+def test_cpu_seconds_read_from_proc_match_what_the_process_says_it_used_and_a_gone_process_counts_zero() -> None:
+    import os
+
+    from bench.rollout import _cpu, _cpu_since
+
+    x = 0
+    for i in range(2_000_000):  # some CPU to count
+        x += i * i
+    own = os.times()
+    got = _cpu({"me": os.getpid(), "gone": 2**22 + 1})
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    assert abs(got["me"] - (own.user + own.system)) <= 2 * tick, (got, own)
+    assert got["gone"] == 0.0
+    spent = _cpu_since({"me": got["me"] - 1.0}, {"me": os.getpid()})
+    assert spent["me"] >= 1.0

@@ -80,6 +80,10 @@ def test_simulated_fleet_installs_a_rollout_and_its_telemetry_shows_an_injected_
 
         assert fleet.run_until(completed, timeout=120), api.get(f"/api/v1/rollouts/{rid}").json()["counts"]
         t = fleet.totals()
+        # each device's timeline (bench rollout prints it): desired accepted, first chunk, committed
+        c = [d.counters for d in fleet.devices]
+        assert all(x.desired_at and x.first_chunk_at and x.committed_at for x in c)
+        assert all(x.desired_at <= x.first_chunk_at <= x.committed_at for x in c)  # type: ignore[operator]
         # every device received the bundle through the broker's fan-out; the hub sent it once
         assert t.chunk_bytes >= 50 * bundle["size"]
         chunks = -(-bundle["size"] // hub.config.chunk_size)
