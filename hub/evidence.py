@@ -4,7 +4,9 @@ decision that can open a cohort; the judging itself is pure (:func:`hub.rollout.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -12,21 +14,149 @@ from sqlmodel import Session, col, select
 from .models import Rollout, TelemetryRollup, TelemetryWindow
 from .rollout import Health, RolloutState
 from .rollups import MINUTE
-from .telemetry import merge
+from .telemetry import Merged, merge
 
 HEALTH_WINDOWS = 500  # newest windows per device and bundle that count
 PREVIOUS_WINDOW_S = 3600  # how far back before the rollout the previous bundle's windows count
+# windows received this close to the newest one read are read again, by id (the ones already held
+# skipped): a batch another hub replica numbered earlier may commit after a later one was read
+LATE_S = 60
+KEEP_IDLE_S = 900  # a rollout's windows are let go when no run read them this long
+PAGE = 5000
 Rows = dict[str, dict[str, Any]]
+_W = TelemetryWindow
+_COLUMNS = (_W.id, _W.device, _W.bundle, _W.latency, _W.inferences, _W.errors, _W.tpu, _W.cpu, _W.cloud, _W.drift,
+            _W.shadow, _W.window_start, _W.window_end, _W.received)  # fmt: skip
+
+
+@dataclass
+class _Held:
+    """One rollout's windows read so far: of ``bundles`` received since ``floor``, for ``devices``."""
+
+    bundles: tuple[str, ...]
+    floor: int
+    devices: set[str] = field(default_factory=set)
+    windows: dict[str, list[Any]] = field(default_factory=dict)  # device -> rows
+    top_id: int = 0  # the highest window id read
+    mark: int = 0  # the newest receive time read
+    recent: dict[int, int] = field(default_factory=dict)  # id -> received, of rows read within LATE_S of mark
+    used: float = 0.0
+    # device -> (what its evidence was judged from, the evidence): a device none of whose inputs
+    # changed since the last run (most of them, between two runs a batch apart) is not judged again
+    health: dict[str, tuple[tuple[Any, ...], Health]] = field(default_factory=dict)
+    # device -> (the previous bundle's windows it chose, by id; their merge): they stop coming
+    # once the device switched, so a new window of the candidate does not merge them again
+    before: dict[str, tuple[tuple[int, ...], Merged]] = field(default_factory=dict)
+
+
+class WindowCache:
+    """The windows each rollout's gates have read (:func:`health`), so a run reads only those
+    stored since the last one, not the fleet's telemetry of the hour before the rollout again
+    (at 1,000 devices reporting every 10 s, 360,000 rows a run after an hour; the runs follow
+    every ingest batch with reports). Held per process on the fleet; a replica taking a rollout
+    over reads it whole once. Rows the retention deletes stay held while the rollout runs (the
+    gates judged them before; never counted twice: the previous bundle's rollups are read only
+    for a device with no raw window held)."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, _Held] = {}
+
+    def windows(
+        self, s: Session, rollout: str, ids: list[str], bundles: Sequence[str], floor: int
+    ) -> dict[str, list[Any]]:
+        """Per device in ``ids``, its windows of ``bundles`` received at or after ``floor``."""
+        now = time.monotonic()
+        for k in [k for k, h in self._held.items() if now - h.used > KEEP_IDLE_S]:
+            del self._held[k]
+        key = tuple(sorted(set(bundles)))
+        h = self._held.get(rollout)
+        if h is None or h.bundles != key or h.floor != floor:
+            h = self._held[rollout] = _Held(key, floor)
+        h.used = now
+        read: list[Any] = []
+        if h.devices:  # what was stored since the last run, for the devices read before
+            since = max(floor, h.mark - LATE_S)
+            # ids first (only the windows not held are read whole, their JSON decoded), in two
+            # range reads on the id and on the receive time, the rest checked here (with the
+            # bundle in the query, SQLite walked the bundle's index: every window of the hour)
+            found: set[Any] = set()
+            for cond in (col(_W.id) > h.top_id, col(_W.received) >= since):
+                q = select(_W.id, _W.device, _W.bundle, _W.received).where(cond)
+                found.update(i for i, d, b, rec in s.exec(q).all() if d in h.devices and b in key and rec >= floor)
+            fresh = sorted(found - h.recent.keys())
+            for p in range(0, len(fresh), PAGE):
+                rows = _rows(s, col(_W.id).in_(fresh[p : p + PAGE]))
+                read.extend(rows)
+                self._note(h, rows)
+        new = [i for i in ids if i not in h.devices]
+        for p in range(0, len(new), PAGE):
+            rows = _rows(s, col(_W.device).in_(new[p : p + PAGE]), col(_W.bundle).in_(key), _W.received >= floor)
+            read.extend(rows)
+            self._note(h, rows)
+        h.devices.update(new)
+        for w in read:
+            h.windows.setdefault(w.device, []).append(w)
+        for d in {w.device for w in read}:
+            h.windows[d].sort(key=_newest_first, reverse=True)
+        h.recent = {i: r for i, r in h.recent.items() if r >= h.mark - LATE_S}
+        return {i: h.windows.get(i, []) for i in ids}
+
+    def health_of(self, rollout: str, device: str, key: tuple[Any, ...]) -> Health | None:
+        """The device's evidence from an earlier run judged from the same ``key``, if any."""
+        h = self._held.get(rollout)
+        hit = h.health.get(device) if h is not None else None
+        return hit[1] if hit is not None and hit[0] == key else None
+
+    def keep_health(self, rollout: str, device: str, key: tuple[Any, ...], health: Health) -> None:
+        h = self._held.get(rollout)
+        if h is not None:
+            h.health[device] = (key, health)
+
+    def merged_before(self, rollout: str, device: str, ws: Sequence[Any]) -> Merged:
+        """``merge(ws)`` of the device's previous bundle's windows, again only when they changed."""
+        key = tuple(-(w.id or 0) if isinstance(w, TelemetryRollup) else w.id for w in ws)  # rollups: own ids
+        h = self._held.get(rollout)
+        hit = h.before.get(device) if h is not None else None
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        m = merge(ws)
+        if h is not None:
+            h.before[device] = (key, m)
+        return m
+
+    @staticmethod
+    def _note(h: _Held, rows: Sequence[Any]) -> None:
+        for w in rows:
+            h.top_id = max(h.top_id, w.id)
+            h.mark = max(h.mark, w.received)
+            h.recent[w.id] = w.received
+
+
+def _newest_first(w: Any) -> tuple[int, int]:
+    """The order windows are chosen in (reversed): by end, ties by id, so sketches merge in one
+    order whichever way they were read (float sums depend on it)."""
+    return (w.window_end, w.id)
+
+
+def _rows(s: Session, *where: Any) -> list[Any]:
+    return list(s.exec(select(*_COLUMNS).where(*where)).all())  # type: ignore[call-overload]
 
 
 def health(
-    s: Session, r: Rollout, st: RolloutState, rows: Rows, reporting: set[str], recovery: Sequence[tuple[int, int]] = ()
+    s: Session,
+    r: Rollout,
+    st: RolloutState,
+    rows: Rows,
+    reporting: set[str],
+    recovery: Sequence[tuple[int, int]] = (),
+    cache: WindowCache | None = None,
 ) -> list[Health]:
     """Per installed device (and any device reporting in this run, which the run may install
     before the gates are judged): merged telemetry of the target bundle since the rollout
     began, and of the bundle it ran before (the hour before) for the latency comparison.
     Windows overlapping a ``recovery`` period (:meth:`Fleet.note_recovery`) are counted, not
-    merged."""
+    merged. With a ``cache`` (the fleet's), a run reads only the windows stored since the last.
+    """
     ids = [
         d.id
         for d in st.devices
@@ -37,72 +167,87 @@ def health(
     if not ids:
         return []
     prevs = {rows[i]["from_bundle"] for i in ids if rows[i]["from_bundle"]}
-    t = TelemetryWindow
     # a window that began before the device switched can mix the old model's samples into the
     # new one's (agents label a window by the bundle active when it closes): judge only windows
     # that started after the hub saw the device installed
     since = {i: rows[i]["updated"] if rows[i]["state"] == "installed" else 0 for i in ids}
-    q = (
-        select(
-            t.device,
-            t.bundle,
-            t.latency,
-            t.inferences,
-            t.errors,
-            t.tpu,
-            t.cpu,
-            t.cloud,
-            t.drift,
-            t.shadow,  # type: ignore[call-overload]
-            t.window_start,
-            t.window_end,
-        )
-        .where(
-            col(t.device).in_(ids), col(t.bundle).in_([st.bundle, *prevs]), t.received >= r.created - PREVIOUS_WINDOW_S
-        )
-        .order_by(col(t.window_end).desc())
-    )
-    # which windows count (the merging is hub.telemetry.merge): per device, the newest
-    # HEALTH_WINDOWS of the target bundle since the switch or of the bundle it ran before
-    new: dict[str, list[Any]] = {i: [] for i in ids}
-    old: dict[str, list[Any]] = {i: [] for i in ids}
-    left_out = dict.fromkeys(ids, 0)
-    for w in s.exec(q).all():
-        device = w.device
-        if any(w.window_start <= up and w.window_end >= down for down, up in recovery):
-            left_out[device] += 1
-            continue
-        is_new = w.bundle == st.bundle
-        if not is_new and w.bundle != rows[device]["from_bundle"]:
-            continue
-        if is_new and w.window_start < since[device]:
-            continue
-        if len(new[device]) + len(old[device]) >= HEALTH_WINDOWS:
-            continue
-        (new if is_new else old)[device].append(w)
-    _previous_from_rollups(s, r, rows, old, left_out, recovery)
-    out = []
+    floor = r.created - PREVIOUS_WINDOW_S
+    bundles = [st.bundle, *sorted(prevs)]
+    if cache is not None:
+        held = cache.windows(s, r.id, ids, bundles, floor)
+    else:
+        held = {i: [] for i in ids}
+        t = TelemetryWindow
+        for w in sorted(
+            _rows(s, col(t.device).in_(ids), col(t.bundle).in_(bundles), t.received >= floor),
+            key=_newest_first,
+            reverse=True,
+        ):
+            held[w.device].append(w)
+    periods = tuple(recovery)
+    shape = (st.bundle, tuple((k, len(ref)) for k, ref in st.baseline.items()), periods)
+    out: dict[str, Health] = {}
+    new: dict[str, list[Any]] = {}
+    old: dict[str, list[Any]] = {}
+    left_out: dict[str, int] = {}
+    keys: dict[str, tuple[Any, ...]] = {}
     for i in ids:
-        m, before = merge(new[i]), merge(old[i])
+        # a device's evidence is a function of its windows (held newest first, only ever added
+        # to), when it switched, what it ran before and the recovery periods: the same as the
+        # last run's when none of them changed
+        keys[i] = (len(held[i]), since[i], rows[i]["from_bundle"], shape)
+        hit = cache.health_of(r.id, i, keys[i]) if cache is not None else None
+        if hit is not None:
+            out[i] = hit
+        else:
+            new[i], old[i], left_out[i] = _choose(held[i], st.bundle, rows[i]["from_bundle"], since[i], periods)
+    from_rollups = _previous_from_rollups(s, r, rows, old, left_out, recovery)
+    for i in new:
+        m = merge(new[i])
+        before = cache.merged_before(r.id, i, old[i]) if cache is not None else merge(old[i])
         prev = before.sketch
-        out.append(
-            Health(
-                i,
-                m.counts["inferences"],
-                m.counts["errors"],
-                m.counts["cloud"],
-                m.sketch.to_dict() if m.sketch.count else {},
-                prev.to_dict() if prev.count else {},
-                {k: c for k, ref in st.baseline.items() if (c := m.drift_counts(k, len(ref))) is not None},
-                m.shadow_agree,
-                m.shadow_total,
-                left_out[i],
-                before.counts["inferences"],
-                before.counts["errors"],
-                before.counts["cloud"],
-            )
+        out[i] = Health(
+            i,
+            m.counts["inferences"],
+            m.counts["errors"],
+            m.counts["cloud"],
+            m.sketch.to_dict() if m.sketch.count else {},
+            prev.to_dict() if prev.count else {},
+            {k: c for k, ref in st.baseline.items() if (c := m.drift_counts(k, len(ref))) is not None},
+            m.shadow_agree,
+            m.shadow_total,
+            left_out[i],
+            before.counts["inferences"],
+            before.counts["errors"],
+            before.counts["cloud"],
         )
-    return out
+        if cache is not None and i not in from_rollups:  # rollups are read again each run, as before
+            cache.keep_health(r.id, i, keys[i], out[i])
+    return [out[i] for i in ids]
+
+
+def _choose(
+    ws: Sequence[Any], target: str, before: str | None, since: int, recovery: Sequence[tuple[int, int]]
+) -> tuple[list[Any], list[Any], int]:
+    """Which of a device's windows (newest first) count (the merging is hub.telemetry.merge): the
+    newest HEALTH_WINDOWS of the target bundle since the switch or of the bundle it ran before;
+    those overlapping a recovery period are counted, not merged."""
+    new: list[Any] = []
+    old: list[Any] = []
+    left_out = 0
+    for w in ws:
+        if any(w.window_start <= up and w.window_end >= down for down, up in recovery):
+            left_out += 1
+            continue
+        is_new = w.bundle == target
+        if not is_new and w.bundle != before:
+            continue
+        if is_new and w.window_start < since:
+            continue
+        if len(new) + len(old) >= HEALTH_WINDOWS:
+            continue
+        (new if is_new else old).append(w)
+    return new, old, left_out
 
 
 def _previous_from_rollups(
@@ -112,13 +257,13 @@ def _previous_from_rollups(
     old: dict[str, list[Any]],
     left_out: dict[str, int],
     recovery: Sequence[tuple[int, int]],
-) -> None:
+) -> set[str]:
     """A rollout soaking past the raw retention (:mod:`hub.rollups`) has lost the raw windows of
     the hour before it: a device with none of its previous bundle's raw windows left gets its
     1-minute rollups of that hour instead (never both, so no window counts twice)."""
     missing = [i for i, ws in old.items() if not ws and rows[i]["from_bundle"]]
     if not missing:
-        return
+        return set()
     t = TelemetryRollup
     q = select(t).where(
         t.resolution == MINUTE,
@@ -134,3 +279,4 @@ def _previous_from_rollups(
             left_out[w.device] += w.windows
             continue
         old[w.device].append(w)
+    return set(missing)

@@ -84,6 +84,9 @@ class Fleet:
         self._recovery: deque[tuple[int, int]] = deque(maxlen=32)
         # a pushed bundle's deltas, made ahead by the hub's hub-deltas thread (hub.deltas.Preparer);
         # nothing where no hub process runs one (the housekeeper, a bare Fleet in tests)
+        # the telemetry windows each rollout's gates read, kept between runs (hub.evidence
+        # .WindowCache, made by the first run: this module imports no room)
+        self.gate_windows: Any = None
         self.prepare_deltas: Callable[[str], None] = lambda digest: None
         self.preparing_deltas: Callable[[str], bool] = lambda digest: False
 

@@ -130,7 +130,9 @@ def _run(
     if r.phase == "running" or any(isinstance(e, Command) for e in evs):
         # every decision that can open a cohort sees the gates' evidence
         reporting = {e.device for e in evs if isinstance(e, InstallReport)}
-        evs.extend(evidence.health(s, r, st, rows, reporting, fleet.recovery_periods()))
+        if fleet.gate_windows is None:
+            fleet.gate_windows = evidence.WindowCache()
+        evs.extend(evidence.health(s, r, st, rows, reporting, fleet.recovery_periods(), fleet.gate_windows))
         evs.extend(staging.evidence(s, r, st, rows))
     new, actions = advance(st, evs, now, policy)
     seqs: dict[str, int] = {}

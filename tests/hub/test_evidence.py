@@ -1,0 +1,201 @@
+"""The gates' evidence read incrementally (``hub.evidence.WindowCache``): a rollout's runs read
+the windows stored since the last run, not the fleet's telemetry of the hour before again, and
+judge exactly what a full read judges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+from hub import evidence, rollout_rows
+from hub.models import Rollout, TelemetryWindow
+
+from .helpers import report, status, telemetry
+from .test_api import push
+from .test_rollouts import OLD_MS, fleet_on
+
+# one cohort, a soak no test reaches: the rollout stays running while windows come in
+POLICY = {"cohorts": ["100%"], "soak_s": 86400, "require_samples": True}
+
+
+def _both(hub: Any, rid: str, cache: evidence.WindowCache, recovery: list[tuple[int, int]]) -> tuple[Any, Any]:
+    """The gates' evidence read through ``cache`` and read whole, from one snapshot of the rows."""
+    with hub.fleet.session() as s:
+        r = s.get(Rollout, rid)
+        assert r is not None
+        st, rows = rollout_rows.load(hub.fleet, s, r)
+        held = evidence.health(s, r, st, rows, set(), recovery, cache)
+        whole = evidence.health(s, r, st, rows, set(), recovery)
+    return held, whole
+
+
+def _install(hub: Any, client: Any, rid: str, digest: str, devices: list[str], seq: int) -> None:
+    rows = {d["device_id"]: d for d in client.get(f"/api/v1/rollouts/{rid}?limit=500").json()["devices"]}
+    hub.ingest.handle(
+        [
+            m
+            for dev in devices
+            for m in (
+                (f"ef/v1/dev/{dev}/report", report(dev, seq, rows[dev]["seq"], bundle=digest)),
+                (f"ef/v1/dev/{dev}/status", status(dev, active=(digest, "digits", "2.0.0"))),
+            )
+        ]
+    )
+
+
+def _window(hub: Any, dev: str, seq: int, digest: str, ms: float, start: int | None = None) -> None:
+    hub.ingest.handle([(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, seq, digest, (ms,) * 50, start=start))])
+
+
+def test_runs_that_read_only_the_new_windows_judge_what_a_full_read_judges_as_devices_install(
+    client, memhub, bundle_dir, monkeypatch
+):
+    hub, pub = memhub
+    v1 = fleet_on(hub, client, pub, bundle_dir, 12)
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    rid = client.post(
+        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": POLICY}
+    ).json()["id"]
+    read: list[int] = []  # window rows each query read whole
+    real = evidence._rows
+    monkeypatch.setattr(evidence, "_rows", lambda s, *w: read.append(len(got := real(s, *w))) or got)
+    cache = evidence.WindowCache()
+    devices = [f"d{i}" for i in range(12)]
+    seq = 100
+    for step in range(4):  # three devices install a step; every device sends a window of what it runs
+        _install(hub, client, rid, v2["digest"], devices[3 * step : 3 * step + 3], seq)
+        for i, dev in enumerate(devices):
+            seq += 1
+            on_v2 = i < 3 * step + 3  # the old bundle's windows vary; the new one's pass the gates
+            _window(hub, dev, seq, v2["digest"] if on_v2 else v1["digest"], OLD_MS if on_v2 else OLD_MS * (1 + i % 3))
+        read.clear()
+        held, whole = _both(hub, rid, cache, [])
+        assert held == whole and len(held) == 3 * step + 3
+        # each device has step + 2 windows (fleet_on's and one a step). Read whole: every window of
+        # every installed device. Through the cache: the newest window of each device it held, and
+        # the three devices it reads for the first time, whole
+        assert sum(read[:-1]) == 3 * step + 3 * (step + 2), read
+        assert read[-1] == (3 * step + 3) * (step + 2), read
+    read.clear()
+    held, whole = _both(hub, rid, cache, [])  # nothing new: the cache reads no window
+    assert held == whole and read == [12 * 5]
+
+
+def test_a_window_numbered_before_the_newest_one_read_but_committed_after_is_still_read(client, memhub, bundle_dir):
+    """Hub replicas on PostgreSQL: a batch given lower ids can commit after a later batch was
+    read. A window received within LATE_S of the newest one read is read again by id."""
+    hub, pub = memhub
+    fleet_on(hub, client, pub, bundle_dir, 2)
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    rid = client.post(
+        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": POLICY}
+    ).json()["id"]
+    _install(hub, client, rid, v2["digest"], ["d0", "d1"], 50)
+    _window(hub, "d0", 51, v2["digest"], OLD_MS)
+    cache = evidence.WindowCache()
+    with hub.fleet.session() as s:
+        newest = s.exec(select(TelemetryWindow).where(TelemetryWindow.seq == 51)).one()
+        base = newest.model_dump(exclude={"id", "seq"})
+        s.add(TelemetryWindow(**{**base, "id": 10_000_000, "seq": 52}))  # read first...
+        s.commit()
+    held, whole = _both(hub, rid, cache, [])
+    assert held == whole
+    with hub.fleet.session() as s:  # ...then one numbered before it commits, slow latencies
+        s.add(TelemetryWindow(**{**base, "id": 5_000_000, "seq": 53, "latency": _slow_sketch()}))
+        s.commit()
+    held, whole = _both(hub, rid, cache, [])
+    assert held == whole
+    d0 = next(h for h in held if h.device == "d0")
+    assert d0.inferences == 150  # three windows of 50
+
+
+def test_windows_in_a_broker_recovery_are_left_out_the_same_way_when_read_incrementally(client, memhub, bundle_dir):
+    hub, pub = memhub
+    fleet_on(hub, client, pub, bundle_dir, 4)
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    rid = client.post(
+        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": POLICY}
+    ).json()["id"]
+    _install(hub, client, rid, v2["digest"], ["d0", "d1", "d2", "d3"], 50)
+    cache = evidence.WindowCache()
+    t0 = hub.fleet.clock()
+    for k in range(3):
+        for i in range(4):
+            _window(hub, f"d{i}", 60 + 4 * k + i, v2["digest"], OLD_MS, start=t0 + 20 * k)
+        recovery = [(t0 + 15, t0 + 25)]  # overlaps the second round's windows
+        held, whole = _both(hub, rid, cache, recovery)
+        assert held == whole
+    assert all(h.recovery_windows == 1 for h in held), held
+
+
+@pytest.mark.parametrize("idle", [False, True])
+def test_a_rollout_whose_bundles_change_or_that_idles_is_read_whole_again(
+    client, memhub, bundle_dir, monkeypatch, idle
+):
+    hub, pub = memhub
+    fleet_on(hub, client, pub, bundle_dir, 2)
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    rid = client.post(
+        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": POLICY}
+    ).json()["id"]
+    _install(hub, client, rid, v2["digest"], ["d0", "d1"], 50)
+    _window(hub, "d0", 51, v2["digest"], OLD_MS)
+    cache = evidence.WindowCache()
+    _both(hub, rid, cache, [])
+    first = cache._held[rid]
+    if idle:
+        monkeypatch.setattr(evidence, "KEEP_IDLE_S", -1.0)
+        _both(hub, rid, cache, [])
+        assert cache._held[rid] is not first  # let go and read again
+    else:
+        with hub.fleet.session() as s:
+            r = s.get(Rollout, rid)
+            assert r is not None
+            cache.windows(s, rid, ["d0"], [v2["digest"], "0" * 64], r.created - evidence.PREVIOUS_WINDOW_S)
+        assert cache._held[rid] is not first and cache._held[rid].bundles == tuple(sorted([v2["digest"], "0" * 64]))
+
+
+def _slow_sketch() -> dict[str, Any]:
+    from protocol.sketch import LatencySketch
+
+    sk = LatencySketch()
+    for _ in range(50):
+        sk.add(OLD_MS * 10)
+    return sk.to_dict()
+
+
+def test_a_device_with_no_new_window_is_not_judged_again_and_one_with_a_new_window_merges_only_its_new_ones(
+    client, memhub, bundle_dir, monkeypatch
+):
+    hub, pub = memhub
+    fleet_on(hub, client, pub, bundle_dir, 5)
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    rid = client.post(
+        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": POLICY}
+    ).json()["id"]
+    devices = [f"d{i}" for i in range(5)]
+    _install(hub, client, rid, v2["digest"], devices, 50)
+    for i, dev in enumerate(devices):
+        _window(hub, dev, 60 + i, v2["digest"], OLD_MS)
+    merged: list[int] = []
+    real = evidence.merge
+    monkeypatch.setattr(evidence, "merge", lambda ws: merged.append(len(ws)) or real(ws))
+    cache = evidence.WindowCache()
+    with hub.fleet.session() as s:
+        r = s.get(Rollout, rid)
+        assert r is not None
+        st, rows = rollout_rows.load(hub.fleet, s, r)
+        first = evidence.health(s, r, st, rows, set(), (), cache)
+        assert len(merged) == 10  # the new and the previous bundle's windows of each device
+        merged.clear()
+        assert evidence.health(s, r, st, rows, set(), (), cache) == first and merged == []
+    _window(hub, "d3", 70, v2["digest"], OLD_MS * 10)
+    held, whole = _both(hub, rid, cache, [])
+    assert held == whole
+    # through the cache: d3's two windows of the candidate merged again, its previous bundle's
+    # window not (it did not change); then the whole read merged everything
+    assert merged[0] == 2 and len(merged) == 1 + 10, merged
+    d3 = next(h for h in held if h.device == "d3")
+    assert d3.latency != next(h for h in first if h.device == "d3").latency
