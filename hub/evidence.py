@@ -21,6 +21,7 @@ PREVIOUS_WINDOW_S = 3600  # how far back before the rollout the previous bundle'
 # windows received this close to the newest one read are read again, by id (the ones already held
 # skipped): a batch another hub replica numbered earlier may commit after a later one was read
 LATE_S = 60
+LATE_EVERY_S = 5.0  # ... at most this often (each look reads the ids of LATE_S of the fleet's windows)
 KEEP_IDLE_S = 900  # a rollout's windows are let go when no run read them this long
 PAGE = 5000
 Rows = dict[str, dict[str, Any]]
@@ -37,10 +38,11 @@ class _Held:
     floor: int
     devices: set[str] = field(default_factory=set)
     windows: dict[str, list[Any]] = field(default_factory=dict)  # device -> rows
-    top_id: int = 0  # the highest window id read
-    mark: int = 0  # the newest receive time read
-    recent: dict[int, int] = field(default_factory=dict)  # id -> received, of rows read within LATE_S of mark
+    top_id: int = 0  # the highest window id seen (of any device: a device read later is read whole)
+    mark: int = 0  # the newest receive time seen
+    recent: dict[int, int] = field(default_factory=dict)  # id -> received, of windows seen within LATE_S of mark
     used: float = 0.0
+    late_at: float = 0.0  # when the last look for late windows ran (monotonic)
     # device -> (what its evidence was judged from, the evidence): a device none of whose inputs
     # changed since the last run (most of them, between two runs a batch apart) is not judged again
     health: dict[str, tuple[tuple[Any, ...], Health]] = field(default_factory=dict)
@@ -76,23 +78,35 @@ class WindowCache:
         read: list[Any] = []
         if h.devices:  # what was stored since the last run, for the devices read before
             since = max(floor, h.mark - LATE_S)
-            # ids first (only the windows not held are read whole, their JSON decoded), in two
-            # range reads on the id and on the receive time, the rest checked here (with the
-            # bundle in the query, SQLite walked the bundle's index: every window of the hour)
+            # ids first (only the windows not held are read whole, their JSON decoded): those
+            # above the highest read, and, every LATE_EVERY_S, those received since LATE_S before
+            # the newest read that were not read (a late commit); the rest is checked here, not
+            # in the query (with the bundle in it, SQLite walked the bundle's index: the hour)
+            conds = [col(_W.id) > h.top_id]
+            if now - h.late_at >= LATE_EVERY_S:
+                h.late_at = now
+                c = s.connection()
+                late = [i for (i,) in c.execute(select(_W.id).where(_W.received >= since)) if i not in h.recent]
+                conds += [col(_W.id).in_(late[p : p + PAGE]) for p in range(0, len(late), PAGE)]
             found: set[Any] = set()
-            for cond in (col(_W.id) > h.top_id, col(_W.received) >= since):
-                q = select(_W.id, _W.device, _W.bundle, _W.received).where(cond)
-                found.update(i for i, d, b, rec in s.exec(q).all() if d in h.devices and b in key and rec >= floor)
-            fresh = sorted(found - h.recent.keys())
+            for cond in conds:
+                for i, d, b, rec in s.connection().execute(
+                    select(_W.id, _W.device, _W.bundle, _W.received).where(cond)
+                ):
+                    if i in h.recent:
+                        continue
+                    self._note(h, i, rec)  # seen, whatever its device: not looked for again
+                    if d in h.devices and b in key and rec >= floor:
+                        found.add(i)
+            fresh = sorted(found)
             for p in range(0, len(fresh), PAGE):
-                rows = _rows(s, col(_W.id).in_(fresh[p : p + PAGE]))
-                read.extend(rows)
-                self._note(h, rows)
+                read.extend(_rows(s, col(_W.id).in_(fresh[p : p + PAGE])))
         new = [i for i in ids if i not in h.devices]
         for p in range(0, len(new), PAGE):
             rows = _rows(s, col(_W.device).in_(new[p : p + PAGE]), col(_W.bundle).in_(key), _W.received >= floor)
             read.extend(rows)
-            self._note(h, rows)
+            for w in rows:
+                self._note(h, w.id, w.received)
         h.devices.update(new)
         for w in read:
             h.windows.setdefault(w.device, []).append(w)
@@ -125,11 +139,10 @@ class WindowCache:
         return m
 
     @staticmethod
-    def _note(h: _Held, rows: Sequence[Any]) -> None:
-        for w in rows:
-            h.top_id = max(h.top_id, w.id)
-            h.mark = max(h.mark, w.received)
-            h.recent[w.id] = w.received
+    def _note(h: _Held, i: int, received: int) -> None:
+        h.top_id = max(h.top_id, i)
+        h.mark = max(h.mark, received)
+        h.recent[i] = received
 
 
 def _newest_first(w: Any) -> tuple[int, int]:

@@ -83,7 +83,9 @@ def test_runs_that_read_only_the_new_windows_judge_what_a_full_read_judges_as_de
     assert held == whole and read == [12 * 5]
 
 
-def test_a_window_numbered_before_the_newest_one_read_but_committed_after_is_still_read(client, memhub, bundle_dir):
+def test_a_window_numbered_before_the_newest_one_read_but_committed_after_is_still_read(
+    client, memhub, bundle_dir, monkeypatch
+):
     """Hub replicas on PostgreSQL: a batch given lower ids can commit after a later batch was
     read. A window received within LATE_S of the newest one read is read again by id."""
     hub, pub = memhub
@@ -109,6 +111,16 @@ def test_a_window_numbered_before_the_newest_one_read_but_committed_after_is_sti
     assert held == whole
     d0 = next(h for h in held if h.device == "d0")
     assert d0.inferences == 150  # three windows of 50
+    # the look for late windows runs at most every LATE_EVERY_S (it reads a minute of the fleet's
+    # ids): one committed right after a look waits for the next
+    with hub.fleet.session() as s:
+        s.add(TelemetryWindow(**{**base, "id": 6_000_000, "seq": 54}))
+        s.commit()
+    held, whole = _both(hub, rid, cache, [])
+    assert next(h for h in held if h.device == "d0").inferences == 150 and held != whole
+    monkeypatch.setattr(evidence, "LATE_EVERY_S", 0.0)
+    held, whole = _both(hub, rid, cache, [])
+    assert held == whole and next(h for h in held if h.device == "d0").inferences == 200
 
 
 def test_windows_in_a_broker_recovery_are_left_out_the_same_way_when_read_incrementally(client, memhub, bundle_dir):
