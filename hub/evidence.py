@@ -4,17 +4,24 @@ decision that can open a cohort; the judging itself is pure (:func:`hub.rollout.
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Text, cast
 from sqlmodel import Session, col, select
+
+from protocol.codec import loads_stored
 
 from .models import Rollout, TelemetryRollup, TelemetryWindow
 from .rollout import Health, RolloutState
 from .rollups import MINUTE
 from .telemetry import Merged, merge
+
+log = logging.getLogger(__name__)
 
 HEALTH_WINDOWS = 500  # newest windows per device and bundle that count
 PREVIOUS_WINDOW_S = 3600  # how far back before the rollout the previous bundle's windows count
@@ -23,11 +30,40 @@ PREVIOUS_WINDOW_S = 3600  # how far back before the rollout the previous bundle'
 LATE_S = 60
 LATE_EVERY_S = 5.0  # ... at most this often (each look reads the ids of LATE_S of the fleet's windows)
 KEEP_IDLE_S = 900  # a rollout's windows are let go when no run read them this long
+MAX_HELD = 1_000_000  # windows a hub process holds for all rollouts (~850 B each: 1,000 devices' hour is 366,000)
 PAGE = 5000
 Rows = dict[str, dict[str, Any]]
 _W = TelemetryWindow
-_COLUMNS = (_W.id, _W.device, _W.bundle, _W.latency, _W.inferences, _W.errors, _W.tpu, _W.cpu, _W.cloud, _W.drift,
-            _W.shadow, _W.window_start, _W.window_end, _W.received)  # fmt: skip
+# the JSON columns as the text stored, decoded when a merge reads them (_Window): a window held
+# decoded took ~2.2 kB, ~800 MB for 1,000 devices' hour
+_COLUMNS = (_W.id, _W.device, _W.bundle, _W.window_start, _W.window_end, _W.received, _W.inferences, _W.errors,
+            _W.tpu, _W.cpu, _W.cloud, cast(_W.latency, Text), cast(_W.drift, Text), cast(_W.shadow, Text))  # fmt: skip
+
+
+class _Window:
+    """One telemetry window as the gates read it: what :func:`hub.telemetry.merge` asks of a row,
+    its JSON parts kept as stored text and decoded on each read (a merge reads each once or twice)."""
+
+    __slots__ = ("id", "device", "bundle", "window_start", "window_end", "received",
+                 "inferences", "errors", "tpu", "cpu", "cloud", "_latency", "_drift", "_shadow")  # fmt: skip
+
+    def __init__(self, row: Sequence[Any]) -> None:
+        (self.id, device, bundle, self.window_start, self.window_end, self.received, self.inferences,
+         self.errors, self.tpu, self.cpu, self.cloud, self._latency, self._drift, self._shadow) = row  # fmt: skip
+        self.device = sys.intern(device)  # one string a device and a bundle, not one a window
+        self.bundle = None if bundle is None else sys.intern(bundle)
+
+    @property
+    def latency(self) -> Any:
+        return None if self._latency is None else loads_stored(self._latency)
+
+    @property
+    def drift(self) -> Any:
+        return None if self._drift is None else loads_stored(self._drift)
+
+    @property
+    def shadow(self) -> Any:
+        return None if self._shadow is None else loads_stored(self._shadow)
 
 
 @dataclass
@@ -43,6 +79,7 @@ class _Held:
     recent: dict[int, int] = field(default_factory=dict)  # id -> received, of windows seen within LATE_S of mark
     used: float = 0.0
     late_at: float = 0.0  # when the last look for late windows ran (monotonic)
+    count: int = 0  # windows held
     # device -> (what its evidence was judged from, the evidence): a device none of whose inputs
     # changed since the last run (most of them, between two runs a batch apart) is not judged again
     health: dict[str, tuple[tuple[Any, ...], Health]] = field(default_factory=dict)
@@ -60,13 +97,19 @@ class WindowCache:
     gates judged them before; never counted twice: the previous bundle's rollups are read only
     for a device with no raw window held)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_windows: int = MAX_HELD) -> None:
         self._held: dict[str, _Held] = {}
+        self.max_windows = max_windows
+        self._too_big: set[str] = set()  # rollouts read whole each run: holding them passed max_windows
 
     def windows(
         self, s: Session, rollout: str, ids: list[str], bundles: Sequence[str], floor: int
-    ) -> dict[str, list[Any]]:
-        """Per device in ``ids``, its windows of ``bundles`` received at or after ``floor``."""
+    ) -> dict[str, list[Any]] | None:
+        """Per device in ``ids``, its windows of ``bundles`` received at or after ``floor``; None
+        when holding them would pass ``max_windows`` in this process (the caller reads them whole,
+        as every run did before the cache)."""
+        if rollout in self._too_big:
+            return None
         now = time.monotonic()
         for k in [k for k, h in self._held.items() if now - h.used > KEEP_IDLE_S]:
             del self._held[k]
@@ -113,6 +156,18 @@ class WindowCache:
         for d in {w.device for w in read}:
             h.windows[d].sort(key=_newest_first, reverse=True)
         h.recent = {i: r for i, r in h.recent.items() if r >= h.mark - LATE_S}
+        h.count += len(read)
+        if sum(x.count for x in self._held.values()) > self.max_windows:
+            del self._held[rollout]
+            self._too_big.add(rollout)
+            log.warning(
+                "rollout %s: its gates' %d telemetry windows are more than this process holds (%d, "
+                "hub.evidence.MAX_HELD): each run reads them whole",
+                rollout,
+                h.count,
+                self.max_windows,
+            )
+            return None
         return {i: h.windows.get(i, []) for i in ids}
 
     def health_of(self, rollout: str, device: str, key: tuple[Any, ...]) -> Health | None:
@@ -151,8 +206,8 @@ def _newest_first(w: Any) -> tuple[int, int]:
     return (w.window_end, w.id)
 
 
-def _rows(s: Session, *where: Any) -> list[Any]:
-    return list(s.exec(select(*_COLUMNS).where(*where)).all())  # type: ignore[call-overload]
+def _rows(s: Session, *where: Any) -> list[_Window]:
+    return [_Window(r) for r in s.connection().execute(select(*_COLUMNS).where(*where))]  # type: ignore[call-overload]
 
 
 def health(
@@ -186,9 +241,11 @@ def health(
     since = {i: rows[i]["updated"] if rows[i]["state"] == "installed" else 0 for i in ids}
     floor = r.created - PREVIOUS_WINDOW_S
     bundles = [st.bundle, *sorted(prevs)]
-    if cache is not None:
-        held = cache.windows(s, r.id, ids, bundles, floor)
+    got = cache.windows(s, r.id, ids, bundles, floor) if cache is not None else None
+    if got is not None:
+        held = got
     else:
+        cache = None  # nothing held: nothing to judge again from
         held = {i: [] for i in ids}
         t = TelemetryWindow
         for w in sorted(

@@ -211,3 +211,24 @@ def test_a_device_with_no_new_window_is_not_judged_again_and_one_with_a_new_wind
     assert merged[0] == 2 and len(merged) == 1 + 10, merged
     d3 = next(h for h in held if h.device == "d3")
     assert d3.latency != next(h for h in first if h.device == "d3").latency
+
+
+def test_a_rollout_whose_windows_would_pass_what_the_process_holds_is_read_whole_and_says_so(
+    client, memhub, bundle_dir, caplog
+):
+    hub, pub = memhub
+    fleet_on(hub, client, pub, bundle_dir, 4)
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    rid = client.post(
+        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": POLICY}
+    ).json()["id"]
+    _install(hub, client, rid, v2["digest"], ["d0", "d1", "d2", "d3"], 50)
+    for i in range(4):
+        _window(hub, f"d{i}", 60 + i, v2["digest"], OLD_MS)
+    cache = evidence.WindowCache(max_windows=5)  # 8 windows: 4 of each bundle
+    held, whole = _both(hub, rid, cache, [])
+    assert held == whole and rid not in cache._held
+    assert "more than this process holds (5" in caplog.text
+    _window(hub, "d0", 70, v2["digest"], OLD_MS * 10)
+    held, whole = _both(hub, rid, cache, [])  # still judged, from a whole read
+    assert held == whole and next(h for h in held if h.device == "d0").inferences == 100
