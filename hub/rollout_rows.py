@@ -49,7 +49,8 @@ def load(fleet: Fleet, s: Session, r: Rollout) -> tuple[RolloutState, Rows]:
     """Rollout rows as plain dicts (a 10,000-device rollout is loaded every tick)."""
     t = RolloutDevice
     q = select(*(getattr(t, f) for f in ROW_FIELDS)).where(t.rollout_id == r.id).order_by(col(t.device_id))
-    rows: Rows = {x[0]: dict(zip(ROW_FIELDS, x, strict=True)) for x in s.exec(q).all()}
+    s.flush()  # the read below goes through Core (plain tuples, no ORM rows built), which does not flush
+    rows: Rows = {x[0]: dict(zip(ROW_FIELDS, x, strict=True)) for x in s.connection().execute(q)}
     b = s.get(Bundle, r.bundle)
     req = Requirements.from_dict(b.requirements) if b else Requirements()
     refs, th, feature_th = baseline(fleet, r.bundle)
