@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select as columns
+from sqlalchemy import select as columns
 from sqlmodel import Session, col, select
 
 from protocol import codec
@@ -59,7 +59,7 @@ from .followups import FollowUps
 from .metrics import UNKNOWN, cohort_label, install_result
 from .models import Bundle, Device, ReportRecord, Rollout, RolloutDevice, TelemetryWindow
 from .rollout import ACTIVE_PHASES
-from .totals import ADD_TOTALS, SEEN, STORED, Fold, Sketches, insert_windows, report_row
+from .totals import ADD_TOTALS, SEEN, STORED, Fold, Sketches, insert_reports, insert_windows, report_row
 from .transport import Outgoing
 
 log = logging.getLogger(__name__)
@@ -357,7 +357,7 @@ class Ingest:
             if windows:
                 insert_windows(s, windows)
             if reports:  # one statement, after the flush (hub.totals.report_row)
-                s.execute(insert(ReportRecord), [report_row(m, now) for m in reports])
+                insert_reports(s, [report_row(m, now) for m in reports])
             labels = self._fleet_labels(s, fed)
             s.commit()
         for (kind, outcome), n in Counter(counted).items():  # one increment a label set, not a message

@@ -8,12 +8,12 @@ import json
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from hub.models import Device, TelemetryWindow
+from hub.models import Device, ReportRecord, TelemetryWindow
 from hub.server import Hub
 from hub.totals import json_text
 from hub.transport import MemoryPublisher
 from protocol.device import Health
-from protocol.messages import Status, Telemetry
+from protocol.messages import Report, Status, Telemetry
 from protocol.sketch import LatencySketch
 
 A, B = "a" * 64, "b" * 64
@@ -135,6 +135,35 @@ def test_window_json_columns_read_back_and_a_missing_shadow_is_sql_null(memhub: 
     assert row.health == {"load1": 0.5, "ünïcode": "ok"}
     assert row.shadow is None and nulls == 1
     assert (row.inferences, row.cpu, row.window_start, row.window_end, row.bundle) == (4, 4, 10, 20, A)
+
+
+def test_reports_go_in_through_the_driver_and_read_back_whatever_their_detail_holds(
+    memhub: tuple[Hub, MemoryPublisher],
+) -> None:
+    """Install reports go in as windows do (hub.totals.insert_reports: executemany on SQLite,
+    COPY on PostgreSQL): a detail with tabs, newlines, backslashes, quotes and non-ASCII, a
+    progress, no bundle and nested metrics read back as sent."""
+    hub, _ = memhub
+    detail = 'tab\there, line\nbreak, back\\slash \\N, "quoted", ünïcode ✓'
+    sent = [
+        Report(
+            "rep-dev", 1, 1001, "download", "progress", "ok", detail, 3, A, 0.25, {"chunks": [1, 2], "x": {"y": None}}
+        ),
+        Report("rep-dev", 2, 1002, "commit", "ok", "ok", "", 3, None, None, {}),
+    ]
+    hub.ingest.handle([("ef/v1/dev/rep-dev/report", r.to_bytes()) for r in sent])
+    with hub.fleet.session() as s:
+        rows = s.exec(
+            select(ReportRecord).where(ReportRecord.device == "rep-dev").order_by(col(ReportRecord.seq))
+        ).all()
+    got = [
+        (r.seq, r.ts, r.stage, r.status, r.reason, r.detail, r.desired_seq, r.bundle, r.progress, r.metrics)
+        for r in rows
+    ]
+    assert got == [
+        (1, 1001, "download", "progress", "ok", detail, 3, A, 0.25, {"chunks": [1, 2], "x": {"y": None}}),
+        (2, 1002, "commit", "ok", "ok", "", 3, None, None, {}),
+    ]
 
 
 def test_a_json_column_value_orjson_refuses_is_written_by_the_standard_encoder() -> None:
