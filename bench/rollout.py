@@ -432,7 +432,10 @@ def main(argv: list[str] | None = None) -> int:
         f"(the rollout POST took {ours['post_seconds']:.2f} s); first install committed after "
         f"{_s(ours['first_commit_s'])}, half after {_s(ours['median_commit_s'])}"
     )
-    print("CPU seconds used from the first SUBSCRIBE / the POST to the last install (2 cores here):")
+    print(
+        "CPU seconds used from the first SUBSCRIBE / the POST to the last install (2 cores here; 'devices' is "
+        "this process: the simulated devices or plain subscribers, and the unicast baseline's publisher):"
+    )
     for c in cases[:-1]:
         if c.get("cpu_s"):
             print(f"  {c['case']:<58} " + "  ".join(f"{k} {v:.1f}" for k, v in c["cpu_s"].items()))

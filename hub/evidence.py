@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 HEALTH_WINDOWS = 500  # newest windows per device and bundle that count
 PREVIOUS_WINDOW_S = 3600  # how far back before the rollout the previous bundle's windows count
-# windows received this close to the newest one read are read again, by id (the ones already held
-# skipped): a batch another hub replica numbered earlier may commit after a later one was read
+# windows received within this of the newest one seen, and not seen yet, are read (by id): a batch
+# another hub replica numbered earlier may commit after a later one was read
 LATE_S = 60
 LATE_EVERY_S = 5.0  # ... at most this often (each look reads the ids of LATE_S of the fleet's windows)
 KEEP_IDLE_S = 900  # a rollout's windows are let go when no run read them this long
