@@ -20,6 +20,16 @@ from .test_rollouts import OLD_MS, fleet_on
 POLICY = {"cohorts": ["100%"], "soak_s": 86400, "require_samples": True}
 
 
+def _rollout(hub: Any, client: Any, pub: Any, bundle_dir: Any, n: int) -> tuple[Any, Any, str]:
+    """n devices on v1 with a window of it each, and a running one-cohort rollout of v2 to all."""
+    v1 = fleet_on(hub, client, pub, bundle_dir, n)
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    rid = client.post(
+        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": POLICY}
+    ).json()["id"]
+    return v1, v2, str(rid)
+
+
 def _both(hub: Any, rid: str, cache: evidence.WindowCache, recovery: list[tuple[int, int]]) -> tuple[Any, Any]:
     """The gates' evidence read through ``cache`` and read whole, from one snapshot of the rows."""
     with hub.fleet.session() as s:
@@ -53,11 +63,7 @@ def test_runs_that_read_only_the_new_windows_judge_what_a_full_read_judges_as_de
     client, memhub, bundle_dir, monkeypatch
 ):
     hub, pub = memhub
-    v1 = fleet_on(hub, client, pub, bundle_dir, 12)
-    v2 = push(client, bundle_dir(version="2.0.0"))
-    rid = client.post(
-        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": POLICY}
-    ).json()["id"]
+    v1, v2, rid = _rollout(hub, client, pub, bundle_dir, 12)
     read: list[int] = []  # window rows each query read whole
     real = evidence._rows
     monkeypatch.setattr(evidence, "_rows", lambda s, *w: read.append(len(got := real(s, *w))) or got)
@@ -89,11 +95,7 @@ def test_a_window_numbered_before_the_newest_one_read_but_committed_after_is_sti
     """Hub replicas on PostgreSQL: a batch given lower ids can commit after a later batch was
     read. A window received within LATE_S of the newest one read is read again by id."""
     hub, pub = memhub
-    fleet_on(hub, client, pub, bundle_dir, 2)
-    v2 = push(client, bundle_dir(version="2.0.0"))
-    rid = client.post(
-        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": POLICY}
-    ).json()["id"]
+    _, v2, rid = _rollout(hub, client, pub, bundle_dir, 2)
     _install(hub, client, rid, v2["digest"], ["d0", "d1"], 50)
     _window(hub, "d0", 51, v2["digest"], OLD_MS)
     cache = evidence.WindowCache()
@@ -125,11 +127,7 @@ def test_a_window_numbered_before_the_newest_one_read_but_committed_after_is_sti
 
 def test_windows_in_a_broker_recovery_are_left_out_the_same_way_when_read_incrementally(client, memhub, bundle_dir):
     hub, pub = memhub
-    fleet_on(hub, client, pub, bundle_dir, 4)
-    v2 = push(client, bundle_dir(version="2.0.0"))
-    rid = client.post(
-        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": POLICY}
-    ).json()["id"]
+    _, v2, rid = _rollout(hub, client, pub, bundle_dir, 4)
     _install(hub, client, rid, v2["digest"], ["d0", "d1", "d2", "d3"], 50)
     cache = evidence.WindowCache()
     t0 = hub.fleet.clock()
@@ -147,11 +145,7 @@ def test_a_rollout_whose_bundles_change_or_that_idles_is_read_whole_again(
     client, memhub, bundle_dir, monkeypatch, idle
 ):
     hub, pub = memhub
-    fleet_on(hub, client, pub, bundle_dir, 2)
-    v2 = push(client, bundle_dir(version="2.0.0"))
-    rid = client.post(
-        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": POLICY}
-    ).json()["id"]
+    _, v2, rid = _rollout(hub, client, pub, bundle_dir, 2)
     _install(hub, client, rid, v2["digest"], ["d0", "d1"], 50)
     _window(hub, "d0", 51, v2["digest"], OLD_MS)
     cache = evidence.WindowCache()
@@ -182,11 +176,7 @@ def test_a_device_with_no_new_window_is_not_judged_again_and_one_with_a_new_wind
     client, memhub, bundle_dir, monkeypatch
 ):
     hub, pub = memhub
-    fleet_on(hub, client, pub, bundle_dir, 5)
-    v2 = push(client, bundle_dir(version="2.0.0"))
-    rid = client.post(
-        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": POLICY}
-    ).json()["id"]
+    _, v2, rid = _rollout(hub, client, pub, bundle_dir, 5)
     devices = [f"d{i}" for i in range(5)]
     _install(hub, client, rid, v2["digest"], devices, 50)
     for i, dev in enumerate(devices):
@@ -217,11 +207,7 @@ def test_a_rollout_whose_windows_would_pass_what_the_process_holds_is_read_whole
     client, memhub, bundle_dir, caplog
 ):
     hub, pub = memhub
-    fleet_on(hub, client, pub, bundle_dir, 4)
-    v2 = push(client, bundle_dir(version="2.0.0"))
-    rid = client.post(
-        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": POLICY}
-    ).json()["id"]
+    _, v2, rid = _rollout(hub, client, pub, bundle_dir, 4)
     _install(hub, client, rid, v2["digest"], ["d0", "d1", "d2", "d3"], 50)
     for i in range(4):
         _window(hub, f"d{i}", 60 + i, v2["digest"], OLD_MS)
