@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,9 +97,10 @@ class WindowCache:
     gates judged them before; never counted twice: the previous bundle's rollups are read only
     for a device with no raw window held)."""
 
-    def __init__(self, max_windows: int = MAX_HELD) -> None:
+    def __init__(self, max_windows: int = MAX_HELD, on_count: Callable[[int], None] = lambda n: None) -> None:
         self._held: dict[str, _Held] = {}
         self.max_windows = max_windows
+        self.on_count = on_count  # told the windows held after each read (the hub's gauge)
         self._too_big: set[str] = set()  # rollouts read whole each run: holding them passed max_windows
 
     def windows(
@@ -157,9 +158,11 @@ class WindowCache:
             h.windows[d].sort(key=_newest_first, reverse=True)
         h.recent = {i: r for i, r in h.recent.items() if r >= h.mark - LATE_S}
         h.count += len(read)
-        if sum(x.count for x in self._held.values()) > self.max_windows:
+        total = sum(x.count for x in self._held.values())
+        if total > self.max_windows:
             del self._held[rollout]
             self._too_big.add(rollout)
+            self.on_count(total - h.count)
             log.warning(
                 "rollout %s: its gates' %d telemetry windows are more than this process holds (%d, "
                 "hub.evidence.MAX_HELD): each run reads them whole",
@@ -168,7 +171,13 @@ class WindowCache:
                 self.max_windows,
             )
             return None
+        self.on_count(total)
         return {i: h.windows.get(i, []) for i in ids}
+
+    def forget(self, rollout: str) -> None:
+        """Let the rollout's windows go (it ended)."""
+        if self._held.pop(rollout, None) is not None:
+            self.on_count(sum(x.count for x in self._held.values()))
 
     def health_of(self, rollout: str, device: str, key: tuple[Any, ...]) -> Health | None:
         """The device's evidence from an earlier run judged from the same ``key``, if any."""

@@ -199,6 +199,11 @@ class HubMetrics:
             "Messages to publish held by the hub because the broker has not acknowledged the earlier ones",
             registry=r,
         )
+        self.gate_windows_held = Gauge(
+            "edgefleet_hub_gate_windows_held",
+            "Telemetry windows this hub process holds for its running rollouts' gates (hub.evidence.MAX_HELD at most)",
+            registry=r,
+        )
         self.publish_dropped = Counter(
             "edgefleet_hub_publish_dropped_total",
             "Messages to publish dropped because the hub already held OVERFLOW_MAX for the broker",

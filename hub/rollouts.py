@@ -131,7 +131,7 @@ def _run(
         # every decision that can open a cohort sees the gates' evidence
         reporting = {e.device for e in evs if isinstance(e, InstallReport)}
         if fleet.gate_windows is None:
-            fleet.gate_windows = evidence.WindowCache()
+            fleet.gate_windows = evidence.WindowCache(on_count=fleet.metrics.gate_windows_held.set)
         evs.extend(evidence.health(s, r, st, rows, reporting, fleet.recovery_periods(), fleet.gate_windows))
         evs.extend(staging.evidence(s, r, st, rows))
     new, actions = advance(st, evs, now, policy)
@@ -167,6 +167,8 @@ def _run(
             log.warning("rollout %s: %s", r.id, a.message)
     s.flush()  # device rows (seq) before the bulk rollout-row writes
     rollout_rows.save(s, r, rows, new, seqs, now)
+    if (new.phase in TERMINAL_PHASES or new.phase == "completed") and fleet.gate_windows is not None:
+        fleet.gate_windows.forget(r.id)  # its gates judge no more (hub.rollout: the last judgement stands)
     return new
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from hub import evidence, rollout_rows
+from hub import evidence, rollout_rows, ticker
 from hub.models import Rollout, TelemetryWindow
 
 from .helpers import report, status, telemetry
@@ -218,3 +218,28 @@ def test_a_rollout_whose_windows_would_pass_what_the_process_holds_is_read_whole
     _window(hub, "d0", 70, v2["digest"], OLD_MS * 10)
     held, whole = _both(hub, rid, cache, [])  # still judged, from a whole read
     assert held == whole and next(h for h in held if h.device == "d0").inferences == 100
+
+
+def test_the_hub_holds_a_running_rollouts_windows_shows_them_in_its_gauge_and_lets_them_go_when_it_completes(
+    client, memhub, bundle_dir
+):
+    hub, pub = memhub
+    fleet_on(hub, client, pub, bundle_dir, 3)
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    policy = {"cohorts": ["100%"], "soak_s": 0, "require_samples": True, "gates": {"min_samples": 100}}
+    rid = client.post(
+        "/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": policy}
+    ).json()["id"]
+    gauge = hub.fleet.metrics.gate_windows_held
+    devices = ["d0", "d1", "d2"]
+    _install(hub, client, rid, v2["digest"], devices[:2], 50)  # two installed: the gates wait for the third
+    ticker.tick(hub.fleet)
+    assert client.get(f"/api/v1/rollouts/{rid}").json()["phase"] == "running"
+    held = hub.fleet.gate_windows._held[rid].count
+    assert held >= 2 and gauge._value.get() == held  # each installed device's window of v1
+    _install(hub, client, rid, v2["digest"], devices[2:], 60)
+    for i, dev in enumerate(devices):
+        hub.ingest.handle([(f"ef/v1/dev/{dev}/telemetry", telemetry(dev, 70 + i, v2["digest"], (OLD_MS,) * 200))])
+    ticker.tick(hub.fleet)
+    assert client.get(f"/api/v1/rollouts/{rid}").json()["phase"] == "completed"
+    assert rid not in hub.fleet.gate_windows._held and gauge._value.get() == 0
