@@ -82,11 +82,11 @@ class Fleet:
         self.pending_resent: dict[tuple[str, int], int] = {}  # (device, seq): times published again
         self.rollout_lock = threading.RLock()  # seq allocation and rollout state are read-modify-write
         self._recovery: deque[tuple[int, int]] = deque(maxlen=32)
-        # a pushed bundle's deltas, made ahead by the hub's hub-deltas thread (hub.deltas.Preparer);
-        # nothing where no hub process runs one (the housekeeper, a bare Fleet in tests)
         # the telemetry windows each rollout's gates read, kept between runs (hub.evidence
         # .WindowCache, made by the first run: this module imports no room)
         self.gate_windows: Any = None
+        # a pushed bundle's deltas, made ahead by the hub's hub-deltas thread (hub.deltas.Preparer);
+        # nothing where no hub process runs one (the housekeeper, a bare Fleet in tests)
         self.prepare_deltas: Callable[[str], None] = lambda digest: None
         self.preparing_deltas: Callable[[str], bool] = lambda digest: False
 
