@@ -190,16 +190,12 @@ def insert_windows(s: Session, rows: list[dict[str, Any]]) -> None:
     _insert(s, TelemetryWindow, _WINDOW_COLUMNS, _JSON_COLUMNS, rows)
 
 
-_REPORT_COLUMNS = (
-    "device", "seq", "ts", "stage", "status", "reason", "detail", "desired_seq", "bundle", "progress", "metrics",
-    "received",
-)  # fmt: skip
-
-
 def insert_reports(s: Session, rows: list[dict[str, Any]]) -> None:
-    """A batch's install reports (:func:`report_row`), as :func:`insert_windows` inserts windows
-    (through the ORM's bulk insert they took ~50 us each, py-spy of ``bench rollout``'s hub)."""
-    _insert(s, ReportRecord, _REPORT_COLUMNS, frozenset({"metrics"}), rows)
+    """A batch's install reports (:func:`report_row`: its keys are the columns), as
+    :func:`insert_windows` inserts windows (through the ORM's bulk insert they took ~50 us each,
+    py-spy of ``bench rollout``'s hub)."""
+    if rows:
+        _insert(s, ReportRecord, tuple(rows[0]), frozenset({"metrics"}), rows)
 
 
 def _insert(
