@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert
 from sqlmodel import col, select
 
 from bench import report
@@ -43,6 +42,7 @@ from hub import (
 from hub.db import make_engine, session
 from hub.models import Rollout, TelemetryWindow
 from hub.rollout import DeviceState, RolloutState
+from hub.totals import insert_windows
 from protocol.sketch import LatencySketch
 
 OLD, NEW = "a" * 64, "b" * 64
@@ -64,8 +64,7 @@ def _window(rng: random.Random, device: str, seq: int, bundle: str, end: int, re
 
 def _insert(engine: Any, rows: list[dict[str, Any]]) -> None:
     with session(engine) as s:
-        for at in range(0, len(rows), 20_000):
-            s.execute(insert(TelemetryWindow), rows[at : at + 20_000])
+        insert_windows(s, rows)  # as the hub's ingest stores them
         s.commit()
 
 
