@@ -464,6 +464,9 @@ class Serving:
             if session is not None:
                 self.sessions.abandon(session)
             raise
+        # before the answer is sent, not in its bookkeeping: the app's next request is routed
+        # knowing this one's latency (it could arrive before the bookkeeping runs)
+        self._observe_local(took)
         about: dict[str, Any] = {}
         if session is not None:
             try:
@@ -488,7 +491,6 @@ class Serving:
                 return answers.build(sig, ys, model.label_map, taskstats.PARAMS, None)
 
         def after() -> None:
-            self._observe_local(took)
             # drift: input features always; output features: a classifier's top-1 class and
             # confidence, any other task's protocol.taskstats features
             self.recorder.record(model.served_by, seconds, True, x, scores, affine, task_answer)

@@ -65,6 +65,23 @@ def test_a_model_that_keeps_working_passes_probation(coral_models):
     assert calls == []
 
 
+def test_the_next_request_is_routed_knowing_the_last_latency_before_its_bookkeeping_runs(coral_models):
+    """The HTTP handler settles an answer's bookkeeping after sending it, so the app's next
+    request can arrive first: it must still see the local path over budget (CI once saw it go
+    local again)."""
+    from agent.serve import CloudClient
+
+    down = CloudClient("http://127.0.0.1:9", None, timeout=2.0)  # port 9 (discard): refused at once
+    s = Serving(Recorder(), down, 0.000001, lambda d, w: None)
+    s.swap(_model(LiteRTBackend(coral_models / MNV1)))
+    img = (coral_models / "cat_720p.jpg").read_bytes()
+    first = s.respond(Request(image=img))  # answered locally; its bookkeeping not yet run
+    assert first.fields["served_by"] == "cpu"
+    with pytest.raises(Unavailable, match="local latency over budget"):
+        s.respond(Request(image=img))  # over budget -> the cloud, which is down here
+    first.settle()
+
+
 def test_edgetpu_model_is_never_given_to_the_cpu_interpreter(coral_models):
     with pytest.raises(ModelError, match="compiled for the Edge TPU"):
         LiteRTBackend(coral_models / MNV1_TPU)
