@@ -1,11 +1,19 @@
-"""The digits model in three versions, for ``python -m bench delta`` and the delta tests.
+"""The digits model in four versions, for ``python -m bench delta`` and the delta tests.
 
-``base`` is the digits CNN as ``python -m compiler digits`` trains it (seed 0, 12 epochs);
-``head`` is base with only its last Dense layer retrained (3 more epochs, every other layer
-frozen); ``finetune`` is base with every layer trained 2 more epochs at a tenth of the learning
-rate. Each is built into a bundle by ``python -m compiler build`` from the same calibration and
-validation data, so the bundles differ only where the weights (and what follows from them:
-quantization scales, self-test vectors, report) differ.
+Two models: ``digits`` (default) is the 38k-parameter CNN ``python -m compiler digits`` trains;
+``wide`` is the same layers made wider (64 and 128 filters, a 1,024-unit Dense: 2.18M
+parameters, the size of the synthetic model issue 18 measured its byte diffs on), trained on the
+same data, so the bench can tell what of a delta is fixed cost (signed envelope, records) and
+what grows with the weights.
+
+``base`` is the model trained from scratch (seed 0, 12 epochs); ``head`` is base with only its
+last Dense layer retrained (3 more epochs, every other layer frozen); ``finetune`` is base with
+every layer trained 2 more epochs at a tenth of the learning rate (27-31 % of the int8 model's
+bytes differ); ``small`` is the same at a hundredth (10 %: the issue's "small fine-tune"
+differed in 7.8 % of its bytes). The delta tests use the first three (``VARIANTS``), the bench
+all four (``ALL``). Each is built into a bundle by ``python -m compiler build`` from the same
+calibration and validation data, so the bundles differ only where the weights (and what follows
+from them: quantization scales, self-test vectors, report) differ.
 
 Training runs in a child process (``python -m bench._delta_models train DIR``: TensorFlow stays
 out of the caller); everything is cached under ``.pytest_cache/edgefleet/delta-*`` by the
@@ -24,8 +32,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".pytest_cache" / "edgefleet"
+MODELS = ("digits", "wide")
 VARIANTS = ("base", "head", "finetune")
-VERSIONS = {"base": "1.0.0", "head": "1.1.0", "finetune": "1.2.0"}
+ALL = (*VARIANTS, "small")
+VERSIONS = {"base": "1.0.0", "head": "1.1.0", "finetune": "1.2.0", "small": "1.3.0"}
 SEED = 0
 
 
@@ -39,7 +49,28 @@ def _source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def train(out: Path) -> None:
+def _train_wide(train_npz: Path, out: Path, epochs: int, seed: int) -> None:
+    """compiler.digits.train's CNN, wider: Conv 64, Conv 128, pool, Dense 1,024, Dense 10."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    data = np.load(train_npz)
+    inp = keras.Input((8, 8, 1), batch_size=1, name="image")
+    h = keras.layers.Conv2D(64, 3, activation="relu", padding="same")(inp)
+    h = keras.layers.Conv2D(128, 3, activation="relu", padding="same")(h)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(1024, activation="relu")(h)
+    out_t = keras.layers.Dense(10, activation="softmax", name="scores")(h)
+    model = keras.Model(inp, out_t, name="digits_cnn_wide")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(data["x"], data["y"], epochs=epochs, batch_size=32, shuffle=True, verbose=0)
+    model.save(out)
+
+
+def train(out: Path, model: str = "digits") -> None:
     """Child process: write base.keras, head.keras, finetune.keras and the data .npz files."""
     import keras
 
@@ -52,7 +83,7 @@ def train(out: Path) -> None:
     np.savez(train_npz, x=x, y=split.train_y)
     np.savez(out / "calibration.npz", x=digits.calibration(split, SEED))
     np.savez(out / "validation.npz", x=digits.to_float(split.test_pixels), y=split.test_y)
-    digits.train(train_npz, out / "base.keras", 12, SEED)
+    (digits.train if model == "digits" else _train_wide)(train_npz, out / "base.keras", 12, SEED)
 
     keras.utils.set_random_seed(SEED + 1)
     head = keras.models.load_model(out / "base.keras")
@@ -68,17 +99,26 @@ def train(out: Path) -> None:
     fine.fit(x, split.train_y, epochs=2, batch_size=32, shuffle=True, verbose=0)
     fine.save(out / "finetune.keras")
 
+    keras.utils.set_random_seed(SEED + 3)
+    small = keras.models.load_model(out / "base.keras")
+    small.compile(optimizer=keras.optimizers.Adam(1e-5), loss="sparse_categorical_crossentropy")
+    small.fit(x, split.train_y, epochs=2, batch_size=32, shuffle=True, verbose=0)
+    small.save(out / "small.keras")
 
-def bundles(timeout: float = 1800) -> dict[str, Path]:
-    """The three bundle directories (unsigned manifests), built once per source version."""
-    root = CACHE / f"delta-{_source_hash()}"
-    out = {v: root / v for v in VARIANTS}
+
+def bundles(timeout: float = 1800, model: str = "digits", variants: tuple[str, ...] = VARIANTS) -> dict[str, Path]:
+    """The bundle directories of ``model``'s ``variants`` (unsigned manifests), built once per
+    source version."""
+    if model not in MODELS:
+        raise ValueError(f"model {model!r}: expected one of {', '.join(MODELS)}")
+    root = CACHE / (f"delta-{_source_hash()}" if model == "digits" else f"delta-{model}-{_source_hash()}")
+    out = {v: root / v for v in variants}
     if all((p / "manifest.json").exists() for p in out.values()):
         return out
     models = root / "models"
-    if not (models / "finetune.keras").exists():
+    if not (models / "small.keras").exists():  # the last train() writes
         shutil.rmtree(models, ignore_errors=True)
-        _run([sys.executable, "-m", "bench._delta_models", "train", str(models)], timeout)
+        _run([sys.executable, "-m", "bench._delta_models", "train", str(models), model], timeout)
     for v, path in out.items():
         if (path / "manifest.json").exists():
             continue
@@ -99,8 +139,8 @@ def _run(argv: list[str], timeout: float) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "train":
-        train(Path(sys.argv[2]))
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "train" and (sys.argv[3:] or ["digits"])[0] in MODELS:
+        train(Path(sys.argv[2]), *sys.argv[3:])
     else:
-        print("usage: python -m bench._delta_models train DIR", file=sys.stderr)
+        print(f"usage: python -m bench._delta_models train DIR [{'|'.join(MODELS)}]", file=sys.stderr)
         sys.exit(2)
