@@ -296,6 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--lag-seconds", type=float, default=35.0, help="how long to measure ingest lag")
     ap.add_argument(
+        "--fetch-repair",
+        type=float,
+        default=5.0,
+        help="seconds without a chunk before a simulated device asks the hub for the missing ones (the "
+        "agent's fetch_repair_s; default 5). Above the broker's per-device chunk gap: at 10,000 devices "
+        "one Mosquitto sends each a chunk every ~11 s, and shorter waits start a repair storm (docs/scale.md)",
+    )
+    ap.add_argument(
         "--telemetry-interval",
         type=float,
         default=10.0,
@@ -401,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         "chunk_plans": "inline" if args.inline_plans else "by reference (protocol.planref)",
         "progress_interval_s": args.progress_interval,
         "telemetry_interval_s": args.telemetry_interval,
+        "fetch_repair_s": args.fetch_repair,
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -557,6 +566,7 @@ def _ours(
         devices=n,
         prefix="bench",
         telemetry_interval_s=args.telemetry_interval,
+        fetch_repair_s=args.fetch_repair,
         inference=Inference(rate=0.2),
         plan_by_reference=not args.inline_plans,
         progress_interval_s=args.progress_interval,
@@ -661,6 +671,11 @@ def _ours(
             ours = upgrade = flap = {}
         else:
             ours = rollout("1.0.0", 0.0)
+            print(  # as it happens: a run at 10,000 takes long enough to be watched (or stopped) between cases
+                f"{ours['case']:<46} {ours['seconds']:8.1f} s  installed {ours['installed']}/{n}  "
+                f"repair requests {ours['repair_requests']}",
+                flush=True,
+            )
             # the same upgrade undisturbed and then with flapping links: both send a delta from the
             # bundle the devices run (hub.deltas), which the first install has not
             upgrade = {**rollout("2.0.0", 0.0), "case": "hub rollout to simulated agents, undisturbed upgrade"}
