@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         cases.append(row)
         if row["int8_differing_fraction"] is not None:
             print(
-                f"{case:9} int8 model: {100 * row['int8_differing_fraction']:5.2f} % of its bytes differ from the base's"
+                f"{case:9} int8 model: {100 * row['int8_differing_fraction']:5.2f} % of its bytes "
+                "differ from the base's"
             )
         print(
             f"{case:9} device-view agent: full archive {full:>8} B, device view {len(vtgt[2]):>7} B (baselines) | "
