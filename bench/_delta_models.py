@@ -71,7 +71,7 @@ def _train_wide(train_npz: Path, out: Path, epochs: int, seed: int) -> None:
 
 
 def train(out: Path, model: str = "digits") -> None:
-    """Child process: write base.keras, head.keras, finetune.keras and the data .npz files."""
+    """Child process: write base.keras, head.keras, finetune.keras, small.keras and the data .npz files."""
     import keras
 
     from compiler import digits
