@@ -33,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".pytest_cache" / "edgefleet"
 MODELS = ("digits", "wide")
+WIDTHS = {"digits": (16, 32, 64), "wide": (64, 128, 1024)}  # compiler.digits.train's width
 VARIANTS = ("base", "head", "finetune")
 ALL = (*VARIANTS, "small")
 VERSIONS = {"base": "1.0.0", "head": "1.1.0", "finetune": "1.2.0", "small": "1.3.0"}
@@ -49,27 +50,6 @@ def _source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def _train_wide(train_npz: Path, out: Path, epochs: int, seed: int) -> None:
-    """compiler.digits.train's CNN, wider: Conv 64, Conv 128, pool, Dense 1,024, Dense 10."""
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
-    data = np.load(train_npz)
-    inp = keras.Input((8, 8, 1), batch_size=1, name="image")
-    h = keras.layers.Conv2D(64, 3, activation="relu", padding="same")(inp)
-    h = keras.layers.Conv2D(128, 3, activation="relu", padding="same")(h)
-    h = keras.layers.MaxPooling2D()(h)
-    h = keras.layers.Flatten()(h)
-    h = keras.layers.Dense(1024, activation="relu")(h)
-    out_t = keras.layers.Dense(10, activation="softmax", name="scores")(h)
-    model = keras.Model(inp, out_t, name="digits_cnn_wide")
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(data["x"], data["y"], epochs=epochs, batch_size=32, shuffle=True, verbose=0)
-    model.save(out)
-
-
 def train(out: Path, model: str = "digits") -> None:
     """Child process: write base.keras, head.keras, finetune.keras, small.keras and the data .npz files."""
     import keras
@@ -83,7 +63,7 @@ def train(out: Path, model: str = "digits") -> None:
     np.savez(train_npz, x=x, y=split.train_y)
     np.savez(out / "calibration.npz", x=digits.calibration(split, SEED))
     np.savez(out / "validation.npz", x=digits.to_float(split.test_pixels), y=split.test_y)
-    (digits.train if model == "digits" else _train_wide)(train_npz, out / "base.keras", 12, SEED)
+    digits.train(train_npz, out / "base.keras", 12, SEED, WIDTHS[model])
 
     keras.utils.set_random_seed(SEED + 1)
     head = keras.models.load_model(out / "base.keras")

@@ -51,8 +51,11 @@ def calibration(split: DigitsSplit, seed: int) -> np.ndarray:
     return to_float(split.train_pixels[np.sort(idx)])
 
 
-def train(train_npz: Path, out: Path, epochs: int, seed: int) -> None:
+def train(train_npz: Path, out: Path, epochs: int, seed: int, width: tuple[int, int, int] = (16, 32, 64)) -> None:
     """Train the CNN on ``train_npz`` (x float input, y labels) and save it to ``out`` (.keras).
+
+    ``width``: the two convolutions' filters and the hidden Dense layer's units (38k parameters
+    by default; ``bench._delta_models`` trains a 2.18M-parameter one with (64, 128, 1024)).
 
     The input has a static batch of 1 (``keras.Input(..., batch_size=1)``) so the int8 model
     has static shapes and no SHAPE/PACK ops, as the Edge TPU compiler needs.
@@ -67,13 +70,13 @@ def train(train_npz: Path, out: Path, epochs: int, seed: int) -> None:
         pass
     data = np.load(train_npz)
     inp = keras.Input((8, 8, 1), batch_size=1, name="image")
-    h = keras.layers.Conv2D(16, 3, activation="relu", padding="same")(inp)
-    h = keras.layers.Conv2D(32, 3, activation="relu", padding="same")(h)
+    h = keras.layers.Conv2D(width[0], 3, activation="relu", padding="same")(inp)
+    h = keras.layers.Conv2D(width[1], 3, activation="relu", padding="same")(h)
     h = keras.layers.MaxPooling2D()(h)
     h = keras.layers.Flatten()(h)
-    h = keras.layers.Dense(64, activation="relu")(h)
+    h = keras.layers.Dense(width[2], activation="relu")(h)
     out_t = keras.layers.Dense(10, activation="softmax", name="scores")(h)
-    model = keras.Model(inp, out_t, name="digits_cnn")
+    model = keras.Model(inp, out_t, name="digits_cnn" if width == (16, 32, 64) else "digits_cnn_wide")
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(data["x"], data["y"], epochs=epochs, batch_size=32, shuffle=True, verbose=0)
     model.save(out)
