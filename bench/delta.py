@@ -229,20 +229,15 @@ def main(argv: list[str] | None = None) -> int:
             "apply_ms_median": apply_ms,
             "changed_artifacts": {a.name: a.size for a in tgt[0].artifacts if base[1].get(a.name) != tgt[1][a.name]},
         }
-        int8_name = next((a.name for a in tgt[0].artifacts if a.name.endswith("int8.tflite")), None)
-        if int8_name is not None and int8_name in base[1]:
-            old, new = base[1][int8_name], tgt[1][int8_name]
-            row["int8_differing_fraction"] = (
-                sum(x != y for x, y in zip(old, new, strict=False)) + abs(len(new) - len(old))
-            ) / max(len(new), 1)
-        else:  # no int8 model in both: nothing to compare
-            row["int8_differing_fraction"] = None
         # a per-tensor int8/int32 coder's floor: the view delta with its int8 member's record
         # replaced by the order-0 entropy of the weight differences (bench/_delta_tensors.py)
         int8 = next((a.name for a in vtgt[0].artifacts if a.name in vbase[1] and a.name.endswith("int8.tflite")), None)
+        rec = next((m for m in vmembers if m["member"] == int8), {})
+        # what share of the int8 model the case changes (breakdown's count; None: no same-size int8 model in both)
+        differing = rec.get("differing_bytes")
+        row["int8_differing_fraction"] = differing / rec["bytes"] if differing is not None else None
         if int8 is not None:
             floor = tensor_floor(vbase[1][int8], vtgt[1][int8])
-            rec = next((m for m in vmembers if m["member"] == int8), {})
             floor["view_delta_bytes"] = len(vdelta) - int(rec.get("shipped_bytes", 0)) + floor["entropy_bytes"]
             floor["view_fraction"] = floor["view_delta_bytes"] / len(vtgt[2])
             row["per_tensor_floor"] = floor
