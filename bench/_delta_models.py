@@ -65,25 +65,19 @@ def train(out: Path, model: str = "digits") -> None:
     np.savez(out / "validation.npz", x=digits.to_float(split.test_pixels), y=split.test_y)
     digits.train(train_npz, out / "base.keras", 12, SEED, WIDTHS[model])
 
-    keras.utils.set_random_seed(SEED + 1)
-    head = keras.models.load_model(out / "base.keras")
-    for layer in head.layers[:-1]:
-        layer.trainable = False
-    head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    head.fit(x, split.train_y, epochs=3, batch_size=32, shuffle=True, verbose=0)
-    head.save(out / "head.keras")
-
-    keras.utils.set_random_seed(SEED + 2)
-    fine = keras.models.load_model(out / "base.keras")
-    fine.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
-    fine.fit(x, split.train_y, epochs=2, batch_size=32, shuffle=True, verbose=0)
-    fine.save(out / "finetune.keras")
-
-    keras.utils.set_random_seed(SEED + 3)
-    small = keras.models.load_model(out / "base.keras")
-    small.compile(optimizer=keras.optimizers.Adam(1e-5), loss="sparse_categorical_crossentropy")
-    small.fit(x, split.train_y, epochs=2, batch_size=32, shuffle=True, verbose=0)
-    small.save(out / "small.keras")
+    # (saved as, seed, learning rate, epochs, only the last layer trained)
+    for name, seed, lr, epochs, head_only in (
+        ("head", SEED + 1, 1e-3, 3, True),
+        ("finetune", SEED + 2, 1e-4, 2, False),
+        ("small", SEED + 3, 1e-5, 2, False),
+    ):
+        keras.utils.set_random_seed(seed)
+        m = keras.models.load_model(out / "base.keras")
+        for layer in m.layers[:-1] if head_only else ():
+            layer.trainable = False
+        m.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy")
+        m.fit(x, split.train_y, epochs=epochs, batch_size=32, shuffle=True, verbose=0)
+        m.save(out / f"{name}.keras")
 
 
 def bundles(timeout: float = 1800, model: str = "digits", variants: tuple[str, ...] = VARIANTS) -> dict[str, Path]:
