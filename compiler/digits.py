@@ -19,6 +19,7 @@ SCALE = 1.0 / 255.0
 PREPROCESS: dict[str, Any] = {"kind": "image", "height": 8, "width": 8, "channels": 1, "scale": SCALE, "offset": 0.0}
 TEST_SIZE = 360
 CALIBRATION_SIZE = 300
+WIDTH = (16, 32, 64)  # the CNN's two convolutions' filters and its hidden Dense layer's units
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def calibration(split: DigitsSplit, seed: int) -> np.ndarray:
     return to_float(split.train_pixels[np.sort(idx)])
 
 
-def train(train_npz: Path, out: Path, epochs: int, seed: int, width: tuple[int, int, int] = (16, 32, 64)) -> None:
+def train(train_npz: Path, out: Path, epochs: int, seed: int, width: tuple[int, int, int] = WIDTH) -> None:
     """Train the CNN on ``train_npz`` (x float input, y labels) and save it to ``out`` (.keras).
 
     ``width``: the two convolutions' filters and the hidden Dense layer's units (38k parameters
@@ -76,7 +77,7 @@ def train(train_npz: Path, out: Path, epochs: int, seed: int, width: tuple[int, 
     h = keras.layers.Flatten()(h)
     h = keras.layers.Dense(width[2], activation="relu")(h)
     out_t = keras.layers.Dense(10, activation="softmax", name="scores")(h)
-    model = keras.Model(inp, out_t, name="digits_cnn" if width == (16, 32, 64) else "digits_cnn_wide")
+    model = keras.Model(inp, out_t, name="digits_cnn" if width == WIDTH else "digits_cnn_wide")
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(data["x"], data["y"], epochs=epochs, batch_size=32, shuffle=True, verbose=0)
     model.save(out)
