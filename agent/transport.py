@@ -68,6 +68,9 @@ class Transport:
         self._asked: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> its filters, until the SUBACK
         self._early: dict[int, list[ReasonCode]] = {}  # a SUBACK that beat the caller's bookkeeping
         self._subs_lock = threading.Lock()
+        self._received = 0  # messages received on this connection (paho's thread)
+        self._probes: dict[int, int] = {}  # probe (UNSUBSCRIBE) id -> messages received before it left
+        self._answers: dict[int, tuple[float, int]] = {}  # UNSUBACK id -> (at, messages received by then)
         self._clean = True  # until the first connection of this process succeeds
         self.brokers = cfg.brokers or (cfg.broker,)
         self.broker = self.brokers[0]  # the node of the current (or next) attempt
@@ -99,6 +102,7 @@ class Transport:
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
         c.on_subscribe = self._handle_subscribe
+        c.on_unsubscribe = self._handle_unsubscribe
         return c
 
     # paho callbacks (network thread) -------------------------------------------------------
@@ -145,7 +149,15 @@ class Transport:
                 except OSError:
                     pass
 
+    def _handle_unsubscribe(self, client: mqtt.Client, userdata: object, mid: int, *_: object) -> None:
+        """A probe's answer (agent.stall): when, and how many messages had arrived by then."""
+        with self._subs_lock:
+            if len(self._answers) > 256:  # answers to plain unsubscribes: nobody asks for them
+                self._answers = {m: a for m, a in self._answers.items() if m in self._probes}
+            self._answers[mid] = (time.monotonic(), self._received)
+
     def _handle_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        self._received += 1
         self._on_message(Incoming(msg.topic, bytes(msg.payload), bool(msg.retain)))
 
     # used by the daemon ------------------------------------------------------------------
@@ -311,6 +323,34 @@ class Transport:
 
     def unsubscribe(self, topic_filter: str) -> None:
         self.unsubscribe_all([topic_filter])
+
+    def probe(self, never_held: str) -> int | None:
+        """Send the broker an UNSUBSCRIBE of a filter this client never holds (agent.stall); its
+        answer comes behind everything the broker queued for us. Returns the probe's id for
+        :meth:`probe_answer`, or None when not connected."""
+        c = self._client
+        if c is None or not self.connected:
+            return None
+        before = self._received  # a message counted before the send only makes the probe less quiet
+        rc, mid = c.unsubscribe(never_held)  # not under _subs_lock: paho may call back meanwhile
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            return None
+        with self._subs_lock:
+            if len(self._probes) > 64:  # answers lost with an old connection
+                self._probes.clear()
+            self._probes[mid] = before
+        return mid
+
+    def probe_answer(self, probe: int) -> tuple[float, bool] | None:
+        """``(answered at, quiet)`` for an answered probe (monotonic time; quiet: no message
+        arrived between the probe and its answer), None while unanswered."""
+        with self._subs_lock:
+            answer = self._answers.get(probe)
+            before = self._probes.get(probe)
+            if answer is None or before is None:
+                return None
+            del self._answers[probe], self._probes[probe]
+            return answer[0], answer[1] == before
 
     def unsubscribe_all(self, filters: list[str]) -> None:
         c = self._client

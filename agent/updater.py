@@ -30,9 +30,9 @@ from protocol.bundle import Manifest
 from protocol.errors import ProtocolError, Reason, VerificationError
 from protocol.messages import BundleInfo, BundleRef, Desired, FetchRequest, Hold
 from protocol.signing import Root
-from protocol.topics import Kind, Topic
+from protocol.topics import Kind, Topic, probe_filter
 
-from . import benchmark, delta as deltas, selftest
+from . import benchmark, delta as deltas, selftest, stall
 from .budget import Meter
 from .config import CHUNK_PACKET_OVERHEAD, AgentConfig, packet_bytes_for
 from .download import (
@@ -81,6 +81,10 @@ class Publisher(Protocol):
 
     def confirmed(self) -> frozenset[str]: ...
 
+    def probe(self, never_held: str) -> int | None: ...
+
+    def probe_answer(self, probe: int) -> tuple[float, bool] | None: ...
+
 
 class ReportFn(Protocol):
     def __call__(
@@ -106,6 +110,9 @@ class Job:
     last_chunk: float = 0.0
     last_fetch: float = 0.0
     fetch_rounds: int = 0
+    probe: stall.Probe | None = None  # the last probe of a quiet download (agent.stall)
+    probe_id: int | None = None  # the transport's id of it while unanswered
+    slowest_round_trip: float = 0.0  # of this download's answered probes
     reported_decile: int = -1
     reported_at: float = 0.0  # monotonic time of the last download progress report
     bad_chunks: int = 0
@@ -811,14 +818,34 @@ class Updater:
             if now_mono - job.delta.last_chunk >= 3 * self.cfg.fetch_repair_s:
                 self._delta_fallback(job, deltas.Fallback.STALLED, "no delta chunk arrived")
             return
-        wait = self.cfg.fetch_repair_s * min(8, 2**job.fetch_rounds)
-        if now_mono - max(job.last_chunk, job.last_fetch) < wait:
+        self._answered(job)
+        wait = stall.repair_wait(self.cfg.fetch_repair_s, job.fetch_rounds, job.slowest_round_trip)
+        step = stall.next_step(now_mono, max(job.last_chunk, job.last_fetch), wait, job.probe)
+        if step is stall.Step.PROBE:
+            job.probe_id = self.mqtt.probe(probe_filter(self.cfg.device_id))
+            job.probe = stall.Probe(now_mono)
+        elif step is stall.Step.REPAIR:
+            missing = job.download.missing()
+            if missing:
+                self._narrow(job, missing)
+                self._request(missing)
+                job.fetch_rounds += 1
+
+    def _answered(self, job: Job) -> None:
+        """Take in the answer to the download's probe, if it came (agent.stall)."""
+        if job.probe is None or job.probe_id is None:
             return
-        missing = job.download.missing()
-        if missing:
-            self._narrow(job, missing)
-            self._request(missing)
-            job.fetch_rounds += 1
+        answer = self.mqtt.probe_answer(job.probe_id)
+        if answer is None:
+            return
+        job.probe_id = None
+        job.probe = stall.Probe(job.probe.sent_at, answer[0], answer[1])
+        took = answer[0] - job.probe.sent_at  # the wait is at least twice the slowest round trip
+        job.slowest_round_trip = max(job.slowest_round_trip, took)
+        if not answer[1]:
+            log.info(
+                "download quiet, but the broker still had messages for us (round trip %.1f s): not asking the hub", took
+            )
 
     def _narrow(self, job: Job, missing: list[int]) -> None:
         """Before a repair request: per-index filters instead of the wildcard

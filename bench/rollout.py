@@ -658,6 +658,7 @@ def _ours(
                 "resent_fraction": (t.duplicate_bytes - dup0.duplicate_bytes + max(0, chunk_egress - b["size"]))
                 / (n * b["size"]),
                 "repair_requests": t.fetch_requests - dup0.fetch_requests,
+                "broker_probes": t.probes - dup0.probes,
                 "reports_per_device": (t.reports_sent - dup0.reports_sent) / n,
                 "filters_subscribed": {
                     k: v - dup0.filters_subscribed.get(k, 0) for k, v in t.filters_subscribed.items()
@@ -673,7 +674,7 @@ def _ours(
             ours = rollout("1.0.0", 0.0)
             print(  # as it happens: a run at 10,000 takes long enough to be watched (or stopped) between cases
                 f"{ours['case']:<46} {ours['seconds']:8.1f} s  installed {ours['installed']}/{n}  "
-                f"repair requests {ours['repair_requests']}",
+                f"repair requests {ours['repair_requests']}  broker probes {ours['broker_probes']}",
                 flush=True,
             )
             # the same upgrade undisturbed and then with flapping links: both send a delta from the

@@ -13,6 +13,9 @@ Layout (prefix ``ef/v1``)::
     ef/v1/dev/{device}/result      agent -> hub   the answer to one command (protocol.commands)
     ef/v1/dev/{device}/sample      agent -> hub   one chunk of a hard example (protocol.samples)
     ef/v1/dev/{device}/sampled     hub -> agent   the chunks of a hard example the hub stored
+    ef/v1/dev/{device}/probe       never subscribed, never published: an agent UNSUBSCRIBEs it to
+                                   learn whether the broker still queues anything for it
+                                   (agent.stall); the broker answers, nobody else sees it
     ef/v1/bundle/{digest}/chunk/{i} hub -> agents retained; one copy per bundle fans out to all
     ef/v1/bundle/{digest}/delta/{base}/chunk/{i}  hub -> agents  retained; the delta from bundle
                                    {base} to archive {digest} (protocol.delta), once per pair
@@ -172,6 +175,11 @@ class Topic:
 def device_filter(kind: Kind, device: str = "+") -> str:
     """Subscription filter for one kind, for one device or (default) all devices."""
     return f"{PREFIX}/dev/{device}/{kind.value}"
+
+
+def probe_filter(device: str) -> str:
+    """The filter a device never holds: its UNSUBSCRIBE is a round trip to the broker (agent.stall)."""
+    return f"{PREFIX}/dev/{check_device_id(device)}/probe"
 
 
 def chunk_filter(digest: str) -> str:

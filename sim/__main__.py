@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{time.monotonic() - start:7.0f}s  devices {t.devices}  connected {t.connected}  "
                 f"installs committed {t.committed}  chunk MB {t.chunk_bytes / 1e6:.1f}  "
-                f"repair requests {t.fetch_requests}",
+                f"repair requests {t.fetch_requests}  broker probes {t.probes}",
                 flush=True,
             )
     except KeyboardInterrupt:

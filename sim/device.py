@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agent import AGENT_VERSION
+from agent import AGENT_VERSION, stall
 from agent.download import MAX_REQUESTED, chunk_subscription, progress_due, repair_subscription
 from agent.install import (
     Current,
@@ -55,7 +55,7 @@ from protocol.messages import (
 )
 from protocol.signing import Root
 from protocol.sketch import LatencySketch
-from protocol.topics import Kind, Topic
+from protocol.topics import Kind, Topic, probe_filter
 
 from .archives import Archives, Verified
 from .config import Inference, SimConfig
@@ -73,6 +73,9 @@ class Job:
     last_chunk: float = 0.0
     last_fetch: float = 0.0
     fetch_rounds: int = 0
+    probe: stall.Probe | None = None  # the agent's probe of a quiet download (agent.stall)
+    probe_id: int | None = None
+    slowest_round_trip: float = 0.0
     reported_decile: int = -1
     reported_at: float = 0.0
     received_bytes: int = 0
@@ -95,6 +98,7 @@ class Counters:
     chunk_bytes: int = 0  # every chunk payload that reached this device
     duplicate_bytes: int = 0  # of them, chunks it already held
     fetch_requests: int = 0  # asking for missing chunks
+    probes: int = 0  # asking the broker whether anything is still queued for us (agent.stall)
     plan_requests: int = 0  # asking for a chunk plan read by reference (protocol.planref)
     rejected: list[str] = field(default_factory=list)  # reason codes of installs that failed
     ack_lags: list[float] = field(default_factory=list)  # telemetry: publish -> the hub's ack, seconds
@@ -388,16 +392,7 @@ class SimDevice:
                 self.link.publish(self.topic(Kind.FETCH), req.to_bytes())
                 self.counters.plan_requests += 1
         if job is not None and job.stage == "download" and self.link is not None and self.link.connected:
-            wait = self.cfg.fetch_repair_s * min(8, 2**job.fetch_rounds)
-            if now - max(job.last_chunk, job.last_fetch) >= wait:
-                missing = job.missing
-                if missing and job.plan.bundle is not None:
-                    job.last_fetch = now
-                    job.fetch_rounds += 1
-                    self._narrow(job, missing)
-                    req = FetchRequest(self.id, job.plan.bundle.archive.sha256, tuple(missing[:MAX_REQUESTED]))
-                    self.link.publish(self.topic(Kind.FETCH), req.to_bytes())
-                    self.counters.fetch_requests += 1
+            self._quiet_download(job, now)
         if now >= self._next_tel and not self.telemetry_stopped:
             self._next_tel = now + self.cfg.telemetry_interval_s
             self._telemetry()
@@ -405,6 +400,32 @@ class SimDevice:
         self._flush()
         if self._dirty or now >= self._next_status:
             self._publish_status()
+
+    def _quiet_download(self, job: Job, now: float) -> None:
+        """The agent's rule for a download gone quiet (agent.stall): probe the broker, and ask the
+        hub for the missing chunks only when the broker had nothing queued for us."""
+        assert self.link is not None
+        if job.probe is not None and job.probe_id is not None:
+            answer = self.link.probe_answer(job.probe_id)
+            if answer is not None:
+                job.probe_id = None
+                job.probe = stall.Probe(job.probe.sent_at, answer[0], answer[1])
+                job.slowest_round_trip = max(job.slowest_round_trip, answer[0] - job.probe.sent_at)
+        wait = stall.repair_wait(self.cfg.fetch_repair_s, job.fetch_rounds, job.slowest_round_trip)
+        step = stall.next_step(now, max(job.last_chunk, job.last_fetch), wait, job.probe)
+        if step is stall.Step.PROBE:
+            job.probe_id = self.link.probe(probe_filter(self.id))
+            job.probe = stall.Probe(now)
+            self.counters.probes += 1
+            return
+        missing = job.missing
+        if step is stall.Step.REPAIR and missing and job.plan.bundle is not None:
+            job.last_fetch = now
+            job.fetch_rounds += 1
+            self._narrow(job, missing)
+            req = FetchRequest(self.id, job.plan.bundle.archive.sha256, tuple(missing[:MAX_REQUESTED]))
+            self.link.publish(self.topic(Kind.FETCH), req.to_bytes())
+            self.counters.fetch_requests += 1
 
     # install ---------------------------------------------------------------------------------------
     def _on_desired(self, payload: bytes) -> None:

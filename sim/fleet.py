@@ -56,6 +56,7 @@ class Totals:
     plan_requests: int = 0
     filters_subscribed: dict[str, int] = field(default_factory=dict)  # filters the devices subscribed to, by kind
     reports_sent: int = 0  # install reports the devices made
+    probes: int = 0  # quiet downloads' round trips to the broker (agent.stall)
 
 
 class SimFleet:
@@ -250,4 +251,5 @@ class SimFleet:
             sum(x.plan_requests for x in c),
             dict(sum((Counter(d.link.filters_sent) for d in self.devices if d.link is not None), Counter())),
             sum(x.reports_sent for x in c),
+            sum(x.probes for x in c),
         )

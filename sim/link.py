@@ -105,6 +105,9 @@ class Link:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
+        c.on_unsubscribe = self._on_unsubscribe
+        self._probes: dict[int, int] = {}  # probe (UNSUBSCRIBE) id -> messages received before it left
+        self._answers: dict[int, tuple[float, bool]] = {}  # answered probe -> (at, quiet)
         self.client = c
 
     # selector bookkeeping ---------------------------------------------------------------------
@@ -197,6 +200,11 @@ class Link:
         asked = self._asked.pop(mid, [])  # one thread: the SUBACK is read after subscribe() recorded it
         self.confirmed.update(f for f, code in zip(asked, codes, strict=False) if not code.is_failure)
 
+    def _on_unsubscribe(self, _c: mqtt.Client, _u: Any, mid: int, *_: Any) -> None:
+        before = self._probes.pop(mid, None)  # one thread: the UNSUBACK is read after probe() recorded it
+        if before is not None:
+            self._answers[mid] = (time.monotonic(), self.messages_in == before)
+
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         payload = bytes(msg.payload)
         self.bytes_in += len(payload)
@@ -271,6 +279,24 @@ class Link:
                 what = "chunk" if "/chunk/" in f else f.rsplit("/", 1)[-1]
                 self.filters_sent[what] = self.filters_sent.get(what, 0) + 1
         return True
+
+    def probe(self, never_held: str) -> int | None:
+        """The agent's probe (agent.transport.Transport.probe): an UNSUBSCRIBE of a filter never
+        held, answered behind whatever the broker queued for this client."""
+        if not self.connected:
+            return None
+        rc, mid = self.client.unsubscribe(never_held)
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            return None
+        if len(self._probes) > 64:  # lost with an old connection
+            self._probes.clear()
+            self._answers.clear()
+        self._probes[mid] = self.messages_in
+        return mid
+
+    def probe_answer(self, probe: int) -> tuple[float, bool] | None:
+        """``(answered at, quiet)`` once answered (quiet: no message arrived in between)."""
+        return self._answers.pop(probe, None)
 
     def unsubscribe(self, filters: list[str]) -> None:
         self.confirmed.difference_update(filters)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,57 @@ def test_filters_the_broker_acknowledged_stay_confirmed_across_a_kept_session_an
         assert not t.session_present and t.confirmed() == frozenset()
     finally:
         t.disconnect()
+
+
+@pytest.mark.integration
+def test_a_probe_is_answered_behind_the_messages_the_broker_had_queued_and_quiet_when_none_were(
+    tmp_path: Path, mosquitto: Any
+):
+    """What agent.stall relies on: Mosquitto sends a probe's UNSUBACK behind the PUBLISHes it
+    queued for the client before it, so a quiet answer means nothing was queued for us."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from protocol.topics import probe_filter
+
+    chunks = [f"ef/v1/bundle/probe-test/chunk/{i}" for i in range(40)]
+    host, port = mosquitto.url.removeprefix("mqtt://").rsplit(":", 1)
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="probe-test-pub", protocol=mqtt.MQTTv5)
+    pub.connect(host, int(port))
+    pub.loop_start()
+    for topic in chunks:
+        pub.publish(topic, bytes(60_000), qos=1, retain=True).wait_for_publish(10)
+    (tmp_path / "root.json").write_text("{}")
+    conf = tmp_path / "agent.toml"
+    conf.write_text(f'device_id = "dev3"\nbroker = "{mosquitto.url}"\nstate_dir = "state"\nroot = "root.json"\n')
+    got: list[str] = []
+    t = Transport(load(conf, env={}), "ef/v1/dev/dev3/status", b"offline", lambda m: got.append(m.topic))
+    t.connect(timeout=5)
+    try:
+        answers: list[tuple[float, bool] | None] = []
+
+        def answered(probe: int | None) -> tuple[float, bool]:
+            assert probe is not None
+            answers.clear()
+            assert _until(lambda: answers.append(t.probe_answer(probe)) or answers[-1] is not None)
+            answer = answers[-1]
+            assert answer is not None
+            return answer
+
+        sent = time.monotonic()
+        at, quiet = answered(t.probe(probe_filter("dev3")))
+        assert quiet, "nothing subscribed, nothing queued: the answer is quiet"
+        assert sent <= at <= time.monotonic()
+        assert t.subscribe_all(["ef/v1/bundle/probe-test/chunk/+"])  # 40 retained chunks queued for us
+        _, quiet = answered(t.probe(probe_filter("dev3")))
+        assert not quiet, "the retained chunks the broker queued came ahead of the answer"
+        assert got and set(got) <= set(chunks)
+    finally:
+        t.disconnect()
+        for topic in chunks:
+            pub.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
+        pub.disconnect()
+        pub.loop_stop()
 
 
 def _discard_session(url: str, client_id: str) -> None:
