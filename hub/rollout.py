@@ -30,6 +30,8 @@ Device states (``DeviceState.state``)::
     rolled_back with reason NO_PREVIOUS, and the rollout's reason counts such devices)
     pending/waiting ─cancel/abort/rollback─▶ cancelled   (rollback: a waiting device that was
         issued before is told to roll back instead; it may have installed meanwhile)
+    pending/staging/issued/installing ─a newer rollout of its channel takes it (the shell,
+        reason SUPERSEDED)─▶ cancelled ─late report: commit/switch ok─▶ installed (reason kept)
 
 Rules, in the order ``advance`` applies them:
 
@@ -62,7 +64,10 @@ Rules, in the order ``advance`` applies them:
    installing it: errors or crashes on probation) fails an issued or installed device. A
    progress report with ``hold_until`` (an app on the device holds the switch, agent/README.md)
    says "held by app until T" and moves the device's timeout to start at T, T capped at
-   ``now + max_hold_s``: a device that claims a longer hold still times out.
+   ``now + max_hold_s``: a device that claims a longer hold still times out. A ``cancelled``
+   device's ``commit``/``switch`` ok installs it too, keeping its reason: the report of an
+   install was still queued in the hub's ingest when a newer rollout superseded the row, and
+   the record must not say cancelled of a device that installed this rollout's bundle.
 3b. **Stages** (``policy.stages``, :mod:`hub.stages`; none by default): a first-cohort device
    that runs a bundle is not issued the install but its first stage's document (``IssueStage``:
    its active bundle kept, the candidate beside it) and is ``staging``; the shell sends what it
@@ -98,6 +103,11 @@ Rules, in the order ``advance`` applies them:
    ``"50%"``, ``"100%"`` of the devices in the rollout, at least one more than the previous
    cohort, the last always everything). Opening a cohort assigns the next pending devices (in
    id order) and issues the compatible ones; incompatible ones are marked and never issued.
+6b. **Superseded** (only while ``running``): when every device of the rollout was taken by a
+   newer rollout of its channel (reason :data:`SUPERSEDED`) or is incompatible, nothing is
+   left to install or judge (its gates acting on devices the newer rollout owns would fight
+   it): the rollout is ``completed`` at once, the reason counting those devices, its gates'
+   last results kept. While others remain it goes on; rule 8 counts the superseded as done.
 7. **Gates**, over every device assigned so far, evaluated on each ``advance`` while
    ``running`` (a stopped or completed rollout keeps its last results):
    install failure rate (failed + timed_out over settled), p95 latency vs the previous model on
@@ -116,9 +126,11 @@ Rules, in the order ``advance`` applies them:
    device breaches on its own. A breach triggers ``on_breach`` once
    (``pause`` | ``abort`` | ``rollback``) and emits an ``Alert``.
 8. **Soak**: when every assigned device is settled (installed / failed / timed_out /
-   incompatible) or offline (a ``waiting`` device is neither: the cohort waits for its
-   window), and at least one is settled (a cohort whose devices all went
-   offline has taught nothing: it waits), ``soak_started`` is set; after ``soak_s`` with no breach the next cohort opens
+   incompatible), ``cancelled`` (a running rollout's devices are cancelled only when a newer
+   rollout supersedes them: they never come back) or offline (a ``waiting`` device is none of
+   these: the cohort waits for its window), and at least one is settled or all were
+   superseded (a cohort whose devices all went offline has taught nothing: it waits),
+   ``soak_started`` is set; after ``soak_s`` with no breach the next cohort opens
    (or ``awaiting_approval`` if ``approve_each_cohort``), or after the last cohort the rollout
    is ``completed``.
 
@@ -153,6 +165,7 @@ from .rollout_state import (
     BREACH_ACTIONS as BREACH_ACTIONS,
     COMMAND_PHASES as COMMAND_PHASES,
     COMMANDS as COMMANDS,
+    DONE as DONE,
     ISSUED as ISSUED,
     NO_PREVIOUS as NO_PREVIOUS,
     PHASES as PHASES,
@@ -160,6 +173,7 @@ from .rollout_state import (
     RETRYABLE as RETRYABLE,
     SAMPLE_GATES as SAMPLE_GATES,
     SETTLED as SETTLED,
+    SUPERSEDED as SUPERSEDED,
     TERMINAL_PHASES as TERMINAL_PHASES,
     Action as Action,
     Alert as Alert,
@@ -336,6 +350,10 @@ def advance(
                 # the device installed the bundle, then gave it up (probation errors, crashes)
                 put(replace(d, state="failed", reason=f"rolled back on the device: {ev.reason}: {ev.detail}"[:300]))
                 continue
+            if d.state == "cancelled" and ev.status == "ok" and ev.stage in ("commit", "switch"):
+                # its report was still queued when a newer rollout took the row: it did install
+                put(replace(d, state="installed"))
+                continue
             if d.state not in ISSUED:
                 continue
             if ev.status == "failed":
@@ -400,6 +418,16 @@ def advance(
         if sizes:
             assign(devs, sizes[min(st.cohort, len(sizes) - 1)], st.cohort, issue, put, closed)
 
+    # 6b. superseded: every device went to a newer rollout, nothing is left to install or judge
+    superseded = sum(1 for d in devs.values() if d.reason.startswith(SUPERSEDED))
+    if (
+        st.phase == "running"
+        and superseded
+        and all(d.reason.startswith(SUPERSEDED) or d.state == "incompatible" for d in devs.values())
+    ):
+        why = f"{superseded} device(s) superseded by a newer rollout of the channel; none left to install or judge"
+        st = replace(st, phase="completed", reason=why)
+
     # gates judge a running rollout; once it stops or completes, its last judgement stands
     gates = (
         evaluate_gates(st, [d for d in devs.values() if (d.cohort or 0) >= st.gate_floor], health, policy)
@@ -431,8 +459,9 @@ def advance(
         assigned = [d for d in devs.values() if d.cohort is not None]
         # an offline device never blocks a cohort, but a cohort nobody has settled in has
         # taught nothing: all its devices offline is a wait, not a pass
-        settled = all(d.state in SETTLED or not d.online for d in assigned) and any(
-            d.state in SETTLED for d in assigned
+        # a superseded (cancelled) device never comes back to the rollout: it holds no cohort open
+        settled = all(d.state in DONE or not d.online for d in assigned) and (
+            any(d.state in SETTLED for d in assigned) or bool(assigned) and all(d.state in DONE for d in assigned)
         )
         if settled and st.soak_started is None:
             st = replace(st, soak_started=now)
@@ -444,7 +473,7 @@ def advance(
         )
         if settled and st.soak_started is not None and now - st.soak_started >= policy.soak_s and not waiting_data:
             sizes = cohort_sizes(policy.cohorts, eligible(devs))
-            if st.cohort >= len(sizes) - 1 and all(d.cohort is not None or d.state in SETTLED for d in devs.values()):
+            if st.cohort >= len(sizes) - 1 and all(d.cohort is not None or d.state in DONE for d in devs.values()):
                 st = replace(st, phase="completed", reason=completion_reason(gates))
             elif policy.approve_each_cohort:
                 st = replace(

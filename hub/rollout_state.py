@@ -21,6 +21,11 @@ PHASES = ("running", "paused", "awaiting_approval", "completed", "aborted", "rol
 TERMINAL_PHASES = ("aborted", "rolled_back", "cancelled")
 ACTIVE_PHASES = ("running", "paused", "awaiting_approval")  # a rollout that still owns its devices
 SETTLED = ("installed", "failed", "timed_out", "incompatible")
+# the reason a newer rollout on the device's channel writes on its row here ("superseded by
+# rollout <id>", hub.rollouts.create): ``cancelled`` if the device had not installed yet, kept
+# when a late report says it had (hub.rollout rules 3, 6b and 8)
+SUPERSEDED = "superseded by rollout"
+DONE = (*SETTLED, "cancelled")  # a running rollout moves these no more (cancelled there: superseded)
 ISSUED = ("issued", "installing")
 # "expired": the device read a desired doc after its expiry (it was offline for longer than
 # the doc's lifetime); a retry is a fresh doc with a new seq and expiry

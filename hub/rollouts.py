@@ -24,7 +24,10 @@ Every run adds a ``WindowClosed`` event for each of its devices whose group's ma
 window (:mod:`hub.groups`) is closed now, unless the rollout's policy ignores windows.
 A device follows one rollout at a time *per model channel* (protocol.channels; a rollout
 targets one, ``default`` unless named): the newest non-terminal one of that channel that targets
-it; creating a rollout cancels the device's row in older ones of its channel (``superseded``).
+it; creating a rollout cancels the device's row in older ones of its channel (``superseded``)
+if it has not installed yet. A report of one of those rows still queued in ingest then (matched
+by its ``desired_seq``) is still the older rollout's event: a committed install records the row
+``installed`` (hub.rollout rule 3).
 The rollout sees the device's active bundle on its channel and its documents change only that
 channel's entry (hub.desired).
 """
@@ -53,6 +56,7 @@ from .models import Bundle, Device, Rollout, RolloutDevice
 from .rollout import (
     COMMAND_PHASES,
     COMMANDS,
+    SUPERSEDED,
     TERMINAL_PHASES,
     Alert as AlertAction,
     Command,
@@ -224,7 +228,7 @@ def create(
                     t.c.rollout_id.in_(same),  # of the same channel: the others go on
                     t.c.state.in_(("pending", "staging", "issued", "installing")),
                 )
-                .values(state="cancelled", reason=f"superseded by rollout {r.id}", updated=now)
+                .values(state="cancelled", reason=f"{SUPERSEDED} {r.id}", updated=now)
             )
         s.flush()
         on = {"channel": channel} if channel != DEFAULT else {}

@@ -9,6 +9,7 @@ import pytest
 
 from hub.rollout import (
     NO_PREVIOUS,
+    SUPERSEDED,
     Alert,
     Command,
     DeviceSeen,
@@ -621,3 +622,45 @@ def test_retry_does_nothing_while_paused():
     st, _ = advance(st, [InstallReport("d00", "verify", "failed", "unknown_key"), Command("pause", "ops")], 1, policy)
     st, acts = advance(st, [Command("retry", "ops", ("d00",))], 2, policy)
     assert acts == [] and st.device("d00").state == "failed"
+
+
+def superseded(st: RolloutState, ids: set[str], by: str = "r2") -> RolloutState:
+    """What the shell writes when a newer rollout of the channel takes ``ids`` (hub.rollouts.create)."""
+    moved = ("pending", "staging", "issued", "installing")
+    return replace(
+        st,
+        devices=tuple(
+            replace(d, state="cancelled", reason=f"{SUPERSEDED} {by}") if d.id in ids and d.state in moved else d
+            for d in st.devices
+        ),
+    )
+
+
+def test_a_late_commit_report_installs_a_superseded_device_and_a_rollout_left_with_none_completes():
+    """Ingest was behind: d00 and d01 had committed when a newer rollout took every device; d02
+    had dropped the job. Nothing is left to install or judge, even under require_samples."""
+    policy = Policy(cohorts=("100%",), soak_s=3600, require_samples=True)
+    st, _ = advance(RolloutState(NEW), seen(3), 0, policy)
+    st, _ = advance(st, [InstallReport(f"d0{i}", "download", "progress") for i in range(3)], 1, policy)
+    st = superseded(st, {"d00", "d01", "d02"})
+    late = [InstallReport("d00", "commit", "ok"), InstallReport("d01", "switch", "ok")]
+    st, acts = advance(st, [*late, InstallReport("d02", "download", "failed", "timeout")], 2, policy)
+    assert acts == [] and st.counts() == {"installed": 2, "cancelled": 1}
+    assert {d.reason for d in st.devices} == {f"{SUPERSEDED} r2"}  # the record still says they moved on
+    assert st.phase == "completed" and st.reason.startswith("3 device(s) superseded")
+
+
+def test_a_canary_taken_by_a_newer_rollout_does_not_hold_the_next_cohorts_forever():
+    st, acts = advance(RolloutState(NEW), seen(20), 0, P)
+    assert issued(acts) == ["d00"]
+    st = superseded(st, {"d00"})
+    st, acts = advance(st, [], 1, P)
+    assert acts == [] and st.soak_started == 1 and st.phase == "running"
+    st, acts = advance(st, [], 11, P)
+    assert issued(acts) == ["d01"] and st.cohort == 1
+    now = 12
+    while st.phase == "running" and now < 1000:
+        st, _ = install_all(st, now, P)
+        st, _ = advance(st, [], now + 10, P)
+        now += 20
+    assert st.phase == "completed" and st.counts() == {"installed": 19, "cancelled": 1}

@@ -225,3 +225,61 @@ def test_slow_windows_from_a_broker_recovery_are_left_out_of_the_gates_and_the_g
         assert "2 windows from a recovery period left out" in p95["detail"]  # its own and the fleet's old one
     else:
         assert st["phase"] == "rolled_back" and p95["status"] == "breach"
+
+
+NOW = {"cohorts": ["100%"], "soak_s": 0}
+
+
+def test_a_late_commit_report_of_a_superseded_rollout_records_the_install_and_the_rollout_completes(
+    client, memhub, bundle_dir
+):
+    """Ingest lags the devices: they committed rollout 1's bundle, but their reports are still
+    queued when a newer rollout on the same channel supersedes their rows. The late reports
+    (matched by rollout 1's desired_seq) record the installs, and rollout 1 ends."""
+    hub, pub = memhub
+    fleet_on(hub, client, pub, bundle_dir, 3)
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    v3 = push(client, bundle_dir(version="3.0.0"))
+    r1 = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": NOW}).json()
+    seqs = {d["device_id"]: d["seq"] for d in r1["devices"]}
+    assert r1["counts"] == {"issued": 3}
+    hub.ingest.handle(
+        [
+            (f"ef/v1/dev/{d}/report", report(d, 1, q, "download", "progress", bundle=v2["digest"]))
+            for d, q in seqs.items()
+        ]
+    )
+    assert client.get(f"/api/v1/rollouts/{r1['id']}").json()["counts"] == {"installing": 3}
+    r2 = client.post("/api/v1/rollouts", json={"bundle": v3["digest"], "target": {"all": True}, "policy": NOW}).json()
+    assert client.get(f"/api/v1/rollouts/{r1['id']}").json()["counts"] == {"cancelled": 3}
+
+    hub.ingest.handle([(f"ef/v1/dev/{d}/report", report(d, 2, q, bundle=v2["digest"])) for d, q in seqs.items()])
+    ticker.tick(hub.fleet)
+    st = client.get(f"/api/v1/rollouts/{r1['id']}").json()
+    assert st["counts"] == {"installed": 3}
+    assert {d["reason"] for d in st["devices"]} == {f"superseded by rollout {r2['id']}"}  # still says it moved on
+    assert st["phase"] == "completed"
+    assert client.get(f"/api/v1/rollouts/{r2['id']}").json()["counts"] == {"issued": 3}  # the newer one goes on
+
+
+def test_a_rollout_whose_every_device_was_superseded_completes_instead_of_running_forever(client, memhub, bundle_dir):
+    """The staged preset holds cohorts for soak and samples; none of that can happen once a newer
+    rollout took every device: rollout 1 completes, saying why, and a late report still counts."""
+    hub, pub = memhub
+    fleet_on(hub, client, pub, bundle_dir, 3)
+    v2 = push(client, bundle_dir(version="2.0.0"))
+    v3 = push(client, bundle_dir(version="3.0.0"))
+    staged = {**STAGED, "soak_s": 3600}
+    r1 = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": staged})
+    r1 = r1.json()
+    canary = [d for d in r1["devices"] if d["state"] == "issued"][0]
+    client.post("/api/v1/rollouts", json={"bundle": v3["digest"], "target": {"all": True}, "policy": NOW})
+    ticker.tick(hub.fleet)
+    st = client.get(f"/api/v1/rollouts/{r1['id']}").json()
+    assert st["counts"] == {"cancelled": 3}
+    assert st["phase"] == "completed" and "3 device(s) superseded" in st["reason"]
+
+    dev = canary["device_id"]
+    hub.ingest.handle([(f"ef/v1/dev/{dev}/report", report(dev, 1, canary["seq"], bundle=v2["digest"]))])
+    st = client.get(f"/api/v1/rollouts/{r1['id']}").json()
+    assert st["counts"] == {"installed": 1, "cancelled": 2} and st["phase"] == "completed"
