@@ -127,7 +127,7 @@ class AgentConfig:
     cert_file: Path | None = None
     key_file: Path | None = None
     keepalive_s: int = 30
-    fetch_repair_s: float = 3.0  # ask the hub for chunks missing after this long idle
+    fetch_repair_s: float = 3.0  # a download this long idle probes the broker, then asks the hub (agent.stall)
     progress_interval_s: float = 5.0  # download progress: a report a tenth, at most one this often
     device_view: bool = True  # announce device views (protocol.view); false: the hub sends full archives
     plan_by_reference: bool = True  # announce protocol.planref; false: chunk lists inline in desired documents

@@ -299,9 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         "--fetch-repair",
         type=float,
         default=5.0,
-        help="seconds without a chunk before a simulated device asks the hub for the missing ones (the "
-        "agent's fetch_repair_s; default 5). Above the broker's per-device chunk gap: at 10,000 devices "
-        "one Mosquitto sends each a chunk every ~11 s, and shorter waits start a repair storm (docs/scale.md)",
+        help="seconds without a chunk before a simulated device probes the broker, and asks the hub for "
+        "the missing chunks only if the broker had nothing queued for it (the agent's fetch_repair_s, "
+        "ADR 0020; default 5). At 10,000 devices one Mosquitto sends each a chunk every ~11 s: before "
+        "the probe, waits under that gap started a repair storm (docs/scale.md)",
     )
     ap.add_argument(
         "--telemetry-interval",
