@@ -165,3 +165,38 @@ def test_devices_that_lose_their_link_mid_transfer_resume_and_finish(hub_and_bro
         assert fleet.reconnects >= len(cut)
     finally:
         fleet.stop()
+
+
+def test_devices_whose_chunks_come_slower_than_the_repair_wait_probe_the_broker_and_never_ask_the_hub(
+    hub_and_broker,
+):
+    """ADR 0020: a chunk takes three times ``fetch_repair_s`` to arrive (a 40 kB/s link, 64 KiB
+    chunks), as one did at 10,000 devices on one Mosquitto (~11 s a chunk). Each device probes
+    the broker, hears the next chunk before the probe's answer, waits at least twice that round
+    trip from then on, and finishes without one repair request (before ADR 0020: a request each
+    time the wait ran out)."""
+    hub, api, port, root = hub_and_broker
+    cfg = SimConfig(
+        "127.0.0.1",
+        port,
+        root,
+        devices=3,
+        telemetry_interval_s=5.0,
+        fetch_repair_s=0.5,
+        inference=Inference(rate=0.0),
+        faults=Faults(slow_link_bps=40_000),
+    )
+    fleet = SimFleet(cfg)
+    ids = [d.id for d in fleet.devices]
+    try:
+        assert fleet.run_until(lambda: online(api, ids), timeout=60)
+        bundle = push(api, 300_000, "2.0.0")
+        api.post("/api/v1/rollouts", json={"bundle": bundle["digest"], "target": {"all": True}})
+        assert fleet.run_until(lambda: fleet.installed(bundle["digest"]) == 3, timeout=120), [
+            (d.id, d.job.stage if d.job else None, len(d.job.missing) if d.job else 0) for d in fleet.devices
+        ]
+        t = fleet.totals()
+        assert t.probes >= 3, t  # every device's download went quiet for longer than the wait
+        assert t.fetch_requests == 0, t
+    finally:
+        fleet.stop()
