@@ -1,6 +1,7 @@
-"""``python -m bench rollout --lag-only --housekeeping apart`` on a small fleet: the bench's hub
-leaves its housekeeping to an ``edgefleet-hub housekeep`` process, the lag is measured over real
-acks, and the housekeeper is gone when the bench is."""
+"""``python -m bench rollout`` on a small fleet: with ``--lag-only --housekeeping apart`` the
+bench's hub leaves its housekeeping to an ``edgefleet-hub housekeep`` process, the lag is measured
+over real acks, and the housekeeper is gone when the bench is; with ``--first-only`` the cases not
+run are said to be not run."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RESULT = REPO / "bench" / "results" / "rollout_lag.json"
@@ -51,3 +54,33 @@ def test_cpu_seconds_read_from_proc_match_what_the_process_says_it_used_and_a_go
     assert got["gone"] == 0.0
     spent = _cpu_since({"me": got["me"] - 1.0}, {"me": os.getpid()})
     assert spent["me"] >= 1.0
+
+
+@pytest.mark.slow
+def test_a_first_only_run_installs_once_judges_what_it_ran_and_says_the_flapping_goals_were_not_run() -> None:
+    """``--first-only`` (the 10,000-device runs: the later cases need more memory than the
+    machine has): the first install and the lag after it are measured and judged; the upgrade
+    and flapping cases are not run, and their goals say so instead of passing or failing."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "rollout", "--devices", "20", "--first-only", "--baseline-max", "0",
+         "--lag-seconds", "5", "--bundle-mb", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    doc = json.loads((REPO / "bench" / "results" / "rollout.json").read_text())
+    assert doc["params"]["first_only"] is True
+    cases = [c["case"] for c in doc["cases"]]
+    assert cases == [
+        "plain subscribers, retained fan-out (limit)",
+        "hub rollout to simulated agents (ours)",
+        "telemetry ingest lag (publish -> hub ack)",
+    ], cases
+    ours = doc["cases"][1]
+    assert ours["installed"] == 20 and ours["repair_requests"] == 0
+    goals = doc["params"]["goals"]
+    assert goals["flapping: 100% complete"] is None and goals["egress <= 1.1 copies"] is True
+    assert "not run flapping: 100% complete" in run.stdout
+    assert "links cut mid-transfer" not in run.stdout
