@@ -53,6 +53,9 @@ class Probe:
     def round_trip(self) -> float | None:
         return None if self.answered_at is None else self.answered_at - self.sent_at
 
+    def answered(self, at: float, quiet: bool) -> Probe:
+        return Probe(self.sent_at, at, quiet)
+
 
 def repair_wait(base_s: float, rounds: int, slowest_round_trip: float) -> float:
     """How long a download must be quiet before it counts as stalled: the configured wait,

@@ -839,7 +839,7 @@ class Updater:
         if answer is None:
             return
         job.probe_id = None
-        job.probe = stall.Probe(job.probe.sent_at, answer[0], answer[1])
+        job.probe = job.probe.answered(*answer)
         took = answer[0] - job.probe.sent_at  # the wait is at least twice the slowest round trip
         job.slowest_round_trip = max(job.slowest_round_trip, took)
         if not answer[1]:

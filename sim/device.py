@@ -409,7 +409,7 @@ class SimDevice:
             answer = self.link.probe_answer(job.probe_id)
             if answer is not None:
                 job.probe_id = None
-                job.probe = stall.Probe(job.probe.sent_at, answer[0], answer[1])
+                job.probe = job.probe.answered(*answer)
                 job.slowest_round_trip = max(job.slowest_round_trip, answer[0] - job.probe.sent_at)
         wait = stall.repair_wait(self.cfg.fetch_repair_s, job.fetch_rounds, job.slowest_round_trip)
         step = stall.next_step(now, max(job.last_chunk, job.last_fetch), wait, job.probe)

@@ -21,15 +21,14 @@ def _housekeepers() -> list[str]:
     return [line for line in out.splitlines() if "hub housekeep" in line and "bench-rollout-" in line]
 
 
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", "rollout", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
 def test_the_lag_bench_with_housekeeping_apart_measures_acks_and_leaves_no_housekeeper_behind() -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "bench", "rollout", "--lag-only", "--devices", "20", "--lag-seconds", "12",
-         "--housekeeping", "apart"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )  # fmt: skip
+    run = _bench("--lag-only", "--devices", "20", "--lag-seconds", "12", "--housekeeping", "apart")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "20 devices reporting every 10 s for 12 s, no rollout" in run.stdout
     doc = json.loads(RESULT.read_text())
@@ -61,14 +60,7 @@ def test_a_first_only_run_installs_once_judges_what_it_ran_and_says_the_flapping
     """``--first-only`` (the 10,000-device runs: the later cases need more memory than the
     machine has): the first install and the lag after it are measured and judged; the upgrade
     and flapping cases are not run, and their goals say so instead of passing or failing."""
-    run = subprocess.run(
-        [sys.executable, "-m", "bench", "rollout", "--devices", "20", "--first-only", "--baseline-max", "0",
-         "--lag-seconds", "5", "--bundle-mb", "1"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )  # fmt: skip
+    run = _bench("--devices", "20", "--first-only", "--baseline-max", "0", "--lag-seconds", "5", "--bundle-mb", "1")
     assert run.returncode == 0, run.stdout + run.stderr
     doc = json.loads((REPO / "bench" / "results" / "rollout.json").read_text())
     assert doc["params"]["first_only"] is True
