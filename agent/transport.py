@@ -68,7 +68,7 @@ class Transport:
         self._asked: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> its filters, until the SUBACK
         self._early: dict[int, list[ReasonCode]] = {}  # a SUBACK that beat the caller's bookkeeping
         self._subs_lock = threading.Lock()
-        self._received = 0  # messages received on this connection (paho's thread)
+        self._received = 0  # messages received, counted in paho's thread (a probe compares two counts)
         self._probes: dict[int, int] = {}  # probe (UNSUBSCRIBE) id -> messages received before it left
         self._answers: dict[int, tuple[float, int]] = {}  # UNSUBACK id -> (at, messages received by then)
         self._clean = True  # until the first connection of this process succeeds
