@@ -419,14 +419,14 @@ def advance(
             assign(devs, sizes[min(st.cohort, len(sizes) - 1)], st.cohort, issue, put, closed)
 
     # 6b. superseded: every device went to a newer rollout, nothing is left to install or judge
-    superseded = sum(1 for d in devs.values() if d.reason.startswith(SUPERSEDED))
-    if (
-        st.phase == "running"
-        and superseded
-        and all(d.reason.startswith(SUPERSEDED) or d.state == "incompatible" for d in devs.values())
+    # (the all() stops at the first device still its own, so a live rollout pays for one device)
+    if st.phase == "running" and all(
+        d.reason.startswith(SUPERSEDED) or d.state == "incompatible" for d in devs.values()
     ):
-        why = f"{superseded} device(s) superseded by a newer rollout of the channel; none left to install or judge"
-        st = replace(st, phase="completed", reason=why)
+        superseded = sum(1 for d in devs.values() if d.reason.startswith(SUPERSEDED))
+        if superseded:
+            why = f"{superseded} device(s) superseded by a newer rollout of the channel; none left to install or judge"
+            st = replace(st, phase="completed", reason=why)
 
     # gates judge a running rollout; once it stops or completes, its last judgement stands
     gates = (
