@@ -840,7 +840,7 @@ class Updater:
             return
         job.probe_id = None
         job.probe = job.probe.answered(*answer)
-        took = answer[0] - job.probe.sent_at  # the wait is at least twice the slowest round trip
+        took = job.probe.round_trip or 0.0  # the wait is at least twice the slowest round trip
         job.slowest_round_trip = max(job.slowest_round_trip, took)
         if not answer[1]:
             log.info(

@@ -410,7 +410,7 @@ class SimDevice:
             if answer is not None:
                 job.probe_id = None
                 job.probe = job.probe.answered(*answer)
-                job.slowest_round_trip = max(job.slowest_round_trip, answer[0] - job.probe.sent_at)
+                job.slowest_round_trip = max(job.slowest_round_trip, job.probe.round_trip or 0.0)
         wait = stall.repair_wait(self.cfg.fetch_repair_s, job.fetch_rounds, job.slowest_round_trip)
         step = stall.next_step(now, max(job.last_chunk, job.last_fetch), wait, job.probe)
         if step is stall.Step.PROBE:
