@@ -19,6 +19,10 @@ PUBLISH already queued for the session), so:
   probed about once per download, not once per chunk;
 * no answer after ``GIVE_UP`` waits: the broker answers nothing; ask the hub as before probes.
 
+A delta download (:mod:`agent.delta`) is judged the same way, with ``DELTA_PATIENCE`` x the
+configured wait and no hub to ask: its :attr:`Step.REPAIR` means "give up on the delta and fetch
+the missing full chunks", which a slow broker must not trigger either.
+
 A broker that does not keep that order (the answer overtaking queued messages) makes a probe
 look quiet too early; the result is the repair request a device sent before probes existed, not
 a loss. Pure functions; the transport sends the probe and records its answer.
@@ -32,6 +36,7 @@ from enum import Enum
 GIVE_UP = 4  # waits an unanswered probe is given before the hub is asked anyway
 PACE_FACTOR = 2.0  # a download is quiet only after this many of the slowest probe round trips
 MAX_DOUBLINGS = 3  # repair requests that brought nothing double the wait, up to x8
+DELTA_PATIENCE = 3  # a delta is given up only after this many configured waits (its bytes are few, its remedy dear)
 
 
 class Step(Enum):

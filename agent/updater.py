@@ -814,22 +814,32 @@ class Updater:
             return
         if job is None or job.stage != "download" or job.download is None:
             return
-        if job.delta is not None:
-            if now_mono - job.delta.last_chunk >= 3 * self.cfg.fetch_repair_s:
-                self._delta_fallback(job, deltas.Fallback.STALLED, "no delta chunk arrived")
-            return
         self._answered(job)
+        if job.delta is not None:  # the broker is asked first here too (agent.stall): a slow one keeps the delta
+            wait = stall.repair_wait(stall.DELTA_PATIENCE * self.cfg.fetch_repair_s, 0, job.slowest_round_trip)
+            step = stall.next_step(now_mono, job.delta.last_chunk, wait, job.probe)
+            if step is stall.Step.PROBE:
+                self._probe(job, now_mono)
+            elif step is stall.Step.REPAIR:
+                assert job.probe is not None
+                why = "the broker holds none for us" if job.probe.quiet else "the broker did not answer a probe"
+                quiet = f"no delta chunk arrived for {now_mono - job.delta.last_chunk:.0f} s"
+                self._delta_fallback(job, deltas.Fallback.STALLED, f"{quiet} and {why}")
+            return
         wait = stall.repair_wait(self.cfg.fetch_repair_s, job.fetch_rounds, job.slowest_round_trip)
         step = stall.next_step(now_mono, max(job.last_chunk, job.last_fetch), wait, job.probe)
         if step is stall.Step.PROBE:
-            job.probe_id = self.mqtt.probe(probe_filter(self.cfg.device_id))
-            job.probe = stall.Probe(now_mono)
+            self._probe(job, now_mono)
         elif step is stall.Step.REPAIR:
             missing = job.download.missing()
             if missing:
                 self._narrow(job, missing)
                 self._request(missing)
                 job.fetch_rounds += 1
+
+    def _probe(self, job: Job, now_mono: float) -> None:
+        job.probe_id = self.mqtt.probe(probe_filter(self.cfg.device_id))
+        job.probe = stall.Probe(now_mono)
 
     def _answered(self, job: Job) -> None:
         """Take in the answer to the download's probe, if it came (agent.stall)."""
@@ -843,9 +853,7 @@ class Updater:
         took = job.probe.round_trip or 0.0  # the wait is at least twice the slowest round trip
         job.slowest_round_trip = max(job.slowest_round_trip, took)
         if not answer[1]:
-            log.info(
-                "download quiet, but the broker still had messages for us (round trip %.1f s): not asking the hub", took
-            )
+            log.info("download quiet, but the broker still had messages for us (round trip %.1f s): waiting on", took)
 
     def _narrow(self, job: Job, missing: list[int]) -> None:
         """Before a repair request: per-index filters instead of the wildcard
