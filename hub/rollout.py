@@ -49,6 +49,10 @@ Rules, in the order ``advance`` applies them:
    that re-issues any is ``running`` again. :data:`COMMAND_PHASES` says where each
    command applies (:func:`command_applies`); the shell refuses the rest with 409, the machine
    ignores them.
+1b. **Newer rollouts** (``Elsewhere``: the shell names each device a newer rollout of the
+   channel holds): a rollback, by command or by a gate, and a retry leave it alone, and a
+   timed-out one that comes back is not re-issued; the reason counts them. The newest rollout
+   owns a device: an older one must not undo it (the shell answers 409 when none is left).
 2. **Device observations** (``DeviceSeen``; from retained status): a device new to the rollout
    is added as ``pending`` (the shell sends only devices that match the target); a status
    whose active bundle is the target settles an issued/installing device as ``installed``;
@@ -171,6 +175,7 @@ from .rollout_state import (
     PHASES as PHASES,
     RETRY_FROM as RETRY_FROM,
     RETRYABLE as RETRYABLE,
+    ROLLBACK_FROM as ROLLBACK_FROM,
     SAMPLE_GATES as SAMPLE_GATES,
     SETTLED as SETTLED,
     SUPERSEDED as SUPERSEDED,
@@ -180,6 +185,7 @@ from .rollout_state import (
     Command as Command,
     DeviceSeen as DeviceSeen,
     DeviceState as DeviceState,
+    Elsewhere as Elsewhere,
     Event as Event,
     GateResult as GateResult,
     Health as Health,
@@ -202,6 +208,7 @@ def advance(
     st = state
     health: dict[str, Health] = {}
     closed = {} if policy.ignore_windows else {e.device: e.opens for e in events if isinstance(e, WindowClosed)}
+    elsewhere = {e.device: e.rollout for e in events if isinstance(e, Elsewhere)}  # rule 1b
 
     def put(d: DeviceState) -> None:
         devs[d.id] = d
@@ -234,23 +241,30 @@ def advance(
         return replace(d, state=state, stage="", reason=reason)
 
     def roll_back_all(reason: str) -> str:
-        """Returns what the rollout's reason adds: how many devices have nothing to go back to."""
-        keep = sum(
-            1
-            for d in devs.values()
-            if d.from_bundle is None and d.state in ("issued", "installing", "installed", "failed", "timed_out")
-        )
-        for d in list(devs.values()):
-            if d.state in ("issued", "installing", "installed", "failed", "timed_out") or (
-                d.state == "waiting" and d.attempts > 0
-            ):
+        """Returns what the rollout's reason adds: how many devices have nothing to go back to,
+        and how many a newer rollout holds (rule 1b: left alone)."""
+        held = [d.id for d in devs.values() if d.id in elsewhere and rolls_back(d)]
+        ours = [d for d in devs.values() if d.id not in elsewhere]
+        keep = sum(1 for d in ours if d.from_bundle is None and d.state in ROLLBACK_FROM)
+        for d in ours:
+            if rolls_back(d):
                 actions.append(Issue(d.id, "rollback" if d.from_bundle else "idle", d.from_bundle))
                 put(replace(d, state="rolling_back", issued_at=now, reason=reason))
             elif d.state in ("pending", "waiting"):
                 put(replace(d, state="cancelled", reason=reason))
             elif d.state == "staging":
                 put(end_stage(d, "cancelled", reason))
-        return f"; {keep} device(s) had no previous bundle and keep serving this one" if keep else ""
+        said = f"; {keep} device(s) had no previous bundle and keep serving this one" if keep else ""
+        if held:
+            newer = ", ".join(sorted({elsewhere[i] for i in held}))
+            said += f"; {len(held)} device(s) left alone: newer rollout {newer} holds them"
+        return said
+
+    def mine(d: DeviceState) -> bool:  # rule 1b: no newer rollout holds it
+        return d.id not in elsewhere
+
+    def rolls_back(d: DeviceState) -> bool:
+        return d.state in ROLLBACK_FROM or (d.state == "waiting" and d.attempts > 0)
 
     def cancel_pending(reason: str) -> None:
         for d in list(devs.values()):
@@ -285,7 +299,7 @@ def advance(
             st = replace(st, phase="rolled_back", reason=f"rolled back{who}{kept}")
         elif ev.op == "retry":
             chosen = [devs[i] for i in ev.devices if i in devs] if ev.devices else list(devs.values())
-            again = [x for x in chosen if x.state in RETRY_FROM]
+            again = [x for x in chosen if x.state in RETRY_FROM and x.id not in elsewhere]
             for x in again:
                 put(issue(replace(x, attempts=0), f"retry{who}"))
             if again and st.phase == "completed":
@@ -322,7 +336,7 @@ def advance(
                 d = replace(d, state="installed", reason="")
             elif d.state == "rolling_back" and ev.active == d.from_bundle:
                 d = replace(d, state="rolled_back", reason="")
-            elif d.state == "timed_out" and came_back and st.phase not in ("aborted", "cancelled"):
+            elif d.state == "timed_out" and came_back and st.phase not in ("aborted", "cancelled") and mine(d):
                 d = issue(d, "re-issued: device came back online")
                 if st.phase == "completed":  # not done while one of its devices installs again
                     st = replace(st, phase="running", reason=f"device {ev.device} came back and was re-issued")

@@ -1,12 +1,14 @@
 """A rollout's state <-> its registry rows: :func:`load` builds the pure machine's
 :class:`hub.rollout.RolloutState` from the ``rollout`` row, its ``rollout_device`` rows (as
 plain dicts: a 10,000-device rollout is loaded every tick), its bundle's requirements and its
-drift baseline; :func:`save` writes the machine's new state back, inserting new device rows and
+drift baseline; :func:`held_elsewhere` says which of its devices a newer rollout of its channel
+holds (the machine's rule 1b); :func:`save` writes the machine's new state back, inserting new device rows and
 bulk-updating only the changed ones. Used by :func:`hub.rollouts._run` (the thin shell).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import and_, bindparam, insert, update
@@ -17,7 +19,7 @@ from protocol.sketch import DriftThresholds
 
 from .fleet import Fleet
 from .models import Bundle, Rollout, RolloutDevice
-from .rollout import DeviceState, GateResult, RolloutState
+from .rollout import DeviceState, Elsewhere, GateResult, RolloutState
 
 
 def baseline(fleet: Fleet, digest: str) -> tuple[dict[str, list[int]], DriftThresholds, dict[str, DriftThresholds]]:
@@ -136,3 +138,25 @@ def save(s: Session, r: Rollout, rows: Rows, st: RolloutState, seqs: dict[str, i
             .values({k: bindparam(k) for k in ROW_FIELDS if k != "device_id"})
         )
         s.connection().execute(stmt, updates)
+
+
+def held_elsewhere(s: Session, r: Rollout, ids: Collection[str]) -> list[Elsewhere]:
+    """Those of ``ids`` (devices of ``r``) that a newer rollout of ``r``'s channel holds: it
+    issued them a document, or has a row for them it may still issue (any row but one cancelled
+    or found incompatible before anything was issued). The newest such rollout is named. One
+    query when there is no newer rollout of the channel, as almost always."""
+    newer = dict(
+        s.exec(select(Rollout.id, Rollout.serial).where(Rollout.channel == r.channel, Rollout.serial > r.serial)).all()
+    )
+    if not newer or not ids:
+        return []
+    t = RolloutDevice
+    q = select(t.device_id, t.rollout_id).where(
+        col(t.rollout_id).in_(sorted(newer)),
+        (col(t.attempts) > 0) | col(t.state).notin_(("cancelled", "incompatible")),
+    )
+    held: dict[str, str] = {}
+    for device, rid in s.connection().execute(q):
+        if device in ids and (device not in held or newer[rid] > newer[held[device]]):
+            held[device] = rid
+    return [Elsewhere(d, rid) for d, rid in sorted(held.items())]

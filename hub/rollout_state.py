@@ -36,6 +36,7 @@ BREACH_ACTIONS = ("pause", "abort", "rollback")
 SAMPLE_GATES = ("error_rate", "p95_latency_ratio", "cloud_fallback_rate")
 COMMANDS = ("approve", "pause", "resume", "cancel", "rollback", "retry")
 RETRY_FROM = ("failed", "timed_out")  # the device states a retry command re-issues
+ROLLBACK_FROM = ("issued", "installing", "installed", "failed", "timed_out")  # a rollback's (and waiting, if issued)
 # the phases in which each operator command applies (rule 1); the shell answers 409 otherwise
 COMMAND_PHASES: dict[str, tuple[str, ...]] = {
     "pause": ("running", "awaiting_approval", "completed"),
@@ -153,6 +154,15 @@ class WindowClosed:
 
 
 @dataclass(frozen=True)
+class Elsewhere:
+    """A newer rollout of the channel, ``rollout``, holds ``device`` (it was issued that
+    rollout's document, or will be): a rollback or retry of this one leaves the device alone."""
+
+    device: str
+    rollout: str
+
+
+@dataclass(frozen=True)
 class Health:
     """One device's telemetry summary for the gates: the target bundle vs its previous one."""
 
@@ -186,7 +196,7 @@ class StageEvidence:
     task: str = ""  # the candidate's task, for the shadow gate's wording
 
 
-Event = Command | DeviceSeen | InstallReport | Health | WindowClosed | StageEvidence
+Event = Command | DeviceSeen | InstallReport | Health | WindowClosed | StageEvidence | Elsewhere
 
 
 # ---- outputs ---------------------------------------------------------------------------------

@@ -56,6 +56,8 @@ from .models import Bundle, Device, Rollout, RolloutDevice
 from .rollout import (
     COMMAND_PHASES,
     COMMANDS,
+    RETRY_FROM,
+    ROLLBACK_FROM,
     SUPERSEDED,
     TERMINAL_PHASES,
     Alert as AlertAction,
@@ -119,7 +121,7 @@ def _run(
     now = fleet.clock()
     policy = Policy.from_dict(r.policy)
     st, rows = rollout_rows.load(fleet, s, r)
-    evs: list[Event] = list(events)
+    evs: list[Event] = [*events, *rollout_rows.held_elsewhere(s, r, rows)]
     if observe:
         owners = owners if owners is not None else _owners(s)
         tgt = Target.parse(r.target)
@@ -251,10 +253,31 @@ def command(fleet: Fleet, rid: str, cmd: str, actor: str, devices: Sequence[str]
             raise NotFound("rollout", rid)
         if not command_applies(cmd, r.phase):
             raise Conflict(f"rollout {rid} is {r.phase}; {cmd} needs one of {COMMAND_PHASES[cmd]}")
+        _refuse_if_all_held_elsewhere(s, r, cmd, devices)
         fleet.audit(s, actor, f"rollout.{cmd}", rid, **({"devices": list(devices)} if devices else {}))
         _run(fleet, s, r, [Command(cmd, actor, tuple(devices))], out, observe=False)
     tallies.forget(fleet)  # the answer shows what the command changed, not a count kept from before it
     return status(fleet, rid)
+
+
+def _refuse_if_all_held_elsewhere(s: Session, r: Rollout, cmd: str, devices: Sequence[str]) -> None:
+    """A rollback or retry whose every device a newer rollout of the channel holds would do
+    nothing but say it did (rule 1b leaves them alone): refused, naming the newer rollout."""
+    if cmd not in ("rollback", "retry"):
+        return
+    t = RolloutDevice
+    states = RETRY_FROM if cmd == "retry" else (*ROLLBACK_FROM, "waiting")
+    q = select(t.device_id, t.state, t.attempts).where(t.rollout_id == r.id, col(t.state).in_(states))
+    moved = {d for d, state, attempts in s.exec(q).all() if state != "waiting" or attempts > 0}
+    if cmd == "retry" and devices:
+        moved &= set(devices)
+    held = rollout_rows.held_elsewhere(s, r, moved)
+    if moved and len(held) == len(moved):
+        newer = ", ".join(sorted({e.rollout for e in held}))
+        raise Conflict(
+            f"rollout {r.id}: all {len(moved)} device(s) a {cmd} would move are held by newer rollout {newer}"
+            f" of channel {r.channel!r}; {cmd} that rollout instead"
+        )
 
 
 def on_reports(fleet: Fleet, reports: Sequence[Report]) -> None:

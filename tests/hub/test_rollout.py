@@ -13,6 +13,7 @@ from hub.rollout import (
     Alert,
     Command,
     DeviceSeen,
+    Elsewhere,
     Gates,
     Health,
     InstallReport,
@@ -664,3 +665,41 @@ def test_a_canary_taken_by_a_newer_rollout_does_not_hold_the_next_cohorts_foreve
         st, _ = advance(st, [], now + 10, P)
         now += 20
     assert st.phase == "completed" and st.counts() == {"installed": 19, "cancelled": 1}
+
+
+def test_rolling_back_an_older_rollout_leaves_the_devices_a_newer_one_holds_alone():
+    """Rollout r1 completed on three devices; r2 (newer, same channel) has since taken d00 and
+    d01. Rolling r1 back must not undo r2 there: only d02 goes back, and the reason says why
+    the other two did not. A gate's automatic rollback and a retry obey the same rule."""
+    policy = Policy(cohorts=("100%",), soak_s=0, max_retries=0)
+    st, _ = advance(RolloutState(NEW), seen(3), 0, policy)
+    st, _ = install_all(st, 1, policy)
+    st, _ = advance(st, [], 2, policy)
+    assert st.phase == "completed"
+    held = [Elsewhere("d00", "r2"), Elsewhere("d01", "r2")]
+    back, acts = advance(st, [Command("rollback", "ops"), *held], 3, policy)
+    assert [(a.device, a.action) for a in rollbacks(acts)] == [("d02", "rollback")]
+    assert back.phase == "rolled_back" and back.reason.endswith("; 2 device(s) left alone: newer rollout r2 holds them")
+    assert back.counts() == {"installed": 2, "rolling_back": 1}
+    again, acts = advance(st, [Command("rollback", "ops")], 3, policy)  # nobody newer: all three
+    assert len(rollbacks(acts)) == 3 and "left alone" not in again.reason
+
+    tolerant = replace(policy, gates=Gates(max_install_failure_rate=1.0))
+    st, _ = advance(RolloutState(NEW), seen(3), 0, tolerant)
+    fails = [InstallReport(f"d0{i}", "verify", "failed", "bad_signature") for i in range(3)]
+    st, _ = advance(st, fails, 1, tolerant)
+    assert st.phase == "completed"
+    st, acts = advance(st, [Command("retry", "ops"), Elsewhere("d01", "r2")], 2, tolerant)
+    assert issued(acts) == ["d00", "d02"] and st.device("d01").state == "failed"
+
+
+def test_a_timed_out_device_held_by_a_newer_rollout_is_not_reissued_when_it_comes_back():
+    policy = Policy(
+        cohorts=("100%",), soak_s=0, install_timeout_s=100, max_retries=0, gates=Gates(max_install_failure_rate=1.0)
+    )
+    st, _ = advance(RolloutState(NEW), seen(2), 0, policy)
+    st, _ = advance(st, [], 150, policy)  # both silent while online: their one attempt times out
+    st, _ = advance(st, seen(2, online=False), 200, policy)
+    assert st.counts() == {"timed_out": 2}
+    st, acts = advance(st, [*seen(2), Elsewhere("d00", "r2")], 300, policy)
+    assert issued(acts) == ["d01"] and st.device("d00").state == "timed_out"

@@ -283,3 +283,55 @@ def test_a_rollout_whose_every_device_was_superseded_completes_instead_of_runnin
     hub.ingest.handle([(f"ef/v1/dev/{dev}/report", report(dev, 1, canary["seq"], bundle=v2["digest"]))])
     st = client.get(f"/api/v1/rollouts/{r1['id']}").json()
     assert st["counts"] == {"installed": 1, "cancelled": 2} and st["phase"] == "completed"
+
+
+def test_rolling_back_an_older_rollout_does_not_undo_a_newer_one_and_is_409_when_it_holds_every_device(
+    client, memhub, bundle_dir, keys_dir
+):
+    """v2 installed on d0-d2 (rollout 1, completed); rollout 2 then took d0 and d1 to v3. Rolling
+    rollout 1 back sends only d2 back to v1: d0 and d1 keep rollout 2's document. Once a third
+    rollout holds d2 too, rolling rollout 1 back would move nobody: 409 naming that rollout."""
+    hub, pub = memhub
+    v1 = fleet_on(hub, client, pub, bundle_dir, 3)
+    v2, v3 = push(client, bundle_dir(version="2.0.0")), push(client, bundle_dir(version="3.0.0"))
+    r1 = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": NOW}).json()
+    hub.ingest.handle(
+        [
+            (f"ef/v1/dev/{d['device_id']}/report", report(d["device_id"], 1, d["seq"], bundle=v2["digest"]))
+            for d in r1["devices"]
+        ]
+    )
+    ticker.tick(hub.fleet)
+    assert client.get(f"/api/v1/rollouts/{r1['id']}").json()["phase"] == "completed"
+    two = {"devices": ["d0", "d1"]}
+    r2 = client.post("/api/v1/rollouts", json={"bundle": v3["digest"], "target": two, "policy": NOW}).json()
+    assert r2["counts"] == {"issued": 2}
+
+    back = client.post(f"/api/v1/rollouts/{r1['id']}/rollback")
+    assert back.status_code == 200, back.text
+    body = back.json()
+    assert (
+        body["phase"] == "rolled_back"
+        and f"2 device(s) left alone: newer rollout {r2['id']} holds them" in body["reason"]
+    )
+    assert {d["device_id"]: d["state"] for d in body["devices"]} == {
+        "d0": "installed",
+        "d1": "installed",
+        "d2": "rolling_back",
+    }
+    assert desired_of(pub, keys_dir, "d2", 1).bundle.digest == v1["digest"]
+    for dev in ("d0", "d1"):  # rollout 2's install still stands
+        assert desired_of(pub, keys_dir, dev, 1).bundle.digest == v3["digest"]
+
+    r1b = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": NOW}).json()
+    hub.ingest.handle(
+        [
+            (f"ef/v1/dev/{d['device_id']}/report", report(d["device_id"], 2, d["seq"], bundle=v2["digest"]))
+            for d in r1b["devices"]
+        ]
+    )
+    ticker.tick(hub.fleet)
+    r3 = client.post("/api/v1/rollouts", json={"bundle": v3["digest"], "target": {"all": True}, "policy": NOW}).json()
+    refused = client.post(f"/api/v1/rollouts/{r1b['id']}/rollback")
+    assert refused.status_code == 409 and f"held by newer rollout {r3['id']}" in refused.json()["error"]
+    assert client.get(f"/api/v1/rollouts/{r1b['id']}").json()["phase"] == "completed"  # nothing changed
