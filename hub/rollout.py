@@ -49,10 +49,9 @@ Rules, in the order ``advance`` applies them:
    that re-issues any is ``running`` again. :data:`COMMAND_PHASES` says where each
    command applies (:func:`command_applies`); the shell refuses the rest with 409, the machine
    ignores them.
-1b. **Newer rollouts** (``Elsewhere``: the shell names each device a newer rollout of the
-   channel holds): a rollback, by command or by a gate, and a retry leave it alone, and a
-   timed-out one that comes back is not re-issued; the reason counts them. The newest rollout
-   owns a device: an older one must not undo it (the shell answers 409 when none is left).
+1b. **Newer rollouts** own a device (``Elsewhere`` names those a newer one of the channel holds):
+   a rollback (command or gate) or retry here leaves it alone, the reason counting them, and a
+   timed-out one back online is not re-issued (the shell answers 409 when none is left).
 2. **Device observations** (``DeviceSeen``; from retained status): a device new to the rollout
    is added as ``pending`` (the shell sends only devices that match the target); a status
    whose active bundle is the target settles an issued/installing device as ``installed``;
@@ -241,8 +240,7 @@ def advance(
         return replace(d, state=state, stage="", reason=reason)
 
     def roll_back_all(reason: str) -> str:
-        """Returns what the rollout's reason adds: how many devices have nothing to go back to,
-        and how many a newer rollout holds (rule 1b: left alone)."""
+        """What the rollout's reason adds: devices with nothing to go back to, or held elsewhere (1b)."""
         held = [d.id for d in devs.values() if d.id in elsewhere and rolls_back(d)]
         ours = [d for d in devs.values() if d.id not in elsewhere]
         keep = sum(1 for d in ours if d.from_bundle is None and d.state in ROLLBACK_FROM)
@@ -259,9 +257,6 @@ def advance(
             newer = ", ".join(sorted({elsewhere[i] for i in held}))
             said += f"; {len(held)} device(s) left alone: newer rollout {newer} holds them"
         return said
-
-    def mine(d: DeviceState) -> bool:  # rule 1b: no newer rollout holds it
-        return d.id not in elsewhere
 
     def rolls_back(d: DeviceState) -> bool:
         return d.state in ROLLBACK_FROM or (d.state == "waiting" and d.attempts > 0)
@@ -332,11 +327,12 @@ def advance(
                 d = replace(d, from_bundle=ev.active)
             if came_back and d.state == "waiting" and st.phase == "completed":
                 st = replace(st, phase="running", reason=f"device {ev.device} came back and waits for its window")
+            back = came_back and d.id not in elsewhere  # rule 1b: a newer rollout re-issues it, not this one
             if d.state in (*ISSUED, "waiting") and ev.active == st.bundle and st.phase != "rolled_back":
                 d = replace(d, state="installed", reason="")
             elif d.state == "rolling_back" and ev.active == d.from_bundle:
                 d = replace(d, state="rolled_back", reason="")
-            elif d.state == "timed_out" and came_back and st.phase not in ("aborted", "cancelled") and mine(d):
+            elif d.state == "timed_out" and back and st.phase not in ("aborted", "cancelled"):
                 d = issue(d, "re-issued: device came back online")
                 if st.phase == "completed":  # not done while one of its devices installs again
                     st = replace(st, phase="running", reason=f"device {ev.device} came back and was re-issued")
