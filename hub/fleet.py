@@ -85,6 +85,9 @@ class Fleet:
         # the telemetry windows each rollout's gates read, kept between runs (hub.evidence
         # .WindowCache, made by the first run: this module imports no room)
         self.gate_windows: Any = None
+        # each recently run rollout's rows as this process last read or wrote them, by rollout id
+        # (hub.rollout_rows.Kept, made by the first run)
+        self.kept_rows: Any = None
         # a pushed bundle's deltas, made ahead by the hub's hub-deltas thread (hub.deltas.Preparer);
         # nothing where no hub process runs one (the housekeeper, a bare Fleet in tests)
         self.prepare_deltas: Callable[[str], None] = lambda digest: None

@@ -1,9 +1,10 @@
 """What ingest tells the rollouts after a batch commits, gathered while the hub is behind.
 
 After each batch, ingest hands its install reports and the devices whose status changed to the
-rollouts (:func:`hub.rollouts.follow_up`). A rollout run loads every row of the rollout and
-judges all of them (:mod:`hub.rollout` is a pure function of the whole state), so its cost grows
-with the rollout, not with the batch: at 1,000 devices the runs after each batch were a third
+rollouts (:func:`hub.rollouts.follow_up`). A rollout run judges every row of the rollout
+(:mod:`hub.rollout` is a pure function of the whole state), so its cost grows with the rollout,
+not with the batch (since 2026-12-05 the rows are kept between runs, :mod:`hub.rollout_rows`,
+which took most of that cost away, but not all): at 1,000 devices the runs after each batch were a third
 of the hub's CPU during a rollout (py-spy, ``bench rollout``), and at 10,000 each was ten times
 dearer while the batches kept coming.
 

@@ -98,6 +98,10 @@ class Rollout(SQLModel, table=True):
     created: int = 0
     updated: int = 0
     created_by: str = ""
+    # bumped in the transaction of every write to this rollout's rollout_device rows: a hub keeps
+    # the rows it last read and wrote between runs, and reads them again only when this moved
+    # (hub.rollout_rows.load; another replica's writes move it too)
+    rows_version: int = 0
 
 
 class RolloutDevice(SQLModel, table=True):

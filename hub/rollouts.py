@@ -106,6 +106,7 @@ def _exclusive(fleet: Fleet) -> Iterator[tuple[Session, list[Outgoing]]]:
         rollout_section(s)
         yield s, out
         s.commit()
+        rollout_rows.commit_kept(fleet, s)
     fleet.publish(out)
 
 
@@ -172,7 +173,7 @@ def _run(
             alerting.record(fleet, s, a.kind, a.severity, a.message, a.detail, now, bundle=r.bundle, rollout=r.id)
             log.warning("rollout %s: %s", r.id, a.message)
     s.flush()  # device rows (seq) before the bulk rollout-row writes
-    rollout_rows.save(s, r, rows, new, seqs, now)
+    rollout_rows.save(s, r, rows, new, seqs, now, before=st)
     if (new.phase in TERMINAL_PHASES or new.phase == "completed") and fleet.gate_windows is not None:
         fleet.gate_windows.forget(r.id)  # its gates judge no more (hub.rollout: the last judgement stands)
     return new
@@ -232,6 +233,8 @@ def create(
                 )
                 .values(state="cancelled", reason=f"{SUPERSEDED} {r.id}", updated=now)
             )
+        older = update(Rollout.__table__).where(Rollout.channel == channel, Rollout.id != r.id)  # type: ignore[attr-defined]
+        s.connection().execute(older.values(rows_version=Rollout.rows_version + 1))  # their rows moved
         s.flush()
         on = {"channel": channel} if channel != DEFAULT else {}
         fleet.audit(

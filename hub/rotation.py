@@ -34,7 +34,7 @@ from . import bundles, desired
 from .db import rollout_section
 from .fleet import Fleet
 from .keys import HubKeys
-from .models import Bundle, DesiredDoc, Device, RolloutDevice
+from .models import Bundle, DesiredDoc, Device, Rollout, RolloutDevice
 from .transport import Outgoing
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,10 @@ def resign_all(fleet: Fleet) -> list[Outgoing]:
                 if row is not None and row.seq == old.seq:
                     row.seq = d.desired_seq
                     s.add(row)
+                    ro = s.get(Rollout, old.rollout)
+                    if ro is not None:  # its rows moved: a hub that kept them reads them again
+                        ro.rows_version = (ro.rows_version or 0) + 1
+                        s.add(ro)
         fleet.audit(s, "hub", "keys.online_rotated", fleet.keys.online.keyid, bundles=len(rows), documents=len(docs))
         s.commit()
     log.info(

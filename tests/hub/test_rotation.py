@@ -7,9 +7,9 @@ import time
 
 from sqlmodel import select
 
-from hub import keys as hub_keys, rotation
+from hub import keys as hub_keys, rollout_rows, rotation
 from hub.keys import HubKeys
-from hub.models import Bundle, RolloutDevice
+from hub.models import Bundle, Rollout, RolloutDevice
 from hub.rotation import stale
 from protocol.bundle import verify_manifest
 from protocol.messages import verify_desired
@@ -56,6 +56,8 @@ def test_after_the_online_key_rotates_every_manifest_and_live_document_is_signed
         rows = s.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rid)).all()
         assert {r.device_id: r.seq for r in rows} == {dev: old.seq + 1 for dev, old in before.items()}
         assert s.get(Bundle, b["digest"]).published
+        kept = rollout_rows.load(hub.fleet, s, s.get(Rollout, rid))[1]  # the rows the hub kept moved too
+        assert {d: row["seq"] for d, row in kept.items()} == {dev: old.seq + 1 for dev, old in before.items()}
     assert {m.topic for m in out if m.kind == "chunk"}, "the rebuilt archive's chunks are published"
 
     assert not stale(hub.fleet)
