@@ -832,8 +832,9 @@ class Updater:
             self._probe(job, now_mono)
         elif step is stall.Step.REPAIR:
             missing = job.download.missing()
-            if missing:
-                self._narrow(job, missing)
+            if missing and self._narrow(job, missing):
+                job.last_fetch = now_mono  # the broker's retained copies first; the hub if they bring nothing
+            elif missing:
                 self._request(missing)
                 job.fetch_rounds += 1
 
@@ -855,14 +856,16 @@ class Updater:
         if not answer[1]:
             log.info("download quiet, but the broker still had messages for us (round trip %.1f s): waiting on", took)
 
-    def _narrow(self, job: Job, missing: list[int]) -> None:
+    def _narrow(self, job: Job, missing: list[int]) -> bool:
         """Before a repair request: per-index filters instead of the wildcard
-        (:func:`agent.download.repair_subscription`), so other devices' repairs pass us by. Only
-        after a stall (nothing is queued for us then: no chunk arrived for ``fetch_repair_s``),
-        and not for more indexes than a request names."""
+        (:func:`agent.download.repair_subscription`), so other devices' repairs pass us by, and
+        their retained replay brings what the broker still holds. Only after a stall (nothing is
+        queued for us then: agent.stall), and not for more indexes than a request names. True
+        when new filters went out: the hub is asked only if they bring nothing (its re-published
+        chunks reach every device still holding the wildcard: docs/scale.md)."""
         assert job.plan.bundle is not None
         if len(missing) > MAX_REQUESTED:
-            return
+            return False
         sub = repair_subscription(job.plan.bundle.archive.sha256, missing, job.filters)
         if sub.unsubscribe:
             self.mqtt.unsubscribe_all(list(sub.unsubscribe))
@@ -870,6 +873,8 @@ class Updater:
         if sub.subscribe and self.mqtt.subscribe_all(list(sub.subscribe), qos=1):
             job.filters |= set(sub.subscribe)
             log.info("asking for %d chunk(s) by index: other devices' repairs no longer reach us", len(sub.subscribe))
+            return True
+        return False
 
     def _request(self, missing: list[int]) -> None:
         job = self.job

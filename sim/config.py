@@ -45,12 +45,14 @@ class Faults:
     """Simulated faults, per device: ``offline_every_s`` (mean seconds between link losses, 0 =
     never) for ``offline_s`` each; ``slow_link_bps`` caps how fast the device reads (0 = no cap);
     ``churn_every_s`` (mean seconds until the device is replaced by a fresh one with empty slots,
-    0 = never)."""
+    0 = never); ``lost_chunks``: chunk indexes whose first delivery each device loses after the
+    broker counted it delivered (an agent killed between acknowledging a chunk and writing it)."""
 
     offline_every_s: float = 0.0
     offline_s: float = 5.0
     slow_link_bps: float = 0.0
     churn_every_s: float = 0.0
+    lost_chunks: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("offline_every_s", "offline_s", "slow_link_bps", "churn_every_s"):

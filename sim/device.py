@@ -70,6 +70,7 @@ class Job:
     stage: str = "download"
     filters: set[str] = field(default_factory=set)
     filters_on: int = -1
+    lost: set[int] = field(default_factory=set)  # chunks whose first delivery was lost (Faults.lost_chunks)
     last_chunk: float = 0.0
     last_fetch: float = 0.0
     fetch_rounds: int = 0
@@ -421,8 +422,9 @@ class SimDevice:
         missing = job.missing
         if step is stall.Step.REPAIR and missing and job.plan.bundle is not None:
             job.last_fetch = now
+            if self._narrow(job, missing):  # the broker's retained copies first (the agent's rule)
+                return
             job.fetch_rounds += 1
-            self._narrow(job, missing)
             req = FetchRequest(self.id, job.plan.bundle.archive.sha256, tuple(missing[:MAX_REQUESTED]))
             self.link.publish(self.topic(Kind.FETCH), req.to_bytes())
             self.counters.fetch_requests += 1
@@ -552,16 +554,19 @@ class SimDevice:
             job.filters = (job.filters - set(sub.unsubscribe)) | set(sub.subscribe)
             job.filters_on = link.connection
 
-    def _narrow(self, job: Job, missing: list[int]) -> None:
-        """The agent's rule before a repair request (agent.download.repair_subscription)."""
+    def _narrow(self, job: Job, missing: list[int]) -> bool:
+        """The agent's rule before a repair request (agent.download.repair_subscription); True
+        when new filters went out (the hub is asked only if their retained replay brings nothing)."""
         if job.plan.bundle is None or self.link is None or len(missing) > MAX_REQUESTED:
-            return
+            return False
         sub = repair_subscription(job.plan.bundle.archive.sha256, missing, job.filters)
         if sub.unsubscribe:
             self.link.unsubscribe(list(sub.unsubscribe))
             job.filters -= set(sub.unsubscribe)
         if sub.subscribe and self.link.subscribe(list(sub.subscribe)):
             job.filters |= set(sub.subscribe)
+            return True
+        return False
 
     def _drop_filters(self, job: Job) -> None:
         if job.filters and self.link is not None:
@@ -581,6 +586,9 @@ class SimDevice:
             job.duplicates += 1
             job.duplicate_bytes += len(payload)
             self.counters.duplicate_bytes += len(payload)
+            return
+        if i in self.cfg.faults.lost_chunks and i not in job.lost:  # acknowledged, never written
+            job.lost.add(i)
             return
         job.last_chunk = time.monotonic()
         if self.counters.first_chunk_at is None:
