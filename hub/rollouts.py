@@ -233,8 +233,8 @@ def create(
                 )
                 .values(state="cancelled", reason=f"{SUPERSEDED} {r.id}", updated=now)
             )
-        older = update(Rollout.__table__).where(Rollout.channel == channel, Rollout.id != r.id)  # type: ignore[attr-defined]
-        s.connection().execute(older.values(rows_version=Rollout.rows_version + 1))  # their rows moved
+        older = update(Rollout).where(col(Rollout.channel) == channel, col(Rollout.id) != r.id)
+        s.connection().execute(older.values(rows_version=col(Rollout.rows_version) + 1))  # their rows moved
         s.flush()
         on = {"channel": channel} if channel != DEFAULT else {}
         fleet.audit(
