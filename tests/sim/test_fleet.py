@@ -167,14 +167,9 @@ def test_devices_that_lose_their_link_mid_transfer_resume_and_finish(hub_and_bro
         fleet.stop()
 
 
-def test_devices_whose_chunks_come_slower_than_the_repair_wait_probe_the_broker_and_never_ask_the_hub(
-    hub_and_broker,
-):
-    """ADR 0020: a chunk takes three times ``fetch_repair_s`` to arrive (a 40 kB/s link, 64 KiB
-    chunks), as one did at 10,000 devices on one Mosquitto (~11 s a chunk). Each device probes
-    the broker, hears the next chunk before the probe's answer, waits at least twice that round
-    trip from then on, and finishes without one repair request (before ADR 0020: a request each
-    time the wait ran out)."""
+def _three_devices_install(hub_and_broker, faults: Faults):
+    """Three devices with ``faults`` (repair wait 0.5 s) take a 300 kB bundle (64 KiB chunks);
+    their totals once all installed."""
     hub, api, port, root = hub_and_broker
     cfg = SimConfig(
         "127.0.0.1",
@@ -184,42 +179,7 @@ def test_devices_whose_chunks_come_slower_than_the_repair_wait_probe_the_broker_
         telemetry_interval_s=5.0,
         fetch_repair_s=0.5,
         inference=Inference(rate=0.0),
-        faults=Faults(slow_link_bps=40_000),
-    )
-    fleet = SimFleet(cfg)
-    ids = [d.id for d in fleet.devices]
-    try:
-        assert fleet.run_until(lambda: online(api, ids), timeout=60)
-        bundle = push(api, 300_000, "2.0.0")
-        api.post("/api/v1/rollouts", json={"bundle": bundle["digest"], "target": {"all": True}})
-        assert fleet.run_until(lambda: fleet.installed(bundle["digest"]) == 3, timeout=120), [
-            (d.id, d.job.stage if d.job else None, len(d.job.missing) if d.job else 0) for d in fleet.devices
-        ]
-        t = fleet.totals()
-        assert t.probes >= 3, t  # every device's download went quiet for longer than the wait
-        assert t.fetch_requests == 0, t
-    finally:
-        fleet.stop()
-
-
-def test_a_chunk_a_device_lost_after_acknowledging_it_comes_back_from_the_brokers_retained_copy_not_the_hub(
-    hub_and_broker,
-):
-    """Each device loses its first delivery of chunk 2 (acknowledged, never written). Its
-    download goes quiet, the probe finds nothing queued, and the device narrows its subscription
-    to the missing index: the broker's retained copy comes back at once, and the hub is never
-    asked (before: a repair request each, and the hub's re-published chunk reached every device
-    still holding the wildcard, 0.74 extra bundle copies at 10,000 devices: docs/scale.md)."""
-    hub, api, port, root = hub_and_broker
-    cfg = SimConfig(
-        "127.0.0.1",
-        port,
-        root,
-        devices=3,
-        telemetry_interval_s=5.0,
-        fetch_repair_s=0.5,
-        inference=Inference(rate=0.0),
-        faults=Faults(lost_chunks=(2,)),
+        faults=faults,
     )
     fleet = SimFleet(cfg)
     ids = [d.id for d in fleet.devices]
@@ -230,8 +190,32 @@ def test_a_chunk_a_device_lost_after_acknowledging_it_comes_back_from_the_broker
         assert fleet.run_until(lambda: fleet.installed(bundle["digest"]) == 3, timeout=120), [
             (d.id, d.job.stage if d.job else None, d.job.missing if d.job else None) for d in fleet.devices
         ]
-        t = fleet.totals()
-        assert t.probes >= 3, t  # every device's download went quiet with chunk 2 missing
-        assert t.fetch_requests == 0, t
+        return fleet.totals()
     finally:
         fleet.stop()
+
+
+def test_devices_whose_chunks_come_slower_than_the_repair_wait_probe_the_broker_and_never_ask_the_hub(
+    hub_and_broker,
+):
+    """ADR 0020: a chunk takes three times ``fetch_repair_s`` to arrive (a 40 kB/s link, 64 KiB
+    chunks), as one did at 10,000 devices on one Mosquitto (~11 s a chunk). Each device probes
+    the broker, hears the next chunk before the probe's answer, waits at least twice that round
+    trip from then on, and finishes without one repair request (before ADR 0020: a request each
+    time the wait ran out)."""
+    t = _three_devices_install(hub_and_broker, Faults(slow_link_bps=40_000))
+    assert t.probes >= 3, t  # every device's download went quiet for longer than the wait
+    assert t.fetch_requests == 0, t
+
+
+def test_a_chunk_a_device_lost_after_acknowledging_it_comes_back_from_the_brokers_retained_copy_not_the_hub(
+    hub_and_broker,
+):
+    """Each device loses its first delivery of chunk 2 (acknowledged, never written). Its
+    download goes quiet, the probe finds nothing queued, and the device narrows its subscription
+    to the missing index: the broker's retained copy comes back at once, and the hub is never
+    asked (before: a repair request each, and the hub's re-published chunk reached every device
+    still holding the wildcard, 0.74 extra bundle copies at 10,000 devices: docs/scale.md)."""
+    t = _three_devices_install(hub_and_broker, Faults(lost_chunks=(2,)))
+    assert t.probes >= 3, t  # every device's download went quiet with chunk 2 missing
+    assert t.fetch_requests == 0, t
