@@ -195,6 +195,7 @@ from .rollout_state import (
     StageEvidence as StageEvidence,
     WindowClosed as WindowClosed,
     command_applies as command_applies,
+    moved_by as moved_by,
 )
 
 
@@ -241,11 +242,11 @@ def advance(
 
     def roll_back_all(reason: str) -> str:
         """What the rollout's reason adds: devices with nothing to go back to, or held elsewhere (1b)."""
-        held = [d.id for d in devs.values() if d.id in elsewhere and rolls_back(d)]
+        held = [d.id for d in devs.values() if d.id in elsewhere and moved_by("rollback", d.state, d.attempts)]
         ours = [d for d in devs.values() if d.id not in elsewhere]
         keep = sum(1 for d in ours if d.from_bundle is None and d.state in ROLLBACK_FROM)
         for d in ours:
-            if rolls_back(d):
+            if moved_by("rollback", d.state, d.attempts):
                 actions.append(Issue(d.id, "rollback" if d.from_bundle else "idle", d.from_bundle))
                 put(replace(d, state="rolling_back", issued_at=now, reason=reason))
             elif d.state in ("pending", "waiting"):
@@ -257,9 +258,6 @@ def advance(
             newer = ", ".join(sorted({elsewhere[i] for i in held}))
             said += f"; {len(held)} device(s) left alone: newer rollout {newer} holds them"
         return said
-
-    def rolls_back(d: DeviceState) -> bool:
-        return d.state in ROLLBACK_FROM or (d.state == "waiting" and d.attempts > 0)
 
     def cancel_pending(reason: str) -> None:
         for d in list(devs.values()):
@@ -294,7 +292,7 @@ def advance(
             st = replace(st, phase="rolled_back", reason=f"rolled back{who}{kept}")
         elif ev.op == "retry":
             chosen = [devs[i] for i in ev.devices if i in devs] if ev.devices else list(devs.values())
-            again = [x for x in chosen if x.state in RETRY_FROM and x.id not in elsewhere]
+            again = [x for x in chosen if moved_by("retry", x.state, x.attempts) and x.id not in elsewhere]
             for x in again:
                 put(issue(replace(x, attempts=0), f"retry{who}"))
             if again and st.phase == "completed":

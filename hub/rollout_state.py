@@ -48,6 +48,14 @@ COMMAND_PHASES: dict[str, tuple[str, ...]] = {
 }
 
 
+def moved_by(op: str, state: str, attempts: int) -> bool:
+    """Does a ``rollback`` or ``retry`` move a device in ``state``? (rule 1; the shell asks the
+    same before it refuses one whose every such device a newer rollout holds, rule 1b)"""
+    if op == "retry":
+        return state in RETRY_FROM
+    return state in ROLLBACK_FROM or (state == "waiting" and attempts > 0)
+
+
 def command_applies(op: str, phase: str) -> bool:
     """Does operator command ``op`` do anything in ``phase``? (:data:`COMMAND_PHASES`)"""
     return phase in COMMAND_PHASES.get(op, ())

@@ -56,8 +56,6 @@ from .models import Bundle, Device, Rollout, RolloutDevice
 from .rollout import (
     COMMAND_PHASES,
     COMMANDS,
-    RETRY_FROM,
-    ROLLBACK_FROM,
     SUPERSEDED,
     TERMINAL_PHASES,
     Alert as AlertAction,
@@ -74,6 +72,7 @@ from .rollout import (
     advance,
     cohort_sizes,
     command_applies,
+    moved_by,
 )
 from .targets import Target
 from .transport import Outgoing
@@ -269,9 +268,8 @@ def _refuse_if_all_held_elsewhere(s: Session, r: Rollout, cmd: str, devices: Seq
     if cmd not in ("rollback", "retry"):
         return
     t = RolloutDevice
-    states = RETRY_FROM if cmd == "retry" else (*ROLLBACK_FROM, "waiting")
-    q = select(t.device_id, t.state, t.attempts).where(t.rollout_id == r.id, col(t.state).in_(states))
-    moved = {d for d, state, attempts in s.exec(q).all() if state != "waiting" or attempts > 0}
+    q = select(t.device_id, t.state, t.attempts).where(t.rollout_id == r.id)
+    moved = {d for d, state, attempts in s.exec(q).all() if moved_by(cmd, state, attempts)}
     if cmd == "retry" and devices:
         moved &= set(devices)
     held = rollout_rows.held_elsewhere(s, r, moved)
