@@ -86,8 +86,8 @@ class Fleet:
         # .WindowCache, made by the first run: this module imports no room)
         self.gate_windows: Any = None
         # each recently run rollout's rows as this process last read or wrote them, by rollout id
-        # (hub.rollout_rows.Kept, made by the first run)
-        self.kept_rows: Any = None
+        # (hub.rollout_rows.Kept)
+        self.kept_rows: dict[str, Any] = {}
         # a pushed bundle's deltas, made ahead by the hub's hub-deltas thread (hub.deltas.Preparer);
         # nothing where no hub process runs one (the housekeeper, a bare Fleet in tests)
         self.prepare_deltas: Callable[[str], None] = lambda digest: None

@@ -84,12 +84,7 @@ class Kept:
 
 
 KEPT_MAX = 8  # rollouts whose rows a process keeps (the most recently run)
-
-
-def kept(fleet: Fleet) -> dict[str, Kept]:
-    if fleet.kept_rows is None:
-        fleet.kept_rows = {}
-    return fleet.kept_rows  # type: ignore[no-any-return]
+KEPT_KEY = "edgefleet.kept_rows"  # where a session holds what its runs saved until it commits
 
 
 def commit_kept(fleet: Fleet, s: Session) -> None:
@@ -98,7 +93,7 @@ def commit_kept(fleet: Fleet, s: Session) -> None:
     done: dict[str, Kept] = s.info.pop(KEPT_KEY, {})
     if not done:
         return
-    into = kept(fleet)
+    into = fleet.kept_rows
     for rid, k in done.items():
         into.pop(rid, None)
         into[rid] = k  # the newest last
@@ -106,14 +101,11 @@ def commit_kept(fleet: Fleet, s: Session) -> None:
         into.pop(next(iter(into)))
 
 
-KEPT_KEY = "edgefleet.kept_rows"
-
-
 def load(fleet: Fleet, s: Session, r: Rollout) -> tuple[RolloutState, Rows]:
     """Rollout rows as plain dicts, read again only when another writer moved them: a
     10,000-device rollout is run after every ingest batch that reports on it, and reading its
     rows was most of a run's cost (~9 us a row here)."""
-    k = kept(fleet).get(r.id)
+    k = fleet.kept_rows.get(r.id)
     if k is not None and k.version == (r.rows_version or 0):
         rows, devices = k.rows, k.devices
     else:

@@ -21,7 +21,7 @@ class _Fresh:
     """A process that kept nothing: its load reads every row."""
 
     def __init__(self, fleet):
-        self.store, self.kept_rows = fleet.store, None
+        self.store, self.kept_rows = fleet.store, {}
 
 
 def _load(fleet, rid):
@@ -42,9 +42,9 @@ def test_a_rollouts_rows_are_kept_between_runs_and_read_again_after_another_repl
     policy = {**NOW, "soak_s": 3600}
     r = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": policy})
     rid, seqs = r.json()["id"], {d["device_id"]: d["seq"] for d in r.json()["devices"]}
-    kept = rollout_rows.kept(a.fleet)[rid]
+    kept = a.fleet.kept_rows[rid]
     ticker.tick(a.fleet)  # nothing moved: the rows are not read again
-    assert rollout_rows.kept(a.fleet)[rid].rows is kept.rows
+    assert a.fleet.kept_rows[rid].rows is kept.rows
     assert {d.state for d in _load(a.fleet, rid).devices} == {"issued"}
 
     b = build(hub_config(tmp_path / "b", keys_dir, db=db_url), publisher=MemoryPublisher(), with_broker=False)
@@ -64,12 +64,12 @@ def test_a_rolled_back_run_leaves_the_kept_rows_as_they_were(client, memhub, bun
     rid = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": NOW}).json()[
         "id"
     ]
-    kept = rollout_rows.kept(hub.fleet)[rid]
+    kept = hub.fleet.kept_rows[rid]
     with pytest.raises(RuntimeError, match="after the run"):
         with rollouts._exclusive(hub.fleet) as (s, out):
             rollouts._run(hub.fleet, s, s.get(Rollout, rid), [Command("rollback", "test")], out, observe=False)
             raise RuntimeError("the transaction fails after the run")
-    assert rollout_rows.kept(hub.fleet)[rid] is kept
+    assert hub.fleet.kept_rows[rid] is kept
     assert {d.state for d in _load(hub.fleet, rid).devices} == {"issued"}
     back = client.post(f"/api/v1/rollouts/{rid}/rollback").json()  # the same command, committed this time
     assert back["counts"] == {"rolling_back": 3}
@@ -81,7 +81,7 @@ def test_a_newer_rollout_superseding_rows_moves_the_older_ones_version(client, m
     fleet_on(hub, client, pub, bundle_dir, 3)
     v2, v3 = push(client, bundle_dir(version="2.0.0")), push(client, bundle_dir(version="3.0.0"))
     r1 = client.post("/api/v1/rollouts", json={"bundle": v2["digest"], "target": {"all": True}, "policy": NOW}).json()
-    before = rollout_rows.kept(hub.fleet)[r1["id"]].version
+    before = hub.fleet.kept_rows[r1["id"]].version
     client.post("/api/v1/rollouts", json={"bundle": v3["digest"], "target": {"all": True}, "policy": NOW})
     assert {d.state for d in _load(hub.fleet, r1["id"]).devices} == {"cancelled"}
     with hub.fleet.session() as s:
