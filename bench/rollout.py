@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench._late import describe, late_devices
 from demo.launcher import free_port, wait_port
 from sim.bundle import synthetic_archive
 from sim.config import Inference, SimConfig
@@ -680,6 +681,7 @@ def _ours(
                 "cut": len(cut),
                 "reconnects": fleet.reconnects,
                 "cpu_s": cpu,
+                "late": late_devices(fleet.devices, t0),
             }
 
         if args.lag_only:
@@ -689,6 +691,8 @@ def _ours(
             print(  # as it happens: a run at 10,000 takes long enough to be watched (or stopped) between cases
                 f"{ours['case']:<46} {ours['seconds']:8.1f} s  installed {ours['installed']}/{n}  "
                 f"repair requests {ours['repair_requests']}  broker probes {ours['broker_probes']}",
+                *describe(ours["late"]),
+                sep="\n",
                 flush=True,
             )
             # the same upgrade undisturbed and then with flapping links: both send a delta from the

@@ -89,6 +89,9 @@ class Job:
         return [i for i, b in enumerate(self.bits) if not b]
 
 
+TRACE_MAX = 48
+
+
 @dataclass
 class Counters:
     """What the fleet sums up for benches and tests."""
@@ -106,6 +109,18 @@ class Counters:
     ack_sent: list[float] = field(default_factory=list)  # ... and when each of those windows was first sent
     telemetry_sent: int = 0
     reports_sent: int = 0  # install reports made (each once; resends not counted)
+    # what this device's newest install went through, for benches that ask which devices are late
+    # and why: (monotonic time, event), at most TRACE_MAX (later ones counted, not kept)
+    trace: list[tuple[float, str]] = field(default_factory=list)
+    trace_dropped: int = 0
+    max_chunk_gap: float = 0.0  # the longest wait between two chunks of that download, seconds
+    last_chunk_at: float = 0.0
+
+    def note(self, event: str, at: float | None = None) -> None:
+        if len(self.trace) < TRACE_MAX:
+            self.trace.append((time.monotonic() if at is None else at, event))
+        else:
+            self.trace_dropped += 1
 
 
 class SimDevice:
@@ -161,6 +176,8 @@ class SimDevice:
     # link events ---------------------------------------------------------------------------------
     def on_connected(self, session_present: bool) -> None:
         assert self.link is not None
+        if self.job is not None:
+            self.counters.note(f"connected session_present={int(session_present)}")
         self.link.subscribe([self.topic(Kind.DESIRED), self.topic(Kind.ACK)])
         if self.job is not None and self.job.stage == "plan" and self.job.plan.bundle is not None:
             self.link.subscribe([str(Topic.plan(self.job.plan.bundle.archive.sha256))])
@@ -172,6 +189,8 @@ class SimDevice:
 
     def on_disconnected(self) -> None:
         self._dirty = True
+        if self.job is not None:
+            self.counters.note("disconnected")
 
     def on_message(self, topic: str, payload: bytes) -> None:
         try:
@@ -411,6 +430,8 @@ class SimDevice:
             if answer is not None:
                 job.probe_id = None
                 job.probe = job.probe.answered(*answer)
+                rt = job.probe.round_trip or 0.0
+                self.counters.note(f"probe answered {'quiet' if job.probe.quiet else 'busy'} in {rt:.2f} s")
                 job.slowest_round_trip = max(job.slowest_round_trip, job.probe.round_trip or 0.0)
         wait = stall.repair_wait(self.cfg.fetch_repair_s, job.fetch_rounds, job.slowest_round_trip)
         step = stall.next_step(now, max(job.last_chunk, job.last_fetch), wait, job.probe)
@@ -418,16 +439,21 @@ class SimDevice:
             job.probe_id = self.link.probe(probe_filter(self.id))
             job.probe = stall.Probe(now)
             self.counters.probes += 1
+            self.counters.note(
+                f"probe after {now - max(job.last_chunk, job.last_fetch):.1f} s quiet, {len(job.missing)} missing"
+            )
             return
         missing = job.missing
         if step is stall.Step.REPAIR and missing and job.plan.bundle is not None:
             job.last_fetch = now
             if self._narrow(job, missing):  # the broker's retained copies first (the agent's rule)
+                self.counters.note(f"narrowed to {len(missing)} per-index filters")
                 return
             job.fetch_rounds += 1
             req = FetchRequest(self.id, job.plan.bundle.archive.sha256, tuple(missing[:MAX_REQUESTED]))
             self.link.publish(self.topic(Kind.FETCH), req.to_bytes())
             self.counters.fetch_requests += 1
+            self.counters.note(f"asked the hub for {len(req.missing)} chunks")
 
     # install ---------------------------------------------------------------------------------------
     def _on_desired(self, payload: bytes) -> None:
@@ -445,6 +471,10 @@ class SimDevice:
         self.counters.desired_at = time.monotonic()
         self.counters.committed_at = None
         self.counters.first_chunk_at = None
+        self.counters.trace.clear()
+        self.counters.trace_dropped = 0
+        self.counters.max_chunk_gap = 0.0
+        self.counters.note(f"desired seq {desired.seq} accepted", self.counters.desired_at)
         self.accept(desired, now)
 
     def accept(self, desired: Desired, now: int) -> None:
@@ -590,9 +620,13 @@ class SimDevice:
         if i in self.cfg.faults.lost_chunks and i not in job.lost:  # acknowledged, never written
             job.lost.add(i)
             return
-        job.last_chunk = time.monotonic()
+        arrived = time.monotonic()
         if self.counters.first_chunk_at is None:
-            self.counters.first_chunk_at = job.last_chunk
+            self.counters.first_chunk_at = arrived
+            self.counters.note(f"first chunk ({i})", arrived)
+        else:
+            self.counters.max_chunk_gap = max(self.counters.max_chunk_gap, arrived - self.counters.last_chunk_at)
+        self.counters.last_chunk_at = job.last_chunk = arrived
         try:
             if not self.archives.known(ref.archive, i, payload):  # equal to checked bytes: same verdict
                 ref.archive.check_chunk(i, payload)
@@ -717,6 +751,7 @@ class SimDevice:
         self.report("commit", "ok", Reason.OK, f"{rec.name} {rec.version} committed", seq, rec.digest)
         self.job = None
         self.counters.committed_at = time.monotonic()
+        self.counters.note("committed", self.counters.committed_at)
         self._dirty = True
 
     def _telemetry_switch(self) -> None:

@@ -76,3 +76,11 @@ def test_a_first_only_run_installs_once_judges_what_it_ran_and_says_the_flapping
     assert goals["flapping: 100% complete"] is None and goals["egress <= 1.1 copies"] is True
     assert "not run flapping: 100% complete" in run.stdout
     assert "links cut mid-transfer" not in run.stdout
+    # which devices were late and what they went through: every one accounted for, each trace
+    # from its desired document to its commit
+    late = ours["late"]
+    assert late["rest"]["devices"] + late["last_tenth"]["devices"] == 20, late
+    assert late["last_tenth"]["devices"] == 2 and late["asked_hub"] == [], late
+    for d in late["slowest"]:
+        assert "desired seq" in d["events"][0] and d["events"][-1].endswith("committed"), d
+    assert "last tenth      2 devices: first chunk" in run.stdout

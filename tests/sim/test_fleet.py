@@ -169,7 +169,7 @@ def test_devices_that_lose_their_link_mid_transfer_resume_and_finish(hub_and_bro
 
 def _three_devices_install(hub_and_broker, faults: Faults):
     """Three devices with ``faults`` (repair wait 0.5 s) take a 300 kB bundle (64 KiB chunks);
-    their totals once all installed."""
+    their totals once all installed, and each device's trace of that install (events only)."""
     hub, api, port, root = hub_and_broker
     cfg = SimConfig(
         "127.0.0.1",
@@ -190,7 +190,7 @@ def _three_devices_install(hub_and_broker, faults: Faults):
         assert fleet.run_until(lambda: fleet.installed(bundle["digest"]) == 3, timeout=120), [
             (d.id, d.job.stage if d.job else None, d.job.missing if d.job else None) for d in fleet.devices
         ]
-        return fleet.totals()
+        return fleet.totals(), [[e for _, e in d.counters.trace] for d in fleet.devices]
     finally:
         fleet.stop()
 
@@ -200,12 +200,18 @@ def test_devices_whose_chunks_come_slower_than_the_repair_wait_probe_the_broker_
 ):
     """ADR 0020: a chunk takes three times ``fetch_repair_s`` to arrive (a 40 kB/s link, 64 KiB
     chunks), as one did at 10,000 devices on one Mosquitto (~11 s a chunk). Each device probes
-    the broker, hears the next chunk before the probe's answer, waits at least twice that round
-    trip from then on, and finishes without one repair request (before ADR 0020: a request each
-    time the wait ran out)."""
-    t = _three_devices_install(hub_and_broker, Faults(slow_link_bps=40_000))
+    the broker when the wait runs out; the next chunk arrives before any answer (the broker
+    queues the answer behind the chunks it holds for the device: here the whole bundle), so the
+    probe is never heard quiet, and the device finishes without narrowing its subscription or
+    one repair request (before ADR 0020: a request each time the wait ran out).
+    """
+    t, traces = _three_devices_install(hub_and_broker, Faults(slow_link_bps=40_000))
     assert t.probes >= 3, t  # every device's download went quiet for longer than the wait
     assert t.fetch_requests == 0, t
+    for events in traces:
+        assert any(e.startswith("probe after") for e in events), events
+        assert not any(e.startswith(("probe answered quiet", "narrowed", "asked the hub")) for e in events), events
+        assert events[-1] == "committed", events
 
 
 def test_a_chunk_a_device_lost_after_acknowledging_it_comes_back_from_the_brokers_retained_copy_not_the_hub(
@@ -216,6 +222,9 @@ def test_a_chunk_a_device_lost_after_acknowledging_it_comes_back_from_the_broker
     to the missing index: the broker's retained copy comes back at once, and the hub is never
     asked (before: a repair request each, and the hub's re-published chunk reached every device
     still holding the wildcard, 0.74 extra bundle copies at 10,000 devices: docs/scale.md)."""
-    t = _three_devices_install(hub_and_broker, Faults(lost_chunks=(2,)))
+    t, traces = _three_devices_install(hub_and_broker, Faults(lost_chunks=(2,)))
     assert t.probes >= 3, t  # every device's download went quiet with chunk 2 missing
     assert t.fetch_requests == 0, t
+    for events in traces:  # in this order: quiet, the probe heard nothing, narrowed, done
+        steps = [e.split(" in ")[0] for e in events if e.startswith(("probe answered quiet", "narrowed", "committed"))]
+        assert steps[-3:] == ["probe answered quiet", "narrowed to 1 per-index filters", "committed"], events
