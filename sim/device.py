@@ -436,11 +436,14 @@ class SimDevice:
         wait = stall.repair_wait(self.cfg.fetch_repair_s, job.fetch_rounds, job.slowest_round_trip)
         step = stall.next_step(now, max(job.last_chunk, job.last_fetch), wait, job.probe)
         if step is stall.Step.PROBE:
+            if job.probe_id is not None and job.probe is not None:
+                self.counters.note(f"the probe sent {now - job.probe.sent_at:.1f} s ago went unanswered")
             job.probe_id = self.link.probe(probe_filter(self.id))
             job.probe = stall.Probe(now)
             self.counters.probes += 1
             self.counters.note(
-                f"probe after {now - max(job.last_chunk, job.last_fetch):.1f} s quiet, {len(job.missing)} missing"
+                f"probe after {now - max(job.last_chunk, job.last_fetch):.1f} s quiet, {len(job.missing)} missing; "
+                + self.link.state()
             )
             return
         missing = job.missing

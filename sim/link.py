@@ -16,8 +16,11 @@ throttles how fast a slow link reads, so the broker's queue and TCP window back 
 
 from __future__ import annotations
 
+import fcntl
 import selectors
 import socket
+import sys
+import termios
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -28,6 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+READ_BURST = 8  # messages one readiness event of a socket may read (a slow link: one)
 SUBSCRIBE_BATCH = 256  # filters per SUBSCRIBE packet, as agent/transport.py
 SESSION_EXPIRY_S = 24 * 3600
 
@@ -84,6 +88,7 @@ class Link:
         self._budget = 0.0
         self._budget_at = time.monotonic()
         self._paused = False
+        self._reading = False
         self._cut = False
         self._sock: socket.socket | None = None
         self._events = 0
@@ -141,10 +146,12 @@ class Link:
         self._sock, self._events = None, 0
 
     def _want_write(self, _c: mqtt.Client, _u: Any, _sock: Any) -> None:
-        self._update()
+        if not self._reading:  # on_readable writes and updates once when it is done
+            self._update()
 
     def _no_write(self, _c: mqtt.Client, _u: Any, _sock: Any) -> None:
-        self._update()
+        if not self._reading:
+            self._update()
 
     def on_readable(self) -> None:
         if self.read_rate is not None and not self._cut:
@@ -156,7 +163,20 @@ class Link:
                 self._update()
                 return
         before = self.bytes_in
-        self.client.loop_read()
+        self._reading = True
+        try:
+            for _ in range(1 if self.read_rate is not None else READ_BURST):
+                got = self.messages_in
+                self.client.loop_read()  # one packet a call
+                if self.messages_in == got or self._sock is None:
+                    break
+            if self._sock is not None and self.client.want_write():
+                # the acknowledgements (and whatever the handler published) leave now, not a
+                # loop round later: the broker sends a device its next chunk only after the
+                # PUBACK of one before it (max_inflight_messages)
+                self.client.loop_write()
+        finally:
+            self._reading = False
         if self.read_rate is not None:
             self._budget -= self.bytes_in - before
         self._update()
@@ -212,6 +232,24 @@ class Link:
         self.handler.on_message(msg.topic, payload)
 
     # what a device uses -------------------------------------------------------------------------
+    def state(self) -> str:
+        """Where this link's bytes are, for a device's trace: unread in the socket, waiting in
+        paho to be written, and whether the loop watches the socket for reading / writing."""
+        sock = self._sock
+        if sock is None:
+            return "no socket"
+        unread = bytearray(4)
+        try:
+            fcntl.ioctl(sock.fileno(), termios.FIONREAD, unread)
+        except OSError:
+            return "socket closed"
+        r = "r" if self._events & selectors.EVENT_READ else "-"
+        w = "w" if self._events & selectors.EVENT_WRITE else "-"
+        return (
+            f"unread {int.from_bytes(unread, sys.byteorder)} B, {len(self.client._out_packet)} packet(s) to write, "
+            f"watched {r}{w}, {self.messages_in} messages in"
+        )
+
     @property
     def busy(self) -> bool:
         """A TCP connection exists (connecting or connected)."""
