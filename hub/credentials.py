@@ -23,7 +23,8 @@ Beside them the hub writes ``edgefleet.conf``, the broker listener the two files
 the operator's ``mosquitto.conf`` to ``include_dir``: the hub's broker port (bound to loopback
 when the hub reaches the broker there), no anonymous clients, the files, the client id
 replaced by the username (otherwise a device connecting with another device's
-client id knocks it off and takes over its session) and a packet-size limit.
+client id knocks it off and takes over its session), a packet-size limit, and a per-session
+queue long enough for the largest archive's chunks (:func:`max_queued_messages`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import secrets
 import signal
 from collections.abc import Iterable
 from pathlib import Path
+
+from .store import MAX_ARCHIVE_CHUNKS
 
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes
 DEVICE_WRITE = ("status", "report", "telemetry", "fetch", "result", "sample")
@@ -98,6 +101,18 @@ def max_packet_bytes(chunk_size: int) -> int:
     return max(MIN_PACKET_BYTES, chunk_size + 64 * 1024)
 
 
+QUEUED_BESIDE_CHUNKS = 1000  # desired documents, acks and commands a session may queue beside a download
+
+
+def max_queued_messages() -> int:
+    """The per-session queue a download needs: every chunk of the largest archive the hub cuts
+    (:data:`hub.store.MAX_ARCHIVE_CHUNKS`) plus what else the device is sent meanwhile. The
+    broker's default (1,000) drops the rest of a retained replay: a device then gets the tail of
+    a bundle over 1,000 chunks only through repair requests. The queue holds references to the
+    one stored copy of each retained chunk, not copies."""
+    return MAX_ARCHIVE_CHUNKS + QUEUED_BESIDE_CHUNKS
+
+
 def render_broker_conf(directory: Path, chunk_size: int, port: int, bind: str | None) -> str:
     """A listener section: ``use_username_as_clientid`` belongs to the listener above it, so the
     file opens its own (a TLS listener instead: copy the lines below ``listener`` after it)."""
@@ -113,6 +128,8 @@ def render_broker_conf(directory: Path, chunk_size: int, port: int, bind: str | 
             "# a client's id is its username: no device can take over another's session",
             "use_username_as_clientid true",
             f"max_packet_size {max_packet_bytes(chunk_size)}",
+            "# a download queues every chunk of its bundle (the broker drops what does not fit)",
+            f"max_queued_messages {max_queued_messages()}",
             "",
         ]
     )

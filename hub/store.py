@@ -45,6 +45,15 @@ from .errors import Invalid, NotFound
 
 log = logging.getLogger(__name__)
 
+# The most chunks one archive may be cut into. A device downloading it holds them all queued in
+# its broker session at once (the wildcard's retained replay), and a broker drops what its
+# per-session queue cannot hold: Mosquitto's max_queued_messages and EMQX's
+# mqtt.max_mqueue_len both default to 1,000, so a bigger archive lost its tail on every device
+# and came back chunk by chunk through repair requests (docs/scale.md, 2026-12-06). The hub's
+# edgefleet.conf sets the queue for this many chunks (hub.credentials.max_queued_messages);
+# 16,384 chunks of the default 64 KiB are 1 GiB.
+MAX_ARCHIVE_CHUNKS = 16_384
+
 
 def split_archive(data: bytes) -> tuple[Envelope, dict[str, bytes]]:
     """Unsigned or signed archive bytes -> (envelope, artifacts by name). Raises Invalid."""
@@ -131,6 +140,13 @@ class BundleStore:
         signed = unsigned.add_signature(key)
         archive = pack_archive(signed, artifacts)
         plan = ChunkPlan.of(archive, self.chunk_size)
+        if len(plan.chunks) > MAX_ARCHIVE_CHUNKS:
+            raise Invalid(
+                "bundle",
+                f"its archive of {plan.size} bytes is {len(plan.chunks)} chunks of {self.chunk_size} bytes, over "
+                f"the {MAX_ARCHIVE_CHUNKS} a device's broker session is set to queue (max_queued_messages); "
+                "a bigger --chunk-size cuts it into fewer",
+            )
         tmp = folder.with_name(digest + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
         for a in manifest.artifacts:

@@ -153,12 +153,14 @@ def test_every_named_volume_mount_point_is_made_and_owned_by_the_images_user() -
             assert re.search(rf"chown \S+ [^&]*{re.escape(path)}(\s|$)", runs), (name, path)
 
 
-def test_the_broker_drops_packets_larger_than_the_hub_ever_sends() -> None:
-    from hub.credentials import max_packet_bytes
+def test_the_broker_drops_packets_larger_than_the_hub_ever_sends_and_queues_a_whole_download() -> None:
+    from hub.credentials import max_packet_bytes, max_queued_messages
 
     conf = (REPO / "deploy/mosquitto/mosquitto.conf").read_text()
     sizes = re.findall(r"^max_packet_size (\d+)$", conf, re.M)
     assert sizes == [str(max_packet_bytes(65536))], sizes  # the hub's default --chunk-size
+    # a download's whole retained replay fits the session queue, as in the hub's edgefleet.conf
+    assert re.findall(r"^max_queued_messages (\d+)$", conf, re.M) == [str(max_queued_messages())]
 
 
 # ---- the smoke test: every service's command and environment as plain local processes -------

@@ -12,7 +12,7 @@ import yaml
 
 from hub.__main__ import parser
 from hub.config import DEFAULTS, ENV_PREFIX, SECRETS, check_shared_group
-from hub.credentials import DEVICE_READ, DEVICE_WRITE
+from hub.credentials import DEVICE_READ, DEVICE_WRITE, max_queued_messages
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "kubernetes"
@@ -182,6 +182,7 @@ def test_emqx_is_configured_with_the_features_the_hub_relies_on() -> None:
         "durable_sessions",
         "discovery_strategy = dns",
         "max_packet_size = 1MB",
+        f"max_mqueue_len = {max_queued_messages()}",  # a download's whole replay (hub.credentials)
         "no_match = deny",
         "backend = built_in_database",
     ):

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from pathlib import Path
 
 import pytest
 from sqlmodel import select
 
-from hub import tallies, telemetry as hub_telemetry, ticker
+from hub import store as hub_store, tallies, telemetry as hub_telemetry, ticker
 from hub.keys import HubKeys
 from hub.models import Rollout, RolloutDevice
 from hub.store import read_bundle_dir
@@ -531,3 +532,21 @@ def test_a_pretty_printed_manifest_is_signed_in_canonical_form_under_one_digest(
     hub, _ = memhub
     stored = Envelope.parse((hub.fleet.store.root / "bundles" / plain["digest"] / MANIFEST_FILE).read_bytes())
     assert stored.payload == canonical(json.loads(pretty))
+
+
+def test_a_bundle_cut_into_more_chunks_than_a_broker_session_queues_is_refused_naming_the_count(
+    client, bundle_dir, monkeypatch
+):
+    """hub.store.MAX_ARCHIVE_CHUNKS (what edgefleet.conf sizes each session's queue for) lowered to
+    2 here: a 200 kB model is 4 chunks of 64 KiB. The push is a 400 that says how many chunks,
+    the limit and the remedy; nothing is stored."""
+    monkeypatch.setattr(hub_store, "MAX_ARCHIVE_CHUNKS", 2)
+    d = bundle_dir(model_bytes=os.urandom(200_000))
+    env, arts = read_bundle_dir(d)
+    r = client.post(
+        "/api/v1/bundles", content=pack_archive(env, arts), headers={"Content-Type": "application/octet-stream"}
+    )
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert "4 chunks of 65536 bytes" in err and "over the 2" in err and "--chunk-size" in err, err
+    assert client.get("/api/v1/bundles").json()["total"] == 0

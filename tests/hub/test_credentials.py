@@ -229,3 +229,75 @@ def test_a_device_can_neither_read_another_devices_commands_nor_forge_its_result
             c.close()
         broker.stop()
         hub.fleet.engine.dispose()
+
+
+def _replayed(port: int, user: str | None, password: str | None, filter_: str, expect: int) -> int:
+    """Messages a fresh session of ``user`` receives from subscribing ``filter_`` (a retained
+    replay), once nothing more arrives for a second."""
+    got: list[str] = []
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=user or "anon", protocol=mqtt.MQTTv5)
+    if user:
+        c.username_pw_set(user, password)
+    c.on_message = lambda _c, _u, m: got.append(m.topic)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        c.subscribe(filter_, qos=1)
+        last, seen = time.monotonic(), 0
+        while time.monotonic() - last < 1.0 and len(got) < expect:
+            time.sleep(0.05)
+            if len(got) != seen:
+                last, seen = time.monotonic(), len(got)
+        return len(got)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def _retain_chunks(port: int, user: str | None, password: str | None, digest: str, n: int) -> None:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="retainer", protocol=mqtt.MQTTv5)
+    if user:
+        c.username_pw_set(user, password)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        infos = [c.publish(f"ef/v1/bundle/{digest}/chunk/{i}", b"x" * 64, qos=1, retain=True) for i in range(n)]
+        for info in infos:
+            info.wait_for_publish(30)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+@pytest.mark.integration
+def test_a_bundle_of_more_chunks_than_the_brokers_default_queue_reaches_a_device_whole_through_edgefleet_conf(
+    tmp_path: Path, keys_dir: Path
+):
+    """Mosquitto queues at most max_queued_messages (default 1,000) per session beyond those in
+    flight, and drops the rest of a retained replay: a device subscribing to a bundle of 1,200
+    chunks got ~1,020 of them and the tail only through repair requests. The hub's edgefleet.conf
+    sets the queue for the largest archive it cuts (hub.store.MAX_ARCHIVE_CHUNKS)."""
+    n, digest = 1200, "ab" * 32
+    assert credentials.max_queued_messages() >= n
+    plain = start_mosquitto(tmp_path / "plain")  # the broker's defaults: what the conf line changes
+    try:
+        _retain_chunks(plain.port, None, None, digest, n)
+        dropped = _replayed(plain.port, None, None, f"ef/v1/bundle/{digest}/chunk/+", n)
+        assert dropped < n, f"the default queue kept all {n}: this test no longer shows the limit"
+    finally:
+        plain.stop()
+
+    auth, port = tmp_path / "auth", free_port()
+    cfg = hub_config(tmp_path, keys_dir, broker=f"mqtt://hub:hub-secret@127.0.0.1:{port}", mqtt_auth_dir=auth)
+    hub = build(cfg, publisher=MemoryPublisher(), with_broker=False)
+    api = TestClient(hub.app, headers={"Authorization": f"Bearer {TOKEN}"})
+    tok = api.post("/api/v1/devices/enroll", json={"device": "dev-a", "group": "lab"}).json()["token"]
+    password = TestClient(hub.app).post("/api/v1/enroll", json={"token": tok}).json()["mqtt"]["password"]
+    assert f"max_queued_messages {credentials.max_queued_messages()}" in (auth / "edgefleet.conf").read_text()
+    broker = start_mosquitto(tmp_path / "broker", f"include_dir {auth}\nuser root\n", port=port)
+    try:
+        _retain_chunks(port, "hub", "hub-secret", digest, n)
+        got = _replayed(port, "dev-a", password, f"ef/v1/bundle/{digest}/chunk/+", n)
+        assert got == n, f"{got} of {n} chunks (the broker's default queue gave {dropped})"
+    finally:
+        broker.stop()
