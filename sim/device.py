@@ -252,12 +252,12 @@ class SimDevice:
         self.unacked[(kind, seq)] = (payload, now, now if sent else 0.0)
 
     def _flush(self, force: bool = False) -> None:
-        if self.link is None or not self.link.connected:
-            return
+        if not self.unacked or self.link is None or not self.link.connected:
+            return  # the usual case, checked every tick on every device: keep it cheap
         now = time.monotonic()
         due = [kv for kv in self.unacked.items() if force or now - kv[1][2] >= self.cfg.resend_after_s]
         if not due:
-            return  # the usual case, checked every tick on every device: keep it cheap
+            return
         for (kind, seq), (payload, first, _last) in sorted(due, key=lambda kv: kv[1][1])[:200]:
             topic = self.topic(Kind.REPORT if kind == "report" else Kind.TELEMETRY)
             if not self.link.publish(topic, payload):
