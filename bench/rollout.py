@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench._kernel import describe as describe_tcp, pressure_limit_bytes, since, tcp_counters
 from bench._late import describe, late_devices
 from demo.launcher import free_port, wait_port
 from sim.bundle import synthetic_archive
@@ -137,6 +138,7 @@ def _plain(port: int, n: int, archive: bytes, unicast: bool, broker_pid: int) ->
             _pump(loop, links, lambda: False, 0.1)
     _pump(loop, links, lambda: all(h.up for h in subs), 120)
     cpu0 = _cpu(pids)
+    tcp0 = tcp_counters()
     t0 = time.monotonic()
     for i, link in enumerate(links):
         link.subscribe([f"bench/unicast/{i}/chunk/+" if unicast else f"bench/limit/{tag}-{len(archive)}/chunk/+"])
@@ -169,6 +171,7 @@ def _plain(port: int, n: int, archive: bytes, unicast: bool, broker_pid: int) ->
         "egress_bytes": egress,
         "egress_copies": egress / len(archive),
         "cpu_s": cpu,
+        "kernel_tcp": since(tcp0),
         "ok": ok,
     }
 
@@ -466,6 +469,16 @@ def main(argv: list[str] | None = None) -> int:
     for c in cases[:-1]:
         if c.get("cpu_s"):
             print(f"  {c['case']:<58} " + "  ".join(f"{k} {v:.1f}" for k, v in c["cpu_s"].items()))
+    limit_b = pressure_limit_bytes()
+    print(
+        "loopback TCP through each case (system-wide; net.ipv4.tcp_mem pressure at "
+        + (f"{limit_b / 2**30:.2f} GiB" if limit_b else "?")
+        + f"; {n} sessions x {args.inflight} chunks in flight x {CHUNK // 1024} KiB = "
+        + f"{n * args.inflight * CHUNK / 2**30:.2f} GiB unread at most):"
+    )
+    for c in cases[:-1]:
+        if "kernel_tcp" in c:
+            print(describe_tcp(c["case"], c["kernel_tcp"]))
     print("where the time goes, s after the POST (first / median / last device):")
     for c in (c for c in (ours, upgrade, flap) if c):
         print(
@@ -621,6 +634,7 @@ def _ours(
             cut: set[str] = set()
             pids = {"devices": os.getpid(), "broker": broker.pid, "hub": proc.pid}
             cpu0 = _cpu(pids)
+            tcp0 = tcp_counters()
             t0 = time.monotonic()
             r = api.post("/api/v1/rollouts", json={"bundle": digest, "target": {"all": True}})
             post_s = time.monotonic() - t0
@@ -640,6 +654,7 @@ def _ours(
             fleet.run_until(done, timeout=1200, check_every=0.1 if victims else 0.5)
             seconds = time.monotonic() - t0
             cpu = _cpu_since(cpu0, pids)
+            tcp = since(tcp0)
             desired = [d.counters.desired_at for d in fleet.devices if d.counters.desired_at is not None]
             commits = [d.counters.committed_at - t0 for d in fleet.devices if d.counters.committed_at is not None]
             accepted = [d.counters.desired_at - t0 for d in fleet.devices if d.counters.desired_at is not None]
@@ -681,6 +696,7 @@ def _ours(
                 "cut": len(cut),
                 "reconnects": fleet.reconnects,
                 "cpu_s": cpu,
+                "kernel_tcp": tcp,
                 "late": late_devices(fleet.devices, t0),
             }
 

@@ -84,3 +84,6 @@ def test_a_first_only_run_installs_once_judges_what_it_ran_and_says_the_flapping
     for d in late["slowest"]:
         assert "desired seq" in d["events"][0] and d["events"][-1].endswith("committed"), d
     assert "last tenth      2 devices: first chunk" in run.stdout
+    # the kernel's TCP counters beside each case (system-wide: only their presence is checked)
+    assert set(ours["kernel_tcp"]) >= {"TCPMemoryPressuresChrono", "TCPRcvQDrop", "TCPTimeouts"}, ours["kernel_tcp"]
+    assert "loopback TCP through each case" in run.stdout
