@@ -438,12 +438,13 @@ class SimDevice:
         if step is stall.Step.PROBE:
             if job.probe_id is not None and job.probe is not None:
                 self.counters.note(f"the probe sent {now - job.probe.sent_at:.1f} s ago went unanswered")
+            where = self.link.state()  # before the probe: its own UNSUBSCRIBE is not what was waiting
             job.probe_id = self.link.probe(probe_filter(self.id))
             job.probe = stall.Probe(now)
             self.counters.probes += 1
             self.counters.note(
                 f"probe after {now - max(job.last_chunk, job.last_fetch):.1f} s quiet, {len(job.missing)} missing; "
-                + self.link.state()
+                + where
             )
             return
         missing = job.missing
