@@ -1,7 +1,9 @@
-"""`python -m bench ingest [--quick]`: telemetry messages/s the hub stores, with zero loss.
+"""`python -m bench ingest [--quick] [--kind report]`: messages/s the hub stores, with zero loss.
 
 One private Mosquitto, one publisher (paho, QoS 1, MQTT v5) sending N real ``Telemetry``
-messages from D devices as fast as the broker takes them, from a process of its own as devices
+messages (``--kind report``: install ``Report`` messages, each device's in the order an install
+sends them: download progress, then download done, verify, stage, self-test, switch and commit
+back to back) from D devices as fast as the broker takes them, from a process of its own as devices
 do (``--same-process``: from a thread of the consumer's process, which charges the consumer for
 the publisher's share of one GIL; docs/scale.md's figures up to the 2026-12-04 10:09 row were
 taken that way). In the same run:
@@ -69,6 +71,40 @@ def _payloads(devices: int, per_device: int) -> list[tuple[str, bytes]]:
     return out
 
 
+# one install as an agent reports it (agent.install, sim.device): download progress every tenth,
+# then the end of the download and the five steps after it within the same second
+_INSTALL = [("download", "progress", d / 10) for d in range(10)] + [
+    ("download", "ok", 1.0),
+    ("verify", "ok", None),
+    ("stage", "ok", None),
+    ("selftest", "ok", None),
+    ("switch", "ok", None),
+    ("commit", "ok", None),
+]
+
+
+def _report_payloads(devices: int, per_device: int) -> list[tuple[str, bytes]]:
+    """``per_device`` install reports a device, in install order (desired seq 1 for the first
+    16, then 2, ...), devices interleaved as a fleet finishing together sends them."""
+    from protocol.messages import Report
+
+    out = []
+    for seq in range(1, per_device + 1):
+        stage, status, progress = _INSTALL[(seq - 1) % len(_INSTALL)]
+        desired_seq = (seq - 1) // len(_INSTALL) + 1
+        for d in range(devices):
+            dev = f"bench-{d:04d}"
+            r = Report(
+                dev, seq, 1_760_000_000 + seq, stage, status, "ok", f"{stage} {status}", desired_seq, "b" * 64, progress
+            )
+            out.append((f"ef/v1/dev/{dev}/report", r.to_bytes()))
+    return out
+
+
+def payloads(kind: str, devices: int, per_device: int) -> list[tuple[str, bytes]]:
+    return _report_payloads(devices, per_device) if kind == "report" else _payloads(devices, per_device)
+
+
 def _publish_here(port: int, msgs: list[tuple[str, bytes]]) -> float:
     """Publish everything at QoS 1; returns the monotonic time of the first publish."""
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub", protocol=mqtt.MQTTv5)
@@ -88,14 +124,14 @@ class Publisher:
     """Where the messages come from: a child process (``python -m bench ingest --publish``, the
     same payloads: :func:`_payloads` is deterministic) or, ``same_process``, this one."""
 
-    def __init__(self, devices: int, per_device: int, same_process: bool) -> None:
-        self.devices, self.per_device, self.same_process = devices, per_device, same_process
+    def __init__(self, devices: int, per_device: int, same_process: bool, kind: str = "telemetry") -> None:
+        self.devices, self.per_device, self.same_process, self.kind = devices, per_device, same_process, kind
 
     def __call__(self, port: int, msgs: list[tuple[str, bytes]]) -> float:
         if self.same_process:
             return _publish_here(port, msgs)
         cmd = [sys.executable, "-m", "bench", "ingest", "--publish", str(port)]
-        cmd += ["--devices", str(self.devices), "--per-device", str(self.per_device)]
+        cmd += ["--devices", str(self.devices), "--per-device", str(self.per_device), "--kind", self.kind]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"publisher exited {done.returncode}: {done.stderr[-500:]}")
@@ -154,7 +190,7 @@ def _watch_acks(port: int) -> int:
     return 0
 
 
-def _raw(port: int, msgs: list[tuple[str, bytes]], publish: Publisher) -> dict[str, Any]:
+def _raw(port: int, msgs: list[tuple[str, bytes]], publish: Publisher, kind: str = "telemetry") -> dict[str, Any]:
     n = len(msgs)
     got = 0
     done = threading.Event()
@@ -173,7 +209,7 @@ def _raw(port: int, msgs: list[tuple[str, bytes]], publish: Publisher) -> dict[s
     sub.on_subscribe = lambda *a: ready.set()
     sub.connect("127.0.0.1", port)
     sub.loop_start()
-    sub.subscribe("ef/v1/dev/+/telemetry", qos=1)
+    sub.subscribe(f"ef/v1/dev/+/{kind}", qos=1)
     ready.wait(10)
     t0 = publish(port, msgs)
     done.wait(120)
@@ -199,10 +235,11 @@ def _hub(
     publish: Publisher,
     pg: str | None = None,
     settle: bool = True,
+    kind: str = "telemetry",
 ) -> dict[str, Any]:
     from hub import keys
     from hub.config import HubConfig
-    from hub.models import TelemetryWindow
+    from hub.models import ReportRecord, TelemetryWindow
     from hub.server import build, settle_gc
 
     if not (work / "keys" / "root.json").exists():
@@ -236,7 +273,7 @@ def _hub(
         t0 = publish(port, msgs)
         # watched in memory: the hub counts a window stored once its batch has committed (a
         # SELECT count(*) every 20 ms took ~7 % of the hub process's CPU); the rows are counted after
-        committed = hub.fleet.metrics.messages.labels("telemetry", "stored")
+        committed = hub.fleet.metrics.messages.labels(kind, "stored")
         deadline = time.monotonic() + 600
         t_end = time.monotonic()
         while time.monotonic() < deadline:
@@ -246,7 +283,8 @@ def _hub(
             time.sleep(0.005)
         elapsed = t_end - t0
         with hub.fleet.session() as s:
-            stored = s.exec(select(func.count()).select_from(TelemetryWindow)).one()
+            table = ReportRecord if kind == "report" else TelemetryWindow
+            stored = s.exec(select(func.count()).select_from(table)).one()
         time.sleep(1.0)  # let the last acks arrive
         hub.stop()
         acked = watcher.result()
@@ -283,6 +321,13 @@ def main(argv: list[str] | None = None) -> int:
         help="limit and ours measured side by side this many times, medians reported (default 3: "
         "on a shared 2-core machine one round's limit moves by a third)",
     )
+    p.add_argument(
+        "--kind",
+        choices=("telemetry", "report"),
+        default="telemetry",
+        help="what the devices send: telemetry windows (default) or install reports, as a fleet "
+        "finishing an install sends them (written to bench/results/ingest_report.json)",
+    )
     p.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite", help="registry database (default sqlite)")
     p.add_argument(
         "--same-process",
@@ -302,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.watch_acks is not None:
         return _watch_acks(args.watch_acks)
     if args.publish is not None:
-        print(_publish_here(args.publish, _payloads(args.devices, args.per_device)), flush=True)
+        print(_publish_here(args.publish, payloads(args.kind, args.devices, args.per_device)), flush=True)
         return 0
     import os
 
@@ -314,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     n = 2_000 if args.quick else 10_000
     per_device = max(1, n // args.devices)
-    msgs = _payloads(args.devices, per_device)
+    msgs = payloads(args.kind, args.devices, per_device)
     if not args.gc_default:
         from hub.server import settle_gc
 
@@ -328,15 +373,15 @@ def main(argv: list[str] | None = None) -> int:
     broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, what="mosquitto")
-        publish = Publisher(args.devices, per_device, args.same_process)
+        publish = Publisher(args.devices, per_device, args.same_process, args.kind)
         raws: list[dict[str, Any]] = []
         ours_runs: list[dict[str, Any]] = []
         for r in range(args.rounds):  # the limit and ours side by side, each round
-            raws.append(_raw(port, msgs, publish))
+            raws.append(_raw(port, msgs, publish, args.kind))
             c = raws[-1]
             print(f"round {r + 1}: {c['case']:<25} {c['msgs_per_s']:>9.0f} msg/s  lost {c['lost']}", flush=True)
             ours_runs.append(
-                _hub(port, msgs, work, 500, "hub, batched commits (ours)", publish, pg, not args.gc_default)
+                _hub(port, msgs, work, 500, "hub, batched commits (ours)", publish, pg, not args.gc_default, args.kind)
             )
             c = ours_runs[-1]
             print(
@@ -345,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"({c['msgs_per_s'] / raws[-1]['msgs_per_s']:.0%} of this round's limit)",
                 flush=True,
             )
-        base = _hub(port, msgs, work, 1, "hub, commit per message (baseline)", publish, pg, not args.gc_default)
+        base = _hub(
+            port, msgs, work, 1, "hub, commit per message (baseline)", publish, pg, not args.gc_default, args.kind
+        )
         print(
             f"{'baseline (once)':<34} {base['msgs_per_s']:>9.0f} msg/s  lost {base['lost']}  "
             f"acked {base['acked']}/{base['messages']}",
@@ -364,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     per_round = [o["msgs_per_s"] / r["msgs_per_s"] for o, r in zip(ours_runs, raws, strict=True)]
     path = report.write(
-        "ingest",
+        "ingest" if args.kind == "telemetry" else f"ingest_{args.kind}",
         "msgs/s",
         True,
         ours["msgs_per_s"],
@@ -372,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         raw["msgs_per_s"],
         {
             "messages": len(msgs),
+            "kind": args.kind,
             "devices": args.devices,
             "qos": 1,
             "db": "postgresql" if pg else "sqlite (WAL)",

@@ -46,3 +46,37 @@ def test_two_rounds_store_every_message_and_report_their_medians():
     assert doc["baseline"] == cases[4]["msgs_per_s"]
     assert len(doc["params"]["ours_over_limit_per_round"]) == 2
     assert "per round:" in out.stdout
+
+
+@pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
+def test_install_reports_are_stored_and_acked_like_windows_and_written_apart() -> None:
+    """``--kind report``: a fleet's install reports (progress, then the steps after the download
+    back to back) through the same hub path, every one stored as a report row and acked; the
+    result goes to its own file, not over the telemetry figures."""
+    before = RESULT.read_bytes() if RESULT.exists() else None
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "ingest", "--quick", "--rounds", "1", "--devices", "20", "--kind", "report"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    doc = json.loads((RESULT.parent / "ingest_report.json").read_text())
+    assert doc["params"]["kind"] == "report"
+    for c in doc["cases"][1:]:
+        assert c["stored"] == 2000 and c["acked"] == 2000 and c["lost"] == 0, c
+    assert (RESULT.read_bytes() if RESULT.exists() else None) == before
+
+
+def test_a_fleets_install_reports_follow_an_installs_order_and_parse_as_reports() -> None:
+    from bench.ingest import _report_payloads
+    from protocol.messages import parse_report
+
+    msgs = _report_payloads(3, 17)
+    assert len(msgs) == 51
+    first = [parse_report(p) for t, p in msgs if t == "ef/v1/dev/bench-0001/report"]
+    assert [r.seq for r in first] == list(range(1, 18))
+    assert [r.stage for r in first[9:16]] == ["download", "download", "verify", "stage", "selftest", "switch", "commit"]
+    assert first[10].status == "ok" and first[9].progress == 0.9
+    assert first[16].desired_seq == 2 and first[15].desired_seq == 1
