@@ -87,3 +87,8 @@ def test_a_first_only_run_installs_once_judges_what_it_ran_and_says_the_flapping
     # the kernel's TCP counters beside each case (system-wide: only their presence is checked)
     assert set(ours["kernel_tcp"]) >= {"TCPMemoryPressuresChrono", "TCPRcvQDrop", "TCPTimeouts"}, ours["kernel_tcp"]
     assert "loopback TCP through each case" in run.stdout
+    # what the operator sees: the hub counted every device installed, and not before the last
+    # device committed (its count is made of the devices' reports; whole seconds, so up to 1 s early)
+    hub = ours["hub_counted_s"]
+    assert hub is not None and hub >= ours["timeline_s"]["committed"][2] - 1.0, (hub, ours["timeline_s"])
+    assert "the hub counted all installed" in run.stdout
