@@ -737,21 +737,28 @@ def _ours(
         if args.lag_only:
             ours = upgrade = flap = {}
         else:
-            ours = rollout("1.0.0", 0.0)
-            print(  # as it happens: a run at 10,000 takes long enough to be watched (or stopped) between cases
-                f"{ours['case']:<46} {ours['seconds']:8.1f} s  installed {ours['installed']}/{n}  "
-                f"repair requests {ours['repair_requests']}  broker probes {ours['broker_probes']}",
-                *describe(ours["late"]),
-                sep="\n",
-                flush=True,
-            )
+
+            def said(c: dict[str, Any]) -> dict[str, Any]:
+                print(  # as it happens: a run at 10,000 takes long enough to be watched (or stopped) between cases
+                    f"{c['case']:<46} {c['seconds']:8.1f} s  installed {c['installed']}/{n}  "
+                    f"repair requests {c['repair_requests']}  broker probes {c['broker_probes']}  "
+                    f"cut {c['cut']}  the hub counted all installed {_s(c['hub_counted_s'])}",
+                    *describe(c["late"]),
+                    sep="\n",
+                    flush=True,
+                )
+                return c
+
+            ours = said(rollout("1.0.0", 0.0))
             # the same upgrade undisturbed and then with flapping links: both send a delta from the
             # bundle the devices run (hub.deltas), which the first install has not
             if args.first_only:
                 upgrade = flap = {}
             else:
-                upgrade = {**rollout("2.0.0", 0.0), "case": "hub rollout to simulated agents, undisturbed upgrade"}
-                flap = rollout("3.0.0", args.flap)
+                upgrade = said(
+                    {**rollout("2.0.0", 0.0), "case": "hub rollout to simulated agents, undisturbed upgrade"}
+                )
+                flap = said(rollout("3.0.0", args.flap))
         for d in fleet.devices:
             d.counters.ack_lags.clear()
             d.counters.ack_sent.clear()
