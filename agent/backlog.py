@@ -29,6 +29,19 @@ log = logging.getLogger(__name__)
 
 MAX_BYTES = 50 * 2**20
 KINDS = ("report", "telemetry")
+BACKOFF_MAX = 16  # an unacked message's wait between sends doubles up to this many times resend_after
+
+
+def resend_wait(resend_after: float, sends: int) -> float:
+    """Seconds after its last send an unacked message is sent again: at once if never sent, then
+    ``resend_after``, doubling with each send after that up to :data:`BACKOFF_MAX` times it (15,
+    30, 60, 120, 240 s at the agent's default). A fixed interval sent every device's whole
+    backlog to a hub that had fallen behind again and again for as long as it stayed behind, each
+    copy one more message for it to parse, find stored and ack (docs/scale.md, 2026-12-06)."""
+    if sends <= 0:
+        return 0.0
+    return resend_after * min(BACKOFF_MAX, 2 ** (sends - 1))
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -133,13 +146,15 @@ class Backlog:
             self._rows, self._bytes = rows, size
 
     def due(self, now: float, resend_after: float, limit: int = 100) -> list[tuple[str, int, bytes]]:
-        """Rows never sent, or sent more than ``resend_after`` seconds ago: reports first (an
-        install outcome is never stuck behind telemetry a byte budget holds back), oldest first."""
+        """Rows never sent, or whose :func:`resend_wait` since their last send has passed (all of
+        them with ``resend_after`` 0: a new connection): reports first (an install outcome is
+        never stuck behind telemetry a byte budget holds back), oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT kind, seq, payload FROM outbox WHERE sent_at IS NULL OR sent_at < ? "
+                "SELECT kind, seq, payload FROM outbox WHERE sent_at IS NULL "
+                "OR sent_at < ? - ? * MIN(?, 1 << MAX(attempts - 1, 0)) "
                 "ORDER BY kind = 'telemetry', created LIMIT ?",
-                (now - resend_after, limit),
+                (now, resend_after, BACKOFF_MAX, limit),
             ).fetchall()
         return [(k, int(s), bytes(p)) for k, s, p in rows]
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent import AGENT_VERSION, stall
+from agent.backlog import resend_wait
 from agent.download import MAX_REQUESTED, chunk_subscription, progress_due, repair_subscription
 from agent.install import (
     Current,
@@ -109,6 +110,7 @@ class Counters:
     ack_sent: list[float] = field(default_factory=list)  # ... and when each of those windows was first sent
     telemetry_sent: int = 0
     reports_sent: int = 0  # install reports made (each once; resends not counted)
+    resent: int = 0  # reports and telemetry windows sent again, unacked (agent.backlog.resend_wait)
     # what this device's newest install went through, for benches that ask which devices are late
     # and why: (monotonic time, event), at most TRACE_MAX (later ones counted, not kept)
     trace: list[tuple[float, str]] = field(default_factory=list)
@@ -151,7 +153,8 @@ class SimDevice:
         self.job: Job | None = None
         self.probation: tuple[int, int] | None = None  # (inferences, errors) since the switch
         self._seq = {"report": 0, "telemetry": 0}
-        self.unacked: dict[tuple[str, int], tuple[bytes, float, float]] = {}  # payload, first sent, last sent
+        # payload, first sent, last sent, sends (resent after agent.backlog.resend_wait, as the agent)
+        self.unacked: dict[tuple[str, int], tuple[bytes, float, float, int]] = {}
         self.counters = Counters()
         self._window_start = int(time.time())
         self._next_tel = time.monotonic() + rng.uniform(0, cfg.telemetry_interval_s)
@@ -249,20 +252,22 @@ class SimDevice:
         now = time.monotonic()
         topic = self.topic(Kind.REPORT if kind == "report" else Kind.TELEMETRY)
         sent = self.link is not None and self.link.publish(topic, payload)
-        self.unacked[(kind, seq)] = (payload, now, now if sent else 0.0)
+        self.unacked[(kind, seq)] = (payload, now, now if sent else 0.0, 1 if sent else 0)
 
     def _flush(self, force: bool = False) -> None:
         if not self.unacked or self.link is None or not self.link.connected:
             return  # the usual case, checked every tick on every device: keep it cheap
         now = time.monotonic()
-        due = [kv for kv in self.unacked.items() if force or now - kv[1][2] >= self.cfg.resend_after_s]
+        after = self.cfg.resend_after_s
+        due = [kv for kv in self.unacked.items() if force or now - kv[1][2] >= resend_wait(after, kv[1][3])]
         if not due:
             return
-        for (kind, seq), (payload, first, _last) in sorted(due, key=lambda kv: kv[1][1])[:200]:
+        for (kind, seq), (payload, first, _last, sends) in sorted(due, key=lambda kv: kv[1][1])[:200]:
             topic = self.topic(Kind.REPORT if kind == "report" else Kind.TELEMETRY)
             if not self.link.publish(topic, payload):
                 break
-            self.unacked[(kind, seq)] = (payload, first, now)
+            self.unacked[(kind, seq)] = (payload, first, now, sends + 1)
+            self.counters.resent += 1 if sends else 0
 
     def _status(self, online: bool) -> Status:
         active = self.slots.active

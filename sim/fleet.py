@@ -57,6 +57,7 @@ class Totals:
     filters_subscribed: dict[str, int] = field(default_factory=dict)  # filters the devices subscribed to, by kind
     reports_sent: int = 0  # install reports the devices made
     probes: int = 0  # quiet downloads' round trips to the broker (agent.stall)
+    resent: int = 0  # reports and windows sent again because the hub had not acked them
 
 
 class SimFleet:
@@ -252,4 +253,5 @@ class SimFleet:
             dict(sum((Counter(d.link.filters_sent) for d in self.devices if d.link is not None), Counter())),
             sum(x.reports_sent for x in c),
             sum(x.probes for x in c),
+            sum(x.resent for x in c),
         )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.backlog import MAX_BYTES, Backlog
+from agent.backlog import MAX_BYTES, Backlog, resend_wait
 from protocol.device import Health
 from protocol.messages import Telemetry, parse_telemetry
 from protocol.sketch import LatencySketch
@@ -147,4 +147,23 @@ def test_a_torn_backlog_is_moved_aside_and_its_sequence_numbers_never_reused(tmp
     assert (tmp_path / "backlog.sqlite.corrupt").exists()
     assert b.stats(0.0)["size"] == 0
     assert b.next_seq("telemetry") > 50 and b.next_seq("report") > 1_000_000_000_000  # ms since 1970
+    b.close()
+
+
+def test_a_message_the_hub_never_acks_is_sent_again_after_waits_that_double_up_to_sixteen_times(tmp_path):
+    """A hub that fell behind gets each unacked message again after 15, 30, 60, 120, then every
+    240 s (agent default resend_after 15 s), not every 15 s for as long as it stays behind; a new
+    connection (resend_after 0) still sends everything at once."""
+    b = Backlog(tmp_path / "b.sqlite")
+    seq = b.next_seq("report")
+    b.add("report", seq, b"{}", 0.0)
+    sends = []
+    for now in range(0, 1200):  # the daemon's flush loop, once a second
+        due = b.due(float(now), 15.0)
+        if due:
+            b.mark_sent([(k, s) for k, s, _ in due], float(now))
+            sends.append(now)
+    assert [b - a for a, b in zip(sends, sends[1:], strict=False)][:7] == [16, 31, 61, 121, 241, 241, 241], sends
+    assert [k for k, _, _ in b.due(float(sends[-1]) + 1, 0.0)] == ["report"]  # reconnected: at once
+    assert [resend_wait(15.0, n) for n in range(7)] == [0.0, 15.0, 30.0, 60.0, 120.0, 240.0, 240.0]
     b.close()

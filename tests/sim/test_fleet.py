@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
+from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func
 from sqlmodel import select
 
@@ -228,3 +231,36 @@ def test_a_chunk_a_device_lost_after_acknowledging_it_comes_back_from_the_broker
     for events in traces:  # in this order: quiet, the probe heard nothing, narrowed, done
         steps = [e.split(" in ")[0] for e in events if e.startswith(("probe answered quiet", "narrowed", "committed"))]
         assert steps[-3:] == ["probe answered quiet", "narrowed to 1 per-index filters", "committed"], events
+
+
+def test_a_report_no_hub_acknowledges_is_sent_again_after_doubling_waits_as_the_agent_does(tmp_path: Path):
+    """With no hub to ack it, a simulated device sends an install report again after 1, 2 and 4 s
+    (``resend_after_s`` 1: agent.backlog.resend_wait), not every second: a hub that fell behind is
+    not sent every device's backlog again on each interval. Counted where the hub would read them,
+    at a subscriber on the real broker."""
+    broker = start_mosquitto(tmp_path / "broker")
+    hub_keys.init(tmp_path / "keys")
+    cfg = SimConfig("127.0.0.1", broker.port, tmp_path / "keys" / "root.json", devices=1, telemetry_interval_s=1000)
+    cfg = replace(cfg, resend_after_s=1.0)
+    seen: list[float] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="hub-stand-in", protocol=mqtt.MQTTv5)
+    sub.on_message = lambda _c, _u, m: seen.append(time.monotonic())
+    sub.connect("127.0.0.1", broker.port)
+    sub.subscribe("ef/v1/dev/+/report", qos=1)
+    sub.loop_start()
+    fleet = SimFleet(cfg)
+    try:
+        assert fleet.run_until(lambda: fleet.connected() == 1, timeout=20)
+        (d,) = fleet.devices
+        d.report("idle", "ok", detail="nothing to install", desired_seq=0)
+        fleet.run_for(8.0)
+    finally:
+        fleet.stop()
+        sub.loop_stop()
+        sub.disconnect()
+        broker.stop()
+    gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+    assert len(seen) == 4, gaps  # at 0, ~1, ~3, ~7 s; a fixed 1 s interval sent 8
+    for gap, want in zip(gaps, (1.0, 2.0, 4.0), strict=True):
+        assert want - 0.3 <= gap <= want + 0.8, gaps
+    assert d.counters.resent == 3
