@@ -40,7 +40,7 @@ def resend_wait(resend_after: float, sends: int) -> float:
     copy one more message for it to parse, find stored and ack (docs/scale.md, 2026-12-06)."""
     if sends <= 0:
         return 0.0
-    return resend_after * min(BACKOFF_MAX, 2 ** (sends - 1))
+    return resend_after * min(BACKOFF_MAX, 1 << (sends - 1))
 
 
 _SCHEMA = """
