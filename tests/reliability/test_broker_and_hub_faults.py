@@ -204,7 +204,7 @@ def test_broker_and_hub_kill_9_under_traffic_lose_no_window_and_no_request(
         def counted() -> dict[str, int]:
             return {n: sum(x for _, x in hub.windows().get(n, [])) for n in names}
 
-        try:  # agents resend unacked windows every 15 s
+        try:  # agents resend unacked windows after 15 s, then 30 s (agent.backlog.resend_wait)
             wait_for(lambda: counted() == answered, timeout=60, what="every request counted at the hub")
         except AssertionError:
             pass
