@@ -257,13 +257,14 @@ def _hub_process(cfg: dict[str, Any], counters: dict[str, Any], ready: Any, stop
     import uvicorn
 
     from hub.config import HubConfig
-    from hub.server import build, settle_gc
+    from hub.server import build, settle_gc, settle_threads
 
     http_port = cfg.pop("port")
     hub = build(HubConfig(**cfg))
     hub.fleet.publisher = _CountingPublisher(hub.fleet.publisher, counters)
     hub.start()
     settle_gc()  # as `edgefleet-hub serve` does once started
+    settle_threads()
     server = uvicorn.Server(uvicorn.Config(hub.app, host="127.0.0.1", port=http_port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     assert hub.bridge is not None

@@ -67,7 +67,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .server import build, settle_gc
+    from .server import build, settle_gc, settle_threads
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -109,6 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     hub = build(config)
     hub.start()
     settle_gc()
+    settle_threads()
     log.info(
         "hub on http://%s:%d (db %s, broker %s)",
         config.host,

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from .web import dashboard
 log = logging.getLogger(__name__)
 
 GC_YOUNG = 10_000  # container allocations between young collections (CPython's default: 700)
+SWITCH_INTERVAL_S = 0.0005  # a busy thread holds the interpreter this long when another wants it (CPython: 5 ms)
 
 
 def settle_gc() -> None:
@@ -49,6 +51,19 @@ def settle_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
+
+
+def settle_threads() -> None:
+    """Once the hub is started (``edgefleet-hub serve``; the benches' hubs, as deployed): a thread
+    that wants the interpreter back gets it within 0.5 ms instead of CPython's 5 ms. paho's
+    network thread gives the interpreter up on every socket call, several per message (the
+    command byte, the length, the body, the PUBACK), and waits to get it back each time: while
+    any other thread of the hub runs Python without pause (a rollout POST signing 10,000
+    documents, a fleet page, the ticker's runs) the hub stored ~190 messages a second, against
+    ~2,000 at 0.5 ms (``python -m bench ingest --busy``; ~6,000 with nothing busy), and the
+    devices' reports and windows waited at the broker (docs/scale.md, ADR 0022). Not done by
+    :func:`build`: tests build many hubs in one process."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 @dataclass
