@@ -16,6 +16,13 @@ taken that way). In the same run:
 * **baseline** - the same hub code with ``batch_max=1``: one transaction (and one fsync-bound
   commit) per message, the usual "handle each message" subscriber.
 
+``--busy``: a thread of the hub's process runs Python without pause the whole time (standing in
+for what else a hub does in its one interpreter: a rollout POST signing 10,000 documents, a fleet
+page, the ticker's runs); ours runs with the hub's thread switch interval
+(``hub.server.settle_threads``), the **baseline** is the same hub at CPython's default 5 ms (how
+the hub ran before 2026-12-06), and the **limit** is the raw subscriber in an idle process.
+Written to ``bench/results/ingest_busy.json``.
+
 Rate = N / (time from the first publish to the moment the N-th row is committed). Zero loss is
 checked (rows == N, every seq acked); a run that loses messages reports it and fails.
 """
@@ -226,6 +233,31 @@ def _raw(port: int, msgs: list[tuple[str, bytes]], publish: Publisher, kind: str
     }
 
 
+class Busy:
+    """A thread of this process that runs Python without pause until stopped: the interpreter is
+    never free unless it is taken from it (CPython does so every ``sys.getswitchinterval()``)."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-busy", daemon=True)
+        self.loops = 0
+
+    def _run(self) -> None:
+        x = 0
+        while not self._stop.is_set():
+            for i in range(2000):
+                x += i * i
+            self.loops += 1
+
+    def __enter__(self) -> Busy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 def _hub(
     port: int,
     msgs: list[tuple[str, bytes]],
@@ -236,11 +268,18 @@ def _hub(
     pg: str | None = None,
     settle: bool = True,
     kind: str = "telemetry",
+    busy: bool = False,
+    switch_s: float | None = None,
 ) -> dict[str, Any]:
+    """The hub's bridge and ingest on ``msgs``. ``busy``: a :class:`Busy` thread runs from the first
+    publish to the last commit; ``switch_s``: the thread switch interval for this case (None: the
+    hub's, as ``edgefleet-hub serve`` sets it); the process's interval is restored after."""
+    from contextlib import nullcontext
+
     from hub import keys
     from hub.config import HubConfig
     from hub.models import ReportRecord, TelemetryWindow
-    from hub.server import build, settle_gc
+    from hub.server import build, settle_gc, settle_threads
 
     if not (work / "keys" / "root.json").exists():
         keys.init(work / "keys")
@@ -263,24 +302,33 @@ def _hub(
     )
     hub = build(cfg)
     watcher = AckWatcher(port)  # a process of its own, as devices are: it takes no CPU from the hub
+    was = sys.getswitchinterval()
+    loops = 0
     try:
         hub.start()
         if settle:
             settle_gc()  # as `edgefleet-hub serve` does once started
+        settle_threads()
+        if switch_s is not None:
+            sys.setswitchinterval(switch_s)
+        switch = sys.getswitchinterval()
         assert hub.bridge is not None and hub.bridge.connected.wait(10)
         time.sleep(0.5)
         n = len(msgs)
-        t0 = publish(port, msgs)
         # watched in memory: the hub counts a window stored once its batch has committed (a
         # SELECT count(*) every 20 ms took ~7 % of the hub process's CPU); the rows are counted after
         committed = hub.fleet.metrics.messages.labels(kind, "stored")
-        deadline = time.monotonic() + 600
-        t_end = time.monotonic()
-        while time.monotonic() < deadline:
+        with Busy() if busy else nullcontext() as b:
+            t0 = publish(port, msgs)
+            deadline = time.monotonic() + 600
             t_end = time.monotonic()
-            if committed._value.get() >= n:
-                break
-            time.sleep(0.005)
+            while time.monotonic() < deadline:
+                t_end = time.monotonic()
+                if committed._value.get() >= n:
+                    break
+                time.sleep(0.005)
+            loops = b.loops if isinstance(b, Busy) else 0
+        sys.setswitchinterval(was)
         elapsed = t_end - t0
         with hub.fleet.session() as s:
             table = ReportRecord if kind == "report" else TelemetryWindow
@@ -289,6 +337,7 @@ def _hub(
         hub.stop()
         acked = watcher.result()
     except BaseException:
+        sys.setswitchinterval(was)
         watcher.proc.kill()
         raise
     hub.fleet.engine.dispose()
@@ -307,7 +356,13 @@ def _hub(
         "lost": n - stored,
         "acked": acked,
         "queue_dropped": dropped,
+        "switch_interval_s": switch,
+        "busy_loops": loops,  # the busy thread's rounds of 2,000 multiply-adds: its share of the interpreter
     }
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:g} ms"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,6 +394,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep CPython's collector settings in this process (how runs before 2026-12-05 measured; "
         "by default it settles them for the limit and ours alike, as `edgefleet-hub serve` does)",
+    )
+    p.add_argument(
+        "--busy",
+        action="store_true",
+        help="a thread of the hub's process runs Python without pause (a rollout POST, a fleet page, the "
+        "ticker); the baseline is then the hub at CPython's default 5 ms switch interval, not a commit per "
+        "message (written to bench/results/ingest_busy.json; --quick keeps the baseline under a minute)",
     )
     p.add_argument("--publish", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the publisher child
     p.add_argument("--per-device", type=int, help=argparse.SUPPRESS)
@@ -380,8 +442,9 @@ def main(argv: list[str] | None = None) -> int:
             raws.append(_raw(port, msgs, publish, args.kind))
             c = raws[-1]
             print(f"round {r + 1}: {c['case']:<25} {c['msgs_per_s']:>9.0f} msg/s  lost {c['lost']}", flush=True)
+            label = "hub, batched commits, a busy thread (ours)" if args.busy else "hub, batched commits (ours)"
             ours_runs.append(
-                _hub(port, msgs, work, 500, "hub, batched commits (ours)", publish, pg, not args.gc_default, args.kind)
+                _hub(port, msgs, work, 500, label, publish, pg, not args.gc_default, args.kind, busy=args.busy)
             )
             c = ours_runs[-1]
             print(
@@ -390,9 +453,24 @@ def main(argv: list[str] | None = None) -> int:
                 f"({c['msgs_per_s'] / raws[-1]['msgs_per_s']:.0%} of this round's limit)",
                 flush=True,
             )
-        base = _hub(
-            port, msgs, work, 1, "hub, commit per message (baseline)", publish, pg, not args.gc_default, args.kind
-        )
+        if args.busy:
+            base = _hub(
+                port,
+                msgs,
+                work,
+                500,
+                "hub, batched commits, a busy thread, CPython's 5 ms switch interval (baseline)",
+                publish,
+                pg,
+                not args.gc_default,
+                args.kind,
+                busy=True,
+                switch_s=0.005,
+            )
+        else:
+            base = _hub(
+                port, msgs, work, 1, "hub, commit per message (baseline)", publish, pg, not args.gc_default, args.kind
+            )
         print(
             f"{'baseline (once)':<34} {base['msgs_per_s']:>9.0f} msg/s  lost {base['lost']}  "
             f"acked {base['acked']}/{base['messages']}",
@@ -410,8 +488,9 @@ def main(argv: list[str] | None = None) -> int:
         "acked": sum(c["acked"] for c in ours_runs),
     }
     per_round = [o["msgs_per_s"] / r["msgs_per_s"] for o, r in zip(ours_runs, raws, strict=True)]
+    name = "ingest" if args.kind == "telemetry" else f"ingest_{args.kind}"
     path = report.write(
-        "ingest" if args.kind == "telemetry" else f"ingest_{args.kind}",
+        name + "_busy" if args.busy else name,
         "msgs/s",
         True,
         ours["msgs_per_s"],
@@ -430,16 +509,29 @@ def main(argv: list[str] | None = None) -> int:
             "gc": "CPython defaults" if args.gc_default else "settled (hub.server.settle_gc)",
             "figures": "medians of the rounds (limit, ours); the baseline once",
             "ours_over_limit_per_round": per_round,
+            "busy_thread": args.busy,
+            "switch_interval_s": {"ours": ours_runs[-1]["switch_interval_s"], "baseline": base["switch_interval_s"]},
         },
         [*raws, *ours_runs, base],
     )
-    print(
-        f"\n{'':<34} {'msgs/s':>9}\n{'limit (raw subscriber), median':<34} {raw['msgs_per_s']:>9.0f}\n"
-        f"{'ours (batched), median':<34} {ours['msgs_per_s']:>9.0f}\n{'baseline (commit per message)':<34} "
-        f"{base['msgs_per_s']:>9.0f}\nours/baseline {ours['msgs_per_s'] / base['msgs_per_s']:.1f}x, "
-        f"ours/limit {ours['msgs_per_s'] / raw['msgs_per_s']:.0%} (per round: "
-        f"{', '.join(f'{x:.0%}' for x in per_round)}); wrote {path}"
-    )
+    if args.busy:
+        print(
+            f"\na busy thread in the hub's process the whole time{'':<10} {'msgs/s':>9}\n"
+            f"{'limit (raw subscriber, idle process), median':<58} {raw['msgs_per_s']:>9.0f}\n"
+            f"{'ours (switch interval ' + _ms(ours_runs[-1]['switch_interval_s']) + '), median':<58} "
+            f"{ours['msgs_per_s']:>9.0f}\n"
+            f"{'baseline (CPython default ' + _ms(base['switch_interval_s']) + ')':<58} {base['msgs_per_s']:>9.0f}\n"
+            f"ours/baseline {ours['msgs_per_s'] / base['msgs_per_s']:.1f}x, ours/limit "
+            f"{ours['msgs_per_s'] / raw['msgs_per_s']:.0%}; wrote {path}"
+        )
+    else:
+        print(
+            f"\n{'':<34} {'msgs/s':>9}\n{'limit (raw subscriber), median':<34} {raw['msgs_per_s']:>9.0f}\n"
+            f"{'ours (batched), median':<34} {ours['msgs_per_s']:>9.0f}\n{'baseline (commit per message)':<34} "
+            f"{base['msgs_per_s']:>9.0f}\nours/baseline {ours['msgs_per_s'] / base['msgs_per_s']:.1f}x, "
+            f"ours/limit {ours['msgs_per_s'] / raw['msgs_per_s']:.0%} (per round: "
+            f"{', '.join(f'{x:.0%}' for x in per_round)}); wrote {path}"
+        )
     lost = ours["lost"] + base["lost"] + (ours["messages"] - ours["acked"])
     if lost:
         print(f"LOSS: {lost} messages not stored or not acked", file=sys.stderr)

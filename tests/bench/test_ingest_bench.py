@@ -69,6 +69,36 @@ def test_install_reports_are_stored_and_acked_like_windows_and_written_apart() -
     assert (RESULT.read_bytes() if RESULT.exists() else None) == before
 
 
+@pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
+def test_a_busy_thread_in_the_hubs_process_is_measured_at_the_hubs_switch_interval_and_at_cpythons() -> None:
+    """``--busy``: ours and the baseline both run beside a thread that never pauses, ours at the
+    hub's switch interval and the baseline at CPython's 5 ms; the limit is the idle raw
+    subscriber; nothing is lost either way, and the result goes to its own file."""
+    from hub.server import SWITCH_INTERVAL_S
+
+    before = RESULT.read_bytes() if RESULT.exists() else None
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "ingest", "--quick", "--rounds", "1", "--devices", "20", "--busy"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    doc = json.loads((RESULT.parent / "ingest_busy.json").read_text())
+    limit, ours, base = doc["cases"]
+    assert limit["case"] == "raw subscriber (limit)" and "busy" not in limit
+    assert ours["case"] == "hub, batched commits, a busy thread (ours)"
+    assert ours["switch_interval_s"] == pytest.approx(SWITCH_INTERVAL_S)
+    assert base["switch_interval_s"] == pytest.approx(0.005) and "baseline" in base["case"]
+    for c in (ours, base):
+        assert c["stored"] == 2000 and c["acked"] == 2000 and c["lost"] == 0, c
+        assert c["busy_loops"] > 0, c  # the busy thread did run beside the hub
+    assert doc["params"]["switch_interval_s"] == {"ours": ours["switch_interval_s"], "baseline": 0.005}
+    assert "ours/baseline" in out.stdout
+    assert (RESULT.read_bytes() if RESULT.exists() else None) == before
+
+
 def test_a_fleets_install_reports_follow_an_installs_order_and_parse_as_reports() -> None:
     from bench.ingest import _report_payloads
     from protocol.messages import parse_report
