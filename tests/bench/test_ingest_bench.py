@@ -18,16 +18,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 RESULT = Path(__file__).resolve().parents[2] / "bench" / "results" / "ingest.json"
 
 
-@pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
-def test_two_rounds_store_every_message_and_report_their_medians():
+def _ingest(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``python -m bench ingest ARGS``, which must exit 0 (a run that loses messages exits 1)."""
     out = subprocess.run(
-        [sys.executable, "-m", "bench", "ingest", "--quick", "--rounds", "2", "--devices", "20"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+        [sys.executable, "-m", "bench", "ingest", *args], capture_output=True, text=True, timeout=timeout, check=False
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return out
+
+
+@pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
+def test_two_rounds_store_every_message_and_report_their_medians():
+    out = _ingest("--quick", "--rounds", "2", "--devices", "20")
     doc = json.loads(RESULT.read_text())
     cases = doc["cases"]
     assert [c["case"] for c in cases] == [
@@ -54,14 +56,7 @@ def test_install_reports_are_stored_and_acked_like_windows_and_written_apart() -
     back to back) through the same hub path, every one stored as a report row and acked; the
     result goes to its own file, not over the telemetry figures."""
     before = RESULT.read_bytes() if RESULT.exists() else None
-    out = subprocess.run(
-        [sys.executable, "-m", "bench", "ingest", "--quick", "--rounds", "1", "--devices", "20", "--kind", "report"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    _ingest("--quick", "--rounds", "1", "--devices", "20", "--kind", "report")
     doc = json.loads((RESULT.parent / "ingest_report.json").read_text())
     assert doc["params"]["kind"] == "report"
     for c in doc["cases"][1:]:
@@ -77,14 +72,7 @@ def test_a_busy_thread_in_the_hubs_process_is_measured_at_the_hubs_switch_interv
     from hub.server import SWITCH_INTERVAL_S
 
     before = RESULT.read_bytes() if RESULT.exists() else None
-    out = subprocess.run(
-        [sys.executable, "-m", "bench", "ingest", "--quick", "--rounds", "1", "--devices", "20", "--busy"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    out = _ingest("--quick", "--rounds", "1", "--devices", "20", "--busy", timeout=900)
     doc = json.loads((RESULT.parent / "ingest_busy.json").read_text())
     limit, ours, base = doc["cases"]
     assert limit["case"] == "raw subscriber (limit)" and "busy" not in limit
