@@ -303,7 +303,7 @@ def _hub(
     hub = build(cfg)
     watcher = AckWatcher(port)  # a process of its own, as devices are: it takes no CPU from the hub
     was = sys.getswitchinterval()
-    loops = 0
+    spinner = Busy() if busy else None
     try:
         hub.start()
         if settle:
@@ -318,7 +318,7 @@ def _hub(
         # watched in memory: the hub counts a window stored once its batch has committed (a
         # SELECT count(*) every 20 ms took ~7 % of the hub process's CPU); the rows are counted after
         committed = hub.fleet.metrics.messages.labels(kind, "stored")
-        with Busy() if busy else nullcontext() as b:
+        with spinner or nullcontext():
             t0 = publish(port, msgs)
             deadline = time.monotonic() + 600
             t_end = time.monotonic()
@@ -327,8 +327,6 @@ def _hub(
                 if committed._value.get() >= n:
                     break
                 time.sleep(0.005)
-            loops = b.loops if isinstance(b, Busy) else 0
-        sys.setswitchinterval(was)
         elapsed = t_end - t0
         with hub.fleet.session() as s:
             table = ReportRecord if kind == "report" else TelemetryWindow
@@ -337,9 +335,10 @@ def _hub(
         hub.stop()
         acked = watcher.result()
     except BaseException:
-        sys.setswitchinterval(was)
         watcher.proc.kill()
         raise
+    finally:
+        sys.setswitchinterval(was)
     hub.fleet.engine.dispose()
     if pg and schema:
         from bench.hub_api import _pg_drop
@@ -357,7 +356,8 @@ def _hub(
         "acked": acked,
         "queue_dropped": dropped,
         "switch_interval_s": switch,
-        "busy_loops": loops,  # the busy thread's rounds of 2,000 multiply-adds: its share of the interpreter
+        # the busy thread's rounds of 2,000 multiply-adds: its share of the interpreter
+        "busy_loops": spinner.loops if spinner else 0,
     }
 
 
